@@ -1,0 +1,773 @@
+//! Configuration: TOML text → [`RawConfig`] (serde, every unknown key collected) → [`Config::validate`]
+//! (every problem reported with its key path, all at once) → the typed [`Config`] the program uses.
+//!
+//! Sits at the very start of the data flow: `main` (or a test) loads a `Config` and hands it to
+//! [`crate::app::run`]. Secrets (upstream passwords) are resolved here from the file, an environment
+//! variable or a file, and are wrapped in [`Secret`] so they never print.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Statement classes a role may be allowed (enforced by the policy layer).
+pub const STATEMENT_CLASSES: &[&str] = &["read", "write", "ddl", "admin"];
+
+/// Principal roles an admin-API token may carry.
+pub const PRINCIPAL_ROLES: &[&str] = &["admin", "approver", "requester", "auditor"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config is not valid TOML: {0}")]
+    Syntax(#[from] toml::de::Error),
+    #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+/// One problem found while validating, with the key path it concerns (`targets.shop.port`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// A secret string (upstream password, token): `Debug`/`Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw layer: what serde reads. Loose types (strings for enums and durations) so that validation can
+// report every bad value with its path instead of stopping at the first.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+pub struct RawConfig {
+    proxy: RawProxy,
+    admin: RawAdmin,
+    store: Option<RawStore>,
+    audit: Option<RawAudit>,
+    #[serde(default)]
+    targets: BTreeMap<String, RawTarget>,
+    #[serde(default)]
+    roles: BTreeMap<String, RawRole>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawProxy {
+    listen: String,
+    tls: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    max_connections: Option<i64>,
+    startup_timeout: Option<String>,
+    upstream_connect_timeout: Option<String>,
+    expiry_warnings: Option<Vec<String>>,
+    auth_failures_per_minute: Option<i64>,
+    shutdown_grace: Option<String>,
+    max_message_bytes: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawAdmin {
+    listen: String,
+    #[serde(default)]
+    tokens: Vec<RawAdminToken>,
+    metrics_public: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawAdminToken {
+    name: String,
+    sha256: String,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawStore {
+    url: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawAudit {
+    durability: Option<String>,
+    jsonl: Option<PathBuf>,
+    params: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawTarget {
+    host: String,
+    port: Option<i64>,
+    database: String,
+    tls: Option<String>,
+    ca: Option<PathBuf>,
+    #[serde(default)]
+    credentials: BTreeMap<String, RawCredential>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawCredential {
+    user: String,
+    password: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawRole {
+    #[serde(default)]
+    allow: Vec<String>,
+    max_ttl: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed layer: what the program uses.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub store: StoreConfig,
+    pub audit: AuditConfig,
+    pub targets: BTreeMap<String, Target>,
+    pub roles: BTreeMap<String, Role>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientTls {
+    /// Plaintext startups are refused with FATAL 28000.
+    Required,
+    /// TLS offered; plaintext accepted.
+    Optional,
+    /// SSLRequest answered 'N'.
+    Disabled,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub tls: ClientTls,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Client connections served at once; past it FATAL 53300.
+    pub max_connections: usize,
+    /// A client must finish TLS, startup and authentication within this.
+    pub startup_timeout: Duration,
+    /// Bound on connecting + authenticating to the upstream.
+    pub upstream_connect_timeout: Duration,
+    /// NoticeResponse warnings sent this long before a grant expires (descending).
+    pub expiry_warnings: Vec<Duration>,
+    /// Failed authentications allowed per client IP address per minute.
+    pub auth_failures_per_minute: u32,
+    /// On shutdown, idle sessions end at once; busy ones get this long before they are cut.
+    pub shutdown_grace: Duration,
+    /// Largest frontend message accepted (CopyData is streamed and exempt).
+    pub max_message_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub tokens: Vec<AdminToken>,
+    pub metrics_public: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminToken {
+    pub name: String,
+    /// SHA-256 of the bearer token (the token itself is never in the config).
+    pub sha256: [u8; 32],
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    Sqlite { path: PathBuf },
+    /// `sqlite::memory:` — for tests.
+    SqliteMemory,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    Fsync,
+    Write,
+    Async,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamLogging {
+    Full,
+    Redacted,
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub durability: Durability,
+    pub jsonl: Option<PathBuf>,
+    pub params: ParamLogging,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamTls {
+    Disable,
+    Require,
+    VerifyFull,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub tls: UpstreamTls,
+    pub ca: Option<PathBuf>,
+    /// Upstream login per grant role.
+    pub credentials: BTreeMap<String, Credential>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Credential {
+    pub user: String,
+    /// `None` for upstream `trust` authentication.
+    pub password: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Role {
+    pub name: String,
+    pub allow: Vec<String>,
+    pub max_ttl: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("not a duration ({e}); write e.g. \"30s\", \"15m\", \"8h\""))
+}
+
+/// Collects problems while walking the raw config.
+#[derive(Default)]
+struct Problems(Vec<ConfigProblem>);
+
+impl Problems {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigProblem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, path: &str, value: Option<&str>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(v) => match parse_duration(v) {
+                Ok(d) if d.is_zero() => {
+                    self.push(path, "must be greater than zero");
+                    default
+                }
+                Ok(d) => d,
+                Err(e) => {
+                    self.push(path, e);
+                    default
+                }
+            },
+        }
+    }
+
+    fn positive(&mut self, path: &str, value: Option<i64>, default: u64, max: u64) -> u64 {
+        match value {
+            None => default,
+            Some(v) if v >= 1 && (v as u64) <= max => v as u64,
+            Some(v) => {
+                self.push(path, format!("{v} is out of range (1..={max})"));
+                default
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, path: &str, value: &str) -> SocketAddr {
+        value.parse().unwrap_or_else(|e| {
+            self.push(path, format!("{value:?} is not an address like \"127.0.0.1:6432\" ({e})"));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+
+    fn one_of<T: Copy>(&mut self, path: &str, value: Option<&str>, default: T, choices: &[(&str, T)]) -> T {
+        let Some(v) = value else { return default };
+        match choices.iter().find(|(name, _)| *name == v) {
+            Some((_, t)) => *t,
+            None => {
+                let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+                self.push(path, format!("{v:?} is not one of {}", names.join(" | ")));
+                default
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml_str(&text)
+    }
+
+    /// Parses and validates config text; every unknown key and bad value is reported at once.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let deserializer = toml::Deserializer::new(text);
+        let mut unknown = Vec::new();
+        let raw: RawConfig = serde_ignored::deserialize(deserializer, |path| unknown.push(path.to_string()))?;
+        let mut problems = Problems::default();
+        for path in unknown {
+            problems.push(path, "unknown key");
+        }
+        raw.validate(problems)
+    }
+}
+
+impl RawConfig {
+    fn validate(self, mut p: Problems) -> Result<Config, ConfigError> {
+        let proxy = validate_proxy(&self.proxy, &mut p);
+        let admin = validate_admin(&self.admin, &mut p);
+        let store = match &self.store {
+            None => StoreConfig::Sqlite {
+                path: PathBuf::from("data/timebox.db"),
+            },
+            Some(s) => parse_store_url(&s.url).unwrap_or_else(|e| {
+                p.push("store.url", e);
+                StoreConfig::SqliteMemory
+            }),
+        };
+        let audit = validate_audit(self.audit.as_ref(), &mut p);
+
+        let mut roles = BTreeMap::new();
+        for (name, raw) in &self.roles {
+            let path = format!("roles.{name}");
+            if !valid_name(name) {
+                p.push(&path, "role names use letters, digits, '_' and '-' only");
+            }
+            for (i, class) in raw.allow.iter().enumerate() {
+                if !STATEMENT_CLASSES.contains(&class.as_str()) {
+                    p.push(
+                        format!("{path}.allow[{i}]"),
+                        format!("{class:?} is not a statement class ({})", STATEMENT_CLASSES.join(" | ")),
+                    );
+                }
+            }
+            let max_ttl = match &raw.max_ttl {
+                None => {
+                    p.push(format!("{path}.max_ttl"), "required (the longest grant this role may be issued for)");
+                    Duration::from_secs(3600)
+                }
+                Some(v) => p.duration(&format!("{path}.max_ttl"), Some(v), Duration::from_secs(3600)),
+            };
+            roles.insert(
+                name.clone(),
+                Role {
+                    name: name.clone(),
+                    allow: raw.allow.clone(),
+                    max_ttl,
+                },
+            );
+        }
+
+        let mut targets = BTreeMap::new();
+        for (name, raw) in &self.targets {
+            let path = format!("targets.{name}");
+            if !valid_name(name) {
+                p.push(&path, "target names use letters, digits, '_' and '-' only");
+            }
+            if name == "timebox_audit" {
+                p.push(&path, "\"timebox_audit\" is reserved for the auditors' SQL endpoint");
+            }
+            if raw.host.trim().is_empty() {
+                p.push(format!("{path}.host"), "must not be empty");
+            }
+            if raw.database.trim().is_empty() {
+                p.push(format!("{path}.database"), "must not be empty");
+            }
+            let port = p.positive(&format!("{path}.port"), raw.port, 5432, u16::MAX as u64) as u16;
+            let tls = p.one_of(
+                &format!("{path}.tls"),
+                raw.tls.as_deref(),
+                UpstreamTls::Disable,
+                &[
+                    ("disable", UpstreamTls::Disable),
+                    ("require", UpstreamTls::Require),
+                    ("verify-full", UpstreamTls::VerifyFull),
+                ],
+            );
+            if let Some(ca) = &raw.ca {
+                if !ca.is_file() {
+                    p.push(format!("{path}.ca"), format!("{} is not a readable file", ca.display()));
+                }
+            }
+            if raw.credentials.is_empty() {
+                p.push(format!("{path}.credentials"), "at least one role needs an upstream credential");
+            }
+            let mut credentials = BTreeMap::new();
+            for (role, cred) in &raw.credentials {
+                let cpath = format!("{path}.credentials.{role}");
+                if !self.roles.contains_key(role) {
+                    p.push(&cpath, format!("no role {role:?} is defined under [roles]"));
+                }
+                if cred.user.trim().is_empty() {
+                    p.push(format!("{cpath}.user"), "must not be empty");
+                }
+                let password = resolve_password(cred, &cpath, &mut p);
+                credentials.insert(
+                    role.clone(),
+                    Credential {
+                        user: cred.user.clone(),
+                        password,
+                    },
+                );
+            }
+            targets.insert(
+                name.clone(),
+                Target {
+                    name: name.clone(),
+                    host: raw.host.clone(),
+                    port,
+                    database: raw.database.clone(),
+                    tls,
+                    ca: raw.ca.clone(),
+                    credentials,
+                },
+            );
+        }
+
+        if p.0.is_empty() {
+            Ok(Config {
+                proxy,
+                admin,
+                store,
+                audit,
+                targets,
+                roles,
+            })
+        } else {
+            Err(ConfigError::Invalid(p.0))
+        }
+    }
+}
+
+fn validate_proxy(raw: &RawProxy, p: &mut Problems) -> ProxyConfig {
+    let listen = p.socket_addr("proxy.listen", &raw.listen);
+    let tls = p.one_of(
+        "proxy.tls",
+        raw.tls.as_deref(),
+        ClientTls::Required,
+        &[
+            ("required", ClientTls::Required),
+            ("optional", ClientTls::Optional),
+            ("disabled", ClientTls::Disabled),
+        ],
+    );
+    if tls != ClientTls::Disabled {
+        for (key, value) in [("proxy.tls_cert", &raw.tls_cert), ("proxy.tls_key", &raw.tls_key)] {
+            match value {
+                None => p.push(key, "required unless proxy.tls = \"disabled\""),
+                Some(path) if !path.is_file() => {
+                    p.push(key, format!("{} is not a readable file", path.display()))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let mut expiry_warnings = Vec::new();
+    match &raw.expiry_warnings {
+        None => expiry_warnings = vec![Duration::from_secs(300), Duration::from_secs(60)],
+        Some(list) => {
+            for (i, w) in list.iter().enumerate() {
+                match parse_duration(w) {
+                    Ok(d) => expiry_warnings.push(d),
+                    Err(e) => p.push(format!("proxy.expiry_warnings[{i}]"), e),
+                }
+            }
+        }
+    }
+    expiry_warnings.sort_unstable_by(|a, b| b.cmp(a));
+    expiry_warnings.dedup();
+    ProxyConfig {
+        listen,
+        tls,
+        tls_cert: raw.tls_cert.clone(),
+        tls_key: raw.tls_key.clone(),
+        max_connections: p.positive("proxy.max_connections", raw.max_connections, 1000, 1_000_000) as usize,
+        startup_timeout: p.duration("proxy.startup_timeout", raw.startup_timeout.as_deref(), Duration::from_secs(10)),
+        upstream_connect_timeout: p.duration(
+            "proxy.upstream_connect_timeout",
+            raw.upstream_connect_timeout.as_deref(),
+            Duration::from_secs(5),
+        ),
+        expiry_warnings,
+        auth_failures_per_minute: p.positive("proxy.auth_failures_per_minute", raw.auth_failures_per_minute, 10, 1_000_000)
+            as u32,
+        shutdown_grace: p.duration("proxy.shutdown_grace", raw.shutdown_grace.as_deref(), Duration::from_secs(10)),
+        max_message_bytes: p.positive(
+            "proxy.max_message_bytes",
+            raw.max_message_bytes,
+            64 * 1024 * 1024,
+            1024 * 1024 * 1024,
+        ) as usize,
+    }
+}
+
+fn validate_admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
+    let listen = p.socket_addr("admin.listen", &raw.listen);
+    let mut tokens = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for (i, t) in raw.tokens.iter().enumerate() {
+        let path = format!("admin.tokens[{i}]");
+        if t.name.trim().is_empty() {
+            p.push(format!("{path}.name"), "must not be empty");
+        } else if !names.insert(t.name.clone()) {
+            p.push(format!("{path}.name"), format!("{:?} is used by another token", t.name));
+        }
+        let mut sha256 = [0u8; 32];
+        if hex::decode_to_slice(t.sha256.trim(), &mut sha256).is_err() {
+            p.push(
+                format!("{path}.sha256"),
+                "must be the 64-hex-digit SHA-256 of the token (e.g. `printf %s \"$TOKEN\" | sha256sum`)",
+            );
+        }
+        if t.roles.is_empty() {
+            p.push(format!("{path}.roles"), format!("give at least one of {}", PRINCIPAL_ROLES.join(" | ")));
+        }
+        for (j, r) in t.roles.iter().enumerate() {
+            if !PRINCIPAL_ROLES.contains(&r.as_str()) {
+                p.push(
+                    format!("{path}.roles[{j}]"),
+                    format!("{r:?} is not one of {}", PRINCIPAL_ROLES.join(" | ")),
+                );
+            }
+        }
+        tokens.push(AdminToken {
+            name: t.name.clone(),
+            sha256,
+            roles: t.roles.clone(),
+        });
+    }
+    AdminConfig {
+        listen,
+        tokens,
+        metrics_public: raw.metrics_public.unwrap_or(false),
+    }
+}
+
+fn validate_audit(raw: Option<&RawAudit>, p: &mut Problems) -> AuditConfig {
+    let durability = p.one_of(
+        "audit.durability",
+        raw.and_then(|a| a.durability.as_deref()),
+        Durability::Fsync,
+        &[
+            ("fsync", Durability::Fsync),
+            ("write", Durability::Write),
+            ("async", Durability::Async),
+        ],
+    );
+    let params = p.one_of(
+        "audit.params",
+        raw.and_then(|a| a.params.as_deref()),
+        ParamLogging::Redacted,
+        &[
+            ("full", ParamLogging::Full),
+            ("redacted", ParamLogging::Redacted),
+            ("off", ParamLogging::Off),
+        ],
+    );
+    AuditConfig {
+        durability,
+        jsonl: raw.and_then(|a| a.jsonl.clone()),
+        params,
+    }
+}
+
+fn resolve_password(cred: &RawCredential, path: &str, p: &mut Problems) -> Option<Secret> {
+    let given = [cred.password.is_some(), cred.password_env.is_some(), cred.password_file.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if given > 1 {
+        p.push(path, "give only one of password, password_env, password_file");
+        return None;
+    }
+    if let Some(pw) = &cred.password {
+        return Some(Secret::new(pw.clone()));
+    }
+    if let Some(var) = &cred.password_env {
+        return match std::env::var(var) {
+            Ok(v) => Some(Secret::new(v)),
+            Err(_) => {
+                p.push(format!("{path}.password_env"), format!("environment variable {var} is not set"));
+                None
+            }
+        };
+    }
+    if let Some(file) = &cred.password_file {
+        return match std::fs::read_to_string(file) {
+            Ok(v) => Some(Secret::new(v.trim_end_matches(['\n', '\r']).to_owned())),
+            Err(e) => {
+                p.push(format!("{path}.password_file"), format!("cannot read {}: {e}", file.display()));
+                None
+            }
+        };
+    }
+    None
+}
+
+fn parse_store_url(url: &str) -> Result<StoreConfig, String> {
+    if url == "sqlite::memory:" {
+        return Ok(StoreConfig::SqliteMemory);
+    }
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err("sqlite:// needs a file path, e.g. sqlite://data/timebox.db".into());
+        }
+        return Ok(StoreConfig::Sqlite { path: PathBuf::from(path) });
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err("the PostgreSQL-backed store is not available yet; use sqlite://PATH".into());
+    }
+    Err(format!("{url:?} is not a supported store URL (sqlite://PATH or sqlite::memory:)"))
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [proxy]
+        listen = "127.0.0.1:6432"
+        tls = "disabled"
+        [admin]
+        listen = "127.0.0.1:9187"
+        [[admin.tokens]]
+        name = "ops"
+        sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
+        roles = ["admin"]
+        [store]
+        url = "sqlite::memory:"
+        [targets.shop]
+        host = "127.0.0.1"
+        database = "shop"
+        [targets.shop.credentials.read]
+        user = "timebox_read"
+        password = "pw"
+        [roles.read]
+        allow = ["read"]
+        max_ttl = "8h"
+    "#;
+
+    #[test]
+    fn minimal_config_is_valid_with_defaults() {
+        let c = Config::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(c.proxy.tls, ClientTls::Disabled);
+        assert_eq!(c.targets["shop"].port, 5432);
+        assert_eq!(c.roles["read"].max_ttl, Duration::from_secs(8 * 3600));
+        assert_eq!(c.audit.durability, Durability::Fsync);
+        assert_eq!(c.proxy.expiry_warnings, vec![Duration::from_secs(300), Duration::from_secs(60)]);
+        assert_eq!(c.targets["shop"].credentials["read"].password.as_ref().unwrap().expose(), "pw");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let text = MINIMAL
+            .replace("listen = \"127.0.0.1:6432\"", "listen = \"nowhere\"\nlisen = 1")
+            .replace("max_ttl = \"8h\"", "max_ttl = \"forever\"\nallow_everything = true")
+            .replace("allow = [\"read\"]", "allow = [\"read\", \"sudo\"]")
+            .replace("[store]\n        url = \"sqlite::memory:\"", "[store]\n        url = \"mysql://x\"");
+        let err = Config::from_toml_str(&text).unwrap_err();
+        let ConfigError::Invalid(problems) = err else { panic!("expected Invalid, got {err}") };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "proxy.lisen",
+            "roles.read.allow_everything",
+            "proxy.listen",
+            "roles.read.max_ttl",
+            "roles.read.allow[1]",
+            "store.url",
+        ] {
+            assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+        }
+    }
+
+    #[test]
+    fn credential_for_unknown_role_and_missing_env_are_reported() {
+        let text = MINIMAL.replace(
+            "[roles.read]",
+            "[targets.shop.credentials.write]\nuser = \"w\"\npassword_env = \"TIMEBOX_TEST_SURELY_UNSET_VAR\"\n[roles.read]",
+        );
+        let ConfigError::Invalid(problems) = Config::from_toml_str(&text).unwrap_err() else { panic!() };
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert!(text.iter().any(|t| t.starts_with("targets.shop.credentials.write: no role \"write\"")), "{text:?}");
+        assert!(
+            text.iter().any(|t| t.starts_with("targets.shop.credentials.write.password_env: environment variable")),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn tls_required_needs_cert_and_key() {
+        let text = MINIMAL.replace("tls = \"disabled\"", "tls = \"required\"");
+        let ConfigError::Invalid(problems) = Config::from_toml_str(&text).unwrap_err() else { panic!() };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(paths.contains(&"proxy.tls_cert") && paths.contains(&"proxy.tls_key"), "{paths:?}");
+    }
+
+    #[test]
+    fn bad_admin_token_hash_is_reported() {
+        let text = MINIMAL.replace("2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae", "nothex");
+        let ConfigError::Invalid(problems) = Config::from_toml_str(&text).unwrap_err() else { panic!() };
+        assert_eq!(problems[0].path, "admin.tokens[0].sha256");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = Config::from_toml_str(MINIMAL).unwrap();
+        let dump = format!("{c:?}");
+        assert!(!dump.contains("\"pw\""), "{dump}");
+    }
+}

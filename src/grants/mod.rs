@@ -1,0 +1,427 @@
+//! Grants: who may reach which target, with which role, why, and until when.
+//!
+//! Data flow: the admin API (or CLI through it) calls [`GrantService::issue`]/[`GrantService::revoke`];
+//! the proxy's authentication calls [`GrantService::candidates`] and then the pure
+//! [`Grant::status_at`] to admit a session; live sessions hold a [`watch::GrantWatch`] so revocation
+//! and extension reach them at once. Everything that decides (status, TTL caps, validation) is a pure
+//! function over a [`Grant`] and a time.
+
+pub mod token;
+pub mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::store::{GrantFilter, Store, StoreError};
+use token::{GrantToken, ScramVerifier, SCRAM_ITERATIONS};
+use watch::GrantWatches;
+
+/// A grant as stored and shown (never with its token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub id: String,
+    pub user: String,
+    pub target: String,
+    pub role: String,
+    pub reason: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub starts_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revoked_by: Option<String>,
+    pub revoke_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantStatus {
+    /// Issued, but `starts_at` is in the future.
+    Pending,
+    Active,
+    Expired,
+    Revoked,
+}
+
+impl GrantStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantStatus::Pending => "pending",
+            GrantStatus::Active => "active",
+            GrantStatus::Expired => "expired",
+            GrantStatus::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(GrantStatus::Pending),
+            "active" => Some(GrantStatus::Active),
+            "expired" => Some(GrantStatus::Expired),
+            "revoked" => Some(GrantStatus::Revoked),
+            _ => None,
+        }
+    }
+}
+
+impl Grant {
+    /// The one function that decides whether a grant admits a session at `now`. Used at login and
+    /// again by every live session whenever the grant changes.
+    pub fn status_at(&self, now: DateTime<Utc>) -> GrantStatus {
+        if self.revoked_at.is_some() {
+            GrantStatus::Revoked
+        } else if now >= self.expires_at {
+            GrantStatus::Expired
+        } else if now < self.starts_at {
+            GrantStatus::Pending
+        } else {
+            GrantStatus::Active
+        }
+    }
+
+    /// Why this grant does not admit a session at `now`, in words for the engineer; `None` if it does.
+    pub fn refusal_at(&self, now: DateTime<Utc>) -> Option<String> {
+        let when = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        match self.status_at(now) {
+            GrantStatus::Active => None,
+            GrantStatus::Revoked => Some(format!(
+                "grant {} was revoked at {} by {}{}",
+                self.id,
+                self.revoked_at.map(when).unwrap_or_default(),
+                self.revoked_by.as_deref().unwrap_or("unknown"),
+                self.revoke_reason
+                    .as_deref()
+                    .filter(|r| !r.is_empty())
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            )),
+            GrantStatus::Expired => Some(format!("grant {} expired at {}", self.id, when(self.expires_at))),
+            GrantStatus::Pending => Some(format!("grant {} starts at {}", self.id, when(self.starts_at))),
+        }
+    }
+}
+
+/// A request to issue a grant (admin API body, CLI).
+#[derive(Debug, Clone, Deserialize)]
+pub struct NewGrant {
+    pub user: String,
+    pub target: String,
+    pub role: String,
+    /// The grant's length, e.g. "30m".
+    pub ttl: String,
+    pub reason: String,
+    pub starts_at: Option<DateTime<Utc>>,
+}
+
+/// Why a grant could not be issued or changed; each maps to a client-facing error.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("no grant {0}")]
+    NotFound(String),
+    #[error("grant {id} is already {status}")]
+    Conflict { id: String, status: &'static str },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> GrantError {
+    GrantError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Checks a grant request against the configuration; returns the validated TTL. Pure.
+pub fn validate_new_grant(config: &Config, req: &NewGrant) -> Result<Duration, GrantError> {
+    if !valid_pg_user(&req.user) {
+        return Err(invalid(
+            "user",
+            "must be a PostgreSQL user name: 1 to 63 bytes, no NUL, no surrounding spaces",
+        ));
+    }
+    let target = config.targets.get(&req.target).ok_or_else(|| {
+        let known: Vec<&str> = config.targets.keys().map(String::as_str).collect();
+        invalid("target", format!("no target {:?} (known: {})", req.target, known.join(", ")))
+    })?;
+    let role = config.roles.get(&req.role).ok_or_else(|| {
+        let known: Vec<&str> = config.roles.keys().map(String::as_str).collect();
+        invalid("role", format!("no role {:?} (known: {})", req.role, known.join(", ")))
+    })?;
+    if !target.credentials.contains_key(&req.role) {
+        return Err(invalid(
+            "role",
+            format!("target {:?} has no upstream credential for role {:?}", req.target, req.role),
+        ));
+    }
+    let ttl = humantime::parse_duration(&req.ttl)
+        .map_err(|e| invalid("ttl", format!("{:?} is not a duration ({e}); write e.g. \"30m\"", req.ttl)))?;
+    if ttl < Duration::from_secs(1) {
+        return Err(invalid("ttl", "must be at least 1s"));
+    }
+    if ttl > role.max_ttl {
+        return Err(invalid(
+            "ttl",
+            format!(
+                "{} exceeds role {:?}'s max_ttl of {}",
+                req.ttl,
+                req.role,
+                humantime::format_duration(role.max_ttl)
+            ),
+        ));
+    }
+    if req.reason.trim().is_empty() {
+        return Err(invalid("reason", "a reason is required (what is this access for?)"));
+    }
+    if req.reason.len() > 1000 {
+        return Err(invalid("reason", "at most 1000 characters"));
+    }
+    Ok(ttl)
+}
+
+/// A PostgreSQL role name as a client would send it in the startup packet.
+pub fn valid_pg_user(user: &str) -> bool {
+    !user.is_empty() && user.len() <= 63 && !user.contains('\0') && user.trim() == user
+}
+
+fn new_grant_id() -> String {
+    let mut bytes = [0u8; 8];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    format!("g_{}", hex::encode(bytes))
+}
+
+/// The grant operations shared by the admin API and the proxy. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct GrantService {
+    store: Store,
+    config: Arc<Config>,
+    clock: Arc<dyn Clock>,
+    watches: GrantWatches,
+}
+
+impl GrantService {
+    pub fn new(store: Store, config: Arc<Config>, clock: Arc<dyn Clock>) -> Self {
+        GrantService {
+            store,
+            config,
+            clock,
+            watches: GrantWatches::default(),
+        }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    pub fn watches(&self) -> &GrantWatches {
+        &self.watches
+    }
+
+    /// Issues a grant; the returned token is the only copy that will ever exist.
+    pub async fn issue(&self, req: NewGrant, created_by: &str) -> Result<(Grant, GrantToken), GrantError> {
+        let ttl = validate_new_grant(&self.config, &req)?;
+        let now = self.clock.now();
+        let starts_at = req.starts_at.unwrap_or(now).max(now);
+        let expires_at = starts_at + chrono::Duration::from_std(ttl).map_err(|_| invalid("ttl", "too long"))?;
+        let grant = Grant {
+            id: new_grant_id(),
+            user: req.user,
+            target: req.target,
+            role: req.role,
+            reason: req.reason.trim().to_owned(),
+            created_by: created_by.to_owned(),
+            created_at: now,
+            starts_at,
+            expires_at,
+            revoked_at: None,
+            revoked_by: None,
+            revoke_reason: None,
+        };
+        let token = GrantToken::generate();
+        let secret = self.store.installation_secret().await?;
+        let salt = token::salt_for(&secret, &grant.user, &grant.target);
+        let token_text = token.expose().to_owned();
+        let verifier =
+            tokio::task::spawn_blocking(move || ScramVerifier::derive(&token_text, &salt, SCRAM_ITERATIONS))
+                .await
+                .map_err(|e| GrantError::Store(StoreError::Task(e.to_string())))?;
+        self.store.insert_grant(grant.clone(), verifier).await?;
+        tracing::info!(grant.id = %grant.id, user = %grant.user, target = %grant.target, role = %grant.role,
+            created_by, expires_at = %grant.expires_at, "grant issued");
+        Ok((grant, token))
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Grant, GrantError> {
+        self.store
+            .get_grant(id.to_owned())
+            .await?
+            .ok_or_else(|| GrantError::NotFound(id.to_owned()))
+    }
+
+    pub async fn list(&self, filter: GrantFilter) -> Result<Vec<Grant>, GrantError> {
+        Ok(self.store.list_grants(filter, self.clock.now()).await?)
+    }
+
+    /// Revokes a grant and tells its live sessions at once.
+    pub async fn revoke(&self, id: &str, by: &str, reason: &str) -> Result<Grant, GrantError> {
+        let now = self.clock.now();
+        let current = self.get(id).await?;
+        match current.status_at(now) {
+            GrantStatus::Revoked => {
+                return Err(GrantError::Conflict {
+                    id: id.to_owned(),
+                    status: "revoked",
+                })
+            }
+            GrantStatus::Expired => {
+                return Err(GrantError::Conflict {
+                    id: id.to_owned(),
+                    status: "expired",
+                })
+            }
+            GrantStatus::Active | GrantStatus::Pending => {}
+        }
+        let revoked = self
+            .store
+            .revoke_grant(id.to_owned(), by.to_owned(), reason.to_owned(), now)
+            .await?
+            .ok_or_else(|| GrantError::NotFound(id.to_owned()))?;
+        self.watches.publish(&revoked);
+        tracing::info!(grant.id = %id, revoked_by = by, "grant revoked");
+        Ok(revoked)
+    }
+
+    /// Grants (with verifiers) of `user` on `target` that a presented token may belong to, newest first.
+    pub async fn candidates(&self, user: &str, target: &str) -> Result<Vec<(Grant, ScramVerifier)>, StoreError> {
+        self.store.grant_candidates(user.to_owned(), target.to_owned()).await
+    }
+
+    /// The SCRAM salt used for `user` on `target`, whether or not such grants exist.
+    pub async fn salt_for(&self, user: &str, target: &str) -> Result<[u8; 16], StoreError> {
+        let secret = self.store.installation_secret().await?;
+        Ok(token::salt_for(&secret, user, target))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(now: DateTime<Utc>) -> Grant {
+        Grant {
+            id: "g_1".into(),
+            user: "alice".into(),
+            target: "shop".into(),
+            role: "read".into(),
+            reason: "incident 42".into(),
+            created_by: "ops".into(),
+            created_at: now,
+            starts_at: now,
+            expires_at: now + chrono::Duration::minutes(30),
+            revoked_at: None,
+            revoked_by: None,
+            revoke_reason: None,
+        }
+    }
+
+    #[test]
+    fn status_follows_time_and_revocation() {
+        let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
+        let mut g = grant(t0);
+        g.starts_at = t0 + chrono::Duration::minutes(1);
+        assert_eq!(g.status_at(t0), GrantStatus::Pending);
+        assert_eq!(g.status_at(g.starts_at), GrantStatus::Active);
+        assert_eq!(g.status_at(g.expires_at - chrono::Duration::milliseconds(1)), GrantStatus::Active);
+        assert_eq!(g.status_at(g.expires_at), GrantStatus::Expired, "expiry is exclusive");
+        g.revoked_at = Some(t0 + chrono::Duration::minutes(2));
+        g.revoked_by = Some("bob".into());
+        assert_eq!(g.status_at(t0 + chrono::Duration::minutes(3)), GrantStatus::Revoked);
+        // revocation wins even before the start
+        assert_eq!(g.status_at(t0), GrantStatus::Revoked);
+    }
+
+    #[test]
+    fn refusal_names_the_grant_and_the_time() {
+        let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
+        let mut g = grant(t0);
+        assert_eq!(g.refusal_at(t0), None);
+        assert_eq!(
+            g.refusal_at(t0 + chrono::Duration::hours(1)).unwrap(),
+            "grant g_1 expired at 2026-01-01T00:30:00Z"
+        );
+        g.revoked_at = Some(t0 + chrono::Duration::minutes(5));
+        g.revoked_by = Some("bob".into());
+        g.revoke_reason = Some("done".into());
+        assert_eq!(
+            g.refusal_at(t0 + chrono::Duration::minutes(6)).unwrap(),
+            "grant g_1 was revoked at 2026-01-01T00:05:00Z by bob (done)"
+        );
+        let mut later = grant(t0);
+        later.starts_at = t0 + chrono::Duration::hours(2);
+        assert_eq!(later.refusal_at(t0).unwrap(), "grant g_1 starts at 2026-01-01T02:00:00Z");
+    }
+
+    fn config() -> Config {
+        Config::from_toml_str(
+            r#"
+            [proxy]
+            listen = "127.0.0.1:0"
+            tls = "disabled"
+            [admin]
+            listen = "127.0.0.1:0"
+            [targets.shop]
+            host = "127.0.0.1"
+            database = "shop"
+            [targets.shop.credentials.read]
+            user = "r"
+            password = "x"
+            [roles.read]
+            allow = ["read"]
+            max_ttl = "1h"
+            [roles.write]
+            allow = ["read", "write"]
+            max_ttl = "1h"
+            "#,
+        )
+        .unwrap()
+    }
+
+    fn req(user: &str, target: &str, role: &str, ttl: &str, reason: &str) -> NewGrant {
+        NewGrant {
+            user: user.into(),
+            target: target.into(),
+            role: role.into(),
+            ttl: ttl.into(),
+            reason: reason.into(),
+            starts_at: None,
+        }
+    }
+
+    #[test]
+    fn issuing_validates_target_role_ttl_and_reason() {
+        let c = config();
+        assert_eq!(
+            validate_new_grant(&c, &req("alice", "shop", "read", "30m", "inc")).unwrap(),
+            Duration::from_secs(1800)
+        );
+        let field = |r: NewGrant| match validate_new_grant(&c, &r) {
+            Err(GrantError::Invalid { field, .. }) => field,
+            other => panic!("expected Invalid, got {other:?}"),
+        };
+        assert_eq!(field(req("alice", "nope", "read", "30m", "inc")), "target");
+        assert_eq!(field(req("alice", "shop", "nope", "30m", "inc")), "role");
+        assert_eq!(field(req("alice", "shop", "write", "30m", "inc")), "role", "no credential for write");
+        assert_eq!(field(req("alice", "shop", "read", "2h", "inc")), "ttl", "over max_ttl");
+        assert_eq!(field(req("alice", "shop", "read", "soon", "inc")), "ttl");
+        assert_eq!(field(req("alice", "shop", "read", "0s", "inc")), "ttl");
+        assert_eq!(field(req("alice", "shop", "read", "30m", "  ")), "reason");
+        assert_eq!(field(req("", "shop", "read", "30m", "inc")), "user");
+        assert_eq!(field(req(&"a".repeat(64), "shop", "read", "30m", "inc")), "user");
+    }
+}

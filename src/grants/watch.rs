@@ -1,0 +1,143 @@
+//! Live view of grants for sessions: one `tokio::sync::watch` channel per grant that has a session.
+//!
+//! The admin side publishes a grant after revoking or extending it; each session's relay loop has a
+//! `changed()` arm and re-checks the grant with [`super::Grant::status_at`] — the same function that
+//! admitted it. An entry lives only while some session watches the grant.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use tokio::sync::watch;
+
+use super::Grant;
+
+#[derive(Clone, Default, Debug)]
+pub struct GrantWatches {
+    senders: Arc<DashMap<String, watch::Sender<Grant>>>,
+}
+
+impl GrantWatches {
+    /// Starts watching `grant` (as the caller last saw it). Callers re-read the grant from the store
+    /// after subscribing and [`publish`](Self::publish) it, so a change made between their first read
+    /// and the subscription is not missed.
+    pub fn subscribe(&self, grant: &Grant) -> GrantWatch {
+        let rx = self
+            .senders
+            .entry(grant.id.clone())
+            .or_insert_with(|| watch::channel(grant.clone()).0)
+            .subscribe();
+        GrantWatch {
+            rx: Some(rx),
+            id: grant.id.clone(),
+            senders: self.senders.clone(),
+        }
+    }
+
+    /// Tells every session on this grant about its new state. A no-op when nobody watches.
+    pub fn publish(&self, grant: &Grant) {
+        if let Some(tx) = self.senders.get(&grant.id) {
+            tx.send_if_modified(|current| {
+                if current == grant {
+                    false
+                } else {
+                    *current = grant.clone();
+                    true
+                }
+            });
+        }
+    }
+
+    /// Number of grants currently watched (for tests and metrics).
+    pub fn watched(&self) -> usize {
+        self.senders.len()
+    }
+}
+
+/// A session's subscription to its grant; removes the registry entry when the last one goes.
+#[derive(Debug)]
+pub struct GrantWatch {
+    rx: Option<watch::Receiver<Grant>>,
+    id: String,
+    senders: Arc<DashMap<String, watch::Sender<Grant>>>,
+}
+
+impl GrantWatch {
+    /// Waits until the grant changes. Cancel-safe (for `select!`). Never resolves if the registry
+    /// entry is gone, which cannot happen while this watch exists.
+    pub async fn changed(&mut self) -> Grant {
+        let rx = self.rx.as_mut().expect("receiver present until drop");
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        rx.borrow_and_update().clone()
+    }
+
+    pub fn current(&self) -> Grant {
+        self.rx.as_ref().expect("receiver present until drop").borrow().clone()
+    }
+}
+
+impl Drop for GrantWatch {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        self.senders.remove_if(&self.id, |_, tx| tx.receiver_count() == 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    fn grant() -> Grant {
+        let now = Utc::now();
+        Grant {
+            id: "g_w".into(),
+            user: "alice".into(),
+            target: "shop".into(),
+            role: "read".into(),
+            reason: "r".into(),
+            created_by: "ops".into(),
+            created_at: now,
+            starts_at: now,
+            expires_at: now + chrono::Duration::minutes(5),
+            revoked_at: None,
+            revoked_by: None,
+            revoke_reason: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn sessions_see_publications_and_entries_are_cleaned_up() {
+        let watches = GrantWatches::default();
+        let g = grant();
+        let mut a = watches.subscribe(&g);
+        let b = watches.subscribe(&g);
+        assert_eq!(watches.watched(), 1);
+
+        let mut revoked = g.clone();
+        revoked.revoked_at = Some(Utc::now());
+        watches.publish(&revoked);
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(1), a.changed()).await.unwrap();
+        assert!(seen.revoked_at.is_some());
+        assert!(b.current().revoked_at.is_some());
+
+        drop(a);
+        assert_eq!(watches.watched(), 1, "b still watches");
+        drop(b);
+        assert_eq!(watches.watched(), 0);
+        // publishing with nobody watching is a no-op
+        watches.publish(&g);
+        assert_eq!(watches.watched(), 0);
+    }
+
+    #[tokio::test]
+    async fn republishing_the_same_state_does_not_wake_sessions() {
+        let watches = GrantWatches::default();
+        let g = grant();
+        let mut a = watches.subscribe(&g);
+        watches.publish(&g);
+        let woke = tokio::time::timeout(std::time::Duration::from_millis(50), a.changed()).await;
+        assert!(woke.is_err());
+    }
+}

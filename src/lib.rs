@@ -1,0 +1,18 @@
+//! timebox: a PostgreSQL proxy that gives engineers time-boxed access to production databases.
+//!
+//! Data flow:
+//! 1. [`config`] loads and validates the TOML config; [`app::run`] builds the shared state and
+//!    starts the proxy and admin listeners.
+//! 2. [`admin`] (HTTP) issues and revokes [`grants`]; each grant has a one-time token stored only as
+//!    a SCRAM verifier in the [`store`].
+//! 3. [`proxy`] accepts a client (TLS, startup), authenticates the token with SCRAM-SHA-256 against
+//!    the user's grants, connects upstream with the role's credential, and relays frames.
+//! 4. Each session's relay loop watches its grant: expiry, revocation and shutdown sever it.
+//! 5. [`pgcluster`] starts throwaway PostgreSQL clusters for the demo, tests and benchmarks.
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod config;
+pub mod grants;
+pub mod pgcluster;
+pub mod store;
