@@ -83,7 +83,9 @@ pub enum ClusterError {
     NoPostgresUser { detail: String },
 
     /// We are root and neither `runuser` nor `su` is available.
-    #[error("running as root, but neither runuser nor su was found to switch to the postgres user")]
+    #[error(
+        "running as root, but neither runuser nor su was found to switch to the postgres user"
+    )]
     NoUserSwitch,
 
     /// A file-system operation failed.
@@ -473,10 +475,12 @@ impl Cluster {
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let input = sql.to_owned();
         let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-        let output = child.wait_with_output().map_err(|source| ClusterError::Spawn {
-            program: psql.display().to_string(),
-            source,
-        })?;
+        let output = child
+            .wait_with_output()
+            .map_err(|source| ClusterError::Spawn {
+                program: psql.display().to_string(),
+                source,
+            })?;
         // A write error (EPIPE) only means psql exited early; its status and stderr say why.
         let _ = writer.join();
         if output.status.success() {
@@ -494,7 +498,10 @@ impl Cluster {
     /// Stop the server: `pg_ctl stop -m fast`, falling back to `-m immediate`. Idempotent; the files
     /// stay until drop.
     pub fn stop(&mut self) {
-        if !self.running && !self.data_dir.join("postmaster.pid").exists() {
+        // No pid file: never started, already stopped, or the postmaster went away on its own (e.g.
+        // the terminal's Ctrl-C reached it): nothing to stop, nothing to warn about.
+        if !self.data_dir.join("postmaster.pid").exists() {
+            self.running = false;
             return;
         }
         let stopped = |mode: &str| {
@@ -600,7 +607,11 @@ impl Cluster {
             // pg_ctl -w may give up while a postmaster is still coming up: make sure it is gone.
             self.stop();
             if attempt < START_ATTEMPTS && port_conflict(&attempt_log) {
-                tracing::debug!(port, attempt, "port taken while starting PostgreSQL; retrying");
+                tracing::debug!(
+                    port,
+                    attempt,
+                    "port taken while starting PostgreSQL; retrying"
+                );
                 continue;
             }
             return Err(ClusterError::StartFailed {
@@ -613,11 +624,16 @@ impl Cluster {
     }
 
     /// `setsid sh -c '<poll pid>; <pg_ctl stop -m immediate>; rm -rf <root>'`, detached from our
-    /// session so a terminal's Ctrl-C or hang-up does not take it down with us.
+    /// session so a terminal's Ctrl-C or hang-up does not take it down with us. The stop is tried for
+    /// a few seconds, in case the process died while `pg_ctl start` was still bringing a postmaster
+    /// up (its pid file appears a moment later).
     fn spawn_guardian(&self, pid: u32) -> Result<Child, ClusterError> {
         const SCRIPT: &str = r#"pid="$1"; root="$2"; shift 2
 while kill -0 "$pid" 2>/dev/null; do sleep 1; done
-if [ -e "$root/data/postmaster.pid" ]; then "$@" >/dev/null 2>&1; fi
+for _ in 1 2 3; do
+  if [ -e "$root/data/postmaster.pid" ]; then "$@" >/dev/null 2>&1; fi
+  sleep 1
+done
 rm -rf -- "$root""#;
         let stop = self.runner.argv(
             &self.install.bin("pg_ctl"),
@@ -711,11 +727,7 @@ impl Runner {
     }
 
     /// The full argv (program first) that runs `program args` as the right user.
-    fn argv<'a>(
-        &self,
-        program: &Path,
-        args: impl IntoIterator<Item = &'a OsStr>,
-    ) -> Vec<OsString> {
+    fn argv<'a>(&self, program: &Path, args: impl IntoIterator<Item = &'a OsStr>) -> Vec<OsString> {
         let args: Vec<OsString> = args.into_iter().map(OsStr::to_os_string).collect();
         match self {
             Runner::Direct => std::iter::once(program.as_os_str().to_os_string())
@@ -761,7 +773,14 @@ impl Runner {
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..]);
         // Keep the caller's libpq environment from steering the server tools.
-        for var in ["PGDATA", "PGPORT", "PGHOST", "PGUSER", "PGDATABASE", "PGOPTIONS"] {
+        for var in [
+            "PGDATA",
+            "PGPORT",
+            "PGHOST",
+            "PGUSER",
+            "PGDATABASE",
+            "PGOPTIONS",
+        ] {
             cmd.env_remove(var);
         }
         cmd
@@ -771,8 +790,10 @@ impl Runner {
     fn give(&self, path: &Path) -> Result<(), ClusterError> {
         match self {
             Runner::Direct => Ok(()),
-            Runner::AsPostgres { uid, gid, .. } => std::os::unix::fs::chown(path, Some(*uid), Some(*gid))
-                .map_err(|e| ClusterError::io(format!("chown postgres {}", path.display()), e)),
+            Runner::AsPostgres { uid, gid, .. } => {
+                std::os::unix::fs::chown(path, Some(*uid), Some(*gid))
+                    .map_err(|e| ClusterError::io(format!("chown postgres {}", path.display()), e))
+            }
         }
     }
 }
@@ -802,9 +823,11 @@ fn id_of(flag: &str) -> Result<u32, ClusterError> {
             detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
         });
     }
-    text.trim().parse().map_err(|_| ClusterError::NoPostgresUser {
-        detail: format!("unexpected `id {flag} postgres` output {text:?}"),
-    })
+    text.trim()
+        .parse()
+        .map_err(|_| ClusterError::NoPostgresUser {
+            detail: format!("unexpected `id {flag} postgres` output {text:?}"),
+        })
 }
 
 /// Create `<base>/timebox-pg-<pid>-<random>` with mode 0700, owned by the server's user.
@@ -1102,8 +1125,14 @@ mod tests {
             parse_version_output("pg_ctl (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"),
             Some(15)
         );
-        assert_eq!(parse_version_output("pg_ctl (PostgreSQL) 9.6.24\n"), Some(9));
-        assert_eq!(parse_version_output("pg_ctl (PostgreSQL) 17beta2\n"), Some(17));
+        assert_eq!(
+            parse_version_output("pg_ctl (PostgreSQL) 9.6.24\n"),
+            Some(9)
+        );
+        assert_eq!(
+            parse_version_output("pg_ctl (PostgreSQL) 17beta2\n"),
+            Some(17)
+        );
         assert_eq!(parse_version_output("something else"), None);
     }
 
@@ -1124,7 +1153,10 @@ mod tests {
     fn settings_override_defaults_by_coming_last() {
         let block = config_block(
             Path::new("/tmp/x"),
-            &[("fsync".into(), "on".into()), ("log_statement".into(), "all".into())],
+            &[
+                ("fsync".into(), "on".into()),
+                ("log_statement".into(), "all".into()),
+            ],
         );
         let fsync_default = block.find("fsync = 'off'").expect("default present");
         let fsync_override = block.find("fsync = 'on'").expect("override present");
@@ -1159,7 +1191,10 @@ mod tests {
 
     #[test]
     fn quoting() {
-        assert_eq!(shell_quote("/usr/lib/postgresql/15/bin/pg_ctl"), "/usr/lib/postgresql/15/bin/pg_ctl");
+        assert_eq!(
+            shell_quote("/usr/lib/postgresql/15/bin/pg_ctl"),
+            "/usr/lib/postgresql/15/bin/pg_ctl"
+        );
         assert_eq!(shell_quote("-p 5432"), "'-p 5432'");
         assert_eq!(shell_quote("a'b"), r"'a'\''b'");
         assert_eq!(conninfo_quote("postgres"), "postgres");
@@ -1197,9 +1232,17 @@ mod tests {
         .argv(pg_ctl, [OsStr::new("-o"), OsStr::new("-p 1")]);
         assert_eq!(
             runuser,
-            ["/usr/sbin/runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "-o", "-p 1"]
-                .map(OsString::from)
-                .to_vec()
+            [
+                "/usr/sbin/runuser",
+                "-u",
+                "postgres",
+                "--",
+                "/usr/lib/postgresql/15/bin/pg_ctl",
+                "-o",
+                "-p 1"
+            ]
+            .map(OsString::from)
+            .to_vec()
         );
 
         let su = Runner::AsPostgres {
@@ -1208,6 +1251,9 @@ mod tests {
             switch: Switch::Su("/bin/su".into()),
         }
         .argv(pg_ctl, [OsStr::new("-o"), OsStr::new("-p 1")]);
-        assert_eq!(su.last().unwrap(), "/usr/lib/postgresql/15/bin/pg_ctl -o '-p 1'");
+        assert_eq!(
+            su.last().unwrap(),
+            "/usr/lib/postgresql/15/bin/pg_ctl -o '-p 1'"
+        );
     }
 }
