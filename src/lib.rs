@@ -11,8 +11,11 @@
 //! 5. [`pgcluster`] starts throwaway PostgreSQL clusters for the demo, tests and benchmarks.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod app;
 pub mod clock;
 pub mod config;
 pub mod grants;
 pub mod pgcluster;
+pub mod proxy;
 pub mod store;

@@ -1,0 +1,106 @@
+//! Builds the shared state and runs the proxy and admin listeners until shutdown.
+//!
+//! `run` takes its config, already-bound listeners and a shutdown future as arguments, so tests start
+//! real instances on `127.0.0.1:0` in parallel in one process. Shutdown: stop accepting, tell every
+//! session (idle ones end at once, busy ones get `proxy.shutdown_grace`), then force.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::grants::GrantService;
+use crate::proxy::{self, ProxyError, ProxyState};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    #[error("admin listener failed: {0}")]
+    Admin(#[source] std::io::Error),
+}
+
+/// State shared by the proxy sessions and the admin API.
+#[derive(Debug)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub grants: GrantService,
+    pub clock: Arc<dyn Clock>,
+    /// Proxy-side state: TLS, live sessions, cancel keys, limits.
+    pub proxy: ProxyState,
+    /// Cancelled when the instance shuts down.
+    pub shutdown: CancellationToken,
+    /// The proxy's bound address (known once `run` starts), for connection hints.
+    pub proxy_addr: std::sync::OnceLock<std::net::SocketAddr>,
+}
+
+impl AppState {
+    /// Opens the store the config names and prepares TLS.
+    pub fn build(config: Config) -> Result<Arc<AppState>, AppError> {
+        let store = Store::open(&config.store)?;
+        Self::build_with(config, store, Arc::new(SystemClock))
+    }
+
+    pub fn build_with(config: Config, store: Store, clock: Arc<dyn Clock>) -> Result<Arc<AppState>, AppError> {
+        let config = Arc::new(config);
+        let grants = GrantService::new(store, config.clone(), clock.clone());
+        let proxy = ProxyState::new(&config)?;
+        Ok(Arc::new(AppState {
+            config,
+            grants,
+            clock,
+            proxy,
+            shutdown: CancellationToken::new(),
+            proxy_addr: std::sync::OnceLock::new(),
+        }))
+    }
+}
+
+/// The listeners an instance serves; bind them first (port 0 in tests) and read their addresses.
+pub struct Listeners {
+    pub proxy: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        Ok(Listeners {
+            proxy: TcpListener::bind(config.proxy.listen).await?,
+            admin: TcpListener::bind(config.admin.listen).await?,
+        })
+    }
+}
+
+/// Runs until `shutdown` resolves, then drains sessions (see module docs) and returns.
+pub async fn run(
+    state: Arc<AppState>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AppError> {
+    if let Ok(addr) = listeners.proxy.local_addr() {
+        let _ = state.proxy_addr.set(addr);
+    }
+    let admin_router = crate::admin::router(state.clone());
+    let admin_shutdown = state.shutdown.clone();
+    let admin = tokio::spawn(async move {
+        axum::serve(listeners.admin, admin_router)
+            .with_graceful_shutdown(async move { admin_shutdown.cancelled().await })
+            .await
+    });
+    let proxy = tokio::spawn(proxy::serve(state.clone(), listeners.proxy));
+
+    shutdown.await;
+    tracing::info!("shutting down: closing listeners and draining sessions");
+    state.shutdown.cancel();
+    let proxy_result = proxy.await.map_err(|e| ProxyError::Task(e.to_string()))?;
+    let admin_result = admin.await.map_err(|e| ProxyError::Task(e.to_string()))?;
+    proxy_result?;
+    admin_result.map_err(AppError::Admin)?;
+    Ok(())
+}

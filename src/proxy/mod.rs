@@ -1,0 +1,243 @@
+//! The PostgreSQL-facing side: accept loop, per-connection sessions, and the state they share.
+//!
+//! Data flow for one connection: [`startup`] (TLS, startup packet) → [`auth`] (grant token via
+//! SCRAM) → [`upstream`] (login with the role's credential) → [`session`] relay loop, which ends on
+//! client exit, grant expiry or revocation, kill, upstream loss or shutdown. [`cancel`] maps
+//! client-facing cancel keys to upstream backends. [`wire`] holds the protocol pieces.
+
+pub mod auth;
+pub mod cancel;
+pub mod scram;
+pub mod session;
+pub mod startup;
+pub mod stream;
+pub mod tls;
+pub mod upstream;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::AppState;
+use crate::config::{ClientTls, Config};
+use crate::grants::Grant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("client TLS setup failed: {0}")]
+    ClientTls(#[source] tls::TlsError),
+    #[error("upstream TLS setup for target {target:?} failed: {source}")]
+    UpstreamTls {
+        target: String,
+        #[source]
+        source: tls::TlsError,
+    },
+    #[error("task failed: {0}")]
+    Task(String),
+}
+
+/// State shared by all proxy sessions.
+#[derive(Debug)]
+pub struct ProxyState {
+    /// Client-facing TLS (absent when `proxy.tls = "disabled"`).
+    pub tls: Option<tls::ServerTls>,
+    /// Upstream TLS per target name (`None` for `tls = "disable"`).
+    pub upstream_tls: HashMap<String, Option<Arc<rustls::ClientConfig>>>,
+    pub cancel_keys: Arc<cancel::CancelKeys>,
+    pub sessions: SessionRegistry,
+    pub auth_throttle: auth::AuthThrottle,
+    /// One permit per client connection (`proxy.max_connections`).
+    connections: Arc<Semaphore>,
+    /// Connection tasks, so shutdown can wait for them.
+    tasks: TaskTracker,
+}
+
+impl ProxyState {
+    pub fn new(config: &Config) -> Result<Self, ProxyError> {
+        let tls = match (config.proxy.tls, &config.proxy.tls_cert, &config.proxy.tls_key) {
+            (ClientTls::Disabled, _, _) => None,
+            (_, Some(cert), Some(key)) => Some(tls::ServerTls::load(cert, key).map_err(ProxyError::ClientTls)?),
+            _ => None,
+        };
+        let mut upstream_tls = HashMap::new();
+        for (name, target) in &config.targets {
+            let client = tls::upstream_client_config(target).map_err(|source| ProxyError::UpstreamTls {
+                target: name.clone(),
+                source,
+            })?;
+            upstream_tls.insert(name.clone(), client);
+        }
+        Ok(ProxyState {
+            tls,
+            upstream_tls,
+            cancel_keys: Arc::new(cancel::CancelKeys::default()),
+            sessions: SessionRegistry::default(),
+            auth_throttle: auth::AuthThrottle::new(config.proxy.auth_failures_per_minute),
+            connections: Arc::new(Semaphore::new(config.proxy.max_connections)),
+            tasks: TaskTracker::new(),
+        })
+    }
+}
+
+/// Accepts clients until shutdown, then waits (bounded) for their sessions to end.
+pub async fn serve(state: Arc<AppState>, listener: TcpListener) -> Result<(), ProxyError> {
+    let shutdown = state.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: keep serving those already connected.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let permit = state.proxy.connections.clone().try_acquire_owned().ok();
+        let over_limit = permit.is_none();
+        let st = state.clone();
+        state.proxy.tasks.spawn(async move {
+            session::handle_connection(st, tcp, peer, over_limit).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    state.proxy.tasks.close();
+    let limit = state.config.proxy.shutdown_grace + Duration::from_secs(2);
+    if tokio::time::timeout(limit, state.proxy.tasks.wait()).await.is_err() {
+        tracing::warn!(remaining = state.proxy.tasks.len(), "sessions still open after the shutdown grace period");
+    }
+    Ok(())
+}
+
+/// Live sessions, for listing and killing them.
+#[derive(Debug, Default)]
+pub struct SessionRegistry {
+    sessions: DashMap<u64, Arc<SessionHandle>>,
+    next_id: AtomicU64,
+}
+
+impl SessionRegistry {
+    pub fn register(&self, grant: &Grant, client_addr: SocketAddr, tls_version: Option<String>) -> Arc<SessionHandle> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let handle = Arc::new(SessionHandle {
+            id,
+            user: grant.user.clone(),
+            target: grant.target.clone(),
+            role: grant.role.clone(),
+            grant_id: grant.id.clone(),
+            client_addr,
+            tls_version,
+            started_at: Utc::now(),
+            bytes_from_client: AtomicU64::new(0),
+            bytes_to_client: AtomicU64::new(0),
+            statements: AtomicU64::new(0),
+            kill: CancellationToken::new(),
+            kill_reason: Mutex::new(None),
+        });
+        self.sessions.insert(id, handle.clone());
+        handle
+    }
+
+    pub fn remove(&self, id: u64) {
+        self.sessions.remove(&id);
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<SessionHandle>> {
+        self.sessions.get(&id).map(|e| e.value().clone())
+    }
+
+    pub fn list(&self) -> Vec<Arc<SessionHandle>> {
+        let mut all: Vec<_> = self.sessions.iter().map(|e| e.value().clone()).collect();
+        all.sort_by_key(|s| s.id);
+        all
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+}
+
+/// A live session as the rest of timebox sees it.
+#[derive(Debug)]
+pub struct SessionHandle {
+    pub id: u64,
+    pub user: String,
+    pub target: String,
+    pub role: String,
+    pub grant_id: String,
+    pub client_addr: SocketAddr,
+    pub tls_version: Option<String>,
+    pub started_at: DateTime<Utc>,
+    bytes_from_client: AtomicU64,
+    bytes_to_client: AtomicU64,
+    statements: AtomicU64,
+    /// Cancelled to sever the session (kill).
+    kill: CancellationToken,
+    kill_reason: Mutex<Option<String>>,
+}
+
+/// Counters of a session.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct SessionStats {
+    pub bytes_from_client: u64,
+    pub bytes_to_client: u64,
+    pub statements: u64,
+}
+
+impl SessionHandle {
+    pub(crate) fn add_from_client(&self, n: u64) {
+        self.bytes_from_client.fetch_add(n, Ordering::Relaxed);
+    }
+    pub(crate) fn add_to_client(&self, n: u64) {
+        self.bytes_to_client.fetch_add(n, Ordering::Relaxed);
+    }
+    pub(crate) fn add_statement(&self) {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> SessionStats {
+        SessionStats {
+            bytes_from_client: self.bytes_from_client.load(Ordering::Relaxed),
+            bytes_to_client: self.bytes_to_client.load(Ordering::Relaxed),
+            statements: self.statements.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Severs the session; `by` and `reason` are shown to the engineer.
+    pub fn kill(&self, by: &str, reason: &str) {
+        let text = if reason.is_empty() {
+            by.to_owned()
+        } else {
+            format!("{by} ({reason})")
+        };
+        *self.kill_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+        self.kill.cancel();
+    }
+
+    pub(crate) fn kill_token(&self) -> CancellationToken {
+        self.kill.clone()
+    }
+
+    pub(crate) fn kill_reason(&self) -> Option<String> {
+        self.kill_reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}

@@ -1,0 +1,911 @@
+//! One client connection, from accept to close: startup, authentication, upstream login, relay.
+//!
+//! The relay loop is the hot path. It moves frontend frames (checked for type and size, whole) to
+//! the upstream and backend bytes to the client without decoding them — a [`FrameTracker`] only
+//! follows frame headers so that timebox's own messages (expiry warnings, the final FATAL) are
+//! injected exactly at a frame boundary. Both directions are driven from one task by a single
+//! poll function (no locks, no per-message allocation; buffers are reused; each wake-up writes
+//! whatever is pending in one write call per direction).
+//!
+//! Expiry, revocation, kill and shutdown are arms of the loop's `select!`. When the grant changes,
+//! the session re-checks it with [`Grant::refusal_at`], the function that admitted it. Severing a
+//! session cancels the running upstream query first, then tells the client why (FATAL 57P01) and
+//! closes both sides. It must never leave a query running upstream after the client is gone.
+
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use chrono::{DateTime, Utc};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::io::poll_read_buf;
+use tokio_util::sync::CancellationToken;
+
+use super::auth::{self, AuthError};
+use super::cancel::{CancelKeyGuard, UpstreamCancel};
+use super::startup::{self, ClientParams, ClientTlsInfo, Startup, StartupError};
+use super::stream::{ClientStream, UpstreamStream};
+use super::upstream::{self, Upstream};
+use super::wire::{self, FrameTracker, PgError};
+use super::SessionHandle;
+use crate::app::AppState;
+use crate::grants::watch::GrantWatch;
+use crate::grants::{Grant, GrantStatus};
+
+/// Buffered bytes per direction before the relay stops reading from the sender (backpressure).
+const HIGH_WATER: usize = 256 * 1024;
+/// Initial capacity of each relay buffer.
+const BUFFER_CAPACITY: usize = 16 * 1024;
+/// How long a severed session may take to reach a frame boundary and deliver its FATAL.
+const SEVER_DRAIN: Duration = Duration::from_millis(500);
+
+/// Why a session ended (audit, metrics, logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    ClientExit,
+    Expired,
+    Revoked,
+    Killed,
+    UpstreamError,
+    ClientError,
+    Shutdown,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::ClientExit => "client_exit",
+            EndReason::Expired => "expired",
+            EndReason::Revoked => "revoked",
+            EndReason::Killed => "killed",
+            EndReason::UpstreamError => "upstream_error",
+            EndReason::ClientError => "client_error",
+            EndReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Entry point for an accepted TCP connection. `over_limit` is true when the connection limit is
+/// reached: the client still gets a proper FATAL after its startup packet.
+pub async fn handle_connection(state: Arc<AppState>, tcp: TcpStream, peer: SocketAddr, over_limit: bool) {
+    let _ = tcp.set_nodelay(true);
+    let startup_deadline = Instant::now() + state.config.proxy.startup_timeout;
+    let negotiated = tokio::time::timeout_at(
+        startup_deadline,
+        startup::negotiate(tcp, state.proxy.tls.as_ref(), state.config.proxy.tls),
+    )
+    .await;
+    let (mut client, message, tls) = match negotiated {
+        Err(_) => {
+            tracing::debug!(client.addr = %peer, "startup timed out");
+            return;
+        }
+        Ok(Err(StartupError::Refused { mut client, error })) => {
+            tracing::info!(client.addr = %peer, code = error.code, message = %error.message, "startup refused");
+            send_fatal(&mut client, &error).await;
+            return;
+        }
+        Ok(Err(e)) => {
+            if e.is_disconnect() {
+                tracing::debug!(client.addr = %peer, error = %e, "client left during startup");
+            } else {
+                tracing::info!(client.addr = %peer, error = %e, "startup failed");
+            }
+            return;
+        }
+        Ok(Ok(Startup::Cancel { pid, secret })) => {
+            if let Some(target) = state.proxy.cancel_keys.lookup(pid, secret) {
+                tracing::info!(client.addr = %peer, "forwarding cancel request");
+                if let Err(e) = target.send().await {
+                    tracing::warn!(error = %e, "cancel request to upstream failed");
+                }
+            } else {
+                tracing::debug!(client.addr = %peer, "cancel request with unknown key ignored");
+            }
+            return;
+        }
+        Ok(Ok(Startup::Session { client, message, tls })) => (client, message, tls),
+    };
+
+    if over_limit {
+        send_fatal(&mut client, &PgError::too_many_connections(state.config.proxy.max_connections)).await;
+        return;
+    }
+    let params = match startup::check_startup_params(&message) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::info!(client.addr = %peer, code = e.code, message = %e.message, "startup parameters refused");
+            send_fatal(&mut client, &e).await;
+            return;
+        }
+    };
+
+    let span = tracing::info_span!(
+        "session",
+        client.addr = %peer,
+        user = %params.user,
+        target = %params.target,
+        session.id = tracing::field::Empty,
+        grant.id = tracing::field::Empty,
+    );
+    let _enter = span.enter();
+    drop(_enter);
+    let established = tokio::time::timeout_at(
+        startup_deadline,
+        establish(&state, &mut client, &params, tls.as_ref(), peer),
+    );
+    let established = tracing::Instrument::instrument(established, span.clone()).await;
+    let session = match established {
+        Err(_) => {
+            send_fatal(&mut client, &PgError::startup_timeout()).await;
+            return;
+        }
+        Ok(Err(error)) => {
+            send_fatal(&mut client, &error).await;
+            return;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some(session))) => session,
+    };
+    span.record("session.id", session.handle.id);
+    span.record("grant.id", session.grant.id.as_str());
+    let run = session.run(client);
+    tracing::Instrument::instrument(run, span).await;
+}
+
+/// Writes a FATAL (best effort) and closes.
+async fn send_fatal(client: &mut ClientStream, error: &PgError) {
+    let bytes = error.to_bytes();
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        client.write_all(&bytes).await?;
+        client.flush().await?;
+        client.shutdown().await
+    })
+    .await;
+}
+
+/// The part of a session that exists once its upstream is open.
+struct Session {
+    state: Arc<AppState>,
+    /// Registry entry (listing, kill); removed when the session ends.
+    handle: Arc<SessionHandle>,
+    /// The grant as last seen; replaced whenever the watch reports a change.
+    grant: Grant,
+    /// Revocation and extension arrive here.
+    watch: GrantWatch,
+    upstream: UpstreamStream,
+    /// How to cancel the upstream backend's running query.
+    upstream_cancel: UpstreamCancel,
+    /// Keeps the client-facing cancel key registered for the session's lifetime.
+    _cancel_key: CancelKeyGuard,
+}
+
+/// Authenticates, opens the upstream and sends the client its startup answer. `Ok(None)` when the
+/// client left quietly; `Err` is the FATAL to send.
+async fn establish(
+    state: &Arc<AppState>,
+    client: &mut ClientStream,
+    params: &ClientParams,
+    tls: Option<&ClientTlsInfo>,
+    peer: SocketAddr,
+) -> Result<Option<Session>, PgError> {
+    let throttle = &state.proxy.auth_throttle;
+    if throttle.is_blocked(peer.ip(), std::time::Instant::now()) {
+        tracing::warn!("authentication throttled");
+        return Err(PgError::too_many_auth_failures());
+    }
+    let grant = match auth::authenticate(client, &state.grants, params, tls).await {
+        Ok(g) => g,
+        Err(AuthError::Refused {
+            error,
+            reason,
+            counts_as_failure,
+        }) => {
+            if counts_as_failure {
+                throttle.record_failure(peer.ip(), std::time::Instant::now());
+            }
+            tracing::info!(%reason, code = error.code, "authentication failed");
+            return Err(error);
+        }
+        Err(AuthError::ClientLeft) => {
+            tracing::debug!("client left during authentication");
+            return Ok(None);
+        }
+        Err(AuthError::Io(e)) => {
+            tracing::debug!(error = %e, "client connection failed during authentication");
+            return Ok(None);
+        }
+    };
+    tracing::Span::current().record("grant.id", grant.id.as_str());
+
+    // Watch first, then re-read: a revocation between authentication and now is not missed.
+    let watch = state.grants.watches().subscribe(&grant);
+    match state.grants.get(&grant.id).await {
+        Ok(fresh) => state.grants.watches().publish(&fresh),
+        Err(e) => {
+            tracing::error!(error = %e, "grant store unavailable");
+            return Err(PgError::fatal("58000", "timebox cannot check grants right now (grant store unavailable)"));
+        }
+    }
+    let grant = watch.current();
+    if let Some(why) = grant.refusal_at(state.clock.now()) {
+        return Err(PgError::grant_not_current(&why));
+    }
+
+    let config = &state.config;
+    let (Some(target), Some(credential)) = (
+        config.targets.get(&grant.target),
+        config.targets.get(&grant.target).and_then(|t| t.credentials.get(&grant.role)),
+    ) else {
+        tracing::error!(role = %grant.role, "grant's target or role is no longer configured");
+        return Err(PgError::grant_not_current(&format!(
+            "grant {} names target \"{}\" / role \"{}\", which is no longer configured",
+            grant.id, grant.target, grant.role
+        )));
+    };
+
+    let mut settings = params.settings.clone();
+    settings.push(("application_name".into(), tagged_application_name(&grant, params.application_name.as_deref())));
+    let upstream_tls = state.proxy.upstream_tls.get(&target.name).cloned().flatten();
+    let upstream = match upstream::connect(target, credential, upstream_tls, &settings, config.proxy.upstream_connect_timeout).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(error = %e, host = %target.host, port = target.port, "upstream connection failed");
+            return Err(match &e {
+                upstream::UpstreamError::Rejected { code, .. } => PgError::upstream_rejected(&target.name, code),
+                _ => PgError::upstream_unavailable(&target.name, &e.client_reason()),
+            });
+        }
+    };
+    let Upstream {
+        stream,
+        backend_pid,
+        backend_secret,
+        parameter_status,
+        notices,
+        ready_status,
+    } = upstream;
+
+    let upstream_cancel = UpstreamCancel {
+        host: target.host.clone(),
+        port: target.port,
+        pid: backend_pid,
+        secret: backend_secret,
+    };
+    let cancel_key = state.proxy.cancel_keys.register(upstream_cancel.clone());
+    let handle = state.proxy.sessions.register(&grant, peer, tls.map(|t| t.version.clone()));
+
+    let mut out = BytesMut::with_capacity(512);
+    wire::authentication_ok(&mut out);
+    for (name, value) in &parameter_status {
+        wire::parameter_status(&mut out, name, value);
+    }
+    out.extend_from_slice(&notices);
+    wire::backend_key_data(&mut out, cancel_key.pid, cancel_key.secret);
+    wire::frame(&mut out, b'Z', |b| b.extend_from_slice(&[ready_status]));
+    if let Err(e) = client.write_all(&out).await {
+        tracing::debug!(error = %e, "client left before the session started");
+        return Ok(None);
+    }
+    tracing::info!(
+        role = %grant.role,
+        tls = tls.map(|t| t.version.as_str()).unwrap_or("none"),
+        expires_at = %grant.expires_at,
+        upstream.pid = backend_pid,
+        "session started"
+    );
+    Ok(Some(Session {
+        state: state.clone(),
+        handle,
+        grant,
+        watch,
+        upstream: stream,
+        upstream_cancel,
+        _cancel_key: cancel_key,
+    }))
+}
+
+/// `timebox:<user>:<grant id>[:<client's application_name>]`, at most 63 bytes (PostgreSQL's limit).
+pub fn tagged_application_name(grant: &Grant, client_name: Option<&str>) -> String {
+    let mut name = format!("timebox:{}:{}", grant.user, grant.id);
+    if let Some(c) = client_name.filter(|c| !c.is_empty()) {
+        name.push(':');
+        name.push_str(c);
+    }
+    if name.len() > 63 {
+        let mut cut = 63;
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        name.truncate(cut);
+    }
+    name
+}
+
+/// Converts a wall-clock deadline into a tokio instant (now if already past).
+fn instant_at(now: DateTime<Utc>, at: DateTime<Utc>) -> Instant {
+    let wait = (at - now).to_std().unwrap_or(Duration::ZERO);
+    Instant::now() + wait
+}
+
+/// Backend bytes on their way to the client, with timebox's own messages spliced in at a frame
+/// boundary.
+struct ClientOutbox {
+    /// Upstream bytes not yet written to the client: stream offsets `[written, tracker.offset())`.
+    pending: BytesMut,
+    /// Upstream stream offset up to which the client has been sent everything.
+    written: u64,
+    /// timebox's own messages waiting for a boundary.
+    inject: BytesMut,
+    /// The stream offset (a frame boundary) at which `inject` goes out.
+    inject_at: Option<u64>,
+    /// Frame boundaries of the upstream stream.
+    tracker: FrameTracker,
+}
+
+impl ClientOutbox {
+    /// Picks the injection point if one is not chosen yet: the latest boundary not yet passed.
+    fn place_injection(&mut self) {
+        if self.inject.is_empty() || self.inject_at.is_some() {
+            return;
+        }
+        let boundary = self.tracker.unfinished_frame_start().unwrap_or(self.tracker.offset());
+        if boundary >= self.written {
+            self.inject_at = Some(boundary);
+        }
+    }
+
+    /// The bytes to write next (stream bytes up to the injection point, then the injection).
+    fn next_chunk(&self) -> Option<(&[u8], bool)> {
+        match self.inject_at {
+            Some(at) if at == self.written && !self.inject.is_empty() => Some((&self.inject[..], true)),
+            Some(at) => {
+                let n = (at - self.written) as usize;
+                (n > 0).then(|| (&self.pending[..n], false))
+            }
+            None => (!self.pending.is_empty()).then_some((&self.pending[..], false)),
+        }
+    }
+
+    fn advance(&mut self, n: usize, injected: bool) {
+        if injected {
+            self.inject.advance(n);
+            if self.inject.is_empty() {
+                self.inject_at = None;
+            }
+        } else {
+            self.pending.advance(n);
+            self.written += n as u64;
+        }
+    }
+
+    fn injection_done(&self) -> bool {
+        self.inject.is_empty()
+    }
+}
+
+/// What one poll of the four I/O directions produced.
+#[derive(Default)]
+struct IoEvents {
+    client_read: Option<std::io::Result<usize>>,
+    upstream_read: Option<std::io::Result<usize>>,
+    client_wrote: Option<(std::io::Result<usize>, bool)>,
+    upstream_wrote: Option<std::io::Result<usize>>,
+    client_flushed: Option<std::io::Result<()>>,
+    upstream_flushed: Option<std::io::Result<()>>,
+}
+
+impl IoEvents {
+    fn any(&self) -> bool {
+        self.client_read.is_some()
+            || self.upstream_read.is_some()
+            || self.client_wrote.is_some()
+            || self.upstream_wrote.is_some()
+            || self.client_flushed.is_some()
+            || self.upstream_flushed.is_some()
+    }
+}
+
+/// How the session is ending, once it is.
+struct Closing {
+    reason: EndReason,
+    /// Give up on delivering the FATAL cleanly after this.
+    deadline: Instant,
+}
+
+impl Session {
+    async fn run(mut self, mut client: ClientStream) {
+        let started = Instant::now();
+        let reason = self.relay(&mut client).await;
+        // Whatever happened, no upstream query may outlive the session.
+        let mut terminate = BytesMut::new();
+        postgres_protocol::message::frontend::terminate(&mut terminate);
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            self.upstream.write_all(&terminate).await?;
+            self.upstream.shutdown().await
+        })
+        .await;
+        let _ = tokio::time::timeout(Duration::from_millis(500), client.shutdown()).await;
+        let stats = self.handle.stats();
+        tracing::info!(
+            reason = reason.as_str(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            bytes_from_client = stats.bytes_from_client,
+            bytes_to_client = stats.bytes_to_client,
+            "session ended"
+        );
+        self.state.proxy.sessions.remove(self.handle.id);
+    }
+
+    /// The relay loop; returns why it ended.
+    async fn relay(&mut self, client: &mut ClientStream) -> EndReason {
+        let state = self.state.clone();
+        let max_message = state.config.proxy.max_message_bytes;
+        let client_tls = client.is_tls();
+        let upstream_tls = self.upstream.is_tls();
+        let mut from_client = BytesMut::with_capacity(BUFFER_CAPACITY);
+        let mut to_upstream = BytesMut::with_capacity(BUFFER_CAPACITY);
+        let mut outbox = ClientOutbox {
+            pending: BytesMut::with_capacity(BUFFER_CAPACITY),
+            written: 0,
+            inject: BytesMut::new(),
+            inject_at: None,
+            tracker: FrameTracker::default(),
+        };
+        let (mut client_needs_flush, mut upstream_needs_flush) = (false, false);
+        // Sync points (Query, Sync, FunctionCall) sent minus ReadyForQuery received.
+        let mut awaiting_ready: u64 = 0;
+        // Extended-protocol messages sent since the last Sync.
+        let mut unsynced = false;
+        let mut ready_seen: u64 = 0;
+        let mut closing: Option<Closing> = None;
+        let mut shutdown_deadline: Option<Instant> = None;
+        let shutdown = state.shutdown.clone();
+        let kill: CancellationToken = self.handle.kill_token();
+        let mut warnings = self.pending_warnings(state.clock.now());
+
+        loop {
+            let now = state.clock.now();
+            let expiry = instant_at(now, self.grant.expires_at);
+            let warning = warnings.last().map(|w| instant_at(now, self.grant.expires_at - *w));
+            let busy = awaiting_ready > 0 || unsynced;
+            let read_client = closing.is_none() && to_upstream.len() < HIGH_WATER;
+            let read_upstream = outbox.pending.len() < HIGH_WATER
+                && (closing.is_none() || outbox.inject_at.is_none());
+            let write_client = outbox.next_chunk().is_some();
+            let write_upstream = closing.is_none() && !to_upstream.is_empty();
+
+            let io = poll_fn(|cx| {
+                let mut ev = IoEvents::default();
+                if read_client {
+                    if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut *client), cx, &mut from_client) {
+                        ev.client_read = Some(r);
+                    }
+                }
+                if read_upstream {
+                    let before = outbox.pending.len();
+                    if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut self.upstream), cx, &mut outbox.pending) {
+                        if let Ok(n) = &r {
+                            let fed = outbox.tracker.feed(&outbox.pending[before..before + n]);
+                            if fed.is_err() {
+                                ev.upstream_read = Some(Err(std::io::Error::new(
+                                    std::io::ErrorKind::InvalidData,
+                                    "corrupt frame from upstream",
+                                )));
+                                return Poll::Ready(ev);
+                            }
+                        }
+                        ev.upstream_read = Some(r);
+                    }
+                }
+                if write_client {
+                    if let Some((chunk, injected)) = outbox.next_chunk() {
+                        if let Poll::Ready(r) = Pin::new(&mut *client).poll_write(cx, chunk) {
+                            ev.client_wrote = Some((r, injected));
+                        }
+                    }
+                } else if client_needs_flush {
+                    if let Poll::Ready(r) = Pin::new(&mut *client).poll_flush(cx) {
+                        ev.client_flushed = Some(r);
+                    }
+                }
+                if write_upstream {
+                    if let Poll::Ready(r) = Pin::new(&mut self.upstream).poll_write(cx, &to_upstream) {
+                        ev.upstream_wrote = Some(r);
+                    }
+                } else if upstream_needs_flush {
+                    if let Poll::Ready(r) = Pin::new(&mut self.upstream).poll_flush(cx) {
+                        ev.upstream_flushed = Some(r);
+                    }
+                }
+                if ev.any() {
+                    Poll::Ready(ev)
+                } else {
+                    Poll::Pending
+                }
+            });
+
+            let closing_deadline = closing.as_ref().map(|c| c.deadline);
+            tokio::select! {
+                biased;
+                ev = io => {
+                    // --- backend → client
+                    if let Some(r) = ev.upstream_read {
+                        match r {
+                            Ok(0) => {
+                                if closing.is_some() {
+                                    break;
+                                }
+                                tracing::info!("upstream closed the connection");
+                                return self.finish_after_upstream_loss(client, &mut outbox, EndReason::UpstreamError).await;
+                            }
+                            Ok(n) => {
+                                self.handle.add_to_client(n as u64);
+                                let now_ready = outbox.tracker.ready_count;
+                                awaiting_ready = awaiting_ready.saturating_sub(now_ready - ready_seen);
+                                ready_seen = now_ready;
+                                outbox.place_injection();
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "upstream read failed");
+                                let mut lost = BytesMut::new();
+                                PgError::upstream_lost(&self.grant.target).encode(&mut lost);
+                                outbox.pending.clear();
+                                let _ = client.write_all(&lost).await;
+                                return EndReason::UpstreamError;
+                            }
+                        }
+                    }
+                    if let Some((r, injected)) = ev.client_wrote {
+                        match r {
+                            Ok(n) => {
+                                outbox.advance(n, injected);
+                                client_needs_flush = client_tls;
+                                outbox.place_injection();
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "client write failed");
+                                self.cancel_if_busy(busy).await;
+                                return closing.map(|c| c.reason).unwrap_or(EndReason::ClientExit);
+                            }
+                        }
+                    }
+                    if let Some(r) = ev.client_flushed {
+                        if r.is_err() {
+                            self.cancel_if_busy(busy).await;
+                            return closing.map(|c| c.reason).unwrap_or(EndReason::ClientExit);
+                        }
+                        client_needs_flush = false;
+                    }
+                    // --- client → backend
+                    if let Some(r) = ev.client_read {
+                        match r {
+                            Ok(0) | Err(_) => {
+                                // The client vanished (EOF without Terminate, or reset): stop its query.
+                                tracing::info!("client disconnected");
+                                self.cancel_if_busy(busy).await;
+                                return EndReason::ClientExit;
+                            }
+                            Ok(n) => {
+                                self.handle.add_from_client(n as u64);
+                                loop {
+                                    match wire::next_frontend_frame(&from_client, max_message) {
+                                        Ok(Some((tag, len))) => {
+                                            match tag {
+                                                b'X' => {
+                                                    // Terminate: the session ends normally after what came before it.
+                                                    to_upstream.extend_from_slice(&from_client[..len]);
+                                                    let _ = self.upstream.write_all(&to_upstream).await;
+                                                    return EndReason::ClientExit;
+                                                }
+                                                b'Q' | b'F' => awaiting_ready += 1,
+                                                b'S' => {
+                                                    awaiting_ready += 1;
+                                                    unsynced = false;
+                                                }
+                                                b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => unsynced = true,
+                                                _ => {}
+                                            }
+                                            if tag == b'Q' || tag == b'P' || tag == b'F' {
+                                                self.handle.add_statement();
+                                            }
+                                            to_upstream.extend_from_slice(&from_client[..len]);
+                                            from_client.advance(len);
+                                        }
+                                        Ok(None) => break,
+                                        Err(error) => {
+                                            tracing::info!(code = error.code, message = %error.message, "client protocol violation");
+                                            outbox.inject.clear();
+                                            error.encode(&mut outbox.inject);
+                                            outbox.place_injection();
+                                            self.cancel_if_busy(busy).await;
+                                            closing = Some(Closing { reason: EndReason::ClientError, deadline: Instant::now() + SEVER_DRAIN });
+                                            break;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    if let Some(r) = ev.upstream_wrote {
+                        match r {
+                            Ok(n) => {
+                                to_upstream.advance(n);
+                                upstream_needs_flush = upstream_tls;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "upstream write failed");
+                                return self.finish_after_upstream_loss(client, &mut outbox, EndReason::UpstreamError).await;
+                            }
+                        }
+                    }
+                    if let Some(r) = ev.upstream_flushed {
+                        if r.is_err() {
+                            return self.finish_after_upstream_loss(client, &mut outbox, EndReason::UpstreamError).await;
+                        }
+                        upstream_needs_flush = false;
+                    }
+                    if let Some(c) = &closing {
+                        if outbox.injection_done() && outbox.inject_at.is_none() && !client_needs_flush {
+                            let _ = tokio::time::timeout(Duration::from_millis(200), client.flush()).await;
+                            return c.reason;
+                        }
+                    }
+                }
+                _ = sleep_opt(closing_deadline), if closing_deadline.is_some() => {
+                    tracing::debug!("could not deliver the final message in time; closing");
+                    return closing.map(|c| c.reason).unwrap_or(EndReason::Shutdown);
+                }
+                grant = self.watch.changed(), if closing.is_none() => {
+                    self.grant = grant;
+                    warnings = self.pending_warnings(state.clock.now());
+                    if let Some(c) = self.check_grant(&mut outbox, busy).await {
+                        closing = Some(c);
+                    }
+                }
+                _ = tokio::time::sleep_until(expiry), if closing.is_none() => {
+                    if let Some(c) = self.check_grant(&mut outbox, busy).await {
+                        closing = Some(c);
+                    }
+                }
+                _ = sleep_opt(warning), if closing.is_none() && warning.is_some() => {
+                    if let Some(w) = warnings.pop() {
+                        let left = humantime::format_duration(Duration::from_secs(w.num_seconds().max(0) as u64));
+                        let notice = PgError::warning(format!(
+                            "timebox: grant {} expires in {left} (at {}); the session will be closed then",
+                            self.grant.id,
+                            self.grant.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        ))
+                        .with_hint("Ask for an extension or a new grant if you need more time.");
+                        notice.encode(&mut outbox.inject);
+                        outbox.place_injection();
+                    }
+                }
+                _ = kill.cancelled(), if closing.is_none() => {
+                    let by = self.handle.kill_reason().unwrap_or_else(|| "an administrator".into());
+                    closing = Some(self.sever(&mut outbox, busy, EndReason::Killed,
+                        PgError::admin_shutdown(format!("terminating connection: session killed by {by}"))).await);
+                }
+                _ = shutdown.cancelled(), if shutdown_deadline.is_none() && closing.is_none() => {
+                    shutdown_deadline = Some(Instant::now() + state.config.proxy.shutdown_grace);
+                }
+                _ = sleep_opt(shutdown_deadline), if shutdown_deadline.is_some() && closing.is_none() => {
+                    closing = Some(self.sever(&mut outbox, busy, EndReason::Shutdown,
+                        PgError::admin_shutdown("terminating connection: timebox is shutting down")).await);
+                }
+            }
+
+            // On shutdown, an idle session (nothing in flight either way) ends at once.
+            if shutdown_deadline.is_some()
+                && closing.is_none()
+                && awaiting_ready == 0
+                && !unsynced
+                && from_client.is_empty()
+                && to_upstream.is_empty()
+                && outbox.tracker.at_boundary()
+            {
+                closing = Some(
+                    self.sever(
+                        &mut outbox,
+                        false,
+                        EndReason::Shutdown,
+                        PgError::admin_shutdown("terminating connection: timebox is shutting down"),
+                    )
+                    .await,
+                );
+            }
+        }
+        closing.map(|c| c.reason).unwrap_or(EndReason::UpstreamError)
+    }
+
+    /// Warnings (durations before expiry) still ahead, the next one last.
+    fn pending_warnings(&self, now: DateTime<Utc>) -> Vec<chrono::Duration> {
+        let left = self.grant.expires_at - now;
+        let mut w: Vec<chrono::Duration> = self
+            .state
+            .config
+            .proxy
+            .expiry_warnings
+            .iter()
+            .filter_map(|d| chrono::Duration::from_std(*d).ok())
+            .filter(|d| *d < left)
+            .collect();
+        w.sort();
+        w
+    }
+
+    /// Re-checks the grant now; severs the session if it no longer admits it.
+    async fn check_grant(&mut self, outbox: &mut ClientOutbox, busy: bool) -> Option<Closing> {
+        let now = self.state.clock.now();
+        let why = self.grant.refusal_at(now)?;
+        let reason = match self.grant.status_at(now) {
+            GrantStatus::Revoked => EndReason::Revoked,
+            _ => EndReason::Expired,
+        };
+        let error = PgError::admin_shutdown(format!("terminating connection: {why}"))
+            .with_hint("Ask for a new grant (timebox grant issue / timebox request create).");
+        Some(self.sever(outbox, busy, reason, error).await)
+    }
+
+    /// Cancels the upstream query if one runs, queues the FATAL, and enters the closing state.
+    async fn sever(&mut self, outbox: &mut ClientOutbox, busy: bool, reason: EndReason, error: PgError) -> Closing {
+        tracing::info!(reason = reason.as_str(), message = %error.message, "severing session");
+        self.cancel_if_busy(busy).await;
+        outbox.inject.clear();
+        outbox.inject_at = None;
+        error.encode(&mut outbox.inject);
+        outbox.place_injection();
+        Closing {
+            reason,
+            deadline: Instant::now() + SEVER_DRAIN,
+        }
+    }
+
+    async fn cancel_if_busy(&self, busy: bool) {
+        if busy {
+            if let Err(e) = self.upstream_cancel.send().await {
+                tracing::warn!(error = %e, "could not cancel the upstream query");
+            }
+        }
+    }
+
+    /// The upstream is gone: deliver what it sent (up to a boundary), then a FATAL.
+    async fn finish_after_upstream_loss(
+        &mut self,
+        client: &mut ClientStream,
+        outbox: &mut ClientOutbox,
+        reason: EndReason,
+    ) -> EndReason {
+        let complete = match outbox.tracker.unfinished_frame_start() {
+            Some(start) if start >= outbox.written => (start - outbox.written) as usize,
+            Some(_) => 0,
+            None => outbox.pending.len(),
+        };
+        let mut out = outbox.pending.split_to(complete);
+        if outbox.tracker.at_boundary() || complete > 0 || outbox.written == outbox.tracker.offset() {
+            PgError::upstream_lost(&self.grant.target).encode(&mut out);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            client.write_all(&out).await?;
+            client.flush().await
+        })
+        .await;
+        reason
+    }
+}
+
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant() -> Grant {
+        let now = Utc::now();
+        Grant {
+            id: "g_0123456789abcdef".into(),
+            user: "alice".into(),
+            target: "shop".into(),
+            role: "read".into(),
+            reason: "r".into(),
+            created_by: "ops".into(),
+            created_at: now,
+            starts_at: now,
+            expires_at: now,
+            revoked_at: None,
+            revoked_by: None,
+            revoke_reason: None,
+        }
+    }
+
+    #[test]
+    fn application_name_names_engineer_and_grant_and_fits() {
+        let g = grant();
+        assert_eq!(tagged_application_name(&g, None), "timebox:alice:g_0123456789abcdef");
+        assert_eq!(tagged_application_name(&g, Some("psql")), "timebox:alice:g_0123456789abcdef:psql");
+        let long = tagged_application_name(&g, Some(&"é".repeat(40)));
+        assert!(long.len() <= 63, "{}", long.len());
+        assert!(long.starts_with("timebox:alice:g_0123456789abcdef:"));
+    }
+
+    fn frame_bytes(tag: u8, body: &[u8]) -> BytesMut {
+        let mut b = BytesMut::new();
+        wire::frame(&mut b, tag, |x| x.extend_from_slice(body));
+        b
+    }
+
+    #[test]
+    fn injection_waits_for_a_frame_boundary() {
+        let mut outbox = ClientOutbox {
+            pending: BytesMut::new(),
+            written: 0,
+            inject: BytesMut::new(),
+            inject_at: None,
+            tracker: FrameTracker::default(),
+        };
+        let row = frame_bytes(b'D', &[7; 20]);
+        // The first 10 bytes of a DataRow arrive and are written to the client.
+        outbox.pending.extend_from_slice(&row[..10]);
+        outbox.tracker.feed(&row[..10]).unwrap();
+        let (chunk, injected) = outbox.next_chunk().unwrap();
+        assert_eq!((chunk.len(), injected), (10, false));
+        outbox.advance(10, false);
+        // Now a notice is queued: it cannot go out mid-frame.
+        outbox.inject.extend_from_slice(&PgError::warning("w").to_bytes());
+        outbox.place_injection();
+        assert_eq!(outbox.inject_at, None);
+        assert!(outbox.next_chunk().is_none());
+        // The rest of the row and a whole CommandComplete arrive.
+        let cc = frame_bytes(b'C', b"SELECT 1\0");
+        let mut rest = BytesMut::from(&row[10..]);
+        rest.extend_from_slice(&cc);
+        outbox.pending.extend_from_slice(&rest);
+        outbox.tracker.feed(&rest).unwrap();
+        outbox.place_injection();
+        assert_eq!(outbox.inject_at, Some((row.len() + cc.len()) as u64));
+        // Stream bytes up to the boundary, then the notice.
+        let (chunk, injected) = outbox.next_chunk().unwrap();
+        assert_eq!((chunk.len(), injected), (row.len() - 10 + cc.len(), false));
+        outbox.advance(chunk.len(), false);
+        let (chunk, injected) = outbox.next_chunk().unwrap();
+        assert!(injected);
+        assert_eq!(chunk[0], b'N');
+        let n = chunk.len();
+        outbox.advance(n, true);
+        assert!(outbox.next_chunk().is_none());
+        assert!(outbox.injection_done());
+    }
+
+    #[test]
+    fn injection_goes_before_unwritten_partial_frame() {
+        let mut outbox = ClientOutbox {
+            pending: BytesMut::new(),
+            written: 0,
+            inject: BytesMut::new(),
+            inject_at: None,
+            tracker: FrameTracker::default(),
+        };
+        let a = frame_bytes(b'D', &[1; 8]);
+        let b = frame_bytes(b'D', &[2; 8]);
+        let mut stream = a.clone();
+        stream.extend_from_slice(&b[..4]);
+        outbox.pending.extend_from_slice(&stream);
+        outbox.tracker.feed(&stream).unwrap();
+        PgError::admin_shutdown("bye").encode(&mut outbox.inject);
+        outbox.place_injection();
+        assert_eq!(outbox.inject_at, Some(a.len() as u64), "before the partial second row");
+        let (chunk, injected) = outbox.next_chunk().unwrap();
+        assert_eq!((chunk, injected), (&a[..], false));
+    }
+}

@@ -1,0 +1,586 @@
+//! PostgreSQL wire-protocol pieces the proxy needs, and nothing more.
+//!
+//! Builds the backend messages timebox itself sends to clients (authentication, errors, notices,
+//! BackendKeyData), parses startup-phase packets, and tracks frame boundaries in both directions
+//! without decoding frame bodies: the relay forwards backend bytes untouched and only needs to know
+//! where one frame ends (to inject a notice or a FATAL cleanly) and when ReadyForQuery passes.
+
+use bytes::{BufMut, BytesMut};
+
+pub const PROTOCOL_3_0: i32 = 196_608;
+pub const SSL_REQUEST_CODE: i32 = 80_877_103;
+pub const GSSENC_REQUEST_CODE: i32 = 80_877_104;
+pub const CANCEL_REQUEST_CODE: i32 = 80_877_102;
+/// PostgreSQL's own limit on a startup packet.
+pub const MAX_STARTUP_PACKET: usize = 10_000;
+
+/// Frontend message types valid after authentication.
+pub fn is_frontend_message_type(tag: u8) -> bool {
+    matches!(
+        tag,
+        b'Q' | b'P' | b'B' | b'E' | b'D' | b'C' | b'H' | b'S' | b'F' | b'X' | b'd' | b'c' | b'f'
+    )
+}
+
+/// One error or notice to send to a client, with its SQLSTATE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgError {
+    pub severity: Severity,
+    pub code: &'static str,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Fatal,
+    Error,
+    Warning,
+    Notice,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Severity::Fatal => "FATAL",
+            Severity::Error => "ERROR",
+            Severity::Warning => "WARNING",
+            Severity::Notice => "NOTICE",
+        }
+    }
+}
+
+/// Named constructors: every refusal a client can meet, with its SQLSTATE.
+impl PgError {
+    pub fn fatal(code: &'static str, message: impl Into<String>) -> Self {
+        PgError {
+            severity: Severity::Fatal,
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// 28P01: the same words for unknown user, wrong token or another user's token.
+    pub fn invalid_password(user: &str) -> Self {
+        Self::fatal("28P01", format!("password authentication failed for user \"{user}\"")).with_hint(
+            "Use the token of a grant issued for this user and this database (dbname = the target name).",
+        )
+    }
+
+    /// 28000: right token, but the grant does not admit a session now.
+    pub fn grant_not_current(why: &str) -> Self {
+        Self::fatal("28000", format!("access denied: {why}"))
+            .with_hint("Ask for a new grant (timebox grant issue / timebox request create).")
+    }
+
+    pub fn tls_required() -> Self {
+        Self::fatal("28000", "timebox requires an encrypted connection")
+            .with_hint("Connect with sslmode=require (or verify-full).")
+    }
+
+    pub fn too_many_connections(limit: usize) -> Self {
+        Self::fatal("53300", format!("sorry, too many clients already (timebox limit: {limit})"))
+    }
+
+    pub fn too_many_auth_failures() -> Self {
+        Self::fatal(
+            "28000",
+            "too many failed authentication attempts from this address; try again in a minute",
+        )
+    }
+
+    pub fn protocol_violation(message: impl Into<String>) -> Self {
+        Self::fatal("08P01", message)
+    }
+
+    pub fn startup_timeout() -> Self {
+        Self::fatal("08P01", "timed out waiting for the client to finish startup and authentication")
+    }
+
+    pub fn feature_not_supported(message: impl Into<String>) -> Self {
+        Self::fatal("0A000", message)
+    }
+
+    pub fn insufficient_privilege(message: impl Into<String>) -> Self {
+        Self::fatal("42501", message)
+    }
+
+    pub fn upstream_unavailable(target: &str, why: &str) -> Self {
+        Self::fatal("08001", format!("could not connect to target \"{target}\": {why}"))
+    }
+
+    pub fn upstream_rejected(target: &str, sqlstate: &str) -> Self {
+        Self::fatal(
+            "08004",
+            format!("target \"{target}\" refused timebox's upstream login (SQLSTATE {sqlstate})"),
+        )
+        .with_hint("This is a timebox configuration problem; tell the timebox administrators.")
+    }
+
+    pub fn upstream_lost(target: &str) -> Self {
+        Self::fatal("08006", format!("lost the connection to target \"{target}\""))
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::fatal("XX000", message)
+    }
+
+    /// 57P01: the session is being ended by timebox (expiry, revocation, kill, shutdown).
+    pub fn admin_shutdown(message: impl Into<String>) -> Self {
+        Self::fatal("57P01", message)
+    }
+
+    pub fn warning(message: impl Into<String>) -> Self {
+        PgError {
+            severity: Severity::Warning,
+            code: "01000",
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    /// Appends this as an ErrorResponse ('E'), or a NoticeResponse ('N') for warnings and notices.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let tag = match self.severity {
+            Severity::Fatal | Severity::Error => b'E',
+            Severity::Warning | Severity::Notice => b'N',
+        };
+        frame(out, tag, |b| {
+            field(b, b'S', self.severity.as_str());
+            field(b, b'V', self.severity.as_str());
+            field(b, b'C', self.code);
+            field(b, b'M', &self.message);
+            if let Some(d) = &self.detail {
+                field(b, b'D', d);
+            }
+            if let Some(h) = &self.hint {
+                field(b, b'H', h);
+            }
+            b.put_u8(0);
+        });
+    }
+
+    pub fn to_bytes(&self) -> BytesMut {
+        let mut b = BytesMut::new();
+        self.encode(&mut b);
+        b
+    }
+}
+
+fn field(b: &mut BytesMut, code: u8, value: &str) {
+    b.put_u8(code);
+    put_cstr(b, value);
+}
+
+fn put_cstr(b: &mut BytesMut, s: &str) {
+    // NUL would end the field early; PostgreSQL strings cannot contain it.
+    b.extend(s.bytes().filter(|&c| c != 0));
+    b.put_u8(0);
+}
+
+/// Appends one message: tag, length (including itself), body.
+pub fn frame(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+    out.put_u8(tag);
+    let len_at = out.len();
+    out.put_i32(0);
+    body(out);
+    let len = (out.len() - len_at) as i32;
+    out[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+pub fn authentication_ok(out: &mut BytesMut) {
+    frame(out, b'R', |b| b.put_i32(0));
+}
+
+pub fn authentication_sasl(out: &mut BytesMut, mechanisms: &[&str]) {
+    frame(out, b'R', |b| {
+        b.put_i32(10);
+        for m in mechanisms {
+            put_cstr(b, m);
+        }
+        b.put_u8(0);
+    });
+}
+
+pub fn authentication_sasl_continue(out: &mut BytesMut, data: &[u8]) {
+    frame(out, b'R', |b| {
+        b.put_i32(11);
+        b.extend_from_slice(data);
+    });
+}
+
+pub fn authentication_sasl_final(out: &mut BytesMut, data: &[u8]) {
+    frame(out, b'R', |b| {
+        b.put_i32(12);
+        b.extend_from_slice(data);
+    });
+}
+
+pub fn backend_key_data(out: &mut BytesMut, pid: i32, secret: i32) {
+    frame(out, b'K', |b| {
+        b.put_i32(pid);
+        b.put_i32(secret);
+    });
+}
+
+pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
+    frame(out, b'S', |b| {
+        put_cstr(b, name);
+        put_cstr(b, value);
+    });
+}
+
+/// Tells a 3.x client (x > 0) that we speak 3.0 and which `_pq_.` options we did not recognise.
+pub fn negotiate_protocol_version(out: &mut BytesMut, unrecognized: &[String]) {
+    frame(out, b'v', |b| {
+        b.put_i32(PROTOCOL_3_0);
+        b.put_i32(unrecognized.len() as i32);
+        for o in unrecognized {
+            put_cstr(b, o);
+        }
+    });
+}
+
+/// A StartupMessage's contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartupMessage {
+    pub protocol: i32,
+    /// In the order the client sent them.
+    pub params: Vec<(String, String)>,
+}
+
+impl StartupMessage {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// The first packet(s) of a connection, before the StartupMessage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartupPacket {
+    SslRequest,
+    GssEncRequest,
+    Cancel { pid: i32, secret: i32 },
+    Startup(StartupMessage),
+}
+
+/// Parses a startup-phase packet body (everything after the length word). Pure.
+pub fn parse_startup_packet(body: &[u8]) -> Result<StartupPacket, PgError> {
+    if body.len() < 4 {
+        return Err(PgError::protocol_violation("invalid length of startup packet"));
+    }
+    let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+    let rest = &body[4..];
+    match code {
+        SSL_REQUEST_CODE if rest.is_empty() => Ok(StartupPacket::SslRequest),
+        GSSENC_REQUEST_CODE if rest.is_empty() => Ok(StartupPacket::GssEncRequest),
+        CANCEL_REQUEST_CODE if rest.len() == 8 => Ok(StartupPacket::Cancel {
+            pid: i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]),
+            secret: i32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]),
+        }),
+        c if c >> 16 == 3 => parse_params(rest).map(|params| StartupPacket::Startup(StartupMessage { protocol: c, params })),
+        c => Err(PgError::feature_not_supported(format!(
+            "unsupported frontend protocol {}.{}: timebox supports 3.0",
+            c >> 16,
+            c & 0xffff
+        ))),
+    }
+}
+
+fn parse_params(mut rest: &[u8]) -> Result<Vec<(String, String)>, PgError> {
+    let bad = || PgError::protocol_violation("invalid startup packet layout: expected terminator as last byte");
+    let mut params = Vec::new();
+    loop {
+        let Some(nul) = rest.iter().position(|&b| b == 0) else { return Err(bad()) };
+        if nul == 0 {
+            return if rest.len() == 1 { Ok(params) } else { Err(bad()) };
+        }
+        let name = std::str::from_utf8(&rest[..nul])
+            .map_err(|_| PgError::protocol_violation("startup parameter name is not UTF-8"))?
+            .to_owned();
+        rest = &rest[nul + 1..];
+        let Some(nul) = rest.iter().position(|&b| b == 0) else { return Err(bad()) };
+        let value = std::str::from_utf8(&rest[..nul])
+            .map_err(|_| PgError::protocol_violation(format!("startup parameter {name:?} is not UTF-8")))?
+            .to_owned();
+        rest = &rest[nul + 1..];
+        if params.iter().any(|(k, _)| *k == name) {
+            return Err(PgError::protocol_violation(format!("startup parameter {name:?} given twice")));
+        }
+        params.push((name, value));
+    }
+}
+
+/// Follows message boundaries through a byte stream, chunk by chunk, reading only headers (and the
+/// one status byte of ReadyForQuery). Offsets are positions in the whole stream.
+#[derive(Debug, Default, Clone)]
+pub struct FrameTracker {
+    header: [u8; 5],
+    header_len: usize,
+    /// Body bytes still to come for the current frame.
+    remaining: usize,
+    tag: u8,
+    /// Stream offset where the current (unfinished) frame began.
+    frame_start: u64,
+    /// Stream offset consumed so far.
+    offset: u64,
+    /// Status byte of the last ReadyForQuery ('I', 'T', 'E').
+    pub last_ready_status: Option<u8>,
+    /// ReadyForQuery messages seen so far.
+    pub ready_count: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum TrackError {
+    /// A length word below 4: the stream is corrupt.
+    BadLength { tag: u8, len: i32 },
+}
+
+impl FrameTracker {
+    /// Feeds the next chunk of the stream.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), TrackError> {
+        let mut i = 0;
+        while i < chunk.len() {
+            if self.remaining > 0 {
+                let take = self.remaining.min(chunk.len() - i);
+                if self.tag == b'Z' && take > 0 {
+                    self.last_ready_status = Some(chunk[i + take - 1]);
+                }
+                i += take;
+                self.remaining -= take;
+                if self.remaining == 0 {
+                    self.finish_frame();
+                }
+                continue;
+            }
+            if self.header_len == 0 {
+                self.frame_start = self.offset + i as u64;
+            }
+            let take = (5 - self.header_len).min(chunk.len() - i);
+            self.header[self.header_len..self.header_len + take].copy_from_slice(&chunk[i..i + take]);
+            self.header_len += take;
+            i += take;
+            if self.header_len == 5 {
+                self.header_len = 0;
+                self.tag = self.header[0];
+                let len = i32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]);
+                if len < 4 {
+                    self.offset += i as u64;
+                    return Err(TrackError::BadLength { tag: self.tag, len });
+                }
+                self.remaining = len as usize - 4;
+                if self.remaining == 0 {
+                    self.finish_frame();
+                }
+            }
+        }
+        self.offset += chunk.len() as u64;
+        Ok(())
+    }
+
+    fn finish_frame(&mut self) {
+        if self.tag == b'Z' {
+            self.ready_count += 1;
+        }
+        self.tag = 0;
+    }
+
+    /// True when the stream so far ends exactly at a frame boundary.
+    pub fn at_boundary(&self) -> bool {
+        self.header_len == 0 && self.remaining == 0
+    }
+
+    /// Where the unfinished frame began, if the stream is mid-frame.
+    pub fn unfinished_frame_start(&self) -> Option<u64> {
+        (!self.at_boundary()).then_some(self.frame_start)
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+/// The first complete frontend frame in `buf`: `Ok(Some((tag, total_len)))`, `Ok(None)` if more bytes
+/// are needed, or the client-facing error for an unknown type or an oversized or malformed length.
+pub fn next_frontend_frame(buf: &[u8], max_len: usize) -> Result<Option<(u8, usize)>, PgError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let tag = buf[0];
+    if !is_frontend_message_type(tag) {
+        return Err(PgError::protocol_violation(format!(
+            "invalid frontend message type {}",
+            describe_tag(tag)
+        )));
+    }
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if len < 4 {
+        return Err(PgError::protocol_violation(format!(
+            "invalid message length {len} for message type {}",
+            describe_tag(tag)
+        )));
+    }
+    let total = len as usize + 1;
+    if total > max_len {
+        return Err(PgError::fatal(
+            "54000",
+            format!("message of {total} bytes exceeds timebox's limit of {max_len} bytes"),
+        ));
+    }
+    Ok((buf.len() >= total).then_some((tag, total)))
+}
+
+fn describe_tag(tag: u8) -> String {
+    if tag.is_ascii_graphic() {
+        format!("'{}'", tag as char)
+    } else {
+        format!("0x{tag:02x}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn startup_body(params: &[(&str, &str)]) -> Vec<u8> {
+        let mut b = PROTOCOL_3_0.to_be_bytes().to_vec();
+        for (k, v) in params {
+            b.extend_from_slice(k.as_bytes());
+            b.push(0);
+            b.extend_from_slice(v.as_bytes());
+            b.push(0);
+        }
+        b.push(0);
+        b
+    }
+
+    #[test]
+    fn parses_startup_ssl_gss_and_cancel() {
+        let s = parse_startup_packet(&startup_body(&[("user", "alice"), ("database", "shop")])).unwrap();
+        let StartupPacket::Startup(m) = s else { panic!() };
+        assert_eq!(m.get("user"), Some("alice"));
+        assert_eq!(m.get("database"), Some("shop"));
+        assert_eq!(parse_startup_packet(&SSL_REQUEST_CODE.to_be_bytes()).unwrap(), StartupPacket::SslRequest);
+        assert_eq!(
+            parse_startup_packet(&GSSENC_REQUEST_CODE.to_be_bytes()).unwrap(),
+            StartupPacket::GssEncRequest
+        );
+        let mut cancel = CANCEL_REQUEST_CODE.to_be_bytes().to_vec();
+        cancel.extend_from_slice(&7i32.to_be_bytes());
+        cancel.extend_from_slice(&(-9i32).to_be_bytes());
+        assert_eq!(
+            parse_startup_packet(&cancel).unwrap(),
+            StartupPacket::Cancel { pid: 7, secret: -9 }
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_startup_packets() {
+        let code = |r: Result<StartupPacket, PgError>| r.unwrap_err().code;
+        assert_eq!(code(parse_startup_packet(&[0, 3])), "08P01");
+        let mut no_term = startup_body(&[("user", "a")]);
+        no_term.pop();
+        assert_eq!(code(parse_startup_packet(&no_term)), "08P01");
+        let mut trailing = startup_body(&[("user", "a")]);
+        trailing.push(b'x');
+        assert_eq!(code(parse_startup_packet(&trailing)), "08P01");
+        assert_eq!(code(parse_startup_packet(&startup_body(&[("user", "a"), ("user", "b")]))), "08P01");
+        assert_eq!(code(parse_startup_packet(&0x0002_0000i32.to_be_bytes())), "0A000", "protocol 2");
+        assert_eq!(code(parse_startup_packet(&[0xde, 0xad, 0xbe, 0xef, 1, 2])), "0A000");
+        let mut bad_utf8 = PROTOCOL_3_0.to_be_bytes().to_vec();
+        bad_utf8.extend_from_slice(&[0xff, 0, b'x', 0, 0]);
+        assert_eq!(code(parse_startup_packet(&bad_utf8)), "08P01");
+    }
+
+    #[test]
+    fn error_response_layout() {
+        let e = PgError::invalid_password("alice");
+        let b = e.to_bytes();
+        assert_eq!(b[0], b'E');
+        let len = i32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+        assert_eq!(len + 1, b.len());
+        let body = String::from_utf8_lossy(&b[5..]);
+        assert!(body.contains("SFATAL\0"));
+        assert!(body.contains("C28P01\0"));
+        assert!(body.contains("Mpassword authentication failed for user \"alice\"\0"));
+        assert_eq!(*b.last().unwrap(), 0);
+        assert_eq!(PgError::warning("x").to_bytes()[0], b'N');
+        // NUL inside a message cannot end the field early
+        let b = PgError::protocol_violation("a\0b").to_bytes();
+        assert!(String::from_utf8_lossy(&b).contains("Mab\0"));
+    }
+
+    fn msgs(list: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        for (tag, body) in list {
+            frame(&mut out, *tag, |b| b.extend_from_slice(body));
+        }
+        out.to_vec()
+    }
+
+    #[test]
+    fn tracker_finds_boundaries_across_any_split() {
+        let stream = msgs(&[(b'T', b"abc"), (b'D', &[0; 300]), (b'C', b"SELECT 1\0"), (b'Z', b"T")]);
+        for split in 0..stream.len() {
+            let mut t = FrameTracker::default();
+            t.feed(&stream[..split]).unwrap();
+            t.feed(&stream[split..]).unwrap();
+            assert!(t.at_boundary(), "split at {split}");
+            assert_eq!(t.ready_count, 1);
+            assert_eq!(t.last_ready_status, Some(b'T'));
+            assert_eq!(t.offset(), stream.len() as u64);
+        }
+        // byte by byte
+        let mut t = FrameTracker::default();
+        for (i, b) in stream.iter().enumerate() {
+            t.feed(std::slice::from_ref(b)).unwrap();
+            if i == 7 {
+                // inside the first frame ('T' + 4 length bytes + "abc" = 8 bytes, ends at index 7)
+                assert!(t.at_boundary());
+            }
+            if i == 10 {
+                assert_eq!(t.unfinished_frame_start(), Some(8));
+            }
+        }
+    }
+
+    #[test]
+    fn tracker_rejects_corrupt_lengths() {
+        let mut t = FrameTracker::default();
+        assert_eq!(
+            t.feed(&[b'D', 0, 0, 0, 2]),
+            Err(TrackError::BadLength { tag: b'D', len: 2 })
+        );
+    }
+
+    #[test]
+    fn frontend_frames_are_checked() {
+        let q = msgs(&[(b'Q', b"select 1\0")]);
+        assert_eq!(next_frontend_frame(&q, 1000).unwrap(), Some((b'Q', q.len())));
+        assert_eq!(next_frontend_frame(&q[..3], 1000).unwrap(), None);
+        assert_eq!(next_frontend_frame(&q[..q.len() - 1], 1000).unwrap(), None);
+        assert_eq!(next_frontend_frame(b"Zxxxx", 1000).unwrap_err().code, "08P01");
+        assert_eq!(next_frontend_frame(&[0x00], 1000).unwrap_err().code, "08P01");
+        assert_eq!(next_frontend_frame(&[b'Q', 0, 0, 0, 1], 1000).unwrap_err().code, "08P01");
+        assert_eq!(next_frontend_frame(&[b'Q', 0, 1, 0, 0], 1000).unwrap_err().code, "54000");
+        // 'p' (password) is not valid once the session is established
+        assert!(next_frontend_frame(&msgs(&[(b'p', b"x\0")]), 1000).is_err());
+    }
+}

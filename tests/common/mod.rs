@@ -1,0 +1,258 @@
+//! Test harness: one throwaway PostgreSQL cluster per test binary ([`cluster`]) and one real timebox
+//! instance per test, on port 0, stopped when the test's [`TestInstance`] is dropped.
+#![allow(dead_code)]
+
+pub mod cluster;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use timebox::app::{self, AppState, Listeners};
+use timebox::config::Config;
+use timebox::grants::{Grant, NewGrant};
+
+/// The bearer token of the `ops` admin principal in every test instance.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const AUDITOR_TOKEN: &str = "test-auditor-token-0123456789";
+pub const APPROVER_TOKEN: &str = "test-approver-token-0123456789";
+/// A requester token; its principal name is `alice`.
+pub const REQUESTER_TOKEN: &str = "test-requester-token-alice";
+
+/// How to start a test instance.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// `required`, `optional` or `disabled`.
+    pub tls: &'static str,
+    /// Replaces the upstream port of target `shop` (e.g. a closed port for "upstream down").
+    pub shop_port: Option<u16>,
+    /// Extra lines appended inside `[proxy]`.
+    pub proxy_extra: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            tls: "optional",
+            shop_port: None,
+            proxy_extra: String::new(),
+        }
+    }
+}
+
+pub struct TestInstance {
+    pub state: Arc<AppState>,
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub cert_path: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), app::AppError>>>,
+}
+
+impl TestInstance {
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr)
+    }
+
+    /// Issues a grant directly through the grant service; returns it and its token.
+    pub async fn grant(&self, user: &str, role: &str, ttl: &str) -> (Grant, String) {
+        self.grant_on(user, "shop", role, ttl).await
+    }
+
+    pub async fn grant_on(
+        &self,
+        user: &str,
+        target: &str,
+        role: &str,
+        ttl: &str,
+    ) -> (Grant, String) {
+        let (g, token) = self
+            .state
+            .grants
+            .issue(
+                NewGrant {
+                    user: user.into(),
+                    target: target.into(),
+                    role: role.into(),
+                    ttl: ttl.into(),
+                    reason: "test".into(),
+                    starts_at: None,
+                },
+                "test-harness",
+            )
+            .await
+            .expect("issue grant");
+        (g, token.expose().to_owned())
+    }
+
+    /// A libpq-style connection string to the proxy.
+    pub fn conn_string(&self, user: &str, token: &str, sslmode: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={token} dbname=shop sslmode={sslmode} connect_timeout=10",
+            self.proxy_addr.port()
+        )
+    }
+
+    /// Stops the instance and waits for it to finish draining.
+    pub async fn shutdown(mut self) -> Result<(), app::AppError> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(t) => t.await.expect("instance task"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestInstance {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The config text of a test instance (before the upstream port and paths are filled in).
+pub fn config_text(opts: &Options, dir: &std::path::Path, shop_port: u16) -> String {
+    use cluster::*;
+    let sha = |t: &str| timebox::grants::token::sha256_hex(t);
+    format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+tls = "{tls}"
+tls_cert = "{dir}/server.crt"
+tls_key = "{dir}/server.key"
+{proxy_extra}
+
+[admin]
+listen = "127.0.0.1:0"
+[[admin.tokens]]
+name = "ops"
+sha256 = "{admin}"
+roles = ["admin"]
+[[admin.tokens]]
+name = "audrey"
+sha256 = "{auditor}"
+roles = ["auditor"]
+[[admin.tokens]]
+name = "bob"
+sha256 = "{approver}"
+roles = ["approver"]
+[[admin.tokens]]
+name = "alice"
+sha256 = "{requester}"
+roles = ["requester"]
+
+[store]
+url = "sqlite://{dir}/timebox.db"
+
+[audit]
+durability = "fsync"
+
+[targets.shop]
+host = "127.0.0.1"
+port = {shop_port}
+database = "{db}"
+[targets.shop.credentials.read]
+user = "{read_user}"
+password = "{read_pw}"
+[targets.shop.credentials.write]
+user = "{write_user}"
+password = "{write_pw}"
+[targets.shop.credentials.admin]
+user = "{admin_user}"
+password = "{admin_pw}"
+[targets.shop.credentials.md5]
+user = "{md5_user}"
+password = "{md5_pw}"
+[targets.shop.credentials.plain]
+user = "{plain_user}"
+password = "{plain_pw}"
+[targets.shop.credentials.trust]
+user = "{trust_user}"
+
+[targets.billing]
+host = "127.0.0.1"
+port = {shop_port}
+database = "{db}"
+[targets.billing.credentials.read]
+user = "{read_user}"
+password = "{read_pw}"
+
+[roles.read]
+allow = ["read"]
+max_ttl = "8h"
+[roles.write]
+allow = ["read", "write"]
+max_ttl = "2h"
+[roles.admin]
+allow = ["read", "write", "ddl", "admin"]
+max_ttl = "1h"
+[roles.md5]
+allow = ["read"]
+max_ttl = "1h"
+[roles.plain]
+allow = ["read"]
+max_ttl = "1h"
+[roles.trust]
+allow = ["read"]
+max_ttl = "1h"
+"#,
+        tls = opts.tls,
+        dir = dir.display(),
+        proxy_extra = opts.proxy_extra,
+        admin = sha(ADMIN_TOKEN),
+        auditor = sha(AUDITOR_TOKEN),
+        approver = sha(APPROVER_TOKEN),
+        requester = sha(REQUESTER_TOKEN),
+        db = SHOP_DB,
+        read_user = READ_USER,
+        read_pw = READ_PASSWORD,
+        write_user = WRITE_USER,
+        write_pw = WRITE_PASSWORD,
+        admin_user = ADMIN_USER,
+        admin_pw = ADMIN_PASSWORD,
+        md5_user = MD5_USER,
+        md5_pw = MD5_PASSWORD,
+        plain_user = PLAIN_USER,
+        plain_pw = PLAIN_PASSWORD,
+        trust_user = TRUST_USER,
+    )
+}
+
+/// Starts the shared cluster (once per binary) and a fresh timebox instance in front of it.
+pub async fn start(opts: Options) -> TestInstance {
+    let cluster_port = tokio::task::spawn_blocking(|| cluster::shared_cluster().port())
+        .await
+        .expect("cluster start");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert_path = dir.path().join("server.crt");
+    timebox::proxy::tls::ensure_dev_certificate(
+        &cert_path,
+        &dir.path().join("server.key"),
+        &["localhost", "127.0.0.1"],
+    )
+    .expect("dev certificate");
+    let text = config_text(&opts, dir.path(), opts.shop_port.unwrap_or(cluster_port));
+    let config = Config::from_toml_str(&text).expect("test config is valid");
+    let listeners = Listeners::bind(&config).await.expect("bind");
+    let proxy_addr = listeners.proxy.local_addr().unwrap();
+    let admin_addr = listeners.admin.local_addr().unwrap();
+    let state = AppState::build(config).expect("build state");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app::run(state.clone(), listeners, async move {
+        let _ = stopped.await;
+    }));
+    TestInstance {
+        state,
+        proxy_addr,
+        admin_addr,
+        dir,
+        cert_path,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
