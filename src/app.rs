@@ -47,7 +47,11 @@ impl AppState {
         Self::build_with(config, store, Arc::new(SystemClock))
     }
 
-    pub fn build_with(config: Config, store: Store, clock: Arc<dyn Clock>) -> Result<Arc<AppState>, AppError> {
+    pub fn build_with(
+        config: Config,
+        store: Store,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<AppState>, AppError> {
         let config = Arc::new(config);
         let grants = GrantService::new(store, config.clone(), clock.clone());
         let proxy = ProxyState::new(&config)?;

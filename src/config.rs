@@ -214,7 +214,9 @@ pub struct AdminToken {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {
-    Sqlite { path: PathBuf },
+    Sqlite {
+        path: PathBuf,
+    },
     /// `sqlite::memory:` — for tests.
     SqliteMemory,
 }
@@ -274,7 +276,8 @@ pub struct Role {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("not a duration ({e}); write e.g. \"30s\", \"15m\", \"8h\""))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("not a duration ({e}); write e.g. \"30s\", \"15m\", \"8h\""))
 }
 
 /// Collects problems while walking the raw config.
@@ -319,7 +322,10 @@ impl Problems {
 
     fn socket_addr(&mut self, path: &str, value: &str) -> SocketAddr {
         value.parse().unwrap_or_else(|e| {
-            self.push(path, format!("{value:?} is not an address like \"127.0.0.1:6432\" ({e})"));
+            self.push(
+                path,
+                format!("{value:?} is not an address like \"127.0.0.1:6432\" ({e})"),
+            );
             SocketAddr::from(([127, 0, 0, 1], 0))
         })
     }
@@ -385,13 +391,19 @@ impl RawConfig {
                 if !STATEMENT_CLASSES.contains(&class.as_str()) {
                     p.push(
                         format!("{path}.allow[{i}]"),
-                        format!("{class:?} is not a statement class ({})", STATEMENT_CLASSES.join(" | ")),
+                        format!(
+                            "{class:?} is not a statement class ({})",
+                            STATEMENT_CLASSES.join(" | ")
+                        ),
                     );
                 }
             }
             let max_ttl = match &raw.max_ttl {
                 None => {
-                    p.push(format!("{path}.max_ttl"), "required (the longest grant this role may be issued for)");
+                    p.push(
+                        format!("{path}.max_ttl"),
+                        "required (the longest grant this role may be issued for)",
+                    );
                     Duration::from_secs(3600)
                 }
                 Some(v) => p.duration(&format!("{path}.max_ttl"), Some(v), Duration::from_secs(3600)),
@@ -413,7 +425,10 @@ impl RawConfig {
                 p.push(&path, "target names use letters, digits, '_' and '-' only");
             }
             if name == "timebox_audit" {
-                p.push(&path, "\"timebox_audit\" is reserved for the auditors' SQL endpoint");
+                p.push(
+                    &path,
+                    "\"timebox_audit\" is reserved for the auditors' SQL endpoint",
+                );
             }
             if raw.host.trim().is_empty() {
                 p.push(format!("{path}.host"), "must not be empty");
@@ -434,11 +449,17 @@ impl RawConfig {
             );
             if let Some(ca) = &raw.ca {
                 if !ca.is_file() {
-                    p.push(format!("{path}.ca"), format!("{} is not a readable file", ca.display()));
+                    p.push(
+                        format!("{path}.ca"),
+                        format!("{} is not a readable file", ca.display()),
+                    );
                 }
             }
             if raw.credentials.is_empty() {
-                p.push(format!("{path}.credentials"), "at least one role needs an upstream credential");
+                p.push(
+                    format!("{path}.credentials"),
+                    "at least one role needs an upstream credential",
+                );
             }
             let mut credentials = BTreeMap::new();
             for (role, cred) in &raw.credentials {
@@ -530,16 +551,28 @@ fn validate_proxy(raw: &RawProxy, p: &mut Problems) -> ProxyConfig {
         tls_cert: raw.tls_cert.clone(),
         tls_key: raw.tls_key.clone(),
         max_connections: p.positive("proxy.max_connections", raw.max_connections, 1000, 1_000_000) as usize,
-        startup_timeout: p.duration("proxy.startup_timeout", raw.startup_timeout.as_deref(), Duration::from_secs(10)),
+        startup_timeout: p.duration(
+            "proxy.startup_timeout",
+            raw.startup_timeout.as_deref(),
+            Duration::from_secs(10),
+        ),
         upstream_connect_timeout: p.duration(
             "proxy.upstream_connect_timeout",
             raw.upstream_connect_timeout.as_deref(),
             Duration::from_secs(5),
         ),
         expiry_warnings,
-        auth_failures_per_minute: p.positive("proxy.auth_failures_per_minute", raw.auth_failures_per_minute, 10, 1_000_000)
-            as u32,
-        shutdown_grace: p.duration("proxy.shutdown_grace", raw.shutdown_grace.as_deref(), Duration::from_secs(10)),
+        auth_failures_per_minute: p.positive(
+            "proxy.auth_failures_per_minute",
+            raw.auth_failures_per_minute,
+            10,
+            1_000_000,
+        ) as u32,
+        shutdown_grace: p.duration(
+            "proxy.shutdown_grace",
+            raw.shutdown_grace.as_deref(),
+            Duration::from_secs(10),
+        ),
         max_message_bytes: p.positive(
             "proxy.max_message_bytes",
             raw.max_message_bytes,
@@ -558,7 +591,10 @@ fn validate_admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
         if t.name.trim().is_empty() {
             p.push(format!("{path}.name"), "must not be empty");
         } else if !names.insert(t.name.clone()) {
-            p.push(format!("{path}.name"), format!("{:?} is used by another token", t.name));
+            p.push(
+                format!("{path}.name"),
+                format!("{:?} is used by another token", t.name),
+            );
         }
         let mut sha256 = [0u8; 32];
         if hex::decode_to_slice(t.sha256.trim(), &mut sha256).is_err() {
@@ -568,7 +604,10 @@ fn validate_admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
             );
         }
         if t.roles.is_empty() {
-            p.push(format!("{path}.roles"), format!("give at least one of {}", PRINCIPAL_ROLES.join(" | ")));
+            p.push(
+                format!("{path}.roles"),
+                format!("give at least one of {}", PRINCIPAL_ROLES.join(" | ")),
+            );
         }
         for (j, r) in t.roles.iter().enumerate() {
             if !PRINCIPAL_ROLES.contains(&r.as_str()) {
@@ -620,10 +659,14 @@ fn validate_audit(raw: Option<&RawAudit>, p: &mut Problems) -> AuditConfig {
 }
 
 fn resolve_password(cred: &RawCredential, path: &str, p: &mut Problems) -> Option<Secret> {
-    let given = [cred.password.is_some(), cred.password_env.is_some(), cred.password_file.is_some()]
-        .iter()
-        .filter(|b| **b)
-        .count();
+    let given = [
+        cred.password.is_some(),
+        cred.password_env.is_some(),
+        cred.password_file.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
     if given > 1 {
         p.push(path, "give only one of password, password_env, password_file");
         return None;
@@ -635,7 +678,10 @@ fn resolve_password(cred: &RawCredential, path: &str, p: &mut Problems) -> Optio
         return match std::env::var(var) {
             Ok(v) => Some(Secret::new(v)),
             Err(_) => {
-                p.push(format!("{path}.password_env"), format!("environment variable {var} is not set"));
+                p.push(
+                    format!("{path}.password_env"),
+                    format!("environment variable {var} is not set"),
+                );
                 None
             }
         };
@@ -644,7 +690,10 @@ fn resolve_password(cred: &RawCredential, path: &str, p: &mut Problems) -> Optio
         return match std::fs::read_to_string(file) {
             Ok(v) => Some(Secret::new(v.trim_end_matches(['\n', '\r']).to_owned())),
             Err(e) => {
-                p.push(format!("{path}.password_file"), format!("cannot read {}: {e}", file.display()));
+                p.push(
+                    format!("{path}.password_file"),
+                    format!("cannot read {}: {e}", file.display()),
+                );
                 None
             }
         };
@@ -660,18 +709,24 @@ fn parse_store_url(url: &str) -> Result<StoreConfig, String> {
         if path.is_empty() {
             return Err("sqlite:// needs a file path, e.g. sqlite://data/timebox.db".into());
         }
-        return Ok(StoreConfig::Sqlite { path: PathBuf::from(path) });
+        return Ok(StoreConfig::Sqlite {
+            path: PathBuf::from(path),
+        });
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Err("the PostgreSQL-backed store is not available yet; use sqlite://PATH".into());
     }
-    Err(format!("{url:?} is not a supported store URL (sqlite://PATH or sqlite::memory:)"))
+    Err(format!(
+        "{url:?} is not a supported store URL (sqlite://PATH or sqlite::memory:)"
+    ))
 }
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 #[cfg(test)]
@@ -708,19 +763,37 @@ mod tests {
         assert_eq!(c.targets["shop"].port, 5432);
         assert_eq!(c.roles["read"].max_ttl, Duration::from_secs(8 * 3600));
         assert_eq!(c.audit.durability, Durability::Fsync);
-        assert_eq!(c.proxy.expiry_warnings, vec![Duration::from_secs(300), Duration::from_secs(60)]);
-        assert_eq!(c.targets["shop"].credentials["read"].password.as_ref().unwrap().expose(), "pw");
+        assert_eq!(
+            c.proxy.expiry_warnings,
+            vec![Duration::from_secs(300), Duration::from_secs(60)]
+        );
+        assert_eq!(
+            c.targets["shop"].credentials["read"]
+                .password
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "pw"
+        );
     }
 
     #[test]
     fn every_problem_is_reported_with_its_path() {
         let text = MINIMAL
             .replace("listen = \"127.0.0.1:6432\"", "listen = \"nowhere\"\nlisen = 1")
-            .replace("max_ttl = \"8h\"", "max_ttl = \"forever\"\nallow_everything = true")
+            .replace(
+                "max_ttl = \"8h\"",
+                "max_ttl = \"forever\"\nallow_everything = true",
+            )
             .replace("allow = [\"read\"]", "allow = [\"read\", \"sudo\"]")
-            .replace("[store]\n        url = \"sqlite::memory:\"", "[store]\n        url = \"mysql://x\"");
+            .replace(
+                "[store]\n        url = \"sqlite::memory:\"",
+                "[store]\n        url = \"mysql://x\"",
+            );
         let err = Config::from_toml_str(&text).unwrap_err();
-        let ConfigError::Invalid(problems) = err else { panic!("expected Invalid, got {err}") };
+        let ConfigError::Invalid(problems) = err else {
+            panic!("expected Invalid, got {err}")
+        };
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
         for expected in [
             "proxy.lisen",
@@ -740,11 +813,18 @@ mod tests {
             "[roles.read]",
             "[targets.shop.credentials.write]\nuser = \"w\"\npassword_env = \"TIMEBOX_TEST_SURELY_UNSET_VAR\"\n[roles.read]",
         );
-        let ConfigError::Invalid(problems) = Config::from_toml_str(&text).unwrap_err() else { panic!() };
+        let ConfigError::Invalid(problems) = Config::from_toml_str(&text).unwrap_err() else {
+            panic!()
+        };
         let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-        assert!(text.iter().any(|t| t.starts_with("targets.shop.credentials.write: no role \"write\"")), "{text:?}");
         assert!(
-            text.iter().any(|t| t.starts_with("targets.shop.credentials.write.password_env: environment variable")),
+            text.iter()
+                .any(|t| t.starts_with("targets.shop.credentials.write: no role \"write\"")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("targets.shop.credentials.write.password_env: environment variable")),
             "{text:?}"
         );
     }
@@ -752,15 +832,25 @@ mod tests {
     #[test]
     fn tls_required_needs_cert_and_key() {
         let text = MINIMAL.replace("tls = \"disabled\"", "tls = \"required\"");
-        let ConfigError::Invalid(problems) = Config::from_toml_str(&text).unwrap_err() else { panic!() };
+        let ConfigError::Invalid(problems) = Config::from_toml_str(&text).unwrap_err() else {
+            panic!()
+        };
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
-        assert!(paths.contains(&"proxy.tls_cert") && paths.contains(&"proxy.tls_key"), "{paths:?}");
+        assert!(
+            paths.contains(&"proxy.tls_cert") && paths.contains(&"proxy.tls_key"),
+            "{paths:?}"
+        );
     }
 
     #[test]
     fn bad_admin_token_hash_is_reported() {
-        let text = MINIMAL.replace("2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae", "nothex");
-        let ConfigError::Invalid(problems) = Config::from_toml_str(&text).unwrap_err() else { panic!() };
+        let text = MINIMAL.replace(
+            "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+            "nothex",
+        );
+        let ConfigError::Invalid(problems) = Config::from_toml_str(&text).unwrap_err() else {
+            panic!()
+        };
         assert_eq!(problems[0].path, "admin.tokens[0].sha256");
     }
 

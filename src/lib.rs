@@ -13,8 +13,10 @@
 
 pub mod admin;
 pub mod app;
+pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod grants;
 pub mod pgcluster;
 pub mod proxy;

@@ -83,9 +83,7 @@ pub enum ClusterError {
     NoPostgresUser { detail: String },
 
     /// We are root and neither `runuser` nor `su` is available.
-    #[error(
-        "running as root, but neither runuser nor su was found to switch to the postgres user"
-    )]
+    #[error("running as root, but neither runuser nor su was found to switch to the postgres user")]
     NoUserSwitch,
 
     /// A file-system operation failed.
@@ -475,12 +473,10 @@ impl Cluster {
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let input = sql.to_owned();
         let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-        let output = child
-            .wait_with_output()
-            .map_err(|source| ClusterError::Spawn {
-                program: psql.display().to_string(),
-                source,
-            })?;
+        let output = child.wait_with_output().map_err(|source| ClusterError::Spawn {
+            program: psql.display().to_string(),
+            source,
+        })?;
         // A write error (EPIPE) only means psql exited early; its status and stderr say why.
         let _ = writer.join();
         if output.status.success() {
@@ -607,11 +603,7 @@ impl Cluster {
             // pg_ctl -w may give up while a postmaster is still coming up: make sure it is gone.
             self.stop();
             if attempt < START_ATTEMPTS && port_conflict(&attempt_log) {
-                tracing::debug!(
-                    port,
-                    attempt,
-                    "port taken while starting PostgreSQL; retrying"
-                );
+                tracing::debug!(port, attempt, "port taken while starting PostgreSQL; retrying");
                 continue;
             }
             return Err(ClusterError::StartFailed {
@@ -773,14 +765,7 @@ impl Runner {
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..]);
         // Keep the caller's libpq environment from steering the server tools.
-        for var in [
-            "PGDATA",
-            "PGPORT",
-            "PGHOST",
-            "PGUSER",
-            "PGDATABASE",
-            "PGOPTIONS",
-        ] {
+        for var in ["PGDATA", "PGPORT", "PGHOST", "PGUSER", "PGDATABASE", "PGOPTIONS"] {
             cmd.env_remove(var);
         }
         cmd
@@ -790,10 +775,8 @@ impl Runner {
     fn give(&self, path: &Path) -> Result<(), ClusterError> {
         match self {
             Runner::Direct => Ok(()),
-            Runner::AsPostgres { uid, gid, .. } => {
-                std::os::unix::fs::chown(path, Some(*uid), Some(*gid))
-                    .map_err(|e| ClusterError::io(format!("chown postgres {}", path.display()), e))
-            }
+            Runner::AsPostgres { uid, gid, .. } => std::os::unix::fs::chown(path, Some(*uid), Some(*gid))
+                .map_err(|e| ClusterError::io(format!("chown postgres {}", path.display()), e)),
         }
     }
 }
@@ -807,11 +790,9 @@ fn effective_uid() -> Result<u32, ClusterError> {
     }
     let output = run_checked(Command::new("id").arg("-u"))?;
     let text = String::from_utf8_lossy(&output.stdout);
-    text.trim()
-        .parse()
-        .map_err(|_| ClusterError::NoPostgresUser {
-            detail: format!("could not read own uid from `id -u` output {text:?}"),
-        })
+    text.trim().parse().map_err(|_| ClusterError::NoPostgresUser {
+        detail: format!("could not read own uid from `id -u` output {text:?}"),
+    })
 }
 
 /// `id -u postgres` / `id -g postgres`.
@@ -823,11 +804,9 @@ fn id_of(flag: &str) -> Result<u32, ClusterError> {
             detail: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
         });
     }
-    text.trim()
-        .parse()
-        .map_err(|_| ClusterError::NoPostgresUser {
-            detail: format!("unexpected `id {flag} postgres` output {text:?}"),
-        })
+    text.trim().parse().map_err(|_| ClusterError::NoPostgresUser {
+        detail: format!("unexpected `id {flag} postgres` output {text:?}"),
+    })
 }
 
 /// Create `<base>/timebox-pg-<pid>-<random>` with mode 0700, owned by the server's user.
@@ -882,12 +861,8 @@ fn base_dir(other_user: bool) -> PathBuf {
 
 /// Whether every directory from `/` down to `dir` has the `o+x` bit.
 fn world_traversable(dir: &Path) -> bool {
-    dir.ancestors().all(|d| {
-        d.as_os_str().is_empty()
-            || fs::metadata(d)
-                .map(|m| m.mode() & 0o001 != 0)
-                .unwrap_or(false)
-    })
+    dir.ancestors()
+        .all(|d| d.as_os_str().is_empty() || fs::metadata(d).map(|m| m.mode() & 0o001 != 0).unwrap_or(false))
 }
 
 /// The block appended to postgresql.conf: our defaults, then the caller's settings (last one wins).
@@ -1039,12 +1014,7 @@ fn find_program(name: &str, fallbacks: &[&str]) -> Option<PathBuf> {
                 .map(|d| d.join(name))
                 .find(|p| is_executable(p))
         })
-        .or_else(|| {
-            fallbacks
-                .iter()
-                .map(PathBuf::from)
-                .find(|p| is_executable(p))
-        })
+        .or_else(|| fallbacks.iter().map(PathBuf::from).find(|p| is_executable(p)))
 }
 
 fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), ClusterError> {
@@ -1125,14 +1095,8 @@ mod tests {
             parse_version_output("pg_ctl (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"),
             Some(15)
         );
-        assert_eq!(
-            parse_version_output("pg_ctl (PostgreSQL) 9.6.24\n"),
-            Some(9)
-        );
-        assert_eq!(
-            parse_version_output("pg_ctl (PostgreSQL) 17beta2\n"),
-            Some(17)
-        );
+        assert_eq!(parse_version_output("pg_ctl (PostgreSQL) 9.6.24\n"), Some(9));
+        assert_eq!(parse_version_output("pg_ctl (PostgreSQL) 17beta2\n"), Some(17));
         assert_eq!(parse_version_output("something else"), None);
     }
 
@@ -1251,9 +1215,6 @@ mod tests {
             switch: Switch::Su("/bin/su".into()),
         }
         .argv(pg_ctl, [OsStr::new("-o"), OsStr::new("-p 1")]);
-        assert_eq!(
-            su.last().unwrap(),
-            "/usr/lib/postgresql/15/bin/pg_ctl -o '-p 1'"
-        );
+        assert_eq!(su.last().unwrap(), "/usr/lib/postgresql/15/bin/pg_ctl -o '-p 1'");
     }
 }

@@ -151,10 +151,7 @@ fn a_private_cluster_gets_its_own_port_and_is_removed_on_drop() {
 
     let cluster = Cluster::start(&install, private_options()).unwrap();
     assert_ne!(cluster.port(), shared.port());
-    assert_eq!(
-        cluster.psql("postgres", "select 40 + 2").unwrap().trim(),
-        "42"
-    );
+    assert_eq!(cluster.psql("postgres", "select 40 + 2").unwrap().trim(), "42");
     let settings = cluster
         .psql(
             "postgres",

@@ -148,20 +148,33 @@ pub fn validate_new_grant(config: &Config, req: &NewGrant) -> Result<Duration, G
     }
     let target = config.targets.get(&req.target).ok_or_else(|| {
         let known: Vec<&str> = config.targets.keys().map(String::as_str).collect();
-        invalid("target", format!("no target {:?} (known: {})", req.target, known.join(", ")))
+        invalid(
+            "target",
+            format!("no target {:?} (known: {})", req.target, known.join(", ")),
+        )
     })?;
     let role = config.roles.get(&req.role).ok_or_else(|| {
         let known: Vec<&str> = config.roles.keys().map(String::as_str).collect();
-        invalid("role", format!("no role {:?} (known: {})", req.role, known.join(", ")))
+        invalid(
+            "role",
+            format!("no role {:?} (known: {})", req.role, known.join(", ")),
+        )
     })?;
     if !target.credentials.contains_key(&req.role) {
         return Err(invalid(
             "role",
-            format!("target {:?} has no upstream credential for role {:?}", req.target, req.role),
+            format!(
+                "target {:?} has no upstream credential for role {:?}",
+                req.target, req.role
+            ),
         ));
     }
-    let ttl = humantime::parse_duration(&req.ttl)
-        .map_err(|e| invalid("ttl", format!("{:?} is not a duration ({e}); write e.g. \"30m\"", req.ttl)))?;
+    let ttl = humantime::parse_duration(&req.ttl).map_err(|e| {
+        invalid(
+            "ttl",
+            format!("{:?} is not a duration ({e}); write e.g. \"30m\"", req.ttl),
+        )
+    })?;
     if ttl < Duration::from_secs(1) {
         return Err(invalid("ttl", "must be at least 1s"));
     }
@@ -177,7 +190,10 @@ pub fn validate_new_grant(config: &Config, req: &NewGrant) -> Result<Duration, G
         ));
     }
     if req.reason.trim().is_empty() {
-        return Err(invalid("reason", "a reason is required (what is this access for?)"));
+        return Err(invalid(
+            "reason",
+            "a reason is required (what is this access for?)",
+        ));
     }
     if req.reason.len() > 1000 {
         return Err(invalid("reason", "at most 1000 characters"));
@@ -228,7 +244,8 @@ impl GrantService {
         let ttl = validate_new_grant(&self.config, &req)?;
         let now = self.clock.now();
         let starts_at = req.starts_at.unwrap_or(now).max(now);
-        let expires_at = starts_at + chrono::Duration::from_std(ttl).map_err(|_| invalid("ttl", "too long"))?;
+        let expires_at =
+            starts_at + chrono::Duration::from_std(ttl).map_err(|_| invalid("ttl", "too long"))?;
         let grant = Grant {
             id: new_grant_id(),
             user: req.user,
@@ -298,8 +315,14 @@ impl GrantService {
     }
 
     /// Grants (with verifiers) of `user` on `target` that a presented token may belong to, newest first.
-    pub async fn candidates(&self, user: &str, target: &str) -> Result<Vec<(Grant, ScramVerifier)>, StoreError> {
-        self.store.grant_candidates(user.to_owned(), target.to_owned()).await
+    pub async fn candidates(
+        &self,
+        user: &str,
+        target: &str,
+    ) -> Result<Vec<(Grant, ScramVerifier)>, StoreError> {
+        self.store
+            .grant_candidates(user.to_owned(), target.to_owned())
+            .await
     }
 
     /// The SCRAM salt used for `user` on `target`, whether or not such grants exist.
@@ -332,23 +355,37 @@ mod tests {
 
     #[test]
     fn status_follows_time_and_revocation() {
-        let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
+        let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let mut g = grant(t0);
         g.starts_at = t0 + chrono::Duration::minutes(1);
         assert_eq!(g.status_at(t0), GrantStatus::Pending);
         assert_eq!(g.status_at(g.starts_at), GrantStatus::Active);
-        assert_eq!(g.status_at(g.expires_at - chrono::Duration::milliseconds(1)), GrantStatus::Active);
-        assert_eq!(g.status_at(g.expires_at), GrantStatus::Expired, "expiry is exclusive");
+        assert_eq!(
+            g.status_at(g.expires_at - chrono::Duration::milliseconds(1)),
+            GrantStatus::Active
+        );
+        assert_eq!(
+            g.status_at(g.expires_at),
+            GrantStatus::Expired,
+            "expiry is exclusive"
+        );
         g.revoked_at = Some(t0 + chrono::Duration::minutes(2));
         g.revoked_by = Some("bob".into());
-        assert_eq!(g.status_at(t0 + chrono::Duration::minutes(3)), GrantStatus::Revoked);
+        assert_eq!(
+            g.status_at(t0 + chrono::Duration::minutes(3)),
+            GrantStatus::Revoked
+        );
         // revocation wins even before the start
         assert_eq!(g.status_at(t0), GrantStatus::Revoked);
     }
 
     #[test]
     fn refusal_names_the_grant_and_the_time() {
-        let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc);
+        let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let mut g = grant(t0);
         assert_eq!(g.refusal_at(t0), None);
         assert_eq!(
@@ -364,7 +401,10 @@ mod tests {
         );
         let mut later = grant(t0);
         later.starts_at = t0 + chrono::Duration::hours(2);
-        assert_eq!(later.refusal_at(t0).unwrap(), "grant g_1 starts at 2026-01-01T02:00:00Z");
+        assert_eq!(
+            later.refusal_at(t0).unwrap(),
+            "grant g_1 starts at 2026-01-01T02:00:00Z"
+        );
     }
 
     fn config() -> Config {
@@ -416,8 +456,16 @@ mod tests {
         };
         assert_eq!(field(req("alice", "nope", "read", "30m", "inc")), "target");
         assert_eq!(field(req("alice", "shop", "nope", "30m", "inc")), "role");
-        assert_eq!(field(req("alice", "shop", "write", "30m", "inc")), "role", "no credential for write");
-        assert_eq!(field(req("alice", "shop", "read", "2h", "inc")), "ttl", "over max_ttl");
+        assert_eq!(
+            field(req("alice", "shop", "write", "30m", "inc")),
+            "role",
+            "no credential for write"
+        );
+        assert_eq!(
+            field(req("alice", "shop", "read", "2h", "inc")),
+            "ttl",
+            "over max_ttl"
+        );
         assert_eq!(field(req("alice", "shop", "read", "soon", "inc")), "ttl");
         assert_eq!(field(req("alice", "shop", "read", "0s", "inc")), "ttl");
         assert_eq!(field(req("alice", "shop", "read", "30m", "  ")), "reason");

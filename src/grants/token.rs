@@ -176,18 +176,33 @@ mod tests {
         let v = ScramVerifier::derive("pencil", &salt, 4096);
         let auth_message = "n=user,r=rOprNGfwEbeRWgbNEkqO,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
         let server_signature = hmac(&v.server_key, auth_message.as_bytes());
-        assert_eq!(b64.encode(server_signature), "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=");
+        assert_eq!(
+            b64.encode(server_signature),
+            "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+        );
     }
 
     #[test]
     fn salt_depends_on_user_and_target_and_secret() {
         let secret = [7u8; 32];
-        assert_eq!(salt_for(&secret, "alice", "shop"), salt_for(&secret, "alice", "shop"));
-        assert_ne!(salt_for(&secret, "alice", "shop"), salt_for(&secret, "bob", "shop"));
-        assert_ne!(salt_for(&secret, "alice", "shop"), salt_for(&secret, "alice", "billing"));
+        assert_eq!(
+            salt_for(&secret, "alice", "shop"),
+            salt_for(&secret, "alice", "shop")
+        );
+        assert_ne!(
+            salt_for(&secret, "alice", "shop"),
+            salt_for(&secret, "bob", "shop")
+        );
+        assert_ne!(
+            salt_for(&secret, "alice", "shop"),
+            salt_for(&secret, "alice", "billing")
+        );
         // no ambiguity between ("ab","c") and ("a","bc")
         assert_ne!(salt_for(&secret, "ab", "c"), salt_for(&secret, "a", "bc"));
-        assert_ne!(salt_for(&[8u8; 32], "alice", "shop"), salt_for(&secret, "alice", "shop"));
+        assert_ne!(
+            salt_for(&[8u8; 32], "alice", "shop"),
+            salt_for(&secret, "alice", "shop")
+        );
     }
 
     #[test]

@@ -73,7 +73,11 @@ impl GrantWatch {
     }
 
     pub fn current(&self) -> Grant {
-        self.rx.as_ref().expect("receiver present until drop").borrow().clone()
+        self.rx
+            .as_ref()
+            .expect("receiver present until drop")
+            .borrow()
+            .clone()
     }
 }
 
@@ -118,7 +122,9 @@ mod tests {
         let mut revoked = g.clone();
         revoked.revoked_at = Some(Utc::now());
         watches.publish(&revoked);
-        let seen = tokio::time::timeout(std::time::Duration::from_secs(1), a.changed()).await.unwrap();
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(1), a.changed())
+            .await
+            .unwrap();
         assert!(seen.revoked_at.is_some());
         assert!(b.current().revoked_at.is_some());
 

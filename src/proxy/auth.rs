@@ -62,7 +62,10 @@ async fn read_password_message(client: &mut ClientStream) -> Result<Vec<u8>, Aut
     }
     if tag != b'p' {
         return Err(refused(
-            PgError::protocol_violation(format!("expected SASL response, got message type {:?}", tag as char)),
+            PgError::protocol_violation(format!(
+                "expected SASL response, got message type {:?}",
+                tag as char
+            )),
             "protocol violation during authentication",
             true,
         ));
@@ -129,13 +132,22 @@ pub async fn authenticate(
     let store_down = |e: crate::store::StoreError| {
         tracing::error!(error = %e, "grant store unavailable during authentication");
         refused(
-            PgError::fatal("58000", "timebox cannot check grants right now (grant store unavailable)"),
+            PgError::fatal(
+                "58000",
+                "timebox cannot check grants right now (grant store unavailable)",
+            ),
             "grant store unavailable",
             false,
         )
     };
-    let salt = grants.salt_for(&params.user, &params.target).await.map_err(store_down)?;
-    let candidates = grants.candidates(&params.user, &params.target).await.map_err(store_down)?;
+    let salt = grants
+        .salt_for(&params.user, &params.target)
+        .await
+        .map_err(store_down)?;
+    let candidates = grants
+        .candidates(&params.user, &params.target)
+        .await
+        .map_err(store_down)?;
     let end_point = tls.map(|t| t.end_point_hash.as_slice());
 
     let mut out = BytesMut::new();
@@ -163,8 +175,8 @@ pub async fn authenticate(
 
     let body = read_password_message(client).await?;
     let verifiers: Vec<_> = candidates.iter().map(|(_, v)| v).collect();
-    let (index, server_final) =
-        scram::client_final(&state, &body, end_point, &verifiers).map_err(|e| scram_refusal(e, &params.user))?;
+    let (index, server_final) = scram::client_final(&state, &body, end_point, &verifiers)
+        .map_err(|e| scram_refusal(e, &params.user))?;
     let grant = candidates[index].0.clone();
 
     if let Some(why) = grant.refusal_at(grants.now()) {
@@ -234,7 +246,10 @@ mod tests {
         assert!(!t.is_blocked(other, t0), "per address");
         assert!(!t.is_blocked(ip, t0 + Duration::from_secs(61)), "window over");
         t.record_failure(ip, t0 + Duration::from_secs(61));
-        assert!(!t.is_blocked(ip, t0 + Duration::from_secs(62)), "counting restarted");
+        assert!(
+            !t.is_blocked(ip, t0 + Duration::from_secs(62)),
+            "counting restarted"
+        );
     }
 
     #[test]
@@ -242,7 +257,10 @@ mod tests {
         let mut body = b"SCRAM-SHA-256\0".to_vec();
         body.extend_from_slice(&3i32.to_be_bytes());
         body.extend_from_slice(b"abc");
-        assert_eq!(parse_initial_response(&body), Some(("SCRAM-SHA-256", &b"abc"[..])));
+        assert_eq!(
+            parse_initial_response(&body),
+            Some(("SCRAM-SHA-256", &b"abc"[..]))
+        );
         let mut short = b"SCRAM-SHA-256\0".to_vec();
         short.extend_from_slice(&9i32.to_be_bytes());
         short.extend_from_slice(b"abc");

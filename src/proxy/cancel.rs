@@ -110,7 +110,10 @@ mod tests {
         assert!(a.pid > 0 && b.pid > 0);
         assert_ne!((a.pid, a.secret), (b.pid, b.secret));
         assert_eq!(keys.lookup(a.pid, a.secret).unwrap().pid, 42);
-        assert!(keys.lookup(a.pid, a.secret.wrapping_add(1)).is_none(), "the secret must match");
+        assert!(
+            keys.lookup(a.pid, a.secret.wrapping_add(1)).is_none(),
+            "the secret must match"
+        );
         drop(a);
         assert_eq!(keys.len(), 1);
         drop(b);

@@ -67,7 +67,9 @@ impl ProxyState {
     pub fn new(config: &Config) -> Result<Self, ProxyError> {
         let tls = match (config.proxy.tls, &config.proxy.tls_cert, &config.proxy.tls_key) {
             (ClientTls::Disabled, _, _) => None,
-            (_, Some(cert), Some(key)) => Some(tls::ServerTls::load(cert, key).map_err(ProxyError::ClientTls)?),
+            (_, Some(cert), Some(key)) => {
+                Some(tls::ServerTls::load(cert, key).map_err(ProxyError::ClientTls)?)
+            }
             _ => None,
         };
         let mut upstream_tls = HashMap::new();
@@ -118,8 +120,14 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener) -> Result<(), Pr
     drop(listener);
     state.proxy.tasks.close();
     let limit = state.config.proxy.shutdown_grace + Duration::from_secs(2);
-    if tokio::time::timeout(limit, state.proxy.tasks.wait()).await.is_err() {
-        tracing::warn!(remaining = state.proxy.tasks.len(), "sessions still open after the shutdown grace period");
+    if tokio::time::timeout(limit, state.proxy.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = state.proxy.tasks.len(),
+            "sessions still open after the shutdown grace period"
+        );
     }
     Ok(())
 }
@@ -132,7 +140,12 @@ pub struct SessionRegistry {
 }
 
 impl SessionRegistry {
-    pub fn register(&self, grant: &Grant, client_addr: SocketAddr, tls_version: Option<String>) -> Arc<SessionHandle> {
+    pub fn register(
+        &self,
+        grant: &Grant,
+        client_addr: SocketAddr,
+        tls_version: Option<String>,
+    ) -> Arc<SessionHandle> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let handle = Arc::new(SessionHandle {
             id,

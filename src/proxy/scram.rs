@@ -58,12 +58,19 @@ pub fn server_first(
         other => return Err(ScramError::Mechanism(other.to_owned())),
     };
     if plus && tls_end_point.is_none() {
-        return Err(ScramError::ChannelBinding("SCRAM-SHA-256-PLUS needs a TLS connection"));
+        return Err(ScramError::ChannelBinding(
+            "SCRAM-SHA-256-PLUS needs a TLS connection",
+        ));
     }
-    let text = std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("client-first is not UTF-8"))?;
+    let text =
+        std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("client-first is not UTF-8"))?;
     // gs2-header: cbind-flag "," [authzid] ","
-    let (flag, rest) = text.split_once(',').ok_or(ScramError::Malformed("missing gs2 header"))?;
-    let (authzid, bare) = rest.split_once(',').ok_or(ScramError::Malformed("missing gs2 header"))?;
+    let (flag, rest) = text
+        .split_once(',')
+        .ok_or(ScramError::Malformed("missing gs2 header"))?;
+    let (authzid, bare) = rest
+        .split_once(',')
+        .ok_or(ScramError::Malformed("missing gs2 header"))?;
     if !authzid.is_empty() {
         return Err(ScramError::Malformed("authorization identity is not supported"));
     }
@@ -71,15 +78,21 @@ pub fn server_first(
         "n" => false,
         "y" if tls_end_point.is_some() => {
             // The client could bind but believes we cannot, although we advertised -PLUS.
-            return Err(ScramError::ChannelBinding("client did not use the advertised channel binding"));
+            return Err(ScramError::ChannelBinding(
+                "client did not use the advertised channel binding",
+            ));
         }
         "y" => false,
         "p=tls-server-end-point" => true,
-        f if f.starts_with("p=") => return Err(ScramError::ChannelBinding("unsupported channel binding type")),
+        f if f.starts_with("p=") => {
+            return Err(ScramError::ChannelBinding("unsupported channel binding type"))
+        }
         _ => return Err(ScramError::Malformed("invalid channel binding flag")),
     };
     if uses_channel_binding != plus {
-        return Err(ScramError::ChannelBinding("channel binding flag does not match the mechanism"));
+        return Err(ScramError::ChannelBinding(
+            "channel binding flag does not match the mechanism",
+        ));
     }
     let gs2_header = format!("{flag},{authzid},");
 
@@ -93,7 +106,11 @@ pub fn server_first(
         .next()
         .and_then(|p| p.strip_prefix("r="))
         .ok_or(ScramError::Malformed("expected r= attribute"))?;
-    if client_nonce.is_empty() || !client_nonce.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b',') {
+    if client_nonce.is_empty()
+        || !client_nonce
+            .bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && b != b',')
+    {
         return Err(ScramError::Malformed("invalid client nonce"));
     }
     if parts.any(|p| p.starts_with("m=")) {
@@ -124,8 +141,11 @@ pub fn client_final(
     tls_end_point: Option<&[u8]>,
     candidates: &[&ScramVerifier],
 ) -> Result<(usize, String), ScramError> {
-    let text = std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("client-final is not UTF-8"))?;
-    let (without_proof, proof) = text.rsplit_once(",p=").ok_or(ScramError::Malformed("missing proof"))?;
+    let text =
+        std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("client-final is not UTF-8"))?;
+    let (without_proof, proof) = text
+        .rsplit_once(",p=")
+        .ok_or(ScramError::Malformed("missing proof"))?;
     let mut parts = without_proof.split(',');
     let cbind = parts
         .next()
@@ -141,19 +161,28 @@ pub fn client_final(
         let data = tls_end_point.ok_or(ScramError::ChannelBinding("no TLS channel to bind to"))?;
         expected_cbind.extend_from_slice(data);
     }
-    let cbind = B64.decode(cbind).map_err(|_| ScramError::Malformed("c= is not base64"))?;
+    let cbind = B64
+        .decode(cbind)
+        .map_err(|_| ScramError::Malformed("c= is not base64"))?;
     if cbind != expected_cbind {
-        return Err(ScramError::ChannelBinding("channel binding data does not match this TLS connection"));
+        return Err(ScramError::ChannelBinding(
+            "channel binding data does not match this TLS connection",
+        ));
     }
     if nonce != state.nonce {
         return Err(ScramError::Malformed("nonce does not match"));
     }
-    let proof = B64.decode(proof).map_err(|_| ScramError::Malformed("p= is not base64"))?;
+    let proof = B64
+        .decode(proof)
+        .map_err(|_| ScramError::Malformed("p= is not base64"))?;
     if proof.len() != 32 {
         return Err(ScramError::Malformed("proof has the wrong length"));
     }
 
-    let auth_message = format!("{},{},{}", state.client_first_bare, state.server_first, without_proof);
+    let auth_message = format!(
+        "{},{},{}",
+        state.client_first_bare, state.server_first, without_proof
+    );
     for (i, v) in candidates.iter().enumerate() {
         let signature = hmac(&v.stored_key, auth_message.as_bytes());
         let mut client_key = [0u8; 32];
@@ -190,9 +219,13 @@ mod tests {
     ) -> Result<usize, ScramError> {
         let mut client = ScramSha256::new(client_password.as_bytes(), binding);
         let (first, state) = server_first(mechanism, client.message(), tls, SALT, 4096)?;
-        client.update(first.as_bytes()).expect("client accepts server-first");
+        client
+            .update(first.as_bytes())
+            .expect("client accepts server-first");
         let (index, last) = client_final(&state, client.message(), tls, candidates)?;
-        client.finish(last.as_bytes()).expect("client verifies the server signature");
+        client
+            .finish(last.as_bytes())
+            .expect("client verifies the server signature");
         Ok(index)
     }
 
@@ -200,10 +233,34 @@ mod tests {
     fn picks_the_grant_whose_token_was_used() {
         let (a, b, c) = (verifier("tbx_a"), verifier("tbx_b"), verifier("tbx_c"));
         let candidates = [&a, &b, &c];
-        assert_eq!(exchange("tbx_b", ChannelBinding::unsupported(), SCRAM_SHA_256, None, &candidates), Ok(1));
-        assert_eq!(exchange("tbx_c", ChannelBinding::unsupported(), SCRAM_SHA_256, None, &candidates), Ok(2));
         assert_eq!(
-            exchange("tbx_wrong", ChannelBinding::unsupported(), SCRAM_SHA_256, None, &candidates),
+            exchange(
+                "tbx_b",
+                ChannelBinding::unsupported(),
+                SCRAM_SHA_256,
+                None,
+                &candidates
+            ),
+            Ok(1)
+        );
+        assert_eq!(
+            exchange(
+                "tbx_c",
+                ChannelBinding::unsupported(),
+                SCRAM_SHA_256,
+                None,
+                &candidates
+            ),
+            Ok(2)
+        );
+        assert_eq!(
+            exchange(
+                "tbx_wrong",
+                ChannelBinding::unsupported(),
+                SCRAM_SHA_256,
+                None,
+                &candidates
+            ),
             Err(ScramError::NoMatch)
         );
         assert_eq!(
@@ -228,7 +285,16 @@ mod tests {
             Ok(0)
         );
         // plain SCRAM over TLS with "n" is accepted (clients with channel_binding=disable)
-        assert_eq!(exchange("tbx_a", ChannelBinding::unsupported(), SCRAM_SHA_256, Some(&hash), &[&v]), Ok(0));
+        assert_eq!(
+            exchange(
+                "tbx_a",
+                ChannelBinding::unsupported(),
+                SCRAM_SHA_256,
+                Some(&hash),
+                &[&v]
+            ),
+            Ok(0)
+        );
         // a client binding to a different certificate (man in the middle) is refused
         assert!(matches!(
             exchange(
@@ -242,11 +308,20 @@ mod tests {
         ));
         // "y" while we advertised -PLUS is a downgrade
         assert!(matches!(
-            exchange("tbx_a", ChannelBinding::unrequested(), SCRAM_SHA_256, Some(&hash), &[&v]),
+            exchange(
+                "tbx_a",
+                ChannelBinding::unrequested(),
+                SCRAM_SHA_256,
+                Some(&hash),
+                &[&v]
+            ),
             Err(ScramError::ChannelBinding(_))
         ));
         // "y" without TLS is fine
-        assert_eq!(exchange("tbx_a", ChannelBinding::unrequested(), SCRAM_SHA_256, None, &[&v]), Ok(0));
+        assert_eq!(
+            exchange("tbx_a", ChannelBinding::unrequested(), SCRAM_SHA_256, None, &[&v]),
+            Ok(0)
+        );
         // -PLUS without TLS is refused
         assert!(matches!(
             exchange(
@@ -263,7 +338,10 @@ mod tests {
     #[test]
     fn malformed_messages_are_rejected() {
         let first = |m: &[u8]| server_first(SCRAM_SHA_256, m, None, SALT, 4096).map(|_| ());
-        assert_eq!(first(b"garbage"), Err(ScramError::Malformed("missing gs2 header")));
+        assert_eq!(
+            first(b"garbage"),
+            Err(ScramError::Malformed("missing gs2 header"))
+        );
         assert!(first(b"n,a=admin,n=,r=abc").is_err(), "authzid");
         assert!(first(b"x,,n=,r=abc").is_err(), "bad flag");
         assert!(first(b"n,,n=,r=").is_err(), "empty nonce");
@@ -281,7 +359,13 @@ mod tests {
         let fin = |m: &str| client_final(&state, m.as_bytes(), None, &[&v]).map(|_| ());
         assert!(fin("c=biws,r=abc").is_err(), "no proof");
         assert!(fin("c=biws,r=wrongnonce,p=AAAA").is_err());
-        assert!(fin(&format!("c=eSws,r={},p=AAAA", state.nonce)).is_err(), "cbind mismatch");
-        assert_eq!(fin(&format!("c=biws,r={},p=AAAA", state.nonce)), Err(ScramError::Malformed("proof has the wrong length")));
+        assert!(
+            fin(&format!("c=eSws,r={},p=AAAA", state.nonce)).is_err(),
+            "cbind mismatch"
+        );
+        assert_eq!(
+            fin(&format!("c=biws,r={},p=AAAA", state.nonce)),
+            Err(ScramError::Malformed("proof has the wrong length"))
+        );
     }
 }

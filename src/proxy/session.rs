@@ -114,7 +114,11 @@ pub async fn handle_connection(state: Arc<AppState>, tcp: TcpStream, peer: Socke
     };
 
     if over_limit {
-        send_fatal(&mut client, &PgError::too_many_connections(state.config.proxy.max_connections)).await;
+        send_fatal(
+            &mut client,
+            &PgError::too_many_connections(state.config.proxy.max_connections),
+        )
+        .await;
         return;
     }
     let params = match startup::check_startup_params(&message) {
@@ -230,7 +234,10 @@ async fn establish(
         Ok(fresh) => state.grants.watches().publish(&fresh),
         Err(e) => {
             tracing::error!(error = %e, "grant store unavailable");
-            return Err(PgError::fatal("58000", "timebox cannot check grants right now (grant store unavailable)"));
+            return Err(PgError::fatal(
+                "58000",
+                "timebox cannot check grants right now (grant store unavailable)",
+            ));
         }
     }
     let grant = watch.current();
@@ -241,7 +248,10 @@ async fn establish(
     let config = &state.config;
     let (Some(target), Some(credential)) = (
         config.targets.get(&grant.target),
-        config.targets.get(&grant.target).and_then(|t| t.credentials.get(&grant.role)),
+        config
+            .targets
+            .get(&grant.target)
+            .and_then(|t| t.credentials.get(&grant.role)),
     ) else {
         tracing::error!(role = %grant.role, "grant's target or role is no longer configured");
         return Err(PgError::grant_not_current(&format!(
@@ -251,14 +261,27 @@ async fn establish(
     };
 
     let mut settings = params.settings.clone();
-    settings.push(("application_name".into(), tagged_application_name(&grant, params.application_name.as_deref())));
+    settings.push((
+        "application_name".into(),
+        tagged_application_name(&grant, params.application_name.as_deref()),
+    ));
     let upstream_tls = state.proxy.upstream_tls.get(&target.name).cloned().flatten();
-    let upstream = match upstream::connect(target, credential, upstream_tls, &settings, config.proxy.upstream_connect_timeout).await {
+    let upstream = match upstream::connect(
+        target,
+        credential,
+        upstream_tls,
+        &settings,
+        config.proxy.upstream_connect_timeout,
+    )
+    .await
+    {
         Ok(u) => u,
         Err(e) => {
             tracing::warn!(error = %e, host = %target.host, port = target.port, "upstream connection failed");
             return Err(match &e {
-                upstream::UpstreamError::Rejected { code, .. } => PgError::upstream_rejected(&target.name, code),
+                upstream::UpstreamError::Rejected { code, .. } => {
+                    PgError::upstream_rejected(&target.name, code)
+                }
                 _ => PgError::upstream_unavailable(&target.name, &e.client_reason()),
             });
         }
@@ -279,7 +302,10 @@ async fn establish(
         secret: backend_secret,
     };
     let cancel_key = state.proxy.cancel_keys.register(upstream_cancel.clone());
-    let handle = state.proxy.sessions.register(&grant, peer, tls.map(|t| t.version.clone()));
+    let handle = state
+        .proxy
+        .sessions
+        .register(&grant, peer, tls.map(|t| t.version.clone()));
 
     let mut out = BytesMut::with_capacity(512);
     wire::authentication_ok(&mut out);
@@ -355,7 +381,10 @@ impl ClientOutbox {
         if self.inject.is_empty() || self.inject_at.is_some() {
             return;
         }
-        let boundary = self.tracker.unfinished_frame_start().unwrap_or(self.tracker.offset());
+        let boundary = self
+            .tracker
+            .unfinished_frame_start()
+            .unwrap_or(self.tracker.offset());
         if boundary >= self.written {
             self.inject_at = Some(boundary);
         }
@@ -473,11 +502,13 @@ impl Session {
         loop {
             let now = state.clock.now();
             let expiry = instant_at(now, self.grant.expires_at);
-            let warning = warnings.last().map(|w| instant_at(now, self.grant.expires_at - *w));
+            let warning = warnings
+                .last()
+                .map(|w| instant_at(now, self.grant.expires_at - *w));
             let busy = awaiting_ready > 0 || unsynced;
             let read_client = closing.is_none() && to_upstream.len() < HIGH_WATER;
-            let read_upstream = outbox.pending.len() < HIGH_WATER
-                && (closing.is_none() || outbox.inject_at.is_none());
+            let read_upstream =
+                outbox.pending.len() < HIGH_WATER && (closing.is_none() || outbox.inject_at.is_none());
             let write_client = outbox.next_chunk().is_some();
             let write_upstream = closing.is_none() && !to_upstream.is_empty();
 
@@ -490,7 +521,9 @@ impl Session {
                 }
                 if read_upstream {
                     let before = outbox.pending.len();
-                    if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut self.upstream), cx, &mut outbox.pending) {
+                    if let Poll::Ready(r) =
+                        poll_read_buf(Pin::new(&mut self.upstream), cx, &mut outbox.pending)
+                    {
                         if let Ok(n) = &r {
                             let fed = outbox.tracker.feed(&outbox.pending[before..before + n]);
                             if fed.is_err() {
@@ -754,7 +787,13 @@ impl Session {
     }
 
     /// Cancels the upstream query if one runs, queues the FATAL, and enters the closing state.
-    async fn sever(&mut self, outbox: &mut ClientOutbox, busy: bool, reason: EndReason, error: PgError) -> Closing {
+    async fn sever(
+        &mut self,
+        outbox: &mut ClientOutbox,
+        busy: bool,
+        reason: EndReason,
+        error: PgError,
+    ) -> Closing {
         tracing::info!(reason = reason.as_str(), message = %error.message, "severing session");
         self.cancel_if_busy(busy).await;
         outbox.inject.clear();
@@ -832,8 +871,14 @@ mod tests {
     #[test]
     fn application_name_names_engineer_and_grant_and_fits() {
         let g = grant();
-        assert_eq!(tagged_application_name(&g, None), "timebox:alice:g_0123456789abcdef");
-        assert_eq!(tagged_application_name(&g, Some("psql")), "timebox:alice:g_0123456789abcdef:psql");
+        assert_eq!(
+            tagged_application_name(&g, None),
+            "timebox:alice:g_0123456789abcdef"
+        );
+        assert_eq!(
+            tagged_application_name(&g, Some("psql")),
+            "timebox:alice:g_0123456789abcdef:psql"
+        );
         let long = tagged_application_name(&g, Some(&"é".repeat(40)));
         assert!(long.len() <= 63, "{}", long.len());
         assert!(long.starts_with("timebox:alice:g_0123456789abcdef:"));
@@ -904,7 +949,11 @@ mod tests {
         outbox.tracker.feed(&stream).unwrap();
         PgError::admin_shutdown("bye").encode(&mut outbox.inject);
         outbox.place_injection();
-        assert_eq!(outbox.inject_at, Some(a.len() as u64), "before the partial second row");
+        assert_eq!(
+            outbox.inject_at,
+            Some(a.len() as u64),
+            "before the partial second row"
+        );
         let (chunk, injected) = outbox.next_chunk().unwrap();
         assert_eq!((chunk, injected), (&a[..], false));
     }

@@ -44,7 +44,10 @@ pub enum Startup {
 pub enum StartupError {
     /// Tell the client (if the stream still works) and close.
     #[error("{}", .error.message)]
-    Refused { client: Box<ClientStream>, error: PgError },
+    Refused {
+        client: Box<ClientStream>,
+        error: PgError,
+    },
     #[error("client connection failed during startup: {0}")]
     Io(#[from] std::io::Error),
     #[error("TLS handshake failed: {0}")]
@@ -97,7 +100,9 @@ async fn accept_tls(tcp: TcpStream, tls: &ServerTls) -> Result<(ClientStream, Cl
 async fn read_packet(client: &mut ClientStream) -> Result<Result<StartupPacket, PgError>, std::io::Error> {
     let len = client.read_i32().await?;
     if !(8..=MAX_STARTUP_PACKET as i32).contains(&len) {
-        return Ok(Err(PgError::protocol_violation("invalid length of startup packet")));
+        return Ok(Err(PgError::protocol_violation(
+            "invalid length of startup packet",
+        )));
     }
     let mut body = vec![0u8; len as usize - 4];
     client.read_exact(&mut body).await?;
@@ -105,7 +110,11 @@ async fn read_packet(client: &mut ClientStream) -> Result<Result<StartupPacket, 
 }
 
 /// Runs the startup phase on a fresh connection.
-pub async fn negotiate(tcp: TcpStream, tls: Option<&ServerTls>, mode: ClientTls) -> Result<Startup, StartupError> {
+pub async fn negotiate(
+    tcp: TcpStream,
+    tls: Option<&ServerTls>,
+    mode: ClientTls,
+) -> Result<Startup, StartupError> {
     let tls = if mode == ClientTls::Disabled { None } else { tls };
     // PostgreSQL 17 direct TLS: the connection starts with a TLS ClientHello (record type 0x16).
     let mut first = [0u8; 1];
@@ -141,7 +150,9 @@ pub async fn negotiate(tcp: TcpStream, tls: Option<&ServerTls>, mode: ClientTls)
             StartupPacket::SslRequest if tls_info.is_none() => match tls {
                 Some(server_tls) => {
                     client.write_all(b"S").await?;
-                    let MaybeTls::Plain(tcp) = client else { unreachable!("TLS not yet started") };
+                    let MaybeTls::Plain(tcp) = client else {
+                        unreachable!("TLS not yet started")
+                    };
                     let (c, info) = accept_tls(tcp, server_tls).await?;
                     client = c;
                     tls_info = Some(info);
@@ -149,7 +160,10 @@ pub async fn negotiate(tcp: TcpStream, tls: Option<&ServerTls>, mode: ClientTls)
                 None => client.write_all(b"N").await?,
             },
             StartupPacket::SslRequest => {
-                return Err(refuse(client, PgError::protocol_violation("SSLRequest inside TLS")));
+                return Err(refuse(
+                    client,
+                    PgError::protocol_violation("SSLRequest inside TLS"),
+                ));
             }
             StartupPacket::GssEncRequest => client.write_all(b"N").await?,
             StartupPacket::Cancel { pid, secret } => return Ok(Startup::Cancel { pid, secret }),
@@ -292,7 +306,11 @@ pub fn check_startup_params(message: &StartupMessage) -> Result<ClientParams, Pg
         .filter(|u| !u.is_empty())
         .ok_or_else(|| PgError::fatal("28000", "no PostgreSQL user name specified in startup packet"))?
         .to_owned();
-    let target = message.get("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_owned();
+    let target = message
+        .get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user)
+        .to_owned();
     let mut params = ClientParams {
         user,
         target,
@@ -350,7 +368,10 @@ mod tests {
     fn msg(params: &[(&str, &str)]) -> StartupMessage {
         StartupMessage {
             protocol: wire::PROTOCOL_3_0,
-            params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
@@ -361,7 +382,10 @@ mod tests {
             ("application_name", "psql"),
             ("client_encoding", "UTF8"),
             ("DateStyle", "ISO, MDY"),
-            ("options", "-c statement_timeout=5s --search_path=app\\,public -csearch_path=public"),
+            (
+                "options",
+                "-c statement_timeout=5s --search_path=app\\,public -csearch_path=public",
+            ),
         ]))
         .unwrap();
         assert_eq!(p.user, "alice");
@@ -386,22 +410,49 @@ mod tests {
         assert_eq!(code(&[("user", "a"), ("replication", "true")]), "0A000");
         assert!(check_startup_params(&msg(&[("user", "a"), ("replication", "false")])).is_ok());
         assert_eq!(code(&[("user", "a"), ("options", "-c role=postgres")]), "42501");
-        assert_eq!(code(&[("user", "a"), ("options", "-c session_authorization=postgres")]), "42501");
-        assert_eq!(code(&[("user", "a"), ("options", "-c default_transaction_read_only=off")]), "42501");
+        assert_eq!(
+            code(&[("user", "a"), ("options", "-c session_authorization=postgres")]),
+            "42501"
+        );
+        assert_eq!(
+            code(&[("user", "a"), ("options", "-c default_transaction_read_only=off")]),
+            "42501"
+        );
         assert_eq!(code(&[("user", "a"), ("options", "--role=postgres")]), "42501");
-        assert_eq!(code(&[("user", "a"), ("options", "-cROLE=postgres")]), "42501", "case-insensitive");
-        assert_eq!(code(&[("user", "a"), ("options", "-d 5")]), "42501", "non -c switches");
+        assert_eq!(
+            code(&[("user", "a"), ("options", "-cROLE=postgres")]),
+            "42501",
+            "case-insensitive"
+        );
+        assert_eq!(
+            code(&[("user", "a"), ("options", "-d 5")]),
+            "42501",
+            "non -c switches"
+        );
         assert_eq!(code(&[("user", "a"), ("options", "-c")]), "08P01");
-        assert_eq!(code(&[("user", "a"), ("role", "postgres")]), "42501", "GUC as a startup parameter");
+        assert_eq!(
+            code(&[("user", "a"), ("role", "postgres")]),
+            "42501",
+            "GUC as a startup parameter"
+        );
         assert_eq!(code(&[("user", "a"), ("client_encoding", "SQL_ASCII")]), "42501");
-        assert_eq!(code(&[("user", "a"), ("options", "-c client_encoding=SJIS")]), "42501");
-        assert_eq!(code(&[("user", "a"), ("standard_conforming_strings", "off")]), "42501");
+        assert_eq!(
+            code(&[("user", "a"), ("options", "-c client_encoding=SJIS")]),
+            "42501"
+        );
+        assert_eq!(
+            code(&[("user", "a"), ("standard_conforming_strings", "off")]),
+            "42501"
+        );
         assert!(check_startup_params(&msg(&[("user", "a"), ("client_encoding", "utf-8")])).is_ok());
     }
 
     #[test]
     fn options_escapes() {
-        assert_eq!(split_options(r"-c a=b\ c  -c d=e"), vec!["-c", "a=b c", "-c", "d=e"]);
+        assert_eq!(
+            split_options(r"-c a=b\ c  -c d=e"),
+            vec!["-c", "a=b c", "-c", "d=e"]
+        );
         assert_eq!(split_options(""), Vec::<String>::new());
     }
 }

@@ -63,7 +63,9 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
             source,
         })?;
     if certs.is_empty() {
-        return Err(TlsError::NoCertificate { path: path.to_owned() });
+        return Err(TlsError::NoCertificate {
+            path: path.to_owned(),
+        });
     }
     Ok(certs)
 }
@@ -236,11 +238,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("c.crt"), dir.path().join("c.key"));
         assert!(ensure_dev_certificate(&cert, &key, &["localhost", "127.0.0.1"]).unwrap());
-        assert!(!ensure_dev_certificate(&cert, &key, &["localhost"]).unwrap(), "kept existing files");
+        assert!(
+            !ensure_dev_certificate(&cert, &key, &["localhost"]).unwrap(),
+            "kept existing files"
+        );
         let tls = ServerTls::load(&cert, &key).unwrap();
         assert_eq!(tls.end_point_hash.len(), 32);
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]
@@ -248,7 +256,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "").unwrap();
-        assert!(matches!(ServerTls::load(&empty, &empty), Err(TlsError::NoCertificate { .. })));
+        assert!(matches!(
+            ServerTls::load(&empty, &empty),
+            Err(TlsError::NoCertificate { .. })
+        ));
         let missing = dir.path().join("nope.pem");
         let err = ServerTls::load(&missing, &missing).unwrap_err();
         assert!(err.to_string().contains("nope.pem"), "{err}");

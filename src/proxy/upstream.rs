@@ -55,9 +55,9 @@ impl UpstreamError {
             UpstreamError::TlsRefused | UpstreamError::Tls(_) | UpstreamError::ServerName(_) => {
                 "TLS to the target failed".into()
             }
-            UpstreamError::Rejected { .. } | UpstreamError::NoPassword | UpstreamError::UnsupportedAuth(_) => {
-                "login refused".into()
-            }
+            UpstreamError::Rejected { .. }
+            | UpstreamError::NoPassword
+            | UpstreamError::UnsupportedAuth(_) => "login refused".into(),
             UpstreamError::Protocol(_) | UpstreamError::Io(_) => "connection failed".into(),
         }
     }
@@ -151,7 +151,9 @@ async fn connect_inner(
                 break m;
             }
             if stream.read_buf(&mut buf).await? == 0 {
-                return Err(UpstreamError::Protocol("server closed the connection during startup".into()));
+                return Err(UpstreamError::Protocol(
+                    "server closed the connection during startup".into(),
+                ));
             }
         };
         out.clear();
@@ -207,7 +209,9 @@ async fn connect_inner(
             }
             Message::AuthenticationSspi => return Err(UpstreamError::UnsupportedAuth("SSPI")),
             Message::AuthenticationKerberosV5 => return Err(UpstreamError::UnsupportedAuth("Kerberos V5")),
-            Message::AuthenticationScmCredential => return Err(UpstreamError::UnsupportedAuth("SCM credential")),
+            Message::AuthenticationScmCredential => {
+                return Err(UpstreamError::UnsupportedAuth("SCM credential"))
+            }
             Message::BackendKeyData(body) => backend_key = Some((body.process_id(), body.secret_key())),
             Message::ParameterStatus(body) => {
                 parameter_status.push((body.name()?.to_owned(), body.value()?.to_owned()));
@@ -226,8 +230,9 @@ async fn connect_inner(
                 return Err(UpstreamError::Rejected { code, message });
             }
             Message::ReadyForQuery(body) => {
-                let (backend_pid, backend_secret) = backend_key
-                    .ok_or_else(|| UpstreamError::Protocol("no BackendKeyData before ReadyForQuery".into()))?;
+                let (backend_pid, backend_secret) = backend_key.ok_or_else(|| {
+                    UpstreamError::Protocol("no BackendKeyData before ReadyForQuery".into())
+                })?;
                 return Ok(Upstream {
                     stream,
                     backend_pid,
@@ -237,7 +242,11 @@ async fn connect_inner(
                     ready_status: body.status(),
                 });
             }
-            _ => return Err(UpstreamError::Protocol("unexpected message during startup".into())),
+            _ => {
+                return Err(UpstreamError::Protocol(
+                    "unexpected message during startup".into(),
+                ))
+            }
         }
         if !out.is_empty() {
             stream.write_all(&out).await?;

@@ -75,7 +75,11 @@ impl PgError {
 
     /// 28P01: the same words for unknown user, wrong token or another user's token.
     pub fn invalid_password(user: &str) -> Self {
-        Self::fatal("28P01", format!("password authentication failed for user \"{user}\"")).with_hint(
+        Self::fatal(
+            "28P01",
+            format!("password authentication failed for user \"{user}\""),
+        )
+        .with_hint(
             "Use the token of a grant issued for this user and this database (dbname = the target name).",
         )
     }
@@ -92,7 +96,10 @@ impl PgError {
     }
 
     pub fn too_many_connections(limit: usize) -> Self {
-        Self::fatal("53300", format!("sorry, too many clients already (timebox limit: {limit})"))
+        Self::fatal(
+            "53300",
+            format!("sorry, too many clients already (timebox limit: {limit})"),
+        )
     }
 
     pub fn too_many_auth_failures() -> Self {
@@ -107,7 +114,10 @@ impl PgError {
     }
 
     pub fn startup_timeout() -> Self {
-        Self::fatal("08P01", "timed out waiting for the client to finish startup and authentication")
+        Self::fatal(
+            "08P01",
+            "timed out waiting for the client to finish startup and authentication",
+        )
     }
 
     pub fn feature_not_supported(message: impl Into<String>) -> Self {
@@ -119,7 +129,10 @@ impl PgError {
     }
 
     pub fn upstream_unavailable(target: &str, why: &str) -> Self {
-        Self::fatal("08001", format!("could not connect to target \"{target}\": {why}"))
+        Self::fatal(
+            "08001",
+            format!("could not connect to target \"{target}\": {why}"),
+        )
     }
 
     pub fn upstream_rejected(target: &str, sqlstate: &str) -> Self {
@@ -265,7 +278,10 @@ pub struct StartupMessage {
 
 impl StartupMessage {
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -292,7 +308,9 @@ pub fn parse_startup_packet(body: &[u8]) -> Result<StartupPacket, PgError> {
             pid: i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]),
             secret: i32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]),
         }),
-        c if c >> 16 == 3 => parse_params(rest).map(|params| StartupPacket::Startup(StartupMessage { protocol: c, params })),
+        c if c >> 16 == 3 => {
+            parse_params(rest).map(|params| StartupPacket::Startup(StartupMessage { protocol: c, params }))
+        }
         c => Err(PgError::feature_not_supported(format!(
             "unsupported frontend protocol {}.{}: timebox supports 3.0",
             c >> 16,
@@ -302,10 +320,13 @@ pub fn parse_startup_packet(body: &[u8]) -> Result<StartupPacket, PgError> {
 }
 
 fn parse_params(mut rest: &[u8]) -> Result<Vec<(String, String)>, PgError> {
-    let bad = || PgError::protocol_violation("invalid startup packet layout: expected terminator as last byte");
+    let bad =
+        || PgError::protocol_violation("invalid startup packet layout: expected terminator as last byte");
     let mut params = Vec::new();
     loop {
-        let Some(nul) = rest.iter().position(|&b| b == 0) else { return Err(bad()) };
+        let Some(nul) = rest.iter().position(|&b| b == 0) else {
+            return Err(bad());
+        };
         if nul == 0 {
             return if rest.len() == 1 { Ok(params) } else { Err(bad()) };
         }
@@ -313,13 +334,17 @@ fn parse_params(mut rest: &[u8]) -> Result<Vec<(String, String)>, PgError> {
             .map_err(|_| PgError::protocol_violation("startup parameter name is not UTF-8"))?
             .to_owned();
         rest = &rest[nul + 1..];
-        let Some(nul) = rest.iter().position(|&b| b == 0) else { return Err(bad()) };
+        let Some(nul) = rest.iter().position(|&b| b == 0) else {
+            return Err(bad());
+        };
         let value = std::str::from_utf8(&rest[..nul])
             .map_err(|_| PgError::protocol_violation(format!("startup parameter {name:?} is not UTF-8")))?
             .to_owned();
         rest = &rest[nul + 1..];
         if params.iter().any(|(k, _)| *k == name) {
-            return Err(PgError::protocol_violation(format!("startup parameter {name:?} given twice")));
+            return Err(PgError::protocol_violation(format!(
+                "startup parameter {name:?} given twice"
+            )));
         }
         params.push((name, value));
     }
@@ -377,7 +402,8 @@ impl FrameTracker {
             if self.header_len == 5 {
                 self.header_len = 0;
                 self.tag = self.header[0];
-                let len = i32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]);
+                let len =
+                    i32::from_be_bytes([self.header[1], self.header[2], self.header[3], self.header[4]]);
                 if len < 4 {
                     self.offset += i as u64;
                     return Err(TrackError::BadLength { tag: self.tag, len });
@@ -477,7 +503,10 @@ mod tests {
         let StartupPacket::Startup(m) = s else { panic!() };
         assert_eq!(m.get("user"), Some("alice"));
         assert_eq!(m.get("database"), Some("shop"));
-        assert_eq!(parse_startup_packet(&SSL_REQUEST_CODE.to_be_bytes()).unwrap(), StartupPacket::SslRequest);
+        assert_eq!(
+            parse_startup_packet(&SSL_REQUEST_CODE.to_be_bytes()).unwrap(),
+            StartupPacket::SslRequest
+        );
         assert_eq!(
             parse_startup_packet(&GSSENC_REQUEST_CODE.to_be_bytes()).unwrap(),
             StartupPacket::GssEncRequest
@@ -501,9 +530,22 @@ mod tests {
         let mut trailing = startup_body(&[("user", "a")]);
         trailing.push(b'x');
         assert_eq!(code(parse_startup_packet(&trailing)), "08P01");
-        assert_eq!(code(parse_startup_packet(&startup_body(&[("user", "a"), ("user", "b")]))), "08P01");
-        assert_eq!(code(parse_startup_packet(&0x0002_0000i32.to_be_bytes())), "0A000", "protocol 2");
-        assert_eq!(code(parse_startup_packet(&[0xde, 0xad, 0xbe, 0xef, 1, 2])), "0A000");
+        assert_eq!(
+            code(parse_startup_packet(&startup_body(&[
+                ("user", "a"),
+                ("user", "b")
+            ]))),
+            "08P01"
+        );
+        assert_eq!(
+            code(parse_startup_packet(&0x0002_0000i32.to_be_bytes())),
+            "0A000",
+            "protocol 2"
+        );
+        assert_eq!(
+            code(parse_startup_packet(&[0xde, 0xad, 0xbe, 0xef, 1, 2])),
+            "0A000"
+        );
         let mut bad_utf8 = PROTOCOL_3_0.to_be_bytes().to_vec();
         bad_utf8.extend_from_slice(&[0xff, 0, b'x', 0, 0]);
         assert_eq!(code(parse_startup_packet(&bad_utf8)), "08P01");
@@ -537,7 +579,12 @@ mod tests {
 
     #[test]
     fn tracker_finds_boundaries_across_any_split() {
-        let stream = msgs(&[(b'T', b"abc"), (b'D', &[0; 300]), (b'C', b"SELECT 1\0"), (b'Z', b"T")]);
+        let stream = msgs(&[
+            (b'T', b"abc"),
+            (b'D', &[0; 300]),
+            (b'C', b"SELECT 1\0"),
+            (b'Z', b"T"),
+        ]);
         for split in 0..stream.len() {
             let mut t = FrameTracker::default();
             t.feed(&stream[..split]).unwrap();
@@ -578,8 +625,14 @@ mod tests {
         assert_eq!(next_frontend_frame(&q[..q.len() - 1], 1000).unwrap(), None);
         assert_eq!(next_frontend_frame(b"Zxxxx", 1000).unwrap_err().code, "08P01");
         assert_eq!(next_frontend_frame(&[0x00], 1000).unwrap_err().code, "08P01");
-        assert_eq!(next_frontend_frame(&[b'Q', 0, 0, 0, 1], 1000).unwrap_err().code, "08P01");
-        assert_eq!(next_frontend_frame(&[b'Q', 0, 1, 0, 0], 1000).unwrap_err().code, "54000");
+        assert_eq!(
+            next_frontend_frame(&[b'Q', 0, 0, 0, 1], 1000).unwrap_err().code,
+            "08P01"
+        );
+        assert_eq!(
+            next_frontend_frame(&[b'Q', 0, 1, 0, 0], 1000).unwrap_err().code,
+            "54000"
+        );
         // 'p' (password) is not valid once the session is established
         assert!(next_frontend_frame(&msgs(&[(b'p', b"x\0")]), 1000).is_err());
     }

@@ -52,7 +52,13 @@ pub trait GrantStore: Send + Sync + std::fmt::Debug + 'static {
     /// Newest first, at most [`MAX_CANDIDATES`].
     fn grant_candidates(&self, user: &str, target: &str) -> Result<Vec<(Grant, ScramVerifier)>, StoreError>;
     /// Marks a grant revoked; `None` if it does not exist. Revoking twice keeps the first revocation.
-    fn revoke_grant(&self, id: &str, by: &str, reason: &str, at: DateTime<Utc>) -> Result<Option<Grant>, StoreError>;
+    fn revoke_grant(
+        &self,
+        id: &str,
+        by: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Grant>, StoreError>;
     /// A random 32-byte secret made on first use and kept forever (SCRAM salt derivation).
     fn installation_secret(&self) -> Result<[u8; 32], StoreError>;
 }
@@ -96,7 +102,11 @@ impl Store {
         self.run(move |s| s.get_grant(&id)).await
     }
 
-    pub async fn list_grants(&self, filter: GrantFilter, now: DateTime<Utc>) -> Result<Vec<Grant>, StoreError> {
+    pub async fn list_grants(
+        &self,
+        filter: GrantFilter,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Grant>, StoreError> {
         self.run(move |s| s.list_grants(&filter, now)).await
     }
 

@@ -65,7 +65,9 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut conn)?;
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -186,14 +188,21 @@ impl GrantStore for SqliteStore {
         let mut out = Vec::new();
         for row in rows {
             let (grant, text) = row?;
-            let verifier = ScramVerifier::from_text(&text)
-                .ok_or_else(|| StoreError::Corrupt(format!("grant {} has an unreadable verifier", grant.id)))?;
+            let verifier = ScramVerifier::from_text(&text).ok_or_else(|| {
+                StoreError::Corrupt(format!("grant {} has an unreadable verifier", grant.id))
+            })?;
             out.push((grant, verifier));
         }
         Ok(out)
     }
 
-    fn revoke_grant(&self, id: &str, by: &str, reason: &str, at: DateTime<Utc>) -> Result<Option<Grant>, StoreError> {
+    fn revoke_grant(
+        &self,
+        id: &str,
+        by: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Grant>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
@@ -202,7 +211,11 @@ impl GrantStore for SqliteStore {
             params![id, micros(at), by, reason],
         )?;
         let grant = tx
-            .query_row(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id = ?1"), [id], grant_from_row)
+            .query_row(
+                &format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id = ?1"),
+                [id],
+                grant_from_row,
+            )
             .optional()?;
         tx.commit()?;
         Ok(grant)
@@ -211,7 +224,11 @@ impl GrantStore for SqliteStore {
     fn installation_secret(&self) -> Result<[u8; 32], StoreError> {
         let conn = self.conn();
         let existing: Option<Vec<u8>> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'installation_secret'", [], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'installation_secret'",
+                [],
+                |r| r.get(0),
+            )
             .optional()?;
         if let Some(v) = existing {
             return v
@@ -224,8 +241,11 @@ impl GrantStore for SqliteStore {
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('installation_secret', ?1)",
             [secret.as_slice()],
         )?;
-        let stored: Vec<u8> =
-            conn.query_row("SELECT value FROM meta WHERE key = 'installation_secret'", [], |r| r.get(0))?;
+        let stored: Vec<u8> = conn.query_row(
+            "SELECT value FROM meta WHERE key = 'installation_secret'",
+            [],
+            |r| r.get(0),
+        )?;
         stored
             .try_into()
             .map_err(|_| StoreError::Corrupt("installation_secret is not 32 bytes".into()))
@@ -286,10 +306,16 @@ mod tests {
         assert_eq!(at(GrantStatus::Pending), vec!["g_b"]);
         assert!(at(GrantStatus::Expired).is_empty());
 
-        let revoked = s.revoke_grant("g_a", "carol", "done", t0 + chrono::Duration::minutes(2)).unwrap().unwrap();
+        let revoked = s
+            .revoke_grant("g_a", "carol", "done", t0 + chrono::Duration::minutes(2))
+            .unwrap()
+            .unwrap();
         assert_eq!(revoked.revoked_by.as_deref(), Some("carol"));
         // a second revocation keeps the first one's author
-        let again = s.revoke_grant("g_a", "dave", "again", t0 + chrono::Duration::minutes(3)).unwrap().unwrap();
+        let again = s
+            .revoke_grant("g_a", "dave", "again", t0 + chrono::Duration::minutes(3))
+            .unwrap()
+            .unwrap();
         assert_eq!(again.revoked_by.as_deref(), Some("carol"));
         assert_eq!(at(GrantStatus::Revoked), vec!["g_a"]);
         assert_eq!(s.revoke_grant("g_missing", "x", "y", t0).unwrap(), None);
@@ -311,8 +337,11 @@ mod tests {
         let s = SqliteStore::open_in_memory().unwrap();
         let t0 = Utc.timestamp_micros(1_700_000_000_000_000).unwrap();
         s.insert_grant(&grant("g_old", "alice", t0), &verifier()).unwrap();
-        s.insert_grant(&grant("g_new", "alice", t0 + chrono::Duration::seconds(5)), &verifier())
-            .unwrap();
+        s.insert_grant(
+            &grant("g_new", "alice", t0 + chrono::Duration::seconds(5)),
+            &verifier(),
+        )
+        .unwrap();
         s.insert_grant(&grant("g_bob", "bob", t0), &verifier()).unwrap();
         let c = s.grant_candidates("alice", "shop").unwrap();
         let ids: Vec<&str> = c.iter().map(|(g, _)| g.id.as_str()).collect();

@@ -28,6 +28,8 @@ pub struct Options {
     pub shop_port: Option<u16>,
     /// Extra lines appended inside `[proxy]`.
     pub proxy_extra: String,
+    /// A controllable clock instead of the system clock.
+    pub clock: Option<Arc<timebox::clock::ManualClock>>,
 }
 
 impl Default for Options {
@@ -36,6 +38,7 @@ impl Default for Options {
             tls: "optional",
             shop_port: None,
             proxy_extra: String::new(),
+            clock: None,
         }
     }
 }
@@ -60,13 +63,7 @@ impl TestInstance {
         self.grant_on(user, "shop", role, ttl).await
     }
 
-    pub async fn grant_on(
-        &self,
-        user: &str,
-        target: &str,
-        role: &str,
-        ttl: &str,
-    ) -> (Grant, String) {
+    pub async fn grant_on(&self, user: &str, target: &str, role: &str, ttl: &str) -> (Grant, String) {
         let (g, token) = self
             .state
             .grants
@@ -241,7 +238,13 @@ pub async fn start(opts: Options) -> TestInstance {
     let listeners = Listeners::bind(&config).await.expect("bind");
     let proxy_addr = listeners.proxy.local_addr().unwrap();
     let admin_addr = listeners.admin.local_addr().unwrap();
-    let state = AppState::build(config).expect("build state");
+    let state = match &opts.clock {
+        None => AppState::build(config).expect("build state"),
+        Some(clock) => {
+            let store = timebox::store::Store::open(&config.store).expect("store");
+            AppState::build_with(config, store, clock.clone()).expect("build state")
+        }
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app::run(state.clone(), listeners, async move {
         let _ = stopped.await;
@@ -254,5 +257,149 @@ pub async fn start(opts: Options) -> TestInstance {
         cert_path,
         stop: Some(stop),
         task: Some(task),
+    }
+}
+
+/// Output of a `psql` run.
+#[derive(Debug)]
+pub struct PsqlOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the real `psql` against `conn` (a libpq connection string without the password) with
+/// `password` in PGPASSWORD, executing `sql` with `-c`.
+pub async fn psql(conn: &str, password: &str, sql: &str) -> PsqlOutput {
+    let conn = conn.to_owned();
+    let password = password.to_owned();
+    let sql = sql.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let psql = cluster::shared_cluster().install().psql_path();
+        let out = std::process::Command::new(psql)
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", &conn, "-c", &sql])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run psql");
+        PsqlOutput {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    })
+    .await
+    .expect("psql task")
+}
+
+/// libpq connection string to the proxy (no password).
+pub fn proxy_conn(inst: &TestInstance, user: &str, extra: &str) -> String {
+    format!(
+        "host=127.0.0.1 port={} user={user} dbname=shop {extra}",
+        inst.proxy_addr.port()
+    )
+}
+
+/// Upstream backends currently serving sessions of `grant_id` (from pg_stat_activity).
+pub async fn upstream_backends(grant_id: &str) -> i64 {
+    let sql =
+        format!("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'timebox:%:{grant_id}%'");
+    tokio::task::spawn_blocking(move || cluster::shop_psql(&sql).trim().parse::<i64>().expect("count"))
+        .await
+        .expect("task")
+}
+
+/// Polls `check` every 50 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually<F, Fut>(timeout: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A minimal raw frontend: logs in with SCRAM over plain TCP and hands back the socket, so tests
+/// can send bytes no driver would.
+pub mod raw {
+    use bytes::BytesMut;
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    use postgres_protocol::message::backend::Message;
+    use postgres_protocol::message::frontend;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub async fn read_message(s: &mut TcpStream, buf: &mut BytesMut) -> Option<Message> {
+        loop {
+            if let Some(m) = Message::parse(buf).expect("parse backend message") {
+                return Some(m);
+            }
+            if s.read_buf(buf).await.ok()? == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Logs in and reads up to the first ReadyForQuery. Panics on failure.
+    pub async fn login(addr: std::net::SocketAddr, user: &str, token: &str) -> (TcpStream, BytesMut) {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut out = BytesMut::new();
+        frontend::startup_message([("user", user), ("database", "shop")], &mut out).unwrap();
+        s.write_all(&out).await.unwrap();
+        let mut buf = BytesMut::new();
+        let mut scram = None;
+        loop {
+            out.clear();
+            match read_message(&mut s, &mut buf).await.expect("message") {
+                Message::AuthenticationSasl(_) => {
+                    let c = ScramSha256::new(token.as_bytes(), ChannelBinding::unsupported());
+                    frontend::sasl_initial_response("SCRAM-SHA-256", c.message(), &mut out).unwrap();
+                    scram = Some(c);
+                }
+                Message::AuthenticationSaslContinue(b) => {
+                    let c = scram.as_mut().unwrap();
+                    c.update(b.data()).unwrap();
+                    frontend::sasl_response(c.message(), &mut out).unwrap();
+                }
+                Message::AuthenticationSaslFinal(b) => scram.as_mut().unwrap().finish(b.data()).unwrap(),
+                Message::ReadyForQuery(_) => return (s, buf),
+                Message::ErrorResponse(_) => panic!("login refused"),
+                _ => {}
+            }
+            if !out.is_empty() {
+                s.write_all(&out).await.unwrap();
+            }
+        }
+    }
+
+    /// Reads until an ErrorResponse; returns its SQLSTATE and message (None if the stream ends first).
+    pub async fn next_error(s: &mut TcpStream, buf: &mut BytesMut) -> Option<(String, String)> {
+        use fallible_iterator::FallibleIterator;
+        loop {
+            match read_message(s, buf).await? {
+                Message::ErrorResponse(body) => {
+                    let mut fields = body.fields();
+                    let (mut code, mut msg) = (String::new(), String::new());
+                    while let Some(f) = fields.next().unwrap() {
+                        match f.type_() {
+                            b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                            b'M' => msg = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                            _ => {}
+                        }
+                    }
+                    return Some((code, msg));
+                }
+                _ => continue,
+            }
+        }
     }
 }

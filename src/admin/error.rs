@@ -1,0 +1,216 @@
+//! The one error type of the admin API and its JSON shape: `{"code": "...", "message": "..."}`.
+//!
+//! Every failure a handler or extractor can produce becomes an [`ApiError`]; its `code` is stable
+//! (clients and the CLI match on it), its `message` is written for a person. It must never leak
+//! internals: store failures are logged here with their cause and answered with a generic message.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::grants::GrantError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No credentials, or credentials no principal owns.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A known principal without the role the operation needs.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("malformed JSON body: {}", .0.body_text())]
+    Json(#[source] JsonRejection),
+    #[error("bad query string: {}", .0.body_text())]
+    Query(#[source] QueryRejection),
+    #[error("bad path: {}", .0.body_text())]
+    Path(#[source] PathRejection),
+    /// The request is well-formed but a value is not acceptable; names the field.
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        #[source]
+        source: GrantError,
+    },
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// The grant store failed; the cause is logged, never sent.
+    #[error("the grant store is unavailable")]
+    StoreUnavailable(#[source] StoreError),
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize)]
+struct ErrorBody<'a> {
+    code: &'static str,
+    message: String,
+    /// For `invalid_request`: the request field at fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Json(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BadRequest(_) | ApiError::Json(_) | ApiError::Query(_) | ApiError::Path(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Json(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            ApiError::BadRequest(_) | ApiError::Json(_) | ApiError::Query(_) | ApiError::Path(_) => {
+                "bad_request"
+            }
+            ApiError::Invalid { .. } => "invalid_request",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict { .. } => "conflict",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::StoreUnavailable(_) => "store_unavailable",
+        }
+    }
+
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Invalid {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<GrantError> for ApiError {
+    fn from(e: GrantError) -> Self {
+        match e {
+            GrantError::Invalid { field, message } => ApiError::Invalid { field, message },
+            GrantError::NotFound(id) => ApiError::NotFound(format!("no grant {id}")),
+            conflict @ GrantError::Conflict { .. } => ApiError::Conflict {
+                message: conflict.to_string(),
+                source: conflict,
+            },
+            GrantError::Store(source) => ApiError::StoreUnavailable(source),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::StoreUnavailable(e)
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::Json(r)
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::Query(r)
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::Path(r)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::StoreUnavailable(cause) = &self {
+            tracing::error!(error = %cause, "admin API: grant store unavailable");
+        }
+        let field = match &self {
+            ApiError::Invalid { field, .. } => Some(*field),
+            _ => None,
+        };
+        let body = ErrorBody {
+            code: self.code(),
+            message: self.to_string(),
+            field,
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"timebox\""),
+            );
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grant_errors_map_to_stable_codes_and_statuses() {
+        let cases: Vec<(GrantError, StatusCode, &str)> = vec![
+            (
+                GrantError::Invalid {
+                    field: "ttl",
+                    message: "too long".into(),
+                },
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+            ),
+            (
+                GrantError::NotFound("g_1".into()),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                GrantError::Conflict {
+                    id: "g_1".into(),
+                    status: "revoked",
+                },
+                StatusCode::CONFLICT,
+                "conflict",
+            ),
+            (
+                GrantError::Store(StoreError::Task("boom".into())),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+            ),
+        ];
+        for (e, status, code) in cases {
+            let api = ApiError::from(e);
+            assert_eq!((api.status(), api.code()), (status, code), "{api:?}");
+        }
+    }
+
+    #[test]
+    fn store_errors_do_not_leak_into_the_message() {
+        let api = ApiError::from(GrantError::Store(StoreError::Corrupt("secret row detail".into())));
+        assert!(!api.to_string().contains("secret row detail"));
+    }
+
+    #[test]
+    fn invalid_message_names_the_field() {
+        let api = ApiError::invalid("reason", "a reason is required");
+        assert_eq!(api.to_string(), "reason: a reason is required");
+    }
+}

@@ -1,0 +1,510 @@
+//! `/v1/grants`: issue, list, show and revoke grants over HTTP.
+//!
+//! Handlers are thin: authenticate ([`Principal`]), check the role, call [`crate::grants::GrantService`],
+//! shape the JSON. A grant is always shown with its `status` at the clock's now; its token appears
+//! exactly once, in the response to `POST /v1/grants`, and is never logged.
+//!
+//! Roles: issuing needs `admin`; revoking `admin` or `approver`; reading any role, where a principal
+//! that is only a `requester` sees only grants whose `user` is its own name (others' are "not found",
+//! so the API is no oracle for which grants exist).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::auth::{Principal, ADMIN, APPROVER, READ_ROLES};
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::app::AppState;
+use crate::config::{ClientTls, Config};
+use crate::grants::{Grant, GrantStatus, NewGrant};
+use crate::store::GrantFilter;
+
+/// Largest `limit` a list request may ask for.
+pub const MAX_LIST_LIMIT: usize = 1000;
+/// Longest revocation reason accepted.
+const MAX_REASON_CHARS: usize = 1000;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/grants", post(issue).get(list))
+        .route("/v1/grants/{id}", get(show))
+        .route("/v1/grants/{id}/revoke", post(revoke))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wire types (also read by the CLI).
+// ---------------------------------------------------------------------------------------------
+
+/// A grant as the API shows it: every stored field plus its status now. Never a token or verifier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantView {
+    #[serde(flatten)]
+    pub grant: Grant,
+    pub status: GrantStatus,
+}
+
+impl GrantView {
+    pub fn at(grant: Grant, now: DateTime<Utc>) -> Self {
+        let status = grant.status_at(now);
+        GrantView { grant, status }
+    }
+}
+
+/// The response to `POST /v1/grants`: the grant, its one-time token and how to connect with it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IssuedGrant {
+    #[serde(flatten)]
+    pub view: GrantView,
+    /// The only copy of the token that will ever exist.
+    pub token: String,
+    pub connect: ConnectInfo,
+}
+
+/// libpq connection parameters for the proxy, and a ready-to-paste `psql` command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectInfo {
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub user: String,
+    pub sslmode: String,
+    pub psql: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrantList {
+    pub grants: Vec<GrantView>,
+}
+
+/// Body of `POST /v1/grants`. Unknown fields are refused (a typo must not be silently ignored).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueRequest {
+    pub user: String,
+    pub target: String,
+    pub role: String,
+    /// The grant's length, e.g. "30m".
+    pub ttl: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<DateTime<Utc>>,
+}
+
+impl From<IssueRequest> for NewGrant {
+    fn from(r: IssueRequest) -> Self {
+        NewGrant {
+            user: r.user,
+            target: r.target,
+            role: r.role,
+            ttl: r.ttl,
+            reason: r.reason,
+            starts_at: r.starts_at,
+        }
+    }
+}
+
+/// Query of `GET /v1/grants`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub user: Option<String>,
+    pub target: Option<String>,
+    pub status: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// Body of `POST /v1/grants/{id}/revoke`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// Missing is treated like empty: 422 naming `reason`.
+    #[serde(default)]
+    pub reason: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers.
+// ---------------------------------------------------------------------------------------------
+
+async fn issue(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+    body: Result<ApiJson<IssueRequest>, ApiError>,
+) -> Result<(StatusCode, Json<IssuedGrant>), ApiError> {
+    // The role is checked before the body is parsed: a principal who may not issue learns nothing more.
+    principal.require_any(&[ADMIN], "issuing grants")?;
+    let ApiJson(req) = body?;
+    let (grant, token) = state.grants.issue(req.into(), &principal.name).await?;
+    tracing::info!(principal = %principal.name, grant.id = %grant.id, user = %grant.user,
+        target = %grant.target, role = %grant.role, "admin API: grant issued");
+    let connect = connect_info(
+        &state.config,
+        state.proxy_addr.get().copied(),
+        &grant,
+        token.expose(),
+    );
+    let view = GrantView::at(grant, state.clock.now());
+    Ok((
+        StatusCode::CREATED,
+        Json(IssuedGrant {
+            view,
+            token: token.expose().to_owned(),
+            connect,
+        }),
+    ))
+}
+
+async fn list(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+    query: Result<ApiQuery<ListQuery>, ApiError>,
+) -> Result<Json<GrantList>, ApiError> {
+    principal.require_any(READ_ROLES, "listing grants")?;
+    let ApiQuery(query) = query?;
+    let Some(filter) = list_filter(&principal, query)? else {
+        return Ok(Json(GrantList { grants: Vec::new() }));
+    };
+    let grants = state.grants.list(filter).await?;
+    let now = state.clock.now();
+    Ok(Json(GrantList {
+        grants: grants.into_iter().map(|g| GrantView::at(g, now)).collect(),
+    }))
+}
+
+async fn show(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<GrantView>, ApiError> {
+    principal.require_any(READ_ROLES, "reading grants")?;
+    let grant = state.grants.get(&id).await?;
+    if !principal.sees_all_grants() && grant.user != principal.name {
+        // Same answer as for a grant that does not exist.
+        return Err(ApiError::NotFound(format!("no grant {id}")));
+    }
+    Ok(Json(GrantView::at(grant, state.clock.now())))
+}
+
+async fn revoke(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+    body: Result<ApiJson<RevokeRequest>, ApiError>,
+) -> Result<Json<GrantView>, ApiError> {
+    principal.require_any(&[ADMIN, APPROVER], "revoking grants")?;
+    let ApiJson(req) = body?;
+    let reason = req.reason.trim();
+    if reason.is_empty() {
+        return Err(ApiError::invalid(
+            "reason",
+            "a reason is required (why is this access ending?)",
+        ));
+    }
+    if reason.chars().count() > MAX_REASON_CHARS {
+        return Err(ApiError::invalid(
+            "reason",
+            format!("at most {MAX_REASON_CHARS} characters"),
+        ));
+    }
+    let grant = state.grants.revoke(&id, &principal.name, reason).await?;
+    tracing::info!(principal = %principal.name, grant.id = %grant.id, "admin API: grant revoked");
+    Ok(Json(GrantView::at(grant, state.clock.now())))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pure pieces.
+// ---------------------------------------------------------------------------------------------
+
+/// The store filter for a list request, or `None` when the answer is known to be empty (a requester
+/// asking for someone else's grants). A requester's filter is always forced to its own name.
+pub fn list_filter(principal: &Principal, query: ListQuery) -> Result<Option<GrantFilter>, ApiError> {
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(s) => Some(GrantStatus::parse(s).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "status: {s:?} is not one of pending | active | expired | revoked"
+            ))
+        })?),
+    };
+    let limit = match query.limit {
+        None => None,
+        Some(n) if (1..=MAX_LIST_LIMIT).contains(&n) => Some(n),
+        Some(n) => {
+            return Err(ApiError::BadRequest(format!(
+                "limit: {n} is out of range (1..={MAX_LIST_LIMIT})"
+            )));
+        }
+    };
+    let user = if principal.sees_all_grants() {
+        query.user
+    } else {
+        match query.user {
+            Some(u) if u != principal.name => return Ok(None),
+            _ => Some(principal.name.clone()),
+        }
+    };
+    Ok(Some(GrantFilter {
+        user,
+        target: query.target,
+        status,
+        limit,
+    }))
+}
+
+/// How to reach the proxy with this grant. `proxy_addr` is the bound address when known (it differs
+/// from the configured one with port 0); an unspecified host (0.0.0.0, ::) becomes `localhost`.
+pub fn connect_info(
+    config: &Config,
+    proxy_addr: Option<SocketAddr>,
+    grant: &Grant,
+    token: &str,
+) -> ConnectInfo {
+    let addr = proxy_addr.unwrap_or(config.proxy.listen);
+    let host = if addr.ip().is_unspecified() {
+        "localhost".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
+    let sslmode = if config.proxy.tls == ClientTls::Disabled {
+        "disable"
+    } else {
+        "require"
+    };
+    let conninfo = [
+        ("host", host.as_str()),
+        ("port", &addr.port().to_string()),
+        ("dbname", grant.target.as_str()),
+        ("user", grant.user.as_str()),
+        ("sslmode", sslmode),
+    ]
+    .iter()
+    .map(|(k, v)| format!("{k}={}", conninfo_value(v)))
+    .collect::<Vec<_>>()
+    .join(" ");
+    let psql = format!(
+        "PGPASSWORD={} psql {}",
+        shell_single_quote(token),
+        shell_quote_conninfo(&conninfo)
+    );
+    ConnectInfo {
+        host,
+        port: addr.port(),
+        dbname: grant.target.clone(),
+        user: grant.user.clone(),
+        sslmode: sslmode.to_owned(),
+        psql,
+    }
+}
+
+/// A libpq conninfo value: bare when it is plain, else single-quoted with `\` and `'` escaped.
+fn conninfo_value(v: &str) -> String {
+    let plain = !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.:@".contains(c));
+    if plain {
+        v.to_owned()
+    } else {
+        format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+    }
+}
+
+/// Double quotes when nothing in the text is special inside them, else POSIX single quotes.
+fn shell_quote_conninfo(s: &str) -> String {
+    if s.chars().any(|c| "\"$`\\!".contains(c)) {
+        shell_single_quote(s)
+    } else {
+        format!("\"{s}\"")
+    }
+}
+
+fn shell_single_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::auth::{AUDITOR, REQUESTER};
+
+    fn config(tls: &str) -> Config {
+        Config::from_toml_str(&format!(
+            r#"
+            [proxy]
+            listen = "0.0.0.0:6432"
+            tls = "{tls}"
+            [admin]
+            listen = "127.0.0.1:0"
+            [store]
+            url = "sqlite::memory:"
+            [targets.shop]
+            host = "127.0.0.1"
+            database = "shop_db"
+            [targets.shop.credentials.read]
+            user = "r"
+            [roles.read]
+            allow = ["read"]
+            max_ttl = "1h"
+            "#
+        ))
+        .unwrap()
+    }
+
+    fn grant(user: &str) -> Grant {
+        let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        Grant {
+            id: "g_1".into(),
+            user: user.into(),
+            target: "shop".into(),
+            role: "read".into(),
+            reason: "incident 42".into(),
+            created_by: "ops".into(),
+            created_at: t0,
+            starts_at: t0,
+            expires_at: t0 + chrono::Duration::minutes(30),
+            revoked_at: None,
+            revoked_by: None,
+            revoke_reason: None,
+        }
+    }
+
+    #[test]
+    fn connect_info_uses_the_bound_address_and_tls_mode() {
+        let c = config("disabled");
+        let info = connect_info(
+            &c,
+            Some("127.0.0.1:40001".parse().unwrap()),
+            &grant("alice"),
+            "tbx_abc",
+        );
+        assert_eq!(info.host, "127.0.0.1");
+        assert_eq!(info.port, 40001);
+        assert_eq!(
+            info.dbname, "shop",
+            "clients name the target, not the upstream database"
+        );
+        assert_eq!(info.sslmode, "disable");
+        assert_eq!(
+            info.psql,
+            "PGPASSWORD='tbx_abc' psql \"host=127.0.0.1 port=40001 dbname=shop user=alice sslmode=disable\""
+        );
+    }
+
+    #[test]
+    fn connect_info_falls_back_to_config_and_localhost() {
+        let c = Config {
+            proxy: crate::config::ProxyConfig {
+                tls: ClientTls::Optional,
+                ..config("disabled").proxy
+            },
+            ..config("disabled")
+        };
+        let info = connect_info(&c, None, &grant("alice"), "tbx_abc");
+        assert_eq!((info.host.as_str(), info.port), ("localhost", 6432));
+        assert_eq!(info.sslmode, "require");
+        let v6 = connect_info(&c, Some("[::]:7000".parse().unwrap()), &grant("alice"), "t");
+        assert_eq!(v6.host, "localhost");
+    }
+
+    #[test]
+    fn odd_user_names_stay_one_shell_word_and_one_conninfo_value() {
+        let c = config("disabled");
+        let info = connect_info(&c, None, &grant("o'brien $HOME"), "tbx_abc");
+        assert_eq!(
+            info.psql,
+            r#"PGPASSWORD='tbx_abc' psql 'host=localhost port=6432 dbname=shop user='\''o\'\''brien $HOME'\'' sslmode=disable'"#
+        );
+        let info = connect_info(&c, None, &grant("a b"), "tbx_abc");
+        assert!(
+            info.psql.ends_with(r#"user='a b' sslmode=disable""#),
+            "{}",
+            info.psql
+        );
+    }
+
+    fn principal(name: &str, roles: &[&str]) -> Principal {
+        Principal {
+            name: name.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn requesters_are_forced_to_their_own_grants() {
+        let alice = principal("alice", &[REQUESTER]);
+        let f = list_filter(&alice, ListQuery::default()).unwrap().unwrap();
+        assert_eq!(f.user.as_deref(), Some("alice"));
+        let q = ListQuery {
+            user: Some("alice".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            list_filter(&alice, q).unwrap().unwrap().user.as_deref(),
+            Some("alice")
+        );
+        let q = ListQuery {
+            user: Some("bob".into()),
+            ..Default::default()
+        };
+        assert!(
+            list_filter(&alice, q).unwrap().is_none(),
+            "someone else's grants: empty answer"
+        );
+
+        let audrey = principal("audrey", &[AUDITOR]);
+        assert_eq!(
+            list_filter(&audrey, ListQuery::default()).unwrap().unwrap().user,
+            None
+        );
+    }
+
+    #[test]
+    fn list_query_values_are_checked() {
+        let ops = principal("ops", &[ADMIN]);
+        let q = |status: Option<&str>, limit: Option<usize>| ListQuery {
+            status: status.map(Into::into),
+            limit,
+            ..Default::default()
+        };
+        assert_eq!(
+            list_filter(&ops, q(Some("active"), Some(5)))
+                .unwrap()
+                .unwrap()
+                .status,
+            Some(GrantStatus::Active)
+        );
+        let err = list_filter(&ops, q(Some("live"), None)).unwrap_err();
+        assert_eq!(err.code(), "bad_request");
+        assert!(err.to_string().contains("status"), "{err}");
+        assert_eq!(
+            list_filter(&ops, q(None, Some(0))).unwrap_err().code(),
+            "bad_request"
+        );
+        assert_eq!(
+            list_filter(&ops, q(None, Some(MAX_LIST_LIMIT + 1)))
+                .unwrap_err()
+                .code(),
+            "bad_request"
+        );
+    }
+
+    #[test]
+    fn grant_view_has_every_field_and_the_status_and_round_trips() {
+        let g = grant("alice");
+        let view = GrantView::at(g.clone(), g.starts_at);
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["status"], "active");
+        assert_eq!(json["id"], "g_1");
+        assert_eq!(json["expires_at"], "2026-01-01T00:30:00Z");
+        assert!(json.get("revoked_at").is_some());
+        assert_eq!(serde_json::from_value::<GrantView>(json).unwrap(), view);
+    }
+}

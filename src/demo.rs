@@ -1,0 +1,1059 @@
+//! `timebox demo`: from nothing to a psql prompt through timebox, in one command.
+//!
+//! Where it sits: outside the serving path, as a *user* of the library. It plays the operator: starts
+//! a throwaway upstream PostgreSQL ([`crate::pgcluster`]) with a sample `shop` database and three
+//! upstream login roles, writes a real config file into the demo directory and loads it with
+//! [`Config::load`] (so the demo proves its config is valid), starts a real instance through
+//! [`crate::app::run`], issues two grants through [`crate::grants::GrantService::issue`] and prints
+//! ready-to-paste `psql` commands. Ctrl-C (or SIGTERM/SIGHUP) stops the instance, the cluster and
+//! removes the demo directory.
+//!
+//! What it must never do:
+//! - print or log a secret other than on the terminal, once: the admin token and the two grant tokens
+//!   are printed to stdout (it is a demo), never through `tracing`; the upstream roles' passwords are
+//!   printed nowhere and written only into the demo config file (mode 0600) — their `CREATE ROLE`
+//!   statements run with `log_statement = 'none'` so the server log does not keep them either;
+//! - write outside the demo directory (the dev certificate goes to `<dir>/certs/`, never the repo's
+//!   `certs/`), or delete a directory it did not create;
+//! - leave a postmaster behind: the cluster is guarded by this process' pid, so it stops even if the
+//!   demo is killed outright.
+#![forbid(unsafe_code)]
+
+use std::fmt::Write as _;
+use std::io::{self, Write as _};
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{self, AppError, AppState, Listeners};
+use crate::config::{Config, ConfigError};
+use crate::grants::{Grant, GrantError, NewGrant};
+use crate::pgcluster::{Cluster, ClusterError, ClusterOptions, PgInstall};
+use crate::proxy::tls::TlsError;
+
+/// The target (and upstream database) the demo sets up.
+pub const DATABASE: &str = "shop";
+
+/// Upstream login roles, one per timebox role (`read`, `write`, `admin`).
+pub const READ_ROLE: &str = "timebox_read";
+pub const WRITE_ROLE: &str = "timebox_write";
+pub const ADMIN_ROLE: &str = "timebox_admin";
+
+/// A file in the demo directory that marks it as ours: a leftover `--keep` directory carrying it may
+/// be replaced; a non-empty directory without it is never touched.
+const MARKER_FILE: &str = ".timebox-demo";
+
+/// How long the instance gets to drain on Ctrl-C before its task is abandoned.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sample rows of `customers`: (name, email, city).
+pub const CUSTOMERS: &[(&str, &str, &str)] = &[
+    ("Ada Lovelace", "ada@example.com", "London"),
+    ("Alan Turing", "alan@example.com", "Manchester"),
+    ("Grace Hopper", "grace@example.com", "Arlington"),
+    ("Edsger Dijkstra", "edsger@example.com", "Eindhoven"),
+    ("Barbara Liskov", "barbara@example.com", "Boston"),
+    ("Donald Knuth", "don@example.com", "Stanford"),
+    ("Frances Allen", "fran@example.com", "Peru, NY"),
+    ("Ken Thompson", "ken@example.com", "Murray Hill"),
+    ("Margaret Hamilton", "margaret@example.com", "Cambridge"),
+    ("Niklaus Wirth", "niklaus@example.com", "Zurich"),
+    ("Radia Perlman", "radia@example.com", "Seattle"),
+    ("Michael Stonebraker", "mike@example.com", "Berkeley"),
+];
+
+/// Sample rows of `products`: (name, price, stock).
+pub const PRODUCTS: &[(&str, &str, i32)] = &[
+    ("Mechanical keyboard", "129.00", 40),
+    ("Ergonomic mouse", "59.50", 75),
+    ("27\" monitor", "319.99", 12),
+    ("USB-C dock", "189.00", 20),
+    ("Laptop stand", "45.00", 60),
+    ("Noise-cancelling headphones", "249.00", 18),
+    ("Webcam", "89.90", 33),
+    ("Desk lamp", "39.00", 50),
+    ("Standing desk", "599.00", 5),
+    ("Notebook (paper)", "4.50", 300),
+];
+
+/// Sample rows of `orders`: (customer id, product id, quantity, status, days ago).
+pub const ORDERS: &[(i32, i32, i32, &str, i32)] = &[
+    (1, 1, 1, "shipped", 30),
+    (1, 8, 2, "shipped", 29),
+    (2, 3, 2, "delivered", 25),
+    (3, 10, 12, "delivered", 24),
+    (4, 2, 1, "delivered", 21),
+    (5, 9, 1, "shipped", 18),
+    (5, 5, 1, "shipped", 18),
+    (6, 10, 40, "delivered", 15),
+    (7, 6, 1, "cancelled", 14),
+    (8, 4, 1, "shipped", 12),
+    (9, 7, 2, "shipped", 10),
+    (10, 1, 3, "pending", 7),
+    (11, 3, 1, "pending", 6),
+    (12, 6, 1, "pending", 5),
+    (2, 5, 2, "pending", 4),
+    (3, 2, 1, "pending", 3),
+    (4, 8, 1, "pending", 2),
+    (6, 9, 1, "pending", 2),
+    (9, 10, 5, "pending", 1),
+    (12, 4, 1, "pending", 0),
+];
+
+/// Options of `timebox demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Port of the PostgreSQL proxy on 127.0.0.1 (psql connects here; 0 picks a free one).
+    #[arg(long, default_value_t = 6432)]
+    pub port: u16,
+    /// Port of the admin HTTP API on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 9187)]
+    pub admin_port: u16,
+    /// Directory for the demo's config, certificate, store and audit log; deleted on exit unless
+    /// --keep.
+    #[arg(long, default_value = "data/demo")]
+    pub dir: PathBuf,
+    /// Keep the demo directory on exit (config, store, audit log) for inspection.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(
+        "timebox demo needs PostgreSQL installed locally to act as the upstream database. \
+         Install it with `sudo apt-get install postgresql` (Debian/Ubuntu) or run \
+         `scripts/install-deps.sh`. Details: {0}"
+    )]
+    PostgresMissing(#[source] ClusterError),
+
+    #[error("cannot use the local PostgreSQL installation: {0}")]
+    PostgresInstall(#[source] ClusterError),
+
+    #[error("could not start the throwaway PostgreSQL cluster: {0}")]
+    ClusterStart(#[source] ClusterError),
+
+    #[error("could not set up the sample database ({step}): {source}")]
+    SampleDatabase {
+        step: &'static str,
+        #[source]
+        source: ClusterError,
+    },
+
+    #[error("cannot listen for signals (Ctrl-C, SIGTERM): {0}")]
+    Signals(#[source] io::Error),
+
+    #[error("--port and --admin-port are both {0}; give them different values")]
+    SamePort(u16),
+
+    #[error(
+        "{what} port {port} on 127.0.0.1 is already in use (is another timebox demo running?); \
+         pick another with {flag} <PORT>"
+    )]
+    PortInUse {
+        what: &'static str,
+        port: u16,
+        flag: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot listen on {addr} for the {what}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(
+        "{} exists, is not empty and was not created by `timebox demo`; refusing to use or delete it. \
+         Pick another directory with --dir",
+        path.display()
+    )]
+    DirNotOurs { path: PathBuf },
+
+    #[error("{context} {}: {source}", path.display())]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("could not create the demo's TLS certificate: {0}")]
+    Certificate(#[from] TlsError),
+
+    #[error("the demo config {} does not load (a bug in timebox demo): {source}", path.display())]
+    Config {
+        path: PathBuf,
+        #[source]
+        source: ConfigError,
+    },
+
+    #[error("could not start timebox: {0}")]
+    App(#[from] AppError),
+
+    #[error("could not issue the demo grant for {user}: {source}")]
+    Grant {
+        user: &'static str,
+        #[source]
+        source: GrantError,
+    },
+
+    #[error("timebox stopped on its own while the demo was running")]
+    InstanceEnded,
+
+    #[error("interrupted while starting")]
+    Interrupted,
+
+    #[error("a background task of the demo failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Runs the demo until Ctrl-C, SIGTERM or SIGHUP, then cleans up (see the module docs).
+pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
+    // Take over SIGINT/SIGTERM/SIGHUP first, so that from here on a signal means "clean up and
+    // exit" instead of dying with a half-built demo directory behind.
+    let stop = watch_signals()?;
+
+    let install = PgInstall::find().map_err(|e| match e {
+        ClusterError::NotInstalled { .. } => DemoError::PostgresMissing(e),
+        other => DemoError::PostgresInstall(other),
+    })?;
+    if args.port == args.admin_port && args.port != 0 {
+        return Err(DemoError::SamePort(args.port));
+    }
+    let dir = std::path::absolute(&args.dir).map_err(|source| DemoError::Io {
+        context: "cannot resolve the demo directory",
+        path: args.dir.clone(),
+        source,
+    })?;
+    // Bind before anything slow, so a taken port fails at once.
+    let listeners = bind_listeners(args.port, args.admin_port).await?;
+    prepare_dir(&dir)?;
+
+    let mut demo = Demo {
+        dir,
+        keep: args.keep,
+        cluster: None,
+        instance: None,
+    };
+    let outcome = demo.start_and_wait(install, listeners, &stop).await;
+    let stopped = demo.stop().await;
+    match outcome {
+        Ok(()) => {}
+        // A terminal's Ctrl-C reaches the whole foreground process group, so an initdb or psql we were
+        // running may have died of it: a failure after the signal is part of stopping, not a fault.
+        Err(_) if stop.is_cancelled() => println!("Interrupted while starting."),
+        Err(e) => return Err(e),
+    }
+    stopped?;
+    if demo.keep {
+        println!(
+            "stopped, cleaned up (kept {} as asked by --keep)",
+            demo.dir.display()
+        );
+    } else {
+        println!("stopped, cleaned up");
+    }
+    Ok(())
+}
+
+/// Cancelled on the first SIGINT, SIGTERM or SIGHUP.
+fn watch_signals() -> Result<CancellationToken, DemoError> {
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(DemoError::Signals)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(DemoError::Signals)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(DemoError::Signals)?;
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+            _ = hangup.recv() => "SIGHUP",
+        };
+        tracing::info!(signal = name, "demo: stopping");
+        token.cancel();
+    });
+    Ok(stop)
+}
+
+async fn bind_listeners(port: u16, admin_port: u16) -> Result<Listeners, DemoError> {
+    async fn bind_one(what: &'static str, flag: &'static str, port: u16) -> Result<TcpListener, DemoError> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        TcpListener::bind(addr).await.map_err(|source| {
+            if source.kind() == io::ErrorKind::AddrInUse {
+                DemoError::PortInUse {
+                    what,
+                    port,
+                    flag,
+                    source,
+                }
+            } else {
+                DemoError::Bind { what, addr, source }
+            }
+        })
+    }
+    Ok(Listeners {
+        proxy: bind_one("proxy", "--port", port).await?,
+        admin: bind_one("admin API", "--admin-port", admin_port).await?,
+    })
+}
+
+/// Creates `dir` (mode 0700) with its marker file. An empty directory is used as is; a leftover of
+/// `--keep` (it carries the marker) is replaced; anything else is refused.
+fn prepare_dir(dir: &Path) -> Result<(), DemoError> {
+    let io_err = |context: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| DemoError::Io {
+            context,
+            path,
+            source,
+        }
+    };
+    if dir.exists() {
+        let mut entries = std::fs::read_dir(dir).map_err(io_err("cannot read the demo directory", dir))?;
+        if entries.next().is_some() {
+            if !dir.join(MARKER_FILE).is_file() {
+                return Err(DemoError::DirNotOurs { path: dir.to_owned() });
+            }
+            println!("Replacing {}, left by an earlier `timebox demo`.", dir.display());
+            std::fs::remove_dir_all(dir).map_err(io_err("cannot remove the old demo directory", dir))?;
+        }
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err("cannot create the demo directory", dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_err("cannot restrict the demo directory to its owner", dir))?;
+    write_private_file(
+        &dir.join(MARKER_FILE),
+        "Created by `timebox demo`; deleted when the demo stops (unless --keep).\n",
+    )
+}
+
+/// Writes a file readable by its owner only (mode 0600), replacing any previous content.
+fn write_private_file(path: &Path, contents: &str) -> Result<(), DemoError> {
+    let err = |source| DemoError::Io {
+        context: "cannot write",
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(err)?;
+    // The mode above only applies to a new file.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(err)?;
+    file.write_all(contents.as_bytes()).map_err(err)
+}
+
+/// What the demo started, so that [`Demo::stop`] can undo exactly that, whatever step failed.
+struct Demo {
+    /// The demo directory (absolute); removed on stop unless `keep`.
+    dir: PathBuf,
+    /// `--keep`.
+    keep: bool,
+    /// The upstream PostgreSQL; stopped and deleted when dropped.
+    cluster: Option<Cluster>,
+    /// The running timebox instance.
+    instance: Option<Instance>,
+}
+
+/// A timebox instance started with [`app::run`]: sending on `stop` resolves its shutdown future.
+type Instance = (oneshot::Sender<()>, JoinHandle<Result<(), AppError>>);
+
+/// Secrets made at demo start. Never printed except the admin token, once, on the terminal.
+struct Secrets {
+    read_password: String,
+    write_password: String,
+    admin_password: String,
+    admin_token: String,
+}
+
+impl Secrets {
+    fn generate() -> Secrets {
+        Secrets {
+            read_password: random_alphanumeric(32),
+            write_password: random_alphanumeric(32),
+            admin_password: random_alphanumeric(32),
+            admin_token: random_admin_token(),
+        }
+    }
+}
+
+/// Same shape as `timebox admin-token new` makes: the prefix and 128 random bits in hex.
+fn random_admin_token() -> String {
+    let mut bytes = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    format!("{}{}", crate::cli::ADMIN_TOKEN_PREFIX, hex::encode(bytes))
+}
+
+fn random_alphanumeric(len: usize) -> String {
+    rand::rngs::OsRng
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+impl Demo {
+    /// Starts everything, prints how to use it, and waits for a signal (or for the instance to fail).
+    async fn start_and_wait(
+        &mut self,
+        install: PgInstall,
+        listeners: Listeners,
+        stop: &CancellationToken,
+    ) -> Result<(), DemoError> {
+        let interrupted = || {
+            if stop.is_cancelled() {
+                Err(DemoError::Interrupted)
+            } else {
+                Ok(())
+            }
+        };
+        let secrets = Secrets::generate();
+
+        println!("Starting a throwaway PostgreSQL {} …", install.version);
+        let options = ClusterOptions::default()
+            .keep_alive_with(std::process::id())
+            .setting("log_statement", "all")
+            .setting("log_line_prefix", "%m [%p] %q%u@%d ");
+        let (roles_sql, shop_sql) = (roles_sql(&secrets), shop_sql());
+        // On an error the closure drops the cluster, which stops and deletes it.
+        let cluster = tokio::task::spawn_blocking(move || -> Result<Cluster, DemoError> {
+            let cluster = Cluster::start(&install, options).map_err(DemoError::ClusterStart)?;
+            println!("Creating the sample database `{DATABASE}` …");
+            cluster
+                .psql("postgres", &roles_sql)
+                .map_err(|source| DemoError::SampleDatabase {
+                    step: "creating roles and database",
+                    source,
+                })?;
+            cluster
+                .psql(DATABASE, &shop_sql)
+                .map_err(|source| DemoError::SampleDatabase {
+                    step: "creating tables and rows",
+                    source,
+                })?;
+            Ok(cluster)
+        })
+        .await??;
+        let upstream_port = cluster.port();
+        self.cluster = Some(cluster);
+        interrupted()?;
+
+        let cert = self.dir.join("certs").join("server.crt");
+        let key = self.dir.join("certs").join("server.key");
+        crate::proxy::tls::ensure_dev_certificate(&cert, &key, &["localhost", "127.0.0.1"])?;
+
+        let proxy_addr = local_addr(&listeners.proxy, "proxy")?;
+        let admin_addr = local_addr(&listeners.admin, "admin API")?;
+        let config_path = self.dir.join("timebox.toml");
+        let text = config_text(&ConfigParams {
+            dir: &self.dir,
+            proxy: proxy_addr,
+            admin: admin_addr,
+            cert: &cert,
+            key: &key,
+            admin_token_sha256: &crate::grants::token::sha256_hex(&secrets.admin_token),
+            upstream_port,
+            secrets: &secrets,
+        });
+        write_private_file(&config_path, &text)?;
+        let config = Config::load(&config_path).map_err(|source| DemoError::Config {
+            path: config_path.clone(),
+            source,
+        })?;
+
+        let state = AppState::build(config)?;
+        let (stop_instance, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app::run(state.clone(), listeners, async move {
+            let _ = stopped.await;
+        }));
+        self.instance = Some((stop_instance, task));
+
+        let alice = issue(&state, "alice", "read", "1h").await?;
+        let bob = issue(&state, "bob", "write", "30m").await?;
+        interrupted()?;
+
+        let cluster = self.cluster.as_ref().expect("the cluster was started above");
+        print!(
+            "{}",
+            banner(&Banner {
+                proxy: proxy_addr,
+                admin: admin_addr,
+                cluster,
+                dir: &self.dir,
+                keep: self.keep,
+                admin_token: &secrets.admin_token,
+                grants: [&alice, &bob],
+            })
+        );
+        let _ = io::stdout().flush();
+
+        // Wait for a signal; the instance only ends on its own if it fails.
+        let (stop_instance, mut task) = self.instance.take().expect("the instance was started above");
+        let ended = tokio::select! {
+            _ = stop.cancelled() => None,
+            ended = &mut task => Some(ended),
+        };
+        match ended {
+            None => {
+                self.instance = Some((stop_instance, task));
+                println!();
+                println!("Stopping …");
+                Ok(())
+            }
+            Some(ended) => {
+                ended??;
+                Err(DemoError::InstanceEnded)
+            }
+        }
+    }
+
+    /// Stops the instance, then the cluster, then removes the directory (unless `--keep`). Runs
+    /// every step even if an earlier one failed; returns the first failure.
+    async fn stop(&mut self) -> Result<(), DemoError> {
+        let mut first_error = None;
+        if let Some((stop_instance, mut task)) = self.instance.take() {
+            let _ = stop_instance.send(());
+            match tokio::time::timeout(STOP_TIMEOUT, &mut task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => first_error = first_error.or(Some(DemoError::App(e))),
+                Ok(Err(e)) => first_error = first_error.or(Some(DemoError::Task(e))),
+                Err(_) => {
+                    tracing::warn!(timeout = ?STOP_TIMEOUT, "demo: timebox did not stop in time; abandoning it");
+                    task.abort();
+                }
+            }
+        }
+        if let Some(cluster) = self.cluster.take() {
+            if let Err(e) = tokio::task::spawn_blocking(move || drop(cluster)).await {
+                first_error = first_error.or(Some(DemoError::Task(e)));
+            }
+        }
+        if !self.keep {
+            match std::fs::remove_dir_all(&self.dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    first_error = first_error.or(Some(DemoError::Io {
+                        context: "cannot remove the demo directory",
+                        path: self.dir.clone(),
+                        source,
+                    }))
+                }
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+fn local_addr(listener: &TcpListener, what: &'static str) -> Result<SocketAddr, DemoError> {
+    listener.local_addr().map_err(|source| DemoError::Bind {
+        what,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        source,
+    })
+}
+
+/// A grant issued by the demo, with its one-time token.
+struct IssuedGrant {
+    grant: Grant,
+    token: String,
+}
+
+async fn issue(
+    state: &Arc<AppState>,
+    user: &'static str,
+    role: &str,
+    ttl: &str,
+) -> Result<IssuedGrant, DemoError> {
+    let (grant, token) = state
+        .grants
+        .issue(
+            NewGrant {
+                user: user.into(),
+                target: DATABASE.into(),
+                role: role.into(),
+                ttl: ttl.into(),
+                reason: "timebox demo".into(),
+                starts_at: None,
+            },
+            "demo",
+        )
+        .await
+        .map_err(|source| DemoError::Grant { user, source })?;
+    tracing::info!(grant.id = %grant.id, user, role, ttl, "demo: grant issued");
+    Ok(IssuedGrant {
+        grant,
+        token: token.expose().to_owned(),
+    })
+}
+
+/// The upstream login roles and the `shop` database; run in database `postgres`. Statement logging
+/// is off for this session so the passwords do not reach the server log.
+fn roles_sql(s: &Secrets) -> String {
+    format!(
+        "SET log_statement = 'none';\n\
+         CREATE ROLE {READ_ROLE} LOGIN PASSWORD {read};\n\
+         CREATE ROLE {WRITE_ROLE} LOGIN PASSWORD {write};\n\
+         CREATE ROLE {ADMIN_ROLE} LOGIN PASSWORD {admin};\n\
+         CREATE DATABASE {DATABASE};\n",
+        read = sql_literal(&s.read_password),
+        write = sql_literal(&s.write_password),
+        admin = sql_literal(&s.admin_password),
+    )
+}
+
+/// Privileges, tables and rows of `shop`; run in database `shop` as the superuser. The tables are
+/// created *as* `timebox_admin`, so it owns them (ALTER/DROP work for the `admin` role), and its
+/// default privileges give the read and write roles access to them and to anything it creates later.
+fn shop_sql() -> String {
+    let mut sql = format!(
+        "SET log_statement = 'none';
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+GRANT USAGE ON SCHEMA public TO {READ_ROLE}, {WRITE_ROLE};
+GRANT ALL ON SCHEMA public TO {ADMIN_ROLE};
+ALTER DEFAULT PRIVILEGES FOR ROLE {ADMIN_ROLE} IN SCHEMA public
+    GRANT SELECT ON TABLES TO {READ_ROLE};
+ALTER DEFAULT PRIVILEGES FOR ROLE {ADMIN_ROLE} IN SCHEMA public
+    GRANT SELECT ON SEQUENCES TO {READ_ROLE};
+ALTER DEFAULT PRIVILEGES FOR ROLE {ADMIN_ROLE} IN SCHEMA public
+    GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {WRITE_ROLE};
+ALTER DEFAULT PRIVILEGES FOR ROLE {ADMIN_ROLE} IN SCHEMA public
+    GRANT USAGE, SELECT ON SEQUENCES TO {WRITE_ROLE};
+
+SET ROLE {ADMIN_ROLE};
+CREATE TABLE customers (
+    id         serial PRIMARY KEY,
+    name       text NOT NULL,
+    email      text NOT NULL UNIQUE,
+    city       text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE products (
+    id    serial PRIMARY KEY,
+    name  text NOT NULL UNIQUE,
+    price numeric(10, 2) NOT NULL CHECK (price >= 0),
+    stock integer NOT NULL DEFAULT 0 CHECK (stock >= 0)
+);
+CREATE TABLE orders (
+    id          serial PRIMARY KEY,
+    customer_id integer NOT NULL REFERENCES customers (id),
+    product_id  integer NOT NULL REFERENCES products (id),
+    quantity    integer NOT NULL CHECK (quantity > 0),
+    status      text NOT NULL DEFAULT 'pending',
+    ordered_at  timestamptz NOT NULL DEFAULT now()
+);
+"
+    );
+    let rows = |values: Vec<String>| values.join(",\n    ");
+    let _ = write!(
+        sql,
+        "INSERT INTO customers (name, email, city) VALUES\n    {};\n",
+        rows(
+            CUSTOMERS
+                .iter()
+                .map(|(name, email, city)| format!(
+                    "({}, {}, {})",
+                    sql_literal(name),
+                    sql_literal(email),
+                    sql_literal(city)
+                ))
+                .collect()
+        )
+    );
+    let _ = write!(
+        sql,
+        "INSERT INTO products (name, price, stock) VALUES\n    {};\n",
+        rows(
+            PRODUCTS
+                .iter()
+                .map(|(name, price, stock)| format!("({}, {price}, {stock})", sql_literal(name)))
+                .collect()
+        )
+    );
+    let _ = write!(
+        sql,
+        "INSERT INTO orders (customer_id, product_id, quantity, status, ordered_at) VALUES\n    {};\n",
+        rows(
+            ORDERS
+                .iter()
+                .map(|(customer, product, quantity, status, days_ago)| {
+                    format!(
+                        "({customer}, {product}, {quantity}, {}, now() - interval '{days_ago} days')",
+                        sql_literal(status)
+                    )
+                })
+                .collect()
+        )
+    );
+    sql.push_str("RESET ROLE;\n");
+    sql
+}
+
+/// A SQL string literal (`'` doubled; `standard_conforming_strings` is on).
+fn sql_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// A TOML basic string, escaped by the toml crate.
+fn toml_string(value: &str) -> String {
+    toml::Value::String(value.to_owned()).to_string()
+}
+
+fn toml_path(path: &Path) -> String {
+    toml_string(&path.to_string_lossy())
+}
+
+/// What goes into `<dir>/timebox.toml`.
+struct ConfigParams<'a> {
+    dir: &'a Path,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    cert: &'a Path,
+    key: &'a Path,
+    admin_token_sha256: &'a str,
+    upstream_port: u16,
+    secrets: &'a Secrets,
+}
+
+/// The demo's config file. It holds the upstream passwords, so it is written with mode 0600.
+fn config_text(p: &ConfigParams<'_>) -> String {
+    format!(
+        r#"# Written by `timebox demo`: a local instance in front of a throwaway PostgreSQL.
+# Holds upstream passwords (mode 0600); deleted when the demo stops unless --keep.
+
+[proxy]
+listen = "{proxy}"
+tls = "required"
+tls_cert = {cert}
+tls_key = {key}
+shutdown_grace = "5s"
+
+[admin]
+listen = "{admin}"
+
+[[admin.tokens]]
+name = "demo"
+sha256 = "{admin_sha}"
+roles = ["admin", "auditor"]
+
+[store]
+url = {store}
+
+[audit]
+durability = "fsync"
+jsonl = {jsonl}
+
+[targets.{DATABASE}]
+host = "127.0.0.1"
+port = {upstream_port}
+database = "{DATABASE}"
+tls = "disable"
+
+[targets.{DATABASE}.credentials.read]
+user = "{READ_ROLE}"
+password = {read_pw}
+
+[targets.{DATABASE}.credentials.write]
+user = "{WRITE_ROLE}"
+password = {write_pw}
+
+[targets.{DATABASE}.credentials.admin]
+user = "{ADMIN_ROLE}"
+password = {admin_pw}
+
+[roles.read]
+allow = ["read"]
+max_ttl = "8h"
+
+[roles.write]
+allow = ["read", "write"]
+max_ttl = "2h"
+
+[roles.admin]
+allow = ["read", "write", "ddl", "admin"]
+max_ttl = "1h"
+"#,
+        proxy = p.proxy,
+        admin = p.admin,
+        cert = toml_path(p.cert),
+        key = toml_path(p.key),
+        admin_sha = p.admin_token_sha256,
+        store = toml_string(&format!("sqlite://{}", p.dir.join("timebox.db").display())),
+        jsonl = toml_path(&p.dir.join("audit.jsonl")),
+        upstream_port = p.upstream_port,
+        read_pw = toml_string(&p.secrets.read_password),
+        write_pw = toml_string(&p.secrets.write_password),
+        admin_pw = toml_string(&p.secrets.admin_password),
+    )
+}
+
+/// What the banner shows.
+struct Banner<'a> {
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    cluster: &'a Cluster,
+    dir: &'a Path,
+    keep: bool,
+    admin_token: &'a str,
+    grants: [&'a IssuedGrant; 2],
+}
+
+/// The ready-to-paste psql command for a grant.
+pub fn psql_command(port: u16, user: &str, token: &str) -> String {
+    format!("PGPASSWORD='{token}' psql \"host=127.0.0.1 port={port} dbname={DATABASE} user={user} sslmode=require\"")
+}
+
+/// What the role of a demo grant may do, in words.
+fn role_words(role: &str) -> &'static str {
+    match role {
+        "read" => "SELECT only",
+        "write" => "SELECT, INSERT, UPDATE, DELETE",
+        "admin" => "reads, writes and DDL",
+        _ => "see timebox.toml",
+    }
+}
+
+fn banner(b: &Banner<'_>) -> String {
+    let mut out = String::new();
+    let admin_url = format!("http://{}", b.admin);
+    let port = b.proxy.port();
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "=================================================================================="
+    );
+    let _ = writeln!(out, " timebox demo is running");
+    let _ = writeln!(
+        out,
+        "=================================================================================="
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(out, "  proxy (PostgreSQL, TLS required)  127.0.0.1:{port}");
+    let _ = writeln!(out, "  admin API (HTTP)                  {admin_url}");
+    let _ = writeln!(
+        out,
+        "  upstream PostgreSQL {:<2} (throwaway) 127.0.0.1:{}, database `{DATABASE}`",
+        b.cluster.install().version,
+        b.cluster.port()
+    );
+    let _ = writeln!(
+        out,
+        "  upstream data directory           {}",
+        b.cluster.data_dir().display()
+    );
+    let _ = writeln!(
+        out,
+        "  demo directory                    {}{}",
+        b.dir.display(),
+        if b.keep {
+            " (kept on exit: --keep)"
+        } else {
+            " (deleted on exit)"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "    config timebox.toml, audit log audit.jsonl, store timebox.db, dev certificate certs/"
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Two grants were issued. Their tokens are the psql passwords; they are shown only now."
+    );
+    for g in b.grants {
+        let grant = &g.grant;
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "  {} - role {} ({}), grant {}, expires {}",
+            grant.user,
+            grant.role,
+            role_words(&grant.role),
+            grant.id,
+            grant.expires_at.format("%H:%M:%S UTC"),
+        );
+        let _ = writeln!(out, "    {}", psql_command(port, &grant.user, &g.token));
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Things to try:");
+    let _ = writeln!(out, "  as alice:  SELECT * FROM customers LIMIT 5;");
+    let _ = writeln!(
+        out,
+        "             SELECT c.name, p.name, o.quantity FROM orders o JOIN customers c ON c.id = o.customer_id JOIN products p ON p.id = o.product_id;"
+    );
+    let _ = writeln!(
+        out,
+        "             DELETE FROM orders;                -- refused: role read allows reads only"
+    );
+    let _ = writeln!(
+        out,
+        "  as bob:    UPDATE products SET stock = stock - 1 WHERE id = 1;"
+    );
+    let _ = writeln!(
+        out,
+        "             DROP TABLE orders;                 -- refused: role write has no DDL"
+    );
+    let _ = writeln!(out, "  see what reached PostgreSQL, and as which role:");
+    let _ = writeln!(out, "             tail -f {}", b.cluster.log_path().display());
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Manage grants from another terminal (admin API / CLI):");
+    let _ = writeln!(
+        out,
+        "  export {}={admin_url} {}={}",
+        crate::cli::ADMIN_URL_ENV,
+        crate::cli::ADMIN_TOKEN_ENV,
+        b.admin_token
+    );
+    let _ = writeln!(out, "  timebox grant list");
+    let _ = writeln!(
+        out,
+        "  timebox grant revoke {} --reason done   # alice's open session ends at once",
+        b.grants[0].grant.id
+    );
+    let _ = writeln!(
+        out,
+        "  (timebox not on your PATH? use `cargo run --release -- grant list` and so on)"
+    );
+    let _ = writeln!(
+        out,
+        "  curl -H \"Authorization: Bearer $TIMEBOX_ADMIN_TOKEN\" $TIMEBOX_ADMIN_URL/v1/grants"
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Press Ctrl-C to stop (cleans everything up).");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secrets() -> Secrets {
+        Secrets {
+            read_password: "r\"e'ad\\pw".into(),
+            write_password: "write-pw".into(),
+            admin_password: "admin-pw".into(),
+            admin_token: "tbxadmin_test".into(),
+        }
+    }
+
+    #[test]
+    fn config_text_is_a_valid_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("certs").join("server.crt");
+        let key = dir.path().join("certs").join("server.key");
+        crate::proxy::tls::ensure_dev_certificate(&cert, &key, &["localhost", "127.0.0.1"]).unwrap();
+        let s = secrets();
+        let text = config_text(&ConfigParams {
+            dir: dir.path(),
+            proxy: "127.0.0.1:6432".parse().unwrap(),
+            admin: "127.0.0.1:9187".parse().unwrap(),
+            cert: &cert,
+            key: &key,
+            admin_token_sha256: &crate::grants::token::sha256_hex(&s.admin_token),
+            upstream_port: 54321,
+            secrets: &s,
+        });
+        let config = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(config.proxy.listen.port(), 6432);
+        assert_eq!(config.proxy.tls, crate::config::ClientTls::Required);
+        assert_eq!(config.admin.listen.port(), 9187);
+        assert_eq!(config.admin.tokens.len(), 1);
+        assert!(
+            !text.contains(&s.admin_token),
+            "only the token's hash goes into the config"
+        );
+        assert_eq!(
+            config.store,
+            crate::config::StoreConfig::Sqlite {
+                path: dir.path().join("timebox.db")
+            }
+        );
+        assert_eq!(config.audit.durability, crate::config::Durability::Fsync);
+        assert_eq!(config.audit.jsonl, Some(dir.path().join("audit.jsonl")));
+        let shop = &config.targets[DATABASE];
+        assert_eq!(shop.port, 54321);
+        assert_eq!(
+            shop.credentials["read"].password.as_ref().map(|p| p.expose()),
+            Some(s.read_password.as_str()),
+            "passwords survive TOML escaping"
+        );
+        assert_eq!(shop.credentials["admin"].user, ADMIN_ROLE);
+        assert_eq!(config.roles["read"].max_ttl, Duration::from_secs(8 * 3600));
+        assert_eq!(config.roles["write"].allow, ["read", "write"]);
+        assert_eq!(config.roles["admin"].max_ttl, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn role_sql_hides_passwords_from_the_server_log() {
+        let sql = roles_sql(&secrets());
+        assert!(sql.starts_with("SET log_statement = 'none';"));
+        assert!(sql.contains("PASSWORD 'r\"e''ad\\pw'"), "{sql}");
+    }
+
+    #[test]
+    fn sample_rows_reference_existing_rows() {
+        assert!((10..=20).contains(&CUSTOMERS.len()));
+        assert!((10..=20).contains(&PRODUCTS.len()));
+        assert!((10..=20).contains(&ORDERS.len()));
+        for (customer, product, ..) in ORDERS {
+            assert!((1..=CUSTOMERS.len() as i32).contains(customer));
+            assert!((1..=PRODUCTS.len() as i32).contains(product));
+        }
+        let sql = shop_sql();
+        assert!(sql.contains("'27\" monitor'"));
+        assert!(sql.trim_end().ends_with("RESET ROLE;"));
+    }
+
+    #[test]
+    fn psql_command_is_pasteable() {
+        assert_eq!(
+            psql_command(6432, "alice", "tbx_abc"),
+            "PGPASSWORD='tbx_abc' psql \"host=127.0.0.1 port=6432 dbname=shop user=alice sslmode=require\""
+        );
+    }
+
+    #[test]
+    fn leftover_directories_are_only_replaced_when_ours() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("demo");
+        prepare_dir(&dir).unwrap();
+        assert!(dir.join(MARKER_FILE).is_file());
+        std::fs::write(dir.join("timebox.db"), "old").unwrap();
+        prepare_dir(&dir).unwrap();
+        assert!(
+            !dir.join("timebox.db").exists(),
+            "a leftover demo directory starts fresh"
+        );
+
+        let foreign = base.path().join("foreign");
+        std::fs::create_dir(&foreign).unwrap();
+        std::fs::write(foreign.join("precious.txt"), "keep me").unwrap();
+        assert!(matches!(prepare_dir(&foreign), Err(DemoError::DirNotOurs { .. })));
+        assert!(foreign.join("precious.txt").is_file());
+    }
+}

@@ -1,0 +1,746 @@
+//! Wire tests: real clients (psql, tokio-postgres, raw sockets) through a real timebox instance to a
+//! real throwaway PostgreSQL cluster.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{eventually, proxy_conn, psql, raw, upstream_backends, Options};
+use futures::{FutureExt, StreamExt};
+use timebox::clock::Clock;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::{AsyncMessage, NoTls, SimpleQueryMessage};
+
+type Notices = tokio::sync::mpsc::UnboundedReceiver<AsyncMessage>;
+
+/// Connects with tokio-postgres (plaintext) and drives the connection, forwarding notices and
+/// notifications.
+async fn connect(conn: &str) -> Result<(tokio_postgres::Client, Notices), tokio_postgres::Error> {
+    let (client, mut connection) = tokio_postgres::connect(conn, NoTls).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = messages.next().await {
+            let _ = tx.send(m);
+        }
+    });
+    Ok((client, rx))
+}
+
+fn db_error(e: &tokio_postgres::Error) -> (String, String) {
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected a database error, got {e:?}"));
+    (db.code().code().to_owned(), db.message().to_owned())
+}
+
+async fn scalar(client: &tokio_postgres::Client, sql: &str) -> String {
+    let rows = client.simple_query(sql).await.unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_owned()),
+            _ => None,
+        })
+        .expect("a row")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_over_tls_with_scram_and_channel_binding() {
+    let inst = common::start(Options {
+        tls: "required",
+        ..Options::default()
+    })
+    .await;
+    let (grant, token) = inst.grant("alice", "read", "10m").await;
+    let out = psql(
+        &proxy_conn(&inst, "alice", "sslmode=require channel_binding=require"),
+        &token,
+        "SELECT count(*) FROM items; SELECT current_setting('application_name'); SHOW ssl;",
+    )
+    .await;
+    assert!(out.success, "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "3");
+    assert_eq!(
+        lines[1],
+        format!("timebox:alice:{}:psql", grant.id),
+        "tagged application_name"
+    );
+    // Upstream TLS is off for this target; the engineer's leg is what is encrypted.
+    assert_eq!(lines[2], "off");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_is_refused_when_tls_is_required() {
+    let inst = common::start(Options {
+        tls: "required",
+        ..Options::default()
+    })
+    .await;
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let out = psql(&proxy_conn(&inst, "alice", "sslmode=disable"), &token, "SELECT 1").await;
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("timebox requires an encrypted connection"),
+        "{}",
+        out.stderr
+    );
+    let err = connect(&inst.conn_string("alice", &token, "disable"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(db_error(&err).0, "28000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_extended_and_pipelined_queries() {
+    let inst = common::start(Options::default()).await;
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let (client, _n) = connect(&inst.conn_string("alice", &token, "disable"))
+        .await
+        .unwrap();
+
+    // simple protocol, several statements in one message
+    let msgs = client
+        .simple_query("SELECT 1; SELECT name FROM items ORDER BY id")
+        .await
+        .unwrap();
+    let rows = msgs
+        .iter()
+        .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(rows, 4);
+
+    // extended protocol with parameters (Parse/Bind/Describe/Execute/Sync)
+    let stmt = client
+        .prepare("SELECT name, qty FROM items WHERE id = $1")
+        .await
+        .unwrap();
+    let row = client.query_one(&stmt, &[&2i32]).await.unwrap();
+    let name: &str = row.get(0);
+    assert!(!name.is_empty());
+
+    // pipelined: many queries in flight at once, answered in order
+    let futures: Vec<_> = (0..50i32)
+        .map(|i| {
+            let client = &client;
+            async move {
+                let row = client.query_one("SELECT $1::int4 * 2", &[&i]).await.unwrap();
+                row.get::<_, i32>(0)
+            }
+        })
+        .collect();
+    let results = futures::future::join_all(futures).await;
+    assert_eq!(results, (0..50).map(|i| i * 2).collect::<Vec<_>>());
+
+    // errors inside the extended protocol leave the session usable
+    let err = client.query("SELECT 1/0", &[]).await.unwrap_err();
+    assert_eq!(db_error(&err).0, "22012");
+    assert_eq!(scalar(&client, "SELECT 42").await, "42");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_both_ways() {
+    let inst = common::start(Options::default()).await;
+    let (_g, token) = inst.grant("bob", "write", "10m").await;
+    let (client, _n) = connect(&inst.conn_string("bob", &token, "disable"))
+        .await
+        .unwrap();
+
+    // COPY TO STDOUT
+    let stream = client
+        .copy_out("COPY (SELECT id, name FROM items ORDER BY id) TO STDOUT")
+        .await
+        .unwrap();
+    let chunks: Vec<bytes::Bytes> = stream.map(|c| c.unwrap()).collect().await;
+    let text: String = chunks
+        .iter()
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    assert_eq!(text.lines().count(), 3, "{text}");
+
+    // COPY FROM STDIN into a temporary table, in many CopyData frames
+    client
+        .batch_execute("CREATE TEMP TABLE copied (n int, label text)")
+        .await
+        .unwrap();
+    let sink = client.copy_in("COPY copied FROM STDIN").await.unwrap();
+    futures::pin_mut!(sink);
+    use futures::SinkExt;
+    for i in 0..1000 {
+        sink.send(bytes::Bytes::from(format!("{i}\trow {i}\n")))
+            .await
+            .unwrap();
+    }
+    let copied = sink.finish().await.unwrap();
+    assert_eq!(copied, 1000);
+    assert_eq!(scalar(&client, "SELECT sum(n) FROM copied").await, "499500");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_notify_and_parameter_status_pass_through() {
+    let inst = common::start(Options::default()).await;
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let (_g2, token2) = inst.grant("bob", "write", "10m").await;
+    let (listener, mut messages) = connect(&inst.conn_string("alice", &token, "disable"))
+        .await
+        .unwrap();
+    let (notifier, _m) = connect(&inst.conn_string("bob", &token2, "disable"))
+        .await
+        .unwrap();
+    listener.batch_execute("LISTEN timebox_test").await.unwrap();
+    notifier
+        .batch_execute("NOTIFY timebox_test, 'hello'")
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(AsyncMessage::Notification(n)) = messages.recv().await {
+                return n;
+            }
+        }
+    })
+    .await
+    .expect("notification within 5s");
+    assert_eq!(got.channel(), "timebox_test");
+    assert_eq!(got.payload(), "hello");
+
+    // A NOTICE raised by the server reaches the client.
+    listener
+        .batch_execute("DO $$ BEGIN RAISE NOTICE 'from upstream'; END $$")
+        .await
+        .unwrap();
+    let notice = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(AsyncMessage::Notice(n)) = messages.recv().await {
+                return n;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(notice.message(), "from upstream");
+
+    // SET produces a ParameterStatus the driver tracks.
+    listener
+        .batch_execute("SET TimeZone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    assert_eq!(scalar(&listener, "SHOW TimeZone").await, "Asia/Tokyo");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_request_reaches_the_right_backend() {
+    let inst = common::start(Options::default()).await;
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let (client, _n) = connect(&inst.conn_string("alice", &token, "disable"))
+        .await
+        .unwrap();
+    let cancel = client.cancel_token();
+    let started = Instant::now();
+    let query = tokio::spawn(async move {
+        let r = client.simple_query("SELECT pg_sleep(30)").await;
+        (r, client)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cancel.cancel_query(NoTls).await.unwrap();
+    let (result, client) = query.await.unwrap();
+    let err = result.unwrap_err();
+    assert_eq!(db_error(&err).0, "57014", "query_canceled");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // the session goes on
+    assert_eq!(scalar(&client, "SELECT 7").await, "7");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_token_other_users_token_and_other_target_give_the_same_error() {
+    let inst = common::start(Options::default()).await;
+    let (_g, alice_token) = inst.grant("alice", "read", "10m").await;
+    let (_g, _bob_token) = inst.grant("bob", "read", "10m").await;
+
+    let cases = [
+        ("alice", "tbx_not-the-token".to_string(), "shop"),
+        ("bob", alice_token.clone(), "shop"),
+        ("mallory", alice_token.clone(), "shop"),
+        ("alice", alice_token.clone(), "billing"),
+    ];
+    for (user, token, db) in cases {
+        let conn = format!(
+            "host=127.0.0.1 port={} user={user} password={token} dbname={db} sslmode=disable",
+            inst.proxy_addr.port()
+        );
+        let Err(err) = connect(&conn).await else {
+            panic!("{user}/{db} must fail")
+        };
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "28P01", "{user}/{db}");
+        assert_eq!(
+            message,
+            format!("password authentication failed for user \"{user}\"")
+        );
+    }
+    // the right token still works
+    assert!(connect(&inst.conn_string("alice", &alice_token, "disable"))
+        .await
+        .is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_revoked_and_future_grants_are_refused_with_the_reason() {
+    let clock = Arc::new(timebox::clock::ManualClock::new(chrono::Utc::now()));
+    let inst = common::start(Options {
+        clock: Some(clock.clone()),
+        ..Options::default()
+    })
+    .await;
+    let (expired, t1) = inst.grant("alice", "read", "5m").await;
+    let (revoked, t2) = inst.grant("bob", "read", "1h").await;
+    let (future, t3) = inst
+        .state
+        .grants
+        .issue(
+            timebox::grants::NewGrant {
+                user: "carol".into(),
+                target: "shop".into(),
+                role: "read".into(),
+                ttl: "1h".into(),
+                reason: "later".into(),
+                starts_at: Some(clock.now() + chrono::Duration::hours(2)),
+            },
+            "ops",
+        )
+        .await
+        .unwrap();
+    inst.state
+        .grants
+        .revoke(&revoked.id, "ops", "incident over")
+        .await
+        .unwrap();
+    clock.advance(chrono::Duration::minutes(10));
+
+    let err = connect(&inst.conn_string("alice", &t1, "disable"))
+        .await
+        .err()
+        .unwrap();
+    let (code, msg) = db_error(&err);
+    assert_eq!(code, "28000");
+    assert!(msg.contains(&format!("grant {} expired at", expired.id)), "{msg}");
+
+    let err = connect(&inst.conn_string("bob", &t2, "disable"))
+        .await
+        .err()
+        .unwrap();
+    let (code, msg) = db_error(&err);
+    assert_eq!(code, "28000");
+    assert!(
+        msg.contains("was revoked at") && msg.contains("by ops (incident over)"),
+        "{msg}"
+    );
+
+    let err = connect(&inst.conn_string("carol", t3.expose(), "disable"))
+        .await
+        .err()
+        .unwrap();
+    let (code, msg) = db_error(&err);
+    assert_eq!(code, "28000");
+    assert!(msg.contains(&format!("grant {} starts at", future.id)), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_severs_a_running_query_and_the_upstream_query_is_gone() {
+    let inst = common::start(Options::default()).await;
+    let (grant, token) = inst.grant("alice", "read", "2s").await;
+    let (client, _n) = connect(&inst.conn_string("alice", &token, "disable"))
+        .await
+        .unwrap();
+    let err = client.simple_query("SELECT pg_sleep(30)").await.unwrap_err();
+    let severed_at = chrono::Utc::now();
+    let (code, msg) = db_error(&err);
+    assert_eq!(code, "57P01");
+    assert!(msg.contains(&format!("grant {} expired at", grant.id)), "{msg}");
+    let late = (severed_at - grant.expires_at).num_milliseconds();
+    assert!(
+        (0..1000).contains(&late),
+        "severed {late} ms after expiry (bar: 1 s)"
+    );
+    assert!(client.is_closed() || client.simple_query("SELECT 1").await.is_err());
+    assert!(
+        eventually(Duration::from_secs(3), || upstream_backends(&grant.id)
+            .then(|n| async move { n == 0 }))
+        .await,
+        "upstream backend still present"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_severs_a_running_query_within_a_second() {
+    let inst = common::start(Options::default()).await;
+    let (grant, token) = inst.grant("alice", "read", "10m").await;
+    let (client, _n) = connect(&inst.conn_string("alice", &token, "disable"))
+        .await
+        .unwrap();
+    let query = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(upstream_backends(&grant.id).await, 1);
+    let revoked_at = Instant::now();
+    inst.state.grants.revoke(&grant.id, "ops", "done").await.unwrap();
+    let err = query.await.unwrap().unwrap_err();
+    assert!(
+        revoked_at.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        revoked_at.elapsed()
+    );
+    let (code, msg) = db_error(&err);
+    assert_eq!(code, "57P01");
+    assert!(
+        msg.contains("was revoked at") && msg.contains("by ops (done)"),
+        "{msg}"
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || upstream_backends(&grant.id)
+            .then(|n| async move { n == 0 }))
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_warning_notice_arrives_before_expiry() {
+    let inst = common::start(Options {
+        proxy_extra: "expiry_warnings = [\"2s\"]".into(),
+        ..Options::default()
+    })
+    .await;
+    let (grant, token) = inst.grant("alice", "read", "3s").await;
+    let (_client, mut messages) = connect(&inst.conn_string("alice", &token, "disable"))
+        .await
+        .unwrap();
+    let notice = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match messages.recv().await {
+                Some(AsyncMessage::Notice(n)) => return n,
+                Some(_) => continue,
+                None => panic!("connection ended before the warning"),
+            }
+        }
+    })
+    .await
+    .expect("warning within 3s");
+    assert!(
+        chrono::Utc::now() < grant.expires_at,
+        "the warning came before expiry"
+    );
+    assert_eq!(notice.severity(), "WARNING");
+    assert!(
+        notice
+            .message()
+            .contains(&format!("grant {} expires in", grant.id)),
+        "{}",
+        notice.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_vanishing_mid_query_cancels_the_upstream_query() {
+    let inst = common::start(Options::default()).await;
+    let (grant, token) = inst.grant("alice", "read", "10m").await;
+    let (mut sock, _buf) = raw::login(inst.proxy_addr, "alice", &token).await;
+    let mut q = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::query("SELECT pg_sleep(60)", &mut q).unwrap();
+    sock.write_all(&q).await.unwrap();
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'timebox:%:{}%' AND query LIKE '%pg_sleep(60)%' AND state = 'active'",
+        grant.id
+    );
+    let running = || {
+        let sql = sql.clone();
+        async move {
+            tokio::task::spawn_blocking(move || common::cluster::shop_psql(&sql).trim().to_owned())
+                .await
+                .unwrap()
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(3), || running()
+            .then(|n| async move { n == "1" }))
+        .await
+    );
+    drop(sock);
+    assert!(
+        eventually(Duration::from_secs(3), || running()
+            .then(|n| async move { n == "0" }))
+        .await,
+        "the upstream query kept running after the client left"
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || upstream_backends(&grant.id)
+            .then(|n| async move { n == 0 }))
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_gives_a_quick_clear_error() {
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let inst = common::start(Options {
+        shop_port: Some(closed_port),
+        ..Options::default()
+    })
+    .await;
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let started = Instant::now();
+    let err = connect(&inst.conn_string("alice", &token, "disable"))
+        .await
+        .err()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let (code, msg) = db_error(&err);
+    assert_eq!(code, "08001");
+    assert!(msg.contains("could not connect to target \"shop\""), "{msg}");
+    assert!(
+        !msg.contains(&closed_port.to_string()),
+        "no upstream address details: {msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_before_startup_gets_an_error_and_others_are_served() {
+    let inst = common::start(Options::default()).await;
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    for garbage in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &[0, 0, 0, 8, 0xde, 0xad, 0xbe, 0xef][..],
+        &[0, 0, 0, 2][..],
+        &[0xff; 64][..],
+    ] {
+        let mut s = tokio::net::TcpStream::connect(inst.proxy_addr).await.unwrap();
+        s.write_all(garbage).await.unwrap();
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply)).await;
+        assert_eq!(reply.first(), Some(&b'E'), "garbage {garbage:?} got {reply:?}");
+        let text = String::from_utf8_lossy(&reply);
+        assert!(text.contains("C08P01") || text.contains("C0A000"), "{text}");
+    }
+    // A silent client is cut at the startup timeout, and meanwhile others are served.
+    let _silent = tokio::net::TcpStream::connect(inst.proxy_addr).await.unwrap();
+    let (client, _n) = connect(&inst.conn_string("alice", &token, "disable"))
+        .await
+        .unwrap();
+    assert_eq!(scalar(&client, "SELECT 1").await, "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_after_startup_is_a_protocol_violation_and_others_are_served() {
+    let inst = common::start(Options::default()).await;
+    let (grant, token) = inst.grant("alice", "read", "10m").await;
+    let (mut sock, mut buf) = raw::login(inst.proxy_addr, "alice", &token).await;
+    sock.write_all(&[0x00, 0x13, 0x37, 0x00, 0x00, 0x00, 0x05, 0x01])
+        .await
+        .unwrap();
+    let (code, msg) = raw::next_error(&mut sock, &mut buf).await.expect("an error");
+    assert_eq!(code, "08P01");
+    assert!(msg.contains("invalid frontend message type"), "{msg}");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), sock.read_to_end(&mut rest)).await;
+    assert!(
+        eventually(Duration::from_secs(3), || upstream_backends(&grant.id)
+            .then(|n| async move { n == 0 }))
+        .await
+    );
+
+    // an absurd length is refused too
+    let (mut sock, mut buf) = raw::login(inst.proxy_addr, "alice", &token).await;
+    sock.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xff]).await.unwrap();
+    let (code, _) = raw::next_error(&mut sock, &mut buf).await.expect("an error");
+    assert_eq!(code, "54000");
+
+    let (client, _n) = connect(&inst.conn_string("alice", &token, "disable"))
+        .await
+        .unwrap();
+    assert_eq!(scalar(&client, "SELECT 2").await, "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_gives_53300() {
+    let inst = common::start(Options {
+        proxy_extra: "max_connections = 1".into(),
+        ..Options::default()
+    })
+    .await;
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let (first, _n) = connect(&inst.conn_string("alice", &token, "disable"))
+        .await
+        .unwrap();
+    let err = connect(&inst.conn_string("alice", &token, "disable"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(db_error(&err).0, "53300");
+    drop(first);
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            let conn = inst.conn_string("alice", &token, "disable");
+            async move { connect(&conn).await.is_ok() }
+        })
+        .await,
+        "the slot is released when the first session ends"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dangerous_startup_options_and_replication_are_refused() {
+    let inst = common::start(Options::default()).await;
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let out = psql(
+        &proxy_conn(&inst, "alice", "sslmode=disable options='-c role=postgres'"),
+        &token,
+        "SELECT 1",
+    )
+    .await;
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("startup setting \"role\" is not allowed"),
+        "{}",
+        out.stderr
+    );
+    let out = psql(
+        &proxy_conn(&inst, "alice", "sslmode=disable replication=database"),
+        &token,
+        "SELECT 1",
+    )
+    .await;
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("replication connections are not supported"),
+        "{}",
+        out.stderr
+    );
+    // harmless options pass
+    let out = psql(
+        &proxy_conn(
+            &inst,
+            "alice",
+            "sslmode=disable options='-c statement_timeout=5s'",
+        ),
+        &token,
+        "SHOW statement_timeout",
+    )
+    .await;
+    assert!(out.success, "{out:?}");
+    assert_eq!(out.stdout.trim(), "5s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_md5_cleartext_and_trust_logins() {
+    let inst = common::start(Options::default()).await;
+    for (user, role, expected_upstream_user) in [
+        ("dora", "md5", common::cluster::MD5_USER),
+        ("erin", "plain", common::cluster::PLAIN_USER),
+        ("finn", "trust", common::cluster::TRUST_USER),
+    ] {
+        let (_g, token) = inst.grant(user, role, "10m").await;
+        let (client, _n) = connect(&inst.conn_string(user, &token, "disable"))
+            .await
+            .unwrap_or_else(|e| panic!("{role}: {e:?}"));
+        assert_eq!(
+            scalar(&client, "SELECT current_user").await,
+            expected_upstream_user
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_idle_sessions_with_57p01() {
+    let inst = common::start(Options::default()).await;
+    let (grant, token) = inst.grant("alice", "read", "10m").await;
+    let (mut sock, mut buf) = raw::login(inst.proxy_addr, "alice", &token).await;
+    let started = Instant::now();
+    inst.shutdown().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let (code, msg) = raw::next_error(&mut sock, &mut buf)
+        .await
+        .expect("FATAL before close");
+    assert_eq!(code, "57P01");
+    assert!(msg.contains("shutting down"), "{msg}");
+    assert!(
+        eventually(Duration::from_secs(3), || upstream_backends(&grant.id)
+            .then(|n| async move { n == 0 }))
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_tls_with_alpn_is_accepted() {
+    let inst = common::start(Options {
+        tls: "required",
+        ..Options::default()
+    })
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&inst.cert_path).unwrap();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let make = |alpn: bool| {
+        let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        if alpn {
+            config.alpn_protocols = vec![b"postgresql".to_vec()];
+        }
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    };
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+
+    let tcp = tokio::net::TcpStream::connect(inst.proxy_addr).await.unwrap();
+    let mut tls = make(true).connect(name.clone(), tcp).await.unwrap();
+    let mut startup = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::startup_message(
+        [("user", "alice"), ("database", "shop")],
+        &mut startup,
+    )
+    .unwrap();
+    tls.write_all(&startup).await.unwrap();
+    let mut reply = [0u8; 64];
+    let n = tls.read(&mut reply).await.unwrap();
+    assert_eq!(reply[0], b'R', "authentication request");
+    assert_eq!(i32::from_be_bytes(reply[5..9].try_into().unwrap()), 10, "SASL");
+    assert!(String::from_utf8_lossy(&reply[..n]).contains("SCRAM-SHA-256-PLUS"));
+
+    // without ALPN the direct TLS connection is refused
+    let tcp = tokio::net::TcpStream::connect(inst.proxy_addr).await.unwrap();
+    let mut tls = make(false).connect(name, tcp).await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), tls.read_to_end(&mut reply)).await;
+    assert!(String::from_utf8_lossy(&reply).contains("ALPN"), "{reply:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failures_are_throttled_per_address() {
+    let inst = common::start(Options {
+        proxy_extra: "auth_failures_per_minute = 3".into(),
+        ..Options::default()
+    })
+    .await;
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    for _ in 0..3 {
+        let err = connect(&inst.conn_string("alice", "tbx_wrong", "disable"))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(db_error(&err).0, "28P01");
+    }
+    let err = connect(&inst.conn_string("alice", &token, "disable"))
+        .await
+        .err()
+        .unwrap();
+    let (code, msg) = db_error(&err);
+    assert_eq!(code, "28000");
+    assert!(msg.contains("too many failed authentication attempts"), "{msg}");
+}
