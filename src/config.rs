@@ -855,6 +855,25 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_uses_only_known_keys_and_valid_values() {
+        // Everything in config/timebox.example.toml must parse; the only problems allowed are the
+        // ones that depend on the machine (files and environment variables that do not exist here).
+        let text = include_str!("../config/timebox.example.toml");
+        match Config::from_toml_str(text) {
+            Ok(_) => {}
+            Err(ConfigError::Invalid(problems)) => {
+                for p in problems {
+                    let machine_dependent = p.message.contains("is not a readable file")
+                        || p.message.contains("environment variable")
+                        || p.message.contains("cannot read");
+                    assert!(machine_dependent, "example config problem: {p}");
+                }
+            }
+            Err(e) => panic!("example config does not parse: {e}"),
+        }
+    }
+
+    #[test]
     fn secrets_do_not_print() {
         let c = Config::from_toml_str(MINIMAL).unwrap();
         let dump = format!("{c:?}");
