@@ -744,3 +744,172 @@ async fn repeated_failures_are_throttled_per_address() {
     assert_eq!(code, "28000");
     assert!(msg.contains("too many failed authentication attempts"), "{msg}");
 }
+
+/// Ctrl-C in a real psql: psql sends a CancelRequest with the BackendKeyData timebox gave it, timebox
+/// maps it to the upstream backend's key, the upstream cancels the statement and psql reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_ctrl_c_cancels_the_running_statement() {
+    let inst = common::start(Options::default()).await;
+    let (grant, token) = inst.grant("alice", "read", "10m").await;
+    let psql_path = tokio::task::spawn_blocking(|| common::cluster::shared_cluster().install().psql_path())
+        .await
+        .unwrap();
+    let mut child = std::process::Command::new(psql_path)
+        .args(["-X", "-A", "-t", "-d"])
+        .arg(proxy_conn(&inst, "alice", "sslmode=disable"))
+        .args(["-c", "SELECT pg_sleep(30)"])
+        .env("PGPASSWORD", &token)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn psql");
+
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'timebox:%:{}%' \
+         AND query LIKE '%pg_sleep(30)%' AND state = 'active'",
+        grant.id
+    );
+    let running = || {
+        let sql = sql.clone();
+        async move {
+            tokio::task::spawn_blocking(move || common::cluster::shop_psql(&sql).trim().to_owned())
+                .await
+                .unwrap()
+        }
+    };
+    let started = eventually(Duration::from_secs(5), || {
+        running().then(|n| async move { n == "1" })
+    })
+    .await;
+    if !started {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!("the query never reached the upstream: {out:?}");
+    }
+    // Let psql settle into waiting for the result, as a person pressing Ctrl-C would.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    let interrupted_at = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(kill.success());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if interrupted_at.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("psql still running 5s after SIGINT: {out:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let elapsed = interrupted_at.elapsed();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "psql reports the failed statement: {status:?}");
+    assert!(
+        stderr.contains("canceling statement due to user request"),
+        "psql exited after {elapsed:?} with {status:?}: {stderr}"
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || running()
+            .then(|n| async move { n == "0" }))
+        .await,
+        "the upstream statement is still running"
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || upstream_backends(&grant.id)
+            .then(|n| async move { n == 0 }))
+        .await,
+        "the upstream backend outlived psql"
+    );
+}
+
+/// A client that connects and never sends a startup packet is disconnected at `startup_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_client_is_disconnected_at_the_startup_timeout() {
+    let inst = common::start(Options {
+        proxy_extra: "startup_timeout = \"1s\"".into(),
+        ..Options::default()
+    })
+    .await;
+    let connected_at = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(inst.proxy_addr).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), silent.read_to_end(&mut reply))
+        .await
+        .expect("EOF within 3s")
+        .expect("a clean close");
+    let elapsed = connected_at.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "closed after {elapsed:?}, before the timeout: {reply:?}"
+    );
+}
+
+/// A client that starts up and then stalls in SCRAM — before its first SASL message, or after it —
+/// gets FATAL 08P01 at `startup_timeout` instead of holding a connection slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_stalling_in_authentication_gets_08p01_at_the_startup_timeout() {
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    use postgres_protocol::message::backend::Message;
+    use postgres_protocol::message::frontend;
+
+    let inst = common::start(Options {
+        proxy_extra: "startup_timeout = \"1s\"".into(),
+        ..Options::default()
+    })
+    .await;
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    for stall_after_initial_response in [false, true] {
+        let case = if stall_after_initial_response {
+            "after SASLInitialResponse"
+        } else {
+            "before SASLInitialResponse"
+        };
+        let connected_at = Instant::now();
+        let mut s = tokio::net::TcpStream::connect(inst.proxy_addr).await.unwrap();
+        let mut out = bytes::BytesMut::new();
+        frontend::startup_message([("user", "alice"), ("database", "shop")], &mut out).unwrap();
+        s.write_all(&out).await.unwrap();
+        let mut buf = bytes::BytesMut::new();
+        match raw::read_message(&mut s, &mut buf).await {
+            Some(Message::AuthenticationSasl(_)) => {}
+            _ => panic!("{case}: expected AuthenticationSASL"),
+        }
+        if stall_after_initial_response {
+            let scram = ScramSha256::new(token.as_bytes(), ChannelBinding::unsupported());
+            out.clear();
+            frontend::sasl_initial_response("SCRAM-SHA-256", scram.message(), &mut out).unwrap();
+            s.write_all(&out).await.unwrap();
+            match raw::read_message(&mut s, &mut buf).await {
+                Some(Message::AuthenticationSaslContinue(_)) => {}
+                _ => panic!("{case}: expected AuthenticationSASLContinue"),
+            }
+        }
+        // Now say nothing more; the rest of the stream is the proxy's verdict.
+        let mut reply = buf.to_vec();
+        tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut reply))
+            .await
+            .unwrap_or_else(|_| panic!("{case}: no reply and no close within 3s"))
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        let elapsed = connected_at.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(900),
+            "{case}: answered after {elapsed:?}"
+        );
+        assert_eq!(reply.first(), Some(&b'E'), "{case}: {reply:?}");
+        let text = String::from_utf8_lossy(&reply);
+        assert!(text.contains("SFATAL\0"), "{case}: {text}");
+        assert!(text.contains("C08P01\0"), "{case}: {text}");
+        assert!(
+            text.contains("Mtimed out waiting for the client to finish startup and authentication\0"),
+            "{case}: {text}"
+        );
+    }
+}

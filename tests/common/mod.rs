@@ -225,6 +225,22 @@ pub async fn start(opts: Options) -> TestInstance {
     let cluster_port = tokio::task::spawn_blocking(|| cluster::shared_cluster().port())
         .await
         .expect("cluster start");
+    let shop_port = opts.shop_port.unwrap_or(cluster_port);
+    start_instance(opts.clock.clone(), |dir| config_text(&opts, dir, shop_port)).await
+}
+
+/// Starts a timebox instance from complete config text, for tests whose upstream is not the shared
+/// cluster (which this does not start). `make_config` gets the instance's directory: it holds
+/// `server.crt` and `server.key` (a dev certificate for `localhost`/`127.0.0.1`, for `proxy.tls_cert`
+/// and `proxy.tls_key`) and is the place for the SQLite store.
+pub async fn start_with_config(make_config: impl FnOnce(&std::path::Path) -> String) -> TestInstance {
+    start_instance(None, make_config).await
+}
+
+async fn start_instance(
+    clock: Option<Arc<timebox::clock::ManualClock>>,
+    make_config: impl FnOnce(&std::path::Path) -> String,
+) -> TestInstance {
     let dir = tempfile::tempdir().expect("tempdir");
     let cert_path = dir.path().join("server.crt");
     timebox::proxy::tls::ensure_dev_certificate(
@@ -233,12 +249,12 @@ pub async fn start(opts: Options) -> TestInstance {
         &["localhost", "127.0.0.1"],
     )
     .expect("dev certificate");
-    let text = config_text(&opts, dir.path(), opts.shop_port.unwrap_or(cluster_port));
+    let text = make_config(dir.path());
     let config = Config::from_toml_str(&text).expect("test config is valid");
     let listeners = Listeners::bind(&config).await.expect("bind");
     let proxy_addr = listeners.proxy.local_addr().unwrap();
     let admin_addr = listeners.admin.local_addr().unwrap();
-    let state = match &opts.clock {
+    let state = match &clock {
         None => AppState::build(config).expect("build state"),
         Some(clock) => {
             let store = timebox::store::Store::open(&config.store).expect("store");
