@@ -913,3 +913,89 @@ async fn client_stalling_in_authentication_gets_08p01_at_the_startup_timeout() {
         );
     }
 }
+
+/// Regression: a slow upstream used to be reported as the client's startup timeout (08P01) because
+/// the client's startup deadline also covered the upstream login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstream_is_reported_as_an_upstream_timeout() {
+    // Accepts TCP (kernel backlog) but never answers the startup message.
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let inst = common::start(Options {
+        shop_port: Some(black_hole.local_addr().unwrap().port()),
+        proxy_extra: "startup_timeout = \"1s\"\nupstream_connect_timeout = \"2s\"".into(),
+        ..Options::default()
+    })
+    .await;
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let started = Instant::now();
+    let err = connect(&inst.conn_string("alice", &token, "disable"))
+        .await
+        .err()
+        .unwrap();
+    let (code, msg) = db_error(&err);
+    assert_eq!(code, "08001", "{msg}");
+    assert!(msg.contains("timed out after 2s"), "{msg}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(black_hole);
+}
+
+/// Issue 3 (lexical fidelity): a session whose upstream reads SQL differently from timebox
+/// (standard_conforming_strings = off) must not be used, whether the setting comes from the upstream
+/// role at login or is changed during the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_fail_closed_when_the_server_reports_non_standard_lexing() {
+    let role = common::cluster::unique_name("lexer");
+    let setup = format!(
+        "CREATE ROLE {role} LOGIN PASSWORD 'lex-pw'; GRANT SELECT ON items TO {role}; \
+         ALTER ROLE {role} SET standard_conforming_strings = off;"
+    );
+    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&setup))
+        .await
+        .unwrap();
+    let port = tokio::task::spawn_blocking(|| common::cluster::shared_cluster().port())
+        .await
+        .unwrap();
+    let inst = common::start_with_config(move |dir| {
+        let mut text = common::config_text(&Options::default(), dir, port);
+        text.push_str(&format!(
+            "\n[targets.lexed]\nhost = \"127.0.0.1\"\nport = {port}\ndatabase = \"shop\"\n\
+             [targets.lexed.credentials.read]\nuser = \"{role}\"\npassword = \"lex-pw\"\n"
+        ));
+        text
+    })
+    .await;
+    let (_g, token) = inst.grant_on("alice", "lexed", "read", "10m").await;
+    let conn = format!(
+        "host=127.0.0.1 port={} user=alice password={token} dbname=lexed sslmode=disable",
+        inst.proxy_addr.port()
+    );
+    let Err(err) = connect(&conn).await else {
+        panic!("login must be refused")
+    };
+    let (code, msg) = db_error(&err);
+    assert_eq!(code, "55000");
+    assert!(msg.contains("standard_conforming_strings = off"), "{msg}");
+
+    // Changed during a session: the session does not go on with the setting changed.
+    let (_g, token) = inst.grant("bob", "read", "10m").await;
+    let (client, _n) = connect(&inst.conn_string("bob", &token, "disable"))
+        .await
+        .unwrap();
+    let changed = client
+        .simple_query("SELECT set_config('standard_conforming_strings', 'off', false)")
+        .await;
+    match changed {
+        Err(e) => {
+            let (code, _) = db_error(&e);
+            assert!(code == "57P01" || code == "42501", "{e:?}");
+        }
+        Ok(_) => panic!("the session went on after the server reported standard_conforming_strings = off"),
+    }
+    assert!(
+        client
+            .simple_query("SHOW standard_conforming_strings")
+            .await
+            .is_err(),
+        "session must be closed"
+    );
+}

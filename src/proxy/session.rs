@@ -140,12 +140,14 @@ pub async fn handle_connection(state: Arc<AppState>, tcp: TcpStream, peer: Socke
     );
     let _enter = span.enter();
     drop(_enter);
-    let established = tokio::time::timeout_at(
+    // The startup deadline covers what the client must do (TLS, startup, SCRAM); the upstream
+    // login has its own timeout so a slow target is reported as such, not as the client's fault.
+    let authenticated = tokio::time::timeout_at(
         startup_deadline,
-        establish(&state, &mut client, &params, tls.as_ref(), peer),
+        authenticate(&state, &mut client, &params, tls.as_ref(), peer),
     );
-    let established = tracing::Instrument::instrument(established, span.clone()).await;
-    let session = match established {
+    let authenticated = tracing::Instrument::instrument(authenticated, span.clone()).await;
+    let (grant, watch) = match authenticated {
         Err(_) => {
             send_fatal(&mut client, &PgError::startup_timeout()).await;
             return;
@@ -155,7 +157,16 @@ pub async fn handle_connection(state: Arc<AppState>, tcp: TcpStream, peer: Socke
             return;
         }
         Ok(Ok(None)) => return,
-        Ok(Ok(Some(session))) => session,
+        Ok(Ok(Some(admitted))) => admitted,
+    };
+    let opened = open_session(&state, &mut client, &params, tls.as_ref(), peer, grant, watch);
+    let session = match tracing::Instrument::instrument(opened, span.clone()).await {
+        Err(error) => {
+            send_fatal(&mut client, &error).await;
+            return;
+        }
+        Ok(None) => return,
+        Ok(Some(session)) => session,
     };
     span.record("session.id", session.handle.id);
     span.record("grant.id", session.grant.id.as_str());
@@ -190,15 +201,15 @@ struct Session {
     _cancel_key: CancelKeyGuard,
 }
 
-/// Authenticates, opens the upstream and sends the client its startup answer. `Ok(None)` when the
-/// client left quietly; `Err` is the FATAL to send.
-async fn establish(
+/// Authenticates the client and admits it under a current grant, watched from now on. `Ok(None)`
+/// when the client left quietly; `Err` is the FATAL to send.
+async fn authenticate(
     state: &Arc<AppState>,
     client: &mut ClientStream,
     params: &ClientParams,
     tls: Option<&ClientTlsInfo>,
     peer: SocketAddr,
-) -> Result<Option<Session>, PgError> {
+) -> Result<Option<(Grant, GrantWatch)>, PgError> {
     let throttle = &state.proxy.auth_throttle;
     if throttle.is_blocked(peer.ip(), std::time::Instant::now()) {
         tracing::warn!("authentication throttled");
@@ -244,7 +255,20 @@ async fn establish(
     if let Some(why) = grant.refusal_at(state.clock.now()) {
         return Err(PgError::grant_not_current(&why));
     }
+    Ok(Some((grant, watch)))
+}
 
+/// Opens the upstream session for an admitted client and sends the client its startup answer.
+/// `Ok(None)` when the client left meanwhile; `Err` is the FATAL to send.
+async fn open_session(
+    state: &Arc<AppState>,
+    client: &mut ClientStream,
+    params: &ClientParams,
+    tls: Option<&ClientTlsInfo>,
+    peer: SocketAddr,
+    grant: Grant,
+    watch: GrantWatch,
+) -> Result<Option<Session>, PgError> {
     let config = &state.config;
     let (Some(target), Some(credential)) = (
         config.targets.get(&grant.target),
@@ -295,6 +319,15 @@ async fn establish(
         ready_status,
     } = upstream;
 
+    for (name, value) in &parameter_status {
+        let mut frame = BytesMut::new();
+        wire::parameter_status(&mut frame, name, value);
+        if let Some(problem) = lexing_problem(&frame) {
+            tracing::error!(%problem, "upstream session uses settings timebox cannot read statements under");
+            return Err(PgError::fatal("55000", format!("target \"{}\" cannot be used: {problem}", target.name))
+                .with_hint("Tell the timebox administrators: the upstream role or database overrides a setting that must stay at its default."));
+        }
+    }
     let upstream_cancel = UpstreamCancel {
         host: target.host.clone(),
         port: target.port,
@@ -362,44 +395,89 @@ fn instant_at(now: DateTime<Utc>, at: DateTime<Utc>) -> Instant {
 
 /// Backend bytes on their way to the client, with timebox's own messages spliced in at a frame
 /// boundary.
+///
+/// Offsets are positions in the byte stream the client receives; `delta` maps upstream stream
+/// offsets (what the [`FrameTracker`] counts) to client offsets after frames were replaced.
+/// ErrorResponse and ParameterStatus frames, and frames whose header is still incomplete, are held
+/// back until complete so they can be inspected (and replaced) before the client sees any of them.
 struct ClientOutbox {
-    /// Upstream bytes not yet written to the client: stream offsets `[written, tracker.offset())`.
+    /// Bytes not yet written to the client: client offsets `[written, written + pending.len())`.
     pending: BytesMut,
-    /// Upstream stream offset up to which the client has been sent everything.
+    /// Client offset up to which everything has been written.
     written: u64,
+    /// Client offset minus upstream offset.
+    delta: i64,
     /// timebox's own messages waiting for a boundary.
     inject: BytesMut,
-    /// The stream offset (a frame boundary) at which `inject` goes out.
+    /// The client offset (a frame boundary) at which `inject` goes out.
     inject_at: Option<u64>,
     /// Frame boundaries of the upstream stream.
     tracker: FrameTracker,
 }
 
+/// Frames the relay inspects before forwarding: ErrorResponse (denial markers) and ParameterStatus
+/// (settings that change how SQL is lexed).
+fn held_tag(tag: u8) -> bool {
+    tag == b'E' || tag == b'S'
+}
+
 impl ClientOutbox {
+    fn new() -> Self {
+        ClientOutbox {
+            pending: BytesMut::with_capacity(BUFFER_CAPACITY),
+            written: 0,
+            delta: 0,
+            inject: BytesMut::new(),
+            inject_at: None,
+            tracker: FrameTracker::default(),
+        }
+    }
+
+    fn to_client(&self, upstream_offset: u64) -> u64 {
+        (upstream_offset as i64 + self.delta) as u64
+    }
+
+    /// The latest frame boundary in client offsets.
+    fn last_boundary(&self) -> u64 {
+        self.to_client(
+            self.tracker
+                .unfinished_frame_start()
+                .unwrap_or(self.tracker.offset()),
+        )
+    }
+
+    /// Where writing must pause until the current frame is complete, if anywhere.
+    fn hold_point(&self) -> Option<u64> {
+        let t = &self.tracker;
+        (t.in_header() || held_tag(t.current_tag())).then(|| self.last_boundary())
+    }
+
     /// Picks the injection point if one is not chosen yet: the latest boundary not yet passed.
     fn place_injection(&mut self) {
         if self.inject.is_empty() || self.inject_at.is_some() {
             return;
         }
-        let boundary = self
-            .tracker
-            .unfinished_frame_start()
-            .unwrap_or(self.tracker.offset());
+        let boundary = self.last_boundary();
         if boundary >= self.written {
             self.inject_at = Some(boundary);
         }
     }
 
-    /// The bytes to write next (stream bytes up to the injection point, then the injection).
+    /// The bytes to write next (stream bytes up to the injection or hold point, then the injection).
     fn next_chunk(&self) -> Option<(&[u8], bool)> {
-        match self.inject_at {
-            Some(at) if at == self.written && !self.inject.is_empty() => Some((&self.inject[..], true)),
-            Some(at) => {
-                let n = (at - self.written) as usize;
-                (n > 0).then(|| (&self.pending[..n], false))
-            }
-            None => (!self.pending.is_empty()).then_some((&self.pending[..], false)),
+        let mut limit = self.written + self.pending.len() as u64;
+        if let Some(hold) = self.hold_point() {
+            limit = limit.min(hold);
         }
+        match self.inject_at {
+            Some(at) if at == self.written && !self.inject.is_empty() => {
+                return Some((&self.inject[..], true))
+            }
+            Some(at) => limit = limit.min(at),
+            None => {}
+        }
+        let n = limit.saturating_sub(self.written) as usize;
+        (n > 0).then(|| (&self.pending[..n], false))
     }
 
     fn advance(&mut self, n: usize, injected: bool) {
@@ -416,6 +494,25 @@ impl ClientOutbox {
 
     fn injection_done(&self) -> bool {
         self.inject.is_empty()
+    }
+
+    /// The bytes of a complete, held frame given in upstream offsets.
+    fn frame_bytes(&self, start: u64, end: u64) -> &[u8] {
+        let from = (self.to_client(start) - self.written) as usize;
+        let to = (self.to_client(end) - self.written) as usize;
+        &self.pending[from..to]
+    }
+
+    /// Replaces a complete, held frame (upstream offsets) with `replacement`.
+    #[allow(dead_code)] // used by statement enforcement (proxy::intercept), wired in next
+    fn replace_frame(&mut self, start: u64, end: u64, replacement: &[u8]) {
+        let from = (self.to_client(start) - self.written) as usize;
+        let to = (self.to_client(end) - self.written) as usize;
+        let tail = self.pending.split_off(to);
+        self.pending.truncate(from);
+        self.pending.extend_from_slice(replacement);
+        self.pending.extend_from_slice(&tail);
+        self.delta += replacement.len() as i64 - (end - start) as i64;
     }
 }
 
@@ -480,13 +577,9 @@ impl Session {
         let upstream_tls = self.upstream.is_tls();
         let mut from_client = BytesMut::with_capacity(BUFFER_CAPACITY);
         let mut to_upstream = BytesMut::with_capacity(BUFFER_CAPACITY);
-        let mut outbox = ClientOutbox {
-            pending: BytesMut::with_capacity(BUFFER_CAPACITY),
-            written: 0,
-            inject: BytesMut::new(),
-            inject_at: None,
-            tracker: FrameTracker::default(),
-        };
+        let mut outbox = ClientOutbox::new();
+        // Complete ErrorResponse / ParameterStatus frames from the last upstream read: (tag, start, end).
+        let mut held_frames: Vec<(u8, u64, u64)> = Vec::new();
         let (mut client_needs_flush, mut upstream_needs_flush) = (false, false);
         // Sync points (Query, Sync, FunctionCall) sent minus ReadyForQuery received.
         let mut awaiting_ready: u64 = 0;
@@ -519,24 +612,6 @@ impl Session {
                         ev.client_read = Some(r);
                     }
                 }
-                if read_upstream {
-                    let before = outbox.pending.len();
-                    if let Poll::Ready(r) =
-                        poll_read_buf(Pin::new(&mut self.upstream), cx, &mut outbox.pending)
-                    {
-                        if let Ok(n) = &r {
-                            let fed = outbox.tracker.feed(&outbox.pending[before..before + n]);
-                            if fed.is_err() {
-                                ev.upstream_read = Some(Err(std::io::Error::new(
-                                    std::io::ErrorKind::InvalidData,
-                                    "corrupt frame from upstream",
-                                )));
-                                return Poll::Ready(ev);
-                            }
-                        }
-                        ev.upstream_read = Some(r);
-                    }
-                }
                 if write_client {
                     if let Some((chunk, injected)) = outbox.next_chunk() {
                         if let Poll::Ready(r) = Pin::new(&mut *client).poll_write(cx, chunk) {
@@ -555,6 +630,31 @@ impl Session {
                 } else if upstream_needs_flush {
                     if let Poll::Ready(r) = Pin::new(&mut self.upstream).poll_flush(cx) {
                         ev.upstream_flushed = Some(r);
+                    }
+                }
+                if read_upstream {
+                    let before = outbox.pending.len();
+                    if let Poll::Ready(r) =
+                        poll_read_buf(Pin::new(&mut self.upstream), cx, &mut outbox.pending)
+                    {
+                        if let Ok(n) = &r {
+                            let fed =
+                                outbox
+                                    .tracker
+                                    .feed_with(&outbox.pending[before..before + n], |tag, s, e| {
+                                        if held_tag(tag) {
+                                            held_frames.push((tag, s, e));
+                                        }
+                                    });
+                            if fed.is_err() {
+                                ev.upstream_read = Some(Err(std::io::Error::new(
+                                    std::io::ErrorKind::InvalidData,
+                                    "corrupt frame from upstream",
+                                )));
+                                return Poll::Ready(ev);
+                            }
+                        }
+                        ev.upstream_read = Some(r);
                     }
                 }
                 if ev.any() {
@@ -580,6 +680,20 @@ impl Session {
                             }
                             Ok(n) => {
                                 self.handle.add_to_client(n as u64);
+                                for (tag, start, end) in held_frames.drain(..) {
+                                    if tag == b'S' {
+                                        if let Some(problem) = lexing_problem(outbox.frame_bytes(start, end)) {
+                                            if closing.is_none() {
+                                                closing = Some(self.sever(&mut outbox, busy, EndReason::UpstreamError,
+                                                    PgError::admin_shutdown(format!("terminating connection: {problem}"))
+                                                        .with_hint("timebox reads statements with standard_conforming_strings = on and UTF-8 text; it does not allow changing that.")).await);
+                                                // Right after the ParameterStatus, before the statement's ReadyForQuery:
+                                                // the statement that changed the setting fails, nothing after it runs.
+                                                outbox.inject_at = Some(outbox.to_client(end));
+                                            }
+                                        }
+                                    }
+                                }
                                 let now_ready = outbox.tracker.ready_count;
                                 awaiting_ready = awaiting_ready.saturating_sub(now_ready - ready_seen);
                                 ready_seen = now_ready;
@@ -839,6 +953,21 @@ impl Session {
     }
 }
 
+/// If a ParameterStatus frame reports a setting that changes how SQL text is lexed to a value
+/// timebox does not read statements with, the reason to end the session. Pure.
+fn lexing_problem(frame: &[u8]) -> Option<String> {
+    let body = frame.get(5..)?;
+    let mut parts = body.split(|&b| b == 0);
+    let name = std::str::from_utf8(parts.next()?).ok()?;
+    let value = std::str::from_utf8(parts.next()?).ok()?;
+    let ok = match name {
+        "standard_conforming_strings" => value.eq_ignore_ascii_case("on"),
+        "client_encoding" => startup::client_encoding_is_readable(value),
+        _ => true,
+    };
+    (!ok).then(|| format!("the server reported {name} = {value}, which changes how statements are read"))
+}
+
 async fn sleep_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -891,14 +1020,60 @@ mod tests {
     }
 
     #[test]
-    fn injection_waits_for_a_frame_boundary() {
-        let mut outbox = ClientOutbox {
-            pending: BytesMut::new(),
-            written: 0,
-            inject: BytesMut::new(),
-            inject_at: None,
-            tracker: FrameTracker::default(),
+    fn lexing_settings_reported_by_the_server_are_checked() {
+        let status = |name: &str, value: &str| {
+            let mut b = BytesMut::new();
+            wire::parameter_status(&mut b, name, value);
+            lexing_problem(&b)
         };
+        assert_eq!(status("standard_conforming_strings", "on"), None);
+        assert!(status("standard_conforming_strings", "off").is_some());
+        assert_eq!(status("client_encoding", "UTF8"), None);
+        assert!(status("client_encoding", "SJIS").is_some());
+        assert!(status("client_encoding", "BIG5").is_some());
+        assert_eq!(status("TimeZone", "UTC"), None);
+        assert_eq!(status("application_name", "anything"), None);
+    }
+
+    #[test]
+    fn held_frames_wait_until_complete_and_can_be_replaced() {
+        let mut outbox = ClientOutbox::new();
+        let row = frame_bytes(b'D', &[1; 8]);
+        let err = frame_bytes(b'E', b"SERROR\0Mmarker\0\0");
+        let mut stream = row.clone();
+        stream.extend_from_slice(&err[..7]);
+        outbox.pending.extend_from_slice(&stream);
+        outbox.tracker.feed(&stream).unwrap();
+        // the DataRow may go, the partial ErrorResponse may not
+        assert_eq!(outbox.next_chunk().unwrap().0, &row[..]);
+        outbox.advance(row.len(), false);
+        assert!(outbox.next_chunk().is_none());
+        let rest = &err[7..];
+        outbox.pending.extend_from_slice(rest);
+        let mut done = Vec::new();
+        outbox
+            .tracker
+            .feed_with(rest, |t, s, e| done.push((t, s, e)))
+            .unwrap();
+        let (tag, s, e) = done[0];
+        assert_eq!(tag, b'E');
+        assert_eq!(outbox.frame_bytes(s, e), &err[..]);
+        let replacement = PgError::insufficient_privilege("denied").to_bytes();
+        outbox.replace_frame(s, e, &replacement);
+        assert_eq!(outbox.next_chunk().unwrap().0, &replacement[..]);
+        // a later frame is located correctly after the splice
+        let z = frame_bytes(b'Z', b"I");
+        outbox.pending.extend_from_slice(&z);
+        outbox.tracker.feed(&z).unwrap();
+        assert_eq!(
+            outbox.last_boundary(),
+            (row.len() + replacement.len() + z.len()) as u64
+        );
+    }
+
+    #[test]
+    fn injection_waits_for_a_frame_boundary() {
+        let mut outbox = ClientOutbox::new();
         let row = frame_bytes(b'D', &[7; 20]);
         // The first 10 bytes of a DataRow arrive and are written to the client.
         outbox.pending.extend_from_slice(&row[..10]);
@@ -934,13 +1109,7 @@ mod tests {
 
     #[test]
     fn injection_goes_before_unwritten_partial_frame() {
-        let mut outbox = ClientOutbox {
-            pending: BytesMut::new(),
-            written: 0,
-            inject: BytesMut::new(),
-            inject_at: None,
-            tracker: FrameTracker::default(),
-        };
+        let mut outbox = ClientOutbox::new();
         let a = frame_bytes(b'D', &[1; 8]);
         let b = frame_bytes(b'D', &[2; 8]);
         let mut stream = a.clone();

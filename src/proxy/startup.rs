@@ -228,6 +228,15 @@ const ALLOWED_SETTINGS: &[&str] = &[
     "standard_conforming_strings",
 ];
 
+/// Client encodings whose statement text timebox reads exactly as PostgreSQL does: UTF-8, and
+/// SQL_ASCII (no conversion; text that is not valid UTF-8 is then refused statement by statement).
+/// Multi-byte encodings such as SJIS or BIG5, where a trail byte can look like a quote or a
+/// backslash, are refused.
+pub fn client_encoding_is_readable(value: &str) -> bool {
+    let v = value.trim().to_ascii_lowercase().replace(['-', '_'], "");
+    matches!(v.as_str(), "utf8" | "unicode" | "sqlascii")
+}
+
 /// Checks one setting's value where the value matters for how the proxy reads SQL text.
 fn check_setting(name: &str, value: &str) -> Result<(), PgError> {
     let refused = |why: &str| {
@@ -237,8 +246,7 @@ fn check_setting(name: &str, value: &str) -> Result<(), PgError> {
     };
     match name {
         "client_encoding" => {
-            let v = value.trim().to_ascii_lowercase().replace(['-', '_'], "");
-            if v == "utf8" || v == "unicode" {
+            if client_encoding_is_readable(value) {
                 Ok(())
             } else {
                 refused("timebox reads statements as UTF-8")
@@ -435,7 +443,7 @@ mod tests {
             "42501",
             "GUC as a startup parameter"
         );
-        assert_eq!(code(&[("user", "a"), ("client_encoding", "SQL_ASCII")]), "42501");
+        assert_eq!(code(&[("user", "a"), ("client_encoding", "BIG5")]), "42501");
         assert_eq!(
             code(&[("user", "a"), ("options", "-c client_encoding=SJIS")]),
             "42501"
@@ -445,6 +453,7 @@ mod tests {
             "42501"
         );
         assert!(check_startup_params(&msg(&[("user", "a"), ("client_encoding", "utf-8")])).is_ok());
+        assert!(check_startup_params(&msg(&[("user", "a"), ("client_encoding", "SQL_ASCII")])).is_ok());
     }
 
     #[test]

@@ -378,6 +378,16 @@ pub enum TrackError {
 impl FrameTracker {
     /// Feeds the next chunk of the stream.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), TrackError> {
+        self.feed_with(chunk, |_, _, _| {})
+    }
+
+    /// Feeds the next chunk, calling `on_frame(tag, start, end)` (stream offsets) for every frame
+    /// that completes in it.
+    pub fn feed_with(
+        &mut self,
+        chunk: &[u8],
+        mut on_frame: impl FnMut(u8, u64, u64),
+    ) -> Result<(), TrackError> {
         let mut i = 0;
         while i < chunk.len() {
             if self.remaining > 0 {
@@ -388,6 +398,7 @@ impl FrameTracker {
                 i += take;
                 self.remaining -= take;
                 if self.remaining == 0 {
+                    on_frame(self.tag, self.frame_start, self.offset + i as u64);
                     self.finish_frame();
                 }
                 continue;
@@ -410,12 +421,27 @@ impl FrameTracker {
                 }
                 self.remaining = len as usize - 4;
                 if self.remaining == 0 {
+                    on_frame(self.tag, self.frame_start, self.offset + i as u64);
                     self.finish_frame();
                 }
             }
         }
         self.offset += chunk.len() as u64;
         Ok(())
+    }
+
+    /// True while the header of the next frame is only partly known.
+    pub fn in_header(&self) -> bool {
+        self.header_len > 0
+    }
+
+    /// The tag of the frame whose body is being read (0 at a boundary or inside a header).
+    pub fn current_tag(&self) -> u8 {
+        if self.remaining > 0 {
+            self.tag
+        } else {
+            0
+        }
     }
 
     fn finish_frame(&mut self) {
@@ -606,6 +632,34 @@ mod tests {
                 assert_eq!(t.unfinished_frame_start(), Some(8));
             }
         }
+    }
+
+    #[test]
+    fn tracker_reports_each_completed_frame_once_with_its_span() {
+        let stream = msgs(&[(b'T', b"abc"), (b'E', &[1; 40]), (b'Z', b"I")]);
+        for split in 0..stream.len() {
+            let mut t = FrameTracker::default();
+            let mut seen = Vec::new();
+            t.feed_with(&stream[..split], |tag, s, e| seen.push((tag, s, e)))
+                .unwrap();
+            t.feed_with(&stream[split..], |tag, s, e| seen.push((tag, s, e)))
+                .unwrap();
+            assert_eq!(
+                seen,
+                vec![(b'T', 0, 8), (b'E', 8, 53), (b'Z', 53, 59)],
+                "split at {split}"
+            );
+        }
+        let mut t = FrameTracker::default();
+        t.feed(&stream[..10]).unwrap();
+        assert!(t.in_header(), "inside the ErrorResponse header");
+        t.feed(&stream[10..15]).unwrap();
+        assert_eq!(t.current_tag(), b'E');
+        assert!(!t.in_header());
+        t.feed(&stream[15..]).unwrap();
+        t.feed(&[b'D', 0]).unwrap();
+        assert!(t.in_header());
+        assert_eq!(t.current_tag(), 0);
     }
 
     #[test]
