@@ -123,6 +123,8 @@ struct RawAudit {
     durability: Option<String>,
     jsonl: Option<PathBuf>,
     params: Option<String>,
+    jsonl_max_bytes: Option<i64>,
+    jsonl_keep: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +151,21 @@ struct RawRole {
     #[serde(default)]
     allow: Vec<String>,
     max_ttl: Option<String>,
+    #[serde(default)]
+    tables: RawTableRules,
+    require_where: Option<bool>,
+    statement_timeout: Option<String>,
+    allow_unparsed: Option<bool>,
+    #[serde(default)]
+    allow_functions: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawTableRules {
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -240,6 +257,10 @@ pub struct AuditConfig {
     pub durability: Durability,
     pub jsonl: Option<PathBuf>,
     pub params: ParamLogging,
+    /// The JSONL file is rotated (`x.jsonl` → `x.jsonl.1` …) before it would pass this size.
+    pub jsonl_max_bytes: u64,
+    /// Rotated JSONL files kept (`x.jsonl.1` … `x.jsonl.N`).
+    pub jsonl_keep: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,6 +294,23 @@ pub struct Role {
     pub name: String,
     pub allow: Vec<String>,
     pub max_ttl: Duration,
+    /// `tables = { allow = [...], deny = [...] }`: `schema.name` globs; deny wins.
+    pub tables: Option<TableRules>,
+    /// UPDATE/DELETE without WHERE are denied.
+    pub require_where: bool,
+    /// Cap applied upstream at session start; `SET statement_timeout` above it is denied.
+    pub statement_timeout: Option<Duration>,
+    /// Statements the parsers cannot agree on are let through (break-glass roles).
+    pub allow_unparsed: bool,
+    /// User-defined functions known to be safe (otherwise they count as write).
+    pub allow_functions: Vec<String>,
+}
+
+/// A role's table rules: `schema.name` glob patterns (`*`, `?`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableRules {
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -408,12 +446,54 @@ impl RawConfig {
                 }
                 Some(v) => p.duration(&format!("{path}.max_ttl"), Some(v), Duration::from_secs(3600)),
             };
+            let t = &raw.tables;
+            let tables = (!t.allow.is_empty() || !t.deny.is_empty()).then(|| {
+                for (key, list) in [("allow", &t.allow), ("deny", &t.deny)] {
+                    for (i, pattern) in list.iter().enumerate() {
+                        if let Err(e) = check_table_pattern(pattern) {
+                            p.push(format!("{path}.tables.{key}[{i}]"), e);
+                        }
+                    }
+                }
+                TableRules {
+                    allow: t.allow.clone(),
+                    deny: t.deny.clone(),
+                }
+            });
+            let statement_timeout = raw.statement_timeout.as_deref().map(|v| {
+                p.duration(
+                    &format!("{path}.statement_timeout"),
+                    Some(v),
+                    Duration::from_secs(30),
+                )
+            });
+            for (i, f) in raw.allow_functions.iter().enumerate() {
+                let ok = !f.is_empty()
+                    && f.split('.').count() <= 2
+                    && f.split('.').all(|part| {
+                        !part.is_empty()
+                            && part
+                                .chars()
+                                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')
+                    });
+                if !ok {
+                    p.push(
+                        format!("{path}.allow_functions[{i}]"),
+                        format!("{f:?} is not a function name like \"my_report\" or \"app.my_report\" (lower case)"),
+                    );
+                }
+            }
             roles.insert(
                 name.clone(),
                 Role {
                     name: name.clone(),
                     allow: raw.allow.clone(),
                     max_ttl,
+                    tables,
+                    require_where: raw.require_where.unwrap_or(false),
+                    statement_timeout,
+                    allow_unparsed: raw.allow_unparsed.unwrap_or(false),
+                    allow_functions: raw.allow_functions.clone(),
                 },
             );
         }
@@ -651,10 +731,19 @@ fn validate_audit(raw: Option<&RawAudit>, p: &mut Problems) -> AuditConfig {
             ("off", ParamLogging::Off),
         ],
     );
+    let jsonl_max_bytes = p.positive(
+        "audit.jsonl_max_bytes",
+        raw.and_then(|a| a.jsonl_max_bytes),
+        100 * 1024 * 1024,
+        i64::MAX as u64,
+    );
+    let jsonl_keep = p.positive("audit.jsonl_keep", raw.and_then(|a| a.jsonl_keep), 10, 10_000) as usize;
     AuditConfig {
         durability,
         jsonl: raw.and_then(|a| a.jsonl.clone()),
         params,
+        jsonl_max_bytes,
+        jsonl_keep,
     }
 }
 
@@ -719,6 +808,28 @@ fn parse_store_url(url: &str) -> Result<StoreConfig, String> {
     Err(format!(
         "{url:?} is not a supported store URL (sqlite://PATH or sqlite::memory:)"
     ))
+}
+
+/// A table rule is `schema.name`, each part made of lower-case identifier characters and the globs
+/// `*` and `?` (names are matched as PostgreSQL folds them).
+fn check_table_pattern(pattern: &str) -> Result<(), String> {
+    let Some((schema, name)) = pattern.split_once('.') else {
+        return Err(format!(
+            "{pattern:?} is not schema-qualified; write e.g. \"public.orders\" or \"public.*\""
+        ));
+    };
+    let part_ok = |part: &str| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '$' | '*' | '?'))
+    };
+    if !part_ok(schema) || !part_ok(name) {
+        return Err(format!(
+            "{pattern:?} must be schema.name with lower-case letters, digits, '_', '$' and the globs '*' and '?'"
+        ));
+    }
+    Ok(())
 }
 
 fn valid_name(name: &str) -> bool {
@@ -878,5 +989,42 @@ mod tests {
         let c = Config::from_toml_str(MINIMAL).unwrap();
         let dump = format!("{c:?}");
         assert!(!dump.contains("\"pw\""), "{dump}");
+    }
+
+    #[test]
+    fn role_policy_options_parse_and_bad_values_are_reported_with_their_path() {
+        let ok = MINIMAL.replace(
+            "max_ttl = \"8h\"",
+            "max_ttl = \"8h\"\nrequire_where = true\nstatement_timeout = \"30s\"\nallow_unparsed = false\n\
+             allow_functions = [\"report_totals\", \"app.safe_fn\"]\n\
+             tables = { allow = [\"public.*\"], deny = [\"public.secrets\"] }",
+        );
+        let c = Config::from_toml_str(&ok).unwrap();
+        let role = &c.roles["read"];
+        assert!(role.require_where && !role.allow_unparsed);
+        assert_eq!(role.statement_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(role.allow_functions, ["report_totals", "app.safe_fn"]);
+        let tables = role.tables.as_ref().unwrap();
+        assert_eq!(tables.allow, ["public.*"]);
+        assert_eq!(tables.deny, ["public.secrets"]);
+
+        let bad = MINIMAL.replace(
+            "max_ttl = \"8h\"",
+            "max_ttl = \"8h\"\nstatement_timeout = \"soon\"\nallow_functions = [\"Bad Name\"]\n\
+             tables = { allow = [\"orders\"], deny = [\"public.Secrets\"], alow = [] }",
+        );
+        let ConfigError::Invalid(problems) = Config::from_toml_str(&bad).unwrap_err() else {
+            panic!()
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "roles.read.statement_timeout",
+            "roles.read.allow_functions[0]",
+            "roles.read.tables.allow[0]",
+            "roles.read.tables.deny[0]",
+            "roles.read.tables.alow",
+        ] {
+            assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+        }
     }
 }

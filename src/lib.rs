@@ -18,6 +18,8 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod grants;
+pub mod metrics;
 pub mod pgcluster;
+pub mod policy;
 pub mod proxy;
 pub mod store;

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod cancel;
+pub mod intercept;
 pub mod scram;
 pub mod session;
 pub mod startup;
@@ -45,7 +46,12 @@ pub enum ProxyError {
     },
     #[error("task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
+
+/// Distinct statement texts whose classification is cached (shared by all sessions).
+const CLASSIFY_CACHE_ENTRIES: usize = 16_384;
 
 /// State shared by all proxy sessions.
 #[derive(Debug)]
@@ -57,6 +63,12 @@ pub struct ProxyState {
     pub cancel_keys: Arc<cancel::CancelKeys>,
     pub sessions: SessionRegistry,
     pub auth_throttle: auth::AuthThrottle,
+    /// Prometheus metrics of this instance.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Statement policy per role name.
+    pub policies: HashMap<String, Arc<crate::policy::RolePolicy>>,
+    /// Classifications by statement text, shared by all sessions.
+    pub classify_cache: Arc<crate::policy::ClassifyCache>,
     /// One permit per client connection (`proxy.max_connections`).
     connections: Arc<Semaphore>,
     /// Connection tasks, so shutdown can wait for them.
@@ -86,6 +98,13 @@ impl ProxyState {
             cancel_keys: Arc::new(cancel::CancelKeys::default()),
             sessions: SessionRegistry::default(),
             auth_throttle: auth::AuthThrottle::new(config.proxy.auth_failures_per_minute),
+            metrics: Arc::new(crate::metrics::Metrics::new()?),
+            policies: config
+                .roles
+                .iter()
+                .map(|(name, role)| (name.clone(), Arc::new(crate::policy::RolePolicy::from_role(role))))
+                .collect(),
+            classify_cache: Arc::new(crate::policy::ClassifyCache::new(CLASSIFY_CACHE_ENTRIES)),
             connections: Arc::new(Semaphore::new(config.proxy.max_connections)),
             tasks: TaskTracker::new(),
         })

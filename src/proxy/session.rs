@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, AuthError};
 use super::cancel::{CancelKeyGuard, UpstreamCancel};
+use super::intercept::{FrontendAction, Interceptor};
 use super::startup::{self, ClientParams, ClientTlsInfo, Startup, StartupError};
 use super::stream::{ClientStream, UpstreamStream};
 use super::upstream::{self, Upstream};
@@ -37,6 +38,7 @@ use super::SessionHandle;
 use crate::app::AppState;
 use crate::grants::watch::GrantWatch;
 use crate::grants::{Grant, GrantStatus};
+use crate::policy::{RolePolicy, StatementClass};
 
 /// Buffered bytes per direction before the relay stops reading from the sender (backpressure).
 const HIGH_WATER: usize = 256 * 1024;
@@ -199,6 +201,8 @@ struct Session {
     upstream_cancel: UpstreamCancel,
     /// Keeps the client-facing cancel key registered for the session's lifetime.
     _cancel_key: CancelKeyGuard,
+    /// Checks every statement against the grant's role before it is forwarded.
+    interceptor: Interceptor,
 }
 
 /// Authenticates the client and admits it under a current grant, watched from now on. `Ok(None)`
@@ -211,7 +215,9 @@ async fn authenticate(
     peer: SocketAddr,
 ) -> Result<Option<(Grant, GrantWatch)>, PgError> {
     let throttle = &state.proxy.auth_throttle;
+    let auth_failures = &state.proxy.metrics.auth_failures_total;
     if throttle.is_blocked(peer.ip(), std::time::Instant::now()) {
+        auth_failures.with_label_values(&["throttled"]).inc();
         tracing::warn!("authentication throttled");
         return Err(PgError::too_many_auth_failures());
     }
@@ -225,6 +231,13 @@ async fn authenticate(
             if counts_as_failure {
                 throttle.record_failure(peer.ip(), std::time::Instant::now());
             }
+            let label = match error.code {
+                "28P01" => "wrong_token",
+                "28000" => "grant_not_current",
+                "58000" => "store_unavailable",
+                _ => "protocol",
+            };
+            auth_failures.with_label_values(&[label]).inc();
             tracing::info!(%reason, code = error.code, "authentication failed");
             return Err(error);
         }
@@ -284,7 +297,15 @@ async fn open_session(
         )));
     };
 
-    let mut settings = params.settings.clone();
+    let Some(policy) = state.proxy.policies.get(&grant.role).cloned() else {
+        return Err(PgError::grant_not_current(&format!(
+            "grant {} names role \"{}\", which is no longer configured",
+            grant.id, grant.role
+        )));
+    };
+    let settings = upstream_settings(&policy, &params.settings)?;
+    let interceptor = Interceptor::new(policy, state.proxy.classify_cache.clone(), &grant.id, &grant.role);
+    let mut settings = settings;
     settings.push((
         "application_name".into(),
         tagged_application_name(&grant, params.application_name.as_deref()),
@@ -302,6 +323,23 @@ async fn open_session(
         Ok(u) => u,
         Err(e) => {
             tracing::warn!(error = %e, host = %target.host, port = target.port, "upstream connection failed");
+            let kind = match &e {
+                upstream::UpstreamError::Timeout(_) => "timeout",
+                upstream::UpstreamError::Connect(_) => "connect",
+                upstream::UpstreamError::TlsRefused
+                | upstream::UpstreamError::Tls(_)
+                | upstream::UpstreamError::ServerName(_) => "tls",
+                upstream::UpstreamError::Rejected { .. }
+                | upstream::UpstreamError::NoPassword
+                | upstream::UpstreamError::UnsupportedAuth(_) => "rejected",
+                upstream::UpstreamError::Protocol(_) | upstream::UpstreamError::Io(_) => "protocol",
+            };
+            state
+                .proxy
+                .metrics
+                .upstream_connect_errors_total
+                .with_label_values(&[&target.name, kind])
+                .inc();
             return Err(match &e {
                 upstream::UpstreamError::Rejected { code, .. } => {
                     PgError::upstream_rejected(&target.name, code)
@@ -367,7 +405,42 @@ async fn open_session(
         upstream: stream,
         upstream_cancel,
         _cancel_key: cancel_key,
+        interceptor,
     }))
+}
+
+/// The session settings sent upstream: the client's harmless ones, checked against the role, plus
+/// the role's own: its `statement_timeout` cap and, for roles that may not write,
+/// `default_transaction_read_only = on` as a second line of defence behind statement checks.
+pub fn upstream_settings(
+    policy: &RolePolicy,
+    client: &[(String, String)],
+) -> Result<Vec<(String, String)>, PgError> {
+    let mut settings = Vec::with_capacity(client.len() + 2);
+    for (name, value) in client {
+        if name == "statement_timeout" {
+            if let Some(cap) = policy.statement_timeout {
+                let asked = crate::policy::authorize::parse_pg_duration(value);
+                if asked.is_none_or(|d| d.is_zero() || d > cap) {
+                    return Err(PgError::insufficient_privilege(format!(
+                        "startup setting statement_timeout={value} exceeds role {}'s cap of {}",
+                        policy.name,
+                        humantime::format_duration(cap)
+                    )));
+                }
+            }
+        }
+        settings.push((name.clone(), value.clone()));
+    }
+    if let Some(cap) = policy.statement_timeout {
+        if !settings.iter().any(|(k, _)| k == "statement_timeout") {
+            settings.push(("statement_timeout".into(), format!("{}ms", cap.as_millis())));
+        }
+    }
+    if !policy.allows(StatementClass::Write) {
+        settings.push(("default_transaction_read_only".into(), "on".into()));
+    }
+    Ok(settings)
 }
 
 /// `timebox:<user>:<grant id>[:<client's application_name>]`, at most 63 bytes (PostgreSQL's limit).
@@ -504,7 +577,6 @@ impl ClientOutbox {
     }
 
     /// Replaces a complete, held frame (upstream offsets) with `replacement`.
-    #[allow(dead_code)] // used by statement enforcement (proxy::intercept), wired in next
     fn replace_frame(&mut self, start: u64, end: u64, replacement: &[u8]) {
         let from = (self.to_client(start) - self.written) as usize;
         let to = (self.to_client(end) - self.written) as usize;
@@ -548,6 +620,11 @@ struct Closing {
 impl Session {
     async fn run(mut self, mut client: ClientStream) {
         let started = Instant::now();
+        let metrics = self.state.proxy.metrics.clone();
+        let (target, role) = (self.grant.target.clone(), self.grant.role.clone());
+        let labels = [target.as_str(), role.as_str()];
+        metrics.sessions_total.with_label_values(&labels).inc();
+        metrics.sessions_active.with_label_values(&labels).inc();
         let reason = self.relay(&mut client).await;
         // Whatever happened, no upstream query may outlive the session.
         let mut terminate = BytesMut::new();
@@ -567,6 +644,8 @@ impl Session {
             "session ended"
         );
         self.state.proxy.sessions.remove(self.handle.id);
+        metrics.sessions_active.with_label_values(&labels).dec();
+        metrics.session_ends_total.with_label_values(&[reason.as_str()]).inc();
     }
 
     /// The relay loop; returns why it ended.
@@ -586,6 +665,12 @@ impl Session {
         // Extended-protocol messages sent since the last Sync.
         let mut unsynced = false;
         let mut ready_seen: u64 = 0;
+        // When each sync point still awaiting its ReadyForQuery was forwarded (duration metric).
+        let mut in_flight: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
+        let metrics = state.proxy.metrics.clone();
+        let statement_duration = metrics.statement_duration_seconds.with_label_values(&[&self.grant.target]);
+        let bytes_from_client = metrics.relayed_bytes_total.with_label_values(&["from_client"]);
+        let bytes_to_client = metrics.relayed_bytes_total.with_label_values(&["to_client"]);
         let mut closing: Option<Closing> = None;
         let mut shutdown_deadline: Option<Instant> = None;
         let shutdown = state.shutdown.clone();
@@ -680,7 +765,13 @@ impl Session {
                             }
                             Ok(n) => {
                                 self.handle.add_to_client(n as u64);
+                                bytes_to_client.inc_by(n as u64);
                                 for (tag, start, end) in held_frames.drain(..) {
+                                    if tag == b'E' && self.interceptor.is_marker_error(outbox.frame_bytes(start, end)) {
+                                        let denial = self.interceptor.take_denial();
+                                        outbox.replace_frame(start, end, &denial);
+                                        continue;
+                                    }
                                     if tag == b'S' {
                                         if let Some(problem) = lexing_problem(outbox.frame_bytes(start, end)) {
                                             if closing.is_none() {
@@ -695,6 +786,11 @@ impl Session {
                                     }
                                 }
                                 let now_ready = outbox.tracker.ready_count;
+                                for _ in ready_seen..now_ready {
+                                    if let Some(sent) = in_flight.pop_front() {
+                                        statement_duration.observe(sent.elapsed().as_secs_f64());
+                                    }
+                                }
                                 awaiting_ready = awaiting_ready.saturating_sub(now_ready - ready_seen);
                                 ready_seen = now_ready;
                                 outbox.place_injection();
@@ -741,28 +837,58 @@ impl Session {
                             }
                             Ok(n) => {
                                 self.handle.add_from_client(n as u64);
+                                bytes_from_client.inc_by(n as u64);
                                 loop {
                                     match wire::next_frontend_frame(&from_client, max_message) {
                                         Ok(Some((tag, len))) => {
-                                            match tag {
-                                                b'X' => {
-                                                    // Terminate: the session ends normally after what came before it.
-                                                    to_upstream.extend_from_slice(&from_client[..len]);
-                                                    let _ = self.upstream.write_all(&to_upstream).await;
-                                                    return EndReason::ClientExit;
-                                                }
-                                                b'Q' | b'F' => awaiting_ready += 1,
-                                                b'S' => {
-                                                    awaiting_ready += 1;
-                                                    unsynced = false;
-                                                }
-                                                b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => unsynced = true,
-                                                _ => {}
+                                            if tag == b'X' {
+                                                // Terminate: the session ends normally after what came before it.
+                                                to_upstream.extend_from_slice(&from_client[..len]);
+                                                let _ = self.upstream.write_all(&to_upstream).await;
+                                                return EndReason::ClientExit;
                                             }
-                                            if tag == b'Q' || tag == b'P' || tag == b'F' {
+                                            let mut checked = None;
+                                            let action = self.interceptor.on_frontend(tag, &from_client[..len], &mut checked);
+                                            if checked.is_some() {
                                                 self.handle.add_statement();
                                             }
-                                            to_upstream.extend_from_slice(&from_client[..len]);
+                                            // What actually goes upstream decides what it will answer.
+                                            let sent_tag = match &action {
+                                                FrontendAction::Forward => {
+                                                    to_upstream.extend_from_slice(&from_client[..len]);
+                                                    Some(tag)
+                                                }
+                                                FrontendAction::Replace(bytes) => {
+                                                    to_upstream.extend_from_slice(bytes);
+                                                    Some(bytes[0])
+                                                }
+                                                FrontendAction::Drop => None,
+                                            };
+                                            if let Some(c) = &checked {
+                                                let decision = if c.denied.is_some() { "deny" } else { "allow" };
+                                                state
+                                                    .proxy
+                                                    .metrics
+                                                    .statements_total
+                                                    .with_label_values(&[c.classification.class().as_str(), decision])
+                                                    .inc();
+                                                if let Some(reason) = &c.denied {
+                                                    tracing::info!(sql.len = c.sql.len(), %reason, "statement denied");
+                                                }
+                                            }
+                                            match sent_tag {
+                                                Some(b'Q' | b'F') => {
+                                                    awaiting_ready += 1;
+                                                    in_flight.push_back(Instant::now());
+                                                }
+                                                Some(b'S') => {
+                                                    awaiting_ready += 1;
+                                                    unsynced = false;
+                                                    in_flight.push_back(Instant::now());
+                                                }
+                                                Some(b'P' | b'B' | b'E' | b'D' | b'C' | b'H') => unsynced = true,
+                                                _ => {}
+                                            }
                                             from_client.advance(len);
                                         }
                                         Ok(None) => break,

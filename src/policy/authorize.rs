@@ -1,0 +1,437 @@
+//! Role + classified statement → [`Decision`]. Pure: the same inputs always give the same answer,
+//! so the relay can re-check at any time with the function that admitted a statement.
+//!
+//! Sits after [`super::classify()`] and before the relay, which only applies the decision. It must
+//! never allow what a rule denies: every rule is checked, the first denial is returned with a reason
+//! a person can act on at 3 a.m. (what was denied, why, and a hint).
+
+use std::fmt;
+use std::time::Duration;
+
+use super::classify::{
+    changes_lexing, Classification, Relation, SetValue, SettingChange, StatementClass, StatementInfo,
+};
+use super::functions::{self, SettingKind};
+use crate::config;
+
+/// What a grant's role may do, built from [`config::Role`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolePolicy {
+    pub name: String,
+    /// Classes the role allows (`read`, `write`, `ddl`, `admin`).
+    pub allow: Vec<StatementClass>,
+    pub tables: Option<config::TableRules>,
+    pub require_where: bool,
+    pub statement_timeout: Option<Duration>,
+    pub allow_unparsed: bool,
+    /// User-defined functions (and `operator X`) the role may call as reads.
+    pub allow_functions: Vec<String>,
+}
+
+impl RolePolicy {
+    pub fn from_role(role: &config::Role) -> RolePolicy {
+        RolePolicy {
+            name: role.name.clone(),
+            allow: role
+                .allow
+                .iter()
+                .filter_map(|c| StatementClass::from_name(c))
+                .collect(),
+            tables: role.tables.clone(),
+            require_where: role.require_where,
+            statement_timeout: role.statement_timeout,
+            allow_unparsed: role.allow_unparsed,
+            allow_functions: role.allow_functions.clone(),
+        }
+    }
+
+    /// A role allowing `classes` and nothing else special (tests, tools).
+    pub fn with_classes(name: &str, classes: &[StatementClass]) -> RolePolicy {
+        RolePolicy {
+            name: name.into(),
+            allow: classes.to_vec(),
+            tables: None,
+            require_where: false,
+            statement_timeout: None,
+            allow_unparsed: false,
+            allow_functions: Vec::new(),
+        }
+    }
+
+    pub fn allows(&self, class: StatementClass) -> bool {
+        match class {
+            StatementClass::Unparsed => self.allow_unparsed,
+            c => self.allow.contains(&c),
+        }
+    }
+
+    fn allowed_list(&self) -> String {
+        if self.allow.is_empty() {
+            "nothing".into()
+        } else {
+            self.allow
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    }
+
+    fn function_allowed(&self, name: &str) -> bool {
+        self.allow_functions.iter().any(|f| {
+            f == name
+                || f.strip_prefix("public.") == Some(name)
+                || name.strip_prefix("public.") == Some(f.as_str())
+        })
+    }
+}
+
+impl From<&config::Role> for RolePolicy {
+    fn from(role: &config::Role) -> Self {
+        RolePolicy::from_role(role)
+    }
+}
+
+/// The answer for a statement or a whole message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Deny {
+        /// What was denied and why.
+        reason: String,
+        /// What the person can do about it.
+        hint: String,
+    },
+}
+
+impl Decision {
+    pub fn is_allow(&self) -> bool {
+        matches!(self, Decision::Allow)
+    }
+
+    fn deny(reason: impl Into<String>, hint: impl Into<String>) -> Decision {
+        Decision::Deny {
+            reason: reason.into(),
+            hint: hint.into(),
+        }
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Decision::Allow => f.write_str("allowed"),
+            Decision::Deny { reason, hint } => write!(f, "denied: {reason} (hint: {hint})"),
+        }
+    }
+}
+
+/// Decides one statement.
+pub fn authorize(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
+    let kind = &stmt.kind;
+
+    // 1. Settings that change lexing: never, whatever the role.
+    if let Some(change) = stmt.sets.iter().find(|c| changes_lexing(c)) {
+        return Decision::deny(
+            format!(
+                "{} {} is never allowed through timebox: it changes how SQL text is lexed, so the proxy \
+                 could no longer see what the server runs",
+                change.via, change.name
+            ),
+            "leave it at its default (UTF8, standard_conforming_strings = on); no grant can change it",
+        );
+    }
+
+    // 2. Every class the statement needs, highest first, and user-defined functions.
+    for class in stmt.needs().into_iter().rev() {
+        if class == StatementClass::Unparsed || role.allows(class) {
+            continue;
+        }
+        let why = stmt.reason_for(class).unwrap_or("");
+        return Decision::deny(
+            format!(
+                "{kind} needs {class} access ({why}); role {} allows only {}",
+                role.name,
+                role.allowed_list()
+            ),
+            format!("request a grant with a role that allows {class}"),
+        );
+    }
+    if !role.allows(StatementClass::Write) {
+        if let Some(f) = stmt.unknown_functions.iter().find(|f| !role.function_allowed(f)) {
+            let (what, name) = match f.strip_prefix("operator ") {
+                Some(op) => ("operator", op.to_string()),
+                None => ("function", format!("{f}()")),
+            };
+            return Decision::deny(
+                format!(
+                    "{kind} calls {what} {name}, which is not a built-in known to be read-only \
+                     (user-defined functions and operators can change data, so they count as write); \
+                     role {} allows only {}",
+                    role.name,
+                    role.allowed_list()
+                ),
+                format!(
+                    "request a grant with a role that allows write, or ask an admin to add {f:?} to \
+                     roles.{}.allow_functions if it only reads",
+                    role.name
+                ),
+            );
+        }
+    }
+
+    // 3. Text the parsers could not agree on (after the class checks, whose reasons say more).
+    if let Some(why) = &stmt.unparsed {
+        if !role.allow_unparsed {
+            return Decision::deny(
+                format!("{kind} could not be verified: {why}"),
+                format!(
+                    "rewrite it in plain SQL that both parsers accept (check it with `timebox check`), or \
+                     request a grant with a break-glass role that has allow_unparsed (role {} does not)",
+                    role.name
+                ),
+            );
+        }
+    }
+
+    // 4. statement_timeout cap.
+    if let Some(cap) = role.statement_timeout {
+        for change in &stmt.sets {
+            if let Some(d) = timeout_violation(change, cap) {
+                return Decision::deny(d, format!("keep statement_timeout at or below {}", show(cap)));
+            }
+        }
+    }
+
+    // 5. Table rules.
+    if let Some(rules) = &role.tables {
+        // RESET search_path returns to the default, which is what the rules assume.
+        if let Some(change) = stmt
+            .sets
+            .iter()
+            .find(|c| c.name == "search_path" && c.value != SetValue::Default)
+        {
+            return Decision::deny(
+                format!(
+                    "{} search_path is not allowed for role {}: its table rules check unqualified \
+                     names as public.NAME, which holds only with the default search_path",
+                    change.via, role.name
+                ),
+                "schema-qualify table names (e.g. sales.orders) instead of changing search_path",
+            );
+        }
+        for rel in &stmt.relations {
+            if let Some(pattern) = matching(&rules.deny, rel) {
+                return Decision::deny(
+                    format!(
+                        "{kind} touches {rel}, which role {} may not use (tables.deny {pattern:?})",
+                        role.name
+                    ),
+                    "request a grant with a role whose table rules include it",
+                );
+            }
+            if !rules.allow.is_empty() && matching(&rules.allow, rel).is_none() {
+                return Decision::deny(
+                    format!(
+                        "{kind} touches {rel}, which is outside role {}'s tables.allow ({}){}",
+                        role.name,
+                        rules.allow.join(", "),
+                        if rel.schema.is_none() {
+                            " (unqualified names are checked as public.NAME)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    "request a grant with a role whose table rules include it",
+                );
+            }
+        }
+    }
+
+    // 6. UPDATE/DELETE without WHERE.
+    if role.require_where && stmt.has_where == Some(false) {
+        let targets: Vec<String> = stmt.unfiltered_targets.iter().map(|r| r.to_string()).collect();
+        return Decision::deny(
+            format!(
+                "UPDATE/DELETE of {} has no WHERE clause and would touch every row; role {} requires one \
+                 (require_where)",
+                targets.join(", "),
+                role.name
+            ),
+            "add a WHERE clause (WHERE true if you really mean every row)",
+        );
+    }
+
+    Decision::Allow
+}
+
+/// Decides a whole message: one denied statement denies all of it (nothing of it runs).
+pub fn authorize_all(role: &RolePolicy, classification: &Classification) -> Decision {
+    let n = classification.statements.len();
+    for (i, stmt) in classification.statements.iter().enumerate() {
+        if let Decision::Deny { reason, hint } = authorize(role, stmt) {
+            let reason = if n > 1 {
+                format!("statement {} of {n} denied, so none of them ran: {reason}", i + 1)
+            } else {
+                reason
+            };
+            return Decision::Deny { reason, hint };
+        }
+    }
+    Decision::Allow
+}
+
+fn show(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// Why a setting change breaks the role's statement_timeout cap, if it does.
+fn timeout_violation(change: &SettingChange, cap: Duration) -> Option<String> {
+    if change.name == "all" {
+        return Some(format!(
+            "{} would reset statement_timeout and lift this role's cap of {}",
+            change.via,
+            show(cap)
+        ));
+    }
+    if functions::setting_kind(&change.name) != SettingKind::StatementTimeout {
+        return None;
+    }
+    match &change.value {
+        SetValue::Default => Some(format!(
+            "{} statement_timeout would lift this role's cap of {}",
+            change.via,
+            show(cap)
+        )),
+        SetValue::NotLiteral => Some(format!(
+            "{} statement_timeout to a value that is not a literal cannot be checked against this role's cap of {}",
+            change.via,
+            show(cap)
+        )),
+        SetValue::Value(v) => match parse_pg_duration(v) {
+            None => Some(format!(
+                "{} statement_timeout = {v:?} is not a duration the proxy can check against the cap of {}",
+                change.via,
+                show(cap)
+            )),
+            Some(d) if d.is_zero() => Some(format!(
+                "{} statement_timeout = {v} disables the timeout; this role's cap is {}",
+                change.via,
+                show(cap)
+            )),
+            Some(d) if d > cap => Some(format!(
+                "{} statement_timeout = {v} is above this role's cap of {}",
+                change.via,
+                show(cap)
+            )),
+            Some(_) => None,
+        },
+    }
+}
+
+/// A PostgreSQL time setting (`5000`, `'5s'`, `1.5min`, `'100 ms'`); a bare number is milliseconds.
+pub fn parse_pg_duration(value: &str) -> Option<Duration> {
+    let v = value.trim().trim_matches('\'').trim();
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
+        .unwrap_or(v.len());
+    let (number, unit) = v.split_at(split);
+    let n: f64 = number.parse().ok()?;
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    let ms = match unit.trim() {
+        "" | "ms" => n,
+        "us" => n / 1000.0,
+        "s" => n * 1000.0,
+        "min" => n * 60_000.0,
+        "h" => n * 3_600_000.0,
+        "d" => n * 86_400_000.0,
+        _ => return None,
+    };
+    if ms > 1e15 {
+        return None;
+    }
+    // PostgreSQL rounds to whole milliseconds; a value that rounds to 0 disables the timeout.
+    Some(Duration::from_millis(ms.round() as u64))
+}
+
+/// The first pattern matching the relation, if any. An unqualified name is checked as `public.NAME`
+/// and, for `pg_*` names (which resolve to the catalog first), as `pg_catalog.NAME`.
+fn matching<'p>(patterns: &'p [String], rel: &Relation) -> Option<&'p str> {
+    let candidates: Vec<(&str, &str)> = match &rel.schema {
+        Some(schema) => vec![(schema.as_str(), rel.name.as_str())],
+        None if rel.name.starts_with("pg_") => {
+            vec![("public", rel.name.as_str()), ("pg_catalog", rel.name.as_str())]
+        }
+        None => vec![("public", rel.name.as_str())],
+    };
+    patterns.iter().map(String::as_str).find(|p| {
+        let (ps, pn) = p.split_once('.').unwrap_or(("public", p));
+        candidates.iter().any(|(s, n)| glob(ps, s) && glob(pn, n))
+    })
+}
+
+/// `*` matches any run of characters, `?` one character.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_like_a_shell() {
+        for (p, t, m) in [
+            ("*", "orders", true),
+            ("ord*", "orders", true),
+            ("o?ders", "orders", true),
+            ("secrets", "secrets", true),
+            ("secrets", "secrets2", false),
+            ("*_audit", "orders_audit", true),
+            ("*_audit", "orders", false),
+            ("", "", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+        ] {
+            assert_eq!(glob(p, t), m, "{p} vs {t}");
+        }
+    }
+
+    #[test]
+    fn pg_durations() {
+        assert_eq!(parse_pg_duration("5000"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_pg_duration("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_pg_duration("'2 min'"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_pg_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_pg_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_pg_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_pg_duration("soon"), None);
+        assert_eq!(parse_pg_duration("5 fortnights"), None);
+        assert_eq!(parse_pg_duration("-1"), None);
+    }
+}

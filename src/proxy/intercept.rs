@@ -1,0 +1,299 @@
+//! Statement enforcement inside the relay: every frontend message that carries SQL or runs a
+//! prepared statement is checked with the pure policy ([`crate::policy`]) before it is forwarded.
+//!
+//! How a denial reaches the client exactly as a failed statement would: the denied message is
+//! replaced by one that makes the *upstream* fail at the same point — a Query or Parse whose text is
+//! a per-session marker that does not parse. PostgreSQL then does everything a real failure does: the
+//! error comes in order with pipelined work, an open transaction becomes failed, the extended
+//! protocol skips to Sync, and ReadyForQuery carries the true transaction status. The relay swaps
+//! that one marked ErrorResponse (recognised by the session's random marker) for timebox's readable
+//! 42501 denial. The denied SQL itself never reaches the server.
+//!
+//! Tracks prepared statements (protocol-level Parse and SQL-level PREPARE share one namespace in
+//! PostgreSQL) so that Bind and EXECUTE run only statements that were checked; unknown names are
+//! denied (fail closed).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::wire::{PgError, Severity};
+use crate::policy::{self, Classification, ClassifyCache, Decision, RolePolicy, StatementClass};
+
+/// Prepared statements a session may hold before new named ones are refused.
+const MAX_PREPARED: usize = 10_000;
+
+/// What the relay does with one frontend message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FrontendAction {
+    Forward,
+    /// Send these bytes upstream instead (a denial marker).
+    Replace(BytesMut),
+    /// Send nothing (messages after a denial, up to Sync).
+    Drop,
+}
+
+/// One checked statement, for audit and metrics.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub sql: String,
+    pub classification: Arc<Classification>,
+    pub denied: Option<String>,
+}
+
+/// Per-session enforcement state.
+#[derive(Debug)]
+pub struct Interceptor {
+    policy: Arc<RolePolicy>,
+    grant_id: String,
+    role: String,
+    /// Unparseable statement text unique to this session; its syntax error marks a denial.
+    marker: String,
+    /// After an extended-protocol denial, drop everything up to Sync (PostgreSQL ignores it too).
+    skipping_until_sync: bool,
+    /// Prepared statement name → the class it was checked as (protocol and SQL level).
+    prepared: HashMap<String, StatementClass>,
+    /// Denials whose marker error has not come back from upstream yet, in order.
+    denials: VecDeque<PgError>,
+    /// Classification by exact statement text, shared by all sessions (classification is a pure
+    /// function of the text, so a hit is exactly a fresh parse).
+    cache: Arc<ClassifyCache>,
+}
+
+impl Interceptor {
+    pub fn new(policy: Arc<RolePolicy>, cache: Arc<ClassifyCache>, grant_id: &str, role: &str) -> Self {
+        let nonce: [u8; 12] = rand::random();
+        Interceptor {
+            policy,
+            grant_id: grant_id.to_owned(),
+            role: role.to_owned(),
+            marker: format!("timebox_denied_{}", hex::encode(nonce)),
+            skipping_until_sync: false,
+            prepared: HashMap::new(),
+            denials: VecDeque::new(),
+            cache,
+        }
+    }
+
+    /// True when `frame` (a whole backend ErrorResponse) is the upstream's answer to a denial marker.
+    pub fn is_marker_error(&self, frame: &[u8]) -> bool {
+        !self.denials.is_empty() && frame.windows(self.marker.len()).any(|w| w == self.marker.as_bytes())
+    }
+
+    /// The ErrorResponse to send in place of the next marker error.
+    pub fn take_denial(&mut self) -> BytesMut {
+        let error = self
+            .denials
+            .pop_front()
+            .unwrap_or_else(|| PgError::insufficient_privilege("timebox: statement denied"));
+        error.to_bytes()
+    }
+
+    fn classify(&self, sql: &str) -> Arc<Classification> {
+        self.cache.classify(sql)
+    }
+
+    fn denial(&self, reason: &str, hint: &str) -> PgError {
+        PgError {
+            severity: Severity::Error,
+            code: "42501",
+            message: format!("timebox: {reason}"),
+            detail: Some(format!("Grant {} (role {}).", self.grant_id, self.role)),
+            hint: (!hint.is_empty()).then(|| hint.to_owned()),
+        }
+    }
+
+    /// Checks SQL text against the role, including EXECUTE of prepared statements. Returns the
+    /// classification and the denial, if any. Updates the prepared-statement namespace when allowed.
+    pub fn check_sql(&mut self, sql: &str) -> (Arc<Classification>, Option<PgError>) {
+        let classification = self.classify(sql);
+        if let Decision::Deny { reason, hint } = policy::authorize_all(&self.policy, &classification) {
+            return (classification, Some(self.denial(&reason, &hint)));
+        }
+        // Statements whose effect depends on session state the classifier cannot see.
+        for stmt in &classification.statements {
+            if let Some(name) = &stmt.execute_name {
+                match self.prepared.get(name) {
+                    None => {
+                        let e = self.denial(
+                            &format!("EXECUTE of prepared statement \"{name}\", which timebox did not see prepared"),
+                            "Prepare the statement in this session through timebox first.",
+                        );
+                        return (classification, Some(e));
+                    }
+                    Some(class) if !self.policy.allows(*class) => {
+                        let e = self.denial(
+                            &format!(
+                                "EXECUTE of prepared statement \"{name}\", a {} statement, is not allowed for role {}",
+                                class.as_str(),
+                                self.role
+                            ),
+                            &format!("Request a grant whose role allows {} statements.", class.as_str()),
+                        );
+                        return (classification, Some(e));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        for stmt in &classification.statements {
+            if let Some(name) = &stmt.prepare_name {
+                if self.prepared.len() >= MAX_PREPARED && !self.prepared.contains_key(name) {
+                    return (
+                        classification.clone(),
+                        Some(self.denial(
+                            &format!("too many prepared statements in this session ({MAX_PREPARED})"),
+                            "DEALLOCATE statements you no longer need.",
+                        )),
+                    );
+                }
+                self.prepared.insert(name.clone(), stmt.class);
+            }
+            match &stmt.deallocate {
+                Some(policy::Deallocate::All) => self.prepared.clear(),
+                Some(policy::Deallocate::Name(name)) => {
+                    self.prepared.remove(name);
+                }
+                None => {}
+            }
+        }
+        (classification, None)
+    }
+
+    fn deny_with_query_marker(&mut self, error: PgError) -> FrontendAction {
+        self.denials.push_back(error);
+        let mut out = BytesMut::new();
+        postgres_protocol::message::frontend::query(&self.marker, &mut out).expect("marker has no NUL");
+        FrontendAction::Replace(out)
+    }
+
+    fn deny_with_parse_marker(&mut self, error: PgError) -> FrontendAction {
+        self.denials.push_back(error);
+        self.skipping_until_sync = true;
+        let mut out = BytesMut::new();
+        postgres_protocol::message::frontend::parse("", &self.marker, std::iter::empty(), &mut out)
+            .expect("marker has no NUL");
+        FrontendAction::Replace(out)
+    }
+
+    /// Decides what to do with one complete frontend message (`frame` includes tag and length).
+    /// `checked` receives the statement checked, if the message carried one.
+    pub fn on_frontend(&mut self, tag: u8, frame: &[u8], checked: &mut Option<Checked>) -> FrontendAction {
+        if self.skipping_until_sync {
+            if tag == b'S' {
+                self.skipping_until_sync = false;
+                return FrontendAction::Forward;
+            }
+            return FrontendAction::Drop;
+        }
+        let body = &frame[5..];
+        match tag {
+            b'Q' => {
+                let Some(sql) = cstr(body).and_then(|(s, _)| std::str::from_utf8(s).ok()) else {
+                    return self.deny_with_query_marker(self.denial(
+                        "the query text is not valid UTF-8",
+                        "timebox checks statements as UTF-8 text; use client_encoding UTF8.",
+                    ));
+                };
+                let (classification, denial) = self.check_sql(sql);
+                *checked = Some(Checked {
+                    sql: sql.to_owned(),
+                    classification,
+                    denied: denial.as_ref().map(|e| e.message.clone()),
+                });
+                match denial {
+                    None => FrontendAction::Forward,
+                    Some(e) => self.deny_with_query_marker(e),
+                }
+            }
+            b'P' => {
+                let parsed = cstr(body).and_then(|(name, rest)| {
+                    let (sql, _) = cstr(rest)?;
+                    Some((String::from_utf8(name.to_vec()).ok()?, std::str::from_utf8(sql).ok()?))
+                });
+                let Some((name, sql)) = parsed else {
+                    return self.deny_with_parse_marker(self.denial(
+                        "the statement text is not valid UTF-8",
+                        "timebox checks statements as UTF-8 text; use client_encoding UTF8.",
+                    ));
+                };
+                let (classification, mut denial) = self.check_sql(sql);
+                if denial.is_none() && classification.statements.len() > 1 {
+                    // PostgreSQL refuses these too; refusing here keeps the prepared namespace exact.
+                    denial = Some(self.denial(
+                        "a prepared statement must contain a single SQL statement",
+                        "Send one statement per Parse message.",
+                    ));
+                }
+                let class = classification.class();
+                *checked = Some(Checked {
+                    sql: sql.to_owned(),
+                    classification,
+                    denied: denial.as_ref().map(|e| e.message.clone()),
+                });
+                match denial {
+                    None => {
+                        if !name.is_empty() && self.prepared.len() >= MAX_PREPARED && !self.prepared.contains_key(&name) {
+                            let e = self.denial(
+                                &format!("too many prepared statements in this session ({MAX_PREPARED})"),
+                                "Close statements you no longer need.",
+                            );
+                            return self.deny_with_parse_marker(e);
+                        }
+                        self.prepared.insert(name, class);
+                        FrontendAction::Forward
+                    }
+                    Some(e) => {
+                        self.prepared.remove(&name);
+                        self.deny_with_parse_marker(e)
+                    }
+                }
+            }
+            b'B' => {
+                let statement = cstr(body).and_then(|(_portal, rest)| cstr(rest)).map(|(s, _)| s);
+                let known = statement
+                    .and_then(|s| std::str::from_utf8(s).ok())
+                    .and_then(|s| self.prepared.get(s).copied());
+                match known {
+                    Some(_) => FrontendAction::Forward,
+                    None => {
+                        let name = statement.map(|s| String::from_utf8_lossy(s).into_owned()).unwrap_or_default();
+                        let e = self.denial(
+                            &format!("Bind of prepared statement \"{name}\", which timebox did not check"),
+                            "Prepare the statement in this session through timebox first.",
+                        );
+                        self.deny_with_parse_marker(e)
+                    }
+                }
+            }
+            b'C' => {
+                // Close: 'S' statement or 'P' portal, then the name.
+                if body.first() == Some(&b'S') {
+                    if let Some((name, _)) = cstr(&body[1..]) {
+                        self.prepared.remove(&*String::from_utf8_lossy(name));
+                    }
+                }
+                FrontendAction::Forward
+            }
+            b'F' => {
+                if self.policy.allows(StatementClass::Admin) {
+                    FrontendAction::Forward
+                } else {
+                    let e = self.denial(
+                        "FunctionCall messages (the fast-path function interface) are not allowed for this role",
+                        "Call functions with SELECT instead; the fast path needs a grant with role admin.",
+                    );
+                    self.deny_with_query_marker(e)
+                }
+            }
+            _ => FrontendAction::Forward,
+        }
+    }
+}
+
+/// Splits a NUL-terminated string off the front of `b`.
+fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let nul = b.iter().position(|&c| c == 0)?;
+    Some((&b[..nul], &b[nul + 1..]))
+}

@@ -1,0 +1,309 @@
+//! Statement policy through the real proxy: simple and extended protocol, pipelining, transactions,
+//! prepared statements, COPY, FunctionCall — against a real PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{proxy_conn, psql, raw, Options};
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+async fn connect(conn: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(conn, NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+fn denial(e: &tokio_postgres::Error) -> String {
+    let db = e.as_db_error().unwrap_or_else(|| panic!("expected a database error, got {e:?}"));
+    assert_eq!(db.code().code(), "42501", "{db:?}");
+    db.message().to_owned()
+}
+
+async fn scalar(client: &tokio_postgres::Client, sql: &str) -> String {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap()
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_owned()),
+            _ => None,
+        })
+        .expect("a row")
+}
+
+/// A table private to one test, so parallel tests do not see each other's writes.
+async fn private_table() -> String {
+    let table = common::cluster::unique_name("notes");
+    let sql = format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, body text); INSERT INTO {table} VALUES (1, 'one'), (2, 'two'); \
+         GRANT SELECT ON {table} TO timebox_read; GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO timebox_write;"
+    );
+    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&sql)).await.unwrap();
+    table
+}
+
+async fn rows_in(table: &str) -> i64 {
+    let sql = format!("SELECT count(*) FROM {table}");
+    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&sql).trim().parse().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_grant_reads_but_cannot_write_in_the_simple_protocol() {
+    let inst = common::start(Options::default()).await;
+    let table = private_table().await;
+    let (grant, token) = inst.grant("alice", "read", "10m").await;
+    let client = connect(&inst.conn_string("alice", &token, "disable")).await;
+
+    assert_eq!(scalar(&client, &format!("SELECT count(*) FROM {table}")).await, "2");
+    assert_eq!(
+        scalar(&client, &format!("WITH t AS (SELECT * FROM {table}) SELECT max(id) FROM t")).await,
+        "2"
+    );
+
+    let err = client.simple_query(&format!("DELETE FROM {table}")).await.unwrap_err();
+    let msg = denial(&err);
+    assert!(msg.starts_with("timebox: "), "{msg}");
+    let db = err.as_db_error().unwrap();
+    assert!(db.detail().unwrap_or("").contains(&grant.id), "{db:?}");
+    assert!(db.hint().is_some(), "a hint for the engineer");
+
+    // a hidden second statement denies the whole message: nothing of it runs
+    let err = client
+        .simple_query(&format!("SELECT 1; DELETE FROM {table} WHERE id = 1"))
+        .await
+        .unwrap_err();
+    denial(&err);
+    // a data-modifying CTE
+    let err = client
+        .simple_query(&format!("WITH gone AS (DELETE FROM {table} RETURNING *) SELECT count(*) FROM gone"))
+        .await
+        .unwrap_err();
+    denial(&err);
+    assert_eq!(rows_in(&table).await, 2, "nothing was deleted");
+    // the session goes on
+    assert_eq!(scalar(&client, "SELECT 5").await, "5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denial_inside_a_transaction_fails_it_like_postgresql_would() {
+    let inst = common::start(Options::default()).await;
+    let table = private_table().await;
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let (mut sock, mut buf) = raw::login(inst.proxy_addr, "alice", &token).await;
+    let mut out = bytes::BytesMut::new();
+    for q in ["BEGIN", &format!("DELETE FROM {table}"), "SELECT 1", "ROLLBACK"] {
+        postgres_protocol::message::frontend::query(q, &mut out).unwrap();
+    }
+    sock.write_all(&out).await.unwrap();
+    // BEGIN → Z(T); DELETE → E(42501) Z(E); SELECT 1 → E(25P02) Z(E); ROLLBACK → Z(I)
+    let mut statuses = Vec::new();
+    let mut errors = Vec::new();
+    while statuses.len() < 4 {
+        match raw::read_message(&mut sock, &mut buf).await.expect("message") {
+            postgres_protocol::message::backend::Message::ReadyForQuery(b) => statuses.push(b.status()),
+            postgres_protocol::message::backend::Message::ErrorResponse(body) => {
+                use fallible_iterator::FallibleIterator;
+                let mut fields = body.fields();
+                while let Some(f) = fields.next().unwrap() {
+                    if f.type_() == b'C' {
+                        errors.push(String::from_utf8_lossy(f.value_bytes()).into_owned());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(statuses, vec![b'T', b'E', b'E', b'I']);
+    assert_eq!(errors, vec!["42501", "25P02"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_denials_keep_pipelined_responses_in_order() {
+    let inst = common::start(Options::default()).await;
+    let table = private_table().await;
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let client = connect(&inst.conn_string("alice", &token, "disable")).await;
+
+    // Parse of a write is refused at prepare time.
+    let err = client
+        .prepare(&format!("UPDATE {table} SET body = 'x' WHERE id = $1"))
+        .await
+        .unwrap_err();
+    denial(&err);
+
+    // A denial in the middle of a pipeline: the others succeed, in order.
+    let select = format!("SELECT body FROM {table} WHERE id = $1");
+    let delete = format!("DELETE FROM {table} WHERE id = $1");
+    let (a, b, c) = futures::join!(
+        client.query_one(&select, &[&1i32]),
+        client.execute(&delete, &[&1i32]),
+        client.query_one(&select, &[&2i32]),
+    );
+    assert_eq!(a.unwrap().get::<_, String>(0), "one");
+    denial(&b.unwrap_err());
+    assert_eq!(c.unwrap().get::<_, String>(0), "two");
+    assert_eq!(rows_in(&table).await, 2);
+
+    // Allowed prepared statements work repeatedly.
+    let stmt = client.prepare(&select).await.unwrap();
+    for id in [1i32, 2, 1] {
+        client.query_one(&stmt, &[&id]).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_level_prepare_execute_and_explain_analyze() {
+    let inst = common::start(Options::default()).await;
+    let table = private_table().await;
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let client = connect(&inst.conn_string("alice", &token, "disable")).await;
+
+    client.batch_execute(&format!("PREPARE r AS SELECT body FROM {table} WHERE id = $1")).await.unwrap();
+    assert_eq!(scalar(&client, "EXECUTE r(2)").await, "two");
+    denial(&client.batch_execute(&format!("PREPARE w AS DELETE FROM {table}")).await.unwrap_err());
+    denial(&client.batch_execute("EXECUTE w").await.unwrap_err());
+    denial(&client.batch_execute("EXECUTE never_prepared").await.unwrap_err());
+    denial(
+        &client
+            .batch_execute(&format!("EXPLAIN ANALYZE DELETE FROM {table}"))
+            .await
+            .unwrap_err(),
+    );
+    // EXPLAIN without ANALYZE only plans: timebox lets it through as a read...
+    client.batch_execute(&format!("EXPLAIN SELECT * FROM {table}")).await.unwrap();
+    // ...and for a DELETE the upstream read role itself refuses to plan it (defence in depth).
+    let err = client.batch_execute(&format!("EXPLAIN DELETE FROM {table}")).await.unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert!(db.message().starts_with("permission denied for table"), "{db:?}");
+    assert_eq!(rows_in(&table).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_grant_writes_but_cannot_do_ddl_and_needs_a_where() {
+    let inst = common::start(Options::default()).await;
+    let table = private_table().await;
+    let (_g, token) = inst.grant("bob", "write", "10m").await;
+    let client = connect(&inst.conn_string("bob", &token, "disable")).await;
+    client
+        .batch_execute(&format!("UPDATE {table} SET body = 'uno' WHERE id = 1"))
+        .await
+        .unwrap();
+    assert_eq!(scalar(&client, &format!("SELECT body FROM {table} WHERE id = 1")).await, "uno");
+    denial(&client.batch_execute(&format!("DROP TABLE {table}")).await.unwrap_err());
+    denial(&client.batch_execute(&format!("TRUNCATE {table}")).await.unwrap_err());
+    assert_eq!(rows_in(&table).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_from_is_a_write_copy_to_stdout_is_a_read() {
+    let inst = common::start(Options::default()).await;
+    let table = private_table().await;
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let client = connect(&inst.conn_string("alice", &token, "disable")).await;
+    let out = client.copy_out(&format!("COPY {table} TO STDOUT")).await.unwrap();
+    let chunks: Vec<_> = out.collect().await;
+    assert_eq!(chunks.len(), 2);
+    let err = client.copy_in::<_, bytes::Bytes>(&format!("COPY {table} FROM STDIN")).await.err().unwrap();
+    denial(&err);
+    denial(&client.batch_execute("COPY (SELECT 1) TO PROGRAM 'true'").await.unwrap_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_cannot_be_switched_off_and_is_enforced_upstream() {
+    let inst = common::start(Options::default()).await;
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let client = connect(&inst.conn_string("alice", &token, "disable")).await;
+    assert_eq!(scalar(&client, "SHOW default_transaction_read_only").await, "on");
+    for sql in [
+        "SET default_transaction_read_only = off",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+        "BEGIN READ WRITE",
+        "START TRANSACTION READ WRITE",
+        "RESET ALL",
+        "SELECT set_config('default_transaction_read_only', 'off', false)",
+        "SET ROLE postgres",
+        "SET standard_conforming_strings = off",
+    ] {
+        let err = client.batch_execute(sql).await.unwrap_err();
+        denial(&err);
+    }
+    assert_eq!(scalar(&client, "SHOW default_transaction_read_only").await, "on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_call_messages_are_denied_for_non_admin_roles() {
+    let inst = common::start(Options::default()).await;
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let (mut sock, mut buf) = raw::login(inst.proxy_addr, "alice", &token).await;
+    // FunctionCall 'F': oid of pg_backend_pid (2026), no args, result format text.
+    let mut f = bytes::BytesMut::new();
+    timebox::proxy::wire::frame(&mut f, b'F', |b| {
+        use bytes::BufMut;
+        b.put_i32(2026);
+        b.put_i16(0);
+        b.put_i16(0);
+        b.put_i16(0);
+    });
+    sock.write_all(&f).await.unwrap();
+    let (code, msg) = raw::next_error(&mut sock, &mut buf).await.expect("an error");
+    assert_eq!(code, "42501");
+    assert!(msg.contains("FunctionCall"), "{msg}");
+    // then ReadyForQuery, and the session goes on
+    let ready = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            if let Some(postgres_protocol::message::backend::Message::ReadyForQuery(_)) =
+                raw::read_message(&mut sock, &mut buf).await
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ready.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_sees_a_readable_denial_and_nothing_runs() {
+    let inst = common::start(Options::default()).await;
+    let table = private_table().await;
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let out = psql(
+        &proxy_conn(&inst, "alice", "sslmode=disable"),
+        &token,
+        &format!("SELECT 1; DELETE FROM {table}"),
+    )
+    .await;
+    assert!(!out.success);
+    assert!(out.stderr.contains("ERROR:  timebox:"), "{}", out.stderr);
+    assert!(out.stderr.contains("HINT:"), "{}", out.stderr);
+    assert_eq!(rows_in(&table).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_statements_never_reach_the_server() {
+    let inst = common::start(Options::default()).await;
+    let table = private_table().await;
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let client = connect(&inst.conn_string("alice", &token, "disable")).await;
+    let needle = common::cluster::unique_name("needle");
+    let _ = client
+        .simple_query(&format!("DELETE FROM {table} WHERE body = '{needle}'"))
+        .await
+        .unwrap_err();
+    client.simple_query(&format!("SELECT '{needle}_allowed'")).await.unwrap();
+    let log = tokio::task::spawn_blocking(|| std::fs::read_to_string(common::cluster::shared_cluster().log_path()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(log.contains(&format!("{needle}_allowed")), "the allowed statement is logged upstream");
+    assert!(
+        !log.contains(&format!("body = '{needle}'")),
+        "the denied statement must not reach the server"
+    );
+}
