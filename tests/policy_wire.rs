@@ -307,3 +307,48 @@ async fn denied_statements_never_reach_the_server() {
         "the denied statement must not reach the server"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_options_require_where_tables_and_statement_timeout_cap() {
+    let inst = common::start(Options::default()).await;
+    let table = private_table().await;
+    let secret = common::cluster::unique_name("secret_keys");
+    let setup = format!(
+        "CREATE TABLE {secret} (k text); GRANT SELECT, INSERT, UPDATE, DELETE ON {secret} TO timebox_write;"
+    );
+    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&setup)).await.unwrap();
+
+    // write role: require_where = true, tables deny public.secret*
+    let (_g, token) = inst.grant("bob", "write", "10m").await;
+    let writer = connect(&inst.conn_string("bob", &token, "disable")).await;
+    let msg = denial(&writer.batch_execute(&format!("DELETE FROM {table}")).await.unwrap_err());
+    assert!(msg.contains("WHERE"), "{msg}");
+    let msg = denial(&writer.batch_execute(&format!("UPDATE {table} SET body = 'x'")).await.unwrap_err());
+    assert!(msg.contains("WHERE"), "{msg}");
+    writer
+        .batch_execute(&format!("DELETE FROM {table} WHERE id = 2"))
+        .await
+        .unwrap();
+    assert_eq!(rows_in(&table).await, 1);
+    let msg = denial(&writer.batch_execute(&format!("SELECT * FROM {secret}")).await.unwrap_err());
+    assert!(msg.contains(&secret), "{msg}");
+    denial(&writer.batch_execute(&format!("SELECT * FROM public.{secret}")).await.unwrap_err());
+
+    // read role: statement_timeout = 30s applied upstream; raising it is denied, lowering is fine
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let reader = connect(&inst.conn_string("alice", &token, "disable")).await;
+    assert_eq!(scalar(&reader, "SHOW statement_timeout").await, "30s");
+    denial(&reader.batch_execute("SET statement_timeout = '1h'").await.unwrap_err());
+    denial(&reader.batch_execute("SET statement_timeout = 0").await.unwrap_err());
+    reader.batch_execute("SET statement_timeout = '5s'").await.unwrap();
+    assert_eq!(scalar(&reader, "SHOW statement_timeout").await, "5s");
+    // ... and a startup option above the cap is refused at login
+    let out = psql(
+        &proxy_conn(&inst, "alice", "sslmode=disable options='-c statement_timeout=2h'"),
+        &token,
+        "SELECT 1",
+    )
+    .await;
+    assert!(!out.success);
+    assert!(out.stderr.contains("exceeds role read's cap"), "{}", out.stderr);
+}

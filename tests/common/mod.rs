@@ -182,9 +182,12 @@ password = "{read_pw}"
 [roles.read]
 allow = ["read"]
 max_ttl = "8h"
+statement_timeout = "30s"
 [roles.write]
 allow = ["read", "write"]
 max_ttl = "2h"
+require_where = true
+tables = {{ deny = ["public.secret*"] }}
 [roles.admin]
 allow = ["read", "write", "ddl", "admin"]
 max_ttl = "1h"
