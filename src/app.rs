@@ -2,7 +2,8 @@
 //!
 //! `run` takes its config, already-bound listeners and a shutdown future as arguments, so tests start
 //! real instances on `127.0.0.1:0` in parallel in one process. Shutdown: stop accepting, tell every
-//! session (idle ones end at once, busy ones get `proxy.shutdown_grace`), then force.
+//! session (idle ones end at once, busy ones get `proxy.shutdown_grace`), then force; last, the audit
+//! writer flushes what is queued and stops.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::{AuditError, AuditLog, AuditOptions, AuditWriterHandle};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::grants::GrantService;
@@ -22,6 +24,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     #[error("admin listener failed: {0}")]
     Admin(#[source] std::io::Error),
 }
@@ -38,6 +42,10 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The proxy's bound address (known once `run` starts), for connection hints.
     pub proxy_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// The audit trail every session and grant change is recorded in.
+    pub audit: AuditLog,
+    /// The audit writer, taken and shut down by `run` once the proxy has drained.
+    pub audit_writer: std::sync::Mutex<Option<AuditWriterHandle>>,
 }
 
 impl AppState {
@@ -55,6 +63,10 @@ impl AppState {
         let config = Arc::new(config);
         let grants = GrantService::new(store, config.clone(), clock.clone());
         let proxy = ProxyState::new(&config)?;
+        let (audit, audit_writer) = AuditLog::open_with(AuditOptions {
+            clock: clock.clone(),
+            ..AuditOptions::from_config(&config.audit, &config.store)
+        })?;
         Ok(Arc::new(AppState {
             config,
             grants,
@@ -62,6 +74,8 @@ impl AppState {
             proxy,
             shutdown: CancellationToken::new(),
             proxy_addr: std::sync::OnceLock::new(),
+            audit,
+            audit_writer: std::sync::Mutex::new(Some(audit_writer)),
         }))
     }
 }
@@ -104,6 +118,14 @@ pub async fn run(
     state.shutdown.cancel();
     let proxy_result = proxy.await.map_err(|e| ProxyError::Task(e.to_string()))?;
     let admin_result = admin.await.map_err(|e| ProxyError::Task(e.to_string()))?;
+    let audit_writer = state
+        .audit_writer
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(writer) = audit_writer {
+        writer.shutdown().await;
+    }
     proxy_result?;
     admin_result.map_err(AppError::Admin)?;
     Ok(())

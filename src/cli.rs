@@ -6,6 +6,8 @@
 //! are separate so each is testable on its own. It must never take the admin token as a plain
 //! command-line value (it would show in `ps`): only from the environment or a file.
 
+pub mod audit;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -43,6 +43,8 @@ enum Command {
     Demo(timebox::demo::DemoArgs),
     /// Issue, list, show and revoke grants through a running instance's admin API.
     Grant(GrantArgs),
+    /// Search, follow and verify the audit trail (roles admin, auditor).
+    Audit(AuditArgs),
     /// Manage admin API tokens.
     AdminToken {
         #[command(subcommand)]
@@ -135,6 +137,118 @@ enum GrantCommand {
     },
 }
 
+#[derive(Debug, Args)]
+struct AuditArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(subcommand)]
+    command: AuditCommand,
+}
+
+/// Filters shared by `audit search` and `audit tail`.
+#[derive(Debug, Args)]
+struct AuditFilterArgs {
+    /// Only records of this PostgreSQL user.
+    #[arg(long)]
+    user: Option<String>,
+    /// Only records of this grant id.
+    #[arg(long)]
+    grant: Option<String>,
+    /// Only records on this target.
+    #[arg(long)]
+    target: Option<String>,
+    /// Only records of this session id.
+    #[arg(long)]
+    session: Option<String>,
+    /// Only statements of this class (read, write, ddl, admin, …).
+    #[arg(long)]
+    class: Option<String>,
+    /// Only statements with this decision.
+    #[arg(long, value_parser = PossibleValuesParser::new(["allow", "deny"]))]
+    decision: Option<String>,
+    /// Only records of this kind.
+    #[arg(long, value_parser = PossibleValuesParser::new(timebox::audit::event::KINDS))]
+    kind: Option<String>,
+    /// Only statements whose text contains this (case-insensitive).
+    #[arg(long)]
+    contains: Option<String>,
+}
+
+impl AuditFilterArgs {
+    fn search(&self) -> cli::audit::AuditSearch {
+        cli::audit::AuditSearch {
+            user: self.user.clone(),
+            grant: self.grant.clone(),
+            target: self.target.clone(),
+            session: self.session.clone(),
+            class: self.class.clone(),
+            decision: self.decision.clone(),
+            kind: self.kind.clone(),
+            contains: self.contains.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Search audit records, newest first.
+    Search {
+        #[command(flatten)]
+        filter: AuditFilterArgs,
+        /// Records at or after this time: RFC 3339 or a duration ago (e.g. 24h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Records before this time: RFC 3339 or a duration ago.
+        #[arg(long)]
+        until: Option<String>,
+        /// At most this many records (1..=1000).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Continue from a previous page's cursor.
+        #[arg(long)]
+        cursor: Option<u64>,
+        /// Print the API's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the latest records, oldest first; with --follow, keep printing new ones.
+    Tail {
+        #[command(flatten)]
+        filter: AuditFilterArgs,
+        /// How many of the latest records to show first.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        lines: usize,
+        /// Keep polling (every second) for new records until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+        /// One JSON record per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify the hash chain. Exit 0: intact; 1: a record does not match; 2: could not verify.
+    Verify {
+        /// Verify this audit database file directly (offline, read-only) instead of asking the API.
+        #[arg(long, value_name = "PATH")]
+        db: Option<PathBuf>,
+        /// Also require the record at SEQ to carry HASH (a head printed earlier by `audit head`).
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect_head: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the head of the chain (SEQ:HASH) to anchor it elsewhere.
+    Head {
+        /// Read this audit database file directly instead of asking the API.
+        #[arg(long, value_name = "PATH")]
+        db: Option<PathBuf>,
+        /// Print {"seq", "hash"} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 enum AdminTokenCommand {
     /// Make a new random admin token and print the config entry for it.
@@ -161,6 +275,7 @@ async fn main() -> ExitCode {
         Command::Serve { config } => serve(&config).await,
         Command::CheckConfig { config } => check_config(&config),
         Command::Grant(args) => report(grant(args).await),
+        Command::Audit(args) => audit(args).await,
         Command::Demo(args) => match timebox::demo::run(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -334,6 +449,186 @@ async fn grant(args: GrantArgs) -> Result<(), CliError> {
                 print!("{}", cli::render_revoked(&grant.body));
             }
         }
+    }
+    Ok(())
+}
+
+fn api_client(api: &ApiArgs) -> Result<AdminClient, CliError> {
+    let token = cli::resolve_token(
+        api.admin_token_file.as_deref(),
+        std::env::var(cli::ADMIN_TOKEN_ENV).ok(),
+    )?;
+    AdminClient::new(&api.admin_url, token)
+}
+
+/// `timebox audit …`. `verify` exits 1 when a record does not match and 2 when it could not check.
+async fn audit(args: AuditArgs) -> ExitCode {
+    use timebox::audit::{self, Head};
+    match args.command {
+        AuditCommand::Verify {
+            db,
+            expect_head,
+            json,
+        } => {
+            let anchors = match expect_head.as_deref().map(|t| (t, Head::parse(t))) {
+                None => Vec::new(),
+                Some((_, Some(head))) => vec![head],
+                Some((text, None)) => {
+                    eprintln!("error: --expect-head {text:?} is not SEQ:HASH (64 hex digits)");
+                    return ExitCode::from(2);
+                }
+            };
+            let report = match db {
+                Some(path) => {
+                    audit::verify_file(&path, &anchors).map_err(|e| format!("{}: {e}", path.display()))
+                }
+                None => match api_client(&args.api) {
+                    Ok(client) => client
+                        .audit_verify(anchors.first())
+                        .await
+                        .map(|r| r.body)
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            match report {
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+                Ok(report) => {
+                    if json {
+                        print!(
+                            "{}",
+                            cli::render_json(&serde_json::to_value(&report).unwrap_or_default())
+                        );
+                    } else {
+                        print!("{}", cli::audit::render_verify_report(&report));
+                    }
+                    if report.ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+            }
+        }
+        AuditCommand::Head { db: Some(path), json } => match audit::head_of_file(&path) {
+            Ok(head) => {
+                print_head(&head, json);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        },
+        command => report(audit_api(&args.api, command).await),
+    }
+}
+
+fn print_head(head: &timebox::audit::Head, json: bool) {
+    if json {
+        print!(
+            "{}",
+            cli::render_json(&serde_json::to_value(head).unwrap_or_default())
+        );
+    } else {
+        print!("{}", cli::audit::render_head(head));
+    }
+}
+
+/// The audit commands answered by the admin API.
+async fn audit_api(api: &ApiArgs, command: AuditCommand) -> Result<(), CliError> {
+    let client = api_client(api)?;
+    match command {
+        AuditCommand::Search {
+            filter,
+            since,
+            until,
+            limit,
+            cursor,
+            json,
+        } => {
+            let now = Utc::now();
+            let time = |flag: &str, v: Option<String>| {
+                v.map(|s| {
+                    cli::audit::parse_time_arg(&s, now)
+                        .map_err(|e| CliError::InvalidArgument(format!("{flag}: {e}")))
+                })
+                .transpose()
+            };
+            let search = cli::audit::AuditSearch {
+                since: time("--since", since)?,
+                until: time("--until", until)?,
+                limit: Some(limit),
+                cursor,
+                ..filter.search()
+            };
+            let page = client.audit_search(&search).await?;
+            if json {
+                print!("{}", cli::render_json(&page.raw));
+            } else {
+                print!("{}", cli::audit::render_audit_table(&page.body.events));
+                if let Some(next) = page.body.next_cursor {
+                    println!("more: --cursor {next}");
+                }
+            }
+        }
+        AuditCommand::Tail {
+            filter,
+            lines,
+            follow,
+            json,
+        } => {
+            let print = |records: &[timebox::audit::AuditRecord], first: bool| {
+                if json {
+                    for r in records {
+                        println!("{}", serde_json::to_string(r).unwrap_or_default());
+                    }
+                } else if first {
+                    print!("{}", cli::audit::render_audit_table(records));
+                } else {
+                    print!("{}", cli::audit::render_audit_lines(records));
+                }
+            };
+            let latest = cli::audit::AuditSearch {
+                limit: Some(lines.clamp(1, 1000)),
+                ..filter.search()
+            };
+            let mut records = client.audit_search(&latest).await?.body.events;
+            records.reverse();
+            let mut last = records.last().map(|r| r.seq).unwrap_or(0);
+            print(&records, true);
+            if follow {
+                loop {
+                    use std::io::Write as _;
+                    let _ = std::io::stdout().flush();
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                        _ = tokio::signal::ctrl_c() => break,
+                    }
+                    loop {
+                        let newer = cli::audit::AuditSearch {
+                            order: Some("asc".into()),
+                            cursor: Some(last),
+                            limit: Some(1000),
+                            ..filter.search()
+                        };
+                        let page = client.audit_search(&newer).await?.body;
+                        if let Some(r) = page.events.last() {
+                            last = r.seq;
+                        }
+                        print(&page.events, false);
+                        if page.next_cursor.is_none() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        AuditCommand::Verify { .. } => unreachable!("verify is handled by `audit`"),
+        AuditCommand::Head { json, .. } => print_head(&client.audit_head().await?.body, json),
     }
     Ok(())
 }

@@ -64,8 +64,8 @@ impl Metrics {
             }};
         }
         let latency_buckets = vec![
-            0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            10.0, 30.0, 60.0,
+            0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            5.0, 10.0, 30.0, 60.0,
         ];
         Ok(Metrics {
             sessions_active: reg!(IntGaugeVec::new(
@@ -81,11 +81,17 @@ impl Metrics {
                 &["reason"]
             )?),
             auth_failures_total: reg!(IntCounterVec::new(
-                Opts::new("timebox_auth_failures_total", "Failed client authentications, by reason"),
+                Opts::new(
+                    "timebox_auth_failures_total",
+                    "Failed client authentications, by reason"
+                ),
                 &["reason"]
             )?),
             statements_total: reg!(IntCounterVec::new(
-                Opts::new("timebox_statements_total", "Statements checked, by class and decision"),
+                Opts::new(
+                    "timebox_statements_total",
+                    "Statements checked, by class and decision"
+                ),
                 &["class", "decision"]
             )?),
             statement_duration_seconds: reg!(HistogramVec::new(
@@ -104,7 +110,10 @@ impl Metrics {
                 Opts::new("timebox_upstream_connect_errors_total", "Failed upstream logins"),
                 &["target", "kind"]
             )?),
-            grants: reg!(IntGaugeVec::new(Opts::new("timebox_grants", "Grants by state"), &["state"])?),
+            grants: reg!(IntGaugeVec::new(
+                Opts::new("timebox_grants", "Grants by state"),
+                &["state"]
+            )?),
             requests_pending: reg!(IntGauge::new(
                 "timebox_requests_pending",
                 "Access requests waiting for review"
@@ -113,7 +122,10 @@ impl Metrics {
                 "timebox_break_glass_grants_active",
                 "Active break-glass grants"
             )?),
-            audit_queue_depth: reg!(IntGauge::new("timebox_audit_queue_depth", "Events waiting in the audit queue")?),
+            audit_queue_depth: reg!(IntGauge::new(
+                "timebox_audit_queue_depth",
+                "Events waiting in the audit queue"
+            )?),
             audit_write_seconds: reg!(Histogram::with_opts(
                 HistogramOpts::new(
                     "timebox_audit_write_seconds",
@@ -126,7 +138,10 @@ impl Metrics {
                 "Audit submissions refused (each denied a statement)"
             )?),
             webhook_failures_total: reg!(IntCounterVec::new(
-                Opts::new("timebox_webhook_failures_total", "Webhook deliveries that failed after all retries"),
+                Opts::new(
+                    "timebox_webhook_failures_total",
+                    "Webhook deliveries that failed after all retries"
+                ),
                 &["event"]
             )?),
             registry,
@@ -152,10 +167,18 @@ mod tests {
         let m = Metrics::new().unwrap();
         m.sessions_total.with_label_values(&["shop", "read"]).inc();
         m.statements_total.with_label_values(&["write", "deny"]).inc_by(2);
-        m.statement_duration_seconds.with_label_values(&["shop"]).observe(0.003);
+        m.statement_duration_seconds
+            .with_label_values(&["shop"])
+            .observe(0.003);
         let text = m.render().unwrap();
-        assert!(text.contains("timebox_sessions_total{role=\"read\",target=\"shop\"} 1"), "{text}");
-        assert!(text.contains("timebox_statements_total{class=\"write\",decision=\"deny\"} 2"), "{text}");
+        assert!(
+            text.contains("timebox_sessions_total{role=\"read\",target=\"shop\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("timebox_statements_total{class=\"write\",decision=\"deny\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("timebox_statement_duration_seconds_bucket{target=\"shop\",le=\"0.005\"} 1"));
         assert!(text.contains("# TYPE timebox_audit_queue_depth gauge"));
     }

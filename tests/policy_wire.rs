@@ -17,7 +17,9 @@ async fn connect(conn: &str) -> tokio_postgres::Client {
 }
 
 fn denial(e: &tokio_postgres::Error) -> String {
-    let db = e.as_db_error().unwrap_or_else(|| panic!("expected a database error, got {e:?}"));
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected a database error, got {e:?}"));
     assert_eq!(db.code().code(), "42501", "{db:?}");
     db.message().to_owned()
 }
@@ -42,7 +44,9 @@ async fn private_table() -> String {
         "CREATE TABLE {table} (id int PRIMARY KEY, body text); INSERT INTO {table} VALUES (1, 'one'), (2, 'two'); \
          GRANT SELECT ON {table} TO timebox_read; GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO timebox_write;"
     );
-    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&sql)).await.unwrap();
+    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&sql))
+        .await
+        .unwrap();
     table
 }
 
@@ -60,13 +64,23 @@ async fn read_grant_reads_but_cannot_write_in_the_simple_protocol() {
     let (grant, token) = inst.grant("alice", "read", "10m").await;
     let client = connect(&inst.conn_string("alice", &token, "disable")).await;
 
-    assert_eq!(scalar(&client, &format!("SELECT count(*) FROM {table}")).await, "2");
     assert_eq!(
-        scalar(&client, &format!("WITH t AS (SELECT * FROM {table}) SELECT max(id) FROM t")).await,
+        scalar(&client, &format!("SELECT count(*) FROM {table}")).await,
+        "2"
+    );
+    assert_eq!(
+        scalar(
+            &client,
+            &format!("WITH t AS (SELECT * FROM {table}) SELECT max(id) FROM t")
+        )
+        .await,
         "2"
     );
 
-    let err = client.simple_query(&format!("DELETE FROM {table}")).await.unwrap_err();
+    let err = client
+        .simple_query(&format!("DELETE FROM {table}"))
+        .await
+        .unwrap_err();
     let msg = denial(&err);
     assert!(msg.starts_with("timebox: "), "{msg}");
     let db = err.as_db_error().unwrap();
@@ -81,7 +95,9 @@ async fn read_grant_reads_but_cannot_write_in_the_simple_protocol() {
     denial(&err);
     // a data-modifying CTE
     let err = client
-        .simple_query(&format!("WITH gone AS (DELETE FROM {table} RETURNING *) SELECT count(*) FROM gone"))
+        .simple_query(&format!(
+            "WITH gone AS (DELETE FROM {table} RETURNING *) SELECT count(*) FROM gone"
+        ))
         .await
         .unwrap_err();
     denial(&err);
@@ -164,9 +180,17 @@ async fn sql_level_prepare_execute_and_explain_analyze() {
     let (_g, token) = inst.grant("alice", "read", "10m").await;
     let client = connect(&inst.conn_string("alice", &token, "disable")).await;
 
-    client.batch_execute(&format!("PREPARE r AS SELECT body FROM {table} WHERE id = $1")).await.unwrap();
+    client
+        .batch_execute(&format!("PREPARE r AS SELECT body FROM {table} WHERE id = $1"))
+        .await
+        .unwrap();
     assert_eq!(scalar(&client, "EXECUTE r(2)").await, "two");
-    denial(&client.batch_execute(&format!("PREPARE w AS DELETE FROM {table}")).await.unwrap_err());
+    denial(
+        &client
+            .batch_execute(&format!("PREPARE w AS DELETE FROM {table}"))
+            .await
+            .unwrap_err(),
+    );
     denial(&client.batch_execute("EXECUTE w").await.unwrap_err());
     denial(&client.batch_execute("EXECUTE never_prepared").await.unwrap_err());
     denial(
@@ -176,9 +200,15 @@ async fn sql_level_prepare_execute_and_explain_analyze() {
             .unwrap_err(),
     );
     // EXPLAIN without ANALYZE only plans: timebox lets it through as a read...
-    client.batch_execute(&format!("EXPLAIN SELECT * FROM {table}")).await.unwrap();
+    client
+        .batch_execute(&format!("EXPLAIN SELECT * FROM {table}"))
+        .await
+        .unwrap();
     // ...and for a DELETE the upstream read role itself refuses to plan it (defence in depth).
-    let err = client.batch_execute(&format!("EXPLAIN DELETE FROM {table}")).await.unwrap_err();
+    let err = client
+        .batch_execute(&format!("EXPLAIN DELETE FROM {table}"))
+        .await
+        .unwrap_err();
     let db = err.as_db_error().unwrap();
     assert!(db.message().starts_with("permission denied for table"), "{db:?}");
     assert_eq!(rows_in(&table).await, 2);
@@ -194,9 +224,22 @@ async fn write_grant_writes_but_cannot_do_ddl_and_needs_a_where() {
         .batch_execute(&format!("UPDATE {table} SET body = 'uno' WHERE id = 1"))
         .await
         .unwrap();
-    assert_eq!(scalar(&client, &format!("SELECT body FROM {table} WHERE id = 1")).await, "uno");
-    denial(&client.batch_execute(&format!("DROP TABLE {table}")).await.unwrap_err());
-    denial(&client.batch_execute(&format!("TRUNCATE {table}")).await.unwrap_err());
+    assert_eq!(
+        scalar(&client, &format!("SELECT body FROM {table} WHERE id = 1")).await,
+        "uno"
+    );
+    denial(
+        &client
+            .batch_execute(&format!("DROP TABLE {table}"))
+            .await
+            .unwrap_err(),
+    );
+    denial(
+        &client
+            .batch_execute(&format!("TRUNCATE {table}"))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(rows_in(&table).await, 2);
 }
 
@@ -209,9 +252,18 @@ async fn copy_from_is_a_write_copy_to_stdout_is_a_read() {
     let out = client.copy_out(&format!("COPY {table} TO STDOUT")).await.unwrap();
     let chunks: Vec<_> = out.collect().await;
     assert_eq!(chunks.len(), 2);
-    let err = client.copy_in::<_, bytes::Bytes>(&format!("COPY {table} FROM STDIN")).await.err().unwrap();
+    let err = client
+        .copy_in::<_, bytes::Bytes>(&format!("COPY {table} FROM STDIN"))
+        .await
+        .err()
+        .unwrap();
     denial(&err);
-    denial(&client.batch_execute("COPY (SELECT 1) TO PROGRAM 'true'").await.unwrap_err());
+    denial(
+        &client
+            .batch_execute("COPY (SELECT 1) TO PROGRAM 'true'")
+            .await
+            .unwrap_err(),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,12 +348,19 @@ async fn denied_statements_never_reach_the_server() {
         .simple_query(&format!("DELETE FROM {table} WHERE body = '{needle}'"))
         .await
         .unwrap_err();
-    client.simple_query(&format!("SELECT '{needle}_allowed'")).await.unwrap();
-    let log = tokio::task::spawn_blocking(|| std::fs::read_to_string(common::cluster::shared_cluster().log_path()))
+    client
+        .simple_query(&format!("SELECT '{needle}_allowed'"))
         .await
-        .unwrap()
         .unwrap();
-    assert!(log.contains(&format!("{needle}_allowed")), "the allowed statement is logged upstream");
+    let log =
+        tokio::task::spawn_blocking(|| std::fs::read_to_string(common::cluster::shared_cluster().log_path()))
+            .await
+            .unwrap()
+            .unwrap();
+    assert!(
+        log.contains(&format!("{needle}_allowed")),
+        "the allowed statement is logged upstream"
+    );
     assert!(
         !log.contains(&format!("body = '{needle}'")),
         "the denied statement must not reach the server"
@@ -316,35 +375,74 @@ async fn role_options_require_where_tables_and_statement_timeout_cap() {
     let setup = format!(
         "CREATE TABLE {secret} (k text); GRANT SELECT, INSERT, UPDATE, DELETE ON {secret} TO timebox_write;"
     );
-    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&setup)).await.unwrap();
+    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&setup))
+        .await
+        .unwrap();
 
     // write role: require_where = true, tables deny public.secret*
     let (_g, token) = inst.grant("bob", "write", "10m").await;
     let writer = connect(&inst.conn_string("bob", &token, "disable")).await;
-    let msg = denial(&writer.batch_execute(&format!("DELETE FROM {table}")).await.unwrap_err());
+    let msg = denial(
+        &writer
+            .batch_execute(&format!("DELETE FROM {table}"))
+            .await
+            .unwrap_err(),
+    );
     assert!(msg.contains("WHERE"), "{msg}");
-    let msg = denial(&writer.batch_execute(&format!("UPDATE {table} SET body = 'x'")).await.unwrap_err());
+    let msg = denial(
+        &writer
+            .batch_execute(&format!("UPDATE {table} SET body = 'x'"))
+            .await
+            .unwrap_err(),
+    );
     assert!(msg.contains("WHERE"), "{msg}");
     writer
         .batch_execute(&format!("DELETE FROM {table} WHERE id = 2"))
         .await
         .unwrap();
     assert_eq!(rows_in(&table).await, 1);
-    let msg = denial(&writer.batch_execute(&format!("SELECT * FROM {secret}")).await.unwrap_err());
+    let msg = denial(
+        &writer
+            .batch_execute(&format!("SELECT * FROM {secret}"))
+            .await
+            .unwrap_err(),
+    );
     assert!(msg.contains(&secret), "{msg}");
-    denial(&writer.batch_execute(&format!("SELECT * FROM public.{secret}")).await.unwrap_err());
+    denial(
+        &writer
+            .batch_execute(&format!("SELECT * FROM public.{secret}"))
+            .await
+            .unwrap_err(),
+    );
 
     // read role: statement_timeout = 30s applied upstream; raising it is denied, lowering is fine
     let (_g, token) = inst.grant("alice", "read", "10m").await;
     let reader = connect(&inst.conn_string("alice", &token, "disable")).await;
     assert_eq!(scalar(&reader, "SHOW statement_timeout").await, "30s");
-    denial(&reader.batch_execute("SET statement_timeout = '1h'").await.unwrap_err());
-    denial(&reader.batch_execute("SET statement_timeout = 0").await.unwrap_err());
-    reader.batch_execute("SET statement_timeout = '5s'").await.unwrap();
+    denial(
+        &reader
+            .batch_execute("SET statement_timeout = '1h'")
+            .await
+            .unwrap_err(),
+    );
+    denial(
+        &reader
+            .batch_execute("SET statement_timeout = 0")
+            .await
+            .unwrap_err(),
+    );
+    reader
+        .batch_execute("SET statement_timeout = '5s'")
+        .await
+        .unwrap();
     assert_eq!(scalar(&reader, "SHOW statement_timeout").await, "5s");
     // ... and a startup option above the cap is refused at login
     let out = psql(
-        &proxy_conn(&inst, "alice", "sslmode=disable options='-c statement_timeout=2h'"),
+        &proxy_conn(
+            &inst,
+            "alice",
+            "sslmode=disable options='-c statement_timeout=2h'",
+        ),
         &token,
         "SELECT 1",
     )

@@ -982,17 +982,27 @@ async fn sessions_fail_closed_when_the_server_reports_non_standard_lexing() {
         "CREATE FUNCTION {function}() RETURNS text LANGUAGE sql \
          AS $f$ SELECT set_config('standard_conforming_strings', 'off', false) $f$"
     );
-    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&create)).await.unwrap();
+    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&create))
+        .await
+        .unwrap();
     let (_g, token) = inst.grant("bob", "write", "10m").await;
-    let (client, _n) = connect(&inst.conn_string("bob", &token, "disable")).await.unwrap();
+    let (client, _n) = connect(&inst.conn_string("bob", &token, "disable"))
+        .await
+        .unwrap();
     let direct = client
         .simple_query("SELECT set_config('standard_conforming_strings', 'off', false)")
         .await
         .unwrap_err();
     assert_eq!(db_error(&direct).0, "42501", "refused by statement policy");
-    let err = client.simple_query(&format!("SELECT {function}()")).await.unwrap_err();
+    let err = client
+        .simple_query(&format!("SELECT {function}()"))
+        .await
+        .unwrap_err();
     let (code, msg) = db_error(&err);
     assert_eq!(code, "57P01");
     assert!(msg.contains("standard_conforming_strings = off"), "{msg}");
-    assert!(client.simple_query("SELECT 1").await.is_err(), "session must be closed");
+    assert!(
+        client.simple_query("SELECT 1").await.is_err(),
+        "session must be closed"
+    );
 }

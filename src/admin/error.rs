@@ -9,6 +9,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::audit::AuditError;
 use crate::grants::GrantError;
 use crate::store::StoreError;
 
@@ -44,6 +45,13 @@ pub enum ApiError {
     /// The grant store failed; the cause is logged, never sent.
     #[error("the grant store is unavailable")]
     StoreUnavailable(#[source] StoreError),
+    /// The audit log refused or failed; the cause is logged, the message says what did happen.
+    #[error("{message}")]
+    AuditUnavailable {
+        message: String,
+        #[source]
+        source: AuditError,
+    },
 }
 
 /// The JSON body of every error response.
@@ -69,7 +77,9 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StoreUnavailable(_) | ApiError::AuditUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -87,6 +97,7 @@ impl ApiError {
             ApiError::Conflict { .. } => "conflict",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::StoreUnavailable(_) => "store_unavailable",
+            ApiError::AuditUnavailable { .. } => "audit_unavailable",
         }
     }
 
@@ -118,6 +129,20 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<AuditError> for ApiError {
+    fn from(source: AuditError) -> Self {
+        match source {
+            AuditError::InvalidFilter { field, message } => {
+                ApiError::BadRequest(format!("{field}: {message}"))
+            }
+            source => ApiError::AuditUnavailable {
+                message: "the audit log is unavailable".into(),
+                source,
+            },
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         ApiError::Json(r)
@@ -141,6 +166,9 @@ impl IntoResponse for ApiError {
         let status = self.status();
         if let ApiError::StoreUnavailable(cause) = &self {
             tracing::error!(error = %cause, "admin API: grant store unavailable");
+        }
+        if let ApiError::AuditUnavailable { source, .. } = &self {
+            tracing::error!(error = %source, "admin API: audit log unavailable");
         }
         let field = match &self {
             ApiError::Invalid { field, .. } => Some(*field),

@@ -22,6 +22,7 @@ use super::auth::{Principal, ADMIN, APPROVER, READ_ROLES};
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::app::AppState;
+use crate::audit::{AuditEvent, GrantIssued, GrantRevoked};
 use crate::config::{ClientTls, Config};
 use crate::grants::{Grant, GrantStatus, NewGrant};
 use crate::store::GrantFilter;
@@ -144,6 +145,18 @@ async fn issue(
     let (grant, token) = state.grants.issue(req.into(), &principal.name).await?;
     tracing::info!(principal = %principal.name, grant.id = %grant.id, user = %grant.user,
         target = %grant.target, role = %grant.role, "admin API: grant issued");
+    // Fail closed: without its audit record the grant's token is never shown, so it cannot be used.
+    let event = AuditEvent::GrantIssued(GrantIssued::from(&grant));
+    if let Err(source) = state.audit.record(vec![event]).await {
+        return Err(ApiError::AuditUnavailable {
+            message: format!(
+                "grant {} was issued but its audit record could not be written, so its token is withheld; \
+                 revoke it once the audit log is healthy",
+                grant.id
+            ),
+            source,
+        });
+    }
     let connect = connect_info(
         &state.config,
         state.proxy_addr.get().copied(),
@@ -215,6 +228,18 @@ async fn revoke(
     }
     let grant = state.grants.revoke(&id, &principal.name, reason).await?;
     tracing::info!(principal = %principal.name, grant.id = %grant.id, "admin API: grant revoked");
+    if let Some(event) = GrantRevoked::from_grant(&grant) {
+        if let Err(source) = state.audit.record(vec![AuditEvent::GrantRevoked(event)]).await {
+            return Err(ApiError::AuditUnavailable {
+                message: format!(
+                    "grant {} was revoked (its sessions are being closed) but its audit record could not be \
+                     written",
+                    grant.id
+                ),
+                source,
+            });
+        }
+    }
     Ok(Json(GrantView::at(grant, state.clock.now())))
 }
 

@@ -1,4 +1,4 @@
-//! Admin HTTP API (axum): `/healthz` and `/v1/grants`.
+//! Admin HTTP API (axum): `/healthz`, `/v1/grants` and `/v1/audit` ([`audit`]).
 //!
 //! Where it sits: beside the proxy, on its own listener ([`crate::app::run`]). Engineers and the
 //! `timebox grant …` CLI call it to issue, list, show and revoke grants; it drives the same
@@ -10,6 +10,7 @@
 //! return or log a grant token except the one-time copy in the issue response, nor leak store
 //! internals.
 
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod extract;
@@ -33,6 +34,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .merge(grants::routes())
+        .merge(audit::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -34,12 +34,23 @@ pub enum FrontendAction {
     Drop,
 }
 
-/// One checked statement, for audit and metrics.
+/// One checked statement (a Query or Parse message, or a Bind executing a prepared statement), for
+/// audit and metrics.
 #[derive(Debug, Clone)]
 pub struct Checked {
-    pub sql: String,
+    pub sql: Arc<str>,
     pub classification: Arc<Classification>,
     pub denied: Option<String>,
+    /// Bind parameters (text, or `\x…` hex for binary ones; `None` for NULL).
+    pub params: Option<Vec<Option<String>>>,
+}
+
+/// A prepared statement as checked: its class and text.
+#[derive(Debug, Clone)]
+struct Prepared {
+    class: StatementClass,
+    sql: Arc<str>,
+    classification: Arc<Classification>,
 }
 
 /// Per-session enforcement state.
@@ -52,8 +63,8 @@ pub struct Interceptor {
     marker: String,
     /// After an extended-protocol denial, drop everything up to Sync (PostgreSQL ignores it too).
     skipping_until_sync: bool,
-    /// Prepared statement name → the class it was checked as (protocol and SQL level).
-    prepared: HashMap<String, StatementClass>,
+    /// Prepared statement name → what it was checked as (protocol and SQL level).
+    prepared: HashMap<String, Prepared>,
     /// Denials whose marker error has not come back from upstream yet, in order.
     denials: VecDeque<PgError>,
     /// Classification by exact statement text, shared by all sessions (classification is a pure
@@ -78,7 +89,10 @@ impl Interceptor {
 
     /// True when `frame` (a whole backend ErrorResponse) is the upstream's answer to a denial marker.
     pub fn is_marker_error(&self, frame: &[u8]) -> bool {
-        !self.denials.is_empty() && frame.windows(self.marker.len()).any(|w| w == self.marker.as_bytes())
+        !self.denials.is_empty()
+            && frame
+                .windows(self.marker.len())
+                .any(|w| w == self.marker.as_bytes())
     }
 
     /// The ErrorResponse to send in place of the next marker error.
@@ -114,7 +128,7 @@ impl Interceptor {
         // Statements whose effect depends on session state the classifier cannot see.
         for stmt in &classification.statements {
             if let Some(name) = &stmt.execute_name {
-                match self.prepared.get(name) {
+                match self.prepared.get(name).map(|p| p.class) {
                     None => {
                         let e = self.denial(
                             &format!("EXECUTE of prepared statement \"{name}\", which timebox did not see prepared"),
@@ -122,7 +136,7 @@ impl Interceptor {
                         );
                         return (classification, Some(e));
                     }
-                    Some(class) if !self.policy.allows(*class) => {
+                    Some(class) if !self.policy.allows(class) => {
                         let e = self.denial(
                             &format!(
                                 "EXECUTE of prepared statement \"{name}\", a {} statement, is not allowed for role {}",
@@ -148,7 +162,15 @@ impl Interceptor {
                         )),
                     );
                 }
-                self.prepared.insert(name.clone(), stmt.class);
+                let text: Arc<str> = Arc::from(sql);
+                self.prepared.insert(
+                    name.clone(),
+                    Prepared {
+                        class: stmt.class,
+                        sql: text,
+                        classification: classification.clone(),
+                    },
+                );
             }
             match &stmt.deallocate {
                 Some(policy::Deallocate::All) => self.prepared.clear(),
@@ -198,9 +220,10 @@ impl Interceptor {
                 };
                 let (classification, denial) = self.check_sql(sql);
                 *checked = Some(Checked {
-                    sql: sql.to_owned(),
+                    sql: Arc::from(sql),
                     classification,
                     denied: denial.as_ref().map(|e| e.message.clone()),
+                    params: None,
                 });
                 match denial {
                     None => FrontendAction::Forward,
@@ -210,7 +233,10 @@ impl Interceptor {
             b'P' => {
                 let parsed = cstr(body).and_then(|(name, rest)| {
                     let (sql, _) = cstr(rest)?;
-                    Some((String::from_utf8(name.to_vec()).ok()?, std::str::from_utf8(sql).ok()?))
+                    Some((
+                        String::from_utf8(name.to_vec()).ok()?,
+                        std::str::from_utf8(sql).ok()?,
+                    ))
                 });
                 let Some((name, sql)) = parsed else {
                     return self.deny_with_parse_marker(self.denial(
@@ -227,21 +253,33 @@ impl Interceptor {
                     ));
                 }
                 let class = classification.class();
+                let sql: Arc<str> = Arc::from(sql);
                 *checked = Some(Checked {
-                    sql: sql.to_owned(),
-                    classification,
+                    sql: sql.clone(),
+                    classification: classification.clone(),
                     denied: denial.as_ref().map(|e| e.message.clone()),
+                    params: None,
                 });
                 match denial {
                     None => {
-                        if !name.is_empty() && self.prepared.len() >= MAX_PREPARED && !self.prepared.contains_key(&name) {
+                        if !name.is_empty()
+                            && self.prepared.len() >= MAX_PREPARED
+                            && !self.prepared.contains_key(&name)
+                        {
                             let e = self.denial(
                                 &format!("too many prepared statements in this session ({MAX_PREPARED})"),
                                 "Close statements you no longer need.",
                             );
                             return self.deny_with_parse_marker(e);
                         }
-                        self.prepared.insert(name, class);
+                        self.prepared.insert(
+                            name,
+                            Prepared {
+                                class,
+                                sql,
+                                classification,
+                            },
+                        );
                         FrontendAction::Forward
                     }
                     Some(e) => {
@@ -251,14 +289,25 @@ impl Interceptor {
                 }
             }
             b'B' => {
-                let statement = cstr(body).and_then(|(_portal, rest)| cstr(rest)).map(|(s, _)| s);
+                let statement = cstr(body).and_then(|(_portal, rest)| cstr(rest));
                 let known = statement
-                    .and_then(|s| std::str::from_utf8(s).ok())
-                    .and_then(|s| self.prepared.get(s).copied());
+                    .and_then(|(s, _)| std::str::from_utf8(s).ok())
+                    .and_then(|s| self.prepared.get(s).cloned());
                 match known {
-                    Some(_) => FrontendAction::Forward,
+                    Some(p) => {
+                        // Each Bind is one execution of a checked statement: audit it with its parameters.
+                        *checked = Some(Checked {
+                            sql: p.sql,
+                            classification: p.classification,
+                            denied: None,
+                            params: statement.and_then(|(_, rest)| bind_params(rest)),
+                        });
+                        FrontendAction::Forward
+                    }
                     None => {
-                        let name = statement.map(|s| String::from_utf8_lossy(s).into_owned()).unwrap_or_default();
+                        let name = statement
+                            .map(|(s, _)| String::from_utf8_lossy(s).into_owned())
+                            .unwrap_or_default();
                         let e = self.denial(
                             &format!("Bind of prepared statement \"{name}\", which timebox did not check"),
                             "Prepare the statement in this session through timebox first.",
@@ -290,6 +339,47 @@ impl Interceptor {
             _ => FrontendAction::Forward,
         }
     }
+}
+
+/// The parameter values of a Bind message body (after the portal and statement names): text
+/// parameters as text, binary ones as `\x…` hex, NULL as `None`. `None` if malformed.
+fn bind_params(rest: &[u8]) -> Option<Vec<Option<String>>> {
+    let mut r = rest;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        if r.len() < n {
+            return None;
+        }
+        let (head, tail) = r.split_at(n);
+        r = tail;
+        Some(head)
+    };
+    let i16_at = |b: &[u8]| i16::from_be_bytes([b[0], b[1]]);
+    let nformats = i16_at(take(2)?).max(0) as usize;
+    let mut formats = Vec::with_capacity(nformats);
+    for _ in 0..nformats {
+        formats.push(i16_at(take(2)?));
+    }
+    let nparams = i16_at(take(2)?).max(0) as usize;
+    let mut params = Vec::with_capacity(nparams);
+    for i in 0..nparams {
+        let len = i32::from_be_bytes(take(4)?.try_into().ok()?);
+        if len < 0 {
+            params.push(None);
+            continue;
+        }
+        let value = take(len as usize)?;
+        let binary = match formats.len() {
+            0 => false,
+            1 => formats[0] == 1,
+            _ => formats.get(i).copied() == Some(1),
+        };
+        params.push(Some(if binary {
+            format!("\\x{}", hex::encode(value))
+        } else {
+            String::from_utf8_lossy(value).into_owned()
+        }));
+    }
+    Some(params)
 }
 
 /// Splits a NUL-terminated string off the front of `b`.

@@ -155,7 +155,6 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener) -> Result<(), Pr
 #[derive(Debug, Default)]
 pub struct SessionRegistry {
     sessions: DashMap<u64, Arc<SessionHandle>>,
-    next_id: AtomicU64,
 }
 
 impl SessionRegistry {
@@ -165,7 +164,13 @@ impl SessionRegistry {
         client_addr: SocketAddr,
         tls_version: Option<String>,
     ) -> Arc<SessionHandle> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        // Random, so session ids in the audit trail never repeat across restarts.
+        let id = loop {
+            let id: u64 = rand::random();
+            if id != 0 && !self.sessions.contains_key(&id) {
+                break id;
+            }
+        };
         let handle = Arc::new(SessionHandle {
             id,
             user: grant.user.clone(),
@@ -187,6 +192,12 @@ impl SessionRegistry {
 
     pub fn remove(&self, id: u64) {
         self.sessions.remove(&id);
+    }
+
+    /// Looks a session up by its [`SessionHandle::name`].
+    pub fn by_name(&self, name: &str) -> Option<Arc<SessionHandle>> {
+        let id = u64::from_str_radix(name.strip_prefix("s_")?, 16).ok()?;
+        self.get(id)
     }
 
     pub fn get(&self, id: u64) -> Option<Arc<SessionHandle>> {
@@ -236,6 +247,11 @@ pub struct SessionStats {
 }
 
 impl SessionHandle {
+    /// The session id as shown in logs, the audit trail and the API (`s_` + 16 hex digits).
+    pub fn name(&self) -> String {
+        format!("s_{:016x}", self.id)
+    }
+
     pub(crate) fn add_from_client(&self, n: u64) {
         self.bytes_from_client.fetch_add(n, Ordering::Relaxed);
     }

@@ -12,6 +12,7 @@
 //! session cancels the running upstream query first, then tells the client why (FATAL 57P01) and
 //! closes both sides. It must never leave a query running upstream after the client is gone.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -29,13 +30,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, AuthError};
 use super::cancel::{CancelKeyGuard, UpstreamCancel};
-use super::intercept::{FrontendAction, Interceptor};
+use super::intercept::{Checked, FrontendAction, Interceptor};
 use super::startup::{self, ClientParams, ClientTlsInfo, Startup, StartupError};
 use super::stream::{ClientStream, UpstreamStream};
 use super::upstream::{self, Upstream};
 use super::wire::{self, FrameTracker, PgError};
 use super::SessionHandle;
 use crate::app::AppState;
+use crate::audit::event::{self as audit_event, AuditEvent};
+use crate::audit::{AuditAck, AuditError};
 use crate::grants::watch::GrantWatch;
 use crate::grants::{Grant, GrantStatus};
 use crate::policy::{RolePolicy, StatementClass};
@@ -57,6 +60,8 @@ pub enum EndReason {
     UpstreamError,
     ClientError,
     Shutdown,
+    /// The audit log refused or failed to record statements (fail closed).
+    AuditUnavailable,
 }
 
 impl EndReason {
@@ -69,6 +74,7 @@ impl EndReason {
             EndReason::UpstreamError => "upstream_error",
             EndReason::ClientError => "client_error",
             EndReason::Shutdown => "shutdown",
+            EndReason::AuditUnavailable => "audit_unavailable",
         }
     }
 }
@@ -203,6 +209,8 @@ struct Session {
     _cancel_key: CancelKeyGuard,
     /// Checks every statement against the grant's role before it is forwarded.
     interceptor: Interceptor,
+    /// Statements audited so far in this session (their `statement_id`s).
+    statement_seq: u64,
 }
 
 /// Authenticates the client and admits it under a current grant, watched from now on. `Ok(None)`
@@ -239,6 +247,16 @@ async fn authenticate(
             };
             auth_failures.with_label_values(&[label]).inc();
             tracing::info!(%reason, code = error.code, "authentication failed");
+            let event = AuditEvent::AuthFailure(audit_event::AuthFailure {
+                client_addr: peer.to_string(),
+                reason: reason.clone(),
+                target: params.target.clone(),
+                user: params.user.clone(),
+            });
+            if let Err(e) = state.audit.submit(vec![event]) {
+                state.proxy.metrics.audit_failures_total.inc();
+                tracing::error!(error = %e, "cannot record an authentication failure in the audit log");
+            }
             return Err(error);
         }
         Err(AuthError::ClientLeft) => {
@@ -377,6 +395,22 @@ async fn open_session(
         .proxy
         .sessions
         .register(&grant, peer, tls.map(|t| t.version.clone()));
+    let start = AuditEvent::SessionStart(audit_event::SessionStart {
+        application_name: params.application_name.clone(),
+        client_addr: peer.to_string(),
+        grant_id: grant.id.clone(),
+        role: grant.role.clone(),
+        session_id: handle.name(),
+        target: grant.target.clone(),
+        tls_version: tls.map(|t| t.version.clone()),
+        user: grant.user.clone(),
+    });
+    if let Err(e) = state.audit.record(vec![start]).await {
+        state.proxy.sessions.remove(handle.id);
+        state.proxy.metrics.audit_failures_total.inc();
+        tracing::error!(error = %e, "cannot record the session start in the audit log");
+        return Err(audit_refusal(&e));
+    }
 
     let mut out = BytesMut::with_capacity(512);
     wire::authentication_ok(&mut out);
@@ -406,6 +440,7 @@ async fn open_session(
         upstream_cancel,
         _cancel_key: cancel_key,
         interceptor,
+        statement_seq: 0,
     }))
 }
 
@@ -488,10 +523,10 @@ struct ClientOutbox {
     tracker: FrameTracker,
 }
 
-/// Frames the relay inspects before forwarding: ErrorResponse (denial markers) and ParameterStatus
-/// (settings that change how SQL is lexed).
+/// Frames the relay inspects before forwarding: ErrorResponse (denial markers, outcome SQLSTATE),
+/// ParameterStatus (settings that change how SQL is lexed) and CommandComplete (outcome tags).
 fn held_tag(tag: u8) -> bool {
-    tag == b'E' || tag == b'S'
+    tag == b'E' || tag == b'S' || tag == b'C'
 }
 
 impl ClientOutbox {
@@ -636,6 +671,25 @@ impl Session {
         .await;
         let _ = tokio::time::timeout(Duration::from_millis(500), client.shutdown()).await;
         let stats = self.handle.stats();
+        let end = AuditEvent::SessionEnd(audit_event::SessionEnd {
+            bytes_from_client: stats.bytes_from_client,
+            bytes_to_client: stats.bytes_to_client,
+            duration_us: started.elapsed().as_micros() as u64,
+            grant_id: self.grant.id.clone(),
+            reason: reason.as_str().to_owned(),
+            session_id: self.handle.name(),
+            statements: stats.statements,
+            target: self.grant.target.clone(),
+            user: self.grant.user.clone(),
+        });
+        match tokio::time::timeout(Duration::from_secs(5), self.state.audit.record(vec![end])).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                metrics.audit_failures_total.inc();
+                tracing::error!(error = %e, "cannot record the session end in the audit log");
+            }
+            Err(_) => tracing::error!("timed out recording the session end in the audit log"),
+        }
         tracing::info!(
             reason = reason.as_str(),
             duration_ms = started.elapsed().as_millis() as u64,
@@ -645,7 +699,10 @@ impl Session {
         );
         self.state.proxy.sessions.remove(self.handle.id);
         metrics.sessions_active.with_label_values(&labels).dec();
-        metrics.session_ends_total.with_label_values(&[reason.as_str()]).inc();
+        metrics
+            .session_ends_total
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 
     /// The relay loop; returns why it ended.
@@ -665,10 +722,26 @@ impl Session {
         // Extended-protocol messages sent since the last Sync.
         let mut unsynced = false;
         let mut ready_seen: u64 = 0;
-        // When each sync point still awaiting its ReadyForQuery was forwarded (duration metric).
-        let mut in_flight: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
+        // Each sync point forwarded and not yet answered by ReadyForQuery: when it was sent and the
+        // audited statements whose outcome it completes.
+        let mut in_flight: VecDeque<(Instant, Vec<u64>)> = VecDeque::new();
+        // Statements checked since the last sync point (their outcome comes with the next one).
+        let mut since_sync: Vec<u64> = Vec::new();
+        // Outcome of the sync point in progress: command tags and the error, if any.
+        let mut outcome_tags: Vec<String> = Vec::new();
+        let mut outcome_error: Option<String> = None;
+        let audit = state.audit.clone();
+        // fsync/write durability: statements are forwarded only once their records are durable.
+        let wait_for_audit = audit.durability() != crate::config::Durability::Async;
+        // Frames of the last client read, waiting for their audit acknowledgement.
+        let mut audit_hold = BytesMut::new();
+        let mut pending_ack: Option<(crate::audit::AuditAck, Instant)> = None;
+        let mut statement_events: Vec<AuditEvent> = Vec::new();
+        let mut outcome_events: Vec<AuditEvent> = Vec::new();
         let metrics = state.proxy.metrics.clone();
-        let statement_duration = metrics.statement_duration_seconds.with_label_values(&[&self.grant.target]);
+        let statement_duration = metrics
+            .statement_duration_seconds
+            .with_label_values(&[&self.grant.target]);
         let bytes_from_client = metrics.relayed_bytes_total.with_label_values(&["from_client"]);
         let bytes_to_client = metrics.relayed_bytes_total.with_label_values(&["to_client"]);
         let mut closing: Option<Closing> = None;
@@ -684,7 +757,7 @@ impl Session {
                 .last()
                 .map(|w| instant_at(now, self.grant.expires_at - *w));
             let busy = awaiting_ready > 0 || unsynced;
-            let read_client = closing.is_none() && to_upstream.len() < HIGH_WATER;
+            let read_client = closing.is_none() && pending_ack.is_none() && to_upstream.len() < HIGH_WATER;
             let read_upstream =
                 outbox.pending.len() < HIGH_WATER && (closing.is_none() || outbox.inject_at.is_none());
             let write_client = outbox.next_chunk().is_some();
@@ -727,7 +800,7 @@ impl Session {
                                 outbox
                                     .tracker
                                     .feed_with(&outbox.pending[before..before + n], |tag, s, e| {
-                                        if held_tag(tag) {
+                                        if held_tag(tag) || tag == b'Z' {
                                             held_frames.push((tag, s, e));
                                         }
                                     });
@@ -767,9 +840,27 @@ impl Session {
                                 self.handle.add_to_client(n as u64);
                                 bytes_to_client.inc_by(n as u64);
                                 for (tag, start, end) in held_frames.drain(..) {
+                                    if tag == b'Z' {
+                                        if let Some((sent, ids)) = in_flight.pop_front() {
+                                            let elapsed = sent.elapsed();
+                                            statement_duration.observe(elapsed.as_secs_f64());
+                                            self.outcomes(ids, &mut outcome_tags, &mut outcome_error, elapsed, &mut outcome_events);
+                                        }
+                                        continue;
+                                    }
+                                    if tag == b'C' {
+                                        if let Some(t) = command_tag(outbox.frame_bytes(start, end)) {
+                                            outcome_tags.push(t);
+                                        }
+                                        continue;
+                                    }
                                     if tag == b'E' && self.interceptor.is_marker_error(outbox.frame_bytes(start, end)) {
                                         let denial = self.interceptor.take_denial();
                                         outbox.replace_frame(start, end, &denial);
+                                        continue;
+                                    }
+                                    if tag == b'E' {
+                                        outcome_error = error_sqlstate(outbox.frame_bytes(start, end));
                                         continue;
                                     }
                                     if tag == b'S' {
@@ -786,9 +877,10 @@ impl Session {
                                     }
                                 }
                                 let now_ready = outbox.tracker.ready_count;
-                                for _ in ready_seen..now_ready {
-                                    if let Some(sent) = in_flight.pop_front() {
-                                        statement_duration.observe(sent.elapsed().as_secs_f64());
+                                if !outcome_events.is_empty() {
+                                    if let Err(e) = audit.submit(std::mem::take(&mut outcome_events)) {
+                                        metrics.audit_failures_total.inc();
+                                        tracing::error!(error = %e, "could not record statement outcomes in the audit log");
                                     }
                                 }
                                 awaiting_ready = awaiting_ready.saturating_sub(now_ready - ready_seen);
@@ -842,7 +934,14 @@ impl Session {
                                     match wire::next_frontend_frame(&from_client, max_message) {
                                         Ok(Some((tag, len))) => {
                                             if tag == b'X' {
-                                                // Terminate: the session ends normally after what came before it.
+                                                // Terminate: the session ends normally after what came before it
+                                                // (once that is audited).
+                                                let events = std::mem::take(&mut statement_events);
+                                                if !events.is_empty() && audit.record(events).await.is_err() {
+                                                    metrics.audit_failures_total.inc();
+                                                    return EndReason::ClientExit;
+                                                }
+                                                to_upstream.extend_from_slice(&audit_hold);
                                                 to_upstream.extend_from_slice(&from_client[..len]);
                                                 let _ = self.upstream.write_all(&to_upstream).await;
                                                 return EndReason::ClientExit;
@@ -855,15 +954,22 @@ impl Session {
                                             // What actually goes upstream decides what it will answer.
                                             let sent_tag = match &action {
                                                 FrontendAction::Forward => {
-                                                    to_upstream.extend_from_slice(&from_client[..len]);
+                                                    audit_hold.extend_from_slice(&from_client[..len]);
                                                     Some(tag)
                                                 }
                                                 FrontendAction::Replace(bytes) => {
-                                                    to_upstream.extend_from_slice(bytes);
+                                                    audit_hold.extend_from_slice(bytes);
                                                     Some(bytes[0])
                                                 }
                                                 FrontendAction::Drop => None,
                                             };
+                                            if let Some(c) = &checked {
+                                                let id = self.next_statement_id();
+                                                if c.denied.is_none() {
+                                                    since_sync.push(id);
+                                                }
+                                                statement_events.push(self.statement_event(id, c));
+                                            }
                                             if let Some(c) = &checked {
                                                 let decision = if c.denied.is_some() { "deny" } else { "allow" };
                                                 state
@@ -879,19 +985,39 @@ impl Session {
                                             match sent_tag {
                                                 Some(b'Q' | b'F') => {
                                                     awaiting_ready += 1;
-                                                    in_flight.push_back(Instant::now());
+                                                    in_flight.push_back((Instant::now(), std::mem::take(&mut since_sync)));
                                                 }
                                                 Some(b'S') => {
                                                     awaiting_ready += 1;
                                                     unsynced = false;
-                                                    in_flight.push_back(Instant::now());
+                                                    in_flight.push_back((Instant::now(), std::mem::take(&mut since_sync)));
                                                 }
                                                 Some(b'P' | b'B' | b'E' | b'D' | b'C' | b'H') => unsynced = true,
                                                 _ => {}
                                             }
                                             from_client.advance(len);
                                         }
-                                        Ok(None) => break,
+                                        Ok(None) => {
+                                            // This read's frames go upstream once their records are durable.
+                                            if !statement_events.is_empty() {
+                                                match audit.submit(std::mem::take(&mut statement_events)) {
+                                                    Ok(ack) if wait_for_audit => pending_ack = Some((ack, Instant::now())),
+                                                    Ok(_) => {}
+                                                    Err(e) => {
+                                                        metrics.audit_failures_total.inc();
+                                                        tracing::error!(error = %e, "audit log refused statement records; statements not run");
+                                                        audit_hold.clear();
+                                                        closing = Some(self.sever(&mut outbox, busy, EndReason::AuditUnavailable, audit_refusal(&e)).await);
+                                                        break;
+                                                    }
+                                                }
+                                            }
+                                            if pending_ack.is_none() {
+                                                to_upstream.extend_from_slice(&audit_hold);
+                                                audit_hold.clear();
+                                            }
+                                            break;
+                                        }
                                         Err(error) => {
                                             tracing::info!(code = error.code, message = %error.message, "client protocol violation");
                                             outbox.inject.clear();
@@ -928,6 +1054,23 @@ impl Session {
                         if outbox.injection_done() && outbox.inject_at.is_none() && !client_needs_flush {
                             let _ = tokio::time::timeout(Duration::from_millis(200), client.flush()).await;
                             return c.reason;
+                        }
+                    }
+                }
+                acked = wait_ack(&mut pending_ack), if pending_ack.is_some() => {
+                    if let Some((_, submitted)) = pending_ack.take() {
+                        metrics.audit_write_seconds.observe(submitted.elapsed().as_secs_f64());
+                    }
+                    match acked {
+                        Ok(()) => {
+                            to_upstream.extend_from_slice(&audit_hold);
+                            audit_hold.clear();
+                        }
+                        Err(e) => {
+                            metrics.audit_failures_total.inc();
+                            tracing::error!(error = %e, "audit records not durable; statements not run");
+                            audit_hold.clear();
+                            closing = Some(self.sever(&mut outbox, busy, EndReason::AuditUnavailable, audit_refusal(&e)).await);
                         }
                     }
                 }
@@ -995,6 +1138,77 @@ impl Session {
             }
         }
         closing.map(|c| c.reason).unwrap_or(EndReason::UpstreamError)
+    }
+
+    fn next_statement_id(&mut self) -> u64 {
+        self.statement_seq += 1;
+        self.statement_seq
+    }
+
+    /// The audit record of one checked statement (redacted by the audit log before it is written).
+    fn statement_event(&self, id: u64, c: &Checked) -> AuditEvent {
+        let classification = &c.classification;
+        let mut relations: Vec<String> = Vec::new();
+        for stmt in &classification.statements {
+            for r in &stmt.relations {
+                let r = r.to_string();
+                if !relations.contains(&r) {
+                    relations.push(r);
+                }
+            }
+        }
+        AuditEvent::Statement(audit_event::Statement {
+            class: classification.class().as_str().to_owned(),
+            decision: if c.denied.is_some() {
+                audit_event::Decision::Deny
+            } else {
+                audit_event::Decision::Allow
+            },
+            grant_id: self.grant.id.clone(),
+            params: c.params.clone(),
+            reason: c.denied.clone(),
+            relations,
+            session_id: self.handle.name(),
+            sql: c.sql.to_string(),
+            statement_id: id,
+            target: self.grant.target.clone(),
+            user: self.grant.user.clone(),
+        })
+    }
+
+    /// Outcome records for the statements a ReadyForQuery completes: command tags in order, and
+    /// the error for those that got none.
+    fn outcomes(
+        &self,
+        ids: Vec<u64>,
+        tags: &mut Vec<String>,
+        error: &mut Option<String>,
+        elapsed: Duration,
+        out: &mut Vec<AuditEvent>,
+    ) {
+        let mut tags_iter = tags.drain(..);
+        let ids_len = ids.len();
+        for (i, id) in ids.into_iter().enumerate() {
+            // A multi-statement Query is one audited statement with several command tags.
+            let tag = if i + 1 == ids_len {
+                let rest: Vec<String> = tags_iter.by_ref().collect();
+                (!rest.is_empty()).then(|| rest.join("; "))
+            } else {
+                tags_iter.next()
+            };
+            let rows = tag.as_deref().and_then(rows_of);
+            out.push(AuditEvent::StatementOutcome(audit_event::StatementOutcome {
+                command_tag: tag.clone(),
+                duration_us: elapsed.as_micros() as u64,
+                rows,
+                session_id: self.handle.name(),
+                sqlstate: if tag.is_none() { error.clone() } else { None },
+                statement_id: id,
+            }));
+        }
+        drop(tags_iter);
+        tags.clear();
+        *error = None;
     }
 
     /// Warnings (durations before expiry) still ahead, the next one last.
@@ -1092,6 +1306,56 @@ fn lexing_problem(frame: &[u8]) -> Option<String> {
         _ => true,
     };
     (!ok).then(|| format!("the server reported {name} = {value}, which changes how statements are read"))
+}
+
+/// Waits for the pending audit acknowledgement (never resolves when there is none).
+async fn wait_ack(pending: &mut Option<(AuditAck, Instant)>) -> Result<(), AuditError> {
+    match pending {
+        Some((ack, _)) => ack.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The FATAL a client gets when its statements cannot be audited (they were not run).
+fn audit_refusal(e: &AuditError) -> PgError {
+    let code = match e {
+        AuditError::QueueFull { .. } => "53000",
+        _ => "58030",
+    };
+    PgError::fatal(
+        code,
+        "terminating connection: timebox cannot record statements in the audit log right now, so they were not run",
+    )
+    .with_hint("Tell the timebox administrators; nothing reaches the database unaudited.")
+}
+
+/// The tag of a CommandComplete frame ("UPDATE 3").
+fn command_tag(frame: &[u8]) -> Option<String> {
+    let body = frame.get(5..)?;
+    let end = body.iter().position(|&b| b == 0)?;
+    Some(String::from_utf8_lossy(&body[..end]).into_owned())
+}
+
+/// Rows counted in a command tag ("INSERT 0 5" → 5, "SELECT 3" → 3).
+fn rows_of(tag: &str) -> Option<u64> {
+    let last = tag.rsplit(';').next()?.split_whitespace().last()?;
+    last.parse().ok()
+}
+
+/// The SQLSTATE of an ErrorResponse frame.
+fn error_sqlstate(frame: &[u8]) -> Option<String> {
+    let mut fields = frame.get(5..)?;
+    while let Some((&code, rest)) = fields.split_first() {
+        if code == 0 {
+            break;
+        }
+        let end = rest.iter().position(|&b| b == 0)?;
+        if code == b'C' {
+            return Some(String::from_utf8_lossy(&rest[..end]).into_owned());
+        }
+        fields = &rest[end + 1..];
+    }
+    None
 }
 
 async fn sleep_opt(at: Option<Instant>) {

@@ -1,0 +1,229 @@
+//! Audit writer benchmarks.
+//!
+//! - `audit_throughput/<level>/<n>_submitters`: records/s through the group-commit writer. The n
+//!   submitter tasks keep [`IN_FLIGHT`] single-event submissions in flight between them (as that
+//!   many concurrent sessions, each waiting for its statement's record, would); a sample ends when
+//!   every record is written and acked (for `async`, when the writer has committed them all).
+//! - `audit_record_latency/<level>`: the time one `record(vec![event]).await` adds to a statement
+//!   when nothing else is queued.
+//! - then, outside criterion, a steady-state run per level and submitter count: [`STEADY_RECORDS`]
+//!   records through a fresh log, printed as records/s (criterion's short samples include filling
+//!   and draining the pipeline; this one shows the sustained rate).
+//!
+//! The database lives in a temporary directory on the machine's real disk, so `fsync` is a real
+//! fsync. Run: `cargo bench --bench audit -- --warm-up-time 1 --measurement-time 3`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use timebox::audit::{
+    AuditAck, AuditError, AuditEvent, AuditLog, AuditOptions, AuditWriterHandle, Decision, Statement,
+};
+use timebox::clock::SystemClock;
+use timebox::config::{Durability, ParamLogging};
+
+/// Single-event submissions in flight across all submitters.
+const IN_FLIGHT: usize = 16_384;
+
+const LEVELS: [(&str, Durability); 3] = [
+    ("fsync", Durability::Fsync),
+    ("write", Durability::Write),
+    ("async", Durability::Async),
+];
+
+fn event(session: usize, id: u64) -> AuditEvent {
+    AuditEvent::Statement(Statement {
+        class: "read".into(),
+        decision: Decision::Allow,
+        grant_id: "g_3f9a1c2b7d4e5f60".into(),
+        params: Some(vec![Some(id.to_string())]),
+        reason: None,
+        relations: vec!["public.pgbench_accounts".into()],
+        session_id: format!("s_{session:016x}"),
+        sql: "SELECT abalance FROM pgbench_accounts WHERE aid = $1".into(),
+        statement_id: id,
+        target: "shop".into(),
+        user: "alice".into(),
+    })
+}
+
+fn open(dir: &std::path::Path, durability: Durability) -> (AuditLog, AuditWriterHandle) {
+    AuditLog::open_with(AuditOptions {
+        db: Some(dir.join("audit.db")),
+        jsonl: None,
+        jsonl_max_bytes: 100 * 1024 * 1024,
+        jsonl_keep: 10,
+        durability,
+        params: ParamLogging::Redacted,
+        queue_capacity: timebox::audit::QUEUE_CAPACITY,
+        max_batch: timebox::audit::MAX_BATCH,
+        clock: Arc::new(SystemClock),
+    })
+    .expect("open audit log")
+}
+
+/// One submitter: `n` single-event submissions, at most `window` unacknowledged.
+async fn pump(log: AuditLog, session: usize, n: u64, window: usize) {
+    let mut acks: VecDeque<AuditAck> = VecDeque::with_capacity(window);
+    for i in 0..n {
+        loop {
+            match log.submit(vec![event(session, i)]) {
+                Ok(ack) => {
+                    acks.push_back(ack);
+                    break;
+                }
+                Err(AuditError::QueueFull { .. }) => match acks.pop_front() {
+                    Some(ack) => ack.await.expect("ack"),
+                    None => tokio::time::sleep(Duration::from_micros(50)).await,
+                },
+                Err(e) => panic!("submit failed: {e}"),
+            }
+        }
+        if acks.len() >= window {
+            if let Some(ack) = acks.pop_front() {
+                ack.await.expect("ack");
+            }
+        }
+    }
+    for ack in acks {
+        ack.await.expect("ack");
+    }
+}
+
+fn throughput(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("audit_throughput");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(1));
+    for (name, durability) in LEVELS {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, writer) = rt.block_on(async { open(dir.path(), durability) });
+        for submitters in [1usize, 8] {
+            group.bench_with_input(
+                BenchmarkId::new(name, format!("{submitters}_submitters")),
+                &submitters,
+                |b, &submitters| {
+                    b.iter_custom(|iters| {
+                        rt.block_on(async {
+                            let target = log.stats().committed + iters;
+                            let start = Instant::now();
+                            let tasks: Vec<_> = (0..submitters)
+                                .map(|s| {
+                                    let share = iters / submitters as u64
+                                        + u64::from((s as u64) < iters % submitters as u64);
+                                    tokio::spawn(pump(log.clone(), s, share, IN_FLIGHT / submitters))
+                                })
+                                .collect();
+                            for t in tasks {
+                                t.await.unwrap();
+                            }
+                            while log.stats().committed < target {
+                                tokio::time::sleep(Duration::from_micros(100)).await;
+                            }
+                            start.elapsed()
+                        })
+                    })
+                },
+            );
+        }
+        rt.block_on(writer.shutdown());
+        let stats = log.stats();
+        eprintln!(
+            "audit {name}: {} records in {} batches ({:.0} records per commit)",
+            stats.committed,
+            stats.batches,
+            stats.committed as f64 / stats.batches.max(1) as f64
+        );
+    }
+    group.finish();
+}
+
+fn latency(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("audit_record_latency");
+    group.sample_size(20);
+    for (name, durability) in LEVELS {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, writer) = rt.block_on(async { open(dir.path(), durability) });
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut timed = Duration::ZERO;
+                    for i in 0..iters {
+                        // At `async` the queue would fill (records are acked at enqueue): let the
+                        // writer drain it, untimed, so each timed call sees an idle writer.
+                        while log.queue_depth() > 1024 {
+                            tokio::time::sleep(Duration::from_micros(200)).await;
+                        }
+                        let start = Instant::now();
+                        log.record(vec![event(0, i)]).await.expect("record");
+                        timed += start.elapsed();
+                    }
+                    timed
+                })
+            })
+        });
+        rt.block_on(writer.shutdown());
+    }
+    group.finish();
+}
+
+/// Records per steady-state run.
+const STEADY_RECORDS: u64 = 500_000;
+
+fn steady_state() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for (name, durability) in LEVELS {
+        for submitters in [1usize, 8] {
+            let dir = tempfile::tempdir().unwrap();
+            let (log, writer) = rt.block_on(async { open(dir.path(), durability) });
+            let start = Instant::now();
+            rt.block_on(async {
+                let tasks: Vec<_> = (0..submitters)
+                    .map(|s| {
+                        let share = STEADY_RECORDS / submitters as u64;
+                        tokio::spawn(pump(log.clone(), s, share, IN_FLIGHT / submitters))
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+                let target = STEADY_RECORDS / submitters as u64 * submitters as u64;
+                while log.stats().committed < target {
+                    tokio::time::sleep(Duration::from_micros(100)).await;
+                }
+            });
+            let elapsed = start.elapsed();
+            let stats = log.stats();
+            println!(
+                "audit steady state {name}/{submitters}_submitters: {:.0} records/s ({} records, {:.0} per commit)",
+                stats.committed as f64 / elapsed.as_secs_f64(),
+                stats.committed,
+                stats.committed as f64 / stats.batches.max(1) as f64
+            );
+            rt.block_on(writer.shutdown());
+        }
+    }
+}
+
+criterion_group!(benches, throughput, latency);
+
+fn main() {
+    benches();
+    steady_state();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -1,0 +1,528 @@
+//! The audit trail: every connection, statement and grant change, durable, hash-chained and
+//! queryable.
+//!
+//! Data flow: the relay (and the admin API, for grants) builds [`AuditEvent`]s and calls
+//! [`AuditLog::record`] (or [`AuditLog::submit`] and awaits the [`AuditAck`] later). `submit` redacts
+//! and serializes on the caller's task ([`event::prepare`], [`redact`]) and queues the events on a
+//! bounded queue (by events: [`QUEUE_CAPACITY`]). One writer thread (`writer.rs`) group-commits them:
+//! it assigns `seq` (gapless, in queue order) and `ts`, chains the hashes ([`chain`]), writes one
+//! SQLite transaction ([`sqlite`]) and appends the JSONL lines ([`jsonl`]), syncs once per batch and
+//! acks. [`query`] and [`chain::verify`] read the same database for the admin API and the CLI.
+//!
+//! Where records live: `audit.db` in the store's directory (`sqlite://data/timebox.db` →
+//! `data/audit.db`), its own SQLite file in WAL mode; with `sqlite::memory:` an in-memory database.
+//! Plus `audit.jsonl` when configured.
+//!
+//! Durability (`audit.durability`), i.e. when `record` returns `Ok`:
+//! - `fsync`: the batch is committed and the WAL and the JSONL file are `fdatasync`'d (by the sync
+//!   thread, overlapping the next batch's writing): the record survives a power loss;
+//! - `write`: the batch is committed (SQLite's WAL written with write(2), not synced) and the JSONL
+//!   written: the record survives a crash of timebox (kill -9, panic), not of the machine;
+//! - `async`: queued only; records still in the queue are lost if timebox dies.
+//!
+//! At every level checkpoints fsync the WAL before copying it and the database after (see
+//! `writer.rs`), so a power loss loses at most the unsynced tail, never the file.
+//!
+//! Fail closed: when the queue is full or a write has failed, `submit`/`record` return `Err` (callers
+//! deny the statement) and the failure is kept until restart; no level ever drops a record without
+//! an error (an `async` record lost to a write error is logged and counted in
+//! [`AuditStats::rejected`]). This module must never write a secret: redaction runs before
+//! serialization.
+
+pub mod chain;
+pub mod event;
+pub mod jsonl;
+pub mod query;
+pub mod redact;
+pub mod sqlite;
+mod writer;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+pub use chain::{BadRecord, Head, VerifyReport};
+pub use event::{
+    AuditEvent, AuditRecord, AuthFailure, Decision, GrantExtended, GrantIssued, GrantRevoked, SessionEnd,
+    SessionStart, Statement, StatementOutcome,
+};
+pub use query::{AuditFilter, Order, Page};
+
+use crate::clock::{Clock, SystemClock};
+pub use crate::config::Durability;
+use crate::config::{AuditConfig, ParamLogging, StoreConfig};
+pub use writer::CHECKPOINT_RECORDS;
+use writer::{lock, Msg, Shared, Submission, Writer};
+
+/// Events the queue holds before `submit` refuses with [`AuditError::QueueFull`].
+pub const QUEUE_CAPACITY: usize = 65_536;
+/// Most events the writer puts in one transaction.
+pub const MAX_BATCH: usize = 16_384;
+/// The audit database's file name, in the store's directory.
+pub const DB_FILE_NAME: &str = "audit.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("audit I/O error on {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the audit queue is full ({capacity} events waiting); refusing to go on unaudited")]
+    QueueFull { capacity: usize },
+    #[error("the audit log failed and refuses new records until timebox restarts: {0}")]
+    WriterFailed(#[source] Arc<AuditError>),
+    #[error("the audit log is shut down")]
+    Closed,
+    #[error("audit schema version {found} is newer than this timebox understands ({supported})")]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("no audit database at {}", .0.display())]
+    NoDatabase(PathBuf),
+    #[error("{} is not a timebox audit database", .0.display())]
+    NotAnAuditDatabase(PathBuf),
+    #[error("corrupt audit record {seq}: {problem}")]
+    Corrupt { seq: u64, problem: String },
+    #[error("{field}: {message}")]
+    InvalidFilter { field: &'static str, message: String },
+    #[error("cannot start the audit writer thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("audit task failed: {0}")]
+    Task(String),
+}
+
+/// Everything [`AuditLog::open_with`] needs; [`AuditOptions::from_config`] fills it from the config.
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    /// The database file; `None` for an in-memory database (tests).
+    pub db: Option<PathBuf>,
+    pub jsonl: Option<PathBuf>,
+    pub jsonl_max_bytes: u64,
+    pub jsonl_keep: usize,
+    pub durability: Durability,
+    pub params: ParamLogging,
+    pub queue_capacity: usize,
+    pub max_batch: usize,
+    /// Source of commit times.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl AuditOptions {
+    pub fn from_config(config: &AuditConfig, store: &StoreConfig) -> AuditOptions {
+        AuditOptions {
+            db: db_path_for(store),
+            jsonl: config.jsonl.clone(),
+            jsonl_max_bytes: config.jsonl_max_bytes,
+            jsonl_keep: config.jsonl_keep,
+            durability: config.durability,
+            params: config.params,
+            queue_capacity: QUEUE_CAPACITY,
+            max_batch: MAX_BATCH,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// Where the audit database of a store lives: `audit.db` beside a SQLite store file; in memory for
+/// an in-memory store.
+pub fn db_path_for(store: &StoreConfig) -> Option<PathBuf> {
+    match store {
+        StoreConfig::Sqlite { path } => Some(match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join(DB_FILE_NAME),
+            _ => PathBuf::from(DB_FILE_NAME),
+        }),
+        StoreConfig::SqliteMemory => None,
+    }
+}
+
+/// Counters for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditStats {
+    /// Events written.
+    pub committed: u64,
+    /// Transactions (group commits) written.
+    pub batches: u64,
+    /// Events refused: queue full, or lost to a write failure.
+    pub rejected: u64,
+    pub queue_depth: usize,
+    /// Whether a write has failed (every submit now fails).
+    pub failed: bool,
+}
+
+/// The handle the relay and the admin API write through. Cheap to clone (a queue sender and an
+/// `Arc`).
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::UnboundedSender<Msg>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("db", &self.shared.db_path)
+            .field("durability", &self.shared.durability)
+            .field("queue_depth", &self.queue_depth())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolves when a submission is as durable as the level promises. `Unpin`, so it can sit in a
+/// `select!` loop.
+#[must_use = "an audit record is only durable once its ack resolves Ok"]
+pub struct AuditAck {
+    inner: AckInner,
+}
+
+enum AckInner {
+    Ready(Option<Result<(), AuditError>>),
+    Waiting(oneshot::Receiver<Result<(), AuditError>>),
+}
+
+impl AuditAck {
+    fn ready(result: Result<(), AuditError>) -> AuditAck {
+        AuditAck {
+            inner: AckInner::Ready(Some(result)),
+        }
+    }
+}
+
+impl Future for AuditAck {
+    type Output = Result<(), AuditError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.inner {
+            AckInner::Ready(result) => Poll::Ready(result.take().unwrap_or(Err(AuditError::Closed))),
+            // The writer dropped the ack without answering: it stopped (or panicked).
+            AckInner::Waiting(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(AuditError::Closed))),
+        }
+    }
+}
+
+/// Owns the writer thread; [`AuditWriterHandle::shutdown`] flushes the queue and stops it.
+pub struct AuditWriterHandle {
+    tx: mpsc::UnboundedSender<Msg>,
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for AuditWriterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditWriterHandle").finish_non_exhaustive()
+    }
+}
+
+impl AuditWriterHandle {
+    /// Refuses new submissions, writes (and syncs) everything queued, then stops the thread.
+    pub async fn shutdown(mut self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        let (done_tx, done_rx) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown(done_tx)).is_ok() {
+            let _ = done_rx.await;
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+impl AuditLog {
+    /// Opens the sinks the config names (database beside the store, see [`db_path_for`]; JSONL if
+    /// configured), recovers the chain head and starts the writer thread.
+    pub fn open(
+        config: &AuditConfig,
+        store: &StoreConfig,
+    ) -> Result<(AuditLog, AuditWriterHandle), AuditError> {
+        Self::open_with(AuditOptions::from_config(config, store))
+    }
+
+    /// [`AuditLog::open`] with every knob explicit (tests, benchmarks).
+    pub fn open_with(opts: AuditOptions) -> Result<(AuditLog, AuditWriterHandle), AuditError> {
+        let conn = sqlite::open_writer(opts.db.as_deref())?;
+        let (seq, prev, last_ts) = sqlite::read_head(&conn)?;
+        let jsonl = match &opts.jsonl {
+            None => None,
+            Some(path) => {
+                let fsync = opts.durability == Durability::Fsync;
+                let (mut sink, last) =
+                    jsonl::JsonlSink::open(path, opts.jsonl_max_bytes, opts.jsonl_keep, fsync)?;
+                catch_up_jsonl(&conn, &mut sink, last, seq)?;
+                Some(sink)
+            }
+        };
+        let conn = Arc::new(Mutex::new(conn));
+        let reader = match &opts.db {
+            Some(path) => Arc::new(Mutex::new(sqlite::open_reader(path)?)),
+            None => conn.clone(),
+        };
+        let capacity = opts.queue_capacity.clamp(1, Semaphore::MAX_PERMITS);
+        let prev_hex = hex::encode(prev);
+        let shared = Arc::new(Shared {
+            durability: opts.durability,
+            params: opts.params,
+            capacity,
+            permits: Semaphore::new(capacity),
+            failure: OnceLock::new(),
+            closed: AtomicBool::new(false),
+            head: Mutex::new(Head {
+                seq,
+                hash: prev_hex.clone(),
+            }),
+            committed: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            reader,
+            db_path: opts.db.clone(),
+        });
+        let wal_file = opts.db.as_deref().map(sqlite::wal_path);
+        let sync_files: Vec<PathBuf> = wal_file.iter().chain(opts.jsonl.iter()).cloned().collect();
+        let syncer = if opts.durability == Durability::Fsync && !sync_files.is_empty() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let syncer = writer::Syncer {
+                shared: shared.clone(),
+                rx,
+                files: sync_files,
+            };
+            let thread = std::thread::Builder::new()
+                .name("timebox-audit-sync".into())
+                .spawn(move || syncer.run())
+                .map_err(AuditError::Thread)?;
+            Some((tx, thread))
+        } else {
+            None
+        };
+        let checkpointer = match &opts.db {
+            None => None,
+            Some(path) => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let checkpointer = writer::Checkpointer {
+                    shared: shared.clone(),
+                    rx,
+                    conn: sqlite::open_checkpointer(path)?,
+                };
+                let thread = std::thread::Builder::new()
+                    .name("timebox-audit-ckpt".into())
+                    .spawn(move || checkpointer.run())
+                    .map_err(AuditError::Thread)?;
+                Some((tx, thread))
+            }
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = Writer {
+            shared: shared.clone(),
+            rx,
+            conn,
+            jsonl,
+            clock: opts.clock.clone(),
+            max_batch: opts.max_batch.max(1),
+            seq,
+            prev,
+            last_time: last_ts
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc)),
+            buf: Vec::new(),
+            ends: Vec::new(),
+            since_checkpoint: 0,
+            checkpointer,
+            syncer,
+        };
+        let thread = std::thread::Builder::new()
+            .name("timebox-audit".into())
+            .spawn(move || writer.run())
+            .map_err(AuditError::Thread)?;
+        tracing::info!(db = ?opts.db, jsonl = ?opts.jsonl, durability = ?opts.durability, seq,
+            "audit log open");
+        Ok((
+            AuditLog {
+                tx: tx.clone(),
+                shared: shared.clone(),
+            },
+            AuditWriterHandle {
+                tx,
+                shared,
+                thread: Some(thread),
+            },
+        ))
+    }
+
+    /// Queues events and resolves when they are as durable as the configured level promises
+    /// (`fsync`: fsync'd; `write`: handed to the OS; `async`: queued). `Err` when the queue is full,
+    /// the writer has failed or the log is shut down: the caller must not proceed unaudited.
+    pub async fn record(&self, events: Vec<AuditEvent>) -> Result<(), AuditError> {
+        self.submit(events)?.await
+    }
+
+    /// Queues events without waiting; await the returned ack before acting on them. Events of one
+    /// call get consecutive seqs; calls are numbered in the order they reach the queue.
+    pub fn submit(&self, events: Vec<AuditEvent>) -> Result<AuditAck, AuditError> {
+        self.check_open()?;
+        if events.is_empty() {
+            return Ok(AuditAck::ready(Ok(())));
+        }
+        let n = events.len();
+        let full = || {
+            self.shared.rejected.fetch_add(n as u64, Ordering::Relaxed);
+            AuditError::QueueFull {
+                capacity: self.shared.capacity,
+            }
+        };
+        if n > self.shared.capacity {
+            return Err(full());
+        }
+        let prepared: Vec<_> = events
+            .into_iter()
+            .map(|e| event::prepare(e, self.shared.params))
+            .collect();
+        match self.shared.permits.try_acquire_many(n as u32) {
+            Ok(permit) => permit.forget(),
+            Err(_) => return Err(full()),
+        }
+        let (ack, ack_tx) = match self.shared.durability {
+            Durability::Async => (AuditAck::ready(Ok(())), None),
+            Durability::Fsync | Durability::Write => {
+                let (tx, rx) = oneshot::channel();
+                (
+                    AuditAck {
+                        inner: AckInner::Waiting(rx),
+                    },
+                    Some(tx),
+                )
+            }
+        };
+        let submission = Submission {
+            events: prepared,
+            ack: ack_tx,
+        };
+        if self.tx.send(Msg::Events(submission)).is_err() {
+            self.shared.permits.add_permits(n);
+            self.check_open()?;
+            return Err(AuditError::Closed);
+        }
+        Ok(ack)
+    }
+
+    fn check_open(&self) -> Result<(), AuditError> {
+        if let Some(failure) = self.shared.failure.get() {
+            return Err(AuditError::WriterFailed(failure.clone()));
+        }
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(AuditError::Closed);
+        }
+        Ok(())
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.shared.durability
+    }
+
+    /// Events queued and not yet written.
+    pub fn queue_depth(&self) -> usize {
+        self.shared
+            .capacity
+            .saturating_sub(self.shared.permits.available_permits())
+    }
+
+    pub fn stats(&self) -> AuditStats {
+        AuditStats {
+            committed: self.shared.committed.load(Ordering::Relaxed),
+            batches: self.shared.batches.load(Ordering::Relaxed),
+            rejected: self.shared.rejected.load(Ordering::Relaxed),
+            queue_depth: self.queue_depth(),
+            failed: self.shared.failure.get().is_some(),
+        }
+    }
+
+    /// The last committed record (what an auditor anchors).
+    pub fn head(&self) -> Head {
+        lock(&self.shared.head).clone()
+    }
+
+    /// The database file, `None` when in memory.
+    pub fn db_path(&self) -> Option<&Path> {
+        self.shared.db_path.as_deref()
+    }
+
+    /// One page of records matching `filter`.
+    pub async fn query(&self, filter: AuditFilter) -> Result<Page, AuditError> {
+        self.with_reader(move |conn| query::query(conn, &filter)).await
+    }
+
+    /// Walks the whole chain, anchored at the writer's current head (so a truncated tail is caught)
+    /// and at `anchors` (heads an auditor noted earlier).
+    pub async fn verify(&self, anchors: Vec<Head>) -> Result<VerifyReport, AuditError> {
+        let mut anchors = anchors;
+        anchors.push(self.head());
+        self.with_reader(move |conn| chain::verify(conn, &anchors)).await
+    }
+
+    async fn with_reader<T, F>(&self, f: F) -> Result<T, AuditError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T, AuditError> + Send + 'static,
+    {
+        let reader = self.shared.reader.clone();
+        tokio::task::spawn_blocking(move || f(&lock(&reader)))
+            .await
+            .map_err(|e| AuditError::Task(e.to_string()))?
+    }
+}
+
+/// Verifies an audit database file offline (`timebox audit verify --db`), optionally against an
+/// anchored head.
+pub fn verify_file(path: &Path, anchors: &[Head]) -> Result<VerifyReport, AuditError> {
+    chain::verify(&sqlite::open_reader(path)?, anchors)
+}
+
+/// The head of an audit database file.
+pub fn head_of_file(path: &Path) -> Result<Head, AuditError> {
+    sqlite::head(&sqlite::open_reader(path)?)
+}
+
+/// Appends to the JSONL file the records the database has and it lacks (a crash between the
+/// database commit and the JSONL write).
+fn catch_up_jsonl(
+    conn: &rusqlite::Connection,
+    sink: &mut jsonl::JsonlSink,
+    last_in_file: Option<u64>,
+    db_seq: u64,
+) -> Result<(), AuditError> {
+    let Some(last) = last_in_file else { return Ok(()) };
+    if last > db_seq {
+        tracing::warn!(
+            jsonl_seq = last,
+            db_seq,
+            "the audit JSONL is ahead of the audit database"
+        );
+        return Ok(());
+    }
+    let mut from = last + 1;
+    while from <= db_seq {
+        let to = (from + 9_999).min(db_seq);
+        let mut buf = Vec::new();
+        let mut ends = Vec::new();
+        for r in sqlite::raw_records(conn, from, to)? {
+            jsonl::format_line(&mut buf, r.seq, &r.ts, &r.kind, &r.payload, &r.prev_hash, &r.hash);
+            ends.push(buf.len());
+        }
+        sink.append(&buf, &ends)?;
+        from = to + 1;
+    }
+    if last < db_seq {
+        sink.sync()?;
+        tracing::info!(
+            from = last + 1,
+            to = db_seq,
+            "audit JSONL caught up with the database"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! The audit database: one SQLite file in WAL mode (its own file, `audit.db` beside the store), or an
+//! in-memory database when the store is `sqlite::memory:` (tests).
+//!
+//! One table, `audit_events`: `seq` (the integer primary key, gapless), `ts`, `kind`, `payload` (the
+//! canonical JSON), `prev_hash`, `hash`, and four columns copied from the payload for indexed
+//! filters (`user_name`, `target`, `grant_id`, `session_id`; [`super::chain::verify`] checks they
+//! agree with the payload). Indexes: `(user_name, ts)`, `(grant_id)`, `(session_id)` and `(kind)` —
+//! the last one partial, without `statement` and `statement_outcome` (nearly every record; a
+//! newest-first scan finds them at once), which keeps the hot insert path one index lighter. Only
+//! the writer thread writes; readers use their own connection. This module must never update or
+//! delete a record.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::chain::{Head, GENESIS};
+use super::event::AuditRecord;
+use super::AuditError;
+
+/// Each entry moves the schema from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+    CREATE TABLE audit_events (
+        seq        INTEGER PRIMARY KEY,
+        ts         TEXT NOT NULL,
+        kind       TEXT NOT NULL,
+        payload    TEXT NOT NULL,
+        prev_hash  TEXT NOT NULL,
+        hash       TEXT NOT NULL,
+        user_name  TEXT,
+        target     TEXT,
+        grant_id   TEXT,
+        session_id TEXT
+    );
+    CREATE INDEX audit_events_user_ts ON audit_events (user_name, ts);
+    CREATE INDEX audit_events_grant ON audit_events (grant_id);
+    CREATE INDEX audit_events_session ON audit_events (session_id);
+    CREATE INDEX audit_events_kind ON audit_events (kind)
+        WHERE kind NOT IN ('statement', 'statement_outcome');
+"#];
+
+pub(crate) const INSERT: &str = "INSERT INTO audit_events \
+    (seq, ts, kind, payload, prev_hash, hash, user_name, target, grant_id, session_id) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
+/// How long a connection waits for a lock held by another (e.g. an auditor's tool) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens (creating and migrating) the database the writer appends to: WAL mode, `synchronous=OFF`
+/// and no automatic checkpoints, because the writer syncs and checkpoints itself (see
+/// [`super::writer`]).
+pub fn open_writer(path: Option<&Path>) -> Result<Connection, AuditError> {
+    let mut conn = match path {
+        Some(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|source| AuditError::Io {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+            }
+            let conn = Connection::open(path)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+            conn
+        }
+        None => Connection::open_in_memory()?,
+    };
+    conn.pragma_update(None, "synchronous", "OFF")?;
+    // A whole batch's dirty pages stay in memory until its commit (no spilling mid-transaction).
+    conn.pragma_update(None, "cache_size", -64 * 1024)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(16);
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// Opens the checkpointer's connection: `synchronous=FULL`, so a checkpoint fsyncs the WAL before
+/// copying it and the database after (see [`super::writer::Checkpointer`]).
+pub fn open_checkpointer(path: &Path) -> Result<Connection, AuditError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection for queries and verification (the file must exist).
+pub fn open_reader(path: &Path) -> Result<Connection, AuditError> {
+    if !path.is_file() {
+        return Err(AuditError::NoDatabase(path.to_owned()));
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version == 0 {
+        return Err(AuditError::NotAnAuditDatabase(path.to_owned()));
+    }
+    if version > MIGRATIONS.len() as i64 {
+        return Err(AuditError::SchemaTooNew {
+            found: version,
+            supported: MIGRATIONS.len() as i64,
+        });
+    }
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), AuditError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let supported = MIGRATIONS.len() as i64;
+    if version > supported {
+        return Err(AuditError::SchemaTooNew {
+            found: version,
+            supported,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// The WAL file of a database file (`x.db` → `x.db-wal`).
+pub fn wal_path(db: &Path) -> std::path::PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push("-wal");
+    s.into()
+}
+
+/// The last record's seq, hash and ts (genesis, no ts, for an empty log).
+pub fn read_head(conn: &Connection) -> Result<(u64, [u8; 32], Option<String>), AuditError> {
+    let row: Option<(i64, String, String)> = conn
+        .query_row(
+            "SELECT seq, hash, ts FROM audit_events ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    match row {
+        None => Ok((0, GENESIS, None)),
+        Some((seq, hash, ts)) => {
+            let mut bytes = [0u8; 32];
+            hex::decode_to_slice(&hash, &mut bytes).map_err(|_| AuditError::Corrupt {
+                seq: seq as u64,
+                problem: "the last record's hash is not hex; run `timebox audit verify`".into(),
+            })?;
+            Ok((seq as u64, bytes, Some(ts)))
+        }
+    }
+}
+
+/// The head as an auditor sees it.
+pub fn head(conn: &Connection) -> Result<Head, AuditError> {
+    let (seq, hash, _) = read_head(conn)?;
+    Ok(Head {
+        seq,
+        hash: hex::encode(hash),
+    })
+}
+
+pub(crate) const RECORD_COLUMNS: &str = "seq, ts, kind, payload, prev_hash, hash";
+
+/// Reads a record from a row of [`RECORD_COLUMNS`].
+pub(crate) fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+    let payload: String = r.get(3)?;
+    let payload = serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload));
+    Ok(AuditRecord {
+        seq: r.get::<_, i64>(0)? as u64,
+        ts: r.get(1)?,
+        kind: r.get(2)?,
+        payload,
+        prev_hash: r.get(4)?,
+        hash: r.get(5)?,
+    })
+}
+
+/// A record's stored text, unparsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRecord {
+    pub seq: u64,
+    pub ts: String,
+    pub kind: String,
+    pub payload: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// Records with `seq` in `from..=to`, in order, as raw stored text (for the JSONL catch-up).
+pub fn raw_records(conn: &Connection, from: u64, to: u64) -> Result<Vec<RawRecord>, AuditError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {RECORD_COLUMNS} FROM audit_events WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq"
+    ))?;
+    let rows = stmt.query_map(params![from as i64, to as i64], |r| {
+        Ok(RawRecord {
+            seq: r.get::<_, i64>(0)? as u64,
+            ts: r.get(1)?,
+            kind: r.get(2)?,
+            payload: r.get(3)?,
+            prev_hash: r.get(4)?,
+            hash: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newer_schema_is_refused_and_empty_files_are_not_audit_databases() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch("CREATE TABLE x (y)").unwrap();
+        }
+        assert!(matches!(
+            open_reader(&path),
+            Err(AuditError::NotAnAuditDatabase(_))
+        ));
+        {
+            let c = Connection::open(&path).unwrap();
+            c.pragma_update(None, "user_version", 99).unwrap();
+        }
+        assert!(matches!(
+            open_writer(Some(&path)),
+            Err(AuditError::SchemaTooNew { found: 99, .. })
+        ));
+        assert!(matches!(
+            open_reader(&dir.path().join("missing.db")),
+            Err(AuditError::NoDatabase(_))
+        ));
+    }
+
+    #[test]
+    fn an_empty_log_has_the_genesis_head() {
+        let conn = open_writer(None).unwrap();
+        assert_eq!(head(&conn).unwrap(), Head::genesis());
+    }
+}

@@ -1,0 +1,279 @@
+//! The audit trail against PostgreSQL's own statement log (`log_statement = 'all'` on the test
+//! cluster): every statement the upstream ran through timebox has an audit record, denied ones have
+//! a record and never reached the server, outcomes are linked, and nothing is lost on kill -9.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Options;
+use tokio_postgres::NoTls;
+
+async fn connect(conn: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(conn, NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+async fn server_log() -> String {
+    tokio::task::spawn_blocking(|| std::fs::read_to_string(common::cluster::shared_cluster().log_path()))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// (kind, payload JSON) of every record in an audit database file.
+fn audit_records(db: &std::path::Path) -> Vec<(String, serde_json::Value)> {
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT kind, payload FROM audit_events ORDER BY seq")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .unwrap()
+        .map(|r| {
+            let (k, p) = r.unwrap();
+            (k, serde_json::from_str(&p).unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_statement_run_upstream_is_audited_and_denied_ones_never_run() {
+    let inst = common::start(Options::default()).await;
+    let (grant, token) = inst.grant("alice", "read", "10m").await;
+    let client = connect(&inst.conn_string("alice", &token, "disable")).await;
+    let mark = common::cluster::unique_name("auditmark");
+
+    client
+        .simple_query(&format!("SELECT '{mark}_simple'"))
+        .await
+        .unwrap();
+    let stmt = client
+        .prepare(&format!("SELECT $1::text || '{mark}_extended'"))
+        .await
+        .unwrap();
+    client.query_one(&stmt, &[&"p1"]).await.unwrap();
+    client.query_one(&stmt, &[&"p2"]).await.unwrap();
+    client
+        .simple_query(&format!("DELETE FROM items WHERE name = '{mark}_denied'"))
+        .await
+        .unwrap_err();
+    client
+        .simple_query(&format!("SELECT 1/0 AS {mark}_fails"))
+        .await
+        .unwrap_err();
+    drop(client);
+    // let the session end be recorded
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let db = inst.dir.path().join("audit.db");
+    let records = audit_records(&db);
+    let log = server_log().await;
+
+    let statements: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|(k, _)| k == "statement")
+        .map(|(_, p)| p)
+        .collect();
+    let with = |needle: &str| -> Vec<&serde_json::Value> {
+        statements
+            .iter()
+            .copied()
+            .filter(|p| p["sql"].as_str().unwrap_or("").contains(needle))
+            .collect()
+    };
+    // allowed, simple protocol: audited and run
+    let simple = with(&format!("{mark}_simple"));
+    assert_eq!(simple.len(), 1, "{records:?}");
+    assert_eq!(simple[0]["decision"], "allow");
+    assert_eq!(simple[0]["grant_id"], grant.id.as_str());
+    assert!(log.contains(&format!("{mark}_simple")));
+    // extended protocol: the Parse and each execution (Bind, with its parameters) are audited
+    let extended = with(&format!("{mark}_extended"));
+    assert_eq!(extended.len(), 3, "parse + 2 executions: {extended:?}");
+    let params: Vec<String> = extended.iter().map(|p| p["params"].to_string()).collect();
+    assert!(
+        params.iter().any(|p| p.contains("bytes")),
+        "params redacted by default: {params:?}"
+    );
+    assert!(log.contains(&format!("{mark}_extended")));
+    // denied: audited with its reason, never reached the server
+    let denied = with(&format!("{mark}_denied"));
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0]["decision"], "deny");
+    assert!(denied[0]["reason"].as_str().unwrap().contains("timebox:"));
+    assert!(
+        !log.contains(&format!("{mark}_denied")),
+        "a denied statement reached the server"
+    );
+
+    // outcomes are linked to their statements
+    let outcome_of = |stmt: &serde_json::Value| {
+        records
+            .iter()
+            .filter(|(k, _)| k == "statement_outcome")
+            .map(|(_, p)| p)
+            .find(|p| p["session_id"] == stmt["session_id"] && p["statement_id"] == stmt["statement_id"])
+            .cloned()
+    };
+    let ok = outcome_of(simple[0]).expect("outcome of the simple SELECT");
+    assert_eq!(ok["command_tag"], "SELECT 1");
+    assert_eq!(ok["rows"], 1);
+    let failed = outcome_of(with(&format!("{mark}_fails"))[0]).expect("outcome of the failing SELECT");
+    assert_eq!(failed["sqlstate"], "22012");
+
+    // session start and end, and the chain verifies
+    let kinds: Vec<&str> = records.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(
+        kinds.contains(&"session_start") && kinds.contains(&"session_end"),
+        "{kinds:?}"
+    );
+    let report = timebox::audit::verify_file(&db, &[]).unwrap();
+    assert!(report.first_bad.is_none(), "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_failures_are_audited_without_the_token() {
+    let inst = common::start(Options::default()).await;
+    let (_g, _token) = inst.grant("alice", "read", "10m").await;
+    let wrong = "tbx_wrongwrongwrongwrongwrongwrong";
+    let _ = tokio_postgres::connect(&inst.conn_string("alice", wrong, "disable"), NoTls).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let records = audit_records(&inst.dir.path().join("audit.db"));
+    let failure = records
+        .iter()
+        .find(|(k, _)| k == "auth_failure")
+        .expect("auth failure record");
+    assert_eq!(failure.1["user"], "alice");
+    assert_eq!(failure.1["reason"], "wrong token");
+    let all = format!("{records:?}");
+    assert!(!all.contains(wrong), "the token must never be in the audit trail");
+}
+
+/// kill -9 under load: every statement PostgreSQL logged as run through timebox is in the audit
+/// database (fsync durability: records are on disk before statements are forwarded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_reaches_the_database_unaudited_even_on_kill_9() {
+    let cluster_port = tokio::task::spawn_blocking(|| common::cluster::shared_cluster().port())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (proxy_port, admin_port) = (free_port(), free_port());
+    let text = common::config_text(&Options::default(), dir.path(), cluster_port)
+        .replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{proxy_port}\""),
+            1,
+        )
+        .replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{admin_port}\""),
+            1,
+        )
+        .replace("tls = \"optional\"", "tls = \"disabled\"");
+    let config = dir.path().join("timebox.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_timebox"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+
+    // issue a grant through the admin API once it is up
+    let http = reqwest::Client::new();
+    let mut token = None;
+    for _ in 0..100 {
+        let r = http
+            .post(format!("http://127.0.0.1:{admin_port}/v1/grants"))
+            .bearer_auth(common::ADMIN_TOKEN)
+            .json(&serde_json::json!({"user": "alice", "target": "shop", "role": "read", "ttl": "10m", "reason": "crash test"}))
+            .send()
+            .await;
+        if let Ok(r) = r {
+            let body: serde_json::Value = r.json().await.unwrap();
+            token = body["token"].as_str().map(str::to_owned);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let token = token.expect("timebox serve came up and issued a grant");
+    let mark = common::cluster::unique_name("crashmark");
+    let conn =
+        format!("host=127.0.0.1 port={proxy_port} user=alice password={token} dbname=shop sslmode=disable");
+
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let conn = conn.clone();
+        let mark = mark.clone();
+        workers.push(tokio::spawn(async move {
+            let Ok((client, connection)) = tokio_postgres::connect(&conn, NoTls).await else {
+                return 0;
+            };
+            tokio::spawn(connection);
+            let mut sent = 0;
+            for i in 0.. {
+                if client
+                    .simple_query(&format!("SELECT '{mark}_{w}_{i}'"))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                sent += 1;
+            }
+            sent
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    server.kill().unwrap(); // SIGKILL
+    server.wait().unwrap();
+    let mut acknowledged = 0;
+    for w in workers {
+        acknowledged += w.await.unwrap();
+    }
+    assert!(
+        acknowledged > 20,
+        "the load ran ({acknowledged} statements answered)"
+    );
+
+    let log = server_log().await;
+    let executed: std::collections::BTreeSet<String> = log
+        .lines()
+        .filter_map(|l| {
+            let at = l.find(&format!("{mark}_"))?;
+            let rest = &l[at..];
+            Some(rest[..rest.find('\'').unwrap_or(rest.len())].to_owned())
+        })
+        .collect();
+    assert!(
+        executed.len() >= acknowledged,
+        "the server ran what the clients saw answered"
+    );
+    let records = audit_records(&dir.path().join("audit.db"));
+    let audited: std::collections::BTreeSet<String> = records
+        .iter()
+        .filter(|(k, _)| k == "statement")
+        .filter_map(|(_, p)| {
+            let sql = p["sql"].as_str()?;
+            let at = sql.find(&format!("{mark}_"))?;
+            let rest = &sql[at..];
+            Some(rest[..rest.find('\'').unwrap_or(rest.len())].to_owned())
+        })
+        .collect();
+    let missing: Vec<&String> = executed.difference(&audited).collect();
+    assert!(
+        missing.is_empty(),
+        "ran upstream without an audit record: {missing:?}"
+    );
+    let report = timebox::audit::verify_file(&dir.path().join("audit.db"), &[]).unwrap();
+    assert!(report.first_bad.is_none(), "{report:?}");
+}
