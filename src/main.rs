@@ -39,6 +39,18 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Classify SQL and decide it for a role, without connecting: prints each statement's class,
+    /// relations and decision. Exit 0 when allowed, 1 when denied, 2 when the config is invalid.
+    Check {
+        /// The TOML config file (its roles are used).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The role to decide for.
+        #[arg(long)]
+        role: String,
+        /// SQL text (one or more statements).
+        sql: String,
+    },
     /// Start a throwaway PostgreSQL with sample data and timebox in front of it; prints psql commands.
     Demo(timebox::demo::DemoArgs),
     /// Issue, list, show and revoke grants through a running instance's admin API.
@@ -274,6 +286,21 @@ async fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(&config).await,
         Command::CheckConfig { config } => check_config(&config),
+        Command::Check { config, role, sql } => match Config::load(&config) {
+            Ok(c) => {
+                let (out, allowed) = timebox::policy::check_command(&c, &role, &sql);
+                print!("{out}");
+                if allowed {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", config.display());
+                ExitCode::from(2)
+            }
+        },
         Command::Grant(args) => report(grant(args).await),
         Command::Audit(args) => audit(args).await,
         Command::Demo(args) => match timebox::demo::run(args).await {
