@@ -138,6 +138,10 @@ pub async fn handle_connection(state: Arc<AppState>, tcp: TcpStream, peer: Socke
         }
     };
 
+    if params.target == crate::auditsql::AUDIT_DATABASE {
+        crate::auditsql::serve(state, client, params, tls, peer).await;
+        return;
+    }
     let span = tracing::info_span!(
         "session",
         client.addr = %peer,
