@@ -14,9 +14,11 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{AuditError, AuditLog, AuditOptions, AuditWriterHandle};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::grants::requests::RequestService;
 use crate::grants::GrantService;
 use crate::proxy::{self, ProxyError, ProxyState};
 use crate::store::{Store, StoreError};
+use crate::webhooks::Webhooks;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -46,6 +48,10 @@ pub struct AppState {
     pub audit: AuditLog,
     /// The audit writer, taken and shut down by `run` once the proxy has drained.
     pub audit_writer: std::sync::Mutex<Option<AuditWriterHandle>>,
+    /// Access requests (and the in-memory tokens of approved ones not yet fetched).
+    pub requests: RequestService,
+    /// Notification dispatcher; its delivery task is started by `run`.
+    pub webhooks: Arc<Webhooks>,
 }
 
 impl AppState {
@@ -61,8 +67,10 @@ impl AppState {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<AppState>, AppError> {
         let config = Arc::new(config);
-        let grants = GrantService::new(store, config.clone(), clock.clone());
+        let grants = GrantService::new(store.clone(), config.clone(), clock.clone());
+        let requests = RequestService::new(store, grants.clone(), config.clone(), clock.clone());
         let proxy = ProxyState::new(&config)?;
+        let webhooks = Arc::new(Webhooks::new(config.webhooks.clone(), proxy.metrics.clone()));
         let (audit, audit_writer) = AuditLog::open_with(AuditOptions {
             clock: clock.clone(),
             ..AuditOptions::from_config(&config.audit, &config.store)
@@ -76,6 +84,8 @@ impl AppState {
             proxy_addr: std::sync::OnceLock::new(),
             audit,
             audit_writer: std::sync::Mutex::new(Some(audit_writer)),
+            requests,
+            webhooks,
         }))
     }
 }
@@ -112,12 +122,16 @@ pub async fn run(
             .await
     });
     let proxy = tokio::spawn(proxy::serve(state.clone(), listeners.proxy));
+    let webhooks = tokio::spawn(state.webhooks.clone().run(state.shutdown.clone()));
+    let expiry = tokio::spawn(expiry_task(state.clone()));
 
     shutdown.await;
     tracing::info!("shutting down: closing listeners and draining sessions");
     state.shutdown.cancel();
     let proxy_result = proxy.await.map_err(|e| ProxyError::Task(e.to_string()))?;
     let admin_result = admin.await.map_err(|e| ProxyError::Task(e.to_string()))?;
+    let _ = expiry.await;
+    let _ = webhooks.await;
     let audit_writer = state
         .audit_writer
         .lock()
@@ -129,4 +143,60 @@ pub async fn run(
     proxy_result?;
     admin_result.map_err(AppError::Admin)?;
     Ok(())
+}
+
+/// How often pending requests are checked for expiry (and grant expiries announced).
+const EXPIRY_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Until shutdown: marks overdue access requests expired and announces them and expired grants
+/// to the webhooks. Store failures are logged and retried on the next tick.
+async fn expiry_task(state: Arc<AppState>) {
+    use crate::webhooks::Notification;
+    let wants_grant_expiry = state.config.webhooks.iter().any(|w| w.wants("grant_expired"));
+    let mut last = state.clock.now();
+    let mut tick = tokio::time::interval(EXPIRY_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match state.requests.expire_due().await {
+            Ok(expired) => {
+                for r in expired {
+                    tracing::info!(request.id = %r.id, requester = %r.requester, "access request expired unreviewed");
+                    state.webhooks.notify(Notification::new(
+                        "request_expired",
+                        format!(
+                            "Access request {} by {} for {} on {} expired without a decision",
+                            r.id, r.requester, r.role, r.target
+                        ),
+                        serde_json::json!({ "request": r }),
+                        state.clock.now(),
+                    ));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not expire access requests"),
+        }
+        if wants_grant_expiry {
+            let now = state.clock.now();
+            match state.grants.store().grants_expired_between(last, now).await {
+                Ok(grants) => {
+                    last = now;
+                    for g in grants {
+                        state.webhooks.notify(Notification::new(
+                            "grant_expired",
+                            format!(
+                                "Grant {} for {} on {} ({}) expired",
+                                g.id, g.user, g.target, g.role
+                            ),
+                            serde_json::json!({ "grant": g }),
+                            now,
+                        ));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not look for expired grants"),
+            }
+        }
+    }
 }

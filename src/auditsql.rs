@@ -76,13 +76,38 @@ CREATE TEMP VIEW grant_events AS
   FROM main.audit_events WHERE kind LIKE 'grant_%';
 "#;
 
-const VIEW_NAMES: &[&str] = &["events", "statements", "outcomes", "sessions", "auth_failures", "grant_events"];
+const VIEW_NAMES: &[&str] = &[
+    "events",
+    "statements",
+    "outcomes",
+    "sessions",
+    "auth_failures",
+    "grant_events",
+];
 
 /// SQLite functions auditors use that PostgreSQL's function list does not know as reads.
 const SQLITE_READ_FUNCTIONS: &[&str] = &[
-    "json_extract", "json_array_length", "json_type", "json_valid", "json_each", "json_tree", "json",
-    "datetime", "date", "time", "strftime", "julianday", "unixepoch", "substr", "instr", "ifnull",
-    "printf", "group_concat", "total", "hex", "typeof",
+    "json_extract",
+    "json_array_length",
+    "json_type",
+    "json_valid",
+    "json_each",
+    "json_tree",
+    "json",
+    "datetime",
+    "date",
+    "time",
+    "strftime",
+    "julianday",
+    "unixepoch",
+    "substr",
+    "instr",
+    "ifnull",
+    "printf",
+    "group_concat",
+    "total",
+    "hex",
+    "typeof",
 ];
 
 /// What auditors may run: reads only (plus SQLite's JSON and date functions).
@@ -106,9 +131,14 @@ pub fn check_query(sql: &str) -> Result<(), String> {
             ));
         }
         if stmt.kind != "SELECT" {
-            return Err(format!("timebox_audit is read-only: only SELECT is allowed, not {}", stmt.kind));
+            return Err(format!(
+                "timebox_audit is read-only: only SELECT is allowed, not {}",
+                stmt.kind
+            ));
         }
-        if let crate::policy::Decision::Deny { reason, .. } = crate::policy::authorize(&auditor_policy(), stmt) {
+        if let crate::policy::Decision::Deny { reason, .. } =
+            crate::policy::authorize(&auditor_policy(), stmt)
+        {
             return Err(format!("timebox_audit is read-only: {reason}"));
         }
         for r in &stmt.relations {
@@ -159,7 +189,10 @@ async fn run(
     // AuthenticationCleartextPassword: the token is compared by its SHA-256, like the admin API.
     let mut out = BytesMut::new();
     wire::frame(&mut out, b'R', |b| b.put_i32(3));
-    client.write_all(&out).await.map_err(|_| PgError::protocol_violation("client left"))?;
+    client
+        .write_all(&out)
+        .await
+        .map_err(|_| PgError::protocol_violation("client left"))?;
     let password = read_password(client).await?;
     let digest: [u8; 32] = Sha256::digest(password.as_bytes()).into();
     let principal = state
@@ -170,12 +203,14 @@ async fn run(
         .find(|t| bool::from(t.sha256.ct_eq(&digest)) && t.name == params.user);
     let Some(principal) = principal else {
         throttle.record_failure(peer.ip(), std::time::Instant::now());
-        let _ = state.audit.submit(vec![AuditEvent::AuthFailure(audit_event::AuthFailure {
-            client_addr: peer.to_string(),
-            reason: "wrong token for timebox_audit".into(),
-            target: AUDIT_DATABASE.into(),
-            user: params.user.clone(),
-        })]);
+        let _ = state
+            .audit
+            .submit(vec![AuditEvent::AuthFailure(audit_event::AuthFailure {
+                client_addr: peer.to_string(),
+                reason: "wrong token for timebox_audit".into(),
+                target: AUDIT_DATABASE.into(),
+                user: params.user.clone(),
+            })]);
         return Err(PgError::invalid_password(&params.user));
     };
     if !principal.roles.iter().any(|r| r == "auditor" || r == "admin") {
@@ -203,20 +238,31 @@ async fn run(
         ("integer_datetimes", "on"),
         ("standard_conforming_strings", "on"),
         ("TimeZone", "UTC"),
-        ("application_name", params.application_name.as_deref().unwrap_or("")),
+        (
+            "application_name",
+            params.application_name.as_deref().unwrap_or(""),
+        ),
     ] {
         wire::parameter_status(&mut out, k, v);
     }
     wire::backend_key_data(&mut out, rand::random::<i32>() & 0x7fff_ffff, rand::random());
     ready(&mut out);
-    client.write_all(&out).await.map_err(|_| PgError::protocol_violation("client left"))?;
+    client
+        .write_all(&out)
+        .await
+        .map_err(|_| PgError::protocol_violation("client left"))?;
     tracing::info!(user = %params.user, "auditor connected to timebox_audit");
 
     let mut statement_id = 0u64;
     let mut skipping_until_sync = false;
     loop {
-        let Ok(tag) = client.read_u8().await else { return Ok(()) };
-        let len = client.read_i32().await.map_err(|_| PgError::protocol_violation("client left"))?;
+        let Ok(tag) = client.read_u8().await else {
+            return Ok(());
+        };
+        let len = client
+            .read_i32()
+            .await
+            .map_err(|_| PgError::protocol_violation("client left"))?;
         if !(4..=MAX_QUERY as i32).contains(&len) {
             return Err(PgError::protocol_violation("invalid message length"));
         }
@@ -251,7 +297,11 @@ async fn run(
                 });
                 if let Err(e) = state.audit.record(vec![event]).await {
                     tracing::error!(error = %e, "cannot audit an auditor query");
-                    error(&mut out, "58030", "timebox cannot record this query in the audit log, so it was not run");
+                    error(
+                        &mut out,
+                        "58030",
+                        "timebox cannot record this query in the audit log, so it was not run",
+                    );
                 } else {
                     match decision {
                         Err(reason) => error(&mut out, "42501", &reason),
@@ -282,17 +332,26 @@ async fn run(
             }
         }
         if !out.is_empty() {
-            client.write_all(&out).await.map_err(|_| PgError::protocol_violation("client left"))?;
+            client
+                .write_all(&out)
+                .await
+                .map_err(|_| PgError::protocol_violation("client left"))?;
         }
     }
 }
 
 async fn read_password(client: &mut ClientStream) -> Result<String, PgError> {
-    let tag = client.read_u8().await.map_err(|_| PgError::protocol_violation("client left"))?;
+    let tag = client
+        .read_u8()
+        .await
+        .map_err(|_| PgError::protocol_violation("client left"))?;
     if tag != b'p' {
         return Err(PgError::protocol_violation("expected a password message"));
     }
-    let len = client.read_i32().await.map_err(|_| PgError::protocol_violation("client left"))?;
+    let len = client
+        .read_i32()
+        .await
+        .map_err(|_| PgError::protocol_violation("client left"))?;
     if !(5..=1024).contains(&len) {
         return Err(PgError::protocol_violation("invalid password message length"));
     }
@@ -377,7 +436,9 @@ fn run_sqlite(db: &std::path::Path, sql: &str) -> Result<BytesMut, String> {
         count += 1;
         if count > MAX_ROWS {
             let _ = done_tx.send(());
-            return Err(format!("the result has more than {MAX_ROWS} rows; add a LIMIT or a narrower WHERE"));
+            return Err(format!(
+                "the result has more than {MAX_ROWS} rows; add a LIMIT or a narrower WHERE"
+            ));
         }
         let mut values: Vec<Option<String>> = Vec::with_capacity(columns.len());
         for i in 0..columns.len() {
@@ -416,9 +477,14 @@ mod tests {
 
     #[test]
     fn only_selects_over_the_audit_views_pass() {
-        assert!(check_query("SELECT * FROM statements WHERE decision = 'deny' AND \"user\" = 'alice'").is_ok());
+        assert!(
+            check_query("SELECT * FROM statements WHERE decision = 'deny' AND \"user\" = 'alice'").is_ok()
+        );
         assert!(check_query("SELECT count(*) FROM events").is_ok());
-        assert!(check_query("SELECT s.sql, o.sqlstate FROM statements s JOIN outcomes o USING (session_id, statement_id)").is_ok());
+        assert!(check_query(
+            "SELECT s.sql, o.sqlstate FROM statements s JOIN outcomes o USING (session_id, statement_id)"
+        )
+        .is_ok());
         assert!(check_query("").is_ok());
         assert!(check_query(
             "SELECT json_extract(payload, '$.sql') FROM events WHERE ts > datetime('now', '-7 days')"

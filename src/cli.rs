@@ -7,6 +7,7 @@
 //! command-line value (it would show in `ps`): only from the environment or a file.
 
 pub mod audit;
+pub mod requests;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -529,6 +530,7 @@ mod tests {
                 revoke_reason: None,
             },
             status,
+            break_glass: false,
         }
     }
 

@@ -19,6 +19,20 @@ pub const STATEMENT_CLASSES: &[&str] = &["read", "write", "ddl", "admin"];
 /// Principal roles an admin-API token may carry.
 pub const PRINCIPAL_ROLES: &[&str] = &["admin", "approver", "requester", "auditor"];
 
+/// Events a `[[webhooks]]` entry may subscribe to (`"*"` means all of them).
+pub const WEBHOOK_EVENTS: &[&str] = &[
+    "request_created",
+    "request_approved",
+    "request_denied",
+    "request_expired",
+    "break_glass",
+    "grant_issued",
+    "grant_extended",
+    "grant_revoked",
+    "grant_expired",
+    "session_killed",
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -80,6 +94,21 @@ pub struct RawConfig {
     targets: BTreeMap<String, RawTarget>,
     #[serde(default)]
     roles: BTreeMap<String, RawRole>,
+    #[serde(default)]
+    webhooks: Vec<RawWebhook>,
+    requests: Option<RawRequests>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawWebhook {
+    url: String,
+    #[serde(default)]
+    events: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawRequests {
+    review_window: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,6 +187,9 @@ struct RawRole {
     allow_unparsed: Option<bool>,
     #[serde(default)]
     allow_functions: Vec<String>,
+    approvals: Option<i64>,
+    break_glass: Option<bool>,
+    break_glass_max_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -180,6 +212,54 @@ pub struct Config {
     pub audit: AuditConfig,
     pub targets: BTreeMap<String, Target>,
     pub roles: BTreeMap<String, Role>,
+    /// The access-request settings of each role (`approvals`, `break_glass`, …), by role name.
+    pub workflow: BTreeMap<String, RoleWorkflow>,
+    /// `[[webhooks]]`: where notifications go.
+    pub webhooks: Vec<Webhook>,
+    /// `[requests]`: access-request settings.
+    pub requests: RequestsConfig,
+}
+
+/// How access to a role is requested and approved (keys of `[roles.NAME]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoleWorkflow {
+    /// Distinct approvers a request for this role needs (`approvals`, default 1).
+    pub approvals: u32,
+    /// A requester may self-approve with a reason (`break_glass`, default false).
+    pub break_glass: bool,
+    /// The longest break-glass grant (`break_glass_max_ttl`, default the smaller of 1h and `max_ttl`).
+    pub break_glass_max_ttl: Duration,
+}
+
+impl Default for RoleWorkflow {
+    fn default() -> Self {
+        RoleWorkflow {
+            approvals: 1,
+            break_glass: false,
+            break_glass_max_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// One `[[webhooks]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub url: String,
+    /// Event names from [`WEBHOOK_EVENTS`]; `"*"` for all.
+    pub events: Vec<String>,
+}
+
+impl Webhook {
+    pub fn wants(&self, event: &str) -> bool {
+        self.events.iter().any(|e| e == "*" || e == event)
+    }
+}
+
+/// `[requests]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestsConfig {
+    /// A pending request not reviewed within this becomes `expired` (`review_window`, default 1h).
+    pub review_window: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -420,6 +500,7 @@ impl RawConfig {
         let audit = validate_audit(self.audit.as_ref(), &mut p);
 
         let mut roles = BTreeMap::new();
+        let mut workflow = BTreeMap::new();
         for (name, raw) in &self.roles {
             let path = format!("roles.{name}");
             if !valid_name(name) {
@@ -483,6 +564,30 @@ impl RawConfig {
                     );
                 }
             }
+            let approvals = p.positive(&format!("{path}.approvals"), raw.approvals, 1, 10) as u32;
+            let break_glass = raw.break_glass.unwrap_or(false);
+            let break_glass_max_ttl = match &raw.break_glass_max_ttl {
+                None => max_ttl.min(Duration::from_secs(3600)),
+                Some(v) => {
+                    let key = format!("{path}.break_glass_max_ttl");
+                    if !break_glass {
+                        p.push(&key, "only meaningful with break_glass = true");
+                    }
+                    let d = p.duration(&key, Some(v), max_ttl);
+                    if d > max_ttl {
+                        p.push(&key, "must not be longer than max_ttl");
+                    }
+                    d
+                }
+            };
+            workflow.insert(
+                name.clone(),
+                RoleWorkflow {
+                    approvals,
+                    break_glass,
+                    break_glass_max_ttl,
+                },
+            );
             roles.insert(
                 name.clone(),
                 Role {
@@ -573,6 +678,15 @@ impl RawConfig {
             );
         }
 
+        let webhooks = validate_webhooks(&self.webhooks, &mut p);
+        let requests = RequestsConfig {
+            review_window: p.duration(
+                "requests.review_window",
+                self.requests.as_ref().and_then(|r| r.review_window.as_deref()),
+                Duration::from_secs(3600),
+            ),
+        };
+
         if p.0.is_empty() {
             Ok(Config {
                 proxy,
@@ -581,11 +695,54 @@ impl RawConfig {
                 audit,
                 targets,
                 roles,
+                workflow,
+                webhooks,
+                requests,
             })
         } else {
             Err(ConfigError::Invalid(p.0))
         }
     }
+}
+
+impl Config {
+    /// The request workflow of role `name` (the defaults for an unknown role).
+    pub fn workflow(&self, name: &str) -> RoleWorkflow {
+        self.workflow.get(name).copied().unwrap_or_default()
+    }
+}
+
+fn validate_webhooks(raw: &[RawWebhook], p: &mut Problems) -> Vec<Webhook> {
+    let mut out = Vec::new();
+    for (i, w) in raw.iter().enumerate() {
+        let path = format!("webhooks[{i}]");
+        match reqwest::Url::parse(&w.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => p.push(
+                format!("{path}.url"),
+                format!("{:?} is not an http:// or https:// URL", w.url),
+            ),
+        }
+        if w.events.is_empty() {
+            p.push(
+                format!("{path}.events"),
+                format!("give at least one of \"*\" | {}", WEBHOOK_EVENTS.join(" | ")),
+            );
+        }
+        for (j, e) in w.events.iter().enumerate() {
+            if e != "*" && !WEBHOOK_EVENTS.contains(&e.as_str()) {
+                p.push(
+                    format!("{path}.events[{j}]"),
+                    format!("{e:?} is not one of \"*\" | {}", WEBHOOK_EVENTS.join(" | ")),
+                );
+            }
+        }
+        out.push(Webhook {
+            url: w.url.clone(),
+            events: w.events.clone(),
+        });
+    }
+    out
 }
 
 fn validate_proxy(raw: &RawProxy, p: &mut Problems) -> ProxyConfig {
@@ -981,6 +1138,45 @@ mod tests {
                 }
             }
             Err(e) => panic!("example config does not parse: {e}"),
+        }
+    }
+
+    #[test]
+    fn workflow_webhooks_and_requests_parse_and_bad_values_are_reported() {
+        let ok = format!(
+            "{}\napprovals = 2\nbreak_glass = true\nbreak_glass_max_ttl = \"30m\"\n\
+             [requests]\nreview_window = \"15m\"\n\
+             [[webhooks]]\nurl = \"https://hooks.example.com/x\"\nevents = [\"break_glass\", \"request_created\"]\n",
+            MINIMAL.trim_end()
+        );
+        let c = Config::from_toml_str(&ok).unwrap();
+        let w = c.workflow("read");
+        assert_eq!((w.approvals, w.break_glass), (2, true));
+        assert_eq!(w.break_glass_max_ttl, Duration::from_secs(1800));
+        assert_eq!(c.requests.review_window, Duration::from_secs(900));
+        assert!(c.webhooks[0].wants("break_glass") && !c.webhooks[0].wants("grant_issued"));
+
+        let defaults = Config::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(defaults.workflow("read"), RoleWorkflow::default());
+        assert_eq!(defaults.requests.review_window, Duration::from_secs(3600));
+        assert!(defaults.webhooks.is_empty());
+
+        let bad = format!(
+            "{}\napprovals = 0\nbreak_glass_max_ttl = \"9h\"\n\
+             [[webhooks]]\nurl = \"ftp://x\"\nevents = [\"everything\"]\n",
+            MINIMAL.trim_end()
+        );
+        let ConfigError::Invalid(problems) = Config::from_toml_str(&bad).unwrap_err() else {
+            panic!()
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "roles.read.approvals",
+            "roles.read.break_glass_max_ttl",
+            "webhooks[0].url",
+            "webhooks[0].events[0]",
+        ] {
+            assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
         }
     }
 

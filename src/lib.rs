@@ -8,7 +8,8 @@
 //! 3. [`proxy`] accepts a client (TLS, startup), authenticates the token with SCRAM-SHA-256 against
 //!    the user's grants, connects upstream with the role's credential, and relays frames.
 //! 4. Each session's relay loop watches its grant: expiry, revocation and shutdown sever it.
-//! 5. [`pgcluster`] starts throwaway PostgreSQL clusters for the demo, tests and benchmarks.
+//! 5. [`webhooks`] tell chat about requests, grants and sessions; [`metrics`] are served at `/metrics`.
+//! 6. [`pgcluster`] starts throwaway PostgreSQL clusters for the demo, tests and benchmarks.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -25,3 +26,4 @@ pub mod pgcluster;
 pub mod policy;
 pub mod proxy;
 pub mod store;
+pub mod webhooks;

@@ -57,6 +57,10 @@ enum Command {
     Grant(GrantArgs),
     /// Search, follow and verify the audit trail (roles admin, auditor).
     Audit(AuditArgs),
+    /// Ask for access, review requests, fetch the token of an approved request.
+    Request(RequestArgs),
+    /// List live sessions and kill one.
+    Session(SessionArgs),
     /// Manage admin API tokens.
     AdminToken {
         #[command(subcommand)]
@@ -136,6 +140,21 @@ enum GrantCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Extend a grant: its expiry moves by TTL (never past its start + the role's max_ttl); live
+    /// sessions keep going.
+    Extend {
+        /// The grant id (g_…).
+        id: String,
+        /// How much longer, e.g. 30m.
+        #[arg(long)]
+        ttl: String,
+        /// Why more time is needed.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print the API's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke a grant; its live sessions are closed at once.
     Revoke {
         /// The grant id (g_…).
@@ -144,6 +163,111 @@ enum GrantCommand {
         #[arg(long)]
         reason: String,
         /// Print the API's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RequestArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(subcommand)]
+    command: RequestCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum RequestCommand {
+    /// Ask for access (as the principal of the admin token, which is the PostgreSQL user).
+    Create {
+        /// The target database (as named in the config).
+        #[arg(long)]
+        target: String,
+        /// The grant role (as named in the config).
+        #[arg(long)]
+        role: String,
+        /// How long the access should last, e.g. 30m.
+        #[arg(long)]
+        ttl: String,
+        /// Why the access is needed (required).
+        #[arg(long)]
+        reason: String,
+        /// A ticket or incident reference.
+        #[arg(long)]
+        ticket: Option<String>,
+        /// Emergency: self-approve at once (roles with break_glass = true; TTL capped; loudly flagged).
+        /// Prints the token.
+        #[arg(long)]
+        break_glass: bool,
+        /// Print the API's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List requests, newest first (a requester sees its own).
+    List {
+        #[arg(long)]
+        requester: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long, value_parser = PossibleValuesParser::new(["pending", "approved", "denied", "expired"]))]
+        status: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one request.
+    Show {
+        /// The request id (r_…).
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a request (approver or admin; never your own).
+    Approve {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deny a request (approver or admin; never your own).
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch the token of your approved request (once).
+    Token {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct SessionArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(subcommand)]
+    command: SessionCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionCommand {
+    /// List live sessions.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sever a live session; the client is told who and why.
+    Kill {
+        /// The session id (s_…).
+        id: String,
+        #[arg(long)]
+        reason: String,
         #[arg(long)]
         json: bool,
     },
@@ -302,6 +426,8 @@ async fn main() -> ExitCode {
             }
         },
         Command::Grant(args) => report(grant(args).await),
+        Command::Request(args) => report(request(args).await),
+        Command::Session(args) => report(session(args).await),
         Command::Audit(args) => audit(args).await,
         Command::Demo(args) => match timebox::demo::run(args).await {
             Ok(()) => ExitCode::SUCCESS,
@@ -466,6 +592,19 @@ async fn grant(args: GrantArgs) -> Result<(), CliError> {
                 print!("{}", cli::render_json(&grant.raw));
             } else {
                 print!("{}", cli::render_grant_details(&grant.body));
+            }
+        }
+        GrantCommand::Extend {
+            id,
+            ttl,
+            reason,
+            json,
+        } => {
+            let grant = client.extend(&id, &ttl, reason.as_deref()).await?;
+            if json {
+                print!("{}", cli::render_json(&grant.raw));
+            } else {
+                print!("{}", cli::requests::render_extended(&grant.body));
             }
         }
         GrantCommand::Revoke { id, reason, json } => {
@@ -656,6 +795,113 @@ async fn audit_api(api: &ApiArgs, command: AuditCommand) -> Result<(), CliError>
         }
         AuditCommand::Verify { .. } => unreachable!("verify is handled by `audit`"),
         AuditCommand::Head { json, .. } => print_head(&client.audit_head().await?.body, json),
+    }
+    Ok(())
+}
+
+/// `timebox request …`.
+async fn request(args: RequestArgs) -> Result<(), CliError> {
+    use cli::requests as rq;
+    let client = api_client(&args.api)?;
+    let show = |v: &cli::ApiResponse<rq::RequestView>, json: bool| {
+        if json {
+            print!("{}", cli::render_json(&v.raw));
+        } else {
+            print!("{}", rq::render_request_details(&v.body));
+        }
+    };
+    match args.command {
+        RequestCommand::Create {
+            target,
+            role,
+            ttl,
+            reason,
+            ticket,
+            break_glass,
+            json,
+        } => {
+            let created = client
+                .request_create(&rq::NewAccessRequest {
+                    target,
+                    role,
+                    ttl,
+                    reason,
+                    ticket,
+                    break_glass,
+                })
+                .await?;
+            if break_glass {
+                let token = client.request_token(&created.body.request.id).await?;
+                if json {
+                    print!("{}", cli::render_json(&token.raw));
+                } else {
+                    print!("{}", rq::render_request_token(&token.body));
+                }
+            } else {
+                show(&created, json);
+            }
+        }
+        RequestCommand::List {
+            requester,
+            target,
+            status,
+            limit,
+            json,
+        } => {
+            let list = client
+                .request_list(&rq::RequestListFilter {
+                    requester,
+                    target,
+                    status,
+                    limit,
+                })
+                .await?;
+            if json {
+                print!("{}", cli::render_json(&list.raw));
+            } else {
+                print!("{}", rq::render_request_table(&list.body.requests));
+            }
+        }
+        RequestCommand::Show { id, json } => show(&client.request_show(&id).await?, json),
+        RequestCommand::Approve { id, reason, json } => {
+            show(&client.request_review(&id, true, &reason).await?, json)
+        }
+        RequestCommand::Deny { id, reason, json } => {
+            show(&client.request_review(&id, false, &reason).await?, json)
+        }
+        RequestCommand::Token { id, json } => {
+            let token = client.request_token(&id).await?;
+            if json {
+                print!("{}", cli::render_json(&token.raw));
+            } else {
+                print!("{}", rq::render_request_token(&token.body));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `timebox session …`.
+async fn session(args: SessionArgs) -> Result<(), CliError> {
+    use cli::requests as rq;
+    let client = api_client(&args.api)?;
+    match args.command {
+        SessionCommand::List { json } => {
+            let list = client.session_list().await?;
+            if json {
+                print!("{}", cli::render_json(&list.raw));
+            } else {
+                print!("{}", rq::render_session_table(&list.body.sessions));
+            }
+        }
+        SessionCommand::Kill { id, reason, json } => {
+            let killed = client.session_kill(&id, &reason).await?;
+            if json {
+                print!("{}", cli::render_json(&killed.raw));
+            } else {
+                print!("{}", rq::render_killed(&killed.body));
+            }
+        }
     }
     Ok(())
 }

@@ -32,7 +32,11 @@ async fn auditors_query_the_trail_with_psql_and_cannot_change_it() {
     )
     .await;
     assert!(out.success, "{out:?}");
-    assert!(out.stdout.contains(&grant.id) && out.stdout.contains(&mark), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&grant.id) && out.stdout.contains(&mark),
+        "{}",
+        out.stdout
+    );
 
     // JSON and time functions of the audit store work
     let out = psql(
@@ -45,7 +49,11 @@ async fn auditors_query_the_trail_with_psql_and_cannot_change_it() {
     assert!(out.stdout.trim().parse::<i64>().unwrap() >= 2, "{}", out.stdout);
 
     // writes, DDL and the raw table are refused
-    for sql in ["DELETE FROM events", "DROP VIEW statements", "SELECT * FROM audit_events"] {
+    for sql in [
+        "DELETE FROM events",
+        "DROP VIEW statements",
+        "SELECT * FROM audit_events",
+    ] {
         let out = psql(&audit_conn(&inst, "audrey"), common::AUDITOR_TOKEN, sql).await;
         assert!(!out.success, "{sql} must be refused");
         assert!(out.stderr.contains("timebox_audit"), "{sql}: {}", out.stderr);
@@ -68,11 +76,20 @@ async fn non_auditors_wrong_tokens_and_plaintext_are_refused() {
     // a requester token is a valid principal but not an auditor
     let out = psql(&audit_conn(&inst, "alice"), common::REQUESTER_TOKEN, "SELECT 1").await;
     assert!(!out.success);
-    assert!(out.stderr.contains("requires the auditor or admin role"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("requires the auditor or admin role"),
+        "{}",
+        out.stderr
+    );
     // the auditor's token under another name
     let out = psql(&audit_conn(&inst, "ops"), common::AUDITOR_TOKEN, "SELECT 1").await;
     assert!(!out.success);
-    assert!(out.stderr.contains("password authentication failed for user \"ops\""), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("password authentication failed for user \"ops\""),
+        "{}",
+        out.stderr
+    );
     // plaintext: the token must not cross the wire unencrypted
     let plain = format!(
         "host=127.0.0.1 port={} user=audrey dbname=timebox_audit sslmode=disable",
@@ -80,5 +97,9 @@ async fn non_auditors_wrong_tokens_and_plaintext_are_refused() {
     );
     let out = psql(&plain, common::AUDITOR_TOKEN, "SELECT 1").await;
     assert!(!out.success);
-    assert!(out.stderr.contains("requires an encrypted connection"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("requires an encrypted connection"),
+        "{}",
+        out.stderr
+    );
 }

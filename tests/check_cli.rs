@@ -42,7 +42,10 @@ fn check_prints_each_decision_and_exits_by_the_verdict() {
 
     let (code, out, _) = check(&config, "read", "SELECT name FROM public.items WHERE id = 1");
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("class:     read") && out.contains("public.items") && out.contains("allowed"), "{out}");
+    assert!(
+        out.contains("class:     read") && out.contains("public.items") && out.contains("allowed"),
+        "{out}"
+    );
 
     let (code, out, _) = check(&config, "read", "SELECT 1; DELETE FROM items");
     assert_eq!(code, 1, "{out}");
@@ -54,7 +57,10 @@ fn check_prints_each_decision_and_exits_by_the_verdict() {
 
     let (code, out, _) = check(&config, "nope", "SELECT 1");
     assert_eq!(code, 1);
-    assert!(out.contains("unknown role \"nope\"; the config defines: read"), "{out}");
+    assert!(
+        out.contains("unknown role \"nope\"; the config defines: read"),
+        "{out}"
+    );
 
     std::fs::write(&config, "[proxy]\nlisten = 1").unwrap();
     let (code, _, err) = check(&config, "read", "SELECT 1");

@@ -15,13 +15,15 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::{Principal, ADMIN, AUDITOR};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorResponse};
 use super::extract::ApiQuery;
 use crate::app::AppState;
 use crate::audit::query::MAX_LIMIT;
@@ -30,15 +32,16 @@ use crate::audit::{AuditFilter, Head, Order, Page, VerifyReport};
 /// Roles that may read the audit trail.
 pub const AUDIT_ROLES: &[&str] = &[ADMIN, AUDITOR];
 
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/v1/audit", get(search))
-        .route("/v1/audit/verify", get(verify))
-        .route("/v1/audit/head", get(head))
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(search))
+        .routes(routes!(verify))
+        .routes(routes!(head))
 }
 
 /// Query of `GET /v1/audit`. Unknown parameters are refused (a typo must not widen a search).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SearchQuery {
     pub user: Option<String>,
@@ -56,6 +59,10 @@ pub struct SearchQuery {
     pub order: Option<String>,
 }
 
+/// Search the audit trail (roles `admin`, `auditor`): `{"events": [record…], "next_cursor"}`.
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(SearchQuery), security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 400, body = ErrorResponse),
+        (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse)))]
 async fn search(
     State(state): State<Arc<AppState>>,
     principal: Principal,
@@ -68,13 +75,18 @@ async fn search(
 }
 
 /// Query of `GET /v1/audit/verify`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyQuery {
     /// A head noted earlier, `SEQ:HASH`.
     pub anchor: Option<String>,
 }
 
+/// Verify the hash chain (roles `admin`, `auditor`): `{"ok", "records", "head", "first_bad"}`.
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", params(VerifyQuery), security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 400, body = ErrorResponse),
+        (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse)))]
 async fn verify(
     State(state): State<Arc<AppState>>,
     principal: Principal,
@@ -96,6 +108,10 @@ async fn verify(
     Ok(Json(report))
 }
 
+/// The head of the chain (roles `admin`, `auditor`): `{"seq", "hash"}`.
+#[utoipa::path(get, path = "/v1/audit/head", tag = "audit", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 401, body = ErrorResponse),
+        (status = 403, body = ErrorResponse)))]
 async fn head(State(state): State<Arc<AppState>>, principal: Principal) -> Result<Json<Head>, ApiError> {
     principal.require_any(AUDIT_ROLES, "reading the audit head")?;
     Ok(Json(state.audit.head()))

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::audit::AuditError;
+use crate::grants::requests::RequestError;
 use crate::grants::GrantError;
 use crate::store::StoreError;
 
@@ -40,8 +41,15 @@ pub enum ApiError {
         #[source]
         source: GrantError,
     },
+    /// The resource is not in a state that allows the operation (request already decided, token
+    /// already fetched, same approver twice).
+    #[error("{0}")]
+    StateConflict(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// A failure of timebox itself; the cause is logged where it happened.
+    #[error("{0}")]
+    Internal(String),
     /// The grant store failed; the cause is logged, never sent.
     #[error("the grant store is unavailable")]
     StoreUnavailable(#[source] StoreError),
@@ -52,6 +60,18 @@ pub enum ApiError {
         #[source]
         source: AuditError,
     },
+}
+
+/// The JSON body of every error response (documentation type for the OpenAPI document).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorResponse {
+    /// Stable machine-readable code: unauthorized, forbidden, bad_request, invalid_request,
+    /// not_found, conflict, method_not_allowed, store_unavailable, audit_unavailable, …
+    pub code: String,
+    /// For a person.
+    pub message: String,
+    /// For `invalid_request`: the request field at fault.
+    pub field: Option<String>,
 }
 
 /// The JSON body of every error response.
@@ -75,8 +95,9 @@ impl ApiError {
             }
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Conflict { .. } | ApiError::StateConflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::StoreUnavailable(_) | ApiError::AuditUnavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -94,8 +115,9 @@ impl ApiError {
             }
             ApiError::Invalid { .. } => "invalid_request",
             ApiError::NotFound(_) => "not_found",
-            ApiError::Conflict { .. } => "conflict",
+            ApiError::Conflict { .. } | ApiError::StateConflict(_) => "conflict",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Internal(_) => "internal",
             ApiError::StoreUnavailable(_) => "store_unavailable",
             ApiError::AuditUnavailable { .. } => "audit_unavailable",
         }
@@ -119,6 +141,19 @@ impl From<GrantError> for ApiError {
                 source: conflict,
             },
             GrantError::Store(source) => ApiError::StoreUnavailable(source),
+        }
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::Invalid { field, message } => ApiError::Invalid { field, message },
+            RequestError::NotFound(id) => ApiError::NotFound(format!("no request {id}")),
+            RequestError::Forbidden(m) => ApiError::Forbidden(m),
+            RequestError::Conflict(m) => ApiError::StateConflict(m),
+            RequestError::Grant(g) => g.into(),
+            RequestError::Store(s) => ApiError::StoreUnavailable(s),
         }
     }
 }

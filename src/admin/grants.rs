@@ -1,10 +1,10 @@
-//! `/v1/grants`: issue, list, show and revoke grants over HTTP.
+//! `/v1/grants`: issue, list, show, extend and revoke grants over HTTP.
 //!
 //! Handlers are thin: authenticate ([`Principal`]), check the role, call [`crate::grants::GrantService`],
 //! shape the JSON. A grant is always shown with its `status` at the clock's now; its token appears
 //! exactly once, in the response to `POST /v1/grants`, and is never logged.
 //!
-//! Roles: issuing needs `admin`; revoking `admin` or `approver`; reading any role, where a principal
+//! Roles: issuing needs `admin`; revoking and extending `admin` or `approver`; reading any role, where a principal
 //! that is only a `requester` sees only grants whose `user` is its own name (others' are "not found",
 //! so the API is no oracle for which grants exist).
 
@@ -13,30 +13,34 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::{Principal, ADMIN, APPROVER, READ_ROLES};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorResponse};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::app::AppState;
-use crate::audit::{AuditEvent, GrantIssued, GrantRevoked};
+use crate::audit::{AuditEvent, GrantExtended, GrantIssued, GrantRevoked};
 use crate::config::{ClientTls, Config};
 use crate::grants::{Grant, GrantStatus, NewGrant};
 use crate::store::GrantFilter;
+use crate::webhooks::Notification;
 
 /// Largest `limit` a list request may ask for.
 pub const MAX_LIST_LIMIT: usize = 1000;
 /// Longest revocation reason accepted.
 const MAX_REASON_CHARS: usize = 1000;
 
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/v1/grants", post(issue).get(list))
-        .route("/v1/grants/{id}", get(show))
-        .route("/v1/grants/{id}/revoke", post(revoke))
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(issue, list))
+        .routes(routes!(show))
+        .routes(routes!(revoke))
+        .routes(routes!(extend))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -44,22 +48,60 @@ pub fn routes() -> Router<Arc<AppState>> {
 // ---------------------------------------------------------------------------------------------
 
 /// A grant as the API shows it: every stored field plus its status now. Never a token or verifier.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct GrantView {
     #[serde(flatten)]
     pub grant: Grant,
     pub status: GrantStatus,
+    /// Self-approved emergency access.
+    #[serde(default)]
+    pub break_glass: bool,
 }
 
 impl GrantView {
     pub fn at(grant: Grant, now: DateTime<Utc>) -> Self {
         let status = grant.status_at(now);
-        GrantView { grant, status }
+        GrantView {
+            grant,
+            status,
+            break_glass: false,
+        }
+    }
+
+    pub fn flagged(mut self, break_glass: bool) -> Self {
+        self.break_glass = break_glass;
+        self
     }
 }
 
+/// Views of `grants` at the clock's now, with their break-glass flags.
+pub async fn views(state: &AppState, grants: Vec<Grant>) -> Result<Vec<GrantView>, ApiError> {
+    let flagged = state
+        .grants
+        .break_glass_ids(grants.iter().map(|g| g.id.clone()).collect())
+        .await?;
+    let now = state.clock.now();
+    Ok(grants
+        .into_iter()
+        .map(|g| {
+            let bg = flagged.contains(&g.id);
+            GrantView::at(g, now).flagged(bg)
+        })
+        .collect())
+}
+
+async fn view(state: &AppState, grant: Grant) -> Result<GrantView, ApiError> {
+    let mut v = views(state, vec![grant]).await?;
+    Ok(v.remove(0))
+}
+
+/// The structured fields of a grant in webhook notifications.
+pub fn grant_fields(view: &GrantView) -> serde_json::Value {
+    serde_json::json!({ "grant": view })
+}
+
 /// The response to `POST /v1/grants`: the grant, its one-time token and how to connect with it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct IssuedGrant {
     #[serde(flatten)]
     pub view: GrantView,
@@ -69,7 +111,7 @@ pub struct IssuedGrant {
 }
 
 /// libpq connection parameters for the proxy, and a ready-to-paste `psql` command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ConnectInfo {
     pub host: String,
     pub port: u16,
@@ -79,13 +121,13 @@ pub struct ConnectInfo {
     pub psql: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct GrantList {
     pub grants: Vec<GrantView>,
 }
 
 /// Body of `POST /v1/grants`. Unknown fields are refused (a typo must not be silently ignored).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssueRequest {
     pub user: String,
@@ -112,7 +154,8 @@ impl From<IssueRequest> for NewGrant {
 }
 
 /// Query of `GET /v1/grants`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub user: Option<String>,
@@ -122,7 +165,7 @@ pub struct ListQuery {
 }
 
 /// Body of `POST /v1/grants/{id}/revoke`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
     /// Missing is treated like empty: 422 naming `reason`.
@@ -130,10 +173,27 @@ pub struct RevokeRequest {
     pub reason: String,
 }
 
+/// Body of `POST /v1/grants/{id}/extend`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    /// Added to the current expiry, e.g. "30m". The grant may never end later than its start plus
+    /// the role's `max_ttl` (`break_glass_max_ttl` for break-glass grants).
+    pub ttl: String,
+    /// Why more time is needed (recorded in the audit trail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Handlers.
 // ---------------------------------------------------------------------------------------------
 
+/// Issue a grant (role `admin`); the answer holds its token, shown only this once.
+#[utoipa::path(post, path = "/v1/grants", tag = "grants", request_body = IssueRequest,
+    security(("bearer" = [])),
+    responses((status = 201, body = IssuedGrant), (status = 401, body = ErrorResponse),
+        (status = 403, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
 async fn issue(
     State(state): State<Arc<AppState>>,
     principal: Principal,
@@ -164,6 +224,23 @@ async fn issue(
         token.expose(),
     );
     let view = GrantView::at(grant, state.clock.now());
+    state.webhooks.notify(Notification::new(
+        "grant_issued",
+        format!(
+            "{} issued grant {} for {} on {} ({}) until {}: {}",
+            principal.name,
+            view.grant.id,
+            view.grant.user,
+            view.grant.target,
+            view.grant.role,
+            view.grant
+                .expires_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            view.grant.reason
+        ),
+        grant_fields(&view),
+        state.clock.now(),
+    ));
     Ok((
         StatusCode::CREATED,
         Json(IssuedGrant {
@@ -174,6 +251,10 @@ async fn issue(
     ))
 }
 
+/// List grants, newest first (a requester sees only its own).
+#[utoipa::path(get, path = "/v1/grants", tag = "grants", params(ListQuery), security(("bearer" = [])),
+    responses((status = 200, body = GrantList), (status = 400, body = ErrorResponse),
+        (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse)))]
 async fn list(
     State(state): State<Arc<AppState>>,
     principal: Principal,
@@ -185,12 +266,16 @@ async fn list(
         return Ok(Json(GrantList { grants: Vec::new() }));
     };
     let grants = state.grants.list(filter).await?;
-    let now = state.clock.now();
     Ok(Json(GrantList {
-        grants: grants.into_iter().map(|g| GrantView::at(g, now)).collect(),
+        grants: views(&state, grants).await?,
     }))
 }
 
+/// Show one grant (a requester only its own; others' are 404).
+#[utoipa::path(get, path = "/v1/grants/{id}", tag = "grants", security(("bearer" = [])),
+    params(("id" = String, Path, description = "grant id (g_…)")),
+    responses((status = 200, body = GrantView), (status = 401, body = ErrorResponse),
+        (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 async fn show(
     State(state): State<Arc<AppState>>,
     principal: Principal,
@@ -202,9 +287,16 @@ async fn show(
         // Same answer as for a grant that does not exist.
         return Err(ApiError::NotFound(format!("no grant {id}")));
     }
-    Ok(Json(GrantView::at(grant, state.clock.now())))
+    Ok(Json(view(&state, grant).await?))
 }
 
+/// Revoke a grant (roles `admin`, `approver`); its live sessions are closed at once.
+#[utoipa::path(post, path = "/v1/grants/{id}/revoke", tag = "grants", request_body = RevokeRequest,
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "grant id (g_…)")),
+    responses((status = 200, body = GrantView), (status = 401, body = ErrorResponse),
+        (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 409, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
 async fn revoke(
     State(state): State<Arc<AppState>>,
     principal: Principal,
@@ -240,7 +332,86 @@ async fn revoke(
             });
         }
     }
-    Ok(Json(GrantView::at(grant, state.clock.now())))
+    let view = view(&state, grant).await?;
+    state.webhooks.notify(Notification::new(
+        "grant_revoked",
+        format!(
+            "{} revoked grant {} for {} on {} ({}): {}",
+            principal.name, view.grant.id, view.grant.user, view.grant.target, view.grant.role, reason
+        ),
+        grant_fields(&view),
+        state.clock.now(),
+    ));
+    Ok(Json(view))
+}
+
+/// Extend a grant (roles `admin`, `approver`): the new expiry is the current expiry plus `ttl`,
+/// never past the grant's start plus its role's `max_ttl` (422). Live sessions pick it up at once.
+#[utoipa::path(post, path = "/v1/grants/{id}/extend", tag = "grants", request_body = ExtendRequest,
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "grant id (g_…)")),
+    responses((status = 200, body = GrantView), (status = 401, body = ErrorResponse),
+        (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 409, body = ErrorResponse, description = "revoked or expired"),
+        (status = 422, body = ErrorResponse)))]
+async fn extend(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+    body: Result<ApiJson<ExtendRequest>, ApiError>,
+) -> Result<Json<GrantView>, ApiError> {
+    principal.require_any(&[ADMIN, APPROVER], "extending grants")?;
+    let ApiJson(req) = body?;
+    let reason = req.reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
+    if reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > MAX_REASON_CHARS)
+    {
+        return Err(ApiError::invalid(
+            "reason",
+            format!("at most {MAX_REASON_CHARS} characters"),
+        ));
+    }
+    let (previous, grant) = state.grants.extend(&id, &req.ttl).await?;
+    tracing::info!(principal = %principal.name, grant.id = %grant.id, expires_at = %grant.expires_at,
+        "admin API: grant extended");
+    let event = AuditEvent::GrantExtended(GrantExtended {
+        expires_at: grant.expires_at,
+        extended_by: principal.name.clone(),
+        grant_id: grant.id.clone(),
+        previous_expires_at: previous,
+        reason: reason.clone(),
+        target: grant.target.clone(),
+        user: grant.user.clone(),
+    });
+    if let Err(source) = state.audit.record(vec![event]).await {
+        return Err(ApiError::AuditUnavailable {
+            message: format!(
+                "grant {} was extended but its audit record could not be written",
+                grant.id
+            ),
+            source,
+        });
+    }
+    let view = view(&state, grant).await?;
+    state.webhooks.notify(Notification::new(
+        "grant_extended",
+        format!(
+            "{} extended grant {} for {} on {} ({}) until {}{}",
+            principal.name,
+            view.grant.id,
+            view.grant.user,
+            view.grant.target,
+            view.grant.role,
+            view.grant
+                .expires_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            reason.map(|r| format!(": {r}")).unwrap_or_default()
+        ),
+        grant_fields(&view),
+        state.clock.now(),
+    ));
+    Ok(Json(view))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -114,6 +114,9 @@ pub struct SessionEnd {
 /// A grant was issued. Never carries its token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GrantIssued {
+    /// Self-approved emergency access. Absent in records written before it existed (read as false).
+    #[serde(default)]
+    pub break_glass: bool,
     pub created_at: DateTime<Utc>,
     pub created_by: String,
     pub expires_at: DateTime<Utc>,
@@ -150,7 +153,15 @@ pub struct GrantExtended {
 
 impl From<&Grant> for GrantIssued {
     fn from(g: &Grant) -> Self {
+        GrantIssued::of(g, false)
+    }
+}
+
+impl GrantIssued {
+    /// The event for a grant just issued, flagged break-glass or not.
+    pub fn of(g: &Grant, break_glass: bool) -> Self {
         GrantIssued {
+            break_glass,
             created_at: g.created_at,
             created_by: g.created_by.clone(),
             expires_at: g.expires_at,
@@ -428,6 +439,7 @@ pub(crate) mod tests {
                 user: "alice".into(),
             }),
             AuditEvent::GrantIssued(GrantIssued {
+                break_glass: true,
                 created_at: t0(),
                 created_by: "ops".into(),
                 expires_at: t0() + chrono::Duration::minutes(30),

@@ -6,6 +6,7 @@
 //! and extension reach them at once. Everything that decides (status, TTL caps, validation) is a pure
 //! function over a [`Grant`] and a time.
 
+pub mod requests;
 pub mod token;
 pub mod watch;
 
@@ -17,12 +18,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::store::{GrantFilter, Store, StoreError};
+use crate::store::{GrantCounts, GrantFilter, Store, StoreError};
 use token::{GrantToken, ScramVerifier, SCRAM_ITERATIONS};
 use watch::GrantWatches;
 
 /// A grant as stored and shown (never with its token).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Grant {
     pub id: String,
     pub user: String,
@@ -38,7 +39,7 @@ pub struct Grant {
     pub revoke_reason: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum GrantStatus {
     /// Issued, but `starts_at` is in the future.
@@ -206,6 +207,38 @@ pub fn valid_pg_user(user: &str) -> bool {
     !user.is_empty() && user.len() <= 63 && !user.contains('\0') && user.trim() == user
 }
 
+/// How a grant is issued beyond its [`NewGrant`] fields.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IssueOptions {
+    /// Self-approved emergency access: flagged everywhere, TTL capped by the role.
+    pub break_glass: bool,
+}
+
+/// The new expiry of a grant extended by `ttl`: the old expiry plus `ttl`, refused (field `ttl`)
+/// when that passes `starts_at + cap` (the role's `max_ttl`, or `break_glass_max_ttl` for a
+/// break-glass grant). Pure.
+pub fn extended_expiry(grant: &Grant, ttl: Duration, cap: Duration) -> Result<DateTime<Utc>, GrantError> {
+    let too_long = || invalid("ttl", "too long");
+    let new = grant.expires_at + chrono::Duration::from_std(ttl).map_err(|_| too_long())?;
+    let limit = grant.starts_at + chrono::Duration::from_std(cap).map_err(|_| too_long())?;
+    if new > limit {
+        let room = (limit - grant.expires_at).to_std().unwrap_or_default();
+        return Err(invalid(
+            "ttl",
+            format!(
+                "extending by {} would end the grant at {}, past its limit of {} (max_ttl {} from its start); \
+                 at most {} more is possible",
+                humantime::format_duration(ttl),
+                new.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                limit.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                humantime::format_duration(cap),
+                humantime::format_duration(Duration::from_secs(room.as_secs())),
+            ),
+        ));
+    }
+    Ok(new)
+}
+
 fn new_grant_id() -> String {
     let mut bytes = [0u8; 8];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
@@ -241,7 +274,36 @@ impl GrantService {
 
     /// Issues a grant; the returned token is the only copy that will ever exist.
     pub async fn issue(&self, req: NewGrant, created_by: &str) -> Result<(Grant, GrantToken), GrantError> {
+        self.issue_with(req, created_by, IssueOptions::default()).await
+    }
+
+    /// [`issue`](Self::issue) with options (break-glass).
+    pub async fn issue_with(
+        &self,
+        req: NewGrant,
+        created_by: &str,
+        options: IssueOptions,
+    ) -> Result<(Grant, GrantToken), GrantError> {
         let ttl = validate_new_grant(&self.config, &req)?;
+        if options.break_glass {
+            let workflow = self.config.workflow(&req.role);
+            if !workflow.break_glass {
+                return Err(invalid(
+                    "break_glass",
+                    format!("role {:?} does not allow break-glass access", req.role),
+                ));
+            }
+            if ttl > workflow.break_glass_max_ttl {
+                return Err(invalid(
+                    "ttl",
+                    format!(
+                        "break-glass grants of role {:?} last at most {}",
+                        req.role,
+                        humantime::format_duration(workflow.break_glass_max_ttl)
+                    ),
+                ));
+            }
+        }
         let now = self.clock.now();
         let starts_at = req.starts_at.unwrap_or(now).max(now);
         let expires_at =
@@ -268,9 +330,11 @@ impl GrantService {
             tokio::task::spawn_blocking(move || ScramVerifier::derive(&token_text, &salt, SCRAM_ITERATIONS))
                 .await
                 .map_err(|e| GrantError::Store(StoreError::Task(e.to_string())))?;
-        self.store.insert_grant(grant.clone(), verifier).await?;
+        self.store
+            .insert_grant_flagged(grant.clone(), verifier, options.break_glass)
+            .await?;
         tracing::info!(grant.id = %grant.id, user = %grant.user, target = %grant.target, role = %grant.role,
-            created_by, expires_at = %grant.expires_at, "grant issued");
+            created_by, expires_at = %grant.expires_at, break_glass = options.break_glass, "grant issued");
         Ok((grant, token))
     }
 
@@ -312,6 +376,86 @@ impl GrantService {
         self.watches.publish(&revoked);
         tracing::info!(grant.id = %id, revoked_by = by, "grant revoked");
         Ok(revoked)
+    }
+
+    /// Extends a grant by `ttl` (see [`extended_expiry`]) and tells its live sessions at once.
+    /// Returns the expiry before and the grant after.
+    pub async fn extend(&self, id: &str, ttl: &str) -> Result<(DateTime<Utc>, Grant), GrantError> {
+        let ttl = humantime::parse_duration(ttl).map_err(|e| {
+            invalid(
+                "ttl",
+                format!("{ttl:?} is not a duration ({e}); write e.g. \"30m\""),
+            )
+        })?;
+        if ttl < Duration::from_secs(1) {
+            return Err(invalid("ttl", "must be at least 1s"));
+        }
+        let now = self.clock.now();
+        let current = self.get(id).await?;
+        match current.status_at(now) {
+            GrantStatus::Revoked => {
+                return Err(GrantError::Conflict {
+                    id: id.to_owned(),
+                    status: "revoked",
+                })
+            }
+            GrantStatus::Expired => {
+                return Err(GrantError::Conflict {
+                    id: id.to_owned(),
+                    status: "expired",
+                })
+            }
+            GrantStatus::Active | GrantStatus::Pending => {}
+        }
+        let role = self
+            .config
+            .roles
+            .get(&current.role)
+            .ok_or_else(|| invalid("role", format!("role {:?} is no longer configured", current.role)))?;
+        let cap = if self.is_break_glass(id).await? {
+            self.config.workflow(&current.role).break_glass_max_ttl
+        } else {
+            role.max_ttl
+        };
+        let new_expiry = extended_expiry(&current, ttl, cap)?;
+        let extended = self
+            .store
+            .extend_grant(id.to_owned(), new_expiry)
+            .await?
+            .ok_or_else(|| GrantError::NotFound(id.to_owned()))?;
+        if extended.revoked_at.is_some() {
+            return Err(GrantError::Conflict {
+                id: id.to_owned(),
+                status: "revoked",
+            });
+        }
+        self.watches.publish(&extended);
+        tracing::info!(grant.id = %id, previous = %current.expires_at, expires_at = %extended.expires_at,
+            "grant extended");
+        Ok((current.expires_at, extended))
+    }
+
+    /// Whether grant `id` is a break-glass grant.
+    pub async fn is_break_glass(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(!self.store.break_glass_ids(vec![id.to_owned()]).await?.is_empty())
+    }
+
+    /// Which of `ids` are break-glass grants.
+    pub async fn break_glass_ids(
+        &self,
+        ids: Vec<String>,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        self.store.break_glass_ids(ids).await
+    }
+
+    /// Grant counts by state now (metrics).
+    pub async fn counts(&self) -> Result<GrantCounts, StoreError> {
+        self.store.grant_counts(self.clock.now()).await
+    }
+
+    /// The underlying store (for services built beside this one).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Grants (with verifiers) of `user` on `target` that a presented token may belong to, newest first.
@@ -440,6 +584,29 @@ mod tests {
             ttl: ttl.into(),
             reason: reason.into(),
             starts_at: None,
+        }
+    }
+
+    #[test]
+    fn extension_adds_to_the_old_expiry_and_stops_at_the_cap_from_the_start() {
+        let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let g = grant(t0); // 30 minutes long
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            extended_expiry(&g, Duration::from_secs(1800), hour).unwrap(),
+            t0 + chrono::Duration::hours(1),
+            "exactly at the cap is allowed"
+        );
+        match extended_expiry(&g, Duration::from_secs(1801), hour) {
+            Err(GrantError::Invalid {
+                field: "ttl",
+                message,
+            }) => {
+                assert!(message.contains("at most 30m more"), "{message}")
+            }
+            other => panic!("expected Invalid ttl, got {other:?}"),
         }
     }
 

@@ -9,12 +9,16 @@ use std::sync::Mutex;
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{GrantFilter, GrantStore, StoreError, MAX_CANDIDATES};
+use super::{
+    ApproveOutcome, GrantCounts, GrantFilter, GrantStore, RequestFilter, StoreError, MAX_CANDIDATES,
+};
+use crate::grants::requests::{AccessRequest, Approval, RequestStatus};
 use crate::grants::token::ScramVerifier;
 use crate::grants::{Grant, GrantStatus};
 
 /// Each entry moves the schema from version `index` to `index + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE meta (
         key   TEXT PRIMARY KEY,
         value BLOB NOT NULL
@@ -36,7 +40,39 @@ const MIGRATIONS: &[&str] = &[r#"
     );
     CREATE INDEX grants_user_target ON grants (user_name, target, created_at DESC);
     CREATE INDEX grants_expires ON grants (expires_at);
-"#];
+"#,
+    r#"
+    ALTER TABLE grants ADD COLUMN break_glass INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE access_requests (
+        id                 TEXT PRIMARY KEY,
+        requester          TEXT NOT NULL,
+        target             TEXT NOT NULL,
+        role               TEXT NOT NULL,
+        ttl                TEXT NOT NULL,
+        reason             TEXT NOT NULL,
+        ticket             TEXT,
+        break_glass        INTEGER NOT NULL,
+        created_at         INTEGER NOT NULL,
+        review_deadline    INTEGER NOT NULL,
+        approvals_required INTEGER NOT NULL,
+        status             TEXT NOT NULL,
+        decided_at         INTEGER,
+        denied_by          TEXT,
+        deny_reason        TEXT,
+        grant_id           TEXT REFERENCES grants (id),
+        token_fetched_at   INTEGER
+    );
+    CREATE INDEX access_requests_status ON access_requests (status, review_deadline);
+    CREATE INDEX access_requests_requester ON access_requests (requester, created_at DESC);
+    CREATE TABLE request_approvals (
+        request_id TEXT NOT NULL REFERENCES access_requests (id),
+        approver   TEXT NOT NULL,
+        reason     TEXT NOT NULL,
+        at         INTEGER NOT NULL,
+        PRIMARY KEY (request_id, approver)
+    );
+"#,
+];
 
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -124,12 +160,96 @@ fn grant_from_row(r: &Row<'_>) -> Result<Grant, rusqlite::Error> {
     })
 }
 
+const REQUEST_COLUMNS: &str = "id, requester, target, role, ttl, reason, ticket, break_glass, created_at, \
+                               review_deadline, approvals_required, status, decided_at, denied_by, \
+                               deny_reason, grant_id, token_fetched_at";
+
+fn request_from_row(r: &Row<'_>) -> Result<AccessRequest, rusqlite::Error> {
+    let status: String = r.get(11)?;
+    let opt_time = |i: usize| -> Result<Option<DateTime<Utc>>, rusqlite::Error> {
+        r.get::<_, Option<i64>>(i)?.map(from_micros).transpose()
+    };
+    Ok(AccessRequest {
+        id: r.get(0)?,
+        requester: r.get(1)?,
+        target: r.get(2)?,
+        role: r.get(3)?,
+        ttl: r.get(4)?,
+        reason: r.get(5)?,
+        ticket: r.get(6)?,
+        break_glass: r.get(7)?,
+        created_at: from_micros(r.get(8)?)?,
+        review_deadline: from_micros(r.get(9)?)?,
+        approvals_required: r.get(10)?,
+        approvals: Vec::new(),
+        state: RequestStatus::parse(&status).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                11,
+                rusqlite::types::Type::Text,
+                format!("unknown request status {status:?}").into(),
+            )
+        })?,
+        decided_at: opt_time(12)?,
+        denied_by: r.get(13)?,
+        deny_reason: r.get(14)?,
+        grant_id: r.get(15)?,
+        token_fetched_at: opt_time(16)?,
+    })
+}
+
+/// Reads one request with its approvals (oldest first).
+fn load_request(conn: &Connection, id: &str) -> Result<Option<AccessRequest>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {REQUEST_COLUMNS} FROM access_requests WHERE id = ?1"
+    ))?;
+    let Some(mut request) = stmt.query_row([id], request_from_row).optional()? else {
+        return Ok(None);
+    };
+    request.approvals = load_approvals(conn, id)?;
+    Ok(Some(request))
+}
+
+fn load_approvals(conn: &Connection, id: &str) -> Result<Vec<Approval>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT approver, reason, at FROM request_approvals WHERE request_id = ?1 ORDER BY at, approver",
+    )?;
+    let rows = stmt.query_map([id], |r| {
+        Ok(Approval {
+            by: r.get(0)?,
+            reason: r.get(1)?,
+            at: from_micros(r.get(2)?)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// SQL condition for "this request's status at ?now is `status`" (`?N` is the time parameter).
+fn request_status_clause(status: Option<RequestStatus>, now_param: &str) -> String {
+    match status {
+        None => "1".into(),
+        Some(RequestStatus::Pending) => format!("status = 'pending' AND review_deadline > {now_param}"),
+        Some(RequestStatus::Expired) => {
+            format!("(status = 'expired' OR (status = 'pending' AND review_deadline <= {now_param}))")
+        }
+        Some(s) => format!("status = '{}'", s.as_str()),
+    }
+}
+
 impl GrantStore for SqliteStore {
     fn insert_grant(&self, g: &Grant, verifier: &ScramVerifier) -> Result<(), StoreError> {
+        self.insert_grant_flagged(g, verifier, false)
+    }
+
+    fn insert_grant_flagged(
+        &self,
+        g: &Grant,
+        verifier: &ScramVerifier,
+        break_glass: bool,
+    ) -> Result<(), StoreError> {
         self.conn().execute(
             "INSERT INTO grants (id, user_name, target, role, reason, created_by, created_at, starts_at, \
-             expires_at, revoked_at, revoked_by, revoke_reason, verifier) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+             expires_at, revoked_at, revoked_by, revoke_reason, verifier, break_glass) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 g.id,
                 g.user,
@@ -144,9 +264,234 @@ impl GrantStore for SqliteStore {
                 g.revoked_by,
                 g.revoke_reason,
                 verifier.to_text(),
+                break_glass,
             ],
         )?;
         Ok(())
+    }
+
+    fn break_glass_ids(&self, ids: &[String]) -> Result<std::collections::HashSet<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT break_glass FROM grants WHERE id = ?1")?;
+        let mut out = std::collections::HashSet::new();
+        for id in ids {
+            let flagged: Option<bool> = stmt.query_row([id], |r| r.get(0)).optional()?;
+            if flagged == Some(true) {
+                out.insert(id.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    fn extend_grant(&self, id: &str, expires_at: DateTime<Utc>) -> Result<Option<Grant>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE grants SET expires_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![id, micros(expires_at)],
+        )?;
+        let grant = tx
+            .query_row(
+                &format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id = ?1"),
+                [id],
+                grant_from_row,
+            )
+            .optional()?;
+        tx.commit()?;
+        Ok(grant)
+    }
+
+    fn grant_counts(&self, now: DateTime<Utc>) -> Result<GrantCounts, StoreError> {
+        let conn = self.conn();
+        Ok(conn.query_row(
+            "SELECT \
+               coalesce(sum(revoked_at IS NULL AND starts_at > ?1 AND expires_at > ?1), 0), \
+               coalesce(sum(revoked_at IS NULL AND starts_at <= ?1 AND expires_at > ?1), 0), \
+               coalesce(sum(revoked_at IS NULL AND expires_at <= ?1), 0), \
+               coalesce(sum(revoked_at IS NOT NULL), 0), \
+               coalesce(sum(break_glass AND revoked_at IS NULL AND starts_at <= ?1 AND expires_at > ?1), 0) \
+             FROM grants",
+            [micros(now)],
+            |r| {
+                Ok(GrantCounts {
+                    pending: r.get::<_, i64>(0)? as u64,
+                    active: r.get::<_, i64>(1)? as u64,
+                    expired: r.get::<_, i64>(2)? as u64,
+                    revoked: r.get::<_, i64>(3)? as u64,
+                    break_glass_active: r.get::<_, i64>(4)? as u64,
+                })
+            },
+        )?)
+    }
+
+    fn grants_expired_between(
+        &self,
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<Grant>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {GRANT_COLUMNS} FROM grants \
+             WHERE revoked_at IS NULL AND expires_at > ?1 AND expires_at <= ?2 ORDER BY expires_at"
+        ))?;
+        let rows = stmt.query_map(params![micros(after), micros(until)], grant_from_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn insert_request(&self, q: &AccessRequest) -> Result<(), StoreError> {
+        self.conn().execute(
+            &format!(
+                "INSERT INTO access_requests ({REQUEST_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+            ),
+            params![
+                q.id,
+                q.requester,
+                q.target,
+                q.role,
+                q.ttl,
+                q.reason,
+                q.ticket,
+                q.break_glass,
+                micros(q.created_at),
+                micros(q.review_deadline),
+                q.approvals_required,
+                q.state.as_str(),
+                q.decided_at.map(micros),
+                q.denied_by,
+                q.deny_reason,
+                q.grant_id,
+                q.token_fetched_at.map(micros),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn get_request(&self, id: &str) -> Result<Option<AccessRequest>, StoreError> {
+        load_request(&self.conn(), id)
+    }
+
+    fn list_requests(&self, f: &RequestFilter, now: DateTime<Utc>) -> Result<Vec<AccessRequest>, StoreError> {
+        let sql = format!(
+            "SELECT {REQUEST_COLUMNS} FROM access_requests \
+             WHERE (?1 IS NULL OR requester = ?1) AND (?2 IS NULL OR target = ?2) AND ({}) \
+             ORDER BY created_at DESC, id LIMIT ?4",
+            request_status_clause(f.status, "?3")
+        );
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let limit = f.limit.unwrap_or(1000).min(10_000) as i64;
+        let rows = stmt.query_map(
+            params![f.requester, f.target, micros(now), limit],
+            request_from_row,
+        )?;
+        let mut out = rows.collect::<Result<Vec<_>, _>>()?;
+        for r in &mut out {
+            r.approvals = load_approvals(&conn, &r.id)?;
+        }
+        Ok(out)
+    }
+
+    fn approve_request(
+        &self,
+        id: &str,
+        approval: &Approval,
+        now: DateTime<Utc>,
+    ) -> Result<ApproveOutcome, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let Some(request) = load_request(&tx, id)? else {
+            return Ok(ApproveOutcome::NotFound);
+        };
+        let status = request.status_at(now);
+        if status != RequestStatus::Pending {
+            return Ok(ApproveOutcome::NotPending(status));
+        }
+        if request.approvals.iter().any(|a| a.by == approval.by) {
+            return Ok(ApproveOutcome::Duplicate);
+        }
+        tx.execute(
+            "INSERT INTO request_approvals (request_id, approver, reason, at) VALUES (?1, ?2, ?3, ?4)",
+            params![id, approval.by, approval.reason, micros(approval.at)],
+        )?;
+        if request.approvals.len() + 1 >= request.approvals_required as usize {
+            tx.execute(
+                "UPDATE access_requests SET status = 'approved', decided_at = ?2 WHERE id = ?1",
+                params![id, micros(now)],
+            )?;
+        }
+        let updated = load_request(&tx, id)?
+            .ok_or_else(|| StoreError::Corrupt(format!("request {id} vanished during approval")))?;
+        tx.commit()?;
+        Ok(ApproveOutcome::Recorded(Box::new(updated)))
+    }
+
+    fn deny_request(
+        &self,
+        id: &str,
+        by: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(bool, AccessRequest)>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let changed = tx.execute(
+            "UPDATE access_requests SET status = 'denied', decided_at = ?2, denied_by = ?3, deny_reason = ?4 \
+             WHERE id = ?1 AND status = 'pending' AND review_deadline > ?2",
+            params![id, micros(now), by, reason],
+        )?;
+        let request = load_request(&tx, id)?;
+        tx.commit()?;
+        Ok(request.map(|r| (changed == 1, r)))
+    }
+
+    fn set_request_grant(&self, id: &str, grant_id: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE access_requests SET grant_id = ?2 WHERE id = ?1",
+            params![id, grant_id],
+        )?;
+        Ok(())
+    }
+
+    fn mark_token_fetched(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let changed = self.conn().execute(
+            "UPDATE access_requests SET token_fetched_at = ?2 WHERE id = ?1 AND token_fetched_at IS NULL",
+            params![id, micros(at)],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn expire_requests(&self, now: DateTime<Utc>) -> Result<Vec<AccessRequest>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let ids: Vec<String> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id FROM access_requests WHERE status = 'pending' AND review_deadline <= ?1",
+            )?;
+            let rows = stmt.query_map([micros(now)], |r| r.get(0))?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        let mut out = Vec::new();
+        for id in &ids {
+            tx.execute(
+                "UPDATE access_requests SET status = 'expired', decided_at = review_deadline WHERE id = ?1",
+                [id],
+            )?;
+            if let Some(r) = load_request(&tx, id)? {
+                out.push(r);
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn count_pending_requests(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let n: i64 = self.conn().query_row(
+            "SELECT count(*) FROM access_requests WHERE status = 'pending' AND review_deadline > ?1",
+            [micros(now)],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
     }
 
     fn get_grant(&self, id: &str) -> Result<Option<Grant>, StoreError> {
@@ -348,6 +693,115 @@ mod tests {
         assert_eq!(ids, vec!["g_new", "g_old"]);
         assert_eq!(c[0].1, verifier());
         assert!(s.grant_candidates("alice", "billing").unwrap().is_empty());
+    }
+
+    fn request(id: &str, created: DateTime<Utc>, required: u32) -> AccessRequest {
+        AccessRequest {
+            id: id.into(),
+            requester: "alice".into(),
+            target: "shop".into(),
+            role: "read".into(),
+            ttl: "30m".into(),
+            reason: "inc".into(),
+            ticket: Some("INC-1".into()),
+            break_glass: false,
+            created_at: created,
+            review_deadline: created + chrono::Duration::hours(1),
+            approvals_required: required,
+            approvals: vec![],
+            state: RequestStatus::Pending,
+            decided_at: None,
+            denied_by: None,
+            deny_reason: None,
+            grant_id: None,
+            token_fetched_at: None,
+        }
+    }
+
+    #[test]
+    fn requests_collect_distinct_approvals_then_approve_and_expire_when_overdue() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let t0 = Utc.timestamp_micros(1_700_000_000_000_000).unwrap();
+        s.insert_request(&request("r_a", t0, 2)).unwrap();
+        s.insert_request(&request("r_b", t0, 1)).unwrap();
+        assert_eq!(s.get_request("r_a").unwrap().unwrap(), request("r_a", t0, 2));
+        let approve = |id: &str, by: &str| {
+            s.approve_request(
+                id,
+                &Approval {
+                    by: by.into(),
+                    reason: "ok".into(),
+                    at: t0,
+                },
+                t0,
+            )
+            .unwrap()
+        };
+        let ApproveOutcome::Recorded(r) = approve("r_a", "bob") else {
+            panic!()
+        };
+        assert_eq!((r.state, r.approvals.len()), (RequestStatus::Pending, 1));
+        assert!(matches!(approve("r_a", "bob"), ApproveOutcome::Duplicate));
+        let ApproveOutcome::Recorded(r) = approve("r_a", "carol") else {
+            panic!()
+        };
+        assert_eq!(r.state, RequestStatus::Approved);
+        assert!(matches!(
+            approve("r_a", "dave"),
+            ApproveOutcome::NotPending(RequestStatus::Approved)
+        ));
+        assert!(matches!(approve("r_zz", "dave"), ApproveOutcome::NotFound));
+        assert_eq!(s.count_pending_requests(t0).unwrap(), 1);
+
+        let later = t0 + chrono::Duration::hours(2);
+        let expired = s.expire_requests(later).unwrap();
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].state, RequestStatus::Expired);
+        let (changed, r) = s.deny_request("r_b", "bob", "no", later).unwrap().unwrap();
+        assert!(!changed && r.state == RequestStatus::Expired);
+        let listed = s
+            .list_requests(
+                &RequestFilter {
+                    status: Some(RequestStatus::Approved),
+                    ..Default::default()
+                },
+                later,
+            )
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].approvals.len(), 2);
+        assert!(s.mark_token_fetched("r_a", later).unwrap());
+        assert!(!s.mark_token_fetched("r_a", later).unwrap());
+    }
+
+    #[test]
+    fn extending_and_counting_grants_and_the_break_glass_flag() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let t0 = Utc.timestamp_micros(1_700_000_000_000_000).unwrap();
+        s.insert_grant(&grant("g_a", "alice", t0), &verifier()).unwrap();
+        s.insert_grant_flagged(&grant("g_b", "bob", t0), &verifier(), true)
+            .unwrap();
+        let ids = s.break_glass_ids(&["g_a".into(), "g_b".into()]).unwrap();
+        assert_eq!(ids.into_iter().collect::<Vec<_>>(), vec!["g_b".to_owned()]);
+        let c = s.grant_counts(t0).unwrap();
+        assert_eq!((c.active, c.break_glass_active, c.expired), (2, 1, 0));
+        let new_end = t0 + chrono::Duration::hours(1);
+        assert_eq!(
+            s.extend_grant("g_a", new_end).unwrap().unwrap().expires_at,
+            new_end
+        );
+        let at = t0 + chrono::Duration::minutes(30);
+        let c = s.grant_counts(at).unwrap();
+        assert_eq!((c.active, c.expired, c.break_glass_active), (1, 1, 0));
+        let gone = s.grants_expired_between(t0, at).unwrap();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].id, "g_b");
+        s.revoke_grant("g_a", "x", "y", at).unwrap();
+        let unchanged = s
+            .extend_grant("g_a", at + chrono::Duration::hours(5))
+            .unwrap()
+            .unwrap();
+        assert_eq!(unchanged.expires_at, new_end, "a revoked grant is not extended");
     }
 
     #[test]

@@ -1,0 +1,151 @@
+//! `/v1/sessions`: the proxy's live sessions, and the kill switch.
+//!
+//! Reads [`crate::proxy::SessionRegistry`] (in memory, this instance only) and each session's grant
+//! from the store for its current expiry. Killing cancels the session's relay loop, which cancels a
+//! running query upstream, sends the client FATAL 57P01 naming who killed it and why, and audits the
+//! end as `killed`. Roles: listing `admin`, `approver`, `auditor` (a `requester` sees only sessions of
+//! its own user); killing `admin`, `approver`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::{Principal, ADMIN, APPROVER, READ_ROLES};
+use super::error::{ApiError, ErrorResponse};
+use super::extract::{ApiJson, ApiPath};
+use crate::app::AppState;
+use crate::proxy::SessionHandle;
+use crate::webhooks::Notification;
+
+/// Longest kill reason accepted.
+const MAX_REASON_CHARS: usize = 1000;
+
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new().routes(routes!(list)).routes(routes!(kill))
+}
+
+/// One live session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SessionView {
+    /// `s_` + 16 hex digits, as in the audit trail.
+    pub id: String,
+    pub user: String,
+    pub target: String,
+    pub role: String,
+    pub grant_id: String,
+    pub client_addr: String,
+    pub tls_version: Option<String>,
+    pub started_at: DateTime<Utc>,
+    /// The grant's current expiry (`None` if the grant could not be read).
+    pub expires_at: Option<DateTime<Utc>>,
+    pub statements: u64,
+    pub bytes_from_client: u64,
+    pub bytes_to_client: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SessionList {
+    pub sessions: Vec<SessionView>,
+}
+
+/// Body of `DELETE /v1/sessions/{id}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KillRequest {
+    /// Required; shown to the engineer.
+    #[serde(default)]
+    pub reason: String,
+}
+
+async fn view(state: &AppState, s: &SessionHandle) -> SessionView {
+    let expires_at = state.grants.get(&s.grant_id).await.ok().map(|g| g.expires_at);
+    let stats = s.stats();
+    SessionView {
+        id: s.name(),
+        user: s.user.clone(),
+        target: s.target.clone(),
+        role: s.role.clone(),
+        grant_id: s.grant_id.clone(),
+        client_addr: s.client_addr.to_string(),
+        tls_version: s.tls_version.clone(),
+        started_at: s.started_at,
+        expires_at,
+        statements: stats.statements,
+        bytes_from_client: stats.bytes_from_client,
+        bytes_to_client: stats.bytes_to_client,
+    }
+}
+
+/// List live sessions of this instance (a requester sees only its own).
+#[utoipa::path(get, path = "/v1/sessions", tag = "sessions", security(("bearer" = [])),
+    responses((status = 200, body = SessionList), (status = 401, body = ErrorResponse),
+        (status = 403, body = ErrorResponse)))]
+async fn list(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+) -> Result<Json<SessionList>, ApiError> {
+    principal.require_any(READ_ROLES, "listing sessions")?;
+    let all = principal.sees_all_grants();
+    let mut sessions = Vec::new();
+    for s in state.proxy.sessions.list() {
+        if all || s.user == principal.name {
+            sessions.push(view(&state, &s).await);
+        }
+    }
+    Ok(Json(SessionList { sessions }))
+}
+
+/// Sever a live session (roles `admin`, `approver`); a reason is required and shown to the client.
+#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "sessions", request_body = KillRequest,
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "session id (s_…)")),
+    responses((status = 200, body = SessionView), (status = 401, body = ErrorResponse),
+        (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse),
+        (status = 422, body = ErrorResponse)))]
+async fn kill(
+    State(state): State<Arc<AppState>>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+    body: Result<ApiJson<KillRequest>, ApiError>,
+) -> Result<Json<SessionView>, ApiError> {
+    principal.require_any(&[ADMIN, APPROVER], "killing sessions")?;
+    let ApiJson(req) = body?;
+    let reason = req.reason.trim().to_owned();
+    if reason.is_empty() {
+        return Err(ApiError::invalid(
+            "reason",
+            "a reason is required (it is shown to the engineer)",
+        ));
+    }
+    if reason.chars().count() > MAX_REASON_CHARS {
+        return Err(ApiError::invalid(
+            "reason",
+            format!("at most {MAX_REASON_CHARS} characters"),
+        ));
+    }
+    let session = state
+        .proxy
+        .sessions
+        .by_name(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no live session {id}")))?;
+    let view = view(&state, &session).await;
+    session.kill(&principal.name, &reason);
+    tracing::info!(principal = %principal.name, session.id = %view.id, user = %view.user,
+        grant.id = %view.grant_id, "admin API: session killed");
+    state.webhooks.notify(Notification::new(
+        "session_killed",
+        format!(
+            "{} killed session {} of {} on {} (grant {}): {}",
+            principal.name, view.id, view.user, view.target, view.grant_id, reason
+        ),
+        serde_json::json!({ "session": view, "killed_by": principal.name, "reason": reason }),
+        state.clock.now(),
+    ));
+    Ok(Json(view))
+}

@@ -1,0 +1,579 @@
+//! Access requests: an engineer asks for a grant with a reason; other people approve or deny it.
+//!
+//! Data flow: the admin API calls [`RequestService`]; a request is stored pending, collects the
+//! approvals its role needs (`approvals = N` distinct approvers, never the requester: two-person
+//! rule), and the Nth approval issues the grant through [`super::GrantService`]. A break-glass request
+//! (`break_glass = true` on the role) approves itself at once with a capped TTL and a flagged grant.
+//!
+//! The token of a grant made from a request is generated at approval and kept **only in memory**
+//! (never stored, not even encrypted) until the requester fetches it once; a restart before the fetch
+//! loses it and the engineer asks again. Everything that decides (status, validation, TTL cap) is a
+//! pure function; this module must never log a token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::token::GrantToken;
+use super::{Grant, GrantError, GrantService, IssueOptions, NewGrant};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::store::{ApproveOutcome, RequestFilter, Store, StoreError};
+
+/// Longest request reason accepted (the grant's reason adds the request id and ticket).
+pub const MAX_REQUEST_REASON_CHARS: usize = 800;
+/// Longest ticket reference accepted.
+pub const MAX_TICKET_CHARS: usize = 100;
+
+/// A request's state as stored; [`AccessRequest::status_at`] turns an overdue `Pending` into `Expired`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestStatus {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+}
+
+impl RequestStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestStatus::Pending => "pending",
+            RequestStatus::Approved => "approved",
+            RequestStatus::Denied => "denied",
+            RequestStatus::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(RequestStatus::Pending),
+            "approved" => Some(RequestStatus::Approved),
+            "denied" => Some(RequestStatus::Denied),
+            "expired" => Some(RequestStatus::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// One reviewer's approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Approval {
+    pub by: String,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+/// An access request as stored and shown (never with a token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AccessRequest {
+    pub id: String,
+    /// The principal who asked; also the PostgreSQL user the grant is for.
+    pub requester: String,
+    pub target: String,
+    pub role: String,
+    /// The grant length asked for (after the break-glass cap), e.g. "30m".
+    pub ttl: String,
+    pub reason: String,
+    pub ticket: Option<String>,
+    pub break_glass: bool,
+    pub created_at: DateTime<Utc>,
+    /// A pending request not decided by then is expired.
+    pub review_deadline: DateTime<Utc>,
+    pub approvals_required: u32,
+    pub approvals: Vec<Approval>,
+    /// The stored state (see [`AccessRequest::status_at`]).
+    pub state: RequestStatus,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub denied_by: Option<String>,
+    pub deny_reason: Option<String>,
+    /// The grant the final approval issued.
+    pub grant_id: Option<String>,
+    /// When the requester fetched the grant's token (it can be fetched once).
+    pub token_fetched_at: Option<DateTime<Utc>>,
+}
+
+impl AccessRequest {
+    /// The request's status at `now`: a pending request past its review deadline is expired.
+    pub fn status_at(&self, now: DateTime<Utc>) -> RequestStatus {
+        match self.state {
+            RequestStatus::Pending if now >= self.review_deadline => RequestStatus::Expired,
+            s => s,
+        }
+    }
+}
+
+/// Body of `POST /v1/requests`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAccessRequest {
+    pub target: String,
+    pub role: String,
+    /// e.g. "30m"; at most the role's `max_ttl` (break-glass: capped at `break_glass_max_ttl`).
+    pub ttl: String,
+    /// Required: what is this access for?
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+    /// Self-approve at once (only roles with `break_glass = true`).
+    #[serde(default)]
+    pub break_glass: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("no request {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Grant(#[from] GrantError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> RequestError {
+    RequestError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Checks a request against the config; returns the TTL the grant will get (break-glass: capped).
+/// The requester's name is the PostgreSQL user. Pure.
+pub fn validate_request(
+    config: &Config,
+    requester: &str,
+    req: &NewAccessRequest,
+) -> Result<Duration, RequestError> {
+    let reason = req.reason.trim();
+    if reason.is_empty() {
+        return Err(invalid(
+            "reason",
+            "a reason is required (what is this access for?)",
+        ));
+    }
+    if reason.chars().count() > MAX_REQUEST_REASON_CHARS {
+        return Err(invalid(
+            "reason",
+            format!("at most {MAX_REQUEST_REASON_CHARS} characters"),
+        ));
+    }
+    if let Some(t) = &req.ticket {
+        if t.trim().is_empty() || t.chars().count() > MAX_TICKET_CHARS || t.chars().any(char::is_control) {
+            return Err(invalid(
+                "ticket",
+                format!("1 to {MAX_TICKET_CHARS} printable characters"),
+            ));
+        }
+    }
+    let workflow = config.workflow(&req.role);
+    let mut ttl = humantime::parse_duration(&req.ttl).map_err(|e| {
+        invalid(
+            "ttl",
+            format!("{:?} is not a duration ({e}); write e.g. \"30m\"", req.ttl),
+        )
+    })?;
+    if req.break_glass {
+        if config.roles.contains_key(&req.role) && !workflow.break_glass {
+            return Err(invalid(
+                "break_glass",
+                format!("role {:?} does not allow break-glass access", req.role),
+            ));
+        }
+        ttl = ttl.min(workflow.break_glass_max_ttl);
+    }
+    // The same checks an issued grant gets (target, role, credential, TTL bounds, user name).
+    super::validate_new_grant(config, &grant_request(requester, req, ttl, "r", None))?;
+    Ok(ttl)
+}
+
+/// The grant a request turns into.
+fn grant_request(
+    requester: &str,
+    req: &NewAccessRequest,
+    ttl: Duration,
+    request_id: &str,
+    ticket: Option<&str>,
+) -> NewGrant {
+    let mut reason = format!("{} (request {request_id}", req.reason.trim());
+    if let Some(t) = ticket {
+        reason.push_str(&format!(", ticket {t}"));
+    }
+    reason.push(')');
+    NewGrant {
+        user: requester.to_owned(),
+        target: req.target.clone(),
+        role: req.role.clone(),
+        ttl: humantime::format_duration(ttl).to_string(),
+        reason,
+        starts_at: None,
+    }
+}
+
+fn new_request_id() -> String {
+    let mut bytes = [0u8; 8];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    format!("r_{}", hex::encode(bytes))
+}
+
+/// What a state change produced: the request, and the grant if one was issued now.
+#[derive(Debug, Clone)]
+pub struct RequestChange {
+    pub request: AccessRequest,
+    pub grant: Option<Grant>,
+}
+
+/// Access-request operations shared by the admin API and the expiry task.
+#[derive(Debug)]
+pub struct RequestService {
+    store: Store,
+    grants: GrantService,
+    config: Arc<Config>,
+    clock: Arc<dyn Clock>,
+    /// Tokens of approved requests not yet fetched, by request id. Memory only, by design.
+    tokens: DashMap<String, GrantToken>,
+}
+
+impl RequestService {
+    pub fn new(store: Store, grants: GrantService, config: Arc<Config>, clock: Arc<dyn Clock>) -> Self {
+        RequestService {
+            store,
+            grants,
+            config,
+            clock,
+            tokens: DashMap::new(),
+        }
+    }
+
+    /// Files a request by `requester`. A break-glass request is approved by its requester at once.
+    pub async fn create(
+        &self,
+        req: NewAccessRequest,
+        requester: &str,
+    ) -> Result<RequestChange, RequestError> {
+        let ttl = validate_request(&self.config, requester, &req)?;
+        let now = self.clock.now();
+        let window = chrono::Duration::from_std(self.config.requests.review_window)
+            .unwrap_or_else(|_| chrono::Duration::hours(1));
+        let request = AccessRequest {
+            id: new_request_id(),
+            requester: requester.to_owned(),
+            target: req.target.clone(),
+            role: req.role.clone(),
+            ttl: humantime::format_duration(ttl).to_string(),
+            reason: req.reason.trim().to_owned(),
+            ticket: req.ticket.as_ref().map(|t| t.trim().to_owned()),
+            break_glass: req.break_glass,
+            created_at: now,
+            review_deadline: now + window,
+            approvals_required: if req.break_glass {
+                1
+            } else {
+                self.config.workflow(&req.role).approvals
+            },
+            approvals: Vec::new(),
+            state: RequestStatus::Pending,
+            decided_at: None,
+            denied_by: None,
+            deny_reason: None,
+            grant_id: None,
+            token_fetched_at: None,
+        };
+        self.store.insert_request(request.clone()).await?;
+        tracing::info!(request.id = %request.id, requester, target = %request.target, role = %request.role,
+            break_glass = request.break_glass, "access request filed");
+        if !req.break_glass {
+            return Ok(RequestChange { request, grant: None });
+        }
+        let approval = Approval {
+            by: requester.to_owned(),
+            reason: format!("break-glass: {}", request.reason),
+            at: now,
+        };
+        self.record_approval(&request.id, approval).await
+    }
+
+    pub async fn get(&self, id: &str) -> Result<AccessRequest, RequestError> {
+        self.store
+            .get_request(id.to_owned())
+            .await?
+            .ok_or_else(|| RequestError::NotFound(id.to_owned()))
+    }
+
+    pub async fn list(&self, filter: RequestFilter) -> Result<Vec<AccessRequest>, RequestError> {
+        Ok(self.store.list_requests(filter, self.clock.now()).await?)
+    }
+
+    /// Approves as `by` (never the requester); the last approval needed issues the grant.
+    pub async fn approve(&self, id: &str, by: &str, reason: &str) -> Result<RequestChange, RequestError> {
+        let request = self.get(id).await?;
+        if request.requester == by {
+            return Err(RequestError::Forbidden(format!(
+                "{by:?} filed request {id} and cannot approve it (two-person rule)"
+            )));
+        }
+        let approval = Approval {
+            by: by.to_owned(),
+            reason: reason.to_owned(),
+            at: self.clock.now(),
+        };
+        self.record_approval(id, approval).await
+    }
+
+    async fn record_approval(&self, id: &str, approval: Approval) -> Result<RequestChange, RequestError> {
+        let now = approval.at;
+        let by = approval.by.clone();
+        let request = match self.store.approve_request(id.to_owned(), approval, now).await? {
+            ApproveOutcome::NotFound => return Err(RequestError::NotFound(id.to_owned())),
+            ApproveOutcome::NotPending(status) => {
+                return Err(RequestError::Conflict(format!(
+                    "request {id} is {} and can no longer be reviewed",
+                    status.as_str()
+                )))
+            }
+            ApproveOutcome::Duplicate => {
+                return Err(RequestError::Conflict(format!(
+                    "{by:?} has already approved request {id}; another approver is needed"
+                )))
+            }
+            ApproveOutcome::Recorded(r) => *r,
+        };
+        tracing::info!(request.id = %id, approver = %by, approvals = request.approvals.len(),
+            required = request.approvals_required, "access request approved");
+        if request.state != RequestStatus::Approved {
+            return Ok(RequestChange { request, grant: None });
+        }
+        let ttl = humantime::parse_duration(&request.ttl)
+            .map_err(|e| StoreError::Corrupt(format!("request {id} has an unreadable ttl: {e}")))?;
+        let new = grant_request(
+            &request.requester,
+            &NewAccessRequest {
+                target: request.target.clone(),
+                role: request.role.clone(),
+                ttl: request.ttl.clone(),
+                reason: request.reason.clone(),
+                ticket: None,
+                break_glass: request.break_glass,
+            },
+            ttl,
+            &request.id,
+            request.ticket.as_deref(),
+        );
+        let created_by = request
+            .approvals
+            .iter()
+            .map(|a| a.by.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        let (grant, token) = self
+            .grants
+            .issue_with(
+                new,
+                &created_by,
+                IssueOptions {
+                    break_glass: request.break_glass,
+                },
+            )
+            .await?;
+        self.store
+            .set_request_grant(id.to_owned(), grant.id.clone())
+            .await?;
+        self.tokens.insert(id.to_owned(), token);
+        let request = self.get(id).await?;
+        Ok(RequestChange {
+            request,
+            grant: Some(grant),
+        })
+    }
+
+    /// Forgets the in-memory token of a request (its grant's audit record could not be written).
+    pub fn withhold_token(&self, id: &str) {
+        self.tokens.remove(id);
+    }
+
+    /// Denies as `by` (never the requester).
+    pub async fn deny(&self, id: &str, by: &str, reason: &str) -> Result<AccessRequest, RequestError> {
+        let request = self.get(id).await?;
+        if request.requester == by {
+            return Err(RequestError::Forbidden(format!(
+                "{by:?} filed request {id} and cannot review it; withdraw it by letting it expire"
+            )));
+        }
+        let now = self.clock.now();
+        match self
+            .store
+            .deny_request(id.to_owned(), by.to_owned(), reason.to_owned(), now)
+            .await?
+        {
+            Some((true, r)) => {
+                tracing::info!(request.id = %id, denied_by = by, "access request denied");
+                Ok(r)
+            }
+            Some((false, r)) => Err(RequestError::Conflict(format!(
+                "request {id} is {} and can no longer be reviewed",
+                r.status_at(now).as_str()
+            ))),
+            None => Err(RequestError::NotFound(id.to_owned())),
+        }
+    }
+
+    /// Hands the requester the token of its approved request, once.
+    pub async fn take_token(
+        &self,
+        id: &str,
+        by: &str,
+    ) -> Result<(AccessRequest, Grant, GrantToken), RequestError> {
+        let request = self.get(id).await?;
+        if request.requester != by {
+            return Err(RequestError::Forbidden(format!(
+                "only the requester of {id} may fetch its token"
+            )));
+        }
+        let now = self.clock.now();
+        let Some(grant_id) = request.grant_id.clone() else {
+            return Err(RequestError::Conflict(format!(
+                "request {id} is {} and has no grant",
+                request.status_at(now).as_str()
+            )));
+        };
+        if request.token_fetched_at.is_some() {
+            return Err(RequestError::Conflict(format!(
+                "the token of request {id} was already fetched; it is shown only once"
+            )));
+        }
+        let Some((_, token)) = self.tokens.remove(id) else {
+            return Err(RequestError::Conflict(format!(
+                "the token of request {id} is no longer available (timebox restarted since the approval); \
+                 file a new request"
+            )));
+        };
+        if !self.store.mark_token_fetched(id.to_owned(), now).await? {
+            return Err(RequestError::Conflict(format!(
+                "the token of request {id} was already fetched; it is shown only once"
+            )));
+        }
+        let grant = self.grants.get(&grant_id).await?;
+        let request = self.get(id).await?;
+        Ok((request, grant, token))
+    }
+
+    /// Marks overdue pending requests expired; returns them.
+    pub async fn expire_due(&self) -> Result<Vec<AccessRequest>, RequestError> {
+        Ok(self.store.expire_requests(self.clock.now()).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::from_toml_str(
+            r#"
+            [proxy]
+            listen = "127.0.0.1:0"
+            tls = "disabled"
+            [admin]
+            listen = "127.0.0.1:0"
+            [targets.shop]
+            host = "127.0.0.1"
+            database = "shop"
+            [targets.shop.credentials.read]
+            user = "r"
+            [targets.shop.credentials.admin]
+            user = "a"
+            [roles.read]
+            allow = ["read"]
+            max_ttl = "8h"
+            [roles.admin]
+            allow = ["read", "write"]
+            max_ttl = "4h"
+            approvals = 2
+            break_glass = true
+            break_glass_max_ttl = "30m"
+            "#,
+        )
+        .unwrap()
+    }
+
+    fn req(role: &str, ttl: &str, reason: &str, break_glass: bool) -> NewAccessRequest {
+        NewAccessRequest {
+            target: "shop".into(),
+            role: role.into(),
+            ttl: ttl.into(),
+            reason: reason.into(),
+            ticket: None,
+            break_glass,
+        }
+    }
+
+    #[test]
+    fn reason_is_required_and_break_glass_is_capped_and_role_gated() {
+        let c = config();
+        let field = |r: NewAccessRequest| match validate_request(&c, "alice", &r) {
+            Err(RequestError::Invalid { field, .. }) => field,
+            Err(RequestError::Grant(GrantError::Invalid { field, .. })) => field,
+            other => panic!("expected Invalid, got {other:?}"),
+        };
+        assert_eq!(field(req("read", "1h", "  ", false)), "reason");
+        assert_eq!(field(req("read", "9h", "inc", false)), "ttl");
+        assert_eq!(field(req("read", "1h", "inc", true)), "break_glass");
+        assert_eq!(field(req("nope", "1h", "inc", false)), "role");
+        assert_eq!(
+            validate_request(&c, "alice", &req("admin", "3h", "inc", true)).unwrap(),
+            Duration::from_secs(1800),
+            "capped at break_glass_max_ttl"
+        );
+        assert_eq!(
+            validate_request(&c, "alice", &req("admin", "3h", "inc", false)).unwrap(),
+            Duration::from_secs(3 * 3600)
+        );
+    }
+
+    #[test]
+    fn overdue_pending_requests_are_expired() {
+        let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut r = AccessRequest {
+            id: "r_1".into(),
+            requester: "alice".into(),
+            target: "shop".into(),
+            role: "read".into(),
+            ttl: "30m".into(),
+            reason: "inc".into(),
+            ticket: None,
+            break_glass: false,
+            created_at: t0,
+            review_deadline: t0 + chrono::Duration::hours(1),
+            approvals_required: 1,
+            approvals: vec![],
+            state: RequestStatus::Pending,
+            decided_at: None,
+            denied_by: None,
+            deny_reason: None,
+            grant_id: None,
+            token_fetched_at: None,
+        };
+        assert_eq!(r.status_at(t0), RequestStatus::Pending);
+        assert_eq!(
+            r.status_at(t0 + chrono::Duration::hours(1)),
+            RequestStatus::Expired
+        );
+        r.state = RequestStatus::Approved;
+        assert_eq!(
+            r.status_at(t0 + chrono::Duration::hours(2)),
+            RequestStatus::Approved
+        );
+    }
+}
