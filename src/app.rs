@@ -165,6 +165,10 @@ async fn expiry_task(state: Arc<AppState>) {
             Ok(expired) => {
                 for r in expired {
                     tracing::info!(request.id = %r.id, requester = %r.requester, "access request expired unreviewed");
+                    let event = crate::admin::requests::request_event(&r, "expired", "timebox", None);
+                    if let Err(e) = state.audit.record(vec![event]).await {
+                        tracing::error!(error = %e, request.id = %r.id, "cannot record a request expiry in the audit log");
+                    }
                     state.webhooks.notify(Notification::new(
                         "request_expired",
                         format!(

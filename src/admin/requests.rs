@@ -111,6 +111,28 @@ fn request_fields(view: &RequestView) -> serde_json::Value {
     serde_json::json!({ "request": view })
 }
 
+/// The audit record of a request's change of state.
+pub(crate) fn request_event(
+    r: &AccessRequest,
+    action: &str,
+    actor: &str,
+    reason: Option<&str>,
+) -> AuditEvent {
+    AuditEvent::AccessRequest(crate::audit::event::AccessRequestEvent {
+        action: action.to_owned(),
+        actor: actor.to_owned(),
+        break_glass: r.break_glass,
+        grant_id: r.grant_id.clone(),
+        reason: reason.map(str::to_owned),
+        request_id: r.id.clone(),
+        role: r.role.clone(),
+        target: r.target.clone(),
+        ticket: r.ticket.clone(),
+        ttl: r.ttl.clone(),
+        user: r.requester.clone(),
+    })
+}
+
 /// Audits and announces a grant a request just produced; on an audit failure the token is dropped.
 async fn after_change(state: &AppState, change: &RequestChange, actor: &str) -> Result<(), ApiError> {
     let now = state.clock.now();
@@ -209,6 +231,16 @@ async fn create(
     principal.require_any(&[REQUESTER, ADMIN], "filing access requests")?;
     let ApiJson(req) = body?;
     let change = state.requests.create(req, &principal.name).await?;
+    let reason = change.request.reason.clone();
+    state
+        .audit
+        .record(vec![request_event(
+            &change.request,
+            "created",
+            &principal.name,
+            Some(&reason),
+        )])
+        .await?;
     let now = state.clock.now();
     if change.request.break_glass {
         after_change(&state, &change, &principal.name).await?;
@@ -326,6 +358,15 @@ async fn approve(
     let ApiJson(review) = body?;
     let reason = review_reason(&review.reason, false)?;
     let change = state.requests.approve(&id, &principal.name, &reason).await?;
+    state
+        .audit
+        .record(vec![request_event(
+            &change.request,
+            "approved",
+            &principal.name,
+            Some(&reason),
+        )])
+        .await?;
     after_change(&state, &change, &principal.name).await?;
     Ok(Json(RequestView::at(change.request, state.clock.now())))
 }
@@ -347,6 +388,15 @@ async fn deny(
     let ApiJson(review) = body?;
     let reason = review_reason(&review.reason, true)?;
     let request = state.requests.deny(&id, &principal.name, &reason).await?;
+    state
+        .audit
+        .record(vec![request_event(
+            &request,
+            "denied",
+            &principal.name,
+            Some(&reason),
+        )])
+        .await?;
     let view = RequestView::at(request, state.clock.now());
     let r = &view.request;
     state.webhooks.notify(Notification::new(
@@ -375,6 +425,15 @@ async fn token(
 ) -> Result<Json<RequestToken>, ApiError> {
     principal.require_any(&[REQUESTER, ADMIN], "fetching request tokens")?;
     let (request, grant, token) = state.requests.take_token(&id, &principal.name).await?;
+    state
+        .audit
+        .record(vec![request_event(
+            &request,
+            "token_fetched",
+            &principal.name,
+            None,
+        )])
+        .await?;
     tracing::info!(principal = %principal.name, request.id = %id, grant.id = %grant.id,
         "admin API: request token fetched");
     let connect = connect_info(

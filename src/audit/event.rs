@@ -151,6 +151,26 @@ pub struct GrantExtended {
     pub user: String,
 }
 
+/// An access request changed state (filed, approved, denied, expired, its token fetched).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessRequestEvent {
+    /// `created`, `approved`, `denied`, `expired` or `token_fetched`.
+    pub action: String,
+    /// Who acted (`timebox` for expiry).
+    pub actor: String,
+    pub break_glass: bool,
+    /// The grant the request produced, once it did.
+    pub grant_id: Option<String>,
+    pub reason: Option<String>,
+    pub request_id: String,
+    pub role: String,
+    pub target: String,
+    pub ticket: Option<String>,
+    pub ttl: String,
+    /// The requester (the PostgreSQL user the grant is for).
+    pub user: String,
+}
+
 impl From<&Grant> for GrantIssued {
     fn from(g: &Grant) -> Self {
         GrantIssued::of(g, false)
@@ -202,6 +222,7 @@ pub enum AuditEvent {
     GrantIssued(GrantIssued),
     GrantRevoked(GrantRevoked),
     GrantExtended(GrantExtended),
+    AccessRequest(AccessRequestEvent),
 }
 
 /// Every kind, as stored in the `kind` column.
@@ -214,6 +235,7 @@ pub const KINDS: &[&str] = &[
     "grant_issued",
     "grant_revoked",
     "grant_extended",
+    "access_request",
 ];
 
 impl AuditEvent {
@@ -227,6 +249,7 @@ impl AuditEvent {
             AuditEvent::GrantIssued(_) => "grant_issued",
             AuditEvent::GrantRevoked(_) => "grant_revoked",
             AuditEvent::GrantExtended(_) => "grant_extended",
+            AuditEvent::AccessRequest(_) => "access_request",
         }
     }
 
@@ -242,6 +265,7 @@ impl AuditEvent {
             "grant_issued" => AuditEvent::GrantIssued(serde_json::from_str(payload)?),
             "grant_revoked" => AuditEvent::GrantRevoked(serde_json::from_str(payload)?),
             "grant_extended" => AuditEvent::GrantExtended(serde_json::from_str(payload)?),
+            "access_request" => AuditEvent::AccessRequest(serde_json::from_str(payload)?),
             other => return Err(serde_json::Error::custom(format!("unknown audit kind {other:?}"))),
         })
     }
@@ -257,6 +281,7 @@ impl AuditEvent {
             AuditEvent::GrantIssued(e) => serde_json::to_string(e),
             AuditEvent::GrantRevoked(e) => serde_json::to_string(e),
             AuditEvent::GrantExtended(e) => serde_json::to_string(e),
+            AuditEvent::AccessRequest(e) => serde_json::to_string(e),
         };
         // Serializing plain structs of strings and integers into a String cannot fail.
         result.expect("audit payloads always serialize")
@@ -282,6 +307,7 @@ impl AuditEvent {
             AuditEvent::GrantIssued(e) => c(&e.user, &e.target, Some(&e.grant_id), None),
             AuditEvent::GrantRevoked(e) => c(&e.user, &e.target, Some(&e.grant_id), None),
             AuditEvent::GrantExtended(e) => c(&e.user, &e.target, Some(&e.grant_id), None),
+            AuditEvent::AccessRequest(e) => c(&e.user, &e.target, e.grant_id.as_deref(), None),
         }
     }
 
@@ -311,6 +337,11 @@ impl AuditEvent {
             AuditEvent::GrantIssued(e) => tokens(&mut e.reason),
             AuditEvent::GrantRevoked(e) => tokens(&mut e.reason),
             AuditEvent::GrantExtended(e) => {
+                if let Some(r) = e.reason.as_mut() {
+                    tokens(r);
+                }
+            }
+            AuditEvent::AccessRequest(e) => {
                 if let Some(r) = e.reason.as_mut() {
                     tokens(r);
                 }
@@ -465,6 +496,19 @@ pub(crate) mod tests {
                 previous_expires_at: t0(),
                 reason: Some("still debugging".into()),
                 target: "shop".into(),
+                user: "alice".into(),
+            }),
+            AuditEvent::AccessRequest(AccessRequestEvent {
+                action: "approved".into(),
+                actor: "bob".into(),
+                break_glass: false,
+                grant_id: Some("g_1".into()),
+                reason: Some("matches INC-1".into()),
+                request_id: "r_1".into(),
+                role: "write".into(),
+                target: "shop".into(),
+                ticket: Some("INC-1".into()),
+                ttl: "30m".into(),
                 user: "alice".into(),
             }),
         ]
