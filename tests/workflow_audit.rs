@@ -97,3 +97,63 @@ async fn request_lifecycle_is_audited_without_tokens() {
     assert!(!everything.contains(&token), "the token must never be audited");
     assert!(timebox::audit::verify_file(&db, &[]).unwrap().first_bad.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_session_is_audited_with_who_and_why() {
+    let inst = common::start(Options::default()).await;
+    let (grant, token) = inst.grant("alice", "read", "10m").await;
+    let (client, connection) = tokio_postgres::connect(
+        &inst.conn_string("alice", &token, "disable"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    client.simple_query("SELECT 1").await.unwrap();
+    let http = reqwest::Client::new();
+    let list: Value = http
+        .get(format!("{}/v1/sessions", inst.admin_url()))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let session = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["grant_id"] == grant.id.as_str())
+        .expect("the live session is listed")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = http
+        .delete(format!("{}/v1/sessions/{session}", inst.admin_url()))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .json(&json!({"reason": "suspicious query"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let db = inst.dir.path().join("audit.db");
+    let mut end = None;
+    for _ in 0..50 {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        end = conn
+            .query_row(
+                "SELECT payload FROM audit_events WHERE kind = 'session_end' AND session_id = ?1",
+                [&session],
+                |r| r.get::<_, String>(0),
+            )
+            .ok();
+        if end.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let end: Value = serde_json::from_str(&end.expect("session_end recorded")).unwrap();
+    assert_eq!(end["reason"], "killed");
+    assert_eq!(end["ended_by"], "ops (suspicious query)");
+}

@@ -101,8 +101,12 @@ pub struct SessionEnd {
     pub bytes_to_client: u64,
     /// Microseconds from session start to end.
     pub duration_us: u64,
+    /// Who ended the session and why, when someone did (`killed`): "bob (incident over)".
+    #[serde(default)]
+    pub ended_by: Option<String>,
     pub grant_id: String,
-    /// `client_exit`, `expired`, `revoked`, `killed`, `upstream_error`, `client_error`, `shutdown`.
+    /// `client_exit`, `expired`, `revoked`, `killed`, `upstream_error`, `client_error`, `shutdown`,
+    /// `audit_unavailable`.
     pub reason: String,
     pub session_id: String,
     /// Statements the session ran (or tried to).
@@ -346,7 +350,12 @@ impl AuditEvent {
                     tokens(r);
                 }
             }
-            AuditEvent::StatementOutcome(_) | AuditEvent::SessionEnd(_) => {}
+            AuditEvent::SessionEnd(e) => {
+                if let Some(by) = e.ended_by.as_mut() {
+                    tokens(by);
+                }
+            }
+            AuditEvent::StatementOutcome(_) => {}
         }
     }
 }
@@ -462,6 +471,7 @@ pub(crate) mod tests {
                 bytes_from_client: 100,
                 bytes_to_client: 2000,
                 duration_us: 5_000_000,
+                ended_by: Some("bob (done)".into()),
                 grant_id: "g_1".into(),
                 reason: "client_exit".into(),
                 session_id: "s_1".into(),

@@ -679,6 +679,9 @@ impl Session {
             bytes_from_client: stats.bytes_from_client,
             bytes_to_client: stats.bytes_to_client,
             duration_us: started.elapsed().as_micros() as u64,
+            ended_by: (reason == EndReason::Killed)
+                .then(|| self.handle.kill_reason())
+                .flatten(),
             grant_id: self.grant.id.clone(),
             reason: reason.as_str().to_owned(),
             session_id: self.handle.name(),
