@@ -607,6 +607,7 @@ async fn queries_filter_and_paginate() {
         bytes_from_client: 1,
         bytes_to_client: 2,
         duration_us: 3,
+        ended_by: None,
         grant_id: "g_bob".into(),
         reason: "client_exit".into(),
         session_id: "s_b".into(),
