@@ -1202,3 +1202,36 @@ async fn cli_search_tail_verify_and_head_through_the_api() {
     assert_eq!(o.status.code(), Some(2), "could not verify: {}", out(&o));
     tb.shutdown().await.unwrap();
 }
+
+/// Regression (found by the e2e benchmark): under sustained one-record commits the WAL grew without
+/// bound, because passive checkpoints on another connection never finish while the writer keeps
+/// appending. The writer now truncates it past `WAL_LIMIT_BYTES`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_stays_bounded_under_sustained_small_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, writer) = AuditLog::open_with(options(dir.path(), Durability::Write)).unwrap();
+    let wal = dir.path().join("audit.db-wal");
+    let mut largest = 0u64;
+    for i in 0..12_000u64 {
+        log.record(vec![stmt(
+            "s_wal",
+            "alice",
+            i,
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+            Decision::Allow,
+        )])
+        .await
+        .unwrap();
+        if i % 500 == 0 {
+            largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        }
+    }
+    largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+    assert!(
+        largest <= audit::WAL_LIMIT_BYTES + 16 * 1024 * 1024,
+        "WAL reached {largest} bytes"
+    );
+    writer.shutdown().await;
+    let report = audit::verify_file(&dir.path().join("audit.db"), &[]).unwrap();
+    assert!(report.ok && report.records == 12_000, "{report:?}");
+}

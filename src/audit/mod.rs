@@ -56,8 +56,8 @@ pub use query::{AuditFilter, Order, Page};
 use crate::clock::{Clock, SystemClock};
 pub use crate::config::Durability;
 use crate::config::{AuditConfig, ParamLogging, StoreConfig};
-pub use writer::CHECKPOINT_RECORDS;
 use writer::{lock, Msg, Shared, Submission, Writer};
+pub use writer::{CHECKPOINT_RECORDS, WAL_LIMIT_BYTES};
 
 /// Events the queue holds before `submit` refuses with [`AuditError::QueueFull`].
 pub const QUEUE_CAPACITY: usize = 65_536;

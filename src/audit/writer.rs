@@ -43,6 +43,18 @@ use crate::config::{Durability, ParamLogging};
 
 /// Records written between two checkpoints (about 50 MB of WAL).
 pub const CHECKPOINT_RECORDS: usize = 65_536;
+/// The WAL size past which the writer checkpoints and truncates it itself (bounded disk use).
+pub const WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Size of the database's WAL file (0 when there is none).
+fn wal_len(db: Option<&std::path::Path>) -> u64 {
+    let Some(db) = db else { return 0 };
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(std::path::Path::new(&wal))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
 
 type Ack = oneshot::Sender<Result<(), AuditError>>;
 
@@ -311,11 +323,37 @@ impl Writer {
         }
         if result.is_ok() {
             self.since_checkpoint += events;
-            if self.since_checkpoint >= CHECKPOINT_RECORDS {
+            // Passive checkpoints on another connection cannot finish while this writer keeps
+            // appending, so under sustained load the WAL would grow without bound: past
+            // WAL_LIMIT_BYTES the writer checkpoints itself, between batches, and truncates it.
+            if wal_len(self.shared.db_path.as_deref()) > WAL_LIMIT_BYTES {
+                self.since_checkpoint = 0;
+                self.truncate_wal();
+            } else if self.since_checkpoint >= CHECKPOINT_RECORDS {
                 self.since_checkpoint = 0;
                 if let Some((tx, _)) = &self.checkpointer {
                     let _ = tx.send(());
                 }
+            }
+        }
+    }
+
+    /// Copies the whole WAL into the database (fsync'd) and truncates it, between two batches.
+    /// A reader holding an old snapshot makes it give up until the next batch; it never fails the log.
+    fn truncate_wal(&mut self) {
+        let conn = lock(&self.conn);
+        let result = conn
+            .pragma_update(None, "synchronous", "FULL")
+            .and_then(|_| conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)))
+            .and_then(|busy| {
+                conn.pragma_update(None, "synchronous", "OFF")?;
+                Ok(busy)
+            });
+        match result {
+            Ok(0) => tracing::debug!("audit WAL checkpointed and truncated"),
+            Ok(_) => tracing::debug!("audit WAL checkpoint postponed: a reader holds an old snapshot"),
+            Err(e) => {
+                tracing::warn!(error = %e, "audit WAL checkpoint failed; retrying after the next batch")
             }
         }
     }
