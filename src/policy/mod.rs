@@ -12,6 +12,7 @@
 //!   explains the split and the cross-check).
 //! - [`authorize`](mod@authorize): role + statement → [`Decision`] with a reason and a hint.
 //! - [`functions`]: the maintained lists (functions, operators, settings).
+//! - [`cache`](mod@cache): [`ClassifyCache`], the bounded cache the relay classifies through.
 //!
 //! # Known limits of SQL-level enforcement
 //! The upstream credential of each role is the real boundary behind this layer. What the text of a
@@ -34,14 +35,14 @@
 //!   added to [`functions`] or to the role's `allow_functions`.
 
 pub mod authorize;
+pub mod cache;
 pub mod classify;
 pub mod functions;
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
 
 pub use authorize::{authorize, authorize_all, Decision, RolePolicy};
+pub use cache::ClassifyCache;
 pub use classify::{
     classify, ClassReason, Classification, CopyDirection, Deallocate, Relation, SetValue, SettingChange,
     StatementClass, StatementInfo,
@@ -138,91 +139,6 @@ fn one_line(text: &str, max: usize) -> String {
         format!("{cut}…")
     } else {
         flat
-    }
-}
-
-/// A bounded cache of classifications keyed by the exact statement text (Parse messages repeat the
-/// same text; ORMs and pgbench send a handful of statements millions of times).
-///
-/// Eviction is an approximate LRU in two generations: lookups hit the young generation or promote
-/// from the old one; when the young generation is full it becomes the old one and the previous old
-/// one is dropped. Entries used within the last `capacity / 2` insertions always survive; at most
-/// `capacity` entries are held.
-#[derive(Debug)]
-pub struct ClassifyCache {
-    inner: Mutex<Generations>,
-    half: usize,
-}
-
-#[derive(Debug, Default)]
-struct Generations {
-    young: HashMap<Box<str>, Arc<Classification>>,
-    old: HashMap<Box<str>, Arc<Classification>>,
-}
-
-impl ClassifyCache {
-    /// `capacity` entries at most (at least 2).
-    pub fn new(capacity: usize) -> ClassifyCache {
-        let half = (capacity / 2).max(1);
-        ClassifyCache {
-            inner: Mutex::new(Generations {
-                young: HashMap::with_capacity(half),
-                old: HashMap::new(),
-            }),
-            half,
-        }
-    }
-
-    /// Texts longer than this are classified but not stored, so a few huge messages cannot pin
-    /// `capacity` copies of themselves in memory.
-    pub const MAX_CACHED_TEXT: usize = 16 * 1024;
-
-    /// The classification of `sql`, from the cache or computed (outside the lock) and stored.
-    pub fn classify(&self, sql: &str) -> Arc<Classification> {
-        if sql.len() > Self::MAX_CACHED_TEXT {
-            return Arc::new(classify(sql));
-        }
-        if let Some(hit) = self.get(sql) {
-            return hit;
-        }
-        let fresh = Arc::new(classify(sql));
-        self.insert(sql, fresh.clone());
-        fresh
-    }
-
-    pub fn get(&self, sql: &str) -> Option<Arc<Classification>> {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(hit) = g.young.get(sql) {
-            return Some(hit.clone());
-        }
-        let (key, value) = g.old.remove_entry(sql)?;
-        g.insert(key, value.clone(), self.half);
-        Some(value)
-    }
-
-    fn insert(&self, sql: &str, value: Arc<Classification>) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.insert(sql.into(), value, self.half);
-    }
-
-    /// Entries held (young and old generations).
-    pub fn len(&self) -> usize {
-        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.young.len() + g.old.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl Generations {
-    fn insert(&mut self, key: Box<str>, value: Arc<Classification>, half: usize) {
-        if self.young.len() >= half && !self.young.contains_key(&key) {
-            self.old = std::mem::take(&mut self.young);
-            self.young.reserve(half);
-        }
-        self.young.insert(key, value);
     }
 }
 
@@ -926,31 +842,6 @@ mod tests {
         assert_eq!(p.allow, [Read, Write]);
         assert!(p.require_where && !p.allow_unparsed);
         assert_eq!(p.statement_timeout, Some(Duration::from_secs(30)));
-    }
-
-    #[test]
-    fn cache_hits_and_stays_bounded() {
-        let cache = ClassifyCache::new(4);
-        let a = cache.classify("SELECT 1");
-        let b = cache.classify("SELECT 1");
-        assert!(Arc::ptr_eq(&a, &b), "second lookup is a hit");
-        for i in 0..100 {
-            cache.classify(&format!("SELECT {i}"));
-            assert!(cache.len() <= 4, "cache grew to {}", cache.len());
-        }
-        let huge = format!("SELECT 1{}", " ".repeat(ClassifyCache::MAX_CACHED_TEXT));
-        let before = cache.len();
-        assert_eq!(cache.classify(&huge).class(), Read);
-        assert!(
-            cache.get(&huge).is_none() && cache.len() <= before.max(4),
-            "huge texts are not stored"
-        );
-        // A hot entry survives churn as long as it is used within every half-capacity window.
-        let hot = cache.classify("SELECT 'hot'");
-        for i in 0..50 {
-            cache.classify(&format!("SELECT {i} + 1"));
-            assert!(Arc::ptr_eq(&hot, &cache.classify("SELECT 'hot'")));
-        }
     }
 
     const CONFIG: &str = r#"
