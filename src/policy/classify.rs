@@ -294,12 +294,25 @@ impl Classification {
 /// Classifies SQL text (one or more statements). Pure and total: never fails, never panics on
 /// input; text the parsers cannot agree on is classified `Unparsed`.
 pub fn classify(sql: &str) -> Classification {
+    classify_with_constants(sql).0
+}
+
+/// [`classify()`], and the byte offsets PostgreSQL's parse tree gives for its constants (the
+/// `location` of every `A_Const` node, in no particular order). Only a text PostgreSQL parsed as a
+/// whole reports constants; otherwise the list is empty.
+///
+/// A literal token becomes an `A_Const` at its own offset (or at the offset of a unary minus the
+/// grammar folded into it) only through the grammar's plain-constant rules, which copy the value
+/// without looking at it; a literal the grammar reads for its value (`float(53)`,
+/// `current_time(3)`) leaves no `A_Const` there. [`super::shape`] relies on this.
+pub(crate) fn classify_with_constants(sql: &str) -> (Classification, Vec<usize>) {
     let mut statements = Vec::new();
+    let mut constants = Vec::new();
     match pg_query::parse(sql, 0) {
-        Ok(parsed) => classify_parsed(sql, 0, &parsed.protobuf, &mut statements),
+        Ok(parsed) => classify_parsed(sql, 0, &parsed.protobuf, &mut statements, &mut constants),
         Err(err) => classify_pieces(sql, &pg_error(&err), &mut statements),
     }
-    Classification { statements }
+    (Classification { statements }, constants)
 }
 
 fn pg_error(err: &pg_query::Error) -> String {
@@ -319,7 +332,7 @@ fn classify_pieces(sql: &str, error: &str, out: &mut Vec<StatementInfo>) {
         let start = piece.as_ptr() as usize - base;
         let span = start..start + piece.len();
         match pg_query::parse(piece, 0) {
-            Ok(parsed) => classify_parsed(piece, start, &parsed.protobuf, out),
+            Ok(parsed) => classify_parsed(piece, start, &parsed.protobuf, out, &mut Vec::new()),
             Err(err) => {
                 any_unparsed = true;
                 out.push(unparsed(
@@ -346,7 +359,15 @@ fn unparsed(span: Range<usize>, why: String) -> StatementInfo {
     info
 }
 
-fn classify_parsed(text: &str, offset: usize, tree: &protobuf::ParseResult, out: &mut Vec<StatementInfo>) {
+/// Classifies each statement of a parse tree of `text` (which starts at `offset` of the classified
+/// text) into `out`, and adds the offsets of its constants to `constants`.
+fn classify_parsed(
+    text: &str,
+    offset: usize,
+    tree: &protobuf::ParseResult,
+    out: &mut Vec<StatementInfo>,
+    constants: &mut Vec<usize>,
+) {
     for raw in &tree.stmts {
         let start = raw.stmt_location.max(0) as usize;
         let end = if raw.stmt_len == 0 {
@@ -363,7 +384,17 @@ fn classify_parsed(text: &str, offset: usize, tree: &protobuf::ParseResult, out:
             continue;
         };
         match raw.stmt.as_ref() {
-            Some(node) => out.push(classify_statement(piece, span, node)),
+            Some(node) => {
+                let (info, locations) = classify_statement(piece, span, node);
+                // Locations count from the start of `text`; -1 means "no location".
+                constants.extend(
+                    locations
+                        .into_iter()
+                        .filter_map(|l| usize::try_from(l).ok())
+                        .map(|l| offset + l),
+                );
+                out.push(info);
+            }
             None => out.push(unparsed(
                 span,
                 "PostgreSQL's parser returned an empty statement".into(),
@@ -372,15 +403,15 @@ fn classify_parsed(text: &str, offset: usize, tree: &protobuf::ParseResult, out:
     }
 }
 
-/// Classifies one statement PostgreSQL parsed; `piece` is its text.
-fn classify_statement(piece: &str, span: Range<usize>, node: &protobuf::Node) -> StatementInfo {
+/// Classifies one statement PostgreSQL parsed; `piece` is its text. Also returns the locations of
+/// its `A_Const` nodes (see [`classify_with_constants`]).
+fn classify_statement(piece: &str, span: Range<usize>, node: &protobuf::Node) -> (StatementInfo, Vec<i32>) {
     let mut info = StatementInfo::new(span);
-    let findings = walk(node);
+    let mut findings = walk(node);
+    let constants = std::mem::take(&mut findings.constants);
     let Some(stmt) = node.node.as_ref() else {
-        return unparsed(
-            info.span,
-            "PostgreSQL's parser returned an empty statement".into(),
-        );
+        let why = "PostgreSQL's parser returned an empty statement".into();
+        return (unparsed(info.span, why), constants);
     };
     let top = findings.top.unwrap_or("unknown");
     let (kind, family) = pg_kind(stmt, top);
@@ -480,7 +511,7 @@ fn classify_statement(piece: &str, span: Range<usize>, node: &protobuf::Node) ->
         }
     }
     info.finish();
-    info
+    (info, constants)
 }
 
 fn family_label(family: &str) -> String {
@@ -1399,6 +1430,8 @@ struct Findings {
     recursive: Vec<u32>,
     funcs: Vec<FuncRef>,
     ops: Vec<String>,
+    /// `location` of every `A_Const` node (byte offset into the parsed text, -1 when unknown).
+    constants: Vec<i32>,
 }
 
 impl Findings {
@@ -1717,6 +1750,8 @@ impl ser::Serializer for &mut Walker {
         if let Some(top) = self.frames.last_mut() {
             if top.name == "AExpr" && top.field == "kind" {
                 top.int = v;
+            } else if top.name == "AConst" && top.field == "location" {
+                self.found.constants.push(v);
             }
         }
         Ok(())

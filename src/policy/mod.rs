@@ -826,6 +826,43 @@ mod tests {
         );
     }
 
+    /// The shape cache ([`cache`](mod@cache)) trusts these locations to prove that a literal became a
+    /// plain constant; a literal read for its value by the grammar must leave none.
+    #[test]
+    fn constants_are_located_where_postgresql_puts_them() {
+        let at = |sql: &str| {
+            let (c, mut constants) = classify::classify_with_constants(sql);
+            constants.sort();
+            (c, constants)
+        };
+        let sql = "SELECT 1, 'a', x - 5, - 7, date '2020-01-01', NULL FROM t LIMIT 3";
+        let (c, constants) = at(sql);
+        assert_eq!(c, classify(sql));
+        let expected: Vec<usize> = ["1", "'a'", "5", "- 7", "'2020", "NULL", "3"]
+            .iter()
+            .map(|lit| sql.find(lit).unwrap())
+            .collect();
+        assert_eq!(
+            constants, expected,
+            "a folded unary minus moves the constant to the sign"
+        );
+        let (_, constants) = at("SELECT CAST(a AS float(10)), current_time(3), b FROM t");
+        assert!(
+            constants.is_empty(),
+            "values the grammar reads are no A_Const: {constants:?}"
+        );
+        let (_, constants) = at("SELECT 1; SELECT 2");
+        assert_eq!(
+            constants,
+            [7, 17],
+            "offsets count from the start of the whole text"
+        );
+        assert!(
+            at("SELEC 1").1.is_empty(),
+            "a text PostgreSQL rejects reports none"
+        );
+    }
+
     #[test]
     fn role_policy_from_config() {
         let role = crate::config::Role {
