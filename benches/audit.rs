@@ -59,6 +59,7 @@ fn open(dir: &std::path::Path, durability: Durability) -> (AuditLog, AuditWriter
         params: ParamLogging::Redacted,
         queue_capacity: timebox::audit::QUEUE_CAPACITY,
         max_batch: timebox::audit::MAX_BATCH,
+        segment_bytes: timebox::audit::journal::SEGMENT_BYTES,
         clock: Arc::new(SystemClock),
     })
     .expect("open audit log")

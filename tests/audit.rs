@@ -31,6 +31,7 @@ fn options(dir: &Path, durability: Durability) -> AuditOptions {
         params: ParamLogging::Redacted,
         queue_capacity: audit::QUEUE_CAPACITY,
         max_batch: audit::MAX_BATCH,
+        segment_bytes: audit::journal::SEGMENT_BYTES,
         clock: Arc::new(SystemClock),
     }
 }
@@ -1234,4 +1235,123 @@ async fn the_wal_stays_bounded_under_sustained_small_commits() {
     writer.shutdown().await;
     let report = audit::verify_file(&dir.path().join("audit.db"), &[]).unwrap();
     assert!(report.ok && report.records == 12_000, "{report:?}");
+}
+
+/// Copies `audit.db` (with its WAL) and the journal directory: what a crash at this instant leaves.
+fn snapshot(from: &Path, to: &Path) {
+    for name in ["audit.db", "audit.db-wal"] {
+        if from.join(name).exists() {
+            std::fs::copy(from.join(name), to.join(name)).unwrap();
+        }
+    }
+    let journal = to.join("audit.journal");
+    std::fs::create_dir_all(&journal).unwrap();
+    for entry in std::fs::read_dir(from.join("audit.journal")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), journal.join(entry.file_name())).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_records_the_index_had_not_reached_are_recovered_from_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    let (log, writer) = AuditLog::open_with(options(dir.path(), Durability::Fsync)).unwrap();
+    for i in 1..=5 {
+        log.record(vec![stmt("s_1", "alice", i, "SELECT 1", Decision::Allow)])
+            .await
+            .unwrap();
+    }
+    // Another connection holds SQLite's write lock: the indexer cannot insert, the journal goes on.
+    let blocker = Connection::open(dir.path().join("audit.db")).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    for i in 6..=40 {
+        log.submit(vec![stmt("s_1", "alice", i, &format!("SELECT {i}"), Decision::Allow)])
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    assert_eq!(log.head().seq, 40, "acknowledged (fsync'd to the journal)");
+    snapshot(dir.path(), crashed.path());
+    let indexed_at_crash: i64 = Connection::open(crashed.path().join("audit.db"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM audit_events", [], |r| r.get(0))
+        .unwrap();
+    assert!(indexed_at_crash < 40, "the crash copy lacks indexed records ({indexed_at_crash})");
+    blocker.execute_batch("ROLLBACK").unwrap();
+    writer.shutdown().await;
+
+    // The offline verifier indexes the journal's records (checked against the chain) first.
+    let report = audit::verify_file(&crashed.path().join("audit.db"), &[]).unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.records, 40);
+    assert_eq!(report.head, log.head(), "the same chain as the live log");
+    // And a log opened on the crash copy continues after record 40.
+    let (log2, writer2) = AuditLog::open_with(options(crashed.path(), Durability::Fsync)).unwrap();
+    assert_eq!(log2.head().seq, 40);
+    log2.record(vec![stmt("s_1", "alice", 41, "SELECT 41", Decision::Allow)])
+        .await
+        .unwrap();
+    writer2.shutdown().await;
+    assert!(audit::verify_file(&crashed.path().join("audit.db"), &[]).unwrap().ok);
+
+    // An edited journal line is caught, not indexed.
+    let again = tempfile::tempdir().unwrap();
+    snapshot(crashed.path(), again.path());
+    let (log3, writer3) = AuditLog::open_with(options(again.path(), Durability::Write)).unwrap();
+    let blocker = Connection::open(again.path().join("audit.db")).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    log3.submit(vec![stmt("s_1", "alice", 42, "SELECT 42", Decision::Allow)])
+        .unwrap()
+        .await
+        .unwrap();
+    let tampered = tempfile::tempdir().unwrap();
+    snapshot(again.path(), tampered.path());
+    blocker.execute_batch("ROLLBACK").unwrap();
+    writer3.shutdown().await;
+    let segments: Vec<_> = std::fs::read_dir(tampered.path().join("audit.journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    for seg in segments {
+        let text = std::fs::read_to_string(&seg).unwrap();
+        std::fs::write(&seg, text.replace("SELECT 42", "DROP TABLE x")).unwrap();
+    }
+    let report = audit::verify_file(&tampered.path().join("audit.db"), &[]).unwrap();
+    assert!(!report.ok);
+    let bad = report.first_bad.unwrap();
+    assert_eq!(bad.seq, 42);
+    assert!(bad.problem.contains("does not match its hash"), "{}", bad.problem);
+    let err = AuditLog::open_with(options(tampered.path(), Durability::Write)).unwrap_err();
+    assert!(matches!(err, AuditError::Corrupt { seq: 42, .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_segments_rotate_and_are_removed_once_indexed_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path(), Durability::Write);
+    opts.segment_bytes = 4096;
+    let (log, writer) = AuditLog::open_with(opts).unwrap();
+    let journal = dir.path().join("audit.journal");
+    let count = || {
+        std::fs::read_dir(&journal)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "jsonl"))
+            .count()
+    };
+    let mut most = 0;
+    for i in 1..=300 {
+        log.record(vec![stmt("s_1", "alice", i, &format!("SELECT {i}"), Decision::Allow)])
+            .await
+            .unwrap();
+        most = most.max(count());
+    }
+    // ~300 records of ~500 bytes in 4 KiB segments: dozens were written, few are ever kept.
+    assert!(most >= 2, "segments rotated ({most})");
+    assert!(most <= 4, "spent segments are removed while writing (at most {most} at once)");
+    writer.shutdown().await;
+    assert_eq!(count(), 0, "a clean stop leaves no journal");
+    assert!(audit::verify_file(&dir.path().join("audit.db"), &[]).unwrap().ok);
+    assert_eq!(audit::head_of_file(&dir.path().join("audit.db")).unwrap().seq, 300);
 }

@@ -48,6 +48,7 @@ async fn request_lifecycle_is_audited_without_tokens() {
     )
     .await;
 
+    inst.state.audit.wait_indexed().await.unwrap();
     let db = inst.dir.path().join("audit.db");
     let conn = rusqlite::Connection::open(&db).unwrap();
     let mut stmt = conn
@@ -137,6 +138,7 @@ async fn a_killed_session_is_audited_with_who_and_why() {
         .await
         .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
+    inst.state.audit.wait_indexed().await.unwrap();
     let db = inst.dir.path().join("audit.db");
     let mut end = None;
     for _ in 0..50 {

@@ -2,35 +2,42 @@
 //! queryable.
 //!
 //! Data flow: the relay (and the admin API, for grants) builds [`AuditEvent`]s and calls
-//! [`AuditLog::record`] (or [`AuditLog::submit`] and awaits the [`AuditAck`] later). `submit` redacts
-//! and serializes on the caller's task ([`event::prepare`], [`redact`]) and queues the events on a
+//! [`AuditLog::submit`] and awaits the [`AuditAck`] (or [`AuditLog::record`]). `submit` redacts and
+//! serializes on the caller's task ([`event::prepare`], [`redact`]) and queues the events on a
 //! bounded queue (by events: [`QUEUE_CAPACITY`]). One writer thread (`writer.rs`) group-commits them:
-//! it assigns `seq` (gapless, in queue order) and `ts`, chains the hashes ([`chain`]), writes one
-//! SQLite transaction ([`sqlite`]) and appends the JSONL lines ([`jsonl`]), syncs once per batch and
-//! acks. [`query`] and [`chain::verify`] read the same database for the admin API and the CLI.
+//! it assigns `seq` (gapless, in queue order) and `ts`, chains the hashes ([`chain`]), appends the
+//! batch to the [`journal`] with one write (and one sync at `fsync`), acks, and hands the records to
+//! the indexer thread, which inserts them into SQLite ([`sqlite`]) many per transaction. [`query`]
+//! and [`chain::verify`] read the database for the admin API and the CLI, after waiting for the
+//! index to reach every record acknowledged before they started ([`AuditLog::wait_indexed`]). The
+//! JSONL export ([`jsonl`]) is written by the writer after the journal.
 //!
 //! Where records live: `audit.db` in the store's directory (`sqlite://data/timebox.db` →
-//! `data/audit.db`), its own SQLite file in WAL mode; with `sqlite::memory:` an in-memory database.
-//! Plus `audit.jsonl` when configured.
+//! `data/audit.db`), its own SQLite file in WAL mode, and the journal `audit.journal/` beside it
+//! (segments are deleted once the database holds their records durably; a clean stop leaves it
+//! empty); with `sqlite::memory:` an in-memory database and no journal. Plus `audit.jsonl` when
+//! configured. At start — and in the offline tools, `verify_file`/`head_of_file` — records the
+//! journal has beyond the database (a crash between the two) are checked against the chain and
+//! indexed.
 //!
-//! Durability (`audit.durability`), i.e. when `record` returns `Ok`:
-//! - `fsync`: the batch is committed and the WAL and the JSONL file are `fdatasync`'d (by the sync
-//!   thread, overlapping the next batch's writing): the record survives a power loss;
-//! - `write`: the batch is committed (SQLite's WAL written with write(2), not synced) and the JSONL
-//!   written: the record survives a crash of timebox (kill -9, panic), not of the machine;
+//! Durability (`audit.durability`), i.e. when `submit`'s ack resolves `Ok`:
+//! - `fsync`: the batch is in the journal and `fdatasync`'d (and the JSONL export too, if
+//!   configured): the record survives a power loss;
+//! - `write`: the batch is in the journal, written with write(2), not synced: the record survives a
+//!   crash of timebox (kill -9, panic), not of the machine;
 //! - `async`: queued only; records still in the queue are lost if timebox dies.
 //!
-//! At every level checkpoints fsync the WAL before copying it and the database after (see
-//! `writer.rs`), so a power loss loses at most the unsynced tail, never the file.
+//! `record` additionally waits for the index, so the caller's own queries see the record.
 //!
-//! Fail closed: when the queue is full or a write has failed, `submit`/`record` return `Err` (callers
-//! deny the statement) and the failure is kept until restart; no level ever drops a record without
-//! an error (an `async` record lost to a write error is logged and counted in
+//! Fail closed: when the queue is full or a write or index has failed, `submit`/`record` return
+//! `Err` (callers deny the statement) and the failure is kept until restart; no level ever drops a
+//! record without an error (an `async` record lost to a write error is logged and counted in
 //! [`AuditStats::rejected`]). This module must never write a secret: redaction runs before
 //! serialization.
 
 pub mod chain;
 pub mod event;
+pub mod journal;
 pub mod jsonl;
 pub mod query;
 pub mod redact;
@@ -43,6 +50,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -57,12 +65,14 @@ use crate::clock::{Clock, SystemClock};
 pub use crate::config::Durability;
 use crate::config::{AuditConfig, ParamLogging, StoreConfig};
 use writer::{lock, Msg, Shared, Submission, Writer};
-pub use writer::{CHECKPOINT_RECORDS, WAL_LIMIT_BYTES};
+pub use writer::{CHECKPOINT_RECORDS, INDEX_LAG_LIMIT, WAL_LIMIT_BYTES};
 
 /// Events the queue holds before `submit` refuses with [`AuditError::QueueFull`].
 pub const QUEUE_CAPACITY: usize = 65_536;
 /// Most events the writer puts in one transaction.
 pub const MAX_BATCH: usize = 16_384;
+/// How long a query waits for the index to reach the records acknowledged before it.
+pub const INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The audit database's file name, in the store's directory.
 pub const DB_FILE_NAME: &str = "audit.db";
 
@@ -96,6 +106,10 @@ pub enum AuditError {
     Thread(#[source] std::io::Error),
     #[error("audit task failed: {0}")]
     Task(String),
+    #[error("another timebox process is writing the audit journal in {}", .0.display())]
+    JournalBusy(PathBuf),
+    #[error("the audit index is behind (record {indexed} of {target}); try again shortly")]
+    IndexLagging { target: u64, indexed: u64 },
 }
 
 /// Everything [`AuditLog::open_with`] needs; [`AuditOptions::from_config`] fills it from the config.
@@ -110,6 +124,8 @@ pub struct AuditOptions {
     pub params: ParamLogging,
     pub queue_capacity: usize,
     pub max_batch: usize,
+    /// Size at which the journal starts a new segment ([`journal::SEGMENT_BYTES`]).
+    pub segment_bytes: u64,
     /// Source of commit times.
     pub clock: Arc<dyn Clock>,
 }
@@ -125,6 +141,7 @@ impl AuditOptions {
             params: config.params,
             queue_capacity: QUEUE_CAPACITY,
             max_batch: MAX_BATCH,
+            segment_bytes: journal::SEGMENT_BYTES,
             clock: Arc::new(SystemClock),
         }
     }
@@ -247,12 +264,16 @@ impl AuditLog {
 
     /// [`AuditLog::open`] with every knob explicit (tests, benchmarks).
     pub fn open_with(opts: AuditOptions) -> Result<(AuditLog, AuditWriterHandle), AuditError> {
-        let conn = sqlite::open_writer(opts.db.as_deref())?;
+        let mut conn = sqlite::open_writer(opts.db.as_deref())?;
+        let fsync = opts.durability == Durability::Fsync;
+        let journal = match &opts.db {
+            Some(db) => Some(recover(&mut conn, db, opts.segment_bytes, fsync)?),
+            None => None,
+        };
         let (seq, prev, last_ts) = sqlite::read_head(&conn)?;
         let jsonl = match &opts.jsonl {
             None => None,
             Some(path) => {
-                let fsync = opts.durability == Durability::Fsync;
                 let (mut sink, last) =
                     jsonl::JsonlSink::open(path, opts.jsonl_max_bytes, opts.jsonl_keep, fsync)?;
                 catch_up_jsonl(&conn, &mut sink, last, seq)?;
@@ -280,26 +301,13 @@ impl AuditLog {
             committed: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            indexed: tokio::sync::watch::Sender::new(seq),
+            indexed_seq: Mutex::new(seq),
+            indexed_changed: std::sync::Condvar::new(),
+            closed_through: AtomicU64::new(0),
             reader,
             db_path: opts.db.clone(),
         });
-        let wal_file = opts.db.as_deref().map(sqlite::wal_path);
-        let sync_files: Vec<PathBuf> = wal_file.iter().chain(opts.jsonl.iter()).cloned().collect();
-        let syncer = if opts.durability == Durability::Fsync && !sync_files.is_empty() {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let syncer = writer::Syncer {
-                shared: shared.clone(),
-                rx,
-                files: sync_files,
-            };
-            let thread = std::thread::Builder::new()
-                .name("timebox-audit-sync".into())
-                .spawn(move || syncer.run())
-                .map_err(AuditError::Thread)?;
-            Some((tx, thread))
-        } else {
-            None
-        };
         let checkpointer = match &opts.db {
             None => None,
             Some(path) => {
@@ -316,11 +324,25 @@ impl AuditLog {
                 Some((tx, thread))
             }
         };
+        let (index_tx, index_rx) = std::sync::mpsc::channel();
+        let indexer = writer::Indexer {
+            shared: shared.clone(),
+            rx: index_rx,
+            conn,
+            journal_dir: journal.as_ref().map(|j| j.dir().to_owned()),
+            since_checkpoint: 0,
+            checkpointer,
+            removed_through: 0,
+        };
+        let indexer_thread = std::thread::Builder::new()
+            .name("timebox-audit-index".into())
+            .spawn(move || indexer.run())
+            .map_err(AuditError::Thread)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer {
             shared: shared.clone(),
             rx,
-            conn,
+            journal,
             jsonl,
             clock: opts.clock.clone(),
             max_batch: opts.max_batch.max(1),
@@ -330,10 +352,9 @@ impl AuditLog {
                 .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
                 .map(|t| t.with_timezone(&chrono::Utc)),
             buf: Vec::new(),
+            jsonl_buf: Vec::new(),
             ends: Vec::new(),
-            since_checkpoint: 0,
-            checkpointer,
-            syncer,
+            indexer: Some((index_tx, indexer_thread)),
         };
         let thread = std::thread::Builder::new()
             .name("timebox-audit".into())
@@ -355,10 +376,47 @@ impl AuditLog {
     }
 
     /// Queues events and resolves when they are as durable as the configured level promises
-    /// (`fsync`: fsync'd; `write`: handed to the OS; `async`: queued). `Err` when the queue is full,
-    /// the writer has failed or the log is shut down: the caller must not proceed unaudited.
+    /// (see [`AuditLog::submit`]) and in the database, so queries see them. For the admin API and
+    /// other low-rate callers; the relay uses `submit` and waits for durability only.
     pub async fn record(&self, events: Vec<AuditEvent>) -> Result<(), AuditError> {
-        self.submit(events)?.await
+        self.submit(events)?.await?;
+        let target = self.head().seq;
+        self.wait_indexed().await?;
+        match self.shared.failure.get() {
+            // Durable in the journal, but the index failed: not what `record` promises.
+            Some(failure) if *self.shared.indexed.borrow() < target => Err(AuditError::WriterFailed(failure.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits until every record durable when called is in the database (queries see it). Returns at
+    /// once when the log has failed (queries then show what the database has).
+    pub async fn wait_indexed(&self) -> Result<(), AuditError> {
+        let target = self.head().seq;
+        let mut rx = self.shared.indexed.subscribe();
+        if *rx.borrow() >= target || self.shared.failure.get().is_some() {
+            return Ok(());
+        }
+        let shared = self.shared.clone();
+        let wait = async {
+            loop {
+                if *rx.borrow_and_update() >= target || shared.failure.get().is_some() {
+                    return Ok(());
+                }
+                // Poll the failure flag now and then: a failed indexer never reaches the target.
+                match tokio::time::timeout(Duration::from_millis(200), rx.changed()).await {
+                    Ok(Ok(())) | Err(_) => {}
+                    Ok(Err(_)) => return Err(AuditError::Closed),
+                }
+            }
+        };
+        match tokio::time::timeout(INDEX_WAIT, wait).await {
+            Ok(result) => result,
+            Err(_) => Err(AuditError::IndexLagging {
+                target,
+                indexed: *self.shared.indexed.borrow(),
+            }),
+        }
     }
 
     /// Queues events without waiting; await the returned ack before acting on them. Events of one
@@ -453,6 +511,7 @@ impl AuditLog {
 
     /// One page of records matching `filter`.
     pub async fn query(&self, filter: AuditFilter) -> Result<Page, AuditError> {
+        self.wait_indexed().await?;
         self.with_reader(move |conn| query::query(conn, &filter)).await
     }
 
@@ -460,7 +519,9 @@ impl AuditLog {
     /// and at `anchors` (heads an auditor noted earlier).
     pub async fn verify(&self, anchors: Vec<Head>) -> Result<VerifyReport, AuditError> {
         let mut anchors = anchors;
-        anchors.push(self.head());
+        let head = self.head();
+        self.wait_indexed().await?;
+        anchors.push(head);
         self.with_reader(move |conn| chain::verify(conn, &anchors)).await
     }
 
@@ -476,15 +537,91 @@ impl AuditLog {
     }
 }
 
-/// Verifies an audit database file offline (`timebox audit verify --db`), optionally against an
-/// anchored head.
-pub fn verify_file(path: &Path, anchors: &[Head]) -> Result<VerifyReport, AuditError> {
-    chain::verify(&sqlite::open_reader(path)?, anchors)
+/// Brings the database up to date with its journal: indexes (after checking them against the
+/// chain) the records the journal has beyond the database's head — a crash between the two — makes
+/// them durable and deletes spent segments. Returns the open journal (its lock held).
+fn recover(
+    conn: &mut rusqlite::Connection,
+    db: &Path,
+    segment_bytes: u64,
+    fsync: bool,
+) -> Result<journal::Journal, AuditError> {
+    let (db_seq, db_hash, _) = sqlite::read_head(conn)?;
+    let dir = journal::dir_for(db);
+    let (journal, pending) = journal::Journal::open(&dir, db_seq, db_hash, segment_bytes, fsync)?;
+    if let Some(last) = pending.last().map(|r| r.seq) {
+        let rows: Vec<sqlite::IndexRow> = pending
+            .into_iter()
+            .map(|r| sqlite::IndexRow {
+                seq: r.seq,
+                ts: Arc::from(r.ts),
+                kind: r.kind,
+                payload: r.payload,
+                prev_hash: chain::HexHash::new(&r.prev_hash),
+                hash: chain::HexHash::new(&r.hash),
+                columns: r.columns,
+            })
+            .collect();
+        sqlite::insert_rows(conn, &rows)?;
+        tracing::warn!(
+            from = db_seq + 1,
+            to = last,
+            "audit: indexed records the database lacked, from the journal (timebox stopped without flushing)"
+        );
+    }
+    let head = sqlite::read_head(conn)?.0;
+    if writer::checkpoint_truncate(conn)? {
+        journal::remove_through(&dir, head)?;
+    }
+    Ok(journal)
 }
 
-/// The head of an audit database file.
+/// Opens a database file offline and, unless a running timebox owns its journal, first indexes what
+/// the journal holds beyond it (as `timebox serve` does at start), so offline tools see every
+/// acknowledged record, also after a crash. A journal that does not fit the database (records
+/// missing between them, an edited line) is returned as the problem found, not as an error, so
+/// `verify` can report it.
+fn open_recovered(path: &Path) -> Result<(rusqlite::Connection, Option<BadRecord>), AuditError> {
+    if !path.is_file() {
+        return Err(AuditError::NoDatabase(path.to_owned()));
+    }
+    let dir = journal::dir_for(path);
+    let has_records = journal::segments(&dir)?
+        .iter()
+        .any(|(_, p)| std::fs::metadata(p).map(|m| m.len() > 0).unwrap_or(false));
+    let mut problem = None;
+    if has_records {
+        let mut conn = sqlite::open_writer(Some(path))?;
+        match recover(&mut conn, path, journal::SEGMENT_BYTES, true) {
+            Ok(_journal) => {}
+            // A live timebox indexes its journal itself.
+            Err(AuditError::JournalBusy(_)) => {}
+            Err(AuditError::Corrupt { seq, problem: p }) => {
+                problem = Some(BadRecord { seq, problem: p });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((sqlite::open_reader(path)?, problem))
+}
+
+/// Verifies an audit database file offline (`timebox audit verify --db`), optionally against an
+/// anchored head; the journal's records beyond the database are checked and indexed first.
+pub fn verify_file(path: &Path, anchors: &[Head]) -> Result<VerifyReport, AuditError> {
+    let (conn, journal_problem) = open_recovered(path)?;
+    let mut report = chain::verify(&conn, anchors)?;
+    if report.first_bad.is_none() {
+        if let Some(bad) = journal_problem {
+            report.ok = false;
+            report.first_bad = Some(bad);
+        }
+    }
+    Ok(report)
+}
+
+/// The head of an audit database file (with its journal, as for [`verify_file`]).
 pub fn head_of_file(path: &Path) -> Result<Head, AuditError> {
-    sqlite::head(&sqlite::open_reader(path)?)
+    sqlite::head(&open_recovered(path)?.0)
 }
 
 /// Appends to the JSONL file the records the database has and it lacks (a crash between the

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::chain::{Head, GENESIS};
-use super::event::AuditRecord;
+use super::chain::{Head, HexHash, GENESIS};
+use super::event::{AuditRecord, Columns};
 use super::AuditError;
 
 /// Each entry moves the schema from version `index` to `index + 1`.
@@ -39,6 +39,42 @@ const MIGRATIONS: &[&str] = &[r#"
     CREATE INDEX audit_events_kind ON audit_events (kind)
         WHERE kind NOT IN ('statement', 'statement_outcome');
 "#];
+
+/// One record as the indexer inserts it (numbered, chained and already durable in the journal).
+#[derive(Clone)]
+pub(crate) struct IndexRow {
+    pub seq: u64,
+    pub ts: std::sync::Arc<str>,
+    pub kind: &'static str,
+    pub payload: String,
+    pub prev_hash: HexHash,
+    pub hash: HexHash,
+    pub columns: Columns,
+}
+
+/// Inserts `rows` (consecutive, in seq order) in ONE transaction.
+pub(crate) fn insert_rows(conn: &mut Connection, rows: &[IndexRow]) -> Result<(), AuditError> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare_cached(INSERT)?;
+        for r in rows {
+            insert.execute(params![
+                r.seq as i64,
+                &*r.ts,
+                r.kind,
+                r.payload,
+                r.prev_hash.as_str(),
+                r.hash.as_str(),
+                r.columns.user,
+                r.columns.target,
+                r.columns.grant_id,
+                r.columns.session_id,
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
 
 pub(crate) const INSERT: &str = "INSERT INTO audit_events \
     (seq, ts, kind, payload, prev_hash, hash, user_name, target, grant_id, session_id) \

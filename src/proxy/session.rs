@@ -409,7 +409,12 @@ async fn open_session(
         tls_version: tls.map(|t| t.version.clone()),
         user: grant.user.clone(),
     });
-    if let Err(e) = state.audit.record(vec![start]).await {
+    // Durable before the session goes on (not waiting for the index: the relay never does).
+    let started = match state.audit.submit(vec![start]) {
+        Ok(ack) => ack.await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = started {
         state.proxy.sessions.remove(handle.id);
         state.proxy.metrics.audit_failures_total.inc();
         tracing::error!(error = %e, "cannot record the session start in the audit log");
@@ -944,7 +949,11 @@ impl Session {
                                                 // Terminate: the session ends normally after what came before it
                                                 // (once that is audited).
                                                 let events = std::mem::take(&mut statement_events);
-                                                if !events.is_empty() && audit.record(events).await.is_err() {
+                                                let flushed = match audit.submit(events) {
+                                                    Ok(ack) => ack.await,
+                                                    Err(e) => Err(e),
+                                                };
+                                                if flushed.is_err() {
                                                     metrics.audit_failures_total.inc();
                                                     return EndReason::ClientExit;
                                                 }
