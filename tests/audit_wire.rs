@@ -281,3 +281,35 @@ async fn nothing_reaches_the_database_unaudited_even_on_kill_9() {
         "ran upstream without an audit record: {missing:?}"
     );
 }
+
+/// Outcome records ride along with the next statement's audit submission; an idle session's last
+/// outcome is still recorded promptly (within the flush delay), without closing the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_sessions_last_outcome_is_recorded_without_waiting_for_more_statements() {
+    let inst = common::start(Options::default()).await;
+    let (_grant, token) = inst.grant("alice", "read", "10m").await;
+    let client = connect(&inst.conn_string("alice", &token, "disable")).await;
+    let mark = common::cluster::unique_name("idleoutcome");
+    client.simple_query(&format!("SELECT '{mark}_one'")).await.unwrap();
+    client.simple_query(&format!("SELECT '{mark}_two'")).await.unwrap();
+    let outcomes = |records: &[(String, serde_json::Value)]| {
+        let ids: Vec<u64> = records
+            .iter()
+            .filter(|(k, p)| k == "statement" && p["sql"].as_str().is_some_and(|s| s.contains(&mark)))
+            .map(|(_, p)| p["statement_id"].as_u64().unwrap())
+            .collect();
+        records
+            .iter()
+            .filter(|(k, p)| k == "statement_outcome" && ids.contains(&p["statement_id"].as_u64().unwrap()))
+            .count()
+    };
+    let db = inst.dir.path().join("audit.db");
+    let recorded = common::eventually(Duration::from_secs(5), || async {
+        inst.state.audit.wait_indexed().await.unwrap();
+        outcomes(&audit_records(&db)) == 2
+    })
+    .await;
+    assert!(recorded, "both outcomes recorded while the session stays open");
+    client.simple_query("SELECT 1").await.unwrap();
+    drop(client);
+}

@@ -197,6 +197,10 @@ async fn send_fatal(client: &mut ClientStream, error: &PgError) {
     .await;
 }
 
+/// How long outcome records may wait for the next statement's audit submission (which they join)
+/// before they are submitted on their own: an idle session's outcomes are durable within this.
+const OUTCOME_FLUSH_DELAY: Duration = Duration::from_millis(50);
+
 /// The part of a session that exists once its upstream is open.
 struct Session {
     state: Arc<AppState>,
@@ -669,7 +673,9 @@ impl Session {
         let labels = [target.as_str(), role.as_str()];
         metrics.sessions_total.with_label_values(&labels).inc();
         metrics.sessions_active.with_label_values(&labels).inc();
-        let reason = self.relay(&mut client).await;
+        // Outcomes of the last statements, not yet handed to the audit log (see `relay`).
+        let mut outcomes = Vec::new();
+        let reason = self.relay(&mut client, &mut outcomes).await;
         // Whatever happened, no upstream query may outlive the session.
         let mut terminate = BytesMut::new();
         postgres_protocol::message::frontend::terminate(&mut terminate);
@@ -694,7 +700,8 @@ impl Session {
             target: self.grant.target.clone(),
             user: self.grant.user.clone(),
         });
-        match tokio::time::timeout(Duration::from_secs(5), self.state.audit.record(vec![end])).await {
+        outcomes.push(end);
+        match tokio::time::timeout(Duration::from_secs(5), self.state.audit.record(outcomes)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 metrics.audit_failures_total.inc();
@@ -718,7 +725,11 @@ impl Session {
     }
 
     /// The relay loop; returns why it ended.
-    async fn relay(&mut self, client: &mut ClientStream) -> EndReason {
+    /// `outcome_events`: outcome records wait for the next statement's submission and go with it
+    /// (one hand-off to the audit writer per statement instead of two), or at the latest
+    /// [`OUTCOME_FLUSH_DELAY`] after they were made; what is left at the end goes with the session
+    /// end.
+    async fn relay(&mut self, client: &mut ClientStream, outcome_events: &mut Vec<AuditEvent>) -> EndReason {
         let state = self.state.clone();
         let max_message = state.config.proxy.max_message_bytes;
         let client_tls = client.is_tls();
@@ -749,7 +760,7 @@ impl Session {
         let mut audit_hold = BytesMut::new();
         let mut pending_ack: Option<(crate::audit::AuditAck, Instant)> = None;
         let mut statement_events: Vec<AuditEvent> = Vec::new();
-        let mut outcome_events: Vec<AuditEvent> = Vec::new();
+        let mut outcome_deadline: Option<Instant> = None;
         let metrics = state.proxy.metrics.clone();
         let statement_duration = metrics
             .statement_duration_seconds
@@ -856,7 +867,7 @@ impl Session {
                                         if let Some((sent, ids)) = in_flight.pop_front() {
                                             let elapsed = sent.elapsed();
                                             statement_duration.observe(elapsed.as_secs_f64());
-                                            self.outcomes(ids, &mut outcome_tags, &mut outcome_error, elapsed, &mut outcome_events);
+                                            self.outcomes(ids, &mut outcome_tags, &mut outcome_error, elapsed, outcome_events);
                                         }
                                         continue;
                                     }
@@ -889,11 +900,8 @@ impl Session {
                                     }
                                 }
                                 let now_ready = outbox.tracker.ready_count;
-                                if !outcome_events.is_empty() {
-                                    if let Err(e) = audit.submit(std::mem::take(&mut outcome_events)) {
-                                        metrics.audit_failures_total.inc();
-                                        tracing::error!(error = %e, "could not record statement outcomes in the audit log");
-                                    }
+                                if !outcome_events.is_empty() && outcome_deadline.is_none() {
+                                    outcome_deadline = Some(Instant::now() + OUTCOME_FLUSH_DELAY);
                                 }
                                 awaiting_ready = awaiting_ready.saturating_sub(now_ready - ready_seen);
                                 ready_seen = now_ready;
@@ -948,7 +956,8 @@ impl Session {
                                             if tag == b'X' {
                                                 // Terminate: the session ends normally after what came before it
                                                 // (once that is audited).
-                                                let events = std::mem::take(&mut statement_events);
+                                                let mut events = std::mem::take(outcome_events);
+                                                events.append(&mut statement_events);
                                                 let flushed = match audit.submit(events) {
                                                     Ok(ack) => ack.await,
                                                     Err(e) => Err(e),
@@ -1016,7 +1025,11 @@ impl Session {
                                         Ok(None) => {
                                             // This read's frames go upstream once their records are durable.
                                             if !statement_events.is_empty() {
-                                                match audit.submit(std::mem::take(&mut statement_events)) {
+                                                // Earlier outcomes go first, in the same hand-off.
+                                                let mut events = std::mem::take(outcome_events);
+                                                events.append(&mut statement_events);
+                                                outcome_deadline = None;
+                                                match audit.submit(events) {
                                                     Ok(ack) if wait_for_audit => pending_ack = Some((ack, Instant::now())),
                                                     Ok(_) => {}
                                                     Err(e) => {
@@ -1088,6 +1101,13 @@ impl Session {
                             audit_hold.clear();
                             closing = Some(self.sever(&mut outbox, busy, EndReason::AuditUnavailable, audit_refusal(&e)).await);
                         }
+                    }
+                }
+                _ = sleep_opt(outcome_deadline), if outcome_deadline.is_some() => {
+                    outcome_deadline = None;
+                    if let Err(e) = audit.submit(std::mem::take(outcome_events)) {
+                        metrics.audit_failures_total.inc();
+                        tracing::error!(error = %e, "could not record statement outcomes in the audit log");
                     }
                 }
                 _ = sleep_opt(closing_deadline), if closing_deadline.is_some() => {
