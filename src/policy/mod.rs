@@ -13,6 +13,8 @@
 //! - [`authorize`](mod@authorize): role + statement → [`Decision`] with a reason and a hint.
 //! - [`functions`]: the maintained lists (functions, operators, settings).
 //! - [`cache`](mod@cache): [`ClassifyCache`], the bounded cache the relay classifies through.
+//! - [`shape`]: statement texts with their literals abstracted, and when a classification holds
+//!   for every text of its shape (the cache's second level).
 //!
 //! # Known limits of SQL-level enforcement
 //! The upstream credential of each role is the real boundary behind this layer. What the text of a
@@ -38,6 +40,7 @@ pub mod authorize;
 pub mod cache;
 pub mod classify;
 pub mod functions;
+pub mod shape;
 
 use std::fmt::Write as _;
 
@@ -197,14 +200,14 @@ mod tests {
     }
 
     /// Expected decision: allowed, or denied with a reason containing the text.
-    enum E {
+    pub(super) enum E {
         Allow,
         Deny(&'static str),
     }
     use E::{Allow, Deny};
 
     /// (what the row guards against, role, SQL, expected decision)
-    const CASES: &[(&str, &str, &str, E)] = &[
+    pub(super) const CASES: &[(&str, &str, &str, E)] = &[
         // ---- benign reads a read role must be able to run ----------------------------------------
         ("pgbench_select_is_a_read", "read", "SELECT abalance FROM pgbench_accounts WHERE aid = $1;", Allow),
         ("select_literal", "read", "SELECT 1", Allow),
@@ -591,7 +594,7 @@ mod tests {
     }
 
     /// (what it guards against, SQL, expected class of the whole message)
-    const CLASSES: &[(&str, &str, StatementClass)] = &[
+    pub(super) const CLASSES: &[(&str, &str, StatementClass)] = &[
         ("select_is_read", "SELECT * FROM t", Read),
         ("show_is_read", "SHOW search_path", Read),
         ("explain_is_read", "EXPLAIN SELECT 1", Read),
