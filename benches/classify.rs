@@ -1,5 +1,6 @@
 //! Classification time per statement over a representative corpus (pgbench, ORM-style joins, DDL,
-//! session statements), uncached and through the [`ClassifyCache`] hit path.
+//! session statements), uncached and through the [`ClassifyCache`] hit paths: exact text, and
+//! literal shape (pgbench in simple protocol, a new literal every time).
 //!
 //! Run: `cargo bench --bench classify -- --warm-up-time 1 --measurement-time 3`
 
@@ -68,6 +69,27 @@ fn cached(c: &mut Criterion) {
     for (name, sql) in CORPUS.iter().take(2) {
         group.bench_function(*name, |b| b.iter(|| cache.classify(black_box(sql))));
     }
+
+    // pgbench in simple protocol: the literal changes every time, so the exact text never repeats
+    // and only the literal-shape level can answer. The texts are made up front (aids spread over
+    // 1..=100000 like pgbench's scale 1, so literal lengths and spans vary).
+    let texts: Vec<String> = (0..4096u64)
+        .map(|i| {
+            let aid = i.wrapping_mul(2_654_435_761) % 100_000 + 1;
+            format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};")
+        })
+        .collect();
+    cache.classify(&texts[0]);
+    let hits = cache.shape_hits();
+    cache.classify(&texts[1]);
+    assert_eq!(cache.shape_hits(), hits + 1, "the shape level answers");
+    let mut next = 0;
+    group.bench_function("pgbench_select_varying_literal", |b| {
+        b.iter(|| {
+            next = (next + 1) % texts.len();
+            cache.classify(black_box(&texts[next]))
+        })
+    });
     group.finish();
 }
 
