@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: pgbench against PostgreSQL directly, through PgBouncer (session mode) and
-# through timebox (policy + audit on), on this machine. See benches/README.md ("End-to-end").
+# through timebox (policy + audit on, and variants with each off), on this machine. See
+# benches/README.md ("End-to-end").
 #
-#   scripts/bench.sh            full run (~8 minutes + the build): 4 s per pgbench run, 3 repetitions
+#   scripts/bench.sh            full run (~9 minutes + the build): 4 s per pgbench run, 3 repetitions
 #   scripts/bench.sh --quick    smoke run (< 2 minutes): 2 s per run, 1 repetition
 #   scripts/bench.sh --perf     also profile timebox with perf, count syscalls (~1.5 min more)
+#   scripts/bench.sh --soak [MINUTES] [--soak-simple CLIENTS]
+#                               only a soak: pgbench -M prepared -c 32 against timebox(write) for
+#                               MINUTES (default 10) without a break, TPS/RSS/audit size every 10 s
 #   scripts/bench.sh --no-build [--duration N] [--reps N] [--connect-duration N] [--idle-sessions N]
 #                    [--scale N] [--max-wal-mib N] [--out DIR]
 #
 # Installs what is missing (PostgreSQL + pgbench via scripts/install-deps.sh, pgbouncer via apt-get;
 # as root directly, else with passwordless sudo, else it prints what to install), builds
-# `cargo build --release --locked`, then runs benches/e2e/bench.py in a temporary directory.
-# Everything it starts (PostgreSQL, PgBouncer, three timebox instances) is stopped and the directory
-# removed on exit, Ctrl-C or SIGTERM. Results: the table on stdout and target/bench-e2e/.
+# `cargo build --release --locked --features bench-knobs` (the benchmark-only feature that lets the
+# nopolicy/noaudit instances switch a feature off; never ship that build), then runs
+# benches/e2e/bench.py in a temporary directory. Everything it starts (PostgreSQL, PgBouncer, the
+# timebox instances) is stopped and the directory removed on exit, Ctrl-C or SIGTERM. Results: the
+# table on stdout and target/bench-e2e/ (a soak: target/bench-e2e/soak/).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,13 +30,22 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick | --perf) pyargs+=("$1") ;;
         --no-build) build=0 ;;
-        --duration | --reps | --idle-sessions | --scale | --out | --connect-duration | --max-wal-mib)
+        --soak)
+            # MINUTES is optional: take the next argument only if it is a number.
+            if [[ $# -ge 2 && "$2" =~ ^[0-9]+([.][0-9]+)?$ ]]; then
+                pyargs+=(--soak "$2")
+                shift
+            else
+                pyargs+=(--soak 10)
+            fi
+            ;;
+        --duration | --reps | --idle-sessions | --scale | --out | --connect-duration | --max-wal-mib | --soak-simple)
             [[ $# -ge 2 ]] || { echo "bench: $1 needs a value" >&2; exit 2; }
             pyargs+=("$1" "$2")
             shift
             ;;
         -h | --help)
-            sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *) echo "bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -73,8 +88,8 @@ fi
 
 # ---------------------------------------------------------------------------- build
 if [[ $build -eq 1 ]]; then
-    echo "bench: cargo build --release --locked"
-    cargo build --release --locked
+    echo "bench: cargo build --release --locked --features bench-knobs"
+    cargo build --release --locked --features bench-knobs
 fi
 TIMEBOX="$ROOT/target/release/timebox"
 [[ -x "$TIMEBOX" ]] || { echo "bench: $TIMEBOX not found (drop --no-build)" >&2; exit 1; }

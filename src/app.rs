@@ -114,6 +114,23 @@ pub async fn run(
     if let Ok(addr) = listeners.proxy.local_addr() {
         let _ = state.proxy_addr.set(addr);
     }
+    let bench = state.config.bench;
+    if bench.any() {
+        let mut off = Vec::new();
+        if bench.skip_policy() {
+            off.push("statements are NOT checked against policy");
+        }
+        if bench.skip_audit() {
+            off.push("statements are NOT audited");
+        }
+        tracing::warn!(
+            skip_policy = bench.skip_policy(),
+            skip_audit = bench.skip_audit(),
+            "BENCHMARK KNOBS ON ([bench] in the config of a --features bench-knobs build): {}. \
+             For benchmarks only: never let real users connect to this instance",
+            off.join(" and ")
+        );
+    }
     let admin_router = crate::admin::router(state.clone());
     let admin_shutdown = state.shutdown.clone();
     let admin = tokio::spawn(async move {

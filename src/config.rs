@@ -97,6 +97,15 @@ pub struct RawConfig {
     #[serde(default)]
     webhooks: Vec<RawWebhook>,
     requests: Option<RawRequests>,
+    /// Read in every build so that its presence can be refused with a clear message; honoured only
+    /// with the `bench-knobs` cargo feature.
+    bench: Option<RawBench>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawBench {
+    skip_policy: Option<bool>,
+    skip_audit: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,6 +227,34 @@ pub struct Config {
     pub webhooks: Vec<Webhook>,
     /// `[requests]`: access-request settings.
     pub requests: RequestsConfig,
+    /// `[bench]`: benchmark-only switches; always off unless built with `--features bench-knobs`.
+    pub bench: BenchKnobs,
+}
+
+/// `[bench]`: switches that turn off enforcement or auditing so that the end-to-end benchmark can
+/// show what each feature costs. They exist only in a timebox built with the `bench-knobs` cargo
+/// feature (off by default); any other build refuses a config with a `[bench]` table, and there the
+/// accessors below are constant `false`, so the checks compile away.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BenchKnobs {
+    skip_policy: bool,
+    skip_audit: bool,
+}
+
+impl BenchKnobs {
+    /// `skip_policy = true`: every statement is allowed without being classified.
+    pub fn skip_policy(&self) -> bool {
+        cfg!(feature = "bench-knobs") && self.skip_policy
+    }
+
+    /// `skip_audit = true`: no statement or statement-outcome records (sessions are still recorded).
+    pub fn skip_audit(&self) -> bool {
+        cfg!(feature = "bench-knobs") && self.skip_audit
+    }
+
+    pub fn any(&self) -> bool {
+        self.skip_policy() || self.skip_audit()
+    }
 }
 
 /// How access to a role is requested and approved (keys of `[roles.NAME]`).
@@ -687,6 +724,8 @@ impl RawConfig {
             ),
         };
 
+        let bench = validate_bench(self.bench.as_ref(), &mut p);
+
         if p.0.is_empty() {
             Ok(Config {
                 proxy,
@@ -698,6 +737,7 @@ impl RawConfig {
                 workflow,
                 webhooks,
                 requests,
+                bench,
             })
         } else {
             Err(ConfigError::Invalid(p.0))
@@ -709,6 +749,23 @@ impl Config {
     /// The request workflow of role `name` (the defaults for an unknown role).
     pub fn workflow(&self, name: &str) -> RoleWorkflow {
         self.workflow.get(name).copied().unwrap_or_default()
+    }
+}
+
+fn validate_bench(raw: Option<&RawBench>, p: &mut Problems) -> BenchKnobs {
+    let Some(raw) = raw else {
+        return BenchKnobs::default();
+    };
+    if !cfg!(feature = "bench-knobs") {
+        p.push(
+            "bench",
+            "[bench] needs a timebox built with --features bench-knobs (benchmarks only)",
+        );
+        return BenchKnobs::default();
+    }
+    BenchKnobs {
+        skip_policy: raw.skip_policy.unwrap_or(false),
+        skip_audit: raw.skip_audit.unwrap_or(false),
     }
 }
 
@@ -1178,6 +1235,57 @@ mod tests {
         ] {
             assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
         }
+    }
+
+    #[test]
+    fn bench_knobs_are_off_by_default() {
+        let c = Config::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(c.bench, BenchKnobs::default());
+        assert!(!c.bench.skip_policy() && !c.bench.skip_audit() && !c.bench.any());
+    }
+
+    /// Guards against a production build that can turn off enforcement or auditing: without the
+    /// `bench-knobs` feature a `[bench]` table is an error, whatever it says.
+    #[cfg(not(feature = "bench-knobs"))]
+    #[test]
+    fn bench_table_is_refused_without_the_bench_knobs_feature() {
+        for table in [
+            "[bench]\nskip_policy = true",
+            "[bench]\nskip_audit = true",
+            "[bench]",
+        ] {
+            let text = format!("{}\n{table}\n", MINIMAL.trim_end());
+            let ConfigError::Invalid(problems) = Config::from_toml_str(&text).unwrap_err() else {
+                panic!("expected Invalid for {table:?}")
+            };
+            assert_eq!(
+                problems,
+                vec![ConfigProblem {
+                    path: "bench".into(),
+                    message: "[bench] needs a timebox built with --features bench-knobs (benchmarks only)"
+                        .into(),
+                }],
+                "{table:?}"
+            );
+        }
+    }
+
+    #[cfg(feature = "bench-knobs")]
+    #[test]
+    fn bench_table_sets_the_knobs_with_the_bench_knobs_feature() {
+        let text = format!("{}\n[bench]\nskip_policy = true\n", MINIMAL.trim_end());
+        let c = Config::from_toml_str(&text).unwrap();
+        assert!(c.bench.skip_policy() && !c.bench.skip_audit() && c.bench.any());
+        let text = format!("{}\n[bench]\nskip_audit = true\n", MINIMAL.trim_end());
+        let c = Config::from_toml_str(&text).unwrap();
+        assert!(!c.bench.skip_policy() && c.bench.skip_audit());
+        let text = format!("{}\n[bench]\nskip_everything = true\n", MINIMAL.trim_end());
+        let ConfigError::Invalid(problems) = Config::from_toml_str(&text).unwrap_err() else {
+            panic!()
+        };
+        // (serde_ignored writes an optional table's keys as `bench.?.key`, like `audit.?.key`.)
+        assert!(problems[0].path.ends_with("skip_everything"), "{problems:?}");
+        assert_eq!(problems[0].message, "unknown key");
     }
 
     #[test]

@@ -1,26 +1,36 @@
 #!/usr/bin/env python3
 """End-to-end benchmark: pgbench against PostgreSQL directly, through PgBouncer (session mode) and
 through timebox (policy and audit on), on one machine. Run it through `scripts/bench.sh`, which
-installs what is missing, builds timebox, makes the work directory and cleans up behind us.
+installs what is missing, builds timebox (with the benchmark-only `bench-knobs` feature), makes the
+work directory and cleans up behind us.
 
 What it does, in order:
   1. a throwaway PostgreSQL cluster under <workdir>/pg (initdb + pg_ctl; as the `postgres` user
      when we are root), a login role `bench` owning database `bench`, `pgbench -i -s <scale>`;
   2. PgBouncer in session mode on a free port, authenticating clients with SCRAM-SHA-256 against a
      userlist holding bench's SCRAM secret (so it logs in upstream with SCRAM pass-through);
-  3. three timebox instances, identical but for `audit.durability` (write, fsync, async), TLS to
-     clients disabled, each with a grant for user `bench` on target `bench` (role `rw`: read+write)
-     issued through the admin API (`POST /v1/grants`);
+  3. five timebox instances: three identical but for `audit.durability` (write, fsync, async), and
+     two with durability=write and one feature switched off by the config's `[bench]` table
+     (`timebox-nopolicy`: skip_policy; `timebox-noaudit`: skip_audit); TLS to clients disabled,
+     each with a grant for user `bench` on target `bench` (role `rw`: read+write) issued through
+     the admin API (`POST /v1/grants`);
   4. memory per idle session: N logged-in sessions that each ran `SELECT 1`, RSS delta / N, for
      timebox (durability=write) and PgBouncer;
   5. `pgbench -n -S` in simple / extended / prepared mode at 1, 8 and 32 clients against direct,
-     PgBouncer and timebox(write), plus timebox(fsync) and timebox(async) at 8 and 32 clients in
-     simple and prepared mode; the targets of one (mode, clients) cell run back to back
-     (interleaved), the whole matrix repeated; medians reported;
+     PgBouncer and timebox(write), plus timebox(fsync), timebox(async), timebox(nopolicy) and
+     timebox(noaudit) at 8 and 32 clients in simple and prepared mode; the targets of one (mode,
+     clients) cell run back to back (interleaved), the matrix repeated (the cells no target names,
+     extended mode and prepared at 1 client, a third as often); medians reported;
   6. connection setup rate: `pgbench -C` (a new connection per transaction);
   7. with --perf: a perf profile of timebox(write) and system calls per transaction;
   8. one table on stdout, raw runs in <out>/runs.csv, the table in <out>/table.txt, the servers'
      logs in <out>/logs/.
+
+With --soak MINUTES it does only this instead (steps 1 and 3, timebox(write) only): pgbench -S
+-M prepared with 32 clients (plus, with --soak-simple N, a simple-mode pgbench with N clients at
+the same time) for MINUTES without a break, sampling every 10 s TPS (`pgbench -P 10`), timebox's
+RSS and CPU, and the audit files' size on disk; then a table and a verdict in <out>/soak.txt and
+the samples in <out>/soak.csv.
 
 Standard library only. Every process it starts is stopped in `finally` (and on SIGTERM); the
 pids are also written to <workdir>/pids so that bench.sh's trap can stop them if we die hard.
@@ -43,6 +53,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -62,6 +73,18 @@ MODES = ["simple", "extended", "prepared"]
 CLIENTS = [1, 8, 32]
 VARIANT_MODES = ["simple", "prepared"]  # the modes the issue's targets name
 VARIANT_CLIENTS = [8, 32]
+# timebox instances: name -> (audit.durability, the config's [bench] knobs). The knobs need a build
+# with `--features bench-knobs` (scripts/bench.sh builds one); they exist to show what policy
+# enforcement and statement auditing cost, and no other build accepts them.
+TIMEBOX_INSTANCES = {
+    "timebox-write": ("write", {}),
+    "timebox-fsync": ("fsync", {}),
+    "timebox-async": ("async", {}),
+    "timebox-nopolicy": ("write", {"skip_policy": True}),
+    "timebox-noaudit": ("write", {"skip_audit": True}),
+}
+VARIANTS = ["timebox-fsync", "timebox-async", "timebox-nopolicy", "timebox-noaudit"]
+SOAK_INTERVAL = 10  # seconds between soak samples (pgbench -P)
 SAMPLING_RATE = 0.1  # share of transactions pgbench logs (-l --sampling-rate) for p99
 
 
@@ -340,14 +363,17 @@ class Bench:
             return
 
     # ---------------------------------------------------------------- timebox
-    def start_timebox(self, durability):
-        name = "timebox-%s" % durability
-        d = self.mkdir("tb-" + durability)
+    def start_timebox(self, name):
+        durability, knobs = TIMEBOX_INSTANCES[name]
+        d = self.mkdir("tb-" + name[len("timebox-"):])
         port, admin_port = free_port(), free_port()
         admin_token = "tbxa_" + secrets.token_hex(16)
         config = os.path.join(d, "timebox.toml")
+        bench_toml = ("\n# benchmark-only switches (a --features bench-knobs build)\n[bench]\n" +
+                      "".join("%s = %s\n" % (k, "true" if v else "false") for k, v in sorted(knobs.items()))
+                      if knobs else "")
         self.write(config, """\
-# timebox e2e benchmark instance (durability = {durability}); written by benches/e2e/bench.py
+# timebox e2e benchmark instance {name} (durability = {durability}); written by benches/e2e/bench.py
 [proxy]
 listen = "{host}:{port}"
 tls = "disabled"
@@ -381,9 +407,18 @@ password = "{password}"
 [roles.{role}]
 allow = ["read", "write"]
 max_ttl = "8h"
-""".format(durability=durability, host=HOST, port=port, admin_port=admin_port,
+{bench}""".format(name=name, durability=durability, host=HOST, port=port, admin_port=admin_port,
            sha=hashlib.sha256(admin_token.encode()).hexdigest(), d=d, db=DB, pg_port=self.pg_port,
-           role=ROLE, user=USER, password=self.password, max_conn=self.args.idle_sessions + 1000))
+           role=ROLE, user=USER, password=self.password, max_conn=self.args.idle_sessions + 1000,
+           bench=bench_toml))
+        if knobs:
+            # A build without the feature refuses the [bench] table: say so plainly, before starting.
+            out = subprocess.run([self.timebox_bin, "check-config", "--config", config], capture_output=True,
+                                 text=True)
+            if out.returncode != 0:
+                raise RuntimeError("%s needs a timebox built with --features bench-knobs (scripts/bench.sh "
+                                   "without --no-build does that); check-config says:\n%s" % (
+                                       name, (out.stderr or out.stdout).strip()))
         self.targets[name] = dict(port=port, admin_port=admin_port, password=None, pid=name, dir=d, config=config,
                                   restarts=0, txns=0)
         self.spawn_timebox(name)
@@ -407,8 +442,23 @@ max_ttl = "8h"
                                     stderr=subprocess.STDOUT, env=env, cwd=t["dir"])
         self.children.append((name, proc))
         self.record_pid(name, proc.pid)
-        wait_port(t["admin_port"], name + " admin API", proc=proc)
-        wait_port(t["port"], name + " proxy", proc=proc)
+        try:
+            wait_port(t["admin_port"], name + " admin API", proc=proc)
+            wait_port(t["port"], name + " proxy", proc=proc)
+        except RuntimeError as e:
+            with open(os.path.join(t["dir"], "timebox.log"), errors="replace") as f:
+                tail = f.read()[-2000:]
+            raise RuntimeError("%s; its log ends with:\n%s" % (e, tail))
+
+    def audit_disk_bytes(self, name):
+        """Disk space (allocated blocks) of every audit file of an instance (audit.db, -wal, -shm, …)."""
+        total = 0
+        for path in glob.glob(os.path.join(self.targets[name]["dir"], "audit*")):
+            try:
+                total += os.stat(path).st_blocks * 512
+            except OSError:
+                pass
+        return total
 
     def audit_bytes(self, name):
         d = self.targets[name]["dir"]
@@ -461,12 +511,14 @@ max_ttl = "8h"
         log("idle sessions via %s: %d sessions, RSS %d → %d KiB, %.1f KiB/session (anon %.1f), %.0f logins/s" % (
             target, n, rss0, rss1, res["kib_per_session"], res["anon_kib_per_session"], res["logins_per_s"]))
 
-    def pgbench(self, target, mode, clients, duration, connect_each=False, tag="tps"):
+    def pgbench(self, target, mode, clients, duration, connect_each=False, tag="tps", transactions=None):
+        """One pgbench run of `duration` seconds (or of `transactions` per client, if given)."""
         t = self.targets[target]
         jobs = min(clients, NPROC)
         logdir = self.mkdir("logs")
         prefix = os.path.join(logdir, "run%d" % len(self.runs))
-        cmd = [self.pgbench_bin, "-n", "-S", "-M", mode, "-c", str(clients), "-j", str(jobs), "-T", str(duration),
+        length = ["-t", str(transactions)] if transactions else ["-T", str(duration)]
+        cmd = [self.pgbench_bin, "-n", "-S", "-M", mode, "-c", str(clients), "-j", str(jobs)] + length + [
                "-h", HOST, "-p", str(t["port"]), "-U", USER]
         if connect_each:
             cmd.append("-C")
@@ -585,7 +637,7 @@ max_ttl = "8h"
         tracepoints during an 8-client run). Not part of the table."""
         events = ",".join("syscalls:sys_enter_%s" % c for c in self.SYSCALLS)
         lines = ["System calls per transaction of the proxy process (perf stat, 8 clients; not in the table):",
-                 "  %-14s %-8s %s" % ("target", "mode", " ".join("%9s" % c for c in self.SYSCALLS))]
+                 "  %-16s %-8s %s" % ("target", "mode", " ".join("%9s" % c for c in self.SYSCALLS))]
         for mode in ["simple", "prepared"]:
             for name in ["pgbouncer", "timebox-write"]:
                 if name.startswith("timebox-"):
@@ -609,7 +661,7 @@ max_ttl = "8h"
                                 counts[parts[2][len("syscalls:sys_enter_"):]] = int(parts[0])
                             except ValueError:
                                 pass
-                lines.append("  %-14s %-8s %s" % (name, mode, " ".join(
+                lines.append("  %-16s %-8s %s" % (name, mode, " ".join(
                     "%9.2f" % (counts[c] / r["txns"]) if c in counts else "%9s" % "?" for c in self.SYSCALLS)))
         text = "\n".join(lines)
         print(text, flush=True)
@@ -621,24 +673,37 @@ max_ttl = "8h"
             for c in CLIENTS:
                 names = ["direct", "pgbouncer", "timebox-write"]
                 if mode in VARIANT_MODES and c in VARIANT_CLIENTS:
-                    names += ["timebox-fsync", "timebox-async"]
+                    names += VARIANTS
                 cells.append((mode, c, names))
         return cells
+
+    @staticmethod
+    def primary(mode, clients):
+        """The cells an issue-6 target names (simple at 1, 8, 32 clients; prepared at 8, 32)."""
+        return mode in VARIANT_MODES and (clients in VARIANT_CLIENTS or mode == "simple")
+
+    def cell_reps(self, mode, clients):
+        """Repetitions of a cell: all of them for the cells the targets name, a third for the others
+        (extended mode, prepared at 1 client), which keeps the default run within 10 minutes."""
+        reps = self.args.reps
+        return reps if self.primary(mode, clients) else max(1, reps // 3)
 
     def run_matrix(self):
         cells = self.matrix()
         d, reps = self.args.duration, self.args.reps
-        total = sum(len(n) for _, _, n in cells) * reps
-        log("throughput: %d pgbench runs of %d s (%d cells × targets × %d reps), ~%.0f s" % (
+        total = sum(len(n) * self.cell_reps(m, c) for m, c, n in cells)
+        log("throughput: %d pgbench runs of %d s (%d cells × targets × up to %d reps), ~%.0f s" % (
             total, d, len(cells), reps, total * (d + 0.4)))
         done = 0
         for rep in range(reps):
             for mode, c, names in cells:
+                if rep >= self.cell_reps(mode, c):
+                    continue
                 for name in names:
                     r = self.pgbench(name, mode, c, d)
                     r["rep"] = rep
                     done += 1
-                    print("  [%3d/%d] rep %d %-8s %2d clients %-14s %9.0f tps  avg %.3f ms  p99 %s  load %.2f%s" % (
+                    print("  [%3d/%d] rep %d %-8s %2d clients %-16s %9.0f tps  avg %.3f ms  p99 %s  load %.2f%s" % (
                         done, total, rep + 1, mode, c, name, r["tps"], r["lat_avg_ms"] or 0,
                         "%.3f ms" % r["lat_p99_ms"] if r["lat_p99_ms"] is not None else "-", r["load"],
                         "  cpu %.1f µs/txn" % r["cpu_us_per_txn"] if r["cpu_us_per_txn"] is not None else ""),
@@ -650,7 +715,7 @@ max_ttl = "8h"
             for name in ["direct", "pgbouncer", "timebox-write"]:
                 r = self.pgbench(name, "simple", 8, d, connect_each=True, tag="connect")
                 r["rep"] = rep
-                print("  connect rate rep %d %-14s %7.0f conn/s  avg connection time %s ms  load %.2f" % (
+                print("  connect rate rep %d %-16s %7.0f conn/s  avg connection time %s ms  load %.2f" % (
                     rep + 1, name, r["tps"], r["conn_ms"], r["load"]), flush=True)
 
     # ---------------------------------------------------------------- report
@@ -668,7 +733,7 @@ max_ttl = "8h"
                         error=next((r["error"] for r in rs if r["error"]), ""))
         self.cell = cell
         lines = []
-        hdr = "%-8s %3s  %-14s %9s %8s %8s %9s %9s %10s" % (
+        hdr = "%-8s %3s  %-16s %9s %8s %8s %9s %9s %10s" % (
             "mode", "cl", "target", "TPS", "×direct", "×pgbnc", "avg ms", "p99 ms", "CPU µs/tx")
         lines.append(hdr)
         lines.append("-" * len(hdr))
@@ -677,38 +742,60 @@ max_ttl = "8h"
             pgb = cell("tps", "pgbouncer", mode, c)
             for name in names:
                 m = cell("tps", name, mode, c)
-                lines.append("%-8s %3d  %-14s %9.0f %8.2f %8s %9.3f %9s %10s%s" % (
+                lines.append("%-8s %3d  %-16s %9.0f %8.2f %8s %9.3f %9s %10s%s" % (
                     mode, c, name, m["tps"], m["tps"] / base["tps"],
                     "%.2f" % (m["tps"] / pgb["tps"]) if name != "direct" else "",
                     m["lat"], "%.3f" % m["p99"] if m["p99"] is not None else "-",
                     "%.1f" % m["cpu"] if m["cpu"] is not None else "",
                     "  (%d failed)" % m["failed"] if m["failed"] else "") +
+                    ("  (%d run%s)" % (m["n"], "" if m["n"] == 1 else "s") if m["n"] != self.args.reps else "") +
                     ("  [%d of %d runs had clients aborted: %s]" % (m["aborted"], m["n"], m["error"])
                      if m["aborted"] else ""))
             lines.append("")
+        lines.append("What each feature costs (timebox durability=write against the same with one feature off "
+                     "through [bench]; medians):")
+        hdr = "  %-8s %3s  %9s %9s %9s  %8s %8s %8s  %-22s %-22s" % (
+            "mode", "cl", "TPS write", "nopolicy", "noaudit", "CPU write", "nopolicy", "noaudit",
+            "policy costs", "audit (write) costs")
+        lines.append(hdr)
+        for mode in VARIANT_MODES:
+            for c in VARIANT_CLIENTS:
+                w, np_, na = (cell("tps", n, mode, c) for n in ["timebox-write", "timebox-nopolicy", "timebox-noaudit"])
+
+                def cost(off):
+                    cpu = "%.1f µs CPU" % (w["cpu"] - off["cpu"]) if None not in (w["cpu"], off["cpu"]) else "? µs CPU"
+                    return "%s, %.0f%% TPS" % (cpu, 100.0 * (1 - w["tps"] / off["tps"]))
+
+                lines.append("  %-8s %3d  %9.0f %9.0f %9.0f  %8s %8s %8s  %-22s %-22s" % (
+                    mode, c, w["tps"], np_["tps"], na["tps"],
+                    *("%.1f" % x["cpu"] if x["cpu"] is not None else "-" for x in (w, np_, na)),
+                    cost(np_), cost(na)))
+        lines.append("  (CPU = timebox's µs per transaction; a cost is write's CPU minus the variant's, and the "
+                     "share of the variant's TPS that write loses)")
+        lines.append("")
         lines.append("Connection setup (pgbench -C -S -M simple, 8 clients, a new connection per transaction):")
         base = cell("connect", "direct", "simple", 8)
         for name in ["direct", "pgbouncer", "timebox-write"]:
             m = cell("connect", name, "simple", 8)
             if m:
-                lines.append("  %-14s %7.0f connections/s (×direct %.2f)  avg connection time %s ms%s" % (
+                lines.append("  %-16s %7.0f connections/s (×direct %.2f)  avg connection time %s ms%s" % (
                     name, m["tps"], m["tps"] / base["tps"], m["conn"],
                     "  CPU %.0f µs/connection" % m["cpu"] if m["cpu"] is not None else ""))
         lines.append("")
         lines.append("Memory per idle session (%d sessions logged in, each ran SELECT 1; RSS delta / sessions):"
                      % self.args.idle_sessions)
         for name, r in self.idle.items():
-            lines.append("  %-14s %6.1f KiB/session (RssAnon %.1f KiB), RSS %d → %d KiB, %.0f logins/s" % (
+            lines.append("  %-16s %6.1f KiB/session (RssAnon %.1f KiB), RSS %d → %d KiB, %.0f logins/s" % (
                 name, r["kib_per_session"], r["anon_kib_per_session"], r["rss_before_kib"], r["rss_after_kib"],
                 r["logins_per_s"]))
         lines.append("")
         lines.append("Audit database after the runs (SQLite WAL mode; restarts = instance restarted because its "
                      "WAL passed %d MiB):" % self.args.max_wal_mib)
-        for name in ["timebox-write", "timebox-fsync", "timebox-async"]:
+        for name in TIMEBOX_INSTANCES:
             t = self.targets[name]
             sz = self.audit_bytes(name)
             wal = median([r["wal_bytes_per_txn"] for r in self.runs if r["target"] == name and r["tag"] == "tps"])
-            lines.append("  %-14s %8d transactions, WAL growth %s/transaction (median of runs); now audit.db %d MiB, "
+            lines.append("  %-16s %8d transactions, WAL growth %s/transaction (median of runs); now audit.db %d MiB, "
                          "audit.db-wal %d MiB; restarts %d" % (
                              name, t["txns"], "%.1f KiB" % (wal / 1024) if wal is not None else "?",
                              sz["audit.db"] >> 20, sz["audit.db-wal"] >> 20, t["restarts"]))
@@ -745,7 +832,7 @@ max_ttl = "8h"
         if "timebox-write" in self.idle:
             kib = self.idle["timebox-write"]["kib_per_session"]
             out.append("%s RSS per idle session: %.1f KiB (target ≤ 64 KiB)" % (verdict(kib <= 64), kib))
-        out.append("n/a    no degradation over a 10-minute soak: not measured by this harness")
+        out.append("n/a    no degradation over a 10-minute soak: measured separately by scripts/bench.sh --soak 10")
         return "\n".join(out)
 
     @staticmethod
@@ -781,11 +868,11 @@ max_ttl = "8h"
         self.commit = self.git_commit() + ", binary built %s" % built
         self.start_postgres()
         self.start_pgbouncer()
-        for durability in ["write", "fsync", "async"]:
-            self.start_timebox(durability)
+        for name in TIMEBOX_INSTANCES:
+            self.start_timebox(name)
         # A smoke pgbench through every target first: a policy refusal or login failure stops here.
         for name in self.targets:
-            self.pgbench(name, "prepared", 1, 1, tag="smoke")
+            self.pgbench(name, "prepared", 1, None, tag="smoke", transactions=100)
         self.runs.clear()
 
         log("memory per idle session (%d sessions each) …" % self.args.idle_sessions)
@@ -838,6 +925,194 @@ max_ttl = "8h"
             json.dump(dict(machine=m, args=vars(self.args), idle=self.idle), f, indent=2)
         log("written: %s/{table.txt,runs.csv,meta.json}" % out)
 
+    # ---------------------------------------------------------------- soak
+    def soak(self):
+        """pgbench without a break against timebox(write) for --soak minutes, sampled every 10 s."""
+        t_start = time.monotonic()
+        built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(self.timebox_bin)))
+        copy = os.path.join(self.work, "timebox")
+        shutil.copy2(self.timebox_bin, copy)
+        self.timebox_bin = copy
+        self.commit = self.git_commit() + ", binary built %s" % built
+        self.pgb_version = "PgBouncer not used"
+        self.start_postgres()
+        name = "timebox-write"
+        self.start_timebox(name)
+        self.pgbench(name, "prepared", 1, None, tag="smoke", transactions=100)
+        self.runs.clear()
+        t = self.targets[name]
+        pid = self.pids[name]
+        seconds = max(SOAK_INTERVAL, int(round(self.args.soak * 60)))
+        loads = [("prepared", 32)] + ([("simple", self.args.soak_simple)] if self.args.soak_simple else [])
+        # The audit trail grows by about 1 KiB per transaction (~1.2 GiB a minute at 20k tps).
+        free = shutil.disk_usage(self.work).free
+        if free < seconds / 60.0 * 1.5 * 2 ** 30:
+            log("warning: only %.1f GiB free in %s; the audit files may need ~1.5 GiB per minute of soak" % (
+                free / 2 ** 30, self.work))
+        log("soak: %s against %s for %d s, a sample every %d s …" % (
+            " + ".join("pgbench -S -M %s -c %d" % l for l in loads), name, seconds, SOAK_INTERVAL))
+
+        progress = re.compile(r"progress: ([\d.]+) s, ([\d.]+) tps, lat ([\d.]+) ms")
+        samples = {}  # interval number -> dict
+        lock = threading.Lock()
+        procs = []
+        readers = []
+        t0 = time.monotonic()
+        ticks0 = [cpu_ticks(pid)]
+
+        def read_progress(mode, proc, sink):
+            for line in proc.stderr:
+                sink.append(line)
+                m = progress.search(line)
+                if not m:
+                    continue
+                k = int(round(float(m.group(1)) / SOAK_INTERVAL))
+                with lock:
+                    s = samples.setdefault(k, dict(interval=k, t=k * SOAK_INTERVAL, tps={}, lat={}))
+                    s["tps"][mode] = float(m.group(2))
+                    s["lat"][mode] = float(m.group(3))
+                    if mode == "prepared":
+                        # Taken when the main load reports, i.e. at the end of its interval.
+                        ticks = cpu_ticks(pid)
+                        s.update(rss_kib=status_kib(pid, "VmRSS"), anon_kib=status_kib(pid, "RssAnon"),
+                                 audit_bytes=self.audit_disk_bytes(name), cpu_ticks=ticks - ticks0[0],
+                                 wall=time.monotonic() - t0)
+                        ticks0[0] = ticks
+                if mode == "prepared":
+                    print("  %5d s  %8.0f tps  lat %6.3f ms  RSS %7.1f MiB  audit files %8.1f MiB" % (
+                        k * SOAK_INTERVAL, float(m.group(2)), float(m.group(3)), s["rss_kib"] / 1024.0,
+                        s["audit_bytes"] / 1048576.0), flush=True)
+
+        rss_start, audit_start = status_kib(pid, "VmRSS"), self.audit_disk_bytes(name)
+        outputs = {}
+        try:
+            for mode, clients in loads:
+                cmd = [self.pgbench_bin, "-n", "-S", "-M", mode, "-c", str(clients), "-j", str(min(clients, NPROC)),
+                       "-T", str(seconds), "-P", str(SOAK_INTERVAL), "-h", HOST, "-p", str(t["port"]), "-U", USER, DB]
+                proc = subprocess.Popen(cmd, env=self.client_env(t["password"]), stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+                procs.append((mode, clients, proc))
+                outputs[mode] = []
+                th = threading.Thread(target=read_progress, args=(mode, proc, outputs[mode]), daemon=True)
+                th.start()
+                readers.append(th)
+            results = {}
+            for mode, clients, proc in procs:
+                out = proc.stdout.read()
+                proc.wait()
+                results[mode] = (proc.returncode, out)
+            for th in readers:
+                th.join(10)
+        finally:
+            for _, _, proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+
+        summary = []
+        for mode, clients, _ in procs:
+            code, out = results[mode]
+            err = "".join(outputs[mode])
+            aborted = len(re.findall(r"client \d+ script \d+ aborted", err))
+            txns = re.search(r"number of transactions actually processed: (\d+)", out)
+            failed = re.search(r"number of failed transactions: (\d+)", out)
+            tps = re.search(r"tps = ([\d.]+)", out)
+            if code != 0 and not tps:
+                raise RuntimeError("soak pgbench (%s) failed (%d):\n%s" % (mode, code, (err or out)[-2000:]))
+            summary.append("pgbench -M %s -c %d: %s transactions, %s tps, %s failed%s" % (
+                mode, clients, txns.group(1) if txns else "?", tps.group(1) if tps else "?",
+                failed.group(1) if failed else "0", ", %d clients aborted" % aborted if aborted else ""))
+
+        rows = [samples[k] for k in sorted(samples) if "rss_kib" in samples[k]]
+        report = self.soak_report(rows, loads, seconds, rss_start, audit_start, summary, time.monotonic() - t_start)
+        print()
+        print(report)
+        out_dir = os.path.abspath(self.args.out)
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "soak.txt"), "w") as f:
+            f.write(report)
+        with open(os.path.join(out_dir, "soak.csv"), "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["t_s"] + ["tps_%s" % m for m, _ in loads] + ["lat_ms_%s" % m for m, _ in loads] +
+                       ["rss_kib", "rss_anon_kib", "audit_disk_bytes", "cpu_us_per_txn"])
+            for r in rows:
+                w.writerow([r["t"]] + [r["tps"].get(m, "") for m, _ in loads] + [r["lat"].get(m, "") for m, _ in loads]
+                           + [r["rss_kib"], r["anon_kib"], r["audit_bytes"], "%.2f" % r["cpu_us"]
+                              if r["cpu_us"] is not None else ""])
+        log("written: %s/{soak.txt,soak.csv}" % out_dir)
+
+    def soak_report(self, rows, loads, seconds, rss_start, audit_start, summary, elapsed):
+        for r in rows:
+            total = sum(r["tps"].values())
+            r["tps_total"] = total
+            r["cpu_us"] = r["cpu_ticks"] * 1e6 / CLK_TCK / (total * SOAK_INTERVAL) if total else None
+        m = self.machine()
+        lines = ["timebox soak: %s against timebox(write) for %d s without a break; a sample every %d s" % (
+                     " + ".join("pgbench -n -S -M %s -c %d" % l for l in loads), seconds, SOAK_INTERVAL),
+                 "%s; %d CPUs (%s), %.1f GiB; kernel %s; PostgreSQL %s; timebox %s; total %.0f s" % (
+                     m["date"], m["nproc"], m["cpu"], m["mem_gib"], m["kernel"], m["postgres"], m["commit"], elapsed),
+                 ""]
+        hdr = "%6s %9s %s %9s %10s %9s %12s" % (
+            "t s", "TPS", " ".join("%9s" % ("TPS " + mode[:4]) for mode, _ in loads) if len(loads) > 1 else "",
+            "lat ms" if len(loads) == 1 else "lat prep", "CPU µs/tx", "RSS MiB", "audit MiB")
+        lines += [hdr, "-" * len(hdr)]
+        for r in rows:
+            lines.append("%6d %9.0f %s %9.3f %10s %9.1f %12.1f" % (
+                r["t"], r["tps_total"],
+                " ".join("%9.0f" % r["tps"].get(mode, 0) for mode, _ in loads) if len(loads) > 1 else "",
+                r["lat"].get("prepared", 0), "%.1f" % r["cpu_us"] if r["cpu_us"] is not None else "-",
+                r["rss_kib"] / 1024.0, r["audit_bytes"] / 1048576.0))
+        lines.append("")
+        lines += summary
+        lines.append("")
+        third = len(rows) // 3
+        if third < 1:
+            lines.append("Verdict: n/a (%d samples; a soak needs at least 3, i.e. %d s)" % (len(rows), 3 * SOAK_INTERVAL))
+            return "\n".join(lines) + "\n"
+        first, last = rows[:third], rows[-third:]
+
+        def mean(xs):
+            return sum(xs) / len(xs)
+
+        tps_first, tps_last = mean([r["tps_total"] for r in first]), mean([r["tps_total"] for r in last])
+        tps_change = (tps_last / tps_first - 1) * 100 if tps_first else float("nan")
+        rss_first, rss_last = mean([r["rss_kib"] for r in first]), mean([r["rss_kib"] for r in last])
+        rss_change = (rss_last / rss_first - 1) * 100
+        # Least-squares slope of RSS over time, all samples and after the first third (warm-up).
+        def slope(rs):
+            if len(rs) < 2:
+                return float("nan")
+            xs = [r["t"] / 60.0 for r in rs]
+            ys = [r["rss_kib"] / 1024.0 for r in rs]
+            mx, my = mean(xs), mean(ys)
+            den = sum((x - mx) ** 2 for x in xs)
+            return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else float("nan")
+
+        minutes = rows[-1]["t"] / 60.0
+        audit_growth = (rows[-1]["audit_bytes"] - audit_start) / 1048576.0
+        txns = sum(r["tps_total"] * SOAK_INTERVAL for r in rows)
+        tps_ok = abs(tps_change) <= 10
+        rss_ok = rss_change <= 10
+        lines.append("Verdict (first third = first %d samples, last third = last %d):" % (third, third))
+        tps_word = "FLAT    " if tps_ok else ("DROPPED " if tps_change < 0 else "ROSE    ")
+        lines.append("  %s TPS: first third %.0f, last third %.0f: %+.1f %% (flat = within ±10 %%)" % (
+            tps_word, tps_first, tps_last, tps_change))
+        lines.append("  %s RSS: %.1f MiB before the load, %.1f MiB at the first sample, %.1f MiB at the last: "
+                     "%+.1f MiB over the soak; mean of last third %+.1f %% against the first (flat = at most "
+                     "+10 %%); slope %+.2f MiB/min over all samples, %+.2f MiB/min after the first third" % (
+                         "FLAT    " if rss_ok else "GROWING ", rss_start / 1024.0, rows[0]["rss_kib"] / 1024.0,
+                         rows[-1]["rss_kib"] / 1024.0, (rows[-1]["rss_kib"] - rows[0]["rss_kib"]) / 1024.0,
+                         rss_change, slope(rows), slope(rows[third:])))
+        lines.append("  audit files on disk: %.1f MiB → %.1f MiB (+%.1f MiB, %.1f MiB/min, %.0f bytes/transaction)" % (
+            audit_start / 1048576.0, rows[-1]["audit_bytes"] / 1048576.0, audit_growth,
+            audit_growth / minutes if minutes else 0, audit_growth * 1048576.0 / txns if txns else 0))
+        problems = [w for w, bad in [("TPS dropped", tps_change < -10),
+                                     ("TPS rose (other load on the machine changed?)", tps_change > 10),
+                                     ("RSS grew", not rss_ok)] if bad]
+        lines.append("  overall: %s" % ("no degradation (TPS and RSS flat)" if not problems else
+                                        "NOT FLAT: " + "; ".join(problems)))
+        return "\n".join(lines) + "\n"
+
     def cleanup(self):
         for name, _ in reversed(list(self.children)):
             try:
@@ -849,9 +1124,8 @@ max_ttl = "8h"
         logs = os.path.join(os.path.abspath(self.args.out), "logs")
         shutil.rmtree(logs, ignore_errors=True)
         os.makedirs(logs, exist_ok=True)
-        for src, dst in [("pg/server.log", "postgresql.log"), ("pgbouncer/pgbouncer.log", "pgbouncer.log"),
-                         ("tb-write/timebox.log", "timebox-write.log"), ("tb-fsync/timebox.log", "timebox-fsync.log"),
-                         ("tb-async/timebox.log", "timebox-async.log")]:
+        for src, dst in [("pg/server.log", "postgresql.log"), ("pgbouncer/pgbouncer.log", "pgbouncer.log")] + [
+                ("tb-%s/timebox.log" % n[len("timebox-"):], "%s.log" % n) for n in TIMEBOX_INSTANCES]:
             try:
                 shutil.copyfile(os.path.join(self.work, src), os.path.join(logs, dst))
             except OSError:
@@ -872,8 +1146,20 @@ def main():
                    help="restart a timebox instance whose audit WAL passed this size (default 1024)")
     p.add_argument("--perf", action="store_true",
                    help="also profile timebox(write) with perf (not available everywhere; adds ~2 min)")
-    p.add_argument("--out", default=os.path.join(REPO, "target", "bench-e2e"), help="where results are written")
+    p.add_argument("--soak", type=float, metavar="MINUTES",
+                   help="instead of the matrix: pgbench -M prepared -c 32 against timebox(write) for MINUTES, "
+                        "sampling TPS, RSS and audit file size every 10 s")
+    p.add_argument("--soak-simple", type=int, default=0, metavar="CLIENTS",
+                   help="with --soak: also run pgbench -M simple with CLIENTS clients at the same time")
+    p.add_argument("--out", help="where results are written (default target/bench-e2e; with --soak "
+                                 "target/bench-e2e/soak)")
     args = p.parse_args()
+    if args.out is None:
+        args.out = os.path.join(REPO, "target", "bench-e2e", *(["soak"] if args.soak else []))
+    if args.soak_simple and not args.soak:
+        p.error("--soak-simple needs --soak")
+    if args.soak is not None and args.soak <= 0:
+        p.error("--soak needs a positive number of minutes")
     if args.duration is None:
         args.duration = 2 if args.quick else 4
     if args.reps is None:
@@ -895,7 +1181,10 @@ def main():
     bench = None
     try:
         bench = Bench(args)
-        bench.run()
+        if args.soak:
+            bench.soak()
+        else:
+            bench.run()
         return 0
     except Interrupted as e:
         log("interrupted (%s); cleaning up" % e)

@@ -12,6 +12,10 @@
 //! Tracks prepared statements (protocol-level Parse and SQL-level PREPARE share one namespace in
 //! PostgreSQL) so that Bind and EXECUTE run only statements that were checked; unknown names are
 //! denied (fail closed).
+//!
+//! A timebox built with the `bench-knobs` cargo feature (benchmarks only) may be configured with
+//! `[bench] skip_policy = true`, which makes [`Interceptor::check_sql`] allow every statement without
+//! classifying it (see [`Interceptor::bench_skip_policy`]); no other build can turn checking off.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -70,6 +74,9 @@ pub struct Interceptor {
     /// Classification by exact statement text, shared by all sessions (classification is a pure
     /// function of the text, so a hit is exactly a fresh parse).
     cache: Arc<ClassifyCache>,
+    /// `Some` (an empty classification, given to every statement) only under the benchmark knob
+    /// `[bench] skip_policy`: everything is allowed unclassified.
+    skip_policy: Option<Arc<Classification>>,
 }
 
 impl Interceptor {
@@ -84,7 +91,21 @@ impl Interceptor {
             prepared: HashMap::new(),
             denials: VecDeque::new(),
             cache,
+            skip_policy: None,
         }
+    }
+
+    /// Benchmarks only: with `skip` (the config's `[bench] skip_policy`, which is always false unless
+    /// timebox was built with the `bench-knobs` feature) every statement is allowed without being
+    /// classified, to measure what enforcement costs. Prepared statements are still tracked so that
+    /// their executions are audited with their text.
+    pub fn bench_skip_policy(mut self, skip: bool) -> Self {
+        self.skip_policy = skip.then(|| {
+            Arc::new(Classification {
+                statements: Vec::new(),
+            })
+        });
+        self
     }
 
     /// True when `frame` (a whole backend ErrorResponse) is the upstream's answer to a denial marker.
@@ -121,6 +142,9 @@ impl Interceptor {
     /// Checks SQL text against the role, including EXECUTE of prepared statements. Returns the
     /// classification and the denial, if any. Updates the prepared-statement namespace when allowed.
     pub fn check_sql(&mut self, sql: &str) -> (Arc<Classification>, Option<PgError>) {
+        if let Some(unclassified) = &self.skip_policy {
+            return (unclassified.clone(), None);
+        }
         let classification = self.classify(sql);
         if let Decision::Deny { reason, hint } = policy::authorize_all(&self.policy, &classification) {
             return (classification, Some(self.denial(&reason, &hint)));
@@ -304,6 +328,8 @@ impl Interceptor {
                         });
                         FrontendAction::Forward
                     }
+                    // Benchmark knob: allowed too (e.g. a statement from an SQL-level PREPARE).
+                    None if self.skip_policy.is_some() => FrontendAction::Forward,
                     None => {
                         let name = statement
                             .map(|(s, _)| String::from_utf8_lossy(s).into_owned())
@@ -326,7 +352,7 @@ impl Interceptor {
                 FrontendAction::Forward
             }
             b'F' => {
-                if self.policy.allows(StatementClass::Admin) {
+                if self.skip_policy.is_some() || self.policy.allows(StatementClass::Admin) {
                     FrontendAction::Forward
                 } else {
                     let e = self.denial(
@@ -386,4 +412,58 @@ fn bind_params(rest: &[u8]) -> Option<Vec<Option<String>>> {
 fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
     let nul = b.iter().position(|&c| c == 0)?;
     Some((&b[..nul], &b[nul + 1..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(sql: &str) -> BytesMut {
+        let mut out = BytesMut::new();
+        postgres_protocol::message::frontend::query(sql, &mut out).unwrap();
+        out
+    }
+
+    fn interceptor(cache: &Arc<ClassifyCache>) -> Interceptor {
+        let policy = RolePolicy::with_classes("read", &[StatementClass::Read]);
+        Interceptor::new(Arc::new(policy), cache.clone(), "g_1", "read")
+    }
+
+    /// The benchmark knob off (every build but `bench-knobs` ones can only pass false): statements
+    /// are classified and a write is denied for a read-only role.
+    #[test]
+    fn without_the_bench_knob_statements_are_classified_and_checked() {
+        let cache = Arc::new(ClassifyCache::new(16));
+        let mut i = interceptor(&cache).bench_skip_policy(false);
+        let frame = query("DELETE FROM accounts");
+        let mut checked = None;
+        let action = i.on_frontend(b'Q', &frame, &mut checked);
+        assert!(matches!(action, FrontendAction::Replace(_)), "{action:?}");
+        assert!(checked.unwrap().denied.is_some());
+        assert_eq!(cache.len(), 1);
+    }
+
+    /// `[bench] skip_policy`: everything is allowed, nothing is classified, and the statement is
+    /// still handed to the audit (its text, unclassified).
+    #[test]
+    fn bench_skip_policy_allows_everything_without_classifying() {
+        let cache = Arc::new(ClassifyCache::new(16));
+        let mut i = interceptor(&cache).bench_skip_policy(true);
+        let frame = query("DELETE FROM accounts");
+        let mut checked = None;
+        assert_eq!(i.on_frontend(b'Q', &frame, &mut checked), FrontendAction::Forward);
+        let c = checked.unwrap();
+        assert!(c.denied.is_none() && c.classification.is_empty());
+        assert_eq!(&*c.sql, "DELETE FROM accounts");
+        assert_eq!(cache.len(), 0);
+
+        // A Bind of a statement timebox never saw prepared is forwarded too.
+        // Bind: portal "", statement "from_sql_prepare", no formats, no parameters, no result formats.
+        let body = b"\0from_sql_prepare\0\0\0\0\0\0\0";
+        let mut bind = BytesMut::from(&b"B"[..]);
+        bind.extend_from_slice(&(4 + body.len() as i32).to_be_bytes());
+        bind.extend_from_slice(body);
+        let mut checked = None;
+        assert_eq!(i.on_frontend(b'B', &bind, &mut checked), FrontendAction::Forward);
+    }
 }

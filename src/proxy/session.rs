@@ -330,7 +330,8 @@ async fn open_session(
         )));
     };
     let settings = upstream_settings(&policy, &params.settings)?;
-    let interceptor = Interceptor::new(policy, state.proxy.classify_cache.clone(), &grant.id, &grant.role);
+    let interceptor = Interceptor::new(policy, state.proxy.classify_cache.clone(), &grant.id, &grant.role)
+        .bench_skip_policy(config.bench.skip_policy());
     let mut settings = settings;
     settings.push((
         "application_name".into(),
@@ -756,6 +757,8 @@ impl Session {
         let audit = state.audit.clone();
         // fsync/write durability: statements are forwarded only once their records are durable.
         let wait_for_audit = audit.durability() != crate::config::Durability::Async;
+        // Benchmarks only (`[bench] skip_audit`, false unless built with `bench-knobs`): no statement records.
+        let skip_audit = state.config.bench.skip_audit();
         // Frames of the last client read, waiting for their audit acknowledgement.
         let mut audit_hold = BytesMut::new();
         let mut pending_ack: Option<(crate::audit::AuditAck, Instant)> = None;
@@ -988,7 +991,7 @@ impl Session {
                                                 }
                                                 FrontendAction::Drop => None,
                                             };
-                                            if let Some(c) = &checked {
+                                            if let Some(c) = checked.as_ref().filter(|_| !skip_audit) {
                                                 let id = self.next_statement_id();
                                                 if c.denied.is_none() {
                                                     since_sync.push(id);
