@@ -5,6 +5,7 @@
 //! Run: `cargo bench --bench classify -- --warm-up-time 1 --measurement-time 3`
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use timebox::policy::shape::literal_shape;
 use timebox::policy::{authorize_all, classify, ClassifyCache, RolePolicy, StatementClass};
 
 const CORPUS: &[(&str, &str)] = &[
@@ -91,6 +92,12 @@ fn cached(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // The shape level's own lexer, which every exact-text miss pays.
+    let select = &texts[2];
+    c.bench_function("literal_shape/pgbench_select", |b| {
+        b.iter(|| literal_shape(black_box(select)))
+    });
 }
 
 criterion_group!(benches, uncached, cached);
