@@ -21,25 +21,29 @@
 //!    Two texts with equal keys are therefore the same token sequence except for literal values.
 //! 2. **Same tokens, same trees.** Both parsers choose their derivation from token kinds (and
 //!    keywords, copied verbatim); a literal's value matters only where a grammar action reads it.
-//!    In PostgreSQL's grammar those actions (`float(p)`, `current_time(p)`, the `SET`, `COPY` and
-//!    DDL options…) consume the literal without making an `A_Const` of it, so the template must
-//!    show an `A_Const` at every literal (at its first byte, or at the unary minus folded into it):
-//!    then the literal went through the plain-constant rules, which copy the value unread. sqlparser
-//!    only converts integers to `u64`/`i64` (nine digits always fit) and stores strings as they
-//!    are. The trees of template and new text differ in constant values and locations only, and
-//!    both parse (the template's statement is not `Unparsed`).
-//! 3. **Same trees, same classification.** [`literal_independent`] admits only one `SELECT`,
+//!    In PostgreSQL's grammar the actions that read a value (`float(p)`, `current_time(p)`,
+//!    `SET`/`COPY`/DDL options) consume the token without making an `A_Const` of it, while the
+//!    plain-constant rules (constants, type modifiers, typed literals such as `date '…'`) copy the
+//!    value unread; the only actions that look at an `A_Const` afterwards check its kind
+//!    (`JSON_TABLE` paths; the key keeps kinds) or fold a unary minus into it (`- 5`), which
+//!    leaves the tree's shape alone. So the template must show an `A_Const` at every literal (at
+//!    its first byte, or at the folded minus): a string split over lines, which PostgreSQL joins
+//!    into one constant, fails this too. sqlparser only converts integers to `u64`/`i64` (nine
+//!    digits always fit) and stores strings as they are. The trees of template and new text then
+//!    differ in constant values and locations only, and both parse (the template's statement is
+//!    not `Unparsed`).
+//! 3. **Same trees, same classification.** `literal_independent` admits only one `SELECT`,
 //!    `INSERT`, `UPDATE` or `DELETE` statement that calls no function (so no `set_config`
 //!    arguments, no `nextval('…')`), changes no setting and carries none of the `EXPLAIN`, `COPY`,
 //!    `PREPARE`/`EXECUTE`/`DEALLOCATE`/`DECLARE` or `BEGIN` flags. For such a statement the
 //!    classifier reads no constant value: relations, CTE names, operators and `WHERE`s are
 //!    identifiers and structure, and the reason texts name only the kind. (Constant values are read
 //!    for `set_config` arguments, `EXPLAIN` options, `SET`/`SET TRANSACTION` values and the
-//!    `COPY` file name, all excluded.) [`literal_independent`] destructures
+//!    `COPY` file name, all excluded.) `literal_independent` destructures
 //!    [`StatementInfo`] field by field, so a new field cannot slip past it.
 //! 4. **Spans.** The span is the only position in a classification. Its ends fall on token
 //!    boundaries (the first token, the `;` or the end of the text), never strictly inside a
-//!    literal; [`map_offset`] moves them by the length differences of the literals before them.
+//!    literal; `map_offset` moves them by the length differences of the literals before them.
 
 use std::ops::Range;
 
