@@ -71,8 +71,8 @@ pub struct Interceptor {
     prepared: HashMap<String, Prepared>,
     /// Denials whose marker error has not come back from upstream yet, in order.
     denials: VecDeque<PgError>,
-    /// Classification by exact statement text, shared by all sessions (classification is a pure
-    /// function of the text, so a hit is exactly a fresh parse).
+    /// Classifications shared by all sessions, by exact text or by literal shape (see
+    /// `policy::shape`); either way a hit equals a fresh parse of the text.
     cache: Arc<ClassifyCache>,
     /// `Some` (an empty classification, given to every statement) only under the benchmark knob
     /// `[bench] skip_policy`: everything is allowed unclassified.
