@@ -65,7 +65,7 @@ use crate::clock::{Clock, SystemClock};
 pub use crate::config::Durability;
 use crate::config::{AuditConfig, ParamLogging, StoreConfig};
 use writer::{lock, Msg, Shared, Submission, Writer};
-pub use writer::{CHECKPOINT_RECORDS, INDEX_LAG_LIMIT, WAL_LIMIT_BYTES};
+pub use writer::{CHECKPOINT_RECORDS, INDEX_INTERVAL, INDEX_LAG_LIMIT, WAL_LIMIT_BYTES};
 
 /// Events the queue holds before `submit` refuses with [`AuditError::QueueFull`].
 pub const QUEUE_CAPACITY: usize = 65_536;
@@ -397,6 +397,8 @@ impl AuditLog {
         if *rx.borrow() >= target || self.shared.failure.get().is_some() {
             return Ok(());
         }
+        // The indexer gathers records for a while before committing; ask it not to wait.
+        let _ = self.tx.send(Msg::FlushIndex);
         let shared = self.shared.clone();
         let wait = async {
             loop {

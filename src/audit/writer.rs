@@ -13,8 +13,9 @@
 //!   machine;
 //! - `async`: at enqueue ([`super::AuditLog::submit`]).
 //!
-//! The **indexer** (`timebox-audit-index`) inserts what the writer handed it into SQLite — as many
-//! records per transaction as have accumulated — with `synchronous=OFF`: the journal is the durable
+//! The **indexer** (`timebox-audit-index`) inserts what the writer handed it into SQLite — one
+//! transaction per [`INDEX_INTERVAL`] of records, or at once when a query waits for it — with
+//! `synchronous=OFF`: the journal is the durable
 //! copy until a segment is deleted, which happens only after the indexer has fsync'd the database's
 //! WAL past the segment's last record. Queries wait for the indexer to reach the head they start at
 //! ([`super::AuditLog::query`]), so they never miss an acknowledged record. When the index falls
@@ -58,6 +59,11 @@ pub const WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 pub const INDEX_LAG_LIMIT: u64 = 65_536;
 /// Most records the indexer puts in one transaction.
 const MAX_INDEX_BATCH: usize = 65_536;
+/// How long the indexer gathers records before it commits them, unless a query is waiting
+/// ([`Msg::FlushIndex`]): a SQLite commit writes whole pages of the table and of each index, so
+/// committing every few records costs several page writes per record, and a commit per interval
+/// costs about the records' own bytes.
+pub const INDEX_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Size of the database's WAL file (0 when there is none).
 fn wal_len(db: Option<&std::path::Path>) -> u64 {
@@ -74,6 +80,8 @@ pub(crate) enum Msg {
     Events(Submission),
     /// Write everything queued before this, then stop; the sender is told when done.
     Shutdown(oneshot::Sender<()>),
+    /// Someone waits for the index (a query): the indexer should commit what it holds now.
+    FlushIndex,
 }
 
 /// One `submit` call: its events and, unless the level is `async`, who to tell when they are durable.
@@ -218,7 +226,20 @@ impl Indexer {
         let mut rows: Vec<IndexRow> = Vec::new();
         while let Ok(first) = self.rx.recv() {
             rows.clear();
+            // An empty hand-off is a flush request: commit what is here without gathering more.
+            let mut flush = first.is_empty();
             rows.extend(first);
+            let deadline = std::time::Instant::now() + INDEX_INTERVAL;
+            while !flush && rows.len() < MAX_INDEX_BATCH {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match self.rx.recv_timeout(left) {
+                    Ok(more) => {
+                        flush = more.is_empty();
+                        rows.extend(more);
+                    }
+                    Err(_) => break,
+                }
+            }
             while rows.len() < MAX_INDEX_BATCH {
                 match self.rx.try_recv() {
                     Ok(more) => rows.extend(more),
@@ -312,12 +333,14 @@ impl Writer {
         while let Some(first) = self.rx.blocking_recv() {
             let mut batch = Vec::new();
             let mut events = 0;
+            let mut flush_index = false;
             match first {
                 Msg::Events(s) => {
                     events += s.events.len();
                     batch.push(s);
                 }
                 Msg::Shutdown(tx) => done.push(tx),
+                Msg::FlushIndex => flush_index = true,
             }
             while done.is_empty() && events < self.max_batch {
                 match self.rx.try_recv() {
@@ -326,10 +349,16 @@ impl Writer {
                         batch.push(s);
                     }
                     Ok(Msg::Shutdown(tx)) => done.push(tx),
+                    Ok(Msg::FlushIndex) => flush_index = true,
                     Err(_) => break,
                 }
             }
             self.commit(batch);
+            if flush_index {
+                if let Some((tx, _)) = &self.indexer {
+                    let _ = tx.send(Vec::new());
+                }
+            }
             if !done.is_empty() {
                 break;
             }
@@ -346,6 +375,7 @@ impl Writer {
                         batch.push(s);
                     }
                     Ok(Msg::Shutdown(tx)) => done.push(tx),
+                    Ok(Msg::FlushIndex) => {}
                     Err(_) => break,
                 }
             }
