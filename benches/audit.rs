@@ -6,6 +6,9 @@
 //!   every record is written and acked (for `async`, when the writer has committed them all).
 //! - `audit_record_latency/<level>`: the time one `record(vec![event]).await` adds to a statement
 //!   when nothing else is queued.
+//! - `audit_encoding/*`: the per-record work around the writer — `prepare` (redaction and canonical
+//!   JSON, on the relay's task) of a pgbench statement record, and the writer's share (hash chain
+//!   and journal line).
 //! - then, outside criterion, a steady-state run per level and submitter count: [`STEADY_RECORDS`]
 //!   records through a fresh log, printed as records/s (criterion's short samples include filling
 //!   and draining the pipeline; this one shows the sustained rate).
@@ -221,7 +224,45 @@ fn steady_state() {
     }
 }
 
-criterion_group!(benches, throughput, latency);
+fn encoding(c: &mut Criterion) {
+    use timebox::audit::{chain, event, jsonl};
+    let mut group = c.benchmark_group("audit_encoding");
+    group.throughput(Throughput::Elements(1));
+    let mut simple = event(1, 42);
+    if let AuditEvent::Statement(s) = &mut simple {
+        s.sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;".into();
+        s.params = None;
+    }
+    group.bench_function("prepare/pgbench_simple_statement", |b| {
+        b.iter(|| event::prepare(std::hint::black_box(simple.clone()), ParamLogging::Redacted))
+    });
+    group.bench_function("prepare/pgbench_bind_statement", |b| {
+        b.iter(|| event::prepare(std::hint::black_box(event(1, 42)), ParamLogging::Redacted))
+    });
+    let prepared = event::prepare(simple.clone(), ParamLogging::Redacted);
+    let ts = chain::format_ts(chrono::Utc::now());
+    let prev = [7u8; 32];
+    let mut line = Vec::with_capacity(1024);
+    group.bench_function("chain_and_journal_line", |b| {
+        b.iter(|| {
+            let hash = chain::record_hash(&prev, 1_000_000, &ts, prepared.kind, &prepared.payload);
+            line.clear();
+            jsonl::format_line(
+                &mut line,
+                1_000_000,
+                &ts,
+                prepared.kind,
+                &prepared.payload,
+                chain::HexHash::new(&prev).as_str(),
+                chain::HexHash::new(&hash).as_str(),
+            );
+            std::hint::black_box(line.len())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, encoding, throughput, latency);
 
 fn main() {
     benches();

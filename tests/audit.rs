@@ -1266,10 +1266,16 @@ async fn acknowledged_records_the_index_had_not_reached_are_recovered_from_the_j
     let blocker = Connection::open(dir.path().join("audit.db")).unwrap();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
     for i in 6..=40 {
-        log.submit(vec![stmt("s_1", "alice", i, &format!("SELECT {i}"), Decision::Allow)])
-            .unwrap()
-            .await
-            .unwrap();
+        log.submit(vec![stmt(
+            "s_1",
+            "alice",
+            i,
+            &format!("SELECT {i}"),
+            Decision::Allow,
+        )])
+        .unwrap()
+        .await
+        .unwrap();
     }
     assert_eq!(log.head().seq, 40, "acknowledged (fsync'd to the journal)");
     snapshot(dir.path(), crashed.path());
@@ -1277,7 +1283,10 @@ async fn acknowledged_records_the_index_had_not_reached_are_recovered_from_the_j
         .unwrap()
         .query_row("SELECT count(*) FROM audit_events", [], |r| r.get(0))
         .unwrap();
-    assert!(indexed_at_crash < 40, "the crash copy lacks indexed records ({indexed_at_crash})");
+    assert!(
+        indexed_at_crash < 40,
+        "the crash copy lacks indexed records ({indexed_at_crash})"
+    );
     blocker.execute_batch("ROLLBACK").unwrap();
     writer.shutdown().await;
 
@@ -1293,7 +1302,11 @@ async fn acknowledged_records_the_index_had_not_reached_are_recovered_from_the_j
         .await
         .unwrap();
     writer2.shutdown().await;
-    assert!(audit::verify_file(&crashed.path().join("audit.db"), &[]).unwrap().ok);
+    assert!(
+        audit::verify_file(&crashed.path().join("audit.db"), &[])
+            .unwrap()
+            .ok
+    );
 
     // An edited journal line is caught, not indexed.
     let again = tempfile::tempdir().unwrap();
@@ -1337,23 +1350,41 @@ async fn journal_segments_rotate_and_are_removed_once_indexed_durably() {
     let count = || {
         std::fs::read_dir(&journal)
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "jsonl"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "jsonl")
+            })
             .count()
     };
     let mut most = 0;
     for i in 1..=300 {
-        log.record(vec![stmt("s_1", "alice", i, &format!("SELECT {i}"), Decision::Allow)])
-            .await
-            .unwrap();
+        log.record(vec![stmt(
+            "s_1",
+            "alice",
+            i,
+            &format!("SELECT {i}"),
+            Decision::Allow,
+        )])
+        .await
+        .unwrap();
         most = most.max(count());
     }
     // ~300 records of ~500 bytes in 4 KiB segments: dozens were written, few are ever kept.
     assert!(most >= 2, "segments rotated ({most})");
-    assert!(most <= 4, "spent segments are removed while writing (at most {most} at once)");
+    assert!(
+        most <= 4,
+        "spent segments are removed while writing (at most {most} at once)"
+    );
     writer.shutdown().await;
     assert_eq!(count(), 0, "a clean stop leaves no journal");
     assert!(audit::verify_file(&dir.path().join("audit.db"), &[]).unwrap().ok);
-    assert_eq!(audit::head_of_file(&dir.path().join("audit.db")).unwrap().seq, 300);
+    assert_eq!(
+        audit::head_of_file(&dir.path().join("audit.db")).unwrap().seq,
+        300
+    );
 }
 
 /// The indexer gathers records for up to `INDEX_INTERVAL` per SQLite transaction: a relay that
@@ -1365,14 +1396,23 @@ async fn the_index_commits_many_records_per_transaction() {
     let (log, writer) = AuditLog::open_with(options(dir.path(), Durability::Write)).unwrap();
     let n = 2000u64;
     for i in 1..=n {
-        log.submit(vec![stmt("s_1", "alice", i, &format!("SELECT {i}"), Decision::Allow)])
-            .unwrap()
-            .await
-            .unwrap();
+        log.submit(vec![stmt(
+            "s_1",
+            "alice",
+            i,
+            &format!("SELECT {i}"),
+            Decision::Allow,
+        )])
+        .unwrap()
+        .await
+        .unwrap();
     }
     log.wait_indexed().await.unwrap();
     let page = log.query(AuditFilter::default()).await.unwrap();
-    assert!(!page.events.is_empty(), "a waiting query sees the records at once");
+    assert!(
+        !page.events.is_empty(),
+        "a waiting query sees the records at once"
+    );
     let wal = std::fs::metadata(dir.path().join("audit.db-wal")).unwrap().len();
     let per_record = wal / n;
     // A commit per record writes ~5 pages (20 KiB) per record; batched, about the record itself.

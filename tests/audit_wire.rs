@@ -290,8 +290,14 @@ async fn an_idle_sessions_last_outcome_is_recorded_without_waiting_for_more_stat
     let (_grant, token) = inst.grant("alice", "read", "10m").await;
     let client = connect(&inst.conn_string("alice", &token, "disable")).await;
     let mark = common::cluster::unique_name("idleoutcome");
-    client.simple_query(&format!("SELECT '{mark}_one'")).await.unwrap();
-    client.simple_query(&format!("SELECT '{mark}_two'")).await.unwrap();
+    client
+        .simple_query(&format!("SELECT '{mark}_one'"))
+        .await
+        .unwrap();
+    client
+        .simple_query(&format!("SELECT '{mark}_two'"))
+        .await
+        .unwrap();
     let outcomes = |records: &[(String, serde_json::Value)]| {
         let ids: Vec<u64> = records
             .iter()

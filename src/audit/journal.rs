@@ -140,7 +140,9 @@ pub fn parse_line(line: &[u8], expected_seq: u64, prev: &[u8; 32]) -> Result<Jou
     let hash = decode(hash_hex)?;
     let prev_hash = decode(prev_hex)?;
     if seq != expected_seq {
-        return Err(format!("seq {seq} where {expected_seq} was expected (a gap or a reorder)"));
+        return Err(format!(
+            "seq {seq} where {expected_seq} was expected (a gap or a reorder)"
+        ));
     }
     if prev_hash != *prev {
         return Err(format!("record {seq} does not link to the record before it"));
@@ -268,7 +270,8 @@ impl Journal {
             .write(true)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
-        lock.try_lock().map_err(|_| AuditError::JournalBusy(dir.to_owned()))?;
+        lock.try_lock()
+            .map_err(|_| AuditError::JournalBusy(dir.to_owned()))?;
         let segs = segments(dir)?;
         let pending = match segs.first() {
             // The database is ahead of or level with the journal's start, or there is no journal.
@@ -355,9 +358,7 @@ impl Journal {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), AuditError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
 }
 
 /// Deletes the segments all of whose records have seq ≤ `durable_seq` (never the last segment).
@@ -416,10 +417,11 @@ pub fn pending_records(dir: &Path, db_seq: u64, db_hash: [u8; 32]) -> Result<Vec
                         seq_in_file += 1;
                         continue;
                     }
-                    let record = parse_line(line, expected, &prev).map_err(|problem| AuditError::Corrupt {
-                        seq: expected,
-                        problem: format!("audit journal {}: {problem}", path.display()),
-                    })?;
+                    let record =
+                        parse_line(line, expected, &prev).map_err(|problem| AuditError::Corrupt {
+                            seq: expected,
+                            problem: format!("audit journal {}: {problem}", path.display()),
+                        })?;
                     seq_in_file += 1;
                     expected += 1;
                     prev = record.hash;
@@ -527,7 +529,9 @@ mod tests {
             Err(AuditError::Corrupt { seq: 1, .. })
         ));
         // An edited payload.
-        let text = String::from_utf8(buf.clone()).unwrap().replacen("SELECT 2", "SELECT 9", 1);
+        let text = String::from_utf8(buf.clone())
+            .unwrap()
+            .replacen("SELECT 2", "SELECT 9", 1);
         std::fs::write(segment_path(&jdir, 1), text).unwrap();
         let err = Journal::open(&jdir, 0, GENESIS, SEGMENT_BYTES, false).unwrap_err();
         assert!(err.to_string().contains("does not match its hash"), "{err}");
@@ -556,7 +560,11 @@ mod tests {
         assert_eq!(remove_through(&jdir, 2).unwrap(), 2);
         let left: Vec<u64> = segments(&jdir).unwrap().iter().map(|(f, _)| *f).collect();
         assert_eq!(left, vec![3, 4]);
-        assert_eq!(remove_through(&jdir, 100).unwrap(), 1, "never the current segment");
+        assert_eq!(
+            remove_through(&jdir, 100).unwrap(),
+            1,
+            "never the current segment"
+        );
         drop(j);
         let (_j, pending) = Journal::open(&jdir, 3, lines(1, 3, GENESIS).1, 1, false).unwrap();
         assert_eq!(pending.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4]);

@@ -384,7 +384,9 @@ impl AuditLog {
         self.wait_indexed().await?;
         match self.shared.failure.get() {
             // Durable in the journal, but the index failed: not what `record` promises.
-            Some(failure) if *self.shared.indexed.borrow() < target => Err(AuditError::WriterFailed(failure.clone())),
+            Some(failure) if *self.shared.indexed.borrow() < target => {
+                Err(AuditError::WriterFailed(failure.clone()))
+            }
             _ => Ok(()),
         }
     }

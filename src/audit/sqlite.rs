@@ -21,7 +21,8 @@ use super::event::{AuditRecord, Columns};
 use super::AuditError;
 
 /// Each entry moves the schema from version `index` to `index + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE audit_events (
         seq        INTEGER PRIMARY KEY,
         ts         TEXT NOT NULL,
@@ -39,7 +40,8 @@ const MIGRATIONS: &[&str] = &[r#"
     CREATE INDEX audit_events_session ON audit_events (session_id);
     CREATE INDEX audit_events_kind ON audit_events (kind)
         WHERE kind NOT IN ('statement', 'statement_outcome');
-"#, r#"
+"#,
+    r#"
     -- Outcome records (half of all records) carry only a session id: keep their NULLs out of the
     -- user and grant indexes (two B-tree inserts fewer per outcome). `user_name = ?` and
     -- `grant_id = ?` imply IS NOT NULL, so the filters still use them.
@@ -47,7 +49,8 @@ const MIGRATIONS: &[&str] = &[r#"
     DROP INDEX audit_events_grant;
     CREATE INDEX audit_events_user_ts ON audit_events (user_name, ts) WHERE user_name IS NOT NULL;
     CREATE INDEX audit_events_grant ON audit_events (grant_id) WHERE grant_id IS NOT NULL;
-"#];
+"#,
+];
 
 /// One record as the indexer inserts it (numbered, chained and already durable in the journal).
 #[derive(Clone)]

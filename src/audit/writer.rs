@@ -150,7 +150,10 @@ pub(crate) struct Writer {
     pub jsonl_buf: Vec<u8>,
     pub ends: Vec<usize>,
     /// The indexer's queue and thread.
-    pub indexer: Option<(std::sync::mpsc::Sender<Vec<IndexRow>>, std::thread::JoinHandle<()>)>,
+    pub indexer: Option<(
+        std::sync::mpsc::Sender<Vec<IndexRow>>,
+        std::thread::JoinHandle<()>,
+    )>,
 }
 
 /// Records the first failure (later ones are logged only) and returns the one that counts.
@@ -289,7 +292,9 @@ impl Indexer {
             self.since_checkpoint = 0;
             match checkpoint_truncate(&lock(&self.conn)) {
                 Ok(true) => tracing::debug!("audit WAL checkpointed and truncated"),
-                Ok(false) => tracing::debug!("audit WAL checkpoint postponed: a reader holds an old snapshot"),
+                Ok(false) => {
+                    tracing::debug!("audit WAL checkpoint postponed: a reader holds an old snapshot")
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "audit WAL checkpoint failed; retrying after the next batch")
                 }
@@ -451,7 +456,11 @@ impl Writer {
         }
         let Some((tx, _)) = &self.indexer else { return };
         if tx.send(rows).is_err() {
-            fail(&self.shared, AuditError::Task("the audit indexer stopped".into()), "index");
+            fail(
+                &self.shared,
+                AuditError::Task("the audit indexer stopped".into()),
+                "index",
+            );
             return;
         }
         // Back-pressure: never let the index fall unboundedly behind (memory), wait for it instead.
