@@ -45,6 +45,10 @@ pub struct Metrics {
     pub break_glass_grants_active: IntGauge,
     /// Events waiting in the audit queue.
     pub audit_queue_depth: IntGauge,
+    /// Durable audit records not yet in the queryable index.
+    pub audit_index_lag: IntGauge,
+    /// Statement texts classified from the literal-shape cache level.
+    pub classify_shape_hits: IntGauge,
     /// Time from submitting audit events to their durability acknowledgement.
     pub audit_write_seconds: Histogram,
     /// Audit submissions refused (queue full or writer failed) — each one denied a statement.
@@ -121,6 +125,14 @@ impl Metrics {
             break_glass_grants_active: reg!(IntGauge::new(
                 "timebox_break_glass_grants_active",
                 "Active break-glass grants"
+            )?),
+            audit_index_lag: reg!(IntGauge::new(
+                "timebox_audit_index_lag_records",
+                "Audit records durable in the journal but not yet in the queryable database"
+            )?),
+            classify_shape_hits: reg!(IntGauge::new(
+                "timebox_classify_shape_hits",
+                "Statements classified by literal shape (a cache hit with other literals) since start"
             )?),
             audit_queue_depth: reg!(IntGauge::new(
                 "timebox_audit_queue_depth",

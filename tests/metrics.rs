@@ -57,6 +57,8 @@ async fn counters_and_gauges_move_as_the_proxy_is_used() {
         .unwrap();
     tokio::spawn(connection);
     client.simple_query("SELECT 1").await.unwrap();
+    // Same shape, another literal: answered by the classification cache's literal-shape level.
+    client.simple_query("SELECT 2").await.unwrap();
     let denied = client.simple_query("CREATE TABLE nope (a int)").await;
     assert_eq!(denied.unwrap_err().as_db_error().unwrap().code().code(), "42501");
     let wrong = tokio_postgres::connect(&inst.conn_string("alice", "tbx_wrong", "disable"), NoTls).await;
@@ -88,4 +90,9 @@ async fn counters_and_gauges_move_as_the_proxy_is_used() {
     assert!(moved("timebox_relayed_bytes_total", &[("direction", "to_client")]) > 0.0);
     assert_eq!(sum(&after, "timebox_grants", &[("state", "active")]), 1.0);
     assert_eq!(sum(&after, "timebox_requests_pending", &[]), 1.0);
+    assert!(moved("timebox_classify_shape_hits", &[]) >= 1.0);
+    assert!(after
+        .samples
+        .iter()
+        .any(|s| s.metric == "timebox_audit_index_lag_records"));
 }

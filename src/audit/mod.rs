@@ -486,6 +486,11 @@ impl AuditLog {
         self.shared.durability
     }
 
+    /// Records durable (in the journal) but not yet in the database queries read.
+    pub fn index_lag(&self) -> u64 {
+        self.head().seq.saturating_sub(*self.shared.indexed.borrow())
+    }
+
     /// Events queued and not yet written.
     pub fn queue_depth(&self) -> usize {
         self.shared
