@@ -1290,6 +1290,40 @@ async fn acknowledged_records_the_index_had_not_reached_are_recovered_from_the_j
     blocker.execute_batch("ROLLBACK").unwrap();
     writer.shutdown().await;
 
+    // A read-only copy (an auditor's): checked, journal included, and left untouched.
+    let read_only = tempfile::tempdir().unwrap();
+    snapshot(crashed.path(), read_only.path());
+    let ro_db = read_only.path().join("audit.db");
+    let mut perms = std::fs::metadata(&ro_db).unwrap().permissions();
+    perms.set_readonly(true);
+    std::fs::set_permissions(&ro_db, perms).unwrap();
+    let report = audit::verify_file(&ro_db, &[log.head()]).unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!((report.records, &report.head), (40, &log.head()));
+    assert_eq!(audit::head_of_file(&ro_db).unwrap(), log.head());
+    let rewritten = Head {
+        seq: 40,
+        hash: "ab".repeat(32),
+    };
+    let report = audit::verify_file(&ro_db, &[rewritten]).unwrap();
+    assert_eq!(report.first_bad.map(|b| b.seq), Some(40));
+    let rows: i64 = Connection::open(&ro_db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM audit_events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, indexed_at_crash, "a read-only database is not written");
+    for entry in std::fs::read_dir(read_only.path().join("audit.journal")).unwrap() {
+        let seg = entry.unwrap().path();
+        if seg.extension().is_some_and(|x| x == "jsonl") {
+            let text = std::fs::read_to_string(&seg).unwrap();
+            std::fs::write(&seg, text.replace("SELECT 39", "SELECT 93")).unwrap();
+        }
+    }
+    let report = audit::verify_file(&ro_db, &[]).unwrap();
+    let bad = report.first_bad.expect("the edited journal line is reported");
+    assert_eq!(bad.seq, 39);
+    assert!(bad.problem.contains("does not match its hash"), "{}", bad.problem);
+
     // The offline verifier indexes the journal's records (checked against the chain) first.
     let report = audit::verify_file(&crashed.path().join("audit.db"), &[]).unwrap();
     assert!(report.ok, "{report:?}");

@@ -585,12 +585,22 @@ fn recover(
     Ok(journal)
 }
 
-/// Opens a database file offline and, unless a running timebox owns its journal, first indexes what
-/// the journal holds beyond it (as `timebox serve` does at start), so offline tools see every
-/// acknowledged record, also after a crash. A journal that does not fit the database (records
-/// missing between them, an edited line) is returned as the problem found, not as an error, so
-/// `verify` can report it.
-fn open_recovered(path: &Path) -> Result<(rusqlite::Connection, Option<BadRecord>), AuditError> {
+/// What an offline tool sees of a database file and its journal.
+struct Offline {
+    conn: rusqlite::Connection,
+    /// A journal that does not fit the database (records missing between them, an edited line),
+    /// to be reported by `verify` rather than returned as an error.
+    problem: Option<BadRecord>,
+    /// Records the journal holds beyond the database, checked against the chain but not indexed
+    /// (a read-only database file).
+    unindexed: Vec<journal::JournalRecord>,
+}
+
+/// Opens a database file offline. When the journal holds records beyond the database (timebox
+/// stopped without flushing), they are checked against the chain and — unless a running timebox
+/// owns the journal, or the database file is read-only — indexed first, as `timebox serve` does at
+/// start; a read-only database is left untouched and the checked records are returned instead.
+fn open_offline(path: &Path) -> Result<Offline, AuditError> {
     if !path.is_file() {
         return Err(AuditError::NoDatabase(path.to_owned()));
     }
@@ -598,39 +608,95 @@ fn open_recovered(path: &Path) -> Result<(rusqlite::Connection, Option<BadRecord
     let has_records = journal::segments(&dir)?
         .iter()
         .any(|(_, p)| std::fs::metadata(p).map(|m| m.len() > 0).unwrap_or(false));
-    let mut problem = None;
-    if has_records {
-        let mut conn = sqlite::open_writer(Some(path))?;
-        match recover(&mut conn, path, journal::SEGMENT_BYTES, true) {
-            Ok(_journal) => {}
-            // A live timebox indexes its journal itself.
-            Err(AuditError::JournalBusy(_)) => {}
-            Err(AuditError::Corrupt { seq, problem: p }) => {
-                problem = Some(BadRecord { seq, problem: p });
-            }
-            Err(e) => return Err(e),
-        }
+    let as_problem = |e: AuditError| match e {
+        AuditError::Corrupt { seq, problem } => Ok(BadRecord { seq, problem }),
+        other => Err(other),
+    };
+    let mut offline = Offline {
+        conn: sqlite::open_reader(path)?,
+        problem: None,
+        unindexed: Vec::new(),
+    };
+    if !has_records {
+        return Ok(offline);
     }
-    Ok((sqlite::open_reader(path)?, problem))
+    let read_only = std::fs::metadata(path)
+        .map(|m| m.permissions().readonly())
+        .unwrap_or(true);
+    if read_only {
+        let (seq, hash, _) = sqlite::read_head(&offline.conn)?;
+        match journal::pending_records(&dir, seq, hash) {
+            Ok(records) => offline.unindexed = records,
+            Err(e) => offline.problem = Some(as_problem(e)?),
+        }
+        return Ok(offline);
+    }
+    let mut conn = sqlite::open_writer(Some(path))?;
+    match recover(&mut conn, path, journal::SEGMENT_BYTES, true) {
+        Ok(_journal) => {}
+        // A live timebox indexes its journal itself.
+        Err(AuditError::JournalBusy(_)) => {}
+        Err(e) => offline.problem = Some(as_problem(e)?),
+    }
+    offline.conn = sqlite::open_reader(path)?;
+    Ok(offline)
 }
 
-/// Verifies an audit database file offline (`timebox audit verify --db`), optionally against an
-/// anchored head; the journal's records beyond the database are checked and indexed first.
+/// Verifies an audit database file offline (`timebox audit verify --db`), optionally against
+/// anchored heads; the journal's records beyond the database are checked too (see
+/// [`open_offline`]).
 pub fn verify_file(path: &Path, anchors: &[Head]) -> Result<VerifyReport, AuditError> {
-    let (conn, journal_problem) = open_recovered(path)?;
-    let mut report = chain::verify(&conn, anchors)?;
+    let offline = open_offline(path)?;
+    let first_unindexed = offline.unindexed.first().map_or(u64::MAX, |r| r.seq);
+    let (in_db, in_journal): (Vec<Head>, Vec<Head>) =
+        anchors.iter().cloned().partition(|a| a.seq < first_unindexed);
+    let mut report = chain::verify(&offline.conn, &in_db)?;
     if report.first_bad.is_none() {
-        if let Some(bad) = journal_problem {
-            report.ok = false;
+        if let Some(bad) = offline.problem {
             report.first_bad = Some(bad);
         }
     }
+    if report.first_bad.is_none() {
+        if let Some(last) = offline.unindexed.last() {
+            report.records += offline.unindexed.len() as u64;
+            report.head = Head {
+                seq: last.seq,
+                hash: hex::encode(last.hash),
+            };
+        }
+        for a in &in_journal {
+            let found = offline.unindexed.iter().find(|r| r.seq == a.seq);
+            let problem = match found {
+                None => Some(format!(
+                    "the anchored record {} is missing: the log ends at {} (truncated)",
+                    a.seq, report.head.seq
+                )),
+                Some(r) if hex::encode(r.hash) != a.hash => Some(format!(
+                    "hash {} differs from the anchored head {a}: the log was rewritten",
+                    hex::encode(r.hash)
+                )),
+                Some(_) => None,
+            };
+            if let Some(problem) = problem {
+                report.first_bad = Some(BadRecord { seq: a.seq, problem });
+                break;
+            }
+        }
+    }
+    report.ok = report.first_bad.is_none();
     Ok(report)
 }
 
 /// The head of an audit database file (with its journal, as for [`verify_file`]).
 pub fn head_of_file(path: &Path) -> Result<Head, AuditError> {
-    sqlite::head(&open_recovered(path)?.0)
+    let offline = open_offline(path)?;
+    match offline.unindexed.last() {
+        Some(last) => Ok(Head {
+            seq: last.seq,
+            hash: hex::encode(last.hash),
+        }),
+        None => sqlite::head(&offline.conn),
+    }
 }
 
 /// Appends to the JSONL file the records the database has and it lacks (a crash between the
