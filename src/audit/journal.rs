@@ -21,7 +21,7 @@
 //! file, held until the writer stops. This module must never rewrite or reorder a complete line.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::chain::{is_canonical_ts, record_hash, HexHash};
@@ -176,50 +176,74 @@ pub fn parse_line(line: &[u8], expected_seq: u64, prev: &[u8; 32]) -> Result<Jou
     })
 }
 
-/// Reads every record after `after_seq` (whose hash is `after_hash`) from the segments, in order,
-/// checking the chain. `cut_torn_tail`: cut a partial last line of the last segment (else it is an
-/// error). Returns the records and the byte length of the last segment's complete lines.
-fn read_after(
+/// What to do with a partial last line of the last segment (a crash mid-write: its records were
+/// never acknowledged). A partial line anywhere else is corruption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TornTail {
+    /// Cut it off the file (the writer, at open).
+    Cut,
+    /// Leave the file alone and read up to it (offline tools; a live writer may be mid-write).
+    Ignore,
+}
+
+/// Every record after `db_seq` (whose hash is `db_hash`) in the segments, in order, checked against
+/// the chain: each line must re-encode to its exact bytes, hash to its stored hash and link to the
+/// one before. A journal that starts after `db_seq + 1` means records are missing.
+fn records_after(
     segs: &[(u64, PathBuf)],
-    after_seq: u64,
-    after_hash: [u8; 32],
-    cut_torn_tail: bool,
+    db_seq: u64,
+    db_hash: [u8; 32],
+    tail: TornTail,
 ) -> Result<Vec<JournalRecord>, AuditError> {
+    match segs.first() {
+        None => return Ok(Vec::new()),
+        Some((first, path)) if *first > db_seq + 1 => {
+            return Err(AuditError::Corrupt {
+                seq: db_seq + 1,
+                problem: format!(
+                    "the audit database ends at record {db_seq} but the journal starts at {first} ({}): \
+                     records are missing",
+                    path.display()
+                ),
+            })
+        }
+        Some(_) => {}
+    }
     let mut out = Vec::new();
-    let mut expected = after_seq + 1;
-    let mut prev = after_hash;
-    // Segments that end before `after_seq + 1` are skipped unread.
+    let mut expected = db_seq + 1;
+    let mut prev = db_hash;
+    // Segments that end before `db_seq + 1` are skipped unread.
     let start = segs
         .iter()
         .rposition(|(first, _)| *first <= expected)
         .unwrap_or(0);
     for (i, (first, path)) in segs.iter().enumerate().skip(start) {
         let last_segment = i + 1 == segs.len();
+        let cut = tail == TornTail::Cut && last_segment;
         let mut file = OpenOptions::new()
             .read(true)
-            .write(cut_torn_tail && last_segment)
+            .write(cut)
             .open(path)
             .map_err(io_err(path))?;
         let mut data = Vec::new();
         file.read_to_end(&mut data).map_err(io_err(path))?;
         let complete = data.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
         if complete < data.len() {
-            if !(cut_torn_tail && last_segment) {
+            if !last_segment {
                 return Err(AuditError::Corrupt {
                     seq: expected,
                     problem: format!("{} ends in a partial line", path.display()),
                 });
             }
-            tracing::warn!(path = %path.display(), cut_bytes = data.len() - complete,
-                "audit journal ended in a torn line (crash mid-write, never acknowledged); cutting it");
-            file.set_len(complete as u64).map_err(io_err(path))?;
-            file.sync_all().map_err(io_err(path))?;
+            if cut {
+                tracing::warn!(path = %path.display(), cut_bytes = data.len() - complete,
+                    "audit journal ended in a torn line (crash mid-write, never acknowledged); cutting it");
+                file.set_len(complete as u64).map_err(io_err(path))?;
+                file.sync_all().map_err(io_err(path))?;
+            }
         }
         let mut seq_in_file = *first;
-        for line in data[..complete].split(|b| *b == b'\n') {
-            if line.is_empty() {
-                continue;
-            }
+        for line in data[..complete].split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             if seq_in_file < expected {
                 seq_in_file += 1;
                 continue;
@@ -273,21 +297,7 @@ impl Journal {
         lock.try_lock()
             .map_err(|_| AuditError::JournalBusy(dir.to_owned()))?;
         let segs = segments(dir)?;
-        let pending = match segs.first() {
-            // The database is ahead of or level with the journal's start, or there is no journal.
-            Some((first, _)) if *first <= db_seq + 1 => read_after(&segs, db_seq, db_hash, true)?,
-            Some((first, path)) => {
-                return Err(AuditError::Corrupt {
-                    seq: db_seq + 1,
-                    problem: format!(
-                        "the audit database ends at record {db_seq} but the journal starts at {first} ({}): \
-                         records are missing",
-                        path.display()
-                    ),
-                })
-            }
-            None => Vec::new(),
-        };
+        let pending = records_after(&segs, db_seq, db_hash, TornTail::Cut)?;
         let head = pending.last().map_or(db_seq, |r| r.seq);
         // Each run appends to a segment of its own, named by its first seq, so the lines of a
         // segment are always consecutive records (an empty one left by a previous run is reused).
@@ -389,48 +399,7 @@ pub fn remove_all(dir: &Path) -> Result<(), AuditError> {
 /// anything (a partial last line — a live writer mid-write, or a crash — is left alone and not
 /// counted).
 pub fn pending_records(dir: &Path, db_seq: u64, db_hash: [u8; 32]) -> Result<Vec<JournalRecord>, AuditError> {
-    let segs = segments(dir)?;
-    match segs.first() {
-        None => Ok(Vec::new()),
-        Some((first, _)) if *first > db_seq + 1 => Err(AuditError::Corrupt {
-            seq: db_seq + 1,
-            problem: format!("the audit database ends at record {db_seq} but the journal starts at {first}"),
-        }),
-        Some(_) => {
-            // Read without cutting: copy the view of complete lines.
-            let mut out = Vec::new();
-            let mut expected = db_seq + 1;
-            let mut prev = db_hash;
-            let start = segs.iter().rposition(|(f, _)| *f <= expected).unwrap_or(0);
-            for (first, path) in &segs[start..] {
-                let mut data = Vec::new();
-                File::open(path)
-                    .and_then(|mut f| {
-                        f.seek(SeekFrom::Start(0))?;
-                        f.read_to_end(&mut data)
-                    })
-                    .map_err(io_err(path))?;
-                let complete = data.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
-                let mut seq_in_file = *first;
-                for line in data[..complete].split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                    if seq_in_file < expected {
-                        seq_in_file += 1;
-                        continue;
-                    }
-                    let record =
-                        parse_line(line, expected, &prev).map_err(|problem| AuditError::Corrupt {
-                            seq: expected,
-                            problem: format!("audit journal {}: {problem}", path.display()),
-                        })?;
-                    seq_in_file += 1;
-                    expected += 1;
-                    prev = record.hash;
-                    out.push(record);
-                }
-            }
-            Ok(out)
-        }
-    }
+    records_after(&segments(dir)?, db_seq, db_hash, TornTail::Ignore)
 }
 
 #[cfg(test)]
