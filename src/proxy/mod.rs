@@ -69,6 +69,8 @@ pub struct ProxyState {
     pub policies: HashMap<String, Arc<crate::policy::RolePolicy>>,
     /// Classifications by statement text, shared by all sessions.
     pub classify_cache: Arc<crate::policy::ClassifyCache>,
+    /// Upstream SCRAM salted passwords, so PBKDF2 runs once per upstream role, not per connection.
+    pub salted_passwords: scram::SaltedPasswordCache,
     /// One permit per client connection (`proxy.max_connections`).
     connections: Arc<Semaphore>,
     /// Connection tasks, so shutdown can wait for them.
@@ -105,6 +107,7 @@ impl ProxyState {
                 .map(|(name, role)| (name.clone(), Arc::new(crate::policy::RolePolicy::from_role(role))))
                 .collect(),
             classify_cache: Arc::new(crate::policy::ClassifyCache::new(CLASSIFY_CACHE_ENTRIES)),
+            salted_passwords: scram::SaltedPasswordCache::default(),
             connections: Arc::new(Semaphore::new(config.proxy.max_connections)),
             tasks: TaskTracker::new(),
         })

@@ -198,6 +198,161 @@ pub fn client_final(
     Err(ScramError::NoMatch)
 }
 
+/// Client side of SCRAM-SHA-256 without channel binding (`n,,`), for timebox's own upstream
+/// logins. Unlike `postgres-protocol`'s client it takes the salted password from the caller, so
+/// the relay can keep it per (password, salt, iterations) and skip PBKDF2 — 4,096 HMAC rounds by
+/// default — on every new upstream connection ([`SaltedPasswordCache`]). Only for ASCII
+/// passwords, whose SASLprep form is the password itself; others go through `postgres-protocol`.
+#[derive(Debug, Clone)]
+pub struct ScramClient {
+    nonce: String,
+}
+
+/// What the server's first message asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerFirst {
+    message: String,
+    nonce: String,
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+}
+
+impl Default for ScramClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ScramClient {
+    pub fn new() -> ScramClient {
+        let nonce: [u8; 18] = rand::random();
+        ScramClient {
+            nonce: B64.encode(nonce),
+        }
+    }
+
+    fn first_bare(&self) -> String {
+        format!("n=,r={}", self.nonce)
+    }
+
+    /// The client-first message (`n,,n=,r=NONCE`; PostgreSQL takes the user from the startup).
+    pub fn client_first(&self) -> String {
+        format!("n,,{}", self.first_bare())
+    }
+
+    /// Parses the server-first message; the server's nonce must extend ours.
+    pub fn server_first(&self, message: &[u8]) -> Result<ServerFirst, ScramError> {
+        let text =
+            std::str::from_utf8(message).map_err(|_| ScramError::Malformed("server-first is not UTF-8"))?;
+        let mut parts = text.split(',');
+        let nonce = parts
+            .next()
+            .and_then(|p| p.strip_prefix("r="))
+            .ok_or(ScramError::Malformed("server-first without a nonce"))?;
+        let salt = parts
+            .next()
+            .and_then(|p| p.strip_prefix("s="))
+            .and_then(|s| B64.decode(s).ok())
+            .ok_or(ScramError::Malformed("server-first without a valid salt"))?;
+        let iterations: u32 = parts
+            .next()
+            .and_then(|p| p.strip_prefix("i="))
+            .and_then(|i| i.parse().ok())
+            .filter(|i| *i > 0)
+            .ok_or(ScramError::Malformed(
+                "server-first without a valid iteration count",
+            ))?;
+        if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
+            return Err(ScramError::Malformed("the server's nonce does not extend ours"));
+        }
+        Ok(ServerFirst {
+            message: text.to_owned(),
+            nonce: nonce.to_owned(),
+            salt,
+            iterations,
+        })
+    }
+
+    /// The client-final message, and the server signature the server-final must carry.
+    pub fn client_final(&self, server: &ServerFirst, salted_password: &[u8; 32]) -> (String, [u8; 32]) {
+        let without_proof = format!("c=biws,r={}", server.nonce);
+        let auth_message = format!("{},{},{}", self.first_bare(), server.message, without_proof);
+        let client_key = hmac(salted_password, b"Client Key");
+        let stored_key: [u8; 32] = Sha256::digest(client_key).into();
+        let signature = hmac(&stored_key, auth_message.as_bytes());
+        let proof: Vec<u8> = client_key.iter().zip(signature).map(|(k, s)| k ^ s).collect();
+        let server_key = hmac(salted_password, b"Server Key");
+        let server_signature = hmac(&server_key, auth_message.as_bytes());
+        (
+            format!("{without_proof},p={}", B64.encode(proof)),
+            server_signature,
+        )
+    }
+
+    /// Checks the server-final message against the expected server signature.
+    pub fn verify_server_final(message: &[u8], expected: &[u8; 32]) -> Result<(), ScramError> {
+        let text =
+            std::str::from_utf8(message).map_err(|_| ScramError::Malformed("server-final is not UTF-8"))?;
+        let verifier = text
+            .split(',')
+            .next()
+            .and_then(|p| p.strip_prefix("v="))
+            .and_then(|v| B64.decode(v).ok())
+            .ok_or(ScramError::Malformed("server-final without a verifier"))?;
+        if bool::from(verifier.ct_eq(expected)) {
+            Ok(())
+        } else {
+            Err(ScramError::NoMatch)
+        }
+    }
+}
+
+/// Salted passwords of upstream logins, keyed by a hash of (password, salt, iterations), so one
+/// PBKDF2 per upstream role and server serves every later connection. In memory only, like the
+/// passwords themselves; bounded (cleared when full).
+#[derive(Debug, Default)]
+pub struct SaltedPasswordCache {
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], [u8; 32]>>,
+}
+
+impl SaltedPasswordCache {
+    const MAX_ENTRIES: usize = 256;
+
+    /// The salted password for `password` under the server's salt and iteration count.
+    pub fn salted(&self, password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update((password.len() as u64).to_be_bytes());
+        h.update(password);
+        h.update(iterations.to_be_bytes());
+        h.update(salt);
+        let key: [u8; 32] = h.finalize().into();
+        if let Some(hit) = self.lock().get(&key) {
+            return *hit;
+        }
+        let mut salted = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut salted);
+        let mut entries = self.lock();
+        if entries.len() >= Self::MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(key, salted);
+        salted
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<[u8; 32], [u8; 32]>> {
+        // Nothing in the map can be left inconsistent by a panic.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +382,75 @@ mod tests {
             .finish(last.as_bytes())
             .expect("client verifies the server signature");
         Ok(index)
+    }
+
+    /// Our upstream client against this module's server (itself checked against postgres-protocol
+    /// and libpq): the server must accept the proof, and the client the server's signature.
+    fn client_exchange(
+        password: &str,
+        cache: &SaltedPasswordCache,
+        candidates: &[&ScramVerifier],
+    ) -> Result<usize, ScramError> {
+        let client = ScramClient::new();
+        let (first, state) = server_first(SCRAM_SHA_256, client.client_first().as_bytes(), None, SALT, 4096)?;
+        let server = client.server_first(first.as_bytes())?;
+        assert_eq!((server.salt.as_slice(), server.iterations), (SALT, 4096));
+        let salted = cache.salted(password.as_bytes(), &server.salt, server.iterations);
+        let (message, expected) = client.client_final(&server, &salted);
+        let (index, last) = client_final(&state, message.as_bytes(), None, candidates)?;
+        ScramClient::verify_server_final(last.as_bytes(), &expected)?;
+        Ok(index)
+    }
+
+    #[test]
+    fn the_upstream_client_logs_in_with_cached_salted_passwords() {
+        let v = verifier("s3cret-upstream");
+        let cache = SaltedPasswordCache::default();
+        assert_eq!(client_exchange("s3cret-upstream", &cache, &[&v]), Ok(0));
+        assert_eq!(cache.len(), 1);
+        // Second login: same salted password from the cache, fresh nonces, still valid.
+        assert_eq!(client_exchange("s3cret-upstream", &cache, &[&v]), Ok(0));
+        assert_eq!(cache.len(), 1, "one PBKDF2 per (password, salt, iterations)");
+        // A different password is another entry, and the server refuses it.
+        assert_eq!(client_exchange("wrong", &cache, &[&v]), Err(ScramError::NoMatch));
+        assert_eq!(cache.len(), 2);
+        // The cached value is the real salted password.
+        let mut direct = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<Sha256>(b"s3cret-upstream", SALT, 4096, &mut direct);
+        assert_eq!(cache.salted(b"s3cret-upstream", SALT, 4096), direct);
+    }
+
+    #[test]
+    fn the_upstream_client_refuses_a_forged_server() {
+        let client = ScramClient::new();
+        // A server nonce that does not extend ours, or only repeats it.
+        let own = client.client_first();
+        let nonce = own.rsplit_once("r=").unwrap().1.to_owned();
+        let salt = B64.encode(SALT);
+        assert!(client
+            .server_first(format!("r=other{nonce},s={salt},i=4096").as_bytes())
+            .is_err());
+        assert!(client
+            .server_first(format!("r={nonce},s={salt},i=4096").as_bytes())
+            .is_err());
+        assert!(client
+            .server_first(format!("r={nonce}x,s=!!,i=4096").as_bytes())
+            .is_err());
+        assert!(client
+            .server_first(format!("r={nonce}x,s={salt},i=0").as_bytes())
+            .is_err());
+        // A server that does not know the password cannot produce the signature.
+        let server = client
+            .server_first(format!("r={nonce}x,s={salt},i=4096").as_bytes())
+            .unwrap();
+        let cache = SaltedPasswordCache::default();
+        let (_, expected) = client.client_final(&server, &cache.salted(b"pw", SALT, 4096));
+        let forged = format!("v={}", B64.encode([0u8; 32]));
+        assert_eq!(
+            ScramClient::verify_server_final(forged.as_bytes(), &expected),
+            Err(ScramError::NoMatch)
+        );
+        assert!(ScramClient::verify_server_final(b"e=other-error", &expected).is_err());
     }
 
     #[test]

@@ -344,6 +344,7 @@ async fn open_session(
         upstream_tls,
         &settings,
         config.proxy.upstream_connect_timeout,
+        &state.proxy.salted_passwords,
     )
     .await
     {

@@ -12,6 +12,15 @@ use std::time::Duration;
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+
+use super::scram::{SaltedPasswordCache, ScramClient};
+
+/// The SCRAM exchange with the upstream: our client with cached salted passwords (ASCII
+/// passwords), or postgres-protocol's (which applies SASLprep to others).
+enum UpstreamScram {
+    Cached(ScramClient, Option<[u8; 32]>),
+    Library(ScramSha256),
+}
 use postgres_protocol::message::backend::{Header, Message};
 use postgres_protocol::message::frontend;
 use rustls::pki_types::ServerName;
@@ -79,14 +88,16 @@ pub struct Upstream {
 }
 
 /// Connects and authenticates within `timeout`.
+/// `salted`: where SCRAM salted passwords are kept between logins (see [`SaltedPasswordCache`]).
 pub async fn connect(
     target: &Target,
     credential: &Credential,
     tls: Option<Arc<rustls::ClientConfig>>,
     settings: &[(String, String)],
     timeout: Duration,
+    salted: &SaltedPasswordCache,
 ) -> Result<Upstream, UpstreamError> {
-    tokio::time::timeout(timeout, connect_inner(target, credential, tls, settings))
+    tokio::time::timeout(timeout, connect_inner(target, credential, tls, settings, salted))
         .await
         .map_err(|_| UpstreamError::Timeout(timeout))?
 }
@@ -96,6 +107,7 @@ async fn connect_inner(
     credential: &Credential,
     tls: Option<Arc<rustls::ClientConfig>>,
     settings: &[(String, String)],
+    salted: &SaltedPasswordCache,
 ) -> Result<Upstream, UpstreamError> {
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
@@ -133,7 +145,7 @@ async fn connect_inner(
     stream.write_all(&out).await?;
 
     let mut buf = BytesMut::with_capacity(4096);
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram: Option<UpstreamScram> = None;
     let mut backend_key = None;
     let mut parameter_status = Vec::new();
     let mut notices = BytesMut::new();
@@ -183,26 +195,62 @@ async fn connect_inner(
                     return Err(UpstreamError::UnsupportedAuth("SASL without SCRAM-SHA-256"));
                 }
                 // "n": we do not bind to the upstream TLS channel; PostgreSQL accepts that.
-                let client = ScramSha256::new(pw.expose().as_bytes(), ChannelBinding::unsupported());
-                frontend::sasl_initial_response("SCRAM-SHA-256", client.message(), &mut out)?;
-                scram = Some(client);
+                let password = pw.expose();
+                if password.is_ascii() {
+                    let client = ScramClient::new();
+                    frontend::sasl_initial_response(
+                        "SCRAM-SHA-256",
+                        client.client_first().as_bytes(),
+                        &mut out,
+                    )?;
+                    scram = Some(UpstreamScram::Cached(client, None));
+                } else {
+                    // SASLprep may change a non-ASCII password: postgres-protocol applies it.
+                    let client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                    frontend::sasl_initial_response("SCRAM-SHA-256", client.message(), &mut out)?;
+                    scram = Some(UpstreamScram::Library(client));
+                }
             }
             Message::AuthenticationSaslContinue(body) => {
                 let client = scram
                     .as_mut()
                     .ok_or_else(|| UpstreamError::Protocol("SASL continue before SASL start".into()))?;
-                client
-                    .update(body.data())
-                    .map_err(|e| UpstreamError::Protocol(format!("SCRAM: {e}")))?;
-                frontend::sasl_response(client.message(), &mut out)?;
+                match client {
+                    UpstreamScram::Library(client) => {
+                        client
+                            .update(body.data())
+                            .map_err(|e| UpstreamError::Protocol(format!("SCRAM: {e}")))?;
+                        frontend::sasl_response(client.message(), &mut out)?;
+                    }
+                    UpstreamScram::Cached(client, expected) => {
+                        let pw = credential.password.as_ref().ok_or(UpstreamError::NoPassword)?;
+                        let server = client
+                            .server_first(body.data())
+                            .map_err(|e| UpstreamError::Protocol(format!("SCRAM: {e}")))?;
+                        let salted_password =
+                            salted.salted(pw.expose().as_bytes(), &server.salt, server.iterations);
+                        let (message, signature) = client.client_final(&server, &salted_password);
+                        *expected = Some(signature);
+                        frontend::sasl_response(message.as_bytes(), &mut out)?;
+                    }
+                }
             }
             Message::AuthenticationSaslFinal(body) => {
                 let client = scram
                     .as_mut()
                     .ok_or_else(|| UpstreamError::Protocol("SASL final before SASL start".into()))?;
-                client
-                    .finish(body.data())
-                    .map_err(|e| UpstreamError::Protocol(format!("SCRAM server signature: {e}")))?;
+                match client {
+                    UpstreamScram::Library(client) => client
+                        .finish(body.data())
+                        .map_err(|e| UpstreamError::Protocol(format!("SCRAM server signature: {e}")))?,
+                    UpstreamScram::Cached(_, expected) => {
+                        let expected = expected.as_ref().ok_or_else(|| {
+                            UpstreamError::Protocol("SASL final before SASL continue".into())
+                        })?;
+                        ScramClient::verify_server_final(body.data(), expected)
+                            .map_err(|e| UpstreamError::Protocol(format!("SCRAM server signature: {e}")))?;
+                    }
+                }
             }
             Message::AuthenticationGss | Message::AuthenticationGssContinue(_) => {
                 return Err(UpstreamError::UnsupportedAuth("GSSAPI"))
