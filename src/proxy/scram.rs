@@ -318,24 +318,48 @@ pub struct SaltedPasswordCache {
 impl SaltedPasswordCache {
     const MAX_ENTRIES: usize = 256;
 
-    /// The salted password for `password` under the server's salt and iteration count.
-    pub fn salted(&self, password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+    /// Upstream iteration counts above this are refused (PostgreSQL's default is 4,096): a server
+    /// must not be able to make timebox spend minutes of CPU on one login.
+    pub const MAX_ITERATIONS: u32 = 10_000_000;
+
+    /// The cache key of (password, salt, iterations).
+    pub fn key(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update((password.len() as u64).to_be_bytes());
         h.update(password);
         h.update(iterations.to_be_bytes());
         h.update(salt);
-        let key: [u8; 32] = h.finalize().into();
-        if let Some(hit) = self.lock().get(&key) {
-            return *hit;
-        }
+        h.finalize().into()
+    }
+
+    /// PBKDF2-HMAC-SHA-256: the SCRAM salted password.
+    pub fn derive(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
         let mut salted = [0u8; 32];
         pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut salted);
+        salted
+    }
+
+    pub fn get(&self, key: &[u8; 32]) -> Option<[u8; 32]> {
+        self.lock().get(key).copied()
+    }
+
+    pub fn insert(&self, key: [u8; 32], salted: [u8; 32]) {
         let mut entries = self.lock();
         if entries.len() >= Self::MAX_ENTRIES {
             entries.clear();
         }
         entries.insert(key, salted);
+    }
+
+    /// The salted password for `password` under the server's salt and iteration count, derived
+    /// on this thread when it is not cached (the relay derives on the blocking pool instead).
+    pub fn salted(&self, password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+        let key = Self::key(password, salt, iterations);
+        if let Some(hit) = self.get(&key) {
+            return hit;
+        }
+        let salted = Self::derive(password, salt, iterations);
+        self.insert(key, salted);
         salted
     }
 

@@ -227,8 +227,35 @@ async fn connect_inner(
                         let server = client
                             .server_first(body.data())
                             .map_err(|e| UpstreamError::Protocol(format!("SCRAM: {e}")))?;
-                        let salted_password =
-                            salted.salted(pw.expose().as_bytes(), &server.salt, server.iterations);
+                        if server.iterations > SaltedPasswordCache::MAX_ITERATIONS {
+                            return Err(UpstreamError::Protocol(format!(
+                                "SCRAM: the server asks for {} iterations, more than timebox allows ({})",
+                                server.iterations,
+                                SaltedPasswordCache::MAX_ITERATIONS
+                            )));
+                        }
+                        let key =
+                            SaltedPasswordCache::key(pw.expose().as_bytes(), &server.salt, server.iterations);
+                        let salted_password = match salted.get(&key) {
+                            Some(hit) => hit,
+                            None => {
+                                // PBKDF2 (thousands of HMAC rounds) off the async workers, once per role.
+                                let (password, salt, iterations) = (
+                                    pw.expose().as_bytes().to_vec(),
+                                    server.salt.clone(),
+                                    server.iterations,
+                                );
+                                let derived = tokio::task::spawn_blocking(move || {
+                                    SaltedPasswordCache::derive(&password, &salt, iterations)
+                                })
+                                .await
+                                .map_err(|e| {
+                                    UpstreamError::Protocol(format!("SCRAM key derivation failed: {e}"))
+                                })?;
+                                salted.insert(key, derived);
+                                derived
+                            }
+                        };
                         let (message, signature) = client.client_final(&server, &salted_password);
                         *expected = Some(signature);
                         frontend::sasl_response(message.as_bytes(), &mut out)?;
@@ -299,5 +326,68 @@ async fn connect_inner(
         if !out.is_empty() {
             stream.write_all(&out).await?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Secret, UpstreamTls};
+    use base64::Engine;
+    use tokio::net::TcpListener;
+
+    /// A hostile "upstream" that asks for 2^32 − 1 SCRAM iterations: refused before any PBKDF2.
+    #[tokio::test]
+    async fn an_upstream_asking_for_absurd_scram_iterations_is_refused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _startup = s.read(&mut buf).await.unwrap();
+            // AuthenticationSASL offering SCRAM-SHA-256.
+            let mechs = b"SCRAM-SHA-256\0\0";
+            let mut msg = vec![b'R'];
+            msg.extend_from_slice(&((8 + mechs.len()) as i32).to_be_bytes());
+            msg.extend_from_slice(&10i32.to_be_bytes());
+            msg.extend_from_slice(mechs);
+            s.write_all(&msg).await.unwrap();
+            let n = s.read(&mut buf).await.unwrap();
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let nonce = text
+                .rsplit_once("r=")
+                .unwrap()
+                .1
+                .trim_end_matches('\0')
+                .to_owned();
+            let salt = base64::engine::general_purpose::STANDARD.encode(b"0123456789abcdef");
+            let data = format!("r={nonce}srv,s={salt},i=4294967295");
+            let mut msg = vec![b'R'];
+            msg.extend_from_slice(&((8 + data.len()) as i32).to_be_bytes());
+            msg.extend_from_slice(&11i32.to_be_bytes());
+            msg.extend_from_slice(data.as_bytes());
+            s.write_all(&msg).await.unwrap();
+            let _ = s.read(&mut buf).await;
+        });
+        let target = Target {
+            name: "t".into(),
+            host: "127.0.0.1".into(),
+            port,
+            database: "db".into(),
+            tls: UpstreamTls::Disable,
+            ca: None,
+            credentials: Default::default(),
+        };
+        let credential = Credential {
+            user: "u".into(),
+            password: Some(Secret::new("pw")),
+        };
+        let cache = SaltedPasswordCache::default();
+        let Err(err) = connect(&target, &credential, None, &[], Duration::from_secs(10), &cache).await else {
+            panic!("an absurd iteration count must be refused");
+        };
+        assert!(err.to_string().contains("iterations"), "{err}");
+        assert!(cache.is_empty(), "no key was derived");
+        server.abort();
     }
 }
