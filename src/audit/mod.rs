@@ -302,7 +302,7 @@ impl AuditLog {
             batches: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             indexed: tokio::sync::watch::Sender::new(seq),
-            indexed_seq: Mutex::new(seq),
+            indexed_lock: Mutex::new(()),
             indexed_changed: std::sync::Condvar::new(),
             closed_through: AtomicU64::new(0),
             reader,

@@ -109,8 +109,9 @@ pub(crate) struct Shared {
     pub rejected: AtomicU64,
     /// The last record in the database (queries wait on it).
     pub indexed: watch::Sender<u64>,
-    /// The same, for the writer's back-pressure wait.
-    pub indexed_seq: Mutex<u64>,
+    /// Wakes the writer's back-pressure wait when `indexed` moves (or the log fails); the mutex
+    /// only orders that wake-up after the writer's check.
+    pub indexed_lock: Mutex<()>,
     pub indexed_changed: Condvar,
     /// The last seq of the newest closed journal segment (the indexer deletes segments behind it).
     pub closed_through: AtomicU64,
@@ -121,9 +122,9 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn set_indexed(&self, seq: u64) {
-        *lock(&self.indexed_seq) = seq;
-        self.indexed_changed.notify_all();
         self.indexed.send_replace(seq);
+        let _guard = lock(&self.indexed_lock);
+        self.indexed_changed.notify_all();
     }
 }
 
@@ -464,12 +465,14 @@ impl Writer {
             return;
         }
         // Back-pressure: never let the index fall unboundedly behind (memory), wait for it instead.
-        let mut indexed = lock(&self.shared.indexed_seq);
-        while self.seq.saturating_sub(*indexed) > INDEX_LAG_LIMIT && self.shared.failure.get().is_none() {
-            indexed = self
+        let mut guard = lock(&self.shared.indexed_lock);
+        while self.seq.saturating_sub(*self.shared.indexed.borrow()) > INDEX_LAG_LIMIT
+            && self.shared.failure.get().is_none()
+        {
+            guard = self
                 .shared
                 .indexed_changed
-                .wait_timeout(indexed, Duration::from_millis(100))
+                .wait_timeout(guard, Duration::from_millis(100))
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
