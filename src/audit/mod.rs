@@ -379,7 +379,7 @@ impl AuditLog {
     /// (see [`AuditLog::submit`]) and in the database, so queries see them. For the admin API and
     /// other low-rate callers; the relay uses `submit` and waits for durability only.
     pub async fn record(&self, events: Vec<AuditEvent>) -> Result<(), AuditError> {
-        self.submit(events)?.await?;
+        self.record_durable(events).await?;
         let target = self.head().seq;
         self.wait_indexed().await?;
         match self.shared.failure.get() {
@@ -389,6 +389,12 @@ impl AuditLog {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Queues events and resolves when they are as durable as the level promises, without waiting
+    /// for the index (the relay's way: session start, and what precedes a Terminate).
+    pub async fn record_durable(&self, events: Vec<AuditEvent>) -> Result<(), AuditError> {
+        self.submit(events)?.await
     }
 
     /// Waits until every record durable when called is in the database (queries see it). Returns at

@@ -416,11 +416,7 @@ async fn open_session(
         user: grant.user.clone(),
     });
     // Durable before the session goes on (not waiting for the index: the relay never does).
-    let started = match state.audit.submit(vec![start]) {
-        Ok(ack) => ack.await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = started {
+    if let Err(e) = state.audit.record_durable(vec![start]).await {
         state.proxy.sessions.remove(handle.id);
         state.proxy.metrics.audit_failures_total.inc();
         tracing::error!(error = %e, "cannot record the session start in the audit log");
@@ -962,11 +958,7 @@ impl Session {
                                                 // (once that is audited).
                                                 let mut events = std::mem::take(outcome_events);
                                                 events.append(&mut statement_events);
-                                                let flushed = match audit.submit(events) {
-                                                    Ok(ack) => ack.await,
-                                                    Err(e) => Err(e),
-                                                };
-                                                if flushed.is_err() {
+                                                if audit.record_durable(events).await.is_err() {
                                                     metrics.audit_failures_total.inc();
                                                     return EndReason::ClientExit;
                                                 }
