@@ -323,7 +323,7 @@ impl SaltedPasswordCache {
     pub const MAX_ITERATIONS: u32 = 10_000_000;
 
     /// The cache key of (password, salt, iterations).
-    pub fn key(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+    fn key(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update((password.len() as u64).to_be_bytes());
         h.update(password);
@@ -333,17 +333,17 @@ impl SaltedPasswordCache {
     }
 
     /// PBKDF2-HMAC-SHA-256: the SCRAM salted password.
-    pub fn derive(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+    fn derive(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
         let mut salted = [0u8; 32];
         pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut salted);
         salted
     }
 
-    pub fn get(&self, key: &[u8; 32]) -> Option<[u8; 32]> {
+    fn get(&self, key: &[u8; 32]) -> Option<[u8; 32]> {
         self.lock().get(key).copied()
     }
 
-    pub fn insert(&self, key: [u8; 32], salted: [u8; 32]) {
+    fn insert(&self, key: [u8; 32], salted: [u8; 32]) {
         let mut entries = self.lock();
         if entries.len() >= Self::MAX_ENTRIES {
             entries.clear();
@@ -351,16 +351,23 @@ impl SaltedPasswordCache {
         entries.insert(key, salted);
     }
 
-    /// The salted password for `password` under the server's salt and iteration count, derived
-    /// on this thread when it is not cached (the relay derives on the blocking pool instead).
-    pub fn salted(&self, password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+    /// The salted password for `password` under the server's salt and iteration count: from the
+    /// cache, or derived on the blocking pool (PBKDF2 is thousands of HMAC rounds; never on an
+    /// async worker) and kept.
+    pub async fn salted(
+        &self,
+        password: &[u8],
+        salt: &[u8],
+        iterations: u32,
+    ) -> Result<[u8; 32], tokio::task::JoinError> {
         let key = Self::key(password, salt, iterations);
         if let Some(hit) = self.get(&key) {
-            return hit;
+            return Ok(hit);
         }
-        let salted = Self::derive(password, salt, iterations);
+        let (password, salt) = (password.to_vec(), salt.to_vec());
+        let salted = tokio::task::spawn_blocking(move || Self::derive(&password, &salt, iterations)).await?;
         self.insert(key, salted);
-        salted
+        Ok(salted)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<[u8; 32], [u8; 32]>> {
@@ -410,7 +417,7 @@ mod tests {
 
     /// Our upstream client against this module's server (itself checked against postgres-protocol
     /// and libpq): the server must accept the proof, and the client the server's signature.
-    fn client_exchange(
+    async fn client_exchange(
         password: &str,
         cache: &SaltedPasswordCache,
         candidates: &[&ScramVerifier],
@@ -419,33 +426,42 @@ mod tests {
         let (first, state) = server_first(SCRAM_SHA_256, client.client_first().as_bytes(), None, SALT, 4096)?;
         let server = client.server_first(first.as_bytes())?;
         assert_eq!((server.salt.as_slice(), server.iterations), (SALT, 4096));
-        let salted = cache.salted(password.as_bytes(), &server.salt, server.iterations);
+        let salted = cache
+            .salted(password.as_bytes(), &server.salt, server.iterations)
+            .await
+            .unwrap();
         let (message, expected) = client.client_final(&server, &salted);
         let (index, last) = client_final(&state, message.as_bytes(), None, candidates)?;
         ScramClient::verify_server_final(last.as_bytes(), &expected)?;
         Ok(index)
     }
 
-    #[test]
-    fn the_upstream_client_logs_in_with_cached_salted_passwords() {
+    #[tokio::test]
+    async fn the_upstream_client_logs_in_with_cached_salted_passwords() {
         let v = verifier("s3cret-upstream");
         let cache = SaltedPasswordCache::default();
-        assert_eq!(client_exchange("s3cret-upstream", &cache, &[&v]), Ok(0));
+        assert_eq!(client_exchange("s3cret-upstream", &cache, &[&v]).await, Ok(0));
         assert_eq!(cache.len(), 1);
         // Second login: same salted password from the cache, fresh nonces, still valid.
-        assert_eq!(client_exchange("s3cret-upstream", &cache, &[&v]), Ok(0));
+        assert_eq!(client_exchange("s3cret-upstream", &cache, &[&v]).await, Ok(0));
         assert_eq!(cache.len(), 1, "one PBKDF2 per (password, salt, iterations)");
         // A different password is another entry, and the server refuses it.
-        assert_eq!(client_exchange("wrong", &cache, &[&v]), Err(ScramError::NoMatch));
+        assert_eq!(
+            client_exchange("wrong", &cache, &[&v]).await,
+            Err(ScramError::NoMatch)
+        );
         assert_eq!(cache.len(), 2);
         // The cached value is the real salted password.
         let mut direct = [0u8; 32];
         pbkdf2::pbkdf2_hmac::<Sha256>(b"s3cret-upstream", SALT, 4096, &mut direct);
-        assert_eq!(cache.salted(b"s3cret-upstream", SALT, 4096), direct);
+        assert_eq!(
+            cache.salted(b"s3cret-upstream", SALT, 4096).await.unwrap(),
+            direct
+        );
     }
 
-    #[test]
-    fn the_upstream_client_refuses_a_forged_server() {
+    #[tokio::test]
+    async fn the_upstream_client_refuses_a_forged_server() {
         let client = ScramClient::new();
         // A server nonce that does not extend ours, or only repeats it.
         let own = client.client_first();
@@ -468,7 +484,8 @@ mod tests {
             .server_first(format!("r={nonce}x,s={salt},i=4096").as_bytes())
             .unwrap();
         let cache = SaltedPasswordCache::default();
-        let (_, expected) = client.client_final(&server, &cache.salted(b"pw", SALT, 4096));
+        let salted = cache.salted(b"pw", SALT, 4096).await.unwrap();
+        let (_, expected) = client.client_final(&server, &salted);
         let forged = format!("v={}", B64.encode([0u8; 32]));
         assert_eq!(
             ScramClient::verify_server_final(forged.as_bytes(), &expected),

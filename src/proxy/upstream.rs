@@ -234,28 +234,12 @@ async fn connect_inner(
                                 SaltedPasswordCache::MAX_ITERATIONS
                             )));
                         }
-                        let key =
-                            SaltedPasswordCache::key(pw.expose().as_bytes(), &server.salt, server.iterations);
-                        let salted_password = match salted.get(&key) {
-                            Some(hit) => hit,
-                            None => {
-                                // PBKDF2 (thousands of HMAC rounds) off the async workers, once per role.
-                                let (password, salt, iterations) = (
-                                    pw.expose().as_bytes().to_vec(),
-                                    server.salt.clone(),
-                                    server.iterations,
-                                );
-                                let derived = tokio::task::spawn_blocking(move || {
-                                    SaltedPasswordCache::derive(&password, &salt, iterations)
-                                })
-                                .await
-                                .map_err(|e| {
-                                    UpstreamError::Protocol(format!("SCRAM key derivation failed: {e}"))
-                                })?;
-                                salted.insert(key, derived);
-                                derived
-                            }
-                        };
+                        let salted_password = salted
+                            .salted(pw.expose().as_bytes(), &server.salt, server.iterations)
+                            .await
+                            .map_err(|e| {
+                                UpstreamError::Protocol(format!("SCRAM key derivation failed: {e}"))
+                            })?;
                         let (message, signature) = client.client_final(&server, &salted_password);
                         *expected = Some(signature);
                         frontend::sasl_response(message.as_bytes(), &mut out)?;
