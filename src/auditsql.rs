@@ -24,6 +24,7 @@ use bytes::{BufMut, BytesMut};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::app::AppState;
 use crate::audit::event::{self as audit_event, AuditEvent};
@@ -155,6 +156,15 @@ pub fn check_query(sql: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What the startup phase hands over with an auditor connection.
+#[derive(Debug)]
+pub struct PreAuth {
+    /// The client must have logged in by then (`proxy.startup_timeout`, from accept).
+    pub deadline: tokio::time::Instant,
+    /// The connection's slot in the pool of unauthenticated connections, given back at login.
+    pub unauthenticated: OwnedSemaphorePermit,
+}
+
 /// Serves one auditor connection (after its startup packet). Never returns an error: problems are
 /// told to the client and the connection closes.
 pub async fn serve(
@@ -163,29 +173,62 @@ pub async fn serve(
     params: ClientParams,
     tls: Option<ClientTlsInfo>,
     peer: std::net::SocketAddr,
+    pre_auth: PreAuth,
 ) {
-    if let Err(e) = run(&state, &mut client, &params, tls.as_ref(), peer).await {
+    let logged_in = tokio::time::timeout_at(
+        pre_auth.deadline,
+        login(&state, &mut client, &params, tls.as_ref(), peer),
+    )
+    .await;
+    let result = match logged_in {
+        Err(_) => {
+            // The throttle reservation was dropped unreleased: the attempt counts as a failure.
+            crate::proxy::session::record_auth_timeout(&state, &params, peer);
+            Err(PgError::startup_timeout())
+        }
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some(db))) => match state.proxy.admit(state.config.proxy.max_connections) {
+            Err(e) => Err(e),
+            Ok(_slot) => {
+                drop(pre_auth.unauthenticated);
+                run(&state, &mut client, &params, &db).await
+            }
+        },
+    };
+    if let Err(e) = result {
         let mut out = BytesMut::new();
         e.encode(&mut out);
-        let _ = client.write_all(&out).await;
-        let _ = client.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            client.write_all(&out).await?;
+            client.shutdown().await
+        })
+        .await;
     }
 }
 
-async fn run(
+/// Authenticates an auditor. `Ok(Some(path))` is the audit database to serve; `Ok(None)` when the
+/// client left before offering a token.
+async fn login(
     state: &Arc<AppState>,
     client: &mut ClientStream,
     params: &ClientParams,
     tls: Option<&ClientTlsInfo>,
     peer: std::net::SocketAddr,
-) -> Result<(), PgError> {
+) -> Result<Option<std::path::PathBuf>, PgError> {
     if tls.is_none() && state.config.proxy.tls != crate::config::ClientTls::Disabled {
         return Err(PgError::tls_required());
     }
+    let auth_failures = &state.proxy.metrics.auth_failures_total;
     let throttle = &state.proxy.auth_throttle;
-    if throttle.is_blocked(peer.ip(), std::time::Instant::now()) {
-        return Err(PgError::too_many_auth_failures());
-    }
+    let reservation = match throttle.reserve(peer.ip(), &params.user, std::time::Instant::now()) {
+        Ok(r) => r,
+        Err(throttled) => {
+            auth_failures.with_label_values(&["throttled"]).inc();
+            tracing::warn!(client.addr = %peer, why = %throttled, "timebox_audit authentication throttled");
+            return Err(throttled.to_pg_error());
+        }
+    };
     // AuthenticationCleartextPassword: the token is compared by its SHA-256, like the admin API.
     let mut out = BytesMut::new();
     wire::frame(&mut out, b'R', |b| b.put_i32(3));
@@ -193,7 +236,10 @@ async fn run(
         .write_all(&out)
         .await
         .map_err(|_| PgError::protocol_violation("client left"))?;
-    let password = read_password(client).await?;
+    let Some(password) = read_password(client).await? else {
+        reservation.release();
+        return Ok(None);
+    };
     let digest: [u8; 32] = Sha256::digest(password.as_bytes()).into();
     let principal = state
         .config
@@ -202,7 +248,7 @@ async fn run(
         .iter()
         .find(|t| bool::from(t.sha256.ct_eq(&digest)) && t.name == params.user);
     let Some(principal) = principal else {
-        throttle.record_failure(peer.ip(), std::time::Instant::now());
+        auth_failures.with_label_values(&["wrong_token"]).inc();
         let _ = state
             .audit
             .submit(vec![AuditEvent::AuthFailure(audit_event::AuthFailure {
@@ -213,6 +259,7 @@ async fn run(
             })]);
         return Err(PgError::invalid_password(&params.user));
     };
+    reservation.release();
     if !principal.roles.iter().any(|r| r == "auditor" || r == "admin") {
         return Err(PgError::insufficient_privilege(format!(
             "timebox_audit requires the auditor or admin role; {} has {}",
@@ -226,6 +273,17 @@ async fn run(
             "timebox_audit needs a file-backed store (this instance keeps its audit log in memory)",
         ));
     };
+    Ok(Some(db))
+}
+
+/// Serves the queries of a logged-in auditor.
+async fn run(
+    state: &Arc<AppState>,
+    client: &mut ClientStream,
+    params: &ClientParams,
+    db: &std::path::Path,
+) -> Result<(), PgError> {
+    let mut out = BytesMut::new();
     let session_id = format!("a_{:016x}", rand::random::<u64>());
 
     out.clear();
@@ -305,7 +363,7 @@ async fn run(
                 } else {
                     match decision {
                         Err(reason) => error(&mut out, "42501", &reason),
-                        Ok(()) => execute(&db, sql, &mut out).await,
+                        Ok(()) => execute(db, sql, &mut out).await,
                     }
                 }
                 ready(&mut out);
@@ -340,11 +398,11 @@ async fn run(
     }
 }
 
-async fn read_password(client: &mut ClientStream) -> Result<String, PgError> {
-    let tag = client
-        .read_u8()
-        .await
-        .map_err(|_| PgError::protocol_violation("client left"))?;
+/// The password message; `None` when the client left instead.
+async fn read_password(client: &mut ClientStream) -> Result<Option<String>, PgError> {
+    let Ok(tag) = client.read_u8().await else {
+        return Ok(None);
+    };
     if tag != b'p' {
         return Err(PgError::protocol_violation("expected a password message"));
     }
@@ -360,7 +418,9 @@ async fn read_password(client: &mut ClientStream) -> Result<String, PgError> {
         .read_exact(&mut body)
         .await
         .map_err(|_| PgError::protocol_violation("client left"))?;
-    Ok(String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body)).into_owned())
+    Ok(Some(
+        String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body)).into_owned(),
+    ))
 }
 
 fn ready(out: &mut BytesMut) {

@@ -131,6 +131,8 @@ struct RawProxy {
     upstream_connect_timeout: Option<String>,
     expiry_warnings: Option<Vec<String>>,
     auth_failures_per_minute: Option<i64>,
+    auth_failures_global_per_minute: Option<i64>,
+    max_unauthenticated: Option<i64>,
     shutdown_grace: Option<String>,
     max_message_bytes: Option<i64>,
 }
@@ -323,8 +325,14 @@ pub struct ProxyConfig {
     pub upstream_connect_timeout: Duration,
     /// NoticeResponse warnings sent this long before a grant expires (descending).
     pub expiry_warnings: Vec<Duration>,
-    /// Failed authentications allowed per client IP address per minute.
+    /// Failed authentications allowed per (client IP address, user) per minute; an attempt counts
+    /// from the moment it starts until it succeeds.
     pub auth_failures_per_minute: u32,
+    /// Failed authentications allowed per minute over all addresses and users.
+    pub auth_failures_global_per_minute: u32,
+    /// Connections that have not finished authenticating, at most (a pool apart from
+    /// `max_connections`, so silent clients cannot take the slots of logged-in sessions).
+    pub max_unauthenticated: usize,
     /// On shutdown, idle sessions end at once; busy ones get this long before they are cut.
     pub shutdown_grace: Duration,
     /// Largest frontend message accepted (CopyData is streamed and exempt).
@@ -862,6 +870,18 @@ fn validate_proxy(raw: &RawProxy, p: &mut Problems) -> ProxyConfig {
             10,
             1_000_000,
         ) as u32,
+        auth_failures_global_per_minute: p.positive(
+            "proxy.auth_failures_global_per_minute",
+            raw.auth_failures_global_per_minute,
+            1000,
+            100_000_000,
+        ) as u32,
+        max_unauthenticated: p.positive(
+            "proxy.max_unauthenticated",
+            raw.max_unauthenticated,
+            256,
+            1_000_000,
+        ) as usize,
         shutdown_grace: p.duration(
             "proxy.shutdown_grace",
             raw.shutdown_grace.as_deref(),

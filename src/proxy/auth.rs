@@ -4,7 +4,8 @@
 //! No oracle: an unknown user, an unknown target, a wrong token and another user's token all go
 //! through the same exchange (with the same kind of salt) and end in the same 28P01 message. Only a
 //! correct token learns why its grant does not admit a session (expired, revoked, not yet started).
-//! Repeated failures from one address are throttled.
+//! Attempts are counted before they are evaluated, per (address, user) and for the whole instance
+//! ([`AuthThrottle`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -188,43 +189,151 @@ pub async fn authenticate(
     Ok(grant)
 }
 
-/// Fixed-window count of failed authentications per client address.
+/// Failed (and in-flight) authentications in fixed one-minute windows, per (client address, user)
+/// and for the whole instance.
+///
+/// An attempt is counted *before* it is evaluated: [`AuthThrottle::reserve`] takes a slot, and only
+/// [`Reservation::release`] (a successful login, or a client that left before offering a proof)
+/// gives it back. A concurrent burst therefore cannot get more than `limit` evaluations, and
+/// another user at the same address keeps its own budget. The global ceiling bounds guesses spread
+/// over many addresses or user names.
 #[derive(Debug)]
 pub struct AuthThrottle {
+    /// Attempts per (address, user) per window.
     limit: u32,
+    /// Attempts per window over all keys.
+    global_limit: u32,
     window: Duration,
-    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    counts: Mutex<ThrottleCounts>,
 }
 
-/// Addresses tracked at most; past it, expired windows are swept.
+#[derive(Debug, Default)]
+struct ThrottleCounts {
+    keys: HashMap<(IpAddr, String), Window>,
+    global: Option<Window>,
+}
+
+/// One fixed window: when it started and how many attempts it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    start: Instant,
+    count: u32,
+}
+
+impl Window {
+    /// The window as seen at `now`: a fresh one once `length` has passed.
+    fn current(self, now: Instant, length: Duration) -> Window {
+        if now.duration_since(self.start) >= length {
+            Window { start: now, count: 0 }
+        } else {
+            self
+        }
+    }
+}
+
+/// Why an attempt was refused before it was evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Throttled {
+    #[error("too many failed authentications for this user from this address")]
+    AddressAndUser,
+    #[error("too many failed authentications on this instance")]
+    Global,
+}
+
+impl Throttled {
+    /// The FATAL the client gets.
+    pub fn to_pg_error(self) -> PgError {
+        match self {
+            Throttled::AddressAndUser => PgError::too_many_auth_failures(),
+            Throttled::Global => PgError::too_many_auth_failures_globally(),
+        }
+    }
+}
+
+/// A counted attempt. Dropped without [`Reservation::release`], it stays counted as a failure.
+#[derive(Debug)]
+#[must_use = "a reservation is released on success, or counts as a failure when dropped"]
+pub struct Reservation<'a> {
+    throttle: &'a AuthThrottle,
+    key: (IpAddr, String),
+    key_window: Instant,
+    global_window: Instant,
+}
+
+impl Reservation<'_> {
+    /// Gives the slot back: the attempt succeeded (or was never evaluated).
+    pub fn release(self) {
+        let mut counts = self.throttle.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = counts.keys.get_mut(&self.key) {
+            if w.start == self.key_window {
+                w.count = w.count.saturating_sub(1);
+            }
+        }
+        if let Some(w) = counts.global.as_mut() {
+            if w.start == self.global_window {
+                w.count = w.count.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// (address, user) keys tracked at most; past it, expired windows are swept, and if that is not
+/// enough new keys are refused (fail closed) until the window turns.
 const MAX_TRACKED: usize = 100_000;
 
 impl AuthThrottle {
-    pub fn new(limit_per_minute: u32) -> Self {
+    pub fn new(limit_per_minute: u32, global_limit_per_minute: u32) -> Self {
         AuthThrottle {
             limit: limit_per_minute,
+            global_limit: global_limit_per_minute,
             window: Duration::from_secs(60),
-            failures: Mutex::new(HashMap::new()),
+            counts: Mutex::new(ThrottleCounts::default()),
         }
     }
 
-    /// True if `ip` has used up its failures in the current window.
-    pub fn is_blocked(&self, ip: IpAddr, now: Instant) -> bool {
-        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        matches!(map.get(&ip), Some((start, count)) if now.duration_since(*start) < self.window && *count >= self.limit)
-    }
-
-    pub fn record_failure(&self, ip: IpAddr, now: Instant) {
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_TRACKED {
+    /// Counts an attempt by `user` from `ip` before it is evaluated, or refuses it if the
+    /// (address, user) budget or the global one is used up.
+    pub fn reserve(&self, ip: IpAddr, user: &str, now: Instant) -> Result<Reservation<'_>, Throttled> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let global = counts
+            .global
+            .unwrap_or(Window { start: now, count: 0 })
+            .current(now, self.window);
+        if global.count >= self.global_limit {
+            return Err(Throttled::Global);
+        }
+        let key = (ip, user.to_owned());
+        if !counts.keys.contains_key(&key) && counts.keys.len() >= MAX_TRACKED {
             let window = self.window;
-            map.retain(|_, (start, _)| now.duration_since(*start) < window);
+            counts.keys.retain(|_, w| now.duration_since(w.start) < window);
+            if counts.keys.len() >= MAX_TRACKED {
+                return Err(Throttled::Global);
+            }
         }
-        let entry = map.entry(ip).or_insert((now, 0));
-        if now.duration_since(entry.0) >= self.window {
-            *entry = (now, 0);
+        let entry = counts
+            .keys
+            .get(&key)
+            .copied()
+            .unwrap_or(Window { start: now, count: 0 })
+            .current(now, self.window);
+        if entry.count >= self.limit {
+            return Err(Throttled::AddressAndUser);
         }
-        entry.1 = entry.1.saturating_add(1);
+        let entry = Window {
+            count: entry.count + 1,
+            ..entry
+        };
+        counts.keys.insert(key.clone(), entry);
+        counts.global = Some(Window {
+            count: global.count + 1,
+            ..global
+        });
+        Ok(Reservation {
+            throttle: self,
+            key,
+            key_window: entry.start,
+            global_window: global.start,
+        })
     }
 }
 
@@ -232,24 +341,70 @@ impl AuthThrottle {
 mod tests {
     use super::*;
 
+    const ALICE: &str = "alice";
+
     #[test]
     fn throttle_blocks_after_limit_and_resets_after_window() {
-        let t = AuthThrottle::new(3);
+        let t = AuthThrottle::new(3, 1000);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let other: IpAddr = "10.0.0.2".parse().unwrap();
         let t0 = Instant::now();
         for _ in 0..3 {
-            assert!(!t.is_blocked(ip, t0));
-            t.record_failure(ip, t0);
+            drop(t.reserve(ip, ALICE, t0).expect("within the limit"));
         }
-        assert!(t.is_blocked(ip, t0 + Duration::from_secs(30)));
-        assert!(!t.is_blocked(other, t0), "per address");
-        assert!(!t.is_blocked(ip, t0 + Duration::from_secs(61)), "window over");
-        t.record_failure(ip, t0 + Duration::from_secs(61));
+        let later = t0 + Duration::from_secs(30);
+        assert_eq!(t.reserve(ip, ALICE, later).err(), Some(Throttled::AddressAndUser));
+        assert!(t.reserve(other, ALICE, later).is_ok(), "per address");
+        assert!(t.reserve(ip, "bob", later).is_ok(), "per user");
+        let next = t0 + Duration::from_secs(61);
+        assert!(t.reserve(ip, ALICE, next).is_ok(), "window over");
+    }
+
+    /// Regression (issue 16, 12c): concurrent attempts all passed `is_blocked` before any failure
+    /// was recorded, so a burst of 60 got 14 evaluations. Reservations in flight count.
+    #[test]
+    fn attempts_in_flight_count_against_the_limit() {
+        let t = AuthThrottle::new(3, 1000);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        let held: Vec<_> = (0..60).filter_map(|_| t.reserve(ip, ALICE, t0).ok()).collect();
+        assert_eq!(held.len(), 3, "a burst gets exactly `limit` evaluations");
+        drop(held);
         assert!(
-            !t.is_blocked(ip, t0 + Duration::from_secs(62)),
-            "counting restarted"
+            t.reserve(ip, ALICE, t0).is_err(),
+            "dropped reservations stay counted"
         );
+    }
+
+    #[test]
+    fn released_reservations_do_not_count() {
+        let t = AuthThrottle::new(2, 1000);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            t.reserve(ip, ALICE, t0).expect("successes never block").release();
+        }
+        // a release from an earlier window does not eat into the new one
+        let old = t.reserve(ip, ALICE, t0).unwrap();
+        let t1 = t0 + Duration::from_secs(61);
+        let a = t.reserve(ip, ALICE, t1).unwrap();
+        old.release();
+        let b = t.reserve(ip, ALICE, t1).unwrap();
+        assert!(t.reserve(ip, ALICE, t1).is_err());
+        drop((a, b));
+    }
+
+    #[test]
+    fn the_global_ceiling_covers_every_address_and_user() {
+        let t = AuthThrottle::new(3, 5);
+        let t0 = Instant::now();
+        for i in 0..5u8 {
+            let ip = IpAddr::from([10, 0, 0, i]);
+            drop(t.reserve(ip, &format!("u{i}"), t0).unwrap());
+        }
+        let fresh: IpAddr = "10.9.9.9".parse().unwrap();
+        assert_eq!(t.reserve(fresh, "zed", t0).err(), Some(Throttled::Global));
+        assert!(t.reserve(fresh, "zed", t0 + Duration::from_secs(60)).is_ok());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -71,8 +71,12 @@ pub struct ProxyState {
     pub classify_cache: Arc<crate::policy::ClassifyCache>,
     /// Upstream SCRAM salted passwords, so PBKDF2 runs once per upstream role, not per connection.
     pub salted_passwords: scram::SaltedPasswordCache,
-    /// One permit per client connection (`proxy.max_connections`).
+    /// One permit per authenticated client connection (`proxy.max_connections`).
     connections: Arc<Semaphore>,
+    /// One permit per connection that has not finished authenticating
+    /// (`proxy.max_unauthenticated`): a pool of its own, so clients that never log in cannot take
+    /// the slots of engineers who do.
+    unauthenticated: Arc<Semaphore>,
     /// Connection tasks, so shutdown can wait for them.
     tasks: TaskTracker,
 }
@@ -99,7 +103,10 @@ impl ProxyState {
             upstream_tls,
             cancel_keys: Arc::new(cancel::CancelKeys::default()),
             sessions: SessionRegistry::default(),
-            auth_throttle: auth::AuthThrottle::new(config.proxy.auth_failures_per_minute),
+            auth_throttle: auth::AuthThrottle::new(
+                config.proxy.auth_failures_per_minute,
+                config.proxy.auth_failures_global_per_minute,
+            ),
             metrics: Arc::new(crate::metrics::Metrics::new()?),
             policies: config
                 .roles
@@ -109,8 +116,20 @@ impl ProxyState {
             classify_cache: Arc::new(crate::policy::ClassifyCache::new(CLASSIFY_CACHE_ENTRIES)),
             salted_passwords: scram::SaltedPasswordCache::default(),
             connections: Arc::new(Semaphore::new(config.proxy.max_connections)),
+            unauthenticated: Arc::new(Semaphore::new(config.proxy.max_unauthenticated)),
             tasks: TaskTracker::new(),
         })
+    }
+}
+
+impl ProxyState {
+    /// A slot among `proxy.max_connections` for a client that has just authenticated, or the
+    /// FATAL 53300 to send it. Held until the session ends.
+    pub(crate) fn admit(&self, limit: usize) -> Result<OwnedSemaphorePermit, wire::PgError> {
+        self.connections
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| wire::PgError::too_many_connections(limit))
     }
 }
 
@@ -131,13 +150,13 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener) -> Result<(), Pr
                 continue;
             }
         };
-        let permit = state.proxy.connections.clone().try_acquire_owned().ok();
-        let over_limit = permit.is_none();
+        // Until it authenticates, a connection holds a slot of the unauthenticated pool only.
+        let unauthenticated = state.proxy.unauthenticated.clone().try_acquire_owned().ok();
         let st = state.clone();
-        state.proxy.tasks.spawn(async move {
-            session::handle_connection(st, tcp, peer, over_limit).await;
-            drop(permit);
-        });
+        state
+            .proxy
+            .tasks
+            .spawn(session::handle_connection(st, tcp, peer, unauthenticated));
     }
     drop(listener);
     state.proxy.tasks.close();

@@ -105,8 +105,25 @@ impl PgError {
     pub fn too_many_auth_failures() -> Self {
         Self::fatal(
             "28000",
-            "too many failed authentication attempts from this address; try again in a minute",
+            "too many failed authentication attempts for this user from this address; try again in a minute",
         )
+    }
+
+    /// 28000: the instance-wide ceiling on failed logins is reached (a spread-out guessing attack).
+    pub fn too_many_auth_failures_globally() -> Self {
+        Self::fatal(
+            "28000",
+            "too many failed authentication attempts on this timebox instance; try again in a minute",
+        )
+    }
+
+    /// 53300: too many connections have not finished authenticating yet.
+    pub fn too_many_unauthenticated(limit: usize) -> Self {
+        Self::fatal(
+            "53300",
+            format!("sorry, too many clients are still authenticating (timebox limit: {limit})"),
+        )
+        .with_hint("Try again in a few seconds.")
     }
 
     pub fn protocol_violation(message: impl Into<String>) -> Self {
