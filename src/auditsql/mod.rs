@@ -6,9 +6,10 @@
 //! exchange (TLS is required unless the proxy runs without TLS), checked against the SHA-256 of the
 //! `[[admin.tokens]]` whose name is the user and which carries the `auditor` or `admin` role.
 //! Queries use the simple protocol. Each must parse (PostgreSQL's parser, cross-checked) as plain
-//! SELECTs over the audit views below, and then runs on a *read-only* SQLite connection to the
-//! audit database with a time limit and a row cap. Everything else is refused. The auditors'
-//! own queries are audited too.
+//! SELECTs over the audit views below — a first filter only — and then runs in [`engine`] on a
+//! *read-only* SQLite connection whose authorizer decides what the query may touch, with its
+//! result streamed under caps on rows, bytes, value size and time. Everything else is refused.
+//! The auditors' own queries are audited too.
 //!
 //! The proxy's own wire code serves this instead of pgwire's socket handler because timebox has
 //! already done TLS and startup by the time it knows the database name.
@@ -32,89 +33,19 @@ use crate::proxy::startup::{ClientParams, ClientTlsInfo};
 use crate::proxy::stream::ClientStream;
 use crate::proxy::wire::{self, PgError, Severity};
 
+mod engine;
+
+pub use engine::{Limits, QueryError, ALLOWED_FUNCTIONS, VIEW_NAMES};
+
 /// The reserved database name.
 pub const AUDIT_DATABASE: &str = "timebox_audit";
-/// Rows one query may return.
-const MAX_ROWS: usize = 100_000;
-/// How long one query may run.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest query text accepted.
 const MAX_QUERY: usize = 64 * 1024;
-
-/// The views auditors query (created per connection in SQLite's temp schema).
-const VIEWS: &str = r#"
-CREATE TEMP VIEW events AS
-  SELECT seq, ts, kind, user_name AS "user", target, grant_id, session_id, payload, prev_hash, hash
-  FROM main.audit_events;
-CREATE TEMP VIEW statements AS
-  SELECT seq, ts, user_name AS "user", target, grant_id, session_id,
-         json_extract(payload, '$.statement_id') AS statement_id,
-         json_extract(payload, '$.sql') AS sql,
-         json_extract(payload, '$.class') AS class,
-         json_extract(payload, '$.decision') AS decision,
-         json_extract(payload, '$.reason') AS reason,
-         json_extract(payload, '$.relations') AS relations,
-         json_extract(payload, '$.params') AS params
-  FROM main.audit_events WHERE kind = 'statement';
-CREATE TEMP VIEW outcomes AS
-  SELECT seq, ts, session_id,
-         json_extract(payload, '$.statement_id') AS statement_id,
-         json_extract(payload, '$.command_tag') AS command_tag,
-         json_extract(payload, '$.rows') AS rows,
-         json_extract(payload, '$.sqlstate') AS sqlstate,
-         json_extract(payload, '$.duration_us') AS duration_us
-  FROM main.audit_events WHERE kind = 'statement_outcome';
-CREATE TEMP VIEW sessions AS
-  SELECT seq, ts, kind, user_name AS "user", target, grant_id, session_id, payload
-  FROM main.audit_events WHERE kind IN ('session_start', 'session_end');
-CREATE TEMP VIEW auth_failures AS
-  SELECT seq, ts, user_name AS "user", target,
-         json_extract(payload, '$.client_addr') AS client_addr,
-         json_extract(payload, '$.reason') AS reason
-  FROM main.audit_events WHERE kind = 'auth_failure';
-CREATE TEMP VIEW grant_events AS
-  SELECT seq, ts, kind, user_name AS "user", target, grant_id, payload
-  FROM main.audit_events WHERE kind LIKE 'grant_%';
-"#;
-
-const VIEW_NAMES: &[&str] = &[
-    "events",
-    "statements",
-    "outcomes",
-    "sessions",
-    "auth_failures",
-    "grant_events",
-];
-
-/// SQLite functions auditors use that PostgreSQL's function list does not know as reads.
-const SQLITE_READ_FUNCTIONS: &[&str] = &[
-    "json_extract",
-    "json_array_length",
-    "json_type",
-    "json_valid",
-    "json_each",
-    "json_tree",
-    "json",
-    "datetime",
-    "date",
-    "time",
-    "strftime",
-    "julianday",
-    "unixepoch",
-    "substr",
-    "instr",
-    "ifnull",
-    "printf",
-    "group_concat",
-    "total",
-    "hex",
-    "typeof",
-];
 
 /// What auditors may run: reads only (plus SQLite's JSON and date functions).
 fn auditor_policy() -> crate::policy::RolePolicy {
     let mut p = crate::policy::RolePolicy::with_classes("auditor", &[crate::policy::StatementClass::Read]);
-    p.allow_functions = SQLITE_READ_FUNCTIONS.iter().map(|f| f.to_string()).collect();
+    p.allow_functions = ALLOWED_FUNCTIONS.iter().map(|f| f.to_string()).collect();
     p
 }
 
@@ -363,7 +294,14 @@ async fn run(
                 } else {
                     match decision {
                         Err(reason) => error(&mut out, "42501", &reason),
-                        Ok(()) => execute(db, sql, &mut out).await,
+                        Ok(()) => match engine::execute(db, sql, Limits::default(), client).await {
+                            Ok(()) => {}
+                            Err(engine::QueryError::ClientLeft) => return Ok(()),
+                            Err(e) => {
+                                tracing::info!(user = %params.user, error = %e, "auditor query stopped");
+                                e.to_pg_error().encode(&mut out);
+                            }
+                        },
                     }
                 }
                 ready(&mut out);
@@ -438,99 +376,6 @@ fn error(out: &mut BytesMut, code: &'static str, message: &str) {
     .encode(out);
 }
 
-/// Runs an already-checked query on a read-only connection and encodes its result (all columns
-/// as text) or its error.
-async fn execute(db: &std::path::Path, sql: String, out: &mut BytesMut) {
-    let db = db.to_owned();
-    let result = tokio::task::spawn_blocking(move || run_sqlite(&db, &sql)).await;
-    match result {
-        Ok(Ok(encoded)) => out.extend_from_slice(&encoded),
-        Ok(Err(message)) => error(out, "42000", &message),
-        Err(e) => error(out, "XX000", &format!("query task failed: {e}")),
-    }
-}
-
-fn run_sqlite(db: &std::path::Path, sql: &str) -> Result<BytesMut, String> {
-    use rusqlite::{types::ValueRef, Connection, OpenFlags};
-    let conn = Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
-    )
-    .map_err(|e| format!("cannot open the audit database: {e}"))?;
-    conn.execute_batch(VIEWS)
-        .map_err(|e| format!("cannot prepare the audit views: {e}"))?;
-    conn.pragma_update(None, "query_only", "ON")
-        .map_err(|e| format!("cannot make the connection read-only: {e}"))?;
-    let interrupt = conn.get_interrupt_handle();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if done_rx.recv_timeout(QUERY_TIMEOUT).is_err() {
-            interrupt.interrupt();
-        }
-    });
-    let mut out = BytesMut::new();
-    let trimmed = sql.trim().trim_end_matches(';').trim();
-    if trimmed.is_empty() {
-        wire::frame(&mut out, b'I', |_| {});
-        let _ = done_tx.send(());
-        return Ok(out);
-    }
-    let mut stmt = conn.prepare(trimmed).map_err(|e| e.to_string())?;
-    let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
-    wire::frame(&mut out, b'T', |b| {
-        b.put_i16(columns.len() as i16);
-        for name in &columns {
-            b.extend_from_slice(name.as_bytes());
-            b.put_u8(0);
-            b.put_i32(0); // table oid
-            b.put_i16(0); // column number
-            b.put_i32(25); // text
-            b.put_i16(-1);
-            b.put_i32(-1);
-            b.put_i16(0); // text format
-        }
-    });
-    let mut rows = stmt.query([]).map_err(|e| e.to_string())?;
-    let mut count = 0usize;
-    while let Some(row) = rows.next().map_err(|e| e.to_string())? {
-        count += 1;
-        if count > MAX_ROWS {
-            let _ = done_tx.send(());
-            return Err(format!(
-                "the result has more than {MAX_ROWS} rows; add a LIMIT or a narrower WHERE"
-            ));
-        }
-        let mut values: Vec<Option<String>> = Vec::with_capacity(columns.len());
-        for i in 0..columns.len() {
-            values.push(match row.get_ref(i).map_err(|e| e.to_string())? {
-                ValueRef::Null => None,
-                ValueRef::Integer(v) => Some(v.to_string()),
-                ValueRef::Real(v) => Some(v.to_string()),
-                ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
-                ValueRef::Blob(b) => Some(format!("\\x{}", hex::encode(b))),
-            });
-        }
-        wire::frame(&mut out, b'D', |b| {
-            b.put_i16(values.len() as i16);
-            for v in &values {
-                match v {
-                    None => b.put_i32(-1),
-                    Some(s) => {
-                        b.put_i32(s.len() as i32);
-                        b.extend_from_slice(s.as_bytes());
-                    }
-                }
-            }
-        });
-    }
-    let _ = done_tx.send(());
-    wire::frame(&mut out, b'C', |b| {
-        b.extend_from_slice(format!("SELECT {count}").as_bytes());
-        b.put_u8(0);
-    });
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -546,6 +391,10 @@ mod tests {
         )
         .is_ok());
         assert!(check_query("").is_ok());
+        assert!(check_query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT i FROM n"
+        )
+        .is_ok());
         assert!(check_query(
             "SELECT json_extract(payload, '$.sql') FROM events WHERE ts > datetime('now', '-7 days')"
         )
