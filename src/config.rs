@@ -149,6 +149,7 @@ struct RawAdmin {
 struct RawAdminToken {
     name: String,
     sha256: String,
+    scram: Option<String>,
     #[serde(default)]
     roles: Vec<String>,
 }
@@ -351,6 +352,9 @@ pub struct AdminToken {
     pub name: String,
     /// SHA-256 of the bearer token (the token itself is never in the config).
     pub sha256: [u8; 32],
+    /// SCRAM-SHA-256 verifier of the same token, for logging in to `timebox_audit`; without it
+    /// the token cannot log in there.
+    pub scram: Option<crate::grants::token::ScramVerifier>,
     pub roles: Vec<String>,
 }
 
@@ -917,6 +921,18 @@ fn validate_admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
                 "must be the 64-hex-digit SHA-256 of the token (e.g. `printf %s \"$TOKEN\" | sha256sum`)",
             );
         }
+        let scram = t.scram.as_deref().and_then(|text| {
+            let verifier = crate::grants::token::ScramVerifier::from_text(text.trim())
+                .filter(|v| v.iterations >= 1 && !v.salt.is_empty());
+            if verifier.is_none() {
+                p.push(
+                    format!("{path}.scram"),
+                    "must be a SCRAM-SHA-256 verifier of the token, `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` \
+                     (printed by `timebox admin-token new` and `timebox admin-token scram`)",
+                );
+            }
+            verifier
+        });
         if t.roles.is_empty() {
             p.push(
                 format!("{path}.roles"),
@@ -934,6 +950,7 @@ fn validate_admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
         tokens.push(AdminToken {
             name: t.name.clone(),
             sha256,
+            scram,
             roles: t.roles.clone(),
         });
     }

@@ -115,7 +115,7 @@ mod rawaudit {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpStream;
 
-    pub use super::common::raw::{next_error, read_message};
+    use super::common::raw::read_message;
 
     pub async fn login(addr: std::net::SocketAddr, user: &str, token: &str) -> (TcpStream, BytesMut, bool) {
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -311,4 +311,53 @@ async fn huge_values_and_results_are_cut_with_a_clear_error() {
     // the session goes on
     let ok = rawaudit::query(&mut s, &mut buf, "SELECT 1").await;
     assert!(ok.error.is_none() && ok.rows == 1, "{ok:?}");
+}
+
+/// Regression (issue 16, finding 12a): the endpoint asked for the bearer token in cleartext. It
+/// now runs SCRAM-SHA-256 against the token's `scram` verifier; a wrong token, an unknown name
+/// and a token without a verifier all end in the same 28P01, whose hint says how to make one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auditors_log_in_with_scram_and_failures_look_alike() {
+    const NOVA_TOKEN: &str = "test-auditor-without-verifier";
+    let inst = common::start(Options {
+        tls: "disabled",
+        // an auditor token configured without a `scram` verifier
+        proxy_extra: format!(
+            "[[admin.tokens]]\nname = \"nova\"\nsha256 = \"{}\"\nroles = [\"auditor\"]\n",
+            timebox::grants::token::sha256_hex(NOVA_TOKEN)
+        ),
+        ..Options::default()
+    })
+    .await;
+    let (_s, _buf, asked_for_sasl) = rawaudit::login(inst.proxy_addr, "audrey", common::AUDITOR_TOKEN).await;
+    assert!(asked_for_sasl, "the server asked for the token in cleartext");
+
+    let mut seen = Vec::new();
+    for (user, token) in [
+        ("audrey", "wrong-token"),
+        ("nobody", common::AUDITOR_TOKEN),
+        ("nova", NOVA_TOKEN),
+    ] {
+        let conn = format!(
+            "host=127.0.0.1 port={} user={user} password={token} dbname=timebox_audit sslmode=disable",
+            inst.proxy_addr.port()
+        );
+        let err = match tokio_postgres::connect(&conn, tokio_postgres::NoTls).await {
+            Ok(_) => panic!("{user} logged in"),
+            Err(e) => e,
+        };
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{user}: {err:?}"));
+        assert_eq!(db.code().code(), "28P01", "{user}: {}", db.message());
+        assert_eq!(
+            db.message(),
+            format!("password authentication failed for user \"{user}\"")
+        );
+        let hint = db.hint().unwrap_or_default().to_owned();
+        assert!(
+            hint.contains("scram") && hint.contains("timebox admin-token"),
+            "{hint}"
+        );
+        seen.push(hint);
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "no oracle: {seen:?}");
 }

@@ -93,7 +93,7 @@ async fn silent_auditor_login_is_closed_at_the_startup_deadline_and_counted() {
         inst.proxy_addr.port(),
         common::AUDITOR_TOKEN
     );
-    let err = connect(&conn).await.err().expect("throttled");
+    let err = connect(&conn).await.expect_err("throttled");
     let (code, msg) = db_error(&err);
     assert_eq!(code, "28000", "{msg}");
     assert!(msg.contains("too many failed authentication attempts"), "{msg}");
@@ -135,8 +135,7 @@ async fn unauthenticated_pool_full_gives_53300() {
     let _b = silent_after_auth_request(inst.proxy_addr, "alice", "shop").await;
     let err = connect(&inst.conn_string("alice", "tbx_whatever", "disable"))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     let (code, msg) = db_error(&err);
     assert_eq!(code, "53300");
     assert!(msg.contains("still authenticating"), "{msg}");
@@ -202,8 +201,7 @@ async fn a_burst_of_wrong_tokens_gets_at_most_limit_evaluations() {
     // alice is now throttled …
     let err = connect(&inst.conn_string("alice", "tbx_wrong", "disable"))
         .await
-        .err()
-        .expect("throttled");
+        .expect_err("throttled");
     let (code, msg) = db_error(&err);
     assert_eq!(code, "28000");
     assert!(msg.contains("too many failed authentication attempts"), "{msg}");

@@ -311,7 +311,7 @@ pub fn authorize(action: &AuthAction<'_>, database: Option<&str>, schema: &Schem
             }
         }
         AuthAction::Pragma { pragma_name, .. } => Err(format!("PRAGMA {pragma_name}")),
-        AuthAction::Attach { filename } if filename.is_empty() => Err("ATTACH".into()),
+        AuthAction::Attach { filename: "" } => Err("ATTACH".into()),
         // VACUUM INTO is authorized as an ATTACH of its target file.
         AuthAction::Attach { .. } => Err("ATTACH (or VACUUM INTO)".into()),
         AuthAction::Detach { .. } => Err("DETACH".into()),

@@ -2,9 +2,11 @@
 //! admin-API token as password, to timebox's own proxy port.
 //!
 //! Data flow: the proxy's startup phase (TLS, startup packet) hands connections for the reserved
-//! database `timebox_audit` here instead of to a grant. Authentication is a cleartext password
-//! exchange (TLS is required unless the proxy runs without TLS), checked against the SHA-256 of the
-//! `[[admin.tokens]]` whose name is the user and which carries the `auditor` or `admin` role.
+//! database `timebox_audit` here instead of to a grant. Authentication is SCRAM-SHA-256 (-PLUS over
+//! TLS, which is required unless the proxy runs without TLS), with the token as password, checked
+//! against the `scram` verifier of the `[[admin.tokens]]` entry whose name is the user and which
+//! carries the `auditor` or `admin` role. It runs under the startup deadline and the login
+//! throttle; an unknown name, a wrong token and a token without a verifier look the same.
 //! Queries use the simple protocol. Each must parse (PostgreSQL's parser, cross-checked) as plain
 //! SELECTs over the audit views below — a first filter only — and then runs in [`engine`] on a
 //! *read-only* SQLite connection whose authorizer decides what the query may touch, with its
@@ -22,13 +24,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::app::AppState;
 use crate::audit::event::{self as audit_event, AuditEvent};
+use crate::grants::token::{ScramVerifier, SCRAM_ITERATIONS};
+use crate::proxy::auth::{self, AuthError};
 use crate::proxy::startup::{ClientParams, ClientTlsInfo};
 use crate::proxy::stream::ClientStream;
 use crate::proxy::wire::{self, PgError, Severity};
@@ -160,35 +162,64 @@ async fn login(
             return Err(throttled.to_pg_error());
         }
     };
-    // AuthenticationCleartextPassword: the token is compared by its SHA-256, like the admin API.
-    let mut out = BytesMut::new();
-    wire::frame(&mut out, b'R', |b| b.put_i32(3));
-    client
-        .write_all(&out)
-        .await
-        .map_err(|_| PgError::protocol_violation("client left"))?;
-    let Some(password) = read_password(client).await? else {
-        reservation.release();
-        return Ok(None);
+    // SCRAM-SHA-256 against the token's verifier. An unknown name, or a token without a
+    // verifier, gets a stable made-up salt and no candidate: the same exchange, the same 28P01.
+    let principal = state.config.admin.tokens.iter().find(|t| t.name == params.user);
+    let verifier = principal.and_then(|t| t.scram.as_ref());
+    let (salt, iterations) = match verifier {
+        Some(v) => (v.salt.clone(), v.iterations),
+        None => {
+            let salt = state.grants.salt_for(&params.user, AUDIT_DATABASE).await.map_err(|e| {
+                tracing::error!(error = %e, "grant store unavailable during timebox_audit authentication");
+                PgError::fatal("58000", "timebox cannot check logins right now (store unavailable)")
+            })?;
+            (salt.to_vec(), SCRAM_ITERATIONS)
+        }
     };
-    let digest: [u8; 32] = Sha256::digest(password.as_bytes()).into();
-    let principal = state
-        .config
-        .admin
-        .tokens
-        .iter()
-        .find(|t| bool::from(t.sha256.ct_eq(&digest)) && t.name == params.user);
-    let Some(principal) = principal else {
-        auth_failures.with_label_values(&["wrong_token"]).inc();
-        let _ = state
-            .audit
-            .submit(vec![AuditEvent::AuthFailure(audit_event::AuthFailure {
+    if principal.is_some() && verifier.is_none() {
+        tracing::warn!(user = %params.user, "admin token has no scram verifier; it cannot log in to timebox_audit");
+    }
+    let candidates: Vec<&ScramVerifier> = verifier.into_iter().collect();
+    let wrong = || PgError::invalid_audit_token(&params.user);
+    let exchanged = auth::scram_exchange(client, tls, &salt, iterations, &candidates, wrong).await;
+    let server_final = match exchanged {
+        Ok((_, server_final)) => server_final,
+        Err(AuthError::Refused {
+            error,
+            reason,
+            counts_as_failure,
+        }) => {
+            if !counts_as_failure {
+                reservation.release();
+            }
+            let label = if error.code == "28P01" {
+                "wrong_token"
+            } else {
+                "protocol"
+            };
+            auth_failures.with_label_values(&[label]).inc();
+            tracing::info!(client.addr = %peer, user = %params.user, %reason, "timebox_audit authentication failed");
+            let event = AuditEvent::AuthFailure(audit_event::AuthFailure {
                 client_addr: peer.to_string(),
-                reason: "wrong token for timebox_audit".into(),
+                reason: format!("{reason} (timebox_audit)"),
                 target: AUDIT_DATABASE.into(),
                 user: params.user.clone(),
-            })]);
-        return Err(PgError::invalid_password(&params.user));
+            });
+            if let Err(e) = state.audit.submit(vec![event]) {
+                state.proxy.metrics.audit_failures_total.inc();
+                tracing::error!(error = %e, "cannot record an authentication failure in the audit log");
+            }
+            return Err(error);
+        }
+        Err(AuthError::ClientLeft | AuthError::Io(_)) => {
+            // No proof was evaluated.
+            reservation.release();
+            return Ok(None);
+        }
+    };
+    let Some(principal) = principal else {
+        // A proof cannot match without a verifier; unreachable, but fail closed.
+        return Err(PgError::invalid_audit_token(&params.user));
     };
     reservation.release();
     if !principal.roles.iter().any(|r| r == "auditor" || r == "admin") {
@@ -204,6 +235,9 @@ async fn login(
             "timebox_audit needs a file-backed store (this instance keeps its audit log in memory)",
         ));
     };
+    auth::send_sasl_final(client, &server_final)
+        .await
+        .map_err(|_| PgError::protocol_violation("client left"))?;
     Ok(Some(db))
 }
 
@@ -334,31 +368,6 @@ async fn run(
                 .map_err(|_| PgError::protocol_violation("client left"))?;
         }
     }
-}
-
-/// The password message; `None` when the client left instead.
-async fn read_password(client: &mut ClientStream) -> Result<Option<String>, PgError> {
-    let Ok(tag) = client.read_u8().await else {
-        return Ok(None);
-    };
-    if tag != b'p' {
-        return Err(PgError::protocol_violation("expected a password message"));
-    }
-    let len = client
-        .read_i32()
-        .await
-        .map_err(|_| PgError::protocol_violation("client left"))?;
-    if !(5..=1024).contains(&len) {
-        return Err(PgError::protocol_violation("invalid password message length"));
-    }
-    let mut body = vec![0u8; len as usize - 4];
-    client
-        .read_exact(&mut body)
-        .await
-        .map_err(|_| PgError::protocol_violation("client left"))?;
-    Ok(Some(
-        String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body)).into_owned(),
-    ))
 }
 
 fn ready(out: &mut BytesMut) {

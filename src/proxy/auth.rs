@@ -19,7 +19,7 @@ use super::scram::{self, ScramError, SCRAM_SHA_256, SCRAM_SHA_256_PLUS};
 use super::startup::{ClientParams, ClientTlsInfo};
 use super::stream::ClientStream;
 use super::wire::{self, PgError};
-use crate::grants::token::SCRAM_ITERATIONS;
+use crate::grants::token::{ScramVerifier, SCRAM_ITERATIONS};
 use crate::grants::{Grant, GrantService};
 
 /// Why authentication ended without a session.
@@ -100,9 +100,9 @@ fn parse_initial_response(body: &[u8]) -> Option<(&str, &[u8])> {
     Some((mechanism, data))
 }
 
-fn scram_refusal(e: ScramError, user: &str) -> AuthError {
+fn scram_refusal(e: ScramError, wrong_token: &impl Fn() -> PgError) -> AuthError {
     match e {
-        ScramError::NoMatch => refused(PgError::invalid_password(user), "wrong token", true),
+        ScramError::NoMatch => refused(wrong_token(), "wrong token", true),
         ScramError::Mechanism(m) => refused(
             PgError::protocol_violation(format!("unsupported SASL mechanism {m:?}")),
             "unsupported SASL mechanism",
@@ -149,8 +149,33 @@ pub async fn authenticate(
         .candidates(&params.user, &params.target)
         .await
         .map_err(store_down)?;
-    let end_point = tls.map(|t| t.end_point_hash.as_slice());
+    let verifiers: Vec<_> = candidates.iter().map(|(_, v)| v).collect();
+    let wrong = || PgError::invalid_password(&params.user);
+    let (index, server_final) =
+        scram_exchange(client, tls, &salt, SCRAM_ITERATIONS, &verifiers, wrong).await?;
+    let grant = candidates[index].0.clone();
 
+    if let Some(why) = grant.refusal_at(grants.now()) {
+        return Err(refused(PgError::grant_not_current(&why), why, false));
+    }
+    send_sasl_final(client, &server_final).await?;
+    Ok(grant)
+}
+
+/// Runs a SCRAM-SHA-256(-PLUS when the client connection is TLS) exchange up to the proof check,
+/// with `salt` and `iterations` in the server-first message. Returns the index of the candidate
+/// verifier whose key the proof matches, and the server-final message, which the caller sends
+/// with [`send_sasl_final`] once its own checks pass. An empty `candidates` (unknown user) goes
+/// through the same exchange and ends in the same `wrong_token()` refusal as a wrong token.
+pub(crate) async fn scram_exchange(
+    client: &mut ClientStream,
+    tls: Option<&ClientTlsInfo>,
+    salt: &[u8],
+    iterations: u32,
+    candidates: &[&ScramVerifier],
+    wrong_token: impl Fn() -> PgError,
+) -> Result<(usize, String), AuthError> {
+    let end_point = tls.map(|t| t.end_point_hash.as_slice());
     let mut out = BytesMut::new();
     let mechanisms: &[&str] = if end_point.is_some() {
         &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256]
@@ -168,25 +193,22 @@ pub async fn authenticate(
             true,
         )
     })?;
-    let (server_first, state) = scram::server_first(mechanism, data, end_point, &salt, SCRAM_ITERATIONS)
-        .map_err(|e| scram_refusal(e, &params.user))?;
+    let (server_first, state) = scram::server_first(mechanism, data, end_point, salt, iterations)
+        .map_err(|e| scram_refusal(e, &wrong_token))?;
     out.clear();
     wire::authentication_sasl_continue(&mut out, server_first.as_bytes());
     client.write_all(&out).await?;
 
     let body = read_password_message(client).await?;
-    let verifiers: Vec<_> = candidates.iter().map(|(_, v)| v).collect();
-    let (index, server_final) = scram::client_final(&state, &body, end_point, &verifiers)
-        .map_err(|e| scram_refusal(e, &params.user))?;
-    let grant = candidates[index].0.clone();
+    scram::client_final(&state, &body, end_point, candidates).map_err(|e| scram_refusal(e, &wrong_token))
+}
 
-    if let Some(why) = grant.refusal_at(grants.now()) {
-        return Err(refused(PgError::grant_not_current(&why), why, false));
-    }
-    out.clear();
+/// Sends SASLFinal (the server's signature) after a successful [`scram_exchange`].
+pub(crate) async fn send_sasl_final(client: &mut ClientStream, server_final: &str) -> Result<(), AuthError> {
+    let mut out = BytesMut::new();
     wire::authentication_sasl_final(&mut out, server_final.as_bytes());
     client.write_all(&out).await?;
-    Ok(grant)
+    Ok(())
 }
 
 /// Failed (and in-flight) authentications in fixed one-minute windows, per (client address, user)

@@ -84,6 +84,20 @@ impl PgError {
         )
     }
 
+    /// 28P01 on `timebox_audit`: the same words for unknown user, wrong token, or a token whose
+    /// config entry has no SCRAM verifier (no oracle); the hint says how to make one.
+    pub fn invalid_audit_token(user: &str) -> Self {
+        Self::fatal(
+            "28P01",
+            format!("password authentication failed for user \"{user}\""),
+        )
+        .with_hint(
+            "Log in to timebox_audit with your admin-API token, user = the token's name. The login uses \
+             SCRAM-SHA-256: the token's [[admin.tokens]] entry needs a `scram` verifier \
+             (`timebox admin-token new` prints one; `timebox admin-token scram` makes one for an existing token).",
+        )
+    }
+
     /// 28000: right token, but the grant does not admit a session now.
     pub fn grant_not_current(why: &str) -> Self {
         Self::fatal("28000", format!("access denied: {why}"))
