@@ -530,6 +530,74 @@ fn data_row(out: &mut BytesMut, values: &[ValueRef<'_>]) {
 mod tests {
     use super::*;
 
+    /// An empty audit database with the table the views read.
+    fn audit_db() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE audit_events (seq INTEGER PRIMARY KEY, ts, kind, user_name, target, \
+                 grant_id, session_id, payload, prev_hash, hash)",
+            )
+            .unwrap();
+        (dir, path)
+    }
+
+    #[tokio::test]
+    async fn a_query_past_its_time_limit_is_stopped_with_57014() {
+        let (_dir, db) = audit_db();
+        let limits = Limits {
+            timeout: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let endless =
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n";
+        let mut out = Vec::new();
+        let result = execute(&db, endless.into(), limits, &mut out).await;
+        let err = result.expect_err("stopped");
+        assert!(matches!(err, QueryError::Timeout { .. }), "{err:?}");
+        assert_eq!(err.to_pg_error().code, "57014");
+    }
+
+    /// A client that does not read cannot hold the query past its time limit either.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_cannot_hold_the_query() {
+        let (_dir, db) = audit_db();
+        let limits = Limits {
+            timeout: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let (mut client, _unread) = tokio::io::duplex(1024);
+        let rows =
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 50000) SELECT i FROM n";
+        let err = execute(&db, rows.into(), limits, &mut client)
+            .await
+            .expect_err("stopped");
+        assert!(matches!(err, QueryError::Timeout { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn results_arrive_as_row_description_rows_and_command_complete() {
+        let (_dir, db) = audit_db();
+        let mut out = Vec::new();
+        execute(
+            &db,
+            "SELECT 1 AS a, 'x' AS b; ".into(),
+            Limits::default(),
+            &mut out,
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.first(), Some(&b'T'));
+        assert!(out.windows(8).any(|w| w == b"SELECT 1"), "{out:?}");
+        let mut empty = Vec::new();
+        execute(&db, "  ; ".into(), Limits::default(), &mut empty)
+            .await
+            .unwrap();
+        assert_eq!(empty, b"I\0\0\0\x04");
+    }
+
     fn read(table: &str) -> AuthAction<'_> {
         AuthAction::Read {
             table_name: table,
