@@ -133,6 +133,7 @@ struct RawProxy {
     auth_failures_per_minute: Option<i64>,
     auth_failures_global_per_minute: Option<i64>,
     max_unauthenticated: Option<i64>,
+    max_unauthenticated_per_address: Option<i64>,
     shutdown_grace: Option<String>,
     max_message_bytes: Option<i64>,
 }
@@ -334,6 +335,8 @@ pub struct ProxyConfig {
     /// Connections that have not finished authenticating, at most (a pool apart from
     /// `max_connections`, so silent clients cannot take the slots of logged-in sessions).
     pub max_unauthenticated: usize,
+    /// Of those, at most this many from one client address.
+    pub max_unauthenticated_per_address: usize,
     /// On shutdown, idle sessions end at once; busy ones get this long before they are cut.
     pub shutdown_grace: Duration,
     /// Largest frontend message accepted (CopyData is streamed and exempt).
@@ -884,6 +887,12 @@ fn validate_proxy(raw: &RawProxy, p: &mut Problems) -> ProxyConfig {
             "proxy.max_unauthenticated",
             raw.max_unauthenticated,
             256,
+            1_000_000,
+        ) as usize,
+        max_unauthenticated_per_address: p.positive(
+            "proxy.max_unauthenticated_per_address",
+            raw.max_unauthenticated_per_address,
+            32,
             1_000_000,
         ) as usize,
         shutdown_grace: p.duration(

@@ -211,3 +211,38 @@ async fn a_burst_of_wrong_tokens_gets_at_most_limit_evaluations() {
         .expect("another user at the same address still logs in");
     assert!(!client.simple_query("SELECT 1").await.unwrap().is_empty());
 }
+
+/// One address cannot fill the unauthenticated pool for everyone: past
+/// `max_unauthenticated_per_address`, 53300 naming the address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_fill_the_unauthenticated_pool() {
+    let inst = common::start(Options {
+        tls: "disabled",
+        proxy_extra: "max_unauthenticated_per_address = 2\nstartup_timeout = \"60s\"".into(),
+        ..Options::default()
+    })
+    .await;
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let a = silent_after_auth_request(inst.proxy_addr, "audrey", "timebox_audit").await;
+    let _b = silent_after_auth_request(inst.proxy_addr, "alice", "shop").await;
+    let err = connect(&inst.conn_string("alice", &token, "disable"))
+        .await
+        .expect_err("refused");
+    let (code, msg) = db_error(&err);
+    assert_eq!(code, "53300");
+    assert!(
+        msg.contains("from this address are still authenticating"),
+        "{msg}"
+    );
+    // a closed socket gives its slot back
+    drop(a);
+    let slot_free = common::eventually(PATIENCE, || {
+        let conn = inst.conn_string("alice", &token, "disable");
+        async move { connect(&conn).await.is_ok() }
+    })
+    .await;
+    assert!(
+        slot_free,
+        "the slot of a closed unauthenticated socket is given back"
+    );
+}

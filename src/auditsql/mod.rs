@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::app::AppState;
 use crate::audit::event::{self as audit_event, AuditEvent};
@@ -95,7 +94,7 @@ pub struct PreAuth {
     /// The client must have logged in by then (`proxy.startup_timeout`, from accept).
     pub deadline: tokio::time::Instant,
     /// The connection's slot in the pool of unauthenticated connections, given back at login.
-    pub unauthenticated: OwnedSemaphorePermit,
+    pub unauthenticated: crate::proxy::PreAuthSlot,
 }
 
 /// Serves one auditor connection (after its startup packet). Never returns an error: problems are

@@ -17,7 +17,7 @@ pub mod upstream;
 pub mod wire;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,6 +77,9 @@ pub struct ProxyState {
     /// (`proxy.max_unauthenticated`): a pool of its own, so clients that never log in cannot take
     /// the slots of engineers who do.
     unauthenticated: Arc<Semaphore>,
+    /// The same connections counted per client address
+    /// (`proxy.max_unauthenticated_per_address`), so one address cannot fill that pool.
+    unauthenticated_by_address: Arc<AddressCounts>,
     /// Connection tasks, so shutdown can wait for them.
     tasks: TaskTracker,
 }
@@ -117,12 +120,31 @@ impl ProxyState {
             salted_passwords: scram::SaltedPasswordCache::default(),
             connections: Arc::new(Semaphore::new(config.proxy.max_connections)),
             unauthenticated: Arc::new(Semaphore::new(config.proxy.max_unauthenticated)),
+            unauthenticated_by_address: Arc::new(AddressCounts::default()),
             tasks: TaskTracker::new(),
         })
     }
 }
 
 impl ProxyState {
+    /// A slot for a connection that has not authenticated yet, or the FATAL 53300 to send it after
+    /// its startup packet.
+    fn unauthenticated_slot(&self, config: &Config, ip: IpAddr) -> Result<PreAuthSlot, wire::PgError> {
+        let limit = config.proxy.max_unauthenticated_per_address;
+        let Some(address) = self.unauthenticated_by_address.try_acquire(ip, limit) else {
+            return Err(wire::PgError::too_many_unauthenticated_from_address(limit));
+        };
+        let pool = self
+            .unauthenticated
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| wire::PgError::too_many_unauthenticated(config.proxy.max_unauthenticated))?;
+        Ok(PreAuthSlot {
+            _pool: pool,
+            _address: address,
+        })
+    }
+
     /// A slot among `proxy.max_connections` for a client that has just authenticated, or the
     /// FATAL 53300 to send it. Held until the session ends.
     pub(crate) fn admit(&self, limit: usize) -> Result<OwnedSemaphorePermit, wire::PgError> {
@@ -151,7 +173,7 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener) -> Result<(), Pr
             }
         };
         // Until it authenticates, a connection holds a slot of the unauthenticated pool only.
-        let unauthenticated = state.proxy.unauthenticated.clone().try_acquire_owned().ok();
+        let unauthenticated = state.proxy.unauthenticated_slot(&state.config, peer.ip());
         let st = state.clone();
         state
             .proxy
@@ -171,6 +193,60 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener) -> Result<(), Pr
         );
     }
     Ok(())
+}
+
+/// A connection's place among those still logging in; given back when dropped.
+#[derive(Debug)]
+pub struct PreAuthSlot {
+    _pool: OwnedSemaphorePermit,
+    _address: AddressSlot,
+}
+
+/// Connections per client address (unauthenticated ones).
+#[derive(Debug, Default)]
+pub struct AddressCounts {
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl AddressCounts {
+    /// Counts one more connection from `ip`, unless it already has `limit`.
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<AddressSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections counted for `ip` now.
+    pub fn get(&self, ip: IpAddr) -> usize {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.get(&ip).copied().unwrap_or(0)
+    }
+}
+
+/// One counted connection of an [`AddressCounts`]; uncounted when dropped.
+#[derive(Debug)]
+pub struct AddressSlot {
+    counts: Arc<AddressCounts>,
+    ip: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Live sessions, for listing and killing them.
@@ -309,5 +385,26 @@ impl SessionHandle {
 
     pub(crate) fn kill_reason(&self) -> Option<String> {
         self.kill_reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_counts_are_per_address_and_given_back_on_drop() {
+        let counts = Arc::new(AddressCounts::default());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let first = counts.try_acquire(a, 2).unwrap();
+        let second = counts.try_acquire(a, 2).unwrap();
+        assert!(counts.try_acquire(a, 2).is_none(), "limit per address");
+        assert!(counts.try_acquire(b, 2).is_some(), "another address");
+        drop(first);
+        assert_eq!(counts.get(a), 1);
+        let _third = counts.try_acquire(a, 2).expect("a slot was given back");
+        drop(second);
+        assert_eq!(counts.get(b), 0, "entries go away at zero");
     }
 }

@@ -24,7 +24,6 @@ use bytes::{Buf, BytesMut};
 use chrono::{DateTime, Utc};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +35,7 @@ use super::startup::{self, ClientParams, ClientTlsInfo, Startup, StartupError};
 use super::stream::{ClientStream, UpstreamStream};
 use super::upstream::{self, Upstream};
 use super::wire::{self, FrameTracker, PgError};
-use super::SessionHandle;
+use super::{PreAuthSlot, SessionHandle};
 use crate::app::AppState;
 use crate::audit::event::{self as audit_event, AuditEvent};
 use crate::audit::{AuditAck, AuditError};
@@ -80,15 +79,15 @@ impl EndReason {
     }
 }
 
-/// Entry point for an accepted TCP connection. `unauthenticated` is its slot in the pool of
-/// connections that have not logged in yet (`None` when that pool is full: the client still gets
-/// a proper FATAL after its startup packet). A slot among `max_connections` is taken only once the
-/// client has authenticated.
+/// Entry point for an accepted TCP connection. `unauthenticated` is its slot among connections
+/// that have not logged in yet (`Err` when none is free: the client still gets that FATAL after
+/// its startup packet). A slot among `max_connections` is taken only once the client has
+/// authenticated.
 pub async fn handle_connection(
     state: Arc<AppState>,
     tcp: TcpStream,
     peer: SocketAddr,
-    unauthenticated: Option<OwnedSemaphorePermit>,
+    unauthenticated: Result<PreAuthSlot, PgError>,
 ) {
     let _ = tcp.set_nodelay(true);
     let startup_deadline = Instant::now() + state.config.proxy.startup_timeout;
@@ -129,11 +128,13 @@ pub async fn handle_connection(
         Ok(Ok(Startup::Session { client, message, tls })) => (client, message, tls),
     };
 
-    let Some(unauthenticated) = unauthenticated else {
-        tracing::warn!(client.addr = %peer, "too many unauthenticated connections");
-        let limit = state.config.proxy.max_unauthenticated;
-        send_fatal(&mut client, &PgError::too_many_unauthenticated(limit)).await;
-        return;
+    let unauthenticated = match unauthenticated {
+        Ok(slot) => slot,
+        Err(error) => {
+            tracing::warn!(client.addr = %peer, message = %error.message, "too many unauthenticated connections");
+            send_fatal(&mut client, &error).await;
+            return;
+        }
     };
     let params = match startup::check_startup_params(&message) {
         Ok(p) => p,

@@ -131,6 +131,17 @@ impl PgError {
         )
     }
 
+    /// 53300: this client address has too many connections that have not logged in yet.
+    pub fn too_many_unauthenticated_from_address(limit: usize) -> Self {
+        Self::fatal(
+            "53300",
+            format!(
+                "sorry, too many clients from this address are still authenticating (timebox limit: {limit})"
+            ),
+        )
+        .with_hint("Try again in a few seconds.")
+    }
+
     /// 53300: too many connections have not finished authenticating yet.
     pub fn too_many_unauthenticated(limit: usize) -> Self {
         Self::fatal(
