@@ -131,6 +131,7 @@ struct RawProxy {
     upstream_connect_timeout: Option<String>,
     expiry_warnings: Option<Vec<String>>,
     auth_failures_per_minute: Option<i64>,
+    auth_failures_per_address_per_minute: Option<i64>,
     auth_failures_global_per_minute: Option<i64>,
     max_unauthenticated: Option<i64>,
     max_unauthenticated_per_address: Option<i64>,
@@ -330,6 +331,8 @@ pub struct ProxyConfig {
     /// Failed authentications allowed per (client IP address, user) per minute; an attempt counts
     /// from the moment it starts until it succeeds.
     pub auth_failures_per_minute: u32,
+    /// Failed authentications allowed per client IP address per minute, over all user names.
+    pub auth_failures_per_address_per_minute: u32,
     /// Failed authentications allowed per minute over all addresses and users.
     pub auth_failures_global_per_minute: u32,
     /// Connections that have not finished authenticating, at most (a pool apart from
@@ -876,6 +879,12 @@ fn validate_proxy(raw: &RawProxy, p: &mut Problems) -> ProxyConfig {
             raw.auth_failures_per_minute,
             10,
             1_000_000,
+        ) as u32,
+        auth_failures_per_address_per_minute: p.positive(
+            "proxy.auth_failures_per_address_per_minute",
+            raw.auth_failures_per_address_per_minute,
+            100,
+            100_000_000,
         ) as u32,
         auth_failures_global_per_minute: p.positive(
             "proxy.auth_failures_global_per_minute",

@@ -163,17 +163,23 @@ async fn login(
     };
     // SCRAM-SHA-256 against the token's verifier. An unknown name, or a token without a
     // verifier, gets a stable made-up salt and no candidate: the same exchange, the same 28P01.
+    // The made-up salt is derived for every name, so a known name takes no less time.
+    let made_up_salt = state
+        .grants
+        .salt_for(&params.user, AUDIT_DATABASE)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "grant store unavailable during timebox_audit authentication");
+            PgError::fatal(
+                "58000",
+                "timebox cannot check logins right now (store unavailable)",
+            )
+        })?;
     let principal = state.config.admin.tokens.iter().find(|t| t.name == params.user);
     let verifier = principal.and_then(|t| t.scram.as_ref());
     let (salt, iterations) = match verifier {
         Some(v) => (v.salt.clone(), v.iterations),
-        None => {
-            let salt = state.grants.salt_for(&params.user, AUDIT_DATABASE).await.map_err(|e| {
-                tracing::error!(error = %e, "grant store unavailable during timebox_audit authentication");
-                PgError::fatal("58000", "timebox cannot check logins right now (store unavailable)")
-            })?;
-            (salt.to_vec(), SCRAM_ITERATIONS)
-        }
+        None => (made_up_salt.to_vec(), SCRAM_ITERATIONS),
     };
     if principal.is_some() && verifier.is_none() {
         tracing::warn!(user = %params.user, "admin token has no scram verifier; it cannot log in to timebox_audit");

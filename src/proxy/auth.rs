@@ -211,27 +211,34 @@ pub(crate) async fn send_sasl_final(client: &mut ClientStream, server_final: &st
     Ok(())
 }
 
-/// Failed (and in-flight) authentications in fixed one-minute windows, per (client address, user)
-/// and for the whole instance.
+/// Failed (and in-flight) authentications in fixed one-minute windows, per (client address, user),
+/// per client address and for the whole instance.
 ///
 /// An attempt is counted *before* it is evaluated: [`AuthThrottle::reserve`] takes a slot, and only
 /// [`Reservation::release`] (a successful login, or a client that left before offering a proof)
-/// gives it back. A concurrent burst therefore cannot get more than `limit` evaluations, and
-/// another user at the same address keeps its own budget. The global ceiling bounds guesses spread
-/// over many addresses or user names.
+/// gives it back. A concurrent burst therefore cannot get more than `per_user_and_address`
+/// evaluations, and another user at the same address keeps its own budget. The per-address tier
+/// stops one address from spraying many user names (and from using up the global ceiling alone);
+/// the global ceiling bounds guesses spread over many addresses.
 #[derive(Debug)]
 pub struct AuthThrottle {
-    /// Attempts per (address, user) per window.
-    limit: u32,
-    /// Attempts per window over all keys.
-    global_limit: u32,
+    limits: ThrottleLimits,
     window: Duration,
     counts: Mutex<ThrottleCounts>,
+}
+
+/// Attempts allowed per window by each tier of an [`AuthThrottle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleLimits {
+    pub per_user_and_address: u32,
+    pub per_address: u32,
+    pub global: u32,
 }
 
 #[derive(Debug, Default)]
 struct ThrottleCounts {
     keys: HashMap<(IpAddr, String), Window>,
+    addresses: HashMap<IpAddr, Window>,
     global: Option<Window>,
 }
 
@@ -243,12 +250,27 @@ struct Window {
 }
 
 impl Window {
-    /// The window as seen at `now`: a fresh one once `length` has passed.
-    fn current(self, now: Instant, length: Duration) -> Window {
-        if now.duration_since(self.start) >= length {
-            Window { start: now, count: 0 }
-        } else {
-            self
+    /// The window `w` as seen at `now` (a fresh one once `length` has passed), if it has room for
+    /// one more attempt under `limit`.
+    fn admit(w: Option<Window>, now: Instant, length: Duration, limit: u32) -> Option<Window> {
+        let w = match w {
+            Some(w) if now.duration_since(w.start) < length => w,
+            _ => Window { start: now, count: 0 },
+        };
+        (w.count < limit).then_some(w)
+    }
+
+    fn plus_one(self) -> Window {
+        Window {
+            count: self.count + 1,
+            ..self
+        }
+    }
+
+    /// Takes back one attempt counted in the window that started at `start` (not in a later one).
+    fn release(w: Option<&mut Window>, start: Instant) {
+        if let Some(w) = w.filter(|w| w.start == start) {
+            w.count = w.count.saturating_sub(1);
         }
     }
 }
@@ -258,6 +280,8 @@ impl Window {
 pub enum Throttled {
     #[error("too many failed authentications for this user from this address")]
     AddressAndUser,
+    #[error("too many failed authentications from this address")]
+    Address,
     #[error("too many failed authentications on this instance")]
     Global,
 }
@@ -267,6 +291,7 @@ impl Throttled {
     pub fn to_pg_error(self) -> PgError {
         match self {
             Throttled::AddressAndUser => PgError::too_many_auth_failures(),
+            Throttled::Address => PgError::too_many_auth_failures_from_address(),
             Throttled::Global => PgError::too_many_auth_failures_globally(),
         }
     }
@@ -278,24 +303,18 @@ impl Throttled {
 pub struct Reservation<'a> {
     throttle: &'a AuthThrottle,
     key: (IpAddr, String),
-    key_window: Instant,
-    global_window: Instant,
+    /// Start of the window each tier counted the attempt in.
+    windows: [Instant; 3],
 }
 
 impl Reservation<'_> {
     /// Gives the slot back: the attempt succeeded (or was never evaluated).
     pub fn release(self) {
         let mut counts = self.throttle.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(w) = counts.keys.get_mut(&self.key) {
-            if w.start == self.key_window {
-                w.count = w.count.saturating_sub(1);
-            }
-        }
-        if let Some(w) = counts.global.as_mut() {
-            if w.start == self.global_window {
-                w.count = w.count.saturating_sub(1);
-            }
-        }
+        let [key, address, global] = self.windows;
+        Window::release(counts.keys.get_mut(&self.key), key);
+        Window::release(counts.addresses.get_mut(&self.key.0), address);
+        Window::release(counts.global.as_mut(), global);
     }
 }
 
@@ -304,57 +323,51 @@ impl Reservation<'_> {
 const MAX_TRACKED: usize = 100_000;
 
 impl AuthThrottle {
-    pub fn new(limit_per_minute: u32, global_limit_per_minute: u32) -> Self {
+    pub fn new(limits: ThrottleLimits) -> Self {
         AuthThrottle {
-            limit: limit_per_minute,
-            global_limit: global_limit_per_minute,
+            limits,
             window: Duration::from_secs(60),
             counts: Mutex::new(ThrottleCounts::default()),
         }
     }
 
-    /// Counts an attempt by `user` from `ip` before it is evaluated, or refuses it if the
-    /// (address, user) budget or the global one is used up.
+    /// Counts an attempt by `user` from `ip` before it is evaluated, or refuses it if a tier's
+    /// budget is used up.
     pub fn reserve(&self, ip: IpAddr, user: &str, now: Instant) -> Result<Reservation<'_>, Throttled> {
+        let (length, limits) = (self.window, self.limits);
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let global = counts
-            .global
-            .unwrap_or(Window { start: now, count: 0 })
-            .current(now, self.window);
-        if global.count >= self.global_limit {
-            return Err(Throttled::Global);
-        }
         let key = (ip, user.to_owned());
         if !counts.keys.contains_key(&key) && counts.keys.len() >= MAX_TRACKED {
-            let window = self.window;
-            counts.keys.retain(|_, w| now.duration_since(w.start) < window);
+            counts.keys.retain(|_, w| now.duration_since(w.start) < length);
+            counts
+                .addresses
+                .retain(|_, w| now.duration_since(w.start) < length);
             if counts.keys.len() >= MAX_TRACKED {
                 return Err(Throttled::Global);
             }
         }
-        let entry = counts
-            .keys
-            .get(&key)
-            .copied()
-            .unwrap_or(Window { start: now, count: 0 })
-            .current(now, self.window);
-        if entry.count >= self.limit {
-            return Err(Throttled::AddressAndUser);
-        }
-        let entry = Window {
-            count: entry.count + 1,
-            ..entry
-        };
-        counts.keys.insert(key.clone(), entry);
-        counts.global = Some(Window {
-            count: global.count + 1,
-            ..global
-        });
+        let global = Window::admit(counts.global, now, length, limits.global).ok_or(Throttled::Global)?;
+        let address = Window::admit(
+            counts.addresses.get(&ip).copied(),
+            now,
+            length,
+            limits.per_address,
+        )
+        .ok_or(Throttled::Address)?;
+        let entry = Window::admit(
+            counts.keys.get(&key).copied(),
+            now,
+            length,
+            limits.per_user_and_address,
+        )
+        .ok_or(Throttled::AddressAndUser)?;
+        counts.global = Some(global.plus_one());
+        counts.addresses.insert(ip, address.plus_one());
+        counts.keys.insert(key.clone(), entry.plus_one());
         Ok(Reservation {
             throttle: self,
             key,
-            key_window: entry.start,
-            global_window: global.start,
+            windows: [entry.start, address.start, global.start],
         })
     }
 }
@@ -365,9 +378,29 @@ mod tests {
 
     const ALICE: &str = "alice";
 
+    fn limits(per_user_and_address: u32, per_address: u32, global: u32) -> ThrottleLimits {
+        ThrottleLimits {
+            per_user_and_address,
+            per_address,
+            global,
+        }
+    }
+
+    #[test]
+    fn one_address_cannot_spray_user_names() {
+        let t = AuthThrottle::new(limits(3, 5, 1000));
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        for i in 0..5 {
+            drop(t.reserve(ip, &format!("u{i}"), t0).unwrap());
+        }
+        assert_eq!(t.reserve(ip, "u9", t0).err(), Some(Throttled::Address));
+        assert!(t.reserve("10.0.0.2".parse().unwrap(), "u9", t0).is_ok());
+    }
+
     #[test]
     fn throttle_blocks_after_limit_and_resets_after_window() {
-        let t = AuthThrottle::new(3, 1000);
+        let t = AuthThrottle::new(limits(3, 1000, 1000));
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let other: IpAddr = "10.0.0.2".parse().unwrap();
         let t0 = Instant::now();
@@ -386,7 +419,7 @@ mod tests {
     /// was recorded, so a burst of 60 got 14 evaluations. Reservations in flight count.
     #[test]
     fn attempts_in_flight_count_against_the_limit() {
-        let t = AuthThrottle::new(3, 1000);
+        let t = AuthThrottle::new(limits(3, 1000, 1000));
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let t0 = Instant::now();
         let held: Vec<_> = (0..60).filter_map(|_| t.reserve(ip, ALICE, t0).ok()).collect();
@@ -400,7 +433,7 @@ mod tests {
 
     #[test]
     fn released_reservations_do_not_count() {
-        let t = AuthThrottle::new(2, 1000);
+        let t = AuthThrottle::new(limits(2, 1000, 1000));
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let t0 = Instant::now();
         for _ in 0..10 {
@@ -418,7 +451,7 @@ mod tests {
 
     #[test]
     fn the_global_ceiling_covers_every_address_and_user() {
-        let t = AuthThrottle::new(3, 5);
+        let t = AuthThrottle::new(limits(3, 1000, 5));
         let t0 = Instant::now();
         for i in 0..5u8 {
             let ip = IpAddr::from([10, 0, 0, i]);

@@ -106,10 +106,11 @@ impl ProxyState {
             upstream_tls,
             cancel_keys: Arc::new(cancel::CancelKeys::default()),
             sessions: SessionRegistry::default(),
-            auth_throttle: auth::AuthThrottle::new(
-                config.proxy.auth_failures_per_minute,
-                config.proxy.auth_failures_global_per_minute,
-            ),
+            auth_throttle: auth::AuthThrottle::new(auth::ThrottleLimits {
+                per_user_and_address: config.proxy.auth_failures_per_minute,
+                per_address: config.proxy.auth_failures_per_address_per_minute,
+                global: config.proxy.auth_failures_global_per_minute,
+            }),
             metrics: Arc::new(crate::metrics::Metrics::new()?),
             policies: config
                 .roles

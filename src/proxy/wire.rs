@@ -123,6 +123,14 @@ impl PgError {
         )
     }
 
+    /// 28000: one address failed too often, over all the user names it tried.
+    pub fn too_many_auth_failures_from_address() -> Self {
+        Self::fatal(
+            "28000",
+            "too many failed authentication attempts from this address; try again in a minute",
+        )
+    }
+
     /// 28000: the instance-wide ceiling on failed logins is reached (a spread-out guessing attack).
     pub fn too_many_auth_failures_globally() -> Self {
         Self::fatal(
