@@ -202,9 +202,18 @@ pub const ALLOWED_FUNCTIONS: &[&str] = &[
     "ceiling",
 ];
 
-/// Why an auditor query did not complete.
+/// Why an auditor query did not complete (or was not run).
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
+    /// The PostgreSQL-parser check refused it (the message says why).
+    #[error("{0}")]
+    Refused(String),
+    /// It could not be recorded in the audit log, so it was not run (fail closed).
+    #[error("timebox cannot record this query in the audit log, so it was not run")]
+    AuditUnavailable,
+    /// Parse/Bind/Execute and friends.
+    #[error("timebox_audit supports the simple query protocol only (psql does)")]
+    ExtendedProtocol,
     /// The authorizer refused something the query would do.
     #[error("timebox_audit is read-only over the audit views: {what} is not allowed; query the views {}", VIEW_NAMES.join(", "))]
     NotAuthorized { what: String },
@@ -232,7 +241,9 @@ impl QueryError {
     /// The ErrorResponse the client gets (the session goes on).
     pub fn to_pg_error(&self) -> PgError {
         let code = match self {
-            QueryError::NotAuthorized { .. } => "42501",
+            QueryError::Refused(_) | QueryError::NotAuthorized { .. } => "42501",
+            QueryError::AuditUnavailable => "58030",
+            QueryError::ExtendedProtocol => "0A000",
             QueryError::TooManyRows { .. }
             | QueryError::TooManyBytes { .. }
             | QueryError::ValueTooLarge { .. } => "54000",

@@ -32,7 +32,7 @@ use crate::grants::token::{ScramVerifier, SCRAM_ITERATIONS};
 use crate::proxy::auth::{self, AuthError};
 use crate::proxy::startup::{ClientParams, ClientTlsInfo};
 use crate::proxy::stream::ClientStream;
-use crate::proxy::wire::{self, PgError, Severity};
+use crate::proxy::wire::{self, PgError};
 
 mod engine;
 
@@ -42,6 +42,8 @@ pub use engine::{Limits, QueryError, ALLOWED_FUNCTIONS, VIEW_NAMES};
 pub const AUDIT_DATABASE: &str = "timebox_audit";
 /// Largest query text accepted.
 const MAX_QUERY: usize = 64 * 1024;
+/// How long a write to the auditor may wait for it to read.
+const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What auditors may run: reads only (plus SQLite's JSON and date functions).
 fn auditor_policy() -> crate::policy::RolePolicy {
@@ -325,14 +327,10 @@ async fn run(
                 });
                 if let Err(e) = state.audit.record(vec![event]).await {
                     tracing::error!(error = %e, "cannot audit an auditor query");
-                    error(
-                        &mut out,
-                        "58030",
-                        "timebox cannot record this query in the audit log, so it was not run",
-                    );
+                    QueryError::AuditUnavailable.to_pg_error().encode(&mut out);
                 } else {
                     match decision {
-                        Err(reason) => error(&mut out, "42501", &reason),
+                        Err(reason) => QueryError::Refused(reason).to_pg_error().encode(&mut out),
                         Ok(()) => match engine::execute(db, sql, Limits::default(), client).await {
                             Ok(()) => {}
                             Err(engine::QueryError::ClientLeft) => return Ok(()),
@@ -351,11 +349,7 @@ async fn run(
             }
             b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => {
                 if !skipping_until_sync {
-                    error(
-                        &mut out,
-                        "0A000",
-                        "timebox_audit supports the simple query protocol only (psql does)",
-                    );
+                    QueryError::ExtendedProtocol.to_pg_error().encode(&mut out);
                     skipping_until_sync = true;
                 }
             }
@@ -367,27 +361,21 @@ async fn run(
             }
         }
         if !out.is_empty() {
-            client
-                .write_all(&out)
-                .await
-                .map_err(|_| PgError::protocol_violation("client left"))?;
+            // A client that stops reading cannot keep this connection (and its slot) forever.
+            match tokio::time::timeout(CLIENT_WRITE_TIMEOUT, client.write_all(&out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Ok(()),
+                Err(_) => {
+                    tracing::info!(user = %params.user, "auditor stopped reading; closing");
+                    return Ok(());
+                }
+            }
         }
     }
 }
 
 fn ready(out: &mut BytesMut) {
     wire::frame(out, b'Z', |b| b.put_u8(b'I'));
-}
-
-fn error(out: &mut BytesMut, code: &'static str, message: &str) {
-    PgError {
-        severity: Severity::Error,
-        code,
-        message: message.to_owned(),
-        detail: None,
-        hint: None,
-    }
-    .encode(out);
 }
 
 #[cfg(test)]
