@@ -38,6 +38,8 @@ pub struct Limits {
     pub max_result_bytes: usize,
     /// Bytes of one string or blob, inside SQLite too (`SQLITE_LIMIT_LENGTH`).
     pub max_value_bytes: usize,
+    /// Bytes of one encoded row, checked before it is copied.
+    pub max_row_bytes: usize,
     /// Columns of one result (`SQLITE_LIMIT_COLUMN`), which with the value cap bounds a row.
     pub max_columns: usize,
     /// Wall-clock time of one query, including the time the client takes to read it.
@@ -49,7 +51,8 @@ impl Default for Limits {
         Limits {
             max_rows: 100_000,
             max_result_bytes: 256 * 1024 * 1024,
-            max_value_bytes: 16 * 1024 * 1024,
+            max_value_bytes: 4 * 1024 * 1024,
+            max_row_bytes: 8 * 1024 * 1024,
             max_columns: 32,
             timeout: Duration::from_secs(10),
         }
@@ -223,6 +226,8 @@ pub enum QueryError {
     TooManyBytes { limit: usize },
     #[error("a value in the query is larger than timebox_audit's limit of {limit} bytes")]
     ValueTooLarge { limit: usize },
+    #[error("a row of the result is larger than timebox_audit's limit of {limit} bytes; select fewer or shorter columns")]
+    RowTooLarge { limit: usize },
     #[error("the query ran longer than timebox_audit's limit of {limit:?} and was stopped")]
     Timeout { limit: Duration },
     #[error("cannot open the audit database: {0}")]
@@ -246,7 +251,8 @@ impl QueryError {
             QueryError::ExtendedProtocol => "0A000",
             QueryError::TooManyRows { .. }
             | QueryError::TooManyBytes { .. }
-            | QueryError::ValueTooLarge { .. } => "54000",
+            | QueryError::ValueTooLarge { .. }
+            | QueryError::RowTooLarge { .. } => "54000",
             QueryError::Timeout { .. } => "57014",
             QueryError::Sqlite(_) => "42000",
             QueryError::Open(_) | QueryError::Task(_) | QueryError::ClientLeft => "XX000",
@@ -458,6 +464,12 @@ fn run(
         for i in 0..columns.len() {
             values.push(row.get_ref(i).map_err(fail)?);
         }
+        if encoded_size(&values) > limits.max_row_bytes {
+            send(out)?;
+            return Err(QueryError::RowTooLarge {
+                limit: limits.max_row_bytes,
+            });
+        }
         data_row(&mut out, &values);
         bytes += out.len() - start;
         if bytes > limits.max_result_bytes {
@@ -514,16 +526,35 @@ fn row_description(out: &mut BytesMut, columns: &[String]) {
     });
 }
 
+/// An upper bound of the bytes [`data_row`] writes for `values` (before anything is copied).
+fn encoded_size(values: &[ValueRef<'_>]) -> usize {
+    let value = |v: &ValueRef<'_>| match *v {
+        ValueRef::Null => 0,
+        ValueRef::Integer(_) => 20,
+        ValueRef::Real(_) => 32,
+        // invalid UTF-8 is replaced by U+FFFD: at most 3 bytes per input byte
+        ValueRef::Text(t) => t.len().saturating_mul(3),
+        ValueRef::Blob(b) => b.len().saturating_mul(2).saturating_add(2),
+    };
+    values
+        .iter()
+        .fold(7usize, |n, v| n.saturating_add(4).saturating_add(value(v)))
+}
+
 /// One DataRow, every value as text (blobs as `\x` hex, like PostgreSQL's bytea output).
 fn data_row(out: &mut BytesMut, values: &[ValueRef<'_>]) {
+    use std::borrow::Cow;
     wire::frame(out, b'D', |b| {
         b.put_i16(values.len() as i16);
         for v in values {
-            let text: Option<std::borrow::Cow<'_, [u8]>> = match *v {
+            let text: Option<Cow<'_, [u8]>> = match *v {
                 ValueRef::Null => None,
                 ValueRef::Integer(i) => Some(i.to_string().into_bytes().into()),
                 ValueRef::Real(r) => Some(r.to_string().into_bytes().into()),
-                ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned().into_bytes().into()),
+                ValueRef::Text(t) => Some(match String::from_utf8_lossy(t) {
+                    Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
+                    Cow::Owned(s) => Cow::Owned(s.into_bytes()),
+                }),
                 ValueRef::Blob(blob) => Some(format!("\\x{}", hex::encode(blob)).into_bytes().into()),
             };
             match text {
@@ -586,6 +617,24 @@ mod tests {
             .await
             .expect_err("stopped");
         assert!(matches!(err, QueryError::Timeout { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_row_past_the_row_cap_is_refused_before_it_is_copied() {
+        let (_dir, db) = audit_db();
+        let limits = Limits {
+            max_value_bytes: 1000,
+            max_row_bytes: 2500,
+            ..Limits::default()
+        };
+        let wide = "SELECT printf('%.*c', 900, 'x'), printf('%.*c', 900, 'y'), printf('%.*c', 900, 'z')";
+        let mut out = Vec::new();
+        let err = execute(&db, wide.into(), limits, &mut out)
+            .await
+            .expect_err("cut");
+        assert!(matches!(err, QueryError::RowTooLarge { limit: 2500 }), "{err:?}");
+        assert!(out.len() < 2500, "{} bytes sent", out.len());
+        assert!(encoded_size(&[ValueRef::Text(b"abc"), ValueRef::Null]) >= 7 + 4 + 3 + 4);
     }
 
     #[tokio::test]
