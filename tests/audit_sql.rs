@@ -160,12 +160,21 @@ mod rawaudit {
         pub error: Option<(String, String)>,
     }
 
+    /// Reads the outcome of a query already sent; returns its error.
+    pub async fn next_error_of(s: &mut TcpStream, buf: &mut BytesMut) -> (String, String) {
+        read_outcome(s, buf).await.error.expect("an error")
+    }
+
     /// Sends `sql` as a simple query and reads up to ReadyForQuery.
     pub async fn query(s: &mut TcpStream, buf: &mut BytesMut, sql: &str) -> Outcome {
-        use fallible_iterator::FallibleIterator;
         let mut out = BytesMut::new();
         frontend::query(sql, &mut out).unwrap();
         s.write_all(&out).await.unwrap();
+        read_outcome(s, buf).await
+    }
+
+    async fn read_outcome(s: &mut TcpStream, buf: &mut BytesMut) -> Outcome {
+        use fallible_iterator::FallibleIterator;
         let mut outcome = Outcome::default();
         loop {
             match read_message(s, buf).await.expect("the connection stays open") {
@@ -360,4 +369,38 @@ async fn auditors_log_in_with_scram_and_failures_look_alike() {
         seen.push(hint);
     }
     assert!(seen.windows(2).all(|w| w[0] == w[1]), "no oracle: {seen:?}");
+}
+
+/// Auditor queries running at once are bounded on the whole instance (each may hold its value and
+/// column caps in SQLite): past the bound, 53300 at once. The running ones end at their time limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auditor_queries_at_once_are_bounded() {
+    use tokio::io::AsyncWriteExt;
+    let inst = common::start(plaintext_options()).await;
+    let limit = timebox::auditsql::QUERIES_AT_ONCE;
+    let endless = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n";
+    let mut running = Vec::new();
+    for _ in 0..limit {
+        let (mut s, buf, _) = rawaudit::login(inst.proxy_addr, "audrey", common::AUDITOR_TOKEN).await;
+        let mut out = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::query(endless, &mut out).unwrap();
+        s.write_all(&out).await.unwrap();
+        running.push((s, buf));
+    }
+    let all_busy = common::eventually(std::time::Duration::from_secs(20), || async {
+        inst.state.proxy.audit_queries.available_permits() == 0
+    })
+    .await;
+    assert!(all_busy, "the endless queries started");
+    let (mut s, mut buf, _) = rawaudit::login(inst.proxy_addr, "audrey", common::AUDITOR_TOKEN).await;
+    let outcome = rawaudit::query(&mut s, &mut buf, "SELECT 1").await;
+    let (code, msg) = outcome.error.expect("refused while the others run");
+    assert_eq!(code, "53300", "{msg}");
+    assert!(msg.contains(&format!("running {limit} queries")), "{msg}");
+    for (mut s, mut buf) in running {
+        let (code, msg) = rawaudit::next_error_of(&mut s, &mut buf).await;
+        assert_eq!(code, "57014", "{msg}");
+    }
+    let outcome = rawaudit::query(&mut s, &mut buf, "SELECT 1").await;
+    assert!(outcome.error.is_none(), "{outcome:?}");
 }

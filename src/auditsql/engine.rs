@@ -214,6 +214,9 @@ pub enum QueryError {
     /// It could not be recorded in the audit log, so it was not run (fail closed).
     #[error("timebox cannot record this query in the audit log, so it was not run")]
     AuditUnavailable,
+    /// As many auditor queries as the instance runs at once are running.
+    #[error("timebox_audit is running {limit} queries already; try again in a moment")]
+    Busy { limit: usize },
     /// Parse/Bind/Execute and friends.
     #[error("timebox_audit supports the simple query protocol only (psql does)")]
     ExtendedProtocol,
@@ -248,6 +251,7 @@ impl QueryError {
         let code = match self {
             QueryError::Refused(_) | QueryError::NotAuthorized { .. } => "42501",
             QueryError::AuditUnavailable => "58030",
+            QueryError::Busy { .. } => "53300",
             QueryError::ExtendedProtocol => "0A000",
             QueryError::TooManyRows { .. }
             | QueryError::TooManyBytes { .. }

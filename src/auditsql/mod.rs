@@ -42,6 +42,8 @@ pub use engine::{Limits, QueryError, ALLOWED_FUNCTIONS, VIEW_NAMES};
 pub const AUDIT_DATABASE: &str = "timebox_audit";
 /// Largest query text accepted.
 const MAX_QUERY: usize = 64 * 1024;
+/// Auditor queries running at once on the whole instance (more get 53300 at once).
+pub const QUERIES_AT_ONCE: usize = 4;
 /// How long a write to the auditor may wait for it to read.
 const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -331,14 +333,23 @@ async fn run(
                 } else {
                     match decision {
                         Err(reason) => QueryError::Refused(reason).to_pg_error().encode(&mut out),
-                        Ok(()) => match engine::execute(db, sql, Limits::default(), client).await {
-                            Ok(()) => {}
-                            Err(engine::QueryError::ClientLeft) => return Ok(()),
-                            Err(e) => {
-                                tracing::info!(user = %params.user, error = %e, "auditor query stopped");
-                                e.to_pg_error().encode(&mut out);
+                        Ok(()) => {
+                            let running = state.proxy.audit_queries.clone().try_acquire_owned();
+                            let result = match running {
+                                Err(_) => Err(QueryError::Busy {
+                                    limit: QUERIES_AT_ONCE,
+                                }),
+                                Ok(_running) => engine::execute(db, sql, Limits::default(), client).await,
+                            };
+                            match result {
+                                Ok(()) => {}
+                                Err(QueryError::ClientLeft) => return Ok(()),
+                                Err(e) => {
+                                    tracing::info!(user = %params.user, error = %e, "auditor query stopped");
+                                    e.to_pg_error().encode(&mut out);
+                                }
                             }
-                        },
+                        }
                     }
                 }
                 ready(&mut out);

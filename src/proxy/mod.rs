@@ -80,6 +80,9 @@ pub struct ProxyState {
     /// The same connections counted per client address
     /// (`proxy.max_unauthenticated_per_address`), so one address cannot fill that pool.
     unauthenticated_by_address: Arc<AddressCounts>,
+    /// One permit per auditor query running on `timebox_audit` (each may hold up to
+    /// `columns × value cap` in SQLite): bounds the endpoint's memory on the whole instance.
+    pub audit_queries: Arc<Semaphore>,
     /// Connection tasks, so shutdown can wait for them.
     tasks: TaskTracker,
 }
@@ -122,6 +125,7 @@ impl ProxyState {
             connections: Arc::new(Semaphore::new(config.proxy.max_connections)),
             unauthenticated: Arc::new(Semaphore::new(config.proxy.max_unauthenticated)),
             unauthenticated_by_address: Arc::new(AddressCounts::default()),
+            audit_queries: Arc::new(Semaphore::new(crate::auditsql::QUERIES_AT_ONCE)),
             tasks: TaskTracker::new(),
         })
     }
