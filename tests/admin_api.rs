@@ -267,6 +267,44 @@ async fn invalid_grant_requests_are_422_naming_the_field() {
     assert_eq!(ids(&list.json), Vec::<String>::new(), "nothing was issued");
 }
 
+/// See: issue 16, finding 12b: the store (token verifiers) and the audit trail (every statement)
+/// were world-readable. A real instance: every file it creates is 0600, every directory 0700.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_and_audit_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tb = common::start(common::Options::default()).await;
+    issue(&tb.admin_url(), "alice", "shop", "read").await;
+    let mut seen = Vec::new();
+    let mut dirs = vec![tb.dir.path().to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::metadata(&path).unwrap();
+            let mode = meta.permissions().mode() & 0o777;
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if meta.is_dir() {
+                assert_eq!(mode, 0o700, "{}", path.display());
+                dirs.push(path);
+            } else if !name.starts_with("server.") {
+                // server.crt/server.key are the harness's, not timebox's.
+                assert_eq!(mode, 0o600, "{} is {mode:o}", path.display());
+                seen.push(name);
+            }
+        }
+    }
+    for expected in ["timebox.db", "timebox.db-wal", "audit.db", "audit.db-wal"] {
+        assert!(
+            seen.iter().any(|n| n == expected),
+            "{expected} not among {seen:?}"
+        );
+    }
+    assert!(
+        seen.iter().any(|n| n.ends_with(".jsonl")),
+        "a journal segment: {seen:?}"
+    );
+}
+
 /// See: issue 16, finding 12d: a `starts_at` near chrono's maximum panicked the handler (the
 /// connection was dropped without an answer), and year 9999 was accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
