@@ -63,13 +63,16 @@ pub fn text_problem(text: &str) -> Option<String> {
     })
 }
 
+/// A refused input: the field at fault and why.
+pub type FieldProblem = (&'static str, String);
+
 /// Why a grant starting at `starts_at` (asked at `now`) and lasting `ttl` cannot be issued, as
 /// (field, message); otherwise its start (never before `now`) and expiry. Pure, never panics.
 pub fn grant_window(
     now: DateTime<Utc>,
     starts_at: Option<DateTime<Utc>>,
     ttl: Duration,
-) -> Result<(DateTime<Utc>, DateTime<Utc>), (&'static str, String)> {
+) -> Result<(DateTime<Utc>, DateTime<Utc>), FieldProblem> {
     let ahead = chrono::Duration::from_std(MAX_START_AHEAD).expect("366 days fits");
     let latest_start = now
         .checked_add_signed(ahead)
@@ -170,7 +173,7 @@ mod tests {
         );
         let edge = now + chrono::Duration::days(366);
         assert_eq!(grant_window(now, Some(edge), h).unwrap().0, edge);
-        let field = |r: Result<_, (&'static str, String)>| r.unwrap_err().0;
+        let field = |r: Result<_, FieldProblem>| r.unwrap_err().0;
         assert_eq!(
             field(grant_window(now, Some(edge + chrono::Duration::seconds(1)), h)),
             "starts_at"
