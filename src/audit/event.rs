@@ -324,12 +324,17 @@ impl AuditEvent {
         };
         match self {
             AuditEvent::Statement(e) => {
-                if let std::borrow::Cow::Owned(r) = redact::redact_sql(&e.sql) {
+                let (sql, hidden) = redact::redact_sql_secrets(&e.sql);
+                if let std::borrow::Cow::Owned(r) = sql {
                     e.sql = r;
                 }
                 e.params = redact::redact_params(e.params.take(), params);
                 if let Some(r) = e.reason.as_mut() {
                     tokens(r);
+                    // A denial reason may quote the statement (a parser error echoes a literal).
+                    if let std::borrow::Cow::Owned(s) = redact::scrub(r, &hidden) {
+                        *r = s;
+                    }
                 }
             }
             AuditEvent::SessionStart(e) => {
