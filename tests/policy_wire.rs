@@ -450,3 +450,34 @@ async fn role_options_require_where_tables_and_statement_timeout_cap() {
     assert!(!out.success);
     assert!(out.stderr.contains("exceeds role read's cap"), "{}", out.stderr);
 }
+
+/// Regression (issue 16, finding 11): `MERGE … ON true WHEN MATCHED THEN UPDATE` touched every row
+/// under a role with `require_where`. A constant ON condition is no filter; a join key is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_without_a_filtering_condition_is_denied_by_require_where() {
+    let inst = common::start(Options::default()).await;
+    let table = private_table().await;
+    let (_g, token) = inst.grant("bob", "write", "10m").await;
+    let writer = connect(&inst.conn_string("bob", &token, "disable")).await;
+    for on in ["true", "1 = 1", "NOT false", "'t'::bool"] {
+        let msg = denial(
+            &writer
+                .batch_execute(&format!(
+                    "MERGE INTO {table} t USING (SELECT 1 AS id) s ON {on} WHEN MATCHED THEN UPDATE SET body = 'gone'"
+                ))
+                .await
+                .unwrap_err(),
+        );
+        assert!(msg.contains("require_where"), "{on}: {msg}");
+    }
+    let changed = format!("SELECT count(*) FROM {table} WHERE body = 'gone'");
+    assert_eq!(scalar(&writer, &changed).await, "0", "no row was touched");
+    // A MERGE matched by its key runs.
+    writer
+        .batch_execute(&format!(
+            "MERGE INTO {table} t USING (SELECT 1 AS id) s ON t.id = s.id WHEN MATCHED THEN UPDATE SET body = 'gone'"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(scalar(&writer, &changed).await, "1");
+}

@@ -250,6 +250,20 @@ pub fn authorize(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
 
     // 6. UPDATE/DELETE without WHERE.
     if role.require_where && stmt.has_where == Some(false) {
+        if stmt.unfiltered_targets.is_empty() {
+            if let Some(target) = stmt.unfiltered_merge_targets.first() {
+                return Decision::deny(
+                    format!(
+                        "MERGE into {target} updates or deletes rows that no condition filters (its ON or \
+                         WHEN … AND condition names no column, like ON true) and could touch every row; \
+                         role {} requires a filter (require_where)",
+                        role.name
+                    ),
+                    "make the ON condition match rows by a column (e.g. ON t.id = s.id), or add \
+                     WHEN MATCHED AND <condition on a column>",
+                );
+            }
+        }
         let targets: Vec<String> = stmt.unfiltered_targets.iter().map(|r| r.to_string()).collect();
         return Decision::deny(
             format!(
