@@ -481,3 +481,47 @@ async fn merge_without_a_filtering_condition_is_denied_by_require_where() {
         .unwrap();
     assert_eq!(scalar(&writer, &changed).await, "1");
 }
+
+/// Regression (issue 16, finding 2): the classifier parses with PostgreSQL 18's grammar, where
+/// `JSON_ARRAY(…)`, `JSON_SCALAR(…)`, `JSON_VALUE(…)` and `MERGE_ACTION()` are keywords, not function
+/// calls; PostgreSQL 15 calls the user-defined functions of those names. Here they are SECURITY
+/// DEFINER functions as in the report: a read grant must not reach them, whatever the case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_grammar_keywords_are_user_functions_on_an_older_target() {
+    let inst = common::start(Options::default()).await;
+    let setup = "\
+        CREATE OR REPLACE FUNCTION public.json_array(int, int) RETURNS text LANGUAGE sql SECURITY DEFINER AS $$ SELECT 'user json_array ran' $$;\
+        CREATE OR REPLACE FUNCTION public.json_scalar(int) RETURNS text LANGUAGE sql SECURITY DEFINER AS $$ SELECT 'user json_scalar ran' $$;\
+        CREATE OR REPLACE FUNCTION public.json_value(text, text) RETURNS text LANGUAGE sql SECURITY DEFINER AS $$ SELECT 'user json_value ran' $$;\
+        CREATE OR REPLACE FUNCTION public.merge_action() RETURNS text LANGUAGE sql SECURITY DEFINER AS $$ SELECT 'user merge_action ran' $$;\
+        GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO timebox_read;";
+    tokio::task::spawn_blocking(move || common::cluster::shop_psql(setup))
+        .await
+        .unwrap();
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let client = connect(&inst.conn_string("alice", &token, "disable")).await;
+    let version = scalar(&client, "SHOW server_version_num").await;
+    assert!(
+        version.starts_with("15"),
+        "this test needs a PostgreSQL 15 target: {version}"
+    );
+    for sql in [
+        "SELECT JSON_ARRAY(1, 2)",
+        "select json_array(1, 2)",
+        "SELECT Json_Scalar(1)",
+        "SELECT JSON_VALUE('{}', '$.a')",
+        "SELECT MERGE_ACTION()",
+        "SELECT 1 WHERE merge_action() IS NOT NULL",
+    ] {
+        let msg = denial(&client.simple_query(sql).await.unwrap_err());
+        assert!(msg.contains("the target runs PostgreSQL 15"), "{sql}: {msg}");
+        let prepared = client.prepare(sql).await.unwrap_err();
+        denial(&prepared);
+    }
+    // Harmless reads still pass, JSON ones included.
+    assert_eq!(
+        scalar(&client, "SELECT json_build_array(1, 2)::text").await,
+        "[1, 2]"
+    );
+    assert_eq!(scalar(&client, "SELECT lower('OK')").await, "ok");
+}

@@ -11,7 +11,8 @@ use std::time::Duration;
 use super::classify::{
     changes_lexing, Classification, Relation, SetValue, SettingChange, StatementClass, StatementInfo,
 };
-use super::functions::{self, SettingKind};
+use super::functions::{self, FunctionKind, SettingKind};
+use super::version::{self, ServerVersion};
 use crate::config;
 
 /// What a grant's role may do, built from [`config::Role`].
@@ -126,8 +127,55 @@ impl fmt::Display for Decision {
     }
 }
 
-/// Decides one statement.
+/// Decides one statement for a target of unknown version, taken to be the oldest supported
+/// ([`ServerVersion::OLDEST`]). Sessions use [`authorize_on`] with their target's version.
 pub fn authorize(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
+    authorize_on(role, ServerVersion::OLDEST, stmt)
+}
+
+/// What a statement calls by name on a target older than the classifier's grammar, where the
+/// classifier saw a built-in: newer-grammar constructs (`JSON_ARRAY(…)` → `json_array`) and
+/// unqualified built-ins the target does not have yet (`casefold`). Such a name can only reach a
+/// user-defined function on that target. A `pg_catalog.`-qualified name cannot, so it is not listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OlderTargetCall {
+    /// How the statement wrote it: `JSON_ARRAY(…)`, `casefold()`, `IS JSON`.
+    pub written: String,
+    /// The function the target calls instead; `None` when the target rejects the text.
+    pub function: Option<String>,
+    /// The major version that made it a built-in.
+    pub since: u32,
+}
+
+/// The [`OlderTargetCall`]s of a statement on `server`. Pure.
+pub fn older_target_calls(stmt: &StatementInfo, server: ServerVersion) -> Vec<OlderTargetCall> {
+    let mut calls = Vec::new();
+    for syntax in &stmt.newer_syntax {
+        if version::absent_on(syntax.since, server) {
+            calls.push(OlderTargetCall {
+                written: syntax.keyword.to_string(),
+                function: syntax.older_call.map(str::to_string),
+                since: syntax.since,
+            });
+        }
+    }
+    for f in &stmt.functions {
+        if f.contains('.') || functions::function_kind(f) != FunctionKind::Safe {
+            continue;
+        }
+        if let Some(since) = version::builtin_since(f).filter(|s| version::absent_on(*s, server)) {
+            calls.push(OlderTargetCall {
+                written: format!("{f}()"),
+                function: Some(f.clone()),
+                since,
+            });
+        }
+    }
+    calls
+}
+
+/// Decides one statement for a session whose target runs `server`.
+pub fn authorize_on(role: &RolePolicy, server: ServerVersion, stmt: &StatementInfo) -> Decision {
     let kind = &stmt.kind;
 
     // 1. Settings that change lexing: never, whatever the role.
@@ -178,6 +226,39 @@ pub fn authorize(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
                 ),
             );
         }
+    }
+
+    // 2b. What the classifier's grammar saw as built-in but the target calls by name.
+    for call in older_target_calls(stmt, server) {
+        let Some(function) = &call.function else {
+            return Decision::deny(
+                format!(
+                    "{kind} uses {}, which needs PostgreSQL {}; the target runs {server}, which cannot \
+                     parse it the way timebox checked it",
+                    call.written, call.since
+                ),
+                format!("rewrite it without {} for a {server} target", call.written),
+            );
+        };
+        if role.allows(StatementClass::Write) || role.function_allowed(function) {
+            continue;
+        }
+        return Decision::deny(
+            format!(
+                "{kind} uses {}, which is built in only since PostgreSQL {}; the target runs {server}, \
+                 where it is a call of a function named {function}, which can only be user-defined \
+                 (user-defined functions can change data, so they count as write); role {} allows only {}",
+                call.written,
+                call.since,
+                role.name,
+                role.allowed_list()
+            ),
+            format!(
+                "request a grant with a role that allows write, or ask an admin to add {function:?} to \
+                 roles.{}.allow_functions if it only reads",
+                role.name
+            ),
+        );
     }
 
     // 3. Text the parsers could not agree on (after the class checks, whose reasons say more).
@@ -279,11 +360,22 @@ pub fn authorize(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
     Decision::Allow
 }
 
-/// Decides a whole message: one denied statement denies all of it (nothing of it runs).
+/// Decides a whole message for a target of unknown version (the oldest supported): one denied
+/// statement denies all of it (nothing of it runs).
 pub fn authorize_all(role: &RolePolicy, classification: &Classification) -> Decision {
+    authorize_all_on(role, ServerVersion::OLDEST, classification)
+}
+
+/// Decides a whole message for a session whose target runs `server`: one denied statement denies
+/// all of it (nothing of it runs).
+pub fn authorize_all_on(
+    role: &RolePolicy,
+    server: ServerVersion,
+    classification: &Classification,
+) -> Decision {
     let n = classification.statements.len();
     for (i, stmt) in classification.statements.iter().enumerate() {
-        if let Decision::Deny { reason, hint } = authorize(role, stmt) {
+        if let Decision::Deny { reason, hint } = authorize_on(role, server, stmt) {
             let reason = if n > 1 {
                 format!("statement {} of {n} denied, so none of them ran: {reason}", i + 1)
             } else {

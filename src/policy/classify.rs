@@ -34,6 +34,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use super::functions::{self, FunctionKind, SettingKind};
+use super::version::{self, NewerSyntax};
 
 /// What a statement may do, lowest to highest. A role lists the classes it allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -197,6 +198,10 @@ pub struct StatementInfo {
     pub declare_cursor: Option<String>,
     /// Why the statement is `Unparsed`, if it is.
     pub unparsed: Option<String>,
+    /// Constructs of the classifier's grammar (PostgreSQL 18) that older targets parse as calls of
+    /// functions by name (`JSON_ARRAY(…)` calls `json_array`): the authorizer decides them by the
+    /// session's target version (see [`super::version`]).
+    pub newer_syntax: Vec<NewerSyntax>,
 }
 
 impl StatementInfo {
@@ -222,6 +227,7 @@ impl StatementInfo {
             deallocate: None,
             declare_cursor: None,
             unparsed: None,
+            newer_syntax: Vec::new(),
         }
     }
 
@@ -473,6 +479,7 @@ fn classify_statement(piece: &str, span: Range<usize>, node: &protobuf::Node) ->
             }
         }
     }
+    info.newer_syntax = findings.newer.clone();
     for op in &findings.ops {
         if !functions::is_builtin_operator(op) {
             let name = format!("operator {op}");
@@ -1467,9 +1474,17 @@ struct Findings {
     ops: Vec<String>,
     /// `location` of every `A_Const` node (byte offset into the parsed text, -1 when unknown).
     constants: Vec<i32>,
+    /// Newer-grammar constructs, each once, in order of first appearance.
+    newer: Vec<NewerSyntax>,
 }
 
 impl Findings {
+    fn saw(&mut self, syntax: NewerSyntax) {
+        if !self.newer.contains(&syntax) {
+            self.newer.push(syntax);
+        }
+    }
+
     /// Relations, with references to CTEs in scope left out.
     fn relations(&self) -> Vec<Relation> {
         let mut out = Vec::new();
@@ -1509,7 +1524,7 @@ struct Frame {
     /// MergeWhenClause: its AND condition names a column.
     flag: bool,
     /// AExpr: its kind. MergeWhenClause: its command type. MergeStmt: 1 when an action is
-    /// unfiltered.
+    /// unfiltered. JsonFuncExpr: its operator.
     int: i32,
     /// MergeWhenClause: its match kind.
     match_kind: i32,
@@ -1597,7 +1612,11 @@ impl Walker {
             "IntoClause" if self.top().is_some_and(|f| f.name == "SelectStmt") => {
                 self.found.select_into = true;
             }
-            _ => {}
+            other => {
+                if let Some(syntax) = version::node_syntax(other) {
+                    self.found.saw(syntax);
+                }
+            }
         }
         self.frames.push(Frame {
             name,
@@ -1640,6 +1659,7 @@ impl Walker {
                 }
             }
             "RangeVar" => self.exit_range_var(),
+            "JsonFuncExpr" => self.found.saw(version::json_func_expr(frame.int)),
             "MergeWhenClause" => {
                 // Frames: MergeStmt(merge_when_clauses) → Node (top) → MergeWhenClause (popped).
                 let on_filters = self.below(1).is_some_and(|m| m.name == "MergeStmt" && m.flag);
@@ -1832,6 +1852,7 @@ impl ser::Serializer for &mut Walker {
         if let Some(top) = self.frames.last_mut() {
             if (top.name == "AExpr" && top.field == "kind")
                 || (top.name == "MergeWhenClause" && top.field == "command_type")
+                || (top.name == "JsonFuncExpr" && top.field == "op")
             {
                 top.int = v;
             } else if top.name == "MergeWhenClause" && top.field == "match_kind" {

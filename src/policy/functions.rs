@@ -127,7 +127,7 @@ const SAFE_FUNCTIONS: &[&str] = &[
     "pg_ts_dict_is_visible", "pg_ts_parser_is_visible", "pg_ts_template_is_visible",
     "pg_type_is_visible", "pg_typeof", "pg_visible_in_snapshot", "pg_wal_lsn_diff", "pg_walfile_name",
     "pg_walfile_name_offset", "pg_xact_commit_timestamp", "pg_xact_status", "row_security_active",
-    "session_user", "shobj_description", "to_regclass", "to_regcollation", "to_regnamespace",
+    "session_user", "shobj_description", "system_user", "to_regclass", "to_regcollation", "to_regnamespace",
     "to_regoper", "to_regoperator", "to_regproc", "to_regprocedure", "to_regrole", "to_regtype",
     "to_regtypemod", "txid_current_if_assigned", "txid_current_snapshot", "txid_snapshot_xip",
     "txid_snapshot_xmax", "txid_snapshot_xmin", "txid_status", "txid_visible_in_snapshot", "user",

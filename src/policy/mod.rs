@@ -15,6 +15,8 @@
 //! - [`cache`](mod@cache): [`ClassifyCache`], the bounded cache the relay classifies through.
 //! - [`shape`]: statement texts with their literals abstracted, and when a classification holds
 //!   for every text of its shape (the cache's second level).
+//! - [`version`]: the target's version, and the newer-grammar constructs and built-ins older
+//!   targets call as functions by name.
 //!
 //! # Known limits of SQL-level enforcement
 //! The upstream credential of each role is the real boundary behind this layer. What the text of a
@@ -27,7 +29,10 @@
 //!   roles with table rules may not change `search_path`;
 //! - `EXECUTE name` is only as safe as what `name` was prepared with: the relay must look up the
 //!   class it tracked at `PREPARE`/Parse time ([`StatementInfo::execute_name`]);
-//! - `require_where` accepts any `WHERE` (also `WHERE true`): it guards against accidents;
+//! - `require_where` accepts any `WHERE` (also `WHERE true`): it guards against accidents; a
+//!   `MERGE` action must be filtered by an `ON` or `WHEN … AND` condition that names a column;
+//! - the classifier parses with PostgreSQL 18's grammar; what an older target makes of newer syntax
+//!   and built-ins is decided per session by [`version`] and [`authorize_on`];
 //! - lexing assumes `standard_conforming_strings = on` and UTF8: the relay must fail closed when
 //!   the server reports otherwise;
 //! - PostgreSQL syntax sqlparser does not know (`TABLE t`, `FOR NO KEY UPDATE`, `ROWS FROM`,
@@ -41,15 +46,17 @@ pub mod cache;
 pub mod classify;
 pub mod functions;
 pub mod shape;
+pub mod version;
 
 use std::fmt::Write as _;
 
-pub use authorize::{authorize, authorize_all, Decision, RolePolicy};
+pub use authorize::{authorize, authorize_all, authorize_all_on, authorize_on, Decision, RolePolicy};
 pub use cache::ClassifyCache;
 pub use classify::{
     classify, ClassReason, Classification, CopyDirection, Deallocate, Relation, SetValue, SettingChange,
     StatementClass, StatementInfo,
 };
+pub use version::{NewerSyntax, ServerVersion};
 
 use crate::config::Config;
 
@@ -87,6 +94,11 @@ pub fn check_command(config: &Config, role: &str, sql: &str) -> (String, bool) {
                 .join(", ")
         },
         if policy.allow_unparsed { ", unparsed" } else { "" }
+    );
+    let _ = writeln!(
+        out,
+        "checked for a {} target, the oldest supported (a session is checked for its target's version)",
+        ServerVersion::OLDEST
     );
     if classification.is_empty() {
         let _ = writeln!(out, "no statements (empty query): allowed");
@@ -608,6 +620,105 @@ mod tests {
     fn a_deny_everything_policy_fails_the_benign_rows() {
         let allowed = CASES.iter().filter(|(_, _, _, e)| matches!(e, Allow)).count();
         assert!(allowed >= 90, "only {allowed} benign cases");
+    }
+
+    /// (what it guards against, role, target's major version, SQL, expected decision): the
+    /// classifier's grammar (PostgreSQL 18) against older targets, which call functions by name where
+    /// it sees built-in syntax or built-ins they do not have (issue 16, finding 2).
+    #[rustfmt::skip]
+    pub(super) const VERSION_CASES: &[(&str, &str, u32, &str, E)] = &[
+        ("json_array_is_a_user_function_on_15", "read", 15, "SELECT JSON_ARRAY(1, 2)", Deny("json_array")),
+        ("json_array_lower_case_on_15", "read", 15, "select json_array(1, 2)", Deny("PostgreSQL 15")),
+        ("json_array_subquery_on_15", "read", 15, "SELECT JSON_ARRAY(SELECT 1)", Deny("json_array")),
+        ("json_array_builtin_on_16", "read", 16, "SELECT JSON_ARRAY(1, 2)", Allow),
+        ("json_array_on_unknown_version_is_oldest", "read", 13, "SELECT JSON_ARRAY(1, 2)", Deny("json_array")),
+        ("json_object_on_15", "read", 15, "SELECT JSON_OBJECT('a' : 1)", Deny("json_object")),
+        ("json_arrayagg_on_15", "read", 15, "SELECT JSON_ARRAYAGG(id) FROM orders", Deny("json_arrayagg")),
+        ("json_objectagg_on_15", "read", 15, "SELECT JSON_OBJECTAGG(k : v) FROM kv", Deny("json_objectagg")),
+        ("json_scalar_on_15", "read", 15, "SELECT json_scalar(1)", Deny("json_scalar")),
+        ("json_scalar_on_16", "read", 16, "SELECT JSON_SCALAR(1)", Deny("since PostgreSQL 17")),
+        ("json_scalar_builtin_on_17", "read", 17, "SELECT JSON_SCALAR(1)", Allow),
+        ("json_serialize_nested_in_a_call_on_16", "read", 16, "SELECT lower(JSON_SERIALIZE('1'))", Deny("json_serialize")),
+        ("json_parse_on_16", "read", 16, "SELECT JSON('{}')", Deny("function named json,")),
+        ("json_value_on_15", "read", 15, "SELECT JSON_VALUE('{\"a\": 1}', '$.a')", Deny("json_value")),
+        ("json_value_builtin_on_18", "read", 18, "SELECT JSON_VALUE('{\"a\": 1}', '$.a')", Allow),
+        ("json_query_on_16", "read", 16, "SELECT JSON_QUERY('[1]', '$[0]')", Deny("json_query")),
+        ("json_exists_in_where_on_16", "read", 16, "SELECT 1 WHERE JSON_EXISTS('{}', '$.a')", Deny("json_exists")),
+        ("json_table_on_16", "read", 16, "SELECT * FROM JSON_TABLE('[1]', '$[*]' COLUMNS (a int PATH '$')) t", Deny("json_table")),
+        ("merge_action_on_15", "read", 15, "SELECT MERGE_ACTION()", Deny("merge_action")),
+        ("merge_action_upper_and_lower_on_16", "read", 16, "SELECT Merge_Action()", Deny("merge_action")),
+        ("is_json_needs_16", "read", 15, "SELECT '{}' IS JSON", Deny("needs PostgreSQL 16")),
+        ("is_json_needs_16_for_admins_too", "admin", 15, "SELECT '{}' IS JSON", Deny("needs PostgreSQL 16")),
+        ("user_function_allowed_for_write_roles", "write", 15, "SELECT JSON_ARRAY(1, 2)", Allow),
+        ("user_function_allow_listed", "json_fn", 15, "SELECT JSON_ARRAY(1, 2)", Allow),
+        ("allow_list_names_one_function", "json_fn", 15, "SELECT JSON_SCALAR(1)", Deny("json_scalar")),
+        ("casefold_is_a_user_function_on_17", "read", 17, "SELECT casefold('A')", Deny("casefold()")),
+        ("casefold_builtin_on_18", "read", 18, "SELECT casefold('A')", Allow),
+        ("qualified_builtin_cannot_reach_a_user_function", "read", 17, "SELECT pg_catalog.casefold('A')", Allow),
+        ("any_value_on_15", "read", 15, "SELECT any_value(id) FROM orders", Deny("any_value()")),
+        ("any_value_on_16", "read", 16, "SELECT any_value(id) FROM orders", Allow),
+        ("regexp_like_on_14", "read", 14, "SELECT regexp_like('a', 'a')", Deny("regexp_like()")),
+        ("regexp_like_on_15", "read", 15, "SELECT regexp_like('a', 'a')", Allow),
+        ("system_user_is_no_user_function", "read", 15, "SELECT SYSTEM_USER", Allow),
+        ("harmless_json_read_on_15", "read", 15, "SELECT json_build_array(1, 2), jsonb_path_query('{}', '$'), data->>'a' FROM orders", Allow),
+        ("harmless_read_on_13", "read", 13, "SELECT count(*) FROM orders WHERE id = 1", Allow),
+    ];
+
+    #[test]
+    fn table_of_decisions_by_target_version() {
+        let mut names = std::collections::HashSet::new();
+        let mut failures = Vec::new();
+        for (name, role_key, major, sql, expected) in VERSION_CASES {
+            assert!(names.insert(*name), "duplicate case name {name}");
+            let role = match *role_key {
+                "json_fn" => {
+                    let mut r = RolePolicy::with_classes("json_fn", &[Read]);
+                    r.allow_functions = vec!["json_array".into()];
+                    r
+                }
+                other => role(other),
+            };
+            let decision = authorize_all_on(&role, ServerVersion(*major), &classify(sql));
+            let ok = match (expected, &decision) {
+                (Allow, Decision::Allow) => true,
+                (Deny(text), Decision::Deny { reason, hint }) => {
+                    !hint.is_empty() && (reason.contains(text) || hint.contains(text))
+                }
+                _ => false,
+            };
+            if !ok {
+                failures.push(format!(
+                    "{name} [{role_key} on {major}] {sql:?}\n    got {decision}"
+                ));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} failed:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
+
+    /// Every newer construct is a user function on every supported target before its version and
+    /// a built-in from it on.
+    #[test]
+    fn every_supported_version_decides_each_construct() {
+        let read = role("read");
+        for (sql, since) in [
+            ("SELECT JSON_ARRAY(1)", 16),
+            ("SELECT JSON_OBJECT('a' : 1)", 16),
+            ("SELECT JSON_SCALAR(1)", 17),
+            ("SELECT JSON_QUERY('[1]', '$')", 17),
+            ("SELECT MERGE_ACTION()", 17),
+            ("SELECT uuidv7()", 18),
+        ] {
+            let c = classify(sql);
+            for server in ServerVersion::SUPPORTED {
+                let allowed = authorize_all_on(&read, server, &c).is_allow();
+                assert_eq!(allowed, server.0 >= since, "{sql} on {server}");
+            }
+        }
     }
 
     /// (what it guards against, SQL, expected class of the whole message)

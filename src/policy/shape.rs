@@ -208,6 +208,7 @@ pub(crate) fn literal_independent(
         deallocate,
         declare_cursor,
         unparsed,
+        newer_syntax: _, // structure (keywords), never a literal
     } = stmt;
     if *class == StatementClass::Unparsed || unparsed.is_some() {
         return Err("the parsers did not agree on the template");

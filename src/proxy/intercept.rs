@@ -23,7 +23,9 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::wire::{PgError, Severity};
-use crate::policy::{self, Classification, ClassifyCache, Decision, RolePolicy, StatementClass};
+use crate::policy::{
+    self, Classification, ClassifyCache, Decision, RolePolicy, ServerVersion, StatementClass,
+};
 
 /// Prepared statements a session may hold before new named ones are refused.
 const MAX_PREPARED: usize = 10_000;
@@ -77,6 +79,9 @@ pub struct Interceptor {
     /// `Some` (an empty classification, given to every statement) only under the benchmark knob
     /// `[bench] skip_policy`: everything is allowed unclassified.
     skip_policy: Option<Arc<Classification>>,
+    /// The target's major version (from its `server_version` at login; the oldest supported until
+    /// known): constructs of the classifier's newer grammar are what this version makes of them.
+    server: ServerVersion,
 }
 
 impl Interceptor {
@@ -92,7 +97,15 @@ impl Interceptor {
             denials: VecDeque::new(),
             cache,
             skip_policy: None,
+            server: ServerVersion::OLDEST,
         }
+    }
+
+    /// The target's version, as its `server_version` ParameterStatus reported it at login (`None`
+    /// or unreadable: the oldest supported).
+    pub fn on_server(mut self, server_version: Option<&str>) -> Self {
+        self.server = ServerVersion::of_target(server_version);
+        self
     }
 
     /// Benchmarks only: with `skip` (the config's `[bench] skip_policy`, which is always false unless
@@ -146,7 +159,9 @@ impl Interceptor {
             return (unclassified.clone(), None);
         }
         let classification = self.classify(sql);
-        if let Decision::Deny { reason, hint } = policy::authorize_all(&self.policy, &classification) {
+        if let Decision::Deny { reason, hint } =
+            policy::authorize_all_on(&self.policy, self.server, &classification)
+        {
             return (classification, Some(self.denial(&reason, &hint)));
         }
         // Statements whose effect depends on session state the classifier cannot see.
@@ -441,6 +456,24 @@ mod tests {
         assert!(matches!(action, FrontendAction::Replace(_)), "{action:?}");
         assert!(checked.unwrap().denied.is_some());
         assert_eq!(cache.len(), 1);
+    }
+
+    /// The session's target version decides newer-grammar syntax: `JSON_ARRAY(…)` is a built-in on
+    /// PostgreSQL 16, a call of a user-defined `json_array` on 15 (and on an unknown version).
+    #[test]
+    fn statements_are_checked_for_the_target_version() {
+        let cache = Arc::new(ClassifyCache::new(16));
+        let frame = query("SELECT JSON_ARRAY(1, 2)");
+        for (server_version, allowed) in [
+            (Some("15.18 (Debian 15.18-0+deb12u1)"), false),
+            (None, false),
+            (Some("16.4"), true),
+        ] {
+            let mut i = interceptor(&cache).on_server(server_version);
+            let mut checked = None;
+            let action = i.on_frontend(b'Q', &frame, &mut checked);
+            assert_eq!(action == FrontendAction::Forward, allowed, "{server_version:?}");
+        }
     }
 
     /// `[bench] skip_policy`: everything is allowed, nothing is classified, and the statement is

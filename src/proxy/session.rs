@@ -384,6 +384,11 @@ async fn open_session(
         notices,
         ready_status,
     } = upstream;
+    let server_version = parameter_status
+        .iter()
+        .find(|(name, _)| name == "server_version")
+        .map(|(_, value)| value.as_str());
+    let interceptor = interceptor.on_server(server_version);
 
     for (name, value) in &parameter_status {
         let mut frame = BytesMut::new();
