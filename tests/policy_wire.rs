@@ -525,3 +525,80 @@ async fn newer_grammar_keywords_are_user_functions_on_an_older_target() {
     );
     assert_eq!(scalar(&client, "SELECT lower('OK')").await, "ok");
 }
+
+/// A timebox instance whose config adds role `tables`: read, `tables.allow = ["public.*"]`, upstream
+/// as timebox_read.
+async fn start_with_table_rules() -> common::TestInstance {
+    let port = tokio::task::spawn_blocking(|| common::cluster::shared_cluster().port())
+        .await
+        .unwrap();
+    common::start_with_config(move |dir| {
+        format!(
+            "{}\n[targets.shop.credentials.tables]\nuser = \"{}\"\npassword = \"{}\"\n\
+             [roles.tables]\nallow = [\"read\"]\nmax_ttl = \"1h\"\ntables = {{ allow = [\"public.*\"] }}\n",
+            common::config_text(&Options::default(), dir, port),
+            common::cluster::READ_USER,
+            common::cluster::READ_PASSWORD,
+        )
+    })
+    .await
+}
+
+/// Regression (issue 16, finding 5): `PGOPTIONS="-c search_path=hr"` was passed upstream for a role
+/// with table rules, so `select * from salaries` read `hr.salaries` that the rules deny; and an
+/// unqualified `pg_stats` was checked as `public.pg_stats`, though PostgreSQL finds `pg_catalog`'s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_search_path_and_catalog_names_cannot_escape_table_rules() {
+    let inst = start_with_table_rules().await;
+    let schema = common::cluster::unique_name("hr");
+    let table = private_table().await;
+    let setup = format!(
+        "CREATE SCHEMA {schema}; CREATE TABLE {schema}.salaries (pay int); INSERT INTO {schema}.salaries VALUES (100); \
+         GRANT USAGE ON SCHEMA {schema} TO timebox_read; GRANT SELECT ON {schema}.salaries TO timebox_read;"
+    );
+    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&setup))
+        .await
+        .unwrap();
+    let (_g, token) = inst.grant("carol", "tables", "10m").await;
+
+    let out = psql(
+        &proxy_conn(
+            &inst,
+            "carol",
+            &format!("sslmode=disable options='-c search_path={schema}'"),
+        ),
+        &token,
+        "SELECT pay FROM salaries",
+    )
+    .await;
+    assert!(!out.success, "the session must not start: {}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("startup setting search_path is not allowed for role tables"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains("100"));
+
+    let client = connect(&inst.conn_string("carol", &token, "disable")).await;
+    assert_eq!(
+        scalar(&client, "SHOW search_path").await,
+        "public",
+        "pinned to what the rules assume, whatever the target's defaults"
+    );
+    for sql in ["SELECT count(*) FROM pg_stats", "SELECT rolname FROM pg_roles"] {
+        let msg = denial(&client.simple_query(sql).await.unwrap_err());
+        assert!(msg.contains("pg_catalog.NAME"), "{sql}: {msg}");
+    }
+    denial(
+        &client
+            .simple_query(&format!("SELECT pay FROM {schema}.salaries"))
+            .await
+            .unwrap_err(),
+    );
+    // What the rules allow still works.
+    assert_eq!(
+        scalar(&client, &format!("SELECT count(*) FROM {table}")).await,
+        "2"
+    );
+}

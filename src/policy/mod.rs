@@ -25,8 +25,10 @@
 //!   does not name; built-in operator symbols and casts on user-defined types call user functions;
 //! - a `search_path` set with `ALTER ROLE`/`ALTER DATABASE` can put schemas before `pg_catalog`, so
 //!   unqualified built-in names could reach user functions (only session `SET`s are checked);
-//! - unqualified relations are checked as `public.NAME` (and `pg_catalog.NAME` for `pg_*` names);
-//!   roles with table rules may not change `search_path`;
+//! - unqualified relations are checked as `public.NAME`, and `pg_*` names as `pg_catalog.NAME` too
+//!   (PostgreSQL searches `pg_catalog` first; allowed only if both are); sessions of roles with
+//!   table rules run with `search_path = public`, pinned in the upstream startup, and may not change
+//!   it (at startup or with `SET`);
 //! - `EXECUTE name` is only as safe as what `name` was prepared with: the relay must look up the
 //!   class it tracked at `PREPARE`/Parse time ([`StatementInfo::execute_name`]);
 //! - `require_where` accepts any `WHERE` (also `WHERE true`): it guards against accidents; a
@@ -573,6 +575,12 @@ mod tests {
         ("tables_search_path_change_denied", "tables", "SET search_path = hr", Deny("search_path is not allowed")),
         ("tables_search_path_via_set_config", "tables", "SELECT set_config('search_path', 'hr', false)", Deny("search_path is not allowed")),
         ("tables_reset_search_path_is_fine", "tables", "RESET search_path", Allow),
+        ("tables_search_path_public_is_what_the_rules_assume", "tables", "SET search_path = public", Allow),
+        ("tables_search_path_dollar_user_denied", "tables", "SET search_path = \"$user\", public", Deny("search_path is not allowed")),
+        // PostgreSQL searches pg_catalog before public: an unqualified pg_* name is the catalog's.
+        ("tables_unqualified_catalog_view_is_pg_catalog", "tables", "SELECT * FROM pg_stats", Deny("pg_catalog.NAME")),
+        ("tables_unqualified_catalog_table_is_pg_catalog", "tables", "SELECT relname FROM pg_class", Deny("outside role tables's tables.allow")),
+        ("tables_qualified_public_pg_name", "tables", "SELECT * FROM public.pg_notes", Allow),
         ("tables_copy_denied_table", "tables", "COPY secrets TO STDOUT", Deny("secrets")),
         ("tables_cursor_over_denied_table", "tables", "DECLARE c CURSOR FOR SELECT * FROM secrets", Deny("secrets")),
         ("tables_prepare_over_denied_table", "tables", "PREPARE p AS SELECT * FROM secrets", Deny("secrets")),

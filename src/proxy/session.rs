@@ -41,7 +41,6 @@ use crate::audit::event::{self as audit_event, AuditEvent};
 use crate::audit::{AuditAck, AuditError};
 use crate::grants::watch::GrantWatch;
 use crate::grants::{Grant, GrantStatus};
-use crate::policy::{RolePolicy, StatementClass};
 
 /// Buffered bytes per direction before the relay stops reading from the sender (backpressure).
 const HIGH_WATER: usize = 256 * 1024;
@@ -329,7 +328,7 @@ async fn open_session(
             grant.id, grant.role
         )));
     };
-    let settings = upstream_settings(&policy, &params.settings)?;
+    let settings = startup::upstream_settings(&policy, &params.settings)?;
     let interceptor = Interceptor::new(policy, state.proxy.classify_cache.clone(), &grant.id, &grant.role)
         .bench_skip_policy(config.bench.skip_policy());
     let mut settings = settings;
@@ -458,40 +457,6 @@ async fn open_session(
         interceptor,
         statement_seq: 0,
     }))
-}
-
-/// The session settings sent upstream: the client's harmless ones, checked against the role, plus
-/// the role's own: its `statement_timeout` cap and, for roles that may not write,
-/// `default_transaction_read_only = on` as a second line of defence behind statement checks.
-pub fn upstream_settings(
-    policy: &RolePolicy,
-    client: &[(String, String)],
-) -> Result<Vec<(String, String)>, PgError> {
-    let mut settings = Vec::with_capacity(client.len() + 2);
-    for (name, value) in client {
-        if name == "statement_timeout" {
-            if let Some(cap) = policy.statement_timeout {
-                let asked = crate::policy::authorize::parse_pg_duration(value);
-                if asked.is_none_or(|d| d.is_zero() || d > cap) {
-                    return Err(PgError::insufficient_privilege(format!(
-                        "startup setting statement_timeout={value} exceeds role {}'s cap of {}",
-                        policy.name,
-                        humantime::format_duration(cap)
-                    )));
-                }
-            }
-        }
-        settings.push((name.clone(), value.clone()));
-    }
-    if let Some(cap) = policy.statement_timeout {
-        if !settings.iter().any(|(k, _)| k == "statement_timeout") {
-            settings.push(("statement_timeout".into(), format!("{}ms", cap.as_millis())));
-        }
-    }
-    if !policy.allows(StatementClass::Write) {
-        settings.push(("default_transaction_read_only".into(), "on".into()));
-    }
-    Ok(settings)
 }
 
 /// `timebox:<user>:<grant id>[:<client's application_name>]`, at most 63 bytes (PostgreSQL's limit).
