@@ -602,3 +602,66 @@ async fn startup_search_path_and_catalog_names_cannot_escape_table_rules() {
         "2"
     );
 }
+
+/// Regression (issue 16, finding 10): an engineer could replace timebox's tag in
+/// `pg_stat_activity` and the server log with another engineer's (`SET application_name =
+/// 'timebox:bob:g_…'`, `set_config(…)`, startup `options -c application_name=…`). A plain SET is
+/// rewritten to keep the tag in front (psql, JDBC and other drivers keep working); anything else
+/// that would drop it is denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_name_always_carries_the_tag() {
+    let inst = common::start(Options::default()).await;
+    let (grant, token) = inst.grant("alice", "read", "10m").await;
+    let tag = format!("timebox:alice:{}", grant.id);
+    let client = connect(&inst.conn_string("alice", &token, "disable")).await;
+    let seen_upstream = "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()";
+
+    // Simple protocol SET: rewritten, tag in front.
+    client
+        .batch_execute("SET application_name = 'timebox:bob:g_0000000000000000'")
+        .await
+        .unwrap();
+    assert_eq!(
+        scalar(&client, seen_upstream).await,
+        format!("{tag}:timebox:bob:g_0000000000000000")
+    );
+    // Extended protocol (a driver's SET): rewritten too.
+    client
+        .execute("SET application_name = 'dbeaver'", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        scalar(&client, "SHOW application_name").await,
+        format!("{tag}:dbeaver")
+    );
+    // What cannot be rewritten exactly is denied.
+    for sql in [
+        "SELECT set_config('application_name', 'timebox:bob:g_0000000000000000', false)",
+        "SET application_name = 'timebox:bob:g_0000000000000000'; SELECT 1",
+    ] {
+        let msg = denial(&client.simple_query(sql).await.unwrap_err());
+        assert!(msg.contains("would drop timebox's tag"), "{sql}: {msg}");
+    }
+    // RESET returns to the tagged startup value.
+    client.batch_execute("RESET application_name").await.unwrap();
+    assert_eq!(scalar(&client, seen_upstream).await, tag);
+
+    // Startup: application_name as a parameter or in options, both tagged.
+    for extra in [
+        "application_name=timebox:bob:g_0000000000000000",
+        "options='-c application_name=timebox:bob:g_0000000000000000'",
+    ] {
+        let out = psql(
+            &proxy_conn(&inst, "alice", &format!("sslmode=disable {extra}")),
+            &token,
+            seen_upstream,
+        )
+        .await;
+        assert!(out.success, "{extra}: {}", out.stderr);
+        assert!(
+            out.stdout.trim().starts_with(&format!("{tag}:")),
+            "{extra}: {}",
+            out.stdout
+        );
+    }
+}

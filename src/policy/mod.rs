@@ -12,6 +12,7 @@
 //!   explains the split and the cross-check).
 //! - [`authorize`](mod@authorize): role + statement → [`Decision`] with a reason and a hint.
 //! - [`functions`]: the maintained lists (functions, operators, settings).
+//! - [`appname`]: `application_name` keeps timebox's tag (`SET` rewritten, the rest denied).
 //! - [`cache`](mod@cache): [`ClassifyCache`], the bounded cache the relay classifies through.
 //! - [`shape`]: statement texts with their literals abstracted, and when a classification holds
 //!   for every text of its shape (the cache's second level).
@@ -43,6 +44,7 @@
 //! - the function lists are maintained by hand: an unlisted built-in counts as `write` until it is
 //!   added to [`functions`] or to the role's `allow_functions`.
 
+pub mod appname;
 pub mod authorize;
 pub mod cache;
 pub mod classify;

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::wire::{PgError, Severity};
+use crate::policy::appname::{self, Appname};
 use crate::policy::{
     self, Classification, ClassifyCache, Decision, RolePolicy, ServerVersion, StatementClass,
 };
@@ -82,6 +83,8 @@ pub struct Interceptor {
     /// The target's major version (from its `server_version` at login; the oldest supported until
     /// known): constructs of the classifier's newer grammar are what this version makes of them.
     server: ServerVersion,
+    /// `timebox:<user>:<grant id>`: `application_name` keeps it (see [`appname`]).
+    app_tag: String,
 }
 
 impl Interceptor {
@@ -98,6 +101,23 @@ impl Interceptor {
             cache,
             skip_policy: None,
             server: ServerVersion::OLDEST,
+            app_tag: appname::session_tag("?", grant_id),
+        }
+    }
+
+    /// The engineer behind the session, for the `application_name` tag it must keep.
+    pub fn tagging(mut self, user: &str) -> Self {
+        self.app_tag = appname::session_tag(user, &self.grant_id);
+        self
+    }
+
+    /// What the `application_name` rules make of an allowed message: `None` to forward it, the
+    /// statement text to send instead (the tagged `SET`), or the denial.
+    fn application_name(&self, classification: &Classification) -> Result<Option<String>, PgError> {
+        match appname::decide(&self.app_tag, classification) {
+            Appname::Keep => Ok(None),
+            Appname::Rewrite(sql) => Ok(Some(sql)),
+            Appname::Deny { reason, hint } => Err(self.denial(&reason, &hint)),
         }
     }
 
@@ -257,27 +277,41 @@ impl Interceptor {
                         "timebox checks statements as UTF-8 text; use client_encoding UTF8.",
                     ));
                 };
-                let (classification, denial) = self.check_sql(sql);
+                let (classification, mut denial) = self.check_sql(sql);
+                let mut rewritten = None;
+                if denial.is_none() {
+                    match self.application_name(&classification) {
+                        Ok(r) => rewritten = r,
+                        Err(e) => denial = Some(e),
+                    }
+                }
                 *checked = Some(Checked {
                     sql: Arc::from(sql),
                     classification,
                     denied: denial.as_ref().map(|e| e.message.clone()),
                     params: None,
                 });
-                match denial {
-                    None => FrontendAction::Forward,
-                    Some(e) => self.deny_with_query_marker(e),
+                match (denial, rewritten) {
+                    (Some(e), _) => self.deny_with_query_marker(e),
+                    (None, None) => FrontendAction::Forward,
+                    (None, Some(sql)) => {
+                        let mut out = BytesMut::new();
+                        postgres_protocol::message::frontend::query(&sql, &mut out)
+                            .expect("a generated SET has no NUL");
+                        FrontendAction::Replace(out)
+                    }
                 }
             }
             b'P' => {
                 let parsed = cstr(body).and_then(|(name, rest)| {
-                    let (sql, _) = cstr(rest)?;
+                    let (sql, param_types) = cstr(rest)?;
                     Some((
                         String::from_utf8(name.to_vec()).ok()?,
                         std::str::from_utf8(sql).ok()?,
+                        param_types,
                     ))
                 });
-                let Some((name, sql)) = parsed else {
+                let Some((name, sql, param_types)) = parsed else {
                     return self.deny_with_parse_marker(self.denial(
                         "the statement text is not valid UTF-8",
                         "timebox checks statements as UTF-8 text; use client_encoding UTF8.",
@@ -290,6 +324,13 @@ impl Interceptor {
                         "a prepared statement must contain a single SQL statement",
                         "Send one statement per Parse message.",
                     ));
+                }
+                let mut rewritten = None;
+                if denial.is_none() {
+                    match self.application_name(&classification) {
+                        Ok(r) => rewritten = r,
+                        Err(e) => denial = Some(e),
+                    }
                 }
                 let class = classification.class();
                 let sql: Arc<str> = Arc::from(sql);
@@ -311,6 +352,18 @@ impl Interceptor {
                             );
                             return self.deny_with_parse_marker(e);
                         }
+                        let replaced = rewritten.map(|text| {
+                            // The same Parse (name, parameter types) with the tagged SET as its text.
+                            let mut out = BytesMut::new();
+                            super::wire::frame(&mut out, b'P', |b| {
+                                b.extend_from_slice(name.as_bytes());
+                                b.extend_from_slice(&[0]);
+                                b.extend_from_slice(text.as_bytes());
+                                b.extend_from_slice(&[0]);
+                                b.extend_from_slice(param_types);
+                            });
+                            out
+                        });
                         self.prepared.insert(
                             name,
                             Prepared {
@@ -319,7 +372,10 @@ impl Interceptor {
                                 classification,
                             },
                         );
-                        FrontendAction::Forward
+                        match replaced {
+                            None => FrontendAction::Forward,
+                            Some(out) => FrontendAction::Replace(out),
+                        }
                     }
                     Some(e) => {
                         self.prepared.remove(&name);
@@ -474,6 +530,31 @@ mod tests {
             let action = i.on_frontend(b'Q', &frame, &mut checked);
             assert_eq!(action == FrontendAction::Forward, allowed, "{server_version:?}");
         }
+    }
+
+    /// A driver's `SET application_name` in a Parse is rewritten in place: same statement name and
+    /// parameter types, the tagged value as text.
+    #[test]
+    fn parse_of_set_application_name_keeps_the_tag() {
+        let cache = Arc::new(ClassifyCache::new(16));
+        let mut i = interceptor(&cache).tagging("alice");
+        let mut parse = BytesMut::new();
+        postgres_protocol::message::frontend::parse("s1", "SET application_name = 'x'", [25u32], &mut parse)
+            .unwrap();
+        let mut checked = None;
+        let FrontendAction::Replace(out) = i.on_frontend(b'P', &parse, &mut checked) else {
+            panic!("expected a rewrite");
+        };
+        let mut expected = BytesMut::new();
+        postgres_protocol::message::frontend::parse(
+            "s1",
+            "SET application_name = 'timebox:alice:g_1:x'",
+            [25u32],
+            &mut expected,
+        )
+        .unwrap();
+        assert_eq!(out, expected);
+        assert!(checked.unwrap().denied.is_none());
     }
 
     /// `[bench] skip_policy`: everything is allowed, nothing is classified, and the statement is

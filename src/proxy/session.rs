@@ -330,6 +330,7 @@ async fn open_session(
     };
     let settings = startup::upstream_settings(&policy, &params.settings)?;
     let interceptor = Interceptor::new(policy, state.proxy.classify_cache.clone(), &grant.id, &grant.role)
+        .tagging(&grant.user)
         .bench_skip_policy(config.bench.skip_policy());
     let mut settings = settings;
     settings.push((
@@ -460,20 +461,10 @@ async fn open_session(
 }
 
 /// `timebox:<user>:<grant id>[:<client's application_name>]`, at most 63 bytes (PostgreSQL's limit).
+/// Later changes keep the tag too: see [`crate::policy::appname`].
 pub fn tagged_application_name(grant: &Grant, client_name: Option<&str>) -> String {
-    let mut name = format!("timebox:{}:{}", grant.user, grant.id);
-    if let Some(c) = client_name.filter(|c| !c.is_empty()) {
-        name.push(':');
-        name.push_str(c);
-    }
-    if name.len() > 63 {
-        let mut cut = 63;
-        while !name.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        name.truncate(cut);
-    }
-    name
+    let tag = crate::policy::appname::session_tag(&grant.user, &grant.id);
+    crate::policy::appname::tagged(&tag, client_name)
 }
 
 /// Converts a wall-clock deadline into a tokio instant (now if already past).
