@@ -132,10 +132,17 @@ const SAFE_FUNCTIONS: &[&str] = &[
     "to_regtypemod", "txid_current_if_assigned", "txid_current_snapshot", "txid_snapshot_xip",
     "txid_snapshot_xmax", "txid_snapshot_xmin", "txid_status", "txid_visible_in_snapshot", "user",
     "version", "aclcontains", "acldefault", "aclexplode", "makeaclitem",
+    // privilege checks (a has_ prefix would let a user-defined has_anything() pass as built-in)
+    "has_any_column_privilege", "has_column_privilege", "has_database_privilege",
+    "has_foreign_data_wrapper_privilege", "has_function_privilege", "has_language_privilege",
+    "has_largeobject_privilege", "has_parameter_privilege", "has_schema_privilege",
+    "has_sequence_privilege", "has_server_privilege", "has_table_privilege",
+    "has_tablespace_privilege", "has_type_privilege",
 ];
 
-/// Prefixes of safe built-in families (statistics read-outs, privilege checks).
-const SAFE_PREFIXES: &[&str] = &["pg_stat_get_", "has_"];
+/// Prefixes of safe built-in families (statistics read-outs). A prefix also covers user-defined
+/// functions of such a name, so it is kept to the catalog's own `pg_` namespace of names.
+const SAFE_PREFIXES: &[&str] = &["pg_stat_get_"];
 
 /// Built-in functions that change data or take locks: a `write`.
 #[rustfmt::skip]

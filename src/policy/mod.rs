@@ -591,6 +591,8 @@ mod tests {
         ("tables_allowed_function_public_qualified", "tables", "SELECT public.report_totals()", Allow),
         ("tables_allowed_function_in_schema", "tables", "SELECT app.safe_fn(1)", Allow),
         ("tables_unlisted_function", "tables", "SELECT other_fn()", Deny("allow_functions")),
+        ("user_function_named_like_a_privilege_check", "read", "SELECT has_secret_access()", Deny("has_secret_access()")),
+        ("privilege_checks_are_builtins", "read", "SELECT has_table_privilege('orders', 'SELECT'), has_schema_privilege('public', 'USAGE'), has_any_column_privilege('orders', 'SELECT')", Allow),
         ("tables_allow_functions_cannot_downgrade_nextval", "tables", "SELECT report_totals(nextval('s'))", Deny("nextval()")),
         ("tables_function_reading_table_by_name", "tables", "SELECT table_to_xml('secrets', true, false, '')", Deny("needs admin access")),
         // ---- a role that allows nothing ------------------------------------------------------------

@@ -170,7 +170,7 @@ const BUILTIN_SINCE: &[(&str, u32)] = &[
     ("pg_get_wal_replay_pause_state", 14),
     // 15
     ("regexp_count", 15), ("regexp_instr", 15), ("regexp_like", 15), ("regexp_substr", 15),
-    ("pg_settings_get_flags", 15),
+    ("pg_settings_get_flags", 15), ("has_parameter_privilege", 15),
     // 16
     ("any_value", 16), ("array_sample", 16), ("array_shuffle", 16), ("date_add", 16),
     ("date_subtract", 16), ("erf", 16), ("erfc", 16), ("json_agg_strict", 16),
@@ -184,7 +184,7 @@ const BUILTIN_SINCE: &[(&str, u32)] = &[
     ("to_regtypemod", 17), ("uuid_extract_timestamp", 17), ("uuid_extract_version", 17),
     // 18
     ("array_reverse", 18), ("array_sort", 18), ("casefold", 18), ("crc32", 18), ("crc32c", 18),
-    ("gamma", 18), ("lgamma", 18), ("uuidv4", 18), ("uuidv7", 18),
+    ("gamma", 18), ("lgamma", 18), ("uuidv4", 18), ("uuidv7", 18), ("has_largeobject_privilege", 18),
 ];
 
 /// The major version that added a built-in function (folded name, optionally `pg_catalog.`), when
