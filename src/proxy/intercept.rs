@@ -23,7 +23,10 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::wire::{PgError, Severity};
-use crate::policy::{self, Classification, ClassifyCache, Decision, RolePolicy, StatementClass};
+use crate::policy::appname::{self, Appname};
+use crate::policy::{
+    self, Classification, ClassifyCache, Decision, RolePolicy, ServerVersion, StatementClass,
+};
 
 /// Prepared statements a session may hold before new named ones are refused.
 const MAX_PREPARED: usize = 10_000;
@@ -77,6 +80,11 @@ pub struct Interceptor {
     /// `Some` (an empty classification, given to every statement) only under the benchmark knob
     /// `[bench] skip_policy`: everything is allowed unclassified.
     skip_policy: Option<Arc<Classification>>,
+    /// The target's major version (from its `server_version` at login; the oldest supported until
+    /// known): constructs of the classifier's newer grammar are what this version makes of them.
+    server: ServerVersion,
+    /// `timebox:<user>:<grant id>`: `application_name` keeps it (see [`appname`]).
+    app_tag: String,
 }
 
 impl Interceptor {
@@ -92,7 +100,32 @@ impl Interceptor {
             denials: VecDeque::new(),
             cache,
             skip_policy: None,
+            server: ServerVersion::OLDEST,
+            app_tag: appname::session_tag("?", grant_id),
         }
+    }
+
+    /// The engineer behind the session, for the `application_name` tag it must keep.
+    pub fn tagging(mut self, user: &str) -> Self {
+        self.app_tag = appname::session_tag(user, &self.grant_id);
+        self
+    }
+
+    /// What the `application_name` rules make of an allowed message: `None` to forward it, the
+    /// statement text to send instead (the tagged `SET`), or the denial.
+    fn application_name(&self, classification: &Classification) -> Result<Option<String>, PgError> {
+        match appname::decide(&self.app_tag, classification) {
+            Appname::Keep => Ok(None),
+            Appname::Rewrite(sql) => Ok(Some(sql)),
+            Appname::Deny { reason, hint } => Err(self.denial(&reason, &hint)),
+        }
+    }
+
+    /// The target's version, as its `server_version` ParameterStatus reported it at login (`None`
+    /// or unreadable: the oldest supported).
+    pub fn on_server(mut self, server_version: Option<&str>) -> Self {
+        self.server = ServerVersion::of_target(server_version);
+        self
     }
 
     /// Benchmarks only: with `skip` (the config's `[bench] skip_policy`, which is always false unless
@@ -146,7 +179,9 @@ impl Interceptor {
             return (unclassified.clone(), None);
         }
         let classification = self.classify(sql);
-        if let Decision::Deny { reason, hint } = policy::authorize_all(&self.policy, &classification) {
+        if let Decision::Deny { reason, hint } =
+            policy::authorize_all_on(&self.policy, self.server, &classification)
+        {
             return (classification, Some(self.denial(&reason, &hint)));
         }
         // Statements whose effect depends on session state the classifier cannot see.
@@ -242,27 +277,41 @@ impl Interceptor {
                         "timebox checks statements as UTF-8 text; use client_encoding UTF8.",
                     ));
                 };
-                let (classification, denial) = self.check_sql(sql);
+                let (classification, mut denial) = self.check_sql(sql);
+                let mut rewritten = None;
+                if denial.is_none() {
+                    match self.application_name(&classification) {
+                        Ok(r) => rewritten = r,
+                        Err(e) => denial = Some(e),
+                    }
+                }
                 *checked = Some(Checked {
                     sql: Arc::from(sql),
                     classification,
                     denied: denial.as_ref().map(|e| e.message.clone()),
                     params: None,
                 });
-                match denial {
-                    None => FrontendAction::Forward,
-                    Some(e) => self.deny_with_query_marker(e),
+                match (denial, rewritten) {
+                    (Some(e), _) => self.deny_with_query_marker(e),
+                    (None, None) => FrontendAction::Forward,
+                    (None, Some(sql)) => {
+                        let mut out = BytesMut::new();
+                        postgres_protocol::message::frontend::query(&sql, &mut out)
+                            .expect("a generated SET has no NUL");
+                        FrontendAction::Replace(out)
+                    }
                 }
             }
             b'P' => {
                 let parsed = cstr(body).and_then(|(name, rest)| {
-                    let (sql, _) = cstr(rest)?;
+                    let (sql, param_types) = cstr(rest)?;
                     Some((
                         String::from_utf8(name.to_vec()).ok()?,
                         std::str::from_utf8(sql).ok()?,
+                        param_types,
                     ))
                 });
-                let Some((name, sql)) = parsed else {
+                let Some((name, sql, param_types)) = parsed else {
                     return self.deny_with_parse_marker(self.denial(
                         "the statement text is not valid UTF-8",
                         "timebox checks statements as UTF-8 text; use client_encoding UTF8.",
@@ -275,6 +324,13 @@ impl Interceptor {
                         "a prepared statement must contain a single SQL statement",
                         "Send one statement per Parse message.",
                     ));
+                }
+                let mut rewritten = None;
+                if denial.is_none() {
+                    match self.application_name(&classification) {
+                        Ok(r) => rewritten = r,
+                        Err(e) => denial = Some(e),
+                    }
                 }
                 let class = classification.class();
                 let sql: Arc<str> = Arc::from(sql);
@@ -296,6 +352,18 @@ impl Interceptor {
                             );
                             return self.deny_with_parse_marker(e);
                         }
+                        let replaced = rewritten.map(|text| {
+                            // The same Parse (name, parameter types) with the tagged SET as its text.
+                            let mut out = BytesMut::new();
+                            super::wire::frame(&mut out, b'P', |b| {
+                                b.extend_from_slice(name.as_bytes());
+                                b.extend_from_slice(&[0]);
+                                b.extend_from_slice(text.as_bytes());
+                                b.extend_from_slice(&[0]);
+                                b.extend_from_slice(param_types);
+                            });
+                            out
+                        });
                         self.prepared.insert(
                             name,
                             Prepared {
@@ -304,7 +372,10 @@ impl Interceptor {
                                 classification,
                             },
                         );
-                        FrontendAction::Forward
+                        match replaced {
+                            None => FrontendAction::Forward,
+                            Some(out) => FrontendAction::Replace(out),
+                        }
                     }
                     Some(e) => {
                         self.prepared.remove(&name);
@@ -441,6 +512,49 @@ mod tests {
         assert!(matches!(action, FrontendAction::Replace(_)), "{action:?}");
         assert!(checked.unwrap().denied.is_some());
         assert_eq!(cache.len(), 1);
+    }
+
+    /// The session's target version decides newer-grammar syntax: `JSON_ARRAY(…)` is a built-in on
+    /// PostgreSQL 16, a call of a user-defined `json_array` on 15 (and on an unknown version).
+    #[test]
+    fn statements_are_checked_for_the_target_version() {
+        let cache = Arc::new(ClassifyCache::new(16));
+        let frame = query("SELECT JSON_ARRAY(1, 2)");
+        for (server_version, allowed) in [
+            (Some("15.18 (Debian 15.18-0+deb12u1)"), false),
+            (None, false),
+            (Some("16.4"), true),
+        ] {
+            let mut i = interceptor(&cache).on_server(server_version);
+            let mut checked = None;
+            let action = i.on_frontend(b'Q', &frame, &mut checked);
+            assert_eq!(action == FrontendAction::Forward, allowed, "{server_version:?}");
+        }
+    }
+
+    /// A driver's `SET application_name` in a Parse is rewritten in place: same statement name and
+    /// parameter types, the tagged value as text.
+    #[test]
+    fn parse_of_set_application_name_keeps_the_tag() {
+        let cache = Arc::new(ClassifyCache::new(16));
+        let mut i = interceptor(&cache).tagging("alice");
+        let mut parse = BytesMut::new();
+        postgres_protocol::message::frontend::parse("s1", "SET application_name = 'x'", [25u32], &mut parse)
+            .unwrap();
+        let mut checked = None;
+        let FrontendAction::Replace(out) = i.on_frontend(b'P', &parse, &mut checked) else {
+            panic!("expected a rewrite");
+        };
+        let mut expected = BytesMut::new();
+        postgres_protocol::message::frontend::parse(
+            "s1",
+            "SET application_name = 'timebox:alice:g_1:x'",
+            [25u32],
+            &mut expected,
+        )
+        .unwrap();
+        assert_eq!(out, expected);
+        assert!(checked.unwrap().denied.is_none());
     }
 
     /// `[bench] skip_policy`: everything is allowed, nothing is classified, and the statement is

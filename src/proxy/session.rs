@@ -41,7 +41,6 @@ use crate::audit::event::{self as audit_event, AuditEvent};
 use crate::audit::{AuditAck, AuditError};
 use crate::grants::watch::GrantWatch;
 use crate::grants::{Grant, GrantStatus};
-use crate::policy::{RolePolicy, StatementClass};
 
 /// Buffered bytes per direction before the relay stops reading from the sender (backpressure).
 const HIGH_WATER: usize = 256 * 1024;
@@ -329,8 +328,9 @@ async fn open_session(
             grant.id, grant.role
         )));
     };
-    let settings = upstream_settings(&policy, &params.settings)?;
+    let settings = startup::upstream_settings(&policy, &params.settings)?;
     let interceptor = Interceptor::new(policy, state.proxy.classify_cache.clone(), &grant.id, &grant.role)
+        .tagging(&grant.user)
         .bench_skip_policy(config.bench.skip_policy());
     let mut settings = settings;
     settings.push((
@@ -384,6 +384,11 @@ async fn open_session(
         notices,
         ready_status,
     } = upstream;
+    let server_version = parameter_status
+        .iter()
+        .find(|(name, _)| name == "server_version")
+        .map(|(_, value)| value.as_str());
+    let interceptor = interceptor.on_server(server_version);
 
     for (name, value) in &parameter_status {
         let mut frame = BytesMut::new();
@@ -455,55 +460,11 @@ async fn open_session(
     }))
 }
 
-/// The session settings sent upstream: the client's harmless ones, checked against the role, plus
-/// the role's own: its `statement_timeout` cap and, for roles that may not write,
-/// `default_transaction_read_only = on` as a second line of defence behind statement checks.
-pub fn upstream_settings(
-    policy: &RolePolicy,
-    client: &[(String, String)],
-) -> Result<Vec<(String, String)>, PgError> {
-    let mut settings = Vec::with_capacity(client.len() + 2);
-    for (name, value) in client {
-        if name == "statement_timeout" {
-            if let Some(cap) = policy.statement_timeout {
-                let asked = crate::policy::authorize::parse_pg_duration(value);
-                if asked.is_none_or(|d| d.is_zero() || d > cap) {
-                    return Err(PgError::insufficient_privilege(format!(
-                        "startup setting statement_timeout={value} exceeds role {}'s cap of {}",
-                        policy.name,
-                        humantime::format_duration(cap)
-                    )));
-                }
-            }
-        }
-        settings.push((name.clone(), value.clone()));
-    }
-    if let Some(cap) = policy.statement_timeout {
-        if !settings.iter().any(|(k, _)| k == "statement_timeout") {
-            settings.push(("statement_timeout".into(), format!("{}ms", cap.as_millis())));
-        }
-    }
-    if !policy.allows(StatementClass::Write) {
-        settings.push(("default_transaction_read_only".into(), "on".into()));
-    }
-    Ok(settings)
-}
-
 /// `timebox:<user>:<grant id>[:<client's application_name>]`, at most 63 bytes (PostgreSQL's limit).
+/// Later changes keep the tag too: see [`crate::policy::appname`].
 pub fn tagged_application_name(grant: &Grant, client_name: Option<&str>) -> String {
-    let mut name = format!("timebox:{}:{}", grant.user, grant.id);
-    if let Some(c) = client_name.filter(|c| !c.is_empty()) {
-        name.push(':');
-        name.push_str(c);
-    }
-    if name.len() > 63 {
-        let mut cut = 63;
-        while !name.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        name.truncate(cut);
-    }
-    name
+    let tag = crate::policy::appname::session_tag(&grant.user, &grant.id);
+    crate::policy::appname::tagged(&tag, client_name)
 }
 
 /// Converts a wall-clock deadline into a tokio instant (now if already past).
