@@ -144,6 +144,19 @@ impl AuditSql {
         redact::scrub(text, &self.hidden)
     }
 
+    /// A denial reason about this statement fit for a log line: without the statement's secrets
+    /// (a parser error may quote a `PASSWORD` literal) and without grant tokens. Denials only, so
+    /// the cost of re-reading a short statement stays off the allowed path.
+    pub fn loggable_reason(&self, reason: &str) -> String {
+        let scrubbed = if self.truncated.is_some() {
+            self.scrub(reason)
+        } else {
+            let (_, hidden) = redact::redact_sql_secrets(&self.text);
+            std::borrow::Cow::Owned(redact::scrub(reason, &hidden).into_owned())
+        };
+        redact::redact_tokens(&scrubbed).into_owned()
+    }
+
     /// Length of the whole text in bytes.
     pub fn bytes(&self) -> usize {
         match &self.truncated {
@@ -713,5 +726,22 @@ pub(crate) mod tests {
         );
         let off = prepare(AuditEvent::Statement(s), ParamLogging::Off);
         assert!(off.payload.contains(r#""params":null"#), "{}", off.payload);
+    }
+
+    /// Regression (issue 16, finding 8's log path): the sqlparser cross-check rejects a continued
+    /// literal and its message quotes it; the relay's "statement denied" log line must not.
+    #[test]
+    fn a_denial_reason_quoting_a_secret_is_scrubbed_for_the_log() {
+        let sql = "ALTER ROLE x PASSWORD 'abc'\n'hunter2-secret'";
+        let reason = "statement could not be parsed: found: 'hunter2-secret' near tbx_abcdefghijklmnopqrstuvwxyz234567";
+        for audited in [AuditSql::of(sql), AuditSql::bounded(sql, 10)] {
+            let logged = audited.loggable_reason(reason);
+            assert!(!logged.contains("hunter2-secret"), "{logged}");
+            assert!(
+                !logged.contains("tbx_abcdefghijklmnopqrstuvwxyz234567"),
+                "{logged}"
+            );
+            assert!(logged.starts_with("statement could not be parsed"), "{logged}");
+        }
     }
 }

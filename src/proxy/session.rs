@@ -1043,6 +1043,8 @@ impl Session {
                                     .with_label_values(&[c.class.as_str(), decision])
                                     .inc();
                                 if let Some(reason) = &c.denied {
+                                    // The reason may quote the statement: never a secret in a log line.
+                                    let reason = c.sql.loggable_reason(reason);
                                     tracing::info!(sql.len = c.sql.bytes(), %reason, "statement denied");
                                 }
                             }
