@@ -133,11 +133,13 @@ pub async fn run(
     }
     let admin_router = crate::admin::router(state.clone());
     let admin_shutdown = state.shutdown.clone();
-    let admin = tokio::spawn(async move {
-        axum::serve(listeners.admin, admin_router)
-            .with_graceful_shutdown(async move { admin_shutdown.cancelled().await })
-            .await
-    });
+    let admin_limits = crate::admin::server::AdminLimits::from(&state.config.admin);
+    let admin = tokio::spawn(crate::admin::server::serve(
+        listeners.admin,
+        admin_router,
+        admin_limits,
+        admin_shutdown,
+    ));
     let proxy = tokio::spawn(proxy::serve(state.clone(), listeners.proxy));
     let webhooks = tokio::spawn(state.webhooks.clone().run(state.shutdown.clone()));
     let expiry = tokio::spawn(expiry_task(state.clone()));

@@ -137,6 +137,7 @@ struct RawProxy {
     max_unauthenticated_per_address: Option<i64>,
     shutdown_grace: Option<String>,
     max_message_bytes: Option<i64>,
+    max_statement_bytes: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +146,9 @@ struct RawAdmin {
     #[serde(default)]
     tokens: Vec<RawAdminToken>,
     metrics_public: Option<bool>,
+    max_connections: Option<i64>,
+    header_timeout: Option<String>,
+    idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -314,6 +318,9 @@ pub enum ClientTls {
     Disabled,
 }
 
+/// `proxy.max_statement_bytes` when the config does not say.
+pub const DEFAULT_MAX_STATEMENT_BYTES: usize = 1024 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     pub listen: SocketAddr,
@@ -344,6 +351,9 @@ pub struct ProxyConfig {
     pub shutdown_grace: Duration,
     /// Largest frontend message accepted (CopyData is streamed and exempt).
     pub max_message_bytes: usize,
+    /// Longest statement text (Query or Parse) checked and forwarded; a longer one is refused with
+    /// ERROR 54000 and the session goes on.
+    pub max_statement_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -351,6 +361,12 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     pub tokens: Vec<AdminToken>,
     pub metrics_public: bool,
+    /// HTTP connections served at once; past it a connection gets 503 `too_many_connections`.
+    pub max_connections: usize,
+    /// A request's header must arrive whole within this (also bounds an idle keep-alive wait).
+    pub header_timeout: Duration,
+    /// A connection that moves no byte either way for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -915,6 +931,12 @@ fn validate_proxy(raw: &RawProxy, p: &mut Problems) -> ProxyConfig {
             64 * 1024 * 1024,
             1024 * 1024 * 1024,
         ) as usize,
+        max_statement_bytes: p.positive(
+            "proxy.max_statement_bytes",
+            raw.max_statement_bytes,
+            DEFAULT_MAX_STATEMENT_BYTES as u64,
+            1024 * 1024 * 1024,
+        ) as usize,
     }
 }
 
@@ -976,6 +998,17 @@ fn validate_admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
         listen,
         tokens,
         metrics_public: raw.metrics_public.unwrap_or(false),
+        max_connections: p.positive("admin.max_connections", raw.max_connections, 128, 100_000) as usize,
+        header_timeout: p.duration(
+            "admin.header_timeout",
+            raw.header_timeout.as_deref(),
+            Duration::from_secs(10),
+        ),
+        idle_timeout: p.duration(
+            "admin.idle_timeout",
+            raw.idle_timeout.as_deref(),
+            Duration::from_secs(60),
+        ),
     }
 }
 

@@ -21,6 +21,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod grants;
+pub mod logging;
 pub mod metrics;
 pub mod pgcluster;
 pub mod policy;

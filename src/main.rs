@@ -506,7 +506,11 @@ async fn serve(path: &Path) -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Every event one line, control characters escaped: log lines carry client-supplied text.
+    let subscriber = timebox::logging::subscriber(filter, std::io::stderr);
+    if tracing_subscriber::util::SubscriberInitExt::try_init(subscriber).is_err() {
+        eprintln!("warning: a tracing subscriber was already installed");
+    }
 }
 
 async fn run_server(config: Config) -> anyhow::Result<()> {

@@ -267,6 +267,169 @@ async fn invalid_grant_requests_are_422_naming_the_field() {
     assert_eq!(ids(&list.json), Vec::<String>::new(), "nothing was issued");
 }
 
+/// See: issue 16, finding 12b: the store (token verifiers) and the audit trail (every statement)
+/// were world-readable. A real instance: every file it creates is 0600, every directory 0700.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_and_audit_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tb = common::start(common::Options::default()).await;
+    issue(&tb.admin_url(), "alice", "shop", "read").await;
+    let mut seen = Vec::new();
+    let mut dirs = vec![tb.dir.path().to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::metadata(&path).unwrap();
+            let mode = meta.permissions().mode() & 0o777;
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if meta.is_dir() {
+                assert_eq!(mode, 0o700, "{}", path.display());
+                dirs.push(path);
+            } else if !name.starts_with("server.") {
+                // server.crt/server.key are the harness's, not timebox's.
+                assert_eq!(mode, 0o600, "{} is {mode:o}", path.display());
+                seen.push(name);
+            }
+        }
+    }
+    for expected in ["timebox.db", "timebox.db-wal", "audit.db", "audit.db-wal"] {
+        assert!(
+            seen.iter().any(|n| n == expected),
+            "{expected} not among {seen:?}"
+        );
+    }
+    assert!(
+        seen.iter().any(|n| n.ends_with(".jsonl")),
+        "a journal segment: {seen:?}"
+    );
+}
+
+/// See: issue 16, finding 12d: a `starts_at` near chrono's maximum panicked the handler (the
+/// connection was dropped without an answer), and year 9999 was accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn far_future_starts_at_is_422_not_a_panic() {
+    let tb = common::start(common::Options::default()).await;
+    let base = tb.admin_url();
+    for starts_at in [
+        "+262142-12-31T23:59:59Z",
+        "9999-12-31T23:59:59Z",
+        "2999-01-01T00:00:00Z",
+    ] {
+        let mut body = issue_body("alice", "shop", "read", "30m");
+        body["starts_at"] = json!(starts_at);
+        let a = send(&base, Method::POST, "/v1/grants", Some(ADMIN_TOKEN), Some(body)).await;
+        assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
+        assert_eq!(a.json["field"], "starts_at", "{starts_at}: {}", a.text);
+        assert!(
+            a.json["message"].as_str().unwrap().contains("366 days"),
+            "{}",
+            a.text
+        );
+    }
+    // Within the bound it is accepted, and the instance is still serving.
+    let mut body = issue_body("alice", "shop", "read", "30m");
+    body["starts_at"] = json!((chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339());
+    let a = send(&base, Method::POST, "/v1/grants", Some(ADMIN_TOKEN), Some(body)).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    assert_eq!(a.json["status"], "pending", "{}", a.text);
+}
+
+/// See: issue 16, finding 9b: control characters in user names (and other names and reasons) were
+/// accepted and reached logs, webhooks and the audit trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_in_names_and_reasons_are_422_naming_the_field() {
+    let tb = common::start(common::Options::default()).await;
+    let base = tb.admin_url();
+    let mut reason = issue_body("alice", "shop", "read", "30m");
+    reason["reason"] = json!("incident\r\n2026-01-01 INFO grant revoked");
+    let mut bidi = issue_body("alice", "shop", "read", "30m");
+    bidi["reason"] = json!("incident \u{202E}1174");
+    let cases = [
+        (
+            "newline in user",
+            issue_body("alice\nroot", "shop", "read", "30m"),
+            "user",
+        ),
+        (
+            "escape in user",
+            issue_body("alice\u{1b}[2J", "shop", "read", "30m"),
+            "user",
+        ),
+        (
+            "NUL in user",
+            issue_body("ali\u{0}ce", "shop", "read", "30m"),
+            "user",
+        ),
+        (
+            "space in user",
+            issue_body("alice smith", "shop", "read", "30m"),
+            "user",
+        ),
+        (
+            "overlong user",
+            issue_body(&"a".repeat(64), "shop", "read", "30m"),
+            "user",
+        ),
+        (
+            "control in target",
+            issue_body("alice", "shop\t", "read", "30m"),
+            "target",
+        ),
+        (
+            "control in role",
+            issue_body("alice", "shop", "read\u{7}", "30m"),
+            "role",
+        ),
+        ("CR LF in reason", reason, "reason"),
+        ("bidi override in reason", bidi, "reason"),
+    ];
+    for (what, body, field) in cases {
+        let a = send(&base, Method::POST, "/v1/grants", Some(ADMIN_TOKEN), Some(body)).await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{what}: {}", a.text);
+        assert_eq!(a.json["code"], "invalid_request", "{what}: {}", a.text);
+        assert_eq!(a.json["field"], field, "{what}: {}", a.text);
+    }
+    let list = send(&base, Method::GET, "/v1/grants", Some(ADMIN_TOKEN), None).await;
+    assert_eq!(ids(&list.json), Vec::<String>::new(), "nothing was issued");
+
+    // Revocation and extension reasons, and a request's reason, follow the same rule.
+    let id = issue(&base, "alice", "shop", "read").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let a = send(
+        &base,
+        Method::POST,
+        &format!("/v1/grants/{id}/extend"),
+        Some(ADMIN_TOKEN),
+        Some(json!({ "ttl": "1m", "reason": "more\ntime" })),
+    )
+    .await;
+    assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
+    assert_eq!(a.json["field"], "reason", "{}", a.text);
+    let a = send(
+        &base,
+        Method::POST,
+        &format!("/v1/grants/{id}/revoke"),
+        Some(ADMIN_TOKEN),
+        Some(json!({ "reason": "done\u{1b}[1A" })),
+    )
+    .await;
+    assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
+    assert_eq!(a.json["field"], "reason", "{}", a.text);
+    let a = send(
+        &base,
+        Method::POST,
+        "/v1/requests",
+        Some(REQUESTER_TOKEN),
+        Some(json!({ "target": "shop", "role": "read", "ttl": "30m", "reason": "need\u{0}it" })),
+    )
+    .await;
+    assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
+    assert_eq!(a.json["field"], "reason", "{}", a.text);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_bodies_are_400_in_the_json_shape() {
     let tb = common::start(common::Options::default()).await;

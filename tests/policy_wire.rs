@@ -450,3 +450,218 @@ async fn role_options_require_where_tables_and_statement_timeout_cap() {
     assert!(!out.success);
     assert!(out.stderr.contains("exceeds role read's cap"), "{}", out.stderr);
 }
+
+/// Regression (issue 16, finding 11): `MERGE … ON true WHEN MATCHED THEN UPDATE` touched every row
+/// under a role with `require_where`. A constant ON condition is no filter; a join key is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_without_a_filtering_condition_is_denied_by_require_where() {
+    let inst = common::start(Options::default()).await;
+    let table = private_table().await;
+    let (_g, token) = inst.grant("bob", "write", "10m").await;
+    let writer = connect(&inst.conn_string("bob", &token, "disable")).await;
+    for on in ["true", "1 = 1", "NOT false", "'t'::bool"] {
+        let msg = denial(
+            &writer
+                .batch_execute(&format!(
+                    "MERGE INTO {table} t USING (SELECT 1 AS id) s ON {on} WHEN MATCHED THEN UPDATE SET body = 'gone'"
+                ))
+                .await
+                .unwrap_err(),
+        );
+        assert!(msg.contains("require_where"), "{on}: {msg}");
+    }
+    let changed = format!("SELECT count(*) FROM {table} WHERE body = 'gone'");
+    assert_eq!(scalar(&writer, &changed).await, "0", "no row was touched");
+    // A MERGE matched by its key runs.
+    writer
+        .batch_execute(&format!(
+            "MERGE INTO {table} t USING (SELECT 1 AS id) s ON t.id = s.id WHEN MATCHED THEN UPDATE SET body = 'gone'"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(scalar(&writer, &changed).await, "1");
+}
+
+/// Regression (issue 16, finding 2): the classifier parses with PostgreSQL 18's grammar, where
+/// `JSON_ARRAY(…)`, `JSON_SCALAR(…)`, `JSON_VALUE(…)` and `MERGE_ACTION()` are keywords, not function
+/// calls; PostgreSQL 15 calls the user-defined functions of those names. Here they are SECURITY
+/// DEFINER functions as in the report: a read grant must not reach them, whatever the case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_grammar_keywords_are_user_functions_on_an_older_target() {
+    let inst = common::start(Options::default()).await;
+    let setup = "\
+        CREATE OR REPLACE FUNCTION public.json_array(int, int) RETURNS text LANGUAGE sql SECURITY DEFINER AS $$ SELECT 'user json_array ran' $$;\
+        CREATE OR REPLACE FUNCTION public.json_scalar(int) RETURNS text LANGUAGE sql SECURITY DEFINER AS $$ SELECT 'user json_scalar ran' $$;\
+        CREATE OR REPLACE FUNCTION public.json_value(text, text) RETURNS text LANGUAGE sql SECURITY DEFINER AS $$ SELECT 'user json_value ran' $$;\
+        CREATE OR REPLACE FUNCTION public.merge_action() RETURNS text LANGUAGE sql SECURITY DEFINER AS $$ SELECT 'user merge_action ran' $$;\
+        GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO timebox_read;";
+    tokio::task::spawn_blocking(move || common::cluster::shop_psql(setup))
+        .await
+        .unwrap();
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let client = connect(&inst.conn_string("alice", &token, "disable")).await;
+    let version = scalar(&client, "SHOW server_version_num").await;
+    assert!(
+        version.starts_with("15"),
+        "this test needs a PostgreSQL 15 target: {version}"
+    );
+    for sql in [
+        "SELECT JSON_ARRAY(1, 2)",
+        "select json_array(1, 2)",
+        "SELECT Json_Scalar(1)",
+        "SELECT JSON_VALUE('{}', '$.a')",
+        "SELECT MERGE_ACTION()",
+        "SELECT 1 WHERE merge_action() IS NOT NULL",
+    ] {
+        let msg = denial(&client.simple_query(sql).await.unwrap_err());
+        assert!(msg.contains("the target runs PostgreSQL 15"), "{sql}: {msg}");
+        let prepared = client.prepare(sql).await.unwrap_err();
+        denial(&prepared);
+    }
+    // Harmless reads still pass, JSON ones included.
+    assert_eq!(
+        scalar(&client, "SELECT json_build_array(1, 2)::text").await,
+        "[1, 2]"
+    );
+    assert_eq!(scalar(&client, "SELECT lower('OK')").await, "ok");
+}
+
+/// A timebox instance whose config adds role `tables`: read, `tables.allow = ["public.*"]`, upstream
+/// as timebox_read.
+async fn start_with_table_rules() -> common::TestInstance {
+    let port = tokio::task::spawn_blocking(|| common::cluster::shared_cluster().port())
+        .await
+        .unwrap();
+    common::start_with_config(move |dir| {
+        format!(
+            "{}\n[targets.shop.credentials.tables]\nuser = \"{}\"\npassword = \"{}\"\n\
+             [roles.tables]\nallow = [\"read\"]\nmax_ttl = \"1h\"\ntables = {{ allow = [\"public.*\"] }}\n",
+            common::config_text(&Options::default(), dir, port),
+            common::cluster::READ_USER,
+            common::cluster::READ_PASSWORD,
+        )
+    })
+    .await
+}
+
+/// Regression (issue 16, finding 5): `PGOPTIONS="-c search_path=hr"` was passed upstream for a role
+/// with table rules, so `select * from salaries` read `hr.salaries` that the rules deny; and an
+/// unqualified `pg_stats` was checked as `public.pg_stats`, though PostgreSQL finds `pg_catalog`'s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_search_path_and_catalog_names_cannot_escape_table_rules() {
+    let inst = start_with_table_rules().await;
+    let schema = common::cluster::unique_name("hr");
+    let table = private_table().await;
+    let setup = format!(
+        "CREATE SCHEMA {schema}; CREATE TABLE {schema}.salaries (pay int); INSERT INTO {schema}.salaries VALUES (100); \
+         GRANT USAGE ON SCHEMA {schema} TO timebox_read; GRANT SELECT ON {schema}.salaries TO timebox_read;"
+    );
+    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&setup))
+        .await
+        .unwrap();
+    let (_g, token) = inst.grant("carol", "tables", "10m").await;
+
+    let out = psql(
+        &proxy_conn(
+            &inst,
+            "carol",
+            &format!("sslmode=disable options='-c search_path={schema}'"),
+        ),
+        &token,
+        "SELECT pay FROM salaries",
+    )
+    .await;
+    assert!(!out.success, "the session must not start: {}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("startup setting search_path is not allowed for role tables"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains("100"));
+
+    let client = connect(&inst.conn_string("carol", &token, "disable")).await;
+    assert_eq!(
+        scalar(&client, "SHOW search_path").await,
+        "public",
+        "pinned to what the rules assume, whatever the target's defaults"
+    );
+    for sql in ["SELECT count(*) FROM pg_stats", "SELECT rolname FROM pg_roles"] {
+        let msg = denial(&client.simple_query(sql).await.unwrap_err());
+        assert!(msg.contains("pg_catalog.NAME"), "{sql}: {msg}");
+    }
+    denial(
+        &client
+            .simple_query(&format!("SELECT pay FROM {schema}.salaries"))
+            .await
+            .unwrap_err(),
+    );
+    // What the rules allow still works.
+    assert_eq!(
+        scalar(&client, &format!("SELECT count(*) FROM {table}")).await,
+        "2"
+    );
+}
+
+/// Regression (issue 16, finding 10): an engineer could replace timebox's tag in
+/// `pg_stat_activity` and the server log with another engineer's (`SET application_name =
+/// 'timebox:bob:g_…'`, `set_config(…)`, startup `options -c application_name=…`). A plain SET is
+/// rewritten to keep the tag in front (psql, JDBC and other drivers keep working); anything else
+/// that would drop it is denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_name_always_carries_the_tag() {
+    let inst = common::start(Options::default()).await;
+    let (grant, token) = inst.grant("alice", "read", "10m").await;
+    let tag = format!("timebox:alice:{}", grant.id);
+    let client = connect(&inst.conn_string("alice", &token, "disable")).await;
+    let seen_upstream = "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()";
+
+    // Simple protocol SET: rewritten, tag in front.
+    client
+        .batch_execute("SET application_name = 'timebox:bob:g_0000000000000000'")
+        .await
+        .unwrap();
+    assert_eq!(
+        scalar(&client, seen_upstream).await,
+        format!("{tag}:timebox:bob:g_0000000000000000")
+    );
+    // Extended protocol (a driver's SET): rewritten too.
+    client
+        .execute("SET application_name = 'dbeaver'", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        scalar(&client, "SHOW application_name").await,
+        format!("{tag}:dbeaver")
+    );
+    // What cannot be rewritten exactly is denied.
+    for sql in [
+        "SELECT set_config('application_name', 'timebox:bob:g_0000000000000000', false)",
+        "SET application_name = 'timebox:bob:g_0000000000000000'; SELECT 1",
+    ] {
+        let msg = denial(&client.simple_query(sql).await.unwrap_err());
+        assert!(msg.contains("would drop timebox's tag"), "{sql}: {msg}");
+    }
+    // RESET returns to the tagged startup value.
+    client.batch_execute("RESET application_name").await.unwrap();
+    assert_eq!(scalar(&client, seen_upstream).await, tag);
+
+    // Startup: application_name as a parameter or in options, both tagged.
+    for extra in [
+        "application_name=timebox:bob:g_0000000000000000",
+        "options='-c application_name=timebox:bob:g_0000000000000000'",
+    ] {
+        let out = psql(
+            &proxy_conn(&inst, "alice", &format!("sslmode=disable {extra}")),
+            &token,
+            seen_upstream,
+        )
+        .await;
+        assert!(out.success, "{extra}: {}", out.stderr);
+        assert!(
+            out.stdout.trim().starts_with(&format!("{tag}:")),
+            "{extra}: {}",
+            out.stdout
+        );
+    }
+}

@@ -372,7 +372,7 @@ async fn extend(
             format!("at most {MAX_REASON_CHARS} characters"),
         ));
     }
-    let (previous, grant) = state.grants.extend(&id, &req.ttl).await?;
+    let (previous, grant) = state.grants.extend(&id, &req.ttl, reason.as_deref()).await?;
     tracing::info!(principal = %principal.name, grant.id = %grant.id, expires_at = %grant.expires_at,
         "admin API: grant extended");
     let event = AuditEvent::GrantExtended(GrantExtended {

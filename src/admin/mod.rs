@@ -21,6 +21,7 @@ pub mod extract;
 pub mod grants;
 pub mod metrics;
 pub mod requests;
+pub mod server;
 pub mod sessions;
 
 use std::sync::Arc;

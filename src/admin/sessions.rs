@@ -129,6 +129,8 @@ async fn kill(
             format!("at most {MAX_REASON_CHARS} characters"),
         ));
     }
+    // Shown to the engineer's client and written to the audit trail: the same rule as every reason.
+    crate::grants::check_text("reason", &reason)?;
     let session = state
         .proxy
         .sessions

@@ -72,12 +72,98 @@ pub struct Statement {
     pub reason: Option<String>,
     pub relations: Vec<String>,
     pub session_id: String,
-    /// The statement text; redacted by [`prepare`] whatever the caller passes.
+    /// The statement text; redacted by [`prepare`] whatever the caller passes. Only its first
+    /// [`MAX_AUDITED_SQL_BYTES`] when `sql_truncated` (see [`AuditSql`]).
     pub sql: String,
+    /// The whole text's length in bytes, when `sql` is truncated.
+    #[serde(default)]
+    pub sql_bytes: Option<u64>,
+    /// Hex SHA-256 of the whole redacted text, when `sql` is truncated.
+    #[serde(default)]
+    pub sql_sha256: Option<String>,
+    /// `sql` is the start of a longer text. Absent in records written before it existed (false).
+    #[serde(default)]
+    pub sql_truncated: bool,
     /// Numbers the statements of one session from 1; links a [`StatementOutcome`].
     pub statement_id: u64,
     pub target: String,
     pub user: String,
+}
+
+/// Statement texts up to this many bytes are audited whole; a longer one keeps this much of its
+/// start, its length and a hash (see [`AuditSql`]).
+pub const MAX_AUDITED_SQL_BYTES: usize = 64 * 1024;
+
+/// A statement's text as the audit trail keeps it. Whole up to [`MAX_AUDITED_SQL_BYTES`]; a longer
+/// text is redacted whole, then cut to its first [`MAX_AUDITED_SQL_BYTES`] (at a character
+/// boundary), and the record carries the full length and the SHA-256 of the whole redacted text, so
+/// a huge statement cannot swell the trail and the trail still pins down what was sent. Building
+/// one costs time in proportion to the text: the relay builds it off the async workers for big
+/// statements, once per prepared statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSql {
+    pub text: String,
+    /// `(whole length in bytes, hex SHA-256 of the whole redacted text)` when `text` is truncated.
+    pub truncated: Option<(u64, String)>,
+    /// When truncated, the secrets redaction hid in the whole text (never written), so that a
+    /// denial reason quoting a part of the text beyond `text` can be scrubbed of them too
+    /// ([`AuditSql::scrub`]); the prefix alone no longer shows them to [`prepare`].
+    pub hidden: Vec<String>,
+}
+
+impl AuditSql {
+    pub fn of(sql: &str) -> AuditSql {
+        Self::bounded(sql, MAX_AUDITED_SQL_BYTES)
+    }
+
+    /// As [`AuditSql::of`] with another bound. Pure.
+    pub fn bounded(sql: &str, max: usize) -> AuditSql {
+        if sql.len() <= max {
+            return AuditSql {
+                text: sql.to_owned(),
+                truncated: None,
+                hidden: Vec::new(),
+            };
+        }
+        use sha2::Digest;
+        let (redacted, hidden) = redact::redact_sql_secrets(sql);
+        let digest = hex::encode(sha2::Sha256::digest(redacted.as_bytes()));
+        let mut cut = max.min(redacted.len());
+        while !redacted.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        AuditSql {
+            text: redacted[..cut].to_owned(),
+            truncated: Some((sql.len() as u64, digest)),
+            hidden,
+        }
+    }
+
+    /// `text` (a denial reason about this statement) without the secrets of the whole statement.
+    pub fn scrub<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        redact::scrub(text, &self.hidden)
+    }
+
+    /// A denial reason about this statement fit for a log line: without the statement's secrets
+    /// (a parser error may quote a `PASSWORD` literal) and without grant tokens. Denials only, so
+    /// the cost of re-reading a short statement stays off the allowed path.
+    pub fn loggable_reason(&self, reason: &str) -> String {
+        let scrubbed = if self.truncated.is_some() {
+            self.scrub(reason)
+        } else {
+            let (_, hidden) = redact::redact_sql_secrets(&self.text);
+            std::borrow::Cow::Owned(redact::scrub(reason, &hidden).into_owned())
+        };
+        redact::redact_tokens(&scrubbed).into_owned()
+    }
+
+    /// Length of the whole text in bytes.
+    pub fn bytes(&self) -> usize {
+        match &self.truncated {
+            Some((n, _)) => *n as usize,
+            None => self.text.len(),
+        }
+    }
 }
 
 /// How a statement ended: the second record, linked to its [`Statement`] by session and statement id.
@@ -324,12 +410,17 @@ impl AuditEvent {
         };
         match self {
             AuditEvent::Statement(e) => {
-                if let std::borrow::Cow::Owned(r) = redact::redact_sql(&e.sql) {
+                let (sql, hidden) = redact::redact_sql_secrets(&e.sql);
+                if let std::borrow::Cow::Owned(r) = sql {
                     e.sql = r;
                 }
                 e.params = redact::redact_params(e.params.take(), params);
                 if let Some(r) = e.reason.as_mut() {
                     tokens(r);
+                    // A denial reason may quote the statement (a parser error echoes a literal).
+                    if let std::borrow::Cow::Owned(s) = redact::scrub(r, &hidden) {
+                        *r = s;
+                    }
                 }
             }
             AuditEvent::SessionStart(e) => {
@@ -455,6 +546,9 @@ pub(crate) mod tests {
                 relations: vec!["public.orders".into()],
                 session_id: "s_1".into(),
                 sql: "SELECT * FROM orders WHERE id = $1 AND note = $2".into(),
+                sql_bytes: Some(48),
+                sql_sha256: Some("00".repeat(32)),
+                sql_truncated: true,
                 statement_id: 1,
                 target: "shop".into(),
                 user: "alice".into(),
@@ -576,6 +670,36 @@ pub(crate) mod tests {
         assert!(AuditEvent::from_parts("nope", "{}").is_err());
     }
 
+    /// Regression (issue 16, finding 6): a 50 MB statement was written to the audit trail whole.
+    #[test]
+    fn long_statement_texts_are_bounded_hashed_and_flagged() {
+        let short = AuditSql::of("SELECT 1");
+        assert_eq!((short.text.as_str(), short.truncated.clone()), ("SELECT 1", None));
+        assert_eq!(short.bytes(), 8);
+
+        let long = format!("SELECT '{}'", "é".repeat(MAX_AUDITED_SQL_BYTES));
+        let a = AuditSql::of(&long);
+        assert!(a.text.len() <= MAX_AUDITED_SQL_BYTES && a.text.len() > MAX_AUDITED_SQL_BYTES - 4);
+        assert!(long.starts_with(&a.text));
+        use sha2::Digest;
+        let (bytes, sha) = a.truncated.clone().unwrap();
+        assert_eq!(bytes, long.len() as u64);
+        assert_eq!(sha, hex::encode(sha2::Sha256::digest(long.as_bytes())));
+        assert_eq!(a.bytes(), long.len());
+
+        // The hash is of the redacted text: it is no oracle for a secret in the statement.
+        let secret = format!("ALTER ROLE x PASSWORD 'hunter2' /* {} */", "x".repeat(100));
+        let s = AuditSql::bounded(&secret, 40);
+        assert!(!s.text.contains("hunter2"), "{}", s.text);
+        // A reason quoting the statement is scrubbed with the whole text's secrets.
+        assert!(!s.scrub("syntax error near 'hunter2'").contains("hunter2"));
+        let redacted = redact::redact_sql(&secret);
+        assert_eq!(
+            s.truncated.unwrap().1,
+            hex::encode(sha2::Sha256::digest(redacted.as_bytes()))
+        );
+    }
+
     #[test]
     fn prepare_redacts_and_extracts_columns() {
         let mut s = match samples().remove(2) {
@@ -602,5 +726,22 @@ pub(crate) mod tests {
         );
         let off = prepare(AuditEvent::Statement(s), ParamLogging::Off);
         assert!(off.payload.contains(r#""params":null"#), "{}", off.payload);
+    }
+
+    /// Regression (issue 16, finding 8's log path): the sqlparser cross-check rejects a continued
+    /// literal and its message quotes it; the relay's "statement denied" log line must not.
+    #[test]
+    fn a_denial_reason_quoting_a_secret_is_scrubbed_for_the_log() {
+        let sql = "ALTER ROLE x PASSWORD 'abc'\n'hunter2-secret'";
+        let reason = "statement could not be parsed: found: 'hunter2-secret' near tbx_abcdefghijklmnopqrstuvwxyz234567";
+        for audited in [AuditSql::of(sql), AuditSql::bounded(sql, 10)] {
+            let logged = audited.loggable_reason(reason);
+            assert!(!logged.contains("hunter2-secret"), "{logged}");
+            assert!(
+                !logged.contains("tbx_abcdefghijklmnopqrstuvwxyz234567"),
+                "{logged}"
+            );
+            assert!(logged.starts_with("statement could not be parsed"), "{logged}");
+        }
     }
 }

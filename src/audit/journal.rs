@@ -28,6 +28,7 @@ use super::chain::{is_canonical_ts, record_hash, HexHash};
 use super::event::{AuditEvent, Columns};
 use super::jsonl::format_line;
 use super::AuditError;
+use crate::store::files;
 
 /// A segment is closed and a new one started once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -286,9 +287,9 @@ impl Journal {
         segment_bytes: u64,
         fsync: bool,
     ) -> Result<(Journal, Vec<JournalRecord>), AuditError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        files::create_private_dir_all(dir).map_err(io_err(dir))?;
         let lock_path = dir.join("LOCK");
-        let lock = OpenOptions::new()
+        let lock = files::private_options()
             .create(true)
             .truncate(false)
             .write(true)
@@ -297,12 +298,16 @@ impl Journal {
         lock.try_lock()
             .map_err(|_| AuditError::JournalBusy(dir.to_owned()))?;
         let segs = segments(dir)?;
+        files::tighten(&lock_path).map_err(io_err(&lock_path))?;
+        for (_, seg) in &segs {
+            files::tighten(seg).map_err(io_err(seg))?;
+        }
         let pending = records_after(&segs, db_seq, db_hash, TornTail::Cut)?;
         let head = pending.last().map_or(db_seq, |r| r.seq);
         // Each run appends to a segment of its own, named by its first seq, so the lines of a
         // segment are always consecutive records (an empty one left by a previous run is reused).
         let path = segment_path(dir, head + 1);
-        let file = OpenOptions::new()
+        let file = files::private_options()
             .create(true)
             .append(true)
             .open(&path)
@@ -344,7 +349,7 @@ impl Journal {
                 self.sync()?;
             }
             let path = segment_path(&self.dir, first_seq);
-            self.file = OpenOptions::new()
+            self.file = files::private_options()
                 .create(true)
                 .append(true)
                 .open(&path)
@@ -418,6 +423,9 @@ mod tests {
             relations: vec![],
             session_id: "s_1".into(),
             sql: sql.into(),
+            sql_bytes: None,
+            sql_sha256: None,
+            sql_truncated: false,
             statement_id: 1,
             target: "shop".into(),
             user: "alice".into(),
@@ -444,6 +452,31 @@ mod tests {
             prev = hash;
         }
         (buf, prev)
+    }
+
+    /// See: issue 16, finding 12b (journal segments were created 0644 in a 0755 directory).
+    #[cfg(unix)]
+    #[test]
+    fn segments_and_their_directory_are_private_and_loose_ones_are_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let jdir = dir.path().join("audit.journal");
+        {
+            let (mut j, _) = Journal::open(&jdir, 0, GENESIS, 1, false).unwrap();
+            j.append(&lines(1, 1, GENESIS).0, 1).unwrap();
+            j.append(&lines(2, 1, lines(1, 1, GENESIS).1).0, 2).unwrap();
+        }
+        assert_eq!(mode(&jdir), 0o700);
+        let segs = segments(&jdir).unwrap();
+        assert_eq!(segs.len(), 2, "a rotation happened");
+        for (_, seg) in &segs {
+            assert_eq!(mode(seg), 0o600, "{}", seg.display());
+        }
+        assert_eq!(mode(&jdir.join("LOCK")), 0o600);
+        std::fs::set_permissions(&segs[0].1, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _reopened = Journal::open(&jdir, 0, GENESIS, 1, false).unwrap();
+        assert_eq!(mode(&segs[0].1), 0o600, "an existing loose segment is tightened");
     }
 
     #[test]

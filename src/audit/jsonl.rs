@@ -9,11 +9,12 @@
 //! lacks are appended, so the file catches up. It must never reorder or rewrite a complete line.
 
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::AuditError;
+use crate::store::files;
 
 /// An open JSONL file with its rotation policy.
 #[derive(Debug)]
@@ -77,14 +78,19 @@ impl JsonlSink {
         fsync: bool,
     ) -> Result<(JsonlSink, Option<u64>), AuditError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+            files::create_private_dir_all(dir).map_err(io_err(dir))?;
         }
-        let mut file = OpenOptions::new()
+        let mut file = files::private_options()
             .create(true)
             .read(true)
             .append(true)
             .open(path)
             .map_err(io_err(path))?;
+        files::tighten(path).map_err(io_err(path))?;
+        for i in 1..=keep.max(1) {
+            let rotated = rotated_path(path, i);
+            files::tighten(&rotated).map_err(io_err(&rotated))?;
+        }
         let mut last_seq = None;
         let mut size = 0;
         if file.metadata().map_err(io_err(path))?.is_file() {
@@ -156,7 +162,7 @@ impl JsonlSink {
         }
         let first = rotated_path(&self.path, 1);
         std::fs::rename(&self.path, &first).map_err(io_err(&self.path))?;
-        self.file = OpenOptions::new()
+        self.file = files::private_options()
             .create(true)
             .read(true)
             .append(true)
@@ -269,6 +275,30 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["seq"], 7);
+    }
+
+    /// See: issue 16, finding 12b (the JSONL sink and its rotations were created 0644).
+    #[cfg(unix)]
+    #[test]
+    fn the_sink_and_its_rotations_are_private_and_loose_ones_are_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/a.jsonl");
+        let one = line(1, 100).len() as u64;
+        {
+            let (mut sink, _) = JsonlSink::open(&path, one, 2, false).unwrap();
+            append(&mut sink, &(1..=3).map(|s| line(s, 100)).collect::<Vec<_>>());
+        }
+        assert_eq!(mode(&dir.path().join("sub")), 0o700);
+        for p in [path.clone(), rotated_path(&path, 1), rotated_path(&path, 2)] {
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+        let rotated = rotated_path(&path, 2);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(&rotated, std::fs::Permissions::from_mode(0o604)).unwrap();
+        let _reopened = JsonlSink::open(&path, one, 2, false).unwrap();
+        assert_eq!((mode(&path), mode(&rotated)), (0o600, 0o600));
     }
 
     #[test]

@@ -1,22 +1,34 @@
 //! Redaction: secrets are replaced by `[REDACTED]` before anything is written. Pure functions.
 //!
 //! Where it sits: [`super::event::prepare`] calls these on every event before it is serialized, so no
-//! sink (SQLite, JSONL, API) ever sees the original text. What is redacted in statement text, found
-//! with a small SQL lexer (string literals, `E'…'`, dollar quotes, quoted identifiers and comments are
-//! recognised, so a keyword inside a literal does not trigger a rule):
+//! sink (SQLite, JSONL, API) ever sees the original text. Statement text is read with PostgreSQL's own
+//! lexer (pg_query's scanner), so every spelling of a literal is recognised as the server recognises
+//! it: `'…'`, `E'…'` with backslash escapes, `U&'…'` (with `UESCAPE`), `N'…'`, `$tag$…$tag$`, and
+//! string continuations across lines (one literal). Redaction is by byte range, so the rest of the
+//! statement stays verbatim. What is redacted:
 //!
-//! - the literal after a `PASSWORD` / `PASSWD` keyword, with or without `=`: `CREATE ROLE … PASSWORD
-//!   'x'`, `ENCRYPTED PASSWORD 'x'`, `USER MAPPING … OPTIONS (password 'x')`, `WHERE password = 'x'`;
+//! - the literal after a key naming a password (`PASSWORD`, `PASSWD`, any word or quoted identifier
+//!   containing `password`/`passwd`/`pwd`), with or without `=`: `CREATE ROLE … PASSWORD 'x'`,
+//!   `ENCRYPTED PASSWORD 'x'`, `USER MAPPING … OPTIONS (password 'x')`, `WHERE password = 'x'`;
+//! - in `OPTIONS (…)` lists (servers, user mappings, foreign tables), the value of every key that is
+//!   a credential name (see [`CREDENTIAL_WORDS`]), also after `ADD`/`SET`;
 //! - the value of `SET name = …` / `SET name TO …` (also `ALTER ROLE/DATABASE/SYSTEM … SET`, and
-//!   `UPDATE … SET col = …`) and of `set_config('name', 'value', …)` when the name contains one of
-//!   [`CREDENTIAL_WORDS`] (pragmatic: `password`, `secret`, `token`, `key`, …);
-//! - inside any string literal: libpq conninfo passwords (`password=…`, `sslpassword=…`, as in
-//!   `dblink_connect('host=h password=x')` or `CREATE SUBSCRIPTION … CONNECTION '…'`) and the password
-//!   of a URI's userinfo (`postgresql://user:x@host`);
+//!   `UPDATE … SET col = …`) when the name is a credential name, and the value argument of
+//!   `set_config` (positional, or named `new_value => …` / `:=`) when its setting name is one or is
+//!   not a literal this module can read;
+//! - inside any string literal (decoded first when it has escapes): libpq conninfo passwords
+//!   (`password=…`, `sslpassword=…`, as in `dblink_connect('host=h password=x')` or
+//!   `CREATE SUBSCRIPTION … CONNECTION '…'`) and the password of a URI's userinfo
+//!   (`postgresql://user:x@host`);
 //! - anywhere in the text: timebox tokens (`tbx_…`, `tbxa_…`, 16+ alphanumerics after the prefix).
 //!
-//! It must never fail or panic on odd input (unterminated quotes just run to the end of the text);
-//! it may over-redact, which costs an auditor some detail, never a secret.
+//! Fail closed: text PostgreSQL's lexer refuses (an unterminated literal, a NUL) is hidden from its
+//! first trigger word or escape to the end; a literal this module cannot decode is hidden whole; a
+//! plain `'…'` secret literal holding a backslash (read differently under
+//! `standard_conforming_strings = off`) is hidden to the end of the statement. [`redact_sql_secrets`]
+//! also returns the hidden pieces so a denial reason quoting the statement can be [`scrub`]bed.
+//! It must never fail or panic on odd input; it may over-redact, which costs an auditor some
+//! detail, never a secret.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -43,49 +55,255 @@ const TOKEN_MIN_CHARS: usize = 16;
 
 /// Redacts statement text (see the module docs). Borrows when nothing needed redacting.
 pub fn redact_sql(sql: &str) -> Cow<'_, str> {
-    if !might_hold_secret(sql) {
-        return Cow::Borrowed(sql);
+    redact_sql_secrets(sql).0
+}
+
+/// [`redact_sql`], and the pieces of text it hid (each at least [`MIN_SCRUB_CHARS`] long), so that
+/// other fields of the same event that quote the statement (a parser error in a denial reason
+/// echoes a literal) can be [`scrub`]bed of them.
+pub fn redact_sql_secrets(sql: &str) -> (Cow<'_, str>, Vec<String>) {
+    let marked = might_hold_secret(sql);
+    if !marked && !has_escapes(sql) {
+        return (Cow::Borrowed(sql), Vec::new());
     }
-    let tokens = lex(sql);
+    let Some(tokens) = lex(sql) else {
+        // Fail closed: PostgreSQL's lexer refused the text, so where its literals are is unknown.
+        let from = first_marker(sql);
+        let hidden = pieces(&sql[from..]);
+        return (Cow::Owned(format!("{}{REDACTED}", &sql[..from])), hidden);
+    };
+    let edits = secret_edits(sql, &tokens, marked);
+    let hidden = edits.iter().flat_map(|(r, _)| pieces(&sql[r.clone()])).collect();
+    let redacted = match apply_edits(sql, edits) {
+        Cow::Borrowed(_) => redact_tokens(sql),
+        Cow::Owned(edited) => Cow::Owned(redact_tokens(&edited).into_owned()),
+    };
+    (redacted, hidden)
+}
+
+/// Shortest hidden piece [`scrub`] looks for (shorter ones would wreck the text they are cut from).
+pub const MIN_SCRUB_CHARS: usize = 3;
+
+/// The pieces of a hidden range: split at quotes, whitespace, `=` and `,`.
+fn pieces(hidden: &str) -> Vec<String> {
+    let mut out: Vec<String> = hidden
+        .split(|c: char| c == '\'' || c == '=' || c == ',' || c.is_whitespace())
+        .filter(|p| p.chars().count() >= MIN_SCRUB_CHARS)
+        .map(str::to_owned)
+        .collect();
+    // Longest first, so a piece inside another does not leave the rest of it behind.
+    out.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    out.dedup();
+    out
+}
+
+/// Replaces every occurrence of the `hidden` pieces in `text` by `[REDACTED]`.
+pub fn scrub<'a>(text: &'a str, hidden: &[String]) -> Cow<'a, str> {
+    let mut out = Cow::Borrowed(text);
+    for piece in hidden {
+        if out.contains(piece.as_str()) {
+            out = Cow::Owned(out.replace(piece.as_str(), REDACTED));
+        }
+    }
+    out
+}
+
+/// The edits that hide the secrets of a lexed statement. `marked`: the text holds a trigger word.
+fn secret_edits(sql: &str, tokens: &[Token], marked: bool) -> Vec<(Range<usize>, String)> {
     let sig: Vec<&Token> = tokens.iter().filter(|t| !t.is_trivia()).collect();
     let mut edits: Vec<(Range<usize>, String)> = Vec::new();
     let op = |i: usize, c: u8| sig.get(i).is_some_and(|t| t.kind == Kind::Op(c));
     for (i, t) in sig.iter().enumerate() {
         match t.kind {
-            Kind::Word => {
-                let w = &sql[t.span.clone()];
-                if w.eq_ignore_ascii_case("password") || w.eq_ignore_ascii_case("passwd") {
+            Kind::Word | Kind::QuotedIdent => {
+                let name = ident_name(&sql[t.span.clone()]);
+                if is_password_key(&name) {
                     let j = if op(i + 1, b'=') { i + 2 } else { i + 1 };
-                    if let Some(s) = sig.get(j).filter(|s| matches!(s.kind, Kind::Str { .. })) {
-                        edits.push((s.span.clone(), REDACTED_LITERAL.to_owned()));
+                    if let Some(s) = sig.get(j).filter(|s| s.kind == Kind::Str) {
+                        edits.push((literal_span(sql, s, marked), REDACTED_LITERAL.to_owned()));
                     }
-                } else if w.eq_ignore_ascii_case("set") {
+                } else if t.kind == Kind::Word && name == "set" {
                     if let Some(range) = set_value(sql, &sig, i) {
                         edits.push((range, REDACTED_LITERAL.to_owned()));
                     }
-                } else if w.eq_ignore_ascii_case("set_config") && op(i + 1, b'(') && op(i + 3, b',') {
-                    if let (Some(name), Some(value)) = (sig.get(i + 2), sig.get(i + 4)) {
-                        if let (Kind::Str { content }, Kind::Str { .. }) = (&name.kind, &value.kind) {
-                            if is_credential_name(&sql[content.clone()]) {
-                                edits.push((value.span.clone(), REDACTED_LITERAL.to_owned()));
-                            }
-                        }
+                } else if name == "set_config" && op(i + 1, b'(') {
+                    if let Some(range) = set_config_value(sql, &sig, i + 1) {
+                        edits.push((range, REDACTED_LITERAL.to_owned()));
+                    }
+                } else if t.kind == Kind::Word && name == "options" && op(i + 1, b'(') {
+                    for s in option_secrets(sql, &sig, i + 1) {
+                        edits.push((literal_span(sql, s, marked), REDACTED_LITERAL.to_owned()));
                     }
                 }
             }
-            Kind::Str { ref content } => {
-                let text = &sql[content.clone()];
-                if let Cow::Owned(redacted) = redact_conninfo(text) {
-                    edits.push((content.clone(), redacted));
+            Kind::Str => {
+                let text = &sql[t.span.clone()];
+                let escape = uescape_after(sql, &sig, i);
+                match parse_literal(text, escape) {
+                    Some(Literal {
+                        raw_content: Some(content),
+                        ..
+                    }) => {
+                        if let Cow::Owned(redacted) = redact_conninfo(&text[content.clone()]) {
+                            let at = t.span.start;
+                            edits.push((at + content.start..at + content.end, redacted));
+                        }
+                    }
+                    Some(Literal { value, .. }) if is_secret_value(&value) => {
+                        edits.push((t.span.clone(), REDACTED_LITERAL.to_owned()));
+                    }
+                    Some(_) => {}
+                    // Fail closed: a literal this module cannot read is hidden when secrets may be about.
+                    None if marked || has_escapes(text) => {
+                        edits.push((t.span.clone(), REDACTED_LITERAL.to_owned()));
+                    }
+                    None => {}
                 }
             }
             _ => {}
         }
     }
-    match apply_edits(sql, edits) {
-        Cow::Borrowed(_) => redact_tokens(sql),
-        Cow::Owned(edited) => Cow::Owned(redact_tokens(&edited).into_owned()),
+    edits
+}
+
+/// The span to hide for the secret literal `s`. A plain `'…'` literal holding a backslash is read
+/// differently under `standard_conforming_strings = off` (which a session may set), so everything
+/// from it to the end of the statement is hidden: fail closed.
+fn literal_span(sql: &str, s: &Token, marked: bool) -> Range<usize> {
+    let text = &sql[s.span.clone()];
+    if marked && text.starts_with('\'') && text.contains('\\') {
+        s.span.start..sql.len()
+    } else {
+        s.span.clone()
     }
+}
+
+/// Whether a key (role option, OPTIONS key, column) names a password: it contains `password`,
+/// `passwd` or `pwd`.
+fn is_password_key(name: &str) -> bool {
+    ["password", "passwd", "pwd"].iter().any(|w| contains_ci(name, w))
+}
+
+/// Whether a decoded literal holds a conninfo/URI password or a timebox token.
+fn is_secret_value(value: &str) -> bool {
+    matches!(redact_conninfo(value), Cow::Owned(_)) || matches!(redact_tokens(value), Cow::Owned(_))
+}
+
+/// An identifier as PostgreSQL compares it: unquoted ones lower-cased, quoted ones unquoted.
+fn ident_name(text: &str) -> String {
+    if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        inner.replace("\"\"", "\"")
+    } else if let Some(inner) = text
+        .strip_prefix("U&\"")
+        .or_else(|| text.strip_prefix("u&\""))
+        .and_then(|t| t.strip_suffix('"'))
+    {
+        inner.to_owned()
+    } else {
+        text.to_ascii_lowercase()
+    }
+}
+
+/// The escape character of a `U&'…'` literal at `sig[i]` when `UESCAPE 'c'` follows it.
+fn uescape_after(sql: &str, sig: &[&Token], i: usize) -> Option<char> {
+    let word = sig.get(i + 1).filter(|t| t.kind == Kind::Word)?;
+    if !sql[word.span.clone()].eq_ignore_ascii_case("uescape") {
+        return None;
+    }
+    let s = sig.get(i + 2).filter(|t| t.kind == Kind::Str)?;
+    parse_literal(&sql[s.span.clone()], None)?.value.chars().next()
+}
+
+/// The arguments of a call whose `(` is `sig[open]`: for each, its name (`name => …` or
+/// `name := …`) and the `sig` indexes of its value. Runs to the matching `)` or the end.
+fn call_args(sql: &str, sig: &[&Token], open: usize) -> Vec<(Option<String>, Range<usize>)> {
+    let mut args = Vec::new();
+    let mut depth = 0usize;
+    let mut start = open + 1;
+    let mut k = open + 1;
+    let push = |args: &mut Vec<(Option<String>, Range<usize>)>, start: usize, end: usize| {
+        if start >= end {
+            return;
+        }
+        let named = end - start > 2
+            && matches!(sig[start].kind, Kind::Word | Kind::QuotedIdent)
+            && sig[start + 1].kind == Kind::Arrow;
+        if named {
+            let name = ident_name(&sql[sig[start].span.clone()]);
+            args.push((Some(name), start + 2..end));
+        } else {
+            args.push((None, start..end));
+        }
+    };
+    while k < sig.len() {
+        match sig[k].kind {
+            Kind::Op(b'(') | Kind::Op(b'[') => depth += 1,
+            Kind::Op(b')') | Kind::Op(b']') if depth == 0 => break,
+            Kind::Op(b')') | Kind::Op(b']') => depth -= 1,
+            Kind::Op(b',') if depth == 0 => {
+                push(&mut args, start, k);
+                start = k + 1;
+            }
+            _ => {}
+        }
+        k += 1;
+    }
+    push(&mut args, start, k);
+    args
+}
+
+/// The byte range of `set_config`'s value argument (positional 2nd or `new_value => …`) when its
+/// setting name (positional 1st or `setting_name => …`) is a credential name, or is not a literal
+/// this module can read (fail closed). `open` indexes the call's `(`. A bare `$n` value is left:
+/// parameters follow `audit.params`.
+fn set_config_value(sql: &str, sig: &[&Token], open: usize) -> Option<Range<usize>> {
+    let args = call_args(sql, sig, open);
+    let pick = |name: &str, position: usize| {
+        args.iter()
+            .find(|(n, _)| n.as_deref() == Some(name))
+            .or_else(|| args.iter().filter(|(n, _)| n.is_none()).nth(position))
+            .map(|(_, r)| r.clone())
+    };
+    let setting = pick("setting_name", 0)?;
+    let value = pick("new_value", 1)?;
+    let secret_name = match &sig[setting.clone()] {
+        [t] if t.kind == Kind::Str => {
+            parse_literal(&sql[t.span.clone()], None).is_none_or(|l| is_credential_name(&l.value))
+        }
+        _ => true,
+    };
+    if !secret_name || matches!(&sig[value.clone()], [t] if t.kind == Kind::Param) {
+        return None;
+    }
+    Some(sig[value.start].span.start..sig[value.end - 1].span.end)
+}
+
+/// The literals of `OPTIONS ( [ADD|SET] key 'value', … )` whose key names a credential; `open`
+/// indexes the `(`.
+fn option_secrets<'t>(sql: &str, sig: &[&'t Token], open: usize) -> Vec<&'t Token> {
+    let mut found = Vec::new();
+    for (_, range) in call_args(sql, sig, open) {
+        let item = &sig[range];
+        let item = match item.first() {
+            Some(t)
+                if t.kind == Kind::Word
+                    && ["add", "set"].contains(&ident_name(&sql[t.span.clone()]).as_str())
+                    && item.len() > 2 =>
+            {
+                &item[1..]
+            }
+            _ => item,
+        };
+        if let [key, value] = item {
+            if matches!(key.kind, Kind::Word | Kind::QuotedIdent)
+                && value.kind == Kind::Str
+                && is_credential_name(&ident_name(&sql[key.span.clone()]))
+            {
+                found.push(*value);
+            }
+        }
+    }
+    found
 }
 
 /// Replaces timebox tokens (`tbx_…`, `tbxa_…`) anywhere in `text`.
@@ -329,20 +547,21 @@ fn apply_edits(text: &str, mut edits: Vec<(Range<usize>, String)>) -> Cow<'_, st
 }
 
 // ---------------------------------------------------------------------------------------------
-// A small SQL lexer: just enough to tell literals, identifiers, comments and words apart.
+// Tokens from PostgreSQL's own lexer (pg_query's scanner), and string literals read as the server
+// reads them (`'…'`, `E'…'`, `U&'…'` with `UESCAPE`, `$tag$…$tag$`, continuation across lines).
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    Space,
     Comment,
+    /// A keyword or an unquoted identifier.
     Word,
     QuotedIdent,
-    /// A string literal; `content` is the raw text between its delimiters.
-    Str {
-        content: Range<usize>,
-    },
+    /// A string constant of any spelling (one token even across a continuation).
+    Str,
     Param,
+    /// `=>` or `:=` (a named argument).
+    Arrow,
     Op(u8),
     Other,
 }
@@ -355,150 +574,236 @@ struct Token {
 
 impl Token {
     fn is_trivia(&self) -> bool {
-        matches!(self.kind, Kind::Space | Kind::Comment)
+        self.kind == Kind::Comment
     }
 }
 
-fn is_ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
-}
-
-fn is_ident_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
-}
-
-fn lex(sql: &str) -> Vec<Token> {
-    let b = sql.as_bytes();
-    let n = b.len();
-    let mut tokens = Vec::new();
-    let mut i = 0;
-    while i < n {
-        let start = i;
-        let c = b[i];
-        let kind = if c.is_ascii_whitespace() {
-            while i < n && b[i].is_ascii_whitespace() {
-                i += 1;
-            }
-            Kind::Space
-        } else if b[i..].starts_with(b"--") {
-            while i < n && b[i] != b'\n' {
-                i += 1;
-            }
-            Kind::Comment
-        } else if b[i..].starts_with(b"/*") {
-            let mut depth = 0;
-            while i < n {
-                if b[i..].starts_with(b"/*") {
-                    depth += 1;
-                    i += 2;
-                } else if b[i..].starts_with(b"*/") {
-                    depth -= 1;
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-            Kind::Comment
-        } else if c == b'\'' {
-            let (content, end) = quoted(b, i + 1, false);
-            i = end;
-            Kind::Str { content }
-        } else if matches!(c, b'e' | b'E') && b.get(i + 1) == Some(&b'\'') {
-            let (content, end) = quoted(b, i + 2, true);
-            i = end;
-            Kind::Str { content }
-        } else if matches!(c, b'b' | b'B' | b'x' | b'X' | b'n' | b'N') && b.get(i + 1) == Some(&b'\'') {
-            let (content, end) = quoted(b, i + 2, false);
-            i = end;
-            Kind::Str { content }
-        } else if c == b'"' {
-            i += 1;
-            while i < n {
-                if b[i] == b'"' {
-                    if b.get(i + 1) == Some(&b'"') {
-                        i += 2;
-                        continue;
-                    }
-                    i += 1;
-                    break;
-                }
-                i += 1;
-            }
-            Kind::QuotedIdent
-        } else if c == b'$' && b.get(i + 1).is_some_and(|d| d.is_ascii_digit()) {
-            i += 1;
-            while i < n && b[i].is_ascii_digit() {
-                i += 1;
-            }
-            Kind::Param
-        } else if c == b'$' {
-            // $tag$ … $tag$ (tag may be empty)
-            let tag_end = i
-                + 1
-                + b[i + 1..]
-                    .iter()
-                    .take_while(|x| is_ident_char(**x) && **x != b'$')
-                    .count();
-            if b.get(tag_end) == Some(&b'$') {
-                let delim = &b[i..=tag_end];
-                let body = tag_end + 1;
-                let close = find(b, delim, body);
-                let content_end = close.unwrap_or(n);
-                i = close.map_or(n, |c| c + delim.len());
-                Kind::Str {
-                    content: body..content_end,
-                }
-            } else {
-                i += 1;
-                Kind::Other
-            }
-        } else if is_ident_start(c) {
-            while i < n && is_ident_char(b[i]) {
-                i += 1;
-            }
-            Kind::Word
-        } else if c.is_ascii_digit() {
-            while i < n && (b[i].is_ascii_alphanumeric() || b[i] == b'.') {
-                i += 1;
-            }
-            Kind::Other
-        } else if c.is_ascii() {
-            i += 1;
-            Kind::Op(c)
-        } else {
-            i += 1;
-            while i < n && !sql.is_char_boundary(i) {
-                i += 1;
-            }
-            Kind::Other
+/// The tokens of `sql` as PostgreSQL's lexer sees them; `None` if it refuses the text (an
+/// unterminated literal or comment, a NUL byte) or reports spans that do not fit it.
+fn lex(sql: &str) -> Option<Vec<Token>> {
+    use pg_query::protobuf::Token as T;
+    let scanned = pg_query::scan_tokens(sql).ok()?;
+    let mut tokens = Vec::with_capacity(scanned.len());
+    for t in scanned {
+        let start = usize::try_from(t.start).ok()?;
+        let end = usize::try_from(t.end).ok()?;
+        if start > end || !sql.is_char_boundary(start) || !sql.is_char_boundary(end) || end > sql.len() {
+            return None;
+        }
+        let kind = match T::try_from(t.token) {
+            Ok(T::SqlComment | T::CComment) => Kind::Comment,
+            Ok(T::Sconst | T::Usconst | T::Bconst | T::Xconst) => Kind::Str,
+            Ok(T::Ident) if sql[start..].starts_with('"') => Kind::QuotedIdent,
+            Ok(T::Ident) => Kind::Word,
+            Ok(T::Uident) => Kind::QuotedIdent,
+            Ok(T::Param) => Kind::Param,
+            Ok(T::EqualsGreater | T::ColonEquals) => Kind::Arrow,
+            _ if (1..128).contains(&t.token) => Kind::Op(t.token as u8),
+            _ if t.keyword_kind != 0 => Kind::Word,
+            _ => Kind::Other,
         };
-        tokens.push(Token { kind, span: start..i });
-    }
-    tokens
-}
-
-/// Scans a single-quoted literal whose content starts at `from`; returns (content range, end).
-/// `''` is an escaped quote; with `backslash`, so is `\'`. Unterminated: runs to the end.
-fn quoted(b: &[u8], from: usize, backslash: bool) -> (Range<usize>, usize) {
-    let mut i = from;
-    while i < b.len() {
-        if backslash && b[i] == b'\\' {
-            i += 2;
+        // N'…' comes as a one-letter NCHAR keyword before the literal: one literal token here.
+        if let Some(prev) = tokens.last_mut().filter(|p: &&mut Token| {
+            kind == Kind::Str && p.span.end == start && sql[p.span.clone()].eq_ignore_ascii_case("n")
+        }) {
+            prev.kind = Kind::Str;
+            prev.span.end = end;
             continue;
         }
-        if b[i] == b'\'' {
-            if b.get(i + 1) == Some(&b'\'') {
-                i += 2;
-                continue;
-            }
-            return (from..i, i + 1);
+        tokens.push(Token {
+            kind,
+            span: start..end,
+        });
+    }
+    Some(tokens)
+}
+
+/// Whether `text` holds something that can spell a secret without its letters: a backslash escape
+/// (`E'\x70assword=…'`) or a Unicode escape (`U&'…'`).
+fn has_escapes(text: &str) -> bool {
+    text.contains('\\') || contains_ci(text, "u&")
+}
+
+/// Where a statement that cannot be lexed starts to be hidden: its first trigger word or escape.
+fn first_marker(sql: &str) -> usize {
+    let b = sql.as_bytes();
+    let at = |i: usize, needle: &[u8]| {
+        b.len() - i >= needle.len() && b[i..i + needle.len()].eq_ignore_ascii_case(needle)
+    };
+    (0..b.len())
+        .find(|&i| match b[i] | 0x20 {
+            b'p' => at(i, b"pass") || at(i, b"pwd"),
+            b's' => at(i, b"secret"),
+            b't' => at(i, b"token") || at(i, b"tbx"),
+            b'k' => at(i, b"key"),
+            b'c' => at(i, b"credential"),
+            b':' => at(i, b"://"),
+            b'|' => b[i] == b'\\',
+            b'u' => at(i, b"u&"),
+            _ => false,
+        })
+        .unwrap_or(0)
+}
+
+/// A string literal read as the server reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Literal {
+    /// Its value.
+    value: String,
+    /// Where the value's raw text sits in the literal when it maps byte for byte (a single `'…'`
+    /// segment, with `''` for a quote, or a dollar-quoted body), so an edit there keeps the rest.
+    raw_content: Option<Range<usize>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quoting {
+    Plain,
+    Escape,
+    Unicode,
+}
+
+/// Reads one string-constant token; `escape` is a `U&` literal's `UESCAPE` character. `None` when
+/// the text is not a literal this function can read exactly (the caller fails closed).
+fn parse_literal(text: &str, escape: Option<char>) -> Option<Literal> {
+    let b = text.as_bytes();
+    if b.first() == Some(&b'$') {
+        let tag_len = text[1..].find('$')? + 2;
+        let tag = &text[..tag_len];
+        if text.len() < 2 * tag_len || !text.ends_with(tag) {
+            return None;
+        }
+        let content = tag_len..text.len() - tag_len;
+        return Some(Literal {
+            value: text[content.clone()].to_owned(),
+            raw_content: Some(content),
+        });
+    }
+    let (quoting, mut i) = match b {
+        [b'u' | b'U', b'&', b'\'', ..] => (Quoting::Unicode, 2),
+        [b'e' | b'E', b'\'', ..] => (Quoting::Escape, 1),
+        [b'n' | b'N' | b'b' | b'B' | b'x' | b'X', b'\'', ..] => (Quoting::Plain, 1),
+        [b'\'', ..] => (Quoting::Plain, 0),
+        _ => return None,
+    };
+    let mut raw: Vec<u8> = Vec::new();
+    let mut segments = Vec::new();
+    loop {
+        if b.get(i) != Some(&b'\'') {
+            return None;
         }
         i += 1;
+        let start = i;
+        loop {
+            match *b.get(i)? {
+                b'\'' if b.get(i + 1) == Some(&b'\'') => {
+                    raw.push(b'\'');
+                    i += 2;
+                }
+                b'\'' => break,
+                b'\\' if quoting == Quoting::Escape => {
+                    let (bytes, used) = backslash_escape(&b[i..])?;
+                    raw.extend_from_slice(&bytes);
+                    i += used;
+                }
+                c => {
+                    raw.push(c);
+                    i += 1;
+                }
+            }
+        }
+        segments.push(start..i);
+        i += 1;
+        // A continuation: whitespace with a newline, then another quote (comments: not read).
+        let ws = b[i..].iter().take_while(|c| c.is_ascii_whitespace()).count();
+        if b.get(i + ws) == Some(&b'\'') && b[i..i + ws].contains(&b'\n') {
+            i += ws;
+            continue;
+        }
+        break;
     }
-    (from..b.len(), b.len())
+    if i != b.len() {
+        return None;
+    }
+    let value = match quoting {
+        Quoting::Plain => String::from_utf8(raw).ok()?,
+        Quoting::Escape => String::from_utf8_lossy(&raw).into_owned(),
+        Quoting::Unicode => unicode_unescape(&String::from_utf8(raw).ok()?, escape.unwrap_or('\\'))?,
+    };
+    let raw_content = match (quoting, segments.as_slice()) {
+        (Quoting::Plain, [only]) => Some(only.clone()),
+        _ => None,
+    };
+    Some(Literal { value, raw_content })
+}
+
+/// One backslash escape of an `E'…'` literal (`b` starts at the backslash): its bytes and length.
+fn backslash_escape(b: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let hex = |s: &[u8]| {
+        std::str::from_utf8(s)
+            .ok()
+            .and_then(|s| u32::from_str_radix(s, 16).ok())
+    };
+    let digits =
+        |from: usize, max: usize, f: fn(&u8) -> bool| b[from..].iter().take(max).take_while(|c| f(c)).count();
+    let c = *b.get(1)?;
+    Some(match c {
+        b'b' => (vec![8], 2),
+        b'f' => (vec![12], 2),
+        b'n' => (vec![b'\n'], 2),
+        b'r' => (vec![b'\r'], 2),
+        b't' => (vec![b'\t'], 2),
+        b'x' => {
+            let n = digits(2, 2, u8::is_ascii_hexdigit);
+            if n == 0 {
+                (vec![b'x'], 2)
+            } else {
+                (vec![hex(&b[2..2 + n])? as u8], 2 + n)
+            }
+        }
+        b'0'..=b'7' => {
+            let n = digits(1, 3, |c| (b'0'..=b'7').contains(c));
+            let v = u32::from_str_radix(std::str::from_utf8(&b[1..1 + n]).ok()?, 8).ok()?;
+            (vec![(v & 0xff) as u8], 1 + n)
+        }
+        b'u' | b'U' => {
+            let n = if c == b'u' { 4 } else { 8 };
+            if digits(2, n, u8::is_ascii_hexdigit) != n {
+                return None;
+            }
+            let ch = char::from_u32(hex(&b[2..2 + n])?)?;
+            (ch.to_string().into_bytes(), 2 + n)
+        }
+        other => (vec![other], 2),
+    })
+}
+
+/// Decodes the escapes of a `U&'…'` body (`\XXXX`, `\+XXXXXX`, `\\`, with `esc` for `\`).
+fn unicode_unescape(body: &str, esc: char) -> Option<String> {
+    let mut out = String::with_capacity(body.len());
+    let mut chars = body.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != esc {
+            out.push(c);
+            continue;
+        }
+        if chars.peek() == Some(&esc) {
+            chars.next();
+            out.push(esc);
+            continue;
+        }
+        let n = if chars.peek() == Some(&'+') {
+            chars.next();
+            6
+        } else {
+            4
+        };
+        let digits: String = (0..n).filter_map(|_| chars.next()).collect();
+        if digits.len() != n {
+            return None;
+        }
+        out.push(char::from_u32(u32::from_str_radix(&digits, 16).ok()?)?);
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -665,10 +970,158 @@ mod tests {
             "ü PASSWORD 'ä'",
             "postgresql://:@",
             "password=''",
+            "U&'",
+            "U&'\\",
+            "E'\\u12",
+            "set_config(a =>",
+            "set_config(,,)",
+            "OPTIONS (",
+            "OPTIONS (add",
+            "ALTER ROLE x PASSWORD U&'x' UESCAPE",
+            "\0 password",
+            "$a$ password $a",
         ] {
             let _ = redact_sql(sql);
         }
         assert_eq!(r("ü PASSWORD 'ä'"), "ü PASSWORD '[REDACTED]'");
+    }
+
+    /// See: issue 16, finding 8: PASSWORD literals and other secrets leaked into the audit trail
+    /// when spelled in ways the old hand-written lexer did not read as PostgreSQL does. Each case:
+    /// the statement, the secret that must be gone, and text that must stay verbatim.
+    #[test]
+    fn every_spelling_of_a_secret_is_hidden_and_the_rest_kept() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("ALTER ROLE x PASSWORD U&'s\\0065cret1'", "0065cret1", "ALTER ROLE x PASSWORD "),
+            ("ALTER ROLE x PASSWORD U&'s!0065cret1' UESCAPE '!'", "s!0065cret1", "UESCAPE '!'"),
+            ("ALTER ROLE x PASSWORD u&'secret1'", "secret1", "ALTER ROLE x"),
+            ("ALTER ROLE x PASSWORD 'abc'\n'secret1' VALID UNTIL 'infinity'", "secret1", "VALID UNTIL 'infinity'"),
+            ("ALTER ROLE x PASSWORD 'abc'  \n  'secret1'", "secret1", "ALTER ROLE x PASSWORD"),
+            ("ALTER ROLE x PASSWORD E'sec\\x72et1'", "x72et1", "ALTER ROLE x"),
+            ("ALTER ROLE x PASSWORD E'a\\'secret1'", "secret1", "ALTER ROLE x"),
+            ("ALTER ROLE x PASSWORD $$secret1$$", "secret1", "ALTER ROLE x PASSWORD"),
+            ("ALTER ROLE x PASSWORD $t$secret1$t$ LOGIN", "secret1", " LOGIN"),
+            ("ALTER ROLE x WITH LOGIN PASSWORD 'secret1'", "secret1", "WITH LOGIN PASSWORD"),
+            ("alter user x encrypted password 'secret1'", "secret1", "alter user x"),
+            ("CREATE USER u WITH ENCRYPTED PASSWORD 'secret1' CREATEDB", "secret1", " CREATEDB"),
+            ("CREATE ROLE u PASSWORD N'secret1'", "secret1", "CREATE ROLE u"),
+            ("ALTER ROLE x PASSWORD -- c\n 'secret1'", "secret1", "-- c"),
+            ("ALTER ROLE x PASSWORD 'a\\' secret1'", "secret1", "ALTER ROLE x "),
+            // standard_conforming_strings = off would read this as one literal: hidden to the end.
+            ("ALTER ROLE x PASSWORD 'a\\' || 'secret1'", "secret1", "ALTER ROLE x PASSWORD "),
+            (
+                "ALTER USER MAPPING FOR bob SERVER s OPTIONS (SET password 'secret1')",
+                "secret1",
+                "OPTIONS (SET password ",
+            ),
+            (
+                "ALTER USER MAPPING FOR bob SERVER s OPTIONS (ADD \"password\" 'secret1', user 'bob')",
+                "secret1",
+                "user 'bob')",
+            ),
+            (
+                "CREATE USER MAPPING FOR bob SERVER s OPTIONS (user 'bob', password U&'secret1')",
+                "secret1",
+                "(user 'bob', password ",
+            ),
+            (
+                "CREATE SERVER s FOREIGN DATA WRAPPER w OPTIONS (host 'h', aws_secret_access_key 'secret1')",
+                "secret1",
+                "(host 'h', ",
+            ),
+            (
+                "SELECT set_config(setting_name => 'app.password', new_value => 'secret1', is_local => false)",
+                "secret1",
+                "is_local => false)",
+            ),
+            (
+                "SELECT set_config(new_value := 'secret1', setting_name := 'app.api_key', is_local := true)",
+                "secret1",
+                "setting_name := 'app.api_key'",
+            ),
+            ("SELECT set_config('app.pass' || 'word', 'secret1', false)", "secret1", "SELECT set_config("),
+            ("SELECT pg_catalog.set_config(U&'app.passwor\\0064', 'secret1', false)", "secret1", "false)"),
+            ("SELECT set_config('app.token', 'sec' || 'ret1', false)", "ret1", "SELECT set_config('app.token', "),
+            ("SET app.password = U&'secret1'", "secret1", "SET app.password = "),
+            ("SET app.password TO 'abc'\n'secret1'", "secret1", "SET app.password TO "),
+            ("SELECT dblink_connect('host=h password=secret1')", "secret1", "'host=h password="),
+            ("SELECT dblink_connect(E'host=h \\x70assword=secret1')", "secret1", "SELECT dblink_connect("),
+            ("SELECT dblink_connect(U&'host=h \\0070assword=secret1')", "secret1", "SELECT dblink_connect("),
+            ("SELECT dblink_connect('host=h '\n'password=secret1')", "secret1", "SELECT dblink_connect("),
+            ("SELECT dblink_connect($c$host=h password=secret1$c$)", "secret1", "$c$host=h password="),
+            ("SELECT dblink('postgresql://u:secret1@h/db', 'select 1')", "secret1", "'select 1')"),
+            // PostgreSQL's lexer refuses these: everything from the first trigger word is hidden.
+            ("ALTER ROLE x PASSWORD 'secret1", "secret1", "ALTER ROLE x "),
+            ("ALTER ROLE x PASSWORD $$secret1", "secret1", "ALTER ROLE x "),
+            ("ALTER ROLE x /* PASSWORD 'secret1'", "secret1", "ALTER ROLE x /* "),
+            ("ALTER ROLE x PASSWORD 'secret1'\0", "secret1", "ALTER ROLE x "),
+        ];
+        for (sql, secret, kept) in cases {
+            let out = r(sql);
+            assert!(!out.contains(secret), "{sql:?} -> {out:?} still holds {secret:?}");
+            assert!(out.contains(kept), "{sql:?} -> {out:?} lost {kept:?}");
+            assert!(out.contains(REDACTED), "{sql:?} -> {out:?}");
+        }
+        // Exact output where the edit is by byte range.
+        assert_eq!(
+            r("ALTER ROLE x PASSWORD U&'s\\0065cret1' VALID UNTIL '2030-01-01'"),
+            "ALTER ROLE x PASSWORD '[REDACTED]' VALID UNTIL '2030-01-01'"
+        );
+        assert_eq!(
+            r("SELECT set_config(setting_name => 'app.password', new_value => 'secret1', is_local => false)"),
+            "SELECT set_config(setting_name => 'app.password', new_value => '[REDACTED]', is_local => false)"
+        );
+    }
+
+    #[test]
+    fn hidden_pieces_are_scrubbed_from_text_that_quotes_them() {
+        let (sql, hidden) = redact_sql_secrets("ALTER ROLE x PASSWORD 'admin-p'\n'w-c05d17'");
+        assert_eq!(sql, "ALTER ROLE x PASSWORD '[REDACTED]'");
+        let reason = "sqlparser: Expected: end of statement, found: 'w-c05d17' at Line: 2";
+        assert_eq!(
+            scrub(reason, &hidden),
+            "sqlparser: Expected: end of statement, found: '[REDACTED]' at Line: 2"
+        );
+        let (_, hidden) = redact_sql_secrets("ALTER ROLE x PASSWORD 'secret1");
+        assert!(scrub("near \"'secret1\"", &hidden).contains(REDACTED));
+        let (_, none) = redact_sql_secrets("SELECT 1");
+        assert!(matches!(scrub("anything", &none), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn escapes_without_secrets_are_kept() {
+        for sql in [
+            "SELECT E'a\\nb', U&'d\\0061t\\+000061' FROM t",
+            "SELECT regexp_match(x, '\\d+') FROM t",
+            "SELECT set_config('search_path', E'public', false)",
+            "SELECT set_config(setting_name => 'work_mem', new_value => '64MB', is_local => true)",
+            "SELECT $1::text, 'it''s'",
+        ] {
+            assert_eq!(r(sql), sql);
+        }
+        assert_eq!(
+            r("SELECT set_config('app.password', $1, false)"),
+            "SELECT set_config('app.password', $1, false)",
+            "a parameter is left to audit.params"
+        );
+    }
+
+    #[test]
+    fn literals_are_read_as_the_server_reads_them() {
+        let v = |t: &str| parse_literal(t, None).map(|l| l.value);
+        assert_eq!(v("'it''s'").as_deref(), Some("it's"));
+        assert_eq!(v("E'\\x41\\101\\u0041\\n'").as_deref(), Some("AAA\n"));
+        assert_eq!(v("U&'\\0041\\+000042\\\\'").as_deref(), Some("AB\\"));
+        assert_eq!(
+            parse_literal("U&'!0041'", Some('!')).map(|l| l.value).as_deref(),
+            Some("A")
+        );
+        assert_eq!(v("'a'\n  'b'").as_deref(), Some("ab"));
+        assert_eq!(v("$x$a'b$x$").as_deref(), Some("a'b"));
+        assert_eq!(v("'a' 'b'"), None, "no newline: not a continuation");
+        assert_eq!(v("U&'\\00'"), None);
+        assert_eq!(parse_literal("'ab'", None).unwrap().raw_content, Some(1..3));
+        assert_eq!(parse_literal("'a'\n'b'", None).unwrap().raw_content, None);
     }
 
     #[test]

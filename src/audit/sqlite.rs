@@ -101,12 +101,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn open_writer(path: Option<&Path>) -> Result<Connection, AuditError> {
     let mut conn = match path {
         Some(path) => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|source| AuditError::Io {
-                    path: dir.to_owned(),
-                    source,
-                })?;
-            }
+            // 0600 before SQLite opens it: its -wal and -shm files inherit the database file's mode.
+            crate::store::files::prepare_sqlite_file(path)
+                .map_err(|(path, source)| AuditError::Io { path, source })?;
             let conn = Connection::open(path)?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -259,6 +256,24 @@ pub fn raw_records(conn: &Connection, from: u64, to: u64) -> Result<Vec<RawRecor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// See: issue 16, finding 12b (the audit database, which holds every statement, and its -wal and
+    /// -shm files were created 0644).
+    #[cfg(unix)]
+    #[test]
+    fn the_audit_database_and_its_side_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new/audit.db");
+        let conn = open_writer(Some(&path)).unwrap();
+        conn.execute_batch("BEGIN; CREATE TABLE t (x); COMMIT;").unwrap();
+        assert_eq!(mode(&dir.path().join("new")), 0o700);
+        for side in ["", "-wal", "-shm"] {
+            let p = std::path::PathBuf::from(format!("{}{side}", path.display()));
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+    }
 
     #[test]
     fn newer_schema_is_refused_and_empty_files_are_not_audit_databases() {

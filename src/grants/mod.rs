@@ -8,6 +8,7 @@
 
 pub mod requests;
 pub mod token;
+pub mod validate;
 pub mod watch;
 
 use std::sync::Arc;
@@ -141,12 +142,9 @@ fn invalid(field: &'static str, message: impl Into<String>) -> GrantError {
 
 /// Checks a grant request against the configuration; returns the validated TTL. Pure.
 pub fn validate_new_grant(config: &Config, req: &NewGrant) -> Result<Duration, GrantError> {
-    if !valid_pg_user(&req.user) {
-        return Err(invalid(
-            "user",
-            "must be a PostgreSQL user name: 1 to 63 bytes, no NUL, no surrounding spaces",
-        ));
-    }
+    check_name("user", &req.user)?;
+    check_name("target", &req.target)?;
+    check_name("role", &req.role)?;
     let target = config.targets.get(&req.target).ok_or_else(|| {
         let known: Vec<&str> = config.targets.keys().map(String::as_str).collect();
         invalid(
@@ -199,12 +197,18 @@ pub fn validate_new_grant(config: &Config, req: &NewGrant) -> Result<Duration, G
     if req.reason.len() > 1000 {
         return Err(invalid("reason", "at most 1000 characters"));
     }
+    check_text("reason", &req.reason)?;
     Ok(ttl)
 }
 
-/// A PostgreSQL role name as a client would send it in the startup packet.
-pub fn valid_pg_user(user: &str) -> bool {
-    !user.is_empty() && user.len() <= 63 && !user.contains('\0') && user.trim() == user
+/// Refuses a user, target or role name outside [`validate::name_problem`]'s rules (field `field`).
+pub fn check_name(field: &'static str, name: &str) -> Result<(), GrantError> {
+    validate::name_problem(name).map_or(Ok(()), |m| Err(invalid(field, m)))
+}
+
+/// Refuses free text with control or bidirectional-override characters (field `field`).
+pub fn check_text(field: &'static str, text: &str) -> Result<(), GrantError> {
+    validate::text_problem(text).map_or(Ok(()), |m| Err(invalid(field, m)))
 }
 
 /// How a grant is issued beyond its [`NewGrant`] fields.
@@ -219,8 +223,14 @@ pub struct IssueOptions {
 /// break-glass grant). Pure.
 pub fn extended_expiry(grant: &Grant, ttl: Duration, cap: Duration) -> Result<DateTime<Utc>, GrantError> {
     let too_long = || invalid("ttl", "too long");
-    let new = grant.expires_at + chrono::Duration::from_std(ttl).map_err(|_| too_long())?;
-    let limit = grant.starts_at + chrono::Duration::from_std(cap).map_err(|_| too_long())?;
+    let add = |t: DateTime<Utc>, d: Duration| {
+        chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| t.checked_add_signed(d))
+            .ok_or_else(too_long)
+    };
+    let new = add(grant.expires_at, ttl)?;
+    let limit = add(grant.starts_at, cap)?;
     if new > limit {
         let room = (limit - grant.expires_at).to_std().unwrap_or_default();
         return Err(invalid(
@@ -305,9 +315,8 @@ impl GrantService {
             }
         }
         let now = self.clock.now();
-        let starts_at = req.starts_at.unwrap_or(now).max(now);
-        let expires_at =
-            starts_at + chrono::Duration::from_std(ttl).map_err(|_| invalid("ttl", "too long"))?;
+        let (starts_at, expires_at) =
+            validate::grant_window(now, req.starts_at, ttl).map_err(|(field, m)| invalid(field, m))?;
         let grant = Grant {
             id: new_grant_id(),
             user: req.user,
@@ -351,6 +360,7 @@ impl GrantService {
 
     /// Revokes a grant and tells its live sessions at once.
     pub async fn revoke(&self, id: &str, by: &str, reason: &str) -> Result<Grant, GrantError> {
+        check_text("reason", reason)?;
         let now = self.clock.now();
         let current = self.get(id).await?;
         match current.status_at(now) {
@@ -379,8 +389,17 @@ impl GrantService {
     }
 
     /// Extends a grant by `ttl` (see [`extended_expiry`]) and tells its live sessions at once.
+    /// `reason` (optional, recorded by the caller) is checked like every free text.
     /// Returns the expiry before and the grant after.
-    pub async fn extend(&self, id: &str, ttl: &str) -> Result<(DateTime<Utc>, Grant), GrantError> {
+    pub async fn extend(
+        &self,
+        id: &str,
+        ttl: &str,
+        reason: Option<&str>,
+    ) -> Result<(DateTime<Utc>, Grant), GrantError> {
+        if let Some(r) = reason {
+            check_text("reason", r)?;
+        }
         let ttl = humantime::parse_duration(ttl).map_err(|e| {
             invalid(
                 "ttl",
@@ -638,5 +657,17 @@ mod tests {
         assert_eq!(field(req("alice", "shop", "read", "30m", "  ")), "reason");
         assert_eq!(field(req("", "shop", "read", "30m", "inc")), "user");
         assert_eq!(field(req(&"a".repeat(64), "shop", "read", "30m", "inc")), "user");
+        // See: issue 16, finding 9b (control characters in names and reasons were accepted).
+        assert_eq!(field(req("alice\n", "shop", "read", "30m", "inc")), "user");
+        assert_eq!(field(req("alice", "sh\u{1b}op", "read", "30m", "inc")), "target");
+        assert_eq!(field(req("alice", "shop", "re\0ad", "30m", "inc")), "role");
+        assert_eq!(
+            field(req("alice", "shop", "read", "30m", "inc\r\nFAKE LOG LINE")),
+            "reason"
+        );
+        assert_eq!(
+            field(req("alice", "shop", "read", "30m", "inc \u{202E}txt")),
+            "reason"
+        );
     }
 }

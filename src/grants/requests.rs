@@ -168,8 +168,12 @@ pub fn validate_request(
             format!("at most {MAX_REQUEST_REASON_CHARS} characters"),
         ));
     }
+    super::check_text("reason", reason)?;
     if let Some(t) = &req.ticket {
-        if t.trim().is_empty() || t.chars().count() > MAX_TICKET_CHARS || t.chars().any(char::is_control) {
+        if t.trim().is_empty()
+            || t.chars().count() > MAX_TICKET_CHARS
+            || t.chars().any(super::validate::is_forbidden_in_text)
+        {
             return Err(invalid(
                 "ticket",
                 format!("1 to {MAX_TICKET_CHARS} printable characters"),
@@ -316,6 +320,7 @@ impl RequestService {
 
     /// Approves as `by` (never the requester); the last approval needed issues the grant.
     pub async fn approve(&self, id: &str, by: &str, reason: &str) -> Result<RequestChange, RequestError> {
+        super::check_text("reason", reason)?;
         let request = self.get(id).await?;
         if request.requester == by {
             return Err(RequestError::Forbidden(format!(
@@ -403,6 +408,7 @@ impl RequestService {
 
     /// Denies as `by` (never the requester).
     pub async fn deny(&self, id: &str, by: &str, reason: &str) -> Result<AccessRequest, RequestError> {
+        super::check_text("reason", reason)?;
         let request = self.get(id).await?;
         if request.requester == by {
             return Err(RequestError::Forbidden(format!(

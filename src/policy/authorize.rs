@@ -11,7 +11,8 @@ use std::time::Duration;
 use super::classify::{
     changes_lexing, Classification, Relation, SetValue, SettingChange, StatementClass, StatementInfo,
 };
-use super::functions::{self, SettingKind};
+use super::functions::{self, FunctionKind, SettingKind};
+use super::version::{self, ServerVersion};
 use crate::config;
 
 /// What a grant's role may do, built from [`config::Role`].
@@ -126,8 +127,55 @@ impl fmt::Display for Decision {
     }
 }
 
-/// Decides one statement.
+/// Decides one statement for a target of unknown version, taken to be the oldest supported
+/// ([`ServerVersion::OLDEST`]). Sessions use [`authorize_on`] with their target's version.
 pub fn authorize(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
+    authorize_on(role, ServerVersion::OLDEST, stmt)
+}
+
+/// What a statement calls by name on a target older than the classifier's grammar, where the
+/// classifier saw a built-in: newer-grammar constructs (`JSON_ARRAY(…)` → `json_array`) and
+/// unqualified built-ins the target does not have yet (`casefold`). Such a name can only reach a
+/// user-defined function on that target. A `pg_catalog.`-qualified name cannot, so it is not listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OlderTargetCall {
+    /// How the statement wrote it: `JSON_ARRAY(…)`, `casefold()`, `IS JSON`.
+    pub written: String,
+    /// The function the target calls instead; `None` when the target rejects the text.
+    pub function: Option<String>,
+    /// The major version that made it a built-in.
+    pub since: u32,
+}
+
+/// The [`OlderTargetCall`]s of a statement on `server`. Pure.
+pub fn older_target_calls(stmt: &StatementInfo, server: ServerVersion) -> Vec<OlderTargetCall> {
+    let mut calls = Vec::new();
+    for syntax in &stmt.newer_syntax {
+        if version::absent_on(syntax.since, server) {
+            calls.push(OlderTargetCall {
+                written: syntax.keyword.to_string(),
+                function: syntax.older_call.map(str::to_string),
+                since: syntax.since,
+            });
+        }
+    }
+    for f in &stmt.functions {
+        if f.contains('.') || functions::function_kind(f) != FunctionKind::Safe {
+            continue;
+        }
+        if let Some(since) = version::builtin_since(f).filter(|s| version::absent_on(*s, server)) {
+            calls.push(OlderTargetCall {
+                written: format!("{f}()"),
+                function: Some(f.clone()),
+                since,
+            });
+        }
+    }
+    calls
+}
+
+/// Decides one statement for a session whose target runs `server`.
+pub fn authorize_on(role: &RolePolicy, server: ServerVersion, stmt: &StatementInfo) -> Decision {
     let kind = &stmt.kind;
 
     // 1. Settings that change lexing: never, whatever the role.
@@ -180,6 +228,39 @@ pub fn authorize(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
         }
     }
 
+    // 2b. What the classifier's grammar saw as built-in but the target calls by name.
+    for call in older_target_calls(stmt, server) {
+        let Some(function) = &call.function else {
+            return Decision::deny(
+                format!(
+                    "{kind} uses {}, which needs PostgreSQL {}; the target runs {server}, which cannot \
+                     parse it the way timebox checked it",
+                    call.written, call.since
+                ),
+                format!("rewrite it without {} for a {server} target", call.written),
+            );
+        };
+        if role.allows(StatementClass::Write) || role.function_allowed(function) {
+            continue;
+        }
+        return Decision::deny(
+            format!(
+                "{kind} uses {}, which is built in only since PostgreSQL {}; the target runs {server}, \
+                 where it is a call of a function named {function}, which can only be user-defined \
+                 (user-defined functions can change data, so they count as write); role {} allows only {}",
+                call.written,
+                call.since,
+                role.name,
+                role.allowed_list()
+            ),
+            format!(
+                "request a grant with a role that allows write, or ask an admin to add {function:?} to \
+                 roles.{}.allow_functions if it only reads",
+                role.name
+            ),
+        );
+    }
+
     // 3. Text the parsers could not agree on (after the class checks, whose reasons say more).
     if let Some(why) = &stmt.unparsed {
         if !role.allow_unparsed {
@@ -194,32 +275,15 @@ pub fn authorize(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
         }
     }
 
-    // 4. statement_timeout cap.
-    if let Some(cap) = role.statement_timeout {
-        for change in &stmt.sets {
-            if let Some(d) = timeout_violation(change, cap) {
-                return Decision::deny(d, format!("keep statement_timeout at or below {}", show(cap)));
-            }
+    // 4. The role's rules on settings (statement_timeout cap, search_path under table rules).
+    for change in &stmt.sets {
+        if let Some(denied) = setting_violation(role, change) {
+            return denied;
         }
     }
 
     // 5. Table rules.
     if let Some(rules) = &role.tables {
-        // RESET search_path returns to the default, which is what the rules assume.
-        if let Some(change) = stmt
-            .sets
-            .iter()
-            .find(|c| c.name == "search_path" && c.value != SetValue::Default)
-        {
-            return Decision::deny(
-                format!(
-                    "{} search_path is not allowed for role {}: its table rules check unqualified \
-                     names as public.NAME, which holds only with the default search_path",
-                    change.via, role.name
-                ),
-                "schema-qualify table names (e.g. sales.orders) instead of changing search_path",
-            );
-        }
         for rel in &stmt.relations {
             if let Some(pattern) = matching(&rules.deny, rel) {
                 return Decision::deny(
@@ -230,16 +294,19 @@ pub fn authorize(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
                     "request a grant with a role whose table rules include it",
                 );
             }
-            if !rules.allow.is_empty() && matching(&rules.allow, rel).is_none() {
+            if !rules.allow.is_empty() && !all_matching(&rules.allow, rel) {
                 return Decision::deny(
                     format!(
                         "{kind} touches {rel}, which is outside role {}'s tables.allow ({}){}",
                         role.name,
                         rules.allow.join(", "),
-                        if rel.schema.is_none() {
-                            " (unqualified names are checked as public.NAME)"
-                        } else {
-                            ""
+                        match &rel.schema {
+                            Some(_) => "",
+                            None if rel.name.starts_with("pg_") => {
+                                " (an unqualified pg_* name is checked as pg_catalog.NAME, which PostgreSQL \
+                                 searches first, and as public.NAME)"
+                            }
+                            None => " (unqualified names are checked as public.NAME)",
                         }
                     ),
                     "request a grant with a role whose table rules include it",
@@ -250,6 +317,20 @@ pub fn authorize(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
 
     // 6. UPDATE/DELETE without WHERE.
     if role.require_where && stmt.has_where == Some(false) {
+        if stmt.unfiltered_targets.is_empty() {
+            if let Some(target) = stmt.unfiltered_merge_targets.first() {
+                return Decision::deny(
+                    format!(
+                        "MERGE into {target} updates or deletes rows that no condition filters (its ON or \
+                         WHEN … AND condition names no column, like ON true) and could touch every row; \
+                         role {} requires a filter (require_where)",
+                        role.name
+                    ),
+                    "make the ON condition match rows by a column (e.g. ON t.id = s.id), or add \
+                     WHEN MATCHED AND <condition on a column>",
+                );
+            }
+        }
         let targets: Vec<String> = stmt.unfiltered_targets.iter().map(|r| r.to_string()).collect();
         return Decision::deny(
             format!(
@@ -265,11 +346,22 @@ pub fn authorize(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
     Decision::Allow
 }
 
-/// Decides a whole message: one denied statement denies all of it (nothing of it runs).
+/// Decides a whole message for a target of unknown version (the oldest supported): one denied
+/// statement denies all of it (nothing of it runs).
 pub fn authorize_all(role: &RolePolicy, classification: &Classification) -> Decision {
+    authorize_all_on(role, ServerVersion::OLDEST, classification)
+}
+
+/// Decides a whole message for a session whose target runs `server`: one denied statement denies
+/// all of it (nothing of it runs).
+pub fn authorize_all_on(
+    role: &RolePolicy,
+    server: ServerVersion,
+    classification: &Classification,
+) -> Decision {
     let n = classification.statements.len();
     for (i, stmt) in classification.statements.iter().enumerate() {
-        if let Decision::Deny { reason, hint } = authorize(role, stmt) {
+        if let Decision::Deny { reason, hint } = authorize_on(role, server, stmt) {
             let reason = if n > 1 {
                 format!("statement {} of {n} denied, so none of them ran: {reason}", i + 1)
             } else {
@@ -356,20 +448,108 @@ pub fn parse_pg_duration(value: &str) -> Option<Duration> {
     Some(Duration::from_millis(ms.round() as u64))
 }
 
-/// The first pattern matching the relation, if any. An unqualified name is checked as `public.NAME`
-/// and, for `pg_*` names (which resolve to the catalog first), as `pg_catalog.NAME`.
-fn matching<'p>(patterns: &'p [String], rel: &Relation) -> Option<&'p str> {
-    let candidates: Vec<(&str, &str)> = match &rel.schema {
+/// The `search_path` table rules assume. timebox sends it in the upstream startup of every session
+/// whose role has table rules (so a role- or database-level default on the target cannot move
+/// names), and it is the only value such a role may set.
+pub const TABLE_RULES_SEARCH_PATH: &str = "public";
+
+/// The relations a name can be on the target, as `(schema, name)`. A qualified name is itself. An
+/// unqualified one resolves through [`TABLE_RULES_SEARCH_PATH`], after `pg_catalog`, which
+/// PostgreSQL always searches first: a `pg_*` name (every catalog relation has one) may be
+/// `pg_catalog.NAME` or, if the catalog has none, `public.NAME`; any other is `public.NAME`.
+fn resolutions(rel: &Relation) -> Vec<(&str, &str)> {
+    match &rel.schema {
         Some(schema) => vec![(schema.as_str(), rel.name.as_str())],
         None if rel.name.starts_with("pg_") => {
-            vec![("public", rel.name.as_str()), ("pg_catalog", rel.name.as_str())]
+            vec![("pg_catalog", rel.name.as_str()), ("public", rel.name.as_str())]
         }
-        None => vec![("public", rel.name.as_str())],
+        None => vec![(TABLE_RULES_SEARCH_PATH, rel.name.as_str())],
+    }
+}
+
+fn pattern_matches(pattern: &str, schema: &str, name: &str) -> bool {
+    let (ps, pn) = pattern.split_once('.').unwrap_or(("public", pattern));
+    glob(ps, schema) && glob(pn, name)
+}
+
+/// The first pattern matching any relation the name can be (for `tables.deny`), if any.
+fn matching<'p>(patterns: &'p [String], rel: &Relation) -> Option<&'p str> {
+    let candidates = resolutions(rel);
+    patterns
+        .iter()
+        .map(String::as_str)
+        .find(|p| candidates.iter().any(|(s, n)| pattern_matches(p, s, n)))
+}
+
+/// Whether every relation the name can be is matched by a pattern (for `tables.allow`).
+fn all_matching(patterns: &[String], rel: &Relation) -> bool {
+    resolutions(rel)
+        .iter()
+        .all(|(s, n)| patterns.iter().any(|p| pattern_matches(p, s, n)))
+}
+
+/// Why the role's rules refuse a setting change, as the denial: the `statement_timeout` cap, and
+/// `search_path` under table rules (only [`TABLE_RULES_SEARCH_PATH`], or a reset to it).
+fn setting_violation(role: &RolePolicy, change: &SettingChange) -> Option<Decision> {
+    if let Some(cap) = role.statement_timeout {
+        if let Some(why) = timeout_violation(change, cap) {
+            return Some(Decision::deny(
+                why,
+                format!("keep statement_timeout at or below {}", show(cap)),
+            ));
+        }
+    }
+    let keeps_rules_path = match &change.value {
+        SetValue::Default => true,
+        SetValue::Value(v) => v.trim() == TABLE_RULES_SEARCH_PATH,
+        SetValue::NotLiteral => false,
     };
-    patterns.iter().map(String::as_str).find(|p| {
-        let (ps, pn) = p.split_once('.').unwrap_or(("public", p));
-        candidates.iter().any(|(s, n)| glob(ps, s) && glob(pn, n))
-    })
+    if role.tables.is_some() && change.name == "search_path" && !keeps_rules_path {
+        return Some(Decision::deny(
+            format!(
+                "{} search_path is not allowed for role {}: its table rules check unqualified \
+                 names as public.NAME (pg_* names as pg_catalog.NAME), which holds only with \
+                 search_path = {TABLE_RULES_SEARCH_PATH}",
+                change.via, role.name
+            ),
+            "schema-qualify table names (e.g. sales.orders) instead of changing search_path",
+        ));
+    }
+    None
+}
+
+/// Decides a setting a client asks for at connection time (a startup parameter or `options -c`)
+/// with the rules a `SET` of it meets: the class the setting needs, the `statement_timeout` cap and
+/// `search_path` under table rules. Lexing settings (`client_encoding`,
+/// `standard_conforming_strings`) have their own startup rule and are not decided here.
+pub fn authorize_startup_setting(role: &RolePolicy, name: &str, value: &str) -> Decision {
+    let change = SettingChange {
+        name: name.to_ascii_lowercase(),
+        value: SetValue::Value(value.to_owned()),
+        local: false,
+        via: "startup setting",
+    };
+    if !matches!(
+        functions::setting_kind(&change.name),
+        SettingKind::Lexing | SettingKind::ClientEncoding
+    ) {
+        let (class, why) = super::classify::setting_class(&change);
+        if !role.allows(class) {
+            return Decision::deny(
+                format!(
+                    "startup setting {}={value:?} needs {class} access ({why}); role {} allows only {}",
+                    change.name,
+                    role.name,
+                    role.allowed_list()
+                ),
+                format!(
+                    "leave {} at its default, or request a grant with a role that allows {class}",
+                    change.name
+                ),
+            );
+        }
+    }
+    setting_violation(role, &change).unwrap_or(Decision::Allow)
 }
 
 /// `*` matches any run of characters, `?` one character.

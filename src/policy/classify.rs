@@ -34,6 +34,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use super::functions::{self, FunctionKind, SettingKind};
+use super::version::{self, NewerSyntax};
 
 /// What a statement may do, lowest to highest. A role lists the classes it allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -176,6 +177,9 @@ pub struct StatementInfo {
     pub has_where: Option<bool>,
     /// Target tables of the `UPDATE`/`DELETE`s without `WHERE`.
     pub unfiltered_targets: Vec<Relation>,
+    /// Target tables of `MERGE`s with an `UPDATE`/`DELETE` action no condition filters (see
+    /// [`merge_action_unfiltered`]); they count as `has_where == Some(false)`.
+    pub unfiltered_merge_targets: Vec<Relation>,
     /// Settings changed (`SET`, `RESET`, `set_config`, `SET TRANSACTION`, `DISCARD ALL`).
     pub sets: Vec<SettingChange>,
     /// `BEGIN`/`START TRANSACTION … READ WRITE`.
@@ -194,6 +198,10 @@ pub struct StatementInfo {
     pub declare_cursor: Option<String>,
     /// Why the statement is `Unparsed`, if it is.
     pub unparsed: Option<String>,
+    /// Constructs of the classifier's grammar (PostgreSQL 18) that older targets parse as calls of
+    /// functions by name (`JSON_ARRAY(…)` calls `json_array`): the authorizer decides them by the
+    /// session's target version (see [`super::version`]).
+    pub newer_syntax: Vec<NewerSyntax>,
 }
 
 impl StatementInfo {
@@ -208,6 +216,7 @@ impl StatementInfo {
             reasons: Vec::new(),
             has_where: None,
             unfiltered_targets: Vec::new(),
+            unfiltered_merge_targets: Vec::new(),
             sets: Vec::new(),
             begin_read_write: false,
             explain_analyze: false,
@@ -218,6 +227,7 @@ impl StatementInfo {
             deallocate: None,
             declare_cursor: None,
             unparsed: None,
+            newer_syntax: Vec::new(),
         }
     }
 
@@ -438,8 +448,9 @@ fn classify_statement(piece: &str, span: Range<usize>, node: &protobuf::Node) ->
             info.need(StatementClass::Ddl, "SELECT … INTO creates a table");
         }
         if findings.has_update_or_delete {
-            info.has_where = Some(findings.unfiltered.is_empty());
+            info.has_where = Some(findings.unfiltered.is_empty() && findings.unfiltered_merge.is_empty());
             info.unfiltered_targets = findings.unfiltered.clone();
+            info.unfiltered_merge_targets = findings.unfiltered_merge.clone();
         }
     }
     for call in &findings.funcs {
@@ -468,6 +479,7 @@ fn classify_statement(piece: &str, span: Range<usize>, node: &protobuf::Node) ->
             }
         }
     }
+    info.newer_syntax = findings.newer.clone();
     for op in &findings.ops {
         if !functions::is_builtin_operator(op) {
             let name = format!("operator {op}");
@@ -1165,6 +1177,33 @@ pub(crate) fn changes_lexing(change: &SettingChange) -> bool {
     }
 }
 
+/// Whether one `MERGE` action changes existing rows with no condition that filters them, for
+/// `require_where`. `on_filters`: the `ON` condition names a column; `action_filters`: the action's
+/// own `WHEN … AND` condition does. A condition that names no column (`true`, `1 = 1`, `NOT false`,
+/// `'t'::bool`, `(SELECT true)`) is the same for every row, so it is no condition. `WHEN MATCHED`
+/// rows are filtered by either condition; `WHEN NOT MATCHED BY SOURCE` rows (PostgreSQL 17) are the
+/// target rows no source row matched, so only the action's own condition filters them. `INSERT` and
+/// `DO NOTHING` change no existing row; any other command counts as changing rows (fail closed).
+fn merge_action_unfiltered(
+    match_kind: i32,
+    command_type: i32,
+    on_filters: bool,
+    action_filters: bool,
+) -> bool {
+    use protobuf::{CmdType, MergeMatchKind};
+    if matches!(
+        CmdType::try_from(command_type),
+        Ok(CmdType::CmdInsert | CmdType::CmdNothing)
+    ) || action_filters
+    {
+        return false;
+    }
+    match MergeMatchKind::try_from(match_kind) {
+        Ok(MergeMatchKind::MergeWhenMatched) => !on_filters,
+        _ => true,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // sqlparser: the second opinion.
 // ---------------------------------------------------------------------------------------------
@@ -1423,8 +1462,11 @@ struct Findings {
     dml: Vec<&'static str>,
     locking: bool,
     select_into: bool,
+    /// An UPDATE or DELETE, or a MERGE with an UPDATE/DELETE action, was seen.
     has_update_or_delete: bool,
     unfiltered: Vec<Relation>,
+    /// Targets of MERGEs with an unfiltered UPDATE/DELETE action.
+    unfiltered_merge: Vec<Relation>,
     rels: Vec<RelRef>,
     ctes: Vec<CteDef>,
     recursive: Vec<u32>,
@@ -1432,9 +1474,17 @@ struct Findings {
     ops: Vec<String>,
     /// `location` of every `A_Const` node (byte offset into the parsed text, -1 when unknown).
     constants: Vec<i32>,
+    /// Newer-grammar constructs, each once, in order of first appearance.
+    newer: Vec<NewerSyntax>,
 }
 
 impl Findings {
+    fn saw(&mut self, syntax: NewerSyntax) {
+        if !self.newer.contains(&syntax) {
+            self.newer.push(syntax);
+        }
+    }
+
     /// Relations, with references to CTEs in scope left out.
     fn relations(&self) -> Vec<Relation> {
         let mut out = Vec::new();
@@ -1470,11 +1520,15 @@ struct Frame {
     field: &'static str,
     idx: u32,
     id: u32,
-    /// UpdateStmt/DeleteStmt: a WHERE clause was seen.
+    /// UpdateStmt/DeleteStmt: a WHERE clause was seen. MergeStmt: its ON condition names a column.
+    /// MergeWhenClause: its AND condition names a column.
     flag: bool,
-    /// AExpr: its kind.
+    /// AExpr: its kind. MergeWhenClause: its command type. MergeStmt: 1 when an action is
+    /// unfiltered. JsonFuncExpr: its operator.
     int: i32,
-    /// UpdateStmt/DeleteStmt: index of the target in `Findings::rels`.
+    /// MergeWhenClause: its match kind.
+    match_kind: i32,
+    /// UpdateStmt/DeleteStmt/MergeStmt: index of the target in `Findings::rels`.
     target: Option<usize>,
 }
 
@@ -1544,11 +1598,25 @@ impl Walker {
                 self.found.has_update_or_delete = true;
             }
             "MergeStmt" => self.found.dml.push("MERGE"),
+            "ColumnRef" => {
+                // A column in a MERGE's ON condition or in a WHEN … AND condition makes it filter rows.
+                for f in self.frames.iter_mut() {
+                    if (f.name == "MergeStmt" && f.field == "join_condition")
+                        || (f.name == "MergeWhenClause" && f.field == "condition")
+                    {
+                        f.flag = true;
+                    }
+                }
+            }
             "LockingClause" => self.found.locking = true,
             "IntoClause" if self.top().is_some_and(|f| f.name == "SelectStmt") => {
                 self.found.select_into = true;
             }
-            _ => {}
+            other => {
+                if let Some(syntax) = version::node_syntax(other) {
+                    self.found.saw(syntax);
+                }
+            }
         }
         self.frames.push(Frame {
             name,
@@ -1557,6 +1625,7 @@ impl Walker {
             id,
             flag: false,
             int: 0,
+            match_kind: 0,
             target: None,
         });
     }
@@ -1590,6 +1659,39 @@ impl Walker {
                 }
             }
             "RangeVar" => self.exit_range_var(),
+            "JsonFuncExpr" => self.found.saw(version::json_func_expr(frame.int)),
+            "MergeWhenClause" => {
+                // Frames: MergeStmt(merge_when_clauses) → Node (top) → MergeWhenClause (popped).
+                let on_filters = self.below(1).is_some_and(|m| m.name == "MergeStmt" && m.flag);
+                let unfiltered = merge_action_unfiltered(frame.match_kind, frame.int, on_filters, frame.flag);
+                if !matches!(
+                    protobuf::CmdType::try_from(frame.int),
+                    Ok(protobuf::CmdType::CmdInsert | protobuf::CmdType::CmdNothing)
+                ) {
+                    self.found.has_update_or_delete = true;
+                }
+                if unfiltered {
+                    let len = self.frames.len();
+                    if let Some(merge) = len.checked_sub(2).and_then(|i| self.frames.get_mut(i)) {
+                        if merge.name == "MergeStmt" {
+                            merge.int = 1;
+                        }
+                    }
+                }
+            }
+            "MergeStmt" if frame.int == 1 => {
+                let target = frame
+                    .target
+                    .and_then(|i| self.found.rels.get(i))
+                    .map(|r| Relation {
+                        schema: (!r.schema.is_empty()).then(|| r.schema.clone()),
+                        name: r.name.clone(),
+                    });
+                self.found.unfiltered_merge.push(target.unwrap_or(Relation {
+                    schema: None,
+                    name: "?".into(),
+                }));
+            }
             "UpdateStmt" | "DeleteStmt" if !frame.flag => {
                 let target = frame
                     .target
@@ -1632,7 +1734,7 @@ impl Walker {
         let index = self.found.rels.len();
         if target {
             if let Some(p) = self.frames.last_mut() {
-                if matches!(p.name, "UpdateStmt" | "DeleteStmt") {
+                if matches!(p.name, "UpdateStmt" | "DeleteStmt" | "MergeStmt") {
                     p.target = Some(index);
                 }
             }
@@ -1748,8 +1850,13 @@ impl ser::Serializer for &mut Walker {
     }
     fn serialize_i32(self, v: i32) -> Result<(), WalkError> {
         if let Some(top) = self.frames.last_mut() {
-            if top.name == "AExpr" && top.field == "kind" {
+            if (top.name == "AExpr" && top.field == "kind")
+                || (top.name == "MergeWhenClause" && top.field == "command_type")
+                || (top.name == "JsonFuncExpr" && top.field == "op")
+            {
                 top.int = v;
+            } else if top.name == "MergeWhenClause" && top.field == "match_kind" {
+                top.match_kind = v;
             } else if top.name == "AConst" && top.field == "location" {
                 self.found.constants.push(v);
             }
@@ -1962,5 +2069,37 @@ impl ser::SerializeStructVariant for &mut Walker {
     fn end(self) -> Result<(), WalkError> {
         self.exit();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protobuf::{CmdType as C, MergeMatchKind as M};
+
+    /// (what it guards against, match kind, command, ON names a column, AND names a column, unfiltered)
+    #[rustfmt::skip]
+    const MERGE_ACTIONS: &[(&str, M, C, bool, bool, bool)] = &[
+        ("matched_update_on_constant", M::MergeWhenMatched, C::CmdUpdate, false, false, true),
+        ("matched_delete_on_constant", M::MergeWhenMatched, C::CmdDelete, false, false, true),
+        ("matched_update_on_column", M::MergeWhenMatched, C::CmdUpdate, true, false, false),
+        ("matched_delete_and_column", M::MergeWhenMatched, C::CmdDelete, false, true, false),
+        ("matched_do_nothing", M::MergeWhenMatched, C::CmdNothing, false, false, false),
+        ("not_matched_insert", M::MergeWhenNotMatchedByTarget, C::CmdInsert, false, false, false),
+        ("by_source_delete_ignores_on", M::MergeWhenNotMatchedBySource, C::CmdDelete, true, false, true),
+        ("by_source_update_with_and", M::MergeWhenNotMatchedBySource, C::CmdUpdate, true, true, false),
+        ("unknown_command_fails_closed", M::MergeWhenMatched, C::Undefined, false, false, true),
+        ("unknown_match_kind_fails_closed", M::Undefined, C::CmdUpdate, true, false, true),
+    ];
+
+    #[test]
+    fn merge_actions_without_a_filter() {
+        for (name, kind, cmd, on, and, unfiltered) in MERGE_ACTIONS {
+            assert_eq!(
+                merge_action_unfiltered(*kind as i32, *cmd as i32, *on, *and),
+                *unfiltered,
+                "{name}"
+            );
+        }
     }
 }

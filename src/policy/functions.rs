@@ -127,15 +127,22 @@ const SAFE_FUNCTIONS: &[&str] = &[
     "pg_ts_dict_is_visible", "pg_ts_parser_is_visible", "pg_ts_template_is_visible",
     "pg_type_is_visible", "pg_typeof", "pg_visible_in_snapshot", "pg_wal_lsn_diff", "pg_walfile_name",
     "pg_walfile_name_offset", "pg_xact_commit_timestamp", "pg_xact_status", "row_security_active",
-    "session_user", "shobj_description", "to_regclass", "to_regcollation", "to_regnamespace",
+    "session_user", "shobj_description", "system_user", "to_regclass", "to_regcollation", "to_regnamespace",
     "to_regoper", "to_regoperator", "to_regproc", "to_regprocedure", "to_regrole", "to_regtype",
     "to_regtypemod", "txid_current_if_assigned", "txid_current_snapshot", "txid_snapshot_xip",
     "txid_snapshot_xmax", "txid_snapshot_xmin", "txid_status", "txid_visible_in_snapshot", "user",
     "version", "aclcontains", "acldefault", "aclexplode", "makeaclitem",
+    // privilege checks (a has_ prefix would let a user-defined has_anything() pass as built-in)
+    "has_any_column_privilege", "has_column_privilege", "has_database_privilege",
+    "has_foreign_data_wrapper_privilege", "has_function_privilege", "has_language_privilege",
+    "has_largeobject_privilege", "has_parameter_privilege", "has_schema_privilege",
+    "has_sequence_privilege", "has_server_privilege", "has_table_privilege",
+    "has_tablespace_privilege", "has_type_privilege",
 ];
 
-/// Prefixes of safe built-in families (statistics read-outs, privilege checks).
-const SAFE_PREFIXES: &[&str] = &["pg_stat_get_", "has_"];
+/// Prefixes of safe built-in families (statistics read-outs). A prefix also covers user-defined
+/// functions of such a name, so it is kept to the catalog's own `pg_` namespace of names.
+const SAFE_PREFIXES: &[&str] = &["pg_stat_get_"];
 
 /// Built-in functions that change data or take locks: a `write`.
 #[rustfmt::skip]

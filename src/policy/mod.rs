@@ -12,9 +12,12 @@
 //!   explains the split and the cross-check).
 //! - [`authorize`](mod@authorize): role + statement → [`Decision`] with a reason and a hint.
 //! - [`functions`]: the maintained lists (functions, operators, settings).
+//! - [`appname`]: `application_name` keeps timebox's tag (`SET` rewritten, the rest denied).
 //! - [`cache`](mod@cache): [`ClassifyCache`], the bounded cache the relay classifies through.
 //! - [`shape`]: statement texts with their literals abstracted, and when a classification holds
 //!   for every text of its shape (the cache's second level).
+//! - [`version`]: the target's version, and the newer-grammar constructs and built-ins older
+//!   targets call as functions by name.
 //!
 //! # Known limits of SQL-level enforcement
 //! The upstream credential of each role is the real boundary behind this layer. What the text of a
@@ -23,11 +26,16 @@
 //!   does not name; built-in operator symbols and casts on user-defined types call user functions;
 //! - a `search_path` set with `ALTER ROLE`/`ALTER DATABASE` can put schemas before `pg_catalog`, so
 //!   unqualified built-in names could reach user functions (only session `SET`s are checked);
-//! - unqualified relations are checked as `public.NAME` (and `pg_catalog.NAME` for `pg_*` names);
-//!   roles with table rules may not change `search_path`;
+//! - unqualified relations are checked as `public.NAME`, and `pg_*` names as `pg_catalog.NAME` too
+//!   (PostgreSQL searches `pg_catalog` first; allowed only if both are); sessions of roles with
+//!   table rules run with `search_path = public`, pinned in the upstream startup, and may not change
+//!   it (at startup or with `SET`);
 //! - `EXECUTE name` is only as safe as what `name` was prepared with: the relay must look up the
 //!   class it tracked at `PREPARE`/Parse time ([`StatementInfo::execute_name`]);
-//! - `require_where` accepts any `WHERE` (also `WHERE true`): it guards against accidents;
+//! - `require_where` accepts any `WHERE` (also `WHERE true`): it guards against accidents; a
+//!   `MERGE` action must be filtered by an `ON` or `WHEN … AND` condition that names a column;
+//! - the classifier parses with PostgreSQL 18's grammar; what an older target makes of newer syntax
+//!   and built-ins is decided per session by [`version`] and [`authorize_on`];
 //! - lexing assumes `standard_conforming_strings = on` and UTF8: the relay must fail closed when
 //!   the server reports otherwise;
 //! - PostgreSQL syntax sqlparser does not know (`TABLE t`, `FOR NO KEY UPDATE`, `ROWS FROM`,
@@ -36,20 +44,23 @@
 //! - the function lists are maintained by hand: an unlisted built-in counts as `write` until it is
 //!   added to [`functions`] or to the role's `allow_functions`.
 
+pub mod appname;
 pub mod authorize;
 pub mod cache;
 pub mod classify;
 pub mod functions;
 pub mod shape;
+pub mod version;
 
 use std::fmt::Write as _;
 
-pub use authorize::{authorize, authorize_all, Decision, RolePolicy};
+pub use authorize::{authorize, authorize_all, authorize_all_on, authorize_on, Decision, RolePolicy};
 pub use cache::ClassifyCache;
 pub use classify::{
     classify, ClassReason, Classification, CopyDirection, Deallocate, Relation, SetValue, SettingChange,
     StatementClass, StatementInfo,
 };
+pub use version::{NewerSyntax, ServerVersion};
 
 use crate::config::Config;
 
@@ -87,6 +98,11 @@ pub fn check_command(config: &Config, role: &str, sql: &str) -> (String, bool) {
                 .join(", ")
         },
         if policy.allow_unparsed { ", unparsed" } else { "" }
+    );
+    let _ = writeln!(
+        out,
+        "checked for a {} target, the oldest supported (a session is checked for its target's version)",
+        ServerVersion::OLDEST
     );
     if classification.is_empty() {
         let _ = writeln!(out, "no statements (empty query): allowed");
@@ -504,6 +520,23 @@ mod tests {
         ("require_where_in_explain_analyze", "write", "EXPLAIN ANALYZE DELETE FROM orders", Deny("has no WHERE clause")),
         ("require_where_in_prepare", "write", "PREPARE p AS DELETE FROM orders", Deny("has no WHERE clause")),
         ("require_where_only_where_configured", "ddl", "DELETE FROM orders", Allow),
+        // MERGE: an UPDATE/DELETE action is filtered by an ON condition (WHEN MATCHED) or its own AND
+        // condition that names a column; a constant condition (true, 1=1, NOT false, 't'::bool) is none.
+        ("require_where_merge_on_true", "write", "MERGE INTO orders o USING staged s ON true WHEN MATCHED THEN UPDATE SET total = 0", Deny("MERGE into orders")),
+        ("require_where_merge_on_one_equals_one", "write", "MERGE INTO orders USING staged ON 1 = 1 WHEN MATCHED THEN DELETE", Deny("MERGE into orders")),
+        ("require_where_merge_on_not_false", "write", "MERGE INTO orders USING staged ON NOT false WHEN MATCHED THEN DELETE", Deny("MERGE into orders")),
+        ("require_where_merge_on_cast_true", "write", "MERGE INTO orders USING staged ON 't'::bool WHEN MATCHED THEN UPDATE SET total = 0", Deny("MERGE into orders")),
+        ("require_where_merge_on_constant_subquery", "write", "MERGE INTO orders USING staged ON (SELECT true) WHEN MATCHED THEN DELETE", Deny("MERGE into orders")),
+        ("require_where_merge_constant_action_condition", "write", "MERGE INTO orders USING staged ON true WHEN MATCHED AND 1 = 1 THEN DELETE", Deny("MERGE into orders")),
+        ("require_where_merge_second_action_unfiltered", "write", "MERGE INTO orders o USING staged s ON true WHEN MATCHED AND s.total > 0 THEN UPDATE SET total = s.total WHEN MATCHED THEN DELETE", Deny("MERGE into orders")),
+        ("require_where_merge_not_matched_by_source", "write", "MERGE INTO orders o USING staged s ON o.id = s.id WHEN NOT MATCHED BY SOURCE THEN DELETE", Deny("MERGE into orders")),
+        ("require_where_merge_in_explain_analyze", "write", "EXPLAIN ANALYZE MERGE INTO orders USING staged ON true WHEN MATCHED THEN DELETE", Deny("MERGE into orders")),
+        ("require_where_merge_in_cte", "write", "WITH m AS (MERGE INTO orders USING staged ON true WHEN MATCHED THEN DELETE RETURNING *) SELECT count(*) FROM m", Deny("MERGE into orders")),
+        ("require_where_merge_join_key_filters", "write", "MERGE INTO orders o USING staged s ON o.id = s.id WHEN MATCHED THEN DELETE", Allow),
+        ("require_where_merge_action_condition_filters", "write", "MERGE INTO orders o USING staged s ON true WHEN MATCHED AND o.id = 1 THEN DELETE", Allow),
+        ("require_where_merge_insert_only_touches_no_rows", "write", "MERGE INTO orders o USING staged s ON true WHEN NOT MATCHED THEN INSERT VALUES (s.id) WHEN MATCHED THEN DO NOTHING", Allow),
+        ("require_where_merge_by_source_with_condition", "write", "MERGE INTO orders o USING staged s ON o.id = s.id WHEN NOT MATCHED BY SOURCE AND o.total = 0 THEN DELETE", Allow),
+        ("require_where_merge_only_where_configured", "ddl", "MERGE INTO orders USING staged ON true WHEN MATCHED THEN DELETE", Allow),
         ("ddl_role_create_table", "ddl", "CREATE TABLE t (id int PRIMARY KEY, at timestamptz DEFAULT now())", Allow),
         ("ddl_role_drop_table", "ddl", "DROP TABLE IF EXISTS t", Allow),
         ("ddl_role_truncate", "ddl", "TRUNCATE orders", Allow),
@@ -544,6 +577,12 @@ mod tests {
         ("tables_search_path_change_denied", "tables", "SET search_path = hr", Deny("search_path is not allowed")),
         ("tables_search_path_via_set_config", "tables", "SELECT set_config('search_path', 'hr', false)", Deny("search_path is not allowed")),
         ("tables_reset_search_path_is_fine", "tables", "RESET search_path", Allow),
+        ("tables_search_path_public_is_what_the_rules_assume", "tables", "SET search_path = public", Allow),
+        ("tables_search_path_dollar_user_denied", "tables", "SET search_path = \"$user\", public", Deny("search_path is not allowed")),
+        // PostgreSQL searches pg_catalog before public: an unqualified pg_* name is the catalog's.
+        ("tables_unqualified_catalog_view_is_pg_catalog", "tables", "SELECT * FROM pg_stats", Deny("pg_catalog.NAME")),
+        ("tables_unqualified_catalog_table_is_pg_catalog", "tables", "SELECT relname FROM pg_class", Deny("outside role tables's tables.allow")),
+        ("tables_qualified_public_pg_name", "tables", "SELECT * FROM public.pg_notes", Allow),
         ("tables_copy_denied_table", "tables", "COPY secrets TO STDOUT", Deny("secrets")),
         ("tables_cursor_over_denied_table", "tables", "DECLARE c CURSOR FOR SELECT * FROM secrets", Deny("secrets")),
         ("tables_prepare_over_denied_table", "tables", "PREPARE p AS SELECT * FROM secrets", Deny("secrets")),
@@ -552,6 +591,8 @@ mod tests {
         ("tables_allowed_function_public_qualified", "tables", "SELECT public.report_totals()", Allow),
         ("tables_allowed_function_in_schema", "tables", "SELECT app.safe_fn(1)", Allow),
         ("tables_unlisted_function", "tables", "SELECT other_fn()", Deny("allow_functions")),
+        ("user_function_named_like_a_privilege_check", "read", "SELECT has_secret_access()", Deny("has_secret_access()")),
+        ("privilege_checks_are_builtins", "read", "SELECT has_table_privilege('orders', 'SELECT'), has_schema_privilege('public', 'USAGE'), has_any_column_privilege('orders', 'SELECT')", Allow),
         ("tables_allow_functions_cannot_downgrade_nextval", "tables", "SELECT report_totals(nextval('s'))", Deny("nextval()")),
         ("tables_function_reading_table_by_name", "tables", "SELECT table_to_xml('secrets', true, false, '')", Deny("needs admin access")),
         // ---- a role that allows nothing ------------------------------------------------------------
@@ -591,6 +632,105 @@ mod tests {
     fn a_deny_everything_policy_fails_the_benign_rows() {
         let allowed = CASES.iter().filter(|(_, _, _, e)| matches!(e, Allow)).count();
         assert!(allowed >= 90, "only {allowed} benign cases");
+    }
+
+    /// (what it guards against, role, target's major version, SQL, expected decision): the
+    /// classifier's grammar (PostgreSQL 18) against older targets, which call functions by name where
+    /// it sees built-in syntax or built-ins they do not have (issue 16, finding 2).
+    #[rustfmt::skip]
+    pub(super) const VERSION_CASES: &[(&str, &str, u32, &str, E)] = &[
+        ("json_array_is_a_user_function_on_15", "read", 15, "SELECT JSON_ARRAY(1, 2)", Deny("json_array")),
+        ("json_array_lower_case_on_15", "read", 15, "select json_array(1, 2)", Deny("PostgreSQL 15")),
+        ("json_array_subquery_on_15", "read", 15, "SELECT JSON_ARRAY(SELECT 1)", Deny("json_array")),
+        ("json_array_builtin_on_16", "read", 16, "SELECT JSON_ARRAY(1, 2)", Allow),
+        ("json_array_on_unknown_version_is_oldest", "read", 13, "SELECT JSON_ARRAY(1, 2)", Deny("json_array")),
+        ("json_object_on_15", "read", 15, "SELECT JSON_OBJECT('a' : 1)", Deny("json_object")),
+        ("json_arrayagg_on_15", "read", 15, "SELECT JSON_ARRAYAGG(id) FROM orders", Deny("json_arrayagg")),
+        ("json_objectagg_on_15", "read", 15, "SELECT JSON_OBJECTAGG(k : v) FROM kv", Deny("json_objectagg")),
+        ("json_scalar_on_15", "read", 15, "SELECT json_scalar(1)", Deny("json_scalar")),
+        ("json_scalar_on_16", "read", 16, "SELECT JSON_SCALAR(1)", Deny("since PostgreSQL 17")),
+        ("json_scalar_builtin_on_17", "read", 17, "SELECT JSON_SCALAR(1)", Allow),
+        ("json_serialize_nested_in_a_call_on_16", "read", 16, "SELECT lower(JSON_SERIALIZE('1'))", Deny("json_serialize")),
+        ("json_parse_on_16", "read", 16, "SELECT JSON('{}')", Deny("function named json,")),
+        ("json_value_on_15", "read", 15, "SELECT JSON_VALUE('{\"a\": 1}', '$.a')", Deny("json_value")),
+        ("json_value_builtin_on_18", "read", 18, "SELECT JSON_VALUE('{\"a\": 1}', '$.a')", Allow),
+        ("json_query_on_16", "read", 16, "SELECT JSON_QUERY('[1]', '$[0]')", Deny("json_query")),
+        ("json_exists_in_where_on_16", "read", 16, "SELECT 1 WHERE JSON_EXISTS('{}', '$.a')", Deny("json_exists")),
+        ("json_table_on_16", "read", 16, "SELECT * FROM JSON_TABLE('[1]', '$[*]' COLUMNS (a int PATH '$')) t", Deny("json_table")),
+        ("merge_action_on_15", "read", 15, "SELECT MERGE_ACTION()", Deny("merge_action")),
+        ("merge_action_upper_and_lower_on_16", "read", 16, "SELECT Merge_Action()", Deny("merge_action")),
+        ("is_json_needs_16", "read", 15, "SELECT '{}' IS JSON", Deny("needs PostgreSQL 16")),
+        ("is_json_needs_16_for_admins_too", "admin", 15, "SELECT '{}' IS JSON", Deny("needs PostgreSQL 16")),
+        ("user_function_allowed_for_write_roles", "write", 15, "SELECT JSON_ARRAY(1, 2)", Allow),
+        ("user_function_allow_listed", "json_fn", 15, "SELECT JSON_ARRAY(1, 2)", Allow),
+        ("allow_list_names_one_function", "json_fn", 15, "SELECT JSON_SCALAR(1)", Deny("json_scalar")),
+        ("casefold_is_a_user_function_on_17", "read", 17, "SELECT casefold('A')", Deny("casefold()")),
+        ("casefold_builtin_on_18", "read", 18, "SELECT casefold('A')", Allow),
+        ("qualified_builtin_cannot_reach_a_user_function", "read", 17, "SELECT pg_catalog.casefold('A')", Allow),
+        ("any_value_on_15", "read", 15, "SELECT any_value(id) FROM orders", Deny("any_value()")),
+        ("any_value_on_16", "read", 16, "SELECT any_value(id) FROM orders", Allow),
+        ("regexp_like_on_14", "read", 14, "SELECT regexp_like('a', 'a')", Deny("regexp_like()")),
+        ("regexp_like_on_15", "read", 15, "SELECT regexp_like('a', 'a')", Allow),
+        ("system_user_is_no_user_function", "read", 15, "SELECT SYSTEM_USER", Allow),
+        ("harmless_json_read_on_15", "read", 15, "SELECT json_build_array(1, 2), jsonb_path_query('{}', '$'), data->>'a' FROM orders", Allow),
+        ("harmless_read_on_13", "read", 13, "SELECT count(*) FROM orders WHERE id = 1", Allow),
+    ];
+
+    #[test]
+    fn table_of_decisions_by_target_version() {
+        let mut names = std::collections::HashSet::new();
+        let mut failures = Vec::new();
+        for (name, role_key, major, sql, expected) in VERSION_CASES {
+            assert!(names.insert(*name), "duplicate case name {name}");
+            let role = match *role_key {
+                "json_fn" => {
+                    let mut r = RolePolicy::with_classes("json_fn", &[Read]);
+                    r.allow_functions = vec!["json_array".into()];
+                    r
+                }
+                other => role(other),
+            };
+            let decision = authorize_all_on(&role, ServerVersion(*major), &classify(sql));
+            let ok = match (expected, &decision) {
+                (Allow, Decision::Allow) => true,
+                (Deny(text), Decision::Deny { reason, hint }) => {
+                    !hint.is_empty() && (reason.contains(text) || hint.contains(text))
+                }
+                _ => false,
+            };
+            if !ok {
+                failures.push(format!(
+                    "{name} [{role_key} on {major}] {sql:?}\n    got {decision}"
+                ));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} failed:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
+
+    /// Every newer construct is a user function on every supported target before its version and
+    /// a built-in from it on.
+    #[test]
+    fn every_supported_version_decides_each_construct() {
+        let read = role("read");
+        for (sql, since) in [
+            ("SELECT JSON_ARRAY(1)", 16),
+            ("SELECT JSON_OBJECT('a' : 1)", 16),
+            ("SELECT JSON_SCALAR(1)", 17),
+            ("SELECT JSON_QUERY('[1]', '$')", 17),
+            ("SELECT MERGE_ACTION()", 17),
+            ("SELECT uuidv7()", 18),
+        ] {
+            let c = classify(sql);
+            for server in ServerVersion::SUPPORTED {
+                let allowed = authorize_all_on(&read, server, &c).is_allow();
+                assert_eq!(allowed, server.0 >= since, "{sql} on {server}");
+            }
+        }
     }
 
     /// (what it guards against, SQL, expected class of the whole message)

@@ -191,12 +191,13 @@ pub(crate) fn literal_independent(
         class,
         kind,
         span,
-        relations: _,          // identifiers, copied verbatim into the key
-        functions,             // a call may read its literal arguments (set_config, nextval)
-        unknown_functions,     // user-defined functions and operators
-        reasons: _,            // for the admitted kinds, built from the kind and the structure only
-        has_where: _,          // structure
-        unfiltered_targets: _, // identifiers
+        relations: _,                // identifiers, copied verbatim into the key
+        functions,                   // a call may read its literal arguments (set_config, nextval)
+        unknown_functions,           // user-defined functions and operators
+        reasons: _,                  // for the admitted kinds, built from the kind and the structure only
+        has_where: _,                // structure
+        unfiltered_targets: _,       // identifiers
+        unfiltered_merge_targets: _, // identifiers (and MERGE is not admitted)
         sets,
         begin_read_write,
         explain_analyze,
@@ -207,6 +208,7 @@ pub(crate) fn literal_independent(
         deallocate,
         declare_cursor,
         unparsed,
+        newer_syntax: _, // structure (keywords), never a literal
     } = stmt;
     if *class == StatementClass::Unparsed || unparsed.is_some() {
         return Err("the parsers did not agree on the template");

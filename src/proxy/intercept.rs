@@ -13,6 +13,13 @@
 //! PostgreSQL) so that Bind and EXECUTE run only statements that were checked; unknown names are
 //! denied (fail closed).
 //!
+//! Big statements: reading, classifying and audit-bounding a statement text costs time in proportion
+//! to its length, so a Query or Parse longer than [`INLINE_CHECK_BYTES`] (unless its exact text is
+//! cached) is prechecked ([`Prechecker::precheck`], pure) on the blocking pool by the relay, which
+//! keeps serving expiry, kills and shutdown meanwhile, and then hands the result to
+//! [`Interceptor::on_frontend_prechecked`]. A text longer than `proxy.max_statement_bytes` is not
+//! classified at all: it is refused with ERROR 54000 (audited as denied) and the session goes on.
+//!
 //! A timebox built with the `bench-knobs` cargo feature (benchmarks only) may be configured with
 //! `[bench] skip_policy = true`, which makes [`Interceptor::check_sql`] allow every statement without
 //! classifying it (see [`Interceptor::bench_skip_policy`]); no other build can turn checking off.
@@ -23,10 +30,19 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::wire::{PgError, Severity};
-use crate::policy::{self, Classification, ClassifyCache, Decision, RolePolicy, StatementClass};
+use crate::audit::event::AuditSql;
+use crate::config::DEFAULT_MAX_STATEMENT_BYTES;
+use crate::policy::appname::{self, Appname};
+use crate::policy::{
+    self, Classification, ClassifyCache, Decision, RolePolicy, ServerVersion, StatementClass,
+};
 
 /// Prepared statements a session may hold before new named ones are refused.
 const MAX_PREPARED: usize = 10_000;
+
+/// Query and Parse messages up to this many bytes are checked inline on the session's task; longer
+/// ones, unless their exact text is in the classification cache, on the blocking pool.
+pub const INLINE_CHECK_BYTES: usize = 8 * 1024;
 
 /// What the relay does with one frontend message.
 #[derive(Debug, PartialEq, Eq)]
@@ -42,8 +58,12 @@ pub enum FrontendAction {
 /// audit and metrics.
 #[derive(Debug, Clone)]
 pub struct Checked {
-    pub sql: Arc<str>,
+    /// The text as audited (bounded, see [`AuditSql`]).
+    pub sql: Arc<AuditSql>,
     pub classification: Arc<Classification>,
+    /// The class audited and counted: the classification's, or `unparsed` for a text timebox did
+    /// not classify (too long, not UTF-8).
+    pub class: StatementClass,
     pub denied: Option<String>,
     /// Bind parameters (text, or `\x…` hex for binary ones; `None` for NULL).
     pub params: Option<Vec<Option<String>>>,
@@ -53,8 +73,103 @@ pub struct Checked {
 #[derive(Debug, Clone)]
 struct Prepared {
     class: StatementClass,
-    sql: Arc<str>,
+    sql: Arc<AuditSql>,
     classification: Arc<Classification>,
+}
+
+/// The part of checking a Query or Parse message whose cost grows with its text: reading the text,
+/// classifying it and building its audit form. Pure apart from the shared classification cache, so
+/// the relay can run it on the blocking pool ([`Interceptor::wants_offload`]).
+#[derive(Debug, Clone)]
+pub struct Prechecker {
+    cache: Arc<ClassifyCache>,
+    max_statement_bytes: usize,
+    skip_policy: Option<Arc<Classification>>,
+}
+
+/// What [`Prechecker::precheck`] found in one Query or Parse message.
+#[derive(Debug)]
+pub struct Precheck {
+    /// The Parse message's statement name (empty for the unnamed one); `None` for a Query or an
+    /// unreadable Parse.
+    name: Option<String>,
+    sql: Arc<AuditSql>,
+    text: TextCheck,
+}
+
+#[derive(Debug)]
+enum TextCheck {
+    Classified(Arc<Classification>),
+    /// Not valid UTF-8, or not a well-formed message body.
+    Unreadable,
+    /// Longer than `proxy.max_statement_bytes` (its length): never classified.
+    TooLong(usize),
+    /// Checking failed inside timebox (the precheck task died): refused.
+    Failed,
+}
+
+impl Prechecker {
+    /// Reads, bounds and classifies the text of a whole Query (`Q`) or Parse (`P`) frame.
+    pub fn precheck(&self, tag: u8, frame: &[u8]) -> Precheck {
+        let body = frame.get(5..).unwrap_or_default();
+        let (name, text) = message_text(tag, body);
+        let (Some(name), Some(text)) = (name, text) else {
+            let raw = if tag == b'P' {
+                cstr(body)
+                    .and_then(|(_, rest)| cstr(rest))
+                    .map_or(body, |(s, _)| s)
+            } else {
+                cstr(body).map_or(body, |(s, _)| s)
+            };
+            return Precheck {
+                name: None,
+                sql: Arc::new(AuditSql::of(&String::from_utf8_lossy(raw))),
+                text: TextCheck::Unreadable,
+            };
+        };
+        let sql = Arc::new(AuditSql::of(text));
+        let text = if text.len() > self.max_statement_bytes {
+            TextCheck::TooLong(text.len())
+        } else if let Some(unclassified) = &self.skip_policy {
+            TextCheck::Classified(unclassified.clone())
+        } else {
+            TextCheck::Classified(self.cache.classify(text))
+        };
+        Precheck {
+            name: (tag == b'P').then(|| name.to_owned()),
+            sql,
+            text,
+        }
+    }
+
+    /// The precheck of a message whose check could not run (audited by its length only).
+    pub fn failed(frame_len: usize) -> Precheck {
+        Precheck {
+            name: None,
+            sql: Arc::new(AuditSql {
+                text: String::new(),
+                truncated: Some((frame_len as u64, String::new())),
+                hidden: Vec::new(),
+            }),
+            text: TextCheck::Failed,
+        }
+    }
+}
+
+/// The statement name (Parse; `""` for Query) and text of a Query or Parse body, each `None` when
+/// not valid UTF-8 or not NUL-terminated.
+fn message_text(tag: u8, body: &[u8]) -> (Option<&str>, Option<&str>) {
+    fn utf8(b: &[u8]) -> Option<&str> {
+        std::str::from_utf8(b).ok()
+    }
+    if tag == b'P' {
+        match cstr(body) {
+            Some((name, rest)) => (utf8(name), cstr(rest).and_then(|(s, _)| utf8(s))),
+            None => (None, None),
+        }
+    } else {
+        (Some(""), cstr(body).and_then(|(s, _)| utf8(s)))
+    }
 }
 
 /// Per-session enforcement state.
@@ -77,6 +192,13 @@ pub struct Interceptor {
     /// `Some` (an empty classification, given to every statement) only under the benchmark knob
     /// `[bench] skip_policy`: everything is allowed unclassified.
     skip_policy: Option<Arc<Classification>>,
+    /// `proxy.max_statement_bytes`: longer texts are refused unclassified (54000).
+    max_statement_bytes: usize,
+    /// The target's major version (from its `server_version` at login; the oldest supported until
+    /// known): constructs of the classifier's newer grammar are what this version makes of them.
+    server: ServerVersion,
+    /// `timebox:<user>:<grant id>`: `application_name` keeps it (see [`appname`]).
+    app_tag: String,
 }
 
 impl Interceptor {
@@ -92,6 +214,64 @@ impl Interceptor {
             denials: VecDeque::new(),
             cache,
             skip_policy: None,
+            max_statement_bytes: DEFAULT_MAX_STATEMENT_BYTES,
+            server: ServerVersion::OLDEST,
+            app_tag: appname::session_tag("?", grant_id),
+        }
+    }
+
+    /// The engineer behind the session, for the `application_name` tag it must keep.
+    pub fn tagging(mut self, user: &str) -> Self {
+        self.app_tag = appname::session_tag(user, &self.grant_id);
+        self
+    }
+
+    /// What the `application_name` rules make of an allowed message: `None` to forward it, the
+    /// statement text to send instead (the tagged `SET`), or the denial.
+    fn application_name(&self, classification: &Classification) -> Result<Option<String>, PgError> {
+        match appname::decide(&self.app_tag, classification) {
+            Appname::Keep => Ok(None),
+            Appname::Rewrite(sql) => Ok(Some(sql)),
+            Appname::Deny { reason, hint } => Err(self.denial(&reason, &hint)),
+        }
+    }
+
+    /// The target's version, as its `server_version` ParameterStatus reported it at login (`None`
+    /// or unreadable: the oldest supported).
+    pub fn on_server(mut self, server_version: Option<&str>) -> Self {
+        self.server = ServerVersion::of_target(server_version);
+        self
+    }
+
+    /// Statement texts longer than `limit` bytes (`proxy.max_statement_bytes`) are refused with
+    /// ERROR 54000 without being classified.
+    pub fn max_statement_bytes(mut self, limit: usize) -> Self {
+        self.max_statement_bytes = limit;
+        self
+    }
+
+    /// The pure, text-sized part of this session's checks, to run elsewhere.
+    pub fn prechecker(&self) -> Prechecker {
+        Prechecker {
+            cache: self.cache.clone(),
+            max_statement_bytes: self.max_statement_bytes,
+            skip_policy: self.skip_policy.clone(),
+        }
+    }
+
+    /// True when checking this whole frontend frame may take long enough that the relay should
+    /// precheck it on the blocking pool: a Query or Parse longer than [`INLINE_CHECK_BYTES`] whose
+    /// exact text is not cached (only texts up to [`ClassifyCache::MAX_CACHED_TEXT`] can be).
+    pub fn wants_offload(&self, tag: u8, frame: &[u8]) -> bool {
+        if !matches!(tag, b'Q' | b'P') || frame.len() <= INLINE_CHECK_BYTES || self.skipping_until_sync {
+            return false;
+        }
+        if frame.len() > ClassifyCache::MAX_CACHED_TEXT + 1024 {
+            return true;
+        }
+        match message_text(tag, &frame[5..]) {
+            (Some(_), Some(text)) if text.len() <= self.max_statement_bytes => self.cache.get(text).is_none(),
+            _ => true,
         }
     }
 
@@ -125,10 +305,6 @@ impl Interceptor {
         error.to_bytes()
     }
 
-    fn classify(&self, sql: &str) -> Arc<Classification> {
-        self.cache.classify(sql)
-    }
-
     fn denial(&self, reason: &str, hint: &str) -> PgError {
         PgError {
             severity: Severity::Error,
@@ -139,14 +315,53 @@ impl Interceptor {
         }
     }
 
-    /// Checks SQL text against the role, including EXECUTE of prepared statements. Returns the
-    /// classification and the denial, if any. Updates the prepared-statement namespace when allowed.
-    pub fn check_sql(&mut self, sql: &str) -> (Arc<Classification>, Option<PgError>) {
-        if let Some(unclassified) = &self.skip_policy {
-            return (unclassified.clone(), None);
+    /// The classification, the class to audit and the denial, if any, of a prechecked text.
+    fn judge(&mut self, pre: &Precheck) -> (Arc<Classification>, StatementClass, Option<PgError>) {
+        let unclassified = || Arc::new(Classification::default());
+        match &pre.text {
+            TextCheck::Classified(c) => {
+                let (c, denial) = self.check_sql(&pre.sql, c.clone());
+                let class = c.class();
+                (c, class, denial)
+            }
+            TextCheck::Unreadable => (
+                unclassified(),
+                StatementClass::Unparsed,
+                Some(self.denial(
+                    "the statement text is not valid UTF-8",
+                    "timebox checks statements as UTF-8 text; use client_encoding UTF8.",
+                )),
+            ),
+            TextCheck::TooLong(bytes) => (
+                unclassified(),
+                StatementClass::Unparsed,
+                Some(PgError::statement_too_long(*bytes, self.max_statement_bytes)),
+            ),
+            TextCheck::Failed => (
+                unclassified(),
+                StatementClass::Unparsed,
+                Some(self.denial(
+                    "the statement could not be checked",
+                    "Try again; tell the timebox administrators if it persists.",
+                )),
+            ),
         }
-        let classification = self.classify(sql);
-        if let Decision::Deny { reason, hint } = policy::authorize_all(&self.policy, &classification) {
+    }
+
+    /// Checks classified SQL text against the role, including EXECUTE of prepared statements.
+    /// Returns the classification and the denial, if any. Updates the prepared-statement
+    /// namespace when allowed.
+    fn check_sql(
+        &mut self,
+        sql: &Arc<AuditSql>,
+        classification: Arc<Classification>,
+    ) -> (Arc<Classification>, Option<PgError>) {
+        if self.skip_policy.is_some() {
+            return (classification, None);
+        }
+        if let Decision::Deny { reason, hint } =
+            policy::authorize_all_on(&self.policy, self.server, &classification)
+        {
             return (classification, Some(self.denial(&reason, &hint)));
         }
         // Statements whose effect depends on session state the classifier cannot see.
@@ -186,12 +401,11 @@ impl Interceptor {
                         )),
                     );
                 }
-                let text: Arc<str> = Arc::from(sql);
                 self.prepared.insert(
                     name.clone(),
                     Prepared {
                         class: stmt.class,
-                        sql: text,
+                        sql: sql.clone(),
                         classification: classification.clone(),
                     },
                 );
@@ -226,6 +440,18 @@ impl Interceptor {
     /// Decides what to do with one complete frontend message (`frame` includes tag and length).
     /// `checked` receives the statement checked, if the message carried one.
     pub fn on_frontend(&mut self, tag: u8, frame: &[u8], checked: &mut Option<Checked>) -> FrontendAction {
+        self.on_frontend_prechecked(tag, frame, None, checked)
+    }
+
+    /// [`Interceptor::on_frontend`] with the [`Precheck`] of a Query or Parse frame already made
+    /// (on the blocking pool, see [`Interceptor::wants_offload`]); `None` prechecks inline.
+    pub fn on_frontend_prechecked(
+        &mut self,
+        tag: u8,
+        frame: &[u8],
+        precheck: Option<Precheck>,
+        checked: &mut Option<Checked>,
+    ) -> FrontendAction {
         if self.skipping_until_sync {
             if tag == b'S' {
                 self.skipping_until_sync = false;
@@ -236,39 +462,36 @@ impl Interceptor {
         let body = &frame[5..];
         match tag {
             b'Q' => {
-                let Some(sql) = cstr(body).and_then(|(s, _)| std::str::from_utf8(s).ok()) else {
-                    return self.deny_with_query_marker(self.denial(
-                        "the query text is not valid UTF-8",
-                        "timebox checks statements as UTF-8 text; use client_encoding UTF8.",
-                    ));
-                };
-                let (classification, denial) = self.check_sql(sql);
+                let pre = precheck.unwrap_or_else(|| self.prechecker().precheck(tag, frame));
+                let (classification, class, mut denial) = self.judge(&pre);
+                let mut rewritten = None;
+                if denial.is_none() {
+                    match self.application_name(&classification) {
+                        Ok(r) => rewritten = r,
+                        Err(e) => denial = Some(e),
+                    }
+                }
                 *checked = Some(Checked {
-                    sql: Arc::from(sql),
+                    sql: pre.sql,
                     classification,
+                    class,
                     denied: denial.as_ref().map(|e| e.message.clone()),
                     params: None,
                 });
-                match denial {
-                    None => FrontendAction::Forward,
-                    Some(e) => self.deny_with_query_marker(e),
+                match (denial, rewritten) {
+                    (Some(e), _) => self.deny_with_query_marker(e),
+                    (None, None) => FrontendAction::Forward,
+                    (None, Some(sql)) => {
+                        let mut out = BytesMut::new();
+                        postgres_protocol::message::frontend::query(&sql, &mut out)
+                            .expect("a generated SET has no NUL");
+                        FrontendAction::Replace(out)
+                    }
                 }
             }
             b'P' => {
-                let parsed = cstr(body).and_then(|(name, rest)| {
-                    let (sql, _) = cstr(rest)?;
-                    Some((
-                        String::from_utf8(name.to_vec()).ok()?,
-                        std::str::from_utf8(sql).ok()?,
-                    ))
-                });
-                let Some((name, sql)) = parsed else {
-                    return self.deny_with_parse_marker(self.denial(
-                        "the statement text is not valid UTF-8",
-                        "timebox checks statements as UTF-8 text; use client_encoding UTF8.",
-                    ));
-                };
-                let (classification, mut denial) = self.check_sql(sql);
+                let pre = precheck.unwrap_or_else(|| self.prechecker().precheck(tag, frame));
+                let (classification, class, mut denial) = self.judge(&pre);
                 if denial.is_none() && classification.statements.len() > 1 {
                     // PostgreSQL refuses these too; refusing here keeps the prepared namespace exact.
                     denial = Some(self.denial(
@@ -276,16 +499,23 @@ impl Interceptor {
                         "Send one statement per Parse message.",
                     ));
                 }
-                let class = classification.class();
-                let sql: Arc<str> = Arc::from(sql);
+                let mut rewritten = None;
+                if denial.is_none() {
+                    match self.application_name(&classification) {
+                        Ok(r) => rewritten = r,
+                        Err(e) => denial = Some(e),
+                    }
+                }
                 *checked = Some(Checked {
-                    sql: sql.clone(),
+                    sql: pre.sql.clone(),
                     classification: classification.clone(),
+                    class,
                     denied: denial.as_ref().map(|e| e.message.clone()),
                     params: None,
                 });
-                match denial {
-                    None => {
+                let name = pre.name;
+                match (denial, name) {
+                    (None, Some(name)) => {
                         if !name.is_empty()
                             && self.prepared.len() >= MAX_PREPARED
                             && !self.prepared.contains_key(&name)
@@ -296,18 +526,40 @@ impl Interceptor {
                             );
                             return self.deny_with_parse_marker(e);
                         }
+                        let replaced = rewritten.map(|text| {
+                            // The same Parse (name, parameter types) with the tagged SET as its text.
+                            let param_types = cstr(body)
+                                .and_then(|(_, rest)| cstr(rest))
+                                .map_or(&[][..], |(_, types)| types);
+                            let mut out = BytesMut::new();
+                            super::wire::frame(&mut out, b'P', |b| {
+                                b.extend_from_slice(name.as_bytes());
+                                b.extend_from_slice(&[0]);
+                                b.extend_from_slice(text.as_bytes());
+                                b.extend_from_slice(&[0]);
+                                b.extend_from_slice(param_types);
+                            });
+                            out
+                        });
                         self.prepared.insert(
                             name,
                             Prepared {
-                                class,
-                                sql,
+                                class: classification.class(),
+                                sql: pre.sql,
                                 classification,
                             },
                         );
-                        FrontendAction::Forward
+                        match replaced {
+                            None => FrontendAction::Forward,
+                            Some(out) => FrontendAction::Replace(out),
+                        }
                     }
-                    Some(e) => {
-                        self.prepared.remove(&name);
+                    (denial, name) => {
+                        if let Some(name) = name {
+                            self.prepared.remove(&name);
+                        }
+                        let e =
+                            denial.unwrap_or_else(|| self.denial("the statement could not be checked", ""));
                         self.deny_with_parse_marker(e)
                     }
                 }
@@ -322,6 +574,7 @@ impl Interceptor {
                         // Each Bind is one execution of a checked statement: audit it with its parameters.
                         *checked = Some(Checked {
                             sql: p.sql,
+                            class: p.class,
                             classification: p.classification,
                             denied: None,
                             params: statement.and_then(|(_, rest)| bind_params(rest)),
@@ -443,6 +696,130 @@ mod tests {
         assert_eq!(cache.len(), 1);
     }
 
+    /// Regression (issue 16, finding 6): a statement of any length was classified and forwarded.
+    /// Over `proxy.max_statement_bytes` it is refused with 54000 unclassified, audited as an
+    /// `unparsed` denial with a bounded text; a Parse likewise, which then skips to Sync.
+    #[test]
+    fn statements_over_the_limit_are_refused_unclassified() {
+        let cache = Arc::new(ClassifyCache::new(16));
+        let mut i = interceptor(&cache).max_statement_bytes(100);
+        let long = format!("SELECT '{}'", "x".repeat(200));
+        let mut checked = None;
+        let action = i.on_frontend(b'Q', &query(&long), &mut checked);
+        assert!(matches!(action, FrontendAction::Replace(_)), "{action:?}");
+        let c = checked.unwrap();
+        assert_eq!(c.class, StatementClass::Unparsed);
+        assert!(c.denied.as_deref().unwrap().contains("proxy.max_statement_bytes"));
+        assert_eq!(c.sql.bytes(), long.len());
+        assert_eq!(cache.len(), 0, "not classified");
+        let denial = i.take_denial();
+        assert!(denial.windows(5).any(|w| w == b"54000"));
+
+        let mut parse = BytesMut::new();
+        postgres_protocol::message::frontend::parse("s1", &long, std::iter::empty(), &mut parse).unwrap();
+        let mut checked = None;
+        assert!(matches!(
+            i.on_frontend(b'P', &parse, &mut checked),
+            FrontendAction::Replace(_)
+        ));
+        assert!(checked.unwrap().denied.is_some());
+        let mut sync = BytesMut::new();
+        postgres_protocol::message::frontend::sync(&mut sync);
+        assert_eq!(i.on_frontend(b'D', &sync, &mut None), FrontendAction::Drop);
+        assert_eq!(i.on_frontend(b'S', &sync, &mut None), FrontendAction::Forward);
+
+        // Under the limit: classified and allowed as before.
+        let mut checked = None;
+        assert_eq!(
+            i.on_frontend(b'Q', &query("SELECT 1"), &mut checked),
+            FrontendAction::Forward
+        );
+        assert_eq!(checked.unwrap().class, StatementClass::Read);
+    }
+
+    /// Big texts go to the blocking pool unless their exact text is cached; small ones never do.
+    #[test]
+    fn only_big_uncached_texts_are_offloaded_and_prechecks_equal_inline_checks() {
+        let cache = Arc::new(ClassifyCache::new(16));
+        let mut i = interceptor(&cache);
+        assert!(!i.wants_offload(b'Q', &query("SELECT 1")));
+        let medium = format!("SELECT '{}'", "m".repeat(INLINE_CHECK_BYTES));
+        assert!(i.wants_offload(b'Q', &query(&medium)));
+        let huge = format!("SELECT '{}'", "h".repeat(ClassifyCache::MAX_CACHED_TEXT * 2));
+        assert!(i.wants_offload(b'Q', &query(&huge)));
+        assert!(!i.wants_offload(b'B', &query(&huge)));
+        // Once classified (inline here), the medium text is a cache hit: inline from then on.
+        let pre = i.prechecker().precheck(b'Q', &query(&medium));
+        let mut offloaded = None;
+        let action = i.on_frontend_prechecked(b'Q', &query(&medium), Some(pre), &mut offloaded);
+        let mut inline = None;
+        assert_eq!(i.on_frontend(b'Q', &query(&medium), &mut inline), action);
+        let (a, b) = (offloaded.unwrap(), inline.unwrap());
+        assert_eq!((a.class, &a.sql, a.denied), (b.class, &b.sql, b.denied));
+        assert!(!i.wants_offload(b'Q', &query(&medium)));
+    }
+
+    /// A Query that is not UTF-8 is refused and now audited as a denial too (lossy text).
+    #[test]
+    fn unreadable_text_is_refused_and_audited() {
+        let cache = Arc::new(ClassifyCache::new(16));
+        let mut i = interceptor(&cache);
+        let mut frame = BytesMut::from(&b"Q"[..]);
+        frame.extend_from_slice(&(4 + 4i32).to_be_bytes());
+        frame.extend_from_slice(b"\xff\xfe1\0");
+        let mut checked = None;
+        assert!(matches!(
+            i.on_frontend(b'Q', &frame, &mut checked),
+            FrontendAction::Replace(_)
+        ));
+        let c = checked.unwrap();
+        assert!(c.denied.unwrap().contains("UTF-8"));
+        assert_eq!(c.class, StatementClass::Unparsed);
+    }
+
+    /// The session's target version decides newer-grammar syntax: `JSON_ARRAY(…)` is a built-in on
+    /// PostgreSQL 16, a call of a user-defined `json_array` on 15 (and on an unknown version).
+    #[test]
+    fn statements_are_checked_for_the_target_version() {
+        let cache = Arc::new(ClassifyCache::new(16));
+        let frame = query("SELECT JSON_ARRAY(1, 2)");
+        for (server_version, allowed) in [
+            (Some("15.18 (Debian 15.18-0+deb12u1)"), false),
+            (None, false),
+            (Some("16.4"), true),
+        ] {
+            let mut i = interceptor(&cache).on_server(server_version);
+            let mut checked = None;
+            let action = i.on_frontend(b'Q', &frame, &mut checked);
+            assert_eq!(action == FrontendAction::Forward, allowed, "{server_version:?}");
+        }
+    }
+
+    /// A driver's `SET application_name` in a Parse is rewritten in place: same statement name and
+    /// parameter types, the tagged value as text.
+    #[test]
+    fn parse_of_set_application_name_keeps_the_tag() {
+        let cache = Arc::new(ClassifyCache::new(16));
+        let mut i = interceptor(&cache).tagging("alice");
+        let mut parse = BytesMut::new();
+        postgres_protocol::message::frontend::parse("s1", "SET application_name = 'x'", [25u32], &mut parse)
+            .unwrap();
+        let mut checked = None;
+        let FrontendAction::Replace(out) = i.on_frontend(b'P', &parse, &mut checked) else {
+            panic!("expected a rewrite");
+        };
+        let mut expected = BytesMut::new();
+        postgres_protocol::message::frontend::parse(
+            "s1",
+            "SET application_name = 'timebox:alice:g_1:x'",
+            [25u32],
+            &mut expected,
+        )
+        .unwrap();
+        assert_eq!(out, expected);
+        assert!(checked.unwrap().denied.is_none());
+    }
+
     /// `[bench] skip_policy`: everything is allowed, nothing is classified, and the statement is
     /// still handed to the audit (its text, unclassified).
     #[test]
@@ -454,7 +831,7 @@ mod tests {
         assert_eq!(i.on_frontend(b'Q', &frame, &mut checked), FrontendAction::Forward);
         let c = checked.unwrap();
         assert!(c.denied.is_none() && c.classification.is_empty());
-        assert_eq!(&*c.sql, "DELETE FROM accounts");
+        assert_eq!(c.sql.text, "DELETE FROM accounts");
         assert_eq!(cache.len(), 0);
 
         // A Bind of a statement timebox never saw prepared is forwarded too.

@@ -71,6 +71,9 @@ pub struct ProxyState {
     pub classify_cache: Arc<crate::policy::ClassifyCache>,
     /// Upstream SCRAM salted passwords, so PBKDF2 runs once per upstream role, not per connection.
     pub salted_passwords: scram::SaltedPasswordCache,
+    /// Big statements prechecked on the blocking pool at once, over all sessions (one per CPU), so
+    /// a flood of huge statements cannot take every blocking thread.
+    pub precheck_permits: Arc<Semaphore>,
     /// One permit per authenticated client connection (`proxy.max_connections`).
     connections: Arc<Semaphore>,
     /// One permit per connection that has not finished authenticating
@@ -122,6 +125,9 @@ impl ProxyState {
                 .collect(),
             classify_cache: Arc::new(crate::policy::ClassifyCache::new(CLASSIFY_CACHE_ENTRIES)),
             salted_passwords: scram::SaltedPasswordCache::default(),
+            precheck_permits: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
             connections: Arc::new(Semaphore::new(config.proxy.max_connections)),
             unauthenticated: Arc::new(Semaphore::new(config.proxy.max_unauthenticated)),
             unauthenticated_by_address: Arc::new(AddressCounts::default()),

@@ -7,6 +7,11 @@
 //! poll function (no locks, no per-message allocation; buffers are reused; each wake-up writes
 //! whatever is pending in one write call per direction).
 //!
+//! A Query or Parse too big to check inline (see [`Interceptor::wants_offload`]) is prechecked on
+//! the blocking pool while the loop goes on serving the upstream, expiry, kills and shutdown; the
+//! client's later frames wait for it, so statements stay in order and are audited before they are
+//! forwarded.
+//!
 //! Expiry, revocation, kill and shutdown are arms of the loop's `select!`. When the grant changes,
 //! the session re-checks it with [`Grant::refusal_at`], the function that admitted it. Severing a
 //! session cancels the running upstream query first, then tells the client why (FATAL 57P01) and
@@ -20,7 +25,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, AuthError};
 use super::cancel::{CancelKeyGuard, UpstreamCancel};
-use super::intercept::{Checked, FrontendAction, Interceptor};
+use super::intercept::{Checked, FrontendAction, Interceptor, Precheck, Prechecker};
 use super::startup::{self, ClientParams, ClientTlsInfo, Startup, StartupError};
 use super::stream::{ClientStream, UpstreamStream};
 use super::upstream::{self, Upstream};
@@ -41,7 +46,6 @@ use crate::audit::event::{self as audit_event, AuditEvent};
 use crate::audit::{AuditAck, AuditError};
 use crate::grants::watch::GrantWatch;
 use crate::grants::{Grant, GrantStatus};
-use crate::policy::{RolePolicy, StatementClass};
 
 /// Buffered bytes per direction before the relay stops reading from the sender (backpressure).
 const HIGH_WATER: usize = 256 * 1024;
@@ -380,9 +384,11 @@ async fn open_session(
             grant.id, grant.role
         )));
     };
-    let settings = upstream_settings(&policy, &params.settings)?;
+    let settings = startup::upstream_settings(&policy, &params.settings)?;
     let interceptor = Interceptor::new(policy, state.proxy.classify_cache.clone(), &grant.id, &grant.role)
-        .bench_skip_policy(config.bench.skip_policy());
+        .tagging(&grant.user)
+        .bench_skip_policy(config.bench.skip_policy())
+        .max_statement_bytes(config.proxy.max_statement_bytes);
     let mut settings = settings;
     settings.push((
         "application_name".into(),
@@ -435,6 +441,11 @@ async fn open_session(
         notices,
         ready_status,
     } = upstream;
+    let server_version = parameter_status
+        .iter()
+        .find(|(name, _)| name == "server_version")
+        .map(|(_, value)| value.as_str());
+    let interceptor = interceptor.on_server(server_version);
 
     for (name, value) in &parameter_status {
         let mut frame = BytesMut::new();
@@ -506,55 +517,11 @@ async fn open_session(
     }))
 }
 
-/// The session settings sent upstream: the client's harmless ones, checked against the role, plus
-/// the role's own: its `statement_timeout` cap and, for roles that may not write,
-/// `default_transaction_read_only = on` as a second line of defence behind statement checks.
-pub fn upstream_settings(
-    policy: &RolePolicy,
-    client: &[(String, String)],
-) -> Result<Vec<(String, String)>, PgError> {
-    let mut settings = Vec::with_capacity(client.len() + 2);
-    for (name, value) in client {
-        if name == "statement_timeout" {
-            if let Some(cap) = policy.statement_timeout {
-                let asked = crate::policy::authorize::parse_pg_duration(value);
-                if asked.is_none_or(|d| d.is_zero() || d > cap) {
-                    return Err(PgError::insufficient_privilege(format!(
-                        "startup setting statement_timeout={value} exceeds role {}'s cap of {}",
-                        policy.name,
-                        humantime::format_duration(cap)
-                    )));
-                }
-            }
-        }
-        settings.push((name.clone(), value.clone()));
-    }
-    if let Some(cap) = policy.statement_timeout {
-        if !settings.iter().any(|(k, _)| k == "statement_timeout") {
-            settings.push(("statement_timeout".into(), format!("{}ms", cap.as_millis())));
-        }
-    }
-    if !policy.allows(StatementClass::Write) {
-        settings.push(("default_transaction_read_only".into(), "on".into()));
-    }
-    Ok(settings)
-}
-
 /// `timebox:<user>:<grant id>[:<client's application_name>]`, at most 63 bytes (PostgreSQL's limit).
+/// Later changes keep the tag too: see [`crate::policy::appname`].
 pub fn tagged_application_name(grant: &Grant, client_name: Option<&str>) -> String {
-    let mut name = format!("timebox:{}:{}", grant.user, grant.id);
-    if let Some(c) = client_name.filter(|c| !c.is_empty()) {
-        name.push(':');
-        name.push_str(c);
-    }
-    if name.len() > 63 {
-        let mut cut = 63;
-        while !name.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        name.truncate(cut);
-    }
-    name
+    let tag = crate::policy::appname::session_tag(&grant.user, &grant.id);
+    crate::policy::appname::tagged(&tag, client_name)
 }
 
 /// Converts a wall-clock deadline into a tokio instant (now if already past).
@@ -694,6 +661,8 @@ struct IoEvents {
     upstream_wrote: Option<std::io::Result<usize>>,
     client_flushed: Option<std::io::Result<()>>,
     upstream_flushed: Option<std::io::Result<()>>,
+    /// A big statement's precheck came back: go on with the client's frames.
+    resume_frames: bool,
 }
 
 impl IoEvents {
@@ -704,6 +673,7 @@ impl IoEvents {
             || self.upstream_wrote.is_some()
             || self.client_flushed.is_some()
             || self.upstream_flushed.is_some()
+            || self.resume_frames
     }
 }
 
@@ -823,6 +793,11 @@ impl Session {
         let shutdown = state.shutdown.clone();
         let kill: CancellationToken = self.handle.kill_token();
         let mut warnings = self.pending_warnings(state.clock.now());
+        // A big Query/Parse being prechecked on the blocking pool (see `offload_precheck`); the
+        // client's frames wait for it, expiry, kills and shutdown do not.
+        let mut offloaded: Option<OffloadedPrecheck> = None;
+        // Its result, with the frame, to process before the rest of `from_client`.
+        let mut resumed: Option<(u8, Bytes, Precheck)> = None;
 
         loop {
             let now = state.clock.now();
@@ -831,14 +806,22 @@ impl Session {
                 .last()
                 .map(|w| instant_at(now, self.grant.expires_at - *w));
             let busy = awaiting_ready > 0 || unsynced;
-            let read_client = closing.is_none() && pending_ack.is_none() && to_upstream.len() < HIGH_WATER;
+            let read_client = closing.is_none()
+                && pending_ack.is_none()
+                && offloaded.is_none()
+                && resumed.is_none()
+                && to_upstream.len() < HIGH_WATER;
+            let resume_frames = closing.is_none() && resumed.is_some();
             let read_upstream =
                 outbox.pending.len() < HIGH_WATER && (closing.is_none() || outbox.inject_at.is_none());
             let write_client = outbox.next_chunk().is_some();
             let write_upstream = closing.is_none() && !to_upstream.is_empty();
 
             let io = poll_fn(|cx| {
-                let mut ev = IoEvents::default();
+                let mut ev = IoEvents {
+                    resume_frames,
+                    ..IoEvents::default()
+                };
                 if read_client {
                     if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut *client), cx, &mut from_client) {
                         ev.client_read = Some(r);
@@ -990,6 +973,7 @@ impl Session {
                         client_needs_flush = false;
                     }
                     // --- client → backend
+                    let mut frames_ready = ev.resume_frames;
                     if let Some(r) = ev.client_read {
                         match r {
                             Ok(0) | Err(_) => {
@@ -1001,111 +985,134 @@ impl Session {
                             Ok(n) => {
                                 self.handle.add_from_client(n as u64);
                                 bytes_from_client.inc_by(n as u64);
-                                loop {
-                                    match wire::next_frontend_frame(&from_client, max_message) {
-                                        Ok(Some((tag, len))) => {
-                                            if tag == b'X' {
-                                                // Terminate: the session ends normally after what came before it
-                                                // (once that is audited).
-                                                let mut events = std::mem::take(outcome_events);
-                                                events.append(&mut statement_events);
-                                                if audit.record_durable(events).await.is_err() {
+                                frames_ready = true;
+                            }
+                        }
+                    }
+                    if frames_ready {
+                        loop {
+                            // The prechecked big frame first, then what is buffered.
+                            let parked: Bytes;
+                            let (tag, frame, consumed, precheck) = if let Some((tag, bytes, pre)) = resumed.take() {
+                                parked = bytes;
+                                (tag, &parked[..], 0, Some(pre))
+                            } else {
+                                match wire::next_frontend_frame(&from_client, max_message) {
+                                    Ok(Some((tag, len))) => {
+                                        if self.interceptor.wants_offload(tag, &from_client[..len]) {
+                                            let frame = from_client.split_to(len).freeze();
+                                            offloaded = Some(offload_precheck(
+                                                self.interceptor.prechecker(),
+                                                state.proxy.precheck_permits.clone(),
+                                                tag,
+                                                frame,
+                                            ));
+                                            break;
+                                        }
+                                        (tag, &from_client[..len], len, None)
+                                    }
+                                    Ok(None) => {
+                                        // This read's frames go upstream once their records are durable.
+                                        if !statement_events.is_empty() {
+                                            // Earlier outcomes go first, in the same hand-off.
+                                            let mut events = std::mem::take(outcome_events);
+                                            events.append(&mut statement_events);
+                                            outcome_deadline = None;
+                                            match audit.submit(events) {
+                                                Ok(ack) if wait_for_audit => pending_ack = Some((ack, Instant::now())),
+                                                Ok(_) => {}
+                                                Err(e) => {
                                                     metrics.audit_failures_total.inc();
-                                                    return EndReason::ClientExit;
-                                                }
-                                                to_upstream.extend_from_slice(&audit_hold);
-                                                to_upstream.extend_from_slice(&from_client[..len]);
-                                                let _ = self.upstream.write_all(&to_upstream).await;
-                                                return EndReason::ClientExit;
-                                            }
-                                            let mut checked = None;
-                                            let action = self.interceptor.on_frontend(tag, &from_client[..len], &mut checked);
-                                            if checked.is_some() {
-                                                self.handle.add_statement();
-                                            }
-                                            // What actually goes upstream decides what it will answer.
-                                            let sent_tag = match &action {
-                                                FrontendAction::Forward => {
-                                                    audit_hold.extend_from_slice(&from_client[..len]);
-                                                    Some(tag)
-                                                }
-                                                FrontendAction::Replace(bytes) => {
-                                                    audit_hold.extend_from_slice(bytes);
-                                                    Some(bytes[0])
-                                                }
-                                                FrontendAction::Drop => None,
-                                            };
-                                            if let Some(c) = checked.as_ref().filter(|_| !skip_audit) {
-                                                let id = self.next_statement_id();
-                                                if c.denied.is_none() {
-                                                    since_sync.push(id);
-                                                }
-                                                statement_events.push(self.statement_event(id, c));
-                                            }
-                                            if let Some(c) = &checked {
-                                                let decision = if c.denied.is_some() { "deny" } else { "allow" };
-                                                state
-                                                    .proxy
-                                                    .metrics
-                                                    .statements_total
-                                                    .with_label_values(&[c.classification.class().as_str(), decision])
-                                                    .inc();
-                                                if let Some(reason) = &c.denied {
-                                                    tracing::info!(sql.len = c.sql.len(), %reason, "statement denied");
+                                                    tracing::error!(error = %e, "audit log refused statement records; statements not run");
+                                                    audit_hold.clear();
+                                                    closing = Some(self.sever(&mut outbox, busy, EndReason::AuditUnavailable, audit_refusal(&e)).await);
+                                                    break;
                                                 }
                                             }
-                                            match sent_tag {
-                                                Some(b'Q' | b'F') => {
-                                                    awaiting_ready += 1;
-                                                    in_flight.push_back((Instant::now(), std::mem::take(&mut since_sync)));
-                                                }
-                                                Some(b'S') => {
-                                                    awaiting_ready += 1;
-                                                    unsynced = false;
-                                                    in_flight.push_back((Instant::now(), std::mem::take(&mut since_sync)));
-                                                }
-                                                Some(b'P' | b'B' | b'E' | b'D' | b'C' | b'H') => unsynced = true,
-                                                _ => {}
-                                            }
-                                            from_client.advance(len);
                                         }
-                                        Ok(None) => {
-                                            // This read's frames go upstream once their records are durable.
-                                            if !statement_events.is_empty() {
-                                                // Earlier outcomes go first, in the same hand-off.
-                                                let mut events = std::mem::take(outcome_events);
-                                                events.append(&mut statement_events);
-                                                outcome_deadline = None;
-                                                match audit.submit(events) {
-                                                    Ok(ack) if wait_for_audit => pending_ack = Some((ack, Instant::now())),
-                                                    Ok(_) => {}
-                                                    Err(e) => {
-                                                        metrics.audit_failures_total.inc();
-                                                        tracing::error!(error = %e, "audit log refused statement records; statements not run");
-                                                        audit_hold.clear();
-                                                        closing = Some(self.sever(&mut outbox, busy, EndReason::AuditUnavailable, audit_refusal(&e)).await);
-                                                        break;
-                                                    }
-                                                }
-                                            }
-                                            if pending_ack.is_none() {
-                                                to_upstream.extend_from_slice(&audit_hold);
-                                                audit_hold.clear();
-                                            }
-                                            break;
+                                        if pending_ack.is_none() {
+                                            to_upstream.extend_from_slice(&audit_hold);
+                                            audit_hold.clear();
                                         }
-                                        Err(error) => {
-                                            tracing::info!(code = error.code, message = %error.message, "client protocol violation");
-                                            outbox.inject.clear();
-                                            error.encode(&mut outbox.inject);
-                                            outbox.place_injection();
-                                            self.cancel_if_busy(busy).await;
-                                            closing = Some(Closing { reason: EndReason::ClientError, deadline: Instant::now() + SEVER_DRAIN });
-                                            break;
-                                        }
+                                        break;
+                                    }
+                                    Err(error) => {
+                                        tracing::info!(code = error.code, message = %error.message, "client protocol violation");
+                                        outbox.inject.clear();
+                                        error.encode(&mut outbox.inject);
+                                        outbox.place_injection();
+                                        self.cancel_if_busy(busy).await;
+                                        closing = Some(Closing { reason: EndReason::ClientError, deadline: Instant::now() + SEVER_DRAIN });
+                                        break;
                                     }
                                 }
+                            };
+                            if tag == b'X' {
+                                // Terminate: the session ends normally after what came before it
+                                // (once that is audited).
+                                let mut events = std::mem::take(outcome_events);
+                                events.append(&mut statement_events);
+                                if audit.record_durable(events).await.is_err() {
+                                    metrics.audit_failures_total.inc();
+                                    return EndReason::ClientExit;
+                                }
+                                to_upstream.extend_from_slice(&audit_hold);
+                                to_upstream.extend_from_slice(frame);
+                                let _ = self.upstream.write_all(&to_upstream).await;
+                                return EndReason::ClientExit;
                             }
+                            let mut checked = None;
+                            let action = self.interceptor.on_frontend_prechecked(tag, frame, precheck, &mut checked);
+                            if checked.is_some() {
+                                self.handle.add_statement();
+                            }
+                            // What actually goes upstream decides what it will answer.
+                            let sent_tag = match &action {
+                                FrontendAction::Forward => {
+                                    audit_hold.extend_from_slice(frame);
+                                    Some(tag)
+                                }
+                                FrontendAction::Replace(bytes) => {
+                                    audit_hold.extend_from_slice(bytes);
+                                    Some(bytes[0])
+                                }
+                                FrontendAction::Drop => None,
+                            };
+                            if let Some(c) = checked.as_ref().filter(|_| !skip_audit) {
+                                let id = self.next_statement_id();
+                                if c.denied.is_none() {
+                                    since_sync.push(id);
+                                }
+                                statement_events.push(self.statement_event(id, c));
+                            }
+                            if let Some(c) = &checked {
+                                let decision = if c.denied.is_some() { "deny" } else { "allow" };
+                                state
+                                    .proxy
+                                    .metrics
+                                    .statements_total
+                                    .with_label_values(&[c.class.as_str(), decision])
+                                    .inc();
+                                if let Some(reason) = &c.denied {
+                                    // The reason may quote the statement: never a secret in a log line.
+                                    let reason = c.sql.loggable_reason(reason);
+                                    tracing::info!(sql.len = c.sql.bytes(), %reason, "statement denied");
+                                }
+                            }
+                            match sent_tag {
+                                Some(b'Q' | b'F') => {
+                                    awaiting_ready += 1;
+                                    in_flight.push_back((Instant::now(), std::mem::take(&mut since_sync)));
+                                }
+                                Some(b'S') => {
+                                    awaiting_ready += 1;
+                                    unsynced = false;
+                                    in_flight.push_back((Instant::now(), std::mem::take(&mut since_sync)));
+                                }
+                                Some(b'P' | b'B' | b'E' | b'D' | b'C' | b'H') => unsynced = true,
+                                _ => {}
+                            }
+                            from_client.advance(consumed);
                         }
                     }
                     if let Some(r) = ev.upstream_wrote {
@@ -1132,6 +1139,10 @@ impl Session {
                             return c.reason;
                         }
                     }
+                }
+                prechecked = wait_offloaded(&mut offloaded), if offloaded.is_some() => {
+                    offloaded = None;
+                    resumed = Some(prechecked);
                 }
                 acked = wait_ack(&mut pending_ack), if pending_ack.is_some() => {
                     if let Some((_, submitted)) = pending_ack.take() {
@@ -1205,6 +1216,8 @@ impl Session {
                 && closing.is_none()
                 && awaiting_ready == 0
                 && !unsynced
+                && offloaded.is_none()
+                && resumed.is_none()
                 && from_client.is_empty()
                 && to_upstream.is_empty()
                 && outbox.tracker.at_boundary()
@@ -1241,7 +1254,7 @@ impl Session {
             }
         }
         AuditEvent::Statement(audit_event::Statement {
-            class: classification.class().as_str().to_owned(),
+            class: c.class.as_str().to_owned(),
             decision: if c.denied.is_some() {
                 audit_event::Decision::Deny
             } else {
@@ -1249,10 +1262,13 @@ impl Session {
             },
             grant_id: self.grant.id.clone(),
             params: c.params.clone(),
-            reason: c.denied.clone(),
+            reason: c.denied.as_deref().map(|r| c.sql.scrub(r).into_owned()),
             relations,
             session_id: self.handle.name(),
-            sql: c.sql.to_string(),
+            sql: c.sql.text.clone(),
+            sql_bytes: c.sql.truncated.as_ref().map(|(n, _)| *n),
+            sql_sha256: c.sql.truncated.as_ref().map(|(_, h)| h.clone()),
+            sql_truncated: c.sql.truncated.is_some(),
             statement_id: id,
             target: self.grant.target.clone(),
             user: self.grant.user.clone(),
@@ -1389,6 +1405,47 @@ fn lexing_problem(frame: &[u8]) -> Option<String> {
         _ => true,
     };
     (!ok).then(|| format!("the server reported {name} = {value}, which changes how statements are read"))
+}
+
+/// A big statement's precheck running on the blocking pool: resolves to its frame and result.
+type OffloadedPrecheck = Pin<Box<dyn std::future::Future<Output = (u8, Bytes, Precheck)> + Send>>;
+
+/// Prechecks a big Query or Parse frame on the blocking pool, at most `permits` at once over the
+/// instance, so that parsing megabytes of SQL never runs on (and stalls) the async workers that
+/// serve every other session and the admin API. A panicking check is a refusal, not a crash.
+fn offload_precheck(
+    prechecker: Prechecker,
+    permits: Arc<tokio::sync::Semaphore>,
+    tag: u8,
+    frame: Bytes,
+) -> OffloadedPrecheck {
+    Box::pin(async move {
+        let _permit = permits.acquire_owned().await;
+        let job = frame.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| prechecker.precheck(tag, &job)))
+        })
+        .await;
+        let precheck = match checked {
+            Ok(Ok(precheck)) => precheck,
+            Ok(Err(_)) | Err(_) => {
+                tracing::error!(
+                    message.bytes = frame.len(),
+                    "statement check failed; statement refused"
+                );
+                Prechecker::failed(frame.len())
+            }
+        };
+        (tag, frame, precheck)
+    })
+}
+
+/// Waits for the offloaded precheck (never resolves when there is none).
+async fn wait_offloaded(offloaded: &mut Option<OffloadedPrecheck>) -> (u8, Bytes, Precheck) {
+    match offloaded {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Waits for the pending audit acknowledgement (never resolves when there is none).

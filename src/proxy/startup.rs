@@ -3,7 +3,8 @@
 //!
 //! Runs before authentication, under the proxy's startup timeout. Never lets through a startup
 //! parameter that changes the upstream role or server behaviour: only an allowlist of harmless
-//! session settings is passed upstream, and the engineer's user and database are replaced by the
+//! session settings is passed upstream, each decided for the grant's role with the rules a `SET` of
+//! it meets ([`upstream_settings`]), and the engineer's user and database are replaced by the
 //! grant's upstream credential and the target's database.
 
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use super::stream::{ClientStream, MaybeTls};
 use super::tls::{ServerTls, ALPN_POSTGRESQL};
 use super::wire::{self, PgError, StartupMessage, StartupPacket, MAX_STARTUP_PACKET};
 use crate::config::ClientTls;
+use crate::policy::authorize::{authorize_startup_setting, TABLE_RULES_SEARCH_PATH};
+use crate::policy::{Decision, RolePolicy, StatementClass};
 
 /// TLS facts about a client connection.
 #[derive(Debug, Clone)]
@@ -281,6 +284,51 @@ fn set(params: &mut ClientParams, name: &str, value: &str) -> Result<(), PgError
     Ok(())
 }
 
+/// The session settings sent upstream. The client's startup settings, each decided with the rules a
+/// `SET` of it meets for the role ([`authorize_startup_setting`]: `search_path` under table rules,
+/// `search_path` putting `pg_catalog` behind other schemas, …), plus the role's own:
+/// - its `statement_timeout` cap;
+/// - for roles with table rules, `search_path = public` ([`TABLE_RULES_SEARCH_PATH`], what the
+///   rules assume), so that a role- or database-level default on the target cannot move names;
+/// - for roles that may not write, `default_transaction_read_only = on` as a second line of
+///   defence behind statement checks.
+pub fn upstream_settings(
+    policy: &RolePolicy,
+    client: &[(String, String)],
+) -> Result<Vec<(String, String)>, PgError> {
+    let mut settings = Vec::with_capacity(client.len() + 3);
+    for (name, value) in client {
+        if name == "statement_timeout" {
+            if let Some(cap) = policy.statement_timeout {
+                let asked = crate::policy::authorize::parse_pg_duration(value);
+                if asked.is_none_or(|d| d.is_zero() || d > cap) {
+                    return Err(PgError::insufficient_privilege(format!(
+                        "startup setting statement_timeout={value} exceeds role {}'s cap of {}",
+                        policy.name,
+                        humantime::format_duration(cap)
+                    )));
+                }
+            }
+        }
+        if let Decision::Deny { reason, hint } = authorize_startup_setting(policy, name, value) {
+            return Err(PgError::insufficient_privilege(reason).with_hint(hint));
+        }
+        settings.push((name.clone(), value.clone()));
+    }
+    if let Some(cap) = policy.statement_timeout {
+        if !settings.iter().any(|(k, _)| k == "statement_timeout") {
+            settings.push(("statement_timeout".into(), format!("{}ms", cap.as_millis())));
+        }
+    }
+    if policy.tables.is_some() && !settings.iter().any(|(k, _)| k == "search_path") {
+        settings.push(("search_path".into(), TABLE_RULES_SEARCH_PATH.into()));
+    }
+    if !policy.allows(StatementClass::Write) {
+        settings.push(("default_transaction_read_only".into(), "on".into()));
+    }
+    Ok(settings)
+}
+
 /// Splits an `options` value into words, honouring PostgreSQL's backslash escapes.
 fn split_options(options: &str) -> Vec<String> {
     let mut words = Vec::new();
@@ -454,6 +502,56 @@ mod tests {
         );
         assert!(check_startup_params(&msg(&[("user", "a"), ("client_encoding", "utf-8")])).is_ok());
         assert!(check_startup_params(&msg(&[("user", "a"), ("client_encoding", "SQL_ASCII")])).is_ok());
+    }
+
+    fn settings(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// Startup settings meet the rules a `SET` of them meets (issue 16, finding 5).
+    #[test]
+    fn startup_settings_go_through_the_set_policy() {
+        let mut tables = RolePolicy::with_classes("tables", &[StatementClass::Read]);
+        tables.tables = Some(crate::config::TableRules {
+            allow: vec!["public.*".into()],
+            deny: vec![],
+        });
+        let err = upstream_settings(&tables, &settings(&[("search_path", "hr")])).unwrap_err();
+        assert_eq!(err.code, "42501");
+        assert!(
+            err.message
+                .contains("startup setting search_path is not allowed for role tables"),
+            "{}",
+            err.message
+        );
+        assert!(upstream_settings(&tables, &settings(&[("search_path", "\"$user\", public")])).is_err());
+        let pinned = upstream_settings(&tables, &settings(&[("datestyle", "ISO")])).unwrap();
+        assert!(
+            pinned.contains(&("search_path".into(), "public".into())),
+            "table rules pin search_path: {pinned:?}"
+        );
+        let same = upstream_settings(&tables, &settings(&[("search_path", "public")])).unwrap();
+        assert_eq!(same.iter().filter(|(k, _)| k == "search_path").count(), 1);
+
+        let read = RolePolicy::with_classes("read", &[StatementClass::Read]);
+        let err = upstream_settings(&read, &settings(&[("search_path", "evil, pg_catalog")])).unwrap_err();
+        assert!(err.message.contains("shadow built-ins"), "{}", err.message);
+        let ok = upstream_settings(&read, &settings(&[("search_path", "app, public")])).unwrap();
+        assert!(ok.contains(&("search_path".into(), "app, public".into())));
+        assert_eq!(
+            ok.iter().filter(|(k, _)| k == "search_path").count(),
+            1,
+            "no pin without table rules"
+        );
+        let none = upstream_settings(&read, &[]).unwrap();
+        assert!(!none.iter().any(|(k, _)| k == "search_path"), "{none:?}");
+        assert!(ok.contains(&("default_transaction_read_only".into(), "on".into())));
+
+        let mut capped = read.clone();
+        capped.statement_timeout = Some(std::time::Duration::from_secs(30));
+        let err = upstream_settings(&capped, &settings(&[("statement_timeout", "1h")])).unwrap_err();
+        assert!(err.message.contains("exceeds role read's cap"), "{}", err.message);
+        assert!(upstream_settings(&capped, &settings(&[("statement_timeout", "5s")])).is_ok());
     }
 
     #[test]

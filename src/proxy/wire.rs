@@ -197,6 +197,22 @@ impl PgError {
         Self::fatal("08006", format!("lost the connection to target \"{target}\""))
     }
 
+    /// ERROR 54000 (the session goes on): a statement text longer than `proxy.max_statement_bytes`.
+    pub fn statement_too_long(bytes: usize, limit: usize) -> Self {
+        PgError {
+            severity: Severity::Error,
+            code: "54000",
+            message: format!(
+                "timebox: statement of {bytes} bytes exceeds the limit of {limit} bytes (proxy.max_statement_bytes)"
+            ),
+            detail: None,
+            hint: Some(
+                "Send a shorter statement (e.g. COPY for bulk data), or ask the timebox administrators to raise proxy.max_statement_bytes."
+                    .into(),
+            ),
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::fatal("XX000", message)
     }

@@ -6,6 +6,7 @@
 //! The embedded default is SQLite ([`sqlite::SqliteStore`]); a PostgreSQL-backed store for several
 //! timebox instances can implement the same trait. A failing store fails closed: callers deny.
 
+pub mod files;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -23,6 +24,12 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("cannot prepare store directory {path}: {source}")]
     Directory {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot prepare store file {path}: {source}")]
+    File {
         path: std::path::PathBuf,
         #[source]
         source: std::io::Error,

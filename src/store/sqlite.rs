@@ -81,12 +81,14 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory {
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
+        // 0600 before SQLite opens it: its -wal and -shm files inherit the database file's mode.
+        super::files::prepare_sqlite_file(path).map_err(|(p, source)| {
+            if p.as_path() == path {
+                StoreError::File { path: p, source }
+            } else {
+                StoreError::Directory { path: p, source }
+            }
+        })?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -802,6 +804,28 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(unchanged.expires_at, new_end, "a revoked grant is not extended");
+    }
+
+    /// See: issue 16, finding 12b (the store, which holds token verifiers, was created 0644, and so
+    /// were its -wal and -shm files).
+    #[cfg(unix)]
+    #[test]
+    fn the_store_and_its_side_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data/timebox.db");
+        let store = SqliteStore::open(&path).unwrap();
+        store.installation_secret().unwrap();
+        assert_eq!(mode(&dir.path().join("data")), 0o700);
+        for side in ["", "-wal", "-shm"] {
+            let p = std::path::PathBuf::from(format!("{}{side}", path.display()));
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+        drop(store);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        SqliteStore::open(&path).unwrap();
+        assert_eq!(mode(&path), 0o600, "an existing loose store is tightened");
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct Options {
     pub shop_port: Option<u16>,
     /// Extra lines appended inside `[proxy]`.
     pub proxy_extra: String,
+    /// Extra lines appended inside `[admin]` (before its tokens).
+    pub admin_extra: String,
     /// A controllable clock instead of the system clock.
     pub clock: Option<Arc<timebox::clock::ManualClock>>,
 }
@@ -38,6 +40,7 @@ impl Default for Options {
             tls: "optional",
             shop_port: None,
             proxy_extra: String::new(),
+            admin_extra: String::new(),
             clock: None,
         }
     }
@@ -127,6 +130,7 @@ tls_key = "{dir}/server.key"
 
 [admin]
 listen = "127.0.0.1:0"
+{admin_extra}
 [[admin.tokens]]
 name = "ops"
 sha256 = "{admin}"
@@ -209,6 +213,7 @@ max_ttl = "1h"
         tls = opts.tls,
         dir = dir.display(),
         proxy_extra = opts.proxy_extra,
+        admin_extra = opts.admin_extra,
         admin = sha(ADMIN_TOKEN),
         admin_scram = scram(ADMIN_TOKEN),
         auditor_scram = scram(AUDITOR_TOKEN),
