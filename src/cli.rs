@@ -448,6 +448,26 @@ pub struct NewAdminToken {
     pub roles: Vec<String>,
     pub token: Secret,
     pub sha256: String,
+    /// The token's SCRAM-SHA-256 verifier in PostgreSQL's text form, for `timebox_audit`.
+    pub scram: String,
+}
+
+/// A SCRAM-SHA-256 verifier of an admin token (random salt, PostgreSQL's 4,096 iterations), in
+/// the text form of `[[admin.tokens]] scram`: what `timebox_audit` logins are checked against.
+pub fn admin_token_scram(token: &str) -> String {
+    let mut salt = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    crate::grants::token::ScramVerifier::derive(token, &salt, crate::grants::token::SCRAM_ITERATIONS)
+        .to_text()
+}
+
+/// What `admin-token scram` prints: the `scram` line for an existing token's config entry.
+pub fn render_admin_token_scram(token: &Secret) -> String {
+    let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    format!(
+        "Add this line to the token's [[admin.tokens]] entry and restart timebox:\n\nscram = {}\n",
+        quote(&admin_token_scram(token.expose()))
+    )
 }
 
 /// Makes a random admin token (`tbxa_` + 32 hex digits, 128 bits) for principal `name`.
@@ -478,6 +498,7 @@ pub fn new_admin_token(name: &str, roles: &[String]) -> Result<NewAdminToken, Cl
         name: name.to_owned(),
         roles,
         sha256: sha256_hex(&token),
+        scram: admin_token_scram(&token),
         token: Secret::new(token),
     })
 }
@@ -487,9 +508,10 @@ pub fn admin_token_toml(t: &NewAdminToken) -> String {
     let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
     let roles: Vec<String> = t.roles.iter().map(|r| quote(r)).collect();
     format!(
-        "[[admin.tokens]]\nname = {}\nsha256 = {}\nroles = [{}]\n",
+        "[[admin.tokens]]\nname = {}\nsha256 = {}\nscram = {}\nroles = [{}]\n",
         quote(&t.name),
         quote(&t.sha256),
+        quote(&t.scram),
         roles.join(", ")
     )
 }
@@ -497,7 +519,7 @@ pub fn admin_token_toml(t: &NewAdminToken) -> String {
 /// What `admin-token new` prints.
 pub fn render_new_admin_token(t: &NewAdminToken) -> String {
     format!(
-        "Admin token for {:?} (shown only once; the config keeps only its SHA-256):\n  {}\n\n\
+        "Admin token for {:?} (shown only once; the config keeps only its SHA-256 and SCRAM verifier):\n  {}\n\n\
          Add this to the config file and restart timebox:\n\n{}",
         t.name,
         t.token.expose(),
@@ -701,6 +723,16 @@ mod tests {
         let c = crate::config::Config::from_toml_str(&config).expect("the snippet is valid config");
         assert_eq!(c.admin.tokens[0].name, "ops");
         assert_eq!(hex::encode(c.admin.tokens[0].sha256), t.sha256);
+        let verifier = c.admin.tokens[0].scram.clone().expect("a scram verifier");
+        assert_eq!(
+            verifier,
+            crate::grants::token::ScramVerifier::derive(
+                t.token.expose(),
+                &verifier.salt,
+                verifier.iterations
+            ),
+            "the verifier is the token's"
+        );
         assert_eq!(
             c.admin.tokens[0].roles,
             vec!["admin".to_owned(), "auditor".to_owned()]

@@ -131,6 +131,10 @@ struct RawProxy {
     upstream_connect_timeout: Option<String>,
     expiry_warnings: Option<Vec<String>>,
     auth_failures_per_minute: Option<i64>,
+    auth_failures_per_address_per_minute: Option<i64>,
+    auth_failures_global_per_minute: Option<i64>,
+    max_unauthenticated: Option<i64>,
+    max_unauthenticated_per_address: Option<i64>,
     shutdown_grace: Option<String>,
     max_message_bytes: Option<i64>,
     max_statement_bytes: Option<i64>,
@@ -151,6 +155,7 @@ struct RawAdmin {
 struct RawAdminToken {
     name: String,
     sha256: String,
+    scram: Option<String>,
     #[serde(default)]
     roles: Vec<String>,
 }
@@ -330,8 +335,18 @@ pub struct ProxyConfig {
     pub upstream_connect_timeout: Duration,
     /// NoticeResponse warnings sent this long before a grant expires (descending).
     pub expiry_warnings: Vec<Duration>,
-    /// Failed authentications allowed per client IP address per minute.
+    /// Failed authentications allowed per (client IP address, user) per minute; an attempt counts
+    /// from the moment it starts until it succeeds.
     pub auth_failures_per_minute: u32,
+    /// Failed authentications allowed per client IP address per minute, over all user names.
+    pub auth_failures_per_address_per_minute: u32,
+    /// Failed authentications allowed per minute over all addresses and users.
+    pub auth_failures_global_per_minute: u32,
+    /// Connections that have not finished authenticating, at most (a pool apart from
+    /// `max_connections`, so silent clients cannot take the slots of logged-in sessions).
+    pub max_unauthenticated: usize,
+    /// Of those, at most this many from one client address.
+    pub max_unauthenticated_per_address: usize,
     /// On shutdown, idle sessions end at once; busy ones get this long before they are cut.
     pub shutdown_grace: Duration,
     /// Largest frontend message accepted (CopyData is streamed and exempt).
@@ -359,6 +374,9 @@ pub struct AdminToken {
     pub name: String,
     /// SHA-256 of the bearer token (the token itself is never in the config).
     pub sha256: [u8; 32],
+    /// SCRAM-SHA-256 verifier of the same token, for logging in to `timebox_audit`; without it
+    /// the token cannot log in there.
+    pub scram: Option<crate::grants::token::ScramVerifier>,
     pub roles: Vec<String>,
 }
 
@@ -878,6 +896,30 @@ fn validate_proxy(raw: &RawProxy, p: &mut Problems) -> ProxyConfig {
             10,
             1_000_000,
         ) as u32,
+        auth_failures_per_address_per_minute: p.positive(
+            "proxy.auth_failures_per_address_per_minute",
+            raw.auth_failures_per_address_per_minute,
+            100,
+            100_000_000,
+        ) as u32,
+        auth_failures_global_per_minute: p.positive(
+            "proxy.auth_failures_global_per_minute",
+            raw.auth_failures_global_per_minute,
+            1000,
+            100_000_000,
+        ) as u32,
+        max_unauthenticated: p.positive(
+            "proxy.max_unauthenticated",
+            raw.max_unauthenticated,
+            256,
+            1_000_000,
+        ) as usize,
+        max_unauthenticated_per_address: p.positive(
+            "proxy.max_unauthenticated_per_address",
+            raw.max_unauthenticated_per_address,
+            32,
+            1_000_000,
+        ) as usize,
         shutdown_grace: p.duration(
             "proxy.shutdown_grace",
             raw.shutdown_grace.as_deref(),
@@ -919,6 +961,18 @@ fn validate_admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
                 "must be the 64-hex-digit SHA-256 of the token (e.g. `printf %s \"$TOKEN\" | sha256sum`)",
             );
         }
+        let scram = t.scram.as_deref().and_then(|text| {
+            let verifier = crate::grants::token::ScramVerifier::from_text(text.trim())
+                .filter(|v| v.iterations >= 1 && !v.salt.is_empty());
+            if verifier.is_none() {
+                p.push(
+                    format!("{path}.scram"),
+                    "must be a SCRAM-SHA-256 verifier of the token, `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` \
+                     (printed by `timebox admin-token new` and `timebox admin-token scram`)",
+                );
+            }
+            verifier
+        });
         if t.roles.is_empty() {
             p.push(
                 format!("{path}.roles"),
@@ -936,6 +990,7 @@ fn validate_admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
         tokens.push(AdminToken {
             name: t.name.clone(),
             sha256,
+            scram,
             roles: t.roles.clone(),
         });
     }

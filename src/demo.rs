@@ -474,6 +474,7 @@ impl Demo {
             cert: &cert,
             key: &key,
             admin_token_sha256: &crate::grants::token::sha256_hex(&secrets.admin_token),
+            admin_token_scram: &crate::cli::admin_token_scram(&secrets.admin_token),
             upstream_port,
             secrets: &secrets,
         });
@@ -736,6 +737,8 @@ struct ConfigParams<'a> {
     cert: &'a Path,
     key: &'a Path,
     admin_token_sha256: &'a str,
+    /// SCRAM verifier of the same token (for psql to `timebox_audit`).
+    admin_token_scram: &'a str,
     upstream_port: u16,
     secrets: &'a Secrets,
 }
@@ -759,6 +762,7 @@ listen = "{admin}"
 [[admin.tokens]]
 name = "demo"
 sha256 = "{admin_sha}"
+scram = "{admin_scram}"
 roles = ["admin", "auditor"]
 
 [store]
@@ -803,6 +807,7 @@ max_ttl = "1h"
         cert = toml_path(p.cert),
         key = toml_path(p.key),
         admin_sha = p.admin_token_sha256,
+        admin_scram = p.admin_token_scram,
         store = toml_string(&format!("sqlite://{}", p.dir.join("timebox.db").display())),
         jsonl = toml_path(&p.dir.join("audit.jsonl")),
         upstream_port = p.upstream_port,
@@ -975,6 +980,7 @@ mod tests {
             cert: &cert,
             key: &key,
             admin_token_sha256: &crate::grants::token::sha256_hex(&s.admin_token),
+            admin_token_scram: &crate::cli::admin_token_scram(&s.admin_token),
             upstream_port: 54321,
             secrets: &s,
         });
@@ -986,6 +992,14 @@ mod tests {
         assert!(
             !text.contains(&s.admin_token),
             "only the token's hash goes into the config"
+        );
+        let verifier = config.admin.tokens[0]
+            .scram
+            .clone()
+            .expect("psql can log in to timebox_audit");
+        assert_eq!(
+            verifier,
+            crate::grants::token::ScramVerifier::derive(&s.admin_token, &verifier.salt, verifier.iterations)
         );
         assert_eq!(
             config.store,

@@ -396,6 +396,13 @@ enum AdminTokenCommand {
         #[arg(long = "role", required = true, value_parser = PossibleValuesParser::new(PRINCIPAL_ROLES))]
         roles: Vec<String>,
     },
+    /// Print the `scram` line (the SCRAM-SHA-256 verifier that logins to timebox_audit are checked
+    /// against) for an existing admin token, read from $TIMEBOX_ADMIN_TOKEN or --admin-token-file.
+    Scram {
+        /// Read the token from this file instead of $TIMEBOX_ADMIN_TOKEN.
+        #[arg(long, value_name = "PATH")]
+        admin_token_file: Option<PathBuf>,
+    },
 }
 
 fn parse_rfc3339(s: &str) -> Result<DateTime<Utc>, String> {
@@ -441,6 +448,15 @@ async fn main() -> ExitCode {
         } => {
             report(cli::new_admin_token(&name, &roles).map(|t| print!("{}", cli::render_new_admin_token(&t))))
         }
+        Command::AdminToken {
+            command: AdminTokenCommand::Scram { admin_token_file },
+        } => report(
+            cli::resolve_token(
+                admin_token_file.as_deref(),
+                std::env::var(cli::ADMIN_TOKEN_ENV).ok(),
+            )
+            .map(|token| print!("{}", cli::render_admin_token_scram(&token))),
+        ),
     }
 }
 

@@ -103,3 +103,304 @@ async fn non_auditors_wrong_tokens_and_plaintext_are_refused() {
         out.stderr
     );
 }
+
+/// A raw frontend logged in to `timebox_audit` (plaintext: the instance runs with TLS disabled).
+/// Answers a cleartext-password or a SCRAM request; returns the socket after ReadyForQuery and
+/// whether the server asked for SASL.
+mod rawaudit {
+    use bytes::BytesMut;
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    use postgres_protocol::message::backend::Message;
+    use postgres_protocol::message::frontend;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    use super::common::raw::read_message;
+
+    pub async fn login(addr: std::net::SocketAddr, user: &str, token: &str) -> (TcpStream, BytesMut, bool) {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut out = BytesMut::new();
+        frontend::startup_message([("user", user), ("database", "timebox_audit")], &mut out).unwrap();
+        s.write_all(&out).await.unwrap();
+        let mut buf = BytesMut::new();
+        let (mut scram, mut asked_for_sasl) = (None, false);
+        loop {
+            out.clear();
+            match read_message(&mut s, &mut buf).await.expect("message") {
+                Message::AuthenticationCleartextPassword => {
+                    frontend::password_message(token.as_bytes(), &mut out).unwrap();
+                }
+                Message::AuthenticationSasl(_) => {
+                    asked_for_sasl = true;
+                    let c = ScramSha256::new(token.as_bytes(), ChannelBinding::unsupported());
+                    frontend::sasl_initial_response("SCRAM-SHA-256", c.message(), &mut out).unwrap();
+                    scram = Some(c);
+                }
+                Message::AuthenticationSaslContinue(b) => {
+                    let c = scram.as_mut().unwrap();
+                    c.update(b.data()).unwrap();
+                    frontend::sasl_response(c.message(), &mut out).unwrap();
+                }
+                Message::AuthenticationSaslFinal(b) => scram.as_mut().unwrap().finish(b.data()).unwrap(),
+                Message::ReadyForQuery(_) => return (s, buf, asked_for_sasl),
+                Message::ErrorResponse(_) => panic!("login refused"),
+                _ => {}
+            }
+            if !out.is_empty() {
+                s.write_all(&out).await.unwrap();
+            }
+        }
+    }
+
+    /// What one simple query produced.
+    #[derive(Debug, Default)]
+    pub struct Outcome {
+        pub rows: usize,
+        pub row_bytes: usize,
+        pub error: Option<(String, String)>,
+    }
+
+    /// Reads the outcome of a query already sent; returns its error.
+    pub async fn next_error_of(s: &mut TcpStream, buf: &mut BytesMut) -> (String, String) {
+        read_outcome(s, buf).await.error.expect("an error")
+    }
+
+    /// Sends `sql` as a simple query and reads up to ReadyForQuery.
+    pub async fn query(s: &mut TcpStream, buf: &mut BytesMut, sql: &str) -> Outcome {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out).unwrap();
+        s.write_all(&out).await.unwrap();
+        read_outcome(s, buf).await
+    }
+
+    async fn read_outcome(s: &mut TcpStream, buf: &mut BytesMut) -> Outcome {
+        use fallible_iterator::FallibleIterator;
+        let mut outcome = Outcome::default();
+        loop {
+            match read_message(s, buf).await.expect("the connection stays open") {
+                Message::DataRow(row) => {
+                    outcome.rows += 1;
+                    outcome.row_bytes += row.buffer().len();
+                }
+                Message::ErrorResponse(body) => {
+                    let mut fields = body.fields();
+                    let (mut code, mut msg) = (String::new(), String::new());
+                    while let Some(f) = fields.next().unwrap() {
+                        match f.type_() {
+                            b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                            b'M' => msg = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                            _ => {}
+                        }
+                    }
+                    outcome.error = Some((code, msg));
+                }
+                Message::ReadyForQuery(_) => return outcome,
+                _ => {}
+            }
+        }
+    }
+}
+
+fn plaintext_options() -> Options {
+    Options {
+        tls: "disabled",
+        ..Options::default()
+    }
+}
+
+/// Regression (issue 16, finding 3): the endpoint checked queries with PostgreSQL's parser and ran
+/// them with SQLite's, and they disagree on nested comments. What PostgreSQL reads as one comment
+/// SQLite read as `, sqlite_master`, a PRAGMA, an ATTACH or a VACUUM INTO. SQLite's authorizer
+/// now decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_comment_tricks_cannot_reach_schema_pragma_attach_or_vacuum() {
+    let inst = common::start(plaintext_options()).await;
+    let (mut s, mut buf, _) = rawaudit::login(inst.proxy_addr, "audrey", common::AUDITOR_TOKEN).await;
+    let vacuum_target = inst.dir.path().join("vacuumed.db");
+    let cases = [
+        (
+            "SELECT name, sql FROM events /* /* */ , sqlite_master -- */".to_owned(),
+            "sqlite_master",
+        ),
+        ("/* /* */ PRAGMA database_list -- */".to_owned(), "PRAGMA"),
+        (
+            "SELECT * FROM events /* /* */ , pragma_database_list -- */".to_owned(),
+            "pragma_database_list",
+        ),
+        (
+            "/* /* */ ATTACH DATABASE '/etc/passwd' AS x -- */".to_owned(),
+            "ATTACH",
+        ),
+        (
+            format!("/* /* */ VACUUM INTO '{}' -- */", vacuum_target.display()),
+            "VACUUM INTO",
+        ),
+        ("SELECT * FROM sqlite_master".to_owned(), "sqlite_master"),
+        (
+            "SELECT count(*) FROM events /* /* */ , sqlite_master -- */".to_owned(),
+            "sqlite_master",
+        ),
+        (
+            "SELECT count(*) FROM events /* /* */ WHERE zeroblob(10) IS NOT NULL -- */".to_owned(),
+            "zeroblob",
+        ),
+    ];
+    for (sql, names) in &cases {
+        let outcome = rawaudit::query(&mut s, &mut buf, sql).await;
+        let (code, msg) = outcome
+            .error
+            .unwrap_or_else(|| panic!("{sql}: ran ({} rows)", outcome.rows));
+        assert_eq!(code, "42501", "{sql}: {msg}");
+        assert!(msg.contains(names), "{sql}: {msg}");
+        assert_eq!(outcome.rows, 0, "{sql}");
+    }
+    assert!(
+        !vacuum_target.exists(),
+        "VACUUM INTO created {}",
+        vacuum_target.display()
+    );
+    // the views still work on the same connection
+    for sql in [
+        "SELECT count(*) FROM events",
+        "WITH x AS (SELECT * FROM statements) SELECT count(*) FROM x",
+        "SELECT count(*) FROM events, json_each(events.payload)",
+    ] {
+        let ok = rawaudit::query(&mut s, &mut buf, sql).await;
+        assert!(ok.error.is_none(), "{sql}: {ok:?}");
+        assert_eq!(ok.rows, 1, "{sql}");
+    }
+}
+
+/// Regression (issue 16, finding 4): results were buffered whole, so one huge value
+/// (`printf('%.*c', 900000000, 'x')`) or a huge result took gigabytes. A value is now capped
+/// inside SQLite and rows are streamed under a row cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_values_and_results_are_cut_with_a_clear_error() {
+    let inst = common::start(plaintext_options()).await;
+    let (mut s, mut buf, _) = rawaudit::login(inst.proxy_addr, "audrey", common::AUDITOR_TOKEN).await;
+    let limits = timebox::auditsql::Limits::default();
+    // SQLite's printf stops at the value cap without allocating more (and yields '').
+    for sql in [
+        "SELECT printf('%.*c', 50000000, 'x')",
+        "SELECT printf('%.*c', 900000000, 'x')",
+    ] {
+        let outcome = rawaudit::query(&mut s, &mut buf, sql).await;
+        assert!(
+            outcome.row_bytes < limits.max_value_bytes,
+            "{sql}: {} bytes reached the client",
+            outcome.row_bytes
+        );
+    }
+    // Other blow-ups are refused by SQLite at the same cap, with a clear error.
+    for sql in [
+        "SELECT length(replace(printf('%.*c', 1000000, 'x'), 'x', 'xxxxxxxxxx'))",
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 200000) \
+         SELECT length(group_concat(printf('%.*c', 100, 'x'))) FROM n",
+    ] {
+        let outcome = rawaudit::query(&mut s, &mut buf, sql).await;
+        let (code, msg) = outcome.error.unwrap_or_else(|| panic!("{sql}: no error"));
+        assert_eq!(code, "54000", "{sql}: {msg}");
+        assert!(msg.contains("larger than timebox_audit's limit"), "{sql}: {msg}");
+        assert_eq!(outcome.rows, 0, "{sql}");
+    }
+    // Many rows: streamed up to the cap, then the error.
+    let outcome = rawaudit::query(
+        &mut s,
+        &mut buf,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT i FROM n",
+    )
+    .await;
+    let (code, msg) = outcome.error.expect("cut at the row cap");
+    assert_eq!(code, "54000", "{msg}");
+    assert!(msg.contains("more than 100000 rows"), "{msg}");
+    assert_eq!(
+        outcome.rows, limits.max_rows,
+        "rows before the cap reach the client"
+    );
+    // the session goes on
+    let ok = rawaudit::query(&mut s, &mut buf, "SELECT 1").await;
+    assert!(ok.error.is_none() && ok.rows == 1, "{ok:?}");
+}
+
+/// Regression (issue 16, finding 12a): the endpoint asked for the bearer token in cleartext. It
+/// now runs SCRAM-SHA-256 against the token's `scram` verifier; a wrong token, an unknown name
+/// and a token without a verifier all end in the same 28P01, whose hint says how to make one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auditors_log_in_with_scram_and_failures_look_alike() {
+    const NOVA_TOKEN: &str = "test-auditor-without-verifier";
+    let inst = common::start(Options {
+        tls: "disabled",
+        // an auditor token configured without a `scram` verifier
+        proxy_extra: format!(
+            "[[admin.tokens]]\nname = \"nova\"\nsha256 = \"{}\"\nroles = [\"auditor\"]\n",
+            timebox::grants::token::sha256_hex(NOVA_TOKEN)
+        ),
+        ..Options::default()
+    })
+    .await;
+    let (_s, _buf, asked_for_sasl) = rawaudit::login(inst.proxy_addr, "audrey", common::AUDITOR_TOKEN).await;
+    assert!(asked_for_sasl, "the server asked for the token in cleartext");
+
+    let mut seen = Vec::new();
+    for (user, token) in [
+        ("audrey", "wrong-token"),
+        ("nobody", common::AUDITOR_TOKEN),
+        ("nova", NOVA_TOKEN),
+    ] {
+        let conn = format!(
+            "host=127.0.0.1 port={} user={user} password={token} dbname=timebox_audit sslmode=disable",
+            inst.proxy_addr.port()
+        );
+        let err = match tokio_postgres::connect(&conn, tokio_postgres::NoTls).await {
+            Ok(_) => panic!("{user} logged in"),
+            Err(e) => e,
+        };
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{user}: {err:?}"));
+        assert_eq!(db.code().code(), "28P01", "{user}: {}", db.message());
+        assert_eq!(
+            db.message(),
+            format!("password authentication failed for user \"{user}\"")
+        );
+        let hint = db.hint().unwrap_or_default().to_owned();
+        assert!(
+            hint.contains("scram") && hint.contains("timebox admin-token"),
+            "{hint}"
+        );
+        seen.push(hint);
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "no oracle: {seen:?}");
+}
+
+/// Auditor queries running at once are bounded on the whole instance (each may hold its value and
+/// column caps in SQLite): past the bound, 53300 at once. The running ones end at their time limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auditor_queries_at_once_are_bounded() {
+    use tokio::io::AsyncWriteExt;
+    let inst = common::start(plaintext_options()).await;
+    let limit = timebox::auditsql::QUERIES_AT_ONCE;
+    let endless = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n";
+    let mut running = Vec::new();
+    for _ in 0..limit {
+        let (mut s, buf, _) = rawaudit::login(inst.proxy_addr, "audrey", common::AUDITOR_TOKEN).await;
+        let mut out = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::query(endless, &mut out).unwrap();
+        s.write_all(&out).await.unwrap();
+        running.push((s, buf));
+    }
+    let all_busy = common::eventually(std::time::Duration::from_secs(20), || async {
+        inst.state.proxy.audit_queries.available_permits() == 0
+    })
+    .await;
+    assert!(all_busy, "the endless queries started");
+    let (mut s, mut buf, _) = rawaudit::login(inst.proxy_addr, "audrey", common::AUDITOR_TOKEN).await;
+    let outcome = rawaudit::query(&mut s, &mut buf, "SELECT 1").await;
+    let (code, msg) = outcome.error.expect("refused while the others run");
+    assert_eq!(code, "53300", "{msg}");
+    assert!(msg.contains(&format!("running {limit} queries")), "{msg}");
+    for (mut s, mut buf) in running {
+        let (code, msg) = rawaudit::next_error_of(&mut s, &mut buf).await;
+        assert_eq!(code, "57014", "{msg}");
+    }
+    let outcome = rawaudit::query(&mut s, &mut buf, "SELECT 1").await;
+    assert!(outcome.error.is_none(), "{outcome:?}");
+}

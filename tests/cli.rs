@@ -296,6 +296,14 @@ async fn admin_token_new_prints_a_token_and_its_config_entry() {
         entry["sha256"].as_str(),
         Some(timebox::grants::token::sha256_hex(token).as_str())
     );
+    let scram = entry["scram"]
+        .as_str()
+        .expect("a scram verifier for timebox_audit");
+    let verifier = timebox::grants::token::ScramVerifier::from_text(scram).expect("PostgreSQL's format");
+    assert_eq!(
+        verifier,
+        timebox::grants::token::ScramVerifier::derive(token, &verifier.salt, verifier.iterations)
+    );
     let roles: Vec<&str> = entry["roles"]
         .as_array()
         .unwrap()

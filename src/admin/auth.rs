@@ -117,6 +117,7 @@ mod tests {
         AdminToken {
             name: name.into(),
             sha256,
+            scram: None,
             roles: roles.iter().map(|r| r.to_string()).collect(),
         }
     }

@@ -4,7 +4,8 @@
 //! No oracle: an unknown user, an unknown target, a wrong token and another user's token all go
 //! through the same exchange (with the same kind of salt) and end in the same 28P01 message. Only a
 //! correct token learns why its grant does not admit a session (expired, revoked, not yet started).
-//! Repeated failures from one address are throttled.
+//! Attempts are counted before they are evaluated, per (address, user) and for the whole instance
+//! ([`AuthThrottle`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -18,7 +19,7 @@ use super::scram::{self, ScramError, SCRAM_SHA_256, SCRAM_SHA_256_PLUS};
 use super::startup::{ClientParams, ClientTlsInfo};
 use super::stream::ClientStream;
 use super::wire::{self, PgError};
-use crate::grants::token::SCRAM_ITERATIONS;
+use crate::grants::token::{ScramVerifier, SCRAM_ITERATIONS};
 use crate::grants::{Grant, GrantService};
 
 /// Why authentication ended without a session.
@@ -99,9 +100,9 @@ fn parse_initial_response(body: &[u8]) -> Option<(&str, &[u8])> {
     Some((mechanism, data))
 }
 
-fn scram_refusal(e: ScramError, user: &str) -> AuthError {
+fn scram_refusal(e: ScramError, wrong_token: &impl Fn() -> PgError) -> AuthError {
     match e {
-        ScramError::NoMatch => refused(PgError::invalid_password(user), "wrong token", true),
+        ScramError::NoMatch => refused(wrong_token(), "wrong token", true),
         ScramError::Mechanism(m) => refused(
             PgError::protocol_violation(format!("unsupported SASL mechanism {m:?}")),
             "unsupported SASL mechanism",
@@ -148,8 +149,33 @@ pub async fn authenticate(
         .candidates(&params.user, &params.target)
         .await
         .map_err(store_down)?;
-    let end_point = tls.map(|t| t.end_point_hash.as_slice());
+    let verifiers: Vec<_> = candidates.iter().map(|(_, v)| v).collect();
+    let wrong = || PgError::invalid_password(&params.user);
+    let (index, server_final) =
+        scram_exchange(client, tls, &salt, SCRAM_ITERATIONS, &verifiers, wrong).await?;
+    let grant = candidates[index].0.clone();
 
+    if let Some(why) = grant.refusal_at(grants.now()) {
+        return Err(refused(PgError::grant_not_current(&why), why, false));
+    }
+    send_sasl_final(client, &server_final).await?;
+    Ok(grant)
+}
+
+/// Runs a SCRAM-SHA-256(-PLUS when the client connection is TLS) exchange up to the proof check,
+/// with `salt` and `iterations` in the server-first message. Returns the index of the candidate
+/// verifier whose key the proof matches, and the server-final message, which the caller sends
+/// with [`send_sasl_final`] once its own checks pass. An empty `candidates` (unknown user) goes
+/// through the same exchange and ends in the same `wrong_token()` refusal as a wrong token.
+pub(crate) async fn scram_exchange(
+    client: &mut ClientStream,
+    tls: Option<&ClientTlsInfo>,
+    salt: &[u8],
+    iterations: u32,
+    candidates: &[&ScramVerifier],
+    wrong_token: impl Fn() -> PgError,
+) -> Result<(usize, String), AuthError> {
+    let end_point = tls.map(|t| t.end_point_hash.as_slice());
     let mut out = BytesMut::new();
     let mechanisms: &[&str] = if end_point.is_some() {
         &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256]
@@ -167,64 +193,182 @@ pub async fn authenticate(
             true,
         )
     })?;
-    let (server_first, state) = scram::server_first(mechanism, data, end_point, &salt, SCRAM_ITERATIONS)
-        .map_err(|e| scram_refusal(e, &params.user))?;
+    let (server_first, state) = scram::server_first(mechanism, data, end_point, salt, iterations)
+        .map_err(|e| scram_refusal(e, &wrong_token))?;
     out.clear();
     wire::authentication_sasl_continue(&mut out, server_first.as_bytes());
     client.write_all(&out).await?;
 
     let body = read_password_message(client).await?;
-    let verifiers: Vec<_> = candidates.iter().map(|(_, v)| v).collect();
-    let (index, server_final) = scram::client_final(&state, &body, end_point, &verifiers)
-        .map_err(|e| scram_refusal(e, &params.user))?;
-    let grant = candidates[index].0.clone();
+    scram::client_final(&state, &body, end_point, candidates).map_err(|e| scram_refusal(e, &wrong_token))
+}
 
-    if let Some(why) = grant.refusal_at(grants.now()) {
-        return Err(refused(PgError::grant_not_current(&why), why, false));
-    }
-    out.clear();
+/// Sends SASLFinal (the server's signature) after a successful [`scram_exchange`].
+pub(crate) async fn send_sasl_final(client: &mut ClientStream, server_final: &str) -> Result<(), AuthError> {
+    let mut out = BytesMut::new();
     wire::authentication_sasl_final(&mut out, server_final.as_bytes());
     client.write_all(&out).await?;
-    Ok(grant)
+    Ok(())
 }
 
-/// Fixed-window count of failed authentications per client address.
+/// Failed (and in-flight) authentications in fixed one-minute windows, per (client address, user),
+/// per client address and for the whole instance.
+///
+/// An attempt is counted *before* it is evaluated: [`AuthThrottle::reserve`] takes a slot, and only
+/// [`Reservation::release`] (a successful login, or a client that left before offering a proof)
+/// gives it back. A concurrent burst therefore cannot get more than `per_user_and_address`
+/// evaluations, and another user at the same address keeps its own budget. The per-address tier
+/// stops one address from spraying many user names (and from using up the global ceiling alone);
+/// the global ceiling bounds guesses spread over many addresses.
 #[derive(Debug)]
 pub struct AuthThrottle {
-    limit: u32,
+    limits: ThrottleLimits,
     window: Duration,
-    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    counts: Mutex<ThrottleCounts>,
 }
 
-/// Addresses tracked at most; past it, expired windows are swept.
+/// Attempts allowed per window by each tier of an [`AuthThrottle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleLimits {
+    pub per_user_and_address: u32,
+    pub per_address: u32,
+    pub global: u32,
+}
+
+#[derive(Debug, Default)]
+struct ThrottleCounts {
+    keys: HashMap<(IpAddr, String), Window>,
+    addresses: HashMap<IpAddr, Window>,
+    global: Option<Window>,
+}
+
+/// One fixed window: when it started and how many attempts it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    start: Instant,
+    count: u32,
+}
+
+impl Window {
+    /// The window `w` as seen at `now` (a fresh one once `length` has passed), if it has room for
+    /// one more attempt under `limit`.
+    fn admit(w: Option<Window>, now: Instant, length: Duration, limit: u32) -> Option<Window> {
+        let w = match w {
+            Some(w) if now.duration_since(w.start) < length => w,
+            _ => Window { start: now, count: 0 },
+        };
+        (w.count < limit).then_some(w)
+    }
+
+    fn plus_one(self) -> Window {
+        Window {
+            count: self.count + 1,
+            ..self
+        }
+    }
+
+    /// Takes back one attempt counted in the window that started at `start` (not in a later one).
+    fn release(w: Option<&mut Window>, start: Instant) {
+        if let Some(w) = w.filter(|w| w.start == start) {
+            w.count = w.count.saturating_sub(1);
+        }
+    }
+}
+
+/// Why an attempt was refused before it was evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Throttled {
+    #[error("too many failed authentications for this user from this address")]
+    AddressAndUser,
+    #[error("too many failed authentications from this address")]
+    Address,
+    #[error("too many failed authentications on this instance")]
+    Global,
+}
+
+impl Throttled {
+    /// The FATAL the client gets.
+    pub fn to_pg_error(self) -> PgError {
+        match self {
+            Throttled::AddressAndUser => PgError::too_many_auth_failures(),
+            Throttled::Address => PgError::too_many_auth_failures_from_address(),
+            Throttled::Global => PgError::too_many_auth_failures_globally(),
+        }
+    }
+}
+
+/// A counted attempt. Dropped without [`Reservation::release`], it stays counted as a failure.
+#[derive(Debug)]
+#[must_use = "a reservation is released on success, or counts as a failure when dropped"]
+pub struct Reservation<'a> {
+    throttle: &'a AuthThrottle,
+    key: (IpAddr, String),
+    /// Start of the window each tier counted the attempt in.
+    windows: [Instant; 3],
+}
+
+impl Reservation<'_> {
+    /// Gives the slot back: the attempt succeeded (or was never evaluated).
+    pub fn release(self) {
+        let mut counts = self.throttle.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let [key, address, global] = self.windows;
+        Window::release(counts.keys.get_mut(&self.key), key);
+        Window::release(counts.addresses.get_mut(&self.key.0), address);
+        Window::release(counts.global.as_mut(), global);
+    }
+}
+
+/// (address, user) keys tracked at most; past it, expired windows are swept, and if that is not
+/// enough new keys are refused (fail closed) until the window turns.
 const MAX_TRACKED: usize = 100_000;
 
 impl AuthThrottle {
-    pub fn new(limit_per_minute: u32) -> Self {
+    pub fn new(limits: ThrottleLimits) -> Self {
         AuthThrottle {
-            limit: limit_per_minute,
+            limits,
             window: Duration::from_secs(60),
-            failures: Mutex::new(HashMap::new()),
+            counts: Mutex::new(ThrottleCounts::default()),
         }
     }
 
-    /// True if `ip` has used up its failures in the current window.
-    pub fn is_blocked(&self, ip: IpAddr, now: Instant) -> bool {
-        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        matches!(map.get(&ip), Some((start, count)) if now.duration_since(*start) < self.window && *count >= self.limit)
-    }
-
-    pub fn record_failure(&self, ip: IpAddr, now: Instant) {
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_TRACKED {
-            let window = self.window;
-            map.retain(|_, (start, _)| now.duration_since(*start) < window);
+    /// Counts an attempt by `user` from `ip` before it is evaluated, or refuses it if a tier's
+    /// budget is used up.
+    pub fn reserve(&self, ip: IpAddr, user: &str, now: Instant) -> Result<Reservation<'_>, Throttled> {
+        let (length, limits) = (self.window, self.limits);
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (ip, user.to_owned());
+        if !counts.keys.contains_key(&key) && counts.keys.len() >= MAX_TRACKED {
+            counts.keys.retain(|_, w| now.duration_since(w.start) < length);
+            counts
+                .addresses
+                .retain(|_, w| now.duration_since(w.start) < length);
+            if counts.keys.len() >= MAX_TRACKED {
+                return Err(Throttled::Global);
+            }
         }
-        let entry = map.entry(ip).or_insert((now, 0));
-        if now.duration_since(entry.0) >= self.window {
-            *entry = (now, 0);
-        }
-        entry.1 = entry.1.saturating_add(1);
+        let global = Window::admit(counts.global, now, length, limits.global).ok_or(Throttled::Global)?;
+        let address = Window::admit(
+            counts.addresses.get(&ip).copied(),
+            now,
+            length,
+            limits.per_address,
+        )
+        .ok_or(Throttled::Address)?;
+        let entry = Window::admit(
+            counts.keys.get(&key).copied(),
+            now,
+            length,
+            limits.per_user_and_address,
+        )
+        .ok_or(Throttled::AddressAndUser)?;
+        counts.global = Some(global.plus_one());
+        counts.addresses.insert(ip, address.plus_one());
+        counts.keys.insert(key.clone(), entry.plus_one());
+        Ok(Reservation {
+            throttle: self,
+            key,
+            windows: [entry.start, address.start, global.start],
+        })
     }
 }
 
@@ -232,24 +376,90 @@ impl AuthThrottle {
 mod tests {
     use super::*;
 
+    const ALICE: &str = "alice";
+
+    fn limits(per_user_and_address: u32, per_address: u32, global: u32) -> ThrottleLimits {
+        ThrottleLimits {
+            per_user_and_address,
+            per_address,
+            global,
+        }
+    }
+
+    #[test]
+    fn one_address_cannot_spray_user_names() {
+        let t = AuthThrottle::new(limits(3, 5, 1000));
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        for i in 0..5 {
+            drop(t.reserve(ip, &format!("u{i}"), t0).unwrap());
+        }
+        assert_eq!(t.reserve(ip, "u9", t0).err(), Some(Throttled::Address));
+        assert!(t.reserve("10.0.0.2".parse().unwrap(), "u9", t0).is_ok());
+    }
+
     #[test]
     fn throttle_blocks_after_limit_and_resets_after_window() {
-        let t = AuthThrottle::new(3);
+        let t = AuthThrottle::new(limits(3, 1000, 1000));
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let other: IpAddr = "10.0.0.2".parse().unwrap();
         let t0 = Instant::now();
         for _ in 0..3 {
-            assert!(!t.is_blocked(ip, t0));
-            t.record_failure(ip, t0);
+            drop(t.reserve(ip, ALICE, t0).expect("within the limit"));
         }
-        assert!(t.is_blocked(ip, t0 + Duration::from_secs(30)));
-        assert!(!t.is_blocked(other, t0), "per address");
-        assert!(!t.is_blocked(ip, t0 + Duration::from_secs(61)), "window over");
-        t.record_failure(ip, t0 + Duration::from_secs(61));
+        let later = t0 + Duration::from_secs(30);
+        assert_eq!(t.reserve(ip, ALICE, later).err(), Some(Throttled::AddressAndUser));
+        assert!(t.reserve(other, ALICE, later).is_ok(), "per address");
+        assert!(t.reserve(ip, "bob", later).is_ok(), "per user");
+        let next = t0 + Duration::from_secs(61);
+        assert!(t.reserve(ip, ALICE, next).is_ok(), "window over");
+    }
+
+    /// Regression (issue 16, 12c): concurrent attempts all passed `is_blocked` before any failure
+    /// was recorded, so a burst of 60 got 14 evaluations. Reservations in flight count.
+    #[test]
+    fn attempts_in_flight_count_against_the_limit() {
+        let t = AuthThrottle::new(limits(3, 1000, 1000));
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        let held: Vec<_> = (0..60).filter_map(|_| t.reserve(ip, ALICE, t0).ok()).collect();
+        assert_eq!(held.len(), 3, "a burst gets exactly `limit` evaluations");
+        drop(held);
         assert!(
-            !t.is_blocked(ip, t0 + Duration::from_secs(62)),
-            "counting restarted"
+            t.reserve(ip, ALICE, t0).is_err(),
+            "dropped reservations stay counted"
         );
+    }
+
+    #[test]
+    fn released_reservations_do_not_count() {
+        let t = AuthThrottle::new(limits(2, 1000, 1000));
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            t.reserve(ip, ALICE, t0).expect("successes never block").release();
+        }
+        // a release from an earlier window does not eat into the new one
+        let old = t.reserve(ip, ALICE, t0).unwrap();
+        let t1 = t0 + Duration::from_secs(61);
+        let a = t.reserve(ip, ALICE, t1).unwrap();
+        old.release();
+        let b = t.reserve(ip, ALICE, t1).unwrap();
+        assert!(t.reserve(ip, ALICE, t1).is_err());
+        drop((a, b));
+    }
+
+    #[test]
+    fn the_global_ceiling_covers_every_address_and_user() {
+        let t = AuthThrottle::new(limits(3, 1000, 5));
+        let t0 = Instant::now();
+        for i in 0..5u8 {
+            let ip = IpAddr::from([10, 0, 0, i]);
+            drop(t.reserve(ip, &format!("u{i}"), t0).unwrap());
+        }
+        let fresh: IpAddr = "10.9.9.9".parse().unwrap();
+        assert_eq!(t.reserve(fresh, "zed", t0).err(), Some(Throttled::Global));
+        assert!(t.reserve(fresh, "zed", t0 + Duration::from_secs(60)).is_ok());
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod upstream;
 pub mod wire;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -74,8 +74,18 @@ pub struct ProxyState {
     /// Big statements prechecked on the blocking pool at once, over all sessions (one per CPU), so
     /// a flood of huge statements cannot take every blocking thread.
     pub precheck_permits: Arc<Semaphore>,
-    /// One permit per client connection (`proxy.max_connections`).
+    /// One permit per authenticated client connection (`proxy.max_connections`).
     connections: Arc<Semaphore>,
+    /// One permit per connection that has not finished authenticating
+    /// (`proxy.max_unauthenticated`): a pool of its own, so clients that never log in cannot take
+    /// the slots of engineers who do.
+    unauthenticated: Arc<Semaphore>,
+    /// The same connections counted per client address
+    /// (`proxy.max_unauthenticated_per_address`), so one address cannot fill that pool.
+    unauthenticated_by_address: Arc<AddressCounts>,
+    /// One permit per auditor query running on `timebox_audit` (each may hold up to
+    /// `columns × value cap` in SQLite): bounds the endpoint's memory on the whole instance.
+    pub audit_queries: Arc<Semaphore>,
     /// Connection tasks, so shutdown can wait for them.
     tasks: TaskTracker,
 }
@@ -102,7 +112,11 @@ impl ProxyState {
             upstream_tls,
             cancel_keys: Arc::new(cancel::CancelKeys::default()),
             sessions: SessionRegistry::default(),
-            auth_throttle: auth::AuthThrottle::new(config.proxy.auth_failures_per_minute),
+            auth_throttle: auth::AuthThrottle::new(auth::ThrottleLimits {
+                per_user_and_address: config.proxy.auth_failures_per_minute,
+                per_address: config.proxy.auth_failures_per_address_per_minute,
+                global: config.proxy.auth_failures_global_per_minute,
+            }),
             metrics: Arc::new(crate::metrics::Metrics::new()?),
             policies: config
                 .roles
@@ -115,8 +129,40 @@ impl ProxyState {
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
             connections: Arc::new(Semaphore::new(config.proxy.max_connections)),
+            unauthenticated: Arc::new(Semaphore::new(config.proxy.max_unauthenticated)),
+            unauthenticated_by_address: Arc::new(AddressCounts::default()),
+            audit_queries: Arc::new(Semaphore::new(crate::auditsql::QUERIES_AT_ONCE)),
             tasks: TaskTracker::new(),
         })
+    }
+}
+
+impl ProxyState {
+    /// A slot for a connection that has not authenticated yet, or the FATAL 53300 to send it after
+    /// its startup packet.
+    fn unauthenticated_slot(&self, config: &Config, ip: IpAddr) -> Result<PreAuthSlot, wire::PgError> {
+        let limit = config.proxy.max_unauthenticated_per_address;
+        let Some(address) = self.unauthenticated_by_address.try_acquire(ip, limit) else {
+            return Err(wire::PgError::too_many_unauthenticated_from_address(limit));
+        };
+        let pool = self
+            .unauthenticated
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| wire::PgError::too_many_unauthenticated(config.proxy.max_unauthenticated))?;
+        Ok(PreAuthSlot {
+            _pool: pool,
+            _address: address,
+        })
+    }
+
+    /// A slot among `proxy.max_connections` for a client that has just authenticated, or the
+    /// FATAL 53300 to send it. Held until the session ends.
+    pub(crate) fn admit(&self, limit: usize) -> Result<OwnedSemaphorePermit, wire::PgError> {
+        self.connections
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| wire::PgError::too_many_connections(limit))
     }
 }
 
@@ -137,13 +183,13 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener) -> Result<(), Pr
                 continue;
             }
         };
-        let permit = state.proxy.connections.clone().try_acquire_owned().ok();
-        let over_limit = permit.is_none();
+        // Until it authenticates, a connection holds a slot of the unauthenticated pool only.
+        let unauthenticated = state.proxy.unauthenticated_slot(&state.config, peer.ip());
         let st = state.clone();
-        state.proxy.tasks.spawn(async move {
-            session::handle_connection(st, tcp, peer, over_limit).await;
-            drop(permit);
-        });
+        state
+            .proxy
+            .tasks
+            .spawn(session::handle_connection(st, tcp, peer, unauthenticated));
     }
     drop(listener);
     state.proxy.tasks.close();
@@ -158,6 +204,60 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener) -> Result<(), Pr
         );
     }
     Ok(())
+}
+
+/// A connection's place among those still logging in; given back when dropped.
+#[derive(Debug)]
+pub struct PreAuthSlot {
+    _pool: OwnedSemaphorePermit,
+    _address: AddressSlot,
+}
+
+/// Connections per client address (unauthenticated ones).
+#[derive(Debug, Default)]
+pub struct AddressCounts {
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl AddressCounts {
+    /// Counts one more connection from `ip`, unless it already has `limit`.
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<AddressSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections counted for `ip` now.
+    pub fn get(&self, ip: IpAddr) -> usize {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.get(&ip).copied().unwrap_or(0)
+    }
+}
+
+/// One counted connection of an [`AddressCounts`]; uncounted when dropped.
+#[derive(Debug)]
+pub struct AddressSlot {
+    counts: Arc<AddressCounts>,
+    ip: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Live sessions, for listing and killing them.
@@ -296,5 +396,26 @@ impl SessionHandle {
 
     pub(crate) fn kill_reason(&self) -> Option<String> {
         self.kill_reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_counts_are_per_address_and_given_back_on_drop() {
+        let counts = Arc::new(AddressCounts::default());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let first = counts.try_acquire(a, 2).unwrap();
+        let second = counts.try_acquire(a, 2).unwrap();
+        assert!(counts.try_acquire(a, 2).is_none(), "limit per address");
+        assert!(counts.try_acquire(b, 2).is_some(), "another address");
+        drop(first);
+        assert_eq!(counts.get(a), 1);
+        let _third = counts.try_acquire(a, 2).expect("a slot was given back");
+        drop(second);
+        assert_eq!(counts.get(b), 0, "entries go away at zero");
     }
 }

@@ -40,7 +40,7 @@ use super::startup::{self, ClientParams, ClientTlsInfo, Startup, StartupError};
 use super::stream::{ClientStream, UpstreamStream};
 use super::upstream::{self, Upstream};
 use super::wire::{self, FrameTracker, PgError};
-use super::SessionHandle;
+use super::{PreAuthSlot, SessionHandle};
 use crate::app::AppState;
 use crate::audit::event::{self as audit_event, AuditEvent};
 use crate::audit::{AuditAck, AuditError};
@@ -83,9 +83,16 @@ impl EndReason {
     }
 }
 
-/// Entry point for an accepted TCP connection. `over_limit` is true when the connection limit is
-/// reached: the client still gets a proper FATAL after its startup packet.
-pub async fn handle_connection(state: Arc<AppState>, tcp: TcpStream, peer: SocketAddr, over_limit: bool) {
+/// Entry point for an accepted TCP connection. `unauthenticated` is its slot among connections
+/// that have not logged in yet (`Err` when none is free: the client still gets that FATAL after
+/// its startup packet). A slot among `max_connections` is taken only once the client has
+/// authenticated.
+pub async fn handle_connection(
+    state: Arc<AppState>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    unauthenticated: Result<PreAuthSlot, PgError>,
+) {
     let _ = tcp.set_nodelay(true);
     let startup_deadline = Instant::now() + state.config.proxy.startup_timeout;
     let negotiated = tokio::time::timeout_at(
@@ -125,14 +132,14 @@ pub async fn handle_connection(state: Arc<AppState>, tcp: TcpStream, peer: Socke
         Ok(Ok(Startup::Session { client, message, tls })) => (client, message, tls),
     };
 
-    if over_limit {
-        send_fatal(
-            &mut client,
-            &PgError::too_many_connections(state.config.proxy.max_connections),
-        )
-        .await;
-        return;
-    }
+    let unauthenticated = match unauthenticated {
+        Ok(slot) => slot,
+        Err(error) => {
+            tracing::warn!(client.addr = %peer, message = %error.message, "too many unauthenticated connections");
+            send_fatal(&mut client, &error).await;
+            return;
+        }
+    };
     let params = match startup::check_startup_params(&message) {
         Ok(p) => p,
         Err(e) => {
@@ -143,7 +150,11 @@ pub async fn handle_connection(state: Arc<AppState>, tcp: TcpStream, peer: Socke
     };
 
     if params.target == crate::auditsql::AUDIT_DATABASE {
-        crate::auditsql::serve(state, client, params, tls, peer).await;
+        let pre_auth = crate::auditsql::PreAuth {
+            deadline: startup_deadline,
+            unauthenticated,
+        };
+        crate::auditsql::serve(state, client, params, tls, peer, pre_auth).await;
         return;
     }
     let span = tracing::info_span!(
@@ -165,6 +176,8 @@ pub async fn handle_connection(state: Arc<AppState>, tcp: TcpStream, peer: Socke
     let authenticated = tracing::Instrument::instrument(authenticated, span.clone()).await;
     let (grant, watch) = match authenticated {
         Err(_) => {
+            // The attempt's throttle reservation was dropped unreleased: it counts as a failure.
+            record_auth_timeout(&state, &params, peer);
             send_fatal(&mut client, &PgError::startup_timeout()).await;
             return;
         }
@@ -175,6 +188,14 @@ pub async fn handle_connection(state: Arc<AppState>, tcp: TcpStream, peer: Socke
         Ok(Ok(None)) => return,
         Ok(Ok(Some(admitted))) => admitted,
     };
+    let _slot = match state.proxy.admit(state.config.proxy.max_connections) {
+        Ok(slot) => slot,
+        Err(error) => {
+            send_fatal(&mut client, &error).await;
+            return;
+        }
+    };
+    drop(unauthenticated);
     let opened = open_session(&state, &mut client, &params, tls.as_ref(), peer, grant, watch);
     let session = match tracing::Instrument::instrument(opened, span.clone()).await {
         Err(error) => {
@@ -188,6 +209,27 @@ pub async fn handle_connection(state: Arc<AppState>, tcp: TcpStream, peer: Socke
     span.record("grant.id", session.grant.id.as_str());
     let run = session.run(client);
     tracing::Instrument::instrument(run, span).await;
+}
+
+/// Counts and audits a client that did not finish authenticating before the startup deadline.
+pub(crate) fn record_auth_timeout(state: &AppState, params: &ClientParams, peer: SocketAddr) {
+    state
+        .proxy
+        .metrics
+        .auth_failures_total
+        .with_label_values(&["timeout"])
+        .inc();
+    tracing::info!(client.addr = %peer, user = %params.user, "authentication timed out");
+    let event = AuditEvent::AuthFailure(audit_event::AuthFailure {
+        client_addr: peer.to_string(),
+        reason: "authentication timed out".into(),
+        target: params.target.clone(),
+        user: params.user.clone(),
+    });
+    if let Err(e) = state.audit.submit(vec![event]) {
+        state.proxy.metrics.audit_failures_total.inc();
+        tracing::error!(error = %e, "cannot record an authentication failure in the audit log");
+    }
 }
 
 /// Writes a FATAL (best effort) and closes.
@@ -236,20 +278,26 @@ async fn authenticate(
 ) -> Result<Option<(Grant, GrantWatch)>, PgError> {
     let throttle = &state.proxy.auth_throttle;
     let auth_failures = &state.proxy.metrics.auth_failures_total;
-    if throttle.is_blocked(peer.ip(), std::time::Instant::now()) {
-        auth_failures.with_label_values(&["throttled"]).inc();
-        tracing::warn!("authentication throttled");
-        return Err(PgError::too_many_auth_failures());
-    }
+    let reservation = match throttle.reserve(peer.ip(), &params.user, std::time::Instant::now()) {
+        Ok(r) => r,
+        Err(throttled) => {
+            auth_failures.with_label_values(&["throttled"]).inc();
+            tracing::warn!(why = %throttled, "authentication throttled");
+            return Err(throttled.to_pg_error());
+        }
+    };
     let grant = match auth::authenticate(client, &state.grants, params, tls).await {
-        Ok(g) => g,
+        Ok(g) => {
+            reservation.release();
+            g
+        }
         Err(AuthError::Refused {
             error,
             reason,
             counts_as_failure,
         }) => {
-            if counts_as_failure {
-                throttle.record_failure(peer.ip(), std::time::Instant::now());
+            if !counts_as_failure {
+                reservation.release();
             }
             let label = match error.code {
                 "28P01" => "wrong_token",
@@ -272,10 +320,13 @@ async fn authenticate(
             return Err(error);
         }
         Err(AuthError::ClientLeft) => {
+            // No proof was evaluated (libpq leaves like this when it has no password).
+            reservation.release();
             tracing::debug!("client left during authentication");
             return Ok(None);
         }
         Err(AuthError::Io(e)) => {
+            reservation.release();
             tracing::debug!(error = %e, "client connection failed during authentication");
             return Ok(None);
         }

@@ -84,6 +84,20 @@ impl PgError {
         )
     }
 
+    /// 28P01 on `timebox_audit`: the same words for unknown user, wrong token, or a token whose
+    /// config entry has no SCRAM verifier (no oracle); the hint says how to make one.
+    pub fn invalid_audit_token(user: &str) -> Self {
+        Self::fatal(
+            "28P01",
+            format!("password authentication failed for user \"{user}\""),
+        )
+        .with_hint(
+            "Log in to timebox_audit with your admin-API token, user = the token's name. The login uses \
+             SCRAM-SHA-256: the token's [[admin.tokens]] entry needs a `scram` verifier \
+             (`timebox admin-token new` prints one; `timebox admin-token scram` makes one for an existing token).",
+        )
+    }
+
     /// 28000: right token, but the grant does not admit a session now.
     pub fn grant_not_current(why: &str) -> Self {
         Self::fatal("28000", format!("access denied: {why}"))
@@ -105,8 +119,44 @@ impl PgError {
     pub fn too_many_auth_failures() -> Self {
         Self::fatal(
             "28000",
+            "too many failed authentication attempts for this user from this address; try again in a minute",
+        )
+    }
+
+    /// 28000: one address failed too often, over all the user names it tried.
+    pub fn too_many_auth_failures_from_address() -> Self {
+        Self::fatal(
+            "28000",
             "too many failed authentication attempts from this address; try again in a minute",
         )
+    }
+
+    /// 28000: the instance-wide ceiling on failed logins is reached (a spread-out guessing attack).
+    pub fn too_many_auth_failures_globally() -> Self {
+        Self::fatal(
+            "28000",
+            "too many failed authentication attempts on this timebox instance; try again in a minute",
+        )
+    }
+
+    /// 53300: this client address has too many connections that have not logged in yet.
+    pub fn too_many_unauthenticated_from_address(limit: usize) -> Self {
+        Self::fatal(
+            "53300",
+            format!(
+                "sorry, too many clients from this address are still authenticating (timebox limit: {limit})"
+            ),
+        )
+        .with_hint("Try again in a few seconds.")
+    }
+
+    /// 53300: too many connections have not finished authenticating yet.
+    pub fn too_many_unauthenticated(limit: usize) -> Self {
+        Self::fatal(
+            "53300",
+            format!("sorry, too many clients are still authenticating (timebox limit: {limit})"),
+        )
+        .with_hint("Try again in a few seconds.")
     }
 
     pub fn protocol_violation(message: impl Into<String>) -> Self {

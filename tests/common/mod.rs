@@ -118,6 +118,7 @@ impl Drop for TestInstance {
 pub fn config_text(opts: &Options, dir: &std::path::Path, shop_port: u16) -> String {
     use cluster::*;
     let sha = |t: &str| timebox::grants::token::sha256_hex(t);
+    let scram = |t: &str| timebox::cli::admin_token_scram(t);
     format!(
         r#"
 [proxy]
@@ -133,18 +134,22 @@ listen = "127.0.0.1:0"
 [[admin.tokens]]
 name = "ops"
 sha256 = "{admin}"
+scram = "{admin_scram}"
 roles = ["admin"]
 [[admin.tokens]]
 name = "audrey"
 sha256 = "{auditor}"
+scram = "{auditor_scram}"
 roles = ["auditor"]
 [[admin.tokens]]
 name = "bob"
 sha256 = "{approver}"
+scram = "{approver_scram}"
 roles = ["approver"]
 [[admin.tokens]]
 name = "alice"
 sha256 = "{requester}"
+scram = "{requester_scram}"
 roles = ["requester"]
 
 [store]
@@ -210,6 +215,10 @@ max_ttl = "1h"
         proxy_extra = opts.proxy_extra,
         admin_extra = opts.admin_extra,
         admin = sha(ADMIN_TOKEN),
+        admin_scram = scram(ADMIN_TOKEN),
+        auditor_scram = scram(AUDITOR_TOKEN),
+        approver_scram = scram(APPROVER_TOKEN),
+        requester_scram = scram(REQUESTER_TOKEN),
         auditor = sha(AUDITOR_TOKEN),
         approver = sha(APPROVER_TOKEN),
         requester = sha(REQUESTER_TOKEN),

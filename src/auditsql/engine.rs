@@ -1,0 +1,767 @@
+//! The SQLite side of `timebox_audit`: runs one auditor query on a read-only connection to the
+//! audit database and streams its result to the client.
+//!
+//! Data flow: [`super`] has authenticated the auditor, audited the query and passed PostgreSQL's
+//! parser check (a first filter only: the parsers disagree, e.g. on nested `/* */` comments). What
+//! decides is SQLite's authorizer, called by the engine that executes the query for every table,
+//! column, function and action it is about to use: [`authorize`] admits reads of the audit views
+//! (and of `audit_events` under them), the JSON table functions and a reviewed function list,
+//! and nothing else — no PRAGMA, ATTACH (also `VACUUM INTO`), schema tables, writes or temp objects.
+//!
+//! Results are never buffered whole: rows go to the client in chunks through a small channel as
+//! SQLite produces them, under caps on rows, bytes, the size of one value (SQLite's own
+//! `SQLITE_LIMIT_LENGTH`, so a `printf('%.*c', 900000000, 'x')` fails inside SQLite) and time
+//! (a progress handler stops the statement). It must never let a query allocate without bound,
+//! outlive its time limit or touch anything but the audit trail.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::limits::Limit;
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::proxy::wire::{self, PgError, Severity};
+
+/// Caps on one auditor query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Rows one result may have.
+    pub max_rows: usize,
+    /// Bytes of DataRows one result may have.
+    pub max_result_bytes: usize,
+    /// Bytes of one string or blob, inside SQLite too (`SQLITE_LIMIT_LENGTH`).
+    pub max_value_bytes: usize,
+    /// Bytes of one encoded row, checked before it is copied.
+    pub max_row_bytes: usize,
+    /// Columns of one result (`SQLITE_LIMIT_COLUMN`), which with the value cap bounds a row.
+    pub max_columns: usize,
+    /// Wall-clock time of one query, including the time the client takes to read it.
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_rows: 100_000,
+            max_result_bytes: 256 * 1024 * 1024,
+            max_value_bytes: 4 * 1024 * 1024,
+            max_row_bytes: 8 * 1024 * 1024,
+            max_columns: 32,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Arguments of one SQL function call (`SQLITE_LIMIT_FUNCTION_ARG`): few big values at once.
+const MAX_FUNCTION_ARGS: i32 = 8;
+/// Depth of one expression tree (`SQLITE_LIMIT_EXPR_DEPTH`).
+const MAX_EXPR_DEPTH: i32 = 100;
+/// Bytes per chunk sent to the client; chunks in flight are bounded by [`CHUNKS_IN_FLIGHT`].
+const CHUNK_BYTES: usize = 64 * 1024;
+const CHUNKS_IN_FLIGHT: usize = 4;
+/// SQLite VM instructions between two checks of the deadline.
+const PROGRESS_EVERY: i32 = 10_000;
+
+/// The views auditors query (created per connection in SQLite's temp schema).
+const VIEWS: &str = r#"
+CREATE TEMP VIEW events AS
+  SELECT seq, ts, kind, user_name AS "user", target, grant_id, session_id, payload, prev_hash, hash
+  FROM main.audit_events;
+CREATE TEMP VIEW statements AS
+  SELECT seq, ts, user_name AS "user", target, grant_id, session_id,
+         json_extract(payload, '$.statement_id') AS statement_id,
+         json_extract(payload, '$.sql') AS sql,
+         json_extract(payload, '$.class') AS class,
+         json_extract(payload, '$.decision') AS decision,
+         json_extract(payload, '$.reason') AS reason,
+         json_extract(payload, '$.relations') AS relations,
+         json_extract(payload, '$.params') AS params
+  FROM main.audit_events WHERE kind = 'statement';
+CREATE TEMP VIEW outcomes AS
+  SELECT seq, ts, session_id,
+         json_extract(payload, '$.statement_id') AS statement_id,
+         json_extract(payload, '$.command_tag') AS command_tag,
+         json_extract(payload, '$.rows') AS rows,
+         json_extract(payload, '$.sqlstate') AS sqlstate,
+         json_extract(payload, '$.duration_us') AS duration_us
+  FROM main.audit_events WHERE kind = 'statement_outcome';
+CREATE TEMP VIEW sessions AS
+  SELECT seq, ts, kind, user_name AS "user", target, grant_id, session_id, payload
+  FROM main.audit_events WHERE kind IN ('session_start', 'session_end');
+CREATE TEMP VIEW auth_failures AS
+  SELECT seq, ts, user_name AS "user", target,
+         json_extract(payload, '$.client_addr') AS client_addr,
+         json_extract(payload, '$.reason') AS reason
+  FROM main.audit_events WHERE kind = 'auth_failure';
+CREATE TEMP VIEW grant_events AS
+  SELECT seq, ts, kind, user_name AS "user", target, grant_id, payload
+  FROM main.audit_events WHERE kind LIKE 'grant_%';
+-- SQLite registers its eponymous table functions on first use (a schema write the authorizer
+-- would refuse): use them once here, before the authorizer is installed.
+SELECT * FROM json_each('[]');
+SELECT * FROM json_tree('[]');
+"#;
+
+/// The views, in the temp schema.
+pub const VIEW_NAMES: &[&str] = &[
+    "events",
+    "statements",
+    "outcomes",
+    "sessions",
+    "auth_failures",
+    "grant_events",
+];
+
+/// The table the views read (in the main schema).
+const AUDIT_TABLE: &str = "audit_events";
+
+/// Table-valued functions auditors may use (they read their argument, nothing else).
+const TABLE_FUNCTIONS: &[&str] = &["json_each", "json_tree"];
+
+/// The reviewed functions auditors may call: reads of their arguments only. Absent on purpose:
+/// `load_extension`, `zeroblob`, `randomblob`, `random`, `sqlite_*`, `fts3_tokenizer`,
+/// `changes`-style connection state.
+pub const ALLOWED_FUNCTIONS: &[&str] = &[
+    // aggregates and window functions
+    "count",
+    "sum",
+    "total",
+    "avg",
+    "min",
+    "max",
+    "group_concat",
+    "string_agg",
+    "row_number",
+    "rank",
+    "dense_rank",
+    "percent_rank",
+    "cume_dist",
+    "ntile",
+    "lag",
+    "lead",
+    "first_value",
+    "last_value",
+    "nth_value",
+    // JSON
+    "json",
+    "json_extract",
+    "->",
+    "->>",
+    "json_array_length",
+    "json_type",
+    "json_valid",
+    "json_array",
+    "json_object",
+    "json_quote",
+    "json_group_array",
+    "json_group_object",
+    // date and time
+    "date",
+    "time",
+    "datetime",
+    "julianday",
+    "unixepoch",
+    "strftime",
+    "timediff",
+    // strings and numbers
+    "abs",
+    "coalesce",
+    "ifnull",
+    "iif",
+    "nullif",
+    "instr",
+    "length",
+    "octet_length",
+    "lower",
+    "upper",
+    "ltrim",
+    "rtrim",
+    "trim",
+    "replace",
+    "substr",
+    "substring",
+    "printf",
+    "format",
+    "round",
+    "sign",
+    "typeof",
+    "hex",
+    "quote",
+    "like",
+    "glob",
+    "unicode",
+    "char",
+    "concat",
+    "concat_ws",
+    "floor",
+    "ceil",
+    "ceiling",
+];
+
+/// Why an auditor query did not complete (or was not run).
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The PostgreSQL-parser check refused it (the message says why).
+    #[error("{0}")]
+    Refused(String),
+    /// It could not be recorded in the audit log, so it was not run (fail closed).
+    #[error("timebox cannot record this query in the audit log, so it was not run")]
+    AuditUnavailable,
+    /// As many auditor queries as the instance runs at once are running.
+    #[error("timebox_audit is running {limit} queries already; try again in a moment")]
+    Busy { limit: usize },
+    /// Parse/Bind/Execute and friends.
+    #[error("timebox_audit supports the simple query protocol only (psql does)")]
+    ExtendedProtocol,
+    /// The authorizer refused something the query would do.
+    #[error("timebox_audit is read-only over the audit views: {what} is not allowed; query the views {}", VIEW_NAMES.join(", "))]
+    NotAuthorized { what: String },
+    #[error("the result has more than {limit} rows; add a LIMIT or a narrower WHERE")]
+    TooManyRows { limit: usize },
+    #[error("the result is larger than {limit} bytes; select fewer rows or columns")]
+    TooManyBytes { limit: usize },
+    #[error("a value in the query is larger than timebox_audit's limit of {limit} bytes")]
+    ValueTooLarge { limit: usize },
+    #[error("a row of the result is larger than timebox_audit's limit of {limit} bytes; select fewer or shorter columns")]
+    RowTooLarge { limit: usize },
+    #[error("the query ran longer than timebox_audit's limit of {limit:?} and was stopped")]
+    Timeout { limit: Duration },
+    #[error("cannot open the audit database: {0}")]
+    Open(#[source] rusqlite::Error),
+    /// SQLite refused the query (syntax error, unknown column, …).
+    #[error("{0}")]
+    Sqlite(#[source] rusqlite::Error),
+    #[error("query task failed: {0}")]
+    Task(String),
+    /// Nothing more can be told to the client.
+    #[error("client left during the query")]
+    ClientLeft,
+}
+
+impl QueryError {
+    /// The ErrorResponse the client gets (the session goes on).
+    pub fn to_pg_error(&self) -> PgError {
+        let code = match self {
+            QueryError::Refused(_) | QueryError::NotAuthorized { .. } => "42501",
+            QueryError::AuditUnavailable => "58030",
+            QueryError::Busy { .. } => "53300",
+            QueryError::ExtendedProtocol => "0A000",
+            QueryError::TooManyRows { .. }
+            | QueryError::TooManyBytes { .. }
+            | QueryError::ValueTooLarge { .. }
+            | QueryError::RowTooLarge { .. } => "54000",
+            QueryError::Timeout { .. } => "57014",
+            QueryError::Sqlite(_) => "42000",
+            QueryError::Open(_) | QueryError::Task(_) | QueryError::ClientLeft => "XX000",
+        };
+        PgError {
+            severity: Severity::Error,
+            code,
+            message: self.to_string(),
+            detail: None,
+            hint: None,
+        }
+    }
+}
+
+/// The names of the audit database's schema objects and SQLite's table-valued modules, read when
+/// the connection opens (before the authorizer is installed).
+#[derive(Debug, Clone, Default)]
+pub struct Schema {
+    objects: HashSet<String>,
+}
+
+impl Schema {
+    pub fn new<I: IntoIterator<Item = String>>(names: I) -> Self {
+        Schema {
+            objects: names.into_iter().map(|n| n.to_ascii_lowercase()).collect(),
+        }
+    }
+
+    fn read(conn: &Connection) -> rusqlite::Result<Self> {
+        let mut stmt = conn.prepare(
+            "SELECT name FROM main.sqlite_master UNION SELECT name FROM temp.sqlite_master \
+             UNION SELECT name FROM pragma_module_list",
+        )?;
+        let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(Schema::new(names.collect::<rusqlite::Result<Vec<_>>>()?))
+    }
+
+    /// True for anything that is a table, view, index or module rather than a name the query
+    /// defines itself (a CTE).
+    fn is_object(&self, lowercase: &str) -> bool {
+        self.objects.contains(lowercase)
+            || lowercase.starts_with("sqlite_")
+            || lowercase.starts_with("pragma_")
+    }
+}
+
+/// The authorizer's decision on one action of a query. Pure: `Err` names what is refused.
+///
+/// SQLite reports a table the query reads no column of (`count(*)`) by the name as written,
+/// without its schema; that is how a CTE's name arrives too, so a schema-less name is admitted
+/// only when it names no object of the database.
+pub fn authorize(action: &AuthAction<'_>, database: Option<&str>, schema: &Schema) -> Result<(), String> {
+    match *action {
+        AuthAction::Select | AuthAction::Recursive => Ok(()),
+        AuthAction::Read { table_name, .. } => {
+            let table = table_name.to_ascii_lowercase();
+            let in_schema = |wanted: &str| database.is_none_or(|d| d.eq_ignore_ascii_case(wanted));
+            let is_view = in_schema("temp") && VIEW_NAMES.contains(&table.as_str());
+            let is_audit_table = in_schema("main") && table == AUDIT_TABLE;
+            let is_table_function = in_schema("main") && TABLE_FUNCTIONS.contains(&table.as_str());
+            let is_cte = database.is_none() && !schema.is_object(&table);
+            if is_view || is_audit_table || is_table_function || is_cte {
+                Ok(())
+            } else {
+                Err(format!("reading {}", qualified(database, table_name)))
+            }
+        }
+        AuthAction::Function { function_name } => {
+            if ALLOWED_FUNCTIONS.contains(&function_name.to_ascii_lowercase().as_str()) {
+                Ok(())
+            } else {
+                Err(format!("the function {function_name}()"))
+            }
+        }
+        AuthAction::Pragma { pragma_name, .. } => Err(format!("PRAGMA {pragma_name}")),
+        AuthAction::Attach { filename: "" } => Err("ATTACH".into()),
+        // VACUUM INTO is authorized as an ATTACH of its target file.
+        AuthAction::Attach { .. } => Err("ATTACH (or VACUUM INTO)".into()),
+        AuthAction::Detach { .. } => Err("DETACH".into()),
+        AuthAction::Transaction { .. } | AuthAction::Savepoint { .. } => Err("transaction control".into()),
+        AuthAction::Insert { table_name }
+        | AuthAction::Update { table_name, .. }
+        | AuthAction::Delete { table_name } => Err(format!("writing {}", qualified(database, table_name))),
+        _ => Err("schema changes and other statements than SELECT".into()),
+    }
+}
+
+fn qualified(database: Option<&str>, table: &str) -> String {
+    match database {
+        Some(db) => format!("{db}.{table}"),
+        None => table.to_owned(),
+    }
+}
+
+/// Runs an already-audited query and streams its result (RowDescription, DataRows,
+/// CommandComplete or EmptyQueryResponse) to `client`. On `Err` the client has received part of
+/// the result at most; the caller sends the error and ReadyForQuery.
+pub async fn execute<W: AsyncWrite + Unpin>(
+    db: &Path,
+    sql: String,
+    limits: Limits,
+    client: &mut W,
+) -> Result<(), QueryError> {
+    let deadline = Instant::now() + limits.timeout;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<BytesMut>(CHUNKS_IN_FLIGHT);
+    let task = tokio::task::spawn_blocking({
+        let (db, stop) = (db.to_owned(), stop.clone());
+        move || run(&db, &sql, limits, deadline, &stop, &tx)
+    });
+    let streamed = async {
+        while let Some(chunk) = rx.recv().await {
+            client
+                .write_all(&chunk)
+                .await
+                .map_err(|_| QueryError::ClientLeft)?;
+        }
+        Ok(())
+    };
+    let outcome = tokio::time::timeout_at(deadline.into(), streamed).await;
+    // From here on SQLite stops at its next progress check, and a blocked send fails.
+    stop.store(true, Ordering::Relaxed);
+    drop(rx);
+    match outcome {
+        Err(_) => Err(QueryError::Timeout {
+            limit: limits.timeout,
+        }),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(())) => match task.await {
+            Ok(result) => result,
+            Err(e) => Err(QueryError::Task(e.to_string())),
+        },
+    }
+}
+
+/// Opens the audit database read-only, with the views, the limits and the authorizer in place.
+fn open(db: &Path, limits: Limits, denied: Arc<Mutex<Option<String>>>) -> Result<Connection, QueryError> {
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(QueryError::Open)?;
+    conn.execute_batch(VIEWS).map_err(QueryError::Open)?;
+    conn.pragma_update(None, "query_only", "ON")
+        .map_err(QueryError::Open)?;
+    let clamp = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, clamp(limits.max_value_bytes));
+    conn.set_limit(Limit::SQLITE_LIMIT_COLUMN, clamp(limits.max_columns));
+    conn.set_limit(Limit::SQLITE_LIMIT_FUNCTION_ARG, MAX_FUNCTION_ARGS);
+    conn.set_limit(Limit::SQLITE_LIMIT_EXPR_DEPTH, MAX_EXPR_DEPTH);
+    conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0);
+    let schema = Schema::read(&conn).map_err(QueryError::Open)?;
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+        match authorize(&ctx.action, ctx.database_name, &schema) {
+            Ok(()) => Authorization::Allow,
+            Err(what) => {
+                let mut first = denied.lock().unwrap_or_else(|e| e.into_inner());
+                first.get_or_insert(what);
+                Authorization::Deny
+            }
+        }
+    }));
+    Ok(conn)
+}
+
+/// The blocking half of [`execute`].
+fn run(
+    db: &Path,
+    sql: &str,
+    limits: Limits,
+    deadline: Instant,
+    stop: &Arc<AtomicBool>,
+    tx: &tokio::sync::mpsc::Sender<BytesMut>,
+) -> Result<(), QueryError> {
+    let denied = Arc::new(Mutex::new(None::<String>));
+    let conn = open(db, limits, denied.clone())?;
+    let progress_stop = stop.clone();
+    conn.progress_handler(
+        PROGRESS_EVERY,
+        Some(move || progress_stop.load(Ordering::Relaxed) || Instant::now() >= deadline),
+    );
+    let fail = |e: rusqlite::Error| {
+        let what = denied.lock().unwrap_or_else(|e| e.into_inner()).take();
+        query_error(e, what, limits, stop.load(Ordering::Relaxed))
+    };
+    let send = |chunk: BytesMut| tx.blocking_send(chunk).map_err(|_| QueryError::ClientLeft);
+
+    let mut out = BytesMut::with_capacity(CHUNK_BYTES);
+    let trimmed = sql.trim().trim_end_matches(';').trim();
+    if trimmed.is_empty() {
+        wire::frame(&mut out, b'I', |_| {});
+        return send(out);
+    }
+    let mut stmt = conn.prepare(trimmed).map_err(fail)?;
+    let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
+    row_description(&mut out, &columns);
+    let mut rows = stmt.query([]).map_err(fail)?;
+    let (mut count, mut bytes) = (0usize, 0usize);
+    while let Some(row) = rows.next().map_err(fail)? {
+        count += 1;
+        if count > limits.max_rows {
+            send(out)?;
+            return Err(QueryError::TooManyRows {
+                limit: limits.max_rows,
+            });
+        }
+        let start = out.len();
+        let mut values = Vec::with_capacity(columns.len());
+        for i in 0..columns.len() {
+            values.push(row.get_ref(i).map_err(fail)?);
+        }
+        if encoded_size(&values) > limits.max_row_bytes {
+            send(out)?;
+            return Err(QueryError::RowTooLarge {
+                limit: limits.max_row_bytes,
+            });
+        }
+        data_row(&mut out, &values);
+        bytes += out.len() - start;
+        if bytes > limits.max_result_bytes {
+            out.truncate(start);
+            send(out)?;
+            return Err(QueryError::TooManyBytes {
+                limit: limits.max_result_bytes,
+            });
+        }
+        if out.len() >= CHUNK_BYTES {
+            send(std::mem::replace(&mut out, BytesMut::with_capacity(CHUNK_BYTES)))?;
+        }
+    }
+    wire::frame(&mut out, b'C', |b| {
+        b.extend_from_slice(format!("SELECT {count}").as_bytes());
+        b.put_u8(0);
+    });
+    send(out)
+}
+
+/// Maps SQLite's error to what the auditor is told; `denied` is what the authorizer refused.
+fn query_error(e: rusqlite::Error, denied: Option<String>, limits: Limits, stopped: bool) -> QueryError {
+    if let Some(what) = denied {
+        return QueryError::NotAuthorized { what };
+    }
+    match e.sqlite_error_code() {
+        Some(ErrorCode::AuthorizationForStatementDenied) => QueryError::NotAuthorized {
+            what: "this statement".into(),
+        },
+        Some(ErrorCode::TooBig) => QueryError::ValueTooLarge {
+            limit: limits.max_value_bytes,
+        },
+        Some(ErrorCode::OperationInterrupted) if stopped => QueryError::ClientLeft,
+        Some(ErrorCode::OperationInterrupted) => QueryError::Timeout {
+            limit: limits.timeout,
+        },
+        _ => QueryError::Sqlite(e),
+    }
+}
+
+fn row_description(out: &mut BytesMut, columns: &[String]) {
+    wire::frame(out, b'T', |b| {
+        b.put_i16(columns.len() as i16);
+        for name in columns {
+            b.extend_from_slice(name.as_bytes());
+            b.put_u8(0);
+            b.put_i32(0); // table oid
+            b.put_i16(0); // column number
+            b.put_i32(25); // text
+            b.put_i16(-1);
+            b.put_i32(-1);
+            b.put_i16(0); // text format
+        }
+    });
+}
+
+/// An upper bound of the bytes [`data_row`] writes for `values` (before anything is copied).
+fn encoded_size(values: &[ValueRef<'_>]) -> usize {
+    let value = |v: &ValueRef<'_>| match *v {
+        ValueRef::Null => 0,
+        ValueRef::Integer(_) => 20,
+        ValueRef::Real(_) => 32,
+        // invalid UTF-8 is replaced by U+FFFD: at most 3 bytes per input byte
+        ValueRef::Text(t) => t.len().saturating_mul(3),
+        ValueRef::Blob(b) => b.len().saturating_mul(2).saturating_add(2),
+    };
+    values
+        .iter()
+        .fold(7usize, |n, v| n.saturating_add(4).saturating_add(value(v)))
+}
+
+/// One DataRow, every value as text (blobs as `\x` hex, like PostgreSQL's bytea output).
+fn data_row(out: &mut BytesMut, values: &[ValueRef<'_>]) {
+    use std::borrow::Cow;
+    wire::frame(out, b'D', |b| {
+        b.put_i16(values.len() as i16);
+        for v in values {
+            let text: Option<Cow<'_, [u8]>> = match *v {
+                ValueRef::Null => None,
+                ValueRef::Integer(i) => Some(i.to_string().into_bytes().into()),
+                ValueRef::Real(r) => Some(r.to_string().into_bytes().into()),
+                ValueRef::Text(t) => Some(match String::from_utf8_lossy(t) {
+                    Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
+                    Cow::Owned(s) => Cow::Owned(s.into_bytes()),
+                }),
+                ValueRef::Blob(blob) => Some(format!("\\x{}", hex::encode(blob)).into_bytes().into()),
+            };
+            match text {
+                None => b.put_i32(-1),
+                Some(t) => {
+                    b.put_i32(t.len() as i32);
+                    b.extend_from_slice(&t);
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An empty audit database with the table the views read.
+    fn audit_db() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE audit_events (seq INTEGER PRIMARY KEY, ts, kind, user_name, target, \
+                 grant_id, session_id, payload, prev_hash, hash)",
+            )
+            .unwrap();
+        (dir, path)
+    }
+
+    #[tokio::test]
+    async fn a_query_past_its_time_limit_is_stopped_with_57014() {
+        let (_dir, db) = audit_db();
+        let limits = Limits {
+            timeout: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let endless =
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n";
+        let mut out = Vec::new();
+        let result = execute(&db, endless.into(), limits, &mut out).await;
+        let err = result.expect_err("stopped");
+        assert!(matches!(err, QueryError::Timeout { .. }), "{err:?}");
+        assert_eq!(err.to_pg_error().code, "57014");
+    }
+
+    /// A client that does not read cannot hold the query past its time limit either.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_cannot_hold_the_query() {
+        let (_dir, db) = audit_db();
+        let limits = Limits {
+            timeout: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let (mut client, _unread) = tokio::io::duplex(1024);
+        let rows =
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 50000) SELECT i FROM n";
+        let err = execute(&db, rows.into(), limits, &mut client)
+            .await
+            .expect_err("stopped");
+        assert!(matches!(err, QueryError::Timeout { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_row_past_the_row_cap_is_refused_before_it_is_copied() {
+        let (_dir, db) = audit_db();
+        let limits = Limits {
+            max_value_bytes: 1000,
+            max_row_bytes: 2500,
+            ..Limits::default()
+        };
+        let wide = "SELECT printf('%.*c', 900, 'x'), printf('%.*c', 900, 'y'), printf('%.*c', 900, 'z')";
+        let mut out = Vec::new();
+        let err = execute(&db, wide.into(), limits, &mut out)
+            .await
+            .expect_err("cut");
+        assert!(matches!(err, QueryError::RowTooLarge { limit: 2500 }), "{err:?}");
+        assert!(out.len() < 2500, "{} bytes sent", out.len());
+        assert!(encoded_size(&[ValueRef::Text(b"abc"), ValueRef::Null]) >= 7 + 4 + 3 + 4);
+    }
+
+    #[tokio::test]
+    async fn results_arrive_as_row_description_rows_and_command_complete() {
+        let (_dir, db) = audit_db();
+        let mut out = Vec::new();
+        execute(
+            &db,
+            "SELECT 1 AS a, 'x' AS b; ".into(),
+            Limits::default(),
+            &mut out,
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.first(), Some(&b'T'));
+        assert!(out.windows(8).any(|w| w == b"SELECT 1"), "{out:?}");
+        let mut empty = Vec::new();
+        execute(&db, "  ; ".into(), Limits::default(), &mut empty)
+            .await
+            .unwrap();
+        assert_eq!(empty, b"I\0\0\0\x04");
+    }
+
+    fn read(table: &str) -> AuthAction<'_> {
+        AuthAction::Read {
+            table_name: table,
+            column_name: "x",
+        }
+    }
+
+    fn schema() -> Schema {
+        Schema::new(
+            [
+                "audit_events",
+                "grants",
+                "installation",
+                "events",
+                "statements",
+                "json_each",
+                "dbstat",
+            ]
+            .map(String::from),
+        )
+    }
+
+    fn authorize(action: &AuthAction<'_>, database: Option<&str>) -> Result<(), String> {
+        super::authorize(action, database, &schema())
+    }
+
+    #[test]
+    fn the_authorizer_admits_reads_of_the_audit_trail_only() {
+        assert!(authorize(&AuthAction::Select, None).is_ok());
+        assert!(authorize(&AuthAction::Recursive, None).is_ok());
+        assert!(authorize(&read("statements"), Some("temp")).is_ok());
+        assert!(authorize(&read("audit_events"), Some("main")).is_ok());
+        assert!(authorize(&read("json_each"), Some("main")).is_ok());
+        assert!(authorize(&read("events"), None).is_ok(), "count(*) over a view");
+        assert!(authorize(&read("n"), None).is_ok(), "a CTE");
+        for (table, db) in [
+            ("sqlite_master", Some("main")),
+            ("sqlite_schema", Some("main")),
+            ("sqlite_temp_master", Some("temp")),
+            ("grants", Some("main")),
+            ("installation", Some("main")),
+            ("statements", Some("main")),
+            ("audit_events", Some("x")),
+            ("pragma_table_info", Some("main")),
+            // count(*)-style reads arrive without a schema
+            ("sqlite_master", None),
+            ("grants", None),
+            ("pragma_database_list", None),
+            ("dbstat", None),
+        ] {
+            assert!(authorize(&read(table), db).is_err(), "{db:?}.{table}");
+        }
+    }
+
+    #[test]
+    fn the_authorizer_admits_reviewed_functions_only() {
+        for f in ["json_extract", "count", "datetime", "printf", "LIKE"] {
+            let a = AuthAction::Function { function_name: f };
+            assert!(authorize(&a, None).is_ok(), "{f}");
+        }
+        for f in [
+            "load_extension",
+            "zeroblob",
+            "randomblob",
+            "sqlite_version",
+            "readfile",
+        ] {
+            let a = AuthAction::Function { function_name: f };
+            assert!(authorize(&a, None).is_err(), "{f}");
+        }
+    }
+
+    #[test]
+    fn the_authorizer_refuses_every_other_action() {
+        let refused = [
+            AuthAction::Pragma {
+                pragma_name: "writable_schema",
+                pragma_value: Some("1"),
+            },
+            AuthAction::Attach {
+                filename: "/tmp/x.db",
+            },
+            AuthAction::Detach { database_name: "x" },
+            AuthAction::Insert {
+                table_name: "audit_events",
+            },
+            AuthAction::Delete {
+                table_name: "audit_events",
+            },
+            AuthAction::Update {
+                table_name: "audit_events",
+                column_name: "payload",
+            },
+            AuthAction::CreateTempView { view_name: "v" },
+            AuthAction::CreateTempTable { table_name: "t" },
+            AuthAction::DropTempView { view_name: "events" },
+            AuthAction::Analyze { table_name: "x" },
+        ];
+        for a in refused {
+            assert!(authorize(&a, Some("main")).is_err(), "{a:?}");
+        }
+    }
+}
