@@ -38,9 +38,11 @@ pub fn escape_controls(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// C0 controls, DEL, C1 controls and the Unicode line/paragraph separators.
+/// C0 controls, DEL, C1 controls, the Unicode line/paragraph separators, and the bidirectional
+/// embeddings, overrides and isolates (U+202A–U+202E, U+2066–U+2069), which make a terminal show a
+/// line's text in another order than it has (the same set the API refuses in free text).
 fn needs_escape(c: char) -> bool {
-    c.is_control() || c == '\u{2028}' || c == '\u{2029}'
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// One log line from one formatted event: its control characters escaped, one final newline.
@@ -139,6 +141,10 @@ mod tests {
         assert_eq!(escape_controls("nul\0del\x7f"), "nul\\x00del\\x7f");
         assert_eq!(escape_controls("c1\u{85}csi\u{9b}"), "c1\\u{85}csi\\u{9b}");
         assert_eq!(escape_controls("ls\u{2028}ps\u{2029}"), "ls\\u{2028}ps\\u{2029}");
+        // Regression (attack round on issue 16): a right-to-left override in a startup user name
+        // was written raw, reordering what an operator reads.
+        assert_eq!(escape_controls("bob\u{202e}nimda"), "bob\\u{202e}nimda");
+        assert_eq!(escape_controls("x\u{2066}y\u{2069}"), "x\\u{2066}y\\u{2069}");
     }
 
     #[test]

@@ -665,3 +665,50 @@ async fn application_name_always_carries_the_tag() {
         );
     }
 }
+
+/// Regression (attack round on issue 16): `set_config('client_encoding', 'SJIS'::text, …)` was read
+/// as a harmless setting (its value is not a bare literal), the server switched to SJIS, and a second
+/// message pipelined behind it was lexed by the server in SJIS — where `Á\` is one character, so the
+/// quote after it ends the literal — while timebox read it in UTF-8 as one string literal. Here the
+/// upstream read role is over-privileged (DELETE granted), so only the policy stands in the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_encoding_the_proxy_cannot_read_cannot_smuggle_a_pipelined_statement() {
+    let inst = common::start(Options::default()).await;
+    let table = private_table().await;
+    let grant_delete = format!("GRANT DELETE ON {table} TO timebox_read");
+    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&grant_delete))
+        .await
+        .unwrap();
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let (mut sock, mut buf) = raw::login(inst.proxy_addr, "alice", &token).await;
+    let mut out = bytes::BytesMut::new();
+    let smuggled = format!("SELECT E'\u{c1}\\'; COMMIT; BEGIN READ WRITE; DELETE FROM {table}; COMMIT; --'");
+    for q in [
+        "SELECT set_config('client_encoding', 'SJIS'::text, false), pg_sleep(0.2)",
+        smuggled.as_str(),
+    ] {
+        postgres_protocol::message::frontend::query(q, &mut out).unwrap();
+    }
+    sock.write_all(&out).await.unwrap();
+    let mut errors = Vec::new();
+    let mut ready = 0;
+    while ready < 2 {
+        match raw::read_message(&mut sock, &mut buf).await {
+            None => break,
+            Some(postgres_protocol::message::backend::Message::ReadyForQuery(_)) => ready += 1,
+            Some(postgres_protocol::message::backend::Message::ErrorResponse(body)) => {
+                use fallible_iterator::FallibleIterator;
+                let mut fields = body.fields();
+                while let Some(f) = fields.next().unwrap() {
+                    if f.type_() == b'C' {
+                        errors.push(String::from_utf8_lossy(f.value_bytes()).into_owned());
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    assert_eq!(errors.first().map(String::as_str), Some("42501"), "{errors:?}");
+    assert_eq!(ready, 2, "the session goes on after the denial ({errors:?})");
+    assert_eq!(rows_in(&table).await, 2, "nothing was deleted");
+}

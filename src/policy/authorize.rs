@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::classify::{
     changes_lexing, Classification, Relation, SetValue, SettingChange, StatementClass, StatementInfo,
+    UNREADABLE_SETTING,
 };
 use super::functions::{self, FunctionKind, SettingKind};
 use super::version::{self, ServerVersion};
@@ -180,13 +181,24 @@ pub fn authorize_on(role: &RolePolicy, server: ServerVersion, stmt: &StatementIn
 
     // 1. Settings that change lexing: never, whatever the role.
     if let Some(change) = stmt.sets.iter().find(|c| changes_lexing(c)) {
+        let what = if change.name == UNREADABLE_SETTING {
+            format!(
+                "{} with a setting name that is not a literal (an expression or named arguments) is never \
+                 allowed through timebox: it could name client_encoding, which",
+                change.via
+            )
+        } else {
+            format!(
+                "{} {} is never allowed through timebox: it",
+                change.via, change.name
+            )
+        };
         return Decision::deny(
             format!(
-                "{} {} is never allowed through timebox: it changes how SQL text is lexed, so the proxy \
-                 could no longer see what the server runs",
-                change.via, change.name
+                "{what} changes how SQL text is lexed, so the proxy could no longer see what the server runs"
             ),
-            "leave it at its default (UTF8, standard_conforming_strings = on); no grant can change it",
+            "leave it at its default (UTF8, standard_conforming_strings = on); no grant can change it; \
+             name other settings with SET name = value or set_config('name', 'value', false)",
         );
     }
 
@@ -444,8 +456,9 @@ pub fn parse_pg_duration(value: &str) -> Option<Duration> {
     if ms > 1e15 {
         return None;
     }
-    // PostgreSQL rounds to whole milliseconds; a value that rounds to 0 disables the timeout.
-    Some(Duration::from_millis(ms.round() as u64))
+    // PostgreSQL rounds to whole milliseconds with rint(), half to even (0.5 ms → 0, 1.5 ms → 2);
+    // a value that rounds to 0 disables the timeout.
+    Some(Duration::from_millis(ms.round_ties_even() as u64))
 }
 
 /// The `search_path` table rules assume. timebox sends it in the upstream startup of every session
@@ -610,6 +623,11 @@ mod tests {
         assert_eq!(parse_pg_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_pg_duration("1h"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_pg_duration("0"), Some(Duration::ZERO));
+        // Regression (attack round on issue 16): PostgreSQL's rint() makes these 0, no timeout.
+        assert_eq!(parse_pg_duration("0.5"), Some(Duration::ZERO));
+        assert_eq!(parse_pg_duration("'500us'"), Some(Duration::ZERO));
+        assert_eq!(parse_pg_duration("2.5"), Some(Duration::from_millis(2)));
+        assert_eq!(parse_pg_duration("0.7"), Some(Duration::from_millis(1)));
         assert_eq!(parse_pg_duration("soon"), None);
         assert_eq!(parse_pg_duration("5 fortnights"), None);
         assert_eq!(parse_pg_duration("-1"), None);

@@ -1075,19 +1075,30 @@ fn variable_set(s: &protobuf::VariableSetStmt, info: &mut StatementInfo) {
 
 /// `set_config(name, value, is_local)` counts as a `SET` when its arguments are literals.
 fn set_config(call: &FuncRef, info: &mut StatementInfo) {
-    match (call.args.first().cloned().flatten(), call.args.get(1).cloned().flatten()) {
+    match (
+        call.args.first().cloned().flatten(),
+        call.args.get(1).cloned().flatten(),
+    ) {
         (Some(name), value) => info.sets.push(SettingChange {
             name: name.trim().to_lowercase(),
             value: value.map_or(SetValue::NotLiteral, SetValue::Value),
             local: false,
             via: "set_config()",
         }),
-        (None, _) => info.need(
-            StatementClass::Admin,
-            "calls set_config() with a setting name that is not a literal, so the proxy cannot tell what it changes",
-        ),
+        // An expression, or named arguments (`setting_name => …`), which the walker does not read:
+        // it may name client_encoding, so it counts as a change of an unknown setting that may
+        // change lexing (never allowed). Fail closed.
+        (None, _) => info.sets.push(SettingChange {
+            name: UNREADABLE_SETTING.into(),
+            value: SetValue::NotLiteral,
+            local: false,
+            via: "set_config()",
+        }),
     }
 }
+
+/// The name a `set_config()` change gets when the proxy cannot read which setting it names.
+pub(crate) const UNREADABLE_SETTING: &str = "(a setting named by an expression or by named arguments)";
 
 /// Whether a setting value turns an `on/off` setting on.
 fn value_is_on(value: &SetValue) -> bool {
@@ -1113,6 +1124,10 @@ pub(crate) fn setting_class(change: &SettingChange) -> (StatementClass, String) 
             (Read, format!("{what} is a harmless session setting"))
         }
         SettingKind::SearchPath => match &change.value {
+            SetValue::NotLiteral => (
+                Admin,
+                format!("{what} to a value that is not a literal: the proxy cannot tell whether pg_catalog stays first"),
+            ),
             SetValue::Value(v) if pg_catalog_not_first(v) => (
                 Admin,
                 format!(
@@ -1135,6 +1150,10 @@ pub(crate) fn setting_class(change: &SettingChange) -> (StatementClass, String) 
             SetValue::Value(v) if !functions::is_utf8_encoding(v) => (
                 Admin,
                 format!("{what} to {v} changes how SQL text is lexed (only UTF8 is allowed)"),
+            ),
+            SetValue::NotLiteral => (
+                Admin,
+                format!("{what} to a value that is not a literal could change how SQL text is lexed (only a literal UTF8 is allowed)"),
             ),
             _ => (Read, format!("{what} keeps UTF8")),
         },
@@ -1168,11 +1187,18 @@ fn pg_catalog_not_first(value: &str) -> bool {
 
 /// Whether a `SET`-family change is one of those that lexing depends on (never changeable).
 pub(crate) fn changes_lexing(change: &SettingChange) -> bool {
+    if change.name == UNREADABLE_SETTING {
+        return true;
+    }
     match functions::setting_kind(&change.name) {
         SettingKind::Lexing => true,
-        SettingKind::ClientEncoding => {
-            matches!(&change.value, SetValue::Value(v) if !functions::is_utf8_encoding(v))
-        }
+        // A value the proxy cannot read may be any encoding (`'SJIS'::text`, `'SJ' || 'IS'`): the
+        // next pipelined message would be lexed by the server in it. Fail closed.
+        SettingKind::ClientEncoding => match &change.value {
+            SetValue::Value(v) => !functions::is_utf8_encoding(v),
+            SetValue::NotLiteral => true,
+            SetValue::Default => false,
+        },
         _ => false,
     }
 }

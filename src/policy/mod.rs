@@ -464,6 +464,13 @@ mod tests {
         ("backslash_quote_never", "admin", "SET backslash_quote = on", Deny("never allowed")),
         ("client_encoding_sjis_never", "admin", "SET client_encoding = 'SJIS'", Deny("never allowed")),
         ("set_names_latin1_never", "admin", "SET NAMES 'LATIN1'", Deny("never allowed")),
+        // Regression (attack round on issue 16): a client_encoding the proxy cannot read smuggled the
+        // next pipelined message past the policy in SJIS.
+        ("client_encoding_cast_via_set_config_never", "admin", "SELECT set_config('client_encoding', 'SJIS'::text, false)", Deny("never allowed")),
+        ("client_encoding_concat_via_set_config_never", "read", "SELECT set_config('client_encoding', 'SJ' || 'IS', false), pg_sleep(0.5)", Deny("never allowed")),
+        ("client_encoding_named_args_never", "admin", "SELECT set_config(setting_name => 'client_encoding', new_value => lower('SJIS'), is_local => false)", Deny("never allowed")),
+        ("client_encoding_utf8_via_set_config", "read", "SELECT set_config('client_encoding', 'UTF8', false)", Allow),
+        ("search_path_not_literal_via_set_config", "write", "SELECT set_config('search_path', 'public, pg_' || 'catalog', false)", Deny("cannot tell whether pg_catalog stays first")),
         ("lexing_setting_hidden_in_a_batch", "admin", "SELECT 1; SET standard_conforming_strings = off; SELECT 2", Deny("never allowed")),
         // ---- DDL and admin statements ------------------------------------------------------------
         ("create_table", "write", "CREATE TABLE t (id int)", Deny("needs ddl access")),
