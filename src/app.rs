@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{AuditError, AuditLog, AuditOptions, AuditWriterHandle};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::grants::effects::Effects;
 use crate::grants::requests::RequestService;
 use crate::grants::GrantService;
 use crate::proxy::{self, ProxyError, ProxyState};
@@ -67,14 +68,16 @@ impl AppState {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<AppState>, AppError> {
         let config = Arc::new(config);
-        let grants = GrantService::new(store.clone(), config.clone(), clock.clone());
-        let requests = RequestService::new(store, grants.clone(), config.clone(), clock.clone());
         let proxy = ProxyState::new(&config)?;
         let webhooks = Arc::new(Webhooks::new(config.webhooks.clone(), proxy.metrics.clone()));
         let (audit, audit_writer) = AuditLog::open_with(AuditOptions {
             clock: clock.clone(),
             ..AuditOptions::from_config(&config.audit, &config.store)
         })?;
+        // Grant and request changes are recorded and announced by the services themselves.
+        let effects = Effects::new(audit.clone(), webhooks.clone(), clock.clone());
+        let grants = GrantService::new(store.clone(), config.clone(), clock.clone(), effects);
+        let requests = RequestService::new(store, grants.clone(), config.clone(), clock.clone());
         Ok(Arc::new(AppState {
             config,
             grants,
@@ -167,11 +170,16 @@ pub async fn run(
 /// How often pending requests are checked for expiry (and grant expiries announced).
 const EXPIRY_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Until shutdown: marks overdue access requests expired and announces them and expired grants
-/// to the webhooks. Store failures are logged and retried on the next tick.
+/// Until shutdown: marks overdue access requests expired (the request service records and announces
+/// them) and announces expired grants to the webhooks. Store failures are logged and retried on the
+/// next tick.
 async fn expiry_task(state: Arc<AppState>) {
-    use crate::webhooks::Notification;
-    let wants_grant_expiry = state.config.webhooks.iter().any(|w| w.wants("grant_expired"));
+    use crate::webhooks::{Notification, WebhookEvent};
+    let wants_grant_expiry = state
+        .config
+        .webhooks
+        .iter()
+        .any(|w| w.wants(WebhookEvent::GrantExpired));
     let mut last = state.clock.now();
     let mut tick = tokio::time::interval(EXPIRY_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -180,26 +188,8 @@ async fn expiry_task(state: Arc<AppState>) {
             _ = state.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match state.requests.expire_due().await {
-            Ok(expired) => {
-                for r in expired {
-                    tracing::info!(request.id = %r.id, requester = %r.requester, "access request expired unreviewed");
-                    let event = crate::admin::requests::request_event(&r, "expired", "timebox", None);
-                    if let Err(e) = state.audit.record(vec![event]).await {
-                        tracing::error!(error = %e, request.id = %r.id, "cannot record a request expiry in the audit log");
-                    }
-                    state.webhooks.notify(Notification::new(
-                        "request_expired",
-                        format!(
-                            "Access request {} by {} for {} on {} expired without a decision",
-                            r.id, r.requester, r.role, r.target
-                        ),
-                        serde_json::json!({ "request": r }),
-                        state.clock.now(),
-                    ));
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "could not expire access requests"),
+        if let Err(e) = state.requests.expire_due().await {
+            tracing::warn!(error = %e, "could not expire access requests");
         }
         if wants_grant_expiry {
             let now = state.clock.now();
@@ -208,7 +198,7 @@ async fn expiry_task(state: Arc<AppState>) {
                     last = now;
                     for g in grants {
                         state.webhooks.notify(Notification::new(
-                            "grant_expired",
+                            WebhookEvent::GrantExpired,
                             format!(
                                 "Grant {} for {} on {} ({}) expired",
                                 g.id, g.user, g.target, g.role

@@ -13,25 +13,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::webhooks::WebhookEvent;
+
 /// Statement classes a role may be allowed (enforced by the policy layer).
 pub const STATEMENT_CLASSES: &[&str] = &["read", "write", "ddl", "admin"];
 
 /// Principal roles an admin-API token may carry.
 pub const PRINCIPAL_ROLES: &[&str] = &["admin", "approver", "requester", "auditor"];
-
-/// Events a `[[webhooks]]` entry may subscribe to (`"*"` means all of them).
-pub const WEBHOOK_EVENTS: &[&str] = &[
-    "request_created",
-    "request_approved",
-    "request_denied",
-    "request_expired",
-    "break_glass",
-    "grant_issued",
-    "grant_extended",
-    "grant_revoked",
-    "grant_expired",
-    "session_killed",
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -291,13 +279,13 @@ impl Default for RoleWorkflow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Webhook {
     pub url: String,
-    /// Event names from [`WEBHOOK_EVENTS`]; `"*"` for all.
-    pub events: Vec<String>,
+    /// The events this entry subscribes to (`"*"` in the file is every [`WebhookEvent`]).
+    pub events: Vec<WebhookEvent>,
 }
 
 impl Webhook {
-    pub fn wants(&self, event: &str) -> bool {
-        self.events.iter().any(|e| e == "*" || e == event)
+    pub fn wants(&self, event: WebhookEvent) -> bool {
+        self.events.contains(&event)
     }
 }
 
@@ -814,23 +802,35 @@ fn validate_webhooks(raw: &[RawWebhook], p: &mut Problems) -> Vec<Webhook> {
                 format!("{:?} is not an http:// or https:// URL", w.url),
             ),
         }
+        let names = || {
+            WebhookEvent::ALL
+                .iter()
+                .map(|e| e.as_str())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        };
         if w.events.is_empty() {
             p.push(
                 format!("{path}.events"),
-                format!("give at least one of \"*\" | {}", WEBHOOK_EVENTS.join(" | ")),
+                format!("give at least one of \"*\" | {}", names()),
             );
         }
+        let mut events = Vec::new();
         for (j, e) in w.events.iter().enumerate() {
-            if e != "*" && !WEBHOOK_EVENTS.contains(&e.as_str()) {
-                p.push(
+            match WebhookEvent::parse(e) {
+                _ if e == "*" => events.extend(WebhookEvent::ALL),
+                Some(event) => events.push(event),
+                None => p.push(
                     format!("{path}.events[{j}]"),
-                    format!("{e:?} is not one of \"*\" | {}", WEBHOOK_EVENTS.join(" | ")),
-                );
+                    format!("{e:?} is not one of \"*\" | {}", names()),
+                ),
             }
         }
+        events.sort_unstable();
+        events.dedup();
         out.push(Webhook {
             url: w.url.clone(),
-            events: w.events.clone(),
+            events,
         });
     }
     out
@@ -1299,7 +1299,9 @@ mod tests {
         assert_eq!((w.approvals, w.break_glass), (2, true));
         assert_eq!(w.break_glass_max_ttl, Duration::from_secs(1800));
         assert_eq!(c.requests.review_window, Duration::from_secs(900));
-        assert!(c.webhooks[0].wants("break_glass") && !c.webhooks[0].wants("grant_issued"));
+        assert!(
+            c.webhooks[0].wants(WebhookEvent::BreakGlass) && !c.webhooks[0].wants(WebhookEvent::GrantIssued)
+        );
 
         let defaults = Config::from_toml_str(MINIMAL).unwrap();
         assert_eq!(defaults.workflow("read"), RoleWorkflow::default());
@@ -1323,6 +1325,22 @@ mod tests {
         ] {
             assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
         }
+    }
+
+    #[test]
+    fn webhook_event_names_become_events_once_and_a_star_is_every_event() {
+        let with = |events: &str| {
+            let text = format!(
+                "{}\n[[webhooks]]\nurl = \"https://hooks.example.com/x\"\nevents = {events}\n",
+                MINIMAL.trim_end()
+            );
+            Config::from_toml_str(&text).unwrap().webhooks.remove(0)
+        };
+        assert_eq!(with(r#"["*"]"#).events, WebhookEvent::ALL.to_vec());
+        assert_eq!(
+            with(r#"["grant_revoked", "break_glass", "grant_revoked"]"#).events,
+            vec![WebhookEvent::BreakGlass, WebhookEvent::GrantRevoked]
+        );
     }
 
     #[test]

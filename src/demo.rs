@@ -24,7 +24,6 @@ use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use rand::distributions::Alphanumeric;
@@ -491,8 +490,7 @@ impl Demo {
         }));
         self.instance = Some((stop_instance, task));
 
-        let alice = issue(&state, "alice", "read", "1h").await?;
-        let bob = issue(&state, "bob", "write", "30m").await?;
+        let [alice, bob] = issue_grants(&state).await?;
         interrupted()?;
 
         let cluster = self.cluster.as_ref().expect("the cluster was started above");
@@ -580,17 +578,21 @@ fn local_addr(listener: &TcpListener, what: &'static str) -> Result<SocketAddr, 
 }
 
 /// A grant issued by the demo, with its one-time token.
-struct IssuedGrant {
-    grant: Grant,
-    token: String,
+pub struct DemoGrant {
+    pub grant: Grant,
+    pub token: String,
 }
 
-async fn issue(
-    state: &Arc<AppState>,
-    user: &'static str,
-    role: &str,
-    ttl: &str,
-) -> Result<IssuedGrant, DemoError> {
+/// The demo's setup step: alice gets `read` for 1h and bob `write` for 30m on `shop`, issued through
+/// [`crate::grants::GrantService::issue`] like every other grant (so each is audited and announced).
+pub async fn issue_grants(state: &AppState) -> Result<[DemoGrant; 2], DemoError> {
+    Ok([
+        issue(state, "alice", "read", "1h").await?,
+        issue(state, "bob", "write", "30m").await?,
+    ])
+}
+
+async fn issue(state: &AppState, user: &'static str, role: &str, ttl: &str) -> Result<DemoGrant, DemoError> {
     let (grant, token) = state
         .grants
         .issue(
@@ -607,7 +609,7 @@ async fn issue(
         .await
         .map_err(|source| DemoError::Grant { user, source })?;
     tracing::info!(grant.id = %grant.id, user, role, ttl, "demo: grant issued");
-    Ok(IssuedGrant {
+    Ok(DemoGrant {
         grant,
         token: token.expose().to_owned(),
     })
@@ -825,7 +827,7 @@ struct Banner<'a> {
     dir: &'a Path,
     keep: bool,
     admin_token: &'a str,
-    grants: [&'a IssuedGrant; 2],
+    grants: [&'a DemoGrant; 2],
 }
 
 /// The ready-to-paste psql command for a grant.

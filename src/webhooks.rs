@@ -1,6 +1,7 @@
 //! Notifications: JSON POSTs to the `[[webhooks]]` URLs when requests, grants and sessions change.
 //!
-//! Where it sits: the admin handlers and background tasks call [`Webhooks::notify`], which only
+//! Where it sits: the grant and request services ([`crate::grants`]), the session kill handler and
+//! the expiry task call [`Webhooks::notify`], which only
 //! enqueues (`try_send` on a bounded channel) and so never blocks the proxy or the API. A full queue
 //! drops the *new* notification, counts it in `timebox_webhook_failures_total` and logs it; nothing
 //! already queued is ever discarded to make room. [`Webhooks::run`] (started by [`crate::app::run`])
@@ -28,11 +29,71 @@ const CONCURRENCY: usize = 16;
 /// Bound on one HTTP attempt.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One event to announce: its name (from [`crate::config::WEBHOOK_EVENTS`]), a sentence for chat,
-/// and structured fields (an object merged into the body).
+/// What a notification announces; a `[[webhooks]]` entry subscribes to some of them (`"*"`: all).
+/// Serialised (the body's `event`, the config's `events`, the failure metric's label) as its
+/// snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookEvent {
+    RequestCreated,
+    RequestApproved,
+    RequestDenied,
+    RequestExpired,
+    BreakGlass,
+    GrantIssued,
+    GrantExtended,
+    GrantRevoked,
+    GrantExpired,
+    SessionKilled,
+}
+
+impl WebhookEvent {
+    /// Every event, in the order the config's error messages list them.
+    pub const ALL: [WebhookEvent; 10] = [
+        WebhookEvent::RequestCreated,
+        WebhookEvent::RequestApproved,
+        WebhookEvent::RequestDenied,
+        WebhookEvent::RequestExpired,
+        WebhookEvent::BreakGlass,
+        WebhookEvent::GrantIssued,
+        WebhookEvent::GrantExtended,
+        WebhookEvent::GrantRevoked,
+        WebhookEvent::GrantExpired,
+        WebhookEvent::SessionKilled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookEvent::RequestCreated => "request_created",
+            WebhookEvent::RequestApproved => "request_approved",
+            WebhookEvent::RequestDenied => "request_denied",
+            WebhookEvent::RequestExpired => "request_expired",
+            WebhookEvent::BreakGlass => "break_glass",
+            WebhookEvent::GrantIssued => "grant_issued",
+            WebhookEvent::GrantExtended => "grant_extended",
+            WebhookEvent::GrantRevoked => "grant_revoked",
+            WebhookEvent::GrantExpired => "grant_expired",
+            WebhookEvent::SessionKilled => "session_killed",
+        }
+    }
+
+    /// The event named `name` (as [`WebhookEvent::as_str`] writes it). Pure.
+    pub fn parse(name: &str) -> Option<WebhookEvent> {
+        Self::ALL.into_iter().find(|e| e.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for WebhookEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One event to announce: what happened, a sentence for chat, and structured fields (an object
+/// merged into the body).
 #[derive(Debug, Clone, Serialize)]
 pub struct Notification {
-    pub event: &'static str,
+    pub event: WebhookEvent,
     pub text: String,
     pub at: DateTime<Utc>,
     #[serde(flatten)]
@@ -41,7 +102,7 @@ pub struct Notification {
 
 impl Notification {
     /// A notification with `fields` (a JSON object; anything else is ignored).
-    pub fn new(event: &'static str, text: String, fields: serde_json::Value, at: DateTime<Utc>) -> Self {
+    pub fn new(event: WebhookEvent, text: String, fields: serde_json::Value, at: DateTime<Utc>) -> Self {
         let fields = match fields {
             serde_json::Value::Object(map) => map,
             _ => serde_json::Map::new(),
@@ -105,13 +166,13 @@ impl Webhooks {
             if let Err(e) = self.tx.try_send(delivery) {
                 self.metrics
                     .webhook_failures_total
-                    .with_label_values(&[n.event])
+                    .with_label_values(&[n.event.as_str()])
                     .inc();
                 let why = match e {
                     mpsc::error::TrySendError::Full(_) => "queue full",
                     mpsc::error::TrySendError::Closed(_) => "dispatcher stopped",
                 };
-                tracing::warn!(event = n.event, url = %hook.url, why, "webhook notification dropped");
+                tracing::warn!(event = n.event.as_str(), url = %hook.url, why, "webhook notification dropped");
             }
         }
     }
@@ -155,7 +216,7 @@ impl Webhooks {
     }
 
     async fn deliver(&self, http: &reqwest::Client, d: Delivery) {
-        let event = d.notification.event;
+        let event = d.notification.event.as_str();
         let mut delay = self.backoff;
         for attempt in 1..=ATTEMPTS {
             let outcome = http.post(&d.url).json(&*d.notification).send().await;
@@ -191,11 +252,17 @@ mod tests {
         let metrics = Arc::new(Metrics::new().unwrap());
         let hooks = vec![Webhook {
             url: "http://127.0.0.1:9/".into(),
-            events: vec!["*".into()],
+            events: WebhookEvent::ALL.to_vec(),
         }];
         let w = Webhooks::with_backoff(hooks, metrics.clone(), 1, Duration::from_millis(1));
-        let n =
-            |text: &str| Notification::new("grant_issued", text.into(), serde_json::json!({}), Utc::now());
+        let n = |text: &str| {
+            Notification::new(
+                WebhookEvent::GrantIssued,
+                text.into(),
+                serde_json::json!({}),
+                Utc::now(),
+            )
+        };
         w.notify(n("first"));
         w.notify(n("second"));
         let failures = metrics
@@ -212,9 +279,40 @@ mod tests {
     }
 
     #[test]
+    fn event_names_are_todays_names_and_parse_back() {
+        // The names webhook receivers and configs already use; renaming one breaks them.
+        let names: Vec<&str> = WebhookEvent::ALL.iter().map(|e| e.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "request_created",
+                "request_approved",
+                "request_denied",
+                "request_expired",
+                "break_glass",
+                "grant_issued",
+                "grant_extended",
+                "grant_revoked",
+                "grant_expired",
+                "session_killed",
+            ]
+        );
+        for e in WebhookEvent::ALL {
+            assert_eq!(WebhookEvent::parse(e.as_str()), Some(e));
+            assert_eq!(
+                serde_json::to_value(e).unwrap(),
+                e.as_str(),
+                "serde and as_str agree"
+            );
+        }
+        assert_eq!(WebhookEvent::parse("*"), None);
+        assert_eq!(WebhookEvent::parse("Grant_Issued"), None);
+    }
+
+    #[test]
     fn body_has_text_event_and_flattened_fields() {
         let n = Notification::new(
-            "break_glass",
+            WebhookEvent::BreakGlass,
             "alice broke the glass".into(),
             serde_json::json!({"grant": {"id": "g_1"}}),
             DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")

@@ -1050,6 +1050,53 @@ async fn issuing_fails_closed_when_the_audit_log_fails() {
     tb.shutdown().await.unwrap();
 }
 
+/// Guards against (issue 10): an approval whose records the audit log refused answered with the
+/// generic refusal while the grant's token stayed fetchable in memory. The approval and its grant are
+/// one record batch; refused, the token is dropped and the answer says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approving_fails_closed_when_the_audit_log_fails() {
+    let tb = instance().await;
+    let base = tb.admin_url();
+    let (status, request, text) = post(
+        &base,
+        "/v1/requests",
+        REQUESTER_TOKEN,
+        json!({"target": "shop", "role": "read", "ttl": "30m", "reason": "INC-9"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    let id = request["id"].as_str().unwrap().to_owned();
+    Connection::open(tb.dir.path().join("audit.db"))
+        .unwrap()
+        .execute_batch("DROP TABLE audit_events")
+        .unwrap();
+    let (status, body, text) = post(
+        &base,
+        &format!("/v1/requests/{id}/approve"),
+        APPROVER_TOKEN,
+        json!({"reason": "ok"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert_eq!(body["code"], "audit_unavailable");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("was issued for request {id}")) && message.contains("withheld"),
+        "{message}"
+    );
+    let (status, body, text) = post(
+        &base,
+        &format!("/v1/requests/{id}/token"),
+        REQUESTER_TOKEN,
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "the token was dropped: {text}");
+    assert_eq!(body["code"], "conflict");
+    assert!(!text.contains("tbx_"), "no token without an audit record: {text}");
+    tb.shutdown().await.unwrap();
+}
+
 async fn timebox(args: &[&str], token: Option<&str>) -> std::process::Output {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_timebox"));
     cmd.args(args)

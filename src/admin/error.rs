@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::audit::AuditError;
+use crate::grants::effects::{Unrecorded, AUDIT_UNAVAILABLE};
 use crate::grants::requests::RequestError;
 use crate::grants::GrantError;
 use crate::store::StoreError;
@@ -141,7 +142,16 @@ impl From<GrantError> for ApiError {
                 source: conflict,
             },
             GrantError::Store(source) => ApiError::StoreUnavailable(source),
+            GrantError::Unrecorded(u) => u.into(),
         }
+    }
+}
+
+/// The one way a change the audit log refused is answered: 503 `audit_unavailable`, saying what did
+/// happen.
+impl From<Unrecorded> for ApiError {
+    fn from(Unrecorded { message, source }: Unrecorded) -> Self {
+        ApiError::AuditUnavailable { message, source }
     }
 }
 
@@ -154,6 +164,7 @@ impl From<RequestError> for ApiError {
             RequestError::Conflict(m) => ApiError::StateConflict(m),
             RequestError::Grant(g) => g.into(),
             RequestError::Store(s) => ApiError::StoreUnavailable(s),
+            RequestError::Unrecorded(u) => u.into(),
         }
     }
 }
@@ -171,7 +182,7 @@ impl From<AuditError> for ApiError {
                 ApiError::BadRequest(format!("{field}: {message}"))
             }
             source => ApiError::AuditUnavailable {
-                message: "the audit log is unavailable".into(),
+                message: AUDIT_UNAVAILABLE.into(),
                 source,
             },
         }

@@ -1,7 +1,7 @@
 //! `/v1/grants`: issue, list, show, extend and revoke grants over HTTP.
 //!
-//! Handlers are thin: authenticate ([`Principal`]), check the role, call [`crate::grants::GrantService`],
-//! shape the JSON. A grant is always shown with its `status` at the clock's now; its token appears
+//! Handlers are thin: authenticate ([`Principal`]), check the role, call [`crate::grants::GrantService`]
+//! (which records and announces every change itself), shape the JSON. A grant is always shown with its `status` at the clock's now; its token appears
 //! exactly once, in the response to `POST /v1/grants`, and is never logged.
 //!
 //! Roles: issuing needs `admin`; revoking and extending `admin` or `approver`; reading any role, where a principal
@@ -24,11 +24,10 @@ use super::auth::{Principal, ADMIN, APPROVER, READ_ROLES};
 use super::error::{ApiError, ErrorResponse};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::app::AppState;
-use crate::audit::{AuditEvent, GrantExtended, GrantIssued, GrantRevoked};
 use crate::config::{ClientTls, Config};
+pub use crate::grants::GrantView;
 use crate::grants::{Grant, GrantStatus, NewGrant};
 use crate::store::GrantFilter;
-use crate::webhooks::Notification;
 
 /// Largest `limit` a list request may ask for.
 pub const MAX_LIST_LIMIT: usize = 1000;
@@ -46,33 +45,6 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
 // ---------------------------------------------------------------------------------------------
 // Wire types (also read by the CLI).
 // ---------------------------------------------------------------------------------------------
-
-/// A grant as the API shows it: every stored field plus its status now. Never a token or verifier.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct GrantView {
-    #[serde(flatten)]
-    pub grant: Grant,
-    pub status: GrantStatus,
-    /// Self-approved emergency access.
-    #[serde(default)]
-    pub break_glass: bool,
-}
-
-impl GrantView {
-    pub fn at(grant: Grant, now: DateTime<Utc>) -> Self {
-        let status = grant.status_at(now);
-        GrantView {
-            grant,
-            status,
-            break_glass: false,
-        }
-    }
-
-    pub fn flagged(mut self, break_glass: bool) -> Self {
-        self.break_glass = break_glass;
-        self
-    }
-}
 
 /// Views of `grants` at the clock's now, with their break-glass flags.
 pub async fn views(state: &AppState, grants: Vec<Grant>) -> Result<Vec<GrantView>, ApiError> {
@@ -93,11 +65,6 @@ pub async fn views(state: &AppState, grants: Vec<Grant>) -> Result<Vec<GrantView
 async fn view(state: &AppState, grant: Grant) -> Result<GrantView, ApiError> {
     let mut v = views(state, vec![grant]).await?;
     Ok(v.remove(0))
-}
-
-/// The structured fields of a grant in webhook notifications.
-pub fn grant_fields(view: &GrantView) -> serde_json::Value {
-    serde_json::json!({ "grant": view })
 }
 
 /// The response to `POST /v1/grants`: the grant, its one-time token and how to connect with it.
@@ -202,21 +169,10 @@ async fn issue(
     // The role is checked before the body is parsed: a principal who may not issue learns nothing more.
     principal.require_any(&[ADMIN], "issuing grants")?;
     let ApiJson(req) = body?;
+    // Fail closed: the service releases the token only once the grant's audit record is written.
     let (grant, token) = state.grants.issue(req.into(), &principal.name).await?;
     tracing::info!(principal = %principal.name, grant.id = %grant.id, user = %grant.user,
         target = %grant.target, role = %grant.role, "admin API: grant issued");
-    // Fail closed: without its audit record the grant's token is never shown, so it cannot be used.
-    let event = AuditEvent::GrantIssued(GrantIssued::from(&grant));
-    if let Err(source) = state.audit.record(vec![event]).await {
-        return Err(ApiError::AuditUnavailable {
-            message: format!(
-                "grant {} was issued but its audit record could not be written, so its token is withheld; \
-                 revoke it once the audit log is healthy",
-                grant.id
-            ),
-            source,
-        });
-    }
     let connect = connect_info(
         &state.config,
         state.proxy_addr.get().copied(),
@@ -224,23 +180,6 @@ async fn issue(
         token.expose(),
     );
     let view = GrantView::at(grant, state.clock.now());
-    state.webhooks.notify(Notification::new(
-        "grant_issued",
-        format!(
-            "{} issued grant {} for {} on {} ({}) until {}: {}",
-            principal.name,
-            view.grant.id,
-            view.grant.user,
-            view.grant.target,
-            view.grant.role,
-            view.grant
-                .expires_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            view.grant.reason
-        ),
-        grant_fields(&view),
-        state.clock.now(),
-    ));
     Ok((
         StatusCode::CREATED,
         Json(IssuedGrant {
@@ -320,29 +259,7 @@ async fn revoke(
     }
     let grant = state.grants.revoke(&id, &principal.name, reason).await?;
     tracing::info!(principal = %principal.name, grant.id = %grant.id, "admin API: grant revoked");
-    if let Some(event) = GrantRevoked::from_grant(&grant) {
-        if let Err(source) = state.audit.record(vec![AuditEvent::GrantRevoked(event)]).await {
-            return Err(ApiError::AuditUnavailable {
-                message: format!(
-                    "grant {} was revoked (its sessions are being closed) but its audit record could not be \
-                     written",
-                    grant.id
-                ),
-                source,
-            });
-        }
-    }
-    let view = view(&state, grant).await?;
-    state.webhooks.notify(Notification::new(
-        "grant_revoked",
-        format!(
-            "{} revoked grant {} for {} on {} ({}): {}",
-            principal.name, view.grant.id, view.grant.user, view.grant.target, view.grant.role, reason
-        ),
-        grant_fields(&view),
-        state.clock.now(),
-    ));
-    Ok(Json(view))
+    Ok(Json(view(&state, grant).await?))
 }
 
 /// Extend a grant (roles `admin`, `approver`): the new expiry is the current expiry plus `ttl`,
@@ -372,46 +289,13 @@ async fn extend(
             format!("at most {MAX_REASON_CHARS} characters"),
         ));
     }
-    let (previous, grant) = state.grants.extend(&id, &req.ttl, reason.as_deref()).await?;
+    let (_, grant) = state
+        .grants
+        .extend(&id, &req.ttl, reason.as_deref(), &principal.name)
+        .await?;
     tracing::info!(principal = %principal.name, grant.id = %grant.id, expires_at = %grant.expires_at,
         "admin API: grant extended");
-    let event = AuditEvent::GrantExtended(GrantExtended {
-        expires_at: grant.expires_at,
-        extended_by: principal.name.clone(),
-        grant_id: grant.id.clone(),
-        previous_expires_at: previous,
-        reason: reason.clone(),
-        target: grant.target.clone(),
-        user: grant.user.clone(),
-    });
-    if let Err(source) = state.audit.record(vec![event]).await {
-        return Err(ApiError::AuditUnavailable {
-            message: format!(
-                "grant {} was extended but its audit record could not be written",
-                grant.id
-            ),
-            source,
-        });
-    }
-    let view = view(&state, grant).await?;
-    state.webhooks.notify(Notification::new(
-        "grant_extended",
-        format!(
-            "{} extended grant {} for {} on {} ({}) until {}{}",
-            principal.name,
-            view.grant.id,
-            view.grant.user,
-            view.grant.target,
-            view.grant.role,
-            view.grant
-                .expires_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            reason.map(|r| format!(": {r}")).unwrap_or_default()
-        ),
-        grant_fields(&view),
-        state.clock.now(),
-    ));
-    Ok(Json(view))
+    Ok(Json(view(&state, grant).await?))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ use super::error::{ApiError, ErrorResponse};
 use super::extract::{ApiJson, ApiPath};
 use crate::app::AppState;
 use crate::proxy::SessionHandle;
-use crate::webhooks::Notification;
+use crate::webhooks::{Notification, WebhookEvent};
 
 /// Longest kill reason accepted.
 const MAX_REASON_CHARS: usize = 1000;
@@ -141,7 +141,7 @@ async fn kill(
     tracing::info!(principal = %principal.name, session.id = %view.id, user = %view.user,
         grant.id = %view.grant_id, "admin API: session killed");
     state.webhooks.notify(Notification::new(
-        "session_killed",
+        WebhookEvent::SessionKilled,
         format!(
             "{} killed session {} of {} on {} (grant {}): {}",
             principal.name, view.id, view.user, view.target, view.grant_id, reason

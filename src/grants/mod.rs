@@ -1,11 +1,15 @@
 //! Grants: who may reach which target, with which role, why, and until when.
 //!
-//! Data flow: the admin API (or CLI through it) calls [`GrantService::issue`]/[`GrantService::revoke`];
-//! the proxy's authentication calls [`GrantService::candidates`] and then the pure
+//! Data flow: the admin API (or CLI through it), the demo and [`requests`] call
+//! [`GrantService::issue`]/[`GrantService::revoke`]/[`GrantService::extend`], which record each change
+//! in the audit trail and announce it to the webhooks themselves ([`effects`]), so no caller can
+//! forget to; a grant's token is released only once its `grant_issued` record is written. The proxy's
+//! authentication calls [`GrantService::candidates`] and then the pure
 //! [`Grant::status_at`] to admit a session; live sessions hold a [`watch::GrantWatch`] so revocation
 //! and extension reach them at once. Everything that decides (status, TTL caps, validation) is a pure
 //! function over a [`Grant`] and a time.
 
+pub mod effects;
 pub mod requests;
 pub mod token;
 pub mod validate;
@@ -17,9 +21,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{AuditEvent, GrantExtended, GrantIssued, GrantRevoked};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::store::{GrantCounts, GrantFilter, Store, StoreError};
+use crate::webhooks::WebhookEvent;
+use effects::{Effects, Unrecorded};
 use token::{GrantToken, ScramVerifier, SCRAM_ITERATIONS};
 use watch::GrantWatches;
 
@@ -69,6 +76,43 @@ impl GrantStatus {
             _ => None,
         }
     }
+}
+
+/// A grant as the API and the webhooks show it: every stored field plus its status now. Never a
+/// token or verifier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct GrantView {
+    #[serde(flatten)]
+    pub grant: Grant,
+    pub status: GrantStatus,
+    /// Self-approved emergency access.
+    #[serde(default)]
+    pub break_glass: bool,
+}
+
+impl GrantView {
+    pub fn at(grant: Grant, now: DateTime<Utc>) -> Self {
+        let status = grant.status_at(now);
+        GrantView {
+            grant,
+            status,
+            break_glass: false,
+        }
+    }
+
+    pub fn flagged(mut self, break_glass: bool) -> Self {
+        self.break_glass = break_glass;
+        self
+    }
+}
+
+/// The structured fields of a grant in webhook notifications.
+pub fn grant_fields(view: &GrantView) -> serde_json::Value {
+    serde_json::json!({ "grant": view })
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 impl Grant {
@@ -131,6 +175,9 @@ pub enum GrantError {
     Conflict { id: String, status: &'static str },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The change was made but its audit record could not be written (503 `audit_unavailable`).
+    #[error(transparent)]
+    Unrecorded(#[from] Unrecorded),
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> GrantError {
@@ -255,23 +302,49 @@ fn new_grant_id() -> String {
     format!("g_{}", hex::encode(bytes))
 }
 
-/// The grant operations shared by the admin API and the proxy. Cheap to clone.
+/// A grant stored but not yet on the audit record. Its token is released only by
+/// [`GrantService::record_issued`], so no token reaches anyone without its `grant_issued` record;
+/// dropped, the token is gone and the grant cannot be used.
+#[must_use = "a grant's token is released only once its issuance is recorded"]
+#[derive(Debug)]
+pub(crate) struct UnrecordedGrant {
+    grant: Grant,
+    token: GrantToken,
+    break_glass: bool,
+}
+
+impl UnrecordedGrant {
+    pub(crate) fn grant(&self) -> &Grant {
+        &self.grant
+    }
+}
+
+/// The grant operations shared by the admin API, the demo, access requests and the proxy. Every
+/// change it makes is audited and announced here ([`effects`]). Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct GrantService {
     store: Store,
     config: Arc<Config>,
     clock: Arc<dyn Clock>,
     watches: GrantWatches,
+    /// The audit trail and webhooks every grant change is recorded in and announced to.
+    effects: Effects,
 }
 
 impl GrantService {
-    pub fn new(store: Store, config: Arc<Config>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(store: Store, config: Arc<Config>, clock: Arc<dyn Clock>, effects: Effects) -> Self {
         GrantService {
             store,
             config,
             clock,
             watches: GrantWatches::default(),
+            effects,
         }
+    }
+
+    /// Where this service records and announces its changes (shared with [`requests`]).
+    pub fn effects(&self) -> &Effects {
+        &self.effects
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -282,18 +355,48 @@ impl GrantService {
         &self.watches
     }
 
-    /// Issues a grant; the returned token is the only copy that will ever exist.
+    /// Issues a grant, records its `grant_issued` event and announces it; the returned token is the
+    /// only copy that will ever exist. If the audit log refuses, the grant exists but its token is
+    /// withheld ([`GrantError::Unrecorded`]).
     pub async fn issue(&self, req: NewGrant, created_by: &str) -> Result<(Grant, GrantToken), GrantError> {
-        self.issue_with(req, created_by, IssueOptions::default()).await
+        let pending = self
+            .issue_unrecorded(req, created_by, IssueOptions::default())
+            .await?;
+        let (grant, token) = self
+            .record_issued(pending, Vec::new(), |g| {
+                format!(
+                    "grant {} was issued but its audit record could not be written, so its token is withheld; \
+                     revoke it once the audit log is healthy",
+                    g.id
+                )
+            })
+            .await?;
+        let view = GrantView::at(grant.clone(), self.clock.now());
+        self.effects.notify(
+            WebhookEvent::GrantIssued,
+            format!(
+                "{} issued grant {} for {} on {} ({}) until {}: {}",
+                grant.created_by,
+                grant.id,
+                grant.user,
+                grant.target,
+                grant.role,
+                rfc3339(grant.expires_at),
+                grant.reason
+            ),
+            grant_fields(&view),
+        );
+        Ok((grant, token))
     }
 
-    /// [`issue`](Self::issue) with options (break-glass).
-    pub async fn issue_with(
+    /// Validates and stores a grant; its token waits in the result until
+    /// [`record_issued`](Self::record_issued) has written the `grant_issued` record.
+    pub(crate) async fn issue_unrecorded(
         &self,
         req: NewGrant,
         created_by: &str,
         options: IssueOptions,
-    ) -> Result<(Grant, GrantToken), GrantError> {
+    ) -> Result<UnrecordedGrant, GrantError> {
         let ttl = validate_new_grant(&self.config, &req)?;
         if options.break_glass {
             let workflow = self.config.workflow(&req.role);
@@ -344,7 +447,36 @@ impl GrantService {
             .await?;
         tracing::info!(grant.id = %grant.id, user = %grant.user, target = %grant.target, role = %grant.role,
             created_by, expires_at = %grant.expires_at, break_glass = options.break_glass, "grant issued");
+        Ok(UnrecordedGrant {
+            grant,
+            token,
+            break_glass: options.break_glass,
+        })
+    }
+
+    /// Records `preceding` and then the grant's `grant_issued` event, in one batch, and only then
+    /// releases its token. If the audit log refuses, the token is dropped (the stored grant is
+    /// unusable without it) and the caller gets `refusal(grant)` as [`Unrecorded`].
+    pub(crate) async fn record_issued(
+        &self,
+        pending: UnrecordedGrant,
+        mut preceding: Vec<AuditEvent>,
+        refusal: impl FnOnce(&Grant) -> String,
+    ) -> Result<(Grant, GrantToken), Unrecorded> {
+        let UnrecordedGrant {
+            grant,
+            token,
+            break_glass,
+        } = pending;
+        preceding.push(AuditEvent::GrantIssued(GrantIssued::of(&grant, break_glass)));
+        self.effects.record(preceding, || refusal(&grant)).await?;
         Ok((grant, token))
+    }
+
+    /// `grant` as shown, flagged break-glass or not.
+    async fn view(&self, grant: Grant) -> Result<GrantView, StoreError> {
+        let break_glass = self.is_break_glass(&grant.id).await?;
+        Ok(GrantView::at(grant, self.clock.now()).flagged(break_glass))
     }
 
     pub async fn get(&self, id: &str) -> Result<Grant, GrantError> {
@@ -358,7 +490,8 @@ impl GrantService {
         Ok(self.store.list_grants(filter, self.clock.now()).await?)
     }
 
-    /// Revokes a grant and tells its live sessions at once.
+    /// Revokes a grant and tells its live sessions at once, then records and announces it. If the
+    /// audit log refuses, the grant stays revoked and the caller gets [`GrantError::Unrecorded`].
     pub async fn revoke(&self, id: &str, by: &str, reason: &str) -> Result<Grant, GrantError> {
         check_text("reason", reason)?;
         let now = self.clock.now();
@@ -385,17 +518,40 @@ impl GrantService {
             .ok_or_else(|| GrantError::NotFound(id.to_owned()))?;
         self.watches.publish(&revoked);
         tracing::info!(grant.id = %id, revoked_by = by, "grant revoked");
+        if let Some(event) = GrantRevoked::from_grant(&revoked) {
+            self.effects
+                .record(vec![AuditEvent::GrantRevoked(event)], || {
+                    format!(
+                        "grant {} was revoked (its sessions are being closed) but its audit record could not be \
+                         written",
+                        revoked.id
+                    )
+                })
+                .await?;
+        }
+        let view = self.view(revoked.clone()).await?;
+        let g = &view.grant;
+        self.effects.notify(
+            WebhookEvent::GrantRevoked,
+            format!(
+                "{by} revoked grant {} for {} on {} ({}): {reason}",
+                g.id, g.user, g.target, g.role
+            ),
+            grant_fields(&view),
+        );
         Ok(revoked)
     }
 
-    /// Extends a grant by `ttl` (see [`extended_expiry`]) and tells its live sessions at once.
-    /// `reason` (optional, recorded by the caller) is checked like every free text.
-    /// Returns the expiry before and the grant after.
+    /// Extends a grant by `ttl` (see [`extended_expiry`]) as `by` and tells its live sessions at once,
+    /// then records and announces it. `reason` (optional) is checked like every free text. Returns the
+    /// expiry before and the grant after. If the audit log refuses, the grant stays extended and the
+    /// caller gets [`GrantError::Unrecorded`].
     pub async fn extend(
         &self,
         id: &str,
         ttl: &str,
         reason: Option<&str>,
+        by: &str,
     ) -> Result<(DateTime<Utc>, Grant), GrantError> {
         if let Some(r) = reason {
             check_text("reason", r)?;
@@ -451,6 +607,38 @@ impl GrantService {
         self.watches.publish(&extended);
         tracing::info!(grant.id = %id, previous = %current.expires_at, expires_at = %extended.expires_at,
             "grant extended");
+        let event = AuditEvent::GrantExtended(GrantExtended {
+            expires_at: extended.expires_at,
+            extended_by: by.to_owned(),
+            grant_id: extended.id.clone(),
+            previous_expires_at: current.expires_at,
+            reason: reason.map(str::to_owned),
+            target: extended.target.clone(),
+            user: extended.user.clone(),
+        });
+        self.effects
+            .record(vec![event], || {
+                format!(
+                    "grant {} was extended but its audit record could not be written",
+                    extended.id
+                )
+            })
+            .await?;
+        let view = self.view(extended.clone()).await?;
+        let g = &view.grant;
+        self.effects.notify(
+            WebhookEvent::GrantExtended,
+            format!(
+                "{by} extended grant {} for {} on {} ({}) until {}{}",
+                g.id,
+                g.user,
+                g.target,
+                g.role,
+                rfc3339(g.expires_at),
+                reason.map(|r| format!(": {r}")).unwrap_or_default()
+            ),
+            grant_fields(&view),
+        );
         Ok((current.expires_at, extended))
     }
 

@@ -4,6 +4,10 @@
 //! approvals its role needs (`approvals = N` distinct approvers, never the requester: two-person
 //! rule), and the Nth approval issues the grant through [`super::GrantService`]. A break-glass request
 //! (`break_glass = true` on the role) approves itself at once with a capped TTL and a flagged grant.
+//! Every change of state is recorded in the audit trail and announced to the webhooks here
+//! ([`super::effects`]); a change the audit log refuses is answered with [`RequestError::Unrecorded`].
+//! A grant a request issued is recorded together with the request event that issued it (`approved`,
+//! or `created` for break-glass), and its token is kept only once that record is written.
 //!
 //! The token of a grant made from a request is generated at approval and kept **only in memory**
 //! (never stored, not even encrypted) until the requester fetches it once; a restart before the fetch
@@ -18,11 +22,18 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::effects::{Effects, Unrecorded, AUDIT_UNAVAILABLE};
 use super::token::GrantToken;
-use super::{Grant, GrantError, GrantService, IssueOptions, NewGrant};
+use super::{
+    grant_fields, rfc3339, Grant, GrantError, GrantService, GrantView, IssueOptions, NewGrant,
+    UnrecordedGrant,
+};
+use crate::audit::event::AccessRequestEvent;
+use crate::audit::AuditEvent;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::store::{ApproveOutcome, RequestFilter, Store, StoreError};
+use crate::webhooks::WebhookEvent;
 
 /// Longest request reason accepted (the grant's reason adds the request id and ticket).
 pub const MAX_REQUEST_REASON_CHARS: usize = 800;
@@ -107,6 +118,42 @@ impl AccessRequest {
     }
 }
 
+/// A request as the API and the webhooks show it: every stored field plus its status now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RequestView {
+    #[serde(flatten)]
+    pub request: AccessRequest,
+    pub status: RequestStatus,
+}
+
+impl RequestView {
+    pub fn at(request: AccessRequest, now: DateTime<Utc>) -> Self {
+        let status = request.status_at(now);
+        RequestView { request, status }
+    }
+}
+
+fn request_fields(view: &RequestView) -> serde_json::Value {
+    serde_json::json!({ "request": view })
+}
+
+/// The audit record of a request's change of state.
+fn request_event(r: &AccessRequest, action: &str, actor: &str, reason: Option<&str>) -> AuditEvent {
+    AuditEvent::AccessRequest(AccessRequestEvent {
+        action: action.to_owned(),
+        actor: actor.to_owned(),
+        break_glass: r.break_glass,
+        grant_id: r.grant_id.clone(),
+        reason: reason.map(str::to_owned),
+        request_id: r.id.clone(),
+        role: r.role.clone(),
+        target: r.target.clone(),
+        ticket: r.ticket.clone(),
+        ttl: r.ttl.clone(),
+        user: r.requester.clone(),
+    })
+}
+
 /// Body of `POST /v1/requests`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -139,6 +186,9 @@ pub enum RequestError {
     Grant(#[from] GrantError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The change was made but its audit record could not be written (503 `audit_unavailable`).
+    #[error(transparent)]
+    Unrecorded(#[from] Unrecorded),
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> RequestError {
@@ -237,26 +287,39 @@ pub struct RequestChange {
     pub grant: Option<Grant>,
 }
 
-/// Access-request operations shared by the admin API and the expiry task.
+/// Access-request operations shared by the admin API and the expiry task; every change is audited
+/// and announced here.
 #[derive(Debug)]
 pub struct RequestService {
     store: Store,
     grants: GrantService,
     config: Arc<Config>,
     clock: Arc<dyn Clock>,
-    /// Tokens of approved requests not yet fetched, by request id. Memory only, by design.
+    /// Tokens of approved requests not yet fetched, by request id. Memory only, by design; a token
+    /// is put here only once its grant's `grant_issued` record is written.
     tokens: DashMap<String, GrantToken>,
+    /// The same audit trail and webhooks as the grant service's.
+    effects: Effects,
 }
 
 impl RequestService {
     pub fn new(store: Store, grants: GrantService, config: Arc<Config>, clock: Arc<dyn Clock>) -> Self {
+        let effects = grants.effects().clone();
         RequestService {
             store,
             grants,
             config,
             clock,
             tokens: DashMap::new(),
+            effects,
         }
+    }
+
+    /// Records `event` or refuses with the generic audit refusal.
+    async fn record(&self, event: AuditEvent) -> Result<(), Unrecorded> {
+        self.effects
+            .record(vec![event], || AUDIT_UNAVAILABLE.to_owned())
+            .await
     }
 
     /// Files a request by `requester`. A break-glass request is approved by its requester at once.
@@ -297,6 +360,30 @@ impl RequestService {
         tracing::info!(request.id = %request.id, requester, target = %request.target, role = %request.role,
             break_glass = request.break_glass, "access request filed");
         if !req.break_glass {
+            self.record(request_event(
+                &request,
+                "created",
+                requester,
+                Some(&request.reason),
+            ))
+            .await?;
+            let r = &request;
+            self.effects.notify(
+                WebhookEvent::RequestCreated,
+                format!(
+                    "{} asks for {} access to {} for {}{}: {} (request {}; {} approval{} needed)",
+                    r.requester,
+                    r.role,
+                    r.target,
+                    r.ttl,
+                    r.ticket.as_ref().map(|t| format!(" [{t}]")).unwrap_or_default(),
+                    r.reason,
+                    r.id,
+                    r.approvals_required,
+                    if r.approvals_required == 1 { "" } else { "s" }
+                ),
+                request_fields(&RequestView::at(r.clone(), self.clock.now())),
+            );
             return Ok(RequestChange { request, grant: None });
         }
         let approval = Approval {
@@ -304,7 +391,9 @@ impl RequestService {
             reason: format!("break-glass: {}", request.reason),
             at: now,
         };
-        self.record_approval(&request.id, approval).await
+        let (request, pending) = self.record_approval(&request.id, approval).await?;
+        let event = request_event(&request, "created", requester, Some(&request.reason));
+        self.conclude(request, pending, event, requester).await
     }
 
     pub async fn get(&self, id: &str) -> Result<AccessRequest, RequestError> {
@@ -332,10 +421,17 @@ impl RequestService {
             reason: reason.to_owned(),
             at: self.clock.now(),
         };
-        self.record_approval(id, approval).await
+        let (request, pending) = self.record_approval(id, approval).await?;
+        let event = request_event(&request, "approved", by, Some(reason));
+        self.conclude(request, pending, event, by).await
     }
 
-    async fn record_approval(&self, id: &str, approval: Approval) -> Result<RequestChange, RequestError> {
+    /// Stores an approval; the last one needed issues the grant (stored, its token not yet released).
+    async fn record_approval(
+        &self,
+        id: &str,
+        approval: Approval,
+    ) -> Result<(AccessRequest, Option<UnrecordedGrant>), RequestError> {
         let now = approval.at;
         let by = approval.by.clone();
         let request = match self.store.approve_request(id.to_owned(), approval, now).await? {
@@ -356,7 +452,7 @@ impl RequestService {
         tracing::info!(request.id = %id, approver = %by, approvals = request.approvals.len(),
             required = request.approvals_required, "access request approved");
         if request.state != RequestStatus::Approved {
-            return Ok(RequestChange { request, grant: None });
+            return Ok((request, None));
         }
         let ttl = humantime::parse_duration(&request.ttl)
             .map_err(|e| StoreError::Corrupt(format!("request {id} has an unreadable ttl: {e}")))?;
@@ -380,9 +476,9 @@ impl RequestService {
             .map(|a| a.by.as_str())
             .collect::<Vec<_>>()
             .join(",");
-        let (grant, token) = self
+        let pending = self
             .grants
-            .issue_with(
+            .issue_unrecorded(
                 new,
                 &created_by,
                 IssueOptions {
@@ -391,19 +487,94 @@ impl RequestService {
             )
             .await?;
         self.store
-            .set_request_grant(id.to_owned(), grant.id.clone())
+            .set_request_grant(id.to_owned(), pending.grant().id.clone())
             .await?;
-        self.tokens.insert(id.to_owned(), token);
         let request = self.get(id).await?;
+        Ok((request, Some(pending)))
+    }
+
+    /// Records `event` (the approval, or the creation of a break-glass request) and announces it; with
+    /// a grant just issued, records it in the same batch, keeps its token for the requester only once
+    /// that is written, and announces the grant. If the audit log refuses, the token is dropped.
+    async fn conclude(
+        &self,
+        request: AccessRequest,
+        pending: Option<UnrecordedGrant>,
+        event: AuditEvent,
+        actor: &str,
+    ) -> Result<RequestChange, RequestError> {
+        let r = &request;
+        let Some(pending) = pending else {
+            self.record(event).await?;
+            self.effects.notify(
+                WebhookEvent::RequestApproved,
+                format!(
+                    "{actor} approved access request {} by {} for {} on {} ({} of {} approvals)",
+                    r.id,
+                    r.requester,
+                    r.role,
+                    r.target,
+                    r.approvals.len(),
+                    r.approvals_required
+                ),
+                request_fields(&RequestView::at(r.clone(), self.clock.now())),
+            );
+            return Ok(RequestChange { request, grant: None });
+        };
+        let (grant, token) = self
+            .grants
+            .record_issued(pending, vec![event], |g| {
+                format!(
+                    "grant {} was issued for request {} but its audit record could not be written, so its token \
+                     is withheld; revoke it once the audit log is healthy",
+                    g.id, r.id
+                )
+            })
+            .await?;
+        self.tokens.insert(r.id.clone(), token);
+        let now = self.clock.now();
+        let view = RequestView::at(r.clone(), now);
+        let grant_view = GrantView::at(grant.clone(), now).flagged(r.break_glass);
+        let until = rfc3339(grant.expires_at);
+        let fields = serde_json::json!({ "request": view, "grant": grant_view });
+        if r.break_glass {
+            self.effects.notify(
+                WebhookEvent::BreakGlass,
+                format!(
+                    ":rotating_light: BREAK-GLASS: {} gave themselves {} access to {} until {} (grant {}): {}",
+                    r.requester, r.role, r.target, until, grant.id, r.reason
+                ),
+                fields,
+            );
+        } else {
+            self.effects.notify(
+                WebhookEvent::RequestApproved,
+                format!(
+                    "{actor} approved access request {} by {} for {} on {}; grant {} until {}",
+                    r.id, r.requester, r.role, r.target, grant.id, until
+                ),
+                fields,
+            );
+        }
+        self.effects.notify(
+            WebhookEvent::GrantIssued,
+            format!(
+                "Grant {} issued for {} on {} ({}) until {} (request {}, approved by {}){}",
+                grant.id,
+                grant.user,
+                grant.target,
+                grant.role,
+                until,
+                r.id,
+                grant.created_by,
+                if r.break_glass { " [break-glass]" } else { "" }
+            ),
+            grant_fields(&grant_view),
+        );
         Ok(RequestChange {
             request,
             grant: Some(grant),
         })
-    }
-
-    /// Forgets the in-memory token of a request (its grant's audit record could not be written).
-    pub fn withhold_token(&self, id: &str) {
-        self.tokens.remove(id);
     }
 
     /// Denies as `by` (never the requester).
@@ -423,6 +594,15 @@ impl RequestService {
         {
             Some((true, r)) => {
                 tracing::info!(request.id = %id, denied_by = by, "access request denied");
+                self.record(request_event(&r, "denied", by, Some(reason))).await?;
+                self.effects.notify(
+                    WebhookEvent::RequestDenied,
+                    format!(
+                        "{by} denied access request {} by {} for {} on {}: {reason}",
+                        r.id, r.requester, r.role, r.target
+                    ),
+                    request_fields(&RequestView::at(r.clone(), self.clock.now())),
+                );
                 Ok(r)
             }
             Some((false, r)) => Err(RequestError::Conflict(format!(
@@ -470,12 +650,31 @@ impl RequestService {
         }
         let grant = self.grants.get(&grant_id).await?;
         let request = self.get(id).await?;
+        self.record(request_event(&request, "token_fetched", by, None))
+            .await?;
         Ok((request, grant, token))
     }
 
-    /// Marks overdue pending requests expired; returns them.
+    /// Marks overdue pending requests expired, records and announces each; returns them. A record
+    /// the audit log refuses is logged (there is no caller to refuse).
     pub async fn expire_due(&self) -> Result<Vec<AccessRequest>, RequestError> {
-        Ok(self.store.expire_requests(self.clock.now()).await?)
+        let expired = self.store.expire_requests(self.clock.now()).await?;
+        for r in &expired {
+            tracing::info!(request.id = %r.id, requester = %r.requester, "access request expired unreviewed");
+            if let Err(e) = self.record(request_event(r, "expired", "timebox", None)).await {
+                tracing::error!(error = %e.source, request.id = %r.id,
+                    "cannot record a request expiry in the audit log");
+            }
+            self.effects.notify(
+                WebhookEvent::RequestExpired,
+                format!(
+                    "Access request {} by {} for {} on {} expired without a decision",
+                    r.id, r.requester, r.role, r.target
+                ),
+                serde_json::json!({ "request": r }),
+            );
+        }
+        Ok(expired)
     }
 }
 
