@@ -13,9 +13,16 @@
 //! - in `OPTIONS (…)` lists (servers, user mappings, foreign tables), the value of every key that is
 //!   a credential name (see [`CREDENTIAL_WORDS`]), also after `ADD`/`SET`;
 //! - the value of `SET name = …` / `SET name TO …` (also `ALTER ROLE/DATABASE/SYSTEM … SET`, and
-//!   `UPDATE … SET col = …`) when the name is a credential name, and the value argument of
-//!   `set_config` (positional, or named `new_value => …` / `:=`) when its setting name is one or is
-//!   not a literal this module can read;
+//!   `UPDATE … SET col = …`) when the name is a credential name or a custom (dotted) setting
+//!   (`my.pw`, `app.dsn`; see [`is_secret_setting`]), and the value argument of `set_config`
+//!   (positional, or named `new_value => …` / `:=`) when its setting name is one or is not a
+//!   literal this module can read; PostgreSQL's own settings (`search_path`, …) keep their values;
+//! - SQL inside a string literal (`DO $$ … $$`, `CREATE FUNCTION … AS $f$ … $f$`,
+//!   `EXECUTE '…'`, `dblink_exec(…, '…')`): a literal whose decoded text names a password key, a
+//!   setting or `OPTIONS` is redacted as SQL by these same rules, up to [`MAX_LITERAL_NESTING`]
+//!   literals deep, and written back in its own quoting; when the secret's value is a placeholder
+//!   or missing (`format('… PASSWORD %L', 'x', 'pw')`, `'… PASSWORD ' || quote_literal('pw')`),
+//!   what follows the literal up to the end of its call or statement is hidden;
 //! - inside any string literal (decoded first when it has escapes): libpq conninfo passwords
 //!   (`password=…`, `sslpassword=…`, as in `dblink_connect('host=h password=x')` or
 //!   `CREATE SUBSCRIPTION … CONNECTION '…'`) and the password of a URI's userinfo
@@ -25,7 +32,9 @@
 //! Fail closed: text PostgreSQL's lexer refuses (an unterminated literal, a NUL) is hidden from its
 //! first trigger word or escape to the end; a literal this module cannot decode is hidden whole; a
 //! plain `'…'` secret literal holding a backslash (read differently under
-//! `standard_conforming_strings = off`) is hidden to the end of the statement. [`redact_sql_secrets`]
+//! `standard_conforming_strings = off`) is hidden to the end of the statement; a literal holding
+//! SQL that is too deep, refused by the lexer, or cannot be written back soundly (`U&'…'`, bit
+//! strings) is hidden whole (too deep or refused: what follows it too). [`redact_sql_secrets`]
 //! also returns the hidden pieces so a denial reason quoting the statement can be [`scrub`]bed.
 //! It must never fail or panic on odd input; it may over-redact, which costs an auditor some
 //! detail, never a secret.
@@ -1249,10 +1258,34 @@ mod tests {
             "ALTER ROLE x PASSWORD U&'x' UESCAPE",
             "\0 password",
             "$a$ password $a",
+            "$a$ password $a$",
+            "DO $$ PASSWORD $$",
+            "DO $$$$",
+            "'PASSWORD '",
+            "'PASSWORD ' ||",
+            "format('PASSWORD %L',",
+            "format('PASSWORD %L')",
+            "'PASSWORD %L', (",
+            "'set x.y = ' )",
+            "'set_config(''a.b'', '",
+            "SET a.b = ,",
+            "SET a.b = 'x', (",
+            "UPDATE t SET a.b = 1, c[1] = 2, (d, e) = (1, 2)",
+            "'ALTER ROLE x PASSWORD $1'",
+            "E'PASSWORD \\''\\xff\\''",
+            "$x$ALTER ROLE a PASSWORD 'p$x'$x$",
+            "N'PASSWORD ''p'''",
+            "B'0101' || 'password ''x'''",
         ] {
             let _ = redact_sql(sql);
         }
         assert_eq!(r("ü PASSWORD 'ä'"), "ü PASSWORD '[REDACTED]'");
+        // Every prefix of a statement that nests literals (cut anywhere, even mid-literal).
+        let nested = "DO $$ BEGIN EXECUTE format('ALTER ROLE %I PASSWORD %L', 'x', E'p\\'w'); \
+                      EXECUTE 'SET my.pw = ''ü'''; PERFORM set_config('a.b', U&'\\0041', false); END $$";
+        for end in (0..=nested.len()).filter(|&e| nested.is_char_boundary(e)) {
+            let _ = redact_sql(&nested[..end]);
+        }
     }
 
     /// See: issue 16, finding 8: PASSWORD literals and other secrets leaked into the audit trail
