@@ -341,12 +341,18 @@ async fn password_literals_never_reach_the_audit_trail_in_any_spelling() {
     let statements = [
         format!("ALTER ROLE CURRENT_USER PASSWORD U&'{pw}'"),
         format!("ALTER ROLE CURRENT_USER PASSWORD '{head}'\n'{tail}'"),
+        // See: the attack round on issue 16's fix: SQL inside a literal was not looked into.
+        format!("DO $$ BEGIN EXECUTE 'ALTER ROLE CURRENT_USER PASSWORD ''{pw}'''; END $$"),
     ];
     let out = common::psql(&conn, &token, &statements[0]).await;
     assert!(out.success, "{}: {}", statements[0], out.stderr);
     // The continuation is refused by the sqlparser cross-check today; denied or not, it is audited.
     // (Its denial reason quotes the literal back to the client that wrote it; the audit copy is scrubbed.)
     let _ = common::psql(&conn, &token, &statements[1]).await;
+    // The DO block is refused by the sqlparser cross-check (role admin has no allow_unparsed);
+    // denied before it reaches the server, it is audited all the same.
+    let out = common::psql(&conn, &token, &statements[2]).await;
+    assert!(!out.stderr.contains(pw), "{}", out.stderr);
     inst.state.audit.wait_indexed().await.unwrap();
     let records = audit_records(&inst.dir.path().join("audit.db"));
     let audited: Vec<&str> = records
@@ -359,6 +365,17 @@ async fn password_literals_never_reach_the_audit_trail_in_any_spelling() {
         audited,
         vec!["ALTER ROLE CURRENT_USER PASSWORD '[REDACTED]'"; 2],
         "both statements audited, without the password"
+    );
+    let blocks: Vec<&str> = records
+        .iter()
+        .filter(|(k, _)| k == "statement")
+        .filter_map(|(_, p)| p["sql"].as_str())
+        .filter(|sql| sql.starts_with("DO "))
+        .collect();
+    assert_eq!(
+        blocks,
+        vec!["DO $$ BEGIN EXECUTE 'ALTER ROLE CURRENT_USER PASSWORD ''[REDACTED]'''; END $$"],
+        "the DO block audited with its code, without the password"
     );
     let all = format!("{records:?}");
     assert!(

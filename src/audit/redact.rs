@@ -13,9 +13,16 @@
 //! - in `OPTIONS (…)` lists (servers, user mappings, foreign tables), the value of every key that is
 //!   a credential name (see [`CREDENTIAL_WORDS`]), also after `ADD`/`SET`;
 //! - the value of `SET name = …` / `SET name TO …` (also `ALTER ROLE/DATABASE/SYSTEM … SET`, and
-//!   `UPDATE … SET col = …`) when the name is a credential name, and the value argument of
-//!   `set_config` (positional, or named `new_value => …` / `:=`) when its setting name is one or is
-//!   not a literal this module can read;
+//!   `UPDATE … SET col = …`) when the name is a credential name or a custom (dotted) setting
+//!   (`my.pw`, `app.dsn`; see [`is_secret_setting`]), and the value argument of `set_config`
+//!   (positional, or named `new_value => …` / `:=`) when its setting name is one or is not a
+//!   literal this module can read; PostgreSQL's own settings (`search_path`, …) keep their values;
+//! - SQL inside a string literal (`DO $$ … $$`, `CREATE FUNCTION … AS $f$ … $f$`,
+//!   `EXECUTE '…'`, `dblink_exec(…, '…')`): a literal whose decoded text names a password key, a
+//!   setting or `OPTIONS` is redacted as SQL by these same rules, up to [`MAX_LITERAL_NESTING`]
+//!   literals deep, and written back in its own quoting; when the secret's value is a placeholder
+//!   or missing (`format('… PASSWORD %L', 'x', 'pw')`, `'… PASSWORD ' || quote_literal('pw')`),
+//!   what follows the literal up to the end of its call or statement is hidden;
 //! - inside any string literal (decoded first when it has escapes): libpq conninfo passwords
 //!   (`password=…`, `sslpassword=…`, as in `dblink_connect('host=h password=x')` or
 //!   `CREATE SUBSCRIPTION … CONNECTION '…'`) and the password of a URI's userinfo
@@ -25,7 +32,9 @@
 //! Fail closed: text PostgreSQL's lexer refuses (an unterminated literal, a NUL) is hidden from its
 //! first trigger word or escape to the end; a literal this module cannot decode is hidden whole; a
 //! plain `'…'` secret literal holding a backslash (read differently under
-//! `standard_conforming_strings = off`) is hidden to the end of the statement. [`redact_sql_secrets`]
+//! `standard_conforming_strings = off`) is hidden to the end of the statement; a literal holding
+//! SQL that is too deep, refused by the lexer, or cannot be written back soundly (`U&'…'`, bit
+//! strings) is hidden whole (too deep or refused: what follows it too). [`redact_sql_secrets`]
 //! also returns the hidden pieces so a denial reason quoting the statement can be [`scrub`]bed.
 //! It must never fail or panic on odd input; it may over-redact, which costs an auditor some
 //! detail, never a secret.
@@ -66,19 +75,52 @@ pub fn redact_sql_secrets(sql: &str) -> (Cow<'_, str>, Vec<String>) {
     if !marked && !has_escapes(sql) {
         return (Cow::Borrowed(sql), Vec::new());
     }
-    let Some(tokens) = lex(sql) else {
+    let Some(found) = redact_lexed(sql, 0) else {
         // Fail closed: PostgreSQL's lexer refused the text, so where its literals are is unknown.
         let from = first_marker(sql);
         let hidden = pieces(&sql[from..]);
         return (Cow::Owned(format!("{}{REDACTED}", &sql[..from])), hidden);
     };
-    let edits = secret_edits(sql, &tokens, marked);
-    let hidden = edits.iter().flat_map(|(r, _)| pieces(&sql[r.clone()])).collect();
-    let redacted = match apply_edits(sql, edits) {
+    let redacted = match found.text {
         Cow::Borrowed(_) => redact_tokens(sql),
         Cow::Owned(edited) => Cow::Owned(redact_tokens(&edited).into_owned()),
     };
-    (redacted, hidden)
+    (redacted, found.hidden)
+}
+
+/// How many string literals deep SQL inside a literal is read as SQL (`DO $$ … EXECUTE '…' … $$`
+/// is two levels). A literal deeper than this that may hold a secret is hidden whole.
+pub const MAX_LITERAL_NESTING: usize = 4;
+
+/// Statement text with its secrets hidden.
+struct Redacted<'a> {
+    text: Cow<'a, str>,
+    /// The pieces of text that were hidden (see [`pieces`]).
+    hidden: Vec<String>,
+    /// See [`Found::open`].
+    open: bool,
+}
+
+/// Lexes `sql`, the text of a statement or of a literal `depth` literals deep, and hides its
+/// secrets. `None` when PostgreSQL's lexer refuses the text.
+fn redact_lexed(sql: &str, depth: usize) -> Option<Redacted<'_>> {
+    let tokens = lex(sql)?;
+    let found = secret_edits(sql, &tokens, might_hold_secret(sql), depth);
+    // What an edit hid: the pieces of the original range its replacement no longer holds.
+    let hidden = found
+        .edits
+        .iter()
+        .flat_map(|(r, with)| {
+            pieces(&sql[r.clone()])
+                .into_iter()
+                .filter(|p| !with.contains(p.as_str()))
+        })
+        .collect();
+    Some(Redacted {
+        text: apply_edits(sql, found.edits),
+        hidden,
+        open: found.open,
+    })
 }
 
 /// Shortest hidden piece [`scrub`] looks for (shorter ones would wreck the text they are cut from).
@@ -108,27 +150,47 @@ pub fn scrub<'a>(text: &'a str, hidden: &[String]) -> Cow<'a, str> {
     out
 }
 
-/// The edits that hide the secrets of a lexed statement. `marked`: the text holds a trigger word.
-fn secret_edits(sql: &str, tokens: &[Token], marked: bool) -> Vec<(Range<usize>, String)> {
+/// The edits that hide the secrets of one lexed text, and whether a secret's value lies outside it.
+struct Found {
+    edits: Vec<(Range<usize>, String)>,
+    /// A secret's value is not in this text but comes from outside it: it is a placeholder
+    /// (`PASSWORD %L`, `PASSWORD '%s'`, `$1`) or the text ends where it would be
+    /// (`'ALTER ROLE x PASSWORD ' || …`). The literal that held this text hides what follows it.
+    open: bool,
+}
+
+/// The edits that hide the secrets of a lexed text `depth` literals deep (0: the statement).
+/// `marked`: the text holds a trigger word.
+fn secret_edits(sql: &str, tokens: &[Token], marked: bool, depth: usize) -> Found {
     let sig: Vec<&Token> = tokens.iter().filter(|t| !t.is_trivia()).collect();
     let mut edits: Vec<(Range<usize>, String)> = Vec::new();
+    let mut open = false;
     let op = |i: usize, c: u8| sig.get(i).is_some_and(|t| t.kind == Kind::Op(c));
+    // Where this text ends where a value should follow: only a fragment of a statement does so.
+    let ends_open = || depth > 0 && (starts_with_command(sql, &sig) || sql.ends_with(char::is_whitespace));
     for (i, t) in sig.iter().enumerate() {
         match t.kind {
             Kind::Word | Kind::QuotedIdent => {
                 let name = ident_name(&sql[t.span.clone()]);
                 if is_password_key(&name) {
                     let j = if op(i + 1, b'=') { i + 2 } else { i + 1 };
-                    if let Some(s) = sig.get(j).filter(|s| s.kind == Kind::Str) {
-                        edits.push((literal_span(sql, s, marked), REDACTED_LITERAL.to_owned()));
+                    match sig.get(j) {
+                        Some(s) if s.kind == Kind::Str => {
+                            edits.push((literal_span(sql, s, marked), REDACTED_LITERAL.to_owned()));
+                            open |= is_placeholder(&sql[s.span.clone()]);
+                        }
+                        Some(s) => open |= matches!(s.kind, Kind::Param | Kind::Op(b'%')),
+                        None => open |= ends_open(),
                     }
                 } else if t.kind == Kind::Word && name == "set" {
-                    if let Some(range) = set_value(sql, &sig, i) {
-                        edits.push((range, REDACTED_LITERAL.to_owned()));
+                    if let Some(slot) = set_value(sql, &sig, i) {
+                        open |= slot.open || (slot.range.is_none() && ends_open());
+                        edits.extend(slot_edit(sql, slot, depth));
                     }
                 } else if name == "set_config" && op(i + 1, b'(') {
-                    if let Some(range) = set_config_value(sql, &sig, i + 1) {
-                        edits.push((range, REDACTED_LITERAL.to_owned()));
+                    if let Some(slot) = set_config_value(sql, &sig, i + 1) {
+                        open |= slot.open || (slot.range.is_none() && ends_open());
+                        edits.extend(slot_edit(sql, slot, depth));
                     }
                 } else if t.kind == Kind::Word && name == "options" && op(i + 1, b'(') {
                     for s in option_secrets(sql, &sig, i + 1) {
@@ -139,7 +201,26 @@ fn secret_edits(sql: &str, tokens: &[Token], marked: bool) -> Vec<(Range<usize>,
             Kind::Str => {
                 let text = &sql[t.span.clone()];
                 let escape = uescape_after(sql, &sig, i);
-                match parse_literal(text, escape) {
+                let literal = parse_literal(text, escape);
+                if let Some(value) = literal
+                    .as_ref()
+                    .map(|l| l.value.as_str())
+                    .filter(|v| may_hold_sql(v))
+                {
+                    let (with, inner_open) = inner_sql(text, value, depth);
+                    if inner_open {
+                        edits.extend(
+                            open_tail(&sig, i)
+                                .into_iter()
+                                .map(|r| (r, REDACTED_LITERAL.to_owned())),
+                        );
+                    }
+                    if let Some(with) = with {
+                        edits.push((t.span.clone(), with));
+                        continue;
+                    }
+                }
+                match literal {
                     Some(Literal {
                         raw_content: Some(content),
                         ..
@@ -163,7 +244,110 @@ fn secret_edits(sql: &str, tokens: &[Token], marked: bool) -> Vec<(Range<usize>,
             _ => {}
         }
     }
-    edits
+    Found { edits, open }
+}
+
+/// Whether a literal's value may be SQL holding a secret: it names a password key, a setting
+/// (`SET`, `set_config`) or `OPTIONS`, or has escapes and quotes (a nested `E'…'`/`U&'…'`).
+fn may_hold_sql(value: &str) -> bool {
+    ["pass", "pwd", "set", "options"]
+        .iter()
+        .any(|w| contains_ci(value, w))
+        || (has_escapes(value) && value.contains(['\'', '"', '$']))
+}
+
+/// The SQL inside a literal (`text`, whose value is `value`, `depth` literals deep) with its
+/// secrets hidden, written back in the literal's own quoting: `None` when nothing is hidden.
+/// Fail closed: a literal too deep, refused by the lexer, or that cannot be written back soundly
+/// is hidden whole. Also whether a secret's value lies outside it (see [`Found::open`]); a literal
+/// the lexer refuses counts as open.
+fn inner_sql(text: &str, value: &str, depth: usize) -> (Option<String>, bool) {
+    if depth >= MAX_LITERAL_NESTING {
+        return (Some(REDACTED_LITERAL.to_owned()), true);
+    }
+    let Some(inner) = redact_lexed(value, depth + 1) else {
+        return (Some(REDACTED_LITERAL.to_owned()), true);
+    };
+    let Cow::Owned(edited) = inner.text else {
+        return (None, inner.open);
+    };
+    let edited = redact_conninfo(&edited).into_owned();
+    let edited = redact_tokens(&edited);
+    let with = requote(text, &edited).unwrap_or_else(|| REDACTED_LITERAL.to_owned());
+    (Some(with), inner.open)
+}
+
+/// `value` written in the quoting of the literal `text`: dollar quotes as they are, `'…'` with
+/// quotes doubled, `E'…'` with `\` and `'` escaped. `None` when that is not sound: `U&'…'`, bit
+/// strings, a value holding the dollar quote's tag, a backslash in `'…'` (read differently under
+/// `standard_conforming_strings = off`), bytes an `E'…'` literal held that are not UTF-8.
+fn requote(text: &str, value: &str) -> Option<String> {
+    match text.as_bytes() {
+        [b'$', ..] => {
+            let tag = &text[..text[1..].find('$')? + 2];
+            let body = format!("{value}{tag}");
+            (body.find(tag) == Some(value.len())).then(|| format!("{tag}{body}"))
+        }
+        [b'\'', ..] | [b'n' | b'N', b'\'', ..] if !value.contains('\\') => {
+            let prefix = &text[..text.find('\'')?];
+            Some(format!("{prefix}'{}'", value.replace('\'', "''")))
+        }
+        [b'e' | b'E', b'\'', ..] if !value.contains('\u{FFFD}') => Some(format!(
+            "{}'{}'",
+            &text[..1],
+            value.replace('\\', "\\\\").replace('\'', "''")
+        )),
+        _ => None,
+    }
+}
+
+/// The edit hiding a setting's value; none for a bare placeholder inside a literal
+/// (`format('SET my.pw = %L', …)`), whose value is hidden where it comes from.
+fn slot_edit(sql: &str, slot: Slot, depth: usize) -> Option<(Range<usize>, String)> {
+    let range = slot.range?;
+    let bare_placeholder = slot.open && depth > 0 && !sql[range.clone()].contains('\'');
+    (!bare_placeholder).then(|| (range, REDACTED_LITERAL.to_owned()))
+}
+
+/// Whether a secret's value is a format placeholder (`%L`, `'%s'`) or a parameter.
+fn is_placeholder(text: &str) -> bool {
+    text.contains('%') || text.starts_with('$') && text[1..].starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// Whether a text starts like a statement (so a password key at its end awaits a value).
+fn starts_with_command(sql: &str, sig: &[&Token]) -> bool {
+    const COMMANDS: &[&str] = &[
+        "alter", "create", "set", "select", "update", "insert", "delete", "with", "execute", "do", "perform",
+        "call", "values",
+    ];
+    sig.first().is_some_and(|t| {
+        t.kind == Kind::Word && COMMANDS.contains(&ident_name(&sql[t.span.clone()]).as_str())
+    })
+}
+
+/// The parts after the literal `sig[i]` that may carry a secret its text leaves open: the rest
+/// of its own argument and each argument after it, up to the `)` closing the call it is in, a
+/// `;`, or the end (`format('… PASSWORD %L', 'x', 'pw')`, `'… PASSWORD ' || quote_literal('pw')`).
+fn open_tail(sig: &[&Token], i: usize) -> Vec<Range<usize>> {
+    let mut runs = Vec::new();
+    let mut run: Option<Range<usize>> = None;
+    let mut depth = 0usize;
+    for t in &sig[i + 1..] {
+        match t.kind {
+            Kind::Op(b'(') | Kind::Op(b'[') => depth += 1,
+            Kind::Op(b')') | Kind::Op(b']') if depth == 0 => break,
+            Kind::Op(b')') | Kind::Op(b']') => depth -= 1,
+            Kind::Op(b';') if depth == 0 => break,
+            Kind::Op(b',') if depth == 0 => {
+                runs.extend(run.take());
+                continue;
+            }
+            _ => {}
+        }
+        run = Some(run.map_or(t.span.clone(), |r| r.start..t.span.end));
+    }
+    runs.extend(run);
+    runs
 }
 
 /// The span to hide for the secret literal `s`. A plain `'…'` literal holding a backslash is read
@@ -252,11 +436,20 @@ fn call_args(sql: &str, sig: &[&Token], open: usize) -> Vec<(Option<String>, Ran
     args
 }
 
-/// The byte range of `set_config`'s value argument (positional 2nd or `new_value => …`) when its
-/// setting name (positional 1st or `setting_name => …`) is a credential name, or is not a literal
-/// this module can read (fail closed). `open` indexes the call's `(`. A bare `$n` value is left:
-/// parameters follow `audit.params`.
-fn set_config_value(sql: &str, sig: &[&Token], open: usize) -> Option<Range<usize>> {
+/// Where a setting's value sits, when the setting's value is to be hidden.
+struct Slot {
+    /// The value's byte range (`None`: the text ends before it).
+    range: Option<Range<usize>>,
+    /// The value is a placeholder (`%L`, `'%s'`, `$1`): the secret comes from outside the text.
+    open: bool,
+}
+
+/// The slot of `set_config`'s value argument (positional 2nd or `new_value => …`) when its
+/// setting name (positional 1st or `setting_name => …`) is a secret setting
+/// ([`is_secret_setting`]), or is not a literal this module can read (fail closed). `open`
+/// indexes the call's `(`. A bare `$n` value is left (parameters follow `audit.params`) but marks
+/// the slot open.
+fn set_config_value(sql: &str, sig: &[&Token], open: usize) -> Option<Slot> {
     let args = call_args(sql, sig, open);
     let pick = |name: &str, position: usize| {
         args.iter()
@@ -265,17 +458,32 @@ fn set_config_value(sql: &str, sig: &[&Token], open: usize) -> Option<Range<usiz
             .map(|(_, r)| r.clone())
     };
     let setting = pick("setting_name", 0)?;
-    let value = pick("new_value", 1)?;
     let secret_name = match &sig[setting.clone()] {
         [t] if t.kind == Kind::Str => {
-            parse_literal(&sql[t.span.clone()], None).is_none_or(|l| is_credential_name(&l.value))
+            parse_literal(&sql[t.span.clone()], None).is_none_or(|l| is_secret_setting(&l.value))
         }
         _ => true,
     };
-    if !secret_name || matches!(&sig[value.clone()], [t] if t.kind == Kind::Param) {
+    if !secret_name {
         return None;
     }
-    Some(sig[value.start].span.start..sig[value.end - 1].span.end)
+    let Some(value) = pick("new_value", 1) else {
+        return Some(Slot {
+            range: None,
+            open: false,
+        });
+    };
+    if matches!(&sig[value.clone()], [t] if t.kind == Kind::Param) {
+        return Some(Slot {
+            range: None,
+            open: true,
+        });
+    }
+    let range = sig[value.start].span.start..sig[value.end - 1].span.end;
+    Some(Slot {
+        open: is_placeholder(&sql[range.clone()]),
+        range: Some(range),
+    })
 }
 
 /// The literals of `OPTIONS ( [ADD|SET] key 'value', … )` whose key names a credential; `open`
@@ -367,16 +575,25 @@ pub fn is_credential_name(name: &str) -> bool {
     CREDENTIAL_WORDS.iter().any(|w| contains_ci(name, w))
 }
 
+/// Whether a setting's value is hidden: its name is a credential name, or it is a custom setting
+/// (a dotted name, `app.*`, `my.*`: where applications keep secrets). PostgreSQL's own settings
+/// (`search_path`, `statement_timeout`, …) have no dot and keep their values.
+pub fn is_secret_setting(name: &str) -> bool {
+    is_credential_name(name) || name.contains('.')
+}
+
 /// Cheap pre-check, one pass over the bytes: statements without any of `pass`, `pwd`, `secret`,
-/// `token`, `key`, `credential`, `tbx` or `://` (case-insensitive) need no lexing.
+/// `token`, `key`, `credential`, `tbx`, `://`, `set_config`, or `set` with a `.` somewhere (a
+/// custom setting), case-insensitive, need no lexing.
 fn might_hold_secret(sql: &str) -> bool {
     let b = sql.as_bytes();
     let at = |i: usize, needle: &[u8]| {
         b.len() - i >= needle.len() && b[i..i + needle.len()].eq_ignore_ascii_case(needle)
     };
+    let dotted = b.contains(&b'.');
     (0..b.len()).any(|i| match b[i] | 0x20 {
         b'p' => at(i, b"pass") || at(i, b"pwd"),
-        b's' => at(i, b"secret"),
+        b's' => at(i, b"secret") || at(i, b"set_config") || (dotted && at(i, b"set")),
         b't' => at(i, b"token") || at(i, b"tbx"),
         b'k' => at(i, b"key"),
         b'c' => at(i, b"credential"),
@@ -390,9 +607,11 @@ fn contains_ci(haystack: &str, needle: &str) -> bool {
     h.len() >= n.len() && h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
 }
 
-/// The byte range of the value in `SET name (=|TO) value`, if `name` is a credential name.
-/// `i` indexes the `SET` word in `sig`. The value runs to `,` or `;` at depth 0, or the end.
-fn set_value(sql: &str, sig: &[&Token], i: usize) -> Option<Range<usize>> {
+/// The slot of the value in `SET name (=|TO) value`, if `name` is a secret setting
+/// ([`is_secret_setting`]). `i` indexes the `SET` word in `sig`. The value runs to `;` at depth
+/// 0, a `,` that starts the next assignment of an `UPDATE` (`, name =`), `WHERE`/`FROM`/
+/// `RETURNING`, or the end; `DEFAULT` is kept.
+fn set_value(sql: &str, sig: &[&Token], i: usize) -> Option<Slot> {
     let text = |j: usize| sig.get(j).map(|t| &sql[t.span.clone()]);
     let is_assign = |j: usize| {
         sig.get(j).is_some_and(|t| t.kind == Kind::Op(b'='))
@@ -421,7 +640,7 @@ fn set_value(sql: &str, sig: &[&Token], i: usize) -> Option<Range<usize>> {
             break;
         }
     }
-    if !is_assign(j) || !is_credential_name(&name) {
+    if !is_assign(j) || !is_secret_setting(&name) {
         return None;
     }
     let first = j + 1;
@@ -432,7 +651,8 @@ fn set_value(sql: &str, sig: &[&Token], i: usize) -> Option<Range<usize>> {
             Kind::Op(b'(') => depth += 1,
             Kind::Op(b')') if depth == 0 => break,
             Kind::Op(b')') => depth -= 1,
-            Kind::Op(b',') | Kind::Op(b';') if depth == 0 => break,
+            Kind::Op(b';') if depth == 0 => break,
+            Kind::Op(b',') if depth == 0 && starts_assignment(sig, k + 1) => break,
             _ => {}
         }
         if depth == 0
@@ -445,8 +665,46 @@ fn set_value(sql: &str, sig: &[&Token], i: usize) -> Option<Range<usize>> {
         }
         last = Some(k);
     }
-    let last = last?;
-    Some(sig[first].span.start..sig[last].span.end)
+    let Some(last) = last else {
+        return Some(Slot {
+            range: None,
+            open: false,
+        });
+    };
+    if last == first
+        && sig[first].kind == Kind::Word
+        && text(first).is_some_and(|w| w.eq_ignore_ascii_case("default"))
+    {
+        return None;
+    }
+    let range = sig[first].span.start..sig[last].span.end;
+    Some(Slot {
+        open: is_placeholder(&sql[range.clone()]),
+        range: Some(range),
+    })
+}
+
+/// Whether `sig[k]` starts an `UPDATE … SET` assignment: `(` (a column list) or a column name,
+/// dotted or subscripted, then `=`.
+fn starts_assignment(sig: &[&Token], mut k: usize) -> bool {
+    match sig.get(k).map(|t| t.kind) {
+        Some(Kind::Op(b'(')) => return true,
+        Some(Kind::Word | Kind::QuotedIdent) => k += 1,
+        _ => return false,
+    }
+    let mut depth = 0usize;
+    while let Some(t) = sig.get(k) {
+        match t.kind {
+            Kind::Op(b'[') => depth += 1,
+            Kind::Op(b']') if depth > 0 => depth -= 1,
+            Kind::Op(b'=') if depth == 0 => return true,
+            Kind::Op(b'.') | Kind::Word | Kind::QuotedIdent | Kind::Other if depth == 0 => {}
+            _ if depth > 0 => {}
+            _ => return false,
+        }
+        k += 1;
+    }
+    false
 }
 
 /// Redacts conninfo passwords (`password=…`) and URI userinfo passwords inside one string literal's
@@ -477,11 +735,23 @@ fn redact_conninfo(text: &str) -> Cow<'_, str> {
             j += 1;
         }
         let start = j;
+        if bytes[j..].starts_with(REDACTED.as_bytes()) {
+            // Already hidden (by the SQL reading of a literal inside this one).
+            i = j + REDACTED.len();
+            continue;
+        }
         let end = if bytes[j..].starts_with(b"''") {
             // A quoted conninfo value inside an SQL literal: ''…'' (or to the end).
             find(bytes, b"''", j + 2).map_or(bytes.len(), |e| e + 2)
         } else if bytes[j..].starts_with(b"\\'") {
             find(bytes, b"\\'", j + 2).map_or(bytes.len(), |e| e + 2)
+        } else if bytes[j..].starts_with(b"'") {
+            // A quoted conninfo value in decoded text: '…' with \' inside (or to the end).
+            let mut e = j + 1;
+            while e < bytes.len() && bytes[e] != b'\'' {
+                e += if bytes[e] == b'\\' { 2 } else { 1 };
+            }
+            (e + 1).min(bytes.len())
         } else {
             j + bytes[j..]
                 .iter()
@@ -506,7 +776,10 @@ fn redact_conninfo(text: &str) -> Cow<'_, str> {
             let userinfo = auth_start..auth_start + at;
             if let Some(colon) = bytes[userinfo.clone()].iter().position(|b| *b == b':') {
                 let pw = userinfo.start + colon + 1..userinfo.end;
-                if !pw.is_empty() && !edits.iter().any(|(r, _)| r.start < pw.end && pw.start < r.end) {
+                if !pw.is_empty()
+                    && &text[pw.clone()] != REDACTED
+                    && !edits.iter().any(|(r, _)| r.start < pw.end && pw.start < r.end)
+                {
                     edits.push((pw, REDACTED.to_owned()));
                 }
             }
@@ -536,6 +809,11 @@ fn apply_edits(text: &str, mut edits: Vec<(Range<usize>, String)>) -> Cow<'_, st
     let mut pos = 0;
     for (range, replacement) in edits {
         if range.start < pos {
+            // Overlapping an earlier edit: hide what it reaches beyond that edit (fail closed).
+            if range.end > pos {
+                out.push_str(REDACTED);
+                pos = range.end;
+            }
             continue;
         }
         out.push_str(&text[pos..range.start]);
@@ -980,10 +1258,34 @@ mod tests {
             "ALTER ROLE x PASSWORD U&'x' UESCAPE",
             "\0 password",
             "$a$ password $a",
+            "$a$ password $a$",
+            "DO $$ PASSWORD $$",
+            "DO $$$$",
+            "'PASSWORD '",
+            "'PASSWORD ' ||",
+            "format('PASSWORD %L',",
+            "format('PASSWORD %L')",
+            "'PASSWORD %L', (",
+            "'set x.y = ' )",
+            "'set_config(''a.b'', '",
+            "SET a.b = ,",
+            "SET a.b = 'x', (",
+            "UPDATE t SET a.b = 1, c[1] = 2, (d, e) = (1, 2)",
+            "'ALTER ROLE x PASSWORD $1'",
+            "E'PASSWORD \\''\\xff\\''",
+            "$x$ALTER ROLE a PASSWORD 'p$x'$x$",
+            "N'PASSWORD ''p'''",
+            "B'0101' || 'password ''x'''",
         ] {
             let _ = redact_sql(sql);
         }
         assert_eq!(r("ü PASSWORD 'ä'"), "ü PASSWORD '[REDACTED]'");
+        // Every prefix of a statement that nests literals (cut anywhere, even mid-literal).
+        let nested = "DO $$ BEGIN EXECUTE format('ALTER ROLE %I PASSWORD %L', 'x', E'p\\'w'); \
+                      EXECUTE 'SET my.pw = ''ü'''; PERFORM set_config('a.b', U&'\\0041', false); END $$";
+        for end in (0..=nested.len()).filter(|&e| nested.is_char_boundary(e)) {
+            let _ = redact_sql(&nested[..end]);
+        }
     }
 
     /// See: issue 16, finding 8: PASSWORD literals and other secrets leaked into the audit trail
@@ -1050,6 +1352,71 @@ mod tests {
             ("SELECT dblink_connect('host=h '\n'password=secret1')", "secret1", "SELECT dblink_connect("),
             ("SELECT dblink_connect($c$host=h password=secret1$c$)", "secret1", "$c$host=h password="),
             ("SELECT dblink('postgresql://u:secret1@h/db', 'select 1')", "secret1", "'select 1')"),
+            // See: the attack round on issue 16's fix: SQL inside string literals is redacted as SQL.
+            (
+                "DO $$ BEGIN EXECUTE 'ALTER ROLE x PASSWORD ''sekrit17'''; END $$",
+                "sekrit17",
+                "DO $$ BEGIN EXECUTE 'ALTER ROLE x PASSWORD ''",
+            ),
+            (
+                "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'x') THEN CREATE ROLE x LOGIN PASSWORD 'sekrit17'; END IF; END$$",
+                "sekrit17",
+                "WHERE rolname = 'x') THEN CREATE ROLE x LOGIN PASSWORD ",
+            ),
+            (
+                "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $f$ BEGIN ALTER ROLE x PASSWORD 'sekrit17'; END $f$",
+                "sekrit17",
+                "AS $f$ BEGIN ALTER ROLE x PASSWORD ",
+            ),
+            (
+                "DO $$ BEGIN EXECUTE format('ALTER ROLE %I PASSWORD %L', 'x', 'sekrit17'); END $$",
+                "sekrit17",
+                "EXECUTE format('ALTER ROLE %I PASSWORD %L', ",
+            ),
+            ("SELECT format('ALTER ROLE %I PASSWORD %L', 'x', 'sekrit17')", "sekrit17", "PASSWORD %L', "),
+            ("SELECT format('ALTER ROLE %I PASSWORD ''%s''', 'x', 'sekrit17')", "sekrit17", "SELECT format("),
+            ("SELECT format('ALTER ROLE x PASSWORD %1$L', 'sekrit17')", "sekrit17", "SELECT format("),
+            ("SELECT format('SET my.pw = %L', 'sekrit17')", "sekrit17", "SELECT format('SET my.pw = %L', "),
+            (
+                "DO $$ BEGIN EXECUTE 'ALTER ROLE x PASSWORD ' || quote_literal('sekrit17'); END $$",
+                "sekrit17",
+                "EXECUTE 'ALTER ROLE x PASSWORD ' ",
+            ),
+            (
+                "SELECT dblink_exec('dbname=d', 'ALTER ROLE x PASSWORD ''sekrit17''')",
+                "sekrit17",
+                "dblink_exec('dbname=d', 'ALTER ROLE x PASSWORD ''",
+            ),
+            (
+                "DO E'BEGIN EXECUTE ''ALTER ROLE x PASSWORD ''''sekrit17''''''; END'",
+                "sekrit17",
+                "DO E'BEGIN EXECUTE ''ALTER ROLE x PASSWORD ''''",
+            ),
+            ("DO U&'BEGIN EXECUTE ''ALTER ROLE x PASSWORD ''''sekrit17''''''; END'", "sekrit17", "DO "),
+            (
+                "DO $$ BEGIN EXECUTE E'ALTER ROLE x PASSWORD \\'sekrit17\\''; END $$",
+                "sekrit17",
+                "DO $$ BEGIN EXECUTE ",
+            ),
+            (
+                "DO $$ BEGIN PERFORM dblink_exec('c', $q$ALTER ROLE x PASSWORD 'sekrit17'$q$); END $$",
+                "sekrit17",
+                "PERFORM dblink_exec('c', $q$ALTER ROLE x PASSWORD ",
+            ),
+            ("DO $$ BEGIN EXECUTE 'SET my.pw = ''sekrit17'''; END $$", "sekrit17", "EXECUTE 'SET my.pw = "),
+            // See: the attack round on issue 16's fix: values of custom (dotted) settings are hidden.
+            ("SELECT set_config('my.pw', 'sekrit09', false)", "sekrit09", "SELECT set_config('my.pw', "),
+            (
+                "SELECT set_config(new_value => 'sekrit09', setting_name => 'app.dsn', is_local => false)",
+                "sekrit09",
+                "setting_name => 'app.dsn', is_local => false)",
+            ),
+            ("SET my.pw = 'sekrit09'", "sekrit09", "SET my.pw = "),
+            ("set session \"app.pw\" to 'sekrit09'; select 1", "sekrit09", "; select 1"),
+            ("SET LOCAL my.pw = 'a', 'sekrit09'", "sekrit09", "SET LOCAL my.pw = "),
+            ("ALTER ROLE bob SET app.pw = 'sekrit09'", "sekrit09", "ALTER ROLE bob SET app.pw = "),
+            ("ALTER ROLE bob IN DATABASE d SET app.pw TO 'sekrit09'", "sekrit09", "IN DATABASE d SET app.pw TO "),
+            ("ALTER DATABASE d SET my.pw = sekrit09", "sekrit09", "ALTER DATABASE d SET my.pw = "),
             // PostgreSQL's lexer refuses these: everything from the first trigger word is hidden.
             ("ALTER ROLE x PASSWORD 'secret1", "secret1", "ALTER ROLE x "),
             ("ALTER ROLE x PASSWORD $$secret1", "secret1", "ALTER ROLE x "),
@@ -1071,6 +1438,49 @@ mod tests {
             r("SELECT set_config(setting_name => 'app.password', new_value => 'secret1', is_local => false)"),
             "SELECT set_config(setting_name => 'app.password', new_value => '[REDACTED]', is_local => false)"
         );
+    }
+
+    /// PostgreSQL's own settings keep their values (only custom, dotted ones are hidden), and
+    /// literals without a secret in them are kept.
+    #[test]
+    fn own_settings_and_plain_literals_are_kept() {
+        for sql in [
+            "SET search_path = public, app",
+            "SET statement_timeout TO '5s'",
+            "SELECT set_config('statement_timeout', '5s', false)",
+            "ALTER ROLE bob SET work_mem = '64MB'",
+            "ALTER ROLE bob SET my.pw TO DEFAULT",
+            "UPDATE t SET a = 1, b = 'x' WHERE c.d = 2",
+            "DO $$ BEGIN RAISE NOTICE 'hello %', now(); END $$",
+            "SELECT 'password reset for %', format('%s', x) FROM t",
+        ] {
+            assert_eq!(r(sql), sql);
+        }
+        assert_eq!(
+            r("DO $$ BEGIN EXECUTE 'ALTER ROLE x PASSWORD ''sekrit17'''; END $$"),
+            "DO $$ BEGIN EXECUTE 'ALTER ROLE x PASSWORD ''[REDACTED]'''; END $$"
+        );
+        assert_eq!(
+            r("SELECT format('ALTER ROLE %I PASSWORD %L', 'x', 'sekrit17')"),
+            "SELECT format('ALTER ROLE %I PASSWORD %L', '[REDACTED]', '[REDACTED]')"
+        );
+        assert_eq!(
+            r("DO E'BEGIN EXECUTE ''ALTER ROLE x PASSWORD ''''s\\\\ek''''''; END'"),
+            "DO E'BEGIN EXECUTE ''ALTER ROLE x PASSWORD ''''[REDACTED]''''''; END'"
+        );
+    }
+
+    /// Literals nest without bound in the text; past [`MAX_LITERAL_NESTING`] levels a literal with
+    /// a secret marker is hidden whole.
+    #[test]
+    fn deep_nesting_is_hidden_whole() {
+        let mut sql = "ALTER ROLE x PASSWORD 'sekrit17'".to_owned();
+        for _ in 0..12 {
+            sql = format!("SELECT dblink_exec('c', '{}')", sql.replace('\'', "''"));
+        }
+        let out = r(&sql);
+        assert!(!out.contains("sekrit17"), "{out}");
+        assert!(out.starts_with("SELECT dblink_exec('c', "), "{out}");
     }
 
     #[test]
