@@ -135,8 +135,10 @@ struct RawAdmin {
     tokens: Vec<RawAdminToken>,
     metrics_public: Option<bool>,
     max_connections: Option<i64>,
+    max_connections_per_address: Option<i64>,
     header_timeout: Option<String>,
     idle_timeout: Option<String>,
+    request_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -355,7 +357,16 @@ pub struct AdminConfig {
     pub header_timeout: Duration,
     /// A connection that moves no byte either way for this long is closed.
     pub idle_timeout: Duration,
+    /// HTTP connections from one IP address at once (at most `max_connections`), so one address
+    /// cannot take every slot; past it 503 `too_many_connections`.
+    pub max_connections_per_address: usize,
+    /// A request's body must arrive and its answer be ready within this of its header; else 408
+    /// `request_timeout` and the connection is closed.
+    pub request_timeout: Duration,
 }
+
+/// `admin.max_connections_per_address` when the config does not say.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS_PER_ADDRESS: u64 = 16;
 
 #[derive(Debug, Clone)]
 pub struct AdminToken {
@@ -1008,6 +1019,17 @@ fn validate_admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
             "admin.idle_timeout",
             raw.idle_timeout.as_deref(),
             Duration::from_secs(60),
+        ),
+        max_connections_per_address: p.positive(
+            "admin.max_connections_per_address",
+            raw.max_connections_per_address,
+            DEFAULT_ADMIN_MAX_CONNECTIONS_PER_ADDRESS,
+            100_000,
+        ) as usize,
+        request_timeout: p.duration(
+            "admin.request_timeout",
+            raw.request_timeout.as_deref(),
+            Duration::from_secs(30),
         ),
     }
 }

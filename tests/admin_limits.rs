@@ -118,3 +118,91 @@ async fn connections_over_the_limit_get_503_and_freed_slots_serve_again() {
     }
     drop(held);
 }
+
+/// Regression (attack on issue 16's fixes): a request whose body trickles in a byte every few
+/// seconds reset the idle timeout forever; 128 of them locked every operator out of revoke and
+/// kill. The body must arrive (and the answer be ready) within `admin.request_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_request_body_is_closed_at_the_request_deadline() {
+    let tb = start("idle_timeout = \"60s\"\nrequest_timeout = \"2s\"").await;
+    let slow = TcpStream::connect(tb.admin_addr).await.unwrap();
+    let (mut reader, mut writer) = slow.into_split();
+    let head = format!(
+        "POST /v1/grants HTTP/1.1\r\nHost: timebox\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{",
+        common::ADMIN_TOKEN
+    );
+    writer.write_all(head.as_bytes()).await.unwrap();
+    // One byte every 200 ms: never idle long enough for the idle timeout.
+    let trickle = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if writer.write_all(b" ").await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(GENEROUS, reader.read_to_end(&mut got)).await;
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&got).into_owned();
+    assert!(
+        read.is_ok(),
+        "the server kept the trickle open; read so far: {answer:?}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    let body: serde_json::Value = serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(body["code"], "request_timeout", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("admin.request_timeout"),
+        "{body}"
+    );
+    assert_eq!(healthz_status(&tb).await, Some(reqwest::StatusCode::OK));
+}
+
+/// Regression (attack on issue 16's fixes): one address opening connections that send half a
+/// header took all of `admin.max_connections`, and `/healthz` (and revoke, kill) got 503 for
+/// everyone. One address now gets at most `admin.max_connections_per_address` (default 16);
+/// another address is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_admin_connection() {
+    let per_address = timebox::config::DEFAULT_ADMIN_MAX_CONNECTIONS_PER_ADDRESS as usize;
+    let tb = start(&format!(
+        "max_connections = {}\nheader_timeout = \"60s\"\nidle_timeout = \"60s\"",
+        per_address + 4
+    ))
+    .await;
+    // The listener is 127.0.0.1; loopback lets a client bind 127.0.0.2 and reach it.
+    let from_attacker = || async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        socket.connect(tb.admin_addr).await.unwrap()
+    };
+    let mut held = Vec::new();
+    for _ in 0..per_address {
+        let mut c = from_attacker().await;
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: timebox\r\n")
+            .await
+            .unwrap();
+        held.push(c);
+    }
+    // The listener accepts in order: the next one from that address finds its share taken.
+    let mut extra = from_attacker().await;
+    let answer = String::from_utf8(read_until_closed(&mut extra).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    let body: serde_json::Value = serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(body["code"], "too_many_connections", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("admin.max_connections_per_address"),
+        "{body}"
+    );
+    // 127.0.0.1 still gets in.
+    assert_eq!(healthz_status(&tb).await, Some(reqwest::StatusCode::OK));
+    drop(held);
+}

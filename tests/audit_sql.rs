@@ -404,3 +404,51 @@ async fn auditor_queries_at_once_are_bounded() {
     let outcome = rawaudit::query(&mut s, &mut buf, "SELECT 1").await;
     assert!(outcome.error.is_none(), "{outcome:?}");
 }
+
+/// Regression (attack on issue 16's fixes): `SELECT instr(printf('%.*c', 2000000, 'a'),
+/// printf('%.*c', 1000000, 'a') || 'b')` got its 57014 after 10 s while SQLite went on for ~35 s
+/// inside that one call (its progress handler never runs there), and the query's slot was given
+/// back with the answer: four more could start. Such calls are now answered at once, and no SQLite
+/// thread outlives its answer: every slot is free when the client has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_function_call_cannot_outrun_the_time_limit_or_the_query_slots() {
+    let inst = common::start(plaintext_options()).await;
+    let (mut s, mut buf, _) = rawaudit::login(inst.proxy_addr, "audrey", common::AUDITOR_TOKEN).await;
+    let slots = || inst.state.proxy.audit_queries.available_permits();
+    let all = timebox::auditsql::QUERIES_AT_ONCE;
+    for (sql, want) in [
+        // the attack: printf stops at the 1 MiB value cap (NULL), so instr has nothing to do
+        (
+            "SELECT instr(printf('%.*c', 2000000, 'a'), printf('%.*c', 1000000, 'a') || 'b')",
+            None,
+        ),
+        // under the cap: instr and replace search in linear time
+        (
+            "SELECT instr(printf('%.*c', 1000000, 'a'), printf('%.*c', 500000, 'a') || 'b')",
+            None,
+        ),
+        (
+            "SELECT length(replace(printf('%.*c', 1000000, 'a'), printf('%.*c', 500000, 'a') || 'b', 'x'))",
+            None,
+        ),
+        // trimming by a long character set counts its work and stops
+        (
+            "SELECT length(trim(printf('%.*c', 1000000, 'a'), printf('%.*c', 1000000, 'b') || 'a'))",
+            Some("54000"),
+        ),
+    ] {
+        let outcome = rawaudit::query(&mut s, &mut buf, sql).await;
+        match want {
+            None => assert!(outcome.error.is_none() && outcome.rows == 1, "{sql}: {outcome:?}"),
+            Some(code) => {
+                let (got, msg) = outcome
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| panic!("{sql}: {outcome:?}"));
+                assert_eq!(got, code, "{sql}: {msg}");
+                assert!(msg.contains("byte comparisons"), "{sql}: {msg}");
+            }
+        }
+        assert_eq!(slots(), all, "{sql}: a SQLite thread outlived its answer");
+    }
+}

@@ -48,6 +48,13 @@ pub enum ApiError {
     StateConflict(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// The request body did not arrive, or the answer was not ready, within `admin.request_timeout`
+    /// of the request's header (what it changes, if anything, still completes).
+    #[error("the request was not received and answered within {limit:?} (admin.request_timeout); if it changes something, check whether it did before retrying")]
+    RequestTimeout { limit: std::time::Duration },
+    /// The request body is larger than the admin API reads.
+    #[error("the request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
     /// A failure of timebox itself; the cause is logged where it happened.
     #[error("{0}")]
     Internal(String),
@@ -67,7 +74,8 @@ pub enum ApiError {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorResponse {
     /// Stable machine-readable code: unauthorized, forbidden, bad_request, invalid_request,
-    /// not_found, conflict, method_not_allowed, store_unavailable, audit_unavailable, …
+    /// not_found, conflict, method_not_allowed, request_timeout, payload_too_large,
+    /// store_unavailable, audit_unavailable, …
     pub code: String,
     /// For a person.
     pub message: String,
@@ -98,6 +106,8 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } | ApiError::StateConflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::StoreUnavailable(_) | ApiError::AuditUnavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -118,6 +128,8 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict { .. } | ApiError::StateConflict(_) => "conflict",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::RequestTimeout { .. } => "request_timeout",
+            ApiError::BodyTooLarge { .. } => "payload_too_large",
             ApiError::Internal(_) => "internal",
             ApiError::StoreUnavailable(_) => "store_unavailable",
             ApiError::AuditUnavailable { .. } => "audit_unavailable",

@@ -11,8 +11,13 @@
 //! Results are never buffered whole: rows go to the client in chunks through a small channel as
 //! SQLite produces them, under caps on rows, bytes, the size of one value (SQLite's own
 //! `SQLITE_LIMIT_LENGTH`, so a `printf('%.*c', 900000000, 'x')` fails inside SQLite) and time
-//! (a progress handler stops the statement). It must never let a query allocate without bound,
-//! outlive its time limit or touch anything but the audit trail.
+//! (a progress handler stops the statement between VM instructions). The progress handler never
+//! runs inside one function call, so no single call may run long either: values are at most
+//! 1 MiB, LIKE/GLOB patterns short, and the built-ins whose cost is the product of their
+//! arguments' lengths are replaced by [`super::functions`]. The instance's slot for the query (its
+//! concurrency permit) belongs to the SQLite thread and is given back when that thread ends, not
+//! when the client is answered. It must never let a query allocate without bound, outlive its
+//! time limit or touch anything but the audit trail.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -26,7 +31,9 @@ use rusqlite::limits::Limit;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::OwnedSemaphorePermit;
 
+use super::functions::{self, Arg, Ends, FunctionError, Replaced};
 use crate::proxy::wire::{self, PgError, Severity};
 
 /// Caps on one auditor query.
@@ -36,7 +43,8 @@ pub struct Limits {
     pub max_rows: usize,
     /// Bytes of DataRows one result may have.
     pub max_result_bytes: usize,
-    /// Bytes of one string or blob, inside SQLite too (`SQLITE_LIMIT_LENGTH`).
+    /// Bytes of one string or blob, inside SQLite too (`SQLITE_LIMIT_LENGTH`). A record's payload
+    /// must fit to be read: statement text is capped at 64 KiB in the record.
     pub max_value_bytes: usize,
     /// Bytes of one encoded row, checked before it is copied.
     pub max_row_bytes: usize,
@@ -51,7 +59,7 @@ impl Default for Limits {
         Limits {
             max_rows: 100_000,
             max_result_bytes: 256 * 1024 * 1024,
-            max_value_bytes: 4 * 1024 * 1024,
+            max_value_bytes: 1024 * 1024,
             max_row_bytes: 8 * 1024 * 1024,
             max_columns: 32,
             timeout: Duration::from_secs(10),
@@ -63,6 +71,9 @@ impl Default for Limits {
 const MAX_FUNCTION_ARGS: i32 = 8;
 /// Depth of one expression tree (`SQLITE_LIMIT_EXPR_DEPTH`).
 const MAX_EXPR_DEPTH: i32 = 100;
+/// Bytes of a LIKE or GLOB pattern (`SQLITE_LIMIT_LIKE_PATTERN_LENGTH`): matching costs up to the
+/// pattern's length per byte of the value.
+const MAX_LIKE_PATTERN: i32 = 256;
 /// Bytes per chunk sent to the client; chunks in flight are bounded by [`CHUNKS_IN_FLIGHT`].
 const CHUNK_BYTES: usize = 64 * 1024;
 const CHUNKS_IN_FLIGHT: usize = 4;
@@ -231,6 +242,9 @@ pub enum QueryError {
     ValueTooLarge { limit: usize },
     #[error("a row of the result is larger than timebox_audit's limit of {limit} bytes; select fewer or shorter columns")]
     RowTooLarge { limit: usize },
+    /// A replaced built-in refused its arguments ([`super::functions`]).
+    #[error("{0}")]
+    Function(#[source] FunctionError),
     #[error("the query ran longer than timebox_audit's limit of {limit:?} and was stopped")]
     Timeout { limit: Duration },
     #[error("cannot open the audit database: {0}")]
@@ -256,7 +270,11 @@ impl QueryError {
             QueryError::TooManyRows { .. }
             | QueryError::TooManyBytes { .. }
             | QueryError::ValueTooLarge { .. }
-            | QueryError::RowTooLarge { .. } => "54000",
+            | QueryError::RowTooLarge { .. }
+            | QueryError::Function(FunctionError::TooCostly { .. } | FunctionError::TooLarge { .. }) => {
+                "54000"
+            }
+            QueryError::Function(FunctionError::RealArgument { .. }) => "0A000",
             QueryError::Timeout { .. } => "57014",
             QueryError::Sqlite(_) => "42000",
             QueryError::Open(_) | QueryError::Task(_) | QueryError::ClientLeft => "XX000",
@@ -354,18 +372,50 @@ fn qualified(database: Option<&str>, table: &str) -> String {
 /// Runs an already-audited query and streams its result (RowDescription, DataRows,
 /// CommandComplete or EmptyQueryResponse) to `client`. On `Err` the client has received part of
 /// the result at most; the caller sends the error and ReadyForQuery.
+///
+/// `slot` is the query's place among the instance's concurrent auditor queries: it moves into
+/// the SQLite thread and is given back when that thread ends, even if the client was answered
+/// (57014) before.
 pub async fn execute<W: AsyncWrite + Unpin>(
     db: &Path,
     sql: String,
     limits: Limits,
+    slot: OwnedSemaphorePermit,
     client: &mut W,
 ) -> Result<(), QueryError> {
-    let deadline = Instant::now() + limits.timeout;
+    let db = db.to_owned();
+    stream(limits.timeout, slot, client, move |deadline, stop, tx| {
+        run(&db, &sql, limits, deadline, stop, tx)
+    })
+    .await
+}
+
+/// Runs `body` on a blocking thread that holds `slot` until it ends, and streams the chunks it
+/// sends to `client` until `timeout`; then sets the stop flag `body` must watch.
+async fn stream<W, F>(
+    timeout: Duration,
+    slot: OwnedSemaphorePermit,
+    client: &mut W,
+    body: F,
+) -> Result<(), QueryError>
+where
+    W: AsyncWrite + Unpin,
+    F: FnOnce(Instant, &Arc<AtomicBool>, &tokio::sync::mpsc::Sender<BytesMut>) -> Result<(), QueryError>
+        + Send
+        + 'static,
+{
+    let deadline = Instant::now() + timeout;
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<BytesMut>(CHUNKS_IN_FLIGHT);
     let task = tokio::task::spawn_blocking({
-        let (db, stop) = (db.to_owned(), stop.clone());
-        move || run(&db, &sql, limits, deadline, &stop, &tx)
+        let stop = stop.clone();
+        move || {
+            let result = body(deadline, &stop, &tx);
+            // Given back here, not when the client is answered: a thread SQLite keeps busy past
+            // the time limit still counts against the instance's queries at once.
+            drop(slot);
+            result
+        }
     });
     let streamed = async {
         while let Some(chunk) = rx.recv().await {
@@ -381,9 +431,7 @@ pub async fn execute<W: AsyncWrite + Unpin>(
     stop.store(true, Ordering::Relaxed);
     drop(rx);
     match outcome {
-        Err(_) => Err(QueryError::Timeout {
-            limit: limits.timeout,
-        }),
+        Err(_) => Err(QueryError::Timeout { limit: timeout }),
         Ok(Err(e)) => Err(e),
         Ok(Ok(())) => match task.await {
             Ok(result) => result,
@@ -392,8 +440,25 @@ pub async fn execute<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Opens the audit database read-only, with the views, the limits and the authorizer in place.
-fn open(db: &Path, limits: Limits, denied: Arc<Mutex<Option<String>>>) -> Result<Connection, QueryError> {
+/// What SQLite's callbacks refused while a statement ran, told to the auditor instead of SQLite's
+/// generic error.
+#[derive(Debug, Default)]
+struct Refusals {
+    /// The first action the authorizer refused.
+    denied: Option<String>,
+    /// The first replaced built-in that refused its arguments.
+    function: Option<FunctionError>,
+}
+
+type SharedRefusals = Arc<Mutex<Refusals>>;
+
+fn lock(refusals: &SharedRefusals) -> std::sync::MutexGuard<'_, Refusals> {
+    refusals.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Opens the audit database read-only, with the views, the limits, the replaced built-ins and the
+/// authorizer in place.
+fn open(db: &Path, limits: Limits, refusals: SharedRefusals) -> Result<Connection, QueryError> {
     let conn = Connection::open_with_flags(
         db,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -408,18 +473,62 @@ fn open(db: &Path, limits: Limits, denied: Arc<Mutex<Option<String>>>) -> Result
     conn.set_limit(Limit::SQLITE_LIMIT_FUNCTION_ARG, MAX_FUNCTION_ARGS);
     conn.set_limit(Limit::SQLITE_LIMIT_EXPR_DEPTH, MAX_EXPR_DEPTH);
     conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0);
+    conn.set_limit(Limit::SQLITE_LIMIT_LIKE_PATTERN_LENGTH, MAX_LIKE_PATTERN);
+    replace_builtins(&conn, limits.max_value_bytes, &refusals).map_err(QueryError::Open)?;
     let schema = Schema::read(&conn).map_err(QueryError::Open)?;
     conn.authorizer(Some(move |ctx: AuthContext<'_>| {
         match authorize(&ctx.action, ctx.database_name, &schema) {
             Ok(()) => Authorization::Allow,
             Err(what) => {
-                let mut first = denied.lock().unwrap_or_else(|e| e.into_inner());
-                first.get_or_insert(what);
+                lock(&refusals).denied.get_or_insert(what);
                 Authorization::Deny
             }
         }
     }));
     Ok(conn)
+}
+
+/// Registers [`super::functions`] under the built-ins' names (which overrides them on this
+/// connection). A refusal is kept in `refusals` for the auditor's error.
+fn replace_builtins(
+    conn: &Connection,
+    max_value_bytes: usize,
+    refusals: &SharedRefusals,
+) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    let refused = |refusals: &SharedRefusals, e: FunctionError| {
+        let message = e.to_string();
+        lock(refusals).function.get_or_insert(e);
+        rusqlite::Error::UserFunctionError(message.into())
+    };
+    let r = refusals.clone();
+    conn.create_scalar_function("instr", 2, flags, move |ctx| {
+        let (h, n) = (ctx.get_raw(0), ctx.get_raw(1));
+        let h = Arg::from_value(h, "instr").map_err(|e| refused(&r, e))?;
+        let n = Arg::from_value(n, "instr").map_err(|e| refused(&r, e))?;
+        Ok(functions::instr(&h, &n))
+    })?;
+    let r = refusals.clone();
+    conn.create_scalar_function("replace", 3, flags, move |ctx| {
+        let arg = |i| Arg::from_value(ctx.get_raw(i), "replace").map_err(|e| refused(&r, e));
+        let (x, p, w) = (arg(0)?, arg(1)?, arg(2)?);
+        match functions::replace(&x, &p, &w, max_value_bytes).map_err(|e| refused(&r, e))? {
+            Replaced::Null => Ok(None),
+            Replaced::Text(t) => Ok(Some(functions::into_text(t))),
+        }
+    })?;
+    for ends in [Ends::Left, Ends::Right, Ends::Both] {
+        let r = refusals.clone();
+        conn.create_scalar_function(ends.function(), 2, flags, move |ctx| {
+            let arg = |i| Arg::from_value(ctx.get_raw(i), ends.function()).map_err(|e| refused(&r, e));
+            let (x, set) = (arg(0)?, arg(1)?);
+            let trimmed =
+                functions::trim(&x, &set, ends, functions::MAX_TRIM_WORK).map_err(|e| refused(&r, e))?;
+            Ok(trimmed.map(functions::into_text))
+        })?;
+    }
+    Ok(())
 }
 
 /// The blocking half of [`execute`].
@@ -431,16 +540,16 @@ fn run(
     stop: &Arc<AtomicBool>,
     tx: &tokio::sync::mpsc::Sender<BytesMut>,
 ) -> Result<(), QueryError> {
-    let denied = Arc::new(Mutex::new(None::<String>));
-    let conn = open(db, limits, denied.clone())?;
+    let refusals = SharedRefusals::default();
+    let conn = open(db, limits, refusals.clone())?;
     let progress_stop = stop.clone();
     conn.progress_handler(
         PROGRESS_EVERY,
         Some(move || progress_stop.load(Ordering::Relaxed) || Instant::now() >= deadline),
     );
     let fail = |e: rusqlite::Error| {
-        let what = denied.lock().unwrap_or_else(|e| e.into_inner()).take();
-        query_error(e, what, limits, stop.load(Ordering::Relaxed))
+        let refused = std::mem::take(&mut *lock(&refusals));
+        query_error(e, refused, limits, stop.load(Ordering::Relaxed))
     };
     let send = |chunk: BytesMut| tx.blocking_send(chunk).map_err(|_| QueryError::ClientLeft);
 
@@ -494,10 +603,13 @@ fn run(
     send(out)
 }
 
-/// Maps SQLite's error to what the auditor is told; `denied` is what the authorizer refused.
-fn query_error(e: rusqlite::Error, denied: Option<String>, limits: Limits, stopped: bool) -> QueryError {
-    if let Some(what) = denied {
+/// Maps SQLite's error to what the auditor is told, given what SQLite's callbacks refused.
+fn query_error(e: rusqlite::Error, refused: Refusals, limits: Limits, stopped: bool) -> QueryError {
+    if let Some(what) = refused.denied {
         return QueryError::NotAuthorized { what };
+    }
+    if let Some(e) = refused.function {
+        return QueryError::Function(e);
     }
     match e.sqlite_error_code() {
         Some(ErrorCode::AuthorizationForStatementDenied) => QueryError::NotAuthorized {
@@ -575,6 +687,11 @@ fn data_row(out: &mut BytesMut, values: &[ValueRef<'_>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::Semaphore;
+
+    fn slot() -> OwnedSemaphorePermit {
+        Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap()
+    }
 
     /// An empty audit database with the table the views read.
     fn audit_db() -> (tempfile::TempDir, std::path::PathBuf) {
@@ -600,7 +717,7 @@ mod tests {
         let endless =
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n";
         let mut out = Vec::new();
-        let result = execute(&db, endless.into(), limits, &mut out).await;
+        let result = execute(&db, endless.into(), limits, slot(), &mut out).await;
         let err = result.expect_err("stopped");
         assert!(matches!(err, QueryError::Timeout { .. }), "{err:?}");
         assert_eq!(err.to_pg_error().code, "57014");
@@ -617,7 +734,7 @@ mod tests {
         let (mut client, _unread) = tokio::io::duplex(1024);
         let rows =
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 50000) SELECT i FROM n";
-        let err = execute(&db, rows.into(), limits, &mut client)
+        let err = execute(&db, rows.into(), limits, slot(), &mut client)
             .await
             .expect_err("stopped");
         assert!(matches!(err, QueryError::Timeout { .. }), "{err:?}");
@@ -633,7 +750,7 @@ mod tests {
         };
         let wide = "SELECT printf('%.*c', 900, 'x'), printf('%.*c', 900, 'y'), printf('%.*c', 900, 'z')";
         let mut out = Vec::new();
-        let err = execute(&db, wide.into(), limits, &mut out)
+        let err = execute(&db, wide.into(), limits, slot(), &mut out)
             .await
             .expect_err("cut");
         assert!(matches!(err, QueryError::RowTooLarge { limit: 2500 }), "{err:?}");
@@ -649,6 +766,7 @@ mod tests {
             &db,
             "SELECT 1 AS a, 'x' AS b; ".into(),
             Limits::default(),
+            slot(),
             &mut out,
         )
         .await
@@ -656,10 +774,95 @@ mod tests {
         assert_eq!(out.first(), Some(&b'T'));
         assert!(out.windows(8).any(|w| w == b"SELECT 1"), "{out:?}");
         let mut empty = Vec::new();
-        execute(&db, "  ; ".into(), Limits::default(), &mut empty)
+        execute(&db, "  ; ".into(), Limits::default(), slot(), &mut empty)
             .await
             .unwrap();
         assert_eq!(empty, b"I\0\0\0\x04");
+    }
+
+    /// Regression (attack on issue 16's fixes): the instance's query slot was given back when the
+    /// client got its 57014, while SQLite went on inside one function call; four more bombs
+    /// could then start. The slot now belongs to the thread.
+    #[tokio::test]
+    async fn the_query_slot_is_held_until_the_sqlite_thread_ends() {
+        let slots = Arc::new(Semaphore::new(1));
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let mut out = Vec::new();
+        let taken = slots.clone().try_acquire_owned().unwrap();
+        let stuck = move |_: Instant, _: &Arc<AtomicBool>, _: &tokio::sync::mpsc::Sender<BytesMut>| {
+            let _ = wait.recv();
+            Ok(())
+        };
+        let err = stream(Duration::from_millis(50), taken, &mut out, stuck)
+            .await
+            .expect_err("the client is answered at the time limit");
+        assert!(matches!(err, QueryError::Timeout { .. }), "{err:?}");
+        assert_eq!(
+            slots.available_permits(),
+            0,
+            "the thread still runs, so its slot is still taken"
+        );
+        release.send(()).unwrap();
+        let freed = tokio::time::timeout(Duration::from_secs(60), slots.acquire()).await;
+        assert!(freed.is_ok(), "the slot frees up when the thread ends");
+    }
+
+    /// Regression (attack on issue 16's fixes): `instr` over a 2 MB and a 1 MB string kept SQLite
+    /// busy ~45 s inside one call, where the progress handler never runs. Values are now at most
+    /// 1 MiB, and the products-of-lengths built-ins are linear or refused.
+    #[tokio::test]
+    async fn single_function_calls_cannot_run_long() {
+        let (_dir, db) = audit_db();
+        let run = |sql: &'static str| {
+            let db = db.clone();
+            async move {
+                let mut out = Vec::new();
+                let limits = Limits {
+                    timeout: Duration::from_secs(600),
+                    ..Limits::default()
+                };
+                execute(&db, sql.into(), limits, slot(), &mut out)
+                    .await
+                    .map(|()| out)
+            }
+        };
+        let bomb = "SELECT instr(printf('%.*c', 2000000, 'a'), printf('%.*c', 1000000, 'a') || 'b')";
+        // SQLite's printf stops at the value cap (1 MiB) and yields NULL; instr(NULL, …) is NULL.
+        let out = run(bomb).await.expect("answered");
+        assert!(out.windows(7).any(|w| w == b"D\0\0\0\x0a\0\x01"), "{out:?}");
+        assert!(
+            out.windows(4).any(|w| w == b"\xff\xff\xff\xff"),
+            "a NULL: {out:?}"
+        );
+        for (sql, answer) in [
+            (
+                "SELECT instr(printf('%.*c', 1000000, 'a'), printf('%.*c', 500000, 'a') || 'b')",
+                &b"\0\0\0\x010"[..],
+            ),
+            (
+                "SELECT length(replace(printf('%.*c', 1000000, 'a'), printf('%.*c', 500000, 'a') || 'b', 'x'))",
+                &b"\0\0\0\x071000000"[..],
+            ),
+            ("SELECT instr('héllo wörld', 'w')", &b"\0\0\0\x017"[..]),
+            ("SELECT trim('  xhix ', ' x')", &b"\0\0\0\x02hi"[..]),
+            ("SELECT replace('a-b-c', '-', '+')", &b"\0\0\0\x05a+b+c"[..]),
+        ] {
+            let out = run(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            assert!(out.windows(answer.len()).any(|w| w == answer), "{sql}: {out:?}");
+        }
+        let trim_bomb =
+            "SELECT length(trim(printf('%.*c', 1000000, 'a'), printf('%.*c', 1000000, 'b') || 'a'))";
+        let err = run(trim_bomb).await.expect_err("refused");
+        assert!(
+            matches!(err, QueryError::Function(FunctionError::TooCostly { .. })),
+            "{err:?}"
+        );
+        assert_eq!(err.to_pg_error().code, "54000");
+        let err = run("SELECT instr(1.5, '.')").await.expect_err("refused");
+        assert_eq!(err.to_pg_error().code, "0A000", "{err}");
+        let like = "SELECT printf('%.*c', 1000000, 'a') LIKE printf('%.*c', 300, '%') || 'b'";
+        let err = run(like).await.expect_err("pattern too long");
+        assert!(matches!(err, QueryError::Sqlite(_)), "{err:?}");
     }
 
     fn read(table: &str) -> AuthAction<'_> {

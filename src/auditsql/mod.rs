@@ -35,8 +35,10 @@ use crate::proxy::stream::ClientStream;
 use crate::proxy::wire::{self, PgError};
 
 mod engine;
+mod functions;
 
 pub use engine::{Limits, QueryError, ALLOWED_FUNCTIONS, VIEW_NAMES};
+pub use functions::{FunctionError, MAX_TRIM_WORK};
 
 /// The reserved database name.
 pub const AUDIT_DATABASE: &str = "timebox_audit";
@@ -337,12 +339,13 @@ async fn run(
                     match decision {
                         Err(reason) => QueryError::Refused(reason).to_pg_error().encode(&mut out),
                         Ok(()) => {
-                            let running = state.proxy.audit_queries.clone().try_acquire_owned();
-                            let result = match running {
+                            // The slot moves into the SQLite thread: it frees up when that ends.
+                            let slot = state.proxy.audit_queries.clone().try_acquire_owned();
+                            let result = match slot {
                                 Err(_) => Err(QueryError::Busy {
                                     limit: QUERIES_AT_ONCE,
                                 }),
-                                Ok(_running) => engine::execute(db, sql, Limits::default(), client).await,
+                                Ok(slot) => engine::execute(db, sql, Limits::default(), slot, client).await,
                             };
                             match result {
                                 Ok(()) => {}
