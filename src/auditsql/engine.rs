@@ -27,7 +27,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::proxy::wire::{self, PgError, Severity};
+use crate::proxy::wire::{self, PgError};
 
 /// Caps on one auditor query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,26 +248,23 @@ pub enum QueryError {
 impl QueryError {
     /// The ErrorResponse the client gets (the session goes on).
     pub fn to_pg_error(&self) -> PgError {
-        let code = match self {
-            QueryError::Refused(_) | QueryError::NotAuthorized { .. } => "42501",
-            QueryError::AuditUnavailable => "58030",
-            QueryError::Busy { .. } => "53300",
-            QueryError::ExtendedProtocol => "0A000",
+        let message = self.to_string();
+        let error = match self {
+            QueryError::Refused(_) | QueryError::NotAuthorized { .. } => {
+                PgError::insufficient_privilege(message)
+            }
+            QueryError::AuditUnavailable => PgError::io_error(message),
+            QueryError::Busy { .. } => PgError::too_many_connections(message),
+            QueryError::ExtendedProtocol => PgError::feature_not_supported(message),
             QueryError::TooManyRows { .. }
             | QueryError::TooManyBytes { .. }
             | QueryError::ValueTooLarge { .. }
-            | QueryError::RowTooLarge { .. } => "54000",
-            QueryError::Timeout { .. } => "57014",
-            QueryError::Sqlite(_) => "42000",
-            QueryError::Open(_) | QueryError::Task(_) | QueryError::ClientLeft => "XX000",
+            | QueryError::RowTooLarge { .. } => PgError::program_limit_exceeded(message),
+            QueryError::Timeout { .. } => PgError::query_canceled(message),
+            QueryError::Sqlite(_) => PgError::syntax_error_or_access_rule_violation(message),
+            QueryError::Open(_) | QueryError::Task(_) | QueryError::ClientLeft => PgError::internal(message),
         };
-        PgError {
-            severity: Severity::Error,
-            code,
-            message: self.to_string(),
-            detail: None,
-            hint: None,
-        }
+        error.non_fatal()
     }
 }
 

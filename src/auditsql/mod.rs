@@ -174,10 +174,7 @@ async fn login(
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "grant store unavailable during timebox_audit authentication");
-            PgError::fatal(
-                "58000",
-                "timebox cannot check logins right now (store unavailable)",
-            )
+            PgError::system_error("timebox cannot check logins right now (store unavailable)")
         })?;
     let principal = state.config.admin.tokens.iter().find(|t| t.name == params.user);
     let verifier = principal.and_then(|t| t.scram.as_ref());
@@ -239,8 +236,7 @@ async fn login(
         )));
     }
     let Some(db) = state.audit.db_path().map(|p| p.to_owned()) else {
-        return Err(PgError::fatal(
-            "55000",
+        return Err(PgError::object_not_in_prerequisite_state(
             "timebox_audit needs a file-backed store (this instance keeps its audit log in memory)",
         ));
     };

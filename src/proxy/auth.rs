@@ -109,7 +109,7 @@ fn scram_refusal(e: ScramError, wrong_token: &impl Fn() -> PgError) -> AuthError
             true,
         ),
         ScramError::ChannelBinding(why) => refused(
-            PgError::fatal("28000", format!("SCRAM channel binding failed: {why}")),
+            PgError::channel_binding_failed(&why),
             "channel binding failed",
             true,
         ),
@@ -133,10 +133,7 @@ pub async fn authenticate(
     let store_down = |e: crate::store::StoreError| {
         tracing::error!(error = %e, "grant store unavailable during authentication");
         refused(
-            PgError::fatal(
-                "58000",
-                "timebox cannot check grants right now (grant store unavailable)",
-            ),
+            PgError::grant_store_unavailable(),
             "grant store unavailable",
             false,
         )

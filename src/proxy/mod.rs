@@ -162,7 +162,7 @@ impl ProxyState {
         self.connections
             .clone()
             .try_acquire_owned()
-            .map_err(|_| wire::PgError::too_many_connections(limit))
+            .map_err(|_| wire::PgError::too_many_clients(limit))
     }
 }
 
