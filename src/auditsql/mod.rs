@@ -191,6 +191,7 @@ async fn login(
     let server_final = match exchanged {
         Ok((_, server_final)) => server_final,
         Err(AuthError::Refused {
+            kind,
             error,
             reason,
             counts_as_failure,
@@ -198,12 +199,7 @@ async fn login(
             if !counts_as_failure {
                 reservation.release();
             }
-            let label = if error.code == "28P01" {
-                "wrong_token"
-            } else {
-                "protocol"
-            };
-            auth_failures.with_label_values(&[label]).inc();
+            auth_failures.with_label_values(&[kind.metric_label()]).inc();
             tracing::info!(client.addr = %peer, user = %params.user, %reason, "timebox_audit authentication failed");
             let event = AuditEvent::AuthFailure(audit_event::AuthFailure {
                 client_addr: peer.to_string(),

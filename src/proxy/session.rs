@@ -292,6 +292,7 @@ async fn authenticate(
             g
         }
         Err(AuthError::Refused {
+            kind,
             error,
             reason,
             counts_as_failure,
@@ -299,13 +300,7 @@ async fn authenticate(
             if !counts_as_failure {
                 reservation.release();
             }
-            let label = match error.code {
-                "28P01" => "wrong_token",
-                "28000" => "grant_not_current",
-                "58000" => "store_unavailable",
-                _ => "protocol",
-            };
-            auth_failures.with_label_values(&[label]).inc();
+            auth_failures.with_label_values(&[kind.metric_label()]).inc();
             tracing::info!(%reason, code = error.code, "authentication failed");
             let event = AuditEvent::AuthFailure(audit_event::AuthFailure {
                 client_addr: peer.to_string(),
