@@ -16,8 +16,53 @@ use serde::Deserialize;
 /// Statement classes a role may be allowed (enforced by the policy layer).
 pub const STATEMENT_CLASSES: &[&str] = &["read", "write", "ddl", "admin"];
 
-/// Principal roles an admin-API token may carry.
+/// Principal roles an admin-API token may carry, as written in config and on the command line
+/// (the names of [`PrincipalRole::ALL`], in that order).
 pub const PRINCIPAL_ROLES: &[&str] = &["admin", "approver", "requester", "auditor"];
+
+/// A role an admin-API token carries (`[[admin.tokens]] roles`). Parsed once, in config
+/// validation; the admin API and `timebox_audit` compare these, never the strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PrincipalRole {
+    /// Everything: grants, requests, sessions, audit, metrics.
+    Admin,
+    /// Approves or denies requests; revokes and extends grants; kills sessions.
+    Approver,
+    /// Files access requests and sees its own grants.
+    Requester,
+    /// Reads the audit trail (HTTP and `timebox_audit`), grants and metrics.
+    Auditor,
+}
+
+impl PrincipalRole {
+    pub const ALL: [PrincipalRole; 4] = [
+        PrincipalRole::Admin,
+        PrincipalRole::Approver,
+        PrincipalRole::Requester,
+        PrincipalRole::Auditor,
+    ];
+
+    /// The name used in config, on the command line and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalRole::Admin => "admin",
+            PrincipalRole::Approver => "approver",
+            PrincipalRole::Requester => "requester",
+            PrincipalRole::Auditor => "auditor",
+        }
+    }
+
+    /// The role named `name` exactly (config names are lower case), if there is one.
+    pub fn from_name(name: &str) -> Option<PrincipalRole> {
+        PrincipalRole::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for PrincipalRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Events a `[[webhooks]]` entry may subscribe to (`"*"` means all of them).
 pub const WEBHOOK_EVENTS: &[&str] = &[
@@ -377,7 +422,7 @@ pub struct AdminToken {
     /// SCRAM-SHA-256 verifier of the same token, for logging in to `timebox_audit`; without it
     /// the token cannot log in there.
     pub scram: Option<crate::grants::token::ScramVerifier>,
-    pub roles: Vec<String>,
+    pub roles: Vec<PrincipalRole>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -979,19 +1024,21 @@ fn validate_admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
                 format!("give at least one of {}", PRINCIPAL_ROLES.join(" | ")),
             );
         }
+        let mut roles = Vec::new();
         for (j, r) in t.roles.iter().enumerate() {
-            if !PRINCIPAL_ROLES.contains(&r.as_str()) {
-                p.push(
+            match PrincipalRole::from_name(r) {
+                Some(role) => roles.push(role),
+                None => p.push(
                     format!("{path}.roles[{j}]"),
                     format!("{r:?} is not one of {}", PRINCIPAL_ROLES.join(" | ")),
-                );
+                ),
             }
         }
         tokens.push(AdminToken {
             name: t.name.clone(),
             sha256,
             scram,
-            roles: t.roles.clone(),
+            roles,
         });
     }
     AdminConfig {
@@ -1418,5 +1465,36 @@ mod tests {
         ] {
             assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
         }
+    }
+
+    #[test]
+    fn principal_roles_parse_once_from_their_config_names() {
+        let names: Vec<&str> = PrincipalRole::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names, PRINCIPAL_ROLES, "the CLI's list is the enum's names");
+        for role in PrincipalRole::ALL {
+            assert_eq!(PrincipalRole::from_name(role.as_str()), Some(role));
+            assert_eq!(role.to_string(), role.as_str());
+        }
+        for bad in ["", "root", "Admin", " admin", "auditors", "read"] {
+            assert_eq!(PrincipalRole::from_name(bad), None, "{bad:?}");
+        }
+        let c = Config::from_toml_str(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\ntls = \"disabled\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[admin.tokens]]\nname = \"ops\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n\
+             roles = [\"approver\", \"auditor\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.admin.tokens[0].roles,
+            [PrincipalRole::Approver, PrincipalRole::Auditor]
+        );
+        let err = Config::from_toml_str(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\ntls = \"disabled\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[admin.tokens]]\nname = \"ops\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n\
+             roles = [\"admin\", \"Admin\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("admin.tokens[0].roles[1]"), "{err}");
     }
 }

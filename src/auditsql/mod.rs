@@ -28,6 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::app::AppState;
 use crate::audit::event::{self as audit_event, AuditEvent};
+use crate::config::PrincipalRole;
 use crate::grants::token::{ScramVerifier, SCRAM_ITERATIONS};
 use crate::proxy::auth::{self, AuthError};
 use crate::proxy::startup::{ClientParams, ClientTlsInfo};
@@ -224,11 +225,15 @@ async fn login(
         return Err(PgError::invalid_audit_token(&params.user));
     };
     reservation.release();
-    if !principal.roles.iter().any(|r| r == "auditor" || r == "admin") {
+    if !principal
+        .roles
+        .iter()
+        .any(|r| matches!(r, PrincipalRole::Auditor | PrincipalRole::Admin))
+    {
         return Err(PgError::insufficient_privilege(format!(
             "timebox_audit requires the auditor or admin role; {} has {}",
             principal.name,
-            principal.roles.join(", ")
+            crate::admin::auth::role_names(&principal.roles, ", ")
         )));
     }
     let Some(db) = state.audit.db_path().map(|p| p.to_owned()) else {
