@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// Statement classes a role may be allowed (enforced by the policy layer).
+use crate::policy::StatementClass;
+
+/// Statement classes a role may be allowed (enforced by the policy layer): the names
+/// [`StatementClass::from_name`] accepts.
 pub const STATEMENT_CLASSES: &[&str] = &["read", "write", "ddl", "admin"];
 
 /// Principal roles an admin-API token may carry, as written in config and on the command line
@@ -488,7 +491,8 @@ pub struct Credential {
 #[derive(Debug, Clone)]
 pub struct Role {
     pub name: String,
-    pub allow: Vec<String>,
+    /// Statement classes the role allows (`allow = ["read", "write"]`), parsed once here.
+    pub allow: Vec<StatementClass>,
     pub max_ttl: Duration,
     /// `tables = { allow = [...], deny = [...] }`: `schema.name` globs; deny wins.
     pub tables: Option<TableRules>,
@@ -622,15 +626,17 @@ impl RawConfig {
             if !valid_name(name) {
                 p.push(&path, "role names use letters, digits, '_' and '-' only");
             }
+            let mut allow = Vec::new();
             for (i, class) in raw.allow.iter().enumerate() {
-                if !STATEMENT_CLASSES.contains(&class.as_str()) {
-                    p.push(
+                match StatementClass::from_name(class) {
+                    Some(c) => allow.push(c),
+                    None => p.push(
                         format!("{path}.allow[{i}]"),
                         format!(
                             "{class:?} is not a statement class ({})",
                             STATEMENT_CLASSES.join(" | ")
                         ),
-                    );
+                    ),
                 }
             }
             let max_ttl = match &raw.max_ttl {
@@ -708,7 +714,7 @@ impl RawConfig {
                 name.clone(),
                 Role {
                     name: name.clone(),
-                    allow: raw.allow.clone(),
+                    allow,
                     max_ttl,
                     tables,
                     require_where: raw.require_where.unwrap_or(false),
@@ -1496,5 +1502,16 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("admin.tokens[0].roles[1]"), "{err}");
+    }
+
+    #[test]
+    fn statement_classes_parse_once_from_their_config_names() {
+        for name in STATEMENT_CLASSES {
+            let class = StatementClass::from_name(name).expect(name);
+            assert_eq!(class.as_str(), *name);
+        }
+        for bad in ["unparsed", "READ", "", "select"] {
+            assert_eq!(StatementClass::from_name(bad), None, "{bad:?}");
+        }
     }
 }
