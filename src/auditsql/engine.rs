@@ -238,8 +238,9 @@ pub enum QueryError {
     /// SQLite refused the query (syntax error, unknown column, …).
     #[error("{0}")]
     Sqlite(#[source] rusqlite::Error),
+    /// The blocking task running the query panicked or was cancelled.
     #[error("query task failed: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
     /// Nothing more can be told to the client.
     #[error("client left during the query")]
     ClientLeft,
@@ -384,7 +385,7 @@ pub async fn execute<W: AsyncWrite + Unpin>(
         Ok(Err(e)) => Err(e),
         Ok(Ok(())) => match task.await {
             Ok(result) => result,
-            Err(e) => Err(QueryError::Task(e.to_string())),
+            Err(e) => Err(QueryError::Task(e)),
         },
     }
 }

@@ -44,8 +44,9 @@ pub enum ProxyError {
         #[source]
         source: tls::TlsError,
     },
+    /// The proxy or admin listener task panicked or was cancelled.
     #[error("task failed: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
 }
