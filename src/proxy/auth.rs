@@ -149,7 +149,7 @@ fn scram_refusal(e: ScramError, wrong_token: &impl Fn() -> PgError) -> AuthError
         ),
         ScramError::ChannelBinding(why) => refused(
             AuthFailure::ChannelBinding,
-            PgError::channel_binding_failed(&why),
+            PgError::channel_binding_failed(why),
             "channel binding failed",
             true,
         ),
