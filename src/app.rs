@@ -150,8 +150,8 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down: closing listeners and draining sessions");
     state.shutdown.cancel();
-    let proxy_result = proxy.await.map_err(|e| ProxyError::Task(e.to_string()))?;
-    let admin_result = admin.await.map_err(|e| ProxyError::Task(e.to_string()))?;
+    let proxy_result = proxy.await.map_err(ProxyError::Task)?;
+    let admin_result = admin.await.map_err(ProxyError::Task)?;
     let _ = expiry.await;
     let _ = webhooks.await;
     let audit_writer = state

@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use crate::admin::grants::{ConnectInfo, GrantList, GrantView, IssueRequest, IssuedGrant};
-use crate::config::{Secret, PRINCIPAL_ROLES};
+use crate::config::{PrincipalRole, Secret, PRINCIPAL_ROLES};
 use crate::grants::token::sha256_hex;
 
 /// Where the CLI looks for the admin API unless told otherwise.
@@ -445,7 +445,7 @@ pub fn render_json(value: &serde_json::Value) -> String {
 #[derive(Debug, Clone)]
 pub struct NewAdminToken {
     pub name: String,
-    pub roles: Vec<String>,
+    pub roles: Vec<PrincipalRole>,
     pub token: Secret,
     pub sha256: String,
     /// The token's SCRAM-SHA-256 verifier in PostgreSQL's text form, for `timebox_audit`.
@@ -483,16 +483,20 @@ pub fn new_admin_token(name: &str, roles: &[String]) -> Result<NewAdminToken, Cl
             PRINCIPAL_ROLES.join(" | ")
         )));
     }
-    if let Some(bad) = roles.iter().find(|r| !PRINCIPAL_ROLES.contains(&r.as_str())) {
-        return Err(CliError::InvalidArgument(format!(
-            "--role {bad:?} is not one of {}",
-            PRINCIPAL_ROLES.join(" | ")
-        )));
+    let mut parsed = Vec::new();
+    for r in roles {
+        let Some(role) = PrincipalRole::from_name(r) else {
+            return Err(CliError::InvalidArgument(format!(
+                "--role {r:?} is not one of {}",
+                PRINCIPAL_ROLES.join(" | ")
+            )));
+        };
+        parsed.push(role);
     }
     let mut bytes = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let token = format!("{ADMIN_TOKEN_PREFIX}{}", hex::encode(bytes));
-    let mut roles = roles.to_vec();
+    let mut roles = parsed;
     roles.dedup();
     Ok(NewAdminToken {
         name: name.to_owned(),
@@ -506,7 +510,7 @@ pub fn new_admin_token(name: &str, roles: &[String]) -> Result<NewAdminToken, Cl
 /// The TOML entry to paste into the config, `[[admin.tokens]]` with name, sha256 and roles.
 pub fn admin_token_toml(t: &NewAdminToken) -> String {
     let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
-    let roles: Vec<String> = t.roles.iter().map(|r| quote(r)).collect();
+    let roles: Vec<String> = t.roles.iter().map(|r| quote(r.as_str())).collect();
     format!(
         "[[admin.tokens]]\nname = {}\nsha256 = {}\nscram = {}\nroles = [{}]\n",
         quote(&t.name),
@@ -735,7 +739,7 @@ mod tests {
         );
         assert_eq!(
             c.admin.tokens[0].roles,
-            vec!["admin".to_owned(), "auditor".to_owned()]
+            vec![PrincipalRole::Admin, PrincipalRole::Auditor]
         );
         assert!(new_admin_token("ops", &["root".into()]).is_err());
         assert!(new_admin_token("", &["admin".into()]).is_err());

@@ -13,13 +13,74 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::policy::StatementClass;
 use crate::webhooks::WebhookEvent;
 
-/// Statement classes a role may be allowed (enforced by the policy layer).
+/// Statement classes a role may be allowed (enforced by the policy layer): the names
+/// [`StatementClass::from_name`] accepts.
 pub const STATEMENT_CLASSES: &[&str] = &["read", "write", "ddl", "admin"];
 
-/// Principal roles an admin-API token may carry.
+/// Principal roles an admin-API token may carry, as written in config and on the command line
+/// (the names of [`PrincipalRole::ALL`], in that order).
 pub const PRINCIPAL_ROLES: &[&str] = &["admin", "approver", "requester", "auditor"];
+
+/// A role an admin-API token carries (`[[admin.tokens]] roles`). Parsed once, in config
+/// validation; the admin API and `timebox_audit` compare these, never the strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PrincipalRole {
+    /// Everything: grants, requests, sessions, audit, metrics.
+    Admin,
+    /// Approves or denies requests; revokes and extends grants; kills sessions.
+    Approver,
+    /// Files access requests and sees its own grants.
+    Requester,
+    /// Reads the audit trail (HTTP and `timebox_audit`), grants and metrics.
+    Auditor,
+}
+
+impl PrincipalRole {
+    pub const ALL: [PrincipalRole; 4] = [
+        PrincipalRole::Admin,
+        PrincipalRole::Approver,
+        PrincipalRole::Requester,
+        PrincipalRole::Auditor,
+    ];
+
+    /// The name used in config, on the command line and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalRole::Admin => "admin",
+            PrincipalRole::Approver => "approver",
+            PrincipalRole::Requester => "requester",
+            PrincipalRole::Auditor => "auditor",
+        }
+    }
+
+    /// The role named `name` exactly (config names are lower case), if there is one.
+    pub fn from_name(name: &str) -> Option<PrincipalRole> {
+        PrincipalRole::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for PrincipalRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Events a `[[webhooks]]` entry may subscribe to (`"*"` means all of them).
+pub const WEBHOOK_EVENTS: &[&str] = &[
+    "request_created",
+    "request_approved",
+    "request_denied",
+    "request_expired",
+    "break_glass",
+    "grant_issued",
+    "grant_extended",
+    "grant_revoked",
+    "grant_expired",
+    "session_killed",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -376,7 +437,7 @@ pub struct AdminToken {
     /// SCRAM-SHA-256 verifier of the same token, for logging in to `timebox_audit`; without it
     /// the token cannot log in there.
     pub scram: Option<crate::grants::token::ScramVerifier>,
-    pub roles: Vec<String>,
+    pub roles: Vec<PrincipalRole>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -442,7 +503,8 @@ pub struct Credential {
 #[derive(Debug, Clone)]
 pub struct Role {
     pub name: String,
-    pub allow: Vec<String>,
+    /// Statement classes the role allows (`allow = ["read", "write"]`), parsed once here.
+    pub allow: Vec<StatementClass>,
     pub max_ttl: Duration,
     /// `tables = { allow = [...], deny = [...] }`: `schema.name` globs; deny wins.
     pub tables: Option<TableRules>,
@@ -576,15 +638,17 @@ impl RawConfig {
             if !valid_name(name) {
                 p.push(&path, "role names use letters, digits, '_' and '-' only");
             }
+            let mut allow = Vec::new();
             for (i, class) in raw.allow.iter().enumerate() {
-                if !STATEMENT_CLASSES.contains(&class.as_str()) {
-                    p.push(
+                match StatementClass::from_name(class) {
+                    Some(c) => allow.push(c),
+                    None => p.push(
                         format!("{path}.allow[{i}]"),
                         format!(
                             "{class:?} is not a statement class ({})",
                             STATEMENT_CLASSES.join(" | ")
                         ),
-                    );
+                    ),
                 }
             }
             let max_ttl = match &raw.max_ttl {
@@ -662,7 +726,7 @@ impl RawConfig {
                 name.clone(),
                 Role {
                     name: name.clone(),
-                    allow: raw.allow.clone(),
+                    allow,
                     max_ttl,
                     tables,
                     require_where: raw.require_where.unwrap_or(false),
@@ -990,19 +1054,21 @@ fn validate_admin(raw: &RawAdmin, p: &mut Problems) -> AdminConfig {
                 format!("give at least one of {}", PRINCIPAL_ROLES.join(" | ")),
             );
         }
+        let mut roles = Vec::new();
         for (j, r) in t.roles.iter().enumerate() {
-            if !PRINCIPAL_ROLES.contains(&r.as_str()) {
-                p.push(
+            match PrincipalRole::from_name(r) {
+                Some(role) => roles.push(role),
+                None => p.push(
                     format!("{path}.roles[{j}]"),
                     format!("{r:?} is not one of {}", PRINCIPAL_ROLES.join(" | ")),
-                );
+                ),
             }
         }
         tokens.push(AdminToken {
             name: t.name.clone(),
             sha256,
             scram,
-            roles: t.roles.clone(),
+            roles,
         });
     }
     AdminConfig {
@@ -1457,6 +1523,48 @@ mod tests {
             "roles.read.tables.alow",
         ] {
             assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+        }
+    }
+
+    #[test]
+    fn principal_roles_parse_once_from_their_config_names() {
+        let names: Vec<&str> = PrincipalRole::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names, PRINCIPAL_ROLES, "the CLI's list is the enum's names");
+        for role in PrincipalRole::ALL {
+            assert_eq!(PrincipalRole::from_name(role.as_str()), Some(role));
+            assert_eq!(role.to_string(), role.as_str());
+        }
+        for bad in ["", "root", "Admin", " admin", "auditors", "read"] {
+            assert_eq!(PrincipalRole::from_name(bad), None, "{bad:?}");
+        }
+        let c = Config::from_toml_str(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\ntls = \"disabled\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[admin.tokens]]\nname = \"ops\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n\
+             roles = [\"approver\", \"auditor\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.admin.tokens[0].roles,
+            [PrincipalRole::Approver, PrincipalRole::Auditor]
+        );
+        let err = Config::from_toml_str(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\ntls = \"disabled\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[admin.tokens]]\nname = \"ops\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n\
+             roles = [\"admin\", \"Admin\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("admin.tokens[0].roles[1]"), "{err}");
+    }
+
+    #[test]
+    fn statement_classes_parse_once_from_their_config_names() {
+        for name in STATEMENT_CLASSES {
+            let class = StatementClass::from_name(name).expect(name);
+            assert_eq!(class.as_str(), *name);
+        }
+        for bad in ["unparsed", "READ", "", "select"] {
+            assert_eq!(StatementClass::from_name(bad), None, "{bad:?}");
         }
     }
 }

@@ -1020,7 +1020,13 @@ mod tests {
         );
         assert_eq!(shop.credentials["admin"].user, ADMIN_ROLE);
         assert_eq!(config.roles["read"].max_ttl, Duration::from_secs(8 * 3600));
-        assert_eq!(config.roles["write"].allow, ["read", "write"]);
+        assert_eq!(
+            config.roles["write"].allow,
+            [
+                crate::policy::StatementClass::Read,
+                crate::policy::StatementClass::Write
+            ]
+        );
         assert_eq!(config.roles["admin"].max_ttl, Duration::from_secs(3600));
     }
 

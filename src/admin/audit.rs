@@ -30,7 +30,7 @@ use crate::audit::query::MAX_LIMIT;
 use crate::audit::{AuditFilter, Head, Order, Page, VerifyReport};
 
 /// Roles that may read the audit trail.
-pub const AUDIT_ROLES: &[&str] = &[ADMIN, AUDITOR];
+pub const AUDIT_ROLES: &[crate::config::PrincipalRole] = &[ADMIN, AUDITOR];
 
 pub fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()

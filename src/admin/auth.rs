@@ -14,44 +14,53 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use super::error::ApiError;
 use crate::app::AppState;
-use crate::config::AdminToken;
+use crate::config::{AdminToken, PrincipalRole};
 
-pub const ADMIN: &str = "admin";
-pub const APPROVER: &str = "approver";
-pub const REQUESTER: &str = "requester";
-pub const AUDITOR: &str = "auditor";
+pub const ADMIN: PrincipalRole = PrincipalRole::Admin;
+pub const APPROVER: PrincipalRole = PrincipalRole::Approver;
+pub const REQUESTER: PrincipalRole = PrincipalRole::Requester;
+pub const AUDITOR: PrincipalRole = PrincipalRole::Auditor;
 
 /// Every role that may read grants at all (a requester only its own).
-pub const READ_ROLES: &[&str] = &[ADMIN, APPROVER, AUDITOR, REQUESTER];
+pub const READ_ROLES: &[PrincipalRole] = &[ADMIN, APPROVER, AUDITOR, REQUESTER];
 /// Roles that see every grant.
-pub const SEE_ALL_ROLES: &[&str] = &[ADMIN, APPROVER, AUDITOR];
+pub const SEE_ALL_ROLES: &[PrincipalRole] = &[ADMIN, APPROVER, AUDITOR];
 
 /// An authenticated caller of the admin API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub name: String,
-    pub roles: Vec<String>,
+    pub roles: Vec<PrincipalRole>,
+}
+
+/// `roles` by name, joined with `separator` ("admin or approver").
+pub fn role_names(roles: &[PrincipalRole], separator: &str) -> String {
+    roles
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(separator)
 }
 
 impl Principal {
-    pub fn has_any(&self, roles: &[&str]) -> bool {
-        self.roles.iter().any(|r| roles.contains(&r.as_str()))
+    pub fn has_any(&self, roles: &[PrincipalRole]) -> bool {
+        self.roles.iter().any(|r| roles.contains(r))
     }
 
     /// `Ok` if the principal has one of `roles`; otherwise 403 naming the operation and the roles.
-    pub fn require_any(&self, roles: &[&str], operation: &str) -> Result<(), ApiError> {
+    pub fn require_any(&self, roles: &[PrincipalRole], operation: &str) -> Result<(), ApiError> {
         if self.has_any(roles) {
             return Ok(());
         }
         tracing::info!(principal = %self.name, operation, "admin API: forbidden");
         Err(ApiError::Forbidden(format!(
             "{operation} requires role {}; principal {:?} has {}",
-            roles.join(" or "),
+            role_names(roles, " or "),
             self.name,
             if self.roles.is_empty() {
                 "no roles".to_owned()
             } else {
-                self.roles.join(", ")
+                role_names(&self.roles, ", ")
             }
         )))
     }
@@ -111,14 +120,14 @@ mod tests {
     use super::*;
     use crate::grants::token::sha256_hex;
 
-    fn token(name: &str, secret: &str, roles: &[&str]) -> AdminToken {
+    fn token(name: &str, secret: &str, roles: &[PrincipalRole]) -> AdminToken {
         let mut sha256 = [0u8; 32];
         hex::decode_to_slice(sha256_hex(secret), &mut sha256).unwrap();
         AdminToken {
             name: name.into(),
             sha256,
             scram: None,
-            roles: roles.iter().map(|r| r.to_string()).collect(),
+            roles: roles.to_vec(),
         }
     }
 
@@ -132,7 +141,7 @@ mod tests {
         assert_eq!(authenticate(&tokens, "s1").unwrap().name, "ops");
         let audrey = authenticate(&tokens, "s2").unwrap();
         assert_eq!(audrey.name, "audrey");
-        assert_eq!(audrey.roles, vec!["auditor".to_owned()]);
+        assert_eq!(audrey.roles, vec![PrincipalRole::Auditor]);
         assert_eq!(authenticate(&tokens, "s3").unwrap().name, "alice");
         assert_eq!(authenticate(&tokens, "s4"), None);
         assert_eq!(authenticate(&tokens, ""), None);
@@ -166,9 +175,9 @@ mod tests {
 
     #[test]
     fn role_checks() {
-        let p = |roles: &[&str]| Principal {
+        let p = |roles: &[PrincipalRole]| Principal {
             name: "x".into(),
-            roles: roles.iter().map(|r| r.to_string()).collect(),
+            roles: roles.to_vec(),
         };
         assert!(p(&[ADMIN]).require_any(&[ADMIN], "issuing grants").is_ok());
         assert!(p(&[APPROVER])

@@ -252,6 +252,40 @@ impl IntoResponse for ApiError {
 mod tests {
     use super::*;
 
+    /// A real JoinError: a task aborted before it ran.
+    fn cancelled_task() -> tokio::task::JoinError {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let task = tokio::spawn(std::future::pending::<()>());
+            task.abort();
+            task.await.unwrap_err()
+        })
+    }
+
+    /// Task failures keep the JoinError as their `source()` (it says whether the task panicked
+    /// or was cancelled) instead of a copy of its text. (Regression: `Task(String)`.)
+    #[test]
+    fn task_failures_keep_their_cause() {
+        use std::error::Error as _;
+        let is_join_error = |e: &dyn std::error::Error| {
+            e.source().is_some_and(|s| {
+                s.downcast_ref::<tokio::task::JoinError>()
+                    .is_some_and(|j| j.is_cancelled())
+            })
+        };
+        let store = StoreError::Task(cancelled_task());
+        assert!(is_join_error(&store), "{store:?}");
+        assert!(store.to_string().starts_with("store task failed: "), "{store}");
+        assert!(is_join_error(&AuditError::Task(cancelled_task())));
+        assert!(is_join_error(
+            &crate::auditsql::QueryError::Task(cancelled_task())
+        ));
+        assert!(is_join_error(&crate::proxy::ProxyError::Task(cancelled_task())));
+        // The API error keeps the chain too, down to the task.
+        let api = ApiError::from(GrantError::Store(StoreError::Task(cancelled_task())));
+        assert!(api.source().is_some_and(is_join_error), "{api:?}");
+    }
+
     #[test]
     fn grant_errors_map_to_stable_codes_and_statuses() {
         let cases: Vec<(GrantError, StatusCode, &str)> = vec![
@@ -277,7 +311,7 @@ mod tests {
                 "conflict",
             ),
             (
-                GrantError::Store(StoreError::Task("boom".into())),
+                GrantError::Store(StoreError::Task(cancelled_task())),
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
             ),

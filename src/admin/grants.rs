@@ -510,10 +510,10 @@ mod tests {
         );
     }
 
-    fn principal(name: &str, roles: &[&str]) -> Principal {
+    fn principal(name: &str, roles: &[crate::config::PrincipalRole]) -> Principal {
         Principal {
             name: name.into(),
-            roles: roles.iter().map(|r| r.to_string()).collect(),
+            roles: roles.to_vec(),
         }
     }
 

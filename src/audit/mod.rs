@@ -104,8 +104,12 @@ pub enum AuditError {
     InvalidFilter { field: &'static str, message: String },
     #[error("cannot start the audit writer thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// A blocking audit read panicked or was cancelled.
     #[error("audit task failed: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
+    /// The indexer thread is gone, so records can no longer reach the index.
+    #[error("audit task failed: the audit indexer stopped")]
+    IndexerStopped,
     #[error("another timebox process is writing the audit journal in {}", .0.display())]
     JournalBusy(PathBuf),
     #[error("the audit index is behind (record {indexed} of {target}); try again shortly")]
@@ -548,7 +552,7 @@ impl AuditLog {
         let reader = self.shared.reader.clone();
         tokio::task::spawn_blocking(move || f(&lock(&reader)))
             .await
-            .map_err(|e| AuditError::Task(e.to_string()))?
+            .map_err(AuditError::Task)?
     }
 }
 

@@ -457,11 +457,7 @@ impl Writer {
         }
         let Some((tx, _)) = &self.indexer else { return };
         if tx.send(rows).is_err() {
-            fail(
-                &self.shared,
-                AuditError::Task("the audit indexer stopped".into()),
-                "index",
-            );
+            fail(&self.shared, AuditError::IndexerStopped, "index");
             return;
         }
         // Back-pressure: never let the index fall unboundedly behind (memory), wait for it instead.

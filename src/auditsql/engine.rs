@@ -34,7 +34,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::functions::{self, Arg, Ends, FunctionError, Replaced};
-use crate::proxy::wire::{self, PgError, Severity};
+use crate::proxy::wire::{self, PgError};
 
 /// Caps on one auditor query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,8 +252,9 @@ pub enum QueryError {
     /// SQLite refused the query (syntax error, unknown column, …).
     #[error("{0}")]
     Sqlite(#[source] rusqlite::Error),
+    /// The blocking task running the query panicked or was cancelled.
     #[error("query task failed: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
     /// Nothing more can be told to the client.
     #[error("client left during the query")]
     ClientLeft,
@@ -262,30 +263,29 @@ pub enum QueryError {
 impl QueryError {
     /// The ErrorResponse the client gets (the session goes on).
     pub fn to_pg_error(&self) -> PgError {
-        let code = match self {
-            QueryError::Refused(_) | QueryError::NotAuthorized { .. } => "42501",
-            QueryError::AuditUnavailable => "58030",
-            QueryError::Busy { .. } => "53300",
-            QueryError::ExtendedProtocol => "0A000",
+        let message = self.to_string();
+        let error = match self {
+            QueryError::Refused(_) | QueryError::NotAuthorized { .. } => {
+                PgError::insufficient_privilege(message)
+            }
+            QueryError::AuditUnavailable => PgError::io_error(message),
+            QueryError::Busy { .. } => PgError::too_many_connections(message),
+            QueryError::ExtendedProtocol => PgError::feature_not_supported(message),
             QueryError::TooManyRows { .. }
             | QueryError::TooManyBytes { .. }
             | QueryError::ValueTooLarge { .. }
             | QueryError::RowTooLarge { .. }
             | QueryError::Function(FunctionError::TooCostly { .. } | FunctionError::TooLarge { .. }) => {
-                "54000"
+                PgError::program_limit_exceeded(message)
             }
-            QueryError::Function(FunctionError::RealArgument { .. }) => "0A000",
-            QueryError::Timeout { .. } => "57014",
-            QueryError::Sqlite(_) => "42000",
-            QueryError::Open(_) | QueryError::Task(_) | QueryError::ClientLeft => "XX000",
+            QueryError::Function(FunctionError::RealArgument { .. }) => {
+                PgError::feature_not_supported(message)
+            }
+            QueryError::Timeout { .. } => PgError::query_canceled(message),
+            QueryError::Sqlite(_) => PgError::syntax_error_or_access_rule_violation(message),
+            QueryError::Open(_) | QueryError::Task(_) | QueryError::ClientLeft => PgError::internal(message),
         };
-        PgError {
-            severity: Severity::Error,
-            code,
-            message: self.to_string(),
-            detail: None,
-            hint: None,
-        }
+        error.non_fatal()
     }
 }
 
@@ -435,7 +435,7 @@ where
         Ok(Err(e)) => Err(e),
         Ok(Ok(())) => match task.await {
             Ok(result) => result,
-            Err(e) => Err(QueryError::Task(e.to_string())),
+            Err(e) => Err(QueryError::Task(e)),
         },
     }
 }

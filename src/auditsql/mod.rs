@@ -28,6 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::app::AppState;
 use crate::audit::event::{self as audit_event, AuditEvent};
+use crate::config::PrincipalRole;
 use crate::grants::token::{ScramVerifier, SCRAM_ITERATIONS};
 use crate::proxy::auth::{self, AuthError};
 use crate::proxy::startup::{ClientParams, ClientTlsInfo};
@@ -176,10 +177,7 @@ async fn login(
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "grant store unavailable during timebox_audit authentication");
-            PgError::fatal(
-                "58000",
-                "timebox cannot check logins right now (store unavailable)",
-            )
+            PgError::system_error("timebox cannot check logins right now (store unavailable)")
         })?;
     let principal = state.config.admin.tokens.iter().find(|t| t.name == params.user);
     let verifier = principal.and_then(|t| t.scram.as_ref());
@@ -196,6 +194,7 @@ async fn login(
     let server_final = match exchanged {
         Ok((_, server_final)) => server_final,
         Err(AuthError::Refused {
+            kind,
             error,
             reason,
             counts_as_failure,
@@ -203,12 +202,7 @@ async fn login(
             if !counts_as_failure {
                 reservation.release();
             }
-            let label = if error.code == "28P01" {
-                "wrong_token"
-            } else {
-                "protocol"
-            };
-            auth_failures.with_label_values(&[label]).inc();
+            auth_failures.with_label_values(&[kind.metric_label()]).inc();
             tracing::info!(client.addr = %peer, user = %params.user, %reason, "timebox_audit authentication failed");
             let event = AuditEvent::AuthFailure(audit_event::AuthFailure {
                 client_addr: peer.to_string(),
@@ -233,16 +227,19 @@ async fn login(
         return Err(PgError::invalid_audit_token(&params.user));
     };
     reservation.release();
-    if !principal.roles.iter().any(|r| r == "auditor" || r == "admin") {
+    if !principal
+        .roles
+        .iter()
+        .any(|r| matches!(r, PrincipalRole::Auditor | PrincipalRole::Admin))
+    {
         return Err(PgError::insufficient_privilege(format!(
             "timebox_audit requires the auditor or admin role; {} has {}",
             principal.name,
-            principal.roles.join(", ")
+            crate::admin::auth::role_names(&principal.roles, ", ")
         )));
     }
     let Some(db) = state.audit.db_path().map(|p| p.to_owned()) else {
-        return Err(PgError::fatal(
-            "55000",
+        return Err(PgError::object_not_in_prerequisite_state(
             "timebox_audit needs a file-backed store (this instance keeps its audit log in memory)",
         ));
     };

@@ -441,7 +441,7 @@ impl GrantService {
         let verifier =
             tokio::task::spawn_blocking(move || ScramVerifier::derive(&token_text, &salt, SCRAM_ITERATIONS))
                 .await
-                .map_err(|e| GrantError::Store(StoreError::Task(e.to_string())))?;
+                .map_err(|e| GrantError::Store(StoreError::Task(e)))?;
         self.store
             .insert_grant_flagged(grant.clone(), verifier, options.break_glass)
             .await?;

@@ -34,11 +34,7 @@ impl RolePolicy {
     pub fn from_role(role: &config::Role) -> RolePolicy {
         RolePolicy {
             name: role.name.clone(),
-            allow: role
-                .allow
-                .iter()
-                .filter_map(|c| StatementClass::from_name(c))
-                .collect(),
+            allow: role.allow.clone(),
             tables: role.tables.clone(),
             require_where: role.require_where,
             statement_timeout: role.statement_timeout,

@@ -1017,7 +1017,7 @@ mod tests {
     fn role_policy_from_config() {
         let role = crate::config::Role {
             name: "analyst".into(),
-            allow: vec!["read".into(), "write".into()],
+            allow: vec![Read, Write],
             max_ttl: Duration::from_secs(3600),
             tables: None,
             require_where: true,

@@ -28,6 +28,8 @@ pub enum AuthError {
     /// Tell the client this and close.
     #[error("{reason}")]
     Refused {
+        /// What kind of refusal, for the metric (never derived from the SQLSTATE).
+        kind: AuthFailure,
         error: PgError,
         /// For logs and audit (never the token).
         reason: String,
@@ -40,8 +42,42 @@ pub enum AuthError {
     Io(#[from] std::io::Error),
 }
 
-fn refused(error: PgError, reason: impl Into<String>, counts_as_failure: bool) -> AuthError {
+/// Why a login was refused: the `reason` label of `timebox_auth_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No verifier matched the proof (unknown user, wrong token, another user's token).
+    WrongToken,
+    /// The right token, but its grant does not admit a session now.
+    GrantNotCurrent,
+    /// The grant store did not answer.
+    StoreUnavailable,
+    /// The SCRAM-SHA-256-PLUS channel binding does not match this connection.
+    ChannelBinding,
+    /// A malformed or unexpected authentication message.
+    Protocol,
+}
+
+impl AuthFailure {
+    /// The metric label. A channel-binding failure counts as `protocol` (the client's SCRAM
+    /// exchange is wrong for this connection), not as a grant problem.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            AuthFailure::WrongToken => "wrong_token",
+            AuthFailure::GrantNotCurrent => "grant_not_current",
+            AuthFailure::StoreUnavailable => "store_unavailable",
+            AuthFailure::ChannelBinding | AuthFailure::Protocol => "protocol",
+        }
+    }
+}
+
+fn refused(
+    kind: AuthFailure,
+    error: PgError,
+    reason: impl Into<String>,
+    counts_as_failure: bool,
+) -> AuthError {
     AuthError::Refused {
+        kind,
         error,
         reason: reason.into(),
         counts_as_failure,
@@ -63,6 +99,7 @@ async fn read_password_message(client: &mut ClientStream) -> Result<Vec<u8>, Aut
     }
     if tag != b'p' {
         return Err(refused(
+            AuthFailure::Protocol,
             PgError::protocol_violation(format!(
                 "expected SASL response, got message type {:?}",
                 tag as char
@@ -74,6 +111,7 @@ async fn read_password_message(client: &mut ClientStream) -> Result<Vec<u8>, Aut
     let len = client.read_i32().await?;
     if !(4..=MAX_AUTH_MESSAGE as i32).contains(&len) {
         return Err(refused(
+            AuthFailure::Protocol,
             PgError::protocol_violation("invalid SASL message length"),
             "protocol violation during authentication",
             true,
@@ -102,18 +140,21 @@ fn parse_initial_response(body: &[u8]) -> Option<(&str, &[u8])> {
 
 fn scram_refusal(e: ScramError, wrong_token: &impl Fn() -> PgError) -> AuthError {
     match e {
-        ScramError::NoMatch => refused(wrong_token(), "wrong token", true),
+        ScramError::NoMatch => refused(AuthFailure::WrongToken, wrong_token(), "wrong token", true),
         ScramError::Mechanism(m) => refused(
+            AuthFailure::Protocol,
             PgError::protocol_violation(format!("unsupported SASL mechanism {m:?}")),
             "unsupported SASL mechanism",
             true,
         ),
         ScramError::ChannelBinding(why) => refused(
-            PgError::fatal("28000", format!("SCRAM channel binding failed: {why}")),
+            AuthFailure::ChannelBinding,
+            PgError::channel_binding_failed(why),
             "channel binding failed",
             true,
         ),
         ScramError::Malformed(why) => refused(
+            AuthFailure::Protocol,
             PgError::protocol_violation(format!("malformed SCRAM message: {why}")),
             "malformed SCRAM message",
             true,
@@ -133,10 +174,8 @@ pub async fn authenticate(
     let store_down = |e: crate::store::StoreError| {
         tracing::error!(error = %e, "grant store unavailable during authentication");
         refused(
-            PgError::fatal(
-                "58000",
-                "timebox cannot check grants right now (grant store unavailable)",
-            ),
+            AuthFailure::StoreUnavailable,
+            PgError::grant_store_unavailable(),
             "grant store unavailable",
             false,
         )
@@ -156,7 +195,12 @@ pub async fn authenticate(
     let grant = candidates[index].0.clone();
 
     if let Some(why) = grant.refusal_at(grants.now()) {
-        return Err(refused(PgError::grant_not_current(&why), why, false));
+        return Err(refused(
+            AuthFailure::GrantNotCurrent,
+            PgError::grant_not_current(&why),
+            why,
+            false,
+        ));
     }
     send_sasl_final(client, &server_final).await?;
     Ok(grant)
@@ -188,6 +232,7 @@ pub(crate) async fn scram_exchange(
     let body = read_password_message(client).await?;
     let (mechanism, data) = parse_initial_response(&body).ok_or_else(|| {
         refused(
+            AuthFailure::Protocol,
             PgError::protocol_violation("malformed SASLInitialResponse"),
             "malformed SASLInitialResponse",
             true,
@@ -377,6 +422,24 @@ mod tests {
     use super::*;
 
     const ALICE: &str = "alice";
+
+    /// The auth-failure metric's label comes from the kind of refusal, not from its SQLSTATE:
+    /// a channel-binding failure shares 28000 with a grant that is not current, but it is a
+    /// protocol problem. (Regression: the label used to be mapped from `error.code`.)
+    #[test]
+    fn refusals_are_labelled_by_kind_not_by_sqlstate() {
+        let wrong = || PgError::invalid_password(ALICE);
+        let label = |e: ScramError| match scram_refusal(e, &wrong) {
+            AuthError::Refused { kind, error, .. } => (kind.metric_label(), error.code),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(label(ScramError::NoMatch), ("wrong_token", "28P01"));
+        assert_eq!(label(ScramError::ChannelBinding("x")), ("protocol", "28000"));
+        assert_eq!(label(ScramError::Malformed("x")), ("protocol", "08P01"));
+        assert_eq!(label(ScramError::Mechanism("MD5".into())), ("protocol", "08P01"));
+        assert_eq!(AuthFailure::GrantNotCurrent.metric_label(), "grant_not_current");
+        assert_eq!(AuthFailure::StoreUnavailable.metric_label(), "store_unavailable");
+    }
 
     fn limits(per_user_and_address: u32, per_address: u32, global: u32) -> ThrottleLimits {
         ThrottleLimits {

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::wire::{PgError, Severity};
+use super::wire::PgError;
 use crate::audit::event::AuditSql;
 use crate::config::DEFAULT_MAX_STATEMENT_BYTES;
 use crate::policy::appname::{self, Appname};
@@ -306,12 +306,13 @@ impl Interceptor {
     }
 
     fn denial(&self, reason: &str, hint: &str) -> PgError {
-        PgError {
-            severity: Severity::Error,
-            code: "42501",
-            message: format!("timebox: {reason}"),
-            detail: Some(format!("Grant {} (role {}).", self.grant_id, self.role)),
-            hint: (!hint.is_empty()).then(|| hint.to_owned()),
+        let error = PgError::insufficient_privilege(format!("timebox: {reason}"))
+            .non_fatal()
+            .with_detail(format!("Grant {} (role {}).", self.grant_id, self.role));
+        if hint.is_empty() {
+            error
+        } else {
+            error.with_hint(hint)
         }
     }
 

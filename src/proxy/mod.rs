@@ -44,8 +44,9 @@ pub enum ProxyError {
         #[source]
         source: tls::TlsError,
     },
+    /// The proxy or admin listener task panicked or was cancelled.
     #[error("task failed: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
 }
@@ -162,7 +163,7 @@ impl ProxyState {
         self.connections
             .clone()
             .try_acquire_owned()
-            .map_err(|_| wire::PgError::too_many_connections(limit))
+            .map_err(|_| wire::PgError::too_many_clients(limit))
     }
 }
 

@@ -292,6 +292,7 @@ async fn authenticate(
             g
         }
         Err(AuthError::Refused {
+            kind,
             error,
             reason,
             counts_as_failure,
@@ -299,13 +300,7 @@ async fn authenticate(
             if !counts_as_failure {
                 reservation.release();
             }
-            let label = match error.code {
-                "28P01" => "wrong_token",
-                "28000" => "grant_not_current",
-                "58000" => "store_unavailable",
-                _ => "protocol",
-            };
-            auth_failures.with_label_values(&[label]).inc();
+            auth_failures.with_label_values(&[kind.metric_label()]).inc();
             tracing::info!(%reason, code = error.code, "authentication failed");
             let event = AuditEvent::AuthFailure(audit_event::AuthFailure {
                 client_addr: peer.to_string(),
@@ -339,10 +334,7 @@ async fn authenticate(
         Ok(fresh) => state.grants.watches().publish(&fresh),
         Err(e) => {
             tracing::error!(error = %e, "grant store unavailable");
-            return Err(PgError::fatal(
-                "58000",
-                "timebox cannot check grants right now (grant store unavailable)",
-            ));
+            return Err(PgError::grant_store_unavailable());
         }
     }
     let grant = watch.current();
@@ -452,7 +444,7 @@ async fn open_session(
         wire::parameter_status(&mut frame, name, value);
         if let Some(problem) = lexing_problem(&frame) {
             tracing::error!(%problem, "upstream session uses settings timebox cannot read statements under");
-            return Err(PgError::fatal("55000", format!("target \"{}\" cannot be used: {problem}", target.name))
+            return Err(PgError::object_not_in_prerequisite_state(format!("target \"{}\" cannot be used: {problem}", target.name))
                 .with_hint("Tell the timebox administrators: the upstream role or database overrides a setting that must stay at its default."));
         }
     }
@@ -1458,14 +1450,12 @@ async fn wait_ack(pending: &mut Option<(AuditAck, Instant)>) -> Result<(), Audit
 
 /// The FATAL a client gets when its statements cannot be audited (they were not run).
 fn audit_refusal(e: &AuditError) -> PgError {
-    let code = match e {
-        AuditError::QueueFull { .. } => "53000",
-        _ => "58030",
-    };
-    PgError::fatal(
-        code,
-        "terminating connection: timebox cannot record statements in the audit log right now, so they were not run",
-    )
+    let message =
+        "terminating connection: timebox cannot record statements in the audit log right now, so they were not run";
+    match e {
+        AuditError::QueueFull { .. } => PgError::insufficient_resources(message),
+        _ => PgError::io_error(message),
+    }
     .with_hint("Tell the timebox administrators; nothing reaches the database unaudited.")
 }
 

@@ -360,7 +360,7 @@ pub fn check_startup_params(message: &StartupMessage) -> Result<ClientParams, Pg
     let user = message
         .get("user")
         .filter(|u| !u.is_empty())
-        .ok_or_else(|| PgError::fatal("28000", "no PostgreSQL user name specified in startup packet"))?
+        .ok_or_else(PgError::no_user_name)?
         .to_owned();
     let target = message
         .get("database")

@@ -51,9 +51,12 @@ impl Severity {
     }
 }
 
-/// Named constructors: every refusal a client can meet, with its SQLSTATE.
+/// Named constructors: every refusal a client can meet, with its SQLSTATE. The first group is
+/// named for PostgreSQL's condition (appendix A of its manual) and takes the message; the second
+/// builds timebox's own refusals from them. Codes are written here and nowhere else.
 impl PgError {
-    pub fn fatal(code: &'static str, message: impl Into<String>) -> Self {
+    /// FATAL `code` with `message`; private so that call sites name the condition instead.
+    fn fatal(code: &'static str, message: impl Into<String>) -> Self {
         PgError {
             severity: Severity::Fatal,
             code,
@@ -61,6 +64,12 @@ impl PgError {
             detail: None,
             hint: None,
         }
+    }
+
+    /// The same error at severity ERROR: the statement (or query) fails, the session goes on.
+    pub fn non_fatal(mut self) -> Self {
+        self.severity = Severity::Error;
+        self
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
@@ -72,6 +81,92 @@ impl PgError {
         self.hint = Some(hint.into());
         self
     }
+
+    // ---- PostgreSQL's conditions -------------------------------------------------------------
+
+    /// 01000 `warning` (a NoticeResponse).
+    pub fn warning(message: impl Into<String>) -> Self {
+        PgError {
+            severity: Severity::Warning,
+            code: "01000",
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    /// 08P01 `protocol_violation`.
+    pub fn protocol_violation(message: impl Into<String>) -> Self {
+        Self::fatal("08P01", message)
+    }
+
+    /// 0A000 `feature_not_supported`.
+    pub fn feature_not_supported(message: impl Into<String>) -> Self {
+        Self::fatal("0A000", message)
+    }
+
+    /// 28000 `invalid_authorization_specification`.
+    pub fn invalid_authorization_specification(message: impl Into<String>) -> Self {
+        Self::fatal("28000", message)
+    }
+
+    /// 42000 `syntax_error_or_access_rule_violation`.
+    pub fn syntax_error_or_access_rule_violation(message: impl Into<String>) -> Self {
+        Self::fatal("42000", message)
+    }
+
+    /// 42501 `insufficient_privilege`.
+    pub fn insufficient_privilege(message: impl Into<String>) -> Self {
+        Self::fatal("42501", message)
+    }
+
+    /// 53000 `insufficient_resources`.
+    pub fn insufficient_resources(message: impl Into<String>) -> Self {
+        Self::fatal("53000", message)
+    }
+
+    /// 53300 `too_many_connections`.
+    pub fn too_many_connections(message: impl Into<String>) -> Self {
+        Self::fatal("53300", message)
+    }
+
+    /// 54000 `program_limit_exceeded`.
+    pub fn program_limit_exceeded(message: impl Into<String>) -> Self {
+        Self::fatal("54000", message)
+    }
+
+    /// 55000 `object_not_in_prerequisite_state`.
+    pub fn object_not_in_prerequisite_state(message: impl Into<String>) -> Self {
+        Self::fatal("55000", message)
+    }
+
+    /// 57014 `query_canceled`.
+    pub fn query_canceled(message: impl Into<String>) -> Self {
+        Self::fatal("57014", message)
+    }
+
+    /// 57P01 `admin_shutdown`: the session is being ended by timebox (expiry, revocation, kill,
+    /// shutdown).
+    pub fn admin_shutdown(message: impl Into<String>) -> Self {
+        Self::fatal("57P01", message)
+    }
+
+    /// 58000 `system_error`.
+    pub fn system_error(message: impl Into<String>) -> Self {
+        Self::fatal("58000", message)
+    }
+
+    /// 58030 `io_error`.
+    pub fn io_error(message: impl Into<String>) -> Self {
+        Self::fatal("58030", message)
+    }
+
+    /// XX000 `internal_error`.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::fatal("XX000", message)
+    }
+
+    // ---- timebox's refusals ------------------------------------------------------------------
 
     /// 28P01: the same words for unknown user, wrong token or another user's token.
     pub fn invalid_password(user: &str) -> Self {
@@ -100,82 +195,75 @@ impl PgError {
 
     /// 28000: right token, but the grant does not admit a session now.
     pub fn grant_not_current(why: &str) -> Self {
-        Self::fatal("28000", format!("access denied: {why}"))
+        Self::invalid_authorization_specification(format!("access denied: {why}"))
             .with_hint("Ask for a new grant (timebox grant issue / timebox request create).")
     }
 
+    /// 28000: the client's SCRAM-SHA-256-PLUS channel binding does not match this connection.
+    pub fn channel_binding_failed(why: &str) -> Self {
+        Self::invalid_authorization_specification(format!("SCRAM channel binding failed: {why}"))
+    }
+
+    /// 28000: the startup packet has no `user`.
+    pub fn no_user_name() -> Self {
+        Self::invalid_authorization_specification("no PostgreSQL user name specified in startup packet")
+    }
+
     pub fn tls_required() -> Self {
-        Self::fatal("28000", "timebox requires an encrypted connection")
+        Self::invalid_authorization_specification("timebox requires an encrypted connection")
             .with_hint("Connect with sslmode=require (or verify-full).")
     }
 
-    pub fn too_many_connections(limit: usize) -> Self {
-        Self::fatal(
-            "53300",
-            format!("sorry, too many clients already (timebox limit: {limit})"),
-        )
+    /// 53300: the proxy's `max_connections` is reached.
+    pub fn too_many_clients(limit: usize) -> Self {
+        Self::too_many_connections(format!(
+            "sorry, too many clients already (timebox limit: {limit})"
+        ))
     }
 
     pub fn too_many_auth_failures() -> Self {
-        Self::fatal(
-            "28000",
+        Self::invalid_authorization_specification(
             "too many failed authentication attempts for this user from this address; try again in a minute",
         )
     }
 
     /// 28000: one address failed too often, over all the user names it tried.
     pub fn too_many_auth_failures_from_address() -> Self {
-        Self::fatal(
-            "28000",
+        Self::invalid_authorization_specification(
             "too many failed authentication attempts from this address; try again in a minute",
         )
     }
 
     /// 28000: the instance-wide ceiling on failed logins is reached (a spread-out guessing attack).
     pub fn too_many_auth_failures_globally() -> Self {
-        Self::fatal(
-            "28000",
+        Self::invalid_authorization_specification(
             "too many failed authentication attempts on this timebox instance; try again in a minute",
         )
     }
 
     /// 53300: this client address has too many connections that have not logged in yet.
     pub fn too_many_unauthenticated_from_address(limit: usize) -> Self {
-        Self::fatal(
-            "53300",
-            format!(
-                "sorry, too many clients from this address are still authenticating (timebox limit: {limit})"
-            ),
-        )
+        Self::too_many_connections(format!(
+            "sorry, too many clients from this address are still authenticating (timebox limit: {limit})"
+        ))
         .with_hint("Try again in a few seconds.")
     }
 
     /// 53300: too many connections have not finished authenticating yet.
     pub fn too_many_unauthenticated(limit: usize) -> Self {
-        Self::fatal(
-            "53300",
-            format!("sorry, too many clients are still authenticating (timebox limit: {limit})"),
-        )
+        Self::too_many_connections(format!(
+            "sorry, too many clients are still authenticating (timebox limit: {limit})"
+        ))
         .with_hint("Try again in a few seconds.")
     }
 
-    pub fn protocol_violation(message: impl Into<String>) -> Self {
-        Self::fatal("08P01", message)
-    }
-
     pub fn startup_timeout() -> Self {
-        Self::fatal(
-            "08P01",
-            "timed out waiting for the client to finish startup and authentication",
-        )
+        Self::protocol_violation("timed out waiting for the client to finish startup and authentication")
     }
 
-    pub fn feature_not_supported(message: impl Into<String>) -> Self {
-        Self::fatal("0A000", message)
-    }
-
-    pub fn insufficient_privilege(message: impl Into<String>) -> Self {
-        Self::fatal("42501", message)
+    /// 58000: the grant store did not answer while a login was checked.
+    pub fn grant_store_unavailable() -> Self {
+        Self::system_error("timebox cannot check grants right now (grant store unavailable)")
     }
 
     pub fn upstream_unavailable(target: &str, why: &str) -> Self {
@@ -197,39 +285,22 @@ impl PgError {
         Self::fatal("08006", format!("lost the connection to target \"{target}\""))
     }
 
+    /// FATAL 54000: a frontend message longer than the proxy accepts.
+    pub fn message_too_long(bytes: usize, limit: usize) -> Self {
+        Self::program_limit_exceeded(format!(
+            "message of {bytes} bytes exceeds timebox's limit of {limit} bytes"
+        ))
+    }
+
     /// ERROR 54000 (the session goes on): a statement text longer than `proxy.max_statement_bytes`.
     pub fn statement_too_long(bytes: usize, limit: usize) -> Self {
-        PgError {
-            severity: Severity::Error,
-            code: "54000",
-            message: format!(
-                "timebox: statement of {bytes} bytes exceeds the limit of {limit} bytes (proxy.max_statement_bytes)"
-            ),
-            detail: None,
-            hint: Some(
-                "Send a shorter statement (e.g. COPY for bulk data), or ask the timebox administrators to raise proxy.max_statement_bytes."
-                    .into(),
-            ),
-        }
-    }
-
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::fatal("XX000", message)
-    }
-
-    /// 57P01: the session is being ended by timebox (expiry, revocation, kill, shutdown).
-    pub fn admin_shutdown(message: impl Into<String>) -> Self {
-        Self::fatal("57P01", message)
-    }
-
-    pub fn warning(message: impl Into<String>) -> Self {
-        PgError {
-            severity: Severity::Warning,
-            code: "01000",
-            message: message.into(),
-            detail: None,
-            hint: None,
-        }
+        Self::program_limit_exceeded(format!(
+            "timebox: statement of {bytes} bytes exceeds the limit of {limit} bytes (proxy.max_statement_bytes)"
+        ))
+        .non_fatal()
+        .with_hint(
+            "Send a shorter statement (e.g. COPY for bulk data), or ask the timebox administrators to raise proxy.max_statement_bytes.",
+        )
     }
 
     /// Appends this as an ErrorResponse ('E'), or a NoticeResponse ('N') for warnings and notices.
@@ -557,10 +628,7 @@ pub fn next_frontend_frame(buf: &[u8], max_len: usize) -> Result<Option<(u8, usi
     }
     let total = len as usize + 1;
     if total > max_len {
-        return Err(PgError::fatal(
-            "54000",
-            format!("message of {total} bytes exceeds timebox's limit of {max_len} bytes"),
-        ));
+        return Err(PgError::message_too_long(total, max_len));
     }
     Ok((buf.len() >= total).then_some((tag, total)))
 }
@@ -659,6 +727,112 @@ mod tests {
         // NUL inside a message cannot end the field early
         let b = PgError::protocol_violation("a\0b").to_bytes();
         assert!(String::from_utf8_lossy(&b).contains("Mab\0"));
+    }
+
+    /// Each condition constructor carries PostgreSQL's SQLSTATE for that condition name
+    /// (appendix A of the PostgreSQL manual); a typo in one would send clients the wrong code.
+    #[test]
+    fn condition_constructors_carry_postgresqls_sqlstates() {
+        use Severity::{Error, Fatal, Warning};
+        let m = "m";
+        let cases: &[(&str, PgError, &str, Severity)] = &[
+            ("warning", PgError::warning(m), "01000", Warning),
+            (
+                "protocol_violation",
+                PgError::protocol_violation(m),
+                "08P01",
+                Fatal,
+            ),
+            (
+                "feature_not_supported",
+                PgError::feature_not_supported(m),
+                "0A000",
+                Fatal,
+            ),
+            (
+                "invalid_authorization_specification",
+                PgError::invalid_authorization_specification(m),
+                "28000",
+                Fatal,
+            ),
+            (
+                "syntax_error_or_access_rule_violation",
+                PgError::syntax_error_or_access_rule_violation(m),
+                "42000",
+                Fatal,
+            ),
+            (
+                "insufficient_privilege",
+                PgError::insufficient_privilege(m),
+                "42501",
+                Fatal,
+            ),
+            (
+                "insufficient_resources",
+                PgError::insufficient_resources(m),
+                "53000",
+                Fatal,
+            ),
+            (
+                "too_many_connections",
+                PgError::too_many_connections(m),
+                "53300",
+                Fatal,
+            ),
+            (
+                "program_limit_exceeded",
+                PgError::program_limit_exceeded(m),
+                "54000",
+                Fatal,
+            ),
+            (
+                "object_not_in_prerequisite_state",
+                PgError::object_not_in_prerequisite_state(m),
+                "55000",
+                Fatal,
+            ),
+            ("query_canceled", PgError::query_canceled(m), "57014", Fatal),
+            ("admin_shutdown", PgError::admin_shutdown(m), "57P01", Fatal),
+            ("system_error", PgError::system_error(m), "58000", Fatal),
+            ("io_error", PgError::io_error(m), "58030", Fatal),
+            ("internal_error", PgError::internal(m), "XX000", Fatal),
+            (
+                "non_fatal",
+                PgError::insufficient_privilege(m).non_fatal(),
+                "42501",
+                Error,
+            ),
+            (
+                "statement_too_long",
+                PgError::statement_too_long(2, 1),
+                "54000",
+                Error,
+            ),
+            (
+                "message_too_long",
+                PgError::message_too_long(2, 1),
+                "54000",
+                Fatal,
+            ),
+            (
+                "grant_store_unavailable",
+                PgError::grant_store_unavailable(),
+                "58000",
+                Fatal,
+            ),
+            (
+                "channel_binding_failed",
+                PgError::channel_binding_failed("x"),
+                "28000",
+                Fatal,
+            ),
+            ("no_user_name", PgError::no_user_name(), "28000", Fatal),
+            ("too_many_clients", PgError::too_many_clients(1), "53300", Fatal),
+        ];
+        for (name, error, code, severity) in cases {
+            assert_eq!(error.code, *code, "{name}");
+            assert_eq!(error.severity, *severity, "{name}");
+        }
     }
 
     fn msgs(list: &[(u8, &[u8])]) -> Vec<u8> {

@@ -38,8 +38,9 @@ pub enum StoreError {
     SchemaTooNew { found: i64, supported: i64 },
     #[error("corrupt store row: {0}")]
     Corrupt(String),
+    /// The blocking task running a store call panicked or was cancelled.
     #[error("store task failed: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
     #[error("this store does not support {0}")]
     Unsupported(&'static str),
 }
@@ -214,7 +215,7 @@ impl Store {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || f(inner.as_ref()))
             .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
+            .map_err(StoreError::Task)?
     }
 
     pub async fn insert_grant(&self, grant: Grant, verifier: ScramVerifier) -> Result<(), StoreError> {
