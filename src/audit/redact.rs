@@ -186,6 +186,9 @@ fn secret_edits(sql: &str, tokens: &[Token], marked: bool, depth: usize) -> Foun
                     if let Some(slot) = set_value(sql, &sig, i) {
                         open |= slot.open || (slot.range.is_none() && ends_open());
                         edits.extend(slot_edit(sql, slot, depth));
+                    } else if i + 1 == sig.len() {
+                        // `'SET ' || 'my.pw = ' || …`: the setting comes from outside the text.
+                        open |= ends_open();
                     }
                 } else if name == "set_config" && op(i + 1, b'(') {
                     if let Some(slot) = set_config_value(sql, &sig, i + 1) {
@@ -640,7 +643,17 @@ fn set_value(sql: &str, sig: &[&Token], i: usize) -> Option<Slot> {
             break;
         }
     }
-    if !is_assign(j) || !is_secret_setting(&name) {
+    if !is_secret_setting(&name) {
+        return None;
+    }
+    if j == sig.len() {
+        // `'SET my.pw ' || '= ' || …`: the text ends before the value.
+        return Some(Slot {
+            range: None,
+            open: false,
+        });
+    }
+    if !is_assign(j) {
         return None;
     }
     let first = j + 1;
@@ -1404,6 +1417,16 @@ mod tests {
                 "PERFORM dblink_exec('c', $q$ALTER ROLE x PASSWORD ",
             ),
             ("DO $$ BEGIN EXECUTE 'SET my.pw = ''sekrit17'''; END $$", "sekrit17", "EXECUTE 'SET my.pw = "),
+            (
+                "DO $$ BEGIN EXECUTE 'SET ' || 'my.pw = ' || quote_literal('sekrit17'); END $$",
+                "sekrit17",
+                "EXECUTE 'SET ' ",
+            ),
+            (
+                "DO $$ BEGIN EXECUTE 'SET my.pw ' || '= ' || quote_literal('sekrit17'); END $$",
+                "sekrit17",
+                "EXECUTE 'SET my.pw ' ",
+            ),
             // See: the attack round on issue 16's fix: values of custom (dotted) settings are hidden.
             ("SELECT set_config('my.pw', 'sekrit09', false)", "sekrit09", "SELECT set_config('my.pw', "),
             (
