@@ -453,10 +453,20 @@ async fn a_full_queue_refuses_instead_of_dropping() {
             Err(e) => break e,
         }
         next += 1;
-        assert!(next < 100, "the queue of 8 never filled while the writer was blocked");
+        assert!(
+            next < 100,
+            "the queue of 8 never filled while the writer was blocked"
+        );
     };
-    assert!(matches!(refused, AuditError::QueueFull { capacity: 8 }), "{refused:?}");
-    assert!(acks.len() >= 8, "at least the queue's capacity was accepted ({})", acks.len());
+    assert!(
+        matches!(refused, AuditError::QueueFull { capacity: 8 }),
+        "{refused:?}"
+    );
+    assert!(
+        acks.len() >= 8,
+        "at least the queue's capacity was accepted ({})",
+        acks.len()
+    );
     assert!(matches!(
         log.submit(
             (0..9)
