@@ -452,3 +452,66 @@ async fn one_function_call_cannot_outrun_the_time_limit_or_the_query_slots() {
         assert_eq!(slots(), all, "{sql}: a SQLite thread outlived its answer");
     }
 }
+
+/// Issue 17: `ts > datetime('now', …)` compared RFC 3339 text with SQLite's format and was right only
+/// to the day; psql's `\dv` and `\d view` failed without saying what to use instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_filters_are_exact_and_the_views_describe_themselves() {
+    let inst = common::start(Options::default()).await;
+    let (grant, token) = inst.grant("alice", "read", "10m").await;
+    let out = psql(
+        &common::proxy_conn(&inst, "alice", "sslmode=disable"),
+        &token,
+        "SELECT 1",
+    )
+    .await;
+    assert!(out.success, "{out:?}");
+    let query = |sql: &'static str| {
+        let conn = audit_conn(&inst, "audrey");
+        async move { psql(&conn, common::AUDITOR_TOKEN, sql).await }
+    };
+    let count = |out: &common::PsqlOutput| -> i64 {
+        assert!(out.success, "{out:?}");
+        out.stdout.trim().parse().unwrap()
+    };
+    // records of the last minute exist; none are from the future (before the fix: all of them were)
+    assert!(count(&query("SELECT count(*) FROM events WHERE ts > datetime('now', '-1 minute')").await) >= 3);
+    assert_eq!(
+        count(&query("SELECT count(*) FROM events WHERE ts > datetime('now', '+1 minute')").await),
+        0
+    );
+    assert_eq!(
+        count(&query("SELECT count(*) FROM statements WHERE ts < datetime('now', '-1 hour')").await),
+        0
+    );
+
+    // one name for who acted: the grant's issuer
+    let out = query("SELECT actor FROM grant_events WHERE kind = 'grant_issued'").await;
+    assert!(
+        out.success && out.stdout.lines().any(|l| l.trim() == grant.created_by),
+        "{out:?}"
+    );
+
+    // psql's describe commands say what to use instead; the catalog views answer
+    for meta in ["\\dv", "\\d statements"] {
+        let out = query(meta).await;
+        assert!(!out.success, "{meta} must fail with a hint");
+        assert!(
+            out.stderr.contains("SELECT * FROM timebox_views"),
+            "{meta}: {}",
+            out.stderr
+        );
+    }
+    let out = query("SELECT view_name FROM timebox_views ORDER BY 1").await;
+    assert!(out.success, "{out:?}");
+    for view in ["access_requests", "events", "grant_events", "statements"] {
+        assert!(
+            out.stdout.lines().any(|l| l.trim() == view),
+            "{view}: {}",
+            out.stdout
+        );
+    }
+    let out =
+        query("SELECT column_name FROM timebox_columns WHERE view_name = 'outcomes' ORDER BY position").await;
+    assert!(out.success && out.stdout.contains("sqlstate"), "{out:?}");
+}

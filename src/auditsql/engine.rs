@@ -80,55 +80,9 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 /// SQLite VM instructions between two checks of the deadline.
 const PROGRESS_EVERY: i32 = 10_000;
 
-/// The views auditors query (created per connection in SQLite's temp schema).
-const VIEWS: &str = r#"
-CREATE TEMP VIEW events AS
-  SELECT seq, ts, kind, user_name AS "user", target, grant_id, session_id, payload, prev_hash, hash
-  FROM main.audit_events;
-CREATE TEMP VIEW statements AS
-  SELECT seq, ts, user_name AS "user", target, grant_id, session_id,
-         json_extract(payload, '$.statement_id') AS statement_id,
-         json_extract(payload, '$.sql') AS sql,
-         json_extract(payload, '$.class') AS class,
-         json_extract(payload, '$.decision') AS decision,
-         json_extract(payload, '$.reason') AS reason,
-         json_extract(payload, '$.relations') AS relations,
-         json_extract(payload, '$.params') AS params
-  FROM main.audit_events WHERE kind = 'statement';
-CREATE TEMP VIEW outcomes AS
-  SELECT seq, ts, session_id,
-         json_extract(payload, '$.statement_id') AS statement_id,
-         json_extract(payload, '$.command_tag') AS command_tag,
-         json_extract(payload, '$.rows') AS rows,
-         json_extract(payload, '$.sqlstate') AS sqlstate,
-         json_extract(payload, '$.duration_us') AS duration_us
-  FROM main.audit_events WHERE kind = 'statement_outcome';
-CREATE TEMP VIEW sessions AS
-  SELECT seq, ts, kind, user_name AS "user", target, grant_id, session_id, payload
-  FROM main.audit_events WHERE kind IN ('session_start', 'session_end');
-CREATE TEMP VIEW auth_failures AS
-  SELECT seq, ts, user_name AS "user", target,
-         json_extract(payload, '$.client_addr') AS client_addr,
-         json_extract(payload, '$.reason') AS reason
-  FROM main.audit_events WHERE kind = 'auth_failure';
-CREATE TEMP VIEW grant_events AS
-  SELECT seq, ts, kind, user_name AS "user", target, grant_id, payload
-  FROM main.audit_events WHERE kind LIKE 'grant_%';
--- SQLite registers its eponymous table functions on first use (a schema write the authorizer
--- would refuse): use them once here, before the authorizer is installed.
-SELECT * FROM json_each('[]');
-SELECT * FROM json_tree('[]');
-"#;
-
-/// The views, in the temp schema.
-pub const VIEW_NAMES: &[&str] = &[
-    "events",
-    "statements",
-    "outcomes",
-    "sessions",
-    "auth_failures",
-    "grant_events",
-];
+/// SQLite registers its eponymous table functions on first use (a schema write the authorizer
+/// would refuse): use them once, before the authorizer is installed.
+const WARM_TABLE_FUNCTIONS: &str = "SELECT * FROM json_each('[]'); SELECT * FROM json_tree('[]');";
 
 /// The table the views read (in the main schema).
 const AUDIT_TABLE: &str = "audit_events";
@@ -232,7 +186,7 @@ pub enum QueryError {
     #[error("timebox_audit supports the simple query protocol only (psql does)")]
     ExtendedProtocol,
     /// The authorizer refused something the query would do.
-    #[error("timebox_audit is read-only over the audit views: {what} is not allowed; query the views {}", VIEW_NAMES.join(", "))]
+    #[error("timebox_audit is read-only over the audit views: {what} is not allowed; query the views {}", super::views::names().collect::<Vec<_>>().join(", "))]
     NotAuthorized { what: String },
     #[error("the result has more than {limit} rows; add a LIMIT or a narrower WHERE")]
     TooManyRows { limit: usize },
@@ -332,7 +286,7 @@ pub fn authorize(action: &AuthAction<'_>, database: Option<&str>, schema: &Schem
         AuthAction::Read { table_name, .. } => {
             let table = table_name.to_ascii_lowercase();
             let in_schema = |wanted: &str| database.is_none_or(|d| d.eq_ignore_ascii_case(wanted));
-            let is_view = in_schema("temp") && VIEW_NAMES.contains(&table.as_str());
+            let is_view = in_schema("temp") && super::views::is_view(&table);
             let is_audit_table = in_schema("main") && table == AUDIT_TABLE;
             let is_table_function = in_schema("main") && TABLE_FUNCTIONS.contains(&table.as_str());
             let is_cte = database.is_none() && !schema.is_object(&table);
@@ -464,7 +418,10 @@ fn open(db: &Path, limits: Limits, refusals: SharedRefusals) -> Result<Connectio
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(QueryError::Open)?;
-    conn.execute_batch(VIEWS).map_err(QueryError::Open)?;
+    conn.execute_batch(&super::views::create_sql())
+        .map_err(QueryError::Open)?;
+    conn.execute_batch(WARM_TABLE_FUNCTIONS)
+        .map_err(QueryError::Open)?;
     conn.pragma_update(None, "query_only", "ON")
         .map_err(QueryError::Open)?;
     let clamp = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
@@ -685,286 +642,4 @@ fn data_row(out: &mut BytesMut, values: &[ValueRef<'_>]) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::sync::Semaphore;
-
-    fn slot() -> OwnedSemaphorePermit {
-        Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap()
-    }
-
-    /// An empty audit database with the table the views read.
-    fn audit_db() -> (tempfile::TempDir, std::path::PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.db");
-        Connection::open(&path)
-            .unwrap()
-            .execute_batch(
-                "CREATE TABLE audit_events (seq INTEGER PRIMARY KEY, ts, kind, user_name, target, \
-                 grant_id, session_id, payload, prev_hash, hash)",
-            )
-            .unwrap();
-        (dir, path)
-    }
-
-    #[tokio::test]
-    async fn a_query_past_its_time_limit_is_stopped_with_57014() {
-        let (_dir, db) = audit_db();
-        let limits = Limits {
-            timeout: Duration::from_millis(200),
-            ..Limits::default()
-        };
-        let endless =
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n";
-        let mut out = Vec::new();
-        let result = execute(&db, endless.into(), limits, slot(), &mut out).await;
-        let err = result.expect_err("stopped");
-        assert!(matches!(err, QueryError::Timeout { .. }), "{err:?}");
-        assert_eq!(err.to_pg_error().code, "57014");
-    }
-
-    /// A client that does not read cannot hold the query past its time limit either.
-    #[tokio::test]
-    async fn a_client_that_stops_reading_cannot_hold_the_query() {
-        let (_dir, db) = audit_db();
-        let limits = Limits {
-            timeout: Duration::from_millis(200),
-            ..Limits::default()
-        };
-        let (mut client, _unread) = tokio::io::duplex(1024);
-        let rows =
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 50000) SELECT i FROM n";
-        let err = execute(&db, rows.into(), limits, slot(), &mut client)
-            .await
-            .expect_err("stopped");
-        assert!(matches!(err, QueryError::Timeout { .. }), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn a_row_past_the_row_cap_is_refused_before_it_is_copied() {
-        let (_dir, db) = audit_db();
-        let limits = Limits {
-            max_value_bytes: 1000,
-            max_row_bytes: 2500,
-            ..Limits::default()
-        };
-        let wide = "SELECT printf('%.*c', 900, 'x'), printf('%.*c', 900, 'y'), printf('%.*c', 900, 'z')";
-        let mut out = Vec::new();
-        let err = execute(&db, wide.into(), limits, slot(), &mut out)
-            .await
-            .expect_err("cut");
-        assert!(matches!(err, QueryError::RowTooLarge { limit: 2500 }), "{err:?}");
-        assert!(out.len() < 2500, "{} bytes sent", out.len());
-        assert!(encoded_size(&[ValueRef::Text(b"abc"), ValueRef::Null]) >= 7 + 4 + 3 + 4);
-    }
-
-    #[tokio::test]
-    async fn results_arrive_as_row_description_rows_and_command_complete() {
-        let (_dir, db) = audit_db();
-        let mut out = Vec::new();
-        execute(
-            &db,
-            "SELECT 1 AS a, 'x' AS b; ".into(),
-            Limits::default(),
-            slot(),
-            &mut out,
-        )
-        .await
-        .unwrap();
-        assert_eq!(out.first(), Some(&b'T'));
-        assert!(out.windows(8).any(|w| w == b"SELECT 1"), "{out:?}");
-        let mut empty = Vec::new();
-        execute(&db, "  ; ".into(), Limits::default(), slot(), &mut empty)
-            .await
-            .unwrap();
-        assert_eq!(empty, b"I\0\0\0\x04");
-    }
-
-    /// Regression (attack on issue 16's fixes): the instance's query slot was given back when the
-    /// client got its 57014, while SQLite went on inside one function call; four more bombs
-    /// could then start. The slot now belongs to the thread.
-    #[tokio::test]
-    async fn the_query_slot_is_held_until_the_sqlite_thread_ends() {
-        let slots = Arc::new(Semaphore::new(1));
-        let (release, wait) = std::sync::mpsc::channel::<()>();
-        let mut out = Vec::new();
-        let taken = slots.clone().try_acquire_owned().unwrap();
-        let stuck = move |_: Instant, _: &Arc<AtomicBool>, _: &tokio::sync::mpsc::Sender<BytesMut>| {
-            let _ = wait.recv();
-            Ok(())
-        };
-        let err = stream(Duration::from_millis(50), taken, &mut out, stuck)
-            .await
-            .expect_err("the client is answered at the time limit");
-        assert!(matches!(err, QueryError::Timeout { .. }), "{err:?}");
-        assert_eq!(
-            slots.available_permits(),
-            0,
-            "the thread still runs, so its slot is still taken"
-        );
-        release.send(()).unwrap();
-        let freed = tokio::time::timeout(Duration::from_secs(60), slots.acquire()).await;
-        assert!(freed.is_ok(), "the slot frees up when the thread ends");
-    }
-
-    /// Regression (attack on issue 16's fixes): `instr` over a 2 MB and a 1 MB string kept SQLite
-    /// busy ~45 s inside one call, where the progress handler never runs. Values are now at most
-    /// 1 MiB, and the products-of-lengths built-ins are linear or refused.
-    #[tokio::test]
-    async fn single_function_calls_cannot_run_long() {
-        let (_dir, db) = audit_db();
-        let run = |sql: &'static str| {
-            let db = db.clone();
-            async move {
-                let mut out = Vec::new();
-                let limits = Limits {
-                    timeout: Duration::from_secs(600),
-                    ..Limits::default()
-                };
-                execute(&db, sql.into(), limits, slot(), &mut out)
-                    .await
-                    .map(|()| out)
-            }
-        };
-        let bomb = "SELECT instr(printf('%.*c', 2000000, 'a'), printf('%.*c', 1000000, 'a') || 'b')";
-        // SQLite's printf stops at the value cap (1 MiB) and yields NULL; instr(NULL, …) is NULL.
-        let out = run(bomb).await.expect("answered");
-        assert!(out.windows(7).any(|w| w == b"D\0\0\0\x0a\0\x01"), "{out:?}");
-        assert!(
-            out.windows(4).any(|w| w == b"\xff\xff\xff\xff"),
-            "a NULL: {out:?}"
-        );
-        for (sql, answer) in [
-            (
-                "SELECT instr(printf('%.*c', 1000000, 'a'), printf('%.*c', 500000, 'a') || 'b')",
-                &b"\0\0\0\x010"[..],
-            ),
-            (
-                "SELECT length(replace(printf('%.*c', 1000000, 'a'), printf('%.*c', 500000, 'a') || 'b', 'x'))",
-                &b"\0\0\0\x071000000"[..],
-            ),
-            ("SELECT instr('héllo wörld', 'w')", &b"\0\0\0\x017"[..]),
-            ("SELECT trim('  xhix ', ' x')", &b"\0\0\0\x02hi"[..]),
-            ("SELECT replace('a-b-c', '-', '+')", &b"\0\0\0\x05a+b+c"[..]),
-        ] {
-            let out = run(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-            assert!(out.windows(answer.len()).any(|w| w == answer), "{sql}: {out:?}");
-        }
-        let trim_bomb =
-            "SELECT length(trim(printf('%.*c', 1000000, 'a'), printf('%.*c', 1000000, 'b') || 'a'))";
-        let err = run(trim_bomb).await.expect_err("refused");
-        assert!(
-            matches!(err, QueryError::Function(FunctionError::TooCostly { .. })),
-            "{err:?}"
-        );
-        assert_eq!(err.to_pg_error().code, "54000");
-        let err = run("SELECT instr(1.5, '.')").await.expect_err("refused");
-        assert_eq!(err.to_pg_error().code, "0A000", "{err}");
-        let like = "SELECT printf('%.*c', 1000000, 'a') LIKE printf('%.*c', 300, '%') || 'b'";
-        let err = run(like).await.expect_err("pattern too long");
-        assert!(matches!(err, QueryError::Sqlite(_)), "{err:?}");
-    }
-
-    fn read(table: &str) -> AuthAction<'_> {
-        AuthAction::Read {
-            table_name: table,
-            column_name: "x",
-        }
-    }
-
-    fn schema() -> Schema {
-        Schema::new(
-            [
-                "audit_events",
-                "grants",
-                "installation",
-                "events",
-                "statements",
-                "json_each",
-                "dbstat",
-            ]
-            .map(String::from),
-        )
-    }
-
-    fn authorize(action: &AuthAction<'_>, database: Option<&str>) -> Result<(), String> {
-        super::authorize(action, database, &schema())
-    }
-
-    #[test]
-    fn the_authorizer_admits_reads_of_the_audit_trail_only() {
-        assert!(authorize(&AuthAction::Select, None).is_ok());
-        assert!(authorize(&AuthAction::Recursive, None).is_ok());
-        assert!(authorize(&read("statements"), Some("temp")).is_ok());
-        assert!(authorize(&read("audit_events"), Some("main")).is_ok());
-        assert!(authorize(&read("json_each"), Some("main")).is_ok());
-        assert!(authorize(&read("events"), None).is_ok(), "count(*) over a view");
-        assert!(authorize(&read("n"), None).is_ok(), "a CTE");
-        for (table, db) in [
-            ("sqlite_master", Some("main")),
-            ("sqlite_schema", Some("main")),
-            ("sqlite_temp_master", Some("temp")),
-            ("grants", Some("main")),
-            ("installation", Some("main")),
-            ("statements", Some("main")),
-            ("audit_events", Some("x")),
-            ("pragma_table_info", Some("main")),
-            // count(*)-style reads arrive without a schema
-            ("sqlite_master", None),
-            ("grants", None),
-            ("pragma_database_list", None),
-            ("dbstat", None),
-        ] {
-            assert!(authorize(&read(table), db).is_err(), "{db:?}.{table}");
-        }
-    }
-
-    #[test]
-    fn the_authorizer_admits_reviewed_functions_only() {
-        for f in ["json_extract", "count", "datetime", "printf", "LIKE"] {
-            let a = AuthAction::Function { function_name: f };
-            assert!(authorize(&a, None).is_ok(), "{f}");
-        }
-        for f in [
-            "load_extension",
-            "zeroblob",
-            "randomblob",
-            "sqlite_version",
-            "readfile",
-        ] {
-            let a = AuthAction::Function { function_name: f };
-            assert!(authorize(&a, None).is_err(), "{f}");
-        }
-    }
-
-    #[test]
-    fn the_authorizer_refuses_every_other_action() {
-        let refused = [
-            AuthAction::Pragma {
-                pragma_name: "writable_schema",
-                pragma_value: Some("1"),
-            },
-            AuthAction::Attach {
-                filename: "/tmp/x.db",
-            },
-            AuthAction::Detach { database_name: "x" },
-            AuthAction::Insert {
-                table_name: "audit_events",
-            },
-            AuthAction::Delete {
-                table_name: "audit_events",
-            },
-            AuthAction::Update {
-                table_name: "audit_events",
-                column_name: "payload",
-            },
-            AuthAction::CreateTempView { view_name: "v" },
-            AuthAction::CreateTempTable { table_name: "t" },
-            AuthAction::DropTempView { view_name: "events" },
-            AuthAction::Analyze { table_name: "x" },
-        ];
-        for a in refused {
-            assert!(authorize(&a, Some("main")).is_err(), "{a:?}");
-        }
-    }
-}
+mod tests;

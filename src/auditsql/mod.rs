@@ -17,8 +17,8 @@
 //! already done TLS and startup by the time it knows the database name.
 //!
 //! The SQL is SQLite's (JSON: `json_extract(payload, '$.field')`; time: `datetime('now', '-7 days')`).
-//! Views: `events` (every record), `statements`, `outcomes`, `sessions`, `auth_failures`,
-//! `grant_events`.
+//! The views are declared once in [`views`] (with `ts` in SQLite's date format, so time filters are
+//! exact); psql's `\d` commands, which read PostgreSQL's catalog, get a hint to `timebox_views`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,8 +37,9 @@ use crate::proxy::wire::{self, PgError};
 
 mod engine;
 mod functions;
+pub mod views;
 
-pub use engine::{Limits, QueryError, ALLOWED_FUNCTIONS, VIEW_NAMES};
+pub use engine::{Limits, QueryError, ALLOWED_FUNCTIONS};
 pub use functions::{FunctionError, MAX_TRIM_WORK};
 
 /// The reserved database name.
@@ -64,6 +65,9 @@ pub fn check_query(sql: &str) -> Result<(), String> {
         return Ok(());
     }
     for stmt in &classification.statements {
+        if stmt.relations.iter().any(is_postgres_catalog) {
+            return Err(views::DESCRIBE_HINT.to_owned());
+        }
         if stmt.unparsed.is_some() || stmt.class == crate::policy::StatementClass::Unparsed {
             return Err(format!(
                 "timebox_audit: the query could not be verified ({})",
@@ -84,15 +88,22 @@ pub fn check_query(sql: &str) -> Result<(), String> {
         for r in &stmt.relations {
             let name = r.name.to_ascii_lowercase();
             let schema_ok = r.schema.as_deref().is_none_or(|s| s.eq_ignore_ascii_case("temp"));
-            if !schema_ok || !VIEW_NAMES.contains(&name.as_str()) {
+            if !schema_ok || !views::is_view(&name) {
                 return Err(format!(
                     "timebox_audit: relation {r} is not available; query the views {}",
-                    VIEW_NAMES.join(", ")
+                    views::names().collect::<Vec<_>>().join(", ")
                 ));
             }
         }
     }
     Ok(())
+}
+
+/// True for a relation of PostgreSQL's catalog (what psql's `\\d` commands read).
+fn is_postgres_catalog(r: &crate::policy::Relation) -> bool {
+    let schema = r.schema.as_deref().map(str::to_ascii_lowercase);
+    matches!(schema.as_deref(), Some("pg_catalog" | "information_schema"))
+        || (schema.is_none() && r.name.to_ascii_lowercase().starts_with("pg_"))
 }
 
 /// What the startup phase hands over with an auditor connection.
