@@ -26,5 +26,6 @@ pub mod metrics;
 pub mod pgcluster;
 pub mod policy;
 pub mod proxy;
+pub mod review;
 pub mod store;
 pub mod webhooks;
