@@ -631,111 +631,7 @@ impl RawConfig {
         };
         let audit = validate_audit(self.audit.as_ref(), &mut p);
 
-        let mut roles = BTreeMap::new();
-        let mut workflow = BTreeMap::new();
-        for (name, raw) in &self.roles {
-            let path = format!("roles.{name}");
-            if !valid_name(name) {
-                p.push(&path, "role names use letters, digits, '_' and '-' only");
-            }
-            let mut allow = Vec::new();
-            for (i, class) in raw.allow.iter().enumerate() {
-                match StatementClass::from_name(class) {
-                    Some(c) => allow.push(c),
-                    None => p.push(
-                        format!("{path}.allow[{i}]"),
-                        format!(
-                            "{class:?} is not a statement class ({})",
-                            STATEMENT_CLASSES.join(" | ")
-                        ),
-                    ),
-                }
-            }
-            let max_ttl = match &raw.max_ttl {
-                None => {
-                    p.push(
-                        format!("{path}.max_ttl"),
-                        "required (the longest grant this role may be issued for)",
-                    );
-                    Duration::from_secs(3600)
-                }
-                Some(v) => p.duration(&format!("{path}.max_ttl"), Some(v), Duration::from_secs(3600)),
-            };
-            let t = &raw.tables;
-            let tables = (!t.allow.is_empty() || !t.deny.is_empty()).then(|| {
-                for (key, list) in [("allow", &t.allow), ("deny", &t.deny)] {
-                    for (i, pattern) in list.iter().enumerate() {
-                        if let Err(e) = check_table_pattern(pattern) {
-                            p.push(format!("{path}.tables.{key}[{i}]"), e);
-                        }
-                    }
-                }
-                TableRules {
-                    allow: t.allow.clone(),
-                    deny: t.deny.clone(),
-                }
-            });
-            let statement_timeout = raw.statement_timeout.as_deref().map(|v| {
-                p.duration(
-                    &format!("{path}.statement_timeout"),
-                    Some(v),
-                    Duration::from_secs(30),
-                )
-            });
-            for (i, f) in raw.allow_functions.iter().enumerate() {
-                let ok = !f.is_empty()
-                    && f.split('.').count() <= 2
-                    && f.split('.').all(|part| {
-                        !part.is_empty()
-                            && part
-                                .chars()
-                                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')
-                    });
-                if !ok {
-                    p.push(
-                        format!("{path}.allow_functions[{i}]"),
-                        format!("{f:?} is not a function name like \"my_report\" or \"app.my_report\" (lower case)"),
-                    );
-                }
-            }
-            let approvals = p.positive(&format!("{path}.approvals"), raw.approvals, 1, 10) as u32;
-            let break_glass = raw.break_glass.unwrap_or(false);
-            let break_glass_max_ttl = match &raw.break_glass_max_ttl {
-                None => max_ttl.min(Duration::from_secs(3600)),
-                Some(v) => {
-                    let key = format!("{path}.break_glass_max_ttl");
-                    if !break_glass {
-                        p.push(&key, "only meaningful with break_glass = true");
-                    }
-                    let d = p.duration(&key, Some(v), max_ttl);
-                    if d > max_ttl {
-                        p.push(&key, "must not be longer than max_ttl");
-                    }
-                    d
-                }
-            };
-            workflow.insert(
-                name.clone(),
-                RoleWorkflow {
-                    approvals,
-                    break_glass,
-                    break_glass_max_ttl,
-                },
-            );
-            roles.insert(
-                name.clone(),
-                Role {
-                    name: name.clone(),
-                    allow,
-                    max_ttl,
-                    tables,
-                    require_where: raw.require_where.unwrap_or(false),
-                    statement_timeout,
-                    allow_unparsed: raw.allow_unparsed.unwrap_or(false),
-                    allow_functions: raw.allow_functions.clone(),
-                },
-            );
-        }
+        let (roles, workflow) = validate_roles(&self.roles, &mut p);
 
         let mut targets = BTreeMap::new();
         for (name, raw) in &self.targets {
@@ -846,6 +742,144 @@ impl Config {
     /// The request workflow of role `name` (the defaults for an unknown role).
     pub fn workflow(&self, name: &str) -> RoleWorkflow {
         self.workflow.get(name).copied().unwrap_or_default()
+    }
+}
+
+/// The `[roles]` table: each role and its access-request workflow.
+fn validate_roles(
+    raw_roles: &BTreeMap<String, RawRole>,
+    p: &mut Problems,
+) -> (BTreeMap<String, Role>, BTreeMap<String, RoleWorkflow>) {
+    let mut roles = BTreeMap::new();
+    let mut workflow = BTreeMap::new();
+    for (name, raw) in raw_roles {
+        let path = format!("roles.{name}");
+        if !valid_name(name) {
+            p.push(&path, "role names use letters, digits, '_' and '-' only");
+        }
+        let mut allow = Vec::new();
+        for (i, class) in raw.allow.iter().enumerate() {
+            match StatementClass::from_name(class) {
+                Some(c) => allow.push(c),
+                None => p.push(
+                    format!("{path}.allow[{i}]"),
+                    format!(
+                        "{class:?} is not a statement class ({})",
+                        STATEMENT_CLASSES.join(" | ")
+                    ),
+                ),
+            }
+        }
+        let max_ttl = match &raw.max_ttl {
+            None => {
+                p.push(
+                    format!("{path}.max_ttl"),
+                    "required (the longest grant this role may be issued for)",
+                );
+                Duration::from_secs(3600)
+            }
+            Some(v) => p.duration(&format!("{path}.max_ttl"), Some(v), Duration::from_secs(3600)),
+        };
+        let t = &raw.tables;
+        let tables = (!t.allow.is_empty() || !t.deny.is_empty()).then(|| {
+            for (key, list) in [("allow", &t.allow), ("deny", &t.deny)] {
+                for (i, pattern) in list.iter().enumerate() {
+                    if let Err(e) = check_table_pattern(pattern) {
+                        p.push(format!("{path}.tables.{key}[{i}]"), e);
+                    }
+                }
+            }
+            TableRules {
+                allow: t.allow.clone(),
+                deny: t.deny.clone(),
+            }
+        });
+        let statement_timeout = raw.statement_timeout.as_deref().map(|v| {
+            p.duration(
+                &format!("{path}.statement_timeout"),
+                Some(v),
+                Duration::from_secs(30),
+            )
+        });
+        for (i, f) in raw.allow_functions.iter().enumerate() {
+            let ok = !f.is_empty()
+                && f.split('.').count() <= 2
+                && f.split('.').all(|part| {
+                    !part.is_empty()
+                        && part
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')
+                });
+            if !ok {
+                p.push(
+                    format!("{path}.allow_functions[{i}]"),
+                    format!(
+                        "{f:?} is not a function name like \"my_report\" or \"app.my_report\" (lower case)"
+                    ),
+                );
+            }
+        }
+        let approvals = p.positive(&format!("{path}.approvals"), raw.approvals, 1, 10) as u32;
+        let break_glass = raw.break_glass.unwrap_or(false);
+        let break_glass_max_ttl = match &raw.break_glass_max_ttl {
+            None => max_ttl.min(Duration::from_secs(3600)),
+            Some(v) => {
+                let key = format!("{path}.break_glass_max_ttl");
+                if !break_glass {
+                    p.push(&key, "only meaningful with break_glass = true");
+                }
+                let d = p.duration(&key, Some(v), max_ttl);
+                if d > max_ttl {
+                    p.push(&key, "must not be longer than max_ttl");
+                }
+                d
+            }
+        };
+        workflow.insert(
+            name.clone(),
+            RoleWorkflow {
+                approvals,
+                break_glass,
+                break_glass_max_ttl,
+            },
+        );
+        roles.insert(
+            name.clone(),
+            Role {
+                name: name.clone(),
+                allow,
+                max_ttl,
+                tables,
+                require_where: raw.require_where.unwrap_or(false),
+                statement_timeout,
+                allow_unparsed: raw.allow_unparsed.unwrap_or(false),
+                allow_functions: raw.allow_functions.clone(),
+            },
+        );
+    }
+    (roles, workflow)
+}
+
+/// Validates a `[roles]` table on its own, given as JSON (policy replay's candidate roles):
+/// every problem is reported with its key path (`roles.read.allow[1]`), unknown keys included.
+pub fn roles_from_json(value: serde_json::Value) -> Result<BTreeMap<String, Role>, ConfigError> {
+    let mut unknown = Vec::new();
+    let raw: BTreeMap<String, RawRole> =
+        serde_ignored::deserialize(value, |path| unknown.push(path.to_string())).map_err(|e| {
+            ConfigError::Invalid(vec![ConfigProblem {
+                path: "roles".into(),
+                message: e.to_string(),
+            }])
+        })?;
+    let mut p = Problems::default();
+    for path in unknown {
+        p.push(format!("roles.{path}"), "unknown key");
+    }
+    let (roles, _) = validate_roles(&raw, &mut p);
+    if p.0.is_empty() {
+        Ok(roles)
+    } else {
+        Err(ConfigError::Invalid(p.0))
     }
 }
 
@@ -1524,6 +1558,25 @@ mod tests {
         ] {
             assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
         }
+    }
+
+    #[test]
+    fn candidate_roles_validate_alone_with_their_paths() {
+        let roles = roles_from_json(serde_json::json!({
+            "read": {"allow": ["read"], "max_ttl": "1h", "tables": {"allow": ["public.*"]}},
+        }))
+        .unwrap();
+        assert_eq!(roles["read"].allow, vec![StatementClass::Read]);
+        let Err(ConfigError::Invalid(problems)) = roles_from_json(serde_json::json!({
+            "read": {"allow": ["read", "everything"], "max_ttl": "soon", "alow": []},
+        })) else {
+            panic!("invalid roles must be refused");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for wanted in ["roles.read.allow[1]", "roles.read.max_ttl", "roles.read.alow"] {
+            assert!(paths.contains(&wanted), "{wanted} missing from {paths:?}");
+        }
+        assert!(roles_from_json(serde_json::json!(["not", "a", "table"])).is_err());
     }
 
     #[test]

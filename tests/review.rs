@@ -6,6 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{psql, Options};
+use serde_json::json;
 use timebox::config::Role;
 use timebox::policy::{ServerVersion, StatementClass};
 use timebox::review::{self, replay, roles, RecordedStatement, Window};
@@ -96,4 +97,83 @@ async fn replay_and_review_answer_from_the_trail_the_proxy_wrote() {
     let read = reviews.iter().find(|r| r.role == "read").unwrap();
     assert!(read.classes_never_used.is_empty());
     assert!(read.suggestion.as_deref().unwrap().contains("allow = [\"read\"]"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_reviews_roles_and_replays_a_candidate_policy() {
+    let inst = common::start(Options::default()).await;
+    let (_, token) = inst.grant("alice", "write", "10m").await;
+    let conn = common::proxy_conn(&inst, "alice", "sslmode=disable");
+    let mark = common::cluster::unique_name("replay");
+    for sql in [
+        "SELECT count(*) FROM items".to_owned(),
+        format!("UPDATE items SET name = name WHERE name = '{mark}'"),
+    ] {
+        let out = psql(&conn, &token, &sql).await;
+        assert!(out.success, "{out:?}");
+    }
+    inst.state.audit.wait_indexed().await.expect("indexed");
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", inst.admin_url());
+
+    let answer = http
+        .get(url("/v1/roles/review?since=1h&role=write"))
+        .bearer_auth(common::AUDITOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["statements"], 2, "{body:#}");
+    assert_eq!(body["roles"][0]["role"], "write");
+    assert_eq!(body["roles"][0]["classes_used"]["write"], 1);
+
+    // the candidate drops write from the write role: the UPDATE is newly denied
+    let candidate = json!({
+        "read": {"allow": ["read"], "max_ttl": "8h"},
+        "write": {"allow": ["read"], "max_ttl": "2h"},
+    });
+    let answer = http
+        .post(url("/v1/policy/replay"))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .json(&json!({"roles": candidate, "since": "1h", "role": "write"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["changed"], true, "{body:#}");
+    assert_eq!(body["report"]["newly_denied"], 1, "{body:#}");
+    assert!(body["report"]["groups"][0]["examples"][0]["sql"]
+        .as_str()
+        .unwrap()
+        .contains(&mark));
+
+    // an invalid candidate is 422 naming the key path; a bad window names `since`
+    for (body, needle) in [
+        (
+            json!({"roles": {"write": {"allow": ["everything"]}}}),
+            "roles.write.allow[0]",
+        ),
+        (json!({"roles": {}, "since": "last tuesday"}), "since"),
+    ] {
+        let answer = http
+            .post(url("/v1/policy/replay"))
+            .bearer_auth(common::ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 422);
+        let text = answer.text().await.unwrap();
+        assert!(text.contains(needle), "{text}");
+    }
+    // requesters may not read other people's statements this way
+    let answer = http
+        .get(url("/v1/roles/review"))
+        .bearer_auth(common::REQUESTER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 403);
 }

@@ -138,6 +138,13 @@ async fn every_endpoint_checks_every_role() {
         (Method::GET, "/v1/audit", None, [OK, NO, OK, NO]),
         (Method::GET, "/v1/audit/verify", None, [OK, NO, OK, NO]),
         (Method::GET, "/v1/audit/head", None, [OK, NO, OK, NO]),
+        (Method::GET, "/v1/roles/review", None, [OK, NO, OK, NO]),
+        (
+            Method::POST,
+            "/v1/policy/replay",
+            Some(json!({"roles": {}})),
+            [OK, NO, OK, NO],
+        ),
     ];
     // The matrix covers every route the API has (the crate's own table is checked against the
     // OpenAPI document in a unit test).

@@ -21,6 +21,7 @@ pub mod extract;
 pub mod grants;
 pub mod metrics;
 pub mod requests;
+pub mod review;
 pub mod server;
 pub mod sessions;
 
@@ -44,6 +45,8 @@ pub use error::ApiError;
 /// further limited to their own grants, requests and sessions; approvals never by the requester.
 /// The role-matrix test walks this table.
 pub const ROLE_MATRIX: &[(&str, &str, &[&str])] = &[
+    ("GET", "/v1/roles/review", &["admin", "auditor"]),
+    ("POST", "/v1/policy/replay", &["admin", "auditor"]),
     ("GET", "/healthz", &["*"]),
     ("GET", "/v1/openapi.json", &["*"]),
     ("GET", "/metrics", &["admin", "auditor"]),
@@ -95,6 +98,7 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         .merge(requests::routes())
         .merge(sessions::routes())
         .merge(audit::routes())
+        .merge(review::routes())
 }
 
 /// The OpenAPI 3 document of the admin API, generated from the handlers.
