@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod requests;
+pub mod review;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -61,10 +61,79 @@ enum Command {
     Request(RequestArgs),
     /// List live sessions and kill one.
     Session(SessionArgs),
+    /// What each role was actually used for, from the audit trail, with a suggested narrower role
+    /// (roles admin, auditor).
+    Roles(RolesArgs),
+    /// Decide the recorded statements again under a candidate config's roles. Exit 0 when no
+    /// decision changes, 1 when some do, 2 on error.
+    Policy(PolicyArgs),
     /// Manage admin API tokens.
     AdminToken {
         #[command(subcommand)]
         command: AdminTokenCommand,
+    },
+}
+
+/// The window and filters of `roles review` and `policy replay`.
+#[derive(Debug, Args)]
+struct ScopeArgs {
+    /// How far back: a duration (30d, 12h) or an RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
+    /// Only sessions on this target.
+    #[arg(long)]
+    target: Option<String>,
+    /// Only sessions of this role.
+    #[arg(long)]
+    role: Option<String>,
+    /// Print the API's JSON answer.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ScopeArgs {
+    fn scope(&self) -> cli::review::Scope {
+        cli::review::Scope {
+            since: self.since.clone(),
+            target: self.target.clone(),
+            role: self.role.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct RolesArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(subcommand)]
+    command: RolesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum RolesCommand {
+    /// Per role: grants, users, statements, classes used and never used, tables, functions,
+    /// settings, denials, and a suggested narrower definition (default: the last 30 days).
+    Review(ScopeArgs),
+}
+
+#[derive(Debug, Args)]
+struct PolicyArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(subcommand)]
+    command: PolicyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Replay the recorded statements (default: the last 7 days) under the [roles] of a candidate
+    /// config file and report the decisions that would change.
+    Replay {
+        /// The candidate config file; only its [roles] table is read.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(flatten)]
+        scope: ScopeArgs,
     },
 }
 
@@ -436,6 +505,8 @@ async fn main() -> ExitCode {
         Command::Request(args) => report(request(args).await),
         Command::Session(args) => report(session(args).await),
         Command::Audit(args) => audit(args).await,
+        Command::Roles(args) => report(roles(args).await),
+        Command::Policy(args) => policy(args).await,
         Command::Demo(args) => match timebox::demo::run(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -645,6 +716,46 @@ fn api_client(api: &ApiArgs) -> Result<AdminClient, CliError> {
         std::env::var(cli::ADMIN_TOKEN_ENV).ok(),
     )?;
     AdminClient::new(&api.admin_url, token)
+}
+
+/// `timebox roles review`.
+async fn roles(args: RolesArgs) -> Result<(), CliError> {
+    let RolesCommand::Review(scope) = args.command;
+    let answer = cli::review::review(&api_client(&args.api)?, &scope.scope()).await?;
+    if scope.json {
+        print!("{}", cli::render_json(&answer.raw));
+    } else {
+        print!("{}", cli::review::render_review(&answer.body));
+    }
+    Ok(())
+}
+
+/// `timebox policy replay`: exit 0 when no decision changes, 1 when some do, 2 on error.
+async fn policy(args: PolicyArgs) -> ExitCode {
+    let PolicyCommand::Replay { config, scope } = args.command;
+    let answer = async {
+        let roles = cli::review::candidate_roles(&config)?;
+        cli::review::replay(&api_client(&args.api)?, roles, &scope.scope()).await
+    }
+    .await;
+    match answer {
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Ok(answer) => {
+            if scope.json {
+                print!("{}", cli::render_json(&answer.raw));
+            } else {
+                print!("{}", cli::review::render_replay(&answer.body));
+            }
+            if answer.body.changed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
 }
 
 /// `timebox audit …`. `verify` exits 1 when a record does not match and 2 when it could not check.

@@ -177,3 +177,128 @@ async fn the_admin_api_reviews_roles_and_replays_a_candidate_policy() {
         .unwrap();
     assert_eq!(answer.status(), 403);
 }
+
+async fn timebox_cli(args: &[&str], admin_url: &str, token: &str) -> (Option<i32>, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_timebox"))
+        .args(args)
+        .env("TIMEBOX_ADMIN_URL", admin_url)
+        .env("TIMEBOX_ADMIN_TOKEN", token)
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run timebox");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `policy replay` is a CI gate: exit 0 when no decision changes, 1 when some do, 2 on error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_replays_a_candidate_file_with_gate_exit_codes_and_reviews_roles() {
+    let inst = common::start(Options::default()).await;
+    let (_, token) = inst.grant("alice", "write", "10m").await;
+    let conn = common::proxy_conn(&inst, "alice", "sslmode=disable");
+    let mark = common::cluster::unique_name("gate");
+    for sql in [
+        "SELECT count(*) FROM items".to_owned(),
+        format!("DELETE FROM items WHERE name = '{mark}'"),
+    ] {
+        let out = psql(&conn, &token, &sql).await;
+        assert!(out.success, "{out:?}");
+    }
+    inst.state.audit.wait_indexed().await.expect("indexed");
+    let url = inst.admin_url();
+    let dir = tempfile::tempdir().unwrap();
+
+    // the instance's own config as the candidate: nothing changes
+    let same = dir.path().join("same.toml");
+    std::fs::write(&same, common::config_text(&Options::default(), dir.path(), 5432)).unwrap();
+    let (code, stdout, stderr) = timebox_cli(
+        &["policy", "replay", "--config", same.to_str().unwrap()],
+        &url,
+        common::AUDITOR_TOKEN,
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("no decision would change"), "{stdout}");
+
+    // the write role without write: the DELETE is newly denied, with its session and seq
+    let narrower = dir.path().join("narrower.toml");
+    std::fs::write(
+        &narrower,
+        "[roles.write]\nallow = [\"read\"]\nmax_ttl = \"2h\"\n[roles.read]\nallow = [\"read\"]\nmax_ttl = \"8h\"\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = timebox_cli(
+        &[
+            "policy",
+            "replay",
+            "--config",
+            narrower.to_str().unwrap(),
+            "--role",
+            "write",
+        ],
+        &url,
+        common::AUDITOR_TOKEN,
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("NEWLY DENIED ×1") && stdout.contains(&mark),
+        "{stdout}"
+    );
+    let (code, stdout, _) = timebox_cli(
+        &[
+            "policy",
+            "replay",
+            "--config",
+            narrower.to_str().unwrap(),
+            "--json",
+        ],
+        &url,
+        common::AUDITOR_TOKEN,
+    )
+    .await;
+    assert_eq!(code, Some(1));
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["report"]["newly_denied"], 1, "{json:#}");
+    assert!(
+        json["report"]["groups"][0]["examples"][0]["seq"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+
+    // an invalid candidate and a missing file are errors: exit 2 with the problem named
+    let invalid = dir.path().join("invalid.toml");
+    std::fs::write(&invalid, "[roles.write]\nallow = [\"everything\"]\n").unwrap();
+    let (code, _, stderr) = timebox_cli(
+        &["policy", "replay", "--config", invalid.to_str().unwrap()],
+        &url,
+        common::AUDITOR_TOKEN,
+    )
+    .await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("roles.write.allow[0]") && stderr.contains("roles.write.max_ttl"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = timebox_cli(
+        &["policy", "replay", "--config", "/nonexistent.toml"],
+        &url,
+        common::AUDITOR_TOKEN,
+    )
+    .await;
+    assert_eq!(code, Some(2), "{stderr}");
+
+    // roles review: the write role's tables and the suggestion
+    let (code, stdout, stderr) =
+        timebox_cli(&["roles", "review", "--since", "1h"], &url, common::AUDITOR_TOKEN).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("role write on shop"), "{stdout}");
+    assert!(stdout.contains("public.items"), "{stdout}");
+    assert!(stdout.contains("[roles.write]"), "{stdout}");
+}

@@ -52,7 +52,7 @@ pub struct ReviewQuery {
     pub role: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ReviewAnswer {
     pub since: DateTime<Utc>,
     pub until: DateTime<Utc>,
@@ -74,7 +74,7 @@ pub struct ReplayBody {
     pub role: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ReplayAnswer {
     pub since: DateTime<Utc>,
     pub until: DateTime<Utc>,

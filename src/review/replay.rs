@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::RecordedStatement;
 use crate::audit::event::Decision as Recorded;
@@ -88,7 +88,7 @@ pub fn decide(
 }
 
 /// What became of one record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Change {
     NewlyDenied,
@@ -107,7 +107,7 @@ impl Change {
 }
 
 /// A link to an original record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Example {
     pub seq: u64,
     pub ts: DateTime<Utc>,
@@ -119,7 +119,7 @@ pub struct Example {
 }
 
 /// Records that changed the same way for the same reason.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangeGroup {
     pub change: Change,
     pub role: String,
@@ -129,7 +129,7 @@ pub struct ChangeGroup {
 }
 
 /// The outcome of a replay. Its JSON form is the API's and the CLI's `--json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplayReport {
     /// Records replayed.
     pub statements: u64,

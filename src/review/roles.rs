@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::RecordedStatement;
 use crate::audit::event::Decision;
@@ -21,14 +21,14 @@ pub const TOP: usize = 20;
 const CACHE_CAPACITY: usize = 10_000;
 
 /// One thing used, and how often.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     pub name: String,
     pub count: u64,
 }
 
 /// What one role was used for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoleReview {
     pub role: String,
     pub targets: Vec<String>,
