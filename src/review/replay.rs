@@ -7,10 +7,12 @@
 //! whose start is missing, a decision that came from session state the record does not carry)
 //! are reported apart as not reproducible, never guessed. Decisions go through the relay's own
 //! parts: [`ClassifyCache`] (so texts of one literal shape are classified once),
-//! [`policy::authorize_all_on`] and the session's prepared statements for `EXECUTE`; an identical
-//! (role, text) pair is decided once.
+//! [`policy::authorize_all_on`] and the session's prepared statements for `EXECUTE`. A role's
+//! decision depends only on the classification, so each (role, classification) is decided once:
+//! the cache hands texts of one literal shape the same classification, and the memo is keyed by it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -24,7 +26,7 @@ use crate::policy::{
 
 /// Examples kept per group of changes.
 pub const EXAMPLES_PER_GROUP: usize = 5;
-/// Distinct (role, text) decisions remembered.
+/// Distinct (role, classification) decisions remembered.
 const MEMO_CAPACITY: usize = 100_000;
 /// Classifications cached (the relay's cache, with its shape level).
 const CACHE_CAPACITY: usize = 10_000;
@@ -133,7 +135,8 @@ pub struct ChangeGroup {
 pub struct ReplayReport {
     /// Records replayed.
     pub statements: u64,
-    /// Decisions actually made (the rest came from an identical (role, text) decided before).
+    /// Decisions actually made (the rest reused the decision on the same role and classification,
+    /// i.e. on a text of the same literal shape).
     pub decisions_made: u64,
     pub unchanged: u64,
     pub newly_denied: u64,
@@ -162,7 +165,9 @@ pub struct Replayer {
     current: HashMap<String, RolePolicy>,
     candidate: HashMap<String, RolePolicy>,
     cache: ClassifyCache,
-    memo: HashMap<(String, String), (Verdict, Verdict)>,
+    /// (role, classification address) → the verdicts; the classification is kept alive with them
+    /// so its address cannot be reused by another.
+    memo: HashMap<(String, usize), (Arc<Classification>, Verdict, Verdict)>,
     sessions: HashMap<String, SessionState>,
     counts: ReplayReport,
     groups: BTreeMap<(Change, String, String), (u64, Vec<Example>)>,
@@ -245,12 +250,12 @@ impl Replayer {
     /// (current, candidate) verdicts on one record, from the memo when the text needs no
     /// session state.
     fn verdicts(&mut self, role: &str, record: &RecordedStatement) -> (Verdict, Verdict) {
-        let key = (role.to_owned(), record.sql.clone());
-        if let Some(known) = self.memo.get(&key) {
-            return known.clone();
+        let classification = self.cache.classify(&record.sql);
+        let key = (role.to_owned(), Arc::as_ptr(&classification) as usize);
+        if let Some((_, now, then)) = self.memo.get(&key) {
+            return (now.clone(), then.clone());
         }
         self.counts.decisions_made += 1;
-        let classification = self.cache.classify(&record.sql);
         let session = self.sessions.entry(record.session_id.clone()).or_default();
         let now = decide(
             self.current.get(role),
@@ -271,7 +276,8 @@ impl Replayer {
             .iter()
             .any(|s| s.execute_name.is_some() || s.prepare_name.is_some() || s.deallocate.is_some());
         if !stateful && self.memo.len() < MEMO_CAPACITY {
-            self.memo.insert(key, (now.clone(), then.clone()));
+            self.memo
+                .insert(key, (classification.clone(), now.clone(), then.clone()));
         }
         (now, then)
     }
@@ -407,6 +413,21 @@ mod tests {
         assert!(seqs.contains(&2) && seqs.contains(&4), "{seqs:?}");
         // the identical SELECT was decided once
         assert_eq!(report.decisions_made, 3);
+
+        // texts of one literal shape are decided once
+        let shapes: Vec<RecordedStatement> = (0..50)
+            .map(|i| {
+                record(
+                    i,
+                    "s3",
+                    "ops",
+                    &format!("SELECT * FROM orders WHERE id = {}", 10 + i),
+                    Recorded::Allow,
+                )
+            })
+            .collect();
+        let report = replay(shapes, &current, &candidate, ServerVersion::OLDEST);
+        assert_eq!((report.unchanged, report.decisions_made), (50, 1));
 
         let same = replay(trail, &current, &current, ServerVersion::OLDEST);
         assert!(!same.changed());
