@@ -84,16 +84,7 @@ fn session_start(session: u64) -> AuditEvent {
 }
 
 fn role(name: &str, allow: &[StatementClass]) -> Role {
-    Role {
-        name: name.into(),
-        allow: allow.to_vec(),
-        max_ttl: Duration::from_secs(3600),
-        tables: None,
-        require_where: false,
-        statement_timeout: None,
-        allow_unparsed: false,
-        allow_functions: Vec::new(),
-    }
+    Role::allowing(name, allow, Duration::from_secs(3600))
 }
 
 /// Peak resident memory since the last reset, in MiB (Linux).

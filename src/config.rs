@@ -518,6 +518,23 @@ pub struct Role {
     pub allow_functions: Vec<String>,
 }
 
+impl Role {
+    /// A role allowing `classes` for grants up to `max_ttl`, with no other option set (tools,
+    /// tests, benchmarks).
+    pub fn allowing(name: &str, classes: &[StatementClass], max_ttl: Duration) -> Role {
+        Role {
+            name: name.into(),
+            allow: classes.to_vec(),
+            max_ttl,
+            tables: None,
+            require_where: false,
+            statement_timeout: None,
+            allow_unparsed: false,
+            allow_functions: Vec::new(),
+        }
+    }
+}
+
 /// A role's table rules: `schema.name` glob patterns (`*`, `?`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TableRules {
