@@ -210,13 +210,15 @@ fn validate_postgres(raw: &RawStore, audit_dir: Option<&PathBuf>, p: &mut Proble
 
 /// What is wrong with a `postgres://` store URL, if anything. Pure.
 pub fn url_problem(url: &str) -> Option<String> {
-    let parsed =
-        match tokio_postgres::Config::from_str(url) {
-            Ok(c) => c,
-            Err(e) => return Some(format!(
-                "not a valid PostgreSQL URL ({e}); write e.g. postgres://timebox@db.internal:5432/timebox"
-            )),
-        };
+    let parsed = match tokio_postgres::Config::from_str(url) {
+        Ok(c) => c,
+        Err(e) => {
+            return Some(format!(
+                "not a valid PostgreSQL URL ({}); write e.g. postgres://timebox@db.internal:5432/timebox",
+                crate::store::pg_text(&e)
+            ))
+        }
+    };
     if parsed.get_password().is_some() {
         return Some(
             "must not contain a password: put it in store.password_env or store.password_file".into(),

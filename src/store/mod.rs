@@ -48,12 +48,12 @@ pub enum StoreError {
     Task(#[source] tokio::task::JoinError),
     #[error("this store does not support {0}")]
     Unsupported(&'static str),
-    #[error("store database error: {0}")]
+    #[error("store database error: {}", pg_text(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// No connection to the PostgreSQL store could be had (refused, timed out, pool exhausted).
-    #[error("the PostgreSQL store is unavailable: {0}")]
+    #[error("the PostgreSQL store is unavailable: {}", pool_text(.0))]
     Unavailable(#[source] deadpool_postgres::PoolError),
-    #[error("cannot connect to the PostgreSQL store: {0}")]
+    #[error("cannot connect to the PostgreSQL store: {}", pg_text(.0))]
     Connect(#[source] tokio_postgres::Error),
     /// A store call (or connecting) took longer than allowed (`[store] query_timeout`,
     /// `connect_timeout`).
@@ -63,7 +63,7 @@ pub enum StoreError {
     Tls(#[from] crate::proxy::tls::TlsError),
     #[error("cannot build the PostgreSQL store's connection pool: {0}")]
     Pool(#[from] deadpool_postgres::BuildError),
-    #[error("store migration to version {version} failed: {source}")]
+    #[error("store migration to version {version} failed: {}", pg_text(.source))]
     Migration {
         version: i32,
         #[source]
@@ -72,6 +72,25 @@ pub enum StoreError {
     /// The thread that migrates the PostgreSQL store for a synchronous [`Store::open`] failed.
     #[error("cannot migrate the PostgreSQL store: {0}")]
     MigrationThread(String),
+}
+
+/// A driver error with what the server said: `tokio_postgres::Error`'s own text is only its kind
+/// ("db error") for a server error.
+pub fn pg_text(e: &tokio_postgres::Error) -> String {
+    use std::error::Error as _;
+    match (e.as_db_error(), e.source()) {
+        (Some(db), _) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        (None, Some(cause)) => format!("{e}: {cause}"),
+        (None, None) => e.to_string(),
+    }
+}
+
+/// A pool error with the driver's cause spelled out (see [`pg_text`]).
+fn pool_text(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_text(e),
+        other => other.to_string(),
+    }
 }
 
 impl StoreError {

@@ -132,8 +132,11 @@ impl SqliteStore {
     }
 }
 
+/// Applies the missing steps in one write transaction that reads the version itself, so two
+/// processes opening the same file at once do not both apply step 1.
 fn migrate(conn: &mut Connection) -> Result<Migrated, StoreError> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let tx = write_transaction(conn)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let supported = MIGRATIONS.len() as i64;
     if version > supported {
         return Err(StoreError::SchemaTooNew {
@@ -141,16 +144,23 @@ fn migrate(conn: &mut Connection) -> Result<Migrated, StoreError> {
             supported,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let tx = conn.transaction()?;
+    for sql in MIGRATIONS.iter().skip(version as usize) {
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-        tx.commit()?;
     }
+    tx.pragma_update(None, "user_version", supported)?;
+    tx.commit()?;
     Ok(Migrated {
         from: version,
         to: supported,
     })
+}
+
+/// A transaction that reads and then writes. `BEGIN IMMEDIATE` takes the write lock up front:
+/// a deferred transaction that reads first fails at once with "database is locked" when another
+/// connection to the same file (a second `Store` handle, another process) wrote meanwhile, where
+/// an immediate one waits its turn (`busy_timeout`).
+fn write_transaction(conn: &mut Connection) -> Result<rusqlite::Transaction<'_>, rusqlite::Error> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
 
 fn micros(t: DateTime<Utc>) -> i64 {
@@ -308,7 +318,7 @@ impl GrantStore for SqliteStore {
 
     fn extend_grant(&self, id: &str, expires_at: DateTime<Utc>) -> Result<Option<Grant>, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = write_transaction(&mut conn)?;
         tx.execute(
             "UPDATE grants SET expires_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
             params![id, micros(expires_at)],
@@ -422,7 +432,7 @@ impl GrantStore for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<ApproveOutcome, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = write_transaction(&mut conn)?;
         let Some(request) = load_request(&tx, id)? else {
             return Ok(ApproveOutcome::NotFound);
         };
@@ -457,7 +467,7 @@ impl GrantStore for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Option<(bool, AccessRequest)>, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = write_transaction(&mut conn)?;
         let changed = tx.execute(
             "UPDATE access_requests SET status = 'denied', decided_at = ?2, denied_by = ?3, deny_reason = ?4 \
              WHERE id = ?1 AND status = 'pending' AND review_deadline > ?2",
@@ -486,7 +496,7 @@ impl GrantStore for SqliteStore {
 
     fn expire_requests(&self, now: DateTime<Utc>) -> Result<Vec<AccessRequest>, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = write_transaction(&mut conn)?;
         let ids: Vec<String> = {
             let mut stmt = tx.prepare_cached(
                 "SELECT id FROM access_requests WHERE status = 'pending' AND review_deadline <= ?1",
@@ -572,7 +582,7 @@ impl GrantStore for SqliteStore {
         at: DateTime<Utc>,
     ) -> Result<Option<Grant>, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = write_transaction(&mut conn)?;
         tx.execute(
             "UPDATE grants SET revoked_at = ?2, revoked_by = ?3, revoke_reason = ?4 \
              WHERE id = ?1 AND revoked_at IS NULL",

@@ -188,7 +188,8 @@ async fn load_grant(c: &impl GenericClient, id: &str) -> Result<Option<Grant>, S
         .transpose()
 }
 
-/// SQL condition for "this request's status at $3 is `status`".
+/// SQL condition for "this request's status at $3 is `status`" (the query names `$3` elsewhere too,
+/// so its type is known when the condition does not use it).
 fn request_status_clause(status: Option<RequestStatus>) -> &'static str {
     match status {
         None => "true",
@@ -201,7 +202,7 @@ fn request_status_clause(status: Option<RequestStatus>) -> &'static str {
     }
 }
 
-/// SQL condition for "this grant's status at $3 is `status`".
+/// SQL condition for "this grant's status at $3 is `status`" (see [`request_status_clause`]).
 fn grant_status_clause(status: Option<GrantStatus>) -> &'static str {
     match status {
         None => "true",
@@ -301,7 +302,7 @@ impl PgStore {
         let sql = format!(
             "SELECT {GRANT_COLUMNS} FROM timebox.grants \
              WHERE ($1::text IS NULL OR user_name = $1) AND ($2::text IS NULL OR target = $2) \
-             AND ({}) ORDER BY created_at DESC, id LIMIT $4",
+             AND $3::timestamptz IS NOT NULL AND ({}) ORDER BY created_at DESC, id LIMIT $4",
             grant_status_clause(f.status)
         );
         let c = self.client().await?;
@@ -496,7 +497,7 @@ impl PgStore {
         let sql = format!(
             "SELECT {REQUEST_COLUMNS} FROM timebox.access_requests \
              WHERE ($1::text IS NULL OR requester = $1) AND ($2::text IS NULL OR target = $2) \
-             AND ({}) ORDER BY created_at DESC, id LIMIT $4",
+             AND $3::timestamptz IS NOT NULL AND ({}) ORDER BY created_at DESC, id LIMIT $4",
             request_status_clause(f.status)
         );
         let c = self.client().await?;

@@ -31,21 +31,20 @@ where
     type TlsConnect = StoreTlsConnect;
     type Error = io::Error;
 
+    /// Called for every connection, TLS or not; the handshake ([`StoreTlsConnect::connect`]) only
+    /// happens when the driver's `ssl_mode` asks for TLS, which is exactly when this is `Some`.
     fn make_tls_connect(&mut self, domain: &str) -> Result<StoreTlsConnect, io::Error> {
-        let config = self
-            .0
-            .clone()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "TLS to the store is disabled"))?;
+        let Some(config) = self.0.clone() else {
+            return Ok(StoreTlsConnect(None));
+        };
         let name = ServerName::try_from(domain.to_owned())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        Ok(StoreTlsConnect { config, name })
+        Ok(StoreTlsConnect(Some((config, name))))
     }
 }
 
-pub struct StoreTlsConnect {
-    config: Arc<rustls::ClientConfig>,
-    name: ServerName<'static>,
-}
+/// The rustls setup and server name of one connection; `None` when TLS is off.
+pub struct StoreTlsConnect(Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>);
 
 impl<S> TlsConnect<S> for StoreTlsConnect
 where
@@ -56,9 +55,16 @@ where
     type Future = Pin<Box<dyn Future<Output = io::Result<StoreTlsStream<S>>> + Send>>;
 
     fn connect(self, stream: S) -> Self::Future {
-        let connector = tokio_rustls::TlsConnector::from(self.config);
         Box::pin(async move {
-            let tls = connector.connect(self.name, stream).await?;
+            let Some((config, name)) = self.0 else {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "TLS to the store is disabled",
+                ));
+            };
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await?;
             Ok(StoreTlsStream(tls))
         })
     }
