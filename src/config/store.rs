@@ -245,6 +245,46 @@ pub fn url_problem(url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Config, ConfigError};
+
+    const BASE: &str = r#"
+        [proxy]
+        listen = "127.0.0.1:6432"
+        tls = "disabled"
+        [admin]
+        listen = "127.0.0.1:9187"
+        [[admin.tokens]]
+        name = "ops"
+        sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
+        roles = ["admin"]
+        [targets.shop]
+        host = "127.0.0.1"
+        database = "shop"
+        [targets.shop.credentials.read]
+        user = "timebox_read"
+        password = "pw"
+        [roles.read]
+        allow = ["read"]
+        max_ttl = "8h"
+    "#;
+
+    fn load(store: &str, audit: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(&format!("{BASE}\n[store]\n{store}\n[audit]\n{audit}\n"))
+    }
+
+    /// Every problem as `path: message`.
+    fn problems(store: &str, audit: &str) -> Vec<String> {
+        match load(store, audit) {
+            Err(ConfigError::Invalid(p)) => p.iter().map(|p| p.to_string()).collect(),
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    fn has(problems: &[String], path: &str, words: &str) -> bool {
+        problems
+            .iter()
+            .any(|p| p.starts_with(&format!("{path}: ")) && p.contains(words))
+    }
 
     #[test]
     fn store_urls_are_checked_before_anything_connects() {
@@ -255,6 +295,80 @@ mod tests {
         assert!(problem("postgres://tb@db/timebox?sslmode=require").contains("store.tls"));
         assert!(problem("postgres://db/timebox").contains("names no user"));
         assert!(problem("postgres://tb@db").contains("names no database"));
-        assert!(problem("postgres://tb@db:notaport/x").contains("not a valid PostgreSQL URL"));
+        assert!(problem("postgres://tb@db:notaport/x").contains("not a valid PostgreSQL URL (invalid"));
+    }
+
+    #[test]
+    fn a_postgres_store_takes_its_password_from_a_file_and_keeps_the_audit_in_audit_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret-store-pw\n").unwrap();
+        let c = load(
+            &format!(
+                "url = \"postgres://tb@db.internal:6543/timebox\"\npassword_file = \"{}\"",
+                pw.display()
+            ),
+            "dir = \"/var/lib/timebox/audit\"",
+        )
+        .unwrap();
+        let StoreConfig::Postgres(pg) = &c.store else {
+            panic!("{:?}", c.store)
+        };
+        assert_eq!(pg.connect.get_password(), Some(&b"s3cret-store-pw"[..]));
+        assert_eq!(pg.connect.get_user(), Some("tb"));
+        assert_eq!(pg.connect.get_dbname(), Some("timebox"));
+        assert_eq!(pg.connect.get_ports(), [6543]);
+        assert_eq!(pg.tls, UpstreamTls::Disable);
+        assert_eq!(
+            (pg.pool_size, pg.connect_timeout, pg.query_timeout),
+            (DEFAULT_POOL_SIZE as usize, DEFAULT_CONNECT_TIMEOUT, DEFAULT_QUERY_TIMEOUT)
+        );
+        assert_eq!(
+            crate::audit::db_path_for(&c.store),
+            Some(PathBuf::from("/var/lib/timebox/audit/audit.db"))
+        );
+        assert!(!format!("{:?}", c.store).contains("s3cret"), "Debug redacts the password");
+    }
+
+    #[test]
+    fn a_postgres_store_without_an_audit_dir_is_refused() {
+        let p = problems("url = \"postgres://tb@db/timebox\"", "durability = \"fsync\"");
+        assert!(has(&p, "audit.dir", "required with a postgres:// store"), "{p:?}");
+    }
+
+    #[test]
+    fn store_problems_are_reported_with_their_keys() {
+        let p = problems(
+            "url = \"postgres://tb:pw@db/timebox\"\npassword_env = \"TIMEBOX_TEST_SURELY_UNSET_STORE_PW\"\n\
+             tls = \"prefer\"\nca = \"/nonexistent/ca.pem\"\npool_size = 0\nquery_timeout = \"soon\"",
+            "dir = \"/tmp/a\"",
+        );
+        assert!(has(&p, "store.url", "must not contain a password"), "{p:?}");
+        assert!(has(&p, "store.password_env", "is not set"), "{p:?}");
+        assert!(has(&p, "store.tls", "\"prefer\" is not one of disable | require | verify-full"), "{p:?}");
+        assert!(has(&p, "store.ca", "only used with store.tls = \"verify-full\""), "{p:?}");
+        assert!(has(&p, "store.pool_size", "out of range"), "{p:?}");
+        assert!(has(&p, "store.query_timeout", "not a duration"), "{p:?}");
+
+        let p = problems(
+            "url = \"postgres://tb@db/timebox\"\npassword_env = \"X\"\npassword_file = \"/x\"\n\
+             tls = \"verify-full\"\nca = \"/nonexistent/ca.pem\"",
+            "dir = \"/tmp/a\"",
+        );
+        assert!(has(&p, "store", "give only one of"), "{p:?}");
+        assert!(has(&p, "store.ca", "is not a readable file"), "{p:?}");
+    }
+
+    #[test]
+    fn postgres_keys_and_audit_dir_are_refused_beside_a_sqlite_store() {
+        let p = problems(
+            "url = \"sqlite://data/timebox.db\"\ntls = \"require\"\npool_size = 4",
+            "dir = \"/tmp/a\"",
+        );
+        assert!(has(&p, "store.tls", "only for a postgres:// store"), "{p:?}");
+        assert!(has(&p, "store.pool_size", "only for a postgres:// store"), "{p:?}");
+        assert!(has(&p, "audit.dir", "only with a postgres:// store"), "{p:?}");
+        let p = problems("url = \"mysql://x\"", "");
+        assert!(has(&p, "store.url", "postgres://USER@HOST:PORT/DATABASE"), "{p:?}");
     }
 }
