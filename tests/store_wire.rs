@@ -66,8 +66,14 @@ async fn grants_live_in_the_postgres_store_and_a_revoke_severs_the_session() {
     )
     .await;
     assert_eq!(leaked, "0");
-    assert!(!inst.dir.path().join("timebox.db").exists(), "no SQLite store beside it");
-    assert!(inst.dir.path().join("audit/audit.db").exists(), "the audit stays local, in [audit] dir");
+    assert!(
+        !inst.dir.path().join("timebox.db").exists(),
+        "no SQLite store beside it"
+    );
+    assert!(
+        inst.dir.path().join("audit/audit.db").exists(),
+        "the audit stays local, in [audit] dir"
+    );
 
     // psql logs in through the proxy with the token.
     let out = common::psql(
@@ -105,7 +111,11 @@ async fn grants_live_in_the_postgres_store_and_a_revoke_severs_the_session() {
         .unwrap_err();
     let db_err = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
     assert_eq!(db_err.code().code(), "57P01", "{}", db_err.message());
-    assert!(db_err.message().contains("was revoked at"), "{}", db_err.message());
+    assert!(
+        db_err.message().contains("was revoked at"),
+        "{}",
+        db_err.message()
+    );
 
     let revoked_by = store_psql(
         &db,
@@ -119,7 +129,11 @@ async fn grants_live_in_the_postgres_store_and_a_revoke_severs_the_session() {
         "SELECT 1",
     )
     .await;
-    assert!(!again.success && again.stderr.contains("revoked"), "{}", again.stderr);
+    assert!(
+        !again.success && again.stderr.contains("revoked"),
+        "{}",
+        again.stderr
+    );
 }
 
 /// A PostgreSQL store that cannot be reached at start: the instance does not start, and says why.

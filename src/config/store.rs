@@ -321,13 +321,20 @@ mod tests {
         assert_eq!(pg.tls, UpstreamTls::Disable);
         assert_eq!(
             (pg.pool_size, pg.connect_timeout, pg.query_timeout),
-            (DEFAULT_POOL_SIZE as usize, DEFAULT_CONNECT_TIMEOUT, DEFAULT_QUERY_TIMEOUT)
+            (
+                DEFAULT_POOL_SIZE as usize,
+                DEFAULT_CONNECT_TIMEOUT,
+                DEFAULT_QUERY_TIMEOUT
+            )
         );
         assert_eq!(
             crate::audit::db_path_for(&c.store),
             Some(PathBuf::from("/var/lib/timebox/audit/audit.db"))
         );
-        assert!(!format!("{:?}", c.store).contains("s3cret"), "Debug redacts the password");
+        assert!(
+            !format!("{:?}", c.store).contains("s3cret"),
+            "Debug redacts the password"
+        );
     }
 
     #[test]
@@ -345,8 +352,18 @@ mod tests {
         );
         assert!(has(&p, "store.url", "must not contain a password"), "{p:?}");
         assert!(has(&p, "store.password_env", "is not set"), "{p:?}");
-        assert!(has(&p, "store.tls", "\"prefer\" is not one of disable | require | verify-full"), "{p:?}");
-        assert!(has(&p, "store.ca", "only used with store.tls = \"verify-full\""), "{p:?}");
+        assert!(
+            has(
+                &p,
+                "store.tls",
+                "\"prefer\" is not one of disable | require | verify-full"
+            ),
+            "{p:?}"
+        );
+        assert!(
+            has(&p, "store.ca", "only used with store.tls = \"verify-full\""),
+            "{p:?}"
+        );
         assert!(has(&p, "store.pool_size", "out of range"), "{p:?}");
         assert!(has(&p, "store.query_timeout", "not a duration"), "{p:?}");
 
@@ -366,9 +383,15 @@ mod tests {
             "dir = \"/tmp/a\"",
         );
         assert!(has(&p, "store.tls", "only for a postgres:// store"), "{p:?}");
-        assert!(has(&p, "store.pool_size", "only for a postgres:// store"), "{p:?}");
+        assert!(
+            has(&p, "store.pool_size", "only for a postgres:// store"),
+            "{p:?}"
+        );
         assert!(has(&p, "audit.dir", "only with a postgres:// store"), "{p:?}");
         let p = problems("url = \"mysql://x\"", "");
-        assert!(has(&p, "store.url", "postgres://USER@HOST:PORT/DATABASE"), "{p:?}");
+        assert!(
+            has(&p, "store.url", "postgres://USER@HOST:PORT/DATABASE"),
+            "{p:?}"
+        );
     }
 }
