@@ -489,7 +489,7 @@ async fn concurrent_approvals_on_two_handles_approve_exactly_once(b: Backend) {
             });
         }
     }
-    for store in handles.iter().cloned() {
+    for store in handles.clone() {
         tasks.spawn(async move {
             let outcome = store
                 .approve_request("r_dup".into(), approval("twice", t0()), t0())

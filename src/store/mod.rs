@@ -112,6 +112,16 @@ pub struct Migrated {
     pub to: i64,
 }
 
+impl Migrated {
+    fn log(self, store: &'static str) {
+        if self.from == self.to {
+            tracing::info!(store, schema_version = self.to, "store schema is current");
+        } else {
+            tracing::info!(store, from = self.from, to = self.to, "store schema migrated");
+        }
+    }
+}
+
 /// Brings the store the config names up to this binary's schema version (creating it if needed)
 /// and reports the versions; refuses a store written by a newer timebox
 /// ([`StoreError::SchemaTooNew`]). Safe to run from several instances at once. This is what
@@ -317,7 +327,7 @@ impl Store {
         match config {
             StoreConfig::Postgres(pg) => {
                 let cfg = pg.clone();
-                std::thread::Builder::new()
+                let migrated = std::thread::Builder::new()
                     .name("timebox-store-migrate".into())
                     .spawn(move || {
                         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -329,6 +339,7 @@ impl Store {
                     .map_err(|e| StoreError::MigrationThread(e.to_string()))?
                     .join()
                     .map_err(|_| StoreError::MigrationThread("the migration thread panicked".into()))??;
+                migrated.log("postgres");
                 Ok(Store::postgres(postgres::PgStore::new(pg)?))
             }
             StoreConfig::Sqlite { path } => Ok(Store::new(Arc::new(sqlite::SqliteStore::open(path)?))),
@@ -340,7 +351,7 @@ impl Store {
     pub async fn connect(config: &StoreConfig) -> Result<Self, StoreError> {
         match config {
             StoreConfig::Postgres(pg) => {
-                postgres::migrate(pg).await?;
+                postgres::migrate(pg).await?.log("postgres");
                 Ok(Store::postgres(postgres::PgStore::new(pg)?))
             }
             other => {
@@ -358,7 +369,7 @@ impl Store {
         }
     }
 
-    /// Which backend this is: `"sqlite"` (or a test double) or `"postgres"`.
+    /// Which backend this is: `"embedded"` (SQLite, or a test double) or `"postgres"`.
     pub fn kind(&self) -> &'static str {
         match self.backend {
             Backend::Blocking(_) => "embedded",
