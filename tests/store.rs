@@ -707,3 +707,17 @@ async fn a_stuck_postgres_store_call_ends_at_the_query_timeout() {
         .await
     );
 }
+
+/// `Store::open` (what `AppState::build` calls) migrates a PostgreSQL store on a thread of its own,
+/// so it also works from inside a single-threaded runtime (`#[tokio::main(flavor =
+/// "current_thread")]`, tests), where blocking on the runtime's own I/O would hang.
+#[tokio::test(flavor = "current_thread")]
+async fn the_synchronous_open_works_inside_a_single_threaded_runtime() {
+    let b = Backend::new(Kind::Postgres).await;
+    let s = Store::open(&b.config).expect("open");
+    assert_eq!(s.kind(), "postgres");
+    s.insert_grant(grant("g_a", "alice", t0()), verifier())
+        .await
+        .unwrap();
+    assert!(s.get_grant("g_a".into()).await.unwrap().is_some());
+}

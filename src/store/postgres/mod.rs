@@ -505,11 +505,26 @@ impl PgStore {
         let rows = c
             .query(&stmt, &[&f.requester, &f.target, &now, &list_limit(f.limit)])
             .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let mut request = request_from_row(row)?;
-            request.approvals = load_approvals(&**c, &request.id).await?;
-            out.push(request);
+        let mut out = rows.iter().map(request_from_row).collect::<Result<Vec<_>, _>>()?;
+        // All their approvals in one round trip, not one per request.
+        let ids: Vec<&str> = out.iter().map(|r| r.id.as_str()).collect();
+        let approvals = c
+            .query(
+                "SELECT request_id, approver, reason, at FROM timebox.request_approvals \
+                 WHERE request_id = ANY($1) ORDER BY at, approver",
+                &[&ids],
+            )
+            .await?;
+        let mut by_request: std::collections::HashMap<String, Vec<Approval>> = Default::default();
+        for r in &approvals {
+            by_request.entry(r.try_get(0)?).or_default().push(Approval {
+                by: r.try_get(1)?,
+                reason: r.try_get(2)?,
+                at: r.try_get(3)?,
+            });
+        }
+        for request in &mut out {
+            request.approvals = by_request.remove(&request.id).unwrap_or_default();
         }
         Ok(out)
     }
