@@ -16,6 +16,9 @@ use serde::Deserialize;
 use crate::policy::StatementClass;
 use crate::webhooks::WebhookEvent;
 
+mod store;
+pub use store::{PostgresStoreConfig, StoreConfig};
+
 /// Statement classes a role may be allowed (enforced by the policy layer): the names
 /// [`StatementClass::from_name`] accepts.
 pub const STATEMENT_CLASSES: &[&str] = &["read", "write", "ddl", "admin"];
@@ -137,7 +140,7 @@ impl fmt::Debug for Secret {
 pub struct RawConfig {
     proxy: RawProxy,
     admin: RawAdmin,
-    store: Option<RawStore>,
+    store: Option<store::RawStore>,
     audit: Option<RawAudit>,
     #[serde(default)]
     targets: BTreeMap<String, RawTarget>,
@@ -212,12 +215,9 @@ struct RawAdminToken {
 }
 
 #[derive(Debug, Deserialize)]
-struct RawStore {
-    url: String,
-}
-
-#[derive(Debug, Deserialize)]
 struct RawAudit {
+    /// Where the audit journal and index live with a PostgreSQL store (see [`store`]).
+    dir: Option<PathBuf>,
     durability: Option<String>,
     jsonl: Option<PathBuf>,
     params: Option<String>,
@@ -440,15 +440,6 @@ pub struct AdminToken {
     pub roles: Vec<PrincipalRole>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreConfig {
-    Sqlite {
-        path: PathBuf,
-    },
-    /// `sqlite::memory:` — for tests.
-    SqliteMemory,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
     Fsync,
@@ -637,15 +628,8 @@ impl RawConfig {
     fn validate(self, mut p: Problems) -> Result<Config, ConfigError> {
         let proxy = validate_proxy(&self.proxy, &mut p);
         let admin = validate_admin(&self.admin, &mut p);
-        let store = match &self.store {
-            None => StoreConfig::Sqlite {
-                path: PathBuf::from("data/timebox.db"),
-            },
-            Some(s) => parse_store_url(&s.url).unwrap_or_else(|e| {
-                p.push("store.url", e);
-                StoreConfig::SqliteMemory
-            }),
-        };
+        let audit_dir = self.audit.as_ref().and_then(|a| a.dir.as_ref());
+        let store = store::validate_store(self.store.as_ref(), audit_dir, &mut p);
         let audit = validate_audit(self.audit.as_ref(), &mut p);
 
         let (roles, workflow) = validate_roles(&self.roles, &mut p);
@@ -1229,26 +1213,6 @@ fn resolve_password(cred: &RawCredential, path: &str, p: &mut Problems) -> Optio
         };
     }
     None
-}
-
-fn parse_store_url(url: &str) -> Result<StoreConfig, String> {
-    if url == "sqlite::memory:" {
-        return Ok(StoreConfig::SqliteMemory);
-    }
-    if let Some(path) = url.strip_prefix("sqlite://") {
-        if path.is_empty() {
-            return Err("sqlite:// needs a file path, e.g. sqlite://data/timebox.db".into());
-        }
-        return Ok(StoreConfig::Sqlite {
-            path: PathBuf::from(path),
-        });
-    }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err("the PostgreSQL-backed store is not available yet; use sqlite://PATH".into());
-    }
-    Err(format!(
-        "{url:?} is not a supported store URL (sqlite://PATH or sqlite::memory:)"
-    ))
 }
 
 /// A table rule is `schema.name`, each part made of lower-case identifier characters and the globs

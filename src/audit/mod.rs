@@ -152,9 +152,11 @@ impl AuditOptions {
 }
 
 /// Where the audit database of a store lives: `audit.db` beside a SQLite store file; in memory for
-/// an in-memory store.
+/// an in-memory store; in `[audit] dir` for a PostgreSQL store (the audit stays on this instance's
+/// disk; the config refuses a PostgreSQL store without that directory).
 pub fn db_path_for(store: &StoreConfig) -> Option<PathBuf> {
     match store {
+        StoreConfig::Postgres(pg) => Some(pg.audit_dir.join(DB_FILE_NAME)),
         StoreConfig::Sqlite { path } => Some(match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.join(DB_FILE_NAME),
             _ => PathBuf::from(DB_FILE_NAME),

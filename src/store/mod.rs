@@ -1,12 +1,17 @@
-//! Persistent state behind a trait: grants (with their token verifiers), access requests and the
-//! installation secret.
+//! Persistent state: grants (with their token verifiers), access requests and approvals, the
+//! break-glass flag and the installation secret.
 //!
-//! [`GrantStore`] is synchronous and small so that each backend is easy to write and to test; the
-//! [`Store`] handle runs its calls on tokio's blocking pool so no async task ever waits on disk.
-//! The embedded default is SQLite ([`sqlite::SqliteStore`]); a PostgreSQL-backed store for several
-//! timebox instances can implement the same trait. A failing store fails closed: callers deny.
+//! Everything else reaches the store through [`Store`], a cheap-to-clone async handle over one of
+//! two backends (enum dispatch, see [`Store`]):
+//! - embedded (the default): a synchronous [`GrantStore`], SQLite ([`sqlite::SqliteStore`]) or a test
+//!   double, run on tokio's blocking pool so no async task ever waits on disk;
+//! - shared: [`postgres::PgStore`], async over a connection pool, for several timebox instances.
+//!
+//! [`migrate`] brings a store's schema up to date (also done on every open). A failing store fails
+//! closed: callers deny. [`StoreError::is_unavailable`] tells an unreachable store from a bad row.
 
 pub mod files;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -43,6 +48,98 @@ pub enum StoreError {
     Task(#[source] tokio::task::JoinError),
     #[error("this store does not support {0}")]
     Unsupported(&'static str),
+    #[error("store database error: {}", pg_text(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No connection to the PostgreSQL store could be had (refused, timed out, pool exhausted).
+    #[error("the PostgreSQL store is unavailable: {}", pool_text(.0))]
+    Unavailable(#[source] deadpool_postgres::PoolError),
+    #[error("cannot connect to the PostgreSQL store: {}", pg_text(.0))]
+    Connect(#[source] tokio_postgres::Error),
+    /// A store call (or connecting) took longer than allowed (`[store] query_timeout`,
+    /// `connect_timeout`).
+    #[error("the PostgreSQL store did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("cannot set up TLS to the PostgreSQL store: {0}")]
+    Tls(#[from] crate::proxy::tls::TlsError),
+    #[error("cannot build the PostgreSQL store's connection pool: {0}")]
+    Pool(#[from] deadpool_postgres::BuildError),
+    #[error("store migration to version {version} failed: {}", pg_text(.source))]
+    Migration {
+        version: i32,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The thread that migrates the PostgreSQL store for a synchronous [`Store::open`] failed.
+    #[error("cannot migrate the PostgreSQL store: {0}")]
+    MigrationThread(String),
+}
+
+/// A driver error with what the server said: `tokio_postgres::Error`'s own text is only its kind
+/// ("db error") for a server error.
+pub fn pg_text(e: &tokio_postgres::Error) -> String {
+    use std::error::Error as _;
+    match (e.as_db_error(), e.source()) {
+        (Some(db), _) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        (None, Some(cause)) => format!("{e}: {cause}"),
+        (None, None) => e.to_string(),
+    }
+}
+
+/// A pool error with the driver's cause spelled out (see [`pg_text`]).
+fn pool_text(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_text(e),
+        other => other.to_string(),
+    }
+}
+
+impl StoreError {
+    /// Whether the store could not be reached at all (as opposed to a refused or corrupt row): the
+    /// caller fails closed either way; this tells it what to say.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) | StoreError::Connect(_) | StoreError::Timeout(_) => true,
+            StoreError::Postgres(e) => e.is_closed(),
+            _ => false,
+        }
+    }
+}
+
+/// What [`migrate`] did: the schema version found and the one left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migrated {
+    pub from: i64,
+    pub to: i64,
+}
+
+impl Migrated {
+    fn log(self, store: &'static str) {
+        if self.from == self.to {
+            tracing::info!(store, schema_version = self.to, "store schema is current");
+        } else {
+            tracing::info!(store, from = self.from, to = self.to, "store schema migrated");
+        }
+    }
+}
+
+/// Brings the store the config names up to this binary's schema version (creating it if needed)
+/// and reports the versions; refuses a store written by a newer timebox
+/// ([`StoreError::SchemaTooNew`]). Safe to run from several instances at once. This is what
+/// `timebox store migrate` runs; every [`Store::open`] runs it too.
+pub async fn migrate(config: &StoreConfig) -> Result<Migrated, StoreError> {
+    match config {
+        StoreConfig::Postgres(pg) => postgres::migrate(pg).await,
+        StoreConfig::Sqlite { path } => {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || sqlite::SqliteStore::migrate_file(&path))
+                .await
+                .map_err(StoreError::Task)?
+        }
+        StoreConfig::SqliteMemory => Ok(Migrated {
+            from: 0,
+            to: sqlite::SqliteStore::supported_version(),
+        }),
+    }
 }
 
 /// Which access requests to list.
@@ -187,24 +284,97 @@ pub trait GrantStore: Send + Sync + std::fmt::Debug + 'static {
     }
 }
 
-/// Cheap-to-clone async handle over a [`GrantStore`].
+/// Cheap-to-clone async handle over the store.
+///
+/// Enum dispatch rather than an async trait: there are exactly two kinds of backend, the blocking
+/// one needs `spawn_blocking` around each call and the async one a timeout, and a plain `match`
+/// keeps both visible at each call with no boxed futures. [`GrantStore`] stays the small sync trait
+/// that SQLite and test doubles implement.
 #[derive(Clone, Debug)]
 pub struct Store {
-    inner: Arc<dyn GrantStore>,
+    backend: Backend,
+}
+
+#[derive(Clone, Debug)]
+enum Backend {
+    Blocking(Arc<dyn GrantStore>),
+    Postgres(Arc<postgres::PgStore>),
+}
+
+/// Runs a call on whichever backend the store has: `$blocking` (a closure over `&dyn GrantStore`)
+/// on the blocking pool, `$pg` (an expression over `pg: &PgStore`) within the query timeout.
+macro_rules! dispatch {
+    ($self:ident, |$s:ident| $blocking:expr, |$pg:ident| $async_call:expr) => {
+        match &$self.backend {
+            Backend::Blocking(_) => $self.run(move |$s| $blocking).await,
+            Backend::Postgres($pg) => $pg.bounded($async_call).await,
+        }
+    };
 }
 
 impl Store {
     pub fn new(inner: Arc<dyn GrantStore>) -> Self {
-        Store { inner }
+        Store {
+            backend: Backend::Blocking(inner),
+        }
     }
 
-    /// Opens the store the config names (creating and migrating it as needed).
+    /// Opens the store the config names, creating and migrating it as needed. Synchronous, for
+    /// callers that build their state outside an async context or before serving; for a
+    /// PostgreSQL store the migration runs on a short-lived thread of its own (so it also works
+    /// from inside a single-threaded runtime). Prefer [`Store::connect`] in async code.
     pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
-        let store: Arc<dyn GrantStore> = match config {
-            StoreConfig::Sqlite { path } => Arc::new(sqlite::SqliteStore::open(path)?),
-            StoreConfig::SqliteMemory => Arc::new(sqlite::SqliteStore::open_in_memory()?),
-        };
-        Ok(Store::new(store))
+        match config {
+            StoreConfig::Postgres(pg) => {
+                let cfg = pg.clone();
+                let migrated = std::thread::Builder::new()
+                    .name("timebox-store-migrate".into())
+                    .spawn(move || {
+                        let runtime = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .map_err(|e| StoreError::MigrationThread(e.to_string()))?;
+                        runtime.block_on(postgres::migrate(&cfg))
+                    })
+                    .map_err(|e| StoreError::MigrationThread(e.to_string()))?
+                    .join()
+                    .map_err(|_| StoreError::MigrationThread("the migration thread panicked".into()))??;
+                migrated.log("postgres");
+                Ok(Store::postgres(postgres::PgStore::new(pg)?))
+            }
+            StoreConfig::Sqlite { path } => Ok(Store::new(Arc::new(sqlite::SqliteStore::open(path)?))),
+            StoreConfig::SqliteMemory => Ok(Store::new(Arc::new(sqlite::SqliteStore::open_in_memory()?))),
+        }
+    }
+
+    /// [`Store::open`] for async callers: migrates, then hands back the handle.
+    pub async fn connect(config: &StoreConfig) -> Result<Self, StoreError> {
+        match config {
+            StoreConfig::Postgres(pg) => {
+                postgres::migrate(pg).await?.log("postgres");
+                Ok(Store::postgres(postgres::PgStore::new(pg)?))
+            }
+            other => {
+                let other = other.clone();
+                tokio::task::spawn_blocking(move || Store::open(&other))
+                    .await
+                    .map_err(StoreError::Task)?
+            }
+        }
+    }
+
+    fn postgres(store: postgres::PgStore) -> Self {
+        Store {
+            backend: Backend::Postgres(Arc::new(store)),
+        }
+    }
+
+    /// Which backend this is: `"embedded"` (SQLite, or a test double) or `"postgres"`.
+    pub fn kind(&self) -> &'static str {
+        match self.backend {
+            Backend::Blocking(_) => "embedded",
+            Backend::Postgres(_) => "postgres",
+        }
     }
 
     async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -212,18 +382,22 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&dyn GrantStore) -> Result<T, StoreError> + Send + 'static,
     {
-        let inner = self.inner.clone();
+        let Backend::Blocking(inner) = &self.backend else {
+            return Err(StoreError::Unsupported("blocking calls"));
+        };
+        let inner = inner.clone();
         tokio::task::spawn_blocking(move || f(inner.as_ref()))
             .await
             .map_err(StoreError::Task)?
     }
 
     pub async fn insert_grant(&self, grant: Grant, verifier: ScramVerifier) -> Result<(), StoreError> {
-        self.run(move |s| s.insert_grant(&grant, &verifier)).await
+        dispatch!(self, |s| s.insert_grant(&grant, &verifier), |pg| pg
+            .insert_grant(&grant, &verifier, false))
     }
 
     pub async fn get_grant(&self, id: String) -> Result<Option<Grant>, StoreError> {
-        self.run(move |s| s.get_grant(&id)).await
+        dispatch!(self, |s| s.get_grant(&id), |pg| pg.get_grant(&id))
     }
 
     pub async fn list_grants(
@@ -231,7 +405,8 @@ impl Store {
         filter: GrantFilter,
         now: DateTime<Utc>,
     ) -> Result<Vec<Grant>, StoreError> {
-        self.run(move |s| s.list_grants(&filter, now)).await
+        dispatch!(self, |s| s.list_grants(&filter, now), |pg| pg
+            .list_grants(&filter, now))
     }
 
     pub async fn grant_candidates(
@@ -239,7 +414,8 @@ impl Store {
         user: String,
         target: String,
     ) -> Result<Vec<(Grant, ScramVerifier)>, StoreError> {
-        self.run(move |s| s.grant_candidates(&user, &target)).await
+        dispatch!(self, |s| s.grant_candidates(&user, &target), |pg| pg
+            .grant_candidates(&user, &target))
     }
 
     pub async fn revoke_grant(
@@ -249,11 +425,12 @@ impl Store {
         reason: String,
         at: DateTime<Utc>,
     ) -> Result<Option<Grant>, StoreError> {
-        self.run(move |s| s.revoke_grant(&id, &by, &reason, at)).await
+        dispatch!(self, |s| s.revoke_grant(&id, &by, &reason, at), |pg| pg
+            .revoke_grant(&id, &by, &reason, at))
     }
 
     pub async fn installation_secret(&self) -> Result<[u8; 32], StoreError> {
-        self.run(|s| s.installation_secret()).await
+        dispatch!(self, |s| s.installation_secret(), |pg| pg.installation_secret())
     }
 
     pub async fn insert_grant_flagged(
@@ -262,15 +439,18 @@ impl Store {
         verifier: ScramVerifier,
         break_glass: bool,
     ) -> Result<(), StoreError> {
-        self.run(move |s| s.insert_grant_flagged(&grant, &verifier, break_glass))
-            .await
+        dispatch!(
+            self,
+            |s| s.insert_grant_flagged(&grant, &verifier, break_glass),
+            |pg| pg.insert_grant(&grant, &verifier, break_glass)
+        )
     }
 
     pub async fn break_glass_ids(
         &self,
         ids: Vec<String>,
     ) -> Result<std::collections::HashSet<String>, StoreError> {
-        self.run(move |s| s.break_glass_ids(&ids)).await
+        dispatch!(self, |s| s.break_glass_ids(&ids), |pg| pg.break_glass_ids(&ids))
     }
 
     pub async fn extend_grant(
@@ -278,11 +458,12 @@ impl Store {
         id: String,
         expires_at: DateTime<Utc>,
     ) -> Result<Option<Grant>, StoreError> {
-        self.run(move |s| s.extend_grant(&id, expires_at)).await
+        dispatch!(self, |s| s.extend_grant(&id, expires_at), |pg| pg
+            .extend_grant(&id, expires_at))
     }
 
     pub async fn grant_counts(&self, now: DateTime<Utc>) -> Result<GrantCounts, StoreError> {
-        self.run(move |s| s.grant_counts(now)).await
+        dispatch!(self, |s| s.grant_counts(now), |pg| pg.grant_counts(now))
     }
 
     pub async fn grants_expired_between(
@@ -290,15 +471,17 @@ impl Store {
         after: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<Vec<Grant>, StoreError> {
-        self.run(move |s| s.grants_expired_between(after, until)).await
+        dispatch!(self, |s| s.grants_expired_between(after, until), |pg| pg
+            .grants_expired_between(after, until))
     }
 
     pub async fn insert_request(&self, request: AccessRequest) -> Result<(), StoreError> {
-        self.run(move |s| s.insert_request(&request)).await
+        dispatch!(self, |s| s.insert_request(&request), |pg| pg
+            .insert_request(&request))
     }
 
     pub async fn get_request(&self, id: String) -> Result<Option<AccessRequest>, StoreError> {
-        self.run(move |s| s.get_request(&id)).await
+        dispatch!(self, |s| s.get_request(&id), |pg| pg.get_request(&id))
     }
 
     pub async fn list_requests(
@@ -306,7 +489,8 @@ impl Store {
         filter: RequestFilter,
         now: DateTime<Utc>,
     ) -> Result<Vec<AccessRequest>, StoreError> {
-        self.run(move |s| s.list_requests(&filter, now)).await
+        dispatch!(self, |s| s.list_requests(&filter, now), |pg| pg
+            .list_requests(&filter, now))
     }
 
     pub async fn approve_request(
@@ -315,7 +499,8 @@ impl Store {
         approval: Approval,
         now: DateTime<Utc>,
     ) -> Result<ApproveOutcome, StoreError> {
-        self.run(move |s| s.approve_request(&id, &approval, now)).await
+        dispatch!(self, |s| s.approve_request(&id, &approval, now), |pg| pg
+            .approve_request(&id, &approval, now))
     }
 
     pub async fn deny_request(
@@ -325,22 +510,26 @@ impl Store {
         reason: String,
         now: DateTime<Utc>,
     ) -> Result<Option<(bool, AccessRequest)>, StoreError> {
-        self.run(move |s| s.deny_request(&id, &by, &reason, now)).await
+        dispatch!(self, |s| s.deny_request(&id, &by, &reason, now), |pg| pg
+            .deny_request(&id, &by, &reason, now))
     }
 
     pub async fn set_request_grant(&self, id: String, grant_id: String) -> Result<(), StoreError> {
-        self.run(move |s| s.set_request_grant(&id, &grant_id)).await
+        dispatch!(self, |s| s.set_request_grant(&id, &grant_id), |pg| pg
+            .set_request_grant(&id, &grant_id))
     }
 
     pub async fn mark_token_fetched(&self, id: String, at: DateTime<Utc>) -> Result<bool, StoreError> {
-        self.run(move |s| s.mark_token_fetched(&id, at)).await
+        dispatch!(self, |s| s.mark_token_fetched(&id, at), |pg| pg
+            .mark_token_fetched(&id, at))
     }
 
     pub async fn expire_requests(&self, now: DateTime<Utc>) -> Result<Vec<AccessRequest>, StoreError> {
-        self.run(move |s| s.expire_requests(now)).await
+        dispatch!(self, |s| s.expire_requests(now), |pg| pg.expire_requests(now))
     }
 
     pub async fn count_pending_requests(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        self.run(move |s| s.count_pending_requests(now)).await
+        dispatch!(self, |s| s.count_pending_requests(now), |pg| pg
+            .count_pending_requests(now))
     }
 }

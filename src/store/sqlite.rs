@@ -10,7 +10,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    ApproveOutcome, GrantCounts, GrantFilter, GrantStore, RequestFilter, StoreError, MAX_CANDIDATES,
+    ApproveOutcome, GrantCounts, GrantFilter, GrantStore, Migrated, RequestFilter, StoreError, MAX_CANDIDATES,
 };
 use crate::grants::requests::{AccessRequest, Approval, RequestStatus};
 use crate::grants::token::ScramVerifier;
@@ -81,6 +81,21 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self::open_migrated(path)?.0)
+    }
+
+    /// Opens (creating and migrating) the store file; what the migration did (`timebox store
+    /// migrate`).
+    pub fn migrate_file(path: &Path) -> Result<Migrated, StoreError> {
+        Ok(Self::open_migrated(path)?.1)
+    }
+
+    /// The schema version this binary writes and reads.
+    pub fn supported_version() -> i64 {
+        MIGRATIONS.len() as i64
+    }
+
+    fn open_migrated(path: &Path) -> Result<(Self, Migrated), StoreError> {
         // 0600 before SQLite opens it: its -wal and -shm files inherit the database file's mode.
         super::files::prepare_sqlite_file(path).map_err(|(p, source)| {
             if p.as_path() == path {
@@ -96,16 +111,19 @@ impl SqliteStore {
     }
 
     pub fn open_in_memory() -> Result<Self, StoreError> {
-        Self::init(Connection::open_in_memory()?)
+        Ok(Self::init(Connection::open_in_memory()?)?.0)
     }
 
-    fn init(mut conn: Connection) -> Result<Self, StoreError> {
+    fn init(mut conn: Connection) -> Result<(Self, Migrated), StoreError> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        migrate(&mut conn)?;
-        Ok(SqliteStore {
-            conn: Mutex::new(conn),
-        })
+        let migrated = migrate(&mut conn)?;
+        Ok((
+            SqliteStore {
+                conn: Mutex::new(conn),
+            },
+            migrated,
+        ))
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -114,8 +132,11 @@ impl SqliteStore {
     }
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+/// Applies the missing steps in one write transaction that reads the version itself, so two
+/// processes opening the same file at once do not both apply step 1.
+fn migrate(conn: &mut Connection) -> Result<Migrated, StoreError> {
+    let tx = write_transaction(conn)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let supported = MIGRATIONS.len() as i64;
     if version > supported {
         return Err(StoreError::SchemaTooNew {
@@ -123,13 +144,23 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             supported,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let tx = conn.transaction()?;
+    for sql in MIGRATIONS.iter().skip(version as usize) {
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-        tx.commit()?;
     }
-    Ok(())
+    tx.pragma_update(None, "user_version", supported)?;
+    tx.commit()?;
+    Ok(Migrated {
+        from: version,
+        to: supported,
+    })
+}
+
+/// A transaction that reads and then writes. `BEGIN IMMEDIATE` takes the write lock up front:
+/// a deferred transaction that reads first fails at once with "database is locked" when another
+/// connection to the same file (a second `Store` handle, another process) wrote meanwhile, where
+/// an immediate one waits its turn (`busy_timeout`).
+fn write_transaction(conn: &mut Connection) -> Result<rusqlite::Transaction<'_>, rusqlite::Error> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
 
 fn micros(t: DateTime<Utc>) -> i64 {
@@ -287,7 +318,7 @@ impl GrantStore for SqliteStore {
 
     fn extend_grant(&self, id: &str, expires_at: DateTime<Utc>) -> Result<Option<Grant>, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = write_transaction(&mut conn)?;
         tx.execute(
             "UPDATE grants SET expires_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
             params![id, micros(expires_at)],
@@ -401,7 +432,7 @@ impl GrantStore for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<ApproveOutcome, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = write_transaction(&mut conn)?;
         let Some(request) = load_request(&tx, id)? else {
             return Ok(ApproveOutcome::NotFound);
         };
@@ -436,7 +467,7 @@ impl GrantStore for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<Option<(bool, AccessRequest)>, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = write_transaction(&mut conn)?;
         let changed = tx.execute(
             "UPDATE access_requests SET status = 'denied', decided_at = ?2, denied_by = ?3, deny_reason = ?4 \
              WHERE id = ?1 AND status = 'pending' AND review_deadline > ?2",
@@ -465,7 +496,7 @@ impl GrantStore for SqliteStore {
 
     fn expire_requests(&self, now: DateTime<Utc>) -> Result<Vec<AccessRequest>, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = write_transaction(&mut conn)?;
         let ids: Vec<String> = {
             let mut stmt = tx.prepare_cached(
                 "SELECT id FROM access_requests WHERE status = 'pending' AND review_deadline <= ?1",
@@ -551,7 +582,7 @@ impl GrantStore for SqliteStore {
         at: DateTime<Utc>,
     ) -> Result<Option<Grant>, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = write_transaction(&mut conn)?;
         tx.execute(
             "UPDATE grants SET revoked_at = ?2, revoked_by = ?3, revoke_reason = ?4 \
              WHERE id = ?1 AND revoked_at IS NULL",
@@ -600,253 +631,4 @@ impl GrantStore for SqliteStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn grant(id: &str, user: &str, created: DateTime<Utc>) -> Grant {
-        Grant {
-            id: id.into(),
-            user: user.into(),
-            target: "shop".into(),
-            role: "read".into(),
-            reason: "why".into(),
-            created_by: "ops".into(),
-            created_at: created,
-            starts_at: created,
-            expires_at: created + chrono::Duration::minutes(10),
-            revoked_at: None,
-            revoked_by: None,
-            revoke_reason: None,
-        }
-    }
-
-    fn verifier() -> ScramVerifier {
-        ScramVerifier::derive("tbx_x", b"salt", 4096)
-    }
-
-    #[test]
-    fn grants_round_trip_and_filter_by_status() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        let t0 = Utc.timestamp_micros(1_700_000_000_000_000).unwrap();
-        let a = grant("g_a", "alice", t0);
-        let mut b = grant("g_b", "bob", t0 + chrono::Duration::seconds(1));
-        b.starts_at = t0 + chrono::Duration::minutes(5);
-        s.insert_grant(&a, &verifier()).unwrap();
-        s.insert_grant(&b, &verifier()).unwrap();
-        assert_eq!(s.get_grant("g_a").unwrap().unwrap(), a);
-        assert_eq!(s.get_grant("g_zz").unwrap(), None);
-
-        let at = |status| {
-            s.list_grants(
-                &GrantFilter {
-                    status: Some(status),
-                    ..Default::default()
-                },
-                t0 + chrono::Duration::minutes(1),
-            )
-            .unwrap()
-            .into_iter()
-            .map(|g| g.id)
-            .collect::<Vec<_>>()
-        };
-        assert_eq!(at(GrantStatus::Active), vec!["g_a"]);
-        assert_eq!(at(GrantStatus::Pending), vec!["g_b"]);
-        assert!(at(GrantStatus::Expired).is_empty());
-
-        let revoked = s
-            .revoke_grant("g_a", "carol", "done", t0 + chrono::Duration::minutes(2))
-            .unwrap()
-            .unwrap();
-        assert_eq!(revoked.revoked_by.as_deref(), Some("carol"));
-        // a second revocation keeps the first one's author
-        let again = s
-            .revoke_grant("g_a", "dave", "again", t0 + chrono::Duration::minutes(3))
-            .unwrap()
-            .unwrap();
-        assert_eq!(again.revoked_by.as_deref(), Some("carol"));
-        assert_eq!(at(GrantStatus::Revoked), vec!["g_a"]);
-        assert_eq!(s.revoke_grant("g_missing", "x", "y", t0).unwrap(), None);
-
-        let by_user = s
-            .list_grants(
-                &GrantFilter {
-                    user: Some("bob".into()),
-                    ..Default::default()
-                },
-                t0,
-            )
-            .unwrap();
-        assert_eq!(by_user.len(), 1);
-    }
-
-    #[test]
-    fn candidates_are_newest_first_with_verifiers() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        let t0 = Utc.timestamp_micros(1_700_000_000_000_000).unwrap();
-        s.insert_grant(&grant("g_old", "alice", t0), &verifier()).unwrap();
-        s.insert_grant(
-            &grant("g_new", "alice", t0 + chrono::Duration::seconds(5)),
-            &verifier(),
-        )
-        .unwrap();
-        s.insert_grant(&grant("g_bob", "bob", t0), &verifier()).unwrap();
-        let c = s.grant_candidates("alice", "shop").unwrap();
-        let ids: Vec<&str> = c.iter().map(|(g, _)| g.id.as_str()).collect();
-        assert_eq!(ids, vec!["g_new", "g_old"]);
-        assert_eq!(c[0].1, verifier());
-        assert!(s.grant_candidates("alice", "billing").unwrap().is_empty());
-    }
-
-    fn request(id: &str, created: DateTime<Utc>, required: u32) -> AccessRequest {
-        AccessRequest {
-            id: id.into(),
-            requester: "alice".into(),
-            target: "shop".into(),
-            role: "read".into(),
-            ttl: "30m".into(),
-            reason: "inc".into(),
-            ticket: Some("INC-1".into()),
-            break_glass: false,
-            created_at: created,
-            review_deadline: created + chrono::Duration::hours(1),
-            approvals_required: required,
-            approvals: vec![],
-            state: RequestStatus::Pending,
-            decided_at: None,
-            denied_by: None,
-            deny_reason: None,
-            grant_id: None,
-            token_fetched_at: None,
-        }
-    }
-
-    #[test]
-    fn requests_collect_distinct_approvals_then_approve_and_expire_when_overdue() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        let t0 = Utc.timestamp_micros(1_700_000_000_000_000).unwrap();
-        s.insert_request(&request("r_a", t0, 2)).unwrap();
-        s.insert_request(&request("r_b", t0, 1)).unwrap();
-        assert_eq!(s.get_request("r_a").unwrap().unwrap(), request("r_a", t0, 2));
-        let approve = |id: &str, by: &str| {
-            s.approve_request(
-                id,
-                &Approval {
-                    by: by.into(),
-                    reason: "ok".into(),
-                    at: t0,
-                },
-                t0,
-            )
-            .unwrap()
-        };
-        let ApproveOutcome::Recorded(r) = approve("r_a", "bob") else {
-            panic!()
-        };
-        assert_eq!((r.state, r.approvals.len()), (RequestStatus::Pending, 1));
-        assert!(matches!(approve("r_a", "bob"), ApproveOutcome::Duplicate));
-        let ApproveOutcome::Recorded(r) = approve("r_a", "carol") else {
-            panic!()
-        };
-        assert_eq!(r.state, RequestStatus::Approved);
-        assert!(matches!(
-            approve("r_a", "dave"),
-            ApproveOutcome::NotPending(RequestStatus::Approved)
-        ));
-        assert!(matches!(approve("r_zz", "dave"), ApproveOutcome::NotFound));
-        assert_eq!(s.count_pending_requests(t0).unwrap(), 1);
-
-        let later = t0 + chrono::Duration::hours(2);
-        let expired = s.expire_requests(later).unwrap();
-        assert_eq!(expired.len(), 1);
-        assert_eq!(expired[0].state, RequestStatus::Expired);
-        let (changed, r) = s.deny_request("r_b", "bob", "no", later).unwrap().unwrap();
-        assert!(!changed && r.state == RequestStatus::Expired);
-        let listed = s
-            .list_requests(
-                &RequestFilter {
-                    status: Some(RequestStatus::Approved),
-                    ..Default::default()
-                },
-                later,
-            )
-            .unwrap();
-        assert_eq!(listed.len(), 1);
-        assert_eq!(listed[0].approvals.len(), 2);
-        assert!(s.mark_token_fetched("r_a", later).unwrap());
-        assert!(!s.mark_token_fetched("r_a", later).unwrap());
-    }
-
-    #[test]
-    fn extending_and_counting_grants_and_the_break_glass_flag() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        let t0 = Utc.timestamp_micros(1_700_000_000_000_000).unwrap();
-        s.insert_grant(&grant("g_a", "alice", t0), &verifier()).unwrap();
-        s.insert_grant_flagged(&grant("g_b", "bob", t0), &verifier(), true)
-            .unwrap();
-        let ids = s.break_glass_ids(&["g_a".into(), "g_b".into()]).unwrap();
-        assert_eq!(ids.into_iter().collect::<Vec<_>>(), vec!["g_b".to_owned()]);
-        let c = s.grant_counts(t0).unwrap();
-        assert_eq!((c.active, c.break_glass_active, c.expired), (2, 1, 0));
-        let new_end = t0 + chrono::Duration::hours(1);
-        assert_eq!(
-            s.extend_grant("g_a", new_end).unwrap().unwrap().expires_at,
-            new_end
-        );
-        let at = t0 + chrono::Duration::minutes(30);
-        let c = s.grant_counts(at).unwrap();
-        assert_eq!((c.active, c.expired, c.break_glass_active), (1, 1, 0));
-        let gone = s.grants_expired_between(t0, at).unwrap();
-        assert_eq!(gone.len(), 1);
-        assert_eq!(gone[0].id, "g_b");
-        s.revoke_grant("g_a", "x", "y", at).unwrap();
-        let unchanged = s
-            .extend_grant("g_a", at + chrono::Duration::hours(5))
-            .unwrap()
-            .unwrap();
-        assert_eq!(unchanged.expires_at, new_end, "a revoked grant is not extended");
-    }
-
-    /// See: issue 16, finding 12b (the store, which holds token verifiers, was created 0644, and so
-    /// were its -wal and -shm files).
-    #[cfg(unix)]
-    #[test]
-    fn the_store_and_its_side_files_are_private() {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("data/timebox.db");
-        let store = SqliteStore::open(&path).unwrap();
-        store.installation_secret().unwrap();
-        assert_eq!(mode(&dir.path().join("data")), 0o700);
-        for side in ["", "-wal", "-shm"] {
-            let p = std::path::PathBuf::from(format!("{}{side}", path.display()));
-            assert_eq!(mode(&p), 0o600, "{}", p.display());
-        }
-        drop(store);
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        SqliteStore::open(&path).unwrap();
-        assert_eq!(mode(&path), 0o600, "an existing loose store is tightened");
-    }
-
-    #[test]
-    fn installation_secret_is_stable_across_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub").join("t.db");
-        let first = SqliteStore::open(&path).unwrap().installation_secret().unwrap();
-        let second = SqliteStore::open(&path).unwrap().installation_secret().unwrap();
-        assert_eq!(first, second);
-        assert_ne!(first, [0u8; 32]);
-    }
-
-    #[test]
-    fn newer_schema_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        {
-            let c = Connection::open(&path).unwrap();
-            c.pragma_update(None, "user_version", 99).unwrap();
-        }
-        let err = SqliteStore::open(&path).unwrap_err();
-        assert!(matches!(err, StoreError::SchemaTooNew { found: 99, .. }), "{err}");
-    }
-}
+mod tests;

@@ -32,6 +32,9 @@ pub struct Options {
     pub admin_extra: String,
     /// A controllable clock instead of the system clock.
     pub clock: Option<Arc<timebox::clock::ManualClock>>,
+    /// Replaces the lines of `[store]` (default: a SQLite file in the instance's directory), e.g.
+    /// [`StoreDatabase::store_lines`]; `[audit] dir` is then the instance directory's `audit/`.
+    pub store: Option<String>,
 }
 
 impl Default for Options {
@@ -42,6 +45,7 @@ impl Default for Options {
             proxy_extra: String::new(),
             admin_extra: String::new(),
             clock: None,
+            store: None,
         }
     }
 }
@@ -153,10 +157,11 @@ scram = "{requester_scram}"
 roles = ["requester"]
 
 [store]
-url = "sqlite://{dir}/timebox.db"
+{store}
 
 [audit]
 durability = "fsync"
+{audit_dir}
 
 [targets.shop]
 host = "127.0.0.1"
@@ -212,6 +217,14 @@ max_ttl = "1h"
 "#,
         tls = opts.tls,
         dir = dir.display(),
+        store = opts
+            .store
+            .clone()
+            .unwrap_or_else(|| format!("url = \"sqlite://{}/timebox.db\"", dir.display())),
+        audit_dir = match opts.store {
+            Some(_) => format!("dir = \"{}/audit\"", dir.display()),
+            None => String::new(),
+        },
         proxy_extra = opts.proxy_extra,
         admin_extra = opts.admin_extra,
         admin = sha(ADMIN_TOKEN),
@@ -434,5 +447,76 @@ pub mod raw {
                 _ => continue,
             }
         }
+    }
+}
+
+/// A fresh database on the shared cluster for a PostgreSQL store, owned by a fresh login role
+/// whose password is in a file (as `[store] password_file` reads it). Dropped with the cluster.
+#[derive(Debug)]
+pub struct StoreDatabase {
+    pub database: String,
+    pub role: String,
+    pub password_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl StoreDatabase {
+    /// Creates the role and the database (blocking: call it from `spawn_blocking` or before the
+    /// runtime is busy).
+    pub fn create() -> StoreDatabase {
+        let database = cluster::unique_name("store");
+        let role = cluster::unique_name("store_owner");
+        let password = format!("pw-{}", cluster::unique_name("x"));
+        let c = cluster::shared_cluster();
+        c.psql(
+            "postgres",
+            &format!(
+                "CREATE ROLE {role} LOGIN PASSWORD '{password}';\nCREATE DATABASE {database} OWNER {role};"
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let password_file = dir.path().join("store-password");
+        std::fs::write(&password_file, format!("{password}\n")).expect("password file");
+        StoreDatabase {
+            database,
+            role,
+            password_file,
+            _dir: dir,
+        }
+    }
+
+    pub async fn create_async() -> StoreDatabase {
+        tokio::task::spawn_blocking(StoreDatabase::create)
+            .await
+            .expect("create store database")
+    }
+
+    /// The URL of the store (no password).
+    pub fn url(&self) -> String {
+        let c = cluster::shared_cluster();
+        format!(
+            "postgres://{}@{}:{}/{}",
+            self.role,
+            c.host(),
+            c.port(),
+            self.database
+        )
+    }
+
+    /// The `[store]` lines of a timebox config using this database.
+    pub fn store_lines(&self) -> String {
+        format!(
+            "url = \"{}\"\npassword_file = \"{}\"",
+            self.url(),
+            self.password_file.display()
+        )
+    }
+
+    /// Runs `sql` in this database as the superuser; panics on error.
+    pub fn psql(&self, sql: &str) -> String {
+        cluster::shared_cluster()
+            .psql(&self.database, sql)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 }

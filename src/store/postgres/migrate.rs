@@ -1,0 +1,170 @@
+//! Versioned migrations of the PostgreSQL store, in a schema of our own (`timebox`).
+//!
+//! Where it sits: [`crate::store::migrate`] (the `timebox store migrate` command) and every
+//! [`crate::store::Store`] open run [`run`] before anything else touches the store. Several
+//! instances may start at once: all steps run in one transaction that first takes a
+//! transaction-scoped advisory lock ([`MIGRATION_LOCK`]), so one instance migrates and the others
+//! wait, then find nothing left to do. `timebox.schema_version` has one row per applied step; a store
+//! whose version is above [`MIGRATIONS`]`.len()` belongs to a newer timebox and is refused
+//! ([`StoreError::SchemaTooNew`]) before anything is written. What it must never do: edit a shipped
+//! step (a store that ran it would never see the change) — add a new one instead. The next slices
+//! of issue 11 (instances, sessions, cancel keys, central audit) land as steps 2, 3, ….
+
+use tokio_postgres::Client;
+
+use crate::store::{Migrated, StoreError};
+
+/// The schema every store table lives in.
+pub const SCHEMA: &str = "timebox";
+
+/// Key of the advisory lock migrations hold (the bytes of `"tbx\0migr"` read as an integer); other
+/// software using advisory locks in the same database must not use it.
+pub const MIGRATION_LOCK: i64 = 0x7462_7800_6d69_6772;
+
+/// Each entry moves the schema from version `index` to `index + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: what the SQLite store holds (its migrations 1 and 2), with PostgreSQL's types.
+    r#"
+    CREATE TABLE timebox.meta (
+        key   text PRIMARY KEY,
+        value bytea NOT NULL
+    );
+    CREATE TABLE timebox.grants (
+        id            text PRIMARY KEY,
+        user_name     text NOT NULL,
+        target        text NOT NULL,
+        role          text NOT NULL,
+        reason        text NOT NULL,
+        created_by    text NOT NULL,
+        created_at    timestamptz NOT NULL,
+        starts_at     timestamptz NOT NULL,
+        expires_at    timestamptz NOT NULL,
+        revoked_at    timestamptz,
+        revoked_by    text,
+        revoke_reason text,
+        verifier      text NOT NULL,
+        break_glass   boolean NOT NULL DEFAULT false
+    );
+    CREATE INDEX grants_user_target ON timebox.grants (user_name, target, created_at DESC);
+    CREATE INDEX grants_expires ON timebox.grants (expires_at);
+    CREATE TABLE timebox.access_requests (
+        id                 text PRIMARY KEY,
+        requester          text NOT NULL,
+        target             text NOT NULL,
+        role               text NOT NULL,
+        ttl                text NOT NULL,
+        reason             text NOT NULL,
+        ticket             text,
+        break_glass        boolean NOT NULL,
+        created_at         timestamptz NOT NULL,
+        review_deadline    timestamptz NOT NULL,
+        approvals_required bigint NOT NULL CHECK (approvals_required >= 0),
+        status             text NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'expired')),
+        decided_at         timestamptz,
+        denied_by          text,
+        deny_reason        text,
+        grant_id           text REFERENCES timebox.grants (id),
+        token_fetched_at   timestamptz
+    );
+    CREATE INDEX access_requests_status ON timebox.access_requests (status, review_deadline);
+    CREATE INDEX access_requests_requester ON timebox.access_requests (requester, created_at DESC);
+    CREATE TABLE timebox.request_approvals (
+        request_id text NOT NULL REFERENCES timebox.access_requests (id),
+        approver   text NOT NULL,
+        reason     text NOT NULL,
+        at         timestamptz NOT NULL,
+        PRIMARY KEY (request_id, approver)
+    );
+"#,
+];
+
+/// The schema version this binary writes and reads.
+pub fn supported_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+/// Whether a store at `found` can be migrated by this binary (pure).
+pub fn check_version(found: i64) -> Result<(), StoreError> {
+    let supported = supported_version();
+    if found > supported {
+        return Err(StoreError::SchemaTooNew { found, supported });
+    }
+    Ok(())
+}
+
+/// Brings the store up to [`supported_version`] (see the module docs).
+pub async fn run(client: &mut Client) -> Result<Migrated, StoreError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    // CREATE SCHEMA IF NOT EXISTS would need CREATE on the database even when the schema exists;
+    // a DBA may have made it for us.
+    let has_schema = tx
+        .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&SCHEMA])
+        .await?
+        .is_some();
+    if !has_schema {
+        tx.batch_execute("CREATE SCHEMA timebox").await?;
+    }
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS timebox.schema_version (
+             version    integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now(),
+             applied_by text NOT NULL
+         )",
+    )
+    .await?;
+    let found: i64 = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0)::bigint FROM timebox.schema_version",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    check_version(found)?;
+    let applied_by = format!("timebox {}", env!("CARGO_PKG_VERSION"));
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = (i + 1) as i32;
+        tx.batch_execute(sql)
+            .await
+            .map_err(|source| StoreError::Migration { version, source })?;
+        tx.execute(
+            "INSERT INTO timebox.schema_version (version, applied_by) VALUES ($1, $2)",
+            &[&version, &applied_by],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Migrated {
+        from: found,
+        to: supported_version(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_newer_than_the_binary_is_refused_and_older_ones_are_not() {
+        assert!(check_version(0).is_ok());
+        assert!(check_version(supported_version()).is_ok());
+        let err = check_version(supported_version() + 1).unwrap_err();
+        assert!(matches!(err, StoreError::SchemaTooNew { .. }), "{err}");
+    }
+
+    #[test]
+    fn every_step_names_its_tables_with_the_schema() {
+        for sql in MIGRATIONS {
+            for word in ["TABLE ", "ON ", "REFERENCES "] {
+                for (at, _) in sql.match_indices(word) {
+                    let rest = &sql[at + word.len()..];
+                    assert!(
+                        rest.starts_with("timebox."),
+                        "unqualified name after {word:?}: {rest:.40}"
+                    );
+                }
+            }
+        }
+    }
+}
