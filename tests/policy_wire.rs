@@ -712,3 +712,109 @@ async fn a_client_encoding_the_proxy_cannot_read_cannot_smuggle_a_pipelined_stat
     assert_eq!(ready, 2, "the session goes on after the denial ({errors:?})");
     assert_eq!(rows_in(&table).await, 2, "nothing was deleted");
 }
+
+/// Issue 12: DML on a system catalog passed a write grant's policy; with a privileged upstream
+/// credential that is privilege escalation. The grant's role here allows read, write and ddl, and
+/// its upstream credential is a superuser: each denied statement is shown to change the catalog
+/// when sent to the server directly with that same credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_dml_is_denied_under_a_write_grant_although_the_upstream_would_run_it() {
+    use common::cluster::{shared_cluster, shop_conn_string, shop_psql};
+    let superuser = common::cluster::unique_name("tb_super");
+    let password = "super-pw-5e1d0a";
+    let table = private_table().await;
+    let setup = format!(
+        "CREATE ROLE {superuser} SUPERUSER LOGIN PASSWORD '{password}'; \
+         COMMENT ON TABLE {table} IS 'before'; SELECT lo_from_bytea(0, 'kept')"
+    );
+    let out = tokio::task::spawn_blocking(move || shop_psql(&setup))
+        .await
+        .unwrap();
+    let large_object: u32 = out.trim().lines().last().unwrap().trim().parse().unwrap();
+    let port = tokio::task::spawn_blocking(|| shared_cluster().port())
+        .await
+        .unwrap();
+    let (role, user, described) = (superuser.clone(), superuser.clone(), table.clone());
+    let inst = common::start_with_config(move |dir| {
+        format!(
+            "{}\n[targets.shop.credentials.super_write]\nuser = \"{user}\"\npassword = \"{password}\"\n\
+             [roles.super_write]\nallow = [\"read\", \"write\", \"ddl\"]\nmax_ttl = \"1h\"\n",
+            common::config_text(&Options::default(), dir, port),
+        )
+    })
+    .await;
+    let catalog_state = move || {
+        let (table, role) = (table.clone(), role.clone());
+        async move {
+            let sql = format!(
+                "SELECT obj_description('{table}'::regclass, 'pg_class') || ' ' || \
+                 (SELECT rolconnlimit FROM pg_authid WHERE rolname = '{role}') || ' ' || \
+                 (SELECT count(*) FROM pg_largeobject WHERE loid = {large_object})"
+            );
+            tokio::task::spawn_blocking(move || shop_psql(&sql).trim().to_owned())
+                .await
+                .unwrap()
+        }
+    };
+    let statements = [
+        (
+            format!(
+                "UPDATE pg_catalog.pg_description SET description = 'after' \
+                 WHERE objoid = '{described}'::regclass"
+            ),
+            "UPDATE pg_catalog.pg_description",
+        ),
+        (
+            format!("UPDATE pg_authid SET rolconnlimit = 7 WHERE rolname = '{superuser}'"),
+            "UPDATE pg_catalog.pg_authid",
+        ),
+        (
+            format!(
+                "WITH d AS (DELETE FROM pg_catalog.pg_largeobject WHERE loid = {large_object} RETURNING 1) \
+                 SELECT count(*) FROM d"
+            ),
+            "DELETE FROM pg_catalog.pg_largeobject",
+        ),
+    ];
+    let before = catalog_state().await;
+    assert!(before.starts_with("before -1 "), "{before}");
+
+    let (_grant, token) = inst.grant("alice", "super_write", "10m").await;
+    let client = connect(&inst.conn_string("alice", &token, "disable")).await;
+    for (sql, what) in &statements {
+        let err = client.simple_query(sql).await.unwrap_err();
+        let msg = denial(&err);
+        assert!(
+            msg.contains(what) && msg.contains("system catalog") && msg.contains("needs admin access"),
+            "{sql}: {msg}"
+        );
+    }
+    let search_path = scalar(&client, "SHOW search_path").await;
+    let err = client
+        .simple_query("UPDATE pg_settings SET setting = 'evil, pg_catalog' WHERE name = 'search_path'")
+        .await
+        .unwrap_err();
+    assert!(denial(&err).contains("pg_catalog.pg_settings"));
+    assert_eq!(scalar(&client, "SHOW search_path").await, search_path);
+    assert_eq!(catalog_state().await, before, "nothing reached the catalogs");
+
+    // The same statements, sent directly with the grant's upstream credential, change them.
+    let direct = connect(&shop_conn_string(&superuser, Some(password))).await;
+    for (sql, _) in &statements {
+        direct
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("directly, {sql}: {e}"));
+    }
+    assert_eq!(catalog_state().await, "after 7 0");
+    direct
+        .simple_query("UPDATE pg_settings SET setting = 'evil, pg_catalog' WHERE name = 'search_path'")
+        .await
+        .unwrap();
+    assert_eq!(scalar(&direct, "SHOW search_path").await, "evil, pg_catalog");
+
+    drop(direct);
+    drop(client);
+    inst.shutdown().await.unwrap();
+    let _ = shared_cluster().psql("postgres", &format!("DROP ROLE IF EXISTS {superuser}"));
+}

@@ -47,6 +47,7 @@
 pub mod appname;
 pub mod authorize;
 pub mod cache;
+pub mod catalog;
 pub mod classify;
 pub mod functions;
 pub mod shape;

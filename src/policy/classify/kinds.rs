@@ -4,6 +4,7 @@
 
 use pg_query::protobuf::{self, a_const, node::Node as NodeEnum};
 
+use super::changes;
 use super::settings::variable_set;
 use super::{CopyDirection, Deallocate, Relation, SetValue, SettingChange, StatementClass, StatementInfo};
 
@@ -234,6 +235,13 @@ fn copy_class(c: &protobuf::CopyStmt, info: &mut StatementInfo) {
     } else if c.is_from {
         info.need(Write, "COPY … FROM STDIN loads rows");
     }
+    if let Some(rel) = c.relation.as_ref().filter(|_| c.is_from) {
+        let rel = Relation {
+            schema: (!rel.schemaname.is_empty()).then(|| rel.schemaname.clone()),
+            name: rel.relname.clone(),
+        };
+        changes(info, "COPY … FROM into", &rel);
+    }
 }
 
 /// `BEGIN … READ WRITE` (write) and two-phase commit (admin).
@@ -390,6 +398,7 @@ pub(super) fn drop_relations(d: &protobuf::DropStmt, info: &mut StatementInfo) {
                 },
                 [] => continue,
             };
+            changes(info, "DROP", &rel);
             if !info.relations.contains(&rel) {
                 info.relations.push(rel);
             }

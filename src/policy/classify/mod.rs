@@ -36,6 +36,7 @@ use std::ops::Range;
 
 use pg_query::protobuf;
 
+use super::catalog;
 use super::functions::{self, FunctionKind};
 use super::version::NewerSyntax;
 use kinds::{base_class, pg_kind};
@@ -440,6 +441,9 @@ fn classify_statement(piece: &str, span: Range<usize>, node: &protobuf::Node) ->
     // What is inside it. An EXPLAIN without ANALYZE only plans its statement: data-modifying parts do
     // not run, but functions still count (the planner may evaluate them).
     if executes {
+        for (rel, how) in &findings.changed {
+            changes(&mut info, how, rel);
+        }
         for dml in &findings.dml {
             info.need(
                 StatementClass::Write,
@@ -532,6 +536,14 @@ fn classify_statement(piece: &str, span: Range<usize>, node: &protobuf::Node) ->
     }
     info.finish();
     (info, constants)
+}
+
+/// Records that the statement changes `rel` (`what`: how): a system catalog relation makes it
+/// `admin` ([`catalog`](crate::policy::catalog)).
+fn changes(info: &mut StatementInfo, what: &str, rel: &Relation) {
+    if let Some(catalog) = catalog::catalog_relation(rel) {
+        info.need(StatementClass::Admin, catalog::catalog_reason(what, &catalog));
+    }
 }
 
 fn family_label(family: &str) -> String {

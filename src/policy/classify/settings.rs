@@ -8,6 +8,7 @@ use pg_query::protobuf::{self, a_const, node::Node as NodeEnum};
 use super::kinds::parse_bool;
 use super::walker::FuncRef;
 use super::{SetValue, SettingChange, StatementClass, StatementInfo};
+use crate::policy::catalog;
 use crate::policy::functions::{self, SettingKind};
 
 pub(super) fn const_text(node: &protobuf::Node) -> Option<String> {
@@ -165,6 +166,16 @@ pub(crate) fn setting_class(change: &SettingChange) -> (StatementClass, String) 
                     "{what} puts pg_catalog behind other schemas, so their functions can shadow built-ins"
                 ),
             ),
+            SetValue::Value(v) => match catalog::system_schema_on_path(v) {
+                Some(schema) => (
+                    Admin,
+                    format!(
+                        "{what} puts the system schema {schema} on the path, so unqualified names could \
+                         reach system catalog relations"
+                    ),
+                ),
+                None => (Read, format!("{what} is a harmless session setting")),
+            },
             _ => (Read, format!("{what} is a harmless session setting")),
         },
         SettingKind::ReadOnlyGuard if value_is_on(&change.value) => {

@@ -46,6 +46,37 @@ const WITH_OWNERS: &[&str] = &[
     "MergeStmt",
 ];
 
+/// Where a `RangeVar` names a relation the statement changes: (parse node, field, how). A field
+/// holding a list of nodes is matched through its `Node` wrapper. `COPY … FROM` is decided by the
+/// classifier (whether a `CopyStmt` reads or loads is only known after its relation), and `DROP`
+/// names its objects as strings ([`super::kinds`]).
+#[rustfmt::skip]
+const CHANGED_RELATIONS: &[(&str, &str, &str)] = &[
+    ("InsertStmt", "relation", "INSERT INTO"),
+    ("UpdateStmt", "relation", "UPDATE"),
+    ("DeleteStmt", "relation", "DELETE FROM"),
+    ("MergeStmt", "relation", "MERGE INTO"),
+    ("TruncateStmt", "relations", "TRUNCATE"),
+    ("LockStmt", "relations", "LOCK"),
+    ("AlterTableStmt", "relation", "ALTER"),
+    ("RenameStmt", "relation", "ALTER … RENAME"),
+    ("AlterObjectSchemaStmt", "relation", "ALTER … SET SCHEMA"),
+    ("CreateTrigStmt", "relation", "CREATE TRIGGER on"),
+    ("RuleStmt", "relation", "CREATE RULE on"),
+    ("IndexStmt", "relation", "CREATE INDEX on"),
+    ("CreatePolicyStmt", "table", "CREATE POLICY on"),
+    ("AlterPolicyStmt", "table", "ALTER POLICY on"),
+    ("CreateStatsStmt", "relations", "CREATE STATISTICS on"),
+    ("CreateStmt", "relation", "CREATE TABLE"),
+    ("IntoClause", "rel", "creates"),
+    ("ViewStmt", "view", "CREATE VIEW"),
+    ("CreateSeqStmt", "sequence", "CREATE SEQUENCE"),
+    ("AlterSeqStmt", "sequence", "ALTER SEQUENCE"),
+    ("RefreshMatViewStmt", "relation", "REFRESH MATERIALIZED VIEW"),
+    ("ClusterStmt", "relation", "CLUSTER"),
+    ("VacuumRelation", "relation", "VACUUM or ANALYZE"),
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pos {
     Body,
@@ -97,6 +128,9 @@ pub(super) struct Findings {
     pub(super) constants: Vec<i32>,
     /// Newer-grammar constructs, each once, in order of first appearance.
     pub(super) newer: Vec<NewerSyntax>,
+    /// Relations the statement changes (writes, creates, alters, locks, hangs a trigger on), with
+    /// how ([`CHANGED_RELATIONS`]); CTE names are never among them.
+    pub(super) changed: Vec<(Relation, &'static str)>,
 }
 
 impl Findings {
@@ -350,6 +384,23 @@ impl Walker {
                     Pos::Body
                 };
                 scopes.push((f.id, pos));
+            }
+        }
+        // The node holding the RangeVar: the parent, or for a list field the parent of its Node.
+        let owner = match parent {
+            Some(p) if p.name == "Node" => self.below(1),
+            p => p,
+        };
+        if let Some(owner) = owner {
+            if let Some((_, _, how)) = CHANGED_RELATIONS
+                .iter()
+                .find(|(node, field, _)| *node == owner.name && *field == owner.field)
+            {
+                let rel = Relation {
+                    schema: (!schema.is_empty()).then(|| schema.clone()),
+                    name: name.clone(),
+                };
+                self.found.changed.push((rel, how));
             }
         }
         let index = self.found.rels.len();
