@@ -818,3 +818,65 @@ async fn catalog_dml_is_denied_under_a_write_grant_although_the_upstream_would_r
     inst.shutdown().await.unwrap();
     let _ = shared_cluster().psql("postgres", &format!("DROP ROLE IF EXISTS {superuser}"));
 }
+
+/// Issue 12: `TABLE name` (PostgreSQL's shorthand for `SELECT * FROM name`) was denied as unparsed
+/// because sqlparser cannot read a statement that starts with it. It is a read, table rules apply
+/// to the name, and it works in the simple and the extended protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_command_is_a_read_with_table_rules_honoured() {
+    let table = private_table().await;
+    let inst = common::start(Options::default()).await;
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let client = connect(&inst.conn_string("alice", &token, "disable")).await;
+    let rows = client.simple_query(&format!("TABLE {table}")).await.unwrap();
+    let n = rows
+        .iter()
+        .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(n, 2);
+    let rows = client
+        .query(
+            &format!("WITH x AS (TABLE {table}) SELECT * FROM x UNION TABLE {table}"),
+            &[],
+        )
+        .await
+        .map(|r| r.len())
+        .unwrap_or_else(|e| panic!("extended protocol: {e:?}"));
+    assert_eq!(rows, 2, "in a CTE and a UNION, through Parse");
+
+    let rules = start_with_table_rules().await;
+    let schema = common::cluster::unique_name("hr");
+    let setup = format!(
+        "CREATE SCHEMA {schema}; CREATE TABLE {schema}.secret (pay int); INSERT INTO {schema}.secret VALUES (100); \
+         GRANT USAGE ON SCHEMA {schema} TO timebox_read; GRANT SELECT ON {schema}.secret TO timebox_read;"
+    );
+    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&setup))
+        .await
+        .unwrap();
+    let (_g, token) = rules.grant("carol", "tables", "10m").await;
+    let client = connect(&rules.conn_string("carol", &token, "disable")).await;
+    assert_eq!(
+        scalar(&client, &format!("SELECT count(*) FROM (TABLE {table}) t")).await,
+        "2"
+    );
+    for sql in [
+        format!("TABLE {schema}.secret"),
+        format!("TABLE {table} UNION ALL SELECT pay, '' FROM (TABLE {schema}.secret) s"),
+    ] {
+        let msg = denial(&client.simple_query(&sql).await.unwrap_err());
+        assert!(
+            msg.contains(&format!("{schema}.secret")) && msg.contains("tables.allow"),
+            "{sql}: {msg}"
+        );
+    }
+    let msg = denial(
+        &client
+            .query(&format!("TABLE {schema}.secret"), &[])
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        msg.contains(&format!("{schema}.secret")),
+        "extended protocol: {msg}"
+    );
+}

@@ -11,6 +11,7 @@
 //! - [`classify`](mod@classify): SQL text → classes, relations, functions, flags (its module doc
 //!   explains the split and the cross-check).
 //! - [`authorize`](mod@authorize): role + statement → [`Decision`] with a reason and a hint.
+//! - [`catalog`](mod@catalog): which relation a statement changes is a system catalog.
 //! - [`functions`]: the maintained lists (functions, operators, settings).
 //! - [`appname`]: `application_name` keeps timebox's tag (`SET` rewritten, the rest denied).
 //! - [`cache`](mod@cache): [`ClassifyCache`], the bounded cache the relay classifies through.
@@ -30,6 +31,9 @@
 //!   (PostgreSQL searches `pg_catalog` first; allowed only if both are); sessions of roles with
 //!   table rules run with `search_path = public`, pinned in the upstream startup, and may not change
 //!   it (at startup or with `SET`);
+//! - a statement that changes a system catalog relation (in `pg_catalog`, `information_schema`,
+//!   `pg_toast`; an unqualified `pg_*` name counts as `pg_catalog`'s) needs `admin`
+//!   ([`catalog`]); a user view or function that writes a catalog is not seen;
 //! - `EXECUTE name` is only as safe as what `name` was prepared with: the relay must look up the
 //!   class it tracked at `PREPARE`/Parse time ([`StatementInfo::execute_name`]);
 //! - `require_where` accepts any `WHERE` (also `WHERE true`): it guards against accidents; a
@@ -38,7 +42,7 @@
 //!   and built-ins is decided per session by [`version`] and [`authorize_on`];
 //! - lexing assumes `standard_conforming_strings = on` and UTF8: the relay must fail closed when
 //!   the server reports otherwise;
-//! - PostgreSQL syntax sqlparser does not know (`TABLE t`, `FOR NO KEY UPDATE`, `ROWS FROM`,
+//! - PostgreSQL syntax sqlparser does not know (`FOR NO KEY UPDATE`, `ROWS FROM`, `TABLE ONLY t`,
 //!   `WHERE CURRENT OF`, `SET CONSTRAINTS`, `DO`, `CHECKPOINT`, `ALTER SYSTEM`, `U&""`, custom
 //!   operators) is `Unparsed`: denied unless the role has `allow_unparsed`;
 //! - the function lists are maintained by hand: an unlisted built-in counts as `write` until it is

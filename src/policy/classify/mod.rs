@@ -19,6 +19,11 @@
 //!    as exactly one statement of the same kind (SELECT, INSERT, SET, CREATE, …); otherwise the
 //!    statement is `Unparsed`. Its own view of the statement (data-modifying statements, locks,
 //!    `SELECT INTO`, found with its `Visit` visitor) can only raise the class, never lower it.
+//!    PostgreSQL's `TABLE name` (which sqlparser reads only inside a query) is handed to it spelled
+//!    `SELECT * FROM name`, exactly where PostgreSQL's tree and scanner put such a command.
+//!
+//! Every relation a statement changes (writes, creates, alters, locks, truncates, drops, hangs a
+//! trigger on) is checked against the system catalogs ([`super::catalog`]): changing one is `admin`.
 //!
 //! If PostgreSQL's parser rejects the message, the server would reject all of it too; the pieces
 //! PostgreSQL's scanner finds are classified one by one for the report, and the message always
@@ -40,7 +45,7 @@ use super::catalog;
 use super::functions::{self, FunctionKind};
 use super::version::NewerSyntax;
 use kinds::{base_class, pg_kind};
-use second_opinion::sqlparser_view;
+use second_opinion::{sqlparser_view, table_commands_as_selects};
 use settings::set_config;
 pub(crate) use settings::{changes_lexing, setting_class, UNREADABLE_SETTING};
 use walker::walk;
@@ -404,7 +409,7 @@ fn classify_parsed(
         };
         match raw.stmt.as_ref() {
             Some(node) => {
-                let (info, locations) = classify_statement(piece, span, node);
+                let (info, locations) = classify_statement(piece, start, span, node);
                 // Locations count from the start of `text`; -1 means "no location".
                 constants.extend(
                     locations
@@ -422,9 +427,15 @@ fn classify_parsed(
     }
 }
 
-/// Classifies one statement PostgreSQL parsed; `piece` is its text. Also returns the locations of
-/// its `A_Const` nodes (see [`classify_with_constants`]).
-fn classify_statement(piece: &str, span: Range<usize>, node: &protobuf::Node) -> (StatementInfo, Vec<i32>) {
+/// Classifies one statement PostgreSQL parsed; `piece` is its text, at `start` of the parsed text
+/// (where the tree's locations count from). Also returns the locations of its `A_Const` nodes (see
+/// [`classify_with_constants`]).
+fn classify_statement(
+    piece: &str,
+    start: usize,
+    span: Range<usize>,
+    node: &protobuf::Node,
+) -> (StatementInfo, Vec<i32>) {
     let mut info = StatementInfo::new(span);
     let mut findings = walk(node);
     let constants = std::mem::take(&mut findings.constants);
@@ -510,8 +521,24 @@ fn classify_statement(piece: &str, span: Range<usize>, node: &protobuf::Node) ->
         info.need(class, why);
     }
 
-    // The second opinion.
-    match sqlparser_view(piece, executes) {
+    // The second opinion. sqlparser reads `TABLE name` only inside a query (a statement cannot
+    // start with it): it reads the text with PostgreSQL's `TABLE name` commands spelled as what
+    // they are, `SELECT * FROM name`, and still has to agree on everything else.
+    let view = match sqlparser_view(piece, executes) {
+        Err(why) if !findings.table_commands.is_empty() => {
+            let relations: Vec<usize> = findings
+                .table_commands
+                .iter()
+                .filter_map(|l| usize::try_from(*l).ok()?.checked_sub(start))
+                .collect();
+            match table_commands_as_selects(piece, &relations) {
+                Some(text) => sqlparser_view(&text, executes),
+                None => Err(why),
+            }
+        }
+        view => view,
+    };
+    match view {
         Ok(view) if view.family == family => {
             if let Some((class, why)) = view.class {
                 let known = info.reasons.iter().any(|r| r.class >= class);

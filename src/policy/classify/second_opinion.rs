@@ -16,6 +16,42 @@ pub(super) struct SqlparserView {
     pub(super) class: Option<(StatementClass, &'static str)>,
 }
 
+/// `piece` with the `TABLE` keyword of each `TABLE name` command spelled `SELECT * FROM` (what
+/// PostgreSQL's grammar makes of it). `relations`: where each command's relation starts in `piece`
+/// (from PostgreSQL's parse tree). `None` unless PostgreSQL's scanner finds the keyword `TABLE`
+/// as the token right before every one of them (`TABLE ONLY name` is left to fail).
+pub(super) fn table_commands_as_selects(piece: &str, relations: &[usize]) -> Option<String> {
+    use pg_query::protobuf::Token;
+    let tokens: Vec<_> = pg_query::scan(piece)
+        .ok()?
+        .tokens
+        .into_iter()
+        .filter(|t| t.token != Token::SqlComment as i32 && t.token != Token::CComment as i32)
+        .collect();
+    let mut keywords = Vec::with_capacity(relations.len());
+    for &at in relations {
+        let before = tokens
+            .iter()
+            .take_while(|t| usize::try_from(t.start).is_ok_and(|s| s < at))
+            .last()?;
+        if before.token != Token::Table as i32 {
+            return None;
+        }
+        keywords.push((
+            usize::try_from(before.start).ok()?,
+            usize::try_from(before.end).ok()?,
+        ));
+    }
+    keywords.sort_unstable();
+    keywords.dedup();
+    let mut text = piece.to_string();
+    for (start, end) in keywords.into_iter().rev() {
+        text.get(start..end)?;
+        text.replace_range(start..end, "SELECT * FROM");
+    }
+    Some(text)
+}
+
 pub(super) fn sqlparser_view(piece: &str, executes: bool) -> Result<SqlparserView, String> {
     let statements = Parser::parse_sql(&PostgreSqlDialect {}, piece)
         .map_err(|e| format!("sqlparser cannot parse it ({e}), so its meaning cannot be cross-checked"))?;

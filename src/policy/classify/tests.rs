@@ -1,5 +1,6 @@
 //! Unit tests of the classifier's pure helpers (the decision tables are in `policy::tests`).
 
+use super::second_opinion::table_commands_as_selects;
 use super::walker::merge_action_unfiltered;
 use pg_query::protobuf;
 use protobuf::{CmdType as C, MergeMatchKind as M};
@@ -28,4 +29,24 @@ fn merge_actions_without_a_filter() {
             "{name}"
         );
     }
+}
+
+/// `TABLE name` is respelled only where PostgreSQL's scanner sees the keyword right before the
+/// relation the parse tree locates; anything else is left for sqlparser to fail on.
+#[test]
+fn table_commands_are_respelled_only_at_the_keyword() {
+    let at = |sql: &str, names: &[&str]| {
+        let relations: Vec<usize> = names.iter().map(|n| sql.find(n).unwrap()).collect();
+        table_commands_as_selects(sql, &relations)
+    };
+    assert_eq!(at("TABLE t", &["t"]).as_deref(), Some("SELECT * FROM t"));
+    assert_eq!(
+        at("table t1 UNION TABLE /* x */ t2", &["t1", "t2"]).as_deref(),
+        Some("SELECT * FROM t1 UNION SELECT * FROM /* x */ t2")
+    );
+    assert_eq!(at("TABLE ONLY t", &["t"]), None, "ONLY between");
+    assert_eq!(at("SELECT * FROM t", &["t"]), None, "no TABLE keyword");
+    assert_eq!(at("SELECT 'TABLE' t", &["t"]), None, "a string is no keyword");
+    assert_eq!(at("TABLE t", &[]).as_deref(), Some("TABLE t"));
+    assert_eq!(table_commands_as_selects("TABLE t", &[99]), None, "past the end");
 }

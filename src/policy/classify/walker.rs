@@ -131,6 +131,9 @@ pub(super) struct Findings {
     /// Relations the statement changes (writes, creates, alters, locks, hangs a trigger on), with
     /// how ([`CHANGED_RELATIONS`]); CTE names are never among them.
     pub(super) changed: Vec<(Relation, &'static str)>,
+    /// `TABLE name` commands: the location of each one's relation (byte offset into the parsed
+    /// text). sqlparser reads them only as `SELECT * FROM name` ([`super::second_opinion`]).
+    pub(super) table_commands: Vec<i32>,
 }
 
 impl Findings {
@@ -176,6 +179,7 @@ struct Frame {
     idx: u32,
     id: u32,
     /// UpdateStmt/DeleteStmt: a WHERE clause was seen. MergeStmt: its ON condition names a column.
+    /// SelectStmt: it is a `TABLE name` command (its target list is the grammar's location-less `*`).
     /// MergeWhenClause: its AND condition names a column.
     flag: bool,
     /// AExpr: its kind. MergeWhenClause: its command type. MergeStmt: 1 when an action is
@@ -197,6 +201,8 @@ struct Walker {
     /// Literal arguments of the FuncCall frames being walked (by frame id).
     args: Vec<(u32, Vec<Option<String>>)>,
     rel: Option<(String, String)>,
+    /// `location` of the RangeVar being walked.
+    rel_location: i32,
 }
 
 pub(super) fn walk(node: &protobuf::Node) -> Findings {
@@ -242,7 +248,10 @@ impl Walker {
                 self.args.push((id, Vec::new()));
             }
             "AExpr" => self.names.push((id, String::new())),
-            "RangeVar" => self.rel = Some((String::new(), String::new())),
+            "RangeVar" => {
+                self.rel = Some((String::new(), String::new()));
+                self.rel_location = -1;
+            }
             "InsertStmt" => self.found.dml.push("INSERT"),
             "UpdateStmt" => {
                 self.found.dml.push("UPDATE");
@@ -391,17 +400,23 @@ impl Walker {
             Some(p) if p.name == "Node" => self.below(1),
             p => p,
         };
-        if let Some(owner) = owner {
-            if let Some((_, _, how)) = CHANGED_RELATIONS
+        let table_command =
+            owner.is_some_and(|o| o.name == "SelectStmt" && o.field == "from_clause" && o.flag);
+        let changed = owner.and_then(|o| {
+            CHANGED_RELATIONS
                 .iter()
-                .find(|(node, field, _)| *node == owner.name && *field == owner.field)
-            {
-                let rel = Relation {
-                    schema: (!schema.is_empty()).then(|| schema.clone()),
-                    name: name.clone(),
-                };
-                self.found.changed.push((rel, how));
-            }
+                .find(|(node, field, _)| *node == o.name && *field == o.field)
+                .map(|(_, _, how)| *how)
+        });
+        if table_command {
+            self.found.table_commands.push(self.rel_location);
+        }
+        if let Some(how) = changed {
+            let rel = Relation {
+                schema: (!schema.is_empty()).then(|| schema.clone()),
+                name: name.clone(),
+            };
+            self.found.changed.push((rel, how));
         }
         let index = self.found.rels.len();
         if target {
@@ -531,6 +546,17 @@ impl ser::Serializer for &mut Walker {
                 top.match_kind = v;
             } else if top.name == "AConst" && top.field == "location" {
                 self.found.constants.push(v);
+            } else if top.name == "RangeVar" && top.field == "location" {
+                self.rel_location = v;
+            } else if top.name == "ResTarget" && top.field == "location" && v < 0 {
+                // `TABLE name` is the only grammar rule that builds a SELECT's target without a
+                // location: SelectStmt(target_list) → Node → ResTarget.
+                let len = self.frames.len();
+                if let Some(select) = len.checked_sub(3).and_then(|i| self.frames.get_mut(i)) {
+                    if select.name == "SelectStmt" && select.field == "target_list" {
+                        select.flag = true;
+                    }
+                }
             }
         }
         Ok(())
