@@ -173,9 +173,25 @@ pub fn older_target_calls(stmt: &StatementInfo, server: ServerVersion) -> Vec<Ol
 
 /// Decides one statement for a session whose target runs `server`.
 pub fn authorize_on(role: &RolePolicy, server: ServerVersion, stmt: &StatementInfo) -> Decision {
-    let kind = &stmt.kind;
+    // In order: the first step that objects decides (its reason says the most).
+    let steps: [&dyn Fn() -> Decision; 7] = [
+        &|| lexing_step(stmt),
+        &|| class_step(role, stmt),
+        &|| older_target_step(role, server, stmt),
+        &|| unparsed_step(role, stmt),
+        &|| settings_step(role, stmt),
+        &|| tables_step(role, stmt),
+        &|| where_step(role, stmt),
+    ];
+    steps
+        .iter()
+        .map(|step| step())
+        .find(|d| !d.is_allow())
+        .unwrap_or(Decision::Allow)
+}
 
-    // 1. Settings that change lexing: never, whatever the role.
+/// Step of [`authorize_on`]: settings that change lexing: never, whatever the role. `Allow` when it has no objection.
+fn lexing_step(stmt: &StatementInfo) -> Decision {
     if let Some(change) = stmt.sets.iter().find(|c| changes_lexing(c)) {
         let what = if change.name == UNREADABLE_SETTING {
             format!(
@@ -197,8 +213,12 @@ pub fn authorize_on(role: &RolePolicy, server: ServerVersion, stmt: &StatementIn
              name other settings with SET name = value or set_config('name', 'value', false)",
         );
     }
+    Decision::Allow
+}
 
-    // 2. Every class the statement needs, highest first, and user-defined functions.
+/// Step of [`authorize_on`]: every class the statement needs, highest first, and user-defined functions. `Allow` when it has no objection.
+fn class_step(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
+    let kind = &stmt.kind;
     for class in stmt.needs().into_iter().rev() {
         if class == StatementClass::Unparsed || role.allows(class) {
             continue;
@@ -235,8 +255,12 @@ pub fn authorize_on(role: &RolePolicy, server: ServerVersion, stmt: &StatementIn
             );
         }
     }
+    Decision::Allow
+}
 
-    // 2b. What the classifier's grammar saw as built-in but the target calls by name.
+/// Step of [`authorize_on`]: what the classifier's grammar saw as built-in but the target calls by name. `Allow` when it has no objection.
+fn older_target_step(role: &RolePolicy, server: ServerVersion, stmt: &StatementInfo) -> Decision {
+    let kind = &stmt.kind;
     for call in older_target_calls(stmt, server) {
         let Some(function) = &call.function else {
             return Decision::deny(
@@ -268,8 +292,12 @@ pub fn authorize_on(role: &RolePolicy, server: ServerVersion, stmt: &StatementIn
             ),
         );
     }
+    Decision::Allow
+}
 
-    // 3. Text the parsers could not agree on (after the class checks, whose reasons say more).
+/// Step of [`authorize_on`]: text the parsers could not agree on (after the class checks, whose reasons say more). `Allow` when it has no objection.
+fn unparsed_step(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
+    let kind = &stmt.kind;
     if let Some(why) = &stmt.unparsed {
         if !role.allow_unparsed {
             return Decision::deny(
@@ -282,15 +310,22 @@ pub fn authorize_on(role: &RolePolicy, server: ServerVersion, stmt: &StatementIn
             );
         }
     }
+    Decision::Allow
+}
 
-    // 4. The role's rules on settings (statement_timeout cap, search_path under table rules).
+/// Step of [`authorize_on`]: the role's rules on settings (statement_timeout cap, search_path under table rules). `Allow` when it has no objection.
+fn settings_step(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
     for change in &stmt.sets {
         if let Some(denied) = setting_violation(role, change) {
             return denied;
         }
     }
+    Decision::Allow
+}
 
-    // 5. Table rules.
+/// Step of [`authorize_on`]: table rules. `Allow` when it has no objection.
+fn tables_step(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
+    let kind = &stmt.kind;
     if let Some(rules) = &role.tables {
         for rel in &stmt.relations {
             if let Some(pattern) = matching(&rules.deny, rel) {
@@ -322,8 +357,11 @@ pub fn authorize_on(role: &RolePolicy, server: ServerVersion, stmt: &StatementIn
             }
         }
     }
+    Decision::Allow
+}
 
-    // 6. UPDATE/DELETE without WHERE.
+/// Step of [`authorize_on`]: uPDATE/DELETE without WHERE. `Allow` when it has no objection.
+fn where_step(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
     if role.require_where && stmt.has_where == Some(false) {
         if stmt.unfiltered_targets.is_empty() {
             if let Some(target) = stmt.unfiltered_merge_targets.first() {
@@ -350,7 +388,6 @@ pub fn authorize_on(role: &RolePolicy, server: ServerVersion, stmt: &StatementIn
             "add a WHERE clause (WHERE true if you really mean every row)",
         );
     }
-
     Decision::Allow
 }
 

@@ -521,13 +521,35 @@ fn classify_statement(
         info.need(class, why);
     }
 
-    // The second opinion. sqlparser reads `TABLE name` only inside a query (a statement cannot
+    cross_check(
+        &mut info,
+        piece,
+        start,
+        family,
+        executes,
+        &findings.table_commands,
+    );
+    info.finish();
+    (info, constants)
+}
+
+/// The second opinion: sqlparser must read `piece` as one statement of PostgreSQL's `family`;
+/// what it sees can only raise the class. `table_commands`: where PostgreSQL's `TABLE name`
+/// commands have their relation (locations in the text parsed from `start`).
+fn cross_check(
+    info: &mut StatementInfo,
+    piece: &str,
+    start: usize,
+    family: &str,
+    executes: bool,
+    table_commands: &[i32],
+) {
+    // sqlparser reads `TABLE name` only inside a query (a statement cannot
     // start with it): it reads the text with PostgreSQL's `TABLE name` commands spelled as what
     // they are, `SELECT * FROM name`, and still has to agree on everything else.
     let view = match sqlparser_view(piece, executes) {
-        Err(why) if !findings.table_commands.is_empty() => {
-            let relations: Vec<usize> = findings
-                .table_commands
+        Err(why) if !table_commands.is_empty() => {
+            let relations: Vec<usize> = table_commands
                 .iter()
                 .filter_map(|l| usize::try_from(*l).ok()?.checked_sub(start))
                 .collect();
@@ -561,8 +583,6 @@ fn classify_statement(
             info.unparsed = Some(why);
         }
     }
-    info.finish();
-    (info, constants)
 }
 
 /// Records that the statement changes `rel` (`what`: how): a system catalog relation makes it
