@@ -173,7 +173,7 @@ pub fn older_target_calls(stmt: &StatementInfo, server: ServerVersion) -> Vec<Ol
 
 /// Decides one statement for a session whose target runs `server`.
 pub fn authorize_on(role: &RolePolicy, server: ServerVersion, stmt: &StatementInfo) -> Decision {
-    // In order: the first step that objects decides (its reason says the most).
+    // In order: the first step that objects (does not answer Allow) decides; its reason says the most.
     let steps: [&dyn Fn() -> Decision; 7] = [
         &|| lexing_step(stmt),
         &|| class_step(role, stmt),
@@ -190,7 +190,7 @@ pub fn authorize_on(role: &RolePolicy, server: ServerVersion, stmt: &StatementIn
         .unwrap_or(Decision::Allow)
 }
 
-/// Step of [`authorize_on`]: settings that change lexing: never, whatever the role. `Allow` when it has no objection.
+/// Step 1 of [`authorize_on`]: settings that change lexing, never allowed whatever the role.
 fn lexing_step(stmt: &StatementInfo) -> Decision {
     if let Some(change) = stmt.sets.iter().find(|c| changes_lexing(c)) {
         let what = if change.name == UNREADABLE_SETTING {
@@ -216,7 +216,8 @@ fn lexing_step(stmt: &StatementInfo) -> Decision {
     Decision::Allow
 }
 
-/// Step of [`authorize_on`]: every class the statement needs, highest first, and user-defined functions. `Allow` when it has no objection.
+/// Step 2 of [`authorize_on`]: every class the statement needs, highest first, and user-defined
+/// functions.
 fn class_step(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
     let kind = &stmt.kind;
     for class in stmt.needs().into_iter().rev() {
@@ -258,7 +259,8 @@ fn class_step(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
     Decision::Allow
 }
 
-/// Step of [`authorize_on`]: what the classifier's grammar saw as built-in but the target calls by name. `Allow` when it has no objection.
+/// Step 3 of [`authorize_on`]: what the classifier's grammar saw as built-in but the target calls
+/// by name.
 fn older_target_step(role: &RolePolicy, server: ServerVersion, stmt: &StatementInfo) -> Decision {
     let kind = &stmt.kind;
     for call in older_target_calls(stmt, server) {
@@ -295,7 +297,8 @@ fn older_target_step(role: &RolePolicy, server: ServerVersion, stmt: &StatementI
     Decision::Allow
 }
 
-/// Step of [`authorize_on`]: text the parsers could not agree on (after the class checks, whose reasons say more). `Allow` when it has no objection.
+/// Step 4 of [`authorize_on`]: text the parsers could not agree on (after the class checks, whose
+/// reasons say more).
 fn unparsed_step(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
     let kind = &stmt.kind;
     if let Some(why) = &stmt.unparsed {
@@ -313,7 +316,8 @@ fn unparsed_step(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
     Decision::Allow
 }
 
-/// Step of [`authorize_on`]: the role's rules on settings (statement_timeout cap, search_path under table rules). `Allow` when it has no objection.
+/// Step 5 of [`authorize_on`]: the role's rules on settings (`statement_timeout` cap, `search_path`
+/// under table rules).
 fn settings_step(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
     for change in &stmt.sets {
         if let Some(denied) = setting_violation(role, change) {
@@ -323,7 +327,7 @@ fn settings_step(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
     Decision::Allow
 }
 
-/// Step of [`authorize_on`]: table rules. `Allow` when it has no objection.
+/// Step 6 of [`authorize_on`]: table rules.
 fn tables_step(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
     let kind = &stmt.kind;
     if let Some(rules) = &role.tables {
@@ -360,7 +364,7 @@ fn tables_step(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
     Decision::Allow
 }
 
-/// Step of [`authorize_on`]: uPDATE/DELETE without WHERE. `Allow` when it has no objection.
+/// Step 7 of [`authorize_on`]: `UPDATE`/`DELETE` (and `MERGE`) without a filter, for `require_where`.
 fn where_step(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
     if role.require_where && stmt.has_where == Some(false) {
         if stmt.unfiltered_targets.is_empty() {

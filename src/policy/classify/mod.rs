@@ -192,7 +192,7 @@ pub struct StatementInfo {
     /// Target tables of the `UPDATE`/`DELETE`s without `WHERE`.
     pub unfiltered_targets: Vec<Relation>,
     /// Target tables of `MERGE`s with an `UPDATE`/`DELETE` action no condition filters (see
-    /// [`walker::merge_action_unfiltered`]); they count as `has_where == Some(false)`.
+    /// `walker::merge_action_unfiltered`); they count as `has_where == Some(false)`.
     pub unfiltered_merge_targets: Vec<Relation>,
     /// Settings changed (`SET`, `RESET`, `set_config`, `SET TRANSACTION`, `DISCARD ALL`).
     pub sets: Vec<SettingChange>,
