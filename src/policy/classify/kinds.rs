@@ -197,7 +197,10 @@ pub(super) fn base_class(stmt: &NodeEnum, top: &str, info: &mut StatementInfo) -
         }
         NodeEnum::CreateTableAsStmt(_) => info.need(Ddl, "CREATE TABLE AS creates a table"),
         NodeEnum::TruncateStmt(_) => info.need(Ddl, "TRUNCATE empties tables"),
-        NodeEnum::CommentStmt(_) => info.need(Ddl, "COMMENT changes the schema"),
+        NodeEnum::CommentStmt(c) => {
+            comment_relation(c, info);
+            info.need(Ddl, "COMMENT changes the schema");
+        }
         NodeEnum::RefreshMatViewStmt(_) => info.need(Ddl, "REFRESH MATERIALIZED VIEW rewrites a relation"),
         _ => {
             let (class, why) = utility_class(top);
@@ -364,44 +367,69 @@ pub(super) fn utility_class(top: &str) -> (StatementClass, String) {
     )
 }
 
+/// Object types that name a relation (as a list of name parts) in `DROP` and `COMMENT`.
+const RELATION_LIKE: [protobuf::ObjectType; 6] = [
+    protobuf::ObjectType::ObjectTable,
+    protobuf::ObjectType::ObjectView,
+    protobuf::ObjectType::ObjectMatview,
+    protobuf::ObjectType::ObjectSequence,
+    protobuf::ObjectType::ObjectIndex,
+    protobuf::ObjectType::ObjectForeignTable,
+];
+
+/// The relation an object name (`List` of `String` parts: `[schema.]name`, and `.column` when
+/// `column`) names.
+fn named_relation(object: &protobuf::Node, column: bool) -> Option<Relation> {
+    let Some(NodeEnum::List(list)) = &object.node else {
+        return None;
+    };
+    let mut parts: Vec<&str> = list
+        .items
+        .iter()
+        .filter_map(|i| match &i.node {
+            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+            _ => None,
+        })
+        .collect();
+    if column {
+        parts.pop()?;
+    }
+    match parts.as_slice() {
+        [name] => Some(Relation {
+            schema: None,
+            name: name.to_string(),
+        }),
+        [.., schema, name] => Some(Relation {
+            schema: Some(schema.to_string()),
+            name: name.to_string(),
+        }),
+        [] => None,
+    }
+}
+
 pub(super) fn drop_relations(d: &protobuf::DropStmt, info: &mut StatementInfo) {
-    use protobuf::ObjectType as O;
-    let relation_like = [
-        O::ObjectTable,
-        O::ObjectView,
-        O::ObjectMatview,
-        O::ObjectSequence,
-        O::ObjectIndex,
-        O::ObjectForeignTable,
-    ];
-    if !relation_like.iter().any(|t| *t as i32 == d.remove_type) {
+    if !RELATION_LIKE.iter().any(|t| *t as i32 == d.remove_type) {
         return;
     }
-    for object in &d.objects {
-        if let Some(NodeEnum::List(list)) = &object.node {
-            let parts: Vec<&str> = list
-                .items
-                .iter()
-                .filter_map(|i| match &i.node {
-                    Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
-                    _ => None,
-                })
-                .collect();
-            let rel = match parts.as_slice() {
-                [name] => Relation {
-                    schema: None,
-                    name: name.to_string(),
-                },
-                [.., schema, name] => Relation {
-                    schema: Some(schema.to_string()),
-                    name: name.to_string(),
-                },
-                [] => continue,
-            };
-            changes(info, "DROP", &rel);
-            if !info.relations.contains(&rel) {
-                info.relations.push(rel);
-            }
+    for rel in d.objects.iter().filter_map(|o| named_relation(o, false)) {
+        changes(info, "DROP", &rel);
+        if !info.relations.contains(&rel) {
+            info.relations.push(rel);
+        }
+    }
+}
+
+/// `COMMENT ON` a relation or a column: it changes `pg_description`, and a catalog's own comment
+/// is the catalog's.
+fn comment_relation(c: &protobuf::CommentStmt, info: &mut StatementInfo) {
+    let column = c.objtype == protobuf::ObjectType::ObjectColumn as i32;
+    if !column && !RELATION_LIKE.iter().any(|t| *t as i32 == c.objtype) {
+        return;
+    }
+    if let Some(rel) = c.object.as_deref().and_then(|o| named_relation(o, column)) {
+        changes(info, "COMMENT ON", &rel);
+        if !info.relations.contains(&rel) {
+            info.relations.push(rel);
         }
     }
 }
