@@ -50,6 +50,20 @@ async fn private_table() -> String {
     table
 }
 
+/// A schema private to one test holding `table (pay int)` with one row (100), readable by the read
+/// credential: a table outside table rules that allow `public.*`. Returns the schema's name.
+async fn private_schema(table: &str) -> String {
+    let schema = common::cluster::unique_name("hr");
+    let setup = format!(
+        "CREATE SCHEMA {schema}; CREATE TABLE {schema}.{table} (pay int); INSERT INTO {schema}.{table} VALUES (100); \
+         GRANT USAGE ON SCHEMA {schema} TO timebox_read; GRANT SELECT ON {schema}.{table} TO timebox_read;"
+    );
+    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&setup))
+        .await
+        .unwrap();
+    schema
+}
+
 async fn rows_in(table: &str) -> i64 {
     let sql = format!("SELECT count(*) FROM {table}");
     tokio::task::spawn_blocking(move || common::cluster::shop_psql(&sql).trim().parse().unwrap())
@@ -550,15 +564,8 @@ async fn start_with_table_rules() -> common::TestInstance {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_search_path_and_catalog_names_cannot_escape_table_rules() {
     let inst = start_with_table_rules().await;
-    let schema = common::cluster::unique_name("hr");
+    let schema = private_schema("salaries").await;
     let table = private_table().await;
-    let setup = format!(
-        "CREATE SCHEMA {schema}; CREATE TABLE {schema}.salaries (pay int); INSERT INTO {schema}.salaries VALUES (100); \
-         GRANT USAGE ON SCHEMA {schema} TO timebox_read; GRANT SELECT ON {schema}.salaries TO timebox_read;"
-    );
-    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&setup))
-        .await
-        .unwrap();
     let (_g, token) = inst.grant("carol", "tables", "10m").await;
 
     let out = psql(
@@ -845,14 +852,7 @@ async fn table_command_is_a_read_with_table_rules_honoured() {
     assert_eq!(rows, 2, "in a CTE and a UNION, through Parse");
 
     let rules = start_with_table_rules().await;
-    let schema = common::cluster::unique_name("hr");
-    let setup = format!(
-        "CREATE SCHEMA {schema}; CREATE TABLE {schema}.secret (pay int); INSERT INTO {schema}.secret VALUES (100); \
-         GRANT USAGE ON SCHEMA {schema} TO timebox_read; GRANT SELECT ON {schema}.secret TO timebox_read;"
-    );
-    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&setup))
-        .await
-        .unwrap();
+    let schema = private_schema("secret").await;
     let (_g, token) = rules.grant("carol", "tables", "10m").await;
     let client = connect(&rules.conn_string("carol", &token, "disable")).await;
     assert_eq!(
