@@ -437,3 +437,23 @@ fn check_command_reports_each_statement_and_the_decision() {
     let (out, ok) = check_command(&config, "read", "  -- nothing\n");
     assert!(ok && out.contains("no statements"), "{out}");
 }
+
+/// Issue 12: a startup `search_path` (or `PGOPTIONS -c search_path=…`) naming a system schema
+/// other than `pg_catalog` would let unqualified names reach catalog relations not named `pg_*`;
+/// it meets the rule a `SET` of it meets.
+#[test]
+fn startup_search_path_cannot_name_a_system_schema() {
+    let write = role("write");
+    for value in ["information_schema", "public, pg_toast"] {
+        let Decision::Deny { reason, .. } =
+            authorize::authorize_startup_setting(&write, "search_path", value)
+        else {
+            panic!("{value} allowed")
+        };
+        assert!(reason.contains("system schema"), "{reason}");
+    }
+    assert!(authorize::authorize_startup_setting(&write, "search_path", "pg_catalog, public").is_allow());
+    assert!(
+        authorize::authorize_startup_setting(&role("admin"), "search_path", "information_schema").is_allow()
+    );
+}
