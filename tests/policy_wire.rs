@@ -50,6 +50,20 @@ async fn private_table() -> String {
     table
 }
 
+/// A schema private to one test holding `table (pay int)` with one row (100), readable by the read
+/// credential: a table outside table rules that allow `public.*`. Returns the schema's name.
+async fn private_schema(table: &str) -> String {
+    let schema = common::cluster::unique_name("hr");
+    let setup = format!(
+        "CREATE SCHEMA {schema}; CREATE TABLE {schema}.{table} (pay int); INSERT INTO {schema}.{table} VALUES (100); \
+         GRANT USAGE ON SCHEMA {schema} TO timebox_read; GRANT SELECT ON {schema}.{table} TO timebox_read;"
+    );
+    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&setup))
+        .await
+        .unwrap();
+    schema
+}
+
 async fn rows_in(table: &str) -> i64 {
     let sql = format!("SELECT count(*) FROM {table}");
     tokio::task::spawn_blocking(move || common::cluster::shop_psql(&sql).trim().parse().unwrap())
@@ -550,15 +564,8 @@ async fn start_with_table_rules() -> common::TestInstance {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_search_path_and_catalog_names_cannot_escape_table_rules() {
     let inst = start_with_table_rules().await;
-    let schema = common::cluster::unique_name("hr");
+    let schema = private_schema("salaries").await;
     let table = private_table().await;
-    let setup = format!(
-        "CREATE SCHEMA {schema}; CREATE TABLE {schema}.salaries (pay int); INSERT INTO {schema}.salaries VALUES (100); \
-         GRANT USAGE ON SCHEMA {schema} TO timebox_read; GRANT SELECT ON {schema}.salaries TO timebox_read;"
-    );
-    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&setup))
-        .await
-        .unwrap();
     let (_g, token) = inst.grant("carol", "tables", "10m").await;
 
     let out = psql(
@@ -711,4 +718,165 @@ async fn a_client_encoding_the_proxy_cannot_read_cannot_smuggle_a_pipelined_stat
     assert_eq!(errors.first().map(String::as_str), Some("42501"), "{errors:?}");
     assert_eq!(ready, 2, "the session goes on after the denial ({errors:?})");
     assert_eq!(rows_in(&table).await, 2, "nothing was deleted");
+}
+
+/// Issue 12: DML on a system catalog passed a write grant's policy; with a privileged upstream
+/// credential that is privilege escalation. The grant's role here allows read, write and ddl, and
+/// its upstream credential is a superuser: each denied statement is shown to change the catalog
+/// when sent to the server directly with that same credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_dml_is_denied_under_a_write_grant_although_the_upstream_would_run_it() {
+    use common::cluster::{shared_cluster, shop_conn_string, shop_psql};
+    let superuser = common::cluster::unique_name("tb_super");
+    let password = "super-pw-5e1d0a";
+    let table = private_table().await;
+    let setup = format!(
+        "CREATE ROLE {superuser} SUPERUSER LOGIN PASSWORD '{password}'; \
+         COMMENT ON TABLE {table} IS 'before'; SELECT lo_from_bytea(0, 'kept')"
+    );
+    let out = tokio::task::spawn_blocking(move || shop_psql(&setup))
+        .await
+        .unwrap();
+    let large_object: u32 = out.trim().lines().last().unwrap().trim().parse().unwrap();
+    let port = tokio::task::spawn_blocking(|| shared_cluster().port())
+        .await
+        .unwrap();
+    let (role, user, described) = (superuser.clone(), superuser.clone(), table.clone());
+    let inst = common::start_with_config(move |dir| {
+        format!(
+            "{}\n[targets.shop.credentials.super_write]\nuser = \"{user}\"\npassword = \"{password}\"\n\
+             [roles.super_write]\nallow = [\"read\", \"write\", \"ddl\"]\nmax_ttl = \"1h\"\n",
+            common::config_text(&Options::default(), dir, port),
+        )
+    })
+    .await;
+    let catalog_state = move || {
+        let (table, role) = (table.clone(), role.clone());
+        async move {
+            let sql = format!(
+                "SELECT obj_description('{table}'::regclass, 'pg_class') || ' ' || \
+                 (SELECT rolconnlimit FROM pg_authid WHERE rolname = '{role}') || ' ' || \
+                 (SELECT count(*) FROM pg_largeobject WHERE loid = {large_object})"
+            );
+            tokio::task::spawn_blocking(move || shop_psql(&sql).trim().to_owned())
+                .await
+                .unwrap()
+        }
+    };
+    let statements = [
+        (
+            format!(
+                "UPDATE pg_catalog.pg_description SET description = 'after' \
+                 WHERE objoid = '{described}'::regclass"
+            ),
+            "UPDATE pg_catalog.pg_description",
+        ),
+        (
+            format!("UPDATE pg_authid SET rolconnlimit = 7 WHERE rolname = '{superuser}'"),
+            "UPDATE pg_catalog.pg_authid",
+        ),
+        (
+            format!(
+                "WITH d AS (DELETE FROM pg_catalog.pg_largeobject WHERE loid = {large_object} RETURNING 1) \
+                 SELECT count(*) FROM d"
+            ),
+            "DELETE FROM pg_catalog.pg_largeobject",
+        ),
+    ];
+    let before = catalog_state().await;
+    assert!(before.starts_with("before -1 "), "{before}");
+
+    let (_grant, token) = inst.grant("alice", "super_write", "10m").await;
+    let client = connect(&inst.conn_string("alice", &token, "disable")).await;
+    for (sql, what) in &statements {
+        let err = client.simple_query(sql).await.unwrap_err();
+        let msg = denial(&err);
+        assert!(
+            msg.contains(what) && msg.contains("system catalog") && msg.contains("needs admin access"),
+            "{sql}: {msg}"
+        );
+    }
+    let search_path = scalar(&client, "SHOW search_path").await;
+    let err = client
+        .simple_query("UPDATE pg_settings SET setting = 'evil, pg_catalog' WHERE name = 'search_path'")
+        .await
+        .unwrap_err();
+    assert!(denial(&err).contains("pg_catalog.pg_settings"));
+    assert_eq!(scalar(&client, "SHOW search_path").await, search_path);
+    assert_eq!(catalog_state().await, before, "nothing reached the catalogs");
+
+    // The same statements, sent directly with the grant's upstream credential, change them.
+    let direct = connect(&shop_conn_string(&superuser, Some(password))).await;
+    for (sql, _) in &statements {
+        direct
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("directly, {sql}: {e}"));
+    }
+    assert_eq!(catalog_state().await, "after 7 0");
+    direct
+        .simple_query("UPDATE pg_settings SET setting = 'evil, pg_catalog' WHERE name = 'search_path'")
+        .await
+        .unwrap();
+    assert_eq!(scalar(&direct, "SHOW search_path").await, "evil, pg_catalog");
+
+    drop(direct);
+    drop(client);
+    inst.shutdown().await.unwrap();
+    let _ = shared_cluster().psql("postgres", &format!("DROP ROLE IF EXISTS {superuser}"));
+}
+
+/// Issue 12: `TABLE name` (PostgreSQL's shorthand for `SELECT * FROM name`) was denied as unparsed
+/// because sqlparser cannot read a statement that starts with it. It is a read, table rules apply
+/// to the name, and it works in the simple and the extended protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_command_is_a_read_with_table_rules_honoured() {
+    let table = private_table().await;
+    let inst = common::start(Options::default()).await;
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let client = connect(&inst.conn_string("alice", &token, "disable")).await;
+    let rows = client.simple_query(&format!("TABLE {table}")).await.unwrap();
+    let n = rows
+        .iter()
+        .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(n, 2);
+    let rows = client
+        .query(
+            &format!("WITH x AS (TABLE {table}) SELECT * FROM x UNION TABLE {table}"),
+            &[],
+        )
+        .await
+        .map(|r| r.len())
+        .unwrap_or_else(|e| panic!("extended protocol: {e:?}"));
+    assert_eq!(rows, 2, "in a CTE and a UNION, through Parse");
+
+    let rules = start_with_table_rules().await;
+    let schema = private_schema("secret").await;
+    let (_g, token) = rules.grant("carol", "tables", "10m").await;
+    let client = connect(&rules.conn_string("carol", &token, "disable")).await;
+    assert_eq!(
+        scalar(&client, &format!("SELECT count(*) FROM (TABLE {table}) t")).await,
+        "2"
+    );
+    for sql in [
+        format!("TABLE {schema}.secret"),
+        format!("TABLE {table} UNION ALL SELECT pay, '' FROM (TABLE {schema}.secret) s"),
+    ] {
+        let msg = denial(&client.simple_query(&sql).await.unwrap_err());
+        assert!(
+            msg.contains(&format!("{schema}.secret")) && msg.contains("tables.allow"),
+            "{sql}: {msg}"
+        );
+    }
+    let msg = denial(
+        &client
+            .query(&format!("TABLE {schema}.secret"), &[])
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        msg.contains(&format!("{schema}.secret")),
+        "extended protocol: {msg}"
+    );
 }

@@ -173,9 +173,25 @@ pub fn older_target_calls(stmt: &StatementInfo, server: ServerVersion) -> Vec<Ol
 
 /// Decides one statement for a session whose target runs `server`.
 pub fn authorize_on(role: &RolePolicy, server: ServerVersion, stmt: &StatementInfo) -> Decision {
-    let kind = &stmt.kind;
+    // In order: the first step that objects (does not answer Allow) decides; its reason says the most.
+    let steps: [&dyn Fn() -> Decision; 7] = [
+        &|| lexing_step(stmt),
+        &|| class_step(role, stmt),
+        &|| older_target_step(role, server, stmt),
+        &|| unparsed_step(role, stmt),
+        &|| settings_step(role, stmt),
+        &|| tables_step(role, stmt),
+        &|| where_step(role, stmt),
+    ];
+    steps
+        .iter()
+        .map(|step| step())
+        .find(|d| !d.is_allow())
+        .unwrap_or(Decision::Allow)
+}
 
-    // 1. Settings that change lexing: never, whatever the role.
+/// Step 1 of [`authorize_on`]: settings that change lexing, never allowed whatever the role.
+fn lexing_step(stmt: &StatementInfo) -> Decision {
     if let Some(change) = stmt.sets.iter().find(|c| changes_lexing(c)) {
         let what = if change.name == UNREADABLE_SETTING {
             format!(
@@ -197,8 +213,13 @@ pub fn authorize_on(role: &RolePolicy, server: ServerVersion, stmt: &StatementIn
              name other settings with SET name = value or set_config('name', 'value', false)",
         );
     }
+    Decision::Allow
+}
 
-    // 2. Every class the statement needs, highest first, and user-defined functions.
+/// Step 2 of [`authorize_on`]: every class the statement needs, highest first, and user-defined
+/// functions.
+fn class_step(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
+    let kind = &stmt.kind;
     for class in stmt.needs().into_iter().rev() {
         if class == StatementClass::Unparsed || role.allows(class) {
             continue;
@@ -235,8 +256,13 @@ pub fn authorize_on(role: &RolePolicy, server: ServerVersion, stmt: &StatementIn
             );
         }
     }
+    Decision::Allow
+}
 
-    // 2b. What the classifier's grammar saw as built-in but the target calls by name.
+/// Step 3 of [`authorize_on`]: what the classifier's grammar saw as built-in but the target calls
+/// by name.
+fn older_target_step(role: &RolePolicy, server: ServerVersion, stmt: &StatementInfo) -> Decision {
+    let kind = &stmt.kind;
     for call in older_target_calls(stmt, server) {
         let Some(function) = &call.function else {
             return Decision::deny(
@@ -268,8 +294,13 @@ pub fn authorize_on(role: &RolePolicy, server: ServerVersion, stmt: &StatementIn
             ),
         );
     }
+    Decision::Allow
+}
 
-    // 3. Text the parsers could not agree on (after the class checks, whose reasons say more).
+/// Step 4 of [`authorize_on`]: text the parsers could not agree on (after the class checks, whose
+/// reasons say more).
+fn unparsed_step(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
+    let kind = &stmt.kind;
     if let Some(why) = &stmt.unparsed {
         if !role.allow_unparsed {
             return Decision::deny(
@@ -282,15 +313,23 @@ pub fn authorize_on(role: &RolePolicy, server: ServerVersion, stmt: &StatementIn
             );
         }
     }
+    Decision::Allow
+}
 
-    // 4. The role's rules on settings (statement_timeout cap, search_path under table rules).
+/// Step 5 of [`authorize_on`]: the role's rules on settings (`statement_timeout` cap, `search_path`
+/// under table rules).
+fn settings_step(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
     for change in &stmt.sets {
         if let Some(denied) = setting_violation(role, change) {
             return denied;
         }
     }
+    Decision::Allow
+}
 
-    // 5. Table rules.
+/// Step 6 of [`authorize_on`]: table rules.
+fn tables_step(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
+    let kind = &stmt.kind;
     if let Some(rules) = &role.tables {
         for rel in &stmt.relations {
             if let Some(pattern) = matching(&rules.deny, rel) {
@@ -322,8 +361,11 @@ pub fn authorize_on(role: &RolePolicy, server: ServerVersion, stmt: &StatementIn
             }
         }
     }
+    Decision::Allow
+}
 
-    // 6. UPDATE/DELETE without WHERE.
+/// Step 7 of [`authorize_on`]: `UPDATE`/`DELETE` (and `MERGE`) without a filter, for `require_where`.
+fn where_step(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
     if role.require_where && stmt.has_where == Some(false) {
         if stmt.unfiltered_targets.is_empty() {
             if let Some(target) = stmt.unfiltered_merge_targets.first() {
@@ -350,7 +392,6 @@ pub fn authorize_on(role: &RolePolicy, server: ServerVersion, stmt: &StatementIn
             "add a WHERE clause (WHERE true if you really mean every row)",
         );
     }
-
     Decision::Allow
 }
 

@@ -367,14 +367,27 @@ pub fn setting_kind(name: &str) -> SettingKind {
     }
 }
 
-/// `client_encoding` values that keep the text UTF-8.
+/// An encoding name as PostgreSQL compares it (`clean_encoding_name` in `encnames.c`): lower case,
+/// every character that is not alphanumeric dropped, so `UTF-8`, `'utf_8'` and `Utf 8` are all
+/// `utf8`. `None` for a name with a character outside ASCII, which PostgreSQL's C-locale `isalnum`
+/// might read differently (fail closed: such a name is no encoding timebox allows).
+pub fn clean_encoding_name(value: &str) -> Option<String> {
+    if !value.is_ascii() {
+        return None;
+    }
+    Some(
+        value
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .collect(),
+    )
+}
+
+/// `client_encoding` values that keep the text UTF-8: every spelling PostgreSQL accepts for UTF8
+/// (its aliases `utf8` and `unicode`, after [`clean_encoding_name`]).
 pub fn is_utf8_encoding(value: &str) -> bool {
-    let v: String = value
-        .chars()
-        .filter(|c| *c != '-' && *c != '_')
-        .flat_map(char::to_lowercase)
-        .collect();
-    v == "utf8" || v == "unicode"
+    matches!(clean_encoding_name(value).as_deref(), Some("utf8" | "unicode"))
 }
 
 /// The class a function kind contributes (unknown functions are decided by the role, later).
@@ -444,5 +457,24 @@ mod tests {
         assert!(!is_builtin_operator("public.="));
         assert!(!is_builtin_operator("===>"));
         assert!(is_utf8_encoding("UTF-8") && is_utf8_encoding("utf8") && !is_utf8_encoding("SQL_ASCII"));
+        // Issue 12: every spelling PostgreSQL's pg_char_to_encoding accepts for UTF8.
+        for yes in [
+            "utf8", "UTF8", "utf-8", "'utf-8'", "UTF_8", "Utf 8", "unicode", "UNICODE", " utf.8 ",
+        ] {
+            assert!(is_utf8_encoding(yes), "{yes}");
+        }
+        for no in [
+            "",
+            "utf",
+            "utf16",
+            "utf88",
+            "latin1",
+            "sjis",
+            "sql_ascii",
+            "ｕｔｆ８",
+            "utf8\u{301}",
+        ] {
+            assert!(!is_utf8_encoding(no), "{no}");
+        }
     }
 }

@@ -234,10 +234,12 @@ const ALLOWED_SETTINGS: &[&str] = &[
 /// Client encodings whose statement text timebox reads exactly as PostgreSQL does: UTF-8, and
 /// SQL_ASCII (no conversion; text that is not valid UTF-8 is then refused statement by statement).
 /// Multi-byte encodings such as SJIS or BIG5, where a trail byte can look like a quote or a
-/// backslash, are refused.
+/// backslash, are refused. Names are compared as PostgreSQL compares them
+/// ([`functions::clean_encoding_name`](crate::policy::functions::clean_encoding_name)), so every
+/// spelling a driver sends that the server takes for UTF8 (`utf8`, `'utf-8'`, `UNICODE`) is one.
 pub fn client_encoding_is_readable(value: &str) -> bool {
-    let v = value.trim().to_ascii_lowercase().replace(['-', '_'], "");
-    matches!(v.as_str(), "utf8" | "unicode" | "sqlascii")
+    crate::policy::functions::is_utf8_encoding(value)
+        || crate::policy::functions::clean_encoding_name(value).as_deref() == Some("sqlascii")
 }
 
 /// Checks one setting's value where the value matters for how the proxy reads SQL text.
@@ -501,6 +503,20 @@ mod tests {
             "42501"
         );
         assert!(check_startup_params(&msg(&[("user", "a"), ("client_encoding", "utf-8")])).is_ok());
+        // Issue 12: spellings drivers send and PostgreSQL accepts (case, separators, quoting).
+        for spelling in ["utf8", "'utf-8'", "UNICODE", "Utf_8", "\"UTF8\"", "sql-ascii"] {
+            assert!(
+                check_startup_params(&msg(&[("user", "a"), ("client_encoding", spelling)])).is_ok(),
+                "{spelling}"
+            );
+        }
+        for refused in ["'SJIS'", "big-5", "utf16", "ｕｔｆ８", "utf8;latin1"] {
+            assert_eq!(
+                code(&[("user", "a"), ("client_encoding", refused)]),
+                "42501",
+                "{refused}"
+            );
+        }
         assert!(check_startup_params(&msg(&[("user", "a"), ("client_encoding", "SQL_ASCII")])).is_ok());
     }
 
