@@ -10,7 +10,8 @@
 # It never starts the distribution's own PostgreSQL service; nothing here depends on it.
 set -euo pipefail
 
-PACKAGES=(postgresql postgresql-contrib libclang-dev clang pkg-config)
+# python3-asyncpg: a second real driver in the compatibility tests (tests/compat_wire.rs).
+PACKAGES=(postgresql postgresql-contrib libclang-dev clang pkg-config python3-asyncpg)
 
 missing=()
 
@@ -33,6 +34,7 @@ command -v pgbench >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/pgbe
 have_libclang || missing+=("libclang (libclang-dev)")
 command -v clang >/dev/null 2>&1 || missing+=("clang")
 command -v pkg-config >/dev/null 2>&1 || missing+=("pkg-config")
+/usr/bin/python3 -c "import asyncpg" >/dev/null 2>&1 || missing+=("asyncpg (python3-asyncpg)")
 
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "install-deps: all system dependencies present"
