@@ -9,7 +9,8 @@
 //!    the user's grants, connects upstream with the role's credential, and relays frames.
 //! 4. Each session's relay loop watches its grant: expiry, revocation and shutdown sever it.
 //! 5. [`webhooks`] tell chat about requests, grants and sessions; [`metrics`] are served at `/metrics`.
-//! 6. [`pgcluster`] starts throwaway PostgreSQL clusters for the demo, tests and benchmarks.
+//! 6. [`demo`] (tooling, not the serving path): `timebox demo` and its throwaway-cluster launcher
+//!    [`demo::cluster`], also used by the tests and the benchmarks.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -23,7 +24,6 @@ pub mod demo;
 pub mod grants;
 pub mod logging;
 pub mod metrics;
-pub mod pgcluster;
 pub mod policy;
 pub mod proxy;
 pub mod store;

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::cluster::*;
-use timebox::pgcluster::{Cluster, ClusterOptions, PgInstall};
+use timebox::demo::cluster::{Cluster, ClusterOptions, PgInstall};
 
 #[test]
 fn shared_cluster_answers_and_has_the_shop_fixture() {
@@ -232,7 +232,7 @@ fn a_failed_start_reports_the_server_log() {
     assert!(
         matches!(
             err,
-            timebox::pgcluster::ClusterError::StartFailed { attempts: 1, .. }
+            timebox::demo::cluster::ClusterError::StartFailed { attempts: 1, .. }
         ),
         "{message}"
     );
