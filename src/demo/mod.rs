@@ -43,8 +43,8 @@ mod sample;
 mod text;
 
 use cluster::{Cluster, ClusterError, ClusterOptions, PgInstall};
-pub use sample::{CUSTOMERS, ORDERS, PRODUCTS};
 use sample::{roles_sql, shop_sql};
+pub use sample::{CUSTOMERS, ORDERS, PRODUCTS};
 pub use text::psql_command;
 use text::{banner, config_text, Banner, ConfigParams};
 
@@ -62,7 +62,6 @@ const MARKER_FILE: &str = ".timebox-demo";
 
 /// How long the instance gets to drain on Ctrl-C before its task is abandoned.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-
 
 /// Options of `timebox demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -368,7 +367,11 @@ impl Secrets {
 fn random_admin_token() -> String {
     let mut bytes = [0u8; 16];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
-    format!("{}{}", crate::cli::ADMIN_TOKEN_PREFIX, hex::encode(bytes))
+    format!(
+        "{}{}",
+        crate::cli::admin_token::ADMIN_TOKEN_PREFIX,
+        hex::encode(bytes)
+    )
 }
 
 fn random_alphanumeric(len: usize) -> String {
@@ -439,7 +442,7 @@ impl Demo {
             cert: &cert,
             key: &key,
             admin_token_sha256: &crate::grants::token::sha256_hex(&secrets.admin_token),
-            admin_token_scram: &crate::cli::admin_token_scram(&secrets.admin_token),
+            admin_token_scram: &crate::cli::admin_token::admin_token_scram(&secrets.admin_token),
             upstream_port,
             secrets: &secrets,
         });

@@ -196,5 +196,4 @@ mod tests {
         assert!(sql.contains("'27\" monitor'"));
         assert!(sql.trim_end().ends_with("RESET ROLE;"));
     }
-
 }

@@ -222,8 +222,8 @@ pub(super) fn banner(b: &Banner<'_>) -> String {
     let _ = writeln!(
         out,
         "  export {}={admin_url} {}={}",
-        crate::cli::ADMIN_URL_ENV,
-        crate::cli::ADMIN_TOKEN_ENV,
+        crate::cli::client::ADMIN_URL_ENV,
+        crate::cli::client::ADMIN_TOKEN_ENV,
         b.admin_token
     );
     let _ = writeln!(out, "  timebox grant list");
@@ -269,7 +269,7 @@ mod tests {
             cert: &cert,
             key: &key,
             admin_token_sha256: &crate::grants::token::sha256_hex(&s.admin_token),
-            admin_token_scram: &crate::cli::admin_token_scram(&s.admin_token),
+            admin_token_scram: &crate::cli::admin_token::admin_token_scram(&s.admin_token),
             upstream_port: 54321,
             secrets: &s,
         });
@@ -324,5 +324,4 @@ mod tests {
             "PGPASSWORD='tbx_abc' psql \"host=127.0.0.1 port=6432 dbname=shop user=alice sslmode=require\""
         );
     }
-
 }

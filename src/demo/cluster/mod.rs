@@ -35,9 +35,8 @@ mod process;
 
 use process::{
     config_block, conninfo_quote, create_root_dir, find_program, free_port, has_server_binaries, hba_conf,
-    is_executable, parse_major, parse_version_output,
-    log_tail, port_conflict, random_password, read_from, run_checked, run_output, validate_setting_name,
-    write_new_file, Runner,
+    is_executable, log_tail, parse_major, parse_version_output, port_conflict, random_password, read_from,
+    run_checked, run_output, validate_setting_name, write_new_file, Runner,
 };
 
 /// Environment variable naming the directory that holds `initdb` and `pg_ctl`; wins over every other
@@ -686,4 +685,3 @@ impl Drop for Cluster {
         }
     }
 }
-

@@ -55,7 +55,11 @@ impl Runner {
     }
 
     /// The full argv (program first) that runs `program args` as the right user.
-    pub(super) fn argv<'a>(&self, program: &Path, args: impl IntoIterator<Item = &'a OsStr>) -> Vec<OsString> {
+    pub(super) fn argv<'a>(
+        &self,
+        program: &Path,
+        args: impl IntoIterator<Item = &'a OsStr>,
+    ) -> Vec<OsString> {
         let args: Vec<OsString> = args.into_iter().map(OsStr::to_os_string).collect();
         match self {
             Runner::Direct => std::iter::once(program.as_os_str().to_os_string())

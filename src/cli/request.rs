@@ -1,59 +1,181 @@
-//! `timebox request create|list|show|approve|deny|token`, `timebox grant extend` and
-//! `timebox session list|kill`: the admin API's `/v1/requests`, `/v1/grants/{id}/extend` and
-//! `/v1/sessions` as commands, with tables for people and `--json` for scripts.
+//! `timebox request create|list|show|approve|deny|token`: the admin API's `/v1/requests` as
+//! commands, with tables for people and `--json` for scripts.
 //!
-//! Where it sits: under [`crate::cli`], called by `main.rs`. HTTP and rendering are separate so each
-//! is testable on its own. The only token it ever prints is the one-time grant token of
-//! `request token` (or `request create --break-glass`).
+//! Where it sits: under [`crate::cli`], dispatched from `main.rs`. HTTP (the [`AdminClient`]
+//! methods here) and rendering (pure functions) are separate so each is testable on its own. The
+//! only token it ever prints is the one-time grant token of `request token` (or `request create
+//! --break-glass`).
 
 use std::fmt::Write as _;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use clap::builder::PossibleValuesParser;
+use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde::Serialize;
 
-use super::{render_table, sanitize, truncate, AdminClient, ApiResponse, CliError, GrantView};
+use super::client::{AdminClient, ApiArgs, ApiResponse};
+use super::grant::render_token_once;
+use super::render::{render_fields, render_table, sanitize, time, truncate, Printer};
+use super::CliError;
 pub use crate::admin::requests::{RequestList, RequestToken, RequestView};
-pub use crate::admin::sessions::{SessionList, SessionView};
 pub use crate::grants::requests::NewAccessRequest;
 
 /// Longest reason shown in a table cell.
 const TABLE_REASON_CHARS: usize = 40;
 
-/// Filters of `request list`.
-#[derive(Debug, Clone, Default, Serialize)]
+/// `timebox request …`.
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(subcommand)]
+    pub command: RequestCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RequestCommand {
+    /// Ask for access (as the principal of the admin token, which is the PostgreSQL user).
+    Create {
+        /// The target database (as named in the config).
+        #[arg(long)]
+        target: String,
+        /// The grant role (as named in the config).
+        #[arg(long)]
+        role: String,
+        /// How long the access should last, e.g. 30m.
+        #[arg(long)]
+        ttl: String,
+        /// Why the access is needed (required).
+        #[arg(long)]
+        reason: String,
+        /// A ticket or incident reference.
+        #[arg(long)]
+        ticket: Option<String>,
+        /// Emergency: self-approve at once (roles with break_glass = true; TTL capped; loudly flagged).
+        /// Prints the token.
+        #[arg(long)]
+        break_glass: bool,
+        /// Print the API's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List requests, newest first (a requester sees its own).
+    List {
+        #[command(flatten)]
+        filter: RequestListFilter,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one request.
+    Show {
+        /// The request id (r_…).
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a request (approver or admin; never your own).
+    Approve {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deny a request (approver or admin; never your own).
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch the token of your approved request (once).
+    Token {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Filters of `request list`, sent as `GET /v1/requests` parameters.
+#[derive(Debug, Clone, Default, Serialize, Args)]
 pub struct RequestListFilter {
+    #[arg(long)]
     pub requester: Option<String>,
+    #[arg(long)]
     pub target: Option<String>,
+    #[arg(long, value_parser = PossibleValuesParser::new(["pending", "approved", "denied", "expired"]))]
     pub status: Option<String>,
+    #[arg(long)]
     pub limit: Option<usize>,
+}
+
+/// Runs one `request` command against the admin API.
+pub async fn run(args: RequestArgs) -> Result<(), CliError> {
+    let client = args.api.client()?;
+    match args.command {
+        RequestCommand::Create {
+            target,
+            role,
+            ttl,
+            reason,
+            ticket,
+            break_glass,
+            json,
+        } => {
+            let new = NewAccessRequest {
+                target,
+                role,
+                ttl,
+                reason,
+                ticket,
+                break_glass,
+            };
+            let created = client.request_create(&new).await?;
+            if break_glass {
+                let token = client.request_token(&created.body.request.id).await?;
+                Printer::json_if(json).answer(&token, render_request_token);
+            } else {
+                Printer::json_if(json).answer(&created, render_request_details);
+            }
+        }
+        RequestCommand::List { filter, json } => {
+            Printer::json_if(json).answer(&client.request_list(&filter).await?, |list| {
+                render_request_table(&list.requests)
+            });
+        }
+        RequestCommand::Show { id, json } => {
+            Printer::json_if(json).answer(&client.request_show(&id).await?, render_request_details);
+        }
+        RequestCommand::Approve { id, reason, json } => {
+            let reviewed = client.request_review(&id, true, &reason).await?;
+            Printer::json_if(json).answer(&reviewed, render_request_details);
+        }
+        RequestCommand::Deny { id, reason, json } => {
+            let reviewed = client.request_review(&id, false, &reason).await?;
+            Printer::json_if(json).answer(&reviewed, render_request_details);
+        }
+        RequestCommand::Token { id, json } => {
+            Printer::json_if(json).answer(&client.request_token(&id).await?, render_request_token);
+        }
+    }
+    Ok(())
 }
 
 impl AdminClient {
     /// `POST /v1/requests`.
     pub async fn request_create(&self, req: &NewAccessRequest) -> Result<ApiResponse<RequestView>, CliError> {
-        self.call(Method::POST, &["v1", "requests"], &[], Some(req)).await
+        self.send(Method::POST, &["v1", "requests"], Some(req)).await
     }
 
     /// `GET /v1/requests`.
     pub async fn request_list(&self, f: &RequestListFilter) -> Result<ApiResponse<RequestList>, CliError> {
-        let query: Vec<(&str, String)> = [
-            ("requester", f.requester.clone()),
-            ("target", f.target.clone()),
-            ("status", f.status.clone()),
-            ("limit", f.limit.map(|n| n.to_string())),
-        ]
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k, v)))
-        .collect();
-        self.call::<(), _>(Method::GET, &["v1", "requests"], &query, None)
-            .await
+        self.get(&["v1", "requests"], f).await
     }
 
     /// `GET /v1/requests/{id}`.
     pub async fn request_show(&self, id: &str) -> Result<ApiResponse<RequestView>, CliError> {
-        self.call::<(), _>(Method::GET, &["v1", "requests", id], &[], None)
-            .await
+        self.get(&["v1", "requests", id], &()).await
     }
 
     /// `POST /v1/requests/{id}/approve` or `/deny`.
@@ -65,44 +187,15 @@ impl AdminClient {
     ) -> Result<ApiResponse<RequestView>, CliError> {
         let action = if approve { "approve" } else { "deny" };
         let body = serde_json::json!({ "reason": reason });
-        self.call(Method::POST, &["v1", "requests", id, action], &[], Some(&body))
+        self.send(Method::POST, &["v1", "requests", id, action], Some(&body))
             .await
     }
 
     /// `POST /v1/requests/{id}/token`.
     pub async fn request_token(&self, id: &str) -> Result<ApiResponse<RequestToken>, CliError> {
-        self.call::<(), _>(Method::POST, &["v1", "requests", id, "token"], &[], None)
+        self.send(Method::POST, &["v1", "requests", id, "token"], None::<&()>)
             .await
     }
-
-    /// `POST /v1/grants/{id}/extend`.
-    pub async fn extend(
-        &self,
-        id: &str,
-        ttl: &str,
-        reason: Option<&str>,
-    ) -> Result<ApiResponse<GrantView>, CliError> {
-        let body = serde_json::json!({ "ttl": ttl, "reason": reason });
-        self.call(Method::POST, &["v1", "grants", id, "extend"], &[], Some(&body))
-            .await
-    }
-
-    /// `GET /v1/sessions`.
-    pub async fn session_list(&self) -> Result<ApiResponse<SessionList>, CliError> {
-        self.call::<(), _>(Method::GET, &["v1", "sessions"], &[], None)
-            .await
-    }
-
-    /// `DELETE /v1/sessions/{id}`.
-    pub async fn session_kill(&self, id: &str, reason: &str) -> Result<ApiResponse<SessionView>, CliError> {
-        let body = serde_json::json!({ "reason": reason });
-        self.call(Method::DELETE, &["v1", "sessions", id], &[], Some(&body))
-            .await
-    }
-}
-
-fn time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 /// `request list`.
@@ -178,12 +271,7 @@ pub fn render_request_details(v: &RequestView) -> String {
     if let Some(g) = &r.grant_id {
         fields.push(("grant_id", g.clone()));
     }
-    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    let mut out = String::new();
-    for (key, value) in fields {
-        let _ = writeln!(out, "{key:<width$}  {}", sanitize(&value));
-    }
-    out
+    render_fields(&fields)
 }
 
 /// `request token`: the one-time token and the command to connect with it.
@@ -200,82 +288,14 @@ pub fn render_request_token(t: &RequestToken) -> String {
         if t.grant.break_glass { " [BREAK-GLASS]" } else { "" },
         time(g.expires_at)
     );
-    let _ = writeln!(out);
-    let _ = writeln!(
-        out,
-        "Token (shown only once: timebox does not keep it and cannot show it again):"
-    );
-    let _ = writeln!(out, "  {}", sanitize(&t.token));
-    let _ = writeln!(out);
-    let _ = writeln!(out, "Connect with:");
-    let _ = writeln!(out, "  {}", sanitize(&t.connect.psql));
+    out.push_str(&render_token_once(&t.token, &t.connect.psql));
     out
-}
-
-/// `grant extend`.
-pub fn render_extended(v: &GrantView) -> String {
-    format!(
-        "Extended grant {} ({} on {}, role {}): now expires at {}; live sessions keep going.\n",
-        sanitize(&v.grant.id),
-        sanitize(&v.grant.user),
-        sanitize(&v.grant.target),
-        sanitize(&v.grant.role),
-        time(v.grant.expires_at)
-    )
-}
-
-/// `session list`.
-pub fn render_session_table(sessions: &[SessionView]) -> String {
-    if sessions.is_empty() {
-        return "no live sessions\n".to_owned();
-    }
-    let rows: Vec<Vec<String>> = sessions
-        .iter()
-        .map(|s| {
-            vec![
-                sanitize(&s.id),
-                sanitize(&s.user),
-                sanitize(&s.target),
-                sanitize(&s.role),
-                sanitize(&s.grant_id),
-                sanitize(&s.client_addr),
-                time(s.started_at),
-                s.expires_at.map(time).unwrap_or_else(|| "?".into()),
-                s.statements.to_string(),
-                (s.bytes_from_client + s.bytes_to_client).to_string(),
-            ]
-        })
-        .collect();
-    render_table(
-        &[
-            "ID",
-            "USER",
-            "TARGET",
-            "ROLE",
-            "GRANT",
-            "CLIENT",
-            "STARTED",
-            "EXPIRES",
-            "STATEMENTS",
-            "BYTES",
-        ],
-        &rows,
-    )
-}
-
-/// `session kill`.
-pub fn render_killed(s: &SessionView) -> String {
-    format!(
-        "Killed session {} of {} on {} (grant {}); the client was told why.\n",
-        sanitize(&s.id),
-        sanitize(&s.user),
-        sanitize(&s.target),
-        sanitize(&s.grant_id)
-    )
 }
 
 #[cfg(test)]
 mod tests {
+    use chrono::{DateTime, Utc};
+
     use super::*;
     use crate::grants::requests::{AccessRequest, Approval, RequestStatus};
 
@@ -321,6 +341,5 @@ mod tests {
             "{details}"
         );
         assert_eq!(render_request_table(&[]), "no requests\n");
-        assert_eq!(render_session_table(&[]), "no live sessions\n");
     }
 }
