@@ -57,6 +57,10 @@ enum Command {
     Request(request::RequestArgs),
     /// List live sessions and kill one.
     Session(session::SessionArgs),
+    /// Start a throwaway PostgreSQL, print it as one JSON line, stop and delete it when stdin closes
+    /// (the benchmark harness's upstream; see benches/README.md).
+    #[command(hide = true)]
+    DemoCluster(timebox::demo::cluster::command::ClusterArgs),
     /// Manage admin API tokens.
     AdminToken {
         #[command(subcommand)]
@@ -75,6 +79,13 @@ async fn main() -> ExitCode {
         Command::Session(args) => report(session::run(args).await),
         Command::Audit(args) => audit::run(args).await,
         Command::Demo(args) => match timebox::demo::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::DemoCluster(args) => match timebox::demo::cluster::command::run(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
