@@ -15,7 +15,7 @@ use clap::builder::PossibleValuesParser;
 use clap::{Args, Subcommand};
 
 use super::client::{AdminClient, ApiArgs, ApiResponse};
-use super::render::{render_table, sanitize, truncate, Format, Printer};
+use super::render::{render_rows, sanitize, truncate, Format, Printer};
 use super::{report, CliError};
 use crate::audit::{AuditFilter, AuditRecord, Head, Order, Page, VerifyReport};
 
@@ -400,11 +400,12 @@ pub fn record_detail(r: &AuditRecord) -> String {
 
 /// `audit search` / `audit tail`: one aligned row per record.
 pub fn render_audit_table(records: &[AuditRecord]) -> String {
-    if records.is_empty() {
-        return "no audit records\n".to_owned();
-    }
-    let rows: Vec<Vec<String>> = records.iter().map(audit_row).collect();
-    render_table(&["SEQ", "TS", "KIND", "USER", "SESSION", "DETAIL"], &rows)
+    render_rows(
+        records,
+        "no audit records",
+        &["SEQ", "TS", "KIND", "USER", "SESSION", "DETAIL"],
+        audit_row,
+    )
 }
 
 fn audit_row(r: &AuditRecord) -> Vec<String> {

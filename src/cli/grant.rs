@@ -14,7 +14,7 @@ use reqwest::Method;
 use serde::Serialize;
 
 use super::client::{AdminClient, ApiArgs, ApiResponse};
-use super::render::{render_fields, render_table, sanitize, time, truncate, Printer};
+use super::render::{render_fields, render_rows, sanitize, time, truncate, Printer};
 use super::CliError;
 pub use crate::admin::grants::{ConnectInfo, GrantList, GrantView, IssueRequest, IssuedGrant};
 
@@ -34,24 +34,8 @@ pub struct GrantArgs {
 pub enum GrantCommand {
     /// Issue a grant; prints its one-time token and a ready-to-paste psql command.
     Issue {
-        /// The PostgreSQL user name the engineer will log in as.
-        #[arg(long)]
-        user: String,
-        /// The target database (as named in the config).
-        #[arg(long)]
-        target: String,
-        /// The grant role (as named in the config).
-        #[arg(long)]
-        role: String,
-        /// How long the grant lasts, e.g. 30m, 2h.
-        #[arg(long)]
-        ttl: String,
-        /// Why this access is needed.
-        #[arg(long)]
-        reason: String,
-        /// When the grant starts (RFC 3339); default now.
-        #[arg(long, value_parser = parse_rfc3339)]
-        starts_at: Option<DateTime<Utc>>,
+        #[command(flatten)]
+        grant: IssueArgs,
         /// Print the API's JSON answer.
         #[arg(long)]
         json: bool,
@@ -100,6 +84,42 @@ pub enum GrantCommand {
     },
 }
 
+/// What `grant issue` asks for: the body of `POST /v1/grants`.
+#[derive(Debug, Clone, Args)]
+pub struct IssueArgs {
+    /// The PostgreSQL user name the engineer will log in as.
+    #[arg(long)]
+    pub user: String,
+    /// The target database (as named in the config).
+    #[arg(long)]
+    pub target: String,
+    /// The grant role (as named in the config).
+    #[arg(long)]
+    pub role: String,
+    /// How long the grant lasts, e.g. 30m, 2h.
+    #[arg(long)]
+    pub ttl: String,
+    /// Why this access is needed.
+    #[arg(long)]
+    pub reason: String,
+    /// When the grant starts (RFC 3339); default now.
+    #[arg(long, value_parser = parse_rfc3339)]
+    pub starts_at: Option<DateTime<Utc>>,
+}
+
+impl From<IssueArgs> for IssueRequest {
+    fn from(a: IssueArgs) -> IssueRequest {
+        IssueRequest {
+            user: a.user,
+            target: a.target,
+            role: a.role,
+            ttl: a.ttl,
+            reason: a.reason,
+            starts_at: a.starts_at,
+        }
+    }
+}
+
 /// Filters of `grant list`, sent as `GET /v1/grants` parameters.
 #[derive(Debug, Clone, Default, Serialize, Args)]
 pub struct ListFilter {
@@ -127,24 +147,8 @@ fn parse_rfc3339(s: &str) -> Result<DateTime<Utc>, String> {
 pub async fn run(args: GrantArgs) -> Result<(), CliError> {
     let client = args.api.client()?;
     match args.command {
-        GrantCommand::Issue {
-            user,
-            target,
-            role,
-            ttl,
-            reason,
-            starts_at,
-            json,
-        } => {
-            let request = IssueRequest {
-                user,
-                target,
-                role,
-                ttl,
-                reason,
-                starts_at,
-            };
-            Printer::json_if(json).answer(&client.issue(&request).await?, render_issued);
+        GrantCommand::Issue { grant, json } => {
+            Printer::json_if(json).answer(&client.issue(&grant.into()).await?, render_issued);
         }
         GrantCommand::List { filter, json } => {
             Printer::json_if(json).answer(&client.list(&filter).await?, |list| {
@@ -208,12 +212,11 @@ impl AdminClient {
 
 /// `grant list`: one aligned row per grant.
 pub fn render_grant_table(grants: &[GrantView]) -> String {
-    if grants.is_empty() {
-        return "no grants\n".to_owned();
-    }
-    let rows: Vec<Vec<String>> = grants
-        .iter()
-        .map(|v| {
+    render_rows(
+        grants,
+        "no grants",
+        &["ID", "USER", "TARGET", "ROLE", "STATUS", "EXPIRES_AT", "REASON"],
+        |v| {
             let g = &v.grant;
             vec![
                 sanitize(&g.id),
@@ -224,11 +227,7 @@ pub fn render_grant_table(grants: &[GrantView]) -> String {
                 time(g.expires_at),
                 truncate(&sanitize(&g.reason), TABLE_REASON_CHARS),
             ]
-        })
-        .collect();
-    render_table(
-        &["ID", "USER", "TARGET", "ROLE", "STATUS", "EXPIRES_AT", "REASON"],
-        &rows,
+        },
     )
 }
 

@@ -3,9 +3,9 @@
 //! plus the small pure helpers every text rendering uses (alignment, sanitizing, times).
 //!
 //! Where it sits: under [`crate::cli`], called by each command group after it has its answer. Pure
-//! but for [`Printer::print`], which writes to stdout. What it must never do: print text from the
-//! API or the audit trail unsanitized (a newline or a terminal escape in a reason must not forge a
-//! row or recolour the terminal).
+//! but for [`print()`] (and the [`Printer`] methods that call it), which writes to stdout. What it
+//! must never do: print text from the API or the audit trail unsanitized (a newline or a terminal
+//! escape in a reason must not forge a row or recolour the terminal).
 
 use std::io::Write as _;
 
@@ -142,6 +142,16 @@ pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A list command's table: `none` (e.g. "no grants") when `items` is empty, else a header and one
+/// row of `cells` per item.
+pub fn render_rows<T>(items: &[T], none: &str, header: &[&str], cells: impl Fn(&T) -> Vec<String>) -> String {
+    if items.is_empty() {
+        return format!("{none}\n");
+    }
+    let rows: Vec<Vec<String>> = items.iter().map(cells).collect();
+    render_table(header, &rows)
 }
 
 /// `key  value` lines, keys padded to the longest, values sanitized: the `show` commands.

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::client::{AdminClient, ApiArgs, ApiResponse};
 use super::grant::render_token_once;
-use super::render::{render_fields, render_table, sanitize, time, truncate, Printer};
+use super::render::{render_fields, render_rows, sanitize, time, truncate, Printer};
 use super::CliError;
 pub use crate::admin::requests::{RequestList, RequestToken, RequestView};
 pub use crate::grants::requests::NewAccessRequest;
@@ -36,25 +36,8 @@ pub struct RequestArgs {
 pub enum RequestCommand {
     /// Ask for access (as the principal of the admin token, which is the PostgreSQL user).
     Create {
-        /// The target database (as named in the config).
-        #[arg(long)]
-        target: String,
-        /// The grant role (as named in the config).
-        #[arg(long)]
-        role: String,
-        /// How long the access should last, e.g. 30m.
-        #[arg(long)]
-        ttl: String,
-        /// Why the access is needed (required).
-        #[arg(long)]
-        reason: String,
-        /// A ticket or incident reference.
-        #[arg(long)]
-        ticket: Option<String>,
-        /// Emergency: self-approve at once (roles with break_glass = true; TTL capped; loudly flagged).
-        /// Prints the token.
-        #[arg(long)]
-        break_glass: bool,
+        #[command(flatten)]
+        request: CreateArgs,
         /// Print the API's JSON answer.
         #[arg(long)]
         json: bool,
@@ -97,6 +80,43 @@ pub enum RequestCommand {
     },
 }
 
+/// What `request create` asks for: the body of `POST /v1/requests`.
+#[derive(Debug, Clone, Args)]
+pub struct CreateArgs {
+    /// The target database (as named in the config).
+    #[arg(long)]
+    pub target: String,
+    /// The grant role (as named in the config).
+    #[arg(long)]
+    pub role: String,
+    /// How long the access should last, e.g. 30m.
+    #[arg(long)]
+    pub ttl: String,
+    /// Why the access is needed (required).
+    #[arg(long)]
+    pub reason: String,
+    /// A ticket or incident reference.
+    #[arg(long)]
+    pub ticket: Option<String>,
+    /// Emergency: self-approve at once (roles with break_glass = true; TTL capped; loudly flagged).
+    /// Prints the token.
+    #[arg(long)]
+    pub break_glass: bool,
+}
+
+impl From<CreateArgs> for NewAccessRequest {
+    fn from(a: CreateArgs) -> NewAccessRequest {
+        NewAccessRequest {
+            target: a.target,
+            role: a.role,
+            ttl: a.ttl,
+            reason: a.reason,
+            ticket: a.ticket,
+            break_glass: a.break_glass,
+        }
+    }
+}
+
 /// Filters of `request list`, sent as `GET /v1/requests` parameters.
 #[derive(Debug, Clone, Default, Serialize, Args)]
 pub struct RequestListFilter {
@@ -114,24 +134,9 @@ pub struct RequestListFilter {
 pub async fn run(args: RequestArgs) -> Result<(), CliError> {
     let client = args.api.client()?;
     match args.command {
-        RequestCommand::Create {
-            target,
-            role,
-            ttl,
-            reason,
-            ticket,
-            break_glass,
-            json,
-        } => {
-            let new = NewAccessRequest {
-                target,
-                role,
-                ttl,
-                reason,
-                ticket,
-                break_glass,
-            };
-            let created = client.request_create(&new).await?;
+        RequestCommand::Create { request, json } => {
+            let break_glass = request.break_glass;
+            let created = client.request_create(&request.into()).await?;
             if break_glass {
                 let token = client.request_token(&created.body.request.id).await?;
                 Printer::json_if(json).answer(&token, render_request_token);
@@ -200,12 +205,20 @@ impl AdminClient {
 
 /// `request list`.
 pub fn render_request_table(requests: &[RequestView]) -> String {
-    if requests.is_empty() {
-        return "no requests\n".to_owned();
-    }
-    let rows: Vec<Vec<String>> = requests
-        .iter()
-        .map(|v| {
+    render_rows(
+        requests,
+        "no requests",
+        &[
+            "ID",
+            "REQUESTER",
+            "TARGET",
+            "ROLE",
+            "TTL",
+            "STATUS",
+            "APPROVALS",
+            "REASON",
+        ],
+        |v| {
             let r = &v.request;
             vec![
                 sanitize(&r.id),
@@ -221,20 +234,7 @@ pub fn render_request_table(requests: &[RequestView]) -> String {
                 format!("{}/{}", r.approvals.len(), r.approvals_required),
                 truncate(&sanitize(&r.reason), TABLE_REASON_CHARS),
             ]
-        })
-        .collect();
-    render_table(
-        &[
-            "ID",
-            "REQUESTER",
-            "TARGET",
-            "ROLE",
-            "TTL",
-            "STATUS",
-            "APPROVALS",
-            "REASON",
-        ],
-        &rows,
+        },
     )
 }
 

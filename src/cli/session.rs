@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 
 use super::client::{AdminClient, ApiArgs, ApiResponse};
-use super::render::{render_table, sanitize, time, Printer};
+use super::render::{render_rows, sanitize, time, Printer};
 use super::CliError;
 pub use crate::admin::sessions::{SessionList, SessionView};
 
@@ -71,27 +71,9 @@ impl AdminClient {
 
 /// `session list`.
 pub fn render_session_table(sessions: &[SessionView]) -> String {
-    if sessions.is_empty() {
-        return "no live sessions\n".to_owned();
-    }
-    let rows: Vec<Vec<String>> = sessions
-        .iter()
-        .map(|s| {
-            vec![
-                sanitize(&s.id),
-                sanitize(&s.user),
-                sanitize(&s.target),
-                sanitize(&s.role),
-                sanitize(&s.grant_id),
-                sanitize(&s.client_addr),
-                time(s.started_at),
-                s.expires_at.map(time).unwrap_or_else(|| "?".into()),
-                s.statements.to_string(),
-                (s.bytes_from_client + s.bytes_to_client).to_string(),
-            ]
-        })
-        .collect();
-    render_table(
+    render_rows(
+        sessions,
+        "no live sessions",
         &[
             "ID",
             "USER",
@@ -104,7 +86,20 @@ pub fn render_session_table(sessions: &[SessionView]) -> String {
             "STATEMENTS",
             "BYTES",
         ],
-        &rows,
+        |s| {
+            vec![
+                sanitize(&s.id),
+                sanitize(&s.user),
+                sanitize(&s.target),
+                sanitize(&s.role),
+                sanitize(&s.grant_id),
+                sanitize(&s.client_addr),
+                time(s.started_at),
+                s.expires_at.map(time).unwrap_or_else(|| "?".into()),
+                s.statements.to_string(),
+                (s.bytes_from_client + s.bytes_to_client).to_string(),
+            ]
+        },
     )
 }
 
