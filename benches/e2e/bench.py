@@ -856,14 +856,18 @@ max_ttl = "8h"
                         [self.pgbench_bin, "--version"], capture_output=True, text=True).stdout.strip())
 
     # ---------------------------------------------------------------- main
-    def run(self):
-        t_start = time.monotonic()
-        # Run a private copy, so a rebuild of target/release during the run cannot change what is measured.
+    def use_private_copy(self):
+        """Run a private copy of the binary, so a rebuild of target/release during the run cannot
+        change what is measured; note its commit and build time for the report."""
         built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(self.timebox_bin)))
         copy = os.path.join(self.work, "timebox")
         shutil.copy2(self.timebox_bin, copy)
         self.timebox_bin = copy
         self.commit = self.git_commit() + ", binary built %s" % built
+
+    def run(self):
+        t_start = time.monotonic()
+        self.use_private_copy()
         self.start_postgres()
         self.start_pgbouncer()
         for name in TIMEBOX_INSTANCES:
@@ -927,11 +931,7 @@ max_ttl = "8h"
     def soak(self):
         """pgbench without a break against timebox(write) for --soak minutes, sampled every 10 s."""
         t_start = time.monotonic()
-        built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(self.timebox_bin)))
-        copy = os.path.join(self.work, "timebox")
-        shutil.copy2(self.timebox_bin, copy)
-        self.timebox_bin = copy
-        self.commit = self.git_commit() + ", binary built %s" % built
+        self.use_private_copy()
         self.pgb_version = "PgBouncer not used"
         self.start_postgres()
         name = "timebox-write"
