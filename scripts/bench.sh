@@ -100,15 +100,6 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/timebox-bench.XXXXXX")"
 chmod 0711 "$WORK"
 PY_PID=""
 
-# Same search order as src/pgcluster.rs: $TIMEBOX_PG_BIN, PATH, the newest /usr/lib/postgresql/*/bin.
-find_pg_ctl() {
-    if [[ -n "${TIMEBOX_PG_BIN:-}" ]]; then echo "$TIMEBOX_PG_BIN/pg_ctl"; return; fi
-    if command -v pg_ctl >/dev/null 2>&1; then command -v pg_ctl; return; fi
-    local dirs
-    dirs="$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
-    echo "$dirs/pg_ctl"
-}
-
 cleanup() {
     local status=$?
     trap - EXIT INT TERM HUP
@@ -117,7 +108,8 @@ cleanup() {
         wait "$PY_PID" 2>/dev/null || true
     fi
     # Backstop in case the harness died without cleaning up: stop what it recorded, by pid, only if
-    # the pid still runs the program it recorded.
+    # the pid still runs the program it recorded. The upstream cluster belongs to the recorded
+    # `timebox demo-cluster` process: once that is gone, its guardian stops and deletes the cluster.
     if [[ -f "$WORK/pids" ]]; then
         while read -r pid name; do
             local exe
@@ -126,11 +118,6 @@ cleanup() {
                 pgbouncer:*pgbouncer* | timebox-*:*timebox*) kill -KILL "$pid" 2>/dev/null || true ;;
             esac
         done <"$WORK/pids"
-    fi
-    if [[ -f "$WORK/pg/data/postmaster.pid" ]]; then
-        local runas=()
-        [[ "$(id -u)" -eq 0 ]] && runas=(runuser -u postgres --)
-        "${runas[@]}" "$(find_pg_ctl)" -D "$WORK/pg/data" -m immediate -w stop >/dev/null 2>&1 || true
     fi
     rm -rf -- "$WORK"
     exit "$status"

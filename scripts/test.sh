@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command (README): system dependencies, then every test target, then the doctests.
-# Wire tests start throwaway PostgreSQL clusters themselves (src/pgcluster.rs); nothing else needs
+# Wire tests start throwaway PostgreSQL clusters themselves (src/demo/cluster/); nothing else needs
 # to be running.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::cluster::*;
-use timebox::pgcluster::{Cluster, ClusterOptions, PgInstall};
+use timebox::demo::cluster::{Cluster, ClusterOptions, PgInstall};
 
 #[test]
 fn shared_cluster_answers_and_has_the_shop_fixture() {
@@ -232,9 +232,80 @@ fn a_failed_start_reports_the_server_log() {
     assert!(
         matches!(
             err,
-            timebox::pgcluster::ClusterError::StartFailed { attempts: 1, .. }
+            timebox::demo::cluster::ClusterError::StartFailed { attempts: 1, .. }
         ),
         "{message}"
     );
     assert!(message.contains("max_connections"), "{message}");
+}
+
+/// The launcher as a process (`timebox demo-cluster`), as the end-to-end benchmark uses it instead
+/// of a copy of its own: one JSON line describing a cluster that answers with the settings asked
+/// for, and nothing left behind once stdin is closed.
+#[test]
+fn the_demo_cluster_command_serves_a_cluster_until_stdin_closes() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_timebox"))
+        .args(["demo-cluster", "--setting", "max_connections=42"])
+        .args(["--hba", "host all md5_only 127.0.0.1/32 md5"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("timebox demo-cluster starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let info: serde_json::Value = match serde_json::from_str(&line) {
+        Ok(info) => info,
+        Err(e) => {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("{e}: {line:?}; stderr: {}", String::from_utf8_lossy(&out.stderr))
+        }
+    };
+    let data_dir = Path::new(info["data_dir"].as_str().unwrap()).to_owned();
+    assert!(data_dir.join("postmaster.pid").exists(), "{info}");
+    assert_eq!(info["host"], "127.0.0.1");
+    assert_eq!(info["superuser"], "postgres");
+
+    let psql = PgInstall::find().unwrap().psql_path();
+    let out = Command::new(psql)
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .args(["-p", &info["port"].to_string()])
+        .args([
+            "-c",
+            "SHOW max_connections",
+            "-c",
+            "SELECT count(*) FROM pg_hba_file_rules WHERE 'md5_only' = ANY(user_name)",
+        ])
+        .env("PGPASSWORD", info["password"].as_str().unwrap())
+        .env("PGSSLMODE", "disable")
+        .env_remove("PGSERVICE")
+        .env_remove("PGPASSFILE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "42\n1\n");
+
+    drop(child.stdin.take());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        !data_dir.exists(),
+        "the cluster's directory is deleted when the command ends"
+    );
 }

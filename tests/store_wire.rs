@@ -163,3 +163,48 @@ async fn an_instance_with_an_unreachable_store_does_not_start() {
         "{err}"
     );
 }
+
+/// `timebox store migrate` brings a fresh PostgreSQL store to the binary's version, then says it is
+/// up to date; a config error is exit 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_migrate_creates_then_reports_up_to_date() {
+    let db = std::sync::Arc::new(StoreDatabase::create_async().await);
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config_text(
+        &Options {
+            tls: "disabled",
+            store: Some(db.store_lines()),
+            ..Options::default()
+        },
+        dir.path(),
+        5432,
+    );
+    let config = dir.path().join("timebox.toml");
+    std::fs::write(&config, text).unwrap();
+    let migrate = |path: std::path::PathBuf| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_timebox"))
+            .args(["store", "migrate", "--config"])
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .output()
+            .await
+            .expect("run timebox");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = migrate(config.clone()).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("migrated from version 0 to"), "{stdout}");
+    let versions = store_psql(&db, "SELECT count(*) FROM timebox.schema_version").await;
+    assert!(versions.trim().parse::<i64>().unwrap() >= 1, "{versions}");
+    let (code, stdout, stderr) = migrate(config).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("up to date"), "{stdout}");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[store]\nurl = \"mysql://x\"\n").unwrap();
+    let (code, _, stderr) = migrate(bad).await;
+    assert_eq!(code, Some(2), "{stderr}");
+}

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::TestInstance;
-use timebox::pgcluster::{Cluster, ClusterOptions, PgInstall};
+use timebox::demo::cluster::{Cluster, ClusterOptions, PgInstall};
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
 /// The upstream login timebox uses for every target below. SELECT on `public.gadgets`.

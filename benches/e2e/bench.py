@@ -5,8 +5,9 @@ installs what is missing, builds timebox (with the benchmark-only `bench-knobs` 
 work directory and cleans up behind us.
 
 What it does, in order:
-  1. a throwaway PostgreSQL cluster under <workdir>/pg (initdb + pg_ctl; as the `postgres` user
-     when we are root), a login role `bench` owning database `bench`, `pgbench -i -s <scale>`;
+  1. a throwaway PostgreSQL cluster started by timebox's own launcher (`timebox demo-cluster`, the
+     code the tests use; as the `postgres` user when we are root), a login role `bench` owning
+     database `bench`, `pgbench -i -s <scale>`;
   2. PgBouncer in session mode on a free port, authenticating clients with SCRAM-SHA-256 against a
      userlist holding bench's SCRAM secret (so it logs in upstream with SCRAM pass-through);
   3. five timebox instances: three identical but for `audit.durability` (write, fsync, async), and
@@ -159,18 +160,15 @@ class Bench:
         self.root = os.geteuid() == 0
         self.pg_user = pwd.getpwnam("postgres") if self.root else None
         self.runas = self._runas()
-        self.pg_bin = self._find_pg_bin()
-        self.pgbench_bin = self._find_tool("pgbench")
-        self.psql = self._find_tool("psql")
+        self.pg_bin = None  # the cluster's bin directory, as `timebox demo-cluster` reports it
         self.pgbouncer_bin = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
         if not os.access(self.pgbouncer_bin, os.X_OK):
             raise RuntimeError("pgbouncer not found (apt-get install pgbouncer)")
         self.children = []  # (name, Popen) in start order
         self.pids = {}  # name -> real pid (for CPU/RSS and for bench.sh's trap)
-        self.pg_data = os.path.join(self.work, "pg", "data")
-        self.pg_started = False
+        self.pg = None  # the `timebox demo-cluster` process that owns the upstream cluster
+        self.pg_info = None  # the JSON line it printed: host, port, password, bin_dir, log_path, …
         self.password = secrets.token_hex(16)
-        self.su_password = secrets.token_hex(16)
         self.targets = {}  # name -> dict(port, password, pid_name)
         self.runs = []
         self.idle = {}
@@ -185,19 +183,6 @@ class Bench:
         if os.access(runuser, os.X_OK):
             return [runuser, "-u", "postgres", "--"]
         raise RuntimeError("running as root but runuser is missing (util-linux)")
-
-    def _find_pg_bin(self):
-        env = os.environ.get("TIMEBOX_PG_BIN")
-        if env:
-            return env
-        initdb = shutil.which("initdb")
-        if initdb:
-            return os.path.dirname(os.path.realpath(initdb))
-        dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(d.split("/")[-2]))
-        for d in reversed(dirs):
-            if os.access(os.path.join(d, "initdb"), os.X_OK):
-                return d
-        raise RuntimeError("initdb not found (scripts/install-deps.sh installs PostgreSQL)")
 
     def _find_tool(self, name):
         own = os.path.join(self.pg_bin, name)
@@ -247,32 +232,34 @@ class Bench:
 
     # ---------------------------------------------------------------- PostgreSQL
     def start_postgres(self):
-        pgdir = self.mkdir("pg", for_postgres=True)
-        pwfile = os.path.join(pgdir, "pwfile")
-        self.write(pwfile, self.su_password, for_postgres=True)
-        subprocess.run(
-            self.runas + [os.path.join(self.pg_bin, "initdb"), "-D", self.pg_data, "-U", "postgres",
-                          "--pwfile=" + pwfile, "--auth-local=trust", "--auth-host=scram-sha-256",
-                          "-E", "UTF8", "--locale=C", "--no-sync"],
-            check=True, cwd=pgdir, stdout=subprocess.DEVNULL)
-        os.unlink(pwfile)
-        self.pg_port = free_port()
-        with open(os.path.join(self.pg_data, "postgresql.conf"), "a") as f:
-            f.write("\n# timebox e2e benchmark\n"
-                    "listen_addresses = '127.0.0.1'\n"
-                    "unix_socket_directories = '%s'\n"
-                    "max_connections = %d\n"
-                    "shared_buffers = '256MB'\n"
-                    "max_wal_size = '2GB'\n"
-                    % (pgdir, self.args.idle_sessions + 150))
-        with open(os.path.join(self.pg_data, "pg_hba.conf"), "w") as f:
-            f.write("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
-        self.pg_started = True
-        subprocess.run(
-            self.runas + [os.path.join(self.pg_bin, "pg_ctl"), "-D", self.pg_data, "-l",
-                          os.path.join(pgdir, "server.log"), "-o", "-p %d" % self.pg_port, "-w", "-t", "60",
-                          "start"],
-            check=True, cwd=pgdir, stdout=subprocess.DEVNULL)
+        """The upstream cluster, started by timebox's own launcher (src/demo/cluster/, through the
+        hidden `timebox demo-cluster` command): initdb, the config below on top of its defaults,
+        pg_ctl start on a free port, as the `postgres` user when we are root. It prints one JSON line
+        and keeps the cluster until its stdin is closed (or it dies: its guardian stops the cluster)."""
+        settings = [
+            # The launcher's defaults favour quick tests (fsync off); measure a normal server.
+            "fsync=on", "synchronous_commit=on", "full_page_writes=on",
+            "max_connections=%d" % (self.args.idle_sessions + 150),
+            "shared_buffers=256MB", "max_wal_size=2GB",
+        ]
+        argv = [self.timebox_bin, "demo-cluster"]
+        for setting in settings:
+            argv += ["--setting", setting]
+        pgdir = self.mkdir("pg")
+        self.pg = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=pgdir,
+                                   stderr=open(os.path.join(pgdir, "demo-cluster.log"), "w"))
+        self.record_pid("timebox-demo-cluster", self.pg.pid)
+        line = self.pg.stdout.readline()
+        if not line:
+            self.pg.wait()
+            with open(os.path.join(pgdir, "demo-cluster.log")) as f:
+                raise RuntimeError("timebox demo-cluster failed: %s" % f.read().strip())
+        self.pg_info = json.loads(line)
+        self.pg_port = self.pg_info["port"]
+        self.su_password = self.pg_info["password"]
+        self.pg_bin = self.pg_info["bin_dir"]
+        self.pgbench_bin = self._find_tool("pgbench")
+        self.psql = self._find_tool("psql")
         self.pg_version = self.psql_su("SHOW server_version")
         self.psql_su("CREATE ROLE %s LOGIN PASSWORD '%s'" % (USER, self.password))
         self.psql_su("CREATE DATABASE %s OWNER %s" % (DB, USER))
@@ -285,11 +272,22 @@ class Bench:
         self.targets["direct"] = dict(port=self.pg_port, password=self.password, pid=None)
 
     def stop_postgres(self):
-        if self.pg_started and os.path.exists(os.path.join(self.pg_data, "postmaster.pid")):
-            subprocess.run(self.runas + [os.path.join(self.pg_bin, "pg_ctl"), "-D", self.pg_data, "-m", "fast",
-                                         "-w", "-t", "30", "stop"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.pg_started = False
+        """Keep the server log with the results, then close the launcher's stdin: it stops and deletes
+        the cluster and exits."""
+        if self.pg is None:
+            return
+        if self.pg_info:
+            try:
+                shutil.copyfile(self.pg_info["log_path"], os.path.join(self.work, "pg", "server.log"))
+            except OSError:
+                pass
+        try:
+            self.pg.stdin.close()
+            self.pg.wait(timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            self.pg.terminate()
+            self.pg.wait()
+        self.pg = None
 
     def wait_backends(self, at_most, timeout=30.0):
         """Wait until no more than `at_most` sessions of USER are left on the server."""
@@ -858,14 +856,18 @@ max_ttl = "8h"
                         [self.pgbench_bin, "--version"], capture_output=True, text=True).stdout.strip())
 
     # ---------------------------------------------------------------- main
-    def run(self):
-        t_start = time.monotonic()
-        # Run a private copy, so a rebuild of target/release during the run cannot change what is measured.
+    def use_private_copy(self):
+        """Run a private copy of the binary, so a rebuild of target/release during the run cannot
+        change what is measured; note its commit and build time for the report."""
         built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(self.timebox_bin)))
         copy = os.path.join(self.work, "timebox")
         shutil.copy2(self.timebox_bin, copy)
         self.timebox_bin = copy
         self.commit = self.git_commit() + ", binary built %s" % built
+
+    def run(self):
+        t_start = time.monotonic()
+        self.use_private_copy()
         self.start_postgres()
         self.start_pgbouncer()
         for name in TIMEBOX_INSTANCES:
@@ -929,11 +931,7 @@ max_ttl = "8h"
     def soak(self):
         """pgbench without a break against timebox(write) for --soak minutes, sampled every 10 s."""
         t_start = time.monotonic()
-        built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(self.timebox_bin)))
-        copy = os.path.join(self.work, "timebox")
-        shutil.copy2(self.timebox_bin, copy)
-        self.timebox_bin = copy
-        self.commit = self.git_commit() + ", binary built %s" % built
+        self.use_private_copy()
         self.pgb_version = "PgBouncer not used"
         self.start_postgres()
         name = "timebox-write"

@@ -1,6 +1,7 @@
 //! Searching the audit log: a filter → one page of records, newest first by default, with a cursor
-//! (a seq) to continue from. Used by the admin API (`GET /v1/audit`) and so by `timebox audit
-//! search|tail`. Read-only; it must never write.
+//! (a seq) to continue from. [`AuditFilter`] is the one filter type: the admin API (`GET /v1/audit`)
+//! reads it from the query string, `timebox audit search|tail` sends it, [`query`] runs it.
+//! Read-only; it must never write.
 //!
 //! `user`, `grant`, `target` and `session` use indexed columns; `class`, `decision` and `contains`
 //! (case-insensitive substring of the statement text) look into the payload. `since ≤ ts < until`.
@@ -9,6 +10,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
+use utoipa::IntoParams;
 
 use super::chain::format_ts;
 use super::event::{AuditRecord, KINDS};
@@ -35,24 +37,68 @@ pub enum Order {
 }
 
 /// Which records to return. Every set field must match.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// The one audit filter: the admin API reads it from `GET /v1/audit`'s query string (serde, unknown
+/// parameters refused so a typo cannot widen a search, every bad value named), the CLI's
+/// `audit search|tail` flags convert into it and send it back as that query string, and [`query`]
+/// turns it into SQL.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
     /// `allow` or `deny`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "wire::decision"
+    )]
     pub decision: Option<String>,
+    /// One of [`KINDS`].
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "wire::kind"
+    )]
     pub kind: Option<String>,
+    /// RFC 3339; `since ≤ ts`.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "wire::time")]
+    #[param(value_type = Option<String>, format = DateTime)]
     pub since: Option<DateTime<Utc>>,
+    /// RFC 3339; `ts < until`.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "wire::time")]
+    #[param(value_type = Option<String>, format = DateTime)]
     pub until: Option<DateTime<Utc>>,
-    /// Substring of the statement text, case-insensitive.
+    /// Substring of the statement text, case-insensitive (empty: no filter).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "wire::non_empty"
+    )]
     pub contains: Option<String>,
     /// Continue after this seq (exclusive) in `order`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<u64>,
-    /// 1..=[`MAX_LIMIT`]; 0 means [`DEFAULT_LIMIT`].
+    /// 1..=[`MAX_LIMIT`]; 0 (or absent) means [`DEFAULT_LIMIT`].
+    #[serde(
+        default,
+        skip_serializing_if = "wire::is_zero",
+        deserialize_with = "wire::limit"
+    )]
+    #[param(value_type = Option<usize>)]
     pub limit: usize,
+    /// `desc` (default, newest first) or `asc`.
+    #[serde(default, skip_serializing_if = "wire::is_desc")]
+    #[param(value_type = Option<String>)]
     pub order: Order,
 }
 
@@ -65,24 +111,113 @@ pub struct Page {
 
 impl AuditFilter {
     /// Checks values that have a fixed set: `kind`, `decision`, `limit`. Names the field at fault.
+    /// (A filter read from a query string is already checked; this guards filters built in code.)
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if let Some(kind) = &self.kind {
-            if !KINDS.contains(&kind.as_str()) {
-                return Err(("kind", format!("{kind:?} is not one of {}", KINDS.join(" | "))));
-            }
+            check_kind(kind).map_err(|m| ("kind", m))?;
         }
         if let Some(d) = &self.decision {
-            if d != "allow" && d != "deny" {
-                return Err(("decision", format!("{d:?} is not one of allow | deny")));
-            }
+            check_decision(d).map_err(|m| ("decision", m))?;
         }
         if self.limit > MAX_LIMIT {
-            return Err((
-                "limit",
-                format!("{} is out of range (1..={MAX_LIMIT})", self.limit),
-            ));
+            return Err(("limit", limit_out_of_range(self.limit)));
         }
         Ok(())
+    }
+}
+
+fn check_kind(kind: &str) -> Result<(), String> {
+    if KINDS.contains(&kind) {
+        Ok(())
+    } else {
+        Err(format!("{kind:?} is not one of {}", KINDS.join(" | ")))
+    }
+}
+
+fn check_decision(d: &str) -> Result<(), String> {
+    if d == "allow" || d == "deny" {
+        Ok(())
+    } else {
+        Err(format!("{d:?} is not one of allow | deny"))
+    }
+}
+
+fn limit_out_of_range(n: usize) -> String {
+    format!("{n} is out of range (1..={MAX_LIMIT})")
+}
+
+/// The query-string form of [`AuditFilter`]'s fields that are more than a plain value.
+mod wire {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Order;
+
+    fn checked<'de, D: Deserializer<'de>>(
+        d: D,
+        check: fn(&str) -> Result<(), String>,
+    ) -> Result<Option<String>, D::Error> {
+        let value = Option::<String>::deserialize(d)?;
+        if let Some(v) = &value {
+            check(v).map_err(D::Error::custom)?;
+        }
+        Ok(value)
+    }
+
+    pub fn kind<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        checked(d, super::check_kind)
+    }
+
+    pub fn decision<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        checked(d, super::check_decision)
+    }
+
+    pub fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()))
+    }
+
+    /// Given in a query string, a limit is 1..=MAX_LIMIT (0 is refused, not taken as the default).
+    pub fn limit<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        let n = usize::deserialize(d)?;
+        if (1..=super::MAX_LIMIT).contains(&n) {
+            Ok(n)
+        } else {
+            Err(D::Error::custom(super::limit_out_of_range(n)))
+        }
+    }
+
+    pub fn is_zero(n: &usize) -> bool {
+        *n == 0
+    }
+
+    pub fn is_desc(o: &Order) -> bool {
+        *o == Order::Desc
+    }
+
+    /// RFC 3339 times, microseconds, `Z`.
+    pub mod time {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+            let Some(text) = Option::<String>::deserialize(d)? else {
+                return Ok(None);
+            };
+            DateTime::parse_from_rfc3339(&text)
+                .map(|t| Some(t.with_timezone(&Utc)))
+                .map_err(|e| {
+                    D::Error::custom(format!(
+                        "{text:?} is not an RFC 3339 time ({e}); write e.g. 2026-01-31T14:00:00Z"
+                    ))
+                })
+        }
     }
 }
 
@@ -147,4 +282,60 @@ pub fn query(conn: &Connection, f: &AuditFilter) -> Result<Page, AuditError> {
         None
     };
     Ok(Page { events, next_cursor })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `GET /v1/audit`'s query string as the admin API reads it, or the message of its 400.
+    fn read(query: &str) -> Result<AuditFilter, String> {
+        let uri: axum::http::Uri = format!("/v1/audit?{query}").parse().unwrap();
+        axum::extract::Query::<AuditFilter>::try_from_uri(&uri)
+            .map(|q| q.0)
+            .map_err(|e| e.body_text())
+    }
+
+    #[test]
+    fn query_strings_are_read_and_every_bad_value_is_named() {
+        let ok =
+            read("user=alice&since=2026-01-01T00:00:00%2B01:00&limit=10&order=asc&decision=deny&contains=")
+                .unwrap();
+        assert_eq!(ok.user.as_deref(), Some("alice"));
+        assert_eq!(ok.since.unwrap().to_rfc3339(), "2025-12-31T23:00:00+00:00");
+        assert_eq!((ok.limit, ok.order), (10, Order::Asc));
+        assert_eq!(ok.decision.as_deref(), Some("deny"));
+        assert_eq!(ok.contains, None, "an empty `contains` filters nothing");
+        assert_eq!(read("").unwrap(), AuditFilter::default());
+
+        for (query, field) in [
+            ("since=yesterday", "since: \"yesterday\" is not an RFC 3339 time"),
+            ("until=2026-13-01T00:00:00Z", "until: "),
+            ("limit=1001", "limit: 1001 is out of range (1..=1000)"),
+            ("limit=0", "limit: 0 is out of range (1..=1000)"),
+            ("decision=maybe", "decision: \"maybe\" is not one of allow | deny"),
+            ("kind=stmt", "kind: \"stmt\" is not one of"),
+            ("order=up", "order: "),
+            ("cursor=-1", "cursor: "),
+            ("usr=alice", "unknown field `usr`"),
+        ] {
+            let message = read(query).expect_err(query);
+            assert!(message.contains(field), "{query}: {message}");
+        }
+    }
+
+    #[test]
+    fn filters_built_in_code_are_checked_too() {
+        let bad = AuditFilter {
+            kind: Some("nope".into()),
+            ..Default::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().0, "kind");
+        let bad = AuditFilter {
+            limit: MAX_LIMIT + 1,
+            ..Default::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().0, "limit");
+        assert!(AuditFilter::default().validate().is_ok());
+    }
 }

@@ -1,81 +1,324 @@
 //! `timebox audit search|tail|verify|head`: the admin API's `/v1/audit` as commands, and the
 //! renderings an auditor reads (a table per record, the verification verdict, the head to anchor).
 //!
-//! Where it sits: under [`crate::cli`], called by `main.rs`. It reads through the admin API, except
-//! `verify --db` / `head --db`, which open an audit database file read-only (offline auditing). It
-//! must never write to the trail.
+//! Where it sits: under [`crate::cli`], dispatched from `main.rs`. It reads through the admin API,
+//! except `verify --db` / `head --db`, which open an audit database file read-only (offline
+//! auditing). Its filter flags become the one [`AuditFilter`] the API and the SQL side use. It must
+//! never write to the trail.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
-use reqwest::Method;
+use clap::builder::PossibleValuesParser;
+use clap::{Args, Subcommand};
 
-use super::{sanitize, truncate, AdminClient, ApiResponse, CliError};
-use crate::audit::{AuditRecord, Head, Page, VerifyReport};
+use super::client::{AdminClient, ApiArgs, ApiResponse};
+use super::render::{render_rows, sanitize, truncate, Format, Printer};
+use super::{report, CliError};
+use crate::audit::{AuditFilter, AuditRecord, Head, Order, Page, VerifyReport};
 
 /// Longest detail shown in a table cell (`--json` has everything).
 const TABLE_DETAIL_CHARS: usize = 100;
+/// The largest page the API serves (`audit tail` asks for at most this many).
+const MAX_PAGE: usize = crate::audit::query::MAX_LIMIT;
 
-/// Filters of `audit search` / `audit tail`, sent as `GET /v1/audit` parameters.
-#[derive(Debug, Clone, Default)]
-pub struct AuditSearch {
-    pub user: Option<String>,
-    pub grant: Option<String>,
-    pub target: Option<String>,
-    pub session: Option<String>,
-    pub class: Option<String>,
-    pub decision: Option<String>,
-    pub kind: Option<String>,
-    pub since: Option<DateTime<Utc>>,
-    pub until: Option<DateTime<Utc>>,
-    pub contains: Option<String>,
-    pub cursor: Option<u64>,
-    pub limit: Option<usize>,
-    /// `asc` or `desc` (default).
-    pub order: Option<String>,
+/// `timebox audit …`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(subcommand)]
+    pub command: AuditCommand,
 }
 
-impl AuditSearch {
-    fn query(&self) -> Vec<(&'static str, String)> {
-        let time =
-            |t: &Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
-        let pairs = [
-            ("user", self.user.clone()),
-            ("grant", self.grant.clone()),
-            ("target", self.target.clone()),
-            ("session", self.session.clone()),
-            ("class", self.class.clone()),
-            ("decision", self.decision.clone()),
-            ("kind", self.kind.clone()),
-            ("since", time(&self.since)),
-            ("until", time(&self.until)),
-            ("contains", self.contains.clone()),
-            ("cursor", self.cursor.map(|c| c.to_string())),
-            ("limit", self.limit.map(|n| n.to_string())),
-            ("order", self.order.clone()),
-        ];
-        pairs.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect()
+/// Filters shared by `audit search` and `audit tail`: the flags of [`AuditFilter`]'s fields.
+#[derive(Debug, Clone, Args)]
+pub struct AuditFilterArgs {
+    /// Only records of this PostgreSQL user.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only records of this grant id.
+    #[arg(long)]
+    pub grant: Option<String>,
+    /// Only records on this target.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Only records of this session id.
+    #[arg(long)]
+    pub session: Option<String>,
+    /// Only statements of this class (read, write, ddl, admin, …).
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Only statements with this decision.
+    #[arg(long, value_parser = PossibleValuesParser::new(["allow", "deny"]))]
+    pub decision: Option<String>,
+    /// Only records of this kind.
+    #[arg(long, value_parser = PossibleValuesParser::new(crate::audit::event::KINDS))]
+    pub kind: Option<String>,
+    /// Only statements whose text contains this (case-insensitive).
+    #[arg(long)]
+    pub contains: Option<String>,
+}
+
+impl From<AuditFilterArgs> for AuditFilter {
+    fn from(a: AuditFilterArgs) -> AuditFilter {
+        AuditFilter {
+            user: a.user,
+            grant: a.grant,
+            target: a.target,
+            session: a.session,
+            class: a.class,
+            decision: a.decision,
+            kind: a.kind,
+            contains: a.contains,
+            ..AuditFilter::default()
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Search audit records, newest first.
+    Search {
+        #[command(flatten)]
+        filter: AuditFilterArgs,
+        /// Records at or after this time: RFC 3339 or a duration ago (e.g. 24h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Records before this time: RFC 3339 or a duration ago.
+        #[arg(long)]
+        until: Option<String>,
+        /// At most this many records (1..=1000).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Continue from a previous page's cursor.
+        #[arg(long)]
+        cursor: Option<u64>,
+        /// Print the API's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the latest records, oldest first; with --follow, keep printing new ones.
+    Tail {
+        #[command(flatten)]
+        filter: AuditFilterArgs,
+        /// How many of the latest records to show first.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        lines: usize,
+        /// Keep polling (every second) for new records until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+        /// One JSON record per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify the hash chain. Exit 0: intact; 1: a record does not match; 2: could not verify.
+    Verify {
+        /// Verify this audit database file directly (offline, read-only) instead of asking the API.
+        #[arg(long, value_name = "PATH")]
+        db: Option<PathBuf>,
+        /// Also require the record at SEQ to carry HASH (a head printed earlier by `audit head`).
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect_head: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the head of the chain (SEQ:HASH) to anchor it elsewhere.
+    Head {
+        /// Read this audit database file directly instead of asking the API.
+        #[arg(long, value_name = "PATH")]
+        db: Option<PathBuf>,
+        /// Print {"seq", "hash"} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs one `audit` command. `verify` exits 1 when a record does not match and 2 when it could not
+/// check; the others 1 on any error.
+pub async fn run(args: AuditArgs) -> ExitCode {
+    match args.command {
+        AuditCommand::Verify {
+            db,
+            expect_head,
+            json,
+        } => verify(&args.api, db, expect_head, json).await,
+        AuditCommand::Head { db: Some(path), json } => match crate::audit::head_of_file(&path) {
+            Ok(head) => {
+                Printer::json_if(json).value(&head, render_head);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        },
+        AuditCommand::Head { db: None, json } => report(head(&args.api, json).await),
+        AuditCommand::Search {
+            filter,
+            since,
+            until,
+            limit,
+            cursor,
+            json,
+        } => report(search(&args.api, filter, [since, until], limit, cursor, json).await),
+        AuditCommand::Tail {
+            filter,
+            lines,
+            follow,
+            json,
+        } => report(tail(&args.api, filter.into(), lines, follow, json).await),
+    }
+}
+
+/// `audit verify`, from a file (`--db`) or through the API.
+async fn verify(api: &ApiArgs, db: Option<PathBuf>, expect_head: Option<String>, json: bool) -> ExitCode {
+    let anchors = match expect_head.as_deref().map(|t| (t, Head::parse(t))) {
+        None => Vec::new(),
+        Some((_, Some(head))) => vec![head],
+        Some((text, None)) => {
+            eprintln!("error: --expect-head {text:?} is not SEQ:HASH (64 hex digits)");
+            return ExitCode::from(2);
+        }
+    };
+    let report = match db {
+        Some(path) => {
+            crate::audit::verify_file(&path, &anchors).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        None => match api.client() {
+            Ok(client) => client
+                .audit_verify(anchors.first())
+                .await
+                .map(|r| r.body)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    match report {
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Ok(report) => {
+            Printer::json_if(json).value(&report, render_verify_report);
+            if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+async fn head(api: &ApiArgs, json: bool) -> Result<(), CliError> {
+    let head = api.client()?.audit_head().await?;
+    Printer::json_if(json).answer(&head, render_head);
+    Ok(())
+}
+
+/// `audit search`: one page, newest first, and the cursor of the next.
+async fn search(
+    api: &ApiArgs,
+    filter: AuditFilterArgs,
+    [since, until]: [Option<String>; 2],
+    limit: usize,
+    cursor: Option<u64>,
+    json: bool,
+) -> Result<(), CliError> {
+    let client = api.client()?;
+    if limit == 0 {
+        // A 0 in the filter means "the API's default": refuse it here as the API refuses limit=0.
+        return Err(CliError::InvalidArgument(format!(
+            "--limit: 0 is out of range (1..={MAX_PAGE})"
+        )));
+    }
+    let now = Utc::now();
+    let time = |flag: &str, v: Option<String>| {
+        v.map(|s| parse_time_arg(&s, now).map_err(|e| CliError::InvalidArgument(format!("{flag}: {e}"))))
+            .transpose()
+    };
+    let filter = AuditFilter {
+        since: time("--since", since)?,
+        until: time("--until", until)?,
+        limit,
+        cursor,
+        ..filter.into()
+    };
+    let page = client.audit_search(&filter).await?;
+    Printer::json_if(json).answer(&page, |page| {
+        let mut text = render_audit_table(&page.events);
+        if let Some(next) = page.next_cursor {
+            let _ = writeln!(text, "more: --cursor {next}");
+        }
+        text
+    });
+    Ok(())
+}
+
+/// `audit tail`: the latest `lines` records oldest first; with `follow`, every new one after them,
+/// polled every second until Ctrl-C.
+async fn tail(
+    api: &ApiArgs,
+    filter: AuditFilter,
+    lines: usize,
+    follow: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    let client = api.client()?;
+    let printer = Printer::new(if json { Format::JsonLines } else { Format::Text });
+    let latest = AuditFilter {
+        limit: lines.clamp(1, MAX_PAGE),
+        ..filter.clone()
+    };
+    let mut records = client.audit_search(&latest).await?.body.events;
+    records.reverse();
+    let mut last = records.last().map(|r| r.seq).unwrap_or(0);
+    printer.values(&records, render_audit_table);
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        loop {
+            let newer = AuditFilter {
+                order: Order::Asc,
+                cursor: Some(last),
+                limit: MAX_PAGE,
+                ..filter.clone()
+            };
+            let page = client.audit_search(&newer).await?.body;
+            if let Some(r) = page.events.last() {
+                last = r.seq;
+            }
+            printer.values(&page.events, render_audit_lines);
+            if page.next_cursor.is_none() {
+                break;
+            }
+        }
     }
 }
 
 impl AdminClient {
     /// `GET /v1/audit`.
-    pub async fn audit_search(&self, search: &AuditSearch) -> Result<ApiResponse<Page>, CliError> {
-        self.call::<(), _>(Method::GET, &["v1", "audit"], &search.query(), None)
-            .await
+    pub async fn audit_search(&self, filter: &AuditFilter) -> Result<ApiResponse<Page>, CliError> {
+        self.get(&["v1", "audit"], filter).await
     }
 
     /// `GET /v1/audit/verify`, also checked against `anchor` (a head noted earlier) if given.
     pub async fn audit_verify(&self, anchor: Option<&Head>) -> Result<ApiResponse<VerifyReport>, CliError> {
-        let query: Vec<(&str, String)> = anchor.map(|a| ("anchor", a.to_string())).into_iter().collect();
-        self.call::<(), _>(Method::GET, &["v1", "audit", "verify"], &query, None)
-            .await
+        let query = serde_json::json!({ "anchor": anchor.map(|a| a.to_string()) });
+        self.get(&["v1", "audit", "verify"], &query).await
     }
 
     /// `GET /v1/audit/head`.
     pub async fn audit_head(&self) -> Result<ApiResponse<Head>, CliError> {
-        self.call::<(), _>(Method::GET, &["v1", "audit", "head"], &[], None)
-            .await
+        self.get(&["v1", "audit", "head"], &()).await
     }
 }
 
@@ -157,11 +400,12 @@ pub fn record_detail(r: &AuditRecord) -> String {
 
 /// `audit search` / `audit tail`: one aligned row per record.
 pub fn render_audit_table(records: &[AuditRecord]) -> String {
-    if records.is_empty() {
-        return "no audit records\n".to_owned();
-    }
-    let rows: Vec<Vec<String>> = records.iter().map(audit_row).collect();
-    super::render_table(&["SEQ", "TS", "KIND", "USER", "SESSION", "DETAIL"], &rows)
+    render_rows(
+        records,
+        "no audit records",
+        &["SEQ", "TS", "KIND", "USER", "SESSION", "DETAIL"],
+        audit_row,
+    )
 }
 
 fn audit_row(r: &AuditRecord) -> Vec<String> {
@@ -305,15 +549,54 @@ mod tests {
     }
 
     #[test]
-    fn search_parameters_are_sent_only_when_set() {
-        let s = AuditSearch {
+    fn filter_flags_are_sent_only_when_set() {
+        let args = AuditFilterArgs {
             user: Some("alice".into()),
-            limit: Some(5),
-            ..Default::default()
+            grant: None,
+            target: None,
+            session: None,
+            class: None,
+            decision: Some("deny".into()),
+            kind: None,
+            contains: None,
+        };
+        let filter = AuditFilter {
+            limit: 5,
+            ..args.into()
         };
         assert_eq!(
-            s.query(),
-            vec![("user", "alice".to_owned()), ("limit", "5".to_owned())]
+            super::super::client::query_pairs(&filter),
+            [("decision", "deny"), ("limit", "5"), ("user", "alice")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
         );
+    }
+
+    /// The CLI sends the one filter as a query string and the API reads the same filter back: no
+    /// field is lost, renamed or reformatted on the way.
+    #[test]
+    fn the_api_reads_back_the_filter_the_cli_sends() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let sent = AuditFilter {
+            user: Some("alice".into()),
+            grant: Some("g_1".into()),
+            target: Some("shop".into()),
+            session: Some("s_1".into()),
+            class: Some("write".into()),
+            decision: Some("deny".into()),
+            kind: Some("statement".into()),
+            since: Some(t("2026-01-01T00:00:00.123456Z")),
+            until: Some(t("2026-01-02T00:00:00+02:00")),
+            contains: Some("a&b=c d%".into()),
+            cursor: Some(42),
+            limit: 7,
+            order: Order::Asc,
+        };
+        let client = AdminClient::new("http://h:1", crate::config::Secret::new("t")).unwrap();
+        for filter in [sent, AuditFilter::default()] {
+            let uri: axum::http::Uri = client.url(&["v1", "audit"], &filter).as_str().parse().unwrap();
+            let axum::extract::Query(read) = axum::extract::Query::<AuditFilter>::try_from_uri(&uri)
+                .unwrap_or_else(|e| panic!("{uri}: {}", e.body_text()));
+            assert_eq!(read, filter, "{uri}");
+        }
     }
 }

@@ -9,59 +9,136 @@
 //! 2 on any error (unreadable or invalid candidate included).
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
+use clap::{Args, Subcommand};
 use reqwest::Method;
+use serde::Serialize;
 
-use super::{sanitize, truncate, AdminClient, ApiResponse, CliError};
+use super::client::{AdminClient, ApiArgs, ApiResponse};
+use super::render::{sanitize, truncate, Printer};
+use super::CliError;
 use crate::admin::review::{ReplayAnswer, ReviewAnswer};
 use crate::review::replay::Change;
 
 /// Longest statement text shown per example (`--json` has it whole).
 const EXAMPLE_SQL_CHARS: usize = 100;
 
-/// The window and filters of both commands.
-#[derive(Debug, Clone, Default)]
+/// The window and filters of both commands (also their query string / body fields).
+#[derive(Debug, Clone, Default, Args, Serialize)]
 pub struct Scope {
+    /// How far back: a duration (30d, 12h) or an RFC 3339 time.
+    #[arg(long)]
     pub since: Option<String>,
+    /// Only sessions on this target.
+    #[arg(long)]
     pub target: Option<String>,
+    /// Only sessions of this role.
+    #[arg(long)]
     pub role: Option<String>,
 }
 
-/// `GET /v1/roles/review`.
-pub async fn review(client: &AdminClient, scope: &Scope) -> Result<ApiResponse<ReviewAnswer>, CliError> {
-    let query: Vec<(&str, String)> = [
-        ("since", scope.since.clone()),
-        ("target", scope.target.clone()),
-        ("role", scope.role.clone()),
-    ]
-    .into_iter()
-    .filter_map(|(k, v)| v.map(|v| (k, v)))
-    .collect();
-    client
-        .call::<(), _>(Method::GET, &["v1", "roles", "review"], &query, None)
-        .await
+/// `timebox roles …`.
+#[derive(Debug, Args)]
+pub struct RolesArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(subcommand)]
+    pub command: RolesCommand,
 }
 
-/// `POST /v1/policy/replay` with `roles` (the candidate's `[roles]` as JSON).
-pub async fn replay(
-    client: &AdminClient,
-    roles: serde_json::Value,
-    scope: &Scope,
-) -> Result<ApiResponse<ReplayAnswer>, CliError> {
-    let mut body = serde_json::json!({ "roles": roles });
-    for (key, value) in [
-        ("since", &scope.since),
-        ("target", &scope.target),
-        ("role", &scope.role),
-    ] {
-        if let Some(v) = value {
-            body[key] = serde_json::Value::String(v.clone());
+#[derive(Debug, Subcommand)]
+pub enum RolesCommand {
+    /// Per role: grants, users, statements, classes used and never used, tables, functions,
+    /// settings, denials, and a suggested narrower definition (default: the last 30 days).
+    Review {
+        #[command(flatten)]
+        scope: Scope,
+        /// Print the API's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `timebox policy …`.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(subcommand)]
+    pub command: PolicyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Replay the recorded statements (default: the last 7 days) under the [roles] of a candidate
+    /// config file and report the decisions that would change. Exit 0 when none would, 1 when some
+    /// would, 2 on error.
+    Replay {
+        /// The candidate config file; only its [roles] table is read.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(flatten)]
+        scope: Scope,
+        /// Print the API's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs `roles review`.
+pub async fn run_roles(args: RolesArgs) -> Result<(), CliError> {
+    let RolesCommand::Review { scope, json } = args.command;
+    let answer = args.api.client()?.roles_review(&scope).await?;
+    Printer::json_if(json).answer(&answer, render_review);
+    Ok(())
+}
+
+/// Runs `policy replay`: exit 0 when no decision changes, 1 when some do, 2 on any error.
+pub async fn run_policy(args: PolicyArgs) -> ExitCode {
+    let PolicyCommand::Replay { config, scope, json } = args.command;
+    let answer = async {
+        let roles = candidate_roles(&config)?;
+        args.api.client()?.policy_replay(roles, &scope).await
+    }
+    .await;
+    match answer {
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Ok(answer) => {
+            Printer::json_if(json).answer(&answer, render_replay);
+            if answer.body.changed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
     }
-    client
-        .call(Method::POST, &["v1", "policy", "replay"], &[], Some(&body))
-        .await
+}
+
+impl AdminClient {
+    /// `GET /v1/roles/review`.
+    pub async fn roles_review(&self, scope: &Scope) -> Result<ApiResponse<ReviewAnswer>, CliError> {
+        self.get(&["v1", "roles", "review"], scope).await
+    }
+
+    /// `POST /v1/policy/replay` with `roles` (the candidate's `[roles]` as JSON).
+    pub async fn policy_replay(
+        &self,
+        roles: serde_json::Value,
+        scope: &Scope,
+    ) -> Result<ApiResponse<ReplayAnswer>, CliError> {
+        let mut body = serde_json::to_value(scope).unwrap_or_default();
+        body["roles"] = roles;
+        if let Some(fields) = body.as_object_mut() {
+            fields.retain(|_, v| !v.is_null());
+        }
+        self.send(Method::POST, &["v1", "policy", "replay"], Some(&body))
+            .await
+    }
 }
 
 /// The `[roles]` table of a candidate config file, as JSON. The rest of the file is not read.

@@ -19,7 +19,7 @@
 
 use std::sync::OnceLock;
 
-use timebox::pgcluster::{Cluster, ClusterOptions, PgInstall};
+use timebox::demo::cluster::{Cluster, ClusterOptions, PgInstall};
 
 /// Database holding the fixture table `public.items`.
 pub const SHOP_DB: &str = "shop";

@@ -122,7 +122,7 @@ impl Drop for TestInstance {
 pub fn config_text(opts: &Options, dir: &std::path::Path, shop_port: u16) -> String {
     use cluster::*;
     let sha = |t: &str| timebox::grants::token::sha256_hex(t);
-    let scram = |t: &str| timebox::cli::admin_token_scram(t);
+    let scram = |t: &str| timebox::cli::admin_token::admin_token_scram(t);
     format!(
         r#"
 [proxy]

@@ -1,7 +1,7 @@
 //! `timebox demo`: from nothing to a psql prompt through timebox, in one command.
 //!
 //! Where it sits: outside the serving path, as a *user* of the library. It plays the operator: starts
-//! a throwaway upstream PostgreSQL ([`crate::pgcluster`]) with a sample `shop` database and three
+//! a throwaway upstream PostgreSQL ([`cluster`]) with a sample `shop` database and three
 //! upstream login roles, writes a real config file into the demo directory and loads it with
 //! [`Config::load`] (so the demo proves its config is valid), starts a real instance through
 //! [`crate::app::run`], issues two grants through [`crate::grants::GrantService::issue`] and prints
@@ -19,7 +19,6 @@
 //!   demo is killed outright.
 #![forbid(unsafe_code)]
 
-use std::fmt::Write as _;
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -37,8 +36,17 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{self, AppError, AppState, Listeners};
 use crate::config::{Config, ConfigError};
 use crate::grants::{Grant, GrantError, NewGrant};
-use crate::pgcluster::{Cluster, ClusterError, ClusterOptions, PgInstall};
 use crate::proxy::tls::TlsError;
+
+pub mod cluster;
+mod sample;
+mod text;
+
+use cluster::{Cluster, ClusterError, ClusterOptions, PgInstall};
+use sample::{roles_sql, shop_sql};
+pub use sample::{CUSTOMERS, ORDERS, PRODUCTS};
+pub use text::psql_command;
+use text::{banner, config_text, Banner, ConfigParams};
 
 /// The target (and upstream database) the demo sets up.
 pub const DATABASE: &str = "shop";
@@ -54,60 +62,6 @@ const MARKER_FILE: &str = ".timebox-demo";
 
 /// How long the instance gets to drain on Ctrl-C before its task is abandoned.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Sample rows of `customers`: (name, email, city).
-pub const CUSTOMERS: &[(&str, &str, &str)] = &[
-    ("Ada Lovelace", "ada@example.com", "London"),
-    ("Alan Turing", "alan@example.com", "Manchester"),
-    ("Grace Hopper", "grace@example.com", "Arlington"),
-    ("Edsger Dijkstra", "edsger@example.com", "Eindhoven"),
-    ("Barbara Liskov", "barbara@example.com", "Boston"),
-    ("Donald Knuth", "don@example.com", "Stanford"),
-    ("Frances Allen", "fran@example.com", "Peru, NY"),
-    ("Ken Thompson", "ken@example.com", "Murray Hill"),
-    ("Margaret Hamilton", "margaret@example.com", "Cambridge"),
-    ("Niklaus Wirth", "niklaus@example.com", "Zurich"),
-    ("Radia Perlman", "radia@example.com", "Seattle"),
-    ("Michael Stonebraker", "mike@example.com", "Berkeley"),
-];
-
-/// Sample rows of `products`: (name, price, stock).
-pub const PRODUCTS: &[(&str, &str, i32)] = &[
-    ("Mechanical keyboard", "129.00", 40),
-    ("Ergonomic mouse", "59.50", 75),
-    ("27\" monitor", "319.99", 12),
-    ("USB-C dock", "189.00", 20),
-    ("Laptop stand", "45.00", 60),
-    ("Noise-cancelling headphones", "249.00", 18),
-    ("Webcam", "89.90", 33),
-    ("Desk lamp", "39.00", 50),
-    ("Standing desk", "599.00", 5),
-    ("Notebook (paper)", "4.50", 300),
-];
-
-/// Sample rows of `orders`: (customer id, product id, quantity, status, days ago).
-pub const ORDERS: &[(i32, i32, i32, &str, i32)] = &[
-    (1, 1, 1, "shipped", 30),
-    (1, 8, 2, "shipped", 29),
-    (2, 3, 2, "delivered", 25),
-    (3, 10, 12, "delivered", 24),
-    (4, 2, 1, "delivered", 21),
-    (5, 9, 1, "shipped", 18),
-    (5, 5, 1, "shipped", 18),
-    (6, 10, 40, "delivered", 15),
-    (7, 6, 1, "cancelled", 14),
-    (8, 4, 1, "shipped", 12),
-    (9, 7, 2, "shipped", 10),
-    (10, 1, 3, "pending", 7),
-    (11, 3, 1, "pending", 6),
-    (12, 6, 1, "pending", 5),
-    (2, 5, 2, "pending", 4),
-    (3, 2, 1, "pending", 3),
-    (4, 8, 1, "pending", 2),
-    (6, 9, 1, "pending", 2),
-    (9, 10, 5, "pending", 1),
-    (12, 4, 1, "pending", 0),
-];
 
 /// Options of `timebox demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -388,6 +342,17 @@ struct Secrets {
 }
 
 impl Secrets {
+    /// Fixed values with characters that need escaping, for the unit tests of the SQL and the config.
+    #[cfg(test)]
+    fn for_tests() -> Secrets {
+        Secrets {
+            read_password: "r\"e'ad\\pw".into(),
+            write_password: "write-pw".into(),
+            admin_password: "admin-pw".into(),
+            admin_token: "tbxadmin_test".into(),
+        }
+    }
+
     fn generate() -> Secrets {
         Secrets {
             read_password: random_alphanumeric(32),
@@ -402,7 +367,11 @@ impl Secrets {
 fn random_admin_token() -> String {
     let mut bytes = [0u8; 16];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
-    format!("{}{}", crate::cli::ADMIN_TOKEN_PREFIX, hex::encode(bytes))
+    format!(
+        "{}{}",
+        crate::cli::admin_token::ADMIN_TOKEN_PREFIX,
+        hex::encode(bytes)
+    )
 }
 
 fn random_alphanumeric(len: usize) -> String {
@@ -473,7 +442,7 @@ impl Demo {
             cert: &cert,
             key: &key,
             admin_token_sha256: &crate::grants::token::sha256_hex(&secrets.admin_token),
-            admin_token_scram: &crate::cli::admin_token_scram(&secrets.admin_token),
+            admin_token_scram: &crate::cli::admin_token::admin_token_scram(&secrets.admin_token),
             upstream_port,
             secrets: &secrets,
         });
@@ -615,449 +584,9 @@ async fn issue(state: &AppState, user: &'static str, role: &str, ttl: &str) -> R
     })
 }
 
-/// The upstream login roles and the `shop` database; run in database `postgres`. Statement logging
-/// is off for this session so the passwords do not reach the server log.
-fn roles_sql(s: &Secrets) -> String {
-    format!(
-        "SET log_statement = 'none';\n\
-         CREATE ROLE {READ_ROLE} LOGIN PASSWORD {read};\n\
-         CREATE ROLE {WRITE_ROLE} LOGIN PASSWORD {write};\n\
-         CREATE ROLE {ADMIN_ROLE} LOGIN PASSWORD {admin};\n\
-         CREATE DATABASE {DATABASE};\n",
-        read = sql_literal(&s.read_password),
-        write = sql_literal(&s.write_password),
-        admin = sql_literal(&s.admin_password),
-    )
-}
-
-/// Privileges, tables and rows of `shop`; run in database `shop` as the superuser. The tables are
-/// created *as* `timebox_admin`, so it owns them (ALTER/DROP work for the `admin` role), and its
-/// default privileges give the read and write roles access to them and to anything it creates later.
-fn shop_sql() -> String {
-    let mut sql = format!(
-        "SET log_statement = 'none';
-REVOKE CREATE ON SCHEMA public FROM PUBLIC;
-GRANT USAGE ON SCHEMA public TO {READ_ROLE}, {WRITE_ROLE};
-GRANT ALL ON SCHEMA public TO {ADMIN_ROLE};
-ALTER DEFAULT PRIVILEGES FOR ROLE {ADMIN_ROLE} IN SCHEMA public
-    GRANT SELECT ON TABLES TO {READ_ROLE};
-ALTER DEFAULT PRIVILEGES FOR ROLE {ADMIN_ROLE} IN SCHEMA public
-    GRANT SELECT ON SEQUENCES TO {READ_ROLE};
-ALTER DEFAULT PRIVILEGES FOR ROLE {ADMIN_ROLE} IN SCHEMA public
-    GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {WRITE_ROLE};
-ALTER DEFAULT PRIVILEGES FOR ROLE {ADMIN_ROLE} IN SCHEMA public
-    GRANT USAGE, SELECT ON SEQUENCES TO {WRITE_ROLE};
-
-SET ROLE {ADMIN_ROLE};
-CREATE TABLE customers (
-    id         serial PRIMARY KEY,
-    name       text NOT NULL,
-    email      text NOT NULL UNIQUE,
-    city       text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE products (
-    id    serial PRIMARY KEY,
-    name  text NOT NULL UNIQUE,
-    price numeric(10, 2) NOT NULL CHECK (price >= 0),
-    stock integer NOT NULL DEFAULT 0 CHECK (stock >= 0)
-);
-CREATE TABLE orders (
-    id          serial PRIMARY KEY,
-    customer_id integer NOT NULL REFERENCES customers (id),
-    product_id  integer NOT NULL REFERENCES products (id),
-    quantity    integer NOT NULL CHECK (quantity > 0),
-    status      text NOT NULL DEFAULT 'pending',
-    ordered_at  timestamptz NOT NULL DEFAULT now()
-);
-"
-    );
-    let rows = |values: Vec<String>| values.join(",\n    ");
-    let _ = write!(
-        sql,
-        "INSERT INTO customers (name, email, city) VALUES\n    {};\n",
-        rows(
-            CUSTOMERS
-                .iter()
-                .map(|(name, email, city)| format!(
-                    "({}, {}, {})",
-                    sql_literal(name),
-                    sql_literal(email),
-                    sql_literal(city)
-                ))
-                .collect()
-        )
-    );
-    let _ = write!(
-        sql,
-        "INSERT INTO products (name, price, stock) VALUES\n    {};\n",
-        rows(
-            PRODUCTS
-                .iter()
-                .map(|(name, price, stock)| format!("({}, {price}, {stock})", sql_literal(name)))
-                .collect()
-        )
-    );
-    let _ = write!(
-        sql,
-        "INSERT INTO orders (customer_id, product_id, quantity, status, ordered_at) VALUES\n    {};\n",
-        rows(
-            ORDERS
-                .iter()
-                .map(|(customer, product, quantity, status, days_ago)| {
-                    format!(
-                        "({customer}, {product}, {quantity}, {}, now() - interval '{days_ago} days')",
-                        sql_literal(status)
-                    )
-                })
-                .collect()
-        )
-    );
-    sql.push_str("RESET ROLE;\n");
-    sql
-}
-
-/// A SQL string literal (`'` doubled; `standard_conforming_strings` is on).
-fn sql_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
-
-/// A TOML basic string, escaped by the toml crate.
-fn toml_string(value: &str) -> String {
-    toml::Value::String(value.to_owned()).to_string()
-}
-
-fn toml_path(path: &Path) -> String {
-    toml_string(&path.to_string_lossy())
-}
-
-/// What goes into `<dir>/timebox.toml`.
-struct ConfigParams<'a> {
-    dir: &'a Path,
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    cert: &'a Path,
-    key: &'a Path,
-    admin_token_sha256: &'a str,
-    /// SCRAM verifier of the same token (for psql to `timebox_audit`).
-    admin_token_scram: &'a str,
-    upstream_port: u16,
-    secrets: &'a Secrets,
-}
-
-/// The demo's config file. It holds the upstream passwords, so it is written with mode 0600.
-fn config_text(p: &ConfigParams<'_>) -> String {
-    format!(
-        r#"# Written by `timebox demo`: a local instance in front of a throwaway PostgreSQL.
-# Holds upstream passwords (mode 0600); deleted when the demo stops unless --keep.
-
-[proxy]
-listen = "{proxy}"
-tls = "required"
-tls_cert = {cert}
-tls_key = {key}
-shutdown_grace = "5s"
-
-[admin]
-listen = "{admin}"
-
-[[admin.tokens]]
-name = "demo"
-sha256 = "{admin_sha}"
-scram = "{admin_scram}"
-roles = ["admin", "auditor"]
-
-[store]
-url = {store}
-
-[audit]
-durability = "fsync"
-jsonl = {jsonl}
-
-[targets.{DATABASE}]
-host = "127.0.0.1"
-port = {upstream_port}
-database = "{DATABASE}"
-tls = "disable"
-
-[targets.{DATABASE}.credentials.read]
-user = "{READ_ROLE}"
-password = {read_pw}
-
-[targets.{DATABASE}.credentials.write]
-user = "{WRITE_ROLE}"
-password = {write_pw}
-
-[targets.{DATABASE}.credentials.admin]
-user = "{ADMIN_ROLE}"
-password = {admin_pw}
-
-[roles.read]
-allow = ["read"]
-max_ttl = "8h"
-
-[roles.write]
-allow = ["read", "write"]
-max_ttl = "2h"
-
-[roles.admin]
-allow = ["read", "write", "ddl", "admin"]
-max_ttl = "1h"
-"#,
-        proxy = p.proxy,
-        admin = p.admin,
-        cert = toml_path(p.cert),
-        key = toml_path(p.key),
-        admin_sha = p.admin_token_sha256,
-        admin_scram = p.admin_token_scram,
-        store = toml_string(&format!("sqlite://{}", p.dir.join("timebox.db").display())),
-        jsonl = toml_path(&p.dir.join("audit.jsonl")),
-        upstream_port = p.upstream_port,
-        read_pw = toml_string(&p.secrets.read_password),
-        write_pw = toml_string(&p.secrets.write_password),
-        admin_pw = toml_string(&p.secrets.admin_password),
-    )
-}
-
-/// What the banner shows.
-struct Banner<'a> {
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    cluster: &'a Cluster,
-    dir: &'a Path,
-    keep: bool,
-    admin_token: &'a str,
-    grants: [&'a DemoGrant; 2],
-}
-
-/// The ready-to-paste psql command for a grant.
-pub fn psql_command(port: u16, user: &str, token: &str) -> String {
-    format!("PGPASSWORD='{token}' psql \"host=127.0.0.1 port={port} dbname={DATABASE} user={user} sslmode=require\"")
-}
-
-/// What the role of a demo grant may do, in words.
-fn role_words(role: &str) -> &'static str {
-    match role {
-        "read" => "SELECT only",
-        "write" => "SELECT, INSERT, UPDATE, DELETE",
-        "admin" => "reads, writes and DDL",
-        _ => "see timebox.toml",
-    }
-}
-
-fn banner(b: &Banner<'_>) -> String {
-    let mut out = String::new();
-    let admin_url = format!("http://{}", b.admin);
-    let port = b.proxy.port();
-    let _ = writeln!(out);
-    let _ = writeln!(
-        out,
-        "=================================================================================="
-    );
-    let _ = writeln!(out, " timebox demo is running");
-    let _ = writeln!(
-        out,
-        "=================================================================================="
-    );
-    let _ = writeln!(out);
-    let _ = writeln!(out, "  proxy (PostgreSQL, TLS required)  127.0.0.1:{port}");
-    let _ = writeln!(out, "  admin API (HTTP)                  {admin_url}");
-    let _ = writeln!(
-        out,
-        "  upstream PostgreSQL {:<2} (throwaway) 127.0.0.1:{}, database `{DATABASE}`",
-        b.cluster.install().version,
-        b.cluster.port()
-    );
-    let _ = writeln!(
-        out,
-        "  upstream data directory           {}",
-        b.cluster.data_dir().display()
-    );
-    let _ = writeln!(
-        out,
-        "  demo directory                    {}{}",
-        b.dir.display(),
-        if b.keep {
-            " (kept on exit: --keep)"
-        } else {
-            " (deleted on exit)"
-        }
-    );
-    let _ = writeln!(
-        out,
-        "    config timebox.toml, audit log audit.jsonl, store timebox.db, dev certificate certs/"
-    );
-    let _ = writeln!(out);
-    let _ = writeln!(
-        out,
-        "Two grants were issued. Their tokens are the psql passwords; they are shown only now."
-    );
-    for g in b.grants {
-        let grant = &g.grant;
-        let _ = writeln!(out);
-        let _ = writeln!(
-            out,
-            "  {} - role {} ({}), grant {}, expires {}",
-            grant.user,
-            grant.role,
-            role_words(&grant.role),
-            grant.id,
-            grant.expires_at.format("%H:%M:%S UTC"),
-        );
-        let _ = writeln!(out, "    {}", psql_command(port, &grant.user, &g.token));
-    }
-    let _ = writeln!(out);
-    let _ = writeln!(out, "Things to try:");
-    let _ = writeln!(out, "  as alice:  SELECT * FROM customers LIMIT 5;");
-    let _ = writeln!(
-        out,
-        "             SELECT c.name, p.name, o.quantity FROM orders o JOIN customers c ON c.id = o.customer_id JOIN products p ON p.id = o.product_id;"
-    );
-    let _ = writeln!(
-        out,
-        "             DELETE FROM orders;                -- refused: role read allows reads only"
-    );
-    let _ = writeln!(
-        out,
-        "  as bob:    UPDATE products SET stock = stock - 1 WHERE id = 1;"
-    );
-    let _ = writeln!(
-        out,
-        "             DROP TABLE orders;                 -- refused: role write has no DDL"
-    );
-    let _ = writeln!(out, "  see what reached PostgreSQL, and as which role:");
-    let _ = writeln!(out, "             tail -f {}", b.cluster.log_path().display());
-    let _ = writeln!(out);
-    let _ = writeln!(out, "Manage grants from another terminal (admin API / CLI):");
-    let _ = writeln!(
-        out,
-        "  export {}={admin_url} {}={}",
-        crate::cli::ADMIN_URL_ENV,
-        crate::cli::ADMIN_TOKEN_ENV,
-        b.admin_token
-    );
-    let _ = writeln!(out, "  timebox grant list");
-    let _ = writeln!(
-        out,
-        "  timebox grant revoke {} --reason done   # alice's open session ends at once",
-        b.grants[0].grant.id
-    );
-    let _ = writeln!(
-        out,
-        "  (timebox not on your PATH? use `cargo run --release -- grant list` and so on)"
-    );
-    let _ = writeln!(
-        out,
-        "  curl -H \"Authorization: Bearer $TIMEBOX_ADMIN_TOKEN\" $TIMEBOX_ADMIN_URL/v1/grants"
-    );
-    let _ = writeln!(out);
-    let _ = writeln!(out, "Press Ctrl-C to stop (cleans everything up).");
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn secrets() -> Secrets {
-        Secrets {
-            read_password: "r\"e'ad\\pw".into(),
-            write_password: "write-pw".into(),
-            admin_password: "admin-pw".into(),
-            admin_token: "tbxadmin_test".into(),
-        }
-    }
-
-    #[test]
-    fn config_text_is_a_valid_config() {
-        let dir = tempfile::tempdir().unwrap();
-        let cert = dir.path().join("certs").join("server.crt");
-        let key = dir.path().join("certs").join("server.key");
-        crate::proxy::tls::ensure_dev_certificate(&cert, &key, &["localhost", "127.0.0.1"]).unwrap();
-        let s = secrets();
-        let text = config_text(&ConfigParams {
-            dir: dir.path(),
-            proxy: "127.0.0.1:6432".parse().unwrap(),
-            admin: "127.0.0.1:9187".parse().unwrap(),
-            cert: &cert,
-            key: &key,
-            admin_token_sha256: &crate::grants::token::sha256_hex(&s.admin_token),
-            admin_token_scram: &crate::cli::admin_token_scram(&s.admin_token),
-            upstream_port: 54321,
-            secrets: &s,
-        });
-        let config = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert_eq!(config.proxy.listen.port(), 6432);
-        assert_eq!(config.proxy.tls, crate::config::ClientTls::Required);
-        assert_eq!(config.admin.listen.port(), 9187);
-        assert_eq!(config.admin.tokens.len(), 1);
-        assert!(
-            !text.contains(&s.admin_token),
-            "only the token's hash goes into the config"
-        );
-        let verifier = config.admin.tokens[0]
-            .scram
-            .clone()
-            .expect("psql can log in to timebox_audit");
-        assert_eq!(
-            verifier,
-            crate::grants::token::ScramVerifier::derive(&s.admin_token, &verifier.salt, verifier.iterations)
-        );
-        assert_eq!(
-            config.store,
-            crate::config::StoreConfig::Sqlite {
-                path: dir.path().join("timebox.db")
-            }
-        );
-        assert_eq!(config.audit.durability, crate::config::Durability::Fsync);
-        assert_eq!(config.audit.jsonl, Some(dir.path().join("audit.jsonl")));
-        let shop = &config.targets[DATABASE];
-        assert_eq!(shop.port, 54321);
-        assert_eq!(
-            shop.credentials["read"].password.as_ref().map(|p| p.expose()),
-            Some(s.read_password.as_str()),
-            "passwords survive TOML escaping"
-        );
-        assert_eq!(shop.credentials["admin"].user, ADMIN_ROLE);
-        assert_eq!(config.roles["read"].max_ttl, Duration::from_secs(8 * 3600));
-        assert_eq!(
-            config.roles["write"].allow,
-            [
-                crate::policy::StatementClass::Read,
-                crate::policy::StatementClass::Write
-            ]
-        );
-        assert_eq!(config.roles["admin"].max_ttl, Duration::from_secs(3600));
-    }
-
-    #[test]
-    fn role_sql_hides_passwords_from_the_server_log() {
-        let sql = roles_sql(&secrets());
-        assert!(sql.starts_with("SET log_statement = 'none';"));
-        assert!(sql.contains("PASSWORD 'r\"e''ad\\pw'"), "{sql}");
-    }
-
-    #[test]
-    fn sample_rows_reference_existing_rows() {
-        assert!((10..=20).contains(&CUSTOMERS.len()));
-        assert!((10..=20).contains(&PRODUCTS.len()));
-        assert!((10..=20).contains(&ORDERS.len()));
-        for (customer, product, ..) in ORDERS {
-            assert!((1..=CUSTOMERS.len() as i32).contains(customer));
-            assert!((1..=PRODUCTS.len() as i32).contains(product));
-        }
-        let sql = shop_sql();
-        assert!(sql.contains("'27\" monitor'"));
-        assert!(sql.trim_end().ends_with("RESET ROLE;"));
-    }
-
-    #[test]
-    fn psql_command_is_pasteable() {
-        assert_eq!(
-            psql_command(6432, "alice", "tbx_abc"),
-            "PGPASSWORD='tbx_abc' psql \"host=127.0.0.1 port=6432 dbname=shop user=alice sslmode=require\""
-        );
-    }
 
     #[test]
     fn leftover_directories_are_only_replaced_when_ours() {
