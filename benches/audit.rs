@@ -187,8 +187,15 @@ fn latency(c: &mut Criterion) {
 
 /// Records per steady-state run.
 const STEADY_RECORDS: u64 = 500_000;
+/// Under `cargo test` (no `--bench` argument) the steady-state run only checks that it works.
+const STEADY_SMOKE_RECORDS: u64 = 2_000;
 
 fn steady_state() {
+    let records = if std::env::args().any(|a| a == "--bench") {
+        STEADY_RECORDS
+    } else {
+        STEADY_SMOKE_RECORDS
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -202,14 +209,14 @@ fn steady_state() {
             rt.block_on(async {
                 let tasks: Vec<_> = (0..submitters)
                     .map(|s| {
-                        let share = STEADY_RECORDS / submitters as u64;
+                        let share = records / submitters as u64;
                         tokio::spawn(pump(log.clone(), s, share, IN_FLIGHT / submitters))
                     })
                     .collect();
                 for t in tasks {
                     t.await.unwrap();
                 }
-                let target = STEADY_RECORDS / submitters as u64 * submitters as u64;
+                let target = records / submitters as u64 * submitters as u64;
                 while log.stats().committed < target {
                     tokio::time::sleep(Duration::from_micros(100)).await;
                 }
