@@ -33,19 +33,20 @@ use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::{self, AuthError};
 use super::cancel::{CancelKeyGuard, UpstreamCancel};
 use super::intercept::{Checked, FrontendAction, Interceptor, Precheck, Prechecker};
 use super::startup::{self, ClientParams, ClientTlsInfo, Startup, StartupError};
 use super::stream::{ClientStream, UpstreamStream};
-use super::upstream::{self, Upstream};
 use super::wire::{self, FrameTracker, PgError};
 use super::{PreAuthSlot, SessionHandle};
-use crate::app::AppState;
 use crate::audit::event::{self as audit_event, AuditEvent};
 use crate::audit::{AuditAck, AuditError};
 use crate::grants::watch::GrantWatch;
 use crate::grants::{Grant, GrantStatus};
+
+use super::login::{self, authenticate, open_session};
+use super::wire::StartupMessage;
+use super::ProxyContext;
 
 /// Buffered bytes per direction before the relay stops reading from the sender (backpressure).
 const HIGH_WATER: usize = 256 * 1024;
@@ -88,50 +89,16 @@ impl EndReason {
 /// its startup packet). A slot among `max_connections` is taken only once the client has
 /// authenticated.
 pub async fn handle_connection(
-    state: Arc<AppState>,
+    ctx: Arc<ProxyContext>,
     tcp: TcpStream,
     peer: SocketAddr,
     unauthenticated: Result<PreAuthSlot, PgError>,
 ) {
     let _ = tcp.set_nodelay(true);
-    let startup_deadline = Instant::now() + state.config.proxy.startup_timeout;
-    let negotiated = tokio::time::timeout_at(
-        startup_deadline,
-        startup::negotiate(tcp, state.proxy.tls.as_ref(), state.config.proxy.tls),
-    )
-    .await;
-    let (mut client, message, tls) = match negotiated {
-        Err(_) => {
-            tracing::debug!(client.addr = %peer, "startup timed out");
-            return;
-        }
-        Ok(Err(StartupError::Refused { mut client, error })) => {
-            tracing::info!(client.addr = %peer, code = error.code, message = %error.message, "startup refused");
-            send_fatal(&mut client, &error).await;
-            return;
-        }
-        Ok(Err(e)) => {
-            if e.is_disconnect() {
-                tracing::debug!(client.addr = %peer, error = %e, "client left during startup");
-            } else {
-                tracing::info!(client.addr = %peer, error = %e, "startup failed");
-            }
-            return;
-        }
-        Ok(Ok(Startup::Cancel { pid, secret })) => {
-            if let Some(target) = state.proxy.cancel_keys.lookup(pid, secret) {
-                tracing::info!(client.addr = %peer, "forwarding cancel request");
-                if let Err(e) = target.send().await {
-                    tracing::warn!(error = %e, "cancel request to upstream failed");
-                }
-            } else {
-                tracing::debug!(client.addr = %peer, "cancel request with unknown key ignored");
-            }
-            return;
-        }
-        Ok(Ok(Startup::Session { client, message, tls })) => (client, message, tls),
+    let startup_deadline = Instant::now() + ctx.config.proxy.startup_timeout;
+    let Some((mut client, message, tls)) = negotiate(&ctx, tcp, peer, startup_deadline).await else {
+        return;
     };
-
     let unauthenticated = match unauthenticated {
         Ok(slot) => slot,
         Err(error) => {
@@ -148,15 +115,89 @@ pub async fn handle_connection(
             return;
         }
     };
-
     if params.target == crate::auditsql::AUDIT_DATABASE {
-        let pre_auth = crate::auditsql::PreAuth {
-            deadline: startup_deadline,
-            unauthenticated,
-        };
-        crate::auditsql::serve(state, client, params, tls, peer, pre_auth).await;
+        let serve = (ctx.audit_endpoint)(client, params, tls, peer, startup_deadline, unauthenticated);
+        serve.await;
         return;
     }
+    let login = Login {
+        params,
+        tls,
+        peer,
+        deadline: startup_deadline,
+    };
+    login_and_relay(ctx, client, login, unauthenticated).await;
+}
+
+/// A client that sent its startup packet and is about to log in.
+struct Login {
+    params: ClientParams,
+    tls: Option<ClientTlsInfo>,
+    peer: SocketAddr,
+    /// The startup deadline: TLS, startup packet and SCRAM must be done by then.
+    deadline: Instant,
+}
+
+/// TLS and the startup packet, before `deadline`. `None` when the connection is done with
+/// (refused, timed out, left, or a cancel request, which is forwarded here).
+async fn negotiate(
+    ctx: &ProxyContext,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    startup_deadline: Instant,
+) -> Option<(ClientStream, StartupMessage, Option<ClientTlsInfo>)> {
+    let negotiated = tokio::time::timeout_at(
+        startup_deadline,
+        startup::negotiate(tcp, ctx.proxy.tls.as_ref(), ctx.config.proxy.tls),
+    )
+    .await;
+    match negotiated {
+        Err(_) => {
+            tracing::debug!(client.addr = %peer, "startup timed out");
+            None
+        }
+        Ok(Err(StartupError::Refused { mut client, error })) => {
+            tracing::info!(client.addr = %peer, code = error.code, message = %error.message, "startup refused");
+            send_fatal(&mut client, &error).await;
+            None
+        }
+        Ok(Err(e)) => {
+            if e.is_disconnect() {
+                tracing::debug!(client.addr = %peer, error = %e, "client left during startup");
+            } else {
+                tracing::info!(client.addr = %peer, error = %e, "startup failed");
+            }
+            None
+        }
+        Ok(Ok(Startup::Cancel { pid, secret })) => {
+            if let Some(target) = ctx.proxy.cancel_keys.lookup(pid, secret) {
+                tracing::info!(client.addr = %peer, "forwarding cancel request");
+                if let Err(e) = target.send().await {
+                    tracing::warn!(error = %e, "cancel request to upstream failed");
+                }
+            } else {
+                tracing::debug!(client.addr = %peer, "cancel request with unknown key ignored");
+            }
+            None
+        }
+        Ok(Ok(Startup::Session { client, message, tls })) => Some((client, message, tls)),
+    }
+}
+
+/// Authenticates, admits, opens the upstream and runs the session, all in the session's span.
+async fn login_and_relay(
+    ctx: Arc<ProxyContext>,
+    mut client: ClientStream,
+    login: Login,
+    unauthenticated: PreAuthSlot,
+) {
+    let Login {
+        params,
+        tls,
+        peer,
+        deadline: startup_deadline,
+    } = login;
+
     let span = tracing::info_span!(
         "session",
         client.addr = %peer,
@@ -171,13 +212,13 @@ pub async fn handle_connection(
     // login has its own timeout so a slow target is reported as such, not as the client's fault.
     let authenticated = tokio::time::timeout_at(
         startup_deadline,
-        authenticate(&state, &mut client, &params, tls.as_ref(), peer),
+        authenticate(&ctx, &mut client, &params, tls.as_ref(), peer),
     );
     let authenticated = tracing::Instrument::instrument(authenticated, span.clone()).await;
     let (grant, watch) = match authenticated {
         Err(_) => {
             // The attempt's throttle reservation was dropped unreleased: it counts as a failure.
-            record_auth_timeout(&state, &params, peer);
+            login::record_auth_timeout(&ctx.proxy.metrics, &ctx.audit, &params, peer);
             send_fatal(&mut client, &PgError::startup_timeout()).await;
             return;
         }
@@ -188,7 +229,7 @@ pub async fn handle_connection(
         Ok(Ok(None)) => return,
         Ok(Ok(Some(admitted))) => admitted,
     };
-    let _slot = match state.proxy.admit(state.config.proxy.max_connections) {
+    let _slot = match ctx.proxy.admit(ctx.config.proxy.max_connections) {
         Ok(slot) => slot,
         Err(error) => {
             send_fatal(&mut client, &error).await;
@@ -196,7 +237,7 @@ pub async fn handle_connection(
         }
     };
     drop(unauthenticated);
-    let opened = open_session(&state, &mut client, &params, tls.as_ref(), peer, grant, watch);
+    let opened = open_session(&ctx, &mut client, &params, tls.as_ref(), peer, grant, watch);
     let session = match tracing::Instrument::instrument(opened, span.clone()).await {
         Err(error) => {
             send_fatal(&mut client, &error).await;
@@ -211,29 +252,8 @@ pub async fn handle_connection(
     tracing::Instrument::instrument(run, span).await;
 }
 
-/// Counts and audits a client that did not finish authenticating before the startup deadline.
-pub(crate) fn record_auth_timeout(state: &AppState, params: &ClientParams, peer: SocketAddr) {
-    state
-        .proxy
-        .metrics
-        .auth_failures_total
-        .with_label_values(&["timeout"])
-        .inc();
-    tracing::info!(client.addr = %peer, user = %params.user, "authentication timed out");
-    let event = AuditEvent::AuthFailure(audit_event::AuthFailure {
-        client_addr: peer.to_string(),
-        reason: "authentication timed out".into(),
-        target: params.target.clone(),
-        user: params.user.clone(),
-    });
-    if let Err(e) = state.audit.submit(vec![event]) {
-        state.proxy.metrics.audit_failures_total.inc();
-        tracing::error!(error = %e, "cannot record an authentication failure in the audit log");
-    }
-}
-
 /// Writes a FATAL (best effort) and closes.
-async fn send_fatal(client: &mut ClientStream, error: &PgError) {
+pub(crate) async fn send_fatal(client: &mut ClientStream, error: &PgError) {
     let bytes = error.to_bytes();
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         client.write_all(&bytes).await?;
@@ -243,278 +263,30 @@ async fn send_fatal(client: &mut ClientStream, error: &PgError) {
     .await;
 }
 
+/// The part of a session that exists once its upstream is open.
+pub(crate) struct Session {
+    /// What the proxy shares with every session: config, grants, audit log, clock, shutdown.
+    pub(crate) ctx: Arc<ProxyContext>,
+    /// Registry entry (listing, kill); removed when the session ends.
+    pub(crate) handle: Arc<SessionHandle>,
+    /// The grant as last seen; replaced whenever the watch reports a change.
+    pub(crate) grant: Grant,
+    /// Revocation and extension arrive here.
+    pub(crate) watch: GrantWatch,
+    pub(crate) upstream: UpstreamStream,
+    /// How to cancel the upstream backend's running query.
+    pub(crate) upstream_cancel: UpstreamCancel,
+    /// Keeps the client-facing cancel key registered for the session's lifetime.
+    pub(crate) _cancel_key: CancelKeyGuard,
+    /// Checks every statement against the grant's role before it is forwarded.
+    pub(crate) interceptor: Interceptor,
+    /// Statements audited so far in this session (their `statement_id`s).
+    pub(crate) statement_seq: u64,
+}
+
 /// How long outcome records may wait for the next statement's audit submission (which they join)
 /// before they are submitted on their own: an idle session's outcomes are durable within this.
 const OUTCOME_FLUSH_DELAY: Duration = Duration::from_millis(50);
-
-/// The part of a session that exists once its upstream is open.
-struct Session {
-    state: Arc<AppState>,
-    /// Registry entry (listing, kill); removed when the session ends.
-    handle: Arc<SessionHandle>,
-    /// The grant as last seen; replaced whenever the watch reports a change.
-    grant: Grant,
-    /// Revocation and extension arrive here.
-    watch: GrantWatch,
-    upstream: UpstreamStream,
-    /// How to cancel the upstream backend's running query.
-    upstream_cancel: UpstreamCancel,
-    /// Keeps the client-facing cancel key registered for the session's lifetime.
-    _cancel_key: CancelKeyGuard,
-    /// Checks every statement against the grant's role before it is forwarded.
-    interceptor: Interceptor,
-    /// Statements audited so far in this session (their `statement_id`s).
-    statement_seq: u64,
-}
-
-/// Authenticates the client and admits it under a current grant, watched from now on. `Ok(None)`
-/// when the client left quietly; `Err` is the FATAL to send.
-async fn authenticate(
-    state: &Arc<AppState>,
-    client: &mut ClientStream,
-    params: &ClientParams,
-    tls: Option<&ClientTlsInfo>,
-    peer: SocketAddr,
-) -> Result<Option<(Grant, GrantWatch)>, PgError> {
-    let throttle = &state.proxy.auth_throttle;
-    let auth_failures = &state.proxy.metrics.auth_failures_total;
-    let reservation = match throttle.reserve(peer.ip(), &params.user, std::time::Instant::now()) {
-        Ok(r) => r,
-        Err(throttled) => {
-            auth_failures.with_label_values(&["throttled"]).inc();
-            tracing::warn!(why = %throttled, "authentication throttled");
-            return Err(throttled.to_pg_error());
-        }
-    };
-    let grant = match auth::authenticate(client, &state.grants, params, tls).await {
-        Ok(g) => {
-            reservation.release();
-            g
-        }
-        Err(AuthError::Refused {
-            kind,
-            error,
-            reason,
-            counts_as_failure,
-        }) => {
-            if !counts_as_failure {
-                reservation.release();
-            }
-            auth_failures.with_label_values(&[kind.metric_label()]).inc();
-            tracing::info!(%reason, code = error.code, "authentication failed");
-            let event = AuditEvent::AuthFailure(audit_event::AuthFailure {
-                client_addr: peer.to_string(),
-                reason: reason.clone(),
-                target: params.target.clone(),
-                user: params.user.clone(),
-            });
-            if let Err(e) = state.audit.submit(vec![event]) {
-                state.proxy.metrics.audit_failures_total.inc();
-                tracing::error!(error = %e, "cannot record an authentication failure in the audit log");
-            }
-            return Err(error);
-        }
-        Err(AuthError::ClientLeft) => {
-            // No proof was evaluated (libpq leaves like this when it has no password).
-            reservation.release();
-            tracing::debug!("client left during authentication");
-            return Ok(None);
-        }
-        Err(AuthError::Io(e)) => {
-            reservation.release();
-            tracing::debug!(error = %e, "client connection failed during authentication");
-            return Ok(None);
-        }
-    };
-    tracing::Span::current().record("grant.id", grant.id.as_str());
-
-    // Watch first, then re-read: a revocation between authentication and now is not missed.
-    let watch = state.grants.watches().subscribe(&grant);
-    match state.grants.get(&grant.id).await {
-        Ok(fresh) => state.grants.watches().publish(&fresh),
-        Err(e) => {
-            tracing::error!(error = %e, "grant store unavailable");
-            return Err(PgError::grant_store_unavailable());
-        }
-    }
-    let grant = watch.current();
-    if let Some(why) = grant.refusal_at(state.clock.now()) {
-        return Err(PgError::grant_not_current(&why));
-    }
-    Ok(Some((grant, watch)))
-}
-
-/// Opens the upstream session for an admitted client and sends the client its startup answer.
-/// `Ok(None)` when the client left meanwhile; `Err` is the FATAL to send.
-async fn open_session(
-    state: &Arc<AppState>,
-    client: &mut ClientStream,
-    params: &ClientParams,
-    tls: Option<&ClientTlsInfo>,
-    peer: SocketAddr,
-    grant: Grant,
-    watch: GrantWatch,
-) -> Result<Option<Session>, PgError> {
-    let config = &state.config;
-    let (Some(target), Some(credential)) = (
-        config.targets.get(&grant.target),
-        config
-            .targets
-            .get(&grant.target)
-            .and_then(|t| t.credentials.get(&grant.role)),
-    ) else {
-        tracing::error!(role = %grant.role, "grant's target or role is no longer configured");
-        return Err(PgError::grant_not_current(&format!(
-            "grant {} names target \"{}\" / role \"{}\", which is no longer configured",
-            grant.id, grant.target, grant.role
-        )));
-    };
-
-    let Some(policy) = state.proxy.policies.get(&grant.role).cloned() else {
-        return Err(PgError::grant_not_current(&format!(
-            "grant {} names role \"{}\", which is no longer configured",
-            grant.id, grant.role
-        )));
-    };
-    let settings = startup::upstream_settings(&policy, &params.settings)?;
-    let interceptor = Interceptor::new(policy, state.proxy.classify_cache.clone(), &grant.id, &grant.role)
-        .tagging(&grant.user)
-        .bench_skip_policy(config.bench.skip_policy())
-        .max_statement_bytes(config.proxy.max_statement_bytes);
-    let mut settings = settings;
-    settings.push((
-        "application_name".into(),
-        tagged_application_name(&grant, params.application_name.as_deref()),
-    ));
-    let upstream_tls = state.proxy.upstream_tls.get(&target.name).cloned().flatten();
-    let upstream = match upstream::connect(
-        target,
-        credential,
-        upstream_tls,
-        &settings,
-        config.proxy.upstream_connect_timeout,
-        &state.proxy.salted_passwords,
-    )
-    .await
-    {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::warn!(error = %e, host = %target.host, port = target.port, "upstream connection failed");
-            let kind = match &e {
-                upstream::UpstreamError::Timeout(_) => "timeout",
-                upstream::UpstreamError::Connect(_) => "connect",
-                upstream::UpstreamError::TlsRefused
-                | upstream::UpstreamError::Tls(_)
-                | upstream::UpstreamError::ServerName(_) => "tls",
-                upstream::UpstreamError::Rejected { .. }
-                | upstream::UpstreamError::NoPassword
-                | upstream::UpstreamError::UnsupportedAuth(_) => "rejected",
-                upstream::UpstreamError::Protocol(_) | upstream::UpstreamError::Io(_) => "protocol",
-            };
-            state
-                .proxy
-                .metrics
-                .upstream_connect_errors_total
-                .with_label_values(&[&target.name, kind])
-                .inc();
-            return Err(match &e {
-                upstream::UpstreamError::Rejected { code, .. } => {
-                    PgError::upstream_rejected(&target.name, code)
-                }
-                _ => PgError::upstream_unavailable(&target.name, &e.client_reason()),
-            });
-        }
-    };
-    let Upstream {
-        stream,
-        backend_pid,
-        backend_secret,
-        parameter_status,
-        notices,
-        ready_status,
-    } = upstream;
-    let server_version = parameter_status
-        .iter()
-        .find(|(name, _)| name == "server_version")
-        .map(|(_, value)| value.as_str());
-    let interceptor = interceptor.on_server(server_version);
-
-    for (name, value) in &parameter_status {
-        let mut frame = BytesMut::new();
-        wire::parameter_status(&mut frame, name, value);
-        if let Some(problem) = lexing_problem(&frame) {
-            tracing::error!(%problem, "upstream session uses settings timebox cannot read statements under");
-            return Err(PgError::object_not_in_prerequisite_state(format!("target \"{}\" cannot be used: {problem}", target.name))
-                .with_hint("Tell the timebox administrators: the upstream role or database overrides a setting that must stay at its default."));
-        }
-    }
-    let upstream_cancel = UpstreamCancel {
-        host: target.host.clone(),
-        port: target.port,
-        pid: backend_pid,
-        secret: backend_secret,
-    };
-    let cancel_key = state.proxy.cancel_keys.register(upstream_cancel.clone());
-    let handle = state
-        .proxy
-        .sessions
-        .register(&grant, peer, tls.map(|t| t.version.clone()));
-    let start = AuditEvent::SessionStart(audit_event::SessionStart {
-        application_name: params.application_name.clone(),
-        client_addr: peer.to_string(),
-        grant_id: grant.id.clone(),
-        role: grant.role.clone(),
-        session_id: handle.name(),
-        target: grant.target.clone(),
-        tls_version: tls.map(|t| t.version.clone()),
-        user: grant.user.clone(),
-    });
-    // Durable before the session goes on (not waiting for the index: the relay never does).
-    if let Err(e) = state.audit.record_durable(vec![start]).await {
-        state.proxy.sessions.remove(handle.id);
-        state.proxy.metrics.audit_failures_total.inc();
-        tracing::error!(error = %e, "cannot record the session start in the audit log");
-        return Err(audit_refusal(&e));
-    }
-
-    let mut out = BytesMut::with_capacity(512);
-    wire::authentication_ok(&mut out);
-    for (name, value) in &parameter_status {
-        wire::parameter_status(&mut out, name, value);
-    }
-    out.extend_from_slice(&notices);
-    wire::backend_key_data(&mut out, cancel_key.pid, cancel_key.secret);
-    wire::frame(&mut out, b'Z', |b| b.extend_from_slice(&[ready_status]));
-    if let Err(e) = client.write_all(&out).await {
-        tracing::debug!(error = %e, "client left before the session started");
-        return Ok(None);
-    }
-    tracing::info!(
-        role = %grant.role,
-        tls = tls.map(|t| t.version.as_str()).unwrap_or("none"),
-        expires_at = %grant.expires_at,
-        upstream.pid = backend_pid,
-        "session started"
-    );
-    Ok(Some(Session {
-        state: state.clone(),
-        handle,
-        grant,
-        watch,
-        upstream: stream,
-        upstream_cancel,
-        _cancel_key: cancel_key,
-        interceptor,
-        statement_seq: 0,
-    }))
-}
-
-/// `timebox:<user>:<grant id>[:<client's application_name>]`, at most 63 bytes (PostgreSQL's limit).
-/// Later changes keep the tag too: see [`crate::policy::appname`].
-pub fn tagged_application_name(grant: &Grant, client_name: Option<&str>) -> String {
-    let tag = crate::policy::appname::session_tag(&grant.user, &grant.id);
-    crate::policy::appname::tagged(&tag, client_name)
-}
 
 /// Converts a wall-clock deadline into a tokio instant (now if already past).
 fn instant_at(now: DateTime<Utc>, at: DateTime<Utc>) -> Instant {
@@ -679,7 +451,7 @@ struct Closing {
 impl Session {
     async fn run(mut self, mut client: ClientStream) {
         let started = Instant::now();
-        let metrics = self.state.proxy.metrics.clone();
+        let metrics = self.ctx.proxy.metrics.clone();
         let (target, role) = (self.grant.target.clone(), self.grant.role.clone());
         let labels = [target.as_str(), role.as_str()];
         metrics.sessions_total.with_label_values(&labels).inc();
@@ -712,7 +484,7 @@ impl Session {
             user: self.grant.user.clone(),
         });
         outcomes.push(end);
-        match tokio::time::timeout(Duration::from_secs(5), self.state.audit.record(outcomes)).await {
+        match tokio::time::timeout(Duration::from_secs(5), self.ctx.audit.record(outcomes)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 metrics.audit_failures_total.inc();
@@ -727,7 +499,7 @@ impl Session {
             bytes_to_client = stats.bytes_to_client,
             "session ended"
         );
-        self.state.proxy.sessions.remove(self.handle.id);
+        self.ctx.proxy.sessions.remove(self.handle.id);
         metrics.sessions_active.with_label_values(&labels).dec();
         metrics
             .session_ends_total
@@ -741,7 +513,7 @@ impl Session {
     /// [`OUTCOME_FLUSH_DELAY`] after they were made; what is left at the end goes with the session
     /// end.
     async fn relay(&mut self, client: &mut ClientStream, outcome_events: &mut Vec<AuditEvent>) -> EndReason {
-        let state = self.state.clone();
+        let state = self.ctx.clone();
         let max_message = state.config.proxy.max_message_bytes;
         let client_tls = client.is_tls();
         let upstream_tls = self.upstream.is_tls();
@@ -1306,7 +1078,7 @@ impl Session {
     fn pending_warnings(&self, now: DateTime<Utc>) -> Vec<chrono::Duration> {
         let left = self.grant.expires_at - now;
         let mut w: Vec<chrono::Duration> = self
-            .state
+            .ctx
             .config
             .proxy
             .expiry_warnings
@@ -1320,7 +1092,7 @@ impl Session {
 
     /// Re-checks the grant now; severs the session if it no longer admits it.
     async fn check_grant(&mut self, outbox: &mut ClientOutbox, busy: bool) -> Option<Closing> {
-        let now = self.state.clock.now();
+        let now = self.ctx.clock.now();
         let why = self.grant.refusal_at(now)?;
         let reason = match self.grant.status_at(now) {
             GrantStatus::Revoked => EndReason::Revoked,
@@ -1386,7 +1158,7 @@ impl Session {
 
 /// If a ParameterStatus frame reports a setting that changes how SQL text is lexed to a value
 /// timebox does not read statements with, the reason to end the session. Pure.
-fn lexing_problem(frame: &[u8]) -> Option<String> {
+pub(crate) fn lexing_problem(frame: &[u8]) -> Option<String> {
     let body = frame.get(5..)?;
     let mut parts = body.split(|&b| b == 0);
     let name = std::str::from_utf8(parts.next()?).ok()?;
@@ -1449,7 +1221,7 @@ async fn wait_ack(pending: &mut Option<(AuditAck, Instant)>) -> Result<(), Audit
 }
 
 /// The FATAL a client gets when its statements cannot be audited (they were not run).
-fn audit_refusal(e: &AuditError) -> PgError {
+pub(crate) fn audit_refusal(e: &AuditError) -> PgError {
     let message =
         "terminating connection: timebox cannot record statements in the audit log right now, so they were not run";
     match e {
@@ -1498,40 +1270,6 @@ async fn sleep_opt(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn grant() -> Grant {
-        let now = Utc::now();
-        Grant {
-            id: "g_0123456789abcdef".into(),
-            user: "alice".into(),
-            target: "shop".into(),
-            role: "read".into(),
-            reason: "r".into(),
-            created_by: "ops".into(),
-            created_at: now,
-            starts_at: now,
-            expires_at: now,
-            revoked_at: None,
-            revoked_by: None,
-            revoke_reason: None,
-        }
-    }
-
-    #[test]
-    fn application_name_names_engineer_and_grant_and_fits() {
-        let g = grant();
-        assert_eq!(
-            tagged_application_name(&g, None),
-            "timebox:alice:g_0123456789abcdef"
-        );
-        assert_eq!(
-            tagged_application_name(&g, Some("psql")),
-            "timebox:alice:g_0123456789abcdef:psql"
-        );
-        let long = tagged_application_name(&g, Some(&"é".repeat(40)));
-        assert!(long.len() <= 63, "{}", long.len());
-        assert!(long.starts_with("timebox:alice:g_0123456789abcdef:"));
-    }
 
     fn frame_bytes(tag: u8, body: &[u8]) -> BytesMut {
         let mut b = BytesMut::new();
