@@ -13,6 +13,7 @@ pub mod auth;
 pub mod cancel;
 pub mod intercept;
 pub mod login;
+pub mod relay;
 pub mod scram;
 pub mod session;
 pub mod startup;

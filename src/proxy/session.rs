@@ -35,9 +35,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::cancel::{CancelKeyGuard, UpstreamCancel};
 use super::intercept::{Checked, FrontendAction, Interceptor, Precheck, Prechecker};
+use super::relay::held::{command_tag, error_sqlstate, lexing_problem, rows_of};
+use super::relay::outbox::ClientOutbox;
 use super::startup::{self, ClientParams, ClientTlsInfo, Startup, StartupError};
 use super::stream::{ClientStream, UpstreamStream};
-use super::wire::{self, FrameTracker, PgError};
+use super::wire::{self, PgError};
 use super::{PreAuthSlot, SessionHandle};
 use crate::audit::event::{self as audit_event, AuditEvent};
 use crate::audit::{AuditAck, AuditError};
@@ -294,128 +296,6 @@ fn instant_at(now: DateTime<Utc>, at: DateTime<Utc>) -> Instant {
     Instant::now() + wait
 }
 
-/// Backend bytes on their way to the client, with timebox's own messages spliced in at a frame
-/// boundary.
-///
-/// Offsets are positions in the byte stream the client receives; `delta` maps upstream stream
-/// offsets (what the [`FrameTracker`] counts) to client offsets after frames were replaced.
-/// ErrorResponse and ParameterStatus frames, and frames whose header is still incomplete, are held
-/// back until complete so they can be inspected (and replaced) before the client sees any of them.
-struct ClientOutbox {
-    /// Bytes not yet written to the client: client offsets `[written, written + pending.len())`.
-    pending: BytesMut,
-    /// Client offset up to which everything has been written.
-    written: u64,
-    /// Client offset minus upstream offset.
-    delta: i64,
-    /// timebox's own messages waiting for a boundary.
-    inject: BytesMut,
-    /// The client offset (a frame boundary) at which `inject` goes out.
-    inject_at: Option<u64>,
-    /// Frame boundaries of the upstream stream.
-    tracker: FrameTracker,
-}
-
-/// Frames the relay inspects before forwarding: ErrorResponse (denial markers, outcome SQLSTATE),
-/// ParameterStatus (settings that change how SQL is lexed) and CommandComplete (outcome tags).
-fn held_tag(tag: u8) -> bool {
-    tag == b'E' || tag == b'S' || tag == b'C'
-}
-
-impl ClientOutbox {
-    fn new() -> Self {
-        ClientOutbox {
-            pending: BytesMut::with_capacity(BUFFER_CAPACITY),
-            written: 0,
-            delta: 0,
-            inject: BytesMut::new(),
-            inject_at: None,
-            tracker: FrameTracker::default(),
-        }
-    }
-
-    fn to_client(&self, upstream_offset: u64) -> u64 {
-        (upstream_offset as i64 + self.delta) as u64
-    }
-
-    /// The latest frame boundary in client offsets.
-    fn last_boundary(&self) -> u64 {
-        self.to_client(
-            self.tracker
-                .unfinished_frame_start()
-                .unwrap_or(self.tracker.offset()),
-        )
-    }
-
-    /// Where writing must pause until the current frame is complete, if anywhere.
-    fn hold_point(&self) -> Option<u64> {
-        let t = &self.tracker;
-        (t.in_header() || held_tag(t.current_tag())).then(|| self.last_boundary())
-    }
-
-    /// Picks the injection point if one is not chosen yet: the latest boundary not yet passed.
-    fn place_injection(&mut self) {
-        if self.inject.is_empty() || self.inject_at.is_some() {
-            return;
-        }
-        let boundary = self.last_boundary();
-        if boundary >= self.written {
-            self.inject_at = Some(boundary);
-        }
-    }
-
-    /// The bytes to write next (stream bytes up to the injection or hold point, then the injection).
-    fn next_chunk(&self) -> Option<(&[u8], bool)> {
-        let mut limit = self.written + self.pending.len() as u64;
-        if let Some(hold) = self.hold_point() {
-            limit = limit.min(hold);
-        }
-        match self.inject_at {
-            Some(at) if at == self.written && !self.inject.is_empty() => {
-                return Some((&self.inject[..], true))
-            }
-            Some(at) => limit = limit.min(at),
-            None => {}
-        }
-        let n = limit.saturating_sub(self.written) as usize;
-        (n > 0).then(|| (&self.pending[..n], false))
-    }
-
-    fn advance(&mut self, n: usize, injected: bool) {
-        if injected {
-            self.inject.advance(n);
-            if self.inject.is_empty() {
-                self.inject_at = None;
-            }
-        } else {
-            self.pending.advance(n);
-            self.written += n as u64;
-        }
-    }
-
-    fn injection_done(&self) -> bool {
-        self.inject.is_empty()
-    }
-
-    /// The bytes of a complete, held frame given in upstream offsets.
-    fn frame_bytes(&self, start: u64, end: u64) -> &[u8] {
-        let from = (self.to_client(start) - self.written) as usize;
-        let to = (self.to_client(end) - self.written) as usize;
-        &self.pending[from..to]
-    }
-
-    /// Replaces a complete, held frame (upstream offsets) with `replacement`.
-    fn replace_frame(&mut self, start: u64, end: u64, replacement: &[u8]) {
-        let from = (self.to_client(start) - self.written) as usize;
-        let to = (self.to_client(end) - self.written) as usize;
-        let tail = self.pending.split_off(to);
-        self.pending.truncate(from);
-        self.pending.extend_from_slice(replacement);
-        self.pending.extend_from_slice(&tail);
-        self.delta += replacement.len() as i64 - (end - start) as i64;
-    }
-}
-
 /// What one poll of the four I/O directions produced.
 #[derive(Default)]
 struct IoEvents {
@@ -617,15 +497,7 @@ impl Session {
                         poll_read_buf(Pin::new(&mut self.upstream), cx, &mut outbox.pending)
                     {
                         if let Ok(n) = &r {
-                            let fed =
-                                outbox
-                                    .tracker
-                                    .feed_with(&outbox.pending[before..before + n], |tag, s, e| {
-                                        if held_tag(tag) || tag == b'Z' {
-                                            held_frames.push((tag, s, e));
-                                        }
-                                    });
-                            if fed.is_err() {
+                            if outbox.track_read(before, *n, &mut held_frames).is_err() {
                                 ev.upstream_read = Some(Err(std::io::Error::new(
                                     std::io::ErrorKind::InvalidData,
                                     "corrupt frame from upstream",
@@ -692,7 +564,7 @@ impl Session {
                                                         .with_hint("timebox reads statements with standard_conforming_strings = on and UTF-8 text; it does not allow changing that.")).await);
                                                 // Right after the ParameterStatus, before the statement's ReadyForQuery:
                                                 // the statement that changed the setting fails, nothing after it runs.
-                                                outbox.inject_at = Some(outbox.to_client(end));
+                                                outbox.inject_after(end);
                                             }
                                         }
                                     }
@@ -802,9 +674,7 @@ impl Session {
                                     }
                                     Err(error) => {
                                         tracing::info!(code = error.code, message = %error.message, "client protocol violation");
-                                        outbox.inject.clear();
-                                        error.encode(&mut outbox.inject);
-                                        outbox.place_injection();
+                                        outbox.queue_instead(&error);
                                         self.cancel_if_busy(busy).await;
                                         closing = Some(Closing { reason: EndReason::ClientError, deadline: Instant::now() + SEVER_DRAIN });
                                         break;
@@ -898,7 +768,7 @@ impl Session {
                         upstream_needs_flush = false;
                     }
                     if let Some(c) = &closing {
-                        if outbox.injection_done() && outbox.inject_at.is_none() && !client_needs_flush {
+                        if outbox.drained() && !client_needs_flush {
                             let _ = tokio::time::timeout(Duration::from_millis(200), client.flush()).await;
                             return c.reason;
                         }
@@ -957,8 +827,7 @@ impl Session {
                             self.grant.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                         ))
                         .with_hint("Ask for an extension or a new grant if you need more time.");
-                        notice.encode(&mut outbox.inject);
-                        outbox.place_injection();
+                        outbox.queue(&notice);
                     }
                 }
                 _ = kill.cancelled(), if closing.is_none() => {
@@ -1113,10 +982,7 @@ impl Session {
     ) -> Closing {
         tracing::info!(reason = reason.as_str(), message = %error.message, "severing session");
         self.cancel_if_busy(busy).await;
-        outbox.inject.clear();
-        outbox.inject_at = None;
-        error.encode(&mut outbox.inject);
-        outbox.place_injection();
+        outbox.queue_last(&error);
         Closing {
             reason,
             deadline: Instant::now() + SEVER_DRAIN,
@@ -1138,15 +1004,7 @@ impl Session {
         outbox: &mut ClientOutbox,
         reason: EndReason,
     ) -> EndReason {
-        let complete = match outbox.tracker.unfinished_frame_start() {
-            Some(start) if start >= outbox.written => (start - outbox.written) as usize,
-            Some(_) => 0,
-            None => outbox.pending.len(),
-        };
-        let mut out = outbox.pending.split_to(complete);
-        if outbox.tracker.at_boundary() || complete > 0 || outbox.written == outbox.tracker.offset() {
-            PgError::upstream_lost(&self.grant.target).encode(&mut out);
-        }
+        let out = outbox.take_before_loss(&PgError::upstream_lost(&self.grant.target));
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             client.write_all(&out).await?;
             client.flush().await
@@ -1154,21 +1012,6 @@ impl Session {
         .await;
         reason
     }
-}
-
-/// If a ParameterStatus frame reports a setting that changes how SQL text is lexed to a value
-/// timebox does not read statements with, the reason to end the session. Pure.
-pub(crate) fn lexing_problem(frame: &[u8]) -> Option<String> {
-    let body = frame.get(5..)?;
-    let mut parts = body.split(|&b| b == 0);
-    let name = std::str::from_utf8(parts.next()?).ok()?;
-    let value = std::str::from_utf8(parts.next()?).ok()?;
-    let ok = match name {
-        "standard_conforming_strings" => value.eq_ignore_ascii_case("on"),
-        "client_encoding" => startup::client_encoding_is_readable(value),
-        _ => true,
-    };
-    (!ok).then(|| format!("the server reported {name} = {value}, which changes how statements are read"))
 }
 
 /// A big statement's precheck running on the blocking pool: resolves to its frame and result.
@@ -1231,157 +1074,9 @@ pub(crate) fn audit_refusal(e: &AuditError) -> PgError {
     .with_hint("Tell the timebox administrators; nothing reaches the database unaudited.")
 }
 
-/// The tag of a CommandComplete frame ("UPDATE 3").
-fn command_tag(frame: &[u8]) -> Option<String> {
-    let body = frame.get(5..)?;
-    let end = body.iter().position(|&b| b == 0)?;
-    Some(String::from_utf8_lossy(&body[..end]).into_owned())
-}
-
-/// Rows counted in a command tag ("INSERT 0 5" → 5, "SELECT 3" → 3).
-fn rows_of(tag: &str) -> Option<u64> {
-    let last = tag.rsplit(';').next()?.split_whitespace().last()?;
-    last.parse().ok()
-}
-
-/// The SQLSTATE of an ErrorResponse frame.
-fn error_sqlstate(frame: &[u8]) -> Option<String> {
-    let mut fields = frame.get(5..)?;
-    while let Some((&code, rest)) = fields.split_first() {
-        if code == 0 {
-            break;
-        }
-        let end = rest.iter().position(|&b| b == 0)?;
-        if code == b'C' {
-            return Some(String::from_utf8_lossy(&rest[..end]).into_owned());
-        }
-        fields = &rest[end + 1..];
-    }
-    None
-}
-
 async fn sleep_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame_bytes(tag: u8, body: &[u8]) -> BytesMut {
-        let mut b = BytesMut::new();
-        wire::frame(&mut b, tag, |x| x.extend_from_slice(body));
-        b
-    }
-
-    #[test]
-    fn lexing_settings_reported_by_the_server_are_checked() {
-        let status = |name: &str, value: &str| {
-            let mut b = BytesMut::new();
-            wire::parameter_status(&mut b, name, value);
-            lexing_problem(&b)
-        };
-        assert_eq!(status("standard_conforming_strings", "on"), None);
-        assert!(status("standard_conforming_strings", "off").is_some());
-        assert_eq!(status("client_encoding", "UTF8"), None);
-        assert!(status("client_encoding", "SJIS").is_some());
-        assert!(status("client_encoding", "BIG5").is_some());
-        assert_eq!(status("TimeZone", "UTC"), None);
-        assert_eq!(status("application_name", "anything"), None);
-    }
-
-    #[test]
-    fn held_frames_wait_until_complete_and_can_be_replaced() {
-        let mut outbox = ClientOutbox::new();
-        let row = frame_bytes(b'D', &[1; 8]);
-        let err = frame_bytes(b'E', b"SERROR\0Mmarker\0\0");
-        let mut stream = row.clone();
-        stream.extend_from_slice(&err[..7]);
-        outbox.pending.extend_from_slice(&stream);
-        outbox.tracker.feed(&stream).unwrap();
-        // the DataRow may go, the partial ErrorResponse may not
-        assert_eq!(outbox.next_chunk().unwrap().0, &row[..]);
-        outbox.advance(row.len(), false);
-        assert!(outbox.next_chunk().is_none());
-        let rest = &err[7..];
-        outbox.pending.extend_from_slice(rest);
-        let mut done = Vec::new();
-        outbox
-            .tracker
-            .feed_with(rest, |t, s, e| done.push((t, s, e)))
-            .unwrap();
-        let (tag, s, e) = done[0];
-        assert_eq!(tag, b'E');
-        assert_eq!(outbox.frame_bytes(s, e), &err[..]);
-        let replacement = PgError::insufficient_privilege("denied").to_bytes();
-        outbox.replace_frame(s, e, &replacement);
-        assert_eq!(outbox.next_chunk().unwrap().0, &replacement[..]);
-        // a later frame is located correctly after the splice
-        let z = frame_bytes(b'Z', b"I");
-        outbox.pending.extend_from_slice(&z);
-        outbox.tracker.feed(&z).unwrap();
-        assert_eq!(
-            outbox.last_boundary(),
-            (row.len() + replacement.len() + z.len()) as u64
-        );
-    }
-
-    #[test]
-    fn injection_waits_for_a_frame_boundary() {
-        let mut outbox = ClientOutbox::new();
-        let row = frame_bytes(b'D', &[7; 20]);
-        // The first 10 bytes of a DataRow arrive and are written to the client.
-        outbox.pending.extend_from_slice(&row[..10]);
-        outbox.tracker.feed(&row[..10]).unwrap();
-        let (chunk, injected) = outbox.next_chunk().unwrap();
-        assert_eq!((chunk.len(), injected), (10, false));
-        outbox.advance(10, false);
-        // Now a notice is queued: it cannot go out mid-frame.
-        outbox.inject.extend_from_slice(&PgError::warning("w").to_bytes());
-        outbox.place_injection();
-        assert_eq!(outbox.inject_at, None);
-        assert!(outbox.next_chunk().is_none());
-        // The rest of the row and a whole CommandComplete arrive.
-        let cc = frame_bytes(b'C', b"SELECT 1\0");
-        let mut rest = BytesMut::from(&row[10..]);
-        rest.extend_from_slice(&cc);
-        outbox.pending.extend_from_slice(&rest);
-        outbox.tracker.feed(&rest).unwrap();
-        outbox.place_injection();
-        assert_eq!(outbox.inject_at, Some((row.len() + cc.len()) as u64));
-        // Stream bytes up to the boundary, then the notice.
-        let (chunk, injected) = outbox.next_chunk().unwrap();
-        assert_eq!((chunk.len(), injected), (row.len() - 10 + cc.len(), false));
-        outbox.advance(chunk.len(), false);
-        let (chunk, injected) = outbox.next_chunk().unwrap();
-        assert!(injected);
-        assert_eq!(chunk[0], b'N');
-        let n = chunk.len();
-        outbox.advance(n, true);
-        assert!(outbox.next_chunk().is_none());
-        assert!(outbox.injection_done());
-    }
-
-    #[test]
-    fn injection_goes_before_unwritten_partial_frame() {
-        let mut outbox = ClientOutbox::new();
-        let a = frame_bytes(b'D', &[1; 8]);
-        let b = frame_bytes(b'D', &[2; 8]);
-        let mut stream = a.clone();
-        stream.extend_from_slice(&b[..4]);
-        outbox.pending.extend_from_slice(&stream);
-        outbox.tracker.feed(&stream).unwrap();
-        PgError::admin_shutdown("bye").encode(&mut outbox.inject);
-        outbox.place_injection();
-        assert_eq!(
-            outbox.inject_at,
-            Some(a.len() as u64),
-            "before the partial second row"
-        );
-        let (chunk, injected) = outbox.next_chunk().unwrap();
-        assert_eq!((chunk, injected), (&a[..], false));
     }
 }
