@@ -17,7 +17,6 @@
 //! session cancels the running upstream query first, then tells the client why (FATAL 57P01) and
 //! closes both sides. It must never leave a query running upstream after the client is gone.
 
-use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -35,8 +34,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::cancel::{CancelKeyGuard, UpstreamCancel};
 use super::intercept::{Checked, FrontendAction, Interceptor, Precheck, Prechecker};
-use super::relay::held::{command_tag, error_sqlstate, lexing_problem, rows_of};
+use super::relay::held::{command_tag, error_sqlstate, lexing_problem};
 use super::relay::outbox::ClientOutbox;
+use super::relay::sync::{Completed, SyncTracker};
 use super::startup::{self, ClientParams, ClientTlsInfo, Startup, StartupError};
 use super::stream::{ClientStream, UpstreamStream};
 use super::wire::{self, PgError};
@@ -403,19 +403,8 @@ impl Session {
         // Complete ErrorResponse / ParameterStatus frames from the last upstream read: (tag, start, end).
         let mut held_frames: Vec<(u8, u64, u64)> = Vec::new();
         let (mut client_needs_flush, mut upstream_needs_flush) = (false, false);
-        // Sync points (Query, Sync, FunctionCall) sent minus ReadyForQuery received.
-        let mut awaiting_ready: u64 = 0;
-        // Extended-protocol messages sent since the last Sync.
-        let mut unsynced = false;
-        let mut ready_seen: u64 = 0;
-        // Each sync point forwarded and not yet answered by ReadyForQuery: when it was sent and the
-        // audited statements whose outcome it completes.
-        let mut in_flight: VecDeque<(Instant, Vec<u64>)> = VecDeque::new();
-        // Statements checked since the last sync point (their outcome comes with the next one).
-        let mut since_sync: Vec<u64> = Vec::new();
-        // Outcome of the sync point in progress: command tags and the error, if any.
-        let mut outcome_tags: Vec<String> = Vec::new();
-        let mut outcome_error: Option<String> = None;
+        // Forwarded sync points and the outcomes they complete.
+        let mut sync = SyncTracker::default();
         let audit = state.audit.clone();
         // fsync/write durability: statements are forwarded only once their records are durable.
         let wait_for_audit = audit.durability() != crate::config::Durability::Async;
@@ -449,7 +438,7 @@ impl Session {
             let warning = warnings
                 .last()
                 .map(|w| instant_at(now, self.grant.expires_at - *w));
-            let busy = awaiting_ready > 0 || unsynced;
+            let busy = sync.busy();
             let read_client = closing.is_none()
                 && pending_ack.is_none()
                 && offloaded.is_none()
@@ -534,16 +523,16 @@ impl Session {
                                 bytes_to_client.inc_by(n as u64);
                                 for (tag, start, end) in held_frames.drain(..) {
                                     if tag == b'Z' {
-                                        if let Some((sent, ids)) = in_flight.pop_front() {
-                                            let elapsed = sent.elapsed();
-                                            statement_duration.observe(elapsed.as_secs_f64());
-                                            self.outcomes(ids, &mut outcome_tags, &mut outcome_error, elapsed, outcome_events);
+                                        let status = outbox.tracker.last_ready_status.unwrap_or(b'I');
+                                        if let Some(done) = sync.ready(status, Instant::now()) {
+                                            statement_duration.observe(done.elapsed.as_secs_f64());
+                                            outcome_events.extend(self.outcome_events(done));
                                         }
                                         continue;
                                     }
                                     if tag == b'C' {
                                         if let Some(t) = command_tag(outbox.frame_bytes(start, end)) {
-                                            outcome_tags.push(t);
+                                            sync.command_complete(t);
                                         }
                                         continue;
                                     }
@@ -553,7 +542,7 @@ impl Session {
                                         continue;
                                     }
                                     if tag == b'E' {
-                                        outcome_error = error_sqlstate(outbox.frame_bytes(start, end));
+                                        sync.error(error_sqlstate(outbox.frame_bytes(start, end)));
                                         continue;
                                     }
                                     if tag == b'S' {
@@ -569,12 +558,9 @@ impl Session {
                                         }
                                     }
                                 }
-                                let now_ready = outbox.tracker.ready_count;
                                 if !outcome_events.is_empty() && outcome_deadline.is_none() {
                                     outcome_deadline = Some(Instant::now() + OUTCOME_FLUSH_DELAY);
                                 }
-                                awaiting_ready = awaiting_ready.saturating_sub(now_ready - ready_seen);
-                                ready_seen = now_ready;
                                 outbox.place_injection();
                             }
                             Err(e) => {
@@ -614,7 +600,7 @@ impl Session {
                         match r {
                             Ok(0) | Err(_) => {
                                 // The client vanished (EOF without Terminate, or reset): stop its query.
-                                tracing::info!("client disconnected");
+                                tracing::info!(phase = ?sync.phase(), "client disconnected");
                                 self.cancel_if_busy(busy).await;
                                 return EndReason::ClientExit;
                             }
@@ -715,7 +701,7 @@ impl Session {
                             if let Some(c) = checked.as_ref().filter(|_| !skip_audit) {
                                 let id = self.next_statement_id();
                                 if c.denied.is_none() {
-                                    since_sync.push(id);
+                                    sync.statement(id);
                                 }
                                 statement_events.push(self.statement_event(id, c));
                             }
@@ -733,18 +719,8 @@ impl Session {
                                     tracing::info!(sql.len = c.sql.bytes(), %reason, "statement denied");
                                 }
                             }
-                            match sent_tag {
-                                Some(b'Q' | b'F') => {
-                                    awaiting_ready += 1;
-                                    in_flight.push_back((Instant::now(), std::mem::take(&mut since_sync)));
-                                }
-                                Some(b'S') => {
-                                    awaiting_ready += 1;
-                                    unsynced = false;
-                                    in_flight.push_back((Instant::now(), std::mem::take(&mut since_sync)));
-                                }
-                                Some(b'P' | b'B' | b'E' | b'D' | b'C' | b'H') => unsynced = true,
-                                _ => {}
+                            if let Some(sent) = sent_tag {
+                                sync.forwarded(sent, Instant::now());
                             }
                             from_client.advance(consumed);
                         }
@@ -847,8 +823,7 @@ impl Session {
             // On shutdown, an idle session (nothing in flight either way) ends at once.
             if shutdown_deadline.is_some()
                 && closing.is_none()
-                && awaiting_ready == 0
-                && !unsynced
+                && !sync.busy()
                 && offloaded.is_none()
                 && resumed.is_none()
                 && from_client.is_empty()
@@ -908,39 +883,19 @@ impl Session {
         })
     }
 
-    /// Outcome records for the statements a ReadyForQuery completes: command tags in order, and
-    /// the error for those that got none.
-    fn outcomes(
-        &self,
-        ids: Vec<u64>,
-        tags: &mut Vec<String>,
-        error: &mut Option<String>,
-        elapsed: Duration,
-        out: &mut Vec<AuditEvent>,
-    ) {
-        let mut tags_iter = tags.drain(..);
-        let ids_len = ids.len();
-        for (i, id) in ids.into_iter().enumerate() {
-            // A multi-statement Query is one audited statement with several command tags.
-            let tag = if i + 1 == ids_len {
-                let rest: Vec<String> = tags_iter.by_ref().collect();
-                (!rest.is_empty()).then(|| rest.join("; "))
-            } else {
-                tags_iter.next()
-            };
-            let rows = tag.as_deref().and_then(rows_of);
-            out.push(AuditEvent::StatementOutcome(audit_event::StatementOutcome {
-                command_tag: tag.clone(),
-                duration_us: elapsed.as_micros() as u64,
-                rows,
+    /// The audit records of the outcomes one ReadyForQuery completed.
+    fn outcome_events(&self, done: Completed) -> impl Iterator<Item = AuditEvent> + '_ {
+        let duration_us = done.elapsed.as_micros() as u64;
+        done.outcomes.into_iter().map(move |o| {
+            AuditEvent::StatementOutcome(audit_event::StatementOutcome {
+                command_tag: o.command_tag,
+                duration_us,
+                rows: o.rows,
                 session_id: self.handle.name(),
-                sqlstate: if tag.is_none() { error.clone() } else { None },
-                statement_id: id,
-            }));
-        }
-        drop(tags_iter);
-        tags.clear();
-        *error = None;
+                sqlstate: o.sqlstate,
+                statement_id: o.statement_id,
+            })
+        })
     }
 
     /// Warnings (durations before expiry) still ahead, the next one last.
