@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cancel::{CancelKeyGuard, UpstreamCancel};
 use super::intercept::{Checked, FrontendAction, Interceptor, Precheck, Prechecker};
+use super::relay::gate::AuditGate;
 use super::relay::held::{command_tag, error_sqlstate, lexing_problem};
 use super::relay::outbox::ClientOutbox;
 use super::relay::sync::{Completed, SyncTracker};
@@ -42,7 +43,7 @@ use super::stream::{ClientStream, UpstreamStream};
 use super::wire::{self, PgError};
 use super::{PreAuthSlot, SessionHandle};
 use crate::audit::event::{self as audit_event, AuditEvent};
-use crate::audit::{AuditAck, AuditError};
+use crate::audit::AuditError;
 use crate::grants::watch::GrantWatch;
 use crate::grants::{Grant, GrantStatus};
 
@@ -286,10 +287,6 @@ pub(crate) struct Session {
     pub(crate) statement_seq: u64,
 }
 
-/// How long outcome records may wait for the next statement's audit submission (which they join)
-/// before they are submitted on their own: an idle session's outcomes are durable within this.
-const OUTCOME_FLUSH_DELAY: Duration = Duration::from_millis(50);
-
 /// Converts a wall-clock deadline into a tokio instant (now if already past).
 fn instant_at(now: DateTime<Utc>, at: DateTime<Utc>) -> Instant {
     let wait = (at - now).to_std().unwrap_or(Duration::ZERO);
@@ -336,9 +333,12 @@ impl Session {
         let labels = [target.as_str(), role.as_str()];
         metrics.sessions_total.with_label_values(&labels).inc();
         metrics.sessions_active.with_label_values(&labels).inc();
-        // Outcomes of the last statements, not yet handed to the audit log (see `relay`).
-        let mut outcomes = Vec::new();
-        let reason = self.relay(&mut client, &mut outcomes).await;
+        // fsync/write durability: statements are forwarded only once their records are durable.
+        let wait_for_durable = self.ctx.audit.durability() != crate::config::Durability::Async;
+        let mut gate = AuditGate::new(wait_for_durable);
+        let reason = self.relay(&mut client, &mut gate).await;
+        // Outcomes of the last statements not yet handed to the audit log go with the session end.
+        let mut outcomes = gate.into_outcomes();
         // Whatever happened, no upstream query may outlive the session.
         let mut terminate = BytesMut::new();
         postgres_protocol::message::frontend::terminate(&mut terminate);
@@ -388,11 +388,11 @@ impl Session {
     }
 
     /// The relay loop; returns why it ended.
-    /// `outcome_events`: outcome records wait for the next statement's submission and go with it
-    /// (one hand-off to the audit writer per statement instead of two), or at the latest
-    /// [`OUTCOME_FLUSH_DELAY`] after they were made; what is left at the end goes with the session
-    /// end.
-    async fn relay(&mut self, client: &mut ClientStream, outcome_events: &mut Vec<AuditEvent>) -> EndReason {
+    /// `gate`: client frames wait there for their audit records; outcome records wait for the next
+    /// statement's submission and go with it (one hand-off to the audit writer per statement
+    /// instead of two), or at the latest [`OUTCOME_FLUSH_DELAY`](super::relay::gate::OUTCOME_FLUSH_DELAY) after they were made; what is
+    /// left at the end goes with the session end.
+    async fn relay(&mut self, client: &mut ClientStream, gate: &mut AuditGate) -> EndReason {
         let state = self.ctx.clone();
         let max_message = state.config.proxy.max_message_bytes;
         let client_tls = client.is_tls();
@@ -406,15 +406,8 @@ impl Session {
         // Forwarded sync points and the outcomes they complete.
         let mut sync = SyncTracker::default();
         let audit = state.audit.clone();
-        // fsync/write durability: statements are forwarded only once their records are durable.
-        let wait_for_audit = audit.durability() != crate::config::Durability::Async;
         // Benchmarks only (`[bench] skip_audit`, false unless built with `bench-knobs`): no statement records.
         let skip_audit = state.config.bench.skip_audit();
-        // Frames of the last client read, waiting for their audit acknowledgement.
-        let mut audit_hold = BytesMut::new();
-        let mut pending_ack: Option<(crate::audit::AuditAck, Instant)> = None;
-        let mut statement_events: Vec<AuditEvent> = Vec::new();
-        let mut outcome_deadline: Option<Instant> = None;
         let metrics = state.proxy.metrics.clone();
         let statement_duration = metrics
             .statement_duration_seconds
@@ -440,7 +433,7 @@ impl Session {
                 .map(|w| instant_at(now, self.grant.expires_at - *w));
             let busy = sync.busy();
             let read_client = closing.is_none()
-                && pending_ack.is_none()
+                && !gate.waiting()
                 && offloaded.is_none()
                 && resumed.is_none()
                 && to_upstream.len() < HIGH_WATER;
@@ -505,6 +498,7 @@ impl Session {
             });
 
             let closing_deadline = closing.as_ref().map(|c| c.deadline);
+            let outcome_deadline = gate.outcome_deadline();
             tokio::select! {
                 biased;
                 ev = io => {
@@ -526,7 +520,7 @@ impl Session {
                                         let status = outbox.tracker.last_ready_status.unwrap_or(b'I');
                                         if let Some(done) = sync.ready(status, Instant::now()) {
                                             statement_duration.observe(done.elapsed.as_secs_f64());
-                                            outcome_events.extend(self.outcome_events(done));
+                                            gate.outcomes(self.outcome_events(done), Instant::now());
                                         }
                                         continue;
                                     }
@@ -557,9 +551,6 @@ impl Session {
                                             }
                                         }
                                     }
-                                }
-                                if !outcome_events.is_empty() && outcome_deadline.is_none() {
-                                    outcome_deadline = Some(Instant::now() + OUTCOME_FLUSH_DELAY);
                                 }
                                 outbox.place_injection();
                             }
@@ -635,26 +626,11 @@ impl Session {
                                     }
                                     Ok(None) => {
                                         // This read's frames go upstream once their records are durable.
-                                        if !statement_events.is_empty() {
-                                            // Earlier outcomes go first, in the same hand-off.
-                                            let mut events = std::mem::take(outcome_events);
-                                            events.append(&mut statement_events);
-                                            outcome_deadline = None;
-                                            match audit.submit(events) {
-                                                Ok(ack) if wait_for_audit => pending_ack = Some((ack, Instant::now())),
-                                                Ok(_) => {}
-                                                Err(e) => {
-                                                    metrics.audit_failures_total.inc();
-                                                    tracing::error!(error = %e, "audit log refused statement records; statements not run");
-                                                    audit_hold.clear();
-                                                    closing = Some(self.sever(&mut outbox, busy, EndReason::AuditUnavailable, audit_refusal(&e)).await);
-                                                    break;
-                                                }
-                                            }
-                                        }
-                                        if pending_ack.is_none() {
-                                            to_upstream.extend_from_slice(&audit_hold);
-                                            audit_hold.clear();
+                                        let submitted = gate.end_of_read(|events| audit.submit(events), &mut to_upstream, Instant::now());
+                                        if let Err(e) = submitted {
+                                            metrics.audit_failures_total.inc();
+                                            tracing::error!(error = %e, "audit log refused statement records; statements not run");
+                                            closing = Some(self.sever(&mut outbox, busy, EndReason::AuditUnavailable, audit_refusal(&e)).await);
                                         }
                                         break;
                                     }
@@ -670,13 +646,12 @@ impl Session {
                             if tag == b'X' {
                                 // Terminate: the session ends normally after what came before it
                                 // (once that is audited).
-                                let mut events = std::mem::take(outcome_events);
-                                events.append(&mut statement_events);
+                                let (events, held) = gate.terminate();
                                 if audit.record_durable(events).await.is_err() {
                                     metrics.audit_failures_total.inc();
                                     return EndReason::ClientExit;
                                 }
-                                to_upstream.extend_from_slice(&audit_hold);
+                                to_upstream.extend_from_slice(&held);
                                 to_upstream.extend_from_slice(frame);
                                 let _ = self.upstream.write_all(&to_upstream).await;
                                 return EndReason::ClientExit;
@@ -689,11 +664,11 @@ impl Session {
                             // What actually goes upstream decides what it will answer.
                             let sent_tag = match &action {
                                 FrontendAction::Forward => {
-                                    audit_hold.extend_from_slice(frame);
+                                    gate.hold(frame);
                                     Some(tag)
                                 }
                                 FrontendAction::Replace(bytes) => {
-                                    audit_hold.extend_from_slice(bytes);
+                                    gate.hold(bytes);
                                     Some(bytes[0])
                                 }
                                 FrontendAction::Drop => None,
@@ -703,7 +678,7 @@ impl Session {
                                 if c.denied.is_none() {
                                     sync.statement(id);
                                 }
-                                statement_events.push(self.statement_event(id, c));
+                                gate.statement(self.statement_event(id, c));
                             }
                             if let Some(c) = &checked {
                                 let decision = if c.denied.is_some() { "deny" } else { "allow" };
@@ -754,26 +729,19 @@ impl Session {
                     offloaded = None;
                     resumed = Some(prechecked);
                 }
-                acked = wait_ack(&mut pending_ack), if pending_ack.is_some() => {
-                    if let Some((_, submitted)) = pending_ack.take() {
-                        metrics.audit_write_seconds.observe(submitted.elapsed().as_secs_f64());
+                acked = gate.acknowledged(), if gate.waiting() => {
+                    let (waited, acked) = gate.on_acknowledged(acked, &mut to_upstream, Instant::now());
+                    if let Some(waited) = waited {
+                        metrics.audit_write_seconds.observe(waited.as_secs_f64());
                     }
-                    match acked {
-                        Ok(()) => {
-                            to_upstream.extend_from_slice(&audit_hold);
-                            audit_hold.clear();
-                        }
-                        Err(e) => {
-                            metrics.audit_failures_total.inc();
-                            tracing::error!(error = %e, "audit records not durable; statements not run");
-                            audit_hold.clear();
-                            closing = Some(self.sever(&mut outbox, busy, EndReason::AuditUnavailable, audit_refusal(&e)).await);
-                        }
+                    if let Err(e) = acked {
+                        metrics.audit_failures_total.inc();
+                        tracing::error!(error = %e, "audit records not durable; statements not run");
+                        closing = Some(self.sever(&mut outbox, busy, EndReason::AuditUnavailable, audit_refusal(&e)).await);
                     }
                 }
                 _ = sleep_opt(outcome_deadline), if outcome_deadline.is_some() => {
-                    outcome_deadline = None;
-                    if let Err(e) = audit.submit(std::mem::take(outcome_events)) {
+                    if let Err(e) = audit.submit(gate.due_outcomes()) {
                         metrics.audit_failures_total.inc();
                         tracing::error!(error = %e, "could not record statement outcomes in the audit log");
                     }
@@ -1006,14 +974,6 @@ fn offload_precheck(
 async fn wait_offloaded(offloaded: &mut Option<OffloadedPrecheck>) -> (u8, Bytes, Precheck) {
     match offloaded {
         Some(f) => f.await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Waits for the pending audit acknowledgement (never resolves when there is none).
-async fn wait_ack(pending: &mut Option<(AuditAck, Instant)>) -> Result<(), AuditError> {
-    match pending {
-        Some((ack, _)) => ack.await,
         None => std::future::pending().await,
     }
 }
