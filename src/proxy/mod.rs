@@ -2,7 +2,7 @@
 //!
 //! Data flow for one connection: [`session`] (the entry) → [`startup`] (TLS, startup packet) →
 //! [`login`]: [`auth`] (grant token via SCRAM), then [`upstream`] (login with the role's
-//! credential) → [`session`] relay loop ([`intercept`] checks each statement), which ends on client exit,
+//! credential) → [`relay`] loop ([`intercept`] checks each statement), which ends on client exit,
 //! grant expiry or revocation, kill, upstream loss or shutdown. [`cancel`] maps client-facing
 //! cancel keys to upstream backends. [`wire`] holds the protocol pieces.
 //!
