@@ -462,161 +462,188 @@ impl Interceptor {
         }
         let body = &frame[5..];
         match tag {
-            b'Q' => {
-                let pre = precheck.unwrap_or_else(|| self.prechecker().precheck(tag, frame));
-                let (classification, class, mut denial) = self.judge(&pre);
-                let mut rewritten = None;
-                if denial.is_none() {
-                    match self.application_name(&classification) {
-                        Ok(r) => rewritten = r,
-                        Err(e) => denial = Some(e),
-                    }
+            b'Q' => self.on_query(tag, frame, precheck, checked),
+            b'P' => self.on_parse(tag, frame, body, precheck, checked),
+            b'B' => self.on_bind(body, checked),
+            b'C' => self.on_close(body),
+            b'F' => self.on_function_call(),
+            _ => FrontendAction::Forward,
+        }
+    }
+
+    /// Query: checked (and its `SET application_name` tagged) before it goes.
+    fn on_query(
+        &mut self,
+        tag: u8,
+        frame: &[u8],
+        precheck: Option<Precheck>,
+        checked: &mut Option<Checked>,
+    ) -> FrontendAction {
+        let pre = precheck.unwrap_or_else(|| self.prechecker().precheck(tag, frame));
+        let (classification, class, mut denial) = self.judge(&pre);
+        let mut rewritten = None;
+        if denial.is_none() {
+            match self.application_name(&classification) {
+                Ok(r) => rewritten = r,
+                Err(e) => denial = Some(e),
+            }
+        }
+        *checked = Some(Checked {
+            sql: pre.sql,
+            classification,
+            class,
+            denied: denial.as_ref().map(|e| e.message.clone()),
+            params: None,
+        });
+        match (denial, rewritten) {
+            (Some(e), _) => self.deny_with_query_marker(e),
+            (None, None) => FrontendAction::Forward,
+            (None, Some(sql)) => {
+                let mut out = BytesMut::new();
+                postgres_protocol::message::frontend::query(&sql, &mut out)
+                    .expect("a generated SET has no NUL");
+                FrontendAction::Replace(out)
+            }
+        }
+    }
+
+    /// Parse: checked, and its statement remembered under its name for later Binds.
+    fn on_parse(
+        &mut self,
+        tag: u8,
+        frame: &[u8],
+        body: &[u8],
+        precheck: Option<Precheck>,
+        checked: &mut Option<Checked>,
+    ) -> FrontendAction {
+        let pre = precheck.unwrap_or_else(|| self.prechecker().precheck(tag, frame));
+        let (classification, class, mut denial) = self.judge(&pre);
+        if denial.is_none() && classification.statements.len() > 1 {
+            // PostgreSQL refuses these too; refusing here keeps the prepared namespace exact.
+            denial = Some(self.denial(
+                "a prepared statement must contain a single SQL statement",
+                "Send one statement per Parse message.",
+            ));
+        }
+        let mut rewritten = None;
+        if denial.is_none() {
+            match self.application_name(&classification) {
+                Ok(r) => rewritten = r,
+                Err(e) => denial = Some(e),
+            }
+        }
+        *checked = Some(Checked {
+            sql: pre.sql.clone(),
+            classification: classification.clone(),
+            class,
+            denied: denial.as_ref().map(|e| e.message.clone()),
+            params: None,
+        });
+        let name = pre.name;
+        match (denial, name) {
+            (None, Some(name)) => {
+                if !name.is_empty()
+                    && self.prepared.len() >= MAX_PREPARED
+                    && !self.prepared.contains_key(&name)
+                {
+                    let e = self.denial(
+                        &format!("too many prepared statements in this session ({MAX_PREPARED})"),
+                        "Close statements you no longer need.",
+                    );
+                    return self.deny_with_parse_marker(e);
                 }
-                *checked = Some(Checked {
-                    sql: pre.sql,
-                    classification,
-                    class,
-                    denied: denial.as_ref().map(|e| e.message.clone()),
-                    params: None,
+                let replaced = rewritten.map(|text| {
+                    // The same Parse (name, parameter types) with the tagged SET as its text.
+                    let param_types = cstr(body)
+                        .and_then(|(_, rest)| cstr(rest))
+                        .map_or(&[][..], |(_, types)| types);
+                    let mut out = BytesMut::new();
+                    super::wire::frame(&mut out, b'P', |b| {
+                        b.extend_from_slice(name.as_bytes());
+                        b.extend_from_slice(&[0]);
+                        b.extend_from_slice(text.as_bytes());
+                        b.extend_from_slice(&[0]);
+                        b.extend_from_slice(param_types);
+                    });
+                    out
                 });
-                match (denial, rewritten) {
-                    (Some(e), _) => self.deny_with_query_marker(e),
-                    (None, None) => FrontendAction::Forward,
-                    (None, Some(sql)) => {
-                        let mut out = BytesMut::new();
-                        postgres_protocol::message::frontend::query(&sql, &mut out)
-                            .expect("a generated SET has no NUL");
-                        FrontendAction::Replace(out)
-                    }
+                self.prepared.insert(
+                    name,
+                    Prepared {
+                        class: classification.class(),
+                        sql: pre.sql,
+                        classification,
+                    },
+                );
+                match replaced {
+                    None => FrontendAction::Forward,
+                    Some(out) => FrontendAction::Replace(out),
                 }
             }
-            b'P' => {
-                let pre = precheck.unwrap_or_else(|| self.prechecker().precheck(tag, frame));
-                let (classification, class, mut denial) = self.judge(&pre);
-                if denial.is_none() && classification.statements.len() > 1 {
-                    // PostgreSQL refuses these too; refusing here keeps the prepared namespace exact.
-                    denial = Some(self.denial(
-                        "a prepared statement must contain a single SQL statement",
-                        "Send one statement per Parse message.",
-                    ));
+            (denial, name) => {
+                if let Some(name) = name {
+                    self.prepared.remove(&name);
                 }
-                let mut rewritten = None;
-                if denial.is_none() {
-                    match self.application_name(&classification) {
-                        Ok(r) => rewritten = r,
-                        Err(e) => denial = Some(e),
-                    }
-                }
+                let e = denial.unwrap_or_else(|| self.denial("the statement could not be checked", ""));
+                self.deny_with_parse_marker(e)
+            }
+        }
+    }
+
+    /// Bind: runs only a statement this session's Parse checked (audited with its parameters).
+    fn on_bind(&mut self, body: &[u8], checked: &mut Option<Checked>) -> FrontendAction {
+        let statement = cstr(body).and_then(|(_portal, rest)| cstr(rest));
+        let known = statement
+            .and_then(|(s, _)| std::str::from_utf8(s).ok())
+            .and_then(|s| self.prepared.get(s).cloned());
+        match known {
+            Some(p) => {
+                // Each Bind is one execution of a checked statement: audit it with its parameters.
                 *checked = Some(Checked {
-                    sql: pre.sql.clone(),
-                    classification: classification.clone(),
-                    class,
-                    denied: denial.as_ref().map(|e| e.message.clone()),
-                    params: None,
+                    sql: p.sql,
+                    class: p.class,
+                    classification: p.classification,
+                    denied: None,
+                    params: statement.and_then(|(_, rest)| bind_params(rest)),
                 });
-                let name = pre.name;
-                match (denial, name) {
-                    (None, Some(name)) => {
-                        if !name.is_empty()
-                            && self.prepared.len() >= MAX_PREPARED
-                            && !self.prepared.contains_key(&name)
-                        {
-                            let e = self.denial(
-                                &format!("too many prepared statements in this session ({MAX_PREPARED})"),
-                                "Close statements you no longer need.",
-                            );
-                            return self.deny_with_parse_marker(e);
-                        }
-                        let replaced = rewritten.map(|text| {
-                            // The same Parse (name, parameter types) with the tagged SET as its text.
-                            let param_types = cstr(body)
-                                .and_then(|(_, rest)| cstr(rest))
-                                .map_or(&[][..], |(_, types)| types);
-                            let mut out = BytesMut::new();
-                            super::wire::frame(&mut out, b'P', |b| {
-                                b.extend_from_slice(name.as_bytes());
-                                b.extend_from_slice(&[0]);
-                                b.extend_from_slice(text.as_bytes());
-                                b.extend_from_slice(&[0]);
-                                b.extend_from_slice(param_types);
-                            });
-                            out
-                        });
-                        self.prepared.insert(
-                            name,
-                            Prepared {
-                                class: classification.class(),
-                                sql: pre.sql,
-                                classification,
-                            },
-                        );
-                        match replaced {
-                            None => FrontendAction::Forward,
-                            Some(out) => FrontendAction::Replace(out),
-                        }
-                    }
-                    (denial, name) => {
-                        if let Some(name) = name {
-                            self.prepared.remove(&name);
-                        }
-                        let e =
-                            denial.unwrap_or_else(|| self.denial("the statement could not be checked", ""));
-                        self.deny_with_parse_marker(e)
-                    }
-                }
-            }
-            b'B' => {
-                let statement = cstr(body).and_then(|(_portal, rest)| cstr(rest));
-                let known = statement
-                    .and_then(|(s, _)| std::str::from_utf8(s).ok())
-                    .and_then(|s| self.prepared.get(s).cloned());
-                match known {
-                    Some(p) => {
-                        // Each Bind is one execution of a checked statement: audit it with its parameters.
-                        *checked = Some(Checked {
-                            sql: p.sql,
-                            class: p.class,
-                            classification: p.classification,
-                            denied: None,
-                            params: statement.and_then(|(_, rest)| bind_params(rest)),
-                        });
-                        FrontendAction::Forward
-                    }
-                    // Benchmark knob: allowed too (e.g. a statement from an SQL-level PREPARE).
-                    None if self.skip_policy.is_some() => FrontendAction::Forward,
-                    None => {
-                        let name = statement
-                            .map(|(s, _)| String::from_utf8_lossy(s).into_owned())
-                            .unwrap_or_default();
-                        let e = self.denial(
-                            &format!("Bind of prepared statement \"{name}\", which timebox did not check"),
-                            "Prepare the statement in this session through timebox first.",
-                        );
-                        self.deny_with_parse_marker(e)
-                    }
-                }
-            }
-            b'C' => {
-                // Close: 'S' statement or 'P' portal, then the name.
-                if body.first() == Some(&b'S') {
-                    if let Some((name, _)) = cstr(&body[1..]) {
-                        self.prepared.remove(&*String::from_utf8_lossy(name));
-                    }
-                }
                 FrontendAction::Forward
             }
-            b'F' => {
-                if self.skip_policy.is_some() || self.policy.allows(StatementClass::Admin) {
-                    FrontendAction::Forward
-                } else {
-                    let e = self.denial(
-                        "FunctionCall messages (the fast-path function interface) are not allowed for this role",
-                        "Call functions with SELECT instead; the fast path needs a grant with role admin.",
-                    );
-                    self.deny_with_query_marker(e)
-                }
+            // Benchmark knob: allowed too (e.g. a statement from an SQL-level PREPARE).
+            None if self.skip_policy.is_some() => FrontendAction::Forward,
+            None => {
+                let name = statement
+                    .map(|(s, _)| String::from_utf8_lossy(s).into_owned())
+                    .unwrap_or_default();
+                let e = self.denial(
+                    &format!("Bind of prepared statement \"{name}\", which timebox did not check"),
+                    "Prepare the statement in this session through timebox first.",
+                );
+                self.deny_with_parse_marker(e)
             }
-            _ => FrontendAction::Forward,
+        }
+    }
+
+    /// Close: a closed statement name is forgotten.
+    fn on_close(&mut self, body: &[u8]) -> FrontendAction {
+        // Close: 'S' statement or 'P' portal, then the name.
+        if body.first() == Some(&b'S') {
+            if let Some((name, _)) = cstr(&body[1..]) {
+                self.prepared.remove(&*String::from_utf8_lossy(name));
+            }
+        }
+        FrontendAction::Forward
+    }
+
+    /// FunctionCall (the fast path): admin roles only.
+    fn on_function_call(&mut self) -> FrontendAction {
+        if self.skip_policy.is_some() || self.policy.allows(StatementClass::Admin) {
+            FrontendAction::Forward
+        } else {
+            let e = self.denial(
+                "FunctionCall messages (the fast-path function interface) are not allowed for this role",
+                "Call functions with SELECT instead; the fast path needs a grant with role admin.",
+            );
+            self.deny_with_query_marker(e)
         }
     }
 }
