@@ -471,6 +471,25 @@ impl Interceptor {
         }
     }
 
+    /// The statement with timebox's tag kept in a `SET application_name`, if it is one and
+    /// nothing denied it yet; a refused change becomes the denial.
+    fn tag_application_name(
+        &self,
+        classification: &Classification,
+        denial: &mut Option<PgError>,
+    ) -> Option<String> {
+        if denial.is_some() {
+            return None;
+        }
+        match self.application_name(classification) {
+            Ok(rewritten) => rewritten,
+            Err(e) => {
+                *denial = Some(e);
+                None
+            }
+        }
+    }
+
     /// Query: checked (and its `SET application_name` tagged) before it goes.
     fn on_query(
         &mut self,
@@ -481,13 +500,7 @@ impl Interceptor {
     ) -> FrontendAction {
         let pre = precheck.unwrap_or_else(|| self.prechecker().precheck(tag, frame));
         let (classification, class, mut denial) = self.judge(&pre);
-        let mut rewritten = None;
-        if denial.is_none() {
-            match self.application_name(&classification) {
-                Ok(r) => rewritten = r,
-                Err(e) => denial = Some(e),
-            }
-        }
+        let rewritten = self.tag_application_name(&classification, &mut denial);
         *checked = Some(Checked {
             sql: pre.sql,
             classification,
@@ -525,13 +538,7 @@ impl Interceptor {
                 "Send one statement per Parse message.",
             ));
         }
-        let mut rewritten = None;
-        if denial.is_none() {
-            match self.application_name(&classification) {
-                Ok(r) => rewritten = r,
-                Err(e) => denial = Some(e),
-            }
-        }
+        let rewritten = self.tag_application_name(&classification, &mut denial);
         *checked = Some(Checked {
             sql: pre.sql.clone(),
             classification: classification.clone(),

@@ -35,9 +35,21 @@ pub(crate) fn record_auth_timeout(
 ) {
     metrics.auth_failures_total.with_label_values(&["timeout"]).inc();
     tracing::info!(client.addr = %peer, user = %params.user, "authentication timed out");
+    audit_auth_failure(metrics, audit, params, peer, "authentication timed out".into());
+}
+
+/// Records a failed login (never the token) in the audit log, best effort: the client is refused
+/// either way.
+fn audit_auth_failure(
+    metrics: &Metrics,
+    audit: &AuditLog,
+    params: &ClientParams,
+    peer: SocketAddr,
+    reason: String,
+) {
     let event = AuditEvent::AuthFailure(audit_event::AuthFailure {
         client_addr: peer.to_string(),
-        reason: "authentication timed out".into(),
+        reason,
         target: params.target.clone(),
         user: params.user.clone(),
     });
@@ -82,16 +94,7 @@ pub(crate) async fn authenticate(
             }
             auth_failures.with_label_values(&[kind.metric_label()]).inc();
             tracing::info!(%reason, code = error.code, "authentication failed");
-            let event = AuditEvent::AuthFailure(audit_event::AuthFailure {
-                client_addr: peer.to_string(),
-                reason: reason.clone(),
-                target: params.target.clone(),
-                user: params.user.clone(),
-            });
-            if let Err(e) = ctx.audit.submit(vec![event]) {
-                ctx.proxy.metrics.audit_failures_total.inc();
-                tracing::error!(error = %e, "cannot record an authentication failure in the audit log");
-            }
+            audit_auth_failure(&ctx.proxy.metrics, &ctx.audit, params, peer, reason);
             return Err(error);
         }
         Err(AuthError::ClientLeft) => {

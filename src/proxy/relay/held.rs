@@ -67,13 +67,8 @@ pub(crate) fn lexing_problem(frame: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::relay::test_frame as frame;
     use crate::proxy::wire::{self, PgError};
-
-    fn frame(tag: u8, body: &[u8]) -> BytesMut {
-        let mut b = BytesMut::new();
-        wire::frame(&mut b, tag, |x| x.extend_from_slice(body));
-        b
-    }
 
     #[test]
     fn lexing_settings_reported_by_the_server_are_checked() {

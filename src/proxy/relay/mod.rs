@@ -386,6 +386,14 @@ impl Session {
     }
 }
 
+/// A backend frame with `tag` and `body`, for the parts' unit tests.
+#[cfg(test)]
+fn test_frame(tag: u8, body: &[u8]) -> bytes::BytesMut {
+    let mut b = bytes::BytesMut::new();
+    super::wire::frame(&mut b, tag, |x| x.extend_from_slice(body));
+    b
+}
+
 fn shutting_down() -> PgError {
     PgError::admin_shutdown("terminating connection: timebox is shutting down")
 }

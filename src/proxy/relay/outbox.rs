@@ -193,13 +193,7 @@ impl ClientOutbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::wire;
-
-    fn frame_bytes(tag: u8, body: &[u8]) -> BytesMut {
-        let mut b = BytesMut::new();
-        wire::frame(&mut b, tag, |x| x.extend_from_slice(body));
-        b
-    }
+    use crate::proxy::relay::test_frame as frame_bytes;
 
     #[test]
     fn held_frames_wait_until_complete_and_can_be_replaced() {
