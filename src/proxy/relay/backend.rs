@@ -10,7 +10,6 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use super::held::{command_tag, error_sqlstate, lexing_problem};
 use super::state::EndReason;
 use super::sync::Completed;
 use super::Relay;
@@ -68,7 +67,7 @@ impl Session {
                     }
                 }
                 b'C' => {
-                    if let Some(t) = command_tag(outbox.frame_bytes(start, end)) {
+                    if let Some(t) = r.held.command_tag(outbox.frame_bytes(start, end)) {
                         r.sync.command_complete(t);
                     }
                 }
@@ -76,9 +75,11 @@ impl Session {
                     let denial = self.interceptor.take_denial();
                     outbox.replace_frame(start, end, &denial);
                 }
-                b'E' => r.sync.error(error_sqlstate(outbox.frame_bytes(start, end))),
+                b'E' => r
+                    .sync
+                    .error(r.held.error_sqlstate(outbox.frame_bytes(start, end))),
                 b'S' => {
-                    let Some(problem) = lexing_problem(outbox.frame_bytes(start, end)) else {
+                    let Some(problem) = r.held.lexing_problem(outbox.frame_bytes(start, end)) else {
                         continue;
                     };
                     if r.state.relaying() {

@@ -16,17 +16,70 @@ pub(crate) fn held_tag(tag: u8) -> bool {
     tag == b'E' || tag == b'S' || tag == b'C'
 }
 
-/// Decodes one whole backend frame (copied: held frames are few and small).
-fn parse(frame: &[u8]) -> Option<Message> {
-    Message::parse(&mut BytesMut::from(frame)).ok().flatten()
+/// Decodes held frames through one reused buffer: `postgres_protocol` parses from a `BytesMut`,
+/// and the relay's frames stay in its outbox, so each is copied here first. Once the first frame
+/// has sized the buffer, decoding allocates nothing but the values it returns.
+#[derive(Debug, Default)]
+pub(crate) struct HeldDecoder {
+    scratch: BytesMut,
 }
 
-/// The tag of a CommandComplete frame ("UPDATE 3").
-pub(crate) fn command_tag(frame: &[u8]) -> Option<String> {
-    match parse(frame)? {
-        Message::CommandComplete(body) => body.tag().ok().map(str::to_owned),
-        _ => None,
+impl HeldDecoder {
+    /// Decodes one whole backend frame.
+    fn parse(&mut self, frame: &[u8]) -> Option<Message> {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(frame);
+        Message::parse(&mut self.scratch).ok().flatten()
     }
+
+    /// The tag of a CommandComplete frame ("UPDATE 3").
+    pub(crate) fn command_tag(&mut self, frame: &[u8]) -> Option<String> {
+        match self.parse(frame)? {
+            Message::CommandComplete(body) => body.tag().ok().map(str::to_owned),
+            _ => None,
+        }
+    }
+
+    /// The SQLSTATE of an ErrorResponse frame.
+    pub(crate) fn error_sqlstate(&mut self, frame: &[u8]) -> Option<String> {
+        let Message::ErrorResponse(body) = self.parse(frame)? else {
+            return None;
+        };
+        let mut fields = body.fields();
+        while let Ok(Some(field)) = fields.next() {
+            if field.type_() == b'C' {
+                return Some(String::from_utf8_lossy(field.value_bytes()).into_owned());
+            }
+        }
+        None
+    }
+
+    /// If a ParameterStatus frame reports a setting that changes how SQL text is lexed to a value
+    /// timebox does not read statements with, the reason to end the session.
+    pub(crate) fn lexing_problem(&mut self, frame: &[u8]) -> Option<String> {
+        let Message::ParameterStatus(body) = self.parse(frame)? else {
+            return None;
+        };
+        let (name, value) = (body.name().ok()?, body.value().ok()?);
+        let ok = match name {
+            "standard_conforming_strings" => value.eq_ignore_ascii_case("on"),
+            "client_encoding" => startup::client_encoding_is_readable(value),
+            _ => true,
+        };
+        (!ok).then(|| format!("the server reported {name} = {value}, which changes how statements are read"))
+    }
+}
+
+/// [`HeldDecoder::command_tag`] of one frame.
+#[cfg(test)]
+fn command_tag(frame: &[u8]) -> Option<String> {
+    HeldDecoder::default().command_tag(frame)
+}
+
+/// [`HeldDecoder::error_sqlstate`] of one frame.
+#[cfg(test)]
+fn error_sqlstate(frame: &[u8]) -> Option<String> {
+    HeldDecoder::default().error_sqlstate(frame)
 }
 
 /// Rows counted in a command tag ("INSERT 0 5" → 5, "SELECT 3" → 3).
@@ -35,33 +88,9 @@ pub(crate) fn rows_of(tag: &str) -> Option<u64> {
     last.parse().ok()
 }
 
-/// The SQLSTATE of an ErrorResponse frame.
-pub(crate) fn error_sqlstate(frame: &[u8]) -> Option<String> {
-    let Message::ErrorResponse(body) = parse(frame)? else {
-        return None;
-    };
-    let mut fields = body.fields();
-    while let Ok(Some(field)) = fields.next() {
-        if field.type_() == b'C' {
-            return Some(String::from_utf8_lossy(field.value_bytes()).into_owned());
-        }
-    }
-    None
-}
-
-/// If a ParameterStatus frame reports a setting that changes how SQL text is lexed to a value
-/// timebox does not read statements with, the reason to end the session.
+/// [`HeldDecoder::lexing_problem`] of one frame (the upstream's startup settings).
 pub(crate) fn lexing_problem(frame: &[u8]) -> Option<String> {
-    let Message::ParameterStatus(body) = parse(frame)? else {
-        return None;
-    };
-    let (name, value) = (body.name().ok()?, body.value().ok()?);
-    let ok = match name {
-        "standard_conforming_strings" => value.eq_ignore_ascii_case("on"),
-        "client_encoding" => startup::client_encoding_is_readable(value),
-        _ => true,
-    };
-    (!ok).then(|| format!("the server reported {name} = {value}, which changes how statements are read"))
+    HeldDecoder::default().lexing_problem(frame)
 }
 
 #[cfg(test)]
@@ -84,6 +113,23 @@ mod tests {
         assert!(status("client_encoding", "BIG5").is_some());
         assert_eq!(status("TimeZone", "UTC"), None);
         assert_eq!(status("application_name", "anything"), None);
+    }
+
+    #[test]
+    fn one_decoder_reads_frame_after_frame() {
+        let mut d = HeldDecoder::default();
+        let error = PgError::insufficient_privilege("no").to_bytes();
+        for _ in 0..3 {
+            assert_eq!(
+                d.command_tag(&frame(b'C', b"SELECT 12\0")).as_deref(),
+                Some("SELECT 12")
+            );
+            assert_eq!(d.error_sqlstate(&error).as_deref(), Some("42501"));
+            assert_eq!(
+                d.command_tag(&frame(b'C', b"COPY 1\0")).as_deref(),
+                Some("COPY 1")
+            );
+        }
     }
 
     #[test]

@@ -44,6 +44,7 @@ use tokio::time::Instant;
 pub use state::EndReason;
 
 use self::gate::AuditGate;
+use self::held::HeldDecoder;
 use self::io::{Buffers, IoEvents, Wants, HIGH_WATER};
 use self::precheck::{wait_offloaded, OffloadedPrecheck};
 use self::state::SessionState;
@@ -62,6 +63,8 @@ pub(crate) use held::lexing_problem;
 pub(crate) struct Relay {
     /// The bytes between the two sides.
     bufs: Buffers,
+    /// Decodes the held backend frames the relay reads.
+    held: HeldDecoder,
     /// Forwarded sync points and their outcomes.
     sync: SyncTracker,
     /// Client frames waiting for their audit records.
@@ -128,6 +131,7 @@ impl Session {
         let metrics = &state.proxy.metrics;
         Relay {
             bufs: Buffers::new(),
+            held: HeldDecoder::default(),
             sync: SyncTracker::default(),
             // fsync/write durability: statements are forwarded only once their records are durable.
             gate: AuditGate::new(state.audit.durability() != crate::config::Durability::Async),
