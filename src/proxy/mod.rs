@@ -1,8 +1,8 @@
 //! The PostgreSQL-facing side: accept loop, per-connection sessions, and the state they share.
 //!
 //! Data flow for one connection: [`session`] (the entry) → [`startup`] (TLS, startup packet) →
-//! [`login`]: [`auth`] (grant token via SCRAM), then [`upstream`] (login with the role's
-//! credential) → [`relay`] loop ([`intercept`] checks each statement), which ends on client exit,
+//! `login`: [`auth`] (grant token via SCRAM), then [`upstream`] (login with the role's
+//! credential) → `relay` loop ([`intercept`] checks each statement), which ends on client exit,
 //! grant expiry or revocation, kill, upstream loss or shutdown. [`cancel`] maps client-facing
 //! cancel keys to upstream backends. [`wire`] holds the protocol pieces.
 //!
@@ -12,8 +12,8 @@
 pub mod auth;
 pub mod cancel;
 pub mod intercept;
-pub mod login;
-pub mod relay;
+pub(crate) mod login;
+pub(crate) mod relay;
 pub mod scram;
 pub mod session;
 pub mod startup;

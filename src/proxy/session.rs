@@ -1,5 +1,5 @@
-//! One client connection, from accept to close: startup, then [`login`](super::login)
-//! (authentication, upstream login), then the [`relay`](super::relay), then the session end
+//! One client connection, from accept to close: startup, then `login`
+//! (authentication, upstream login), then the `relay`, then the session end
 //! (audit record, metrics). [`handle_connection`] is the thin entry the accept loop spawns.
 //! A session must never outlive its grant, and never leave a query running upstream after the
 //! client is gone.
