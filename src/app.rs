@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::grants::effects::Effects;
 use crate::grants::requests::RequestService;
 use crate::grants::GrantService;
-use crate::proxy::{self, ProxyError, ProxyState};
+use crate::proxy::{self, ProxyContext, ProxyError, ProxyState};
 use crate::store::{Store, StoreError};
 use crate::webhooks::Webhooks;
 
@@ -40,7 +40,7 @@ pub struct AppState {
     pub grants: GrantService,
     pub clock: Arc<dyn Clock>,
     /// Proxy-side state: TLS, live sessions, cancel keys, limits.
-    pub proxy: ProxyState,
+    pub proxy: Arc<ProxyState>,
     /// Cancelled when the instance shuts down.
     pub shutdown: CancellationToken,
     /// The proxy's bound address (known once `run` starts), for connection hints.
@@ -68,7 +68,7 @@ impl AppState {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<AppState>, AppError> {
         let config = Arc::new(config);
-        let proxy = ProxyState::new(&config)?;
+        let proxy = Arc::new(ProxyState::new(&config)?);
         let webhooks = Arc::new(Webhooks::new(config.webhooks.clone(), proxy.metrics.clone()));
         let (audit, audit_writer) = AuditLog::open_with(AuditOptions {
             clock: clock.clone(),
@@ -108,6 +108,36 @@ impl Listeners {
     }
 }
 
+/// The narrow state the proxy runs on; connections to the auditors' endpoint are handed back to
+/// [`crate::auditsql`] with the whole application state.
+fn proxy_context(state: &Arc<AppState>) -> Arc<ProxyContext> {
+    let app = state.clone();
+    let audit_endpoint: proxy::AuditEndpoint =
+        Arc::new(move |client, params, tls, peer, deadline, unauthenticated| {
+            let pre_auth = crate::auditsql::PreAuth {
+                deadline,
+                unauthenticated,
+            };
+            Box::pin(crate::auditsql::serve(
+                app.clone(),
+                client,
+                params,
+                tls,
+                peer,
+                pre_auth,
+            ))
+        });
+    Arc::new(ProxyContext {
+        config: state.config.clone(),
+        grants: state.grants.clone(),
+        clock: state.clock.clone(),
+        audit: state.audit.clone(),
+        shutdown: state.shutdown.clone(),
+        proxy: state.proxy.clone(),
+        audit_endpoint,
+    })
+}
+
 /// Runs until `shutdown` resolves, then drains sessions (see module docs) and returns.
 pub async fn run(
     state: Arc<AppState>,
@@ -143,7 +173,7 @@ pub async fn run(
         admin_limits,
         admin_shutdown,
     ));
-    let proxy = tokio::spawn(proxy::serve(state.clone(), listeners.proxy));
+    let proxy = tokio::spawn(proxy::serve(proxy_context(&state), listeners.proxy));
     let webhooks = tokio::spawn(state.webhooks.clone().run(state.shutdown.clone()));
     let expiry = tokio::spawn(expiry_task(state.clone()));
 

@@ -133,7 +133,7 @@ pub async fn serve(
     let result = match logged_in {
         Err(_) => {
             // The throttle reservation was dropped unreleased: the attempt counts as a failure.
-            crate::proxy::session::record_auth_timeout(&state, &params, peer);
+            crate::proxy::login::record_auth_timeout(&state.proxy.metrics, &state.audit, &params, peer);
             Err(PgError::startup_timeout())
         }
         Ok(Err(e)) => Err(e),

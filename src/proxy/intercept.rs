@@ -462,161 +462,195 @@ impl Interceptor {
         }
         let body = &frame[5..];
         match tag {
-            b'Q' => {
-                let pre = precheck.unwrap_or_else(|| self.prechecker().precheck(tag, frame));
-                let (classification, class, mut denial) = self.judge(&pre);
-                let mut rewritten = None;
-                if denial.is_none() {
-                    match self.application_name(&classification) {
-                        Ok(r) => rewritten = r,
-                        Err(e) => denial = Some(e),
-                    }
+            b'Q' => self.on_query(tag, frame, precheck, checked),
+            b'P' => self.on_parse(tag, frame, body, precheck, checked),
+            b'B' => self.on_bind(body, checked),
+            b'C' => self.on_close(body),
+            b'F' => self.on_function_call(),
+            _ => FrontendAction::Forward,
+        }
+    }
+
+    /// The statement with timebox's tag kept in a `SET application_name`, if it is one and
+    /// nothing denied it yet; a refused change becomes the denial.
+    fn tag_application_name(
+        &self,
+        classification: &Classification,
+        denial: &mut Option<PgError>,
+    ) -> Option<String> {
+        if denial.is_some() {
+            return None;
+        }
+        match self.application_name(classification) {
+            Ok(rewritten) => rewritten,
+            Err(e) => {
+                *denial = Some(e);
+                None
+            }
+        }
+    }
+
+    /// Query: checked (and its `SET application_name` tagged) before it goes.
+    fn on_query(
+        &mut self,
+        tag: u8,
+        frame: &[u8],
+        precheck: Option<Precheck>,
+        checked: &mut Option<Checked>,
+    ) -> FrontendAction {
+        let pre = precheck.unwrap_or_else(|| self.prechecker().precheck(tag, frame));
+        let (classification, class, mut denial) = self.judge(&pre);
+        let rewritten = self.tag_application_name(&classification, &mut denial);
+        *checked = Some(Checked {
+            sql: pre.sql,
+            classification,
+            class,
+            denied: denial.as_ref().map(|e| e.message.clone()),
+            params: None,
+        });
+        match (denial, rewritten) {
+            (Some(e), _) => self.deny_with_query_marker(e),
+            (None, None) => FrontendAction::Forward,
+            (None, Some(sql)) => {
+                let mut out = BytesMut::new();
+                postgres_protocol::message::frontend::query(&sql, &mut out)
+                    .expect("a generated SET has no NUL");
+                FrontendAction::Replace(out)
+            }
+        }
+    }
+
+    /// Parse: checked, and its statement remembered under its name for later Binds.
+    fn on_parse(
+        &mut self,
+        tag: u8,
+        frame: &[u8],
+        body: &[u8],
+        precheck: Option<Precheck>,
+        checked: &mut Option<Checked>,
+    ) -> FrontendAction {
+        let pre = precheck.unwrap_or_else(|| self.prechecker().precheck(tag, frame));
+        let (classification, class, mut denial) = self.judge(&pre);
+        if denial.is_none() && classification.statements.len() > 1 {
+            // PostgreSQL refuses these too; refusing here keeps the prepared namespace exact.
+            denial = Some(self.denial(
+                "a prepared statement must contain a single SQL statement",
+                "Send one statement per Parse message.",
+            ));
+        }
+        let rewritten = self.tag_application_name(&classification, &mut denial);
+        *checked = Some(Checked {
+            sql: pre.sql.clone(),
+            classification: classification.clone(),
+            class,
+            denied: denial.as_ref().map(|e| e.message.clone()),
+            params: None,
+        });
+        let name = pre.name;
+        match (denial, name) {
+            (None, Some(name)) => {
+                if !name.is_empty()
+                    && self.prepared.len() >= MAX_PREPARED
+                    && !self.prepared.contains_key(&name)
+                {
+                    let e = self.denial(
+                        &format!("too many prepared statements in this session ({MAX_PREPARED})"),
+                        "Close statements you no longer need.",
+                    );
+                    return self.deny_with_parse_marker(e);
                 }
-                *checked = Some(Checked {
-                    sql: pre.sql,
-                    classification,
-                    class,
-                    denied: denial.as_ref().map(|e| e.message.clone()),
-                    params: None,
+                let replaced = rewritten.map(|text| {
+                    // The same Parse (name, parameter types) with the tagged SET as its text.
+                    let param_types = cstr(body)
+                        .and_then(|(_, rest)| cstr(rest))
+                        .map_or(&[][..], |(_, types)| types);
+                    let mut out = BytesMut::new();
+                    super::wire::frame(&mut out, b'P', |b| {
+                        b.extend_from_slice(name.as_bytes());
+                        b.extend_from_slice(&[0]);
+                        b.extend_from_slice(text.as_bytes());
+                        b.extend_from_slice(&[0]);
+                        b.extend_from_slice(param_types);
+                    });
+                    out
                 });
-                match (denial, rewritten) {
-                    (Some(e), _) => self.deny_with_query_marker(e),
-                    (None, None) => FrontendAction::Forward,
-                    (None, Some(sql)) => {
-                        let mut out = BytesMut::new();
-                        postgres_protocol::message::frontend::query(&sql, &mut out)
-                            .expect("a generated SET has no NUL");
-                        FrontendAction::Replace(out)
-                    }
+                self.prepared.insert(
+                    name,
+                    Prepared {
+                        class: classification.class(),
+                        sql: pre.sql,
+                        classification,
+                    },
+                );
+                match replaced {
+                    None => FrontendAction::Forward,
+                    Some(out) => FrontendAction::Replace(out),
                 }
             }
-            b'P' => {
-                let pre = precheck.unwrap_or_else(|| self.prechecker().precheck(tag, frame));
-                let (classification, class, mut denial) = self.judge(&pre);
-                if denial.is_none() && classification.statements.len() > 1 {
-                    // PostgreSQL refuses these too; refusing here keeps the prepared namespace exact.
-                    denial = Some(self.denial(
-                        "a prepared statement must contain a single SQL statement",
-                        "Send one statement per Parse message.",
-                    ));
+            (denial, name) => {
+                if let Some(name) = name {
+                    self.prepared.remove(&name);
                 }
-                let mut rewritten = None;
-                if denial.is_none() {
-                    match self.application_name(&classification) {
-                        Ok(r) => rewritten = r,
-                        Err(e) => denial = Some(e),
-                    }
-                }
+                let e = denial.unwrap_or_else(|| self.denial("the statement could not be checked", ""));
+                self.deny_with_parse_marker(e)
+            }
+        }
+    }
+
+    /// Bind: runs only a statement this session's Parse checked (audited with its parameters).
+    fn on_bind(&mut self, body: &[u8], checked: &mut Option<Checked>) -> FrontendAction {
+        let statement = cstr(body).and_then(|(_portal, rest)| cstr(rest));
+        let known = statement
+            .and_then(|(s, _)| std::str::from_utf8(s).ok())
+            .and_then(|s| self.prepared.get(s).cloned());
+        match known {
+            Some(p) => {
+                // Each Bind is one execution of a checked statement: audit it with its parameters.
                 *checked = Some(Checked {
-                    sql: pre.sql.clone(),
-                    classification: classification.clone(),
-                    class,
-                    denied: denial.as_ref().map(|e| e.message.clone()),
-                    params: None,
+                    sql: p.sql,
+                    class: p.class,
+                    classification: p.classification,
+                    denied: None,
+                    params: statement.and_then(|(_, rest)| bind_params(rest)),
                 });
-                let name = pre.name;
-                match (denial, name) {
-                    (None, Some(name)) => {
-                        if !name.is_empty()
-                            && self.prepared.len() >= MAX_PREPARED
-                            && !self.prepared.contains_key(&name)
-                        {
-                            let e = self.denial(
-                                &format!("too many prepared statements in this session ({MAX_PREPARED})"),
-                                "Close statements you no longer need.",
-                            );
-                            return self.deny_with_parse_marker(e);
-                        }
-                        let replaced = rewritten.map(|text| {
-                            // The same Parse (name, parameter types) with the tagged SET as its text.
-                            let param_types = cstr(body)
-                                .and_then(|(_, rest)| cstr(rest))
-                                .map_or(&[][..], |(_, types)| types);
-                            let mut out = BytesMut::new();
-                            super::wire::frame(&mut out, b'P', |b| {
-                                b.extend_from_slice(name.as_bytes());
-                                b.extend_from_slice(&[0]);
-                                b.extend_from_slice(text.as_bytes());
-                                b.extend_from_slice(&[0]);
-                                b.extend_from_slice(param_types);
-                            });
-                            out
-                        });
-                        self.prepared.insert(
-                            name,
-                            Prepared {
-                                class: classification.class(),
-                                sql: pre.sql,
-                                classification,
-                            },
-                        );
-                        match replaced {
-                            None => FrontendAction::Forward,
-                            Some(out) => FrontendAction::Replace(out),
-                        }
-                    }
-                    (denial, name) => {
-                        if let Some(name) = name {
-                            self.prepared.remove(&name);
-                        }
-                        let e =
-                            denial.unwrap_or_else(|| self.denial("the statement could not be checked", ""));
-                        self.deny_with_parse_marker(e)
-                    }
-                }
-            }
-            b'B' => {
-                let statement = cstr(body).and_then(|(_portal, rest)| cstr(rest));
-                let known = statement
-                    .and_then(|(s, _)| std::str::from_utf8(s).ok())
-                    .and_then(|s| self.prepared.get(s).cloned());
-                match known {
-                    Some(p) => {
-                        // Each Bind is one execution of a checked statement: audit it with its parameters.
-                        *checked = Some(Checked {
-                            sql: p.sql,
-                            class: p.class,
-                            classification: p.classification,
-                            denied: None,
-                            params: statement.and_then(|(_, rest)| bind_params(rest)),
-                        });
-                        FrontendAction::Forward
-                    }
-                    // Benchmark knob: allowed too (e.g. a statement from an SQL-level PREPARE).
-                    None if self.skip_policy.is_some() => FrontendAction::Forward,
-                    None => {
-                        let name = statement
-                            .map(|(s, _)| String::from_utf8_lossy(s).into_owned())
-                            .unwrap_or_default();
-                        let e = self.denial(
-                            &format!("Bind of prepared statement \"{name}\", which timebox did not check"),
-                            "Prepare the statement in this session through timebox first.",
-                        );
-                        self.deny_with_parse_marker(e)
-                    }
-                }
-            }
-            b'C' => {
-                // Close: 'S' statement or 'P' portal, then the name.
-                if body.first() == Some(&b'S') {
-                    if let Some((name, _)) = cstr(&body[1..]) {
-                        self.prepared.remove(&*String::from_utf8_lossy(name));
-                    }
-                }
                 FrontendAction::Forward
             }
-            b'F' => {
-                if self.skip_policy.is_some() || self.policy.allows(StatementClass::Admin) {
-                    FrontendAction::Forward
-                } else {
-                    let e = self.denial(
-                        "FunctionCall messages (the fast-path function interface) are not allowed for this role",
-                        "Call functions with SELECT instead; the fast path needs a grant with role admin.",
-                    );
-                    self.deny_with_query_marker(e)
-                }
+            // Benchmark knob: allowed too (e.g. a statement from an SQL-level PREPARE).
+            None if self.skip_policy.is_some() => FrontendAction::Forward,
+            None => {
+                let name = statement
+                    .map(|(s, _)| String::from_utf8_lossy(s).into_owned())
+                    .unwrap_or_default();
+                let e = self.denial(
+                    &format!("Bind of prepared statement \"{name}\", which timebox did not check"),
+                    "Prepare the statement in this session through timebox first.",
+                );
+                self.deny_with_parse_marker(e)
             }
-            _ => FrontendAction::Forward,
+        }
+    }
+
+    /// Close: a closed statement name is forgotten.
+    fn on_close(&mut self, body: &[u8]) -> FrontendAction {
+        // Close: 'S' statement or 'P' portal, then the name.
+        if body.first() == Some(&b'S') {
+            if let Some((name, _)) = cstr(&body[1..]) {
+                self.prepared.remove(&*String::from_utf8_lossy(name));
+            }
+        }
+        FrontendAction::Forward
+    }
+
+    /// FunctionCall (the fast path): admin roles only.
+    fn on_function_call(&mut self) -> FrontendAction {
+        if self.skip_policy.is_some() || self.policy.allows(StatementClass::Admin) {
+            FrontendAction::Forward
+        } else {
+            let e = self.denial(
+                "FunctionCall messages (the fast-path function interface) are not allowed for this role",
+                "Call functions with SELECT instead; the fast path needs a grant with role admin.",
+            );
+            self.deny_with_query_marker(e)
         }
     }
 }
@@ -669,179 +703,4 @@ fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn query(sql: &str) -> BytesMut {
-        let mut out = BytesMut::new();
-        postgres_protocol::message::frontend::query(sql, &mut out).unwrap();
-        out
-    }
-
-    fn interceptor(cache: &Arc<ClassifyCache>) -> Interceptor {
-        let policy = RolePolicy::with_classes("read", &[StatementClass::Read]);
-        Interceptor::new(Arc::new(policy), cache.clone(), "g_1", "read")
-    }
-
-    /// The benchmark knob off (every build but `bench-knobs` ones can only pass false): statements
-    /// are classified and a write is denied for a read-only role.
-    #[test]
-    fn without_the_bench_knob_statements_are_classified_and_checked() {
-        let cache = Arc::new(ClassifyCache::new(16));
-        let mut i = interceptor(&cache).bench_skip_policy(false);
-        let frame = query("DELETE FROM accounts");
-        let mut checked = None;
-        let action = i.on_frontend(b'Q', &frame, &mut checked);
-        assert!(matches!(action, FrontendAction::Replace(_)), "{action:?}");
-        assert!(checked.unwrap().denied.is_some());
-        assert_eq!(cache.len(), 1);
-    }
-
-    /// Regression (issue 16, finding 6): a statement of any length was classified and forwarded.
-    /// Over `proxy.max_statement_bytes` it is refused with 54000 unclassified, audited as an
-    /// `unparsed` denial with a bounded text; a Parse likewise, which then skips to Sync.
-    #[test]
-    fn statements_over_the_limit_are_refused_unclassified() {
-        let cache = Arc::new(ClassifyCache::new(16));
-        let mut i = interceptor(&cache).max_statement_bytes(100);
-        let long = format!("SELECT '{}'", "x".repeat(200));
-        let mut checked = None;
-        let action = i.on_frontend(b'Q', &query(&long), &mut checked);
-        assert!(matches!(action, FrontendAction::Replace(_)), "{action:?}");
-        let c = checked.unwrap();
-        assert_eq!(c.class, StatementClass::Unparsed);
-        assert!(c.denied.as_deref().unwrap().contains("proxy.max_statement_bytes"));
-        assert_eq!(c.sql.bytes(), long.len());
-        assert_eq!(cache.len(), 0, "not classified");
-        let denial = i.take_denial();
-        assert!(denial.windows(5).any(|w| w == b"54000"));
-
-        let mut parse = BytesMut::new();
-        postgres_protocol::message::frontend::parse("s1", &long, std::iter::empty(), &mut parse).unwrap();
-        let mut checked = None;
-        assert!(matches!(
-            i.on_frontend(b'P', &parse, &mut checked),
-            FrontendAction::Replace(_)
-        ));
-        assert!(checked.unwrap().denied.is_some());
-        let mut sync = BytesMut::new();
-        postgres_protocol::message::frontend::sync(&mut sync);
-        assert_eq!(i.on_frontend(b'D', &sync, &mut None), FrontendAction::Drop);
-        assert_eq!(i.on_frontend(b'S', &sync, &mut None), FrontendAction::Forward);
-
-        // Under the limit: classified and allowed as before.
-        let mut checked = None;
-        assert_eq!(
-            i.on_frontend(b'Q', &query("SELECT 1"), &mut checked),
-            FrontendAction::Forward
-        );
-        assert_eq!(checked.unwrap().class, StatementClass::Read);
-    }
-
-    /// Big texts go to the blocking pool unless their exact text is cached; small ones never do.
-    #[test]
-    fn only_big_uncached_texts_are_offloaded_and_prechecks_equal_inline_checks() {
-        let cache = Arc::new(ClassifyCache::new(16));
-        let mut i = interceptor(&cache);
-        assert!(!i.wants_offload(b'Q', &query("SELECT 1")));
-        let medium = format!("SELECT '{}'", "m".repeat(INLINE_CHECK_BYTES));
-        assert!(i.wants_offload(b'Q', &query(&medium)));
-        let huge = format!("SELECT '{}'", "h".repeat(ClassifyCache::MAX_CACHED_TEXT * 2));
-        assert!(i.wants_offload(b'Q', &query(&huge)));
-        assert!(!i.wants_offload(b'B', &query(&huge)));
-        // Once classified (inline here), the medium text is a cache hit: inline from then on.
-        let pre = i.prechecker().precheck(b'Q', &query(&medium));
-        let mut offloaded = None;
-        let action = i.on_frontend_prechecked(b'Q', &query(&medium), Some(pre), &mut offloaded);
-        let mut inline = None;
-        assert_eq!(i.on_frontend(b'Q', &query(&medium), &mut inline), action);
-        let (a, b) = (offloaded.unwrap(), inline.unwrap());
-        assert_eq!((a.class, &a.sql, a.denied), (b.class, &b.sql, b.denied));
-        assert!(!i.wants_offload(b'Q', &query(&medium)));
-    }
-
-    /// A Query that is not UTF-8 is refused and now audited as a denial too (lossy text).
-    #[test]
-    fn unreadable_text_is_refused_and_audited() {
-        let cache = Arc::new(ClassifyCache::new(16));
-        let mut i = interceptor(&cache);
-        let mut frame = BytesMut::from(&b"Q"[..]);
-        frame.extend_from_slice(&(4 + 4i32).to_be_bytes());
-        frame.extend_from_slice(b"\xff\xfe1\0");
-        let mut checked = None;
-        assert!(matches!(
-            i.on_frontend(b'Q', &frame, &mut checked),
-            FrontendAction::Replace(_)
-        ));
-        let c = checked.unwrap();
-        assert!(c.denied.unwrap().contains("UTF-8"));
-        assert_eq!(c.class, StatementClass::Unparsed);
-    }
-
-    /// The session's target version decides newer-grammar syntax: `JSON_ARRAY(…)` is a built-in on
-    /// PostgreSQL 16, a call of a user-defined `json_array` on 15 (and on an unknown version).
-    #[test]
-    fn statements_are_checked_for_the_target_version() {
-        let cache = Arc::new(ClassifyCache::new(16));
-        let frame = query("SELECT JSON_ARRAY(1, 2)");
-        for (server_version, allowed) in [
-            (Some("15.18 (Debian 15.18-0+deb12u1)"), false),
-            (None, false),
-            (Some("16.4"), true),
-        ] {
-            let mut i = interceptor(&cache).on_server(server_version);
-            let mut checked = None;
-            let action = i.on_frontend(b'Q', &frame, &mut checked);
-            assert_eq!(action == FrontendAction::Forward, allowed, "{server_version:?}");
-        }
-    }
-
-    /// A driver's `SET application_name` in a Parse is rewritten in place: same statement name and
-    /// parameter types, the tagged value as text.
-    #[test]
-    fn parse_of_set_application_name_keeps_the_tag() {
-        let cache = Arc::new(ClassifyCache::new(16));
-        let mut i = interceptor(&cache).tagging("alice");
-        let mut parse = BytesMut::new();
-        postgres_protocol::message::frontend::parse("s1", "SET application_name = 'x'", [25u32], &mut parse)
-            .unwrap();
-        let mut checked = None;
-        let FrontendAction::Replace(out) = i.on_frontend(b'P', &parse, &mut checked) else {
-            panic!("expected a rewrite");
-        };
-        let mut expected = BytesMut::new();
-        postgres_protocol::message::frontend::parse(
-            "s1",
-            "SET application_name = 'timebox:alice:g_1:x'",
-            [25u32],
-            &mut expected,
-        )
-        .unwrap();
-        assert_eq!(out, expected);
-        assert!(checked.unwrap().denied.is_none());
-    }
-
-    /// `[bench] skip_policy`: everything is allowed, nothing is classified, and the statement is
-    /// still handed to the audit (its text, unclassified).
-    #[test]
-    fn bench_skip_policy_allows_everything_without_classifying() {
-        let cache = Arc::new(ClassifyCache::new(16));
-        let mut i = interceptor(&cache).bench_skip_policy(true);
-        let frame = query("DELETE FROM accounts");
-        let mut checked = None;
-        assert_eq!(i.on_frontend(b'Q', &frame, &mut checked), FrontendAction::Forward);
-        let c = checked.unwrap();
-        assert!(c.denied.is_none() && c.classification.is_empty());
-        assert_eq!(c.sql.text, "DELETE FROM accounts");
-        assert_eq!(cache.len(), 0);
-
-        // A Bind of a statement timebox never saw prepared is forwarded too.
-        // Bind: portal "", statement "from_sql_prepare", no formats, no parameters, no result formats.
-        let body = b"\0from_sql_prepare\0\0\0\0\0\0\0";
-        let mut bind = BytesMut::from(&b"B"[..]);
-        bind.extend_from_slice(&(4 + body.len() as i32).to_be_bytes());
-        bind.extend_from_slice(body);
-        let mut checked = None;
-        assert_eq!(i.on_frontend(b'B', &bind, &mut checked), FrontendAction::Forward);
-    }
-}
+mod tests;

@@ -1,13 +1,19 @@
 //! The PostgreSQL-facing side: accept loop, per-connection sessions, and the state they share.
 //!
-//! Data flow for one connection: [`startup`] (TLS, startup packet) → [`auth`] (grant token via
-//! SCRAM) → [`upstream`] (login with the role's credential) → [`session`] relay loop, which ends on
-//! client exit, grant expiry or revocation, kill, upstream loss or shutdown. [`cancel`] maps
-//! client-facing cancel keys to upstream backends. [`wire`] holds the protocol pieces.
+//! Data flow for one connection: [`session`] (the entry) → [`startup`] (TLS, startup packet) →
+//! `login`: [`auth`] (grant token via SCRAM), then [`upstream`] (login with the role's
+//! credential) → `relay` loop ([`intercept`] checks each statement), which ends on client exit,
+//! grant expiry or revocation, kill, upstream loss or shutdown. [`cancel`] maps client-facing
+//! cancel keys to upstream backends. [`wire`] holds the protocol pieces.
+//!
+//! The proxy sees the rest of timebox only through [`ProxyContext`], built by `app.rs`: it never
+//! imports the application state or the admin API.
 
 pub mod auth;
 pub mod cancel;
 pub mod intercept;
+pub(crate) mod login;
+pub(crate) mod relay;
 pub mod scram;
 pub mod session;
 pub mod startup;
@@ -30,9 +36,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::AppState;
+use crate::audit::AuditLog;
+use crate::clock::Clock;
 use crate::config::{ClientTls, Config};
-use crate::grants::Grant;
+use crate::grants::{Grant, GrantService};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -167,8 +174,46 @@ impl ProxyState {
     }
 }
 
+/// Serves one connection to the auditors' SQL endpoint (`dbname=timebox_audit`), after its
+/// startup packet: the client, its startup parameters and TLS, its address, the startup deadline
+/// and its slot among unauthenticated connections. Provided by `app.rs`.
+pub type AuditEndpoint = Arc<
+    dyn Fn(
+            stream::ClientStream,
+            startup::ClientParams,
+            Option<startup::ClientTlsInfo>,
+            SocketAddr,
+            tokio::time::Instant,
+            PreAuthSlot,
+        ) -> futures::future::BoxFuture<'static, ()>
+        + Send
+        + Sync,
+>;
+
+/// What the proxy needs from the rest of timebox (and nothing more): built by `app.rs`.
+pub struct ProxyContext {
+    pub config: Arc<Config>,
+    /// Grants by token verifier, and their watches (revocation, extension).
+    pub grants: GrantService,
+    pub clock: Arc<dyn Clock>,
+    /// Every session start, statement, outcome and end is recorded here.
+    pub audit: AuditLog,
+    /// Cancelled when the instance shuts down.
+    pub shutdown: CancellationToken,
+    /// The proxy's own shared state (sessions, limits, caches, metrics).
+    pub proxy: Arc<ProxyState>,
+    /// Where connections to `dbname=timebox_audit` go.
+    pub audit_endpoint: AuditEndpoint,
+}
+
+impl std::fmt::Debug for ProxyContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyContext").finish_non_exhaustive()
+    }
+}
+
 /// Accepts clients until shutdown, then waits (bounded) for their sessions to end.
-pub async fn serve(state: Arc<AppState>, listener: TcpListener) -> Result<(), ProxyError> {
+pub async fn serve(state: Arc<ProxyContext>, listener: TcpListener) -> Result<(), ProxyError> {
     let shutdown = state.shutdown.clone();
     loop {
         let accepted = tokio::select! {

@@ -21,7 +21,7 @@ enum UpstreamScram {
     Cached(ScramClient, Option<[u8; 32]>),
     Library(ScramSha256),
 }
-use postgres_protocol::message::backend::{Header, Message};
+use postgres_protocol::message::backend::{AuthenticationSaslBody, ErrorResponseBody, Header, Message};
 use postgres_protocol::message::frontend;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -109,31 +109,7 @@ async fn connect_inner(
     settings: &[(String, String)],
     salted: &SaltedPasswordCache,
 ) -> Result<Upstream, UpstreamError> {
-    let tcp = TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(UpstreamError::Connect)?;
-    let _ = tcp.set_nodelay(true);
-    let mut stream: UpstreamStream = match tls {
-        None => MaybeTls::Plain(tcp),
-        Some(config) => {
-            let mut tcp = tcp;
-            let mut buf = BytesMut::new();
-            frontend::ssl_request(&mut buf);
-            tcp.write_all(&buf).await?;
-            let mut answer = [0u8; 1];
-            tcp.read_exact(&mut answer).await?;
-            if answer[0] != b'S' {
-                return Err(UpstreamError::TlsRefused);
-            }
-            let name = ServerName::try_from(target.host.clone())
-                .map_err(|_| UpstreamError::ServerName(target.host.clone()))?;
-            let tls = TlsConnector::from(config)
-                .connect(name, tcp)
-                .await
-                .map_err(UpstreamError::Tls)?;
-            MaybeTls::Tls(Box::new(tls))
-        }
-    };
+    let mut stream = open_stream(target, tls).await?;
 
     let mut out = BytesMut::new();
     let mut params: Vec<(&str, &str)> = vec![
@@ -150,24 +126,7 @@ async fn connect_inner(
     let mut parameter_status = Vec::new();
     let mut notices = BytesMut::new();
     loop {
-        let message = loop {
-            // Notices are kept raw (severity, code and all) and replayed to the client.
-            if let Some(header) = Header::parse(&buf)? {
-                let total = header.len() as usize + 1;
-                if header.tag() == b'N' && buf.len() >= total {
-                    notices.extend_from_slice(&buf.split_to(total));
-                    continue;
-                }
-            }
-            if let Some(m) = Message::parse(&mut buf)? {
-                break m;
-            }
-            if stream.read_buf(&mut buf).await? == 0 {
-                return Err(UpstreamError::Protocol(
-                    "server closed the connection during startup".into(),
-                ));
-            }
-        };
+        let message = read_startup_message(&mut stream, &mut buf, &mut notices).await?;
         out.clear();
         match message {
             Message::AuthenticationOk => {}
@@ -184,84 +143,18 @@ async fn connect_inner(
                 );
                 frontend::password_message(hash.as_bytes(), &mut out)?;
             }
-            Message::AuthenticationSasl(body) => {
-                let pw = credential.password.as_ref().ok_or(UpstreamError::NoPassword)?;
-                let mut mechanisms = body.mechanisms();
-                let mut has_scram = false;
-                while let Some(m) = mechanisms.next()? {
-                    has_scram |= m == "SCRAM-SHA-256";
-                }
-                if !has_scram {
-                    return Err(UpstreamError::UnsupportedAuth("SASL without SCRAM-SHA-256"));
-                }
-                // "n": we do not bind to the upstream TLS channel; PostgreSQL accepts that.
-                let password = pw.expose();
-                if password.is_ascii() {
-                    let client = ScramClient::new();
-                    frontend::sasl_initial_response(
-                        "SCRAM-SHA-256",
-                        client.client_first().as_bytes(),
-                        &mut out,
-                    )?;
-                    scram = Some(UpstreamScram::Cached(client, None));
-                } else {
-                    // SASLprep may change a non-ASCII password: postgres-protocol applies it.
-                    let client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-                    frontend::sasl_initial_response("SCRAM-SHA-256", client.message(), &mut out)?;
-                    scram = Some(UpstreamScram::Library(client));
-                }
-            }
+            Message::AuthenticationSasl(body) => scram = Some(sasl_start(credential, &body, &mut out)?),
             Message::AuthenticationSaslContinue(body) => {
                 let client = scram
                     .as_mut()
                     .ok_or_else(|| UpstreamError::Protocol("SASL continue before SASL start".into()))?;
-                match client {
-                    UpstreamScram::Library(client) => {
-                        client
-                            .update(body.data())
-                            .map_err(|e| UpstreamError::Protocol(format!("SCRAM: {e}")))?;
-                        frontend::sasl_response(client.message(), &mut out)?;
-                    }
-                    UpstreamScram::Cached(client, expected) => {
-                        let pw = credential.password.as_ref().ok_or(UpstreamError::NoPassword)?;
-                        let server = client
-                            .server_first(body.data())
-                            .map_err(|e| UpstreamError::Protocol(format!("SCRAM: {e}")))?;
-                        if server.iterations > SaltedPasswordCache::MAX_ITERATIONS {
-                            return Err(UpstreamError::Protocol(format!(
-                                "SCRAM: the server asks for {} iterations, more than timebox allows ({})",
-                                server.iterations,
-                                SaltedPasswordCache::MAX_ITERATIONS
-                            )));
-                        }
-                        let salted_password = salted
-                            .salted(pw.expose().as_bytes(), &server.salt, server.iterations)
-                            .await
-                            .map_err(|e| {
-                                UpstreamError::Protocol(format!("SCRAM key derivation failed: {e}"))
-                            })?;
-                        let (message, signature) = client.client_final(&server, &salted_password);
-                        *expected = Some(signature);
-                        frontend::sasl_response(message.as_bytes(), &mut out)?;
-                    }
-                }
+                sasl_continue(client, credential, salted, body.data(), &mut out).await?;
             }
             Message::AuthenticationSaslFinal(body) => {
                 let client = scram
                     .as_mut()
                     .ok_or_else(|| UpstreamError::Protocol("SASL final before SASL start".into()))?;
-                match client {
-                    UpstreamScram::Library(client) => client
-                        .finish(body.data())
-                        .map_err(|e| UpstreamError::Protocol(format!("SCRAM server signature: {e}")))?,
-                    UpstreamScram::Cached(_, expected) => {
-                        let expected = expected.as_ref().ok_or_else(|| {
-                            UpstreamError::Protocol("SASL final before SASL continue".into())
-                        })?;
-                        ScramClient::verify_server_final(body.data(), expected)
-                            .map_err(|e| UpstreamError::Protocol(format!("SCRAM server signature: {e}")))?;
-                    }
-                }
+                sasl_final(client, body.data())?;
             }
             Message::AuthenticationGss | Message::AuthenticationGssContinue(_) => {
                 return Err(UpstreamError::UnsupportedAuth("GSSAPI"))
@@ -276,18 +169,7 @@ async fn connect_inner(
                 parameter_status.push((body.name()?.to_owned(), body.value()?.to_owned()));
             }
             Message::NoticeResponse(_) => {}
-            Message::ErrorResponse(body) => {
-                let mut fields = body.fields();
-                let (mut code, mut message) = (String::new(), String::new());
-                while let Some(f) = fields.next()? {
-                    match f.type_() {
-                        b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
-                        b'M' => message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
-                        _ => {}
-                    }
-                }
-                return Err(UpstreamError::Rejected { code, message });
-            }
+            Message::ErrorResponse(body) => return Err(rejected(&body)?),
             Message::ReadyForQuery(body) => {
                 let (backend_pid, backend_secret) = backend_key.ok_or_else(|| {
                     UpstreamError::Protocol("no BackendKeyData before ReadyForQuery".into())
@@ -311,6 +193,165 @@ async fn connect_inner(
             stream.write_all(&out).await?;
         }
     }
+}
+
+/// TCP to the target, then TLS if its config asks for it (refused unless the server agrees).
+async fn open_stream(
+    target: &Target,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<UpstreamStream, UpstreamError> {
+    let tcp = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(UpstreamError::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    let stream: UpstreamStream = match tls {
+        None => MaybeTls::Plain(tcp),
+        Some(config) => {
+            let mut tcp = tcp;
+            let mut buf = BytesMut::new();
+            frontend::ssl_request(&mut buf);
+            tcp.write_all(&buf).await?;
+            let mut answer = [0u8; 1];
+            tcp.read_exact(&mut answer).await?;
+            if answer[0] != b'S' {
+                return Err(UpstreamError::TlsRefused);
+            }
+            let name = ServerName::try_from(target.host.clone())
+                .map_err(|_| UpstreamError::ServerName(target.host.clone()))?;
+            let tls = TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(UpstreamError::Tls)?;
+            MaybeTls::Tls(Box::new(tls))
+        }
+    };
+    Ok(stream)
+}
+
+/// The next startup message from the server; NoticeResponses are kept raw in `notices` (severity,
+/// code and all) to be replayed to the client.
+async fn read_startup_message(
+    stream: &mut UpstreamStream,
+    buf: &mut BytesMut,
+    notices: &mut BytesMut,
+) -> Result<Message, UpstreamError> {
+    loop {
+        // Notices are kept raw (severity, code and all) and replayed to the client.
+        if let Some(header) = Header::parse(buf)? {
+            let total = header.len() as usize + 1;
+            if header.tag() == b'N' && buf.len() >= total {
+                notices.extend_from_slice(&buf.split_to(total));
+                continue;
+            }
+        }
+        if let Some(m) = Message::parse(buf)? {
+            return Ok(m);
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(UpstreamError::Protocol(
+                "server closed the connection during startup".into(),
+            ));
+        }
+    }
+}
+
+/// AuthenticationSASL: starts SCRAM-SHA-256 (the only mechanism timebox speaks upstream).
+fn sasl_start(
+    credential: &Credential,
+    body: &AuthenticationSaslBody,
+    out: &mut BytesMut,
+) -> Result<UpstreamScram, UpstreamError> {
+    let pw = credential.password.as_ref().ok_or(UpstreamError::NoPassword)?;
+    let mut mechanisms = body.mechanisms();
+    let mut has_scram = false;
+    while let Some(m) = mechanisms.next()? {
+        has_scram |= m == "SCRAM-SHA-256";
+    }
+    if !has_scram {
+        return Err(UpstreamError::UnsupportedAuth("SASL without SCRAM-SHA-256"));
+    }
+    // "n": we do not bind to the upstream TLS channel; PostgreSQL accepts that.
+    let password = pw.expose();
+    if password.is_ascii() {
+        let client = ScramClient::new();
+        frontend::sasl_initial_response("SCRAM-SHA-256", client.client_first().as_bytes(), out)?;
+        Ok(UpstreamScram::Cached(client, None))
+    } else {
+        // SASLprep may change a non-ASCII password: postgres-protocol applies it.
+        let client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+        frontend::sasl_initial_response("SCRAM-SHA-256", client.message(), out)?;
+        Ok(UpstreamScram::Library(client))
+    }
+}
+
+/// AuthenticationSASLContinue: the client-final message (salted password from the cache).
+async fn sasl_continue(
+    client: &mut UpstreamScram,
+    credential: &Credential,
+    salted: &SaltedPasswordCache,
+    data: &[u8],
+    out: &mut BytesMut,
+) -> Result<(), UpstreamError> {
+    match client {
+        UpstreamScram::Library(client) => {
+            client
+                .update(data)
+                .map_err(|e| UpstreamError::Protocol(format!("SCRAM: {e}")))?;
+            frontend::sasl_response(client.message(), out)?;
+        }
+        UpstreamScram::Cached(client, expected) => {
+            let pw = credential.password.as_ref().ok_or(UpstreamError::NoPassword)?;
+            let server = client
+                .server_first(data)
+                .map_err(|e| UpstreamError::Protocol(format!("SCRAM: {e}")))?;
+            if server.iterations > SaltedPasswordCache::MAX_ITERATIONS {
+                return Err(UpstreamError::Protocol(format!(
+                    "SCRAM: the server asks for {} iterations, more than timebox allows ({})",
+                    server.iterations,
+                    SaltedPasswordCache::MAX_ITERATIONS
+                )));
+            }
+            let salted_password = salted
+                .salted(pw.expose().as_bytes(), &server.salt, server.iterations)
+                .await
+                .map_err(|e| UpstreamError::Protocol(format!("SCRAM key derivation failed: {e}")))?;
+            let (message, signature) = client.client_final(&server, &salted_password);
+            *expected = Some(signature);
+            frontend::sasl_response(message.as_bytes(), out)?;
+        }
+    }
+    Ok(())
+}
+
+/// AuthenticationSASLFinal: the server must prove it knows the password too.
+fn sasl_final(client: &mut UpstreamScram, data: &[u8]) -> Result<(), UpstreamError> {
+    match client {
+        UpstreamScram::Library(client) => client
+            .finish(data)
+            .map_err(|e| UpstreamError::Protocol(format!("SCRAM server signature: {e}")))?,
+        UpstreamScram::Cached(_, expected) => {
+            let expected = expected
+                .as_ref()
+                .ok_or_else(|| UpstreamError::Protocol("SASL final before SASL continue".into()))?;
+            ScramClient::verify_server_final(data, expected)
+                .map_err(|e| UpstreamError::Protocol(format!("SCRAM server signature: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// The server refused the login: its SQLSTATE and message.
+fn rejected(body: &ErrorResponseBody) -> Result<UpstreamError, UpstreamError> {
+    let mut fields = body.fields();
+    let (mut code, mut message) = (String::new(), String::new());
+    while let Some(f) = fields.next()? {
+        match f.type_() {
+            b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            b'M' => message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            _ => {}
+        }
+    }
+    Ok(UpstreamError::Rejected { code, message })
 }
 
 #[cfg(test)]

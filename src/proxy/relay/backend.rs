@@ -1,0 +1,133 @@
+//! Backend → client: what the upstream sent goes to the client undecoded, except the few frames
+//! the relay holds and reads ([`super::held`]): CommandComplete and ErrorResponse become
+//! statement outcomes (through the sync tracker), a denial marker's ErrorResponse is replaced by
+//! timebox's 42501, and a ParameterStatus that changes how SQL is lexed ends the session. When the
+//! upstream is lost the client gets the whole frames it is owed and a FATAL, never half a frame.
+
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+
+use super::state::EndReason;
+use super::sync::Completed;
+use super::Relay;
+use crate::audit::event::{self as audit_event, AuditEvent};
+use crate::proxy::session::Session;
+use crate::proxy::stream::ClientStream;
+use crate::proxy::wire::PgError;
+
+impl Session {
+    /// The upstream read `read` finished.
+    pub(super) async fn on_upstream_read(
+        &mut self,
+        client: &mut ClientStream,
+        r: &mut Relay,
+        read: std::io::Result<usize>,
+        busy: bool,
+    ) -> ControlFlow<EndReason> {
+        match read {
+            Ok(0) => {
+                if let Some(reason) = r.state.reason() {
+                    return ControlFlow::Break(reason);
+                }
+                tracing::info!("upstream closed the connection");
+                self.finish_after_upstream_loss(client, r).await
+            }
+            Ok(n) => {
+                self.handle.add_to_client(n as u64);
+                r.bytes_to_client.inc_by(n as u64);
+                self.on_held_frames(r, busy).await;
+                r.bufs.outbox.place_injection();
+                ControlFlow::Continue(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream read failed");
+                let lost = PgError::upstream_lost(&self.grant.target).to_bytes();
+                r.bufs.outbox.pending.clear();
+                let _ = client.write_all(&lost).await;
+                ControlFlow::Break(EndReason::UpstreamError)
+            }
+        }
+    }
+
+    /// Reads the frames held back from the last upstream read, in order.
+    async fn on_held_frames(&mut self, r: &mut Relay, busy: bool) {
+        let mut held = std::mem::take(&mut r.bufs.held_frames);
+        for (tag, start, end) in held.drain(..) {
+            let outbox = &mut r.bufs.outbox;
+            match tag {
+                b'Z' => {
+                    let status = outbox.tracker.last_ready_status.unwrap_or(b'I');
+                    if let Some(done) = r.sync.ready(status, Instant::now()) {
+                        r.statement_duration.observe(done.elapsed.as_secs_f64());
+                        let events = self.outcome_events(done);
+                        r.gate.outcomes(events, Instant::now());
+                    }
+                }
+                b'C' => {
+                    if let Some(t) = r.held.command_tag(outbox.frame_bytes(start, end)) {
+                        r.sync.command_complete(t);
+                    }
+                }
+                b'E' if self.interceptor.is_marker_error(outbox.frame_bytes(start, end)) => {
+                    let denial = self.interceptor.take_denial();
+                    outbox.replace_frame(start, end, &denial);
+                }
+                b'E' => r
+                    .sync
+                    .error(r.held.error_sqlstate(outbox.frame_bytes(start, end))),
+                b'S' => {
+                    let Some(problem) = r.held.lexing_problem(outbox.frame_bytes(start, end)) else {
+                        continue;
+                    };
+                    if r.state.relaying() {
+                        let error = PgError::admin_shutdown(format!("terminating connection: {problem}"))
+                            .with_hint("timebox reads statements with standard_conforming_strings = on and UTF-8 text; it does not allow changing that.");
+                        self.sever(r, busy, EndReason::UpstreamError, error).await;
+                        // Right after the ParameterStatus, before the statement's ReadyForQuery:
+                        // the statement that changed the setting fails, nothing after it runs.
+                        r.bufs.outbox.inject_after(end);
+                    }
+                }
+                _ => {}
+            }
+        }
+        // The list's allocation is kept for the next read.
+        r.bufs.held_frames = held;
+    }
+
+    /// The audit records of the outcomes one ReadyForQuery completed.
+    fn outcome_events(&self, done: Completed) -> impl Iterator<Item = AuditEvent> + '_ {
+        let duration_us = done.elapsed.as_micros() as u64;
+        done.outcomes.into_iter().map(move |o| {
+            AuditEvent::StatementOutcome(audit_event::StatementOutcome {
+                command_tag: o.command_tag,
+                duration_us,
+                rows: o.rows,
+                session_id: self.handle.name(),
+                sqlstate: o.sqlstate,
+                statement_id: o.statement_id,
+            })
+        })
+    }
+
+    /// The upstream is gone: deliver what it sent (up to a boundary), then a FATAL.
+    pub(super) async fn finish_after_upstream_loss(
+        &mut self,
+        client: &mut ClientStream,
+        r: &mut Relay,
+    ) -> ControlFlow<EndReason> {
+        let out = r
+            .bufs
+            .outbox
+            .take_before_loss(&PgError::upstream_lost(&self.grant.target));
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            client.write_all(&out).await?;
+            client.flush().await
+        })
+        .await;
+        ControlFlow::Break(EndReason::UpstreamError)
+    }
+}

@@ -1,0 +1,191 @@
+//! Client → backend: takes the client's bytes apart into frontend frames (checked for type and
+//! size, whole), has each checked by the [`Interceptor`](crate::proxy::intercept::Interceptor),
+//! records the checked statements, and hands the frames to the audit gate, which releases them
+//! upstream once their records are acknowledged. Never forwards a frame unchecked or unaudited.
+
+use std::ops::ControlFlow;
+
+use bytes::{Buf, Bytes};
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+
+use super::gate::AuditGate;
+use super::precheck::offload_precheck;
+use super::state::EndReason;
+use super::sync::SyncTracker;
+use super::{audit_refusal, Relay};
+use crate::audit::event::{self as audit_event, AuditEvent};
+use crate::proxy::intercept::{Checked, FrontendAction, Precheck};
+use crate::proxy::session::Session;
+use crate::proxy::wire;
+
+impl Session {
+    /// Processes the complete frames the client sent (the prechecked big one first).
+    pub(super) async fn on_client_frames(&mut self, r: &mut Relay, busy: bool) -> ControlFlow<EndReason> {
+        loop {
+            let parked: Bytes;
+            let (tag, frame, consumed, precheck) = if let Some((tag, bytes, pre)) = r.resumed.take() {
+                parked = bytes;
+                (tag, &parked[..], 0, Some(pre))
+            } else {
+                match wire::next_frontend_frame(&r.bufs.from_client, r.max_message) {
+                    Ok(Some((tag, len))) => {
+                        if self.interceptor.wants_offload(tag, &r.bufs.from_client[..len]) {
+                            let frame = r.bufs.from_client.split_to(len).freeze();
+                            let permits = self.ctx.proxy.precheck_permits.clone();
+                            r.offloaded = Some(offload_precheck(
+                                self.interceptor.prechecker(),
+                                permits,
+                                tag,
+                                frame,
+                            ));
+                            return ControlFlow::Continue(());
+                        }
+                        (tag, &r.bufs.from_client[..len], len, None)
+                    }
+                    Ok(None) => {
+                        self.end_of_read(r, busy).await;
+                        return ControlFlow::Continue(());
+                    }
+                    Err(error) => {
+                        tracing::info!(code = error.code, message = %error.message, "client protocol violation");
+                        r.bufs.outbox.queue_instead(&error);
+                        self.cancel_if_busy(busy).await;
+                        r.state.close(EndReason::ClientError, Instant::now());
+                        return ControlFlow::Continue(());
+                    }
+                }
+            };
+            if tag == b'X' {
+                // Terminate: the session ends normally after what came before it (once that is
+                // audited).
+                let (events, held) = r.gate.terminate();
+                if self.ctx.audit.record_durable(events).await.is_err() {
+                    self.ctx.proxy.metrics.audit_failures_total.inc();
+                    return ControlFlow::Break(EndReason::ClientExit);
+                }
+                let to_upstream = &mut r.bufs.to_upstream;
+                to_upstream.extend_from_slice(&held);
+                to_upstream.extend_from_slice(frame);
+                let _ = self.upstream.write_all(to_upstream).await;
+                return ControlFlow::Break(EndReason::ClientExit);
+            }
+            self.on_frame(&mut r.gate, &mut r.sync, r.skip_audit, tag, frame, precheck);
+            r.bufs.from_client.advance(consumed);
+        }
+    }
+
+    /// One frontend frame: checked, recorded, held for the audit gate, tracked for its outcome.
+    fn on_frame(
+        &mut self,
+        gate: &mut AuditGate,
+        sync: &mut SyncTracker,
+        skip_audit: bool,
+        tag: u8,
+        frame: &[u8],
+        precheck: Option<Precheck>,
+    ) {
+        let mut checked = None;
+        let action = self
+            .interceptor
+            .on_frontend_prechecked(tag, frame, precheck, &mut checked);
+        if checked.is_some() {
+            self.handle.add_statement();
+        }
+        // What actually goes upstream decides what it will answer.
+        let sent_tag = match &action {
+            FrontendAction::Forward => {
+                gate.hold(frame);
+                Some(tag)
+            }
+            FrontendAction::Replace(bytes) => {
+                gate.hold(bytes);
+                Some(bytes[0])
+            }
+            FrontendAction::Drop => None,
+        };
+        if let Some(c) = &checked {
+            if !skip_audit {
+                let id = self.next_statement_id();
+                if c.denied.is_none() {
+                    sync.statement(id);
+                }
+                gate.statement(self.statement_event(id, c));
+            }
+            self.count_statement(c);
+        }
+        if let Some(sent) = sent_tag {
+            sync.forwarded(sent, Instant::now());
+        }
+    }
+
+    /// Metrics and the log line of a checked statement.
+    fn count_statement(&self, c: &Checked) {
+        let decision = if c.denied.is_some() { "deny" } else { "allow" };
+        self.ctx
+            .proxy
+            .metrics
+            .statements_total
+            .with_label_values(&[c.class.as_str(), decision])
+            .inc();
+        if let Some(reason) = &c.denied {
+            // The reason may quote the statement: never a secret in a log line.
+            let reason = c.sql.loggable_reason(reason);
+            tracing::info!(sql.len = c.sql.bytes(), %reason, "statement denied");
+        }
+    }
+
+    /// The client's read is processed: its frames go upstream once their records are durable.
+    async fn end_of_read(&mut self, r: &mut Relay, busy: bool) {
+        let audit = &self.ctx.audit;
+        let submitted = r.gate.end_of_read(
+            |events| audit.submit(events),
+            &mut r.bufs.to_upstream,
+            Instant::now(),
+        );
+        if let Err(e) = submitted {
+            self.ctx.proxy.metrics.audit_failures_total.inc();
+            tracing::error!(error = %e, "audit log refused statement records; statements not run");
+            self.sever(r, busy, EndReason::AuditUnavailable, audit_refusal(&e))
+                .await;
+        }
+    }
+
+    fn next_statement_id(&mut self) -> u64 {
+        self.statement_seq += 1;
+        self.statement_seq
+    }
+
+    /// The audit record of one checked statement (redacted by the audit log before it is written).
+    fn statement_event(&self, id: u64, c: &Checked) -> AuditEvent {
+        let mut relations: Vec<String> = Vec::new();
+        for stmt in &c.classification.statements {
+            for r in &stmt.relations {
+                let r = r.to_string();
+                if !relations.contains(&r) {
+                    relations.push(r);
+                }
+            }
+        }
+        AuditEvent::Statement(audit_event::Statement {
+            class: c.class.as_str().to_owned(),
+            decision: if c.denied.is_some() {
+                audit_event::Decision::Deny
+            } else {
+                audit_event::Decision::Allow
+            },
+            grant_id: self.grant.id.clone(),
+            params: c.params.clone(),
+            reason: c.denied.as_deref().map(|r| c.sql.scrub(r).into_owned()),
+            relations,
+            session_id: self.handle.name(),
+            sql: c.sql.text.clone(),
+            sql_bytes: c.sql.truncated.as_ref().map(|(n, _)| *n),
+            sql_sha256: c.sql.truncated.as_ref().map(|(_, h)| h.clone()),
+            sql_truncated: c.sql.truncated.is_some(),
+            statement_id: id,
+            target: self.grant.target.clone(),
+            user: self.grant.user.clone(),
+        })
+    }
+}

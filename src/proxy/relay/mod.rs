@@ -1,0 +1,427 @@
+//! The relay: a session's statements from the client to the upstream and the answers back, until
+//! the client leaves, the grant expires or is revoked, the session is killed, the upstream is lost
+//! or timebox shuts down.
+//!
+//! The loop ([`Session::relay`]) is a small `select!` over plain parts, each in its own file and
+//! unit-tested without sockets:
+//! - [`io`]: one poll of the four I/O directions (the hot path: bytes are forwarded undecoded);
+//! - [`outbox`]: backend bytes to the client, with timebox's own messages spliced in at a frame
+//!   boundary;
+//! - [`held`]: the few backend frames the relay reads (CommandComplete, ErrorResponse,
+//!   ParameterStatus), decoded with `postgres_protocol`;
+//! - [`sync`]: forwarded frames and backend replies → statement outcomes, and the backend's
+//!   [`sync::Phase`] (idle, in a transaction, busy);
+//! - [`gate`]: client frames held until their audit records are acknowledged;
+//! - [`state`]: open, draining for shutdown, closing with a reason;
+//! - [`precheck`]: big statements checked on the blocking pool.
+//!
+//! [`frontend`] and [`backend`] apply them to what each side sent. Expiry, revocation, kill and
+//! shutdown are arms of the loop's `select!`; when the grant changes, the session re-checks it with
+//! [`Grant::refusal_at`](crate::grants::Grant::refusal_at), the function that admitted it. Severing a session cancels the running
+//! upstream query first, then tells the client why (FATAL 57P01) and closes both sides. The relay
+//! must never leave a query running upstream after the client is gone, nor forward a statement
+//! before it is checked and audited.
+
+mod backend;
+mod frontend;
+mod gate;
+mod held;
+mod io;
+mod outbox;
+mod precheck;
+mod state;
+mod sync;
+
+use std::future::poll_fn;
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+
+pub use state::EndReason;
+
+use self::gate::AuditGate;
+use self::held::HeldDecoder;
+use self::io::{Buffers, IoEvents, Wants, HIGH_WATER};
+use self::precheck::{wait_offloaded, OffloadedPrecheck};
+use self::state::SessionState;
+use self::sync::SyncTracker;
+use super::intercept::Precheck;
+use super::session::Session;
+use super::stream::ClientStream;
+use super::wire::PgError;
+use crate::audit::event::AuditEvent;
+use crate::audit::AuditError;
+use crate::grants::GrantStatus;
+
+pub(crate) use held::lexing_problem;
+
+/// A session's relay state: everything the loop keeps between wake-ups.
+pub(crate) struct Relay {
+    /// The bytes between the two sides.
+    bufs: Buffers,
+    /// Decodes the held backend frames the relay reads.
+    held: HeldDecoder,
+    /// Forwarded sync points and their outcomes.
+    sync: SyncTracker,
+    /// Client frames waiting for their audit records.
+    gate: AuditGate,
+    /// Open, draining or closing.
+    state: SessionState,
+    /// Expiry warnings (durations before expiry) still ahead, the next one last.
+    warnings: Vec<chrono::Duration>,
+    /// A big Query/Parse being prechecked on the blocking pool; the client's frames wait for it,
+    /// expiry, kills and shutdown do not.
+    offloaded: Option<OffloadedPrecheck>,
+    /// Its result, with the frame, to process before the rest of `from_client`.
+    resumed: Option<(u8, Bytes, Precheck)>,
+    /// `proxy.max_message_bytes`.
+    max_message: usize,
+    /// Benchmarks only (`[bench] skip_audit`, false unless built with `bench-knobs`): no
+    /// statement records.
+    skip_audit: bool,
+    client_tls: bool,
+    upstream_tls: bool,
+    statement_duration: prometheus::Histogram,
+    bytes_from_client: prometheus::IntCounter,
+    bytes_to_client: prometheus::IntCounter,
+}
+
+impl Relay {
+    /// What to poll this round.
+    fn wants(&self) -> Wants {
+        let relaying = self.state.relaying();
+        let b = &self.bufs;
+        Wants {
+            read_client: relaying
+                && !self.gate.waiting()
+                && self.offloaded.is_none()
+                && self.resumed.is_none()
+                && b.to_upstream.len() < HIGH_WATER,
+            read_upstream: b.outbox.pending.len() < HIGH_WATER && (relaying || b.outbox.inject_at.is_none()),
+            write_upstream: relaying && !b.to_upstream.is_empty(),
+            resume_frames: relaying && self.resumed.is_some(),
+        }
+    }
+
+    /// On shutdown, an idle session (nothing in flight either way) ends at once.
+    fn idle_while_draining(&self) -> bool {
+        self.state.draining()
+            && !self.sync.busy()
+            && self.offloaded.is_none()
+            && self.resumed.is_none()
+            && self.bufs.from_client.is_empty()
+            && self.bufs.to_upstream.is_empty()
+            && self.bufs.outbox.tracker.at_boundary()
+    }
+
+    /// Outcome records still waiting when the session ends (they go with the session end).
+    pub(crate) fn into_outcomes(self) -> Vec<AuditEvent> {
+        self.gate.into_outcomes()
+    }
+}
+
+impl Session {
+    /// The relay state for this session and client.
+    pub(crate) fn relay_state(&self, client: &ClientStream) -> Relay {
+        let state = &self.ctx;
+        let metrics = &state.proxy.metrics;
+        Relay {
+            bufs: Buffers::new(),
+            held: HeldDecoder::default(),
+            sync: SyncTracker::default(),
+            // fsync/write durability: statements are forwarded only once their records are durable.
+            gate: AuditGate::new(state.audit.durability() != crate::config::Durability::Async),
+            state: SessionState::Open,
+            warnings: self.pending_warnings(state.clock.now()),
+            offloaded: None,
+            resumed: None,
+            max_message: state.config.proxy.max_message_bytes,
+            skip_audit: state.config.bench.skip_audit(),
+            client_tls: client.is_tls(),
+            upstream_tls: self.upstream.is_tls(),
+            statement_duration: metrics
+                .statement_duration_seconds
+                .with_label_values(&[&self.grant.target]),
+            bytes_from_client: metrics.relayed_bytes_total.with_label_values(&["from_client"]),
+            bytes_to_client: metrics.relayed_bytes_total.with_label_values(&["to_client"]),
+        }
+    }
+
+    /// The relay loop; returns why it ended.
+    pub(crate) async fn relay(&mut self, client: &mut ClientStream, r: &mut Relay) -> EndReason {
+        let shutdown = self.ctx.shutdown.clone();
+        let kill = self.handle.kill_token();
+        loop {
+            let now = self.ctx.clock.now();
+            let expiry = instant_at(now, self.grant.expires_at);
+            let warning = r
+                .warnings
+                .last()
+                .map(|w| instant_at(now, self.grant.expires_at - *w));
+            // Whether a cancel would reach a running query, as of this wake-up.
+            let busy = r.sync.busy();
+            let relaying = r.state.relaying();
+            let open = r.state == SessionState::Open;
+            let (drain_deadline, close_deadline) = (r.state.drain_deadline(), r.state.close_deadline());
+            let outcome_deadline = r.gate.outcome_deadline();
+            let wants = r.wants();
+            let io = poll_fn(|cx| io::poll(cx, client, &mut self.upstream, &mut r.bufs, wants));
+            tokio::select! {
+                biased;
+                ev = io => {
+                    if let ControlFlow::Break(end) = self.on_io(client, r, ev, busy).await {
+                        return end;
+                    }
+                }
+                prechecked = wait_offloaded(&mut r.offloaded), if r.offloaded.is_some() => {
+                    r.offloaded = None;
+                    r.resumed = Some(prechecked);
+                }
+                acked = r.gate.acknowledged(), if r.gate.waiting() => self.on_acknowledged(r, acked, busy).await,
+                _ = sleep_opt(outcome_deadline), if outcome_deadline.is_some() => {
+                    self.submit_outcomes(r.gate.due_outcomes());
+                }
+                _ = sleep_opt(close_deadline), if close_deadline.is_some() => {
+                    tracing::debug!("could not deliver the final message in time; closing");
+                    return r.state.reason().unwrap_or(EndReason::Shutdown);
+                }
+                grant = self.watch.changed(), if relaying => {
+                    self.grant = grant;
+                    r.warnings = self.pending_warnings(self.ctx.clock.now());
+                    self.check_grant(r, busy).await;
+                }
+                _ = tokio::time::sleep_until(expiry), if relaying => self.check_grant(r, busy).await,
+                _ = sleep_opt(warning), if relaying && warning.is_some() => self.warn(r),
+                _ = kill.cancelled(), if relaying => {
+                    let by = self.handle.kill_reason().unwrap_or_else(|| "an administrator".into());
+                    let error = PgError::admin_shutdown(format!("terminating connection: session killed by {by}"));
+                    self.sever(r, busy, EndReason::Killed, error).await;
+                }
+                _ = shutdown.cancelled(), if open => {
+                    r.state.shutdown(Instant::now(), self.ctx.config.proxy.shutdown_grace);
+                }
+                _ = sleep_opt(drain_deadline), if drain_deadline.is_some() => {
+                    self.sever(r, busy, EndReason::Shutdown, shutting_down()).await;
+                }
+            }
+            if r.idle_while_draining() {
+                self.sever(r, false, EndReason::Shutdown, shutting_down()).await;
+            }
+        }
+    }
+
+    /// Applies what one I/O poll produced; `Break` ends the session.
+    async fn on_io(
+        &mut self,
+        client: &mut ClientStream,
+        r: &mut Relay,
+        ev: IoEvents,
+        busy: bool,
+    ) -> ControlFlow<EndReason> {
+        // --- backend → client
+        if let Some(read) = ev.upstream_read {
+            self.on_upstream_read(client, r, read, busy).await?;
+        }
+        if let Some((wrote, injected)) = ev.client_wrote {
+            let Ok(n) = wrote.inspect_err(|e| tracing::debug!(error = %e, "client write failed")) else {
+                return self.client_gone(r, busy).await;
+            };
+            r.bufs.outbox.advance(n, injected);
+            r.bufs.client_needs_flush = r.client_tls;
+            r.bufs.outbox.place_injection();
+        }
+        if let Some(flushed) = ev.client_flushed {
+            if flushed.is_err() {
+                return self.client_gone(r, busy).await;
+            }
+            r.bufs.client_needs_flush = false;
+        }
+        // --- client → backend
+        let mut frames_ready = ev.resume_frames;
+        if let Some(read) = ev.client_read {
+            match read {
+                Ok(0) | Err(_) => {
+                    // The client vanished (EOF without Terminate, or reset): stop its query.
+                    tracing::info!(phase = ?r.sync.phase(), "client disconnected");
+                    self.cancel_if_busy(busy).await;
+                    return ControlFlow::Break(EndReason::ClientExit);
+                }
+                Ok(n) => {
+                    self.handle.add_from_client(n as u64);
+                    r.bytes_from_client.inc_by(n as u64);
+                    frames_ready = true;
+                }
+            }
+        }
+        if frames_ready {
+            self.on_client_frames(r, busy).await?;
+        }
+        if let Some(wrote) = ev.upstream_wrote {
+            match wrote {
+                Ok(n) => {
+                    bytes::Buf::advance(&mut r.bufs.to_upstream, n);
+                    r.bufs.upstream_needs_flush = r.upstream_tls;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "upstream write failed");
+                    return self.finish_after_upstream_loss(client, r).await;
+                }
+            }
+        }
+        if let Some(flushed) = ev.upstream_flushed {
+            if flushed.is_err() {
+                return self.finish_after_upstream_loss(client, r).await;
+            }
+            r.bufs.upstream_needs_flush = false;
+        }
+        if let Some(reason) = r.state.reason() {
+            if r.bufs.outbox.drained() && !r.bufs.client_needs_flush {
+                let _ = tokio::time::timeout(Duration::from_millis(200), client.flush()).await;
+                return ControlFlow::Break(reason);
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// The client cannot be written to: stop its query and end.
+    async fn client_gone(&mut self, r: &mut Relay, busy: bool) -> ControlFlow<EndReason> {
+        self.cancel_if_busy(busy).await;
+        ControlFlow::Break(r.state.reason().unwrap_or(EndReason::ClientExit))
+    }
+
+    /// The audit acknowledgement of the held client frames came back.
+    async fn on_acknowledged(&mut self, r: &mut Relay, acked: Result<(), AuditError>, busy: bool) {
+        let (waited, acked) = r
+            .gate
+            .on_acknowledged(acked, &mut r.bufs.to_upstream, Instant::now());
+        if let Some(waited) = waited {
+            self.ctx
+                .proxy
+                .metrics
+                .audit_write_seconds
+                .observe(waited.as_secs_f64());
+        }
+        if let Err(e) = acked {
+            self.ctx.proxy.metrics.audit_failures_total.inc();
+            tracing::error!(error = %e, "audit records not durable; statements not run");
+            self.sever(r, busy, EndReason::AuditUnavailable, audit_refusal(&e))
+                .await;
+        }
+    }
+
+    /// Hands outcome records to the audit log on their own (best effort: the statements ran).
+    fn submit_outcomes(&self, events: Vec<AuditEvent>) {
+        if let Err(e) = self.ctx.audit.submit(events) {
+            self.ctx.proxy.metrics.audit_failures_total.inc();
+            tracing::error!(error = %e, "could not record statement outcomes in the audit log");
+        }
+    }
+
+    /// Warnings (durations before expiry) still ahead, the next one last.
+    fn pending_warnings(&self, now: DateTime<Utc>) -> Vec<chrono::Duration> {
+        let left = self.grant.expires_at - now;
+        let mut w: Vec<chrono::Duration> = self
+            .ctx
+            .config
+            .proxy
+            .expiry_warnings
+            .iter()
+            .filter_map(|d| chrono::Duration::from_std(*d).ok())
+            .filter(|d| *d < left)
+            .collect();
+        w.sort();
+        w
+    }
+
+    /// The next expiry warning is due: queue it for the client.
+    fn warn(&self, r: &mut Relay) {
+        if let Some(w) = r.warnings.pop() {
+            let left = humantime::format_duration(Duration::from_secs(w.num_seconds().max(0) as u64));
+            let notice = PgError::warning(format!(
+                "timebox: grant {} expires in {left} (at {}); the session will be closed then",
+                self.grant.id,
+                self.grant
+                    .expires_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ))
+            .with_hint("Ask for an extension or a new grant if you need more time.");
+            r.bufs.outbox.queue(&notice);
+        }
+    }
+
+    /// Re-checks the grant now; severs the session if it no longer admits it.
+    async fn check_grant(&mut self, r: &mut Relay, busy: bool) {
+        let now = self.ctx.clock.now();
+        let Some(why) = self.grant.refusal_at(now) else {
+            return;
+        };
+        let reason = match self.grant.status_at(now) {
+            GrantStatus::Revoked => EndReason::Revoked,
+            _ => EndReason::Expired,
+        };
+        let error = PgError::admin_shutdown(format!("terminating connection: {why}"))
+            .with_hint("Ask for a new grant (timebox grant issue / timebox request create).");
+        self.sever(r, busy, reason, error).await;
+    }
+
+    /// Cancels the upstream query if one runs, queues the FATAL, and enters the closing state.
+    async fn sever(&self, r: &mut Relay, busy: bool, reason: EndReason, error: PgError) {
+        tracing::info!(
+            reason = reason.as_str(),
+            phase = ?r.sync.phase(),
+            message = %error.message,
+            "severing session"
+        );
+        self.cancel_if_busy(busy).await;
+        r.bufs.outbox.queue_last(&error);
+        r.state.close(reason, Instant::now());
+    }
+
+    async fn cancel_if_busy(&self, busy: bool) {
+        if busy {
+            if let Err(e) = self.upstream_cancel.send().await {
+                tracing::warn!(error = %e, "could not cancel the upstream query");
+            }
+        }
+    }
+}
+
+/// A backend frame with `tag` and `body`, for the parts' unit tests.
+#[cfg(test)]
+fn test_frame(tag: u8, body: &[u8]) -> bytes::BytesMut {
+    let mut b = bytes::BytesMut::new();
+    super::wire::frame(&mut b, tag, |x| x.extend_from_slice(body));
+    b
+}
+
+fn shutting_down() -> PgError {
+    PgError::admin_shutdown("terminating connection: timebox is shutting down")
+}
+
+/// The FATAL a client gets when its statements cannot be audited (they were not run).
+pub(crate) fn audit_refusal(e: &AuditError) -> PgError {
+    let message =
+        "terminating connection: timebox cannot record statements in the audit log right now, so they were not run";
+    match e {
+        AuditError::QueueFull { .. } => PgError::insufficient_resources(message),
+        _ => PgError::io_error(message),
+    }
+    .with_hint("Tell the timebox administrators; nothing reaches the database unaudited.")
+}
+
+/// Converts a wall-clock deadline into a tokio instant (now if already past).
+fn instant_at(now: DateTime<Utc>, at: DateTime<Utc>) -> Instant {
+    let wait = (at - now).to_std().unwrap_or(Duration::ZERO);
+    Instant::now() + wait
+}
+
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,289 @@
+//! The client outbox: backend bytes on their way to the client, with timebox's own messages
+//! (expiry warnings, denials, the final FATAL) spliced in at a frame boundary. Pure: the relay
+//! feeds it what it read from the upstream and writes what [`ClientOutbox::next_chunk`] gives.
+//! It never decodes a frame it does not hold; it must never split a frame or drop a byte the
+//! client is owed.
+
+use bytes::{Buf, BytesMut};
+
+use super::held::held_tag;
+use crate::proxy::wire::{FrameTracker, PgError, TrackError};
+
+/// Initial capacity of the outbox buffer.
+const BUFFER_CAPACITY: usize = 16 * 1024;
+
+/// Backend bytes on their way to the client, with timebox's own messages spliced in at a frame
+/// boundary.
+///
+/// Offsets are positions in the byte stream the client receives; `delta` maps upstream stream
+/// offsets (what the [`FrameTracker`] counts) to client offsets after frames were replaced.
+/// ErrorResponse and ParameterStatus frames, and frames whose header is still incomplete, are held
+/// back until complete so they can be inspected (and replaced) before the client sees any of them.
+pub(crate) struct ClientOutbox {
+    /// Bytes not yet written to the client: client offsets `[written, written + pending.len())`.
+    pub(crate) pending: BytesMut,
+    /// Client offset up to which everything has been written.
+    pub(crate) written: u64,
+    /// Client offset minus upstream offset.
+    delta: i64,
+    /// timebox's own messages waiting for a boundary.
+    pub(crate) inject: BytesMut,
+    /// The client offset (a frame boundary) at which `inject` goes out.
+    pub(crate) inject_at: Option<u64>,
+    /// Frame boundaries of the upstream stream.
+    pub(crate) tracker: FrameTracker,
+}
+
+impl ClientOutbox {
+    pub(crate) fn new() -> Self {
+        ClientOutbox {
+            pending: BytesMut::with_capacity(BUFFER_CAPACITY),
+            written: 0,
+            delta: 0,
+            inject: BytesMut::new(),
+            inject_at: None,
+            tracker: FrameTracker::default(),
+        }
+    }
+
+    pub(crate) fn to_client(&self, upstream_offset: u64) -> u64 {
+        (upstream_offset as i64 + self.delta) as u64
+    }
+
+    /// The latest frame boundary in client offsets.
+    pub(crate) fn last_boundary(&self) -> u64 {
+        self.to_client(
+            self.tracker
+                .unfinished_frame_start()
+                .unwrap_or(self.tracker.offset()),
+        )
+    }
+
+    /// Where writing must pause until the current frame is complete, if anywhere.
+    pub(crate) fn hold_point(&self) -> Option<u64> {
+        let t = &self.tracker;
+        (t.in_header() || held_tag(t.current_tag())).then(|| self.last_boundary())
+    }
+
+    /// Picks the injection point if one is not chosen yet: the latest boundary not yet passed.
+    pub(crate) fn place_injection(&mut self) {
+        if self.inject.is_empty() || self.inject_at.is_some() {
+            return;
+        }
+        let boundary = self.last_boundary();
+        if boundary >= self.written {
+            self.inject_at = Some(boundary);
+        }
+    }
+
+    /// The bytes to write next (stream bytes up to the injection or hold point, then the injection).
+    pub(crate) fn next_chunk(&self) -> Option<(&[u8], bool)> {
+        let mut limit = self.written + self.pending.len() as u64;
+        if let Some(hold) = self.hold_point() {
+            limit = limit.min(hold);
+        }
+        match self.inject_at {
+            Some(at) if at == self.written && !self.inject.is_empty() => {
+                return Some((&self.inject[..], true))
+            }
+            Some(at) => limit = limit.min(at),
+            None => {}
+        }
+        let n = limit.saturating_sub(self.written) as usize;
+        (n > 0).then(|| (&self.pending[..n], false))
+    }
+
+    pub(crate) fn advance(&mut self, n: usize, injected: bool) {
+        if injected {
+            self.inject.advance(n);
+            if self.inject.is_empty() {
+                self.inject_at = None;
+            }
+        } else {
+            self.pending.advance(n);
+            self.written += n as u64;
+        }
+    }
+
+    pub(crate) fn injection_done(&self) -> bool {
+        self.inject.is_empty()
+    }
+
+    /// The bytes of a complete, held frame given in upstream offsets.
+    pub(crate) fn frame_bytes(&self, start: u64, end: u64) -> &[u8] {
+        let from = (self.to_client(start) - self.written) as usize;
+        let to = (self.to_client(end) - self.written) as usize;
+        &self.pending[from..to]
+    }
+
+    /// Replaces a complete, held frame (upstream offsets) with `replacement`.
+    pub(crate) fn replace_frame(&mut self, start: u64, end: u64, replacement: &[u8]) {
+        let from = (self.to_client(start) - self.written) as usize;
+        let to = (self.to_client(end) - self.written) as usize;
+        let tail = self.pending.split_off(to);
+        self.pending.truncate(from);
+        self.pending.extend_from_slice(replacement);
+        self.pending.extend_from_slice(&tail);
+        self.delta += replacement.len() as i64 - (end - start) as i64;
+    }
+
+    /// Tracks the `n` bytes just read into `pending` after its first `before` bytes, noting each
+    /// completed frame the relay inspects (held tags and ReadyForQuery) as `(tag, start, end)`.
+    pub(crate) fn track_read(
+        &mut self,
+        before: usize,
+        n: usize,
+        held: &mut Vec<(u8, u64, u64)>,
+    ) -> Result<(), TrackError> {
+        self.tracker
+            .feed_with(&self.pending[before..before + n], |tag, start, end| {
+                if held_tag(tag) || tag == b'Z' {
+                    held.push((tag, start, end));
+                }
+            })
+    }
+
+    /// Queues one of timebox's own messages for the next frame boundary.
+    pub(crate) fn queue(&mut self, message: &PgError) {
+        message.encode(&mut self.inject);
+        self.place_injection();
+    }
+
+    /// Replaces whatever timebox meant to say by `last` (a FATAL), at the next frame boundary.
+    pub(crate) fn queue_last(&mut self, last: &PgError) {
+        self.inject.clear();
+        self.inject_at = None;
+        self.queue(last);
+    }
+
+    /// Replaces whatever timebox meant to say by `message`, keeping the injection point if one
+    /// was chosen.
+    pub(crate) fn queue_instead(&mut self, message: &PgError) {
+        self.inject.clear();
+        self.queue(message);
+    }
+
+    /// Moves the injection right after the frame ending at upstream offset `end`, before anything
+    /// that follows it.
+    pub(crate) fn inject_after(&mut self, end: u64) {
+        self.inject_at = Some(self.to_client(end));
+    }
+
+    /// True once the final message is delivered (nothing injected still waiting).
+    pub(crate) fn drained(&self) -> bool {
+        self.injection_done() && self.inject_at.is_none()
+    }
+
+    /// The upstream is gone: the whole frames still owed to the client, then `lost` (unless the
+    /// client is mid-frame, where nothing more can be said cleanly).
+    pub(crate) fn take_before_loss(&mut self, lost: &PgError) -> BytesMut {
+        let complete = match self.tracker.unfinished_frame_start() {
+            Some(start) if start >= self.written => (start - self.written) as usize,
+            Some(_) => 0,
+            None => self.pending.len(),
+        };
+        let mut out = self.pending.split_to(complete);
+        if self.tracker.at_boundary() || complete > 0 || self.written == self.tracker.offset() {
+            lost.encode(&mut out);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::relay::test_frame as frame_bytes;
+
+    #[test]
+    fn held_frames_wait_until_complete_and_can_be_replaced() {
+        let mut outbox = ClientOutbox::new();
+        let row = frame_bytes(b'D', &[1; 8]);
+        let err = frame_bytes(b'E', b"SERROR\0Mmarker\0\0");
+        let mut stream = row.clone();
+        stream.extend_from_slice(&err[..7]);
+        outbox.pending.extend_from_slice(&stream);
+        outbox.tracker.feed(&stream).unwrap();
+        // the DataRow may go, the partial ErrorResponse may not
+        assert_eq!(outbox.next_chunk().unwrap().0, &row[..]);
+        outbox.advance(row.len(), false);
+        assert!(outbox.next_chunk().is_none());
+        let rest = &err[7..];
+        outbox.pending.extend_from_slice(rest);
+        let mut done = Vec::new();
+        outbox
+            .tracker
+            .feed_with(rest, |t, s, e| done.push((t, s, e)))
+            .unwrap();
+        let (tag, s, e) = done[0];
+        assert_eq!(tag, b'E');
+        assert_eq!(outbox.frame_bytes(s, e), &err[..]);
+        let replacement = PgError::insufficient_privilege("denied").to_bytes();
+        outbox.replace_frame(s, e, &replacement);
+        assert_eq!(outbox.next_chunk().unwrap().0, &replacement[..]);
+        // a later frame is located correctly after the splice
+        let z = frame_bytes(b'Z', b"I");
+        outbox.pending.extend_from_slice(&z);
+        outbox.tracker.feed(&z).unwrap();
+        assert_eq!(
+            outbox.last_boundary(),
+            (row.len() + replacement.len() + z.len()) as u64
+        );
+    }
+
+    #[test]
+    fn injection_waits_for_a_frame_boundary() {
+        let mut outbox = ClientOutbox::new();
+        let row = frame_bytes(b'D', &[7; 20]);
+        // The first 10 bytes of a DataRow arrive and are written to the client.
+        outbox.pending.extend_from_slice(&row[..10]);
+        outbox.tracker.feed(&row[..10]).unwrap();
+        let (chunk, injected) = outbox.next_chunk().unwrap();
+        assert_eq!((chunk.len(), injected), (10, false));
+        outbox.advance(10, false);
+        // Now a notice is queued: it cannot go out mid-frame.
+        outbox.inject.extend_from_slice(&PgError::warning("w").to_bytes());
+        outbox.place_injection();
+        assert_eq!(outbox.inject_at, None);
+        assert!(outbox.next_chunk().is_none());
+        // The rest of the row and a whole CommandComplete arrive.
+        let cc = frame_bytes(b'C', b"SELECT 1\0");
+        let mut rest = BytesMut::from(&row[10..]);
+        rest.extend_from_slice(&cc);
+        outbox.pending.extend_from_slice(&rest);
+        outbox.tracker.feed(&rest).unwrap();
+        outbox.place_injection();
+        assert_eq!(outbox.inject_at, Some((row.len() + cc.len()) as u64));
+        // Stream bytes up to the boundary, then the notice.
+        let (chunk, injected) = outbox.next_chunk().unwrap();
+        assert_eq!((chunk.len(), injected), (row.len() - 10 + cc.len(), false));
+        outbox.advance(chunk.len(), false);
+        let (chunk, injected) = outbox.next_chunk().unwrap();
+        assert!(injected);
+        assert_eq!(chunk[0], b'N');
+        let n = chunk.len();
+        outbox.advance(n, true);
+        assert!(outbox.next_chunk().is_none());
+        assert!(outbox.injection_done());
+    }
+
+    #[test]
+    fn injection_goes_before_unwritten_partial_frame() {
+        let mut outbox = ClientOutbox::new();
+        let a = frame_bytes(b'D', &[1; 8]);
+        let b = frame_bytes(b'D', &[2; 8]);
+        let mut stream = a.clone();
+        stream.extend_from_slice(&b[..4]);
+        outbox.pending.extend_from_slice(&stream);
+        outbox.tracker.feed(&stream).unwrap();
+        PgError::admin_shutdown("bye").encode(&mut outbox.inject);
+        outbox.place_injection();
+        assert_eq!(
+            outbox.inject_at,
+            Some(a.len() as u64),
+            "before the partial second row"
+        );
+        let (chunk, injected) = outbox.next_chunk().unwrap();
+        assert_eq!((chunk, injected), (&a[..], false));
+    }
+}
