@@ -46,7 +46,7 @@ fn shape(i: u64) -> (String, &'static str) {
 fn statement(i: u64) -> AuditEvent {
     let session = (i / 40) % SESSIONS;
     let (sql, class) = shape(i);
-    let role_is_read = session % 2 == 0;
+    let role_is_read = session.is_multiple_of(2);
     let decision = if role_is_read && class == "write" {
         Decision::Deny
     } else {
@@ -75,7 +75,7 @@ fn session_start(session: u64) -> AuditEvent {
         application_name: None,
         client_addr: "127.0.0.1:5000".into(),
         grant_id: format!("g_{session:016x}"),
-        role: if session % 2 == 0 { "read" } else { "write" }.into(),
+        role: if session.is_multiple_of(2) { "read" } else { "write" }.into(),
         session_id: format!("s_{session:016x}"),
         target: "shop".into(),
         tls_version: None,
