@@ -1,7 +1,7 @@
 //! `[store]`: where grants, requests and the installation secret live — raw keys, validation, and
 //! the typed [`StoreConfig`] the store module opens.
 //!
-//! Where it sits: [`super::RawConfig::validate`] calls [`validate_store`]; [`crate::store::Store`]
+//! Where it sits: `RawConfig::validate` calls [`validate_store`]; [`crate::store::Store`]
 //! and [`crate::store::migrate`] take the result. SQLite (`sqlite://PATH`, `sqlite::memory:`) is the
 //! embedded default; `postgres://user@host:port/db` selects the shared PostgreSQL store. What it must
 //! never do: accept a password inside the URL (it would travel wherever the URL is shown) or
@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{resolve_password, Problems, RawCredential, UpstreamTls};
+use super::raw::RawCredential;
+use super::validate::{resolve_password, Problems};
+use super::UpstreamTls;
 
 /// `[store] pool_size` when the config does not say.
 pub const DEFAULT_POOL_SIZE: u64 = 16;
