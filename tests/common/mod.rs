@@ -2,7 +2,9 @@
 //! instance per test, on port 0, stopped when the test's [`TestInstance`] is dropped.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod cluster;
+pub mod http;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +20,27 @@ pub const AUDITOR_TOKEN: &str = "test-auditor-token-0123456789";
 pub const APPROVER_TOKEN: &str = "test-approver-token-0123456789";
 /// A requester token; its principal name is `alice`.
 pub const REQUESTER_TOKEN: &str = "test-requester-token-alice";
+
+/// A config that validates and needs nothing running: target `shop` with a `read` credential, role
+/// `read` (`max_ttl = "1h"`), an in-memory store, no admin tokens. For the CLI's config commands
+/// and instances built in a test whose upstream is never reached.
+pub const MINIMAL_CONFIG: &str = r#"
+[proxy]
+listen = "127.0.0.1:0"
+tls = "disabled"
+[admin]
+listen = "127.0.0.1:0"
+[store]
+url = "sqlite::memory:"
+[targets.shop]
+host = "127.0.0.1"
+database = "shop"
+[targets.shop.credentials.read]
+user = "r"
+[roles.read]
+allow = ["read"]
+max_ttl = "1h"
+"#;
 
 /// How to start a test instance.
 #[derive(Clone, Debug)]
