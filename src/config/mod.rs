@@ -17,6 +17,8 @@ use crate::webhooks::WebhookEvent;
 mod raw;
 mod store;
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;
 mod validate;
 pub use store::{PostgresStoreConfig, StoreConfig};

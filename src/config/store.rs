@@ -247,28 +247,8 @@ pub fn url_problem(url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::testing::BASE;
     use crate::config::{Config, ConfigError};
-
-    const BASE: &str = r#"
-        [proxy]
-        listen = "127.0.0.1:6432"
-        tls = "disabled"
-        [admin]
-        listen = "127.0.0.1:9187"
-        [[admin.tokens]]
-        name = "ops"
-        sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
-        roles = ["admin"]
-        [targets.shop]
-        host = "127.0.0.1"
-        database = "shop"
-        [targets.shop.credentials.read]
-        user = "timebox_read"
-        password = "pw"
-        [roles.read]
-        allow = ["read"]
-        max_ttl = "8h"
-    "#;
 
     fn load(store: &str, audit: &str) -> Result<Config, ConfigError> {
         Config::from_toml_str(&format!("{BASE}\n[store]\n{store}\n[audit]\n{audit}\n"))

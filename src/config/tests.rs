@@ -1,29 +1,7 @@
 //! Unit tests of the config: defaults, every problem with its path, typed once.
 
+use super::testing::MINIMAL;
 use super::*;
-
-const MINIMAL: &str = r#"
-        [proxy]
-        listen = "127.0.0.1:6432"
-        tls = "disabled"
-        [admin]
-        listen = "127.0.0.1:9187"
-        [[admin.tokens]]
-        name = "ops"
-        sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
-        roles = ["admin"]
-        [store]
-        url = "sqlite::memory:"
-        [targets.shop]
-        host = "127.0.0.1"
-        database = "shop"
-        [targets.shop.credentials.read]
-        user = "timebox_read"
-        password = "pw"
-        [roles.read]
-        allow = ["read"]
-        max_ttl = "8h"
-    "#;
 
 #[test]
 fn minimal_config_is_valid_with_defaults() {

@@ -73,29 +73,12 @@ fn refusal_names_the_grant_and_the_time() {
     );
 }
 
+/// Role `read` capped at one hour; role `write` without an upstream credential.
 fn config() -> Config {
-    Config::from_toml_str(
-        r#"
-            [proxy]
-            listen = "127.0.0.1:0"
-            tls = "disabled"
-            [admin]
-            listen = "127.0.0.1:0"
-            [targets.shop]
-            host = "127.0.0.1"
-            database = "shop"
-            [targets.shop.credentials.read]
-            user = "r"
-            password = "x"
-            [roles.read]
-            allow = ["read"]
-            max_ttl = "1h"
-            [roles.write]
-            allow = ["read", "write"]
-            max_ttl = "1h"
-            "#,
+    crate::config::testing::config(
+        "1h",
+        "[roles.write]\nallow = [\"read\", \"write\"]\nmax_ttl = \"1h\"\n",
     )
-    .unwrap()
 }
 
 fn req(user: &str, target: &str, role: &str, ttl: &str, reason: &str) -> NewGrant {
