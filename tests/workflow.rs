@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio_postgres::NoTls;
 
 use common::http::send;
+use common::pg::connect;
 use common::{cli, eventually, ADMIN_TOKEN, APPROVER_TOKEN, AUDITOR_TOKEN, REQUESTER_TOKEN};
 
 /// Role `admin` needs two approvals and allows break-glass up to 10 minutes; extra config appended.
@@ -45,14 +45,6 @@ async fn file(base: &str, token: &str, body: Value) -> Value {
 
 fn id(v: &Value) -> String {
     v["id"].as_str().expect("id").to_owned()
-}
-
-async fn connect(conn: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(conn, NoTls).await.expect("connect");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
 }
 
 // ---------------------------------------------------------------------------------------------

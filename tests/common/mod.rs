@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod http;
+pub mod pg;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -418,18 +419,34 @@ pub mod raw {
         }
     }
 
-    /// Logs in and reads up to the first ReadyForQuery. Panics on failure.
+    /// Logs in to `shop` and reads up to the first ReadyForQuery. Panics on failure.
     pub async fn login(addr: std::net::SocketAddr, user: &str, token: &str) -> (TcpStream, BytesMut) {
+        let (s, buf, _) = login_to(addr, user, "shop", token).await;
+        (s, buf)
+    }
+
+    /// Logs in to `database` (SCRAM or a cleartext password, whichever the server asks for) and
+    /// reads up to the first ReadyForQuery; also whether the server asked for SCRAM. Panics on failure.
+    pub async fn login_to(
+        addr: std::net::SocketAddr,
+        user: &str,
+        database: &str,
+        token: &str,
+    ) -> (TcpStream, BytesMut, bool) {
         let mut s = TcpStream::connect(addr).await.unwrap();
         let mut out = BytesMut::new();
-        frontend::startup_message([("user", user), ("database", "shop")], &mut out).unwrap();
+        frontend::startup_message([("user", user), ("database", database)], &mut out).unwrap();
         s.write_all(&out).await.unwrap();
         let mut buf = BytesMut::new();
-        let mut scram = None;
+        let (mut scram, mut asked_for_sasl) = (None, false);
         loop {
             out.clear();
             match read_message(&mut s, &mut buf).await.expect("message") {
+                Message::AuthenticationCleartextPassword => {
+                    frontend::password_message(token.as_bytes(), &mut out).unwrap();
+                }
                 Message::AuthenticationSasl(_) => {
+                    asked_for_sasl = true;
                     let c = ScramSha256::new(token.as_bytes(), ChannelBinding::unsupported());
                     frontend::sasl_initial_response("SCRAM-SHA-256", c.message(), &mut out).unwrap();
                     scram = Some(c);
@@ -440,7 +457,7 @@ pub mod raw {
                     frontend::sasl_response(c.message(), &mut out).unwrap();
                 }
                 Message::AuthenticationSaslFinal(b) => scram.as_mut().unwrap().finish(b.data()).unwrap(),
-                Message::ReadyForQuery(_) => return (s, buf),
+                Message::ReadyForQuery(_) => return (s, buf, asked_for_sasl),
                 Message::ErrorResponse(_) => panic!("login refused"),
                 _ => {}
             }
