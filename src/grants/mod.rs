@@ -116,6 +116,20 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 impl Grant {
+    /// Refuses to revoke or extend a grant that has ended at `now` (revoked or expired):
+    /// [`GrantError::Conflict`] naming its status. Pure.
+    pub fn check_changeable(&self, now: DateTime<Utc>) -> Result<(), GrantError> {
+        let status = match self.status_at(now) {
+            GrantStatus::Revoked => "revoked",
+            GrantStatus::Expired => "expired",
+            GrantStatus::Active | GrantStatus::Pending => return Ok(()),
+        };
+        Err(GrantError::Conflict {
+            id: self.id.clone(),
+            status,
+        })
+    }
+
     /// The one function that decides whether a grant admits a session at `now`. Used at login and
     /// again by every live session whenever the grant changes.
     pub fn status_at(&self, now: DateTime<Utc>) -> GrantStatus {
@@ -496,21 +510,7 @@ impl GrantService {
         check_text("reason", reason)?;
         let now = self.clock.now();
         let current = self.get(id).await?;
-        match current.status_at(now) {
-            GrantStatus::Revoked => {
-                return Err(GrantError::Conflict {
-                    id: id.to_owned(),
-                    status: "revoked",
-                })
-            }
-            GrantStatus::Expired => {
-                return Err(GrantError::Conflict {
-                    id: id.to_owned(),
-                    status: "expired",
-                })
-            }
-            GrantStatus::Active | GrantStatus::Pending => {}
-        }
+        current.check_changeable(now)?;
         let revoked = self
             .store
             .revoke_grant(id.to_owned(), by.to_owned(), reason.to_owned(), now)
@@ -567,21 +567,7 @@ impl GrantService {
         }
         let now = self.clock.now();
         let current = self.get(id).await?;
-        match current.status_at(now) {
-            GrantStatus::Revoked => {
-                return Err(GrantError::Conflict {
-                    id: id.to_owned(),
-                    status: "revoked",
-                })
-            }
-            GrantStatus::Expired => {
-                return Err(GrantError::Conflict {
-                    id: id.to_owned(),
-                    status: "expired",
-                })
-            }
-            GrantStatus::Active | GrantStatus::Pending => {}
-        }
+        current.check_changeable(now)?;
         let role = self
             .config
             .roles

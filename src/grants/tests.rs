@@ -47,6 +47,28 @@ fn status_follows_time_and_revocation() {
     assert_eq!(g.status_at(t0), GrantStatus::Revoked);
 }
 
+/// Revoke and extend share this check: only a pending or active grant can change.
+#[test]
+fn only_a_grant_that_has_not_ended_can_change() {
+    let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let mut g = grant(t0);
+    g.starts_at = t0 + chrono::Duration::minutes(1);
+    assert!(g.check_changeable(t0).is_ok(), "pending");
+    assert!(g.check_changeable(g.starts_at).is_ok(), "active");
+    let status = |r: Result<(), GrantError>| match r {
+        Err(GrantError::Conflict { id, status }) => {
+            assert_eq!(id, "g_1");
+            status
+        }
+        other => panic!("expected Conflict, got {other:?}"),
+    };
+    assert_eq!(status(g.check_changeable(g.expires_at)), "expired");
+    g.revoked_at = Some(t0 + chrono::Duration::minutes(2));
+    assert_eq!(status(g.check_changeable(t0)), "revoked");
+}
+
 #[test]
 fn refusal_names_the_grant_and_the_time() {
     let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
