@@ -163,16 +163,7 @@ fn validate_postgres(raw: &RawStore, audit_dir: Option<&PathBuf>, p: &mut Proble
     if let Some(password) = resolve_password(&credential, "store", p) {
         connect.password(password.expose());
     }
-    let tls = p.one_of(
-        "store.tls",
-        raw.tls.as_deref(),
-        UpstreamTls::Disable,
-        &[
-            ("disable", UpstreamTls::Disable),
-            ("require", UpstreamTls::Require),
-            ("verify-full", UpstreamTls::VerifyFull),
-        ],
-    );
+    let tls = p.upstream_tls("store.tls", raw.tls.as_deref());
     if let Some(ca) = &raw.ca {
         if tls != UpstreamTls::VerifyFull {
             p.push("store.ca", "only used with store.tls = \"verify-full\"");

@@ -65,6 +65,21 @@ impl Problems {
         })
     }
 
+    /// The `tls` of a target or of the PostgreSQL store: `disable` (the default), `require` or
+    /// `verify-full`.
+    pub(super) fn upstream_tls(&mut self, path: &str, value: Option<&str>) -> UpstreamTls {
+        self.one_of(
+            path,
+            value,
+            UpstreamTls::Disable,
+            &[
+                ("disable", UpstreamTls::Disable),
+                ("require", UpstreamTls::Require),
+                ("verify-full", UpstreamTls::VerifyFull),
+            ],
+        )
+    }
+
     pub(super) fn one_of<T: Copy>(
         &mut self,
         path: &str,
@@ -151,16 +166,7 @@ fn validate_targets(
             p.push(format!("{path}.database"), "must not be empty");
         }
         let port = p.positive(&format!("{path}.port"), raw.port, 5432, u16::MAX as u64) as u16;
-        let tls = p.one_of(
-            &format!("{path}.tls"),
-            raw.tls.as_deref(),
-            UpstreamTls::Disable,
-            &[
-                ("disable", UpstreamTls::Disable),
-                ("require", UpstreamTls::Require),
-                ("verify-full", UpstreamTls::VerifyFull),
-            ],
-        );
+        let tls = p.upstream_tls(&format!("{path}.tls"), raw.tls.as_deref());
         if let Some(ca) = &raw.ca {
             if !ca.is_file() {
                 p.push(
