@@ -144,7 +144,6 @@ mod rawaudit {
     }
 
     async fn read_outcome(s: &mut TcpStream, buf: &mut BytesMut) -> Outcome {
-        use fallible_iterator::FallibleIterator;
         let mut outcome = Outcome::default();
         loop {
             match read_message(s, buf).await.expect("the connection stays open") {
@@ -153,16 +152,7 @@ mod rawaudit {
                     outcome.row_bytes += row.buffer().len();
                 }
                 Message::ErrorResponse(body) => {
-                    let mut fields = body.fields();
-                    let (mut code, mut msg) = (String::new(), String::new());
-                    while let Some(f) = fields.next().unwrap() {
-                        match f.type_() {
-                            b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
-                            b'M' => msg = String::from_utf8_lossy(f.value_bytes()).into_owned(),
-                            _ => {}
-                        }
-                    }
-                    outcome.error = Some((code, msg));
+                    outcome.error = Some(super::common::raw::error_fields(&body));
                 }
                 Message::ReadyForQuery(_) => return outcome,
                 _ => {}

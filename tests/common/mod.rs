@@ -467,23 +467,26 @@ pub mod raw {
         }
     }
 
+    /// SQLSTATE and message of an ErrorResponse.
+    pub fn error_fields(body: &postgres_protocol::message::backend::ErrorResponseBody) -> (String, String) {
+        use fallible_iterator::FallibleIterator;
+        let mut fields = body.fields();
+        let (mut code, mut msg) = (String::new(), String::new());
+        while let Some(f) = fields.next().unwrap() {
+            match f.type_() {
+                b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                b'M' => msg = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                _ => {}
+            }
+        }
+        (code, msg)
+    }
+
     /// Reads until an ErrorResponse; returns its SQLSTATE and message (None if the stream ends first).
     pub async fn next_error(s: &mut TcpStream, buf: &mut BytesMut) -> Option<(String, String)> {
-        use fallible_iterator::FallibleIterator;
         loop {
             match read_message(s, buf).await? {
-                Message::ErrorResponse(body) => {
-                    let mut fields = body.fields();
-                    let (mut code, mut msg) = (String::new(), String::new());
-                    while let Some(f) = fields.next().unwrap() {
-                        match f.type_() {
-                            b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
-                            b'M' => msg = String::from_utf8_lossy(f.value_bytes()).into_owned(),
-                            _ => {}
-                        }
-                    }
-                    return Some((code, msg));
-                }
+                Message::ErrorResponse(body) => return Some(error_fields(&body)),
                 _ => continue,
             }
         }
