@@ -31,67 +31,70 @@ use validate::Problems;
 /// [`StatementClass::from_name`] accepts.
 pub const STATEMENT_CLASSES: &[&str] = &["read", "write", "ddl", "admin"];
 
-/// Principal roles an admin-API token may carry, as written in config and on the command line
-/// (the names of [`PrincipalRole::ALL`], in that order).
-pub const PRINCIPAL_ROLES: &[&str] = &["admin", "approver", "requester", "auditor"];
-
-/// A role an admin-API token carries (`[[admin.tokens]] roles`). Parsed once, in config
-/// validation; the admin API and `timebox_audit` compare these, never the strings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum PrincipalRole {
-    /// Everything: grants, requests, sessions, audit, metrics.
-    Admin,
-    /// Approves or denies requests; revokes and extends grants; kills sessions.
-    Approver,
-    /// Files access requests and sees its own grants.
-    Requester,
-    /// Reads the audit trail (HTTP and `timebox_audit`), grants and metrics.
-    Auditor,
-}
-
-impl PrincipalRole {
-    pub const ALL: [PrincipalRole; 4] = [
-        PrincipalRole::Admin,
-        PrincipalRole::Approver,
-        PrincipalRole::Requester,
-        PrincipalRole::Auditor,
-    ];
-
-    /// The name used in config, on the command line and in messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PrincipalRole::Admin => "admin",
-            PrincipalRole::Approver => "approver",
-            PrincipalRole::Requester => "requester",
-            PrincipalRole::Auditor => "auditor",
+/// Declares an enum of unit variants that each have one name, as written in config, on the command
+/// line and in messages, with `ALL` and `NAMES` (both in declaration order), `as_str`, `from_name`
+/// and `Display`: no list of names is kept by hand beside the enum.
+macro_rules! named_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident => $text:literal, )+
         }
-    }
+    ) => {
+        $(#[$meta])*
+        $vis enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
 
-    /// The role named `name` exactly (config names are lower case), if there is one.
-    pub fn from_name(name: &str) -> Option<PrincipalRole> {
-        PrincipalRole::ALL.into_iter().find(|r| r.as_str() == name)
-    }
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: [$name; [$($text),+].len()] = [$($name::$variant),+];
+            /// The names of [`Self::ALL`], in the same order.
+            pub const NAMES: [&'static str; [$($text),+].len()] = [$($text),+];
+
+            /// The name used in config, on the command line and in messages.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// The variant named `name` exactly (names are lower case), if there is one. Pure.
+            pub fn from_name(name: &str) -> Option<$name> {
+                Self::ALL.into_iter().find(|v| v.as_str() == name)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
 }
+pub(crate) use named_enum;
 
-impl std::fmt::Display for PrincipalRole {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+/// Principal roles an admin-API token may carry, as written in config and on the command line.
+pub const PRINCIPAL_ROLES: &[&str] = &PrincipalRole::NAMES;
+
+named_enum! {
+    /// A role an admin-API token carries (`[[admin.tokens]] roles`). Parsed once, in config
+    /// validation; the admin API and `timebox_audit` compare these, never the strings.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum PrincipalRole {
+        /// Everything: grants, requests, sessions, audit, metrics.
+        Admin => "admin",
+        /// Approves or denies requests; revokes and extends grants; kills sessions.
+        Approver => "approver",
+        /// Files access requests and sees its own grants.
+        Requester => "requester",
+        /// Reads the audit trail (HTTP and `timebox_audit`), grants and metrics.
+        Auditor => "auditor",
     }
 }
 
 /// Events a `[[webhooks]]` entry may subscribe to (`"*"` means all of them).
-pub const WEBHOOK_EVENTS: &[&str] = &[
-    "request_created",
-    "request_approved",
-    "request_denied",
-    "request_expired",
-    "break_glass",
-    "grant_issued",
-    "grant_extended",
-    "grant_revoked",
-    "grant_expired",
-    "session_killed",
-];
+pub const WEBHOOK_EVENTS: &[&str] = &WebhookEvent::NAMES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -396,7 +396,7 @@ fn validate_webhooks(raw: &[RawWebhook], p: &mut Problems) -> Vec<Webhook> {
         }
         let mut events = Vec::new();
         for (j, e) in w.events.iter().enumerate() {
-            match WebhookEvent::parse(e) {
+            match WebhookEvent::from_name(e) {
                 _ if e == "*" => events.extend(WebhookEvent::ALL),
                 Some(event) => events.push(event),
                 None => p.push(
