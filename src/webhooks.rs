@@ -29,63 +29,23 @@ const CONCURRENCY: usize = 16;
 /// Bound on one HTTP attempt.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What a notification announces; a `[[webhooks]]` entry subscribes to some of them (`"*"`: all).
-/// Serialised (the body's `event`, the config's `events`, the failure metric's label) as its
-/// snake_case name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WebhookEvent {
-    RequestCreated,
-    RequestApproved,
-    RequestDenied,
-    RequestExpired,
-    BreakGlass,
-    GrantIssued,
-    GrantExtended,
-    GrantRevoked,
-    GrantExpired,
-    SessionKilled,
-}
-
-impl WebhookEvent {
-    /// Every event, in the order the config's error messages list them.
-    pub const ALL: [WebhookEvent; 10] = [
-        WebhookEvent::RequestCreated,
-        WebhookEvent::RequestApproved,
-        WebhookEvent::RequestDenied,
-        WebhookEvent::RequestExpired,
-        WebhookEvent::BreakGlass,
-        WebhookEvent::GrantIssued,
-        WebhookEvent::GrantExtended,
-        WebhookEvent::GrantRevoked,
-        WebhookEvent::GrantExpired,
-        WebhookEvent::SessionKilled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WebhookEvent::RequestCreated => "request_created",
-            WebhookEvent::RequestApproved => "request_approved",
-            WebhookEvent::RequestDenied => "request_denied",
-            WebhookEvent::RequestExpired => "request_expired",
-            WebhookEvent::BreakGlass => "break_glass",
-            WebhookEvent::GrantIssued => "grant_issued",
-            WebhookEvent::GrantExtended => "grant_extended",
-            WebhookEvent::GrantRevoked => "grant_revoked",
-            WebhookEvent::GrantExpired => "grant_expired",
-            WebhookEvent::SessionKilled => "session_killed",
-        }
-    }
-
-    /// The event named `name` (as [`WebhookEvent::as_str`] writes it). Pure.
-    pub fn parse(name: &str) -> Option<WebhookEvent> {
-        Self::ALL.into_iter().find(|e| e.as_str() == name)
-    }
-}
-
-impl std::fmt::Display for WebhookEvent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+crate::config::named_enum! {
+    /// What a notification announces; a `[[webhooks]]` entry subscribes to some of them (`"*"`: all).
+    /// Serialised (the body's `event`, the config's `events`, the failure metric's label) as its
+    /// snake_case name, which is also its [`WebhookEvent::as_str`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum WebhookEvent {
+        RequestCreated => "request_created",
+        RequestApproved => "request_approved",
+        RequestDenied => "request_denied",
+        RequestExpired => "request_expired",
+        BreakGlass => "break_glass",
+        GrantIssued => "grant_issued",
+        GrantExtended => "grant_extended",
+        GrantRevoked => "grant_revoked",
+        GrantExpired => "grant_expired",
+        SessionKilled => "session_killed",
     }
 }
 
@@ -298,15 +258,15 @@ mod tests {
             ]
         );
         for e in WebhookEvent::ALL {
-            assert_eq!(WebhookEvent::parse(e.as_str()), Some(e));
+            assert_eq!(WebhookEvent::from_name(e.as_str()), Some(e));
             assert_eq!(
                 serde_json::to_value(e).unwrap(),
                 e.as_str(),
                 "serde and as_str agree"
             );
         }
-        assert_eq!(WebhookEvent::parse("*"), None);
-        assert_eq!(WebhookEvent::parse("Grant_Issued"), None);
+        assert_eq!(WebhookEvent::from_name("*"), None);
+        assert_eq!(WebhookEvent::from_name("Grant_Issued"), None);
     }
 
     #[test]

@@ -6,46 +6,20 @@ mod common;
 use std::future::IntoFuture;
 use std::sync::Arc;
 
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+use common::http::{self, Answer};
 use common::{ADMIN_TOKEN, APPROVER_TOKEN, AUDITOR_TOKEN, REQUESTER_TOKEN};
 
-/// One answer: status, `WWW-Authenticate` (if any) and the JSON body (the test fails if it is not JSON).
-struct Answer {
-    status: StatusCode,
-    www_authenticate: Option<String>,
-    text: String,
-    json: Value,
-}
-
+/// Every answer of the admin API is JSON: the test fails if one is not.
 async fn send(base: &str, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Answer {
-    let mut req = reqwest::Client::new().request(method, format!("{base}{path}"));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    answer(req.send().await.expect("request")).await
+    http::send(base, method, path, token, body).await.expect_json()
 }
 
 async fn answer(resp: reqwest::Response) -> Answer {
-    let status = resp.status();
-    let www_authenticate = resp
-        .headers()
-        .get(WWW_AUTHENTICATE)
-        .map(|v| v.to_str().unwrap().to_owned());
-    let text = resp.text().await.expect("body");
-    let json = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("HTTP {status}: body is not JSON ({e}): {text:?}"));
-    Answer {
-        status,
-        www_authenticate,
-        text,
-        json,
-    }
+    http::answer(resp).await.expect_json()
 }
 
 fn issue_body(user: &str, target: &str, role: &str, ttl: &str) -> Value {
@@ -790,27 +764,8 @@ mod failing {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_store_is_503_store_unavailable_without_internals() {
     let config = timebox::config::Config::from_toml_str(&format!(
-        r#"
-        [proxy]
-        listen = "127.0.0.1:0"
-        tls = "disabled"
-        [admin]
-        listen = "127.0.0.1:0"
-        [[admin.tokens]]
-        name = "ops"
-        sha256 = "{}"
-        roles = ["admin"]
-        [store]
-        url = "sqlite::memory:"
-        [targets.shop]
-        host = "127.0.0.1"
-        database = "shop"
-        [targets.shop.credentials.read]
-        user = "r"
-        [roles.read]
-        allow = ["read"]
-        max_ttl = "1h"
-        "#,
+        "{}[[admin.tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nroles = [\"admin\"]\n",
+        common::MINIMAL_CONFIG,
         timebox::grants::token::sha256_hex(ADMIN_TOKEN)
     ))
     .unwrap();

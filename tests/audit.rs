@@ -8,10 +8,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use rusqlite::{params, Connection};
 use serde_json::{json, Value};
 
+use common::cli::{describe, timebox};
+use common::http;
 use common::{ADMIN_TOKEN, APPROVER_TOKEN, AUDITOR_TOKEN, REQUESTER_TOKEN};
 use timebox::audit::chain::record_hash;
 use timebox::audit::{
@@ -837,29 +839,18 @@ async fn instance() -> common::TestInstance {
     common::start_with_config(|dir| common::config_text(&common::Options::default(), dir, 1)).await
 }
 
+/// `GET`: status, JSON body (the test fails if it is not JSON) and text.
 async fn get(base: &str, path: &str, token: Option<&str>) -> (StatusCode, Value, String) {
-    let mut req = reqwest::Client::new().get(format!("{base}{path}"));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {text}"));
-    (status, json, text)
+    let a = http::send(base, Method::GET, path, token, None)
+        .await
+        .expect_json();
+    (a.status, a.json, a.text)
 }
 
+/// `POST`: status, JSON body (`Null` if it is not JSON) and text.
 async fn post(base: &str, path: &str, token: &str, body: Value) -> (StatusCode, Value, String) {
-    let resp = reqwest::Client::new()
-        .post(format!("{base}{path}"))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null), text)
+    let a = http::post(base, path, token, body).await;
+    (a.status, a.json, a.text)
 }
 
 fn seqs(page: &Value) -> Vec<u64> {
@@ -1107,28 +1098,6 @@ async fn approving_fails_closed_when_the_audit_log_fails() {
     tb.shutdown().await.unwrap();
 }
 
-async fn timebox(args: &[&str], token: Option<&str>) -> std::process::Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_timebox"));
-    cmd.args(args)
-        .env_remove("TIMEBOX_ADMIN_TOKEN")
-        .env_remove("TIMEBOX_ADMIN_URL")
-        .env_remove("RUST_LOG")
-        .kill_on_drop(true);
-    if let Some(t) = token {
-        cmd.env("TIMEBOX_ADMIN_TOKEN", t);
-    }
-    cmd.output().await.expect("run timebox")
-}
-
-fn out(o: &std::process::Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_verify_db_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
@@ -1136,15 +1105,15 @@ async fn cli_verify_db_exit_codes() {
     let db = path.to_str().unwrap();
 
     let o = timebox(&["audit", "verify", "--db", db], None).await;
-    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert!(
         String::from_utf8_lossy(&o.stdout).starts_with("ok: 6 records"),
         "{}",
-        out(&o)
+        describe(&o)
     );
 
     let o = timebox(&["audit", "head", "--db", db], None).await;
-    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let head = String::from_utf8_lossy(&o.stdout).trim().to_owned();
     assert_eq!(Head::parse(&head).unwrap(), audit::head_of_file(&path).unwrap());
 
@@ -1153,7 +1122,7 @@ async fn cli_verify_db_exit_codes() {
         None,
     )
     .await;
-    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let report: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(report["ok"], true);
 
@@ -1162,18 +1131,18 @@ async fn cli_verify_db_exit_codes() {
         .execute("DELETE FROM audit_events WHERE seq = 3", [])
         .unwrap();
     let o = timebox(&["audit", "verify", "--db", db], None).await;
-    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     assert!(
         String::from_utf8_lossy(&o.stdout).starts_with("FAILED at record 3: record 3 is missing"),
         "{}",
-        out(&o)
+        describe(&o)
     );
 
     let missing = dir.path().join("missing.db");
     let o = timebox(&["audit", "verify", "--db", missing.to_str().unwrap()], None).await;
-    assert_eq!(o.status.code(), Some(2), "{}", out(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", describe(&o));
     let o = timebox(&["audit", "verify", "--db", db, "--expect-head", "nope"], None).await;
-    assert_eq!(o.status.code(), Some(2), "{}", out(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", describe(&o));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1204,7 +1173,7 @@ async fn cli_search_tail_verify_and_head_through_the_api() {
         Some(AUDITOR_TOKEN),
     )
     .await;
-    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let text = String::from_utf8_lossy(&o.stdout).into_owned();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3, "{text}");
@@ -1227,7 +1196,7 @@ async fn cli_search_tail_verify_and_head_through_the_api() {
         Some(AUDITOR_TOKEN),
     )
     .await;
-    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let page: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(seqs(&page), vec![2]);
 
@@ -1236,7 +1205,7 @@ async fn cli_search_tail_verify_and_head_through_the_api() {
         Some(AUDITOR_TOKEN),
     )
     .await;
-    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let tailed: Vec<u64> = String::from_utf8_lossy(&o.stdout)
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap()["seq"].as_u64().unwrap())
@@ -1244,23 +1213,23 @@ async fn cli_search_tail_verify_and_head_through_the_api() {
     assert_eq!(tailed, vec![2, 3], "oldest first");
 
     let o = timebox(&["audit", "--admin-url", &url, "verify"], Some(AUDITOR_TOKEN)).await;
-    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let o = timebox(&["audit", "--admin-url", &url, "head"], Some(AUDITOR_TOKEN)).await;
-    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert_eq!(
         Head::parse(String::from_utf8_lossy(&o.stdout).trim()).unwrap(),
         tb.state.audit.head()
     );
 
     let o = timebox(&["audit", "--admin-url", &url, "search"], Some(REQUESTER_TOKEN)).await;
-    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("forbidden"),
         "{}",
-        out(&o)
+        describe(&o)
     );
     let o = timebox(&["audit", "--admin-url", &url, "verify"], Some(REQUESTER_TOKEN)).await;
-    assert_eq!(o.status.code(), Some(2), "could not verify: {}", out(&o));
+    assert_eq!(o.status.code(), Some(2), "could not verify: {}", describe(&o));
     tb.shutdown().await.unwrap();
 }
 

@@ -109,7 +109,7 @@ async fn non_auditors_wrong_tokens_and_plaintext_are_refused() {
 /// whether the server asked for SASL.
 mod rawaudit {
     use bytes::BytesMut;
-    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+
     use postgres_protocol::message::backend::Message;
     use postgres_protocol::message::frontend;
     use tokio::io::AsyncWriteExt;
@@ -117,39 +117,9 @@ mod rawaudit {
 
     use super::common::raw::read_message;
 
+    /// Logs in to `timebox_audit`; also whether the server asked for SCRAM.
     pub async fn login(addr: std::net::SocketAddr, user: &str, token: &str) -> (TcpStream, BytesMut, bool) {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        let mut out = BytesMut::new();
-        frontend::startup_message([("user", user), ("database", "timebox_audit")], &mut out).unwrap();
-        s.write_all(&out).await.unwrap();
-        let mut buf = BytesMut::new();
-        let (mut scram, mut asked_for_sasl) = (None, false);
-        loop {
-            out.clear();
-            match read_message(&mut s, &mut buf).await.expect("message") {
-                Message::AuthenticationCleartextPassword => {
-                    frontend::password_message(token.as_bytes(), &mut out).unwrap();
-                }
-                Message::AuthenticationSasl(_) => {
-                    asked_for_sasl = true;
-                    let c = ScramSha256::new(token.as_bytes(), ChannelBinding::unsupported());
-                    frontend::sasl_initial_response("SCRAM-SHA-256", c.message(), &mut out).unwrap();
-                    scram = Some(c);
-                }
-                Message::AuthenticationSaslContinue(b) => {
-                    let c = scram.as_mut().unwrap();
-                    c.update(b.data()).unwrap();
-                    frontend::sasl_response(c.message(), &mut out).unwrap();
-                }
-                Message::AuthenticationSaslFinal(b) => scram.as_mut().unwrap().finish(b.data()).unwrap(),
-                Message::ReadyForQuery(_) => return (s, buf, asked_for_sasl),
-                Message::ErrorResponse(_) => panic!("login refused"),
-                _ => {}
-            }
-            if !out.is_empty() {
-                s.write_all(&out).await.unwrap();
-            }
-        }
+        super::common::raw::login_to(addr, user, "timebox_audit", token).await
     }
 
     /// What one simple query produced.
@@ -174,7 +144,6 @@ mod rawaudit {
     }
 
     async fn read_outcome(s: &mut TcpStream, buf: &mut BytesMut) -> Outcome {
-        use fallible_iterator::FallibleIterator;
         let mut outcome = Outcome::default();
         loop {
             match read_message(s, buf).await.expect("the connection stays open") {
@@ -183,16 +152,7 @@ mod rawaudit {
                     outcome.row_bytes += row.buffer().len();
                 }
                 Message::ErrorResponse(body) => {
-                    let mut fields = body.fields();
-                    let (mut code, mut msg) = (String::new(), String::new());
-                    while let Some(f) = fields.next().unwrap() {
-                        match f.type_() {
-                            b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
-                            b'M' => msg = String::from_utf8_lossy(f.value_bytes()).into_owned(),
-                            _ => {}
-                        }
-                    }
-                    outcome.error = Some((code, msg));
+                    outcome.error = Some(super::common::raw::error_fields(&body));
                 }
                 Message::ReadyForQuery(_) => return outcome,
                 _ => {}

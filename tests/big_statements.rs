@@ -7,29 +7,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::pg::{audit_records, connect};
 use common::Options;
-use tokio_postgres::{NoTls, SimpleQueryMessage};
-
-async fn connect(conn: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(conn, NoTls).await.expect("connect");
-    tokio::spawn(connection);
-    client
-}
-
-/// (kind, payload JSON) of every record in an audit database file.
-fn audit_records(db: &std::path::Path) -> Vec<(String, serde_json::Value)> {
-    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let mut stmt = conn
-        .prepare("SELECT kind, payload FROM audit_events ORDER BY seq")
-        .unwrap();
-    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-        .unwrap()
-        .map(|r| {
-            let (k, p) = r.unwrap();
-            (k, serde_json::from_str(&p).unwrap())
-        })
-        .collect()
-}
+use tokio_postgres::SimpleQueryMessage;
 
 async fn select_one(client: &tokio_postgres::Client) {
     let rows = client.simple_query("SELECT 1").await.expect("SELECT 1");

@@ -1,24 +1,10 @@
 //! `timebox check`: the policy decision from the command line, with the exit code scripts use.
 
+mod common;
+
 use std::process::Command;
 
-const CONFIG: &str = r#"
-[proxy]
-listen = "127.0.0.1:0"
-tls = "disabled"
-[admin]
-listen = "127.0.0.1:0"
-[store]
-url = "sqlite::memory:"
-[targets.shop]
-host = "127.0.0.1"
-database = "shop"
-[targets.shop.credentials.read]
-user = "r"
-[roles.read]
-allow = ["read"]
-max_ttl = "1h"
-"#;
+use common::MINIMAL_CONFIG;
 
 fn check(config: &std::path::Path, role: &str, sql: &str) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_timebox"))
@@ -38,7 +24,7 @@ fn check(config: &std::path::Path, role: &str, sql: &str) -> (i32, String, Strin
 fn check_prints_each_decision_and_exits_by_the_verdict() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("t.toml");
-    std::fs::write(&config, CONFIG).unwrap();
+    std::fs::write(&config, MINIMAL_CONFIG).unwrap();
 
     let (code, out, _) = check(&config, "read", "SELECT name FROM public.items WHERE id = 1");
     assert_eq!(code, 0, "{out}");

@@ -8,30 +8,8 @@ use std::process::Output;
 
 use serde_json::Value;
 
-use common::{ADMIN_TOKEN, AUDITOR_TOKEN};
-
-/// Runs the binary with a clean environment for the variables it reads; `token` goes in
-/// `TIMEBOX_ADMIN_TOKEN`.
-async fn timebox(args: &[&str], token: Option<&str>) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_timebox"));
-    cmd.args(args)
-        .env_remove("TIMEBOX_ADMIN_TOKEN")
-        .env_remove("TIMEBOX_ADMIN_URL")
-        .env_remove("RUST_LOG")
-        .kill_on_drop(true);
-    if let Some(t) = token {
-        cmd.env("TIMEBOX_ADMIN_TOKEN", t);
-    }
-    cmd.output().await.expect("run timebox")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::cli::{stderr, stdout, timebox};
+use common::{ADMIN_TOKEN, AUDITOR_TOKEN, MINIMAL_CONFIG};
 
 fn assert_ok(o: &Output) {
     assert!(
@@ -316,24 +294,6 @@ async fn admin_token_new_prints_a_token_and_its_config_entry() {
     assert!(!out.status.success());
 }
 
-const GOOD_CONFIG: &str = r#"
-[proxy]
-listen = "127.0.0.1:0"
-tls = "disabled"
-[admin]
-listen = "127.0.0.1:0"
-[store]
-url = "sqlite::memory:"
-[targets.shop]
-host = "127.0.0.1"
-database = "shop"
-[targets.shop.credentials.read]
-user = "r"
-[roles.read]
-allow = ["read"]
-max_ttl = "8h"
-"#;
-
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -343,14 +303,14 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_config_lists_every_problem() {
     let dir = tempfile::tempdir().unwrap();
-    let good = write(dir.path(), "good.toml", GOOD_CONFIG);
+    let good = write(dir.path(), "good.toml", MINIMAL_CONFIG);
     let out = timebox(&["check-config", "--config", &good], None).await;
     assert_ok(&out);
     assert_eq!(stdout(&out).trim(), "ok");
 
-    let bad_text = GOOD_CONFIG
+    let bad_text = MINIMAL_CONFIG
         .replace("listen = \"127.0.0.1:0\"\ntls", "listen = \"nowhere\"\ntls")
-        .replace("max_ttl = \"8h\"", "max_ttl = \"forever\"\nallow_all = true");
+        .replace("max_ttl = \"1h\"", "max_ttl = \"forever\"\nallow_all = true");
     let bad = write(dir.path(), "bad.toml", &bad_text);
     let out = timebox(&["check-config", "--config", &bad], None).await;
     assert_eq!(out.status.code(), Some(1));

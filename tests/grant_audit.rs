@@ -12,15 +12,10 @@ use common::{Options, ADMIN_TOKEN, APPROVER_TOKEN, REQUESTER_TOKEN};
 use serde_json::{json, Value};
 
 async fn post(inst: &common::TestInstance, token: &str, path: &str, body: Value) -> Value {
-    let r = reqwest::Client::new()
-        .post(format!("{}{path}", inst.admin_url()))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
+    let a = common::http::post(&inst.admin_url(), path, token, body)
         .await
-        .unwrap();
-    let status = r.status();
-    let body: Value = r.json().await.unwrap();
+        .expect_json();
+    let (status, body) = (a.status, a.json);
     assert!(status.is_success(), "{path}: {status} {body}");
     body
 }

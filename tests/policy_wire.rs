@@ -5,16 +5,11 @@ mod common;
 
 use std::time::Duration;
 
+use common::pg::{connect, scalar};
 use common::{proxy_conn, psql, raw, Options};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio_postgres::{NoTls, SimpleQueryMessage};
-
-async fn connect(conn: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(conn, NoTls).await.expect("connect");
-    tokio::spawn(connection);
-    client
-}
+use tokio_postgres::SimpleQueryMessage;
 
 fn denial(e: &tokio_postgres::Error) -> String {
     let db = e
@@ -22,19 +17,6 @@ fn denial(e: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| panic!("expected a database error, got {e:?}"));
     assert_eq!(db.code().code(), "42501", "{db:?}");
     db.message().to_owned()
-}
-
-async fn scalar(client: &tokio_postgres::Client, sql: &str) -> String {
-    client
-        .simple_query(sql)
-        .await
-        .unwrap()
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_owned()),
-            _ => None,
-        })
-        .expect("a row")
 }
 
 /// A table private to one test, so parallel tests do not see each other's writes.

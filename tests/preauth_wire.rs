@@ -5,28 +5,15 @@ mod common;
 
 use std::time::Duration;
 
+use common::pg::{db_error, try_connect as connect};
 use common::{raw, Options};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_postgres::NoTls;
 
 /// Generous bound for "the proxy answers" on a loaded 2-core machine; not a speed target.
 const PATIENCE: Duration = Duration::from_secs(20);
-
-fn db_error(e: &tokio_postgres::Error) -> (String, String) {
-    let db = e
-        .as_db_error()
-        .unwrap_or_else(|| panic!("expected a database error, got {e:?}"));
-    (db.code().code().to_owned(), db.message().to_owned())
-}
-
-async fn connect(conn: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(conn, NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
-}
 
 /// Opens a plaintext connection to `dbname`, sends the startup packet and reads up to the server's
 /// authentication request; then the client says nothing more.

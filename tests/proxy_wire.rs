@@ -6,6 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::pg::{db_error, scalar};
 use common::{eventually, proxy_conn, psql, raw, upstream_backends, Options};
 use futures::{FutureExt, StreamExt};
 use timebox::clock::Clock;
@@ -26,23 +27,6 @@ async fn connect(conn: &str) -> Result<(tokio_postgres::Client, Notices), tokio_
         }
     });
     Ok((client, rx))
-}
-
-fn db_error(e: &tokio_postgres::Error) -> (String, String) {
-    let db = e
-        .as_db_error()
-        .unwrap_or_else(|| panic!("expected a database error, got {e:?}"));
-    (db.code().code().to_owned(), db.message().to_owned())
-}
-
-async fn scalar(client: &tokio_postgres::Client, sql: &str) -> String {
-    let rows = client.simple_query(sql).await.unwrap();
-    rows.iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_owned()),
-            _ => None,
-        })
-        .expect("a row")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

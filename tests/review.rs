@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{psql, Options};
+use common::{cli, psql, Options};
 use serde_json::json;
 use timebox::config::Role;
 use timebox::policy::{ServerVersion, StatementClass};
@@ -179,20 +179,7 @@ async fn the_admin_api_reviews_roles_and_replays_a_candidate_policy() {
 }
 
 async fn timebox_cli(args: &[&str], admin_url: &str, token: &str) -> (Option<i32>, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_timebox"))
-        .args(args)
-        .env("TIMEBOX_ADMIN_URL", admin_url)
-        .env("TIMEBOX_ADMIN_TOKEN", token)
-        .env_remove("RUST_LOG")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run timebox");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    cli::outcome(&cli::timebox_at(args, Some(token), Some(admin_url)).await)
 }
 
 /// `policy replay` is a CI gate: exit 0 when no decision changes, 1 when some do, 2 on error.

@@ -11,18 +11,11 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio_postgres::NoTls;
 
-use common::{Options, StoreDatabase, ADMIN_TOKEN};
+use common::{cli, http, Options, StoreDatabase, ADMIN_TOKEN};
 
 async fn post(base: &str, path: &str, body: Value) -> (StatusCode, Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{base}{path}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    let status = resp.status();
-    (status, resp.json().await.expect("JSON body"))
+    let a = http::post(base, path, ADMIN_TOKEN, body).await.expect_json();
+    (a.status, a.json)
 }
 
 /// Runs `sql` in the store database as the superuser (blocking psql, off the runtime).
@@ -182,18 +175,8 @@ async fn store_migrate_creates_then_reports_up_to_date() {
     let config = dir.path().join("timebox.toml");
     std::fs::write(&config, text).unwrap();
     let migrate = |path: std::path::PathBuf| async move {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_timebox"))
-            .args(["store", "migrate", "--config"])
-            .arg(&path)
-            .env_remove("RUST_LOG")
-            .output()
-            .await
-            .expect("run timebox");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let args = ["store", "migrate", "--config", path.to_str().unwrap()];
+        cli::outcome(&cli::timebox(&args, None).await)
     };
     let (code, stdout, stderr) = migrate(config.clone()).await;
     assert_eq!(code, Some(0), "{stdout}{stderr}");

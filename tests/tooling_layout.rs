@@ -1,7 +1,8 @@
-//! Guards the layout of issue 10 items 3 and 5: the tooling (demo, throwaway-cluster launcher) and
-//! the CLI commands live under `src/demo/` and `src/cli/`, in files a newcomer can read (no file over
-//! 800 lines, no function over 120), the binary only parses and dispatches, and nothing on the
-//! serving path depends on the tooling or the CLI. Reads the source tree as text; starts nothing.
+//! Guards the layout of issue 10: the tooling (demo, throwaway-cluster launcher) and the CLI commands
+//! live under `src/demo/` and `src/cli/`, every file in `src/` is one a newcomer can read (no file over
+//! 800 lines, no function over 120; `src/proxy/` is not checked yet), the binary only parses and
+//! dispatches, and nothing on the serving path depends on the tooling or the CLI. Reads the source
+//! tree as text; starts nothing.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +11,9 @@ const MAX_FILE_LINES: usize = 800;
 const MAX_FN_LINES: usize = 120;
 /// `main.rs` parses arguments and dispatches: a few clap enums and one `match`.
 const MAX_MAIN_LINES: usize = 200;
+
+/// Directories under `src/` the size limits do not cover yet (the relay restructure lands there).
+const NOT_YET_CHECKED: &[&str] = &[];
 
 /// Modules on the serving path: they must not depend on the tooling or the CLI.
 const SERVING: &[&str] = &["proxy", "policy", "audit", "grants", "store", "admin"];
@@ -68,10 +72,10 @@ fn long_functions_are_found() {
 }
 
 #[test]
-fn tooling_and_cli_files_stay_small() {
-    let mut files = vec![src().join("main.rs")];
-    rust_files(&src().join("demo"), &mut files);
-    rust_files(&src().join("cli"), &mut files);
+fn source_files_and_functions_stay_small() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    files.retain(|f| !NOT_YET_CHECKED.iter().any(|dir| f.starts_with(src().join(dir))));
     let mut problems = Vec::new();
     for old in ["demo.rs", "pgcluster.rs", "cli.rs"] {
         if src().join(old).exists() {

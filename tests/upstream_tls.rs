@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::pg::{db_error, scalar};
 use common::TestInstance;
 use timebox::demo::cluster::{Cluster, ClusterOptions, PgInstall};
-use tokio_postgres::{NoTls, SimpleQueryMessage};
+use tokio_postgres::NoTls;
 
 /// The upstream login timebox uses for every target below. SELECT on `public.gadgets`.
 const UPSTREAM_USER: &str = "tls_reader";
@@ -197,23 +198,6 @@ async fn connect(inst: &TestInstance, target: &str) -> Result<tokio_postgres::Cl
     let (client, connection) = tokio_postgres::connect(&conn, NoTls).await?;
     tokio::spawn(connection);
     Ok(client)
-}
-
-async fn scalar(client: &tokio_postgres::Client, sql: &str) -> String {
-    let rows = client.simple_query(sql).await.unwrap();
-    rows.iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_owned()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no row from {sql}"))
-}
-
-fn db_error(e: &tokio_postgres::Error) -> (String, String) {
-    let db = e
-        .as_db_error()
-        .unwrap_or_else(|| panic!("expected a database error, got {e:?}"));
-    (db.code().code().to_owned(), db.message().to_owned())
 }
 
 /// Asserts that a session through the proxy to `target` works and that its upstream backend is on TLS.

@@ -44,15 +44,8 @@ async fn receiver() -> (String, Arc<Mutex<Received>>) {
 }
 
 async fn post_json(url: String, token: &str, body: Value) -> (StatusCode, Value) {
-    let resp = reqwest::Client::new()
-        .post(url)
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    let a = common::http::post(&url, "", token, body).await;
+    (a.status, a.json)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

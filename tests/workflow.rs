@@ -9,30 +9,10 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio_postgres::NoTls;
 
-use common::{eventually, ADMIN_TOKEN, APPROVER_TOKEN, AUDITOR_TOKEN, REQUESTER_TOKEN};
-
-struct Answer {
-    status: StatusCode,
-    text: String,
-    json: Value,
-}
-
-async fn send(base: &str, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Answer {
-    let mut req = reqwest::Client::new().request(method, format!("{base}{path}"));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status();
-    let text = resp.text().await.expect("body");
-    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Answer { status, text, json }
-}
+use common::http::send;
+use common::pg::connect;
+use common::{cli, eventually, ADMIN_TOKEN, APPROVER_TOKEN, AUDITOR_TOKEN, REQUESTER_TOKEN};
 
 /// Role `admin` needs two approvals and allows break-glass up to 10 minutes; extra config appended.
 async fn start(extra: &str) -> common::TestInstance {
@@ -65,14 +45,6 @@ async fn file(base: &str, token: &str, body: Value) -> Value {
 
 fn id(v: &Value) -> String {
     v["id"].as_str().expect("id").to_owned()
-}
-
-async fn connect(conn: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(conn, NoTls).await.expect("connect");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -791,21 +763,10 @@ async fn the_openapi_document_lists_every_route_the_router_serves() {
 // The CLI.
 // ---------------------------------------------------------------------------------------------
 
+/// Runs the binary with `token`: whether it succeeded, its stdout and stderr.
 async fn timebox(args: &[&str], token: &str) -> (bool, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_timebox"))
-        .args(args)
-        .env_remove("TIMEBOX_ADMIN_URL")
-        .env_remove("RUST_LOG")
-        .env("TIMEBOX_ADMIN_TOKEN", token)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run timebox");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = cli::timebox(args, Some(token)).await;
+    (out.status.success(), cli::stdout(&out), cli::stderr(&out))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

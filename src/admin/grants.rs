@@ -414,26 +414,10 @@ mod tests {
     use crate::admin::auth::{AUDITOR, REQUESTER};
 
     fn config(tls: &str) -> Config {
-        Config::from_toml_str(&format!(
-            r#"
-            [proxy]
-            listen = "0.0.0.0:6432"
-            tls = "{tls}"
-            [admin]
-            listen = "127.0.0.1:0"
-            [store]
-            url = "sqlite::memory:"
-            [targets.shop]
-            host = "127.0.0.1"
-            database = "shop_db"
-            [targets.shop.credentials.read]
-            user = "r"
-            [roles.read]
-            allow = ["read"]
-            max_ttl = "1h"
-            "#
-        ))
-        .unwrap()
+        let text = crate::config::testing::MINIMAL
+            .replace("listen = \"127.0.0.1:6432\"", "listen = \"0.0.0.0:6432\"")
+            .replace("tls = \"disabled\"", &format!("tls = \"{tls}\""));
+        Config::from_toml_str(&text).unwrap()
     }
 
     fn grant(user: &str) -> Grant {

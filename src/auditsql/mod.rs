@@ -20,6 +20,7 @@
 //! The views are declared once in [`views`] (with `ts` in SQLite's date format, so time filters are
 //! exact); psql's `\d` commands, which read PostgreSQL's catalog, get a hint to `timebox_views`.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -269,30 +270,7 @@ async fn run(
 ) -> Result<(), PgError> {
     let mut out = BytesMut::new();
     let session_id = format!("a_{:016x}", rand::random::<u64>());
-
-    out.clear();
-    wire::authentication_ok(&mut out);
-    for (k, v) in [
-        ("server_version", "15.0 (timebox audit)"),
-        ("server_encoding", "UTF8"),
-        ("client_encoding", "UTF8"),
-        ("DateStyle", "ISO, MDY"),
-        ("integer_datetimes", "on"),
-        ("standard_conforming_strings", "on"),
-        ("TimeZone", "UTC"),
-        (
-            "application_name",
-            params.application_name.as_deref().unwrap_or(""),
-        ),
-    ] {
-        wire::parameter_status(&mut out, k, v);
-    }
-    wire::backend_key_data(&mut out, rand::random::<i32>() & 0x7fff_ffff, rand::random());
-    ready(&mut out);
-    client
-        .write_all(&out)
-        .await
-        .map_err(|_| PgError::protocol_violation("client left"))?;
+    greet(client, params).await?;
     tracing::info!(user = %params.user, "auditor connected to timebox_audit");
 
     let mut statement_id = 0u64;
@@ -319,52 +297,16 @@ async fn run(
             b'Q' => {
                 let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body)).into_owned();
                 statement_id += 1;
-                let decision = check_query(&sql);
-                let event = AuditEvent::Statement(audit_event::Statement {
-                    class: "read".into(),
-                    decision: if decision.is_ok() {
-                        audit_event::Decision::Allow
-                    } else {
-                        audit_event::Decision::Deny
-                    },
-                    grant_id: String::new(),
-                    params: None,
-                    reason: decision.as_ref().err().cloned(),
-                    relations: Vec::new(),
-                    session_id: session_id.clone(),
-                    sql: sql.clone(),
-                    sql_bytes: None,
-                    sql_sha256: None,
-                    sql_truncated: false,
+                let query = Query {
+                    session_id: &session_id,
                     statement_id,
-                    target: AUDIT_DATABASE.into(),
-                    user: params.user.clone(),
-                });
-                if let Err(e) = state.audit.record(vec![event]).await {
-                    tracing::error!(error = %e, "cannot audit an auditor query");
-                    QueryError::AuditUnavailable.to_pg_error().encode(&mut out);
-                } else {
-                    match decision {
-                        Err(reason) => QueryError::Refused(reason).to_pg_error().encode(&mut out),
-                        Ok(()) => {
-                            // The slot moves into the SQLite thread: it frees up when that ends.
-                            let slot = state.proxy.audit_queries.clone().try_acquire_owned();
-                            let result = match slot {
-                                Err(_) => Err(QueryError::Busy {
-                                    limit: QUERIES_AT_ONCE,
-                                }),
-                                Ok(slot) => engine::execute(db, sql, Limits::default(), slot, client).await,
-                            };
-                            match result {
-                                Ok(()) => {}
-                                Err(QueryError::ClientLeft) => return Ok(()),
-                                Err(e) => {
-                                    tracing::info!(user = %params.user, error = %e, "auditor query stopped");
-                                    e.to_pg_error().encode(&mut out);
-                                }
-                            }
-                        }
-                    }
+                    sql,
+                };
+                if simple_query(state, client, params, db, query, &mut out)
+                    .await
+                    .is_break()
+                {
+                    return Ok(());
                 }
                 ready(&mut out);
             }
@@ -397,6 +339,101 @@ async fn run(
             }
         }
     }
+}
+
+/// Tells a logged-in auditor's client it is in: AuthenticationOk, the parameters drivers expect,
+/// BackendKeyData and ReadyForQuery.
+async fn greet(client: &mut ClientStream, params: &ClientParams) -> Result<(), PgError> {
+    let mut out = BytesMut::new();
+    wire::authentication_ok(&mut out);
+    for (k, v) in [
+        ("server_version", "15.0 (timebox audit)"),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        ("TimeZone", "UTC"),
+        (
+            "application_name",
+            params.application_name.as_deref().unwrap_or(""),
+        ),
+    ] {
+        wire::parameter_status(&mut out, k, v);
+    }
+    wire::backend_key_data(&mut out, rand::random::<i32>() & 0x7fff_ffff, rand::random());
+    ready(&mut out);
+    client
+        .write_all(&out)
+        .await
+        .map_err(|_| PgError::protocol_violation("client left"))
+}
+
+/// One auditor query as its audit record names it.
+struct Query<'a> {
+    session_id: &'a str,
+    statement_id: u64,
+    sql: String,
+}
+
+/// Audits one simple query, then runs it (rows go straight to the client) or refuses it, putting
+/// any error for the client in `out`. Refused with an error when its record cannot be written.
+/// `Break` when the client left.
+async fn simple_query(
+    state: &Arc<AppState>,
+    client: &mut ClientStream,
+    params: &ClientParams,
+    db: &std::path::Path,
+    query: Query<'_>,
+    out: &mut BytesMut,
+) -> ControlFlow<()> {
+    let decision = check_query(&query.sql);
+    let event = AuditEvent::Statement(audit_event::Statement {
+        class: "read".into(),
+        decision: if decision.is_ok() {
+            audit_event::Decision::Allow
+        } else {
+            audit_event::Decision::Deny
+        },
+        grant_id: String::new(),
+        params: None,
+        reason: decision.as_ref().err().cloned(),
+        relations: Vec::new(),
+        session_id: query.session_id.to_owned(),
+        sql: query.sql.clone(),
+        sql_bytes: None,
+        sql_sha256: None,
+        sql_truncated: false,
+        statement_id: query.statement_id,
+        target: AUDIT_DATABASE.into(),
+        user: params.user.clone(),
+    });
+    if let Err(e) = state.audit.record(vec![event]).await {
+        tracing::error!(error = %e, "cannot audit an auditor query");
+        QueryError::AuditUnavailable.to_pg_error().encode(out);
+        return ControlFlow::Continue(());
+    }
+    if let Err(reason) = decision {
+        QueryError::Refused(reason).to_pg_error().encode(out);
+        return ControlFlow::Continue(());
+    }
+    // The slot moves into the SQLite thread: it frees up when that ends.
+    let slot = state.proxy.audit_queries.clone().try_acquire_owned();
+    let result = match slot {
+        Err(_) => Err(QueryError::Busy {
+            limit: QUERIES_AT_ONCE,
+        }),
+        Ok(slot) => engine::execute(db, query.sql, Limits::default(), slot, client).await,
+    };
+    match result {
+        Ok(()) => {}
+        Err(QueryError::ClientLeft) => return ControlFlow::Break(()),
+        Err(e) => {
+            tracing::info!(user = %params.user, error = %e, "auditor query stopped");
+            e.to_pg_error().encode(out);
+        }
+    }
+    ControlFlow::Continue(())
 }
 
 fn ready(out: &mut BytesMut) {

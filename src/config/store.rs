@@ -1,7 +1,7 @@
 //! `[store]`: where grants, requests and the installation secret live — raw keys, validation, and
 //! the typed [`StoreConfig`] the store module opens.
 //!
-//! Where it sits: [`super::RawConfig::validate`] calls [`validate_store`]; [`crate::store::Store`]
+//! Where it sits: `RawConfig::validate` calls [`validate_store`]; [`crate::store::Store`]
 //! and [`crate::store::migrate`] take the result. SQLite (`sqlite://PATH`, `sqlite::memory:`) is the
 //! embedded default; `postgres://user@host:port/db` selects the shared PostgreSQL store. What it must
 //! never do: accept a password inside the URL (it would travel wherever the URL is shown) or
@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{resolve_password, Problems, RawCredential, UpstreamTls};
+use super::raw::RawCredential;
+use super::validate::{resolve_password, Problems};
+use super::UpstreamTls;
 
 /// `[store] pool_size` when the config does not say.
 pub const DEFAULT_POOL_SIZE: u64 = 16;
@@ -161,16 +163,7 @@ fn validate_postgres(raw: &RawStore, audit_dir: Option<&PathBuf>, p: &mut Proble
     if let Some(password) = resolve_password(&credential, "store", p) {
         connect.password(password.expose());
     }
-    let tls = p.one_of(
-        "store.tls",
-        raw.tls.as_deref(),
-        UpstreamTls::Disable,
-        &[
-            ("disable", UpstreamTls::Disable),
-            ("require", UpstreamTls::Require),
-            ("verify-full", UpstreamTls::VerifyFull),
-        ],
-    );
+    let tls = p.upstream_tls("store.tls", raw.tls.as_deref());
     if let Some(ca) = &raw.ca {
         if tls != UpstreamTls::VerifyFull {
             p.push("store.ca", "only used with store.tls = \"verify-full\"");
@@ -245,28 +238,8 @@ pub fn url_problem(url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::testing::BASE;
     use crate::config::{Config, ConfigError};
-
-    const BASE: &str = r#"
-        [proxy]
-        listen = "127.0.0.1:6432"
-        tls = "disabled"
-        [admin]
-        listen = "127.0.0.1:9187"
-        [[admin.tokens]]
-        name = "ops"
-        sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
-        roles = ["admin"]
-        [targets.shop]
-        host = "127.0.0.1"
-        database = "shop"
-        [targets.shop.credentials.read]
-        user = "timebox_read"
-        password = "pw"
-        [roles.read]
-        allow = ["read"]
-        max_ttl = "8h"
-    "#;
 
     fn load(store: &str, audit: &str) -> Result<Config, ConfigError> {
         Config::from_toml_str(&format!("{BASE}\n[store]\n{store}\n[audit]\n{audit}\n"))

@@ -682,24 +682,13 @@ impl RequestService {
 mod tests {
     use super::*;
 
+    /// Role `admin` needs two approvals and allows break-glass up to 30 minutes.
     fn config() -> Config {
-        Config::from_toml_str(
+        crate::config::testing::config(
+            "8h",
             r#"
-            [proxy]
-            listen = "127.0.0.1:0"
-            tls = "disabled"
-            [admin]
-            listen = "127.0.0.1:0"
-            [targets.shop]
-            host = "127.0.0.1"
-            database = "shop"
-            [targets.shop.credentials.read]
-            user = "r"
             [targets.shop.credentials.admin]
             user = "a"
-            [roles.read]
-            allow = ["read"]
-            max_ttl = "8h"
             [roles.admin]
             allow = ["read", "write"]
             max_ttl = "4h"
@@ -708,7 +697,6 @@ mod tests {
             break_glass_max_ttl = "30m"
             "#,
         )
-        .unwrap()
     }
 
     fn req(role: &str, ttl: &str, reason: &str, break_glass: bool) -> NewAccessRequest {

@@ -2,7 +2,10 @@
 //! instance per test, on port 0, stopped when the test's [`TestInstance`] is dropped.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod cluster;
+pub mod http;
+pub mod pg;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +21,27 @@ pub const AUDITOR_TOKEN: &str = "test-auditor-token-0123456789";
 pub const APPROVER_TOKEN: &str = "test-approver-token-0123456789";
 /// A requester token; its principal name is `alice`.
 pub const REQUESTER_TOKEN: &str = "test-requester-token-alice";
+
+/// A config that validates and needs nothing running: target `shop` with a `read` credential, role
+/// `read` (`max_ttl = "1h"`), an in-memory store, no admin tokens. For the CLI's config commands
+/// and instances built in a test whose upstream is never reached.
+pub const MINIMAL_CONFIG: &str = r#"
+[proxy]
+listen = "127.0.0.1:0"
+tls = "disabled"
+[admin]
+listen = "127.0.0.1:0"
+[store]
+url = "sqlite::memory:"
+[targets.shop]
+host = "127.0.0.1"
+database = "shop"
+[targets.shop.credentials.read]
+user = "r"
+[roles.read]
+allow = ["read"]
+max_ttl = "1h"
+"#;
 
 /// How to start a test instance.
 #[derive(Clone, Debug)]
@@ -395,18 +419,34 @@ pub mod raw {
         }
     }
 
-    /// Logs in and reads up to the first ReadyForQuery. Panics on failure.
+    /// Logs in to `shop` and reads up to the first ReadyForQuery. Panics on failure.
     pub async fn login(addr: std::net::SocketAddr, user: &str, token: &str) -> (TcpStream, BytesMut) {
+        let (s, buf, _) = login_to(addr, user, "shop", token).await;
+        (s, buf)
+    }
+
+    /// Logs in to `database` (SCRAM or a cleartext password, whichever the server asks for) and
+    /// reads up to the first ReadyForQuery; also whether the server asked for SCRAM. Panics on failure.
+    pub async fn login_to(
+        addr: std::net::SocketAddr,
+        user: &str,
+        database: &str,
+        token: &str,
+    ) -> (TcpStream, BytesMut, bool) {
         let mut s = TcpStream::connect(addr).await.unwrap();
         let mut out = BytesMut::new();
-        frontend::startup_message([("user", user), ("database", "shop")], &mut out).unwrap();
+        frontend::startup_message([("user", user), ("database", database)], &mut out).unwrap();
         s.write_all(&out).await.unwrap();
         let mut buf = BytesMut::new();
-        let mut scram = None;
+        let (mut scram, mut asked_for_sasl) = (None, false);
         loop {
             out.clear();
             match read_message(&mut s, &mut buf).await.expect("message") {
+                Message::AuthenticationCleartextPassword => {
+                    frontend::password_message(token.as_bytes(), &mut out).unwrap();
+                }
                 Message::AuthenticationSasl(_) => {
+                    asked_for_sasl = true;
                     let c = ScramSha256::new(token.as_bytes(), ChannelBinding::unsupported());
                     frontend::sasl_initial_response("SCRAM-SHA-256", c.message(), &mut out).unwrap();
                     scram = Some(c);
@@ -417,7 +457,7 @@ pub mod raw {
                     frontend::sasl_response(c.message(), &mut out).unwrap();
                 }
                 Message::AuthenticationSaslFinal(b) => scram.as_mut().unwrap().finish(b.data()).unwrap(),
-                Message::ReadyForQuery(_) => return (s, buf),
+                Message::ReadyForQuery(_) => return (s, buf, asked_for_sasl),
                 Message::ErrorResponse(_) => panic!("login refused"),
                 _ => {}
             }
@@ -427,23 +467,26 @@ pub mod raw {
         }
     }
 
+    /// SQLSTATE and message of an ErrorResponse.
+    pub fn error_fields(body: &postgres_protocol::message::backend::ErrorResponseBody) -> (String, String) {
+        use fallible_iterator::FallibleIterator;
+        let mut fields = body.fields();
+        let (mut code, mut msg) = (String::new(), String::new());
+        while let Some(f) = fields.next().unwrap() {
+            match f.type_() {
+                b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                b'M' => msg = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                _ => {}
+            }
+        }
+        (code, msg)
+    }
+
     /// Reads until an ErrorResponse; returns its SQLSTATE and message (None if the stream ends first).
     pub async fn next_error(s: &mut TcpStream, buf: &mut BytesMut) -> Option<(String, String)> {
-        use fallible_iterator::FallibleIterator;
         loop {
             match read_message(s, buf).await? {
-                Message::ErrorResponse(body) => {
-                    let mut fields = body.fields();
-                    let (mut code, mut msg) = (String::new(), String::new());
-                    while let Some(f) = fields.next().unwrap() {
-                        match f.type_() {
-                            b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
-                            b'M' => msg = String::from_utf8_lossy(f.value_bytes()).into_owned(),
-                            _ => {}
-                        }
-                    }
-                    return Some((code, msg));
-                }
+                Message::ErrorResponse(body) => return Some(error_fields(&body)),
                 _ => continue,
             }
         }

@@ -390,24 +390,14 @@ fn role_policy_from_config() {
     assert_eq!(p.statement_timeout, Some(Duration::from_secs(30)));
 }
 
-const CONFIG: &str = r#"
-    [proxy]
-    listen = "127.0.0.1:6432"
-    tls = "disabled"
-    [admin]
-    listen = "127.0.0.1:9187"
-    [store]
-    url = "sqlite::memory:"
-    [roles.read]
-    allow = ["read"]
-    max_ttl = "8h"
-    statement_timeout = "30s"
-    tables = { deny = ["public.secrets"] }
-"#;
-
 #[test]
 fn check_command_reports_each_statement_and_the_decision() {
-    let config = Config::from_toml_str(CONFIG).unwrap();
+    // Keys appended to MINIMAL belong to its last table, `[roles.read]`.
+    let config = Config::from_toml_str(&format!(
+        "{}statement_timeout = \"30s\"\ntables = {{ deny = [\"public.secrets\"] }}\n",
+        crate::config::testing::MINIMAL
+    ))
+    .unwrap();
     let (out, ok) = check_command(&config, "read", "SELECT * FROM orders; SHOW search_path");
     assert!(ok, "{out}");
     assert!(
