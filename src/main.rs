@@ -109,3 +109,37 @@ async fn main() -> ExitCode {
         Command::AdminToken { command } => report(admin_token::run(command)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every argument of every command, with its command path, that `--help` shows without a word.
+    fn args_without_help(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if arg.is_hide_set() || id == "help" || id == "version" {
+                continue;
+            }
+            if arg.get_help().is_none() {
+                out.push(format!("{path} {id}"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if !sub.is_hide_set() {
+                args_without_help(sub, &format!("{path} {}", sub.get_name()), out);
+            }
+        }
+    }
+
+    /// See: issue 17: `timebox request deny --help` and `timebox session kill --help` showed their
+    /// arguments with no explanation. Every argument says what it is.
+    #[test]
+    fn every_argument_has_help() {
+        let mut missing = Vec::new();
+        args_without_help(&Cli::command(), "timebox", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:#?}");
+    }
+}
