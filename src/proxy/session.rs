@@ -338,8 +338,9 @@ async fn authenticate(
         }
     }
     let grant = watch.current();
-    if let Some(why) = grant.refusal_at(state.clock.now()) {
-        return Err(PgError::grant_not_current(&why));
+    let now = state.clock.now();
+    if let Some(why) = grant.refusal_at(now) {
+        return Err(super::auth::grant_refusal(&grant, now, &why));
     }
     Ok(Some((grant, watch)))
 }
