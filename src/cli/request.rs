@@ -151,6 +151,10 @@ pub async fn run(args: RequestArgs) -> Result<(), CliError> {
         RequestCommand::Create { request, json } => {
             let break_glass = request.break_glass;
             let created = client.request_create(&request.into()).await?;
+            if let Some(note) = &created.body.note {
+                // On stderr, so that --json output stays one document.
+                eprintln!("note: {note}");
+            }
             if break_glass {
                 let token = client.request_token(&created.body.request.id).await?;
                 Printer::json_if(json).answer(&token, render_request_token);
