@@ -34,6 +34,10 @@ enum Command {
         /// The TOML config file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Skip the checks that need this host to have the files and environment variables the
+        /// config names (TLS files, password_env, password_file, CA files); list what was skipped.
+        #[arg(long)]
+        offline: bool,
     },
     /// Classify SQL and decide it for a role, without connecting: prints each statement's class,
     /// relations and decision. Exit 0 when allowed, 1 when denied, 2 when the config is invalid.
@@ -83,7 +87,7 @@ enum Command {
 async fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve { config } => serve::serve(&config).await,
-        Command::CheckConfig { config } => check::check_config(&config),
+        Command::CheckConfig { config, offline } => check::check_config(&config, offline),
         Command::Check { config, role, sql } => check::check(&config, &role, &sql),
         Command::Grant(args) => report(grant::run(args).await),
         Command::Request(args) => report(request::run(args).await),
