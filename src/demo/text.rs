@@ -242,6 +242,10 @@ pub(super) fn banner(b: &Banner<'_>) -> String {
         out,
         "             DROP TABLE orders;                 -- refused: role write has no DDL"
     );
+    let _ = writeln!(
+        out,
+        "             DELETE FROM orders;                -- refused: role write has require_where"
+    );
     let _ = writeln!(out, "  see what reached PostgreSQL, and as which role:");
     let _ = writeln!(out, "             tail -f {}", b.cluster.log_path().display());
     let _ = writeln!(out);
