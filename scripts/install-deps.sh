@@ -11,7 +11,8 @@
 set -euo pipefail
 
 # python3-asyncpg: a second real driver in the compatibility tests (tests/compat_wire.rs).
-PACKAGES=(postgresql postgresql-contrib libclang-dev clang pkg-config python3-asyncpg)
+# jq: the README's walkthrough picks ids out of --json answers (run by tests/demo.rs).
+PACKAGES=(postgresql postgresql-contrib libclang-dev clang pkg-config python3-asyncpg jq)
 
 missing=()
 
@@ -35,6 +36,7 @@ have_libclang || missing+=("libclang (libclang-dev)")
 command -v clang >/dev/null 2>&1 || missing+=("clang")
 command -v pkg-config >/dev/null 2>&1 || missing+=("pkg-config")
 /usr/bin/python3 -c "import asyncpg" >/dev/null 2>&1 || missing+=("asyncpg (python3-asyncpg)")
+command -v jq >/dev/null 2>&1 || missing+=("jq")
 
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "install-deps: all system dependencies present"

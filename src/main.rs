@@ -34,6 +34,10 @@ enum Command {
         /// The TOML config file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Skip the checks that need this host to have the files and environment variables the
+        /// config names (TLS files, password_env, password_file, CA files); list what was skipped.
+        #[arg(long)]
+        offline: bool,
     },
     /// Classify SQL and decide it for a role, without connecting: prints each statement's class,
     /// relations and decision. Exit 0 when allowed, 1 when denied, 2 when the config is invalid.
@@ -83,7 +87,7 @@ enum Command {
 async fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve { config } => serve::serve(&config).await,
-        Command::CheckConfig { config } => check::check_config(&config),
+        Command::CheckConfig { config, offline } => check::check_config(&config, offline),
         Command::Check { config, role, sql } => check::check(&config, &role, &sql),
         Command::Grant(args) => report(grant::run(args).await),
         Command::Request(args) => report(request::run(args).await),
@@ -107,5 +111,39 @@ async fn main() -> ExitCode {
         },
         Command::Store { command } => store::run(command).await,
         Command::AdminToken { command } => report(admin_token::run(command)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every argument of every command, with its command path, that `--help` shows without a word.
+    fn args_without_help(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if arg.is_hide_set() || id == "help" || id == "version" {
+                continue;
+            }
+            if arg.get_help().is_none() {
+                out.push(format!("{path} {id}"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if !sub.is_hide_set() {
+                args_without_help(sub, &format!("{path} {}", sub.get_name()), out);
+            }
+        }
+    }
+
+    /// See: issue 17: `timebox request deny --help` and `timebox session kill --help` showed their
+    /// arguments with no explanation. Every argument says what it is.
+    #[test]
+    fn every_argument_has_help() {
+        let mut missing = Vec::new();
+        args_without_help(&Cli::command(), "timebox", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:#?}");
     }
 }

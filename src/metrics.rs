@@ -47,8 +47,8 @@ pub struct Metrics {
     pub audit_queue_depth: IntGauge,
     /// Durable audit records not yet in the queryable index.
     pub audit_index_lag: IntGauge,
-    /// Statement texts classified from the literal-shape cache level.
-    pub classify_shape_hits: IntGauge,
+    /// Statement texts classified from the literal-shape cache level (fed by the cache itself).
+    pub classify_shape_hits_total: IntCounter,
     /// Time from submitting audit events to their durability acknowledgement.
     pub audit_write_seconds: Histogram,
     /// Audit submissions refused (queue full or writer failed) — each one denied a statement.
@@ -130,8 +130,8 @@ impl Metrics {
                 "timebox_audit_index_lag_records",
                 "Audit records durable in the journal but not yet in the queryable database"
             )?),
-            classify_shape_hits: reg!(IntGauge::new(
-                "timebox_classify_shape_hits",
+            classify_shape_hits_total: reg!(IntCounter::new(
+                "timebox_classify_shape_hits_total",
                 "Statements classified by literal shape (a cache hit with other literals) since start"
             )?),
             audit_queue_depth: reg!(IntGauge::new(

@@ -201,6 +201,9 @@ async fn invalid_grant_requests_are_422_naming_the_field() {
     let base = tb.admin_url();
     let mut empty_reason = issue_body("alice", "shop", "read", "30m");
     empty_reason["reason"] = json!("   ");
+    // See: issue 17: a body without `reason` was a 400 JSON error, not the documented 422.
+    let mut missing_reason = issue_body("alice", "shop", "read", "30m");
+    missing_reason.as_object_mut().unwrap().remove("reason");
     let cases = [
         (
             "unknown target",
@@ -228,6 +231,7 @@ async fn invalid_grant_requests_are_422_naming_the_field() {
             "ttl",
         ),
         ("empty reason", empty_reason, "reason"),
+        ("missing reason", missing_reason, "reason"),
     ];
     for (what, body, field) in cases {
         let a = send(&base, Method::POST, "/v1/grants", Some(ADMIN_TOKEN), Some(body)).await;

@@ -327,6 +327,12 @@ async fn expired_revoked_and_future_grants_are_refused_with_the_reason() {
     let (code, msg) = db_error(&err);
     assert_eq!(code, "28000");
     assert!(msg.contains(&format!("grant {} starts at", future.id)), "{msg}");
+    // See: issue 17: a grant that has not started said "Ask for a new grant"; it says when to come back.
+    let hint = err.as_db_error().and_then(|e| e.hint()).unwrap_or_default();
+    assert!(
+        hint.contains("not active yet") && !hint.contains("new grant"),
+        "{hint}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

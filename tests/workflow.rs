@@ -480,6 +480,11 @@ async fn break_glass_self_approves_caps_the_ttl_and_flags_the_grant_everywhere()
     assert_eq!(r["status"], "approved", "no reviewer needed");
     assert_eq!(r["break_glass"], true);
     assert_eq!(r["ttl"], "10m", "capped at break_glass_max_ttl");
+    // See: issue 17: the cap was silent; the answer says what was asked and what was granted.
+    assert_eq!(
+        r["note"], "ttl 1h was capped at 10m (break_glass_max_ttl of role admin)",
+        "{r}"
+    );
     let gid = r["grant_id"].as_str().unwrap().to_owned();
 
     let g = send(

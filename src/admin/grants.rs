@@ -102,6 +102,8 @@ pub struct IssueRequest {
     pub role: String,
     /// The grant's length, e.g. "30m".
     pub ttl: String,
+    /// Required; missing is treated like empty: 422 naming `reason` (as for revoke).
+    #[serde(default)]
     pub reason: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub starts_at: Option<DateTime<Utc>>,

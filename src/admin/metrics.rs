@@ -26,8 +26,6 @@ pub async fn refresh(state: &AppState) {
     let m = &state.proxy.metrics;
     m.audit_queue_depth.set(state.audit.queue_depth() as i64);
     m.audit_index_lag.set(state.audit.index_lag() as i64);
-    m.classify_shape_hits
-        .set(state.proxy.classify_cache.shape_hits() as i64);
     match state.grants.counts().await {
         Ok(c) => {
             for (label, n) in [

@@ -106,6 +106,10 @@ pub fn openapi() -> OpenApi {
     let mut doc = api().into_openapi();
     doc.info.title = "timebox admin API".into();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
+    // The router's default `info` is the utoipa crate's own manifest (its author as our contact,
+    // its license): replace all of it with ours.
+    doc.info.contact = None;
+    doc.info.license = Some(utoipa::openapi::License::new(env!("CARGO_PKG_LICENSE")));
     doc.info.description = Some(
         "Time-boxed PostgreSQL access: grants, access requests, live sessions, audit trail. \
          Authenticate with `Authorization: Bearer <admin token>`; errors are `{\"code\", \"message\"}`."
@@ -178,5 +182,16 @@ mod tests {
             .collect();
         matrix.sort();
         assert_eq!(documented, matrix);
+    }
+
+    /// See: issue 17: the document's `info` came from the utoipa crate's own manifest (its author's
+    /// name and e-mail as our contact, its license). It describes timebox and names no person.
+    #[test]
+    fn the_document_describes_timebox_and_names_no_person() {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let info = &doc["info"];
+        assert!(info.get("contact").is_none(), "{info}");
+        assert_eq!(info["license"]["name"], env!("CARGO_PKG_LICENSE"), "{info}");
+        assert!(!doc.to_string().contains('@'), "an e-mail address in {doc}");
     }
 }

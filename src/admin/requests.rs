@@ -105,11 +105,11 @@ async fn create(
 ) -> Result<(StatusCode, Json<RequestView>), ApiError> {
     principal.require_any(&[REQUESTER, ADMIN], "filing access requests")?;
     let ApiJson(req) = body?;
+    let asked = req.ttl.clone();
     let change = state.requests.create(req, &principal.name).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(RequestView::at(change.request, state.clock.now())),
-    ))
+    let mut view = RequestView::at(change.request, state.clock.now());
+    view.note = crate::grants::requests::ttl_cap_note(&asked, &view.request.ttl, &view.request.role);
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 /// List access requests, newest first (a requester sees only its own).

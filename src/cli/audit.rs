@@ -15,7 +15,7 @@ use clap::builder::PossibleValuesParser;
 use clap::{Args, Subcommand};
 
 use super::client::{AdminClient, ApiArgs, ApiResponse};
-use super::render::{render_rows, sanitize, truncate, Format, Printer};
+use super::render::{sanitize, truncate, Format, Printer};
 use super::{report, CliError};
 use crate::audit::{AuditFilter, AuditRecord, Head, Order, Page, VerifyReport};
 
@@ -379,7 +379,8 @@ pub fn record_detail(r: &AuditRecord) -> String {
         ),
         "auth_failure" => format!("{} from {}", f("reason"), f("client_addr")),
         "grant_issued" => format!(
-            "grant {} role {} by {} until {}: {}",
+            "{}grant {} role {} by {} until {}: {}",
+            break_glass_flag(r),
             f("grant_id"),
             f("role"),
             f("created_by"),
@@ -393,19 +394,78 @@ pub fn record_detail(r: &AuditRecord) -> String {
             f("expires_at"),
             f("extended_by")
         ),
+        "access_request" => {
+            let mut s = format!(
+                "{}request {} {} by {}: {} on {} for {}",
+                break_glass_flag(r),
+                f("request_id"),
+                f("action"),
+                f("actor"),
+                f("role"),
+                f("target"),
+                f("ttl")
+            );
+            if let Some(ticket) = r.field("ticket") {
+                let _ = write!(s, " [{ticket}]");
+            }
+            if let Some(grant) = r.field("grant_id") {
+                let _ = write!(s, " → grant {grant}");
+            }
+            if let Some(reason) = r.field("reason").filter(|r| !r.is_empty()) {
+                let _ = write!(s, " ({reason})");
+            }
+            s
+        }
         _ => r.payload.to_string(),
     };
     truncate(&sanitize(&text), TABLE_DETAIL_CHARS)
 }
 
+/// `BREAK-GLASS ` for records of self-approved emergency access (flagged everywhere), else nothing.
+fn break_glass_flag(r: &AuditRecord) -> &'static str {
+    if r.payload.get("break_glass").and_then(|v| v.as_bool()) == Some(true) {
+        "BREAK-GLASS "
+    } else {
+        ""
+    }
+}
+
+/// Columns of the audit table and their widths (all but the last, DETAIL). Fixed, not fitted to the
+/// rows, so that the rows `tail --follow` prints one poll at a time line up with the first page's
+/// header: SEQ up to a million records, TS as the trail writes it (microseconds), the longest kind
+/// (`statement_outcome`), a session id (`s_` + 16 hex digits). A longer cell pushes its row right.
+const AUDIT_COLUMNS: [(&str, usize); 6] = [
+    ("SEQ", 6),
+    ("TS", 27),
+    ("KIND", 17),
+    ("USER", 12),
+    ("SESSION", 18),
+    ("DETAIL", 0),
+];
+
+/// One line of the audit table: cells padded to [`AUDIT_COLUMNS`], two spaces apart.
+fn audit_line(cells: &[String]) -> String {
+    let mut line = String::new();
+    for (i, (cell, (_, width))) in cells.iter().zip(AUDIT_COLUMNS).enumerate() {
+        if i + 1 == AUDIT_COLUMNS.len() {
+            line.push_str(cell);
+        } else {
+            let _ = write!(line, "{cell:<width$}  ");
+        }
+    }
+    line.push('\n');
+    line
+}
+
 /// `audit search` / `audit tail`: one aligned row per record.
 pub fn render_audit_table(records: &[AuditRecord]) -> String {
-    render_rows(
-        records,
-        "no audit records",
-        &["SEQ", "TS", "KIND", "USER", "SESSION", "DETAIL"],
-        audit_row,
-    )
+    if records.is_empty() {
+        return "no audit records\n".into();
+    }
+    let header: Vec<String> = AUDIT_COLUMNS.iter().map(|(h, _)| (*h).to_owned()).collect();
+    let mut out = audit_line(&header);
+    out.push_str(&render_audit_lines(records));
+    out
 }
 
 fn audit_row(r: &AuditRecord) -> Vec<String> {
@@ -419,12 +479,11 @@ fn audit_row(r: &AuditRecord) -> Vec<String> {
     ]
 }
 
-/// Rows for `tail --follow` after the first page: no header, same columns (widths may differ).
+/// Rows for `tail --follow` after the first page: no header, the same fixed columns.
 pub fn render_audit_lines(records: &[AuditRecord]) -> String {
     let mut out = String::new();
     for r in records {
-        out.push_str(&audit_row(r).join("  "));
-        out.push('\n');
+        out.push_str(&audit_line(&audit_row(r)));
     }
     out
 }
@@ -489,7 +548,7 @@ mod tests {
         ]);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
-        assert!(lines[0].starts_with("SEQ  TS"), "{text}");
+        assert!(lines[0].starts_with("SEQ     TS"), "{text}");
         assert!(
             lines[1].ends_with("deny write: DELETE FROM t WHERE 1 — role read may not write"),
             "{text}"
@@ -498,6 +557,69 @@ mod tests {
         assert!(lines[2].ends_with("#1 SELECT 3 in 1.5 ms"), "{text}");
         assert!(lines[2].contains("  -  "), "no user on an outcome: {text}");
         assert_eq!(render_audit_table(&[]), "no audit records\n");
+    }
+
+    /// See: issue 17: `access_request` records were shown as raw JSON, and break-glass was not
+    /// flagged in `audit search`.
+    #[test]
+    fn requests_read_as_words_and_break_glass_is_flagged() {
+        let request = record(
+            3,
+            "access_request",
+            json!({"action": "approved", "actor": "bob", "break_glass": false, "grant_id": "g_9",
+                   "reason": "matches INC-1", "request_id": "r_1", "role": "write", "target": "shop",
+                   "ticket": "INC-1", "ttl": "30m", "user": "alice"}),
+        );
+        assert_eq!(
+            record_detail(&request),
+            "request r_1 approved by bob: write on shop for 30m [INC-1] → grant g_9 (matches INC-1)"
+        );
+        let mut glass = request.clone();
+        glass.payload["action"] = json!("created");
+        glass.payload["break_glass"] = json!(true);
+        glass.payload["actor"] = json!("alice");
+        glass.payload["reason"] = json!(null);
+        assert!(
+            record_detail(&glass).starts_with("BREAK-GLASS request r_1 created by alice"),
+            "{}",
+            record_detail(&glass)
+        );
+        let issued = record(
+            4,
+            "grant_issued",
+            json!({"break_glass": true, "grant_id": "g_9", "role": "admin", "created_by": "alice",
+                   "expires_at": "2026-01-01T01:00:00Z", "reason": "prod down", "user": "alice"}),
+        );
+        assert!(
+            record_detail(&issued).starts_with("BREAK-GLASS grant g_9"),
+            "{}",
+            record_detail(&issued)
+        );
+    }
+
+    /// See: issue 17: `audit tail --follow` printed later rows with other column widths than the
+    /// first page's header.
+    #[test]
+    fn follow_lines_line_up_with_the_first_page() {
+        let first = render_audit_table(&[record(
+            1,
+            "session_start",
+            json!({"user": "al", "session_id": "s_0123456789abcdef"}),
+        )]);
+        let later = render_audit_lines(&[record(
+            12345,
+            "statement_outcome",
+            json!({"user": "bartholomew", "session_id": "s_1", "statement_id": 1, "command_tag": "SELECT 1"}),
+        )]);
+        let header = first.lines().next().unwrap();
+        let row = later.lines().next().unwrap();
+        for column in ["TS", "KIND", "USER", "SESSION", "DETAIL"] {
+            let at = header.find(column).unwrap();
+            assert!(
+                row[..at].ends_with("  ") && !row[at..].starts_with(' '),
+                "{column} at {at}:\n{header}\n{row}"
+            );
+        }
     }
 
     #[test]

@@ -223,7 +223,11 @@ pub fn render_grant_table(grants: &[GrantView]) -> String {
                 sanitize(&g.user),
                 sanitize(&g.target),
                 sanitize(&g.role),
-                v.status.as_str().to_owned(),
+                if v.break_glass {
+                    format!("{}, break-glass", v.status.as_str())
+                } else {
+                    v.status.as_str().to_owned()
+                },
                 time(g.expires_at),
                 truncate(&sanitize(&g.reason), TABLE_REASON_CHARS),
             ]
@@ -240,6 +244,10 @@ pub fn render_grant_details(view: &GrantView) -> String {
         ("target", g.target.clone()),
         ("role", g.role.clone()),
         ("status", view.status.as_str().to_owned()),
+        (
+            "break_glass",
+            if view.break_glass { "yes" } else { "no" }.to_owned(),
+        ),
         ("reason", g.reason.clone()),
         ("created_by", g.created_by.clone()),
         ("created_at", time(g.created_at)),
@@ -382,11 +390,30 @@ mod tests {
         assert_eq!(render_grant_table(&[]), "no grants\n");
     }
 
+    /// See: issue 17: break-glass grants, "flagged everywhere", looked like any other in
+    /// `grant list` and `grant show`.
+    #[test]
+    fn break_glass_grants_are_flagged_in_list_and_show() {
+        let mut bg = view("g_1", "alice", "prod down", GrantStatus::Active);
+        bg.break_glass = true;
+        let plain = view("g_2", "bob", "migration", GrantStatus::Active);
+        let table = render_grant_table(&[bg.clone(), plain.clone()]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[1].contains("active, break-glass"), "{table}");
+        assert!(!lines[2].contains("break-glass"), "{table}");
+        assert!(
+            render_grant_details(&bg).contains("break_glass  yes"),
+            "{}",
+            render_grant_details(&bg)
+        );
+        assert!(render_grant_details(&plain).contains("break_glass  no"));
+    }
+
     #[test]
     fn details_show_revocation_only_when_revoked() {
         let mut v = view("g_1", "alice", "incident", GrantStatus::Active);
         let text = render_grant_details(&v);
-        assert!(text.contains("status      active"), "{text}");
+        assert!(text.contains("status       active"), "{text}");
         assert!(!text.contains("revoked_by"));
         v.grant.revoked_at = Some(v.grant.starts_at);
         v.grant.revoked_by = Some("bob".into());

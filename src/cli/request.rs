@@ -46,6 +46,7 @@ pub enum RequestCommand {
     List {
         #[command(flatten)]
         filter: RequestListFilter,
+        /// Print the API's JSON answer.
         #[arg(long)]
         json: bool,
     },
@@ -53,28 +54,37 @@ pub enum RequestCommand {
     Show {
         /// The request id (r_…).
         id: String,
+        /// Print the API's JSON answer.
         #[arg(long)]
         json: bool,
     },
     /// Approve a request (approver or admin; never your own).
     Approve {
+        /// The request id (r_…).
         id: String,
+        /// Why you approve (optional; recorded in the audit trail).
         #[arg(long, default_value = "")]
         reason: String,
+        /// Print the API's JSON answer.
         #[arg(long)]
         json: bool,
     },
     /// Deny a request (approver or admin; never your own).
     Deny {
+        /// The request id (r_…).
         id: String,
+        /// Why you deny (required; the requester sees it, the audit trail records it).
         #[arg(long)]
         reason: String,
+        /// Print the API's JSON answer.
         #[arg(long)]
         json: bool,
     },
     /// Fetch the token of your approved request (once).
     Token {
+        /// The request id (r_…).
         id: String,
+        /// Print the API's JSON answer.
         #[arg(long)]
         json: bool,
     },
@@ -120,12 +130,16 @@ impl From<CreateArgs> for NewAccessRequest {
 /// Filters of `request list`, sent as `GET /v1/requests` parameters.
 #[derive(Debug, Clone, Default, Serialize, Args)]
 pub struct RequestListFilter {
+    /// Only requests by this requester.
     #[arg(long)]
     pub requester: Option<String>,
+    /// Only requests for this target.
     #[arg(long)]
     pub target: Option<String>,
+    /// Only requests in this state.
     #[arg(long, value_parser = PossibleValuesParser::new(["pending", "approved", "denied", "expired"]))]
     pub status: Option<String>,
+    /// At most this many (newest first).
     #[arg(long)]
     pub limit: Option<usize>,
 }
@@ -137,6 +151,10 @@ pub async fn run(args: RequestArgs) -> Result<(), CliError> {
         RequestCommand::Create { request, json } => {
             let break_glass = request.break_glass;
             let created = client.request_create(&request.into()).await?;
+            if let Some(note) = &created.body.note {
+                // On stderr, so that --json output stays one document.
+                eprintln!("note: {note}");
+            }
             if break_glass {
                 let token = client.request_token(&created.body.request.id).await?;
                 Printer::json_if(json).answer(&token, render_request_token);

@@ -25,6 +25,7 @@ pub struct SessionArgs {
 pub enum SessionCommand {
     /// List live sessions.
     List {
+        /// Print the API's JSON answer.
         #[arg(long)]
         json: bool,
     },
@@ -32,8 +33,10 @@ pub enum SessionCommand {
     Kill {
         /// The session id (s_…).
         id: String,
+        /// Why (required; the engineer is told, the audit trail records it).
         #[arg(long)]
         reason: String,
+        /// Print the API's JSON answer.
         #[arg(long)]
         json: bool,
     },

@@ -115,6 +115,9 @@ pub enum ConfigError {
 pub struct ConfigProblem {
     pub path: String,
     pub message: String,
+    /// The problem is about this host, not the file: a file or environment variable the config names
+    /// does not exist here (`check-config --offline` skips these).
+    pub on_host: bool,
 }
 
 impl fmt::Display for ConfigProblem {

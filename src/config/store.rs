@@ -168,7 +168,7 @@ fn validate_postgres(raw: &RawStore, audit_dir: Option<&PathBuf>, p: &mut Proble
         if tls != UpstreamTls::VerifyFull {
             p.push("store.ca", "only used with store.tls = \"verify-full\"");
         } else if !ca.is_file() {
-            p.push("store.ca", format!("{} is not a readable file", ca.display()));
+            p.push_on_host("store.ca", format!("{} is not a readable file", ca.display()));
         }
     }
     let pool_size = p.positive("store.pool_size", raw.pool_size, DEFAULT_POOL_SIZE, 1000) as usize;

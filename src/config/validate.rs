@@ -24,6 +24,16 @@ impl Problems {
         self.0.push(ConfigProblem {
             path: path.into(),
             message: message.into(),
+            on_host: false,
+        });
+    }
+
+    /// A file or environment variable named by the config that this host does not have.
+    pub(super) fn push_on_host(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigProblem {
+            path: path.into(),
+            message: message.into(),
+            on_host: true,
         });
     }
 
@@ -339,6 +349,7 @@ pub fn roles_from_json(value: serde_json::Value) -> Result<BTreeMap<String, Role
             ConfigError::Invalid(vec![ConfigProblem {
                 path: "roles".into(),
                 message: e.to_string(),
+                on_host: false,
             }])
         })?;
     let mut p = Problems::default();
@@ -432,7 +443,7 @@ fn validate_proxy(raw: &RawProxy, p: &mut Problems) -> ProxyConfig {
             match value {
                 None => p.push(key, "required unless proxy.tls = \"disabled\""),
                 Some(path) if !path.is_file() => {
-                    p.push(key, format!("{} is not a readable file", path.display()))
+                    p.push_on_host(key, format!("{} is not a readable file", path.display()))
                 }
                 Some(_) => {}
             }
@@ -661,7 +672,7 @@ pub(super) fn resolve_password(cred: &RawCredential, path: &str, p: &mut Problem
         return match std::env::var(var) {
             Ok(v) => Some(Secret::new(v)),
             Err(_) => {
-                p.push(
+                p.push_on_host(
                     format!("{path}.password_env"),
                     format!("environment variable {var} is not set"),
                 );
@@ -673,7 +684,7 @@ pub(super) fn resolve_password(cred: &RawCredential, path: &str, p: &mut Problem
         return match std::fs::read_to_string(file) {
             Ok(v) => Some(Secret::new(v.trim_end_matches(['\n', '\r']).to_owned())),
             Err(e) => {
-                p.push(
+                p.push_on_host(
                     format!("{path}.password_file"),
                     format!("cannot read {}: {e}", file.display()),
                 );

@@ -5,11 +5,12 @@
 //! upstream login roles, writes a real config file into the demo directory and loads it with
 //! [`Config::load`] (so the demo proves its config is valid), starts a real instance through
 //! [`crate::app::run`], issues two grants through [`crate::grants::GrantService::issue`] and prints
-//! ready-to-paste `psql` commands. Ctrl-C (or SIGTERM/SIGHUP) stops the instance, the cluster and
+//! ready-to-paste `psql` commands and the `export` lines of one admin-API identity per person of the
+//! README's walkthrough ([`IDENTITIES`]; `tests/demo.rs` runs the README's marked blocks against it). Ctrl-C (or SIGTERM/SIGHUP) stops the instance, the cluster and
 //! removes the demo directory.
 //!
 //! What it must never do:
-//! - print or log a secret other than on the terminal, once: the admin token and the two grant tokens
+//! - print or log a secret other than on the terminal, once: the identities' tokens and the two grant tokens
 //!   are printed to stdout (it is a demo), never through `tracing`; the upstream roles' passwords are
 //!   printed nowhere and written only into the demo config file (mode 0600) — their `CREATE ROLE`
 //!   statements run with `log_statement = 'none'` so the server log does not keep them either;
@@ -333,12 +334,56 @@ struct Demo {
 /// A timebox instance started with [`app::run`]: sending on `stop` resolves its shutdown future.
 type Instance = (oneshot::Sender<()>, JoinHandle<Result<(), AppError>>);
 
-/// Secrets made at demo start. Never printed except the admin token, once, on the terminal.
+/// An admin-API identity the demo makes: one per person of the README's access workflow, so the
+/// walkthrough (request → approve → connect → audit) runs against the demo as written.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity {
+    /// The token's name: the principal (for a requester, the PostgreSQL user name; for an auditor,
+    /// the `timebox_audit` login).
+    pub name: &'static str,
+    /// The shell variable the banner's `export` line sets to the token (`$ALICE` in the README).
+    pub env: &'static str,
+    pub roles: &'static [&'static str],
+    /// What the identity is for, in the banner.
+    pub words: &'static str,
+}
+
+/// Every identity the README uses, in the order the banner prints them. `admin` is also exported as
+/// `TIMEBOX_ADMIN_TOKEN`.
+pub const IDENTITIES: [Identity; 4] = [
+    Identity {
+        name: "admin",
+        env: "ADMIN",
+        roles: &["admin"],
+        words: "admin: issues, extends, revokes grants",
+    },
+    Identity {
+        name: "alice",
+        env: "ALICE",
+        roles: &["requester"],
+        words: "requester, PostgreSQL user alice",
+    },
+    Identity {
+        name: "bob",
+        env: "BOB",
+        roles: &["approver"],
+        words: "approver: reviews requests, kills sessions",
+    },
+    Identity {
+        name: "audrey",
+        env: "AUDREY",
+        roles: &["auditor"],
+        words: "auditor: audit search, psql dbname=timebox_audit user=audrey",
+    },
+];
+
+/// Secrets made at demo start. Never printed except the identities' tokens, once, on the terminal.
 struct Secrets {
     read_password: String,
     write_password: String,
     admin_password: String,
-    admin_token: String,
+    /// Admin-API tokens of [`IDENTITIES`], in the same order.
+    tokens: [String; 4],
 }
 
 impl Secrets {
@@ -349,7 +394,7 @@ impl Secrets {
             read_password: "r\"e'ad\\pw".into(),
             write_password: "write-pw".into(),
             admin_password: "admin-pw".into(),
-            admin_token: "tbxadmin_test".into(),
+            tokens: IDENTITIES.map(|i| format!("tbxadmin_test_{}", i.name)),
         }
     }
 
@@ -358,7 +403,7 @@ impl Secrets {
             read_password: random_alphanumeric(32),
             write_password: random_alphanumeric(32),
             admin_password: random_alphanumeric(32),
-            admin_token: random_admin_token(),
+            tokens: IDENTITIES.map(|_| random_admin_token()),
         }
     }
 }
@@ -441,8 +486,6 @@ impl Demo {
             admin: admin_addr,
             cert: &cert,
             key: &key,
-            admin_token_sha256: &crate::grants::token::sha256_hex(&secrets.admin_token),
-            admin_token_scram: &crate::cli::admin_token::admin_token_scram(&secrets.admin_token),
             upstream_port,
             secrets: &secrets,
         });
@@ -471,7 +514,7 @@ impl Demo {
                 cluster,
                 dir: &self.dir,
                 keep: self.keep,
-                admin_token: &secrets.admin_token,
+                tokens: &secrets.tokens,
                 grants: [&alice, &bob],
             })
         );

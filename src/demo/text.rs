@@ -1,16 +1,16 @@
 //! The demo's texts: the config file it writes into the demo directory and the banner it prints
-//! (the admin token once, the two grants' psql commands).
+//! (the identities' tokens once, the two grants' psql commands).
 //!
 //! Where it sits: under [`crate::demo`], outside the serving path; pure functions of what the demo
 //! started. What it must never do: put a secret anywhere but the config file (mode 0600, upstream
-//! passwords and only the admin token's hashes) and the terminal banner.
+//! passwords and only the identities' token hashes) and the terminal banner.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 
 use super::cluster::Cluster;
-use super::{DemoGrant, Secrets, ADMIN_ROLE, DATABASE, READ_ROLE, WRITE_ROLE};
+use super::{DemoGrant, Secrets, ADMIN_ROLE, DATABASE, IDENTITIES, READ_ROLE, WRITE_ROLE};
 
 /// A TOML basic string, escaped by the toml crate.
 fn toml_string(value: &str) -> String {
@@ -28,9 +28,6 @@ pub(super) struct ConfigParams<'a> {
     pub(super) admin: SocketAddr,
     pub(super) cert: &'a Path,
     pub(super) key: &'a Path,
-    pub(super) admin_token_sha256: &'a str,
-    /// SCRAM verifier of the same token (for psql to `timebox_audit`).
-    pub(super) admin_token_scram: &'a str,
     pub(super) upstream_port: u16,
     pub(super) secrets: &'a Secrets,
 }
@@ -51,12 +48,7 @@ shutdown_grace = "5s"
 [admin]
 listen = "{admin}"
 
-[[admin.tokens]]
-name = "demo"
-sha256 = "{admin_sha}"
-scram = "{admin_scram}"
-roles = ["admin", "auditor"]
-
+{admin_tokens}
 [store]
 url = {store}
 
@@ -89,6 +81,7 @@ max_ttl = "8h"
 [roles.write]
 allow = ["read", "write"]
 max_ttl = "2h"
+require_where = true
 
 [roles.admin]
 allow = ["read", "write", "ddl", "admin"]
@@ -98,8 +91,7 @@ max_ttl = "1h"
         admin = p.admin,
         cert = toml_path(p.cert),
         key = toml_path(p.key),
-        admin_sha = p.admin_token_sha256,
-        admin_scram = p.admin_token_scram,
+        admin_tokens = admin_tokens_text(&p.secrets.tokens),
         store = toml_string(&format!("sqlite://{}", p.dir.join("timebox.db").display())),
         jsonl = toml_path(&p.dir.join("audit.jsonl")),
         upstream_port = p.upstream_port,
@@ -109,6 +101,40 @@ max_ttl = "1h"
     )
 }
 
+/// One `[[admin.tokens]]` entry per demo identity: the token's SHA-256 (API) and SCRAM verifier
+/// (`timebox_audit`), never the token.
+fn admin_tokens_text(tokens: &[String; 4]) -> String {
+    let mut out = String::new();
+    for (identity, token) in IDENTITIES.iter().zip(tokens) {
+        let roles: Vec<String> = identity.roles.iter().map(|r| toml_string(r)).collect();
+        let _ = writeln!(
+            out,
+            "[[admin.tokens]]\nname = {}\nsha256 = \"{}\"\nscram = \"{}\"\nroles = [{}]\n",
+            toml_string(identity.name),
+            crate::grants::token::sha256_hex(token),
+            crate::cli::admin_token::admin_token_scram(token),
+            roles.join(", "),
+        );
+    }
+    out
+}
+
+/// `export NAME=token   # what it is for` per identity, then `TIMEBOX_ADMIN_TOKEN=$ADMIN`: what the
+/// README's commands expect in the shell.
+pub(super) fn export_lines(tokens: &[String; 4]) -> Vec<String> {
+    let mut lines: Vec<String> = IDENTITIES
+        .iter()
+        .zip(tokens)
+        .map(|(i, token)| format!("export {}={token}   # {} ({})", i.env, i.name, i.words))
+        .collect();
+    lines.push(format!(
+        "export {}=${}",
+        crate::cli::client::ADMIN_TOKEN_ENV,
+        IDENTITIES[0].env
+    ));
+    lines
+}
+
 /// What the banner shows.
 pub(super) struct Banner<'a> {
     pub(super) proxy: SocketAddr,
@@ -116,7 +142,8 @@ pub(super) struct Banner<'a> {
     pub(super) cluster: &'a Cluster,
     pub(super) dir: &'a Path,
     pub(super) keep: bool,
-    pub(super) admin_token: &'a str,
+    /// Tokens of [`IDENTITIES`], in order.
+    pub(super) tokens: &'a [String; 4],
     pub(super) grants: [&'a DemoGrant; 2],
 }
 
@@ -215,16 +242,26 @@ pub(super) fn banner(b: &Banner<'_>) -> String {
         out,
         "             DROP TABLE orders;                 -- refused: role write has no DDL"
     );
+    let _ = writeln!(
+        out,
+        "             DELETE FROM orders;                -- refused: role write has require_where"
+    );
     let _ = writeln!(out, "  see what reached PostgreSQL, and as which role:");
     let _ = writeln!(out, "             tail -f {}", b.cluster.log_path().display());
     let _ = writeln!(out);
-    let _ = writeln!(out, "Manage grants from another terminal (admin API / CLI):");
     let _ = writeln!(
         out,
-        "  export {}={admin_url} {}={}",
-        crate::cli::client::ADMIN_URL_ENV,
-        crate::cli::client::ADMIN_TOKEN_ENV,
-        b.admin_token
+        "Admin-API identities, one per person of the README's walkthrough (tokens shown only now)."
+    );
+    let _ = writeln!(out, "Paste these lines into another terminal:");
+    let _ = writeln!(out, "  export {}={admin_url}", crate::cli::client::ADMIN_URL_ENV);
+    for line in export_lines(b.tokens) {
+        let _ = writeln!(out, "  {line}");
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Then, as admin (README: Managing grants; the access workflow uses $ALICE, $BOB, $AUDREY):"
     );
     let _ = writeln!(out, "  timebox grant list");
     let _ = writeln!(
@@ -268,8 +305,6 @@ mod tests {
             admin: "127.0.0.1:9187".parse().unwrap(),
             cert: &cert,
             key: &key,
-            admin_token_sha256: &crate::grants::token::sha256_hex(&s.admin_token),
-            admin_token_scram: &crate::cli::admin_token::admin_token_scram(&s.admin_token),
             upstream_port: 54321,
             secrets: &s,
         });
@@ -277,18 +312,22 @@ mod tests {
         assert_eq!(config.proxy.listen.port(), 6432);
         assert_eq!(config.proxy.tls, crate::config::ClientTls::Required);
         assert_eq!(config.admin.listen.port(), 9187);
-        assert_eq!(config.admin.tokens.len(), 1);
+        assert_eq!(config.admin.tokens.len(), IDENTITIES.len());
+        for ((identity, token), entry) in IDENTITIES.iter().zip(&s.tokens).zip(&config.admin.tokens) {
+            assert_eq!(entry.name, identity.name);
+            assert!(
+                !text.contains(token.as_str()),
+                "only the token's hashes go into the config"
+            );
+            let verifier = entry.scram.clone().expect("psql can log in to timebox_audit");
+            assert_eq!(
+                verifier,
+                crate::grants::token::ScramVerifier::derive(token, &verifier.salt, verifier.iterations)
+            );
+        }
         assert!(
-            !text.contains(&s.admin_token),
-            "only the token's hash goes into the config"
-        );
-        let verifier = config.admin.tokens[0]
-            .scram
-            .clone()
-            .expect("psql can log in to timebox_audit");
-        assert_eq!(
-            verifier,
-            crate::grants::token::ScramVerifier::derive(&s.admin_token, &verifier.salt, verifier.iterations)
+            config.roles["write"].require_where,
+            "the demo shows the guard against DELETE without WHERE (issue 17)"
         );
         assert_eq!(
             config.store,
@@ -315,6 +354,23 @@ mod tests {
             ]
         );
         assert_eq!(config.roles["admin"].max_ttl, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn export_lines_set_every_readme_variable() {
+        let s = secrets();
+        let lines = export_lines(&s.tokens);
+        assert_eq!(
+            lines[1],
+            "export ALICE=tbxadmin_test_alice   # alice (requester, PostgreSQL user alice)"
+        );
+        assert_eq!(lines.last().unwrap(), "export TIMEBOX_ADMIN_TOKEN=$ADMIN");
+        for env in ["ADMIN", "ALICE", "BOB", "AUDREY"] {
+            assert!(
+                lines.iter().any(|l| l.starts_with(&format!("export {env}="))),
+                "{env}: {lines:?}"
+            );
+        }
     }
 
     #[test]

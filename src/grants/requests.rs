@@ -124,13 +124,31 @@ pub struct RequestView {
     #[serde(flatten)]
     pub request: AccessRequest,
     pub status: RequestStatus,
+    /// Only in the answer that filed the request, when it got less than asked: the break-glass TTL
+    /// cap ([`ttl_cap_note`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl RequestView {
     pub fn at(request: AccessRequest, now: DateTime<Utc>) -> Self {
         let status = request.status_at(now);
-        RequestView { request, status }
+        RequestView {
+            request,
+            status,
+            note: None,
+        }
     }
+}
+
+/// What to tell a requester whose `asked` TTL became the shorter `granted` one (break-glass requests
+/// are capped at the role's `break_glass_max_ttl`, never refused for length); `None` if nothing was cut.
+pub fn ttl_cap_note(asked: &str, granted: &str, role: &str) -> Option<String> {
+    let (a, g) = (
+        humantime::parse_duration(asked).ok()?,
+        humantime::parse_duration(granted).ok()?,
+    );
+    (a > g).then(|| format!("ttl {asked} was capped at {granted} (break_glass_max_ttl of role {role})"))
 }
 
 fn request_fields(view: &RequestView) -> serde_json::Value {
@@ -708,6 +726,16 @@ mod tests {
             ticket: None,
             break_glass,
         }
+    }
+
+    #[test]
+    fn a_capped_ttl_is_named_and_an_uncut_one_is_not() {
+        assert_eq!(
+            ttl_cap_note("2h", "1h", "admin").as_deref(),
+            Some("ttl 2h was capped at 1h (break_glass_max_ttl of role admin)")
+        );
+        assert_eq!(ttl_cap_note("30m", "30m", "admin"), None);
+        assert_eq!(ttl_cap_note("60m", "1h", "admin"), None);
     }
 
     #[test]

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::classify::{classify, classify_with_constants, Classification};
@@ -34,8 +33,9 @@ use super::shape::{literal_independent, literal_shape, map_offset};
 pub struct ClassifyCache {
     inner: Mutex<Levels>,
     half: usize,
-    /// Answers given by the shape level (for tests and benchmarks: proof that it is used).
-    shape_hits: AtomicU64,
+    /// Answers given by the shape level: `timebox_classify_shape_hits_total` when the proxy made the
+    /// cache with [`ClassifyCache::counting`] (tests and benchmarks read it too: proof it is used).
+    shape_hits: prometheus::IntCounter,
 }
 
 /// At most this many classifications per shape entry: texts of one shape differ in their span only
@@ -66,6 +66,14 @@ struct ShapeEntry {
 impl ClassifyCache {
     /// `capacity` entries at most per level (at least 2).
     pub fn new(capacity: usize) -> ClassifyCache {
+        let uncounted = prometheus::IntCounter::new("classify_shape_hits", "shape-level answers")
+            .expect("a valid metric name and help");
+        ClassifyCache::counting(capacity, uncounted)
+    }
+
+    /// As [`ClassifyCache::new`], counting shape-level answers in `shape_hits` (a registered
+    /// counter).
+    pub fn counting(capacity: usize, shape_hits: prometheus::IntCounter) -> ClassifyCache {
         let half = (capacity / 2).max(1);
         ClassifyCache {
             inner: Mutex::new(Levels {
@@ -73,7 +81,7 @@ impl ClassifyCache {
                 shapes: Generations::new(half),
             }),
             half,
-            shape_hits: AtomicU64::new(0),
+            shape_hits,
         }
     }
 
@@ -101,7 +109,7 @@ impl ClassifyCache {
                 })
                 .flatten();
             if let Some(hit) = hit {
-                self.shape_hits.fetch_add(1, Ordering::Relaxed);
+                self.shape_hits.inc();
                 return hit;
             }
         }
@@ -141,7 +149,7 @@ impl ClassifyCache {
 
     /// How many classifications the shape level has answered.
     pub fn shape_hits(&self) -> u64 {
-        self.shape_hits.load(Ordering::Relaxed)
+        self.shape_hits.get()
     }
 
     fn lock(&self) -> MutexGuard<'_, Levels> {

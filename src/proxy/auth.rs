@@ -197,7 +197,7 @@ pub async fn authenticate(
     if let Some(why) = grant.refusal_at(grants.now()) {
         return Err(refused(
             AuthFailure::GrantNotCurrent,
-            PgError::grant_not_current(&why),
+            grant_refusal(&grant, grants.now(), &why),
             why,
             false,
         ));
@@ -414,6 +414,20 @@ impl AuthThrottle {
             key,
             windows: [entry.start, address.start, global.start],
         })
+    }
+}
+
+/// The FATAL for a right token whose grant does not admit a session at `now` (`why` is
+/// [`Grant::refusal_at`]'s text): a grant that has not started tells the engineer to come back then;
+/// any other, to ask for a new grant.
+pub(crate) fn grant_refusal(
+    grant: &crate::grants::Grant,
+    now: chrono::DateTime<chrono::Utc>,
+    why: &str,
+) -> PgError {
+    match grant.status_at(now) {
+        crate::grants::GrantStatus::Pending => PgError::grant_not_started(why),
+        _ => PgError::grant_not_current(why),
     }
 }
 

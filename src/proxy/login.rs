@@ -121,8 +121,9 @@ pub(crate) async fn authenticate(
         }
     }
     let grant = watch.current();
-    if let Some(why) = grant.refusal_at(ctx.clock.now()) {
-        return Err(PgError::grant_not_current(&why));
+    let now = ctx.clock.now();
+    if let Some(why) = grant.refusal_at(now) {
+        return Err(super::auth::grant_refusal(&grant, now, &why));
     }
     Ok(Some((grant, watch)))
 }

@@ -115,6 +115,7 @@ impl ProxyState {
             })?;
             upstream_tls.insert(name.clone(), client);
         }
+        let metrics = Arc::new(crate::metrics::Metrics::new()?);
         Ok(ProxyState {
             tls,
             upstream_tls,
@@ -125,13 +126,16 @@ impl ProxyState {
                 per_address: config.proxy.auth_failures_per_address_per_minute,
                 global: config.proxy.auth_failures_global_per_minute,
             }),
-            metrics: Arc::new(crate::metrics::Metrics::new()?),
+            classify_cache: Arc::new(crate::policy::ClassifyCache::counting(
+                CLASSIFY_CACHE_ENTRIES,
+                metrics.classify_shape_hits_total.clone(),
+            )),
+            metrics,
             policies: config
                 .roles
                 .iter()
                 .map(|(name, role)| (name.clone(), Arc::new(crate::policy::RolePolicy::from_role(role))))
                 .collect(),
-            classify_cache: Arc::new(crate::policy::ClassifyCache::new(CLASSIFY_CACHE_ENTRIES)),
             salted_passwords: scram::SaltedPasswordCache::default(),
             precheck_permits: Arc::new(Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),

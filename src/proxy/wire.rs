@@ -193,6 +193,12 @@ impl PgError {
         )
     }
 
+    /// 28000: right token, but the grant has not started yet (`why` says when it starts).
+    pub fn grant_not_started(why: &str) -> Self {
+        Self::invalid_authorization_specification(format!("access denied: {why}"))
+            .with_hint("The grant is not active yet: connect again from its start time.")
+    }
+
     /// 28000: right token, but the grant does not admit a session now.
     pub fn grant_not_current(why: &str) -> Self {
         Self::invalid_authorization_specification(format!("access denied: {why}"))
