@@ -16,7 +16,9 @@ use serde::Deserialize;
 use crate::policy::StatementClass;
 use crate::webhooks::WebhookEvent;
 
+mod fleet;
 mod store;
+pub use fleet::FleetConfig;
 pub use store::{PostgresStoreConfig, StoreConfig};
 
 /// Statement classes a role may be allowed (enforced by the policy layer): the names
@@ -141,6 +143,7 @@ pub struct RawConfig {
     proxy: RawProxy,
     admin: RawAdmin,
     store: Option<store::RawStore>,
+    fleet: Option<fleet::RawFleet>,
     audit: Option<RawAudit>,
     #[serde(default)]
     targets: BTreeMap<String, RawTarget>,
@@ -278,6 +281,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub admin: AdminConfig,
     pub store: StoreConfig,
+    /// `[fleet]`: `Some` exactly with a PostgreSQL store (see [`fleet`]).
+    pub fleet: Option<FleetConfig>,
     pub audit: AuditConfig,
     pub targets: BTreeMap<String, Target>,
     pub roles: BTreeMap<String, Role>,
@@ -630,6 +635,11 @@ impl RawConfig {
         let admin = validate_admin(&self.admin, &mut p);
         let audit_dir = self.audit.as_ref().and_then(|a| a.dir.as_ref());
         let store = store::validate_store(self.store.as_ref(), audit_dir, &mut p);
+        let fleet = fleet::validate_fleet(
+            self.fleet.as_ref(),
+            matches!(store, StoreConfig::Postgres(_)),
+            &mut p,
+        );
         let audit = validate_audit(self.audit.as_ref(), &mut p);
 
         let (roles, workflow) = validate_roles(&self.roles, &mut p);
@@ -725,6 +735,7 @@ impl RawConfig {
                 proxy,
                 admin,
                 store,
+                fleet,
                 audit,
                 targets,
                 roles,

@@ -455,10 +455,12 @@ async fn open_session(
         secret: backend_secret,
     };
     let cancel_key = state.proxy.cancel_keys.register(upstream_cancel.clone());
-    let handle = state
-        .proxy
-        .sessions
-        .register(&grant, peer, tls.map(|t| t.version.clone()));
+    let handle = state.proxy.sessions.register(
+        &grant,
+        peer,
+        tls.map(|t| t.version.clone()),
+        params.application_name.clone(),
+    );
     let start = AuditEvent::SessionStart(audit_event::SessionStart {
         application_name: params.application_name.clone(),
         client_addr: peer.to_string(),
