@@ -328,3 +328,68 @@ async fn with_the_listener_killed_and_no_notification_the_reconcile_still_severs
         "B listens again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_instances_sessions_drop_out_and_a_second_live_instance_of_a_name_is_refused() {
+    let (db, a, _b) = fleet("60s").await;
+    // An instance whose last heartbeat is older than instance_timeout (as after kill -9), with a
+    // session it never deregistered.
+    let db2 = db.clone();
+    tokio::task::spawn_blocking(move || {
+        db2.psql(
+            "INSERT INTO timebox.instances (name, incarnation, advertise, version, started_at, heartbeat_at, sessions) \
+             VALUES ('tb-dead', 'x', '10.0.0.9:6432', '0.0.0', now() - interval '1 hour', now() - interval '1 minute', 1); \
+             INSERT INTO timebox.sessions (id, instance, grant_id, user_name, target, role, client_addr, started_at) \
+             VALUES ('s_00000000000000dd', 'tb-dead', 'g_x', 'mallory', 'shop', 'read', '10.0.0.1:1', now())",
+        )
+    })
+    .await
+    .unwrap();
+    let (status, list) = call(&a.admin_url(), Method::GET, "/v1/instances", ADMIN_TOKEN, None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let dead = list["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "tb-dead")
+        .expect("listed");
+    assert_eq!(dead["alive"], false, "{list}");
+    assert!(
+        sessions_on(&a)
+            .await
+            .iter()
+            .all(|(id, _)| id != "s_00000000000000dd"),
+        "a dead instance's session is not in the fleet view"
+    );
+    let (status, body) = call(
+        &a.admin_url(),
+        Method::DELETE,
+        "/v1/sessions/s_00000000000000dd",
+        ADMIN_TOKEN,
+        Some(json!({ "reason": "x" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    // A second instance named tb-a while tb-a is alive does not join.
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config_text(
+        &Options {
+            tls: "disabled",
+            store: Some(format!("{}\n[fleet]\ninstance = \"tb-a\"", db.store_lines())),
+            ..Options::default()
+        },
+        dir.path(),
+        5432,
+    );
+    let config = timebox::config::Config::from_toml_str(&text).expect("valid config");
+    let state = tokio::task::spawn_blocking(move || timebox::app::AppState::build(config))
+        .await
+        .unwrap()
+        .expect("state");
+    let err = state.fleet.as_ref().unwrap().register(&state).await.unwrap_err();
+    assert!(
+        matches!(err, timebox::fleet::FleetError::NameInUse(ref n) if n == "tb-a"),
+        "{err}"
+    );
+}
