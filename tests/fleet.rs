@@ -41,8 +41,12 @@ async fn call(
 
 /// Starts instance `name` on the store, with the given reconcile interval.
 async fn instance(db: &StoreDatabase, name: &str, reconcile: &str) -> TestInstance {
+    instance_with(db, name, reconcile, "10m").await
+}
+
+async fn instance_with(db: &StoreDatabase, name: &str, reconcile: &str, staleness: &str) -> TestInstance {
     let store = format!(
-        "{}\n[fleet]\ninstance = \"{name}\"\nreconcile_interval = \"{reconcile}\"\nmax_staleness = \"10m\"\n\
+        "{}\n[fleet]\ninstance = \"{name}\"\nreconcile_interval = \"{reconcile}\"\nmax_staleness = \"{staleness}\"\n\
          heartbeat_interval = \"250ms\"\ninstance_timeout = \"5s\"",
         db.store_lines()
     );
@@ -391,5 +395,78 @@ async fn a_dead_instances_sessions_drop_out_and_a_second_live_instance_of_a_name
     assert!(
         matches!(err, timebox::fleet::FleetError::NameInUse(ref n) if n == "tb-a"),
         "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_store_gone_logins_get_08006_stale_sessions_are_severed_and_all_resumes_when_it_returns() {
+    let db = Arc::new(StoreDatabase::create_async().await);
+    let b = instance_with(&db, "tb-b", "1s", "3s").await;
+    let (id, token) = issue_on(&b, "alice", "30m").await;
+    let query = sleeping_session(&b, "alice", &token, &id).await;
+
+    // The store refuses every connection, and the ones it had are cut.
+    let database = db.database.clone();
+    tokio::task::spawn_blocking(move || {
+        common::cluster::shared_cluster()
+            .psql(
+                "postgres",
+                &format!(
+                    "ALTER DATABASE {database} ALLOW_CONNECTIONS false; \
+                     SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{database}'"
+                ),
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+    })
+    .await
+    .unwrap();
+    let started = Instant::now();
+
+    // A new login fails closed, naming the store.
+    let err = tokio_postgres::connect(&b.conn_string("alice", &token, "disable"), NoTls)
+        .await
+        .map(|_| ())
+        .expect_err("no login without the store");
+    let db_err = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+    assert_eq!(db_err.code().code(), "08006", "{}", db_err.message());
+    assert!(db_err.message().contains("store"), "{}", db_err.message());
+
+    // The live session goes once its grant state is older than max_staleness (3 s).
+    let (code, message) = severed(query, Duration::from_secs(30)).await;
+    println!(
+        "store gone: the stale session was severed after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(code, "57P01", "{message}");
+    assert!(message.contains("max_staleness"), "{message}");
+
+    // The store comes back: logins work again without a restart.
+    let database = db.database.clone();
+    tokio::task::spawn_blocking(move || {
+        common::cluster::shared_cluster()
+            .psql(
+                "postgres",
+                &format!("ALTER DATABASE {database} ALLOW_CONNECTIONS true"),
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+    })
+    .await
+    .unwrap();
+    let conn = b.conn_string("alice", &token, "disable");
+    assert!(
+        common::eventually(Duration::from_secs(30), || {
+            let conn = conn.clone();
+            async move {
+                match tokio_postgres::connect(&conn, NoTls).await {
+                    Ok((client, connection)) => {
+                        tokio::spawn(connection);
+                        client.simple_query("SELECT 1").await.is_ok()
+                    }
+                    Err(_) => false,
+                }
+            }
+        })
+        .await,
+        "logins work again once the store is back"
     );
 }

@@ -28,6 +28,10 @@ pub async fn refresh(state: &AppState) {
     m.audit_index_lag.set(state.audit.index_lag() as i64);
     m.classify_shape_hits
         .set(state.proxy.classify_cache.shape_hits() as i64);
+    if let Some(fleet) = &state.fleet {
+        m.fleet_reconcile_age_seconds
+            .set(fleet.reconcile_age().map_or(-1.0, |d| d.as_secs_f64()));
+    }
     match state.grants.counts().await {
         Ok(c) => {
             for (label, n) in [

@@ -13,6 +13,11 @@
 //!   the kill requests for them, so a lost notification or a dropped listener connection cannot
 //!   leave a revoked grant's session alive longer than that.
 //!
+//! Store outage: while the reconcile fails, `timebox_store_up` is 0; past `max_staleness` without
+//! a successful one, every local session is severed (FATAL 57P01 saying why), and logins fail
+//! closed with 08006 ([`crate::proxy::wire::PgError::store_unreachable`]). Nothing needs a restart
+//! when the store returns: the pool reconnects, the listener reconnects and catches up.
+//!
 //! What it must never do: decide a session's fate from anything but the store's current row (a
 //! notification only says *what* to re-read), carry a secret in a notification, or run a session
 //! on a grant it could not re-read without saying so in the logs.
@@ -60,6 +65,24 @@ pub struct Fleet {
     registration: std::sync::OnceLock<Registration>,
     /// When the grants of the local sessions were last re-read successfully.
     last_reconcile: Mutex<Option<Instant>>,
+    /// When this instance started (the staleness clock's origin before the first reconcile).
+    started: Instant,
+}
+
+/// How long the local sessions' grant state has gone unconfirmed, if that is past `max`
+/// (`[fleet] max_staleness`): those sessions must be severed. Pure.
+pub fn stale_for(last_ok: Instant, now: Instant, max: Duration) -> Option<Duration> {
+    let age = now.saturating_duration_since(last_ok);
+    (age > max).then_some(age)
+}
+
+/// What a session severed for staleness is told (after "session killed by timebox"). Pure.
+pub fn stale_reason(age: Duration, max: Duration) -> String {
+    format!(
+        "its grant's state is unknown: the store has not answered for {}s, past [fleet] max_staleness of {}",
+        age.as_secs(),
+        humantime::format_duration(max)
+    )
 }
 
 /// The advertised address: the configured one, else the proxy's bound address. Pure.
@@ -83,6 +106,7 @@ impl Fleet {
             started_at: chrono::Utc::now(),
             registration: std::sync::OnceLock::new(),
             last_reconcile: Mutex::new(None),
+            started: Instant::now(),
         }
     }
 
@@ -354,8 +378,24 @@ impl Fleet {
             tracing::warn!(error = %e, "cannot read kill requests");
             ok = false;
         }
+        state.proxy.metrics.store_up.set(i64::from(ok));
+        let mut last = self.last_reconcile.lock().unwrap_or_else(|e| e.into_inner());
         if ok {
-            *self.last_reconcile.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            *last = Some(Instant::now());
+            return;
+        }
+        let Some(age) = stale_for(
+            last.unwrap_or(self.started),
+            Instant::now(),
+            self.config.max_staleness,
+        ) else {
+            return;
+        };
+        drop(last);
+        for session in state.proxy.sessions.list() {
+            tracing::warn!(session.id = %session.name(), stale_secs = age.as_secs(), "severing a session whose grant state is stale");
+            state.proxy.metrics.fleet_stale_severed_total.inc();
+            session.kill("timebox", &stale_reason(age, self.config.max_staleness));
         }
     }
 
@@ -375,6 +415,31 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_go_stale_only_past_max_staleness() {
+        let t0 = Instant::now();
+        let max = Duration::from_secs(30);
+        assert_eq!(stale_for(t0, t0, max), None);
+        assert_eq!(
+            stale_for(t0, t0 + max, max),
+            None,
+            "exactly at the bound is still fresh"
+        );
+        assert_eq!(
+            stale_for(t0, t0 + Duration::from_secs(31), max),
+            Some(Duration::from_secs(31))
+        );
+        assert_eq!(
+            stale_for(t0 + max, t0, max),
+            None,
+            "a clock that went back is not stale"
+        );
+        assert_eq!(
+            stale_reason(Duration::from_secs(31), max),
+            "its grant's state is unknown: the store has not answered for 31s, past [fleet] max_staleness of 30s"
+        );
+    }
 
     #[test]
     fn the_advertised_address_is_the_configured_one_else_the_bound_proxy() {

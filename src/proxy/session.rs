@@ -334,7 +334,10 @@ async fn authenticate(
         Ok(fresh) => state.grants.watches().publish(&fresh),
         Err(e) => {
             tracing::error!(error = %e, "grant store unavailable");
-            return Err(PgError::grant_store_unavailable());
+            return Err(match &e {
+                crate::grants::GrantError::Store(store) => PgError::for_store_error(store),
+                _ => PgError::grant_store_unavailable(),
+            });
         }
     }
     let grant = watch.current();
