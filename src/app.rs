@@ -29,6 +29,8 @@ pub enum AppError {
     Proxy(#[from] ProxyError),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
     #[error("admin listener failed: {0}")]
     Admin(#[source] std::io::Error),
 }
@@ -53,6 +55,9 @@ pub struct AppState {
     pub requests: RequestService,
     /// Notification dispatcher; its delivery task is started by `run`.
     pub webhooks: Arc<Webhooks>,
+    /// This instance's membership of the fleet (`Some` with a PostgreSQL store); its loops are
+    /// started by `run`.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 impl AppState {
@@ -77,6 +82,12 @@ impl AppState {
         // Grant and request changes are recorded and announced by the services themselves.
         let effects = Effects::new(audit.clone(), webhooks.clone(), clock.clone());
         let grants = GrantService::new(store.clone(), config.clone(), clock.clone(), effects);
+        let fleet = match (&config.fleet, &config.store, store.postgres_store()) {
+            (Some(fleet), crate::config::StoreConfig::Postgres(pg), Some(pg_store)) => Some(Arc::new(
+                crate::fleet::Fleet::new(fleet.clone(), pg_store.clone(), (**pg).clone()),
+            )),
+            _ => None,
+        };
         let requests = RequestService::new(store, grants.clone(), config.clone(), clock.clone());
         Ok(Arc::new(AppState {
             config,
@@ -89,6 +100,7 @@ impl AppState {
             audit_writer: std::sync::Mutex::new(Some(audit_writer)),
             requests,
             webhooks,
+            fleet,
         }))
     }
 }
@@ -164,6 +176,9 @@ pub async fn run(
             off.join(" and ")
         );
     }
+    if let Some(fleet) = &state.fleet {
+        fleet.register(&state).await?;
+    }
     let admin_router = crate::admin::router(state.clone());
     let admin_shutdown = state.shutdown.clone();
     let admin_limits = crate::admin::server::AdminLimits::from(&state.config.admin);
@@ -176,6 +191,10 @@ pub async fn run(
     let proxy = tokio::spawn(proxy::serve(proxy_context(&state), listeners.proxy));
     let webhooks = tokio::spawn(state.webhooks.clone().run(state.shutdown.clone()));
     let expiry = tokio::spawn(expiry_task(state.clone()));
+    let fleet = state
+        .fleet
+        .clone()
+        .map(|fleet| tokio::spawn(fleet.run(state.clone())));
 
     shutdown.await;
     tracing::info!("shutting down: closing listeners and draining sessions");
@@ -183,6 +202,9 @@ pub async fn run(
     let proxy_result = proxy.await.map_err(ProxyError::Task)?;
     let admin_result = admin.await.map_err(ProxyError::Task)?;
     let _ = expiry.await;
+    if let Some(fleet) = fleet {
+        let _ = fleet.await;
+    }
     let _ = webhooks.await;
     let audit_writer = state
         .audit_writer

@@ -12,7 +12,9 @@
 //! 5. Every decision and outcome is recorded by [`audit`] (hash-chained, acknowledged before the
 //!    statement goes upstream); [`auditsql`] serves it to auditors as `dbname=timebox_audit`.
 //! 6. Each session's relay loop watches its grant: expiry, revocation and shutdown sever it.
-//! 7. [`webhooks`] tell chat about requests, grants and sessions; [`metrics`] are served at `/metrics`.
+//! 7. With a PostgreSQL store, [`fleet`] shares sessions and grant changes between instances:
+//!    LISTEN/NOTIFY plus a periodic reconcile feed each session's grant watch.
+//! 8. [`webhooks`] tell chat about requests, grants and sessions; [`metrics`] are served at `/metrics`.
 //!
 //! Outside the serving path (nothing above depends on them): [`cli`] holds the `timebox` commands
 //! (`main.rs` only dispatches), [`demo`] holds `timebox demo` and its throwaway-cluster launcher
@@ -27,6 +29,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod fleet;
 pub mod grants;
 pub mod logging;
 pub mod metrics;

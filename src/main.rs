@@ -8,7 +8,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use timebox::cli::{admin_token, audit, check, grant, report, request, review, serve, session, store};
+use timebox::cli::{
+    admin_token, audit, check, grant, instance, report, request, review, serve, session, store,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -61,6 +63,8 @@ enum Command {
     Request(request::RequestArgs),
     /// List live sessions and kill one.
     Session(session::SessionArgs),
+    /// List the instances sharing a PostgreSQL store (roles admin, auditor).
+    Instance(instance::InstanceArgs),
     /// What each role was actually used for, from the audit trail, with a suggested narrower role
     /// (roles admin, auditor).
     Roles(review::RolesArgs),
@@ -92,6 +96,7 @@ async fn main() -> ExitCode {
         Command::Grant(args) => report(grant::run(args).await),
         Command::Request(args) => report(request::run(args).await),
         Command::Session(args) => report(session::run(args).await),
+        Command::Instance(args) => report(instance::run(args).await),
         Command::Audit(args) => audit::run(args).await,
         Command::Roles(args) => report(review::run_roles(args).await),
         Command::Policy(args) => review::run_policy(args).await,

@@ -5,8 +5,8 @@
 //! from the config, fixed reason/class/decision vocabularies) — never user names, grant ids or SQL.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,14 @@ pub struct Metrics {
     pub audit_failures_total: IntCounter,
     /// Webhook deliveries that failed after all retries, by event.
     pub webhook_failures_total: IntCounterVec,
+    /// Fleet only: 1 while the shared store answers the reconcile, 0 after it failed.
+    pub store_up: IntGauge,
+    /// Fleet only: seconds since the grants of live sessions were last re-read (refreshed when
+    /// scraped; -1 before the first reconcile).
+    pub fleet_reconcile_age_seconds: Gauge,
+    /// Fleet only: local sessions severed because their grant state was stale (store unreachable
+    /// past `[fleet] max_staleness`).
+    pub fleet_stale_severed_total: IntCounter,
 }
 
 impl Metrics {
@@ -144,6 +152,18 @@ impl Metrics {
                     "Time from submitting audit events to their durability acknowledgement"
                 )
                 .buckets(latency_buckets)
+            )?),
+            store_up: reg!(IntGauge::new(
+                "timebox_store_up",
+                "Fleet: 1 while the shared store answers the reconcile, 0 after it failed"
+            )?),
+            fleet_reconcile_age_seconds: reg!(Gauge::new(
+                "timebox_fleet_reconcile_age_seconds",
+                "Fleet: seconds since live sessions' grants were last re-read (-1 before the first)"
+            )?),
+            fleet_stale_severed_total: reg!(IntCounter::new(
+                "timebox_fleet_stale_severed_total",
+                "Fleet: sessions severed because the store was unreachable past max_staleness"
             )?),
             audit_failures_total: reg!(IntCounter::new(
                 "timebox_audit_failures_total",

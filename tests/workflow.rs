@@ -107,6 +107,7 @@ async fn every_endpoint_checks_every_role() {
             Some(reason.clone()),
             [OK, OK, NO, NO],
         ),
+        (Method::GET, "/v1/instances", None, [OK, NO, OK, NO]),
         (Method::GET, "/v1/audit", None, [OK, NO, OK, NO]),
         (Method::GET, "/v1/audit/verify", None, [OK, NO, OK, NO]),
         (Method::GET, "/v1/audit/head", None, [OK, NO, OK, NO]),

@@ -26,6 +26,10 @@ pub async fn refresh(state: &AppState) {
     let m = &state.proxy.metrics;
     m.audit_queue_depth.set(state.audit.queue_depth() as i64);
     m.audit_index_lag.set(state.audit.index_lag() as i64);
+    if let Some(fleet) = &state.fleet {
+        m.fleet_reconcile_age_seconds
+            .set(fleet.reconcile_age().map_or(-1.0, |d| d.as_secs_f64()));
+    }
     match state.grants.counts().await {
         Ok(c) => {
             for (label, n) in [

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod grants;
+pub mod instances;
 pub mod metrics;
 pub mod requests;
 pub mod review;
@@ -83,6 +84,7 @@ pub const ROLE_MATRIX: &[(&str, &str, &[&str])] = &[
         &["admin", "approver", "auditor", "requester"],
     ),
     ("DELETE", "/v1/sessions/{id}", &["admin", "approver"]),
+    ("GET", "/v1/instances", &["admin", "auditor"]),
     ("GET", "/v1/audit", &["admin", "auditor"]),
     ("GET", "/v1/audit/verify", &["admin", "auditor"]),
     ("GET", "/v1/audit/head", &["admin", "auditor"]),
@@ -97,6 +99,7 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         .merge(grants::routes())
         .merge(requests::routes())
         .merge(sessions::routes())
+        .merge(instances::routes())
         .merge(audit::routes())
         .merge(review::routes())
 }

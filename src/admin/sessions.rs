@@ -1,14 +1,20 @@
 //! `/v1/sessions`: the proxy's live sessions, and the kill switch.
 //!
-//! Reads [`crate::proxy::SessionRegistry`] (in memory, this instance only) and each session's grant
-//! from the store for its current expiry. Killing cancels the session's relay loop, which cancels a
-//! running query upstream, sends the client FATAL 57P01 naming who killed it and why, and audits the
-//! end as `killed`. Roles: listing `admin`, `approver`, `auditor` (a `requester` sees only sessions of
-//! its own user); killing `admin`, `approver`.
+//! Reads [`crate::proxy::SessionRegistry`] (in memory, this instance's sessions, with their
+//! counters) and, in a fleet ([`crate::fleet`]), the sessions other live instances registered in the
+//! store; each session's grant is read from the store for its current expiry. Killing a local
+//! session cancels its relay loop, which cancels a running query upstream, sends the client FATAL
+//! 57P01 naming who killed it and why, and audits the end as `killed`. Killing another instance's
+//! session writes a kill request that its owner acts on (notified at once, reconciled at the
+//! latest): the answer is 200 with `confirmed: true` once the owner has ended it, or 202 with
+//! `confirmed: false` if it has not within [`crate::fleet::KILL_CONFIRM_TIMEOUT`]. Roles: listing
+//! `admin`, `approver`, `auditor` (a `requester` sees only sessions of its own user); killing
+//! `admin`, `approver`.
 
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -21,6 +27,7 @@ use super::error::{ApiError, ErrorResponse};
 use super::extract::{ApiJson, ApiPath};
 use crate::app::AppState;
 use crate::proxy::SessionHandle;
+use crate::store::postgres::fleet::SessionRow;
 use crate::webhooks::{Notification, WebhookEvent};
 
 /// Longest kill reason accepted.
@@ -44,9 +51,23 @@ pub struct SessionView {
     pub started_at: DateTime<Utc>,
     /// The grant's current expiry (`None` if the grant could not be read).
     pub expires_at: Option<DateTime<Utc>>,
+    /// Counters: live for the answering instance's own sessions, 0 for another instance's.
     pub statements: u64,
     pub bytes_from_client: u64,
     pub bytes_to_client: u64,
+    /// The instance holding the session (in a fleet; absent with the SQLite store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+}
+
+/// Answer of `DELETE /v1/sessions/{id}`: the session, and whether its end is confirmed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct KilledSession {
+    #[serde(flatten)]
+    pub session: SessionView,
+    /// `true`: severed (here, or confirmed by the instance holding it); `false`: the holding
+    /// instance was asked but had not confirmed within the bound (HTTP 202).
+    pub confirmed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -79,10 +100,31 @@ async fn view(state: &AppState, s: &SessionHandle) -> SessionView {
         statements: stats.statements,
         bytes_from_client: stats.bytes_from_client,
         bytes_to_client: stats.bytes_to_client,
+        instance: state.fleet.as_ref().map(|f| f.instance().to_owned()),
     }
 }
 
-/// List live sessions of this instance (a requester sees only its own).
+async fn remote_view(state: &AppState, s: SessionRow) -> SessionView {
+    let expires_at = state.grants.get(&s.grant_id).await.ok().map(|g| g.expires_at);
+    SessionView {
+        id: s.id,
+        user: s.user,
+        target: s.target,
+        role: s.role,
+        grant_id: s.grant_id,
+        client_addr: s.client_addr,
+        tls_version: None,
+        started_at: s.started_at,
+        expires_at,
+        statements: 0,
+        bytes_from_client: 0,
+        bytes_to_client: 0,
+        instance: Some(s.instance),
+    }
+}
+
+/// List live sessions of this instance and, in a fleet, of every live instance (a requester sees
+/// only its own).
 #[utoipa::path(get, path = "/v1/sessions", tag = "sessions", security(("bearer" = [])),
     responses((status = 200, body = SessionList), (status = 401, body = ErrorResponse),
         (status = 403, body = ErrorResponse)))]
@@ -98,6 +140,14 @@ async fn list(
             sessions.push(view(&state, &s).await);
         }
     }
+    if let Some(fleet) = &state.fleet {
+        for s in fleet.sessions(None).await? {
+            let local = s.instance == fleet.instance();
+            if !local && (all || s.user == principal.name) {
+                sessions.push(remote_view(&state, s).await);
+            }
+        }
+    }
     Ok(Json(SessionList { sessions }))
 }
 
@@ -105,15 +155,16 @@ async fn list(
 #[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "sessions", request_body = KillRequest,
     security(("bearer" = [])),
     params(("id" = String, Path, description = "session id (s_…)")),
-    responses((status = 200, body = SessionView), (status = 401, body = ErrorResponse),
+    responses((status = 200, body = KilledSession), (status = 401, body = ErrorResponse),
         (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse),
-        (status = 422, body = ErrorResponse)))]
+        (status = 202, body = KilledSession, description = "asked the holding instance; not yet confirmed"),
+        (status = 422, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
 async fn kill(
     State(state): State<Arc<AppState>>,
     principal: Principal,
     ApiPath(id): ApiPath<String>,
     body: Result<ApiJson<KillRequest>, ApiError>,
-) -> Result<Json<SessionView>, ApiError> {
+) -> Result<(StatusCode, Json<KilledSession>), ApiError> {
     principal.require_any(&[ADMIN, APPROVER], "killing sessions")?;
     let ApiJson(req) = body?;
     let reason = req.reason.trim().to_owned();
@@ -131,13 +182,24 @@ async fn kill(
     }
     // Shown to the engineer's client and written to the audit trail: the same rule as every reason.
     crate::grants::check_text("reason", &reason)?;
-    let session = state
-        .proxy
-        .sessions
-        .by_name(&id)
-        .ok_or_else(|| ApiError::NotFound(format!("no live session {id}")))?;
-    let view = view(&state, &session).await;
-    session.kill(&principal.name, &reason);
+    let (view, confirmed) = match state.proxy.sessions.by_name(&id) {
+        Some(session) => {
+            let view = view(&state, &session).await;
+            session.kill(&principal.name, &reason);
+            (view, true)
+        }
+        None => {
+            let fleet = state
+                .fleet
+                .as_ref()
+                .ok_or_else(|| ApiError::NotFound(format!("no live session {id}")))?;
+            let (row, confirmed) = fleet
+                .kill_remote(&id, &principal.name, &reason)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("no live session {id} on any live instance")))?;
+            (remote_view(&state, row).await, confirmed)
+        }
+    };
     tracing::info!(principal = %principal.name, session.id = %view.id, user = %view.user,
         grant.id = %view.grant_id, "admin API: session killed");
     state.webhooks.notify(Notification::new(
@@ -149,5 +211,16 @@ async fn kill(
         serde_json::json!({ "session": view, "killed_by": principal.name, "reason": reason }),
         state.clock.now(),
     ));
-    Ok(Json(view))
+    let status = if confirmed {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((
+        status,
+        Json(KilledSession {
+            session: view,
+            confirmed,
+        }),
+    ))
 }

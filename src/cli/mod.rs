@@ -20,6 +20,7 @@ pub mod audit;
 pub mod check;
 pub mod client;
 pub mod grant;
+pub mod instance;
 pub mod render;
 pub mod request;
 pub mod review;

@@ -15,12 +15,14 @@ use crate::policy::StatementClass;
 use crate::webhooks::WebhookEvent;
 
 mod raw;
+mod fleet;
 mod store;
 #[cfg(test)]
 pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 mod validate;
+pub use fleet::FleetConfig;
 pub use store::{PostgresStoreConfig, StoreConfig};
 
 pub use raw::RawConfig;
@@ -154,6 +156,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub admin: AdminConfig,
     pub store: StoreConfig,
+    /// `[fleet]`: `Some` exactly with a PostgreSQL store (see [`fleet`]).
+    pub fleet: Option<FleetConfig>,
     pub audit: AuditConfig,
     pub targets: BTreeMap<String, Target>,
     pub roles: BTreeMap<String, Role>,

@@ -14,6 +14,7 @@ pub struct RawConfig {
     pub(super) proxy: RawProxy,
     pub(super) admin: RawAdmin,
     pub(super) store: Option<store::RawStore>,
+    pub(super) fleet: Option<super::fleet::RawFleet>,
     pub(super) audit: Option<RawAudit>,
     #[serde(default)]
     pub(super) targets: BTreeMap<String, RawTarget>,

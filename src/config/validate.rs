@@ -115,6 +115,11 @@ impl RawConfig {
         let admin = validate_admin(&self.admin, &mut p);
         let audit_dir = self.audit.as_ref().and_then(|a| a.dir.as_ref());
         let store = store::validate_store(self.store.as_ref(), audit_dir, &mut p);
+        let fleet = super::fleet::validate_fleet(
+            self.fleet.as_ref(),
+            matches!(store, StoreConfig::Postgres(_)),
+            &mut p,
+        );
         let audit = validate_audit(self.audit.as_ref(), &mut p);
 
         let (roles, workflow) = validate_roles(&self.roles, &mut p);
@@ -137,6 +142,7 @@ impl RawConfig {
                 proxy,
                 admin,
                 store,
+                fleet,
                 audit,
                 targets,
                 roles,
@@ -717,7 +723,7 @@ fn check_table_pattern(pattern: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn valid_name(name: &str) -> bool {
+pub(super) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
         && name

@@ -47,6 +47,16 @@ impl GrantWatches {
         }
     }
 
+    /// The ids of the grants some session watches (the fleet's reconcile re-reads these).
+    pub fn watched_ids(&self) -> Vec<String> {
+        self.senders.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// Whether some session watches grant `id`.
+    pub fn is_watched(&self, id: &str) -> bool {
+        self.senders.contains_key(id)
+    }
+
     /// Number of grants currently watched (for tests and metrics).
     pub fn watched(&self) -> usize {
         self.senders.len()

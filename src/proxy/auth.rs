@@ -175,7 +175,7 @@ pub async fn authenticate(
         tracing::error!(error = %e, "grant store unavailable during authentication");
         refused(
             AuthFailure::StoreUnavailable,
-            PgError::grant_store_unavailable(),
+            PgError::for_store_error(&e),
             "grant store unavailable",
             false,
         )

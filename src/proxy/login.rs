@@ -117,7 +117,10 @@ pub(crate) async fn authenticate(
         Ok(fresh) => ctx.grants.watches().publish(&fresh),
         Err(e) => {
             tracing::error!(error = %e, "grant store unavailable");
-            return Err(PgError::grant_store_unavailable());
+            return Err(match &e {
+                crate::grants::GrantError::Store(store) => PgError::for_store_error(store),
+                _ => PgError::grant_store_unavailable(),
+            });
         }
     }
     let grant = watch.current();
@@ -193,10 +196,12 @@ pub(crate) async fn open_session(
         secret: backend_secret,
     };
     let cancel_key = ctx.proxy.cancel_keys.register(upstream_cancel.clone());
-    let handle = ctx
-        .proxy
-        .sessions
-        .register(&grant, peer, tls.map(|t| t.version.clone()));
+    let handle = ctx.proxy.sessions.register(
+        &grant,
+        peer,
+        tls.map(|t| t.version.clone()),
+        params.application_name.clone(),
+    );
     record_start(ctx, &handle, &grant, params, tls, peer).await?;
 
     let out = startup_answer(

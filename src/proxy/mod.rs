@@ -314,6 +314,9 @@ impl Drop for AddressSlot {
 #[derive(Debug, Default)]
 pub struct SessionRegistry {
     sessions: DashMap<u64, Arc<SessionHandle>>,
+    /// Woken on every register and remove, so the fleet sync writes the change to the store at
+    /// once rather than at the next heartbeat.
+    changed: tokio::sync::Notify,
 }
 
 impl SessionRegistry {
@@ -322,6 +325,7 @@ impl SessionRegistry {
         grant: &Grant,
         client_addr: SocketAddr,
         tls_version: Option<String>,
+        application_name: Option<String>,
     ) -> Arc<SessionHandle> {
         // Random, so session ids in the audit trail never repeat across restarts.
         let id = loop {
@@ -338,6 +342,7 @@ impl SessionRegistry {
             grant_id: grant.id.clone(),
             client_addr,
             tls_version,
+            application_name,
             started_at: Utc::now(),
             bytes_from_client: AtomicU64::new(0),
             bytes_to_client: AtomicU64::new(0),
@@ -346,11 +351,18 @@ impl SessionRegistry {
             kill_reason: Mutex::new(None),
         });
         self.sessions.insert(id, handle.clone());
+        self.changed.notify_one();
         handle
     }
 
     pub fn remove(&self, id: u64) {
         self.sessions.remove(&id);
+        self.changed.notify_one();
+    }
+
+    /// Resolves after the next register or remove (or at once if one happened since the last call).
+    pub async fn changed(&self) {
+        self.changed.notified().await
     }
 
     /// Looks a session up by its [`SessionHandle::name`].
@@ -388,6 +400,8 @@ pub struct SessionHandle {
     pub grant_id: String,
     pub client_addr: SocketAddr,
     pub tls_version: Option<String>,
+    /// The client's own `application_name`, as it sent it (for the fleet's session list).
+    pub application_name: Option<String>,
     pub started_at: DateTime<Utc>,
     bytes_from_client: AtomicU64,
     bytes_to_client: AtomicU64,

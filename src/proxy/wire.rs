@@ -267,6 +267,26 @@ impl PgError {
         Self::protocol_violation("timed out waiting for the client to finish startup and authentication")
     }
 
+    /// 08006 `connection_failure`: the shared PostgreSQL store cannot be reached, so no login can
+    /// be checked (fail closed); the message names the store.
+    pub fn store_unreachable() -> Self {
+        Self::fatal(
+            "08006",
+            "timebox cannot reach its store (the PostgreSQL grant store is unreachable); no new sessions until it is back",
+        )
+        .with_hint("Try again shortly; tell the timebox administrators if it persists.")
+    }
+
+    /// The login refusal for a store error: [`store_unreachable`](Self::store_unreachable) when it
+    /// could not be reached, [`grant_store_unavailable`](Self::grant_store_unavailable) otherwise.
+    pub fn for_store_error(e: &crate::store::StoreError) -> Self {
+        if e.is_unavailable() {
+            Self::store_unreachable()
+        } else {
+            Self::grant_store_unavailable()
+        }
+    }
+
     /// 58000: the grant store did not answer while a login was checked.
     pub fn grant_store_unavailable() -> Self {
         Self::system_error("timebox cannot check grants right now (grant store unavailable)")

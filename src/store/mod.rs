@@ -369,6 +369,14 @@ impl Store {
         }
     }
 
+    /// The PostgreSQL store behind this handle, if it is one (the fleet's calls live there only).
+    pub fn postgres_store(&self) -> Option<&Arc<postgres::PgStore>> {
+        match &self.backend {
+            Backend::Postgres(pg) => Some(pg),
+            Backend::Blocking(_) => None,
+        }
+    }
+
     /// Which backend this is: `"embedded"` (SQLite, or a test double) or `"postgres"`.
     pub fn kind(&self) -> &'static str {
         match self.backend {

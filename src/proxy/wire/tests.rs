@@ -183,6 +183,7 @@ fn condition_constructors_carry_postgresqls_sqlstates() {
             "28000",
             Fatal,
         ),
+        ("store_unreachable", PgError::store_unreachable(), "08006", Fatal),
         ("no_user_name", PgError::no_user_name(), "28000", Fatal),
         ("too_many_clients", PgError::too_many_clients(1), "53300", Fatal),
     ];

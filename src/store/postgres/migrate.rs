@@ -7,8 +7,9 @@
 //! wait, then find nothing left to do. `timebox.schema_version` has one row per applied step; a store
 //! whose version is above [`MIGRATIONS`]`.len()` belongs to a newer timebox and is refused
 //! ([`StoreError::SchemaTooNew`]) before anything is written. What it must never do: edit a shipped
-//! step (a store that ran it would never see the change) — add a new one instead. The next slices
-//! of issue 11 (instances, sessions, cancel keys, central audit) land as steps 2, 3, ….
+//! step (a store that ran it would never see the change) — add a new one instead. Step 2 holds
+//! the fleet's instances and sessions; the next slices of issue 11 (cancel keys, central audit)
+//! land as steps 3, 4, ….
 
 use tokio_postgres::Client;
 
@@ -75,6 +76,34 @@ pub const MIGRATIONS: &[&str] = &[
         at         timestamptz NOT NULL,
         PRIMARY KEY (request_id, approver)
     );
+"#,
+    // 2: the fleet (issue 11 items 2 and 3): instances with their heartbeat, the live sessions each
+    // holds, and kill requests for them (a session's owner acts on its row).
+    r#"
+    CREATE TABLE timebox.instances (
+        name         text PRIMARY KEY,
+        incarnation  text NOT NULL,
+        advertise    text NOT NULL,
+        version      text NOT NULL,
+        started_at   timestamptz NOT NULL,
+        heartbeat_at timestamptz NOT NULL,
+        sessions     bigint NOT NULL DEFAULT 0
+    );
+    CREATE TABLE timebox.sessions (
+        id                text PRIMARY KEY,
+        instance          text NOT NULL REFERENCES timebox.instances (name),
+        grant_id          text NOT NULL,
+        user_name         text NOT NULL,
+        target            text NOT NULL,
+        role              text NOT NULL,
+        client_addr       text NOT NULL,
+        started_at        timestamptz NOT NULL,
+        application_name  text,
+        kill_by           text,
+        kill_reason       text,
+        kill_requested_at timestamptz
+    );
+    CREATE INDEX sessions_instance ON timebox.sessions (instance);
 "#,
 ];
 

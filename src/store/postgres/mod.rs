@@ -9,6 +9,7 @@
 //! waiting past `[store] query_timeout`. Token verifiers are stored in PostgreSQL's
 //! `SCRAM-SHA-256$…` text form; tokens never are.
 
+pub mod fleet;
 pub mod migrate;
 pub mod tls;
 
@@ -54,7 +55,7 @@ pub async fn migrate(config: &PostgresStoreConfig) -> Result<Migrated, StoreErro
 }
 
 /// The driver's config (TLS required when `tls` is not `disable`) and the TLS connector.
-fn driver_config(
+pub(crate) fn driver_config(
     config: &PostgresStoreConfig,
 ) -> Result<(tokio_postgres::Config, tls::StoreTls), StoreError> {
     let mut pg = config.connect.clone();
@@ -356,6 +357,8 @@ impl PgStore {
         )
         .await?;
         let grant = load_grant(&*tx, id).await?;
+        // Every instance's sessions on it re-read it (sent at commit).
+        fleet::notify(&*tx, &fleet::Change::Grant(id.to_owned())).await?;
         tx.commit().await?;
         Ok(grant)
     }
@@ -407,6 +410,7 @@ impl PgStore {
         )
         .await?;
         let grant = load_grant(&*tx, id).await?;
+        fleet::notify(&*tx, &fleet::Change::Grant(id.to_owned())).await?;
         tx.commit().await?;
         Ok(grant)
     }

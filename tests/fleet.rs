@@ -1,0 +1,472 @@
+//! The fleet (issue 11 items 2 and 3): two timebox instances, A and B, on one PostgreSQL store (a
+//! fresh database of the throwaway cluster) in front of one target, in one test process, with real
+//! clients. A grant issued on A logs in through B; a revoke on A severs the session on B by
+//! notification (the reconcile is set far off, so only NOTIFY can do it); a kill on B severs a
+//! session on A; an extension on A reaches a live session on B; `/v1/sessions` and
+//! `/v1/instances` on either show both; and with the listener connection killed and a revoke
+//! written without a notification, the reconcile still severs the session.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio_postgres::NoTls;
+
+use common::{Options, StoreDatabase, TestInstance, ADMIN_TOKEN, AUDITOR_TOKEN};
+
+/// Generous bound for "within 1 s" on a loaded 2-core machine; the measured time is printed.
+const SEVER_DEADLINE: Duration = Duration::from_secs(8);
+
+async fn call(
+    base: &str,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status();
+    (status, resp.json().await.expect("JSON body"))
+}
+
+/// Starts instance `name` on the store, with the given reconcile interval.
+async fn instance(db: &StoreDatabase, name: &str, reconcile: &str) -> TestInstance {
+    instance_with(db, name, reconcile, "10m").await
+}
+
+async fn instance_with(db: &StoreDatabase, name: &str, reconcile: &str, staleness: &str) -> TestInstance {
+    let store = format!(
+        "{}\n[fleet]\ninstance = \"{name}\"\nreconcile_interval = \"{reconcile}\"\nmax_staleness = \"{staleness}\"\n\
+         heartbeat_interval = \"250ms\"\ninstance_timeout = \"5s\"",
+        db.store_lines()
+    );
+    common::start(Options {
+        tls: "disabled",
+        store: Some(store),
+        ..Options::default()
+    })
+    .await
+}
+
+/// A and B on a fresh store database.
+async fn fleet(reconcile: &str) -> (Arc<StoreDatabase>, TestInstance, TestInstance) {
+    let db = Arc::new(StoreDatabase::create_async().await);
+    let a = instance(&db, "tb-a", reconcile).await;
+    let b = instance(&db, "tb-b", reconcile).await;
+    (db, a, b)
+}
+
+async fn issue_on(inst: &TestInstance, user: &str, ttl: &str) -> (String, String) {
+    let (status, issued) = call(
+        &inst.admin_url(),
+        Method::POST,
+        "/v1/grants",
+        ADMIN_TOKEN,
+        Some(json!({ "user": user, "target": "shop", "role": "read", "ttl": ttl, "reason": "fleet test" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    (
+        issued["id"].as_str().unwrap().to_owned(),
+        issued["token"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// A tokio-postgres session through `inst`, running `SELECT pg_sleep(60)` in the background once
+/// it has reached the upstream.
+async fn sleeping_session(
+    inst: &TestInstance,
+    user: &str,
+    token: &str,
+    grant_id: &str,
+) -> tokio::task::JoinHandle<Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>> {
+    let (client, connection) = tokio_postgres::connect(&inst.conn_string(user, token, "disable"), NoTls)
+        .await
+        .expect("login through the proxy");
+    tokio::spawn(connection);
+    let query = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(60)").await });
+    let id = grant_id.to_owned();
+    assert!(
+        common::eventually(Duration::from_secs(20), || common::upstream_backends(&id)
+            .then(|n| async move { n >= 1 }))
+        .await,
+        "the session reached the upstream"
+    );
+    query
+}
+
+/// Waits for the severed query and returns its SQLSTATE and message.
+async fn severed(
+    query: tokio::task::JoinHandle<Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>>,
+    deadline: Duration,
+) -> (String, String) {
+    let err = tokio::time::timeout(deadline, query)
+        .await
+        .expect("the session is severed in time")
+        .unwrap()
+        .unwrap_err();
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+    (db.code().code().to_owned(), db.message().to_owned())
+}
+
+/// Sessions listed by `inst`'s `/v1/sessions`: (id, instance).
+async fn sessions_on(inst: &TestInstance) -> Vec<(String, String)> {
+    let (status, list) = call(&inst.admin_url(), Method::GET, "/v1/sessions", ADMIN_TOKEN, None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().to_owned(),
+                s["instance"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_issued_on_a_logs_in_through_b_and_a_revoke_on_a_severs_it_on_b_by_notification() {
+    // The reconcile is a minute away: only the notification can sever within the deadline.
+    let (_db, a, b) = fleet("60s").await;
+    let (id, token) = issue_on(&a, "alice", "30m").await;
+
+    let out = common::psql(
+        &common::proxy_conn(&b, "alice", "sslmode=disable"),
+        &token,
+        "SELECT 1",
+    )
+    .await;
+    assert!(out.success, "psql through B: {}", out.stderr);
+
+    let query = sleeping_session(&b, "alice", &token, &id).await;
+    let started = Instant::now();
+    let (status, body) = call(
+        &a.admin_url(),
+        Method::POST,
+        &format!("/v1/grants/{id}/revoke"),
+        ADMIN_TOKEN,
+        Some(json!({ "reason": "incident over" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (code, message) = severed(query, SEVER_DEADLINE).await;
+    println!("revoke on A severed the session on B in {:?}", started.elapsed());
+    assert_eq!(code, "57P01", "{message}");
+    assert!(message.contains("was revoked at"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_instances_are_listed_fleet_wide_and_a_kill_on_b_severs_a_session_on_a() {
+    let (_db, a, b) = fleet("60s").await;
+    let (id_a, token_a) = issue_on(&a, "alice", "30m").await;
+    let (id_b, token_b) = issue_on(&b, "bob", "30m").await;
+    let on_a = sleeping_session(&a, "alice", &token_a, &id_a).await;
+    let _on_b = sleeping_session(&b, "bob", &token_b, &id_b).await;
+
+    // Both instances list both sessions, each with the instance holding it.
+    for inst in [&a, &b] {
+        let holders = |list: Vec<(String, String)>| {
+            let mut h: Vec<String> = list.into_iter().map(|(_, i)| i).collect();
+            h.sort();
+            h
+        };
+        let both = common::eventually(Duration::from_secs(10), || {
+            sessions_on(inst).map(move |l| holders(l) == ["tb-a", "tb-b"])
+        })
+        .await;
+        assert!(
+            both,
+            "sessions seen from one instance: {:?}",
+            holders(sessions_on(inst).await)
+        );
+    }
+    for inst in [&a, &b] {
+        let (status, list) = call(
+            &inst.admin_url(),
+            Method::GET,
+            "/v1/instances",
+            AUDITOR_TOKEN,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        assert_eq!(list["fleet"], true);
+        let names: Vec<(&str, bool)> = list["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["name"].as_str().unwrap(), i["alive"].as_bool().unwrap()))
+            .collect();
+        assert_eq!(names, [("tb-a", true), ("tb-b", true)], "{list}");
+    }
+
+    // Killed on B, severed on A; B answers once A confirms.
+    let session_a = sessions_on(&b)
+        .await
+        .into_iter()
+        .find(|(_, i)| i == "tb-a")
+        .unwrap()
+        .0;
+    let started = Instant::now();
+    let (status, killed) = call(
+        &b.admin_url(),
+        Method::DELETE,
+        &format!("/v1/sessions/{session_a}"),
+        ADMIN_TOKEN,
+        Some(json!({ "reason": "suspicious" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{killed}");
+    assert_eq!(killed["confirmed"], true, "{killed}");
+    assert_eq!(killed["instance"], "tb-a", "{killed}");
+    let (code, message) = severed(on_a, SEVER_DEADLINE).await;
+    println!("kill on B severed the session on A in {:?}", started.elapsed());
+    assert_eq!(code, "57P01", "{message}");
+    assert!(message.contains("suspicious"), "{message}");
+
+    // An unknown session is 404 on any instance.
+    let (status, body) = call(
+        &b.admin_url(),
+        Method::DELETE,
+        "/v1/sessions/s_0000000000000001",
+        ADMIN_TOKEN,
+        Some(json!({ "reason": "x" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extension_on_a_reaches_a_live_session_on_b() {
+    let (_db, a, b) = fleet("60s").await;
+    let (id, token) = issue_on(&a, "alice", "30m").await;
+    let (client, connection) = tokio_postgres::connect(&b.conn_string("alice", &token, "disable"), NoTls)
+        .await
+        .expect("login through B");
+    tokio::spawn(connection);
+    client.simple_query("SELECT 1").await.expect("a first statement");
+    let before = b.state.grants.get(&id).await.unwrap().expires_at;
+
+    let (status, body) = call(
+        &a.admin_url(),
+        Method::POST,
+        &format!("/v1/grants/{id}/extend"),
+        ADMIN_TOKEN,
+        Some(json!({ "ttl": "1h", "reason": "longer incident" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // B's live session watches the grant; the extension lands in its watch (the relay's expiry).
+    let grant = b.state.grants.get(&id).await.unwrap();
+    assert!(grant.expires_at > before);
+    let watch = b.state.grants.watches().subscribe(&grant);
+    assert!(
+        common::eventually(SEVER_DEADLINE, || {
+            let seen = watch.current().expires_at;
+            async move { seen == grant.expires_at }
+        })
+        .await,
+        "B's session saw the new expiry"
+    );
+    client.simple_query("SELECT 1").await.expect("still serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_listener_killed_and_no_notification_the_reconcile_still_severs() {
+    let (db, _a, b) = fleet("1s").await;
+    let (id, token) = issue_on(&b, "alice", "30m").await;
+    let query = sleeping_session(&b, "alice", &token, &id).await;
+
+    // B's listener connection, found by its application_name, is terminated.
+    let listener = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                    WHERE datname = current_database() AND application_name = 'timebox-listen:tb-b'";
+    let db2 = db.clone();
+    let killed = tokio::task::spawn_blocking(move || db2.psql(listener))
+        .await
+        .unwrap();
+    assert_eq!(killed.trim(), "1", "B's listener was found and terminated");
+
+    // A revoke written without any notification (a lost NOTIFY): only the reconcile can see it.
+    let started = Instant::now();
+    let db2 = db.clone();
+    let sql = format!(
+        "UPDATE timebox.grants SET revoked_at = now(), revoked_by = 'dba', revoke_reason = 'by hand' WHERE id = '{id}'"
+    );
+    tokio::task::spawn_blocking(move || db2.psql(&sql)).await.unwrap();
+    let (code, message) = severed(query, SEVER_DEADLINE).await;
+    println!(
+        "without a notification, the reconcile severed the session in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(code, "57P01", "{message}");
+    assert!(message.contains("was revoked at"), "{message}");
+
+    // The listener came back by itself.
+    let db2 = db.clone();
+    assert!(
+        common::eventually(Duration::from_secs(10), || {
+            let db = db2.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    db.psql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'timebox-listen:tb-b'")
+                })
+                .await
+                .unwrap()
+                .trim()
+                    == "1"
+            }
+        })
+        .await,
+        "B listens again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_instances_sessions_drop_out_and_a_second_live_instance_of_a_name_is_refused() {
+    let (db, a, _b) = fleet("60s").await;
+    // An instance whose last heartbeat is older than instance_timeout (as after kill -9), with a
+    // session it never deregistered.
+    let db2 = db.clone();
+    tokio::task::spawn_blocking(move || {
+        db2.psql(
+            "INSERT INTO timebox.instances (name, incarnation, advertise, version, started_at, heartbeat_at, sessions) \
+             VALUES ('tb-dead', 'x', '10.0.0.9:6432', '0.0.0', now() - interval '1 hour', now() - interval '1 minute', 1); \
+             INSERT INTO timebox.sessions (id, instance, grant_id, user_name, target, role, client_addr, started_at) \
+             VALUES ('s_00000000000000dd', 'tb-dead', 'g_x', 'mallory', 'shop', 'read', '10.0.0.1:1', now())",
+        )
+    })
+    .await
+    .unwrap();
+    let (status, list) = call(&a.admin_url(), Method::GET, "/v1/instances", ADMIN_TOKEN, None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let dead = list["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "tb-dead")
+        .expect("listed");
+    assert_eq!(dead["alive"], false, "{list}");
+    assert!(
+        sessions_on(&a)
+            .await
+            .iter()
+            .all(|(id, _)| id != "s_00000000000000dd"),
+        "a dead instance's session is not in the fleet view"
+    );
+    let (status, body) = call(
+        &a.admin_url(),
+        Method::DELETE,
+        "/v1/sessions/s_00000000000000dd",
+        ADMIN_TOKEN,
+        Some(json!({ "reason": "x" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    // A second instance named tb-a while tb-a is alive does not join.
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config_text(
+        &Options {
+            tls: "disabled",
+            store: Some(format!("{}\n[fleet]\ninstance = \"tb-a\"", db.store_lines())),
+            ..Options::default()
+        },
+        dir.path(),
+        5432,
+    );
+    let config = timebox::config::Config::from_toml_str(&text).expect("valid config");
+    let state = tokio::task::spawn_blocking(move || timebox::app::AppState::build(config))
+        .await
+        .unwrap()
+        .expect("state");
+    let err = state.fleet.as_ref().unwrap().register(&state).await.unwrap_err();
+    assert!(
+        matches!(err, timebox::fleet::FleetError::NameInUse(ref n) if n == "tb-a"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_store_gone_logins_get_08006_stale_sessions_are_severed_and_all_resumes_when_it_returns() {
+    let db = Arc::new(StoreDatabase::create_async().await);
+    let b = instance_with(&db, "tb-b", "1s", "3s").await;
+    let (id, token) = issue_on(&b, "alice", "30m").await;
+    let query = sleeping_session(&b, "alice", &token, &id).await;
+
+    // The store refuses every connection, and the ones it had are cut.
+    let database = db.database.clone();
+    tokio::task::spawn_blocking(move || {
+        common::cluster::shared_cluster()
+            .psql(
+                "postgres",
+                &format!(
+                    "ALTER DATABASE {database} ALLOW_CONNECTIONS false; \
+                     SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{database}'"
+                ),
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+    })
+    .await
+    .unwrap();
+    let started = Instant::now();
+
+    // A new login fails closed, naming the store.
+    let err = tokio_postgres::connect(&b.conn_string("alice", &token, "disable"), NoTls)
+        .await
+        .map(|_| ())
+        .expect_err("no login without the store");
+    let db_err = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+    assert_eq!(db_err.code().code(), "08006", "{}", db_err.message());
+    assert!(db_err.message().contains("store"), "{}", db_err.message());
+
+    // The live session goes once its grant state is older than max_staleness (3 s).
+    let (code, message) = severed(query, Duration::from_secs(30)).await;
+    println!(
+        "store gone: the stale session was severed after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(code, "57P01", "{message}");
+    assert!(message.contains("max_staleness"), "{message}");
+
+    // The store comes back: logins work again without a restart.
+    let database = db.database.clone();
+    tokio::task::spawn_blocking(move || {
+        common::cluster::shared_cluster()
+            .psql(
+                "postgres",
+                &format!("ALTER DATABASE {database} ALLOW_CONNECTIONS true"),
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+    })
+    .await
+    .unwrap();
+    let conn = b.conn_string("alice", &token, "disable");
+    assert!(
+        common::eventually(Duration::from_secs(30), || {
+            let conn = conn.clone();
+            async move {
+                match tokio_postgres::connect(&conn, NoTls).await {
+                    Ok((client, connection)) => {
+                        tokio::spawn(connection);
+                        client.simple_query("SELECT 1").await.is_ok()
+                    }
+                    Err(_) => false,
+                }
+            }
+        })
+        .await,
+        "logins work again once the store is back"
+    );
+}
