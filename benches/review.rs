@@ -75,7 +75,12 @@ fn session_start(session: u64) -> AuditEvent {
         application_name: None,
         client_addr: "127.0.0.1:5000".into(),
         grant_id: format!("g_{session:016x}"),
-        role: if session.is_multiple_of(2) { "read" } else { "write" }.into(),
+        role: if session.is_multiple_of(2) {
+            "read"
+        } else {
+            "write"
+        }
+        .into(),
         session_id: format!("s_{session:016x}"),
         target: "shop".into(),
         tls_version: None,

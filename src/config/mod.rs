@@ -14,8 +14,8 @@ use std::time::Duration;
 use crate::policy::StatementClass;
 use crate::webhooks::WebhookEvent;
 
-mod raw;
 mod fleet;
+mod raw;
 mod store;
 #[cfg(test)]
 pub(crate) mod testing;

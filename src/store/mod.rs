@@ -99,8 +99,30 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::Unavailable(_) | StoreError::Connect(_) | StoreError::Timeout(_) => true,
-            StoreError::Postgres(e) => e.is_closed(),
+            StoreError::Postgres(e) => {
+                e.is_closed() || e.code().is_some_and(|c| unreachable_sqlstate(c.code()))
+            }
             _ => false,
+        }
+    }
+}
+
+/// SQLSTATEs that mean the store went away under a call, not that the call was wrong: connection
+/// exceptions (class 08), the server shutting down or terminating the connection (57P01–57P03), the
+/// database not accepting connections (55000 with `ALLOW_CONNECTIONS false` arrives at connect).
+fn unreachable_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+}
+
+#[cfg(test)]
+mod unreachable_tests {
+    #[test]
+    fn connection_loss_sqlstates_mean_unreachable() {
+        for code in ["08006", "08003", "57P01", "57P02", "57P03"] {
+            assert!(super::unreachable_sqlstate(code), "{code}");
+        }
+        for code in ["23505", "42P01", "40001", "XX000"] {
+            assert!(!super::unreachable_sqlstate(code), "{code}");
         }
     }
 }
