@@ -595,6 +595,14 @@ pub(crate) mod tests {
                 target: "shop".into(),
                 user: "alice".into(),
             }),
+            AuditEvent::UpstreamEnd(UpstreamEnd {
+                after_us: 2_000_000,
+                grant_id: "g_1".into(),
+                outcome: "closed".into(),
+                session_id: "s_1".into(),
+                target: "shop".into(),
+                user: "alice".into(),
+            }),
             AuditEvent::GrantIssued(GrantIssued {
                 break_glass: true,
                 created_at: t0(),
@@ -673,7 +681,7 @@ pub(crate) mod tests {
             r#"{"command_tag":"SELECT 1","duration_us":1234,"rows":1,"session_id":"s_1","sqlstate":"00000","statement_id":1}"#
         );
         assert_eq!(
-            samples[6].payload_json(),
+            samples[7].payload_json(),
             r#"{"grant_id":"g_1","reason":"done","revoked_at":"2026-01-01T00:00:00Z","revoked_by":"bob","target":"shop","user":"alice"}"#
         );
     }
