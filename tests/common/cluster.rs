@@ -118,6 +118,10 @@ pub fn shared_cluster_options() -> ClusterOptions {
         .setting("log_statement", "all")
         .setting("log_line_prefix", "%m [%p] %q%u@%d ")
         .setting("client_connection_check_interval", "250ms");
+    // benches/expiry.rs holds 1,000 sessions at once.
+    if let Ok(n) = std::env::var("TIMEBOX_TEST_PG_MAX_CONNECTIONS") {
+        opts = opts.setting("max_connections", &n);
+    }
     for line in HBA_PREFIX {
         opts = opts.hba(line);
     }
