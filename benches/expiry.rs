@@ -45,7 +45,7 @@ fn main() {
     rt.block_on(async {
         let inst = common::start(Options {
             proxy_extra: format!(
-                "max_connections = {}\nmax_unauthenticated = 256\nmax_unauthenticated_per_address = 256",
+                "max_connections = {}\nmax_unauthenticated = 256\nmax_unauthenticated_per_address = 256\nauth_failures_per_minute = 100000\nauth_failures_per_address_per_minute = 100000\nauth_failures_global_per_minute = 100000",
                 max + 50
             ),
             ..Options::default()
