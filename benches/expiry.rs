@@ -4,14 +4,14 @@
 //! was gone from `pg_stat_activity`.
 //!
 //!   cargo bench --bench expiry                 100 and 1,000 sessions, expiry and revoke
-//!   cargo bench --bench expiry -- --sessions 250
+//!   cargo bench --bench expiry -- --sessions 250 [--cut expiry|revoke]
 //!   cargo test --bench expiry                  smoke: 5 sessions (no numbers worth keeping)
 //!
 //! Results: `benches/RESULTS.md` ("Expiry at scale"). Uses the wire tests' harness (a throwaway
 //! cluster with `max_connections` raised, a real timebox on port 0).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -35,6 +35,15 @@ fn main() {
         None if full => vec![100, 1000],
         None => vec![5],
     };
+    let cuts: &[Cut] = match args
+        .iter()
+        .position(|a| a == "--cut")
+        .map(|i| args[i + 1].as_str())
+    {
+        Some("expiry") => &[Cut::Expiry],
+        Some("revoke") => &[Cut::Revoke],
+        _ => &[Cut::Expiry, Cut::Revoke],
+    };
     let max = sizes.iter().max().copied().unwrap_or(5);
     // Read once by the harness when it starts the cluster (before any thread exists).
     std::env::set_var("TIMEBOX_TEST_PG_MAX_CONNECTIONS", (max + 100).to_string());
@@ -56,7 +65,7 @@ fn main() {
         );
         println!("|---|---|---|---|---|");
         for &n in &sizes {
-            for cut in [Cut::Expiry, Cut::Revoke] {
+            for cut in cuts.iter().copied() {
                 run(&inst, n, cut).await;
             }
         }
@@ -66,7 +75,7 @@ fn main() {
 async fn run(inst: &common::TestInstance, n: usize, cut: Cut) {
     // Long enough for every session to log in and start its query before the deadline.
     let ttl = match cut {
-        Cut::Expiry => format!("{}s", 10 + n / 10),
+        Cut::Expiry => format!("{}s", 10 + n * 3 / 10),
         Cut::Revoke => "1h".to_owned(),
     };
     let (grant, token) = inst.grant("alice", "read", &ttl).await;
@@ -90,7 +99,9 @@ async fn run(inst: &common::TestInstance, n: usize, cut: Cut) {
         let tx = tx.clone();
         tokio::spawn(async move {
             let r = client.simple_query("SELECT pg_sleep(60)").await;
-            let code = r.err().and_then(|e| e.as_db_error().map(|d| d.code().code().to_owned()));
+            let code = r
+                .err()
+                .and_then(|e| e.as_db_error().map(|d| d.code().code().to_owned()));
             let _ = tx.send((Utc::now(), code));
         });
     }
@@ -118,7 +129,11 @@ async fn run(inst: &common::TestInstance, n: usize, cut: Cut) {
         Cut::Expiry => grant.expires_at,
         Cut::Revoke => {
             let at = Utc::now();
-            inst.state.grants.revoke(&grant.id, "bench", "bench").await.unwrap();
+            inst.state
+                .grants
+                .revoke(&grant.id, "bench", "bench")
+                .await
+                .unwrap();
             at
         }
     };
@@ -164,7 +179,11 @@ async fn run(inst: &common::TestInstance, n: usize, cut: Cut) {
         pcts(&mut client_late),
         pcts(&mut audit_late.clone()),
         gone_ms.unwrap_or(f64::NAN),
-        if all_fatal { "" } else { " (not every client got 57P01)" }
+        if all_fatal {
+            ""
+        } else {
+            " (not every client got 57P01)"
+        }
     );
 }
 
