@@ -299,6 +299,22 @@ impl GrantRevoked {
     }
 }
 
+/// How a severed session's upstream query ended, recorded after its `session_end` (the client had
+/// its FATAL at the deadline; the upstream is stopped afterwards, bounded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamEnd {
+    /// Microseconds from the client's FATAL to the outcome.
+    pub after_us: u64,
+    pub grant_id: String,
+    /// `cancelled`: the query was cancelled and the backend exited (it ran nothing more);
+    /// `closed`: it did not stop within the bound and timebox closed the upstream connection
+    /// (PostgreSQL ends the backend when it next notices).
+    pub outcome: String,
+    pub session_id: String,
+    pub target: String,
+    pub user: String,
+}
+
 /// One audit event. As JSON (API, tests) it carries its `kind` as a tag; in the store the kind is a
 /// column and the payload is the inner struct alone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -309,6 +325,7 @@ pub enum AuditEvent {
     Statement(Statement),
     StatementOutcome(StatementOutcome),
     SessionEnd(SessionEnd),
+    UpstreamEnd(UpstreamEnd),
     GrantIssued(GrantIssued),
     GrantRevoked(GrantRevoked),
     GrantExtended(GrantExtended),
@@ -322,6 +339,7 @@ pub const KINDS: &[&str] = &[
     "statement",
     "statement_outcome",
     "session_end",
+    "upstream_end",
     "grant_issued",
     "grant_revoked",
     "grant_extended",
@@ -336,6 +354,7 @@ impl AuditEvent {
             AuditEvent::Statement(_) => "statement",
             AuditEvent::StatementOutcome(_) => "statement_outcome",
             AuditEvent::SessionEnd(_) => "session_end",
+            AuditEvent::UpstreamEnd(_) => "upstream_end",
             AuditEvent::GrantIssued(_) => "grant_issued",
             AuditEvent::GrantRevoked(_) => "grant_revoked",
             AuditEvent::GrantExtended(_) => "grant_extended",
@@ -352,6 +371,7 @@ impl AuditEvent {
             "statement" => AuditEvent::Statement(serde_json::from_str(payload)?),
             "statement_outcome" => AuditEvent::StatementOutcome(serde_json::from_str(payload)?),
             "session_end" => AuditEvent::SessionEnd(serde_json::from_str(payload)?),
+            "upstream_end" => AuditEvent::UpstreamEnd(serde_json::from_str(payload)?),
             "grant_issued" => AuditEvent::GrantIssued(serde_json::from_str(payload)?),
             "grant_revoked" => AuditEvent::GrantRevoked(serde_json::from_str(payload)?),
             "grant_extended" => AuditEvent::GrantExtended(serde_json::from_str(payload)?),
@@ -368,6 +388,7 @@ impl AuditEvent {
             AuditEvent::Statement(e) => serde_json::to_string(e),
             AuditEvent::StatementOutcome(e) => serde_json::to_string(e),
             AuditEvent::SessionEnd(e) => serde_json::to_string(e),
+            AuditEvent::UpstreamEnd(e) => serde_json::to_string(e),
             AuditEvent::GrantIssued(e) => serde_json::to_string(e),
             AuditEvent::GrantRevoked(e) => serde_json::to_string(e),
             AuditEvent::GrantExtended(e) => serde_json::to_string(e),
@@ -394,6 +415,7 @@ impl AuditEvent {
                 ..Columns::default()
             },
             AuditEvent::SessionEnd(e) => c(&e.user, &e.target, Some(&e.grant_id), Some(&e.session_id)),
+            AuditEvent::UpstreamEnd(e) => c(&e.user, &e.target, Some(&e.grant_id), Some(&e.session_id)),
             AuditEvent::GrantIssued(e) => c(&e.user, &e.target, Some(&e.grant_id), None),
             AuditEvent::GrantRevoked(e) => c(&e.user, &e.target, Some(&e.grant_id), None),
             AuditEvent::GrantExtended(e) => c(&e.user, &e.target, Some(&e.grant_id), None),
@@ -446,7 +468,7 @@ impl AuditEvent {
                     tokens(by);
                 }
             }
-            AuditEvent::StatementOutcome(_) => {}
+            AuditEvent::StatementOutcome(_) | AuditEvent::UpstreamEnd(_) => {}
         }
     }
 }
@@ -573,6 +595,14 @@ pub(crate) mod tests {
                 target: "shop".into(),
                 user: "alice".into(),
             }),
+            AuditEvent::UpstreamEnd(UpstreamEnd {
+                after_us: 2_000_000,
+                grant_id: "g_1".into(),
+                outcome: "closed".into(),
+                session_id: "s_1".into(),
+                target: "shop".into(),
+                user: "alice".into(),
+            }),
             AuditEvent::GrantIssued(GrantIssued {
                 break_glass: true,
                 created_at: t0(),
@@ -651,7 +681,7 @@ pub(crate) mod tests {
             r#"{"command_tag":"SELECT 1","duration_us":1234,"rows":1,"session_id":"s_1","sqlstate":"00000","statement_id":1}"#
         );
         assert_eq!(
-            samples[6].payload_json(),
+            samples[7].payload_json(),
             r#"{"grant_id":"g_1","reason":"done","revoked_at":"2026-01-01T00:00:00Z","revoked_by":"bob","target":"shop","user":"alice"}"#
         );
     }

@@ -377,6 +377,11 @@ pub fn record_detail(r: &AuditRecord) -> String {
             f("bytes_from_client"),
             f("bytes_to_client")
         ),
+        "upstream_end" => format!(
+            "upstream query {} {:.1} ms after the session end",
+            f("outcome"),
+            f("after_us").parse::<f64>().unwrap_or(0.0) / 1000.0
+        ),
         "auth_failure" => format!("{} from {}", f("reason"), f("client_addr")),
         "grant_issued" => format!(
             "{}grant {} role {} by {} until {}: {}",

@@ -4,7 +4,9 @@
 //! registers it here with the upstream backend's real key. A CancelRequest arriving on a new client
 //! connection is looked up and re-sent to the right upstream backend; an unknown key is ignored, as
 //! PostgreSQL does. Sessions also use [`UpstreamCancel::send`] themselves to stop a running query
-//! when a grant expires or the client vanishes.
+//! when a grant expires or the client vanishes; they do so after the client has its FATAL, through
+//! [`CancelLimits`], so a mass expiry sends at most [`CANCELS_PER_TARGET`] CancelRequests to one
+//! target at once (each forks a PostgreSQL process) and never delays a client's FATAL.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,15 @@ use bytes::BytesMut;
 use dashmap::DashMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+/// CancelRequests in flight to one target at once (over all sessions of the instance).
+pub const CANCELS_PER_TARGET: usize = 8;
+
+/// How long a severed session's upstream query has to stop (waiting for a cancel slot, the
+/// CancelRequest, and the backend's exit after Terminate) before timebox closes the upstream
+/// connection instead.
+pub const UPSTREAM_STOP_BOUND: Duration = Duration::from_secs(2);
 
 /// How to cancel the query running on one upstream backend.
 #[derive(Debug, Clone)]
@@ -39,6 +50,40 @@ impl UpstreamCancel {
         tokio::time::timeout(Duration::from_secs(2), attempt)
             .await
             .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    }
+}
+
+/// One semaphore per target bounds the CancelRequests sent to it at once.
+#[derive(Debug)]
+pub struct CancelLimits {
+    per_target: DashMap<String, Arc<Semaphore>>,
+    permits: usize,
+}
+
+impl Default for CancelLimits {
+    fn default() -> Self {
+        CancelLimits::new(CANCELS_PER_TARGET)
+    }
+}
+
+impl CancelLimits {
+    /// At most `permits` cancels in flight per target (at least one).
+    pub fn new(permits: usize) -> Self {
+        CancelLimits {
+            per_target: DashMap::new(),
+            permits: permits.max(1),
+        }
+    }
+
+    /// The semaphore of `target` (created on first use).
+    pub fn for_target(&self, target: &str) -> Arc<Semaphore> {
+        if let Some(s) = self.per_target.get(target) {
+            return s.clone();
+        }
+        self.per_target
+            .entry(target.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.permits)))
+            .clone()
     }
 }
 
@@ -95,6 +140,26 @@ impl Drop for CancelKeyGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cancels_are_bounded_per_target_not_across_targets() {
+        let limits = CancelLimits::new(3);
+        let shop = limits.for_target("shop");
+        let held: Vec<_> = (0..3)
+            .map(|_| shop.clone().try_acquire_owned().unwrap())
+            .collect();
+        assert!(
+            limits.for_target("shop").try_acquire().is_err(),
+            "a fourth cancel to the same target must wait"
+        );
+        assert!(
+            limits.for_target("billing").try_acquire().is_ok(),
+            "another target has its own slots"
+        );
+        drop(held);
+        assert_eq!(limits.for_target("shop").available_permits(), 3);
+        assert_eq!(CancelLimits::new(0).for_target("x").available_permits(), 1);
+    }
 
     #[test]
     fn keys_are_positive_unique_and_released() {

@@ -1,6 +1,8 @@
 //! One client connection, from accept to close: startup, then `login`
 //! (authentication, upstream login), then the `relay`, then the session end
 //! (audit record, metrics). [`handle_connection`] is the thin entry the accept loop spawns.
+//! A severed session's client is closed first; its upstream query is cancelled after, bounded,
+//! and how it ended is recorded (`upstream_end`).
 //! A session must never outlive its grant, and never leave a query running upstream after the
 //! client is gone.
 
@@ -9,11 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::cancel::{CancelKeyGuard, UpstreamCancel};
+use super::cancel::{CancelKeyGuard, UpstreamCancel, UPSTREAM_STOP_BOUND};
 use super::intercept::Interceptor;
 use super::login::{self, authenticate, open_session};
 use super::relay::EndReason;
@@ -237,17 +240,13 @@ impl Session {
         metrics.sessions_active.with_label_values(&labels).inc();
         let mut relay = self.relay_state(&client);
         let reason = self.relay(&mut client, &mut relay).await;
+        let cancel_upstream = relay.cancel_upstream();
         // Outcomes of the last statements not yet handed to the audit log go with the session end.
         let mut outcomes = relay.into_outcomes();
-        // Whatever happened, no upstream query may outlive the session.
-        let mut terminate = BytesMut::new();
-        postgres_protocol::message::frontend::terminate(&mut terminate);
-        let _ = tokio::time::timeout(Duration::from_millis(500), async {
-            self.upstream.write_all(&terminate).await?;
-            self.upstream.shutdown().await
-        })
-        .await;
+        // The client has its final message: it is closed first, and the session ends for it now.
         let _ = tokio::time::timeout(Duration::from_millis(500), client.shutdown()).await;
+        drop(client);
+        let ended = Instant::now();
         let stats = self.handle.stats();
         let end = AuditEvent::SessionEnd(audit_event::SessionEnd {
             bytes_from_client: stats.bytes_from_client,
@@ -264,13 +263,30 @@ impl Session {
             user: self.grant.user.clone(),
         });
         outcomes.push(end);
-        match tokio::time::timeout(Duration::from_secs(5), self.ctx.audit.record(outcomes)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                metrics.audit_failures_total.inc();
-                tracing::error!(error = %e, "cannot record the session end in the audit log");
-            }
-            Err(_) => tracing::error!("timed out recording the session end in the audit log"),
+        // Whatever happened, no upstream query may outlive the session: stop it (bounded) while the
+        // session end is being recorded, then record how it stopped.
+        let limit = self.ctx.proxy.cancel_limits.for_target(&self.grant.target);
+        let stop = stop_upstream(
+            &mut self.upstream,
+            cancel_upstream.then_some((&self.upstream_cancel, &*limit)),
+            UPSTREAM_STOP_BOUND,
+        );
+        let (_, stopped) = tokio::join!(record(&self.ctx, outcomes), stop);
+        if let Some(outcome) = stopped {
+            tracing::info!(
+                outcome = outcome.as_str(),
+                after_ms = ended.elapsed().as_millis() as u64,
+                "upstream query ended"
+            );
+            let upstream_end = AuditEvent::UpstreamEnd(audit_event::UpstreamEnd {
+                after_us: ended.elapsed().as_micros() as u64,
+                grant_id: self.grant.id.clone(),
+                outcome: outcome.as_str().to_owned(),
+                session_id: self.handle.name(),
+                target: self.grant.target.clone(),
+                user: self.grant.user.clone(),
+            });
+            record(&self.ctx, vec![upstream_end]).await;
         }
         tracing::info!(
             reason = reason.as_str(),
@@ -285,5 +301,83 @@ impl Session {
             .session_ends_total
             .with_label_values(&[reason.as_str()])
             .inc();
+    }
+}
+
+/// Records a session's closing `events` (bounded wait), logging a failure.
+async fn record(ctx: &ProxyContext, events: Vec<AuditEvent>) {
+    match tokio::time::timeout(Duration::from_secs(5), ctx.audit.record(events)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            ctx.proxy.metrics.audit_failures_total.inc();
+            tracing::error!(error = %e, "cannot record the session end in the audit log");
+        }
+        Err(_) => tracing::error!("timed out recording the session end in the audit log"),
+    }
+}
+
+/// How a running upstream query ended after its session was severed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpstreamOutcome {
+    /// The cancel was delivered and the backend exited after Terminate: nothing more ran.
+    Cancelled,
+    /// Not confirmed within the bound: the connection was closed (PostgreSQL ends the backend
+    /// when it next notices).
+    Closed,
+}
+
+impl UpstreamOutcome {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            UpstreamOutcome::Cancelled => "cancelled",
+            UpstreamOutcome::Closed => "closed",
+        }
+    }
+}
+
+/// Ends the upstream connection: Terminate, and when a query may be running (`cancel` is its
+/// cancel key and the target's cancel slots), a CancelRequest, then waits for the backend to exit
+/// (EOF), all within `bound`; past it the connection is closed. `None` when nothing was running.
+pub(crate) async fn stop_upstream<S>(
+    upstream: &mut S,
+    cancel: Option<(&UpstreamCancel, &Semaphore)>,
+    bound: Duration,
+) -> Option<UpstreamOutcome>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut terminate = BytesMut::new();
+    postgres_protocol::message::frontend::terminate(&mut terminate);
+    let Some((key, slots)) = cancel else {
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            upstream.write_all(&terminate).await?;
+            upstream.shutdown().await
+        })
+        .await;
+        return None;
+    };
+    let stopped = tokio::time::timeout(bound, async {
+        // Read by the backend once its query is over: it then exits and closes the connection.
+        upstream.write_all(&terminate).await?;
+        upstream.flush().await?;
+        {
+            let _slot = slots.acquire().await.map_err(std::io::Error::other)?;
+            key.send().await?;
+        }
+        let mut sink = [0u8; 8192];
+        while upstream.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
+    })
+    .await;
+    match stopped {
+        Ok(Ok(())) => Some(UpstreamOutcome::Cancelled),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not cancel the upstream query; closing its connection");
+            Some(UpstreamOutcome::Closed)
+        }
+        Err(_) => {
+            tracing::warn!("the upstream query did not stop in time; closing its connection");
+            Some(UpstreamOutcome::Closed)
+        }
     }
 }

@@ -109,12 +109,19 @@ ALTER DEFAULT PRIVILEGES IN SCHEMA public
 
 /// The options the shared cluster is started with: guarded by this process, every statement logged
 /// (with user and database in the line prefix, so tests can grep [`Cluster::log_path`] for what reached
-/// the upstream and as whom), and the hba lines for the md5/password/trust roles.
+/// the upstream and as whom), the hba lines for the md5/password/trust roles, and
+/// `client_connection_check_interval` (as timebox's README recommends for targets), so a backend
+/// whose connection timebox closed mid-query ends within a second.
 pub fn shared_cluster_options() -> ClusterOptions {
     let mut opts = ClusterOptions::default()
         .keep_alive_with(std::process::id())
         .setting("log_statement", "all")
-        .setting("log_line_prefix", "%m [%p] %q%u@%d ");
+        .setting("log_line_prefix", "%m [%p] %q%u@%d ")
+        .setting("client_connection_check_interval", "250ms");
+    // benches/expiry.rs holds 1,000 sessions at once.
+    if let Ok(n) = std::env::var("TIMEBOX_TEST_PG_MAX_CONNECTIONS") {
+        opts = opts.setting("max_connections", &n);
+    }
     for line in HBA_PREFIX {
         opts = opts.hba(line);
     }

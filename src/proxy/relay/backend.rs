@@ -85,7 +85,7 @@ impl Session {
                     if r.state.relaying() {
                         let error = PgError::admin_shutdown(format!("terminating connection: {problem}"))
                             .with_hint("timebox reads statements with standard_conforming_strings = on and UTF-8 text; it does not allow changing that.");
-                        self.sever(r, busy, EndReason::UpstreamError, error).await;
+                        self.sever(r, busy, EndReason::UpstreamError, error);
                         // Right after the ParameterStatus, before the statement's ReadyForQuery:
                         // the statement that changed the setting fails, nothing after it runs.
                         r.bufs.outbox.inject_after(end);

@@ -50,7 +50,7 @@ impl Session {
                     Err(error) => {
                         tracing::info!(code = error.code, message = %error.message, "client protocol violation");
                         r.bufs.outbox.queue_instead(&error);
-                        self.cancel_if_busy(busy).await;
+                        r.cancel_after_relay(busy);
                         r.state.close(EndReason::ClientError, Instant::now());
                         return ControlFlow::Continue(());
                     }
@@ -146,8 +146,7 @@ impl Session {
         if let Err(e) = submitted {
             self.ctx.proxy.metrics.audit_failures_total.inc();
             tracing::error!(error = %e, "audit log refused statement records; statements not run");
-            self.sever(r, busy, EndReason::AuditUnavailable, audit_refusal(&e))
-                .await;
+            self.sever(r, busy, EndReason::AuditUnavailable, audit_refusal(&e));
         }
     }
 

@@ -17,8 +17,9 @@
 //!
 //! [`frontend`] and [`backend`] apply them to what each side sent. Expiry, revocation, kill and
 //! shutdown are arms of the loop's `select!`; when the grant changes, the session re-checks it with
-//! [`Grant::refusal_at`](crate::grants::Grant::refusal_at), the function that admitted it. Severing a session cancels the running
-//! upstream query first, then tells the client why (FATAL 57P01) and closes both sides. The relay
+//! [`Grant::refusal_at`](crate::grants::Grant::refusal_at), the function that admitted it. Severing a session tells the client why (FATAL 57P01) and
+//! closes it at once; the running upstream query is cancelled afterwards, bounded (see
+//! [`Session::run`](super::session)), so a slow or storming target never delays the FATAL. The relay
 //! must never leave a query running upstream after the client is gone, nor forward a statement
 //! before it is checked and audited.
 
@@ -80,6 +81,10 @@ pub(crate) struct Relay {
     resumed: Option<(u8, Bytes, Precheck)>,
     /// `proxy.max_message_bytes`.
     max_message: usize,
+    /// A query may be running upstream that the session must cancel once the client has its
+    /// final message (set when the session is severed or the client leaves while busy; the cancel
+    /// itself runs after the relay, in [`Session::run`](super::session)).
+    cancel_upstream: bool,
     /// Benchmarks only (`[bench] skip_audit`, false unless built with `bench-knobs`): no
     /// statement records.
     skip_audit: bool,
@@ -118,6 +123,17 @@ impl Relay {
             && self.bufs.outbox.tracker.at_boundary()
     }
 
+    /// Whether the upstream query must be cancelled now that the relay has ended.
+    pub(crate) fn cancel_upstream(&self) -> bool {
+        self.cancel_upstream
+    }
+
+    /// Remembers to cancel the upstream query after the relay if one runs (`busy`); never waits
+    /// for the upstream, so the client's final message is not delayed by it.
+    fn cancel_after_relay(&mut self, busy: bool) {
+        self.cancel_upstream |= busy;
+    }
+
     /// Outcome records still waiting when the session ends (they go with the session end).
     pub(crate) fn into_outcomes(self) -> Vec<AuditEvent> {
         self.gate.into_outcomes()
@@ -140,6 +156,7 @@ impl Session {
             offloaded: None,
             resumed: None,
             max_message: state.config.proxy.max_message_bytes,
+            cancel_upstream: false,
             skip_audit: state.config.bench.skip_audit(),
             client_tls: client.is_tls(),
             upstream_tls: self.upstream.is_tls(),
@@ -192,24 +209,24 @@ impl Session {
                 grant = self.watch.changed(), if relaying => {
                     self.grant = grant;
                     r.warnings = self.pending_warnings(self.ctx.clock.now());
-                    self.check_grant(r, busy).await;
+                    self.check_grant(r, busy);
                 }
-                _ = tokio::time::sleep_until(expiry), if relaying => self.check_grant(r, busy).await,
+                _ = tokio::time::sleep_until(expiry), if relaying => self.check_grant(r, busy),
                 _ = sleep_opt(warning), if relaying && warning.is_some() => self.warn(r),
                 _ = kill.cancelled(), if relaying => {
                     let by = self.handle.kill_reason().unwrap_or_else(|| "an administrator".into());
                     let error = PgError::admin_shutdown(format!("terminating connection: session killed by {by}"));
-                    self.sever(r, busy, EndReason::Killed, error).await;
+                    self.sever(r, busy, EndReason::Killed, error);
                 }
                 _ = shutdown.cancelled(), if open => {
                     r.state.shutdown(Instant::now(), self.ctx.config.proxy.shutdown_grace);
                 }
                 _ = sleep_opt(drain_deadline), if drain_deadline.is_some() => {
-                    self.sever(r, busy, EndReason::Shutdown, shutting_down()).await;
+                    self.sever(r, busy, EndReason::Shutdown, shutting_down());
                 }
             }
             if r.idle_while_draining() {
-                self.sever(r, false, EndReason::Shutdown, shutting_down()).await;
+                self.sever(r, false, EndReason::Shutdown, shutting_down());
             }
         }
     }
@@ -247,7 +264,7 @@ impl Session {
                 Ok(0) | Err(_) => {
                     // The client vanished (EOF without Terminate, or reset): stop its query.
                     tracing::info!(phase = ?r.sync.phase(), "client disconnected");
-                    self.cancel_if_busy(busy).await;
+                    r.cancel_after_relay(busy);
                     return ControlFlow::Break(EndReason::ClientExit);
                 }
                 Ok(n) => {
@@ -289,7 +306,7 @@ impl Session {
 
     /// The client cannot be written to: stop its query and end.
     async fn client_gone(&mut self, r: &mut Relay, busy: bool) -> ControlFlow<EndReason> {
-        self.cancel_if_busy(busy).await;
+        r.cancel_after_relay(busy);
         ControlFlow::Break(r.state.reason().unwrap_or(EndReason::ClientExit))
     }
 
@@ -308,8 +325,7 @@ impl Session {
         if let Err(e) = acked {
             self.ctx.proxy.metrics.audit_failures_total.inc();
             tracing::error!(error = %e, "audit records not durable; statements not run");
-            self.sever(r, busy, EndReason::AuditUnavailable, audit_refusal(&e))
-                .await;
+            self.sever(r, busy, EndReason::AuditUnavailable, audit_refusal(&e));
         }
     }
 
@@ -354,7 +370,7 @@ impl Session {
     }
 
     /// Re-checks the grant now; severs the session if it no longer admits it.
-    async fn check_grant(&mut self, r: &mut Relay, busy: bool) {
+    fn check_grant(&mut self, r: &mut Relay, busy: bool) {
         let now = self.ctx.clock.now();
         let Some(why) = self.grant.refusal_at(now) else {
             return;
@@ -365,28 +381,21 @@ impl Session {
         };
         let error = PgError::admin_shutdown(format!("terminating connection: {why}"))
             .with_hint("Ask for a new grant (timebox grant issue / timebox request create).");
-        self.sever(r, busy, reason, error).await;
+        self.sever(r, busy, reason, error);
     }
 
-    /// Cancels the upstream query if one runs, queues the FATAL, and enters the closing state.
-    async fn sever(&self, r: &mut Relay, busy: bool, reason: EndReason, error: PgError) {
+    /// Queues the FATAL, enters the closing state (nothing more is forwarded upstream) and marks
+    /// the running upstream query, if any, for cancelling after the client has its FATAL.
+    fn sever(&self, r: &mut Relay, busy: bool, reason: EndReason, error: PgError) {
         tracing::info!(
             reason = reason.as_str(),
             phase = ?r.sync.phase(),
             message = %error.message,
             "severing session"
         );
-        self.cancel_if_busy(busy).await;
+        r.cancel_after_relay(busy);
         r.bufs.outbox.queue_last(&error);
         r.state.close(reason, Instant::now());
-    }
-
-    async fn cancel_if_busy(&self, busy: bool) {
-        if busy {
-            if let Err(e) = self.upstream_cancel.send().await {
-                tracing::warn!(error = %e, "could not cancel the upstream query");
-            }
-        }
     }
 }
 
