@@ -173,14 +173,22 @@ fn main() {
     reset_peak_rss();
     let started = Instant::now();
     let mut n = 0;
-    trail::for_each_statement(&db, &Window::default(), |_| n += 1).expect("read");
+    trail::for_each_statement(&db, &Window::default(), |_| {
+        n += 1;
+        std::ops::ControlFlow::Continue(())
+    })
+    .expect("read");
     assert_eq!(n, records);
     report("read_trail", n, started, "");
 
     reset_peak_rss();
     let started = Instant::now();
     let mut replayer = replay::Replayer::new(&current, &candidate, ServerVersion::OLDEST);
-    trail::for_each_statement(&db, &Window::default(), |r| replayer.feed(r)).expect("replay");
+    trail::for_each_statement(&db, &Window::default(), |r| {
+        replayer.feed(r);
+        std::ops::ControlFlow::Continue(())
+    })
+    .expect("replay");
     let result = replayer.finish();
     assert_eq!(result.statements, records);
     assert!(result.newly_denied > 0 && result.newly_allowed == 0, "{result:?}");
@@ -197,7 +205,11 @@ fn main() {
     reset_peak_rss();
     let started = Instant::now();
     let mut reviewer = roles::Reviewer::default();
-    trail::for_each_statement(&db, &Window::default(), |r| reviewer.feed(r)).expect("review");
+    trail::for_each_statement(&db, &Window::default(), |r| {
+        reviewer.feed(r);
+        std::ops::ControlFlow::Continue(())
+    })
+    .expect("review");
     let reviews = reviewer.finish(&current);
     assert_eq!(reviews.len(), 2);
     report("review", records, started, "");

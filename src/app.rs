@@ -58,6 +58,8 @@ pub struct AppState {
     /// This instance's membership of the fleet (`Some` with a PostgreSQL store); its loops are
     /// started by `run`.
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// One role review or policy replay at a time per instance (each reads the whole window).
+    pub review_slot: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -101,6 +103,7 @@ impl AppState {
             requests,
             webhooks,
             fleet,
+            review_slot: Arc::new(tokio::sync::Semaphore::new(1)),
         }))
     }
 }

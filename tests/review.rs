@@ -18,7 +18,11 @@ fn trail(inst: &common::TestInstance, window: &Window) -> Vec<RecordedStatement>
         .db_path()
         .expect("the test instance has an audit database");
     let mut records = Vec::new();
-    review::trail::for_each_statement(db, window, |r| records.push(r)).expect("read the trail");
+    review::trail::for_each_statement(db, window, |r| {
+        records.push(r);
+        std::ops::ControlFlow::Continue(())
+    })
+    .expect("read the trail");
     records
 }
 
@@ -288,4 +292,35 @@ async fn the_cli_replays_a_candidate_file_with_gate_exit_codes_and_reviews_roles
     assert!(stdout.contains("role write on shop"), "{stdout}");
     assert!(stdout.contains("public.items"), "{stdout}");
     assert!(stdout.contains("[roles.write]"), "{stdout}");
+}
+
+/// Attack finding (F5): replays ran unbounded and piled up. One runs at a time per instance; a
+/// second is told so (429 busy) instead of starting another thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_review_runs_at_a_time_and_the_next_is_told_busy() {
+    let inst = common::start(Options::default()).await;
+    let held = inst
+        .state
+        .review_slot
+        .clone()
+        .try_acquire_owned()
+        .expect("free slot");
+    let http = reqwest::Client::new();
+    let answer = http
+        .get(format!("{}/v1/roles/review", inst.admin_url()))
+        .bearer_auth(common::AUDITOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 429);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["code"], "busy", "{body}");
+    drop(held);
+    let answer = http
+        .get(format!("{}/v1/roles/review", inst.admin_url()))
+        .bearer_auth(common::AUDITOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
 }

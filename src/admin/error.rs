@@ -58,6 +58,10 @@ pub enum ApiError {
     /// A failure of timebox itself; the cause is logged where it happened.
     #[error("{0}")]
     Internal(String),
+    /// A bounded resource (one role review or policy replay at a time) is in use, or the work
+    /// would exceed its bound; the message says which and what to do.
+    #[error("{0}")]
+    Busy(String),
     /// The grant store failed; the cause is logged, never sent.
     #[error("the grant store is unavailable")]
     StoreUnavailable(#[source] StoreError),
@@ -109,6 +113,7 @@ impl ApiError {
             ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::StoreUnavailable(_) | ApiError::AuditUnavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -131,6 +136,7 @@ impl ApiError {
             ApiError::RequestTimeout { .. } => "request_timeout",
             ApiError::BodyTooLarge { .. } => "payload_too_large",
             ApiError::Internal(_) => "internal",
+            ApiError::Busy(_) => "busy",
             ApiError::StoreUnavailable(_) => "store_unavailable",
             ApiError::AuditUnavailable { .. } => "audit_unavailable",
         }

@@ -10,7 +10,10 @@
 //!   "target"?, "role"?}` → `{"since", "until", "changed", "report": {…}}`; an invalid candidate is
 //!   422 `invalid` listing every problem with its key path.
 
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::Json;
@@ -120,7 +123,24 @@ fn window(
     ))
 }
 
-/// Runs `fold` over the window's statement records on the blocking pool.
+/// Sets its flag when dropped: the request was answered (408 at `admin.request_timeout`) or its
+/// connection closed, so the blocking work stops at the next record.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether the work on one record may go on: not past `deadline`, not cancelled. Pure.
+fn may_continue(now: Instant, deadline: Instant, cancelled: bool) -> bool {
+    now < deadline && !cancelled
+}
+
+/// Runs `fold` over the window's statement records on the blocking pool: one review or replay
+/// at a time per instance (429 `busy` otherwise), stopped at `admin.request_timeout`, at
+/// shutdown, or when the request goes away, so no abandoned work keeps a thread busy.
 async fn over_trail<T: Send + 'static>(
     state: &AppState,
     window: Window,
@@ -135,9 +155,35 @@ async fn over_trail<T: Send + 'static>(
             "this instance keeps no audit database to review (in-memory store)".into(),
         ));
     };
-    tokio::task::spawn_blocking(move || {
+    let Ok(slot) = state.review_slot.clone().try_acquire_owned() else {
+        return Err(ApiError::Busy(
+            "another role review or policy replay is running on this instance; try again when it ends".into(),
+        ));
+    };
+    let limit = state.config.admin.request_timeout;
+    let deadline = Instant::now() + limit;
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(cancelled.clone());
+    let shutdown = state.shutdown.clone();
+    let stopped = Arc::new(AtomicBool::new(false));
+    let stopped_in_task = stopped.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let mut read = |each: &mut dyn FnMut(RecordedStatement)| {
-            trail::for_each_statement(&db, &window, each).map_err(|e| {
+            trail::for_each_statement(&db, &window, |record| {
+                let go_on = may_continue(
+                    Instant::now(),
+                    deadline,
+                    cancelled.load(Ordering::Relaxed) || shutdown.is_cancelled(),
+                );
+                if !go_on {
+                    stopped_in_task.store(true, Ordering::Relaxed);
+                    return ControlFlow::Break(());
+                }
+                each(record);
+                ControlFlow::Continue(())
+            })
+            .map_err(|e| {
                 tracing::error!(error = %e, "reading the audit trail for a review failed");
                 ApiError::Internal("the audit trail could not be read; see the timebox log".into())
             })
@@ -145,7 +191,14 @@ async fn over_trail<T: Send + 'static>(
         fold(&mut read)
     })
     .await
-    .map_err(|e| ApiError::Internal(format!("the review task failed: {e}")))?
+    .map_err(|e| ApiError::Internal(format!("the review task failed: {e}")))?;
+    if stopped.load(Ordering::Relaxed) {
+        return Err(ApiError::Busy(format!(
+            "the window holds more than this instance reviews within {limit:?} (admin.request_timeout); \
+             narrow it with since, target or role"
+        )));
+    }
+    result
 }
 
 /// What each role was used for, from the audit trail, with a suggested narrower role (roles
@@ -226,6 +279,15 @@ async fn replay_policy(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn work_stops_at_the_deadline_or_when_cancelled() {
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_secs(1);
+        assert!(may_continue(now, later, false));
+        assert!(!may_continue(later, later, false));
+        assert!(!may_continue(now, later, true));
+    }
 
     #[test]
     fn since_is_a_duration_back_or_an_instant() {

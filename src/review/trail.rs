@@ -3,6 +3,7 @@
 //! whole window in memory), each session's role looked up once from its `session_start` record.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -14,11 +15,12 @@ use crate::audit::event::Statement;
 /// use of a role.
 const AUDIT_TARGET: &str = crate::auditsql::AUDIT_DATABASE;
 
-/// Calls `each` for every engineer statement of `window`, in `seq` order.
+/// Calls `each` for every engineer statement of `window`, in `seq` order, until it answers
+/// `Break` (a deadline or a cancelled request); returns how many it was given.
 pub fn for_each_statement(
     db: &Path,
     window: &Window,
-    mut each: impl FnMut(RecordedStatement),
+    mut each: impl FnMut(RecordedStatement) -> ControlFlow<()>,
 ) -> Result<u64, ReviewError> {
     let fail = |source| ReviewError::Trail {
         path: db.to_path_buf(),
@@ -78,8 +80,10 @@ pub fn for_each_statement(
         let ts = chrono::DateTime::parse_from_rfc3339(&ts)
             .map(|t| t.with_timezone(&chrono::Utc))
             .unwrap_or_default();
-        each(recorded(seq, ts, role, stmt));
         count += 1;
+        if each(recorded(seq, ts, role, stmt)).is_break() {
+            break;
+        }
     }
     Ok(count)
 }
