@@ -24,6 +24,7 @@ pub struct InstanceArgs {
 pub enum InstanceCommand {
     /// List the fleet's instances (roles admin, auditor).
     List {
+        /// Print the API's JSON answer instead of a table.
         #[arg(long)]
         json: bool,
     },
