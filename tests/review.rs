@@ -26,6 +26,18 @@ fn trail(inst: &common::TestInstance, window: &Window) -> Vec<RecordedStatement>
     records
 }
 
+/// Runs `statements` through the proxy as alice under a write grant (each must succeed) and waits
+/// until their records are queryable.
+async fn alice_writes(inst: &common::TestInstance, statements: &[String]) {
+    let (_, token) = inst.grant("alice", "write", "10m").await;
+    let conn = common::proxy_conn(inst, "alice", "sslmode=disable");
+    for sql in statements {
+        let out = psql(&conn, &token, sql).await;
+        assert!(out.success, "{sql}: {out:?}");
+    }
+    inst.state.audit.wait_indexed().await.expect("indexed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_and_review_answer_from_the_trail_the_proxy_wrote() {
     let inst = common::start(Options::default()).await;
@@ -106,17 +118,15 @@ async fn replay_and_review_answer_from_the_trail_the_proxy_wrote() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_reviews_roles_and_replays_a_candidate_policy() {
     let inst = common::start(Options::default()).await;
-    let (_, token) = inst.grant("alice", "write", "10m").await;
-    let conn = common::proxy_conn(&inst, "alice", "sslmode=disable");
     let mark = common::cluster::unique_name("replay");
-    for sql in [
-        "SELECT count(*) FROM items".to_owned(),
-        format!("UPDATE items SET name = name WHERE name = '{mark}'"),
-    ] {
-        let out = psql(&conn, &token, &sql).await;
-        assert!(out.success, "{out:?}");
-    }
-    inst.state.audit.wait_indexed().await.expect("indexed");
+    alice_writes(
+        &inst,
+        &[
+            "SELECT count(*) FROM items".to_owned(),
+            format!("UPDATE items SET name = name WHERE name = '{mark}'"),
+        ],
+    )
+    .await;
     let http = reqwest::Client::new();
     let url = |path: &str| format!("{}{path}", inst.admin_url());
 
@@ -190,17 +200,15 @@ async fn timebox_cli(args: &[&str], admin_url: &str, token: &str) -> (Option<i32
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_replays_a_candidate_file_with_gate_exit_codes_and_reviews_roles() {
     let inst = common::start(Options::default()).await;
-    let (_, token) = inst.grant("alice", "write", "10m").await;
-    let conn = common::proxy_conn(&inst, "alice", "sslmode=disable");
     let mark = common::cluster::unique_name("gate");
-    for sql in [
-        "SELECT count(*) FROM items".to_owned(),
-        format!("DELETE FROM items WHERE name = '{mark}'"),
-    ] {
-        let out = psql(&conn, &token, &sql).await;
-        assert!(out.success, "{out:?}");
-    }
-    inst.state.audit.wait_indexed().await.expect("indexed");
+    alice_writes(
+        &inst,
+        &[
+            "SELECT count(*) FROM items".to_owned(),
+            format!("DELETE FROM items WHERE name = '{mark}'"),
+        ],
+    )
+    .await;
     let url = inst.admin_url();
     let dir = tempfile::tempdir().unwrap();
 
