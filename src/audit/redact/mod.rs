@@ -31,8 +31,7 @@
 //!
 //! Fail closed: text PostgreSQL's lexer refuses (an unterminated literal, a NUL) is hidden from its
 //! first trigger word or escape to the end; a literal this module cannot decode is hidden whole; a
-//! plain `'…'` secret literal holding a backslash (read differently under
-//! `standard_conforming_strings = off`) is hidden to the end of the statement; a literal holding
+//! literal holding
 //! SQL that is too deep, refused by the lexer, or cannot be written back soundly (`U&'…'`, bit
 //! strings) is hidden whole (too deep or refused: what follows it too). [`redact_sql_secrets`]
 //! also returns the hidden pieces so a denial reason quoting the statement can be [`scrub`]bed.
@@ -186,7 +185,7 @@ fn secret_edits(sql: &str, tokens: &[Token], marked: bool, depth: usize) -> Foun
                     let j = if op(i + 1, b'=') { i + 2 } else { i + 1 };
                     match sig.get(j) {
                         Some(s) if s.kind == Kind::Str => {
-                            edits.push((literal_span(sql, s, marked), REDACTED_LITERAL.to_owned()));
+                            edits.push((literal_span(s), REDACTED_LITERAL.to_owned()));
                             open |= is_placeholder(&sql[s.span.clone()]);
                         }
                         Some(s) => open |= matches!(s.kind, Kind::Param | Kind::Op(b'%')),
@@ -207,7 +206,7 @@ fn secret_edits(sql: &str, tokens: &[Token], marked: bool, depth: usize) -> Foun
                     }
                 } else if t.kind == Kind::Word && name == "options" && op(i + 1, b'(') {
                     for s in option_secrets(sql, &sig, i + 1) {
-                        edits.push((literal_span(sql, s, marked), REDACTED_LITERAL.to_owned()));
+                        edits.push((literal_span(s), REDACTED_LITERAL.to_owned()));
                     }
                 }
             }
@@ -363,16 +362,13 @@ fn open_tail(sig: &[&Token], i: usize) -> Vec<Range<usize>> {
     runs
 }
 
-/// The span to hide for the secret literal `s`. A plain `'…'` literal holding a backslash is read
-/// differently under `standard_conforming_strings = off` (which a session may set), so everything
-/// from it to the end of the statement is hidden: fail closed.
-fn literal_span(sql: &str, s: &Token, marked: bool) -> Range<usize> {
-    let text = &sql[s.span.clone()];
-    if marked && text.starts_with('\'') && text.contains('\\') {
-        s.span.start..sql.len()
-    } else {
-        s.span.clone()
-    }
+/// The span to hide for the secret literal `s`: the literal itself, never what follows it, so a
+/// secret cannot be used to hide the rest of a statement from the audit trail. Literals are read
+/// with `standard_conforming_strings = on`, which the relay guarantees for every statement it
+/// records: a session cannot change it (policy: never allowed), and a server or role default of
+/// `off` ends the session at login or on the ParameterStatus that reports it.
+fn literal_span(s: &Token) -> Range<usize> {
+    s.span.clone()
 }
 
 /// Whether a key (role option, OPTIONS key, column) names a password: it contains `password`,

@@ -221,8 +221,6 @@ const SPELLINGS: &[(&str, &str, &str)] = &[
             ("CREATE ROLE u PASSWORD N'secret1'", "secret1", "CREATE ROLE u"),
             ("ALTER ROLE x PASSWORD -- c\n 'secret1'", "secret1", "-- c"),
             ("ALTER ROLE x PASSWORD 'a\\' secret1'", "secret1", "ALTER ROLE x "),
-            // standard_conforming_strings = off would read this as one literal: hidden to the end.
-            ("ALTER ROLE x PASSWORD 'a\\' || 'secret1'", "secret1", "ALTER ROLE x PASSWORD "),
             (
                 "ALTER USER MAPPING FOR bob SERVER s OPTIONS (SET password 'secret1')",
                 "secret1",
@@ -470,4 +468,28 @@ fn params_follow_the_policy() {
         Some(vec![Some("[redacted 5 bytes]".into()), None])
     );
     assert_eq!(redact_params(None, ParamLogging::Full), None);
+}
+
+/// Attack finding F7 (session 3): a secret literal holding a backslash hid everything after it, so
+/// an engineer could keep the rest of a statement (`OR true`, a second statement) out of the audit
+/// trail. Literals are read with `standard_conforming_strings = on` (the relay guarantees it), so
+/// only the literal is hidden and the rest stays verbatim.
+#[test]
+fn a_backslash_in_a_secret_literal_hides_the_literal_not_the_rest_of_the_statement() {
+    for (sql, kept) in [
+        ("SELECT * FROM users WHERE password = 'a\\' OR true", "' OR true"),
+        (
+            "SELECT 1 FROM users WHERE pwd = 'x\\'; DELETE FROM orders",
+            "'; DELETE FROM orders",
+        ),
+        (
+            "ALTER ROLE x PASSWORD 'a\\' VALID UNTIL 'infinity'",
+            "' VALID UNTIL 'infinity'",
+        ),
+        ("ALTER ROLE x PASSWORD 'a\\' || 'visible'", "' || 'visible'"),
+    ] {
+        let out = redact_sql(sql);
+        assert!(out.contains(&format!("[REDACTED]{kept}")), "{sql} -> {out}");
+        assert!(!out.contains("'a\\'") && !out.contains("'x\\'"), "{sql} -> {out}");
+    }
 }
