@@ -17,6 +17,8 @@
 //! `search_path` naming one after `pg_catalog` is refused ([`system_schema_on_path`]); a role- or
 //! database-level `search_path` set with `ALTER ROLE`/`ALTER DATABASE` is a known limit.
 
+use pg_query::protobuf::{node::Node as NodeEnum, Node, ObjectType};
+
 use super::classify::Relation;
 
 /// Whether `schema` (folded, as PostgreSQL folds it) is a system schema.
@@ -69,6 +71,116 @@ pub fn system_schema_on_path(value: &str) -> Option<String> {
             None => s.to_lowercase(),
         })
         .find(|s| s != "pg_catalog" && is_system_schema(s))
+}
+
+/// The system schema a DDL statement creates, changes or drops an object in, or moves one into,
+/// with what it does there: `CREATE FUNCTION pg_catalog.f`, `DROP SCHEMA information_schema`,
+/// `ALTER TYPE t SET SCHEMA pg_catalog`, `COMMENT ON SCHEMA pg_catalog`. Relations are decided by
+/// [`catalog_relation`]; this covers the objects named by qualified name lists (functions, types,
+/// domains, aggregates, operators, collations, conversions, statistics) and schemas themselves.
+/// An object in a system schema shadows or replaces what every session resolves there first, so
+/// such a statement is `admin` whatever it looks like.
+pub fn system_schema_object(stmt: &NodeEnum) -> Option<(&'static str, String)> {
+    let is_schema = |objtype: i32| objtype == ObjectType::ObjectSchema as i32;
+    let named = |what: &'static str, schema: Option<String>| {
+        schema.filter(|s| is_system_schema(s)).map(|s| (what, s))
+    };
+    match stmt {
+        NodeEnum::CreateSchemaStmt(c) => named("CREATE SCHEMA", Some(c.schemaname.clone())),
+        NodeEnum::DropStmt(d) => d
+            .objects
+            .iter()
+            .find_map(|o| named("DROP", object_schema(o, is_schema(d.remove_type)))),
+        NodeEnum::RenameStmt(r) if is_schema(r.rename_type) => {
+            named("ALTER SCHEMA … RENAME", Some(r.subname.clone()))
+        }
+        NodeEnum::RenameStmt(r) => named(
+            "ALTER … RENAME",
+            r.object.as_deref().and_then(|o| object_schema(o, false)),
+        ),
+        NodeEnum::AlterObjectSchemaStmt(a) => {
+            named("ALTER … SET SCHEMA", Some(a.newschema.clone())).or_else(|| {
+                named(
+                    "ALTER … SET SCHEMA",
+                    a.object.as_deref().and_then(|o| object_schema(o, false)),
+                )
+            })
+        }
+        NodeEnum::AlterOwnerStmt(a) => named(
+            "ALTER … OWNER TO",
+            a.object
+                .as_deref()
+                .and_then(|o| object_schema(o, is_schema(a.object_type))),
+        ),
+        NodeEnum::CommentStmt(c) => named(
+            "COMMENT ON",
+            c.object
+                .as_deref()
+                .and_then(|o| object_schema(o, is_schema(c.objtype))),
+        ),
+        NodeEnum::CreateFunctionStmt(f) => named("CREATE FUNCTION", qualified_schema(&f.funcname)),
+        NodeEnum::AlterFunctionStmt(f) => named(
+            "ALTER FUNCTION",
+            f.func.as_ref().and_then(|o| qualified_schema(&o.objname)),
+        ),
+        NodeEnum::DefineStmt(d) => named(
+            "CREATE (type, aggregate, operator, collation …)",
+            qualified_schema(&d.defnames),
+        ),
+        NodeEnum::CreateDomainStmt(d) => named("CREATE DOMAIN", qualified_schema(&d.domainname)),
+        NodeEnum::AlterDomainStmt(d) => named("ALTER DOMAIN", qualified_schema(&d.type_name)),
+        NodeEnum::CreateEnumStmt(e) => named("CREATE TYPE … AS ENUM", qualified_schema(&e.type_name)),
+        NodeEnum::AlterEnumStmt(e) => named("ALTER TYPE", qualified_schema(&e.type_name)),
+        NodeEnum::CreateRangeStmt(r) => named("CREATE TYPE … AS RANGE", qualified_schema(&r.type_name)),
+        NodeEnum::CompositeTypeStmt(c) => named(
+            "CREATE TYPE",
+            c.typevar
+                .as_ref()
+                .map(|v| v.schemaname.clone())
+                .filter(|s| !s.is_empty()),
+        ),
+        NodeEnum::CreateOpClassStmt(c) => named("CREATE OPERATOR CLASS", qualified_schema(&c.opclassname)),
+        NodeEnum::CreateOpFamilyStmt(c) => named("CREATE OPERATOR FAMILY", qualified_schema(&c.opfamilyname)),
+        NodeEnum::AlterOpFamilyStmt(c) => named("ALTER OPERATOR FAMILY", qualified_schema(&c.opfamilyname)),
+        NodeEnum::CreateConversionStmt(c) => named("CREATE CONVERSION", qualified_schema(&c.conversion_name)),
+        NodeEnum::CreateStatsStmt(c) => named("CREATE STATISTICS", qualified_schema(&c.defnames)),
+        NodeEnum::AlterStatsStmt(c) => named("ALTER STATISTICS", qualified_schema(&c.defnames)),
+        _ => None,
+    }
+}
+
+/// The schema of a qualified name list (`schema.name` or `db.schema.name`); `None` when unqualified
+/// (creation then goes to the first schema of the `search_path`, which cannot be a system schema:
+/// see [`system_schema_on_path`]).
+fn qualified_schema(names: &[Node]) -> Option<String> {
+    let n = names.len();
+    if n < 2 {
+        return None;
+    }
+    match names[n - 2].node.as_ref() {
+        Some(NodeEnum::String(s)) => Some(s.sval.clone()),
+        _ => None,
+    }
+}
+
+/// The schema an object node names: a qualified name list, a function or operator with its
+/// arguments, a type name, or (`schema`: the object is a schema) a schema's own name.
+fn object_schema(node: &Node, schema: bool) -> Option<String> {
+    match node.node.as_ref()? {
+        NodeEnum::List(l) => qualified_schema(&l.items),
+        NodeEnum::ObjectWithArgs(o) => qualified_schema(&o.objname),
+        NodeEnum::TypeName(t) => qualified_schema(&t.names),
+        NodeEnum::String(s) if schema => Some(s.sval.clone()),
+        _ => None,
+    }
+}
+
+/// The reason a statement that puts, changes or removes an object in a system schema needs `admin`.
+pub fn system_schema_reason(what: &str, schema: &str) -> String {
+    format!(
+        "{what} in the system schema {schema}: objects there shadow or replace what every session \
+         resolves first, so changing them is privilege escalation"
+    )
 }
 
 #[cfg(test)]

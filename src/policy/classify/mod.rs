@@ -449,6 +449,12 @@ fn classify_statement(
 
     // What the statement itself is.
     let executes = base_class(stmt, top, &mut info);
+    if let Some((what, schema)) = catalog::system_schema_object(stmt) {
+        info.need(
+            StatementClass::Admin,
+            catalog::system_schema_reason(what, &schema),
+        );
+    }
     // What is inside it. An EXPLAIN without ANALYZE only plans its statement: data-modifying parts do
     // not run, but functions still count (the planner may evaluate them).
     if executes {
@@ -466,6 +472,13 @@ fn classify_statement(
                 StatementClass::Write,
                 "SELECT … FOR UPDATE/SHARE locks rows (a write lock)",
             );
+            // Row locks on a catalog block DDL, logins and vacuum of the whole database.
+            if let Some(catalog) = findings.relations().iter().find_map(catalog::catalog_relation) {
+                info.need(
+                    StatementClass::Admin,
+                    catalog::catalog_reason("SELECT … FOR UPDATE/SHARE locks rows of", &catalog),
+                );
+            }
         }
         if findings.select_into {
             info.need(StatementClass::Ddl, "SELECT … INTO creates a table");
