@@ -256,7 +256,40 @@ fn secret_edits(sql: &str, tokens: &[Token], marked: bool, depth: usize) -> Foun
             _ => {}
         }
     }
+    edits.extend(
+        tokens
+            .iter()
+            .filter(|t| t.kind == Kind::Comment)
+            .filter_map(|t| comment_edit(sql, t, depth)),
+    );
     Found { edits, open }
+}
+
+/// A comment read as SQL by these same rules, so commented-out SQL (`-- ALTER ROLE x PASSWORD
+/// 'pw'`, `/* SET my.key = 'k' */`) keeps no secret: the edit of its inside, if anything in it is
+/// hidden. Fail closed: a comment too deep in nested literals, or whose inside PostgreSQL's lexer
+/// refuses, is hidden from its first trigger word or escape.
+fn comment_edit(sql: &str, t: &Token, depth: usize) -> Option<(Range<usize>, String)> {
+    let text = &sql[t.span.clone()];
+    let close = if text.starts_with("/*") && text.len() >= 4 && text.ends_with("*/") {
+        2
+    } else {
+        0
+    };
+    let inside = t.span.start + 2..t.span.end - close;
+    let inner = sql.get(inside.clone())?;
+    if !might_hold_secret(inner) && !has_escapes(inner) {
+        return None;
+    }
+    let hidden_from = |from: usize| Some((inside.start + from..inside.end, REDACTED.to_owned()));
+    if depth >= MAX_LITERAL_NESTING {
+        return hidden_from(first_marker(inner));
+    }
+    let Some(found) = redact_lexed(inner, depth + 1) else {
+        return hidden_from(first_marker(inner));
+    };
+    let edited = redact_tokens(&redact_conninfo(&found.text)).into_owned();
+    (edited != inner).then_some((inside, edited))
 }
 
 /// Whether a literal's value may be SQL holding a secret: it names a password key, a setting

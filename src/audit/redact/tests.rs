@@ -37,8 +37,13 @@ fn password_literals_in_role_statements() {
 
 #[test]
 fn keywords_inside_literals_and_identifiers_do_not_trigger() {
-    let sql = "SELECT 'password' AS label, \"password\" FROM t -- password 'x'";
+    let sql = "SELECT 'password' AS label, \"password\" FROM t";
     assert_eq!(r(sql), sql);
+    // A comment is read as SQL (commented-out statements keep no secrets): its literal is hidden.
+    assert_eq!(
+        r("SELECT 'password' AS label FROM t -- password 'x'"),
+        "SELECT 'password' AS label FROM t -- password '[REDACTED]'"
+    );
     let sql = "SELECT * FROM keys WHERE id = 1";
     assert_eq!(r(sql), sql);
     assert!(
@@ -492,4 +497,50 @@ fn a_backslash_in_a_secret_literal_hides_the_literal_not_the_rest_of_the_stateme
         assert!(out.contains(&format!("[REDACTED]{kept}")), "{sql} -> {out}");
         assert!(!out.contains("'a\\'") && !out.contains("'x\\'"), "{sql} -> {out}");
     }
+}
+
+/// Found by tests/fuzz.rs (`secrets_never_survive_redaction`): commented-out SQL kept its secrets
+/// (`--; ALTER ROLE app PASSWORD 'aaaa0000aaaa'`). Comments are read as SQL by the same rules.
+#[test]
+fn commented_out_secrets_are_hidden_and_the_comment_kept() {
+    for (sql, secret, kept) in [
+        (
+            "--; ALTER ROLE app PASSWORD 'aaaa0000aaaa'",
+            "aaaa0000aaaa",
+            "--; ALTER ROLE app PASSWORD ",
+        ),
+        (
+            "SELECT 1 /* ALTER ROLE x PASSWORD 'pw12345' */",
+            "pw12345",
+            "SELECT 1 /* ALTER ROLE x PASSWORD ",
+        ),
+        (
+            "SELECT 1 -- set my.api_key = 'k3y-value'\n",
+            "k3y-value",
+            "SELECT 1 -- set my.api_key = ",
+        ),
+        (
+            "SELECT 1 /* outer /* PASSWORD 'nested99' */ */",
+            "nested99",
+            "SELECT 1 /* outer /* PASSWORD ",
+        ),
+        (
+            "SELECT 1 -- dblink_connect('host=h password=conn99')",
+            "conn99",
+            "dblink_connect(",
+        ),
+        (
+            "SELECT 1 -- PASSWORD 'unterminated99",
+            "unterminated99",
+            "SELECT 1 -- ",
+        ),
+    ] {
+        let out = redact_sql(sql);
+        assert!(!out.contains(secret), "{sql} -> {out}");
+        assert!(out.contains(kept), "{sql} -> {out}");
+    }
+    assert_eq!(
+        redact_sql("SELECT 1 -- just a comment"),
+        "SELECT 1 -- just a comment"
+    );
 }
