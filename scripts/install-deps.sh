@@ -10,9 +10,12 @@
 # It never starts the distribution's own PostgreSQL service; nothing here depends on it.
 set -euo pipefail
 
-# python3-asyncpg: a second real driver in the compatibility tests (tests/compat_wire.rs).
+# python3-asyncpg, python3-psycopg2, python3-psycopg, libpostgresql-jdbc-java: real drivers in the
+# compatibility tests (tests/compat_wire.rs, tests/compat_drivers.rs); node-postgres comes from the
+# npm registry into target/drivers/node (below), pgjdbc runs on the machine's java (or Debian's).
 # jq: the README's walkthrough picks ids out of --json answers (run by tests/demo.rs).
-PACKAGES=(postgresql postgresql-contrib libclang-dev clang pkg-config python3-asyncpg jq)
+PACKAGES=(postgresql postgresql-contrib libclang-dev clang pkg-config python3-asyncpg python3-psycopg2
+    python3-psycopg libpostgresql-jdbc-java jq)
 
 missing=()
 
@@ -37,9 +40,35 @@ command -v clang >/dev/null 2>&1 || missing+=("clang")
 command -v pkg-config >/dev/null 2>&1 || missing+=("pkg-config")
 /usr/bin/python3 -c "import asyncpg" >/dev/null 2>&1 || missing+=("asyncpg (python3-asyncpg)")
 command -v jq >/dev/null 2>&1 || missing+=("jq")
+/usr/bin/python3 -c "import psycopg2" >/dev/null 2>&1 || missing+=("psycopg2 (python3-psycopg2)")
+/usr/bin/python3 -c "import psycopg" >/dev/null 2>&1 || missing+=("psycopg (python3-psycopg)")
+[[ -f /usr/share/java/postgresql.jar ]] || missing+=("pgjdbc (libpostgresql-jdbc-java)")
+if ! command -v java >/dev/null 2>&1; then
+    missing+=("java (default-jre-headless)")
+    PACKAGES+=(default-jre-headless)
+fi
+if ! command -v npm >/dev/null 2>&1; then
+    missing+=("node and npm (nodejs npm)")
+    PACKAGES+=(nodejs npm)
+fi
+
+# node-postgres for tests/compat_drivers.rs, from the npm registry, beside the build (not global).
+install_node_pg() {
+    local dir
+    dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/drivers/node"
+    if [[ -d "$dir/node_modules/pg" ]]; then return 0; fi
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "install-deps: npm not found; node-postgres not installed" >&2
+        return 0
+    fi
+    mkdir -p "$dir"
+    (cd "$dir" && npm install --no-audit --no-fund --silent pg@8 </dev/null)
+    echo "install-deps: installed node-postgres into $dir"
+}
 
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "install-deps: all system dependencies present"
+    install_node_pg
     exit 0
 fi
 
@@ -64,3 +93,4 @@ export DEBIAN_FRONTEND=noninteractive
 "${SUDO[@]}" apt-get update </dev/null
 "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${PACKAGES[@]}" </dev/null
 echo "install-deps: installed ${PACKAGES[*]}"
+install_node_pg
