@@ -132,6 +132,11 @@ const SAFE_FUNCTIONS: &[&str] = &[
     "to_regtypemod", "txid_current_if_assigned", "txid_current_snapshot", "txid_snapshot_xip",
     "txid_snapshot_xmax", "txid_snapshot_xmin", "txid_status", "txid_visible_in_snapshot", "user",
     "version", "aclcontains", "acldefault", "aclexplode", "makeaclitem",
+    // catalog readers psql's describe queries call (psql 13–18: \d, \df+, \dO, \dX, \dRp)
+    "getdatabaseencoding", "pg_column_is_updatable", "pg_get_acl", "pg_get_function_sqlbody",
+    "pg_get_partition_constraintdef", "pg_get_publication_tables", "pg_get_replica_identity_index",
+    "pg_get_statisticsobjdef_columns", "pg_get_statisticsobjdef_expressions",
+    "pg_relation_is_publishable", "pg_relation_is_updatable",
     // privilege checks (a has_ prefix would let a user-defined has_anything() pass as built-in)
     "has_any_column_privilege", "has_column_privilege", "has_database_privilege",
     "has_foreign_data_wrapper_privilege", "has_function_privilege", "has_language_privilege",
