@@ -314,16 +314,19 @@ proptest! {
         proof in prop::collection::vec(any::<u8>(), 32..33),
     ) {
         use base64::Engine as _;
-        let verifier = timebox::grants::token::ScramVerifier::derive("tbx_secret_token_for_fuzz", b"saltsaltsaltsalt", 4096);
+        static VERIFIER: std::sync::OnceLock<timebox::grants::token::ScramVerifier> = std::sync::OnceLock::new();
+        let verifier = VERIFIER.get_or_init(|| {
+            timebox::grants::token::ScramVerifier::derive("tbx_secret_token_for_fuzz", b"saltsaltsaltsalt", 4096)
+        });
         let _ = timebox::proxy::scram::server_first("SCRAM-SHA-256", &first, None, &verifier.salt, verifier.iterations);
         let client_first = format!("n,,n=,r={user_nonce}");
         let (server_first, state) = timebox::proxy::scram::server_first(
             "SCRAM-SHA-256", client_first.as_bytes(), None, &verifier.salt, verifier.iterations,
         ).expect("a well-formed client-first");
-        let _ = timebox::proxy::scram::client_final(&state, &last, None, &[&verifier]);
+        let _ = timebox::proxy::scram::client_final(&state, &last, None, &[verifier]);
         let nonce = server_first.split(',').find_map(|p| p.strip_prefix("r=")).expect("nonce").to_string();
         let forged = format!("c=biws,r={nonce},p={}", base64::engine::general_purpose::STANDARD.encode(&proof));
-        prop_assert!(timebox::proxy::scram::client_final(&state, forged.as_bytes(), None, &[&verifier]).is_err());
+        prop_assert!(timebox::proxy::scram::client_final(&state, forged.as_bytes(), None, &[verifier]).is_err());
     }
 
     /// The example config with bytes changed, cut or spliced: a config or an error, never a panic.
