@@ -13,6 +13,7 @@ use super::classify::{
     UNREADABLE_SETTING,
 };
 use super::functions::{self, FunctionKind, SettingKind};
+use super::target_functions::TargetFunctions;
 use super::version::{self, ServerVersion};
 use crate::config;
 
@@ -171,12 +172,45 @@ pub fn older_target_calls(stmt: &StatementInfo, server: ServerVersion) -> Vec<Ol
     calls
 }
 
-/// Decides one statement for a session whose target runs `server`.
+/// Decides one statement for a session whose target runs `server` (its catalog unread).
 pub fn authorize_on(role: &RolePolicy, server: ServerVersion, stmt: &StatementInfo) -> Decision {
+    authorize_in(role, Target::version(server), stmt)
+}
+
+/// What a session knows of its target: its version and, when timebox could read it, what its
+/// catalog says about function names ([`TargetFunctions`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub server: ServerVersion,
+    pub functions: Option<&'a TargetFunctions>,
+}
+
+impl Target<'_> {
+    /// A target known by its version only: the hand-kept function lists decide alone.
+    pub fn version(server: ServerVersion) -> Target<'static> {
+        Target {
+            server,
+            functions: None,
+        }
+    }
+
+    fn reads_only(&self, function: &str) -> bool {
+        self.functions.is_some_and(|t| t.reads_only(function))
+    }
+
+    fn shadowed(&self, function: &str) -> bool {
+        self.functions.is_some_and(|t| t.shadowed(function))
+    }
+}
+
+/// Decides one statement for a session on `target`.
+pub fn authorize_in(role: &RolePolicy, target: Target<'_>, stmt: &StatementInfo) -> Decision {
+    let server = target.server;
     // In order: the first step that objects (does not answer Allow) decides; its reason says the most.
-    let steps: [&dyn Fn() -> Decision; 7] = [
+    let steps: [&dyn Fn() -> Decision; 8] = [
         &|| lexing_step(stmt),
-        &|| class_step(role, stmt),
+        &|| class_step(role, target, stmt),
+        &|| shadowed_step(role, target, stmt),
         &|| older_target_step(role, server, stmt),
         &|| unparsed_step(role, stmt),
         &|| settings_step(role, stmt),
@@ -218,7 +252,7 @@ fn lexing_step(stmt: &StatementInfo) -> Decision {
 
 /// Step 2 of [`authorize_on`]: every class the statement needs, highest first, and user-defined
 /// functions.
-fn class_step(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
+fn class_step(role: &RolePolicy, target: Target<'_>, stmt: &StatementInfo) -> Decision {
     let kind = &stmt.kind;
     for class in stmt.needs().into_iter().rev() {
         if class == StatementClass::Unparsed || role.allows(class) {
@@ -235,7 +269,8 @@ fn class_step(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
         );
     }
     if !role.allows(StatementClass::Write) {
-        if let Some(f) = stmt.unknown_functions.iter().find(|f| !role.function_allowed(f)) {
+        let user_function = |f: &&String| !role.function_allowed(f) && !target.reads_only(f);
+        if let Some(f) = stmt.unknown_functions.iter().find(user_function) {
             let (what, name) = match f.strip_prefix("operator ") {
                 Some(op) => ("operator", op.to_string()),
                 None => ("function", format!("{f}()")),
@@ -257,6 +292,36 @@ fn class_step(role: &RolePolicy, stmt: &StatementInfo) -> Decision {
         }
     }
     Decision::Allow
+}
+
+/// Step 2b of [`authorize_in`]: an unqualified built-in name that a user-defined function on the
+/// target also has (`public.lower(int)`): PostgreSQL picks by argument types and may call the
+/// user's, so for a role without write it counts as a user function.
+fn shadowed_step(role: &RolePolicy, target: Target<'_>, stmt: &StatementInfo) -> Decision {
+    if role.allows(StatementClass::Write) {
+        return Decision::Allow;
+    }
+    let shadowed = stmt.functions.iter().find(|f| {
+        target.shadowed(f) && functions::function_kind(f) == FunctionKind::Safe && !role.function_allowed(f)
+    });
+    let Some(f) = shadowed else {
+        return Decision::Allow;
+    };
+    Decision::deny(
+        format!(
+            "{} calls {f}(), a built-in name that a user-defined function on this target also has; \
+             PostgreSQL may call that one (user-defined functions can change data, so they count as \
+             write); role {} allows only {}",
+            stmt.kind,
+            role.name,
+            role.allowed_list()
+        ),
+        format!(
+            "call pg_catalog.{f}(…) to reach the built-in, or ask an admin to add {f:?} to \
+             roles.{}.allow_functions if the user's function only reads",
+            role.name
+        ),
+    )
 }
 
 /// Step 3 of [`authorize_on`]: what the classifier's grammar saw as built-in but the target calls
@@ -408,9 +473,14 @@ pub fn authorize_all_on(
     server: ServerVersion,
     classification: &Classification,
 ) -> Decision {
+    authorize_all_in(role, Target::version(server), classification)
+}
+
+/// Decides a whole message for a session on `target`: one denied statement denies all of it.
+pub fn authorize_all_in(role: &RolePolicy, target: Target<'_>, classification: &Classification) -> Decision {
     let n = classification.statements.len();
     for (i, stmt) in classification.statements.iter().enumerate() {
-        if let Decision::Deny { reason, hint } = authorize_on(role, server, stmt) {
+        if let Decision::Deny { reason, hint } = authorize_in(role, target, stmt) {
             let reason = if n > 1 {
                 format!("statement {} of {n} denied, so none of them ran: {reason}", i + 1)
             } else {

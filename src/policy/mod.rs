@@ -45,8 +45,11 @@
 //! - PostgreSQL syntax sqlparser does not know (`FOR NO KEY UPDATE`, `ROWS FROM`, `TABLE ONLY t`,
 //!   `WHERE CURRENT OF`, `SET CONSTRAINTS`, `DO`, `CHECKPOINT`, `ALTER SYSTEM`, `U&""`, custom
 //!   operators) is `Unparsed`: denied unless the role has `allow_unparsed`;
-//! - the function lists are maintained by hand: an unlisted built-in counts as `write` until it is
-//!   added to [`functions`] or to the role's `allow_functions`.
+//! - the function lists are maintained by hand; when timebox could read the target's catalog
+//!   ([`target_functions`]), an unlisted `pg_catalog` function the catalog marks immutable or stable
+//!   reads, and an unqualified built-in name a user function shares counts as a user function;
+//!   otherwise an unlisted built-in counts as `write` until it is added to [`functions`] or to the
+//!   role's `allow_functions`.
 
 pub mod appname;
 pub mod authorize;
@@ -55,16 +58,21 @@ pub mod catalog;
 pub mod classify;
 pub mod functions;
 pub mod shape;
+pub mod target_functions;
 pub mod version;
 
 use std::fmt::Write as _;
 
-pub use authorize::{authorize, authorize_all, authorize_all_on, authorize_on, Decision, RolePolicy};
+pub use authorize::{
+    authorize, authorize_all, authorize_all_in, authorize_all_on, authorize_in, authorize_on, Decision,
+    RolePolicy, Target,
+};
 pub use cache::ClassifyCache;
 pub use classify::{
     classify, ClassReason, Classification, CopyDirection, Deallocate, Relation, SetValue, SettingChange,
     StatementClass, StatementInfo,
 };
+pub use target_functions::TargetFunctions;
 pub use version::{NewerSyntax, ServerVersion};
 
 use crate::config::Config;

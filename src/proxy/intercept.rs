@@ -34,7 +34,8 @@ use crate::audit::event::AuditSql;
 use crate::config::DEFAULT_MAX_STATEMENT_BYTES;
 use crate::policy::appname::{self, Appname};
 use crate::policy::{
-    self, Classification, ClassifyCache, Decision, RolePolicy, ServerVersion, StatementClass,
+    self, Classification, ClassifyCache, Decision, RolePolicy, ServerVersion, StatementClass, Target,
+    TargetFunctions,
 };
 
 /// Prepared statements a session may hold before new named ones are refused.
@@ -197,6 +198,8 @@ pub struct Interceptor {
     /// The target's major version (from its `server_version` at login; the oldest supported until
     /// known): constructs of the classifier's newer grammar are what this version makes of them.
     server: ServerVersion,
+    /// What the target's catalog says about function names, when timebox could read it.
+    target_functions: Option<Arc<TargetFunctions>>,
     /// `timebox:<user>:<grant id>`: `application_name` keeps it (see [`appname`]).
     app_tag: String,
 }
@@ -216,6 +219,7 @@ impl Interceptor {
             skip_policy: None,
             max_statement_bytes: DEFAULT_MAX_STATEMENT_BYTES,
             server: ServerVersion::OLDEST,
+            target_functions: None,
             app_tag: appname::session_tag("?", grant_id),
         }
     }
@@ -236,10 +240,24 @@ impl Interceptor {
         }
     }
 
+    fn target(&self) -> Target<'_> {
+        Target {
+            server: self.server,
+            functions: self.target_functions.as_deref(),
+        }
+    }
+
     /// The target's version, as its `server_version` ParameterStatus reported it at login (`None`
     /// or unreadable: the oldest supported).
     pub fn on_server(mut self, server_version: Option<&str>) -> Self {
         self.server = ServerVersion::of_target(server_version);
+        self
+    }
+
+    /// What the target's catalog says about function names (see `policy::target_functions`);
+    /// `None`: the hand-kept lists decide alone.
+    pub fn with_target_functions(mut self, functions: Option<Arc<TargetFunctions>>) -> Self {
+        self.target_functions = functions;
         self
     }
 
@@ -361,7 +379,7 @@ impl Interceptor {
             return (classification, None);
         }
         if let Decision::Deny { reason, hint } =
-            policy::authorize_all_on(&self.policy, self.server, &classification)
+            policy::authorize_all_in(&self.policy, self.target(), &classification)
         {
             return (classification, Some(self.denial(&reason, &hint)));
         }

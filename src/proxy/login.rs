@@ -186,7 +186,19 @@ pub(crate) async fn open_session(
         .iter()
         .find(|(name, _)| name == "server_version")
         .map(|(_, value)| value.as_str());
-    let interceptor = interceptor.on_server(server_version);
+    let functions = match server_version {
+        Some(version) => {
+            let tls = ctx.proxy.upstream_tls.get(&target.name).cloned().flatten();
+            let catalogs = &ctx.proxy.target_catalogs;
+            catalogs
+                .functions(target, credential, tls, version, &ctx.proxy.salted_passwords)
+                .await
+        }
+        None => None,
+    };
+    let interceptor = interceptor
+        .on_server(server_version)
+        .with_target_functions(functions);
 
     check_upstream_settings(&target.name, &parameter_status)?;
     let upstream_cancel = UpstreamCancel {

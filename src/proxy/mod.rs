@@ -18,6 +18,7 @@ pub mod scram;
 pub mod session;
 pub mod startup;
 pub mod stream;
+pub mod target_catalog;
 pub mod tls;
 pub mod upstream;
 pub mod wire;
@@ -81,6 +82,8 @@ pub struct ProxyState {
     pub classify_cache: Arc<crate::policy::ClassifyCache>,
     /// Upstream SCRAM salted passwords, so PBKDF2 runs once per upstream role, not per connection.
     pub salted_passwords: scram::SaltedPasswordCache,
+    /// What each target's catalog says about function names, read once per server version.
+    pub target_catalogs: target_catalog::TargetCatalogs,
     /// Big statements prechecked on the blocking pool at once, over all sessions (one per CPU), so
     /// a flood of huge statements cannot take every blocking thread.
     pub precheck_permits: Arc<Semaphore>,
@@ -140,6 +143,7 @@ impl ProxyState {
                 .map(|(name, role)| (name.clone(), Arc::new(crate::policy::RolePolicy::from_role(role))))
                 .collect(),
             salted_passwords: scram::SaltedPasswordCache::default(),
+            target_catalogs: target_catalog::TargetCatalogs::default(),
             precheck_permits: Arc::new(Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),

@@ -1,0 +1,158 @@
+//! Reads what a target's catalog says about function names ([`TargetFunctions`], issue 12 item 1)
+//! through a connection timebox opens for it — with the role's upstream credential, never inside an
+//! engineer's session — once per target and server version, shared by every later session.
+//!
+//! Where it sits: login ([`super::login`]) asks [`TargetCatalogs::functions`] after the session's
+//! own upstream connection reported the server version, and hands the answer to the session's
+//! interceptor. The first login to a target waits for the read at most [`READ_TIMEOUT`]; when the
+//! read fails or takes longer, the session goes on with the hand-kept function lists (stricter:
+//! an unlisted built-in counts as write), and a later login tries again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use dashmap::DashMap;
+use postgres_protocol::message::{backend, frontend};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::OnceCell;
+
+use super::scram::SaltedPasswordCache;
+use super::upstream::{self, UpstreamError};
+use crate::config::{Credential, Target};
+use crate::policy::target_functions::{TargetFunctions, FUNCTIONS_QUERY};
+
+/// How long a login waits for a target's catalog before going on without it.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// The most bytes a catalog answer may take (PostgreSQL 18 has ~3,000 function names, ~100 KB).
+const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("connecting to the target: {0}")]
+    Connect(#[source] UpstreamError),
+    #[error("reading the catalog: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the target answered the catalog query with an error: {0}")]
+    Query(String),
+    #[error("the target's answer is not what the catalog query returns: {0}")]
+    Protocol(&'static str),
+    #[error("reading the catalog took longer than {0:?}")]
+    Timeout(Duration),
+}
+
+/// Catalog reads by (target name, server version), each done once.
+#[derive(Debug, Default)]
+pub struct TargetCatalogs {
+    loaded: DashMap<(String, String), Arc<OnceCell<Arc<TargetFunctions>>>>,
+}
+
+impl TargetCatalogs {
+    /// The function names of `target` at `server_version`: read through a new connection the first
+    /// time (one read at a time per key; concurrent logins wait for it), then from memory. `None`
+    /// when it could not be read within [`READ_TIMEOUT`] (logged; the next login tries again).
+    pub async fn functions(
+        &self,
+        target: &Target,
+        credential: &Credential,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        server_version: &str,
+        salted: &SaltedPasswordCache,
+    ) -> Option<Arc<TargetFunctions>> {
+        let cell = self
+            .loaded
+            .entry((target.name.clone(), server_version.to_string()))
+            .or_default()
+            .clone();
+        let read = cell.get_or_try_init(|| async {
+            let read = read_functions(target, credential, tls, salted);
+            match tokio::time::timeout(READ_TIMEOUT, read).await {
+                Ok(Ok(functions)) => {
+                    tracing::info!(target = %target.name, server_version, names = functions.len(), "read the target's function catalog");
+                    Ok(Arc::new(functions))
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(CatalogError::Timeout(READ_TIMEOUT)),
+            }
+        });
+        match read.await {
+            Ok(functions) => Some(functions.clone()),
+            Err(e) => {
+                tracing::warn!(target = %target.name, error = %e, "could not read the target's function catalog; the hand-kept lists decide");
+                None
+            }
+        }
+    }
+}
+
+/// Opens a connection of its own to `target`, runs [`FUNCTIONS_QUERY`] and closes it.
+async fn read_functions(
+    target: &Target,
+    credential: &Credential,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    salted: &SaltedPasswordCache,
+) -> Result<TargetFunctions, CatalogError> {
+    let settings = [("application_name".to_string(), "timebox:catalog".to_string())];
+    let conn = upstream::connect(target, credential, tls, &settings, READ_TIMEOUT, salted)
+        .await
+        .map_err(CatalogError::Connect)?;
+    let mut stream = conn.stream;
+    let mut out = BytesMut::new();
+    frontend::query(FUNCTIONS_QUERY, &mut out)?;
+    stream.write_all(&out).await?;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut rows = Vec::new();
+    let mut failure = None;
+    loop {
+        let message = loop {
+            if let Some(m) = backend::Message::parse(&mut buf)? {
+                break m;
+            }
+            if buf.len() > MAX_ANSWER_BYTES {
+                return Err(CatalogError::Protocol("answer too large"));
+            }
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Err(CatalogError::Protocol("connection closed before ReadyForQuery"));
+            }
+        };
+        match message {
+            backend::Message::DataRow(row) => rows.push(function_row(&row)?),
+            backend::Message::ErrorResponse(e) => failure = Some(error_text(&e)),
+            backend::Message::ReadyForQuery(_) => break,
+            _ => {}
+        }
+    }
+    out.clear();
+    frontend::terminate(&mut out);
+    let _ = stream.write_all(&out).await;
+    if let Some(e) = failure {
+        return Err(CatalogError::Query(e));
+    }
+    Ok(TargetFunctions::from_rows(rows))
+}
+
+/// One row of [`FUNCTIONS_QUERY`] in text format: name, `t`/`f`, `t`/`f`.
+fn function_row(row: &backend::DataRowBody) -> Result<(String, bool, bool), CatalogError> {
+    use fallible_iterator::FallibleIterator;
+    let values: Vec<Option<std::ops::Range<usize>>> = row.ranges().collect()?;
+    let text = |i: usize| -> Option<&str> {
+        let range = values.get(i)?.clone()?;
+        std::str::from_utf8(row.buffer().get(range)?).ok()
+    };
+    match (text(0), text(1), text(2)) {
+        (Some(name), read_only, user) => Ok((name.to_string(), read_only == Some("t"), user == Some("t"))),
+        _ => Err(CatalogError::Protocol("a row without a function name")),
+    }
+}
+
+fn error_text(e: &backend::ErrorResponseBody) -> String {
+    use fallible_iterator::FallibleIterator;
+    let mut fields = e.fields();
+    let mut message = String::new();
+    while let Ok(Some(field)) = fields.next() {
+        if field.type_() == b'M' {
+            message = String::from_utf8_lossy(field.value_bytes()).into_owned();
+        }
+    }
+    message
+}
