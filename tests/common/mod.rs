@@ -57,7 +57,8 @@ pub struct Options {
     /// A controllable clock instead of the system clock.
     pub clock: Option<Arc<timebox::clock::ManualClock>>,
     /// Replaces the lines of `[store]` (default: a SQLite file in the instance's directory), e.g.
-    /// [`StoreDatabase::store_lines`]; `[audit] dir` is then the instance directory's `audit/`.
+    /// [`StoreDatabase::store_lines`]; with a PostgreSQL store `[audit] dir` is the instance
+    /// directory's `audit/` (with SQLite the audit log lives beside the store file).
     pub store: Option<String>,
 }
 
@@ -245,9 +246,9 @@ max_ttl = "1h"
             .store
             .clone()
             .unwrap_or_else(|| format!("url = \"sqlite://{}/timebox.db\"", dir.display())),
-        audit_dir = match opts.store {
-            Some(_) => format!("dir = \"{}/audit\"", dir.display()),
-            None => String::new(),
+        audit_dir = match &opts.store {
+            Some(store) if store.contains("postgres") => format!("dir = \"{}/audit\"", dir.display()),
+            _ => String::new(),
         },
         proxy_extra = opts.proxy_extra,
         admin_extra = opts.admin_extra,
