@@ -44,6 +44,8 @@ const PGJDBC: &str = "/usr/share/java/postgresql.jar";
 async fn instance() -> (TestInstance, String) {
     let inst = common::start(Options {
         tls: "required",
+        // A cold JVM's TLS and SCRAM handshake on a loaded 2-core machine can take seconds.
+        proxy_extra: "startup_timeout = \"60s\"".into(),
         ..Options::default()
     })
     .await;
