@@ -360,3 +360,58 @@ async fn a_pipelining_client_is_cut_at_expiry_with_fsync_audit() {
 async fn a_pipelining_client_is_cut_when_killed() {
     pipelining_client_is_cut_at_once(Cut::Kill, "async").await;
 }
+
+/// Clients' CancelRequests take the target's cancel slots like the sessions' own cancels: with one
+/// slot, held by a cancel the target never answers, the other requests wait
+/// `upstream_stop_timeout` and are dropped (and counted) instead of reaching the target.
+/// Regression (issue 18): every client CancelRequest was sent at once, outside the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_cancel_requests_are_bounded_per_target() {
+    let hole = cancel_blackhole().await;
+    let inst = common::start(Options {
+        shop_port: Some(hole.port),
+        proxy_extra: "cancel_parallelism_per_target = 1\nupstream_stop_timeout = \"1s\"".into(),
+        ..Options::default()
+    })
+    .await;
+    let (_grant, token) = inst.grant("alice", "read", "1h").await;
+    let client = connect(&inst.conn_string("alice", &token, "disable")).await;
+    let cancel = client.cancel_token();
+    let requests = (0..3).map(|_| cancel.cancel_query(NoTls));
+    for sent in futures::future::join_all(requests).await {
+        sent.expect("the proxy takes the cancel request");
+    }
+    let counted = |outcome: &str| {
+        inst.state
+            .proxy
+            .metrics
+            .cancel_requests_total
+            .with_label_values(&[outcome])
+            .get()
+    };
+    // The proxy is done with a request once it is forwarded (the unanswered one fails after
+    // its own 2 s bound) or dropped.
+    let done = || async {
+        ["forwarded", "failed", "dropped"]
+            .iter()
+            .map(|o| counted(o))
+            .sum::<u64>()
+            == 3
+    };
+    assert!(
+        eventually(Duration::from_secs(20), done).await,
+        "the cancel requests were not all handled"
+    );
+    assert_eq!(
+        hole.seen.load(Ordering::SeqCst),
+        1,
+        "cancel requests beyond the target's one slot reached it"
+    );
+    assert_eq!(counted("dropped"), 2);
+    assert_eq!(counted("failed"), 1, "the unanswered one timed out");
+    // The session itself is untouched.
+    client
+        .simple_query("SELECT 1")
+        .await
+        .expect("the session goes on");
+}
