@@ -176,6 +176,9 @@ impl Session {
         let kill = self.handle.kill_token();
         let mut probe = self.watch.probe();
         loop {
+            if r.idle_while_draining() {
+                self.sever(r, false, EndReason::Shutdown, shutting_down());
+            }
             let now = self.ctx.clock.now();
             let tnow = Instant::now();
             // Whether a cancel would reach a running query, as of this wake-up.
@@ -245,9 +248,6 @@ impl Session {
                 _ = sleep_opt(drain_deadline), if drain_deadline.is_some() => {
                     self.sever(r, busy, EndReason::Shutdown, shutting_down());
                 }
-            }
-            if r.idle_while_draining() {
-                self.sever(r, false, EndReason::Shutdown, shutting_down());
             }
         }
     }
