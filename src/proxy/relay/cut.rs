@@ -2,8 +2,10 @@
 //! client or backend whose socket is always ready (a pipelining client, a COPY stream, a huge
 //! result) would keep the expiry, revocation, kill and shutdown arms from ever being polled. The
 //! relay therefore asks [`due`] at the top of every loop iteration, from signals it reads without
-//! awaiting (an atomic load each, and the clock the loop reads anyway), and asks [`may_forward`]
-//! before every write of client frames upstream. Pure: callers pass the signals and the time.
+//! awaiting (the grant probe: an atomic load; the kill and shutdown tokens: an uncontended lock
+//! each; the clock the loop reads anyway), and asks [`may_forward`] before every write of client
+//! frames upstream (one more clock read and the kill token, per write call, not per frame; no
+//! syscall is added). Pure: callers pass the signals and the time.
 //! Must never let a client frame go upstream once the deadline has passed, the session was killed,
 //! or its grant changed and has not been re-checked.
 

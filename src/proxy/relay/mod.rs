@@ -213,8 +213,9 @@ impl Session {
             let wants = r.wants();
             let io = poll_fn(|cx| {
                 let mut wants = wants;
-                // Checked on every write of client frames (a clock read, no syscall): none goes
-                // upstream past the deadline, after a kill or before a grant change is re-checked.
+                // Checked on every write of client frames (a clock read, the kill token's lock and
+                // an atomic load; no syscall): none goes upstream past the deadline, after a kill
+                // or before a grant change is re-checked.
                 wants.write_upstream = wants.write_upstream
                     && cut::may_forward(Instant::now(), expiry, kill.is_cancelled(), probe.changed());
                 io::poll(cx, client, &mut self.upstream, &mut r.bufs, wants)
