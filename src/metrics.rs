@@ -63,6 +63,9 @@ pub struct Metrics {
     /// Fleet only: local sessions severed because their grant state was stale (store unreachable
     /// past `[fleet] max_staleness`).
     pub fleet_stale_severed_total: IntCounter,
+    /// Clients' CancelRequests by outcome: `forwarded`, `failed` (upstream), `dropped` (no cancel
+    /// slot of the target within `proxy.upstream_stop_timeout`), `unknown_key`.
+    pub cancel_requests_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -175,6 +178,13 @@ impl Metrics {
                     "Webhook deliveries that failed after all retries"
                 ),
                 &["event"]
+            )?),
+            cancel_requests_total: reg!(IntCounterVec::new(
+                Opts::new(
+                    "timebox_cancel_requests_total",
+                    "Clients' CancelRequests by outcome (forwarded, failed, dropped, unknown_key)"
+                ),
+                &["outcome"]
             )?),
             registry,
         })

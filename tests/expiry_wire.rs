@@ -1,7 +1,7 @@
 //! Expiry at scale, behaviour (not timing; the numbers are in `benches/RESULTS.md`): a severed
 //! session's client gets its FATAL without waiting for the upstream cancel, the upstream query is
-//! stopped afterwards (or its connection closed past the bound), and the audit trail says which.
-//! See: issue 18.
+//! stopped afterwards (or its connection closed past the bound), and the audit trail says which;
+//! a client whose socket is always ready cannot delay its cut. See: issue 18.
 
 mod common;
 
@@ -141,7 +141,8 @@ async fn expiry_fatal_does_not_wait_for_an_unanswered_cancel_and_the_audit_says_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_sessions_queries_are_cancelled_upstream_and_audited() {
     let inst = common::start(Options::default()).await;
-    let (grant, token) = inst.grant("alice", "read", "2s").await;
+    // Long enough for four logins on a loaded machine.
+    let (grant, token) = inst.grant("alice", "read", "6s").await;
     let conn = inst.conn_string("alice", &token, "disable");
     let clients: Vec<_> = futures::future::join_all((0..4).map(|_| connect(&conn))).await;
     let queries = clients.iter().map(|c| c.simple_query("SELECT pg_sleep(60)"));
@@ -166,4 +167,251 @@ async fn expired_sessions_queries_are_cancelled_upstream_and_audited() {
         .await,
         "an upstream backend is still there"
     );
+}
+
+/// How a pipelining client's session is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    Expiry,
+    Kill,
+}
+
+/// What a pipelining client saw.
+struct Pipelined {
+    /// The first ErrorResponse (SQLSTATE, message) and when it arrived.
+    error: Option<(String, String, chrono::DateTime<chrono::Utc>)>,
+    /// The writer stopped on its own time limit: the session was never cut while it sent.
+    outlived_cut: bool,
+}
+
+/// A timebox instance like [`common::start`]'s with `audit.durability = durability`.
+async fn start_with_durability(durability: &str) -> common::TestInstance {
+    let port = tokio::task::spawn_blocking(|| common::cluster::shared_cluster().port())
+        .await
+        .unwrap();
+    let durability = format!("durability = \"{durability}\"");
+    common::start_with_config(|dir| {
+        common::config_text(&Options::default(), dir, port).replace("durability = \"fsync\"", &durability)
+    })
+    .await
+}
+
+/// Logs in as alice and sends `INSERT INTO table` after `INSERT` (simple Query frames, pipelined:
+/// the writer never waits for an answer) until the session ends or `give_up_at`, while a reader
+/// drains the answers and notes the first ErrorResponse.
+async fn pipeline_inserts(
+    inst: &common::TestInstance,
+    token: &str,
+    table: &str,
+    give_up_at: chrono::DateTime<chrono::Utc>,
+) -> Pipelined {
+    let (stream, mut buf) = common::raw::login(inst.proxy_addr, "alice", token).await;
+    let (mut rd, mut wr) = stream.into_split();
+    let reader = tokio::spawn(async move {
+        use postgres_protocol::message::backend::Message;
+        let mut error = None;
+        loop {
+            match Message::parse(&mut buf) {
+                Ok(Some(Message::ErrorResponse(body))) if error.is_none() => {
+                    let (code, message) = common::raw::error_fields(&body);
+                    error = Some((code, message, chrono::Utc::now()));
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(_) => break,
+            }
+            match tokio::time::timeout(Duration::from_secs(30), rd.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => break,
+            }
+        }
+        error
+    });
+    let mut n: u64 = 0;
+    let mut batch = bytes::BytesMut::new();
+    let outlived_cut = loop {
+        if chrono::Utc::now() > give_up_at {
+            break true;
+        }
+        batch.clear();
+        for _ in 0..50 {
+            n += 1;
+            postgres_protocol::message::frontend::query(
+                &format!("INSERT INTO {table} (n) VALUES ({n})"),
+                &mut batch,
+            )
+            .unwrap();
+        }
+        if wr.write_all(&batch).await.is_err() || reader.is_finished() {
+            break false;
+        }
+    };
+    drop(wr);
+    let error = reader.await.unwrap();
+    Pipelined { error, outlived_cut }
+}
+
+/// How long INSERTs forwarded before a cut may still be running upstream after it: the proxy
+/// stops forwarding at the cut, but what it forwarded just before may wait in the socket buffers
+/// for a backend descheduled on a loaded machine; the upstream is stopped within 2 s of the cut.
+const FORWARDED_BEFORE_CUT_TOLERANCE: chrono::Duration = chrono::Duration::seconds(2);
+
+/// Rows in `table`: all, run after `at`, run after `at` plus the tolerance (by the server's
+/// `clock_timestamp()` when each INSERT ran).
+async fn rows_after(table: &str, at: chrono::DateTime<chrono::Utc>) -> (i64, i64, i64) {
+    let ts = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let sql = format!(
+        "SELECT count(*) || ' ' || count(*) FILTER (WHERE ran_at > '{}') || ' ' || count(*) FILTER (WHERE ran_at > '{}') FROM public.{table}",
+        ts(at),
+        ts(at + FORWARDED_BEFORE_CUT_TOLERANCE)
+    );
+    let out = tokio::task::spawn_blocking(move || common::cluster::shop_psql(&sql))
+        .await
+        .unwrap();
+    let mut it = out.split_whitespace().map(|s| s.parse::<i64>().expect("count"));
+    (it.next().unwrap(), it.next().unwrap(), it.next().unwrap())
+}
+
+/// A client whose socket is always ready (it pipelines INSERTs and never waits) is cut at the
+/// deadline or kill like any other: it gets its FATAL 57P01 while still sending, and no INSERT runs
+/// upstream after the cut (beyond those forwarded just before it, see
+/// [`FORWARDED_BEFORE_CUT_TOLERANCE`]). Regression (issue 18): the relay loop polled socket I/O
+/// before the expiry and kill arms, so a busy socket delayed the cut for as long as the client
+/// kept sending (8 s here, ~72,000 INSERTs after the cut) and frames went upstream after it.
+async fn pipelining_client_is_cut_at_once(cut: Cut, durability: &str) {
+    let inst = start_with_durability(durability).await;
+    let table = common::cluster::unique_name("pipelined");
+    let create = format!(
+        "CREATE TABLE public.{table} (n bigint NOT NULL, ran_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+    );
+    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&create))
+        .await
+        .unwrap();
+    // Long enough to log in on a loaded machine; the client pipelines until the cut.
+    let ttl = if cut == Cut::Expiry { "4s" } else { "1h" };
+    let (grant, token) = inst.grant("alice", "write", ttl).await;
+    // The cut: the grant's end, or a kill once the session has run 1,000 statements.
+    let give_up_at = match cut {
+        Cut::Expiry => grant.expires_at + chrono::Duration::seconds(8),
+        Cut::Kill => chrono::Utc::now() + chrono::Duration::seconds(30),
+    };
+    let killer = (cut == Cut::Kill).then(|| {
+        let state = inst.state.clone();
+        tokio::spawn(async move {
+            let busy = || async {
+                let sessions = state.proxy.sessions.list();
+                sessions.first().is_some_and(|s| s.stats().statements >= 1000)
+            };
+            assert!(
+                eventually(Duration::from_secs(25), busy).await,
+                "the client never got going"
+            );
+            let session = state.proxy.sessions.list().pop().expect("the session");
+            session.kill("test", "cut while pipelining");
+            chrono::Utc::now()
+        })
+    });
+    let seen = pipeline_inserts(&inst, &token, &table, give_up_at).await;
+    let cut_at = match killer {
+        Some(k) => k.await.unwrap(),
+        None => grant.expires_at,
+    };
+    let (rows, late, too_late) = rows_after(&table, cut_at).await;
+    eprintln!(
+        "{cut:?}/{durability}: {rows} rows, {late} ran after the cut; error {:?}",
+        seen.error
+    );
+    assert!(rows > 0, "no INSERT ran before the cut");
+    assert!(
+        !seen.outlived_cut,
+        "the session was not cut while the client kept sending (the cut was at {cut_at})"
+    );
+    let (code, message, at) = seen
+        .error
+        .expect("the client got no error before the session ended");
+    assert_eq!(code, "57P01", "{message}");
+    let expected = if cut == Cut::Expiry {
+        "expired at"
+    } else {
+        "killed by"
+    };
+    assert!(message.contains(expected), "{message}");
+    assert!(
+        at >= cut_at - chrono::Duration::milliseconds(5),
+        "FATAL before the cut: {at} < {cut_at}"
+    );
+    assert_eq!(
+        too_late, 0,
+        "{too_late} of {rows} INSERTs ran upstream more than {FORWARDED_BEFORE_CUT_TOLERANCE} after the cut at {cut_at}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelining_client_is_cut_at_expiry() {
+    pipelining_client_is_cut_at_once(Cut::Expiry, "async").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelining_client_is_cut_at_expiry_with_fsync_audit() {
+    pipelining_client_is_cut_at_once(Cut::Expiry, "fsync").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelining_client_is_cut_when_killed() {
+    pipelining_client_is_cut_at_once(Cut::Kill, "async").await;
+}
+
+/// Clients' CancelRequests take the target's cancel slots like the sessions' own cancels: with one
+/// slot, held by a cancel the target never answers, the other requests wait
+/// `upstream_stop_timeout` and are dropped (and counted) instead of reaching the target.
+/// Regression (issue 18): every client CancelRequest was sent at once, outside the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_cancel_requests_are_bounded_per_target() {
+    let hole = cancel_blackhole().await;
+    let inst = common::start(Options {
+        shop_port: Some(hole.port),
+        proxy_extra: "cancel_parallelism_per_target = 1\nupstream_stop_timeout = \"1s\"".into(),
+        ..Options::default()
+    })
+    .await;
+    let (_grant, token) = inst.grant("alice", "read", "1h").await;
+    let client = connect(&inst.conn_string("alice", &token, "disable")).await;
+    let cancel = client.cancel_token();
+    let requests = (0..3).map(|_| cancel.cancel_query(NoTls));
+    for sent in futures::future::join_all(requests).await {
+        sent.expect("the proxy takes the cancel request");
+    }
+    let counted = |outcome: &str| {
+        inst.state
+            .proxy
+            .metrics
+            .cancel_requests_total
+            .with_label_values(&[outcome])
+            .get()
+    };
+    // The proxy is done with a request once it is forwarded (the unanswered one fails after
+    // its own 2 s bound) or dropped.
+    let done = || async {
+        ["forwarded", "failed", "dropped"]
+            .iter()
+            .map(|o| counted(o))
+            .sum::<u64>()
+            == 3
+    };
+    assert!(
+        eventually(Duration::from_secs(20), done).await,
+        "the cancel requests were not all handled"
+    );
+    assert_eq!(
+        hole.seen.load(Ordering::SeqCst),
+        1,
+        "cancel requests beyond the target's one slot reached it"
+    );
+    assert_eq!(counted("dropped"), 2);
+    assert_eq!(counted("failed"), 1, "the unanswered one timed out");
+    // The session itself is untouched.
+    client
+        .simple_query("SELECT 1")
+        .await
+        .expect("the session goes on");
 }

@@ -285,6 +285,13 @@ pub struct ProxyConfig {
     /// Longest statement text (Query or Parse) checked and forwarded; a longer one is refused with
     /// ERROR 54000 and the session goes on.
     pub max_statement_bytes: usize,
+    /// CancelRequests in flight to one target server at once (each forks a PostgreSQL process),
+    /// over the sessions' own cancels and the clients' CancelRequests.
+    pub cancel_parallelism_per_target: usize,
+    /// How long stopping an upstream query may take: a severed session's cancel and backend exit
+    /// (past it the upstream connection is closed), or a client's CancelRequest waiting for a
+    /// cancel slot (past it the request is dropped).
+    pub upstream_stop_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

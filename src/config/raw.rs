@@ -64,6 +64,8 @@ pub(super) struct RawProxy {
     pub(super) shutdown_grace: Option<String>,
     pub(super) max_message_bytes: Option<i64>,
     pub(super) max_statement_bytes: Option<i64>,
+    pub(super) cancel_parallelism_per_target: Option<i64>,
+    pub(super) upstream_stop_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,6 +10,8 @@ fn minimal_config_is_valid_with_defaults() {
     assert_eq!(c.targets["shop"].port, 5432);
     assert_eq!(c.roles["read"].max_ttl, Duration::from_secs(8 * 3600));
     assert_eq!(c.audit.durability, Durability::Fsync);
+    assert_eq!(c.proxy.cancel_parallelism_per_target, 8);
+    assert_eq!(c.proxy.upstream_stop_timeout, Duration::from_secs(2));
     assert_eq!(
         c.proxy.expiry_warnings,
         vec![Duration::from_secs(300), Duration::from_secs(60)]
@@ -326,4 +328,29 @@ fn statement_classes_parse_once_from_their_config_names() {
     for bad in ["unparsed", "READ", "", "select"] {
         assert_eq!(StatementClass::from_name(bad), None, "{bad:?}");
     }
+}
+
+#[test]
+fn cancel_limits_are_validated_with_their_paths() {
+    let with = |extra: &str| {
+        MINIMAL.replace(
+            "listen = \"127.0.0.1:6432\"",
+            &format!("listen = \"127.0.0.1:6432\"\n{extra}"),
+        )
+    };
+    let c = Config::from_toml_str(&with(
+        "cancel_parallelism_per_target = 2\nupstream_stop_timeout = \"500ms\"",
+    ))
+    .unwrap();
+    assert_eq!(c.proxy.cancel_parallelism_per_target, 2);
+    assert_eq!(c.proxy.upstream_stop_timeout, Duration::from_millis(500));
+    let err = Config::from_toml_str(&with(
+        "cancel_parallelism_per_target = 0\nupstream_stop_timeout = \"0s\"",
+    ))
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("proxy.cancel_parallelism_per_target"), "{text}");
+    assert!(text.contains("proxy.upstream_stop_timeout"), "{text}");
+    let err = Config::from_toml_str(&with("upstream_stop_timeout = \"soon\"")).unwrap_err();
+    assert!(err.to_string().contains("proxy.upstream_stop_timeout"), "{err}");
 }

@@ -533,6 +533,17 @@ fn validate_proxy(raw: &RawProxy, p: &mut Problems) -> ProxyConfig {
             DEFAULT_MAX_STATEMENT_BYTES as u64,
             1024 * 1024 * 1024,
         ) as usize,
+        cancel_parallelism_per_target: p.positive(
+            "proxy.cancel_parallelism_per_target",
+            raw.cancel_parallelism_per_target,
+            crate::proxy::cancel::CANCELS_PER_TARGET as u64,
+            1024,
+        ) as usize,
+        upstream_stop_timeout: p.duration(
+            "proxy.upstream_stop_timeout",
+            raw.upstream_stop_timeout.as_deref(),
+            crate::proxy::cancel::UPSTREAM_STOP_BOUND,
+        ),
     }
 }
 

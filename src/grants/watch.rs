@@ -82,12 +82,55 @@ impl GrantWatch {
         rx.borrow_and_update().clone()
     }
 
+    /// Whether the grant changed since the session last took it, without waiting (an atomic
+    /// load), so a busy relay notices a revocation without polling [`changed`](Self::changed).
+    pub fn has_changed(&self) -> bool {
+        self.rx
+            .as_ref()
+            .is_some_and(|rx| rx.has_changed().unwrap_or(false))
+    }
+
+    /// The grant's new state if it changed since the session last took it, without waiting.
+    pub fn take_changed(&mut self) -> Option<Grant> {
+        let rx = self.rx.as_mut()?;
+        rx.has_changed()
+            .unwrap_or(false)
+            .then(|| rx.borrow_and_update().clone())
+    }
+
+    /// A second view of the grant's changes, for code that cannot borrow this watch (the relay's
+    /// write path, while the loop awaits [`changed`](Self::changed)). It must not outlive the
+    /// watch (the registry entry stays while it exists).
+    pub fn probe(&self) -> GrantProbe {
+        let mut rx = self.rx.as_ref().expect("receiver present until drop").clone();
+        rx.mark_unchanged();
+        GrantProbe { rx }
+    }
+
     pub fn current(&self) -> Grant {
         self.rx
             .as_ref()
             .expect("receiver present until drop")
             .borrow()
             .clone()
+    }
+}
+
+/// See [`GrantWatch::probe`].
+#[derive(Debug)]
+pub struct GrantProbe {
+    rx: watch::Receiver<Grant>,
+}
+
+impl GrantProbe {
+    /// Whether the grant changed since [`seen`](Self::seen) (an atomic load).
+    pub fn changed(&self) -> bool {
+        self.rx.has_changed().unwrap_or(false)
+    }
+
+    /// The session took the grant's latest state.
+    pub fn seen(&mut self) {
+        self.rx.mark_unchanged();
     }
 }
 
@@ -144,6 +187,31 @@ mod tests {
         assert_eq!(watches.watched(), 0);
         // publishing with nobody watching is a no-op
         watches.publish(&g);
+        assert_eq!(watches.watched(), 0);
+    }
+
+    #[test]
+    fn changes_are_seen_without_waiting_by_the_watch_and_its_probe() {
+        let watches = GrantWatches::default();
+        let g = grant();
+        let mut w = watches.subscribe(&g);
+        let mut probe = w.probe();
+        assert!(!w.has_changed() && !probe.changed());
+        assert!(w.take_changed().is_none());
+        let mut revoked = g.clone();
+        revoked.revoked_at = Some(Utc::now());
+        watches.publish(&revoked);
+        assert!(w.has_changed() && probe.changed());
+        assert!(w.take_changed().unwrap().revoked_at.is_some());
+        assert!(!w.has_changed(), "taken");
+        assert!(
+            probe.changed(),
+            "the probe sees the change until told it was taken"
+        );
+        probe.seen();
+        assert!(!probe.changed());
+        drop(probe);
+        drop(w);
         assert_eq!(watches.watched(), 0);
     }
 

@@ -70,7 +70,8 @@ pub struct ProxyState {
     /// Upstream TLS per target name (`None` for `tls = "disable"`).
     pub upstream_tls: HashMap<String, Option<Arc<rustls::ClientConfig>>>,
     pub cancel_keys: Arc<cancel::CancelKeys>,
-    /// CancelRequests in flight per target, so a mass expiry does not storm a target.
+    /// CancelRequests in flight per target server (`proxy.cancel_parallelism_per_target`), so
+    /// neither a mass expiry nor a client storms a target.
     pub cancel_limits: cancel::CancelLimits,
     pub sessions: SessionRegistry,
     pub auth_throttle: auth::AuthThrottle,
@@ -125,7 +126,7 @@ impl ProxyState {
             tls,
             upstream_tls,
             cancel_keys: Arc::new(cancel::CancelKeys::default()),
-            cancel_limits: cancel::CancelLimits::default(),
+            cancel_limits: cancel::CancelLimits::new(config.proxy.cancel_parallelism_per_target),
             sessions: SessionRegistry::default(),
             auth_throttle: auth::AuthThrottle::new(auth::ThrottleLimits {
                 per_user_and_address: config.proxy.auth_failures_per_minute,

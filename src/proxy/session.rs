@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::cancel::{CancelKeyGuard, UpstreamCancel, UPSTREAM_STOP_BOUND};
+use super::cancel::{CancelKeyGuard, UpstreamCancel};
 use super::intercept::Interceptor;
 use super::login::{self, authenticate, open_session};
 use super::relay::EndReason;
@@ -115,13 +115,21 @@ async fn negotiate(
             None
         }
         Ok(Ok(Startup::Cancel { pid, secret })) => {
+            let cancels = &ctx.proxy.metrics.cancel_requests_total;
             if let Some(target) = ctx.proxy.cancel_keys.lookup(pid, secret) {
                 tracing::info!(client.addr = %peer, "forwarding cancel request");
-                if let Err(e) = target.send().await {
-                    tracing::warn!(error = %e, "cancel request to upstream failed");
+                // Through the target's cancel slots, waiting at most upstream_stop_timeout.
+                let wait = ctx.config.proxy.upstream_stop_timeout;
+                match ctx.proxy.cancel_limits.forward(&target, wait).await {
+                    Ok(()) => cancels.with_label_values(&["forwarded"]).inc(),
+                    Err(e) => {
+                        tracing::warn!(client.addr = %peer, error = %e, "cancel request not delivered");
+                        cancels.with_label_values(&[e.outcome()]).inc();
+                    }
                 }
             } else {
                 tracing::debug!(client.addr = %peer, "cancel request with unknown key ignored");
+                cancels.with_label_values(&["unknown_key"]).inc();
             }
             None
         }
@@ -265,11 +273,11 @@ impl Session {
         outcomes.push(end);
         // Whatever happened, no upstream query may outlive the session: stop it (bounded) while the
         // session end is being recorded, then record how it stopped.
-        let limit = self.ctx.proxy.cancel_limits.for_target(&self.grant.target);
+        let limit = self.ctx.proxy.cancel_limits.for_server(&self.upstream_cancel);
         let stop = stop_upstream(
             &mut self.upstream,
             cancel_upstream.then_some((&self.upstream_cancel, &*limit)),
-            UPSTREAM_STOP_BOUND,
+            self.ctx.config.proxy.upstream_stop_timeout,
         );
         let (_, stopped) = tokio::join!(record(&self.ctx, outcomes), stop);
         if let Some(outcome) = stopped {

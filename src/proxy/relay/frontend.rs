@@ -64,6 +64,12 @@ impl Session {
                     self.ctx.proxy.metrics.audit_failures_total.inc();
                     return ControlFlow::Break(EndReason::ClientExit);
                 }
+                // Not past the deadline, a kill or a grant change (the audit write took time).
+                if self.cut_pending() {
+                    tracing::info!("client frames before Terminate not forwarded: the session is being cut");
+                    r.cancel_after_relay(busy);
+                    return ControlFlow::Break(EndReason::ClientExit);
+                }
                 let to_upstream = &mut r.bufs.to_upstream;
                 to_upstream.extend_from_slice(&held);
                 to_upstream.extend_from_slice(frame);

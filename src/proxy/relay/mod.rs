@@ -24,6 +24,7 @@
 //! before it is checked and audited.
 
 mod backend;
+mod cut;
 mod frontend;
 mod gate;
 mod held;
@@ -56,6 +57,7 @@ use super::stream::ClientStream;
 use super::wire::PgError;
 use crate::audit::event::AuditEvent;
 use crate::audit::AuditError;
+use crate::grants::watch::GrantProbe;
 use crate::grants::GrantStatus;
 
 pub(crate) use held::lexing_problem;
@@ -172,21 +174,52 @@ impl Session {
     pub(crate) async fn relay(&mut self, client: &mut ClientStream, r: &mut Relay) -> EndReason {
         let shutdown = self.ctx.shutdown.clone();
         let kill = self.handle.kill_token();
+        let mut probe = self.watch.probe();
         loop {
+            if r.idle_while_draining() {
+                self.sever(r, false, EndReason::Shutdown, shutting_down());
+            }
             let now = self.ctx.clock.now();
-            let expiry = instant_at(now, self.grant.expires_at);
+            let tnow = Instant::now();
+            // Whether a cancel would reach a running query, as of this wake-up.
+            let busy = r.sync.busy();
+            // Cuts first: the arms below come after socket I/O, which a busy peer keeps ready.
+            let signals = cut::Signals {
+                relaying: r.state.relaying(),
+                killed: kill.is_cancelled(),
+                grant_changed: probe.changed(),
+                now,
+                expires_at: self.grant.expires_at,
+                shutdown_while_open: r.state == SessionState::Open && shutdown.is_cancelled(),
+                instant: tnow,
+                drain_deadline: r.state.drain_deadline(),
+                close_deadline: r.state.close_deadline(),
+            };
+            if let Some(due) = cut::due(&signals) {
+                if let ControlFlow::Break(end) = self.cut(r, due, busy, &mut probe) {
+                    return end;
+                }
+                continue;
+            }
+            let expiry = instant_at(now, tnow, self.grant.expires_at);
             let warning = r
                 .warnings
                 .last()
-                .map(|w| instant_at(now, self.grant.expires_at - *w));
-            // Whether a cancel would reach a running query, as of this wake-up.
-            let busy = r.sync.busy();
+                .map(|w| instant_at(now, tnow, self.grant.expires_at - *w));
             let relaying = r.state.relaying();
             let open = r.state == SessionState::Open;
             let (drain_deadline, close_deadline) = (r.state.drain_deadline(), r.state.close_deadline());
             let outcome_deadline = r.gate.outcome_deadline();
             let wants = r.wants();
-            let io = poll_fn(|cx| io::poll(cx, client, &mut self.upstream, &mut r.bufs, wants));
+            let io = poll_fn(|cx| {
+                let mut wants = wants;
+                // Checked on every write of client frames (a clock read, the kill token's lock and
+                // an atomic load; no syscall): none goes upstream past the deadline, after a kill
+                // or before a grant change is re-checked.
+                wants.write_upstream = wants.write_upstream
+                    && cut::may_forward(Instant::now(), expiry, kill.is_cancelled(), probe.changed());
+                io::poll(cx, client, &mut self.upstream, &mut r.bufs, wants)
+            });
             tokio::select! {
                 biased;
                 ev = io => {
@@ -206,18 +239,10 @@ impl Session {
                     tracing::debug!("could not deliver the final message in time; closing");
                     return r.state.reason().unwrap_or(EndReason::Shutdown);
                 }
-                grant = self.watch.changed(), if relaying => {
-                    self.grant = grant;
-                    r.warnings = self.pending_warnings(self.ctx.clock.now());
-                    self.check_grant(r, busy);
-                }
+                grant = self.watch.changed(), if relaying => self.on_grant(r, grant, busy, &mut probe),
                 _ = tokio::time::sleep_until(expiry), if relaying => self.check_grant(r, busy),
                 _ = sleep_opt(warning), if relaying && warning.is_some() => self.warn(r),
-                _ = kill.cancelled(), if relaying => {
-                    let by = self.handle.kill_reason().unwrap_or_else(|| "an administrator".into());
-                    let error = PgError::admin_shutdown(format!("terminating connection: session killed by {by}"));
-                    self.sever(r, busy, EndReason::Killed, error);
-                }
+                _ = kill.cancelled(), if relaying => self.killed(r, busy),
                 _ = shutdown.cancelled(), if open => {
                     r.state.shutdown(Instant::now(), self.ctx.config.proxy.shutdown_grace);
                 }
@@ -225,10 +250,60 @@ impl Session {
                     self.sever(r, busy, EndReason::Shutdown, shutting_down());
                 }
             }
-            if r.idle_while_draining() {
-                self.sever(r, false, EndReason::Shutdown, shutting_down());
+        }
+    }
+
+    /// Makes a cut [`cut::due`] found at the top of the loop; `Break` ends the session.
+    fn cut(
+        &mut self,
+        r: &mut Relay,
+        due: cut::Due,
+        busy: bool,
+        probe: &mut GrantProbe,
+    ) -> ControlFlow<EndReason> {
+        match due {
+            cut::Due::Kill => self.killed(r, busy),
+            cut::Due::GrantChanged => match self.watch.take_changed() {
+                Some(grant) => self.on_grant(r, grant, busy, probe),
+                None => probe.seen(),
+            },
+            cut::Due::Expired => self.check_grant(r, busy),
+            cut::Due::Shutdown => r
+                .state
+                .shutdown(Instant::now(), self.ctx.config.proxy.shutdown_grace),
+            cut::Due::DrainOver => self.sever(r, busy, EndReason::Shutdown, shutting_down()),
+            cut::Due::CloseOver => {
+                tracing::debug!("could not deliver the final message in time; closing");
+                return ControlFlow::Break(r.state.reason().unwrap_or(EndReason::Shutdown));
             }
         }
+        ControlFlow::Continue(())
+    }
+
+    /// The grant changed (revoked, extended): take it and re-check it.
+    fn on_grant(&mut self, r: &mut Relay, grant: crate::grants::Grant, busy: bool, probe: &mut GrantProbe) {
+        self.grant = grant;
+        probe.seen();
+        r.warnings = self.pending_warnings(self.ctx.clock.now());
+        self.check_grant(r, busy);
+    }
+
+    /// An administrator killed the session.
+    fn killed(&self, r: &mut Relay, busy: bool) {
+        let by = self
+            .handle
+            .kill_reason()
+            .unwrap_or_else(|| "an administrator".into());
+        let error = PgError::admin_shutdown(format!("terminating connection: session killed by {by}"));
+        self.sever(r, busy, EndReason::Killed, error);
+    }
+
+    /// Whether a cut is pending that forbids forwarding client frames (for the paths that write
+    /// upstream outside the loop's I/O poll).
+    pub(super) fn cut_pending(&self) -> bool {
+        self.handle.kill_token().is_cancelled()
+            || self.watch.has_changed()
+            || self.ctx.clock.now() >= self.grant.expires_at
     }
 
     /// Applies what one I/O poll produced; `Break` ends the session.
@@ -422,10 +497,11 @@ pub(crate) fn audit_refusal(e: &AuditError) -> PgError {
     .with_hint("Tell the timebox administrators; nothing reaches the database unaudited.")
 }
 
-/// Converts a wall-clock deadline into a tokio instant (now if already past).
-fn instant_at(now: DateTime<Utc>, at: DateTime<Utc>) -> Instant {
+/// Converts a wall-clock deadline into a tokio instant, given the same moment `now` on both
+/// clocks (`tnow` if already past).
+fn instant_at(now: DateTime<Utc>, tnow: Instant, at: DateTime<Utc>) -> Instant {
     let wait = (at - now).to_std().unwrap_or(Duration::ZERO);
-    Instant::now() + wait
+    tnow + wait
 }
 
 async fn sleep_opt(at: Option<Instant>) {
