@@ -329,25 +329,39 @@ impl PgError {
         )
     }
 
-    /// Appends this as an ErrorResponse ('E'), or a NoticeResponse ('N') for warnings and notices.
+    /// Appends this as an ErrorResponse ('E'), or a NoticeResponse ('N') for warnings and notices,
+    /// encoded by pgwire.
     pub fn encode(&self, out: &mut BytesMut) {
-        let tag = match self.severity {
-            Severity::Fatal | Severity::Error => b'E',
-            Severity::Warning | Severity::Notice => b'N',
+        use pgwire::messages::response::{ErrorResponse, NoticeResponse};
+        use pgwire::messages::Message;
+        let start = out.len();
+        let encoded = match self.severity {
+            Severity::Fatal | Severity::Error => ErrorResponse::new(self.fields()).encode(out),
+            Severity::Warning | Severity::Notice => NoticeResponse::new(self.fields()).encode(out),
         };
-        frame(out, tag, |b| {
-            field(b, b'S', self.severity.as_str());
-            field(b, b'V', self.severity.as_str());
-            field(b, b'C', self.code);
-            field(b, b'M', &self.message);
-            if let Some(d) = &self.detail {
-                field(b, b'D', d);
-            }
-            if let Some(h) = &self.hint {
-                field(b, b'H', h);
-            }
-            b.put_u8(0);
-        });
+        if let Err(e) = encoded {
+            // Only a message over 2 GiB is refused, and ours are a few hundred bytes: leave no
+            // half message behind.
+            out.truncate(start);
+            tracing::error!(error = %e, code = self.code, "cannot encode an error for the client");
+        }
+    }
+
+    /// The ErrorResponse fields: severity (twice: localised and not), SQLSTATE, message, detail,
+    /// hint. NULs are dropped: one would end its field early and desynchronise the client.
+    fn fields(&self) -> Vec<(u8, String)> {
+        let severity = self.severity.as_str();
+        [
+            (b'S', Some(severity)),
+            (b'V', Some(severity)),
+            (b'C', Some(self.code)),
+            (b'M', Some(self.message.as_str())),
+            (b'D', self.detail.as_deref()),
+            (b'H', self.hint.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(code, value)| Some((code, value?.replace('\0', ""))))
+        .collect()
     }
 
     pub fn to_bytes(&self) -> BytesMut {
@@ -355,11 +369,6 @@ impl PgError {
         self.encode(&mut b);
         b
     }
-}
-
-fn field(b: &mut BytesMut, code: u8, value: &str) {
-    b.put_u8(code);
-    put_cstr(b, value);
 }
 
 fn put_cstr(b: &mut BytesMut, s: &str) {

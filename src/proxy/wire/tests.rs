@@ -86,6 +86,26 @@ fn error_response_layout() {
     assert!(String::from_utf8_lossy(&b).contains("Mab\0"));
 }
 
+/// The bytes of an ErrorResponse and a NoticeResponse with every field, as the hand-written
+/// encoder sent them before pgwire encoded them: clients see no difference.
+#[test]
+fn error_and_notice_bytes_are_unchanged_by_pgwire() {
+    let e = PgError::insufficient_privilege("no")
+        .with_detail("d")
+        .with_hint("h")
+        .non_fatal();
+    let body = b"SERROR\0VERROR\0C42501\0Mno\0Dd\0Hh\0\0";
+    let mut expected = vec![b'E'];
+    expected.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    expected.extend_from_slice(body);
+    assert_eq!(&e.to_bytes()[..], &expected[..]);
+    let n = PgError::warning("w").to_bytes();
+    assert_eq!(&n[..], b"N\0\0\0\x21SWARNING\0VWARNING\0C01000\0Mw\0\0");
+    let mut appended = BytesMut::from(&b"kept"[..]);
+    e.encode(&mut appended);
+    assert_eq!(&appended[4..], &expected[..], "appends after what is there");
+}
+
 /// Each condition constructor carries PostgreSQL's SQLSTATE for that condition name
 /// (appendix A of the PostgreSQL manual); a typo in one would send clients the wrong code.
 #[test]
