@@ -246,15 +246,10 @@ async fn a_request_needs_a_reason_and_distinct_approvers_and_its_token_is_fetche
             .await
         }
     };
+    let token_path = format!("/v1/requests/{rid}/token");
+    let fetch_token = |token: &'static str| send(&base, Method::POST, &token_path, Some(token), None);
     // The token cannot be fetched before approval.
-    let early = send(
-        &base,
-        Method::POST,
-        &format!("/v1/requests/{rid}/token"),
-        Some(REQUESTER_TOKEN),
-        None,
-    )
-    .await;
+    let early = fetch_token(REQUESTER_TOKEN).await;
     assert_eq!(early.status, StatusCode::CONFLICT, "{}", early.text);
 
     let first = approve(APPROVER_TOKEN).await;
@@ -282,36 +277,15 @@ async fn a_request_needs_a_reason_and_distinct_approvers_and_its_token_is_fetche
     assert!(grant.json["reason"].as_str().unwrap().contains(&rid));
 
     // Only the requester fetches the token, once.
-    let other = send(
-        &base,
-        Method::POST,
-        &format!("/v1/requests/{rid}/token"),
-        Some(ADMIN_TOKEN),
-        None,
-    )
-    .await;
+    let other = fetch_token(ADMIN_TOKEN).await;
     assert_eq!(other.status, StatusCode::FORBIDDEN, "{}", other.text);
-    let fetched = send(
-        &base,
-        Method::POST,
-        &format!("/v1/requests/{rid}/token"),
-        Some(REQUESTER_TOKEN),
-        None,
-    )
-    .await;
+    let fetched = fetch_token(REQUESTER_TOKEN).await;
     assert_eq!(fetched.status, StatusCode::OK, "{}", fetched.text);
     let token = fetched.json["token"].as_str().unwrap().to_owned();
     assert!(token.starts_with("tbx_"));
     assert_eq!(fetched.json["grant"]["id"], gid.as_str());
     assert!(fetched.json["connect"]["psql"].as_str().unwrap().contains("psql"));
-    let again = send(
-        &base,
-        Method::POST,
-        &format!("/v1/requests/{rid}/token"),
-        Some(REQUESTER_TOKEN),
-        None,
-    )
-    .await;
+    let again = fetch_token(REQUESTER_TOKEN).await;
     assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
     let shown = get(&base, &format!("/v1/requests/{rid}"), ADMIN_TOKEN).await;
     assert!(
