@@ -1,10 +1,10 @@
 //! The backend messages the auditors' endpoint sends, encoded by pgwire's message types.
 //!
-//! Data flow: [`super`] (login, greeting, ReadyForQuery) and [`super::engine`] (a query's
-//! RowDescription, DataRows and CommandComplete) append their messages to a buffer here; errors
-//! and notices go through [`PgError::encode`](crate::proxy::wire::PgError::encode), which is
-//! pgwire's ErrorResponse/NoticeResponse as well. Frontend messages are still read by
-//! [`super::run`], which checks each length before it allocates.
+//! Data flow: [`super`] (greeting, ReadyForQuery) and [`super::engine`] (a query's
+//! RowDescription, DataRows and CommandComplete) append their messages to a buffer here. Errors
+//! and notices go through [`PgError::encode`](crate::proxy::wire::PgError::encode) and the SCRAM
+//! exchange through [`crate::proxy::wire`], which are pgwire's message types as well. Frontend
+//! messages are still read by [`super::run`], which checks each length before it allocates.
 //!
 //! pgwire refuses to encode a message longer than the protocol allows for its type: that comes
 //! back as a [`MessageError`] and the buffer is left as it was (no half message), never a panic.
@@ -14,7 +14,7 @@
 
 use std::borrow::Cow;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
 use pgwire::messages::response::{CommandComplete, EmptyQueryResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus, SecretKey};
@@ -65,12 +65,6 @@ fn put<M: Message>(out: &mut BytesMut, name: &'static str, message: &M) -> Resul
 /// ReadyForQuery, idle: the endpoint has no transactions.
 pub fn ready(out: &mut BytesMut) -> Result<(), MessageError> {
     put(out, "ReadyForQuery", &ReadyForQuery::new(TransactionStatus::Idle))
-}
-
-/// AuthenticationSASLFinal with the server's final SCRAM message.
-pub fn sasl_final(out: &mut BytesMut, server_final: &str) -> Result<(), MessageError> {
-    let message = Authentication::SASLFinal(Bytes::copy_from_slice(server_final.as_bytes()));
-    put(out, "AuthenticationSASLFinal", &message)
 }
 
 /// What a client is told once it is in: AuthenticationOk, the `parameters` drivers expect,

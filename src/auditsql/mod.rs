@@ -15,8 +15,8 @@
 //!
 //! The backend messages are pgwire's message types ([`messages`]); the connection is served here
 //! rather than by pgwire's socket handler because timebox has already done TLS and startup by the
-//! time it knows the database name. The SCRAM exchange itself is the proxy's
-//! ([`crate::proxy::auth::scram_exchange`]), the one used for grant logins.
+//! time it knows the database name. The SCRAM exchange itself is the proxy's (the one used for
+//! grant logins), whose authentication messages are pgwire's too ([`crate::proxy::wire`]).
 //!
 //! The SQL is SQLite's (JSON: `json_extract(payload, '$.field')`; time: `datetime('now', '-7 days')`).
 //! The views are declared once in [`views`] (with `ts` in SQLite's date format, so time filters are
@@ -250,10 +250,7 @@ async fn login(
             "timebox_audit needs a file-backed store (this instance keeps its audit log in memory)",
         ));
     };
-    let mut out = BytesMut::new();
-    messages::sasl_final(&mut out, &server_final).map_err(|e| e.to_pg_error())?;
-    client
-        .write_all(&out)
+    auth::send_sasl_final(client, &server_final)
         .await
         .map_err(|_| PgError::protocol_violation("client left"))?;
     Ok(Some(db))

@@ -1,11 +1,14 @@
 //! PostgreSQL wire-protocol pieces the proxy needs, and nothing more.
 //!
-//! Builds the backend messages timebox itself sends to clients (authentication, errors, notices,
-//! BackendKeyData), parses startup-phase packets, and tracks frame boundaries in both directions
-//! without decoding frame bodies: the relay forwards backend bytes untouched and only needs to know
+//! Builds the backend messages timebox itself sends to clients (authentication, errors, notices and
+//! BackendKeyData are pgwire's message types; ParameterStatus stays by hand because it relays
+//! upstream values longer than pgwire accepts), parses startup-phase packets, and tracks frame
+//! boundaries in both directions without decoding frame bodies: the relay forwards backend bytes untouched and only needs to know
 //! where one frame ends (to inject a notice or a FATAL cleanly) and when ReadyForQuery passes.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
+use pgwire::messages::response::{ErrorResponse, NoticeResponse};
+use pgwire::messages::startup::{Authentication, BackendKeyData, SecretKey};
 
 pub const PROTOCOL_3_0: i32 = 196_608;
 pub const SSL_REQUEST_CODE: i32 = 80_877_103;
@@ -332,18 +335,9 @@ impl PgError {
     /// Appends this as an ErrorResponse ('E'), or a NoticeResponse ('N') for warnings and notices,
     /// encoded by pgwire.
     pub fn encode(&self, out: &mut BytesMut) {
-        use pgwire::messages::response::{ErrorResponse, NoticeResponse};
-        use pgwire::messages::Message;
-        let start = out.len();
-        let encoded = match self.severity {
-            Severity::Fatal | Severity::Error => ErrorResponse::new(self.fields()).encode(out),
-            Severity::Warning | Severity::Notice => NoticeResponse::new(self.fields()).encode(out),
-        };
-        if let Err(e) = encoded {
-            // Only a message over 2 GiB is refused, and ours are a few hundred bytes: leave no
-            // half message behind.
-            out.truncate(start);
-            tracing::error!(error = %e, code = self.code, "cannot encode an error for the client");
+        match self.severity {
+            Severity::Fatal | Severity::Error => put_pgwire(out, &ErrorResponse::new(self.fields())),
+            Severity::Warning | Severity::Notice => put_pgwire(out, &NoticeResponse::new(self.fields())),
         }
     }
 
@@ -387,39 +381,36 @@ pub fn frame(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
     out[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
+/// Appends `message` encoded by pgwire. pgwire refuses only a message longer than its type allows
+/// (kilobytes for these, gigabytes for errors); ours are far shorter, but a refusal would leave
+/// `out` as it was and be logged, never half a message.
+fn put_pgwire<M: pgwire::messages::Message>(out: &mut BytesMut, message: &M) {
+    let start = out.len();
+    if let Err(e) = message.encode(out) {
+        out.truncate(start);
+        tracing::error!(error = %e, "cannot encode a message for the client");
+    }
+}
+
 pub fn authentication_ok(out: &mut BytesMut) {
-    frame(out, b'R', |b| b.put_i32(0));
+    put_pgwire(out, &Authentication::Ok);
 }
 
 pub fn authentication_sasl(out: &mut BytesMut, mechanisms: &[&str]) {
-    frame(out, b'R', |b| {
-        b.put_i32(10);
-        for m in mechanisms {
-            put_cstr(b, m);
-        }
-        b.put_u8(0);
-    });
+    let mechanisms = mechanisms.iter().map(|m| m.replace('\0', "")).collect();
+    put_pgwire(out, &Authentication::SASL(mechanisms));
 }
 
 pub fn authentication_sasl_continue(out: &mut BytesMut, data: &[u8]) {
-    frame(out, b'R', |b| {
-        b.put_i32(11);
-        b.extend_from_slice(data);
-    });
+    put_pgwire(out, &Authentication::SASLContinue(Bytes::copy_from_slice(data)));
 }
 
 pub fn authentication_sasl_final(out: &mut BytesMut, data: &[u8]) {
-    frame(out, b'R', |b| {
-        b.put_i32(12);
-        b.extend_from_slice(data);
-    });
+    put_pgwire(out, &Authentication::SASLFinal(Bytes::copy_from_slice(data)));
 }
 
 pub fn backend_key_data(out: &mut BytesMut, pid: i32, secret: i32) {
-    frame(out, b'K', |b| {
-        b.put_i32(pid);
-        b.put_i32(secret);
-    });
+    put_pgwire(out, &BackendKeyData::new(pid, SecretKey::I32(secret)));
 }
 
 pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
