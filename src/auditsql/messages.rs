@@ -9,8 +9,8 @@
 //! pgwire refuses to encode a message longer than the protocol allows for its type: that comes
 //! back as a [`MessageError`] and the buffer is left as it was (no half message), never a panic.
 //! This module must never put a NUL inside a string field (it would end the field early and
-//! desynchronise the client): names and values given to it come from SQLite or from the startup
-//! packet, both already NUL-free, and the few strings of our own are checked in the tests.
+//! desynchronise the client): column names are stripped of them, parameter values come from the
+//! startup packet (NUL-terminated, so NUL-free), and the strings of our own are in the tests.
 
 use std::borrow::Cow;
 
@@ -88,11 +88,12 @@ pub fn greeting(
     ready(out)
 }
 
-/// RowDescription: one text column per name.
+/// RowDescription: one text column per name (NULs dropped: SQLite stops reading SQL at one, so a
+/// name should never hold one, but one would end the field early and desynchronise the client).
 pub fn row_description(out: &mut BytesMut, columns: &[String]) -> Result<(), MessageError> {
     let fields = columns
         .iter()
-        .map(|name| FieldDescription::new(name.clone(), 0, 0, TEXT_OID, -1, -1, 0))
+        .map(|name| FieldDescription::new(name.replace('\0', ""), 0, 0, TEXT_OID, -1, -1, 0))
         .collect();
     put(out, "RowDescription", &RowDescription::new(fields))
 }

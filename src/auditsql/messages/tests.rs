@@ -142,3 +142,21 @@ fn a_failed_encoding_leaves_no_half_message() {
     assert_eq!(&out[4..], &framed(b'R', &0i32.to_be_bytes())[..]);
     assert_eq!(err.to_pg_error().code, "XX000");
 }
+
+#[test]
+fn a_nul_in_a_column_name_cannot_desynchronise_the_client() {
+    let mut out = BytesMut::new();
+    row_description(&mut out, &["a\0b".into(), "c".into()]).unwrap();
+    ready(&mut out).unwrap();
+    let messages = parse(&out);
+    let backend::Message::RowDescription(description) = &messages[0] else {
+        panic!("RowDescription first");
+    };
+    let names: Vec<String> = description
+        .fields()
+        .map(|f| Ok(f.name().to_owned()))
+        .collect()
+        .unwrap();
+    assert_eq!(names, ["ab", "c"]);
+    assert!(matches!(messages[1], backend::Message::ReadyForQuery(_)));
+}
