@@ -18,6 +18,16 @@ async fn send(base: &str, method: Method, path: &str, token: Option<&str>, body:
     http::send(base, method, path, token, body).await.expect_json()
 }
 
+/// [`send`] `POST` with a bearer token and a JSON body.
+async fn post(base: &str, path: &str, token: &str, body: Value) -> Answer {
+    send(base, Method::POST, path, Some(token), Some(body)).await
+}
+
+/// [`send`] `GET` with a bearer token.
+async fn get(base: &str, path: &str, token: &str) -> Answer {
+    send(base, Method::GET, path, Some(token), None).await
+}
+
 async fn answer(resp: reqwest::Response) -> Answer {
     http::answer(resp).await.expect_json()
 }
@@ -28,12 +38,11 @@ fn issue_body(user: &str, target: &str, role: &str, ttl: &str) -> Value {
 
 /// Issues through the API as the admin; returns the 201 body.
 async fn issue(base: &str, user: &str, target: &str, role: &str) -> Value {
-    let a = send(
+    let a = post(
         base,
-        Method::POST,
         "/v1/grants",
-        Some(ADMIN_TOKEN),
-        Some(issue_body(user, target, role, "30m")),
+        ADMIN_TOKEN,
+        issue_body(user, target, role, "30m"),
     )
     .await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
@@ -93,14 +102,7 @@ async fn issue_returns_the_token_once_with_a_connect_hint() {
 
     // The token was shown once; it is in no later answer.
     let id = issued["id"].as_str().unwrap();
-    let shown = send(
-        &base,
-        Method::GET,
-        &format!("/v1/grants/{id}"),
-        Some(ADMIN_TOKEN),
-        None,
-    )
-    .await;
+    let shown = get(&base, &format!("/v1/grants/{id}"), ADMIN_TOKEN).await;
     assert_eq!(shown.status, StatusCode::OK);
     assert_eq!(shown.json["id"], id);
     assert_eq!(shown.json["status"], "active");
@@ -108,7 +110,7 @@ async fn issue_returns_the_token_once_with_a_connect_hint() {
     assert!(!shown.text.contains(token), "{}", shown.text);
     assert!(!shown.text.contains(&token[4..]), "{}", shown.text);
 
-    let list = send(&base, Method::GET, "/v1/grants", Some(ADMIN_TOKEN), None).await;
+    let list = get(&base, "/v1/grants", ADMIN_TOKEN).await;
     assert_eq!(ids(&list.json), vec![id.to_owned()]);
     assert!(!list.text.contains(&token[4..]), "{}", list.text);
 }
@@ -121,12 +123,11 @@ async fn list_filters_by_user_target_and_status() {
     let a2 = issue(&base, "alice", "billing", "read").await;
     let b1 = issue(&base, "bob", "shop", "write").await;
     let id = |v: &Value| v["id"].as_str().unwrap().to_owned();
-    let revoked = send(
+    let revoked = post(
         &base,
-        Method::POST,
         &format!("/v1/grants/{}/revoke", id(&b1)),
-        Some(ADMIN_TOKEN),
-        Some(json!({ "reason": "done" })),
+        ADMIN_TOKEN,
+        json!({ "reason": "done" }),
     )
     .await;
     assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.text);
@@ -134,14 +135,7 @@ async fn list_filters_by_user_target_and_status() {
     let list = |query: &'static str| {
         let base = base.clone();
         async move {
-            let a = send(
-                &base,
-                Method::GET,
-                &format!("/v1/grants{query}"),
-                Some(ADMIN_TOKEN),
-                None,
-            )
-            .await;
+            let a = get(&base, &format!("/v1/grants{query}"), ADMIN_TOKEN).await;
             assert_eq!(a.status, StatusCode::OK, "{query}: {}", a.text);
             let mut ids = ids(&a.json);
             ids.sort();
@@ -161,37 +155,16 @@ async fn list_filters_by_user_target_and_status() {
     assert_eq!(list("?status=expired").await, Vec::<String>::new());
     assert_eq!(list("?limit=1").await.len(), 1);
 
-    let bad = send(
-        &base,
-        Method::GET,
-        "/v1/grants?status=live",
-        Some(ADMIN_TOKEN),
-        None,
-    )
-    .await;
+    let bad = get(&base, "/v1/grants?status=live", ADMIN_TOKEN).await;
     assert_error(&bad, StatusCode::BAD_REQUEST, "bad_request");
     assert!(
         bad.json["message"].as_str().unwrap().contains("status"),
         "{}",
         bad.text
     );
-    let bad = send(
-        &base,
-        Method::GET,
-        "/v1/grants?limit=lots",
-        Some(ADMIN_TOKEN),
-        None,
-    )
-    .await;
+    let bad = get(&base, "/v1/grants?limit=lots", ADMIN_TOKEN).await;
     assert_error(&bad, StatusCode::BAD_REQUEST, "bad_request");
-    let bad = send(
-        &base,
-        Method::GET,
-        "/v1/grants?usr=alice",
-        Some(ADMIN_TOKEN),
-        None,
-    )
-    .await;
+    let bad = get(&base, "/v1/grants?usr=alice", ADMIN_TOKEN).await;
     assert_error(&bad, StatusCode::BAD_REQUEST, "bad_request");
 }
 
@@ -234,14 +207,14 @@ async fn invalid_grant_requests_are_422_naming_the_field() {
         ("missing reason", missing_reason, "reason"),
     ];
     for (what, body, field) in cases {
-        let a = send(&base, Method::POST, "/v1/grants", Some(ADMIN_TOKEN), Some(body)).await;
+        let a = post(&base, "/v1/grants", ADMIN_TOKEN, body).await;
         assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{what}: {}", a.text);
         assert_eq!(a.json["code"], "invalid_request", "{what}: {}", a.text);
         assert_eq!(a.json["field"], field, "{what}: {}", a.text);
         let message = a.json["message"].as_str().unwrap();
         assert!(message.starts_with(&format!("{field}:")), "{what}: {message}");
     }
-    let list = send(&base, Method::GET, "/v1/grants", Some(ADMIN_TOKEN), None).await;
+    let list = get(&base, "/v1/grants", ADMIN_TOKEN).await;
     assert_eq!(ids(&list.json), Vec::<String>::new(), "nothing was issued");
 }
 
@@ -296,7 +269,7 @@ async fn far_future_starts_at_is_422_not_a_panic() {
     ] {
         let mut body = issue_body("alice", "shop", "read", "30m");
         body["starts_at"] = json!(starts_at);
-        let a = send(&base, Method::POST, "/v1/grants", Some(ADMIN_TOKEN), Some(body)).await;
+        let a = post(&base, "/v1/grants", ADMIN_TOKEN, body).await;
         assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
         assert_eq!(a.json["field"], "starts_at", "{starts_at}: {}", a.text);
         assert!(
@@ -308,7 +281,7 @@ async fn far_future_starts_at_is_422_not_a_panic() {
     // Within the bound it is accepted, and the instance is still serving.
     let mut body = issue_body("alice", "shop", "read", "30m");
     body["starts_at"] = json!((chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339());
-    let a = send(&base, Method::POST, "/v1/grants", Some(ADMIN_TOKEN), Some(body)).await;
+    let a = post(&base, "/v1/grants", ADMIN_TOKEN, body).await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     assert_eq!(a.json["status"], "pending", "{}", a.text);
 }
@@ -363,12 +336,12 @@ async fn control_characters_in_names_and_reasons_are_422_naming_the_field() {
         ("bidi override in reason", bidi, "reason"),
     ];
     for (what, body, field) in cases {
-        let a = send(&base, Method::POST, "/v1/grants", Some(ADMIN_TOKEN), Some(body)).await;
+        let a = post(&base, "/v1/grants", ADMIN_TOKEN, body).await;
         assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{what}: {}", a.text);
         assert_eq!(a.json["code"], "invalid_request", "{what}: {}", a.text);
         assert_eq!(a.json["field"], field, "{what}: {}", a.text);
     }
-    let list = send(&base, Method::GET, "/v1/grants", Some(ADMIN_TOKEN), None).await;
+    let list = get(&base, "/v1/grants", ADMIN_TOKEN).await;
     assert_eq!(ids(&list.json), Vec::<String>::new(), "nothing was issued");
 
     // Revocation and extension reasons, and a request's reason, follow the same rule.
@@ -376,32 +349,29 @@ async fn control_characters_in_names_and_reasons_are_422_naming_the_field() {
         .as_str()
         .unwrap()
         .to_owned();
-    let a = send(
+    let a = post(
         &base,
-        Method::POST,
         &format!("/v1/grants/{id}/extend"),
-        Some(ADMIN_TOKEN),
-        Some(json!({ "ttl": "1m", "reason": "more\ntime" })),
+        ADMIN_TOKEN,
+        json!({ "ttl": "1m", "reason": "more\ntime" }),
     )
     .await;
     assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
     assert_eq!(a.json["field"], "reason", "{}", a.text);
-    let a = send(
+    let a = post(
         &base,
-        Method::POST,
         &format!("/v1/grants/{id}/revoke"),
-        Some(ADMIN_TOKEN),
-        Some(json!({ "reason": "done\u{1b}[1A" })),
+        ADMIN_TOKEN,
+        json!({ "reason": "done\u{1b}[1A" }),
     )
     .await;
     assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
     assert_eq!(a.json["field"], "reason", "{}", a.text);
-    let a = send(
+    let a = post(
         &base,
-        Method::POST,
         "/v1/requests",
-        Some(REQUESTER_TOKEN),
-        Some(json!({ "target": "shop", "role": "read", "ttl": "30m", "reason": "need\u{0}it" })),
+        REQUESTER_TOKEN,
+        json!({ "target": "shop", "role": "read", "ttl": "30m", "reason": "need\u{0}it" }),
     )
     .await;
     assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
@@ -413,7 +383,7 @@ async fn malformed_bodies_are_400_in_the_json_shape() {
     let tb = common::start(common::Options::default()).await;
     let base = tb.admin_url();
     let http = reqwest::Client::new();
-    let post = |body: &'static str, content_type: Option<&'static str>| {
+    let post_raw = |body: &'static str, content_type: Option<&'static str>| {
         let mut req = http
             .post(format!("{base}/v1/grants"))
             .header(AUTHORIZATION, format!("Bearer {ADMIN_TOKEN}"))
@@ -424,16 +394,16 @@ async fn malformed_bodies_are_400_in_the_json_shape() {
         async move { answer(req.send().await.unwrap()).await }
     };
 
-    let a = post("{\"user\": \"alice\",", Some("application/json")).await;
+    let a = post_raw("{\"user\": \"alice\",", Some("application/json")).await;
     assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
-    let a = post("{}", None).await;
+    let a = post_raw("{}", None).await;
     assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
     assert!(
         a.json["message"].as_str().unwrap().contains("Content-Type"),
         "{}",
         a.text
     );
-    let a = post(
+    let a = post_raw(
         r#"{"user":"alice","target":"shop","role":"read"}"#,
         Some("application/json"),
     )
@@ -447,7 +417,7 @@ async fn malformed_bodies_are_400_in_the_json_shape() {
 
     let mut body = issue_body("alice", "shop", "read", "30m");
     body["expires"] = json!("tomorrow");
-    let a = send(&base, Method::POST, "/v1/grants", Some(ADMIN_TOKEN), Some(body)).await;
+    let a = post(&base, "/v1/grants", ADMIN_TOKEN, body).await;
     assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
     assert!(
         a.json["message"].as_str().unwrap().contains("expires"),
@@ -457,7 +427,7 @@ async fn malformed_bodies_are_400_in_the_json_shape() {
 
     let mut body = issue_body("alice", "shop", "read", "30m");
     body["starts_at"] = json!("next tuesday");
-    let a = send(&base, Method::POST, "/v1/grants", Some(ADMIN_TOKEN), Some(body)).await;
+    let a = post(&base, "/v1/grants", ADMIN_TOKEN, body).await;
     assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
 }
 
@@ -488,7 +458,7 @@ async fn missing_or_unknown_credentials_are_401_with_www_authenticate() {
         );
     }
     // Mutations too, and before the body is looked at.
-    let a = send(&base, Method::POST, "/v1/grants", Some("nope"), Some(json!({}))).await;
+    let a = post(&base, "/v1/grants", "nope", json!({})).await;
     assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized");
 }
 
@@ -497,12 +467,11 @@ async fn only_admins_issue() {
     let tb = common::start(common::Options::default()).await;
     let base = tb.admin_url();
     for token in [AUDITOR_TOKEN, APPROVER_TOKEN, REQUESTER_TOKEN] {
-        let a = send(
+        let a = post(
             &base,
-            Method::POST,
             "/v1/grants",
-            Some(token),
-            Some(issue_body("alice", "shop", "read", "30m")),
+            token,
+            issue_body("alice", "shop", "read", "30m"),
         )
         .await;
         assert_error(&a, StatusCode::FORBIDDEN, "forbidden");
@@ -516,20 +485,13 @@ async fn only_admins_issue() {
         );
     }
     // The role is checked before the body: a forbidden caller gets 403 even for a malformed body.
-    let a = send(
-        &base,
-        Method::POST,
-        "/v1/grants",
-        Some(AUDITOR_TOKEN),
-        Some(json!({ "x": 1 })),
-    )
-    .await;
+    let a = post(&base, "/v1/grants", AUDITOR_TOKEN, json!({ "x": 1 })).await;
     assert_error(&a, StatusCode::FORBIDDEN, "forbidden");
 
     // An auditor reads everything.
     issue(&base, "alice", "shop", "read").await;
     issue(&base, "bob", "shop", "read").await;
-    let a = send(&base, Method::GET, "/v1/grants", Some(AUDITOR_TOKEN), None).await;
+    let a = get(&base, "/v1/grants", AUDITOR_TOKEN).await;
     assert_eq!(ids(&a.json).len(), 2);
 }
 
@@ -542,52 +504,24 @@ async fn requesters_see_only_their_own_grants() {
     let own_id = own["id"].as_str().unwrap();
     let other_id = other["id"].as_str().unwrap();
 
-    let a = send(&base, Method::GET, "/v1/grants", Some(REQUESTER_TOKEN), None).await;
+    let a = get(&base, "/v1/grants", REQUESTER_TOKEN).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(ids(&a.json), vec![own_id.to_owned()]);
-    let a = send(
-        &base,
-        Method::GET,
-        "/v1/grants?user=bob",
-        Some(REQUESTER_TOKEN),
-        None,
-    )
-    .await;
+    let a = get(&base, "/v1/grants?user=bob", REQUESTER_TOKEN).await;
     assert_eq!(
         ids(&a.json),
         Vec::<String>::new(),
         "asking for bob's grants gives nothing"
     );
 
-    let a = send(
-        &base,
-        Method::GET,
-        &format!("/v1/grants/{own_id}"),
-        Some(REQUESTER_TOKEN),
-        None,
-    )
-    .await;
+    let a = get(&base, &format!("/v1/grants/{own_id}"), REQUESTER_TOKEN).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.json["id"], own_id);
 
     // Someone else's grant looks exactly like a grant that does not exist.
-    let theirs = send(
-        &base,
-        Method::GET,
-        &format!("/v1/grants/{other_id}"),
-        Some(REQUESTER_TOKEN),
-        None,
-    )
-    .await;
+    let theirs = get(&base, &format!("/v1/grants/{other_id}"), REQUESTER_TOKEN).await;
     assert_error(&theirs, StatusCode::NOT_FOUND, "not_found");
-    let missing = send(
-        &base,
-        Method::GET,
-        "/v1/grants/g_0000000000000000",
-        Some(REQUESTER_TOKEN),
-        None,
-    )
-    .await;
+    let missing = get(&base, "/v1/grants/g_0000000000000000", REQUESTER_TOKEN).await;
     assert_error(&missing, StatusCode::NOT_FOUND, "not_found");
     assert_eq!(
         theirs.json["message"].as_str().unwrap().replace(other_id, "ID"),
@@ -597,12 +531,11 @@ async fn requesters_see_only_their_own_grants() {
             .replace("g_0000000000000000", "ID")
     );
 
-    let a = send(
+    let a = post(
         &base,
-        Method::POST,
         &format!("/v1/grants/{own_id}/revoke"),
-        Some(REQUESTER_TOKEN),
-        Some(json!({ "reason": "done" })),
+        REQUESTER_TOKEN,
+        json!({ "reason": "done" }),
     )
     .await;
     assert_error(&a, StatusCode::FORBIDDEN, "forbidden");
@@ -616,14 +549,7 @@ async fn revoke_once_then_conflict() {
     let id = issued["id"].as_str().unwrap();
     let path = format!("/v1/grants/{id}/revoke");
 
-    let a = send(
-        &base,
-        Method::POST,
-        &path,
-        Some(AUDITOR_TOKEN),
-        Some(json!({ "reason": "done" })),
-    )
-    .await;
+    let a = post(&base, &path, AUDITOR_TOKEN, json!({ "reason": "done" })).await;
     assert_error(&a, StatusCode::FORBIDDEN, "forbidden");
     assert!(
         a.json["message"]
@@ -635,28 +561,14 @@ async fn revoke_once_then_conflict() {
     );
 
     for body in [json!({ "reason": "  " }), json!({})] {
-        let a = send(&base, Method::POST, &path, Some(APPROVER_TOKEN), Some(body)).await;
+        let a = post(&base, &path, APPROVER_TOKEN, body).await;
         assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
         assert_eq!(a.json["field"], "reason");
     }
-    let a = send(
-        &base,
-        Method::POST,
-        &path,
-        Some(APPROVER_TOKEN),
-        Some(json!({ "reason": "done", "x": 1 })),
-    )
-    .await;
+    let a = post(&base, &path, APPROVER_TOKEN, json!({ "reason": "done", "x": 1 })).await;
     assert_error(&a, StatusCode::BAD_REQUEST, "bad_request");
 
-    let a = send(
-        &base,
-        Method::POST,
-        &path,
-        Some(APPROVER_TOKEN),
-        Some(json!({ "reason": "incident over" })),
-    )
-    .await;
+    let a = post(&base, &path, APPROVER_TOKEN, json!({ "reason": "incident over" })).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(a.json["id"], id);
     assert_eq!(a.json["status"], "revoked");
@@ -665,14 +577,7 @@ async fn revoke_once_then_conflict() {
     assert!(a.json["revoked_at"].is_string());
     assert!(a.json.get("token").is_none());
 
-    let again = send(
-        &base,
-        Method::POST,
-        &path,
-        Some(ADMIN_TOKEN),
-        Some(json!({ "reason": "again" })),
-    )
-    .await;
+    let again = post(&base, &path, ADMIN_TOKEN, json!({ "reason": "again" })).await;
     assert_error(&again, StatusCode::CONFLICT, "conflict");
     assert!(
         again.json["message"].as_str().unwrap().contains("revoked"),
@@ -680,26 +585,18 @@ async fn revoke_once_then_conflict() {
         again.text
     );
 
-    let shown = send(
-        &base,
-        Method::GET,
-        &format!("/v1/grants/{id}"),
-        Some(ADMIN_TOKEN),
-        None,
-    )
-    .await;
+    let shown = get(&base, &format!("/v1/grants/{id}"), ADMIN_TOKEN).await;
     assert_eq!(shown.json["status"], "revoked");
     assert_eq!(
         shown.json["revoke_reason"], "incident over",
         "the first revocation is kept"
     );
 
-    let a = send(
+    let a = post(
         &base,
-        Method::POST,
         "/v1/grants/g_unknown/revoke",
-        Some(ADMIN_TOKEN),
-        Some(json!({ "reason": "x" })),
+        ADMIN_TOKEN,
+        json!({ "reason": "x" }),
     )
     .await;
     assert_error(&a, StatusCode::NOT_FOUND, "not_found");
@@ -709,7 +606,7 @@ async fn revoke_once_then_conflict() {
 async fn unknown_routes_and_methods_answer_json() {
     let tb = common::start(common::Options::default()).await;
     let base = tb.admin_url();
-    let a = send(&base, Method::GET, "/v2/nothing", Some(ADMIN_TOKEN), None).await;
+    let a = get(&base, "/v2/nothing", ADMIN_TOKEN).await;
     assert_error(&a, StatusCode::NOT_FOUND, "not_found");
     let a = send(&base, Method::GET, "/", None, None).await;
     assert_error(&a, StatusCode::NOT_FOUND, "not_found");
@@ -782,15 +679,14 @@ async fn a_failing_store_is_503_store_unavailable_without_internals() {
 
     let a = send(&base, Method::GET, "/healthz", None, None).await;
     assert_error(&a, StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
-    let a = send(&base, Method::GET, "/v1/grants", Some(ADMIN_TOKEN), None).await;
+    let a = get(&base, "/v1/grants", ADMIN_TOKEN).await;
     assert_error(&a, StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
     assert!(!a.text.contains(failing::CAUSE), "{}", a.text);
-    let a = send(
+    let a = post(
         &base,
-        Method::POST,
         "/v1/grants",
-        Some(ADMIN_TOKEN),
-        Some(issue_body("alice", "shop", "read", "5m")),
+        ADMIN_TOKEN,
+        issue_body("alice", "shop", "read", "5m"),
     )
     .await;
     assert_error(&a, StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");

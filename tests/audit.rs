@@ -62,6 +62,18 @@ fn stmt(session: &str, user: &str, id: u64, sql: &str, decision: Decision) -> Au
     })
 }
 
+/// A new log in a new directory (keep it alive: the log lives there).
+fn open_log(durability: Durability) -> (tempfile::TempDir, AuditLog, audit::AuditWriterHandle) {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, writer) = AuditLog::open_with(options(dir.path(), durability)).unwrap();
+    (dir, log, writer)
+}
+
+/// Alice's allowed `SELECT <i>`, statement `i` of session `s_1`.
+fn select_n(i: u64) -> AuditEvent {
+    stmt("s_1", "alice", i, &format!("SELECT {i}"), Decision::Allow)
+}
+
 /// A closed log of `n` statements in `dir/audit.db`; returns its path.
 async fn written_log(dir: &Path, n: u64) -> PathBuf {
     let (log, writer) = AuditLog::open_with(options(dir, Durability::Write)).unwrap();
@@ -73,6 +85,11 @@ async fn written_log(dir: &Path, n: u64) -> PathBuf {
     }
     writer.shutdown().await;
     dir.join("audit.db")
+}
+
+/// The seq of the last record in `dir/audit.db`.
+fn head_seq(dir: &Path) -> u64 {
+    audit::head_of_file(&dir.join("audit.db")).unwrap().seq
 }
 
 fn bad_seq(path: &Path, anchors: &[Head]) -> Option<(u64, String)> {
@@ -87,8 +104,7 @@ fn bad_seq(path: &Path, anchors: &[Head]) -> Option<(u64, String)> {
 
 #[tokio::test]
 async fn a_fresh_log_verifies_and_its_head_is_the_last_record() {
-    let dir = tempfile::tempdir().unwrap();
-    let (log, writer) = AuditLog::open_with(options(dir.path(), Durability::Fsync)).unwrap();
+    let (dir, log, writer) = open_log(Durability::Fsync);
     let empty = log.verify(Vec::new()).await.unwrap();
     assert!(empty.ok);
     assert_eq!((empty.records, empty.head.clone()), (0, Head::genesis()));
@@ -141,71 +157,78 @@ async fn the_first_record_links_to_genesis_and_each_hash_covers_the_canonical_re
     }
 }
 
-#[tokio::test]
-async fn an_edited_payload_is_reported_at_its_seq() {
+/// A closed log of `n` statements, then `tampering` run on it directly; the log's directory (keep
+/// it alive), its path and a connection to it.
+async fn tampered_log(n: u64, tampering: &str) -> (tempfile::TempDir, PathBuf, Connection) {
     let dir = tempfile::tempdir().unwrap();
-    let path = written_log(dir.path(), 10).await;
-    Connection::open(&path)
-        .unwrap()
-        .execute(
+    let path = written_log(dir.path(), n).await;
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(tampering).unwrap();
+    (dir, path, conn)
+}
+
+/// Each kind of tampering with rows: the record it is reported at, and what the problem says.
+#[tokio::test]
+async fn each_kind_of_tampering_is_reported_at_its_seq() {
+    let cases: &[(&str, u64, &str, u64, Option<&str>)] = &[
+        (
+            "an edited payload",
+            10,
             "UPDATE audit_events SET payload = replace(payload, 'id = 4', 'id = 5') WHERE seq = 4",
-            [],
-        )
-        .unwrap();
-    let (seq, problem) = bad_seq(&path, &[]).unwrap();
-    assert_eq!(seq, 4);
-    assert!(problem.contains("edited"), "{problem}");
-}
-
-#[tokio::test]
-async fn a_deleted_record_is_reported_at_its_seq() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = written_log(dir.path(), 10).await;
-    Connection::open(&path)
-        .unwrap()
-        .execute("DELETE FROM audit_events WHERE seq = 6", [])
-        .unwrap();
-    let (seq, problem) = bad_seq(&path, &[]).unwrap();
-    assert_eq!(seq, 6);
-    assert!(problem.contains("missing"), "{problem}");
-}
-
-#[tokio::test]
-async fn reordered_records_are_reported_at_the_first_moved_seq() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = written_log(dir.path(), 10).await;
-    let conn = Connection::open(&path).unwrap();
-    // Swap the content of records 3 and 7 (their hashes and links stay in place).
-    conn.execute_batch(
-        "UPDATE audit_events SET payload = CASE seq \
-            WHEN 3 THEN (SELECT payload FROM audit_events WHERE seq = 7) \
-            ELSE (SELECT payload FROM audit_events WHERE seq = 3) END \
-         WHERE seq IN (3, 7)",
-    )
-    .unwrap();
-    assert_eq!(bad_seq(&path, &[]).unwrap().0, 3);
-
-    // Swapping whole rows (hashes and all) breaks the links instead.
-    let dir = tempfile::tempdir().unwrap();
-    let path = written_log(dir.path(), 10).await;
-    let conn = Connection::open(&path).unwrap();
-    conn.execute_batch(
-        "UPDATE audit_events SET seq = 100 WHERE seq = 3;
-         UPDATE audit_events SET seq = 3 WHERE seq = 7;
-         UPDATE audit_events SET seq = 7 WHERE seq = 100;",
-    )
-    .unwrap();
-    let (seq, problem) = bad_seq(&path, &[]).unwrap();
-    assert_eq!(seq, 3);
-    assert!(problem.contains("prev_hash"), "{problem}");
+            4,
+            Some("edited"),
+        ),
+        (
+            "a deleted record",
+            10,
+            "DELETE FROM audit_events WHERE seq = 6",
+            6,
+            Some("missing"),
+        ),
+        (
+            // Swap the content of records 3 and 7 (their hashes and links stay in place): reported
+            // at the first moved seq.
+            "reordered contents",
+            10,
+            "UPDATE audit_events SET payload = CASE seq \
+                WHEN 3 THEN (SELECT payload FROM audit_events WHERE seq = 7) \
+                ELSE (SELECT payload FROM audit_events WHERE seq = 3) END \
+             WHERE seq IN (3, 7)",
+            3,
+            None,
+        ),
+        (
+            // Swapping whole rows (hashes and all) breaks the links instead.
+            "reordered rows",
+            10,
+            "UPDATE audit_events SET seq = 100 WHERE seq = 3;
+             UPDATE audit_events SET seq = 3 WHERE seq = 7;
+             UPDATE audit_events SET seq = 7 WHERE seq = 100;",
+            3,
+            Some("prev_hash"),
+        ),
+        (
+            "an edited index column",
+            5,
+            "UPDATE audit_events SET user_name = 'mallory' WHERE seq = 2",
+            2,
+            Some("indexed columns"),
+        ),
+    ];
+    for &(what, n, tampering, at, says) in cases {
+        let (_dir, path, _) = tampered_log(n, tampering).await;
+        let (seq, problem) = bad_seq(&path, &[]).unwrap();
+        assert_eq!(seq, at, "{what}: {problem}");
+        if let Some(says) = says {
+            assert!(problem.contains(says), "{what}: {problem}");
+        }
+    }
 }
 
 #[tokio::test]
 async fn inserted_records_are_reported() {
     // A forged record appended with a made-up hash.
-    let dir = tempfile::tempdir().unwrap();
-    let path = written_log(dir.path(), 10).await;
-    let conn = Connection::open(&path).unwrap();
+    let (_dir, path, conn) = tampered_log(10, "").await;
     let last_hash: String = conn
         .query_row("SELECT hash FROM audit_events WHERE seq = 10", [], |r| r.get(0))
         .unwrap();
@@ -220,14 +243,12 @@ async fn inserted_records_are_reported() {
 
     // A well-forged record slipped in at 5 (correct prev_hash and hash, later rows renumbered): the
     // record after it no longer links.
-    let dir = tempfile::tempdir().unwrap();
-    let path = written_log(dir.path(), 10).await;
-    let conn = Connection::open(&path).unwrap();
-    conn.execute_batch(
+    let (_dir, path, conn) = tampered_log(
+        10,
         "UPDATE audit_events SET seq = seq + 1000 WHERE seq >= 5;
          UPDATE audit_events SET seq = seq - 999 WHERE seq >= 1000;",
     )
-    .unwrap();
+    .await;
     let (ts, prev_hash): (String, String) = conn
         .query_row("SELECT ts, hash FROM audit_events WHERE seq = 4", [], |r| {
             Ok((r.get(0)?, r.get(1)?))
@@ -353,8 +374,7 @@ async fn record_returns_only_once_the_row_is_readable_from_another_connection() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_durability_acks_at_once_and_shutdown_flushes() {
-    let dir = tempfile::tempdir().unwrap();
-    let (log, writer) = AuditLog::open_with(options(dir.path(), Durability::Async)).unwrap();
+    let (dir, log, writer) = open_log(Durability::Async);
     let ack = log
         .submit(
             (1..=1000)
@@ -369,16 +389,12 @@ async fn async_durability_acks_at_once_and_shutdown_flushes() {
             .await,
         Err(AuditError::Closed)
     ));
-    assert_eq!(
-        audit::head_of_file(&dir.path().join("audit.db")).unwrap().seq,
-        1000
-    );
+    assert_eq!(head_seq(dir.path()), 1000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_submitters_get_gapless_seqs_in_submission_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let (log, writer) = AuditLog::open_with(options(dir.path(), Durability::Fsync)).unwrap();
+    let (dir, log, writer) = open_log(Durability::Fsync);
     let per_task = 250u64;
     let mut tasks = Vec::new();
     for t in 0..8 {
@@ -492,8 +508,7 @@ async fn a_full_queue_refuses_instead_of_dropping() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_database_write_fails_this_and_every_later_submission() {
-    let dir = tempfile::tempdir().unwrap();
-    let (log, writer) = AuditLog::open_with(options(dir.path(), Durability::Fsync)).unwrap();
+    let (dir, log, writer) = open_log(Durability::Fsync);
     log.record(vec![stmt("s_1", "alice", 1, "SELECT 1", Decision::Allow)])
         .await
         .unwrap();
@@ -582,8 +597,7 @@ async fn reopening_continues_the_chain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_the_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let (log, writer) = AuditLog::open_with(options(dir.path(), Durability::Write)).unwrap();
+    let (dir, log, writer) = open_log(Durability::Write);
     let token = "tbx_abcdefghijklmnopqrstuvwxyz234567";
     let AuditEvent::Statement(mut s) = stmt("s_1", "alice", 1, "", Decision::Allow) else {
         unreachable!()
@@ -1238,8 +1252,7 @@ async fn cli_search_tail_verify_and_head_through_the_api() {
 /// appending. The writer now truncates it past `WAL_LIMIT_BYTES`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wal_stays_bounded_under_sustained_small_commits() {
-    let dir = tempfile::tempdir().unwrap();
-    let (log, writer) = AuditLog::open_with(options(dir.path(), Durability::Write)).unwrap();
+    let (dir, log, writer) = open_log(Durability::Write);
     let wal = dir.path().join("audit.db-wal");
     let mut largest = 0u64;
     for i in 0..12_000u64 {
@@ -1295,16 +1308,7 @@ async fn acknowledged_records_the_index_had_not_reached_are_recovered_from_the_j
     let blocker = Connection::open(dir.path().join("audit.db")).unwrap();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
     for i in 6..=40 {
-        log.submit(vec![stmt(
-            "s_1",
-            "alice",
-            i,
-            &format!("SELECT {i}"),
-            Decision::Allow,
-        )])
-        .unwrap()
-        .await
-        .unwrap();
+        log.submit(vec![select_n(i)]).unwrap().await.unwrap();
     }
     assert_eq!(log.head().seq, 40, "acknowledged (fsync'd to the journal)");
     snapshot(dir.path(), crashed.path());
@@ -1424,15 +1428,7 @@ async fn journal_segments_rotate_and_are_removed_once_indexed_durably() {
     };
     let mut most = 0;
     for i in 1..=300 {
-        log.record(vec![stmt(
-            "s_1",
-            "alice",
-            i,
-            &format!("SELECT {i}"),
-            Decision::Allow,
-        )])
-        .await
-        .unwrap();
+        log.record(vec![select_n(i)]).await.unwrap();
         most = most.max(count());
     }
     // ~300 records of ~500 bytes in 4 KiB segments: dozens were written, few are ever kept.
@@ -1444,10 +1440,7 @@ async fn journal_segments_rotate_and_are_removed_once_indexed_durably() {
     writer.shutdown().await;
     assert_eq!(count(), 0, "a clean stop leaves no journal");
     assert!(audit::verify_file(&dir.path().join("audit.db"), &[]).unwrap().ok);
-    assert_eq!(
-        audit::head_of_file(&dir.path().join("audit.db")).unwrap().seq,
-        300
-    );
+    assert_eq!(head_seq(dir.path()), 300);
 }
 
 /// The indexer gathers records for up to `INDEX_INTERVAL` per SQLite transaction: a relay that
@@ -1455,20 +1448,10 @@ async fn journal_segments_rotate_and_are_removed_once_indexed_durably() {
 /// index pages in the WAL) per record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_index_commits_many_records_per_transaction() {
-    let dir = tempfile::tempdir().unwrap();
-    let (log, writer) = AuditLog::open_with(options(dir.path(), Durability::Write)).unwrap();
+    let (dir, log, writer) = open_log(Durability::Write);
     let n = 2000u64;
     for i in 1..=n {
-        log.submit(vec![stmt(
-            "s_1",
-            "alice",
-            i,
-            &format!("SELECT {i}"),
-            Decision::Allow,
-        )])
-        .unwrap()
-        .await
-        .unwrap();
+        log.submit(vec![select_n(i)]).unwrap().await.unwrap();
     }
     log.wait_indexed().await.unwrap();
     let page = log.query(AuditFilter::default()).await.unwrap();
@@ -1481,5 +1464,5 @@ async fn the_index_commits_many_records_per_transaction() {
     // A commit per record writes ~5 pages (20 KiB) per record; batched, about the record itself.
     assert!(per_record < 4096, "{per_record} bytes of WAL per record");
     writer.shutdown().await;
-    assert_eq!(audit::head_of_file(&dir.path().join("audit.db")).unwrap().seq, n);
+    assert_eq!(head_seq(dir.path()), n);
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::pg::{db_error, scalar};
-use common::{eventually, proxy_conn, psql, raw, upstream_backends, Options};
+use common::{eventually, proxy_conn, psql, raw, upstream_backends, Options, TestInstance};
 use futures::{FutureExt, StreamExt};
 use timebox::clock::Clock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,6 +27,19 @@ async fn connect(conn: &str) -> Result<(tokio_postgres::Client, Notices), tokio_
         }
     });
     Ok((client, rx))
+}
+
+/// A plaintext session of `user` with `token`, its notices kept; the test fails if it cannot log in.
+async fn session(inst: &TestInstance, user: &str, token: &str) -> (tokio_postgres::Client, Notices) {
+    connect(&inst.conn_string(user, token, "disable")).await.unwrap()
+}
+
+/// The error a plaintext login of `user` with `token` gets; the test fails if it logs in.
+async fn login_error(inst: &TestInstance, user: &str, token: &str) -> tokio_postgres::Error {
+    connect(&inst.conn_string(user, token, "disable"))
+        .await
+        .err()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,10 +83,7 @@ async fn plaintext_is_refused_when_tls_is_required() {
         "{}",
         out.stderr
     );
-    let err = connect(&inst.conn_string("alice", &token, "disable"))
-        .await
-        .err()
-        .unwrap();
+    let err = login_error(&inst, "alice", &token).await;
     assert_eq!(db_error(&err).0, "28000");
 }
 
@@ -81,9 +91,7 @@ async fn plaintext_is_refused_when_tls_is_required() {
 async fn simple_extended_and_pipelined_queries() {
     let inst = common::start(Options::default()).await;
     let (_g, token) = inst.grant("alice", "read", "10m").await;
-    let (client, _n) = connect(&inst.conn_string("alice", &token, "disable"))
-        .await
-        .unwrap();
+    let (client, _n) = session(&inst, "alice", &token).await;
 
     // simple protocol, several statements in one message
     let msgs = client
@@ -129,9 +137,7 @@ async fn copy_both_ways() {
     let inst = common::start(Options::default()).await;
     // COPY FROM STDIN into a temporary table needs CREATE TEMP TABLE: an admin grant.
     let (_g, token) = inst.grant("bob", "admin", "10m").await;
-    let (client, _n) = connect(&inst.conn_string("bob", &token, "disable"))
-        .await
-        .unwrap();
+    let (client, _n) = session(&inst, "bob", &token).await;
 
     // COPY TO STDOUT
     let stream = client
@@ -168,12 +174,8 @@ async fn listen_notify_and_parameter_status_pass_through() {
     let inst = common::start(Options::default()).await;
     let (_g, token) = inst.grant("alice", "read", "10m").await;
     let (_g2, token2) = inst.grant("bob", "write", "10m").await;
-    let (listener, mut messages) = connect(&inst.conn_string("alice", &token, "disable"))
-        .await
-        .unwrap();
-    let (notifier, _m) = connect(&inst.conn_string("bob", &token2, "disable"))
-        .await
-        .unwrap();
+    let (listener, mut messages) = session(&inst, "alice", &token).await;
+    let (notifier, _m) = session(&inst, "bob", &token2).await;
     listener.batch_execute("LISTEN timebox_test").await.unwrap();
     notifier
         .batch_execute("NOTIFY timebox_test, 'hello'")
@@ -216,9 +218,7 @@ async fn listen_notify_and_parameter_status_pass_through() {
 async fn cancel_request_reaches_the_right_backend() {
     let inst = common::start(Options::default()).await;
     let (_g, token) = inst.grant("alice", "read", "10m").await;
-    let (client, _n) = connect(&inst.conn_string("alice", &token, "disable"))
-        .await
-        .unwrap();
+    let (client, _n) = session(&inst, "alice", &token).await;
     let cancel = client.cancel_token();
     let started = Instant::now();
     let query = tokio::spawn(async move {
@@ -301,18 +301,12 @@ async fn expired_revoked_and_future_grants_are_refused_with_the_reason() {
         .unwrap();
     clock.advance(chrono::Duration::minutes(10));
 
-    let err = connect(&inst.conn_string("alice", &t1, "disable"))
-        .await
-        .err()
-        .unwrap();
+    let err = login_error(&inst, "alice", &t1).await;
     let (code, msg) = db_error(&err);
     assert_eq!(code, "28000");
     assert!(msg.contains(&format!("grant {} expired at", expired.id)), "{msg}");
 
-    let err = connect(&inst.conn_string("bob", &t2, "disable"))
-        .await
-        .err()
-        .unwrap();
+    let err = login_error(&inst, "bob", &t2).await;
     let (code, msg) = db_error(&err);
     assert_eq!(code, "28000");
     assert!(
@@ -339,9 +333,7 @@ async fn expired_revoked_and_future_grants_are_refused_with_the_reason() {
 async fn expiry_severs_a_running_query_and_the_upstream_query_is_gone() {
     let inst = common::start(Options::default()).await;
     let (grant, token) = inst.grant("alice", "read", "2s").await;
-    let (client, _n) = connect(&inst.conn_string("alice", &token, "disable"))
-        .await
-        .unwrap();
+    let (client, _n) = session(&inst, "alice", &token).await;
     let err = client.simple_query("SELECT pg_sleep(30)").await.unwrap_err();
     let severed_at = chrono::Utc::now();
     let (code, msg) = db_error(&err);
@@ -366,9 +358,7 @@ async fn expiry_severs_a_running_query_and_the_upstream_query_is_gone() {
 async fn revocation_severs_a_running_query_within_a_second() {
     let inst = common::start(Options::default()).await;
     let (grant, token) = inst.grant("alice", "read", "10m").await;
-    let (client, _n) = connect(&inst.conn_string("alice", &token, "disable"))
-        .await
-        .unwrap();
+    let (client, _n) = session(&inst, "alice", &token).await;
     let query = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(upstream_backends(&grant.id).await, 1);
@@ -395,15 +385,9 @@ async fn revocation_severs_a_running_query_within_a_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_warning_notice_arrives_before_expiry() {
-    let inst = common::start(Options {
-        proxy_extra: "expiry_warnings = [\"2s\"]".into(),
-        ..Options::default()
-    })
-    .await;
+    let inst = common::start(Options::with_proxy("expiry_warnings = [\"2s\"]")).await;
     let (grant, token) = inst.grant("alice", "read", "3s").await;
-    let (_client, mut messages) = connect(&inst.conn_string("alice", &token, "disable"))
-        .await
-        .unwrap();
+    let (_client, mut messages) = session(&inst, "alice", &token).await;
     let notice = tokio::time::timeout(Duration::from_secs(3), async {
         loop {
             match messages.recv().await {
@@ -481,10 +465,7 @@ async fn upstream_down_gives_a_quick_clear_error() {
     .await;
     let (_g, token) = inst.grant("alice", "read", "10m").await;
     let started = Instant::now();
-    let err = connect(&inst.conn_string("alice", &token, "disable"))
-        .await
-        .err()
-        .unwrap();
+    let err = login_error(&inst, "alice", &token).await;
     assert!(started.elapsed() < Duration::from_secs(3));
     let (code, msg) = db_error(&err);
     assert_eq!(code, "08001");
@@ -515,9 +496,7 @@ async fn garbage_before_startup_gets_an_error_and_others_are_served() {
     }
     // A silent client is cut at the startup timeout, and meanwhile others are served.
     let _silent = tokio::net::TcpStream::connect(inst.proxy_addr).await.unwrap();
-    let (client, _n) = connect(&inst.conn_string("alice", &token, "disable"))
-        .await
-        .unwrap();
+    let (client, _n) = session(&inst, "alice", &token).await;
     assert_eq!(scalar(&client, "SELECT 1").await, "1");
 }
 
@@ -546,27 +525,16 @@ async fn garbage_after_startup_is_a_protocol_violation_and_others_are_served() {
     let (code, _) = raw::next_error(&mut sock, &mut buf).await.expect("an error");
     assert_eq!(code, "54000");
 
-    let (client, _n) = connect(&inst.conn_string("alice", &token, "disable"))
-        .await
-        .unwrap();
+    let (client, _n) = session(&inst, "alice", &token).await;
     assert_eq!(scalar(&client, "SELECT 2").await, "2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limit_gives_53300() {
-    let inst = common::start(Options {
-        proxy_extra: "max_connections = 1".into(),
-        ..Options::default()
-    })
-    .await;
+    let inst = common::start(Options::with_proxy("max_connections = 1")).await;
     let (_g, token) = inst.grant("alice", "read", "10m").await;
-    let (first, _n) = connect(&inst.conn_string("alice", &token, "disable"))
-        .await
-        .unwrap();
-    let err = connect(&inst.conn_string("alice", &token, "disable"))
-        .await
-        .err()
-        .unwrap();
+    let (first, _n) = session(&inst, "alice", &token).await;
+    let err = login_error(&inst, "alice", &token).await;
     assert_eq!(db_error(&err).0, "53300");
     drop(first);
     assert!(
@@ -583,30 +551,21 @@ async fn connection_limit_gives_53300() {
 async fn dangerous_startup_options_and_replication_are_refused() {
     let inst = common::start(Options::default()).await;
     let (_g, token) = inst.grant("alice", "read", "10m").await;
-    let out = psql(
-        &proxy_conn(&inst, "alice", "sslmode=disable options='-c role=postgres'"),
-        &token,
-        "SELECT 1",
-    )
-    .await;
-    assert!(!out.success);
-    assert!(
-        out.stderr.contains("startup setting \"role\" is not allowed"),
-        "{}",
-        out.stderr
-    );
-    let out = psql(
-        &proxy_conn(&inst, "alice", "sslmode=disable replication=database"),
-        &token,
-        "SELECT 1",
-    )
-    .await;
-    assert!(!out.success);
-    assert!(
-        out.stderr.contains("replication connections are not supported"),
-        "{}",
-        out.stderr
-    );
+    for (extra, refusal) in [
+        (
+            "options='-c role=postgres'",
+            "startup setting \"role\" is not allowed",
+        ),
+        (
+            "replication=database",
+            "replication connections are not supported",
+        ),
+    ] {
+        let conn = proxy_conn(&inst, "alice", &format!("sslmode=disable {extra}"));
+        let out = psql(&conn, &token, "SELECT 1").await;
+        assert!(!out.success);
+        assert!(out.stderr.contains(refusal), "{}", out.stderr);
+    }
     // harmless options pass
     let out = psql(
         &proxy_conn(
@@ -712,23 +671,13 @@ async fn direct_tls_with_alpn_is_accepted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failures_are_throttled_per_address() {
-    let inst = common::start(Options {
-        proxy_extra: "auth_failures_per_minute = 3".into(),
-        ..Options::default()
-    })
-    .await;
+    let inst = common::start(Options::with_proxy("auth_failures_per_minute = 3")).await;
     let (_g, token) = inst.grant("alice", "read", "10m").await;
     for _ in 0..3 {
-        let err = connect(&inst.conn_string("alice", "tbx_wrong", "disable"))
-            .await
-            .err()
-            .unwrap();
+        let err = login_error(&inst, "alice", "tbx_wrong").await;
         assert_eq!(db_error(&err).0, "28P01");
     }
-    let err = connect(&inst.conn_string("alice", &token, "disable"))
-        .await
-        .err()
-        .unwrap();
+    let err = login_error(&inst, "alice", &token).await;
     let (code, msg) = db_error(&err);
     assert_eq!(code, "28000");
     assert!(msg.contains("too many failed authentication attempts"), "{msg}");
@@ -822,11 +771,7 @@ async fn psql_ctrl_c_cancels_the_running_statement() {
 /// A client that connects and never sends a startup packet is disconnected at `startup_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_client_is_disconnected_at_the_startup_timeout() {
-    let inst = common::start(Options {
-        proxy_extra: "startup_timeout = \"1s\"".into(),
-        ..Options::default()
-    })
-    .await;
+    let inst = common::start(Options::with_proxy("startup_timeout = \"1s\"")).await;
     let connected_at = Instant::now();
     let mut silent = tokio::net::TcpStream::connect(inst.proxy_addr).await.unwrap();
     let mut reply = Vec::new();
@@ -849,11 +794,7 @@ async fn client_stalling_in_authentication_gets_08p01_at_the_startup_timeout() {
     use postgres_protocol::message::backend::Message;
     use postgres_protocol::message::frontend;
 
-    let inst = common::start(Options {
-        proxy_extra: "startup_timeout = \"1s\"".into(),
-        ..Options::default()
-    })
-    .await;
+    let inst = common::start(Options::with_proxy("startup_timeout = \"1s\"")).await;
     let (_g, token) = inst.grant("alice", "read", "10m").await;
     for stall_after_initial_response in [false, true] {
         let case = if stall_after_initial_response {
@@ -917,10 +858,7 @@ async fn slow_upstream_is_reported_as_an_upstream_timeout() {
     .await;
     let (_g, token) = inst.grant("alice", "read", "10m").await;
     let started = Instant::now();
-    let err = connect(&inst.conn_string("alice", &token, "disable"))
-        .await
-        .err()
-        .unwrap();
+    let err = login_error(&inst, "alice", &token).await;
     let (code, msg) = db_error(&err);
     assert_eq!(code, "08001", "{msg}");
     assert!(msg.contains("timed out after 2s"), "{msg}");
@@ -977,9 +915,7 @@ async fn sessions_fail_closed_when_the_server_reports_non_standard_lexing() {
         .await
         .unwrap();
     let (_g, token) = inst.grant("bob", "write", "10m").await;
-    let (client, _n) = connect(&inst.conn_string("bob", &token, "disable"))
-        .await
-        .unwrap();
+    let (client, _n) = session(&inst, "bob", &token).await;
     let direct = client
         .simple_query("SELECT set_config('standard_conforming_strings', 'off', false)")
         .await

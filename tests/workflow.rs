@@ -10,7 +10,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use common::http::send;
+use common::http::{get, post, send};
 use common::pg::connect;
 use common::{cli, eventually, ADMIN_TOKEN, APPROVER_TOKEN, AUDITOR_TOKEN, REQUESTER_TOKEN};
 
@@ -38,7 +38,7 @@ fn request_body(role: &str, ttl: &str, reason: &str) -> Value {
 }
 
 async fn file(base: &str, token: &str, body: Value) -> Value {
-    let a = send(base, Method::POST, "/v1/requests", Some(token), Some(body)).await;
+    let a = post(base, "/v1/requests", token, body).await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     a.json
 }
@@ -210,12 +210,11 @@ async fn a_request_needs_a_reason_and_distinct_approvers_and_its_token_is_fetche
     let tb = start("").await;
     let base = tb.admin_url();
 
-    let a = send(
+    let a = post(
         &base,
-        Method::POST,
         "/v1/requests",
-        Some(REQUESTER_TOKEN),
-        Some(json!({ "target": "shop", "role": "admin", "ttl": "30m" })),
+        REQUESTER_TOKEN,
+        json!({ "target": "shop", "role": "admin", "ttl": "30m" }),
     )
     .await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.text);
@@ -238,25 +237,19 @@ async fn a_request_needs_a_reason_and_distinct_approvers_and_its_token_is_fetche
         let base = base.clone();
         let rid = rid.clone();
         async move {
-            send(
+            post(
                 &base,
-                Method::POST,
                 &format!("/v1/requests/{rid}/approve"),
-                Some(token),
-                Some(json!({ "reason": "looks right" })),
+                token,
+                json!({ "reason": "looks right" }),
             )
             .await
         }
     };
+    let token_path = format!("/v1/requests/{rid}/token");
+    let fetch_token = |token: &'static str| send(&base, Method::POST, &token_path, Some(token), None);
     // The token cannot be fetched before approval.
-    let early = send(
-        &base,
-        Method::POST,
-        &format!("/v1/requests/{rid}/token"),
-        Some(REQUESTER_TOKEN),
-        None,
-    )
-    .await;
+    let early = fetch_token(REQUESTER_TOKEN).await;
     assert_eq!(early.status, StatusCode::CONFLICT, "{}", early.text);
 
     let first = approve(APPROVER_TOKEN).await;
@@ -277,59 +270,24 @@ async fn a_request_needs_a_reason_and_distinct_approvers_and_its_token_is_fetche
     let late = approve(ADMIN_TOKEN).await;
     assert_eq!(late.status, StatusCode::CONFLICT, "{}", late.text);
 
-    let grant = send(
-        &base,
-        Method::GET,
-        &format!("/v1/grants/{gid}"),
-        Some(ADMIN_TOKEN),
-        None,
-    )
-    .await;
+    let grant = get(&base, &format!("/v1/grants/{gid}"), ADMIN_TOKEN).await;
     assert_eq!(grant.json["user"], "alice");
     assert_eq!(grant.json["created_by"], "bob,ops", "created by the approvers");
     assert_eq!(grant.json["break_glass"], false);
     assert!(grant.json["reason"].as_str().unwrap().contains(&rid));
 
     // Only the requester fetches the token, once.
-    let other = send(
-        &base,
-        Method::POST,
-        &format!("/v1/requests/{rid}/token"),
-        Some(ADMIN_TOKEN),
-        None,
-    )
-    .await;
+    let other = fetch_token(ADMIN_TOKEN).await;
     assert_eq!(other.status, StatusCode::FORBIDDEN, "{}", other.text);
-    let fetched = send(
-        &base,
-        Method::POST,
-        &format!("/v1/requests/{rid}/token"),
-        Some(REQUESTER_TOKEN),
-        None,
-    )
-    .await;
+    let fetched = fetch_token(REQUESTER_TOKEN).await;
     assert_eq!(fetched.status, StatusCode::OK, "{}", fetched.text);
     let token = fetched.json["token"].as_str().unwrap().to_owned();
     assert!(token.starts_with("tbx_"));
     assert_eq!(fetched.json["grant"]["id"], gid.as_str());
     assert!(fetched.json["connect"]["psql"].as_str().unwrap().contains("psql"));
-    let again = send(
-        &base,
-        Method::POST,
-        &format!("/v1/requests/{rid}/token"),
-        Some(REQUESTER_TOKEN),
-        None,
-    )
-    .await;
+    let again = fetch_token(REQUESTER_TOKEN).await;
     assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
-    let shown = send(
-        &base,
-        Method::GET,
-        &format!("/v1/requests/{rid}"),
-        Some(ADMIN_TOKEN),
-        None,
-    )
-    .await;
+    let shown = get(&base, &format!("/v1/requests/{rid}"), ADMIN_TOKEN).await;
     assert!(
         !shown.text.contains(&token[4..]),
         "the token is in no later answer"
@@ -355,29 +313,21 @@ async fn the_requester_never_reviews_its_own_request_and_requesters_see_only_the
     let rid = id(&r);
     assert_eq!(r["requester"], "ops");
     for action in ["approve", "deny"] {
-        let a = send(
+        let a = post(
             &base,
-            Method::POST,
             &format!("/v1/requests/{rid}/{action}"),
-            Some(ADMIN_TOKEN),
-            Some(json!({ "reason": "self" })),
+            ADMIN_TOKEN,
+            json!({ "reason": "self" }),
         )
         .await;
         assert_eq!(a.status, StatusCode::FORBIDDEN, "{action}: {}", a.text);
         assert!(a.json["message"].as_str().unwrap().contains("two-person") || action == "deny");
     }
     // alice cannot see ops' request.
-    let a = send(
-        &base,
-        Method::GET,
-        &format!("/v1/requests/{rid}"),
-        Some(REQUESTER_TOKEN),
-        None,
-    )
-    .await;
+    let a = get(&base, &format!("/v1/requests/{rid}"), REQUESTER_TOKEN).await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     let mine = file(&base, REQUESTER_TOKEN, request_body("read", "30m", "mine")).await;
-    let listed = send(&base, Method::GET, "/v1/requests", Some(REQUESTER_TOKEN), None).await;
+    let listed = get(&base, "/v1/requests", REQUESTER_TOKEN).await;
     let ids: Vec<&str> = listed.json["requests"]
         .as_array()
         .unwrap()
@@ -385,37 +335,22 @@ async fn the_requester_never_reviews_its_own_request_and_requesters_see_only_the
         .map(|r| r["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec![id(&mine).as_str()]);
-    let all = send(
-        &base,
-        Method::GET,
-        "/v1/requests?status=pending",
-        Some(AUDITOR_TOKEN),
-        None,
-    )
-    .await;
+    let all = get(&base, "/v1/requests?status=pending", AUDITOR_TOKEN).await;
     assert_eq!(all.json["requests"].as_array().unwrap().len(), 2);
 
     // Denying needs a reason; a denied request cannot be approved.
     let path = format!("/v1/requests/{rid}/deny");
-    let a = send(&base, Method::POST, &path, Some(APPROVER_TOKEN), Some(json!({}))).await;
+    let a = post(&base, &path, APPROVER_TOKEN, json!({})).await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.text);
-    let a = send(
-        &base,
-        Method::POST,
-        &path,
-        Some(APPROVER_TOKEN),
-        Some(json!({"reason": "use the replica"})),
-    )
-    .await;
+    let a = post(&base, &path, APPROVER_TOKEN, json!({"reason": "use the replica"})).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(a.json["status"], "denied");
     assert_eq!(a.json["denied_by"], "bob");
-    let a = send(
+    let a = post(
         &base,
-        Method::POST,
         &format!("/v1/requests/{rid}/approve"),
-        Some(APPROVER_TOKEN),
-        Some(json!({})),
+        APPROVER_TOKEN,
+        json!({}),
     )
     .await;
     assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.text);
@@ -436,20 +371,13 @@ async fn unreviewed_requests_expire_after_the_review_window() {
         let base = base.clone();
         let path = path.clone();
         async move {
-            let a = send(&base, Method::GET, &path, Some(ADMIN_TOKEN), None).await;
+            let a = get(&base, &path, ADMIN_TOKEN).await;
             a.json["status"] == "expired" && a.json["state"] == "expired"
         }
     })
     .await;
     assert!(expired, "the expiry task marks the request expired");
-    let a = send(
-        &base,
-        Method::POST,
-        &format!("{path}/approve"),
-        Some(APPROVER_TOKEN),
-        Some(json!({})),
-    )
-    .await;
+    let a = post(&base, &format!("{path}/approve"), APPROVER_TOKEN, json!({})).await;
     assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.text);
 }
 
@@ -459,14 +387,7 @@ async fn break_glass_self_approves_caps_the_ttl_and_flags_the_grant_everywhere()
     let base = tb.admin_url();
     let mut body = request_body("read", "30m", "prod is down");
     body["break_glass"] = json!(true);
-    let a = send(
-        &base,
-        Method::POST,
-        "/v1/requests",
-        Some(REQUESTER_TOKEN),
-        Some(body),
-    )
-    .await;
+    let a = post(&base, "/v1/requests", REQUESTER_TOKEN, body).await;
     assert_eq!(
         a.status,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -488,27 +409,18 @@ async fn break_glass_self_approves_caps_the_ttl_and_flags_the_grant_everywhere()
     );
     let gid = r["grant_id"].as_str().unwrap().to_owned();
 
-    let g = send(
-        &base,
-        Method::GET,
-        &format!("/v1/grants/{gid}"),
-        Some(REQUESTER_TOKEN),
-        None,
-    )
-    .await;
+    let g = get(&base, &format!("/v1/grants/{gid}"), REQUESTER_TOKEN).await;
     assert_eq!(g.json["break_glass"], true, "{}", g.text);
     let starts = chrono::DateTime::parse_from_rfc3339(g.json["starts_at"].as_str().unwrap()).unwrap();
     let ends = chrono::DateTime::parse_from_rfc3339(g.json["expires_at"].as_str().unwrap()).unwrap();
     assert_eq!((ends - starts).num_seconds(), 600);
-    let listed = send(&base, Method::GET, "/v1/grants", Some(ADMIN_TOKEN), None).await;
+    let listed = get(&base, "/v1/grants", ADMIN_TOKEN).await;
     assert_eq!(listed.json["grants"][0]["break_glass"], true);
 
-    let audit = send(
+    let audit = get(
         &base,
-        Method::GET,
         &format!("/v1/audit?kind=grant_issued&grant={gid}"),
-        Some(AUDITOR_TOKEN),
-        None,
+        AUDITOR_TOKEN,
     )
     .await;
     assert_eq!(
@@ -519,12 +431,11 @@ async fn break_glass_self_approves_caps_the_ttl_and_flags_the_grant_everywhere()
     assert_eq!(audit.json["events"][0]["payload"]["created_by"], "alice");
 
     // Extending a break-glass grant stops at its break-glass cap, counted from its start.
-    let ext = send(
+    let ext = post(
         &base,
-        Method::POST,
         &format!("/v1/grants/{gid}/extend"),
-        Some(APPROVER_TOKEN),
-        Some(json!({"ttl": "5m"})),
+        APPROVER_TOKEN,
+        json!({"ttl": "5m"}),
     )
     .await;
     assert_eq!(ext.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", ext.text);
@@ -551,12 +462,11 @@ async fn an_extension_reaches_a_live_session_which_outlives_the_original_expiry(
     let base = tb.admin_url();
     let (grant, token) = tb.grant("alice", "read", "2s").await;
     let client = connect(&tb.conn_string("alice", &token, "disable")).await;
-    let a = send(
+    let a = post(
         &base,
-        Method::POST,
         &format!("/v1/grants/{}/extend", grant.id),
-        Some(APPROVER_TOKEN),
-        Some(json!({ "ttl": "1m", "reason": "still debugging" })),
+        APPROVER_TOKEN,
+        json!({ "ttl": "1m", "reason": "still debugging" }),
     )
     .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
@@ -576,12 +486,11 @@ async fn an_extension_reaches_a_live_session_which_outlives_the_original_expiry(
     assert_eq!(n, common::cluster::ITEMS_ROWS);
 
     // Never past start + max_ttl (8h for read); revoked grants cannot be extended.
-    let too_far = send(
+    let too_far = post(
         &base,
-        Method::POST,
         &format!("/v1/grants/{}/extend", grant.id),
-        Some(ADMIN_TOKEN),
-        Some(json!({ "ttl": "8h" })),
+        ADMIN_TOKEN,
+        json!({ "ttl": "8h" }),
     )
     .await;
     assert_eq!(
@@ -591,12 +500,10 @@ async fn an_extension_reaches_a_live_session_which_outlives_the_original_expiry(
         too_far.text
     );
     assert_eq!(too_far.json["field"], "ttl");
-    let audit = send(
+    let audit = get(
         &base,
-        Method::GET,
         &format!("/v1/audit?kind=grant_extended&grant={}", grant.id),
-        Some(AUDITOR_TOKEN),
-        None,
+        AUDITOR_TOKEN,
     )
     .await;
     assert_eq!(
@@ -605,32 +512,29 @@ async fn an_extension_reaches_a_live_session_which_outlives_the_original_expiry(
         audit.text
     );
     assert_eq!(audit.json["events"][0]["payload"]["reason"], "still debugging");
-    send(
+    post(
         &base,
-        Method::POST,
         &format!("/v1/grants/{}/revoke", grant.id),
-        Some(ADMIN_TOKEN),
-        Some(json!({ "reason": "done" })),
+        ADMIN_TOKEN,
+        json!({ "reason": "done" }),
     )
     .await;
-    let revoked = send(
+    let revoked = post(
         &base,
-        Method::POST,
         &format!("/v1/grants/{}/extend", grant.id),
-        Some(ADMIN_TOKEN),
-        Some(json!({ "ttl": "1m" })),
+        ADMIN_TOKEN,
+        json!({ "ttl": "1m" }),
     )
     .await;
     assert_eq!(revoked.status, StatusCode::CONFLICT, "{}", revoked.text);
 
     let (expired, _) = tb.grant("alice", "read", "1s").await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let a = send(
+    let a = post(
         &base,
-        Method::POST,
         &format!("/v1/grants/{}/extend", expired.id),
-        Some(ADMIN_TOKEN),
-        Some(json!({ "ttl": "1m" })),
+        ADMIN_TOKEN,
+        json!({ "ttl": "1m" }),
     )
     .await;
     assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.text);
@@ -646,9 +550,9 @@ async fn sessions_are_listed_and_a_kill_severs_a_running_query_naming_who() {
     let _other = connect(&tb.conn_string("carol", &other_token, "disable")).await;
     client.simple_query("SELECT 1").await.unwrap();
 
-    let all = send(&base, Method::GET, "/v1/sessions", Some(AUDITOR_TOKEN), None).await;
+    let all = get(&base, "/v1/sessions", AUDITOR_TOKEN).await;
     assert_eq!(all.json["sessions"].as_array().unwrap().len(), 2, "{}", all.text);
-    let mine = send(&base, Method::GET, "/v1/sessions", Some(REQUESTER_TOKEN), None).await;
+    let mine = get(&base, "/v1/sessions", REQUESTER_TOKEN).await;
     let sessions = mine.json["sessions"].as_array().unwrap();
     assert_eq!(sessions.len(), 1, "a requester sees only its own: {}", mine.text);
     let s = &sessions[0];
@@ -705,7 +609,7 @@ async fn sessions_are_listed_and_a_kill_severs_a_running_query_naming_who() {
         eventually(Duration::from_secs(5), || {
             let base = base.clone();
             async move {
-                let a = send(&base, Method::GET, "/v1/sessions", Some(ADMIN_TOKEN), None).await;
+                let a = get(&base, "/v1/sessions", ADMIN_TOKEN).await;
                 a.json["sessions"].as_array().unwrap().len() == 1
             }
         })
@@ -761,7 +665,7 @@ async fn the_openapi_document_lists_every_route_the_router_serves() {
         assert_ne!(a.status, StatusCode::METHOD_NOT_ALLOWED, "{route}: {}", a.text);
         assert!(!a.text.contains("no route for"), "{route}: {}", a.text);
     }
-    let a = send(&base, Method::GET, "/v1/nothing", Some(ADMIN_TOKEN), None).await;
+    let a = get(&base, "/v1/nothing", ADMIN_TOKEN).await;
     assert!(a.text.contains("no route for"));
 }
 

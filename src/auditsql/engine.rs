@@ -25,16 +25,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::limits::Limit;
-use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::functions::{self, Arg, Ends, FunctionError, Replaced};
-use crate::proxy::wire::{self, PgError};
+use super::messages::{self, MessageError};
+use crate::proxy::wire::PgError;
 
 /// Caps on one auditor query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +212,9 @@ pub enum QueryError {
     /// Nothing more can be told to the client.
     #[error("client left during the query")]
     ClientLeft,
+    /// A result message could not be encoded (pgwire refused it).
+    #[error("{0}")]
+    Encode(#[from] MessageError),
 }
 
 impl QueryError {
@@ -237,7 +240,9 @@ impl QueryError {
             }
             QueryError::Timeout { .. } => PgError::query_canceled(message),
             QueryError::Sqlite(_) => PgError::syntax_error_or_access_rule_violation(message),
-            QueryError::Open(_) | QueryError::Task(_) | QueryError::ClientLeft => PgError::internal(message),
+            QueryError::Open(_) | QueryError::Task(_) | QueryError::ClientLeft | QueryError::Encode(_) => {
+                PgError::internal(message)
+            }
         };
         error.non_fatal()
     }
@@ -513,12 +518,12 @@ fn run(
     let mut out = BytesMut::with_capacity(CHUNK_BYTES);
     let trimmed = sql.trim().trim_end_matches(';').trim();
     if trimmed.is_empty() {
-        wire::frame(&mut out, b'I', |_| {});
+        messages::empty_query(&mut out)?;
         return send(out);
     }
     let mut stmt = conn.prepare(trimmed).map_err(fail)?;
     let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
-    row_description(&mut out, &columns);
+    messages::row_description(&mut out, &columns)?;
     let mut rows = stmt.query([]).map_err(fail)?;
     let (mut count, mut bytes) = (0usize, 0usize);
     while let Some(row) = rows.next().map_err(fail)? {
@@ -534,13 +539,13 @@ fn run(
         for i in 0..columns.len() {
             values.push(row.get_ref(i).map_err(fail)?);
         }
-        if encoded_size(&values) > limits.max_row_bytes {
+        if messages::encoded_size(&values) > limits.max_row_bytes {
             send(out)?;
             return Err(QueryError::RowTooLarge {
                 limit: limits.max_row_bytes,
             });
         }
-        data_row(&mut out, &values);
+        messages::data_row(&mut out, &values)?;
         bytes += out.len() - start;
         if bytes > limits.max_result_bytes {
             out.truncate(start);
@@ -553,10 +558,7 @@ fn run(
             send(std::mem::replace(&mut out, BytesMut::with_capacity(CHUNK_BYTES)))?;
         }
     }
-    wire::frame(&mut out, b'C', |b| {
-        b.extend_from_slice(format!("SELECT {count}").as_bytes());
-        b.put_u8(0);
-    });
+    messages::select_complete(&mut out, count)?;
     send(out)
 }
 
@@ -581,64 +583,6 @@ fn query_error(e: rusqlite::Error, refused: Refusals, limits: Limits, stopped: b
         },
         _ => QueryError::Sqlite(e),
     }
-}
-
-fn row_description(out: &mut BytesMut, columns: &[String]) {
-    wire::frame(out, b'T', |b| {
-        b.put_i16(columns.len() as i16);
-        for name in columns {
-            b.extend_from_slice(name.as_bytes());
-            b.put_u8(0);
-            b.put_i32(0); // table oid
-            b.put_i16(0); // column number
-            b.put_i32(25); // text
-            b.put_i16(-1);
-            b.put_i32(-1);
-            b.put_i16(0); // text format
-        }
-    });
-}
-
-/// An upper bound of the bytes [`data_row`] writes for `values` (before anything is copied).
-fn encoded_size(values: &[ValueRef<'_>]) -> usize {
-    let value = |v: &ValueRef<'_>| match *v {
-        ValueRef::Null => 0,
-        ValueRef::Integer(_) => 20,
-        ValueRef::Real(_) => 32,
-        // invalid UTF-8 is replaced by U+FFFD: at most 3 bytes per input byte
-        ValueRef::Text(t) => t.len().saturating_mul(3),
-        ValueRef::Blob(b) => b.len().saturating_mul(2).saturating_add(2),
-    };
-    values
-        .iter()
-        .fold(7usize, |n, v| n.saturating_add(4).saturating_add(value(v)))
-}
-
-/// One DataRow, every value as text (blobs as `\x` hex, like PostgreSQL's bytea output).
-fn data_row(out: &mut BytesMut, values: &[ValueRef<'_>]) {
-    use std::borrow::Cow;
-    wire::frame(out, b'D', |b| {
-        b.put_i16(values.len() as i16);
-        for v in values {
-            let text: Option<Cow<'_, [u8]>> = match *v {
-                ValueRef::Null => None,
-                ValueRef::Integer(i) => Some(i.to_string().into_bytes().into()),
-                ValueRef::Real(r) => Some(r.to_string().into_bytes().into()),
-                ValueRef::Text(t) => Some(match String::from_utf8_lossy(t) {
-                    Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
-                    Cow::Owned(s) => Cow::Owned(s.into_bytes()),
-                }),
-                ValueRef::Blob(blob) => Some(format!("\\x{}", hex::encode(blob)).into_bytes().into()),
-            };
-            match text {
-                None => b.put_i32(-1),
-                Some(t) => {
-                    b.put_i32(t.len() as i32);
-                    b.extend_from_slice(&t);
-                }
-            }
-        }
-    });
 }
 
 #[cfg(test)]

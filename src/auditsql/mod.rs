@@ -13,8 +13,10 @@
 //! result streamed under caps on rows, bytes, value size and time. Everything else is refused.
 //! The auditors' own queries are audited too.
 //!
-//! The proxy's own wire code serves this instead of pgwire's socket handler because timebox has
-//! already done TLS and startup by the time it knows the database name.
+//! The backend messages are pgwire's message types ([`messages`]); the connection is served here
+//! rather than by pgwire's socket handler because timebox has already done TLS and startup by the
+//! time it knows the database name. The SCRAM exchange itself is the proxy's (the one used for
+//! grant logins), whose authentication messages are pgwire's too ([`crate::proxy::wire`]).
 //!
 //! The SQL is SQLite's (JSON: `json_extract(payload, '$.field')`; time: `datetime('now', '-7 days')`).
 //! The views are declared once in [`views`] (with `ts` in SQLite's date format, so time filters are
@@ -24,24 +26,27 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::admin::auth::{Principal, ADMIN, AUDITOR};
 use crate::app::AppState;
 use crate::audit::event::{self as audit_event, AuditEvent};
-use crate::config::PrincipalRole;
+use crate::config::AdminToken;
 use crate::grants::token::{ScramVerifier, SCRAM_ITERATIONS};
 use crate::proxy::auth::{self, AuthError};
 use crate::proxy::startup::{ClientParams, ClientTlsInfo};
 use crate::proxy::stream::ClientStream;
-use crate::proxy::wire::{self, PgError};
+use crate::proxy::wire::PgError;
 
 mod engine;
 mod functions;
+mod messages;
 pub mod views;
 
 pub use engine::{Limits, QueryError, ALLOWED_FUNCTIONS};
 pub use functions::{FunctionError, MAX_TRIM_WORK};
+pub use messages::MessageError;
 
 /// The reserved database name.
 pub const AUDIT_DATABASE: &str = "timebox_audit";
@@ -191,13 +196,13 @@ async fn login(
             tracing::error!(error = %e, "grant store unavailable during timebox_audit authentication");
             PgError::system_error("timebox cannot check logins right now (store unavailable)")
         })?;
-    let principal = state.config.admin.tokens.iter().find(|t| t.name == params.user);
-    let verifier = principal.and_then(|t| t.scram.as_ref());
+    let entry = token_entry(&state.config.admin.tokens, &params.user);
+    let verifier = entry.and_then(|t| t.scram.as_ref());
     let (salt, iterations) = match verifier {
         Some(v) => (v.salt.clone(), v.iterations),
         None => (made_up_salt.to_vec(), SCRAM_ITERATIONS),
     };
-    if principal.is_some() && verifier.is_none() {
+    if entry.is_some() && verifier.is_none() {
         tracing::warn!(user = %params.user, "admin token has no scram verifier; it cannot log in to timebox_audit");
     }
     let candidates: Vec<&ScramVerifier> = verifier.into_iter().collect();
@@ -234,22 +239,12 @@ async fn login(
             return Ok(None);
         }
     };
-    let Some(principal) = principal else {
+    let Some(entry) = entry else {
         // A proof cannot match without a verifier; unreachable, but fail closed.
         return Err(PgError::invalid_audit_token(&params.user));
     };
     reservation.release();
-    if !principal
-        .roles
-        .iter()
-        .any(|r| matches!(r, PrincipalRole::Auditor | PrincipalRole::Admin))
-    {
-        return Err(PgError::insufficient_privilege(format!(
-            "timebox_audit requires the auditor or admin role; {} has {}",
-            principal.name,
-            crate::admin::auth::role_names(&principal.roles, ", ")
-        )));
-    }
+    may_read_the_trail(&principal(entry))?;
     let Some(db) = state.audit.db_path().map(|p| p.to_owned()) else {
         return Err(PgError::object_not_in_prerequisite_state(
             "timebox_audit needs a file-backed store (this instance keeps its audit log in memory)",
@@ -259,6 +254,38 @@ async fn login(
         .await
         .map_err(|_| PgError::protocol_violation("client left"))?;
     Ok(Some(db))
+}
+
+/// The `[[admin.tokens]]` entry an auditor logs in as: the one named `user`. (The admin API finds
+/// its principal by the presented token's hash, [`crate::admin::auth::authenticate`]; SCRAM never
+/// shows the token to the server, so here the name picks the entry and the SCRAM proof, checked
+/// in constant time against its verifier, is the token check.)
+fn token_entry<'a>(tokens: &'a [AdminToken], user: &str) -> Option<&'a AdminToken> {
+    tokens.iter().find(|t| t.name == user)
+}
+
+/// The admin API's principal for a token entry, so that roles are decided by the same code.
+fn principal(entry: &AdminToken) -> Principal {
+    Principal {
+        name: entry.name.clone(),
+        roles: entry.roles.clone(),
+    }
+}
+
+/// Roles that may read the trail here. Pure: the admin API's [`Principal::has_any`].
+const TRAIL_ROLES: &[crate::config::PrincipalRole] = &[AUDITOR, ADMIN];
+
+/// `Ok` for a principal with one of [`TRAIL_ROLES`]; otherwise 42501 naming what it has.
+fn may_read_the_trail(principal: &Principal) -> Result<(), PgError> {
+    if principal.has_any(TRAIL_ROLES) {
+        return Ok(());
+    }
+    Err(PgError::insufficient_privilege(format!(
+        "timebox_audit requires the {} role; {} has {}",
+        crate::admin::auth::role_names(TRAIL_ROLES, " or "),
+        principal.name,
+        crate::admin::auth::role_names(&principal.roles, ", ")
+    )))
 }
 
 /// Serves the queries of a logged-in auditor.
@@ -308,11 +335,11 @@ async fn run(
                 {
                     return Ok(());
                 }
-                ready(&mut out);
+                messages::ready(&mut out).map_err(|e| e.to_pg_error())?;
             }
             b'S' => {
                 skipping_until_sync = false;
-                ready(&mut out);
+                messages::ready(&mut out).map_err(|e| e.to_pg_error())?;
             }
             b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => {
                 if !skipping_until_sync {
@@ -345,8 +372,7 @@ async fn run(
 /// BackendKeyData and ReadyForQuery.
 async fn greet(client: &mut ClientStream, params: &ClientParams) -> Result<(), PgError> {
     let mut out = BytesMut::new();
-    wire::authentication_ok(&mut out);
-    for (k, v) in [
+    let parameters = [
         ("server_version", "15.0 (timebox audit)"),
         ("server_encoding", "UTF8"),
         ("client_encoding", "UTF8"),
@@ -358,11 +384,9 @@ async fn greet(client: &mut ClientStream, params: &ClientParams) -> Result<(), P
             "application_name",
             params.application_name.as_deref().unwrap_or(""),
         ),
-    ] {
-        wire::parameter_status(&mut out, k, v);
-    }
-    wire::backend_key_data(&mut out, rand::random::<i32>() & 0x7fff_ffff, rand::random());
-    ready(&mut out);
+    ];
+    let pid = rand::random::<i32>() & 0x7fff_ffff;
+    messages::greeting(&mut out, &parameters, pid, rand::random()).map_err(|e| e.to_pg_error())?;
     client
         .write_all(&out)
         .await
@@ -436,13 +460,39 @@ async fn simple_query(
     ControlFlow::Continue(())
 }
 
-fn ready(out: &mut BytesMut) {
-    wire::frame(out, b'Z', |b| b.put_u8(b'I'));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(name: &str, roles: &[crate::config::PrincipalRole]) -> AdminToken {
+        AdminToken {
+            name: name.into(),
+            sha256: [0; 32],
+            scram: None,
+            roles: roles.to_vec(),
+        }
+    }
+
+    #[test]
+    fn auditors_and_admins_read_the_trail_by_the_admin_apis_role_check() {
+        use crate::admin::auth::{APPROVER, REQUESTER};
+        let tokens = [
+            entry("audrey", &[AUDITOR]),
+            entry("ops", &[ADMIN]),
+            entry("ann", &[APPROVER, REQUESTER]),
+        ];
+        let check = |user: &str| may_read_the_trail(&principal(token_entry(&tokens, user).unwrap()));
+        assert!(check("audrey").is_ok());
+        assert!(check("ops").is_ok());
+        let refused = check("ann").unwrap_err();
+        assert_eq!(refused.code, "42501");
+        assert_eq!(
+            refused.message,
+            "timebox_audit requires the auditor or admin role; ann has approver, requester"
+        );
+        assert!(token_entry(&tokens, "nobody").is_none());
+        assert!(token_entry(&tokens, "Audrey").is_none(), "names match exactly");
+    }
 
     #[test]
     fn only_selects_over_the_audit_views_pass() {

@@ -1,11 +1,14 @@
 //! PostgreSQL wire-protocol pieces the proxy needs, and nothing more.
 //!
-//! Builds the backend messages timebox itself sends to clients (authentication, errors, notices,
-//! BackendKeyData), parses startup-phase packets, and tracks frame boundaries in both directions
-//! without decoding frame bodies: the relay forwards backend bytes untouched and only needs to know
+//! Builds the backend messages timebox itself sends to clients (authentication, errors, notices and
+//! BackendKeyData are pgwire's message types; ParameterStatus stays by hand because it relays
+//! upstream values longer than pgwire accepts), parses startup-phase packets, and tracks frame
+//! boundaries in both directions without decoding frame bodies: the relay forwards backend bytes untouched and only needs to know
 //! where one frame ends (to inject a notice or a FATAL cleanly) and when ReadyForQuery passes.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
+use pgwire::messages::response::{ErrorResponse, NoticeResponse};
+use pgwire::messages::startup::{Authentication, BackendKeyData, SecretKey};
 
 pub const PROTOCOL_3_0: i32 = 196_608;
 pub const SSL_REQUEST_CODE: i32 = 80_877_103;
@@ -329,25 +332,30 @@ impl PgError {
         )
     }
 
-    /// Appends this as an ErrorResponse ('E'), or a NoticeResponse ('N') for warnings and notices.
+    /// Appends this as an ErrorResponse ('E'), or a NoticeResponse ('N') for warnings and notices,
+    /// encoded by pgwire.
     pub fn encode(&self, out: &mut BytesMut) {
-        let tag = match self.severity {
-            Severity::Fatal | Severity::Error => b'E',
-            Severity::Warning | Severity::Notice => b'N',
-        };
-        frame(out, tag, |b| {
-            field(b, b'S', self.severity.as_str());
-            field(b, b'V', self.severity.as_str());
-            field(b, b'C', self.code);
-            field(b, b'M', &self.message);
-            if let Some(d) = &self.detail {
-                field(b, b'D', d);
-            }
-            if let Some(h) = &self.hint {
-                field(b, b'H', h);
-            }
-            b.put_u8(0);
-        });
+        match self.severity {
+            Severity::Fatal | Severity::Error => put_pgwire(out, &ErrorResponse::new(self.fields())),
+            Severity::Warning | Severity::Notice => put_pgwire(out, &NoticeResponse::new(self.fields())),
+        }
+    }
+
+    /// The ErrorResponse fields: severity (twice: localised and not), SQLSTATE, message, detail,
+    /// hint. NULs are dropped: one would end its field early and desynchronise the client.
+    fn fields(&self) -> Vec<(u8, String)> {
+        let severity = self.severity.as_str();
+        [
+            (b'S', Some(severity)),
+            (b'V', Some(severity)),
+            (b'C', Some(self.code)),
+            (b'M', Some(self.message.as_str())),
+            (b'D', self.detail.as_deref()),
+            (b'H', self.hint.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(code, value)| Some((code, value?.replace('\0', ""))))
+        .collect()
     }
 
     pub fn to_bytes(&self) -> BytesMut {
@@ -355,11 +363,6 @@ impl PgError {
         self.encode(&mut b);
         b
     }
-}
-
-fn field(b: &mut BytesMut, code: u8, value: &str) {
-    b.put_u8(code);
-    put_cstr(b, value);
 }
 
 fn put_cstr(b: &mut BytesMut, s: &str) {
@@ -378,39 +381,36 @@ pub fn frame(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
     out[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
+/// Appends `message` encoded by pgwire. pgwire refuses only a message longer than its type allows
+/// (kilobytes for these, gigabytes for errors); ours are far shorter, but a refusal would leave
+/// `out` as it was and be logged, never half a message.
+fn put_pgwire<M: pgwire::messages::Message>(out: &mut BytesMut, message: &M) {
+    let start = out.len();
+    if let Err(e) = message.encode(out) {
+        out.truncate(start);
+        tracing::error!(error = %e, "cannot encode a message for the client");
+    }
+}
+
 pub fn authentication_ok(out: &mut BytesMut) {
-    frame(out, b'R', |b| b.put_i32(0));
+    put_pgwire(out, &Authentication::Ok);
 }
 
 pub fn authentication_sasl(out: &mut BytesMut, mechanisms: &[&str]) {
-    frame(out, b'R', |b| {
-        b.put_i32(10);
-        for m in mechanisms {
-            put_cstr(b, m);
-        }
-        b.put_u8(0);
-    });
+    let mechanisms = mechanisms.iter().map(|m| m.replace('\0', "")).collect();
+    put_pgwire(out, &Authentication::SASL(mechanisms));
 }
 
 pub fn authentication_sasl_continue(out: &mut BytesMut, data: &[u8]) {
-    frame(out, b'R', |b| {
-        b.put_i32(11);
-        b.extend_from_slice(data);
-    });
+    put_pgwire(out, &Authentication::SASLContinue(Bytes::copy_from_slice(data)));
 }
 
 pub fn authentication_sasl_final(out: &mut BytesMut, data: &[u8]) {
-    frame(out, b'R', |b| {
-        b.put_i32(12);
-        b.extend_from_slice(data);
-    });
+    put_pgwire(out, &Authentication::SASLFinal(Bytes::copy_from_slice(data)));
 }
 
 pub fn backend_key_data(out: &mut BytesMut, pid: i32, secret: i32) {
-    frame(out, b'K', |b| {
-        b.put_i32(pid);
-        b.put_i32(secret);
-    });
+    put_pgwire(out, &BackendKeyData::new(pid, SecretKey::I32(secret)));
 }
 
 pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {

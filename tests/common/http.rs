@@ -47,6 +47,11 @@ pub async fn post(base: &str, path: &str, token: &str, body: Value) -> Answer {
     send(base, Method::POST, path, Some(token), Some(body)).await
 }
 
+/// `GET base+path` with a bearer token.
+pub async fn get(base: &str, path: &str, token: &str) -> Answer {
+    send(base, Method::GET, path, Some(token), None).await
+}
+
 /// Reads a response whole.
 pub async fn answer(resp: reqwest::Response) -> Answer {
     let status = resp.status();

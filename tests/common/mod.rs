@@ -75,6 +75,16 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// The defaults with `extra` lines inside `[proxy]`.
+    pub fn with_proxy(extra: &str) -> Options {
+        Options {
+            proxy_extra: extra.into(),
+            ..Options::default()
+        }
+    }
+}
+
 pub struct TestInstance {
     pub state: Arc<AppState>,
     pub proxy_addr: SocketAddr,

@@ -1,6 +1,7 @@
 //! Unit tests of the auditors' SQLite engine: limits, streaming, the authorizer.
 
 use super::*;
+use rusqlite::types::ValueRef;
 use tokio::sync::Semaphore;
 
 fn slot() -> OwnedSemaphorePermit {
@@ -67,7 +68,7 @@ async fn a_row_past_the_row_cap_is_refused_before_it_is_copied() {
         .expect_err("cut");
     assert!(matches!(err, QueryError::RowTooLarge { limit: 2500 }), "{err:?}");
     assert!(out.len() < 2500, "{} bytes sent", out.len());
-    assert!(encoded_size(&[ValueRef::Text(b"abc"), ValueRef::Null]) >= 7 + 4 + 3 + 4);
+    assert!(messages::encoded_size(&[ValueRef::Text(b"abc"), ValueRef::Null]) >= 7 + 4 + 3 + 4);
 }
 
 #[tokio::test]

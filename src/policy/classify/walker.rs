@@ -344,32 +344,28 @@ impl Walker {
                 }
             }
             "MergeStmt" if frame.int == 1 => {
-                let target = frame
-                    .target
-                    .and_then(|i| self.found.rels.get(i))
-                    .map(|r| Relation {
-                        schema: (!r.schema.is_empty()).then(|| r.schema.clone()),
-                        name: r.name.clone(),
-                    });
-                self.found.unfiltered_merge.push(target.unwrap_or(Relation {
-                    schema: None,
-                    name: "?".into(),
-                }));
+                let target = self.target_relation(frame.target);
+                self.found.unfiltered_merge.push(target);
             }
             "UpdateStmt" | "DeleteStmt" if !frame.flag => {
-                let target = frame
-                    .target
-                    .and_then(|i| self.found.rels.get(i))
-                    .map(|r| Relation {
-                        schema: (!r.schema.is_empty()).then(|| r.schema.clone()),
-                        name: r.name.clone(),
-                    });
-                self.found.unfiltered.push(target.unwrap_or(Relation {
-                    schema: None,
-                    name: "?".into(),
-                }));
+                let target = self.target_relation(frame.target);
+                self.found.unfiltered.push(target);
             }
             _ => {}
+        }
+    }
+
+    /// The relation a statement's frame names as its target (`?` when the walk did not see it).
+    fn target_relation(&self, target: Option<usize>) -> Relation {
+        match target.and_then(|i| self.found.rels.get(i)) {
+            Some(r) => Relation {
+                schema: (!r.schema.is_empty()).then(|| r.schema.clone()),
+                name: r.name.clone(),
+            },
+            None => Relation {
+                schema: None,
+                name: "?".into(),
+            },
         }
     }
 
@@ -506,6 +502,57 @@ impl Walker {
     }
 }
 
+/// Scalars the walk does not look at: `fn serialize_i8(self, _: i8)` and so on do nothing.
+macro_rules! ignore_scalars {
+    ($($method:ident: $ty:ty),* $(,)?) => {
+        $(fn $method(self, _: $ty) -> Result<(), WalkError> {
+            Ok(())
+        })*
+    };
+}
+
+/// Sequences whose elements are walked as they come, with nothing to do at the end.
+macro_rules! walk_elements {
+    ($($part:ident::$method:ident),* $(,)?) => {$(
+        impl ser::$part for &mut Walker {
+            type Ok = ();
+            type Error = WalkError;
+            fn $method<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), WalkError> {
+                value.serialize(&mut **self)
+            }
+            fn end(self) -> Result<(), WalkError> {
+                Ok(())
+            }
+        }
+    )*};
+}
+
+/// Structs and struct variants: each field is walked under its name (the frame's `field`), and
+/// the frame [`Walker::enter`] opened is closed at the end.
+macro_rules! walk_struct_fields {
+    ($($part:ident),*) => {$(
+        impl ser::$part for &mut Walker {
+            type Ok = ();
+            type Error = WalkError;
+            fn serialize_field<T: ?Sized + Serialize>(
+                &mut self,
+                key: &'static str,
+                value: &T,
+            ) -> Result<(), WalkError> {
+                if let Some(top) = self.frames.last_mut() {
+                    top.field = key;
+                    top.idx = 0;
+                }
+                value.serialize(&mut **self)
+            }
+            fn end(self) -> Result<(), WalkError> {
+                self.exit();
+                Ok(())
+            }
+        }
+    )*};
+}
+
 impl ser::Serializer for &mut Walker {
     type Ok = ();
     type Error = WalkError;
@@ -517,6 +564,15 @@ impl ser::Serializer for &mut Walker {
     type SerializeStruct = Self;
     type SerializeStructVariant = Self;
 
+    ignore_scalars! {
+        serialize_i8: i8, serialize_i16: i16, serialize_i64: i64,
+        serialize_u8: u8, serialize_u16: u16, serialize_u32: u32, serialize_u64: u64,
+        serialize_f32: f32, serialize_f64: f64, serialize_char: char,
+    }
+
+    fn serialize_bytes(self, _: &[u8]) -> Result<(), WalkError> {
+        Ok(())
+    }
     fn serialize_bool(self, v: bool) -> Result<(), WalkError> {
         if v && self
             .top()
@@ -527,12 +583,6 @@ impl ser::Serializer for &mut Walker {
                 self.found.recursive.push(id);
             }
         }
-        Ok(())
-    }
-    fn serialize_i8(self, _: i8) -> Result<(), WalkError> {
-        Ok(())
-    }
-    fn serialize_i16(self, _: i16) -> Result<(), WalkError> {
         Ok(())
     }
     fn serialize_i32(self, v: i32) -> Result<(), WalkError> {
@@ -561,35 +611,8 @@ impl ser::Serializer for &mut Walker {
         }
         Ok(())
     }
-    fn serialize_i64(self, _: i64) -> Result<(), WalkError> {
-        Ok(())
-    }
-    fn serialize_u8(self, _: u8) -> Result<(), WalkError> {
-        Ok(())
-    }
-    fn serialize_u16(self, _: u16) -> Result<(), WalkError> {
-        Ok(())
-    }
-    fn serialize_u32(self, _: u32) -> Result<(), WalkError> {
-        Ok(())
-    }
-    fn serialize_u64(self, _: u64) -> Result<(), WalkError> {
-        Ok(())
-    }
-    fn serialize_f32(self, _: f32) -> Result<(), WalkError> {
-        Ok(())
-    }
-    fn serialize_f64(self, _: f64) -> Result<(), WalkError> {
-        Ok(())
-    }
-    fn serialize_char(self, _: char) -> Result<(), WalkError> {
-        Ok(())
-    }
     fn serialize_str(self, v: &str) -> Result<(), WalkError> {
         self.string(v);
-        Ok(())
-    }
-    fn serialize_bytes(self, _: &[u8]) -> Result<(), WalkError> {
         Ok(())
     }
     fn serialize_none(self) -> Result<(), WalkError> {
@@ -683,38 +706,11 @@ impl ser::SerializeSeq for &mut Walker {
     }
 }
 
-impl ser::SerializeTuple for &mut Walker {
-    type Ok = ();
-    type Error = WalkError;
-    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), WalkError> {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), WalkError> {
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleStruct for &mut Walker {
-    type Ok = ();
-    type Error = WalkError;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), WalkError> {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), WalkError> {
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleVariant for &mut Walker {
-    type Ok = ();
-    type Error = WalkError;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), WalkError> {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), WalkError> {
-        Ok(())
-    }
-}
+walk_elements!(
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field,
+);
 
 impl ser::SerializeMap for &mut Walker {
     type Ok = ();
@@ -730,42 +726,4 @@ impl ser::SerializeMap for &mut Walker {
     }
 }
 
-impl ser::SerializeStruct for &mut Walker {
-    type Ok = ();
-    type Error = WalkError;
-    fn serialize_field<T: ?Sized + Serialize>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), WalkError> {
-        if let Some(top) = self.frames.last_mut() {
-            top.field = key;
-            top.idx = 0;
-        }
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), WalkError> {
-        self.exit();
-        Ok(())
-    }
-}
-
-impl ser::SerializeStructVariant for &mut Walker {
-    type Ok = ();
-    type Error = WalkError;
-    fn serialize_field<T: ?Sized + Serialize>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), WalkError> {
-        if let Some(top) = self.frames.last_mut() {
-            top.field = key;
-            top.idx = 0;
-        }
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), WalkError> {
-        self.exit();
-        Ok(())
-    }
-}
+walk_struct_fields!(SerializeStruct, SerializeStructVariant);

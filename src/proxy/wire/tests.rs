@@ -86,6 +86,44 @@ fn error_response_layout() {
     assert!(String::from_utf8_lossy(&b).contains("Mab\0"));
 }
 
+/// The bytes of an ErrorResponse and a NoticeResponse with every field, as the hand-written
+/// encoder sent them before pgwire encoded them: clients see no difference.
+#[test]
+fn error_and_notice_bytes_are_unchanged_by_pgwire() {
+    let e = PgError::insufficient_privilege("no")
+        .with_detail("d")
+        .with_hint("h")
+        .non_fatal();
+    let body = b"SERROR\0VERROR\0C42501\0Mno\0Dd\0Hh\0\0";
+    let mut expected = vec![b'E'];
+    expected.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    expected.extend_from_slice(body);
+    assert_eq!(&e.to_bytes()[..], &expected[..]);
+    let n = PgError::warning("w").to_bytes();
+    assert_eq!(&n[..], b"N\0\0\0\x21SWARNING\0VWARNING\0C01000\0Mw\0\0");
+    let mut appended = BytesMut::from(&b"kept"[..]);
+    e.encode(&mut appended);
+    assert_eq!(&appended[4..], &expected[..], "appends after what is there");
+}
+
+/// The authentication messages and BackendKeyData, byte for byte as the hand-written encoder sent
+/// them before pgwire encoded them.
+#[test]
+fn authentication_bytes_are_unchanged_by_pgwire() {
+    let mut out = BytesMut::new();
+    authentication_ok(&mut out);
+    authentication_sasl(&mut out, &["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]);
+    authentication_sasl_continue(&mut out, b"r=abc,s=c2FsdA==,i=4096");
+    authentication_sasl_final(&mut out, b"v=xyz");
+    backend_key_data(&mut out, 7, -2);
+    let mut expected: Vec<u8> = b"R\0\0\0\x08\0\0\0\0".to_vec();
+    expected.extend_from_slice(b"R\0\0\0\x2a\0\0\0\x0aSCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+    expected.extend_from_slice(b"R\0\0\0\x1f\0\0\0\x0br=abc,s=c2FsdA==,i=4096");
+    expected.extend_from_slice(b"R\0\0\0\x0d\0\0\0\x0cv=xyz");
+    expected.extend_from_slice(b"K\0\0\0\x0c\0\0\0\x07\xff\xff\xff\xfe");
+    assert_eq!(&out[..], &expected[..]);
+}
+
 /// Each condition constructor carries PostgreSQL's SQLSTATE for that condition name
 /// (appendix A of the PostgreSQL manual); a typo in one would send clients the wrong code.
 #[test]
