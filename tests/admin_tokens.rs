@@ -105,10 +105,18 @@ async fn issue_use_list_revoke_and_the_next_request_is_refused() {
     let a = get(&tb, "/v1/grants", &token).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.text);
     assert_eq!(a.json["code"], "admin_token_revoked", "{}", a.text);
-    assert!(a.json["message"].as_str().unwrap().contains("revoked at"), "{}", a.text);
+    assert!(
+        a.json["message"].as_str().unwrap().contains("revoked at"),
+        "{}",
+        a.text
+    );
     assert!(a.www_authenticate.is_some());
     // A token that is no token at all stays "unknown", with a store-token shape or not.
-    let forged = format!("{}{}", &token[..token.len() - 1], if token.ends_with('0') { '1' } else { '0' });
+    let forged = format!(
+        "{}{}",
+        &token[..token.len() - 1],
+        if token.ends_with('0') { '1' } else { '0' }
+    );
     for unknown in [forged.as_str(), "tbxa_nothing"] {
         let a = get(&tb, "/v1/grants", unknown).await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.text);
@@ -175,8 +183,18 @@ async fn only_admins_issue_and_revoke_and_bad_requests_name_their_field() {
         assert_eq!(a.json["code"], "invalid_request", "{}", a.text);
         assert_eq!(a.json["field"], field, "{body}: {}", a.text);
     }
-    let a = issue(&tb, ADMIN_TOKEN, json!({ "name": "x", "roles": ["admin"], "ttl": "1h" })).await;
-    assert_eq!(a.status, StatusCode::BAD_REQUEST, "unknown fields are refused: {}", a.text);
+    let a = issue(
+        &tb,
+        ADMIN_TOKEN,
+        json!({ "name": "x", "roles": ["admin"], "ttl": "1h" }),
+    )
+    .await;
+    assert_eq!(
+        a.status,
+        StatusCode::BAD_REQUEST,
+        "unknown fields are refused: {}",
+        a.text
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,7 +270,10 @@ async fn both_changes_are_audited_with_the_actor_and_never_the_token() {
     let on_disk = all_file_text(tb.dir.path());
     assert!(on_disk.contains("ci-bot"), "the search reads the files");
     assert!(!on_disk.contains(secret), "the token is on disk");
-    assert!(!on_disk.contains(&secret[16..]), "the token's secret part is on disk");
+    assert!(
+        !on_disk.contains(&secret[16..]),
+        "the token's secret part is on disk"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,13 +285,25 @@ async fn the_cli_issues_lists_and_revokes_through_the_api() {
         async move { timebox_at(&args, Some(token), Some(&url)).await }
     };
     let out = run(
-        vec!["admin-token", "new", "--name", "erin", "--role", "auditor", "--expires-in", "30d"],
+        vec![
+            "admin-token",
+            "new",
+            "--name",
+            "erin",
+            "--role",
+            "auditor",
+            "--expires-in",
+            "30d",
+        ],
         ADMIN_TOKEN,
     )
     .await;
     assert!(out.status.success(), "{}", describe(&out));
     let text = stdout(&out);
-    assert!(!text.contains("[[admin.tokens]]"), "no config entry to paste: {text}");
+    assert!(
+        !text.contains("[[admin.tokens]]"),
+        "no config entry to paste: {text}"
+    );
     let token = text
         .split_whitespace()
         .find(|w| w.starts_with("tbxa_"))
@@ -283,7 +316,10 @@ async fn the_cli_issues_lists_and_revokes_through_the_api() {
     let out = run(vec!["admin-token", "list"], ADMIN_TOKEN).await;
     assert!(out.status.success(), "{}", describe(&out));
     let text = stdout(&out);
-    assert!(text.contains("erin") && text.contains("auditor") && text.contains("active"), "{text}");
+    assert!(
+        text.contains("erin") && text.contains("auditor") && text.contains("active"),
+        "{text}"
+    );
     assert!(!text.contains(&token[5..]), "{text}");
 
     let out = run(vec!["admin-token", "list", "--json"], AUDITOR_TOKEN).await;
@@ -295,13 +331,25 @@ async fn the_cli_issues_lists_and_revokes_through_the_api() {
     assert!((29..=30).contains(&days), "--expires-in 30d: {expires}");
 
     // A requester is refused by the API, and the CLI says so.
-    let out = run(vec!["admin-token", "new", "--name", "x", "--role", "admin"], REQUESTER_TOKEN).await;
+    let out = run(
+        vec!["admin-token", "new", "--name", "x", "--role", "admin"],
+        REQUESTER_TOKEN,
+    )
+    .await;
     assert!(!out.status.success(), "{}", describe(&out));
-    assert!(common::cli::stderr(&out).contains("forbidden"), "{}", describe(&out));
+    assert!(
+        common::cli::stderr(&out).contains("forbidden"),
+        "{}",
+        describe(&out)
+    );
 
     let out = run(vec!["admin-token", "revoke", "erin"], ADMIN_TOKEN).await;
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(stdout(&out).contains("Revoked admin token \"erin\""), "{}", describe(&out));
+    assert!(
+        stdout(&out).contains("Revoked admin token \"erin\""),
+        "{}",
+        describe(&out)
+    );
     let head = timebox_at(&["audit", "head"], Some(&token), Some(&url)).await;
     assert!(!head.status.success(), "{}", describe(&head));
     assert!(
@@ -327,9 +375,18 @@ async fn a_token_issued_on_one_instance_works_and_is_revoked_on_another() {
 
     let token = issue_ok(&a, "fleet-bot", &["auditor"]).await;
     let answer = get(&b, "/v1/audit/head", &token).await;
-    assert_eq!(answer.status, StatusCode::OK, "B accepts A's token: {}", answer.text);
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "B accepts A's token: {}",
+        answer.text
+    );
     let listed = get(&b, "/v1/admin-tokens", ADMIN_TOKEN).await;
-    assert_eq!(listed.json["admin_tokens"][0]["name"], "fleet-bot", "{}", listed.text);
+    assert_eq!(
+        listed.json["admin_tokens"][0]["name"], "fleet-bot",
+        "{}",
+        listed.text
+    );
 
     let answer = delete(&b, "/v1/admin-tokens/fleet-bot", ADMIN_TOKEN).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);

@@ -12,8 +12,8 @@ mod common;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use timebox::config::{PostgresStoreConfig, StoreConfig, UpstreamTls};
 use timebox::config::PrincipalRole;
+use timebox::config::{PostgresStoreConfig, StoreConfig, UpstreamTls};
 use timebox::grants::admin_tokens::{AdminTokenRecord, StoredAdminToken};
 use timebox::grants::requests::{AccessRequest, Approval, RequestStatus};
 use timebox::grants::token::ScramVerifier;
@@ -759,15 +759,28 @@ async fn admin_tokens_round_trip_one_live_name_and_revoke(b: Backend) {
     let mut first = admin_token("00000000000000a1", "ci", t0());
     first.record.expires_at = Some(t0() + minutes(10));
     assert!(s.insert_admin_token(first.clone(), t0()).await.unwrap());
-    assert_eq!(s.admin_token("00000000000000a1".into()).await.unwrap(), Some(first.clone()));
+    assert_eq!(
+        s.admin_token("00000000000000a1".into()).await.unwrap(),
+        Some(first.clone())
+    );
     assert_eq!(s.admin_token("00000000000000ff".into()).await.unwrap(), None);
 
     // While the first is live, its name is taken; once it has expired, it is free.
     let second = admin_token("00000000000000a2", "ci", t0() + minutes(1));
-    assert!(!s.insert_admin_token(second.clone(), t0() + minutes(1)).await.unwrap());
-    assert_eq!(s.admin_token("00000000000000a2".into()).await.unwrap(), None, "nothing stored");
+    assert!(!s
+        .insert_admin_token(second.clone(), t0() + minutes(1))
+        .await
+        .unwrap());
+    assert_eq!(
+        s.admin_token("00000000000000a2".into()).await.unwrap(),
+        None,
+        "nothing stored"
+    );
     let second = admin_token("00000000000000a2", "ci", t0() + minutes(10));
-    assert!(s.insert_admin_token(second.clone(), t0() + minutes(10)).await.unwrap());
+    assert!(s
+        .insert_admin_token(second.clone(), t0() + minutes(10))
+        .await
+        .unwrap());
 
     // Revoking takes the live one (not the expired one), once.
     let at = t0() + minutes(11);
@@ -777,9 +790,20 @@ async fn admin_tokens_round_trip_one_live_name_and_revoke(b: Backend) {
         .unwrap()
         .expect("a live token named ci");
     assert_eq!(revoked.id, "00000000000000a2");
-    assert_eq!((revoked.revoked_at, revoked.revoked_by.as_deref()), (Some(at), Some("ops")));
-    assert_eq!(s.revoke_admin_token("ci".into(), "ops".into(), at).await.unwrap(), None);
-    assert_eq!(s.revoke_admin_token("nobody".into(), "ops".into(), at).await.unwrap(), None);
+    assert_eq!(
+        (revoked.revoked_at, revoked.revoked_by.as_deref()),
+        (Some(at), Some("ops"))
+    );
+    assert_eq!(
+        s.revoke_admin_token("ci".into(), "ops".into(), at).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.revoke_admin_token("nobody".into(), "ops".into(), at)
+            .await
+            .unwrap(),
+        None
+    );
     // A revoked token frees the name too.
     assert!(s
         .insert_admin_token(admin_token("00000000000000a3", "ci", at), at)

@@ -21,7 +21,9 @@ use reqwest::Method;
 use super::client::{resolve_token, AdminClient, ApiArgs, ApiResponse, ADMIN_TOKEN_ENV};
 use super::render::{self, render_rows, sanitize, time, Printer};
 use super::CliError;
-pub use crate::admin::admin_tokens::{AdminTokenList, AdminTokenView, IssueAdminTokenRequest, IssuedAdminToken};
+pub use crate::admin::admin_tokens::{
+    AdminTokenList, AdminTokenView, IssueAdminTokenRequest, IssuedAdminToken,
+};
 use crate::config::{PrincipalRole, Secret, PRINCIPAL_ROLES};
 pub use crate::grants::admin_tokens::ADMIN_TOKEN_PREFIX;
 use crate::grants::token::sha256_hex;
@@ -137,7 +139,8 @@ pub fn issue_request(
         None => None,
         Some(text) => {
             let bad = |why: String| CliError::InvalidArgument(format!("--expires-in {text:?}: {why}"));
-            let d = humantime::parse_duration(text).map_err(|e| bad(format!("{e}; write e.g. 30d or 12h")))?;
+            let d =
+                humantime::parse_duration(text).map_err(|e| bad(format!("{e}; write e.g. 30d or 12h")))?;
             let d = chrono::Duration::from_std(d).map_err(|_| bad("too long".into()))?;
             Some(
                 Utc::now()

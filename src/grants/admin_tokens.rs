@@ -464,8 +464,14 @@ mod tests {
         // The audit redaction hides all of it, not just a prefix.
         let text = format!("pasted {} here", token.expose());
         let redacted = crate::audit::redact::redact_tokens(&text);
-        assert!(!redacted.contains(&token.expose()[ADMIN_TOKEN_PREFIX.len()..][..4]), "{redacted}");
-        assert!(!redacted.contains(&token.expose()[token.expose().len() - 8..]), "{redacted}");
+        assert!(
+            !redacted.contains(&token.expose()[ADMIN_TOKEN_PREFIX.len()..][..4]),
+            "{redacted}"
+        );
+        assert!(
+            !redacted.contains(&token.expose()[token.expose().len() - 8..]),
+            "{redacted}"
+        );
     }
 
     #[test]
@@ -506,7 +512,10 @@ mod tests {
             "admin token \"ci\" expired at 2026-01-01T00:05:00Z"
         );
         // Someone without the token learns nothing about its state.
-        assert_eq!(check_presented(&s, &other, t0() + chrono::Duration::hours(1)), Check::Unknown);
+        assert_eq!(
+            check_presented(&s, &other, t0() + chrono::Duration::hours(1)),
+            Check::Unknown
+        );
 
         s.record.revoked_at = Some(t0());
         s.record.revoked_by = Some("ops".into());
@@ -514,7 +523,12 @@ mod tests {
             panic!("revoked is refused")
         };
         assert_eq!(refusal.code(), "admin_token_revoked");
-        assert!(refusal.to_string().contains("revoked at 2026-01-01T00:00:00Z by ops"), "{refusal}");
+        assert!(
+            refusal
+                .to_string()
+                .contains("revoked at 2026-01-01T00:00:00Z by ops"),
+            "{refusal}"
+        );
         assert!(!format!("{s:?}").contains("sha256"), "Debug hides the hash");
     }
 
@@ -533,12 +547,49 @@ mod tests {
             Err(AdminTokenError::Invalid { field, .. }) => field,
             other => panic!("{other:?}"),
         };
-        assert_eq!(field(NewAdminToken { name: "".into(), ..ok.clone() }), "name");
-        assert_eq!(field(NewAdminToken { name: "a b".into(), ..ok.clone() }), "name");
-        assert_eq!(field(NewAdminToken { roles: vec![], ..ok.clone() }), "roles");
-        assert_eq!(field(NewAdminToken { roles: vec!["root".into()], ..ok.clone() }), "roles");
-        assert_eq!(field(NewAdminToken { expires_at: Some(t0()), ..ok.clone() }), "expires_at");
-        assert!(validate_new(&NewAdminToken { expires_at: None, ..ok }, t0()).is_ok());
+        assert_eq!(
+            field(NewAdminToken {
+                name: "".into(),
+                ..ok.clone()
+            }),
+            "name"
+        );
+        assert_eq!(
+            field(NewAdminToken {
+                name: "a b".into(),
+                ..ok.clone()
+            }),
+            "name"
+        );
+        assert_eq!(
+            field(NewAdminToken {
+                roles: vec![],
+                ..ok.clone()
+            }),
+            "roles"
+        );
+        assert_eq!(
+            field(NewAdminToken {
+                roles: vec!["root".into()],
+                ..ok.clone()
+            }),
+            "roles"
+        );
+        assert_eq!(
+            field(NewAdminToken {
+                expires_at: Some(t0()),
+                ..ok.clone()
+            }),
+            "expires_at"
+        );
+        assert!(validate_new(
+            &NewAdminToken {
+                expires_at: None,
+                ..ok
+            },
+            t0()
+        )
+        .is_ok());
     }
 
     #[test]
@@ -555,6 +606,9 @@ mod tests {
         assert!(needs_touch(None, t0()));
         assert!(!needs_touch(Some(t0()), t0() + chrono::Duration::seconds(59)));
         assert!(needs_touch(Some(t0()), t0() + chrono::Duration::seconds(60)));
-        assert!(!needs_touch(Some(t0() + chrono::Duration::seconds(5)), t0()), "clock went back");
+        assert!(
+            !needs_touch(Some(t0() + chrono::Duration::seconds(5)), t0()),
+            "clock went back"
+        );
     }
 }

@@ -593,7 +593,11 @@ impl Store {
             .count_pending_requests(now))
     }
 
-    pub async fn insert_admin_token(&self, token: StoredAdminToken, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    pub async fn insert_admin_token(
+        &self,
+        token: StoredAdminToken,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
         dispatch!(self, |s| s.insert_admin_token(&token, now), |pg| pg
             .insert_admin_token(&token, now))
     }

@@ -29,8 +29,9 @@ fn record_from_row(r: &Row) -> Result<AdminTokenRecord, StoreError> {
     let roles: String = r.try_get(2)?;
     Ok(AdminTokenRecord {
         id: r.try_get(0)?,
-        roles: parse_roles(&roles)
-            .ok_or_else(|| StoreError::Corrupt(format!("admin token {name:?} has unknown roles {roles:?}")))?,
+        roles: parse_roles(&roles).ok_or_else(|| {
+            StoreError::Corrupt(format!("admin token {name:?} has unknown roles {roles:?}"))
+        })?,
         name,
         created_at: r.try_get(3)?,
         created_by: r.try_get(4)?,
@@ -42,7 +43,11 @@ fn record_from_row(r: &Row) -> Result<AdminTokenRecord, StoreError> {
 }
 
 impl PgStore {
-    pub async fn insert_admin_token(&self, t: &StoredAdminToken, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    pub async fn insert_admin_token(
+        &self,
+        t: &StoredAdminToken,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
         let r = &t.record;
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
@@ -53,7 +58,10 @@ impl PgStore {
         .await?;
         let taken = tx
             .query_opt(
-                &format!("SELECT id FROM timebox.admin_tokens WHERE name = $1 AND {}", live("$2")),
+                &format!(
+                    "SELECT id FROM timebox.admin_tokens WHERE name = $1 AND {}",
+                    live("$2")
+                ),
                 &[&r.name, &now],
             )
             .await?;

@@ -42,7 +42,11 @@ fn record_from_row(r: &Row<'_>) -> Result<AdminTokenRecord, rusqlite::Error> {
     })
 }
 
-pub(super) fn insert(conn: &mut Connection, t: &StoredAdminToken, now: DateTime<Utc>) -> Result<bool, StoreError> {
+pub(super) fn insert(
+    conn: &mut Connection,
+    t: &StoredAdminToken,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
     let tx = write_transaction(conn)?;
     let taken: Option<String> = tx
         .query_row(
@@ -84,7 +88,11 @@ pub(super) fn get(conn: &Connection, id: &str) -> Result<Option<StoredAdminToken
     ))?;
     let row = stmt
         .query_row([id], |r| {
-            Ok((record_from_row(r)?, r.get::<_, String>(9)?, r.get::<_, String>(10)?))
+            Ok((
+                record_from_row(r)?,
+                r.get::<_, String>(9)?,
+                r.get::<_, String>(10)?,
+            ))
         })
         .optional()?;
     let Some((record, sha256, scram)) = row else {
