@@ -394,3 +394,46 @@ async fn a_token_issued_on_one_instance_works_and_is_revoked_on_another() {
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{}", answer.text);
     assert_eq!(answer.json["code"], "admin_token_revoked", "{}", answer.text);
 }
+
+/// An auditor token issued over the API logs in to `timebox_audit` with psql (SCRAM against the
+/// verifier kept in the store), as a config token does; once revoked, the login is the same 28P01
+/// as a wrong token. A requester token issued over the API is refused there (42501).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_issued_auditor_token_logs_in_to_timebox_audit() {
+    let tb = common::start(Options::default()).await;
+    let conn = |user: &str| {
+        format!(
+            "host=127.0.0.1 port={} user={user} dbname=timebox_audit sslmode=require",
+            tb.proxy_addr.port()
+        )
+    };
+    let token = issue_ok(&tb, "nadia", &["auditor"]).await;
+    let out = common::psql(
+        &conn("nadia"),
+        &token,
+        "SELECT kind FROM events WHERE kind = 'admin_token_issued'",
+    )
+    .await;
+    assert!(out.success, "{out:?}");
+    assert!(out.stdout.contains("admin_token_issued"), "{}", out.stdout);
+
+    let requester = issue_ok(&tb, "rita", &["requester"]).await;
+    let out = common::psql(&conn("rita"), &requester, "SELECT 1").await;
+    assert!(!out.success, "{out:?}");
+    assert!(
+        out.stderr.contains("requires the auditor or admin role"),
+        "{}",
+        out.stderr
+    );
+
+    let a = delete(&tb, "/v1/admin-tokens/nadia", ADMIN_TOKEN).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let out = common::psql(&conn("nadia"), &token, "SELECT 1").await;
+    assert!(!out.success, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("password authentication failed for user \"nadia\""),
+        "{}",
+        out.stderr
+    );
+}

@@ -4,7 +4,8 @@
 //! Data flow: the proxy's startup phase (TLS, startup packet) hands connections for the reserved
 //! database `timebox_audit` here instead of to a grant. Authentication is SCRAM-SHA-256 (-PLUS over
 //! TLS, which is required unless the proxy runs without TLS), with the token as password, checked
-//! against the `scram` verifier of the `[[admin.tokens]]` entry whose name is the user and which
+//! against the `scram` verifier of the `[[admin.tokens]]` entry whose name is the user (else of the
+//! live admin token of that name issued over the admin API, kept in the store) and which
 //! carries the `auditor` or `admin` role. It runs under the startup deadline and the login
 //! throttle; an unknown name, a wrong token and a token without a verifier look the same.
 //! Queries use the simple protocol. Each must parse (PostgreSQL's parser, cross-checked) as plain
@@ -191,8 +192,20 @@ async fn login(
             tracing::error!(error = %e, "grant store unavailable during timebox_audit authentication");
             PgError::system_error("timebox cannot check logins right now (store unavailable)")
         })?;
-    let principal = state.config.admin.tokens.iter().find(|t| t.name == params.user);
-    let verifier = principal.and_then(|t| t.scram.as_ref());
+    let principal = match state.config.admin.tokens.iter().find(|t| t.name == params.user) {
+        Some(config_token) => Some(config_token.clone()),
+        // A token issued over the admin API: its live store entry, with the same kind of verifier.
+        None => state
+            .admin_tokens
+            .live_named(&params.user)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "grant store unavailable during timebox_audit authentication");
+                PgError::system_error("timebox cannot check logins right now (store unavailable)")
+            })?
+            .map(|stored| stored.as_config_token()),
+    };
+    let verifier = principal.as_ref().and_then(|t| t.scram.as_ref());
     let (salt, iterations) = match verifier {
         Some(v) => (v.salt.clone(), v.iterations),
         None => (made_up_salt.to_vec(), SCRAM_ITERATIONS),

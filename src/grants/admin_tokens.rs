@@ -259,6 +259,35 @@ pub fn parse_roles(text: &str) -> Option<Vec<PrincipalRole>> {
     text.split(',').map(PrincipalRole::from_name).collect()
 }
 
+/// A stored token from its row: the record, the hex SHA-256 and the verifier's text; `None` if
+/// either is unreadable (a corrupt row). Pure.
+pub fn stored_from_parts(
+    record: AdminTokenRecord,
+    sha256_hex: &str,
+    scram: &str,
+) -> Option<StoredAdminToken> {
+    let mut sha256 = [0u8; 32];
+    hex::decode_to_slice(sha256_hex, &mut sha256).ok()?;
+    Some(StoredAdminToken {
+        record,
+        sha256,
+        scram: ScramVerifier::from_text(scram)?,
+    })
+}
+
+impl StoredAdminToken {
+    /// The token as a config entry (`[[admin.tokens]]`), for the logins that check those: the
+    /// auditors' `timebox_audit` endpoint.
+    pub fn as_config_token(&self) -> crate::config::AdminToken {
+        crate::config::AdminToken {
+            name: self.record.name.clone(),
+            sha256: self.sha256,
+            scram: Some(self.scram.clone()),
+            roles: self.record.roles.clone(),
+        }
+    }
+}
+
 /// Whether an admitted use at `now` should be written as the token's `last_used_at`. Pure.
 pub fn needs_touch(last_used_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
     last_used_at.is_none_or(|t| (now - t).to_std().unwrap_or_default() >= LAST_USED_GRANULARITY)
@@ -394,6 +423,14 @@ impl AdminTokenService {
             })
             .await?;
         Ok(revoked)
+    }
+
+    /// The live token named `name` (not revoked, not expired now) with its verifier, for the
+    /// auditors' SCRAM login to `timebox_audit`.
+    pub async fn live_named(&self, name: &str) -> Result<Option<StoredAdminToken>, StoreError> {
+        self.store
+            .live_admin_token_named(name.to_owned(), self.clock.now())
+            .await
     }
 
     /// The stored token `presented` is, if it is one and admits its holder now; `Ok(None)` when it

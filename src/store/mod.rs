@@ -334,6 +334,14 @@ pub trait GrantStore: Send + Sync + std::fmt::Debug + 'static {
     fn touch_admin_token(&self, _id: &str, _at: DateTime<Utc>) -> Result<(), StoreError> {
         Err(StoreError::Unsupported("admin tokens"))
     }
+    /// The admin token named `name` that is live at `now`, with its hash and verifier.
+    fn live_admin_token_named(
+        &self,
+        _name: &str,
+        _now: DateTime<Utc>,
+    ) -> Result<Option<StoredAdminToken>, StoreError> {
+        Err(StoreError::Unsupported("admin tokens"))
+    }
 }
 
 /// Cheap-to-clone async handle over the store.
@@ -623,5 +631,14 @@ impl Store {
     pub async fn touch_admin_token(&self, id: String, at: DateTime<Utc>) -> Result<(), StoreError> {
         dispatch!(self, |s| s.touch_admin_token(&id, at), |pg| pg
             .touch_admin_token(&id, at))
+    }
+
+    pub async fn live_admin_token_named(
+        &self,
+        name: String,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StoredAdminToken>, StoreError> {
+        dispatch!(self, |s| s.live_admin_token_named(&name, now), |pg| pg
+            .live_admin_token_named(&name, now))
     }
 }

@@ -313,6 +313,14 @@ impl GrantStore for SqliteStore {
         admin_tokens::touch(&self.conn(), id, at)
     }
 
+    fn live_admin_token_named(
+        &self,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StoredAdminToken>, StoreError> {
+        admin_tokens::live_named(&self.conn(), name, now)
+    }
+
     fn insert_grant(&self, g: &Grant, verifier: &ScramVerifier) -> Result<(), StoreError> {
         self.insert_grant_flagged(g, verifier, false)
     }

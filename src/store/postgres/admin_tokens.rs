@@ -8,8 +8,9 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 
 use super::PgStore;
-use crate::grants::admin_tokens::{parse_roles, roles_text, AdminTokenRecord, StoredAdminToken};
-use crate::grants::token::ScramVerifier;
+use crate::grants::admin_tokens::{
+    parse_roles, roles_text, stored_from_parts, AdminTokenRecord, StoredAdminToken,
+};
 use crate::store::{StoreError, MAX_ADMIN_TOKENS_LISTED};
 
 /// First key of the two-key advisory lock taken on a token name while issuing (the bytes of
@@ -93,27 +94,40 @@ impl PgStore {
     }
 
     pub async fn admin_token(&self, id: &str) -> Result<Option<StoredAdminToken>, StoreError> {
+        self.stored_admin_token("id = $1", &[&id]).await
+    }
+
+    pub async fn live_admin_token_named(
+        &self,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StoredAdminToken>, StoreError> {
+        self.stored_admin_token(&format!("name = $1 AND {}", live("$2")), &[&name, &now])
+            .await
+    }
+
+    /// The one token (with hash and verifier) `condition` finds.
+    async fn stored_admin_token(
+        &self,
+        condition: &str,
+        params: &super::Params<'_>,
+    ) -> Result<Option<StoredAdminToken>, StoreError> {
         let c = self.client().await?;
         let stmt = c
             .prepare_cached(&format!(
-                "SELECT {COLUMNS}, sha256, scram FROM timebox.admin_tokens WHERE id = $1"
+                "SELECT {COLUMNS}, sha256, scram FROM timebox.admin_tokens WHERE {condition}"
             ))
             .await?;
-        let Some(row) = c.query_opt(&stmt, &[&id]).await? else {
+        let Some(row) = c.query_opt(&stmt, params).await? else {
             return Ok(None);
         };
         let record = record_from_row(&row)?;
-        let corrupt = || StoreError::Corrupt(format!("admin token {:?} has an unreadable hash", record.name));
+        let name = record.name.clone();
         let sha256: String = row.try_get(9)?;
         let scram: String = row.try_get(10)?;
-        let mut digest = [0u8; 32];
-        hex::decode_to_slice(&sha256, &mut digest).map_err(|_| corrupt())?;
-        let scram = ScramVerifier::from_text(&scram).ok_or_else(corrupt)?;
-        Ok(Some(StoredAdminToken {
-            record,
-            sha256: digest,
-            scram,
-        }))
+        stored_from_parts(record, &sha256, &scram)
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt(format!("admin token {name:?} has an unreadable hash")))
     }
 
     pub async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {

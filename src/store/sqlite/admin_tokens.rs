@@ -6,8 +6,9 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{from_micros, micros, write_transaction};
-use crate::grants::admin_tokens::{parse_roles, roles_text, AdminTokenRecord, StoredAdminToken};
-use crate::grants::token::ScramVerifier;
+use crate::grants::admin_tokens::{
+    parse_roles, roles_text, stored_from_parts, AdminTokenRecord, StoredAdminToken,
+};
 use crate::store::{StoreError, MAX_ADMIN_TOKENS_LISTED};
 
 const COLUMNS: &str =
@@ -83,11 +84,32 @@ pub(super) fn insert(
 }
 
 pub(super) fn get(conn: &Connection, id: &str) -> Result<Option<StoredAdminToken>, StoreError> {
+    stored(conn, "id = ?1", params![id])
+}
+
+pub(super) fn live_named(
+    conn: &Connection,
+    name: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<StoredAdminToken>, StoreError> {
+    stored(
+        conn,
+        &format!("name = ?1 AND {}", live("?2")),
+        params![name, micros(now)],
+    )
+}
+
+/// The one token (with hash and verifier) `condition` finds.
+fn stored(
+    conn: &Connection,
+    condition: &str,
+    params: &[&dyn rusqlite::ToSql],
+) -> Result<Option<StoredAdminToken>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS}, sha256, scram FROM admin_tokens WHERE id = ?1"
+        "SELECT {COLUMNS}, sha256, scram FROM admin_tokens WHERE {condition}"
     ))?;
     let row = stmt
-        .query_row([id], |r| {
+        .query_row(params, |r| {
             Ok((
                 record_from_row(r)?,
                 r.get::<_, String>(9)?,
@@ -98,15 +120,10 @@ pub(super) fn get(conn: &Connection, id: &str) -> Result<Option<StoredAdminToken
     let Some((record, sha256, scram)) = row else {
         return Ok(None);
     };
-    let corrupt = || StoreError::Corrupt(format!("admin token {:?} has an unreadable hash", record.name));
-    let mut digest = [0u8; 32];
-    hex::decode_to_slice(&sha256, &mut digest).map_err(|_| corrupt())?;
-    let scram = ScramVerifier::from_text(&scram).ok_or_else(corrupt)?;
-    Ok(Some(StoredAdminToken {
-        record,
-        sha256: digest,
-        scram,
-    }))
+    let name = record.name.clone();
+    stored_from_parts(record, &sha256, &scram)
+        .map(Some)
+        .ok_or_else(|| StoreError::Corrupt(format!("admin token {name:?} has an unreadable hash")))
 }
 
 pub(super) fn list(conn: &Connection) -> Result<Vec<AdminTokenRecord>, StoreError> {
