@@ -823,18 +823,34 @@ async fn admin_tokens_round_trip_one_live_name_and_revoke(b: Backend) {
     assert_eq!(b.open().await.list_admin_tokens().await.unwrap(), listed);
 }
 
-/// Two instances issuing one name at once: exactly one token is stored.
+/// Instances issuing one name at once: exactly one token is stored. Each handle has its
+/// connection open and the issues start together, round after round, so the check-then-insert
+/// race has every chance to show.
 async fn concurrent_issues_of_one_admin_token_name_store_one(b: Backend) {
-    let handles: Vec<Store> = vec![b.open().await, b.open().await, b.open().await, b.open().await];
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, s) in handles.into_iter().enumerate() {
-        let token = admin_token(&format!("00000000000000b{i}"), "ci", t0());
-        tasks.spawn(async move { s.insert_admin_token(token, t0()).await.unwrap() });
+    const HANDLES: usize = 4;
+    const ROUNDS: usize = 10;
+    let mut handles = Vec::new();
+    for _ in 0..HANDLES {
+        let s = b.open().await;
+        s.list_admin_tokens().await.unwrap();
+        handles.push(s);
     }
-    let mut stored = 0;
-    while let Some(joined) = tasks.join_next().await {
-        stored += usize::from(joined.unwrap());
+    for round in 0..ROUNDS {
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(HANDLES));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, s) in handles.iter().cloned().enumerate() {
+            let token = admin_token(&format!("00000000000{round:03}b{i}"), &format!("ci{round}"), t0());
+            let barrier = barrier.clone();
+            tasks.spawn(async move {
+                barrier.wait().await;
+                s.insert_admin_token(token, t0()).await.unwrap()
+            });
+        }
+        let mut stored = 0;
+        while let Some(joined) = tasks.join_next().await {
+            stored += usize::from(joined.unwrap());
+        }
+        assert_eq!(stored, 1, "round {round}");
     }
-    assert_eq!(stored, 1);
-    assert_eq!(b.open().await.list_admin_tokens().await.unwrap().len(), 1);
+    assert_eq!(b.open().await.list_admin_tokens().await.unwrap().len(), ROUNDS);
 }

@@ -184,3 +184,65 @@ async fn revoke(
     tracing::info!(principal = %principal.name, name = %record.name, "admin API: admin token revoked");
     Ok(Json(AdminTokenView::at(record, state.clock.now())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grants::admin_tokens::Refusal;
+
+    #[test]
+    fn admin_token_errors_map_to_stable_codes_and_statuses() {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let cases: Vec<(AdminTokenError, StatusCode, &str)> = vec![
+            (
+                AdminTokenError::Invalid {
+                    field: "roles",
+                    message: "x".into(),
+                },
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+            ),
+            (
+                AdminTokenError::Conflict("taken".into()),
+                StatusCode::CONFLICT,
+                "conflict",
+            ),
+            (
+                AdminTokenError::NotFound("ci".into()),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                Refusal::Revoked {
+                    name: "ci".into(),
+                    at,
+                    by: "ops".into(),
+                }
+                .into(),
+                StatusCode::UNAUTHORIZED,
+                "admin_token_revoked",
+            ),
+            (
+                Refusal::Expired {
+                    name: "ci".into(),
+                    at,
+                }
+                .into(),
+                StatusCode::UNAUTHORIZED,
+                "admin_token_expired",
+            ),
+            (
+                AdminTokenError::Store(crate::store::StoreError::Corrupt("row detail".into())),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+            ),
+        ];
+        for (e, status, code) in cases {
+            let api = ApiError::from(e);
+            assert_eq!((api.status(), api.code()), (status, code), "{api:?}");
+            assert!(!api.to_string().contains("row detail"), "{api}");
+        }
+    }
+}

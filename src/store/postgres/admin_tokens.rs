@@ -60,7 +60,7 @@ impl PgStore {
         let taken = tx
             .query_opt(
                 &format!(
-                    "SELECT id FROM timebox.admin_tokens WHERE name = $1 AND {}",
+                    "SELECT id FROM timebox.admin_tokens WHERE name = $1 AND {} LIMIT 1",
                     live("$2")
                 ),
                 &[&r.name, &now],

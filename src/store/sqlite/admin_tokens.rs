@@ -51,7 +51,10 @@ pub(super) fn insert(
     let tx = write_transaction(conn)?;
     let taken: Option<String> = tx
         .query_row(
-            &format!("SELECT id FROM admin_tokens WHERE name = ?1 AND {}", live("?2")),
+            &format!(
+                "SELECT id FROM admin_tokens WHERE name = ?1 AND {} LIMIT 1",
+                live("?2")
+            ),
             params![t.record.name, micros(now)],
             |r| r.get(0),
         )
@@ -143,7 +146,10 @@ pub(super) fn revoke(
     let tx = write_transaction(conn)?;
     let id: Option<String> = tx
         .query_row(
-            &format!("SELECT id FROM admin_tokens WHERE name = ?1 AND {}", live("?2")),
+            &format!(
+                "SELECT id FROM admin_tokens WHERE name = ?1 AND {} LIMIT 1",
+                live("?2")
+            ),
             params![name, micros(at)],
             |r| r.get(0),
         )
