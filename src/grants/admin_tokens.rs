@@ -638,6 +638,78 @@ mod tests {
         assert_eq!(parse_roles(""), None);
     }
 
+    /// A service over an in-memory store whose audit log works until `writer` is shut down.
+    fn service() -> (AdminTokenService, Store, crate::audit::AuditWriterHandle) {
+        use crate::audit::{AuditLog, AuditOptions};
+        use crate::clock::SystemClock;
+        let config = Arc::new(crate::config::testing::config("8h", ""));
+        let (audit, writer) =
+            AuditLog::open_with(AuditOptions::from_config(&config.audit, &config.store)).unwrap();
+        let metrics = Arc::new(crate::metrics::Metrics::new().unwrap());
+        let webhooks = Arc::new(crate::webhooks::Webhooks::new(Vec::new(), metrics));
+        let effects = Effects::new(audit, webhooks, Arc::new(SystemClock));
+        let store = Store::new(Arc::new(
+            crate::store::sqlite::SqliteStore::open_in_memory().unwrap(),
+        ));
+        let service = AdminTokenService::new(store.clone(), config, Arc::new(SystemClock), effects);
+        (service, store, writer)
+    }
+
+    fn request(name: &str) -> NewAdminToken {
+        NewAdminToken {
+            name: name.into(),
+            roles: vec!["auditor".into()],
+            expires_at: None,
+        }
+    }
+
+    /// No token leaves the service without its `admin_token_issued` record: when the audit log
+    /// refuses, the caller gets `Unrecorded`, and the stored token is revoked again (so it is
+    /// useless even if it were known, and its name is free).
+    #[tokio::test]
+    async fn an_issue_the_audit_log_refuses_releases_no_token_and_frees_the_name() {
+        let (service, store, writer) = service();
+        let (issued, token) = service.issue(request("ok"), "ops").await.unwrap();
+        let admitted = service.authenticate(token.expose()).await.unwrap();
+        assert_eq!(admitted.map(|r| r.name), Some(issued.name));
+
+        writer.shutdown().await;
+        let err = service.issue(request("ci"), "ops").await.unwrap_err();
+        let AdminTokenError::Unrecorded(unrecorded) = err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            unrecorded.message.contains("was not issued"),
+            "{}",
+            unrecorded.message
+        );
+        let listed = store.list_admin_tokens().await.unwrap();
+        let ci = listed
+            .iter()
+            .find(|r| r.name == "ci")
+            .expect("stored, then revoked");
+        assert_eq!(ci.revoked_by.as_deref(), Some("timebox"));
+        assert!(service.live_named("ci").await.unwrap().is_none());
+    }
+
+    /// A name a config token has is refused (409), for issuing and revoking alike.
+    #[tokio::test]
+    async fn config_token_names_are_not_for_the_store() {
+        let (service, _store, _writer) = service();
+        let err = service.issue(request("ops"), "ops").await.unwrap_err();
+        assert!(
+            matches!(err, AdminTokenError::Conflict(ref m) if m.contains("config file")),
+            "{err:?}"
+        );
+        let err = service.revoke("ops", "ops").await.unwrap_err();
+        assert!(
+            matches!(err, AdminTokenError::Conflict(ref m) if m.contains("config file")),
+            "{err:?}"
+        );
+        let err = service.revoke("nobody", "ops").await.unwrap_err();
+        assert!(matches!(err, AdminTokenError::NotFound(_)), "{err:?}");
+    }
+
     #[test]
     fn last_use_is_written_at_most_once_a_minute() {
         assert!(needs_touch(None, t0()));
