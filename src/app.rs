@@ -60,6 +60,8 @@ pub struct AppState {
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
     /// One role review or policy replay at a time per instance (each reads the whole window).
     pub review_slot: Arc<tokio::sync::Semaphore>,
+    /// Admin-API tokens kept in the store (checked after the config's, by [`crate::admin::auth`]).
+    pub admin_tokens: crate::grants::admin_tokens::AdminTokenService,
 }
 
 impl AppState {
@@ -84,6 +86,12 @@ impl AppState {
         // Grant and request changes are recorded and announced by the services themselves.
         let effects = Effects::new(audit.clone(), webhooks.clone(), clock.clone());
         let grants = GrantService::new(store.clone(), config.clone(), clock.clone(), effects);
+        let admin_tokens = crate::grants::admin_tokens::AdminTokenService::new(
+            store.clone(),
+            config.clone(),
+            clock.clone(),
+            grants.effects().clone(),
+        );
         let fleet = match (&config.fleet, &config.store, store.postgres_store()) {
             (Some(fleet), crate::config::StoreConfig::Postgres(pg), Some(pg_store)) => Some(Arc::new(
                 crate::fleet::Fleet::new(fleet.clone(), pg_store.clone(), (**pg).clone()),
@@ -104,6 +112,7 @@ impl AppState {
             webhooks,
             fleet,
             review_slot: Arc::new(tokio::sync::Semaphore::new(1)),
+            admin_tokens,
         }))
     }
 }

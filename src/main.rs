@@ -80,11 +80,8 @@ enum Command {
         #[command(subcommand)]
         command: store::StoreCommand,
     },
-    /// Manage admin API tokens.
-    AdminToken {
-        #[command(subcommand)]
-        command: admin_token::AdminTokenCommand,
-    },
+    /// Issue, list and revoke admin API tokens (through the admin API), or make a config entry.
+    AdminToken(admin_token::AdminTokenArgs),
 }
 
 #[tokio::main]
@@ -115,7 +112,7 @@ async fn main() -> ExitCode {
             }
         },
         Command::Store { command } => store::run(command).await,
-        Command::AdminToken { command } => report(admin_token::run(command)),
+        Command::AdminToken(args) => report(admin_token::run(args).await),
     }
 }
 

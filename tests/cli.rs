@@ -249,6 +249,7 @@ async fn admin_token_new_prints_a_token_and_its_config_entry() {
         &[
             "admin-token",
             "new",
+            "--config-line",
             "--name",
             "carol",
             "--role",

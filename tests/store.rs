@@ -12,7 +12,9 @@ mod common;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
+use timebox::config::PrincipalRole;
 use timebox::config::{PostgresStoreConfig, StoreConfig, UpstreamTls};
+use timebox::grants::admin_tokens::{AdminTokenRecord, StoredAdminToken};
 use timebox::grants::requests::{AccessRequest, Approval, RequestStatus};
 use timebox::grants::token::ScramVerifier;
 use timebox::grants::{Grant, GrantStatus};
@@ -148,6 +150,8 @@ on_both_backends!(
     installation_secret_is_the_same_from_two_handles,
     a_store_newer_than_the_binary_is_refused,
     an_unreachable_store_is_a_clear_error,
+    admin_tokens_round_trip_one_live_name_and_revoke,
+    concurrent_issues_of_one_admin_token_name_store_one,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -720,4 +724,133 @@ async fn the_synchronous_open_works_inside_a_single_threaded_runtime() {
         .await
         .unwrap();
     assert!(s.get_grant("g_a".into()).await.unwrap().is_some());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admin tokens (issue 17 item 1).
+// ---------------------------------------------------------------------------------------------
+
+fn admin_token(id: &str, name: &str, created: DateTime<Utc>) -> StoredAdminToken {
+    let token = format!("tbxa_{id}{}", "0".repeat(32));
+    let mut sha256 = [0u8; 32];
+    hex::decode_to_slice(timebox::grants::token::sha256_hex(&token), &mut sha256).unwrap();
+    StoredAdminToken {
+        record: AdminTokenRecord {
+            id: id.into(),
+            name: name.into(),
+            roles: vec![PrincipalRole::Admin, PrincipalRole::Auditor],
+            created_at: created,
+            created_by: "ops".into(),
+            expires_at: None,
+            revoked_at: None,
+            revoked_by: None,
+            last_used_at: None,
+        },
+        sha256,
+        scram: ScramVerifier::derive(&token, b"salt", 4096),
+    }
+}
+
+/// A stored token comes back by its id with its hash and verifier; a name is taken by one live
+/// token at a time (expired or revoked ones free it); revoking takes the live one, once; a use is
+/// noted; the list is newest first.
+async fn admin_tokens_round_trip_one_live_name_and_revoke(b: Backend) {
+    let s = b.open().await;
+    let mut first = admin_token("00000000000000a1", "ci", t0());
+    first.record.expires_at = Some(t0() + minutes(10));
+    assert!(s.insert_admin_token(first.clone(), t0()).await.unwrap());
+    assert_eq!(
+        s.admin_token("00000000000000a1".into()).await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(s.admin_token("00000000000000ff".into()).await.unwrap(), None);
+
+    // While the first is live, its name is taken; once it has expired, it is free.
+    let second = admin_token("00000000000000a2", "ci", t0() + minutes(1));
+    assert!(!s
+        .insert_admin_token(second.clone(), t0() + minutes(1))
+        .await
+        .unwrap());
+    assert_eq!(
+        s.admin_token("00000000000000a2".into()).await.unwrap(),
+        None,
+        "nothing stored"
+    );
+    let second = admin_token("00000000000000a2", "ci", t0() + minutes(10));
+    assert!(s
+        .insert_admin_token(second.clone(), t0() + minutes(10))
+        .await
+        .unwrap());
+
+    // Revoking takes the live one (not the expired one), once.
+    let at = t0() + minutes(11);
+    let revoked = s
+        .revoke_admin_token("ci".into(), "ops".into(), at)
+        .await
+        .unwrap()
+        .expect("a live token named ci");
+    assert_eq!(revoked.id, "00000000000000a2");
+    assert_eq!(
+        (revoked.revoked_at, revoked.revoked_by.as_deref()),
+        (Some(at), Some("ops"))
+    );
+    assert_eq!(
+        s.revoke_admin_token("ci".into(), "ops".into(), at).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.revoke_admin_token("nobody".into(), "ops".into(), at)
+            .await
+            .unwrap(),
+        None
+    );
+    // A revoked token frees the name too.
+    assert!(s
+        .insert_admin_token(admin_token("00000000000000a3", "ci", at), at)
+        .await
+        .unwrap());
+
+    s.touch_admin_token("00000000000000a3".into(), at + minutes(1))
+        .await
+        .unwrap();
+    let listed = s.list_admin_tokens().await.unwrap();
+    let ids: Vec<&str> = listed.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["00000000000000a3", "00000000000000a2", "00000000000000a1"]);
+    assert_eq!(listed[0].last_used_at, Some(at + minutes(1)));
+    assert_eq!(listed[0].roles, [PrincipalRole::Admin, PrincipalRole::Auditor]);
+    assert_eq!(listed[1].revoked_at, Some(at));
+    // Another handle (another instance) sees the same.
+    assert_eq!(b.open().await.list_admin_tokens().await.unwrap(), listed);
+}
+
+/// Instances issuing one name at once: exactly one token is stored. Each handle has its
+/// connection open and the issues start together, round after round, so the check-then-insert
+/// race has every chance to show.
+async fn concurrent_issues_of_one_admin_token_name_store_one(b: Backend) {
+    const HANDLES: usize = 4;
+    const ROUNDS: usize = 10;
+    let mut handles = Vec::new();
+    for _ in 0..HANDLES {
+        let s = b.open().await;
+        s.list_admin_tokens().await.unwrap();
+        handles.push(s);
+    }
+    for round in 0..ROUNDS {
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(HANDLES));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, s) in handles.iter().cloned().enumerate() {
+            let token = admin_token(&format!("00000000000{round:03}b{i}"), &format!("ci{round}"), t0());
+            let barrier = barrier.clone();
+            tasks.spawn(async move {
+                barrier.wait().await;
+                s.insert_admin_token(token, t0()).await.unwrap()
+            });
+        }
+        let mut stored = 0;
+        while let Some(joined) = tasks.join_next().await {
+            stored += usize::from(joined.unwrap());
+        }
+        assert_eq!(stored, 1, "round {round}");
+    }
+    assert_eq!(b.open().await.list_admin_tokens().await.unwrap().len(), ROUNDS);
 }

@@ -118,6 +118,14 @@ async fn every_endpoint_checks_every_role() {
             Some(json!({"roles": {}})),
             [OK, NO, OK, NO],
         ),
+        (
+            Method::POST,
+            "/v1/admin-tokens",
+            Some(json!({"name": "matrix-bot", "roles": ["auditor"]})),
+            [OK, NO, NO, NO],
+        ),
+        (Method::GET, "/v1/admin-tokens", None, [OK, NO, OK, NO]),
+        (Method::DELETE, "/v1/admin-tokens/t_nope", None, [OK, NO, NO, NO]),
     ];
     // The matrix covers every route the API has (the crate's own table is checked against the
     // OpenAPI document in a unit test).
@@ -128,7 +136,8 @@ async fn every_endpoint_checks_every_role() {
             let p = p
                 .replace("g_nope", "{id}")
                 .replace("r_nope", "{id}")
-                .replace("s_nope", "{id}");
+                .replace("s_nope", "{id}")
+                .replace("t_nope", "{name}");
             format!("{m} {p}")
         })
         .collect();
@@ -659,7 +668,7 @@ async fn the_openapi_document_lists_every_route_the_router_serves() {
     // Every documented route is served (not the router's fallback), and an undocumented one is not.
     for route in &documented {
         let (method, path) = route.split_once(' ').unwrap();
-        let path = path.replace("{id}", "x_nope");
+        let path = path.replace("{id}", "x_nope").replace("{name}", "x_nope");
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         let a = send(&base, method, &path, Some(ADMIN_TOKEN), Some(json!({}))).await;
         assert_ne!(a.status, StatusCode::METHOD_NOT_ALLOWED, "{route}: {}", a.text);

@@ -1,8 +1,13 @@
 //! Who is calling the admin API: `Authorization: Bearer <token>` → [`Principal`].
 //!
-//! The config holds only the SHA-256 of each admin token; the presented token is hashed and compared
-//! against every configured hash in constant time. Role checks are explicit calls in each handler
-//! ([`Principal::require_any`]). This module must never log or echo a presented token.
+//! Two kinds of token, checked in this order: the config's (`[[admin.tokens]]`, the bootstrap),
+//! which hold only the SHA-256 of each token — the presented token is hashed and compared against
+//! every configured hash in constant time; then the store's (issued over `/v1/admin-tokens`), found
+//! by the token's id prefix and checked by [`crate::grants::admin_tokens::AdminTokenService`]
+//! (constant-time hash compare; revoked or expired → 401 `admin_token_revoked` /
+//! `admin_token_expired`; a store that cannot answer fails closed, 503). Role checks are explicit
+//! calls in each handler ([`Principal::require_any`]). This module must never log or echo a
+//! presented token.
 
 use std::sync::Arc;
 
@@ -108,10 +113,23 @@ impl FromRequestParts<Arc<AppState>> for Principal {
         let token = value.to_str().ok().and_then(bearer_token).ok_or_else(|| {
             ApiError::Unauthorized("malformed Authorization header; expected `Bearer <admin token>`".into())
         })?;
-        authenticate(&state.config.admin.tokens, token).ok_or_else(|| {
-            tracing::info!(path = %parts.uri.path(), "admin API: unknown bearer token");
-            ApiError::Unauthorized("unknown admin token".into())
-        })
+        if let Some(principal) = authenticate(&state.config.admin.tokens, token) {
+            return Ok(principal);
+        }
+        match state.admin_tokens.authenticate(token).await {
+            Ok(Some(record)) => Ok(Principal {
+                name: record.name,
+                roles: record.roles,
+            }),
+            Ok(None) => {
+                tracing::info!(path = %parts.uri.path(), "admin API: unknown bearer token");
+                Err(ApiError::Unauthorized("unknown admin token".into()))
+            }
+            Err(e) => {
+                tracing::info!(path = %parts.uri.path(), error = %e, "admin API: bearer token refused");
+                Err(e.into())
+            }
+        }
     }
 }
 

@@ -20,6 +20,9 @@ pub enum ApiError {
     /// No credentials, or credentials no principal owns.
     #[error("{0}")]
     Unauthorized(String),
+    /// A store admin token that was revoked or has expired (401 with the refusal's own code).
+    #[error(transparent)]
+    AdminTokenRefused(crate::grants::admin_tokens::Refusal),
     /// A known principal without the role the operation needs.
     #[error("{0}")]
     Forbidden(String),
@@ -100,7 +103,7 @@ struct ErrorBody<'a> {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) | ApiError::AdminTokenRefused(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Json(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) | ApiError::Json(_) | ApiError::Query(_) | ApiError::Path(_) => {
@@ -124,6 +127,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::AdminTokenRefused(r) => r.code(),
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Json(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
             ApiError::BadRequest(_) | ApiError::Json(_) | ApiError::Query(_) | ApiError::Path(_) => {

@@ -14,6 +14,7 @@
 //! declarations and cannot drift. It must never return or log a grant token except the one-time
 //! copies (issue response, request token fetch), nor leak store internals.
 
+pub mod admin_tokens;
 pub mod audit;
 pub mod auth;
 pub mod error;
@@ -88,6 +89,9 @@ pub const ROLE_MATRIX: &[(&str, &str, &[&str])] = &[
     ("GET", "/v1/audit", &["admin", "auditor"]),
     ("GET", "/v1/audit/verify", &["admin", "auditor"]),
     ("GET", "/v1/audit/head", &["admin", "auditor"]),
+    ("POST", "/v1/admin-tokens", &["admin"]),
+    ("GET", "/v1/admin-tokens", &["admin", "auditor"]),
+    ("DELETE", "/v1/admin-tokens/{name}", &["admin"]),
 ];
 
 /// The documented router, before state is applied.
@@ -102,6 +106,7 @@ fn api() -> OpenApiRouter<Arc<AppState>> {
         .merge(instances::routes())
         .merge(audit::routes())
         .merge(review::routes())
+        .merge(admin_tokens::routes())
 }
 
 /// The OpenAPI 3 document of the admin API, generated from the handlers.

@@ -18,6 +18,9 @@ use super::redact;
 use crate::config::ParamLogging;
 use crate::grants::Grant;
 
+mod admin_token;
+pub use admin_token::{AdminTokenIssued, AdminTokenRevoked};
+
 /// Whether the policy let a statement through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -330,6 +333,8 @@ pub enum AuditEvent {
     GrantRevoked(GrantRevoked),
     GrantExtended(GrantExtended),
     AccessRequest(AccessRequestEvent),
+    AdminTokenIssued(AdminTokenIssued),
+    AdminTokenRevoked(AdminTokenRevoked),
 }
 
 /// Every kind, as stored in the `kind` column.
@@ -344,6 +349,8 @@ pub const KINDS: &[&str] = &[
     "grant_revoked",
     "grant_extended",
     "access_request",
+    "admin_token_issued",
+    "admin_token_revoked",
 ];
 
 impl AuditEvent {
@@ -359,6 +366,8 @@ impl AuditEvent {
             AuditEvent::GrantRevoked(_) => "grant_revoked",
             AuditEvent::GrantExtended(_) => "grant_extended",
             AuditEvent::AccessRequest(_) => "access_request",
+            AuditEvent::AdminTokenIssued(_) => "admin_token_issued",
+            AuditEvent::AdminTokenRevoked(_) => "admin_token_revoked",
         }
     }
 
@@ -376,6 +385,8 @@ impl AuditEvent {
             "grant_revoked" => AuditEvent::GrantRevoked(serde_json::from_str(payload)?),
             "grant_extended" => AuditEvent::GrantExtended(serde_json::from_str(payload)?),
             "access_request" => AuditEvent::AccessRequest(serde_json::from_str(payload)?),
+            "admin_token_issued" => AuditEvent::AdminTokenIssued(serde_json::from_str(payload)?),
+            "admin_token_revoked" => AuditEvent::AdminTokenRevoked(serde_json::from_str(payload)?),
             other => return Err(serde_json::Error::custom(format!("unknown audit kind {other:?}"))),
         })
     }
@@ -393,6 +404,8 @@ impl AuditEvent {
             AuditEvent::GrantRevoked(e) => serde_json::to_string(e),
             AuditEvent::GrantExtended(e) => serde_json::to_string(e),
             AuditEvent::AccessRequest(e) => serde_json::to_string(e),
+            AuditEvent::AdminTokenIssued(e) => serde_json::to_string(e),
+            AuditEvent::AdminTokenRevoked(e) => serde_json::to_string(e),
         };
         // Serializing plain structs of strings and integers into a String cannot fail.
         result.expect("audit payloads always serialize")
@@ -420,6 +433,8 @@ impl AuditEvent {
             AuditEvent::GrantRevoked(e) => c(&e.user, &e.target, Some(&e.grant_id), None),
             AuditEvent::GrantExtended(e) => c(&e.user, &e.target, Some(&e.grant_id), None),
             AuditEvent::AccessRequest(e) => c(&e.user, &e.target, e.grant_id.as_deref(), None),
+            AuditEvent::AdminTokenIssued(e) => admin_token::columns(&e.name),
+            AuditEvent::AdminTokenRevoked(e) => admin_token::columns(&e.name),
         }
     }
 
@@ -469,6 +484,7 @@ impl AuditEvent {
                 }
             }
             AuditEvent::StatementOutcome(_) | AuditEvent::UpstreamEnd(_) => {}
+            AuditEvent::AdminTokenIssued(_) | AuditEvent::AdminTokenRevoked(_) => {}
         }
     }
 }
@@ -646,6 +662,9 @@ pub(crate) mod tests {
                 user: "alice".into(),
             }),
         ]
+        .into_iter()
+        .chain(admin_token::samples(t0()))
+        .collect()
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! Data flow: the proxy's startup phase (TLS, startup packet) hands connections for the reserved
 //! database `timebox_audit` here instead of to a grant. Authentication is SCRAM-SHA-256 (-PLUS over
 //! TLS, which is required unless the proxy runs without TLS), with the token as password, checked
-//! against the `scram` verifier of the `[[admin.tokens]]` entry whose name is the user and which
+//! against the `scram` verifier of the `[[admin.tokens]]` entry whose name is the user (else of the
+//! live admin token of that name issued over the admin API, kept in the store) and which
 //! carries the `auditor` or `admin` role. It runs under the startup deadline and the login
 //! throttle; an unknown name, a wrong token and a token without a verifier look the same.
 //! Queries use the simple protocol. Each must parse (PostgreSQL's parser, cross-checked) as plain
@@ -196,8 +197,20 @@ async fn login(
             tracing::error!(error = %e, "grant store unavailable during timebox_audit authentication");
             PgError::system_error("timebox cannot check logins right now (store unavailable)")
         })?;
-    let entry = token_entry(&state.config.admin.tokens, &params.user);
-    let verifier = entry.and_then(|t| t.scram.as_ref());
+    let entry: Option<AdminToken> = match token_entry(&state.config.admin.tokens, &params.user) {
+        Some(config_token) => Some(config_token.clone()),
+        // A token issued over the admin API: its live store entry, with the same kind of verifier.
+        None => state
+            .admin_tokens
+            .live_named(&params.user)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "grant store unavailable during timebox_audit authentication");
+                PgError::system_error("timebox cannot check logins right now (store unavailable)")
+            })?
+            .map(|stored| stored.as_config_token()),
+    };
+    let verifier = entry.as_ref().and_then(|t| t.scram.as_ref());
     let (salt, iterations) = match verifier {
         Some(v) => (v.salt.clone(), v.iterations),
         None => (made_up_salt.to_vec(), SCRAM_ITERATIONS),
@@ -244,7 +257,7 @@ async fn login(
         return Err(PgError::invalid_audit_token(&params.user));
     };
     reservation.release();
-    may_read_the_trail(&principal(entry))?;
+    may_read_the_trail(&principal(&entry))?;
     let Some(db) = state.audit.db_path().map(|p| p.to_owned()) else {
         return Err(PgError::object_not_in_prerequisite_state(
             "timebox_audit needs a file-backed store (this instance keeps its audit log in memory)",

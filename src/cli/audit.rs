@@ -421,6 +421,20 @@ pub fn record_detail(r: &AuditRecord) -> String {
             }
             s
         }
+        "admin_token_issued" => {
+            let roles: Vec<&str> = r.payload["roles"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
+            let until = r.field("expires_at").unwrap_or_else(|| "revoked".into());
+            format!(
+                "admin token {} ({}) issued by {}, until {until}",
+                f("name"),
+                roles.join(", "),
+                f("created_by")
+            )
+        }
+        "admin_token_revoked" => format!("admin token {} revoked by {}", f("name"), f("revoked_by")),
         _ => r.payload.to_string(),
     };
     truncate(&sanitize(&text), TABLE_DETAIL_CHARS)
@@ -600,6 +614,27 @@ mod tests {
             "{}",
             record_detail(&issued)
         );
+    }
+
+    /// See: issue 17 item 1: admin-token records read as words, like the others (not raw JSON).
+    #[test]
+    fn admin_token_records_read_as_words() {
+        let issued = record(
+            5,
+            "admin_token_issued",
+            json!({"created_at": "2026-01-01T00:00:00Z", "created_by": "ops", "expires_at": null,
+                   "name": "carol", "roles": ["approver", "auditor"]}),
+        );
+        assert_eq!(
+            record_detail(&issued),
+            "admin token carol (approver, auditor) issued by ops, until revoked"
+        );
+        let revoked = record(
+            6,
+            "admin_token_revoked",
+            json!({"name": "carol", "revoked_at": "2026-01-01T00:00:00Z", "revoked_by": "ops"}),
+        );
+        assert_eq!(record_detail(&revoked), "admin token carol revoked by ops");
     }
 
     /// See: issue 17: `audit tail --follow` printed later rows with other column widths than the

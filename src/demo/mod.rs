@@ -408,7 +408,7 @@ impl Secrets {
     }
 }
 
-/// Same shape as `timebox admin-token new` makes: the prefix and 128 random bits in hex.
+/// Same shape as `timebox admin-token new --config-line` makes: the prefix and 128 random bits in hex.
 fn random_admin_token() -> String {
     let mut bytes = [0u8; 16];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);

@@ -9,6 +9,7 @@
 //! and extension reach them at once. Everything that decides (status, TTL caps, validation) is a pure
 //! function over a [`Grant`] and a time.
 
+pub mod admin_tokens;
 pub mod effects;
 pub mod requests;
 pub mod token;

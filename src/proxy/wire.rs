@@ -192,7 +192,8 @@ impl PgError {
         .with_hint(
             "Log in to timebox_audit with your admin-API token, user = the token's name. The login uses \
              SCRAM-SHA-256: the token's [[admin.tokens]] entry needs a `scram` verifier \
-             (`timebox admin-token new` prints one; `timebox admin-token scram` makes one for an existing token).",
+             (`timebox admin-token new --config-line` prints one; `timebox admin-token scram` makes one for an \
+             existing token); tokens issued with `timebox admin-token new` through the admin API have one.",
         )
     }
 

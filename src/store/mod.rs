@@ -19,6 +19,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::config::StoreConfig;
+use crate::grants::admin_tokens::{AdminTokenRecord, StoredAdminToken};
 use crate::grants::requests::{AccessRequest, Approval, RequestStatus};
 use crate::grants::token::ScramVerifier;
 use crate::grants::{Grant, GrantStatus};
@@ -207,6 +208,9 @@ pub struct GrantFilter {
 /// How many of a (user, target)'s most recent grants a presented token is checked against.
 pub const MAX_CANDIDATES: usize = 50;
 
+/// Most admin tokens `GET /v1/admin-tokens` lists (newest first).
+pub const MAX_ADMIN_TOKENS_LISTED: usize = 1000;
+
 pub trait GrantStore: Send + Sync + std::fmt::Debug + 'static {
     fn insert_grant(&self, grant: &Grant, verifier: &ScramVerifier) -> Result<(), StoreError>;
     fn get_grant(&self, id: &str) -> Result<Option<Grant>, StoreError>;
@@ -303,6 +307,40 @@ pub trait GrantStore: Send + Sync + std::fmt::Debug + 'static {
     }
     fn count_pending_requests(&self, _now: DateTime<Utc>) -> Result<u64, StoreError> {
         Err(StoreError::Unsupported("access requests"))
+    }
+    /// Stores a new admin token unless a live one (unrevoked, unexpired at `now`) has its name:
+    /// `false` then, and nothing is stored. Atomic against concurrent issues of the same name.
+    fn insert_admin_token(&self, _token: &StoredAdminToken, _now: DateTime<Utc>) -> Result<bool, StoreError> {
+        Err(StoreError::Unsupported("admin tokens"))
+    }
+    /// The admin token whose id is `id` (the id prefix of a presented token).
+    fn admin_token(&self, _id: &str) -> Result<Option<StoredAdminToken>, StoreError> {
+        Err(StoreError::Unsupported("admin tokens"))
+    }
+    /// Every admin token, newest first (at most [`MAX_ADMIN_TOKENS_LISTED`]).
+    fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        Err(StoreError::Unsupported("admin tokens"))
+    }
+    /// Revokes the live admin token named `name` (live at `at`); `None` if there is none.
+    fn revoke_admin_token(
+        &self,
+        _name: &str,
+        _by: &str,
+        _at: DateTime<Utc>,
+    ) -> Result<Option<AdminTokenRecord>, StoreError> {
+        Err(StoreError::Unsupported("admin tokens"))
+    }
+    /// Notes an accepted use of admin token `id` at `at`.
+    fn touch_admin_token(&self, _id: &str, _at: DateTime<Utc>) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported("admin tokens"))
+    }
+    /// The admin token named `name` that is live at `now`, with its hash and verifier.
+    fn live_admin_token_named(
+        &self,
+        _name: &str,
+        _now: DateTime<Utc>,
+    ) -> Result<Option<StoredAdminToken>, StoreError> {
+        Err(StoreError::Unsupported("admin tokens"))
     }
 }
 
@@ -561,5 +599,46 @@ impl Store {
     pub async fn count_pending_requests(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         dispatch!(self, |s| s.count_pending_requests(now), |pg| pg
             .count_pending_requests(now))
+    }
+
+    pub async fn insert_admin_token(
+        &self,
+        token: StoredAdminToken,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, |s| s.insert_admin_token(&token, now), |pg| pg
+            .insert_admin_token(&token, now))
+    }
+
+    pub async fn admin_token(&self, id: String) -> Result<Option<StoredAdminToken>, StoreError> {
+        dispatch!(self, |s| s.admin_token(&id), |pg| pg.admin_token(&id))
+    }
+
+    pub async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        dispatch!(self, |s| s.list_admin_tokens(), |pg| pg.list_admin_tokens())
+    }
+
+    pub async fn revoke_admin_token(
+        &self,
+        name: String,
+        by: String,
+        at: DateTime<Utc>,
+    ) -> Result<Option<AdminTokenRecord>, StoreError> {
+        dispatch!(self, |s| s.revoke_admin_token(&name, &by, at), |pg| pg
+            .revoke_admin_token(&name, &by, at))
+    }
+
+    pub async fn touch_admin_token(&self, id: String, at: DateTime<Utc>) -> Result<(), StoreError> {
+        dispatch!(self, |s| s.touch_admin_token(&id, at), |pg| pg
+            .touch_admin_token(&id, at))
+    }
+
+    pub async fn live_admin_token_named(
+        &self,
+        name: String,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StoredAdminToken>, StoreError> {
+        dispatch!(self, |s| s.live_admin_token_named(&name, now), |pg| pg
+            .live_admin_token_named(&name, now))
     }
 }

@@ -12,6 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::{
     ApproveOutcome, GrantCounts, GrantFilter, GrantStore, Migrated, RequestFilter, StoreError, MAX_CANDIDATES,
 };
+use crate::grants::admin_tokens::{AdminTokenRecord, StoredAdminToken};
 use crate::grants::requests::{AccessRequest, Approval, RequestStatus};
 use crate::grants::token::ScramVerifier;
 use crate::grants::{Grant, GrantStatus};
@@ -71,6 +72,24 @@ const MIGRATIONS: &[&str] = &[
         at         INTEGER NOT NULL,
         PRIMARY KEY (request_id, approver)
     );
+"#,
+    // Admin-API tokens issued over the API (issue 17): the token's SHA-256 and SCRAM verifier,
+    // never the token. `id` is the token's id prefix, so a presented token finds its row directly.
+    r#"
+    CREATE TABLE admin_tokens (
+        id           TEXT PRIMARY KEY,
+        name         TEXT NOT NULL,
+        roles        TEXT NOT NULL,
+        sha256       TEXT NOT NULL,
+        scram        TEXT NOT NULL,
+        created_at   INTEGER NOT NULL,
+        created_by   TEXT NOT NULL,
+        expires_at   INTEGER,
+        revoked_at   INTEGER,
+        revoked_by   TEXT,
+        last_used_at INTEGER
+    );
+    CREATE INDEX admin_tokens_name ON admin_tokens (name, created_at DESC);
 "#,
 ];
 
@@ -269,6 +288,39 @@ fn request_status_clause(status: Option<RequestStatus>, now_param: &str) -> Stri
 }
 
 impl GrantStore for SqliteStore {
+    fn insert_admin_token(&self, token: &StoredAdminToken, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        admin_tokens::insert(&mut self.conn(), token, now)
+    }
+
+    fn admin_token(&self, id: &str) -> Result<Option<StoredAdminToken>, StoreError> {
+        admin_tokens::get(&self.conn(), id)
+    }
+
+    fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        admin_tokens::list(&self.conn())
+    }
+
+    fn revoke_admin_token(
+        &self,
+        name: &str,
+        by: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<AdminTokenRecord>, StoreError> {
+        admin_tokens::revoke(&mut self.conn(), name, by, at)
+    }
+
+    fn touch_admin_token(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        admin_tokens::touch(&self.conn(), id, at)
+    }
+
+    fn live_admin_token_named(
+        &self,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<StoredAdminToken>, StoreError> {
+        admin_tokens::live_named(&self.conn(), name, now)
+    }
+
     fn insert_grant(&self, g: &Grant, verifier: &ScramVerifier) -> Result<(), StoreError> {
         self.insert_grant_flagged(g, verifier, false)
     }
@@ -630,5 +682,6 @@ impl GrantStore for SqliteStore {
     }
 }
 
+mod admin_tokens;
 #[cfg(test)]
 mod tests;

@@ -105,6 +105,24 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX sessions_instance ON timebox.sessions (instance);
 "#,
+    // Admin-API tokens issued over the API (issue 17), as in the SQLite store: the token's SHA-256
+    // and SCRAM verifier, never the token; `id` is the token's id prefix (one indexed read).
+    r#"
+    CREATE TABLE timebox.admin_tokens (
+        id           text PRIMARY KEY,
+        name         text NOT NULL,
+        roles        text NOT NULL,
+        sha256       text NOT NULL,
+        scram        text NOT NULL,
+        created_at   timestamptz NOT NULL,
+        created_by   text NOT NULL,
+        expires_at   timestamptz,
+        revoked_at   timestamptz,
+        revoked_by   text,
+        last_used_at timestamptz
+    );
+    CREATE INDEX admin_tokens_name ON timebox.admin_tokens (name, created_at DESC);
+"#,
 ];
 
 /// The schema version this binary writes and reads.
