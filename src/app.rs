@@ -85,9 +85,14 @@ impl AppState {
         let effects = Effects::new(audit.clone(), webhooks.clone(), clock.clone());
         let grants = GrantService::new(store.clone(), config.clone(), clock.clone(), effects);
         let fleet = match (&config.fleet, &config.store, store.postgres_store()) {
-            (Some(fleet), crate::config::StoreConfig::Postgres(pg), Some(pg_store)) => Some(Arc::new(
-                crate::fleet::Fleet::new(fleet.clone(), pg_store.clone(), (**pg).clone()),
-            )),
+            (Some(fleet), crate::config::StoreConfig::Postgres(pg), Some(pg_store)) => {
+                Some(Arc::new(crate::fleet::Fleet::new(
+                    fleet.clone(),
+                    pg_store.clone(),
+                    (**pg).clone(),
+                    proxy.metrics.clone(),
+                )))
+            }
             _ => None,
         };
         let requests = RequestService::new(store, grants.clone(), config.clone(), clock.clone());
@@ -150,6 +155,7 @@ fn proxy_context(state: &Arc<AppState>) -> Arc<ProxyContext> {
         shutdown: state.shutdown.clone(),
         proxy: state.proxy.clone(),
         audit_endpoint,
+        cancel_forward: state.fleet.as_ref().map(|f| f.cancel_forwarder()),
     })
 }
 

@@ -63,6 +63,11 @@ pub struct Metrics {
     /// Fleet only: local sessions severed because their grant state was stale (store unreachable
     /// past `[fleet] max_staleness`).
     pub fleet_stale_severed_total: IntCounter,
+    /// Fleet only: CancelRequests for another instance's session, by outcome (forwarded, failed,
+    /// unknown_peer, dropped_busy).
+    pub fleet_cancel_forwards_total: IntCounterVec,
+    /// Fleet only: time from a peer's NOTIFY (its clock) to this instance reading it.
+    pub fleet_notification_lag_seconds: Histogram,
 }
 
 impl Metrics {
@@ -175,6 +180,22 @@ impl Metrics {
                     "Webhook deliveries that failed after all retries"
                 ),
                 &["event"]
+            )?),
+            fleet_cancel_forwards_total: reg!(IntCounterVec::new(
+                Opts::new(
+                    "timebox_fleet_cancel_forwards_total",
+                    "Fleet: CancelRequests for another instance's session, by outcome"
+                ),
+                &["outcome"]
+            )?),
+            fleet_notification_lag_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "timebox_fleet_notification_lag_seconds",
+                    "Fleet: time from a change notification being sent (sender's clock) to its receipt"
+                )
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+                ])
             )?),
             registry,
         })

@@ -115,14 +115,7 @@ async fn negotiate(
             None
         }
         Ok(Ok(Startup::Cancel { pid, secret })) => {
-            if let Some(target) = ctx.proxy.cancel_keys.lookup(pid, secret) {
-                tracing::info!(client.addr = %peer, "forwarding cancel request");
-                if let Err(e) = target.send().await {
-                    tracing::warn!(error = %e, "cancel request to upstream failed");
-                }
-            } else {
-                tracing::debug!(client.addr = %peer, "cancel request with unknown key ignored");
-            }
+            crate::fleet::cancel::on_cancel_request(ctx, peer, pid, secret).await;
             None
         }
         Ok(Ok(Startup::Session { client, message, tls })) => Some((client, message, tls)),

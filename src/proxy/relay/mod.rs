@@ -213,6 +213,11 @@ impl Session {
                 }
                 _ = tokio::time::sleep_until(expiry), if relaying => self.check_grant(r, busy),
                 _ = sleep_opt(warning), if relaying && warning.is_some() => self.warn(r),
+                notices = self.handle.next_notices(), if relaying => {
+                    for text in notices {
+                        r.bufs.outbox.queue(&PgError::notice(text));
+                    }
+                }
                 _ = kill.cancelled(), if relaying => {
                     let by = self.handle.kill_reason().unwrap_or_else(|| "an administrator".into());
                     let error = PgError::admin_shutdown(format!("terminating connection: session killed by {by}"));

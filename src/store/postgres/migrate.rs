@@ -105,6 +105,12 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX sessions_instance ON timebox.sessions (instance);
 "#,
+    // 3: cancel across instances (issue 11 item 4): each live instance's small numeric peer id,
+    // carried in the cancel keys it hands out; unique, so a key names one instance.
+    r#"
+    ALTER TABLE timebox.instances ADD COLUMN peer_id integer CHECK (peer_id BETWEEN 1 AND 255);
+    CREATE UNIQUE INDEX instances_peer_id ON timebox.instances (peer_id);
+"#,
 ];
 
 /// The schema version this binary writes and reads.
