@@ -39,7 +39,6 @@ fn free_port() -> u16 {
 struct ChildInstance {
     child: Child,
     proxy_port: u16,
-    admin_url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -84,7 +83,6 @@ impl ChildInstance {
         ChildInstance {
             child,
             proxy_port,
-            admin_url: format!("http://127.0.0.1:{admin_port}"),
             _dir: dir,
         }
     }

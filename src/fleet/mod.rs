@@ -13,7 +13,11 @@
 //!   the kill requests for them, so a lost notification or a dropped listener connection cannot
 //!   leave a revoked grant's session alive longer than that.
 //!
-//! Store outage: while the reconcile fails, `timebox_store_up` is 0; past `max_staleness` without
+//! Cancel requests for another instance's session are forwarded by [`cancel`] (the peer id this
+//! instance gets when it registers is in every cancel key it hands out).
+//!
+//! Store outage: while the reconcile fails, `timebox_store_up` is 0; past half of `max_staleness`
+//! every local session gets a NOTICE ([`stale_notice`]); past `max_staleness` without
 //! a successful one, every local session is severed (FATAL 57P01 saying why), and logins fail
 //! closed with 08006 ([`crate::proxy::wire::PgError::store_unreachable`]). Nothing needs a restart
 //! when the store returns: the pool reconnects, the listener reconnects and catches up.

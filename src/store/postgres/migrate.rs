@@ -8,8 +8,8 @@
 //! whose version is above [`MIGRATIONS`]`.len()` belongs to a newer timebox and is refused
 //! ([`StoreError::SchemaTooNew`]) before anything is written. What it must never do: edit a shipped
 //! step (a store that ran it would never see the change) — add a new one instead. Step 2 holds
-//! the fleet's instances and sessions; the next slices of issue 11 (cancel keys, central audit)
-//! land as steps 3, 4, ….
+//! the fleet's instances and sessions, step 3 their peer ids for cancel keys; the next slices of
+//! issue 11 (central audit) land as further steps.
 
 use tokio_postgres::Client;
 
