@@ -672,3 +672,86 @@ async fn a_cancel_through_a_round_robin_balancer_cancels_the_query_whichever_ins
     // Every login and its cancel went to different instances, as the balancer alternates.
     assert_eq!(lb.routed(), [0, 1, 0, 1, 0, 1, 0, 1]);
 }
+
+/// A third instance `name` on `db`, built but not started; its registration's outcome.
+async fn register_another(
+    db: &StoreDatabase,
+    name: &str,
+) -> (
+    Arc<timebox::app::AppState>,
+    Result<(), timebox::fleet::FleetError>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config_text(
+        &Options {
+            tls: "disabled",
+            store: Some(format!("{}\n[fleet]\ninstance = \"{name}\"", db.store_lines())),
+            ..Options::default()
+        },
+        dir.path(),
+        5432,
+    );
+    let config = timebox::config::Config::from_toml_str(&text).expect("valid config");
+    let state = tokio::task::spawn_blocking(move || timebox::app::AppState::build(config))
+        .await
+        .unwrap()
+        .expect("state");
+    let registered = state.fleet.as_ref().unwrap().register(&state).await;
+    (state, registered)
+}
+
+// The peer id in cancel keys must name one instance: allocated uniquely in the store, freed when
+// an instance is dead, and a fleet with every id taken refuses a new instance (fail closed)
+// rather than sharing one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_ids_are_unique_a_dead_instances_id_is_reused_and_a_full_fleet_refuses_another() {
+    let (db, a, b) = fleet("60s").await;
+    let peer_of = |inst: &TestInstance| inst.state.fleet.as_ref().unwrap().peer_id();
+    assert!(
+        common::eventually(Duration::from_secs(10), || {
+            let joined = peer_of(&a).is_some() && peer_of(&b).is_some();
+            async move { joined }
+        })
+        .await
+    );
+    let (pa, pb) = (peer_of(&a).unwrap(), peer_of(&b).unwrap());
+    assert_ne!(pa, pb);
+    let db2 = db.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        db2.psql("SELECT string_agg(name || '=' || peer_id, ',' ORDER BY name) FROM timebox.instances")
+    })
+    .await
+    .unwrap();
+    assert_eq!(rows.trim(), format!("tb-a={pa},tb-b={pb}"));
+
+    // Every other id held by a live instance: a new one is refused.
+    let db2 = db.clone();
+    tokio::task::spawn_blocking(move || {
+        db2.psql(&format!(
+            "INSERT INTO timebox.instances (name, incarnation, advertise, version, started_at, heartbeat_at, peer_id) \
+             SELECT 'tb-x' || g, 'x', '10.0.0.9:6432', '0', now(), now() + interval '1 hour', g \
+             FROM generate_series(1, 255) g WHERE g NOT IN ({pa}, {pb})"
+        ))
+    })
+    .await
+    .unwrap();
+    let (_, registered) = register_another(&db, "tb-c").await;
+    assert!(
+        matches!(registered, Err(timebox::fleet::FleetError::Full)),
+        "{registered:?}"
+    );
+
+    // One of them is dead: its id is freed and the new instance takes it.
+    let free = (1..=255u8).rev().find(|g| *g != pa && *g != pb).unwrap();
+    let db2 = db.clone();
+    tokio::task::spawn_blocking(move || {
+        db2.psql(&format!(
+            "UPDATE timebox.instances SET heartbeat_at = now() - interval '1 hour' WHERE name = 'tb-x{free}'"
+        ))
+    })
+    .await
+    .unwrap();
+    let (state, registered) = register_another(&db, "tb-c").await;
+    registered.expect("tb-c joins with the dead instance's peer id");
+    assert_eq!(state.fleet.as_ref().unwrap().peer_id(), Some(free));
+}

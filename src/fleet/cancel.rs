@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,6 +55,15 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Cancel requests being forwarded at once by one instance; more are dropped.
 pub const FORWARDS_AT_ONCE: usize = 16;
+
+/// The peer addresses are re-read from the store on a miss at most this often, so a flood of
+/// keys naming unknown peers costs the store one query per interval, not one per key.
+pub const PEER_REFRESH_MIN: Duration = Duration::from_secs(1);
+
+/// Whether a miss may re-read the peer addresses now (last read at `last`). Pure.
+pub fn may_refresh(last: Option<Instant>, now: Instant) -> bool {
+    last.is_none_or(|last| now.saturating_duration_since(last) >= PEER_REFRESH_MIN)
+}
 
 /// The client-facing pid for a session of peer `peer`, from `random` bits. Pure.
 pub fn client_pid(peer: PeerId, random: u32) -> i32 {
@@ -103,8 +112,9 @@ pub struct CancelForwarder {
     /// This instance's peer id (0 until it has joined the fleet).
     own: AtomicU16,
     instance_timeout: Duration,
-    /// Advertised addresses of live peers by peer id; refreshed from the store on a miss.
-    addresses: Mutex<HashMap<PeerId, String>>,
+    /// Advertised addresses of live peers by peer id, and when they were read; re-read from the
+    /// store on a miss (at most every [`PEER_REFRESH_MIN`]).
+    addresses: Mutex<(HashMap<PeerId, String>, Option<Instant>)>,
     /// Bounds the forwards in flight ([`FORWARDS_AT_ONCE`]).
     in_flight: Arc<Semaphore>,
     metrics: Arc<crate::metrics::Metrics>,
@@ -120,7 +130,7 @@ impl CancelForwarder {
             store,
             own: AtomicU16::new(0),
             instance_timeout,
-            addresses: Mutex::new(HashMap::new()),
+            addresses: Mutex::new((HashMap::new(), None)),
             in_flight: Arc::new(Semaphore::new(FORWARDS_AT_ONCE)),
             metrics,
         }
@@ -140,19 +150,25 @@ impl CancelForwarder {
 
     /// The advertised address of `peer`: from the cache, else re-read from the store.
     async fn address_of(&self, peer: PeerId) -> Result<Option<String>, StoreError> {
-        if let Some(a) = self.lock().get(&peer) {
-            return Ok(Some(a.clone()));
+        {
+            let cache = self.lock();
+            if let Some(a) = cache.0.get(&peer) {
+                return Ok(Some(a.clone()));
+            }
+            if !may_refresh(cache.1, Instant::now()) {
+                return Ok(None);
+            }
         }
         let fresh = self
             .store
             .bounded(self.store.peer_addresses(self.instance_timeout))
             .await?;
         let mut cache = self.lock();
-        *cache = fresh.into_iter().collect();
-        Ok(cache.get(&peer).cloned())
+        *cache = (fresh.into_iter().collect(), Some(Instant::now()));
+        Ok(cache.0.get(&peer).cloned())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PeerId, String>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<PeerId, String>, Option<Instant>)> {
         self.addresses.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -185,7 +201,7 @@ impl CancelForwarder {
             outcome => {
                 self.count("failed");
                 // The address may have moved: re-read it next time.
-                self.lock().remove(&peer);
+                self.lock().0.remove(&peer);
                 let error = match outcome {
                     Ok(Err(e)) => e.to_string(),
                     _ => format!("timed out after {FORWARD_TIMEOUT:?}"),
@@ -276,6 +292,18 @@ mod tests {
         // At the receiver (peer 2) it is local; anywhere else, a forwarded key goes no further.
         assert_eq!(route(2, forwarded_pid(pid)), CancelRoute::Local(pid));
         assert!(matches!(route(3, forwarded_pid(pid)), CancelRoute::Drop(_)));
+    }
+
+    #[test]
+    fn peer_addresses_are_reread_on_a_miss_at_most_once_a_second() {
+        let t0 = Instant::now();
+        assert!(may_refresh(None, t0), "never read: read now");
+        assert!(!may_refresh(Some(t0), t0 + Duration::from_millis(999)));
+        assert!(may_refresh(Some(t0), t0 + PEER_REFRESH_MIN));
+        assert!(
+            !may_refresh(Some(t0 + PEER_REFRESH_MIN), t0),
+            "a clock that went back waits"
+        );
     }
 
     #[test]
