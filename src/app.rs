@@ -93,9 +93,14 @@ impl AppState {
             grants.effects().clone(),
         );
         let fleet = match (&config.fleet, &config.store, store.postgres_store()) {
-            (Some(fleet), crate::config::StoreConfig::Postgres(pg), Some(pg_store)) => Some(Arc::new(
-                crate::fleet::Fleet::new(fleet.clone(), pg_store.clone(), (**pg).clone()),
-            )),
+            (Some(fleet), crate::config::StoreConfig::Postgres(pg), Some(pg_store)) => {
+                Some(Arc::new(crate::fleet::Fleet::new(
+                    fleet.clone(),
+                    pg_store.clone(),
+                    (**pg).clone(),
+                    proxy.metrics.clone(),
+                )))
+            }
             _ => None,
         };
         let requests = RequestService::new(store, grants.clone(), config.clone(), clock.clone());
@@ -159,6 +164,7 @@ fn proxy_context(state: &Arc<AppState>) -> Arc<ProxyContext> {
         shutdown: state.shutdown.clone(),
         proxy: state.proxy.clone(),
         audit_endpoint,
+        cancel_forward: state.fleet.as_ref().map(|f| f.cancel_forwarder()),
     })
 }
 

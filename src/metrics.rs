@@ -66,6 +66,11 @@ pub struct Metrics {
     /// Clients' CancelRequests by outcome: `forwarded`, `failed` (upstream), `dropped` (no cancel
     /// slot of the target within `proxy.upstream_stop_timeout`), `unknown_key`.
     pub cancel_requests_total: IntCounterVec,
+    /// Fleet only: CancelRequests for another instance's session, by outcome (forwarded, failed,
+    /// unknown_peer, dropped_busy).
+    pub fleet_cancel_forwards_total: IntCounterVec,
+    /// Fleet only: time from a peer's NOTIFY (its clock) to this instance reading it.
+    pub fleet_notification_lag_seconds: Histogram,
 }
 
 impl Metrics {
@@ -82,6 +87,7 @@ impl Metrics {
             0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             5.0, 10.0, 30.0, 60.0,
         ];
+        let (fleet_cancel_forwards_total, fleet_notification_lag_seconds) = fleet_metrics(&registry)?;
         Ok(Metrics {
             sessions_active: reg!(IntGaugeVec::new(
                 Opts::new("timebox_sessions_active", "Sessions currently relayed"),
@@ -186,6 +192,8 @@ impl Metrics {
                 ),
                 &["outcome"]
             )?),
+            fleet_cancel_forwards_total,
+            fleet_notification_lag_seconds,
             registry,
         })
     }
@@ -198,6 +206,30 @@ impl Metrics {
             .map_err(MetricsError::Register)?;
         Ok(String::from_utf8(out)?)
     }
+}
+
+/// The fleet's cancel-forwarding and notification-lag metrics (issue 11 items 4 and 5),
+/// registered in `registry`.
+fn fleet_metrics(registry: &Registry) -> Result<(IntCounterVec, Histogram), MetricsError> {
+    let forwards = IntCounterVec::new(
+        Opts::new(
+            "timebox_fleet_cancel_forwards_total",
+            "Fleet: CancelRequests for another instance's session, by outcome",
+        ),
+        &["outcome"],
+    )?;
+    let lag = Histogram::with_opts(
+        HistogramOpts::new(
+            "timebox_fleet_notification_lag_seconds",
+            "Fleet: time from a change notification being sent (sender's clock) to its receipt",
+        )
+        .buckets(vec![
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]),
+    )?;
+    registry.register(Box::new(forwards.clone()))?;
+    registry.register(Box::new(lag.clone()))?;
+    Ok((forwards, lag))
 }
 
 #[cfg(test)]

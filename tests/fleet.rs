@@ -401,9 +401,14 @@ async fn a_dead_instances_sessions_drop_out_and_a_second_live_instance_of_a_name
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_store_gone_logins_get_08006_stale_sessions_are_severed_and_all_resumes_when_it_returns() {
     let db = Arc::new(StoreDatabase::create_async().await);
-    let b = instance_with(&db, "tb-b", "1s", "3s").await;
+    let b = instance_with(&db, "tb-b", "1s", "6s").await;
     let (id, token) = issue_on(&b, "alice", "30m").await;
-    let query = sleeping_session(&b, "alice", &token, &id).await;
+    let (client, connection) = tokio_postgres::connect(&b.conn_string("alice", &token, "disable"), NoTls)
+        .await
+        .expect("login through B");
+    let notices = notices_of(connection);
+    let query = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(60)").await });
+    until_sleeping(&id).await;
 
     // The store refuses every connection, and the ones it had are cut.
     let database = db.database.clone();
@@ -431,8 +436,16 @@ async fn with_the_store_gone_logins_get_08006_stale_sessions_are_severed_and_all
     assert_eq!(db_err.code().code(), "08006", "{}", db_err.message());
     assert!(db_err.message().contains("store"), "{}", db_err.message());
 
-    // The live session goes once its grant state is older than max_staleness (3 s).
-    let (code, message) = severed(query, Duration::from_secs(30)).await;
+    // The live session is warned at half of max_staleness (6 s), then goes once its grant state
+    // is older than that.
+    let (code, message) = severed(query, Duration::from_secs(40)).await;
+    let notices = notices.await.unwrap();
+    assert!(
+        notices.iter().any(|n| n
+            .starts_with("timebox cannot reach its store; this session will be closed in ")
+            && n.ends_with(" s unless it recovers")),
+        "the session was warned before it was severed: {notices:?}"
+    );
     println!(
         "store gone: the stale session was severed after {:?}",
         started.elapsed()
@@ -469,4 +482,276 @@ async fn with_the_store_gone_logins_get_08006_stale_sessions_are_severed_and_all
         .await,
         "logins work again once the store is back"
     );
+}
+
+/// Drives a tokio-postgres connection and collects the NOTICE texts it receives until it ends.
+fn notices_of<S, T>(mut connection: tokio_postgres::Connection<S, T>) -> tokio::task::JoinHandle<Vec<String>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut notices = Vec::new();
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = futures::StreamExt::next(&mut messages).await {
+            if let tokio_postgres::AsyncMessage::Notice(n) = message {
+                notices.push(n.message().to_owned());
+            }
+        }
+        notices
+    })
+}
+
+/// Generous bound for "a cancel stops the query quickly" (the query would run 30 s).
+const CANCEL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Whether a `pg_sleep` of grant `grant_id` is running upstream now.
+async fn sleep_running(grant_id: &str) -> bool {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'timebox:%:{grant_id}%' \
+         AND state = 'active' AND query LIKE 'SELECT pg_sleep%'"
+    );
+    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&sql).trim() == "1")
+        .await
+        .unwrap()
+}
+
+/// Waits (bounded) until a `pg_sleep` of `grant_id` runs upstream.
+async fn until_sleeping(grant_id: &str) {
+    let id = grant_id.to_owned();
+    assert!(
+        common::eventually(Duration::from_secs(20), || sleep_running(&id)).await,
+        "the query reached the upstream"
+    );
+}
+
+type Query = tokio::task::JoinHandle<Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>>;
+
+/// A tokio-postgres login through the balancer running `SELECT pg_sleep(30)`; its cancel token.
+async fn sleeping_through(
+    lb: &common::balancer::Balancer,
+    token: &str,
+    grant_id: &str,
+) -> (Query, tokio_postgres::CancelToken) {
+    let conn = format!(
+        "{} password={token} sslmode=disable connect_timeout=10",
+        lb.conn("alice", "")
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, NoTls)
+        .await
+        .expect("login through the balancer");
+    tokio::spawn(connection);
+    let cancel = client.cancel_token();
+    let query = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
+    until_sleeping(grant_id).await;
+    (query, cancel)
+}
+
+/// Waits for a cancelled query and returns its SQLSTATE.
+async fn cancelled(query: Query) -> String {
+    let err = tokio::time::timeout(CANCEL_DEADLINE, query)
+        .await
+        .expect("the cancel stopped the query in time")
+        .unwrap()
+        .unwrap_err();
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+    db.code().code().to_owned()
+}
+
+fn forwards(inst: &TestInstance, outcome: &str) -> u64 {
+    inst.state
+        .proxy
+        .metrics
+        .fleet_cancel_forwards_total
+        .with_label_values(&[outcome])
+        .get()
+}
+
+// Regression (issue 11 item 4): a CancelRequest that a balancer sends to the instance not holding
+// the session was ignored, so the query ran on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_through_a_round_robin_balancer_cancels_the_query_whichever_instance_it_lands_on() {
+    let (_db, a, b) = fleet("60s").await;
+    let lb = common::balancer::Balancer::start(vec![a.proxy_addr, b.proxy_addr]).await;
+    let (id, token) = issue_on(&a, "alice", "30m").await;
+    let peer_of = |inst: &TestInstance| inst.state.fleet.as_ref().unwrap().peer_id();
+    assert!(
+        common::eventually(Duration::from_secs(10), || {
+            let joined = peer_of(&a).is_some() && peer_of(&b).is_some();
+            async move { joined }
+        })
+        .await,
+        "both instances joined the fleet"
+    );
+    let (peer_a, peer_b) = (peer_of(&a).unwrap(), peer_of(&b).unwrap());
+    assert_ne!(peer_a, peer_b, "peer ids are unique in the fleet");
+
+    // 1. A session on A; a forged key naming A lands on B, is forwarded, and cancels nothing.
+    let (query, cancel) = sleeping_through(&lb, &token, &id).await;
+    let forged_pid = timebox::fleet::cancel::client_pid(peer_a, rand::random());
+    let mut forged = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::cancel_request(forged_pid, rand::random(), &mut buf);
+    tokio::io::AsyncWriteExt::write_all(&mut forged, &buf)
+        .await
+        .unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(10), || {
+            let n = forwards(&b, "forwarded");
+            async move { n == 1 }
+        })
+        .await,
+        "B forwarded the forged request to A"
+    );
+    assert!(sleep_running(&id).await, "a forged key cancelled nothing");
+    assert!(!query.is_finished(), "a forged key cancelled nothing");
+    // The real key lands on A, which holds it.
+    let started = Instant::now();
+    cancel
+        .cancel_query(NoTls)
+        .await
+        .expect("cancel through the balancer");
+    assert_eq!(cancelled(query).await, "57014");
+    println!("cancel landing on the owner: {:?}", started.elapsed());
+
+    // 2. A session on B; its cancel lands on A and is forwarded to B.
+    let (query, cancel) = sleeping_through(&lb, &token, &id).await;
+    let started = Instant::now();
+    cancel
+        .cancel_query(NoTls)
+        .await
+        .expect("cancel through the balancer");
+    assert_eq!(cancelled(query).await, "57014");
+    println!("cancel forwarded A -> B: {:?}", started.elapsed());
+    assert_eq!(forwards(&a, "forwarded"), 1);
+
+    // 3. psql on A (a connection that goes nowhere shifts the turn), Ctrl-C: the cancel lands on
+    //    B and is forwarded to A.
+    drop(tokio::net::TcpStream::connect(lb.addr).await.unwrap());
+    let psql = common::cluster::shared_cluster().install().psql_path();
+    let child = std::process::Command::new(psql)
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-d",
+            &lb.conn("alice", "sslmode=disable"),
+            "-c",
+            "SELECT pg_sleep(30)",
+        ])
+        .env("PGPASSWORD", &token)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run psql");
+    until_sleeping(&id).await;
+    let started = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::time::timeout(
+        CANCEL_DEADLINE,
+        tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()),
+    )
+    .await
+    .expect("psql's Ctrl-C cancelled the query in time")
+    .unwrap();
+    println!("psql Ctrl-C forwarded B -> A: {:?}", started.elapsed());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("canceling statement due to user request"),
+        "{stderr}"
+    );
+    assert_eq!(forwards(&b, "forwarded"), 2);
+
+    // Every login and its cancel went to different instances, as the balancer alternates.
+    assert_eq!(lb.routed(), [0, 1, 0, 1, 0, 1, 0, 1]);
+}
+
+/// A third instance `name` on `db`, built but not started; its registration's outcome.
+async fn register_another(
+    db: &StoreDatabase,
+    name: &str,
+) -> (
+    Arc<timebox::app::AppState>,
+    Result<(), timebox::fleet::FleetError>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config_text(
+        &Options {
+            tls: "disabled",
+            store: Some(format!("{}\n[fleet]\ninstance = \"{name}\"", db.store_lines())),
+            ..Options::default()
+        },
+        dir.path(),
+        5432,
+    );
+    let config = timebox::config::Config::from_toml_str(&text).expect("valid config");
+    let state = tokio::task::spawn_blocking(move || timebox::app::AppState::build(config))
+        .await
+        .unwrap()
+        .expect("state");
+    let registered = state.fleet.as_ref().unwrap().register(&state).await;
+    (state, registered)
+}
+
+// The peer id in cancel keys must name one instance: allocated uniquely in the store, freed when
+// an instance is dead, and a fleet with every id taken refuses a new instance (fail closed)
+// rather than sharing one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_ids_are_unique_a_dead_instances_id_is_reused_and_a_full_fleet_refuses_another() {
+    let (db, a, b) = fleet("60s").await;
+    let peer_of = |inst: &TestInstance| inst.state.fleet.as_ref().unwrap().peer_id();
+    assert!(
+        common::eventually(Duration::from_secs(10), || {
+            let joined = peer_of(&a).is_some() && peer_of(&b).is_some();
+            async move { joined }
+        })
+        .await
+    );
+    let (pa, pb) = (peer_of(&a).unwrap(), peer_of(&b).unwrap());
+    assert_ne!(pa, pb);
+    let db2 = db.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        db2.psql("SELECT string_agg(name || '=' || peer_id, ',' ORDER BY name) FROM timebox.instances")
+    })
+    .await
+    .unwrap();
+    assert_eq!(rows.trim(), format!("tb-a={pa},tb-b={pb}"));
+
+    // Every other id held by a live instance: a new one is refused.
+    let db2 = db.clone();
+    tokio::task::spawn_blocking(move || {
+        db2.psql(&format!(
+            "INSERT INTO timebox.instances (name, incarnation, advertise, version, started_at, heartbeat_at, peer_id) \
+             SELECT 'tb-x' || g, 'x', '10.0.0.9:6432', '0', now(), now() + interval '1 hour', g \
+             FROM generate_series(1, 255) g WHERE g NOT IN ({pa}, {pb})"
+        ))
+    })
+    .await
+    .unwrap();
+    let (_, registered) = register_another(&db, "tb-c").await;
+    assert!(
+        matches!(registered, Err(timebox::fleet::FleetError::Full)),
+        "{registered:?}"
+    );
+
+    // One of them is dead: its id is freed and the new instance takes it.
+    let free = (1..=255u8).rev().find(|g| *g != pa && *g != pb).unwrap();
+    let db2 = db.clone();
+    tokio::task::spawn_blocking(move || {
+        db2.psql(&format!(
+            "UPDATE timebox.instances SET heartbeat_at = now() - interval '1 hour' WHERE name = 'tb-x{free}'"
+        ))
+    })
+    .await
+    .unwrap();
+    let (state, registered) = register_another(&db, "tb-c").await;
+    registered.expect("tb-c joins with the dead instance's peer id");
+    assert_eq!(state.fleet.as_ref().unwrap().peer_id(), Some(free));
 }

@@ -13,7 +13,11 @@
 //!   the kill requests for them, so a lost notification or a dropped listener connection cannot
 //!   leave a revoked grant's session alive longer than that.
 //!
-//! Store outage: while the reconcile fails, `timebox_store_up` is 0; past `max_staleness` without
+//! Cancel requests for another instance's session are forwarded by [`cancel`] (the peer id this
+//! instance gets when it registers is in every cancel key it hands out).
+//!
+//! Store outage: while the reconcile fails, `timebox_store_up` is 0; past half of `max_staleness`
+//! every local session gets a NOTICE ([`stale_notice`]); past `max_staleness` without
 //! a successful one, every local session is severed (FATAL 57P01 saying why), and logins fail
 //! closed with 08006 ([`crate::proxy::wire::PgError::store_unreachable`]). Nothing needs a restart
 //! when the store returns: the pool reconnects, the listener reconnects and catches up.
@@ -22,6 +26,9 @@
 //! notification only says *what* to re-read), carry a secret in a notification, or run a session
 //! on a grant it could not re-read without saying so in the logs.
 
+pub mod cancel;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,7 +37,7 @@ use tokio_postgres::AsyncMessage;
 
 use crate::app::AppState;
 use crate::config::{FleetConfig, PostgresStoreConfig};
-use crate::store::postgres::fleet::{Change, InstanceRow, Registration, SessionRow, CHANNEL};
+use crate::store::postgres::fleet::{Change, InstanceRow, Registered, Registration, SessionRow, CHANNEL};
 use crate::store::postgres::PgStore;
 use crate::store::StoreError;
 
@@ -51,6 +58,11 @@ pub enum FleetError {
     Listen(#[source] tokio_postgres::Error),
     #[error("the store's notification connection closed")]
     ListenClosed,
+    #[error(
+        "the fleet is full: all {} peer ids are held by live instances",
+        cancel::MAX_PEER_ID
+    )]
+    Full,
 }
 
 /// This instance's membership of the fleet. Cheap to share (`Arc`).
@@ -67,6 +79,10 @@ pub struct Fleet {
     last_reconcile: Mutex<Option<Instant>>,
     /// When this instance started (the staleness clock's origin before the first reconcile).
     started: Instant,
+    /// Forwards CancelRequests for other instances' sessions; knows this instance's peer id.
+    forwarder: Arc<cancel::CancelForwarder>,
+    /// Whether the live sessions were warned of this store outage already (reset on recovery).
+    stale_warned: AtomicBool,
 }
 
 /// How long the local sessions' grant state has gone unconfirmed, if that is past `max`
@@ -85,6 +101,21 @@ pub fn stale_reason(age: Duration, max: Duration) -> String {
     )
 }
 
+/// When the local sessions' grant state is `age` old and past half of `max` (but not past `max`):
+/// how long until they are severed, so they can be warned once. Pure.
+pub fn stale_warning_due(age: Duration, max: Duration) -> Option<Duration> {
+    (age > max / 2 && age <= max).then(|| max - age)
+}
+
+/// The NOTICE a live session gets when the store has been unreachable for half of
+/// `max_staleness`. Pure.
+pub fn stale_notice(closes_in: Duration) -> String {
+    format!(
+        "timebox cannot reach its store; this session will be closed in {} s unless it recovers",
+        closes_in.as_secs().max(1)
+    )
+}
+
 /// The advertised address: the configured one, else the proxy's bound address. Pure.
 pub fn advertise_address(configured: Option<&str>, bound: Option<std::net::SocketAddr>) -> String {
     match (configured, bound) {
@@ -95,10 +126,22 @@ pub fn advertise_address(configured: Option<&str>, bound: Option<std::net::Socke
 }
 
 impl Fleet {
-    pub fn new(config: FleetConfig, store: Arc<PgStore>, store_config: PostgresStoreConfig) -> Self {
+    pub fn new(
+        config: FleetConfig,
+        store: Arc<PgStore>,
+        store_config: PostgresStoreConfig,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         let mut bytes = [0u8; 8];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+        let forwarder = Arc::new(cancel::CancelForwarder::new(
+            store.clone(),
+            config.instance_timeout,
+            metrics,
+        ));
         Fleet {
+            forwarder,
+            stale_warned: AtomicBool::new(false),
             config,
             store,
             store_config,
@@ -119,6 +162,16 @@ impl Fleet {
         &self.config
     }
 
+    /// The forwarder of CancelRequests for other instances' sessions (for the proxy).
+    pub fn cancel_forwarder(&self) -> Arc<cancel::CancelForwarder> {
+        self.forwarder.clone()
+    }
+
+    /// This instance's peer id in cancel keys, once it has joined.
+    pub fn peer_id(&self) -> Option<cancel::PeerId> {
+        self.forwarder.own()
+    }
+
     /// Time since the last successful reconcile (`None` before the first).
     pub fn reconcile_age(&self) -> Option<Duration> {
         self.last_reconcile
@@ -136,17 +189,30 @@ impl Fleet {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             started_at: self.started_at,
         });
-        let ok = self
+        let had = self.forwarder.own();
+        let registered = self
             .store
             .bounded(
                 self.store
-                    .register_instance(registration, self.config.instance_timeout),
+                    .register_instance(registration, had, self.config.instance_timeout),
             )
             .await?;
-        if !ok {
-            return Err(FleetError::NameInUse(registration.name.clone()));
+        let peer = match registered {
+            Registered::Joined(peer) => peer,
+            Registered::NameInUse => return Err(FleetError::NameInUse(registration.name.clone())),
+            Registered::Full => return Err(FleetError::Full),
+        };
+        if had.is_some_and(|had| had != peer) {
+            // Keys handed out before carry the old id: their cancels reach nobody (never a wrong session).
+            tracing::warn!(
+                old = had,
+                new = peer,
+                "this instance's peer id changed; cancels of older sessions are lost"
+            );
         }
-        tracing::info!(instance = %registration.name, advertise = %registration.advertise, "joined the fleet");
+        self.forwarder.set_own(peer);
+        state.proxy.cancel_keys.set_peer(peer);
+        tracing::info!(instance = %registration.name, advertise = %registration.advertise, peer_id = peer, "joined the fleet");
         Ok(())
     }
 
@@ -311,6 +377,14 @@ impl Fleet {
         // Anything that changed while nobody listened.
         self.reconcile(state).await;
         while let Some(payload) = rx.recv().await {
+            if let Some(sent) = Change::sent_at(&payload) {
+                let lag = (chrono::Utc::now() - sent).to_std().unwrap_or_default();
+                state
+                    .proxy
+                    .metrics
+                    .fleet_notification_lag_seconds
+                    .observe(lag.as_secs_f64());
+            }
             match Change::parse(&payload) {
                 Some(change) => self.apply(state, change).await,
                 None => tracing::debug!(%payload, "ignoring an unknown fleet notification"),
@@ -382,7 +456,17 @@ impl Fleet {
         let mut last = self.last_reconcile.lock().unwrap_or_else(|e| e.into_inner());
         if ok {
             *last = Some(Instant::now());
+            self.stale_warned.store(false, Ordering::Relaxed);
             return;
+        }
+        let age = Instant::now().saturating_duration_since(last.unwrap_or(self.started));
+        if let Some(closes_in) = stale_warning_due(age, self.config.max_staleness) {
+            if !self.stale_warned.swap(true, Ordering::Relaxed) {
+                for session in state.proxy.sessions.list() {
+                    tracing::warn!(session.id = %session.name(), closes_in_secs = closes_in.as_secs(), "warning a session that the store is unreachable");
+                    session.notify_client(stale_notice(closes_in));
+                }
+            }
         }
         let Some(age) = stale_for(
             last.unwrap_or(self.started),
@@ -439,6 +523,28 @@ mod tests {
             stale_reason(Duration::from_secs(31), max),
             "its grant's state is unknown: the store has not answered for 31s, past [fleet] max_staleness of 30s"
         );
+    }
+
+    #[test]
+    fn sessions_are_warned_once_past_half_the_staleness_budget() {
+        let max = Duration::from_secs(30);
+        assert_eq!(stale_warning_due(Duration::from_secs(10), max), None);
+        assert_eq!(stale_warning_due(max / 2, max), None, "exactly half is not yet");
+        assert_eq!(
+            stale_warning_due(Duration::from_secs(16), max),
+            Some(Duration::from_secs(14))
+        );
+        assert_eq!(stale_warning_due(max, max), Some(Duration::ZERO));
+        assert_eq!(
+            stale_warning_due(Duration::from_secs(31), max),
+            None,
+            "past it: severed"
+        );
+        assert_eq!(
+            stale_notice(Duration::from_secs(14)),
+            "timebox cannot reach its store; this session will be closed in 14 s unless it recovers"
+        );
+        assert!(stale_notice(Duration::ZERO).contains("closed in 1 s"));
     }
 
     #[test]

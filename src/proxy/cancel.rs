@@ -147,13 +147,20 @@ impl CancelLimits {
 #[derive(Debug, Default)]
 pub struct CancelKeys {
     map: DashMap<(i32, i32), UpstreamCancel>,
+    /// With a fleet, this instance's peer id (0 until it joins, and with the SQLite store): new
+    /// keys carry it (see [`crate::fleet::cancel`]).
+    peer: std::sync::atomic::AtomicU16,
 }
 
 impl CancelKeys {
     /// Allocates a fresh client-facing key for `upstream`; the key is removed when the guard drops.
     pub fn register(self: &Arc<Self>, upstream: UpstreamCancel) -> CancelKeyGuard {
+        let peer = self.peer.load(std::sync::atomic::Ordering::Relaxed);
         loop {
-            let pid = (rand::random::<u32>() >> 1) as i32 | 1;
+            let pid = match u8::try_from(peer) {
+                Ok(peer) if peer > 0 => crate::fleet::cancel::client_pid(peer, rand::random()),
+                _ => (rand::random::<u32>() >> 1) as i32 | 1,
+            };
             let secret = rand::random::<i32>();
             if let dashmap::Entry::Vacant(e) = self.map.entry((pid, secret)) {
                 e.insert(upstream);
@@ -164,6 +171,12 @@ impl CancelKeys {
                 };
             }
         }
+    }
+
+    /// Makes new keys carry this instance's fleet peer id.
+    pub fn set_peer(&self, peer: crate::fleet::cancel::PeerId) {
+        self.peer
+            .store(u16::from(peer), std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn lookup(&self, pid: i32, secret: i32) -> Option<UpstreamCancel> {

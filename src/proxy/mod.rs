@@ -216,6 +216,8 @@ pub struct ProxyContext {
     pub proxy: Arc<ProxyState>,
     /// Where connections to `dbname=timebox_audit` go.
     pub audit_endpoint: AuditEndpoint,
+    /// With a fleet: forwards CancelRequests for other instances' sessions (issue 11 item 4).
+    pub cancel_forward: Option<Arc<crate::fleet::cancel::CancelForwarder>>,
 }
 
 impl std::fmt::Debug for ProxyContext {
@@ -357,6 +359,8 @@ impl SessionRegistry {
             statements: AtomicU64::new(0),
             kill: CancellationToken::new(),
             kill_reason: Mutex::new(None),
+            notices: Mutex::new(Vec::new()),
+            notice_wake: tokio::sync::Notify::new(),
         });
         self.sessions.insert(id, handle.clone());
         self.changed.notify_one();
@@ -417,6 +421,10 @@ pub struct SessionHandle {
     /// Cancelled to sever the session (kill).
     kill: CancellationToken,
     kill_reason: Mutex<Option<String>>,
+    /// NOTICE texts for the client from outside the relay (the fleet's store-outage warning),
+    /// queued by [`SessionHandle::notify_client`] until the relay loop takes them.
+    notices: Mutex<Vec<String>>,
+    notice_wake: tokio::sync::Notify,
 }
 
 /// Counters of a session.
@@ -468,6 +476,23 @@ impl SessionHandle {
 
     pub(crate) fn kill_reason(&self) -> Option<String> {
         self.kill_reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Queues a NOTICE for the client; the relay sends it between backend frames.
+    pub fn notify_client(&self, text: String) {
+        self.notices.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+        self.notice_wake.notify_one();
+    }
+
+    /// Waits for queued notices and takes them. Cancel-safe (for `select!`).
+    pub(crate) async fn next_notices(&self) -> Vec<String> {
+        loop {
+            let taken = std::mem::take(&mut *self.notices.lock().unwrap_or_else(|e| e.into_inner()));
+            if !taken.is_empty() {
+                return taken;
+            }
+            self.notice_wake.notified().await;
+        }
     }
 }
 

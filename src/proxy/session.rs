@@ -115,22 +115,7 @@ async fn negotiate(
             None
         }
         Ok(Ok(Startup::Cancel { pid, secret })) => {
-            let cancels = &ctx.proxy.metrics.cancel_requests_total;
-            if let Some(target) = ctx.proxy.cancel_keys.lookup(pid, secret) {
-                tracing::info!(client.addr = %peer, "forwarding cancel request");
-                // Through the target's cancel slots, waiting at most upstream_stop_timeout.
-                let wait = ctx.config.proxy.upstream_stop_timeout;
-                match ctx.proxy.cancel_limits.forward(&target, wait).await {
-                    Ok(()) => cancels.with_label_values(&["forwarded"]).inc(),
-                    Err(e) => {
-                        tracing::warn!(client.addr = %peer, error = %e, "cancel request not delivered");
-                        cancels.with_label_values(&[e.outcome()]).inc();
-                    }
-                }
-            } else {
-                tracing::debug!(client.addr = %peer, "cancel request with unknown key ignored");
-                cancels.with_label_values(&["unknown_key"]).inc();
-            }
+            crate::fleet::cancel::on_cancel_request(ctx, peer, pid, secret).await;
             None
         }
         Ok(Ok(Startup::Session { client, message, tls })) => Some((client, message, tls)),

@@ -98,6 +98,17 @@ impl PgError {
         }
     }
 
+    /// 00000 at severity NOTICE (a NoticeResponse): something the engineer should know, not an error.
+    pub fn notice(message: impl Into<String>) -> Self {
+        PgError {
+            severity: Severity::Notice,
+            code: "00000",
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
     /// 08P01 `protocol_violation`.
     pub fn protocol_violation(message: impl Into<String>) -> Self {
         Self::fatal("08P01", message)

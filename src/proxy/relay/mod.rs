@@ -242,6 +242,11 @@ impl Session {
                 grant = self.watch.changed(), if relaying => self.on_grant(r, grant, busy, &mut probe),
                 _ = tokio::time::sleep_until(expiry), if relaying => self.check_grant(r, busy),
                 _ = sleep_opt(warning), if relaying && warning.is_some() => self.warn(r),
+                notices = self.handle.next_notices(), if relaying => {
+                    for text in notices {
+                        r.bufs.outbox.queue(&PgError::notice(text));
+                    }
+                }
                 _ = kill.cancelled(), if relaying => self.killed(r, busy),
                 _ = shutdown.cancelled(), if open => {
                     r.state.shutdown(Instant::now(), self.ctx.config.proxy.shutdown_grace);

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use super::PgStore;
+use crate::fleet::cancel::{PeerId, MAX_PEER_ID};
 use crate::store::StoreError;
 
 /// The `LISTEN`/`NOTIFY` channel of the fleet.
@@ -34,8 +35,22 @@ impl Change {
         }
     }
 
-    /// Reads a payload; `None` for anything else (a newer timebox's kinds, or noise). Pure.
+    /// The payload with the sender's clock reading `sent` appended (`;sent=<unix ms>`), so the
+    /// receiver can measure the notification lag. Pure.
+    pub fn payload_at(&self, sent: DateTime<Utc>) -> String {
+        format!("{};sent={}", self.payload(), sent.timestamp_millis())
+    }
+
+    /// When the sender says it sent `payload` (`None` without a valid `;sent=`). Pure.
+    pub fn sent_at(payload: &str) -> Option<DateTime<Utc>> {
+        let (_, ms) = payload.split_once(";sent=")?;
+        DateTime::from_timestamp_millis(ms.parse().ok()?)
+    }
+
+    /// Reads a payload (with or without its `;sent=` suffix); `None` for anything else (a newer
+    /// timebox's kinds, or noise). Pure.
     pub fn parse(payload: &str) -> Option<Change> {
+        let payload = payload.split_once(";sent=").map_or(payload, |(p, _)| p);
         let (kind, id) = payload.split_once(':')?;
         if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return None;
@@ -97,27 +112,96 @@ pub struct Registration {
     pub started_at: DateTime<Utc>,
 }
 
+/// What [`PgStore::register_instance`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    /// Joined (or re-joined) with this peer id.
+    Joined(PeerId),
+    /// A live instance of another incarnation holds the name.
+    NameInUse,
+    /// Every peer id is held by a live instance.
+    Full,
+}
+
+/// Key of the advisory lock peer ids are allocated under (the bytes of `"tbx\0peer"`).
+pub const PEER_LOCK: i64 = 0x7462_7800_7065_6572;
+
 fn seconds(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
 impl PgStore {
-    /// Registers (or re-registers) this instance; `Ok(false)` if a live instance of another
-    /// incarnation holds the name.
-    pub async fn register_instance(&self, r: &Registration, timeout: Duration) -> Result<bool, StoreError> {
-        let c = self.client().await?;
-        let n = c
+    /// Registers (or re-registers) this instance and allocates its peer id (keeping `wanted`, the
+    /// one it had, when still free), under [`PEER_LOCK`]: peer ids of instances dead for longer
+    /// than `timeout` are freed first, then the lowest free one is taken. See [`Registered`].
+    pub async fn register_instance(
+        &self,
+        r: &Registration,
+        wanted: Option<PeerId>,
+        timeout: Duration,
+    ) -> Result<Registered, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PEER_LOCK])
+            .await?;
+        tx.execute(
+            "UPDATE timebox.instances SET peer_id = NULL \
+             WHERE peer_id IS NOT NULL AND name <> $1 AND heartbeat_at < now() - make_interval(secs => $2)",
+            &[&r.name, &seconds(timeout)],
+        )
+        .await?;
+        let wanted = wanted.map(i32::from);
+        let peer: Option<i32> = tx
+            .query_one(
+                "SELECT coalesce( \
+                   (SELECT $2::int WHERE $2::int IS NOT NULL AND NOT EXISTS \
+                     (SELECT 1 FROM timebox.instances WHERE peer_id = $2::int AND name <> $1)), \
+                   (SELECT min(g) FROM generate_series(1, $3::int) g WHERE NOT EXISTS \
+                     (SELECT 1 FROM timebox.instances WHERE peer_id = g AND name <> $1)))",
+                &[&r.name, &wanted, &i32::from(MAX_PEER_ID)],
+            )
+            .await?
+            .try_get(0)?;
+        let Some(peer) = peer else {
+            return Ok(Registered::Full);
+        };
+        let n = tx
             .execute(
-                "INSERT INTO timebox.instances AS i (name, incarnation, advertise, version, started_at, heartbeat_at) \
-                 VALUES ($1, $2, $3, $4, $5, now()) \
+                "INSERT INTO timebox.instances AS i (name, incarnation, advertise, version, started_at, heartbeat_at, peer_id) \
+                 VALUES ($1, $2, $3, $4, $5, now(), $7) \
                  ON CONFLICT (name) DO UPDATE SET incarnation = excluded.incarnation, advertise = excluded.advertise, \
-                 version = excluded.version, started_at = excluded.started_at, heartbeat_at = now(), sessions = 0 \
+                 version = excluded.version, started_at = excluded.started_at, heartbeat_at = now(), sessions = 0, \
+                 peer_id = excluded.peer_id \
                  WHERE i.incarnation = excluded.incarnation \
                  OR i.heartbeat_at < now() - make_interval(secs => $6)",
-                &[&r.name, &r.incarnation, &r.advertise, &r.version, &r.started_at, &seconds(timeout)],
+                &[&r.name, &r.incarnation, &r.advertise, &r.version, &r.started_at, &seconds(timeout), &peer],
             )
             .await?;
-        Ok(n == 1)
+        if n != 1 {
+            return Ok(Registered::NameInUse);
+        }
+        tx.commit().await?;
+        Ok(Registered::Joined(peer as PeerId))
+    }
+
+    /// The advertised addresses of live instances by peer id (for forwarding cancel requests).
+    pub async fn peer_addresses(&self, timeout: Duration) -> Result<Vec<(PeerId, String)>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT peer_id, advertise FROM timebox.instances \
+                 WHERE peer_id IS NOT NULL AND heartbeat_at >= now() - make_interval(secs => $1)",
+                &[&seconds(timeout)],
+            )
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let peer: i32 = r.try_get(0)?;
+            if let Ok(peer) = PeerId::try_from(peer) {
+                out.push((peer, r.try_get(1)?));
+            }
+        }
+        Ok(out)
     }
 
     /// Heartbeats and replaces this instance's session rows with `sessions` (rows of sessions that
@@ -302,8 +386,11 @@ pub(super) async fn notify(
     c: &impl tokio_postgres::GenericClient,
     change: &Change,
 ) -> Result<(), StoreError> {
-    c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &change.payload()])
-        .await?;
+    c.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&CHANNEL, &change.payload_at(Utc::now())],
+    )
+    .await?;
     Ok(())
 }
 
@@ -328,5 +415,21 @@ mod tests {
             assert_eq!(Change::parse(bad), None, "{bad:?}");
         }
         assert_eq!(Change::parse(&format!("grant:{}", "a".repeat(65))), None);
+    }
+
+    #[test]
+    fn payloads_carry_the_senders_clock_and_still_parse() {
+        let sent = DateTime::from_timestamp_millis(1_765_000_000_123).unwrap();
+        let c = Change::Grant("g_0011aabb".into());
+        let payload = c.payload_at(sent);
+        assert_eq!(payload, "grant:g_0011aabb;sent=1765000000123");
+        assert_eq!(Change::parse(&payload), Some(c));
+        assert_eq!(Change::sent_at(&payload), Some(sent));
+        assert_eq!(Change::sent_at("grant:g_1"), None, "an older sender's payload");
+        assert_eq!(Change::sent_at("grant:g_1;sent=soon"), None);
+        assert_eq!(
+            Change::parse("grant:g_1;sent=1;x"),
+            Some(Change::Grant("g_1".into()))
+        );
     }
 }

@@ -8,8 +8,8 @@
 //! whose version is above [`MIGRATIONS`]`.len()` belongs to a newer timebox and is refused
 //! ([`StoreError::SchemaTooNew`]) before anything is written. What it must never do: edit a shipped
 //! step (a store that ran it would never see the change) — add a new one instead. Step 2 holds
-//! the fleet's instances and sessions; the next slices of issue 11 (cancel keys, central audit)
-//! land as steps 3, 4, ….
+//! the fleet's instances and sessions, step 3 their peer ids for cancel keys; the next slices of
+//! issue 11 (central audit) land as further steps.
 
 use tokio_postgres::Client;
 
@@ -122,6 +122,12 @@ pub const MIGRATIONS: &[&str] = &[
         last_used_at timestamptz
     );
     CREATE INDEX admin_tokens_name ON timebox.admin_tokens (name, created_at DESC);
+"#,
+    // 4: cancel across instances (issue 11 item 4): each live instance's small numeric peer id,
+    // carried in the cancel keys it hands out; unique, so a key names one instance.
+    r#"
+    ALTER TABLE timebox.instances ADD COLUMN peer_id integer CHECK (peer_id BETWEEN 1 AND 255);
+    CREATE UNIQUE INDEX instances_peer_id ON timebox.instances (peer_id);
 "#,
 ];
 
