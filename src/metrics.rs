@@ -63,6 +63,14 @@ pub struct Metrics {
     /// Fleet only: local sessions severed because their grant state was stale (store unreachable
     /// past `[fleet] max_staleness`).
     pub fleet_stale_severed_total: IntCounter,
+    /// Central audit (PostgreSQL store): records of this instance not yet in the central table.
+    pub audit_ship_lag_records: IntGauge,
+    /// Central audit: age of the oldest record not yet shipped (0 when none).
+    pub audit_ship_lag_seconds: Gauge,
+    /// Central audit: records shipped to the central table.
+    pub audit_shipped_total: IntCounter,
+    /// Central audit: failed shipping attempts (the store unreachable, a query failed).
+    pub audit_ship_errors_total: IntCounter,
 }
 
 impl Metrics {
@@ -168,6 +176,22 @@ impl Metrics {
             audit_failures_total: reg!(IntCounter::new(
                 "timebox_audit_failures_total",
                 "Audit submissions refused (each denied a statement)"
+            )?),
+            audit_ship_lag_records: reg!(IntGauge::new(
+                "timebox_audit_ship_lag_records",
+                "Central audit: records of this instance not yet in the central table"
+            )?),
+            audit_ship_lag_seconds: reg!(Gauge::new(
+                "timebox_audit_ship_lag_seconds",
+                "Central audit: age of the oldest record not yet shipped"
+            )?),
+            audit_shipped_total: reg!(IntCounter::new(
+                "timebox_audit_shipped_total",
+                "Central audit: records shipped to the central table"
+            )?),
+            audit_ship_errors_total: reg!(IntCounter::new(
+                "timebox_audit_ship_errors_total",
+                "Central audit: failed shipping attempts"
             )?),
             webhook_failures_total: reg!(IntCounterVec::new(
                 Opts::new(

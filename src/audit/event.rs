@@ -241,6 +241,23 @@ pub struct GrantExtended {
     pub user: String,
 }
 
+/// A retention run ([`super::retention`]): what it removed and where each chain now starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRetention {
+    /// Records older than this were removed (RFC 3339).
+    pub cut: DateTime<Utc>,
+    /// Central partitions dropped (their names), empty with a SQLite store.
+    pub dropped_partitions: Vec<String>,
+    /// The instance that ran it.
+    pub instance: Option<String>,
+    /// This instance's local chain now starts after this record (`SEQ:HASH`), if it was pruned.
+    pub local_anchor: Option<String>,
+    /// Local index rows removed.
+    pub pruned_local: u64,
+    /// The configured window (`90d`).
+    pub retain: String,
+}
+
 /// An access request changed state (filed, approved, denied, expired, its token fetched).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessRequestEvent {
@@ -330,6 +347,7 @@ pub enum AuditEvent {
     GrantRevoked(GrantRevoked),
     GrantExtended(GrantExtended),
     AccessRequest(AccessRequestEvent),
+    AuditRetention(AuditRetention),
 }
 
 /// Every kind, as stored in the `kind` column.
@@ -344,6 +362,7 @@ pub const KINDS: &[&str] = &[
     "grant_revoked",
     "grant_extended",
     "access_request",
+    "audit_retention",
 ];
 
 impl AuditEvent {
@@ -359,6 +378,7 @@ impl AuditEvent {
             AuditEvent::GrantRevoked(_) => "grant_revoked",
             AuditEvent::GrantExtended(_) => "grant_extended",
             AuditEvent::AccessRequest(_) => "access_request",
+            AuditEvent::AuditRetention(_) => "audit_retention",
         }
     }
 
@@ -376,6 +396,7 @@ impl AuditEvent {
             "grant_revoked" => AuditEvent::GrantRevoked(serde_json::from_str(payload)?),
             "grant_extended" => AuditEvent::GrantExtended(serde_json::from_str(payload)?),
             "access_request" => AuditEvent::AccessRequest(serde_json::from_str(payload)?),
+            "audit_retention" => AuditEvent::AuditRetention(serde_json::from_str(payload)?),
             other => return Err(serde_json::Error::custom(format!("unknown audit kind {other:?}"))),
         })
     }
@@ -393,6 +414,7 @@ impl AuditEvent {
             AuditEvent::GrantRevoked(e) => serde_json::to_string(e),
             AuditEvent::GrantExtended(e) => serde_json::to_string(e),
             AuditEvent::AccessRequest(e) => serde_json::to_string(e),
+            AuditEvent::AuditRetention(e) => serde_json::to_string(e),
         };
         // Serializing plain structs of strings and integers into a String cannot fail.
         result.expect("audit payloads always serialize")
@@ -420,6 +442,7 @@ impl AuditEvent {
             AuditEvent::GrantRevoked(e) => c(&e.user, &e.target, Some(&e.grant_id), None),
             AuditEvent::GrantExtended(e) => c(&e.user, &e.target, Some(&e.grant_id), None),
             AuditEvent::AccessRequest(e) => c(&e.user, &e.target, e.grant_id.as_deref(), None),
+            AuditEvent::AuditRetention(_) => Columns::default(),
         }
     }
 
@@ -468,7 +491,7 @@ impl AuditEvent {
                     tokens(by);
                 }
             }
-            AuditEvent::StatementOutcome(_) | AuditEvent::UpstreamEnd(_) => {}
+            AuditEvent::StatementOutcome(_) | AuditEvent::UpstreamEnd(_) | AuditEvent::AuditRetention(_) => {}
         }
     }
 }
@@ -503,8 +526,15 @@ pub fn prepare(mut event: AuditEvent, params: ParamLogging) -> PreparedEvent {
 /// One stored record as the API, the CLI and the JSONL file show it (keys in canonical order).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
+    /// Fleet-wide reads only: the record's position in the central table, to pass back as
+    /// `cursor` (a seq is only unique within one instance's chain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<u64>,
     /// Hex SHA-256 of this record (see [`super::chain`]).
     pub hash: String,
+    /// Fleet-wide reads only: the instance whose chain holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     pub kind: String,
     pub payload: serde_json::Value,
     /// Hex SHA-256 of the previous record; 64 zeros for the first.
@@ -644,6 +674,14 @@ pub(crate) mod tests {
                 ticket: Some("INC-1".into()),
                 ttl: "30m".into(),
                 user: "alice".into(),
+            }),
+            AuditEvent::AuditRetention(AuditRetention {
+                cut: t0(),
+                dropped_partitions: vec!["audit_records_p20260101".into()],
+                instance: Some("tb-a".into()),
+                local_anchor: Some(format!("7:{}", "ab".repeat(32))),
+                pruned_local: 7,
+                retain: "90d".into(),
             }),
         ]
     }

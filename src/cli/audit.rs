@@ -60,6 +60,9 @@ pub struct AuditFilterArgs {
     /// Only statements whose text contains this (case-insensitive).
     #[arg(long)]
     pub contains: Option<String>,
+    /// Only records of this instance (fleet-wide reads, PostgreSQL store).
+    #[arg(long)]
+    pub instance: Option<String>,
 }
 
 impl From<AuditFilterArgs> for AuditFilter {
@@ -73,6 +76,7 @@ impl From<AuditFilterArgs> for AuditFilter {
             decision: a.decision,
             kind: a.kind,
             contains: a.contains,
+            instance: a.instance,
             ..AuditFilter::default()
         }
     }
@@ -275,7 +279,9 @@ async fn tail(
     };
     let mut records = client.audit_search(&latest).await?.body.events;
     records.reverse();
-    let mut last = records.last().map(|r| r.seq).unwrap_or(0);
+    // Fleet-wide reads page by the central table's cursor, an instance's by seq.
+    let position = |r: &AuditRecord| r.cursor.unwrap_or(r.seq);
+    let mut last = records.last().map(position).unwrap_or(0);
     printer.values(&records, render_audit_table);
     if !follow {
         return Ok(());
@@ -294,7 +300,7 @@ async fn tail(
             };
             let page = client.audit_search(&newer).await?.body;
             if let Some(r) = page.events.last() {
-                last = r.seq;
+                last = position(r);
             }
             printer.values(&page.events, render_audit_lines);
             if page.next_cursor.is_none() {
@@ -421,6 +427,15 @@ pub fn record_detail(r: &AuditRecord) -> String {
             }
             s
         }
+        "audit_retention" => format!(
+            "retention on {}: records before {} removed ({} local, partitions {})",
+            f("instance"),
+            f("cut"),
+            f("pruned_local"),
+            r.payload
+                .get("dropped_partitions")
+                .map_or_else(String::new, |v| v.to_string())
+        ),
         _ => r.payload.to_string(),
     };
     truncate(&sanitize(&text), TABLE_DETAIL_CHARS)
@@ -501,13 +516,33 @@ pub fn render_verify_report(report: &VerifyReport) -> String {
             let _ = writeln!(out, "ok: {} records, the hash chain is intact", report.records);
         }
         Some(bad) => {
-            let _ = writeln!(out, "FAILED at record {}: {}", bad.seq, sanitize(&bad.problem));
+            let at = match &bad.instance {
+                Some(instance) => format!("instance {} record {}", sanitize(instance), bad.seq),
+                None => format!("record {}", bad.seq),
+            };
+            let _ = writeln!(out, "FAILED at {at}: {}", sanitize(&bad.problem));
             let _ = writeln!(
                 out,
                 "{} records; records before {} verified",
                 report.records, bad.seq
             );
         }
+    }
+    if let Some(anchor) = &report.anchor {
+        let _ = writeln!(out, "starts after the retention anchor {anchor}");
+    }
+    for i in &report.instances {
+        let verdict = match &i.report.first_bad {
+            None => "ok".to_owned(),
+            Some(bad) => format!("FAILED at record {}", bad.seq),
+        };
+        let _ = writeln!(
+            out,
+            "instance {}: {verdict}, {} records, head {}",
+            sanitize(&i.instance),
+            i.report.records,
+            i.report.head
+        );
     }
     let _ = writeln!(out, "head {}", report.head);
     out
@@ -526,6 +561,8 @@ mod tests {
 
     fn record(seq: u64, kind: &str, payload: serde_json::Value) -> AuditRecord {
         AuditRecord {
+            cursor: None,
+            instance: None,
             hash: "ab".repeat(32),
             kind: kind.into(),
             payload,
@@ -638,6 +675,8 @@ mod tests {
             records: 9,
             head: head.clone(),
             first_bad: None,
+            anchor: None,
+            instances: Vec::new(),
         };
         assert!(render_verify_report(&ok).starts_with("ok: 9 records"));
         let bad = VerifyReport {
@@ -645,8 +684,9 @@ mod tests {
             first_bad: Some(BadRecord {
                 seq: 4,
                 problem: "record 4 is missing (deleted)".into(),
+                instance: None,
             }),
-            ..ok
+            ..ok.clone()
         };
         let text = render_verify_report(&bad);
         assert!(
@@ -655,6 +695,25 @@ mod tests {
         );
         assert!(text.contains(&format!("head 9:{}", "cd".repeat(32))));
         assert_eq!(render_head(&head), format!("9:{}\n", "cd".repeat(32)));
+        let fleet = VerifyReport {
+            ok: false,
+            first_bad: Some(BadRecord {
+                seq: 5,
+                problem: "hash does not match the record's content (edited)".into(),
+                instance: Some("tb-b".into()),
+            }),
+            instances: vec![crate::audit::InstanceReport {
+                instance: "tb-b".into(),
+                report: ok.clone(),
+            }],
+            ..ok
+        };
+        let text = render_verify_report(&fleet);
+        assert!(
+            text.starts_with("FAILED at instance tb-b record 5: hash"),
+            "{text}"
+        );
+        assert!(text.contains("instance tb-b: ok, 9 records"), "{text}");
     }
 
     #[test]
@@ -686,6 +745,7 @@ mod tests {
             decision: Some("deny".into()),
             kind: None,
             contains: None,
+            instance: None,
         };
         let filter = AuditFilter {
             limit: 5,
@@ -714,6 +774,7 @@ mod tests {
             since: Some(t("2026-01-01T00:00:00.123456Z")),
             until: Some(t("2026-01-02T00:00:00+02:00")),
             contains: Some("a&b=c d%".into()),
+            instance: Some("tb-b".into()),
             cursor: Some(42),
             limit: 7,
             order: Order::Asc,

@@ -59,6 +59,8 @@ pub struct Options {
     /// Replaces the lines of `[store]` (default: a SQLite file in the instance's directory), e.g.
     /// [`StoreDatabase::store_lines`]; `[audit] dir` is then the instance directory's `audit/`.
     pub store: Option<String>,
+    /// Extra lines appended inside `[audit]` (e.g. `retain = "1d"`).
+    pub audit_extra: String,
 }
 
 impl Default for Options {
@@ -70,6 +72,7 @@ impl Default for Options {
             admin_extra: String::new(),
             clock: None,
             store: None,
+            audit_extra: String::new(),
         }
     }
 }
@@ -186,6 +189,7 @@ roles = ["requester"]
 [audit]
 durability = "fsync"
 {audit_dir}
+{audit_extra}
 
 [targets.shop]
 host = "127.0.0.1"
@@ -249,6 +253,7 @@ max_ttl = "1h"
             Some(_) => format!("dir = \"{}/audit\"", dir.display()),
             None => String::new(),
         },
+        audit_extra = opts.audit_extra,
         proxy_extra = opts.proxy_extra,
         admin_extra = opts.admin_extra,
         admin = sha(ADMIN_TOKEN),

@@ -9,6 +9,7 @@
 //! waiting past `[store] query_timeout`. Token verifiers are stored in PostgreSQL's
 //! `SCRAM-SHA-256$…` text form; tokens never are.
 
+pub mod audit;
 pub mod fleet;
 pub mod migrate;
 pub mod tls;
