@@ -111,7 +111,7 @@ pub const MIGRATIONS: &[&str] = &[
     // partition column, as PostgreSQL requires; a record's ts never changes, so it is still
     // one row per (instance, seq). `central_id` orders fleet-wide pages (a seq is per instance).
     r#"
-    CREATE SEQUENCE timebox.audit_records_central_id;
+    CREATE SEQUENCE timebox.audit_records_central_id_seq;
     CREATE TABLE timebox.audit_records (
         instance   text NOT NULL,
         seq        bigint NOT NULL,
@@ -124,7 +124,7 @@ pub const MIGRATIONS: &[&str] = &[
         target     text,
         grant_id   text,
         session_id text,
-        central_id bigint NOT NULL DEFAULT nextval('timebox.audit_records_central_id'),
+        central_id bigint NOT NULL DEFAULT nextval('timebox.audit_records_central_id_seq'),
         PRIMARY KEY (instance, seq, ts)
     ) PARTITION BY RANGE (ts);
     CREATE INDEX audit_records_central_id ON timebox.audit_records (central_id);
