@@ -168,6 +168,21 @@ mod tests {
     }
 
     #[test]
+    fn retain_is_absent_by_default_and_a_bad_window_is_named() {
+        use crate::config::testing::MINIMAL;
+        let load = |audit: &str| crate::config::Config::from_toml_str(&format!("{MINIMAL}\n[audit]\n{audit}\n"));
+        assert_eq!(crate::config::Config::from_toml_str(MINIMAL).unwrap().audit.retain, None);
+        assert_eq!(
+            load("retain = \"90d\"").unwrap().audit.retain,
+            Some(Duration::from_secs(90 * 86_400))
+        );
+        for (bad, message) in [("0s", "must be greater than zero"), ("soon", "not a duration")] {
+            let err = load(&format!("retain = \"{bad}\"")).unwrap_err().to_string();
+            assert!(err.contains("audit.retain") && err.contains(message), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn with_a_central_store_only_shipped_records_are_pruned_locally() {
         assert_eq!(
             local_through(false, None),

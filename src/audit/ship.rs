@@ -109,7 +109,13 @@ impl CentralAudit {
     pub async fn run(self: Arc<Self>, audit: AuditLog, shutdown: CancellationToken) {
         let mut wait = SHIP_INTERVAL;
         loop {
-            let more = match self.ship_once(&audit).await {
+            // A store call can take up to `[store] query_timeout`: shutdown does not wait for it
+            // (the transaction is rolled back; the records are shipped after the restart).
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                result = self.ship_once(&audit) => result,
+            };
+            let more = match result {
                 Ok(more) => {
                     wait = SHIP_INTERVAL;
                     more
@@ -142,7 +148,7 @@ impl CentralAudit {
 
     /// Ships the next batch; `Ok(true)` when more are waiting.
     async fn ship_once(&self, audit: &AuditLog) -> Result<bool, AuditError> {
-        let central = |e| AuditError::Central(e);
+        let central = AuditError::Central;
         let shipped = match self.shipped() {
             Some(s) if !self.resync.load(Ordering::SeqCst) => s,
             _ => {

@@ -11,7 +11,7 @@
 //! is the proof), drop a partition without first moving each instance's anchor past it, or name
 //! a partition from anything but a date (partition names are formatted, never user text).
 
-use chrono::{DateTime, Datelike, Days, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Days, NaiveDate, TimeZone, Utc};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
@@ -410,7 +410,7 @@ async fn ensure_partitions(
             to.format("%Y-%m-%d %H:%M:%S+00")
         ))
         .await?;
-        tracing::info!(partition = %name, year = day.year(), "created a central audit partition");
+        tracing::info!(partition = %name, "created a central audit partition");
     }
     Ok(())
 }
