@@ -241,23 +241,6 @@ pub struct GrantExtended {
     pub user: String,
 }
 
-/// A retention run ([`super::retention`]): what it removed and where each chain now starts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditRetention {
-    /// Records older than this were removed (RFC 3339).
-    pub cut: DateTime<Utc>,
-    /// Central partitions dropped (their names), empty with a SQLite store.
-    pub dropped_partitions: Vec<String>,
-    /// The instance that ran it.
-    pub instance: Option<String>,
-    /// This instance's local chain now starts after this record (`SEQ:HASH`), if it was pruned.
-    pub local_anchor: Option<String>,
-    /// Local index rows removed.
-    pub pruned_local: u64,
-    /// The configured window (`90d`).
-    pub retain: String,
-}
-
 /// An access request changed state (filed, approved, denied, expired, its token fetched).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessRequestEvent {
@@ -347,7 +330,7 @@ pub enum AuditEvent {
     GrantRevoked(GrantRevoked),
     GrantExtended(GrantExtended),
     AccessRequest(AccessRequestEvent),
-    AuditRetention(AuditRetention),
+    AuditRetention(super::retention::AuditRetention),
 }
 
 /// Every kind, as stored in the `kind` column.
@@ -675,7 +658,7 @@ pub(crate) mod tests {
                 ttl: "30m".into(),
                 user: "alice".into(),
             }),
-            AuditEvent::AuditRetention(AuditRetention {
+            AuditEvent::AuditRetention(crate::audit::retention::AuditRetention {
                 cut: t0(),
                 dropped_partitions: vec!["audit_records_p20260101".into()],
                 instance: Some("tb-a".into()),

@@ -23,7 +23,9 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::chain::format_ts;
-use super::event::{AuditEvent, AuditRetention};
+use serde::{Deserialize, Serialize};
+
+use super::event::AuditEvent;
 use super::ship::CentralAudit;
 use super::{AuditError, AuditLog};
 use crate::clock::Clock;
@@ -56,6 +58,23 @@ pub fn local_through(central: bool, shipped: Option<u64>) -> Option<u64> {
     } else {
         Some(u64::MAX)
     }
+}
+
+/// The `audit_retention` event: a retention run: what it removed and where each chain now starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRetention {
+    /// Records older than this were removed (RFC 3339).
+    pub cut: DateTime<Utc>,
+    /// Central partitions dropped (their names), empty with a SQLite store.
+    pub dropped_partitions: Vec<String>,
+    /// The instance that ran it.
+    pub instance: Option<String>,
+    /// This instance's local chain now starts after this record (`SEQ:HASH`), if it was pruned.
+    pub local_anchor: Option<String>,
+    /// Local index rows removed.
+    pub pruned_local: u64,
+    /// The configured window (`90d`).
+    pub retain: String,
 }
 
 /// What one run did.
@@ -170,15 +189,25 @@ mod tests {
     #[test]
     fn retain_is_absent_by_default_and_a_bad_window_is_named() {
         use crate::config::testing::MINIMAL;
-        let load = |audit: &str| crate::config::Config::from_toml_str(&format!("{MINIMAL}\n[audit]\n{audit}\n"));
-        assert_eq!(crate::config::Config::from_toml_str(MINIMAL).unwrap().audit.retain, None);
+        let load =
+            |audit: &str| crate::config::Config::from_toml_str(&format!("{MINIMAL}\n[audit]\n{audit}\n"));
+        assert_eq!(
+            crate::config::Config::from_toml_str(MINIMAL)
+                .unwrap()
+                .audit
+                .retain,
+            None
+        );
         assert_eq!(
             load("retain = \"90d\"").unwrap().audit.retain,
             Some(Duration::from_secs(90 * 86_400))
         );
         for (bad, message) in [("0s", "must be greater than zero"), ("soon", "not a duration")] {
             let err = load(&format!("retain = \"{bad}\"")).unwrap_err().to_string();
-            assert!(err.contains("audit.retain") && err.contains(message), "{bad}: {err}");
+            assert!(
+                err.contains("audit.retain") && err.contains(message),
+                "{bad}: {err}"
+            );
         }
     }
 
