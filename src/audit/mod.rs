@@ -20,6 +20,10 @@
 //! journal has beyond the database (a crash between the two) are checked against the chain and
 //! indexed.
 //!
+//! With a PostgreSQL store, [`ship`] copies each instance's records from the index to the store's
+//! central table and answers fleet-wide reads from it; [`retention`] (`audit.retain`) removes old
+//! records there and here, leaving an anchor each chain is verified from.
+//!
 //! Durability (`audit.durability`), i.e. when `submit`'s ack resolves `Ok`:
 //! - `fsync`: the batch is in the journal and `fdatasync`'d (and the JSONL export too, if
 //!   configured): the record survives a power loss;
