@@ -63,14 +63,49 @@ pub struct Metrics {
     /// Fleet only: local sessions severed because their grant state was stale (store unreachable
     /// past `[fleet] max_staleness`).
     pub fleet_stale_severed_total: IntCounter,
-    /// Central audit (PostgreSQL store): records of this instance not yet in the central table.
-    pub audit_ship_lag_records: IntGauge,
-    /// Central audit: age of the oldest record not yet shipped (0 when none).
-    pub audit_ship_lag_seconds: Gauge,
-    /// Central audit: records shipped to the central table.
-    pub audit_shipped_total: IntCounter,
-    /// Central audit: failed shipping attempts (the store unreachable, a query failed).
-    pub audit_ship_errors_total: IntCounter,
+    /// Central audit (PostgreSQL store): the shipper's lag and counts.
+    pub audit_ship: AuditShipMetrics,
+}
+
+/// The central audit shipper's metrics ([`crate::audit::ship`]).
+#[derive(Debug, Clone)]
+pub struct AuditShipMetrics {
+    /// Records of this instance not yet in the central table.
+    pub lag_records: IntGauge,
+    /// Age of the oldest record not yet shipped (0 when none).
+    pub lag_seconds: Gauge,
+    /// Records shipped to the central table.
+    pub shipped_total: IntCounter,
+    /// Failed shipping attempts (the store unreachable, a query failed).
+    pub errors_total: IntCounter,
+}
+
+impl AuditShipMetrics {
+    fn register(registry: &Registry) -> Result<AuditShipMetrics, MetricsError> {
+        let m = AuditShipMetrics {
+            lag_records: IntGauge::new(
+                "timebox_audit_ship_lag_records",
+                "Central audit: records of this instance not yet in the central table",
+            )?,
+            lag_seconds: Gauge::new(
+                "timebox_audit_ship_lag_seconds",
+                "Central audit: age of the oldest record not yet shipped",
+            )?,
+            shipped_total: IntCounter::new(
+                "timebox_audit_shipped_total",
+                "Central audit: records shipped to the central table",
+            )?,
+            errors_total: IntCounter::new(
+                "timebox_audit_ship_errors_total",
+                "Central audit: failed shipping attempts",
+            )?,
+        };
+        registry.register(Box::new(m.lag_records.clone()))?;
+        registry.register(Box::new(m.lag_seconds.clone()))?;
+        registry.register(Box::new(m.shipped_total.clone()))?;
+        registry.register(Box::new(m.errors_total.clone()))?;
+        Ok(m)
+    }
 }
 
 impl Metrics {
@@ -177,22 +212,7 @@ impl Metrics {
                 "timebox_audit_failures_total",
                 "Audit submissions refused (each denied a statement)"
             )?),
-            audit_ship_lag_records: reg!(IntGauge::new(
-                "timebox_audit_ship_lag_records",
-                "Central audit: records of this instance not yet in the central table"
-            )?),
-            audit_ship_lag_seconds: reg!(Gauge::new(
-                "timebox_audit_ship_lag_seconds",
-                "Central audit: age of the oldest record not yet shipped"
-            )?),
-            audit_shipped_total: reg!(IntCounter::new(
-                "timebox_audit_shipped_total",
-                "Central audit: records shipped to the central table"
-            )?),
-            audit_ship_errors_total: reg!(IntCounter::new(
-                "timebox_audit_ship_errors_total",
-                "Central audit: failed shipping attempts"
-            )?),
+            audit_ship: AuditShipMetrics::register(&registry)?,
             webhook_failures_total: reg!(IntCounterVec::new(
                 Opts::new(
                     "timebox_webhook_failures_total",

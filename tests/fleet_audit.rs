@@ -242,7 +242,7 @@ async fn the_shipper_resumes_after_a_store_outage_without_duplicates_or_gaps() {
     let metrics = a.state.proxy.metrics.clone();
     let erred = common::eventually(SHIPPED, || {
         let metrics = metrics.clone();
-        async move { metrics.audit_ship_errors_total.get() > 0 && metrics.audit_ship_lag_records.get() > 0 }
+        async move { metrics.audit_ship.errors_total.get() > 0 && metrics.audit_ship.lag_records.get() > 0 }
     })
     .await;
     assert!(erred, "shipping failed and the lag grew while the store was away");
@@ -275,7 +275,7 @@ async fn the_shipper_resumes_after_a_store_outage_without_duplicates_or_gaps() {
     assert_eq!(report["ok"], true, "{report}");
     let lag = common::eventually(SHIPPED, || {
         let metrics = metrics.clone();
-        async move { metrics.audit_ship_lag_records.get() == 0 }
+        async move { metrics.audit_ship.lag_records.get() == 0 }
     })
     .await;
     assert!(lag, "the lag is back to 0");

@@ -121,7 +121,7 @@ impl CentralAudit {
                     more
                 }
                 Err(e) => {
-                    self.metrics.audit_ship_errors_total.inc();
+                    self.metrics.audit_ship.errors_total.inc();
                     self.resync.store(true, Ordering::SeqCst);
                     tracing::warn!(error = %e, retry_in = ?wait, "central audit: shipping failed; records wait in the local index");
                     wait = (wait * 2).min(SHIP_RETRY_MAX);
@@ -188,7 +188,7 @@ impl CentralAudit {
             .bounded(self.store.ship(&self.instance, &rows))
             .await
             .map_err(central)?;
-        self.metrics.audit_shipped_total.inc_by(rows.len() as u64);
+        self.metrics.audit_ship.shipped_total.inc_by(rows.len() as u64);
         tracing::debug!(from = first, to = last, inserted, "central audit: shipped");
         self.shipped.send_replace(Some(last));
         Ok(last < indexed)
@@ -207,8 +207,8 @@ impl CentralAudit {
             None
         };
         let (records, seconds) = lag(head, shipped, oldest, Utc::now());
-        self.metrics.audit_ship_lag_records.set(records as i64);
-        self.metrics.audit_ship_lag_seconds.set(seconds);
+        self.metrics.audit_ship.lag_records.set(records as i64);
+        self.metrics.audit_ship.lag_seconds.set(seconds);
         Ok(())
     }
 
@@ -340,6 +340,19 @@ mod tests {
         let json = serde_json::to_value(&bad.instances[1]).unwrap();
         assert_eq!(json["instance"], "tb-b", "instance reports are flat: {json}");
         assert_eq!(json["first_bad"]["instance"], "tb-b");
+    }
+
+    #[test]
+    fn the_shipper_metrics_are_exported_under_their_names() {
+        let text = Metrics::new().unwrap().render().unwrap();
+        for name in [
+            "timebox_audit_ship_lag_records",
+            "timebox_audit_ship_lag_seconds",
+            "timebox_audit_shipped_total",
+            "timebox_audit_ship_errors_total",
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
+        }
     }
 
     #[test]
