@@ -62,6 +62,9 @@ pub struct AppState {
     pub review_slot: Arc<tokio::sync::Semaphore>,
     /// Admin-API tokens kept in the store (checked after the config's, by [`crate::admin::auth`]).
     pub admin_tokens: crate::grants::admin_tokens::AdminTokenService,
+    /// Central audit (`Some` with a PostgreSQL store): ships this instance's records and answers
+    /// fleet-wide audit reads; its shipper is started by `run`.
+    pub central_audit: Option<Arc<crate::audit::ship::CentralAudit>>,
 }
 
 impl AppState {
@@ -103,6 +106,14 @@ impl AppState {
             }
             _ => None,
         };
+        let central_audit = match (&config.fleet, store.postgres_store()) {
+            (Some(fleet), Some(pg_store)) => Some(crate::audit::ship::CentralAudit::new(
+                fleet.instance.clone(),
+                pg_store.clone(),
+                proxy.metrics.clone(),
+            )),
+            _ => None,
+        };
         let requests = RequestService::new(store, grants.clone(), config.clone(), clock.clone());
         Ok(Arc::new(AppState {
             config,
@@ -118,6 +129,7 @@ impl AppState {
             fleet,
             review_slot: Arc::new(tokio::sync::Semaphore::new(1)),
             admin_tokens,
+            central_audit,
         }))
     }
 }
@@ -214,6 +226,20 @@ pub async fn run(
         .clone()
         .map(|fleet| tokio::spawn(fleet.run(state.clone())));
 
+    let shipper = state
+        .central_audit
+        .clone()
+        .map(|central| tokio::spawn(central.run(state.audit.clone(), state.shutdown.clone())));
+    let retention = state.config.audit.retain.map(|retain| {
+        tokio::spawn(crate::audit::retention::run(
+            state.audit.clone(),
+            state.central_audit.clone(),
+            retain,
+            state.clock.clone(),
+            state.shutdown.clone(),
+        ))
+    });
+
     shutdown.await;
     tracing::info!("shutting down: closing listeners and draining sessions");
     state.shutdown.cancel();
@@ -224,6 +250,9 @@ pub async fn run(
         let _ = fleet.await;
     }
     let _ = webhooks.await;
+    for task in [shipper, retention].into_iter().flatten() {
+        let _ = task.await;
+    }
     let audit_writer = state
         .audit_writer
         .lock()

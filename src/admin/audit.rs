@@ -12,6 +12,11 @@
 //! - `GET /v1/audit/verify[?anchor=SEQ:HASH]` → `{"ok", "records", "head": {"seq", "hash"},
 //!   "first_bad": {"seq", "problem"} | null}`; checked against the live head and the given anchor
 //! - `GET /v1/audit/head` → `{"seq", "hash"}`
+//!
+//! With a PostgreSQL store, search and verify answer for the whole fleet from the central table
+//! ([`crate::audit::ship::CentralAudit`]): records carry their `instance` and a `cursor` (pass it
+//! back as `cursor`), `instance=` filters by instance, and verify reports each instance's chain
+//! (`instances`, and `first_bad.instance`). The head stays this instance's.
 
 use std::sync::Arc;
 
@@ -49,7 +54,10 @@ async fn search(
 ) -> Result<Json<Page>, ApiError> {
     principal.require_any(AUDIT_ROLES, "reading the audit trail")?;
     let ApiQuery(filter) = query?;
-    Ok(Json(state.audit.query(filter).await?))
+    match &state.central_audit {
+        Some(central) => Ok(Json(central.query(&state.audit, filter).await?)),
+        None => Ok(Json(state.audit.query(filter).await?)),
+    }
 }
 
 /// Query of `GET /v1/audit/verify`.
@@ -78,10 +86,13 @@ async fn verify(
             ApiError::BadRequest(format!("anchor: {text:?} is not SEQ:HASH (64 hex digits)"))
         })?],
     };
-    let report = state.audit.verify(anchors).await?;
+    let report = match &state.central_audit {
+        Some(central) => central.verify(&state.audit, anchors).await?,
+        None => state.audit.verify(anchors).await?,
+    };
     if let Some(bad) = &report.first_bad {
-        tracing::error!(principal = %principal.name, seq = bad.seq, problem = %bad.problem,
-            "audit chain verification failed");
+        tracing::error!(principal = %principal.name, instance = ?bad.instance, seq = bad.seq,
+            problem = %bad.problem, "audit chain verification failed");
     }
     Ok(Json(report))
 }

@@ -70,6 +70,9 @@ impl std::fmt::Display for Head {
 pub struct BadRecord {
     pub seq: u64,
     pub problem: String,
+    /// Fleet-wide verification: the instance whose chain it is in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// What [`verify`] found.
@@ -82,6 +85,21 @@ pub struct VerifyReport {
     /// The last record as stored.
     pub head: Head,
     pub first_bad: Option<BadRecord>,
+    /// Where the remaining chain starts when retention removed older records: the last removed
+    /// record (its seq and hash); the first remaining record must link to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<Head>,
+    /// Fleet-wide verification (central table): one report per instance's chain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceReport>,
+}
+
+/// One instance's chain in a fleet-wide [`VerifyReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceReport {
+    pub instance: String,
+    #[serde(flatten)]
+    pub report: VerifyReport,
 }
 
 /// The canonical bytes' hash of one record (see the module docs).
@@ -159,92 +177,180 @@ fn decode_hash(text: &str) -> Option<[u8; 32]> {
     (text.bytes().all(|c| !c.is_ascii_uppercase())).then_some(out)
 }
 
-/// Walks every record in seq order and reports the first that does not match: a gap in seq (deleted),
-/// a `prev_hash` that is not the previous record's hash (inserted, reordered), a hash that does not
-/// match the content (edited), or indexed columns that disagree with the payload. For each of
-/// `anchors`, the record at its seq must exist and carry its hash (a truncated or rewritten log
-/// fails).
+/// One stored record's fields as [`ChainWalk::push`] checks them.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordFields<'a> {
+    pub seq: i64,
+    pub ts: &'a str,
+    pub kind: &'a str,
+    pub payload: &'a str,
+    pub prev_hash: &'a str,
+    pub hash: &'a str,
+    pub columns: &'a Columns,
+}
+
+/// Walks one chain record by record (pure: the SQLite index and the central table both feed it).
+/// It starts after `start` — the genesis head, or the anchor a retention run left (the last
+/// removed record) — and checks each record: a gap in seq (deleted), a `prev_hash` that is not the
+/// previous record's hash (inserted, reordered), a hash that does not match the content (edited),
+/// or indexed columns that disagree with the payload. For each of `anchors` (heads noted
+/// earlier), the record at its seq must exist and carry its hash; anchors the retention removed
+/// (below `start`) can no longer be checked and are skipped, the one at `start` is compared with it.
+#[derive(Debug)]
+pub struct ChainWalk {
+    expected: u64,
+    prev: [u8; 32],
+    records: u64,
+    head: Head,
+    first_bad: Option<BadRecord>,
+    /// Anchors not yet reached, by seq, largest first.
+    pending: Vec<Head>,
+    anchor: Option<Head>,
+}
+
+impl ChainWalk {
+    pub fn new(start: Option<Head>, anchors: &[Head]) -> ChainWalk {
+        let start_head = start.clone().unwrap_or_else(Head::genesis);
+        let prev = decode_hash(&start_head.hash).unwrap_or(GENESIS);
+        let mut first_bad = None;
+        if start.is_some() && decode_hash(&start_head.hash).is_none() {
+            first_bad = Some(BadRecord {
+                seq: start_head.seq,
+                problem: "the retention anchor's hash is not 64 lowercase hex digits".into(),
+                instance: None,
+            });
+        }
+        for a in anchors.iter().filter(|a| a.seq > 0 && a.seq == start_head.seq) {
+            if a.hash != start_head.hash && first_bad.is_none() {
+                first_bad = Some(BadRecord {
+                    seq: a.seq,
+                    problem: format!(
+                        "the retention anchor {start_head} differs from the anchored head {a}: the log was rewritten"
+                    ),
+                    instance: None,
+                });
+            }
+        }
+        let mut pending: Vec<Head> = anchors
+            .iter()
+            .filter(|a| a.seq > start_head.seq)
+            .cloned()
+            .collect();
+        pending.sort_by_key(|a| a.seq);
+        pending.reverse();
+        ChainWalk {
+            expected: start_head.seq + 1,
+            prev,
+            records: 0,
+            head: start_head,
+            first_bad,
+            pending,
+            anchor: start,
+        }
+    }
+
+    /// Checks the next record (records must come in seq order).
+    pub fn push(&mut self, r: &RecordFields<'_>) {
+        self.records += 1;
+        self.head = Head {
+            seq: r.seq.max(0) as u64,
+            hash: r.hash.to_owned(),
+        };
+        if self.first_bad.is_some() {
+            return;
+        }
+        let mut problem = check_record(r, self.expected, &self.prev);
+        while self.pending.last().is_some_and(|a| a.seq <= self.head.seq) {
+            let Some(a) = self.pending.pop() else { break };
+            if problem.is_none() && a.seq == self.head.seq && a.hash != r.hash {
+                problem = Some((
+                    a.seq,
+                    format!(
+                        "hash {} differs from the anchored head {a}: the log was rewritten",
+                        r.hash
+                    ),
+                ));
+            }
+        }
+        match problem {
+            Some((seq, problem)) => {
+                self.first_bad = Some(BadRecord {
+                    seq,
+                    problem,
+                    instance: None,
+                })
+            }
+            None => {
+                self.expected = r.seq as u64 + 1;
+                self.prev = decode_hash(r.hash).unwrap_or(GENESIS);
+            }
+        }
+    }
+
+    pub fn finish(mut self) -> VerifyReport {
+        if self.first_bad.is_none() {
+            if let Some(a) = self.pending.last() {
+                self.first_bad = Some(BadRecord {
+                    seq: a.seq,
+                    problem: format!(
+                        "the anchored record {} is missing: the log ends at {} (truncated)",
+                        a.seq, self.head.seq
+                    ),
+                    instance: None,
+                });
+            }
+        }
+        VerifyReport {
+            ok: self.first_bad.is_none(),
+            records: self.records,
+            head: self.head,
+            first_bad: self.first_bad,
+            anchor: self.anchor,
+            instances: Vec::new(),
+        }
+    }
+}
+
+/// Walks every record of an audit database in seq order, from its retention anchor if it has one
+/// (see [`ChainWalk`]).
 pub fn verify(conn: &Connection, anchors: &[Head]) -> Result<VerifyReport, AuditError> {
+    let start = super::sqlite::retention_anchor(conn)?;
     let mut stmt = conn.prepare(
         "SELECT seq, ts, kind, payload, prev_hash, hash, user_name, target, grant_id, session_id \
          FROM audit_events ORDER BY seq",
     )?;
     let mut rows = stmt.query([])?;
-    let mut records = 0u64;
-    let mut prev = GENESIS;
-    let mut expected = 1u64;
-    let mut head = Head::genesis();
-    let mut first_bad: Option<BadRecord> = None;
-    // Anchors not yet reached, by seq; the genesis "anchor" (seq 0) needs no record.
-    let mut pending: Vec<&Head> = anchors.iter().filter(|a| a.seq > 0).collect();
-    pending.sort_by_key(|a| a.seq);
-    pending.reverse();
+    let mut walk = ChainWalk::new(start, anchors);
     while let Some(row) = rows.next()? {
-        records += 1;
-        let seq: i64 = row.get(0)?;
-        let hash: String = row.get(5)?;
-        head = Head {
-            seq: seq.max(0) as u64,
-            hash: hash.clone(),
+        let columns = Columns {
+            user: row.get(6)?,
+            target: row.get(7)?,
+            grant_id: row.get(8)?,
+            session_id: row.get(9)?,
         };
-        if first_bad.is_some() {
-            continue;
-        }
-        let mut problem = check_row(row, seq, expected, &prev, &hash)?;
-        while pending.last().is_some_and(|a| a.seq <= head.seq) {
-            let Some(a) = pending.pop() else { break };
-            if problem.is_none() && a.seq == head.seq && a.hash != hash {
-                problem = Some((
-                    a.seq,
-                    format!("hash {hash} differs from the anchored head {a}: the log was rewritten"),
-                ));
-            }
-        }
-        match problem {
-            Some((bad_seq, problem)) => {
-                first_bad = Some(BadRecord {
-                    seq: bad_seq,
-                    problem,
-                })
-            }
-            None => {
-                expected = seq as u64 + 1;
-                prev = decode_hash(&hash).unwrap_or(GENESIS);
-            }
-        }
+        let (ts, kind, payload, prev_hash, hash): (String, String, String, String, String) =
+            (row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?);
+        walk.push(&RecordFields {
+            seq: row.get(0)?,
+            ts: &ts,
+            kind: &kind,
+            payload: &payload,
+            prev_hash: &prev_hash,
+            hash: &hash,
+            columns: &columns,
+        });
     }
-    if first_bad.is_none() {
-        if let Some(a) = pending.last() {
-            first_bad = Some(BadRecord {
-                seq: a.seq,
-                problem: format!(
-                    "the anchored record {} is missing: the log ends at {} (truncated)",
-                    a.seq, head.seq
-                ),
-            });
-        }
-    }
-    Ok(VerifyReport {
-        ok: first_bad.is_none(),
-        records,
-        head,
-        first_bad,
-    })
+    Ok(walk.finish())
 }
 
-/// Checks one row against the chain so far; `Some((seq, problem))` for the first mismatch.
-fn check_row(
-    row: &rusqlite::Row<'_>,
-    seq: i64,
-    expected: u64,
-    prev: &[u8; 32],
-    hash: &str,
-) -> Result<Option<(u64, String)>, AuditError> {
+/// Checks one record against the chain so far; `Some((seq, problem))` for the first mismatch.
+fn check_record(r: &RecordFields<'_>, expected: u64, prev: &[u8; 32]) -> Option<(u64, String)> {
+    let seq = r.seq;
     if seq < expected as i64 {
-        return Ok(Some((
+        return Some((
             expected,
             format!("unexpected seq {seq} where {expected} was expected"),
-        )));
+        ));
     }
     let seq = seq as u64;
     if seq > expected {
@@ -253,13 +359,9 @@ fn check_row(
         } else {
             format!("records {expected} to {} are missing (deleted)", seq - 1)
         };
-        return Ok(Some((expected, missing)));
+        return Some((expected, missing));
     }
-    let ts: String = row.get(1)?;
-    let kind: String = row.get(2)?;
-    let payload: String = row.get(3)?;
-    let prev_hash: String = row.get(4)?;
-    if decode_hash(&prev_hash) != Some(*prev) {
+    if decode_hash(r.prev_hash) != Some(*prev) {
         let what = if seq == 1 {
             "prev_hash of the first record is not the genesis hash".to_owned()
         } else {
@@ -268,40 +370,28 @@ fn check_row(
                 seq - 1
             )
         };
-        return Ok(Some((seq, what)));
+        return Some((seq, what));
     }
-    let Some(stored) = decode_hash(hash) else {
-        return Ok(Some((seq, "hash is not 64 lowercase hex digits".into())));
+    let Some(stored) = decode_hash(r.hash) else {
+        return Some((seq, "hash is not 64 lowercase hex digits".into()));
     };
-    if record_hash(prev, seq, &ts, &kind, &payload) != stored {
-        return Ok(Some((
+    if record_hash(prev, seq, r.ts, r.kind, r.payload) != stored {
+        return Some((seq, "hash does not match the record's content (edited)".into()));
+    }
+    if !is_canonical_ts(r.ts) {
+        return Some((seq, format!("ts {:?} is not in the canonical format", r.ts)));
+    }
+    if !KINDS.contains(&r.kind) {
+        return Some((seq, format!("unknown kind {:?}", r.kind)));
+    }
+    match AuditEvent::from_parts(r.kind, r.payload) {
+        Err(e) => Some((seq, format!("payload is not a valid {} event: {e}", r.kind))),
+        Ok(event) if event.columns() != *r.columns => Some((
             seq,
-            "hash does not match the record's content (edited)".into(),
-        )));
+            "indexed columns (user_name, target, grant_id, session_id) do not match the payload".into(),
+        )),
+        Ok(_) => None,
     }
-    if !is_canonical_ts(&ts) {
-        return Ok(Some((seq, format!("ts {ts:?} is not in the canonical format"))));
-    }
-    if !KINDS.contains(&kind.as_str()) {
-        return Ok(Some((seq, format!("unknown kind {kind:?}"))));
-    }
-    let columns = Columns {
-        user: row.get(6)?,
-        target: row.get(7)?,
-        grant_id: row.get(8)?,
-        session_id: row.get(9)?,
-    };
-    match AuditEvent::from_parts(&kind, &payload) {
-        Err(e) => return Ok(Some((seq, format!("payload is not a valid {kind} event: {e}")))),
-        Ok(event) if event.columns() != columns => {
-            return Ok(Some((
-                seq,
-                "indexed columns (user_name, target, grant_id, session_id) do not match the payload".into(),
-            )));
-        }
-        Ok(_) => {}
-    }
-    Ok(None)
 }
 
 #[cfg(test)]
@@ -322,6 +412,95 @@ mod tests {
         assert_ne!(record_hash(&[1; 32], 7, ts, "statement", payload), expected);
         assert_ne!(record_hash(&GENESIS, 7, ts, "session_end", payload), expected);
         assert_ne!(record_hash(&GENESIS, 7, ts, "statement", r#"{"a":2}"#), expected);
+    }
+
+    /// Records 1..=n of a chain: (seq, ts, kind, payload, prev_hash, hash).
+    fn chain(n: u64) -> Vec<(i64, String, String, String, String, String)> {
+        let ts = "2026-01-01T00:00:00.000000Z";
+        let payload = r#"{"kind_test":true}"#;
+        let mut prev = GENESIS;
+        (1..=n)
+            .map(|seq| {
+                let hash = record_hash(&prev, seq, ts, "x", payload);
+                let row = (
+                    seq as i64,
+                    ts.to_owned(),
+                    "x".to_owned(),
+                    payload.to_owned(),
+                    hex::encode(prev),
+                    hex::encode(hash),
+                );
+                prev = hash;
+                row
+            })
+            .collect()
+    }
+
+    /// Links and hashes only (the content checks need real events; `verify`'s tests cover them).
+    fn walk(
+        rows: &[(i64, String, String, String, String, String)],
+        start: Option<Head>,
+        anchors: &[Head],
+    ) -> Option<(u64, String)> {
+        let mut w = ChainWalk::new(start, anchors);
+        let columns = Columns::default();
+        for (seq, ts, kind, payload, prev_hash, hash) in rows {
+            w.push(&RecordFields {
+                seq: *seq,
+                ts,
+                kind,
+                payload,
+                prev_hash,
+                hash,
+                columns: &columns,
+            });
+        }
+        w.finish().first_bad.map(|b| (b.seq, b.problem))
+    }
+
+    fn head_of(row: &(i64, String, String, String, String, String)) -> Head {
+        Head {
+            seq: row.0 as u64,
+            hash: row.5.clone(),
+        }
+    }
+
+    #[test]
+    fn a_chain_verifies_from_its_retention_anchor_and_not_from_a_wrong_one() {
+        let rows = chain(5);
+        // From genesis, the first link holds and the content check (kind "x") is what fails.
+        assert_eq!(walk(&rows, None, &[]).unwrap().0, 1);
+        // Records 1..=2 pruned, the anchor is record 2: record 3 must link to it.
+        let anchor = head_of(&rows[1]);
+        let bad = walk(&rows[2..], Some(anchor.clone()), &[]).unwrap();
+        assert_eq!(bad.0, 3);
+        assert!(bad.1.contains("unknown kind"), "the links held: {bad:?}");
+        let wrong = Head {
+            seq: 2,
+            hash: "ab".repeat(32),
+        };
+        let bad = walk(&rows[2..], Some(wrong), &[]).unwrap();
+        assert_eq!(bad.0, 3);
+        assert!(bad.1.contains("prev_hash does not match"), "{bad:?}");
+        // A gap right after the anchor is a deletion.
+        let bad = walk(&rows[3..], Some(anchor.clone()), &[]).unwrap();
+        assert_eq!(bad, (3, "record 3 is missing (deleted)".into()));
+        // An auditor's anchor below the retention anchor cannot be checked and is skipped; one
+        // at the retention anchor is compared with it.
+        let mut w = ChainWalk::new(Some(anchor.clone()), &[head_of(&rows[0]), anchor.clone()]);
+        assert!(w.first_bad.is_none());
+        let forged = Head {
+            seq: 2,
+            hash: "cd".repeat(32),
+        };
+        w = ChainWalk::new(Some(anchor.clone()), &[forged]);
+        assert_eq!(w.first_bad.take().map(|b| b.seq), Some(2));
+        // An anchor past the end is a truncation; an empty remainder is the anchor itself.
+        let report = ChainWalk::new(Some(anchor.clone()), &[head_of(&rows[4])]).finish();
+        assert!(report.first_bad.unwrap().problem.contains("truncated"));
+        let report = ChainWalk::new(Some(anchor.clone()), &[]).finish();
+        assert!(report.ok);
+        assert_eq!((report.head, report.anchor), (anchor.clone(), Some(anchor)));
     }
 
     #[test]

@@ -20,6 +20,10 @@
 //! journal has beyond the database (a crash between the two) are checked against the chain and
 //! indexed.
 //!
+//! With a PostgreSQL store, [`ship`] copies each instance's records from the index to the store's
+//! central table and answers fleet-wide reads from it; [`retention`] (`audit.retain`) removes old
+//! records there and here, leaving an anchor each chain is verified from.
+//!
 //! Durability (`audit.durability`), i.e. when `submit`'s ack resolves `Ok`:
 //! - `fsync`: the batch is in the journal and `fdatasync`'d (and the JSONL export too, if
 //!   configured): the record survives a power loss;
@@ -41,6 +45,8 @@ pub mod journal;
 pub mod jsonl;
 pub mod query;
 pub mod redact;
+pub mod retention;
+pub mod ship;
 pub mod sqlite;
 mod writer;
 
@@ -54,7 +60,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-pub use chain::{BadRecord, Head, VerifyReport};
+pub use chain::{BadRecord, Head, InstanceReport, VerifyReport};
 pub use event::{
     AuditEvent, AuditRecord, AuthFailure, Decision, GrantExtended, GrantIssued, GrantRevoked, SessionEnd,
     SessionStart, Statement, StatementOutcome,
@@ -114,6 +120,10 @@ pub enum AuditError {
     JournalBusy(PathBuf),
     #[error("the audit index is behind (record {indexed} of {target}); try again shortly")]
     IndexLagging { target: u64, indexed: u64 },
+    /// The central audit table in the PostgreSQL store failed (fleet-wide reads, shipping,
+    /// retention).
+    #[error("central audit: {0}")]
+    Central(#[source] crate::store::StoreError),
 }
 
 /// Everything [`AuditLog::open_with`] needs; [`AuditOptions::from_config`] fills it from the config.
@@ -546,6 +556,34 @@ impl AuditLog {
         self.with_reader(move |conn| chain::verify(conn, &anchors)).await
     }
 
+    /// The last record in the queryable index (what the shipper may read).
+    pub fn indexed(&self) -> u64 {
+        *self.shared.indexed.borrow()
+    }
+
+    /// Deletes the index rows older than `cut` with seq ≤ `through` and records the anchor
+    /// (retention; see [`sqlite::prune_before`]). On its own connection, so queries go on.
+    pub(crate) async fn prune_before(
+        &self,
+        cut: String,
+        through: u64,
+    ) -> Result<(u64, Option<Head>), AuditError> {
+        match self.shared.db_path.clone() {
+            Some(path) => tokio::task::spawn_blocking(move || {
+                let mut conn = sqlite::open_writer(Some(&path))?;
+                sqlite::prune_before(&mut conn, &cut, through)
+            })
+            .await
+            .map_err(AuditError::Task)?,
+            None => {
+                let reader = self.shared.reader.clone();
+                tokio::task::spawn_blocking(move || sqlite::prune_before(&mut lock(&reader), &cut, through))
+                    .await
+                    .map_err(AuditError::Task)?
+            }
+        }
+    }
+
     async fn with_reader<T, F>(&self, f: F) -> Result<T, AuditError>
     where
         T: Send + 'static,
@@ -621,7 +659,11 @@ fn open_offline(path: &Path) -> Result<Offline, AuditError> {
         .iter()
         .any(|(_, p)| std::fs::metadata(p).map(|m| m.len() > 0).unwrap_or(false));
     let as_problem = |e: AuditError| match e {
-        AuditError::Corrupt { seq, problem } => Ok(BadRecord { seq, problem }),
+        AuditError::Corrupt { seq, problem } => Ok(BadRecord {
+            seq,
+            problem,
+            instance: None,
+        }),
         other => Err(other),
     };
     let mut offline = Offline {
@@ -690,7 +732,11 @@ pub fn verify_file(path: &Path, anchors: &[Head]) -> Result<VerifyReport, AuditE
                 Some(_) => None,
             };
             if let Some(problem) = problem {
-                report.first_bad = Some(BadRecord { seq: a.seq, problem });
+                report.first_bad = Some(BadRecord {
+                    seq: a.seq,
+                    problem,
+                    instance: None,
+                });
                 break;
             }
         }

@@ -85,7 +85,11 @@ pub struct AuditFilter {
         deserialize_with = "wire::non_empty"
     )]
     pub contains: Option<String>,
-    /// Continue after this seq (exclusive) in `order`.
+    /// Fleet-wide reads (PostgreSQL store) only: records of this instance's chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// Continue after this seq (exclusive) in `order`; in fleet-wide reads, after this record's
+    /// `cursor` (its position in the central table).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<u64>,
     /// 1..=[`MAX_LIMIT`]; 0 (or absent) means [`DEFAULT_LIMIT`].
@@ -225,6 +229,14 @@ mod wire {
 pub fn query(conn: &Connection, f: &AuditFilter) -> Result<Page, AuditError> {
     if let Err((field, message)) = f.validate() {
         return Err(AuditError::InvalidFilter { field, message });
+    }
+    if f.instance.is_some() {
+        return Err(AuditError::InvalidFilter {
+            field: "instance",
+            message: "only fleet-wide reads (a PostgreSQL store) know instances; this instance's \
+                      trail is all of it"
+                .into(),
+        });
     }
     let mut clauses: Vec<&str> = Vec::new();
     let mut values: Vec<Value> = Vec::new();

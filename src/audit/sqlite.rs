@@ -9,7 +9,8 @@
 //! (outcome records have neither), kind without `statement` and `statement_outcome` (nearly every
 //! record; a newest-first scan finds them at once). Only
 //! the writer thread writes; readers use their own connection. This module must never update or
-//! delete a record.
+//! delete a record, except [`prune_before`]: retention deletes a prefix of the chain and keeps its
+//! last record as the anchor (`audit_anchor`) in the same transaction.
 
 use std::path::Path;
 use std::time::Duration;
@@ -49,6 +50,17 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX audit_events_grant;
     CREATE INDEX audit_events_user_ts ON audit_events (user_name, ts) WHERE user_name IS NOT NULL;
     CREATE INDEX audit_events_grant ON audit_events (grant_id) WHERE grant_id IS NOT NULL;
+"#,
+    r#"
+    -- Retention (issue 11 item 7): the last record pruned, so the remaining chain starts from a
+    -- known hash. One row at most.
+    CREATE TABLE audit_anchor (
+        id    INTEGER PRIMARY KEY CHECK (id = 1),
+        seq   INTEGER NOT NULL,
+        hash  TEXT NOT NULL,
+        ts    TEXT NOT NULL,
+        cut   TEXT NOT NULL
+    );
 "#,
 ];
 
@@ -215,6 +227,8 @@ pub(crate) fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRe
     let payload: String = r.get(3)?;
     let payload = serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload));
     Ok(AuditRecord {
+        cursor: None,
+        instance: None,
         seq: r.get::<_, i64>(0)? as u64,
         ts: r.get(1)?,
         kind: r.get(2)?,
@@ -251,6 +265,124 @@ pub fn raw_records(conn: &Connection, from: u64, to: u64) -> Result<Vec<RawRecor
         })
     })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Records `from..=to` as the shipper sends them to the central table.
+pub fn ship_rows(
+    conn: &Connection,
+    from: u64,
+    to: u64,
+) -> Result<Vec<crate::store::postgres::audit::CentralRow>, AuditError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, ts, kind, payload, prev_hash, hash, user_name, target, grant_id, session_id \
+         FROM audit_events WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
+    )?;
+    let mut rows = stmt.query(params![
+        from.min(i64::MAX as u64) as i64,
+        to.min(i64::MAX as u64) as i64
+    ])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let seq = r.get::<_, i64>(0)?.max(0) as u64;
+        let ts: String = r.get(1)?;
+        let ts = chrono::DateTime::parse_from_rfc3339(&ts)
+            .map_err(|_| AuditError::Corrupt {
+                seq,
+                problem: format!("ts {ts:?} is not RFC 3339"),
+            })?
+            .with_timezone(&chrono::Utc);
+        out.push(crate::store::postgres::audit::CentralRow {
+            seq,
+            ts,
+            kind: r.get(2)?,
+            payload: r.get(3)?,
+            prev_hash: r.get(4)?,
+            hash: r.get(5)?,
+            columns: Columns {
+                user: r.get(6)?,
+                target: r.get(7)?,
+                grant_id: r.get(8)?,
+                session_id: r.get(9)?,
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// The commit time of record `seq`, if the index holds it.
+pub fn ts_of(conn: &Connection, seq: u64) -> Result<Option<String>, AuditError> {
+    Ok(conn
+        .query_row(
+            "SELECT ts FROM audit_events WHERE seq = ?1",
+            params![seq.min(i64::MAX as u64) as i64],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// The anchor retention left (the last record it pruned), if any. A database from before
+/// retention existed has no anchor table: no anchor.
+pub fn retention_anchor(conn: &Connection) -> Result<Option<Head>, AuditError> {
+    let has_table: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'audit_anchor'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_table {
+        return Ok(None);
+    }
+    Ok(conn
+        .query_row("SELECT seq, hash FROM audit_anchor WHERE id = 1", [], |r| {
+            Ok(Head {
+                seq: r.get::<_, i64>(0)?.max(0) as u64,
+                hash: r.get(1)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Rows pruned per transaction (the indexer waits on the lock meanwhile).
+pub const PRUNE_CHUNK: u64 = 10_000;
+
+/// Deletes the records older than `cut` (ts < cut) with seq ≤ `through`, never the last record
+/// (the head stays, so the writer's seq never restarts), in chunks of [`PRUNE_CHUNK`]; each chunk's
+/// last record becomes the anchor in the same transaction. Returns how many were deleted and the
+/// anchor after them (`None` when nothing was).
+pub fn prune_before(
+    conn: &mut Connection,
+    cut: &str,
+    through: u64,
+) -> Result<(u64, Option<Head>), AuditError> {
+    let mut deleted = 0u64;
+    let mut anchor = None;
+    loop {
+        let tx = conn.transaction()?;
+        let last: Option<(i64, String, String)> = tx
+            .query_row(
+                "SELECT seq, hash, ts FROM audit_events \
+                 WHERE seq <= ?1 AND ts < ?2 AND seq < (SELECT max(seq) FROM audit_events) \
+                 AND seq <= (SELECT min(seq) FROM audit_events) + ?3 - 1 \
+                 ORDER BY seq DESC LIMIT 1",
+                params![through.min(i64::MAX as u64) as i64, cut, PRUNE_CHUNK as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((seq, hash, ts)) = last else { break };
+        let n = tx.execute("DELETE FROM audit_events WHERE seq <= ?1", params![seq])?;
+        tx.execute(
+            "INSERT INTO audit_anchor (id, seq, hash, ts, cut) VALUES (1, ?1, ?2, ?3, ?4) \
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, ts = excluded.ts, \
+             cut = excluded.cut",
+            params![seq, hash, ts, cut],
+        )?;
+        tx.commit()?;
+        deleted += n as u64;
+        anchor = Some(Head {
+            seq: seq as u64,
+            hash,
+        });
+    }
+    Ok((deleted, anchor))
 }
 
 #[cfg(test)]

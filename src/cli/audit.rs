@@ -60,6 +60,9 @@ pub struct AuditFilterArgs {
     /// Only statements whose text contains this (case-insensitive).
     #[arg(long)]
     pub contains: Option<String>,
+    /// Only records of this instance (fleet-wide reads, PostgreSQL store).
+    #[arg(long)]
+    pub instance: Option<String>,
 }
 
 impl From<AuditFilterArgs> for AuditFilter {
@@ -73,6 +76,7 @@ impl From<AuditFilterArgs> for AuditFilter {
             decision: a.decision,
             kind: a.kind,
             contains: a.contains,
+            instance: a.instance,
             ..AuditFilter::default()
         }
     }
@@ -275,7 +279,9 @@ async fn tail(
     };
     let mut records = client.audit_search(&latest).await?.body.events;
     records.reverse();
-    let mut last = records.last().map(|r| r.seq).unwrap_or(0);
+    // Fleet-wide reads page by the central table's cursor, an instance's by seq.
+    let position = |r: &AuditRecord| r.cursor.unwrap_or(r.seq);
+    let mut last = records.last().map(position).unwrap_or(0);
     printer.values(&records, render_audit_table);
     if !follow {
         return Ok(());
@@ -294,7 +300,7 @@ async fn tail(
             };
             let page = client.audit_search(&newer).await?.body;
             if let Some(r) = page.events.last() {
-                last = r.seq;
+                last = position(r);
             }
             printer.values(&page.events, render_audit_lines);
             if page.next_cursor.is_none() {
@@ -435,6 +441,15 @@ pub fn record_detail(r: &AuditRecord) -> String {
             )
         }
         "admin_token_revoked" => format!("admin token {} revoked by {}", f("name"), f("revoked_by")),
+        "audit_retention" => format!(
+            "retention on {}: records before {} removed ({} local, partitions {})",
+            f("instance"),
+            f("cut"),
+            f("pruned_local"),
+            r.payload
+                .get("dropped_partitions")
+                .map_or_else(String::new, |v| v.to_string())
+        ),
         _ => r.payload.to_string(),
     };
     truncate(&sanitize(&text), TABLE_DETAIL_CHARS)
@@ -515,13 +530,33 @@ pub fn render_verify_report(report: &VerifyReport) -> String {
             let _ = writeln!(out, "ok: {} records, the hash chain is intact", report.records);
         }
         Some(bad) => {
-            let _ = writeln!(out, "FAILED at record {}: {}", bad.seq, sanitize(&bad.problem));
+            let at = match &bad.instance {
+                Some(instance) => format!("instance {} record {}", sanitize(instance), bad.seq),
+                None => format!("record {}", bad.seq),
+            };
+            let _ = writeln!(out, "FAILED at {at}: {}", sanitize(&bad.problem));
             let _ = writeln!(
                 out,
                 "{} records; records before {} verified",
                 report.records, bad.seq
             );
         }
+    }
+    if let Some(anchor) = &report.anchor {
+        let _ = writeln!(out, "starts after the retention anchor {anchor}");
+    }
+    for i in &report.instances {
+        let verdict = match &i.report.first_bad {
+            None => "ok".to_owned(),
+            Some(bad) => format!("FAILED at record {}", bad.seq),
+        };
+        let _ = writeln!(
+            out,
+            "instance {}: {verdict}, {} records, head {}",
+            sanitize(&i.instance),
+            i.report.records,
+            i.report.head
+        );
     }
     let _ = writeln!(out, "head {}", report.head);
     out
@@ -533,232 +568,4 @@ pub fn render_head(head: &Head) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::audit::BadRecord;
-    use serde_json::json;
-
-    fn record(seq: u64, kind: &str, payload: serde_json::Value) -> AuditRecord {
-        AuditRecord {
-            hash: "ab".repeat(32),
-            kind: kind.into(),
-            payload,
-            prev_hash: "00".repeat(32),
-            seq,
-            ts: "2026-01-01T00:00:00.000000Z".into(),
-        }
-    }
-
-    #[test]
-    fn table_rows_show_who_and_what() {
-        let text = render_audit_table(&[
-            record(
-                2,
-                "statement",
-                json!({"user": "alice", "session_id": "s_1", "decision": "deny", "class": "write",
-                       "sql": "DELETE FROM t\nWHERE 1", "reason": "role read may not write"}),
-            ),
-            record(
-                1,
-                "statement_outcome",
-                json!({"session_id": "s_1", "statement_id": 1, "command_tag": "SELECT 3",
-                       "sqlstate": null, "duration_us": 1500}),
-            ),
-        ]);
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3, "{text}");
-        assert!(lines[0].starts_with("SEQ     TS"), "{text}");
-        assert!(
-            lines[1].ends_with("deny write: DELETE FROM t WHERE 1 — role read may not write"),
-            "{text}"
-        );
-        assert!(lines[1].contains("alice"), "{text}");
-        assert!(lines[2].ends_with("#1 SELECT 3 in 1.5 ms"), "{text}");
-        assert!(lines[2].contains("  -  "), "no user on an outcome: {text}");
-        assert_eq!(render_audit_table(&[]), "no audit records\n");
-    }
-
-    /// See: issue 17: `access_request` records were shown as raw JSON, and break-glass was not
-    /// flagged in `audit search`.
-    #[test]
-    fn requests_read_as_words_and_break_glass_is_flagged() {
-        let request = record(
-            3,
-            "access_request",
-            json!({"action": "approved", "actor": "bob", "break_glass": false, "grant_id": "g_9",
-                   "reason": "matches INC-1", "request_id": "r_1", "role": "write", "target": "shop",
-                   "ticket": "INC-1", "ttl": "30m", "user": "alice"}),
-        );
-        assert_eq!(
-            record_detail(&request),
-            "request r_1 approved by bob: write on shop for 30m [INC-1] → grant g_9 (matches INC-1)"
-        );
-        let mut glass = request.clone();
-        glass.payload["action"] = json!("created");
-        glass.payload["break_glass"] = json!(true);
-        glass.payload["actor"] = json!("alice");
-        glass.payload["reason"] = json!(null);
-        assert!(
-            record_detail(&glass).starts_with("BREAK-GLASS request r_1 created by alice"),
-            "{}",
-            record_detail(&glass)
-        );
-        let issued = record(
-            4,
-            "grant_issued",
-            json!({"break_glass": true, "grant_id": "g_9", "role": "admin", "created_by": "alice",
-                   "expires_at": "2026-01-01T01:00:00Z", "reason": "prod down", "user": "alice"}),
-        );
-        assert!(
-            record_detail(&issued).starts_with("BREAK-GLASS grant g_9"),
-            "{}",
-            record_detail(&issued)
-        );
-    }
-
-    /// See: issue 17 item 1: admin-token records read as words, like the others (not raw JSON).
-    #[test]
-    fn admin_token_records_read_as_words() {
-        let issued = record(
-            5,
-            "admin_token_issued",
-            json!({"created_at": "2026-01-01T00:00:00Z", "created_by": "ops", "expires_at": null,
-                   "name": "carol", "roles": ["approver", "auditor"]}),
-        );
-        assert_eq!(
-            record_detail(&issued),
-            "admin token carol (approver, auditor) issued by ops, until revoked"
-        );
-        let revoked = record(
-            6,
-            "admin_token_revoked",
-            json!({"name": "carol", "revoked_at": "2026-01-01T00:00:00Z", "revoked_by": "ops"}),
-        );
-        assert_eq!(record_detail(&revoked), "admin token carol revoked by ops");
-    }
-
-    /// See: issue 17: `audit tail --follow` printed later rows with other column widths than the
-    /// first page's header.
-    #[test]
-    fn follow_lines_line_up_with_the_first_page() {
-        let first = render_audit_table(&[record(
-            1,
-            "session_start",
-            json!({"user": "al", "session_id": "s_0123456789abcdef"}),
-        )]);
-        let later = render_audit_lines(&[record(
-            12345,
-            "statement_outcome",
-            json!({"user": "bartholomew", "session_id": "s_1", "statement_id": 1, "command_tag": "SELECT 1"}),
-        )]);
-        let header = first.lines().next().unwrap();
-        let row = later.lines().next().unwrap();
-        for column in ["TS", "KIND", "USER", "SESSION", "DETAIL"] {
-            let at = header.find(column).unwrap();
-            assert!(
-                row[..at].ends_with("  ") && !row[at..].starts_with(' '),
-                "{column} at {at}:\n{header}\n{row}"
-            );
-        }
-    }
-
-    #[test]
-    fn verify_report_says_ok_or_where_it_failed() {
-        let head = Head {
-            seq: 9,
-            hash: "cd".repeat(32),
-        };
-        let ok = VerifyReport {
-            ok: true,
-            records: 9,
-            head: head.clone(),
-            first_bad: None,
-        };
-        assert!(render_verify_report(&ok).starts_with("ok: 9 records"));
-        let bad = VerifyReport {
-            ok: false,
-            first_bad: Some(BadRecord {
-                seq: 4,
-                problem: "record 4 is missing (deleted)".into(),
-            }),
-            ..ok
-        };
-        let text = render_verify_report(&bad);
-        assert!(
-            text.starts_with("FAILED at record 4: record 4 is missing"),
-            "{text}"
-        );
-        assert!(text.contains(&format!("head 9:{}", "cd".repeat(32))));
-        assert_eq!(render_head(&head), format!("9:{}\n", "cd".repeat(32)));
-    }
-
-    #[test]
-    fn time_arguments_are_absolute_or_ago() {
-        let now = DateTime::parse_from_rfc3339("2026-01-02T00:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        assert_eq!(
-            parse_time_arg("24h", now).unwrap().to_rfc3339(),
-            "2026-01-01T00:00:00+00:00"
-        );
-        assert_eq!(
-            parse_time_arg("2026-01-01T12:00:00+02:00", now)
-                .unwrap()
-                .to_rfc3339(),
-            "2026-01-01T10:00:00+00:00"
-        );
-        assert!(parse_time_arg("yesterday", now).is_err());
-    }
-
-    #[test]
-    fn filter_flags_are_sent_only_when_set() {
-        let args = AuditFilterArgs {
-            user: Some("alice".into()),
-            grant: None,
-            target: None,
-            session: None,
-            class: None,
-            decision: Some("deny".into()),
-            kind: None,
-            contains: None,
-        };
-        let filter = AuditFilter {
-            limit: 5,
-            ..args.into()
-        };
-        assert_eq!(
-            super::super::client::query_pairs(&filter),
-            [("decision", "deny"), ("limit", "5"), ("user", "alice")]
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        );
-    }
-
-    /// The CLI sends the one filter as a query string and the API reads the same filter back: no
-    /// field is lost, renamed or reformatted on the way.
-    #[test]
-    fn the_api_reads_back_the_filter_the_cli_sends() {
-        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
-        let sent = AuditFilter {
-            user: Some("alice".into()),
-            grant: Some("g_1".into()),
-            target: Some("shop".into()),
-            session: Some("s_1".into()),
-            class: Some("write".into()),
-            decision: Some("deny".into()),
-            kind: Some("statement".into()),
-            since: Some(t("2026-01-01T00:00:00.123456Z")),
-            until: Some(t("2026-01-02T00:00:00+02:00")),
-            contains: Some("a&b=c d%".into()),
-            cursor: Some(42),
-            limit: 7,
-            order: Order::Asc,
-        };
-        let client = AdminClient::new("http://h:1", crate::config::Secret::new("t")).unwrap();
-        for filter in [sent, AuditFilter::default()] {
-            let uri: axum::http::Uri = client.url(&["v1", "audit"], &filter).as_str().parse().unwrap();
-            let axum::extract::Query(read) = axum::extract::Query::<AuditFilter>::try_from_uri(&uri)
-                .unwrap_or_else(|e| panic!("{uri}: {}", e.body_text()));
-            assert_eq!(read, filter, "{uri}");
-        }
-    }
-}
+mod tests;

@@ -350,6 +350,9 @@ pub struct AuditConfig {
     pub jsonl_max_bytes: u64,
     /// Rotated JSONL files kept (`x.jsonl.1` … `x.jsonl.N`).
     pub jsonl_keep: usize,
+    /// `retain`: records older than this are dropped on a schedule (central partitions, local
+    /// index rows once shipped); `None` (the default) keeps everything.
+    pub retain: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -99,6 +99,8 @@ pub(super) struct RawAudit {
     pub(super) params: Option<String>,
     pub(super) jsonl_max_bytes: Option<i64>,
     pub(super) jsonl_keep: Option<i64>,
+    /// How long records are kept (`"90d"`); absent: everything is kept.
+    pub(super) retain: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

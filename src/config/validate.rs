@@ -660,12 +660,16 @@ fn validate_audit(raw: Option<&RawAudit>, p: &mut Problems) -> AuditConfig {
         i64::MAX as u64,
     );
     let jsonl_keep = p.positive("audit.jsonl_keep", raw.and_then(|a| a.jsonl_keep), 10, 10_000) as usize;
+    let retain = raw
+        .and_then(|a| a.retain.as_deref())
+        .map(|v| p.duration("audit.retain", Some(v), Duration::from_secs(90 * 86_400)));
     AuditConfig {
         durability,
         jsonl: raw.and_then(|a| a.jsonl.clone()),
         params,
         jsonl_max_bytes,
         jsonl_keep,
+        retain,
     }
 }
 

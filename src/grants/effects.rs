@@ -89,6 +89,7 @@ mod tests {
             params: ParamLogging::Redacted,
             jsonl_max_bytes: 1 << 20,
             jsonl_keep: 1,
+            retain: None,
         };
         let (audit, writer) =
             AuditLog::open_with(AuditOptions::from_config(&config, &StoreConfig::SqliteMemory)).unwrap();

@@ -61,6 +61,8 @@ pub struct Options {
     /// [`StoreDatabase::store_lines`]; with a PostgreSQL store `[audit] dir` is the instance
     /// directory's `audit/` (with SQLite the audit log lives beside the store file).
     pub store: Option<String>,
+    /// Extra lines appended inside `[audit]` (e.g. `retain = "1d"`).
+    pub audit_extra: String,
 }
 
 impl Default for Options {
@@ -72,6 +74,7 @@ impl Default for Options {
             admin_extra: String::new(),
             clock: None,
             store: None,
+            audit_extra: String::new(),
         }
     }
 }
@@ -198,6 +201,7 @@ roles = ["requester"]
 [audit]
 durability = "fsync"
 {audit_dir}
+{audit_extra}
 
 [targets.shop]
 host = "127.0.0.1"
@@ -261,6 +265,7 @@ max_ttl = "1h"
             Some(store) if store.contains("postgres") => format!("dir = \"{}/audit\"", dir.display()),
             _ => String::new(),
         },
+        audit_extra = opts.audit_extra,
         proxy_extra = opts.proxy_extra,
         admin_extra = opts.admin_extra,
         admin = sha(ADMIN_TOKEN),

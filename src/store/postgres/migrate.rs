@@ -129,6 +129,40 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE timebox.instances ADD COLUMN peer_id integer CHECK (peer_id BETWEEN 1 AND 255);
     CREATE UNIQUE INDEX instances_peer_id ON timebox.instances (peer_id);
 "#,
+    // 5: central audit (issue 11 items 6 and 7): every instance's records, partitioned by day (the
+    // shipper creates partitions ahead, retention drops whole ones), and per instance the last
+    // record retention dropped, so the remaining chain starts from a known hash. The key holds the
+    // partition column, as PostgreSQL requires; a record's ts never changes, so it is still
+    // one row per (instance, seq). `central_id` orders fleet-wide pages (a seq is per instance).
+    r#"
+    CREATE SEQUENCE timebox.audit_records_central_id_seq;
+    CREATE TABLE timebox.audit_records (
+        instance   text NOT NULL,
+        seq        bigint NOT NULL,
+        ts         timestamptz NOT NULL,
+        kind       text NOT NULL,
+        payload    text NOT NULL,
+        prev_hash  text NOT NULL,
+        hash       text NOT NULL,
+        user_name  text,
+        target     text,
+        grant_id   text,
+        session_id text,
+        central_id bigint NOT NULL DEFAULT nextval('timebox.audit_records_central_id_seq'),
+        PRIMARY KEY (instance, seq, ts)
+    ) PARTITION BY RANGE (ts);
+    CREATE INDEX audit_records_central_id ON timebox.audit_records (central_id);
+    CREATE INDEX audit_records_user_ts ON timebox.audit_records (user_name, ts);
+    CREATE INDEX audit_records_grant ON timebox.audit_records (grant_id);
+    CREATE INDEX audit_records_session ON timebox.audit_records (session_id);
+    CREATE TABLE timebox.audit_anchors (
+        instance text PRIMARY KEY,
+        seq      bigint NOT NULL,
+        hash     text NOT NULL,
+        ts       timestamptz NOT NULL,
+        cut      timestamptz NOT NULL
+    );
+"#,
 ];
 
 /// The schema version this binary writes and reads.
@@ -210,7 +244,11 @@ mod tests {
     fn every_step_names_its_tables_with_the_schema() {
         for sql in MIGRATIONS {
             for word in ["TABLE ", "ON ", "REFERENCES "] {
-                for (at, _) in sql.match_indices(word) {
+                // Whole words only (`PARTITION BY` is not `ON `).
+                let words = sql
+                    .match_indices(word)
+                    .filter(|(at, _)| sql[..*at].chars().next_back().is_none_or(char::is_whitespace));
+                for (at, _) in words {
                     let rest = &sql[at + word.len()..];
                     assert!(
                         rest.starts_with("timebox."),

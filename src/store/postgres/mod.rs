@@ -10,6 +10,7 @@
 //! `SCRAM-SHA-256$…` text form; tokens never are.
 
 mod admin_tokens;
+pub mod audit;
 pub mod fleet;
 pub mod migrate;
 pub mod tls;

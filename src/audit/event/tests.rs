@@ -1,0 +1,254 @@
+use super::*;
+
+fn t0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+/// One event of every kind, with every optional field filled.
+pub(crate) fn samples() -> Vec<AuditEvent> {
+    vec![
+        AuditEvent::SessionStart(SessionStart {
+            application_name: Some("psql".into()),
+            client_addr: "127.0.0.1:50000".into(),
+            grant_id: "g_1".into(),
+            role: "read".into(),
+            session_id: "s_1".into(),
+            target: "shop".into(),
+            tls_version: Some("TLSv1_3".into()),
+            user: "alice".into(),
+        }),
+        AuditEvent::AuthFailure(AuthFailure {
+            client_addr: "127.0.0.1:50001".into(),
+            reason: "no active grant".into(),
+            target: "shop".into(),
+            user: "mallory".into(),
+        }),
+        AuditEvent::Statement(Statement {
+            class: "read".into(),
+            decision: Decision::Allow,
+            grant_id: "g_1".into(),
+            params: Some(vec![Some("42".into()), None]),
+            reason: Some("allowed by role read".into()),
+            relations: vec!["public.orders".into()],
+            session_id: "s_1".into(),
+            sql: "SELECT * FROM orders WHERE id = $1 AND note = $2".into(),
+            sql_bytes: Some(48),
+            sql_sha256: Some("00".repeat(32)),
+            sql_truncated: true,
+            statement_id: 1,
+            target: "shop".into(),
+            user: "alice".into(),
+        }),
+        AuditEvent::StatementOutcome(StatementOutcome {
+            command_tag: Some("SELECT 1".into()),
+            duration_us: 1234,
+            rows: Some(1),
+            session_id: "s_1".into(),
+            sqlstate: Some("00000".into()),
+            statement_id: 1,
+        }),
+        AuditEvent::SessionEnd(SessionEnd {
+            bytes_from_client: 100,
+            bytes_to_client: 2000,
+            duration_us: 5_000_000,
+            ended_by: Some("bob (done)".into()),
+            grant_id: "g_1".into(),
+            reason: "client_exit".into(),
+            session_id: "s_1".into(),
+            statements: 1,
+            target: "shop".into(),
+            user: "alice".into(),
+        }),
+        AuditEvent::UpstreamEnd(UpstreamEnd {
+            after_us: 2_000_000,
+            grant_id: "g_1".into(),
+            outcome: "closed".into(),
+            session_id: "s_1".into(),
+            target: "shop".into(),
+            user: "alice".into(),
+        }),
+        AuditEvent::GrantIssued(GrantIssued {
+            break_glass: true,
+            created_at: t0(),
+            created_by: "ops".into(),
+            expires_at: t0() + chrono::Duration::minutes(30),
+            grant_id: "g_1".into(),
+            reason: "incident 42".into(),
+            role: "read".into(),
+            starts_at: t0(),
+            target: "shop".into(),
+            user: "alice".into(),
+        }),
+        AuditEvent::GrantRevoked(GrantRevoked {
+            grant_id: "g_1".into(),
+            reason: "done".into(),
+            revoked_at: t0(),
+            revoked_by: "bob".into(),
+            target: "shop".into(),
+            user: "alice".into(),
+        }),
+        AuditEvent::GrantExtended(GrantExtended {
+            expires_at: t0() + chrono::Duration::hours(1),
+            extended_by: "ops".into(),
+            grant_id: "g_1".into(),
+            previous_expires_at: t0(),
+            reason: Some("still debugging".into()),
+            target: "shop".into(),
+            user: "alice".into(),
+        }),
+        AuditEvent::AccessRequest(AccessRequestEvent {
+            action: "approved".into(),
+            actor: "bob".into(),
+            break_glass: false,
+            grant_id: Some("g_1".into()),
+            reason: Some("matches INC-1".into()),
+            request_id: "r_1".into(),
+            role: "write".into(),
+            target: "shop".into(),
+            ticket: Some("INC-1".into()),
+            ttl: "30m".into(),
+            user: "alice".into(),
+        }),
+        AuditEvent::AuditRetention(crate::audit::retention::AuditRetention {
+            cut: t0(),
+            dropped_partitions: vec!["audit_records_p20260101".into()],
+            instance: Some("tb-a".into()),
+            local_anchor: Some(format!("7:{}", "ab".repeat(32))),
+            pruned_local: 7,
+            retain: "90d".into(),
+        }),
+    ]
+    .into_iter()
+    .chain(admin_token::samples(t0()))
+    .collect()
+}
+
+#[test]
+fn fields_are_declared_in_canonical_order() {
+    for event in samples() {
+        let payload = event.payload_json();
+        let value: serde_json::Value = serde_json::from_str(&payload).unwrap();
+        let mut keys: Vec<&String> = value.as_object().unwrap().keys().collect();
+        keys.sort();
+        let positions: Vec<usize> = keys
+            .iter()
+            .map(|k| payload.find(&format!("\"{k}\":")).unwrap())
+            .collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "{} fields are not in lexicographic order: {payload}",
+            event.kind()
+        );
+        assert_eq!(
+            serde_json::to_string(&value).unwrap(),
+            payload,
+            "compact and canonical"
+        );
+    }
+}
+
+#[test]
+fn payload_bytes_are_pinned() {
+    // Changing these bytes changes every hash: a new format needs a new kind or a migration.
+    let samples = samples();
+    assert_eq!(
+        samples[3].payload_json(),
+        r#"{"command_tag":"SELECT 1","duration_us":1234,"rows":1,"session_id":"s_1","sqlstate":"00000","statement_id":1}"#
+    );
+    assert_eq!(
+        samples[7].payload_json(),
+        r#"{"grant_id":"g_1","reason":"done","revoked_at":"2026-01-01T00:00:00Z","revoked_by":"bob","target":"shop","user":"alice"}"#
+    );
+}
+
+#[test]
+fn events_round_trip_through_kind_and_payload() {
+    for event in samples() {
+        let back = AuditEvent::from_parts(event.kind(), &event.payload_json()).unwrap();
+        assert_eq!(back, event);
+        // and the tagged form the API uses
+        let tagged = serde_json::to_value(&event).unwrap();
+        assert_eq!(tagged["kind"], event.kind());
+        assert_eq!(serde_json::from_value::<AuditEvent>(tagged).unwrap(), event);
+    }
+    assert_eq!(KINDS.len(), samples().len());
+    assert!(AuditEvent::from_parts("nope", "{}").is_err());
+}
+
+/// Regression (issue 16, finding 6): a 50 MB statement was written to the audit trail whole.
+#[test]
+fn long_statement_texts_are_bounded_hashed_and_flagged() {
+    let short = AuditSql::of("SELECT 1");
+    assert_eq!((short.text.as_str(), short.truncated.clone()), ("SELECT 1", None));
+    assert_eq!(short.bytes(), 8);
+
+    let long = format!("SELECT '{}'", "é".repeat(MAX_AUDITED_SQL_BYTES));
+    let a = AuditSql::of(&long);
+    assert!(a.text.len() <= MAX_AUDITED_SQL_BYTES && a.text.len() > MAX_AUDITED_SQL_BYTES - 4);
+    assert!(long.starts_with(&a.text));
+    use sha2::Digest;
+    let (bytes, sha) = a.truncated.clone().unwrap();
+    assert_eq!(bytes, long.len() as u64);
+    assert_eq!(sha, hex::encode(sha2::Sha256::digest(long.as_bytes())));
+    assert_eq!(a.bytes(), long.len());
+
+    // The hash is of the redacted text: it is no oracle for a secret in the statement.
+    let secret = format!("ALTER ROLE x PASSWORD 'hunter2' /* {} */", "x".repeat(100));
+    let s = AuditSql::bounded(&secret, 40);
+    assert!(!s.text.contains("hunter2"), "{}", s.text);
+    // A reason quoting the statement is scrubbed with the whole text's secrets.
+    assert!(!s.scrub("syntax error near 'hunter2'").contains("hunter2"));
+    let redacted = redact::redact_sql(&secret);
+    assert_eq!(
+        s.truncated.unwrap().1,
+        hex::encode(sha2::Sha256::digest(redacted.as_bytes()))
+    );
+}
+
+#[test]
+fn prepare_redacts_and_extracts_columns() {
+    let mut s = match samples().remove(2) {
+        AuditEvent::Statement(s) => s,
+        _ => unreachable!(),
+    };
+    s.sql = "ALTER ROLE x PASSWORD 'hunter2'".into();
+    s.params = Some(vec![Some("tbx_abcdefghijklmnopqrstuvwxyz234567".into()), None]);
+    let p = prepare(AuditEvent::Statement(s.clone()), ParamLogging::Redacted);
+    assert_eq!(p.kind, "statement");
+    assert!(!p.payload.contains("hunter2"), "{}", p.payload);
+    assert!(
+        p.payload.contains(r#""params":["[redacted 36 bytes]",null]"#),
+        "{}",
+        p.payload
+    );
+    assert_eq!(p.columns.user.as_deref(), Some("alice"));
+    assert_eq!(p.columns.session_id.as_deref(), Some("s_1"));
+    let full = prepare(AuditEvent::Statement(s.clone()), ParamLogging::Full);
+    assert!(
+        full.payload.contains(r#""params":["[REDACTED]",null]"#),
+        "{}",
+        full.payload
+    );
+    let off = prepare(AuditEvent::Statement(s), ParamLogging::Off);
+    assert!(off.payload.contains(r#""params":null"#), "{}", off.payload);
+}
+
+/// Regression (issue 16, finding 8's log path): the sqlparser cross-check rejects a continued
+/// literal and its message quotes it; the relay's "statement denied" log line must not.
+#[test]
+fn a_denial_reason_quoting_a_secret_is_scrubbed_for_the_log() {
+    let sql = "ALTER ROLE x PASSWORD 'abc'\n'hunter2-secret'";
+    let reason =
+        "statement could not be parsed: found: 'hunter2-secret' near tbx_abcdefghijklmnopqrstuvwxyz234567";
+    for audited in [AuditSql::of(sql), AuditSql::bounded(sql, 10)] {
+        let logged = audited.loggable_reason(reason);
+        assert!(!logged.contains("hunter2-secret"), "{logged}");
+        assert!(
+            !logged.contains("tbx_abcdefghijklmnopqrstuvwxyz234567"),
+            "{logged}"
+        );
+        assert!(logged.starts_with("statement could not be parsed"), "{logged}");
+    }
+}
