@@ -63,6 +63,9 @@ pub struct Metrics {
     /// Fleet only: local sessions severed because their grant state was stale (store unreachable
     /// past `[fleet] max_staleness`).
     pub fleet_stale_severed_total: IntCounter,
+    /// Statements whose result was stopped by a role quota, by limit (`max_rows_per_statement`,
+    /// `max_result_bytes_per_statement`, `max_result_bytes_per_grant`).
+    pub quota_stops_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -175,6 +178,13 @@ impl Metrics {
                     "Webhook deliveries that failed after all retries"
                 ),
                 &["event"]
+            )?),
+            quota_stops_total: reg!(IntCounterVec::new(
+                Opts::new(
+                    "timebox_quota_stops_total",
+                    "Statements whose result was stopped by a role quota, by limit"
+                ),
+                &["limit"]
             )?),
             registry,
         })

@@ -269,6 +269,7 @@ mod tests {
             statement_timeout: Some(Duration::from_secs(30)),
             allow_unparsed: false,
             allow_functions: Vec::new(),
+            quotas: Default::default(),
         };
         [("write".to_owned(), role)].into_iter().collect()
     }
