@@ -195,13 +195,18 @@ impl ClientOutbox {
     /// The upstream is gone: the whole frames still owed to the client, then `lost` (unless the
     /// client is mid-frame, where nothing more can be said cleanly).
     pub(crate) fn take_before_loss(&mut self, lost: &PgError) -> BytesMut {
+        // The unfinished frame's start in client offsets (frames replaced or dropped before it
+        // moved it away from its upstream offset).
+        let boundary = self.last_boundary();
         let complete = match self.tracker.unfinished_frame_start() {
-            Some(start) if start >= self.written => (start - self.written) as usize,
+            Some(_) if boundary >= self.written => {
+                ((boundary - self.written) as usize).min(self.pending.len())
+            }
             Some(_) => 0,
             None => self.pending.len(),
         };
         let mut out = self.pending.split_to(complete);
-        if self.tracker.at_boundary() || complete > 0 || self.written == self.tracker.offset() {
+        if self.tracker.at_boundary() || boundary >= self.written {
             lost.encode(&mut out);
         }
         out

@@ -211,3 +211,20 @@ fn a_notice_queued_while_a_row_is_dropped_goes_out_at_a_real_frame_boundary() {
     drain(&mut out, &mut client);
     assert_eq!(tags(&client), b"DN");
 }
+
+/// Regression: the upstream lost mid-frame after a quota dropped frames (client offsets far behind
+/// upstream offsets) must hand the client its whole frames and the FATAL, not panic.
+#[test]
+fn upstream_loss_after_dropped_frames_delivers_whole_frames_without_panicking() {
+    let mut out = outbox();
+    let mut q = ResultQuota::new(quotas(Some(1), None, None), Arc::default(), "read");
+    let mut stream = frame(b'D', &[1; 15]);
+    stream.extend_from_slice(&frame(b'D', &[2; 1000]));
+    stream.extend_from_slice(&frame(b'N', &[3; 40])[..10]);
+    read(&mut out, &mut q, &stream);
+    let lost = PgError::upstream_lost("shop");
+    let delivered = out.take_before_loss(&lost);
+    let mut want = frame(b'D', &[1; 15]).to_vec();
+    want.extend_from_slice(&lost.to_bytes());
+    assert_eq!(&delivered[..], &want[..]);
+}
