@@ -102,6 +102,20 @@ async fn a_large_select_is_stopped_its_query_cancelled_and_the_session_goes_on()
     })
     .await;
     assert!(stopped, "{:#?}", audit_records(&db));
+    // Auditors find it with SQL.
+    let audit = format!(
+        "host=127.0.0.1 port={} user=audrey dbname=timebox_audit sslmode=require",
+        inst.proxy_addr.port()
+    );
+    let found = common::eventually(Duration::from_secs(20), || {
+        let audit = audit.clone();
+        async move {
+            let sql = "SELECT quota_stop || ' ' || returned_rows FROM outcomes WHERE quota_stop IS NOT NULL";
+            psql(&audit, common::AUDITOR_TOKEN, sql).await.stdout.trim() == "max_rows_per_statement 1000"
+        }
+    })
+    .await;
+    assert!(found, "the outcomes view shows the quota stop");
     let metrics = reqwest::Client::new()
         .get(format!("{}/metrics", inst.admin_url()))
         .bearer_auth(common::ADMIN_TOKEN)
