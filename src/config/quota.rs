@@ -140,6 +140,42 @@ mod tests {
     }
 
     #[test]
+    fn quotas_come_from_the_role_table_and_bad_values_are_reported_with_their_path() {
+        use crate::config::testing::MINIMAL;
+        use crate::config::{Config, ConfigError};
+        let ok = format!(
+            "{MINIMAL}        max_rows_per_statement = 1000\n        max_result_bytes_per_statement = \"10MB\"\n        max_result_bytes_per_grant = 4096\n"
+        );
+        let c = Config::from_toml_str(&ok).unwrap();
+        assert_eq!(
+            c.roles["read"].quotas,
+            Quotas {
+                max_rows_per_statement: Some(1000),
+                max_result_bytes_per_statement: Some(10 << 20),
+                max_result_bytes_per_grant: Some(4096),
+            }
+        );
+        assert!(Config::from_toml_str(MINIMAL).unwrap().roles["read"]
+            .quotas
+            .is_unlimited());
+        let bad = format!("{MINIMAL}        max_result_bytes_per_statement = \"ten\"\n        max_rows_per_statement = -1\n");
+        let ConfigError::Invalid(problems) = Config::from_toml_str(&bad).unwrap_err() else {
+            panic!("expected validation problems");
+        };
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("roles.read.max_result_bytes_per_statement: \"ten\" is not a size")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("roles.read.max_rows_per_statement: must be at least 1")),
+            "{text:?}"
+        );
+    }
+
+    #[test]
     fn quota_problems_name_their_key() {
         let mut p = Problems::default();
         let q = validate_quotas(
