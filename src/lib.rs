@@ -32,6 +32,7 @@ pub mod demo;
 pub mod fleet;
 pub mod grants;
 pub mod logging;
+pub mod masking;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

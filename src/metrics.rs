@@ -73,6 +73,9 @@ pub struct Metrics {
     pub fleet_notification_lag_seconds: Histogram,
     /// Central audit (PostgreSQL store): the shipper's lag and counts.
     pub audit_ship: AuditShipMetrics,
+    /// Statements whose result was stopped by a role quota, by limit (`max_rows_per_statement`,
+    /// `max_result_bytes_per_statement`, `max_result_bytes_per_grant`).
+    pub quota_stops_total: IntCounterVec,
 }
 
 /// The central audit shipper's metrics ([`crate::audit::ship`]).
@@ -131,6 +134,7 @@ impl Metrics {
             5.0, 10.0, 30.0, 60.0,
         ];
         let (fleet_cancel_forwards_total, fleet_notification_lag_seconds) = fleet_metrics(&registry)?;
+        let (cancel_requests_total, quota_stops_total) = limit_metrics(&registry)?;
         Ok(Metrics {
             sessions_active: reg!(IntGaugeVec::new(
                 Opts::new("timebox_sessions_active", "Sessions currently relayed"),
@@ -229,9 +233,10 @@ impl Metrics {
                 ),
                 &["event"]
             )?),
-            cancel_requests_total: cancel_metrics(&registry)?,
+            cancel_requests_total,
             fleet_cancel_forwards_total,
             fleet_notification_lag_seconds,
+            quota_stops_total,
             registry,
         })
     }
@@ -246,21 +251,37 @@ impl Metrics {
     }
 }
 
-/// The fleet's cancel-forwarding and notification-lag metrics (issue 11 items 4 and 5),
-/// registered in `registry`.
-/// Clients' CancelRequests by outcome (kept out of [`Metrics::new`] for its length).
-fn cancel_metrics(registry: &Registry) -> Result<IntCounterVec, MetricsError> {
-    let cancels = IntCounterVec::new(
-        Opts::new(
-            "timebox_cancel_requests_total",
-            "Clients' CancelRequests by outcome (forwarded, failed, dropped, unknown_key)",
-        ),
-        &["outcome"],
-    )?;
-    registry.register(Box::new(cancels.clone()))?;
-    Ok(cancels)
+/// A labelled counter, registered (kept out of [`Metrics::new`] for its length).
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, MetricsError> {
+    let counter = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(counter.clone()))?;
+    Ok(counter)
 }
 
+/// The limits' counters: clients' CancelRequests by outcome, and result quota stops by limit.
+fn limit_metrics(registry: &Registry) -> Result<(IntCounterVec, IntCounterVec), MetricsError> {
+    let cancels = counter_vec(
+        registry,
+        "timebox_cancel_requests_total",
+        "Clients' CancelRequests by outcome (forwarded, failed, dropped, unknown_key)",
+        &["outcome"],
+    )?;
+    let quota_stops = counter_vec(
+        registry,
+        "timebox_quota_stops_total",
+        "Statements whose result was stopped by a role quota, by limit",
+        &["limit"],
+    )?;
+    Ok((cancels, quota_stops))
+}
+
+/// The fleet's cancel-forwarding and notification-lag metrics (issue 11 items 4 and 5),
+/// registered in `registry`.
 fn fleet_metrics(registry: &Registry) -> Result<(IntCounterVec, Histogram), MetricsError> {
     let forwards = IntCounterVec::new(
         Opts::new(

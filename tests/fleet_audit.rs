@@ -460,6 +460,7 @@ async fn audit_bytes_per_statement() {
                 session_id: "s_0123456789abcdef".into(),
                 sqlstate: None,
                 statement_id: i,
+                returned: None,
             }));
         }
         a.state.audit.record(events).await.unwrap();

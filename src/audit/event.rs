@@ -181,6 +181,23 @@ pub struct StatementOutcome {
     /// The SQLSTATE of the error, if it failed.
     pub sqlstate: Option<String>,
     pub statement_id: u64,
+    /// What the statement returned, counted on the wire: only for roles with result quotas
+    /// (absent otherwise, so records of other roles are unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub returned: Option<Returned>,
+}
+
+/// Result rows and bytes a statement returned to the client, and the quota that stopped it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Returned {
+    /// DataRows forwarded to the client.
+    pub rows: u64,
+    /// DataRow and CopyData bytes (whole frames) forwarded to the client.
+    pub bytes: u64,
+    /// The role option that stopped the result (`max_rows_per_statement`,
+    /// `max_result_bytes_per_statement`, `max_result_bytes_per_grant`), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_stop: Option<String>,
 }
 
 /// A session ended.

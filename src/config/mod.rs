@@ -15,6 +15,7 @@ use crate::policy::StatementClass;
 use crate::webhooks::WebhookEvent;
 
 mod fleet;
+mod quota;
 mod raw;
 mod store;
 #[cfg(test)]
@@ -23,6 +24,7 @@ pub(crate) mod testing;
 mod tests;
 mod validate;
 pub use fleet::FleetConfig;
+pub use quota::{parse_size, Quotas, Size};
 pub use store::{PostgresStoreConfig, StoreConfig};
 
 pub use raw::RawConfig;
@@ -397,6 +399,8 @@ pub struct Role {
     pub allow_unparsed: bool,
     /// User-defined functions known to be safe (otherwise they count as write).
     pub allow_functions: Vec<String>,
+    /// Result quotas (`max_rows_per_statement`, …); all `None` when the role sets none.
+    pub quotas: Quotas,
 }
 
 impl Role {
@@ -412,6 +416,7 @@ impl Role {
             statement_timeout: None,
             allow_unparsed: false,
             allow_functions: Vec::new(),
+            quotas: Quotas::default(),
         }
     }
 }

@@ -137,6 +137,9 @@ pub(super) struct RawRole {
     pub(super) approvals: Option<i64>,
     pub(super) break_glass: Option<bool>,
     pub(super) break_glass_max_ttl: Option<String>,
+    pub(super) max_rows_per_statement: Option<i64>,
+    pub(super) max_result_bytes_per_statement: Option<super::quota::RawSize>,
+    pub(super) max_result_bytes_per_grant: Option<super::quota::RawSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -14,6 +14,7 @@ pub mod cancel;
 pub mod intercept;
 pub(crate) mod login;
 pub(crate) mod relay;
+pub use relay::quota::GrantUsage;
 pub mod scram;
 pub mod session;
 pub mod startup;
@@ -102,6 +103,8 @@ pub struct ProxyState {
     pub audit_queries: Arc<Semaphore>,
     /// Connection tasks, so shutdown can wait for them.
     tasks: TaskTracker,
+    /// Result bytes per grant on this instance (`max_result_bytes_per_grant`).
+    pub grant_result_bytes: GrantUsage,
 }
 
 impl ProxyState {
@@ -153,6 +156,7 @@ impl ProxyState {
             unauthenticated_by_address: Arc::new(AddressCounts::default()),
             audit_queries: Arc::new(Semaphore::new(crate::auditsql::QUERIES_AT_ONCE)),
             tasks: TaskTracker::new(),
+            grant_result_bytes: GrantUsage::default(),
         })
     }
 }

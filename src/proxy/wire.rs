@@ -344,6 +344,17 @@ impl PgError {
         )
     }
 
+    /// ERROR 54000 (the session goes on): a statement's result went past `limit` (a role option,
+    /// e.g. `max_rows_per_statement`) whose configured value is `value`.
+    pub fn result_quota_exceeded(limit: &str, value: &str, role: &str) -> Self {
+        Self::program_limit_exceeded(format!(
+            "timebox: result exceeds {limit} = {value} of role \"{role}\""
+        ))
+        .non_fatal()
+        .with_detail("The rest of the result was discarded and the query was cancelled.")
+        .with_hint("Narrow the query (WHERE, LIMIT, fewer columns), or ask for a role with a higher limit.")
+    }
+
     /// Appends this as an ErrorResponse ('E'), or a NoticeResponse ('N') for warnings and notices,
     /// encoded by pgwire.
     pub fn encode(&self, out: &mut BytesMut) {
@@ -638,6 +649,12 @@ impl FrameTracker {
 
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// The frame whose body is still arriving, once its header is complete: its tag and stream
+    /// offsets `(start, end)`, `end` being where it will finish.
+    pub fn unfinished_frame(&self) -> Option<(u8, u64, u64)> {
+        (self.remaining > 0).then(|| (self.tag, self.frame_start, self.offset + self.remaining as u64))
     }
 }
 

@@ -221,6 +221,20 @@ fn suggest(role: &Role, t: &Tally) -> String {
     if !functions.is_empty() {
         out.push_str(&format!("allow_functions = {}\n", toml_list(&functions)));
     }
+    // Result quotas are kept as they are: a narrower role is never a looser one.
+    let q = &role.quotas;
+    if let Some(rows) = q.max_rows_per_statement {
+        out.push_str(&format!("max_rows_per_statement = {rows}\n"));
+    }
+    for (key, bytes) in [
+        ("max_result_bytes_per_statement", q.max_result_bytes_per_statement),
+        ("max_result_bytes_per_grant", q.max_result_bytes_per_grant),
+    ] {
+        if let Some(b) = bytes {
+            let size = crate::config::Size(b).to_string().replace(" bytes", "");
+            out.push_str(&format!("{key} = {}\n", toml::Value::String(size)));
+        }
+    }
     out
 }
 
@@ -269,6 +283,7 @@ mod tests {
             statement_timeout: Some(Duration::from_secs(30)),
             allow_unparsed: false,
             allow_functions: Vec::new(),
+            quotas: Default::default(),
         };
         [("write".to_owned(), role)].into_iter().collect()
     }
@@ -321,6 +336,29 @@ mod tests {
         assert_eq!(
             parsed["roles"]["write"]["statement_timeout"].as_str(),
             Some("30s")
+        );
+    }
+
+    /// Regression: a "narrower" suggestion must not drop the role's result quotas (it would be
+    /// looser than the role it replaces).
+    #[test]
+    fn a_suggestion_keeps_the_roles_result_quotas() {
+        let mut roles = write_role();
+        roles.get_mut("write").unwrap().quotas = crate::config::Quotas {
+            max_rows_per_statement: Some(1000),
+            max_result_bytes_per_statement: Some(10 << 20),
+            max_result_bytes_per_grant: Some(1500),
+        };
+        let trail = vec![record(1, "alice", "SELECT 1", "read", Decision::Allow)];
+        let r = &review(trail, &roles)[0];
+        let suggestion = r.suggestion.as_deref().unwrap();
+        let parsed: toml::Value = toml::from_str(suggestion).unwrap();
+        let validated =
+            crate::config::roles_from_json(serde_json::to_value(&parsed["roles"]).unwrap()).unwrap();
+        assert_eq!(validated["write"].quotas, roles["write"].quotas, "{suggestion}");
+        assert!(
+            suggestion.contains("max_result_bytes_per_statement = \"10MB\""),
+            "{suggestion}"
         );
     }
 

@@ -48,6 +48,7 @@ pub(crate) fn samples() -> Vec<AuditEvent> {
             session_id: "s_1".into(),
             sqlstate: Some("00000".into()),
             statement_id: 1,
+            returned: None,
         }),
         AuditEvent::SessionEnd(SessionEnd {
             bytes_from_client: 100,

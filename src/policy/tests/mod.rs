@@ -383,6 +383,7 @@ fn role_policy_from_config() {
         statement_timeout: Some(Duration::from_secs(30)),
         allow_unparsed: false,
         allow_functions: vec!["f".into()],
+        quotas: Default::default(),
     };
     let p = RolePolicy::from(&role);
     assert_eq!(p.allow, [Read, Write]);

@@ -55,7 +55,12 @@ impl Session {
     /// Reads the frames held back from the last upstream read, in order.
     async fn on_held_frames(&mut self, r: &mut Relay, busy: bool) {
         let mut held = std::mem::take(&mut r.bufs.held_frames);
+        // Result quotas (roles that set one): frames dropped or replaced are not handled below.
+        let mut stopped = None;
         for (tag, start, end) in held.drain(..) {
+            if r.quota.is_some() && !self.quota_frame(r, (tag, start, end), &mut stopped) {
+                continue;
+            }
             let outbox = &mut r.bufs.outbox;
             match tag {
                 b'Z' => {
@@ -96,6 +101,9 @@ impl Session {
         }
         // The list's allocation is kept for the next read.
         r.bufs.held_frames = held;
+        if r.quota.is_some() {
+            self.quota_after_read(r, stopped).await;
+        }
     }
 
     /// The audit records of the outcomes one ReadyForQuery completed.
@@ -109,6 +117,7 @@ impl Session {
                 session_id: self.handle.name(),
                 sqlstate: o.sqlstate,
                 statement_id: o.statement_id,
+                returned: o.returned,
             })
         })
     }

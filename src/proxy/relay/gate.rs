@@ -177,6 +177,7 @@ mod tests {
             session_id: "s_1".into(),
             sqlstate: None,
             statement_id: id,
+            returned: None,
         })
     }
 

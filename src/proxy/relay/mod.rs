@@ -31,6 +31,7 @@ mod held;
 mod io;
 mod outbox;
 mod precheck;
+pub(crate) mod quota;
 mod state;
 mod sync;
 
@@ -95,6 +96,8 @@ pub(crate) struct Relay {
     statement_duration: prometheus::Histogram,
     bytes_from_client: prometheus::IntCounter,
     bytes_to_client: prometheus::IntCounter,
+    /// The role's result quotas; `None` (nothing counted) when it sets none.
+    quota: Option<quota::ResultQuota>,
 }
 
 impl Relay {
@@ -147,8 +150,11 @@ impl Session {
     pub(crate) fn relay_state(&self, client: &ClientStream) -> Relay {
         let state = &self.ctx;
         let metrics = &state.proxy.metrics;
+        let quota = self.result_quota();
+        let mut bufs = Buffers::new();
+        bufs.outbox.track_all = quota.is_some();
         Relay {
-            bufs: Buffers::new(),
+            bufs,
             held: HeldDecoder::default(),
             sync: SyncTracker::default(),
             // fsync/write durability: statements are forwarded only once their records are durable.
@@ -167,7 +173,17 @@ impl Session {
                 .with_label_values(&[&self.grant.target]),
             bytes_from_client: metrics.relayed_bytes_total.with_label_values(&["from_client"]),
             bytes_to_client: metrics.relayed_bytes_total.with_label_values(&["to_client"]),
+            quota,
         }
+    }
+
+    /// The result quotas of the session's role, if it sets any.
+    fn result_quota(&self) -> Option<quota::ResultQuota> {
+        let role = self.ctx.config.roles.get(&self.grant.role)?;
+        (!role.quotas.is_unlimited()).then(|| {
+            let grant_bytes = self.ctx.proxy.grant_result_bytes.counter(&self.grant.id);
+            quota::ResultQuota::new(role.quotas, grant_bytes, &role.name)
+        })
     }
 
     /// The relay loop; returns why it ended.

@@ -32,6 +32,14 @@ pub(crate) struct ClientOutbox {
     pub(crate) inject_at: Option<u64>,
     /// Frame boundaries of the upstream stream.
     pub(crate) tracker: FrameTracker,
+    /// Result quotas apply ([`super::quota`]): every completed frame is noted for the relay, not
+    /// just the held ones.
+    pub(crate) track_all: bool,
+    /// A quota stopped the result: every frame but DataRow and CopyData (decided at their header)
+    /// is held until complete, so it can be dropped.
+    pub(crate) hold_all: bool,
+    /// Bytes of the unfinished frame already removed (a dropped DataRow or CopyData arriving).
+    pub(crate) partial_dropped: u64,
 }
 
 impl ClientOutbox {
@@ -43,6 +51,9 @@ impl ClientOutbox {
             inject: BytesMut::new(),
             inject_at: None,
             tracker: FrameTracker::default(),
+            track_all: false,
+            hold_all: false,
+            partial_dropped: 0,
         }
     }
 
@@ -52,17 +63,19 @@ impl ClientOutbox {
 
     /// The latest frame boundary in client offsets.
     pub(crate) fn last_boundary(&self) -> u64 {
-        self.to_client(
-            self.tracker
-                .unfinished_frame_start()
-                .unwrap_or(self.tracker.offset()),
-        )
+        match self.tracker.unfinished_frame_start() {
+            // The part of a dropped frame already removed maps to where the frame began.
+            Some(start) => self.to_client(start + self.partial_dropped),
+            None => self.to_client(self.tracker.offset()),
+        }
     }
 
     /// Where writing must pause until the current frame is complete, if anywhere.
     pub(crate) fn hold_point(&self) -> Option<u64> {
         let t = &self.tracker;
-        (t.in_header() || held_tag(t.current_tag())).then(|| self.last_boundary())
+        let tag = t.current_tag();
+        let held = held_tag(tag) || (self.hold_all && tag != 0 && tag != b'D' && tag != b'd');
+        (t.in_header() || held).then(|| self.last_boundary())
     }
 
     /// Picks the injection point if one is not chosen yet: the latest boundary not yet passed.
@@ -135,12 +148,17 @@ impl ClientOutbox {
         n: usize,
         held: &mut Vec<(u8, u64, u64)>,
     ) -> Result<(), TrackError> {
-        self.tracker
-            .feed_with(&self.pending[before..before + n], |tag, start, end| {
-                if held_tag(tag) || tag == b'Z' {
-                    held.push((tag, start, end));
-                }
-            })
+        let read = &self.pending[before..before + n];
+        if self.track_all {
+            return self
+                .tracker
+                .feed_with(read, |tag, start, end| held.push((tag, start, end)));
+        }
+        self.tracker.feed_with(read, |tag, start, end| {
+            if held_tag(tag) || tag == b'Z' {
+                held.push((tag, start, end));
+            }
+        })
     }
 
     /// Queues one of timebox's own messages for the next frame boundary.
@@ -177,13 +195,18 @@ impl ClientOutbox {
     /// The upstream is gone: the whole frames still owed to the client, then `lost` (unless the
     /// client is mid-frame, where nothing more can be said cleanly).
     pub(crate) fn take_before_loss(&mut self, lost: &PgError) -> BytesMut {
+        // The unfinished frame's start in client offsets (frames replaced or dropped before it
+        // moved it away from its upstream offset).
+        let boundary = self.last_boundary();
         let complete = match self.tracker.unfinished_frame_start() {
-            Some(start) if start >= self.written => (start - self.written) as usize,
+            Some(_) if boundary >= self.written => {
+                ((boundary - self.written) as usize).min(self.pending.len())
+            }
             Some(_) => 0,
             None => self.pending.len(),
         };
         let mut out = self.pending.split_to(complete);
-        if self.tracker.at_boundary() || complete > 0 || self.written == self.tracker.offset() {
+        if self.tracker.at_boundary() || boundary >= self.written {
             lost.encode(&mut out);
         }
         out

@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::held::rows_of;
+use crate::audit::event::Returned;
 
 /// What the backend is doing, as far as the relay can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,8 @@ pub(crate) struct Outcome {
     pub rows: Option<u64>,
     /// The SQLSTATE of the error that ended it, when it got no tag.
     pub sqlstate: Option<String>,
+    /// Result rows and bytes it returned (roles with result quotas only).
+    pub returned: Option<Returned>,
 }
 
 /// The outcomes one ReadyForQuery completes.
@@ -71,6 +74,11 @@ pub(crate) struct SyncTracker {
     error: Option<String>,
     /// Transaction status of the last ReadyForQuery ('I', 'T', 'E').
     transaction: u8,
+    /// What each completed statement of the sync point in progress returned, one per
+    /// CommandComplete (roles with result quotas only).
+    returned: Vec<Returned>,
+    /// What the statement that ended in an error (or a quota stop) returned.
+    returned_by_failed: Option<Returned>,
 }
 
 impl Default for SyncTracker {
@@ -82,6 +90,8 @@ impl Default for SyncTracker {
             tags: Vec::new(),
             error: None,
             transaction: b'I',
+            returned: Vec::new(),
+            returned_by_failed: None,
         }
     }
 }
@@ -117,6 +127,16 @@ impl SyncTracker {
         self.tags.push(tag);
     }
 
+    /// A statement's result ended (`completed`: by the CommandComplete that comes next; otherwise
+    /// by an error or a quota stop) having returned `r`. Roles with result quotas only.
+    pub(crate) fn returned(&mut self, r: Returned, completed: bool) {
+        if completed {
+            self.returned.push(r);
+        } else {
+            self.returned_by_failed = Some(r);
+        }
+    }
+
     /// An ErrorResponse with this SQLSTATE arrived (denial markers excepted).
     pub(crate) fn error(&mut self, sqlstate: Option<String>) {
         self.error = sqlstate;
@@ -138,22 +158,35 @@ impl SyncTracker {
     /// several command tags, so the last statement takes all the tags left.
     fn outcomes(&mut self, ids: Vec<u64>) -> Vec<Outcome> {
         let mut tags = std::mem::take(&mut self.tags).into_iter();
+        let mut returned = std::mem::take(&mut self.returned).into_iter();
+        let mut failed = self.returned_by_failed.take();
         let error = self.error.take();
         let n = ids.len();
         ids.into_iter()
             .enumerate()
             .map(|(i, statement_id)| {
-                let tag = if i + 1 == n {
+                let (tag, returned) = if i + 1 == n {
                     let rest: Vec<String> = tags.by_ref().collect();
-                    (!rest.is_empty()).then(|| rest.join("; "))
+                    let all = returned.by_ref().chain(failed.take());
+                    (
+                        (!rest.is_empty()).then(|| rest.join("; ")),
+                        all.reduce(add_returned),
+                    )
                 } else {
-                    tags.next()
+                    let tag = tags.next();
+                    let r = if tag.is_some() {
+                        returned.next()
+                    } else {
+                        failed.take()
+                    };
+                    (tag, r)
                 };
                 Outcome {
                     statement_id,
                     rows: tag.as_deref().and_then(rows_of),
                     sqlstate: if tag.is_none() { error.clone() } else { None },
                     command_tag: tag,
+                    returned,
                 }
             })
             .collect()
@@ -174,6 +207,15 @@ impl SyncTracker {
     }
 }
 
+/// Two results of one audited statement (a multi-statement Query) counted as one.
+fn add_returned(a: Returned, b: Returned) -> Returned {
+    Returned {
+        rows: a.rows + b.rows,
+        bytes: a.bytes + b.bytes,
+        quota_stop: a.quota_stop.or(b.quota_stop),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,7 +226,36 @@ mod tests {
             command_tag: tag.map(str::to_owned),
             rows: tag.and_then(rows_of),
             sqlstate: sqlstate.map(str::to_owned),
+            returned: None,
         }
+    }
+
+    #[test]
+    fn returned_rows_and_bytes_pair_with_their_statement_and_a_quota_stop_with_the_failed_one() {
+        let mut t = SyncTracker::default();
+        let now = Instant::now();
+        let mut id = 0;
+        send(&mut t, b"PBEPBES", &mut id, now);
+        let r = |rows, bytes, stop: Option<&str>| Returned {
+            rows,
+            bytes,
+            quota_stop: stop.map(str::to_owned),
+        };
+        t.returned(r(2, 40, None), true);
+        t.command_complete("SELECT 2".into());
+        t.returned(r(1000, 20_000, Some("max_rows_per_statement")), false);
+        t.error(Some("54000".into()));
+        let done = t.ready(b'I', now).unwrap();
+        assert_eq!(done.outcomes[0].returned, Some(r(2, 40, None)));
+        assert_eq!(done.outcomes[1].sqlstate.as_deref(), Some("54000"));
+        assert_eq!(
+            done.outcomes[1].returned,
+            Some(r(1000, 20_000, Some("max_rows_per_statement")))
+        );
+        // Nothing leaks into the next sync point; roles without quotas report nothing.
+        send(&mut t, b"Q", &mut id, now);
+        t.command_complete("SELECT 1".into());
+        assert_eq!(t.ready(b'I', now).unwrap().outcomes[0].returned, None);
     }
 
     /// Forwards frontend frames `tags`, auditing a statement for each Query and Parse.
