@@ -437,3 +437,46 @@ async fn an_api_issued_auditor_token_logs_in_to_timebox_audit() {
         out.stderr
     );
 }
+
+/// Attack review, session 4 (F1): a `timebox_audit` session opened with a store token went on
+/// reading the trail after the token was revoked (the token was checked at login only). Now every
+/// query checks that the token is still the live one of its name: the next query after a revoke
+/// ends the session with 28000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_timebox_audit_session_ends_at_its_next_query_after_a_revoke() {
+    let tb = common::start(Options {
+        tls: "disabled",
+        ..Options::default()
+    })
+    .await;
+    let token = issue_ok(&tb, "nadia", &["auditor"]).await;
+    let conn = format!(
+        "host=127.0.0.1 port={} user=nadia dbname=timebox_audit password={token}",
+        tb.proxy_addr.port()
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .expect("the auditor logs in");
+    tokio::spawn(connection);
+    client
+        .simple_query("SELECT count(*) FROM events")
+        .await
+        .expect("reads before the revoke");
+
+    let a = delete(&tb, "/v1/admin-tokens/nadia", ADMIN_TOKEN).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let err = client
+        .simple_query("SELECT count(*) FROM events")
+        .await
+        .expect_err("the revoked token's session reads no more");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("a PostgreSQL error, not {err:?}"));
+    assert_eq!(db.code().code(), "28000", "{}", db.message());
+    assert!(
+        db.message().contains("was revoked or has expired"),
+        "{}",
+        db.message()
+    );
+    assert!(client.is_closed() || client.simple_query("SELECT 1").await.is_err());
+}

@@ -145,11 +145,11 @@ pub async fn serve(
         }
         Ok(Err(e)) => Err(e),
         Ok(Ok(None)) => return,
-        Ok(Ok(Some(db))) => match state.proxy.admit(state.config.proxy.max_connections) {
+        Ok(Ok(Some(auditor))) => match state.proxy.admit(state.config.proxy.max_connections) {
             Err(e) => Err(e),
             Ok(_slot) => {
                 drop(pre_auth.unauthenticated);
-                run(&state, &mut client, &params, &db).await
+                run(&state, &mut client, &params, &auditor).await
             }
         },
     };
@@ -164,7 +164,7 @@ pub async fn serve(
     }
 }
 
-/// Authenticates an auditor. `Ok(Some(path))` is the audit database to serve; `Ok(None)` when the
+/// Authenticates an auditor. `Ok(Some(auditor))`: the audit database to serve and the token; `Ok(None)` when the
 /// client left before offering a token.
 async fn login(
     state: &Arc<AppState>,
@@ -172,7 +172,7 @@ async fn login(
     params: &ClientParams,
     tls: Option<&ClientTlsInfo>,
     peer: std::net::SocketAddr,
-) -> Result<Option<std::path::PathBuf>, PgError> {
+) -> Result<Option<Auditor>, PgError> {
     if tls.is_none() && state.config.proxy.tls != crate::config::ClientTls::Disabled {
         return Err(PgError::tls_required());
     }
@@ -197,18 +197,15 @@ async fn login(
             tracing::error!(error = %e, "grant store unavailable during timebox_audit authentication");
             PgError::system_error("timebox cannot check logins right now (store unavailable)")
         })?;
+    // A token issued over the admin API: its live store entry (with the same kind of verifier), and
+    // its id, which every later query checks is still live.
+    let mut store_token_id = None;
     let entry: Option<AdminToken> = match token_entry(&state.config.admin.tokens, &params.user) {
         Some(config_token) => Some(config_token.clone()),
-        // A token issued over the admin API: its live store entry, with the same kind of verifier.
-        None => state
-            .admin_tokens
-            .live_named(&params.user)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "grant store unavailable during timebox_audit authentication");
-                PgError::system_error("timebox cannot check logins right now (store unavailable)")
-            })?
-            .map(|stored| stored.as_config_token()),
+        None => live_store_token(state, &params.user).await?.map(|stored| {
+            store_token_id = Some(stored.record.id.clone());
+            stored.as_config_token()
+        }),
     };
     let verifier = entry.as_ref().and_then(|t| t.scram.as_ref());
     let (salt, iterations) = match verifier {
@@ -266,7 +263,39 @@ async fn login(
     auth::send_sasl_final(client, &server_final)
         .await
         .map_err(|_| PgError::protocol_violation("client left"))?;
-    Ok(Some(db))
+    Ok(Some(Auditor { db, store_token_id }))
+}
+
+/// A logged-in auditor: the audit database to serve, and the id of the store token it logged in
+/// with (`None` for a config token, which changes only with a restart).
+struct Auditor {
+    db: std::path::PathBuf,
+    store_token_id: Option<String>,
+}
+
+/// The live store token named `user`; a failing store fails closed.
+async fn live_store_token(
+    state: &AppState,
+    user: &str,
+) -> Result<Option<crate::grants::admin_tokens::StoredAdminToken>, PgError> {
+    state.admin_tokens.live_named(user).await.map_err(|e| {
+        tracing::error!(error = %e, "grant store unavailable during timebox_audit authentication");
+        PgError::system_error("timebox cannot check logins right now (store unavailable)")
+    })
+}
+
+/// Before each query of a session that logged in with a store token: the token must still be the
+/// live one of its name (a revoke or expiry ends the session at its next query).
+async fn still_admitted(state: &AppState, user: &str, token_id: Option<&str>) -> Result<(), PgError> {
+    let Some(id) = token_id else {
+        return Ok(());
+    };
+    match live_store_token(state, user).await? {
+        Some(live) if live.record.id == id => Ok(()),
+        _ => Err(PgError::invalid_authorization_specification(format!(
+            "timebox_audit: admin token \"{user}\" was revoked or has expired; this session ends"
+        ))),
+    }
 }
 
 /// The `[[admin.tokens]]` entry an auditor logs in as: the one named `user`. (The admin API finds
@@ -306,8 +335,9 @@ async fn run(
     state: &Arc<AppState>,
     client: &mut ClientStream,
     params: &ClientParams,
-    db: &std::path::Path,
+    auditor: &Auditor,
 ) -> Result<(), PgError> {
+    let db = auditor.db.as_path();
     let mut out = BytesMut::new();
     let session_id = format!("a_{:016x}", rand::random::<u64>());
     greet(client, params).await?;
@@ -335,6 +365,7 @@ async fn run(
         match tag {
             b'X' => return Ok(()),
             b'Q' => {
+                still_admitted(state, &params.user, auditor.store_token_id.as_deref()).await?;
                 let sql = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body)).into_owned();
                 statement_id += 1;
                 let query = Query {

@@ -123,6 +123,23 @@ pub fn system_schema_object(stmt: &NodeEnum) -> Option<(&'static str, String)> {
             "ALTER FUNCTION",
             f.func.as_ref().and_then(|o| qualified_schema(&o.objname)),
         ),
+        NodeEnum::AlterOperatorStmt(o) => named(
+            "ALTER OPERATOR",
+            o.opername.as_ref().and_then(|o| qualified_schema(&o.objname)),
+        ),
+        NodeEnum::AlterTypeStmt(t) => named("ALTER TYPE", qualified_schema(&t.type_name)),
+        NodeEnum::AlterObjectDependsStmt(d) => named(
+            "ALTER … DEPENDS ON EXTENSION",
+            d.object
+                .as_deref()
+                .and_then(|o| object_schema(o, false))
+                .or_else(|| {
+                    d.relation
+                        .as_ref()
+                        .map(|r| r.schemaname.clone())
+                        .filter(|s| !s.is_empty())
+                }),
+        ),
         NodeEnum::DefineStmt(d) => named(
             "CREATE (type, aggregate, operator, collation …)",
             qualified_schema(&d.defnames),
@@ -183,6 +200,18 @@ pub fn system_schema_reason(what: &str, schema: &str) -> String {
     )
 }
 
+/// The system schema a `search_path` value names first, if it does: unqualified `CREATE`s go into
+/// the first schema of the path, so with `pg_catalog` (or any system schema) first a `ddl` statement
+/// without a schema would put its object there (attack review, session 4).
+pub fn system_schema_first(value: &str) -> Option<String> {
+    let first = value.split(',').map(str::trim).find(|s| !s.is_empty())?;
+    let first = match first.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        Some(quoted) => quoted.to_string(),
+        None => first.to_lowercase(),
+    };
+    is_system_schema(&first).then_some(first)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +259,22 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn a_system_schema_first_on_the_search_path() {
+        for (value, expected) in [
+            ("pg_catalog", Some("pg_catalog")),
+            (" PG_CATALOG , public", Some("pg_catalog")),
+            ("information_schema, public", Some("information_schema")),
+            ("public, pg_catalog", None),
+            ("\"$user\", public", None),
+            ("pg_temp, public", None),
+            ("''", None),
+            ("", None),
+        ] {
+            assert_eq!(system_schema_first(value).as_deref(), expected, "{value}");
+        }
     }
 
     #[test]

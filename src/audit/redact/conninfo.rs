@@ -22,7 +22,7 @@ pub(super) fn redact_conninfo(text: &str) -> Cow<'_, str> {
             continue;
         }
         let mut j = i + 8;
-        while j < bytes.len() && bytes[j] == b' ' {
+        while j < bytes.len() && bytes[j].is_ascii_whitespace() {
             j += 1;
         }
         if j >= bytes.len() || bytes[j] != b'=' {
@@ -30,7 +30,7 @@ pub(super) fn redact_conninfo(text: &str) -> Cow<'_, str> {
             continue;
         }
         j += 1;
-        while j < bytes.len() && bytes[j] == b' ' {
+        while j < bytes.len() && bytes[j].is_ascii_whitespace() {
             j += 1;
         }
         let start = j;

@@ -370,12 +370,15 @@ fn starts_with_command(sql: &str, sig: &[&Token]) -> bool {
     })
 }
 
-/// The parts after the literal `sig[i]` that may carry a secret its text leaves open: the rest
-/// of its own argument and each argument after it, up to the `)` closing the call it is in, a
-/// `;`, or the end (`format('… PASSWORD %L', 'x', 'pw')`, `'… PASSWORD ' || quote_literal('pw')`).
+/// The values after the literal `sig[i]` that may carry a secret its text leaves open: every
+/// literal and constant (strings, numbers) in the rest of its own argument and each argument after
+/// it, up to the `)` closing the call it is in, a `;`, or the end (`format('… PASSWORD %L', 'x',
+/// 'pw')`, `'… PASSWORD ' || quote_literal('pw')`). Names, keywords and operators stay visible, so
+/// a literal that only looks like the start of such SQL cannot hide what a statement does (attack
+/// review, session 4: `DELETE … WHERE 'alter role x password ' IS NOT NULL AND name = 'b'` hid its
+/// whole condition).
 fn open_tail(sig: &[&Token], i: usize) -> Vec<Range<usize>> {
-    let mut runs = Vec::new();
-    let mut run: Option<Range<usize>> = None;
+    let mut values = Vec::new();
     let mut depth = 0usize;
     for t in &sig[i + 1..] {
         match t.kind {
@@ -383,16 +386,11 @@ fn open_tail(sig: &[&Token], i: usize) -> Vec<Range<usize>> {
             Kind::Op(b')') | Kind::Op(b']') if depth == 0 => break,
             Kind::Op(b')') | Kind::Op(b']') => depth -= 1,
             Kind::Op(b';') if depth == 0 => break,
-            Kind::Op(b',') if depth == 0 => {
-                runs.extend(run.take());
-                continue;
-            }
+            Kind::Str | Kind::Other => values.push(t.span.clone()),
             _ => {}
         }
-        run = Some(run.map_or(t.span.clone(), |r| r.start..t.span.end));
     }
-    runs.extend(run);
-    runs
+    values
 }
 
 /// The span to hide for the secret literal `s`: the literal itself, never what follows it, so a

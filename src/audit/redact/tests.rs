@@ -544,3 +544,42 @@ fn commented_out_secrets_are_hidden_and_the_comment_kept() {
         "SELECT 1 -- just a comment"
     );
 }
+
+/// Attack review, session 4 (F2): a literal that only looks like the start of SQL waiting for a
+/// secret (`'alter role x password '`) hid everything after it, so an engineer could keep the
+/// condition of a DELETE or the columns of a SELECT out of the audit record. Only the values after
+/// it are hidden now; names, keywords and operators stay.
+#[test]
+fn a_literal_that_looks_like_open_secret_sql_hides_values_not_the_statement() {
+    let out = redact_sql("DELETE FROM items WHERE 'alter role x password ' IS NOT NULL AND name = 'banana'");
+    assert!(out.contains("IS NOT NULL AND name = "), "{out}");
+    assert!(
+        !out.contains("banana"),
+        "values after it stay hidden (fail closed): {out}"
+    );
+    let out = redact_sql("SELECT 'create role x password ', name, qty FROM items WHERE name = 'cherry'");
+    assert!(out.contains(", name, qty FROM items WHERE name = "), "{out}");
+    // The secret such SQL is completed with stays hidden.
+    let out = redact_sql("SELECT 'ALTER ROLE x PASSWORD ' || quote_literal('pw12345')");
+    assert!(
+        !out.contains("pw12345") && out.contains("quote_literal("),
+        "{out}"
+    );
+    let out = redact_sql("SELECT format('ALTER ROLE x PASSWORD %L', 'x', 98765432)");
+    assert!(!out.contains("98765432"), "{out}");
+}
+
+/// Attack review, session 4 (F5): libpq takes any whitespace around `=` in conninfo; only spaces
+/// were skipped, so a tab or newline kept the password in the record.
+#[test]
+fn conninfo_passwords_with_any_whitespace_around_the_equals_sign_are_hidden() {
+    for sql in [
+        "SELECT dblink_connect('c', 'host=h password=\thunter2')",
+        "SELECT dblink_connect('c', E'host=h password=\\thunter2')",
+        "SELECT dblink_connect('c', 'host=h password\t=hunter2')",
+        "CREATE SUBSCRIPTION s CONNECTION 'host=h\n  password=\n   hunter2' PUBLICATION p",
+    ] {
+        let out = redact_sql(sql);
+        assert!(!out.contains("hunter2"), "{sql:?} -> {out}");
+    }
+}

@@ -160,6 +160,14 @@ pub(crate) fn setting_class(change: &SettingChange) -> (StatementClass, String) 
                 Admin,
                 format!("{what} to a value that is not a literal: the proxy cannot tell whether pg_catalog stays first"),
             ),
+            SetValue::Value(v) if catalog::system_schema_first(v).is_some() => (
+                Admin,
+                format!(
+                    "{what} puts the system schema {} first, so objects created without a schema would \
+                     go into it",
+                    catalog::system_schema_first(v).unwrap_or_default()
+                ),
+            ),
             SetValue::Value(v) if pg_catalog_not_first(v) => (
                 Admin,
                 format!(

@@ -403,6 +403,9 @@ pub(crate) const CASES: &[(&str, &str, &str, E)] = &[
     ("system_schema_drop_own_function_with_catalog_arg_is_ddl", "ddl", "DROP FUNCTION public.f(pg_catalog.int4)", Allow),
     ("system_schema_own_schema_is_ddl", "ddl", "CREATE SCHEMA reporting", Allow),
     ("system_schema_own_temp_schema_is_ddl", "ddl", "CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 1'", Allow),
+    ("system_schema_alter_operator", "ddl", "ALTER OPERATOR pg_catalog.+ (int4, int4) SET (RESTRICT = none)", Deny("ALTER OPERATOR in the system schema pg_catalog")),
+    ("system_schema_function_depends_on_extension", "ddl", "ALTER FUNCTION pg_catalog.lower(text) DEPENDS ON EXTENSION x", Deny("system schema pg_catalog")),
+    ("system_schema_alter_type", "ddl", "ALTER TYPE pg_catalog.int4 SET (STORAGE = plain)", Deny("ALTER TYPE in the system schema pg_catalog")),
     ("catalog_row_lock_for_update", "write", "SELECT 1 FROM pg_authid WHERE rolname = 'app' FOR UPDATE", Deny("locks rows of pg_catalog.pg_authid")),
     ("catalog_row_lock_for_key_share_qualified", "write", "SELECT 1 FROM pg_catalog.pg_class FOR KEY SHARE", Deny("locks rows of pg_catalog.pg_class")),
     ("catalog_row_lock_in_subquery", "write", "SELECT * FROM orders WHERE owner IN (SELECT oid FROM pg_roles FOR SHARE)", Deny("pg_catalog.pg_roles")),
@@ -412,6 +415,10 @@ pub(crate) const CASES: &[(&str, &str, &str, E)] = &[
     ("search_path_information_schema", "write", "SET search_path = information_schema, public", Deny("system schema information_schema")),
     ("search_path_pg_toast_via_set_config", "write", "SELECT set_config('search_path', 'public, pg_toast', false)", Deny("system schema pg_toast")),
     ("search_path_pg_temp_is_user_data", "write", "SET search_path = pg_temp, public", Allow),
+    // Attack review, session 4 (F3): unqualified CREATEs go into the first schema of the path.
+    ("search_path_pg_catalog_first", "ddl", "SET search_path = pg_catalog, public", Deny("puts the system schema pg_catalog first")),
+    ("search_path_pg_catalog_only_via_set_config", "ddl", "SELECT set_config('search_path', 'pg_catalog', false)", Deny("pg_catalog first")),
+    ("search_path_pg_catalog_then_create", "ddl", "SET search_path = pg_catalog; CREATE FUNCTION lower(varchar) RETURNS text LANGUAGE sql STABLE AS 'select 1'", Deny("pg_catalog first")),
     // ---- TABLE name (issue 12): PostgreSQL's parser reads it as SELECT * FROM name; sqlparser only
     // inside a query, so it checks the text with the commands spelled that way ----------------------
     ("table_command_is_a_read", "read", "TABLE orders", Allow),

@@ -435,7 +435,8 @@ fn check_command_reports_each_statement_and_the_decision() {
 #[test]
 fn startup_search_path_cannot_name_a_system_schema() {
     let write = role("write");
-    for value in ["information_schema", "public, pg_toast"] {
+    // pg_catalog first too (attack review, session 4): unqualified CREATEs would go into it.
+    for value in ["information_schema", "public, pg_toast", "pg_catalog, public"] {
         let Decision::Deny { reason, .. } =
             authorize::authorize_startup_setting(&write, "search_path", value)
         else {
@@ -443,7 +444,7 @@ fn startup_search_path_cannot_name_a_system_schema() {
         };
         assert!(reason.contains("system schema"), "{reason}");
     }
-    assert!(authorize::authorize_startup_setting(&write, "search_path", "pg_catalog, public").is_allow());
+    assert!(authorize::authorize_startup_setting(&write, "search_path", "\"$user\", public").is_allow());
     assert!(
         authorize::authorize_startup_setting(&role("admin"), "search_path", "information_schema").is_allow()
     );
