@@ -97,6 +97,8 @@ pub struct TestInstance {
     pub cert_path: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), app::AppError>>>,
+    /// The PostgreSQL store database under `TIMEBOX_TEST_STORE=postgres` (see [`start`]).
+    store_db: Option<StoreDatabase>,
 }
 
 impl TestInstance {
@@ -292,12 +294,29 @@ max_ttl = "1h"
 }
 
 /// Starts the shared cluster (once per binary) and a fresh timebox instance in front of it.
-pub async fn start(opts: Options) -> TestInstance {
+///
+/// With `TIMEBOX_TEST_STORE=postgres` in the environment, an instance whose options name no store
+/// gets a PostgreSQL store (a fresh database of the shared cluster) instead of SQLite, so a whole
+/// test file can run against the other store: `TIMEBOX_TEST_STORE=postgres cargo test --test NAME`
+/// (issue 11; tests that open the SQLite files themselves assume the default).
+pub async fn start(mut opts: Options) -> TestInstance {
     let cluster_port = tokio::task::spawn_blocking(|| cluster::shared_cluster().port())
         .await
         .expect("cluster start");
+    let store_db =
+        if opts.store.is_none() && std::env::var("TIMEBOX_TEST_STORE").is_ok_and(|v| v == "postgres") {
+            let db = tokio::task::spawn_blocking(StoreDatabase::create)
+                .await
+                .expect("store database");
+            opts.store = Some(db.store_lines());
+            Some(db)
+        } else {
+            None
+        };
     let shop_port = opts.shop_port.unwrap_or(cluster_port);
-    start_instance(opts.clock.clone(), |dir| config_text(&opts, dir, shop_port)).await
+    let mut inst = start_instance(opts.clock.clone(), |dir| config_text(&opts, dir, shop_port)).await;
+    inst.store_db = store_db;
+    inst
 }
 
 /// Starts a timebox instance from complete config text, for tests whose upstream is not the shared
@@ -343,6 +362,7 @@ async fn start_instance(
         dir,
         cert_path,
         stop: Some(stop),
+        store_db: None,
         task: Some(task),
     }
 }
