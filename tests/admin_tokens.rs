@@ -241,7 +241,7 @@ async fn both_changes_are_audited_with_the_actor_and_never_the_token() {
     let a = delete(&tb, "/v1/admin-tokens/ci-bot", ADMIN_TOKEN).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
 
-    let records = common::pg::audit_records(&tb.dir.path().join("audit.db"));
+    let records = common::pg::audit_records(&tb.audit_db());
     let issued: Vec<&Value> = records
         .iter()
         .filter(|(k, _)| k == "admin_token_issued")

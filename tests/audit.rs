@@ -1029,7 +1029,7 @@ async fn verify_and_head_endpoints() {
     assert_eq!(report["first_bad"]["seq"], 2);
 
     // Deleting the newest record behind timebox's back: the live head catches it.
-    Connection::open(tb.dir.path().join("audit.db"))
+    Connection::open(tb.audit_db())
         .unwrap()
         .execute("DELETE FROM audit_events WHERE seq = 3", [])
         .unwrap();
@@ -1043,7 +1043,7 @@ async fn verify_and_head_endpoints() {
 async fn issuing_fails_closed_when_the_audit_log_fails() {
     let tb = instance().await;
     let base = tb.admin_url();
-    Connection::open(tb.dir.path().join("audit.db"))
+    Connection::open(tb.audit_db())
         .unwrap()
         .execute_batch("DROP TABLE audit_events")
         .unwrap();
@@ -1081,7 +1081,7 @@ async fn approving_fails_closed_when_the_audit_log_fails() {
     .await;
     assert_eq!(status, StatusCode::CREATED, "{text}");
     let id = request["id"].as_str().unwrap().to_owned();
-    Connection::open(tb.dir.path().join("audit.db"))
+    Connection::open(tb.audit_db())
         .unwrap()
         .execute_batch("DROP TABLE audit_events")
         .unwrap();

@@ -46,7 +46,7 @@ async fn every_statement_run_upstream_is_audited_and_denied_ones_never_run() {
     // let the session end be recorded
     tokio::time::sleep(Duration::from_millis(300)).await;
     inst.state.audit.wait_indexed().await.unwrap();
-    let db = inst.dir.path().join("audit.db");
+    let db = inst.audit_db();
     let records = audit_records(&db);
     let log = server_log().await;
 
@@ -120,7 +120,7 @@ async fn auth_failures_are_audited_without_the_token() {
     let _ = tokio_postgres::connect(&inst.conn_string("alice", wrong, "disable"), NoTls).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     inst.state.audit.wait_indexed().await.unwrap();
-    let records = audit_records(&inst.dir.path().join("audit.db"));
+    let records = audit_records(&inst.audit_db());
     let failure = records
         .iter()
         .find(|(k, _)| k == "auth_failure")
@@ -297,7 +297,7 @@ async fn an_idle_sessions_last_outcome_is_recorded_without_waiting_for_more_stat
             .filter(|(k, p)| k == "statement_outcome" && ids.contains(&p["statement_id"].as_u64().unwrap()))
             .count()
     };
-    let db = inst.dir.path().join("audit.db");
+    let db = inst.audit_db();
     let recorded = common::eventually(Duration::from_secs(5), || async {
         inst.state.audit.wait_indexed().await.unwrap();
         outcomes(&audit_records(&db)) == 2
@@ -334,7 +334,7 @@ async fn password_literals_never_reach_the_audit_trail_in_any_spelling() {
     let out = common::psql(&conn, &token, &statements[2]).await;
     assert!(!out.stderr.contains(pw), "{}", out.stderr);
     inst.state.audit.wait_indexed().await.unwrap();
-    let records = audit_records(&inst.dir.path().join("audit.db"));
+    let records = audit_records(&inst.audit_db());
     let audited: Vec<&str> = records
         .iter()
         .filter(|(k, _)| k == "statement")

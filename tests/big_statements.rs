@@ -73,7 +73,7 @@ async fn a_statement_over_the_limit_is_refused_with_54000_and_audited_bounded() 
     drop(client);
     tokio::time::sleep(Duration::from_millis(300)).await;
     inst.state.audit.wait_indexed().await.unwrap();
-    let records = audit_records(&inst.dir.path().join("audit.db"));
+    let records = audit_records(&inst.audit_db());
     let statements: Vec<&serde_json::Value> = records
         .iter()
         .filter(|(k, _)| k == "statement")

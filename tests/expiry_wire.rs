@@ -40,7 +40,7 @@ fn audit_records(db: &std::path::Path) -> Vec<(String, serde_json::Value)> {
 /// The `upstream_end` records of grant `grant_id`.
 async fn upstream_ends(inst: &common::TestInstance, grant_id: &str) -> Vec<serde_json::Value> {
     inst.state.audit.wait_indexed().await.unwrap();
-    audit_records(&inst.dir.path().join("audit.db"))
+    audit_records(&inst.audit_db())
         .into_iter()
         .filter(|(k, p)| k == "upstream_end" && p["grant_id"] == grant_id)
         .map(|(_, p)| p)

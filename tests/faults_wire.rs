@@ -44,7 +44,7 @@ async fn kill_upstream(grant_id: &str, like: &str) -> usize {
 /// Records of the instance's audit trail of `kind` for `grant_id` (payload JSON).
 async fn records(inst: &common::TestInstance, kind: &str, grant_id: &str) -> Vec<serde_json::Value> {
     inst.state.audit.wait_indexed().await.unwrap();
-    let db = inst.dir.path().join("audit.db");
+    let db = inst.audit_db();
     let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let mut stmt = conn
         .prepare("SELECT payload FROM audit_events WHERE kind = ?1 ORDER BY seq")

@@ -22,7 +22,7 @@ async fn post(inst: &common::TestInstance, token: &str, path: &str, body: Value)
 
 /// The `grant_issued` payloads in the audit database, in order.
 fn grant_issued_records(inst: &common::TestInstance) -> Vec<Value> {
-    let conn = rusqlite::Connection::open(inst.dir.path().join("audit.db")).unwrap();
+    let conn = rusqlite::Connection::open(inst.audit_db()).unwrap();
     let mut stmt = conn
         .prepare("SELECT payload FROM audit_events WHERE kind = 'grant_issued' ORDER BY seq")
         .unwrap();
@@ -108,10 +108,8 @@ async fn a_grant_issued_by_any_path_has_exactly_one_grant_issued_record() {
             "a token must never be audited"
         );
     }
-    assert!(
-        timebox::audit::verify_file(&inst.dir.path().join("audit.db"), &[])
-            .unwrap()
-            .first_bad
-            .is_none()
-    );
+    assert!(timebox::audit::verify_file(&inst.audit_db(), &[])
+        .unwrap()
+        .first_bad
+        .is_none());
 }

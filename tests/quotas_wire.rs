@@ -88,7 +88,7 @@ async fn a_large_select_is_stopped_its_query_cancelled_and_the_session_goes_on()
     assert_eq!(sleeping_upstream(&grant.id).await, 0);
     assert_eq!(scalar(&client, "SELECT 41 + 1").await, "42");
     // The statement record's outcome says what was returned and which quota stopped it.
-    let db = inst.dir.path().join("audit.db");
+    let db = inst.audit_db();
     let stopped = common::eventually(Duration::from_secs(20), || {
         let db = db.clone();
         async move {

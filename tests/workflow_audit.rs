@@ -49,7 +49,7 @@ async fn request_lifecycle_is_audited_without_tokens() {
     .await;
 
     inst.state.audit.wait_indexed().await.unwrap();
-    let db = inst.dir.path().join("audit.db");
+    let db = inst.audit_db();
     let conn = rusqlite::Connection::open(&db).unwrap();
     let mut stmt = conn
         .prepare("SELECT kind, payload FROM audit_events WHERE kind IN ('access_request', 'grant_issued') ORDER BY seq")
@@ -139,7 +139,7 @@ async fn a_killed_session_is_audited_with_who_and_why() {
         .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
     inst.state.audit.wait_indexed().await.unwrap();
-    let db = inst.dir.path().join("audit.db");
+    let db = inst.audit_db();
     let mut end = None;
     for _ in 0..50 {
         let conn = rusqlite::Connection::open(&db).unwrap();

@@ -102,6 +102,16 @@ pub struct TestInstance {
 }
 
 impl TestInstance {
+    /// The instance's audit database file (beside a SQLite store, in `[audit] dir` with a
+    /// PostgreSQL one).
+    pub fn audit_db(&self) -> PathBuf {
+        self.state
+            .audit
+            .db_path()
+            .expect("a file-backed audit log")
+            .to_path_buf()
+    }
+
     pub fn admin_url(&self) -> String {
         format!("http://{}", self.admin_addr)
     }
