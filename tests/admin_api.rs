@@ -244,7 +244,14 @@ async fn store_and_audit_files_are_private() {
             }
         }
     }
-    for expected in ["timebox.db", "timebox.db-wal", "audit.db", "audit.db-wal"] {
+    // The store's own files exist only with the SQLite store (not under TIMEBOX_TEST_STORE=postgres).
+    let sqlite_store = matches!(tb.state.config.store, timebox::config::StoreConfig::Sqlite { .. });
+    let store_files: &[&str] = if sqlite_store {
+        &["timebox.db", "timebox.db-wal"]
+    } else {
+        &[]
+    };
+    for expected in store_files.iter().chain(&["audit.db", "audit.db-wal"]) {
         assert!(
             seen.iter().any(|n| n == expected),
             "{expected} not among {seen:?}"
