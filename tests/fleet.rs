@@ -376,22 +376,8 @@ async fn a_dead_instances_sessions_drop_out_and_a_second_live_instance_of_a_name
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 
     // A second instance named tb-a while tb-a is alive does not join.
-    let dir = tempfile::tempdir().unwrap();
-    let text = common::config_text(
-        &Options {
-            tls: "disabled",
-            store: Some(format!("{}\n[fleet]\ninstance = \"tb-a\"", db.store_lines())),
-            ..Options::default()
-        },
-        dir.path(),
-        5432,
-    );
-    let config = timebox::config::Config::from_toml_str(&text).expect("valid config");
-    let state = tokio::task::spawn_blocking(move || timebox::app::AppState::build(config))
-        .await
-        .unwrap()
-        .expect("state");
-    let err = state.fleet.as_ref().unwrap().register(&state).await.unwrap_err();
+    let (_state, registered) = register_another(&db, "tb-a").await;
+    let err = registered.unwrap_err();
     assert!(
         matches!(err, timebox::fleet::FleetError::NameInUse(ref n) if n == "tb-a"),
         "{err}"
@@ -673,7 +659,7 @@ async fn a_cancel_through_a_round_robin_balancer_cancels_the_query_whichever_ins
     assert_eq!(lb.routed(), [0, 1, 0, 1, 0, 1, 0, 1]);
 }
 
-/// A third instance `name` on `db`, built but not started; its registration's outcome.
+/// Another instance `name` on `db`, built but not started; its registration's outcome.
 async fn register_another(
     db: &StoreDatabase,
     name: &str,
