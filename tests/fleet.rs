@@ -13,31 +13,14 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio_postgres::NoTls;
 
+use common::http::call;
 use common::{Options, StoreDatabase, TestInstance, ADMIN_TOKEN, AUDITOR_TOKEN};
 
 /// Generous bound for "within 1 s" on a loaded 2-core machine; the measured time is printed.
 const SEVER_DEADLINE: Duration = Duration::from_secs(8);
-
-async fn call(
-    base: &str,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("{base}{path}"))
-        .bearer_auth(token);
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status();
-    (status, resp.json().await.expect("JSON body"))
-}
 
 /// Starts instance `name` on the store, with the given reconcile interval.
 async fn instance(db: &StoreDatabase, name: &str, reconcile: &str) -> TestInstance {

@@ -15,28 +15,11 @@ use serde_json::{json, Value};
 use timebox::clock::Clock;
 use tokio_postgres::NoTls;
 
+use common::http::call;
 use common::{Options, StoreDatabase, TestInstance, ADMIN_TOKEN, AUDITOR_TOKEN};
 
 /// Generous bound for shipping on a loaded 2-core machine (the shipper polls every 500 ms).
 const SHIPPED: Duration = Duration::from_secs(60);
-
-async fn call(
-    base: &str,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("{base}{path}"))
-        .bearer_auth(token);
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status();
-    (status, resp.json().await.expect("JSON body"))
-}
 
 async fn get(inst: &TestInstance, path: &str) -> Value {
     let (status, body) = call(&inst.admin_url(), Method::GET, path, AUDITOR_TOKEN, None).await;

@@ -68,3 +68,16 @@ pub async fn answer(resp: reqwest::Response) -> Answer {
         json,
     }
 }
+
+/// [`send`] with a bearer token, for tests that look at the status and the JSON body only (the body
+/// must be JSON).
+pub async fn call(
+    base: &str,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let answer = send(base, method, path, Some(token), body).await.expect_json();
+    (answer.status, answer.json)
+}
