@@ -186,6 +186,120 @@ pub enum ApproveOutcome {
     Recorded(Box<AccessRequest>),
 }
 
+/// What an approval by `approver` at `now` does to `request`, decided once for every store: refused
+/// ([`ApproveOutcome::NotPending`], [`ApproveOutcome::Duplicate`]) or recorded, and then whether it
+/// is the last approval the request needs (the request becomes `Approved`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApprovalStep {
+    Refuse(RequestStatus),
+    Duplicate,
+    Record { completes: bool },
+}
+
+impl ApprovalStep {
+    pub fn of(request: &AccessRequest, approver: &str, now: DateTime<Utc>) -> Self {
+        let status = request.status_at(now);
+        if status != RequestStatus::Pending {
+            return Self::Refuse(status);
+        }
+        if request.approvals.iter().any(|a| a.by == approver) {
+            return Self::Duplicate;
+        }
+        Self::Record {
+            completes: request.approvals.len() + 1 >= request.approvals_required as usize,
+        }
+    }
+
+    /// The outcome to answer without recording anything; `None` when the approval is to be recorded.
+    pub fn refusal(&self) -> Option<ApproveOutcome> {
+        match self {
+            Self::Refuse(status) => Some(ApproveOutcome::NotPending(*status)),
+            Self::Duplicate => Some(ApproveOutcome::Duplicate),
+            Self::Record { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod approval_step_tests {
+    use chrono::{Duration, TimeZone, Utc};
+
+    use super::{ApprovalStep, ApproveOutcome};
+    use crate::grants::requests::{AccessRequest, Approval, RequestStatus};
+
+    fn request(required: u32, approvers: &[&str]) -> AccessRequest {
+        let created = Utc.with_ymd_and_hms(2026, 12, 7, 9, 0, 0).unwrap();
+        AccessRequest {
+            id: "r1".into(),
+            requester: "alice".into(),
+            target: "shop".into(),
+            role: "read".into(),
+            ttl: "30m".into(),
+            reason: "incident".into(),
+            ticket: None,
+            break_glass: false,
+            created_at: created,
+            review_deadline: created + Duration::hours(1),
+            approvals_required: required,
+            approvals: approvers
+                .iter()
+                .map(|by| Approval {
+                    by: (*by).into(),
+                    reason: "ok".into(),
+                    at: created,
+                })
+                .collect(),
+            state: RequestStatus::Pending,
+            decided_at: None,
+            denied_by: None,
+            deny_reason: None,
+            grant_id: None,
+            token_fetched_at: None,
+        }
+    }
+
+    #[test]
+    fn the_last_needed_approval_completes_the_request_and_earlier_ones_do_not() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 7, 9, 10, 0).unwrap();
+        assert_eq!(
+            ApprovalStep::of(&request(1, &[]), "bob", now),
+            ApprovalStep::Record { completes: true }
+        );
+        assert_eq!(
+            ApprovalStep::of(&request(2, &[]), "bob", now),
+            ApprovalStep::Record { completes: false }
+        );
+        assert_eq!(
+            ApprovalStep::of(&request(2, &["carol"]), "bob", now),
+            ApprovalStep::Record { completes: true }
+        );
+        assert!(ApprovalStep::of(&request(2, &["carol"]), "bob", now)
+            .refusal()
+            .is_none());
+    }
+
+    #[test]
+    fn a_repeat_approval_and_a_decided_or_expired_request_are_refused() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 7, 9, 10, 0).unwrap();
+        let repeat = ApprovalStep::of(&request(2, &["bob"]), "bob", now);
+        assert_eq!(repeat, ApprovalStep::Duplicate);
+        assert!(matches!(repeat.refusal(), Some(ApproveOutcome::Duplicate)));
+        let late = now + Duration::hours(2);
+        let expired = ApprovalStep::of(&request(1, &[]), "bob", late);
+        assert_eq!(expired, ApprovalStep::Refuse(RequestStatus::Expired));
+        assert!(matches!(
+            expired.refusal(),
+            Some(ApproveOutcome::NotPending(RequestStatus::Expired))
+        ));
+        let mut denied = request(1, &[]);
+        denied.state = RequestStatus::Denied;
+        assert_eq!(
+            ApprovalStep::of(&denied, "bob", now),
+            ApprovalStep::Refuse(RequestStatus::Denied)
+        );
+    }
+}
+
 /// Grant counts by state at one instant (for the metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GrantCounts {

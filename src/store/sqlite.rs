@@ -10,7 +10,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    ApproveOutcome, GrantCounts, GrantFilter, GrantStore, Migrated, RequestFilter, StoreError, MAX_CANDIDATES,
+    ApprovalStep, ApproveOutcome, GrantCounts, GrantFilter, GrantStore, Migrated, RequestFilter, StoreError,
+    MAX_CANDIDATES,
 };
 use crate::grants::admin_tokens::{AdminTokenRecord, StoredAdminToken};
 use crate::grants::requests::{AccessRequest, Approval, RequestStatus};
@@ -488,18 +489,15 @@ impl GrantStore for SqliteStore {
         let Some(request) = load_request(&tx, id)? else {
             return Ok(ApproveOutcome::NotFound);
         };
-        let status = request.status_at(now);
-        if status != RequestStatus::Pending {
-            return Ok(ApproveOutcome::NotPending(status));
-        }
-        if request.approvals.iter().any(|a| a.by == approval.by) {
-            return Ok(ApproveOutcome::Duplicate);
+        let step = ApprovalStep::of(&request, &approval.by, now);
+        if let Some(refused) = step.refusal() {
+            return Ok(refused);
         }
         tx.execute(
             "INSERT INTO request_approvals (request_id, approver, reason, at) VALUES (?1, ?2, ?3, ?4)",
             params![id, approval.by, approval.reason, micros(approval.at)],
         )?;
-        if request.approvals.len() + 1 >= request.approvals_required as usize {
+        if step == (ApprovalStep::Record { completes: true }) {
             tx.execute(
                 "UPDATE access_requests SET status = 'approved', decided_at = ?2 WHERE id = ?1",
                 params![id, micros(now)],

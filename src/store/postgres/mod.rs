@@ -23,7 +23,10 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
 
-use super::{ApproveOutcome, GrantCounts, GrantFilter, Migrated, RequestFilter, StoreError, MAX_CANDIDATES};
+use super::{
+    ApprovalStep, ApproveOutcome, GrantCounts, GrantFilter, Migrated, RequestFilter, StoreError,
+    MAX_CANDIDATES,
+};
 use crate::config::{PostgresStoreConfig, UpstreamTls};
 use crate::grants::requests::{AccessRequest, Approval, RequestStatus};
 use crate::grants::token::ScramVerifier;
@@ -548,19 +551,16 @@ impl PgStore {
         let Some(request) = load_request(&*tx, id, true).await? else {
             return Ok(ApproveOutcome::NotFound);
         };
-        let status = request.status_at(now);
-        if status != RequestStatus::Pending {
-            return Ok(ApproveOutcome::NotPending(status));
-        }
-        if request.approvals.iter().any(|a| a.by == approval.by) {
-            return Ok(ApproveOutcome::Duplicate);
+        let step = ApprovalStep::of(&request, &approval.by, now);
+        if let Some(refused) = step.refusal() {
+            return Ok(refused);
         }
         tx.execute(
             "INSERT INTO timebox.request_approvals (request_id, approver, reason, at) VALUES ($1, $2, $3, $4)",
             &[&id, &approval.by, &approval.reason, &approval.at],
         )
         .await?;
-        if request.approvals.len() + 1 >= request.approvals_required as usize {
+        if step == (ApprovalStep::Record { completes: true }) {
             tx.execute(
                 "UPDATE timebox.access_requests SET status = 'approved', decided_at = $2 WHERE id = $1",
                 &[&id, &now],
