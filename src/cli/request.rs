@@ -315,37 +315,21 @@ mod tests {
     use chrono::{DateTime, Utc};
 
     use super::*;
-    use crate::grants::requests::{AccessRequest, Approval, RequestStatus};
+    use crate::grants::requests::Approval;
 
     #[test]
     fn request_table_and_details_show_status_and_approvals() {
         let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let r = AccessRequest {
-            id: "r_1".into(),
-            requester: "alice".into(),
-            target: "shop".into(),
-            role: "admin".into(),
-            ttl: "30m".into(),
-            reason: "migrate\norders".into(),
-            ticket: Some("INC-1".into()),
-            break_glass: false,
-            created_at: t0,
-            review_deadline: t0 + chrono::Duration::hours(1),
-            approvals_required: 2,
-            approvals: vec![Approval {
-                by: "bob".into(),
-                reason: "ok".into(),
-                at: t0,
-            }],
-            state: RequestStatus::Pending,
-            decided_at: None,
-            denied_by: None,
-            deny_reason: None,
-            grant_id: None,
-            token_fetched_at: None,
-        };
+        let mut r = crate::grants::requests::pending_request("r_1", t0, 2);
+        r.role = "admin".into();
+        r.reason = "migrate\norders".into();
+        r.approvals = vec![Approval {
+            by: "bob".into(),
+            reason: "ok".into(),
+            at: t0,
+        }];
         let v = RequestView::at(r, t0);
         let table = render_request_table(std::slice::from_ref(&v));
         assert_eq!(table.lines().count(), 2, "{table}");

@@ -118,6 +118,31 @@ impl AccessRequest {
     }
 }
 
+/// A pending request of alice for `read` on `shop` (ticket INC-1), for unit tests across the crate.
+#[cfg(test)]
+pub(crate) fn pending_request(id: &str, created: DateTime<Utc>, approvals_required: u32) -> AccessRequest {
+    AccessRequest {
+        id: id.into(),
+        requester: "alice".into(),
+        target: "shop".into(),
+        role: "read".into(),
+        ttl: "30m".into(),
+        reason: "inc".into(),
+        ticket: Some("INC-1".into()),
+        break_glass: false,
+        created_at: created,
+        review_deadline: created + chrono::Duration::hours(1),
+        approvals_required,
+        approvals: vec![],
+        state: RequestStatus::Pending,
+        decided_at: None,
+        denied_by: None,
+        deny_reason: None,
+        grant_id: None,
+        token_fetched_at: None,
+    }
+}
+
 /// A request as the API and the webhooks show it: every stored field plus its status now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RequestView {
@@ -766,26 +791,7 @@ mod tests {
         let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let mut r = AccessRequest {
-            id: "r_1".into(),
-            requester: "alice".into(),
-            target: "shop".into(),
-            role: "read".into(),
-            ttl: "30m".into(),
-            reason: "inc".into(),
-            ticket: None,
-            break_glass: false,
-            created_at: t0,
-            review_deadline: t0 + chrono::Duration::hours(1),
-            approvals_required: 1,
-            approvals: vec![],
-            state: RequestStatus::Pending,
-            decided_at: None,
-            denied_by: None,
-            deny_reason: None,
-            grant_id: None,
-            token_fetched_at: None,
-        };
+        let mut r = pending_request("r_1", t0, 1);
         assert_eq!(r.status_at(t0), RequestStatus::Pending);
         assert_eq!(
             r.status_at(t0 + chrono::Duration::hours(1)),

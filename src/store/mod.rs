@@ -225,37 +225,20 @@ mod approval_step_tests {
     use chrono::{Duration, TimeZone, Utc};
 
     use super::{ApprovalStep, ApproveOutcome};
-    use crate::grants::requests::{AccessRequest, Approval, RequestStatus};
+    use crate::grants::requests::{pending_request, AccessRequest, Approval, RequestStatus};
 
     fn request(required: u32, approvers: &[&str]) -> AccessRequest {
         let created = Utc.with_ymd_and_hms(2026, 12, 7, 9, 0, 0).unwrap();
-        AccessRequest {
-            id: "r1".into(),
-            requester: "alice".into(),
-            target: "shop".into(),
-            role: "read".into(),
-            ttl: "30m".into(),
-            reason: "incident".into(),
-            ticket: None,
-            break_glass: false,
-            created_at: created,
-            review_deadline: created + Duration::hours(1),
-            approvals_required: required,
-            approvals: approvers
-                .iter()
-                .map(|by| Approval {
-                    by: (*by).into(),
-                    reason: "ok".into(),
-                    at: created,
-                })
-                .collect(),
-            state: RequestStatus::Pending,
-            decided_at: None,
-            denied_by: None,
-            deny_reason: None,
-            grant_id: None,
-            token_fetched_at: None,
-        }
+        let mut request = pending_request("r1", created, required);
+        request.approvals = approvers
+            .iter()
+            .map(|by| Approval {
+                by: (*by).into(),
+                reason: "ok".into(),
+                at: created,
+            })
+            .collect();
+        request
     }
 
     #[test]

@@ -97,26 +97,7 @@ fn candidates_are_newest_first_with_verifiers() {
 }
 
 fn request(id: &str, created: DateTime<Utc>, required: u32) -> AccessRequest {
-    AccessRequest {
-        id: id.into(),
-        requester: "alice".into(),
-        target: "shop".into(),
-        role: "read".into(),
-        ttl: "30m".into(),
-        reason: "inc".into(),
-        ticket: Some("INC-1".into()),
-        break_glass: false,
-        created_at: created,
-        review_deadline: created + chrono::Duration::hours(1),
-        approvals_required: required,
-        approvals: vec![],
-        state: RequestStatus::Pending,
-        decided_at: None,
-        denied_by: None,
-        deny_reason: None,
-        grant_id: None,
-        token_fetched_at: None,
-    }
+    crate::grants::requests::pending_request(id, created, required)
 }
 
 #[test]
