@@ -73,6 +73,8 @@ pub struct Metrics {
     pub fleet_notification_lag_seconds: Histogram,
     /// Central audit (PostgreSQL store): the shipper's lag and counts.
     pub audit_ship: AuditShipMetrics,
+    /// The fleet mirror of the auditors' SQL endpoint (PostgreSQL store): its age and counts.
+    pub audit_mirror: crate::auditsql::mirror::MirrorMetrics,
     /// Statements whose result was stopped by a role quota, by limit (`max_rows_per_statement`,
     /// `max_result_bytes_per_statement`, `max_result_bytes_per_grant`).
     pub quota_stops_total: IntCounterVec,
@@ -226,6 +228,7 @@ impl Metrics {
                 "Audit submissions refused (each denied a statement)"
             )?),
             audit_ship: AuditShipMetrics::register(&registry)?,
+            audit_mirror: crate::auditsql::mirror::MirrorMetrics::register(&registry)?,
             webhook_failures_total: reg!(IntCounterVec::new(
                 Opts::new(
                     "timebox_webhook_failures_total",
