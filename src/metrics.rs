@@ -73,8 +73,6 @@ pub struct Metrics {
     pub fleet_notification_lag_seconds: Histogram,
     /// Central audit (PostgreSQL store): the shipper's lag and counts.
     pub audit_ship: AuditShipMetrics,
-    /// The fleet mirror of the auditors' SQL endpoint (PostgreSQL store): its age and counts.
-    pub audit_mirror: crate::auditsql::mirror::MirrorMetrics,
     /// Statements whose result was stopped by a role quota, by limit (`max_rows_per_statement`,
     /// `max_result_bytes_per_statement`, `max_result_bytes_per_grant`).
     pub quota_stops_total: IntCounterVec,
@@ -91,6 +89,9 @@ pub struct AuditShipMetrics {
     pub shipped_total: IntCounter,
     /// Failed shipping attempts (the store unreachable, a query failed).
     pub errors_total: IntCounter,
+    /// The fleet mirror the auditors' SQL endpoint reads the other instances' records from
+    /// ([`crate::auditsql::mirror`]): its age and counts.
+    pub mirror: crate::auditsql::mirror::MirrorMetrics,
 }
 
 impl AuditShipMetrics {
@@ -112,6 +113,7 @@ impl AuditShipMetrics {
                 "timebox_audit_ship_errors_total",
                 "Central audit: failed shipping attempts",
             )?,
+            mirror: crate::auditsql::mirror::MirrorMetrics::register(registry)?,
         };
         registry.register(Box::new(m.lag_records.clone()))?;
         registry.register(Box::new(m.lag_seconds.clone()))?;
@@ -228,7 +230,6 @@ impl Metrics {
                 "Audit submissions refused (each denied a statement)"
             )?),
             audit_ship: AuditShipMetrics::register(&registry)?,
-            audit_mirror: crate::auditsql::mirror::MirrorMetrics::register(&registry)?,
             webhook_failures_total: reg!(IntCounterVec::new(
                 Opts::new(
                     "timebox_webhook_failures_total",

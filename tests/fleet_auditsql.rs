@@ -129,7 +129,7 @@ async fn an_auditor_on_b_sees_statements_through_a_and_b_with_their_instance() {
     assert_eq!(out.stdout.trim(), "timebox_mirror", "{out:?}");
     let metrics = b.state.proxy.metrics.render().unwrap();
     assert!(metrics.contains("timebox_audit_mirror_age_seconds "), "{metrics}");
-    assert!(b.state.proxy.metrics.audit_mirror.mirrored_total.get() > 0);
+    assert!(b.state.proxy.metrics.audit_ship.mirror.mirrored_total.get() > 0);
 }
 
 /// SQLite's authorizer decides on the mirror as on the local index: the nested-comment tricks that
@@ -215,7 +215,7 @@ async fn an_edited_central_row_is_reported_and_never_replaces_the_mirrors_copy()
     let metrics = b.state.proxy.metrics.clone();
     let counted = common::eventually(MIRRORED, || {
         let metrics = metrics.clone();
-        async move { metrics.audit_mirror.conflicts_total.get() >= 1 }
+        async move { metrics.audit_ship.mirror.conflicts_total.get() >= 1 }
     })
     .await;
     assert!(counted, "the edited row was reported as a conflict");

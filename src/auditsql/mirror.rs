@@ -384,13 +384,13 @@ impl FleetMirror {
                     caught_up = Some(started);
                 }
                 Err(e) => {
-                    self.metrics.audit_mirror.errors_total.inc();
+                    self.metrics.audit_ship.mirror.errors_total.inc();
                     tracing::warn!(error = %e, retry_in = ?wait, "fleet audit mirror: round failed; auditors see the mirror as it was");
                     wait = (wait * 2).min(MIRROR_RETRY_MAX);
                 }
             }
             let age = caught_up.map_or(-1.0, |t| t.elapsed().as_secs_f64());
-            self.metrics.audit_mirror.age_seconds.set(age);
+            self.metrics.audit_ship.mirror.age_seconds.set(age);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -418,9 +418,13 @@ impl FleetMirror {
                 let copied = self
                     .with_conn(move |c| copy_rows(c, &name, &rows, at.as_deref()))
                     .await?;
-                self.metrics.audit_mirror.mirrored_total.inc_by(copied.inserted);
+                self.metrics
+                    .audit_ship
+                    .mirror
+                    .mirrored_total
+                    .inc_by(copied.inserted);
                 for seq in &copied.conflicts {
-                    self.metrics.audit_mirror.conflicts_total.inc();
+                    self.metrics.audit_ship.mirror.conflicts_total.inc();
                     tracing::error!(instance = %instance, seq, "fleet audit mirror: the central table's record differs from the mirror's copy; the copy is kept (audit verify reports the central one)");
                 }
                 marks.insert(instance.clone(), next.max(after));
