@@ -21,8 +21,8 @@
 //! it lacks (unique on (instance, seq)); a row read again that differs from its copy (an edit in
 //! the central table, seen only if the marks were lost) keeps the copy, is logged with its
 //! instance and seq and counted (`timebox_audit_mirror_conflicts_total`); `verify`, which reads
-//! the central table, reports the edit. The mirror is a cache: it is not the record, and a schema
-//! change rebuilds it from the central table.
+//! the central table, reports the edit. The mirror is a cache: it is not the record; a schema
+//! change, or the file deleted while the instance is stopped, rebuilds it from the central table.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
