@@ -33,6 +33,8 @@ pub enum AppError {
     Fleet(#[from] crate::fleet::FleetError),
     #[error("admin listener failed: {0}")]
     Admin(#[source] std::io::Error),
+    #[error(transparent)]
+    Mirror(#[from] crate::auditsql::mirror::MirrorError),
 }
 
 /// State shared by the proxy sessions and the admin API.
@@ -65,6 +67,9 @@ pub struct AppState {
     /// Central audit (`Some` with a PostgreSQL store): ships this instance's records and answers
     /// fleet-wide audit reads; its shipper is started by `run`.
     pub central_audit: Option<Arc<crate::audit::ship::CentralAudit>>,
+    /// The fleet mirror (`Some` with central audit): the other instances' records for the
+    /// auditors' SQL endpoint; its task is started by `run`.
+    pub fleet_mirror: Option<Arc<crate::auditsql::mirror::FleetMirror>>,
 }
 
 impl AppState {
@@ -114,6 +119,17 @@ impl AppState {
             )),
             _ => None,
         };
+        let fleet_mirror = match (&central_audit, audit.db_path()) {
+            (Some(central), Some(index)) => Some(crate::auditsql::mirror::FleetMirror::open(
+                central.instance().to_owned(),
+                central.store().clone(),
+                index.with_file_name(crate::auditsql::mirror::MIRROR_FILE_NAME),
+                config.audit.retain,
+                clock.clone(),
+                proxy.metrics.clone(),
+            )?),
+            _ => None,
+        };
         let requests = RequestService::new(store, grants.clone(), config.clone(), clock.clone());
         Ok(Arc::new(AppState {
             config,
@@ -130,6 +146,7 @@ impl AppState {
             review_slot: Arc::new(tokio::sync::Semaphore::new(1)),
             admin_tokens,
             central_audit,
+            fleet_mirror,
         }))
     }
 }
@@ -230,6 +247,10 @@ pub async fn run(
         .central_audit
         .clone()
         .map(|central| tokio::spawn(central.run(state.audit.clone(), state.shutdown.clone())));
+    let mirror = state
+        .fleet_mirror
+        .clone()
+        .map(|mirror| tokio::spawn(mirror.run(state.shutdown.clone())));
     let retention = state.config.audit.retain.map(|retain| {
         tokio::spawn(crate::audit::retention::run(
             state.audit.clone(),
@@ -250,7 +271,7 @@ pub async fn run(
         let _ = fleet.await;
     }
     let _ = webhooks.await;
-    for task in [shipper, retention].into_iter().flatten() {
+    for task in [shipper, retention, mirror].into_iter().flatten() {
         let _ = task.await;
     }
     let audit_writer = state

@@ -89,6 +89,9 @@ pub struct AuditShipMetrics {
     pub shipped_total: IntCounter,
     /// Failed shipping attempts (the store unreachable, a query failed).
     pub errors_total: IntCounter,
+    /// The fleet mirror the auditors' SQL endpoint reads the other instances' records from
+    /// ([`crate::auditsql::mirror`]): its age and counts.
+    pub mirror: crate::auditsql::mirror::MirrorMetrics,
 }
 
 impl AuditShipMetrics {
@@ -110,6 +113,7 @@ impl AuditShipMetrics {
                 "timebox_audit_ship_errors_total",
                 "Central audit: failed shipping attempts",
             )?,
+            mirror: crate::auditsql::mirror::MirrorMetrics::register(registry)?,
         };
         registry.register(Box::new(m.lag_records.clone()))?;
         registry.register(Box::new(m.lag_seconds.clone()))?;

@@ -18,9 +18,14 @@
 //! concurrency permit) belongs to the SQLite thread and is given back when that thread ends, not
 //! when the client is answered. It must never let a query allocate without bound, outlive its
 //! time limit or touch anything but the audit trail.
+//!
+//! With a PostgreSQL store the fleet mirror ([`super::mirror`]) is attached, read-only like the
+//! main database (an attached database is opened with the main one's flags), as `fleet` before
+//! the authorizer is installed; the authorizer then admits reads of its `audit_events` and
+//! `mirror_marks` (under the views) and nothing more of it. ATTACH stays refused to auditors.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -84,8 +89,47 @@ const PROGRESS_EVERY: i32 = 10_000;
 /// would refuse): use them once, before the authorizer is installed.
 const WARM_TABLE_FUNCTIONS: &str = "SELECT * FROM json_each('[]'); SELECT * FROM json_tree('[]');";
 
-/// The table the views read (in the main schema).
+/// The table the views read (in the main schema, and in the fleet mirror's).
 const AUDIT_TABLE: &str = "audit_events";
+/// The fleet mirror's per-instance marks (read by the `timebox_mirror` view).
+const MIRROR_MARKS: &str = "mirror_marks";
+
+/// The databases an auditor query reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditDb {
+    /// This instance's audit index (the main database).
+    pub local: PathBuf,
+    /// With a PostgreSQL store: the fleet mirror and this instance's name.
+    pub fleet: Option<FleetDb>,
+}
+
+/// The fleet mirror an auditor query reads besides the local index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetDb {
+    /// `fleet-audit.db` ([`super::mirror`]), attached as [`super::views::FLEET_SCHEMA`].
+    pub mirror: PathBuf,
+    /// This instance's `[fleet] instance` (the local index's records carry it).
+    pub instance: String,
+}
+
+impl AuditDb {
+    /// The local index only (single instance).
+    pub fn local(path: &Path) -> AuditDb {
+        AuditDb {
+            local: path.to_owned(),
+            fleet: None,
+        }
+    }
+
+    fn layout(&self) -> super::views::Layout<'_> {
+        match &self.fleet {
+            None => super::views::Layout::Local,
+            Some(f) => super::views::Layout::Fleet {
+                instance: &f.instance,
+            },
+        }
+    }
+}
 
 /// Table-valued functions auditors may use (they read their argument, nothing else).
 const TABLE_FUNCTIONS: &[&str] = &["json_each", "json_tree"];
@@ -262,11 +306,17 @@ impl Schema {
         }
     }
 
-    fn read(conn: &Connection) -> rusqlite::Result<Self> {
-        let mut stmt = conn.prepare(
-            "SELECT name FROM main.sqlite_master UNION SELECT name FROM temp.sqlite_master \
-             UNION SELECT name FROM pragma_module_list",
-        )?;
+    fn read(conn: &Connection, fleet: bool) -> rusqlite::Result<Self> {
+        let mut sql = "SELECT name FROM main.sqlite_master UNION SELECT name FROM temp.sqlite_master \
+                       UNION SELECT name FROM pragma_module_list"
+            .to_owned();
+        if fleet {
+            sql.push_str(&format!(
+                " UNION SELECT name FROM {}.sqlite_master",
+                super::views::FLEET_SCHEMA
+            ));
+        }
+        let mut stmt = conn.prepare(&sql)?;
         let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
         Ok(Schema::new(names.collect::<rusqlite::Result<Vec<_>>>()?))
     }
@@ -292,10 +342,12 @@ pub fn authorize(action: &AuthAction<'_>, database: Option<&str>, schema: &Schem
             let table = table_name.to_ascii_lowercase();
             let in_schema = |wanted: &str| database.is_none_or(|d| d.eq_ignore_ascii_case(wanted));
             let is_view = in_schema("temp") && super::views::is_view(&table);
-            let is_audit_table = in_schema("main") && table == AUDIT_TABLE;
+            let fleet = in_schema(super::views::FLEET_SCHEMA);
+            let is_audit_table = (in_schema("main") || fleet) && table == AUDIT_TABLE;
+            let is_mirror_marks = fleet && table == MIRROR_MARKS;
             let is_table_function = in_schema("main") && TABLE_FUNCTIONS.contains(&table.as_str());
             let is_cte = database.is_none() && !schema.is_object(&table);
-            if is_view || is_audit_table || is_table_function || is_cte {
+            if is_view || is_audit_table || is_mirror_marks || is_table_function || is_cte {
                 Ok(())
             } else {
                 Err(format!("reading {}", qualified(database, table_name)))
@@ -336,7 +388,7 @@ fn qualified(database: Option<&str>, table: &str) -> String {
 /// the SQLite thread and is given back when that thread ends, even if the client was answered
 /// (57014) before.
 pub async fn execute<W: AsyncWrite + Unpin>(
-    db: &Path,
+    db: &AuditDb,
     sql: String,
     limits: Limits,
     slot: OwnedSemaphorePermit,
@@ -417,13 +469,25 @@ fn lock(refusals: &SharedRefusals) -> std::sync::MutexGuard<'_, Refusals> {
 
 /// Opens the audit database read-only, with the views, the limits, the replaced built-ins and the
 /// authorizer in place.
-fn open(db: &Path, limits: Limits, refusals: SharedRefusals) -> Result<Connection, QueryError> {
+fn open(db: &AuditDb, limits: Limits, refusals: SharedRefusals) -> Result<Connection, QueryError> {
     let conn = Connection::open_with_flags(
-        db,
+        &db.local,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(QueryError::Open)?;
-    conn.execute_batch(&super::views::create_sql())
+    if let Some(fleet) = &db.fleet {
+        // Opened with the main database's flags: read-only too.
+        let path = fleet
+            .mirror
+            .to_str()
+            .ok_or_else(|| QueryError::Open(rusqlite::Error::InvalidPath(fleet.mirror.clone())))?;
+        conn.execute(
+            &format!("ATTACH DATABASE ?1 AS {}", super::views::FLEET_SCHEMA),
+            [path],
+        )
+        .map_err(QueryError::Open)?;
+    }
+    conn.execute_batch(&super::views::create_sql_for(db.layout()))
         .map_err(QueryError::Open)?;
     conn.execute_batch(WARM_TABLE_FUNCTIONS)
         .map_err(QueryError::Open)?;
@@ -437,7 +501,7 @@ fn open(db: &Path, limits: Limits, refusals: SharedRefusals) -> Result<Connectio
     conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0);
     conn.set_limit(Limit::SQLITE_LIMIT_LIKE_PATTERN_LENGTH, MAX_LIKE_PATTERN);
     replace_builtins(&conn, limits.max_value_bytes, &refusals).map_err(QueryError::Open)?;
-    let schema = Schema::read(&conn).map_err(QueryError::Open)?;
+    let schema = Schema::read(&conn, db.fleet.is_some()).map_err(QueryError::Open)?;
     conn.authorizer(Some(move |ctx: AuthContext<'_>| {
         match authorize(&ctx.action, ctx.database_name, &schema) {
             Ok(()) => Authorization::Allow,
@@ -495,7 +559,7 @@ fn replace_builtins(
 
 /// The blocking half of [`execute`].
 fn run(
-    db: &Path,
+    db: &AuditDb,
     sql: &str,
     limits: Limits,
     deadline: Instant,

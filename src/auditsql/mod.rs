@@ -22,6 +22,11 @@
 //! The SQL is SQLite's (JSON: `json_extract(payload, '$.field')`; time: `datetime('now', '-7 days')`).
 //! The views are declared once in [`views`] (with `ts` in SQLite's date format, so time filters are
 //! exact); psql's `\d` commands, which read PostgreSQL's catalog, get a hint to `timebox_views`.
+//!
+//! With a PostgreSQL store the endpoint answers for the whole fleet in the same SQL: this
+//! instance's records come from its local index, the other instances' from its fleet mirror
+//! ([`mirror`]), a local SQLite copy of the central audit table; the auditor's SQL never reaches
+//! the store's PostgreSQL.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -43,9 +48,10 @@ use crate::proxy::wire::PgError;
 mod engine;
 mod functions;
 mod messages;
+pub mod mirror;
 pub mod views;
 
-pub use engine::{Limits, QueryError, ALLOWED_FUNCTIONS};
+pub use engine::{AuditDb, FleetDb, Limits, QueryError, ALLOWED_FUNCTIONS};
 pub use functions::{FunctionError, MAX_TRIM_WORK};
 pub use messages::MessageError;
 
@@ -255,10 +261,21 @@ async fn login(
     };
     reservation.release();
     may_read_the_trail(&principal(&entry))?;
-    let Some(db) = state.audit.db_path().map(|p| p.to_owned()) else {
+    let Some(local) = state.audit.db_path() else {
         return Err(PgError::object_not_in_prerequisite_state(
             "timebox_audit needs a file-backed store (this instance keeps its audit log in memory)",
         ));
+    };
+    let db = AuditDb {
+        local: local.to_owned(),
+        fleet: state.fleet_mirror.as_ref().map(|mirror| {
+            // A round now, so the auditor's first queries see the fleet as fresh as it can be.
+            mirror.nudge();
+            FleetDb {
+                mirror: mirror.path().to_owned(),
+                instance: mirror.own().to_owned(),
+            }
+        }),
     };
     auth::send_sasl_final(client, &server_final)
         .await
@@ -266,10 +283,10 @@ async fn login(
     Ok(Some(Auditor { db, store_token_id }))
 }
 
-/// A logged-in auditor: the audit database to serve, and the id of the store token it logged in
+/// A logged-in auditor: the audit databases to serve, and the id of the store token it logged in
 /// with (`None` for a config token, which changes only with a restart).
 struct Auditor {
-    db: std::path::PathBuf,
+    db: AuditDb,
     store_token_id: Option<String>,
 }
 
@@ -337,7 +354,7 @@ async fn run(
     params: &ClientParams,
     auditor: &Auditor,
 ) -> Result<(), PgError> {
-    let db = auditor.db.as_path();
+    let db = &auditor.db;
     let mut out = BytesMut::new();
     let session_id = format!("a_{:016x}", rand::random::<u64>());
     greet(client, params).await?;
@@ -451,7 +468,7 @@ async fn simple_query(
     state: &Arc<AppState>,
     client: &mut ClientStream,
     params: &ClientParams,
-    db: &std::path::Path,
+    db: &AuditDb,
     query: Query<'_>,
     out: &mut BytesMut,
 ) -> ControlFlow<()> {

@@ -8,6 +8,10 @@
 //! after the space, so every record of the same day looked newer). The views show `ts` in
 //! SQLite's own format, UTC (`2026-12-07 03:20:58.123456`), so `ts > datetime('now', '-1 hour')`
 //! means what it says; `events.ts_rfc3339` keeps the stored text (it is what the hash covers).
+//!
+//! With a PostgreSQL store ([`Layout::Fleet`]) each view is the union of this instance's local
+//! index and the fleet mirror of the other instances' records ([`super::mirror`]), with an
+//! `instance` column first; the SQL and the columns are otherwise the same.
 
 /// One column of a view: its name, the SQL expression over `main.audit_events`, what it means.
 #[derive(Debug, Clone, Copy)]
@@ -192,8 +196,51 @@ pub const VIEWS: &[View] = &[
     },
 ];
 
-/// The self-describing views (data only; they read no table).
-pub const CATALOG_VIEWS: &[&str] = &["timebox_views", "timebox_columns"];
+/// The self-describing views: `timebox_views`, `timebox_columns` (data only) and
+/// `timebox_mirror` (how fresh the fleet mirror is; empty without one).
+pub const CATALOG_VIEWS: &[&str] = &["timebox_views", "timebox_columns", "timebox_mirror"];
+
+/// The schema name the fleet mirror is attached as.
+pub const FLEET_SCHEMA: &str = "fleet";
+
+/// Where the views read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout<'a> {
+    /// The local audit index only (a single instance with the SQLite store): as always.
+    Local,
+    /// With a PostgreSQL store: this instance's records from its local index (`instance` is its
+    /// name) and every other instance's from the fleet mirror attached as [`FLEET_SCHEMA`]
+    /// ([`super::mirror`]); every view gets an `instance` column first.
+    Fleet { instance: &'a str },
+}
+
+/// The `instance` column of the fleet views.
+pub const INSTANCE: Column = col(
+    "instance",
+    "instance",
+    "the instance whose hash chain holds the record ([fleet] instance; with seq, the record's key)",
+);
+
+/// What `timebox_views` says of `timebox_mirror`: the hint on how fresh the fleet's records are.
+pub const MIRROR_DOC: &str =
+    "fleet: per other instance, the last seq mirrored from the central audit table and \
+     when the mirror last held all of it (records arrive within about 2 s while the store answers; \
+     this instance's own records are read directly)";
+
+/// The columns of `timebox_mirror`.
+const MIRROR_COLUMNS: &[Column] = &[
+    INSTANCE,
+    col(
+        "through_seq",
+        "seq",
+        "the highest seq of the instance mirrored here",
+    ),
+    col(
+        "synced_at",
+        "replace(replace(nullif(synced_at, ''), 'T', ' '), 'Z', '')",
+        "when the mirror last held every record the central table had of the instance (UTC)",
+    ),
+];
 
 /// Every name auditors may read: the audit views and the catalog views.
 pub fn names() -> impl Iterator<Item = &'static str> {
@@ -209,37 +256,73 @@ fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// The SQL that creates every view in the temp schema.
+/// The SQL that creates every view in the temp schema, over the local index only.
 pub fn create_sql() -> String {
+    create_sql_for(Layout::Local)
+}
+
+/// `SELECT <columns> FROM <table> [WHERE <filter>]` of one view, with `instance` (an expression)
+/// first when given.
+fn select(view: &View, instance: Option<&str>, table: &str) -> String {
+    let columns: Vec<String> = instance
+        .map(|expr| format!("{expr} AS \"{}\"", INSTANCE.name))
+        .into_iter()
+        .chain(
+            view.columns
+                .iter()
+                .map(|c| format!("{} AS \"{}\"", c.expr, c.name)),
+        )
+        .collect();
+    format!(
+        "SELECT {} FROM {table}{}",
+        columns.join(", "),
+        view.filter.map(|f| format!(" WHERE {f}")).unwrap_or_default()
+    )
+}
+
+/// The SQL that creates every view in the temp schema for `layout`.
+pub fn create_sql_for(layout: Layout<'_>) -> String {
     let mut sql = String::new();
     for view in VIEWS {
-        let columns: Vec<String> = view
-            .columns
-            .iter()
-            .map(|c| format!("{} AS \"{}\"", c.expr, c.name))
-            .collect();
-        sql.push_str(&format!(
-            "CREATE TEMP VIEW {} AS SELECT {} FROM main.audit_events{};\n",
-            view.name,
-            columns.join(", "),
-            view.filter.map(|f| format!(" WHERE {f}")).unwrap_or_default()
-        ));
+        let body = match layout {
+            Layout::Local => select(view, None, "main.audit_events"),
+            Layout::Fleet { instance } => format!(
+                "{} UNION ALL {}",
+                select(view, Some(&quote(instance)), "main.audit_events"),
+                select(view, Some(INSTANCE.expr), &format!("{FLEET_SCHEMA}.audit_events"))
+            ),
+        };
+        sql.push_str(&format!("CREATE TEMP VIEW {} AS {body};\n", view.name));
     }
-    let views: Vec<String> = VIEWS
+    let fleet = matches!(layout, Layout::Fleet { .. });
+    let mut views: Vec<String> = VIEWS
         .iter()
         .map(|v| format!("({}, {})", quote(v.name), quote(v.doc)))
         .collect();
+    if fleet {
+        views.push(format!("('timebox_mirror', {})", quote(MIRROR_DOC)));
+    }
     sql.push_str(&format!(
         "CREATE TEMP VIEW timebox_views(view_name, description) AS VALUES {};\n",
         views.join(", ")
     ));
-    let columns: Vec<String> = VIEWS
+    let mut described: Vec<(&str, Vec<&Column>)> = VIEWS
         .iter()
-        .flat_map(|v| {
-            v.columns.iter().enumerate().map(move |(i, c)| {
+        .map(|v| {
+            let instance = fleet.then_some(&INSTANCE);
+            (v.name, instance.into_iter().chain(v.columns).collect())
+        })
+        .collect();
+    if fleet {
+        described.push(("timebox_mirror", MIRROR_COLUMNS.iter().collect()));
+    }
+    let columns: Vec<String> = described
+        .iter()
+        .flat_map(|(name, columns)| {
+            columns.iter().enumerate().map(move |(i, c)| {
                 format!(
                     "({}, {}, {}, {})",
-                    quote(v.name),
+                    quote(name),
                     i + 1,
                     quote(c.name),
                     quote(c.doc)
@@ -251,6 +334,22 @@ pub fn create_sql() -> String {
         "CREATE TEMP VIEW timebox_columns(view_name, position, column_name, description) AS VALUES {};\n",
         columns.join(", ")
     ));
+    let mirror_columns: Vec<&str> = MIRROR_COLUMNS.iter().map(|c| c.name).collect();
+    sql.push_str(&match layout {
+        Layout::Local => format!(
+            "CREATE TEMP VIEW timebox_mirror({}) AS SELECT NULL, NULL, NULL WHERE 0;\n",
+            mirror_columns.join(", ")
+        ),
+        Layout::Fleet { .. } => format!(
+            "CREATE TEMP VIEW timebox_mirror({}) AS SELECT {} FROM {FLEET_SCHEMA}.mirror_marks;\n",
+            mirror_columns.join(", "),
+            MIRROR_COLUMNS
+                .iter()
+                .map(|c| c.expr)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    });
     sql
 }
 
@@ -333,6 +432,77 @@ mod tests {
             count("SELECT count(*) FROM timebox_columns WHERE view_name = 'statements'"),
             statement_columns as i64
         );
+    }
+
+    #[test]
+    fn fleet_views_read_the_local_index_and_the_mirror_with_their_instance() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE audit_events (seq INTEGER PRIMARY KEY, ts TEXT, kind TEXT, user_name TEXT, \
+             target TEXT, grant_id TEXT, session_id TEXT, payload TEXT, prev_hash TEXT, hash TEXT); \
+             INSERT INTO audit_events VALUES (1, '2026-12-07T08:00:00.000000Z', 'statement', 'bob', \
+             'shop', 'g_2', 's_2', '{\"sql\":\"SELECT 2\"}', '', '');",
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mirror_path = dir.path().join("fleet-audit.db");
+        let mirror = super::super::mirror::open_writer(&mirror_path).unwrap();
+        mirror
+            .execute_batch(
+                "INSERT INTO audit_events (instance, seq, ts, kind, payload, prev_hash, hash, user_name) \
+                 VALUES ('tb-a', 7, '2026-12-07T07:00:00.000000Z', 'statement', '{\"sql\":\"SELECT 1\"}', '', '', 'alice'); \
+                 INSERT INTO mirror_marks VALUES ('tb-a', 7, '', '2026-12-07T08:00:01.000000Z');",
+            )
+            .unwrap();
+        conn.execute("ATTACH DATABASE ?1 AS fleet", [mirror_path.to_str().unwrap()])
+            .unwrap();
+        conn.execute_batch(&create_sql_for(Layout::Fleet { instance: "tb-'b" }))
+            .unwrap();
+        let rows: Vec<(String, i64, String, String)> = {
+            let mut stmt = conn
+                .prepare("SELECT instance, seq, \"user\", sql FROM statements ORDER BY instance")
+                .unwrap();
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .unwrap();
+            rows.map(|r| r.unwrap()).collect()
+        };
+        assert_eq!(
+            rows,
+            [
+                ("tb-'b".to_owned(), 1, "bob".to_owned(), "SELECT 2".to_owned()),
+                ("tb-a".to_owned(), 7, "alice".to_owned(), "SELECT 1".to_owned()),
+            ],
+            "the instance name is quoted, not spliced"
+        );
+        let text = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, String>(0)).unwrap();
+        assert_eq!(
+            text("SELECT instance || ' ' || through_seq || ' ' || synced_at FROM timebox_mirror"),
+            "tb-a 7 2026-12-07 08:00:01.000000"
+        );
+        let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!(
+            count("SELECT count(*) FROM timebox_views"),
+            VIEWS.len() as i64 + 1
+        );
+        assert_eq!(
+            text("SELECT column_name FROM timebox_columns WHERE view_name = 'events' AND position = 1"),
+            "instance"
+        );
+        // The local layout has no instance column and an empty timebox_mirror.
+        let local = rusqlite::Connection::open_in_memory().unwrap();
+        local
+            .execute_batch(
+                "CREATE TABLE audit_events (seq INTEGER PRIMARY KEY, ts TEXT, kind TEXT, user_name TEXT, \
+                 target TEXT, grant_id TEXT, session_id TEXT, payload TEXT, prev_hash TEXT, hash TEXT);",
+            )
+            .unwrap();
+        local.execute_batch(&create_sql()).unwrap();
+        let n: i64 = local
+            .query_row("SELECT count(*) FROM timebox_mirror", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
+        assert!(local.prepare("SELECT instance FROM events").is_err());
     }
 
     #[test]

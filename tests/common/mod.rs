@@ -326,7 +326,23 @@ pub async fn start(mut opts: Options) -> TestInstance {
     let shop_port = opts.shop_port.unwrap_or(cluster_port);
     let mut inst = start_instance(opts.clock.clone(), |dir| config_text(&opts, dir, shop_port)).await;
     inst.store_db = store_db;
+    if inst.store_db.is_some() {
+        warm_store_pool(&inst).await;
+    }
     inst
+}
+
+/// A PostgreSQL store opens its pool's connections on first use, which took over a second on a
+/// loaded machine: tests that time a 2 s grant from its issue (tests/proxy_wire.rs expiry) saw it
+/// expire before the login ended. Two store calls at once open two connections before the test.
+async fn warm_store_pool(inst: &TestInstance) {
+    let store = inst.state.grants.store().clone();
+    let now = chrono::Utc::now();
+    let (a, b) = tokio::join!(
+        store.grants_expired_between(now, now),
+        store.grants_expired_between(now, now)
+    );
+    a.and(b).expect("the PostgreSQL store answers");
 }
 
 /// Starts a timebox instance from complete config text, for tests whose upstream is not the shared

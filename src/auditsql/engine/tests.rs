@@ -31,7 +31,7 @@ async fn a_query_past_its_time_limit_is_stopped_with_57014() {
     };
     let endless = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n";
     let mut out = Vec::new();
-    let result = execute(&db, endless.into(), limits, slot(), &mut out).await;
+    let result = execute(&AuditDb::local(&db), endless.into(), limits, slot(), &mut out).await;
     let err = result.expect_err("stopped");
     assert!(matches!(err, QueryError::Timeout { .. }), "{err:?}");
     assert_eq!(err.to_pg_error().code, "57014");
@@ -47,7 +47,7 @@ async fn a_client_that_stops_reading_cannot_hold_the_query() {
     };
     let (mut client, _unread) = tokio::io::duplex(1024);
     let rows = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n LIMIT 50000) SELECT i FROM n";
-    let err = execute(&db, rows.into(), limits, slot(), &mut client)
+    let err = execute(&AuditDb::local(&db), rows.into(), limits, slot(), &mut client)
         .await
         .expect_err("stopped");
     assert!(matches!(err, QueryError::Timeout { .. }), "{err:?}");
@@ -63,7 +63,7 @@ async fn a_row_past_the_row_cap_is_refused_before_it_is_copied() {
     };
     let wide = "SELECT printf('%.*c', 900, 'x'), printf('%.*c', 900, 'y'), printf('%.*c', 900, 'z')";
     let mut out = Vec::new();
-    let err = execute(&db, wide.into(), limits, slot(), &mut out)
+    let err = execute(&AuditDb::local(&db), wide.into(), limits, slot(), &mut out)
         .await
         .expect_err("cut");
     assert!(matches!(err, QueryError::RowTooLarge { limit: 2500 }), "{err:?}");
@@ -76,7 +76,7 @@ async fn results_arrive_as_row_description_rows_and_command_complete() {
     let (_dir, db) = audit_db();
     let mut out = Vec::new();
     execute(
-        &db,
+        &AuditDb::local(&db),
         "SELECT 1 AS a, 'x' AS b; ".into(),
         Limits::default(),
         slot(),
@@ -87,9 +87,15 @@ async fn results_arrive_as_row_description_rows_and_command_complete() {
     assert_eq!(out.first(), Some(&b'T'));
     assert!(out.windows(8).any(|w| w == b"SELECT 1"), "{out:?}");
     let mut empty = Vec::new();
-    execute(&db, "  ; ".into(), Limits::default(), slot(), &mut empty)
-        .await
-        .unwrap();
+    execute(
+        &AuditDb::local(&db),
+        "  ; ".into(),
+        Limits::default(),
+        slot(),
+        &mut empty,
+    )
+    .await
+    .unwrap();
     assert_eq!(empty, b"I\0\0\0\x04");
 }
 
@@ -134,7 +140,7 @@ async fn single_function_calls_cannot_run_long() {
                 timeout: Duration::from_secs(600),
                 ..Limits::default()
             };
-            execute(&db, sql.into(), limits, slot(), &mut out)
+            execute(&AuditDb::local(&db), sql.into(), limits, slot(), &mut out)
                 .await
                 .map(|()| out)
         }
@@ -212,6 +218,14 @@ fn the_authorizer_admits_reads_of_the_audit_trail_only() {
     assert!(authorize(&read("json_each"), Some("main")).is_ok());
     assert!(authorize(&read("events"), None).is_ok(), "count(*) over a view");
     assert!(authorize(&read("n"), None).is_ok(), "a CTE");
+    assert!(
+        authorize(&read("audit_events"), Some("fleet")).is_ok(),
+        "the fleet mirror"
+    );
+    assert!(
+        authorize(&read("mirror_marks"), Some("fleet")).is_ok(),
+        "timebox_mirror"
+    );
     for (table, db) in [
         ("sqlite_master", Some("main")),
         ("sqlite_schema", Some("main")),
@@ -220,6 +234,9 @@ fn the_authorizer_admits_reads_of_the_audit_trail_only() {
         ("installation", Some("main")),
         ("statements", Some("main")),
         ("audit_events", Some("x")),
+        ("mirror_marks", Some("main")),
+        ("sqlite_master", Some("fleet")),
+        ("sqlite_schema", Some("fleet")),
         ("pragma_table_info", Some("main")),
         // count(*)-style reads arrive without a schema
         ("sqlite_master", None),
@@ -278,4 +295,97 @@ fn the_authorizer_refuses_every_other_action() {
     for a in refused {
         assert!(authorize(&a, Some("main")).is_err(), "{a:?}");
     }
+}
+
+/// A local index with one record of `tb-b` and a fleet mirror with one of `tb-a`.
+fn fleet_db() -> (tempfile::TempDir, AuditDb) {
+    let (dir, local) = audit_db();
+    Connection::open(&local)
+        .unwrap()
+        .execute_batch(
+            "INSERT INTO audit_events VALUES (1, '2026-12-07T08:00:00.000000Z', 'statement', 'bob', \
+             'shop', 'g_2', 's_2', '{}', '', '')",
+        )
+        .unwrap();
+    let mirror = dir.path().join(crate::auditsql::mirror::MIRROR_FILE_NAME);
+    crate::auditsql::mirror::open_writer(&mirror)
+        .unwrap()
+        .execute_batch(
+            "INSERT INTO audit_events (instance, seq, ts, kind, payload, prev_hash, hash) \
+             VALUES ('tb-a', 5, '2026-12-07T07:00:00.000000Z', 'statement', '{}', '', ''); \
+             INSERT INTO mirror_marks VALUES ('tb-a', 5, '', '2026-12-07T08:00:00.000000Z');",
+        )
+        .unwrap();
+    let db = AuditDb {
+        local,
+        fleet: Some(FleetDb {
+            mirror,
+            instance: "tb-b".into(),
+        }),
+    };
+    (dir, db)
+}
+
+/// The fleet mirror is attached under the same authorizer: its rows are read through the views
+/// only; no write, ATTACH, DETACH, PRAGMA or schema read reaches it.
+#[tokio::test]
+async fn the_fleet_mirror_is_read_through_the_views_under_the_same_authorizer() {
+    let (_dir, db) = fleet_db();
+    let mut out = Vec::new();
+    execute(
+        &db,
+        "SELECT instance, seq FROM events ORDER BY instance".into(),
+        Limits::default(),
+        slot(),
+        &mut out,
+    )
+    .await
+    .unwrap();
+    assert!(out.windows(8).any(|w| w == b"SELECT 2"), "both rows: {out:?}");
+    for ok in [
+        "SELECT count(*) FROM statements",
+        "SELECT count(*) FROM timebox_mirror",
+        "SELECT * FROM timebox_mirror",
+    ] {
+        let mut out = Vec::new();
+        let done = execute(&db, ok.into(), Limits::default(), slot(), &mut out).await;
+        assert!(done.is_ok(), "{ok}: {done:?}");
+    }
+    for refused in [
+        "SELECT * FROM fleet.sqlite_master",
+        "SELECT count(*) FROM fleet.sqlite_master",
+        "INSERT INTO fleet.audit_events (instance, seq, ts, kind, payload, prev_hash, hash) \
+         VALUES ('x', 1, '', '', '', '', '')",
+        "DELETE FROM fleet.audit_events",
+        "UPDATE fleet.mirror_marks SET seq = 0",
+        "ATTACH DATABASE '/tmp/timebox-attach-test.db' AS x",
+        "DETACH DATABASE fleet",
+        "PRAGMA fleet.writable_schema = ON",
+        "PRAGMA fleet.journal_mode",
+        "SELECT * FROM events, pragma_database_list",
+    ] {
+        let mut out = Vec::new();
+        let err = execute(&db, refused.into(), Limits::default(), slot(), &mut out)
+            .await
+            .expect_err(refused);
+        assert!(
+            matches!(err, QueryError::NotAuthorized { .. }),
+            "{refused}: {err:?}"
+        );
+        assert_eq!(err.to_pg_error().code, "42501", "{refused}");
+    }
+}
+
+/// Below the authorizer and `query_only`, the attached mirror is read-only too (it is opened with
+/// the main database's flags).
+#[test]
+fn the_attached_mirror_is_read_only_below_the_authorizer() {
+    let (_dir, db) = fleet_db();
+    let conn = open(&db, Limits::default(), SharedRefusals::default()).unwrap();
+    conn.authorizer(None::<fn(AuthContext<'_>) -> Authorization>);
+    conn.pragma_update(None, "query_only", "OFF").unwrap();
+    let err = conn
+        .execute("DELETE FROM fleet.audit_events", [])
+        .expect_err("read-only");
+    assert_eq!(err.sqlite_error_code(), Some(ErrorCode::ReadOnly), "{err}");
 }

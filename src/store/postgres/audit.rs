@@ -6,7 +6,8 @@
 //! partitions created ahead, binary COPY into a per-connection staging table, then `INSERT … ON
 //! CONFLICT DO NOTHING`, so a batch shipped twice changes nothing); the admin API and
 //! `timebox audit search|verify` read the fleet's trail from here ([`PgStore::central_query`],
-//! [`PgStore::central_chain`]); [`crate::audit::retention`] drops whole partitions older than the
+//! [`PgStore::central_chain`]), and each instance's fleet mirror for the auditors' SQL endpoint
+//! copies the others' records from here ([`PgStore::central_rows_after`]); [`crate::audit::retention`] drops whole partitions older than the
 //! cut ([`PgStore::central_retention`]). What it must never do: change a shipped row (the chain
 //! is the proof), drop a partition without first moving each instance's anchor past it, or name
 //! a partition from anything but a date (partition names are formatted, never user text).
@@ -251,17 +252,61 @@ impl PgStore {
         Ok(Page { events, next_cursor })
     }
 
-    /// The instances with records or an anchor in the central table.
+    /// The instances with records or an anchor in the central table. The records' instances are
+    /// found by skipping through the primary key (one index probe per instance), not by reading
+    /// every row: the fleet mirror asks every second.
     pub async fn central_instances(&self) -> Result<Vec<String>, StoreError> {
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT DISTINCT instance FROM timebox.audit_records \
+                "WITH RECURSIVE i(instance) AS ( \
+                   SELECT min(instance) FROM timebox.audit_records \
+                   UNION ALL \
+                   SELECT (SELECT min(r.instance) FROM timebox.audit_records r WHERE r.instance > i.instance) \
+                   FROM i WHERE i.instance IS NOT NULL) \
+                 SELECT instance FROM i WHERE instance IS NOT NULL \
                  UNION SELECT instance FROM timebox.audit_anchors ORDER BY 1",
                 &[],
             )
             .await?;
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    /// Up to `limit` records of `instance` after seq `after`, in seq order (the fleet mirror's
+    /// read, [`crate::auditsql::mirror`]).
+    pub async fn central_rows_after(
+        &self,
+        instance: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<CentralRow>, StoreError> {
+        let c = self.client().await?;
+        let after = after.min(i64::MAX as u64) as i64;
+        let rows = c
+            .query(
+                "SELECT seq, ts, kind, payload, prev_hash, hash, user_name, target, grant_id, session_id \
+                 FROM timebox.audit_records WHERE instance = $1 AND seq > $2 ORDER BY seq, ts LIMIT $3",
+                &[&instance, &after, &i64::from(limit)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CentralRow {
+                    seq: r.try_get::<_, i64>(0)?.max(0) as u64,
+                    ts: r.try_get(1)?,
+                    kind: r.try_get(2)?,
+                    payload: r.try_get(3)?,
+                    prev_hash: r.try_get(4)?,
+                    hash: r.try_get(5)?,
+                    columns: Columns {
+                        user: r.try_get(6)?,
+                        target: r.try_get(7)?,
+                        grant_id: r.try_get(8)?,
+                        session_id: r.try_get(9)?,
+                    },
+                })
+            })
+            .collect()
     }
 
     /// Walks `instance`'s chain in the central table from its retention anchor (see
