@@ -285,6 +285,18 @@ struct ThrottleCounts {
     keys: HashMap<(IpAddr, String), Window>,
     addresses: HashMap<IpAddr, Window>,
     global: Option<Window>,
+    /// When expired windows were last dropped: at most once per window length, so the table holds
+    /// about two windows of admitted attempts, not every key a past flood left.
+    swept_at: Option<Instant>,
+}
+
+impl ThrottleCounts {
+    /// Drops the windows that have ended by `now`.
+    fn sweep(&mut self, now: Instant, length: Duration) {
+        self.keys.retain(|_, w| now.duration_since(w.start) < length);
+        self.addresses.retain(|_, w| now.duration_since(w.start) < length);
+        self.swept_at = Some(now);
+    }
 }
 
 /// One fixed window: when it started and how many attempts it holds.
@@ -376,17 +388,22 @@ impl AuthThrottle {
         }
     }
 
+    /// (address, user) keys tracked now (each with its window).
+    pub fn tracked(&self) -> usize {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).keys.len()
+    }
+
     /// Counts an attempt by `user` from `ip` before it is evaluated, or refuses it if a tier's
     /// budget is used up.
     pub fn reserve(&self, ip: IpAddr, user: &str, now: Instant) -> Result<Reservation<'_>, Throttled> {
         let (length, limits) = (self.window, self.limits);
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let key = (ip, user.to_owned());
+        if counts.swept_at.is_none_or(|at| now.duration_since(at) >= length) {
+            counts.sweep(now, length);
+        }
         if !counts.keys.contains_key(&key) && counts.keys.len() >= MAX_TRACKED {
-            counts.keys.retain(|_, w| now.duration_since(w.start) < length);
-            counts
-                .addresses
-                .retain(|_, w| now.duration_since(w.start) < length);
+            counts.sweep(now, length);
             if counts.keys.len() >= MAX_TRACKED {
                 return Err(Throttled::Global);
             }
@@ -537,6 +554,36 @@ mod tests {
         let fresh: IpAddr = "10.9.9.9".parse().unwrap();
         assert_eq!(t.reserve(fresh, "zed", t0).err(), Some(Throttled::Global));
         assert!(t.reserve(fresh, "zed", t0 + Duration::from_secs(60)).is_ok());
+    }
+
+    /// Regression (issue 12 item 6): expired windows were only swept once 100,000 keys had piled
+    /// up, so the table kept every (address, user) of every past flood, up to ~10 KB of user name
+    /// each (the startup packet's bound): about a gigabyte. Stale keys now go when the window turns.
+    #[test]
+    fn stale_keys_are_swept_when_the_window_turns() {
+        let t = AuthThrottle::new(limits(3, 1000, 100_000));
+        let t0 = Instant::now();
+        for minute in 0..5u64 {
+            let now = t0 + Duration::from_secs(61 * minute);
+            for i in 0..500u32 {
+                let ip = IpAddr::from(i.to_be_bytes());
+                drop(t.reserve(ip, &format!("user{minute}-{i}"), now).unwrap());
+            }
+            assert!(
+                t.tracked() <= 500,
+                "minute {minute}: {} keys tracked, 500 are current",
+                t.tracked()
+            );
+        }
+        // A key still inside its window is kept (and still counts).
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let now = t0 + Duration::from_secs(1000);
+        for _ in 0..3 {
+            drop(t.reserve(ip, ALICE, now).unwrap());
+        }
+        let sweep = now + Duration::from_secs(59);
+        drop(t.reserve("10.0.0.2".parse().unwrap(), "bob", sweep).unwrap());
+        assert_eq!(t.reserve(ip, ALICE, sweep).err(), Some(Throttled::AddressAndUser));
     }
 
     #[test]
