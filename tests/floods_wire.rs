@@ -430,6 +430,11 @@ async fn slow_and_silent_clients_are_closed_at_the_startup_deadline_and_others_l
             closed.after >= DEADLINE - Duration::from_millis(200),
             "{kind} client closed before the deadline: {closed:?}"
         );
+        // Generous: a loaded 2-core machine; a proxy ignoring the deadline would take 30 s or more.
+        assert!(
+            closed.after < DEADLINE + Duration::from_secs(15),
+            "{kind} client held long past the deadline: {closed:?}"
+        );
         if kind == "drip" {
             assert!(closed.sent < packet.len(), "the drip was let finish: {closed:?}");
         }
