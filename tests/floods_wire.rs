@@ -282,7 +282,7 @@ async fn many_sessions_at_once_all_log_in_and_query() {
     );
     drop(held);
     assert!(
-        common::eventually(PATIENCE, || async { inst.state.proxy.sessions.len() == 0 }).await,
+        common::eventually(PATIENCE, || async { inst.state.proxy.sessions.is_empty() }).await,
         "sessions still registered after their clients left"
     );
 }
