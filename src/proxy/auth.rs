@@ -262,9 +262,11 @@ pub(crate) async fn send_sasl_final(client: &mut ClientStream, server_final: &st
 /// An attempt is counted *before* it is evaluated: [`AuthThrottle::reserve`] takes a slot, and only
 /// [`Reservation::release`] (a successful login, or a client that left before offering a proof)
 /// gives it back. A concurrent burst therefore cannot get more than `per_user_and_address`
-/// evaluations, and another user at the same address keeps its own budget. The per-address tier
-/// stops one address from spraying many user names (and from using up the global ceiling alone);
-/// the global ceiling bounds guesses spread over many addresses.
+/// evaluations, and another user at the same address keeps its own budget. An attempt past a
+/// tier's limit is refused as a failure (28000) when failures fill that window, and as busy
+/// ([`Throttled::InFlight`], 53300, try again) when attempts still in flight do. The per-address
+/// tier stops one address from spraying many user names (and from using up the global ceiling
+/// alone); the global ceiling bounds guesses spread over many addresses.
 #[derive(Debug)]
 pub struct AuthThrottle {
     limits: ThrottleLimits,
