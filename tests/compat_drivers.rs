@@ -1,12 +1,12 @@
 //! The drivers engineers use, through a real proxy (TLS required, SCRAM with the grant token) to a
-//! real PostgreSQL (issue 12 item 5): psycopg 2, psycopg 3, node-postgres and pgjdbc each log in,
+//! real PostgreSQL (issue 12 item 5): psycopg 2, psycopg 3, asyncpg, node-postgres and pgjdbc each log in,
 //! run a simple and a parameterised (extended protocol) query, a transaction, COPY … TO STDOUT
 //! where the driver has it, get a write refused with 42501 and go on, and cancel a running query
-//! (57014) where the driver can. asyncpg and tokio-postgres are covered in `compat_wire.rs` and
-//! the other wire tests.
+//! (57014) where the driver can. tokio-postgres is covered by the other wire tests, sqlx by
+//! `compat_sqlx.rs`.
 //!
-//! `scripts/install-deps.sh` installs the drivers (Debian's python3-psycopg2, python3-psycopg and
-//! libpostgresql-jdbc-java; node-postgres from the npm registry into `target/drivers/node`). A test
+//! `scripts/install-deps.sh` installs the drivers (Debian's python3-psycopg2, python3-psycopg,
+//! python3-asyncpg and libpostgresql-jdbc-java; node-postgres from the npm registry into `target/drivers/node`). A test
 //! whose driver is missing says what to install and is skipped, except under `CI=true`, where a
 //! missing driver fails the run: a compatibility claim that was not checked is not made.
 
@@ -134,6 +134,51 @@ print(c.execute("SELECT 3").fetchone()[0])
 print("tls", bool(c.pgconn.ssl_in_use))
 "#;
 
+/// asyncpg cancels a query whose `timeout` passes (a CancelRequest, then it waits for the server)
+/// and raises its own TimeoutError, not the server's 57014: the script prints 57014 when that
+/// happened and the next query ran long before the 60 s sleep could have ended by itself.
+/// `execute()` without arguments is the simple query protocol; a prepared statement is reused.
+const ASYNCPG: &str = r#"
+import asyncio, sys, time, asyncpg
+async def main():
+    port = int(sys.argv[1])
+    c = await asyncpg.connect(host="127.0.0.1", port=port, user="alice", database="shop",
+                              ssl="require", timeout=60)
+    assert await c.execute("SELECT 1") == "SELECT 1"
+    print(await c.fetchval("SELECT 1"))
+    stmt = await c.prepare("SELECT $1::int + 1")
+    for _ in range(3):
+        v = await stmt.fetchval(41)
+    print(v)
+    async with c.transaction():
+        print(await c.fetchval("SHOW standard_conforming_strings"))
+    chunks = []
+    async def sink(data):
+        chunks.append(bytes(data))
+    await c.copy_from_query("SELECT generate_series(1, 3)", output=sink)
+    print(" ".join(b"".join(chunks).decode().split()))
+    try:
+        await c.execute("DELETE FROM orders")
+    except asyncpg.PostgresError as e:
+        print(e.sqlstate)
+    print(await c.fetchval("SELECT 2"))
+    started = time.monotonic()
+    try:
+        await c.fetchval("SELECT pg_sleep(60)", timeout=1.5)
+    except asyncio.TimeoutError:
+        print(await c.fetchval("SELECT 3") == 3 and time.monotonic() - started < 30 and "57014")
+    print(await c.fetchval("SELECT 3"))
+    await c.close()
+    try:
+        plain = await asyncpg.connect(host="127.0.0.1", port=port, user="alice", database="shop",
+                                      ssl=False, timeout=60)
+        await plain.close()
+        print("tls False")
+    except asyncpg.PostgresError as e:
+        print("tls True" if e.sqlstate == "28000" else "tls ? " + e.sqlstate)
+asyncio.run(main())
+"#;
+
 const NODE_PG: &str = r#"
 const { Client } = require('pg');
 (async () => {
@@ -223,6 +268,18 @@ async fn psycopg3_works_through_the_proxy() {
     let (inst, token) = instance().await;
     let port = inst.proxy_addr.port().to_string();
     let lines = run(python, vec!["-c".into(), PSYCOPG3.into(), port], vec![], &token).await;
+    assert_eq!(lines, EXPECTED);
+}
+
+/// asyncpg over TLS (`compat_wire.rs` checks its `client_encoding` spelling without TLS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_works_through_the_proxy() {
+    let Some(python) = python_with("asyncpg") else {
+        return missing("asyncpg", "apt-get install python3-asyncpg");
+    };
+    let (inst, token) = instance().await;
+    let port = inst.proxy_addr.port().to_string();
+    let lines = run(python, vec!["-c".into(), ASYNCPG.into(), port], vec![], &token).await;
     assert_eq!(lines, EXPECTED);
 }
 

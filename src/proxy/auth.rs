@@ -262,9 +262,11 @@ pub(crate) async fn send_sasl_final(client: &mut ClientStream, server_final: &st
 /// An attempt is counted *before* it is evaluated: [`AuthThrottle::reserve`] takes a slot, and only
 /// [`Reservation::release`] (a successful login, or a client that left before offering a proof)
 /// gives it back. A concurrent burst therefore cannot get more than `per_user_and_address`
-/// evaluations, and another user at the same address keeps its own budget. The per-address tier
-/// stops one address from spraying many user names (and from using up the global ceiling alone);
-/// the global ceiling bounds guesses spread over many addresses.
+/// evaluations, and another user at the same address keeps its own budget. An attempt past a
+/// tier's limit is refused as a failure (28000) when failures fill that window, and as busy
+/// ([`Throttled::InFlight`], 53300, try again) when attempts still in flight do. The per-address
+/// tier stops one address from spraying many user names (and from using up the global ceiling
+/// alone); the global ceiling bounds guesses spread over many addresses.
 #[derive(Debug)]
 pub struct AuthThrottle {
     limits: ThrottleLimits,
@@ -285,37 +287,73 @@ struct ThrottleCounts {
     keys: HashMap<(IpAddr, String), Window>,
     addresses: HashMap<IpAddr, Window>,
     global: Option<Window>,
+    /// When expired windows were last dropped: at most once per window length, so the table holds
+    /// about two windows of admitted attempts, not every key a past flood left.
+    swept_at: Option<Instant>,
 }
 
-/// One fixed window: when it started and how many attempts it holds.
+impl ThrottleCounts {
+    /// Drops the windows that have ended by `now`.
+    fn sweep(&mut self, now: Instant, length: Duration) {
+        self.keys.retain(|_, w| now.duration_since(w.start) < length);
+        self.addresses.retain(|_, w| now.duration_since(w.start) < length);
+        self.swept_at = Some(now);
+    }
+}
+
+/// One fixed window: when it started, how many attempts it holds (failed or still in flight),
+/// and how many of those are still in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Window {
     start: Instant,
     count: u32,
+    in_flight: u32,
+}
+
+/// Why a window has no room: its failures fill it, or attempts not yet decided do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Full {
+    Failures,
+    InFlight,
 }
 
 impl Window {
     /// The window `w` as seen at `now` (a fresh one once `length` has passed), if it has room for
     /// one more attempt under `limit`.
-    fn admit(w: Option<Window>, now: Instant, length: Duration, limit: u32) -> Option<Window> {
+    fn admit(w: Option<Window>, now: Instant, length: Duration, limit: u32) -> Result<Window, Full> {
         let w = match w {
             Some(w) if now.duration_since(w.start) < length => w,
-            _ => Window { start: now, count: 0 },
+            _ => Window {
+                start: now,
+                count: 0,
+                in_flight: 0,
+            },
         };
-        (w.count < limit).then_some(w)
+        if w.count < limit {
+            Ok(w)
+        } else if w.count.saturating_sub(w.in_flight) >= limit {
+            Err(Full::Failures)
+        } else {
+            Err(Full::InFlight)
+        }
     }
 
     fn plus_one(self) -> Window {
         Window {
             count: self.count + 1,
+            in_flight: self.in_flight + 1,
             ..self
         }
     }
 
-    /// Takes back one attempt counted in the window that started at `start` (not in a later one).
-    fn release(w: Option<&mut Window>, start: Instant) {
+    /// Settles one attempt counted in the window that started at `start` (not in a later one): it
+    /// is no longer in flight, and a success no longer counts at all.
+    fn settle(w: Option<&mut Window>, start: Instant, succeeded: bool) {
         if let Some(w) = w.filter(|w| w.start == start) {
-            w.count = w.count.saturating_sub(1);
+            w.in_flight = w.in_flight.saturating_sub(1);
+            if succeeded {
+                w.count = w.count.saturating_sub(1);
+            }
         }
     }
 }
@@ -329,6 +367,10 @@ pub enum Throttled {
     Address,
     #[error("too many failed authentications on this instance")]
     Global,
+    /// A tier's window is full, but not of failures: of attempts not yet decided (e.g. a pool
+    /// opening many connections at once). Nothing failed; the client may try again shortly.
+    #[error("too many authentications in progress at once")]
+    InFlight,
 }
 
 impl Throttled {
@@ -338,11 +380,13 @@ impl Throttled {
             Throttled::AddressAndUser => PgError::too_many_auth_failures(),
             Throttled::Address => PgError::too_many_auth_failures_from_address(),
             Throttled::Global => PgError::too_many_auth_failures_globally(),
+            Throttled::InFlight => PgError::too_many_logins_in_progress(),
         }
     }
 }
 
-/// A counted attempt. Dropped without [`Reservation::release`], it stays counted as a failure.
+/// A counted attempt, in flight until settled. Dropped without [`Reservation::release`], it
+/// stays counted as a failure.
 #[derive(Debug)]
 #[must_use = "a reservation is released on success, or counts as a failure when dropped"]
 pub struct Reservation<'a> {
@@ -350,16 +394,30 @@ pub struct Reservation<'a> {
     key: (IpAddr, String),
     /// Start of the window each tier counted the attempt in.
     windows: [Instant; 3],
+    settled: bool,
 }
 
 impl Reservation<'_> {
     /// Gives the slot back: the attempt succeeded (or was never evaluated).
-    pub fn release(self) {
+    pub fn release(mut self) {
+        self.settle(true);
+    }
+
+    fn settle(&mut self, succeeded: bool) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
         let mut counts = self.throttle.counts.lock().unwrap_or_else(|e| e.into_inner());
         let [key, address, global] = self.windows;
-        Window::release(counts.keys.get_mut(&self.key), key);
-        Window::release(counts.addresses.get_mut(&self.key.0), address);
-        Window::release(counts.global.as_mut(), global);
+        Window::settle(counts.keys.get_mut(&self.key), key, succeeded);
+        Window::settle(counts.addresses.get_mut(&self.key.0), address, succeeded);
+        Window::settle(counts.global.as_mut(), global, succeeded);
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.settle(false);
     }
 }
 
@@ -376,36 +434,56 @@ impl AuthThrottle {
         }
     }
 
+    /// (address, user) keys tracked now (each with its window).
+    pub fn tracked(&self) -> usize {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).keys.len()
+    }
+
     /// Counts an attempt by `user` from `ip` before it is evaluated, or refuses it if a tier's
     /// budget is used up.
     pub fn reserve(&self, ip: IpAddr, user: &str, now: Instant) -> Result<Reservation<'_>, Throttled> {
         let (length, limits) = (self.window, self.limits);
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let key = (ip, user.to_owned());
+        if counts.swept_at.is_none_or(|at| now.duration_since(at) >= length) {
+            counts.sweep(now, length);
+        }
         if !counts.keys.contains_key(&key) && counts.keys.len() >= MAX_TRACKED {
-            counts.keys.retain(|_, w| now.duration_since(w.start) < length);
-            counts
-                .addresses
-                .retain(|_, w| now.duration_since(w.start) < length);
+            counts.sweep(now, length);
             if counts.keys.len() >= MAX_TRACKED {
                 return Err(Throttled::Global);
             }
         }
-        let global = Window::admit(counts.global, now, length, limits.global).ok_or(Throttled::Global)?;
-        let address = Window::admit(
-            counts.addresses.get(&ip).copied(),
-            now,
-            length,
-            limits.per_address,
-        )
-        .ok_or(Throttled::Address)?;
-        let entry = Window::admit(
-            counts.keys.get(&key).copied(),
-            now,
-            length,
-            limits.per_user_and_address,
-        )
-        .ok_or(Throttled::AddressAndUser)?;
+        let tiers = (
+            Window::admit(counts.global, now, length, limits.global),
+            Window::admit(
+                counts.addresses.get(&ip).copied(),
+                now,
+                length,
+                limits.per_address,
+            ),
+            Window::admit(
+                counts.keys.get(&key).copied(),
+                now,
+                length,
+                limits.per_user_and_address,
+            ),
+        );
+        let (global, address, entry) = match tiers {
+            (Ok(global), Ok(address), Ok(entry)) => (global, address, entry),
+            (global, address, entry) => {
+                // A tier full of failures says so; only when none is, the attempt is just early.
+                let full = [
+                    (global.err(), Throttled::Global),
+                    (address.err(), Throttled::Address),
+                    (entry.err(), Throttled::AddressAndUser),
+                ];
+                return Err(full
+                    .into_iter()
+                    .find(|(f, _)| *f == Some(Full::Failures))
+                    .map_or(Throttled::InFlight, |(_, tier)| tier));
+            }
+        };
         counts.global = Some(global.plus_one());
         counts.addresses.insert(ip, address.plus_one());
         counts.keys.insert(key.clone(), entry.plus_one());
@@ -413,6 +491,7 @@ impl AuthThrottle {
             throttle: self,
             key,
             windows: [entry.start, address.start, global.start],
+            settled: false,
         })
     }
 }
@@ -508,6 +587,41 @@ mod tests {
         );
     }
 
+    /// Regression (issue 12 item 6): a pool opening more connections at once than the limit, all
+    /// with the right token, was told "too many failed authentication attempts" although nothing
+    /// had failed. A window full of attempts still in flight is its own refusal (53300, try again);
+    /// one full of failures is the throttle's 28000, for every tier.
+    #[test]
+    fn a_window_full_of_attempts_in_flight_is_busy_not_failed() {
+        let t = AuthThrottle::new(limits(3, 1000, 1000));
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        let held: Vec<_> = (0..3).map(|_| t.reserve(ip, ALICE, t0).unwrap()).collect();
+        assert_eq!(t.reserve(ip, ALICE, t0).err(), Some(Throttled::InFlight));
+        assert_eq!(Throttled::InFlight.to_pg_error().code, "53300");
+        let mut held = held.into_iter();
+        held.next().unwrap().release();
+        assert!(t.reserve(ip, ALICE, t0).is_ok_and(|r| {
+            r.release();
+            true
+        }));
+        drop(held); // the two still in flight fail
+        let r = t.reserve(ip, ALICE, t0).unwrap(); // one failure-free slot is left
+        assert_eq!(t.reserve(ip, ALICE, t0).err(), Some(Throttled::InFlight));
+        drop(r);
+        assert_eq!(t.reserve(ip, ALICE, t0).err(), Some(Throttled::AddressAndUser));
+
+        let t = AuthThrottle::new(limits(1000, 2, 1000));
+        let a = t.reserve(ip, "a", t0).unwrap();
+        let _b = t.reserve(ip, "b", t0).unwrap();
+        assert_eq!(t.reserve(ip, "c", t0).err(), Some(Throttled::InFlight));
+        drop(a);
+        assert_eq!(t.reserve(ip, "c", t0).err(), Some(Throttled::InFlight));
+        let t = AuthThrottle::new(limits(1000, 1000, 1));
+        let _a = t.reserve(ip, "a", t0).unwrap();
+        assert_eq!(t.reserve(ip, "b", t0).err(), Some(Throttled::InFlight));
+    }
+
     #[test]
     fn released_reservations_do_not_count() {
         let t = AuthThrottle::new(limits(2, 1000, 1000));
@@ -537,6 +651,36 @@ mod tests {
         let fresh: IpAddr = "10.9.9.9".parse().unwrap();
         assert_eq!(t.reserve(fresh, "zed", t0).err(), Some(Throttled::Global));
         assert!(t.reserve(fresh, "zed", t0 + Duration::from_secs(60)).is_ok());
+    }
+
+    /// Regression (issue 12 item 6): expired windows were only swept once 100,000 keys had piled
+    /// up, so the table kept every (address, user) of every past flood, up to ~10 KB of user name
+    /// each (the startup packet's bound): about a gigabyte. Stale keys now go when the window turns.
+    #[test]
+    fn stale_keys_are_swept_when_the_window_turns() {
+        let t = AuthThrottle::new(limits(3, 1000, 100_000));
+        let t0 = Instant::now();
+        for minute in 0..5u64 {
+            let now = t0 + Duration::from_secs(61 * minute);
+            for i in 0..500u32 {
+                let ip = IpAddr::from(i.to_be_bytes());
+                drop(t.reserve(ip, &format!("user{minute}-{i}"), now).unwrap());
+            }
+            assert!(
+                t.tracked() <= 500,
+                "minute {minute}: {} keys tracked, 500 are current",
+                t.tracked()
+            );
+        }
+        // A key still inside its window is kept (and still counts).
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let now = t0 + Duration::from_secs(1000);
+        for _ in 0..3 {
+            drop(t.reserve(ip, ALICE, now).unwrap());
+        }
+        let sweep = now + Duration::from_secs(59);
+        drop(t.reserve("10.0.0.2".parse().unwrap(), "bob", sweep).unwrap());
+        assert_eq!(t.reserve(ip, ALICE, sweep).err(), Some(Throttled::AddressAndUser));
     }
 
     #[test]

@@ -262,6 +262,16 @@ impl PgError {
         )
     }
 
+    /// 53300: a login throttle's window is full of attempts still in progress, none of them failed
+    /// (a pool opening many connections at once with the right token): try again shortly.
+    pub fn too_many_logins_in_progress() -> Self {
+        Self::too_many_connections(
+            "too many logins in progress at once for this user, address or instance (each counts \
+             against the failed-login limits until it succeeds)",
+        )
+        .with_hint("Try again in a moment, or open fewer connections at once.")
+    }
+
     /// 53300: this client address has too many connections that have not logged in yet.
     pub fn too_many_unauthenticated_from_address(limit: usize) -> Self {
         Self::too_many_connections(format!(

@@ -132,10 +132,17 @@ pub fn shared_cluster_options() -> ClusterOptions {
 /// and rows) on first call. Panics with the full error, including the server log tail, if PostgreSQL
 /// is missing or does not start.
 pub fn shared_cluster() -> &'static Cluster {
+    shared_cluster_with(shared_cluster_options)
+}
+
+/// [`shared_cluster`], started with `options()` if it is not running yet. For a test binary whose
+/// cluster needs other settings (e.g. `tests/floods_wire.rs`, a higher `max_connections`): every
+/// test of that binary calls this before anything starts the cluster.
+pub fn shared_cluster_with(options: fn() -> ClusterOptions) -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
     CLUSTER.get_or_init(|| {
         let install = PgInstall::find().unwrap_or_else(|e| panic!("{e}"));
-        let cluster = Cluster::start(&install, shared_cluster_options())
+        let cluster = Cluster::start(&install, options())
             .unwrap_or_else(|e| panic!("starting the shared test cluster: {e}"));
         cluster
             .psql("postgres", &roles_sql())
