@@ -1,17 +1,19 @@
 //! Expiry and revocation at scale (issue 18): N sessions of one grant, all running a query that
 //! only a cut ends (`pg_sleep(3600)`), the grant expiring (or being revoked); how late each client
-//! got its FATAL 57P01, how late its `session_end` was recorded (audit `ts` − the deadline), how the
-//! upstream queries ended (`upstream_end`: cancelled, or closed past `proxy.upstream_stop_timeout`)
-//! and how long until the last of the grant's backends was gone from `pg_stat_activity`.
+//! got its FATAL 57P01 (when its socket became readable, seen by a thread of its own; and when the
+//! client library returned the error), how late its `session_end` was recorded (audit `ts` − the
+//! deadline), how the upstream queries ended (`upstream_end`: terminated by timebox's batch
+//! connection, cancelled by a CancelRequest, or closed) and how long until the last of the grant's
+//! backends was gone from `pg_stat_activity`.
 //!
 //!   cargo test --bench expiry                  smoke: 5 sessions, debug (no numbers worth keeping)
 //!   cargo test --bench expiry -- --sessions 100 [--cut expiry|revoke]     debug, a quick check
 //!   cargo bench --bench expiry                 release: 100 and 1,000 sessions, expiry and revoke
 //!   ulimit -n 8192 && cargo bench --bench expiry -- --sessions 1000       release, 1,000 sessions
 //!
-//! Needs about 3 file descriptors per session in this one process (the client's socket, timebox's
-//! client socket and its upstream socket): it stops at once with the `ulimit -n` to use if the
-//! limit is too low. The throwaway cluster gets `max_connections` = sessions + 100, and PostgreSQL
+//! Needs about 4 file descriptors per session in this one process (the client's socket and its
+//! second handle for the watcher, timebox's client socket and its upstream socket): it stops at once
+//! with the `ulimit -n` to use if the limit is too low. The throwaway cluster gets `max_connections` = sessions + 100, and PostgreSQL
 //! forks one backend per session (1,000 idle backends take a few GiB). Clients connect 32 at a time
 //! ([`CONNECT_PARALLELISM`]), below `max_unauthenticated`.
 //!
@@ -84,9 +86,9 @@ fn main() {
         })
         .await;
         println!(
-            "| sessions | cut | client p50 / p99 / max ms | audit session_end p50 / p99 / max ms | upstream_end cancelled / closed | last upstream backend gone ms |"
+            "| sessions | cut | client socket readable p50 / p99 / max ms | client library p50 / p99 / max ms | audit session_end p50 / p99 / max ms | upstream_end terminated / cancelled / closed | last upstream backend gone ms |"
         );
-        println!("|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|");
         for &n in &sizes {
             for cut in cuts.iter().copied() {
                 run(&inst, n, cut).await;
@@ -99,18 +101,26 @@ async fn run(inst: &common::TestInstance, n: usize, cut: Cut) {
     let (grant, token) = inst.grant("alice", "read", "1h").await;
     let conn = inst.conn_string("alice", &token, "disable");
     let login_started = Instant::now();
-    let clients: Vec<tokio_postgres::Client> = futures::stream::iter(0..n)
+    let config: tokio_postgres::Config = conn.parse().expect("connection string");
+    let proxy = inst.proxy_addr;
+    let logged_in: Vec<(tokio_postgres::Client, std::net::TcpStream)> = futures::stream::iter(0..n)
         .map(|_| {
-            let conn = conn.clone();
+            let config = config.clone();
             async move {
-                let (client, connection) = tokio_postgres::connect(&conn, NoTls).await.expect("login");
+                // A second handle on the client's socket, for the watcher (see `watch_fatals`).
+                let tcp = tokio::net::TcpStream::connect(proxy).await.expect("connect");
+                let std = tcp.into_std().expect("std socket");
+                let watched = std.try_clone().expect("dup");
+                let tcp = tokio::net::TcpStream::from_std(std).expect("tokio socket");
+                let (client, connection) = config.connect_raw(tcp, NoTls).await.expect("login");
                 tokio::spawn(connection);
-                client
+                (client, watched)
             }
         })
         .buffer_unordered(CONNECT_PARALLELISM)
         .collect()
         .await;
+    let (clients, watched): (Vec<_>, Vec<_>) = logged_in.into_iter().unzip();
     let logins = login_started.elapsed();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for client in clients {
@@ -146,6 +156,8 @@ async fn run(inst: &common::TestInstance, n: usize, cut: Cut) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let busy_after = login_started.elapsed();
+    // From here on the only bytes a client can get are its FATAL.
+    let watcher = watch_fatals(watched);
     let deadline: DateTime<Utc> = match cut {
         Cut::Expiry => {
             // As an extension would, but shorter: the store's row, then the sessions' watch.
@@ -191,14 +203,21 @@ async fn run(inst: &common::TestInstance, n: usize, cut: Cut) {
             }
         }
     }
+    let socket_late: Vec<f64> = watcher
+        .join()
+        .expect("watcher thread")
+        .into_iter()
+        .map(|at| ms(at - deadline))
+        .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     inst.state.audit.wait_indexed().await.unwrap();
     let db = inst.dir.path().join("audit.db");
     let audit_late = session_end_lateness(&db, &grant.id, deadline);
-    let (cancelled, closed) = upstream_end_outcomes(&db, &grant.id);
+    let (terminated, cancelled, closed) = upstream_end_outcomes(&db, &grant.id);
     eprintln!("{n} sessions logged in in {logins:?}, all busy after {busy_after:?}");
     println!(
-        "| {n} | {cut:?} | {} | {} | {cancelled} / {closed} | {:.0} |{}",
+        "| {n} | {cut:?} | {} | {} | {} | {terminated} / {cancelled} / {closed} | {:.0} |{}",
+        pcts(&mut socket_late.clone()),
         pcts(&mut client_late),
         pcts(&mut audit_late.clone()),
         gone_ms.unwrap_or(f64::NAN),
@@ -210,10 +229,10 @@ async fn run(inst: &common::TestInstance, n: usize, cut: Cut) {
     );
 }
 
-/// Stops at once, saying what to do, if this process may not open the ~3 descriptors per session
+/// Stops at once, saying what to do, if this process may not open the ~4 descriptors per session
 /// the run needs (Linux: the soft limit in `/proc/self/limits`; elsewhere not checked).
 fn check_open_files(sessions: usize) {
-    let needed = sessions * 3 + 256;
+    let needed = sessions * 4 + 256;
     let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
         return;
     };
@@ -263,8 +282,8 @@ fn session_end_lateness(db: &std::path::Path, grant_id: &str, deadline: DateTime
         .collect()
 }
 
-/// (cancelled, closed) among the `upstream_end` records of `grant_id`.
-fn upstream_end_outcomes(db: &std::path::Path, grant_id: &str) -> (usize, usize) {
+/// (terminated, cancelled, closed) among the `upstream_end` records of `grant_id`.
+fn upstream_end_outcomes(db: &std::path::Path, grant_id: &str) -> (usize, usize, usize) {
     let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let mut stmt = conn
         .prepare("SELECT payload FROM audit_events WHERE kind = 'upstream_end'")
@@ -276,6 +295,36 @@ fn upstream_end_outcomes(db: &std::path::Path, grant_id: &str) -> (usize, usize)
         .filter(|p| p["grant_id"] == grant_id)
         .map(|p| p["outcome"].as_str().unwrap_or("").to_owned())
         .collect();
-    let cancelled = outcomes.iter().filter(|o| *o == "cancelled").count();
-    (cancelled, outcomes.len() - cancelled)
+    let count = |outcome: &str| outcomes.iter().filter(|o| *o == outcome).count();
+    let (terminated, cancelled) = (count("terminated"), count("cancelled"));
+    (terminated, cancelled, outcomes.len() - terminated - cancelled)
+}
+
+/// When each client's socket became readable (its FATAL arrived), seen by a thread of its own on a
+/// second handle of each socket (`try_clone`: the same open socket), so the figure does not include
+/// the time the bench's 1,000 tokio-postgres clients, sharing a runtime with timebox, take to be
+/// scheduled, parse the error and report it. The watcher only waits for readability and peeks; the
+/// client library still reads the bytes. Returns the instants in the order they were seen.
+fn watch_fatals(sockets: Vec<std::net::TcpStream>) -> std::thread::JoinHandle<Vec<DateTime<Utc>>> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let give_up = tokio::time::Instant::now() + EXPIRY_LEAD.to_std().unwrap() + GIVE_UP_AFTER;
+            let waits = sockets.into_iter().map(|s| async move {
+                s.set_nonblocking(true).unwrap();
+                let s = tokio::net::TcpStream::from_std(s).unwrap();
+                let mut byte = [0u8; 1];
+                // Returns as soon as a byte is there (or the socket closed), without consuming it.
+                let _ = s.peek(&mut byte).await;
+                Utc::now()
+            });
+            let all = futures::future::join_all(waits);
+            tokio::time::timeout_at(give_up, all)
+                .await
+                .expect("every client socket got its FATAL")
+        })
+    })
 }
