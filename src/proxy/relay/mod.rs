@@ -133,6 +133,12 @@ impl Relay {
         self.cancel_upstream
     }
 
+    /// Statements forwarded and not answered yet (sync points, plus extended-protocol messages not
+    /// yet synced): more than one means some wait behind the running one.
+    pub(crate) fn sync_points_in_flight(&self) -> usize {
+        self.sync.in_flight()
+    }
+
     /// Remembers to cancel the upstream query after the relay if one runs (`busy`); never waits
     /// for the upstream, so the client's final message is not delayed by it.
     fn cancel_after_relay(&mut self, busy: bool) {
