@@ -509,3 +509,78 @@ async fn client_cancel_requests_are_bounded_per_target() {
         .await
         .expect("the session goes on");
 }
+
+/// The messages of the tracing events emitted on this thread while it is set as default.
+#[derive(Clone, Default)]
+struct EventLog(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for EventLog {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(Option<String>);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = Some(format!("{value:?}"));
+                }
+            }
+        }
+        let mut message = Message(None);
+        event.record(&mut message);
+        if let Some(m) = message.0 {
+            self.0.lock().unwrap().push(m);
+        }
+    }
+}
+
+/// Sessions of one grant cut at the same moment all get their FATAL before any of them does the
+/// rest of its ending (session end record, upstream stop). On a single-threaded runtime the order
+/// is deterministic: the revocation wakes every session, and each writes its FATAL in its first
+/// poll. Regression (issue 18): each session did its whole ending (audit submission, upstream
+/// cancel connection) right after its own FATAL, before the next session could write its FATAL,
+/// so at 1,000 sessions the last FATALs waited for ~1,000 endings (p99 133 ms).
+#[tokio::test]
+async fn sessions_cut_together_all_get_their_fatal_before_any_ends_its_upstream() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let log = EventLog::default();
+    let _capture = tracing::subscriber::set_default(tracing_subscriber::registry().with(log.clone()));
+    let inst = common::start(Options::default()).await;
+    let (grant, token) = inst.grant("alice", "read", "1h").await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(common::raw::login(inst.proxy_addr, "alice", &token).await);
+    }
+    inst.state
+        .grants
+        .revoke(&grant.id, "ops", "cut them all")
+        .await
+        .unwrap();
+    for (stream, buf) in &mut clients {
+        let (code, message) = common::raw::next_error(stream, buf).await.expect("a FATAL");
+        assert_eq!(code, "57P01", "{message}");
+    }
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            let events = log.0.lock().unwrap();
+            events.iter().filter(|m| *m == "session ended").count() == 3
+        })
+        .await,
+        "the sessions did not end"
+    );
+    let events = log.0.lock().unwrap().clone();
+    let sent: Vec<usize> = positions(&events, "final message sent");
+    let ending: Vec<usize> = positions(&events, "ending the session after its final message");
+    assert_eq!((sent.len(), ending.len()), (3, 3), "{events:#?}");
+    assert!(
+        sent.iter().max() < ending.iter().min(),
+        "a session ended its upstream before another had its FATAL: {events:#?}"
+    );
+}
+
+fn positions(events: &[String], message: &str) -> Vec<usize> {
+    events
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| *m == message)
+        .map(|(i, _)| i)
+        .collect()
+}

@@ -232,6 +232,10 @@ impl Session {
         metrics.sessions_active.with_label_values(&labels).inc();
         let mut relay = self.relay_state(&client);
         let reason = self.relay(&mut client, &mut relay).await;
+        // The client has its FATAL. At a mass expiry every other session of the grant was woken at
+        // the same moment: let them write theirs before this one does anything else (issue 18).
+        tokio::task::yield_now().await;
+        tracing::debug!("ending the session after its final message");
         let plan = stop_plan(relay.cancel_upstream(), relay.sync_points_in_flight());
         // Outcomes of the last statements not yet handed to the audit log go with the session end.
         let mut outcomes = relay.into_outcomes();
