@@ -542,6 +542,10 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for EventLog {
 async fn sessions_cut_together_all_get_their_fatal_before_any_ends_its_upstream() {
     use tracing_subscriber::layer::SubscriberExt;
     let log = EventLog::default();
+    // With a single live dispatcher, tracing caches a callsite's interest from whichever thread hits
+    // it first: one hit on another test's thread (no subscriber) would hide it here. A second one
+    // makes every thread ask its own default.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let _capture = tracing::subscriber::set_default(tracing_subscriber::registry().with(log.clone()));
     let inst = common::start(Options::default()).await;
     let (grant, token) = inst.grant("alice", "read", "1h").await;
@@ -564,7 +568,8 @@ async fn sessions_cut_together_all_get_their_fatal_before_any_ends_its_upstream(
             events.iter().filter(|m| *m == "session ended").count() == 3
         })
         .await,
-        "the sessions did not end"
+        "the sessions did not end: {:#?}",
+        log.0.lock().unwrap()
     );
     let events = log.0.lock().unwrap().clone();
     let sent: Vec<usize> = positions(&events, "final message sent");

@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::cancel::{stop_plan, stop_upstream, CancelKeyGuard, Stop, UpstreamCancel};
+use super::cancel::{stop_plan, stop_upstream, CancelKeyGuard, Stop, StopPlan, UpstreamCancel};
 use super::intercept::Interceptor;
 use super::login::{self, authenticate, open_session};
 use super::relay::EndReason;
@@ -263,12 +263,11 @@ impl Session {
         // session end is being recorded, then record how it stopped.
         let limits = &self.ctx.proxy.cancel_limits;
         let slots = limits.for_server(&self.upstream_cancel);
-        let batch = limits.batch.terminate(
-            &self.ctx,
-            &self.grant.target,
-            &self.grant.role,
-            self.upstream_cancel.pid,
-        );
+        let (grant, pid) = (&self.grant, self.upstream_cancel.pid);
+        let urgent = plan == StopPlan::CloseAtOnce;
+        let batch = limits
+            .batch
+            .terminate(&self.ctx, (&grant.target, &grant.role), pid, urgent);
         let stop = Stop {
             plan,
             batch,

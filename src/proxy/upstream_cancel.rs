@@ -33,7 +33,9 @@ use super::stream::UpstreamStream;
 use super::upstream::{self, UpstreamError};
 use super::ProxyContext;
 
-/// How long a batch waits for more sessions' pids after its first one.
+/// How long a batch waits for more sessions' pids after its first one (long enough for a mass
+/// cut's FATALs to be written first; none is delayed by the backends' exits). An urgent request (a
+/// session with statements queued behind the running one) ends the wait at once.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(10);
 /// The most pids one query signals.
 pub const MAX_BATCH: usize = 4096;
@@ -68,6 +70,8 @@ pub enum BatchError {
 /// no such backend of this role any more, it already exited).
 struct Request {
     pid: i32,
+    /// Statements wait behind the running one: the batch goes without waiting for others.
+    urgent: bool,
     reply: oneshot::Sender<Result<bool, Arc<BatchError>>>,
 }
 
@@ -78,14 +82,15 @@ pub struct BatchStops {
 }
 
 impl BatchStops {
-    /// Ends backend `pid` of a session of `role` on `target` through the batch connection; `Ok`
-    /// once the signal is sent (or the backend is already gone). The caller bounds the wait.
+    /// Ends backend `pid` of a session of `role` on `target` through the batch connection
+    /// (`urgent`: without waiting for other sessions); `Ok(true)` once the signal is sent,
+    /// `Ok(false)` when no such backend of the role was there. The caller bounds the wait.
     pub(crate) async fn terminate(
         &self,
         ctx: &Arc<ProxyContext>,
-        target: &str,
-        role: &str,
+        (target, role): (&str, &str),
         pid: i32,
+        urgent: bool,
     ) -> Result<bool, Arc<BatchError>> {
         let (reply, answer) = oneshot::channel();
         let key = (target.to_owned(), role.to_owned());
@@ -99,7 +104,7 @@ impl BatchStops {
             })
             .clone();
         worker
-            .send(Request { pid, reply })
+            .send(Request { pid, urgent, reply })
             .map_err(|_| Arc::new(BatchError::Gone))?;
         answer.await.map_err(|_| Arc::new(BatchError::Gone))?
     }
@@ -124,14 +129,7 @@ async fn run_worker(
                 continue;
             }
         };
-        let mut batch = vec![first];
-        let window = Instant::now() + BATCH_WINDOW;
-        while batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(window, requests.recv()).await {
-                Ok(Some(r)) => batch.push(r),
-                Ok(None) | Err(_) => break,
-            }
-        }
+        let batch = gather(first, &mut requests, BATCH_WINDOW).await;
         let pids: Vec<i32> = batch.iter().map(|r| r.pid).collect();
         let started = Instant::now();
         let signalled = match ctx.upgrade() {
@@ -162,6 +160,32 @@ async fn run_worker(
             }
         }
     }
+}
+
+/// A batch: `first`, whatever is queued behind it, and what arrives within `window` of it unless
+/// one of them is urgent; at most [`MAX_BATCH`].
+async fn gather(
+    first: Request,
+    requests: &mut mpsc::UnboundedReceiver<Request>,
+    window: Duration,
+) -> Vec<Request> {
+    let mut urgent = first.urgent;
+    let mut batch = vec![first];
+    let window = Instant::now() + window;
+    while batch.len() < MAX_BATCH {
+        let next = match requests.try_recv() {
+            Ok(r) => Some(r),
+            Err(_) if urgent => None,
+            Err(_) => tokio::time::timeout_at(window, requests.recv())
+                .await
+                .ok()
+                .flatten(),
+        };
+        let Some(r) = next else { break };
+        urgent |= r.urgent;
+        batch.push(r);
+    }
+    batch
 }
 
 /// Opens the connection if needed and runs one batch on it; the pids it signalled.
@@ -285,6 +309,52 @@ mod tests {
         assert!(sql.contains("usename = current_user OFFSET 0) AS own"), "{sql}");
         assert!(sql.contains("pg_terminate_backend(pid)"), "{sql}");
         assert!(terminate_sql(&[]).contains("'{}'::int4[]"));
+    }
+
+    fn request(pid: i32, urgent: bool) -> Request {
+        Request {
+            pid,
+            urgent,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn pids(batch: &[Request]) -> Vec<i32> {
+        batch.iter().map(|r| r.pid).collect()
+    }
+
+    /// Generous: the tests below must not depend on it elapsing.
+    const LONG: Duration = Duration::from_secs(3600);
+
+    #[tokio::test]
+    async fn a_batch_takes_what_is_queued_and_what_comes_within_the_window() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tx.send(request(2, false)).unwrap();
+        let late = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            tx.send(request(3, false)).unwrap();
+            // The channel closes here: the window ends early.
+        });
+        let batch = gather(request(1, false), &mut rx, LONG);
+        let batch = tokio::time::timeout(Duration::from_secs(60), batch)
+            .await
+            .expect("gathered");
+        assert_eq!(pids(&batch), [1, 2, 3]);
+        late.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_urgent_request_does_not_wait_for_the_window() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tx.send(request(2, true)).unwrap();
+        // The sender stays open: a batch that waited for the window would not return.
+        let batch = gather(request(1, false), &mut rx, LONG);
+        let batch = tokio::time::timeout(Duration::from_secs(60), batch).await;
+        assert_eq!(pids(&batch.expect("no wait for the window")), [1, 2]);
+        let alone = gather(request(5, true), &mut rx, LONG);
+        let alone = tokio::time::timeout(Duration::from_secs(60), alone).await;
+        assert_eq!(pids(&alone.expect("no wait")), [5]);
+        drop(tx);
     }
 
     #[test]
