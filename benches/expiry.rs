@@ -86,7 +86,7 @@ fn main() {
         })
         .await;
         println!(
-            "| sessions | cut | client FATAL p50 / p99 / max ms | audit session_end p50 / p99 / max ms | upstream_end terminated / cancelled / closed | last upstream backend gone ms |"
+            "| sessions | cut | client FATAL min / p50 / p99 / max ms | audit session_end min / p50 / p99 / max ms | upstream_end terminated / cancelled / closed | last upstream backend gone ms |"
         );
         println!("|---|---|---|---|---|---|");
         for &n in &sizes {
@@ -102,22 +102,25 @@ async fn run(inst: &common::TestInstance, n: usize, cut: Cut) {
     let login_started = Instant::now();
     let proxy = inst.proxy_addr;
     let token = &token;
-    let sockets: Vec<std::net::TcpStream> = futures::stream::iter(0..n)
-        .map(|_| async move {
-            // Raw clients: nothing in this process reads their sockets but the watcher.
-            let (mut tcp, _) = common::raw::login(proxy, "alice", token).await;
-            let mut query = bytes::BytesMut::new();
-            // Only the cut ends it.
-            postgres_protocol::message::frontend::query("SELECT pg_sleep(3600)", &mut query).unwrap();
-            tokio::io::AsyncWriteExt::write_all(&mut tcp, &query)
-                .await
-                .unwrap();
-            tcp.into_std().expect("std socket")
-        })
+    // Raw clients: nothing in this process reads their sockets but the watcher.
+    let mut clients: Vec<tokio::net::TcpStream> = futures::stream::iter(0..n)
+        .map(|_| async move { common::raw::login(proxy, "alice", token).await.0 })
         .buffer_unordered(CONNECT_PARALLELISM)
         .collect()
         .await;
     let logins = login_started.elapsed();
+    // Every query starts once all are logged in: the role's statement_timeout (30 s) must not end
+    // the first ones while the last log in (300 debug logins on a loaded machine take longer).
+    // Only the cut ends them.
+    let mut query = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::query("SELECT pg_sleep(3600)", &mut query).unwrap();
+    for tcp in &mut clients {
+        tokio::io::AsyncWriteExt::write_all(tcp, &query).await.unwrap();
+    }
+    let sockets: Vec<std::net::TcpStream> = clients
+        .into_iter()
+        .map(|tcp| tcp.into_std().expect("std socket"))
+        .collect();
     let su = common::cluster::shared_cluster().superuser_conn_string("postgres");
     let (watcher, connection) = tokio_postgres::connect(&su, NoTls).await.expect("superuser");
     tokio::spawn(connection);
@@ -237,7 +240,13 @@ fn pcts(v: &mut [f64]) -> String {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     let at = |p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1];
-    format!("{:.1} / {:.1} / {:.1}", at(0.5), at(0.99), v[v.len() - 1])
+    format!(
+        "{:.1} / {:.1} / {:.1} / {:.1}",
+        v[0],
+        at(0.5),
+        at(0.99),
+        v[v.len() - 1]
+    )
 }
 
 /// `session_end` ts − the deadline, per session of `grant_id`, in ms.
