@@ -50,47 +50,86 @@ async fn upstream_ends(inst: &common::TestInstance, grant_id: &str) -> Vec<serde
 /// The first 8 bytes of a CancelRequest: length 16, code 80877102.
 const CANCEL_HEAD: [u8; 8] = [0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
 
-/// A TCP relay in front of the shared cluster that swallows CancelRequests: it accepts them and never
-/// answers, like a target whose postmaster cannot fork a process for them. Everything else is relayed.
-struct CancelBlackhole {
+/// A TCP relay in front of the shared cluster that counts what timebox sends the target: it relays
+/// sessions, and CancelRequests unless it swallows them (accepts and never answers, like a target
+/// whose postmaster cannot fork a process for them); it refuses timebox's batch cancel connection
+/// (`application_name = timebox:cancel`) when told to.
+struct TargetRelay {
     port: u16,
     /// CancelRequests received.
     seen: Arc<AtomicUsize>,
-    /// CancelRequest connections the sender closed.
+    /// Swallowed CancelRequest connections the sender closed.
     closed: Arc<AtomicUsize>,
+    /// Batch cancel connections (startup packets with `timebox:cancel`), refused or not.
+    batch_logins: Arc<AtomicUsize>,
 }
 
-async fn cancel_blackhole() -> CancelBlackhole {
+#[derive(Clone, Copy)]
+struct RelayRules {
+    swallow_cancels: bool,
+    refuse_batch: bool,
+}
+
+async fn target_relay(rules: RelayRules) -> TargetRelay {
     let cluster_port = tokio::task::spawn_blocking(|| common::cluster::shared_cluster().port())
         .await
         .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let (seen, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (s2, c2) = (seen.clone(), closed.clone());
+    let counters = || Arc::new(AtomicUsize::new(0));
+    let (seen, closed, batch_logins) = (counters(), counters(), counters());
+    let (s2, c2, b2) = (seen.clone(), closed.clone(), batch_logins.clone());
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
-            let (seen, closed) = (s2.clone(), c2.clone());
+            let (seen, closed, batch) = (s2.clone(), c2.clone(), b2.clone());
             tokio::spawn(async move {
                 let mut head = [0u8; 8];
                 if tcp.read_exact(&mut head).await.is_err() {
                     return;
                 }
-                if head == CANCEL_HEAD {
-                    seen.fetch_add(1, Ordering::SeqCst);
-                    let mut sink = [0u8; 64];
-                    while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
-                    closed.fetch_add(1, Ordering::SeqCst);
+                let len = u32::from_be_bytes(head[..4].try_into().unwrap()) as usize;
+                let mut rest = vec![0u8; len.saturating_sub(8)];
+                if tcp.read_exact(&mut rest).await.is_err() {
                     return;
                 }
+                if head == CANCEL_HEAD {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    if rules.swallow_cancels {
+                        let mut sink = [0u8; 64];
+                        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+                        closed.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                }
+                if rest.windows(14).any(|w| w == b"timebox:cancel") {
+                    batch.fetch_add(1, Ordering::SeqCst);
+                    if rules.refuse_batch {
+                        return;
+                    }
+                }
                 let mut up = TcpStream::connect(("127.0.0.1", cluster_port)).await.unwrap();
-                if up.write_all(&head).await.is_ok() {
+                if up.write_all(&head).await.is_ok() && up.write_all(&rest).await.is_ok() {
                     let _ = tokio::io::copy_bidirectional(&mut tcp, &mut up).await;
                 }
             });
         }
     });
-    CancelBlackhole { port, seen, closed }
+    TargetRelay {
+        port,
+        seen,
+        closed,
+        batch_logins,
+    }
+}
+
+/// A relay that swallows CancelRequests and refuses the batch connection: nothing timebox does
+/// can stop a query on it.
+async fn cancel_blackhole() -> TargetRelay {
+    target_relay(RelayRules {
+        swallow_cancels: true,
+        refuse_batch: true,
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,14 +177,22 @@ async fn expiry_fatal_does_not_wait_for_an_unanswered_cancel_and_the_audit_says_
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expired_sessions_queries_are_cancelled_upstream_and_audited() {
-    let inst = common::start(Options::default()).await;
+/// Four sessions of one grant in `pg_sleep(600)` expire; returns the relay and the grant once
+/// each client has its FATAL 57P01.
+async fn four_sessions_expire(
+    rules: RelayRules,
+) -> (common::TestInstance, TargetRelay, timebox::grants::Grant) {
+    let relay = target_relay(rules).await;
+    let inst = common::start(Options {
+        shop_port: Some(relay.port),
+        ..Options::default()
+    })
+    .await;
     // Long enough for four logins on a loaded machine.
     let (grant, token) = inst.grant("alice", "read", "6s").await;
     let conn = inst.conn_string("alice", &token, "disable");
     let clients: Vec<_> = futures::future::join_all((0..4).map(|_| connect(&conn))).await;
-    let queries = clients.iter().map(|c| c.simple_query("SELECT pg_sleep(60)"));
+    let queries = clients.iter().map(|c| c.simple_query("SELECT pg_sleep(600)"));
     for result in futures::future::join_all(queries).await {
         let err = result.unwrap_err();
         assert_eq!(err.as_db_error().expect("a FATAL").code().code(), "57P01");
@@ -158,14 +205,61 @@ async fn expired_sessions_queries_are_cancelled_upstream_and_audited() {
         "expected one upstream_end per session: {:?}",
         upstream_ends(&inst, &grant.id).await
     );
+    assert!(
+        eventually(Duration::from_secs(10), || upstream_backends(&grant.id)
+            .then(|n| async move { n == 0 }))
+        .await,
+        "an upstream backend is still there"
+    );
+    (inst, relay, grant)
+}
+
+/// Regression (issue 18): each severed session sent a CancelRequest of its own (a new connection
+/// and a forked process on the target, eight at a time), so 1,000 sessions of one grant took
+/// past 2 s to stop upstream. Now timebox's own connection for the role ends them in batches
+/// (`pg_terminate_backend`), and no CancelRequest reaches the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_sessions_backends_are_ended_by_one_batch_connection_and_audited() {
+    let rules = RelayRules {
+        swallow_cancels: false,
+        refuse_batch: false,
+    };
+    let (inst, relay, grant) = four_sessions_expire(rules).await;
+    for end in upstream_ends(&inst, &grant.id).await {
+        assert_eq!(end["outcome"], "terminated", "{end}");
+    }
+    assert_eq!(
+        relay.seen.load(Ordering::SeqCst),
+        0,
+        "CancelRequests reached the target"
+    );
+    assert_eq!(
+        relay.batch_logins.load(Ordering::SeqCst),
+        1,
+        "one batch connection serves every session of the role"
+    );
+}
+
+/// When the batch connection cannot be opened, each session falls back to a CancelRequest (through
+/// the target's cancel slots): its query is still stopped, and the audit says how.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_batch_connection_sessions_fall_back_to_cancel_requests() {
+    let rules = RelayRules {
+        swallow_cancels: false,
+        refuse_batch: true,
+    };
+    let (inst, relay, grant) = four_sessions_expire(rules).await;
     for end in upstream_ends(&inst, &grant.id).await {
         assert_eq!(end["outcome"], "cancelled", "{end}");
     }
     assert!(
-        eventually(Duration::from_secs(5), || upstream_backends(&grant.id)
-            .then(|n| async move { n == 0 }))
-        .await,
-        "an upstream backend is still there"
+        relay.batch_logins.load(Ordering::SeqCst) >= 1,
+        "no batch connection was tried"
+    );
+    assert_eq!(
+        relay.seen.load(Ordering::SeqCst),
+        4,
+        "one CancelRequest per session"
     );
 }
 
@@ -414,4 +508,84 @@ async fn client_cancel_requests_are_bounded_per_target() {
         .simple_query("SELECT 1")
         .await
         .expect("the session goes on");
+}
+
+/// The messages of the tracing events emitted on this thread while it is set as default.
+#[derive(Clone, Default)]
+struct EventLog(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for EventLog {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(Option<String>);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = Some(format!("{value:?}"));
+                }
+            }
+        }
+        let mut message = Message(None);
+        event.record(&mut message);
+        if let Some(m) = message.0 {
+            self.0.lock().unwrap().push(m);
+        }
+    }
+}
+
+/// Sessions of one grant cut at the same moment all get their FATAL before any of them does the
+/// rest of its ending (session end record, upstream stop). On a single-threaded runtime the order
+/// is deterministic: the revocation wakes every session, and each writes its FATAL in its first
+/// poll. Regression (issue 18): each session did its whole ending (audit submission, upstream
+/// cancel connection) right after its own FATAL, before the next session could write its FATAL,
+/// so at 1,000 sessions the last FATALs waited for ~1,000 endings (p99 133 ms).
+#[tokio::test]
+async fn sessions_cut_together_all_get_their_fatal_before_any_ends_its_upstream() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let log = EventLog::default();
+    // With a single live dispatcher, tracing caches a callsite's interest from whichever thread hits
+    // it first: one hit on another test's thread (no subscriber) would hide it here. A second one
+    // makes every thread ask its own default.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    let _capture = tracing::subscriber::set_default(tracing_subscriber::registry().with(log.clone()));
+    let inst = common::start(Options::default()).await;
+    let (grant, token) = inst.grant("alice", "read", "1h").await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(common::raw::login(inst.proxy_addr, "alice", &token).await);
+    }
+    inst.state
+        .grants
+        .revoke(&grant.id, "ops", "cut them all")
+        .await
+        .unwrap();
+    for (stream, buf) in &mut clients {
+        let (code, message) = common::raw::next_error(stream, buf).await.expect("a FATAL");
+        assert_eq!(code, "57P01", "{message}");
+    }
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            let events = log.0.lock().unwrap();
+            events.iter().filter(|m| *m == "session ended").count() == 3
+        })
+        .await,
+        "the sessions did not end: {:#?}",
+        log.0.lock().unwrap()
+    );
+    let events = log.0.lock().unwrap().clone();
+    let sent: Vec<usize> = positions(&events, "final message sent");
+    let ending: Vec<usize> = positions(&events, "ending the session after its final message");
+    assert_eq!((sent.len(), ending.len()), (3, 3), "{events:#?}");
+    assert!(
+        sent.iter().max() < ending.iter().min(),
+        "a session ended its upstream before another had its FATAL: {events:#?}"
+    );
+}
+
+fn positions(events: &[String], message: &str) -> Vec<usize> {
+    events
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| *m == message)
+        .map(|(i, _)| i)
+        .collect()
 }

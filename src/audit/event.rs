@@ -326,9 +326,10 @@ pub struct UpstreamEnd {
     /// Microseconds from the client's FATAL to the outcome.
     pub after_us: u64,
     pub grant_id: String,
-    /// `cancelled`: the query was cancelled and the backend exited (it ran nothing more);
-    /// `closed`: it did not stop within the bound and timebox closed the upstream connection
-    /// (PostgreSQL ends the backend when it next notices).
+    /// `terminated`: timebox's batch connection ended the backend (`pg_terminate_backend`) and it
+    /// exited (it ran nothing more); `cancelled`: a CancelRequest cancelled the query and the
+    /// backend exited; `closed`: it did not stop within the bound, or statements were queued behind
+    /// it, and timebox closed the upstream connection (PostgreSQL ends the backend when it notices).
     pub outcome: String,
     pub session_id: String,
     pub target: String,

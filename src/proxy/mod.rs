@@ -22,6 +22,7 @@ pub mod stream;
 pub mod target_catalog;
 pub mod tls;
 pub mod upstream;
+pub mod upstream_cancel;
 pub mod wire;
 
 use std::collections::HashMap;

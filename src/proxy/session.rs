@@ -1,8 +1,9 @@
 //! One client connection, from accept to close: startup, then `login`
 //! (authentication, upstream login), then the `relay`, then the session end
 //! (audit record, metrics). [`handle_connection`] is the thin entry the accept loop spawns.
-//! A severed session's client is closed first; its upstream query is cancelled after, bounded,
-//! and how it ended is recorded (`upstream_end`).
+//! A severed session's client is closed first; its upstream query is stopped after, bounded
+//! (through the batch connection of [`super::upstream_cancel`], else a CancelRequest), and how it
+//! ended is recorded (`upstream_end`).
 //! A session must never outlive its grant, and never leave a query running upstream after the
 //! client is gone.
 
@@ -10,13 +11,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::cancel::{CancelKeyGuard, UpstreamCancel};
+use super::cancel::{stop_plan, stop_upstream, CancelKeyGuard, Stop, StopPlan, UpstreamCancel};
 use super::intercept::Interceptor;
 use super::login::{self, authenticate, open_session};
 use super::relay::EndReason;
@@ -233,7 +232,11 @@ impl Session {
         metrics.sessions_active.with_label_values(&labels).inc();
         let mut relay = self.relay_state(&client);
         let reason = self.relay(&mut client, &mut relay).await;
-        let cancel_upstream = relay.cancel_upstream();
+        // The client has its FATAL. At a mass expiry every other session of the grant was woken at
+        // the same moment: let them write theirs before this one does anything else (issue 18).
+        tokio::task::yield_now().await;
+        tracing::debug!("ending the session after its final message");
+        let plan = stop_plan(relay.cancel_upstream(), relay.sync_points_in_flight());
         // Outcomes of the last statements not yet handed to the audit log go with the session end.
         let mut outcomes = relay.into_outcomes();
         // The client has its final message: it is closed first, and the session ends for it now.
@@ -258,10 +261,22 @@ impl Session {
         outcomes.push(end);
         // Whatever happened, no upstream query may outlive the session: stop it (bounded) while the
         // session end is being recorded, then record how it stopped.
-        let limit = self.ctx.proxy.cancel_limits.for_server(&self.upstream_cancel);
+        let limits = &self.ctx.proxy.cancel_limits;
+        let slots = limits.for_server(&self.upstream_cancel);
+        let (grant, pid) = (&self.grant, self.upstream_cancel.pid);
+        let urgent = plan == StopPlan::CloseAtOnce;
+        let batch = limits
+            .batch
+            .terminate(&self.ctx, (&grant.target, &grant.role), pid, urgent);
+        let stop = Stop {
+            plan,
+            batch,
+            cancel: &self.upstream_cancel,
+            slots: &slots,
+        };
         let stop = stop_upstream(
             &mut self.upstream,
-            cancel_upstream.then_some((&self.upstream_cancel, &*limit)),
+            stop,
             self.ctx.config.proxy.upstream_stop_timeout,
         );
         let (_, stopped) = tokio::join!(record(&self.ctx, outcomes), stop);
@@ -306,71 +321,5 @@ async fn record(ctx: &ProxyContext, events: Vec<AuditEvent>) {
             tracing::error!(error = %e, "cannot record the session end in the audit log");
         }
         Err(_) => tracing::error!("timed out recording the session end in the audit log"),
-    }
-}
-
-/// How a running upstream query ended after its session was severed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum UpstreamOutcome {
-    /// The cancel was delivered and the backend exited after Terminate: nothing more ran.
-    Cancelled,
-    /// Not confirmed within the bound: the connection was closed (PostgreSQL ends the backend
-    /// when it next notices).
-    Closed,
-}
-
-impl UpstreamOutcome {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            UpstreamOutcome::Cancelled => "cancelled",
-            UpstreamOutcome::Closed => "closed",
-        }
-    }
-}
-
-/// Ends the upstream connection: Terminate, and when a query may be running (`cancel` is its
-/// cancel key and the target's cancel slots), a CancelRequest, then waits for the backend to exit
-/// (EOF), all within `bound`; past it the connection is closed. `None` when nothing was running.
-pub(crate) async fn stop_upstream<S>(
-    upstream: &mut S,
-    cancel: Option<(&UpstreamCancel, &Semaphore)>,
-    bound: Duration,
-) -> Option<UpstreamOutcome>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut terminate = BytesMut::new();
-    postgres_protocol::message::frontend::terminate(&mut terminate);
-    let Some((key, slots)) = cancel else {
-        let _ = tokio::time::timeout(Duration::from_millis(500), async {
-            upstream.write_all(&terminate).await?;
-            upstream.shutdown().await
-        })
-        .await;
-        return None;
-    };
-    let stopped = tokio::time::timeout(bound, async {
-        // Read by the backend once its query is over: it then exits and closes the connection.
-        upstream.write_all(&terminate).await?;
-        upstream.flush().await?;
-        {
-            let _slot = slots.acquire().await.map_err(std::io::Error::other)?;
-            key.send().await?;
-        }
-        let mut sink = [0u8; 8192];
-        while upstream.read(&mut sink).await? > 0 {}
-        std::io::Result::Ok(())
-    })
-    .await;
-    match stopped {
-        Ok(Ok(())) => Some(UpstreamOutcome::Cancelled),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "could not cancel the upstream query; closing its connection");
-            Some(UpstreamOutcome::Closed)
-        }
-        Err(_) => {
-            tracing::warn!("the upstream query did not stop in time; closing its connection");
-            Some(UpstreamOutcome::Closed)
-        }
     }
 }

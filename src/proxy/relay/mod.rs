@@ -133,6 +133,12 @@ impl Relay {
         self.cancel_upstream
     }
 
+    /// Statements forwarded and not answered yet (sync points, plus extended-protocol messages not
+    /// yet synced): more than one means some wait behind the running one.
+    pub(crate) fn sync_points_in_flight(&self) -> usize {
+        self.sync.in_flight()
+    }
+
     /// Remembers to cancel the upstream query after the relay if one runs (`busy`); never waits
     /// for the upstream, so the client's final message is not delayed by it.
     fn cancel_after_relay(&mut self, busy: bool) {
@@ -393,6 +399,7 @@ impl Session {
         }
         if let Some(reason) = r.state.reason() {
             if r.bufs.outbox.drained() && !r.bufs.client_needs_flush {
+                tracing::debug!(reason = reason.as_str(), "final message sent");
                 let _ = tokio::time::timeout(Duration::from_millis(200), client.flush()).await;
                 return ControlFlow::Break(reason);
             }
@@ -483,7 +490,9 @@ impl Session {
     /// Queues the FATAL, enters the closing state (nothing more is forwarded upstream) and marks
     /// the running upstream query, if any, for cancelling after the client has its FATAL.
     fn sever(&self, r: &mut Relay, busy: bool, reason: EndReason, error: PgError) {
-        tracing::info!(
+        // Debug, not info: at a mass expiry a synchronous log line per session before its FATAL
+        // delays every later session's (the info line is "session ended", after it).
+        tracing::debug!(
             reason = reason.as_str(),
             phase = ?r.sync.phase(),
             message = %error.message,

@@ -197,6 +197,12 @@ impl SyncTracker {
         !self.in_flight.is_empty() || self.unsynced
     }
 
+    /// Sync points forwarded and not answered, plus one for extended-protocol messages not yet
+    /// synced (what a cut leaves queued upstream).
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.len() + usize::from(self.unsynced)
+    }
+
     pub(crate) fn phase(&self) -> Phase {
         match (self.busy(), self.transaction) {
             (true, _) => Phase::Busy,
