@@ -23,6 +23,13 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 FIX=tests/fixtures/psql
+# OUT_DIR: where <major>.sql files go (default: the fixture directory itself). BASE_DIR: when set,
+# a query already in $BASE_DIR/<major>.sql is left out. For another server version:
+#   PG_BINDIR=/path/to/16/bin OUT_DIR=tests/fixtures/psql/server16 BASE_DIR=tests/fixtures/psql \
+#       scripts/capture-psql-fixtures.sh psql13 psql14 psql15 psql16 psql17
+OUT_DIR=${OUT_DIR:-$FIX}
+BASE_DIR=${BASE_DIR:-}
+mkdir -p "$OUT_DIR"
 [[ $# -ge 1 ]] || { sed -n '2,13p' "$0"; exit 2; }
 
 PG_BINDIR=${PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}
@@ -59,7 +66,7 @@ oid_sed="$work/oids.sed"
 for psql_bin in "$@"; do
     version=$("$psql_bin" --version | awk '{ print $3 }')
     major=${version%%.*}
-    out="$FIX/$major.sql"
+    out="$OUT_DIR/$major.sql"
     {
         echo "-- Describe queries of psql $version, as sent to PostgreSQL $server; captured with"
         echo "-- \`psql -E\` by scripts/capture-psql-fixtures.sh (PostgreSQL licence, see README.md)."
@@ -86,5 +93,25 @@ for psql_bin in "$@"; do
                 inq { q = q $0 "\n" }' \
             | sed -f "$oid_sed" >>"$out" || true
     done <"$FIX/commands.txt"
+    if [[ -n $BASE_DIR ]]; then
+        # Keep the header and every block whose text is not a block of the base file.
+        awk -v base="$BASE_DIR/$major.sql" '
+            BEGIN {
+                while ((getline line < base) > 0) {
+                    if (line ~ /^--- /) { if (inb) have[bq] = 1; inb = 1; bq = ""; continue }
+                    if (inb) bq = bq line "\n"
+                }
+                if (inb) have[bq] = 1
+            }
+            function flush() { if (meta != "" && !(q in have)) printf "--- %s\n%s", meta, q }
+            /^--- / {
+                if (!noted) { print "-- Queries identical to one in " base " are left out."; noted = 1 }
+                flush(); meta = substr($0, 5); q = ""; next
+            }
+            meta == "" { print; next }
+            { q = q $0 "\n" }
+            END { flush() }
+        ' "$out" >"$work/filtered" && mv "$work/filtered" "$out"
+    fi
     echo "$out: $(grep -c '^--- ' "$out") queries from psql $version"
 done
