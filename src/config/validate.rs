@@ -347,6 +347,13 @@ fn validate_roles(
                     raw.max_result_bytes_per_grant.as_ref(),
                     p,
                 ),
+                masking: super::mask::validate_masking(
+                    &path,
+                    &raw.mask,
+                    raw.mask_filters.as_deref(),
+                    &raw.allow_functions,
+                    p,
+                ),
             },
         );
     }
