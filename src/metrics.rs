@@ -76,6 +76,11 @@ pub struct Metrics {
     /// Statements whose result was stopped by a role quota, by limit (`max_rows_per_statement`,
     /// `max_result_bytes_per_statement`, `max_result_bytes_per_grant`).
     pub quota_stops_total: IntCounterVec,
+    /// Values of masked columns sent masked (issue 15).
+    pub masked_values_total: IntCounter,
+    /// Statements denied by the masking shape check (also counted in `timebox_statements_total`
+    /// as denied).
+    pub masking_denials_total: IntCounter,
 }
 
 /// The central audit shipper's metrics ([`crate::audit::ship`]).
@@ -237,6 +242,14 @@ impl Metrics {
             fleet_cancel_forwards_total,
             fleet_notification_lag_seconds,
             quota_stops_total,
+            masked_values_total: reg!(IntCounter::new(
+                "timebox_masked_values_total",
+                "Values of masked columns sent masked"
+            )?),
+            masking_denials_total: reg!(IntCounter::new(
+                "timebox_masking_denials_total",
+                "Statements denied because they would return a masked column in another shape than a plain column"
+            )?),
             registry,
         })
     }

@@ -17,6 +17,8 @@
 //! (never passed through). This module must never let an unmasked value of a masked column out,
 //! nor panic on a malformed frame (it answers [`FrameError`]).
 
+pub mod catalog;
+
 use std::fmt;
 use std::str::FromStr;
 

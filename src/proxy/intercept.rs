@@ -33,6 +33,8 @@ use super::wire::PgError;
 use crate::audit::event::AuditSql;
 use crate::config::DEFAULT_MAX_STATEMENT_BYTES;
 use crate::policy::appname::{self, Appname};
+use crate::policy::mask_shape::MaskDenial;
+use crate::proxy::relay::mask::MaskContext;
 use crate::policy::{
     self, Classification, ClassifyCache, Decision, RolePolicy, ServerVersion, StatementClass, Target,
     TargetFunctions,
@@ -86,6 +88,8 @@ pub struct Prechecker {
     cache: Arc<ClassifyCache>,
     max_statement_bytes: usize,
     skip_policy: Option<Arc<Classification>>,
+    /// The role's column masks: each text also gets the masking shape check.
+    masking: Option<Arc<MaskContext>>,
 }
 
 /// What [`Prechecker::precheck`] found in one Query or Parse message.
@@ -96,6 +100,8 @@ pub struct Precheck {
     name: Option<String>,
     sql: Arc<AuditSql>,
     text: TextCheck,
+    /// The masking shape check's denial (roles with masks).
+    mask_denial: Option<MaskDenial>,
 }
 
 #[derive(Debug)]
@@ -126,6 +132,7 @@ impl Prechecker {
                 name: None,
                 sql: Arc::new(AuditSql::of(&String::from_utf8_lossy(raw))),
                 text: TextCheck::Unreadable,
+                mask_denial: None,
             };
         };
         let sql = Arc::new(AuditSql::of(text));
@@ -136,10 +143,15 @@ impl Prechecker {
         } else {
             TextCheck::Classified(self.cache.classify(text))
         };
+        let mask_denial = match (&self.masking, &text) {
+            (Some(m), TextCheck::Classified(_)) => m.check(text_sql(tag, frame)).err(),
+            _ => None,
+        };
         Precheck {
             name: (tag == b'P').then(|| name.to_owned()),
             sql,
             text,
+            mask_denial,
         }
     }
 
@@ -153,6 +165,7 @@ impl Prechecker {
                 hidden: Vec::new(),
             }),
             text: TextCheck::Failed,
+            mask_denial: None,
         }
     }
 }
@@ -202,6 +215,8 @@ pub struct Interceptor {
     target_functions: Option<Arc<TargetFunctions>>,
     /// `timebox:<user>:<grant id>`: `application_name` keeps it (see [`appname`]).
     app_tag: String,
+    /// The role's column masks, if any (shape check here, rewrite in the relay).
+    masking: Option<Arc<MaskContext>>,
 }
 
 impl Interceptor {
@@ -221,6 +236,7 @@ impl Interceptor {
             server: ServerVersion::OLDEST,
             target_functions: None,
             app_tag: appname::session_tag("?", grant_id),
+            masking: None,
         }
     }
 
@@ -261,6 +277,16 @@ impl Interceptor {
         self
     }
 
+    /// The role's column masks (see `proxy::relay::mask`); `None`: the role masks nothing.
+    pub fn with_masking(mut self, masking: Option<Arc<MaskContext>>) -> Self {
+        self.masking = masking;
+        self
+    }
+
+    pub fn masking(&self) -> Option<&Arc<MaskContext>> {
+        self.masking.as_ref()
+    }
+
     /// Statement texts longer than `limit` bytes (`proxy.max_statement_bytes`) are refused with
     /// ERROR 54000 without being classified.
     pub fn max_statement_bytes(mut self, limit: usize) -> Self {
@@ -274,6 +300,7 @@ impl Interceptor {
             cache: self.cache.clone(),
             max_statement_bytes: self.max_statement_bytes,
             skip_policy: self.skip_policy.clone(),
+            masking: self.masking.clone(),
         }
     }
 
@@ -339,7 +366,10 @@ impl Interceptor {
         let unclassified = || Arc::new(Classification::default());
         match &pre.text {
             TextCheck::Classified(c) => {
-                let (c, denial) = self.check_sql(&pre.sql, c.clone());
+                let (c, mut denial) = self.check_sql(&pre.sql, c.clone());
+                if let (None, Some(d)) = (&denial, &pre.mask_denial) {
+                    denial = Some(self.denial(&d.reason, d.hint));
+                }
                 let class = c.class();
                 (c, class, denial)
             }
@@ -712,6 +742,11 @@ fn bind_params(rest: &[u8]) -> Option<Vec<Option<String>>> {
         }));
     }
     Some(params)
+}
+
+/// The statement text of a whole Query or Parse frame already read as UTF-8 (empty otherwise).
+fn text_sql(tag: u8, frame: &[u8]) -> &str {
+    message_text(tag, frame.get(5..).unwrap_or_default()).1.unwrap_or("")
 }
 
 /// Splits a NUL-terminated string off the front of `b`.

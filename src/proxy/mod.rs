@@ -86,6 +86,8 @@ pub struct ProxyState {
     pub salted_passwords: scram::SaltedPasswordCache,
     /// What each target's catalog says about function names, read once per server version.
     pub target_catalogs: target_catalog::TargetCatalogs,
+    /// Each (target, role)'s masked column identities, for roles with `mask`.
+    pub mask_catalogs: target_catalog::MaskCatalogs,
     /// Big statements prechecked on the blocking pool at once, over all sessions (one per CPU), so
     /// a flood of huge statements cannot take every blocking thread.
     pub precheck_permits: Arc<Semaphore>,
@@ -148,6 +150,7 @@ impl ProxyState {
                 .collect(),
             salted_passwords: scram::SaltedPasswordCache::default(),
             target_catalogs: target_catalog::TargetCatalogs::default(),
+            mask_catalogs: target_catalog::MaskCatalogs::default(),
             precheck_permits: Arc::new(Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
