@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use common::pg::{connect, db_error};
+use common::pg::{audit_records, connect, db_error};
 use common::{psql, raw, TestInstance};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -154,6 +154,24 @@ async fn direct_columns_are_masked_by_every_method_in_text_and_binary() {
         .await
         .unwrap();
     assert!(!metrics.contains("timebox_masked_values_total 0\n"), "{metrics}");
+    // The statement record names the masked columns it read (never their values).
+    let db = inst.audit_db();
+    let noted = common::eventually(Duration::from_secs(20), || {
+        let db = db.clone();
+        async move {
+            audit_records(&db).iter().any(|(k, p)| {
+                k == "statement"
+                    && p["sql"] == "SELECT email, phone FROM customers ORDER BY id"
+                    && p["reason"].as_str().is_some_and(|r| {
+                        r.starts_with("masked columns: ") && r.contains("public.customers.email")
+                    })
+            })
+        }
+    })
+    .await;
+    assert!(noted, "{:#?}", audit_records(&db));
+    let trail = format!("{:?}", audit_records(&db));
+    assert!(!trail.contains("alice@example.com"), "no value in the audit trail");
 }
 
 /// Bypass attempts: every other shape that could carry a masked value out.
@@ -196,6 +214,21 @@ async fn bypass_attempts_are_denied_naming_the_column() {
     // The session goes on.
     let rows = text_rows(&client, "SELECT email FROM customers WHERE id = 1").await;
     assert_eq!(rows, vec![some(&["***@example.com"])]);
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", inst.admin_url()))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let denials: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("timebox_masking_denials_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(denials >= 10, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,7 +27,7 @@ pub enum ColumnVerdict {
 /// One target's catalog as one role's masks see it.
 #[derive(Debug, Clone, Default)]
 pub struct MaskSnapshot {
-    /// Every table, view, materialized view and foreign table at the time of the read.
+    /// Every table, view, materialized view, foreign table and sequence at the time of the read.
     relations: HashSet<u32>,
     masked: HashMap<(u32, i16), MaskMethod>,
     /// Masked tables (and their children) → their live attribute numbers.
@@ -76,7 +76,7 @@ pub fn snapshot_query(rules: &[MaskRule]) -> String {
          SELECT DISTINCT d.i, d.relid, n.nspname, c.relname FROM dep d \
            JOIN pg_catalog.pg_class c ON c.oid = d.relid \
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('v', 'm'); \
-         SELECT oid FROM pg_catalog.pg_class WHERE relkind IN ('r', 'p', 'v', 'm', 'f')"
+         SELECT oid FROM pg_catalog.pg_class WHERE relkind IN ('r', 'p', 'v', 'm', 'f', 'S')"
     )
 }
 

@@ -70,6 +70,10 @@ pub struct Checked {
     pub denied: Option<String>,
     /// Bind parameters (text, or `\x…` hex for binary ones; `None` for NULL).
     pub params: Option<Vec<Option<String>>>,
+    /// Masked columns the text may read (roles with masks; for the audit record), and whether
+    /// the masking shape check is what denied it.
+    pub masked: Vec<String>,
+    pub mask_denied: bool,
 }
 
 /// A prepared statement as checked: its class and text.
@@ -100,8 +104,9 @@ pub struct Precheck {
     name: Option<String>,
     sql: Arc<AuditSql>,
     text: TextCheck,
-    /// The masking shape check's denial (roles with masks).
+    /// The masking shape check's denial (roles with masks), or the masked columns it may read.
     mask_denial: Option<MaskDenial>,
+    masked: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -133,6 +138,7 @@ impl Prechecker {
                 sql: Arc::new(AuditSql::of(&String::from_utf8_lossy(raw))),
                 text: TextCheck::Unreadable,
                 mask_denial: None,
+                masked: Vec::new(),
             };
         };
         let sql = Arc::new(AuditSql::of(text));
@@ -143,15 +149,19 @@ impl Prechecker {
         } else {
             TextCheck::Classified(self.cache.classify(text))
         };
-        let mask_denial = match (&self.masking, &text) {
-            (Some(m), TextCheck::Classified(_)) => m.check(text_sql(tag, frame)).err(),
-            _ => None,
+        let (mask_denial, masked) = match (&self.masking, &text) {
+            (Some(m), TextCheck::Classified(_)) => match m.check(text_sql(tag, frame)) {
+                Ok(masked) => (None, masked),
+                Err(d) => (Some(d), Vec::new()),
+            },
+            _ => (None, Vec::new()),
         };
         Precheck {
             name: (tag == b'P').then(|| name.to_owned()),
             sql,
             text,
             mask_denial,
+            masked,
         }
     }
 
@@ -166,6 +176,7 @@ impl Prechecker {
             }),
             text: TextCheck::Failed,
             mask_denial: None,
+            masked: Vec::new(),
         }
     }
 }
@@ -555,6 +566,8 @@ impl Interceptor {
             class,
             denied: denial.as_ref().map(|e| e.message.clone()),
             params: None,
+            masked: pre.masked.clone(),
+            mask_denied: pre.mask_denial.is_some() && denial.is_some(),
         });
         match (denial, rewritten) {
             (Some(e), _) => self.deny_with_query_marker(e),
@@ -593,6 +606,8 @@ impl Interceptor {
             class,
             denied: denial.as_ref().map(|e| e.message.clone()),
             params: None,
+            masked: pre.masked.clone(),
+            mask_denied: pre.mask_denial.is_some() && denial.is_some(),
         });
         let name = pre.name;
         match (denial, name) {
@@ -660,6 +675,8 @@ impl Interceptor {
                     classification: p.classification,
                     denied: None,
                     params: statement.and_then(|(_, rest)| bind_params(rest)),
+                    masked: Vec::new(),
+                    mask_denied: false,
                 });
                 FrontendAction::Forward
             }

@@ -140,6 +140,9 @@ impl Session {
             .statements_total
             .with_label_values(&[c.class.as_str(), decision])
             .inc();
+        if c.mask_denied {
+            self.ctx.proxy.metrics.masking_denials_total.inc();
+        }
         if let Some(reason) = &c.denied {
             // The reason may quote the statement: never a secret in a log line.
             let reason = c.sql.loggable_reason(reason);
@@ -187,7 +190,10 @@ impl Session {
             },
             grant_id: self.grant.id.clone(),
             params: c.params.clone(),
-            reason: c.denied.as_deref().map(|r| c.sql.scrub(r).into_owned()),
+            reason: c.denied.as_deref().map(|r| c.sql.scrub(r).into_owned()).or_else(|| {
+                // Roles with masks: which masked columns it may read (names, never values).
+                (!c.masked.is_empty()).then(|| format!("masked columns: {}", c.masked.join(", ")))
+            }),
             relations,
             session_id: self.handle.name(),
             sql: c.sql.text.clone(),
