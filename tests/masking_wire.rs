@@ -74,7 +74,10 @@ async fn session(inst: &TestInstance, role: &str) -> tokio_postgres::Client {
 
 /// The text values of the simple-protocol rows of `sql`.
 async fn text_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
-    let messages = client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let messages = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     messages
         .iter()
         .filter_map(|m| match m {
@@ -95,17 +98,29 @@ async fn direct_columns_are_masked_by_every_method_in_text_and_binary() {
     let inst = start().await;
     let client = session(&inst, "support").await;
     // Text (simple protocol).
-    let rows = text_rows(&client, "SELECT id, name, email, phone, card, note FROM customers ORDER BY id").await;
+    let rows = text_rows(
+        &client,
+        "SELECT id, name, email, phone, card, note FROM customers ORDER BY id",
+    )
+    .await;
     assert_eq!(
         rows[0],
-        [some(&["1", "Alice", "***@example.com", "***0100", "***"]), vec![None]].concat()
+        [
+            some(&["1", "Alice", "***@example.com", "***0100", "***"]),
+            vec![None]
+        ]
+        .concat()
     );
     assert_eq!(rows[1][3], None, "NULL stays NULL");
     let hashed = text_rows(&client, "SELECT ssn FROM customers ORDER BY id").await;
     let h = hashed[0][0].clone().unwrap();
     assert_eq!(h.len(), 32, "{h}");
     assert_ne!(h, "123456789");
-    assert_eq!(text_rows(&client, "SELECT ssn FROM customers WHERE id = 1").await[0][0], Some(h.clone()), "stable");
+    assert_eq!(
+        text_rows(&client, "SELECT ssn FROM customers WHERE id = 1").await[0][0],
+        Some(h.clone()),
+        "stable"
+    );
     // SELECT * and t.*, a cursor, and SQL-level PREPARE/EXECUTE.
     let star = text_rows(&client, "SELECT * FROM customers ORDER BY id").await;
     assert_eq!(star[0][2].as_deref(), Some("***@example.com"));
@@ -116,7 +131,10 @@ async fn direct_columns_are_masked_by_every_method_in_text_and_binary() {
         "BEGIN; DECLARE cur CURSOR FOR SELECT email FROM customers ORDER BY id; FETCH 2 FROM cur; COMMIT",
     )
     .await;
-    assert_eq!(fetched, vec![some(&["***@example.com"]), some(&["***@shop.test"])]);
+    assert_eq!(
+        fetched,
+        vec![some(&["***@example.com"]), some(&["***@shop.test"])]
+    );
     text_rows(&client, "PREPARE p AS SELECT card FROM customers WHERE id = $1").await;
     let executed = text_rows(&client, "EXECUTE p(1)").await;
     assert_eq!(executed, vec![some(&["***"])]);
@@ -130,9 +148,16 @@ async fn direct_columns_are_masked_by_every_method_in_text_and_binary() {
     assert_eq!(row.get::<_, String>(1), "***@example.com");
     assert_eq!(row.get::<_, String>(2), "***0100");
     assert_eq!(row.get::<_, String>(3), "***");
-    assert_eq!(row.get::<_, String>(4), "***", "a binary int8 timebox does not read is redacted");
+    assert_eq!(
+        row.get::<_, String>(4),
+        "***",
+        "a binary int8 timebox does not read is redacted"
+    );
     assert_eq!(row.get::<_, Option<String>>(5), None);
-    let row = client.query_one("SELECT email FROM customers WHERE id = $1", &[&2i32]).await.unwrap();
+    let row = client
+        .query_one("SELECT email FROM customers WHERE id = $1", &[&2i32])
+        .await
+        .unwrap();
     assert_eq!(row.get::<_, String>(0), "***@shop.test");
     // psql.
     let (_, token) = inst.grant("alice", "support", "10m").await;
@@ -171,7 +196,10 @@ async fn direct_columns_are_masked_by_every_method_in_text_and_binary() {
     .await;
     assert!(noted, "{:#?}", audit_records(&db));
     let trail = format!("{:?}", audit_records(&db));
-    assert!(!trail.contains("alice@example.com"), "no value in the audit trail");
+    assert!(
+        !trail.contains("alice@example.com"),
+        "no value in the audit trail"
+    );
 }
 
 /// Bypass attempts: every other shape that could carry a masked value out.
@@ -184,22 +212,49 @@ async fn bypass_attempts_are_denied_naming_the_column() {
         ("SELECT lower(email) FROM customers", email),
         ("SELECT email::bytea FROM customers", email),
         ("SELECT string_agg(email, ',') FROM customers", email),
-        ("SELECT row_to_json(c) FROM customers c", "is masked for role \"support\""),
-        ("SELECT c::text FROM customers c", "is masked for role \"support\""),
-        ("SELECT to_jsonb(c.*) FROM customers c", "is masked for role \"support\""),
+        (
+            "SELECT row_to_json(c) FROM customers c",
+            "is masked for role \"support\"",
+        ),
+        (
+            "SELECT c::text FROM customers c",
+            "is masked for role \"support\"",
+        ),
+        (
+            "SELECT to_jsonb(c.*) FROM customers c",
+            "is masked for role \"support\"",
+        ),
         ("SELECT email FROM customers UNION SELECT 'x'", email),
         ("SELECT * FROM (SELECT email FROM customers) s", email),
         ("WITH x AS (SELECT email FROM customers) SELECT * FROM x", email),
         ("SELECT (SELECT email FROM customers LIMIT 1)", email),
-        ("SELECT l.e FROM customers c, LATERAL (SELECT c.email AS e) l", email),
-        ("SELECT * FROM customer_emails", "view over masked column public.customers.email"),
+        (
+            "SELECT l.e FROM customers c, LATERAL (SELECT c.email AS e) l",
+            email,
+        ),
+        (
+            "SELECT * FROM customer_emails",
+            "view over masked column public.customers.email",
+        ),
         ("COPY customers TO STDOUT", "is masked for role \"support\""),
-        ("COPY (SELECT email FROM customers) TO STDOUT", "is masked for role \"support\""),
-        ("SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'customers'", "pg_stats"),
-        ("SELECT * FROM customers a FULL JOIN customers b USING (email)", email),
+        (
+            "COPY (SELECT email FROM customers) TO STDOUT",
+            "is masked for role \"support\"",
+        ),
+        (
+            "SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'customers'",
+            "pg_stats",
+        ),
+        (
+            "SELECT * FROM customers a FULL JOIN customers b USING (email)",
+            email,
+        ),
         ("SELECT id FROM customers WHERE email::int = 1", email),
         ("EXPLAIN ANALYZE SELECT lower(email) FROM customers", email),
-        ("BEGIN; DECLARE c2 CURSOR FOR SELECT upper(email) FROM customers; COMMIT", email),
+        (
+            "BEGIN; DECLARE c2 CURSOR FOR SELECT upper(email) FROM customers; COMMIT",
+            email,
+        ),
     ] {
         let e = client.simple_query(sql).await.expect_err(sql);
         let (code, message) = db_error(&e);
@@ -209,7 +264,10 @@ async fn bypass_attempts_are_denied_naming_the_column() {
         let _ = client.simple_query("ROLLBACK").await;
     }
     // The extended protocol is checked at Parse.
-    let e = client.prepare("SELECT coalesce(email, '') FROM customers").await.unwrap_err();
+    let e = client
+        .prepare("SELECT coalesce(email, '') FROM customers")
+        .await
+        .unwrap_err();
     assert_eq!(db_error(&e).0, "42501");
     // The session goes on.
     let rows = text_rows(&client, "SELECT email FROM customers WHERE id = 1").await;
@@ -235,7 +293,11 @@ async fn bypass_attempts_are_denied_naming_the_column() {
 async fn filters_are_allowed_unless_mask_filters_denies_them() {
     let inst = start().await;
     let support = session(&inst, "support").await;
-    let rows = text_rows(&support, "SELECT id FROM customers WHERE email = 'alice@example.com' ORDER BY email").await;
+    let rows = text_rows(
+        &support,
+        "SELECT id FROM customers WHERE email = 'alice@example.com' ORDER BY email",
+    )
+    .await;
     assert_eq!(rows, vec![some(&["1"])]);
     let e = support
         .simple_query("SELECT id FROM customers WHERE lower(email) = 'x'")
@@ -263,7 +325,8 @@ async fn rows_of_a_relation_timebox_does_not_know_yet_are_not_sent() {
     let inst = start().await;
     let client = session(&inst, "support").await;
     let table = common::cluster::unique_name("late");
-    let create = format!("CREATE TABLE public.{table} (secret text); INSERT INTO public.{table} VALUES ('s3cr3t')");
+    let create =
+        format!("CREATE TABLE public.{table} (secret text); INSERT INTO public.{table} VALUES ('s3cr3t')");
     tokio::task::spawn_blocking(move || common::cluster::shop_psql(&create))
         .await
         .unwrap();

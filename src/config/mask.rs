@@ -130,7 +130,9 @@ mod tests {
         assert_eq!(m.columns.len(), 2);
         assert_eq!(m.columns[0].qualified(), "public.customers.email");
         assert_eq!(m.columns[0].method, MaskMethod::Email);
-        assert!(Config::from_toml_str(MINIMAL).unwrap().roles["read"].masking.is_none());
+        assert!(Config::from_toml_str(MINIMAL).unwrap().roles["read"]
+            .masking
+            .is_none());
         let bad = format!(
             "{MINIMAL}        mask = {{ \"public.customers.email\" = \"scramble\", \"customers.email\" = \"null\" }}\n        mask_filters = \"maybe\"\n"
         );
@@ -143,14 +145,19 @@ mod tests {
             has("roles.read.mask.\"public.customers.email\": \"scramble\" is not a masking method"),
             "{text:?}"
         );
-        assert!(has("roles.read.mask.\"customers.email\": \"customers.email\" is not a column"), "{text:?}");
+        assert!(
+            has("roles.read.mask.\"customers.email\": \"customers.email\" is not a column"),
+            "{text:?}"
+        );
         assert!(has("roles.read.mask_filters: \"maybe\" is not"), "{text:?}");
     }
 
     #[test]
     fn mask_and_allow_functions_do_not_mix() {
         let mut p = Problems::default();
-        let mask = [("public.t.c".to_string(), "redact".to_string())].into_iter().collect();
+        let mask = [("public.t.c".to_string(), "redact".to_string())]
+            .into_iter()
+            .collect();
         validate_masking("roles.r", &mask, None, &["f".into()], &mut p);
         assert_eq!(p.0.len(), 1);
         assert_eq!(p.0[0].path, "roles.r.mask");

@@ -51,7 +51,14 @@ pub fn snapshot_query(rules: &[MaskRule]) -> String {
     let values: Vec<String> = rules
         .iter()
         .enumerate()
-        .map(|(i, r)| format!("({i}, {}, {}, {})", literal(&r.schema), literal(&r.table), literal(&r.column)))
+        .map(|(i, r)| {
+            format!(
+                "({i}, {}, {}, {})",
+                literal(&r.schema),
+                literal(&r.table),
+                literal(&r.column)
+            )
+        })
         .collect();
     let cte = format!(
         "WITH RECURSIVE m(i, nsp, rel, col) AS (VALUES {}), \
@@ -189,15 +196,25 @@ mod tests {
         let rels = vec![row(&["100"]), row(&["101"]), row(&["200"]), row(&["300"])];
         let s = MaskSnapshot::from_rows(&[rule()], &[attrs, views, rels]).unwrap();
         assert_eq!(s.column(100, 2), ColumnVerdict::Masked(MaskMethod::Email));
-        assert_eq!(s.column(101, 2), ColumnVerdict::Masked(MaskMethod::Email), "a partition");
+        assert_eq!(
+            s.column(101, 2),
+            ColumnVerdict::Masked(MaskMethod::Email),
+            "a partition"
+        );
         assert_eq!(s.column(100, 1), ColumnVerdict::Plain);
         assert_eq!(s.column(100, -1), ColumnVerdict::Plain, "a system column");
         assert_eq!(s.column(300, 5), ColumnVerdict::Plain);
         assert_eq!(s.column(0, 0), ColumnVerdict::Plain, "computed, not from a table");
         assert!(matches!(s.column(100, 0), ColumnVerdict::Unknown(_)));
-        assert!(matches!(s.column(100, 3), ColumnVerdict::Unknown(_)), "added after the read");
+        assert!(
+            matches!(s.column(100, 3), ColumnVerdict::Unknown(_)),
+            "added after the read"
+        );
         assert!(matches!(s.column(200, 1), ColumnVerdict::Unknown(_)), "a view");
-        assert!(matches!(s.column(999, 1), ColumnVerdict::Unknown(_)), "a newer relation");
+        assert!(
+            matches!(s.column(999, 1), ColumnVerdict::Unknown(_)),
+            "a newer relation"
+        );
         assert!(s.rules.iter().any(|r| r.table == "customers_2026"));
         assert_eq!(s.views[0].masked_column, "public.customers.email");
         assert!(MaskSnapshot::from_rows(&[rule()], &[]).is_err());

@@ -201,7 +201,9 @@ impl<'a> Walker<'a> {
                 // `customers AS c(id, e)` renames columns: any new name may be a masked one.
                 let renamed = alias.and_then(|a| a.get("colnames")).and_then(Value::as_array);
                 for n in renamed.into_iter().flatten().filter_map(node) {
-                    w.names.entry(text(n.1, "sval").to_owned()).or_insert_with(|| column.clone());
+                    w.names
+                        .entry(text(n.1, "sval").to_owned())
+                        .or_insert_with(|| column.clone());
                 }
             }
         }
@@ -294,7 +296,12 @@ impl<'a> Walker<'a> {
             Ctx::Top if into || larg.is_some() => Ctx::Value,
             other => other,
         };
-        for target in s.get("target_list").and_then(Value::as_array).into_iter().flatten() {
+        for target in s
+            .get("target_list")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let Some(("ResTarget", rt)) = node(target) else {
                 self.walk(target, Ctx::Value)?;
                 continue;
@@ -385,7 +392,9 @@ impl<'a> Walker<'a> {
     fn fields(&self, o: &Map<String, Value>, ctx: Ctx) -> Result<(), MaskDenial> {
         o.iter().try_for_each(|(k, v)| {
             let c = match k.as_str() {
-                "where_clause" | "having_clause" | "quals" | "join_condition" => Ctx::Filter { operand: false },
+                "where_clause" | "having_clause" | "quals" | "join_condition" => {
+                    Ctx::Filter { operand: false }
+                }
                 "sort_clause" | "group_clause" | "distinct_clause" => Ctx::Filter { operand: true },
                 _ => ctx.inner(),
             };
@@ -442,7 +451,19 @@ impl<'a> Walker<'a> {
                     && (k != AExprKind::AexprOp as i32
                         || matches!(
                             op,
-                            "=" | "<>" | "<" | ">" | "<=" | ">=" | "~~" | "!~~" | "~~*" | "!~~*" | "~" | "~*" | "!~" | "!~*"
+                            "=" | "<>"
+                                | "<"
+                                | ">"
+                                | "<="
+                                | ">="
+                                | "~~"
+                                | "!~~"
+                                | "~~*"
+                                | "!~~*"
+                                | "~"
+                                | "~*"
+                                | "!~"
+                                | "!~*"
                         ));
                 let sub = if comparison { ctx.operand() } else { ctx.inner() };
                 self.walk_opt(n, "lexpr", sub)?;

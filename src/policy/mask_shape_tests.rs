@@ -5,15 +5,19 @@ use super::*;
 use crate::masking::MaskMethod;
 
 fn rules() -> Vec<MaskRule> {
-    [("customers", "email"), ("customers", "phone"), ("payments", "card")]
-        .iter()
-        .map(|(t, c)| MaskRule {
-            schema: "public".into(),
-            table: (*t).into(),
-            column: (*c).into(),
-            method: MaskMethod::Redact,
-        })
-        .collect()
+    [
+        ("customers", "email"),
+        ("customers", "phone"),
+        ("payments", "card"),
+    ]
+    .iter()
+    .map(|(t, c)| MaskRule {
+        schema: "public".into(),
+        table: (*t).into(),
+        column: (*c).into(),
+        method: MaskMethod::Redact,
+    })
+    .collect()
 }
 
 fn views() -> Vec<DependentView> {
@@ -67,7 +71,11 @@ fn direct_columns_stars_and_filters_are_allowed() {
         // Renamed, but still a direct column: RowDescription names its table and attribute.
         "SELECT e FROM customers AS c(i, e)",
     ] {
-        assert!(run(sql, MaskFilters::Allow).is_ok(), "{sql}: {:?}", run(sql, MaskFilters::Allow));
+        assert!(
+            run(sql, MaskFilters::Allow).is_ok(),
+            "{sql}: {:?}",
+            run(sql, MaskFilters::Allow)
+        );
     }
 }
 
@@ -78,10 +86,19 @@ fn every_other_shape_is_denied_naming_the_column() {
         ("SELECT lower(email) FROM customers", "public.customers.email"),
         ("SELECT email::bytea FROM customers", "public.customers.email"),
         ("SELECT email || '' FROM customers", "public.customers.email"),
-        ("SELECT string_agg(email, ',') FROM customers", "public.customers.email"),
+        (
+            "SELECT string_agg(email, ',') FROM customers",
+            "public.customers.email",
+        ),
         ("SELECT max(card) FROM payments", "public.payments.card"),
-        ("SELECT coalesce(phone, '') FROM customers", "public.customers.phone"),
-        ("SELECT CASE WHEN true THEN email END FROM customers", "public.customers.email"),
+        (
+            "SELECT coalesce(phone, '') FROM customers",
+            "public.customers.phone",
+        ),
+        (
+            "SELECT CASE WHEN true THEN email END FROM customers",
+            "public.customers.email",
+        ),
         ("SELECT row_to_json(c) FROM customers c", "public.customers."),
         ("SELECT c::text FROM customers c", "public.customers."),
         ("SELECT to_jsonb(c.*) FROM customers c", "public.customers."),
@@ -90,40 +107,118 @@ fn every_other_shape_is_denied_naming_the_column() {
         ("SELECT (c).* FROM customers c", "public.customers."),
         ("SELECT email(c) FROM customers c", "public.customers."),
         ("SELECT ROW(email) FROM customers", "public.customers.email"),
-        ("SELECT email FROM customers UNION SELECT 'x'", "public.customers.email"),
-        ("SELECT 'x' UNION ALL SELECT email FROM customers", "public.customers.email"),
-        ("SELECT * FROM (SELECT email FROM customers) s", "public.customers.email"),
-        ("SELECT s.e FROM (SELECT email AS e FROM customers) s", "public.customers.email"),
-        ("WITH x AS (SELECT email FROM customers) SELECT * FROM x", "public.customers.email"),
-        ("WITH x AS (SELECT * FROM customers) SELECT * FROM x", "public.customers."),
-        ("SELECT (SELECT email FROM customers LIMIT 1)", "public.customers.email"),
-        ("SELECT ARRAY(SELECT email FROM customers)", "public.customers.email"),
-        ("SELECT x FROM customers c, LATERAL (SELECT c.email) AS l(x)", "public.customers.email"),
-        ("SELECT * FROM customers c, unnest(ARRAY[c.email])", "public.customers.email"),
+        (
+            "SELECT email FROM customers UNION SELECT 'x'",
+            "public.customers.email",
+        ),
+        (
+            "SELECT 'x' UNION ALL SELECT email FROM customers",
+            "public.customers.email",
+        ),
+        (
+            "SELECT * FROM (SELECT email FROM customers) s",
+            "public.customers.email",
+        ),
+        (
+            "SELECT s.e FROM (SELECT email AS e FROM customers) s",
+            "public.customers.email",
+        ),
+        (
+            "WITH x AS (SELECT email FROM customers) SELECT * FROM x",
+            "public.customers.email",
+        ),
+        (
+            "WITH x AS (SELECT * FROM customers) SELECT * FROM x",
+            "public.customers.",
+        ),
+        (
+            "SELECT (SELECT email FROM customers LIMIT 1)",
+            "public.customers.email",
+        ),
+        (
+            "SELECT ARRAY(SELECT email FROM customers)",
+            "public.customers.email",
+        ),
+        (
+            "SELECT x FROM customers c, LATERAL (SELECT c.email) AS l(x)",
+            "public.customers.email",
+        ),
+        (
+            "SELECT * FROM customers c, unnest(ARRAY[c.email])",
+            "public.customers.email",
+        ),
         ("SELECT lower(e) FROM customers AS c(i, e)", "public.customers."),
-        ("SELECT j FROM (customers JOIN orders ON true) AS j", "public.customers."),
-        ("SELECT * FROM customers a FULL JOIN customers b USING (email)", "public.customers.email"),
+        (
+            "SELECT j FROM (customers JOIN orders ON true) AS j",
+            "public.customers.",
+        ),
+        (
+            "SELECT * FROM customers a FULL JOIN customers b USING (email)",
+            "public.customers.email",
+        ),
         ("SELECT * FROM customers NATURAL JOIN orders", "public.customers."),
         ("SELECT * FROM customer_emails", "public.customers.email"),
         ("SELECT * FROM public.customer_emails", "public.customers.email"),
-        ("SELECT most_common_vals FROM pg_stats WHERE tablename = 'customers'", "public.customers.email"),
+        (
+            "SELECT most_common_vals FROM pg_stats WHERE tablename = 'customers'",
+            "public.customers.email",
+        ),
         ("COPY customers TO STDOUT", "public.customers."),
         ("COPY (SELECT id FROM customers) TO STDOUT", "public.customers."),
-        ("INSERT INTO archive SELECT email FROM customers", "public.customers.email"),
+        (
+            "INSERT INTO archive SELECT email FROM customers",
+            "public.customers.email",
+        ),
         ("INSERT INTO archive SELECT * FROM customers", "public.customers."),
-        ("CREATE TABLE t AS SELECT email FROM customers", "public.customers.email"),
+        (
+            "CREATE TABLE t AS SELECT email FROM customers",
+            "public.customers.email",
+        ),
         ("SELECT email INTO t FROM customers", "public.customers.email"),
-        ("CREATE VIEW v AS SELECT email FROM customers", "public.customers.email"),
-        ("UPDATE orders SET note = c.email FROM customers c", "public.customers.email"),
-        ("UPDATE customers SET phone = email WHERE id = 1", "public.customers.email"),
-        ("INSERT INTO customers (id) VALUES (1) RETURNING email", "public.customers.email"),
-        ("DELETE FROM customers WHERE id = 1 RETURNING *", "public.customers."),
-        ("DECLARE c CURSOR FOR SELECT lower(email) FROM customers", "public.customers.email"),
-        ("EXPLAIN ANALYZE SELECT lower(email) FROM customers", "public.customers.email"),
-        ("SELECT id FROM customers WHERE email::int = 1", "public.customers.email"),
-        ("SELECT id FROM customers WHERE lower(email) = 'x'", "public.customers.email"),
-        ("SELECT id FROM customers ORDER BY lower(email)", "public.customers.email"),
-        ("SELECT id FROM customers WHERE (SELECT 1) = 1; SELECT lower(phone) FROM customers", "public.customers.phone"),
+        (
+            "CREATE VIEW v AS SELECT email FROM customers",
+            "public.customers.email",
+        ),
+        (
+            "UPDATE orders SET note = c.email FROM customers c",
+            "public.customers.email",
+        ),
+        (
+            "UPDATE customers SET phone = email WHERE id = 1",
+            "public.customers.email",
+        ),
+        (
+            "INSERT INTO customers (id) VALUES (1) RETURNING email",
+            "public.customers.email",
+        ),
+        (
+            "DELETE FROM customers WHERE id = 1 RETURNING *",
+            "public.customers.",
+        ),
+        (
+            "DECLARE c CURSOR FOR SELECT lower(email) FROM customers",
+            "public.customers.email",
+        ),
+        (
+            "EXPLAIN ANALYZE SELECT lower(email) FROM customers",
+            "public.customers.email",
+        ),
+        (
+            "SELECT id FROM customers WHERE email::int = 1",
+            "public.customers.email",
+        ),
+        (
+            "SELECT id FROM customers WHERE lower(email) = 'x'",
+            "public.customers.email",
+        ),
+        (
+            "SELECT id FROM customers ORDER BY lower(email)",
+            "public.customers.email",
+        ),
+        (
+            "SELECT id FROM customers WHERE (SELECT 1) = 1; SELECT lower(phone) FROM customers",
+            "public.customers.phone",
+        ),
     ] {
         match run(sql, MaskFilters::Allow) {
             Ok(_) => panic!("{sql} must be denied"),
@@ -145,7 +240,11 @@ fn mask_filters_deny_forbids_filtering_sorting_and_grouping() {
         "SELECT id FROM orders WHERE customer_id IN (SELECT id FROM customers WHERE email = 'x')",
     ] {
         let d = run(sql, MaskFilters::Deny).expect_err(sql);
-        assert!(d.reason.contains("mask_filters = \"deny\""), "{sql}: {}", d.reason);
+        assert!(
+            d.reason.contains("mask_filters = \"deny\""),
+            "{sql}: {}",
+            d.reason
+        );
     }
     assert!(run("SELECT email FROM customers WHERE id = 1", MaskFilters::Deny).is_ok());
 }
@@ -157,7 +256,11 @@ fn the_standard_message_names_column_role_and_shapes() {
         d.reason,
         "column public.customers.email is masked for role \"support\"; it can be selected only as a plain column (not in an expression, function, whole-row value, set operation, subquery, CTE, view, COPY or RETURNING)"
     );
-    let touched = run("SELECT email FROM customers WHERE phone = 'x'", MaskFilters::Allow).unwrap();
+    let touched = run(
+        "SELECT email FROM customers WHERE phone = 'x'",
+        MaskFilters::Allow,
+    )
+    .unwrap();
     assert!(touched.contains(&"public.customers.email".to_string()));
     assert!(
         run("SELEC 1", MaskFilters::Allow).is_err(),

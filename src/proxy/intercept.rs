@@ -34,11 +34,11 @@ use crate::audit::event::AuditSql;
 use crate::config::DEFAULT_MAX_STATEMENT_BYTES;
 use crate::policy::appname::{self, Appname};
 use crate::policy::mask_shape::MaskDenial;
-use crate::proxy::relay::mask::MaskContext;
 use crate::policy::{
     self, Classification, ClassifyCache, Decision, RolePolicy, ServerVersion, StatementClass, Target,
     TargetFunctions,
 };
+use crate::proxy::relay::mask::MaskContext;
 
 /// Prepared statements a session may hold before new named ones are refused.
 const MAX_PREPARED: usize = 10_000;
@@ -763,7 +763,9 @@ fn bind_params(rest: &[u8]) -> Option<Vec<Option<String>>> {
 
 /// The statement text of a whole Query or Parse frame already read as UTF-8 (empty otherwise).
 fn text_sql(tag: u8, frame: &[u8]) -> &str {
-    message_text(tag, frame.get(5..).unwrap_or_default()).1.unwrap_or("")
+    message_text(tag, frame.get(5..).unwrap_or_default())
+        .1
+        .unwrap_or("")
 }
 
 /// Splits a NUL-terminated string off the front of `b`.

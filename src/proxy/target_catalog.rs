@@ -318,7 +318,10 @@ async fn read_masks(source: &MaskSource, salted: &SaltedPasswordCache) -> Result
                 let values: Vec<Option<std::ops::Range<usize>>> = row.ranges().collect()?;
                 let row: Row = values
                     .into_iter()
-                    .map(|r| r.and_then(|r| row.buffer().get(r)).map(|b| String::from_utf8_lossy(b).into_owned()))
+                    .map(|r| {
+                        r.and_then(|r| row.buffer().get(r))
+                            .map(|b| String::from_utf8_lossy(b).into_owned())
+                    })
                     .collect();
                 sets.last_mut().expect("one set at least").push(row);
             }
@@ -335,5 +338,6 @@ async fn read_masks(source: &MaskSource, salted: &SaltedPasswordCache) -> Result
         return Err(CatalogError::Query(e));
     }
     sets.pop();
-    MaskSnapshot::from_rows(&source.rules, &sets).map_err(|_| CatalogError::Protocol("unexpected masking catalog rows"))
+    MaskSnapshot::from_rows(&source.rules, &sets)
+        .map_err(|_| CatalogError::Protocol("unexpected masking catalog rows"))
 }

@@ -240,7 +240,13 @@ fn suggest(role: &Role, t: &Tally) -> String {
         let entries: Vec<String> = m
             .columns
             .iter()
-            .map(|c| format!("{} = {}", toml::Value::String(c.qualified()), toml::Value::String(c.method.to_string())))
+            .map(|c| {
+                format!(
+                    "{} = {}",
+                    toml::Value::String(c.qualified()),
+                    toml::Value::String(c.method.to_string())
+                )
+            })
             .collect();
         out.push_str(&format!("mask = {{ {} }}\n", entries.join(", ")));
         if m.filters == crate::config::MaskFilters::Deny {

@@ -190,10 +190,14 @@ impl Session {
             },
             grant_id: self.grant.id.clone(),
             params: c.params.clone(),
-            reason: c.denied.as_deref().map(|r| c.sql.scrub(r).into_owned()).or_else(|| {
-                // Roles with masks: which masked columns it may read (names, never values).
-                (!c.masked.is_empty()).then(|| format!("masked columns: {}", c.masked.join(", ")))
-            }),
+            reason: c
+                .denied
+                .as_deref()
+                .map(|r| c.sql.scrub(r).into_owned())
+                .or_else(|| {
+                    // Roles with masks: which masked columns it may read (names, never values).
+                    (!c.masked.is_empty()).then(|| format!("masked columns: {}", c.masked.join(", ")))
+                }),
             relations,
             session_id: self.handle.name(),
             sql: c.sql.text.clone(),

@@ -19,15 +19,15 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use super::Relay;
 use crate::config::{Credential, Masking, Target};
 use crate::masking::catalog::ColumnVerdict;
-use crate::policy::mask_shape::{self, MaskDenial, MaskScope};
-use crate::proxy::ProxyContext;
 use crate::masking::{rewrite_data_row, rewrite_row_description, MaskKey, MaskMethod, MaskedColumn};
-use super::Relay;
+use crate::policy::mask_shape::{self, MaskDenial, MaskScope};
 use crate::proxy::session::Session;
 use crate::proxy::target_catalog::{refresh_in_background, MaskEntry, MaskSource};
 use crate::proxy::wire::PgError;
+use crate::proxy::ProxyContext;
 
 /// A frontend message whose answer decides a later DataRow's columns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,7 +239,9 @@ impl ResultMask {
             b'P' => Expect::Parse(cstr(body).map(|(n, _)| n).unwrap_or_default()),
             b'B' => {
                 let Some((portal, rest)) = cstr(body) else { return };
-                let Some((statement, rest)) = cstr(rest) else { return };
+                let Some((statement, rest)) = cstr(rest) else {
+                    return;
+                };
                 Expect::Bind {
                     portal,
                     statement,
@@ -249,7 +251,9 @@ impl ResultMask {
             }
             b'D' | b'C' => {
                 let portal = body.first() == Some(&b'P');
-                let name = cstr(body.get(1..).unwrap_or_default()).map(|(n, _)| n).unwrap_or_default();
+                let name = cstr(body.get(1..).unwrap_or_default())
+                    .map(|(n, _)| n)
+                    .unwrap_or_default();
                 if tag == b'D' {
                     Expect::Describe { portal, name }
                 } else {
@@ -410,7 +414,9 @@ impl ResultMask {
                 }
             }
             b'3' => {
-                if let Some(Expect::Close { portal, name }) = self.pop_if(|e| matches!(e, Expect::Close { .. })) {
+                if let Some(Expect::Close { portal, name }) =
+                    self.pop_if(|e| matches!(e, Expect::Close { .. }))
+                {
                     if portal {
                         self.portals.remove(&name);
                     } else {
@@ -502,7 +508,9 @@ impl Session {
             return;
         };
         let metrics = &self.ctx.proxy.metrics;
-        metrics.masked_values_total.inc_by(std::mem::take(&mut m.masked_values));
+        metrics
+            .masked_values_total
+            .inc_by(std::mem::take(&mut m.masked_values));
         if std::mem::take(&mut m.wants_refresh) {
             refresh_in_background(m.entry(), self.ctx.proxy.clone());
         }

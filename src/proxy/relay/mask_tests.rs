@@ -93,7 +93,10 @@ fn a_simple_query_result_is_masked_by_its_row_description() {
     assert_eq!(m.on_backend(b'Z', &frame(b'Z', b"I")), MaskStep::Keep);
     // The next query's unmasked result passes untouched.
     sent(&mut m, b'Q', b"SELECT 1\0");
-    assert_eq!(m.on_backend(b'T', &row_description(&[("x", 0, 0, 23)])), MaskStep::Keep);
+    assert_eq!(
+        m.on_backend(b'T', &row_description(&[("x", 0, 0, 23)])),
+        MaskStep::Keep
+    );
     assert_eq!(m.on_backend(b'D', &data_row(&[b"1"])), MaskStep::Keep);
 }
 
@@ -127,23 +130,35 @@ fn rows_whose_columns_cannot_be_established_are_never_forwarded() {
     let mut m = mask(Some(snapshot()));
     sent(&mut m, b'Q', b"SELECT * FROM new_table\0");
     m.on_backend(b'T', &row_description(&[("secret", 99999, 1, 25)]));
-    assert!(matches!(m.on_backend(b'D', &data_row(&[b"x"])), MaskStep::Fail(_)));
+    assert!(matches!(
+        m.on_backend(b'D', &data_row(&[b"x"])),
+        MaskStep::Fail(_)
+    ));
     assert_eq!(m.on_backend(b'D', &data_row(&[b"y"])), MaskStep::Drop);
     assert_eq!(m.on_backend(b'C', &frame(b'C', b"SELECT 2\0")), MaskStep::Drop);
     assert!(m.wants_refresh);
     // A computed column of a masked table (attnum 0).
     sent(&mut m, b'Q', b"SELECT ...\0");
     m.on_backend(b'T', &row_description(&[("c", CUSTOMERS, 0, 25)]));
-    assert!(matches!(m.on_backend(b'D', &data_row(&[b"x"])), MaskStep::Fail(_)));
+    assert!(matches!(
+        m.on_backend(b'D', &data_row(&[b"x"])),
+        MaskStep::Fail(_)
+    ));
     // No snapshot at all: a table column fails, a computed constant passes.
     let mut m = mask(None);
     sent(&mut m, b'Q', b"SELECT\0");
     m.on_backend(b'T', &row_description(&[("id", CUSTOMERS, 1, 23)]));
-    assert!(matches!(m.on_backend(b'D', &data_row(&[b"1"])), MaskStep::Fail(_)));
+    assert!(matches!(
+        m.on_backend(b'D', &data_row(&[b"1"])),
+        MaskStep::Fail(_)
+    ));
     m.on_backend(b'C', &frame(b'C', b"SELECT 1\0"));
     m.on_backend(b'Z', &frame(b'Z', b"I"));
     sent(&mut m, b'Q', b"SELECT 1\0");
-    assert_eq!(m.on_backend(b'T', &row_description(&[("x", 0, 0, 23)])), MaskStep::Keep);
+    assert_eq!(
+        m.on_backend(b'T', &row_description(&[("x", 0, 0, 23)])),
+        MaskStep::Keep
+    );
     assert_eq!(m.on_backend(b'D', &data_row(&[b"1"])), MaskStep::Keep);
 }
 
