@@ -76,11 +76,6 @@ pub struct Metrics {
     /// Statements whose result was stopped by a role quota, by limit (`max_rows_per_statement`,
     /// `max_result_bytes_per_statement`, `max_result_bytes_per_grant`).
     pub quota_stops_total: IntCounterVec,
-    /// Values of masked columns sent masked (issue 15).
-    pub masked_values_total: IntCounter,
-    /// Statements denied by the masking shape check (also counted in `timebox_statements_total`
-    /// as denied).
-    pub masking_denials_total: IntCounter,
 }
 
 /// The central audit shipper's metrics ([`crate::audit::ship`]).
@@ -242,14 +237,6 @@ impl Metrics {
             fleet_cancel_forwards_total,
             fleet_notification_lag_seconds,
             quota_stops_total,
-            masked_values_total: reg!(IntCounter::new(
-                "timebox_masked_values_total",
-                "Values of masked columns sent masked"
-            )?),
-            masking_denials_total: reg!(IntCounter::new(
-                "timebox_masking_denials_total",
-                "Statements denied because they would return a masked column in another shape than a plain column"
-            )?),
             registry,
         })
     }
@@ -291,6 +278,38 @@ fn limit_metrics(registry: &Registry) -> Result<(IntCounterVec, IntCounterVec), 
         &["limit"],
     )?;
     Ok((cancels, quota_stops))
+}
+
+/// Column masking's metrics (issue 15), in an instance's registry.
+#[derive(Debug, Clone)]
+pub struct MaskingMetrics {
+    /// Values of masked columns sent masked.
+    pub masked_values_total: IntCounter,
+    /// Statements denied by the masking shape check (also counted in `timebox_statements_total`
+    /// as denied).
+    pub masking_denials_total: IntCounter,
+}
+
+impl MaskingMetrics {
+    pub fn register(metrics: &Metrics) -> Result<MaskingMetrics, MetricsError> {
+        let m = MaskingMetrics {
+            masked_values_total: IntCounter::new(
+                "timebox_masked_values_total",
+                "Values of masked columns sent masked",
+            )?,
+            masking_denials_total: IntCounter::new(
+                "timebox_masking_denials_total",
+                "Statements denied because they would return a masked column in another shape than a plain column",
+            )?,
+        };
+        metrics
+            .registry
+            .register(Box::new(m.masked_values_total.clone()))?;
+        metrics
+            .registry
+            .register(Box::new(m.masking_denials_total.clone()))?;
+        Ok(m)
+    }
 }
 
 /// The fleet's cancel-forwarding and notification-lag metrics (issue 11 items 4 and 5),

@@ -49,6 +49,29 @@ impl Masking {
     }
 }
 
+/// A role's result quotas and masks (what limits what it is shown), problems under `path`.
+pub(super) fn validate_limits(
+    path: &str,
+    raw: &super::raw::RawRole,
+    p: &mut Problems,
+) -> (super::Quotas, Option<Masking>) {
+    let quotas = super::quota::validate_quotas(
+        path,
+        raw.max_rows_per_statement,
+        raw.max_result_bytes_per_statement.as_ref(),
+        raw.max_result_bytes_per_grant.as_ref(),
+        p,
+    );
+    let masking = validate_masking(
+        path,
+        &raw.mask,
+        raw.mask_filters.as_deref(),
+        &raw.allow_functions,
+        p,
+    );
+    (quotas, masking)
+}
+
 /// A lower-case identifier as PostgreSQL folds an unquoted one.
 fn identifier(part: &str) -> bool {
     let mut chars = part.chars();

@@ -79,10 +79,10 @@ fn direct_columns_stars_and_filters_are_allowed() {
     }
 }
 
-/// Bypass attempts: every shape that could carry a masked value out unmasked.
-#[test]
-fn every_other_shape_is_denied_naming_the_column() {
-    for (sql, column) in [
+/// Bypass attempts: every shape that could carry a masked value out unmasked, with the column
+/// the denial names.
+#[rustfmt::skip]
+const BYPASSES: &[(&str, &str)] = &[
         ("SELECT lower(email) FROM customers", "public.customers.email"),
         ("SELECT email::bytea FROM customers", "public.customers.email"),
         ("SELECT email || '' FROM customers", "public.customers.email"),
@@ -219,7 +219,11 @@ fn every_other_shape_is_denied_naming_the_column() {
             "SELECT id FROM customers WHERE (SELECT 1) = 1; SELECT lower(phone) FROM customers",
             "public.customers.phone",
         ),
-    ] {
+];
+
+#[test]
+fn every_other_shape_is_denied_naming_the_column() {
+    for (sql, column) in BYPASSES {
         match run(sql, MaskFilters::Allow) {
             Ok(_) => panic!("{sql} must be denied"),
             Err(d) => {

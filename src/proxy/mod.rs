@@ -88,6 +88,8 @@ pub struct ProxyState {
     pub target_catalogs: target_catalog::TargetCatalogs,
     /// Each (target, role)'s masked column identities, for roles with `mask`.
     pub mask_catalogs: target_catalog::MaskCatalogs,
+    /// `timebox_masked_values_total`, `timebox_masking_denials_total`.
+    pub masking_metrics: crate::metrics::MaskingMetrics,
     /// Big statements prechecked on the blocking pool at once, over all sessions (one per CPU), so
     /// a flood of huge statements cannot take every blocking thread.
     pub precheck_permits: Arc<Semaphore>,
@@ -127,6 +129,7 @@ impl ProxyState {
             upstream_tls.insert(name.clone(), client);
         }
         let metrics = Arc::new(crate::metrics::Metrics::new()?);
+        let masking_metrics = crate::metrics::MaskingMetrics::register(&metrics)?;
         Ok(ProxyState {
             tls,
             upstream_tls,
@@ -151,6 +154,7 @@ impl ProxyState {
             salted_passwords: scram::SaltedPasswordCache::default(),
             target_catalogs: target_catalog::TargetCatalogs::default(),
             mask_catalogs: target_catalog::MaskCatalogs::default(),
+            masking_metrics,
             precheck_permits: Arc::new(Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),

@@ -141,7 +141,7 @@ impl Session {
             .with_label_values(&[c.class.as_str(), decision])
             .inc();
         if c.mask_denied {
-            self.ctx.proxy.metrics.masking_denials_total.inc();
+            self.ctx.proxy.masking_metrics.masking_denials_total.inc();
         }
         if let Some(reason) = &c.denied {
             // The reason may quote the statement: never a secret in a log line.

@@ -507,7 +507,7 @@ impl Session {
         let Some(m) = r.mask.as_mut() else {
             return;
         };
-        let metrics = &self.ctx.proxy.metrics;
+        let metrics = &self.ctx.proxy.masking_metrics;
         metrics
             .masked_values_total
             .inc_by(std::mem::take(&mut m.masked_values));
