@@ -235,6 +235,29 @@ fn every_other_shape_is_denied_naming_the_column() {
 }
 
 #[test]
+fn code_timebox_cannot_see_is_denied_to_masked_roles() {
+    for sql in [
+        "DO $$ BEGIN RAISE NOTICE '%', (SELECT email FROM customers LIMIT 1); END $$",
+        "CREATE FUNCTION f() RETURNS text LANGUAGE sql AS 'SELECT email FROM customers'",
+        "CALL p()",
+        "CREATE RULE r AS ON INSERT TO t DO ALSO NOTIFY c",
+    ] {
+        let d = run(sql, MaskFilters::Allow).expect_err(sql);
+        assert!(d.reason.contains("runs code timebox cannot check"), "{sql}: {}", d.reason);
+    }
+    let (rules, views) = (rules(), views());
+    let scope = MaskScope {
+        role: "support",
+        columns: &rules,
+        filters: MaskFilters::Allow,
+        views: &views,
+    };
+    let d = check_functions(&["public.leak".to_string()], &scope).unwrap_err();
+    assert!(d.reason.contains("public.leak is not a built-in"), "{}", d.reason);
+    assert!(check_functions(&[], &scope).is_ok());
+}
+
+#[test]
 fn mask_filters_deny_forbids_filtering_sorting_and_grouping() {
     for sql in [
         "SELECT id FROM customers WHERE email = 'a@b.org'",

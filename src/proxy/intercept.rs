@@ -150,7 +150,7 @@ impl Prechecker {
             TextCheck::Classified(self.cache.classify(text))
         };
         let (mask_denial, masked) = match (&self.masking, &text) {
-            (Some(m), TextCheck::Classified(_)) => match m.check(text_sql(tag, frame)) {
+            (Some(m), TextCheck::Classified(c)) => match m.check(text_sql(tag, frame), c) {
                 Ok(masked) => (None, masked),
                 Err(d) => (Some(d), Vec::new()),
             },

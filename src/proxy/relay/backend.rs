@@ -90,9 +90,15 @@ impl Session {
                     let denial = self.interceptor.take_denial();
                     outbox.replace_frame(start, end, &denial);
                 }
-                b'E' => r
-                    .sync
-                    .error(r.held.error_sqlstate(outbox.frame_bytes(start, end))),
+                b'E' => {
+                    r.sync.error(r.held.error_sqlstate(outbox.frame_bytes(start, end)));
+                    // Masked roles: no DETAIL (it may quote a failing row's masked columns).
+                    if r.mask.is_some() {
+                        if let Some(f) = super::mask::without_detail(outbox.frame_bytes(start, end)) {
+                            outbox.replace_frame(start, end, &f);
+                        }
+                    }
+                }
                 b'S' => {
                     let Some(problem) = r.held.lexing_problem(outbox.frame_bytes(start, end)) else {
                         continue;

@@ -24,6 +24,7 @@ use crate::config::{Credential, Masking, Target};
 use crate::masking::catalog::ColumnVerdict;
 use crate::masking::{rewrite_data_row, rewrite_row_description, MaskKey, MaskMethod, MaskedColumn};
 use crate::policy::mask_shape::{self, MaskDenial, MaskScope};
+use crate::policy::Classification;
 use crate::proxy::session::Session;
 use crate::proxy::target_catalog::{refresh_in_background, MaskEntry, MaskSource};
 use crate::proxy::wire::PgError;
@@ -111,7 +112,7 @@ pub struct MaskContext {
 impl MaskContext {
     /// The pre-execution shape check of one statement text, with the snapshot's rules (inherited
     /// tables included) and views when one was read.
-    pub fn check(&self, sql: &str) -> Result<Vec<String>, MaskDenial> {
+    pub fn check(&self, sql: &str, classification: &Classification) -> Result<Vec<String>, MaskDenial> {
         let snapshot = self.entry.current();
         let (columns, views) = match &snapshot {
             Some(s) => (&s.rules[..], &s.views[..]),
@@ -123,6 +124,9 @@ impl MaskContext {
             filters: self.masking.filters,
             views,
         };
+        for stmt in &classification.statements {
+            mask_shape::check_functions(&stmt.unknown_functions, &scope)?;
+        }
         mask_shape::check(sql, &scope)
     }
 }
@@ -208,6 +212,38 @@ fn result_formats(rest: &[u8]) -> Option<Vec<i16>> {
         at += 4 + len.max(0) as usize;
     }
     bind_formats(rest.get(at..)?)
+}
+
+/// An ErrorResponse without its DETAIL field, `None` when it has none (or is malformed). A
+/// constraint violation's DETAIL quotes the failing row ("Failing row contains (…)") or key, masked
+/// columns included: masked roles' sessions never get one (the relay replaces the frame once it
+/// has read its SQLSTATE).
+pub(super) fn without_detail(frame: &[u8]) -> Option<BytesMut> {
+    let body = frame.get(5..)?;
+    let mut out = BytesMut::with_capacity(body.len());
+    let mut rest = body;
+    let mut dropped = false;
+    while let Some((&kind, tail)) = rest.split_first() {
+        if kind == 0 {
+            break;
+        }
+        let nul = tail.iter().position(|&b| b == 0)?;
+        if kind == b'D' {
+            dropped = true;
+        } else {
+            out.extend_from_slice(&rest[..nul + 2]);
+        }
+        rest = &tail[nul + 1..];
+    }
+    if !dropped {
+        return None;
+    }
+    out.extend_from_slice(&[0]);
+    let mut f = BytesMut::with_capacity(out.len() + 5);
+    f.extend_from_slice(&[b'E']);
+    f.extend_from_slice(&(out.len() as u32 + 4).to_be_bytes());
+    f.extend_from_slice(&out);
+    Some(f)
 }
 
 impl ResultMask {

@@ -198,3 +198,22 @@ fn an_error_skips_to_sync_like_the_server() {
     m.on_backend(b'Z', &frame(b'Z', b"I"));
     assert!(m.pending.is_empty());
 }
+
+#[test]
+fn error_details_are_not_forwarded_to_masked_roles() {
+    let mut m = mask(Some(snapshot()));
+    sent(&mut m, b'Q', b"UPDATE customers SET id = NULL\0");
+    let error = frame(
+        b'E',
+        b"SERROR\0C23502\0Mnull value in column \"id\"\0DFailing row contains (null, alice@example.com).\0\0",
+    );
+    assert_eq!(m.on_backend(b'E', &error), MaskStep::Keep, "bookkeeping only");
+    let f = without_detail(&error).expect("the detail is removed");
+    let text = String::from_utf8_lossy(&f);
+    assert!(!text.contains("alice@example.com"), "{text}");
+    assert!(text.contains("C23502") && text.contains("null value in column"), "{text}");
+    let mut parsed = BytesMut::from(&f[..]);
+    assert!(postgres_protocol::message::backend::Message::parse(&mut parsed).unwrap().is_some());
+    assert_eq!(without_detail(&frame(b'E', b"SERROR\0Mno detail\0\0")), None);
+    assert_eq!(without_detail(&frame(b'E', b"SERROR\0Dunterminated")), None, "malformed");
+}
