@@ -243,7 +243,11 @@ fn code_timebox_cannot_see_is_denied_to_masked_roles() {
         "CREATE RULE r AS ON INSERT TO t DO ALSO NOTIFY c",
     ] {
         let d = run(sql, MaskFilters::Allow).expect_err(sql);
-        assert!(d.reason.contains("runs code timebox cannot check"), "{sql}: {}", d.reason);
+        assert!(
+            d.reason.contains("runs code timebox cannot check"),
+            "{sql}: {}",
+            d.reason
+        );
     }
     let (rules, views) = (rules(), views());
     let scope = MaskScope {

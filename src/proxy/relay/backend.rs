@@ -91,7 +91,8 @@ impl Session {
                     outbox.replace_frame(start, end, &denial);
                 }
                 b'E' => {
-                    r.sync.error(r.held.error_sqlstate(outbox.frame_bytes(start, end)));
+                    r.sync
+                        .error(r.held.error_sqlstate(outbox.frame_bytes(start, end)));
                     // Masked roles: no DETAIL (it may quote a failing row's masked columns).
                     if r.mask.is_some() {
                         if let Some(f) = super::mask::without_detail(outbox.frame_bytes(start, end)) {

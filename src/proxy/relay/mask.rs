@@ -240,7 +240,7 @@ pub(super) fn without_detail(frame: &[u8]) -> Option<BytesMut> {
     }
     out.extend_from_slice(&[0]);
     let mut f = BytesMut::with_capacity(out.len() + 5);
-    f.extend_from_slice(&[b'E']);
+    f.extend_from_slice(b"E");
     f.extend_from_slice(&(out.len() as u32 + 4).to_be_bytes());
     f.extend_from_slice(&out);
     Some(f)

@@ -211,9 +211,18 @@ fn error_details_are_not_forwarded_to_masked_roles() {
     let f = without_detail(&error).expect("the detail is removed");
     let text = String::from_utf8_lossy(&f);
     assert!(!text.contains("alice@example.com"), "{text}");
-    assert!(text.contains("C23502") && text.contains("null value in column"), "{text}");
+    assert!(
+        text.contains("C23502") && text.contains("null value in column"),
+        "{text}"
+    );
     let mut parsed = BytesMut::from(&f[..]);
-    assert!(postgres_protocol::message::backend::Message::parse(&mut parsed).unwrap().is_some());
+    assert!(postgres_protocol::message::backend::Message::parse(&mut parsed)
+        .unwrap()
+        .is_some());
     assert_eq!(without_detail(&frame(b'E', b"SERROR\0Mno detail\0\0")), None);
-    assert_eq!(without_detail(&frame(b'E', b"SERROR\0Dunterminated")), None, "malformed");
+    assert_eq!(
+        without_detail(&frame(b'E', b"SERROR\0Dunterminated")),
+        None,
+        "malformed"
+    );
 }
