@@ -37,6 +37,9 @@ pub struct MaskSnapshot {
     /// The role's rules plus a copy for each table inheriting from a masked one.
     pub rules: Vec<MaskRule>,
     pub views: Vec<DependentView>,
+    /// Every relation's (schema, name): a name the statement check does not find here is newer
+    /// than the snapshot and may be a masked table's new partition.
+    pub names: HashSet<(String, String)>,
 }
 
 /// A rule's names quoted as SQL literals (they are validated identifiers; quotes doubled anyway).
@@ -83,7 +86,8 @@ pub fn snapshot_query(rules: &[MaskRule]) -> String {
          SELECT DISTINCT d.i, d.relid, n.nspname, c.relname FROM dep d \
            JOIN pg_catalog.pg_class c ON c.oid = d.relid \
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('v', 'm'); \
-         SELECT oid FROM pg_catalog.pg_class WHERE relkind IN ('r', 'p', 'v', 'm', 'f', 'S')"
+         SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_class c \
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')"
     )
 }
 
@@ -142,6 +146,7 @@ impl MaskSnapshot {
         }
         for row in relations {
             s.relations.insert(num(row, 0)? as u32);
+            s.names.insert((get(row, 1)?, get(row, 2)?));
         }
         Ok(s)
     }
@@ -193,7 +198,10 @@ mod tests {
             row(&["0", "101", "public", "customers_2026", "2", "t"]),
         ];
         let views = vec![row(&["0", "200", "public", "customer_emails"])];
-        let rels = vec![row(&["100"]), row(&["101"]), row(&["200"]), row(&["300"])];
+        let rels = ["100", "101", "200", "300"]
+            .iter()
+            .map(|o| row(&[o, "public", "t"]))
+            .collect();
         let s = MaskSnapshot::from_rows(&[rule()], &[attrs, views, rels]).unwrap();
         assert_eq!(s.column(100, 2), ColumnVerdict::Masked(MaskMethod::Email));
         assert_eq!(

@@ -17,7 +17,7 @@
 //! `mask_filters = "deny"`; inside an expression, cast or function it is denied there too (an
 //! error message could quote the value).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use pg_query::protobuf::{AExprKind, SubLinkType};
 use serde_json::{Map, Value};
@@ -41,6 +41,10 @@ pub struct MaskScope<'a> {
     pub columns: &'a [MaskRule],
     pub filters: MaskFilters,
     pub views: &'a [DependentView],
+    /// Every relation of the target as (schema, name), when its catalog was read: a relation not
+    /// in it (created since, e.g. a new partition of a masked table) counts as a masked table with
+    /// every masked column name. `None` (not read yet): every relation counts so.
+    pub known: Option<&'a HashSet<(String, String)>>,
 }
 
 /// Statistics views and catalogs that show sample values of every column.
@@ -181,6 +185,10 @@ fn range_vars<'v>(v: &'v Value, out: &mut Vec<&'v Map<String, Value>>, joins: &m
     match v {
         Value::Array(items) => items.iter().for_each(|i| range_vars(i, out, joins)),
         Value::Object(o) => {
+            // A CTE's name (kept with the joins' aliases, then told apart by the caller).
+            if let Some(name) = o.get("ctename").and_then(Value::as_str) {
+                joins.push(name);
+            }
             if o.contains_key("relname") && o.contains_key("relpersistence") {
                 out.push(o);
             }
@@ -215,7 +223,18 @@ impl<'a> Walker<'a> {
             }
             let stats = (schema.is_empty() || schema == "pg_catalog") && STATISTICS_RELATIONS.contains(&rel);
             let mut first = None;
-            for r in scope.columns.iter().filter(|r| matches(&r.schema, &r.table)) {
+            // A relation the catalog copy does not know may be a masked table's new partition:
+            // every masked column name counts (a CTE's name is not a relation).
+            let known = joins.contains(&rel)
+                || scope.known.is_some_and(|k| {
+                    k.iter()
+                        .any(|(s, t)| t == rel && (schema.is_empty() || schema == s))
+                });
+            for r in scope
+                .columns
+                .iter()
+                .filter(|r| !known || matches(&r.schema, &r.table))
+            {
                 first.get_or_insert_with(|| r.qualified());
                 w.names.entry(r.column.clone()).or_insert_with(|| r.qualified());
             }

@@ -28,15 +28,66 @@ fn views() -> Vec<DependentView> {
     }]
 }
 
+/// Every relation the tests name, as the target's catalog lists them.
+fn known() -> HashSet<(String, String)> {
+    [
+        "customers",
+        "payments",
+        "orders",
+        "users",
+        "archive",
+        "customer_emails",
+        "pg_stats",
+        "t",
+    ]
+    .iter()
+    .map(|t| ("public".to_string(), t.to_string()))
+    .chain([("other".to_string(), "customers".to_string())])
+    .collect()
+}
+
 fn run(sql: &str, filters: MaskFilters) -> Result<Vec<String>, MaskDenial> {
-    let (rules, views) = (rules(), views());
+    let (rules, views, known) = (rules(), views(), known());
     let scope = MaskScope {
         role: "support",
         columns: &rules,
         filters,
         views: &views,
+        known: Some(&known),
     };
     check(sql, &scope)
+}
+
+/// Regression: a relation newer than the catalog copy (a masked table's new partition) or any
+/// relation before the catalog was read counts as masked; CTE names do not.
+#[test]
+fn relations_the_catalog_copy_does_not_know_count_as_masked() {
+    let d = run("SELECT lower(email) FROM customers_2027", MaskFilters::Allow).unwrap_err();
+    assert!(d.reason.contains("public.customers.email"), "{}", d.reason);
+    assert!(run("SELECT c FROM customers_2027 c", MaskFilters::Allow).is_err());
+    assert!(run("COPY archive_2027 TO STDOUT", MaskFilters::Allow).is_err());
+    assert!(
+        run("SELECT * FROM customers_2027", MaskFilters::Allow).is_ok(),
+        "masked on the wire"
+    );
+    assert!(run(
+        "WITH x AS (SELECT id FROM orders) SELECT lower(x.id::text) FROM x",
+        MaskFilters::Allow
+    )
+    .is_ok());
+    let (rules, views) = (rules(), views());
+    let scope = MaskScope {
+        role: "support",
+        columns: &rules,
+        filters: MaskFilters::Allow,
+        views: &views,
+        known: None,
+    };
+    assert!(
+        check("SELECT lower(email) FROM users", &scope).is_err(),
+        "no catalog copy yet"
+    );
+    assert!(check("SELECT lower(name) FROM users", &scope).is_ok());
 }
 
 /// Shapes whose masked values reach the client only as direct columns (masked on the wire).
@@ -255,6 +306,7 @@ fn code_timebox_cannot_see_is_denied_to_masked_roles() {
         columns: &rules,
         filters: MaskFilters::Allow,
         views: &views,
+        known: None,
     };
     let d = check_functions(&["public.leak".to_string()], &scope).unwrap_err();
     assert!(d.reason.contains("public.leak is not a built-in"), "{}", d.reason);

@@ -114,15 +114,16 @@ impl MaskContext {
     /// tables included) and views when one was read.
     pub fn check(&self, sql: &str, classification: &Classification) -> Result<Vec<String>, MaskDenial> {
         let snapshot = self.entry.current();
-        let (columns, views) = match &snapshot {
-            Some(s) => (&s.rules[..], &s.views[..]),
-            None => (&self.masking.columns[..], &[][..]),
+        let (columns, views, known) = match &snapshot {
+            Some(s) => (&s.rules[..], &s.views[..], Some(&s.names)),
+            None => (&self.masking.columns[..], &[][..], None),
         };
         let scope = MaskScope {
             role: &self.role,
             columns,
             filters: self.masking.filters,
             views,
+            known,
         };
         for stmt in &classification.statements {
             mask_shape::check_functions(&stmt.unknown_functions, &scope)?;

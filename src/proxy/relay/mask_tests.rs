@@ -20,7 +20,11 @@ fn snapshot() -> MaskSnapshot {
         row(&["0", "16400", "public", "customers", "1", "f"]),
         row(&["0", "16400", "public", "customers", "2", "t"]),
     ];
-    MaskSnapshot::from_rows(&[rule], &[attrs, vec![], vec![row(&["16400"])]]).unwrap()
+    MaskSnapshot::from_rows(
+        &[rule],
+        &[attrs, vec![], vec![row(&["16400", "public", "customers"])]],
+    )
+    .unwrap()
 }
 
 fn mask(snapshot: Option<MaskSnapshot>) -> ResultMask {
