@@ -284,6 +284,38 @@ fn limit_metrics(registry: &Registry) -> Result<(IntCounterVec, IntCounterVec), 
     Ok((cancels, quota_stops))
 }
 
+/// Column masking's metrics (issue 15), in an instance's registry.
+#[derive(Debug, Clone)]
+pub struct MaskingMetrics {
+    /// Values of masked columns sent masked.
+    pub masked_values_total: IntCounter,
+    /// Statements denied by the masking shape check (also counted in `timebox_statements_total`
+    /// as denied).
+    pub masking_denials_total: IntCounter,
+}
+
+impl MaskingMetrics {
+    pub fn register(metrics: &Metrics) -> Result<MaskingMetrics, MetricsError> {
+        let m = MaskingMetrics {
+            masked_values_total: IntCounter::new(
+                "timebox_masked_values_total",
+                "Values of masked columns sent masked",
+            )?,
+            masking_denials_total: IntCounter::new(
+                "timebox_masking_denials_total",
+                "Statements denied because they would return a masked column in another shape than a plain column",
+            )?,
+        };
+        metrics
+            .registry
+            .register(Box::new(m.masked_values_total.clone()))?;
+        metrics
+            .registry
+            .register(Box::new(m.masking_denials_total.clone()))?;
+        Ok(m)
+    }
+}
+
 /// The fleet's cancel-forwarding and notification-lag metrics (issue 11 items 4 and 5),
 /// registered in `registry`.
 fn fleet_metrics(registry: &Registry) -> Result<(IntCounterVec, Histogram), MetricsError> {

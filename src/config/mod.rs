@@ -15,6 +15,7 @@ use crate::policy::StatementClass;
 use crate::webhooks::WebhookEvent;
 
 mod fleet;
+mod mask;
 mod quota;
 mod raw;
 mod store;
@@ -24,6 +25,7 @@ pub(crate) mod testing;
 mod tests;
 mod validate;
 pub use fleet::FleetConfig;
+pub use mask::{MaskFilters, MaskRule, Masking};
 pub use quota::{parse_size, Quotas, Size};
 pub use store::{PostgresStoreConfig, StoreConfig};
 
@@ -401,6 +403,8 @@ pub struct Role {
     pub allow_functions: Vec<String>,
     /// Result quotas (`max_rows_per_statement`, …); all `None` when the role sets none.
     pub quotas: Quotas,
+    /// Column masking (`mask`, `mask_filters`); `None` when the role masks nothing.
+    pub masking: Option<Masking>,
 }
 
 impl Role {
@@ -417,6 +421,7 @@ impl Role {
             allow_unparsed: false,
             allow_functions: Vec::new(),
             quotas: Quotas::default(),
+            masking: None,
         }
     }
 }

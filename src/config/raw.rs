@@ -140,6 +140,9 @@ pub(super) struct RawRole {
     pub(super) max_rows_per_statement: Option<i64>,
     pub(super) max_result_bytes_per_statement: Option<super::quota::RawSize>,
     pub(super) max_result_bytes_per_grant: Option<super::quota::RawSize>,
+    #[serde(default)]
+    pub(super) mask: BTreeMap<String, String>,
+    pub(super) mask_filters: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

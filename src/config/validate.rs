@@ -329,6 +329,7 @@ fn validate_roles(
                 break_glass_max_ttl,
             },
         );
+        let (quotas, masking) = super::mask::validate_limits(&path, raw, p);
         roles.insert(
             name.clone(),
             Role {
@@ -340,13 +341,8 @@ fn validate_roles(
                 statement_timeout,
                 allow_unparsed: raw.allow_unparsed.unwrap_or(false),
                 allow_functions: raw.allow_functions.clone(),
-                quotas: super::quota::validate_quotas(
-                    &path,
-                    raw.max_rows_per_statement,
-                    raw.max_result_bytes_per_statement.as_ref(),
-                    raw.max_result_bytes_per_grant.as_ref(),
-                    p,
-                ),
+                quotas,
+                masking,
             },
         );
     }

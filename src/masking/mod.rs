@@ -3,11 +3,12 @@
 //! catalog; fed whole frames and a lookup from a column's identity (table OID, attribute number)
 //! to its [`MaskMethod`].
 //!
-//! NOT WIRED YET: nothing in the relay or the config uses this module. Enforcement needs, besides
-//! these pieces, the `mask` role option, the column identities resolved from the target's catalog
-//! on a timebox-owned connection, and a parse-tree check that denies every other shape that could
-//! return a masked column (expressions, whole-row references, set operations, views, COPY TO,
-//! RETURNING) before execution. Until all of those land, no role may be said to be masked.
+//! Where it sits: `proxy::relay::mask` feeds it the backend frames of sessions whose role has
+//! `mask` (config: `config::Masking`), with identities from the target's catalog ([`catalog`],
+//! read by `proxy::target_catalog`); `policy::mask_shape` denies, before execution, every other
+//! shape that could return a masked column (expressions, whole-row references, set operations,
+//! views, COPY TO, RETURNING), so a masked column reaches the client only as a direct output column
+//! whose RowDescription names it.
 //!
 //! Choices made here: a masked column (other than `null`) is announced as type `text` (OID 25) in
 //! RowDescription, so every method can be carried in both formats — a binary `text` value is its
@@ -16,6 +17,8 @@
 //! text-like types ([`TEXT_LIKE_TYPES`]) are read, any other type is masked as by `redact`
 //! (never passed through). This module must never let an unmasked value of a masked column out,
 //! nor panic on a malformed frame (it answers [`FrameError`]).
+
+pub mod catalog;
 
 use std::fmt;
 use std::str::FromStr;

@@ -57,6 +57,7 @@ pub mod cache;
 pub mod catalog;
 pub mod classify;
 pub mod functions;
+pub mod mask_shape;
 pub mod shape;
 pub mod target_functions;
 pub mod version;

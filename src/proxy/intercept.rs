@@ -33,10 +33,12 @@ use super::wire::PgError;
 use crate::audit::event::AuditSql;
 use crate::config::DEFAULT_MAX_STATEMENT_BYTES;
 use crate::policy::appname::{self, Appname};
+use crate::policy::mask_shape::MaskDenial;
 use crate::policy::{
     self, Classification, ClassifyCache, Decision, RolePolicy, ServerVersion, StatementClass, Target,
     TargetFunctions,
 };
+use crate::proxy::relay::mask::MaskContext;
 
 /// Prepared statements a session may hold before new named ones are refused.
 const MAX_PREPARED: usize = 10_000;
@@ -68,6 +70,10 @@ pub struct Checked {
     pub denied: Option<String>,
     /// Bind parameters (text, or `\x…` hex for binary ones; `None` for NULL).
     pub params: Option<Vec<Option<String>>>,
+    /// Masked columns the text may read (roles with masks; for the audit record), and whether
+    /// the masking shape check is what denied it.
+    pub masked: Vec<String>,
+    pub mask_denied: bool,
 }
 
 /// A prepared statement as checked: its class and text.
@@ -86,6 +92,8 @@ pub struct Prechecker {
     cache: Arc<ClassifyCache>,
     max_statement_bytes: usize,
     skip_policy: Option<Arc<Classification>>,
+    /// The role's column masks: each text also gets the masking shape check.
+    masking: Option<Arc<MaskContext>>,
 }
 
 /// What [`Prechecker::precheck`] found in one Query or Parse message.
@@ -96,6 +104,9 @@ pub struct Precheck {
     name: Option<String>,
     sql: Arc<AuditSql>,
     text: TextCheck,
+    /// The masking shape check's denial (roles with masks), or the masked columns it may read.
+    mask_denial: Option<MaskDenial>,
+    masked: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -126,6 +137,8 @@ impl Prechecker {
                 name: None,
                 sql: Arc::new(AuditSql::of(&String::from_utf8_lossy(raw))),
                 text: TextCheck::Unreadable,
+                mask_denial: None,
+                masked: Vec::new(),
             };
         };
         let sql = Arc::new(AuditSql::of(text));
@@ -136,10 +149,19 @@ impl Prechecker {
         } else {
             TextCheck::Classified(self.cache.classify(text))
         };
+        let (mask_denial, masked) = match (&self.masking, &text) {
+            (Some(m), TextCheck::Classified(c)) => match m.check(text_sql(tag, frame), c) {
+                Ok(masked) => (None, masked),
+                Err(d) => (Some(d), Vec::new()),
+            },
+            _ => (None, Vec::new()),
+        };
         Precheck {
             name: (tag == b'P').then(|| name.to_owned()),
             sql,
             text,
+            mask_denial,
+            masked,
         }
     }
 
@@ -153,6 +175,8 @@ impl Prechecker {
                 hidden: Vec::new(),
             }),
             text: TextCheck::Failed,
+            mask_denial: None,
+            masked: Vec::new(),
         }
     }
 }
@@ -202,6 +226,8 @@ pub struct Interceptor {
     target_functions: Option<Arc<TargetFunctions>>,
     /// `timebox:<user>:<grant id>`: `application_name` keeps it (see [`appname`]).
     app_tag: String,
+    /// The role's column masks, if any (shape check here, rewrite in the relay).
+    masking: Option<Arc<MaskContext>>,
 }
 
 impl Interceptor {
@@ -221,6 +247,7 @@ impl Interceptor {
             server: ServerVersion::OLDEST,
             target_functions: None,
             app_tag: appname::session_tag("?", grant_id),
+            masking: None,
         }
     }
 
@@ -261,6 +288,16 @@ impl Interceptor {
         self
     }
 
+    /// The role's column masks (see `proxy::relay::mask`); `None`: the role masks nothing.
+    pub fn with_masking(mut self, masking: Option<Arc<MaskContext>>) -> Self {
+        self.masking = masking;
+        self
+    }
+
+    pub fn masking(&self) -> Option<&Arc<MaskContext>> {
+        self.masking.as_ref()
+    }
+
     /// Statement texts longer than `limit` bytes (`proxy.max_statement_bytes`) are refused with
     /// ERROR 54000 without being classified.
     pub fn max_statement_bytes(mut self, limit: usize) -> Self {
@@ -274,6 +311,7 @@ impl Interceptor {
             cache: self.cache.clone(),
             max_statement_bytes: self.max_statement_bytes,
             skip_policy: self.skip_policy.clone(),
+            masking: self.masking.clone(),
         }
     }
 
@@ -339,7 +377,10 @@ impl Interceptor {
         let unclassified = || Arc::new(Classification::default());
         match &pre.text {
             TextCheck::Classified(c) => {
-                let (c, denial) = self.check_sql(&pre.sql, c.clone());
+                let (c, mut denial) = self.check_sql(&pre.sql, c.clone());
+                if let (None, Some(d)) = (&denial, &pre.mask_denial) {
+                    denial = Some(self.denial(&d.reason, d.hint));
+                }
                 let class = c.class();
                 (c, class, denial)
             }
@@ -525,6 +566,8 @@ impl Interceptor {
             class,
             denied: denial.as_ref().map(|e| e.message.clone()),
             params: None,
+            masked: pre.masked.clone(),
+            mask_denied: pre.mask_denial.is_some() && denial.is_some(),
         });
         match (denial, rewritten) {
             (Some(e), _) => self.deny_with_query_marker(e),
@@ -563,6 +606,8 @@ impl Interceptor {
             class,
             denied: denial.as_ref().map(|e| e.message.clone()),
             params: None,
+            masked: pre.masked.clone(),
+            mask_denied: pre.mask_denial.is_some() && denial.is_some(),
         });
         let name = pre.name;
         match (denial, name) {
@@ -630,6 +675,8 @@ impl Interceptor {
                     classification: p.classification,
                     denied: None,
                     params: statement.and_then(|(_, rest)| bind_params(rest)),
+                    masked: Vec::new(),
+                    mask_denied: false,
                 });
                 FrontendAction::Forward
             }
@@ -712,6 +759,13 @@ fn bind_params(rest: &[u8]) -> Option<Vec<Option<String>>> {
         }));
     }
     Some(params)
+}
+
+/// The statement text of a whole Query or Parse frame already read as UTF-8 (empty otherwise).
+fn text_sql(tag: u8, frame: &[u8]) -> &str {
+    message_text(tag, frame.get(5..).unwrap_or_default())
+        .1
+        .unwrap_or("")
 }
 
 /// Splits a NUL-terminated string off the front of `b`.

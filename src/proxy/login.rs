@@ -196,9 +196,11 @@ pub(crate) async fn open_session(
         }
         None => None,
     };
+    let masking = crate::proxy::relay::mask::session_masking(ctx, target, credential, &grant.role).await?;
     let interceptor = interceptor
         .on_server(server_version)
-        .with_target_functions(functions);
+        .with_target_functions(functions)
+        .with_masking(masking);
 
     check_upstream_settings(&target.name, &parameter_status)?;
     let upstream_cancel = UpstreamCancel {

@@ -87,6 +87,10 @@ pub struct ProxyState {
     pub salted_passwords: scram::SaltedPasswordCache,
     /// What each target's catalog says about function names, read once per server version.
     pub target_catalogs: target_catalog::TargetCatalogs,
+    /// Each (target, role)'s masked column identities, for roles with `mask`.
+    pub mask_catalogs: target_catalog::MaskCatalogs,
+    /// `timebox_masked_values_total`, `timebox_masking_denials_total`.
+    pub masking_metrics: crate::metrics::MaskingMetrics,
     /// Big statements prechecked on the blocking pool at once, over all sessions (one per CPU), so
     /// a flood of huge statements cannot take every blocking thread.
     pub precheck_permits: Arc<Semaphore>,
@@ -126,6 +130,7 @@ impl ProxyState {
             upstream_tls.insert(name.clone(), client);
         }
         let metrics = Arc::new(crate::metrics::Metrics::new()?);
+        let masking_metrics = crate::metrics::MaskingMetrics::register(&metrics)?;
         Ok(ProxyState {
             tls,
             upstream_tls,
@@ -149,6 +154,8 @@ impl ProxyState {
                 .collect(),
             salted_passwords: scram::SaltedPasswordCache::default(),
             target_catalogs: target_catalog::TargetCatalogs::default(),
+            mask_catalogs: target_catalog::MaskCatalogs::default(),
+            masking_metrics,
             precheck_permits: Arc::new(Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),

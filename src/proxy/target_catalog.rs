@@ -19,7 +19,8 @@ use tokio::sync::OnceCell;
 
 use super::scram::SaltedPasswordCache;
 use super::upstream::{self, UpstreamError};
-use crate::config::{Credential, Target};
+use crate::config::{Credential, MaskRule, Target};
+use crate::masking::catalog::{snapshot_query, MaskSnapshot, Row};
 use crate::policy::target_functions::{TargetFunctions, FUNCTIONS_QUERY};
 
 /// How long a login waits for a target's catalog before going on without it.
@@ -155,4 +156,188 @@ fn error_text(e: &backend::ErrorResponseBody) -> String {
         }
     }
     message
+}
+
+/// Each (target, role)'s masking snapshot ([`MaskSnapshot`], issue 15): read on a connection of
+/// timebox's own at the first login of a masked role, re-read in the background when any session
+/// on the target ran DDL or a session met a relation or column the snapshot does not know.
+/// Sessions read the current snapshot at each RowDescription; while none is known every column
+/// from a table is unknown, so its rows are not forwarded (fail closed).
+#[derive(Debug, Default)]
+pub struct MaskCatalogs {
+    by_role: DashMap<(String, String), Arc<MaskEntry>>,
+}
+
+/// One (target, role)'s snapshot and whether a read is under way.
+#[derive(Debug, Default)]
+pub struct MaskEntry {
+    snapshot: std::sync::RwLock<Option<Arc<MaskSnapshot>>>,
+    reading: std::sync::atomic::AtomicBool,
+    /// Asked to re-read while a read was under way: read again after it.
+    again: std::sync::atomic::AtomicBool,
+    /// Where it is read from (set by the first login).
+    source: std::sync::OnceLock<MaskSource>,
+}
+
+impl MaskEntry {
+    /// The latest snapshot, if one was read.
+    pub fn current(&self) -> Option<Arc<MaskSnapshot>> {
+        self.snapshot.read().ok().and_then(|s| s.clone())
+    }
+
+    /// An entry holding `snapshot` (unit tests).
+    pub fn holding(snapshot: Option<MaskSnapshot>) -> MaskEntry {
+        MaskEntry {
+            snapshot: std::sync::RwLock::new(snapshot.map(Arc::new)),
+            ..MaskEntry::default()
+        }
+    }
+}
+
+/// What a read needs, owned (it may run in the background).
+#[derive(Debug, Clone)]
+pub struct MaskSource {
+    pub target: Target,
+    pub credential: Credential,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub rules: Vec<MaskRule>,
+}
+
+impl MaskCatalogs {
+    /// The entry of (`target`, `role`), created empty.
+    pub fn entry(&self, target: &str, role: &str) -> Arc<MaskEntry> {
+        self.by_role
+            .entry((target.to_owned(), role.to_owned()))
+            .or_default()
+            .clone()
+    }
+
+    /// The snapshot of `source` for `role`: read now (bounded by [`READ_TIMEOUT`]) unless one is
+    /// known. `None`: not readable now (logged); rows from tables then fail until a read succeeds.
+    pub async fn snapshot(
+        &self,
+        source: &MaskSource,
+        role: &str,
+        salted: &SaltedPasswordCache,
+    ) -> Arc<MaskEntry> {
+        let entry = self.entry(&source.target.name, role);
+        let _ = entry.source.set(source.clone());
+        if entry.current().is_none() {
+            read_into(&entry, source, salted).await;
+        }
+        entry
+    }
+
+    /// Every entry of `target` (DDL ran there): their snapshots are re-read.
+    pub fn entries_of(&self, target: &str) -> Vec<Arc<MaskEntry>> {
+        self.by_role
+            .iter()
+            .filter(|e| e.key().0 == target)
+            .map(|e| e.value().clone())
+            .collect()
+    }
+}
+
+/// Re-reads `entry`'s snapshot in the background (one read at a time; a request during a read
+/// makes one more read after it).
+pub fn refresh_in_background(entry: Arc<MaskEntry>, state: Arc<super::ProxyState>) {
+    use std::sync::atomic::Ordering;
+    let Some(source) = entry.source.get().cloned() else {
+        return;
+    };
+    if entry.reading.swap(true, Ordering::AcqRel) {
+        entry.again.store(true, Ordering::Release);
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            entry.again.store(false, Ordering::Release);
+            read_into(&entry, &source, &state.salted_passwords).await;
+            if !entry.again.load(Ordering::Acquire) {
+                break;
+            }
+        }
+        entry.reading.store(false, Ordering::Release);
+    });
+}
+
+async fn read_into(entry: &MaskEntry, source: &MaskSource, salted: &SaltedPasswordCache) {
+    let read = read_masks(source, salted);
+    let result = match tokio::time::timeout(READ_TIMEOUT, read).await {
+        Ok(r) => r,
+        Err(_) => Err(CatalogError::Timeout(READ_TIMEOUT)),
+    };
+    match result {
+        Ok(s) => {
+            tracing::info!(target = %source.target.name, columns = s.rules.len(), views = s.views.len(), "read the target's masked columns");
+            if let Ok(mut w) = entry.snapshot.write() {
+                *w = Some(Arc::new(s));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(target = %source.target.name, error = %e, "could not read the target's masked columns; their rows are not forwarded until a read succeeds");
+        }
+    }
+}
+
+/// Runs [`snapshot_query`] on a connection of its own and closes it.
+async fn read_masks(source: &MaskSource, salted: &SaltedPasswordCache) -> Result<MaskSnapshot, CatalogError> {
+    let settings = [("application_name".to_string(), "timebox:catalog".to_string())];
+    let conn = upstream::connect(
+        &source.target,
+        &source.credential,
+        source.tls.clone(),
+        &settings,
+        READ_TIMEOUT,
+        salted,
+    )
+    .await
+    .map_err(CatalogError::Connect)?;
+    let mut stream = conn.stream;
+    let mut out = BytesMut::new();
+    frontend::query(&snapshot_query(&source.rules), &mut out)?;
+    stream.write_all(&out).await?;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut sets: Vec<Vec<Row>> = vec![Vec::new()];
+    let mut failure = None;
+    loop {
+        let message = loop {
+            if let Some(m) = backend::Message::parse(&mut buf)? {
+                break m;
+            }
+            if buf.len() > MAX_ANSWER_BYTES {
+                return Err(CatalogError::Protocol("answer too large"));
+            }
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Err(CatalogError::Protocol("connection closed before ReadyForQuery"));
+            }
+        };
+        match message {
+            backend::Message::DataRow(row) => {
+                use fallible_iterator::FallibleIterator;
+                let values: Vec<Option<std::ops::Range<usize>>> = row.ranges().collect()?;
+                let row: Row = values
+                    .into_iter()
+                    .map(|r| {
+                        r.and_then(|r| row.buffer().get(r))
+                            .map(|b| String::from_utf8_lossy(b).into_owned())
+                    })
+                    .collect();
+                sets.last_mut().expect("one set at least").push(row);
+            }
+            backend::Message::CommandComplete(_) => sets.push(Vec::new()),
+            backend::Message::ErrorResponse(e) => failure = Some(error_text(&e)),
+            backend::Message::ReadyForQuery(_) => break,
+            _ => {}
+        }
+    }
+    out.clear();
+    frontend::terminate(&mut out);
+    let _ = stream.write_all(&out).await;
+    if let Some(e) = failure {
+        return Err(CatalogError::Query(e));
+    }
+    sets.pop();
+    MaskSnapshot::from_rows(&source.rules, &sets)
+        .map_err(|_| CatalogError::Protocol("unexpected masking catalog rows"))
 }

@@ -235,6 +235,24 @@ fn suggest(role: &Role, t: &Tally) -> String {
             out.push_str(&format!("{key} = {}\n", toml::Value::String(size)));
         }
     }
+    // Masks are kept as they are too: dropping one would show its column in clear.
+    if let Some(m) = &role.masking {
+        let entries: Vec<String> = m
+            .columns
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} = {}",
+                    toml::Value::String(c.qualified()),
+                    toml::Value::String(c.method.to_string())
+                )
+            })
+            .collect();
+        out.push_str(&format!("mask = {{ {} }}\n", entries.join(", ")));
+        if m.filters == crate::config::MaskFilters::Deny {
+            out.push_str("mask_filters = \"deny\"\n");
+        }
+    }
     out
 }
 
@@ -284,6 +302,7 @@ mod tests {
             allow_unparsed: false,
             allow_functions: Vec::new(),
             quotas: Default::default(),
+            masking: None,
         };
         [("write".to_owned(), role)].into_iter().collect()
     }
@@ -360,6 +379,29 @@ mod tests {
             suggestion.contains("max_result_bytes_per_statement = \"10MB\""),
             "{suggestion}"
         );
+    }
+
+    /// Regression: a "narrower" suggestion must not drop the role's masks (it would show the
+    /// masked columns in clear).
+    #[test]
+    fn a_suggestion_keeps_the_roles_masks() {
+        let mut roles = write_role();
+        roles.get_mut("write").unwrap().masking = Some(crate::config::Masking {
+            columns: vec![crate::config::MaskRule {
+                schema: "public".into(),
+                table: "customers".into(),
+                column: "email".into(),
+                method: crate::masking::MaskMethod::Email,
+            }],
+            filters: crate::config::MaskFilters::Deny,
+        });
+        let trail = vec![record(1, "alice", "SELECT 1", "read", Decision::Allow)];
+        let r = &review(trail, &roles)[0];
+        let suggestion = r.suggestion.as_deref().unwrap();
+        let parsed: toml::Value = toml::from_str(suggestion).unwrap();
+        let validated =
+            crate::config::roles_from_json(serde_json::to_value(&parsed["roles"]).unwrap()).unwrap();
+        assert_eq!(validated["write"].masking, roles["write"].masking, "{suggestion}");
     }
 
     #[test]

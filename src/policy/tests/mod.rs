@@ -384,6 +384,7 @@ fn role_policy_from_config() {
         allow_unparsed: false,
         allow_functions: vec!["f".into()],
         quotas: Default::default(),
+        masking: None,
     };
     let p = RolePolicy::from(&role);
     assert_eq!(p.allow, [Read, Write]);

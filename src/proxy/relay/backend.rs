@@ -59,11 +59,21 @@ impl Session {
         let mut stopped = None;
         for (tag, start, end) in held.drain(..) {
             if r.quota.is_some() && !self.quota_frame(r, (tag, start, end), &mut stopped) {
+                if let Some(m) = r.mask.as_mut() {
+                    m.on_skipped(tag);
+                }
+                continue;
+            }
+            // Column masks (roles that set some): rows rewritten, or dropped when unknown.
+            if r.mask.is_some() && !self.mask_frame(r, (tag, start, end)) {
                 continue;
             }
             let outbox = &mut r.bufs.outbox;
             match tag {
                 b'Z' => {
+                    if std::mem::take(&mut r.ddl_forwarded) {
+                        self.ddl_ran();
+                    }
                     let status = outbox.tracker.last_ready_status.unwrap_or(b'I');
                     if let Some(done) = r.sync.ready(status, Instant::now()) {
                         r.statement_duration.observe(done.elapsed.as_secs_f64());
@@ -80,9 +90,16 @@ impl Session {
                     let denial = self.interceptor.take_denial();
                     outbox.replace_frame(start, end, &denial);
                 }
-                b'E' => r
-                    .sync
-                    .error(r.held.error_sqlstate(outbox.frame_bytes(start, end))),
+                b'E' => {
+                    r.sync
+                        .error(r.held.error_sqlstate(outbox.frame_bytes(start, end)));
+                    // Masked roles: no DETAIL (it may quote a failing row's masked columns).
+                    if r.mask.is_some() {
+                        if let Some(f) = super::mask::without_detail(outbox.frame_bytes(start, end)) {
+                            outbox.replace_frame(start, end, &f);
+                        }
+                    }
+                }
                 b'S' => {
                     let Some(problem) = r.held.lexing_problem(outbox.frame_bytes(start, end)) else {
                         continue;
@@ -103,6 +120,9 @@ impl Session {
         r.bufs.held_frames = held;
         if r.quota.is_some() {
             self.quota_after_read(r, stopped).await;
+        }
+        if r.mask.is_some() {
+            self.mask_after_read(r);
         }
     }
 

@@ -76,12 +76,17 @@ impl Session {
                 let _ = self.upstream.write_all(to_upstream).await;
                 return ControlFlow::Break(EndReason::ClientExit);
             }
-            self.on_frame(&mut r.gate, &mut r.sync, r.skip_audit, tag, frame, precheck);
+            let ddl = self.on_frame(&mut r.gate, &mut r.sync, r.skip_audit, tag, frame, precheck);
+            r.ddl_forwarded |= ddl;
+            if let Some(m) = r.mask.as_mut() {
+                m.on_frontend(tag, frame);
+            }
             r.bufs.from_client.advance(consumed);
         }
     }
 
     /// One frontend frame: checked, recorded, held for the audit gate, tracked for its outcome.
+    /// `true` when it is an allowed DDL statement (masked columns' identities may change).
     fn on_frame(
         &mut self,
         gate: &mut AuditGate,
@@ -90,7 +95,7 @@ impl Session {
         tag: u8,
         frame: &[u8],
         precheck: Option<Precheck>,
-    ) {
+    ) -> bool {
         let mut checked = None;
         let action = self
             .interceptor
@@ -123,6 +128,7 @@ impl Session {
         if let Some(sent) = sent_tag {
             sync.forwarded(sent, Instant::now());
         }
+        checked.is_some_and(|c| c.denied.is_none() && c.class == crate::policy::StatementClass::Ddl)
     }
 
     /// Metrics and the log line of a checked statement.
@@ -134,6 +140,9 @@ impl Session {
             .statements_total
             .with_label_values(&[c.class.as_str(), decision])
             .inc();
+        if c.mask_denied {
+            self.ctx.proxy.masking_metrics.masking_denials_total.inc();
+        }
         if let Some(reason) = &c.denied {
             // The reason may quote the statement: never a secret in a log line.
             let reason = c.sql.loggable_reason(reason);
@@ -181,7 +190,14 @@ impl Session {
             },
             grant_id: self.grant.id.clone(),
             params: c.params.clone(),
-            reason: c.denied.as_deref().map(|r| c.sql.scrub(r).into_owned()),
+            reason: c
+                .denied
+                .as_deref()
+                .map(|r| c.sql.scrub(r).into_owned())
+                .or_else(|| {
+                    // Roles with masks: which masked columns it may read (names, never values).
+                    (!c.masked.is_empty()).then(|| format!("masked columns: {}", c.masked.join(", ")))
+                }),
             relations,
             session_id: self.handle.name(),
             sql: c.sql.text.clone(),

@@ -29,6 +29,7 @@ mod frontend;
 mod gate;
 mod held;
 mod io;
+pub(crate) mod mask;
 mod outbox;
 mod precheck;
 pub(crate) mod quota;
@@ -98,6 +99,11 @@ pub(crate) struct Relay {
     bytes_to_client: prometheus::IntCounter,
     /// The role's result quotas; `None` (nothing counted) when it sets none.
     quota: Option<quota::ResultQuota>,
+    /// The role's column masks; `None` (no frame looked at) when it masks nothing.
+    mask: Option<mask::ResultMask>,
+    /// A DDL statement was forwarded: masked roles' catalog snapshots are re-read at the next
+    /// ReadyForQuery.
+    ddl_forwarded: bool,
 }
 
 impl Relay {
@@ -157,8 +163,10 @@ impl Session {
         let state = &self.ctx;
         let metrics = &state.proxy.metrics;
         let quota = self.result_quota();
+        let mask = self.result_mask();
         let mut bufs = Buffers::new();
-        bufs.outbox.track_all = quota.is_some();
+        bufs.outbox.track_all = quota.is_some() || mask.is_some();
+        bufs.outbox.hold_rows = mask.is_some();
         Relay {
             bufs,
             held: HeldDecoder::default(),
@@ -180,6 +188,8 @@ impl Session {
             bytes_from_client: metrics.relayed_bytes_total.with_label_values(&["from_client"]),
             bytes_to_client: metrics.relayed_bytes_total.with_label_values(&["to_client"]),
             quota,
+            mask,
+            ddl_forwarded: false,
         }
     }
 

@@ -40,6 +40,9 @@ pub(crate) struct ClientOutbox {
     pub(crate) hold_all: bool,
     /// Bytes of the unfinished frame already removed (a dropped DataRow or CopyData arriving).
     pub(crate) partial_dropped: u64,
+    /// Column masks apply ([`super::mask`]): RowDescription and DataRow frames are held until
+    /// complete, so they can be rewritten before the client sees any of them.
+    pub(crate) hold_rows: bool,
 }
 
 impl ClientOutbox {
@@ -54,6 +57,7 @@ impl ClientOutbox {
             track_all: false,
             hold_all: false,
             partial_dropped: 0,
+            hold_rows: false,
         }
     }
 
@@ -74,7 +78,9 @@ impl ClientOutbox {
     pub(crate) fn hold_point(&self) -> Option<u64> {
         let t = &self.tracker;
         let tag = t.current_tag();
-        let held = held_tag(tag) || (self.hold_all && tag != 0 && tag != b'D' && tag != b'd');
+        let held = held_tag(tag)
+            || (self.hold_all && tag != 0 && tag != b'D' && tag != b'd')
+            || (self.hold_rows && (tag == b'T' || tag == b'D'));
         (t.in_header() || held).then(|| self.last_boundary())
     }
 

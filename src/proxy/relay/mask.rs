@@ -1,0 +1,567 @@
+//! Column masking on the backend stream (issue 15), for sessions whose role has `mask`: each
+//! RowDescription is judged column by column against the target's catalog snapshot
+//! ([`MaskSnapshot::column`]) and rewritten ([`crate::masking::rewrite_row_description`]), and
+//! each DataRow of a result with masked columns is rewritten before any byte of it reaches the
+//! client. Sessions of other roles have no [`ResultMask`]: their frames are not looked at.
+//!
+//! Which description a DataRow follows: in a simple Query, the RowDescription before it; in the
+//! extended protocol, its portal's (from Describe of the portal, or Bind of a described
+//! statement, with the Bind's result formats). The frontend messages sent are queued
+//! ([`ResultMask::on_frontend`]) and matched to the backend's answers in order (an ErrorResponse
+//! skips to Sync, as PostgreSQL does). A DataRow whose columns cannot be established — no
+//! description seen, a relation newer than the snapshot, a view over a masked table, a computed
+//! column of a masked table — is never forwarded: the result's rows are dropped and the client
+//! gets ERROR 42501 in their place (and a fresh snapshot is asked for). Pure apart from the
+//! snapshot it reads; must never let a row of a masked column out unmasked.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::Relay;
+use crate::config::{Credential, Masking, Target};
+use crate::masking::catalog::ColumnVerdict;
+use crate::masking::{rewrite_data_row, rewrite_row_description, MaskKey, MaskMethod, MaskedColumn};
+use crate::policy::mask_shape::{self, MaskDenial, MaskScope};
+use crate::policy::Classification;
+use crate::proxy::session::Session;
+use crate::proxy::target_catalog::{refresh_in_background, MaskEntry, MaskSource};
+use crate::proxy::wire::PgError;
+use crate::proxy::ProxyContext;
+
+/// A frontend message whose answer decides a later DataRow's columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Expect {
+    Query,
+    Parse(String),
+    Bind {
+        portal: String,
+        statement: String,
+        formats: Vec<i16>,
+    },
+    Describe {
+        portal: bool,
+        name: String,
+    },
+    Execute(String),
+    Close {
+        portal: bool,
+        name: String,
+    },
+    Sync,
+}
+
+/// How the rows of one result are masked.
+#[derive(Debug, Clone, PartialEq)]
+enum Layout {
+    Plain,
+    Masked(Arc<Vec<Option<MaskedColumn>>>),
+    /// Rows are not forwarded (why).
+    Fail(&'static str),
+}
+
+impl Layout {
+    /// A statement's layout with a Bind's result format codes.
+    fn with_formats(&self, formats: &[i16]) -> Layout {
+        let Layout::Masked(columns) = self else {
+            return self.clone();
+        };
+        let columns = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                c.map(|c| MaskedColumn {
+                    format: match formats.len() {
+                        0 => 0,
+                        1 => formats[0],
+                        _ => formats.get(i).copied().unwrap_or(0),
+                    },
+                    ..c
+                })
+            })
+            .collect();
+        Layout::Masked(Arc::new(columns))
+    }
+}
+
+/// What the relay does with one backend frame.
+#[derive(Debug, PartialEq)]
+pub(crate) enum MaskStep {
+    Keep,
+    /// Send these bytes instead (a rewritten RowDescription or DataRow).
+    Replace(BytesMut),
+    /// Part of a result whose rows are not forwarded.
+    Drop,
+    /// The first row of such a result: send this error instead.
+    Fail(PgError),
+}
+
+const NO_DESCRIPTION: &str = "no RowDescription timebox saw";
+
+/// A masked role's session: its masks, the target's snapshot entry and the `hash` key. Shared by
+/// the interceptor (the shape check) and the relay (the rewrite).
+#[derive(Debug)]
+pub struct MaskContext {
+    pub role: String,
+    pub masking: Masking,
+    pub entry: Arc<MaskEntry>,
+    pub key: MaskKey,
+}
+
+impl MaskContext {
+    /// The pre-execution shape check of one statement text, with the snapshot's rules (inherited
+    /// tables included) and views when one was read.
+    pub fn check(&self, sql: &str, classification: &Classification) -> Result<Vec<String>, MaskDenial> {
+        let snapshot = self.entry.current();
+        let (columns, views, known) = match &snapshot {
+            Some(s) => (&s.rules[..], &s.views[..], Some(&s.names)),
+            None => (&self.masking.columns[..], &[][..], None),
+        };
+        let scope = MaskScope {
+            role: &self.role,
+            columns,
+            filters: self.masking.filters,
+            views,
+            known,
+        };
+        for stmt in &classification.statements {
+            mask_shape::check_functions(&stmt.unknown_functions, &scope)?;
+        }
+        mask_shape::check(sql, &scope)
+    }
+}
+
+/// At login: the masking of a session of `role` on `target`, `None` when the role masks nothing.
+/// Reads the target's snapshot if none is known yet (bounded; without one, rows from tables fail).
+pub(crate) async fn session_masking(
+    ctx: &ProxyContext,
+    target: &Target,
+    credential: &Credential,
+    role: &str,
+) -> Result<Option<Arc<MaskContext>>, PgError> {
+    let Some(masking) = ctx.config.roles.get(role).and_then(|r| r.masking.clone()) else {
+        return Ok(None);
+    };
+    let source = MaskSource {
+        target: target.clone(),
+        credential: credential.clone(),
+        tls: ctx.proxy.upstream_tls.get(&target.name).cloned().flatten(),
+        rules: masking.columns.clone(),
+    };
+    let entry = ctx
+        .proxy
+        .mask_catalogs
+        .snapshot(&source, role, &ctx.proxy.salted_passwords)
+        .await;
+    let secret = ctx
+        .grants
+        .store()
+        .installation_secret()
+        .await
+        .map_err(|e| PgError::for_store_error(&e))?;
+    Ok(Some(Arc::new(MaskContext {
+        role: role.to_owned(),
+        masking,
+        entry,
+        key: MaskKey::derive(&secret),
+    })))
+}
+
+/// One session's masking state.
+pub(crate) struct ResultMask {
+    entry: Arc<MaskEntry>,
+    key: MaskKey,
+    role: String,
+    pending: VecDeque<Expect>,
+    statements: HashMap<String, Layout>,
+    portals: HashMap<String, Layout>,
+    /// The simple Query's current result.
+    current: Option<Layout>,
+    /// Rows of the current result are being dropped (the client has the error).
+    failing: bool,
+    /// A snapshot re-read is wanted (a column timebox could not establish).
+    pub(crate) wants_refresh: bool,
+    /// Masked values sent since last asked (for the metric).
+    pub(crate) masked_values: u64,
+}
+
+fn cstr(b: &[u8]) -> Option<(String, &[u8])> {
+    let nul = b.iter().position(|&c| c == 0)?;
+    Some((String::from_utf8_lossy(&b[..nul]).into_owned(), &b[nul + 1..]))
+}
+
+fn bind_formats(rest: &[u8]) -> Option<Vec<i16>> {
+    let n = i16::from_be_bytes(rest.get(..2)?.try_into().ok()?).max(0) as usize;
+    (0..n)
+        .map(|i| {
+            let at = 2 + 2 * i;
+            Some(i16::from_be_bytes(rest.get(at..at + 2)?.try_into().ok()?))
+        })
+        .collect()
+}
+
+/// The result format codes of a Bind body after the two names: skip the parameter formats and
+/// values.
+fn result_formats(rest: &[u8]) -> Option<Vec<i16>> {
+    let nparams_fmt = i16::from_be_bytes(rest.get(..2)?.try_into().ok()?).max(0) as usize;
+    let mut at = 2 + 2 * nparams_fmt;
+    let nparams = i16::from_be_bytes(rest.get(at..at + 2)?.try_into().ok()?).max(0) as usize;
+    at += 2;
+    for _ in 0..nparams {
+        let len = i32::from_be_bytes(rest.get(at..at + 4)?.try_into().ok()?);
+        at += 4 + len.max(0) as usize;
+    }
+    bind_formats(rest.get(at..)?)
+}
+
+/// An ErrorResponse without its DETAIL field, `None` when it has none (or is malformed). A
+/// constraint violation's DETAIL quotes the failing row ("Failing row contains (…)") or key, masked
+/// columns included: masked roles' sessions never get one (the relay replaces the frame once it
+/// has read its SQLSTATE).
+pub(super) fn without_detail(frame: &[u8]) -> Option<BytesMut> {
+    let body = frame.get(5..)?;
+    let mut out = BytesMut::with_capacity(body.len());
+    let mut rest = body;
+    let mut dropped = false;
+    while let Some((&kind, tail)) = rest.split_first() {
+        if kind == 0 {
+            break;
+        }
+        let nul = tail.iter().position(|&b| b == 0)?;
+        if kind == b'D' {
+            dropped = true;
+        } else {
+            out.extend_from_slice(&rest[..nul + 2]);
+        }
+        rest = &tail[nul + 1..];
+    }
+    if !dropped {
+        return None;
+    }
+    out.extend_from_slice(&[0]);
+    let mut f = BytesMut::with_capacity(out.len() + 5);
+    f.extend_from_slice(b"E");
+    f.extend_from_slice(&(out.len() as u32 + 4).to_be_bytes());
+    f.extend_from_slice(&out);
+    Some(f)
+}
+
+impl ResultMask {
+    pub(crate) fn new(entry: Arc<MaskEntry>, key: MaskKey, role: &str) -> Self {
+        ResultMask {
+            entry,
+            key,
+            role: role.to_owned(),
+            pending: VecDeque::new(),
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            current: None,
+            failing: false,
+            wants_refresh: false,
+            masked_values: 0,
+        }
+    }
+
+    pub(crate) fn entry(&self) -> Arc<MaskEntry> {
+        self.entry.clone()
+    }
+
+    /// A whole frontend frame that was sent upstream (or replaced by a denial marker: the
+    /// server's error then skips to Sync, which this queue does too).
+    pub(crate) fn on_frontend(&mut self, tag: u8, frame: &[u8]) {
+        let body = frame.get(5..).unwrap_or_default();
+        let expect = match tag {
+            b'Q' | b'F' => Expect::Query,
+            b'P' => Expect::Parse(cstr(body).map(|(n, _)| n).unwrap_or_default()),
+            b'B' => {
+                let Some((portal, rest)) = cstr(body) else { return };
+                let Some((statement, rest)) = cstr(rest) else {
+                    return;
+                };
+                Expect::Bind {
+                    portal,
+                    statement,
+                    // Malformed: the server refuses it; rows of an unknown layout fail anyway.
+                    formats: result_formats(rest).unwrap_or_default(),
+                }
+            }
+            b'D' | b'C' => {
+                let portal = body.first() == Some(&b'P');
+                let name = cstr(body.get(1..).unwrap_or_default())
+                    .map(|(n, _)| n)
+                    .unwrap_or_default();
+                if tag == b'D' {
+                    Expect::Describe { portal, name }
+                } else {
+                    Expect::Close { portal, name }
+                }
+            }
+            b'E' => Expect::Execute(cstr(body).map(|(n, _)| n).unwrap_or_default()),
+            b'S' => Expect::Sync,
+            _ => return,
+        };
+        self.pending.push_back(expect);
+    }
+
+    /// Judges and rewrites a RowDescription.
+    fn describe(&mut self, frame: &[u8]) -> (Option<BytesMut>, Layout) {
+        let snapshot = self.entry.current();
+        let unknown = std::cell::Cell::new(None);
+        let rewritten = rewrite_row_description(frame, |table, attnum| {
+            let verdict = match &snapshot {
+                Some(s) => s.column(table, attnum),
+                None if table == 0 => ColumnVerdict::Plain,
+                None => ColumnVerdict::Unknown("a table column while timebox has no copy of the catalog"),
+            };
+            match verdict {
+                ColumnVerdict::Plain => None,
+                ColumnVerdict::Masked(m) => Some(m),
+                ColumnVerdict::Unknown(why) => {
+                    unknown.set(Some(why));
+                    Some(MaskMethod::Redact)
+                }
+            }
+        });
+        if let Some(why) = unknown.get() {
+            self.wants_refresh = true;
+            let frame = rewritten.ok().flatten().map(|(f, _)| f);
+            return (frame, Layout::Fail(why));
+        }
+        match rewritten {
+            Ok(None) => (None, Layout::Plain),
+            Ok(Some((f, columns))) => (Some(f), Layout::Masked(Arc::new(columns))),
+            Err(_) => (None, Layout::Fail("a malformed RowDescription")),
+        }
+    }
+
+    fn error(&self, why: &str) -> PgError {
+        PgError::insufficient_privilege(format!(
+            "timebox: the rows of this result were not sent: it has {why}, so timebox cannot establish which of its columns role \"{}\" sees masked",
+            self.role
+        ))
+        .non_fatal()
+        .with_hint("Try again in a moment (timebox re-reads the target's catalog); select masked columns by name from their table, with a RowDescription (Describe) before the rows.")
+    }
+
+    /// Pops the front expectation if `f` accepts it.
+    fn pop_if(&mut self, f: impl Fn(&Expect) -> bool) -> Option<Expect> {
+        if self.pending.front().is_some_and(f) {
+            self.pending.pop_front()
+        } else {
+            None
+        }
+    }
+
+    /// One whole backend frame the relay is about to forward.
+    pub(crate) fn on_backend(&mut self, tag: u8, frame: &[u8]) -> MaskStep {
+        match tag {
+            b'T' => {
+                let (rewritten, layout) = self.describe(frame);
+                self.place(layout);
+                rewritten.map_or(MaskStep::Keep, MaskStep::Replace)
+            }
+            b'D' => self.row(frame),
+            _ => {
+                // The server's own ErrorResponse still goes (it may answer a denial marker).
+                let ended_failing = self.failing && matches!(tag, b'C' | b'I' | b's');
+                self.track(tag, frame.get(5).copied());
+                if ended_failing {
+                    MaskStep::Drop
+                } else {
+                    MaskStep::Keep
+                }
+            }
+        }
+    }
+
+    /// A frame the result quotas dropped or replaced: only its place in the protocol counts.
+    pub(crate) fn on_skipped(&mut self, tag: u8) {
+        match tag {
+            b'T' => self.place(Layout::Fail(NO_DESCRIPTION)),
+            b'D' => {}
+            _ => self.track(tag, None),
+        }
+    }
+
+    /// Where a RowDescription's layout belongs.
+    fn place(&mut self, layout: Layout) {
+        match self.pending.front() {
+            Some(Expect::Describe { portal, name }) => {
+                let (portal, name) = (*portal, name.clone());
+                self.pending.pop_front();
+                if portal {
+                    self.portals.insert(name, layout);
+                } else {
+                    self.statements.insert(name, layout);
+                }
+            }
+            _ => self.current = Some(layout),
+        }
+    }
+
+    fn row(&mut self, frame: &[u8]) -> MaskStep {
+        if self.failing {
+            return MaskStep::Drop;
+        }
+        let layout = match self.pending.front() {
+            Some(Expect::Execute(p)) => self.portals.get(p).cloned(),
+            _ => self.current.clone(),
+        }
+        .unwrap_or(Layout::Fail(NO_DESCRIPTION));
+        match layout {
+            Layout::Plain => MaskStep::Keep,
+            Layout::Masked(columns) => match rewrite_data_row(frame, &columns, &self.key) {
+                Ok(f) => {
+                    self.masked_values += columns.iter().filter(|c| c.is_some()).count() as u64;
+                    MaskStep::Replace(f)
+                }
+                Err(_) => {
+                    self.failing = true;
+                    MaskStep::Fail(self.error("a malformed DataRow"))
+                }
+            },
+            Layout::Fail(why) => {
+                self.failing = true;
+                MaskStep::Fail(self.error(why))
+            }
+        }
+    }
+
+    /// The protocol bookkeeping of a frame that is not a RowDescription or DataRow.
+    fn track(&mut self, tag: u8, status: Option<u8>) {
+        match tag {
+            b'1' => {
+                if let Some(Expect::Parse(name)) = self.pop_if(|e| matches!(e, Expect::Parse(_))) {
+                    self.statements.remove(&name);
+                }
+            }
+            b'2' => {
+                if let Some(Expect::Bind {
+                    portal,
+                    statement,
+                    formats,
+                }) = self.pop_if(|e| matches!(e, Expect::Bind { .. }))
+                {
+                    let layout = self
+                        .statements
+                        .get(&statement)
+                        .map_or(Layout::Fail(NO_DESCRIPTION), |l| l.with_formats(&formats));
+                    self.portals.insert(portal, layout);
+                }
+            }
+            b'3' => {
+                if let Some(Expect::Close { portal, name }) =
+                    self.pop_if(|e| matches!(e, Expect::Close { .. }))
+                {
+                    if portal {
+                        self.portals.remove(&name);
+                    } else {
+                        self.statements.remove(&name);
+                    }
+                }
+            }
+            b'n' => {
+                if let Some(Expect::Describe { portal, name }) =
+                    self.pop_if(|e| matches!(e, Expect::Describe { .. }))
+                {
+                    if portal {
+                        self.portals.insert(name, Layout::Plain);
+                    } else {
+                        self.statements.insert(name, Layout::Plain);
+                    }
+                }
+            }
+            b'C' | b'I' | b's' => {
+                self.failing = false;
+                if self.pop_if(|e| matches!(e, Expect::Execute(_))).is_none() {
+                    self.current = None;
+                }
+            }
+            b'E' => {
+                self.failing = false;
+                self.current = None;
+                if !matches!(self.pending.front(), Some(Expect::Query)) {
+                    while self.pending.front().is_some_and(|e| *e != Expect::Sync) {
+                        self.pending.pop_front();
+                    }
+                }
+            }
+            b'Z' => {
+                self.failing = false;
+                self.current = None;
+                while let Some(e) = self.pending.pop_front() {
+                    if matches!(e, Expect::Sync | Expect::Query) {
+                        break;
+                    }
+                }
+                // Outside a transaction block no portal survives.
+                if status == Some(b'I') {
+                    self.portals.clear();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Session {
+    /// The session's result masking, if its role masks columns.
+    pub(super) fn result_mask(&self) -> Option<ResultMask> {
+        let m = self.interceptor.masking()?;
+        Some(ResultMask::new(m.entry.clone(), m.key.clone(), &m.role))
+    }
+
+    /// Applies the role's masks to one completed backend frame; `true` when the relay handles
+    /// the frame as usual afterwards.
+    pub(super) fn mask_frame(&mut self, r: &mut Relay, (tag, start, end): (u8, u64, u64)) -> bool {
+        let Some(m) = r.mask.as_mut() else {
+            return true;
+        };
+        let out = &mut r.bufs.outbox;
+        match m.on_backend(tag, out.frame_bytes(start, end)) {
+            MaskStep::Keep => true,
+            MaskStep::Replace(bytes) => {
+                out.replace_frame(start, end, &bytes);
+                true
+            }
+            MaskStep::Drop => {
+                out.replace_frame(start, end, &[]);
+                false
+            }
+            MaskStep::Fail(error) => {
+                tracing::warn!(role = %self.grant.role, "rows whose masking timebox cannot establish were not sent");
+                out.replace_frame(start, end, &error.to_bytes());
+                r.sync.error(Some(error.code.to_owned()));
+                false
+            }
+        }
+    }
+
+    /// After a read's frames: counts masked values, and asks for a fresh snapshot when a column
+    /// could not be established.
+    pub(super) fn mask_after_read(&mut self, r: &mut Relay) {
+        let Some(m) = r.mask.as_mut() else {
+            return;
+        };
+        let metrics = &self.ctx.proxy.masking_metrics;
+        metrics
+            .masked_values_total
+            .inc_by(std::mem::take(&mut m.masked_values));
+        if std::mem::take(&mut m.wants_refresh) {
+            refresh_in_background(m.entry(), self.ctx.proxy.clone());
+        }
+    }
+
+    /// A DDL statement ran on the target (in this session, whatever its role): every masked
+    /// role's snapshot of the target is read again.
+    pub(super) fn ddl_ran(&self) {
+        for entry in self.ctx.proxy.mask_catalogs.entries_of(&self.grant.target) {
+            refresh_in_background(entry, self.ctx.proxy.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "mask_tests.rs"]
+mod tests;

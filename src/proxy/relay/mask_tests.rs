@@ -1,0 +1,232 @@
+//! Unit tests of [`super`]: backend frames fed in protocol order, no socket.
+
+use bytes::{BufMut, BytesMut};
+
+use super::*;
+use crate::config::MaskRule;
+use crate::masking::catalog::MaskSnapshot;
+
+const CUSTOMERS: u32 = 16400;
+
+fn snapshot() -> MaskSnapshot {
+    let rule = MaskRule {
+        schema: "public".into(),
+        table: "customers".into(),
+        column: "email".into(),
+        method: MaskMethod::Email,
+    };
+    let row = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+    let attrs = vec![
+        row(&["0", "16400", "public", "customers", "1", "f"]),
+        row(&["0", "16400", "public", "customers", "2", "t"]),
+    ];
+    MaskSnapshot::from_rows(
+        &[rule],
+        &[attrs, vec![], vec![row(&["16400", "public", "customers"])]],
+    )
+    .unwrap()
+}
+
+fn mask(snapshot: Option<MaskSnapshot>) -> ResultMask {
+    let entry = Arc::new(MaskEntry::holding(snapshot));
+    ResultMask::new(entry, MaskKey::derive(&[1; 32]), "support")
+}
+
+fn frame(tag: u8, body: &[u8]) -> BytesMut {
+    let mut f = BytesMut::new();
+    f.put_u8(tag);
+    f.put_u32(body.len() as u32 + 4);
+    f.put_slice(body);
+    f
+}
+
+/// RowDescription of (name, table OID, attnum, type OID) columns, format 0.
+fn row_description(cols: &[(&str, u32, i16, u32)]) -> BytesMut {
+    let mut b = BytesMut::new();
+    b.put_i16(cols.len() as i16);
+    for (name, table, attnum, ty) in cols {
+        b.put_slice(name.as_bytes());
+        b.put_u8(0);
+        b.put_u32(*table);
+        b.put_i16(*attnum);
+        b.put_u32(*ty);
+        b.put_i16(-1);
+        b.put_i32(-1);
+        b.put_i16(0);
+    }
+    frame(b'T', &b)
+}
+
+fn data_row(values: &[&[u8]]) -> BytesMut {
+    let mut b = BytesMut::new();
+    b.put_i16(values.len() as i16);
+    for v in values {
+        b.put_i32(v.len() as i32);
+        b.put_slice(v);
+    }
+    frame(b'D', &b)
+}
+
+fn sent(m: &mut ResultMask, tag: u8, body: &[u8]) {
+    m.on_frontend(tag, &frame(tag, body));
+}
+
+fn values(step: MaskStep) -> Vec<Vec<u8>> {
+    let MaskStep::Replace(f) = step else {
+        panic!("expected a rewritten row, got {step:?}");
+    };
+    let mut out = Vec::new();
+    let mut at = 7;
+    while at < f.len() {
+        let len = i32::from_be_bytes(f[at..at + 4].try_into().unwrap()) as usize;
+        out.push(f[at + 4..at + 4 + len].to_vec());
+        at += 4 + len;
+    }
+    out
+}
+
+#[test]
+fn a_simple_query_result_is_masked_by_its_row_description() {
+    let mut m = mask(Some(snapshot()));
+    sent(&mut m, b'Q', b"SELECT id, email FROM customers\0");
+    let t = row_description(&[("id", CUSTOMERS, 1, 23), ("email", CUSTOMERS, 2, 25)]);
+    assert!(matches!(m.on_backend(b'T', &t), MaskStep::Replace(_)));
+    let v = values(m.on_backend(b'D', &data_row(&[b"7", b"alice@example.com"])));
+    assert_eq!(v, vec![b"7".to_vec(), b"***@example.com".to_vec()]);
+    assert_eq!(m.on_backend(b'C', &frame(b'C', b"SELECT 1\0")), MaskStep::Keep);
+    assert_eq!(m.on_backend(b'Z', &frame(b'Z', b"I")), MaskStep::Keep);
+    // The next query's unmasked result passes untouched.
+    sent(&mut m, b'Q', b"SELECT 1\0");
+    assert_eq!(
+        m.on_backend(b'T', &row_description(&[("x", 0, 0, 23)])),
+        MaskStep::Keep
+    );
+    assert_eq!(m.on_backend(b'D', &data_row(&[b"1"])), MaskStep::Keep);
+}
+
+#[test]
+fn an_extended_execute_uses_the_described_statement_with_the_binds_formats() {
+    let mut m = mask(Some(snapshot()));
+    // tokio-postgres: prepare (Parse, Describe S, Sync), then Bind with binary results, Execute, Sync.
+    sent(&mut m, b'P', b"s1\0SELECT email FROM customers\0\0\0");
+    sent(&mut m, b'D', b"Ss1\0");
+    sent(&mut m, b'S', b"");
+    assert_eq!(m.on_backend(b'1', &frame(b'1', b"")), MaskStep::Keep);
+    assert_eq!(m.on_backend(b't', &frame(b't', b"\0\0")), MaskStep::Keep);
+    let t = row_description(&[("email", CUSTOMERS, 2, 1043)]);
+    assert!(matches!(m.on_backend(b'T', &t), MaskStep::Replace(_)));
+    m.on_backend(b'Z', &frame(b'Z', b"I"));
+    // Bind "" s1: no parameters, one result format: binary.
+    sent(&mut m, b'B', b"\0s1\0\0\0\0\0\0\x01\0\x01");
+    sent(&mut m, b'E', b"\0\0\0\0\0");
+    sent(&mut m, b'S', b"");
+    m.on_backend(b'2', &frame(b'2', b""));
+    let v = values(m.on_backend(b'D', &data_row(&[b"bob@shop.test"])));
+    assert_eq!(v, vec![b"***@shop.test".to_vec()]);
+    assert_eq!(m.on_backend(b'C', &frame(b'C', b"SELECT 1\0")), MaskStep::Keep);
+    m.on_backend(b'Z', &frame(b'Z', b"I"));
+    assert!(m.pending.is_empty());
+}
+
+#[test]
+fn rows_whose_columns_cannot_be_established_are_never_forwarded() {
+    // A relation the snapshot does not know (created after it): error, rows dropped, re-read asked.
+    let mut m = mask(Some(snapshot()));
+    sent(&mut m, b'Q', b"SELECT * FROM new_table\0");
+    m.on_backend(b'T', &row_description(&[("secret", 99999, 1, 25)]));
+    assert!(matches!(
+        m.on_backend(b'D', &data_row(&[b"x"])),
+        MaskStep::Fail(_)
+    ));
+    assert_eq!(m.on_backend(b'D', &data_row(&[b"y"])), MaskStep::Drop);
+    assert_eq!(m.on_backend(b'C', &frame(b'C', b"SELECT 2\0")), MaskStep::Drop);
+    assert!(m.wants_refresh);
+    // A computed column of a masked table (attnum 0).
+    sent(&mut m, b'Q', b"SELECT ...\0");
+    m.on_backend(b'T', &row_description(&[("c", CUSTOMERS, 0, 25)]));
+    assert!(matches!(
+        m.on_backend(b'D', &data_row(&[b"x"])),
+        MaskStep::Fail(_)
+    ));
+    // No snapshot at all: a table column fails, a computed constant passes.
+    let mut m = mask(None);
+    sent(&mut m, b'Q', b"SELECT\0");
+    m.on_backend(b'T', &row_description(&[("id", CUSTOMERS, 1, 23)]));
+    assert!(matches!(
+        m.on_backend(b'D', &data_row(&[b"1"])),
+        MaskStep::Fail(_)
+    ));
+    m.on_backend(b'C', &frame(b'C', b"SELECT 1\0"));
+    m.on_backend(b'Z', &frame(b'Z', b"I"));
+    sent(&mut m, b'Q', b"SELECT 1\0");
+    assert_eq!(
+        m.on_backend(b'T', &row_description(&[("x", 0, 0, 23)])),
+        MaskStep::Keep
+    );
+    assert_eq!(m.on_backend(b'D', &data_row(&[b"1"])), MaskStep::Keep);
+}
+
+#[test]
+fn an_execute_without_a_description_or_of_a_reparsed_statement_fails() {
+    let mut m = mask(Some(snapshot()));
+    // Described once…
+    sent(&mut m, b'P', b"\0SELECT id FROM customers\0\0\0");
+    sent(&mut m, b'D', b"S\0");
+    sent(&mut m, b'S', b"");
+    m.on_backend(b'1', &frame(b'1', b""));
+    m.on_backend(b'T', &row_description(&[("id", CUSTOMERS, 1, 23)]));
+    m.on_backend(b'Z', &frame(b'Z', b"I"));
+    // …then the unnamed statement is parsed again with other columns, never described.
+    sent(&mut m, b'P', b"\0SELECT email FROM customers\0\0\0");
+    sent(&mut m, b'B', b"\0\0\0\0\0\0\0\0");
+    sent(&mut m, b'E', b"\0\0\0\0\0");
+    sent(&mut m, b'S', b"");
+    m.on_backend(b'1', &frame(b'1', b""));
+    m.on_backend(b'2', &frame(b'2', b""));
+    assert!(matches!(
+        m.on_backend(b'D', &data_row(&[b"alice@example.com"])),
+        MaskStep::Fail(_)
+    ));
+}
+
+#[test]
+fn an_error_skips_to_sync_like_the_server() {
+    let mut m = mask(Some(snapshot()));
+    sent(&mut m, b'P', b"\0SELECT bad\0\0\0");
+    sent(&mut m, b'B', b"\0\0\0\0\0\0\0\0");
+    sent(&mut m, b'D', b"P\0");
+    sent(&mut m, b'E', b"\0\0\0\0\0");
+    sent(&mut m, b'S', b"");
+    assert_eq!(m.on_backend(b'E', &frame(b'E', b"\0")), MaskStep::Keep);
+    assert_eq!(m.pending.front(), Some(&Expect::Sync));
+    m.on_backend(b'Z', &frame(b'Z', b"I"));
+    assert!(m.pending.is_empty());
+}
+
+#[test]
+fn error_details_are_not_forwarded_to_masked_roles() {
+    let mut m = mask(Some(snapshot()));
+    sent(&mut m, b'Q', b"UPDATE customers SET id = NULL\0");
+    let error = frame(
+        b'E',
+        b"SERROR\0C23502\0Mnull value in column \"id\"\0DFailing row contains (null, alice@example.com).\0\0",
+    );
+    assert_eq!(m.on_backend(b'E', &error), MaskStep::Keep, "bookkeeping only");
+    let f = without_detail(&error).expect("the detail is removed");
+    let text = String::from_utf8_lossy(&f);
+    assert!(!text.contains("alice@example.com"), "{text}");
+    assert!(
+        text.contains("C23502") && text.contains("null value in column"),
+        "{text}"
+    );
+    let mut parsed = BytesMut::from(&f[..]);
+    assert!(postgres_protocol::message::backend::Message::parse(&mut parsed)
+        .unwrap()
+        .is_some());
+    assert_eq!(without_detail(&frame(b'E', b"SERROR\0Mno detail\0\0")), None);
+    assert_eq!(
+        without_detail(&frame(b'E', b"SERROR\0Dunterminated")),
+        None,
+        "malformed"
+    );
+}

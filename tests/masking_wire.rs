@@ -1,0 +1,413 @@
+//! Column masking (issue 15) through the real proxy, against a real PostgreSQL: direct columns
+//! masked by every method in text (simple protocol, psql) and binary (tokio-postgres' extended
+//! protocol) results, `SELECT *`, cursors and prepared statements; a table of bypass attempts
+//! each denied with 42501 naming the column; filters under `mask_filters`; rows of a relation
+//! timebox does not know yet are never sent; roles without masks get the upstream's bytes.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::pg::{audit_records, connect, db_error};
+use common::{psql, raw, TestInstance};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The masked table, its view, and rows (created once per test binary on the shared cluster).
+const FIXTURE: &str = "
+CREATE TABLE IF NOT EXISTS public.customers (
+    id int PRIMARY KEY, name text, email text, phone varchar(20), card text, ssn int8, note text);
+INSERT INTO public.customers VALUES
+    (1, 'Alice', 'alice@example.com', '+1 555 0100', '4111111111111111', 123456789, 'vip'),
+    (2, 'Bob', 'bob@shop.test', NULL, '5500000000000004', 987654321, 'new')
+    ON CONFLICT DO NOTHING;
+CREATE OR REPLACE VIEW public.customer_emails AS SELECT id, email FROM public.customers;
+GRANT SELECT ON public.customer_emails TO timebox_read;
+";
+
+fn mask_roles() -> String {
+    use common::cluster::{READ_PASSWORD, READ_USER, WRITE_PASSWORD, WRITE_USER};
+    format!(
+        r#"
+[roles.support]
+allow = ["read"]
+max_ttl = "1h"
+mask = {{ "public.customers.email" = "email", "public.customers.phone" = "partial", "public.customers.card" = "redact", "public.customers.ssn" = "hash", "public.customers.note" = "null" }}
+[roles.strict]
+allow = ["read"]
+max_ttl = "1h"
+mask = {{ "public.customers.email" = "redact" }}
+mask_filters = "deny"
+[roles.support_write]
+allow = ["read", "write"]
+max_ttl = "1h"
+mask = {{ "public.customers.email" = "email" }}
+[targets.shop.credentials.support_write]
+user = "{WRITE_USER}"
+password = "{WRITE_PASSWORD}"
+[targets.shop.credentials.support]
+user = "{READ_USER}"
+password = "{READ_PASSWORD}"
+[targets.shop.credentials.strict]
+user = "{READ_USER}"
+password = "{READ_PASSWORD}"
+"#
+    )
+}
+
+async fn start() -> TestInstance {
+    let port = tokio::task::spawn_blocking(|| {
+        static CREATED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+        let cluster = common::cluster::shared_cluster();
+        // Once: tests run in parallel, and CREATE TABLE IF NOT EXISTS races with itself.
+        CREATED.get_or_init(|| {
+            common::cluster::shop_psql(FIXTURE);
+        });
+        cluster.port()
+    })
+    .await
+    .unwrap();
+    common::start_with_config(|dir| {
+        common::config_text(&common::Options::default(), dir, port) + &mask_roles()
+    })
+    .await
+}
+
+async fn session(inst: &TestInstance, role: &str) -> tokio_postgres::Client {
+    let (_, token) = inst.grant("alice", role, "10m").await;
+    connect(&inst.conn_string("alice", &token, "disable")).await
+}
+
+/// The text values of the simple-protocol rows of `sql`.
+async fn text_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn some(v: &[&str]) -> Vec<Option<String>> {
+    v.iter().map(|s| Some(s.to_string())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_columns_are_masked_by_every_method_in_text_and_binary() {
+    let inst = start().await;
+    let client = session(&inst, "support").await;
+    // Text (simple protocol).
+    let rows = text_rows(
+        &client,
+        "SELECT id, name, email, phone, card, note FROM customers ORDER BY id",
+    )
+    .await;
+    assert_eq!(
+        rows[0],
+        [
+            some(&["1", "Alice", "***@example.com", "***0100", "***"]),
+            vec![None]
+        ]
+        .concat()
+    );
+    assert_eq!(rows[1][3], None, "NULL stays NULL");
+    let hashed = text_rows(&client, "SELECT ssn FROM customers ORDER BY id").await;
+    let h = hashed[0][0].clone().unwrap();
+    assert_eq!(h.len(), 32, "{h}");
+    assert_ne!(h, "123456789");
+    assert_eq!(
+        text_rows(&client, "SELECT ssn FROM customers WHERE id = 1").await[0][0],
+        Some(h.clone()),
+        "stable"
+    );
+    // SELECT * and t.*, a cursor, and SQL-level PREPARE/EXECUTE.
+    let star = text_rows(&client, "SELECT * FROM customers ORDER BY id").await;
+    assert_eq!(star[0][2].as_deref(), Some("***@example.com"));
+    let star = text_rows(&client, "SELECT c.* FROM customers c WHERE id = 2").await;
+    assert_eq!(star[0][2].as_deref(), Some("***@shop.test"));
+    let fetched = text_rows(
+        &client,
+        "BEGIN; DECLARE cur CURSOR FOR SELECT email FROM customers ORDER BY id; FETCH 2 FROM cur; COMMIT",
+    )
+    .await;
+    assert_eq!(
+        fetched,
+        vec![some(&["***@example.com"]), some(&["***@shop.test"])]
+    );
+    text_rows(&client, "PREPARE p AS SELECT card FROM customers WHERE id = $1").await;
+    let executed = text_rows(&client, "EXECUTE p(1)").await;
+    assert_eq!(executed, vec![some(&["***"])]);
+    // Binary (extended protocol, prepared statement): masked columns are announced as text.
+    let stmt = client
+        .prepare("SELECT id, email, phone, card, ssn, note FROM customers WHERE id = $1")
+        .await
+        .unwrap();
+    let row = client.query_one(&stmt, &[&1i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+    assert_eq!(row.get::<_, String>(1), "***@example.com");
+    assert_eq!(row.get::<_, String>(2), "***0100");
+    assert_eq!(row.get::<_, String>(3), "***");
+    assert_eq!(
+        row.get::<_, String>(4),
+        "***",
+        "a binary int8 timebox does not read is redacted"
+    );
+    assert_eq!(row.get::<_, Option<String>>(5), None);
+    let row = client
+        .query_one("SELECT email FROM customers WHERE id = $1", &[&2i32])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "***@shop.test");
+    // psql.
+    let (_, token) = inst.grant("alice", "support", "10m").await;
+    let out = psql(
+        &inst.conn_string("alice", &token, "disable"),
+        &token,
+        "SELECT email, phone FROM customers ORDER BY id",
+    )
+    .await;
+    assert!(out.stdout.contains("***@example.com"), "{out:?}");
+    assert!(!out.stdout.contains("alice@example.com"), "{out:?}");
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", inst.admin_url()))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains("timebox_masked_values_total 0\n"), "{metrics}");
+    // The statement record names the masked columns it read (never their values).
+    let db = inst.audit_db();
+    let noted = common::eventually(Duration::from_secs(20), || {
+        let db = db.clone();
+        async move {
+            audit_records(&db).iter().any(|(k, p)| {
+                k == "statement"
+                    && p["sql"] == "SELECT email, phone FROM customers ORDER BY id"
+                    && p["reason"].as_str().is_some_and(|r| {
+                        r.starts_with("masked columns: ") && r.contains("public.customers.email")
+                    })
+            })
+        }
+    })
+    .await;
+    assert!(noted, "{:#?}", audit_records(&db));
+    let trail = format!("{:?}", audit_records(&db));
+    assert!(
+        !trail.contains("alice@example.com"),
+        "no value in the audit trail"
+    );
+}
+
+/// Bypass attempts: every other shape that could carry a masked value out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bypass_attempts_are_denied_naming_the_column() {
+    let inst = start().await;
+    let client = session(&inst, "support").await;
+    let email = "column public.customers.email is masked for role \"support\"";
+    for (sql, expect) in [
+        ("SELECT lower(email) FROM customers", email),
+        ("SELECT email::bytea FROM customers", email),
+        ("SELECT string_agg(email, ',') FROM customers", email),
+        (
+            "SELECT row_to_json(c) FROM customers c",
+            "is masked for role \"support\"",
+        ),
+        (
+            "SELECT c::text FROM customers c",
+            "is masked for role \"support\"",
+        ),
+        (
+            "SELECT to_jsonb(c.*) FROM customers c",
+            "is masked for role \"support\"",
+        ),
+        ("SELECT email FROM customers UNION SELECT 'x'", email),
+        ("SELECT * FROM (SELECT email FROM customers) s", email),
+        ("WITH x AS (SELECT email FROM customers) SELECT * FROM x", email),
+        ("SELECT (SELECT email FROM customers LIMIT 1)", email),
+        (
+            "SELECT l.e FROM customers c, LATERAL (SELECT c.email AS e) l",
+            email,
+        ),
+        (
+            "SELECT * FROM customer_emails",
+            "view over masked column public.customers.email",
+        ),
+        ("COPY customers TO STDOUT", "is masked for role \"support\""),
+        (
+            "COPY (SELECT email FROM customers) TO STDOUT",
+            "is masked for role \"support\"",
+        ),
+        (
+            "SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'customers'",
+            "pg_stats",
+        ),
+        (
+            "SELECT * FROM customers a FULL JOIN customers b USING (email)",
+            email,
+        ),
+        ("SELECT id FROM customers WHERE email::int = 1", email),
+        ("EXPLAIN ANALYZE SELECT lower(email) FROM customers", email),
+        (
+            "BEGIN; DECLARE c2 CURSOR FOR SELECT upper(email) FROM customers; COMMIT",
+            email,
+        ),
+    ] {
+        let e = client.simple_query(sql).await.expect_err(sql);
+        let (code, message) = db_error(&e);
+        assert_eq!(code, "42501", "{sql}: {message}");
+        assert!(message.starts_with("timebox: "), "{sql}: {message}");
+        assert!(message.contains(expect), "{sql}: {message}");
+        let _ = client.simple_query("ROLLBACK").await;
+    }
+    // The extended protocol is checked at Parse.
+    let e = client
+        .prepare("SELECT coalesce(email, '') FROM customers")
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&e).0, "42501");
+    // The session goes on.
+    let rows = text_rows(&client, "SELECT email FROM customers WHERE id = 1").await;
+    assert_eq!(rows, vec![some(&["***@example.com"])]);
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", inst.admin_url()))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let denials: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("timebox_masking_denials_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(denials >= 10, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_are_allowed_unless_mask_filters_denies_them() {
+    let inst = start().await;
+    let support = session(&inst, "support").await;
+    let rows = text_rows(
+        &support,
+        "SELECT id FROM customers WHERE email = 'alice@example.com' ORDER BY email",
+    )
+    .await;
+    assert_eq!(rows, vec![some(&["1"])]);
+    let e = support
+        .simple_query("SELECT id FROM customers WHERE lower(email) = 'x'")
+        .await
+        .unwrap_err();
+    assert!(db_error(&e).1.contains("plain operand"), "{}", db_error(&e).1);
+    let strict = session(&inst, "strict").await;
+    let e = strict
+        .simple_query("SELECT id FROM customers WHERE email = 'alice@example.com'")
+        .await
+        .unwrap_err();
+    let (code, message) = db_error(&e);
+    assert_eq!(code, "42501");
+    assert!(message.contains("mask_filters = \"deny\""), "{message}");
+    assert_eq!(
+        text_rows(&strict, "SELECT email FROM customers WHERE id = 1").await,
+        vec![some(&["***"])]
+    );
+}
+
+/// A relation created after timebox read the catalog: its rows are not sent until timebox has
+/// re-read it (asked for by that very RowDescription), then they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_a_relation_timebox_does_not_know_yet_are_not_sent() {
+    let inst = start().await;
+    let client = session(&inst, "support").await;
+    let table = common::cluster::unique_name("late");
+    let create =
+        format!("CREATE TABLE public.{table} (secret text); INSERT INTO public.{table} VALUES ('s3cr3t')");
+    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&create))
+        .await
+        .unwrap();
+    let sql = format!("SELECT secret FROM {table}");
+    let e = client.simple_query(&sql).await.expect_err("not known yet");
+    let (code, message) = db_error(&e);
+    assert_eq!(code, "42501");
+    assert!(message.contains("were not sent"), "{message}");
+    let known = common::eventually(Duration::from_secs(30), || {
+        let (client, sql) = (&client, sql.clone());
+        async move { client.simple_query(&sql).await.is_ok() }
+    })
+    .await;
+    assert!(known, "timebox re-read the catalog");
+}
+
+/// A constraint violation's DETAIL quotes the failing row, masked columns included: a masked
+/// role's sessions get the error without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_constraint_violations_detail_does_not_show_masked_columns() {
+    let inst = start().await;
+    let client = session(&inst, "support_write").await;
+    let e = client
+        .simple_query("UPDATE customers SET id = NULL WHERE id = 1")
+        .await
+        .expect_err("not null");
+    let db = e.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "23502", "{db:?}");
+    assert_eq!(db.detail(), None, "{db:?}");
+    assert!(!format!("{db:?}").contains("alice@example.com"), "{db:?}");
+    // Writes to the masked table itself still work, and reads stay masked.
+    client
+        .simple_query("UPDATE customers SET name = 'Alice' WHERE email = 'alice@example.com'")
+        .await
+        .unwrap();
+    let e = client
+        .simple_query("UPDATE customers SET name = email WHERE id = 1")
+        .await
+        .expect_err("copying a masked column");
+    assert_eq!(db_error(&e).0, "42501");
+}
+
+async fn answer_bytes(s: &mut TcpStream, buf: &mut BytesMut, sql: &str) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    postgres_protocol::message::frontend::query(sql, &mut out).unwrap();
+    s.write_all(&out).await.unwrap();
+    let mut answer = Vec::new();
+    loop {
+        while buf.len() >= 5 {
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if buf.len() < 1 + len {
+                break;
+            }
+            let frame = buf.split_to(1 + len);
+            answer.extend_from_slice(&frame);
+            if frame[0] == b'Z' {
+                return answer;
+            }
+        }
+        assert!(s.read_buf(buf).await.unwrap() > 0, "connection closed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_masks_gets_the_upstreams_bytes() {
+    use common::cluster::{READ_PASSWORD, READ_USER};
+    let inst = start().await;
+    let port = common::cluster::shared_cluster().port();
+    let upstream = format!("127.0.0.1:{port}").parse().unwrap();
+    let sql = "SELECT * FROM customers ORDER BY id; SELECT lower(email), row_to_json(c) FROM customers c ORDER BY id";
+    let (mut direct, mut dbuf, _) = raw::login_to(upstream, READ_USER, "shop", READ_PASSWORD).await;
+    let expected = answer_bytes(&mut direct, &mut dbuf, sql).await;
+    assert!(String::from_utf8_lossy(&expected).contains("alice@example.com"));
+    let (_, token) = inst.grant("alice", "read", "10m").await;
+    let (mut s, mut buf) = raw::login(inst.proxy_addr, "alice", &token).await;
+    assert_eq!(answer_bytes(&mut s, &mut buf, sql).await, expected);
+}
