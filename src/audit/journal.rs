@@ -274,6 +274,12 @@ pub struct Journal {
     segment_bytes: u64,
     /// Sync new segments' directory entries (`fsync` level).
     fsync: bool,
+    /// A write failed (or its batch was discarded): the file may hold bytes past `size` (a torn
+    /// line, lines never acknowledged) that must be cut before the next write.
+    torn: bool,
+    /// The last seq of a segment closed by an append whose write then failed (reported by the
+    /// next successful append).
+    closed_unreported: Option<u64>,
 }
 
 impl Journal {
@@ -331,6 +337,8 @@ impl Journal {
                 size,
                 segment_bytes: segment_bytes.max(1),
                 fsync,
+                torn: false,
+                closed_unreported: None,
             },
             pending,
         ))
@@ -342,8 +350,14 @@ impl Journal {
 
     /// Appends a batch's lines (records `first_seq..`) with one write. Starts a new segment first
     /// when the current one is full; returns the last seq of the segment closed, if one was.
+    /// After a failed write it first cuts the file back to the last good line, so a retry writes
+    /// the same seqs again where the chain stopped (never a second copy beside a torn one).
     pub fn append(&mut self, buf: &[u8], first_seq: u64) -> Result<Option<u64>, AuditError> {
-        let mut closed = None;
+        if self.torn {
+            self.file.set_len(self.size).map_err(io_err(&self.path))?;
+            self.torn = false;
+        }
+        let mut closed = self.closed_unreported.take();
         if self.size >= self.segment_bytes {
             if self.fsync {
                 self.sync()?;
@@ -361,9 +375,20 @@ impl Journal {
             }
             closed = Some(first_seq - 1);
         }
-        self.file.write_all(buf).map_err(io_err(&self.path))?;
+        if let Err(e) = self.file.write_all(buf) {
+            self.torn = true;
+            self.closed_unreported = closed;
+            return Err(io_err(&self.path)(e));
+        }
         self.size += buf.len() as u64;
         Ok(closed)
+    }
+
+    /// Forgets the last `len` bytes appended (a batch whose sync failed: never acknowledged); the
+    /// next append cuts them off the file first.
+    pub fn discard_last(&mut self, len: u64) {
+        self.size = self.size.saturating_sub(len);
+        self.torn = true;
     }
 
     /// fdatasync of the current segment.
@@ -498,6 +523,46 @@ mod tests {
         assert_eq!(pending[0].columns.user.as_deref(), Some("alice"));
         let len = std::fs::metadata(segment_path(&jdir, 1)).unwrap().len();
         assert_eq!(len as usize, first.len(), "the torn line was cut");
+    }
+
+    /// See: issue 13 item 6 (a failed write or sync left its bytes in the journal, and the
+    /// writer could only stop for good).
+    #[test]
+    fn a_discarded_batch_is_cut_before_the_next_write_so_the_retry_continues_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let jdir = dir.path().join("j");
+        let (first, head) = lines(1, 2, GENESIS);
+        let (mut j, _) = Journal::open(&jdir, 0, GENESIS, SEGMENT_BYTES, false).unwrap();
+        j.append(&first, 1).unwrap();
+        // Records 3 and 4 written, then their sync "failed": never acknowledged.
+        let (lost, _) = lines(3, 2, head);
+        j.append(&lost, 3).unwrap();
+        j.discard_last(lost.len() as u64);
+        // The retry writes seq 3 again, with other content (a later ts, other statements).
+        let ts = format_ts(chrono::DateTime::from_timestamp(1_800_000_001, 0).unwrap());
+        let payload = statement_payload("SELECT 'retried'");
+        let hash = record_hash(&head, 3, &ts, "statement", &payload);
+        let mut retry = Vec::new();
+        format_line(
+            &mut retry,
+            3,
+            &ts,
+            "statement",
+            &payload,
+            HexHash::new(&head).as_str(),
+            HexHash::new(&hash).as_str(),
+        );
+        j.append(&retry, 3).unwrap();
+        drop(j);
+        let on_disk = std::fs::read(segment_path(&jdir, 1)).unwrap();
+        assert_eq!(
+            on_disk,
+            [first, retry].concat(),
+            "no trace of the discarded batch"
+        );
+        let (_j, pending) = Journal::open(&jdir, 0, GENESIS, SEGMENT_BYTES, false).unwrap();
+        assert_eq!(pending.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(pending[2].hash, hash);
     }
 
     #[test]
