@@ -4,7 +4,7 @@
 TPS means nothing on a machine others are building on; the proxy's own CPU time per transaction
 (user + sys from /proc/<pid>/stat across a pgbench run) and its system calls per transaction (perf
 stat on the syscall tracepoints) hold under load. This starts one PostgreSQL (timebox demo-cluster),
-one timebox per binary given (audit `write`, JSONL export on, same config otherwise) and runs
+one timebox per binary given (bench.py's config: audit `write` by default, JSONL export on) and runs
 pgbench -S against them in turns, ROUNDS times, printing medians. Any build flavour works (compare
 like with like). Uses bench.py's machinery; run as root or as a user that can run PostgreSQL.
 
@@ -35,15 +35,7 @@ class PerTx(bench.Bench):
         bench.TIMEBOX_INSTANCES[name] = (durability, {})
         self.timebox_bin = binary
         self.start_timebox(name)
-        t = self.targets[name]
-        t["bin"] = binary
-        # Turn the JSONL export on (the issue measures with it) and restart on the same config.
-        text = open(t["config"]).read().replace(
-            '[audit]\n', '[audit]\njsonl = "%s"\n' % os.path.join(t["dir"], "audit.jsonl"), 1)
-        with open(t["config"], "w") as f:
-            f.write(text)
-        self.stop_child(name)
-        self.spawn_timebox(name)
+        self.targets[name]["bin"] = binary
 
     def spawn_timebox(self, name):
         self.timebox_bin = self.targets[name].get("bin", self.timebox_bin)
