@@ -6,6 +6,8 @@
 //!   every record is written and acked (for `async`, when the writer has committed them all).
 //! - `audit_record_latency/<level>`: the time one `record(vec![event]).await` adds to a statement
 //!   when nothing else is queued.
+//! - `audit_submit_ack/<level>`: the relay's `submit(vec![event])?.await`, one session, nothing
+//!   else queued (durable at the level, not yet indexed).
 //! - `audit_encoding/*`: the per-record work around the writer — `prepare` (redaction and canonical
 //!   JSON, on the relay's task) of a pgbench statement record, and the writer's share (hash chain
 //!   and journal line).
@@ -185,6 +187,35 @@ fn latency(c: &mut Criterion) {
     group.finish();
 }
 
+/// The relay's way: `submit(vec![event])?.await` per statement, one session, nothing else queued
+/// (issue 13: an uncontended submission should cost no thread hand-off).
+fn submit_ack(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("audit_submit_ack");
+    group.throughput(Throughput::Elements(1));
+    for (name, durability) in LEVELS {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, writer) = rt.block_on(async { open(dir.path(), durability) });
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        log.submit(vec![event(0, i)]).expect("submit").await.expect("ack");
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        rt.block_on(writer.shutdown());
+    }
+    group.finish();
+}
+
 /// Records per steady-state run.
 const STEADY_RECORDS: u64 = 500_000;
 /// Under `cargo test` (no `--bench` argument) the steady-state run only checks that it works.
@@ -272,7 +303,7 @@ fn encoding(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, encoding, throughput, latency);
+criterion_group!(benches, encoding, submit_ack, throughput, latency);
 
 fn main() {
     benches();

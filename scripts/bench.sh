@@ -6,6 +6,8 @@
 #   scripts/bench.sh            full run (~9 minutes + the build): 4 s per pgbench run, 3 repetitions
 #   scripts/bench.sh --quick    smoke run (< 2 minutes): 2 s per run, 1 repetition
 #   scripts/bench.sh --perf     also profile timebox with perf, count syscalls (~1.5 min more)
+#   PGCAT_BIN=/path/to/pgcat scripts/bench.sh …
+#                               also PgCat (session mode) beside PgBouncer in every table
 #   scripts/bench.sh --soak [MINUTES] [--soak-simple CLIENTS]
 #                               only a soak: pgbench -M prepared -c 32 against timebox(write) for
 #                               MINUTES (default 10) without a break, TPS/RSS/audit size every 10 s
@@ -45,7 +47,7 @@ while [[ $# -gt 0 ]]; do
             shift
             ;;
         -h | --help)
-            sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *) echo "bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -115,7 +117,7 @@ cleanup() {
             local exe
             exe="$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" || true)"
             case "$name:$exe" in
-                pgbouncer:*pgbouncer* | timebox-*:*timebox*) kill -KILL "$pid" 2>/dev/null || true ;;
+                pgbouncer:*pgbouncer* | pgcat:*pgcat* | timebox-*:*timebox*) kill -KILL "$pid" 2>/dev/null || true ;;
             esac
         done <"$WORK/pids"
     fi
@@ -127,6 +129,11 @@ trap 'exit 130' INT TERM HUP
 
 # In the background so that a signal reaches our trap at once (bash defers traps while it waits for
 # a foreground command); the trap forwards it to the harness as SIGTERM.
+# PGCAT_BIN=/path/to/pgcat adds PgCat (session mode) beside PgBouncer in every table.
+if [[ -n "${PGCAT_BIN:-}" ]]; then
+    [[ -x "$PGCAT_BIN" ]] || { echo "bench: PGCAT_BIN=$PGCAT_BIN is not an executable" >&2; exit 1; }
+    pyargs+=(--pgcat "$(cd "$(dirname "$PGCAT_BIN")" && pwd)/$(basename "$PGCAT_BIN")")
+fi
 python3 benches/e2e/bench.py --workdir "$WORK" --timebox "$TIMEBOX" "${pyargs[@]}" &
 PY_PID=$!
 wait "$PY_PID"

@@ -164,6 +164,9 @@ class Bench:
         self.pgbouncer_bin = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
         if not os.access(self.pgbouncer_bin, os.X_OK):
             raise RuntimeError("pgbouncer not found (apt-get install pgbouncer)")
+        # The poolers timebox is compared with: PgBouncer always, PgCat when its binary is given.
+        self.peers = ["pgbouncer"] + (["pgcat"] if getattr(args, "pgcat", None) else [])
+        self.pgcat_version = None
         self.children = []  # (name, Popen) in start order
         self.pids = {}  # name -> real pid (for CPU/RSS and for bench.sh's trap)
         self.pg = None  # the `timebox demo-cluster` process that owns the upstream cluster
@@ -341,6 +344,51 @@ class Bench:
             self.record_pid("pgbouncer", int(f.read().strip()))
         self.targets["pgbouncer"] = dict(port=self.pgb_port, password=self.password, pid="pgbouncer")
 
+    def start_pgcat(self):
+        """PgCat (session mode, md5 from the clients as PgCat supports, SCRAM to the server), when
+        --pgcat (PGCAT_BIN in scripts/bench.sh) names its binary."""
+        d = self.mkdir("pgcat")
+        if not hasattr(self, "pgcat_port"):
+            self.pgcat_port = free_port()
+            pool = self.args.idle_sessions + 100
+            self.write(os.path.join(d, "pgcat.toml"), (
+                "[general]\n"
+                "host = \"%(host)s\"\n"
+                "port = %(port)d\n"
+                "admin_username = \"pgcat\"\n"
+                "admin_password = \"%(admin)s\"\n"
+                "worker_threads = %(threads)d\n"
+                "\n"
+                "[pools.%(db)s]\n"
+                "pool_mode = \"session\"\n\n"
+                "[pools.%(db)s.users.0]\n"
+                "username = \"%(user)s\"\n"
+                "password = \"%(password)s\"\n"
+                "pool_size = %(pool)d\n"
+                "pool_mode = \"session\"\n\n"
+                "[pools.%(db)s.shards.0]\n"
+                "servers = [[\"%(host)s\", %(pg_port)d, \"primary\"]]\n"
+                "database = \"%(db)s\"\n"
+            ) % dict(host=HOST, port=self.pgcat_port, admin=secrets.token_hex(8), threads=NPROC, db=DB,
+                     user=USER, password=self.password, pool=pool, pg_port=self.pg_port))
+            version = subprocess.run([self.args.pgcat, "--version"], capture_output=True, text=True).stdout
+            self.pgcat_version = (version.splitlines()[0] if version else "PgCat ?").strip()
+        env = dict(os.environ, RUST_LOG="warn")
+        with open(os.path.join(d, "pgcat.log"), "a") as logf:
+            proc = subprocess.Popen([self.args.pgcat, "--log-level", "warn", "--no-color",
+                                     os.path.join(d, "pgcat.toml")],
+                                    stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=d)
+        self.children.append(("pgcat", proc))
+        self.record_pid("pgcat", proc.pid)
+        wait_port(self.pgcat_port, "PgCat", proc=proc)
+        self.targets["pgcat"] = dict(port=self.pgcat_port, password=self.password, pid="pgcat")
+
+    def restart_peer(self, name):
+        """Stop a pooler and start it again (it keeps server connections pooled)."""
+        self.stop_child(name)
+        self.wait_backends(0)
+        (self.start_pgbouncer if name == "pgbouncer" else self.start_pgcat)()
+
     def stop_child(self, name, timeout=15.0):
         for i, (n, proc) in enumerate(self.children):
             if n != name:
@@ -391,6 +439,7 @@ url = "sqlite://{d}/timebox.db"
 
 [audit]
 durability = "{durability}"
+jsonl = "{d}/audit.jsonl"
 
 [targets.{db}]
 host = "{host}"
@@ -637,7 +686,7 @@ max_ttl = "8h"
         lines = ["System calls per transaction of the proxy process (perf stat, 8 clients; not in the table):",
                  "  %-16s %-8s %s" % ("target", "mode", " ".join("%9s" % c for c in self.SYSCALLS))]
         for mode in ["simple", "prepared"]:
-            for name in ["pgbouncer", "timebox-write"]:
+            for name in self.peers + ["timebox-write"]:
                 if name.startswith("timebox-"):
                     self.maybe_restart(name)
                 pid = self.pids[self.targets[name]["pid"]]
@@ -669,7 +718,7 @@ max_ttl = "8h"
         cells = []
         for mode in MODES:
             for c in CLIENTS:
-                names = ["direct", "pgbouncer", "timebox-write"]
+                names = ["direct"] + self.peers + ["timebox-write"]
                 if mode in VARIANT_MODES and c in VARIANT_CLIENTS:
                     names += VARIANTS
                 cells.append((mode, c, names))
@@ -710,7 +759,7 @@ max_ttl = "8h"
     def run_connect_rate(self):
         d = self.args.connect_duration
         for rep in range(self.args.reps):
-            for name in ["direct", "pgbouncer", "timebox-write"]:
+            for name in ["direct"] + self.peers + ["timebox-write"]:
                 r = self.pgbench(name, "simple", 8, d, connect_each=True, tag="connect")
                 r["rep"] = rep
                 print("  connect rate rep %d %-16s %7.0f conn/s  avg connection time %s ms  load %.2f" % (
@@ -731,18 +780,22 @@ max_ttl = "8h"
                         error=next((r["error"] for r in rs if r["error"]), ""))
         self.cell = cell
         lines = []
-        hdr = "%-8s %3s  %-16s %9s %8s %8s %9s %9s %10s" % (
-            "mode", "cl", "target", "TPS", "×direct", "×pgbnc", "avg ms", "p99 ms", "CPU µs/tx")
+        pgcat = "pgcat" in self.peers
+        hdr = "%-8s %3s  %-16s %9s %8s %8s%s %9s %9s %10s" % (
+            "mode", "cl", "target", "TPS", "×direct", "×pgbnc", " %8s" % "×pgcat" if pgcat else "",
+            "avg ms", "p99 ms", "CPU µs/tx")
         lines.append(hdr)
         lines.append("-" * len(hdr))
         for mode, c, names in self.matrix():
             base = cell("tps", "direct", mode, c)
             pgb = cell("tps", "pgbouncer", mode, c)
+            pgc = cell("tps", "pgcat", mode, c) if pgcat else None
             for name in names:
                 m = cell("tps", name, mode, c)
-                lines.append("%-8s %3d  %-16s %9.0f %8.2f %8s %9.3f %9s %10s%s" % (
+                lines.append("%-8s %3d  %-16s %9.0f %8.2f %8s%s %9.3f %9s %10s%s" % (
                     mode, c, name, m["tps"], m["tps"] / base["tps"],
                     "%.2f" % (m["tps"] / pgb["tps"]) if name != "direct" else "",
+                    (" %8s" % ("%.2f" % (m["tps"] / pgc["tps"]) if name != "direct" else "")) if pgcat else "",
                     m["lat"], "%.3f" % m["p99"] if m["p99"] is not None else "-",
                     "%.1f" % m["cpu"] if m["cpu"] is not None else "",
                     "  (%d failed)" % m["failed"] if m["failed"] else "") +
@@ -773,7 +826,7 @@ max_ttl = "8h"
         lines.append("")
         lines.append("Connection setup (pgbench -C -S -M simple, 8 clients, a new connection per transaction):")
         base = cell("connect", "direct", "simple", 8)
-        for name in ["direct", "pgbouncer", "timebox-write"]:
+        for name in ["direct"] + self.peers + ["timebox-write"]:
             m = cell("connect", name, "simple", 8)
             if m:
                 lines.append("  %-16s %7.0f connections/s (×direct %.2f)  avg connection time %s ms%s" % (
@@ -870,6 +923,8 @@ max_ttl = "8h"
         self.use_private_copy()
         self.start_postgres()
         self.start_pgbouncer()
+        if "pgcat" in self.peers:
+            self.start_pgcat()
         for name in TIMEBOX_INSTANCES:
             self.start_timebox(name)
         # A smoke pgbench through every target first: a policy refusal or login failure stops here.
@@ -880,15 +935,13 @@ max_ttl = "8h"
         log("memory per idle session (%d sessions each) …" % self.args.idle_sessions)
         # PgBouncer keeps the server connection of the smoke run pooled: restart it, so that the only
         # sessions upstream are the ones each test opens.
-        self.stop_child("pgbouncer")
-        self.wait_backends(0)
-        self.start_pgbouncer()
+        for peer in self.peers:
+            self.restart_peer(peer)
         self.idle_memory("timebox-write")
-        self.wait_backends(0)
-        self.idle_memory("pgbouncer")
-        self.stop_child("pgbouncer")
-        self.wait_backends(0)
-        self.start_pgbouncer()
+        for peer in self.peers:
+            self.wait_backends(0)
+            self.idle_memory(peer)
+            self.restart_peer(peer)
 
         self.run_matrix()
         log("connection setup rate (pgbench -C) …")
@@ -906,7 +959,8 @@ max_ttl = "8h"
                 "%s; %d CPUs (%s), %.1f GiB; kernel %s; PostgreSQL %s; %s\n"
                 "timebox %s; 1-min load average before runs: min %.2f, median %.2f, max %.2f; total %.0f s\n" % (
                     self.args.scale, self.args.duration, self.args.reps, NPROC, m["date"], m["nproc"], m["cpu"],
-                    m["mem_gib"], m["kernel"], m["postgres"], m["pgbouncer"], m["commit"], min(loads),
+                    m["mem_gib"], m["kernel"], m["postgres"],
+                    m["pgbouncer"] + ("; %s" % self.pgcat_version if self.pgcat_version else ""), m["commit"], min(loads),
                     statistics.median(loads), max(loads), time.monotonic() - t_start))
         report = head + "\n" + table + "\n\nTargets (issue 6):\n" + self.targets_report() + "\n"
         if self.profiles:
@@ -1149,6 +1203,8 @@ def main():
                         "sampling TPS, RSS and audit file size every 10 s")
     p.add_argument("--soak-simple", type=int, default=0, metavar="CLIENTS",
                    help="with --soak: also run pgbench -M simple with CLIENTS clients at the same time")
+    p.add_argument("--pgcat", metavar="BIN", help="also measure PgCat (session mode) from this binary, beside "
+                                                  "PgBouncer in every table (scripts/bench.sh: PGCAT_BIN=…)")
     p.add_argument("--out", help="where results are written (default target/bench-e2e; with --soak "
                                  "target/bench-e2e/soak)")
     args = p.parse_args()

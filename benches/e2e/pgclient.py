@@ -126,6 +126,11 @@ def connect(host, port, user, database, password, query="SELECT 1", timeout=30.0
             if code == 10:
                 mechanisms = [m.decode() for m in body[4:].split(b"\0") if m]
                 _scram(sock, mechanisms, password)
+            elif code == 5:
+                # MD5 (PgCat's client authentication): md5(md5(password + user) + salt).
+                inner = hashlib.md5((password + user).encode()).hexdigest().encode()
+                digest = b"md5" + hashlib.md5(inner + body[4:8]).hexdigest().encode()
+                _send(sock, b"p", digest + b"\0")
             else:
                 raise PgError("unsupported authentication request %d" % code)
         _until_ready(sock)

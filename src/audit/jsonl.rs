@@ -27,7 +27,15 @@ pub struct JsonlSink {
     keep: usize,
     /// Sync rotated files and the directory (durability `fsync`).
     fsync: bool,
+    /// Lines a failed write left unwritten (their records are in the journal), written first next
+    /// time, after the file is cut back to `size` (a torn line).
+    backlog: Vec<u8>,
+    backlog_ends: Vec<usize>,
 }
+
+/// The most bytes of lines the sink keeps for a retry after failed writes; past it the export
+/// fails for good (a restart catches it up from the database).
+pub const BACKLOG_LIMIT: usize = 64 * 1024 * 1024;
 
 /// Appends one record's line (with its `\n`) to `out`.
 pub fn format_line(
@@ -112,6 +120,8 @@ impl JsonlSink {
                 max_bytes: max_bytes.max(1),
                 keep: keep.max(1),
                 fsync,
+                backlog: Vec::new(),
+                backlog_ends: Vec::new(),
             },
             last_seq,
         ))
@@ -119,20 +129,48 @@ impl JsonlSink {
 
     /// Appends whole lines: `buf` holds them back to back, `ends[i]` is where line `i` ends. Rotates
     /// before a line that would take the file past `max_bytes` (a file holds at least one line).
+    /// Lines a write fails on are kept and written first by the next call, after the file is cut
+    /// back to its last complete line, so the export has every record once, in order.
     pub fn append(&mut self, buf: &[u8], ends: &[usize]) -> Result<(), AuditError> {
+        if self.backlog.is_empty() {
+            return self.append_or_keep(buf, ends);
+        }
+        if self.backlog.len() + buf.len() > BACKLOG_LIMIT {
+            return Err(AuditError::JsonlBacklog(self.path.clone()));
+        }
+        keep_lines(&mut self.backlog, &mut self.backlog_ends, buf, ends, 0);
+        self.file.set_len(self.size).map_err(io_err(&self.path))?;
+        let (b, e) = (
+            std::mem::take(&mut self.backlog),
+            std::mem::take(&mut self.backlog_ends),
+        );
+        self.append_or_keep(&b, &e)
+    }
+
+    fn append_or_keep(&mut self, buf: &[u8], ends: &[usize]) -> Result<(), AuditError> {
+        self.append_lines(buf, ends).map_err(|(done, e)| {
+            keep_lines(&mut self.backlog, &mut self.backlog_ends, buf, ends, done);
+            e
+        })
+    }
+
+    /// [`JsonlSink::append`] without the retry; on error, where the unwritten lines start.
+    fn append_lines(&mut self, buf: &[u8], ends: &[usize]) -> Result<(), (usize, AuditError)> {
         let mut chunk_start = 0;
         let mut line_start = 0;
         for &end in ends {
             let pending = (line_start - chunk_start) as u64;
             let len = (end - line_start) as u64;
             if self.size + pending + len > self.max_bytes && self.size + pending > 0 {
-                self.write(&buf[chunk_start..line_start])?;
-                self.rotate()?;
+                self.write(&buf[chunk_start..line_start])
+                    .map_err(|e| (chunk_start, e))?;
                 chunk_start = line_start;
+                self.rotate().map_err(|e| (chunk_start, e))?;
             }
             line_start = end;
         }
         self.write(&buf[chunk_start..line_start])
+            .map_err(|e| (chunk_start, e))
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), AuditError> {
@@ -177,6 +215,13 @@ impl JsonlSink {
         tracing::info!(path = %self.path.display(), "audit JSONL rotated");
         Ok(())
     }
+}
+
+/// Appends the lines of `buf` from byte `from` (a line start) to `out`, with their ends.
+fn keep_lines(out: &mut Vec<u8>, out_ends: &mut Vec<usize>, buf: &[u8], ends: &[usize], from: usize) {
+    let base = out.len();
+    out.extend_from_slice(&buf[from..]);
+    out_ends.extend(ends.iter().filter(|e| **e > from).map(|e| base + e - from));
 }
 
 /// Cuts the file back to its last `\n` if it does not end with one; returns the new length.

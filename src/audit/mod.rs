@@ -4,13 +4,14 @@
 //! Data flow: the relay (and the admin API, for grants) builds [`AuditEvent`]s and calls
 //! [`AuditLog::submit`] and awaits the [`AuditAck`] (or [`AuditLog::record`]). `submit` redacts and
 //! serializes on the caller's task ([`event::prepare`], [`redact`]) and queues the events on a
-//! bounded queue (by events: [`QUEUE_CAPACITY`]). One writer thread (`writer.rs`) group-commits them:
-//! it assigns `seq` (gapless, in queue order) and `ts`, chains the hashes ([`chain`]), appends the
-//! batch to the [`journal`] with one write (and one sync at `fsync`), acks, and hands the records to
-//! the indexer thread, which inserts them into SQLite ([`sqlite`]) many per transaction. [`query`]
+//! bounded queue (by events: [`QUEUE_CAPACITY`]). `writer.rs` group-commits them — the submitter
+//! that finds no flush in progress flushes (at `fsync`, the writer thread does): it assigns `seq`
+//! (gapless, in queue order) and `ts`, chains the hashes ([`chain`]), appends the batch to the
+//! [`journal`] with one write (and one sync at `fsync`), acks, and hands the records to the
+//! [`indexer`] thread, which inserts them into SQLite ([`sqlite`]) many per transaction. [`query`]
 //! and [`chain::verify`] read the database for the admin API and the CLI, after waiting for the
 //! index to reach every record acknowledged before they started ([`AuditLog::wait_indexed`]). The
-//! JSONL export ([`jsonl`]) is written by the writer after the journal.
+//! JSONL export ([`jsonl`]) gets the journal's bytes after the journal.
 //!
 //! Where records live: `audit.db` in the store's directory (`sqlite://data/timebox.db` →
 //! `data/audit.db`), its own SQLite file in WAL mode, and the journal `audit.journal/` beside it
@@ -34,13 +35,16 @@
 //! `record` additionally waits for the index, so the caller's own queries see the record.
 //!
 //! Fail closed: when the queue is full or a write or index has failed, `submit`/`record` return
-//! `Err` (callers deny the statement) and the failure is kept until restart; no level ever drops a
+//! `Err` (callers deny the statement). A failed journal or JSONL write (a full disk) is retried
+//! after a bounded backoff ([`RETRY_FIRST`] to [`RETRY_MAX`]), refusing records meanwhile, and the
+//! log recovers without a restart; other failures are kept until restart. No level ever drops a
 //! record without an error (an `async` record lost to a write error is logged and counted in
 //! [`AuditStats::rejected`]). This module must never write a secret: redaction runs before
 //! serialization.
 
 pub mod chain;
 pub mod event;
+mod indexer;
 pub mod journal;
 pub mod jsonl;
 pub mod query;
@@ -53,12 +57,12 @@ mod writer;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::oneshot;
 
 pub use chain::{BadRecord, Head, InstanceReport, VerifyReport};
 pub use event::{
@@ -70,8 +74,9 @@ pub use query::{AuditFilter, Order, Page};
 use crate::clock::{Clock, SystemClock};
 pub use crate::config::Durability;
 use crate::config::{AuditConfig, ParamLogging, StoreConfig};
-use writer::{lock, Msg, Shared, Submission, Writer};
-pub use writer::{CHECKPOINT_RECORDS, INDEX_INTERVAL, INDEX_LAG_LIMIT, WAL_LIMIT_BYTES};
+pub use indexer::{CHECKPOINT_RECORDS, INDEX_INTERVAL, INDEX_LAG_LIMIT, WAL_LIMIT_BYTES};
+use writer::{lock, Shared, Submission};
+pub use writer::{RETRY_FIRST, RETRY_MAX};
 
 /// Events the queue holds before `submit` refuses with [`AuditError::QueueFull`].
 pub const QUEUE_CAPACITY: usize = 65_536;
@@ -94,8 +99,10 @@ pub enum AuditError {
     },
     #[error("the audit queue is full ({capacity} events waiting); refusing to go on unaudited")]
     QueueFull { capacity: usize },
-    #[error("the audit log failed and refuses new records until timebox restarts: {0}")]
+    #[error("the audit log cannot record: {0}")]
     WriterFailed(#[source] Arc<AuditError>),
+    #[error("the audit JSONL export {} fell too far behind after failed writes; it catches up at restart", .0.display())]
+    JsonlBacklog(PathBuf),
     #[error("the audit log is shut down")]
     Closed,
     #[error("audit schema version {found} is newer than this timebox understands ({supported})")]
@@ -185,7 +192,8 @@ pub struct AuditStats {
     /// Events refused: queue full, or lost to a write failure.
     pub rejected: u64,
     pub queue_depth: usize,
-    /// Whether a write has failed (every submit now fails).
+    /// Whether the log refuses records: a failure kept until restart, or a failed write being
+    /// retried.
     pub failed: bool,
 }
 
@@ -193,7 +201,6 @@ pub struct AuditStats {
 /// `Arc`).
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::UnboundedSender<Msg>,
     shared: Arc<Shared>,
 }
 
@@ -243,7 +250,6 @@ impl Future for AuditAck {
 
 /// Owns the writer thread; [`AuditWriterHandle::shutdown`] flushes the queue and stops it.
 pub struct AuditWriterHandle {
-    tx: mpsc::UnboundedSender<Msg>,
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -258,13 +264,19 @@ impl AuditWriterHandle {
     /// Refuses new submissions, writes (and syncs) everything queued, then stops the thread.
     pub async fn shutdown(mut self) {
         self.shared.closed.store(true, Ordering::SeqCst);
-        let (done_tx, done_rx) = oneshot::channel();
-        if self.tx.send(Msg::Shutdown(done_tx)).is_ok() {
-            let _ = done_rx.await;
-        }
+        writer::stop(&self.shared);
         if let Some(thread) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+    }
+}
+
+impl Drop for AuditWriterHandle {
+    /// Dropped without `shutdown` (a test, a failed start): the writer thread still flushes and
+    /// stops; nothing waits for it.
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        writer::stop(&self.shared);
     }
 }
 
@@ -301,90 +313,36 @@ impl AuditLog {
             Some(path) => Arc::new(Mutex::new(sqlite::open_reader(path)?)),
             None => conn.clone(),
         };
-        let capacity = opts.queue_capacity.clamp(1, Semaphore::MAX_PERMITS);
-        let prev_hex = hex::encode(prev);
-        let shared = Arc::new(Shared {
-            durability: opts.durability,
-            params: opts.params,
-            capacity,
-            permits: Semaphore::new(capacity),
-            failure: OnceLock::new(),
-            closed: AtomicBool::new(false),
-            head: Mutex::new(Head {
-                seq,
-                hash: prev_hex.clone(),
-            }),
-            committed: AtomicU64::new(0),
-            batches: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
-            indexed: tokio::sync::watch::Sender::new(seq),
-            indexed_lock: Mutex::new(()),
-            indexed_changed: std::sync::Condvar::new(),
-            closed_through: AtomicU64::new(0),
-            reader,
-            db_path: opts.db.clone(),
-        });
-        let checkpointer = match &opts.db {
-            None => None,
-            Some(path) => {
-                let (tx, rx) = std::sync::mpsc::channel();
-                let checkpointer = writer::Checkpointer {
-                    shared: shared.clone(),
-                    rx,
-                    conn: sqlite::open_checkpointer(path)?,
-                };
-                let thread = std::thread::Builder::new()
-                    .name("timebox-audit-ckpt".into())
-                    .spawn(move || checkpointer.run())
-                    .map_err(AuditError::Thread)?;
-                Some((tx, thread))
-            }
-        };
-        let (index_tx, index_rx) = std::sync::mpsc::channel();
-        let indexer = writer::Indexer {
-            shared: shared.clone(),
-            rx: index_rx,
-            conn,
-            journal_dir: journal.as_ref().map(|j| j.dir().to_owned()),
-            since_checkpoint: 0,
-            checkpointer,
-            removed_through: 0,
-        };
-        let indexer_thread = std::thread::Builder::new()
-            .name("timebox-audit-index".into())
-            .spawn(move || indexer.run())
-            .map_err(AuditError::Thread)?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let writer = Writer {
-            shared: shared.clone(),
-            rx,
+        let core = writer::Core {
             journal,
             jsonl,
             clock: opts.clock.clone(),
-            max_batch: opts.max_batch.max(1),
             seq,
             prev,
             last_time: last_ts
                 .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
                 .map(|t| t.with_timezone(&chrono::Utc)),
             buf: Vec::new(),
-            jsonl_buf: Vec::new(),
             ends: Vec::new(),
-            indexer: Some((index_tx, indexer_thread)),
+            index_tx: None,
         };
-        let thread = std::thread::Builder::new()
-            .name("timebox-audit".into())
-            .spawn(move || writer.run())
-            .map_err(AuditError::Thread)?;
+        let shared = Arc::new(Shared::new(
+            &opts,
+            core,
+            Head {
+                seq,
+                hash: hex::encode(prev),
+            },
+            reader,
+        ));
+        let thread = writer::start(&shared, conn)?;
         tracing::info!(db = ?opts.db, jsonl = ?opts.jsonl, durability = ?opts.durability, seq,
             "audit log open");
         Ok((
             AuditLog {
-                tx: tx.clone(),
                 shared: shared.clone(),
             },
             AuditWriterHandle {
-                tx,
                 shared,
                 thread: Some(thread),
             },
@@ -398,11 +356,9 @@ impl AuditLog {
         self.record_durable(events).await?;
         let target = self.head().seq;
         self.wait_indexed().await?;
-        match self.shared.failure.get() {
+        match self.shared.index_failure() {
             // Durable in the journal, but the index failed: not what `record` promises.
-            Some(failure) if *self.shared.indexed.borrow() < target => {
-                Err(AuditError::WriterFailed(failure.clone()))
-            }
+            Some(failure) if *self.shared.indexed.borrow() < target => Err(AuditError::WriterFailed(failure)),
             _ => Ok(()),
         }
     }
@@ -418,15 +374,15 @@ impl AuditLog {
     pub async fn wait_indexed(&self) -> Result<(), AuditError> {
         let target = self.head().seq;
         let mut rx = self.shared.indexed.subscribe();
-        if *rx.borrow() >= target || self.shared.failure.get().is_some() {
+        if *rx.borrow() >= target || self.shared.index_failure().is_some() {
             return Ok(());
         }
         // The indexer gathers records for a while before committing; ask it not to wait.
-        let _ = self.tx.send(Msg::FlushIndex);
+        self.shared.request_index_flush();
         let shared = self.shared.clone();
         let wait = async {
             loop {
-                if *rx.borrow_and_update() >= target || shared.failure.get().is_some() {
+                if *rx.borrow_and_update() >= target || shared.index_failure().is_some() {
                     return Ok(());
                 }
                 // Poll the failure flag now and then: a failed indexer never reaches the target.
@@ -486,17 +442,16 @@ impl AuditLog {
             events: prepared,
             ack: ack_tx,
         };
-        if self.tx.send(Msg::Events(submission)).is_err() {
+        if let Err(e) = writer::enqueue(&self.shared, submission) {
             self.shared.permits.add_permits(n);
-            self.check_open()?;
-            return Err(AuditError::Closed);
+            return Err(e);
         }
         Ok(ack)
     }
 
     fn check_open(&self) -> Result<(), AuditError> {
-        if let Some(failure) = self.shared.failure.get() {
-            return Err(AuditError::WriterFailed(failure.clone()));
+        if let Some(failure) = self.shared.refusal() {
+            return Err(AuditError::WriterFailed(failure));
         }
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(AuditError::Closed);
@@ -526,7 +481,7 @@ impl AuditLog {
             batches: self.shared.batches.load(Ordering::Relaxed),
             rejected: self.shared.rejected.load(Ordering::Relaxed),
             queue_depth: self.queue_depth(),
-            failed: self.shared.failure.get().is_some(),
+            failed: self.shared.refusal().is_some(),
         }
     }
 
@@ -629,7 +584,7 @@ fn recover(
         );
     }
     let head = sqlite::read_head(conn)?.0;
-    if writer::checkpoint_truncate(conn)? {
+    if indexer::checkpoint_truncate(conn)? {
         journal::remove_through(&dir, head)?;
     }
     Ok(journal)
