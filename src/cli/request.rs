@@ -322,7 +322,7 @@ mod tests {
         let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let mut r = crate::grants::requests::pending_request("r_1", t0, 2);
+        let mut r = crate::grants::requests::tests::pending_request("r_1", t0, 2);
         r.role = "admin".into();
         r.reason = "migrate\norders".into();
         r.approvals = vec![Approval {

@@ -225,7 +225,8 @@ mod approval_step_tests {
     use chrono::{Duration, TimeZone, Utc};
 
     use super::{ApprovalStep, ApproveOutcome};
-    use crate::grants::requests::{pending_request, AccessRequest, Approval, RequestStatus};
+    use crate::grants::requests::tests::pending_request;
+    use crate::grants::requests::{AccessRequest, Approval, RequestStatus};
 
     fn request(required: u32, approvers: &[&str]) -> AccessRequest {
         let created = Utc.with_ymd_and_hms(2026, 12, 7, 9, 0, 0).unwrap();

@@ -97,7 +97,7 @@ fn candidates_are_newest_first_with_verifiers() {
 }
 
 fn request(id: &str, created: DateTime<Utc>, required: u32) -> AccessRequest {
-    crate::grants::requests::pending_request(id, created, required)
+    crate::grants::requests::tests::pending_request(id, created, required)
 }
 
 #[test]
