@@ -105,17 +105,7 @@ async fn read_functions(
     let mut rows = Vec::new();
     let mut failure = None;
     loop {
-        let message = loop {
-            if let Some(m) = backend::Message::parse(&mut buf)? {
-                break m;
-            }
-            if buf.len() > MAX_ANSWER_BYTES {
-                return Err(CatalogError::Protocol("answer too large"));
-            }
-            if stream.read_buf(&mut buf).await? == 0 {
-                return Err(CatalogError::Protocol("connection closed before ReadyForQuery"));
-            }
-        };
+        let message = next_message(&mut stream, &mut buf).await?;
         match message {
             backend::Message::DataRow(row) => rows.push(function_row(&row)?),
             backend::Message::ErrorResponse(e) => failure = Some(error_text(&e)),
@@ -301,17 +291,7 @@ async fn read_masks(source: &MaskSource, salted: &SaltedPasswordCache) -> Result
     let mut sets: Vec<Vec<Row>> = vec![Vec::new()];
     let mut failure = None;
     loop {
-        let message = loop {
-            if let Some(m) = backend::Message::parse(&mut buf)? {
-                break m;
-            }
-            if buf.len() > MAX_ANSWER_BYTES {
-                return Err(CatalogError::Protocol("answer too large"));
-            }
-            if stream.read_buf(&mut buf).await? == 0 {
-                return Err(CatalogError::Protocol("connection closed before ReadyForQuery"));
-            }
-        };
+        let message = next_message(&mut stream, &mut buf).await?;
         match message {
             backend::Message::DataRow(row) => {
                 use fallible_iterator::FallibleIterator;
@@ -340,4 +320,23 @@ async fn read_masks(source: &MaskSource, salted: &SaltedPasswordCache) -> Result
     sets.pop();
     MaskSnapshot::from_rows(&source.rules, &sets)
         .map_err(|_| CatalogError::Protocol("unexpected masking catalog rows"))
+}
+
+/// The next backend message of a catalog answer, reading more as needed; an answer over
+/// [`MAX_ANSWER_BYTES`] or a connection closed before ReadyForQuery is an error.
+async fn next_message<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<backend::Message, CatalogError> {
+    loop {
+        if let Some(m) = backend::Message::parse(buf)? {
+            return Ok(m);
+        }
+        if buf.len() > MAX_ANSWER_BYTES {
+            return Err(CatalogError::Protocol("answer too large"));
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(CatalogError::Protocol("connection closed before ReadyForQuery"));
+        }
+    }
 }
