@@ -411,3 +411,195 @@ async fn a_role_without_masks_gets_the_upstreams_bytes() {
     let (mut s, mut buf) = raw::login(inst.proxy_addr, "alice", &token).await;
     assert_eq!(answer_bytes(&mut s, &mut buf, sql).await, expected);
 }
+
+/// s5 maskrelay: raw extended-protocol frames for the FETCH/EXECUTE regression tests.
+mod run_time_shapes {
+    use super::*;
+    use bytes::BufMut;
+
+    pub fn msg(tag: u8, body: &[u8]) -> BytesMut {
+        let mut b = BytesMut::new();
+        b.put_u8(tag);
+        b.put_u32(body.len() as u32 + 4);
+        b.put_slice(body);
+        b
+    }
+    fn cs(s: &str) -> Vec<u8> {
+        let mut v = s.as_bytes().to_vec();
+        v.push(0);
+        v
+    }
+    pub fn parse(name: &str, sql: &str) -> BytesMut {
+        let mut b = cs(name);
+        b.extend(cs(sql));
+        b.extend([0, 0]);
+        msg(b'P', &b)
+    }
+    pub fn describe(kind: u8, name: &str) -> BytesMut {
+        let mut b = vec![kind];
+        b.extend(cs(name));
+        msg(b'D', &b)
+    }
+    pub fn bind(portal: &str, stmt: &str) -> BytesMut {
+        let mut b = cs(portal);
+        b.extend(cs(stmt));
+        b.extend([0, 0, 0, 0, 0, 0]);
+        msg(b'B', &b)
+    }
+    pub fn execute(portal: &str) -> BytesMut {
+        let mut b = cs(portal);
+        b.extend(0i32.to_be_bytes());
+        msg(b'E', &b)
+    }
+    pub fn sync() -> BytesMut {
+        msg(b'S', &[])
+    }
+    pub fn query(sql: &str) -> BytesMut {
+        msg(b'Q', &cs(sql))
+    }
+
+    /// Sends frames, reads up to ReadyForQuery; a printable summary of the answer.
+    pub async fn exchange(s: &mut TcpStream, buf: &mut BytesMut, frames: &[BytesMut]) -> String {
+        let mut out = BytesMut::new();
+        for f in frames {
+            out.extend_from_slice(f);
+        }
+        s.write_all(&out).await.unwrap();
+        let mut summary = String::new();
+        loop {
+            while buf.len() >= 5 {
+                let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                if buf.len() < 1 + len {
+                    break;
+                }
+                let frame = buf.split_to(1 + len);
+                let body = String::from_utf8_lossy(&frame[5..]).replace('\0', "|");
+                summary.push_str(&format!("{}:{} ", frame[0] as char, body));
+                if frame[0] == b'Z' {
+                    return summary;
+                }
+            }
+            assert!(s.read_buf(buf).await.unwrap() > 0, "connection closed: {summary}");
+        }
+    }
+
+    pub const CLEAR: [&str; 3] = ["alice@example.com", "4111111111111111", "bob@shop.test"];
+
+    pub fn assert_denied(r: &str) {
+        assert!(!CLEAR.iter().any(|c| r.contains(c)), "clear values: {r}");
+        assert!(!r.contains("D:"), "rows were sent: {r}");
+        assert!(r.contains("42501") && r.contains("\"support\""), "{r}");
+        assert!(r.contains("(such as public.customers."), "{r}");
+    }
+}
+
+/// Finding A (s5 attack): a FETCH or EXECUTE parsed and described (extended protocol) before its
+/// cursor or prepared statement exists was described as NoData and kept as a plain layout; one
+/// described over other columns kept a stale layout. Their rows are never sent now (42501
+/// naming the column and the role); simple-protocol FETCH stays masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extended_fetch_or_execute_is_not_trusted_to_its_describe() {
+    use run_time_shapes::*;
+    let inst = start().await;
+    let (_, token) = inst.grant("alice", "support", "10m").await;
+    let (mut s, mut buf) = raw::login(inst.proxy_addr, "alice", &token).await;
+    let (s, buf) = (&mut s, &mut buf);
+    // Described before the cursor exists (NoData).
+    exchange(
+        s,
+        buf,
+        &[parse("f", "FETCH ALL FROM cur"), describe(b'S', "f"), sync()],
+    )
+    .await;
+    let declare = "DECLARE cur CURSOR WITH HOLD FOR SELECT email, card FROM customers ORDER BY id";
+    exchange(s, buf, &[query(declare)]).await;
+    assert_denied(&exchange(s, buf, &[bind("", "f"), execute(""), sync()]).await);
+    // EXECUTE described before its PREPARE (the interceptor already refuses that Parse).
+    exchange(s, buf, &[parse("e", "EXECUTE pp"), describe(b'S', "e"), sync()]).await;
+    exchange(
+        s,
+        buf,
+        &[query(
+            "PREPARE pp AS SELECT id, email, card FROM customers ORDER BY id",
+        )],
+    )
+    .await;
+    let r = exchange(s, buf, &[bind("", "e"), execute(""), sync()]).await;
+    assert!(r.contains("42501") && !r.contains("D:"), "{r}");
+    // EXECUTE of a prepared statement, described and executed in one pipeline.
+    let r = exchange(
+        s,
+        buf,
+        &[
+            parse("e2", "EXECUTE pp"),
+            describe(b'S', "e2"),
+            bind("", "e2"),
+            execute(""),
+            sync(),
+        ],
+    )
+    .await;
+    assert_denied(&r);
+    // Described over (email, name), re-declared as (name, email): the stale layout is not used.
+    exchange(
+        s,
+        buf,
+        &[query(
+            "BEGIN; DECLARE c3 CURSOR FOR SELECT email, name FROM customers",
+        )],
+    )
+    .await;
+    exchange(
+        s,
+        buf,
+        &[parse("f3", "FETCH ALL FROM c3"), describe(b'S', "f3"), sync()],
+    )
+    .await;
+    exchange(
+        s,
+        buf,
+        &[query(
+            "CLOSE c3; DECLARE c3 CURSOR FOR SELECT name, email FROM customers",
+        )],
+    )
+    .await;
+    assert_denied(&exchange(s, buf, &[bind("", "f3"), execute(""), sync()]).await);
+    exchange(s, buf, &[query("ROLLBACK")]).await;
+    let r = exchange(s, buf, &[query("CLOSE cur")]).await;
+    assert!(r.contains("C:CLOSE"), "{r}");
+    // Simple-protocol FETCH: masked as before.
+    exchange(s, buf, &[query(declare)]).await;
+    let r = exchange(s, buf, &[query("FETCH ALL FROM cur")]).await;
+    assert!(
+        r.contains("***@example.com") && !CLEAR.iter().any(|c| r.contains(c)),
+        "{r}"
+    );
+}
+
+/// Finding B (s5 attack): a view reading a masked table through a SQL function (its body is not
+/// in pg_depend) is treated as a view over a masked table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_calling_a_user_function_counts_as_reading_masked_tables() {
+    use common::cluster::READ_USER;
+    let setup = format!(
+        "CREATE OR REPLACE FUNCTION public.s5_relay_emails() RETURNS SETOF text LANGUAGE sql STABLE AS 'SELECT email FROM public.customers';
+         CREATE OR REPLACE VIEW public.s5_relay_v_fn AS SELECT e FROM public.s5_relay_emails() e;
+         CREATE OR REPLACE VIEW public.s5_relay_v_fn2 AS SELECT e FROM public.s5_relay_v_fn;
+         GRANT SELECT ON public.s5_relay_v_fn, public.s5_relay_v_fn2 TO {READ_USER};"
+    );
+    let inst = start().await;
+    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&setup))
+        .await
+        .unwrap();
+    let client = session(&inst, "support").await;
+    for sql in [
+        "SELECT * FROM s5_relay_v_fn",
+        "SELECT e FROM public.s5_relay_v_fn2",
+    ] {
+        let e = client.simple_query(sql).await.expect_err(sql);
+        let (code, message) = db_error(&e);
+        assert_eq!(code, "42501", "{sql}: {message}");
+        assert!(message.contains("\"support\""), "{sql}: {message}");
+        assert!(!message.contains("@"), "{sql}: {message}");
+    }
+}

@@ -32,7 +32,7 @@ pub struct MaskSnapshot {
     masked: HashMap<(u32, i16), MaskMethod>,
     /// Masked tables (and their children) → their live attribute numbers.
     attributes: HashMap<u32, HashSet<i16>>,
-    /// Views and materialized views that read a masked table.
+    /// Views and materialized views that read a masked table or call user code, and foreign tables.
     dependents: HashSet<u32>,
     /// The role's rules plus a copy for each table inheriting from a masked one.
     pub rules: Vec<MaskRule>,
@@ -47,9 +47,30 @@ fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// Relations whose rows come from code or data timebox cannot see into, counted as reading every
+/// masked table (fail closed): views and materialized views whose rule calls a function or
+/// operator outside `pg_catalog`/`information_schema` (a SQL function's body is not in
+/// `pg_depend`), and foreign tables (they may read the same tables through another connection).
+/// Views over these follow through `dep`'s recursion.
+const HIDDEN_CODE: &str = "builtin AS (SELECT oid FROM pg_catalog.pg_namespace \
+       WHERE nspname IN ('pg_catalog', 'information_schema')), \
+     hidden(relid) AS (SELECT r.ev_class FROM pg_catalog.pg_depend p \
+       JOIN pg_catalog.pg_rewrite r ON r.oid = p.objid \
+       LEFT JOIN pg_catalog.pg_proc f ON p.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+         AND f.oid = p.refobjid \
+       LEFT JOIN pg_catalog.pg_operator o \
+         ON p.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND o.oid = p.refobjid \
+       LEFT JOIN pg_catalog.pg_proc oc ON oc.oid = o.oprcode \
+       WHERE p.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+         AND (f.pronamespace NOT IN (SELECT oid FROM builtin) \
+           OR o.oprnamespace NOT IN (SELECT oid FROM builtin) \
+           OR oc.pronamespace NOT IN (SELECT oid FROM builtin)) \
+       UNION SELECT oid FROM pg_catalog.pg_class WHERE relkind = 'f')";
+
 /// The three statements read in one simple Query: the masked tables' attributes (rule index,
 /// relid, schema, table, attnum, whether it is the masked column), the views over them (rule
-/// index, relid, schema, name) and every relation OID.
+/// index, relid, schema, name; for each view first the rule of a column it names itself, so that
+/// a denial names that column) and every relation OID.
 pub fn snapshot_query(rules: &[MaskRule]) -> String {
     let values: Vec<String> = rules
         .iter()
@@ -77,15 +98,22 @@ pub fn snapshot_query(rules: &[MaskRule]) -> String {
            JOIN pg_catalog.pg_class c ON c.oid = t.relid \
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
            JOIN pg_catalog.pg_attribute a ON a.attrelid = t.relid AND a.attnum > 0 AND NOT a.attisdropped; \
-         {cte}, dep(i, relid) AS (SELECT i, relid FROM tree UNION \
+         {cte}, {HIDDEN_CODE}, dep(i, relid) AS (SELECT i, relid FROM tree UNION \
+           SELECT (SELECT pg_catalog.min(i) FROM m), relid FROM hidden UNION \
            SELECT d.i, r.ev_class FROM dep d \
            JOIN pg_catalog.pg_depend p ON p.refobjid = d.relid \
              AND p.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
              AND p.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
            JOIN pg_catalog.pg_rewrite r ON r.oid = p.objid WHERE r.ev_class <> d.relid) \
-         SELECT DISTINCT d.i, d.relid, n.nspname, c.relname FROM dep d \
-           JOIN pg_catalog.pg_class c ON c.oid = d.relid \
-           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('v', 'm'); \
+         SELECT v.i, v.relid, v.nspname, v.relname FROM (SELECT DISTINCT d.i, d.relid, n.nspname, c.relname \
+           FROM dep d JOIN pg_catalog.pg_class c ON c.oid = d.relid \
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('v', 'm', 'f')) v \
+         ORDER BY v.relid, NOT EXISTS (SELECT 1 FROM tree t \
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = t.relid AND a.attname = t.col \
+           JOIN pg_catalog.pg_depend p ON p.refobjid = t.relid AND p.refobjsubid = a.attnum \
+             AND p.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+             AND p.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+           JOIN pg_catalog.pg_rewrite r ON r.oid = p.objid WHERE t.i = v.i AND r.ev_class = v.relid), v.i; \
          SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_class c \
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')"
     )

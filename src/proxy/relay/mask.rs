@@ -34,7 +34,8 @@ use crate::proxy::ProxyContext;
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Expect {
     Query,
-    Parse(String),
+    /// A statement's name, and whether its result shape is decided when it runs.
+    Parse(String, bool),
     Bind {
         portal: String,
         statement: String,
@@ -59,6 +60,10 @@ enum Layout {
     Masked(Arc<Vec<Option<MaskedColumn>>>),
     /// Rows are not forwarded (why).
     Fail(&'static str),
+    /// A FETCH or EXECUTE in the extended protocol: its columns are decided when it runs (the
+    /// cursor or prepared statement may be closed and declared again after any Describe), so no
+    /// description is trusted and its rows are not forwarded.
+    Runtime,
 }
 
 impl Layout {
@@ -98,6 +103,28 @@ pub(crate) enum MaskStep {
 }
 
 const NO_DESCRIPTION: &str = "no RowDescription timebox saw";
+const NO_DATA: &str = "a Describe answered with NoData (no rows expected)";
+
+/// Whether a Parse text's result shape is decided when it runs, not when it is described: a
+/// `FETCH` (its cursor may be declared, closed and declared again over other columns after the
+/// Describe) or an SQL-level `EXECUTE` (likewise its prepared statement). Unparseable text counts
+/// (fail closed; the interceptor refuses it anyway).
+pub(crate) fn shaped_at_run_time(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    if !lower.contains("fetch") && !lower.contains("execute") {
+        // Keywords cannot be quoted or escaped: without these words it is neither statement.
+        return false;
+    }
+    let Ok(parsed) = pg_query::parse(sql, 0) else {
+        return true;
+    };
+    parsed.protobuf.stmts.iter().any(|raw| {
+        matches!(
+            raw.stmt.as_ref().and_then(|s| s.node.as_ref()),
+            Some(pg_query::NodeEnum::FetchStmt(_) | pg_query::NodeEnum::ExecuteStmt(_)) | None
+        )
+    })
+}
 
 /// A masked role's session: its masks, the target's snapshot entry and the `hash` key. Shared by
 /// the interceptor (the shape check) and the relay (the rewrite).
@@ -273,7 +300,13 @@ impl ResultMask {
         let body = frame.get(5..).unwrap_or_default();
         let expect = match tag {
             b'Q' | b'F' => Expect::Query,
-            b'P' => Expect::Parse(cstr(body).map(|(n, _)| n).unwrap_or_default()),
+            b'P' => match cstr(body) {
+                Some((name, rest)) => {
+                    let runtime = cstr(rest).is_none_or(|(sql, _)| shaped_at_run_time(&sql));
+                    Expect::Parse(name, runtime)
+                }
+                None => Expect::Parse(String::new(), true),
+            },
             b'B' => {
                 let Some((portal, rest)) = cstr(body) else { return };
                 let Some((statement, rest)) = cstr(rest) else {
@@ -344,6 +377,34 @@ impl ResultMask {
         .with_hint("Try again in a moment (timebox re-reads the target's catalog); select masked columns by name from their table, with a RowDescription (Describe) before the rows.")
     }
 
+    /// The rows of an extended-protocol FETCH or EXECUTE.
+    fn runtime_error(&self) -> PgError {
+        let column = self
+            .entry
+            .current()
+            .and_then(|s| s.rules.first().map(|r| r.qualified()))
+            .unwrap_or_else(|| "a masked column".to_owned());
+        PgError::insufficient_privilege(format!(
+            "timebox: role \"{}\" masks columns (such as {column}), and the rows of a FETCH or EXECUTE sent in the extended protocol were not sent: which columns they have is decided when it runs, after any Describe",
+            self.role
+        ))
+        .non_fatal()
+        .with_hint("Send FETCH and EXECUTE as a simple Query (its RowDescription comes with the rows), or select the columns directly.")
+    }
+
+    /// Stores a described layout, unless the statement or portal is shaped at run time (then no
+    /// description is trusted).
+    fn store(&mut self, portal: bool, name: String, layout: Layout) {
+        let map = if portal {
+            &mut self.portals
+        } else {
+            &mut self.statements
+        };
+        if map.get(&name) != Some(&Layout::Runtime) {
+            map.insert(name, layout);
+        }
+    }
+
     /// Pops the front expectation if `f` accepts it.
     fn pop_if(&mut self, f: impl Fn(&Expect) -> bool) -> Option<Expect> {
         if self.pending.front().is_some_and(f) {
@@ -390,11 +451,7 @@ impl ResultMask {
             Some(Expect::Describe { portal, name }) => {
                 let (portal, name) = (*portal, name.clone());
                 self.pending.pop_front();
-                if portal {
-                    self.portals.insert(name, layout);
-                } else {
-                    self.statements.insert(name, layout);
-                }
+                self.store(portal, name, layout);
             }
             _ => self.current = Some(layout),
         }
@@ -425,6 +482,10 @@ impl ResultMask {
                 self.failing = true;
                 MaskStep::Fail(self.error(why))
             }
+            Layout::Runtime => {
+                self.failing = true;
+                MaskStep::Fail(self.runtime_error())
+            }
         }
     }
 
@@ -432,8 +493,12 @@ impl ResultMask {
     fn track(&mut self, tag: u8, status: Option<u8>) {
         match tag {
             b'1' => {
-                if let Some(Expect::Parse(name)) = self.pop_if(|e| matches!(e, Expect::Parse(_))) {
-                    self.statements.remove(&name);
+                if let Some(Expect::Parse(name, runtime)) = self.pop_if(|e| matches!(e, Expect::Parse(..))) {
+                    if runtime {
+                        self.statements.insert(name, Layout::Runtime);
+                    } else {
+                        self.statements.remove(&name);
+                    }
                 }
             }
             b'2' => {
@@ -465,11 +530,9 @@ impl ResultMask {
                 if let Some(Expect::Describe { portal, name }) =
                     self.pop_if(|e| matches!(e, Expect::Describe { .. }))
                 {
-                    if portal {
-                        self.portals.insert(name, Layout::Plain);
-                    } else {
-                        self.statements.insert(name, Layout::Plain);
-                    }
+                    // No rows expected: any that come were not described (a FETCH of a cursor
+                    // declared after the Describe).
+                    self.store(portal, name, Layout::Fail(NO_DATA));
                 }
             }
             b'C' | b'I' | b's' => {

@@ -230,3 +230,77 @@ fn error_details_are_not_forwarded_to_masked_roles() {
         "malformed"
     );
 }
+
+#[test]
+fn fetch_and_execute_are_shaped_at_run_time() {
+    for sql in [
+        "FETCH ALL FROM cur",
+        "  /* x */ fetch 2 from cur",
+        "EXECUTE pp",
+        "execute pp(1, 'a')",
+        "FETCH ALL FROM", // unparseable: fail closed
+    ] {
+        assert!(shaped_at_run_time(sql), "{sql}");
+    }
+    for sql in [
+        "SELECT email FROM customers",
+        "SELECT 'fetch', execute FROM t",
+        "EXPLAIN EXECUTE pp",
+        "DECLARE c CURSOR FOR SELECT 1",
+        "MOVE ALL IN cur", // never returns rows
+    ] {
+        assert!(!shaped_at_run_time(sql), "{sql}");
+    }
+}
+
+#[test]
+fn an_extended_fetch_never_trusts_a_describe() {
+    // Described before its cursor exists (NoData), then bound and executed.
+    let mut m = mask(Some(snapshot()));
+    sent(&mut m, b'P', b"f\0FETCH ALL FROM cur\0\0\0");
+    sent(&mut m, b'D', b"Sf\0");
+    sent(&mut m, b'S', b"");
+    m.on_backend(b'1', &frame(b'1', b""));
+    m.on_backend(b'n', &frame(b'n', b""));
+    m.on_backend(b'Z', &frame(b'Z', b"I"));
+    sent(&mut m, b'B', b"\0f\0\0\0\0\0\0\0");
+    sent(&mut m, b'E', b"\0\0\0\0\0");
+    sent(&mut m, b'S', b"");
+    m.on_backend(b'2', &frame(b'2', b""));
+    let MaskStep::Fail(e) = m.on_backend(b'D', &data_row(&[b"alice@example.com"])) else {
+        panic!("rows of an extended FETCH were forwarded");
+    };
+    assert_eq!(e.code, "42501");
+    assert!(e.message.contains("\"support\"") && e.message.contains("public.customers.email"));
+    assert_eq!(m.on_backend(b'D', &data_row(&[b"bob@shop.test"])), MaskStep::Drop);
+    m.on_backend(b'C', &frame(b'C', b"FETCH 2\0"));
+    m.on_backend(b'Z', &frame(b'Z', b"T"));
+    // Described by a portal Describe over a plain column: still not trusted.
+    sent(&mut m, b'B', b"p\0f\0\0\0\0\0\0\0");
+    sent(&mut m, b'D', b"Pp\0");
+    sent(&mut m, b'E', b"p\0\0\0\0\0");
+    sent(&mut m, b'S', b"");
+    m.on_backend(b'2', &frame(b'2', b""));
+    m.on_backend(b'T', &row_description(&[("id", CUSTOMERS, 1, 23)]));
+    assert!(matches!(
+        m.on_backend(b'D', &data_row(&[b"alice@example.com"])),
+        MaskStep::Fail(_)
+    ));
+}
+
+#[test]
+fn rows_of_a_result_described_as_nodata_are_not_forwarded() {
+    let mut m = mask(Some(snapshot()));
+    sent(&mut m, b'P', b"s\0SELECT 1\0\0\0");
+    sent(&mut m, b'D', b"Ss\0");
+    sent(&mut m, b'B', b"\0s\0\0\0\0\0\0\0");
+    sent(&mut m, b'E', b"\0\0\0\0\0");
+    sent(&mut m, b'S', b"");
+    m.on_backend(b'1', &frame(b'1', b""));
+    m.on_backend(b'n', &frame(b'n', b""));
+    m.on_backend(b'2', &frame(b'2', b""));
+    assert!(matches!(
+        m.on_backend(b'D', &data_row(&[b"alice@example.com"])),
+        MaskStep::Fail(_)
+    ));
+}
