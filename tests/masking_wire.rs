@@ -603,3 +603,48 @@ async fn a_view_calling_a_user_function_counts_as_reading_masked_tables() {
         assert!(!message.contains("@"), "{sql}: {message}");
     }
 }
+
+/// Regression (s5 attack, join alias column lists): `(customers CROSS JOIN …) AS j(i, n, e)`
+/// renames the join's columns; every name such a list gives over a masked table is treated as a
+/// masked column (in expressions, filters and writes), while selecting it directly stays masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_alias_column_lists_do_not_unmask_renamed_columns() {
+    let inst = start().await;
+    let client = session(&inst, "support").await;
+    let clear = ["alice@example.com", "4111111111111111", "123456789"];
+    for sql in [
+        "SELECT j.e || '' FROM (customers CROSS JOIN (SELECT 1) z) AS j(i, n, e)",
+        "SELECT e || '', ca || '', s::text FROM (customers CROSS JOIN (SELECT 1) z) AS j(i, n, e, p, ca, s)",
+        "SELECT upper(j.e) FROM (customers JOIN (SELECT 1 AS k) z ON true) AS j(i, n, e)",
+        "SELECT x.e2 || '' FROM (customers c JOIN customers d USING (id)) AS x(i, n, e, p, ca, s, no, n2, e2)",
+        "SELECT count(*) FROM (customers CROSS JOIN (SELECT 1) z) AS j(i, n, e) WHERE lower(e) LIKE 'alice%'",
+        "SELECT k.c || '' FROM ((customers CROSS JOIN (SELECT 1) z) AS j(i, n, e) CROSS JOIN (SELECT 2) y) AS k(a, b, c)",
+    ] {
+        let e = client.simple_query(sql).await.expect_err(sql);
+        let (code, message) = db_error(&e);
+        assert_eq!(code, "42501", "{sql}: {message}");
+        assert!(message.contains("is masked for role \"support\""), "{sql}: {message}");
+        assert!(message.contains("public.customers."), "{sql}: {message}");
+        assert!(!clear.iter().any(|c| message.contains(c)), "{sql}: {message}");
+    }
+    // A renamed column selected directly is still masked on the wire.
+    let rows = text_rows(
+        &client,
+        "SELECT e FROM (customers CROSS JOIN (SELECT 1) z) AS j(i, n, e) WHERE i = 1",
+    )
+    .await;
+    assert_eq!(rows, vec![some(&["***@example.com"])]);
+    // A write role cannot copy a renamed masked column into an unmasked one (no row matches,
+    // should the statement run).
+    let writer = session(&inst, "support_write").await;
+    let e = writer
+        .simple_query(
+            "UPDATE customers SET name = j.e FROM (customers c2 CROSS JOIN (SELECT 1) z) AS j(i, n, e) WHERE customers.id = j.i AND customers.id < 0",
+        )
+        .await
+        .expect_err("copying a renamed masked column");
+    let (code, message) = db_error(&e);
+    assert_eq!(code, "42501", "{message}");
+    assert!(message.contains("public.customers.email"), "{message}");
+    assert!(message.contains("role \"support_write\""), "{message}");
+}

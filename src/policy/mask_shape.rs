@@ -11,9 +11,11 @@
 //! does not name is still searched; it must never allow a shape it cannot prove safe. Name
 //! resolution is conservative: an unqualified relation with a masked table's name is the masked
 //! table whatever the `search_path`, and a column reference whose name is a masked column of any
-//! masked table the statement names is that masked column. Filters (WHERE, JOIN … ON, ORDER BY,
-//! GROUP BY, HAVING, IN/EXISTS subqueries) may use a masked column as a plain operand of a
-//! comparison, `LIKE`, `IN`, `BETWEEN`, `IS NULL`, ORDER BY or GROUP BY, unless the role sets
+//! masked table the statement names is that masked column, as is every name an alias's column list
+//! gives over a masked table (`customers AS c(i, e)`, and `(customers JOIN z ON …) AS j(i, n, e)` at
+//! any depth: which name lands on which column is not known here). Filters (WHERE, JOIN … ON,
+//! ORDER BY, GROUP BY, HAVING, IN/EXISTS subqueries) may use a masked column as a plain operand
+//! of a comparison, `LIKE`, `IN`, `BETWEEN`, `IS NULL`, ORDER BY or GROUP BY, unless the role sets
 //! `mask_filters = "deny"`; inside an expression, cast or function it is denied there too (an
 //! error message could quote the value).
 
@@ -179,28 +181,52 @@ fn int(v: &Value, key: &str) -> i64 {
     v.get(key).and_then(Value::as_i64).unwrap_or(0)
 }
 
-/// Every RangeVar in the tree (as a node or as a typed field: an object with `relname`), and
-/// every JoinExpr's alias (a whole row of a join may hold a masked column).
-fn range_vars<'v>(v: &'v Value, out: &mut Vec<&'v Map<String, Value>>, joins: &mut Vec<&'v str>) {
+/// What [`range_vars`] finds in a tree.
+#[derive(Default)]
+struct Found<'v> {
+    /// Every RangeVar (as a node or as a typed field: an object with `relname`).
+    rvs: Vec<&'v Map<String, Value>>,
+    /// Every JoinExpr's alias (a whole row of a join may hold a masked column) and CTE name.
+    joins: Vec<&'v str>,
+    /// Every JoinExpr whose alias has a column list (`(a JOIN b) AS j(x, y)` renames columns).
+    renaming_joins: Vec<&'v Map<String, Value>>,
+}
+
+fn range_vars<'v>(v: &'v Value, found: &mut Found<'v>) {
     match v {
-        Value::Array(items) => items.iter().for_each(|i| range_vars(i, out, joins)),
+        Value::Array(items) => items.iter().for_each(|i| range_vars(i, found)),
         Value::Object(o) => {
             // A CTE's name (kept with the joins' aliases, then told apart by the caller).
             if let Some(name) = o.get("ctename").and_then(Value::as_str) {
-                joins.push(name);
+                found.joins.push(name);
             }
             if o.contains_key("relname") && o.contains_key("relpersistence") {
-                out.push(o);
+                found.rvs.push(o);
             }
             if o.contains_key("jointype") {
                 if let Some(a) = o.get("alias") {
-                    joins.push(text(a, "aliasname"));
+                    found.joins.push(text(a, "aliasname"));
+                    if !colnames(a).is_empty() {
+                        found.renaming_joins.push(o);
+                    }
                 }
             }
-            o.values().for_each(|i| range_vars(i, out, joins));
+            o.values().for_each(|i| range_vars(i, found));
         }
         _ => {}
     }
+}
+
+/// The names of an alias's column list (`AS j(i, n, e)`).
+fn colnames(alias: &Value) -> Vec<&str> {
+    alias
+        .get("colnames")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(node)
+        .map(|(_, s)| text(s, "sval"))
+        .collect()
 }
 
 impl<'a> Walker<'a> {
@@ -210,9 +236,12 @@ impl<'a> Walker<'a> {
             names: HashMap::new(),
             aliases: HashMap::new(),
         };
-        let (mut rvs, mut joins) = (Vec::new(), Vec::new());
-        range_vars(tree, &mut rvs, &mut joins);
-        for rv in rvs {
+        let mut found = Found::default();
+        range_vars(tree, &mut found);
+        // Each RangeVar of a masked table (or one the catalog copy does not know) → a masked column.
+        let mut masked: Vec<(&Map<String, Value>, String)> = Vec::new();
+        let joins = found.joins;
+        for rv in found.rvs {
             let (schema, rel) = (
                 rv.get("schemaname").and_then(Value::as_str).unwrap_or(""),
                 rv.get("relname").and_then(Value::as_str).unwrap_or(""),
@@ -249,6 +278,7 @@ impl<'a> Walker<'a> {
                 });
             }
             if let Some(column) = first {
+                masked.push((rv, column.clone()));
                 let alias = rv.get("alias");
                 for name in [rel, alias.map(|a| text(a, "aliasname")).unwrap_or("")] {
                     if !name.is_empty() {
@@ -256,11 +286,25 @@ impl<'a> Walker<'a> {
                     }
                 }
                 // `customers AS c(id, e)` renames columns: any new name may be a masked one.
-                let renamed = alias.and_then(|a| a.get("colnames")).and_then(Value::as_array);
-                for n in renamed.into_iter().flatten().filter_map(node) {
-                    w.names
-                        .entry(text(n.1, "sval").to_owned())
-                        .or_insert_with(|| column.clone());
+                for n in alias.map(colnames).unwrap_or_default() {
+                    w.names.entry(n.to_owned()).or_insert_with(|| column.clone());
+                }
+            }
+        }
+        // `(customers CROSS JOIN z) AS j(i, n, e)` renames the join's columns too. Which name
+        // lands on a masked column depends on the tables' column order (and on USING/NATURAL
+        // merging), which this check does not know: every name of the list counts as masked
+        // when the join (at any depth) reads a masked table.
+        for j in found.renaming_joins {
+            let mut inner = Found::default();
+            j.values().for_each(|v| range_vars(v, &mut inner));
+            let column = inner
+                .rvs
+                .iter()
+                .find_map(|rv| masked.iter().find(|(m, _)| std::ptr::eq(*m, *rv)));
+            if let Some((_, column)) = column {
+                for n in j.get("alias").map(colnames).unwrap_or_default() {
+                    w.names.entry(n.to_owned()).or_insert_with(|| column.clone());
                 }
             }
         }

@@ -350,3 +350,69 @@ fn the_standard_message_names_column_role_and_shapes() {
         "unparseable text fails closed"
     );
 }
+
+/// Regression (s5 attack): a join alias's column list renames the join's columns; every name it
+/// gives over a masked table (at any depth) counts as masked. Other FROM items with column lists
+/// (subqueries, LATERAL, functions, `ROWS FROM`, VALUES, CTEs) cannot carry a masked value in.
+#[test]
+fn join_alias_column_lists_count_as_masked_columns() {
+    for sql in [
+        "SELECT j.e || '' FROM (customers CROSS JOIN (SELECT 1) z) AS j(i, n, e)",
+        "SELECT upper(j.e) FROM (customers JOIN (SELECT 1 AS k) z ON true) AS j(i, n, e)",
+        "SELECT e || '', p || '' FROM (customers CROSS JOIN (SELECT 1) z) AS j(i, n, e, p)",
+        "SELECT x.e2 || '' FROM (customers c JOIN customers d USING (id)) AS x(i, n, e, p, n2, e2)",
+        "SELECT k.c || '' FROM ((customers CROSS JOIN orders) AS j(i, n, e) CROSS JOIN users) AS k(a, b, c)",
+        "SELECT k.c || '' FROM (orders CROSS JOIN (customers CROSS JOIN users)) AS k(a, b, c)",
+        "SELECT k.c || '' FROM (orders o CROSS JOIN (customers AS c(x, y) CROSS JOIN users)) AS k(a, b, c)",
+        "SELECT upper(j.e) FROM (customers_2027 CROSS JOIN orders) AS j(i, n, e)",
+        "SELECT (SELECT upper(j.e) FROM (customers CROSS JOIN orders) AS j(i, n, e) LIMIT 1)",
+        "WITH w AS (SELECT 1) SELECT upper(j.e) FROM (customers CROSS JOIN w) AS j(i, n, e)",
+        "SELECT j.i FROM (customers CROSS JOIN orders) AS j(i, n, e) WHERE lower(j.e) = 'x'",
+        "UPDATE orders SET note = j.e FROM (customers c CROSS JOIN users u) AS j(i, n, e) WHERE orders.id = j.i",
+        "INSERT INTO archive SELECT j.e FROM (customers CROSS JOIN orders) AS j(i, n, e)",
+        "SELECT j FROM (customers CROSS JOIN orders) AS j(i, n, e)",
+        // Subqueries, LATERAL, functions, ROWS FROM, VALUES and CTEs with column lists.
+        "SELECT a FROM (SELECT email FROM customers) AS s(a)",
+        "SELECT s.a FROM (SELECT * FROM customers) AS s(a, b, c)",
+        "SELECT l.x FROM customers c, LATERAL (SELECT c.email) AS l(x)",
+        "SELECT u.x FROM customers c, unnest(ARRAY[c.email]) AS u(x)",
+        "SELECT u.x FROM customers c, ROWS FROM (unnest(ARRAY[c.phone]), generate_series(1, 2)) AS u(x, y)",
+        "SELECT v.a FROM customers c, LATERAL (VALUES (c.email)) AS v(a)",
+        "WITH w(a) AS (SELECT email FROM customers) SELECT a FROM w",
+        "WITH w(a) AS (SELECT c FROM customers c) SELECT a FROM w",
+    ] {
+        let d = run(sql, MaskFilters::Allow).expect_err(sql);
+        assert!(d.reason.contains("public.customers."), "{sql}: {}", d.reason);
+        assert!(d.reason.contains("role \"support\""), "{sql}: {}", d.reason);
+    }
+    let d = run(
+        "SELECT j.e || '' FROM (payments CROSS JOIN orders) AS j(i, e)",
+        MaskFilters::Allow,
+    )
+    .unwrap_err();
+    assert!(
+        d.reason
+            .starts_with("column public.payments.card is masked for role \"support\""),
+        "{}",
+        d.reason
+    );
+    // With mask_filters = "deny", even a plain comparison on a renamed name is denied.
+    let sql = "SELECT j.i FROM (customers CROSS JOIN orders) AS j(i, n, e) WHERE j.e = 'x'";
+    assert!(run(sql, MaskFilters::Allow).is_ok());
+    assert!(run(sql, MaskFilters::Deny).is_err());
+    for sql in [
+        // A renamed column selected directly is masked on the wire (RowDescription names it).
+        "SELECT j.e, i FROM (customers CROSS JOIN orders) AS j(i, n, e) ORDER BY e",
+        // Join alias column lists over tables without masks, beside a masked table.
+        "SELECT upper(j.a) FROM (orders CROSS JOIN users) AS j(a, b)",
+        "SELECT upper(j.a), c.email FROM (orders CROSS JOIN users) AS j(a, b), customers c",
+        "SELECT s.a || '' FROM (SELECT name FROM customers) AS s(a)",
+        "SELECT u.x || '' FROM unnest(ARRAY['a']) AS u(x)",
+    ] {
+        assert!(
+            run(sql, MaskFilters::Allow).is_ok(),
+            "{sql}: {:?}",
+            run(sql, MaskFilters::Allow)
+        );
+    }
+}
