@@ -648,3 +648,85 @@ async fn join_alias_column_lists_do_not_unmask_renamed_columns() {
     assert!(message.contains("public.customers.email"), "{message}");
     assert!(message.contains("role \"support_write\""), "{message}");
 }
+
+/// Regression (s5 re-attack, critical): SQL `CLOSE`/`DECLARE` and `DEALLOCATE`/`PREPARE` reuse the
+/// names of protocol portals and statements, so a layout described before them was applied to the
+/// rows of a cursor or statement re-declared over masked columns (clear values). Every described
+/// layout is stale once such a command ran: the rows are refused until described again, and
+/// described again they are masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_or_statement_declared_again_under_the_same_name_is_not_trusted_to_its_old_describe() {
+    use run_time_shapes::*;
+    let inst = start().await;
+    let (_, token) = inst.grant("alice", "support", "10m").await;
+    let (mut s, mut buf) = raw::login(inst.proxy_addr, "alice", &token).await;
+    let (s, buf) = (&mut s, &mut buf);
+    let refused = |r: &str| {
+        assert!(!CLEAR.iter().any(|c| r.contains(c)), "clear values: {r}");
+        assert!(!r.contains("D:"), "rows were sent: {r}");
+        assert!(r.contains("42501") && r.contains("describe it again"), "{r}");
+    };
+    // A cursor: described as a portal over harmless columns, closed and declared again.
+    exchange(
+        s,
+        buf,
+        &[query("BEGIN; DECLARE g CURSOR FOR SELECT 'x'::text, 'y'::text")],
+    )
+    .await;
+    exchange(s, buf, &[describe(b'P', "g"), sync()]).await;
+    exchange(
+        s,
+        buf,
+        &[query(
+            "CLOSE g; DECLARE g CURSOR FOR SELECT email, card FROM customers",
+        )],
+    )
+    .await;
+    refused(&exchange(s, buf, &[execute("g"), sync()]).await);
+    exchange(s, buf, &[query("ROLLBACK")]).await;
+    // The same through the extended protocol (CLOSE and DECLARE as Parse/Bind/Execute).
+    exchange(
+        s,
+        buf,
+        &[query("BEGIN; DECLARE g2 CURSOR FOR SELECT 'x'::text, 'y'::text")],
+    )
+    .await;
+    exchange(s, buf, &[describe(b'P', "g2"), sync()]).await;
+    let redeclare = [
+        parse("c1", "CLOSE g2"),
+        bind("", "c1"),
+        execute(""),
+        parse("c2", "DECLARE g2 CURSOR FOR SELECT email, card FROM customers"),
+        bind("", "c2"),
+        execute(""),
+        sync(),
+    ];
+    exchange(s, buf, &redeclare).await;
+    refused(&exchange(s, buf, &[execute("g2"), sync()]).await);
+    exchange(s, buf, &[query("ROLLBACK")]).await;
+    // A statement: parsed and described, deallocated and prepared again over masked columns.
+    exchange(
+        s,
+        buf,
+        &[
+            parse("h", "SELECT 'x'::text, 'y'::text"),
+            describe(b'S', "h"),
+            sync(),
+        ],
+    )
+    .await;
+    exchange(
+        s,
+        buf,
+        &[query(
+            "DEALLOCATE h; PREPARE h AS SELECT email, card FROM customers",
+        )],
+    )
+    .await;
+    refused(&exchange(s, buf, &[bind("", "h"), execute(""), sync()]).await);
+    // Described again, its rows are masked.
+    let again = exchange(s, buf, &[describe(b'S', "h"), bind("", "h"), execute(""), sync()]).await;
+    assert!(!CLEAR.iter().any(|c| again.contains(c)), "clear values: {again}");
+    assert!(again.contains("D:") && again.contains("@example.com"), "{again}");
+    let _ = inst.shutdown().await;
+}

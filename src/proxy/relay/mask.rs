@@ -14,7 +14,7 @@
 //! gets ERROR 42501 in their place (and a fresh snapshot is asked for). Pure apart from the
 //! snapshot it reads; must never let a row of a masked column out unmasked.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -33,7 +33,9 @@ use crate::proxy::ProxyContext;
 /// A frontend message whose answer decides a later DataRow's columns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Expect {
-    Query,
+    /// A simple Query; `true` when its text may close, declare or prepare a cursor or statement
+    /// (every described layout is then stale once it completes).
+    Query(bool),
     /// A statement's name, and whether its result shape is decided when it runs.
     Parse(String, bool),
     Bind {
@@ -104,10 +106,22 @@ pub(crate) enum MaskStep {
 
 const NO_DESCRIPTION: &str = "no RowDescription timebox saw";
 const NO_DATA: &str = "a Describe answered with NoData (no rows expected)";
+const STALE: &str =
+    "a description from before a CLOSE, DECLARE, PREPARE, DEALLOCATE or DISCARD (describe it again)";
 
 /// Whether a Parse text's result shape is decided when it runs, not when it is described: a
 /// `FETCH` (its cursor may be declared, closed and declared again over other columns after the
 /// Describe) or an SQL-level `EXECUTE` (likewise its prepared statement). Unparseable text counts
+/// Whether `sql` may close, declare or prepare a cursor or statement (whose names protocol portals
+/// and statements share): a plain substring test on the lowercased text, so comments and
+/// identifiers may over-match (they only make described layouts stale: fail closed).
+pub(crate) fn reshapes_names(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    ["declare", "close", "prepare", "deallocate", "discard"]
+        .iter()
+        .any(|k| lower.contains(k))
+}
+
 /// (fail closed; the interceptor refuses it anyway).
 pub(crate) fn shaped_at_run_time(sql: &str) -> bool {
     let lower = sql.to_ascii_lowercase();
@@ -203,6 +217,10 @@ pub(crate) struct ResultMask {
     pending: VecDeque<Expect>,
     statements: HashMap<String, Layout>,
     portals: HashMap<String, Layout>,
+    /// Statements (and the portals bound from them) whose text may close, declare or prepare a
+    /// cursor or statement: once one runs, every described layout is stale.
+    reshaping_statements: HashSet<String>,
+    reshaping_portals: HashSet<String>,
     /// The simple Query's current result.
     current: Option<Layout>,
     /// Rows of the current result are being dropped (the client has the error).
@@ -283,6 +301,8 @@ impl ResultMask {
             pending: VecDeque::new(),
             statements: HashMap::new(),
             portals: HashMap::new(),
+            reshaping_statements: HashSet::new(),
+            reshaping_portals: HashSet::new(),
             current: None,
             failing: false,
             wants_refresh: false,
@@ -299,10 +319,16 @@ impl ResultMask {
     pub(crate) fn on_frontend(&mut self, tag: u8, frame: &[u8]) {
         let body = frame.get(5..).unwrap_or_default();
         let expect = match tag {
-            b'Q' | b'F' => Expect::Query,
+            b'Q' => Expect::Query(reshapes_names(&cstr(body).map(|(q, _)| q).unwrap_or_default())),
+            b'F' => Expect::Query(false),
             b'P' => match cstr(body) {
                 Some((name, rest)) => {
                     let runtime = cstr(rest).is_none_or(|(sql, _)| shaped_at_run_time(&sql));
+                    if cstr(rest).is_none_or(|(sql, _)| reshapes_names(&sql)) {
+                        self.reshaping_statements.insert(name.clone());
+                    } else {
+                        self.reshaping_statements.remove(&name);
+                    }
                     Expect::Parse(name, runtime)
                 }
                 None => Expect::Parse(String::new(), true),
@@ -402,6 +428,17 @@ impl ResultMask {
         };
         if map.get(&name) != Some(&Layout::Runtime) {
             map.insert(name, layout);
+        }
+    }
+
+    /// SQL `CLOSE`/`DECLARE`/`PREPARE`/`DEALLOCATE`/`DISCARD` share names with protocol portals
+    /// and statements: after one ran, no layout described before may be trusted (a cursor or
+    /// statement of the same name may now return other columns). Rows then fail until described again.
+    fn invalidate_all(&mut self) {
+        for layout in self.statements.values_mut().chain(self.portals.values_mut()) {
+            if *layout != Layout::Runtime {
+                *layout = Layout::Fail(STALE);
+            }
         }
     }
 
@@ -512,6 +549,11 @@ impl ResultMask {
                         .statements
                         .get(&statement)
                         .map_or(Layout::Fail(NO_DESCRIPTION), |l| l.with_formats(&formats));
+                    if self.reshaping_statements.contains(&statement) {
+                        self.reshaping_portals.insert(portal.clone());
+                    } else {
+                        self.reshaping_portals.remove(&portal);
+                    }
                     self.portals.insert(portal, layout);
                 }
             }
@@ -537,14 +579,18 @@ impl ResultMask {
             }
             b'C' | b'I' | b's' => {
                 self.failing = false;
-                if self.pop_if(|e| matches!(e, Expect::Execute(_))).is_none() {
-                    self.current = None;
+                match self.pop_if(|e| matches!(e, Expect::Execute(_))) {
+                    Some(Expect::Execute(portal)) if self.reshaping_portals.contains(&portal) => {
+                        self.invalidate_all()
+                    }
+                    Some(_) => {}
+                    None => self.current = None,
                 }
             }
             b'E' => {
                 self.failing = false;
                 self.current = None;
-                if !matches!(self.pending.front(), Some(Expect::Query)) {
+                if !matches!(self.pending.front(), Some(Expect::Query(_))) {
                     while self.pending.front().is_some_and(|e| *e != Expect::Sync) {
                         self.pending.pop_front();
                     }
@@ -554,7 +600,10 @@ impl ResultMask {
                 self.failing = false;
                 self.current = None;
                 while let Some(e) = self.pending.pop_front() {
-                    if matches!(e, Expect::Sync | Expect::Query) {
+                    if e == Expect::Query(true) {
+                        self.invalidate_all();
+                    }
+                    if matches!(e, Expect::Sync | Expect::Query(_)) {
                         break;
                     }
                 }

@@ -304,3 +304,22 @@ fn rows_of_a_result_described_as_nodata_are_not_forwarded() {
         MaskStep::Fail(_)
     ));
 }
+
+#[test]
+fn commands_that_reuse_portal_or_statement_names_are_seen_in_any_spelling() {
+    use super::reshapes_names;
+    for sql in [
+        "CLOSE g",
+        "close ALL",
+        "DECLARE c CURSOR FOR SELECT 1",
+        "PREPARE p AS SELECT 1",
+        "deallocate p",
+        "DISCARD ALL",
+        "BEGIN; Declare x CURSOR WITH HOLD FOR SELECT email FROM customers",
+    ] {
+        assert!(reshapes_names(sql), "{sql}");
+    }
+    for sql in ["SELECT email FROM customers", "FETCH ALL FROM g", "MOVE NEXT IN g"] {
+        assert!(!reshapes_names(sql), "{sql}");
+    }
+}
