@@ -28,17 +28,8 @@ async fn instance(db: &StoreDatabase, name: &str, reconcile: &str) -> TestInstan
 }
 
 async fn instance_with(db: &StoreDatabase, name: &str, reconcile: &str, staleness: &str) -> TestInstance {
-    let store = format!(
-        "{}\n[fleet]\ninstance = \"{name}\"\nreconcile_interval = \"{reconcile}\"\nmax_staleness = \"{staleness}\"\n\
-         heartbeat_interval = \"250ms\"\ninstance_timeout = \"5s\"",
-        db.store_lines()
-    );
-    common::start(Options {
-        tls: "disabled",
-        store: Some(store),
-        ..Options::default()
-    })
-    .await
+    let fleet = common::fleet::timings(reconcile, staleness);
+    common::fleet::instance_on(db, name, &fleet, Options::default()).await
 }
 
 /// A and B on a fresh store database.
@@ -50,19 +41,7 @@ async fn fleet(reconcile: &str) -> (Arc<StoreDatabase>, TestInstance, TestInstan
 }
 
 async fn issue_on(inst: &TestInstance, user: &str, ttl: &str) -> (String, String) {
-    let (status, issued) = call(
-        &inst.admin_url(),
-        Method::POST,
-        "/v1/grants",
-        ADMIN_TOKEN,
-        Some(json!({ "user": user, "target": "shop", "role": "read", "ttl": ttl, "reason": "fleet test" })),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{issued}");
-    (
-        issued["id"].as_str().unwrap().to_owned(),
-        issued["token"].as_str().unwrap().to_owned(),
-    )
+    common::fleet::issue_read(inst, user, ttl, "fleet test").await
 }
 
 /// A tokio-postgres session through `inst`, running `SELECT pg_sleep(60)` in the background once

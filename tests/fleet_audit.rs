@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 use timebox::clock::Clock;
-use tokio_postgres::NoTls;
 
+use common::fleet::session;
 use common::http::call;
-use common::{Options, StoreDatabase, TestInstance, ADMIN_TOKEN, AUDITOR_TOKEN};
+use common::{Options, StoreDatabase, TestInstance, AUDITOR_TOKEN};
 
 /// Generous bound for shipping on a loaded 2-core machine (the shipper polls every 500 ms).
 const SHIPPED: Duration = Duration::from_secs(60);
@@ -29,39 +29,11 @@ async fn get(inst: &TestInstance, path: &str) -> Value {
 
 /// Instance `name` on the store (reconcile far off: this file is not about grant changes).
 async fn instance(db: &StoreDatabase, name: &str, opts: Options) -> TestInstance {
-    let store = format!(
-        "{}\n[fleet]\ninstance = \"{name}\"\nreconcile_interval = \"60s\"\nmax_staleness = \"10m\"\n\
-         heartbeat_interval = \"250ms\"\ninstance_timeout = \"5s\"",
-        db.store_lines()
-    );
-    common::start(Options {
-        tls: "disabled",
-        store: Some(store),
-        ..opts
-    })
-    .await
+    common::fleet::instance_on(db, name, &common::fleet::timings("60s", "10m"), opts).await
 }
 
 async fn issue_on(inst: &TestInstance, user: &str) -> String {
-    let (status, issued) = call(
-        &inst.admin_url(),
-        Method::POST,
-        "/v1/grants",
-        ADMIN_TOKEN,
-        Some(json!({ "user": user, "target": "shop", "role": "read", "ttl": "30m", "reason": "audit test" })),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{issued}");
-    issued["token"].as_str().unwrap().to_owned()
-}
-
-/// A tokio-postgres session through `inst`.
-async fn session(inst: &TestInstance, user: &str, token: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&inst.conn_string(user, token, "disable"), NoTls)
-        .await
-        .expect("login through the proxy");
-    tokio::spawn(connection);
-    client
+    common::fleet::issue_read(inst, user, "30m", "audit test").await.1
 }
 
 /// (count, distinct seqs, min seq, max seq) of `instance`'s rows in the central table.
