@@ -577,23 +577,12 @@ async fn a_cancel_through_a_round_robin_balancer_cancels_the_query_whichever_ins
     //    B and is forwarded to A.
     drop(tokio::net::TcpStream::connect(lb.addr).await.unwrap());
     let psql = common::cluster::shared_cluster().install().psql_path();
-    let child = std::process::Command::new(psql)
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-d",
-            &lb.conn("alice", "sslmode=disable"),
-            "-c",
-            "SELECT pg_sleep(30)",
-        ])
-        .env("PGPASSWORD", &token)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run psql");
+    let child = common::wire::spawn_psql(
+        psql,
+        &lb.conn("alice", "sslmode=disable"),
+        &token,
+        "SELECT pg_sleep(30)",
+    );
     until_sleeping(&id).await;
     let started = Instant::now();
     let status = std::process::Command::new("kill")

@@ -32,6 +32,16 @@ async fn instance(db: &StoreDatabase, name: &str, opts: Options) -> TestInstance
     common::fleet::instance_on(db, name, &common::fleet::timings("60s", "10m"), opts).await
 }
 
+/// Instance `tb-a` on the store keeping one day of audit records, on `clock`.
+async fn retaining_instance(db: &StoreDatabase, clock: &Arc<timebox::clock::ManualClock>) -> TestInstance {
+    let opts = Options {
+        clock: Some(clock.clone()),
+        audit_extra: "retain = \"1d\"".into(),
+        ..Options::default()
+    };
+    instance(db, "tb-a", opts).await
+}
+
 async fn issue_on(inst: &TestInstance, user: &str) -> String {
     common::fleet::issue_read(inst, user, "30m", "audit test").await.1
 }
@@ -241,16 +251,7 @@ async fn retention_drops_old_partitions_and_local_rows_and_verify_passes_from_th
     let db = Arc::new(StoreDatabase::create_async().await);
     let start = chrono::Utc::now() - chrono::Duration::days(3);
     let clock = Arc::new(timebox::clock::ManualClock::new(start));
-    let a = instance(
-        &db,
-        "tb-a",
-        Options {
-            clock: Some(clock.clone()),
-            audit_extra: "retain = \"1d\"".into(),
-            ..Options::default()
-        },
-    )
-    .await;
+    let a = retaining_instance(&db, &clock).await;
     // Three days ago: a grant and statements.
     let token = issue_on(&a, "alice").await;
     let client = session(&a, "alice", &token).await;
@@ -365,16 +366,7 @@ async fn audit_bytes_per_statement() {
     let clock = Arc::new(timebox::clock::ManualClock::new(
         chrono::Utc::now() - chrono::Duration::days(3),
     ));
-    let a = instance(
-        &db,
-        "tb-a",
-        Options {
-            clock: Some(clock.clone()),
-            audit_extra: "retain = \"1d\"".into(),
-            ..Options::default()
-        },
-    )
-    .await;
+    let a = retaining_instance(&db, &clock).await;
     let audit_dir = a.dir.path().join("audit");
     let local_before = dir_bytes(&audit_dir);
     let central_bytes = || {

@@ -10,6 +10,7 @@ pub mod pg;
 // Shared setups (issue 10): fleet instances on one store, `timebox serve` as a child process.
 pub mod child;
 pub mod fleet;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
