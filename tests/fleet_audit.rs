@@ -42,6 +42,21 @@ async fn retaining_instance(db: &StoreDatabase, clock: &Arc<timebox::clock::Manu
     instance(db, "tb-a", opts).await
 }
 
+/// One retention pass on `inst` keeping a day, at `clock`'s now.
+async fn retain_one_day(
+    inst: &TestInstance,
+    clock: &timebox::clock::ManualClock,
+) -> timebox::audit::retention::RetentionOutcome {
+    timebox::audit::retention::run_once(
+        &inst.state.audit,
+        inst.state.central_audit.as_deref(),
+        Duration::from_secs(86_400),
+        clock.now(),
+    )
+    .await
+    .unwrap()
+}
+
 async fn issue_on(inst: &TestInstance, user: &str) -> String {
     common::fleet::issue_read(inst, user, "30m", "audit test").await.1
 }
@@ -270,14 +285,7 @@ async fn retention_drops_old_partitions_and_local_rows_and_verify_passes_from_th
     issue_on(&a, "bob").await;
     assert!(all_shipped(&db, &a, "tb-a").await);
 
-    let done = timebox::audit::retention::run_once(
-        &a.state.audit,
-        a.state.central_audit.as_deref(),
-        Duration::from_secs(86_400),
-        clock.now(),
-    )
-    .await
-    .unwrap();
+    let done = retain_one_day(&a, &clock).await;
     let old_day = timebox::store::postgres::audit::partition_name(start.date_naive());
     assert!(done.dropped_partitions.contains(&old_day), "{done:?}");
     assert!(done.pruned_local > 0, "{done:?}");
@@ -435,14 +443,7 @@ async fn audit_bytes_per_statement() {
         central as f64 / N as f64
     );
     clock.advance(chrono::Duration::days(3));
-    let done = timebox::audit::retention::run_once(
-        &a.state.audit,
-        a.state.central_audit.as_deref(),
-        Duration::from_secs(86_400),
-        clock.now(),
-    )
-    .await
-    .unwrap();
+    let done = retain_one_day(&a, &clock).await;
     println!(
         "after retention ({} local rows pruned, partitions {:?}): local files {} B (index pages in use {} B), \
          central table {} B",

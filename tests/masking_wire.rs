@@ -171,15 +171,7 @@ async fn direct_columns_are_masked_by_every_method_in_text_and_binary() {
     .await;
     assert!(out.stdout.contains("***@example.com"), "{out:?}");
     assert!(!out.stdout.contains("alice@example.com"), "{out:?}");
-    let metrics = reqwest::Client::new()
-        .get(format!("{}/metrics", inst.admin_url()))
-        .bearer_auth(common::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::wire::metrics_text(&inst).await;
     assert!(!metrics.contains("timebox_masked_values_total 0\n"), "{metrics}");
     // The statement record names the masked columns it read (never their values).
     let db = inst.audit_db();
@@ -274,15 +266,7 @@ async fn bypass_attempts_are_denied_naming_the_column() {
     // The session goes on.
     let rows = text_rows(&client, "SELECT email FROM customers WHERE id = 1").await;
     assert_eq!(rows, vec![some(&["***@example.com"])]);
-    let metrics = reqwest::Client::new()
-        .get(format!("{}/metrics", inst.admin_url()))
-        .bearer_auth(common::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::wire::metrics_text(&inst).await;
     let denials: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("timebox_masking_denials_total "))

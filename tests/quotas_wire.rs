@@ -110,15 +110,7 @@ async fn a_large_select_is_stopped_its_query_cancelled_and_the_session_goes_on()
     })
     .await;
     assert!(found, "the outcomes view shows the quota stop");
-    let metrics = reqwest::Client::new()
-        .get(format!("{}/metrics", inst.admin_url()))
-        .bearer_auth(common::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::wire::metrics_text(&inst).await;
     assert!(
         metrics.contains("timebox_quota_stops_total{limit=\"max_rows_per_statement\"} 1"),
         "{metrics}"

@@ -1,5 +1,5 @@
 //! Small shared pieces of the wire tests (issue 10): the raw bytes of an answer, the config lines
-//! of an extra upstream credential, psql as a child process to interrupt.
+//! of an extra upstream credential, psql as a child process to interrupt, the metrics text.
 
 use std::ffi::OsStr;
 use std::process::{Child, Command, Stdio};
@@ -47,4 +47,17 @@ pub fn spawn_psql(psql: impl AsRef<OsStr>, conn: &str, password: &str, sql: &str
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn psql")
+}
+
+/// The text of `inst`'s `/metrics`, scraped with the admin token.
+pub async fn metrics_text(inst: &super::TestInstance) -> String {
+    reqwest::Client::new()
+        .get(format!("{}/metrics", inst.admin_url()))
+        .bearer_auth(super::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
