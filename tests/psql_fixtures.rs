@@ -67,8 +67,7 @@ fn queries_file() -> PathBuf {
 /// of versions that send it; one `Fixture` per (server, psql) pair named.
 fn load_fixtures(file: &Path) -> Vec<Fixture> {
     let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
-    // (meta-command, (server, psql) pairs, text) per block.
-    let mut blocks: Vec<(String, Vec<(u32, String)>, String)> = Vec::new();
+    let mut blocks: Vec<Block> = Vec::new();
     for line in text.lines() {
         if let Some(meta) = line.strip_prefix("--- ") {
             blocks.push((meta.to_owned(), Vec::new(), String::new()));
@@ -96,6 +95,9 @@ fn load_fixtures(file: &Path) -> Vec<Fixture> {
     out
 }
 
+/// One `--- ` block of `queries.sql`: (meta-command, (server, psql major) pairs, query text).
+type Block = (String, Vec<(u32, String)>, String);
+
 /// `13 14 on PostgreSQL 15 16` (a versions line after its `-- psql `) as its (server, psql) pairs.
 fn version_pairs(versions: &str) -> Vec<(u32, String)> {
     let (psqls, servers) = versions
@@ -122,8 +124,11 @@ fn with_oids(sql: &str, oid: impl Fn(&str) -> String) -> String {
     out
 }
 
+/// Rows a simple query returned, or the server's (or the proxy's) error.
+type RowCount = Result<usize, String>;
+
 /// Rows the simple query returned, or the server's (or the proxy's) error.
-async fn row_count(client: &Client, sql: &str) -> Result<usize, String> {
+async fn row_count(client: &Client, sql: &str) -> RowCount {
     match client.simple_query(sql).await {
         Ok(msgs) => Ok(msgs
             .iter()
@@ -177,7 +182,7 @@ async fn every_captured_psql_describe_query_passes_under_a_read_grant() {
 
     let mut failures = Vec::new();
     // A query several psqls send is run once; each of them is still checked against its answer.
-    let mut answers: HashMap<String, (Result<usize, String>, Result<usize, String>)> = HashMap::new();
+    let mut answers: HashMap<String, (RowCount, RowCount)> = HashMap::new();
     for f in &fixtures {
         // A key oids.sql does not know is a fixture captured against objects setup.sql no longer
         // creates.
