@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Captures the describe queries of one or more psql binaries as test fixtures (issue 12 item 2):
-# tests/fixtures/psql/<major>.sql, replayed by tests/psql_fixtures.rs through timebox under a read
+# tests/fixtures/psql/queries.sql, replayed by tests/psql_fixtures.rs through timebox under a read
 # grant. Not run in CI; run it by hand when a psql release changes its queries.
 #
 # Usage: scripts/capture-psql-fixtures.sh /path/to/psql [/path/to/psql ...]
@@ -18,18 +18,17 @@
 # run `psql -X -E -c <command>` (ECHO_HIDDEN prints every query psql sends) and keep the printed
 # queries. OIDs of the fixture objects are replaced by `{{key}}` placeholders (keys from
 # tests/fixtures/psql/oids.sql) so the test can put its own cluster's OIDs back. A query that
-# appears twice in one version is kept once. The cluster is stopped and deleted on exit.
+# appears twice in one version is kept once. Then scripts/psql-fixtures-merge.py merges the capture
+# into queries.sql, where each distinct query stands once with the psql and server majors that send
+# it: the (server, psql) pairs captured now replace the ones recorded before, and for a server other
+# than 15 a query the same psql sends to PostgreSQL 15 is left out. To capture another server:
+#   PG_BINDIR=/path/to/16/bin scripts/capture-psql-fixtures.sh psql13 psql14 psql15 psql16 psql17
+# (capture PostgreSQL 15 first: the other servers are compared with it). The cluster is stopped and
+# deleted on exit.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 FIX=tests/fixtures/psql
-# OUT_DIR: where <major>.sql files go (default: the fixture directory itself). BASE_DIR: when set,
-# a query already in $BASE_DIR/<major>.sql is left out. For another server version:
-#   PG_BINDIR=/path/to/16/bin OUT_DIR=tests/fixtures/psql/server16 BASE_DIR=tests/fixtures/psql \
-#       scripts/capture-psql-fixtures.sh psql13 psql14 psql15 psql16 psql17
-OUT_DIR=${OUT_DIR:-$FIX}
-BASE_DIR=${BASE_DIR:-}
-mkdir -p "$OUT_DIR"
 [[ $# -ge 1 ]] || { sed -n '2,13p' "$0"; exit 2; }
 
 PG_BINDIR=${PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}
@@ -57,6 +56,9 @@ admin=(psql -h "$work" -p "$port" -U postgres -X -q -v ON_ERROR_STOP=1)
 # client_min_messages: CREATE PUBLICATION warns that wal_level is not logical, which is fine here.
 "${admin[@]}" -d shop -c "SET client_min_messages = error" -f "$FIX/setup.sql"
 server=$("${admin[@]}" -d shop -At -c "SHOW server_version" | cut -d' ' -f1)
+# Each psql's capture goes to $OUT_DIR/<major>.sql first, then into queries.sql (below).
+OUT_DIR="$work/captured"
+mkdir -p "$OUT_DIR"
 
 # One sed expression per fixture OID: the OID as a whole word becomes {{key}}.
 oid_sed="$work/oids.sed"
@@ -93,25 +95,7 @@ for psql_bin in "$@"; do
                 inq { q = q $0 "\n" }' \
             | sed -f "$oid_sed" >>"$out" || true
     done <"$FIX/commands.txt"
-    if [[ -n $BASE_DIR ]]; then
-        # Keep the header and every block whose text is not a block of the base file.
-        awk -v base="$BASE_DIR/$major.sql" '
-            BEGIN {
-                while ((getline line < base) > 0) {
-                    if (line ~ /^--- /) { if (inb) have[bq] = 1; inb = 1; bq = ""; continue }
-                    if (inb) bq = bq line "\n"
-                }
-                if (inb) have[bq] = 1
-            }
-            function flush() { if (meta != "" && !(q in have)) printf "--- %s\n%s", meta, q }
-            /^--- / {
-                if (!noted) { print "-- Queries identical to one in " base " are left out."; noted = 1 }
-                flush(); meta = substr($0, 5); q = ""; next
-            }
-            meta == "" { print; next }
-            { q = q $0 "\n" }
-            END { flush() }
-        ' "$out" >"$work/filtered" && mv "$work/filtered" "$out"
-    fi
-    echo "$out: $(grep -c '^--- ' "$out") queries from psql $version"
+    echo "psql $version: $(grep -c '^--- ' "$out") queries sent to PostgreSQL $server"
 done
+python3 scripts/psql-fixtures-merge.py "$FIX/queries.sql" "${server%%.*}" "$OUT_DIR"/*.sql
+echo "$FIX/queries.sql: $(grep -c '^--- ' "$FIX/queries.sql") distinct queries"

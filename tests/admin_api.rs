@@ -58,6 +58,13 @@ fn ids(list: &Value) -> Vec<String> {
         .collect()
 }
 
+/// A 422 `invalid_request` naming `field` (case `what` of a table).
+fn assert_invalid_field(a: &Answer, what: &str, field: &str) {
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{what}: {}", a.text);
+    assert_eq!(a.json["code"], "invalid_request", "{what}: {}", a.text);
+    assert_eq!(a.json["field"], field, "{what}: {}", a.text);
+}
+
 fn assert_error(a: &Answer, status: StatusCode, code: &str) {
     assert_eq!(a.status, status, "{}", a.text);
     assert_eq!(a.json["code"], code, "{}", a.text);
@@ -208,9 +215,7 @@ async fn invalid_grant_requests_are_422_naming_the_field() {
     ];
     for (what, body, field) in cases {
         let a = post(&base, "/v1/grants", ADMIN_TOKEN, body).await;
-        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{what}: {}", a.text);
-        assert_eq!(a.json["code"], "invalid_request", "{what}: {}", a.text);
-        assert_eq!(a.json["field"], field, "{what}: {}", a.text);
+        assert_invalid_field(&a, what, field);
         let message = a.json["message"].as_str().unwrap();
         assert!(message.starts_with(&format!("{field}:")), "{what}: {message}");
     }
@@ -344,9 +349,7 @@ async fn control_characters_in_names_and_reasons_are_422_naming_the_field() {
     ];
     for (what, body, field) in cases {
         let a = post(&base, "/v1/grants", ADMIN_TOKEN, body).await;
-        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{what}: {}", a.text);
-        assert_eq!(a.json["code"], "invalid_request", "{what}: {}", a.text);
-        assert_eq!(a.json["field"], field, "{what}: {}", a.text);
+        assert_invalid_field(&a, what, field);
     }
     let list = get(&base, "/v1/grants", ADMIN_TOKEN).await;
     assert_eq!(ids(&list.json), Vec::<String>::new(), "nothing was issued");

@@ -139,26 +139,9 @@ async fn nothing_reaches_the_database_unaudited_even_on_kill_9() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let free_port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (proxy_port, admin_port) = (free_port(), free_port());
-    let text = common::config_text(&Options::default(), dir.path(), cluster_port)
-        .replacen(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{proxy_port}\""),
-            1,
-        )
-        .replacen(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{admin_port}\""),
-            1,
-        )
-        .replace("tls = \"optional\"", "tls = \"disabled\"");
+    let (text, proxy_port, admin_port) =
+        common::child::config_on_fixed_ports(&Options::default(), dir.path(), cluster_port);
+    let text = text.replace("tls = \"optional\"", "tls = \"disabled\"");
     let config = dir.path().join("timebox.toml");
     std::fs::write(&config, text).unwrap();
     let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_timebox"))

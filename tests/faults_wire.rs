@@ -56,6 +56,14 @@ async fn records(inst: &common::TestInstance, kind: &str, grant_id: &str) -> Vec
         .collect()
 }
 
+/// A libpq connection string for `alice` through `inst`, TLS off, with her token.
+fn alice_conn(inst: &common::TestInstance, token: &str) -> String {
+    format!(
+        "{} password={token}",
+        common::proxy_conn(inst, "alice", "sslmode=disable")
+    )
+}
+
 /// The proxy still serves: a new session of the same grant runs a query.
 async fn still_serving(conn: &str) {
     let client = connect(conn).await;
@@ -72,10 +80,7 @@ async fn still_serving(conn: &str) {
 async fn upstream_killed_mid_query() {
     let inst = common::start(Options::default()).await;
     let (grant, token) = inst.grant("alice", "read", "10m").await;
-    let conn = format!(
-        "{} password={token}",
-        common::proxy_conn(&inst, "alice", "sslmode=disable")
-    );
+    let conn = alice_conn(&inst, &token);
     let client = connect(&conn).await;
     let running = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(60)").await });
     assert_eq!(kill_upstream(&grant.id, "%pg_sleep(60)%").await, 1);
@@ -172,10 +177,7 @@ async fn upstream_killed_mid_copy_out() {
     use futures::StreamExt;
     let inst = common::start(Options::default()).await;
     let (grant, token) = inst.grant("alice", "read", "10m").await;
-    let conn = format!(
-        "{} password={token}",
-        common::proxy_conn(&inst, "alice", "sslmode=disable")
-    );
+    let conn = alice_conn(&inst, &token);
     let client = connect(&conn).await;
     let stream = client
         .copy_out("COPY (SELECT n, pg_sleep(0.001) FROM generate_series(1, 100000) n) TO STDOUT")
@@ -231,10 +233,7 @@ async fn a_client_that_never_reads_a_large_result_costs_bounded_memory() {
     sock.write_all(&q).await.unwrap();
     // Give the upstream time to produce far more than any buffer should hold.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let conn = format!(
-        "{} password={token}",
-        common::proxy_conn(&inst, "alice", "sslmode=disable")
-    );
+    let conn = alice_conn(&inst, &token);
     still_serving(&conn).await;
     let grown = rss_bytes().saturating_sub(before);
     assert!(

@@ -28,17 +28,8 @@ async fn instance(db: &StoreDatabase, name: &str, reconcile: &str) -> TestInstan
 }
 
 async fn instance_with(db: &StoreDatabase, name: &str, reconcile: &str, staleness: &str) -> TestInstance {
-    let store = format!(
-        "{}\n[fleet]\ninstance = \"{name}\"\nreconcile_interval = \"{reconcile}\"\nmax_staleness = \"{staleness}\"\n\
-         heartbeat_interval = \"250ms\"\ninstance_timeout = \"5s\"",
-        db.store_lines()
-    );
-    common::start(Options {
-        tls: "disabled",
-        store: Some(store),
-        ..Options::default()
-    })
-    .await
+    let fleet = common::fleet::timings(reconcile, staleness);
+    common::fleet::instance_on(db, name, &fleet, Options::default()).await
 }
 
 /// A and B on a fresh store database.
@@ -50,19 +41,7 @@ async fn fleet(reconcile: &str) -> (Arc<StoreDatabase>, TestInstance, TestInstan
 }
 
 async fn issue_on(inst: &TestInstance, user: &str, ttl: &str) -> (String, String) {
-    let (status, issued) = call(
-        &inst.admin_url(),
-        Method::POST,
-        "/v1/grants",
-        ADMIN_TOKEN,
-        Some(json!({ "user": user, "target": "shop", "role": "read", "ttl": ttl, "reason": "fleet test" })),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{issued}");
-    (
-        issued["id"].as_str().unwrap().to_owned(),
-        issued["token"].as_str().unwrap().to_owned(),
-    )
+    common::fleet::issue_read(inst, user, ttl, "fleet test").await
 }
 
 /// A tokio-postgres session through `inst`, running `SELECT pg_sleep(60)` in the background once
@@ -598,23 +577,12 @@ async fn a_cancel_through_a_round_robin_balancer_cancels_the_query_whichever_ins
     //    B and is forwarded to A.
     drop(tokio::net::TcpStream::connect(lb.addr).await.unwrap());
     let psql = common::cluster::shared_cluster().install().psql_path();
-    let child = std::process::Command::new(psql)
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-d",
-            &lb.conn("alice", "sslmode=disable"),
-            "-c",
-            "SELECT pg_sleep(30)",
-        ])
-        .env("PGPASSWORD", &token)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run psql");
+    let child = common::wire::spawn_psql(
+        psql,
+        &lb.conn("alice", "sslmode=disable"),
+        &token,
+        "SELECT pg_sleep(30)",
+    );
     until_sleeping(&id).await;
     let started = Instant::now();
     let status = std::process::Command::new("kill")

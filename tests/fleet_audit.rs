@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 use timebox::clock::Clock;
-use tokio_postgres::NoTls;
 
+use common::fleet::session;
 use common::http::call;
-use common::{Options, StoreDatabase, TestInstance, ADMIN_TOKEN, AUDITOR_TOKEN};
+use common::{Options, StoreDatabase, TestInstance, AUDITOR_TOKEN};
 
 /// Generous bound for shipping on a loaded 2-core machine (the shipper polls every 500 ms).
 const SHIPPED: Duration = Duration::from_secs(60);
@@ -29,39 +29,36 @@ async fn get(inst: &TestInstance, path: &str) -> Value {
 
 /// Instance `name` on the store (reconcile far off: this file is not about grant changes).
 async fn instance(db: &StoreDatabase, name: &str, opts: Options) -> TestInstance {
-    let store = format!(
-        "{}\n[fleet]\ninstance = \"{name}\"\nreconcile_interval = \"60s\"\nmax_staleness = \"10m\"\n\
-         heartbeat_interval = \"250ms\"\ninstance_timeout = \"5s\"",
-        db.store_lines()
-    );
-    common::start(Options {
-        tls: "disabled",
-        store: Some(store),
-        ..opts
-    })
+    common::fleet::instance_on(db, name, &common::fleet::timings("60s", "10m"), opts).await
+}
+
+/// Instance `tb-a` on the store keeping one day of audit records, on `clock`.
+async fn retaining_instance(db: &StoreDatabase, clock: &Arc<timebox::clock::ManualClock>) -> TestInstance {
+    let opts = Options {
+        clock: Some(clock.clone()),
+        audit_extra: "retain = \"1d\"".into(),
+        ..Options::default()
+    };
+    instance(db, "tb-a", opts).await
+}
+
+/// One retention pass on `inst` keeping a day, at `clock`'s now.
+async fn retain_one_day(
+    inst: &TestInstance,
+    clock: &timebox::clock::ManualClock,
+) -> timebox::audit::retention::RetentionOutcome {
+    timebox::audit::retention::run_once(
+        &inst.state.audit,
+        inst.state.central_audit.as_deref(),
+        Duration::from_secs(86_400),
+        clock.now(),
+    )
     .await
+    .unwrap()
 }
 
 async fn issue_on(inst: &TestInstance, user: &str) -> String {
-    let (status, issued) = call(
-        &inst.admin_url(),
-        Method::POST,
-        "/v1/grants",
-        ADMIN_TOKEN,
-        Some(json!({ "user": user, "target": "shop", "role": "read", "ttl": "30m", "reason": "audit test" })),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{issued}");
-    issued["token"].as_str().unwrap().to_owned()
-}
-
-/// A tokio-postgres session through `inst`.
-async fn session(inst: &TestInstance, user: &str, token: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&inst.conn_string(user, token, "disable"), NoTls)
-        .await
-        .expect("login through the proxy");
-    tokio::spawn(connection);
-    client
+    common::fleet::issue_read(inst, user, "30m", "audit test").await.1
 }
 
 /// (count, distinct seqs, min seq, max seq) of `instance`'s rows in the central table.
@@ -269,16 +266,7 @@ async fn retention_drops_old_partitions_and_local_rows_and_verify_passes_from_th
     let db = Arc::new(StoreDatabase::create_async().await);
     let start = chrono::Utc::now() - chrono::Duration::days(3);
     let clock = Arc::new(timebox::clock::ManualClock::new(start));
-    let a = instance(
-        &db,
-        "tb-a",
-        Options {
-            clock: Some(clock.clone()),
-            audit_extra: "retain = \"1d\"".into(),
-            ..Options::default()
-        },
-    )
-    .await;
+    let a = retaining_instance(&db, &clock).await;
     // Three days ago: a grant and statements.
     let token = issue_on(&a, "alice").await;
     let client = session(&a, "alice", &token).await;
@@ -297,14 +285,7 @@ async fn retention_drops_old_partitions_and_local_rows_and_verify_passes_from_th
     issue_on(&a, "bob").await;
     assert!(all_shipped(&db, &a, "tb-a").await);
 
-    let done = timebox::audit::retention::run_once(
-        &a.state.audit,
-        a.state.central_audit.as_deref(),
-        Duration::from_secs(86_400),
-        clock.now(),
-    )
-    .await
-    .unwrap();
+    let done = retain_one_day(&a, &clock).await;
     let old_day = timebox::store::postgres::audit::partition_name(start.date_naive());
     assert!(done.dropped_partitions.contains(&old_day), "{done:?}");
     assert!(done.pruned_local > 0, "{done:?}");
@@ -393,16 +374,7 @@ async fn audit_bytes_per_statement() {
     let clock = Arc::new(timebox::clock::ManualClock::new(
         chrono::Utc::now() - chrono::Duration::days(3),
     ));
-    let a = instance(
-        &db,
-        "tb-a",
-        Options {
-            clock: Some(clock.clone()),
-            audit_extra: "retain = \"1d\"".into(),
-            ..Options::default()
-        },
-    )
-    .await;
+    let a = retaining_instance(&db, &clock).await;
     let audit_dir = a.dir.path().join("audit");
     let local_before = dir_bytes(&audit_dir);
     let central_bytes = || {
@@ -471,14 +443,7 @@ async fn audit_bytes_per_statement() {
         central as f64 / N as f64
     );
     clock.advance(chrono::Duration::days(3));
-    let done = timebox::audit::retention::run_once(
-        &a.state.audit,
-        a.state.central_audit.as_deref(),
-        Duration::from_secs(86_400),
-        clock.now(),
-    )
-    .await
-    .unwrap();
+    let done = retain_one_day(&a, &clock).await;
     println!(
         "after retention ({} local rows pruned, partitions {:?}): local files {} B (index pages in use {} B), \
          central table {} B",

@@ -10,11 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
-use tokio_postgres::NoTls;
+use serde_json::Value;
 
 use common::http::call;
-use common::{Options, StoreDatabase, TestInstance, ADMIN_TOKEN, AUDITOR_TOKEN};
+use common::{Options, StoreDatabase, TestInstance, AUDITOR_TOKEN};
 
 /// Generous bound for ship (500 ms) + mirror (1 s) on a loaded 2-core machine. Not a speed
 /// target: the test polls until the rows are there.
@@ -22,39 +21,19 @@ const MIRRORED: Duration = Duration::from_secs(60);
 
 /// Instance `name` on the store (reconcile far off: this file is not about grant changes).
 async fn instance(db: &StoreDatabase, name: &str) -> TestInstance {
-    let store = format!(
-        "{}\n[fleet]\ninstance = \"{name}\"\nreconcile_interval = \"60s\"\nmax_staleness = \"10m\"\n\
-         heartbeat_interval = \"250ms\"\ninstance_timeout = \"5s\"",
-        db.store_lines()
-    );
-    common::start(Options {
-        tls: "disabled",
-        store: Some(store),
-        ..Options::default()
-    })
-    .await
-}
-
-async fn issue_on(inst: &TestInstance, user: &str) -> String {
-    let (status, issued) = call(
-        &inst.admin_url(),
-        Method::POST,
-        "/v1/grants",
-        ADMIN_TOKEN,
-        Some(json!({ "user": user, "target": "shop", "role": "read", "ttl": "30m", "reason": "fleet auditsql test" })),
+    common::fleet::instance_on(
+        db,
+        name,
+        &common::fleet::timings("60s", "10m"),
+        Options::default(),
     )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{issued}");
-    issued["token"].as_str().unwrap().to_owned()
+    .await
 }
 
 /// Sends `sql` through `inst` as `user` (a tokio-postgres session).
 async fn statement_through(inst: &TestInstance, user: &str, sql: &str) {
-    let token = issue_on(inst, user).await;
-    let (client, connection) = tokio_postgres::connect(&inst.conn_string(user, &token, "disable"), NoTls)
-        .await
-        .expect("login through the proxy");
-    tokio::spawn(connection);
+    let (_, token) = common::fleet::issue_read(inst, user, "30m", "fleet auditsql test").await;
+    let client = common::fleet::session(inst, user, &token).await;
     client.simple_query(sql).await.unwrap();
 }
 

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_postgres::NoTls;
 
 use common::{Options, StoreDatabase, TestInstance, ADMIN_TOKEN};
@@ -26,15 +26,6 @@ async fn call(base: &str, method: Method, path: &str, body: Option<Value>) -> (S
     (answer.status, answer.json)
 }
 
-/// A port free right now on 127.0.0.1 (for the child's config; it binds it a moment later).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `timebox serve` as a child process, killed (SIGKILL) when dropped.
 struct ChildInstance {
     child: Child,
@@ -45,29 +36,15 @@ struct ChildInstance {
 impl ChildInstance {
     async fn start(db: &StoreDatabase, name: &str) -> ChildInstance {
         let dir = tempfile::tempdir().unwrap();
-        let (proxy_port, admin_port) = (free_port(), free_port());
         let cluster_port = tokio::task::spawn_blocking(|| common::cluster::shared_cluster().port())
             .await
             .unwrap();
         let opts = Options {
             tls: "disabled",
-            store: Some(format!(
-                "{}\n[fleet]\ninstance = \"{name}\"\n{FLEET}",
-                db.store_lines()
-            )),
+            store: Some(common::fleet::store_lines(db, name, FLEET)),
             ..Options::default()
         };
-        let text = common::config_text(&opts, dir.path(), cluster_port)
-            .replacen(
-                "listen = \"127.0.0.1:0\"",
-                &format!("listen = \"127.0.0.1:{proxy_port}\""),
-                1,
-            )
-            .replacen(
-                "listen = \"127.0.0.1:0\"",
-                &format!("listen = \"127.0.0.1:{admin_port}\""),
-                1,
-            );
+        let (text, proxy_port, _) = common::child::config_on_fixed_ports(&opts, dir.path(), cluster_port);
         let config = dir.path().join("timebox.toml");
         std::fs::write(&config, text).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_timebox"))
@@ -134,15 +111,7 @@ async fn session_holders_seen_by(inst: &TestInstance) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_an_instance_leaves_the_other_serving_and_its_sessions_drop_out() {
     let db = StoreDatabase::create_async().await;
-    let b = common::start(Options {
-        tls: "disabled",
-        store: Some(format!(
-            "{}\n[fleet]\ninstance = \"tb-b\"\n{FLEET}",
-            db.store_lines()
-        )),
-        ..Options::default()
-    })
-    .await;
+    let b = common::fleet::instance_on(&db, "tb-b", FLEET, Options::default()).await;
     let mut a = ChildInstance::start(&db, "tb-a").await;
     assert!(
         common::eventually(Duration::from_secs(60), || {
@@ -154,15 +123,7 @@ async fn kill_9_of_an_instance_leaves_the_other_serving_and_its_sessions_drop_ou
     );
 
     // A grant issued on B; a session through A, seen fleet-wide from B.
-    let (status, issued) = call(
-        &b.admin_url(),
-        Method::POST,
-        "/v1/grants",
-        Some(json!({ "user": "alice", "target": "shop", "role": "read", "ttl": "30m", "reason": "kill -9 test" })),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{issued}");
-    let token = issued["token"].as_str().unwrap().to_owned();
+    let (_, token) = common::fleet::issue_read(&b, "alice", "30m", "kill -9 test").await;
     let (client_a, connection) = tokio_postgres::connect(&a.conn_string("alice", &token), NoTls)
         .await
         .expect("login through A");

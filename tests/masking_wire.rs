@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::pg::{audit_records, connect, db_error};
+use common::wire::{answer_bytes, shop_credential};
 use common::{psql, raw, TestInstance};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -43,16 +44,10 @@ mask_filters = "deny"
 allow = ["read", "write"]
 max_ttl = "1h"
 mask = {{ "public.customers.email" = "email" }}
-[targets.shop.credentials.support_write]
-user = "{WRITE_USER}"
-password = "{WRITE_PASSWORD}"
-[targets.shop.credentials.support]
-user = "{READ_USER}"
-password = "{READ_PASSWORD}"
-[targets.shop.credentials.strict]
-user = "{READ_USER}"
-password = "{READ_PASSWORD}"
-"#
+{}{}{}"#,
+        shop_credential("support_write", WRITE_USER, WRITE_PASSWORD),
+        shop_credential("support", READ_USER, READ_PASSWORD),
+        shop_credential("strict", READ_USER, READ_PASSWORD),
     )
 }
 
@@ -176,15 +171,7 @@ async fn direct_columns_are_masked_by_every_method_in_text_and_binary() {
     .await;
     assert!(out.stdout.contains("***@example.com"), "{out:?}");
     assert!(!out.stdout.contains("alice@example.com"), "{out:?}");
-    let metrics = reqwest::Client::new()
-        .get(format!("{}/metrics", inst.admin_url()))
-        .bearer_auth(common::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::wire::metrics_text(&inst).await;
     assert!(!metrics.contains("timebox_masked_values_total 0\n"), "{metrics}");
     // The statement record names the masked columns it read (never their values).
     let db = inst.audit_db();
@@ -279,15 +266,7 @@ async fn bypass_attempts_are_denied_naming_the_column() {
     // The session goes on.
     let rows = text_rows(&client, "SELECT email FROM customers WHERE id = 1").await;
     assert_eq!(rows, vec![some(&["***@example.com"])]);
-    let metrics = reqwest::Client::new()
-        .get(format!("{}/metrics", inst.admin_url()))
-        .bearer_auth(common::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::wire::metrics_text(&inst).await;
     let denials: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("timebox_masking_denials_total "))
@@ -374,27 +353,6 @@ async fn a_constraint_violations_detail_does_not_show_masked_columns() {
         .await
         .expect_err("copying a masked column");
     assert_eq!(db_error(&e).0, "42501");
-}
-
-async fn answer_bytes(s: &mut TcpStream, buf: &mut BytesMut, sql: &str) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    postgres_protocol::message::frontend::query(sql, &mut out).unwrap();
-    s.write_all(&out).await.unwrap();
-    let mut answer = Vec::new();
-    loop {
-        while buf.len() >= 5 {
-            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if buf.len() < 1 + len {
-                break;
-            }
-            let frame = buf.split_to(1 + len);
-            answer.extend_from_slice(&frame);
-            if frame[0] == b'Z' {
-                return answer;
-            }
-        }
-        assert!(s.read_buf(buf).await.unwrap() > 0, "connection closed");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

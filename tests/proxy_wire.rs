@@ -695,17 +695,12 @@ async fn psql_ctrl_c_cancels_the_running_statement() {
     let psql_path = tokio::task::spawn_blocking(|| common::cluster::shared_cluster().install().psql_path())
         .await
         .unwrap();
-    let mut child = std::process::Command::new(psql_path)
-        .args(["-X", "-A", "-t", "-d"])
-        .arg(proxy_conn(&inst, "alice", "sslmode=disable"))
-        .args(["-c", "SELECT pg_sleep(30)"])
-        .env("PGPASSWORD", &token)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn psql");
+    let mut child = common::wire::spawn_psql(
+        psql_path,
+        &proxy_conn(&inst, "alice", "sslmode=disable"),
+        &token,
+        "SELECT pg_sleep(30)",
+    );
 
     let sql = format!(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'timebox:%:{}%' \

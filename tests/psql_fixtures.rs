@@ -1,7 +1,8 @@
 //! psql 13–17's describe queries pass under a read grant (issue 12 item 2). The query texts are
 //! fixtures captured from real psql binaries with `psql -E` against PostgreSQL 15 (the version of
-//! this cluster) by `scripts/capture-psql-fixtures.sh`: `tests/fixtures/psql/<major>.sql`, each query
-//! after a `--- <meta-command>` line. Every query is replayed through timebox as psql sends it (one
+//! this cluster) by `scripts/capture-psql-fixtures.sh`: `tests/fixtures/psql/queries.sql`, each
+//! distinct query once after a `--- <meta-command>` line and the psql and server versions that send
+//! it. Every query is replayed through timebox as psql sends it (one
 //! simple Query message) and must succeed; as the cross-check, the same text sent directly to
 //! PostgreSQL as the same upstream role returns the same number of rows. Every failure is reported,
 //! not only the first.
@@ -44,8 +45,10 @@ fn upstream_refusal(f: &Fixture) -> Option<&'static str> {
         .map(|(_, _, code)| *code)
 }
 
-/// One captured query: the psql major it came from, the meta-command that sent it, the text.
+/// One captured query: the psql major it came from, the server major it was sent to, the
+/// meta-command that sent it, the text.
 struct Fixture {
+    server: u32,
     major: String,
     meta: String,
     sql: String,
@@ -55,40 +58,56 @@ fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/psql")
 }
 
-/// Every `<major>.sql` in `dir`, split at its `--- <meta-command>` lines (the `-- ` header before
-/// the first of them is dropped).
-fn load_fixtures(dir: &Path) -> Vec<Fixture> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| {
-            p.extension().is_some_and(|e| e == "sql")
-                && p.file_stem()
-                    .is_some_and(|s| s.to_string_lossy().parse::<u32>().is_ok())
-        })
-        .collect();
-    files.sort();
-    let mut out = Vec::new();
-    for file in files {
-        let major = file.file_stem().unwrap().to_string_lossy().into_owned();
-        let text = std::fs::read_to_string(&file).expect("read fixture");
-        let mut current: Option<Fixture> = None;
-        for line in text.lines() {
-            if let Some(meta) = line.strip_prefix("--- ") {
-                out.extend(current.take());
-                current = Some(Fixture {
-                    major: major.clone(),
-                    meta: meta.to_owned(),
-                    sql: String::new(),
-                });
-            } else if let Some(f) = current.as_mut() {
-                f.sql.push_str(line);
-                f.sql.push('\n');
+fn queries_file() -> PathBuf {
+    fixture_dir().join("queries.sql")
+}
+
+/// `queries.sql` split at its `--- <meta-command>` lines (the `-- ` header before the first of them
+/// is dropped): each query once, after one `-- psql <majors> on PostgreSQL <majors>` line per group
+/// of versions that send it; one `Fixture` per (server, psql) pair named.
+fn load_fixtures(file: &Path) -> Vec<Fixture> {
+    let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+    let mut blocks: Vec<Block> = Vec::new();
+    for line in text.lines() {
+        if let Some(meta) = line.strip_prefix("--- ") {
+            blocks.push((meta.to_owned(), Vec::new(), String::new()));
+        } else if let Some((_, pairs, sql)) = blocks.last_mut() {
+            match line.strip_prefix("-- psql ") {
+                Some(versions) if sql.is_empty() => pairs.extend(version_pairs(versions)),
+                _ => {
+                    sql.push_str(line);
+                    sql.push('\n');
+                }
             }
         }
-        out.extend(current);
+    }
+    assert!(!blocks.is_empty(), "no `--- ` block in {}", file.display());
+    let mut out = Vec::new();
+    for (meta, pairs, sql) in blocks {
+        assert!(!pairs.is_empty(), "`--- {meta}` names no versions");
+        out.extend(pairs.into_iter().map(|(server, major)| Fixture {
+            server,
+            major,
+            meta: meta.clone(),
+            sql: sql.clone(),
+        }));
     }
     out
+}
+
+/// One `--- ` block of `queries.sql`: (meta-command, (server, psql major) pairs, query text).
+type Block = (String, Vec<(u32, String)>, String);
+
+/// `13 14 on PostgreSQL 15 16` (a versions line after its `-- psql `) as its (server, psql) pairs.
+fn version_pairs(versions: &str) -> Vec<(u32, String)> {
+    let (psqls, servers) = versions
+        .split_once(" on PostgreSQL ")
+        .unwrap_or_else(|| panic!("bad versions line `-- psql {versions}`"));
+    let server = |s: &str| s.parse::<u32>().expect("server major");
+    servers
+        .split(' ')
+        .flat_map(|s| psqls.split(' ').map(move |p| (server(s), p.to_owned())))
+        .collect()
 }
 
 /// Each `{{key}}` placeholder replaced by `oid(key)`.
@@ -105,8 +124,11 @@ fn with_oids(sql: &str, oid: impl Fn(&str) -> String) -> String {
     out
 }
 
+/// Rows a simple query returned, or the server's (or the proxy's) error.
+type RowCount = Result<usize, String>;
+
 /// Rows the simple query returned, or the server's (or the proxy's) error.
-async fn row_count(client: &Client, sql: &str) -> Result<usize, String> {
+async fn row_count(client: &Client, sql: &str) -> RowCount {
     match client.simple_query(sql).await {
         Ok(msgs) => Ok(msgs
             .iter()
@@ -121,12 +143,15 @@ async fn row_count(client: &Client, sql: &str) -> Result<usize, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_captured_psql_describe_query_passes_under_a_read_grant() {
-    let fixtures = load_fixtures(&fixture_dir());
+    let fixtures: Vec<Fixture> = load_fixtures(&queries_file())
+        .into_iter()
+        .filter(|f| f.server == 15)
+        .collect();
     for major in ["13", "14", "15", "16", "17"] {
         assert!(
             fixtures.iter().any(|f| f.major == major),
-            "no fixtures for psql {major} in {}",
-            fixture_dir().display()
+            "no fixtures for psql {major} on PostgreSQL 15 in {}",
+            queries_file().display()
         );
     }
     let setup = std::fs::read_to_string(fixture_dir().join("setup.sql")).expect("read setup.sql");
@@ -156,6 +181,8 @@ async fn every_captured_psql_describe_query_passes_under_a_read_grant() {
     let proxied = pg::connect(&inst.conn_string("alice", &token, "disable")).await;
 
     let mut failures = Vec::new();
+    // A query several psqls send is run once; each of them is still checked against its answer.
+    let mut answers: HashMap<String, (RowCount, RowCount)> = HashMap::new();
     for f in &fixtures {
         // A key oids.sql does not know is a fixture captured against objects setup.sql no longer
         // creates.
@@ -164,9 +191,13 @@ async fn every_captured_psql_describe_query_passes_under_a_read_grant() {
                 .unwrap_or_else(|| panic!("fixture names {{{{{key}}}}}, unknown to oids.sql"))
                 .clone()
         });
-        let through = row_count(&proxied, &sql).await;
-        let upstream = row_count(&direct, &sql).await;
-        let ok = match (&through, &upstream, upstream_refusal(f)) {
+        if !answers.contains_key(&sql) {
+            let through = row_count(&proxied, &sql).await;
+            let upstream = row_count(&direct, &sql).await;
+            answers.insert(sql.clone(), (through, upstream));
+        }
+        let (through, upstream) = &answers[&sql];
+        let ok = match (through, upstream, upstream_refusal(f)) {
             (Ok(a), Ok(b), None) => a == b || SESSION_DEPENDENT.contains(&f.meta.as_str()),
             (Err(a), Err(b), Some(code)) => a == b && a.starts_with(code),
             _ => false,
@@ -190,8 +221,8 @@ async fn every_captured_psql_describe_query_passes_under_a_read_grant() {
 }
 
 /// psql's queries for the other server versions timebox supports, captured the same way against
-/// PostgreSQL 13, 14, 16 and 17 (`tests/fixtures/psql/server<N>/`: only the queries that differ from
-/// the PostgreSQL 15 capture). CI has no such servers, so these are decided offline, by the same
+/// PostgreSQL 13, 14, 16 and 17 (in `queries.sql`, only the queries that differ from the PostgreSQL
+/// 15 capture). CI has no such servers, so these are decided offline, by the same
 /// classify + authorize the proxy runs for a target of that version; each must be a statement the
 /// read role may run. The PostgreSQL 15 queries (replayed live above) are decided here too.
 #[test]
@@ -200,13 +231,10 @@ fn captured_queries_for_every_server_version_are_allowed_for_a_read_role() {
     let role = RolePolicy::from_role(&config.roles["read"]);
     let mut checked = 0;
     let mut failures = Vec::new();
+    let all = load_fixtures(&queries_file());
     for server in [13, 14, 15, 16, 17] {
-        let dir = match server {
-            15 => fixture_dir(),
-            n => fixture_dir().join(format!("server{n}")),
-        };
-        let fixtures = load_fixtures(&dir);
-        assert!(!fixtures.is_empty(), "no fixtures in {}", dir.display());
+        let fixtures: Vec<&Fixture> = all.iter().filter(|f| f.server == server).collect();
+        assert!(!fixtures.is_empty(), "no fixtures for PostgreSQL {server}");
         for f in fixtures {
             let sql = with_oids(&f.sql, |_| "16384".to_owned());
             let target = Target::version(ServerVersion(server));

@@ -7,12 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::BytesMut;
 use common::pg::{audit_records, connect, db_error, scalar};
+use common::wire::{answer_bytes, shop_credential};
 use common::{psql, raw, TestInstance};
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Roles with quotas, using the read credential. No statement_timeout: a `pg_sleep` in a result's
 /// tail only ends early if timebox cancels it.
@@ -29,13 +27,9 @@ max_result_bytes_per_statement = "64kB"
 allow = ["read"]
 max_ttl = "1h"
 max_result_bytes_per_grant = "32kB"
-[targets.shop.credentials.capped]
-user = "{READ_USER}"
-password = "{READ_PASSWORD}"
-[targets.shop.credentials.metered]
-user = "{READ_USER}"
-password = "{READ_PASSWORD}"
-"#
+{}{}"#,
+        shop_credential("capped", READ_USER, READ_PASSWORD),
+        shop_credential("metered", READ_USER, READ_PASSWORD),
     )
 }
 
@@ -116,15 +110,7 @@ async fn a_large_select_is_stopped_its_query_cancelled_and_the_session_goes_on()
     })
     .await;
     assert!(found, "the outcomes view shows the quota stop");
-    let metrics = reqwest::Client::new()
-        .get(format!("{}/metrics", inst.admin_url()))
-        .bearer_auth(common::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::wire::metrics_text(&inst).await;
     assert!(
         metrics.contains("timebox_quota_stops_total{limit=\"max_rows_per_statement\"} 1"),
         "{metrics}"
@@ -225,28 +211,6 @@ async fn grant_bytes_add_up_over_statements_and_sessions() {
     quota_error(&e, "max_result_bytes_per_grant = 32kB");
     // Statements without result rows still run.
     assert_eq!(first.simple_query("SELECT WHERE false").await.unwrap().len(), 2);
-}
-
-/// Sends `sql` as a simple Query and returns the raw bytes of the answer, up to its ReadyForQuery.
-async fn answer_bytes(s: &mut TcpStream, buf: &mut BytesMut, sql: &str) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    postgres_protocol::message::frontend::query(sql, &mut out).unwrap();
-    s.write_all(&out).await.unwrap();
-    let mut answer = Vec::new();
-    loop {
-        while buf.len() >= 5 {
-            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if buf.len() < 1 + len {
-                break;
-            }
-            let frame = buf.split_to(1 + len);
-            answer.extend_from_slice(&frame);
-            if frame[0] == b'Z' {
-                return answer;
-            }
-        }
-        assert!(s.read_buf(buf).await.unwrap() > 0, "connection closed");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -114,6 +114,15 @@ pub struct Page {
 }
 
 impl AuditFilter {
+    /// The page size asked for: `limit`, or [`DEFAULT_LIMIT`] when it is 0.
+    pub fn page_size(&self) -> usize {
+        if self.limit == 0 {
+            DEFAULT_LIMIT
+        } else {
+            self.limit
+        }
+    }
+
     /// Checks values that have a fixed set: `kind`, `decision`, `limit`. Names the field at fault.
     /// (A filter read from a query string is already checked; this guards filters built in code.)
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
@@ -274,31 +283,78 @@ pub fn query(conn: &Connection, f: &AuditFilter) -> Result<Page, AuditError> {
         clauses.push(cursor_clause);
         values.push(Value::Integer(c.min(i64::MAX as u64) as i64));
     }
-    let limit = if f.limit == 0 { DEFAULT_LIMIT } else { f.limit };
-    let where_clause = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", clauses.join(" AND "))
-    };
+    let limit = f.page_size();
+    let where_clause = where_clause(&clauses);
     let sql = format!(
         "SELECT {RECORD_COLUMNS} FROM audit_events {where_clause} ORDER BY seq {order} LIMIT {}",
         limit + 1
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(values), record_from_row)?;
-    let mut events = rows.collect::<Result<Vec<_>, _>>()?;
-    let next_cursor = if events.len() > limit {
-        events.truncate(limit);
-        events.last().map(|r| r.seq)
+    let events = rows.collect::<Result<Vec<_>, _>>()?;
+    Ok(Page::of(events, limit, |r| Some(r.seq)))
+}
+
+/// `WHERE a AND b …` over `clauses`, or nothing without any (both stores' audit queries).
+pub fn where_clause(clauses: &[impl AsRef<str>]) -> String {
+    let clauses: Vec<&str> = clauses.iter().map(AsRef::as_ref).collect();
+    if clauses.is_empty() {
+        String::new()
     } else {
-        None
-    };
-    Ok(Page { events, next_cursor })
+        format!("WHERE {}", clauses.join(" AND "))
+    }
+}
+
+impl Page {
+    /// A page of `limit` records from the `limit + 1` a store fetched to learn whether more follow:
+    /// the extra one is dropped and the last kept one's `cursor` is where the next page starts.
+    pub fn of(
+        mut events: Vec<AuditRecord>,
+        limit: usize,
+        cursor: impl Fn(&AuditRecord) -> Option<u64>,
+    ) -> Page {
+        let next_cursor = if events.len() > limit {
+            events.truncate(limit);
+            events.last().and_then(cursor)
+        } else {
+            None
+        };
+        Page { events, next_cursor }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(seq: u64) -> AuditRecord {
+        AuditRecord {
+            cursor: None,
+            instance: None,
+            seq,
+            ts: String::new(),
+            kind: "statement".into(),
+            payload: serde_json::Value::Null,
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    /// The extra row a store fetched is dropped and marks where the next page starts; without it
+    /// there is no next page. An absent filter gives no WHERE.
+    #[test]
+    fn pages_are_cut_at_the_limit_and_where_clauses_joined() {
+        let page = Page::of((1..=4).map(record).collect(), 3, |r| Some(r.seq));
+        assert_eq!(page.events.len(), 3);
+        assert_eq!(page.next_cursor, Some(3));
+        let last = Page::of((1..=3).map(record).collect(), 3, |r| Some(r.seq));
+        assert_eq!((last.events.len(), last.next_cursor), (3, None));
+        assert_eq!(where_clause(&[] as &[&str]), "");
+        assert_eq!(where_clause(&["a = ?", "b = ?"]), "WHERE a = ? AND b = ?");
+        assert_eq!(where_clause(&["a = $1".to_owned()]), "WHERE a = $1");
+        let f = AuditFilter::default();
+        assert_eq!(f.page_size(), DEFAULT_LIMIT);
+    }
 
     /// `GET /v1/audit`'s query string as the admin API reads it, or the message of its 400.
     fn read(query: &str) -> Result<AuditFilter, String> {

@@ -368,17 +368,24 @@ mod tests {
             max_result_bytes_per_statement: Some(10 << 20),
             max_result_bytes_per_grant: Some(1500),
         };
-        let trail = vec![record(1, "alice", "SELECT 1", "read", Decision::Allow)];
-        let r = &review(trail, &roles)[0];
-        let suggestion = r.suggestion.as_deref().unwrap();
-        let parsed: toml::Value = toml::from_str(suggestion).unwrap();
-        let validated =
-            crate::config::roles_from_json(serde_json::to_value(&parsed["roles"]).unwrap()).unwrap();
+        let (suggestion, validated) = suggested_again(&roles);
+        let suggestion = suggestion.as_str();
         assert_eq!(validated["write"].quotas, roles["write"].quotas, "{suggestion}");
         assert!(
             suggestion.contains("max_result_bytes_per_statement = \"10MB\""),
             "{suggestion}"
         );
+    }
+
+    /// The suggestion for `roles` after one allowed SELECT, and its `[roles]` validated again as a
+    /// config's would be.
+    fn suggested_again(roles: &BTreeMap<String, Role>) -> (String, BTreeMap<String, Role>) {
+        let trail = vec![record(1, "alice", "SELECT 1", "read", Decision::Allow)];
+        let suggestion = review(trail, roles)[0].suggestion.clone().unwrap();
+        let parsed: toml::Value = toml::from_str(&suggestion).unwrap();
+        let validated =
+            crate::config::roles_from_json(serde_json::to_value(&parsed["roles"]).unwrap()).unwrap();
+        (suggestion, validated)
     }
 
     /// Regression: a "narrower" suggestion must not drop the role's masks (it would show the
@@ -395,12 +402,8 @@ mod tests {
             }],
             filters: crate::config::MaskFilters::Deny,
         });
-        let trail = vec![record(1, "alice", "SELECT 1", "read", Decision::Allow)];
-        let r = &review(trail, &roles)[0];
-        let suggestion = r.suggestion.as_deref().unwrap();
-        let parsed: toml::Value = toml::from_str(suggestion).unwrap();
-        let validated =
-            crate::config::roles_from_json(serde_json::to_value(&parsed["roles"]).unwrap()).unwrap();
+        let (suggestion, validated) = suggested_again(&roles);
+        let suggestion = suggestion.as_str();
         assert_eq!(validated["write"].masking, roles["write"].masking, "{suggestion}");
     }
 

@@ -251,6 +251,12 @@ fn request_from_row(r: &Row<'_>) -> Result<AccessRequest, rusqlite::Error> {
 }
 
 /// Reads one request with its approvals (oldest first).
+/// The grant `id`, if it exists (on a connection or inside a transaction).
+fn load_grant(conn: &Connection, id: &str) -> Result<Option<Grant>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id = ?1"))?;
+    Ok(stmt.query_row([id], grant_from_row).optional()?)
+}
+
 fn load_request(conn: &Connection, id: &str) -> Result<Option<AccessRequest>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {REQUEST_COLUMNS} FROM access_requests WHERE id = ?1"
@@ -376,13 +382,7 @@ impl GrantStore for SqliteStore {
             "UPDATE grants SET expires_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
             params![id, micros(expires_at)],
         )?;
-        let grant = tx
-            .query_row(
-                &format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id = ?1"),
-                [id],
-                grant_from_row,
-            )
-            .optional()?;
+        let grant = load_grant(&tx, id)?;
         tx.commit()?;
         Ok(grant)
     }
@@ -578,9 +578,7 @@ impl GrantStore for SqliteStore {
     }
 
     fn get_grant(&self, id: &str) -> Result<Option<Grant>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id = ?1"))?;
-        Ok(stmt.query_row([id], grant_from_row).optional()?)
+        load_grant(&self.conn(), id)
     }
 
     fn list_grants(&self, f: &GrantFilter, now: DateTime<Utc>) -> Result<Vec<Grant>, StoreError> {
@@ -638,13 +636,7 @@ impl GrantStore for SqliteStore {
              WHERE id = ?1 AND revoked_at IS NULL",
             params![id, micros(at), by, reason],
         )?;
-        let grant = tx
-            .query_row(
-                &format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id = ?1"),
-                [id],
-                grant_from_row,
-            )
-            .optional()?;
+        let grant = load_grant(&tx, id)?;
         tx.commit()?;
         Ok(grant)
     }

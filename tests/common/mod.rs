@@ -7,6 +7,10 @@ pub mod cli;
 pub mod cluster;
 pub mod http;
 pub mod pg;
+// Shared setups (issue 10): fleet instances on one store, `timebox serve` as a child process.
+pub mod child;
+pub mod fleet;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

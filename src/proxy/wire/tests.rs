@@ -130,66 +130,27 @@ fn authentication_bytes_are_unchanged_by_pgwire() {
 fn condition_constructors_carry_postgresqls_sqlstates() {
     use Severity::{Error, Fatal, Warning};
     let m = "m";
+    // `case!(ctor(args), code, severity)`: the constructor's name is the case's name.
+    macro_rules! case {
+        ($ctor:ident($($arg:expr),*), $code:literal, $severity:ident) => {
+            (stringify!($ctor), PgError::$ctor($($arg),*), $code, $severity)
+        };
+    }
     let cases: &[(&str, PgError, &str, Severity)] = &[
-        ("warning", PgError::warning(m), "01000", Warning),
-        (
-            "protocol_violation",
-            PgError::protocol_violation(m),
-            "08P01",
-            Fatal,
-        ),
-        (
-            "feature_not_supported",
-            PgError::feature_not_supported(m),
-            "0A000",
-            Fatal,
-        ),
-        (
-            "invalid_authorization_specification",
-            PgError::invalid_authorization_specification(m),
-            "28000",
-            Fatal,
-        ),
-        (
-            "syntax_error_or_access_rule_violation",
-            PgError::syntax_error_or_access_rule_violation(m),
-            "42000",
-            Fatal,
-        ),
-        (
-            "insufficient_privilege",
-            PgError::insufficient_privilege(m),
-            "42501",
-            Fatal,
-        ),
-        (
-            "insufficient_resources",
-            PgError::insufficient_resources(m),
-            "53000",
-            Fatal,
-        ),
-        (
-            "too_many_connections",
-            PgError::too_many_connections(m),
-            "53300",
-            Fatal,
-        ),
-        (
-            "program_limit_exceeded",
-            PgError::program_limit_exceeded(m),
-            "54000",
-            Fatal,
-        ),
-        (
-            "object_not_in_prerequisite_state",
-            PgError::object_not_in_prerequisite_state(m),
-            "55000",
-            Fatal,
-        ),
-        ("query_canceled", PgError::query_canceled(m), "57014", Fatal),
-        ("admin_shutdown", PgError::admin_shutdown(m), "57P01", Fatal),
-        ("system_error", PgError::system_error(m), "58000", Fatal),
-        ("io_error", PgError::io_error(m), "58030", Fatal),
+        case!(warning(m), "01000", Warning),
+        case!(protocol_violation(m), "08P01", Fatal),
+        case!(feature_not_supported(m), "0A000", Fatal),
+        case!(invalid_authorization_specification(m), "28000", Fatal),
+        case!(syntax_error_or_access_rule_violation(m), "42000", Fatal),
+        case!(insufficient_privilege(m), "42501", Fatal),
+        case!(insufficient_resources(m), "53000", Fatal),
+        case!(too_many_connections(m), "53300", Fatal),
+        case!(program_limit_exceeded(m), "54000", Fatal),
+        case!(object_not_in_prerequisite_state(m), "55000", Fatal),
+        case!(query_canceled(m), "57014", Fatal),
+        case!(admin_shutdown(m), "57P01", Fatal),
+        case!(system_error(m), "58000", Fatal),
+        case!(io_error(m), "58030", Fatal),
         ("internal_error", PgError::internal(m), "XX000", Fatal),
         (
             "non_fatal",
@@ -197,33 +158,13 @@ fn condition_constructors_carry_postgresqls_sqlstates() {
             "42501",
             Error,
         ),
-        (
-            "statement_too_long",
-            PgError::statement_too_long(2, 1),
-            "54000",
-            Error,
-        ),
-        (
-            "message_too_long",
-            PgError::message_too_long(2, 1),
-            "54000",
-            Fatal,
-        ),
-        (
-            "grant_store_unavailable",
-            PgError::grant_store_unavailable(),
-            "58000",
-            Fatal,
-        ),
-        (
-            "channel_binding_failed",
-            PgError::channel_binding_failed("x"),
-            "28000",
-            Fatal,
-        ),
-        ("store_unreachable", PgError::store_unreachable(), "08006", Fatal),
-        ("no_user_name", PgError::no_user_name(), "28000", Fatal),
-        ("too_many_clients", PgError::too_many_clients(1), "53300", Fatal),
+        case!(statement_too_long(2, 1), "54000", Error),
+        case!(message_too_long(2, 1), "54000", Fatal),
+        case!(grant_store_unavailable(), "58000", Fatal),
+        case!(channel_binding_failed("x"), "28000", Fatal),
+        case!(store_unreachable(), "08006", Fatal),
+        case!(no_user_name(), "28000", Fatal),
+        case!(too_many_clients(1), "53300", Fatal),
     ];
     for (name, error, code, severity) in cases {
         assert_eq!(error.code, *code, "{name}");

@@ -19,7 +19,7 @@ use tokio_postgres::types::{ToSql, Type};
 use super::PgStore;
 use crate::audit::chain::{format_ts, ChainWalk, Head, RecordFields, VerifyReport};
 use crate::audit::event::{AuditRecord, Columns};
-use crate::audit::query::{AuditFilter, Order, Page, DEFAULT_LIMIT};
+use crate::audit::query::{where_clause, AuditFilter, Order, Page};
 use crate::store::StoreError;
 
 /// Key of the advisory lock partition creation and retention hold (`"tbx\0audt"`), so two
@@ -213,12 +213,8 @@ impl PgStore {
         if let Some(cur) = f.cursor {
             add(cursor_clause, Box::new(cur.min(i64::MAX as u64) as i64));
         }
-        let limit = if f.limit == 0 { DEFAULT_LIMIT } else { f.limit };
-        let where_clause = if clauses.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", clauses.join(" AND "))
-        };
+        let limit = f.page_size();
+        let where_clause = where_clause(&clauses);
         let sql = format!(
             "SELECT central_id, instance, seq, ts, kind, payload, prev_hash, hash \
              FROM timebox.audit_records {where_clause} ORDER BY central_id {order} LIMIT {}",
@@ -227,7 +223,7 @@ impl PgStore {
         let c = self.client().await?;
         let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect();
         let rows = c.query(&sql, &params).await?;
-        let mut events = rows
+        let events = rows
             .iter()
             .map(|r| {
                 let payload: String = r.try_get(5)?;
@@ -243,13 +239,7 @@ impl PgStore {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let next_cursor = if events.len() > limit {
-            events.truncate(limit);
-            events.last().and_then(|r| r.cursor)
-        } else {
-            None
-        };
-        Ok(Page { events, next_cursor })
+        Ok(Page::of(events, limit, |r| r.cursor))
     }
 
     /// The instances with records or an anchor in the central table. The records' instances are
