@@ -6,6 +6,7 @@ pub mod balancer;
 pub mod cli;
 pub mod cluster;
 pub mod http;
+pub mod masking;
 pub mod pg;
 
 use std::net::SocketAddr;
