@@ -54,6 +54,12 @@ CREATE FUNCTION public.s5_opeq(public.s5_opdom, text) RETURNS bool LANGUAGE plpg
 CREATE OPERATOR public.= (LEFTARG = public.s5_opdom, RIGHTARG = text, FUNCTION = public.s5_opeq);
 CREATE TABLE public.s5_op_holder (id int, v public.s5_opdom);
 INSERT INTO public.s5_op_holder VALUES (1, 'x');
+CREATE FUNCTION public.s5_le(text, int) RETURNS bool LANGUAGE plpgsql STABLE AS $f$ BEGIN PERFORM public.s5_raise(); RETURN true; END $f$;
+CREATE OPERATOR public.<= (LEFTARG = text, RIGHTARG = int, FUNCTION = public.s5_le);
+CREATE TABLE public.s5_rls (id int, note text);
+INSERT INTO public.s5_rls VALUES (1, 'x');
+ALTER TABLE public.s5_rls ENABLE ROW LEVEL SECURITY;
+CREATE POLICY s5_policy ON public.s5_rls USING (public.s5_chk(note));
 CREATE FUNCTION public.s5_defaults(a text DEFAULT public.s5_emails()) RETURNS text LANGUAGE sql STABLE AS 'SELECT a';
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO timebox_read;
 ";
@@ -161,7 +167,7 @@ async fn user_code_through_casts_domains_and_operators_is_refused() {
     let inst = start().await;
     let support = session(&inst, "support").await;
     let runs_user_code = "runs user code";
-    let row_type = "has a row type";
+    let row_type = "runs user code when read (its row type";
     let table = [
         // Casts through a user function.
         ("SELECT (ROW(1)::s5_t)::text", runs_user_code),
@@ -193,12 +199,33 @@ async fn user_code_through_casts_domains_and_operators_is_refused() {
             runs_user_code,
         ),
         ("SELECT coalesce(d, 'x') FROM s5_dom_holder", row_type),
-        ("SELECT * FROM s5_v_dom", "relation public.s5_v_dom"),
+        (
+            "SELECT * FROM s5_v_dom",
+            "relation public.s5_v_dom runs user code when read",
+        ),
         ("SELECT * FROM s5_v_dom_col", row_type),
         ("SELECT id FROM s5_v_dom_filter", HIDDEN),
         // An operator of a domain type through a user function.
         ("SELECT id FROM s5_op_holder WHERE v = 'x'", row_type),
         ("SELECT 'x'::s5_opdom = 'y'", runs_user_code),
+        // An operator between built-in types through a user function, in any spelling.
+        (
+            "SELECT id FROM customers WHERE email <= 1",
+            "operator <=(text,integer) implemented by user code",
+        ),
+        (
+            "SELECT id FROM customers WHERE email BETWEEN 'a' AND 2",
+            "<=(text,integer)",
+        ),
+        (
+            "SELECT id FROM customers WHERE email OPERATOR(public.<=) 1",
+            "operator public.<=",
+        ),
+        // A row security policy calling a user function runs on every row read.
+        (
+            "SELECT id FROM s5_rls",
+            "relation public.s5_rls runs user code when read (its row security policy s5_policy",
+        ),
         // Calls of user functions (a default running one included).
         ("SELECT s5_tcast(ROW(1)::s5_t)", ""),
         ("SELECT s5_defaults()", ""),

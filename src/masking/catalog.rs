@@ -93,7 +93,7 @@ const CODE_TYPES: &str = "builtin AS (SELECT oid FROM pg_catalog.pg_namespace \
      user_type AS (SELECT oid FROM pg_catalog.pg_type WHERE typnamespace NOT IN (SELECT oid FROM builtin)), \
      user_cast AS (SELECT castsource, casttarget, castfunc, castcontext FROM pg_catalog.pg_cast \
        WHERE castfunc IN (SELECT oid FROM unsafe_proc)), \
-     code_root(oid) AS (SELECT t.oid FROM pg_catalog.pg_type t WHERE t.typtype = 'd' \
+     code_root(oid) AS (SELECT t.oid FROM pg_catalog.pg_type t WHERE t.typtype IN ('d', 'r') \
          AND EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
            WHERE ((d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid = t.oid) \
                OR (d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid IN \
@@ -123,17 +123,39 @@ const CODE_TYPES: &str = "builtin AS (SELECT oid FROM pg_catalog.pg_namespace \
        UNION SELECT e.child FROM code_type r JOIN type_edge e ON e.parent = r.oid)";
 
 /// The fourth statement's rows (kind, schema, name, detail): every type (`type`), the types of
-/// [`CODE_TYPES`] (`code`), the relations whose row type is one (`relation`, detail: that type),
-/// and the built-in target types of casts from a built-in type through a user function
-/// (`target`, or `anywhere` when implicit or in assignment: PostgreSQL may apply it in any
-/// statement; detail: the cast).
+/// [`CODE_TYPES`] (`code`), the relations that run such code when read (`relation`, detail: why —
+/// a row type that is one, or a row security policy calling such code), the built-in target types
+/// of casts from a built-in type through a user function (`target`, or `anywhere` when implicit
+/// or in assignment: PostgreSQL may apply it in any statement; detail: the cast), and the names
+/// of such operators between built-in types (`operator`, detail: the operator).
 const TYPE_FACTS: &str = "SELECT 'type', n.nspname, t.typname, NULL FROM pg_catalog.pg_type t \
        JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
      UNION ALL SELECT 'code', n.nspname, t.typname, NULL FROM code_type r \
        JOIN pg_catalog.pg_type t ON t.oid = r.oid JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
-     UNION ALL SELECT 'relation', n.nspname, c.relname, pg_catalog.format_type(c.reltype, NULL) \
+     UNION ALL SELECT 'relation', n.nspname, c.relname, \
+         'its row type ' OPERATOR(pg_catalog.||) pg_catalog.format_type(c.reltype, NULL) \
+         OPERATOR(pg_catalog.||) ' reaches user code through a domain, cast or operator' \
        FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
        WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND c.reltype IN (SELECT oid FROM code_type) \
+     UNION ALL SELECT 'relation', n.nspname, c.relname, \
+         'its row security policy ' OPERATOR(pg_catalog.||) p.polname OPERATOR(pg_catalog.||) ' runs user code' \
+       FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid \
+       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+       WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+           WHERE d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass AND d.objid = p.oid \
+             AND ((d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+                 AND d.refobjid IN (SELECT oid FROM unsafe_proc)) \
+               OR (d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass \
+                 AND d.refobjid IN (SELECT oid FROM unsafe_op)) \
+               OR (d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass \
+                 AND d.refobjid IN (SELECT oid FROM code_type)))) \
+         OR pg_catalog.concat(p.polqual, p.polwithcheck) OPERATOR(pg_catalog.~) (SELECT ':funcid (' \
+           OPERATOR(pg_catalog.||) pg_catalog.string_agg(oid::pg_catalog.text, '|') \
+           OPERATOR(pg_catalog.||) ') ' FROM query_running) \
+     UNION ALL SELECT 'operator', n.nspname, o.oprname, o.oid::pg_catalog.regoperator::pg_catalog.text \
+       FROM unsafe_op u JOIN pg_catalog.pg_operator o ON o.oid = u.oid \
+       JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace \
+       WHERE u.oprleft NOT IN (SELECT oid FROM user_type) AND u.oprright NOT IN (SELECT oid FROM user_type) \
      UNION ALL SELECT CASE WHEN u.castcontext IN ('i', 'a') THEN 'anywhere' ELSE 'target' END, \
          n.nspname, t.typname, pg_catalog.format('%s to %s by %s', u.castsource::pg_catalog.regtype, \
            u.casttarget::pg_catalog.regtype, u.castfunc::pg_catalog.regprocedure) \

@@ -61,13 +61,16 @@ pub struct TypeCode {
     pub known: HashSet<(String, String)>,
     /// Types whose values reach user code (see the module doc) as (schema, name).
     pub code: HashSet<(String, String)>,
-    /// Relations whose row type is such a type: (schema, name, that type).
+    /// Relations that run such code when read: (schema, name, why) — a row type that is such a
+    /// type, or a row security policy calling such code.
     pub relations: Vec<(String, String, String)>,
     /// Built-in types that a cast from a built-in type through a user function converts to:
     /// (schema, name, the cast).
     pub cast_targets: Vec<(String, String, String)>,
     /// Such a cast that PostgreSQL applies implicitly or in assignment (so in any statement).
     pub anywhere: Option<String>,
+    /// Operators between built-in types implemented by user code: (schema, name, the operator).
+    pub operators: Vec<(String, String, String)>,
 }
 
 /// A type fact of a kind [`TypeCode::add`] does not know.
@@ -93,6 +96,7 @@ impl TypeCode {
             }
             "relation" => self.relations.push((schema, name, detail)),
             "target" => self.cast_targets.push((schema, name, detail)),
+            "operator" => self.operators.push((schema, name, detail)),
             "anywhere" => {
                 self.anywhere.get_or_insert_with(|| detail.clone());
                 self.cast_targets.push((schema, name, detail));
@@ -176,9 +180,9 @@ impl TypeWalker<'_> {
             let schema = o.get("schemaname").and_then(Value::as_str).unwrap_or("");
             let rel = o.get("relname").and_then(Value::as_str).unwrap_or("");
             let types = self.scope.types.into_iter().flat_map(|t| &t.relations);
-            if let Some((s, n, ty)) = types.into_iter().find(|(s, n, _)| may_be(schema, rel, s, n)) {
+            if let Some((s, n, why)) = types.into_iter().find(|(s, n, _)| may_be(schema, rel, s, n)) {
                 return Err(self.deny(format!(
-                    "relation {s}.{n} has a row type ({ty}) whose values reach user code (a domain CHECK or DEFAULT, a cast or an operator through a user function), which could return or raise a masked value"
+                    "relation {s}.{n} runs user code when read ({why}), which could return or raise a masked value"
                 )));
             }
         }
@@ -219,8 +223,48 @@ impl TypeWalker<'_> {
             .map(|(_, _, cast)| cast.as_str())
     }
 
+    /// Refuses an operator name (as written; `OPERATOR(s.op)` qualified) that a user operator
+    /// between built-in types has.
+    fn operator(&self, schema: &str, name: &str) -> Result<(), MaskDenial> {
+        let operators = self.scope.types.into_iter().flat_map(|t| &t.operators);
+        match operators.into_iter().find(|(s, n, _)| may_be(schema, name, s, n)) {
+            Some((_, _, op)) => Err(self.deny(format!(
+                "the target has an operator {op} implemented by user code, which an operator {name} here could run"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     fn node(&self, kind: &str, n: &Value) -> Result<(), MaskDenial> {
         match kind {
+            "AExpr" | "SubLink" | "SortBy" => {
+                let key = match kind {
+                    "AExpr" => "name",
+                    "SubLink" => "oper_name",
+                    _ => "use_op",
+                };
+                let (schema, name) = qualified(n.get(key));
+                match name.as_str() {
+                    "" if kind == "SubLink" => self.operator("", "="),
+                    "" => Ok(()),
+                    // `BETWEEN` is `>=` and `<=`.
+                    between if between.contains("BETWEEN") => {
+                        self.operator("", ">=")?;
+                        self.operator("", "<=")
+                    }
+                    op => self.operator(&schema, op),
+                }
+            }
+            // Comparisons the text does not spell: `CASE x WHEN`, `JOIN … USING`, `NATURAL JOIN`.
+            "CaseExpr" if n.get("arg").is_some_and(|a| !a.is_null()) => self.operator("", "="),
+            "JoinExpr"
+                if n.get("is_natural").and_then(Value::as_bool) == Some(true)
+                    || n.get("using_clause")
+                        .and_then(Value::as_array)
+                        .is_some_and(|u| !u.is_empty()) =>
+            {
+                self.operator("", "=")
+            }
             "TypeCast" => {
                 let (schema, name) = qualified(n.get("type_name").and_then(|t| t.get("names")));
                 let literal = n.get("arg").is_some_and(unknown_literal);

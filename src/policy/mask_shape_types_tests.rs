@@ -94,7 +94,10 @@ fn types_casts_and_relations_reaching_user_code_are_refused() {
             "SELECT jsonb_populate_record(NULL::s5_holder, '{}')",
             "type public.s5_holder",
         ),
-        ("SELECT v::text FROM s5_holder", "relation public.s5_holder"),
+        (
+            "SELECT v::text FROM s5_holder",
+            "relation public.s5_holder runs user code when read",
+        ),
         (
             "SELECT upper(h.v) FROM public.s5_holder h",
             "relation public.s5_holder",
@@ -180,4 +183,54 @@ fn without_type_facts_type_names_fail_closed_and_implicit_user_casts_refuse_ever
         "{}",
         d.reason
     );
+}
+
+/// An operator between built-in types implemented by user code (`public.=(text, integer)`) runs
+/// with the values it compares: every spelling of that operator name is refused, the implicit
+/// ones (`IN`, `CASE x WHEN`, `USING`, `NATURAL`) included; other operators are not.
+#[test]
+fn user_operators_between_builtin_types_are_refused_in_every_spelling() {
+    let mut t = facts();
+    t.add(
+        "operator",
+        "public".into(),
+        "=".into(),
+        Some("=(text,integer)".into()),
+    )
+    .unwrap();
+    t.add(
+        "operator",
+        "public".into(),
+        ">=".into(),
+        Some(">=(text,integer)".into()),
+    )
+    .unwrap();
+    for sql in [
+        "SELECT id FROM customers WHERE email = 1",
+        "SELECT id FROM customers WHERE email IN (SELECT 'x')",
+        "SELECT id FROM customers WHERE email IN ('x', 'y')",
+        "SELECT id FROM customers WHERE email = ANY('{1}')",
+        "SELECT id FROM customers WHERE email IS DISTINCT FROM 'x'",
+        "SELECT NULLIF(id, 1) FROM customers",
+        "SELECT CASE email WHEN 'x' THEN 1 END FROM customers",
+        "SELECT 1 FROM customers JOIN orders USING (id)",
+        "SELECT 1 FROM customers NATURAL JOIN orders",
+        "SELECT id FROM customers WHERE id OPERATOR(public.=) 1",
+        "SELECT id FROM customers WHERE email BETWEEN 'a' AND 'b'",
+        "SELECT id FROM customers ORDER BY email USING >=",
+    ] {
+        let d = run_with(sql, Some(&t)).expect_err(sql);
+        assert!(
+            d.reason.contains("implemented by user code"),
+            "{sql}: {}",
+            d.reason
+        );
+    }
+    for sql in [
+        "SELECT id FROM customers WHERE id < 2",
+        "SELECT CASE WHEN id < 2 THEN 1 END FROM customers",
+        "SELECT 1 FROM customers JOIN orders ON customers.id < orders.id",
+    ] {
+        assert!(run_with(sql, Some(&t)).is_ok(), "{sql}");
+    }
 }
