@@ -345,12 +345,22 @@ mod tests {
             row(&["0", "100", "public", "customers", "2", "t"]),
             row(&["0", "101", "public", "customers_2026", "2", "t"]),
         ];
-        let views = vec![row(&["0", "200", "public", "customer_emails"])];
+        let views = vec![
+            row(&["0", "200", "public", "customer_emails", "f"]),
+            row(&["0", "201", "public", "v_qx", "t"]),
+        ];
         let rels = ["100", "101", "200", "300"]
             .iter()
             .map(|o| row(&[o, "public", "t"]))
             .collect();
-        let s = MaskSnapshot::from_rows(&[rule()], &[attrs, views, rels]).unwrap();
+        let facts = vec![
+            row(&["type", "pg_catalog", "text", ""]),
+            row(&["code", "public", "s5_dom", ""]),
+            row(&["relation", "public", "s5_holder", "its row type s5_holder …"]),
+            row(&["operator", "public", "<=", "<=(text,integer)"]),
+        ];
+        let sets = [attrs, views, rels, facts];
+        let s = MaskSnapshot::from_rows(&[rule()], &sets).unwrap();
         assert_eq!(s.column(100, 2), ColumnVerdict::Masked(MaskMethod::Email));
         assert_eq!(
             s.column(101, 2),
@@ -373,6 +383,17 @@ mod tests {
         );
         assert!(s.rules.iter().any(|r| r.table == "customers_2026"));
         assert_eq!(s.views[0].masked_column, "public.customers.email");
+        assert!(!s.views[0].hidden_code && s.views[1].hidden_code, "{:?}", s.views);
+        let types = s.types.as_ref().expect("the fourth set");
+        assert!(types.known.contains(&("pg_catalog".into(), "text".into())));
+        assert!(types.code.contains(&("public".into(), "s5_dom".into())));
+        assert_eq!(types.relations.len(), 1);
+        assert_eq!(types.operators[0].2, "<=(text,integer)");
+        let without = MaskSnapshot::from_rows(&[rule()], &sets[..3]).unwrap();
+        assert_eq!(without.types, None, "not read: every type name is refused");
+        let unknown = vec![row(&["other", "public", "x", ""])];
+        let bad = [sets[0].clone(), sets[1].clone(), sets[2].clone(), unknown];
+        assert!(MaskSnapshot::from_rows(&[rule()], &bad).is_err());
         assert!(MaskSnapshot::from_rows(&[rule()], &[]).is_err());
     }
 }
