@@ -9,91 +9,12 @@ mod common;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use common::pg::{audit_records, connect, db_error};
-use common::wire::{answer_bytes, shop_credential};
-use common::{psql, raw, TestInstance};
+use common::masking::{session, some, start, text_rows};
+use common::pg::{audit_records, db_error};
+use common::wire::answer_bytes;
+use common::{psql, raw};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// The masked table, its view, and rows (created once per test binary on the shared cluster).
-const FIXTURE: &str = "
-CREATE TABLE IF NOT EXISTS public.customers (
-    id int PRIMARY KEY, name text, email text, phone varchar(20), card text, ssn int8, note text);
-INSERT INTO public.customers VALUES
-    (1, 'Alice', 'alice@example.com', '+1 555 0100', '4111111111111111', 123456789, 'vip'),
-    (2, 'Bob', 'bob@shop.test', NULL, '5500000000000004', 987654321, 'new')
-    ON CONFLICT DO NOTHING;
-CREATE OR REPLACE VIEW public.customer_emails AS SELECT id, email FROM public.customers;
-GRANT SELECT ON public.customer_emails TO timebox_read;
-";
-
-fn mask_roles() -> String {
-    use common::cluster::{READ_PASSWORD, READ_USER, WRITE_PASSWORD, WRITE_USER};
-    format!(
-        r#"
-[roles.support]
-allow = ["read"]
-max_ttl = "1h"
-mask = {{ "public.customers.email" = "email", "public.customers.phone" = "partial", "public.customers.card" = "redact", "public.customers.ssn" = "hash", "public.customers.note" = "null" }}
-[roles.strict]
-allow = ["read"]
-max_ttl = "1h"
-mask = {{ "public.customers.email" = "redact" }}
-mask_filters = "deny"
-[roles.support_write]
-allow = ["read", "write"]
-max_ttl = "1h"
-mask = {{ "public.customers.email" = "email" }}
-{}{}{}"#,
-        shop_credential("support_write", WRITE_USER, WRITE_PASSWORD),
-        shop_credential("support", READ_USER, READ_PASSWORD),
-        shop_credential("strict", READ_USER, READ_PASSWORD),
-    )
-}
-
-async fn start() -> TestInstance {
-    let port = tokio::task::spawn_blocking(|| {
-        static CREATED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-        let cluster = common::cluster::shared_cluster();
-        // Once: tests run in parallel, and CREATE TABLE IF NOT EXISTS races with itself.
-        CREATED.get_or_init(|| {
-            common::cluster::shop_psql(FIXTURE);
-        });
-        cluster.port()
-    })
-    .await
-    .unwrap();
-    common::start_with_config(|dir| {
-        common::config_text(&common::Options::default(), dir, port) + &mask_roles()
-    })
-    .await
-}
-
-async fn session(inst: &TestInstance, role: &str) -> tokio_postgres::Client {
-    let (_, token) = inst.grant("alice", role, "10m").await;
-    connect(&inst.conn_string("alice", &token, "disable")).await
-}
-
-/// The text values of the simple-protocol rows of `sql`.
-async fn text_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
-    let messages = client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    messages
-        .iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => {
-                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-fn some(v: &[&str]) -> Vec<Option<String>> {
-    v.iter().map(|s| Some(s.to_string())).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_columns_are_masked_by_every_method_in_text_and_binary() {

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::MaskMethod;
 use crate::config::MaskRule;
-use crate::policy::mask_shape::DependentView;
+use crate::policy::mask_shape::{DependentView, TypeCode, QUERY_RUNNING_BUILTINS};
 
 /// How one RowDescription column is shown.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +40,9 @@ pub struct MaskSnapshot {
     /// Every relation's (schema, name): a name the statement check does not find here is newer
     /// than the snapshot and may be a masked table's new partition.
     pub names: HashSet<(String, String)>,
+    /// Types, casts and relations through which user code runs; `None` when not read (the
+    /// statement check then refuses every type name: fail closed).
+    pub types: Option<TypeCode>,
 }
 
 /// A rule's names quoted as SQL literals (they are validated identifiers; quotes doubled anyway).
@@ -50,27 +53,128 @@ fn literal(s: &str) -> String {
 /// Relations whose rows come from code or data timebox cannot see into, counted as reading every
 /// masked table (fail closed): views and materialized views whose rule calls a function or
 /// operator outside `pg_catalog`/`information_schema` (a SQL function's body is not in
-/// `pg_depend`), and foreign tables (they may read the same tables through another connection).
-/// Views over these follow through `dep`'s recursion.
-const HIDDEN_CODE: &str = "builtin AS (SELECT oid FROM pg_catalog.pg_namespace \
-       WHERE nspname IN ('pg_catalog', 'information_schema')), \
-     hidden(relid) AS (SELECT r.ev_class FROM pg_catalog.pg_depend p \
+/// `pg_depend`), calls a built-in that runs a query text or reads a relation, schema or database
+/// by name ([`QUERY_RUNNING_BUILTINS`]: built-ins are pinned, so their calls are found in the
+/// rule's node tree, not in `pg_depend`), or coerces to a type whose domain, cast or operator runs
+/// such code (`code_type`, see [`CODE_TYPES`]); and foreign tables (they may read the same tables
+/// through another connection). Views over these follow through `dep`'s recursion.
+const HIDDEN_CODE: &str = "hidden(relid) AS (SELECT r.ev_class FROM pg_catalog.pg_depend p \
        JOIN pg_catalog.pg_rewrite r ON r.oid = p.objid \
-       LEFT JOIN pg_catalog.pg_proc f ON p.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
-         AND f.oid = p.refobjid \
-       LEFT JOIN pg_catalog.pg_operator o \
-         ON p.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND o.oid = p.refobjid \
-       LEFT JOIN pg_catalog.pg_proc oc ON oc.oid = o.oprcode \
        WHERE p.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
-         AND (f.pronamespace NOT IN (SELECT oid FROM builtin) \
-           OR o.oprnamespace NOT IN (SELECT oid FROM builtin) \
-           OR oc.pronamespace NOT IN (SELECT oid FROM builtin)) \
+         AND ((p.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+             AND p.refobjid IN (SELECT oid FROM unsafe_proc)) \
+           OR (p.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass \
+             AND p.refobjid IN (SELECT oid FROM unsafe_op)) \
+           OR (p.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass \
+             AND p.refobjid IN (SELECT oid FROM code_type))) \
+       UNION SELECT r.ev_class FROM pg_catalog.pg_rewrite r \
+         WHERE r.ev_action::pg_catalog.text OPERATOR(pg_catalog.~) (SELECT ':funcid (' \
+           OPERATOR(pg_catalog.||) pg_catalog.string_agg(oid::pg_catalog.text, '|') \
+           OPERATOR(pg_catalog.||) ') ' FROM query_running) \
        UNION SELECT oid FROM pg_catalog.pg_class WHERE relkind = 'f')";
 
-/// The three statements read in one simple Query: the masked tables' attributes (rule index,
+/// Types whose values reach code timebox cannot see (`code_type`), for [`HIDDEN_CODE`] and the
+/// fourth statement of [`snapshot_query`]. `unsafe_proc`: functions outside
+/// `pg_catalog`/`information_schema` and the query-running built-ins; `unsafe_op`: operators
+/// outside them or implemented by such a function. The roots are domains whose default or
+/// CHECK calls such a function or operator (in `pg_depend`) or a query-running built-in (in the
+/// constraint's node tree), and the user types on either side of a cast through such a function
+/// or of such an operator; `code_type` closes them over domains, arrays, composite types and
+/// table row types with such a column, and ranges.
+const CODE_TYPES: &str = "builtin AS (SELECT oid FROM pg_catalog.pg_namespace \
+       WHERE nspname IN ('pg_catalog', 'information_schema')), \
+     query_running AS (SELECT oid FROM pg_catalog.pg_proc \
+       WHERE pronamespace = 'pg_catalog'::pg_catalog.regnamespace AND proname IN (QUERY_RUNNING)), \
+     unsafe_proc AS (SELECT oid FROM pg_catalog.pg_proc WHERE pronamespace NOT IN (SELECT oid FROM builtin) \
+       UNION SELECT oid FROM query_running), \
+     unsafe_op AS (SELECT oid, oprleft, oprright FROM pg_catalog.pg_operator \
+       WHERE oprnamespace NOT IN (SELECT oid FROM builtin) \
+         OR oprcode::pg_catalog.oid IN (SELECT oid FROM unsafe_proc)), \
+     user_type AS (SELECT oid FROM pg_catalog.pg_type WHERE typnamespace NOT IN (SELECT oid FROM builtin)), \
+     user_cast AS (SELECT castsource, casttarget, castfunc, castcontext FROM pg_catalog.pg_cast \
+       WHERE castfunc IN (SELECT oid FROM unsafe_proc)), \
+     code_root(oid) AS (SELECT t.oid FROM pg_catalog.pg_type t WHERE t.typtype IN ('d', 'r') \
+         AND EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+           WHERE ((d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid = t.oid) \
+               OR (d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid IN \
+                 (SELECT c.oid FROM pg_catalog.pg_constraint c WHERE c.contypid = t.oid))) \
+             AND ((d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+                 AND d.refobjid IN (SELECT oid FROM unsafe_proc)) \
+               OR (d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass \
+                 AND d.refobjid IN (SELECT oid FROM unsafe_op)))) \
+       UNION SELECT c.contypid FROM pg_catalog.pg_constraint c WHERE c.contypid <> 0 \
+         AND c.conbin::pg_catalog.text OPERATOR(pg_catalog.~) (SELECT ':funcid (' \
+           OPERATOR(pg_catalog.||) pg_catalog.string_agg(oid::pg_catalog.text, '|') \
+           OPERATOR(pg_catalog.||) ') ' FROM query_running) \
+       UNION SELECT castsource FROM user_cast UNION SELECT casttarget FROM user_cast \
+       UNION SELECT oprleft FROM unsafe_op UNION SELECT oprright FROM unsafe_op), \
+     type_edge(child, parent) AS (SELECT oid, typbasetype FROM pg_catalog.pg_type WHERE typbasetype <> 0 \
+       UNION ALL SELECT oid, typelem FROM pg_catalog.pg_type WHERE typelem <> 0 \
+       UNION ALL SELECT c.reltype, a.atttypid FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+         WHERE c.reltype <> 0 \
+       UNION ALL SELECT rngtypid, rngsubtype FROM pg_catalog.pg_range \
+       UNION ALL SELECT rngmultitypid, rngsubtype FROM pg_catalog.pg_range \
+       UNION ALL SELECT c.contypid, d.refobjid FROM pg_catalog.pg_constraint c \
+         JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
+           AND d.objid = c.oid AND d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass \
+         WHERE c.contypid <> 0), \
+     code_type(oid) AS (SELECT oid FROM code_root WHERE oid IN (SELECT oid FROM user_type) \
+       UNION SELECT e.child FROM code_type r JOIN type_edge e ON e.parent = r.oid)";
+
+/// The fourth statement's rows (kind, schema, name, detail): every type (`type`), the types of
+/// [`CODE_TYPES`] (`code`), the relations that run such code when read (`relation`, detail: why —
+/// a row type that is one, or a row security policy calling such code), the built-in target types
+/// of casts from a built-in type through a user function (`target`, or `anywhere` when implicit
+/// or in assignment: PostgreSQL may apply it in any statement; detail: the cast), and the names
+/// of such operators between built-in types (`operator`, detail: the operator).
+const TYPE_FACTS: &str = "SELECT 'type', n.nspname, t.typname, NULL FROM pg_catalog.pg_type t \
+       JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
+     UNION ALL SELECT 'code', n.nspname, t.typname, NULL FROM code_type r \
+       JOIN pg_catalog.pg_type t ON t.oid = r.oid JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
+     UNION ALL SELECT 'relation', n.nspname, c.relname, \
+         'its row type ' OPERATOR(pg_catalog.||) pg_catalog.format_type(c.reltype, NULL) \
+         OPERATOR(pg_catalog.||) ' reaches user code through a domain, cast or operator' \
+       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+       WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND c.reltype IN (SELECT oid FROM code_type) \
+     UNION ALL SELECT 'relation', n.nspname, c.relname, \
+         'its row security policy ' OPERATOR(pg_catalog.||) p.polname OPERATOR(pg_catalog.||) ' runs user code' \
+       FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid \
+       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+       WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+           WHERE d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass AND d.objid = p.oid \
+             AND ((d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+                 AND d.refobjid IN (SELECT oid FROM unsafe_proc)) \
+               OR (d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass \
+                 AND d.refobjid IN (SELECT oid FROM unsafe_op)) \
+               OR (d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass \
+                 AND d.refobjid IN (SELECT oid FROM code_type)))) \
+         OR pg_catalog.concat(p.polqual, p.polwithcheck) OPERATOR(pg_catalog.~) (SELECT ':funcid (' \
+           OPERATOR(pg_catalog.||) pg_catalog.string_agg(oid::pg_catalog.text, '|') \
+           OPERATOR(pg_catalog.||) ') ' FROM query_running) \
+     UNION ALL SELECT 'operator', n.nspname, o.oprname, o.oid::pg_catalog.regoperator::pg_catalog.text \
+       FROM unsafe_op u JOIN pg_catalog.pg_operator o ON o.oid = u.oid \
+       JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace \
+       WHERE u.oprleft NOT IN (SELECT oid FROM user_type) AND u.oprright NOT IN (SELECT oid FROM user_type) \
+     UNION ALL SELECT CASE WHEN u.castcontext IN ('i', 'a') THEN 'anywhere' ELSE 'target' END, \
+         n.nspname, t.typname, pg_catalog.format('%s to %s by %s', u.castsource::pg_catalog.regtype, \
+           u.casttarget::pg_catalog.regtype, u.castfunc::pg_catalog.regprocedure) \
+       FROM user_cast u JOIN pg_catalog.pg_type t ON t.oid = u.casttarget \
+       JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
+       WHERE u.castsource NOT IN (SELECT oid FROM user_type) AND u.casttarget NOT IN (SELECT oid FROM user_type)";
+
+/// [`CODE_TYPES`] with the names of [`QUERY_RUNNING_BUILTINS`] filled in.
+fn code_types() -> String {
+    let names: Vec<String> = QUERY_RUNNING_BUILTINS.iter().map(|n| literal(n)).collect();
+    CODE_TYPES.replace("QUERY_RUNNING", &names.join(", "))
+}
+
+/// The four statements read in one simple Query (the first turns JIT off for the connection: the
+/// planner's estimates of the recursive type closure would have it compile for seconds): the masked tables' attributes (rule index,
 /// relid, schema, table, attnum, whether it is the masked column), the views over them (rule
-/// index, relid, schema, name; for each view first the rule of a column it names itself, so that
-/// a denial names that column) and every relation OID.
+/// index, relid, schema, name, whether it runs hidden code; for each view first the rule of a
+/// column it names itself, so that a denial names that column), every relation OID, and the
+/// facts about types and casts of [`TYPE_FACTS`].
 pub fn snapshot_query(rules: &[MaskRule]) -> String {
     let values: Vec<String> = rules
         .iter()
@@ -97,17 +201,19 @@ pub fn snapshot_query(rules: &[MaskRule]) -> String {
         "{cte} SELECT t.i, t.relid, n.nspname, c.relname, a.attnum, a.attname = t.col FROM tree t \
            JOIN pg_catalog.pg_class c ON c.oid = t.relid \
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-           JOIN pg_catalog.pg_attribute a ON a.attrelid = t.relid AND a.attnum > 0 AND NOT a.attisdropped; \
-         {cte}, {HIDDEN_CODE}, dep(i, relid) AS (SELECT i, relid FROM tree UNION \
-           SELECT (SELECT pg_catalog.min(i) FROM m), relid FROM hidden UNION \
-           SELECT d.i, r.ev_class FROM dep d \
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = t.relid AND a.attnum > 0 AND NOT a.attisdropped \
+           WHERE (SELECT pg_catalog.set_config('jit', 'off', false)) IS NOT NULL; \
+         {cte}, {code_types}, {HIDDEN_CODE}, dep(i, relid, h) AS (SELECT i, relid, false FROM tree UNION \
+           SELECT (SELECT pg_catalog.min(i) FROM m), relid, true FROM hidden UNION \
+           SELECT d.i, r.ev_class, d.h FROM dep d \
            JOIN pg_catalog.pg_depend p ON p.refobjid = d.relid \
              AND p.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
              AND p.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
            JOIN pg_catalog.pg_rewrite r ON r.oid = p.objid WHERE r.ev_class <> d.relid) \
-         SELECT v.i, v.relid, v.nspname, v.relname FROM (SELECT DISTINCT d.i, d.relid, n.nspname, c.relname \
-           FROM dep d JOIN pg_catalog.pg_class c ON c.oid = d.relid \
-           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('v', 'm', 'f')) v \
+         SELECT v.i, v.relid, v.nspname, v.relname, v.h FROM (SELECT d.i, d.relid, n.nspname, c.relname, \
+           pg_catalog.bool_or(d.h) AS h FROM dep d JOIN pg_catalog.pg_class c ON c.oid = d.relid \
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('v', 'm', 'f') \
+           GROUP BY 1, 2, 3, 4) v \
          ORDER BY v.relid, NOT EXISTS (SELECT 1 FROM tree t \
            JOIN pg_catalog.pg_attribute a ON a.attrelid = t.relid AND a.attname = t.col \
            JOIN pg_catalog.pg_depend p ON p.refobjid = t.relid AND p.refobjsubid = a.attnum \
@@ -115,7 +221,9 @@ pub fn snapshot_query(rules: &[MaskRule]) -> String {
              AND p.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
            JOIN pg_catalog.pg_rewrite r ON r.oid = p.objid WHERE t.i = v.i AND r.ev_class = v.relid), v.i; \
          SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_class c \
-           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')"
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S'); \
+         WITH RECURSIVE {code_types} {TYPE_FACTS}",
+        code_types = code_types()
     )
 }
 
@@ -128,10 +236,10 @@ pub type Row = Vec<Option<String>>;
 pub struct SnapshotError(&'static str);
 
 impl MaskSnapshot {
-    /// From the three result sets of [`snapshot_query`].
+    /// From the result sets of [`snapshot_query`] (without the fourth, `types` stays `None`).
     pub fn from_rows(rules: &[MaskRule], sets: &[Vec<Row>]) -> Result<MaskSnapshot, SnapshotError> {
-        let [attrs, views, relations] = sets else {
-            return Err(SnapshotError("expected three result sets"));
+        let [attrs, views, relations, rest @ ..] = sets else {
+            return Err(SnapshotError("expected four result sets"));
         };
         let get = |row: &Row, i: usize| row.get(i).cloned().flatten().ok_or(SnapshotError("a NULL"));
         let num = |row: &Row, i: usize| -> Result<i64, SnapshotError> {
@@ -170,11 +278,23 @@ impl MaskSnapshot {
                 schema: get(row, 2)?,
                 name: get(row, 3)?,
                 masked_column: rule.qualified(),
+                hidden_code: row.get(4).cloned().flatten().as_deref() == Some("t"),
             });
         }
         for row in relations {
             s.relations.insert(num(row, 0)? as u32);
             s.names.insert((get(row, 1)?, get(row, 2)?));
+        }
+        if let Some(facts) = rest.first() {
+            let mut types = TypeCode::default();
+            for row in facts {
+                let (schema, name) = (get(row, 1)?, get(row, 2)?);
+                let detail = row.get(3).cloned().flatten();
+                types
+                    .add(&get(row, 0)?, schema, name, detail)
+                    .map_err(|_| SnapshotError("a type fact of an unknown kind"))?;
+            }
+            s.types = Some(types);
         }
         Ok(s)
     }
@@ -225,12 +345,22 @@ mod tests {
             row(&["0", "100", "public", "customers", "2", "t"]),
             row(&["0", "101", "public", "customers_2026", "2", "t"]),
         ];
-        let views = vec![row(&["0", "200", "public", "customer_emails"])];
+        let views = vec![
+            row(&["0", "200", "public", "customer_emails", "f"]),
+            row(&["0", "201", "public", "v_qx", "t"]),
+        ];
         let rels = ["100", "101", "200", "300"]
             .iter()
             .map(|o| row(&[o, "public", "t"]))
             .collect();
-        let s = MaskSnapshot::from_rows(&[rule()], &[attrs, views, rels]).unwrap();
+        let facts = vec![
+            row(&["type", "pg_catalog", "text", ""]),
+            row(&["code", "public", "s5_dom", ""]),
+            row(&["relation", "public", "s5_holder", "its row type s5_holder …"]),
+            row(&["operator", "public", "<=", "<=(text,integer)"]),
+        ];
+        let sets = [attrs, views, rels, facts];
+        let s = MaskSnapshot::from_rows(&[rule()], &sets).unwrap();
         assert_eq!(s.column(100, 2), ColumnVerdict::Masked(MaskMethod::Email));
         assert_eq!(
             s.column(101, 2),
@@ -253,6 +383,17 @@ mod tests {
         );
         assert!(s.rules.iter().any(|r| r.table == "customers_2026"));
         assert_eq!(s.views[0].masked_column, "public.customers.email");
+        assert!(!s.views[0].hidden_code && s.views[1].hidden_code, "{:?}", s.views);
+        let types = s.types.as_ref().expect("the fourth set");
+        assert!(types.known.contains(&("pg_catalog".into(), "text".into())));
+        assert!(types.code.contains(&("public".into(), "s5_dom".into())));
+        assert_eq!(types.relations.len(), 1);
+        assert_eq!(types.operators[0].2, "<=(text,integer)");
+        let without = MaskSnapshot::from_rows(&[rule()], &sets[..3]).unwrap();
+        assert_eq!(without.types, None, "not read: every type name is refused");
+        let unknown = vec![row(&["other", "public", "x", ""])];
+        let bad = [sets[0].clone(), sets[1].clone(), sets[2].clone(), unknown];
+        assert!(MaskSnapshot::from_rows(&[rule()], &bad).is_err());
         assert!(MaskSnapshot::from_rows(&[rule()], &[]).is_err());
     }
 }

@@ -25,6 +25,7 @@ fn views() -> Vec<DependentView> {
         schema: "public".into(),
         name: "customer_emails".into(),
         masked_column: "public.customers.email".into(),
+        hidden_code: false,
     }]
 }
 
@@ -46,14 +47,24 @@ fn known() -> HashSet<(String, String)> {
     .collect()
 }
 
+/// The built-in types the tests name (as the target's catalog lists them).
+fn types() -> TypeCode {
+    let mut t = TypeCode::default();
+    for name in ["text", "int4", "int8", "bytea", "date", "regclass", "numeric"] {
+        t.add("type", "pg_catalog".into(), name.into(), None).unwrap();
+    }
+    t
+}
+
 fn run(sql: &str, filters: MaskFilters) -> Result<Vec<String>, MaskDenial> {
-    let (rules, views, known) = (rules(), views(), known());
+    let (rules, views, known, types) = (rules(), views(), known(), types());
     let scope = MaskScope {
         role: "support",
         columns: &rules,
         filters,
         views: &views,
         known: Some(&known),
+        types: Some(&types),
     };
     check(sql, &scope)
 }
@@ -82,6 +93,7 @@ fn relations_the_catalog_copy_does_not_know_count_as_masked() {
         filters: MaskFilters::Allow,
         views: &views,
         known: None,
+        types: None,
     };
     assert!(
         check("SELECT lower(email) FROM users", &scope).is_err(),
@@ -307,6 +319,7 @@ fn code_timebox_cannot_see_is_denied_to_masked_roles() {
         filters: MaskFilters::Allow,
         views: &views,
         known: None,
+        types: None,
     };
     let d = check_functions(&["public.leak".to_string()], &scope).unwrap_err();
     assert!(d.reason.contains("public.leak is not a built-in"), "{}", d.reason);

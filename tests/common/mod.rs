@@ -6,6 +6,7 @@ pub mod balancer;
 pub mod cli;
 pub mod cluster;
 pub mod http;
+pub mod masking;
 pub mod pg;
 // Shared setups (issue 10): fleet instances on one store, `timebox serve` as a child process.
 pub mod child;

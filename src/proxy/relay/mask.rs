@@ -165,6 +165,7 @@ impl MaskContext {
             filters: self.masking.filters,
             views,
             known,
+            types: snapshot.as_ref().and_then(|s| s.types.as_ref()),
         };
         for stmt in &classification.statements {
             mask_shape::check_functions(&stmt.unknown_functions, &scope)?;

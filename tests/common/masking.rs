@@ -1,0 +1,142 @@
+//! Column masking's shared setup (issue 15): the masked table `public.customers` with its rows and
+//! a view over it, the masked roles, a timebox instance configured with them, and a session of one
+//! of them. Used by `tests/masking_wire.rs` and `tests/masking_bypass.rs`.
+
+use super::pg::connect;
+use super::wire::shop_credential;
+use super::TestInstance;
+
+/// The masked table, its view, and rows (created once per test binary on the shared cluster).
+pub const FIXTURE: &str = "
+CREATE TABLE IF NOT EXISTS public.customers (
+    id int PRIMARY KEY, name text, email text, phone varchar(20), card text, ssn int8, note text);
+INSERT INTO public.customers VALUES
+    (1, 'Alice', 'alice@example.com', '+1 555 0100', '4111111111111111', 123456789, 'vip'),
+    (2, 'Bob', 'bob@shop.test', NULL, '5500000000000004', 987654321, 'new')
+    ON CONFLICT DO NOTHING;
+CREATE OR REPLACE VIEW public.customer_emails AS SELECT id, email FROM public.customers;
+GRANT SELECT ON public.customer_emails TO timebox_read;
+";
+
+/// The fixture's values that must never reach a masked role in clear.
+pub const CLEAR: [&str; 6] = [
+    "alice@example.com",
+    "bob@shop.test",
+    "4111111111111111",
+    "5500000000000004",
+    "123456789",
+    "987654321",
+];
+
+/// Roles `support` (every method, read), `strict` (`mask_filters = "deny"`) and `support_write`
+/// (read and write), with their credentials on target `shop`.
+pub fn mask_roles() -> String {
+    use super::cluster::{READ_PASSWORD, READ_USER, WRITE_PASSWORD, WRITE_USER};
+    format!(
+        r#"
+[roles.support]
+allow = ["read"]
+max_ttl = "1h"
+mask = {{ "public.customers.email" = "email", "public.customers.phone" = "partial", "public.customers.card" = "redact", "public.customers.ssn" = "hash", "public.customers.note" = "null" }}
+[roles.strict]
+allow = ["read"]
+max_ttl = "1h"
+mask = {{ "public.customers.email" = "redact" }}
+mask_filters = "deny"
+[roles.support_write]
+allow = ["read", "write"]
+max_ttl = "1h"
+mask = {{ "public.customers.email" = "email" }}
+{}{}{}"#,
+        shop_credential("support_write", WRITE_USER, WRITE_PASSWORD),
+        shop_credential("support", READ_USER, READ_PASSWORD),
+        shop_credential("strict", READ_USER, READ_PASSWORD),
+    )
+}
+
+/// A timebox instance with [`mask_roles`] plus `extra` config, over the shared cluster holding
+/// [`FIXTURE`] and then `setup` (run once per test binary: tests run in parallel, and
+/// `CREATE … IF NOT EXISTS` races with itself).
+pub async fn start_with(setup: &'static str, extra: &str) -> TestInstance {
+    let port = tokio::task::spawn_blocking(move || {
+        static CREATED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+        let cluster = super::cluster::shared_cluster();
+        CREATED.get_or_init(|| {
+            super::cluster::shop_psql(FIXTURE);
+            if !setup.is_empty() {
+                super::cluster::shop_psql(setup);
+            }
+        });
+        cluster.port()
+    })
+    .await
+    .unwrap();
+    let extra = extra.to_owned();
+    super::start_with_config(|dir| {
+        super::config_text(&super::Options::default(), dir, port) + &mask_roles() + &extra
+    })
+    .await
+}
+
+/// [`start_with`] the fixture alone.
+pub async fn start() -> TestInstance {
+    start_with("", "").await
+}
+
+/// A tokio-postgres session of a grant of `role` for `alice`.
+pub async fn session(inst: &TestInstance, role: &str) -> tokio_postgres::Client {
+    let (_, token) = inst.grant("alice", role, "10m").await;
+    connect(&inst.conn_string("alice", &token, "disable")).await
+}
+
+/// The text values of the simple-protocol rows of `sql`.
+pub async fn text_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn some(v: &[&str]) -> Vec<Option<String>> {
+    v.iter().map(|s| Some(s.to_string())).collect()
+}
+
+/// What a simple query returned, as one line to search: `OK` and the rows' values, or `ERR`,
+/// SQLSTATE, message, detail, hint and context (every place a value could travel in an error).
+pub async fn outcome(client: &tokio_postgres::Client, sql: &str) -> String {
+    let out = match client.simple_query(sql).await {
+        Ok(messages) => {
+            let mut out = String::from("OK");
+            for m in messages {
+                if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                    for i in 0..r.len() {
+                        out.push_str(&format!(" {:?}", r.get(i)));
+                    }
+                }
+            }
+            out
+        }
+        Err(e) => match e.as_db_error() {
+            Some(d) => format!(
+                "ERR {} {} detail={:?} hint={:?} where={:?}",
+                d.code().code(),
+                d.message(),
+                d.detail(),
+                d.hint(),
+                d.where_()
+            ),
+            None => format!("ERR {e}"),
+        },
+    };
+    let _ = client.simple_query("ROLLBACK").await;
+    out
+}

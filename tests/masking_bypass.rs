@@ -1,0 +1,254 @@
+//! Column masking (issue 15 item 2): the bypass table of code a masked role reaches without naming
+//! a masked column — views over built-ins that run a query text or read a relation by name, and
+//! user code reached through a type (casts, domains, operators) — each refused with 42501 before it
+//! runs, its message naming what it reaches and never a value; against a real PostgreSQL through
+//! the real proxy. (The s5 attack review's two open reproductions, closed in s6.)
+
+mod common;
+
+use common::cluster::READ_USER;
+use common::masking::{outcome, session, start_with, CLEAR};
+use common::TestInstance;
+
+/// Objects an administrator created on the target, each leading to the masked table's values
+/// through code no catalog dependency shows: views over query-running built-ins; a domain whose
+/// CHECK raises every e-mail, a composite type with a cast to `text` through a function returning
+/// them (explicit, and an implicit one), an explicit cast `int8 → date` through a function raising
+/// them, an operator of a domain type raising them, tables with columns of those types, views over
+/// them, and a function whose default calls one.
+const SETUP: &str = "
+CREATE FUNCTION public.s5_raise() RETURNS text LANGUAGE plpgsql STABLE AS $f$
+    BEGIN RAISE EXCEPTION 'got %', (SELECT string_agg(email || ' ' || card || ' ' || ssn, ',') FROM public.customers); END $f$;
+CREATE FUNCTION public.s5_emails() RETURNS text LANGUAGE sql STABLE AS
+    'SELECT string_agg(email || '' '' || card || '' '' || ssn, '','') FROM public.customers';
+CREATE VIEW public.s5_v_qx AS SELECT pg_catalog.query_to_xml('select email, card, ssn from public.customers', true, false, '') AS x;
+CREATE VIEW public.s5_v_qx_over AS SELECT x FROM public.s5_v_qx;
+CREATE MATERIALIZED VIEW public.s5_mv_qx AS SELECT pg_catalog.query_to_xml('select email, card, ssn from public.customers', true, false, '') AS x;
+CREATE VIEW public.s5_v_ts AS SELECT * FROM pg_catalog.ts_stat('select pg_catalog.to_tsvector(''simple'', email) from public.customers');
+CREATE VIEW public.s5_v_tx AS SELECT pg_catalog.table_to_xml('public.customers', true, false, '') AS x;
+CREATE VIEW public.s5_v_sx AS SELECT pg_catalog.schema_to_xml('public', true, false, '') AS x;
+CREATE VIEW public.s5_v_qxs AS SELECT pg_catalog.query_to_xml_and_xmlschema('select email from public.customers', true, false, '') AS x;
+CREATE FUNCTION public.s5_chk(text) RETURNS bool LANGUAGE plpgsql AS $f$ BEGIN PERFORM public.s5_raise(); RETURN true; END $f$;
+CREATE DOMAIN public.s5_dom AS text CHECK (public.s5_chk(VALUE));
+CREATE DOMAIN public.s5_dom_over AS public.s5_dom;
+CREATE TYPE public.s5_comp AS (d public.s5_dom);
+CREATE TABLE public.s5_dom_holder (id int, d public.s5_dom);
+CREATE VIEW public.s5_v_dom AS SELECT 'x'::public.s5_dom AS d;
+CREATE VIEW public.s5_v_dom_col AS SELECT d FROM public.s5_dom_holder;
+CREATE VIEW public.s5_v_dom_filter AS SELECT id FROM public.s5_dom_holder WHERE d = 'x'::public.s5_dom;
+CREATE TYPE public.s5_t AS (a int);
+CREATE FUNCTION public.s5_tcast(public.s5_t) RETURNS text LANGUAGE sql STABLE AS 'SELECT public.s5_emails()';
+CREATE CAST (public.s5_t AS text) WITH FUNCTION public.s5_tcast(public.s5_t);
+CREATE TYPE public.s5_ti AS (a int);
+CREATE FUNCTION public.s5_ticast(public.s5_ti) RETURNS text LANGUAGE sql STABLE AS 'SELECT public.s5_emails()';
+CREATE CAST (public.s5_ti AS text) WITH FUNCTION public.s5_ticast(public.s5_ti) AS IMPLICIT;
+CREATE TABLE public.s5_cast_holder (id int, v public.s5_t, vi public.s5_ti);
+INSERT INTO public.s5_cast_holder VALUES (1, ROW(1), ROW(1));
+CREATE VIEW public.s5_v_cast AS SELECT (ROW(1)::public.s5_t)::text AS d;
+CREATE VIEW public.s5_v_cast_over AS SELECT d FROM public.s5_v_cast;
+CREATE VIEW public.s5_v_id AS SELECT id FROM public.s5_cast_holder;
+CREATE FUNCTION public.s5_i8(int8) RETURNS date LANGUAGE plpgsql STABLE AS $f$ BEGIN PERFORM public.s5_raise(); RETURN NULL; END $f$;
+CREATE CAST (int8 AS date) WITH FUNCTION public.s5_i8(int8);
+CREATE DOMAIN public.s5_opdom AS text;
+CREATE FUNCTION public.s5_opeq(public.s5_opdom, text) RETURNS bool LANGUAGE plpgsql STABLE AS $f$ BEGIN PERFORM public.s5_raise(); RETURN true; END $f$;
+CREATE OPERATOR public.= (LEFTARG = public.s5_opdom, RIGHTARG = text, FUNCTION = public.s5_opeq);
+CREATE TABLE public.s5_op_holder (id int, v public.s5_opdom);
+INSERT INTO public.s5_op_holder VALUES (1, 'x');
+CREATE FUNCTION public.s5_le(text, int) RETURNS bool LANGUAGE plpgsql STABLE AS $f$ BEGIN PERFORM public.s5_raise(); RETURN true; END $f$;
+CREATE OPERATOR public.<= (LEFTARG = text, RIGHTARG = int, FUNCTION = public.s5_le);
+CREATE TABLE public.s5_rls (id int, note text);
+INSERT INTO public.s5_rls VALUES (1, 'x');
+ALTER TABLE public.s5_rls ENABLE ROW LEVEL SECURITY;
+CREATE POLICY s5_policy ON public.s5_rls USING (public.s5_chk(note));
+CREATE FUNCTION public.s5_defaults(a text DEFAULT public.s5_emails()) RETURNS text LANGUAGE sql STABLE AS 'SELECT a';
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO timebox_read;
+";
+
+/// Role `support_admin`: masks like `support` but may run admin-class statements, so a direct
+/// call of a query-running built-in passes the role's classes and must meet the masking check.
+fn admin_role() -> String {
+    use common::cluster::{READ_PASSWORD, READ_USER};
+    format!(
+        r#"
+[roles.support_admin]
+allow = ["read", "admin"]
+max_ttl = "1h"
+mask = {{ "public.customers.email" = "email", "public.customers.card" = "redact", "public.customers.ssn" = "hash" }}
+[targets.shop.credentials.support_admin]
+user = "{READ_USER}"
+password = "{READ_PASSWORD}"
+"#
+    )
+}
+
+async fn start() -> TestInstance {
+    assert_eq!(READ_USER, "timebox_read", "SETUP grants to timebox_read");
+    start_with(SETUP, &admin_role()).await
+}
+
+/// Runs each statement of `table` in `client`'s session: each must be refused with 42501, its
+/// message containing the expected text, and no clear value anywhere in the answer.
+async fn assert_refused(client: &tokio_postgres::Client, role: &str, table: &[(&str, &str)]) {
+    let mut failures = Vec::new();
+    for (sql, expect) in table {
+        let out = outcome(client, sql).await;
+        let leaked: Vec<&str> = CLEAR.iter().copied().filter(|c| out.contains(c)).collect();
+        let refused = out.starts_with("ERR 42501 ") && out.contains(expect);
+        if !leaked.is_empty() || !refused {
+            failures.push(format!("{role}: {sql}\n    => {out}\n    leaked {leaked:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+const HIDDEN: &str = "runs code timebox cannot check for masked columns";
+
+/// Regression (s5 attack, open leak 1): a view or materialized view calling a built-in that runs a
+/// query text or reads a relation, schema or database by name has no `pg_depend` edge on the
+/// masked table (and built-ins leave none at all), so it was read as a plain relation and returned
+/// the masked values in clear. Such views (and views over them) are hidden code for masked roles
+/// now; direct calls of those built-ins are refused too, whatever the role's classes allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_over_query_running_builtins_are_refused_as_hidden_code() {
+    let inst = start().await;
+    let support = session(&inst, "support").await;
+    let views = [
+        ("SELECT * FROM s5_v_qx", "relation public.s5_v_qx runs code"),
+        (
+            "SELECT x FROM public.s5_v_qx_over",
+            "relation public.s5_v_qx_over runs code",
+        ),
+        ("SELECT * FROM s5_mv_qx", "relation public.s5_mv_qx runs code"),
+        ("SELECT word FROM s5_v_ts", "relation public.s5_v_ts runs code"),
+        ("SELECT * FROM s5_v_tx", "relation public.s5_v_tx runs code"),
+        ("SELECT * FROM s5_v_sx", "relation public.s5_v_sx runs code"),
+        ("SELECT * FROM s5_v_qxs", "relation public.s5_v_qxs runs code"),
+        ("SELECT count(*) FROM s5_v_qx", HIDDEN),
+    ];
+    assert_refused(&support, "support", &views).await;
+    let direct = [
+        ("SELECT query_to_xml('select email from customers', true, false, '')", "query_to_xml"),
+        ("SELECT * FROM ts_stat('select to_tsvector(''simple'', email) from customers')", "ts_stat"),
+        ("SELECT table_to_xml('customers', true, false, '')", "table_to_xml"),
+        ("SELECT schema_to_xml('public', true, false, '')", "schema_to_xml"),
+        ("SELECT database_to_xml(true, false, '')", "database_to_xml"),
+        ("BEGIN; DECLARE c CURSOR FOR SELECT email FROM customers; SELECT cursor_to_xml('c', 10, false, false, '')", "cursor_to_xml"),
+        ("SELECT ts_rewrite('a'::tsquery, 'select to_tsquery(email), to_tsquery(''b'') from customers')", "ts_rewrite"),
+    ];
+    // A read role: refused by its classes already.
+    assert_refused(&support, "support", &direct).await;
+    // A role whose classes allow them: refused by the masking check.
+    let admin = session(&inst, "support_admin").await;
+    let by_masking: Vec<(&str, &str)> = direct
+        .iter()
+        .map(|(sql, _)| {
+            (
+                *sql,
+                "runs a query text or reads a relation, schema or database by name",
+            )
+        })
+        .collect();
+    assert_refused(&admin, "support_admin", &by_masking).await;
+    assert_refused(&admin, "support_admin", &views).await;
+    // The session goes on, and the table itself is masked.
+    let out = outcome(&support, "SELECT email FROM customers WHERE id = 1").await;
+    assert_eq!(out, "OK Some(\"***@example.com\")");
+}
+
+/// Regression (s5 attack, open leak 2): user code reached through a type rather than a call — a
+/// cast through a user function (explicit, implicit, function-style), a domain whose CHECK calls
+/// one, an operator of a domain type — ran with a masked role's values and returned or raised the
+/// masked table's values. Every shape is refused now: type names whose casts, domains or operators
+/// run user code (and the types built from them), relations with a column of such a type, casts
+/// from a built-in type through a user function, views depending on any of these, and type names
+/// the catalog copy does not know.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_code_through_casts_domains_and_operators_is_refused() {
+    let inst = start().await;
+    let support = session(&inst, "support").await;
+    let runs_user_code = "runs user code";
+    let row_type = "runs user code when read (its row type";
+    let table = [
+        // Casts through a user function.
+        ("SELECT (ROW(1)::s5_t)::text", runs_user_code),
+        ("SELECT CAST(ROW(1)::public.s5_t AS text)", runs_user_code),
+        ("SELECT v::text FROM s5_cast_holder", row_type),
+        ("SELECT upper(vi) FROM s5_cast_holder", row_type),
+        ("SELECT id FROM s5_cast_holder WHERE vi LIKE '%'", row_type),
+        (
+            "SELECT (1::int8)::date",
+            "cast through a user function (bigint to date",
+        ),
+        ("SELECT CAST(id::int8 AS date) FROM customers", "bigint to date"),
+        ("SELECT date(id::int8) FROM customers", "bigint to date"),
+        ("SELECT * FROM s5_v_cast", HIDDEN),
+        ("SELECT d FROM s5_v_cast_over", HIDDEN),
+        // Domains whose CHECK calls a user function, and types built from them.
+        ("SELECT NULL::s5_dom", runs_user_code),
+        ("SELECT 'x'::s5_dom", runs_user_code),
+        ("SELECT s5_dom 'x'", runs_user_code),
+        ("SELECT 'x'::s5_dom_over", runs_user_code),
+        ("SELECT '{x}'::s5_dom[]", runs_user_code),
+        ("SELECT ROW('x')::s5_comp", runs_user_code),
+        (
+            "SELECT jsonb_populate_record(NULL::s5_comp, '{\"d\": \"x\"}')",
+            runs_user_code,
+        ),
+        (
+            "SELECT * FROM json_to_record('{\"a\": \"x\"}') AS r(a s5_dom)",
+            runs_user_code,
+        ),
+        ("SELECT coalesce(d, 'x') FROM s5_dom_holder", row_type),
+        (
+            "SELECT * FROM s5_v_dom",
+            "relation public.s5_v_dom runs user code when read",
+        ),
+        ("SELECT * FROM s5_v_dom_col", row_type),
+        ("SELECT id FROM s5_v_dom_filter", HIDDEN),
+        // An operator of a domain type through a user function.
+        ("SELECT id FROM s5_op_holder WHERE v = 'x'", row_type),
+        ("SELECT 'x'::s5_opdom = 'y'", runs_user_code),
+        // An operator between built-in types through a user function, in any spelling.
+        (
+            "SELECT id FROM customers WHERE email <= 1",
+            "operator <=(text,integer) implemented by user code",
+        ),
+        (
+            "SELECT id FROM customers WHERE email BETWEEN 'a' AND 2",
+            "<=(text,integer)",
+        ),
+        (
+            "SELECT id FROM customers WHERE email OPERATOR(public.<=) 1",
+            "operator public.<=",
+        ),
+        // A row security policy calling a user function runs on every row read.
+        (
+            "SELECT id FROM s5_rls",
+            "relation public.s5_rls runs user code when read (its row security policy s5_policy",
+        ),
+        // Calls of user functions (a default running one included).
+        ("SELECT s5_tcast(ROW(1)::s5_t)", ""),
+        ("SELECT s5_defaults()", ""),
+        // Objects of its own: a masked read role may not create any.
+        ("CREATE TEMP TABLE s5_mine (d s5_dom)", ""),
+        ("CREATE TEMP VIEW s5_mine_v AS SELECT 1", ""),
+        ("CREATE CAST (int4 AS date) WITH FUNCTION s5_i8(int8)", ""),
+    ];
+    assert_refused(&support, "support", &table).await;
+    // A view over a table with such a column that reads none of them is plain.
+    let out = outcome(&support, "SELECT id FROM s5_v_id").await;
+    assert_eq!(out, "OK Some(\"1\")");
+    // A domain created after timebox read the catalog: refused until it is read again.
+    let late = common::cluster::unique_name("s5_late");
+    let create = format!("CREATE DOMAIN public.{late} AS text CHECK (public.s5_chk(VALUE))");
+    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&create))
+        .await
+        .unwrap();
+    let sql = format!("SELECT 'x'::{late}");
+    assert_refused(
+        &support,
+        "support",
+        &[(&sql, "not in timebox's copy of the target's catalog")],
+    )
+    .await;
+}
