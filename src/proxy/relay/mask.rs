@@ -735,6 +735,7 @@ impl Session {
             }
             MaskStep::Fail(error) => {
                 tracing::warn!(role = %self.grant.role, "rows whose masking timebox cannot establish were not sent");
+                self.ctx.proxy.masking_metrics.masking_refusals_total.inc();
                 out.replace_frame(start, end, &error.to_bytes());
                 r.sync.error(Some(error.code.to_owned()));
                 false
