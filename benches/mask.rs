@@ -13,7 +13,7 @@
 //! throwaway cluster, a real timebox on port 0, both in this process).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(unused_imports, dead_code)]
+#[allow(unused_imports)]
 mod common;
 
 use std::time::{Duration, Instant};

@@ -217,7 +217,7 @@ pub struct MaskedColumnReturned {
 impl Returned {
     /// Two results of one audited statement (a multi-statement Query) counted as one: rows and
     /// bytes add up, masked columns are merged (sorted, each once), the first quota stop stays.
-    pub fn add(self, b: Returned) -> Returned {
+    pub fn combine(self, b: Returned) -> Returned {
         let masked = match (self.masked, b.masked) {
             (Some(mut a), Some(b)) => {
                 a.extend(b);

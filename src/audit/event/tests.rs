@@ -182,14 +182,14 @@ fn returned_of_several_results_add_up_and_merge_masked_columns() {
         quota_stop: Some("max_rows_per_statement".into()),
         rows: 2,
     };
-    let sum = a.clone().add(b);
+    let sum = a.clone().combine(b);
     assert_eq!((sum.rows, sum.bytes), (3, 15));
     assert_eq!(
         sum.masked,
         Some(vec![m("public.c.a"), m("public.c.b"), m("public.c.z")])
     );
     assert_eq!(sum.quota_stop.as_deref(), Some("max_rows_per_statement"));
-    assert_eq!(a.clone().add(Returned::default()).masked, a.masked);
+    assert_eq!(a.clone().combine(Returned::default()).masked, a.masked);
 }
 
 fn assert_canonical(event: &AuditEvent) {

@@ -215,7 +215,7 @@ impl SyncTracker {
 
 /// Two results of one audited statement (a multi-statement Query) counted as one.
 fn add_returned(a: Returned, b: Returned) -> Returned {
-    a.add(b)
+    a.combine(b)
 }
 
 #[cfg(test)]
