@@ -11,7 +11,9 @@
 //! skips to Sync, as PostgreSQL does). A DataRow whose columns cannot be established — no
 //! description seen, a relation newer than the snapshot, a view over a masked table, a computed
 //! column of a masked table — is never forwarded: the result's rows are dropped and the client
-//! gets ERROR 42501 in their place (and a fresh snapshot is asked for). Pure apart from the
+//! gets ERROR 42501 in their place (and a fresh snapshot is asked for). For the statement's
+//! outcome record it counts the rows and bytes each result sent and names the masked columns of
+//! its description ([`ResultMask::take_returned`]). Pure apart from the
 //! snapshot it reads; must never let a row of a masked column out unmasked.
 
 use std::collections::{HashMap, HashSet, VecDeque};
