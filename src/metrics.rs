@@ -292,6 +292,9 @@ pub struct MaskingMetrics {
     /// Statements denied by the masking shape check (also counted in `timebox_statements_total`
     /// as denied).
     pub masking_denials_total: IntCounter,
+    /// Results whose rows were not sent (42501) because timebox could not establish which of
+    /// their columns are masked (s6: these statements were denied for masking without a count).
+    pub masking_refusals_total: IntCounter,
 }
 
 impl MaskingMetrics {
@@ -305,6 +308,10 @@ impl MaskingMetrics {
                 "timebox_masking_denials_total",
                 "Statements denied because they would return a masked column in another shape than a plain column",
             )?,
+            masking_refusals_total: IntCounter::new(
+                "timebox_masking_refusals_total",
+                "Results whose rows were not sent because timebox could not establish which of their columns are masked",
+            )?,
         };
         metrics
             .registry
@@ -312,6 +319,9 @@ impl MaskingMetrics {
         metrics
             .registry
             .register(Box::new(m.masking_denials_total.clone()))?;
+        metrics
+            .registry
+            .register(Box::new(m.masking_refusals_total.clone()))?;
         Ok(m)
     }
 }

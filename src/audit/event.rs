@@ -176,28 +176,64 @@ pub struct StatementOutcome {
     pub command_tag: Option<String>,
     /// Microseconds from forwarding the statement to its completion.
     pub duration_us: u64,
+    /// What the statement returned, counted on the wire: only for roles with result quotas or
+    /// column masks (absent otherwise, so records of other roles are unchanged). Declared in its
+    /// canonical place (keys sort: `returned` < `rows`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub returned: Option<Returned>,
     pub rows: Option<u64>,
     pub session_id: String,
     /// The SQLSTATE of the error, if it failed.
     pub sqlstate: Option<String>,
     pub statement_id: u64,
-    /// What the statement returned, counted on the wire: only for roles with result quotas
-    /// (absent otherwise, so records of other roles are unchanged).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub returned: Option<Returned>,
 }
 
-/// Result rows and bytes a statement returned to the client, and the quota that stopped it.
+/// Result rows and bytes a statement returned to the client, the masked columns its results
+/// had, and the quota that stopped it. Fields in canonical (lexicographic) order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Returned {
-    /// DataRows forwarded to the client.
-    pub rows: u64,
-    /// DataRow and CopyData bytes (whole frames) forwarded to the client.
+    /// DataRow and CopyData bytes (whole frames, after masking) forwarded to the client.
     pub bytes: u64,
+    /// The masked columns of its results (from their RowDescriptions: the target's catalog),
+    /// sorted, each once; absent when none (roles with masks only). Names, never values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masked: Option<Vec<MaskedColumnReturned>>,
     /// The role option that stopped the result (`max_rows_per_statement`,
     /// `max_result_bytes_per_statement`, `max_result_bytes_per_grant`), if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota_stop: Option<String>,
+    /// DataRows forwarded to the client.
+    pub rows: u64,
+}
+
+/// One masked column a statement's result had: `schema.table.column` (the relation the
+/// RowDescription names, a partition or child table included) and the mask `method` applied.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MaskedColumnReturned {
+    pub column: String,
+    pub method: String,
+}
+
+impl Returned {
+    /// Two results of one audited statement (a multi-statement Query) counted as one: rows and
+    /// bytes add up, masked columns are merged (sorted, each once), the first quota stop stays.
+    pub fn combine(self, b: Returned) -> Returned {
+        let masked = match (self.masked, b.masked) {
+            (Some(mut a), Some(b)) => {
+                a.extend(b);
+                a.sort();
+                a.dedup();
+                Some(a)
+            }
+            (a, b) => a.or(b),
+        };
+        Returned {
+            bytes: self.bytes + b.bytes,
+            masked,
+            quota_stop: self.quota_stop.or(b.quota_stop),
+            rows: self.rows + b.rows,
+        }
+    }
 }
 
 /// A session ended.

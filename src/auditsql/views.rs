@@ -121,9 +121,10 @@ pub const VIEWS: &[View] = &[
             field("rows", "json_extract(payload, '$.rows')", "rows returned or changed"),
             field("sqlstate", "json_extract(payload, '$.sqlstate')", "the error's SQLSTATE (NULL on success)"),
             field("duration_us", "json_extract(payload, '$.duration_us')", "microseconds from forwarding to completion"),
-            field("returned_rows", "json_extract(payload, '$.returned.rows')", "result rows forwarded to the client (roles with result quotas; NULL otherwise)"),
-            field("returned_bytes", "json_extract(payload, '$.returned.bytes')", "result bytes forwarded to the client (roles with result quotas; NULL otherwise)"),
+            field("returned_rows", "json_extract(payload, '$.returned.rows')", "result rows forwarded to the client (roles with result quotas or masks; NULL otherwise)"),
+            field("returned_bytes", "json_extract(payload, '$.returned.bytes')", "result bytes forwarded to the client (roles with result quotas or masks; NULL otherwise)"),
             field("quota_stop", "json_extract(payload, '$.returned.quota_stop')", "the role quota that stopped the result (max_rows_per_statement, …), or NULL"),
+            field("masked_columns", "(SELECT group_concat(json_extract(m.value, '$.column') || ' ' || json_extract(m.value, '$.method'), ', ') FROM json_each(payload, '$.returned.masked') AS m)", "the masked columns its results had, as schema.table.column method, comma-separated (roles with masks; NULL when none)"),
         ],
     },
     View {

@@ -342,6 +342,32 @@ pub fn parse_time_arg(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Stri
         .ok_or_else(|| format!("{s:?} is too far back"))
 }
 
+/// An outcome's `returned` (roles with quotas or masks): rows and bytes, the quota that stopped
+/// it, the masked columns of its results.
+fn write_returned(s: &mut String, r: &AuditRecord) {
+    let Some(returned) = r.payload.get("returned").filter(|v| v.is_object()) else {
+        return;
+    };
+    let n = |k: &str| returned.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    let _ = write!(s, "; returned {} rows, {} B", n("rows"), n("bytes"));
+    if let Some(stop) = returned.get("quota_stop").and_then(|v| v.as_str()) {
+        let _ = write!(s, ", stopped by {stop}");
+    }
+    let masked: Vec<String> = returned
+        .get("masked")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let text = |k: &str| m.get(k).and_then(|v| v.as_str()).unwrap_or("?");
+            format!("{} ({})", text("column"), text("method"))
+        })
+        .collect();
+    if !masked.is_empty() {
+        let _ = write!(s, "; masked {}", masked.join(", "));
+    }
+}
+
 /// One line of detail per kind, for the table.
 pub fn record_detail(r: &AuditRecord) -> String {
     let f = |name: &str| r.field(name).unwrap_or_default();
@@ -361,11 +387,13 @@ pub fn record_detail(r: &AuditRecord) -> String {
                 (_, Some(tag)) => tag,
                 _ => "done".into(),
             };
-            format!(
+            let mut s = format!(
                 "#{} {result} in {:.1} ms",
                 f("statement_id"),
                 f("duration_us").parse::<f64>().unwrap_or(0.0) / 1000.0
-            )
+            );
+            write_returned(&mut s, r);
+            s
         }
         "session_start" => format!(
             "grant {} role {} from {}{}",

@@ -167,6 +167,31 @@ pub struct MaskEntry {
     again: std::sync::atomic::AtomicBool,
     /// Where it is read from (set by the first login).
     source: std::sync::OnceLock<MaskSource>,
+    /// `schema.table.column` of each masked (table OID, attribute number), for the audit
+    /// records of results (s6). Written before the snapshot it was read with.
+    names: std::sync::RwLock<Arc<MaskedNames>>,
+}
+
+/// `schema.table.column` of each masked (table OID, attribute number) of a snapshot read.
+pub type MaskedNames = std::collections::HashMap<(u32, i16), String>;
+
+/// The masked columns' names from the attribute rows of [`snapshot_query`] (rule index, relid,
+/// schema, table, attnum, whether it is the masked column): the relation's own schema and name
+/// (a partition or child table's), the rule's column name. Rows it cannot read are skipped (the
+/// snapshot itself refuses them).
+pub fn masked_names(rules: &[MaskRule], attrs: &[Row]) -> MaskedNames {
+    let field = |row: &Row, i: usize| row.get(i).cloned().flatten();
+    attrs
+        .iter()
+        .filter(|row| field(row, 5).as_deref() == Some("t"))
+        .filter_map(|row| {
+            let rule = rules.get(field(row, 0)?.parse::<usize>().ok()?)?;
+            let relid = field(row, 1)?.parse::<u32>().ok()?;
+            let attnum = field(row, 4)?.parse::<i16>().ok()?;
+            let name = format!("{}.{}.{}", field(row, 2)?, field(row, 3)?, rule.column);
+            Some(((relid, attnum), name))
+        })
+        .collect()
 }
 
 impl MaskEntry {
@@ -181,6 +206,19 @@ impl MaskEntry {
             snapshot: std::sync::RwLock::new(snapshot.map(Arc::new)),
             ..MaskEntry::default()
         }
+    }
+
+    /// An entry holding `snapshot` and the names of its masked columns (unit tests).
+    pub fn holding_named(snapshot: MaskSnapshot, names: MaskedNames) -> MaskEntry {
+        MaskEntry {
+            names: std::sync::RwLock::new(Arc::new(names)),
+            ..MaskEntry::holding(Some(snapshot))
+        }
+    }
+
+    /// The names of the masked columns as of the latest read.
+    pub fn names(&self) -> Arc<MaskedNames> {
+        self.names.read().map(|n| n.clone()).unwrap_or_default()
     }
 }
 
@@ -258,8 +296,12 @@ async fn read_into(entry: &MaskEntry, source: &MaskSource, salted: &SaltedPasswo
         Err(_) => Err(CatalogError::Timeout(READ_TIMEOUT)),
     };
     match result {
-        Ok(s) => {
+        Ok((s, names)) => {
             tracing::info!(target = %source.target.name, columns = s.rules.len(), views = s.views.len(), "read the target's masked columns");
+            // Names first: a session that sees the new snapshot finds its columns' names.
+            if let Ok(mut w) = entry.names.write() {
+                *w = Arc::new(names);
+            }
             if let Ok(mut w) = entry.snapshot.write() {
                 *w = Some(Arc::new(s));
             }
@@ -271,7 +313,10 @@ async fn read_into(entry: &MaskEntry, source: &MaskSource, salted: &SaltedPasswo
 }
 
 /// Runs [`snapshot_query`] on a connection of its own and closes it.
-async fn read_masks(source: &MaskSource, salted: &SaltedPasswordCache) -> Result<MaskSnapshot, CatalogError> {
+async fn read_masks(
+    source: &MaskSource,
+    salted: &SaltedPasswordCache,
+) -> Result<(MaskSnapshot, MaskedNames), CatalogError> {
     let settings = [("application_name".to_string(), "timebox:catalog".to_string())];
     let conn = upstream::connect(
         &source.target,
@@ -318,8 +363,9 @@ async fn read_masks(source: &MaskSource, salted: &SaltedPasswordCache) -> Result
         return Err(CatalogError::Query(e));
     }
     sets.pop();
-    MaskSnapshot::from_rows(&source.rules, &sets)
-        .map_err(|_| CatalogError::Protocol("unexpected masking catalog rows"))
+    let snapshot = MaskSnapshot::from_rows(&source.rules, &sets)
+        .map_err(|_| CatalogError::Protocol("unexpected masking catalog rows"))?;
+    Ok((snapshot, masked_names(&source.rules, &sets[0])))
 }
 
 /// The next backend message of a catalog answer, reading more as needed; an answer over

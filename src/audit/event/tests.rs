@@ -129,6 +129,71 @@ pub(crate) fn samples() -> Vec<AuditEvent> {
 #[test]
 fn fields_are_declared_in_canonical_order() {
     for event in samples() {
+        assert_canonical(&event);
+    }
+}
+
+/// An outcome of a role with masks and quotas: `returned` and its fields in canonical order too.
+/// Regression (s6): `returned` came after `statement_id` and its fields as rows, bytes,
+/// quota_stop, so a key-sorting JSON library did not reproduce the payload.
+#[test]
+fn an_outcome_with_returned_and_masked_columns_is_canonical_and_pinned() {
+    let outcome = AuditEvent::StatementOutcome(StatementOutcome {
+        command_tag: Some("SELECT 2".into()),
+        duration_us: 10,
+        returned: Some(Returned {
+            bytes: 120,
+            masked: Some(vec![MaskedColumnReturned {
+                column: "public.customers.email".into(),
+                method: "email".into(),
+            }]),
+            quota_stop: Some("max_rows_per_statement".into()),
+            rows: 2,
+        }),
+        rows: Some(2),
+        session_id: "s_1".into(),
+        sqlstate: None,
+        statement_id: 3,
+    });
+    assert_canonical(&outcome);
+    assert_eq!(
+        outcome.payload_json(),
+        r#"{"command_tag":"SELECT 2","duration_us":10,"returned":{"bytes":120,"masked":[{"column":"public.customers.email","method":"email"}],"quota_stop":"max_rows_per_statement","rows":2},"rows":2,"session_id":"s_1","sqlstate":null,"statement_id":3}"#
+    );
+    let back = AuditEvent::from_parts("statement_outcome", &outcome.payload_json()).unwrap();
+    assert_eq!(back, outcome);
+}
+
+#[test]
+fn returned_of_several_results_add_up_and_merge_masked_columns() {
+    let m = |c: &str| MaskedColumnReturned {
+        column: c.into(),
+        method: "redact".into(),
+    };
+    let a = Returned {
+        bytes: 10,
+        masked: Some(vec![m("public.c.b"), m("public.c.z")]),
+        quota_stop: None,
+        rows: 1,
+    };
+    let b = Returned {
+        bytes: 5,
+        masked: Some(vec![m("public.c.a"), m("public.c.b")]),
+        quota_stop: Some("max_rows_per_statement".into()),
+        rows: 2,
+    };
+    let sum = a.clone().combine(b);
+    assert_eq!((sum.rows, sum.bytes), (3, 15));
+    assert_eq!(
+        sum.masked,
+        Some(vec![m("public.c.a"), m("public.c.b"), m("public.c.z")])
+    );
+    assert_eq!(sum.quota_stop.as_deref(), Some("max_rows_per_statement"));
+    assert_eq!(a.clone().combine(Returned::default()).masked, a.masked);
+}
+
+fn assert_canonical(event: &AuditEvent) {
+    {
         let payload = event.payload_json();
         let value: serde_json::Value = serde_json::from_str(&payload).unwrap();
         let mut keys: Vec<&String> = value.as_object().unwrap().keys().collect();

@@ -250,3 +250,32 @@ fn the_api_reads_back_the_filter_the_cli_sends() {
         assert_eq!(read, filter, "{uri}");
     }
 }
+
+/// s6 (issue 15 item 4): an outcome of a role with masks or quotas shows what it returned and
+/// the masked columns; one without `returned` reads as before.
+#[test]
+fn outcomes_show_rows_returned_and_masked_columns() {
+    let outcome = record(
+        4,
+        "statement_outcome",
+        json!({"command_tag": "SELECT 2", "duration_us": 2000, "session_id": "s_1",
+               "sqlstate": null, "statement_id": 7, "rows": 2,
+               "returned": {"bytes": 120, "rows": 2, "masked": [
+                   {"column": "public.customers.email", "method": "email"}]}}),
+    );
+    assert_eq!(
+        record_detail(&outcome),
+        "#7 SELECT 2 in 2.0 ms; returned 2 rows, 120 B; masked public.customers.email (email)"
+    );
+    let stopped = record(
+        5,
+        "statement_outcome",
+        json!({"command_tag": null, "duration_us": 1000, "session_id": "s_1", "sqlstate": "54000",
+               "statement_id": 8, "rows": null,
+               "returned": {"bytes": 10, "rows": 1, "quota_stop": "max_rows_per_statement"}}),
+    );
+    assert_eq!(
+        record_detail(&stopped),
+        "#8 error 54000 in 1.0 ms; returned 1 rows, 10 B, stopped by max_rows_per_statement"
+    );
+}

@@ -11,7 +11,9 @@
 //! skips to Sync, as PostgreSQL does). A DataRow whose columns cannot be established — no
 //! description seen, a relation newer than the snapshot, a view over a masked table, a computed
 //! column of a masked table — is never forwarded: the result's rows are dropped and the client
-//! gets ERROR 42501 in their place (and a fresh snapshot is asked for). Pure apart from the
+//! gets ERROR 42501 in their place (and a fresh snapshot is asked for). For the statement's
+//! outcome record it counts the rows and bytes each result sent and names the masked columns of
+//! its description ([`ResultMask::take_returned`]). Pure apart from the
 //! snapshot it reads; must never let a row of a masked column out unmasked.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -19,7 +21,9 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use super::outbox::ClientOutbox;
 use super::Relay;
+use crate::audit::event::{MaskedColumnReturned, Returned};
 use crate::config::{Credential, Masking, Target};
 use crate::masking::catalog::ColumnVerdict;
 use crate::masking::{rewrite_data_row, rewrite_row_description, MaskKey, MaskMethod, MaskedColumn};
@@ -59,7 +63,8 @@ enum Expect {
 #[derive(Debug, Clone, PartialEq)]
 enum Layout {
     Plain,
-    Masked(Arc<Vec<Option<MaskedColumn>>>),
+    /// Each column's mask (`None`: plain), and the masked columns' names for the audit record.
+    Masked(Arc<Vec<Option<MaskedColumn>>>, Arc<Vec<MaskedColumnReturned>>),
     /// Rows are not forwarded (why).
     Fail(&'static str),
     /// A FETCH or EXECUTE in the extended protocol: its columns are decided when it runs (the
@@ -71,7 +76,7 @@ enum Layout {
 impl Layout {
     /// A statement's layout with a Bind's result format codes.
     fn with_formats(&self, formats: &[i16]) -> Layout {
-        let Layout::Masked(columns) = self else {
+        let Layout::Masked(columns, names) = self else {
             return self.clone();
         };
         let columns = columns
@@ -88,7 +93,7 @@ impl Layout {
                 })
             })
             .collect();
-        Layout::Masked(Arc::new(columns))
+        Layout::Masked(Arc::new(columns), names.clone())
     }
 }
 
@@ -230,6 +235,10 @@ pub(crate) struct ResultMask {
     pub(crate) wants_refresh: bool,
     /// Masked values sent since last asked (for the metric).
     pub(crate) masked_values: u64,
+    /// DataRows and DataRow/CopyData bytes (as sent, masked) of the statement in progress, for
+    /// its audit record ([`ResultMask::take_returned`]).
+    sent_rows: u64,
+    sent_bytes: u64,
 }
 
 fn cstr(b: &[u8]) -> Option<(String, &[u8])> {
@@ -308,6 +317,8 @@ impl ResultMask {
             failing: false,
             wants_refresh: false,
             masked_values: 0,
+            sent_rows: 0,
+            sent_bytes: 0,
         }
     }
 
@@ -368,6 +379,7 @@ impl ResultMask {
     fn describe(&mut self, frame: &[u8]) -> (Option<BytesMut>, Layout) {
         let snapshot = self.entry.current();
         let unknown = std::cell::Cell::new(None);
+        let masked = std::cell::RefCell::new(Vec::new());
         let rewritten = rewrite_row_description(frame, |table, attnum| {
             let verdict = match &snapshot {
                 Some(s) => s.column(table, attnum),
@@ -376,7 +388,10 @@ impl ResultMask {
             };
             match verdict {
                 ColumnVerdict::Plain => None,
-                ColumnVerdict::Masked(m) => Some(m),
+                ColumnVerdict::Masked(m) => {
+                    masked.borrow_mut().push((table, attnum, m));
+                    Some(m)
+                }
                 ColumnVerdict::Unknown(why) => {
                     unknown.set(Some(why));
                     Some(MaskMethod::Redact)
@@ -390,9 +405,69 @@ impl ResultMask {
         }
         match rewritten {
             Ok(None) => (None, Layout::Plain),
-            Ok(Some((f, columns))) => (Some(f), Layout::Masked(Arc::new(columns))),
+            Ok(Some((f, columns))) => {
+                let names = self.audited_names(masked.into_inner());
+                (Some(f), Layout::Masked(Arc::new(columns), Arc::new(names)))
+            }
             Err(_) => (None, Layout::Fail("a malformed RowDescription")),
         }
+    }
+
+    /// The audit record's names of a description's masked columns, sorted, each once: from the
+    /// catalog read (a column read before its name is known is named by its OIDs).
+    fn audited_names(&self, masked: Vec<(u32, i16, MaskMethod)>) -> Vec<MaskedColumnReturned> {
+        let names = self.entry.names();
+        let mut out: Vec<MaskedColumnReturned> = masked
+            .into_iter()
+            .map(|(table, attnum, method)| MaskedColumnReturned {
+                column: names
+                    .get(&(table, attnum))
+                    .cloned()
+                    .unwrap_or_else(|| format!("table {table} column {attnum}")),
+                method: method.as_str().to_owned(),
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// A frame the relay forwards (`len` bytes as sent): DataRows and CopyData count for the
+    /// statement's audit record.
+    pub(crate) fn sent(&mut self, tag: u8, len: usize) {
+        match tag {
+            b'D' => {
+                self.sent_rows += 1;
+                self.sent_bytes += len as u64;
+            }
+            b'd' => self.sent_bytes += len as u64,
+            _ => {}
+        }
+    }
+
+    /// The result of the statement in progress is ending (its CommandComplete or ErrorResponse
+    /// is next, or a quota stopped it): what it returned, with the masked columns of the
+    /// description its rows follow; counting starts again.
+    pub(crate) fn take_returned(&mut self) -> Returned {
+        let layout = match self.pending.front() {
+            Some(Expect::Execute(p)) => self.portals.get(p),
+            _ => self.current.as_ref(),
+        };
+        let masked = match layout {
+            Some(Layout::Masked(_, names)) if !names.is_empty() => Some(names.to_vec()),
+            _ => None,
+        };
+        Returned {
+            bytes: std::mem::take(&mut self.sent_bytes),
+            masked,
+            quota_stop: None,
+            rows: std::mem::take(&mut self.sent_rows),
+        }
+    }
+
+    /// Rows of the current result are being refused (its CommandComplete will be dropped).
+    pub(crate) fn failing(&self) -> bool {
+        self.failing
     }
 
     fn error(&self, why: &str) -> PgError {
@@ -506,7 +581,7 @@ impl ResultMask {
         .unwrap_or(Layout::Fail(NO_DESCRIPTION));
         match layout {
             Layout::Plain => MaskStep::Keep,
-            Layout::Masked(columns) => match rewrite_data_row(frame, &columns, &self.key) {
+            Layout::Masked(columns, _) => match rewrite_data_row(frame, &columns, &self.key) {
                 Ok(f) => {
                     self.masked_values += columns.iter().filter(|c| c.is_some()).count() as u64;
                     MaskStep::Replace(f)
@@ -580,6 +655,10 @@ impl ResultMask {
             }
             b'C' | b'I' | b's' => {
                 self.failing = false;
+                // A portal suspended goes on at its next Execute: the same statement.
+                if tag != b's' {
+                    (self.sent_rows, self.sent_bytes) = (0, 0);
+                }
                 match self.pop_if(|e| matches!(e, Expect::Execute(_))) {
                     Some(Expect::Execute(portal)) if self.reshaping_portals.contains(&portal) => {
                         self.invalidate_all()
@@ -591,6 +670,7 @@ impl ResultMask {
             b'E' => {
                 self.failing = false;
                 self.current = None;
+                (self.sent_rows, self.sent_bytes) = (0, 0);
                 if !matches!(self.pending.front(), Some(Expect::Query(_))) {
                     while self.pending.front().is_some_and(|e| *e != Expect::Sync) {
                         self.pending.pop_front();
@@ -600,6 +680,7 @@ impl ResultMask {
             b'Z' => {
                 self.failing = false;
                 self.current = None;
+                (self.sent_rows, self.sent_bytes) = (0, 0);
                 while let Some(e) = self.pending.pop_front() {
                     if e == Expect::Query(true) {
                         self.invalidate_all();
@@ -618,6 +699,15 @@ impl ResultMask {
     }
 }
 
+/// How a session's client outbox looks at backend frames: every frame is noted only for roles
+/// with quotas or masks, and rows are held until whole only for roles with masks. Roles with
+/// neither pay nothing per row: their rows go to the client undecoded, only the few frames the
+/// relay reads (CommandComplete, ErrorResponse, ParameterStatus, ReadyForQuery) are noted.
+pub(super) fn set_frame_hooks(out: &mut ClientOutbox, quota: bool, mask: bool) {
+    out.track_all = quota || mask;
+    out.hold_rows = mask;
+}
+
 impl Session {
     /// The session's result masking, if its role masks columns.
     pub(super) fn result_mask(&self) -> Option<ResultMask> {
@@ -633,8 +723,12 @@ impl Session {
         };
         let out = &mut r.bufs.outbox;
         match m.on_backend(tag, out.frame_bytes(start, end)) {
-            MaskStep::Keep => true,
+            MaskStep::Keep => {
+                m.sent(tag, (end - start) as usize);
+                true
+            }
             MaskStep::Replace(bytes) => {
+                m.sent(tag, bytes.len());
                 out.replace_frame(start, end, &bytes);
                 true
             }
@@ -644,6 +738,7 @@ impl Session {
             }
             MaskStep::Fail(error) => {
                 tracing::warn!(role = %self.grant.role, "rows whose masking timebox cannot establish were not sent");
+                self.ctx.proxy.masking_metrics.masking_refusals_total.inc();
                 out.replace_frame(start, end, &error.to_bytes());
                 r.sync.error(Some(error.code.to_owned()));
                 false

@@ -319,7 +319,149 @@ fn commands_that_reuse_portal_or_statement_names_are_seen_in_any_spelling() {
     ] {
         assert!(reshapes_names(sql), "{sql}");
     }
-    for sql in ["SELECT email FROM customers", "FETCH ALL FROM g", "MOVE NEXT IN g"] {
+    for sql in [
+        "SELECT email FROM customers",
+        "FETCH ALL FROM g",
+        "MOVE NEXT IN g",
+    ] {
         assert!(!reshapes_names(sql), "{sql}");
     }
+}
+
+/// A mask whose entry knows the masked columns' names (as a catalog read gives them).
+fn named_mask() -> ResultMask {
+    let names = [((CUSTOMERS, 2), "public.customers.email".to_owned())].into();
+    let entry = Arc::new(MaskEntry::holding_named(snapshot(), names));
+    ResultMask::new(entry, MaskKey::derive(&[1; 32]), "support")
+}
+
+/// As the relay does: the frame's step, and what was sent counted for the audit record.
+fn forward(m: &mut ResultMask, tag: u8, f: &[u8]) -> MaskStep {
+    let step = m.on_backend(tag, f);
+    match &step {
+        MaskStep::Keep => m.sent(tag, f.len()),
+        MaskStep::Replace(b) => m.sent(tag, b.len()),
+        _ => {}
+    }
+    step
+}
+
+fn email_masked() -> Option<Vec<MaskedColumnReturned>> {
+    Some(vec![MaskedColumnReturned {
+        column: "public.customers.email".into(),
+        method: "email".into(),
+    }])
+}
+
+/// s6 (issue 15 item 4): the outcome record of a masked result names its masked columns (from
+/// the RowDescription, by catalog identity) and counts the rows and bytes as sent (masked), for
+/// a simple Query and for each execution of a prepared statement alike.
+#[test]
+fn what_a_result_returned_names_its_masked_columns_for_query_and_each_bind_execution() {
+    let mut m = named_mask();
+    sent(&mut m, b'Q', b"SELECT id, email AS e FROM customers\0");
+    let t = row_description(&[("id", CUSTOMERS, 1, 23), ("e", CUSTOMERS, 2, 25)]);
+    forward(&mut m, b'T', &t);
+    let MaskStep::Replace(row) = forward(&mut m, b'D', &data_row(&[b"7", b"alice@example.com"])) else {
+        panic!("masked row expected");
+    };
+    forward(&mut m, b'D', &data_row(&[b"8", b"bob@shop.test"]));
+    // The quota stage asks just before the CommandComplete.
+    let r = m.take_returned();
+    assert_eq!(r.masked, email_masked(), "an alias does not hide the column");
+    assert_eq!(r.rows, 2);
+    assert!(
+        r.bytes >= row.len() as u64 * 2 - 4 && r.bytes < 100,
+        "{}",
+        r.bytes
+    );
+    forward(&mut m, b'C', &frame(b'C', b"SELECT 2\0"));
+    forward(&mut m, b'Z', &frame(b'Z', b"I"));
+    // A plain result of the same session: no masked columns.
+    sent(&mut m, b'Q', b"SELECT 1\0");
+    forward(&mut m, b'T', &row_description(&[("x", 0, 0, 23)]));
+    forward(&mut m, b'D', &data_row(&[b"1"]));
+    let plain = m.take_returned();
+    assert_eq!((plain.masked, plain.rows), (None, 1));
+    forward(&mut m, b'C', &frame(b'C', b"SELECT 1\0"));
+    forward(&mut m, b'Z', &frame(b'Z', b"I"));
+    // A prepared statement described once, executed twice: each execution names the column.
+    sent(&mut m, b'P', b"s1\0SELECT email FROM customers\0\0\0");
+    sent(&mut m, b'D', b"Ss1\0");
+    sent(&mut m, b'S', b"");
+    forward(&mut m, b'1', &frame(b'1', b""));
+    forward(&mut m, b't', &frame(b't', b"\0\0"));
+    forward(&mut m, b'T', &row_description(&[("email", CUSTOMERS, 2, 25)]));
+    forward(&mut m, b'Z', &frame(b'Z', b"I"));
+    for _ in 0..2 {
+        sent(&mut m, b'B', b"\0s1\0\0\0\0\0\0\0");
+        sent(&mut m, b'E', b"\0\0\0\0\0");
+        sent(&mut m, b'S', b"");
+        forward(&mut m, b'2', &frame(b'2', b""));
+        assert!(matches!(
+            forward(&mut m, b'D', &data_row(&[b"alice@example.com"])),
+            MaskStep::Replace(_)
+        ));
+        let r = m.take_returned();
+        assert_eq!((r.masked, r.rows), (email_masked(), 1));
+        forward(&mut m, b'C', &frame(b'C', b"SELECT 1\0"));
+        forward(&mut m, b'Z', &frame(b'Z', b"I"));
+    }
+}
+
+#[test]
+fn rows_the_masking_refuses_are_not_counted_as_returned() {
+    // No snapshot: a table's column cannot be established, its rows are not sent.
+    let mut m = mask(None);
+    sent(&mut m, b'Q', b"SELECT email FROM customers\0");
+    forward(&mut m, b'T', &row_description(&[("email", CUSTOMERS, 2, 25)]));
+    assert!(matches!(
+        forward(&mut m, b'D', &data_row(&[b"alice@example.com"])),
+        MaskStep::Fail(_)
+    ));
+    assert_eq!(forward(&mut m, b'D', &data_row(&[b"x"])), MaskStep::Drop);
+    assert!(
+        m.failing(),
+        "its CommandComplete is dropped: the statement failed"
+    );
+    let r = m.take_returned();
+    assert_eq!((r.rows, r.bytes, r.masked), (0, 0, None));
+}
+
+/// Issue 15 item 5: a role without masks or quotas pays nothing per row — the outbox notes only
+/// the frames the relay always reads, never a RowDescription or DataRow, and a row is written
+/// as soon as any byte of it arrives; the bytes reach the client as the upstream sent them.
+#[test]
+fn a_role_without_masks_or_quotas_has_its_rows_forwarded_untouched() {
+    let mut stream = row_description(&[("email", CUSTOMERS, 2, 25)]);
+    for _ in 0..3 {
+        stream.extend_from_slice(&data_row(&[b"alice@example.com"]));
+    }
+    stream.extend_from_slice(&frame(b'C', b"SELECT 3\0"));
+    stream.extend_from_slice(&frame(b'Z', b"I"));
+    let noted = |quota: bool, masks: bool| {
+        let mut out = ClientOutbox::new();
+        set_frame_hooks(&mut out, quota, masks);
+        let mut held = Vec::new();
+        out.pending.extend_from_slice(&stream);
+        out.track_read(0, stream.len(), &mut held).unwrap();
+        (held.iter().map(|(tag, _, _)| *tag).collect::<Vec<u8>>(), out)
+    };
+    let (tags, out) = noted(false, false);
+    assert_eq!(
+        tags, b"CZ",
+        "only CommandComplete and ReadyForQuery are looked at"
+    );
+    assert_eq!(&out.pending[..], &stream[..], "unchanged");
+    assert_eq!(out.next_chunk().map(|(c, _)| c.len()), Some(stream.len()));
+    // Half a row: written at once, nothing waits for the rest of it.
+    let mut out = ClientOutbox::new();
+    set_frame_hooks(&mut out, false, false);
+    let half = 5 + stream.len() / 2;
+    out.pending.extend_from_slice(&stream[..half]);
+    out.track_read(0, half, &mut Vec::new()).unwrap();
+    assert_eq!(out.hold_point(), None);
+    // For contrast: a masked role's relay looks at every frame and holds rows until whole.
+    assert_eq!(noted(false, true).0, b"TDDDCZ");
+    assert_eq!(noted(true, false).0, b"TDDDCZ");
 }

@@ -165,8 +165,7 @@ impl Session {
         let quota = self.result_quota();
         let mask = self.result_mask();
         let mut bufs = Buffers::new();
-        bufs.outbox.track_all = quota.is_some() || mask.is_some();
-        bufs.outbox.hold_rows = mask.is_some();
+        mask::set_frame_hooks(&mut bufs.outbox, quota.is_some(), mask.is_some());
         Relay {
             bufs,
             held: HeldDecoder::default(),
@@ -196,7 +195,8 @@ impl Session {
     /// The result quotas of the session's role, if it sets any.
     fn result_quota(&self) -> Option<quota::ResultQuota> {
         let role = self.ctx.config.roles.get(&self.grant.role)?;
-        (!role.quotas.is_unlimited()).then(|| {
+        // Roles with masks count too (unlimited): their records carry what was returned.
+        (!role.quotas.is_unlimited() || role.masking.is_some()).then(|| {
             let grant_bytes = self.ctx.proxy.grant_result_bytes.counter(&self.grant.id);
             quota::ResultQuota::new(role.quotas, grant_bytes, &role.name)
         })

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use super::mask::ResultMask;
 use super::outbox::ClientOutbox;
 use super::Relay;
 use crate::audit::event::Returned;
@@ -178,6 +179,7 @@ impl QuotaCounter {
             rows: self.rows,
             bytes: self.bytes,
             quota_stop: self.stopped.map(|s| s.limit.key().to_owned()),
+            masked: None,
         };
         self.rows = 0;
         self.bytes = 0;
@@ -357,9 +359,11 @@ impl Session {
         // A denial marker's error dropped or replaced still takes its denial off the queue.
         let marker = tag == b'E' && self.interceptor.is_marker_error(out.frame_bytes(start, end));
         let step = q.on_frame(out, tag, start, end);
+        let mask = r.mask.as_mut();
         let keep = match step {
             Step::Keep { ended } => {
                 if let Some((returned, completed)) = ended {
+                    let (returned, completed) = with_mask(mask, returned, completed);
                     r.sync.returned(returned, completed);
                 }
                 return true;
@@ -370,12 +374,12 @@ impl Session {
                 false
             }
             Step::Answered(returned, sqlstate) => {
-                r.sync.returned(returned, false);
+                r.sync.returned(with_mask(mask, returned, false).0, false);
                 r.sync.error(Some(sqlstate.to_owned()));
                 false
             }
             Step::AnsweredBefore(returned, sqlstate) => {
-                r.sync.returned(returned, false);
+                r.sync.returned(with_mask(mask, returned, false).0, false);
                 r.sync.error(Some(sqlstate.to_owned()));
                 true
             }
@@ -421,6 +425,26 @@ impl Session {
             Err(_) => tracing::warn!("timed out cancelling the query a quota stopped"),
         }
     }
+}
+
+/// What a statement whose result ends returned, for a role with masks (`mask`): rows and bytes as
+/// the masking sent them (rows it refused are not counted; bytes are the masked frames') and the
+/// masked columns of their description, with the quota's stop. `completed` (the statement's
+/// CommandComplete reaches the client) is false when the masking refuses the result's rows: its
+/// CommandComplete is dropped and the statement ends in the masking's error.
+fn with_mask(mask: Option<&mut ResultMask>, returned: Returned, completed: bool) -> (Returned, bool) {
+    let Some(m) = mask else {
+        return (returned, completed);
+    };
+    let completed = completed && !m.failing();
+    let sent = m.take_returned();
+    (
+        Returned {
+            quota_stop: returned.quota_stop,
+            ..sent
+        },
+        completed,
+    )
 }
 
 #[cfg(test)]

@@ -215,11 +215,7 @@ impl SyncTracker {
 
 /// Two results of one audited statement (a multi-statement Query) counted as one.
 fn add_returned(a: Returned, b: Returned) -> Returned {
-    Returned {
-        rows: a.rows + b.rows,
-        bytes: a.bytes + b.bytes,
-        quota_stop: a.quota_stop.or(b.quota_stop),
-    }
+    a.combine(b)
 }
 
 #[cfg(test)]
@@ -246,6 +242,7 @@ mod tests {
             rows,
             bytes,
             quota_stop: stop.map(str::to_owned),
+            masked: None,
         };
         t.returned(r(2, 40, None), true);
         t.command_complete("SELECT 2".into());
