@@ -581,6 +581,89 @@ async fn sessions_cut_together_all_get_their_fatal_before_any_ends_its_upstream(
     );
 }
 
+/// Regression (issue 18): a session cut with its whole grant began the slow part of its ending
+/// (closing its sockets, the session end record, ending its backend, whose exit takes CPU from the
+/// sessions still to be cut) as soon as it had its own FATAL, while other sessions of the grant had
+/// not had theirs. Now each waits until every session of the grant has ended its relay (bounded).
+/// Here one client stops reading while a big result streams to it, so its FATAL cannot be
+/// delivered and its relay ends only at its close deadline: the others' endings come after that.
+/// (On a single-threaded runtime, so the order of the events is the order things happened.)
+#[tokio::test]
+async fn sessions_cut_together_end_only_once_every_session_of_the_grant_has_its_fatal() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let log = EventLog::default();
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    let _capture = tracing::subscriber::set_default(tracing_subscriber::registry().with(log.clone()));
+    let inst = common::start(Options::default()).await;
+    let (grant, token) = inst.grant("alice", "read", "1h").await;
+    let send = |sql: &str| {
+        let mut out = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::query(sql, &mut out).unwrap();
+        out
+    };
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let (mut stream, buf) = common::raw::login(inst.proxy_addr, "alice", &token).await;
+        stream.write_all(&send("SELECT pg_sleep(600)")).await.unwrap();
+        busy.push((stream, buf));
+    }
+    let (mut stuck, _) = common::raw::login(inst.proxy_addr, "alice", &token).await;
+    stuck
+        .write_all(&send("SELECT repeat('x', 1000) FROM generate_series(1, 1000000)"))
+        .await
+        .unwrap();
+    let waiting = |event: &'static str, sessions: &'static str| {
+        let sql = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'timebox:%:{}%' AND wait_event = '{event}'",
+            grant.id
+        );
+        move || {
+            let sql = sql.clone();
+            async move {
+                let n = tokio::task::spawn_blocking(move || common::cluster::shop_psql(&sql))
+                    .await
+                    .unwrap();
+                n.trim() == sessions
+            }
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(30), waiting("ClientWrite", "1")).await,
+        "the stuck client's backend never blocked on writing"
+    );
+    assert!(
+        eventually(Duration::from_secs(30), waiting("PgSleep", "2")).await,
+        "the busy sessions' queries never ran"
+    );
+    inst.state
+        .grants
+        .revoke(&grant.id, "ops", "cut them all")
+        .await
+        .unwrap();
+    for (stream, buf) in &mut busy {
+        let (code, message) = common::raw::next_error(stream, buf).await.expect("a FATAL");
+        assert_eq!(code, "57P01", "{message}");
+    }
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            let events = log.0.lock().unwrap();
+            events.iter().filter(|m| *m == "session ended").count() == 3
+        })
+        .await,
+        "the sessions did not end: {:#?}",
+        log.0.lock().unwrap()
+    );
+    drop(stuck);
+    let events = log.0.lock().unwrap().clone();
+    let undelivered = positions(&events, "could not deliver the final message in time; closing");
+    let ending = positions(&events, "ending the session after its final message");
+    assert_eq!((undelivered.len(), ending.len()), (1, 3), "{events:#?}");
+    assert!(
+        undelivered[0] < ending[0],
+        "a session ended while another of its grant had not had its FATAL: {events:#?}"
+    );
+}
+
 fn positions(events: &[String], message: &str) -> Vec<usize> {
     events
         .iter()

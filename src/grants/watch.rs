@@ -3,17 +3,58 @@
 //! The admin side publishes a grant after revoking or extending it; each session's relay loop has a
 //! `changed()` arm and re-checks the grant with [`super::Grant::status_at`] — the same function that
 //! admitted it. An entry lives only while some session watches the grant.
+//!
+//! Each entry also counts the grant's sessions still relaying ([`CutBarrier`]): when a grant's
+//! end cuts all of them at once, each waits after its FATAL until the others have theirs
+//! ([`GrantWatch::relays_ended`]) before it does the slow part of its ending (issue 18). Must
+//! never let a session wait on it unbounded (the caller bounds the wait).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use super::Grant;
 
+/// A grant's channel and its sessions' cut barrier.
+#[derive(Debug)]
+struct Entry {
+    tx: watch::Sender<Grant>,
+    barrier: Arc<CutBarrier>,
+}
+
+/// How many sessions of one grant are still relaying (subscribed, and their relay has not
+/// ended), and a wake-up for those waiting until none is.
+#[derive(Debug, Default)]
+struct CutBarrier {
+    relaying: AtomicUsize,
+    none_relaying: Notify,
+}
+
+impl CutBarrier {
+    fn relay_ended(&self) {
+        if self.relaying.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.none_relaying.notify_waiters();
+        }
+    }
+
+    /// Resolves once no session of the grant relays (at once if none does). Resolves at that
+    /// moment even if a new session logs in right after it.
+    async fn none_relaying(&self) {
+        let notified = self.none_relaying.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.relaying.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        notified.await;
+    }
+}
+
 #[derive(Clone, Default, Debug)]
 pub struct GrantWatches {
-    senders: Arc<DashMap<String, watch::Sender<Grant>>>,
+    senders: Arc<DashMap<String, Entry>>,
 }
 
 impl GrantWatches {
@@ -21,13 +62,18 @@ impl GrantWatches {
     /// after subscribing and [`publish`](Self::publish) it, so a change made between their first read
     /// and the subscription is not missed.
     pub fn subscribe(&self, grant: &Grant) -> GrantWatch {
-        let rx = self
-            .senders
-            .entry(grant.id.clone())
-            .or_insert_with(|| watch::channel(grant.clone()).0)
-            .subscribe();
+        let entry = self.senders.entry(grant.id.clone()).or_insert_with(|| Entry {
+            tx: watch::channel(grant.clone()).0,
+            barrier: Arc::default(),
+        });
+        let rx = entry.tx.subscribe();
+        entry.barrier.relaying.fetch_add(1, Ordering::AcqRel);
+        let barrier = entry.barrier.clone();
+        drop(entry);
         GrantWatch {
             rx: Some(rx),
+            relaying: true,
+            barrier,
             id: grant.id.clone(),
             senders: self.senders.clone(),
         }
@@ -35,8 +81,8 @@ impl GrantWatches {
 
     /// Tells every session on this grant about its new state. A no-op when nobody watches.
     pub fn publish(&self, grant: &Grant) {
-        if let Some(tx) = self.senders.get(&grant.id) {
-            tx.send_if_modified(|current| {
+        if let Some(entry) = self.senders.get(&grant.id) {
+            entry.tx.send_if_modified(|current| {
                 if current == grant {
                     false
                 } else {
@@ -67,8 +113,11 @@ impl GrantWatches {
 #[derive(Debug)]
 pub struct GrantWatch {
     rx: Option<watch::Receiver<Grant>>,
+    /// The session still counts among its grant's relaying sessions.
+    relaying: bool,
+    barrier: Arc<CutBarrier>,
     id: String,
-    senders: Arc<DashMap<String, watch::Sender<Grant>>>,
+    senders: Arc<DashMap<String, Entry>>,
 }
 
 impl GrantWatch {
@@ -107,6 +156,21 @@ impl GrantWatch {
         GrantProbe { rx }
     }
 
+    /// The session's relay is over (its client has its final message, or left): it no longer
+    /// counts among the grant's relaying sessions. Idempotent; dropping the watch does it too.
+    pub fn relay_ended(&mut self) {
+        if std::mem::take(&mut self.relaying) {
+            self.barrier.relay_ended();
+        }
+    }
+
+    /// Resolves once no session of this grant is relaying any more (each has ended its relay or
+    /// gone), including this one, which must have called [`relay_ended`](Self::relay_ended). Not
+    /// bounded here: the caller bounds the wait.
+    pub async fn relays_ended(&self) {
+        self.barrier.none_relaying().await
+    }
+
     pub fn current(&self) -> Grant {
         self.rx
             .as_ref()
@@ -137,7 +201,9 @@ impl GrantProbe {
 impl Drop for GrantWatch {
     fn drop(&mut self) {
         drop(self.rx.take());
-        self.senders.remove_if(&self.id, |_, tx| tx.receiver_count() == 0);
+        self.relay_ended();
+        self.senders
+            .remove_if(&self.id, |_, e| e.tx.receiver_count() == 0);
     }
 }
 
@@ -223,5 +289,39 @@ mod tests {
         watches.publish(&g);
         let woke = tokio::time::timeout(std::time::Duration::from_millis(50), a.changed()).await;
         assert!(woke.is_err());
+    }
+
+    /// Regression (issue 18): at a mass cut each session waits after its FATAL until every session
+    /// of the grant has its own, then does the slow part of its ending.
+    #[tokio::test]
+    async fn the_cut_barrier_opens_when_the_last_session_of_the_grant_ends_its_relay() {
+        let watches = GrantWatches::default();
+        let g = grant();
+        let mut a = watches.subscribe(&g);
+        let mut b = watches.subscribe(&g);
+        let c = watches.subscribe(&g);
+        let short = std::time::Duration::from_millis(20);
+        a.relay_ended();
+        a.relay_ended();
+        assert!(
+            tokio::time::timeout(short, a.relays_ended()).await.is_err(),
+            "b and c still relay (a counted once)"
+        );
+        b.relay_ended();
+        let waiting = a.relays_ended();
+        drop(c);
+        tokio::time::timeout(std::time::Duration::from_secs(60), waiting)
+            .await
+            .expect("the last relay ended (c went)");
+        tokio::time::timeout(std::time::Duration::from_secs(60), b.relays_ended())
+            .await
+            .expect("and stays open for a late waiter");
+        // Another grant's sessions are not counted.
+        let mut other = g.clone();
+        other.id = "g_other".into();
+        let _o = watches.subscribe(&other);
+        tokio::time::timeout(std::time::Duration::from_secs(60), b.relays_ended())
+            .await
+            .expect("not held by another grant's session");
     }
 }

@@ -3,7 +3,9 @@
 //! (audit record, metrics). [`handle_connection`] is the thin entry the accept loop spawns.
 //! A severed session's client is closed first; its upstream query is stopped after, bounded
 //! (through the batch connection of [`super::upstream_cancel`], else a CancelRequest), and how it
-//! ended is recorded (`upstream_end`).
+//! ended is recorded (`upstream_end`). When a grant's end cuts all its sessions at once, each
+//! waits after its FATAL until every one of them has its own ([`CUT_BARRIER_BOUND`] at most)
+//! before it closes anything or ends a backend.
 //! A session must never outlive its grant, and never leave a query running upstream after the
 //! client is gone.
 
@@ -18,7 +20,7 @@ use tokio::time::Instant;
 use super::cancel::{stop_plan, stop_upstream, CancelKeyGuard, Stop, StopPlan, UpstreamCancel};
 use super::intercept::Interceptor;
 use super::login::{self, authenticate, open_session};
-use super::relay::EndReason;
+use super::relay::{EndReason, SEVER_DRAIN};
 use super::startup::{self, ClientParams, ClientTlsInfo, Startup, StartupError};
 use super::stream::{ClientStream, UpstreamStream};
 use super::wire::PgError;
@@ -232,11 +234,22 @@ impl Session {
         metrics.sessions_active.with_label_values(&labels).inc();
         let mut relay = self.relay_state(&client);
         let reason = self.relay(&mut client, &mut relay).await;
-        // The client has its FATAL. At a mass expiry every other session of the grant was woken at
-        // the same moment: let them write theirs before this one does anything else (issue 18).
-        tokio::task::yield_now().await;
-        tracing::debug!("ending the session after its final message");
+        self.watch.relay_ended();
         let plan = stop_plan(relay.cancel_upstream(), relay.sync_points_in_flight());
+        // The client has its FATAL. When the grant's end cut every session of it at the same
+        // moment, each waits until all have theirs before it does anything slower (closing
+        // sockets, the session end record, ending backends: a backend's exit takes CPU from the
+        // sessions still to be cut); otherwise it lets the others run first (issue 18).
+        let waited = Instant::now();
+        let stop_bound = self.ctx.config.proxy.upstream_stop_timeout;
+        if waits_for_the_grants_cut(reason, plan) {
+            let bound = CUT_BARRIER_BOUND.min(stop_bound / 2);
+            let _ = tokio::time::timeout(bound, self.watch.relays_ended()).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
+        let waited = waited.elapsed();
+        tracing::debug!("ending the session after its final message");
         // Outcomes of the last statements not yet handed to the audit log go with the session end.
         let mut outcomes = relay.into_outcomes();
         // The client has its final message: it is closed first, and the session ends for it now.
@@ -274,11 +287,9 @@ impl Session {
             cancel: &self.upstream_cancel,
             slots: &slots,
         };
-        let stop = stop_upstream(
-            &mut self.upstream,
-            stop,
-            self.ctx.config.proxy.upstream_stop_timeout,
-        );
+        // The wait above counts against the bound on the upstream's stop.
+        let bound = stop_bound.saturating_sub(waited);
+        let stop = stop_upstream(&mut self.upstream, stop, bound);
         let (_, stopped) = tokio::join!(record(&self.ctx, outcomes), stop);
         if let Some(outcome) = stopped {
             tracing::info!(
@@ -312,6 +323,21 @@ impl Session {
     }
 }
 
+/// How long a session cut with its whole grant waits after its FATAL for the grant's other
+/// sessions to have theirs. Each of them writes its FATAL at the cut, or its relay ends at its
+/// close deadline ([`SEVER_DRAIN`] after its cut) if its client does not read; the rest is margin
+/// for sessions cut a little later (or still logging in). At most half of
+/// `proxy.upstream_stop_timeout`, and counted against it.
+pub const CUT_BARRIER_BOUND: Duration = SEVER_DRAIN.saturating_add(Duration::from_millis(250));
+
+/// Whether a session that ended for `reason`, its upstream to be stopped by `plan`, waits for the
+/// rest of its grant's sessions to have their FATAL: only when the grant's end (expiry,
+/// revocation) cut them all at once, and not when statements are queued behind the running one
+/// (their backend must be ended at once, or they would run after the FATAL). Pure.
+pub(crate) fn waits_for_the_grants_cut(reason: EndReason, plan: StopPlan) -> bool {
+    matches!(reason, EndReason::Expired | EndReason::Revoked) && plan != StopPlan::CloseAtOnce
+}
+
 /// Records a session's closing `events` (bounded wait), logging a failure.
 async fn record(ctx: &ProxyContext, events: Vec<AuditEvent>) {
     match tokio::time::timeout(Duration::from_secs(5), ctx.audit.record(events)).await {
@@ -321,5 +347,33 @@ async fn record(ctx: &ProxyContext, events: Vec<AuditEvent>) {
             tracing::error!(error = %e, "cannot record the session end in the audit log");
         }
         Err(_) => tracing::error!("timed out recording the session end in the audit log"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_sessions_cut_with_their_whole_grant_wait_for_the_others_fatals() {
+        for plan in [StopPlan::Idle, StopPlan::Stop] {
+            assert!(waits_for_the_grants_cut(EndReason::Expired, plan));
+            assert!(waits_for_the_grants_cut(EndReason::Revoked, plan));
+        }
+        assert!(
+            !waits_for_the_grants_cut(EndReason::Expired, StopPlan::CloseAtOnce),
+            "queued statements: the backend is ended at once"
+        );
+        for reason in [
+            EndReason::ClientExit,
+            EndReason::Killed,
+            EndReason::Shutdown,
+            EndReason::UpstreamError,
+            EndReason::ClientError,
+            EndReason::AuditUnavailable,
+        ] {
+            assert!(!waits_for_the_grants_cut(reason, StopPlan::Stop), "{reason:?}");
+        }
+        assert!(CUT_BARRIER_BOUND > SEVER_DRAIN);
     }
 }

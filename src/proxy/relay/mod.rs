@@ -46,6 +46,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 pub use state::EndReason;
+pub(crate) use state::SEVER_DRAIN;
 
 use self::gate::AuditGate;
 use self::held::HeldDecoder;
