@@ -609,3 +609,30 @@ async fn a_cursor_or_statement_declared_again_under_the_same_name_is_not_trusted
     assert!(again.contains("D:") && again.contains("@example.com"), "{again}");
     let _ = inst.shutdown().await;
 }
+
+/// s6 attack finding (`repro_row_over_256k_hangs_masked_session`): a masked role's rows are held
+/// until complete, but the relay stopped reading the upstream once 256 KiB were buffered, so one
+/// row over that never completed and the session hung. Now the row is read whole, masked, and
+/// the session goes on (the timeouts turn a hang into a failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_masked_row_over_the_relay_buffer_is_masked_and_delivered() {
+    let inst = start().await;
+    let client = session(&inst, "support").await;
+    let deadline = Duration::from_secs(60);
+    let rows = tokio::time::timeout(
+        deadline,
+        text_rows(
+            &client,
+            "SELECT repeat('x', 1000000) AS big, email FROM customers WHERE id = 1",
+        ),
+    )
+    .await
+    .expect("a 1 MB row must reach the client, not hang the session");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0][0].as_deref().map(str::len), Some(1_000_000));
+    assert_eq!(rows[0][1].as_deref(), Some("***@example.com"));
+    let after = tokio::time::timeout(deadline, text_rows(&client, "SELECT 42"))
+        .await
+        .expect("the session goes on");
+    assert_eq!(after, vec![some(&["42"])]);
+}

@@ -931,3 +931,54 @@ async fn sessions_fail_closed_when_the_server_reports_non_standard_lexing() {
         "session must be closed"
     );
 }
+
+/// s6 attack finding (`repro_big_held_frames_any_role`): the relay holds an ErrorResponse until it
+/// is complete, but stopped reading the upstream once 256 KiB were buffered, so a ~1 MB error
+/// message (any role, no masks) never completed: no ReadyForQuery, the session hung. A held frame
+/// is now read whole up to timebox's limit (64 MiB); over it the session ends with FATAL 54000,
+/// recorded as the session's end reason. The timeouts turn a hang into a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_frames_over_the_relay_buffer_complete_and_oversized_ones_end_the_session() {
+    let inst = common::start(Options::default()).await;
+    let (_g, token) = inst.grant("alice", "read", "10m").await;
+    let (client, _n) = session(&inst, "alice", &token).await;
+    let deadline = Duration::from_secs(60);
+    let err = tokio::time::timeout(deadline, client.simple_query("SELECT repeat('x', 1000000)::int"))
+        .await
+        .expect("a 1 MB error message must reach the client, not hang the session")
+        .unwrap_err();
+    let (code, msg) = db_error(&err);
+    assert_eq!(code, "22P02");
+    assert!(msg.len() > 1_000_000, "the whole message: {} bytes", msg.len());
+    let after = tokio::time::timeout(deadline, scalar(&client, "SELECT 42"))
+        .await
+        .expect("the session goes on");
+    assert_eq!(after, "42");
+
+    // Over the limit: refused at its header, never buffered whole, never half-forwarded.
+    let err = tokio::time::timeout(
+        deadline,
+        client.simple_query("SELECT repeat('x', 65 * 1024 * 1024)::int"),
+    )
+    .await
+    .expect("an oversized error message must end the session, not hang it")
+    .unwrap_err();
+    let (code, msg) = db_error(&err);
+    assert_eq!(code, "54000");
+    assert!(msg.contains("67108864 bytes"), "{msg}");
+    assert!(
+        client.simple_query("SELECT 1").await.is_err(),
+        "session must be closed"
+    );
+    let db = inst.audit_db();
+    let recorded = eventually(Duration::from_secs(20), || {
+        let db = db.clone();
+        async move {
+            common::pg::audit_records(&db)
+                .iter()
+                .any(|(k, p)| k == "session_end" && p["reason"] == "frame_too_large")
+        }
+    })
+    .await;
+    assert!(recorded, "{:#?}", common::pg::audit_records(&db));
+}

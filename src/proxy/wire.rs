@@ -343,6 +343,15 @@ impl PgError {
         ))
     }
 
+    /// FATAL 54000: a backend message the relay must hold whole before forwarding it (an
+    /// ErrorResponse, a masked role's row) declares more bytes than it holds.
+    pub fn held_message_too_long(bytes: u64, limit: u64) -> Self {
+        Self::program_limit_exceeded(format!(
+            "terminating connection: the server sent a message of {bytes} bytes; timebox reads such messages whole before forwarding them, up to {limit} bytes"
+        ))
+        .with_hint("Return less in one value or error message (e.g. substr() of a large column).")
+    }
+
     /// ERROR 54000 (the session goes on): a statement text longer than `proxy.max_statement_bytes`.
     pub fn statement_too_long(bytes: usize, limit: usize) -> Self {
         Self::program_limit_exceeded(format!(

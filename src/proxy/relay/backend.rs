@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
+use super::io::{UpstreamRead, MAX_HELD_FRAME};
 use super::state::EndReason;
 use super::sync::Completed;
 use super::Relay;
@@ -39,6 +40,7 @@ impl Session {
                 self.handle.add_to_client(n as u64);
                 r.bytes_to_client.inc_by(n as u64);
                 self.on_held_frames(r, busy).await;
+                self.check_held_size(r, busy);
                 r.bufs.outbox.place_injection();
                 ControlFlow::Continue(())
             }
@@ -123,6 +125,17 @@ impl Session {
         }
         if r.mask.is_some() {
             self.mask_after_read(r);
+        }
+    }
+
+    /// A held frame arriving declares more than the relay holds: the session ends with FATAL 54000
+    /// right before it (the complete frames ahead of it are delivered, none of it is).
+    fn check_held_size(&self, r: &mut Relay, busy: bool) {
+        if let UpstreamRead::TooLarge { declared } = r.bufs.outbox.read_decision() {
+            if r.state.relaying() {
+                let error = PgError::held_message_too_long(declared, MAX_HELD_FRAME);
+                self.sever(r, busy, EndReason::FrameTooLarge, error);
+            }
         }
     }
 

@@ -14,7 +14,16 @@ use super::outbox::ClientOutbox;
 use crate::proxy::stream::{ClientStream, UpstreamStream};
 
 /// Buffered bytes per direction before the relay stops reading from the sender (backpressure).
+/// Upstream bytes of a held frame still arriving do not count: the frame cannot leave until it is
+/// whole, so waiting for the client to take them would wait forever ([`upstream_read`]).
 pub(crate) const HIGH_WATER: usize = 256 * 1024;
+/// Largest backend frame the relay holds whole before the client sees any of it (every
+/// ErrorResponse, CommandComplete and ParameterStatus; a masked role's rows; every frame once a
+/// quota stopped a result), tag and length word included. The default of `proxy.max_message_bytes`,
+/// the bound on frontend messages: ample for error messages and rows, where PostgreSQL's own 1 GB
+/// per field is more than a proxy holding one such frame per session can afford. A session's
+/// outbox stays under `HIGH_WATER + MAX_HELD_FRAME` plus one read.
+pub(crate) const MAX_HELD_FRAME: u64 = 64 * 1024 * 1024;
 /// Initial capacity of each relay buffer.
 const BUFFER_CAPACITY: usize = 16 * 1024;
 
@@ -43,6 +52,30 @@ impl Buffers {
             client_needs_flush: false,
             upstream_needs_flush: false,
         }
+    }
+}
+
+/// Whether the relay reads from the upstream, given what the client outbox holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpstreamRead {
+    /// Room below the high-water mark: read.
+    Read,
+    /// The client has [`HIGH_WATER`] bytes it may be sent to take first (backpressure).
+    Wait,
+    /// The held frame arriving declares `declared` bytes, more than [`MAX_HELD_FRAME`]: it is never
+    /// buffered whole nor forwarded in part; the session ends.
+    TooLarge { declared: u64 },
+}
+
+/// Pure: whether to read from the upstream, given `sendable` (outbox bytes the client may be sent
+/// now, before the held frame if one is arriving) and the held frame's declared length once its
+/// header is known. A held frame arriving is read on until it is whole, bounded by
+/// [`MAX_HELD_FRAME`]; only the bytes the client may take count against [`HIGH_WATER`].
+pub(crate) fn upstream_read(sendable: usize, held_declared: Option<u64>) -> UpstreamRead {
+    match held_declared {
+        Some(declared) if declared > MAX_HELD_FRAME => UpstreamRead::TooLarge { declared },
+        _ if sendable >= HIGH_WATER => UpstreamRead::Wait,
+        _ => UpstreamRead::Read,
     }
 }
 
@@ -134,5 +167,31 @@ pub(crate) fn poll(
         Poll::Ready(ev)
     } else {
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// s6 attack finding: a held frame (a 1 MB ErrorResponse, a masked role's 1 MB row) bigger
+    /// than `HIGH_WATER` used to stop the reads it needed to complete: the session hung.
+    #[test]
+    fn the_upstream_is_read_until_a_held_frame_is_whole_within_its_limit() {
+        use UpstreamRead::{Read, TooLarge, Wait};
+        // Frames forwarded as they arrive: backpressure at the high-water mark.
+        assert_eq!(upstream_read(0, None), Read);
+        assert_eq!(upstream_read(HIGH_WATER - 1, None), Read);
+        assert_eq!(upstream_read(HIGH_WATER, None), Wait);
+        // A held frame arriving is read on, however much of it is buffered (not counted here)...
+        assert_eq!(upstream_read(0, Some(1_000_000)), Read);
+        assert_eq!(upstream_read(HIGH_WATER - 1, Some(MAX_HELD_FRAME)), Read);
+        // ...unless the client has the high-water mark's worth before it to take first.
+        assert_eq!(upstream_read(HIGH_WATER, Some(1_000_000)), Wait);
+        // Over the limit: the session ends, whatever else waits.
+        let over = MAX_HELD_FRAME + 1;
+        assert_eq!(upstream_read(0, Some(over)), TooLarge { declared: over });
+        let max = i32::MAX as u64 + 1;
+        assert_eq!(upstream_read(HIGH_WATER, Some(max)), TooLarge { declared: max });
     }
 }

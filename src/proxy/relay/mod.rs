@@ -50,7 +50,7 @@ pub(crate) use state::SEVER_DRAIN;
 
 use self::gate::AuditGate;
 use self::held::HeldDecoder;
-use self::io::{Buffers, IoEvents, Wants, HIGH_WATER};
+use self::io::{Buffers, IoEvents, UpstreamRead, Wants, HIGH_WATER};
 use self::precheck::{wait_offloaded, OffloadedPrecheck};
 use self::state::SessionState;
 use self::sync::SyncTracker;
@@ -118,7 +118,9 @@ impl Relay {
                 && self.offloaded.is_none()
                 && self.resumed.is_none()
                 && b.to_upstream.len() < HIGH_WATER,
-            read_upstream: b.outbox.pending.len() < HIGH_WATER && (relaying || b.outbox.inject_at.is_none()),
+            // A held frame arriving is read on until whole (bounded), others wait for the client.
+            read_upstream: b.outbox.read_decision() == UpstreamRead::Read
+                && (relaying || b.outbox.inject_at.is_none()),
             write_upstream: relaying && !b.to_upstream.is_empty(),
             resume_frames: relaying && self.resumed.is_some(),
         }

@@ -7,6 +7,7 @@
 use bytes::{Buf, BytesMut};
 
 use super::held::held_tag;
+use super::io::{upstream_read, UpstreamRead};
 use crate::proxy::wire::{FrameTracker, PgError, TrackError};
 
 /// Initial capacity of the outbox buffer.
@@ -82,6 +83,19 @@ impl ClientOutbox {
             || (self.hold_all && tag != 0 && tag != b'D' && tag != b'd')
             || (self.hold_rows && (tag == b'T' || tag == b'D'));
         (t.in_header() || held).then(|| self.last_boundary())
+    }
+
+    /// Whether to read more from the upstream ([`upstream_read`]): the bytes before the hold point
+    /// may go to the client now; a held frame still arriving (whose declared length is known once
+    /// its header is) is read on until whole, and never leaves in part.
+    pub(crate) fn read_decision(&self) -> UpstreamRead {
+        let pending = self.pending.len();
+        let Some(hold) = self.hold_point() else {
+            return upstream_read(pending, None);
+        };
+        let sendable = (hold.saturating_sub(self.written) as usize).min(pending);
+        let declared = self.tracker.unfinished_frame().map(|(_, start, end)| end - start);
+        upstream_read(sendable, declared)
     }
 
     /// Picks the injection point if one is not chosen yet: the latest boundary not yet passed.
@@ -349,5 +363,50 @@ mod tests {
         );
         let (chunk, injected) = outbox.next_chunk().unwrap();
         assert_eq!((chunk, injected), (&a[..], false));
+    }
+
+    /// s6 attack finding: a held frame over the high-water mark is read on until whole (it used to
+    /// hang the session), none of it leaves before it is whole, and one declared over the limit
+    /// ends the session before it is buffered.
+    #[test]
+    fn a_big_held_frame_is_read_whole_and_never_forwarded_in_part() {
+        use crate::proxy::relay::io::{HIGH_WATER, MAX_HELD_FRAME};
+        let feed = |outbox: &mut ClientOutbox, bytes: &[u8]| {
+            outbox.pending.extend_from_slice(bytes);
+            outbox.tracker.feed(bytes).unwrap();
+        };
+        // Any role: a 1 MB ErrorResponse after a row; masked roles: a 1 MB DataRow.
+        for (tag, hold_rows) in [(b'E', false), (b'D', true)] {
+            let mut outbox = ClientOutbox::new();
+            outbox.hold_rows = hold_rows;
+            let row = frame_bytes(b'C', b"SELECT 1\0");
+            let big = frame_bytes(tag, &vec![b'x'; 1_000_000]);
+            feed(&mut outbox, &row);
+            feed(&mut outbox, &big[..2 * HIGH_WATER]);
+            assert_eq!(outbox.read_decision(), UpstreamRead::Read);
+            assert_eq!(outbox.next_chunk().unwrap().0, &row[..], "only what precedes it");
+            outbox.advance(row.len(), false);
+            assert!(outbox.next_chunk().is_none(), "none of it before it is whole");
+            assert_eq!(outbox.read_decision(), UpstreamRead::Read);
+            feed(&mut outbox, &big[2 * HIGH_WATER..]);
+            assert_eq!(outbox.next_chunk().unwrap().0, &big[..]);
+            // Whole and unsent, it counts against the high-water mark like any sendable byte.
+            assert_eq!(outbox.read_decision(), UpstreamRead::Wait);
+        }
+        // A row of a role without masks is forwarded as it arrives: plain backpressure.
+        let mut outbox = ClientOutbox::new();
+        let big = frame_bytes(b'D', &vec![b'x'; 1_000_000]);
+        feed(&mut outbox, &big[..HIGH_WATER]);
+        assert_eq!(outbox.read_decision(), UpstreamRead::Wait);
+        assert_eq!(outbox.next_chunk().unwrap().0.len(), HIGH_WATER);
+        // A held frame declared over the limit: refused from its header on.
+        let mut outbox = ClientOutbox::new();
+        let declared = MAX_HELD_FRAME + 1;
+        let mut header = vec![b'E'];
+        header.extend_from_slice(&((declared - 1) as i32).to_be_bytes());
+        header.extend_from_slice(b"SERROR\0");
+        feed(&mut outbox, &header);
+        assert_eq!(outbox.read_decision(), UpstreamRead::TooLarge { declared });
+        assert!(outbox.next_chunk().is_none());
     }
 }

@@ -22,6 +22,9 @@ pub enum EndReason {
     Shutdown,
     /// The audit log refused or failed to record statements (fail closed).
     AuditUnavailable,
+    /// The server sent a frame the relay must hold whole that is over its limit
+    /// ([`super::io::MAX_HELD_FRAME`]).
+    FrameTooLarge,
 }
 
 impl EndReason {
@@ -35,6 +38,7 @@ impl EndReason {
             EndReason::ClientError => "client_error",
             EndReason::Shutdown => "shutdown",
             EndReason::AuditUnavailable => "audit_unavailable",
+            EndReason::FrameTooLarge => "frame_too_large",
         }
     }
 }
