@@ -235,6 +235,14 @@ impl MaskEntry {
         }
     }
 
+    /// Stores `snapshot` as a read would (unit tests).
+    #[cfg(test)]
+    pub fn replace_snapshot(&self, snapshot: MaskSnapshot) {
+        if let Ok(mut w) = self.snapshot.write() {
+            *w = Some(Arc::new(snapshot));
+        }
+    }
+
     /// The names of the masked columns as of the latest read.
     pub fn names(&self) -> Arc<MaskedNames> {
         self.names.read().map(|n| n.clone()).unwrap_or_default()

@@ -110,3 +110,38 @@ pub async fn session_masking(
         unconfirmed: Default::default(),
     })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{MaskFilters, MaskRule};
+    use crate::masking::MaskMethod;
+
+    /// Regression (s6): a statement checked after the snapshot could not be confirmed current
+    /// is refused, whatever it is; the next confirmed one is checked as usual.
+    #[test]
+    fn an_unconfirmed_snapshot_refuses_the_statement() {
+        let context = MaskContext {
+            role: "support".into(),
+            masking: Masking {
+                columns: vec![MaskRule {
+                    schema: "public".into(),
+                    table: "customers".into(),
+                    column: "email".into(),
+                    method: MaskMethod::Email,
+                }],
+                filters: MaskFilters::default(),
+            },
+            entry: Arc::new(MaskEntry::holding(None)),
+            key: MaskKey::derive(&[1; 32]),
+            unconfirmed: true.into(),
+        };
+        let classification = Classification::default();
+        let denial = context.check("SELECT 1", &classification).unwrap_err();
+        assert!(denial.reason.contains("could not confirm"), "{}", denial.reason);
+        context
+            .unconfirmed
+            .store(false, std::sync::atomic::Ordering::Release);
+        assert_eq!(context.check("SELECT 1", &classification), Ok(Vec::new()));
+    }
+}
