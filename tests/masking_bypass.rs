@@ -336,3 +336,21 @@ async fn objects_created_or_replaced_after_the_snapshot_are_seen_at_the_next_sta
     ))
     .await;
 }
+
+/// Regression (s6): timebox's catalog connection closed by the server (here terminated; an idle
+/// timeout or a restart alike) must not refuse the masked role's next statement: the check opens
+/// another connection and confirms the snapshot on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_catalog_connection_is_replaced_for_the_next_statement() {
+    let inst = start().await;
+    let support = session(&inst, "support").await;
+    let masked = "SELECT email FROM customers WHERE id = 1";
+    assert_eq!(outcome(&support, masked).await, "OK Some(\"***@example.com\")");
+    admin_psql(
+        "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
+         WHERE application_name = 'timebox:catalog'"
+            .to_owned(),
+    )
+    .await;
+    assert_eq!(outcome(&support, masked).await, "OK Some(\"***@example.com\")");
+}

@@ -354,20 +354,40 @@ impl MaskEntry {
             .get()
             .ok_or(CatalogError::Protocol("no catalog source for this role"))?;
         let mut slot = self.conn.lock().await;
-        let mut conn = match slot.take() {
-            Some(conn) => conn,
-            None => CatalogConn::open(source, salted).await?,
-        };
+        // A kept connection may have been closed by the server since (idle timeouts, restarts):
+        // on any failure it is dropped and the read tried once more on a new one.
+        if let Some(mut conn) = slot.take() {
+            match self.read_on(&mut conn, source, reread).await {
+                Ok(()) => {
+                    *slot = Some(conn);
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!(target = %source.target.name, error = %e, "catalog connection failed; opening another");
+                }
+            }
+        }
+        let mut conn = CatalogConn::open(source, salted).await?;
+        self.read_on(&mut conn, source, reread).await?;
+        *slot = Some(conn);
+        Ok(())
+    }
+
+    /// One read on `conn`: the fingerprint (unless [`Reread::Always`]), then the snapshot when it
+    /// changed, stored.
+    async fn read_on(
+        &self,
+        conn: &mut CatalogConn,
+        source: &MaskSource,
+        reread: Reread,
+    ) -> Result<(), CatalogError> {
         if reread == Reread::IfChanged {
             let sets = conn.query(&format!("EXECUTE {FINGERPRINT_STATEMENT}")).await?;
             let now = CatalogFingerprint::from_rows(sets.first().map_or(&[][..], |s| &s[..]))
                 .map_err(|_| CatalogError::Protocol("unexpected catalog fingerprint rows"))?;
             let taken = self.current().and_then(|s| s.fingerprint.clone());
             match compare(taken.as_ref(), &now) {
-                Freshness::Current => {
-                    *slot = Some(conn);
-                    return Ok(());
-                }
+                Freshness::Current => return Ok(()),
                 Freshness::Changed(catalogs) => {
                     tracing::info!(target = %source.target.name, ?catalogs, "the target's catalog changed since timebox read it; reading it again");
                 }
@@ -375,7 +395,6 @@ impl MaskEntry {
         }
         let sets = conn.query(&mask_read_query(&source.rules)).await?;
         let (snapshot, names) = snapshot_from_sets(&source.rules, sets)?;
-        *slot = Some(conn);
         tracing::info!(target = %source.target.name, columns = snapshot.rules.len(), views = snapshot.views.len(), "read the target's masked columns");
         // Names first: a session that sees the new snapshot finds its columns' names.
         if let Ok(mut w) = self.names.write() {
