@@ -238,7 +238,8 @@ async fn user_code_through_casts_domains_and_operators_is_refused() {
     // A view over a table with such a column that reads none of them is plain.
     let out = outcome(&support, "SELECT id FROM s5_v_id").await;
     assert_eq!(out, "OK Some(\"1\")");
-    // A domain created after timebox read the catalog: refused until it is read again.
+    // A domain created after timebox read the catalog: the next statement finds the catalog
+    // changed and reads it again first (s6), so it is refused for what it runs.
     let late = common::cluster::unique_name("s5_late");
     let create = format!("CREATE DOMAIN public.{late} AS text CHECK (public.s5_chk(VALUE))");
     tokio::task::spawn_blocking(move || common::cluster::shop_psql(&create))
@@ -248,7 +249,108 @@ async fn user_code_through_casts_domains_and_operators_is_refused() {
     assert_refused(
         &support,
         "support",
-        &[(&sql, "not in timebox's copy of the target's catalog")],
+        &[(&sql, &format!("type public.{late} {runs_user_code}"))],
     )
     .await;
+}
+
+/// Runs `sql` on the shared cluster as its superuser (outside timebox).
+async fn admin_psql(sql: String) {
+    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&sql))
+        .await
+        .unwrap();
+}
+
+/// Regression (s6 attack, objects created or changed after the snapshot): an administrator,
+/// outside timebox, replaced a harmless view by one calling `query_to_xml` over the masked table,
+/// created an operator `~*` (text, int) and a cast `int4 → time` through functions raising every
+/// value, and a row security policy calling one on a table the snapshot knew — and nothing made
+/// timebox read the catalog again: each returned or raised the masked values in clear. Now each
+/// statement of a masked role first confirms the snapshot against a fingerprint of the catalog
+/// and reads it again when it changed, so each is refused (42501) as if it had been there all
+/// along — a statement prepared before the view was replaced included (its rows are refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_created_or_replaced_after_the_snapshot_are_seen_at_the_next_statement() {
+    let inst = start().await;
+    let support = session(&inst, "support").await;
+    let view = common::cluster::unique_name("s6_plain");
+    let rls = common::cluster::unique_name("s6_rls_late");
+    admin_psql(format!(
+        "CREATE VIEW public.{view} AS SELECT 'x'::text AS x;
+         CREATE TABLE public.{rls} (id int, note text); INSERT INTO public.{rls} VALUES (1, 'x');
+         GRANT SELECT ON public.{view}, public.{rls} TO {READ_USER};"
+    ))
+    .await;
+    // Until timebox's snapshot knows both (and finds them harmless).
+    let plain = format!("SELECT * FROM {view}");
+    let known = common::eventually(std::time::Duration::from_secs(30), || {
+        let (support, plain) = (&support, plain.clone());
+        async move { outcome(support, &plain).await == "OK Some(\"x\")" }
+    })
+    .await;
+    assert!(known, "the view is read as plain");
+    assert_eq!(
+        outcome(&support, &format!("SELECT id FROM {rls}")).await,
+        "OK Some(\"1\")"
+    );
+    let prepared = support.prepare(&format!("SELECT x FROM {view}")).await.unwrap();
+    admin_psql(format!(
+        "CREATE OR REPLACE FUNCTION public.s6_i4(int) RETURNS time LANGUAGE plpgsql STABLE AS
+             $f$ BEGIN PERFORM public.s5_raise(); RETURN NULL; END $f$;
+         CREATE OPERATOR public.~* (LEFTARG = text, RIGHTARG = int, FUNCTION = public.s5_le);
+         CREATE CAST (int4 AS time) WITH FUNCTION public.s6_i4(int);
+         ALTER TABLE public.{rls} ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY s6_pol ON public.{rls} USING (public.s5_chk(note));
+         CREATE OR REPLACE VIEW public.{view} AS SELECT pg_catalog.query_to_xml(
+             'select email, card, ssn from public.customers', true, false, '')::text AS x;"
+    ))
+    .await;
+    let replaced = format!("SELECT * FROM {view}");
+    let policy = format!("SELECT id FROM {rls}");
+    let table = [
+        (
+            "SELECT id FROM customers WHERE email ~* 1",
+            "operator ~*(text,integer) implemented by user code",
+        ),
+        (
+            "SELECT id FROM customers WHERE NOT email ~* 2",
+            "~*(text,integer)",
+        ),
+        ("SELECT id::time FROM customers", "integer to time"),
+        ("SELECT 1::time", "integer to time"),
+        (&policy, "row security policy s6_pol"),
+        (&replaced, "runs code"),
+    ];
+    assert_refused(&support, "support", &table).await;
+    let e = support
+        .query(&prepared, &[])
+        .await
+        .expect_err("the prepared statement's rows over the replaced view");
+    let db = e.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "42501", "{db:?}");
+    assert!(db.message().contains("read the target's catalog again"), "{db:?}");
+    assert!(!CLEAR.iter().any(|c| format!("{db:?}").contains(c)), "{db:?}");
+    admin_psql(format!(
+        "DROP OPERATOR public.~* (text, int); DROP CAST (int4 AS time); DROP TABLE public.{rls};
+         DROP VIEW public.{view}; DROP FUNCTION public.s6_i4(int);"
+    ))
+    .await;
+}
+
+/// Regression (s6): timebox's catalog connection closed by the server (here terminated; an idle
+/// timeout or a restart alike) must not refuse the masked role's next statement: the check opens
+/// another connection and confirms the snapshot on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_catalog_connection_is_replaced_for_the_next_statement() {
+    let inst = start().await;
+    let support = session(&inst, "support").await;
+    let masked = "SELECT email FROM customers WHERE id = 1";
+    assert_eq!(outcome(&support, masked).await, "OK Some(\"***@example.com\")");
+    admin_psql(
+        "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
+         WHERE application_name = 'timebox:catalog'"
+            .to_owned(),
+    )
+    .await;
+    assert_eq!(outcome(&support, masked).await, "OK Some(\"***@example.com\")");
 }

@@ -43,6 +43,9 @@ pub struct MaskSnapshot {
     /// Types, casts and relations through which user code runs; `None` when not read (the
     /// statement check then refuses every type name: fail closed).
     pub types: Option<TypeCode>,
+    /// The catalogs' fingerprint read in the same transaction (`None`: not read; the snapshot is
+    /// then never taken as current, see [`super::freshness::compare`]).
+    pub fingerprint: Option<super::freshness::CatalogFingerprint>,
 }
 
 /// A rule's names quoted as SQL literals (they are validated identifiers; quotes doubled anyway).

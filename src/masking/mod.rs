@@ -19,6 +19,7 @@
 //! nor panic on a malformed frame (it answers [`FrameError`]).
 
 pub mod catalog;
+pub mod freshness;
 
 use std::fmt;
 use std::str::FromStr;

@@ -21,6 +21,9 @@ use super::scram::SaltedPasswordCache;
 use super::upstream::{self, UpstreamError};
 use crate::config::{Credential, MaskRule, Target};
 use crate::masking::catalog::{snapshot_query, MaskSnapshot, Row};
+use crate::masking::freshness::{
+    compare, fingerprint_query, CatalogFingerprint, Freshness, FINGERPRINT_STATEMENT,
+};
 use crate::policy::target_functions::{TargetFunctions, FUNCTIONS_QUERY};
 
 /// How long a login waits for a target's catalog before going on without it.
@@ -170,6 +173,22 @@ pub struct MaskEntry {
     /// `schema.table.column` of each masked (table OID, attribute number), for the audit
     /// records of results (s6). Written before the snapshot it was read with.
     names: std::sync::RwLock<Arc<MaskedNames>>,
+    /// Timebox's catalog connection for this (target, role): the fingerprint before each masked
+    /// statement and every snapshot read run on it, one at a time, so snapshots are stored in the
+    /// order they were read. Taken out while in use: a read cut short drops it.
+    conn: tokio::sync::Mutex<Option<CatalogConn>>,
+}
+
+/// An open catalog connection with the fingerprint statement prepared.
+struct CatalogConn {
+    stream: super::stream::UpstreamStream,
+    buf: BytesMut,
+}
+
+impl std::fmt::Debug for CatalogConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CatalogConn")
+    }
 }
 
 /// `schema.table.column` of each masked (table OID, attribute number) of a snapshot read.
@@ -216,6 +235,14 @@ impl MaskEntry {
         }
     }
 
+    /// Stores `snapshot` as a read would (unit tests).
+    #[cfg(test)]
+    pub fn replace_snapshot(&self, snapshot: MaskSnapshot) {
+        if let Ok(mut w) = self.snapshot.write() {
+            *w = Some(Arc::new(snapshot));
+        }
+    }
+
     /// The names of the masked columns as of the latest read.
     pub fn names(&self) -> Arc<MaskedNames> {
         self.names.read().map(|n| n.clone()).unwrap_or_default()
@@ -251,7 +278,7 @@ impl MaskCatalogs {
         let entry = self.entry(&source.target.name, role);
         let _ = entry.source.set(source.clone());
         if entry.current().is_none() {
-            read_into(&entry, source, salted).await;
+            read_into(&entry, salted).await;
         }
         entry
     }
@@ -270,9 +297,9 @@ impl MaskCatalogs {
 /// makes one more read after it).
 pub fn refresh_in_background(entry: Arc<MaskEntry>, state: Arc<super::ProxyState>) {
     use std::sync::atomic::Ordering;
-    let Some(source) = entry.source.get().cloned() else {
+    if entry.source.get().is_none() {
         return;
-    };
+    }
     if entry.reading.swap(true, Ordering::AcqRel) {
         entry.again.store(true, Ordering::Release);
         return;
@@ -280,7 +307,7 @@ pub fn refresh_in_background(entry: Arc<MaskEntry>, state: Arc<super::ProxyState
     tokio::spawn(async move {
         loop {
             entry.again.store(false, Ordering::Release);
-            read_into(&entry, &source, &state.salted_passwords).await;
+            read_into(&entry, &state.salted_passwords).await;
             if !entry.again.load(Ordering::Acquire) {
                 break;
             }
@@ -289,83 +316,187 @@ pub fn refresh_in_background(entry: Arc<MaskEntry>, state: Arc<super::ProxyState
     });
 }
 
-async fn read_into(entry: &MaskEntry, source: &MaskSource, salted: &SaltedPasswordCache) {
-    let read = read_masks(source, salted);
-    let result = match tokio::time::timeout(READ_TIMEOUT, read).await {
-        Ok(r) => r,
-        Err(_) => Err(CatalogError::Timeout(READ_TIMEOUT)),
-    };
-    match result {
-        Ok((s, names)) => {
-            tracing::info!(target = %source.target.name, columns = s.rules.len(), views = s.views.len(), "read the target's masked columns");
-            // Names first: a session that sees the new snapshot finds its columns' names.
-            if let Ok(mut w) = entry.names.write() {
-                *w = Arc::new(names);
-            }
-            if let Ok(mut w) = entry.snapshot.write() {
-                *w = Some(Arc::new(s));
-            }
-        }
-        Err(e) => {
-            tracing::warn!(target = %source.target.name, error = %e, "could not read the target's masked columns; their rows are not forwarded until a read succeeds");
-        }
+async fn read_into(entry: &MaskEntry, salted: &SaltedPasswordCache) {
+    if let Err(e) = entry.read(salted, Reread::Always).await {
+        let target = entry.source.get().map(|s| s.target.name.as_str()).unwrap_or("?");
+        tracing::warn!(target, error = %e, "could not read the target's masked columns; their rows are not forwarded until a read succeeds");
     }
 }
 
-/// Runs [`snapshot_query`] on a connection of its own and closes it.
-async fn read_masks(
-    source: &MaskSource,
-    salted: &SaltedPasswordCache,
-) -> Result<(MaskSnapshot, MaskedNames), CatalogError> {
-    let settings = [("application_name".to_string(), "timebox:catalog".to_string())];
-    let conn = upstream::connect(
-        &source.target,
-        &source.credential,
-        source.tls.clone(),
-        &settings,
-        READ_TIMEOUT,
-        salted,
-    )
-    .await
-    .map_err(CatalogError::Connect)?;
-    let mut stream = conn.stream;
-    let mut out = BytesMut::new();
-    frontend::query(&snapshot_query(&source.rules), &mut out)?;
-    stream.write_all(&out).await?;
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut sets: Vec<Vec<Row>> = vec![Vec::new()];
-    let mut failure = None;
-    loop {
-        let message = next_message(&mut stream, &mut buf).await?;
-        match message {
-            backend::Message::DataRow(row) => {
-                use fallible_iterator::FallibleIterator;
-                let values: Vec<Option<std::ops::Range<usize>>> = row.ranges().collect()?;
-                let row: Row = values
-                    .into_iter()
-                    .map(|r| {
-                        r.and_then(|r| row.buffer().get(r))
-                            .map(|b| String::from_utf8_lossy(b).into_owned())
-                    })
-                    .collect();
-                sets.last_mut().expect("one set at least").push(row);
-            }
-            backend::Message::CommandComplete(_) => sets.push(Vec::new()),
-            backend::Message::ErrorResponse(e) => failure = Some(error_text(&e)),
-            backend::Message::ReadyForQuery(_) => break,
-            _ => {}
+/// Whether [`MaskEntry::read`] reads the snapshot again unconditionally or only when the
+/// catalog's fingerprint changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reread {
+    Always,
+    IfChanged,
+}
+
+impl MaskEntry {
+    /// Confirms, on the catalog connection, that the current snapshot is the target's catalog as
+    /// it is now (s6): its fingerprint read again and compared with the one taken with the
+    /// snapshot; when it changed (or no snapshot is known), the snapshot is read again first.
+    /// Bounded by [`READ_TIMEOUT`] (waiting for other sessions' checks included). An error: the
+    /// snapshot could not be confirmed, and the statement must not be checked against it.
+    pub async fn confirm_current(&self, salted: &SaltedPasswordCache) -> Result<(), CatalogError> {
+        self.read(salted, Reread::IfChanged).await
+    }
+
+    async fn read(&self, salted: &SaltedPasswordCache, reread: Reread) -> Result<(), CatalogError> {
+        match tokio::time::timeout(READ_TIMEOUT, self.read_inner(salted, reread)).await {
+            Ok(r) => r,
+            Err(_) => Err(CatalogError::Timeout(READ_TIMEOUT)),
         }
     }
-    out.clear();
-    frontend::terminate(&mut out);
-    let _ = stream.write_all(&out).await;
-    if let Some(e) = failure {
-        return Err(CatalogError::Query(e));
+
+    async fn read_inner(&self, salted: &SaltedPasswordCache, reread: Reread) -> Result<(), CatalogError> {
+        let source = self
+            .source
+            .get()
+            .ok_or(CatalogError::Protocol("no catalog source for this role"))?;
+        let mut slot = self.conn.lock().await;
+        // A kept connection may have been closed by the server since (idle timeouts, restarts):
+        // on any failure it is dropped and the read tried once more on a new one.
+        if let Some(mut conn) = slot.take() {
+            match self.read_on(&mut conn, source, reread).await {
+                Ok(()) => {
+                    *slot = Some(conn);
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!(target = %source.target.name, error = %e, "catalog connection failed; opening another");
+                }
+            }
+        }
+        let mut conn = CatalogConn::open(source, salted).await?;
+        self.read_on(&mut conn, source, reread).await?;
+        *slot = Some(conn);
+        Ok(())
     }
-    sets.pop();
-    let snapshot = MaskSnapshot::from_rows(&source.rules, &sets)
+
+    /// One read on `conn`: the fingerprint (unless [`Reread::Always`]), then the snapshot when it
+    /// changed, stored.
+    async fn read_on(
+        &self,
+        conn: &mut CatalogConn,
+        source: &MaskSource,
+        reread: Reread,
+    ) -> Result<(), CatalogError> {
+        if reread == Reread::IfChanged {
+            let sets = conn.query(&format!("EXECUTE {FINGERPRINT_STATEMENT}")).await?;
+            let now = CatalogFingerprint::from_rows(sets.first().map_or(&[][..], |s| &s[..]))
+                .map_err(|_| CatalogError::Protocol("unexpected catalog fingerprint rows"))?;
+            let taken = self.current().and_then(|s| s.fingerprint.clone());
+            match compare(taken.as_ref(), &now) {
+                Freshness::Current => return Ok(()),
+                Freshness::Changed(catalogs) => {
+                    tracing::info!(target = %source.target.name, ?catalogs, "the target's catalog changed since timebox read it; reading it again");
+                }
+            }
+        }
+        let sets = conn.query(&mask_read_query(&source.rules)).await?;
+        let (snapshot, names) = snapshot_from_sets(&source.rules, sets)?;
+        tracing::info!(target = %source.target.name, columns = snapshot.rules.len(), views = snapshot.views.len(), "read the target's masked columns");
+        // Names first: a session that sees the new snapshot finds its columns' names.
+        if let Ok(mut w) = self.names.write() {
+            *w = Arc::new(names);
+        }
+        if let Ok(mut w) = self.snapshot.write() {
+            *w = Some(Arc::new(snapshot));
+        }
+        Ok(())
+    }
+}
+
+/// The fingerprint ([`fingerprint_query`]) and [`snapshot_query`] in one repeatable-read
+/// transaction, so the fingerprint is the snapshot's.
+fn mask_read_query(rules: &[MaskRule]) -> String {
+    format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {}; {}; COMMIT",
+        fingerprint_query(),
+        snapshot_query(rules)
+    )
+}
+
+/// The snapshot and its masked columns' names from the result sets of [`mask_read_query`]:
+/// BEGIN, the fingerprint, the four of [`snapshot_query`], COMMIT.
+fn snapshot_from_sets(
+    rules: &[MaskRule],
+    sets: Vec<Vec<Row>>,
+) -> Result<(MaskSnapshot, MaskedNames), CatalogError> {
+    if sets.len() != 7 {
+        return Err(CatalogError::Protocol(
+            "unexpected number of masking catalog results",
+        ));
+    }
+    let fingerprint = CatalogFingerprint::from_rows(&sets[1])
+        .map_err(|_| CatalogError::Protocol("unexpected catalog fingerprint rows"))?;
+    let mut snapshot = MaskSnapshot::from_rows(rules, &sets[2..6])
         .map_err(|_| CatalogError::Protocol("unexpected masking catalog rows"))?;
-    Ok((snapshot, masked_names(&source.rules, &sets[0])))
+    snapshot.fingerprint = Some(fingerprint);
+    let names = masked_names(rules, &sets[2]);
+    Ok((snapshot, names))
+}
+
+impl CatalogConn {
+    /// Connects as `source`'s credential and prepares the fingerprint statement.
+    async fn open(source: &MaskSource, salted: &SaltedPasswordCache) -> Result<CatalogConn, CatalogError> {
+        let settings = [("application_name".to_string(), "timebox:catalog".to_string())];
+        let conn = upstream::connect(
+            &source.target,
+            &source.credential,
+            source.tls.clone(),
+            &settings,
+            READ_TIMEOUT,
+            salted,
+        )
+        .await
+        .map_err(CatalogError::Connect)?;
+        let mut conn = CatalogConn {
+            stream: conn.stream,
+            buf: BytesMut::with_capacity(64 * 1024),
+        };
+        conn.query(&format!(
+            "PREPARE {FINGERPRINT_STATEMENT} AS {}",
+            fingerprint_query()
+        ))
+        .await?;
+        Ok(conn)
+    }
+
+    /// Runs a simple Query; its result sets (one per CommandComplete) in text format.
+    async fn query(&mut self, sql: &str) -> Result<Vec<Vec<Row>>, CatalogError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out)?;
+        self.stream.write_all(&out).await?;
+        let mut sets: Vec<Vec<Row>> = vec![Vec::new()];
+        let mut failure = None;
+        loop {
+            let message = next_message(&mut self.stream, &mut self.buf).await?;
+            match message {
+                backend::Message::DataRow(row) => {
+                    use fallible_iterator::FallibleIterator;
+                    let values: Vec<Option<std::ops::Range<usize>>> = row.ranges().collect()?;
+                    let row: Row = values
+                        .into_iter()
+                        .map(|r| {
+                            r.and_then(|r| row.buffer().get(r))
+                                .map(|b| String::from_utf8_lossy(b).into_owned())
+                        })
+                        .collect();
+                    sets.last_mut().expect("one set at least").push(row);
+                }
+                backend::Message::CommandComplete(_) => sets.push(Vec::new()),
+                backend::Message::ErrorResponse(e) => failure = Some(error_text(&e)),
+                backend::Message::ReadyForQuery(_) => break,
+                _ => {}
+            }
+        }
+        if let Some(e) = failure {
+            return Err(CatalogError::Query(e));
+        }
+        sets.pop();
+        Ok(sets)
+    }
 }
 
 /// The next backend message of a catalog answer, reading more as needed; an answer over

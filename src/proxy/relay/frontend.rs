@@ -30,6 +30,13 @@ impl Session {
             } else {
                 match wire::next_frontend_frame(&r.bufs.from_client, r.max_message) {
                     Ok(Some((tag, len))) => {
+                        // Masked roles only: the catalog snapshot the statement is checked (and
+                        // its result judged) against is confirmed current first (s6).
+                        if matches!(tag, b'Q' | b'P' | b'B') {
+                            if let Some(m) = self.interceptor.masking().cloned() {
+                                m.confirm_current(&self.ctx.proxy.salted_passwords).await;
+                            }
+                        }
                         if self.interceptor.wants_offload(tag, &r.bufs.from_client[..len]) {
                             let frame = r.bufs.from_client.split_to(len).freeze();
                             let permits = self.ctx.proxy.precheck_permits.clone();

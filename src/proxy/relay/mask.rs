@@ -24,15 +24,11 @@ use bytes::BytesMut;
 use super::outbox::ClientOutbox;
 use super::Relay;
 use crate::audit::event::{MaskedColumnReturned, Returned};
-use crate::config::{Credential, Masking, Target};
-use crate::masking::catalog::ColumnVerdict;
+use crate::masking::catalog::{ColumnVerdict, MaskSnapshot};
 use crate::masking::{rewrite_data_row, rewrite_row_description, MaskKey, MaskMethod, MaskedColumn};
-use crate::policy::mask_shape::{self, MaskDenial, MaskScope};
-use crate::policy::Classification;
 use crate::proxy::session::Session;
-use crate::proxy::target_catalog::{refresh_in_background, MaskEntry, MaskSource};
+use crate::proxy::target_catalog::{refresh_in_background, MaskEntry};
 use crate::proxy::wire::PgError;
-use crate::proxy::ProxyContext;
 
 /// A frontend message whose answer decides a later DataRow's columns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +107,8 @@ pub(crate) enum MaskStep {
 
 const NO_DESCRIPTION: &str = "no RowDescription timebox saw";
 const NO_DATA: &str = "a Describe answered with NoData (no rows expected)";
+const RECATALOGED: &str =
+    "a description from before timebox read the target's catalog again (describe it again)";
 const STALE: &str =
     "a description from before a CLOSE, DECLARE, PREPARE, DEALLOCATE or DISCARD (describe it again)";
 
@@ -145,76 +143,6 @@ pub(crate) fn shaped_at_run_time(sql: &str) -> bool {
     })
 }
 
-/// A masked role's session: its masks, the target's snapshot entry and the `hash` key. Shared by
-/// the interceptor (the shape check) and the relay (the rewrite).
-#[derive(Debug)]
-pub struct MaskContext {
-    pub role: String,
-    pub masking: Masking,
-    pub entry: Arc<MaskEntry>,
-    pub key: MaskKey,
-}
-
-impl MaskContext {
-    /// The pre-execution shape check of one statement text, with the snapshot's rules (inherited
-    /// tables included) and views when one was read.
-    pub fn check(&self, sql: &str, classification: &Classification) -> Result<Vec<String>, MaskDenial> {
-        let snapshot = self.entry.current();
-        let (columns, views, known) = match &snapshot {
-            Some(s) => (&s.rules[..], &s.views[..], Some(&s.names)),
-            None => (&self.masking.columns[..], &[][..], None),
-        };
-        let scope = MaskScope {
-            role: &self.role,
-            columns,
-            filters: self.masking.filters,
-            views,
-            known,
-            types: snapshot.as_ref().and_then(|s| s.types.as_ref()),
-        };
-        for stmt in &classification.statements {
-            mask_shape::check_functions(&stmt.unknown_functions, &scope)?;
-        }
-        mask_shape::check(sql, &scope)
-    }
-}
-
-/// At login: the masking of a session of `role` on `target`, `None` when the role masks nothing.
-/// Reads the target's snapshot if none is known yet (bounded; without one, rows from tables fail).
-pub(crate) async fn session_masking(
-    ctx: &ProxyContext,
-    target: &Target,
-    credential: &Credential,
-    role: &str,
-) -> Result<Option<Arc<MaskContext>>, PgError> {
-    let Some(masking) = ctx.config.roles.get(role).and_then(|r| r.masking.clone()) else {
-        return Ok(None);
-    };
-    let source = MaskSource {
-        target: target.clone(),
-        credential: credential.clone(),
-        tls: ctx.proxy.upstream_tls.get(&target.name).cloned().flatten(),
-        rules: masking.columns.clone(),
-    };
-    let entry = ctx
-        .proxy
-        .mask_catalogs
-        .snapshot(&source, role, &ctx.proxy.salted_passwords)
-        .await;
-    let secret = ctx
-        .grants
-        .store()
-        .installation_secret()
-        .await
-        .map_err(|e| PgError::for_store_error(&e))?;
-    Ok(Some(Arc::new(MaskContext {
-        role: role.to_owned(),
-        masking,
-        entry,
-        key: MaskKey::derive(&secret),
-    })))
-}
-
 /// One session's masking state.
 pub(crate) struct ResultMask {
     entry: Arc<MaskEntry>,
@@ -231,6 +159,9 @@ pub(crate) struct ResultMask {
     current: Option<Layout>,
     /// Rows of the current result are being dropped (the client has the error).
     failing: bool,
+    /// The snapshot the stored layouts were judged with: when a Bind or RowDescription finds
+    /// another one current, they are stale (a view may have been replaced since).
+    judged_with: Option<Arc<MaskSnapshot>>,
     /// A snapshot re-read is wanted (a column timebox could not establish).
     pub(crate) wants_refresh: bool,
     /// Masked values sent since last asked (for the metric).
@@ -315,6 +246,7 @@ impl ResultMask {
             reshaping_portals: HashSet::new(),
             current: None,
             failing: false,
+            judged_with: None,
             wants_refresh: false,
             masked_values: 0,
             sent_rows: 0,
@@ -346,6 +278,7 @@ impl ResultMask {
                 None => Expect::Parse(String::new(), true),
             },
             b'B' => {
+                self.follow_snapshot(self.entry.current());
                 let Some((portal, rest)) = cstr(body) else { return };
                 let Some((statement, rest)) = cstr(rest) else {
                     return;
@@ -378,6 +311,7 @@ impl ResultMask {
     /// Judges and rewrites a RowDescription.
     fn describe(&mut self, frame: &[u8]) -> (Option<BytesMut>, Layout) {
         let snapshot = self.entry.current();
+        self.follow_snapshot(snapshot.clone());
         let unknown = std::cell::Cell::new(None);
         let masked = std::cell::RefCell::new(Vec::new());
         let rewritten = rewrite_row_description(frame, |table, attnum| {
@@ -494,6 +428,19 @@ impl ResultMask {
         .with_hint("Send FETCH and EXECUTE as a simple Query (its RowDescription comes with the rows), or select the columns directly.")
     }
 
+    /// Layouts stored before the snapshot `current` was read are stale (s6: a view replaced
+    /// outside timebox is seen by the new snapshot only).
+    fn follow_snapshot(&mut self, current: Option<Arc<MaskSnapshot>>) {
+        if let (Some(judged), Some(now)) = (&self.judged_with, &current) {
+            if !Arc::ptr_eq(judged, now) {
+                self.invalidate_all(RECATALOGED);
+            }
+        }
+        if current.is_some() {
+            self.judged_with = current;
+        }
+    }
+
     /// Stores a described layout, unless the statement or portal is shaped at run time (then no
     /// description is trusted).
     fn store(&mut self, portal: bool, name: String, layout: Layout) {
@@ -510,10 +457,10 @@ impl ResultMask {
     /// SQL `CLOSE`/`DECLARE`/`PREPARE`/`DEALLOCATE`/`DISCARD` share names with protocol portals
     /// and statements: after one ran, no layout described before may be trusted (a cursor or
     /// statement of the same name may now return other columns). Rows then fail until described again.
-    fn invalidate_all(&mut self) {
+    fn invalidate_all(&mut self, why: &'static str) {
         for layout in self.statements.values_mut().chain(self.portals.values_mut()) {
             if *layout != Layout::Runtime {
-                *layout = Layout::Fail(STALE);
+                *layout = Layout::Fail(why);
             }
         }
     }
@@ -661,7 +608,7 @@ impl ResultMask {
                 }
                 match self.pop_if(|e| matches!(e, Expect::Execute(_))) {
                     Some(Expect::Execute(portal)) if self.reshaping_portals.contains(&portal) => {
-                        self.invalidate_all()
+                        self.invalidate_all(STALE)
                     }
                     Some(_) => {}
                     None => self.current = None,
@@ -683,7 +630,7 @@ impl ResultMask {
                 (self.sent_rows, self.sent_bytes) = (0, 0);
                 while let Some(e) = self.pending.pop_front() {
                     if e == Expect::Query(true) {
-                        self.invalidate_all();
+                        self.invalidate_all(STALE);
                     }
                     if matches!(e, Expect::Sync | Expect::Query(_)) {
                         break;
@@ -769,6 +716,10 @@ impl Session {
         }
     }
 }
+
+#[path = "mask_context.rs"]
+mod context;
+pub use context::{session_masking, MaskContext};
 
 #[cfg(test)]
 #[path = "mask_tests.rs"]

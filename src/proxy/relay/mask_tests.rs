@@ -465,3 +465,36 @@ fn a_role_without_masks_or_quotas_has_its_rows_forwarded_untouched() {
     assert_eq!(noted(false, true).0, b"TDDDCZ");
     assert_eq!(noted(true, false).0, b"TDDDCZ");
 }
+
+/// Regression (s6 attack): a statement described while a view was harmless, bound after timebox
+/// read the catalog again (the view replaced outside timebox to return masked values), must not
+/// have its rows judged by the old description.
+#[test]
+fn descriptions_from_before_a_catalog_re_read_are_stale() {
+    let entry = Arc::new(MaskEntry::holding(Some(snapshot())));
+    let mut m = ResultMask::new(entry.clone(), MaskKey::derive(&[1; 32]), "support");
+    sent(&mut m, b'P', b"s1\0SELECT id FROM customers\0\0\0");
+    sent(&mut m, b'D', b"Ss1\0");
+    sent(&mut m, b'S', b"");
+    m.on_backend(b'1', &frame(b'1', b""));
+    m.on_backend(b't', &frame(b't', b"\0\0"));
+    m.on_backend(b'T', &row_description(&[("id", CUSTOMERS, 1, 23)]));
+    m.on_backend(b'Z', &frame(b'Z', b"I"));
+    let execute = |m: &mut ResultMask| {
+        sent(m, b'B', b"\0s1\0\0\0\0\0\0\0");
+        sent(m, b'E', b"\0\0\0\0\0");
+        sent(m, b'S', b"");
+        m.on_backend(b'2', &frame(b'2', b""));
+        let step = m.on_backend(b'D', &data_row(&[b"1"]));
+        m.on_backend(b'C', &frame(b'C', b"SELECT 1\0"));
+        m.on_backend(b'Z', &frame(b'Z', b"I"));
+        step
+    };
+    assert_eq!(execute(&mut m), MaskStep::Keep, "the same snapshot");
+    entry.replace_snapshot(snapshot());
+    let step = execute(&mut m);
+    assert!(
+        matches!(&step, MaskStep::Fail(e) if format!("{e:?}").contains("read the target's catalog again")),
+        "{step:?}"
+    );
+}
