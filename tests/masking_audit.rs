@@ -50,18 +50,7 @@ password = "{READ_PASSWORD}"
 }
 
 async fn start() -> TestInstance {
-    let port = tokio::task::spawn_blocking(|| {
-        static CREATED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-        let cluster = common::cluster::shared_cluster();
-        CREATED.get_or_init(|| {
-            common::cluster::shop_psql(FIXTURE);
-        });
-        cluster.port()
-    })
-    .await
-    .unwrap();
-    common::start_with_config(|dir| common::config_text(&common::Options::default(), dir, port) + &roles())
-        .await
+    common::masking::start_over(&[FIXTURE], roles()).await
 }
 
 async fn session(inst: &TestInstance, role: &str) -> tokio_postgres::Client {

@@ -42,18 +42,7 @@ password = "{READ_PASSWORD}"
 }
 
 async fn start() -> TestInstance {
-    let port = tokio::task::spawn_blocking(|| {
-        static CREATED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-        let cluster = common::cluster::shared_cluster();
-        CREATED.get_or_init(|| {
-            common::cluster::shop_psql(FIXTURE);
-        });
-        cluster.port()
-    })
-    .await
-    .unwrap();
-    common::start_with_config(|dir| common::config_text(&common::Options::default(), dir, port) + &roles())
-        .await
+    common::masking::start_over(&[FIXTURE], roles()).await
 }
 
 /// The Python with `module`, or `None` (skipped outside CI, a failure under `CI=true`).

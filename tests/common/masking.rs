@@ -54,28 +54,31 @@ mask = {{ "public.customers.email" = "email" }}
     )
 }
 
-/// A timebox instance with [`mask_roles`] plus `extra` config, over the shared cluster holding
-/// [`FIXTURE`] and then `setup` (run once per test binary: tests run in parallel, and
-/// `CREATE … IF NOT EXISTS` races with itself).
-pub async fn start_with(setup: &'static str, extra: &str) -> TestInstance {
+/// A timebox instance with `roles` config over the shared cluster, after each of `setups` ran there
+/// once per test binary (tests run in parallel, and `CREATE … IF NOT EXISTS` races with itself).
+pub async fn start_over(setups: &[&'static str], roles: String) -> TestInstance {
+    let setups = setups.to_vec();
     let port = tokio::task::spawn_blocking(move || {
-        static CREATED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+        static DONE: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
         let cluster = super::cluster::shared_cluster();
-        CREATED.get_or_init(|| {
-            super::cluster::shop_psql(FIXTURE);
-            if !setup.is_empty() {
+        let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+        for setup in setups {
+            if !setup.is_empty() && !done.contains(&setup) {
                 super::cluster::shop_psql(setup);
+                done.push(setup);
             }
-        });
+        }
         cluster.port()
     })
     .await
     .unwrap();
-    let extra = extra.to_owned();
-    super::start_with_config(|dir| {
-        super::config_text(&super::Options::default(), dir, port) + &mask_roles() + &extra
-    })
-    .await
+    super::start_with_config(|dir| super::config_text(&super::Options::default(), dir, port) + &roles).await
+}
+
+/// A timebox instance with [`mask_roles`] plus `extra` config, over the shared cluster holding
+/// [`FIXTURE`] and then `setup`.
+pub async fn start_with(setup: &'static str, extra: &str) -> TestInstance {
+    start_over(&[FIXTURE, setup], mask_roles() + extra).await
 }
 
 /// [`start_with`] the fixture alone.
