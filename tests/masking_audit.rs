@@ -16,16 +16,6 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The masked table (created once per test binary on the shared cluster).
-const FIXTURE: &str = "
-CREATE TABLE IF NOT EXISTS public.customers (
-    id int PRIMARY KEY, name text, email text, phone varchar(20), card text, ssn int8, note text);
-INSERT INTO public.customers VALUES
-    (1, 'Alice', 'alice@example.com', '+1 555 0100', '4111111111111111', 123456789, 'vip'),
-    (2, 'Bob', 'bob@shop.test', NULL, '5500000000000004', 987654321, 'new')
-    ON CONFLICT DO NOTHING;
-";
-
 fn roles() -> String {
     use common::cluster::{READ_PASSWORD, READ_USER};
     format!(
@@ -50,7 +40,7 @@ password = "{READ_PASSWORD}"
 }
 
 async fn start() -> TestInstance {
-    common::masking::start_over(&[FIXTURE], roles()).await
+    common::masking::start_over(&[common::masking::FIXTURE], roles()).await
 }
 
 async fn session(inst: &TestInstance, role: &str) -> tokio_postgres::Client {

@@ -15,15 +15,6 @@ use std::process::Command;
 
 use common::TestInstance;
 
-const FIXTURE: &str = "
-CREATE TABLE IF NOT EXISTS public.customers (
-    id int PRIMARY KEY, name text, email text, phone varchar(20), card text, ssn int8, note text);
-INSERT INTO public.customers VALUES
-    (1, 'Alice', 'alice@example.com', '+1 555 0100', '4111111111111111', 123456789, 'vip'),
-    (2, 'Bob', 'bob@shop.test', NULL, '5500000000000004', 987654321, 'new')
-    ON CONFLICT DO NOTHING;
-";
-
 /// A role with masks and a row quota of 1.
 fn roles() -> String {
     use common::cluster::{READ_PASSWORD, READ_USER};
@@ -42,7 +33,7 @@ password = "{READ_PASSWORD}"
 }
 
 async fn start() -> TestInstance {
-    common::masking::start_over(&[FIXTURE], roles()).await
+    common::masking::start_over(&[common::masking::FIXTURE], roles()).await
 }
 
 /// The Python with `module`, or `None` (skipped outside CI, a failure under `CI=true`).
