@@ -22,7 +22,14 @@ use crate::proxy::wire;
 impl Session {
     /// Processes the complete frames the client sent (the prechecked big one first).
     pub(super) async fn on_client_frames(&mut self, r: &mut Relay, busy: bool) -> ControlFlow<EndReason> {
+        r.resume_client = false;
         loop {
+            if r.batch.as_ref().is_some_and(|b| b.holding()) {
+                // Masked roles: the frames after an Execute wait for its result (see `pipeline`);
+                // those before it go now.
+                self.end_of_read(r, busy).await;
+                return ControlFlow::Continue(());
+            }
             let parked: Bytes;
             let (tag, frame, consumed, precheck) = if let Some((tag, bytes, pre)) = r.resumed.take() {
                 parked = bytes;
@@ -83,8 +90,13 @@ impl Session {
                 let _ = self.upstream.write_all(to_upstream).await;
                 return ControlFlow::Break(EndReason::ClientExit);
             }
-            let ddl = self.on_frame(&mut r.gate, &mut r.sync, r.skip_audit, tag, frame, precheck);
+            let (ddl, sent) = self.on_frame(&mut r.gate, &mut r.sync, r.skip_audit, tag, frame, precheck);
             r.ddl_forwarded |= ddl;
+            if let (Some(batch), Some(sent)) = (r.batch.as_mut(), sent) {
+                if let Some(flush) = batch.forwarded(sent) {
+                    r.gate.hold(flush);
+                }
+            }
             if let Some(m) = r.mask.as_mut() {
                 m.on_frontend(tag, frame);
             }
@@ -93,7 +105,8 @@ impl Session {
     }
 
     /// One frontend frame: checked, recorded, held for the audit gate, tracked for its outcome.
-    /// `true` when it is an allowed DDL statement (masked columns' identities may change).
+    /// `true` when it is an allowed DDL statement (masked columns' identities may change); the type
+    /// of the frame sent upstream in its place, if any.
     fn on_frame(
         &mut self,
         gate: &mut AuditGate,
@@ -102,7 +115,7 @@ impl Session {
         tag: u8,
         frame: &[u8],
         precheck: Option<Precheck>,
-    ) -> bool {
+    ) -> (bool, Option<u8>) {
         let mut checked = None;
         let action = self
             .interceptor
@@ -135,7 +148,9 @@ impl Session {
         if let Some(sent) = sent_tag {
             sync.forwarded(sent, Instant::now());
         }
-        checked.is_some_and(|c| c.denied.is_none() && c.class == crate::policy::StatementClass::Ddl)
+        let ddl =
+            checked.is_some_and(|c| c.denied.is_none() && c.class == crate::policy::StatementClass::Ddl);
+        (ddl, sent_tag)
     }
 
     /// Metrics and the log line of a checked statement.
