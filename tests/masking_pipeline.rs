@@ -3,7 +3,8 @@
 //! later in the batch takes effect and what ran before it rolls back with the batch, as after any
 //! error (implicit transaction and transaction block alike); a Query string that would run a
 //! write after rows is refused before it runs; batches of reads that are fine lose nothing; roles
-//! without masks get the upstream's bytes.
+//! without masks get the upstream's bytes. And the catalog freshness check of a masked role's
+//! statement never delays a cut (s7).
 
 mod common;
 
@@ -13,7 +14,7 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use common::cluster::{shared_cluster, unique_name};
 use common::masking::{start, start_with};
-use common::pg::{connect, db_error, scalar};
+use common::pg::{audit_records, connect, db_error, scalar};
 use common::raw;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -396,4 +397,81 @@ async fn a_role_without_masks_gets_the_upstreams_pipelined_answers() {
         answer_bytes(&mut s, &mut buf).await,
     ];
     assert_eq!(relayed, expected);
+}
+
+/// Regression (s7): the catalog freshness check a masked role's statement waits for used to be
+/// awaited inside the relay loop, so a revocation (or expiry, kill, shutdown) waited for it — up
+/// to its 3 s bound, the statement then checked (and refused) first. Now the cut comes while the
+/// check is still blocked (a superuser holds a lock on a catalog it reads): the client gets
+/// FATAL 57P01 and the statement is never checked, recorded or run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_does_not_wait_for_a_blocked_catalog_check() {
+    let _alone = catalog_lock().write().await;
+    let inst = start().await;
+    let (grant, token) = inst.grant("alice", "support_write", "10m").await;
+    let (mut s, mut buf) = raw::login(inst.proxy_addr, "alice", &token).await;
+    send(&mut s, &[query("SELECT 1")]).await;
+    answer(&mut s, &mut buf).await;
+    let locker = superuser().await;
+    locker
+        .simple_query("BEGIN; LOCK TABLE pg_catalog.pg_range IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let cut = unique_name("cut");
+    let sql = format!("UPDATE customers SET name = '{cut}' WHERE id = 1");
+    send(&mut s, &[query(&sql)]).await;
+    // The statement's check is waiting for the lock.
+    let watcher = superuser().await;
+    let waiting = common::eventually(Duration::from_secs(30), || {
+        let watcher = &watcher;
+        async move {
+            scalar(
+                watcher,
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'timebox:catalog' AND wait_event_type = 'Lock'",
+            )
+            .await
+                != "0"
+        }
+    });
+    let waiting = tokio::time::timeout(Duration::from_secs(60), waiting).await;
+    assert!(
+        matches!(waiting, Ok(true)),
+        "the catalog check never waited for the lock"
+    );
+    inst.state
+        .grants
+        .revoke(&grant.id, "ops", "cut while checking")
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(60), raw::next_error(&mut s, &mut buf))
+        .await
+        .expect("the FATAL")
+        .expect("an ErrorResponse before the connection closed");
+    assert_eq!(first.0, "57P01", "{first:?}");
+    // The lock is still held: the check is still blocked, and the session ended before it.
+    let db = inst.audit_db();
+    let ended = common::eventually(Duration::from_secs(30), || {
+        let db = db.clone();
+        async move {
+            audit_records(&db)
+                .iter()
+                .any(|(k, p)| k == "session_end" && p["reason"] == "revoked")
+        }
+    })
+    .await;
+    assert!(ended, "{:#?}", audit_records(&db));
+    let checked: Vec<_> = audit_records(&db)
+        .into_iter()
+        .filter(|(k, p)| k == "statement" && p["sql"].as_str().is_some_and(|q| q.contains(&cut)))
+        .collect();
+    assert!(
+        checked.is_empty(),
+        "the statement was checked before the cut: {checked:#?}"
+    );
+    locker.simple_query("ROLLBACK").await.unwrap();
+    assert_eq!(named(&cut).await, "0", "the statement ran upstream");
+    // The role's catalog connection recovers for the next session.
+    let client = common::masking::session(&inst, "support_write").await;
+    let rows = common::masking::text_rows(&client, "SELECT email FROM customers WHERE id = 1").await;
+    assert_eq!(rows, vec![common::masking::some(&["***@example.com"])]);
 }

@@ -38,10 +38,12 @@ impl Session {
                 match wire::next_frontend_frame(&r.bufs.from_client, r.max_message) {
                     Ok(Some((tag, len))) => {
                         // Masked roles only: the catalog snapshot the statement is checked (and
-                        // its result judged) against is confirmed current first (s6).
-                        if matches!(tag, b'Q' | b'P' | b'B') {
-                            if let Some(m) = self.interceptor.masking().cloned() {
-                                m.confirm_current(&self.ctx.proxy.salted_passwords).await;
+                        // its result judged) against is confirmed current first (s6), in a future
+                        // the relay races with its cut arms (s7); the frame waits for it.
+                        if matches!(tag, b'Q' | b'P' | b'B') && !std::mem::take(&mut r.confirmed) {
+                            if let Some(m) = self.interceptor.masking() {
+                                r.confirming = Some(m.clone().confirming(self.ctx.proxy.clone()));
+                                return ControlFlow::Continue(());
                             }
                         }
                         if self.interceptor.wants_offload(tag, &r.bufs.from_client[..len]) {

@@ -9,9 +9,10 @@ use crate::config::{Credential, Masking, Target};
 use crate::masking::MaskKey;
 use crate::policy::mask_shape::{self, MaskDenial, MaskScope};
 use crate::policy::{Classification, StatementClass, StatementInfo};
+use crate::proxy::relay::precheck::Confirming;
 use crate::proxy::target_catalog::{MaskEntry, MaskSource};
 use crate::proxy::wire::PgError;
-use crate::proxy::ProxyContext;
+use crate::proxy::{ProxyContext, ProxyState};
 
 /// A masked role's session: its masks, the target's snapshot entry and the `hash` key. Shared by
 /// the interceptor (the shape check) and the relay (the rewrite).
@@ -40,6 +41,14 @@ impl MaskContext {
         }
         self.unconfirmed
             .store(result.is_err(), std::sync::atomic::Ordering::Release);
+    }
+
+    /// [`MaskContext::confirm_current`] as a future of its own (s7), which the relay races with
+    /// its cut arms (expiry, revocation, kill, shutdown) while the statement waits for it: a slow or
+    /// locked catalog never delays a cut, and the statement is not checked or forwarded before it
+    /// resolved.
+    pub(crate) fn confirming(self: Arc<Self>, proxy: Arc<ProxyState>) -> Confirming {
+        Box::pin(async move { self.confirm_current(&proxy.salted_passwords).await })
     }
 
     /// The pre-execution shape check of one statement text, with the snapshot's rules (inherited

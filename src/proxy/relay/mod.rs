@@ -13,7 +13,8 @@
 //!   [`sync::Phase`] (idle, in a transaction, busy);
 //! - [`gate`]: client frames held until their audit records are acknowledged;
 //! - [`state`]: open, draining for shutdown, closing with a reason;
-//! - [`precheck`]: big statements checked on the blocking pool;
+//! - [`precheck`]: big statements checked on the blocking pool (and masked roles' catalog
+//!   freshness checks raced with the cut arms);
 //! - [`pipeline`]: masked roles' Executes waited for, so nothing after a refused result in a batch
 //!   takes effect.
 //!
@@ -55,7 +56,7 @@ use self::gate::AuditGate;
 use self::held::HeldDecoder;
 use self::io::{Buffers, IoEvents, UpstreamRead, Wants, HIGH_WATER};
 use self::pipeline::BatchHold;
-use self::precheck::{wait_offloaded, OffloadedPrecheck};
+use self::precheck::{wait_confirmed, wait_offloaded, Confirming, OffloadedPrecheck};
 use self::state::SessionState;
 use self::sync::SyncTracker;
 use super::intercept::Precheck;
@@ -112,7 +113,12 @@ pub(crate) struct Relay {
     /// Roles with masks: the hold on client frames after an Execute (`None`: frames are never held
     /// for a result).
     batch: Option<BatchHold>,
-    /// Client frames already read wait to be processed (a hold was released).
+    /// Roles with masks: the catalog freshness check of the frame at the head of `from_client`,
+    /// which waits for it; expiry, kills and shutdown do not.
+    confirming: Option<Confirming>,
+    /// That check resolved: the head frame is processed without another.
+    confirmed: bool,
+    /// Client frames already read wait to be processed (a check resolved, a hold was released).
     resume_client: bool,
 }
 
@@ -126,6 +132,7 @@ impl Relay {
                 && !self.gate.waiting()
                 && self.offloaded.is_none()
                 && self.resumed.is_none()
+                && self.confirming.is_none()
                 && !self.resume_client
                 && !self.batch.as_ref().is_some_and(BatchHold::holding)
                 && b.to_upstream.len() < HIGH_WATER,
@@ -205,6 +212,8 @@ impl Session {
             quota,
             mask,
             ddl_forwarded: false,
+            confirming: None,
+            confirmed: false,
             resume_client: false,
         }
     }
@@ -279,6 +288,11 @@ impl Session {
                 prechecked = wait_offloaded(&mut r.offloaded), if r.offloaded.is_some() => {
                     r.offloaded = None;
                     r.resumed = Some(prechecked);
+                }
+                _ = wait_confirmed(&mut r.confirming), if r.confirming.is_some() => {
+                    r.confirming = None;
+                    r.confirmed = true;
+                    r.resume_client = true;
                 }
                 acked = r.gate.acknowledged(), if r.gate.waiting() => self.on_acknowledged(r, acked, busy).await,
                 _ = sleep_opt(outcome_deadline), if outcome_deadline.is_some() => {
