@@ -60,6 +60,10 @@ impl Session {
         // Result quotas (roles that set one): frames dropped or replaced are not handled below.
         let mut stopped = None;
         for (tag, start, end) in held.drain(..) {
+            // Masked roles' batches (`super::pipeline`): an Execute's end releases the client's frames.
+            if r.batch.is_some() && !self.batch_frame(r, (tag, start, end)) {
+                continue;
+            }
             if r.quota.is_some() && !self.quota_frame(r, (tag, start, end), &mut stopped) {
                 if let Some(m) = r.mask.as_mut() {
                     m.on_skipped(tag);

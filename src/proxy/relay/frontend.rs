@@ -22,7 +22,14 @@ use crate::proxy::wire;
 impl Session {
     /// Processes the complete frames the client sent (the prechecked big one first).
     pub(super) async fn on_client_frames(&mut self, r: &mut Relay, busy: bool) -> ControlFlow<EndReason> {
+        r.resume_client = false;
         loop {
+            if r.batch.as_ref().is_some_and(|b| b.holding()) {
+                // Masked roles: the frames after an Execute wait for its result (see `pipeline`);
+                // those before it go now.
+                self.end_of_read(r, busy).await;
+                return ControlFlow::Continue(());
+            }
             let parked: Bytes;
             let (tag, frame, consumed, precheck) = if let Some((tag, bytes, pre)) = r.resumed.take() {
                 parked = bytes;
@@ -31,10 +38,12 @@ impl Session {
                 match wire::next_frontend_frame(&r.bufs.from_client, r.max_message) {
                     Ok(Some((tag, len))) => {
                         // Masked roles only: the catalog snapshot the statement is checked (and
-                        // its result judged) against is confirmed current first (s6).
-                        if matches!(tag, b'Q' | b'P' | b'B') {
-                            if let Some(m) = self.interceptor.masking().cloned() {
-                                m.confirm_current(&self.ctx.proxy.salted_passwords).await;
+                        // its result judged) against is confirmed current first (s6), in a future
+                        // the relay races with its cut arms (s7); the frame waits for it.
+                        if matches!(tag, b'Q' | b'P' | b'B') && !std::mem::take(&mut r.confirmed) {
+                            if let Some(m) = self.interceptor.masking() {
+                                r.confirming = Some(m.clone().confirming(self.ctx.proxy.clone()));
+                                return ControlFlow::Continue(());
                             }
                         }
                         if self.interceptor.wants_offload(tag, &r.bufs.from_client[..len]) {
@@ -83,8 +92,13 @@ impl Session {
                 let _ = self.upstream.write_all(to_upstream).await;
                 return ControlFlow::Break(EndReason::ClientExit);
             }
-            let ddl = self.on_frame(&mut r.gate, &mut r.sync, r.skip_audit, tag, frame, precheck);
+            let (ddl, sent) = self.on_frame(&mut r.gate, &mut r.sync, r.skip_audit, tag, frame, precheck);
             r.ddl_forwarded |= ddl;
+            if let (Some(batch), Some(sent)) = (r.batch.as_mut(), sent) {
+                if let Some(flush) = batch.forwarded(sent) {
+                    r.gate.hold(flush);
+                }
+            }
             if let Some(m) = r.mask.as_mut() {
                 m.on_frontend(tag, frame);
             }
@@ -93,7 +107,8 @@ impl Session {
     }
 
     /// One frontend frame: checked, recorded, held for the audit gate, tracked for its outcome.
-    /// `true` when it is an allowed DDL statement (masked columns' identities may change).
+    /// `true` when it is an allowed DDL statement (masked columns' identities may change); the type
+    /// of the frame sent upstream in its place, if any.
     fn on_frame(
         &mut self,
         gate: &mut AuditGate,
@@ -102,7 +117,7 @@ impl Session {
         tag: u8,
         frame: &[u8],
         precheck: Option<Precheck>,
-    ) -> bool {
+    ) -> (bool, Option<u8>) {
         let mut checked = None;
         let action = self
             .interceptor
@@ -135,7 +150,9 @@ impl Session {
         if let Some(sent) = sent_tag {
             sync.forwarded(sent, Instant::now());
         }
-        checked.is_some_and(|c| c.denied.is_none() && c.class == crate::policy::StatementClass::Ddl)
+        let ddl =
+            checked.is_some_and(|c| c.denied.is_none() && c.class == crate::policy::StatementClass::Ddl);
+        (ddl, sent_tag)
     }
 
     /// Metrics and the log line of a checked statement.

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use crate::config::{Credential, Masking, Target};
 use crate::masking::MaskKey;
 use crate::policy::mask_shape::{self, MaskDenial, MaskScope};
-use crate::policy::Classification;
+use crate::policy::{Classification, StatementClass, StatementInfo};
+use crate::proxy::relay::precheck::Confirming;
 use crate::proxy::target_catalog::{MaskEntry, MaskSource};
 use crate::proxy::wire::PgError;
-use crate::proxy::ProxyContext;
+use crate::proxy::{ProxyContext, ProxyState};
 
 /// A masked role's session: its masks, the target's snapshot entry and the `hash` key. Shared by
 /// the interceptor (the shape check) and the relay (the rewrite).
@@ -42,6 +43,14 @@ impl MaskContext {
             .store(result.is_err(), std::sync::atomic::Ordering::Release);
     }
 
+    /// [`MaskContext::confirm_current`] as a future of its own (s7), which the relay races with
+    /// its cut arms (expiry, revocation, kill, shutdown) while the statement waits for it: a slow or
+    /// locked catalog never delays a cut, and the statement is not checked or forwarded before it
+    /// resolved.
+    pub(crate) fn confirming(self: Arc<Self>, proxy: Arc<ProxyState>) -> Confirming {
+        Box::pin(async move { self.confirm_current(&proxy.salted_passwords).await })
+    }
+
     /// The pre-execution shape check of one statement text, with the snapshot's rules (inherited
     /// tables included) and views when one was read.
     pub fn check(&self, sql: &str, classification: &Classification) -> Result<Vec<String>, MaskDenial> {
@@ -70,7 +79,92 @@ impl MaskContext {
         for stmt in &classification.statements {
             mask_shape::check_functions(&stmt.unknown_functions, &scope)?;
         }
-        mask_shape::check(sql, &scope)
+        let masked = mask_shape::check(sql, &scope)?;
+        if let Some((rows, after)) = runs_on_after_rows(sql, classification) {
+            return Err(MaskDenial {
+                reason: format!(
+                    "role \"{}\" masks columns, and this query string runs {after} after {rows}, which may return rows: timebox judges rows as they arrive, and if it had to refuse those, PostgreSQL would still run the rest of the string",
+                    self.role
+                ),
+                hint: RUNS_ON_HINT,
+            });
+        }
+        Ok(masked)
+    }
+}
+
+const RUNS_ON_HINT: &str = "Send that statement as a query of its own, or use the extended protocol (where timebox stops a batch at a refused result).";
+
+/// Statement kinds that never return rows (any other kind may: fail closed). INSERT, UPDATE,
+/// DELETE and MERGE return rows with RETURNING ([`may_return_rows`]).
+const ROWLESS: [&str; 16] = [
+    "BEGIN",
+    "START TRANSACTION",
+    "COMMIT",
+    "ROLLBACK",
+    "SAVEPOINT",
+    "RELEASE",
+    "ROLLBACK TO SAVEPOINT",
+    "SET",
+    "RESET",
+    "SET TRANSACTION",
+    "SET SESSION CHARACTERISTICS",
+    "DECLARE CURSOR",
+    "CLOSE",
+    "PREPARE",
+    "DEALLOCATE",
+    "LOCK",
+];
+
+/// What may follow a statement that may return rows in one Query string: reads that change
+/// nothing (class `read`).
+const READS: [&str; 4] = ["SELECT", "VALUES", "SHOW", "EXPLAIN"];
+
+/// The simple protocol's rule for masked roles (s7). A Query string is one implicit transaction
+/// that PostgreSQL runs to its end: when timebox refuses a statement's rows (it judges them as they
+/// arrive, after the statement ran), the client gets the error and, as after any error in a string,
+/// believes nothing after it ran and the string's transaction rolled back — but PostgreSQL ran and
+/// committed the rest. So a string in which a statement that may return rows is followed by
+/// anything but a plain read (`READS`, class `read`: no write, no SET), a ROLLBACK (it undoes, never
+/// keeps), or the COMMIT of a transaction the string began itself and did nothing but read in
+/// (`BEGIN; DECLARE …; FETCH …; COMMIT`) is refused before it runs. Returns the kinds of the two
+/// statements. Not seen: such a string's BEGIN inside a transaction block opened by an earlier
+/// query (PostgreSQL warns and ignores it), whose COMMIT then keeps that block's earlier work.
+pub(crate) fn runs_on_after_rows<'c>(
+    sql: &str,
+    classification: &'c Classification,
+) -> Option<(&'c str, &'c str)> {
+    let statements = &classification.statements;
+    let only_reads = statements.iter().all(|s| s.class == StatementClass::Read);
+    let mut began = false;
+    let mut rows: Option<&str> = None;
+    for stmt in statements {
+        let kind = stmt.kind.as_str();
+        if let Some(rows) = rows {
+            let fine = (stmt.class == StatementClass::Read && READS.contains(&kind))
+                || kind == "ROLLBACK"
+                || (kind == "COMMIT" && began && only_reads);
+            if !fine {
+                return Some((rows, kind));
+            }
+        } else if matches!(kind, "BEGIN" | "START TRANSACTION") {
+            began = true;
+        } else if may_return_rows(sql, stmt) {
+            rows = Some(kind);
+        }
+    }
+    None
+}
+
+/// Whether `stmt` (of the text `sql`) may return rows: its kind is not known to be row-less, or a
+/// data-modifying statement whose text has `RETURNING` (a plain substring test: a comment or literal
+/// may over-match, which only refuses more; fail closed).
+fn may_return_rows(sql: &str, stmt: &StatementInfo) -> bool {
+    match stmt.kind.as_str() {
+        "INSERT" | "UPDATE" | "DELETE" | "MERGE" => sql
+            .get(stmt.span.clone())
+            .is_none_or(|text| text.to_ascii_lowercase().contains("returning")),
+        kind => !ROWLESS.contains(&kind),
     }
 }
 
@@ -143,5 +237,58 @@ mod tests {
             .unconfirmed
             .store(false, std::sync::atomic::Ordering::Release);
         assert_eq!(context.check("SELECT 1", &classification), Ok(Vec::new()));
+    }
+
+    /// Regression (s7): in one Query string, a statement that changes something after one that may
+    /// return rows would run even when timebox refused those rows.
+    #[test]
+    fn a_query_string_that_runs_on_after_rows_is_refused() {
+        let verdict = |sql: &str| {
+            let classification = crate::policy::classify(sql);
+            runs_on_after_rows(sql, &classification).map(|(rows, after)| format!("{after} after {rows}"))
+        };
+        for (sql, expected) in [
+            (
+                "SELECT email FROM customers; UPDATE customers SET name = 'x' WHERE id = 2",
+                Some("UPDATE after SELECT"),
+            ),
+            ("SELECT 1; COMMIT", Some("COMMIT after SELECT")),
+            (
+                "BEGIN; UPDATE t SET a = 1 WHERE a = 2; SELECT 1; COMMIT",
+                Some("COMMIT after SELECT"),
+            ),
+            (
+                "BEGIN; SELECT 1; ROLLBACK TO SAVEPOINT s",
+                Some("ROLLBACK TO SAVEPOINT after SELECT"),
+            ),
+            (
+                "TABLE customers; SET search_path = public",
+                Some("SET after SELECT"),
+            ),
+            ("SELECT 1; SELECT public.f()", Some("SELECT after SELECT")),
+            (
+                "UPDATE t SET a = 1 RETURNING a; DELETE FROM t WHERE a = 2",
+                Some("DELETE after UPDATE"),
+            ),
+            ("FETCH 1 FROM c; CLOSE c", Some("CLOSE after FETCH")),
+            // Rows only at the end, or reads only after them.
+            ("BEGIN; UPDATE t SET a = 1 WHERE a = 2; COMMIT", None),
+            ("UPDATE t SET a = 1 WHERE a = 2; SELECT a FROM t", None),
+            (
+                "SELECT 1; SELECT 2; VALUES (3); SHOW search_path; EXPLAIN SELECT 4",
+                None,
+            ),
+            ("SET search_path = public; SELECT 1", None),
+            (
+                "BEGIN; DECLARE c CURSOR FOR SELECT 1; FETCH 2 FROM c; COMMIT",
+                None,
+            ),
+            ("BEGIN; SELECT 1; END", None),
+            ("SELECT 1; ROLLBACK", None),
+            ("SELECT 1", None),
+            ("", None),
+        ] {
+            assert_eq!(verdict(sql).as_deref(), expected, "{sql}");
+        }
     }
 }

@@ -13,7 +13,10 @@
 //!   [`sync::Phase`] (idle, in a transaction, busy);
 //! - [`gate`]: client frames held until their audit records are acknowledged;
 //! - [`state`]: open, draining for shutdown, closing with a reason;
-//! - [`precheck`]: big statements checked on the blocking pool.
+//! - [`precheck`]: big statements checked on the blocking pool (and masked roles' catalog
+//!   freshness checks raced with the cut arms);
+//! - [`pipeline`]: masked roles' Executes waited for, so nothing after a refused result in a batch
+//!   takes effect.
 //!
 //! [`frontend`] and [`backend`] apply them to what each side sent. Expiry, revocation, kill and
 //! shutdown are arms of the loop's `select!`; when the grant changes, the session re-checks it with
@@ -31,6 +34,7 @@ mod held;
 mod io;
 pub(crate) mod mask;
 mod outbox;
+mod pipeline;
 mod precheck;
 pub(crate) mod quota;
 mod state;
@@ -51,7 +55,8 @@ pub(crate) use state::SEVER_DRAIN;
 use self::gate::AuditGate;
 use self::held::HeldDecoder;
 use self::io::{Buffers, IoEvents, UpstreamRead, Wants, HIGH_WATER};
-use self::precheck::{wait_offloaded, OffloadedPrecheck};
+use self::pipeline::BatchHold;
+use self::precheck::{wait_confirmed, wait_offloaded, Confirming, OffloadedPrecheck};
 use self::state::SessionState;
 use self::sync::SyncTracker;
 use super::intercept::Precheck;
@@ -105,6 +110,16 @@ pub(crate) struct Relay {
     /// A DDL statement was forwarded: masked roles' catalog snapshots are re-read at the next
     /// ReadyForQuery.
     ddl_forwarded: bool,
+    /// Roles with masks: the hold on client frames after an Execute (`None`: frames are never held
+    /// for a result).
+    batch: Option<BatchHold>,
+    /// Roles with masks: the catalog freshness check of the frame at the head of `from_client`,
+    /// which waits for it; expiry, kills and shutdown do not.
+    confirming: Option<Confirming>,
+    /// That check resolved: the head frame is processed without another.
+    confirmed: bool,
+    /// Client frames already read wait to be processed (a check resolved, a hold was released).
+    resume_client: bool,
 }
 
 impl Relay {
@@ -117,12 +132,16 @@ impl Relay {
                 && !self.gate.waiting()
                 && self.offloaded.is_none()
                 && self.resumed.is_none()
+                && self.confirming.is_none()
+                && !self.resume_client
+                && !self.batch.as_ref().is_some_and(BatchHold::holding)
                 && b.to_upstream.len() < HIGH_WATER,
             // A held frame arriving is read on until whole (bounded), others wait for the client.
             read_upstream: b.outbox.read_decision() == UpstreamRead::Read
                 && (relaying || b.outbox.inject_at.is_none()),
             write_upstream: relaying && !b.to_upstream.is_empty(),
-            resume_frames: relaying && self.resumed.is_some(),
+            resume_frames: relaying
+                && (self.resumed.is_some() || (self.resume_client && !self.gate.waiting())),
         }
     }
 
@@ -189,9 +208,13 @@ impl Session {
                 .with_label_values(&[&self.grant.target]),
             bytes_from_client: metrics.relayed_bytes_total.with_label_values(&["from_client"]),
             bytes_to_client: metrics.relayed_bytes_total.with_label_values(&["to_client"]),
+            batch: mask.as_ref().map(|_| BatchHold::default()),
             quota,
             mask,
             ddl_forwarded: false,
+            confirming: None,
+            confirmed: false,
+            resume_client: false,
         }
     }
 
@@ -265,6 +288,11 @@ impl Session {
                 prechecked = wait_offloaded(&mut r.offloaded), if r.offloaded.is_some() => {
                     r.offloaded = None;
                     r.resumed = Some(prechecked);
+                }
+                _ = wait_confirmed(&mut r.confirming), if r.confirming.is_some() => {
+                    r.confirming = None;
+                    r.confirmed = true;
+                    r.resume_client = true;
                 }
                 acked = r.gate.acknowledged(), if r.gate.waiting() => self.on_acknowledged(r, acked, busy).await,
                 _ = sleep_opt(outcome_deadline), if outcome_deadline.is_some() => {

@@ -3,6 +3,9 @@
 //! prechecked on the blocking pool while the relay goes on serving the upstream, expiry, kills and
 //! shutdown; the client's later frames wait for it, so statements stay in order and are audited
 //! before they are forwarded. A panicking check is a refusal, never a crash.
+//!
+//! Masked roles' catalog freshness check ([`Confirming`], s7) runs the same way: raced in the
+//! relay's `select!` while the statement waits for it, so it never delays a cut.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -48,6 +51,19 @@ pub(crate) fn offload_precheck(
 /// Waits for the offloaded precheck (never resolves when there is none).
 pub(crate) async fn wait_offloaded(offloaded: &mut Option<OffloadedPrecheck>) -> (u8, Bytes, Precheck) {
     match offloaded {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A masked role's catalog freshness check
+/// ([`MaskContext::confirming`](super::mask::MaskContext::confirming)) running for the frame at
+/// the head of the client's frames, which waits for it; expiry, kills and shutdown do not.
+pub(crate) type Confirming = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Waits for the running freshness check (never resolves when there is none).
+pub(crate) async fn wait_confirmed(confirming: &mut Option<Confirming>) {
+    match confirming {
         Some(f) => f.await,
         None => std::future::pending().await,
     }
