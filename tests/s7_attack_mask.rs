@@ -291,11 +291,14 @@ async fn repro_ddl_committed_while_the_statement_waits() {
     let c = session(&inst, "s7").await;
     psql("CREATE VIEW public.s7_lw AS SELECT 1::int AS id, 'x'::text AS x;
           CREATE VIEW public.s7_sw AS SELECT 1::int AS id, 'x'::text AS x;
-          GRANT SELECT ON public.s7_lw, public.s7_sw TO timebox_read;"
+          CREATE VIEW public.s7_pw AS SELECT 1::int AS id, 'x'::text AS x;
+          GRANT SELECT ON public.s7_lw, public.s7_sw, public.s7_pw TO timebox_read;"
         .into())
     .await;
     assert_eq!(probe(&c, "SELECT * FROM s7_lw").await, "OK Some(\"1\") Some(\"x\")");
     assert_eq!(probe(&c, "SELECT * FROM s7_sw").await, "OK Some(\"1\") Some(\"x\")");
+    assert_eq!(probe(&c, "SELECT * FROM s7_pw").await, "OK Some(\"1\") Some(\"x\")");
+    let prepared = c.prepare("SELECT id, x FROM s7_pw").await.unwrap();
     let a = accomplice().await;
     let b = accomplice().await;
     // 1. A lock wait.
@@ -326,10 +329,36 @@ async fn repro_ddl_committed_while_the_statement_waits() {
         .await
         .expect("the statement ends")
         .unwrap();
-    psql("DROP VIEW public.s7_lw, public.s7_sw;".into()).await;
+    // 3. A statement prepared (and described) before, bound while the lock is held.
+    a.batch_execute("BEGIN; CREATE OR REPLACE VIEW public.s7_pw AS SELECT id, email AS x FROM public.s7_people")
+        .await
+        .unwrap();
+    let binding = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            match c.query(&prepared, &[]).await {
+                Ok(rows) => format!(
+                    "OK {:?}",
+                    rows.iter().map(|r| r.get::<_, Option<String>>(1)).collect::<Vec<_>>()
+                ),
+                Err(e) => format!("ERR {e:?}"),
+            }
+        })
+    };
+    let bound = until_waiting(&b, "SELECT id, x FROM s7_pw%", "Lock").await;
+    a.batch_execute("COMMIT").await.unwrap();
+    let extended = tokio::time::timeout(Duration::from_secs(30), binding)
+        .await
+        .expect("the statement ends")
+        .unwrap();
+    println!("PROBE prepared before, bound during the lock => {extended}\n   LEAK={}", leaks(&extended));
+    psql("DROP VIEW public.s7_lw, public.s7_sw, public.s7_pw;".into()).await;
     let _ = inst.shutdown().await;
-    assert!(waited && slept, "the accomplice saw the statements wait");
-    assert!(!leaks(&lock) && !leaks(&multi), "{lock}\n{multi}");
+    assert!(waited && slept && bound, "the accomplice saw the statements wait");
+    assert!(
+        !leaks(&lock) && !leaks(&multi) && !leaks(&extended),
+        "{lock}\n{multi}\n{extended}"
+    );
 }
 
 /// REPRO (F5): a row security policy calling only built-ins — a cast of the masked column — is
@@ -457,6 +486,41 @@ async fn probes_shapes_of_a_masked_read_role() {
     println!("PROBE binary extended => {rows}");
     if leaks(&rows) {
         leaked.push(format!("binary => {rows}"));
+    }
+    let _ = inst.shutdown().await;
+    assert!(leaked.is_empty(), "{leaked:#?}");
+}
+
+/// Shapes of a masked *write* role (`support_write` masks `customers.email` only): copying the
+/// masked column into an unmasked one, then reading that. Each in a transaction rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_shapes_of_a_masked_write_role() {
+    let _serial = SERIAL.lock().await;
+    let inst = start().await;
+    let c = session(&inst, "support_write").await;
+    let mut leaked = vec![];
+    for sql in [
+        "BEGIN; UPDATE customers SET note = email WHERE id = 1; SELECT note FROM customers WHERE id = 1",
+        "BEGIN; UPDATE customers c SET note = d.email FROM customers d WHERE c.id = d.id; SELECT note FROM customers",
+        "BEGIN; UPDATE customers SET note = (SELECT email FROM customers WHERE id = 1); SELECT note FROM customers",
+        "BEGIN; UPDATE customers SET (note, name) = (SELECT email, name FROM customers WHERE id = 1) WHERE id = 2; SELECT note FROM customers",
+        "BEGIN; INSERT INTO customers (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET note = customers.email; SELECT note FROM customers WHERE id = 1",
+        "BEGIN; INSERT INTO customers (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET note = excluded.email; SELECT note FROM customers WHERE id = 1",
+        "BEGIN; MERGE INTO customers c USING (SELECT 1 AS id) s ON c.id = s.id WHEN MATCHED THEN UPDATE SET note = c.email; SELECT note FROM customers WHERE id = 1",
+        "BEGIN; INSERT INTO customers (id, note) SELECT 100, email FROM customers WHERE id = 1; SELECT note FROM customers WHERE id = 100",
+        "BEGIN; WITH u AS (UPDATE customers SET note = email RETURNING id) SELECT note FROM customers",
+        "BEGIN; UPDATE customers SET note = email WHERE id = 1 RETURNING note",
+        "BEGIN; DELETE FROM customers WHERE id = 2 RETURNING *",
+        "BEGIN; UPDATE customers SET note = 'x' WHERE email = 'alice@example.com' RETURNING id",
+        "LISTEN s7c; SELECT pg_catalog.pg_notify('s7c', email) FROM customers",
+        "BEGIN; NOTIFY s7c, 'x'",
+        "BEGIN; SELECT email FROM customers WHERE id = 1 FOR UPDATE",
+        "SELECT pg_catalog.set_config('role', 'postgres', false)",
+    ] {
+        let out = probe(&c, sql).await;
+        if leaks(&out) {
+            leaked.push(format!("{sql} => {out}"));
+        }
     }
     let _ = inst.shutdown().await;
     assert!(leaked.is_empty(), "{leaked:#?}");
