@@ -50,6 +50,7 @@ async fn start() -> TestInstance {
 }
 
 fn leaks(s: &str) -> bool {
+    let s = s.to_lowercase();
     s.contains("s7secret") || common::masking::CLEAR.iter().any(|c| s.contains(c))
 }
 
