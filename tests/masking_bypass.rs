@@ -456,10 +456,13 @@ async fn a_user_operator_does_not_blind_the_catalog_fingerprint() {
 
 /// The next transaction ID to be assigned.
 async fn next_xid(c: &tokio_postgres::Client) -> i64 {
-    common::pg::scalar(c, "SELECT pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot())")
-        .await
-        .parse()
-        .unwrap()
+    common::pg::scalar(
+        c,
+        "SELECT pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot())",
+    )
+    .await
+    .parse()
+    .unwrap()
 }
 
 /// Runs `sql` in a transaction whose ID is exactly `xid` (burning IDs up to it); false when
@@ -499,13 +502,17 @@ async fn a_catalog_change_that_keeps_the_xmin_sum_is_seen() {
         ),
     )
     .await;
-    let superuser = tokio::task::spawn_blocking(|| common::cluster::shared_cluster().superuser_conn_string("shop"))
-        .await
-        .unwrap();
+    let superuser =
+        tokio::task::spawn_blocking(|| common::cluster::shared_cluster().superuser_conn_string("shop"))
+            .await
+            .unwrap();
     let mut answer = None;
     // Other tests of this binary use transaction IDs too: an attempt whose ID was taken is redone.
     for _ in 0..8 {
-        let (v, w) = (common::cluster::unique_name("s7_sum_v"), common::cluster::unique_name("s7_sum_w"));
+        let (v, w) = (
+            common::cluster::unique_name("s7_sum_v"),
+            common::cluster::unique_name("s7_sum_w"),
+        );
         let a = common::pg::connect(&superuser).await;
         let b = common::pg::connect(&superuser).await;
         a.batch_execute("BEGIN").await.unwrap();
@@ -603,10 +610,7 @@ async fn tables_a_masked_table_inherits_from_are_masked_too() {
         ),
     ];
     let failures = s7_not_refused(&c, &refused).await;
-    admin_psql(format!(
-        "DROP TABLE public.{kid}, public.{up}, public.{parted};"
-    ))
-    .await;
+    admin_psql(format!("DROP TABLE public.{kid}, public.{up}, public.{parted};")).await;
     let _ = inst.shutdown().await;
     assert_eq!(through_parent, masked);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -643,8 +647,14 @@ async fn row_security_policies_reading_a_masked_column_are_refused() {
     .await;
     let fine_rows = outcome(&c, &format!("SELECT id FROM {fine}")).await;
     let refused = [
-        (format!("SELECT id FROM {t}"), format!("relation public.{t} runs code")),
-        (format!("SELECT id FROM {o}"), format!("relation public.{o} runs code")),
+        (
+            format!("SELECT id FROM {t}"),
+            format!("relation public.{t} runs code"),
+        ),
+        (
+            format!("SELECT id FROM {o}"),
+            format!("relation public.{o} runs code"),
+        ),
     ];
     let failures = s7_not_refused(&c, &refused).await;
     admin_psql(format!("DROP TABLE public.{o}, public.{t}, public.{fine};")).await;
@@ -684,9 +694,18 @@ async fn views_over_statistics_or_user_code_in_pg_catalog_are_refused() {
     )
     .await;
     let refused = [
-        (format!("SELECT * FROM {stats}"), format!("relation public.{stats} runs code")),
-        (format!("SELECT * FROM {over}"), format!("relation public.{over} runs code")),
-        (format!("SELECT * FROM {calls}"), format!("relation public.{calls} runs code")),
+        (
+            format!("SELECT * FROM {stats}"),
+            format!("relation public.{stats} runs code"),
+        ),
+        (
+            format!("SELECT * FROM {over}"),
+            format!("relation public.{over} runs code"),
+        ),
+        (
+            format!("SELECT * FROM {calls}"),
+            format!("relation public.{calls} runs code"),
+        ),
     ];
     let failures = s7_not_refused(&c, &refused).await;
     admin_psql(format!(

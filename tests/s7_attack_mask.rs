@@ -101,7 +101,8 @@ async fn repro_user_operator_blinds_the_catalog_snapshot() {
     .await;
     let after = probe(&c, "SELECT * FROM s7_over").await;
     let masked = probe(&c, "SELECT id, email FROM s7_people").await;
-    psql("DROP OPERATOR public.= (oid, regclass); DROP FUNCTION public.s7_never(oid, regclass);".into()).await;
+    psql("DROP OPERATOR public.= (oid, regclass); DROP FUNCTION public.s7_never(oid, regclass);".into())
+        .await;
     let _ = inst.shutdown().await;
     assert!(!leaks(&after) && !leaks(&masked), "{after}\n{masked}");
 }
@@ -115,25 +116,32 @@ async fn repro_user_operator_freezes_the_fingerprint() {
     let _serial = SERIAL.lock().await;
     let inst = start().await;
     let c = session(&inst, "s7").await;
-    psql("CREATE VIEW public.s7_frozen AS SELECT 1::int AS id, 'x'::text AS x;
+    psql(
+        "CREATE VIEW public.s7_frozen AS SELECT 1::int AS id, 'x'::text AS x;
           GRANT SELECT ON public.s7_frozen TO timebox_read;"
-        .into())
+            .into(),
+    )
     .await;
     let plain = probe(&c, "SELECT * FROM s7_frozen").await;
     assert_eq!(plain, "OK Some(\"1\") Some(\"x\")");
-    psql("CREATE FUNCTION public.s7_never_ge(oid, int) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT false';
+    psql(
+        "CREATE FUNCTION public.s7_never_ge(oid, int) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT false';
           CREATE OPERATOR public.>= (LEFTARG = oid, RIGHTARG = int4, FUNCTION = public.s7_never_ge);
           SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
               WHERE application_name = 'timebox:catalog';"
-        .into())
+            .into(),
+    )
     .await;
     probe(&c, "SELECT 1").await;
     probe(&c, "SELECT * FROM s7_frozen").await;
-    psql("CREATE OR REPLACE VIEW public.s7_frozen AS SELECT id, email AS x FROM public.s7_people;".into()).await;
+    psql("CREATE OR REPLACE VIEW public.s7_frozen AS SELECT id, email AS x FROM public.s7_people;".into())
+        .await;
     let after = probe(&c, "SELECT * FROM s7_frozen").await;
-    psql("DROP VIEW public.s7_frozen; DROP OPERATOR public.>= (oid, int4);
+    psql(
+        "DROP VIEW public.s7_frozen; DROP OPERATOR public.>= (oid, int4);
           DROP FUNCTION public.s7_never_ge(oid, int);"
-        .into())
+            .into(),
+    )
     .await;
     let _ = inst.shutdown().await;
     assert!(!leaks(&after), "{after}");
@@ -141,10 +149,13 @@ async fn repro_user_operator_freezes_the_fingerprint() {
 
 /// The next transaction ID to be assigned (`txid_current_snapshot()`'s xmax).
 async fn next_xid(c: &tokio_postgres::Client) -> i64 {
-    scalar(c, "SELECT pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot())")
-        .await
-        .parse()
-        .unwrap()
+    scalar(
+        c,
+        "SELECT pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot())",
+    )
+    .await
+    .parse()
+    .unwrap()
 }
 
 /// Runs `sql` in a transaction whose ID is exactly `xid` (burning IDs up to it); false when
@@ -154,7 +165,10 @@ async fn in_xid(c: &tokio_postgres::Client, xid: i64, sql: &str) -> bool {
         scalar(c, "SELECT pg_catalog.txid_current()").await;
     }
     c.simple_query("BEGIN").await.unwrap();
-    let got: i64 = scalar(c, "SELECT pg_catalog.txid_current()").await.parse().unwrap();
+    let got: i64 = scalar(c, "SELECT pg_catalog.txid_current()")
+        .await
+        .parse()
+        .unwrap();
     if got != xid {
         c.simple_query("ROLLBACK").await.unwrap();
         return false;
@@ -180,7 +194,10 @@ async fn repro_fingerprint_sum_collision() {
         let a = accomplice().await;
         let b = accomplice().await;
         a.simple_query("BEGIN").await.unwrap();
-        let s: i64 = scalar(&a, "SELECT pg_catalog.txid_current()").await.parse().unwrap();
+        let s: i64 = scalar(&a, "SELECT pg_catalog.txid_current()")
+            .await
+            .parse()
+            .unwrap();
         let create = |name: &str| {
             format!(
                 "BEGIN; CREATE VIEW public.{name} AS SELECT 1::int AS id, 'x'::text AS x;
@@ -194,7 +211,9 @@ async fn repro_fingerprint_sum_collision() {
             async move {
                 scalar(
                     b,
-                    &format!("SELECT xmin::text FROM pg_catalog.pg_class WHERE oid = 'public.{name}'::regclass"),
+                    &format!(
+                        "SELECT xmin::text FROM pg_catalog.pg_class WHERE oid = 'public.{name}'::regclass"
+                    ),
                 )
                 .await
                 .parse::<i64>()
@@ -247,10 +266,12 @@ async fn repro_parent_of_a_masked_table_returns_it_unmasked() {
             leaked.push(format!("{sql} => {out}"));
         }
     }
-    psql("CREATE TABLE public.s7_up (id int, name text, email text);
+    psql(
+        "CREATE TABLE public.s7_up (id int, name text, email text);
           GRANT SELECT ON public.s7_up TO timebox_read;
           ALTER TABLE public.s7_people INHERIT public.s7_up;"
-        .into())
+            .into(),
+    )
     .await;
     for sql in [
         "SELECT * FROM s7_up",
@@ -290,22 +311,35 @@ async fn repro_ddl_committed_while_the_statement_waits() {
     let _serial = SERIAL.lock().await;
     let inst = start().await;
     let c = session(&inst, "s7").await;
-    psql("CREATE VIEW public.s7_lw AS SELECT 1::int AS id, 'x'::text AS x;
+    psql(
+        "CREATE VIEW public.s7_lw AS SELECT 1::int AS id, 'x'::text AS x;
           CREATE VIEW public.s7_sw AS SELECT 1::int AS id, 'x'::text AS x;
           CREATE VIEW public.s7_pw AS SELECT 1::int AS id, 'x'::text AS x;
           GRANT SELECT ON public.s7_lw, public.s7_sw, public.s7_pw TO timebox_read;"
-        .into())
+            .into(),
+    )
     .await;
-    assert_eq!(probe(&c, "SELECT * FROM s7_lw").await, "OK Some(\"1\") Some(\"x\")");
-    assert_eq!(probe(&c, "SELECT * FROM s7_sw").await, "OK Some(\"1\") Some(\"x\")");
-    assert_eq!(probe(&c, "SELECT * FROM s7_pw").await, "OK Some(\"1\") Some(\"x\")");
+    assert_eq!(
+        probe(&c, "SELECT * FROM s7_lw").await,
+        "OK Some(\"1\") Some(\"x\")"
+    );
+    assert_eq!(
+        probe(&c, "SELECT * FROM s7_sw").await,
+        "OK Some(\"1\") Some(\"x\")"
+    );
+    assert_eq!(
+        probe(&c, "SELECT * FROM s7_pw").await,
+        "OK Some(\"1\") Some(\"x\")"
+    );
     let prepared = c.prepare("SELECT id, x FROM s7_pw").await.unwrap();
     let a = accomplice().await;
     let b = accomplice().await;
     // 1. A lock wait.
-    a.batch_execute("BEGIN; CREATE OR REPLACE VIEW public.s7_lw AS SELECT id, email AS x FROM public.s7_people")
-        .await
-        .unwrap();
+    a.batch_execute(
+        "BEGIN; CREATE OR REPLACE VIEW public.s7_lw AS SELECT id, email AS x FROM public.s7_people",
+    )
+    .await
+    .unwrap();
     let c = std::sync::Arc::new(c);
     let waiting = {
         let c = c.clone();
@@ -331,16 +365,20 @@ async fn repro_ddl_committed_while_the_statement_waits() {
         .expect("the statement ends")
         .unwrap();
     // 3. A statement prepared (and described) before, bound while the lock is held.
-    a.batch_execute("BEGIN; CREATE OR REPLACE VIEW public.s7_pw AS SELECT id, email AS x FROM public.s7_people")
-        .await
-        .unwrap();
+    a.batch_execute(
+        "BEGIN; CREATE OR REPLACE VIEW public.s7_pw AS SELECT id, email AS x FROM public.s7_people",
+    )
+    .await
+    .unwrap();
     let binding = {
         let c = c.clone();
         tokio::spawn(async move {
             match c.query(&prepared, &[]).await {
                 Ok(rows) => format!(
                     "OK {:?}",
-                    rows.iter().map(|r| r.get::<_, Option<String>>(1)).collect::<Vec<_>>()
+                    rows.iter()
+                        .map(|r| r.get::<_, Option<String>>(1))
+                        .collect::<Vec<_>>()
                 ),
                 Err(e) => format!("ERR {e:?}"),
             }
@@ -352,7 +390,10 @@ async fn repro_ddl_committed_while_the_statement_waits() {
         .await
         .expect("the statement ends")
         .unwrap();
-    println!("PROBE prepared before, bound during the lock => {extended}\n   LEAK={}", leaks(&extended));
+    println!(
+        "PROBE prepared before, bound during the lock => {extended}\n   LEAK={}",
+        leaks(&extended)
+    );
     psql("DROP VIEW public.s7_lw, public.s7_sw, public.s7_pw;".into()).await;
     let _ = inst.shutdown().await;
     assert!(waited && slept && bound, "the accomplice saw the statements wait");
@@ -370,22 +411,28 @@ async fn repro_row_security_policy_quotes_the_masked_value() {
     let _serial = SERIAL.lock().await;
     let inst = start().await;
     let c = session(&inst, "s7").await;
-    psql("CREATE TABLE public.s7_other (id int); INSERT INTO public.s7_other VALUES (1);
+    psql(
+        "CREATE TABLE public.s7_other (id int); INSERT INTO public.s7_other VALUES (1);
           GRANT SELECT ON public.s7_other TO timebox_read;
           ALTER TABLE public.s7_other ENABLE ROW LEVEL SECURITY;
           CREATE POLICY s7_other_pol ON public.s7_other
               USING (EXISTS (SELECT 1 FROM public.s7_people p WHERE p.email::int = id));"
-        .into())
+            .into(),
+    )
     .await;
     let other = probe(&c, "SELECT id FROM s7_other").await;
-    psql("ALTER TABLE public.s7_people ENABLE ROW LEVEL SECURITY;
+    psql(
+        "ALTER TABLE public.s7_people ENABLE ROW LEVEL SECURITY;
           CREATE POLICY s7_pol ON public.s7_people USING (email::int > 0);"
-        .into())
+            .into(),
+    )
     .await;
     let own = probe(&c, "SELECT id FROM s7_people").await;
-    psql("DROP POLICY s7_pol ON public.s7_people; ALTER TABLE public.s7_people DISABLE ROW LEVEL SECURITY;
+    psql(
+        "DROP POLICY s7_pol ON public.s7_people; ALTER TABLE public.s7_people DISABLE ROW LEVEL SECURITY;
           DROP TABLE public.s7_other;"
-        .into())
+            .into(),
+    )
     .await;
     let trail = common::pg::audit_records(&inst.audit_db());
     let _ = inst.shutdown().await;
@@ -418,12 +465,14 @@ async fn repro_view_over_statistics() {
     let _serial = SERIAL.lock().await;
     let inst = start().await;
     let c = session(&inst, "s7").await;
-    psql("ANALYZE public.s7_people;
+    psql(
+        "ANALYZE public.s7_people;
           CREATE VIEW public.s7_statsv AS SELECT tablename::text AS t, attname::text AS a,
               histogram_bounds::text AS h, most_common_vals::text AS m FROM pg_catalog.pg_stats
               WHERE tablename = 's7_people';
           GRANT SELECT ON public.s7_statsv TO timebox_read;"
-        .into())
+            .into(),
+    )
     .await;
     let out = probe(&c, "SELECT * FROM s7_statsv").await;
     psql("DROP VIEW public.s7_statsv;".into()).await;
