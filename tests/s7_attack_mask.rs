@@ -331,7 +331,6 @@ async fn repro_ddl_committed_while_the_statement_waits() {
         probe(&c, "SELECT * FROM s7_pw").await,
         "OK Some(\"1\") Some(\"x\")"
     );
-    let prepared = c.prepare("SELECT id, x FROM s7_pw").await.unwrap();
     let a = accomplice().await;
     let b = accomplice().await;
     // 1. A lock wait.
@@ -364,7 +363,9 @@ async fn repro_ddl_committed_while_the_statement_waits() {
         .await
         .expect("the statement ends")
         .unwrap();
-    // 3. A statement prepared (and described) before, bound while the lock is held.
+    // 3. A statement prepared (and described) before, bound while the lock is held (prepared
+    // after step 2's change, so that its description is of the current copy).
+    let prepared = c.prepare("SELECT id, x FROM s7_pw").await.unwrap();
     a.batch_execute(
         "BEGIN; CREATE OR REPLACE VIEW public.s7_pw AS SELECT id, email AS x FROM public.s7_people",
     )
