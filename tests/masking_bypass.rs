@@ -354,3 +354,365 @@ async fn a_closed_catalog_connection_is_replaced_for_the_next_statement() {
     .await;
     assert_eq!(outcome(&support, masked).await, "OK Some(\"***@example.com\")");
 }
+
+// ---- s7 attack review: the catalog side of masking ----
+
+/// The value every s7 regression table holds in its masked column `secret`.
+const S7_SECRET: &str = "s7-secret-value";
+
+fn s7_leaked(out: &str) -> bool {
+    let out = out.to_lowercase();
+    out.contains(S7_SECRET) || CLEAR.iter().any(|c| out.contains(c))
+}
+
+/// Role `s7_secret`: masks column `secret` of each of `tables` (in `public`, made by the test).
+fn secret_role(tables: &[&str]) -> String {
+    use common::cluster::READ_PASSWORD;
+    let mask: Vec<String> = tables
+        .iter()
+        .map(|t| format!("\"public.{t}.secret\" = \"redact\""))
+        .collect();
+    format!(
+        "\n[roles.s7_secret]\nallow = [\"read\"]\nmax_ttl = \"1h\"\nmask = {{ {} }}\n\
+         [targets.shop.credentials.s7_secret]\nuser = \"{READ_USER}\"\npassword = \"{READ_PASSWORD}\"\n",
+        mask.join(", ")
+    )
+}
+
+/// After `sql` ran on the target (as its superuser), an instance with [`secret_role`] of `tables`
+/// and a session of it.
+async fn start_secret(tables: &[&str], sql: String) -> (TestInstance, tokio_postgres::Client) {
+    admin_psql(sql).await;
+    let inst = start_with(SETUP, &(admin_role() + &secret_role(tables))).await;
+    let client = session(&inst, "s7_secret").await;
+    (inst, client)
+}
+
+/// The statements of `table` that were not refused with 42501 naming the expected text, or
+/// whose answer holds a value (empty: all were).
+async fn s7_not_refused(client: &tokio_postgres::Client, table: &[(String, String)]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (sql, expect) in table {
+        let out = outcome(client, sql).await;
+        if s7_leaked(&out) || !out.starts_with("ERR 42501 ") || !out.contains(expect.as_str()) {
+            failures.push(format!("{sql}\n    => {out}"));
+        }
+    }
+    failures
+}
+
+/// Regression (s7 attack): timebox's catalog queries left comparisons between different types
+/// (the fingerprint's `oid >= 16384`, the snapshot's `oid = regclass`) to operator resolution,
+/// where an operator a user created for exactly those types — in `public`, on the role's
+/// search_path — is an exact match and wins over `pg_catalog`'s. With `public.>=(oid, integer)`
+/// answering false, once timebox's catalog connection was opened again (after an idle timeout,
+/// a restart, or as here a terminated backend) the fingerprint read the same whatever changed,
+/// and a view replaced afterwards to read the masked column returned it in clear. The queries
+/// name `pg_catalog`'s operators now. (Fails before: the replaced view's rows came back with the
+/// value.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_operator_does_not_blind_the_catalog_fingerprint() {
+    let (t, v, f) = (
+        common::cluster::unique_name("s7_op_t"),
+        common::cluster::unique_name("s7_op_v"),
+        common::cluster::unique_name("s7_never_ge"),
+    );
+    let (inst, c) = start_secret(
+        &[t.as_str()],
+        format!(
+            "CREATE TABLE public.{t} (id int, secret text); INSERT INTO public.{t} VALUES (1, '{S7_SECRET}');
+             CREATE VIEW public.{v} AS SELECT 1::int AS id, 'x'::text AS secret;
+             GRANT SELECT ON public.{t}, public.{v} TO {READ_USER};"
+        ),
+    )
+    .await;
+    let view = format!("SELECT * FROM {v}");
+    assert_eq!(outcome(&c, &view).await, "OK Some(\"1\") Some(\"x\")");
+    admin_psql(format!(
+        "CREATE FUNCTION public.{f}(oid, int) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT false';
+         CREATE OPERATOR public.>= (LEFTARG = oid, RIGHTARG = int4, FUNCTION = public.{f});
+         SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
+             WHERE application_name = 'timebox:catalog';"
+    ))
+    .await;
+    // A new catalog connection; the snapshot is read again (the operator is new).
+    assert_eq!(outcome(&c, "SELECT 1").await, "OK Some(\"1\")");
+    admin_psql(format!(
+        "CREATE OR REPLACE VIEW public.{v} AS SELECT id, secret FROM public.{t};"
+    ))
+    .await;
+    let out = outcome(&c, &view).await;
+    admin_psql(format!(
+        "DROP OPERATOR public.>= (oid, int4); DROP FUNCTION public.{f}(oid, int);
+         DROP VIEW public.{v}; DROP TABLE public.{t};"
+    ))
+    .await;
+    let _ = inst.shutdown().await;
+    assert!(
+        out.starts_with("ERR 42501 ") && out.contains("is a view over masked column") && !s7_leaked(&out),
+        "{out}"
+    );
+}
+
+/// The next transaction ID to be assigned.
+async fn next_xid(c: &tokio_postgres::Client) -> i64 {
+    common::pg::scalar(
+        c,
+        "SELECT pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot())",
+    )
+    .await
+    .parse()
+    .unwrap()
+}
+
+/// Runs `sql` in a transaction whose ID is exactly `xid` (burning IDs up to it); false when
+/// another session took that ID first.
+async fn in_xid(c: &tokio_postgres::Client, xid: i64, sql: &str) -> bool {
+    while next_xid(c).await < xid {
+        common::pg::scalar(c, "SELECT pg_catalog.txid_current()").await;
+    }
+    c.batch_execute("BEGIN").await.unwrap();
+    let got: i64 = common::pg::scalar(c, "SELECT pg_catalog.txid_current()")
+        .await
+        .parse()
+        .unwrap();
+    if got != xid {
+        c.batch_execute("ROLLBACK").await.unwrap();
+        return false;
+    }
+    c.batch_execute(&format!("{sql}; COMMIT")).await.unwrap();
+    true
+}
+
+/// Regression (s7 attack): the fingerprint was a count and a sum of `xmin`s per catalog, which a
+/// change can keep equal. An accomplice holds a transaction (ID s) open, creates two harmless
+/// views (IDs p, q), lets timebox read its snapshot, replaces view W in the old transaction (its
+/// rows' xmin q → s) and view V in a transaction whose ID it chose by burning IDs, t = p + q − s
+/// (p → t): every catalog's count and xmin sum stayed as they were, and W returned the masked
+/// column in clear. The fingerprint is a digest of the xmins now. (Fails before: W's rows came
+/// back with the value.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_change_that_keeps_the_xmin_sum_is_seen() {
+    let t = common::cluster::unique_name("s7_sum_t");
+    let (inst, c) = start_secret(
+        &[t.as_str()],
+        format!(
+            "CREATE TABLE public.{t} (id int, secret text); INSERT INTO public.{t} VALUES (1, '{S7_SECRET}');
+             GRANT SELECT ON public.{t} TO {READ_USER};"
+        ),
+    )
+    .await;
+    let superuser =
+        tokio::task::spawn_blocking(|| common::cluster::shared_cluster().superuser_conn_string("shop"))
+            .await
+            .unwrap();
+    let mut answer = None;
+    // Other tests of this binary use transaction IDs too: an attempt whose ID was taken is redone.
+    for _ in 0..8 {
+        let (v, w) = (
+            common::cluster::unique_name("s7_sum_v"),
+            common::cluster::unique_name("s7_sum_w"),
+        );
+        let a = common::pg::connect(&superuser).await;
+        let b = common::pg::connect(&superuser).await;
+        a.batch_execute("BEGIN").await.unwrap();
+        let s: i64 = common::pg::scalar(&a, "SELECT pg_catalog.txid_current()")
+            .await
+            .parse()
+            .unwrap();
+        let mut created = Vec::new();
+        for name in [&v, &w] {
+            b.batch_execute(&format!(
+                "BEGIN; CREATE VIEW public.{name} AS SELECT 1::int AS id, 'x'::text AS secret;
+                 GRANT SELECT ON public.{name} TO {READ_USER}; COMMIT;"
+            ))
+            .await
+            .unwrap();
+            let xmin = common::pg::scalar(
+                &b,
+                &format!("SELECT xmin::text FROM pg_catalog.pg_class WHERE oid = 'public.{name}'::regclass"),
+            )
+            .await;
+            created.push(xmin.parse::<i64>().unwrap());
+        }
+        let (p, q) = (created[0], created[1]);
+        // timebox reads its snapshot: both views are plain.
+        let plain = outcome(&c, &format!("SELECT * FROM {w}")).await;
+        assert_eq!(plain, "OK Some(\"1\") Some(\"x\")");
+        a.batch_execute(&format!(
+            "CREATE OR REPLACE VIEW public.{w} AS SELECT id, secret FROM public.{t}; COMMIT"
+        ))
+        .await
+        .unwrap();
+        let chosen = in_xid(
+            &b,
+            p + q - s,
+            &format!("CREATE OR REPLACE VIEW public.{v} AS SELECT 2::int AS id, 'y'::text AS secret"),
+        )
+        .await;
+        let out = outcome(&c, &format!("SELECT * FROM {w}")).await;
+        admin_psql(format!("DROP VIEW public.{v}, public.{w};")).await;
+        if chosen {
+            answer = Some(out);
+            break;
+        }
+    }
+    admin_psql(format!("DROP TABLE public.{t};")).await;
+    let _ = inst.shutdown().await;
+    let out = answer.expect("an attempt ran in the chosen transaction ID");
+    assert!(
+        out.starts_with("ERR 42501 ") && out.contains("is a view over masked column") && !s7_leaked(&out),
+        "{out}"
+    );
+}
+
+/// Regression (s7 attack): the snapshot followed inheritance down (children, partitions) but not
+/// up, so a table a masked table inherits from — an accomplice's new parent, or the partitioned
+/// table of a masked partition — returned the masked table's rows with the column unmasked, and
+/// any expression over it. Parents count as masked tables now. (Fails before: both returned the
+/// value.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_a_masked_table_inherits_from_are_masked_too() {
+    let (kid, up, parted, part) = (
+        common::cluster::unique_name("s7_kid"),
+        common::cluster::unique_name("s7_up"),
+        common::cluster::unique_name("s7_parted"),
+        common::cluster::unique_name("s7_part"),
+    );
+    let (inst, c) = start_secret(
+        &[kid.as_str(), part.as_str()],
+        format!(
+            "CREATE TABLE public.{kid} (id int, secret text); INSERT INTO public.{kid} VALUES (1, '{S7_SECRET}');
+             CREATE TABLE public.{parted} (id int, secret text) PARTITION BY LIST (id);
+             CREATE TABLE public.{part} PARTITION OF public.{parted} FOR VALUES IN (1);
+             INSERT INTO public.{parted} VALUES (1, '{S7_SECRET}');
+             GRANT SELECT ON public.{kid}, public.{parted}, public.{part} TO {READ_USER};"
+        ),
+    )
+    .await;
+    let masked = "OK Some(\"1\") Some(\"***\")";
+    assert_eq!(outcome(&c, &format!("SELECT * FROM {part}")).await, masked);
+    assert_eq!(outcome(&c, &format!("SELECT * FROM {parted}")).await, masked);
+    admin_psql(format!(
+        "CREATE TABLE public.{up} (id int, secret text); GRANT SELECT ON public.{up} TO {READ_USER};
+         ALTER TABLE public.{kid} INHERIT public.{up};"
+    ))
+    .await;
+    let through_parent = outcome(&c, &format!("SELECT * FROM {up}")).await;
+    let refused = [
+        (
+            format!("SELECT upper(secret) FROM {parted}"),
+            format!("column public.{parted}.secret is masked"),
+        ),
+        (
+            format!("SELECT upper(secret) FROM {up}"),
+            format!("column public.{up}.secret is masked"),
+        ),
+    ];
+    let failures = s7_not_refused(&c, &refused).await;
+    admin_psql(format!("DROP TABLE public.{kid}, public.{up}, public.{parted};")).await;
+    let _ = inst.shutdown().await;
+    assert_eq!(through_parent, masked);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Regression (s7 attack): a row security policy calling only built-ins was not hidden code to
+/// the snapshot, and its error quoted the masked value in its message (only DETAIL is withheld):
+/// `USING (secret::int > 0)` on the masked table, or a policy on another table reading it. A
+/// relation whose policy reads a masked column (or a whole masked table) is refused now; one
+/// whose policy does not stays readable. (Fails before: both errors quoted the value.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_security_policies_reading_a_masked_column_are_refused() {
+    let (t, o, fine) = (
+        common::cluster::unique_name("s7_rls_t"),
+        common::cluster::unique_name("s7_rls_o"),
+        common::cluster::unique_name("s7_rls_fine"),
+    );
+    let (inst, c) = start_secret(
+        &[t.as_str()],
+        format!(
+            "CREATE TABLE public.{t} (id int, secret text); INSERT INTO public.{t} VALUES (1, '{S7_SECRET}');
+             CREATE TABLE public.{o} (id int); INSERT INTO public.{o} VALUES (1);
+             CREATE TABLE public.{fine} (id int); INSERT INTO public.{fine} VALUES (1);
+             GRANT SELECT ON public.{t}, public.{o}, public.{fine} TO {READ_USER};
+             ALTER TABLE public.{t} ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY s7_own ON public.{t} USING (secret::int > 0);
+             ALTER TABLE public.{o} ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY s7_other ON public.{o}
+                 USING (EXISTS (SELECT 1 FROM public.{t} p WHERE p.secret::int = id));
+             ALTER TABLE public.{fine} ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY s7_fine ON public.{fine} USING (id > 0);"
+        ),
+    )
+    .await;
+    let fine_rows = outcome(&c, &format!("SELECT id FROM {fine}")).await;
+    let refused = [
+        (
+            format!("SELECT id FROM {t}"),
+            format!("relation public.{t} runs code"),
+        ),
+        (
+            format!("SELECT id FROM {o}"),
+            format!("relation public.{o} runs code"),
+        ),
+    ];
+    let failures = s7_not_refused(&c, &refused).await;
+    admin_psql(format!("DROP TABLE public.{o}, public.{t}, public.{fine};")).await;
+    let _ = inst.shutdown().await;
+    assert_eq!(fine_rows, "OK Some(\"1\")");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Regression (s7 attack): a view over `pg_stats` (and a view over that) was not a view over a
+/// masked table, so it returned the statistics `pg_stats` itself is refused for — the histogram
+/// bounds of the masked column, its values. And a view calling a function a superuser created in
+/// `pg_catalog` (OID ≥ 16384) was not hidden code: it counted as a built-in. Both are hidden code
+/// now. (Fails before: both views returned the values.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_over_statistics_or_user_code_in_pg_catalog_are_refused() {
+    let (t, stats, over, f, calls) = (
+        common::cluster::unique_name("s7_st_t"),
+        common::cluster::unique_name("s7_st_v"),
+        common::cluster::unique_name("s7_st_over"),
+        common::cluster::unique_name("s7_catalog_fn"),
+        common::cluster::unique_name("s7_calls"),
+    );
+    let (inst, c) = start_secret(
+        &[t.as_str()],
+        format!(
+            "CREATE TABLE public.{t} (id int, secret text);
+             INSERT INTO public.{t} VALUES (1, '{S7_SECRET}-a'), (2, '{S7_SECRET}-b'), (3, '{S7_SECRET}-c');
+             ANALYZE public.{t};
+             CREATE VIEW public.{stats} AS SELECT attname::text AS a, histogram_bounds::text AS h
+                 FROM pg_catalog.pg_stats WHERE tablename = '{t}';
+             CREATE VIEW public.{over} AS SELECT h FROM public.{stats};
+             CREATE FUNCTION pg_catalog.{f}() RETURNS text LANGUAGE sql STABLE AS
+                 'SELECT pg_catalog.string_agg(secret, '','') FROM public.{t}';
+             CREATE VIEW public.{calls} AS SELECT pg_catalog.{f}() AS x;
+             GRANT SELECT ON public.{t}, public.{stats}, public.{over}, public.{calls} TO {READ_USER};"
+        ),
+    )
+    .await;
+    let refused = [
+        (
+            format!("SELECT * FROM {stats}"),
+            format!("relation public.{stats} runs code"),
+        ),
+        (
+            format!("SELECT * FROM {over}"),
+            format!("relation public.{over} runs code"),
+        ),
+        (
+            format!("SELECT * FROM {calls}"),
+            format!("relation public.{calls} runs code"),
+        ),
+    ];
+    let failures = s7_not_refused(&c, &refused).await;
+    admin_psql(format!(
+        "DROP VIEW public.{over}, public.{stats}, public.{calls}; DROP FUNCTION pg_catalog.{f}();
+         DROP TABLE public.{t};"
+    ))
+    .await;
+    let _ = inst.shutdown().await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::MaskMethod;
 use crate::config::MaskRule;
-use crate::policy::mask_shape::{DependentView, TypeCode, QUERY_RUNNING_BUILTINS};
+use crate::policy::mask_shape::{DependentView, TypeCode, QUERY_RUNNING_BUILTINS, STATISTICS_RELATIONS};
 
 /// How one RowDescription column is shown.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,22 +59,40 @@ fn literal(s: &str) -> String {
 /// `pg_depend`), calls a built-in that runs a query text or reads a relation, schema or database
 /// by name ([`QUERY_RUNNING_BUILTINS`]: built-ins are pinned, so their calls are found in the
 /// rule's node tree, not in `pg_depend`), or coerces to a type whose domain, cast or operator runs
-/// such code (`code_type`, see [`CODE_TYPES`]); and foreign tables (they may read the same tables
-/// through another connection). Views over these follow through `dep`'s recursion.
-const HIDDEN_CODE: &str = "hidden(relid) AS (SELECT r.ev_class FROM pg_catalog.pg_depend p \
+/// such code (`code_type`, see [`CODE_TYPES`]); foreign tables (they may read the same tables
+/// through another connection); user views and materialized views reading statistics
+/// ([`STATISTICS_RELATIONS`]: sample values of every column the reader may select; s7) — found
+/// in the rule's node tree, as `pg_statistic` is pinned; and relations whose row security policy
+/// reads a masked column or a whole masked table (`policy_reads`: its error could quote the value,
+/// `USING (email::int > 0)`; s7). Views over these follow through `dep`'s recursion.
+const HIDDEN_CODE: &str = "policy_reads(relid) AS (SELECT p.polrelid FROM pg_catalog.pg_policy p \
+       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass::pg_catalog.oid \
+         AND d.objid = p.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass::pg_catalog.oid \
+         AND d.deptype = 'n' \
+       JOIN tree t ON t.relid = d.refobjid \
+       WHERE d.refobjsubid = 0 OR d.refobjsubid IN (SELECT a.attnum FROM pg_catalog.pg_attribute a \
+         WHERE a.attrelid = t.relid AND a.attname = t.col)), \
+     hidden(relid) AS (SELECT r.ev_class FROM pg_catalog.pg_depend p \
        JOIN pg_catalog.pg_rewrite r ON r.oid = p.objid \
-       WHERE p.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
-         AND ((p.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+       WHERE p.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass::pg_catalog.oid \
+         AND ((p.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass::pg_catalog.oid \
              AND p.refobjid IN (SELECT oid FROM unsafe_proc)) \
-           OR (p.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass \
+           OR (p.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass::pg_catalog.oid \
              AND p.refobjid IN (SELECT oid FROM unsafe_op)) \
-           OR (p.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass \
+           OR (p.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass::pg_catalog.oid \
              AND p.refobjid IN (SELECT oid FROM code_type))) \
        UNION SELECT r.ev_class FROM pg_catalog.pg_rewrite r \
          WHERE r.ev_action::pg_catalog.text OPERATOR(pg_catalog.~) (SELECT ':funcid (' \
            OPERATOR(pg_catalog.||) pg_catalog.string_agg(oid::pg_catalog.text, '|') \
            OPERATOR(pg_catalog.||) ') ' FROM query_running) \
-       UNION SELECT oid FROM pg_catalog.pg_class WHERE relkind = 'f')";
+       UNION SELECT oid FROM pg_catalog.pg_class WHERE relkind = 'f' \
+       UNION SELECT r.ev_class FROM pg_catalog.pg_rewrite r \
+         WHERE r.ev_class OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+           AND r.ev_action::pg_catalog.text OPERATOR(pg_catalog.~) (SELECT ':relid (' \
+             OPERATOR(pg_catalog.||) pg_catalog.string_agg(oid::pg_catalog.text, '|') \
+             OPERATOR(pg_catalog.||) ') ' FROM pg_catalog.pg_class \
+             WHERE relnamespace = 'pg_catalog'::pg_catalog.regnamespace::pg_catalog.oid AND relname IN (STATISTICS)) \
+       UNION SELECT relid FROM policy_reads)";
 
 /// Types whose values reach code timebox cannot see (`code_type`), for [`HIDDEN_CODE`] and the
 /// fourth statement of [`snapshot_query`]. `unsafe_proc`: functions outside
@@ -87,8 +105,9 @@ const HIDDEN_CODE: &str = "hidden(relid) AS (SELECT r.ev_class FROM pg_catalog.p
 const CODE_TYPES: &str = "builtin AS (SELECT oid FROM pg_catalog.pg_namespace \
        WHERE nspname IN ('pg_catalog', 'information_schema')), \
      query_running AS (SELECT oid FROM pg_catalog.pg_proc \
-       WHERE pronamespace = 'pg_catalog'::pg_catalog.regnamespace AND proname IN (QUERY_RUNNING)), \
+       WHERE pronamespace = 'pg_catalog'::pg_catalog.regnamespace::pg_catalog.oid AND proname IN (QUERY_RUNNING)), \
      unsafe_proc AS (SELECT oid FROM pg_catalog.pg_proc WHERE pronamespace NOT IN (SELECT oid FROM builtin) \
+         OR oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
        UNION SELECT oid FROM query_running), \
      unsafe_op AS (SELECT oid, oprleft, oprright FROM pg_catalog.pg_operator \
        WHERE oprnamespace NOT IN (SELECT oid FROM builtin) \
@@ -98,30 +117,31 @@ const CODE_TYPES: &str = "builtin AS (SELECT oid FROM pg_catalog.pg_namespace \
        WHERE castfunc IN (SELECT oid FROM unsafe_proc)), \
      code_root(oid) AS (SELECT t.oid FROM pg_catalog.pg_type t WHERE t.typtype IN ('d', 'r') \
          AND EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
-           WHERE ((d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid = t.oid) \
-               OR (d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid IN \
+           WHERE ((d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass::pg_catalog.oid AND d.objid = t.oid) \
+               OR (d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass::pg_catalog.oid AND d.objid IN \
                  (SELECT c.oid FROM pg_catalog.pg_constraint c WHERE c.contypid = t.oid))) \
-             AND ((d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+             AND ((d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass::pg_catalog.oid \
                  AND d.refobjid IN (SELECT oid FROM unsafe_proc)) \
-               OR (d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass \
+               OR (d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass::pg_catalog.oid \
                  AND d.refobjid IN (SELECT oid FROM unsafe_op)))) \
-       UNION SELECT c.contypid FROM pg_catalog.pg_constraint c WHERE c.contypid <> 0 \
+       UNION SELECT c.contypid FROM pg_catalog.pg_constraint c WHERE c.contypid <> '0'::pg_catalog.oid \
          AND c.conbin::pg_catalog.text OPERATOR(pg_catalog.~) (SELECT ':funcid (' \
            OPERATOR(pg_catalog.||) pg_catalog.string_agg(oid::pg_catalog.text, '|') \
            OPERATOR(pg_catalog.||) ') ' FROM query_running) \
        UNION SELECT castsource FROM user_cast UNION SELECT casttarget FROM user_cast \
        UNION SELECT oprleft FROM unsafe_op UNION SELECT oprright FROM unsafe_op), \
-     type_edge(child, parent) AS (SELECT oid, typbasetype FROM pg_catalog.pg_type WHERE typbasetype <> 0 \
-       UNION ALL SELECT oid, typelem FROM pg_catalog.pg_type WHERE typelem <> 0 \
+     type_edge(child, parent) AS (SELECT oid, typbasetype FROM pg_catalog.pg_type WHERE typbasetype <> '0'::pg_catalog.oid \
+       UNION ALL SELECT oid, typelem FROM pg_catalog.pg_type WHERE typelem <> '0'::pg_catalog.oid \
        UNION ALL SELECT c.reltype, a.atttypid FROM pg_catalog.pg_class c \
-         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-         WHERE c.reltype <> 0 \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
+           AND a.attnum OPERATOR(pg_catalog.>) '0'::pg_catalog.int2 AND NOT a.attisdropped \
+         WHERE c.reltype <> '0'::pg_catalog.oid \
        UNION ALL SELECT rngtypid, rngsubtype FROM pg_catalog.pg_range \
        UNION ALL SELECT rngmultitypid, rngsubtype FROM pg_catalog.pg_range \
        UNION ALL SELECT c.contypid, d.refobjid FROM pg_catalog.pg_constraint c \
-         JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
-           AND d.objid = c.oid AND d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass \
-         WHERE c.contypid <> 0), \
+         JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass::pg_catalog.oid \
+           AND d.objid = c.oid AND d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass::pg_catalog.oid \
+         WHERE c.contypid <> '0'::pg_catalog.oid), \
      code_type(oid) AS (SELECT oid FROM code_root WHERE oid IN (SELECT oid FROM user_type) \
        UNION SELECT e.child FROM code_type r JOIN type_edge e ON e.parent = r.oid)";
 
@@ -145,12 +165,12 @@ const TYPE_FACTS: &str = "SELECT 'type', n.nspname, t.typname, NULL FROM pg_cata
        FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid \
        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
        WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
-           WHERE d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass AND d.objid = p.oid \
-             AND ((d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+           WHERE d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass::pg_catalog.oid AND d.objid = p.oid \
+             AND ((d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass::pg_catalog.oid \
                  AND d.refobjid IN (SELECT oid FROM unsafe_proc)) \
-               OR (d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass \
+               OR (d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass::pg_catalog.oid \
                  AND d.refobjid IN (SELECT oid FROM unsafe_op)) \
-               OR (d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass \
+               OR (d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass::pg_catalog.oid \
                  AND d.refobjid IN (SELECT oid FROM code_type)))) \
          OR pg_catalog.concat(p.polqual, p.polwithcheck) OPERATOR(pg_catalog.~) (SELECT ':funcid (' \
            OPERATOR(pg_catalog.||) pg_catalog.string_agg(oid::pg_catalog.text, '|') \
@@ -172,8 +192,19 @@ fn code_types() -> String {
     CODE_TYPES.replace("QUERY_RUNNING", &names.join(", "))
 }
 
+/// [`HIDDEN_CODE`] with the names of [`STATISTICS_RELATIONS`] filled in.
+fn hidden_code() -> String {
+    let names: Vec<String> = STATISTICS_RELATIONS.iter().map(|n| literal(n)).collect();
+    HIDDEN_CODE.replace("STATISTICS", &names.join(", "))
+}
+
 /// The four statements read in one simple Query (the first turns JIT off for the connection: the
-/// planner's estimates of the recursive type closure would have it compile for seconds): the masked tables' attributes (rule index,
+/// planner's estimates of the recursive type closure would have it compile for seconds; and puts
+/// `pg_catalog` first in its `search_path`, so that no operator a user created for the same types
+/// — in a schema a database or role setting lists before it — is chosen in the later ones, whose
+/// comparisons are between equal types; `public` stays, so that names in the facts' details are
+/// printed as before; the first statement names its operators itself; s7): the masked tables'
+/// attributes (rule index,
 /// relid, schema, table, attnum, whether it is the masked column), the views over them (rule
 /// index, relid, schema, name, whether it runs hidden code; for each view first the rule of a
 /// column it names itself, so that a denial names that column), every relation OID, and the
@@ -194,39 +225,49 @@ pub fn snapshot_query(rules: &[MaskRule]) -> String {
     let cte = format!(
         "WITH RECURSIVE m(i, nsp, rel, col) AS (VALUES {}), \
          base AS (SELECT m.i, c.oid AS relid, m.col FROM m \
-           JOIN pg_catalog.pg_namespace n ON n.nspname = m.nsp \
-           JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = m.rel), \
-         tree(i, relid, col) AS (SELECT i, relid, col FROM base UNION \
-           SELECT t.i, h.inhrelid, t.col FROM tree t JOIN pg_catalog.pg_inherits h ON h.inhparent = t.relid)",
+           JOIN pg_catalog.pg_namespace n ON n.nspname OPERATOR(pg_catalog.=) m.nsp \
+           JOIN pg_catalog.pg_class c ON c.relnamespace OPERATOR(pg_catalog.=) n.oid \
+             AND c.relname OPERATOR(pg_catalog.=) m.rel), \
+         down(i, relid, col) AS (SELECT i, relid, col FROM base UNION \
+           SELECT t.i, h.inhrelid, t.col FROM down t JOIN pg_catalog.pg_inherits h \
+             ON h.inhparent OPERATOR(pg_catalog.=) t.relid), \
+         up(i, relid, col) AS (SELECT i, relid, col FROM base UNION \
+           SELECT t.i, h.inhparent, t.col FROM up t JOIN pg_catalog.pg_inherits h \
+             ON h.inhrelid OPERATOR(pg_catalog.=) t.relid), \
+         tree(i, relid, col) AS (SELECT i, relid, col FROM down UNION SELECT i, relid, col FROM up)",
         values.join(", ")
     );
     format!(
-        "{cte} SELECT t.i, t.relid, n.nspname, c.relname, a.attnum, a.attname = t.col FROM tree t \
-           JOIN pg_catalog.pg_class c ON c.oid = t.relid \
-           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-           JOIN pg_catalog.pg_attribute a ON a.attrelid = t.relid AND a.attnum > 0 AND NOT a.attisdropped \
-           WHERE (SELECT pg_catalog.set_config('jit', 'off', false)) IS NOT NULL; \
-         {cte}, {code_types}, {HIDDEN_CODE}, dep(i, relid, h) AS (SELECT i, relid, false FROM tree UNION \
+        "{cte} SELECT t.i, t.relid, n.nspname, c.relname, a.attnum, a.attname OPERATOR(pg_catalog.=) t.col \
+           FROM tree t JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.relid \
+           JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+           JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) t.relid \
+             AND a.attnum OPERATOR(pg_catalog.>) '0'::pg_catalog.int2 AND NOT a.attisdropped \
+           WHERE (SELECT pg_catalog.set_config('jit', 'off', false) OPERATOR(pg_catalog.||) \
+             pg_catalog.set_config('search_path', 'pg_catalog, public', false)) IS NOT NULL; \
+         {cte}, {code_types}, {hidden_code}, dep(i, relid, h) AS (SELECT i, relid, false FROM tree UNION \
            SELECT (SELECT pg_catalog.min(i) FROM m), relid, true FROM hidden UNION \
            SELECT d.i, r.ev_class, d.h FROM dep d \
            JOIN pg_catalog.pg_depend p ON p.refobjid = d.relid \
-             AND p.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-             AND p.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+             AND p.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass::pg_catalog.oid \
+             AND p.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass::pg_catalog.oid \
            JOIN pg_catalog.pg_rewrite r ON r.oid = p.objid WHERE r.ev_class <> d.relid) \
          SELECT v.i, v.relid, v.nspname, v.relname, v.h FROM (SELECT d.i, d.relid, n.nspname, c.relname, \
            pg_catalog.bool_or(d.h) AS h FROM dep d JOIN pg_catalog.pg_class c ON c.oid = d.relid \
-           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('v', 'm', 'f') \
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+           WHERE c.relkind IN ('v', 'm', 'f') OR d.relid IN (SELECT relid FROM policy_reads) \
            GROUP BY 1, 2, 3, 4) v \
          ORDER BY v.relid, NOT EXISTS (SELECT 1 FROM tree t \
            JOIN pg_catalog.pg_attribute a ON a.attrelid = t.relid AND a.attname = t.col \
            JOIN pg_catalog.pg_depend p ON p.refobjid = t.relid AND p.refobjsubid = a.attnum \
-             AND p.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-             AND p.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+             AND p.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass::pg_catalog.oid \
+             AND p.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass::pg_catalog.oid \
            JOIN pg_catalog.pg_rewrite r ON r.oid = p.objid WHERE t.i = v.i AND r.ev_class = v.relid), v.i; \
          SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_class c \
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S'); \
          WITH RECURSIVE {code_types} {TYPE_FACTS}",
-        code_types = code_types()
+        code_types = code_types(),
+        hidden_code = hidden_code()
     )
 }
 
@@ -398,5 +439,35 @@ mod tests {
         let bad = [sets[0].clone(), sets[1].clone(), sets[2].clone(), unknown];
         assert!(MaskSnapshot::from_rows(&[rule()], &bad).is_err());
         assert!(MaskSnapshot::from_rows(&[rule()], &[]).is_err());
+    }
+
+    /// Regression (s7): no comparison in the snapshot query is left to operator resolution between
+    /// different types (`oid = regclass`, `oid <> integer`, `oid >= integer`): an operator a user
+    /// created for exactly those types is an exact match and would be chosen over `pg_catalog`'s
+    /// (one answering false hid every view over a masked table). The first statement names its
+    /// operators and pins the `search_path` for the others; tables are followed up to their
+    /// parents as well as down to their children.
+    #[test]
+    fn the_snapshot_query_leaves_no_operator_to_the_search_path() {
+        let q = snapshot_query(&[rule()]);
+        for cast in ["::pg_catalog.regclass", "::pg_catalog.regnamespace"] {
+            assert_eq!(
+                q.matches(cast).count(),
+                q.matches(&format!("{cast}::pg_catalog.oid")).count(),
+                "{cast}"
+            );
+        }
+        for bare in ["<> 0", ">= 16384", "> 0 "] {
+            assert!(!q.contains(bare), "{bare}");
+        }
+        let first = q.split("; ").next().expect("a first statement");
+        assert!(
+            first.contains("pg_catalog.set_config('search_path', 'pg_catalog, public', false)"),
+            "{first}"
+        );
+        assert!(!first.contains(" = "), "{first}");
+        assert!(q.contains("SELECT t.i, h.inhparent, t.col FROM up t"), "parents");
+        assert!(q.contains("relname IN ('pg_stats'"), "statistics");
+        assert!(q.contains("policy_reads(relid)"), "row security policies");
     }
 }

@@ -1,14 +1,19 @@
 //! Whether a masking snapshot ([`super::catalog::MaskSnapshot`]) is still the target's catalog
 //! (s6): a cheap fingerprint of the catalogs the snapshot is built from — per catalog, the number
-//! of rows of user objects (OID ≥ 16384) and the sum of their `xmin` — taken in the same
-//! transaction as the snapshot and again before each statement of a masked role. Any row
-//! inserted, updated or deleted by DDL (a view replaced, an operator, cast, policy, function,
+//! of rows of user objects (OID ≥ 16384) and an MD5 digest of their `xmin`s in order — taken in
+//! the same transaction as the snapshot and again before each statement of a masked role. Any
+//! row inserted, updated or deleted by DDL (a view replaced, an operator, cast, policy, function,
 //! type, column or relation created, altered, renamed or dropped) changes the row count or the
-//! `xmin` sum: a committed change always carries a newer transaction ID.
+//! set of `xmin`s: a row written after the snapshot carries the ID of a transaction that had not
+//! committed when it was read, which no row read then has. (s7: a sum of the `xmin`s could be
+//! kept equal — a transaction opened before the snapshot and one whose ID was chosen by burning
+//! IDs replace two rows whose `xmin`s add up to theirs.)
 //!
 //! Pure: the query text ([`fingerprint_query`]), the fingerprint read from its rows and the
 //! comparison ([`compare`]); the reads are `proxy::target_catalog`'s. Must never call a
-//! fingerprint current that was not read, nor one read from rows it does not expect.
+//! fingerprint current that was not read, nor one read from rows it does not expect. Its
+//! comparisons name `pg_catalog`'s operators between equal types: an operator a user created
+//! for other argument types (`public.>=(oid, integer)`) would be an exact match and win (s7).
 //!
 //! Not seen: changes to built-in objects (OID < 16384, a superuser's `CREATE OR REPLACE` of a
 //! `pg_catalog` function), and DDL committed between the check and the statement's execution.
@@ -19,41 +24,54 @@ use super::catalog::Row;
 /// scan on each, so the cost grows with the target's user objects, not with PostgreSQL's own).
 /// `pg_depend` is left out: its rows are written with their depending object's, which is here.
 const CATALOGS: [(&str, &str); 13] = [
-    ("pg_class", "oid >= 16384"),
-    ("pg_attribute", "attrelid >= 16384"),
-    ("pg_attrdef", "oid >= 16384"),
-    ("pg_proc", "oid >= 16384"),
-    ("pg_type", "oid >= 16384"),
-    ("pg_operator", "oid >= 16384"),
-    ("pg_cast", "oid >= 16384"),
-    ("pg_rewrite", "oid >= 16384"),
+    ("pg_class", USER_OID),
+    (
+        "pg_attribute",
+        "attrelid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid",
+    ),
+    ("pg_attrdef", USER_OID),
+    ("pg_proc", USER_OID),
+    ("pg_type", USER_OID),
+    ("pg_operator", USER_OID),
+    ("pg_cast", USER_OID),
+    ("pg_rewrite", USER_OID),
     ("pg_policy", "true"),
-    ("pg_constraint", "oid >= 16384"),
+    ("pg_constraint", USER_OID),
     ("pg_namespace", "true"),
     ("pg_inherits", "true"),
-    ("pg_range", "rngtypid >= 16384"),
+    (
+        "pg_range",
+        "rngtypid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid",
+    ),
 ];
+
+/// A user object's row: `pg_catalog`'s `>=(oid, oid)`, named (see the module's note).
+const USER_OID: &str = "oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid";
 
 /// The name of the prepared statement of [`fingerprint_query`] on timebox's catalog connection.
 pub const FINGERPRINT_STATEMENT: &str = "timebox_catalog_fingerprint";
 
-/// One row per catalog of [`CATALOGS`]: name, row count, sum of `xmin` (text format).
+/// One row per catalog of [`CATALOGS`]: name, row count, MD5 of the `xmin`s in order (text
+/// format; NULL without rows).
 pub fn fingerprint_query() -> String {
     CATALOGS
         .iter()
         .map(|(catalog, filter)| {
             format!(
                 "SELECT '{catalog}'::pg_catalog.text, pg_catalog.count(*), \
-                 pg_catalog.sum(xmin::pg_catalog.text::pg_catalog.int8) FROM pg_catalog.{catalog} WHERE {filter}"
+                 pg_catalog.md5(pg_catalog.string_agg(xmin::pg_catalog.text, ',' \
+                   ORDER BY xmin::pg_catalog.text::pg_catalog.int8)) \
+                 FROM pg_catalog.{catalog} WHERE {filter}"
             )
         })
         .collect::<Vec<_>>()
         .join(" UNION ALL ")
 }
 
-/// Per catalog of [`CATALOGS`] (in that order): row count and `xmin` sum.
+/// Per catalog of [`CATALOGS`] (in that order): row count and the digest of the `xmin`s (empty
+/// without rows).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CatalogFingerprint(Vec<(i64, i64)>);
+pub struct CatalogFingerprint(Vec<(i64, String)>);
 
 /// Rows that are not the answer to [`fingerprint_query`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,10 +82,13 @@ pub enum FingerprintError {
     Catalog(Option<String>),
     #[error("a fingerprint value that is not a number")]
     Number,
+    #[error("a fingerprint digest that is not 32 hexadecimal digits")]
+    Digest,
 }
 
 impl CatalogFingerprint {
-    /// From the rows of [`fingerprint_query`]: every catalog once, in order (a NULL sum: no rows).
+    /// From the rows of [`fingerprint_query`]: every catalog once, in order (a NULL digest: no
+    /// rows).
     pub fn from_rows(rows: &[Row]) -> Result<CatalogFingerprint, FingerprintError> {
         if rows.len() != CATALOGS.len() {
             return Err(FingerprintError::Rows {
@@ -78,8 +99,14 @@ impl CatalogFingerprint {
         let number = |v: Option<&Option<String>>| -> Result<i64, FingerprintError> {
             match v {
                 Some(Some(s)) => s.parse().map_err(|_| FingerprintError::Number),
-                Some(None) => Ok(0),
-                None => Err(FingerprintError::Number),
+                _ => Err(FingerprintError::Number),
+            }
+        };
+        let digest = |v: Option<&Option<String>>| -> Result<String, FingerprintError> {
+            match v {
+                Some(Some(s)) if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(s.clone()),
+                Some(None) => Ok(String::new()),
+                _ => Err(FingerprintError::Digest),
             }
         };
         let mut out = Vec::with_capacity(rows.len());
@@ -88,7 +115,7 @@ impl CatalogFingerprint {
             if name.as_deref() != Some(catalog) {
                 return Err(FingerprintError::Catalog(name));
             }
-            out.push((number(row.get(1))?, number(row.get(2))?));
+            out.push((number(row.get(1))?, digest(row.get(2))?));
         }
         Ok(CatalogFingerprint(out))
     }
@@ -126,16 +153,25 @@ pub fn compare(taken: Option<&CatalogFingerprint>, now: &CatalogFingerprint) -> 
 mod tests {
     use super::*;
 
-    fn rows(values: &[(i64, Option<i64>)]) -> Vec<Row> {
+    /// Rows as the fingerprint query returns them; a digest given as a number (None: no rows).
+    fn rows(values: &[(i64, Option<u128>)]) -> Vec<Row> {
         CATALOGS
             .iter()
             .zip(values)
-            .map(|((c, _), (n, s))| vec![Some(c.to_string()), Some(n.to_string()), s.map(|s| s.to_string())])
+            .map(|((c, _), (n, d))| {
+                vec![
+                    Some(c.to_string()),
+                    Some(n.to_string()),
+                    d.map(|d| format!("{d:032x}")),
+                ]
+            })
             .collect()
     }
 
-    fn base() -> Vec<(i64, Option<i64>)> {
-        (0..CATALOGS.len() as i64).map(|i| (i, Some(100 * i))).collect()
+    fn base() -> Vec<(i64, Option<u128>)> {
+        (0..CATALOGS.len() as i64)
+            .map(|i| (i, Some(100 * i as u128)))
+            .collect()
     }
 
     #[test]
@@ -151,8 +187,11 @@ mod tests {
             compare(Some(&taken), &now),
             Freshness::Changed(vec!["pg_rewrite"])
         );
-        // A policy created on an empty pg_policy (NULL sum before), and a cast dropped.
-        let mut added = base();
+        // A policy created on an empty pg_policy (NULL digest before), and a cast dropped.
+        let mut empty = base();
+        empty[8] = (0, None);
+        let taken = CatalogFingerprint::from_rows(&rows(&empty)).unwrap();
+        let mut added = empty.clone();
         added[8] = (1, Some(900));
         added[6].0 -= 1;
         let now = CatalogFingerprint::from_rows(&rows(&added)).unwrap();
@@ -169,7 +208,7 @@ mod tests {
         let mut empty = base();
         empty[8] = (0, None);
         let f = CatalogFingerprint::from_rows(&rows(&empty)).unwrap();
-        assert_eq!(f.0[8], (0, 0), "no rows: a NULL sum");
+        assert_eq!(f.0[8], (0, String::new()), "no rows: a NULL digest");
         assert!(matches!(
             CatalogFingerprint::from_rows(&rows(&base())[1..]),
             Err(FingerprintError::Rows { .. })
@@ -183,6 +222,25 @@ mod tests {
         let mut bad = rows(&base());
         bad[2][1] = Some("many".into());
         assert_eq!(CatalogFingerprint::from_rows(&bad), Err(FingerprintError::Number));
+        let mut null_count = rows(&base());
+        null_count[2][1] = None;
+        assert_eq!(
+            CatalogFingerprint::from_rows(&null_count),
+            Err(FingerprintError::Number)
+        );
+        for digest in [
+            "123",
+            "not hex but thirty-two chars ok!",
+            "12345678901234567890123456789012x",
+        ] {
+            let mut bad = rows(&base());
+            bad[3][2] = Some(digest.into());
+            assert_eq!(
+                CatalogFingerprint::from_rows(&bad),
+                Err(FingerprintError::Digest),
+                "{digest}"
+            );
+        }
         assert_eq!(
             CatalogFingerprint::from_rows(&[]).unwrap_err(),
             FingerprintError::Rows { expected: 13, got: 0 }
@@ -200,5 +258,25 @@ mod tests {
             );
         }
         assert_eq!(q.matches("UNION ALL").count(), CATALOGS.len() - 1);
+    }
+
+    /// Regression (s7): the sum of the `xmin`s is not in the fingerprint (it could be kept
+    /// equal), and no comparison is left to operator resolution between different types (a
+    /// user's `>=(oid, integer)` would be an exact match, chosen over `pg_catalog`'s).
+    #[test]
+    fn the_query_digests_the_xmins_and_names_its_operators() {
+        let q = fingerprint_query();
+        assert!(!q.contains("pg_catalog.sum("), "{q}");
+        assert_eq!(
+            q.matches("pg_catalog.md5(pg_catalog.string_agg(xmin").count(),
+            CATALOGS.len()
+        );
+        assert!(!q.contains(">= 16384"), "{q}");
+        for (_, filter) in CATALOGS {
+            assert!(
+                filter == "true" || filter.ends_with(" OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid"),
+                "{filter}"
+            );
+        }
     }
 }

@@ -59,8 +59,9 @@ pub struct MaskScope<'a> {
     pub types: Option<&'a TypeCode>,
 }
 
-/// Statistics views and catalogs that show sample values of every column.
-const STATISTICS_RELATIONS: [&str; 5] = [
+/// Statistics views and catalogs that show sample values of every column (a user view reading
+/// one is hidden code to the catalog snapshot).
+pub const STATISTICS_RELATIONS: [&str; 5] = [
     "pg_stats",
     "pg_stats_ext",
     "pg_stats_ext_exprs",
@@ -358,7 +359,7 @@ impl<'a> Walker<'a> {
         let (view, column) = (format!("{}.{}", v.schema, v.name), &v.masked_column);
         let reason = if v.hidden_code {
             format!(
-                "relation {view} runs code timebox cannot check for masked columns (a user function or operator, a built-in that runs a query text or reads a relation by name such as query_to_xml, or a cast or domain through user code), directly or through a view it reads, and column {column} is masked for role \"{}\"",
+                "relation {view} runs code timebox cannot check for masked columns (a user function or operator, a built-in that runs a query text or reads a relation by name such as query_to_xml, or a cast or domain through user code; or reads statistics, or has a row security policy reading a masked column), directly or through a view it reads, and column {column} is masked for role \"{}\"",
                 self.scope.role
             )
         } else {
