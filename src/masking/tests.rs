@@ -251,5 +251,8 @@ fn rows_are_appended_to_a_reused_buffer_and_a_bad_one_leaves_it_untouched() {
     ]
     .concat();
     assert_eq!(&out[..], &expected[..]);
-    assert_eq!(&out[..first], &rewrite_data_row(&a, &columns, &key()).unwrap()[..]);
+    assert_eq!(
+        &out[..first],
+        &rewrite_data_row(&a, &columns, &key()).unwrap()[..]
+    );
 }

@@ -252,7 +252,12 @@ impl ClientOutbox {
     /// Replaces a complete, held frame (upstream offsets) with `replacement`; with `start == end`,
     /// inserts `replacement` there. The edits of one read are made in stream order (an edit
     /// before an earlier one's end is refused) and take effect at [`Self::finish_edits`].
-    pub(crate) fn replace_frame(&mut self, start: u64, end: u64, replacement: &[u8]) -> Result<(), OutboxError> {
+    pub(crate) fn replace_frame(
+        &mut self,
+        start: u64,
+        end: u64,
+        replacement: &[u8],
+    ) -> Result<(), OutboxError> {
         let range = self.range(start, end)?;
         let splice = self.splice.unwrap_or(Splice {
             base: range.start,

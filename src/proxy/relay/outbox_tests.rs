@@ -254,7 +254,9 @@ fn one_reads_mixed_edits_land_where_each_was_meant() {
     assert_eq!(tags, b"TDDDDESZ");
     let span = |i: usize| (held[i].1, held[i].2);
     let t2 = frame_bytes(b'T', &[1; 30]);
-    let masked: Vec<BytesMut> = (0..2).map(|i| frame_bytes(b'D', &vec![b'*'; 3 + 20 * i])).collect();
+    let masked: Vec<BytesMut> = (0..2)
+        .map(|i| frame_bytes(b'D', &vec![b'*'; 3 + 20 * i]))
+        .collect();
     let denial = PgError::insufficient_privilege("denied").to_bytes();
     let quota = PgError::result_quota_exceeded("max_rows_per_statement", "2", "read").to_bytes();
     let fatal = PgError::admin_shutdown("bye");
@@ -274,7 +276,10 @@ fn one_reads_mixed_edits_land_where_each_was_meant() {
     outbox.replace_frame(se, ee, &denial).unwrap();
     // The ParameterStatus severs the session: its FATAL goes right after it.
     outbox.queue_last(&fatal);
-    assert_eq!(outbox.inject_at, None, "not placed while the read's edits are open");
+    assert_eq!(
+        outbox.inject_at, None,
+        "not placed while the read's edits are open"
+    );
     outbox.inject_after(span(6).1).unwrap();
     // The quota's error before the ReadyForQuery, which the masks still read as sent.
     let (sz, ez) = span(7);
@@ -285,7 +290,10 @@ fn one_reads_mixed_edits_land_where_each_was_meant() {
     let to = outbox.tracker.offset();
     outbox.replace_frame(next_start, to, &[]).unwrap();
     outbox.partial_dropped += to - next_start;
-    assert!(outbox.next_chunk().is_none(), "nothing leaves while the edits are open");
+    assert!(
+        outbox.next_chunk().is_none(),
+        "nothing leaves while the edits are open"
+    );
     outbox.finish_edits();
     outbox.place_injection();
     let before_fatal = [&t2[..], &masked[0][..], &masked[1][..], &denial[..], &s[..]].concat();
@@ -298,7 +306,10 @@ fn one_reads_mixed_edits_land_where_each_was_meant() {
     );
     let mut client = Vec::new();
     drain(&mut outbox, &mut client);
-    assert_eq!(client, [&before_fatal[..], &fatal.to_bytes()[..], &after_fatal[..]].concat());
+    assert_eq!(
+        client,
+        [&before_fatal[..], &fatal.to_bytes()[..], &after_fatal[..]].concat()
+    );
     // The next read: the rest of the dropped row (removed as it completes), a CommandComplete.
     let cc = frame_bytes(b'C', b"SELECT 2\0");
     let held = read(&mut outbox, &[&next[30..], &cc[..]].concat());
@@ -346,9 +357,9 @@ fn offsets_the_outbox_does_not_hold_are_errors_never_panics() {
     outbox.advance(a.len(), false);
     let (sb, eb) = (a.len() as u64, (a.len() + b.len()) as u64);
     for (s, e) in [
-        (0, sb),                  // already written
-        (eb, sb),                 // reversed
-        (sb, eb + 1),             // not arrived
+        (0, sb),      // already written
+        (eb, sb),     // reversed
+        (sb, eb + 1), // not arrived
         (eb + 1, eb + 9),
         (u64::MAX - 1, u64::MAX), // absurd
         (0, u64::MAX),
