@@ -94,8 +94,9 @@ impl FromStr for MaskMethod {
 
 /// The key of `hash`: derived from the installation secret (never the secret itself, which also
 /// derives the SCRAM salts), so hashes are stable per installation and unguessable outside it.
+/// Held as the HMAC state already keyed with it: each value's hash starts from a copy.
 #[derive(Clone)]
-pub struct MaskKey([u8; 32]);
+pub struct MaskKey(HmacSha256);
 
 impl fmt::Debug for MaskKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -109,43 +110,56 @@ impl MaskKey {
     pub fn derive(installation_secret: &[u8; 32]) -> MaskKey {
         let mut mac = HmacSha256::new_from_slice(installation_secret).expect("HMAC takes any key length");
         mac.update(b"timebox column masking v1");
-        MaskKey(mac.finalize().into_bytes().into())
+        let key = mac.finalize().into_bytes();
+        MaskKey(HmacSha256::new_from_slice(&key).expect("HMAC takes any key length"))
     }
 
-    /// `hash` of a value: 32 hex digits (128 bits) of HMAC-SHA256.
-    fn hash(&self, value: &[u8]) -> String {
-        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes any key length");
+    /// Appends `hash` of a value: 32 lowercase hex digits (128 bits) of HMAC-SHA256.
+    fn put_hash(&self, value: &[u8], out: &mut BytesMut) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut mac = self.0.clone();
         mac.update(value);
         let digest = mac.finalize().into_bytes();
-        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+        for b in &digest[..16] {
+            out.put_slice(&[HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+        }
     }
 }
 
 /// Masks one non-NULL value given as its text (UTF-8, possibly invalid: read lossily); `None` is
 /// SQL NULL.
 pub fn mask_text(method: MaskMethod, key: &MaskKey, value: &[u8]) -> Option<Vec<u8>> {
-    let text = String::from_utf8_lossy(value);
-    let masked = match method {
-        MaskMethod::Null => return None,
-        MaskMethod::Redact => REDACTED.to_owned(),
-        MaskMethod::Hash => key.hash(value),
+    let mut out = BytesMut::new();
+    put_masked_text(method, key, value, &mut out).then(|| out.to_vec())
+}
+
+/// Appends the masked text of one non-NULL value (as [`mask_text`]) to `out`; `false`, with
+/// nothing appended, for SQL NULL. Allocates nothing unless the value is invalid UTF-8.
+fn put_masked_text(method: MaskMethod, key: &MaskKey, value: &[u8], out: &mut BytesMut) -> bool {
+    let text = || String::from_utf8_lossy(value);
+    match method {
+        MaskMethod::Null => return false,
+        MaskMethod::Redact => out.put_slice(REDACTED.as_bytes()),
+        MaskMethod::Hash => key.put_hash(value, out),
         MaskMethod::Partial => {
-            let chars: Vec<char> = text.chars().collect();
-            if chars.len() <= 4 {
-                REDACTED.to_owned()
-            } else {
-                let last: String = chars[chars.len() - 4..].iter().collect();
-                format!("{REDACTED}{last}")
+            let text = text();
+            out.put_slice(REDACTED.as_bytes());
+            // The fourth character from the end: shown from there when something precedes it.
+            if let Some((at, _)) = text.char_indices().nth_back(3).filter(|&(at, _)| at > 0) {
+                out.put_slice(text[at..].as_bytes());
             }
         }
-        MaskMethod::Email => match text.rsplit_once('@') {
-            Some((local, domain)) if !local.is_empty() && !domain.is_empty() => {
-                format!("{REDACTED}@{domain}")
+        MaskMethod::Email => {
+            out.put_slice(REDACTED.as_bytes());
+            if let Some((local, domain)) = text().rsplit_once('@') {
+                if !local.is_empty() && !domain.is_empty() {
+                    out.put_u8(b'@');
+                    out.put_slice(domain.as_bytes());
+                }
             }
-            _ => REDACTED.to_owned(),
-        },
-    };
-    Some(masked.into_bytes())
+        }
+    }
+    true
 }
 
 /// A masked column of a result: how it is masked, its original type and its format (0 text,
@@ -160,12 +174,22 @@ pub struct MaskedColumn {
 impl MaskedColumn {
     /// Masks one non-NULL value as it came from the server.
     pub fn mask(&self, key: &MaskKey, value: &[u8]) -> Option<Vec<u8>> {
+        let mut out = BytesMut::new();
+        self.put_masked(key, value, &mut out).then(|| out.to_vec())
+    }
+
+    /// Appends the masked form of one non-NULL value (as [`MaskedColumn::mask`]) to `out`;
+    /// `false`, with nothing appended, for SQL NULL.
+    fn put_masked(&self, key: &MaskKey, value: &[u8], out: &mut BytesMut) -> bool {
         let readable = self.format == 0 || TEXT_LIKE_TYPES.contains(&self.type_oid);
         match self.method {
-            MaskMethod::Null => None,
-            _ if readable => mask_text(self.method, key, value),
+            MaskMethod::Null => false,
+            _ if readable => put_masked_text(self.method, key, value, out),
             // A binary value timebox does not decode: never passed through.
-            _ => Some(REDACTED.as_bytes().to_vec()),
+            _ => {
+                out.put_slice(REDACTED.as_bytes());
+                true
+            }
         }
     }
 }
@@ -285,7 +309,37 @@ pub fn rewrite_data_row(
     columns: &[Option<MaskedColumn>],
     key: &MaskKey,
 ) -> Result<BytesMut, FrameError> {
+    let mut out = BytesMut::with_capacity(frame.len());
+    rewrite_data_row_into(frame, columns, key, &mut out)?;
+    Ok(out)
+}
+
+/// [`rewrite_data_row`] appending the rewritten frame to `out` (a buffer reused for every row:
+/// no allocation per row or value once it is big enough). On an error `out` is left as it was.
+pub fn rewrite_data_row_into(
+    frame: &[u8],
+    columns: &[Option<MaskedColumn>],
+    key: &MaskKey,
+    out: &mut BytesMut,
+) -> Result<(), FrameError> {
+    let mark = out.len();
+    let written = put_data_row(frame, columns, key, out);
+    if written.is_err() {
+        out.truncate(mark);
+    }
+    written
+}
+
+/// Appends the rewritten DataRow: each value goes straight into `out`, its length word (and the
+/// frame's) filled in once it is written.
+fn put_data_row(
+    frame: &[u8],
+    columns: &[Option<MaskedColumn>],
+    key: &MaskKey,
+    out: &mut BytesMut,
+) -> Result<(), FrameError> {
     let what = "DataRow";
+    let malformed = || FrameError::Malformed(what);
     let mut r = Reader {
         body: body(frame, b'D', what)?,
         at: 0,
@@ -293,9 +347,12 @@ pub fn rewrite_data_row(
     };
     let n = r.i16()?;
     if n < 0 || n as usize != columns.len() {
-        return Err(FrameError::Malformed(what));
+        return Err(malformed());
     }
-    let mut out = BytesMut::with_capacity(frame.len());
+    let start = out.len();
+    out.reserve(frame.len());
+    out.put_u8(b'D');
+    out.put_u32(0);
     out.put_i16(n);
     for column in columns {
         let len = r.i32()?;
@@ -304,22 +361,30 @@ pub fn rewrite_data_row(
         } else {
             Some(r.take(len as usize)?)
         };
-        let value = match (column, value) {
-            (Some(c), Some(v)) => c.mask(key, v),
-            (_, v) => v.map(<[u8]>::to_vec),
-        };
-        match value {
-            None => out.put_i32(-1),
-            Some(v) => {
-                out.put_i32(i32::try_from(v.len()).map_err(|_| FrameError::Malformed(what))?);
-                out.put_slice(&v);
+        match (column, value) {
+            (_, None) => out.put_i32(-1),
+            (None, Some(v)) => {
+                out.put_i32(len);
+                out.put_slice(v);
+            }
+            (Some(c), Some(v)) => {
+                let at = out.len();
+                out.put_i32(0);
+                if c.put_masked(key, v, out) {
+                    let n = i32::try_from(out.len() - at - 4).map_err(|_| malformed())?;
+                    out[at..at + 4].copy_from_slice(&n.to_be_bytes());
+                } else {
+                    out[at..at + 4].copy_from_slice(&(-1_i32).to_be_bytes());
+                }
             }
         }
     }
     if r.at != r.body.len() {
-        return Err(FrameError::Malformed(what));
+        return Err(malformed());
     }
-    Ok(with_header(b'D', &out))
+    let n = u32::try_from(out.len() - start - 1).map_err(|_| malformed())?;
+    out[start + 1..start + 5].copy_from_slice(&n.to_be_bytes());
+    Ok(())
 }
 
 fn with_header(tag: u8, body: &[u8]) -> BytesMut {

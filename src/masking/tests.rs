@@ -215,3 +215,44 @@ fn malformed_frames_are_errors_never_panics() {
         "wrong frame type"
     );
 }
+
+/// Issue 15 item 5: the hash is computed from a pre-keyed HMAC state now (no key schedule, no
+/// string per hex digit per value); its value must not change, or joins and exports across
+/// versions of one installation break. Pinned to HMAC-SHA256 computed independently (Python's
+/// `hmac`: key = HMAC(secret, "timebox column masking v1"), first 16 bytes in hex).
+#[test]
+fn the_hash_of_a_value_is_the_same_as_before() {
+    assert_eq!(
+        text(MaskMethod::Hash, "alice@example.com").as_deref(),
+        Some("78f1bb6a59c3d1d6d50d7091c8bde05a")
+    );
+}
+
+/// Issue 15 item 5: rows are rewritten into one reused buffer (appended to what it holds); a
+/// malformed row leaves the buffer as it was, and a masked value that is SQL NULL stays NULL.
+#[test]
+fn rows_are_appended_to_a_reused_buffer_and_a_bad_one_leaves_it_untouched() {
+    let desc = row_description(&[
+        ("id", 16400, 1, 23, 0),
+        ("email", 16400, 2, 25, 0),
+        ("note", 16400, 4, 25, 0),
+    ]);
+    let (_, columns) = rewrite_row_description(&desc, customers).unwrap().unwrap();
+    let mut out = BytesMut::new();
+    let a = data_row(&[Some(b"1"), Some(b"a@b.org"), Some(b"secret")]);
+    let b = data_row(&[Some(b"2"), None, None]);
+    rewrite_data_row_into(&a, &columns, &key(), &mut out).unwrap();
+    let first = out.len();
+    rewrite_data_row_into(&b, &columns, &key(), &mut out).unwrap();
+    assert!(rewrite_data_row_into(&a[..a.len() - 1], &columns, &key(), &mut out).is_err());
+    let expected = [
+        data_row(&[Some(b"1"), Some(b"***@b.org"), None]),
+        data_row(&[Some(b"2"), None, None]),
+    ]
+    .concat();
+    assert_eq!(&out[..], &expected[..]);
+    assert_eq!(
+        &out[..first],
+        &rewrite_data_row(&a, &columns, &key()).unwrap()[..]
+    );
+}

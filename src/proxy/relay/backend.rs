@@ -11,6 +11,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::io::{UpstreamRead, MAX_HELD_FRAME};
+use super::outbox::{lost_track, OutboxError};
+use super::quota::Limit;
 use super::state::EndReason;
 use super::sync::Completed;
 use super::Relay;
@@ -54,82 +56,119 @@ impl Session {
         }
     }
 
-    /// Reads the frames held back from the last upstream read, in order.
+    /// Reads the frames held back from the last upstream read, in order, then applies the
+    /// read's edits (rows masked, frames dropped or replaced) in one pass. A frame the outbox
+    /// cannot find ends the session ([`Session::abandon_stream`]).
     async fn on_held_frames(&mut self, r: &mut Relay, busy: bool) {
+        if r.bufs.outbox.abandoned() {
+            // The session is ending: nothing more of the stream is handled or sent.
+            r.bufs.held_frames.clear();
+            return;
+        }
         let mut held = std::mem::take(&mut r.bufs.held_frames);
         // Result quotas (roles that set one): frames dropped or replaced are not handled below.
         let mut stopped = None;
-        for (tag, start, end) in held.drain(..) {
-            // Masked roles' batches (`super::pipeline`): an Execute's end releases the client's frames.
-            if r.batch.is_some() && !self.batch_frame(r, (tag, start, end)) {
-                continue;
-            }
-            if r.quota.is_some() && !self.quota_frame(r, (tag, start, end), &mut stopped) {
-                if let Some(m) = r.mask.as_mut() {
-                    m.on_skipped(tag);
-                }
-                continue;
-            }
-            // Column masks (roles that set some): rows rewritten, or dropped when unknown.
-            if r.mask.is_some() && !self.mask_frame(r, (tag, start, end)) {
-                continue;
-            }
-            let outbox = &mut r.bufs.outbox;
-            match tag {
-                b'Z' => {
-                    if std::mem::take(&mut r.ddl_forwarded) {
-                        self.ddl_ran();
-                    }
-                    let status = outbox.tracker.last_ready_status.unwrap_or(b'I');
-                    if let Some(done) = r.sync.ready(status, Instant::now()) {
-                        r.statement_duration.observe(done.elapsed.as_secs_f64());
-                        let events = self.outcome_events(done);
-                        r.gate.outcomes(events, Instant::now());
-                    }
-                }
-                b'C' => {
-                    if let Some(t) = r.held.command_tag(outbox.frame_bytes(start, end)) {
-                        r.sync.command_complete(t);
-                    }
-                }
-                b'E' if self.interceptor.is_marker_error(outbox.frame_bytes(start, end)) => {
-                    let denial = self.interceptor.take_denial();
-                    outbox.replace_frame(start, end, &denial);
-                }
-                b'E' => {
-                    r.sync
-                        .error(r.held.error_sqlstate(outbox.frame_bytes(start, end)));
-                    // Masked roles: no DETAIL (it may quote a failing row's masked columns).
-                    if r.mask.is_some() {
-                        if let Some(f) = super::mask::without_detail(outbox.frame_bytes(start, end)) {
-                            outbox.replace_frame(start, end, &f);
-                        }
-                    }
-                }
-                b'S' => {
-                    let Some(problem) = r.held.lexing_problem(outbox.frame_bytes(start, end)) else {
-                        continue;
-                    };
-                    if r.state.relaying() {
-                        let error = PgError::admin_shutdown(format!("terminating connection: {problem}"))
-                            .with_hint("timebox reads statements with standard_conforming_strings = on and UTF-8 text; it does not allow changing that.");
-                        self.sever(r, busy, EndReason::UpstreamError, error);
-                        // Right after the ParameterStatus, before the statement's ReadyForQuery:
-                        // the statement that changed the setting fails, nothing after it runs.
-                        r.bufs.outbox.inject_after(end);
-                    }
-                }
-                _ => {}
+        let mut handled = Ok(());
+        for frame in held.drain(..) {
+            handled = self.on_held_frame(r, busy, frame, &mut stopped);
+            if handled.is_err() {
+                break;
             }
         }
         // The list's allocation is kept for the next read.
+        held.clear();
         r.bufs.held_frames = held;
-        if r.quota.is_some() {
-            self.quota_after_read(r, stopped).await;
+        if handled.is_ok() && r.quota.is_some() {
+            handled = self.quota_after_read(r, stopped).await;
         }
         if r.mask.is_some() {
             self.mask_after_read(r);
         }
+        match handled {
+            Ok(()) => r.bufs.outbox.finish_edits(),
+            Err(e) => self.abandon_stream(r, busy, e),
+        }
+    }
+
+    /// One frame held back from the last upstream read (upstream offsets `start..end`).
+    fn on_held_frame(
+        &mut self,
+        r: &mut Relay,
+        busy: bool,
+        (tag, start, end): (u8, u64, u64),
+        stopped: &mut Option<Limit>,
+    ) -> Result<(), OutboxError> {
+        // Masked roles' batches (`super::pipeline`): an Execute's end releases the client's frames.
+        if r.batch.is_some() && !self.batch_frame(r, (tag, start, end))? {
+            return Ok(());
+        }
+        if r.quota.is_some() && !self.quota_frame(r, (tag, start, end), stopped)? {
+            if let Some(m) = r.mask.as_mut() {
+                m.on_skipped(tag);
+            }
+            return Ok(());
+        }
+        // Column masks (roles that set some): rows rewritten, or dropped when unknown.
+        if r.mask.is_some() && !self.mask_frame(r, (tag, start, end))? {
+            return Ok(());
+        }
+        let outbox = &mut r.bufs.outbox;
+        match tag {
+            b'Z' => {
+                if std::mem::take(&mut r.ddl_forwarded) {
+                    self.ddl_ran();
+                }
+                let status = outbox.tracker.last_ready_status.unwrap_or(b'I');
+                if let Some(done) = r.sync.ready(status, Instant::now()) {
+                    r.statement_duration.observe(done.elapsed.as_secs_f64());
+                    let events = self.outcome_events(done);
+                    r.gate.outcomes(events, Instant::now());
+                }
+            }
+            b'C' => {
+                if let Some(t) = r.held.command_tag(outbox.frame_bytes(start, end)?) {
+                    r.sync.command_complete(t);
+                }
+            }
+            b'E' if self.interceptor.is_marker_error(outbox.frame_bytes(start, end)?) => {
+                let denial = self.interceptor.take_denial();
+                outbox.replace_frame(start, end, &denial)?;
+            }
+            b'E' => {
+                let frame = outbox.frame_bytes(start, end)?;
+                r.sync.error(r.held.error_sqlstate(frame));
+                // Masked roles: no DETAIL (it may quote a failing row's masked columns).
+                if r.mask.is_some() {
+                    if let Some(f) = super::mask::without_detail(frame) {
+                        outbox.replace_frame(start, end, &f)?;
+                    }
+                }
+            }
+            b'S' => {
+                let Some(problem) = r.held.lexing_problem(outbox.frame_bytes(start, end)?) else {
+                    return Ok(());
+                };
+                if r.state.relaying() {
+                    let error = PgError::admin_shutdown(format!("terminating connection: {problem}"))
+                        .with_hint("timebox reads statements with standard_conforming_strings = on and UTF-8 text; it does not allow changing that.");
+                    self.sever(r, busy, EndReason::UpstreamError, error);
+                    // Right after the ParameterStatus, before the statement's ReadyForQuery:
+                    // the statement that changed the setting fails, nothing after it runs.
+                    r.bufs.outbox.inject_after(end)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The outbox cannot find a frame the relay was handed (an internal error): the session ends
+    /// with FATAL XX000, and none of the stream's unsent bytes reach the client (they may hold
+    /// rows not masked yet), nor any read after.
+    fn abandon_stream(&self, r: &mut Relay, busy: bool, e: OutboxError) {
+        tracing::error!(error = %e, "the relay lost track of the server's messages; ending the session");
+        r.bufs.outbox.abandon();
+        self.sever(r, busy, EndReason::InternalError, lost_track());
     }
 
     /// A held frame arriving declares more than the relay holds: the session ends with FATAL 54000

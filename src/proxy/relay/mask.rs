@@ -21,11 +21,11 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::outbox::ClientOutbox;
+use super::outbox::{ClientOutbox, OutboxError};
 use super::Relay;
 use crate::audit::event::{MaskedColumnReturned, Returned};
 use crate::masking::catalog::{ColumnVerdict, MaskSnapshot};
-use crate::masking::{rewrite_data_row, rewrite_row_description, MaskKey, MaskMethod, MaskedColumn};
+use crate::masking::{rewrite_data_row_into, rewrite_row_description, MaskKey, MaskMethod, MaskedColumn};
 use crate::proxy::session::Session;
 use crate::proxy::target_catalog::{refresh_in_background, MaskEntry};
 use crate::proxy::wire::PgError;
@@ -97,13 +97,17 @@ impl Layout {
 #[derive(Debug, PartialEq)]
 pub(crate) enum MaskStep {
     Keep,
-    /// Send these bytes instead (a rewritten RowDescription or DataRow).
-    Replace(BytesMut),
+    /// Send the bytes of [`ResultMask::replacement`] instead (a rewritten RowDescription or
+    /// DataRow).
+    Replace,
     /// Part of a result whose rows are not forwarded.
     Drop,
     /// The first row of such a result: send this error instead.
     Fail(PgError),
 }
+
+/// The rewritten-frame buffer keeps its allocation up to this capacity.
+const REPLACEMENT_KEEP: usize = 1024 * 1024;
 
 const NO_DESCRIPTION: &str = "no RowDescription timebox saw";
 const NO_DATA: &str = "a Describe answered with NoData (no rows expected)";
@@ -170,6 +174,9 @@ pub(crate) struct ResultMask {
     /// its audit record ([`ResultMask::take_returned`]).
     sent_rows: u64,
     sent_bytes: u64,
+    /// The last frame rewritten ([`MaskStep::Replace`]): one buffer for every row, so a masked
+    /// row costs no allocation.
+    replacement: BytesMut,
 }
 
 fn cstr(b: &[u8]) -> Option<(String, &[u8])> {
@@ -251,7 +258,14 @@ impl ResultMask {
             masked_values: 0,
             sent_rows: 0,
             sent_bytes: 0,
+            replacement: BytesMut::new(),
         }
+    }
+
+    /// The frame to send instead of the last one [`ResultMask::on_backend`] answered
+    /// [`MaskStep::Replace`] for.
+    pub(crate) fn replacement(&self) -> &[u8] {
+        &self.replacement
     }
 
     pub(crate) fn entry(&self) -> Arc<MaskEntry> {
@@ -480,7 +494,12 @@ impl ResultMask {
             b'T' => {
                 let (rewritten, layout) = self.describe(frame);
                 self.place(layout);
-                rewritten.map_or(MaskStep::Keep, MaskStep::Replace)
+                let Some(rewritten) = rewritten else {
+                    return MaskStep::Keep;
+                };
+                self.replacement.clear();
+                self.replacement.extend_from_slice(&rewritten);
+                MaskStep::Replace
             }
             b'D' => self.row(frame),
             _ => {
@@ -521,32 +540,37 @@ impl ResultMask {
         if self.failing {
             return MaskStep::Drop;
         }
+        // The layout is borrowed, not cloned, and the row is rewritten into the one reused
+        // buffer: a masked row costs no allocation.
         let layout = match self.pending.front() {
-            Some(Expect::Execute(p)) => self.portals.get(p).cloned(),
-            _ => self.current.clone(),
-        }
-        .unwrap_or(Layout::Fail(NO_DESCRIPTION));
-        match layout {
-            Layout::Plain => MaskStep::Keep,
-            Layout::Masked(columns, _) => match rewrite_data_row(frame, &columns, &self.key) {
-                Ok(f) => {
-                    self.masked_values += columns.iter().filter(|c| c.is_some()).count() as u64;
-                    MaskStep::Replace(f)
+            Some(Expect::Execute(p)) => self.portals.get(p),
+            _ => self.current.as_ref(),
+        };
+        let why = match layout {
+            Some(Layout::Plain) => return MaskStep::Keep,
+            Some(Layout::Masked(columns, _)) => {
+                if self.replacement.capacity() > REPLACEMENT_KEEP {
+                    // A huge row's buffer is not kept for the rest of the session.
+                    self.replacement = BytesMut::new();
                 }
-                Err(_) => {
-                    self.failing = true;
-                    MaskStep::Fail(self.error("a malformed DataRow"))
+                self.replacement.clear();
+                match rewrite_data_row_into(frame, columns, &self.key, &mut self.replacement) {
+                    Ok(()) => {
+                        self.masked_values += columns.iter().filter(|c| c.is_some()).count() as u64;
+                        return MaskStep::Replace;
+                    }
+                    Err(_) => Some("a malformed DataRow"),
                 }
-            },
-            Layout::Fail(why) => {
-                self.failing = true;
-                MaskStep::Fail(self.error(why))
             }
-            Layout::Runtime => {
-                self.failing = true;
-                MaskStep::Fail(self.runtime_error())
-            }
-        }
+            Some(Layout::Fail(why)) => Some(*why),
+            None => Some(NO_DESCRIPTION),
+            Some(Layout::Runtime) => None,
+        };
+        self.failing = true;
+        MaskStep::Fail(match why {
+            Some(why) => self.error(why),
+            None => self.runtime_error(),
+        })
     }
 
     /// The protocol bookkeeping of a frame that is not a RowDescription or DataRow.
@@ -663,34 +687,39 @@ impl Session {
     }
 
     /// Applies the role's masks to one completed backend frame; `true` when the relay handles
-    /// the frame as usual afterwards.
-    pub(super) fn mask_frame(&mut self, r: &mut Relay, (tag, start, end): (u8, u64, u64)) -> bool {
+    /// the frame as usual afterwards. An error: the outbox does not hold the frame (the session
+    /// ends; the frame is not sent).
+    pub(super) fn mask_frame(
+        &mut self,
+        r: &mut Relay,
+        (tag, start, end): (u8, u64, u64),
+    ) -> Result<bool, OutboxError> {
         let Some(m) = r.mask.as_mut() else {
-            return true;
+            return Ok(true);
         };
         let out = &mut r.bufs.outbox;
-        match m.on_backend(tag, out.frame_bytes(start, end)) {
+        Ok(match m.on_backend(tag, out.frame_bytes(start, end)?) {
             MaskStep::Keep => {
                 m.sent(tag, (end - start) as usize);
                 true
             }
-            MaskStep::Replace(bytes) => {
-                m.sent(tag, bytes.len());
-                out.replace_frame(start, end, &bytes);
+            MaskStep::Replace => {
+                out.replace_frame(start, end, m.replacement())?;
+                m.sent(tag, m.replacement().len());
                 true
             }
             MaskStep::Drop => {
-                out.replace_frame(start, end, &[]);
+                out.replace_frame(start, end, &[])?;
                 false
             }
             MaskStep::Fail(error) => {
                 tracing::warn!(role = %self.grant.role, "rows whose masking timebox cannot establish were not sent");
                 self.ctx.proxy.masking_metrics.masking_refusals_total.inc();
-                out.replace_frame(start, end, &error.to_bytes());
+                out.replace_frame(start, end, &error.to_bytes())?;
                 r.sync.error(Some(error.code.to_owned()));
                 false
             }
-        }
+        })
     }
 
     /// After a read's frames: counts masked values, and asks for a fresh snapshot when a column

@@ -71,10 +71,10 @@ fn sent(m: &mut ResultMask, tag: u8, body: &[u8]) {
     m.on_frontend(tag, &frame(tag, body));
 }
 
-fn values(step: MaskStep) -> Vec<Vec<u8>> {
-    let MaskStep::Replace(f) = step else {
-        panic!("expected a rewritten row, got {step:?}");
-    };
+/// The values of the row `m` rewrote (`step` must be [`MaskStep::Replace`]).
+fn values(m: &ResultMask, step: MaskStep) -> Vec<Vec<u8>> {
+    assert_eq!(step, MaskStep::Replace, "expected a rewritten row");
+    let f = m.replacement();
     let mut out = Vec::new();
     let mut at = 7;
     while at < f.len() {
@@ -90,8 +90,9 @@ fn a_simple_query_result_is_masked_by_its_row_description() {
     let mut m = mask(Some(snapshot()));
     sent(&mut m, b'Q', b"SELECT id, email FROM customers\0");
     let t = row_description(&[("id", CUSTOMERS, 1, 23), ("email", CUSTOMERS, 2, 25)]);
-    assert!(matches!(m.on_backend(b'T', &t), MaskStep::Replace(_)));
-    let v = values(m.on_backend(b'D', &data_row(&[b"7", b"alice@example.com"])));
+    assert!(matches!(m.on_backend(b'T', &t), MaskStep::Replace));
+    let step = m.on_backend(b'D', &data_row(&[b"7", b"alice@example.com"]));
+    let v = values(&m, step);
     assert_eq!(v, vec![b"7".to_vec(), b"***@example.com".to_vec()]);
     assert_eq!(m.on_backend(b'C', &frame(b'C', b"SELECT 1\0")), MaskStep::Keep);
     assert_eq!(m.on_backend(b'Z', &frame(b'Z', b"I")), MaskStep::Keep);
@@ -114,14 +115,15 @@ fn an_extended_execute_uses_the_described_statement_with_the_binds_formats() {
     assert_eq!(m.on_backend(b'1', &frame(b'1', b"")), MaskStep::Keep);
     assert_eq!(m.on_backend(b't', &frame(b't', b"\0\0")), MaskStep::Keep);
     let t = row_description(&[("email", CUSTOMERS, 2, 1043)]);
-    assert!(matches!(m.on_backend(b'T', &t), MaskStep::Replace(_)));
+    assert!(matches!(m.on_backend(b'T', &t), MaskStep::Replace));
     m.on_backend(b'Z', &frame(b'Z', b"I"));
     // Bind "" s1: no parameters, one result format: binary.
     sent(&mut m, b'B', b"\0s1\0\0\0\0\0\0\x01\0\x01");
     sent(&mut m, b'E', b"\0\0\0\0\0");
     sent(&mut m, b'S', b"");
     m.on_backend(b'2', &frame(b'2', b""));
-    let v = values(m.on_backend(b'D', &data_row(&[b"bob@shop.test"])));
+    let step = m.on_backend(b'D', &data_row(&[b"bob@shop.test"]));
+    let v = values(&m, step);
     assert_eq!(v, vec![b"***@shop.test".to_vec()]);
     assert_eq!(m.on_backend(b'C', &frame(b'C', b"SELECT 1\0")), MaskStep::Keep);
     m.on_backend(b'Z', &frame(b'Z', b"I"));
@@ -340,7 +342,7 @@ fn forward(m: &mut ResultMask, tag: u8, f: &[u8]) -> MaskStep {
     let step = m.on_backend(tag, f);
     match &step {
         MaskStep::Keep => m.sent(tag, f.len()),
-        MaskStep::Replace(b) => m.sent(tag, b.len()),
+        MaskStep::Replace => m.sent(tag, m.replacement().len()),
         _ => {}
     }
     step
@@ -362,9 +364,9 @@ fn what_a_result_returned_names_its_masked_columns_for_query_and_each_bind_execu
     sent(&mut m, b'Q', b"SELECT id, email AS e FROM customers\0");
     let t = row_description(&[("id", CUSTOMERS, 1, 23), ("e", CUSTOMERS, 2, 25)]);
     forward(&mut m, b'T', &t);
-    let MaskStep::Replace(row) = forward(&mut m, b'D', &data_row(&[b"7", b"alice@example.com"])) else {
-        panic!("masked row expected");
-    };
+    let step = forward(&mut m, b'D', &data_row(&[b"7", b"alice@example.com"]));
+    assert_eq!(step, MaskStep::Replace, "masked row expected");
+    let row = m.replacement().to_vec();
     forward(&mut m, b'D', &data_row(&[b"8", b"bob@shop.test"]));
     // The quota stage asks just before the CommandComplete.
     let r = m.take_returned();
@@ -400,7 +402,7 @@ fn what_a_result_returned_names_its_masked_columns_for_query_and_each_bind_execu
         forward(&mut m, b'2', &frame(b'2', b""));
         assert!(matches!(
             forward(&mut m, b'D', &data_row(&[b"alice@example.com"])),
-            MaskStep::Replace(_)
+            MaskStep::Replace
         ));
         let r = m.take_returned();
         assert_eq!((r.masked, r.rows), (email_masked(), 1));
@@ -497,4 +499,62 @@ fn descriptions_from_before_a_catalog_re_read_are_stale() {
         matches!(&step, MaskStep::Fail(e) if format!("{e:?}").contains("read the target's catalog again")),
         "{step:?}"
     );
+}
+
+/// Issue 15 item 5: a masked role with a row quota, one upstream read holding a description, rows
+/// to mask, rows past the quota and the statement's end, handled as the relay does (quotas, then
+/// masks, each editing the outbox in stream order, applied once at the end of the read): the
+/// client gets the masked rows, the quota's error, ReadyForQuery, and no clear value.
+#[test]
+fn masked_rows_and_a_quota_stop_in_one_read_reach_the_client_masked_and_whole() {
+    use crate::config::Quotas;
+    use crate::proxy::relay::quota::{ResultQuota, Step};
+    let mut m = mask(Some(snapshot()));
+    let quotas = Quotas {
+        max_rows_per_statement: Some(2),
+        ..Quotas::default()
+    };
+    let mut q = ResultQuota::new(quotas, Arc::default(), "support");
+    let mut out = ClientOutbox::new();
+    set_frame_hooks(&mut out, true, true);
+    sent(&mut m, b'Q', b"SELECT id, email FROM customers\0");
+    let mut stream = row_description(&[("id", CUSTOMERS, 1, 23), ("email", CUSTOMERS, 2, 25)]);
+    for id in [b"1", b"2", b"3", b"4"] {
+        stream.extend_from_slice(&data_row(&[id, b"alice@example.com"]));
+    }
+    stream.extend_from_slice(&frame(b'C', b"SELECT 4\0"));
+    stream.extend_from_slice(&frame(b'Z', b"I"));
+    out.pending.extend_from_slice(&stream);
+    let mut held = Vec::new();
+    out.track_read(0, stream.len(), &mut held).unwrap();
+    for (tag, start, end) in held {
+        match q.on_frame(&mut out, tag, start, end).unwrap() {
+            Step::Keep { .. } | Step::AnsweredBefore(..) => {}
+            _ => {
+                m.on_skipped(tag);
+                continue;
+            }
+        }
+        match m.on_backend(tag, out.frame_bytes(start, end).unwrap()) {
+            MaskStep::Keep => {}
+            MaskStep::Replace => out.replace_frame(start, end, m.replacement()).unwrap(),
+            MaskStep::Drop => out.replace_frame(start, end, &[]).unwrap(),
+            MaskStep::Fail(e) => out.replace_frame(start, end, &e.to_bytes()).unwrap(),
+        }
+    }
+    assert_eq!(q.after_read(&mut out).unwrap(), None);
+    out.finish_edits();
+    let client = out.pending.to_vec();
+    let mut tags = Vec::new();
+    let mut at = 0;
+    while at < client.len() {
+        tags.push(client[at]);
+        at += 1 + u32::from_be_bytes(client[at + 1..at + 5].try_into().unwrap()) as usize;
+    }
+    assert_eq!(at, client.len(), "whole frames");
+    assert_eq!(tags, b"TDDEZ");
+    let text = String::from_utf8_lossy(&client);
+    assert_eq!(text.matches("***@example.com").count(), 2);
+    assert!(!text.contains("alice@"), "no clear value");
+    assert!(text.contains("max_rows_per_statement = 2"));
 }

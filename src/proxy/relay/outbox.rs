@@ -2,16 +2,60 @@
 //! (expiry warnings, denials, the final FATAL) spliced in at a frame boundary. Pure: the relay
 //! feeds it what it read from the upstream and writes what [`ClientOutbox::next_chunk`] gives.
 //! It never decodes a frame it does not hold; it must never split a frame or drop a byte the
-//! client is owed.
+//! client is owed, and never panics on an offset it cannot find (it answers [`OutboxError`]).
+//!
+//! Frames the relay replaces or drops while it handles one upstream read (masked rows, quota
+//! drops, denial markers' errors) are edits of that read, made in stream order and applied to the
+//! buffer in one pass when the read is handled ([`ClientOutbox::finish_edits`]): the work per read
+//! is linear in its bytes, however many of its frames are replaced.
+
+use std::ops::Range;
 
 use bytes::{Buf, BytesMut};
 
 use super::held::held_tag;
-use super::io::{upstream_read, UpstreamRead};
+use super::io::{upstream_read, UpstreamRead, HIGH_WATER};
 use crate::proxy::wire::{FrameTracker, PgError, TrackError};
 
 /// Initial capacity of the outbox buffer.
 const BUFFER_CAPACITY: usize = 16 * 1024;
+
+/// The rebuilt-bytes buffer keeps its allocation between reads up to this capacity (a read with a
+/// huge replaced frame does not pin a second huge buffer for the rest of the session).
+const SPLICED_KEEP: usize = 2 * HIGH_WATER;
+
+/// A frame the outbox was asked for that it does not hold as asked: an internal error of the
+/// relay (offsets out of step with the buffer), which ends the session ([`lost_track`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum OutboxError {
+    /// The upstream range is not within the unsent bytes (already written, not read yet, or
+    /// reversed).
+    #[error("frame at upstream offsets {start}..{end} is not among the bytes the outbox holds")]
+    NotHeld { start: u64, end: u64 },
+    /// An edit before one already made in the same read (edits are made in stream order).
+    #[error("frame at upstream offsets {start}..{end} edited after a later frame of its read")]
+    OutOfOrder { start: u64, end: u64 },
+}
+
+/// The FATAL XX000 a client gets when the relay lost track of the backend stream
+/// ([`OutboxError`]): nothing more of its results is sent, since what is unsent may not be
+/// masked or cut as its role requires.
+pub(crate) fn lost_track() -> PgError {
+    PgError::internal(
+        "terminating connection: timebox lost track of the server's messages (an internal error); the rest of this session's results were not sent",
+    )
+    .with_hint("Reconnect and run the statement again; tell the timebox administrators if it happens again.")
+}
+
+/// The edits of the read being handled: `pending[base..cursor]` as it will be is in
+/// `ClientOutbox::spliced`; `pending` itself is unchanged until [`ClientOutbox::finish_edits`].
+#[derive(Debug, Clone, Copy)]
+struct Splice {
+    /// Index in `pending` where the first edited frame begins; the bytes before it stay put.
+    base: usize,
+    /// Index in `pending` up to which the bytes are accounted for in `spliced`.
+    cursor: usize,
+}
 
 /// Backend bytes on their way to the client, with timebox's own messages spliced in at a frame
 /// boundary.
@@ -25,7 +69,7 @@ pub(crate) struct ClientOutbox {
     pub(crate) pending: BytesMut,
     /// Client offset up to which everything has been written.
     pub(crate) written: u64,
-    /// Client offset minus upstream offset.
+    /// Client offset minus upstream offset (edits of the read being handled not included).
     delta: i64,
     /// timebox's own messages waiting for a boundary.
     pub(crate) inject: BytesMut,
@@ -44,6 +88,16 @@ pub(crate) struct ClientOutbox {
     /// Column masks apply ([`super::mask`]): RowDescription and DataRow frames are held until
     /// complete, so they can be rewritten before the client sees any of them.
     pub(crate) hold_rows: bool,
+    /// The edits of the read being handled, if any frame of it was replaced or dropped.
+    splice: Option<Splice>,
+    /// The rebuilt bytes of the edited part of `pending` (its allocation is reused).
+    spliced: BytesMut,
+    /// The relay lost track of the stream ([`ClientOutbox::abandon`]): no stream byte goes to the
+    /// client any more, only timebox's final message.
+    abandoned: bool,
+    /// Bytes the edits copied or moved (unit tests check the work per read is linear).
+    #[cfg(test)]
+    pub(crate) moved: u64,
 }
 
 impl ClientOutbox {
@@ -59,11 +113,27 @@ impl ClientOutbox {
             hold_all: false,
             partial_dropped: 0,
             hold_rows: false,
+            splice: None,
+            spliced: BytesMut::new(),
+            abandoned: false,
+            #[cfg(test)]
+            moved: 0,
         }
     }
 
+    /// The client offset of upstream offset `upstream_offset`, this read's edits included: valid
+    /// for offsets at or after the last edit (the relay asks for the frame it is at or the end of
+    /// the read, never for a frame before one it edited).
     pub(crate) fn to_client(&self, upstream_offset: u64) -> u64 {
-        (upstream_offset as i64 + self.delta) as u64
+        (upstream_offset as i64)
+            .saturating_add(self.delta)
+            .saturating_add(self.edit_delta()) as u64
+    }
+
+    /// How much this read's edits so far lengthen (or shorten) the stream.
+    fn edit_delta(&self) -> i64 {
+        self.splice
+            .map_or(0, |s| self.spliced.len() as i64 - (s.cursor - s.base) as i64)
     }
 
     /// The latest frame boundary in client offsets.
@@ -99,8 +169,14 @@ impl ClientOutbox {
     }
 
     /// Picks the injection point if one is not chosen yet: the latest boundary not yet passed.
+    /// While a read's edits are open the boundaries are not final: the relay places the
+    /// injection once the read is handled.
     pub(crate) fn place_injection(&mut self) {
-        if self.inject.is_empty() || self.inject_at.is_some() {
+        if self.inject.is_empty() || self.inject_at.is_some() || self.splice.is_some() {
+            return;
+        }
+        if self.abandoned {
+            self.inject_at = Some(self.written);
             return;
         }
         let boundary = self.last_boundary();
@@ -110,8 +186,16 @@ impl ClientOutbox {
     }
 
     /// The bytes to write next (stream bytes up to the injection or hold point, then the injection).
+    /// Nothing while a read's edits are open (the buffer still holds the frames as the server sent
+    /// them), and no stream byte once the outbox is abandoned.
     pub(crate) fn next_chunk(&self) -> Option<(&[u8], bool)> {
+        if self.splice.is_some() {
+            return None;
+        }
         let mut limit = self.written + self.pending.len() as u64;
+        if self.abandoned {
+            limit = self.written;
+        }
         if let Some(hold) = self.hold_point() {
             limit = limit.min(hold);
         }
@@ -142,27 +226,100 @@ impl ClientOutbox {
         self.inject.is_empty()
     }
 
-    /// The bytes of a complete, held frame given in upstream offsets.
-    pub(crate) fn frame_bytes(&self, start: u64, end: u64) -> &[u8] {
-        let from = (self.to_client(start) - self.written) as usize;
-        let to = (self.to_client(end) - self.written) as usize;
-        &self.pending[from..to]
+    /// The index in `pending` (as it is before this read's edits are applied) of upstream offset
+    /// `at`, if it is within the unsent bytes.
+    fn index(&self, at: u64) -> Option<usize> {
+        let client = i64::try_from(at).ok()?.checked_add(self.delta)?;
+        let i = u64::try_from(client).ok()?.checked_sub(self.written)?;
+        usize::try_from(i).ok().filter(|&i| i <= self.pending.len())
     }
 
-    /// Replaces a complete, held frame (upstream offsets) with `replacement`.
-    pub(crate) fn replace_frame(&mut self, start: u64, end: u64, replacement: &[u8]) {
-        let from = (self.to_client(start) - self.written) as usize;
-        let to = (self.to_client(end) - self.written) as usize;
-        // In place: a split buffer would share its allocation, and extending the head would then
-        // re-allocate and copy the whole buffer for every replaced frame (masked rows: one each).
-        let (len, new_to) = (self.pending.len(), from + replacement.len());
-        if new_to > to {
-            self.pending.resize(len + (new_to - to), 0);
+    /// The indexes in `pending` of the upstream range `start..end`.
+    fn range(&self, start: u64, end: u64) -> Result<Range<usize>, OutboxError> {
+        match (self.index(start), self.index(end)) {
+            (Some(from), Some(to)) if from <= to => Ok(from..to),
+            _ => Err(OutboxError::NotHeld { start, end }),
         }
-        self.pending.copy_within(to..len, new_to);
-        self.pending.truncate(len - to + new_to);
-        self.pending[from..new_to].copy_from_slice(replacement);
-        self.delta += replacement.len() as i64 - (end - start) as i64;
+    }
+
+    /// The bytes of a complete, held frame given in upstream offsets, as the server sent them
+    /// (edits of the read being handled are not applied yet).
+    pub(crate) fn frame_bytes(&self, start: u64, end: u64) -> Result<&[u8], OutboxError> {
+        let range = self.range(start, end)?;
+        Ok(&self.pending[range])
+    }
+
+    /// Replaces a complete, held frame (upstream offsets) with `replacement`; with `start == end`,
+    /// inserts `replacement` there. The edits of one read are made in stream order (an edit
+    /// before an earlier one's end is refused) and take effect at [`Self::finish_edits`].
+    pub(crate) fn replace_frame(
+        &mut self,
+        start: u64,
+        end: u64,
+        replacement: &[u8],
+    ) -> Result<(), OutboxError> {
+        let range = self.range(start, end)?;
+        let splice = self.splice.unwrap_or(Splice {
+            base: range.start,
+            cursor: range.start,
+        });
+        if range.start < splice.cursor {
+            return Err(OutboxError::OutOfOrder { start, end });
+        }
+        // The unchanged bytes since the last edit, then the replacement: each byte once.
+        self.spliced
+            .extend_from_slice(&self.pending[splice.cursor..range.start]);
+        self.spliced.extend_from_slice(replacement);
+        #[cfg(test)]
+        {
+            self.moved += (range.start - splice.cursor + replacement.len()) as u64;
+        }
+        self.splice = Some(Splice {
+            base: splice.base,
+            cursor: range.end,
+        });
+        Ok(())
+    }
+
+    /// Applies the edits of the read just handled to `pending` in one pass: the bytes after the
+    /// last edit move once, the rebuilt ones are copied in once.
+    pub(crate) fn finish_edits(&mut self) {
+        let Some(Splice { base, cursor }) = self.splice.take() else {
+            return;
+        };
+        let (len, rebuilt) = (self.pending.len(), self.spliced.len());
+        let new_len = base + rebuilt + (len - cursor);
+        if new_len > len {
+            self.pending.resize(new_len, 0);
+        }
+        self.pending.copy_within(cursor..len, base + rebuilt);
+        self.pending.truncate(new_len);
+        self.pending[base..base + rebuilt].copy_from_slice(&self.spliced);
+        self.delta += rebuilt as i64 - (cursor - base) as i64;
+        #[cfg(test)]
+        {
+            self.moved += (len - cursor + rebuilt) as u64;
+        }
+        self.spliced.clear();
+        if self.spliced.capacity() > SPLICED_KEEP {
+            self.spliced = BytesMut::new();
+        }
+    }
+
+    /// The relay lost track of the stream (an [`OutboxError`]): every unsent stream byte is
+    /// discarded and none goes to the client any more (what is unsent may hold rows not masked
+    /// yet); only timebox's final message, queued next, goes out, at once.
+    pub(crate) fn abandon(&mut self) {
+        self.abandoned = true;
+        self.splice = None;
+        self.spliced.clear();
+        self.pending.clear();
+        self.inject_at = None;
+    }
+
+    /// The outbox was abandoned: the session is ending, nothing of the stream goes out.
+    pub(crate) fn abandoned(&self) -> bool {
+        self.abandoned
     }
 
     /// Tracks the `n` bytes just read into `pending` after its first `before` bytes, noting each
@@ -173,6 +330,11 @@ impl ClientOutbox {
         n: usize,
         held: &mut Vec<(u8, u64, u64)>,
     ) -> Result<(), TrackError> {
+        if self.abandoned {
+            // Nothing of it will be sent: not kept, not handled.
+            self.pending.clear();
+            return Ok(());
+        }
         let read = &self.pending[before..before + n];
         if self.track_all {
             return self
@@ -207,9 +369,14 @@ impl ClientOutbox {
     }
 
     /// Moves the injection right after the frame ending at upstream offset `end`, before anything
-    /// that follows it.
-    pub(crate) fn inject_after(&mut self, end: u64) {
+    /// that follows it (`end` may not precede a frame of its read already edited).
+    pub(crate) fn inject_after(&mut self, end: u64) -> Result<(), OutboxError> {
+        let at = self.index(end).ok_or(OutboxError::NotHeld { start: end, end })?;
+        if self.splice.is_some_and(|s| at < s.cursor) {
+            return Err(OutboxError::OutOfOrder { start: end, end });
+        }
         self.inject_at = Some(self.to_client(end));
+        Ok(())
     }
 
     /// True once the final message is delivered (nothing injected still waiting).
@@ -220,6 +387,11 @@ impl ClientOutbox {
     /// The upstream is gone: the whole frames still owed to the client, then `lost` (unless the
     /// client is mid-frame, where nothing more can be said cleanly).
     pub(crate) fn take_before_loss(&mut self, lost: &PgError) -> BytesMut {
+        if self.abandoned {
+            let mut out = BytesMut::new();
+            lost.encode(&mut out);
+            return out;
+        }
         // The unfinished frame's start in client offsets (frames replaced or dropped before it
         // moved it away from its upstream offset).
         let boundary = self.last_boundary();
@@ -239,174 +411,5 @@ impl ClientOutbox {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::proxy::relay::test_frame as frame_bytes;
-    use bytes::BytesMut;
-
-    /// s6 (issue 15 item 5): a masked role's every DataRow is replaced; each replacement used to
-    /// split the buffer and extend its head, re-allocating and copying the whole pending buffer
-    /// per row (~50 µs of CPU per row in release). Replacing in place keeps the allocation.
-    #[test]
-    fn replacing_frames_keeps_the_buffer_and_the_other_frames() {
-        let mut outbox = ClientOutbox::new();
-        let rows: Vec<BytesMut> = (0..100u8).map(|i| frame_bytes(b'D', &[i; 40])).collect();
-        let mut expected = Vec::new();
-        let mut at = 0u64;
-        let mut spans = Vec::new();
-        for r in &rows {
-            outbox.pending.extend_from_slice(r);
-            spans.push((at, at + r.len() as u64));
-            at += r.len() as u64;
-        }
-        let buffer = outbox.pending.as_ptr();
-        for (i, (start, end)) in spans.into_iter().enumerate() {
-            // Shorter, longer and equal replacements, in stream order as the relay makes them.
-            let body = vec![b'x'; [10, 40, 60][i % 3]];
-            let replacement = frame_bytes(b'D', &body);
-            outbox.replace_frame(start, end, &replacement);
-            expected.extend_from_slice(&replacement);
-            if i % 3 != 2 {
-                assert_eq!(outbox.pending.as_ptr(), buffer, "row {i}: re-allocated");
-            }
-        }
-        assert_eq!(&outbox.pending[..], &expected[..]);
-    }
-
-    #[test]
-    fn held_frames_wait_until_complete_and_can_be_replaced() {
-        let mut outbox = ClientOutbox::new();
-        let row = frame_bytes(b'D', &[1; 8]);
-        let err = frame_bytes(b'E', b"SERROR\0Mmarker\0\0");
-        let mut stream = row.clone();
-        stream.extend_from_slice(&err[..7]);
-        outbox.pending.extend_from_slice(&stream);
-        outbox.tracker.feed(&stream).unwrap();
-        // the DataRow may go, the partial ErrorResponse may not
-        assert_eq!(outbox.next_chunk().unwrap().0, &row[..]);
-        outbox.advance(row.len(), false);
-        assert!(outbox.next_chunk().is_none());
-        let rest = &err[7..];
-        outbox.pending.extend_from_slice(rest);
-        let mut done = Vec::new();
-        outbox
-            .tracker
-            .feed_with(rest, |t, s, e| done.push((t, s, e)))
-            .unwrap();
-        let (tag, s, e) = done[0];
-        assert_eq!(tag, b'E');
-        assert_eq!(outbox.frame_bytes(s, e), &err[..]);
-        let replacement = PgError::insufficient_privilege("denied").to_bytes();
-        outbox.replace_frame(s, e, &replacement);
-        assert_eq!(outbox.next_chunk().unwrap().0, &replacement[..]);
-        // a later frame is located correctly after the splice
-        let z = frame_bytes(b'Z', b"I");
-        outbox.pending.extend_from_slice(&z);
-        outbox.tracker.feed(&z).unwrap();
-        assert_eq!(
-            outbox.last_boundary(),
-            (row.len() + replacement.len() + z.len()) as u64
-        );
-    }
-
-    #[test]
-    fn injection_waits_for_a_frame_boundary() {
-        let mut outbox = ClientOutbox::new();
-        let row = frame_bytes(b'D', &[7; 20]);
-        // The first 10 bytes of a DataRow arrive and are written to the client.
-        outbox.pending.extend_from_slice(&row[..10]);
-        outbox.tracker.feed(&row[..10]).unwrap();
-        let (chunk, injected) = outbox.next_chunk().unwrap();
-        assert_eq!((chunk.len(), injected), (10, false));
-        outbox.advance(10, false);
-        // Now a notice is queued: it cannot go out mid-frame.
-        outbox.inject.extend_from_slice(&PgError::warning("w").to_bytes());
-        outbox.place_injection();
-        assert_eq!(outbox.inject_at, None);
-        assert!(outbox.next_chunk().is_none());
-        // The rest of the row and a whole CommandComplete arrive.
-        let cc = frame_bytes(b'C', b"SELECT 1\0");
-        let mut rest = BytesMut::from(&row[10..]);
-        rest.extend_from_slice(&cc);
-        outbox.pending.extend_from_slice(&rest);
-        outbox.tracker.feed(&rest).unwrap();
-        outbox.place_injection();
-        assert_eq!(outbox.inject_at, Some((row.len() + cc.len()) as u64));
-        // Stream bytes up to the boundary, then the notice.
-        let (chunk, injected) = outbox.next_chunk().unwrap();
-        assert_eq!((chunk.len(), injected), (row.len() - 10 + cc.len(), false));
-        outbox.advance(chunk.len(), false);
-        let (chunk, injected) = outbox.next_chunk().unwrap();
-        assert!(injected);
-        assert_eq!(chunk[0], b'N');
-        let n = chunk.len();
-        outbox.advance(n, true);
-        assert!(outbox.next_chunk().is_none());
-        assert!(outbox.injection_done());
-    }
-
-    #[test]
-    fn injection_goes_before_unwritten_partial_frame() {
-        let mut outbox = ClientOutbox::new();
-        let a = frame_bytes(b'D', &[1; 8]);
-        let b = frame_bytes(b'D', &[2; 8]);
-        let mut stream = a.clone();
-        stream.extend_from_slice(&b[..4]);
-        outbox.pending.extend_from_slice(&stream);
-        outbox.tracker.feed(&stream).unwrap();
-        PgError::admin_shutdown("bye").encode(&mut outbox.inject);
-        outbox.place_injection();
-        assert_eq!(
-            outbox.inject_at,
-            Some(a.len() as u64),
-            "before the partial second row"
-        );
-        let (chunk, injected) = outbox.next_chunk().unwrap();
-        assert_eq!((chunk, injected), (&a[..], false));
-    }
-
-    /// s6 attack finding: a held frame over the high-water mark is read on until whole (it used to
-    /// hang the session), none of it leaves before it is whole, and one declared over the limit
-    /// ends the session before it is buffered.
-    #[test]
-    fn a_big_held_frame_is_read_whole_and_never_forwarded_in_part() {
-        use crate::proxy::relay::io::{HIGH_WATER, MAX_HELD_FRAME};
-        let feed = |outbox: &mut ClientOutbox, bytes: &[u8]| {
-            outbox.pending.extend_from_slice(bytes);
-            outbox.tracker.feed(bytes).unwrap();
-        };
-        // Any role: a 1 MB ErrorResponse after a row; masked roles: a 1 MB DataRow.
-        for (tag, hold_rows) in [(b'E', false), (b'D', true)] {
-            let mut outbox = ClientOutbox::new();
-            outbox.hold_rows = hold_rows;
-            let row = frame_bytes(b'C', b"SELECT 1\0");
-            let big = frame_bytes(tag, &vec![b'x'; 1_000_000]);
-            feed(&mut outbox, &row);
-            feed(&mut outbox, &big[..2 * HIGH_WATER]);
-            assert_eq!(outbox.read_decision(), UpstreamRead::Read);
-            assert_eq!(outbox.next_chunk().unwrap().0, &row[..], "only what precedes it");
-            outbox.advance(row.len(), false);
-            assert!(outbox.next_chunk().is_none(), "none of it before it is whole");
-            assert_eq!(outbox.read_decision(), UpstreamRead::Read);
-            feed(&mut outbox, &big[2 * HIGH_WATER..]);
-            assert_eq!(outbox.next_chunk().unwrap().0, &big[..]);
-            // Whole and unsent, it counts against the high-water mark like any sendable byte.
-            assert_eq!(outbox.read_decision(), UpstreamRead::Wait);
-        }
-        // A row of a role without masks is forwarded as it arrives: plain backpressure.
-        let mut outbox = ClientOutbox::new();
-        let big = frame_bytes(b'D', &vec![b'x'; 1_000_000]);
-        feed(&mut outbox, &big[..HIGH_WATER]);
-        assert_eq!(outbox.read_decision(), UpstreamRead::Wait);
-        assert_eq!(outbox.next_chunk().unwrap().0.len(), HIGH_WATER);
-        // A held frame declared over the limit: refused from its header on.
-        let mut outbox = ClientOutbox::new();
-        let declared = MAX_HELD_FRAME + 1;
-        let mut header = vec![b'E'];
-        header.extend_from_slice(&((declared - 1) as i32).to_be_bytes());
-        header.extend_from_slice(b"SERROR\0");
-        feed(&mut outbox, &header);
-        assert_eq!(outbox.read_decision(), UpstreamRead::TooLarge { declared });
-        assert!(outbox.next_chunk().is_none());
-    }
-}
+#[path = "outbox_tests.rs"]
+mod tests;

@@ -26,6 +26,7 @@
 
 use bytes::BytesMut;
 
+use super::outbox::OutboxError;
 use super::Relay;
 use crate::proxy::session::Session;
 
@@ -156,19 +157,23 @@ impl BatchHold {
 impl Session {
     /// The batch hold's view of one completed backend frame (roles with masks); `false` when the
     /// frame was dropped and the relay must not handle it further.
-    pub(super) fn batch_frame(&mut self, r: &mut Relay, (tag, start, end): (u8, u64, u64)) -> bool {
+    pub(super) fn batch_frame(
+        &mut self,
+        r: &mut Relay,
+        (tag, start, end): (u8, u64, u64),
+    ) -> Result<bool, OutboxError> {
         let Some(hold) = r.batch.as_mut() else {
-            return true;
+            return Ok(true);
         };
         let refused =
             r.mask.as_ref().is_some_and(|m| m.failing()) || r.quota.as_ref().is_some_and(|q| q.running());
-        match hold.on_backend(tag, refused) {
+        Ok(match hold.on_backend(tag, refused) {
             HoldStep::Pass => true,
             HoldStep::DropMarkerError => {
                 if let Some(m) = r.mask.as_mut() {
                     m.on_skipped(tag);
                 }
-                r.bufs.outbox.replace_frame(start, end, &[]);
+                r.bufs.outbox.replace_frame(start, end, &[])?;
                 false
             }
             HoldStep::Release { abort } => {
@@ -179,7 +184,7 @@ impl Session {
                 r.resume_client = true;
                 true
             }
-        }
+        })
     }
 }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use super::mask::ResultMask;
-use super::outbox::ClientOutbox;
+use super::outbox::{ClientOutbox, OutboxError};
 use super::Relay;
 use crate::audit::event::Returned;
 use crate::config::{Quotas, Size};
@@ -236,21 +236,30 @@ impl ResultQuota {
     }
 
     /// A frame `(tag, start, end)` completed in the outbox (upstream offsets, in stream order).
-    pub(crate) fn on_frame(&mut self, out: &mut ClientOutbox, tag: u8, start: u64, end: u64) -> Step {
+    /// An error: the outbox does not hold the frame (the session ends).
+    pub(crate) fn on_frame(
+        &mut self,
+        out: &mut ClientOutbox,
+        tag: u8,
+        start: u64,
+        end: u64,
+    ) -> Result<Step, OutboxError> {
         if let Some((at, dropped)) = self.unfinished {
             if at == start {
                 self.unfinished = None;
                 if !dropped {
-                    return Step::Keep { ended: None };
+                    // Edits are made in stream order: a drop before it goes first.
+                    self.flush(out)?;
+                    return Ok(Step::Keep { ended: None });
                 }
                 let from = start + std::mem::take(&mut out.partial_dropped);
-                self.add_drop(out, from, end);
-                return Step::Dropped;
+                self.add_drop(out, from, end)?;
+                return Ok(Step::Dropped);
             }
         }
-        match self.counter.frame(tag, end - start) {
+        Ok(match self.counter.frame(tag, end.saturating_sub(start)) {
             Action::Forward => {
-                self.flush(out);
+                self.flush(out)?;
                 let ended = match tag {
                     b'C' => Some((self.counter.finish_statement(), true)),
                     b'E' => Some((self.counter.finish_statement(), false)),
@@ -263,34 +272,33 @@ impl ResultQuota {
                 Step::Keep { ended }
             }
             Action::Drop => {
-                self.add_drop(out, start, end);
+                self.add_drop(out, start, end)?;
                 Step::Dropped
             }
             Action::Stop(limit) => {
-                self.add_drop(out, start, end);
+                self.add_drop(out, start, end)?;
                 Step::Stopped(limit)
             }
             Action::Answer(limit) => {
-                self.flush(out);
+                self.flush(out)?;
                 let error = self.error(limit);
-                out.replace_frame(start, end, &error.to_bytes());
+                out.replace_frame(start, end, &error.to_bytes())?;
                 Step::Answered(self.counter.finish_statement(), error.code)
             }
             Action::AnswerBefore(limit) => {
-                self.flush(out);
+                self.flush(out)?;
                 let error = self.error(limit);
-                let mut bytes = error.to_bytes();
-                bytes.extend_from_slice(out.frame_bytes(start, end));
-                out.replace_frame(start, end, &bytes);
+                // Inserted before the ReadyForQuery, which stays as the server sent it.
+                out.replace_frame(start, start, &error.to_bytes())?;
                 Step::AnsweredBefore(self.counter.finish_statement(), error.code)
             }
-        }
+        })
     }
 
     /// After a read's completed frames: removes pending drops, decides a DataRow or CopyData
     /// whose header arrived (removing what arrived of it if dropped); the limit it went past.
-    pub(crate) fn after_read(&mut self, out: &mut ClientOutbox) -> Option<Limit> {
-        self.flush(out);
+    pub(crate) fn after_read(&mut self, out: &mut ClientOutbox) -> Result<Option<Limit>, OutboxError> {
+        self.flush(out)?;
         let mut stopped = None;
         if let Some((tag @ (b'D' | b'd'), start, end)) = out.tracker.unfinished_frame() {
             let dropped = match self.unfinished {
@@ -308,13 +316,13 @@ impl ResultQuota {
             if dropped {
                 let (from, to) = (start + out.partial_dropped, out.tracker.offset());
                 if to > from {
-                    out.replace_frame(from, to, &[]);
+                    out.replace_frame(from, to, &[])?;
                     out.partial_dropped += to - from;
                 }
             }
         }
         out.hold_all = self.counter.stopped();
-        stopped
+        Ok(stopped)
     }
 
     /// A stopped statement has not ended yet: its query may still run upstream.
@@ -322,19 +330,21 @@ impl ResultQuota {
         self.counter.running()
     }
 
-    fn add_drop(&mut self, out: &mut ClientOutbox, start: u64, end: u64) {
+    fn add_drop(&mut self, out: &mut ClientOutbox, start: u64, end: u64) -> Result<(), OutboxError> {
         match &mut self.drop {
             Some((_, e)) if *e == start => *e = end,
             _ => {
-                self.flush(out);
+                self.flush(out)?;
                 self.drop = Some((start, end));
             }
         }
+        Ok(())
     }
 
-    fn flush(&mut self, out: &mut ClientOutbox) {
-        if let Some((start, end)) = self.drop.take() {
-            out.replace_frame(start, end, &[]);
+    fn flush(&mut self, out: &mut ClientOutbox) -> Result<(), OutboxError> {
+        match self.drop.take() {
+            Some((start, end)) => out.replace_frame(start, end, &[]),
+            None => Ok(()),
         }
     }
 
@@ -351,14 +361,14 @@ impl Session {
         r: &mut Relay,
         (tag, start, end): (u8, u64, u64),
         stopped: &mut Option<Limit>,
-    ) -> bool {
+    ) -> Result<bool, OutboxError> {
         let Some(q) = r.quota.as_mut() else {
-            return true;
+            return Ok(true);
         };
         let out = &mut r.bufs.outbox;
         // A denial marker's error dropped or replaced still takes its denial off the queue.
-        let marker = tag == b'E' && self.interceptor.is_marker_error(out.frame_bytes(start, end));
-        let step = q.on_frame(out, tag, start, end);
+        let marker = tag == b'E' && self.interceptor.is_marker_error(out.frame_bytes(start, end)?);
+        let step = q.on_frame(out, tag, start, end)?;
         let mask = r.mask.as_mut();
         let keep = match step {
             Step::Keep { ended } => {
@@ -366,7 +376,7 @@ impl Session {
                     let (returned, completed) = with_mask(mask, returned, completed);
                     r.sync.returned(returned, completed);
                 }
-                return true;
+                return Ok(true);
             }
             Step::Dropped => false,
             Step::Stopped(limit) => {
@@ -387,20 +397,24 @@ impl Session {
         if marker {
             self.interceptor.take_denial();
         }
-        keep
+        Ok(keep)
     }
 
     /// After a read's frames went through [`Session::quota_frame`]: decides the frame still
     /// arriving, and when a limit was reached counts it and cancels the running query (bounded,
     /// through the target's cancel slots) before anything else is relayed, so the cancel cannot
     /// reach a later statement of this client.
-    pub(super) async fn quota_after_read(&mut self, r: &mut Relay, mut stopped: Option<Limit>) {
+    pub(super) async fn quota_after_read(
+        &mut self,
+        r: &mut Relay,
+        mut stopped: Option<Limit>,
+    ) -> Result<(), OutboxError> {
         let Some(q) = r.quota.as_mut() else {
-            return;
+            return Ok(());
         };
-        stopped = q.after_read(&mut r.bufs.outbox).or(stopped);
+        stopped = q.after_read(&mut r.bufs.outbox)?.or(stopped);
         let Some(limit) = stopped else {
-            return;
+            return Ok(());
         };
         self.ctx
             .proxy
@@ -410,7 +424,7 @@ impl Session {
             .inc();
         tracing::info!(limit = limit.key(), role = %self.grant.role, "result quota reached; stopping the statement");
         if !q.running() {
-            return;
+            return Ok(());
         }
         let slots = self.ctx.proxy.cancel_limits.for_target(&self.grant.target);
         let key = &self.upstream_cancel;
@@ -424,6 +438,7 @@ impl Session {
             Ok(Err(e)) => tracing::warn!(error = %e, "could not cancel the query a quota stopped"),
             Err(_) => tracing::warn!("timed out cancelling the query a quota stopped"),
         }
+        Ok(())
     }
 }
 

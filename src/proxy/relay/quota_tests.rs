@@ -94,9 +94,11 @@ fn read(out: &mut ClientOutbox, q: &mut ResultQuota, chunk: &[u8]) -> (Vec<Step>
     out.track_read(before, chunk.len(), &mut held).unwrap();
     let steps = held
         .into_iter()
-        .map(|(tag, s, e)| q.on_frame(out, tag, s, e))
+        .map(|(tag, s, e)| q.on_frame(out, tag, s, e).unwrap())
         .collect();
-    (steps, q.after_read(out))
+    let stopped = q.after_read(out).unwrap();
+    out.finish_edits();
+    (steps, stopped)
 }
 
 /// Writes everything the outbox lets out.

@@ -25,6 +25,8 @@ pub enum EndReason {
     /// The server sent a frame the relay must hold whole that is over its limit
     /// ([`super::io::MAX_HELD_FRAME`]).
     FrameTooLarge,
+    /// The relay lost track of the backend stream (an internal error; fail closed).
+    InternalError,
 }
 
 impl EndReason {
@@ -39,6 +41,7 @@ impl EndReason {
             EndReason::Shutdown => "shutdown",
             EndReason::AuditUnavailable => "audit_unavailable",
             EndReason::FrameTooLarge => "frame_too_large",
+            EndReason::InternalError => "internal_error",
         }
     }
 }
