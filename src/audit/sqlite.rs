@@ -65,8 +65,9 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// One record as the indexer inserts it (numbered, chained and already durable in the journal).
+/// Public for `benches/audit.rs` only; the indexer is its one user in the program.
 #[derive(Clone)]
-pub(crate) struct IndexRow {
+pub struct IndexRow {
     pub seq: u64,
     pub ts: std::sync::Arc<str>,
     pub kind: &'static str,
@@ -76,8 +77,9 @@ pub(crate) struct IndexRow {
     pub columns: Columns,
 }
 
-/// Inserts `rows` (consecutive, in seq order) in ONE transaction.
-pub(crate) fn insert_rows(conn: &mut Connection, rows: &[IndexRow]) -> Result<(), AuditError> {
+/// Inserts `rows` (consecutive, in seq order) in ONE transaction. Public for `benches/audit.rs`
+/// only.
+pub fn insert_rows(conn: &mut Connection, rows: &[IndexRow]) -> Result<(), AuditError> {
     let tx = conn.transaction()?;
     {
         let mut insert = tx.prepare_cached(INSERT)?;
