@@ -376,6 +376,30 @@ pub fn ts_of(conn: &Connection, seq: u64) -> Result<Option<String>, AuditError> 
         .optional()?)
 }
 
+/// The first statement record whose (user, grant, session) `audit_sessions` lacks — a user or
+/// grant search would not find it; [`super::chain::verify`] reports it. `None` on a database from
+/// before `audit_sessions` (opened read-only, not migrated).
+pub(crate) fn statement_without_session_row(conn: &Connection) -> Result<Option<u64>, AuditError> {
+    let has_table: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'audit_sessions'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_table {
+        return Ok(None);
+    }
+    let seq: Option<i64> = conn.query_row(
+        "SELECT min(e.seq) FROM audit_events e \
+         WHERE e.kind IN ('statement', 'statement_outcome') AND e.user_name IS NOT NULL \
+         AND e.grant_id IS NOT NULL AND e.session_id IS NOT NULL AND NOT EXISTS \
+         (SELECT 1 FROM audit_sessions s WHERE s.user_name = e.user_name \
+          AND s.grant_id = e.grant_id AND s.session_id = e.session_id)",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(seq.map(|s| s.max(0) as u64))
+}
+
 /// The anchor retention left (the last record it pruned), if any. A database from before
 /// retention existed has no anchor table: no anchor.
 pub fn retention_anchor(conn: &Connection) -> Result<Option<Head>, AuditError> {
