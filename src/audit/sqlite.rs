@@ -67,7 +67,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     -- Issue 13: statement and outcome records (nearly all records) are indexed by session only.
     -- The user and grant indexes keep the other kinds; a statement's user and grant are found
     -- through its session: `audit_sessions` holds each (user, grant, session) of a statement,
-    -- written once per session and indexer batch. Filters: see `super::query::indexed_clause`.
+    -- written once per session and indexer batch. Filters: `super::query::identity_clauses`.
     DROP INDEX audit_events_user_ts;
     DROP INDEX audit_events_grant;
     CREATE INDEX audit_events_user_ts ON audit_events (user_name, ts)
