@@ -11,7 +11,9 @@
 //! - `audit_encoding/*`: the per-record work around the writer — `prepare` (redaction and canonical
 //!   JSON, on the relay's task) of a pgbench statement record, and the writer's share (hash chain
 //!   and journal line).
-//! - then, outside criterion, a steady-state run per level and submitter count: [`STEADY_RECORDS`]
+//! - `audit_index/insert_rows/*`: the indexer thread's SQLite transaction for a batch of
+//!   statement and outcome records (issue 13: the B-tree inserts per record).
+//! - then, outside criterion (not in a filtered run), a steady-state run per level and submitter count: [`STEADY_RECORDS`]
 //!   records through a fresh log, printed as records/s (criterion's short samples include filling
 //!   and draining the pipeline; this one shows the sustained rate).
 //!
@@ -303,10 +305,103 @@ fn encoding(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, encoding, submit_ack, throughput, latency);
+/// Records per indexer batch in `audit_index` (about 50 ms of a busy instance).
+const INDEX_BATCH: u64 = 1024;
+
+/// The indexer's SQLite work for a realistic batch (issue 13): [`INDEX_BATCH`] records, a statement
+/// and its outcome in turn, from 8 sessions (two users, two grants), into a database on disk with
+/// the writer's settings; one transaction per batch, as the indexer commits.
+fn index(c: &mut Criterion) {
+    use timebox::audit::chain::HexHash;
+    use timebox::audit::sqlite::{insert_rows, open_writer, IndexRow};
+    use timebox::audit::{event, StatementOutcome};
+    let mut group = c.benchmark_group("audit_index");
+    group.throughput(Throughput::Elements(INDEX_BATCH));
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = open_writer(Some(&dir.path().join("audit.db"))).expect("open audit db");
+    let ts: Arc<str> = Arc::from(timebox::audit::chain::format_ts(chrono::Utc::now()));
+    let mut next_seq = 1u64;
+    let mut batch = move || -> Vec<IndexRow> {
+        (0..INDEX_BATCH)
+            .map(|i| {
+                let seq = next_seq;
+                next_seq += 1;
+                let session = (i / 2 % 8) as usize;
+                let id = seq / 2;
+                let ev = if i % 2 == 0 {
+                    let mut ev = event(session, id);
+                    if let AuditEvent::Statement(s) = &mut ev {
+                        s.user = ["alice", "bob"][session % 2].into();
+                        s.grant_id = format!("g_{}", session % 4);
+                    }
+                    ev
+                } else {
+                    AuditEvent::StatementOutcome(StatementOutcome {
+                        command_tag: Some("SELECT 1".into()),
+                        duration_us: 120,
+                        returned: None,
+                        rows: Some(1),
+                        session_id: format!("s_{session:016x}"),
+                        sqlstate: None,
+                        statement_id: id,
+                    })
+                };
+                let p = event::prepare(ev, ParamLogging::Redacted);
+                IndexRow {
+                    seq,
+                    ts: ts.clone(),
+                    kind: p.kind,
+                    payload: p.payload,
+                    prev_hash: HexHash::new(&[1; 32]),
+                    hash: HexHash::new(&[2; 32]),
+                    columns: p.columns,
+                }
+            })
+            .collect()
+    };
+    group.bench_function("insert_rows/statement_and_outcome_batch", |b| {
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iters {
+                let rows = batch();
+                let start = Instant::now();
+                insert_rows(&mut conn, &rows).expect("insert");
+                timed += start.elapsed();
+            }
+            timed
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, encoding, index, submit_ack, throughput, latency);
+
+/// Whether criterion was given a filter: an argument that is not an option's value.
+fn filtered() -> bool {
+    const FLAGS: &[&str] = &[
+        "--bench",
+        "--test",
+        "--exact",
+        "--noplot",
+        "--quiet",
+        "--verbose",
+        "--list",
+        "--nocapture",
+        "--discard-baseline",
+        "--quick",
+    ];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    args.iter().enumerate().any(|(i, a)| {
+        !a.starts_with('-')
+            && (i == 0 || !args[i - 1].starts_with("--") || FLAGS.contains(&args[i - 1].as_str()))
+    })
+}
 
 fn main() {
     benches();
-    steady_state();
+    // A filtered run (`cargo bench --bench audit -- audit_index`) measures only what it names.
+    if !filtered() {
+        steady_state();
+    }
     Criterion::default().configure_from_args().final_summary();
 }

@@ -271,6 +271,22 @@ async fn inserted_records_are_reported() {
     );
 }
 
+/// Issue 13: a statement's user and grant are searched through `audit_sessions`; a row removed
+/// from it would hide the session's statements from those searches, so `verify` reports it.
+#[tokio::test]
+async fn a_statement_missing_from_audit_sessions_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = written_log(dir.path(), 3).await;
+    assert_eq!(bad_seq(&path, &[]), None);
+    Connection::open(&path)
+        .unwrap()
+        .execute("DELETE FROM audit_sessions", [])
+        .unwrap();
+    let (seq, problem) = bad_seq(&path, &[]).unwrap();
+    assert_eq!(seq, 1);
+    assert!(problem.contains("audit_sessions"), "{problem}");
+}
+
 #[tokio::test]
 async fn an_edited_index_column_is_reported() {
     let dir = tempfile::tempdir().unwrap();

@@ -475,3 +475,197 @@ async fn time_filters_are_exact_and_the_views_describe_themselves() {
         query("SELECT column_name FROM timebox_columns WHERE view_name = 'outcomes' ORDER BY position").await;
     assert!(out.success && out.stdout.contains("sqlstate"), "{out:?}");
 }
+
+/// The records of a trail with two users, three grants and four sessions (statements, outcomes,
+/// session starts and ends), as one batch.
+fn index_trail() -> Vec<timebox::audit::AuditEvent> {
+    use timebox::audit::{AuditEvent, Decision, SessionEnd, SessionStart, Statement, StatementOutcome};
+    let sessions = [
+        ("alice", "g_ix_a1", "s_ix_a1"),
+        ("bob", "g_ix_b1", "s_ix_b1"),
+        ("alice", "g_ix_a2", "s_ix_a2"),
+        ("alice", "g_ix_a1", "s_ix_a3"),
+    ];
+    let mut events = Vec::new();
+    for (user, grant, session) in sessions {
+        events.push(AuditEvent::SessionStart(SessionStart {
+            application_name: None,
+            client_addr: "127.0.0.1:5000".into(),
+            grant_id: grant.into(),
+            role: "read".into(),
+            session_id: session.into(),
+            target: "shop".into(),
+            tls_version: None,
+            user: user.into(),
+        }));
+    }
+    for id in 1..=3u64 {
+        for (user, grant, session) in sessions {
+            events.push(AuditEvent::Statement(Statement {
+                class: "read".into(),
+                decision: Decision::Allow,
+                grant_id: grant.into(),
+                params: None,
+                reason: None,
+                relations: vec![],
+                session_id: session.into(),
+                sql: format!("SELECT {id}"),
+                sql_bytes: None,
+                sql_sha256: None,
+                sql_truncated: false,
+                statement_id: id,
+                target: "shop".into(),
+                user: user.into(),
+            }));
+            events.push(AuditEvent::StatementOutcome(StatementOutcome {
+                command_tag: Some("SELECT 1".into()),
+                duration_us: 5,
+                returned: None,
+                rows: Some(1),
+                session_id: session.into(),
+                sqlstate: None,
+                statement_id: id,
+            }));
+        }
+    }
+    for (user, grant, session) in &sessions[..2] {
+        events.push(AuditEvent::SessionEnd(SessionEnd {
+            bytes_from_client: 1,
+            bytes_to_client: 2,
+            duration_us: 3,
+            ended_by: None,
+            grant_id: grant.to_string(),
+            reason: "client_exit".into(),
+            session_id: session.to_string(),
+            statements: 3,
+            target: "shop".into(),
+            user: user.to_string(),
+        }));
+    }
+    events
+}
+
+/// Issue 13 (statements are found by user and grant through their sessions, not through indexes
+/// of their own): every user, grant, session and kind filter of `GET /v1/audit`, `timebox audit
+/// search` and the auditors' views returns exactly the records whose columns match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_grant_and_session_filters_return_exactly_their_records() {
+    use timebox::audit::AuditRecord;
+    let inst = common::start(Options::default()).await;
+    inst.state.audit.record(index_trail()).await.unwrap();
+    let url = inst.admin_url();
+    let page = |query: String| {
+        let url = url.clone();
+        async move {
+            let path = format!("/v1/audit?limit=1000{query}");
+            let a = common::http::get(&url, &path, common::AUDITOR_TOKEN).await;
+            assert!(a.status.is_success(), "{query}: {}", a.text);
+            serde_json::from_value::<Vec<AuditRecord>>(a.json["events"].clone()).unwrap()
+        }
+    };
+    let all = page(String::new()).await;
+    let head = all.iter().map(|r| r.seq).max().unwrap();
+    let columns: Vec<(u64, String, timebox::audit::event::Columns)> = all
+        .iter()
+        .map(|r| (r.seq, r.kind.clone(), r.event().unwrap().columns()))
+        .collect();
+    let expected = |user: Option<&str>, grant: Option<&str>, session: Option<&str>, kind: Option<&str>| {
+        let eq = |want: Option<&str>, have: &Option<String>| want.is_none() || want == have.as_deref();
+        columns
+            .iter()
+            .filter(|(_, k, c)| {
+                eq(user, &c.user)
+                    && eq(grant, &c.grant_id)
+                    && eq(session, &c.session_id)
+                    && kind.is_none_or(|kind| kind == k)
+            })
+            .map(|(seq, _, _)| *seq)
+            .collect::<Vec<u64>>()
+    };
+    let mut nonempty = 0;
+    for user in [None, Some("alice"), Some("bob"), Some("nobody")] {
+        for grant in [None, Some("g_ix_a1"), Some("g_ix_b1")] {
+            for session in [None, Some("s_ix_a3")] {
+                for kind in [
+                    None,
+                    Some("statement"),
+                    Some("statement_outcome"),
+                    Some("session_start"),
+                ] {
+                    if (user, grant, session) == (None, None, None) {
+                        continue;
+                    }
+                    let query: Vec<String> = [
+                        ("user", user),
+                        ("grant", grant),
+                        ("session", session),
+                        ("kind", kind),
+                    ]
+                    .into_iter()
+                    .filter_map(|(k, v)| v.map(|v| format!("&{k}={v}")))
+                    .collect();
+                    let got: Vec<u64> = page(query.concat()).await.iter().map(|r| r.seq).collect();
+                    let want = expected(user, grant, session, kind);
+                    assert_eq!(got, want, "{query:?}");
+                    nonempty += usize::from(!want.is_empty());
+                }
+            }
+        }
+    }
+    assert!(nonempty >= 30, "{nonempty}");
+    // alice's statements are found by her name: 9 of them, and none of the (user-less) outcomes
+    assert_eq!(expected(Some("alice"), None, None, Some("statement")).len(), 9);
+
+    // the CLI sends the same filter
+    let o = common::cli::timebox(
+        &[
+            "audit",
+            "--admin-url",
+            &url,
+            "search",
+            "--grant",
+            "g_ix_a1",
+            "--json",
+            "--limit",
+            "1000",
+        ],
+        Some(common::AUDITOR_TOKEN),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", common::cli::describe(&o));
+    let cli: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let cli: Vec<u64> = cli["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(cli, expected(None, Some("g_ix_a1"), None, None));
+
+    // the auditors' views (read before the auditor's own statements are recorded)
+    let seqs = |out: common::PsqlOutput| -> Vec<u64> {
+        assert!(out.success, "{out:?}");
+        out.stdout.lines().map(|l| l.trim().parse().unwrap()).collect()
+    };
+    for (sql, want) in [
+        (
+            format!(
+                "SELECT seq FROM statements WHERE \"user\" = 'alice' AND seq <= {head} ORDER BY seq DESC"
+            ),
+            expected(Some("alice"), None, None, Some("statement")),
+        ),
+        (
+            format!("SELECT seq FROM events WHERE grant_id = 'g_ix_b1' AND seq <= {head} ORDER BY seq DESC"),
+            expected(None, Some("g_ix_b1"), None, None),
+        ),
+        (
+            format!(
+                "SELECT seq FROM outcomes WHERE session_id = 's_ix_a3' AND seq <= {head} ORDER BY seq DESC"
+            ),
+            expected(None, None, Some("s_ix_a3"), Some("statement_outcome")),
+        ),
+    ] {
+        let got = seqs(psql(&audit_conn(&inst, "audrey"), common::AUDITOR_TOKEN, &sql).await);
+        assert_eq!(got, want, "{sql}");
+    }
+}

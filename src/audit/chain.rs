@@ -340,7 +340,20 @@ pub fn verify(conn: &Connection, anchors: &[Head]) -> Result<VerifyReport, Audit
             columns: &columns,
         });
     }
-    Ok(walk.finish())
+    let mut report = walk.finish();
+    if report.first_bad.is_none() {
+        if let Some(seq) = super::sqlite::statement_without_session_row(conn)? {
+            report.ok = false;
+            report.first_bad = Some(BadRecord {
+                seq,
+                problem: "its user, grant and session are missing from audit_sessions \
+                          (searches by user or grant would not find it)"
+                    .into(),
+                instance: None,
+            });
+        }
+    }
+    Ok(report)
 }
 
 /// Checks one record against the chain so far; `Some((seq, problem))` for the first mismatch.

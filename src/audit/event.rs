@@ -449,25 +449,96 @@ impl AuditEvent {
         })
     }
 
-    /// The canonical payload: the inner struct as compact JSON (see the module docs).
+    /// The canonical payload: the inner struct as compact JSON (see the module docs), written once
+    /// into a buffer of about its size ([`AuditEvent::payload_capacity`]).
     pub fn payload_json(&self) -> String {
+        let mut out = Vec::with_capacity(self.payload_capacity());
+        let w = &mut out;
         let result = match self {
-            AuditEvent::SessionStart(e) => serde_json::to_string(e),
-            AuditEvent::AuthFailure(e) => serde_json::to_string(e),
-            AuditEvent::Statement(e) => serde_json::to_string(e),
-            AuditEvent::StatementOutcome(e) => serde_json::to_string(e),
-            AuditEvent::SessionEnd(e) => serde_json::to_string(e),
-            AuditEvent::UpstreamEnd(e) => serde_json::to_string(e),
-            AuditEvent::GrantIssued(e) => serde_json::to_string(e),
-            AuditEvent::GrantRevoked(e) => serde_json::to_string(e),
-            AuditEvent::GrantExtended(e) => serde_json::to_string(e),
-            AuditEvent::AccessRequest(e) => serde_json::to_string(e),
-            AuditEvent::AdminTokenIssued(e) => serde_json::to_string(e),
-            AuditEvent::AdminTokenRevoked(e) => serde_json::to_string(e),
-            AuditEvent::AuditRetention(e) => serde_json::to_string(e),
+            AuditEvent::SessionStart(e) => serde_json::to_writer(w, e),
+            AuditEvent::AuthFailure(e) => serde_json::to_writer(w, e),
+            AuditEvent::Statement(e) => serde_json::to_writer(w, e),
+            AuditEvent::StatementOutcome(e) => serde_json::to_writer(w, e),
+            AuditEvent::SessionEnd(e) => serde_json::to_writer(w, e),
+            AuditEvent::UpstreamEnd(e) => serde_json::to_writer(w, e),
+            AuditEvent::GrantIssued(e) => serde_json::to_writer(w, e),
+            AuditEvent::GrantRevoked(e) => serde_json::to_writer(w, e),
+            AuditEvent::GrantExtended(e) => serde_json::to_writer(w, e),
+            AuditEvent::AccessRequest(e) => serde_json::to_writer(w, e),
+            AuditEvent::AdminTokenIssued(e) => serde_json::to_writer(w, e),
+            AuditEvent::AdminTokenRevoked(e) => serde_json::to_writer(w, e),
+            AuditEvent::AuditRetention(e) => serde_json::to_writer(w, e),
         };
-        // Serializing plain structs of strings and integers into a String cannot fail.
-        result.expect("audit payloads always serialize")
+        // Serializing plain structs of strings and integers into memory cannot fail, and
+        // serde_json writes UTF-8.
+        result.expect("audit payloads always serialize");
+        String::from_utf8(out).expect("serde_json writes UTF-8")
+    }
+
+    /// About the payload's length, so [`AuditEvent::payload_json`] allocates once (it grows the
+    /// buffer if escapes make it longer): the keys and fixed values of a statement or outcome
+    /// record plus its strings; other kinds are rare.
+    fn payload_capacity(&self) -> usize {
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let list = |v: &[String]| v.iter().map(|s| s.len() + 3).sum::<usize>();
+        match self {
+            AuditEvent::Statement(e) => {
+                STATEMENT_KEYS_BYTES
+                    + e.class.len()
+                    + e.grant_id.len()
+                    + e.session_id.len()
+                    + e.sql.len()
+                    + e.target.len()
+                    + e.user.len()
+                    + opt(&e.reason)
+                    + opt(&e.sql_sha256)
+                    + list(&e.relations)
+                    + e.params
+                        .as_ref()
+                        .map_or(0, |p| p.iter().map(|v| opt(v) + 5).sum())
+            }
+            AuditEvent::StatementOutcome(e) => {
+                OUTCOME_KEYS_BYTES
+                    + opt(&e.command_tag)
+                    + e.session_id.len()
+                    + opt(&e.sqlstate)
+                    + e.returned.as_ref().map_or(0, |r| {
+                        RETURNED_KEYS_BYTES
+                            + r.masked.as_ref().map_or(0, |m| {
+                                m.iter().map(|c| c.column.len() + c.method.len() + 32).sum()
+                            })
+                    })
+            }
+            _ => OTHER_PAYLOAD_BYTES,
+        }
+    }
+
+    /// The indexed columns, moved out of the event (what [`AuditEvent::columns`] copies): for
+    /// [`prepare`], once the payload is written.
+    pub fn into_columns(self) -> Columns {
+        let c =
+            |user: String, target: String, grant_id: Option<String>, session_id: Option<String>| Columns {
+                user: Some(user),
+                target: Some(target),
+                grant_id,
+                session_id,
+            };
+        match self {
+            AuditEvent::SessionStart(e) => c(e.user, e.target, Some(e.grant_id), Some(e.session_id)),
+            AuditEvent::AuthFailure(e) => c(e.user, e.target, None, None),
+            AuditEvent::Statement(e) => c(e.user, e.target, Some(e.grant_id), Some(e.session_id)),
+            AuditEvent::StatementOutcome(e) => Columns {
+                session_id: Some(e.session_id),
+                ..Columns::default()
+            },
+            AuditEvent::SessionEnd(e) => c(e.user, e.target, Some(e.grant_id), Some(e.session_id)),
+            AuditEvent::UpstreamEnd(e) => c(e.user, e.target, Some(e.grant_id), Some(e.session_id)),
+            AuditEvent::GrantIssued(e) => c(e.user, e.target, Some(e.grant_id), None),
+            AuditEvent::GrantRevoked(e) => c(e.user, e.target, Some(e.grant_id), None),
+            AuditEvent::GrantExtended(e) => c(e.user, e.target, Some(e.grant_id), None),
+            AuditEvent::AccessRequest(e) => c(e.user, e.target, e.grant_id, None),
+            other => other.columns(),
+        }
     }
 
     /// The indexed columns of this event (derived from the payload; `verify` checks they agree).
@@ -566,13 +637,25 @@ pub struct PreparedEvent {
     pub columns: Columns,
 }
 
-/// Redacts and serializes an event (runs on the submitter's task, not the writer's).
+/// Bytes of a statement payload besides its strings: keys, quotes, separators, the decision,
+/// numbers, nulls and booleans (about 230; a little more is cheaper than growing the buffer).
+const STATEMENT_KEYS_BYTES: usize = 256;
+/// The same for an outcome payload.
+const OUTCOME_KEYS_BYTES: usize = 160;
+/// The same for an outcome's `returned` object.
+const RETURNED_KEYS_BYTES: usize = 96;
+/// A first buffer for the payload of another kind.
+const OTHER_PAYLOAD_BYTES: usize = 384;
+
+/// Redacts and serializes an event (runs on the submitter's task, not the writer's): one
+/// allocation for the payload when redaction has nothing to hide; the columns are the event's own
+/// strings, moved.
 pub fn prepare(mut event: AuditEvent, params: ParamLogging) -> PreparedEvent {
     event.redact(params);
     PreparedEvent {
         kind: event.kind(),
         payload: event.payload_json(),
-        columns: event.columns(),
+        columns: event.into_columns(),
     }
 }
 

@@ -3,8 +3,10 @@
 //! reads it from the query string, `timebox audit search|tail` sends it, [`query`] runs it.
 //! Read-only; it must never write.
 //!
-//! `user`, `grant`, `target` and `session` use indexed columns; `class`, `decision` and `contains`
+//! `user`, `grant` and `session` use indexes (a statement's user and grant through its session, see
+//! [`super::sqlite`]); `target` is a column without an index; `class`, `decision` and `contains`
 //! (case-insensitive substring of the statement text) look into the payload. `since ≤ ts < until`.
+//! A filter returns exactly the records whose columns match, whichever index finds them.
 
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
@@ -14,11 +16,37 @@ use utoipa::IntoParams;
 
 use super::chain::format_ts;
 use super::event::{AuditRecord, KINDS};
-use super::sqlite::{record_from_row, RECORD_COLUMNS};
+use super::sqlite::{record_from_row, BULK_KINDS, RECORD_COLUMNS};
 use super::AuditError;
 
-/// Kinds left out of the `kind` index (almost every record is one): a newest-first scan finds them.
-const BULK_KINDS: &[&str] = &["statement", "statement_outcome"];
+/// `user_name = ?` through indexes (issue 13): records of other kinds by the partial user index,
+/// statements through their sessions (`audit_sessions`, then the session index); the record's own
+/// column is checked too, so the result is exactly `user_name = ?`'s (outcome records, without a
+/// user, stay out). The value is bound three times.
+const USER_BY_INDEX: &str = "user_name = ? AND seq IN (\
+    SELECT seq FROM audit_events WHERE user_name = ? AND kind NOT IN ('statement', 'statement_outcome') \
+    UNION ALL SELECT e.seq FROM audit_sessions s JOIN audit_events e ON e.session_id = s.session_id \
+    WHERE s.user_name = ?)";
+/// `grant_id = ?` through indexes, as [`USER_BY_INDEX`].
+const GRANT_BY_INDEX: &str = "grant_id = ? AND seq IN (\
+    SELECT seq FROM audit_events WHERE grant_id = ? AND kind NOT IN ('statement', 'statement_outcome') \
+    UNION ALL SELECT e.seq FROM audit_sessions s JOIN audit_events e ON e.session_id = s.session_id \
+    WHERE s.grant_id = ?)";
+
+/// How the user and grant filters are written (pure): with a session filter, plainly (the session
+/// index finds the records); otherwise the user filter (or else the grant filter) through the
+/// indexes ([`USER_BY_INDEX`]), the other one plainly.
+fn identity_clauses(f: &AuditFilter) -> (&'static str, &'static str) {
+    const USER: &str = "user_name = ?";
+    const GRANT: &str = "grant_id = ?";
+    if f.session.is_some() {
+        (USER, GRANT)
+    } else if f.user.is_some() {
+        (USER_BY_INDEX, GRANT)
+    } else {
+        (USER, GRANT_BY_INDEX)
+    }
+}
 
 /// Records per page unless asked otherwise.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -247,16 +275,28 @@ pub fn query(conn: &Connection, f: &AuditFilter) -> Result<Page, AuditError> {
                 .into(),
         });
     }
+    let (sql, values) = statement(f);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(values), record_from_row)?;
+    let events = rows.collect::<Result<Vec<_>, _>>()?;
+    Ok(Page::of(events, f.page_size(), |r| Some(r.seq)))
+}
+
+/// The SQL of a (valid) filter and its values, in placeholder order (pure).
+fn statement(f: &AuditFilter) -> (String, Vec<Value>) {
     let mut clauses: Vec<&str> = Vec::new();
     let mut values: Vec<Value> = Vec::new();
     let mut text = |clause: &'static str, v: &Option<String>| {
         if let Some(v) = v {
             clauses.push(clause);
-            values.push(Value::Text(v.clone()));
+            for _ in 0..clause.matches('?').count() {
+                values.push(Value::Text(v.clone()));
+            }
         }
     };
-    text("user_name = ?", &f.user);
-    text("grant_id = ?", &f.grant);
+    let (user, grant) = identity_clauses(f);
+    text(user, &f.user);
+    text(grant, &f.grant);
     text("target = ?", &f.target);
     text("session_id = ?", &f.session);
     // A rare kind repeats the partial index's condition word for word, so SQLite uses that index.
@@ -289,10 +329,7 @@ pub fn query(conn: &Connection, f: &AuditFilter) -> Result<Page, AuditError> {
         "SELECT {RECORD_COLUMNS} FROM audit_events {where_clause} ORDER BY seq {order} LIMIT {}",
         limit + 1
     );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(values), record_from_row)?;
-    let events = rows.collect::<Result<Vec<_>, _>>()?;
-    Ok(Page::of(events, limit, |r| Some(r.seq)))
+    (sql, values)
 }
 
 /// `WHERE a AND b …` over `clauses`, or nothing without any (both stores' audit queries).
@@ -407,3 +444,6 @@ mod tests {
         assert!(AuditFilter::default().validate().is_ok());
     }
 }
+
+#[cfg(test)]
+mod equivalence;

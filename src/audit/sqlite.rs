@@ -4,10 +4,11 @@
 //! One table, `audit_events`: `seq` (the integer primary key, gapless), `ts`, `kind`, `payload` (the
 //! canonical JSON), `prev_hash`, `hash`, and four columns copied from the payload for indexed
 //! filters (`user_name`, `target`, `grant_id`, `session_id`; [`super::chain::verify`] checks they
-//! agree with the payload). Indexes: `(user_name, ts)`, `(grant_id)`, `(session_id)` and `(kind)`,
-//! all but the session one partial to keep the indexer's inserts light: user and grant without NULLs
-//! (outcome records have neither), kind without `statement` and `statement_outcome` (nearly every
-//! record; a newest-first scan finds them at once). Only
+//! agree with the payload). Indexes: `(session_id)` on every record; `(user_name, ts)`,
+//! `(grant_id)` and `(kind)` only on records other than `statement` and `statement_outcome` (nearly
+//! every record: one index insert each, issue 13). A statement's user and grant are found through
+//! its session: `audit_sessions` holds each statement's (user, grant, session) once
+//! ([`insert_rows`]), and [`super::query`] asks it, then checks the record's own columns. Only
 //! the writer thread writes; readers use their own connection. This module must never update or
 //! delete a record, except [`prune_before`]: retention deletes a prefix of the chain and keeps its
 //! last record as the anchor (`audit_anchor`) in the same transaction.
@@ -22,7 +23,7 @@ use super::event::{AuditRecord, Columns};
 use super::AuditError;
 
 /// Each entry moves the schema from version `index` to `index + 1`.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE audit_events (
         seq        INTEGER PRIMARY KEY,
@@ -62,11 +63,53 @@ const MIGRATIONS: &[&str] = &[
         cut   TEXT NOT NULL
     );
 "#,
+    r#"
+    -- Issue 13: statement and outcome records (nearly all records) are indexed by session only.
+    -- The user and grant indexes keep the other kinds; a statement's user and grant are found
+    -- through its session: `audit_sessions` holds each (user, grant, session) of a statement,
+    -- written once per session and indexer batch. Filters: `super::query::identity_clauses`.
+    DROP INDEX audit_events_user_ts;
+    DROP INDEX audit_events_grant;
+    CREATE INDEX audit_events_user_ts ON audit_events (user_name, ts)
+        WHERE kind NOT IN ('statement', 'statement_outcome');
+    CREATE INDEX audit_events_grant ON audit_events (grant_id)
+        WHERE kind NOT IN ('statement', 'statement_outcome');
+    CREATE TABLE audit_sessions (
+        user_name  TEXT NOT NULL,
+        grant_id   TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        PRIMARY KEY (user_name, grant_id, session_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX audit_sessions_grant ON audit_sessions (grant_id);
+    INSERT OR IGNORE INTO audit_sessions (user_name, grant_id, session_id)
+        SELECT user_name, grant_id, session_id FROM audit_events
+        WHERE kind IN ('statement', 'statement_outcome')
+          AND user_name IS NOT NULL AND grant_id IS NOT NULL AND session_id IS NOT NULL;
+"#,
 ];
 
+/// Kinds indexed by session only (nearly every record is one); a filter finds their user and grant
+/// through `audit_sessions`. The migration above and [`super::query`] spell out the same list.
+pub(crate) const BULK_KINDS: [&str; 2] = ["statement", "statement_outcome"];
+
+/// The `audit_sessions` row a record needs (pure): a statement's (or outcome's) user, grant and
+/// session, when it has all three (a statement always does; an outcome has only its session).
+/// Any other kind is found through the user and grant indexes themselves.
+pub(crate) fn session_key<'a>(kind: &str, c: &'a Columns) -> Option<(&'a str, &'a str, &'a str)> {
+    if !BULK_KINDS.contains(&kind) {
+        return None;
+    }
+    Some((
+        c.user.as_deref()?,
+        c.grant_id.as_deref()?,
+        c.session_id.as_deref()?,
+    ))
+}
+
 /// One record as the indexer inserts it (numbered, chained and already durable in the journal).
+/// Public for `benches/audit.rs` only; the indexer is its one user in the program.
 #[derive(Clone)]
-pub(crate) struct IndexRow {
+pub struct IndexRow {
     pub seq: u64,
     pub ts: std::sync::Arc<str>,
     pub kind: &'static str,
@@ -76,12 +119,18 @@ pub(crate) struct IndexRow {
     pub columns: Columns,
 }
 
-/// Inserts `rows` (consecutive, in seq order) in ONE transaction.
-pub(crate) fn insert_rows(conn: &mut Connection, rows: &[IndexRow]) -> Result<(), AuditError> {
+/// Inserts `rows` (consecutive, in seq order) in ONE transaction, and the `audit_sessions` row of
+/// each session whose statements they hold (once per batch; `OR IGNORE` when an earlier batch had
+/// it). Public for `benches/audit.rs` only.
+pub fn insert_rows(conn: &mut Connection, rows: &[IndexRow]) -> Result<(), AuditError> {
     let tx = conn.transaction()?;
     {
         let mut insert = tx.prepare_cached(INSERT)?;
+        let mut sessions: std::collections::HashSet<(&str, &str, &str)> = Default::default();
         for r in rows {
+            if let Some(key) = session_key(r.kind, &r.columns) {
+                sessions.insert(key);
+            }
             insert.execute(params![
                 r.seq as i64,
                 &*r.ts,
@@ -95,10 +144,17 @@ pub(crate) fn insert_rows(conn: &mut Connection, rows: &[IndexRow]) -> Result<()
                 r.columns.session_id,
             ])?;
         }
+        let mut session = tx.prepare_cached(INSERT_SESSION)?;
+        for (user, grant, id) in sessions {
+            session.execute(params![user, grant, id])?;
+        }
     }
     tx.commit()?;
     Ok(())
 }
+
+const INSERT_SESSION: &str =
+    "INSERT OR IGNORE INTO audit_sessions (user_name, grant_id, session_id) VALUES (?1, ?2, ?3)";
 
 pub(crate) const INSERT: &str = "INSERT INTO audit_events \
     (seq, ts, kind, payload, prev_hash, hash, user_name, target, grant_id, session_id) \
@@ -320,6 +376,30 @@ pub fn ts_of(conn: &Connection, seq: u64) -> Result<Option<String>, AuditError> 
         .optional()?)
 }
 
+/// The first statement record whose (user, grant, session) `audit_sessions` lacks — a user or
+/// grant search would not find it; [`super::chain::verify`] reports it. `None` on a database from
+/// before `audit_sessions` (opened read-only, not migrated).
+pub(crate) fn statement_without_session_row(conn: &Connection) -> Result<Option<u64>, AuditError> {
+    let has_table: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'audit_sessions'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_table {
+        return Ok(None);
+    }
+    let seq: Option<i64> = conn.query_row(
+        "SELECT min(e.seq) FROM audit_events e \
+         WHERE e.kind IN ('statement', 'statement_outcome') AND e.user_name IS NOT NULL \
+         AND e.grant_id IS NOT NULL AND e.session_id IS NOT NULL AND NOT EXISTS \
+         (SELECT 1 FROM audit_sessions s WHERE s.user_name = e.user_name \
+          AND s.grant_id = e.grant_id AND s.session_id = e.session_id)",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(seq.map(|s| s.max(0) as u64))
+}
+
 /// The anchor retention left (the last record it pruned), if any. A database from before
 /// retention existed has no anchor table: no anchor.
 pub fn retention_anchor(conn: &Connection) -> Result<Option<Head>, AuditError> {
@@ -382,11 +462,20 @@ pub fn prune_before(
             hash,
         });
     }
+    if deleted > 0 {
+        // Sessions with no record left; a later statement of one puts its row back (the indexer
+        // writes it with each batch that holds the session's statements).
+        conn.execute(
+            "DELETE FROM audit_sessions WHERE NOT EXISTS \
+             (SELECT 1 FROM audit_events e WHERE e.session_id = audit_sessions.session_id)",
+            [],
+        )?;
+    }
     Ok((deleted, anchor))
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// See: issue 16, finding 12b (the audit database, which holds every statement, and its -wal and
@@ -433,24 +522,117 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn the_filters_use_the_partial_indexes() {
-        let conn = open_writer(None).unwrap();
-        let plan = |sql: &str| -> String {
-            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let rows: Vec<String> = stmt
-                .query_map([], |r| r.get::<_, String>(3))
+    /// An index row for `event` as the writer would make it (hashes left zero: no chain here).
+    pub(crate) fn row(seq: u64, ts: &str, event: crate::audit::AuditEvent) -> IndexRow {
+        let p = crate::audit::event::prepare(event, crate::config::ParamLogging::Full);
+        IndexRow {
+            seq,
+            ts: std::sync::Arc::from(ts),
+            kind: p.kind,
+            payload: p.payload,
+            prev_hash: HexHash::new(&[0; 32]),
+            hash: HexHash::new(&[0; 32]),
+            columns: p.columns,
+        }
+    }
+
+    /// The indexes of `audit_events` that hold record `seq` (a partial index holds the rows its
+    /// `WHERE` admits).
+    fn indexes_holding(conn: &Connection, seq: u64) -> Vec<String> {
+        let mut stmt = conn
+            .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'audit_events' AND sql IS NOT NULL ORDER BY name")
+            .unwrap();
+        let indexes: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        indexes
+            .into_iter()
+            .filter(|(_, sql)| {
+                let admits = sql.find("WHERE").map_or("1", |at| &sql[at + "WHERE".len()..]);
+                conn.query_row(
+                    &format!("SELECT count(*) FROM audit_events WHERE seq = ?1 AND ({admits})"),
+                    [seq as i64],
+                    |r| r.get::<_, i64>(0),
+                )
                 .unwrap()
-                .map(Result::unwrap)
-                .collect();
-            rows.join("; ")
+                    == 1
+            })
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// Regression (issue 13, "index lazily and cheaply"): a statement record went into three
+    /// indexes (user, grant, session) besides the table; statement and outcome records (two per
+    /// transaction) now go into the session index only, and their user and grant into
+    /// `audit_sessions` once per session. Other kinds keep the user, grant and kind indexes.
+    #[test]
+    fn statements_and_outcomes_enter_only_the_session_index() {
+        let mut conn = open_writer(None).unwrap();
+        let samples = crate::audit::event::tests::samples();
+        let rows: Vec<IndexRow> = samples
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| row(i as u64 + 1, "2026-01-01T00:00:00.000000Z", e))
+            .collect();
+        insert_rows(&mut conn, &rows).unwrap();
+        for r in &rows {
+            let held = indexes_holding(&conn, r.seq);
+            match r.kind {
+                "statement" | "statement_outcome" => {
+                    assert_eq!(held, ["audit_events_session"], "{}", r.kind)
+                }
+                "session_start" | "session_end" => assert_eq!(
+                    held,
+                    [
+                        "audit_events_grant",
+                        "audit_events_kind",
+                        "audit_events_session",
+                        "audit_events_user_ts"
+                    ],
+                    "{}",
+                    r.kind
+                ),
+                _ => assert!(
+                    held.contains(&"audit_events_kind".to_owned()),
+                    "{}: {held:?}",
+                    r.kind
+                ),
+            }
+        }
+        let sessions: Vec<(String, String, String)> = conn
+            .prepare("SELECT user_name, grant_id, session_id FROM audit_sessions")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            sessions,
+            [("alice".to_owned(), "g_1".to_owned(), "s_1".to_owned())]
+        );
+    }
+
+    #[test]
+    fn only_statements_with_a_user_grant_and_session_need_a_session_row() {
+        let full = Columns {
+            user: Some("alice".into()),
+            target: Some("shop".into()),
+            grant_id: Some("g_1".into()),
+            session_id: Some("s_1".into()),
         };
-        let by_user = plan("SELECT seq FROM audit_events WHERE user_name = 'alice' ORDER BY seq DESC");
-        assert!(by_user.contains("audit_events_user_ts"), "{by_user}");
-        let by_grant = plan("SELECT seq FROM audit_events WHERE grant_id = 'g_1'");
-        assert!(by_grant.contains("audit_events_grant"), "{by_grant}");
-        let by_session = plan("SELECT seq FROM audit_events WHERE session_id = 's_1'");
-        assert!(by_session.contains("audit_events_session"), "{by_session}");
+        assert_eq!(session_key("statement", &full), Some(("alice", "g_1", "s_1")));
+        assert_eq!(
+            session_key("session_start", &full),
+            None,
+            "found by the user index"
+        );
+        let outcome = Columns {
+            session_id: Some("s_1".into()),
+            ..Columns::default()
+        };
+        assert_eq!(session_key("statement_outcome", &outcome), None);
     }
 
     #[test]

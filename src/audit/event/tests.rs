@@ -318,3 +318,69 @@ fn a_denial_reason_quoting_a_secret_is_scrubbed_for_the_log() {
         assert!(logged.starts_with("statement could not be parsed"), "{logged}");
     }
 }
+
+/// What `prepare` made of every sample before issue 13's encoding change (no per-statement
+/// copies of the columns, a payload buffer sized once): the same payload bytes and columns, for
+/// each parameter policy. The hash chain covers these bytes: they must never change.
+#[test]
+fn prepared_records_are_byte_for_byte_what_they_were() {
+    let mut statement = match samples().remove(2) {
+        AuditEvent::Statement(s) => s,
+        _ => unreachable!(),
+    };
+    statement.sql =
+        "ALTER ROLE x PASSWORD 'hunter2'; SELECT * FROM t WHERE k = 'tbx_abcdefghijklmnopqrstuvwxyz234567'"
+            .into();
+    statement.reason = Some("near 'hunter2'".into());
+    statement.params = Some(vec![
+        Some("tbx_abcdefghijklmnopqrstuvwxyz234567".into()),
+        None,
+        Some("é".into()),
+    ]);
+    statement.relations = vec!["public.t".into(), "public.orders".into()];
+    let cases = [
+        (
+            AuditEvent::Statement(statement.clone()),
+            ParamLogging::Redacted,
+            PINNED_STATEMENT_REDACTED,
+        ),
+        (
+            AuditEvent::Statement(statement.clone()),
+            ParamLogging::Full,
+            PINNED_STATEMENT_FULL,
+        ),
+        (
+            AuditEvent::Statement(statement),
+            ParamLogging::Off,
+            PINNED_STATEMENT_OFF,
+        ),
+    ];
+    for (event, params, pinned) in cases {
+        let p = prepare(event, params);
+        assert_eq!((p.kind, p.payload.as_str()), ("statement", pinned), "{params:?}");
+        assert_eq!(
+            p.columns,
+            Columns {
+                user: Some("alice".into()),
+                target: Some("shop".into()),
+                grant_id: Some("g_1".into()),
+                session_id: Some("s_1".into()),
+            }
+        );
+    }
+    for event in samples() {
+        let want = (event.kind(), event.payload_json(), event.columns());
+        let p = prepare(event, ParamLogging::Full);
+        assert_eq!((p.kind, p.payload, p.columns), want);
+    }
+    let pinned: Vec<String> = samples()
+        .into_iter()
+        .map(|e| prepare(e, ParamLogging::Redacted).payload)
+        .collect();
+    assert_eq!(pinned.join("\n"), PINNED_SAMPLES);
+}
+
+const PINNED_STATEMENT_REDACTED: &str = "{\"class\":\"read\",\"decision\":\"allow\",\"grant_id\":\"g_1\",\"params\":[\"[redacted 36 bytes]\",null,\"[redacted 2 bytes]\"],\"reason\":\"near '[REDACTED]'\",\"relations\":[\"public.t\",\"public.orders\"],\"session_id\":\"s_1\",\"sql\":\"ALTER ROLE x PASSWORD '[REDACTED]'; SELECT * FROM t WHERE k = '[REDACTED]'\",\"sql_bytes\":48,\"sql_sha256\":\"0000000000000000000000000000000000000000000000000000000000000000\",\"sql_truncated\":true,\"statement_id\":1,\"target\":\"shop\",\"user\":\"alice\"}";
+const PINNED_STATEMENT_FULL: &str = "{\"class\":\"read\",\"decision\":\"allow\",\"grant_id\":\"g_1\",\"params\":[\"[REDACTED]\",null,\"é\"],\"reason\":\"near '[REDACTED]'\",\"relations\":[\"public.t\",\"public.orders\"],\"session_id\":\"s_1\",\"sql\":\"ALTER ROLE x PASSWORD '[REDACTED]'; SELECT * FROM t WHERE k = '[REDACTED]'\",\"sql_bytes\":48,\"sql_sha256\":\"0000000000000000000000000000000000000000000000000000000000000000\",\"sql_truncated\":true,\"statement_id\":1,\"target\":\"shop\",\"user\":\"alice\"}";
+const PINNED_STATEMENT_OFF: &str = "{\"class\":\"read\",\"decision\":\"allow\",\"grant_id\":\"g_1\",\"params\":null,\"reason\":\"near '[REDACTED]'\",\"relations\":[\"public.t\",\"public.orders\"],\"session_id\":\"s_1\",\"sql\":\"ALTER ROLE x PASSWORD '[REDACTED]'; SELECT * FROM t WHERE k = '[REDACTED]'\",\"sql_bytes\":48,\"sql_sha256\":\"0000000000000000000000000000000000000000000000000000000000000000\",\"sql_truncated\":true,\"statement_id\":1,\"target\":\"shop\",\"user\":\"alice\"}";
+const PINNED_SAMPLES: &str = "{\"application_name\":\"psql\",\"client_addr\":\"127.0.0.1:50000\",\"grant_id\":\"g_1\",\"role\":\"read\",\"session_id\":\"s_1\",\"target\":\"shop\",\"tls_version\":\"TLSv1_3\",\"user\":\"alice\"}\n{\"client_addr\":\"127.0.0.1:50001\",\"reason\":\"no active grant\",\"target\":\"shop\",\"user\":\"mallory\"}\n{\"class\":\"read\",\"decision\":\"allow\",\"grant_id\":\"g_1\",\"params\":[\"[redacted 2 bytes]\",null],\"reason\":\"allowed by role read\",\"relations\":[\"public.orders\"],\"session_id\":\"s_1\",\"sql\":\"SELECT * FROM orders WHERE id = $1 AND note = $2\",\"sql_bytes\":48,\"sql_sha256\":\"0000000000000000000000000000000000000000000000000000000000000000\",\"sql_truncated\":true,\"statement_id\":1,\"target\":\"shop\",\"user\":\"alice\"}\n{\"command_tag\":\"SELECT 1\",\"duration_us\":1234,\"rows\":1,\"session_id\":\"s_1\",\"sqlstate\":\"00000\",\"statement_id\":1}\n{\"bytes_from_client\":100,\"bytes_to_client\":2000,\"duration_us\":5000000,\"ended_by\":\"bob (done)\",\"grant_id\":\"g_1\",\"reason\":\"client_exit\",\"session_id\":\"s_1\",\"statements\":1,\"target\":\"shop\",\"user\":\"alice\"}\n{\"after_us\":2000000,\"grant_id\":\"g_1\",\"outcome\":\"closed\",\"session_id\":\"s_1\",\"target\":\"shop\",\"user\":\"alice\"}\n{\"break_glass\":true,\"created_at\":\"2026-01-01T00:00:00Z\",\"created_by\":\"ops\",\"expires_at\":\"2026-01-01T00:30:00Z\",\"grant_id\":\"g_1\",\"reason\":\"incident 42\",\"role\":\"read\",\"starts_at\":\"2026-01-01T00:00:00Z\",\"target\":\"shop\",\"user\":\"alice\"}\n{\"grant_id\":\"g_1\",\"reason\":\"done\",\"revoked_at\":\"2026-01-01T00:00:00Z\",\"revoked_by\":\"bob\",\"target\":\"shop\",\"user\":\"alice\"}\n{\"expires_at\":\"2026-01-01T01:00:00Z\",\"extended_by\":\"ops\",\"grant_id\":\"g_1\",\"previous_expires_at\":\"2026-01-01T00:00:00Z\",\"reason\":\"still debugging\",\"target\":\"shop\",\"user\":\"alice\"}\n{\"action\":\"approved\",\"actor\":\"bob\",\"break_glass\":false,\"grant_id\":\"g_1\",\"reason\":\"matches INC-1\",\"request_id\":\"r_1\",\"role\":\"write\",\"target\":\"shop\",\"ticket\":\"INC-1\",\"ttl\":\"30m\",\"user\":\"alice\"}\n{\"cut\":\"2026-01-01T00:00:00Z\",\"dropped_partitions\":[\"audit_records_p20260101\"],\"instance\":\"tb-a\",\"local_anchor\":\"7:abababababababababababababababababababababababababababababababab\",\"pruned_local\":7,\"retain\":\"90d\"}\n{\"created_at\":\"2026-01-01T00:00:00Z\",\"created_by\":\"ops\",\"expires_at\":\"2026-01-31T00:00:00Z\",\"name\":\"ci-bot\",\"roles\":[\"admin\",\"auditor\"]}\n{\"name\":\"ci-bot\",\"revoked_at\":\"2026-01-01T00:00:00Z\",\"revoked_by\":\"ops\"}";

@@ -475,23 +475,30 @@ pub fn redact_tokens(text: &str) -> Cow<'_, str> {
 }
 
 /// Applies the `audit.params` policy to bind parameters.
+/// Rewrites each value in place (its own buffer, no new list).
 pub fn redact_params(params: Option<Vec<Option<String>>>, mode: ParamLogging) -> Option<Vec<Option<String>>> {
-    let params = params?;
+    let mut params = params?;
     match mode {
-        ParamLogging::Off => None,
-        ParamLogging::Full => Some(
-            params
-                .into_iter()
-                .map(|p| p.map(|v| redact_tokens(&v).into_owned()))
-                .collect(),
-        ),
-        ParamLogging::Redacted => Some(
-            params
-                .into_iter()
-                .map(|p| p.map(|v| format!("[redacted {} bytes]", v.len())))
-                .collect(),
-        ),
+        ParamLogging::Off => return None,
+        ParamLogging::Full => {
+            for v in params.iter_mut().flatten() {
+                if let Cow::Owned(r) = redact_tokens(v) {
+                    *v = r;
+                }
+            }
+        }
+        ParamLogging::Redacted => {
+            for v in params.iter_mut().flatten() {
+                let n = v.len();
+                v.clear();
+                // `[redacted ` + up to 20 digits + ` bytes]`: one growth at most.
+                v.reserve(40);
+                // Writing into a String cannot fail.
+                let _ = std::fmt::Write::write_fmt(v, format_args!("[redacted {n} bytes]"));
+            }
+        }
     }
+    Some(params)
 }
 
 /// Whether a setting or column name looks like it holds a credential.
