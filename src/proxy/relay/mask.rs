@@ -113,6 +113,10 @@ const NO_DESCRIPTION: &str = "no RowDescription timebox saw";
 const NO_DATA: &str = "a Describe answered with NoData (no rows expected)";
 const RECATALOGED: &str =
     "a description from before timebox read the target's catalog again (describe it again)";
+const CHANGED: &str =
+    "a description judged with a copy of the target's catalog that changed while the statement ran (run it again)";
+const UNCONFIRMED: &str =
+    "a description timebox could not confirm against the target's catalog once the statement ran (run it again)";
 const STALE: &str =
     "a description from before a CLOSE, DECLARE, PREPARE, DEALLOCATE or DISCARD (describe it again)";
 
@@ -147,6 +151,38 @@ pub(crate) fn shaped_at_run_time(sql: &str) -> bool {
     })
 }
 
+/// How `snapshot` (`None`: no copy of the catalog) shows column `attnum` of relation `table`.
+fn column_verdict(snapshot: Option<&MaskSnapshot>, table: u32, attnum: i16) -> ColumnVerdict {
+    match snapshot {
+        Some(s) => s.column(table, attnum),
+        None if table == 0 => ColumnVerdict::Plain,
+        None => ColumnVerdict::Unknown("a table column while timebox has no copy of the catalog"),
+    }
+}
+
+/// Whether two snapshots show every column of a RowDescription alike (its rows are then masked
+/// the same whichever judged it); a malformed one counts as unlike.
+fn judged_alike(frame: &[u8], a: Option<&MaskSnapshot>, b: Option<&MaskSnapshot>) -> bool {
+    let alike = std::cell::Cell::new(true);
+    let parsed = rewrite_row_description(frame, |table, attnum| {
+        if column_verdict(a, table, attnum) != column_verdict(b, table, attnum) {
+            alike.set(false);
+        }
+        None
+    });
+    parsed.is_ok() && alike.get()
+}
+
+/// The second catalog check's verdict on the result whose first frame is next (s7, F4).
+#[derive(Debug)]
+enum Rechecked {
+    /// The snapshot could not be confirmed: the result's rows fail.
+    Unconfirmed,
+    /// Another snapshot is current than the one the statement was checked against (given): a
+    /// RowDescription both show alike passes, anything else fails.
+    Changed(Option<Arc<MaskSnapshot>>),
+}
+
 /// One session's masking state.
 pub(crate) struct ResultMask {
     entry: Arc<MaskEntry>,
@@ -166,6 +202,9 @@ pub(crate) struct ResultMask {
     /// The snapshot the stored layouts were judged with: when a Bind or RowDescription finds
     /// another one current, they are stale (a view may have been replaced since).
     judged_with: Option<Arc<MaskSnapshot>>,
+    /// The second catalog check of the result about to be judged found the snapshot changed
+    /// since the statement was checked, or could not confirm it (why): its rows fail (s7, F4).
+    rechecked: Option<Rechecked>,
     /// A snapshot re-read is wanted (a column timebox could not establish).
     pub(crate) wants_refresh: bool,
     /// Masked values sent since last asked (for the metric).
@@ -254,6 +293,7 @@ impl ResultMask {
             current: None,
             failing: false,
             judged_with: None,
+            rechecked: None,
             wants_refresh: false,
             masked_values: 0,
             sent_rows: 0,
@@ -277,7 +317,12 @@ impl ResultMask {
     pub(crate) fn on_frontend(&mut self, tag: u8, frame: &[u8]) {
         let body = frame.get(5..).unwrap_or_default();
         let expect = match tag {
-            b'Q' => Expect::Query(reshapes_names(&cstr(body).map(|(q, _)| q).unwrap_or_default())),
+            b'Q' => {
+                // The snapshot its statements were just checked against, which their results'
+                // second check compares with (s7, F4).
+                self.follow_snapshot(self.entry.current());
+                Expect::Query(reshapes_names(&cstr(body).map(|(q, _)| q).unwrap_or_default()))
+            }
             b'F' => Expect::Query(false),
             b'P' => match cstr(body) {
                 Some((name, rest)) => {
@@ -329,12 +374,7 @@ impl ResultMask {
         let unknown = std::cell::Cell::new(None);
         let masked = std::cell::RefCell::new(Vec::new());
         let rewritten = rewrite_row_description(frame, |table, attnum| {
-            let verdict = match &snapshot {
-                Some(s) => s.column(table, attnum),
-                None if table == 0 => ColumnVerdict::Plain,
-                None => ColumnVerdict::Unknown("a table column while timebox has no copy of the catalog"),
-            };
-            match verdict {
+            match column_verdict(snapshot.as_deref(), table, attnum) {
                 ColumnVerdict::Plain => None,
                 ColumnVerdict::Masked(m) => {
                     masked.borrow_mut().push((table, attnum, m));
@@ -488,12 +528,58 @@ impl ResultMask {
         }
     }
 
+    /// Whether the backend frame `tag` begins a result whose statement holds its locks now: a
+    /// simple Query's RowDescription, or an extended-protocol BindComplete (s7, F4). Its catalog
+    /// snapshot is confirmed again before it is judged ([`ResultMask::after_confirm`]).
+    pub(crate) fn confirms_at(&self, tag: u8) -> bool {
+        tag == b'2' || (tag == b'T' && matches!(self.pending.front(), Some(Expect::Query(_))))
+    }
+
+    /// The second catalog check of the result beginning at the next frame resolved (`confirmed`:
+    /// the snapshot is current). A snapshot other than the one the statement was checked and
+    /// described against, or none confirmed, fails its rows: a view it reads may have been
+    /// replaced after the first check, and committed while the statement waited for its lock.
+    pub(crate) fn after_confirm(&mut self, confirmed: bool) {
+        let now = self.entry.current();
+        let checked = self.judged_with.clone();
+        let changed = match (&checked, &now) {
+            (Some(checked), Some(now)) => !Arc::ptr_eq(checked, now),
+            (None, None) => false,
+            _ => true,
+        };
+        self.follow_snapshot(now);
+        self.rechecked = if !confirmed {
+            Some(Rechecked::Unconfirmed)
+        } else {
+            changed.then_some(Rechecked::Changed(checked))
+        };
+    }
+
+    /// Why the rows of the result beginning with frame `tag` fail after its second check, if
+    /// they do: not confirmed; or the catalog changed since the statement was checked, unless this
+    /// is a RowDescription the old and the current snapshot show alike (a change elsewhere in
+    /// the catalog). A BindComplete's statement was described earlier: any change fails it.
+    fn changed_while_running(&mut self, tag: u8, frame: &[u8]) -> Option<&'static str> {
+        match self.rechecked.take()? {
+            Rechecked::Unconfirmed => Some(UNCONFIRMED),
+            Rechecked::Changed(checked)
+                if tag == b'T'
+                    && judged_alike(frame, checked.as_deref(), self.entry.current().as_deref()) =>
+            {
+                None
+            }
+            Rechecked::Changed(_) => Some(CHANGED),
+        }
+    }
+
     /// One whole backend frame the relay is about to forward.
     pub(crate) fn on_backend(&mut self, tag: u8, frame: &[u8]) -> MaskStep {
+        // Only the frame right after the second check carries its verdict.
+        let changed = self.changed_while_running(tag, frame);
         match tag {
             b'T' => {
                 let (rewritten, layout) = self.describe(frame);
-                self.place(layout);
+                self.place(changed.map_or(layout, Layout::Fail));
                 let Some(rewritten) = rewritten else {
                     return MaskStep::Keep;
                 };
@@ -505,7 +591,7 @@ impl ResultMask {
             _ => {
                 // The server's own ErrorResponse still goes (it may answer a denial marker).
                 let ended_failing = self.failing && matches!(tag, b'C' | b'I' | b's');
-                self.track(tag, frame.get(5).copied());
+                self.track(tag, frame.get(5).copied(), changed);
                 if ended_failing {
                     MaskStep::Drop
                 } else {
@@ -520,7 +606,7 @@ impl ResultMask {
         match tag {
             b'T' => self.place(Layout::Fail(NO_DESCRIPTION)),
             b'D' => {}
-            _ => self.track(tag, None),
+            _ => self.track(tag, None, None),
         }
     }
 
@@ -574,7 +660,8 @@ impl ResultMask {
     }
 
     /// The protocol bookkeeping of a frame that is not a RowDescription or DataRow.
-    fn track(&mut self, tag: u8, status: Option<u8>) {
+    /// `changed`: a BindComplete's second catalog check failed its portal's rows (why).
+    fn track(&mut self, tag: u8, status: Option<u8>, changed: Option<&'static str>) {
         match tag {
             b'1' => {
                 if let Some(Expect::Parse(name, runtime)) = self.pop_if(|e| matches!(e, Expect::Parse(..))) {
@@ -592,10 +679,13 @@ impl ResultMask {
                     formats,
                 }) = self.pop_if(|e| matches!(e, Expect::Bind { .. }))
                 {
-                    let layout = self
-                        .statements
-                        .get(&statement)
-                        .map_or(Layout::Fail(NO_DESCRIPTION), |l| l.with_formats(&formats));
+                    let layout = match changed {
+                        Some(why) => Layout::Fail(why),
+                        None => self
+                            .statements
+                            .get(&statement)
+                            .map_or(Layout::Fail(NO_DESCRIPTION), |l| l.with_formats(&formats)),
+                    };
                     if self.reshaping_statements.contains(&statement) {
                         self.reshaping_portals.insert(portal.clone());
                     } else {
@@ -677,6 +767,22 @@ impl ResultMask {
 pub(super) fn set_frame_hooks(out: &mut ClientOutbox, quota: bool, mask: bool) {
     out.track_all = quota || mask;
     out.hold_rows = mask;
+}
+
+/// The second catalog check of a masked role's result (s7, F4): the snapshot `entry` confirmed
+/// current (read again if the catalog changed) once the statement holds its locks; resolves to
+/// whether it could be confirmed.
+pub(crate) fn confirming_result(
+    entry: Arc<MaskEntry>,
+    proxy: Arc<crate::proxy::ProxyState>,
+) -> super::precheck::ResultConfirming {
+    Box::pin(async move {
+        let confirmed = entry.confirm_current(&proxy.salted_passwords).await;
+        if let Err(e) = &confirmed {
+            tracing::warn!(error = %e, "could not confirm the masking catalog snapshot for a result; its rows are refused");
+        }
+        confirmed.is_ok()
+    })
 }
 
 impl Session {
