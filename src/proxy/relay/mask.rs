@@ -113,10 +113,6 @@ const NO_DESCRIPTION: &str = "no RowDescription timebox saw";
 const NO_DATA: &str = "a Describe answered with NoData (no rows expected)";
 const RECATALOGED: &str =
     "a description from before timebox read the target's catalog again (describe it again)";
-const CHANGED: &str =
-    "a description judged with a copy of the target's catalog that changed while the statement ran (run it again)";
-const UNCONFIRMED: &str =
-    "a description timebox could not confirm against the target's catalog once the statement ran (run it again)";
 const STALE: &str =
     "a description from before a CLOSE, DECLARE, PREPARE, DEALLOCATE or DISCARD (describe it again)";
 
@@ -149,38 +145,6 @@ pub(crate) fn shaped_at_run_time(sql: &str) -> bool {
             Some(pg_query::NodeEnum::FetchStmt(_) | pg_query::NodeEnum::ExecuteStmt(_)) | None
         )
     })
-}
-
-/// How `snapshot` (`None`: no copy of the catalog) shows column `attnum` of relation `table`.
-fn column_verdict(snapshot: Option<&MaskSnapshot>, table: u32, attnum: i16) -> ColumnVerdict {
-    match snapshot {
-        Some(s) => s.column(table, attnum),
-        None if table == 0 => ColumnVerdict::Plain,
-        None => ColumnVerdict::Unknown("a table column while timebox has no copy of the catalog"),
-    }
-}
-
-/// Whether two snapshots show every column of a RowDescription alike (its rows are then masked
-/// the same whichever judged it); a malformed one counts as unlike.
-fn judged_alike(frame: &[u8], a: Option<&MaskSnapshot>, b: Option<&MaskSnapshot>) -> bool {
-    let alike = std::cell::Cell::new(true);
-    let parsed = rewrite_row_description(frame, |table, attnum| {
-        if column_verdict(a, table, attnum) != column_verdict(b, table, attnum) {
-            alike.set(false);
-        }
-        None
-    });
-    parsed.is_ok() && alike.get()
-}
-
-/// The second catalog check's verdict on the result whose first frame is next (s7, F4).
-#[derive(Debug)]
-enum Rechecked {
-    /// The snapshot could not be confirmed: the result's rows fail.
-    Unconfirmed,
-    /// Another snapshot is current than the one the statement was checked against (given): a
-    /// RowDescription both show alike passes, anything else fails.
-    Changed(Option<Arc<MaskSnapshot>>),
 }
 
 /// One session's masking state.
@@ -528,50 +492,6 @@ impl ResultMask {
         }
     }
 
-    /// Whether the backend frame `tag` begins a result whose statement holds its locks now: a
-    /// simple Query's RowDescription, or an extended-protocol BindComplete (s7, F4). Its catalog
-    /// snapshot is confirmed again before it is judged ([`ResultMask::after_confirm`]).
-    pub(crate) fn confirms_at(&self, tag: u8) -> bool {
-        tag == b'2' || (tag == b'T' && matches!(self.pending.front(), Some(Expect::Query(_))))
-    }
-
-    /// The second catalog check of the result beginning at the next frame resolved (`confirmed`:
-    /// the snapshot is current). A snapshot other than the one the statement was checked and
-    /// described against, or none confirmed, fails its rows: a view it reads may have been
-    /// replaced after the first check, and committed while the statement waited for its lock.
-    pub(crate) fn after_confirm(&mut self, confirmed: bool) {
-        let now = self.entry.current();
-        let checked = self.judged_with.clone();
-        let changed = match (&checked, &now) {
-            (Some(checked), Some(now)) => !Arc::ptr_eq(checked, now),
-            (None, None) => false,
-            _ => true,
-        };
-        self.follow_snapshot(now);
-        self.rechecked = if !confirmed {
-            Some(Rechecked::Unconfirmed)
-        } else {
-            changed.then_some(Rechecked::Changed(checked))
-        };
-    }
-
-    /// Why the rows of the result beginning with frame `tag` fail after its second check, if
-    /// they do: not confirmed; or the catalog changed since the statement was checked, unless this
-    /// is a RowDescription the old and the current snapshot show alike (a change elsewhere in
-    /// the catalog). A BindComplete's statement was described earlier: any change fails it.
-    fn changed_while_running(&mut self, tag: u8, frame: &[u8]) -> Option<&'static str> {
-        match self.rechecked.take()? {
-            Rechecked::Unconfirmed => Some(UNCONFIRMED),
-            Rechecked::Changed(checked)
-                if tag == b'T'
-                    && judged_alike(frame, checked.as_deref(), self.entry.current().as_deref()) =>
-            {
-                None
-            }
-            Rechecked::Changed(_) => Some(CHANGED),
-        }
-    }
-
     /// One whole backend frame the relay is about to forward.
     pub(crate) fn on_backend(&mut self, tag: u8, frame: &[u8]) -> MaskStep {
         // Only the frame right after the second check carries its verdict.
@@ -769,22 +689,6 @@ pub(super) fn set_frame_hooks(out: &mut ClientOutbox, quota: bool, mask: bool) {
     out.hold_rows = mask;
 }
 
-/// The second catalog check of a masked role's result (s7, F4): the snapshot `entry` confirmed
-/// current (read again if the catalog changed) once the statement holds its locks; resolves to
-/// whether it could be confirmed.
-pub(crate) fn confirming_result(
-    entry: Arc<MaskEntry>,
-    proxy: Arc<crate::proxy::ProxyState>,
-) -> super::precheck::ResultConfirming {
-    Box::pin(async move {
-        let confirmed = entry.confirm_current(&proxy.salted_passwords).await;
-        if let Err(e) = &confirmed {
-            tracing::warn!(error = %e, "could not confirm the masking catalog snapshot for a result; its rows are refused");
-        }
-        confirmed.is_ok()
-    })
-}
-
 impl Session {
     /// The session's result masking, if its role masks columns.
     pub(super) fn result_mask(&self) -> Option<ResultMask> {
@@ -851,6 +755,11 @@ impl Session {
         }
     }
 }
+
+#[path = "mask_recheck.rs"]
+mod recheck;
+pub(crate) use recheck::confirming_result;
+use recheck::{column_verdict, Rechecked};
 
 #[path = "mask_context.rs"]
 mod context;

@@ -16,7 +16,9 @@
 //! - [`precheck`]: big statements checked on the blocking pool (and masked roles' catalog
 //!   freshness checks raced with the cut arms);
 //! - [`pipeline`]: masked roles' Executes waited for, so nothing after a refused result in a batch
-//!   takes effect.
+//!   takes effect;
+//! - [`mask`]: masked roles' results rewritten; each result's first frame waits (the outbox paused
+//!   there) for a second catalog check raced with the cut arms, like the client-side one.
 //!
 //! [`frontend`] and [`backend`] apply them to what each side sent. Expiry, revocation, kill and
 //! shutdown are arms of the loop's `select!`; when the grant changes, the session re-checks it with
