@@ -771,7 +771,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_committed_while_the_statement_waits_for_a_lock_fails_its_rows() {
     let t = common::cluster::unique_name("s7_f4_t");
-    let [lw, sw, pw] = ["s7_f4_lw", "s7_f4_sw", "s7_f4_pw"].map(common::cluster::unique_name);
+    let [lw, sw, pw, ew] = ["s7_f4_lw", "s7_f4_sw", "s7_f4_pw", "s7_f4_ew"].map(common::cluster::unique_name);
     let plain = "SELECT 1::int AS id, 'x'::text AS x";
     let (inst, c) = start_secret(
         &[&t],
@@ -779,12 +779,12 @@ async fn ddl_committed_while_the_statement_waits_for_a_lock_fails_its_rows() {
             "CREATE TABLE public.{t} (id int PRIMARY KEY, secret text);
              INSERT INTO public.{t} VALUES (1, '{S7_SECRET}');
              CREATE VIEW public.{lw} AS {plain}; CREATE VIEW public.{sw} AS {plain};
-             CREATE VIEW public.{pw} AS {plain};
-             GRANT SELECT ON public.{t}, public.{lw}, public.{sw}, public.{pw} TO {READ_USER};"
+             CREATE VIEW public.{pw} AS {plain}; CREATE VIEW public.{ew} AS {plain};
+             GRANT SELECT ON public.{t}, public.{lw}, public.{sw}, public.{pw}, public.{ew} TO {READ_USER};"
         ),
     )
     .await;
-    for v in [&lw, &sw, &pw] {
+    for v in [&lw, &sw, &pw, &ew] {
         let out = outcome(&c, &format!("SELECT * FROM {v}")).await;
         assert_eq!(out, "OK Some(\"1\") Some(\"x\")", "{v}");
     }
@@ -832,8 +832,21 @@ async fn ddl_committed_while_the_statement_waits_for_a_lock_fails_its_rows() {
         }
     };
     let extended = across_a_lock(&a, &replace(&pw), &format!("SELECT id, x FROM {pw}"), bound).await;
+    // 4. The view replaced by one whose code raises the masked values in its error.
+    let raised = across_a_lock(
+        &a,
+        &format!(
+            "CREATE FUNCTION public.{ew}_raise() RETURNS text LANGUAGE plpgsql STABLE AS $f$ BEGIN
+                 RAISE EXCEPTION 'got %', (SELECT string_agg(secret, ',') FROM public.{t}); END $f$;
+             CREATE OR REPLACE VIEW public.{ew} AS SELECT id, public.{ew}_raise() AS x FROM public.{t}"
+        ),
+        &format!("SELECT * FROM {ew}"),
+        query(format!("SELECT * FROM {ew}")),
+    )
+    .await;
     admin_psql(format!(
-        "DROP VIEW public.{lw}, public.{sw}, public.{pw}; DROP TABLE public.{t};"
+        "DROP VIEW public.{lw}, public.{sw}, public.{pw}, public.{ew}; DROP FUNCTION public.{ew}_raise();
+         DROP TABLE public.{t};"
     ))
     .await;
     let _ = inst.shutdown().await;
@@ -844,7 +857,7 @@ async fn ddl_committed_while_the_statement_waits_for_a_lock_fails_its_rows() {
             && out.starts_with("ERR 42501 ")
             && (out.contains("changed while the statement ran") || out.contains("a view over a masked table"))
     };
-    let failures: Vec<&String> = [&lock, &multi, &extended]
+    let failures: Vec<&String> = [&lock, &multi, &extended, &raised]
         .into_iter()
         .filter(|out| !refused(out))
         .collect();

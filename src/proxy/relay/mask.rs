@@ -169,6 +169,9 @@ pub(crate) struct ResultMask {
     /// The second catalog check of the result about to be judged found the snapshot changed
     /// since the statement was checked, or could not confirm it (why): its rows fail (s7, F4).
     rechecked: Option<Rechecked>,
+    /// The result in progress failed its second catalog check (why): the server's error ending
+    /// it is replaced too (code the changed object runs may quote masked values in it).
+    refuse_error: Option<&'static str>,
     /// A snapshot re-read is wanted (a column timebox could not establish).
     pub(crate) wants_refresh: bool,
     /// Masked values sent since last asked (for the metric).
@@ -258,6 +261,7 @@ impl ResultMask {
             failing: false,
             judged_with: None,
             rechecked: None,
+            refuse_error: None,
             wants_refresh: false,
             masked_values: 0,
             sent_rows: 0,
@@ -499,6 +503,7 @@ impl ResultMask {
         match tag {
             b'T' => {
                 let (rewritten, layout) = self.describe(frame);
+                self.refuse_error = changed.or(self.refuse_error.take());
                 self.place(changed.map_or(layout, Layout::Fail));
                 let Some(rewritten) = rewritten else {
                     return MaskStep::Keep;
@@ -509,13 +514,18 @@ impl ResultMask {
             }
             b'D' => self.row(frame),
             _ => {
-                // The server's own ErrorResponse still goes (it may answer a denial marker).
+                // The server's own ErrorResponse still goes (it may answer a denial marker), unless
+                // it ends a result that failed its second catalog check.
                 let ended_failing = self.failing && matches!(tag, b'C' | b'I' | b's');
+                let (failing, refused) = (self.failing, changed.or(self.refuse_error.take()));
+                self.refuse_error = refused.filter(|_| !matches!(tag, b'C' | b'E' | b'I' | b's' | b'Z'));
                 self.track(tag, frame.get(5).copied(), changed);
-                if ended_failing {
-                    MaskStep::Drop
-                } else {
-                    MaskStep::Keep
+                match refused {
+                    Some(why) if tag == b'E' && !failing => MaskStep::Fail(self.error(why)),
+                    // The client has timebox's error for this result already.
+                    Some(_) if tag == b'E' => MaskStep::Drop,
+                    _ if ended_failing => MaskStep::Drop,
+                    _ => MaskStep::Keep,
                 }
             }
         }

@@ -539,6 +539,34 @@ fn a_result_whose_catalog_changed_while_the_statement_ran_fails_its_rows() {
         MaskStep::Keep,
         "the verdict is the one result's"
     );
+    // The server's error ending a changed result (code the replaced view runs may quote masked
+    // values in it) is replaced too; after timebox's error for its rows, dropped.
+    let error = frame(b'E', b"SERROR\0C22012\0Mgot alice@example.com\0\0");
+    for rows in [false, true] {
+        sent(&mut m, b'Q', b"SELECT id FROM customers\0");
+        // Changed each time (the description's relation unknown, then known again).
+        entry.replace_snapshot(if rows { snapshot() } else { MaskSnapshot::default() });
+        m.after_confirm(true);
+        m.on_backend(b'T', &t);
+        if rows {
+            assert!(matches!(
+                m.on_backend(b'D', &data_row(&[b"1"])),
+                MaskStep::Fail(_)
+            ));
+            assert_eq!(m.on_backend(b'E', &error), MaskStep::Drop);
+        } else {
+            let step = m.on_backend(b'E', &error);
+            assert!(changed(&step, "changed while the statement ran"), "{step:?}");
+        }
+        m.on_backend(b'Z', &frame(b'Z', b"I"));
+    }
+    // The server's errors of an unchanged result still go.
+    sent(&mut m, b'Q', b"SELECT 1\0");
+    m.after_confirm(true);
+    m.on_backend(b'T', &row_description(&[("x", 0, 0, 23)]));
+    assert_eq!(m.on_backend(b'E', &error), MaskStep::Keep);
+    m.on_backend(b'Z', &frame(b'Z', b"I"));
+    entry.replace_snapshot(snapshot());
     // Bound while the lock was held: the BindComplete's check.
     sent(&mut m, b'P', b"s1\0SELECT id FROM customers\0\0\0");
     sent(&mut m, b'D', b"Ss1\0");
