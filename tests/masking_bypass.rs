@@ -716,3 +716,150 @@ async fn views_over_statistics_or_user_code_in_pg_catalog_are_refused() {
     let _ = inst.shutdown().await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A superuser connection to the target outside timebox (an accomplice holding a transaction).
+async fn accomplice() -> tokio_postgres::Client {
+    let conn =
+        tokio::task::spawn_blocking(|| common::cluster::shared_cluster().superuser_conn_string("shop"))
+            .await
+            .unwrap();
+    common::pg::connect(&conn).await
+}
+
+/// Waits until a backend of the target runs a query beginning with `text` and waits for a lock.
+async fn until_lock_waiting(b: &tokio_postgres::Client, text: &str) -> bool {
+    let sql = format!(
+        "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE query LIKE '{text}%' \
+         AND wait_event_type = 'Lock' AND pid <> pg_catalog.pg_backend_pid()"
+    );
+    common::eventually(std::time::Duration::from_secs(60), || {
+        let sql = sql.clone();
+        async move { common::pg::scalar(b, &sql).await != "0" }
+    })
+    .await
+}
+
+/// Runs `sql` on `c` in a task (it waits for an accomplice's lock) once `a` ran `hold` in an
+/// open transaction; commits `a` once the statement waits; what it returned.
+async fn across_a_lock<F>(a: &tokio_postgres::Client, hold: &str, waits: &str, run: F) -> String
+where
+    F: std::future::Future<Output = String> + Send + 'static,
+{
+    a.batch_execute(&format!("BEGIN; {hold}")).await.unwrap();
+    let running = tokio::spawn(run);
+    let b = accomplice().await;
+    let waited = until_lock_waiting(&b, waits).await;
+    a.batch_execute("COMMIT").await.unwrap();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), running)
+        .await
+        .expect("the statement ends")
+        .unwrap();
+    assert!(waited, "the statement waited for the accomplice's lock: {out}");
+    out
+}
+
+/// Regression (s7 attack, F4): the catalog snapshot was confirmed before the statement was
+/// forwarded, and DDL committed after that check was used by the statement: an accomplice (another
+/// database user) replaced a view in an open transaction, the masked role's statement waited for
+/// its lock past timebox's check, ran on the new definition once it committed, and its
+/// RowDescription (view OID, attnum) was judged with the old snapshot — the masked column in
+/// clear. Alike for a later statement of one Query string, and for a statement prepared and
+/// described before, bound while the lock was held (binary results). Now each result's first
+/// frame (a Query's RowDescription, a BindComplete) waits for a second check, made once the
+/// statement holds its locks, and a snapshot changed since the statement was checked fails its
+/// rows with 42501. (Fails before: all three returned the secret.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_committed_while_the_statement_waits_for_a_lock_fails_its_rows() {
+    let t = common::cluster::unique_name("s7_f4_t");
+    let [lw, sw, pw, ew] = ["s7_f4_lw", "s7_f4_sw", "s7_f4_pw", "s7_f4_ew"].map(common::cluster::unique_name);
+    let plain = "SELECT 1::int AS id, 'x'::text AS x";
+    let (inst, c) = start_secret(
+        &[&t],
+        format!(
+            "CREATE TABLE public.{t} (id int PRIMARY KEY, secret text);
+             INSERT INTO public.{t} VALUES (1, '{S7_SECRET}');
+             CREATE VIEW public.{lw} AS {plain}; CREATE VIEW public.{sw} AS {plain};
+             CREATE VIEW public.{pw} AS {plain}; CREATE VIEW public.{ew} AS {plain};
+             GRANT SELECT ON public.{t}, public.{lw}, public.{sw}, public.{pw}, public.{ew} TO {READ_USER};"
+        ),
+    )
+    .await;
+    for v in [&lw, &sw, &pw, &ew] {
+        let out = outcome(&c, &format!("SELECT * FROM {v}")).await;
+        assert_eq!(out, "OK Some(\"1\") Some(\"x\")", "{v}");
+    }
+    let c = std::sync::Arc::new(c);
+    let a = accomplice().await;
+    let replace =
+        |v: &str| format!("CREATE OR REPLACE VIEW public.{v} AS SELECT id, secret AS x FROM public.{t}");
+    let query = |sql: String| {
+        let c = c.clone();
+        async move { outcome(&c, &sql).await }
+    };
+    // 1. The statement waits for the lock.
+    let lock = across_a_lock(
+        &a,
+        &replace(&lw),
+        &format!("SELECT * FROM {lw}"),
+        query(format!("SELECT * FROM {lw}")),
+    )
+    .await;
+    // 2. A later statement of the same Query waits for it (the first one's result went).
+    let multi = across_a_lock(
+        &a,
+        &replace(&sw),
+        &format!("SELECT 1; SELECT * FROM {sw}"),
+        query(format!("SELECT 1; SELECT * FROM {sw}")),
+    )
+    .await;
+    // 3. Prepared (and described) before, bound while the lock is held.
+    let prepared = c.prepare(&format!("SELECT id, x FROM {pw}")).await.unwrap();
+    let bound = {
+        let c = c.clone();
+        async move {
+            match c.query(&prepared, &[]).await {
+                Ok(rows) => format!(
+                    "OK {:?}",
+                    rows.iter()
+                        .map(|r| r.get::<_, Option<String>>(1))
+                        .collect::<Vec<_>>()
+                ),
+                Err(e) => match e.as_db_error() {
+                    Some(d) => format!("ERR {} {} detail={:?}", d.code().code(), d.message(), d.detail()),
+                    None => format!("ERR {e}"),
+                },
+            }
+        }
+    };
+    let extended = across_a_lock(&a, &replace(&pw), &format!("SELECT id, x FROM {pw}"), bound).await;
+    // 4. The view replaced by one whose code raises the masked values in its error.
+    let raised = across_a_lock(
+        &a,
+        &format!(
+            "CREATE FUNCTION public.{ew}_raise() RETURNS text LANGUAGE plpgsql STABLE AS $f$ BEGIN
+                 RAISE EXCEPTION 'got %', (SELECT string_agg(secret, ',') FROM public.{t}); END $f$;
+             CREATE OR REPLACE VIEW public.{ew} AS SELECT id, public.{ew}_raise() AS x FROM public.{t}"
+        ),
+        &format!("SELECT * FROM {ew}"),
+        query(format!("SELECT * FROM {ew}")),
+    )
+    .await;
+    admin_psql(format!(
+        "DROP VIEW public.{lw}, public.{sw}, public.{pw}, public.{ew}; DROP FUNCTION public.{ew}_raise();
+         DROP TABLE public.{t};"
+    ))
+    .await;
+    let _ = inst.shutdown().await;
+    // The second check finds the view replaced; or, when the first statement's own check already
+    // saw the accomplice's commit, the second statement is judged by that fresh copy: refused too.
+    let refused = |out: &str| {
+        !s7_leaked(out)
+            && out.starts_with("ERR 42501 ")
+            && (out.contains("changed while the statement ran") || out.contains("a view over a masked table"))
+    };
+    let failures: Vec<&String> = [&lock, &multi, &extended, &raised]
+        .into_iter()
+        .filter(|out| !refused(out))
+        .collect();
+    assert!(failures.is_empty(), "{failures:#?}");
+}

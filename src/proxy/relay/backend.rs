@@ -21,6 +21,23 @@ use crate::proxy::session::Session;
 use crate::proxy::stream::ClientStream;
 use crate::proxy::wire::PgError;
 
+/// What became of one held frame.
+pub(super) enum Held {
+    /// Handled (sent as it is or edited, or dropped).
+    Handled,
+    /// A masked role's result begins: it waits for a second catalog check.
+    Confirm,
+}
+
+/// The held frames of an upstream read, from `at` on not handled yet (a masked role's result
+/// waiting for its second catalog check, s7 F4).
+pub(crate) struct PausedRead {
+    pub(crate) frames: Vec<(u8, u64, u64)>,
+    pub(crate) at: usize,
+    /// A quota limit the read's frames before `at` reached.
+    pub(crate) stopped: Option<Limit>,
+}
+
 impl Session {
     /// The upstream read `read` finished.
     pub(super) async fn on_upstream_read(
@@ -58,28 +75,56 @@ impl Session {
 
     /// Reads the frames held back from the last upstream read, in order, then applies the
     /// read's edits (rows masked, frames dropped or replaced) in one pass. A frame the outbox
-    /// cannot find ends the session ([`Session::abandon_stream`]).
+    /// cannot find ends the session ([`Session::abandon_stream`]). A masked role's result waits
+    /// for a second catalog check at its first frame ([`Session::pause_result`]).
     async fn on_held_frames(&mut self, r: &mut Relay, busy: bool) {
         if r.bufs.outbox.abandoned() {
             // The session is ending: nothing more of the stream is handled or sent.
             r.bufs.held_frames.clear();
             return;
         }
-        let mut held = std::mem::take(&mut r.bufs.held_frames);
+        let held = std::mem::take(&mut r.bufs.held_frames);
+        self.handle_held_frames(
+            r,
+            busy,
+            PausedRead {
+                frames: held,
+                at: 0,
+                stopped: None,
+            },
+            false,
+        )
+        .await;
+    }
+
+    /// Handles `read.frames` from `read.at` on (the first of them already past the quotas and its
+    /// second catalog check when `resumed`), then finishes the read, unless a result pauses it.
+    async fn handle_held_frames(&mut self, r: &mut Relay, busy: bool, mut read: PausedRead, resumed: bool) {
         // Result quotas (roles that set one): frames dropped or replaced are not handled below.
-        let mut stopped = None;
         let mut handled = Ok(());
-        for frame in held.drain(..) {
-            handled = self.on_held_frame(r, busy, frame, &mut stopped);
-            if handled.is_err() {
-                break;
+        if resumed {
+            handled = self.held_frame_rest(r, busy, read.frames[read.at]);
+            read.at += 1;
+        }
+        while handled.is_ok() && read.at < read.frames.len() {
+            let frame = read.frames[read.at];
+            match self.on_held_frame(r, busy, frame, &mut read.stopped) {
+                Ok(Held::Handled) => read.at += 1,
+                Ok(Held::Confirm) => {
+                    if let Err(e) = self.pause_result(r, read) {
+                        self.abandon_stream(r, busy, e);
+                    }
+                    return;
+                }
+                Err(e) => handled = Err(e),
             }
         }
         // The list's allocation is kept for the next read.
+        let mut held = read.frames;
         held.clear();
         r.bufs.held_frames = held;
         if handled.is_ok() && r.quota.is_some() {
-            handled = self.quota_after_read(r, stopped).await;
+            handled = self.quota_after_read(r, read.stopped).await;
         }
         if r.mask.is_some() {
             self.mask_after_read(r);
@@ -97,17 +142,33 @@ impl Session {
         busy: bool,
         (tag, start, end): (u8, u64, u64),
         stopped: &mut Option<Limit>,
-    ) -> Result<(), OutboxError> {
+    ) -> Result<Held, OutboxError> {
         // Masked roles' batches (`super::pipeline`): an Execute's end releases the client's frames.
         if r.batch.is_some() && !self.batch_frame(r, (tag, start, end))? {
-            return Ok(());
+            return Ok(Held::Handled);
         }
         if r.quota.is_some() && !self.quota_frame(r, (tag, start, end), stopped)? {
             if let Some(m) = r.mask.as_mut() {
                 m.on_skipped(tag);
             }
-            return Ok(());
+            return Ok(Held::Handled);
         }
+        // Masked roles (s7, F4): a result's first frame waits for the catalog to be confirmed
+        // again, now that the statement holds its locks.
+        if r.mask.as_ref().is_some_and(|m| m.confirms_at(tag)) {
+            return Ok(Held::Confirm);
+        }
+        self.held_frame_rest(r, busy, (tag, start, end))?;
+        Ok(Held::Handled)
+    }
+
+    /// A held frame past the batch hold and the quotas: masked, then read.
+    fn held_frame_rest(
+        &mut self,
+        r: &mut Relay,
+        busy: bool,
+        (tag, start, end): (u8, u64, u64),
+    ) -> Result<(), OutboxError> {
         // Column masks (roles that set some): rows rewritten, or dropped when unknown.
         if r.mask.is_some() && !self.mask_frame(r, (tag, start, end))? {
             return Ok(());
@@ -169,6 +230,34 @@ impl Session {
         tracing::error!(error = %e, "the relay lost track of the server's messages; ending the session");
         r.bufs.outbox.abandon();
         self.sever(r, busy, EndReason::InternalError, lost_track());
+    }
+
+    /// A masked role's result reached its first frame ([`Held::Confirm`]): the frames before it
+    /// go, it and the rest of its read wait (unsent, unhandled, nothing more read upstream) for the
+    /// target's catalog to be confirmed again, in a future the relay races with its cut arms.
+    fn pause_result(&mut self, r: &mut Relay, read: PausedRead) -> Result<(), OutboxError> {
+        let (_, start, _) = read.frames[read.at];
+        r.bufs.outbox.pause_at(start)?;
+        if let Some(m) = r.mask.as_ref() {
+            r.result_confirming = Some(super::mask::confirming_result(m.entry(), self.ctx.proxy.clone()));
+        }
+        r.paused = Some(read);
+        Ok(())
+    }
+
+    /// The second catalog check of a paused result resolved (`confirmed`: it could read the
+    /// catalog): the result is judged by it, and the rest of the read is handled.
+    pub(super) async fn on_result_confirmed(&mut self, r: &mut Relay, confirmed: bool, busy: bool) {
+        let Some(read) = r.paused.take() else {
+            return;
+        };
+        r.bufs.outbox.resume();
+        if let Some(m) = r.mask.as_mut() {
+            m.after_confirm(confirmed);
+        }
+        self.handle_held_frames(r, busy, read, true).await;
+        self.check_held_size(r, busy);
+        r.bufs.outbox.place_injection();
     }
 
     /// A held frame arriving declares more than the relay holds: the session ends with FATAL 54000

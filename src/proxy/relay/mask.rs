@@ -166,6 +166,12 @@ pub(crate) struct ResultMask {
     /// The snapshot the stored layouts were judged with: when a Bind or RowDescription finds
     /// another one current, they are stale (a view may have been replaced since).
     judged_with: Option<Arc<MaskSnapshot>>,
+    /// The second catalog check of the result about to be judged found the snapshot changed
+    /// since the statement was checked, or could not confirm it (why): its rows fail (s7, F4).
+    rechecked: Option<Rechecked>,
+    /// The result in progress failed its second catalog check (why): the server's error ending
+    /// it is replaced too (code the changed object runs may quote masked values in it).
+    refuse_error: Option<&'static str>,
     /// A snapshot re-read is wanted (a column timebox could not establish).
     pub(crate) wants_refresh: bool,
     /// Masked values sent since last asked (for the metric).
@@ -254,6 +260,8 @@ impl ResultMask {
             current: None,
             failing: false,
             judged_with: None,
+            rechecked: None,
+            refuse_error: None,
             wants_refresh: false,
             masked_values: 0,
             sent_rows: 0,
@@ -277,7 +285,12 @@ impl ResultMask {
     pub(crate) fn on_frontend(&mut self, tag: u8, frame: &[u8]) {
         let body = frame.get(5..).unwrap_or_default();
         let expect = match tag {
-            b'Q' => Expect::Query(reshapes_names(&cstr(body).map(|(q, _)| q).unwrap_or_default())),
+            b'Q' => {
+                // The snapshot its statements were just checked against, which their results'
+                // second check compares with (s7, F4).
+                self.follow_snapshot(self.entry.current());
+                Expect::Query(reshapes_names(&cstr(body).map(|(q, _)| q).unwrap_or_default()))
+            }
             b'F' => Expect::Query(false),
             b'P' => match cstr(body) {
                 Some((name, rest)) => {
@@ -329,12 +342,7 @@ impl ResultMask {
         let unknown = std::cell::Cell::new(None);
         let masked = std::cell::RefCell::new(Vec::new());
         let rewritten = rewrite_row_description(frame, |table, attnum| {
-            let verdict = match &snapshot {
-                Some(s) => s.column(table, attnum),
-                None if table == 0 => ColumnVerdict::Plain,
-                None => ColumnVerdict::Unknown("a table column while timebox has no copy of the catalog"),
-            };
-            match verdict {
+            match column_verdict(snapshot.as_deref(), table, attnum) {
                 ColumnVerdict::Plain => None,
                 ColumnVerdict::Masked(m) => {
                     masked.borrow_mut().push((table, attnum, m));
@@ -490,10 +498,13 @@ impl ResultMask {
 
     /// One whole backend frame the relay is about to forward.
     pub(crate) fn on_backend(&mut self, tag: u8, frame: &[u8]) -> MaskStep {
+        // Only the frame right after the second check carries its verdict.
+        let changed = self.changed_while_running(tag, frame);
         match tag {
             b'T' => {
                 let (rewritten, layout) = self.describe(frame);
-                self.place(layout);
+                self.refuse_error = changed.or(self.refuse_error.take());
+                self.place(changed.map_or(layout, Layout::Fail));
                 let Some(rewritten) = rewritten else {
                     return MaskStep::Keep;
                 };
@@ -503,13 +514,18 @@ impl ResultMask {
             }
             b'D' => self.row(frame),
             _ => {
-                // The server's own ErrorResponse still goes (it may answer a denial marker).
+                // The server's own ErrorResponse still goes (it may answer a denial marker), unless
+                // it ends a result that failed its second catalog check.
                 let ended_failing = self.failing && matches!(tag, b'C' | b'I' | b's');
-                self.track(tag, frame.get(5).copied());
-                if ended_failing {
-                    MaskStep::Drop
-                } else {
-                    MaskStep::Keep
+                let (failing, refused) = (self.failing, changed.or(self.refuse_error.take()));
+                self.refuse_error = refused.filter(|_| !matches!(tag, b'C' | b'E' | b'I' | b's' | b'Z'));
+                self.track(tag, frame.get(5).copied(), changed);
+                match refused {
+                    Some(why) if tag == b'E' && !failing => MaskStep::Fail(self.error(why)),
+                    // The client has timebox's error for this result already.
+                    Some(_) if tag == b'E' => MaskStep::Drop,
+                    _ if ended_failing => MaskStep::Drop,
+                    _ => MaskStep::Keep,
                 }
             }
         }
@@ -520,7 +536,7 @@ impl ResultMask {
         match tag {
             b'T' => self.place(Layout::Fail(NO_DESCRIPTION)),
             b'D' => {}
-            _ => self.track(tag, None),
+            _ => self.track(tag, None, None),
         }
     }
 
@@ -574,7 +590,8 @@ impl ResultMask {
     }
 
     /// The protocol bookkeeping of a frame that is not a RowDescription or DataRow.
-    fn track(&mut self, tag: u8, status: Option<u8>) {
+    /// `changed`: a BindComplete's second catalog check failed its portal's rows (why).
+    fn track(&mut self, tag: u8, status: Option<u8>, changed: Option<&'static str>) {
         match tag {
             b'1' => {
                 if let Some(Expect::Parse(name, runtime)) = self.pop_if(|e| matches!(e, Expect::Parse(..))) {
@@ -592,10 +609,13 @@ impl ResultMask {
                     formats,
                 }) = self.pop_if(|e| matches!(e, Expect::Bind { .. }))
                 {
-                    let layout = self
-                        .statements
-                        .get(&statement)
-                        .map_or(Layout::Fail(NO_DESCRIPTION), |l| l.with_formats(&formats));
+                    let layout = match changed {
+                        Some(why) => Layout::Fail(why),
+                        None => self
+                            .statements
+                            .get(&statement)
+                            .map_or(Layout::Fail(NO_DESCRIPTION), |l| l.with_formats(&formats)),
+                    };
                     if self.reshaping_statements.contains(&statement) {
                         self.reshaping_portals.insert(portal.clone());
                     } else {
@@ -745,6 +765,11 @@ impl Session {
         }
     }
 }
+
+#[path = "mask_recheck.rs"]
+mod recheck;
+pub(crate) use recheck::confirming_result;
+use recheck::{column_verdict, Rechecked};
 
 #[path = "mask_context.rs"]
 mod context;

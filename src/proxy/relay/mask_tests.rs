@@ -501,6 +501,102 @@ fn descriptions_from_before_a_catalog_re_read_are_stale() {
     );
 }
 
+/// Regression (s7 attack, F4): a statement checked with one snapshot that ran on a catalog changed
+/// afterwards (a view replaced and committed while it waited for the lock). Its result's first
+/// frame — a Query's RowDescription, a BindComplete — waits for a second check; a snapshot other
+/// than the one it was checked against (for a RowDescription: one showing its columns otherwise),
+/// or none confirmed, fails its rows. Unchanged: as before.
+#[test]
+fn a_result_whose_catalog_changed_while_the_statement_ran_fails_its_rows() {
+    let entry = Arc::new(MaskEntry::holding(Some(snapshot())));
+    let mut m = ResultMask::new(entry.clone(), MaskKey::derive(&[1; 32]), "support");
+    let t = row_description(&[("id", CUSTOMERS, 1, 23)]);
+    let query = |m: &mut ResultMask, changed: Option<MaskSnapshot>, confirmed: bool| {
+        sent(m, b'Q', b"SELECT id FROM customers\0");
+        assert!(m.confirms_at(b'T'));
+        if let Some(changed) = changed {
+            entry.replace_snapshot(changed);
+        }
+        m.after_confirm(confirmed);
+        m.on_backend(b'T', &t);
+        let step = m.on_backend(b'D', &data_row(&[b"1"]));
+        m.on_backend(b'C', &frame(b'C', b"SELECT 1\0"));
+        m.on_backend(b'Z', &frame(b'Z', b"I"));
+        step
+    };
+    let changed = |step: &MaskStep, why: &str| matches!(step, MaskStep::Fail(e) if e.code == "42501" && e.message.contains(why));
+    assert_eq!(query(&mut m, None, true), MaskStep::Keep, "unchanged");
+    // Changed elsewhere: the description's columns are shown alike.
+    assert_eq!(query(&mut m, Some(snapshot()), true), MaskStep::Keep, "alike");
+    // Changed here (the relation is new to the current copy, as a view replaced is).
+    let step = query(&mut m, Some(MaskSnapshot::default()), true);
+    assert!(changed(&step, "changed while the statement ran"), "{step:?}");
+    entry.replace_snapshot(snapshot());
+    let step = query(&mut m, None, false);
+    assert!(changed(&step, "could not confirm"), "{step:?}");
+    assert_eq!(
+        query(&mut m, None, true),
+        MaskStep::Keep,
+        "the verdict is the one result's"
+    );
+    // The server's error ending a changed result (code the replaced view runs may quote masked
+    // values in it) is replaced too; after timebox's error for its rows, dropped.
+    let error = frame(b'E', b"SERROR\0C22012\0Mgot alice@example.com\0\0");
+    for rows in [false, true] {
+        sent(&mut m, b'Q', b"SELECT id FROM customers\0");
+        // Changed each time (the description's relation unknown, then known again).
+        entry.replace_snapshot(if rows { snapshot() } else { MaskSnapshot::default() });
+        m.after_confirm(true);
+        m.on_backend(b'T', &t);
+        if rows {
+            assert!(matches!(
+                m.on_backend(b'D', &data_row(&[b"1"])),
+                MaskStep::Fail(_)
+            ));
+            assert_eq!(m.on_backend(b'E', &error), MaskStep::Drop);
+        } else {
+            let step = m.on_backend(b'E', &error);
+            assert!(changed(&step, "changed while the statement ran"), "{step:?}");
+        }
+        m.on_backend(b'Z', &frame(b'Z', b"I"));
+    }
+    // The server's errors of an unchanged result still go.
+    sent(&mut m, b'Q', b"SELECT 1\0");
+    m.after_confirm(true);
+    m.on_backend(b'T', &row_description(&[("x", 0, 0, 23)]));
+    assert_eq!(m.on_backend(b'E', &error), MaskStep::Keep);
+    m.on_backend(b'Z', &frame(b'Z', b"I"));
+    entry.replace_snapshot(snapshot());
+    // Bound while the lock was held: the BindComplete's check.
+    sent(&mut m, b'P', b"s1\0SELECT id FROM customers\0\0\0");
+    sent(&mut m, b'D', b"Ss1\0");
+    sent(&mut m, b'S', b"");
+    m.on_backend(b'1', &frame(b'1', b""));
+    m.on_backend(b't', &frame(b't', b"\0\0"));
+    assert!(!m.confirms_at(b'T'), "a statement's description is not a result");
+    m.on_backend(b'T', &t);
+    m.on_backend(b'Z', &frame(b'Z', b"I"));
+    let bind = |m: &mut ResultMask, changed: bool| {
+        sent(m, b'B', b"\0s1\0\0\0\0\0\0\0");
+        sent(m, b'E', b"\0\0\0\0\0");
+        sent(m, b'S', b"");
+        assert!(m.confirms_at(b'2'));
+        if changed {
+            entry.replace_snapshot(snapshot());
+        }
+        m.after_confirm(true);
+        m.on_backend(b'2', &frame(b'2', b""));
+        let step = m.on_backend(b'D', &data_row(&[b"1"]));
+        m.on_backend(b'C', &frame(b'C', b"SELECT 1\0"));
+        m.on_backend(b'Z', &frame(b'Z', b"I"));
+        step
+    };
+    assert_eq!(bind(&mut m, false), MaskStep::Keep, "unchanged");
+    // Described before: any change fails it.
+    let step = bind(&mut m, true);
+    assert!(changed(&step, "changed while the statement ran"), "{step:?}");
+}
+
 /// Issue 15 item 5: a masked role with a row quota, one upstream read holding a description, rows
 /// to mask, rows past the quota and the statement's end, handled as the relay does (quotas, then
 /// masks, each editing the outbox in stream order, applied once at the end of the read): the

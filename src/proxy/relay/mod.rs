@@ -16,7 +16,9 @@
 //! - [`precheck`]: big statements checked on the blocking pool (and masked roles' catalog
 //!   freshness checks raced with the cut arms);
 //! - [`pipeline`]: masked roles' Executes waited for, so nothing after a refused result in a batch
-//!   takes effect.
+//!   takes effect;
+//! - [`mask`]: masked roles' results rewritten; each result's first frame waits (the outbox paused
+//!   there) for a second catalog check raced with the cut arms, like the client-side one.
 //!
 //! [`frontend`] and [`backend`] apply them to what each side sent. Expiry, revocation, kill and
 //! shutdown are arms of the loop's `select!`; when the grant changes, the session re-checks it with
@@ -56,7 +58,9 @@ use self::gate::AuditGate;
 use self::held::HeldDecoder;
 use self::io::{Buffers, IoEvents, UpstreamRead, Wants, HIGH_WATER};
 use self::pipeline::BatchHold;
-use self::precheck::{wait_confirmed, wait_offloaded, Confirming, OffloadedPrecheck};
+use self::precheck::{
+    wait_confirmed, wait_offloaded, wait_result_confirmed, Confirming, OffloadedPrecheck, ResultConfirming,
+};
 use self::state::SessionState;
 use self::sync::SyncTracker;
 use super::intercept::Precheck;
@@ -120,6 +124,11 @@ pub(crate) struct Relay {
     confirmed: bool,
     /// Client frames already read wait to be processed (a check resolved, a hold was released).
     resume_client: bool,
+    /// Roles with masks (s7, F4): the held frames of an upstream read from a result's first frame
+    /// on, waiting for the second catalog check of that result (the outbox is paused there).
+    paused: Option<backend::PausedRead>,
+    /// That check, raced with the cut arms; a cut drops it.
+    result_confirming: Option<ResultConfirming>,
 }
 
 impl Relay {
@@ -215,6 +224,8 @@ impl Session {
             confirming: None,
             confirmed: false,
             resume_client: false,
+            paused: None,
+            result_confirming: None,
         }
     }
 
@@ -293,6 +304,10 @@ impl Session {
                     r.confirming = None;
                     r.confirmed = true;
                     r.resume_client = true;
+                }
+                confirmed = wait_result_confirmed(&mut r.result_confirming), if r.result_confirming.is_some() => {
+                    r.result_confirming = None;
+                    self.on_result_confirmed(r, confirmed, busy).await;
                 }
                 acked = r.gate.acknowledged(), if r.gate.waiting() => self.on_acknowledged(r, acked, busy).await,
                 _ = sleep_opt(outcome_deadline), if outcome_deadline.is_some() => {
@@ -540,6 +555,10 @@ impl Session {
             "severing session"
         );
         r.cancel_after_relay(busy);
+        // A result waiting for its second catalog check: the check is dropped, and the FATAL goes
+        // at the pause (nothing of that result reaches the client).
+        r.result_confirming = None;
+        r.paused = None;
         r.bufs.outbox.queue_last(&error);
         r.state.close(reason, Instant::now());
     }

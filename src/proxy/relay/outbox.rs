@@ -95,6 +95,10 @@ pub(crate) struct ClientOutbox {
     /// The relay lost track of the stream ([`ClientOutbox::abandon`]): no stream byte goes to the
     /// client any more, only timebox's final message.
     abandoned: bool,
+    /// A masked role's result waits for a second catalog check (s7, F4): the client offset (a
+    /// frame boundary) of its first frame, before which the stream may go and from which nothing
+    /// goes, nor is more read from the upstream, until [`ClientOutbox::resume`].
+    pause: Option<u64>,
     /// Bytes the edits copied or moved (unit tests check the work per read is linear).
     #[cfg(test)]
     pub(crate) moved: u64,
@@ -116,6 +120,7 @@ impl ClientOutbox {
             splice: None,
             spliced: BytesMut::new(),
             abandoned: false,
+            pause: None,
             #[cfg(test)]
             moved: 0,
         }
@@ -159,6 +164,10 @@ impl ClientOutbox {
     /// may go to the client now; a held frame still arriving (whose declared length is known once
     /// its header is) is read on until whole, and never leaves in part.
     pub(crate) fn read_decision(&self) -> UpstreamRead {
+        if self.pause.is_some() {
+            // The held frames of the last read are not all handled yet.
+            return UpstreamRead::Wait;
+        }
         let pending = self.pending.len();
         let Some(hold) = self.hold_point() else {
             return upstream_read(pending, None);
@@ -177,6 +186,11 @@ impl ClientOutbox {
         }
         if self.abandoned {
             self.inject_at = Some(self.written);
+            return;
+        }
+        if let Some(pause) = self.pause {
+            // The boundaries after it are not final until the paused frames are handled.
+            self.inject_at = Some(pause.max(self.written));
             return;
         }
         let boundary = self.last_boundary();
@@ -198,6 +212,9 @@ impl ClientOutbox {
         }
         if let Some(hold) = self.hold_point() {
             limit = limit.min(hold);
+        }
+        if let Some(pause) = self.pause {
+            limit = limit.min(pause);
         }
         match self.inject_at {
             Some(at) if at == self.written && !self.inject.is_empty() => {
@@ -315,6 +332,24 @@ impl ClientOutbox {
         self.spliced.clear();
         self.pending.clear();
         self.inject_at = None;
+        self.pause = None;
+    }
+
+    /// Stops the stream at the complete frame starting at upstream offset `start` (edits of its
+    /// read finished first, [`Self::finish_edits`]): the bytes before it may go to the client,
+    /// none from it on, and nothing more is read from the upstream, until [`Self::resume`]. A
+    /// message queued meanwhile goes out at the pause.
+    pub(crate) fn pause_at(&mut self, start: u64) -> Result<(), OutboxError> {
+        self.finish_edits();
+        self.index(start)
+            .ok_or(OutboxError::NotHeld { start, end: start })?;
+        self.pause = Some(self.to_client(start));
+        Ok(())
+    }
+
+    /// The paused frames are being handled again: the stream goes on past the pause.
+    pub(crate) fn resume(&mut self) {
+        self.pause = None;
     }
 
     /// The outbox was abandoned: the session is ending, nothing of the stream goes out.
@@ -389,6 +424,13 @@ impl ClientOutbox {
     pub(crate) fn take_before_loss(&mut self, lost: &PgError) -> BytesMut {
         if self.abandoned {
             let mut out = BytesMut::new();
+            lost.encode(&mut out);
+            return out;
+        }
+        if let Some(pause) = self.pause {
+            // The frames from the pause on were not judged yet: none goes.
+            let before = (pause.saturating_sub(self.written) as usize).min(self.pending.len());
+            let mut out = self.pending.split_to(before);
             lost.encode(&mut out);
             return out;
         }

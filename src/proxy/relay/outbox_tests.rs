@@ -405,3 +405,58 @@ fn an_abandoned_outbox_sends_only_its_final_message() {
     assert_eq!(client, &lost_track().to_bytes()[..]);
     assert!(outbox.pending.is_empty());
 }
+
+/// s7 (F4): a masked role's result waits at its first frame for a second catalog check. The
+/// frames before the pause go (edited as the relay edited them), none from it on, nothing more
+/// is read from the upstream, until resumed; then the rest goes, edited too.
+#[test]
+fn a_paused_outbox_sends_nothing_past_the_pause_until_resumed() {
+    let mut outbox = masked_outbox();
+    let cc = frame_bytes(b'C', b"SELECT 1\0");
+    let ready = frame_bytes(b'Z', b"I");
+    let row = frame_bytes(b'D', b"\0\x01\0\0\0\x11alice@example.com");
+    let desc = frame_bytes(b'T', b"\0\0");
+    let stream = [&row[..], &cc[..], &desc[..], &row[..], &cc[..], &ready[..]].concat();
+    let held = read(&mut outbox, &stream);
+    assert_eq!(held.len(), 6);
+    // The first row was masked; the second result waits at its RowDescription.
+    let masked = frame_bytes(b'D', b"\0\x01\0\0\0\x01*");
+    outbox.replace_frame(held[0].1, held[0].2, &masked).unwrap();
+    outbox.pause_at(held[2].1).unwrap();
+    assert_eq!(outbox.read_decision(), UpstreamRead::Wait, "nothing more is read");
+    let mut client = Vec::new();
+    drain(&mut outbox, &mut client);
+    assert_eq!(client, [&masked[..], &cc[..]].concat(), "up to the pause, edited");
+    outbox.resume();
+    outbox.replace_frame(held[3].1, held[3].2, &masked).unwrap();
+    outbox.finish_edits();
+    drain(&mut outbox, &mut client);
+    let expected = [&masked[..], &cc[..], &desc[..], &masked[..], &cc[..], &ready[..]].concat();
+    assert_eq!(client, expected);
+    assert_eq!(outbox.read_decision(), UpstreamRead::Read);
+}
+
+/// s7 (F4): a cut while a result waits for its second check: the FATAL goes at the pause, and
+/// nothing of the waiting result ever does (nor on an upstream loss).
+#[test]
+fn a_final_message_while_paused_goes_at_the_pause_and_nothing_after_it() {
+    let mut outbox = masked_outbox();
+    let cc = frame_bytes(b'C', b"SELECT 1\0");
+    let desc = frame_bytes(b'T', b"\0\0");
+    let row = frame_bytes(b'D', b"\0\x01\0\0\0\x11alice@example.com");
+    let held = read(&mut outbox, &[&cc[..], &desc[..], &row[..]].concat());
+    outbox.pause_at(held[1].1).unwrap();
+    let fatal = PgError::admin_shutdown("terminating connection: session killed");
+    outbox.queue_last(&fatal);
+    let mut client = Vec::new();
+    drain(&mut outbox, &mut client);
+    assert_eq!(client, [&cc[..], &fatal.to_bytes()[..]].concat());
+    assert!(outbox.drained());
+    // An upstream loss instead: the frames before the pause, then the FATAL.
+    let mut outbox = masked_outbox();
+    let held = read(&mut outbox, &[&cc[..], &desc[..], &row[..]].concat());
+    outbox.pause_at(held[1].1).unwrap();
+    let lost = PgError::admin_shutdown("upstream lost");
+    let out = outbox.take_before_loss(&lost);
+    assert_eq!(&out[..], &[&cc[..], &lost.to_bytes()[..]].concat()[..]);
+}

@@ -68,3 +68,16 @@ pub(crate) async fn wait_confirmed(confirming: &mut Option<Confirming>) {
         None => std::future::pending().await,
     }
 }
+
+/// A masked role's second catalog check of a result (s7, F4,
+/// [`confirming_result`](super::mask::confirming_result)): the result's frames wait for it;
+/// expiry, kills and shutdown do not. Resolves to whether the snapshot could be confirmed.
+pub(crate) type ResultConfirming = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// Waits for the running second check (never resolves when there is none).
+pub(crate) async fn wait_result_confirmed(confirming: &mut Option<ResultConfirming>) -> bool {
+    match confirming {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
