@@ -9,11 +9,11 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
+use common::frames::{bind, exchange, execute, parse, sync};
 use common::pg::{audit_records, connect, db_error};
 use common::{psql, raw, TestInstance};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn roles() -> String {
@@ -221,36 +221,10 @@ fn sample(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn frame(tag: u8, body: &[u8]) -> BytesMut {
-    let mut b = BytesMut::new();
-    b.put_u8(tag);
-    b.put_u32(body.len() as u32 + 4);
-    b.put_slice(body);
-    b
-}
-
-/// Parse, Bind, Execute, Sync of `sql` with no Describe; the frame tags of the answer.
+/// Parse, Bind, Execute, Sync of `sql` with no Describe; a summary of the answer.
 async fn execute_undescribed(s: &mut TcpStream, buf: &mut BytesMut, sql: &str) -> String {
-    let mut out = frame(b'P', format!("\0{sql}\0\0\0").as_bytes());
-    out.extend_from_slice(&frame(b'B', b"\0\0\0\0\0\0\0\0"));
-    out.extend_from_slice(&frame(b'E', b"\0\0\0\0\0"));
-    out.extend_from_slice(&frame(b'S', b""));
-    s.write_all(&out).await.unwrap();
-    let mut answer = String::new();
-    loop {
-        while buf.len() >= 5 {
-            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if buf.len() < 1 + len {
-                break;
-            }
-            let f = buf.split_to(1 + len);
-            answer.push_str(&format!("{}:{} ", f[0] as char, String::from_utf8_lossy(&f[5..])));
-            if f[0] == b'Z' {
-                return answer;
-            }
-        }
-        assert!(s.read_buf(buf).await.unwrap() > 0, "closed: {answer}");
-    }
+    let frames = [parse("", sql), bind("", ""), execute(""), sync()];
+    exchange(s, buf, &frames).await
 }
 
 /// Issue 15 item 4: masked values, statements denied for masking (before they run, and results

@@ -11,12 +11,12 @@ mod common;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use common::cluster::{shared_cluster, unique_name};
+use common::frames::{answer, bind, describe, execute, parse, query, read_to_ready, send, sync};
 use common::masking::{start, start_with};
 use common::pg::{audit_records, connect, db_error, scalar};
 use common::raw;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::RwLock;
 
@@ -27,104 +27,14 @@ fn catalog_lock() -> &'static RwLock<()> {
     LOCK.get_or_init(|| RwLock::new(()))
 }
 
-fn msg(tag: u8, body: &[u8]) -> BytesMut {
-    let mut b = BytesMut::new();
-    b.put_u8(tag);
-    b.put_u32(body.len() as u32 + 4);
-    b.put_slice(body);
-    b
-}
-
-fn cs(s: &str) -> Vec<u8> {
-    let mut v = s.as_bytes().to_vec();
-    v.push(0);
-    v
-}
-
-fn parse(name: &str, sql: &str) -> BytesMut {
-    let mut b = cs(name);
-    b.extend(cs(sql));
-    b.extend([0, 0]);
-    msg(b'P', &b)
-}
-
-fn describe_portal() -> BytesMut {
-    msg(b'D', b"P\0")
-}
-
-fn bind() -> BytesMut {
-    msg(b'B', &[0, 0, 0, 0, 0, 0, 0, 0])
-}
-
-fn execute() -> BytesMut {
-    let mut b = cs("");
-    b.extend(0i32.to_be_bytes());
-    msg(b'E', &b)
-}
-
-fn sync() -> BytesMut {
-    msg(b'S', &[])
-}
-
-fn query(sql: &str) -> BytesMut {
-    msg(b'Q', &cs(sql))
-}
-
 /// Parse, Bind and Execute of `sql` (unnamed), without Describe.
 fn run(sql: &str) -> [BytesMut; 3] {
-    [parse("", sql), bind(), execute()]
+    [parse("", sql), bind("", ""), execute("")]
 }
 
 /// Parse, Bind, Describe (portal) and Execute of `sql`.
 fn run_described(sql: &str) -> [BytesMut; 4] {
-    [parse("", sql), bind(), describe_portal(), execute()]
-}
-
-/// Writes `frames` at once (one pipelined batch or more).
-async fn send(s: &mut TcpStream, frames: &[BytesMut]) {
-    let mut out = BytesMut::new();
-    for f in frames {
-        out.extend_from_slice(f);
-    }
-    s.write_all(&out).await.unwrap();
-}
-
-/// Reads up to the next ReadyForQuery: the frames' bytes.
-async fn answer_bytes(s: &mut TcpStream, buf: &mut BytesMut) -> Vec<u8> {
-    let mut answer = Vec::new();
-    loop {
-        while buf.len() >= 5 {
-            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if buf.len() < 1 + len {
-                break;
-            }
-            let frame = buf.split_to(1 + len);
-            answer.extend_from_slice(&frame);
-            if frame[0] == b'Z' {
-                return answer;
-            }
-        }
-        let read = tokio::time::timeout(Duration::from_secs(60), s.read_buf(buf)).await;
-        let closed = String::from_utf8_lossy(&answer).into_owned();
-        assert!(
-            read.expect("an answer").unwrap() > 0,
-            "connection closed: {closed}"
-        );
-    }
-}
-
-/// Reads up to the next ReadyForQuery: a printable summary of the frames (`tag:body `).
-async fn answer(s: &mut TcpStream, buf: &mut BytesMut) -> String {
-    let bytes = answer_bytes(s, buf).await;
-    let mut rest = &bytes[..];
-    let mut summary = String::new();
-    while rest.len() >= 5 {
-        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-        let body = String::from_utf8_lossy(&rest[5..1 + len]).replace('\0', "|");
-        summary.push_str(&format!("{}:{} ", rest[0] as char, body));
-        rest = &rest[1 + len..];
-    }
-    summary
+    [parse("", sql), bind("", ""), describe(b'P', ""), execute("")]
 }
 
 /// A superuser connection to `shop` on the shared cluster, not through timebox.
@@ -381,8 +291,8 @@ async fn a_role_without_masks_gets_the_upstreams_pipelined_answers() {
     let (mut direct, mut dbuf, _) = raw::login_to(upstream, READ_USER, "shop", READ_PASSWORD).await;
     send(&mut direct, &batch).await;
     let expected = [
-        answer_bytes(&mut direct, &mut dbuf).await,
-        answer_bytes(&mut direct, &mut dbuf).await,
+        read_to_ready(&mut direct, &mut dbuf).await,
+        read_to_ready(&mut direct, &mut dbuf).await,
     ];
     let text = String::from_utf8_lossy(&expected.concat()).into_owned();
     assert!(
@@ -393,8 +303,8 @@ async fn a_role_without_masks_gets_the_upstreams_pipelined_answers() {
     let (mut s, mut buf) = raw::login(inst.proxy_addr, "alice", &token).await;
     send(&mut s, &batch).await;
     let relayed = [
-        answer_bytes(&mut s, &mut buf).await,
-        answer_bytes(&mut s, &mut buf).await,
+        read_to_ready(&mut s, &mut buf).await,
+        read_to_ready(&mut s, &mut buf).await,
     ];
     assert_eq!(relayed, expected);
 }

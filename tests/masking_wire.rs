@@ -8,13 +8,10 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::BytesMut;
 use common::masking::{session, some, start, text_rows};
 use common::pg::{audit_records, db_error};
 use common::wire::answer_bytes;
 use common::{psql, raw};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_columns_are_masked_by_every_method_in_text_and_binary() {
@@ -287,74 +284,7 @@ async fn a_role_without_masks_gets_the_upstreams_bytes() {
 
 /// s5 maskrelay: raw extended-protocol frames for the FETCH/EXECUTE regression tests.
 mod run_time_shapes {
-    use super::*;
-    use bytes::BufMut;
-
-    pub fn msg(tag: u8, body: &[u8]) -> BytesMut {
-        let mut b = BytesMut::new();
-        b.put_u8(tag);
-        b.put_u32(body.len() as u32 + 4);
-        b.put_slice(body);
-        b
-    }
-    fn cs(s: &str) -> Vec<u8> {
-        let mut v = s.as_bytes().to_vec();
-        v.push(0);
-        v
-    }
-    pub fn parse(name: &str, sql: &str) -> BytesMut {
-        let mut b = cs(name);
-        b.extend(cs(sql));
-        b.extend([0, 0]);
-        msg(b'P', &b)
-    }
-    pub fn describe(kind: u8, name: &str) -> BytesMut {
-        let mut b = vec![kind];
-        b.extend(cs(name));
-        msg(b'D', &b)
-    }
-    pub fn bind(portal: &str, stmt: &str) -> BytesMut {
-        let mut b = cs(portal);
-        b.extend(cs(stmt));
-        b.extend([0, 0, 0, 0, 0, 0]);
-        msg(b'B', &b)
-    }
-    pub fn execute(portal: &str) -> BytesMut {
-        let mut b = cs(portal);
-        b.extend(0i32.to_be_bytes());
-        msg(b'E', &b)
-    }
-    pub fn sync() -> BytesMut {
-        msg(b'S', &[])
-    }
-    pub fn query(sql: &str) -> BytesMut {
-        msg(b'Q', &cs(sql))
-    }
-
-    /// Sends frames, reads up to ReadyForQuery; a printable summary of the answer.
-    pub async fn exchange(s: &mut TcpStream, buf: &mut BytesMut, frames: &[BytesMut]) -> String {
-        let mut out = BytesMut::new();
-        for f in frames {
-            out.extend_from_slice(f);
-        }
-        s.write_all(&out).await.unwrap();
-        let mut summary = String::new();
-        loop {
-            while buf.len() >= 5 {
-                let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-                if buf.len() < 1 + len {
-                    break;
-                }
-                let frame = buf.split_to(1 + len);
-                let body = String::from_utf8_lossy(&frame[5..]).replace('\0', "|");
-                summary.push_str(&format!("{}:{} ", frame[0] as char, body));
-                if frame[0] == b'Z' {
-                    return summary;
-                }
-            }
-            assert!(s.read_buf(buf).await.unwrap() > 0, "connection closed: {summary}");
-        }
-    }
+    pub use crate::common::frames::{bind, describe, exchange, execute, parse, query, sync};
 
     pub const CLEAR: [&str; 3] = ["alice@example.com", "4111111111111111", "bob@shop.test"];
 

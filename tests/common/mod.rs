@@ -11,6 +11,7 @@ pub mod pg;
 // Shared setups (issue 10): fleet instances on one store, `timebox serve` as a child process.
 pub mod child;
 pub mod fleet;
+pub mod frames;
 pub mod wire;
 
 use std::net::SocketAddr;

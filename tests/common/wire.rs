@@ -5,29 +5,12 @@ use std::ffi::OsStr;
 use std::process::{Child, Command, Stdio};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Sends `sql` as a simple Query and returns the raw bytes of the answer, up to its ReadyForQuery.
 pub async fn answer_bytes(s: &mut TcpStream, buf: &mut BytesMut, sql: &str) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    postgres_protocol::message::frontend::query(sql, &mut out).unwrap();
-    s.write_all(&out).await.unwrap();
-    let mut answer = Vec::new();
-    loop {
-        while buf.len() >= 5 {
-            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if buf.len() < 1 + len {
-                break;
-            }
-            let frame = buf.split_to(1 + len);
-            answer.extend_from_slice(&frame);
-            if frame[0] == b'Z' {
-                return answer;
-            }
-        }
-        assert!(s.read_buf(buf).await.unwrap() > 0, "connection closed");
-    }
+    super::frames::send(s, &[super::frames::query(sql)]).await;
+    super::frames::read_to_ready(s, buf).await
 }
 
 /// `[targets.shop.credentials.<role>]` with the given upstream user and password (TOML lines).
