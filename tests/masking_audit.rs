@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use common::frames::{bind, exchange, execute, parse, sync};
 use common::pg::{audit_records, connect, db_error};
+use common::wire::metrics_text;
 use common::{psql, raw, TestInstance};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -200,18 +201,6 @@ async fn a_quota_stop_of_a_masked_result_records_both() {
         "{o}"
     );
     assert_eq!(o["sqlstate"], "54000", "{o}");
-}
-
-async fn metrics_text(inst: &TestInstance) -> String {
-    reqwest::Client::new()
-        .get(format!("{}/metrics", inst.admin_url()))
-        .bearer_auth(common::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 /// The value of the sample `series` (name and labels as exposed), 0 when absent.
