@@ -268,7 +268,8 @@ async fn admin_psql(sql: String) {
 /// timebox read the catalog again: each returned or raised the masked values in clear. Now each
 /// statement of a masked role first confirms the snapshot against a fingerprint of the catalog
 /// and reads it again when it changed, so each is refused (42501) as if it had been there all
-/// along — a statement prepared before the view was replaced included (its rows are refused).
+/// along — a statement prepared before the view was replaced included (s8: its Bind is refused, its
+/// text checked again against the new copy).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_created_or_replaced_after_the_snapshot_are_seen_at_the_next_statement() {
     let inst = start().await;
@@ -328,7 +329,13 @@ async fn objects_created_or_replaced_after_the_snapshot_are_seen_at_the_next_sta
         .expect_err("the prepared statement's rows over the replaced view");
     let db = e.as_db_error().expect("a server error");
     assert_eq!(db.code().code(), "42501", "{db:?}");
-    assert!(db.message().contains("read the target's catalog again"), "{db:?}");
+    // s8: its text is checked again against the new copy when it is bound (s6: its rows were
+    // refused, "read the target's catalog again").
+    assert!(
+        db.message()
+            .contains(&format!("relation public.{view} runs code")),
+        "{db:?}"
+    );
     assert!(!CLEAR.iter().any(|c| format!("{db:?}").contains(c)), "{db:?}");
     admin_psql(format!(
         "DROP OPERATOR public.~* (text, int); DROP CAST (int4 AS time); DROP TABLE public.{rls};
@@ -860,6 +867,106 @@ async fn ddl_committed_while_the_statement_waits_for_a_lock_fails_its_rows() {
     let failures: Vec<&String> = [&lock, &multi, &extended, &raised]
         .into_iter()
         .filter(|out| !refused(out))
+        .collect();
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Regression (s7 re-attack of F4): text checked against one copy of the catalog ran on another.
+/// An accomplice replaced a view that a masked role's statement reads through a computed column
+/// (`upper(x)`: table OID 0 in the RowDescription, so no description shows the change): (1) after
+/// `PREPARE`, before `EXECUTE` — PostgreSQL plans the statement again on the new definition; (2)
+/// after a protocol Parse, before Bind (with Describe of the portal); (3) while a `DECLARE … WITH
+/// HOLD` waited for the accomplice's lock, fetched after; (4) while a plain `SELECT` waited for it.
+/// Each returned the masked values upper-cased. Now a prepared statement's text is checked again
+/// when it runs on another copy, a cursor is fetched only under the copy it was declared with, and
+/// a result whose copy changed passes only when its text passes against the new copy too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_checked_against_one_catalog_never_runs_on_another() {
+    use common::frames::{bind, describe, exchange, execute, parse, sync};
+    let t = common::cluster::unique_name("s8_rc_t");
+    let [pv, bv, dv, qv] = ["s8_rc_pv", "s8_rc_bv", "s8_rc_dv", "s8_rc_qv"].map(common::cluster::unique_name);
+    let plain = "SELECT 1::int AS id, 'x'::text AS x";
+    let (inst, c) = start_secret(
+        &[&t],
+        format!(
+            "CREATE TABLE public.{t} (id int PRIMARY KEY, secret text);
+             INSERT INTO public.{t} VALUES (1, '{S7_SECRET}');
+             CREATE VIEW public.{pv} AS {plain}; CREATE VIEW public.{bv} AS {plain};
+             CREATE VIEW public.{dv} AS {plain}; CREATE VIEW public.{qv} AS {plain};
+             GRANT SELECT ON public.{t}, public.{pv}, public.{bv}, public.{dv}, public.{qv} TO {READ_USER};"
+        ),
+    )
+    .await;
+    let replace =
+        |v: &str| format!("CREATE OR REPLACE VIEW public.{v} AS SELECT id, secret AS x FROM public.{t}");
+    // 1. PREPARE, the view replaced, EXECUTE.
+    let prepare = format!("PREPARE s8p AS SELECT upper(x) AS x FROM {pv}");
+    assert_eq!(outcome(&c, &prepare).await, "OK");
+    assert_eq!(outcome(&c, "EXECUTE s8p").await, "OK Some(\"X\")");
+    admin_psql(replace(&pv)).await;
+    let executed = outcome(&c, "EXECUTE s8p").await;
+    // 2. Parse (described), the view replaced, Bind with Describe of the portal.
+    let (_, token) = inst.grant("alice", "s7_secret", "10m").await;
+    let (mut s, mut buf) = common::raw::login(inst.proxy_addr, "alice", &token).await;
+    let parsed = exchange(
+        &mut s,
+        &mut buf,
+        &[
+            parse("s8b", &format!("SELECT upper(x) AS x FROM {bv}")),
+            describe(b'S', "s8b"),
+            sync(),
+        ],
+    )
+    .await;
+    assert!(parsed.contains("T:"), "{parsed}");
+    admin_psql(replace(&bv)).await;
+    let bound = exchange(
+        &mut s,
+        &mut buf,
+        &[bind("", "s8b"), describe(b'P', ""), execute(""), sync()],
+    )
+    .await;
+    // 3. A cursor declared while the accomplice's replacement waited to commit, fetched after.
+    let c = std::sync::Arc::new(c);
+    let query = |sql: String| {
+        let c = c.clone();
+        async move { outcome(&c, &sql).await }
+    };
+    let a = accomplice().await;
+    let declare = format!("BEGIN; DECLARE s8c CURSOR WITH HOLD FOR SELECT upper(x) AS x FROM {dv}; COMMIT");
+    let declared = across_a_lock(&a, &replace(&dv), "BEGIN; DECLARE s8c", query(declare)).await;
+    assert_eq!(declared, "OK", "the DECLARE itself returns no rows");
+    let fetched = outcome(&c, "FETCH ALL FROM s8c").await;
+    // 4. A plain SELECT waiting for the lock.
+    let select = format!("SELECT upper(x) AS x FROM {qv}");
+    let selected = across_a_lock(&a, &replace(&qv), &select, query(select.clone())).await;
+    admin_psql(format!(
+        "DROP VIEW public.{pv}, public.{bv}, public.{dv}, public.{qv}; DROP TABLE public.{t};"
+    ))
+    .await;
+    let _ = inst.shutdown().await;
+    let view_over = |v: &str| format!("relation public.{v} is a view over masked column public.{t}.secret");
+    let bound_refused = bound.contains("42501") && bound.contains(&view_over(&bv));
+    let expected = [
+        (
+            &executed,
+            executed.starts_with("ERR 42501 ") && executed.contains(&view_over(&pv)),
+        ),
+        (&bound, bound_refused),
+        (
+            &fetched,
+            fetched.starts_with("ERR 42501 ")
+                && fetched.contains("changed since cursor \"s8c\" was declared"),
+        ),
+        (
+            &selected,
+            selected.starts_with("ERR 42501 ") && selected.contains("changed while the statement ran"),
+        ),
+    ];
+    let failures: Vec<&String> = expected
+        .iter()
+        .filter(|(out, refused)| s7_leaked(out) || !refused)
+        .map(|(out, _)| *out)
         .collect();
     assert!(failures.is_empty(), "{failures:#?}");
 }

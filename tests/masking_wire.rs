@@ -307,15 +307,29 @@ async fn an_extended_fetch_or_execute_is_not_trusted_to_its_describe() {
     let (_, token) = inst.grant("alice", "support", "10m").await;
     let (mut s, mut buf) = raw::login(inst.proxy_addr, "alice", &token).await;
     let (s, buf) = (&mut s, &mut buf);
-    // Described before the cursor exists (NoData).
+    // Parsed before the cursor exists: s8 refuses the Parse itself (a FETCH of a cursor not
+    // declared through timebox; s5 refused its rows, described as NoData).
+    let r = exchange(
+        s,
+        buf,
+        &[parse("f", "FETCH ALL FROM cur"), describe(b'S', "f"), sync()],
+    )
+    .await;
+    assert!(
+        r.contains("42501") && r.contains("cursor \"cur\" was not declared through timebox"),
+        "{r}"
+    );
+    let declare = "DECLARE cur CURSOR WITH HOLD FOR SELECT email, card FROM customers ORDER BY id";
+    exchange(s, buf, &[query(declare)]).await;
+    let r = exchange(s, buf, &[bind("", "f"), execute(""), sync()]).await;
+    assert!(r.contains("42501") && !r.contains("D:"), "{r}");
+    // Parsed (and described) once it exists: its rows are still refused.
     exchange(
         s,
         buf,
         &[parse("f", "FETCH ALL FROM cur"), describe(b'S', "f"), sync()],
     )
     .await;
-    let declare = "DECLARE cur CURSOR WITH HOLD FOR SELECT email, card FROM customers ORDER BY id";
-    exchange(s, buf, &[query(declare)]).await;
     assert_denied(&exchange(s, buf, &[bind("", "f"), execute(""), sync()]).await);
     // EXECUTE described before its PREPARE (the interceptor already refuses that Parse).
     exchange(s, buf, &[parse("e", "EXECUTE pp"), describe(b'S', "e"), sync()]).await;

@@ -207,6 +207,7 @@ pub(crate) fn literal_independent(
         execute_name,
         deallocate,
         declare_cursor,
+        fetch_cursor,
         unparsed,
         newer_syntax: _, // structure (keywords), never a literal
     } = stmt;
@@ -230,6 +231,7 @@ pub(crate) fn literal_independent(
         || execute_name.is_some()
         || deallocate.is_some()
         || declare_cursor.is_some()
+        || fetch_cursor.is_some()
     {
         return Err("carries a flag for the relay");
     }

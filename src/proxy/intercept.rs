@@ -38,7 +38,7 @@ use crate::policy::{
     self, Classification, ClassifyCache, Decision, RolePolicy, ServerVersion, StatementClass, Target,
     TargetFunctions,
 };
-use crate::proxy::relay::mask::MaskContext;
+use crate::proxy::relay::mask::{MaskContext, MaskJudgements};
 
 /// Prepared statements a session may hold before new named ones are refused.
 const MAX_PREPARED: usize = 10_000;
@@ -107,6 +107,9 @@ pub struct Precheck {
     /// The masking shape check's denial (roles with masks), or the masked columns it may read.
     mask_denial: Option<MaskDenial>,
     masked: Vec<String>,
+    /// Roles with masks: the text, for [`MaskJudgements`] (a prepared statement's text is checked
+    /// again when it runs on another copy of the catalog).
+    masked_text: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -139,6 +142,7 @@ impl Prechecker {
                 text: TextCheck::Unreadable,
                 mask_denial: None,
                 masked: Vec::new(),
+                masked_text: None,
             };
         };
         let sql = Arc::new(AuditSql::of(text));
@@ -156,12 +160,17 @@ impl Prechecker {
             },
             _ => (None, Vec::new()),
         };
+        let masked_text = matches!(text, TextCheck::Classified(_))
+            .then_some(())
+            .and(self.masking.as_ref())
+            .map(|_| Arc::from(text_sql(tag, frame)));
         Precheck {
             name: (tag == b'P').then(|| name.to_owned()),
             sql,
             text,
             mask_denial,
             masked,
+            masked_text,
         }
     }
 
@@ -177,6 +186,7 @@ impl Prechecker {
             text: TextCheck::Failed,
             mask_denial: None,
             masked: Vec::new(),
+            masked_text: None,
         }
     }
 }
@@ -228,6 +238,8 @@ pub struct Interceptor {
     app_tag: String,
     /// The role's column masks, if any (shape check here, rewrite in the relay).
     masking: Option<Arc<MaskContext>>,
+    /// Roles with masks: the catalog copy each prepared statement and cursor was judged with.
+    mask_judged: MaskJudgements,
 }
 
 impl Interceptor {
@@ -248,6 +260,7 @@ impl Interceptor {
             target_functions: None,
             app_tag: appname::session_tag("?", grant_id),
             masking: None,
+            mask_judged: MaskJudgements::default(),
         }
     }
 
@@ -373,11 +386,18 @@ impl Interceptor {
     }
 
     /// The classification, the class to audit and the denial, if any, of a prechecked text.
-    fn judge(&mut self, pre: &Precheck) -> (Arc<Classification>, StatementClass, Option<PgError>) {
+    /// Roles with masks: a masking refusal found here is kept in `pre.mask_denial` (s8: an
+    /// `EXECUTE` or `FETCH` of something judged with another copy of the catalog).
+    fn judge(&mut self, pre: &mut Precheck) -> (Arc<Classification>, StatementClass, Option<PgError>) {
         let unclassified = || Arc::new(Classification::default());
         match &pre.text {
             TextCheck::Classified(c) => {
                 let (c, mut denial) = self.check_sql(&pre.sql, c.clone());
+                if let (None, None, Some(m), Some(text)) =
+                    (&denial, &pre.mask_denial, &self.masking, &pre.masked_text)
+                {
+                    pre.mask_denial = self.mask_judged.on_text(m, text, &c).err();
+                }
                 if let (None, Some(d)) = (&denial, &pre.mask_denial) {
                     denial = Some(self.denial(&d.reason, d.hint));
                 }
@@ -557,8 +577,8 @@ impl Interceptor {
         precheck: Option<Precheck>,
         checked: &mut Option<Checked>,
     ) -> FrontendAction {
-        let pre = precheck.unwrap_or_else(|| self.prechecker().precheck(tag, frame));
-        let (classification, class, mut denial) = self.judge(&pre);
+        let mut pre = precheck.unwrap_or_else(|| self.prechecker().precheck(tag, frame));
+        let (classification, class, mut denial) = self.judge(&mut pre);
         let rewritten = self.tag_application_name(&classification, &mut denial);
         *checked = Some(Checked {
             sql: pre.sql,
@@ -590,8 +610,8 @@ impl Interceptor {
         precheck: Option<Precheck>,
         checked: &mut Option<Checked>,
     ) -> FrontendAction {
-        let pre = precheck.unwrap_or_else(|| self.prechecker().precheck(tag, frame));
-        let (classification, class, mut denial) = self.judge(&pre);
+        let mut pre = precheck.unwrap_or_else(|| self.prechecker().precheck(tag, frame));
+        let (classification, class, mut denial) = self.judge(&mut pre);
         if denial.is_none() && classification.statements.len() > 1 {
             // PostgreSQL refuses these too; refusing here keeps the prepared namespace exact.
             denial = Some(self.denial(
@@ -637,6 +657,9 @@ impl Interceptor {
                     });
                     out
                 });
+                if let (Some(m), Some(text)) = (&self.masking, &pre.masked_text) {
+                    self.mask_judged.parsed(m, &name, text);
+                }
                 self.prepared.insert(
                     name,
                     Prepared {
@@ -668,17 +691,27 @@ impl Interceptor {
             .and_then(|s| self.prepared.get(s).cloned());
         match known {
             Some(p) => {
+                // Roles with masks: the statement runs on the catalog as it is now (s8).
+                let name = statement.map_or("", |(s, _)| std::str::from_utf8(s).unwrap_or_default());
+                let masking = match &self.masking {
+                    Some(m) => self.mask_judged.bind(m, name, &p.classification).err(),
+                    None => None,
+                };
+                let denial = masking.map(|d| self.denial(&d.reason, d.hint));
                 // Each Bind is one execution of a checked statement: audit it with its parameters.
                 *checked = Some(Checked {
                     sql: p.sql,
                     class: p.class,
                     classification: p.classification,
-                    denied: None,
+                    denied: denial.as_ref().map(|e| e.message.clone()),
                     params: statement.and_then(|(_, rest)| bind_params(rest)),
                     masked: Vec::new(),
-                    mask_denied: false,
+                    mask_denied: denial.is_some(),
                 });
-                FrontendAction::Forward
+                match denial {
+                    Some(e) => self.deny_with_parse_marker(e),
+                    None => FrontendAction::Forward,
+                }
             }
             // Benchmark knob: allowed too (e.g. a statement from an SQL-level PREPARE).
             None if self.skip_policy.is_some() => FrontendAction::Forward,
@@ -700,7 +733,9 @@ impl Interceptor {
         // Close: 'S' statement or 'P' portal, then the name.
         if body.first() == Some(&b'S') {
             if let Some((name, _)) = cstr(&body[1..]) {
-                self.prepared.remove(&*String::from_utf8_lossy(name));
+                let name = String::from_utf8_lossy(name);
+                self.prepared.remove(&*name);
+                self.mask_judged.closed(&name);
             }
         }
         FrontendAction::Forward
@@ -720,47 +755,6 @@ impl Interceptor {
     }
 }
 
-/// The parameter values of a Bind message body (after the portal and statement names): text
-/// parameters as text, binary ones as `\x…` hex, NULL as `None`. `None` if malformed.
-fn bind_params(rest: &[u8]) -> Option<Vec<Option<String>>> {
-    let mut r = rest;
-    let mut take = |n: usize| -> Option<&[u8]> {
-        if r.len() < n {
-            return None;
-        }
-        let (head, tail) = r.split_at(n);
-        r = tail;
-        Some(head)
-    };
-    let i16_at = |b: &[u8]| i16::from_be_bytes([b[0], b[1]]);
-    let nformats = i16_at(take(2)?).max(0) as usize;
-    let mut formats = Vec::with_capacity(nformats);
-    for _ in 0..nformats {
-        formats.push(i16_at(take(2)?));
-    }
-    let nparams = i16_at(take(2)?).max(0) as usize;
-    let mut params = Vec::with_capacity(nparams);
-    for i in 0..nparams {
-        let len = i32::from_be_bytes(take(4)?.try_into().ok()?);
-        if len < 0 {
-            params.push(None);
-            continue;
-        }
-        let value = take(len as usize)?;
-        let binary = match formats.len() {
-            0 => false,
-            1 => formats[0] == 1,
-            _ => formats.get(i).copied() == Some(1),
-        };
-        params.push(Some(if binary {
-            format!("\\x{}", hex::encode(value))
-        } else {
-            String::from_utf8_lossy(value).into_owned()
-        }));
-    }
-    Some(params)
-}
-
 /// The statement text of a whole Query or Parse frame already read as UTF-8 (empty otherwise).
 fn text_sql(tag: u8, frame: &[u8]) -> &str {
     message_text(tag, frame.get(5..).unwrap_or_default())
@@ -773,6 +767,9 @@ fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
     let nul = b.iter().position(|&c| c == 0)?;
     Some((&b[..nul], &b[nul + 1..]))
 }
+
+mod params;
+use params::bind_params;
 
 #[cfg(test)]
 mod tests;

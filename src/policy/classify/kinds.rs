@@ -118,8 +118,12 @@ pub(super) fn base_class(stmt: &NodeEnum, top: &str, info: &mut StatementInfo) -
     use StatementClass::*;
     match stmt {
         NodeEnum::SelectStmt(_) => {}
+        NodeEnum::FetchStmt(f) => {
+            if !f.ismove {
+                info.fetch_cursor = Some(f.portalname.clone());
+            }
+        }
         NodeEnum::VariableShowStmt(_)
-        | NodeEnum::FetchStmt(_)
         | NodeEnum::ClosePortalStmt(_)
         | NodeEnum::ListenStmt(_)
         | NodeEnum::UnlistenStmt(_)

@@ -210,6 +210,9 @@ pub struct StatementInfo {
     pub deallocate: Option<Deallocate>,
     /// `DECLARE name CURSOR FOR …`: the class covers the cursor's query.
     pub declare_cursor: Option<String>,
+    /// `FETCH … FROM name` (not `MOVE`, which returns no rows): masked roles' sessions check
+    /// that the cursor was declared against the catalog it is fetched under.
+    pub fetch_cursor: Option<String>,
     /// Why the statement is `Unparsed`, if it is.
     pub unparsed: Option<String>,
     /// Constructs of the classifier's grammar (PostgreSQL 18) that older targets parse as calls of
@@ -240,6 +243,7 @@ impl StatementInfo {
             execute_name: None,
             deallocate: None,
             declare_cursor: None,
+            fetch_cursor: None,
             unparsed: None,
             newer_syntax: Vec::new(),
         }

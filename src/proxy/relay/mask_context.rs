@@ -54,14 +54,8 @@ impl MaskContext {
     /// The pre-execution shape check of one statement text, with the snapshot's rules (inherited
     /// tables included) and views when one was read.
     pub fn check(&self, sql: &str, classification: &Classification) -> Result<Vec<String>, MaskDenial> {
-        if self.unconfirmed.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(MaskDenial {
-                reason: format!(
-                    "role \"{}\" masks columns, and timebox could not confirm that its copy of the target's catalog is current",
-                    self.role
-                ),
-                hint: UNCONFIRMED_HINT,
-            });
+        if let Some(denial) = self.unconfirmed_denial() {
+            return Err(denial);
         }
         let snapshot = self.entry.current();
         let (columns, views, known) = match &snapshot {
@@ -90,6 +84,28 @@ impl MaskContext {
             });
         }
         Ok(masked)
+    }
+}
+
+impl MaskContext {
+    /// The refusal of anything checked while the last [`MaskContext::confirm_current`] could not
+    /// confirm the snapshot; `None` when it could.
+    pub fn unconfirmed_denial(&self) -> Option<MaskDenial> {
+        self.unconfirmed
+            .load(std::sync::atomic::Ordering::Acquire)
+            .then(|| MaskDenial {
+                reason: format!(
+                    "role \"{}\" masks columns, and timebox could not confirm that its copy of the target's catalog is current",
+                    self.role
+                ),
+                hint: UNCONFIRMED_HINT,
+            })
+    }
+
+    /// [`MaskContext::check`] of a text checked before against another copy of the catalog (a
+    /// prepared statement about to run again, s8), classified afresh.
+    pub fn recheck(&self, sql: &str) -> Result<(), MaskDenial> {
+        self.check(sql, &crate::policy::classify(sql)).map(drop)
     }
 }
 

@@ -6,7 +6,9 @@
 //! revalidation, kept to the end of the transaction): the relay holds it back until the snapshot
 //! is confirmed again ([`confirming_result`]), and [`ResultMask::after_confirm`] fails the
 //! result's rows when the snapshot changed since the statement was checked. Never passes a result
-//! judged with another snapshot than the current one unless both show its columns alike.
+//! judged with another copy of the catalog than the current one unless the statement's text passes
+//! the check against the current copy too and both copies show its columns alike (s8: alike alone
+//! passed a computed column of a replaced view, OID 0 in both).
 
 use std::sync::Arc;
 
@@ -56,7 +58,7 @@ impl ResultMask {
     /// simple Query's RowDescription, or an extended-protocol BindComplete (s7, F4). Its catalog
     /// snapshot is confirmed again before it is judged ([`ResultMask::after_confirm`]).
     pub(crate) fn confirms_at(&self, tag: u8) -> bool {
-        tag == b'2' || (tag == b'T' && matches!(self.pending.front(), Some(Expect::Query(_))))
+        tag == b'2' || (tag == b'T' && matches!(self.pending.front(), Some(Expect::Query(..))))
     }
 
     /// The second catalog check of the result beginning at the next frame resolved (`confirmed`:
@@ -66,11 +68,7 @@ impl ResultMask {
     pub(crate) fn after_confirm(&mut self, confirmed: bool) {
         let now = self.entry.current();
         let checked = self.judged_with.clone();
-        let changed = match (&checked, &now) {
-            (Some(checked), Some(now)) => !Arc::ptr_eq(checked, now),
-            (None, None) => false,
-            _ => true,
-        };
+        let changed = !super::same_catalog(checked.as_deref(), now.as_deref());
         self.follow_snapshot(now);
         self.rechecked = if !confirmed {
             Some(Rechecked::Unconfirmed)
@@ -81,18 +79,30 @@ impl ResultMask {
 
     /// Why the rows of the result beginning with frame `tag` fail after its second check, if
     /// they do: not confirmed; or the catalog changed since the statement was checked, unless this
-    /// is a RowDescription the old and the current snapshot show alike (a change elsewhere in
-    /// the catalog). A BindComplete's statement was described earlier: any change fails it.
+    /// is a simple Query's RowDescription whose text passes the check against the current copy
+    /// ([`MaskContext::recheck`]) and which the old and the current copy show alike (a change
+    /// elsewhere in the catalog). A BindComplete's statement was described earlier: any change
+    /// fails it.
     pub(super) fn changed_while_running(&mut self, tag: u8, frame: &[u8]) -> Option<&'static str> {
         match self.rechecked.take()? {
             Rechecked::Unconfirmed => Some(UNCONFIRMED),
             Rechecked::Changed(checked)
                 if tag == b'T'
+                    && self.query_passes_again()
                     && judged_alike(frame, checked.as_deref(), self.entry.current().as_deref()) =>
             {
                 None
             }
             Rechecked::Changed(_) => Some(CHANGED),
+        }
+    }
+
+    /// Whether the text of the simple Query in progress passes the masking check against the
+    /// current copy of the catalog (`false` without one: fail closed).
+    fn query_passes_again(&self) -> bool {
+        match (&self.context, self.pending.front()) {
+            (Some(context), Some(Expect::Query(_, Some(text)))) => context.recheck(text).is_ok(),
+            _ => false,
         }
     }
 }

@@ -503,9 +503,9 @@ fn descriptions_from_before_a_catalog_re_read_are_stale() {
 
 /// Regression (s7 attack, F4): a statement checked with one snapshot that ran on a catalog changed
 /// afterwards (a view replaced and committed while it waited for the lock). Its result's first
-/// frame — a Query's RowDescription, a BindComplete — waits for a second check; a snapshot other
-/// than the one it was checked against (for a RowDescription: one showing its columns otherwise),
-/// or none confirmed, fails its rows. Unchanged: as before.
+/// frame — a Query's RowDescription, a BindComplete — waits for a second check; another copy of
+/// the catalog than the one it was checked against (s8: even one showing its columns alike), or
+/// none confirmed, fails its rows. Unchanged (or read again unchanged): as before.
 #[test]
 fn a_result_whose_catalog_changed_while_the_statement_ran_fails_its_rows() {
     let entry = Arc::new(MaskEntry::holding(Some(snapshot())));
@@ -526,8 +526,23 @@ fn a_result_whose_catalog_changed_while_the_statement_ran_fails_its_rows() {
     };
     let changed = |step: &MaskStep, why: &str| matches!(step, MaskStep::Fail(e) if e.code == "42501" && e.message.contains(why));
     assert_eq!(query(&mut m, None, true), MaskStep::Keep, "unchanged");
-    // Changed elsewhere: the description's columns are shown alike.
-    assert_eq!(query(&mut m, Some(snapshot()), true), MaskStep::Keep, "alike");
+    // Changed elsewhere (s8): the description's columns are shown alike, yet a computed column of
+    // a replaced view (OID 0) would read alike too, and its text was checked with the old copy.
+    let step = query(&mut m, Some(snapshot()), true);
+    assert!(changed(&step, "changed while the statement ran"), "{step:?}");
+    // Read again without a change (the same fingerprint): the same copy.
+    let fingerprinted = || {
+        let mut s = snapshot();
+        s.fingerprint = Some(crate::masking::freshness::CatalogFingerprint::counting(7));
+        s
+    };
+    entry.replace_snapshot(fingerprinted());
+    query(&mut m, None, true);
+    assert_eq!(
+        query(&mut m, Some(fingerprinted()), true),
+        MaskStep::Keep,
+        "re-read, unchanged"
+    );
     // Changed here (the relation is new to the current copy, as a view replaced is).
     let step = query(&mut m, Some(MaskSnapshot::default()), true);
     assert!(changed(&step, "changed while the statement ran"), "{step:?}");
@@ -653,4 +668,73 @@ fn masked_rows_and_a_quota_stop_in_one_read_reach_the_client_masked_and_whole() 
     assert_eq!(text.matches("***@example.com").count(), 2);
     assert!(!text.contains("alice@"), "no clear value");
     assert!(text.contains("max_rows_per_statement = 2"));
+}
+
+/// Regression (s7 re-attack): a view replaced while the statement waited for its lock, so that a
+/// computed column (`upper(x)`, table OID 0 in the RowDescription) now reads the masked column —
+/// both copies show that column alike (plain), and its rows went out. Now a changed copy passes a
+/// simple Query's result only when its text passes the check against the current copy too; a
+/// change elsewhere (the text passes, the columns alike) still passes.
+#[test]
+fn a_changed_catalog_passes_a_result_only_when_its_text_passes_again() {
+    let row = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+    let rule = || MaskRule {
+        schema: "public".into(),
+        table: "customers".into(),
+        column: "email".into(),
+        method: MaskMethod::Email,
+    };
+    let read = |view_over_email: bool| {
+        let attrs = vec![
+            row(&["0", "16400", "public", "customers", "1", "f"]),
+            row(&["0", "16400", "public", "customers", "2", "t"]),
+        ];
+        let views = if view_over_email {
+            vec![row(&["0", "16500", "public", "v", "f"])]
+        } else {
+            vec![]
+        };
+        let relations = vec![
+            row(&["16400", "public", "customers"]),
+            row(&["16500", "public", "v"]),
+        ];
+        MaskSnapshot::from_rows(&[rule()], &[attrs, views, relations]).unwrap()
+    };
+    let entry = Arc::new(MaskEntry::holding(Some(read(false))));
+    let context = Arc::new(MaskContext {
+        role: "support".into(),
+        masking: crate::config::Masking {
+            columns: vec![rule()],
+            filters: Default::default(),
+        },
+        entry: entry.clone(),
+        key: MaskKey::derive(&[1; 32]),
+        unconfirmed: false.into(),
+    });
+    let mut m = ResultMask::new(entry.clone(), MaskKey::derive(&[1; 32]), "support").rechecking(context);
+    let mut run = |sql: &str, now: MaskSnapshot, t: BytesMut| {
+        sent(&mut m, b'Q', format!("{sql}\0").as_bytes());
+        entry.replace_snapshot(now);
+        m.after_confirm(true);
+        m.on_backend(b'T', &t);
+        let step = m.on_backend(b'D', &data_row(&[b"ALICE@EXAMPLE.COM"]));
+        m.on_backend(b'C', &frame(b'C', b"SELECT 1\0"));
+        m.on_backend(b'Z', &frame(b'Z', b"I"));
+        step
+    };
+    let computed = || row_description(&[("u", 0, 0, 25)]);
+    let step = run("SELECT upper(x) AS u FROM v", read(true), computed());
+    assert!(
+        matches!(&step, MaskStep::Fail(e) if e.message.contains("changed while the statement ran")),
+        "{step:?}"
+    );
+    // A change elsewhere: the text passes against the new copy, its columns read alike.
+    assert_eq!(
+        run("SELECT upper(name) AS u FROM customers", read(true), computed()),
+        MaskStep::Keep
+    );
+    assert_eq!(
+        run("SELECT upper(x) AS u FROM v", read(false), computed()),
+        MaskStep::Keep
+    );
 }

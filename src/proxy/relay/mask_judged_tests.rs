@@ -1,0 +1,182 @@
+use std::sync::atomic::Ordering;
+
+use super::*;
+use crate::config::{MaskFilters, MaskRule, Masking};
+use crate::masking::freshness::CatalogFingerprint;
+use crate::masking::{MaskKey, MaskMethod};
+use crate::policy::mask_shape::DependentView;
+use crate::proxy::target_catalog::MaskEntry;
+
+fn rule() -> MaskRule {
+    MaskRule {
+        schema: "public".into(),
+        table: "customers".into(),
+        column: "email".into(),
+        method: MaskMethod::Email,
+    }
+}
+
+/// The catalog with view `public.v` over plain data (`over_email`: over the masked column), read
+/// with a fingerprint counting `rows`.
+fn snapshot(over_email: bool, rows: i64) -> MaskSnapshot {
+    let views = if over_email {
+        vec![DependentView {
+            schema: "public".into(),
+            name: "v".into(),
+            masked_column: "public.customers.email".into(),
+            hidden_code: false,
+        }]
+    } else {
+        Vec::new()
+    };
+    let mut s = MaskSnapshot::default();
+    s.rules = vec![rule()];
+    s.views = views;
+    s.names = [("public", "customers"), ("public", "v")]
+        .iter()
+        .map(|(s, n)| (s.to_string(), n.to_string()))
+        .collect();
+    s.fingerprint = Some(CatalogFingerprint::counting(rows));
+    s
+}
+
+fn context(snapshot: MaskSnapshot) -> MaskContext {
+    MaskContext {
+        role: "support".into(),
+        masking: Masking {
+            columns: vec![rule()],
+            filters: MaskFilters::default(),
+        },
+        entry: Arc::new(MaskEntry::holding(Some(snapshot))),
+        key: MaskKey::derive(&[1; 32]),
+        unconfirmed: false.into(),
+    }
+}
+
+fn on_text(j: &mut MaskJudgements, m: &MaskContext, sql: &str) -> Result<(), String> {
+    j.on_text(m, sql, &crate::policy::classify(sql))
+        .map_err(|d| d.reason)
+}
+
+#[test]
+fn copies_of_the_catalog_are_compared_by_fingerprint() {
+    let (a, b, c) = (snapshot(false, 1), snapshot(true, 1), snapshot(false, 2));
+    assert!(same_catalog(Some(&a), Some(&b)), "read again, same fingerprint");
+    assert!(!same_catalog(Some(&a), Some(&c)));
+    let unprinted = MaskSnapshot::default();
+    assert!(same_catalog(Some(&unprinted), Some(&unprinted)), "the same read");
+    assert!(!same_catalog(Some(&unprinted), Some(&MaskSnapshot::default())));
+    assert!(!same_catalog(Some(&a), Some(&unprinted)));
+    assert!(same_catalog(None, None));
+    assert!(!same_catalog(Some(&a), None));
+}
+
+/// Regression (s7 re-attack): `PREPARE p AS SELECT upper(x) FROM v` was checked while `v` read
+/// plain data; the view was replaced to read the masked column, and `EXECUTE p` (which PostgreSQL
+/// plans again on the new definition) ran unchecked, returning the e-mails upper-cased. Now its
+/// text is checked again against the copy current when it runs.
+#[test]
+fn a_prepared_statement_is_checked_again_when_the_catalog_changed() {
+    let m = context(snapshot(false, 1));
+    let mut j = MaskJudgements::default();
+    on_text(&mut j, &m, "PREPARE p AS SELECT upper(x) FROM v").unwrap();
+    j.parsed(&m, "s1", "SELECT upper(x) FROM v");
+    on_text(&mut j, &m, "EXECUTE p").unwrap();
+    j.bind(&m, "s1", &crate::policy::classify("SELECT upper(x) FROM v"))
+        .unwrap();
+    // Read again unchanged: nothing checked again (even a snapshot that would refuse it).
+    m.entry.replace_snapshot(snapshot(true, 1));
+    on_text(&mut j, &m, "EXECUTE p").unwrap();
+    // Changed: the view now reads the masked column.
+    m.entry.replace_snapshot(snapshot(true, 2));
+    let denied = on_text(&mut j, &m, "EXECUTE p").unwrap_err();
+    assert!(
+        denied.contains("public.v") && denied.contains("public.customers.email"),
+        "{denied}"
+    );
+    let denied = j
+        .bind(&m, "s1", &crate::policy::classify("SELECT upper(x) FROM v"))
+        .unwrap_err();
+    assert!(denied.reason.contains("public.v"), "{}", denied.reason);
+    // Changed back to plain data: checked again and allowed (PostgreSQL plans it again too).
+    m.entry.replace_snapshot(snapshot(false, 3));
+    on_text(&mut j, &m, "EXECUTE p").unwrap();
+    // Deallocated or closed: no checked text, refused (fail closed).
+    on_text(&mut j, &m, "DEALLOCATE p").unwrap();
+    j.closed("s1");
+    assert!(on_text(&mut j, &m, "EXECUTE p")
+        .unwrap_err()
+        .contains("no checked text for prepared statement \"p\""));
+    assert!(j.run(&m, "s1").is_err());
+}
+
+/// Regression (s7 re-attack): a cursor is planned when its DECLARE runs — after DDL committed
+/// while it waited for a lock — and FETCH ran it unchecked. Now a FETCH runs only a cursor declared
+/// through timebox against the copy of the catalog still current.
+#[test]
+fn a_cursor_is_fetched_only_under_the_catalog_it_was_declared_with() {
+    let m = context(snapshot(false, 1));
+    let mut j = MaskJudgements::default();
+    on_text(
+        &mut j,
+        &m,
+        "BEGIN; DECLARE c CURSOR FOR SELECT x FROM v; FETCH 1 FROM c",
+    )
+    .unwrap();
+    on_text(&mut j, &m, "FETCH ALL FROM c").unwrap();
+    on_text(&mut j, &m, "MOVE ALL IN c").unwrap();
+    let unseen = on_text(&mut j, &m, "FETCH ALL FROM \"<unnamed portal 1>\"").unwrap_err();
+    assert!(unseen.contains("not declared through timebox"), "{unseen}");
+    m.entry.replace_snapshot(snapshot(false, 1));
+    on_text(&mut j, &m, "FETCH ALL FROM c").unwrap();
+    // Any change since the DECLARE, even to a copy under which its text would pass.
+    m.entry.replace_snapshot(snapshot(false, 2));
+    let changed = on_text(&mut j, &m, "FETCH ALL FROM c").unwrap_err();
+    assert!(
+        changed.contains("changed since cursor \"c\" was declared"),
+        "{changed}"
+    );
+    // Declared again: fetched.
+    on_text(&mut j, &m, "CLOSE c; DECLARE c CURSOR FOR SELECT x FROM v").unwrap();
+    on_text(&mut j, &m, "FETCH ALL FROM c").unwrap();
+    // A cursor declared by a Parse runs at its Bind: declared with the copy current then.
+    let declare = "DECLARE d CURSOR FOR SELECT x FROM v";
+    j.parsed(&m, "s2", declare);
+    m.entry.replace_snapshot(snapshot(false, 3));
+    j.bind(&m, "s2", &crate::policy::classify(declare)).unwrap();
+    on_text(&mut j, &m, "FETCH ALL FROM d").unwrap();
+}
+
+/// Nothing of a refused text is recorded: it does not run.
+#[test]
+fn a_refused_text_records_nothing() {
+    let m = context(snapshot(false, 1));
+    let mut j = MaskJudgements::default();
+    assert!(on_text(
+        &mut j,
+        &m,
+        "DECLARE e CURSOR FOR SELECT 1; PREPARE q AS SELECT 1; FETCH 1 FROM nope"
+    )
+    .is_err());
+    assert!(on_text(&mut j, &m, "FETCH 1 FROM e").is_err());
+    assert!(on_text(&mut j, &m, "EXECUTE q").is_err());
+    // Declared and fetched in one text, prepared and executed in one text.
+    on_text(&mut j, &m, "DECLARE e CURSOR FOR SELECT 1; FETCH 1 FROM e").unwrap();
+    on_text(&mut j, &m, "PREPARE q AS SELECT 1; EXECUTE q").unwrap();
+    on_text(&mut j, &m, "EXECUTE q").unwrap();
+}
+
+/// While the snapshot could not be confirmed, nothing runs (Bind included: it has no text of its
+/// own to check).
+#[test]
+fn an_unconfirmed_snapshot_refuses_executions_and_fetches() {
+    let m = context(snapshot(false, 1));
+    let mut j = MaskJudgements::default();
+    on_text(&mut j, &m, "DECLARE c CURSOR FOR SELECT 1; PREPARE p AS SELECT 1").unwrap();
+    m.unconfirmed.store(true, Ordering::Release);
+    for sql in ["EXECUTE p", "FETCH 1 FROM c"] {
+        let denied = on_text(&mut j, &m, sql).unwrap_err();
+        assert!(denied.contains("could not confirm"), "{sql}: {denied}");
+    }
+    assert!(j.run(&m, "p").is_err());
+}
