@@ -2,7 +2,10 @@
 //! `schema.table.column`s resolved to (table OID, attribute number), with the tables that inherit
 //! from them (partitions, children) and the views and materialized views that read them. Pure:
 //! the query text ([`snapshot_query`]) and the snapshot built from its rows; the read itself is
-//! `proxy::target_catalog`'s, on a timebox-owned connection.
+//! `proxy::target_catalog`'s, on a timebox-owned connection. A column resolved once is followed by
+//! identity at the next read ([`MaskSnapshot::pins`]: a table renamed or moved to another schema, a
+//! column renamed, keeps its mask); a rule that resolves to no column is recorded
+//! ([`MaskSnapshot::unmatched`]) and the role's statements are refused (s8).
 //!
 //! A RowDescription column is judged by [`MaskSnapshot::column`]: masked, plain, or unknown —
 //! a relation created after the snapshot, a view over a masked table, or a computed or unknown
@@ -34,8 +37,16 @@ pub struct MaskSnapshot {
     attributes: HashMap<u32, HashSet<i16>>,
     /// Views and materialized views that read a masked table or call user code, and foreign tables.
     dependents: HashSet<u32>,
-    /// The role's rules plus a copy for each table inheriting from a masked one.
+    /// The role's rules (first, in config order) plus a copy under the current names of each
+    /// masked column found: a table inheriting from a masked one, a renamed table or column.
     pub rules: Vec<MaskRule>,
+    /// (config rule index, table OID, attribute number) of every masked column this read resolved
+    /// (base matches and their inheritance trees): the next read follows them by identity, so a
+    /// table renamed or moved to another schema, or a column renamed, keeps its mask.
+    pub pins: Vec<(usize, u32, i16)>,
+    /// Indices of the config rules that resolved to no column on the target (a renamed or dropped
+    /// table or column, or a typo): the role's statements are refused while any is (fail closed).
+    pub unmatched: Vec<usize>,
     pub views: Vec<DependentView>,
     /// Every relation's (schema, name): a name the statement check does not find here is newer
     /// than the snapshot and may be a masked table's new partition.
@@ -186,6 +197,19 @@ const TYPE_FACTS: &str = "SELECT 'type', n.nspname, t.typname, NULL FROM pg_cata
        JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
        WHERE u.castsource NOT IN (SELECT oid FROM user_type) AND u.casttarget NOT IN (SELECT oid FROM user_type)";
 
+/// The pins of an earlier snapshot as a typed relation `p(i, relid, attnum)`: a `VALUES` list, or
+/// when there are none a typed `SELECT … WHERE false`, so the query text stays valid.
+fn pinned(pins: &[(usize, u32, i16)]) -> String {
+    if pins.is_empty() {
+        return "SELECT 0, '0'::pg_catalog.oid, '0'::pg_catalog.int2 WHERE false".to_owned();
+    }
+    let values: Vec<String> = pins
+        .iter()
+        .map(|(i, relid, attnum)| format!("({i}, '{relid}'::pg_catalog.oid, '{attnum}'::pg_catalog.int2)"))
+        .collect();
+    format!("VALUES {}", values.join(", "))
+}
+
 /// [`CODE_TYPES`] with the names of [`QUERY_RUNNING_BUILTINS`] filled in.
 fn code_types() -> String {
     let names: Vec<String> = QUERY_RUNNING_BUILTINS.iter().map(|n| literal(n)).collect();
@@ -205,11 +229,15 @@ fn hidden_code() -> String {
 /// comparisons are between equal types; `public` stays, so that names in the facts' details are
 /// printed as before; the first statement names its operators itself; s7): the masked tables'
 /// attributes (rule index,
-/// relid, schema, table, attnum, whether it is the masked column), the views over them (rule
-/// index, relid, schema, name, whether it runs hidden code; for each view first the rule of a
-/// column it names itself, so that a denial names that column), every relation OID, and the
-/// facts about types and casts of [`TYPE_FACTS`].
-pub fn snapshot_query(rules: &[MaskRule]) -> String {
+/// relid, schema, table, attnum, whether it is the masked column, the attribute's name), the views
+/// over them (rule index, relid, schema, name, whether it runs hidden code; for each view first the
+/// rule of a column it names itself, so that a denial names that column), every relation OID, and
+/// the facts about types and casts of [`TYPE_FACTS`].
+///
+/// A rule's masked tables (`base`) are those of its name, and (issue 15, s8) the `pins` of the
+/// previous snapshot — (rule index, table OID, attribute number) — that still exist, under the
+/// column's current name: a renamed or moved table or a renamed column is followed by identity.
+pub fn snapshot_query(rules: &[MaskRule], pins: &[(usize, u32, i16)]) -> String {
     let values: Vec<String> = rules
         .iter()
         .enumerate()
@@ -224,10 +252,14 @@ pub fn snapshot_query(rules: &[MaskRule]) -> String {
         .collect();
     let cte = format!(
         "WITH RECURSIVE m(i, nsp, rel, col) AS (VALUES {}), \
+         p(i, relid, attnum) AS ({}), \
          base AS (SELECT m.i, c.oid AS relid, m.col FROM m \
            JOIN pg_catalog.pg_namespace n ON n.nspname OPERATOR(pg_catalog.=) m.nsp \
            JOIN pg_catalog.pg_class c ON c.relnamespace OPERATOR(pg_catalog.=) n.oid \
-             AND c.relname OPERATOR(pg_catalog.=) m.rel), \
+             AND c.relname OPERATOR(pg_catalog.=) m.rel \
+           UNION SELECT p.i, a.attrelid, a.attname::pg_catalog.text FROM p \
+           JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) p.relid \
+             AND a.attnum OPERATOR(pg_catalog.=) p.attnum AND NOT a.attisdropped), \
          down(i, relid, col) AS (SELECT i, relid, col FROM base UNION \
            SELECT t.i, h.inhrelid, t.col FROM down t JOIN pg_catalog.pg_inherits h \
              ON h.inhparent OPERATOR(pg_catalog.=) t.relid), \
@@ -235,10 +267,11 @@ pub fn snapshot_query(rules: &[MaskRule]) -> String {
            SELECT t.i, h.inhparent, t.col FROM up t JOIN pg_catalog.pg_inherits h \
              ON h.inhrelid OPERATOR(pg_catalog.=) t.relid), \
          tree(i, relid, col) AS (SELECT i, relid, col FROM down UNION SELECT i, relid, col FROM up)",
-        values.join(", ")
+        values.join(", "),
+        pinned(pins)
     );
     format!(
-        "{cte} SELECT t.i, t.relid, n.nspname, c.relname, a.attnum, a.attname OPERATOR(pg_catalog.=) t.col \
+        "{cte} SELECT t.i, t.relid, n.nspname, c.relname, a.attnum, a.attname OPERATOR(pg_catalog.=) t.col, a.attname \
            FROM tree t JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.relid \
            JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
            JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) t.relid \
@@ -293,26 +326,36 @@ impl MaskSnapshot {
             rules: rules.to_vec(),
             ..MaskSnapshot::default()
         };
+        let mut matched = vec![false; rules.len()];
         for row in attrs {
-            let rule = rules
-                .get(num(row, 0)? as usize)
-                .ok_or(SnapshotError("rule index"))?;
+            let index = num(row, 0)? as usize;
+            let rule = rules.get(index).ok_or(SnapshotError("rule index"))?;
             let relid = num(row, 1)? as u32;
             let attnum = num(row, 4)? as i16;
             s.attributes.entry(relid).or_default().insert(attnum);
             if get(row, 5)? == "t" {
                 s.masked.insert((relid, attnum), rule.method);
-                let (schema, table) = (get(row, 2)?, get(row, 3)?);
+                matched[index] = true;
+                if !s.pins.contains(&(index, relid, attnum)) {
+                    s.pins.push((index, relid, attnum));
+                }
+                // The column's current name (a renamed column); without it, the rule's.
+                let column = match row.get(6) {
+                    Some(_) => get(row, 6)?,
+                    None => rule.column.clone(),
+                };
                 let copy = MaskRule {
-                    schema,
-                    table,
-                    ..rule.clone()
+                    schema: get(row, 2)?,
+                    table: get(row, 3)?,
+                    column,
+                    method: rule.method,
                 };
                 if !s.rules.contains(&copy) {
                     s.rules.push(copy);
                 }
             }
         }
+        s.unmatched = (0..rules.len()).filter(|i| !matched[*i]).collect();
         for row in views {
             let rule = rules
                 .get(num(row, 0)? as usize)
@@ -341,6 +384,11 @@ impl MaskSnapshot {
             s.types = Some(types);
         }
         Ok(s)
+    }
+
+    /// The config rules that resolved to no column on the target ([`MaskSnapshot::unmatched`]).
+    pub fn unmatched_rules(&self) -> impl Iterator<Item = &MaskRule> {
+        self.unmatched.iter().filter_map(|i| self.rules.get(*i))
     }
 
     /// How a RowDescription column with this table OID and attribute number is shown.
@@ -449,7 +497,12 @@ mod tests {
     /// parents as well as down to their children.
     #[test]
     fn the_snapshot_query_leaves_no_operator_to_the_search_path() {
-        let q = snapshot_query(&[rule()]);
+        for pins in [&[][..], &[(0, 16400, 2), (0, 16410, 3)][..]] {
+            the_query_leaves_no_operator_to_the_search_path(&snapshot_query(&[rule()], pins));
+        }
+    }
+
+    fn the_query_leaves_no_operator_to_the_search_path(q: &str) {
         for cast in ["::pg_catalog.regclass", "::pg_catalog.regnamespace"] {
             assert_eq!(
                 q.matches(cast).count(),
@@ -469,5 +522,106 @@ mod tests {
         assert!(q.contains("SELECT t.i, h.inhparent, t.col FROM up t"), "parents");
         assert!(q.contains("relname IN ('pg_stats'"), "statistics");
         assert!(q.contains("policy_reads(relid)"), "row security policies");
+    }
+
+    /// Regression (s8, issue 15): the rules were matched by name alone, so a masked table renamed
+    /// (or moved to another schema, or its column renamed) matched nothing at the next read and
+    /// its column came back in clear. The next read is given the previous one's pins, which
+    /// `base` joins to the live attributes under their current names; with none the query still
+    /// has a (typed, empty) pinned relation.
+    #[test]
+    fn the_snapshot_query_follows_the_previous_reads_pins() {
+        let q = snapshot_query(&[rule()], &[(0, 16400, 2), (0, 16410, 3)]);
+        let first = q.split("; ").next().expect("a first statement");
+        assert!(
+            first.contains(
+                "p(i, relid, attnum) AS (VALUES (0, '16400'::pg_catalog.oid, '2'::pg_catalog.int2), \
+                 (0, '16410'::pg_catalog.oid, '3'::pg_catalog.int2))"
+            ),
+            "{first}"
+        );
+        assert!(
+            first.contains("UNION SELECT p.i, a.attrelid, a.attname::pg_catalog.text FROM p"),
+            "{first}"
+        );
+        assert!(
+            first.contains("AND NOT a.attisdropped), "),
+            "live attributes only: {first}"
+        );
+        assert!(
+            first.contains("t.col, a.attname FROM tree t"),
+            "the current name: {first}"
+        );
+        let none = snapshot_query(&[rule()], &[]);
+        assert!(
+            none.contains(
+                "p(i, relid, attnum) AS (SELECT 0, '0'::pg_catalog.oid, '0'::pg_catalog.int2 WHERE false)"
+            ),
+            "{none}"
+        );
+        assert!(!none.contains("p(i, relid, attnum) AS (VALUES"), "no pins");
+    }
+
+    /// Regression (s8): a pinned column found under its table's and its own new name is masked,
+    /// pinned again, and its rule copied under the new names (the text check finds masked columns
+    /// by name: `SELECT upper(mail) FROM c2`).
+    #[test]
+    fn pinned_columns_are_masked_and_named_by_their_current_names() {
+        let attrs = vec![
+            row(&["0", "100", "archive", "c2", "1", "f", "id"]),
+            row(&["0", "100", "archive", "c2", "2", "t", "mail"]),
+            row(&["0", "101", "archive", "c2_2026", "2", "t", "mail"]),
+        ];
+        let rels = vec![
+            row(&["100", "archive", "c2"]),
+            row(&["101", "archive", "c2_2026"]),
+        ];
+        let s = MaskSnapshot::from_rows(&[rule()], &[attrs, vec![], rels]).unwrap();
+        assert_eq!(s.column(100, 2), ColumnVerdict::Masked(MaskMethod::Email));
+        assert_eq!(s.column(101, 2), ColumnVerdict::Masked(MaskMethod::Email));
+        assert_eq!(s.column(100, 1), ColumnVerdict::Plain);
+        assert_eq!(s.pins, vec![(0, 100, 2), (0, 101, 2)]);
+        let names: Vec<String> = s.rules.iter().map(MaskRule::qualified).collect();
+        assert_eq!(
+            names,
+            [
+                "public.customers.email",
+                "archive.c2.mail",
+                "archive.c2_2026.mail"
+            ],
+            "the config rule first, then the current names"
+        );
+        assert!(s.unmatched.is_empty());
+    }
+
+    /// Regression (s8): a rule that resolves to no column (a table renamed while timebox was
+    /// down, a dropped table or column, a typo) masked nothing, silently. The snapshot names it.
+    #[test]
+    fn rules_that_match_no_column_are_recorded() {
+        let phone = MaskRule {
+            column: "phone".into(),
+            method: MaskMethod::Partial,
+            ..rule()
+        };
+        let typo = MaskRule {
+            table: "customer".into(),
+            ..rule()
+        };
+        let rules = [rule(), phone, typo];
+        // The table exists (rules 0 and 1 name it), but has no column `phone`.
+        let attrs = vec![
+            row(&["0", "100", "public", "customers", "2", "t", "email"]),
+            row(&["1", "100", "public", "customers", "2", "f", "email"]),
+        ];
+        let s = MaskSnapshot::from_rows(&rules, &[attrs, vec![], vec![]]).unwrap();
+        assert_eq!(s.unmatched, vec![1, 2]);
+        let names: Vec<String> = s.unmatched_rules().map(MaskRule::qualified).collect();
+        assert_eq!(names, ["public.customers.phone", "public.customer.email"]);
+        let empty = MaskSnapshot::from_rows(&rules[..1], &[vec![], vec![], vec![]]).unwrap();
+        assert_eq!(empty.unmatched, vec![0], "nothing on the target");
+        assert!(
+            MaskSnapshot::default().unmatched.is_empty(),
+            "no rules, none unmatched"
+        );
     }
 }

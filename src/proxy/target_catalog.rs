@@ -195,8 +195,9 @@ impl std::fmt::Debug for CatalogConn {
 pub type MaskedNames = std::collections::HashMap<(u32, i16), String>;
 
 /// The masked columns' names from the attribute rows of [`snapshot_query`] (rule index, relid,
-/// schema, table, attnum, whether it is the masked column): the relation's own schema and name
-/// (a partition or child table's), the rule's column name. Rows it cannot read are skipped (the
+/// schema, table, attnum, whether it is the masked column, the attribute's name): the relation's
+/// own current schema and name (a partition or child table's, a renamed or moved table's) and the
+/// column's current name (the rule's when the row lacks it). Rows it cannot read are skipped (the
 /// snapshot itself refuses them).
 pub fn masked_names(rules: &[MaskRule], attrs: &[Row]) -> MaskedNames {
     let field = |row: &Row, i: usize| row.get(i).cloned().flatten();
@@ -207,7 +208,8 @@ pub fn masked_names(rules: &[MaskRule], attrs: &[Row]) -> MaskedNames {
             let rule = rules.get(field(row, 0)?.parse::<usize>().ok()?)?;
             let relid = field(row, 1)?.parse::<u32>().ok()?;
             let attnum = field(row, 4)?.parse::<i16>().ok()?;
-            let name = format!("{}.{}.{}", field(row, 2)?, field(row, 3)?, rule.column);
+            let column = field(row, 6).unwrap_or_else(|| rule.column.clone());
+            let name = format!("{}.{}.{}", field(row, 2)?, field(row, 3)?, column);
             Some(((relid, attnum), name))
         })
         .collect()
@@ -393,9 +395,15 @@ impl MaskEntry {
                 }
             }
         }
-        let sets = conn.query(&mask_read_query(&source.rules)).await?;
+        // The masked columns of the previous read are followed by identity (renames, SET SCHEMA).
+        let pins = self.current().map(|s| s.pins.clone()).unwrap_or_default();
+        let sets = conn.query(&mask_read_query(&source.rules, &pins)).await?;
         let (snapshot, names) = snapshot_from_sets(&source.rules, sets)?;
         tracing::info!(target = %source.target.name, columns = snapshot.rules.len(), views = snapshot.views.len(), "read the target's masked columns");
+        let unmatched: Vec<String> = snapshot.unmatched_rules().map(|r| r.qualified()).collect();
+        if !unmatched.is_empty() {
+            tracing::warn!(target = %source.target.name, rules = ?unmatched, "masking rules match no column on the target (a renamed or dropped table or column?); the role's statements are refused until the rules or the target are fixed");
+        }
         // Names first: a session that sees the new snapshot finds its columns' names.
         if let Ok(mut w) = self.names.write() {
             *w = Arc::new(names);
@@ -409,11 +417,11 @@ impl MaskEntry {
 
 /// The fingerprint ([`fingerprint_query`]) and [`snapshot_query`] in one repeatable-read
 /// transaction, so the fingerprint is the snapshot's.
-fn mask_read_query(rules: &[MaskRule]) -> String {
+fn mask_read_query(rules: &[MaskRule], pins: &[(usize, u32, i16)]) -> String {
     format!(
         "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {}; {}; COMMIT",
         fingerprint_query(),
-        snapshot_query(rules)
+        snapshot_query(rules, pins)
     )
 }
 
@@ -515,5 +523,34 @@ async fn next_message<S: tokio::io::AsyncRead + Unpin>(
         if stream.read_buf(buf).await? == 0 {
             return Err(CatalogError::Protocol("connection closed before ReadyForQuery"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::masking::MaskMethod;
+
+    /// Regression (s8): the audit names of masked columns took the rule's column name, so a
+    /// renamed column was recorded under its old name; the row's current name is used now (the
+    /// rule's only when a row lacks it).
+    #[test]
+    fn masked_columns_are_named_by_their_current_names() {
+        let rule = MaskRule {
+            schema: "public".into(),
+            table: "customers".into(),
+            column: "email".into(),
+            method: MaskMethod::Email,
+        };
+        let row = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Row>();
+        let attrs = vec![
+            row(&["0", "100", "archive", "c2", "1", "f", "id"]),
+            row(&["0", "100", "archive", "c2", "2", "t", "mail"]),
+            row(&["0", "101", "public", "customers", "2", "t"]),
+        ];
+        let names = masked_names(&[rule], &attrs);
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(names[&(100, 2)], "archive.c2.mail");
+        assert_eq!(names[&(101, 2)], "public.customers.email");
     }
 }

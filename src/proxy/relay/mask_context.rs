@@ -58,6 +58,9 @@ impl MaskContext {
             return Err(denial);
         }
         let snapshot = self.entry.current();
+        if let Some(denial) = snapshot.as_deref().and_then(|s| unmatched_denial(&self.role, s)) {
+            return Err(denial);
+        }
         let (columns, views, known) = match &snapshot {
             Some(s) => (&s.rules[..], &s.views[..], Some(&s.names)),
             None => (&self.masking.columns[..], &[][..], None),
@@ -107,6 +110,29 @@ impl MaskContext {
     pub fn recheck(&self, sql: &str) -> Result<(), MaskDenial> {
         self.check(sql, &crate::policy::classify(sql)).map(drop)
     }
+}
+
+/// Why every statement of a role is refused while a masking rule matches no column on the target.
+const UNMATCHED_HINT: &str = "Tell the timebox administrators: point the rule at the table's and column's current name in timebox's config (and restart it), or restore the name on the target.";
+
+/// The refusal of every statement of `role` while a masking rule of its config matches no column
+/// of `snapshot`'s target (issue 15, s8): a table renamed or moved while timebox was down, a
+/// dropped table or column, or a typo — its values would otherwise be returned in clear under the
+/// new name (fail closed). `None` when every rule matched.
+fn unmatched_denial(role: &str, snapshot: &crate::masking::catalog::MaskSnapshot) -> Option<MaskDenial> {
+    let rules: Vec<String> = snapshot.unmatched_rules().map(|r| r.qualified()).collect();
+    let (noun, verb) = match rules.len() {
+        0 => return None,
+        1 => ("rule", "matches"),
+        _ => ("rules", "match"),
+    };
+    Some(MaskDenial {
+        reason: format!(
+            "masking {noun} {} of role \"{role}\" {verb} no column on the target (a renamed or dropped table or column?): timebox refuses this role's statements until the rule or the target is fixed",
+            rules.join(", ")
+        ),
+        hint: UNMATCHED_HINT,
+    })
 }
 
 const RUNS_ON_HINT: &str = "Send that statement as a query of its own, or use the extended protocol (where timebox stops a batch at a refused result).";
@@ -252,6 +278,52 @@ mod tests {
         context
             .unconfirmed
             .store(false, std::sync::atomic::Ordering::Release);
+        assert_eq!(context.check("SELECT 1", &classification), Ok(Vec::new()));
+    }
+
+    /// Regression (s8, issue 15): a masking rule that matches no column on the target (its table
+    /// renamed while timebox was down) masked nothing, and the column came back in clear under the
+    /// new name. Every statement of the role is refused (42501, by `MaskDenial`) naming the rule;
+    /// once the rule matches again, statements are checked as usual.
+    #[test]
+    fn a_rule_that_matches_no_column_refuses_every_statement() {
+        use crate::masking::catalog::MaskSnapshot;
+        let rule = MaskRule {
+            schema: "public".into(),
+            table: "customers".into(),
+            column: "email".into(),
+            method: MaskMethod::Email,
+        };
+        let row = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+        let unmatched =
+            MaskSnapshot::from_rows(std::slice::from_ref(&rule), &[vec![], vec![], vec![]]).unwrap();
+        let context = MaskContext {
+            role: "support".into(),
+            masking: Masking {
+                columns: vec![rule.clone()],
+                filters: MaskFilters::default(),
+            },
+            entry: Arc::new(MaskEntry::holding(Some(unmatched))),
+            key: MaskKey::derive(&[1; 32]),
+            unconfirmed: false.into(),
+        };
+        let classification = Classification::default();
+        let denial = context.check("SELECT 1", &classification).unwrap_err();
+        assert_eq!(
+            denial.reason,
+            "masking rule public.customers.email of role \"support\" matches no column on the target (a renamed or dropped table or column?): timebox refuses this role's statements until the rule or the target is fixed"
+        );
+        assert_eq!(denial.hint, UNMATCHED_HINT);
+        let matched = MaskSnapshot::from_rows(
+            &[rule],
+            &[
+                vec![row(&["0", "100", "public", "customers", "2", "t", "email"])],
+                vec![],
+                vec![row(&["100", "public", "customers"])],
+            ],
+        )
+        .unwrap();
+        context.entry.replace_snapshot(matched);
         assert_eq!(context.check("SELECT 1", &classification), Ok(Vec::new()));
     }
 
