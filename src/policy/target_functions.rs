@@ -20,10 +20,16 @@ use std::collections::HashSet;
 
 /// The query that reads what [`TargetFunctions::from_rows`] takes: per function name, whether every
 /// function of that name is a read-only `pg_catalog` function, and whether any is user-defined.
+/// Every function and operator is named in `pg_catalog` and compares equal types (s8): a user's
+/// operator or aggregate of the same name, found first on a `search_path` a role setting put
+/// before `pg_catalog`, would otherwise decide which names count as read-only built-ins (the s7
+/// finding F1 on the masking queries).
 pub const FUNCTIONS_QUERY: &str = "SELECT p.proname, \
-     bool_and(n.nspname = 'pg_catalog' AND p.provolatile IN ('i', 's') AND p.prokind IN ('f', 'a', 'w')), \
-     bool_or(n.nspname NOT IN ('pg_catalog', 'information_schema')) \
-     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+     pg_catalog.bool_and(n.nspname OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.name \
+       AND p.provolatile OPERATOR(pg_catalog.=) ANY ('{i,s}'::pg_catalog.\"char\"[]) \
+       AND p.prokind OPERATOR(pg_catalog.=) ANY ('{f,a,w}'::pg_catalog.\"char\"[])), \
+     pg_catalog.bool_or(NOT n.nspname OPERATOR(pg_catalog.=) ANY ('{pg_catalog,information_schema}'::pg_catalog.name[])) \
+     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace \
      GROUP BY p.proname";
 
 /// Function names as one target's catalog has them.
@@ -147,5 +153,19 @@ mod tests {
             "qualified: PostgreSQL calls the catalog's"
         );
         assert!(!t.shadowed("upper"));
+    }
+
+    /// Regression (s8, the class of s7's F1): no operator or function of the query is left to the
+    /// `search_path`.
+    #[test]
+    fn the_functions_query_names_its_operators_and_functions() {
+        let q = FUNCTIONS_QUERY;
+        assert_eq!(q.matches(" = ").count(), 0, "{q}");
+        assert!(!q.contains(" IN ("), "{q}");
+        assert_eq!(q.matches("OPERATOR(pg_catalog.=)").count(), 5, "{q}");
+        assert!(
+            q.contains("pg_catalog.bool_and(") && q.contains("pg_catalog.bool_or("),
+            "{q}"
+        );
     }
 }
