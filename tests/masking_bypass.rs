@@ -746,6 +746,66 @@ async fn until_lock_waiting(b: &tokio_postgres::Client, text: &str) -> bool {
     .await
 }
 
+/// A masked table `t` (`secret` masked for role `s7_secret`, one row holding [`S7_SECRET`]) and four
+/// views over plain data, each `(id int, x text)`, with names made from `prefix`; an instance and a
+/// session of the role; and the statement that replaces a view by one over the secret.
+struct SecretViews {
+    inst: TestInstance,
+    client: std::sync::Arc<tokio_postgres::Client>,
+    table: String,
+    views: [String; 4],
+}
+
+impl SecretViews {
+    async fn start(prefix: &str) -> SecretViews {
+        let table = common::cluster::unique_name(&format!("{prefix}_t"));
+        let views = ["a", "b", "c", "d"].map(|v| common::cluster::unique_name(&format!("{prefix}_{v}")));
+        let plain = "SELECT 1::int AS id, 'x'::text AS x";
+        let creates: Vec<String> = views
+            .iter()
+            .map(|v| format!("CREATE VIEW public.{v} AS {plain};"))
+            .collect();
+        let (inst, client) = start_secret(
+            &[&table],
+            format!(
+                "CREATE TABLE public.{table} (id int PRIMARY KEY, secret text);
+                 INSERT INTO public.{table} VALUES (1, '{S7_SECRET}');
+                 {}
+                 GRANT SELECT ON public.{table}, public.{} TO {READ_USER};",
+                creates.join(" "),
+                views.join(", public.")
+            ),
+        )
+        .await;
+        SecretViews {
+            inst,
+            client: std::sync::Arc::new(client),
+            table,
+            views,
+        }
+    }
+
+    /// The statement replacing view `v` by one reading the secret.
+    fn replace(&self, v: &str) -> String {
+        format!(
+            "CREATE OR REPLACE VIEW public.{v} AS SELECT id, secret AS x FROM public.{}",
+            self.table
+        )
+    }
+
+    /// Drops what [`SecretViews::start`] created (and `extra`, after the views), stops the
+    /// instance.
+    async fn finish(self, extra: &str) {
+        admin_psql(format!(
+            "DROP VIEW public.{}; {extra} DROP TABLE public.{};",
+            self.views.join(", public."),
+            self.table
+        ))
+        .await;
+        let _ = self.inst.shutdown().await;
+    }
+}
+
 /// Runs `sql` on `c` in a task (it waits for an accomplice's lock) once `a` ran `hold` in an
 /// open transaction; commits `a` once the statement waits; what it returned.
 async fn across_a_lock<F>(a: &tokio_postgres::Client, hold: &str, waits: &str, run: F) -> String
@@ -777,28 +837,15 @@ where
 /// rows with 42501. (Fails before: all three returned the secret.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_committed_while_the_statement_waits_for_a_lock_fails_its_rows() {
-    let t = common::cluster::unique_name("s7_f4_t");
-    let [lw, sw, pw, ew] = ["s7_f4_lw", "s7_f4_sw", "s7_f4_pw", "s7_f4_ew"].map(common::cluster::unique_name);
-    let plain = "SELECT 1::int AS id, 'x'::text AS x";
-    let (inst, c) = start_secret(
-        &[&t],
-        format!(
-            "CREATE TABLE public.{t} (id int PRIMARY KEY, secret text);
-             INSERT INTO public.{t} VALUES (1, '{S7_SECRET}');
-             CREATE VIEW public.{lw} AS {plain}; CREATE VIEW public.{sw} AS {plain};
-             CREATE VIEW public.{pw} AS {plain}; CREATE VIEW public.{ew} AS {plain};
-             GRANT SELECT ON public.{t}, public.{lw}, public.{sw}, public.{pw}, public.{ew} TO {READ_USER};"
-        ),
-    )
-    .await;
+    let sv = SecretViews::start("s7_f4").await;
+    let [lw, sw, pw, ew] = sv.views.clone();
+    let (c, t) = (sv.client.clone(), sv.table.clone());
     for v in [&lw, &sw, &pw, &ew] {
         let out = outcome(&c, &format!("SELECT * FROM {v}")).await;
         assert_eq!(out, "OK Some(\"1\") Some(\"x\")", "{v}");
     }
-    let c = std::sync::Arc::new(c);
     let a = accomplice().await;
-    let replace =
-        |v: &str| format!("CREATE OR REPLACE VIEW public.{v} AS SELECT id, secret AS x FROM public.{t}");
+    let replace = |v: &str| sv.replace(v);
     let query = |sql: String| {
         let c = c.clone();
         async move { outcome(&c, &sql).await }
@@ -851,12 +898,7 @@ async fn ddl_committed_while_the_statement_waits_for_a_lock_fails_its_rows() {
         query(format!("SELECT * FROM {ew}")),
     )
     .await;
-    admin_psql(format!(
-        "DROP VIEW public.{lw}, public.{sw}, public.{pw}, public.{ew}; DROP FUNCTION public.{ew}_raise();
-         DROP TABLE public.{t};"
-    ))
-    .await;
-    let _ = inst.shutdown().await;
+    sv.finish(&format!("DROP FUNCTION public.{ew}_raise();")).await;
     // The second check finds the view replaced; or, when the first statement's own check already
     // saw the accomplice's commit, the second statement is judged by that fresh copy: refused too.
     let refused = |out: &str| {
@@ -883,22 +925,10 @@ async fn ddl_committed_while_the_statement_waits_for_a_lock_fails_its_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_checked_against_one_catalog_never_runs_on_another() {
     use common::frames::{bind, describe, exchange, execute, parse, sync};
-    let t = common::cluster::unique_name("s8_rc_t");
-    let [pv, bv, dv, qv] = ["s8_rc_pv", "s8_rc_bv", "s8_rc_dv", "s8_rc_qv"].map(common::cluster::unique_name);
-    let plain = "SELECT 1::int AS id, 'x'::text AS x";
-    let (inst, c) = start_secret(
-        &[&t],
-        format!(
-            "CREATE TABLE public.{t} (id int PRIMARY KEY, secret text);
-             INSERT INTO public.{t} VALUES (1, '{S7_SECRET}');
-             CREATE VIEW public.{pv} AS {plain}; CREATE VIEW public.{bv} AS {plain};
-             CREATE VIEW public.{dv} AS {plain}; CREATE VIEW public.{qv} AS {plain};
-             GRANT SELECT ON public.{t}, public.{pv}, public.{bv}, public.{dv}, public.{qv} TO {READ_USER};"
-        ),
-    )
-    .await;
-    let replace =
-        |v: &str| format!("CREATE OR REPLACE VIEW public.{v} AS SELECT id, secret AS x FROM public.{t}");
+    let sv = SecretViews::start("s8_rc").await;
+    let [pv, bv, dv, qv] = sv.views.clone();
+    let (c, t) = (sv.client.clone(), sv.table.clone());
+    let replace = |v: &str| sv.replace(v);
     // 1. PREPARE, the view replaced, EXECUTE.
     let prepare = format!("PREPARE s8p AS SELECT upper(x) AS x FROM {pv}");
     assert_eq!(outcome(&c, &prepare).await, "OK");
@@ -906,8 +936,8 @@ async fn text_checked_against_one_catalog_never_runs_on_another() {
     admin_psql(replace(&pv)).await;
     let executed = outcome(&c, "EXECUTE s8p").await;
     // 2. Parse (described), the view replaced, Bind with Describe of the portal.
-    let (_, token) = inst.grant("alice", "s7_secret", "10m").await;
-    let (mut s, mut buf) = common::raw::login(inst.proxy_addr, "alice", &token).await;
+    let (_, token) = sv.inst.grant("alice", "s7_secret", "10m").await;
+    let (mut s, mut buf) = common::raw::login(sv.inst.proxy_addr, "alice", &token).await;
     let parsed = exchange(
         &mut s,
         &mut buf,
@@ -927,7 +957,6 @@ async fn text_checked_against_one_catalog_never_runs_on_another() {
     )
     .await;
     // 3. A cursor declared while the accomplice's replacement waited to commit, fetched after.
-    let c = std::sync::Arc::new(c);
     let query = |sql: String| {
         let c = c.clone();
         async move { outcome(&c, &sql).await }
@@ -940,11 +969,7 @@ async fn text_checked_against_one_catalog_never_runs_on_another() {
     // 4. A plain SELECT waiting for the lock.
     let select = format!("SELECT upper(x) AS x FROM {qv}");
     let selected = across_a_lock(&a, &replace(&qv), &select, query(select.clone())).await;
-    admin_psql(format!(
-        "DROP VIEW public.{pv}, public.{bv}, public.{dv}, public.{qv}; DROP TABLE public.{t};"
-    ))
-    .await;
-    let _ = inst.shutdown().await;
+    sv.finish("").await;
     let view_over = |v: &str| format!("relation public.{v} is a view over masked column public.{t}.secret");
     let bound_refused = bound.contains("42501") && bound.contains(&view_over(&bv));
     let expected = [

@@ -23,6 +23,17 @@ impl MaskRule {
     pub fn qualified(&self) -> String {
         format!("{}.{}.{}", self.schema, self.table, self.column)
     }
+
+    /// `public.customers.email` masked by `method` (unit tests).
+    #[cfg(test)]
+    pub fn customers_email(method: MaskMethod) -> MaskRule {
+        MaskRule {
+            schema: "public".into(),
+            table: "customers".into(),
+            column: "email".into(),
+            method,
+        }
+    }
 }
 
 /// Whether a masked column may be used to filter, join, sort or group (`mask_filters`).

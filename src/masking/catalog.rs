@@ -418,12 +418,7 @@ mod tests {
     use super::*;
 
     fn rule() -> MaskRule {
-        MaskRule {
-            schema: "public".into(),
-            table: "customers".into(),
-            column: "email".into(),
-            method: MaskMethod::Email,
-        }
+        MaskRule::customers_email(MaskMethod::Email)
     }
 
     fn row(v: &[&str]) -> Row {

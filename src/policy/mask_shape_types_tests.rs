@@ -9,12 +9,7 @@ use crate::masking::MaskMethod;
 use crate::policy::mask_shape::{self, DependentView};
 
 fn rules() -> Vec<MaskRule> {
-    vec![MaskRule {
-        schema: "public".into(),
-        table: "customers".into(),
-        column: "email".into(),
-        method: MaskMethod::Redact,
-    }]
+    vec![MaskRule::customers_email(MaskMethod::Redact)]
 }
 
 /// A target with a domain whose CHECK calls a user function, a composite type with a cast to

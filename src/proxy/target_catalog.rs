@@ -536,12 +536,7 @@ mod tests {
     /// rule's only when a row lacks it).
     #[test]
     fn masked_columns_are_named_by_their_current_names() {
-        let rule = MaskRule {
-            schema: "public".into(),
-            table: "customers".into(),
-            column: "email".into(),
-            method: MaskMethod::Email,
-        };
+        let rule = MaskRule::customers_email(MaskMethod::Email);
         let row = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Row>();
         let attrs = vec![
             row(&["0", "100", "archive", "c2", "1", "f", "id"]),

@@ -248,30 +248,37 @@ pub async fn session_masking(
 }
 
 #[cfg(test)]
+impl MaskContext {
+    /// Role `support` masking `public.customers.email` by `email`, over `entry` (unit tests).
+    pub(crate) fn support(entry: Arc<MaskEntry>) -> MaskContext {
+        use crate::config::{MaskFilters, MaskRule};
+        MaskContext {
+            role: "support".into(),
+            masking: Masking {
+                columns: vec![MaskRule::customers_email(crate::masking::MaskMethod::Email)],
+                filters: MaskFilters::default(),
+            },
+            entry,
+            key: MaskKey::derive(&[1; 32]),
+            unconfirmed: false.into(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{MaskFilters, MaskRule};
+    use crate::config::MaskRule;
     use crate::masking::MaskMethod;
 
     /// Regression (s6): a statement checked after the snapshot could not be confirmed current
     /// is refused, whatever it is; the next confirmed one is checked as usual.
     #[test]
     fn an_unconfirmed_snapshot_refuses_the_statement() {
-        let context = MaskContext {
-            role: "support".into(),
-            masking: Masking {
-                columns: vec![MaskRule {
-                    schema: "public".into(),
-                    table: "customers".into(),
-                    column: "email".into(),
-                    method: MaskMethod::Email,
-                }],
-                filters: MaskFilters::default(),
-            },
-            entry: Arc::new(MaskEntry::holding(None)),
-            key: MaskKey::derive(&[1; 32]),
-            unconfirmed: true.into(),
-        };
+        let context = MaskContext::support(Arc::new(MaskEntry::holding(None)));
+        context
+            .unconfirmed
+            .store(true, std::sync::atomic::Ordering::Release);
         let classification = Classification::default();
         let denial = context.check("SELECT 1", &classification).unwrap_err();
         assert!(denial.reason.contains("could not confirm"), "{}", denial.reason);
@@ -288,25 +295,11 @@ mod tests {
     #[test]
     fn a_rule_that_matches_no_column_refuses_every_statement() {
         use crate::masking::catalog::MaskSnapshot;
-        let rule = MaskRule {
-            schema: "public".into(),
-            table: "customers".into(),
-            column: "email".into(),
-            method: MaskMethod::Email,
-        };
+        let rule = MaskRule::customers_email(MaskMethod::Email);
         let row = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
         let unmatched =
             MaskSnapshot::from_rows(std::slice::from_ref(&rule), &[vec![], vec![], vec![]]).unwrap();
-        let context = MaskContext {
-            role: "support".into(),
-            masking: Masking {
-                columns: vec![rule.clone()],
-                filters: MaskFilters::default(),
-            },
-            entry: Arc::new(MaskEntry::holding(Some(unmatched))),
-            key: MaskKey::derive(&[1; 32]),
-            unconfirmed: false.into(),
-        };
+        let context = MaskContext::support(Arc::new(MaskEntry::holding(Some(unmatched))));
         let classification = Classification::default();
         let denial = context.check("SELECT 1", &classification).unwrap_err();
         assert_eq!(

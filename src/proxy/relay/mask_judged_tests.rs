@@ -1,19 +1,14 @@
 use std::sync::atomic::Ordering;
 
 use super::*;
-use crate::config::{MaskFilters, MaskRule, Masking};
+use crate::config::MaskRule;
 use crate::masking::freshness::CatalogFingerprint;
-use crate::masking::{MaskKey, MaskMethod};
+use crate::masking::MaskMethod;
 use crate::policy::mask_shape::DependentView;
 use crate::proxy::target_catalog::MaskEntry;
 
 fn rule() -> MaskRule {
-    MaskRule {
-        schema: "public".into(),
-        table: "customers".into(),
-        column: "email".into(),
-        method: MaskMethod::Email,
-    }
+    MaskRule::customers_email(MaskMethod::Email)
 }
 
 /// The catalog with view `public.v` over plain data (`over_email`: over the masked column), read
@@ -41,16 +36,7 @@ fn snapshot(over_email: bool, rows: i64) -> MaskSnapshot {
 }
 
 fn context(snapshot: MaskSnapshot) -> MaskContext {
-    MaskContext {
-        role: "support".into(),
-        masking: Masking {
-            columns: vec![rule()],
-            filters: MaskFilters::default(),
-        },
-        entry: Arc::new(MaskEntry::holding(Some(snapshot))),
-        key: MaskKey::derive(&[1; 32]),
-        unconfirmed: false.into(),
-    }
+    MaskContext::support(Arc::new(MaskEntry::holding(Some(snapshot))))
 }
 
 fn on_text(j: &mut MaskJudgements, m: &MaskContext, sql: &str) -> Result<(), String> {

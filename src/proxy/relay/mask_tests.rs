@@ -9,12 +9,7 @@ use crate::masking::catalog::MaskSnapshot;
 const CUSTOMERS: u32 = 16400;
 
 fn snapshot() -> MaskSnapshot {
-    let rule = MaskRule {
-        schema: "public".into(),
-        table: "customers".into(),
-        column: "email".into(),
-        method: MaskMethod::Email,
-    };
+    let rule = MaskRule::customers_email(MaskMethod::Email);
     let row = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
     let attrs = vec![
         row(&["0", "16400", "public", "customers", "1", "f"]),
@@ -678,12 +673,7 @@ fn masked_rows_and_a_quota_stop_in_one_read_reach_the_client_masked_and_whole() 
 #[test]
 fn a_changed_catalog_passes_a_result_only_when_its_text_passes_again() {
     let row = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
-    let rule = || MaskRule {
-        schema: "public".into(),
-        table: "customers".into(),
-        column: "email".into(),
-        method: MaskMethod::Email,
-    };
+    let rule = || MaskRule::customers_email(MaskMethod::Email);
     let read = |view_over_email: bool| {
         let attrs = vec![
             row(&["0", "16400", "public", "customers", "1", "f"]),
@@ -701,16 +691,7 @@ fn a_changed_catalog_passes_a_result_only_when_its_text_passes_again() {
         MaskSnapshot::from_rows(&[rule()], &[attrs, views, relations]).unwrap()
     };
     let entry = Arc::new(MaskEntry::holding(Some(read(false))));
-    let context = Arc::new(MaskContext {
-        role: "support".into(),
-        masking: crate::config::Masking {
-            columns: vec![rule()],
-            filters: Default::default(),
-        },
-        entry: entry.clone(),
-        key: MaskKey::derive(&[1; 32]),
-        unconfirmed: false.into(),
-    });
+    let context = Arc::new(MaskContext::support(entry.clone()));
     let mut m = ResultMask::new(entry.clone(), MaskKey::derive(&[1; 32]), "support").rechecking(context);
     let mut run = |sql: &str, now: MaskSnapshot, t: BytesMut| {
         sent(&mut m, b'Q', format!("{sql}\0").as_bytes());
