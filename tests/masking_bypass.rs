@@ -110,6 +110,7 @@ const HIDDEN: &str = "runs code timebox cannot check for masked columns";
 /// now; direct calls of those built-ins are refused too, whatever the role's classes allow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_over_query_running_builtins_are_refused_as_hidden_code() {
+    let _catalog = common::masking::catalog_lock().write().await;
     let inst = start().await;
     let support = session(&inst, "support").await;
     let views = [
@@ -164,6 +165,7 @@ async fn views_over_query_running_builtins_are_refused_as_hidden_code() {
 /// the catalog copy does not know.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_code_through_casts_domains_and_operators_is_refused() {
+    let _catalog = common::masking::catalog_lock().write().await;
     let inst = start().await;
     let support = session(&inst, "support").await;
     let runs_user_code = "runs user code";
@@ -272,6 +274,7 @@ async fn admin_psql(sql: String) {
 /// text checked again against the new copy).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_created_or_replaced_after_the_snapshot_are_seen_at_the_next_statement() {
+    let _catalog = common::masking::catalog_lock().write().await;
     let inst = start().await;
     let support = session(&inst, "support").await;
     let view = common::cluster::unique_name("s6_plain");
@@ -349,6 +352,7 @@ async fn objects_created_or_replaced_after_the_snapshot_are_seen_at_the_next_sta
 /// another connection and confirms the snapshot on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_catalog_connection_is_replaced_for_the_next_statement() {
+    let _catalog = common::masking::catalog_lock().write().await;
     let inst = start().await;
     let support = session(&inst, "support").await;
     let masked = "SELECT email FROM customers WHERE id = 1";
@@ -419,6 +423,7 @@ async fn s7_not_refused(client: &tokio_postgres::Client, table: &[(String, Strin
 /// value.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_operator_does_not_blind_the_catalog_fingerprint() {
+    let _catalog = common::masking::catalog_lock().write().await;
     let (t, v, f) = (
         common::cluster::unique_name("s7_op_t"),
         common::cluster::unique_name("s7_op_v"),
@@ -500,6 +505,7 @@ async fn in_xid(c: &tokio_postgres::Client, xid: i64, sql: &str) -> bool {
 /// back with the value.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catalog_change_that_keeps_the_xmin_sum_is_seen() {
+    let _catalog = common::masking::catalog_lock().write().await;
     let t = common::cluster::unique_name("s7_sum_t");
     let (inst, c) = start_secret(
         &[t.as_str()],
@@ -580,6 +586,7 @@ async fn a_catalog_change_that_keeps_the_xmin_sum_is_seen() {
 /// value.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_a_masked_table_inherits_from_are_masked_too() {
+    let _catalog = common::masking::catalog_lock().write().await;
     let (kid, up, parted, part) = (
         common::cluster::unique_name("s7_kid"),
         common::cluster::unique_name("s7_up"),
@@ -630,6 +637,7 @@ async fn tables_a_masked_table_inherits_from_are_masked_too() {
 /// whose policy does not stays readable. (Fails before: both errors quoted the value.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row_security_policies_reading_a_masked_column_are_refused() {
+    let _catalog = common::masking::catalog_lock().write().await;
     let (t, o, fine) = (
         common::cluster::unique_name("s7_rls_t"),
         common::cluster::unique_name("s7_rls_o"),
@@ -677,6 +685,7 @@ async fn row_security_policies_reading_a_masked_column_are_refused() {
 /// now. (Fails before: both views returned the values.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_over_statistics_or_user_code_in_pg_catalog_are_refused() {
+    let _catalog = common::masking::catalog_lock().write().await;
     let (t, stats, over, f, calls) = (
         common::cluster::unique_name("s7_st_t"),
         common::cluster::unique_name("s7_st_v"),
@@ -837,6 +846,7 @@ where
 /// rows with 42501. (Fails before: all three returned the secret.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_committed_while_the_statement_waits_for_a_lock_fails_its_rows() {
+    let _catalog = common::masking::catalog_lock().write().await;
     let sv = SecretViews::start("s7_f4").await;
     let [lw, sw, pw, ew] = sv.views.clone();
     let (c, t) = (sv.client.clone(), sv.table.clone());
@@ -924,6 +934,7 @@ async fn ddl_committed_while_the_statement_waits_for_a_lock_fails_its_rows() {
 /// a result whose copy changed passes only when its text passes against the new copy too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_checked_against_one_catalog_never_runs_on_another() {
+    let _catalog = common::masking::catalog_lock().write().await;
     use common::frames::{bind, describe, exchange, execute, parse, sync};
     let sv = SecretViews::start("s8_rc").await;
     let [pv, bv, dv, qv] = sv.views.clone();

@@ -8,24 +8,15 @@
 
 mod common;
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use common::cluster::{shared_cluster, unique_name};
 use common::frames::{answer, bind, describe, execute, parse, query, read_to_ready, send, sync};
-use common::masking::{start, start_with};
+use common::masking::{catalog_lock, start, start_with};
 use common::pg::{audit_records, connect, db_error, scalar};
 use common::raw;
 use tokio::net::TcpStream;
-use tokio::sync::RwLock;
-
-/// The cut test locks a catalog of the shared cluster (every instance's freshness checks would
-/// wait for it): it runs alone, the other tests of this binary share this lock.
-fn catalog_lock() -> &'static RwLock<()> {
-    static LOCK: OnceLock<RwLock<()>> = OnceLock::new();
-    LOCK.get_or_init(|| RwLock::new(()))
-}
 
 /// Parse, Bind and Execute of `sql` (unnamed), without Describe.
 fn run(sql: &str) -> [BytesMut; 3] {

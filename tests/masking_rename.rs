@@ -58,6 +58,7 @@ fn expression_denied(column: &str) -> String {
 /// value came back in clear, and `upper(email)` ran.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renamed_table_keeps_its_mask() {
+    let _catalog = common::masking::catalog_lock().write().await;
     let (t, t2) = (unique_name("s8_rn_customers"), unique_name("s8_rn_c2"));
     let (inst, c) = start(&t, table_sql(&t)).await;
     let before = outcome(&c, &format!("SELECT id, email FROM {t}")).await;
@@ -81,6 +82,7 @@ async fn a_renamed_table_keeps_its_mask() {
 /// rule named `email`, and `mail` came back in clear. (Fails before.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renamed_column_keeps_its_mask() {
+    let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s8_rn_customers");
     let (inst, c) = start(&t, table_sql(&t)).await;
     let before = outcome(&c, &format!("SELECT id, email FROM {t}")).await;
@@ -101,6 +103,7 @@ async fn a_renamed_column_keeps_its_mask() {
 /// before.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_moved_to_another_schema_keeps_its_mask() {
+    let _catalog = common::masking::catalog_lock().write().await;
     let (t, schema) = (unique_name("s8_rn_customers"), unique_name("s8_rn_other"));
     let (inst, c) = start(&t, table_sql(&t)).await;
     let before = outcome(&c, &format!("SELECT id, email FROM {t}")).await;
@@ -127,6 +130,7 @@ async fn a_table_moved_to_another_schema_keeps_its_mask() {
 /// naming the rule. (Fails before: both statements ran, the first returning the value.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_that_matches_no_column_refuses_the_roles_statements() {
+    let _catalog = common::masking::catalog_lock().write().await;
     let (t, t2) = (unique_name("s8_rn_customers"), unique_name("s8_rn_c2"));
     let (inst, c) = start(
         &t,
@@ -155,6 +159,7 @@ async fn a_rule_that_matches_no_column_refuses_the_roles_statements() {
 /// statement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_dropped_and_recreated_under_the_rules_name_is_masked() {
+    let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s8_rn_customers");
     let (inst, c) = start(&t, table_sql(&t)).await;
     let before = outcome(&c, &format!("SELECT id, email FROM {t}")).await;
@@ -181,6 +186,7 @@ async fn a_table_dropped_and_recreated_under_the_rules_name_is_masked() {
 /// matched by name. (Fails before: the renamed table returned the value in clear.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_renamed_away_and_its_successor_are_both_masked() {
+    let _catalog = common::masking::catalog_lock().write().await;
     let (t, old) = (unique_name("s8_rn_customers"), unique_name("s8_rn_old"));
     let (inst, c) = start(&t, table_sql(&t)).await;
     let before = outcome(&c, &format!("SELECT id, email FROM {t}")).await;

@@ -15,6 +15,7 @@ use common::{psql, raw};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_columns_are_masked_by_every_method_in_text_and_binary() {
+    let _catalog = common::masking::catalog_lock().read().await;
     let inst = start().await;
     let client = session(&inst, "support").await;
     // Text (simple protocol).
@@ -117,6 +118,7 @@ async fn direct_columns_are_masked_by_every_method_in_text_and_binary() {
 /// Bypass attempts: every other shape that could carry a masked value out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bypass_attempts_are_denied_naming_the_column() {
+    let _catalog = common::masking::catalog_lock().read().await;
     let inst = start().await;
     let client = session(&inst, "support").await;
     let email = "column public.customers.email is masked for role \"support\"";
@@ -195,6 +197,7 @@ async fn bypass_attempts_are_denied_naming_the_column() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_are_allowed_unless_mask_filters_denies_them() {
+    let _catalog = common::masking::catalog_lock().read().await;
     let inst = start().await;
     let support = session(&inst, "support").await;
     let rows = text_rows(
@@ -228,6 +231,7 @@ async fn filters_are_allowed_unless_mask_filters_denies_them() {
 /// and the execution — still has its rows refused: `proxy::relay::mask`'s unit tests.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_of_a_relation_created_after_the_snapshot_are_sent_once_it_is_read_again() {
+    let _catalog = common::masking::catalog_lock().write().await;
     let inst = start().await;
     let client = session(&inst, "support").await;
     let table = common::cluster::unique_name("late");
@@ -245,6 +249,7 @@ async fn rows_of_a_relation_created_after_the_snapshot_are_sent_once_it_is_read_
 /// role's sessions get the error without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_constraint_violations_detail_does_not_show_masked_columns() {
+    let _catalog = common::masking::catalog_lock().read().await;
     let inst = start().await;
     let client = session(&inst, "support_write").await;
     let e = client
@@ -269,6 +274,7 @@ async fn a_constraint_violations_detail_does_not_show_masked_columns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_without_masks_gets_the_upstreams_bytes() {
+    let _catalog = common::masking::catalog_lock().read().await;
     use common::cluster::{READ_PASSWORD, READ_USER};
     let inst = start().await;
     let port = common::cluster::shared_cluster().port();
@@ -302,6 +308,7 @@ mod run_time_shapes {
 /// naming the column and the role); simple-protocol FETCH stays masked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_extended_fetch_or_execute_is_not_trusted_to_its_describe() {
+    let _catalog = common::masking::catalog_lock().read().await;
     use run_time_shapes::*;
     let inst = start().await;
     let (_, token) = inst.grant("alice", "support", "10m").await;
@@ -397,6 +404,7 @@ async fn an_extended_fetch_or_execute_is_not_trusted_to_its_describe() {
 /// in pg_depend) is treated as a view over a masked table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_view_calling_a_user_function_counts_as_reading_masked_tables() {
+    let _catalog = common::masking::catalog_lock().write().await;
     use common::cluster::READ_USER;
     let setup = format!(
         "CREATE OR REPLACE FUNCTION public.s5_relay_emails() RETURNS SETOF text LANGUAGE sql STABLE AS 'SELECT email FROM public.customers';
@@ -426,6 +434,7 @@ async fn a_view_calling_a_user_function_counts_as_reading_masked_tables() {
 /// masked column (in expressions, filters and writes), while selecting it directly stays masked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_alias_column_lists_do_not_unmask_renamed_columns() {
+    let _catalog = common::masking::catalog_lock().read().await;
     let inst = start().await;
     let client = session(&inst, "support").await;
     let clear = ["alice@example.com", "4111111111111111", "123456789"];
@@ -473,6 +482,7 @@ async fn join_alias_column_lists_do_not_unmask_renamed_columns() {
 /// described again they are masked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cursor_or_statement_declared_again_under_the_same_name_is_not_trusted_to_its_old_describe() {
+    let _catalog = common::masking::catalog_lock().read().await;
     use run_time_shapes::*;
     let inst = start().await;
     let (_, token) = inst.grant("alice", "support", "10m").await;
@@ -554,6 +564,7 @@ async fn a_cursor_or_statement_declared_again_under_the_same_name_is_not_trusted
 /// the session goes on (the timeouts turn a hang into a failure).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_masked_row_over_the_relay_buffer_is_masked_and_delivered() {
+    let _catalog = common::masking::catalog_lock().read().await;
     let inst = start().await;
     let client = session(&inst, "support").await;
     let deadline = Duration::from_secs(60);

@@ -143,3 +143,13 @@ pub async fn outcome(client: &tokio_postgres::Client, sql: &str) -> String {
     let _ = client.simple_query("ROLLBACK").await;
     out
 }
+
+/// The tests of one binary share its cluster, and a masked result whose copy of the catalog changed
+/// while its statement ran is refused by design ("… changed while the statement ran (run it
+/// again)"), as is a FETCH of a cursor declared before a change: tests that change the catalog (DDL,
+/// or a setup of their own) hold this lock's write side for their whole run, the others its read
+/// side, so no test's masked statements race another's DDL.
+pub fn catalog_lock() -> &'static tokio::sync::RwLock<()> {
+    static LOCK: std::sync::OnceLock<tokio::sync::RwLock<()>> = std::sync::OnceLock::new();
+    LOCK.get_or_init(|| tokio::sync::RwLock::new(()))
+}

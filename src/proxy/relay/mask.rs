@@ -34,9 +34,8 @@ use crate::proxy::wire::PgError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Expect {
     /// A simple Query; `true` when its text may close, declare or prepare a cursor or statement
-    /// (every described layout is then stale once it completes); its text when the session checks
-    /// it again after a catalog change ([`ResultMask::rechecking`]).
-    Query(bool, Option<Arc<str>>),
+    /// (every described layout is then stale once it completes).
+    Query(bool),
     /// A statement's name, and whether its result shape is decided when it runs.
     Parse(String, bool),
     Bind {
@@ -173,9 +172,6 @@ pub(crate) struct ResultMask {
     /// The result in progress failed its second catalog check (why): the server's error ending
     /// it is replaced too (code the changed object runs may quote masked values in it).
     refuse_error: Option<&'static str>,
-    /// The session's masking check, for a simple Query's text checked again when the catalog
-    /// changed while it ran (s8; `None`: any change fails the result).
-    context: Option<Arc<MaskContext>>,
     /// A snapshot re-read is wanted (a column timebox could not establish).
     pub(crate) wants_refresh: bool,
     /// Masked values sent since last asked (for the metric).
@@ -266,20 +262,12 @@ impl ResultMask {
             judged_with: None,
             rechecked: None,
             refuse_error: None,
-            context: None,
             wants_refresh: false,
             masked_values: 0,
             sent_rows: 0,
             sent_bytes: 0,
             replacement: BytesMut::new(),
         }
-    }
-
-    /// With the session's masking check: a simple Query's text is checked again against a copy of
-    /// the catalog that changed while it ran ([`ResultMask::changed_while_running`]).
-    pub(crate) fn rechecking(mut self, context: Arc<MaskContext>) -> Self {
-        self.context = Some(context);
-        self
     }
 
     /// The frame to send instead of the last one [`ResultMask::on_backend`] answered
@@ -301,11 +289,9 @@ impl ResultMask {
                 // The snapshot its statements were just checked against, which their results'
                 // second check compares with (s7, F4).
                 self.follow_snapshot(self.entry.current());
-                let text = cstr(body).map(|(q, _)| q).unwrap_or_default();
-                let reshapes = reshapes_names(&text);
-                Expect::Query(reshapes, self.context.is_some().then(|| text.into()))
+                Expect::Query(reshapes_names(&cstr(body).map(|(q, _)| q).unwrap_or_default()))
             }
-            b'F' => Expect::Query(false, None),
+            b'F' => Expect::Query(false),
             b'P' => match cstr(body) {
                 Some((name, rest)) => {
                     let runtime = cstr(rest).is_none_or(|(sql, _)| shaped_at_run_time(&sql));
@@ -513,7 +499,7 @@ impl ResultMask {
     /// One whole backend frame the relay is about to forward.
     pub(crate) fn on_backend(&mut self, tag: u8, frame: &[u8]) -> MaskStep {
         // Only the frame right after the second check carries its verdict.
-        let changed = self.changed_while_running(tag, frame);
+        let changed = self.changed_while_running();
         match tag {
             b'T' => {
                 let (rewritten, layout) = self.describe(frame);
@@ -676,7 +662,7 @@ impl ResultMask {
                 self.failing = false;
                 self.current = None;
                 (self.sent_rows, self.sent_bytes) = (0, 0);
-                if !matches!(self.pending.front(), Some(Expect::Query(..))) {
+                if !matches!(self.pending.front(), Some(Expect::Query(_))) {
                     while self.pending.front().is_some_and(|e| *e != Expect::Sync) {
                         self.pending.pop_front();
                     }
@@ -687,10 +673,10 @@ impl ResultMask {
                 self.current = None;
                 (self.sent_rows, self.sent_bytes) = (0, 0);
                 while let Some(e) = self.pending.pop_front() {
-                    if matches!(e, Expect::Query(true, _)) {
+                    if e == Expect::Query(true) {
                         self.invalidate_all(STALE);
                     }
-                    if matches!(e, Expect::Sync | Expect::Query(..)) {
+                    if matches!(e, Expect::Sync | Expect::Query(_)) {
                         break;
                     }
                 }
@@ -717,7 +703,7 @@ impl Session {
     /// The session's result masking, if its role masks columns.
     pub(super) fn result_mask(&self) -> Option<ResultMask> {
         let m = self.interceptor.masking()?;
-        Some(ResultMask::new(m.entry.clone(), m.key.clone(), &m.role).rechecking(m.clone()))
+        Some(ResultMask::new(m.entry.clone(), m.key.clone(), &m.role))
     }
 
     /// Applies the role's masks to one completed backend frame; `true` when the relay handles
