@@ -238,6 +238,9 @@ const BYPASSES: &[(&str, &str)] = &[
             "public.customers.email",
         ),
         ("SELECT email INTO t FROM customers", "public.customers.email"),
+        // s8 re-attack: the prepared statement's text is not in this one.
+        ("CREATE TABLE t AS EXECUTE p", "public.customers."),
+        ("EXPLAIN ANALYZE CREATE TABLE t AS EXECUTE p (1)", "public.customers."),
         (
             "CREATE VIEW v AS SELECT email FROM customers",
             "public.customers.email",

@@ -546,6 +546,7 @@ impl Interceptor {
             b'B' => self.on_bind(body, checked),
             b'C' => self.on_close(body),
             b'F' => self.on_function_call(),
+            b'D' | b'E' if self.masking.is_some() => self.on_portal_use(tag, body),
             _ => FrontendAction::Forward,
         }
     }
@@ -693,8 +694,10 @@ impl Interceptor {
             Some(p) => {
                 // Roles with masks: the statement runs on the catalog as it is now (s8).
                 let name = statement.map_or("", |(s, _)| std::str::from_utf8(s).unwrap_or_default());
+                let portal =
+                    cstr(body).map_or(String::new(), |(p, _)| String::from_utf8_lossy(p).into_owned());
                 let masking = match &self.masking {
-                    Some(m) => self.mask_judged.bind(m, name, &p.classification).err(),
+                    Some(m) => self.mask_judged.bind(m, &portal, name, &p.classification).err(),
                     None => None,
                 };
                 let denial = masking.map(|d| self.denial(&d.reason, d.hint));
@@ -737,8 +740,33 @@ impl Interceptor {
                 self.prepared.remove(&*name);
                 self.mask_judged.closed(&name);
             }
+        } else if let Some((name, _)) = cstr(body.get(1..).unwrap_or_default()) {
+            self.mask_judged.closed_portal(&String::from_utf8_lossy(name));
         }
         FrontendAction::Forward
+    }
+
+    /// Roles with masks: a Describe of a portal or an Execute reads a portal this session bound,
+    /// or a SQL cursor under the rules of `FETCH` (s8; see [`MaskJudgements::use_portal`]).
+    fn on_portal_use(&mut self, tag: u8, body: &[u8]) -> FrontendAction {
+        let name = match tag {
+            b'D' if body.first() != Some(&b'P') => return FrontendAction::Forward,
+            b'D' => cstr(&body[1..]),
+            _ => cstr(body),
+        };
+        let name = name
+            .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+            .unwrap_or_default();
+        let Some(m) = &self.masking else {
+            return FrontendAction::Forward;
+        };
+        match self.mask_judged.use_portal(m, &name) {
+            Ok(()) => FrontendAction::Forward,
+            Err(d) => {
+                let e = self.denial(&d.reason, d.hint);
+                self.deny_with_parse_marker(e)
+            }
+        }
     }
 
     /// FunctionCall (the fast path): admin roles only.

@@ -9,13 +9,15 @@
 //! - a cursor is planned once, when its `DECLARE` runs, which may be after DDL committed while it
 //!   waited for a lock (its text was checked before): a `FETCH` is refused unless the snapshot is
 //!   still the copy the `DECLARE` was checked with ([`MaskJudgements::fetch`]), and a cursor this
-//!   session did not declare through timebox (opened by a function) is refused.
+//!   session did not declare through timebox (opened by a function) is refused;
+//! - a protocol Describe or Execute of a portal no Bind of this session created reads a SQL cursor
+//!   of that name (they share one namespace): the same rule as `FETCH` ([`MaskJudgements::use_portal`]).
 //!
 //! Pure bookkeeping on top of the snapshots the relay confirmed; the interceptor calls it for
 //! roles with masks only. Must never let a statement run on a catalog copy its text was not
 //! checked against.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::context::MaskContext;
@@ -52,6 +54,8 @@ struct Judged {
 pub struct MaskJudgements {
     statements: HashMap<String, Judged>,
     cursors: HashMap<String, Option<Arc<MaskSnapshot>>>,
+    /// Portals a Bind of this session created.
+    portals: HashSet<String>,
 }
 
 impl MaskJudgements {
@@ -123,14 +127,17 @@ impl MaskJudgements {
         self.statements.remove(name);
     }
 
-    /// A Bind of statement `name` (whose checked text is `classification`): it runs now.
+    /// A Bind of statement `name` (whose checked text is `classification`) into `portal`: it runs
+    /// now.
     pub fn bind(
         &mut self,
         m: &MaskContext,
+        portal: &str,
         name: &str,
         classification: &Classification,
     ) -> Result<(), MaskDenial> {
         self.run(m, name)?;
+        self.bound_portal(portal);
         let now = m.entry.current();
         for stmt in &classification.statements {
             if let Some(cursor) = &stmt.declare_cursor {
@@ -138,6 +145,26 @@ impl MaskJudgements {
             }
         }
         Ok(())
+    }
+
+    /// A Bind created portal `name`.
+    pub fn bound_portal(&mut self, name: &str) {
+        self.portals.insert(name.to_owned());
+    }
+
+    /// A protocol Close of portal `name`.
+    pub fn closed_portal(&mut self, name: &str) {
+        self.portals.remove(name);
+    }
+
+    /// A protocol Describe or Execute of portal `name`: one this session bound, or else a SQL
+    /// cursor of that name, which must pass [`MaskJudgements::fetch`] (s8 re-attack: a cursor
+    /// declared while a view was being replaced was read as a portal, unchecked).
+    pub fn use_portal(&self, m: &MaskContext, name: &str) -> Result<(), MaskDenial> {
+        if self.portals.contains(name) && !self.cursors.contains_key(name) {
+            return Ok(());
+        }
+        self.fetch(m, name)
     }
 
     /// Prepared statement `name` runs now: when the current snapshot is another copy than the

@@ -68,7 +68,7 @@ fn a_prepared_statement_is_checked_again_when_the_catalog_changed() {
     on_text(&mut j, &m, "PREPARE p AS SELECT upper(x) FROM v").unwrap();
     j.parsed(&m, "s1", "SELECT upper(x) FROM v");
     on_text(&mut j, &m, "EXECUTE p").unwrap();
-    j.bind(&m, "s1", &crate::policy::classify("SELECT upper(x) FROM v"))
+    j.bind(&m, "", "s1", &crate::policy::classify("SELECT upper(x) FROM v"))
         .unwrap();
     // Read again unchanged: nothing checked again (even a snapshot that would refuse it).
     m.entry.replace_snapshot(snapshot(true, 1));
@@ -81,7 +81,7 @@ fn a_prepared_statement_is_checked_again_when_the_catalog_changed() {
         "{denied}"
     );
     let denied = j
-        .bind(&m, "s1", &crate::policy::classify("SELECT upper(x) FROM v"))
+        .bind(&m, "", "s1", &crate::policy::classify("SELECT upper(x) FROM v"))
         .unwrap_err();
     assert!(denied.reason.contains("public.v"), "{}", denied.reason);
     // Changed back to plain data: checked again and allowed (PostgreSQL plans it again too).
@@ -129,7 +129,7 @@ fn a_cursor_is_fetched_only_under_the_catalog_it_was_declared_with() {
     let declare = "DECLARE d CURSOR FOR SELECT x FROM v";
     j.parsed(&m, "s2", declare);
     m.entry.replace_snapshot(snapshot(false, 3));
-    j.bind(&m, "s2", &crate::policy::classify(declare)).unwrap();
+    j.bind(&m, "", "s2", &crate::policy::classify(declare)).unwrap();
     on_text(&mut j, &m, "FETCH ALL FROM d").unwrap();
 }
 
@@ -165,4 +165,29 @@ fn an_unconfirmed_snapshot_refuses_executions_and_fetches() {
         assert!(denied.contains("could not confirm"), "{sql}: {denied}");
     }
     assert!(j.run(&m, "p").is_err());
+}
+
+/// Regression (s8 re-attack): SQL cursors and protocol portals share one namespace, and a cursor
+/// declared while a view was being replaced was read with Describe and Execute of a portal of its
+/// name, never checked. A portal this session did not bind is read under the rules of `FETCH`.
+#[test]
+fn a_portal_no_bind_created_is_read_as_a_cursor() {
+    let m = context(snapshot(false, 1));
+    let mut j = MaskJudgements::default();
+    j.parsed(&m, "s", "SELECT 1");
+    j.bind(&m, "p", "s", &crate::policy::classify("SELECT 1")).unwrap();
+    j.use_portal(&m, "p").unwrap();
+    let unseen = j.use_portal(&m, "c").unwrap_err();
+    assert!(unseen.reason.contains("not declared through timebox"), "{}", unseen.reason);
+    on_text(&mut j, &m, "DECLARE c CURSOR WITH HOLD FOR SELECT x FROM v").unwrap();
+    j.use_portal(&m, "c").unwrap();
+    m.entry.replace_snapshot(snapshot(false, 2));
+    let changed = j.use_portal(&m, "c").unwrap_err();
+    assert!(changed.reason.contains("changed since cursor \"c\""), "{}", changed.reason);
+    // A bound portal whose name a cursor took since: the cursor's rules.
+    on_text(&mut j, &m, "DECLARE p CURSOR WITH HOLD FOR SELECT 1").unwrap();
+    m.entry.replace_snapshot(snapshot(false, 3));
+    assert!(j.use_portal(&m, "p").is_err());
+    j.closed_portal("p");
+    assert!(j.use_portal(&m, "p").is_err(), "still the cursor");
 }
