@@ -208,6 +208,8 @@ pub(crate) fn literal_independent(
         deallocate,
         declare_cursor,
         fetch_cursor,
+        close_cursor,
+        declare_hold: _, // with declare_cursor
         unparsed,
         newer_syntax: _, // structure (keywords), never a literal
     } = stmt;
@@ -232,6 +234,7 @@ pub(crate) fn literal_independent(
         || deallocate.is_some()
         || declare_cursor.is_some()
         || fetch_cursor.is_some()
+        || close_cursor.is_some()
     {
         return Err("carries a flag for the relay");
     }

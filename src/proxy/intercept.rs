@@ -38,7 +38,7 @@ use crate::policy::{
     self, Classification, ClassifyCache, Decision, RolePolicy, ServerVersion, StatementClass, Target,
     TargetFunctions,
 };
-use crate::proxy::relay::mask::{MaskContext, MaskJudgements};
+use crate::proxy::relay::mask::{BackendOutcome, Change, MaskContext, MaskJudgements};
 
 /// Prepared statements a session may hold before new named ones are refused.
 const MAX_PREPARED: usize = 10_000;
@@ -240,6 +240,8 @@ pub struct Interceptor {
     masking: Option<Arc<MaskContext>>,
     /// Roles with masks: the catalog copy each prepared statement and cursor was judged with.
     mask_judged: MaskJudgements,
+    /// Roles with masks: what the Query being checked changes once it ran ([`Change`]).
+    mask_changes: Vec<Change>,
 }
 
 impl Interceptor {
@@ -261,6 +263,7 @@ impl Interceptor {
             app_tag: appname::session_tag("?", grant_id),
             masking: None,
             mask_judged: MaskJudgements::default(),
+            mask_changes: Vec::new(),
         }
     }
 
@@ -396,7 +399,14 @@ impl Interceptor {
                 if let (None, None, Some(m), Some(text)) =
                     (&denial, &pre.mask_denial, &self.masking, &pre.masked_text)
                 {
-                    pre.mask_denial = self.mask_judged.on_text(m, text, &c).err();
+                    let parse = pre.name.as_deref();
+                    let judged = parse
+                        .map_or(Ok(()), |name| self.mask_judged.parse_allowed(m, name))
+                        .and_then(|()| self.mask_judged.on_text(m, text, &c, parse.is_some()));
+                    match judged {
+                        Ok(changes) => self.mask_changes = changes,
+                        Err(d) => pre.mask_denial = Some(d),
+                    }
                 }
                 if let (None, Some(d)) = (&denial, &pre.mask_denial) {
                     denial = Some(self.denial(&d.reason, d.hint));
@@ -508,6 +518,22 @@ impl Interceptor {
         FrontendAction::Replace(out)
     }
 
+    /// A Parse refused: its marker (an unnamed Parse) goes instead.
+    fn deny_parse(&mut self, error: PgError) -> FrontendAction {
+        if let Some(m) = &self.masking {
+            self.mask_judged.parse_sent(m, "", None);
+        }
+        self.deny_with_parse_marker(error)
+    }
+
+    /// Roles with masks: what the backend answered to earlier Queries and Parses (from the
+    /// relay's result masking), so that judgements are kept only for what PostgreSQL did.
+    pub fn on_backend_outcomes(&mut self, outcomes: impl Iterator<Item = BackendOutcome>) {
+        for outcome in outcomes {
+            self.mask_judged.on_backend(outcome);
+        }
+    }
+
     fn deny_with_parse_marker(&mut self, error: PgError) -> FrontendAction {
         self.denials.push_back(error);
         self.skipping_until_sync = true;
@@ -590,6 +616,11 @@ impl Interceptor {
             masked: pre.masked.clone(),
             mask_denied: pre.mask_denial.is_some() && denial.is_some(),
         });
+        let changes = std::mem::take(&mut self.mask_changes);
+        if self.masking.is_some() {
+            self.mask_judged
+                .query_sent(if denial.is_some() { Vec::new() } else { changes });
+        }
         match (denial, rewritten) {
             (Some(e), _) => self.deny_with_query_marker(e),
             (None, None) => FrontendAction::Forward,
@@ -641,7 +672,7 @@ impl Interceptor {
                         &format!("too many prepared statements in this session ({MAX_PREPARED})"),
                         "Close statements you no longer need.",
                     );
-                    return self.deny_with_parse_marker(e);
+                    return self.deny_parse(e);
                 }
                 let replaced = rewritten.map(|text| {
                     // The same Parse (name, parameter types) with the tagged SET as its text.
@@ -659,7 +690,7 @@ impl Interceptor {
                     out
                 });
                 if let (Some(m), Some(text)) = (&self.masking, &pre.masked_text) {
-                    self.mask_judged.parsed(m, &name, text);
+                    self.mask_judged.parse_sent(m, &name, Some(text));
                 }
                 self.prepared.insert(
                     name,
@@ -679,7 +710,7 @@ impl Interceptor {
                     self.prepared.remove(&name);
                 }
                 let e = denial.unwrap_or_else(|| self.denial("the statement could not be checked", ""));
-                self.deny_with_parse_marker(e)
+                self.deny_parse(e)
             }
         }
     }
@@ -771,6 +802,10 @@ impl Interceptor {
 
     /// FunctionCall (the fast path): admin roles only.
     fn on_function_call(&mut self) -> FrontendAction {
+        if self.masking.is_some() {
+            // Answered like a Query (its ReadyForQuery ends it).
+            self.mask_judged.query_sent(Vec::new());
+        }
         if self.skip_policy.is_some() || self.policy.allows(StatementClass::Admin) {
             FrontendAction::Forward
         } else {

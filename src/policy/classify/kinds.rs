@@ -123,8 +123,14 @@ pub(super) fn base_class(stmt: &NodeEnum, top: &str, info: &mut StatementInfo) -
                 info.fetch_cursor = Some(f.portalname.clone());
             }
         }
+        NodeEnum::ClosePortalStmt(c) => {
+            info.close_cursor = Some(if c.portalname.is_empty() {
+                Deallocate::All
+            } else {
+                Deallocate::Name(c.portalname.clone())
+            })
+        }
         NodeEnum::VariableShowStmt(_)
-        | NodeEnum::ClosePortalStmt(_)
         | NodeEnum::ListenStmt(_)
         | NodeEnum::UnlistenStmt(_)
         | NodeEnum::ConstraintsSetStmt(_) => {}
@@ -162,6 +168,8 @@ pub(super) fn base_class(stmt: &NodeEnum, top: &str, info: &mut StatementInfo) -
         }
         NodeEnum::DeclareCursorStmt(d) => {
             info.declare_cursor = Some(d.portalname.clone());
+            // CURSOR_OPT_HOLD (parsenodes.h).
+            info.declare_hold = d.options & 0x0020 != 0;
             if let Some(inner) = d.query.as_ref().and_then(|n| n.node.as_ref()) {
                 base_class(inner, top, info);
             }

@@ -213,6 +213,10 @@ pub struct StatementInfo {
     /// `FETCH … FROM name` (not `MOVE`, which returns no rows): masked roles' sessions check
     /// that the cursor was declared against the catalog it is fetched under.
     pub fetch_cursor: Option<String>,
+    /// `CLOSE name` or `CLOSE ALL` (masked roles' sessions forget the cursor).
+    pub close_cursor: Option<Deallocate>,
+    /// `DECLARE … WITH HOLD`: the cursor outlives its transaction.
+    pub declare_hold: bool,
     /// Why the statement is `Unparsed`, if it is.
     pub unparsed: Option<String>,
     /// Constructs of the classifier's grammar (PostgreSQL 18) that older targets parse as calls of
@@ -244,6 +248,8 @@ impl StatementInfo {
             deallocate: None,
             declare_cursor: None,
             fetch_cursor: None,
+            close_cursor: None,
+            declare_hold: false,
             unparsed: None,
             newer_syntax: Vec::new(),
         }

@@ -150,6 +150,7 @@ impl Session {
         if r.quota.is_some() && !self.quota_frame(r, (tag, start, end), stopped)? {
             if let Some(m) = r.mask.as_mut() {
                 m.on_skipped(tag);
+                self.interceptor.on_backend_outcomes(m.outcomes.drain(..));
             }
             return Ok(Held::Handled);
         }

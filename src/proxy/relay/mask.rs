@@ -172,6 +172,11 @@ pub(crate) struct ResultMask {
     /// The result in progress failed its second catalog check (why): the server's error ending
     /// it is replaced too (code the changed object runs may quote masked values in it).
     refuse_error: Option<&'static str>,
+    /// What the backend answered to the session's Queries and Parses since last drained, for the
+    /// interceptor's judgements (s8, [`BackendOutcome`]).
+    pub(crate) outcomes: Vec<BackendOutcome>,
+    /// The Query being answered failed (an ErrorResponse came before its ReadyForQuery).
+    query_failed: bool,
     /// A snapshot re-read is wanted (a column timebox could not establish).
     pub(crate) wants_refresh: bool,
     /// Masked values sent since last asked (for the metric).
@@ -262,6 +267,8 @@ impl ResultMask {
             judged_with: None,
             rechecked: None,
             refuse_error: None,
+            outcomes: Vec::new(),
+            query_failed: false,
             wants_refresh: false,
             masked_values: 0,
             sent_rows: 0,
@@ -595,6 +602,7 @@ impl ResultMask {
         match tag {
             b'1' => {
                 if let Some(Expect::Parse(name, runtime)) = self.pop_if(|e| matches!(e, Expect::Parse(..))) {
+                    self.outcomes.push(BackendOutcome::Parsed(name.clone()));
                     if runtime {
                         self.statements.insert(name, Layout::Runtime);
                     } else {
@@ -662,9 +670,13 @@ impl ResultMask {
                 self.failing = false;
                 self.current = None;
                 (self.sent_rows, self.sent_bytes) = (0, 0);
-                if !matches!(self.pending.front(), Some(Expect::Query(_))) {
+                if matches!(self.pending.front(), Some(Expect::Query(_))) {
+                    self.query_failed = true;
+                } else {
                     while self.pending.front().is_some_and(|e| *e != Expect::Sync) {
-                        self.pending.pop_front();
+                        if let Some(Expect::Parse(name, _)) = self.pending.pop_front() {
+                            self.outcomes.push(BackendOutcome::ParseFailed(name));
+                        }
                     }
                 }
             }
@@ -673,12 +685,19 @@ impl ResultMask {
                 self.current = None;
                 (self.sent_rows, self.sent_bytes) = (0, 0);
                 while let Some(e) = self.pending.pop_front() {
+                    if matches!(e, Expect::Query(_)) {
+                        let failed = std::mem::take(&mut self.query_failed);
+                        self.outcomes.push(BackendOutcome::Query { failed });
+                    }
                     if e == Expect::Query(true) {
                         self.invalidate_all(STALE);
                     }
                     if matches!(e, Expect::Sync | Expect::Query(_)) {
                         break;
                     }
+                }
+                if let Some(status) = status {
+                    self.outcomes.push(BackendOutcome::Ready(status));
                 }
                 // Outside a transaction block no portal survives.
                 if status == Some(b'I') {
@@ -718,7 +737,9 @@ impl Session {
             return Ok(true);
         };
         let out = &mut r.bufs.outbox;
-        Ok(match m.on_backend(tag, out.frame_bytes(start, end)?) {
+        let step = m.on_backend(tag, out.frame_bytes(start, end)?);
+        self.interceptor.on_backend_outcomes(m.outcomes.drain(..));
+        Ok(match step {
             MaskStep::Keep => {
                 m.sent(tag, (end - start) as usize);
                 true
@@ -778,7 +799,7 @@ pub use context::{session_masking, MaskContext};
 #[path = "mask_judged.rs"]
 mod judged;
 pub(crate) use judged::same_catalog;
-pub use judged::MaskJudgements;
+pub use judged::{BackendOutcome, Change, MaskJudgements};
 
 #[cfg(test)]
 #[path = "mask_tests.rs"]

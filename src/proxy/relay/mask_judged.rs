@@ -17,7 +17,7 @@
 //! roles with masks only. Must never let a statement run on a catalog copy its text was not
 //! checked against.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use super::context::MaskContext;
@@ -44,82 +44,212 @@ const UNSEEN_HINT: &str =
 
 /// A prepared statement's text and the snapshot it was last judged with.
 #[derive(Debug, Clone)]
-struct Judged {
+pub struct Judged {
     text: Arc<str>,
     with: Option<Arc<MaskSnapshot>>,
+    /// Made by a protocol Parse: its text is the statement that runs (an SQL `PREPARE`'s text
+    /// runs its inner query only).
+    parsed: bool,
+}
+
+/// A cursor: the snapshot its `DECLARE` was checked with, and whether it outlives its transaction.
+#[derive(Debug, Clone)]
+pub struct Cursor {
+    with: Option<Arc<MaskSnapshot>>,
+    hold: bool,
+}
+
+/// What one Query did to the names, applied once PostgreSQL answered it without an error.
+#[derive(Debug)]
+pub enum Change {
+    Prepared(String, Judged),
+    Deallocated(Deallocate),
+    Declared(String, Cursor),
+    Closed(Deallocate),
+}
+
+/// What the backend said of the session's earlier messages (from the relay's [`super::ResultMask`],
+/// which matches answers to messages): the judgements they carry are kept only once PostgreSQL did
+/// what was judged (s8 re-attack: a `PREPARE` or `DECLARE` of an existing name, which PostgreSQL
+/// refuses, replaced the judgement of the object it kept; so did a Parse it never ran).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendOutcome {
+    /// The oldest Query (or FunctionCall) not answered yet ended; `failed`: with an error.
+    Query { failed: bool },
+    /// A Parse of statement `name` completed (ParseComplete).
+    Parsed(String),
+    /// A Parse of statement `name` failed or was skipped after an error.
+    ParseFailed(String),
+    /// ReadyForQuery with this transaction status.
+    Ready(u8),
 }
 
 /// One masked session's prepared statements and cursors, with the snapshot each was judged with.
 #[derive(Debug, Default)]
 pub struct MaskJudgements {
     statements: HashMap<String, Judged>,
-    cursors: HashMap<String, Option<Arc<MaskSnapshot>>>,
+    cursors: HashMap<String, Cursor>,
     /// Portals a Bind of this session created.
     portals: HashSet<String>,
+    /// Per Query (and FunctionCall) forwarded and not answered yet, in order: what it changes.
+    queries: VecDeque<Vec<Change>>,
+    /// Per Parse forwarded and not answered yet, in order: its name and judgement (`None`: refused).
+    parses: VecDeque<(String, Option<Judged>)>,
 }
 
 impl MaskJudgements {
-    /// The statements of one checked text (a Query, or a Parse whose text the check allowed), in
-    /// order: each `EXECUTE` runs a prepared statement ([`MaskJudgements::run`]), each `FETCH` a
-    /// cursor ([`MaskJudgements::fetch`]); `PREPARE`, `DECLARE` and `DEALLOCATE` are recorded
-    /// only when nothing in the text is refused.
+    /// The statements of one checked text, in order: each `EXECUTE` runs a prepared statement
+    /// ([`MaskJudgements::run`]), each `FETCH` a cursor ([`MaskJudgements::fetch`]); a `PREPARE`
+    /// or `DECLARE` of a name this session holds is refused (PostgreSQL would refuse it too).
+    /// What a Query's `PREPARE`, `DECLARE`, `DEALLOCATE` and `CLOSE` change is kept once it was
+    /// answered without an error ([`MaskJudgements::on_backend`]); a Parse's text runs at its
+    /// Bind (`parse`: nothing is recorded).
     pub fn on_text(
         &mut self,
         m: &MaskContext,
         sql: &str,
         classification: &Classification,
-    ) -> Result<(), MaskDenial> {
+        parse: bool,
+    ) -> Result<Vec<Change>, MaskDenial> {
         let now = m.entry.current();
-        let mut prepared: Vec<(String, Judged)> = Vec::new();
-        let mut declared: Vec<String> = Vec::new();
+        let mut changes: Vec<Change> = Vec::new();
+        let mut prepared: Vec<&str> = Vec::new();
+        let mut declared: Vec<&str> = Vec::new();
+        // Names this text frees before it takes them again (`CLOSE c; DECLARE c …`).
+        let mut freed_cursors: Vec<&Deallocate> = Vec::new();
+        let mut freed_statements: Vec<&Deallocate> = Vec::new();
+        let frees = |freed: &[&Deallocate], name: &str| {
+            freed
+                .iter()
+                .any(|d| matches!(d, Deallocate::All) || matches!(d, Deallocate::Name(n) if n == name))
+        };
         for stmt in &classification.statements {
             if let Some(name) = &stmt.execute_name {
-                if !prepared.iter().any(|(n, _)| n == name) {
+                if !prepared.contains(&name.as_str()) {
                     self.run(m, name)?;
                 }
             }
             if let Some(name) = &stmt.fetch_cursor {
-                if !declared.contains(name) {
+                if !declared.contains(&name.as_str()) {
                     self.fetch(m, name)?;
                 }
             }
             if let Some(name) = &stmt.declare_cursor {
-                declared.push(name.clone());
+                let held = self.cursors.contains_key(name) && !frees(&freed_cursors, name);
+                if held || declared.contains(&name.as_str()) {
+                    return Err(exists(m, "cursor", name, "CLOSE"));
+                }
+                declared.push(name);
+                let cursor = Cursor {
+                    with: now.clone(),
+                    hold: stmt.declare_hold,
+                };
+                changes.push(Change::Declared(name.clone(), cursor));
             }
             if let Some(name) = &stmt.prepare_name {
-                let text = sql.get(stmt.span.clone()).unwrap_or(sql);
+                let held = self.statements.contains_key(name) && !frees(&freed_statements, name);
+                if held || prepared.contains(&name.as_str()) {
+                    return Err(exists(m, "prepared statement", name, "DEALLOCATE"));
+                }
+                prepared.push(name);
                 let judged = Judged {
-                    text: text.into(),
+                    text: sql.get(stmt.span.clone()).unwrap_or(sql).into(),
                     with: now.clone(),
+                    parsed: false,
                 };
-                prepared.push((name.clone(), judged));
+                changes.push(Change::Prepared(name.clone(), judged));
             }
-            match &stmt.deallocate {
-                Some(Deallocate::All) => {
-                    self.statements.clear();
-                    prepared.clear();
-                }
-                Some(Deallocate::Name(name)) => {
-                    self.statements.remove(name);
-                    prepared.retain(|(n, _)| n != name);
-                }
-                None => {}
+            if let Some(d) = &stmt.deallocate {
+                freed_statements.push(d);
+                prepared.retain(|n| !frees(&[d], n));
+                changes.push(Change::Deallocated(d.clone()));
+            }
+            if let Some(c) = &stmt.close_cursor {
+                freed_cursors.push(c);
+                declared.retain(|n| !frees(&[c], n));
+                changes.push(Change::Closed(c.clone()));
             }
         }
-        self.statements.extend(prepared);
-        for name in declared {
-            self.cursors.insert(name, now.clone());
+        if parse {
+            changes.clear();
+        }
+        Ok(changes)
+    }
+
+    /// A Query (or FunctionCall) was forwarded with `changes` ([`MaskJudgements::on_text`]; none
+    /// when it was refused, or for roles whose text was not checked).
+    pub fn query_sent(&mut self, changes: Vec<Change>) {
+        self.queries.push_back(changes);
+    }
+
+    /// A protocol Parse of `name` with `text` was forwarded, allowed against the current snapshot
+    /// (`None`: refused, its denial marker went instead; a marker Parse is unnamed). A named
+    /// statement this session holds is refused first ([`MaskJudgements::parse_allowed`]).
+    pub fn parse_sent(&mut self, m: &MaskContext, name: &str, text: Option<&str>) {
+        let judged = text.map(|text| Judged {
+            text: text.into(),
+            with: m.entry.current(),
+            parsed: true,
+        });
+        let name = if judged.is_some() { name } else { "" };
+        self.parses.push_back((name.to_owned(), judged));
+    }
+
+    /// Whether a Parse of statement `name` may go: PostgreSQL refuses a named statement that
+    /// exists, and the judgement of the one it keeps must not be replaced.
+    pub fn parse_allowed(&self, m: &MaskContext, name: &str) -> Result<(), MaskDenial> {
+        if !name.is_empty() && self.statements.contains_key(name) {
+            return Err(exists(m, "prepared statement", name, "Close"));
         }
         Ok(())
     }
 
-    /// A protocol Parse of `name` with `text`, allowed against the current snapshot.
-    pub fn parsed(&mut self, m: &MaskContext, name: &str, text: &str) {
-        let judged = Judged {
-            text: text.into(),
-            with: m.entry.current(),
-        };
-        self.statements.insert(name.to_owned(), judged);
+    /// What the backend answered (see [`BackendOutcome`]).
+    pub fn on_backend(&mut self, outcome: BackendOutcome) {
+        match outcome {
+            BackendOutcome::Query { failed } => {
+                let changes = self.queries.pop_front().unwrap_or_default();
+                if !failed {
+                    for change in changes {
+                        self.apply(change);
+                    }
+                }
+            }
+            BackendOutcome::Parsed(ref name) | BackendOutcome::ParseFailed(ref name)
+                if self.parses.front().is_some_and(|(n, _)| n == name) =>
+            {
+                let parsed = matches!(outcome, BackendOutcome::Parsed(_));
+                if let Some((name, Some(judged))) = self.parses.pop_front() {
+                    if parsed {
+                        self.statements.insert(name, judged);
+                    }
+                }
+            }
+            // Not the oldest Parse forwarded (timebox's own markers): nothing of the session's.
+            BackendOutcome::Parsed(_) | BackendOutcome::ParseFailed(_) => {}
+            // Outside a transaction block no cursor without HOLD is left.
+            BackendOutcome::Ready(b'I') => self.cursors.retain(|_, c| c.hold),
+            BackendOutcome::Ready(_) => {}
+        }
+    }
+
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Prepared(name, judged) => {
+                self.statements.insert(name, judged);
+            }
+            Change::Deallocated(Deallocate::All) => self.statements.clear(),
+            Change::Deallocated(Deallocate::Name(name)) => {
+                self.statements.remove(&name);
+            }
+            Change::Declared(name, cursor) => {
+                self.cursors.insert(name, cursor);
+            }
+            Change::Closed(Deallocate::All) => self.cursors.clear(),
+            Change::Closed(Deallocate::Name(name)) => {
+                self.cursors.remove(&name);
+            }
+        }
     }
 
     /// A protocol Close of statement `name`.
@@ -138,11 +268,57 @@ impl MaskJudgements {
     ) -> Result<(), MaskDenial> {
         self.run(m, name)?;
         self.bound_portal(portal);
+        let pending = self.parses.iter().any(|(n, j)| n == name && j.is_some());
+        if !pending && !self.statements.get(name).is_some_and(|j| j.parsed) {
+            return Ok(());
+        }
+        // A PREPARE or DECLARE sent as Parse runs at its Execute: kept from its Bind on (a
+        // failure there is not seen; a name it takes is refused to later PREPAREs and DECLAREs,
+        // which PostgreSQL refuses too).
         let now = m.entry.current();
+        let mut changes = Vec::new();
         for stmt in &classification.statements {
-            if let Some(cursor) = &stmt.declare_cursor {
-                self.cursors.insert(cursor.clone(), now.clone());
+            if let Some(c) = &stmt.close_cursor {
+                self.apply(Change::Closed(c.clone()));
             }
+            if let Some(d) = &stmt.deallocate {
+                self.apply(Change::Deallocated(d.clone()));
+            }
+            if let Some(cursor) = &stmt.declare_cursor {
+                if self.cursors.contains_key(cursor) {
+                    return Err(exists(m, "cursor", cursor, "CLOSE"));
+                }
+                let hold = stmt.declare_hold;
+                changes.push(Change::Declared(
+                    cursor.clone(),
+                    Cursor {
+                        with: now.clone(),
+                        hold,
+                    },
+                ));
+            }
+            if let Some(prepared) = &stmt.prepare_name {
+                if self.statements.contains_key(prepared) {
+                    return Err(exists(m, "prepared statement", prepared, "DEALLOCATE"));
+                }
+                let judged = self
+                    .parses
+                    .iter()
+                    .rev()
+                    .find_map(|(n, j)| if n == name { j.clone() } else { None })
+                    .or_else(|| self.statements.get(name).cloned());
+                if let Some(judged) = judged {
+                    // Its inner query is what runs when it is executed.
+                    let judged = Judged {
+                        parsed: false,
+                        ..judged
+                    };
+                    changes.push(Change::Prepared(prepared.clone(), judged));
+                }
+            }
+        }
+        for change in changes {
+            self.apply(change);
         }
         Ok(())
     }
@@ -168,12 +344,22 @@ impl MaskJudgements {
     }
 
     /// Prepared statement `name` runs now: when the current snapshot is another copy than the
-    /// one its text was judged with, the text is checked again against it.
+    /// one its text was judged with, the text is checked again against it. A Parse of `name`
+    /// not answered yet counts as well as the statement held (a Bind pipelined after its Parse).
     pub fn run(&mut self, m: &MaskContext, name: &str) -> Result<(), MaskDenial> {
         if let Some(denial) = m.unconfirmed_denial() {
             return Err(denial);
         }
-        let Some(judged) = self.statements.get_mut(name) else {
+        // The statement PostgreSQL will run: a Parse of that name not answered yet (if it
+        // succeeds), or else the one it holds (if that Parse fails or was skipped after an
+        // error): both must pass.
+        let pending = self
+            .parses
+            .iter_mut()
+            .rev()
+            .find_map(|(n, j)| if n == name { j.as_mut() } else { None });
+        let candidates: Vec<&mut Judged> = pending.into_iter().chain(self.statements.get_mut(name)).collect();
+        if candidates.is_empty() {
             return Err(MaskDenial {
                 reason: format!(
                     "role \"{}\" masks columns, and timebox has no checked text for prepared statement \"{name}\"",
@@ -181,11 +367,13 @@ impl MaskJudgements {
                 ),
                 hint: UNSEEN_HINT,
             });
-        };
+        }
         let now = m.entry.current();
-        if !same_catalog(judged.with.as_deref(), now.as_deref()) {
-            m.recheck(&judged.text)?;
-            judged.with = now;
+        for judged in candidates {
+            if !same_catalog(judged.with.as_deref(), now.as_deref()) {
+                m.recheck(&judged.text)?;
+                judged.with = now.clone();
+            }
         }
         Ok(())
     }
@@ -201,7 +389,7 @@ impl MaskJudgements {
                 "role \"{}\" masks columns, and cursor \"{name}\" was not declared through timebox in this session (a function may have opened it), so timebox never checked its query",
                 m.role
             ),
-            Some(with) if same_catalog(with.as_deref(), m.entry.current().as_deref()) => return Ok(()),
+            Some(c) if same_catalog(c.with.as_deref(), m.entry.current().as_deref()) => return Ok(()),
             Some(_) => format!(
                 "role \"{}\" masks columns, and the target's catalog changed since cursor \"{name}\" was declared: PostgreSQL planned its query on objects timebox did not check it against",
                 m.role
@@ -213,6 +401,23 @@ impl MaskJudgements {
             UNSEEN_HINT
         };
         Err(MaskDenial { reason, hint })
+    }
+}
+
+/// The refusal of a `PREPARE`, `DECLARE` or Parse of a name the session holds (`how`: what frees it).
+fn exists(m: &MaskContext, what: &str, name: &str, how: &str) -> MaskDenial {
+    MaskDenial {
+        reason: format!(
+            "role \"{}\" masks columns, and {what} \"{name}\" exists in this session: PostgreSQL would refuse it, and timebox keeps judging the one that exists",
+            m.role
+        ),
+        hint: if how == "CLOSE" {
+            "CLOSE the cursor first."
+        } else if how == "Close" {
+            "Close the prepared statement first (or use another name)."
+        } else {
+            "DEALLOCATE the prepared statement first."
+        },
     }
 }
 

@@ -39,9 +39,26 @@ fn context(snapshot: MaskSnapshot) -> MaskContext {
     MaskContext::support(Arc::new(MaskEntry::holding(Some(snapshot))))
 }
 
+/// A Query of `sql` checked, sent and answered without an error.
 fn on_text(j: &mut MaskJudgements, m: &MaskContext, sql: &str) -> Result<(), String> {
-    j.on_text(m, sql, &crate::policy::classify(sql))
-        .map_err(|d| d.reason)
+    sent(j, m, sql)?;
+    j.on_backend(BackendOutcome::Query { failed: false });
+    Ok(())
+}
+
+/// A Query of `sql` checked and sent, not answered yet.
+fn sent(j: &mut MaskJudgements, m: &MaskContext, sql: &str) -> Result<(), String> {
+    let changes = j
+        .on_text(m, sql, &crate::policy::classify(sql), false)
+        .map_err(|d| d.reason)?;
+    j.query_sent(changes);
+    Ok(())
+}
+
+/// A Parse of `name` with `text` sent and completed.
+fn parsed(j: &mut MaskJudgements, m: &MaskContext, name: &str, text: &str) {
+    j.parse_sent(m, name, Some(text));
+    j.on_backend(BackendOutcome::Parsed(name.into()));
 }
 
 #[test]
@@ -66,7 +83,7 @@ fn a_prepared_statement_is_checked_again_when_the_catalog_changed() {
     let m = context(snapshot(false, 1));
     let mut j = MaskJudgements::default();
     on_text(&mut j, &m, "PREPARE p AS SELECT upper(x) FROM v").unwrap();
-    j.parsed(&m, "s1", "SELECT upper(x) FROM v");
+    parsed(&mut j, &m, "s1", "SELECT upper(x) FROM v");
     on_text(&mut j, &m, "EXECUTE p").unwrap();
     j.bind(&m, "", "s1", &crate::policy::classify("SELECT upper(x) FROM v"))
         .unwrap();
@@ -122,12 +139,13 @@ fn a_cursor_is_fetched_only_under_the_catalog_it_was_declared_with() {
         changed.contains("changed since cursor \"c\" was declared"),
         "{changed}"
     );
-    // Declared again: fetched.
-    on_text(&mut j, &m, "CLOSE c; DECLARE c CURSOR FOR SELECT x FROM v").unwrap();
+    // Closed and declared again: fetched.
+    on_text(&mut j, &m, "CLOSE c").unwrap();
+    on_text(&mut j, &m, "DECLARE c CURSOR FOR SELECT x FROM v").unwrap();
     on_text(&mut j, &m, "FETCH ALL FROM c").unwrap();
     // A cursor declared by a Parse runs at its Bind: declared with the copy current then.
     let declare = "DECLARE d CURSOR FOR SELECT x FROM v";
-    j.parsed(&m, "s2", declare);
+    parsed(&mut j, &m, "s2", declare);
     m.entry.replace_snapshot(snapshot(false, 3));
     j.bind(&m, "", "s2", &crate::policy::classify(declare)).unwrap();
     on_text(&mut j, &m, "FETCH ALL FROM d").unwrap();
@@ -174,20 +192,117 @@ fn an_unconfirmed_snapshot_refuses_executions_and_fetches() {
 fn a_portal_no_bind_created_is_read_as_a_cursor() {
     let m = context(snapshot(false, 1));
     let mut j = MaskJudgements::default();
-    j.parsed(&m, "s", "SELECT 1");
-    j.bind(&m, "p", "s", &crate::policy::classify("SELECT 1")).unwrap();
+    parsed(&mut j, &m, "s", "SELECT 1");
+    j.bind(&m, "p", "s", &crate::policy::classify("SELECT 1"))
+        .unwrap();
     j.use_portal(&m, "p").unwrap();
     let unseen = j.use_portal(&m, "c").unwrap_err();
-    assert!(unseen.reason.contains("not declared through timebox"), "{}", unseen.reason);
+    assert!(
+        unseen.reason.contains("not declared through timebox"),
+        "{}",
+        unseen.reason
+    );
     on_text(&mut j, &m, "DECLARE c CURSOR WITH HOLD FOR SELECT x FROM v").unwrap();
     j.use_portal(&m, "c").unwrap();
     m.entry.replace_snapshot(snapshot(false, 2));
     let changed = j.use_portal(&m, "c").unwrap_err();
-    assert!(changed.reason.contains("changed since cursor \"c\""), "{}", changed.reason);
+    assert!(
+        changed.reason.contains("changed since cursor \"c\""),
+        "{}",
+        changed.reason
+    );
     // A bound portal whose name a cursor took since: the cursor's rules.
     on_text(&mut j, &m, "DECLARE p CURSOR WITH HOLD FOR SELECT 1").unwrap();
     m.entry.replace_snapshot(snapshot(false, 3));
     assert!(j.use_portal(&m, "p").is_err());
     j.closed_portal("p");
     assert!(j.use_portal(&m, "p").is_err(), "still the cursor");
+}
+
+/// Regression (s8 re-attack): a `PREPARE` or `DECLARE` of a name the session held, which PostgreSQL
+/// refuses (42P05, 42P03), replaced timebox's judgement of the object PostgreSQL kept; so did a
+/// Parse PostgreSQL never ran (skipped after an error in its batch) and a text in a Query that
+/// failed. Such names are refused, and judgements are kept only once PostgreSQL answered.
+#[test]
+fn judgements_are_kept_only_for_what_postgresql_did() {
+    let m = context(snapshot(false, 1));
+    let mut j = MaskJudgements::default();
+    on_text(&mut j, &m, "PREPARE p AS SELECT upper(x) FROM v").unwrap();
+    let twice = on_text(&mut j, &m, "PREPARE p AS SELECT 1").unwrap_err();
+    assert!(twice.contains("prepared statement \"p\" exists"), "{twice}");
+    on_text(&mut j, &m, "BEGIN; DECLARE c CURSOR FOR SELECT x FROM v").unwrap();
+    let twice = on_text(&mut j, &m, "DECLARE c CURSOR FOR SELECT 1").unwrap_err();
+    assert!(twice.contains("cursor \"c\" exists"), "{twice}");
+    // A Query that failed: nothing it prepared or declared is kept.
+    sent(&mut j, &m, "PREPARE q AS SELECT 1; DECLARE d CURSOR FOR SELECT 1").unwrap();
+    j.on_backend(BackendOutcome::Query { failed: true });
+    assert!(on_text(&mut j, &m, "EXECUTE q").is_err());
+    assert!(on_text(&mut j, &m, "FETCH 1 FROM d").is_err());
+    // Not answered yet: not kept yet (a pipelined FETCH of it is refused).
+    sent(&mut j, &m, "DECLARE e CURSOR FOR SELECT 1").unwrap();
+    assert!(j.fetch(&m, "e").is_err());
+    j.on_backend(BackendOutcome::Query { failed: false });
+    j.fetch(&m, "e").unwrap();
+    // Parses: kept at ParseComplete; a failed or skipped one leaves the old judgement.
+    parsed(&mut j, &m, "", "SELECT upper(x) FROM v");
+    j.parse_sent(&m, "", Some("SELECT 1"));
+    j.on_backend(BackendOutcome::ParseFailed("".into()));
+    m.entry.replace_snapshot(snapshot(true, 2));
+    let bound = j.bind(&m, "", "", &crate::policy::classify("SELECT 1"));
+    assert!(bound.is_err(), "the old unnamed statement is judged again");
+    assert!(j.parse_allowed(&m, "s9").is_ok());
+    parsed(&mut j, &m, "s9", "SELECT 1");
+    assert!(
+        j.parse_allowed(&m, "s9").is_err(),
+        "a named statement that exists"
+    );
+    // A refused Parse's marker (unnamed) answers its place in the queue.
+    j.parse_sent(&m, "s10", None);
+    j.parse_sent(&m, "s11", Some("SELECT 1"));
+    j.on_backend(BackendOutcome::ParseFailed("".into()));
+    j.on_backend(BackendOutcome::Parsed("s11".into()));
+    assert!(j.parse_allowed(&m, "s11").is_err());
+    assert!(j.parse_allowed(&m, "s10").is_ok());
+}
+
+/// Cursors without HOLD end with their transaction; CLOSE ends any.
+#[test]
+fn cursors_end_with_their_transaction_unless_held() {
+    let m = context(snapshot(false, 1));
+    let mut j = MaskJudgements::default();
+    on_text(
+        &mut j,
+        &m,
+        "BEGIN; DECLARE c CURSOR FOR SELECT 1; DECLARE h CURSOR WITH HOLD FOR SELECT 1",
+    )
+    .unwrap();
+    j.on_backend(BackendOutcome::Ready(b'T'));
+    on_text(&mut j, &m, "FETCH 1 FROM c").unwrap();
+    on_text(&mut j, &m, "COMMIT").unwrap();
+    j.on_backend(BackendOutcome::Ready(b'I'));
+    assert!(on_text(&mut j, &m, "FETCH 1 FROM c").is_err());
+    on_text(&mut j, &m, "FETCH 1 FROM h").unwrap();
+    on_text(&mut j, &m, "BEGIN; DECLARE c CURSOR FOR SELECT 1").unwrap();
+    on_text(&mut j, &m, "CLOSE ALL").unwrap();
+    assert!(on_text(&mut j, &m, "FETCH 1 FROM h").is_err());
+    on_text(&mut j, &m, "DECLARE c CURSOR FOR SELECT 1").unwrap();
+}
+
+/// A Bind pipelined after its Parse (every driver's batch) runs the Parse's text if it succeeds,
+/// or the statement held before if it fails or is skipped: both are judged.
+#[test]
+fn a_bind_after_a_parse_not_answered_yet_judges_both_texts() {
+    let m = context(snapshot(false, 1));
+    let mut j = MaskJudgements::default();
+    j.parse_sent(&m, "", Some("SELECT 1"));
+    j.bind(&m, "", "", &crate::policy::classify("SELECT 1")).unwrap();
+    j.on_backend(BackendOutcome::Parsed("".into()));
+    j.parse_sent(&m, "", Some("SELECT upper(x) FROM v"));
+    j.on_backend(BackendOutcome::Parsed("".into()));
+    m.entry.replace_snapshot(snapshot(true, 2));
+    // The held statement reads the replaced view: a Parse of a harmless text does not hide it.
+    j.parse_sent(&m, "", Some("SELECT 1"));
+    assert!(j.bind(&m, "", "", &crate::policy::classify("SELECT 1")).is_err());
+    j.on_backend(BackendOutcome::Parsed("".into()));
+    j.bind(&m, "", "", &crate::policy::classify("SELECT 1")).unwrap();
 }

@@ -172,6 +172,7 @@ impl Session {
             HoldStep::DropMarkerError => {
                 if let Some(m) = r.mask.as_mut() {
                     m.on_skipped(tag);
+                    self.interceptor.on_backend_outcomes(m.outcomes.drain(..));
                 }
                 r.bufs.outbox.replace_frame(start, end, &[])?;
                 false
