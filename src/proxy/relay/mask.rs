@@ -510,8 +510,10 @@ impl ResultMask {
         match tag {
             b'T' => {
                 let (rewritten, layout) = self.describe(frame);
-                self.refuse_error = changed.or(self.refuse_error.take());
-                self.place(changed.map_or(layout, Layout::Fail));
+                // A notice before it may have carried the verdict (s8).
+                let refused = changed.or(self.refuse_error.take());
+                self.refuse_error = refused;
+                self.place(refused.map_or(layout, Layout::Fail));
                 let Some(rewritten) = rewritten else {
                     return MaskStep::Keep;
                 };
@@ -531,6 +533,10 @@ impl ResultMask {
                     Some(why) if tag == b'E' && !failing => MaskStep::Fail(self.error(why)),
                     // The client has timebox's error for this result already.
                     Some(_) if tag == b'E' => MaskStep::Drop,
+                    // A notice of a refused result (code a replaced object runs may quote
+                    // masked values in it; s8 re-attack).
+                    Some(_) if tag == b'N' => MaskStep::Drop,
+                    _ if tag == b'N' && failing => MaskStep::Drop,
                     _ if ended_failing => MaskStep::Drop,
                     _ => MaskStep::Keep,
                 }

@@ -42,10 +42,20 @@ pub(super) enum Rechecked {
 
 impl ResultMask {
     /// Whether the backend frame `tag` begins a result whose statement holds its locks now: a
-    /// simple Query's RowDescription, or an extended-protocol BindComplete (s7, F4). Its catalog
-    /// snapshot is confirmed again before it is judged ([`ResultMask::after_confirm`]).
+    /// simple Query's RowDescription, or an extended-protocol BindComplete (s7, F4); or is an
+    /// ErrorResponse or NoticeResponse of a statement (s8). Its catalog snapshot is confirmed
+    /// again before it is judged ([`ResultMask::after_confirm`]).
     pub(crate) fn confirms_at(&self, tag: u8) -> bool {
-        tag == b'2' || (tag == b'T' && matches!(self.pending.front(), Some(Expect::Query(_))))
+        let front = self.pending.front();
+        tag == b'2'
+            || (tag == b'T' && matches!(front, Some(Expect::Query(_))))
+            // An error or notice raised while the statement was planned — after it waited for
+            // its locks — or ran (s8 re-attack: a replaced view's function raised the values).
+            || (matches!(tag, b'E' | b'N')
+                && matches!(
+                    front,
+                    Some(Expect::Query(_) | Expect::Bind { .. } | Expect::Execute(_))
+                ))
     }
 
     /// The second catalog check of the result beginning at the next frame resolved (`confirmed`:

@@ -712,3 +712,46 @@ fn a_changed_catalog_fails_a_result_whatever_its_columns_and_text() {
         assert!(refused(&step), "{sql}: {step:?}");
     }
 }
+
+/// Regression (s8 re-attack): a function of a view replaced while the statement waited for its
+/// lock raised the masked values while the statement was planned (an ErrorResponse in place of
+/// the RowDescription or BindComplete) or noticed them while it ran; neither waited for the second
+/// check. Errors and notices of a statement now do: on a changed copy the error is timebox's and
+/// the notice is dropped (and the result it precedes fails); unchanged, both go.
+#[test]
+fn errors_and_notices_of_a_statement_wait_for_the_second_check() {
+    let entry = Arc::new(MaskEntry::holding(Some(snapshot())));
+    let mut m = ResultMask::new(entry.clone(), MaskKey::derive(&[1; 32]), "support");
+    let error = frame(b'E', b"SERROR\0CP0001\0Mgot alice@example.com\0\0");
+    let notice = frame(b'N', b"SNOTICE\0C00000\0Mgot alice@example.com\0\0");
+    let refused = |step: &MaskStep| matches!(step, MaskStep::Fail(e) if e.code == "42501");
+    // Unchanged: both go.
+    sent(&mut m, b'Q', b"SELECT x FROM v\0");
+    assert!(m.confirms_at(b'N') && m.confirms_at(b'E'));
+    m.after_confirm(true);
+    assert_eq!(m.on_backend(b'N', &notice), MaskStep::Keep);
+    m.after_confirm(true);
+    assert_eq!(m.on_backend(b'E', &error), MaskStep::Keep);
+    m.on_backend(b'Z', &frame(b'Z', b"I"));
+    // Changed: an error in place of the result is timebox's.
+    sent(&mut m, b'Q', b"SELECT x FROM v\0");
+    entry.replace_snapshot(snapshot());
+    m.after_confirm(true);
+    let step = m.on_backend(b'E', &error);
+    assert!(refused(&step), "{step:?}");
+    m.on_backend(b'Z', &frame(b'Z', b"I"));
+    // Changed: a notice is dropped, and the result after it fails.
+    sent(&mut m, b'Q', b"SELECT x FROM v\0");
+    entry.replace_snapshot(snapshot());
+    m.after_confirm(true);
+    assert_eq!(m.on_backend(b'N', &notice), MaskStep::Drop);
+    m.on_backend(b'T', &row_description(&[("x", 0, 0, 25)]));
+    let step = m.on_backend(b'D', &data_row(&[b"x"]));
+    assert!(refused(&step), "{step:?}");
+    assert_eq!(m.on_backend(b'N', &notice), MaskStep::Drop, "while failing");
+    m.on_backend(b'C', &frame(b'C', b"SELECT 1\0"));
+    m.on_backend(b'Z', &frame(b'Z', b"I"));
+    // Not a statement's (a Sync's answer only): no second check.
+    sent(&mut m, b'S', b"");
+    assert!(!m.confirms_at(b'E'));
+}
