@@ -235,7 +235,10 @@ pub async fn run(
         admin_limits,
         admin_shutdown,
     ));
-    let proxy = tokio::spawn(proxy::serve(proxy_context(&state), listeners.proxy));
+    let context = proxy_context(&state);
+    // Masked roles' catalog copies, read now so renames are followed from the start (s8).
+    let prefetch = tokio::spawn(crate::proxy::relay::mask::prefetch_masks(context.clone()));
+    let proxy = tokio::spawn(proxy::serve(context, listeners.proxy));
     let webhooks = tokio::spawn(state.webhooks.clone().run(state.shutdown.clone()));
     let expiry = tokio::spawn(expiry_task(state.clone()));
     let fleet = state
@@ -264,6 +267,8 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down: closing listeners and draining sessions");
     state.shutdown.cancel();
+    // A catalog read still running (a target slow to answer) is not waited for.
+    prefetch.abort();
     let proxy_result = proxy.await.map_err(ProxyError::Task)?;
     let admin_result = admin.await.map_err(ProxyError::Task)?;
     let _ = expiry.await;

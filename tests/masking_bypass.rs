@@ -7,7 +7,7 @@
 mod common;
 
 use common::cluster::READ_USER;
-use common::masking::{outcome, session, start_with, CLEAR};
+use common::masking::{accomplice, across_a_lock, admin_psql, outcome, session, start_with, CLEAR};
 use common::TestInstance;
 
 /// Objects an administrator created on the target, each leading to the masked table's values
@@ -254,13 +254,6 @@ async fn user_code_through_casts_domains_and_operators_is_refused() {
         &[(&sql, &format!("type public.{late} {runs_user_code}"))],
     )
     .await;
-}
-
-/// Runs `sql` on the shared cluster as its superuser (outside timebox).
-async fn admin_psql(sql: String) {
-    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&sql))
-        .await
-        .unwrap();
 }
 
 /// Regression (s6 attack, objects created or changed after the snapshot): an administrator,
@@ -733,28 +726,6 @@ async fn views_over_statistics_or_user_code_in_pg_catalog_are_refused() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// A superuser connection to the target outside timebox (an accomplice holding a transaction).
-async fn accomplice() -> tokio_postgres::Client {
-    let conn =
-        tokio::task::spawn_blocking(|| common::cluster::shared_cluster().superuser_conn_string("shop"))
-            .await
-            .unwrap();
-    common::pg::connect(&conn).await
-}
-
-/// Waits until a backend of the target runs a query beginning with `text` and waits for a lock.
-async fn until_lock_waiting(b: &tokio_postgres::Client, text: &str) -> bool {
-    let sql = format!(
-        "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE query LIKE '{text}%' \
-         AND wait_event_type = 'Lock' AND pid <> pg_catalog.pg_backend_pid()"
-    );
-    common::eventually(std::time::Duration::from_secs(60), || {
-        let sql = sql.clone();
-        async move { common::pg::scalar(b, &sql).await != "0" }
-    })
-    .await
-}
-
 /// A masked table `t` (`secret` masked for role `s7_secret`, one row holding [`S7_SECRET`]) and four
 /// views over plain data, each `(id int, x text)`, with names made from `prefix`; an instance and a
 /// session of the role; and the statement that replaces a view by one over the secret.
@@ -813,25 +784,6 @@ impl SecretViews {
         .await;
         let _ = self.inst.shutdown().await;
     }
-}
-
-/// Runs `sql` on `c` in a task (it waits for an accomplice's lock) once `a` ran `hold` in an
-/// open transaction; commits `a` once the statement waits; what it returned.
-async fn across_a_lock<F>(a: &tokio_postgres::Client, hold: &str, waits: &str, run: F) -> String
-where
-    F: std::future::Future<Output = String> + Send + 'static,
-{
-    a.batch_execute(&format!("BEGIN; {hold}")).await.unwrap();
-    let running = tokio::spawn(run);
-    let b = accomplice().await;
-    let waited = until_lock_waiting(&b, waits).await;
-    a.batch_execute("COMMIT").await.unwrap();
-    let out = tokio::time::timeout(std::time::Duration::from_secs(60), running)
-        .await
-        .expect("the statement ends")
-        .unwrap();
-    assert!(waited, "the statement waited for the accomplice's lock: {out}");
-    out
 }
 
 /// Regression (s7 attack, F4): the catalog snapshot was confirmed before the statement was

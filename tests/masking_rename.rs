@@ -10,20 +10,13 @@
 mod common;
 
 use common::cluster::{unique_name, READ_PASSWORD, READ_USER};
-use common::masking::{outcome, session, start_over};
+use common::masking::{admin_psql, outcome, session, start_over};
 use common::TestInstance;
 
 /// The value every table of these tests holds in its masked column.
 const SECRET: &str = "s8-secret@example.com";
 /// How a masked role sees it (method `email`).
 const MASKED: &str = "OK Some(\"1\") Some(\"***@example.com\")";
-
-/// Runs `sql` on the shared cluster as its superuser (outside timebox).
-async fn admin_psql(sql: String) {
-    tokio::task::spawn_blocking(move || common::cluster::shop_psql(&sql))
-        .await
-        .unwrap();
-}
 
 /// `public.<table>` with rows (1, [`SECRET`]) in columns `id`, `email`, readable by the role.
 fn table_sql(table: &str) -> String {

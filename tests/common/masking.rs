@@ -153,3 +153,54 @@ pub fn catalog_lock() -> &'static tokio::sync::RwLock<()> {
     static LOCK: std::sync::OnceLock<tokio::sync::RwLock<()>> = std::sync::OnceLock::new();
     LOCK.get_or_init(|| tokio::sync::RwLock::new(()))
 }
+
+// ---- An accomplice: the cluster's superuser outside timebox, replacing objects, holding locks ----
+
+/// Runs `sql` on the shared cluster as its superuser (outside timebox).
+pub async fn admin_psql(sql: String) {
+    tokio::task::spawn_blocking(move || super::cluster::shop_psql(&sql))
+        .await
+        .unwrap();
+}
+
+/// A superuser connection to the target outside timebox (an accomplice holding a transaction).
+pub async fn accomplice() -> tokio_postgres::Client {
+    let conn = tokio::task::spawn_blocking(|| super::cluster::shared_cluster().superuser_conn_string("shop"))
+        .await
+        .unwrap();
+    super::pg::connect(&conn).await
+}
+
+/// Waits until a backend of the target runs a query beginning with `text` and waits for a lock.
+pub async fn until_lock_waiting(b: &tokio_postgres::Client, text: &str) -> bool {
+    let sql = format!(
+        "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE query LIKE '{}%' \
+         AND wait_event_type = 'Lock' AND pid <> pg_catalog.pg_backend_pid()",
+        text.replace('\'', "''")
+    );
+    super::eventually(std::time::Duration::from_secs(60), || {
+        let sql = sql.clone();
+        async move { super::pg::scalar(b, &sql).await != "0" }
+    })
+    .await
+}
+
+/// Runs `run` in a task once `a` ran `hold` in an open transaction; commits `a` once a backend
+/// runs a statement beginning with `waits` and waits for a lock; what `run` returned.
+pub async fn across_a_lock<T, F>(a: &tokio_postgres::Client, hold: &str, waits: &str, run: F) -> T
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T> + Send + 'static,
+{
+    a.batch_execute(&format!("BEGIN; {hold}")).await.unwrap();
+    let running = tokio::spawn(run);
+    let b = accomplice().await;
+    let waited = until_lock_waiting(&b, waits).await;
+    a.batch_execute("COMMIT").await.unwrap();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), running)
+        .await
+        .expect("the statement ends")
+        .unwrap();
+    assert!(waited, "the statement waited for the accomplice's lock");
+    out
+}

@@ -800,7 +800,7 @@ use recheck::{column_verdict, Rechecked};
 
 #[path = "mask_context.rs"]
 mod context;
-pub use context::{session_masking, MaskContext};
+pub use context::{prefetch_masks, session_masking, MaskContext};
 
 #[path = "mask_judged.rs"]
 mod judged;

@@ -210,6 +210,30 @@ fn may_return_rows(sql: &str, stmt: &StatementInfo) -> bool {
     }
 }
 
+/// At startup (s8 re-attack): every masked role's copy of each target's catalog is read once, in
+/// the background, so that its masked columns are followed by identity from then on (a table
+/// renamed before the role's first session would otherwise be matched by its new occupant's name
+/// only). Failures are logged; the first session reads again.
+pub async fn prefetch_masks(ctx: Arc<ProxyContext>) {
+    for target in ctx.config.targets.values() {
+        for (role, credential) in &target.credentials {
+            let Some(masking) = ctx.config.roles.get(role).and_then(|r| r.masking.clone()) else {
+                continue;
+            };
+            let source = MaskSource {
+                target: target.clone(),
+                credential: credential.clone(),
+                tls: ctx.proxy.upstream_tls.get(&target.name).cloned().flatten(),
+                rules: masking.columns.clone(),
+            };
+            ctx.proxy
+                .mask_catalogs
+                .snapshot(&source, role, &ctx.proxy.salted_passwords)
+                .await;
+        }
+    }
+}
+
 /// At login: the masking of a session of `role` on `target`, `None` when the role masks nothing.
 /// Reads the target's snapshot if none is known yet (bounded; without one, rows from tables fail).
 pub async fn session_masking(
