@@ -150,11 +150,13 @@ async fn bypass_attempts_are_denied_naming_the_column() {
             "SELECT * FROM customer_emails",
             "view over masked column public.customers.email",
         ),
-        ("COPY customers TO STDOUT", "is masked for role \"support\""),
+        // s8: every COPY … TO (its rows come without a RowDescription).
+        ("COPY customers TO STDOUT", "COPY … TO sends rows"),
         (
             "COPY (SELECT email FROM customers) TO STDOUT",
-            "is masked for role \"support\"",
+            "COPY … TO sends rows",
         ),
+        ("COPY (SELECT 1) TO STDOUT", "COPY … TO sends rows"),
         (
             "SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'customers'",
             "pg_stats",
@@ -511,7 +513,7 @@ async fn a_cursor_or_statement_declared_again_under_the_same_name_is_not_trusted
     .await;
     refused(&exchange(s, buf, &[execute("g"), sync()]).await);
     exchange(s, buf, &[query("ROLLBACK")]).await;
-    // The same through the extended protocol (CLOSE and DECLARE as Parse/Bind/Execute).
+    // Through the extended protocol (CLOSE and DECLARE as Parse/Bind/Execute): refused (s8).
     exchange(
         s,
         buf,
@@ -528,8 +530,11 @@ async fn a_cursor_or_statement_declared_again_under_the_same_name_is_not_trusted
         execute(""),
         sync(),
     ];
-    exchange(s, buf, &redeclare).await;
-    refused(&exchange(s, buf, &[execute("g2"), sync()]).await);
+    // s8: CLOSE and DECLARE sent as Parse are refused to masked roles (they would run at an
+    // Execute whose answer timebox does not match to them).
+    let r = exchange(s, buf, &redeclare).await;
+    assert!(r.contains("42501") && r.contains("only as a simple Query"), "{r}");
+    assert!(!r.contains("D:") && !CLEAR.iter().any(|c| r.contains(c)), "{r}");
     exchange(s, buf, &[query("ROLLBACK")]).await;
     // A statement: parsed and described, deallocated and prepared again over masked columns.
     exchange(

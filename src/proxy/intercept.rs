@@ -439,6 +439,15 @@ impl Interceptor {
                 self.skipping_until_sync = false;
                 return FrontendAction::Forward;
             }
+            if let Some(m) = &self.masking {
+                // The relay's result masking counts every client Query and Parse, these
+                // included (the server skips them after the marker's error): so do the judgements.
+                match tag {
+                    b'Q' | b'F' => self.mask_judged.query_sent(Vec::new()),
+                    b'P' => self.mask_judged.parse_sent(m, "", None),
+                    _ => {}
+                }
+            }
             return FrontendAction::Drop;
         }
         let body = &frame[5..];
@@ -604,7 +613,7 @@ impl Interceptor {
                 let portal =
                     cstr(body).map_or(String::new(), |(p, _)| String::from_utf8_lossy(p).into_owned());
                 let masking = match &self.masking {
-                    Some(m) => self.mask_judged.bind(m, &portal, name, &p.classification).err(),
+                    Some(m) => self.mask_judged.bind(m, &portal, name).err(),
                     None => None,
                 };
                 let denial = masking.map(|d| self.denial(&d.reason, d.hint));

@@ -144,6 +144,11 @@ pub(super) fn base_class(stmt: &NodeEnum, top: &str, info: &mut StatementInfo) -
             let analyze = explain_analyze(&e.options);
             info.explain_analyze = analyze;
             let inner = e.query.as_ref().and_then(|n| n.node.as_ref());
+            // Without ANALYZE an EXECUTE is still planned again, constants folded (s8 second
+            // re-attack): the relay checks what it runs either way.
+            if let Some(NodeEnum::ExecuteStmt(x)) = inner {
+                info.execute_name = Some(x.name.clone());
+            }
             match inner {
                 Some(inner) if analyze => {
                     base_class(inner, top, info);

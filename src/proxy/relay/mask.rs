@@ -34,14 +34,16 @@ use crate::proxy::wire::PgError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Expect {
     /// A simple Query; `true` when its text may close, declare or prepare a cursor or statement
-    /// (every described layout is then stale once it completes).
-    Query(bool),
+    /// (every described layout is then stale once it completes); the snapshot it was checked
+    /// against.
+    Query(bool, CheckedWith),
     /// A statement's name, and whether its result shape is decided when it runs.
     Parse(String, bool),
     Bind {
         portal: String,
         statement: String,
         formats: Vec<i16>,
+        checked: CheckedWith,
     },
     Describe {
         portal: bool,
@@ -54,6 +56,25 @@ enum Expect {
     },
     Sync,
 }
+
+/// The snapshot a Query or Bind was checked against when it was forwarded (s8 second re-attack:
+/// one "checked with" for the session let a later Query or Bind, or a second check of an earlier
+/// result of the same Query, move it, and a result was compared with a copy read after its text
+/// was checked). Equal when the same read.
+#[derive(Debug, Clone)]
+pub(super) struct CheckedWith(pub(super) Option<Arc<MaskSnapshot>>);
+
+impl PartialEq for CheckedWith {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for CheckedWith {}
 
 /// How the rows of one result are masked.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,6 +176,9 @@ pub(crate) struct ResultMask {
     pending: VecDeque<Expect>,
     statements: HashMap<String, Layout>,
     portals: HashMap<String, Layout>,
+    /// The snapshot each portal's Bind was checked against (an Execute's second checks compare
+    /// with it).
+    portal_checked: HashMap<String, CheckedWith>,
     /// Statements (and the portals bound from them) whose text may close, declare or prepare a
     /// cursor or statement: once one runs, every described layout is stale.
     reshaping_statements: HashSet<String>,
@@ -177,6 +201,9 @@ pub(crate) struct ResultMask {
     pub(crate) outcomes: Vec<BackendOutcome>,
     /// The Query being answered failed (an ErrorResponse came before its ReadyForQuery).
     query_failed: bool,
+    /// A result was refused since the last ReadyForQuery: settings reported and notifications
+    /// until the next one are not passed on (the refused statement's code may have made them).
+    refused_before_ready: bool,
     /// A snapshot re-read is wanted (a column timebox could not establish).
     pub(crate) wants_refresh: bool,
     /// Masked values sent since last asked (for the metric).
@@ -199,6 +226,7 @@ impl ResultMask {
             pending: VecDeque::new(),
             statements: HashMap::new(),
             portals: HashMap::new(),
+            portal_checked: HashMap::new(),
             reshaping_statements: HashSet::new(),
             reshaping_portals: HashSet::new(),
             current: None,
@@ -208,6 +236,7 @@ impl ResultMask {
             refuse_error: None,
             outcomes: Vec::new(),
             query_failed: false,
+            refused_before_ready: false,
             wants_refresh: false,
             masked_values: 0,
             sent_rows: 0,
@@ -235,9 +264,10 @@ impl ResultMask {
                 // The snapshot its statements were just checked against, which their results'
                 // second check compares with (s7, F4).
                 self.follow_snapshot(self.entry.current());
-                Expect::Query(reshapes_names(&cstr(body).map(|(q, _)| q).unwrap_or_default()))
+                let reshapes = reshapes_names(&cstr(body).map(|(q, _)| q).unwrap_or_default());
+                Expect::Query(reshapes, CheckedWith(self.entry.current()))
             }
-            b'F' => Expect::Query(false),
+            b'F' => Expect::Query(false, CheckedWith(self.entry.current())),
             b'P' => match cstr(body) {
                 Some((name, rest)) => {
                     let runtime = cstr(rest).is_none_or(|(sql, _)| shaped_at_run_time(&sql));
@@ -257,6 +287,7 @@ impl ResultMask {
                     return;
                 };
                 Expect::Bind {
+                    checked: CheckedWith(self.entry.current()),
                     portal,
                     statement,
                     // Malformed: the server refuses it; rows of an unknown layout fail anyway.
@@ -417,7 +448,12 @@ impl ResultMask {
         } else {
             &mut self.statements
         };
-        if map.get(&name) != Some(&Layout::Runtime) {
+        // A portal whose BindComplete failed its second check stays refused until bound again
+        // (s8 second re-attack: a Describe of it afterwards was judged by the current copy).
+        let kept = matches!(map.get(&name), Some(Layout::Runtime))
+            || (portal
+                && matches!(map.get(&name), Some(Layout::Fail(why)) if recheck::refused_for_a_change(why)));
+        if !kept {
             map.insert(name, layout);
         }
     }
@@ -444,6 +480,17 @@ impl ResultMask {
 
     /// One whole backend frame the relay is about to forward.
     pub(crate) fn on_backend(&mut self, tag: u8, frame: &[u8]) -> MaskStep {
+        let step = self.judge_backend(tag, frame);
+        if matches!(step, MaskStep::Fail(_)) || self.refuse_error.is_some() || self.failing {
+            self.refused_before_ready = true;
+        }
+        if tag == b'Z' {
+            self.refused_before_ready = false;
+        }
+        step
+    }
+
+    fn judge_backend(&mut self, tag: u8, frame: &[u8]) -> MaskStep {
         // Only the frame right after the second check carries its verdict.
         let changed = self.changed_while_running();
         match tag {
@@ -476,6 +523,13 @@ impl ResultMask {
                     // masked values in it; s8 re-attack).
                     Some(_) if tag == b'N' => MaskStep::Drop,
                     _ if tag == b'N' && failing => MaskStep::Drop,
+                    // What a refused result's code set or sent (a setting reported, a
+                    // notification; s8 second re-attack) is not passed on either.
+                    _ if matches!(tag, b'S' | b'A')
+                        && (refused.is_some() || failing || self.refused_before_ready) =>
+                    {
+                        MaskStep::Drop
+                    }
                     _ if ended_failing => MaskStep::Drop,
                     _ => MaskStep::Keep,
                 }
@@ -560,6 +614,7 @@ impl ResultMask {
                     portal,
                     statement,
                     formats,
+                    checked,
                 }) = self.pop_if(|e| matches!(e, Expect::Bind { .. }))
                 {
                     let layout = match changed {
@@ -569,6 +624,7 @@ impl ResultMask {
                             .get(&statement)
                             .map_or(Layout::Fail(NO_DESCRIPTION), |l| l.with_formats(&formats)),
                     };
+                    self.portal_checked.insert(portal.clone(), checked);
                     if self.reshaping_statements.contains(&statement) {
                         self.reshaping_portals.insert(portal.clone());
                     } else {
@@ -615,12 +671,20 @@ impl ResultMask {
                 self.failing = false;
                 self.current = None;
                 (self.sent_rows, self.sent_bytes) = (0, 0);
-                if matches!(self.pending.front(), Some(Expect::Query(_))) {
+                if matches!(self.pending.front(), Some(Expect::Query(..))) {
                     self.query_failed = true;
                 } else {
                     while self.pending.front().is_some_and(|e| *e != Expect::Sync) {
-                        if let Some(Expect::Parse(name, _)) = self.pending.pop_front() {
-                            self.outcomes.push(BackendOutcome::ParseFailed(name));
+                        match self.pending.pop_front() {
+                            Some(Expect::Parse(name, _)) => {
+                                self.outcomes.push(BackendOutcome::ParseFailed(name))
+                            }
+                            // A Query sent into the failed batch: skipped, unanswered (s8 second
+                            // re-attack: its changes were applied at the next Query's answer).
+                            Some(Expect::Query(..)) => {
+                                self.outcomes.push(BackendOutcome::Query { failed: true })
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -630,14 +694,14 @@ impl ResultMask {
                 self.current = None;
                 (self.sent_rows, self.sent_bytes) = (0, 0);
                 while let Some(e) = self.pending.pop_front() {
-                    if matches!(e, Expect::Query(_)) {
+                    if matches!(e, Expect::Query(..)) {
                         let failed = std::mem::take(&mut self.query_failed);
                         self.outcomes.push(BackendOutcome::Query { failed });
                     }
-                    if e == Expect::Query(true) {
+                    if matches!(e, Expect::Query(true, _)) {
                         self.invalidate_all(STALE);
                     }
-                    if matches!(e, Expect::Sync | Expect::Query(_)) {
+                    if matches!(e, Expect::Sync | Expect::Query(..)) {
                         break;
                     }
                 }
@@ -647,6 +711,7 @@ impl ResultMask {
                 // Outside a transaction block no portal survives.
                 if status == Some(b'I') {
                     self.portals.clear();
+                    self.portal_checked.clear();
                 }
             }
             _ => {}

@@ -47,9 +47,6 @@ const UNSEEN_HINT: &str =
 pub struct Judged {
     text: Arc<str>,
     with: Option<Arc<MaskSnapshot>>,
-    /// Made by a protocol Parse: its text is the statement that runs (an SQL `PREPARE`'s text
-    /// runs its inner query only).
-    parsed: bool,
 }
 
 /// A cursor: the snapshot its `DECLARE` was checked with, and whether it outlives its transaction.
@@ -155,7 +152,6 @@ impl MaskJudgements {
                 let judged = Judged {
                     text: sql.get(stmt.span.clone()).unwrap_or(sql).into(),
                     with: now.clone(),
-                    parsed: false,
                 };
                 changes.push(Change::Prepared(name.clone(), judged));
             }
@@ -170,8 +166,16 @@ impl MaskJudgements {
                 changes.push(Change::Closed(c.clone()));
             }
         }
-        if parse {
-            changes.clear();
+        if parse && !changes.is_empty() {
+            // They would run at an Execute whose answer timebox does not match to them (s8 second
+            // re-attack: recorded at Bind, a CLOSE or DEALLOCATE never executed freed a name).
+            return Err(MaskDenial {
+                reason: format!(
+                    "role \"{}\" masks columns, and PREPARE, DECLARE, DEALLOCATE and CLOSE are taken only as a simple Query from it, not through Parse",
+                    m.role
+                ),
+                hint: "Send the statement as a simple Query (psql does), or use protocol-level prepared statements and portals.",
+            });
         }
         Ok(changes)
     }
@@ -189,7 +193,6 @@ impl MaskJudgements {
         let judged = text.map(|text| Judged {
             text: text.into(),
             with: m.entry.current(),
-            parsed: true,
         });
         let name = if judged.is_some() { name } else { "" };
         self.parses.push_back((name.to_owned(), judged));
@@ -198,7 +201,8 @@ impl MaskJudgements {
     /// Whether a Parse of statement `name` may go: PostgreSQL refuses a named statement that
     /// exists, and the judgement of the one it keeps must not be replaced.
     pub fn parse_allowed(&self, m: &MaskContext, name: &str) -> Result<(), MaskDenial> {
-        if !name.is_empty() && self.statements.contains_key(name) {
+        let pending = self.parses.iter().any(|(n, j)| n == name && j.is_some());
+        if !name.is_empty() && (pending || self.statements.contains_key(name)) {
             return Err(exists(m, "prepared statement", name, "Close"));
         }
         Ok(())
@@ -215,9 +219,10 @@ impl MaskJudgements {
                     }
                 }
             }
-            BackendOutcome::Parsed(ref name) | BackendOutcome::ParseFailed(ref name)
-                if self.parses.front().is_some_and(|(n, _)| n == name) =>
-            {
+            // Answers come in the order of the client's Parses, which both sides count (a refused
+            // one and one dropped after a refusal included; s8 second re-attack: matching by name
+            // stopped at a refused Parse, reported under the client's name).
+            BackendOutcome::Parsed(_) | BackendOutcome::ParseFailed(_) => {
                 let parsed = matches!(outcome, BackendOutcome::Parsed(_));
                 if let Some((name, Some(judged))) = self.parses.pop_front() {
                     if parsed {
@@ -225,8 +230,6 @@ impl MaskJudgements {
                     }
                 }
             }
-            // Not the oldest Parse forwarded (timebox's own markers): nothing of the session's.
-            BackendOutcome::Parsed(_) | BackendOutcome::ParseFailed(_) => {}
             // Outside a transaction block no cursor without HOLD is left.
             BackendOutcome::Ready(b'I') => self.cursors.retain(|_, c| c.hold),
             BackendOutcome::Ready(_) => {}
@@ -257,69 +260,10 @@ impl MaskJudgements {
         self.statements.remove(name);
     }
 
-    /// A Bind of statement `name` (whose checked text is `classification`) into `portal`: it runs
-    /// now.
-    pub fn bind(
-        &mut self,
-        m: &MaskContext,
-        portal: &str,
-        name: &str,
-        classification: &Classification,
-    ) -> Result<(), MaskDenial> {
+    /// A Bind of statement `name` into `portal`: it runs now.
+    pub fn bind(&mut self, m: &MaskContext, portal: &str, name: &str) -> Result<(), MaskDenial> {
         self.run(m, name)?;
         self.bound_portal(portal);
-        let pending = self.parses.iter().any(|(n, j)| n == name && j.is_some());
-        if !pending && !self.statements.get(name).is_some_and(|j| j.parsed) {
-            return Ok(());
-        }
-        // A PREPARE or DECLARE sent as Parse runs at its Execute: kept from its Bind on (a
-        // failure there is not seen; a name it takes is refused to later PREPAREs and DECLAREs,
-        // which PostgreSQL refuses too).
-        let now = m.entry.current();
-        let mut changes = Vec::new();
-        for stmt in &classification.statements {
-            if let Some(c) = &stmt.close_cursor {
-                self.apply(Change::Closed(c.clone()));
-            }
-            if let Some(d) = &stmt.deallocate {
-                self.apply(Change::Deallocated(d.clone()));
-            }
-            if let Some(cursor) = &stmt.declare_cursor {
-                if self.cursors.contains_key(cursor) {
-                    return Err(exists(m, "cursor", cursor, "CLOSE"));
-                }
-                let hold = stmt.declare_hold;
-                changes.push(Change::Declared(
-                    cursor.clone(),
-                    Cursor {
-                        with: now.clone(),
-                        hold,
-                    },
-                ));
-            }
-            if let Some(prepared) = &stmt.prepare_name {
-                if self.statements.contains_key(prepared) {
-                    return Err(exists(m, "prepared statement", prepared, "DEALLOCATE"));
-                }
-                let judged = self
-                    .parses
-                    .iter()
-                    .rev()
-                    .find_map(|(n, j)| if n == name { j.clone() } else { None })
-                    .or_else(|| self.statements.get(name).cloned());
-                if let Some(judged) = judged {
-                    // Its inner query is what runs when it is executed.
-                    let judged = Judged {
-                        parsed: false,
-                        ..judged
-                    };
-                    changes.push(Change::Prepared(prepared.clone(), judged));
-                }
-            }
-        }
-        for change in changes {
-            self.apply(change);
-        }
         Ok(())
     }
 
@@ -356,9 +300,8 @@ impl MaskJudgements {
         let pending = self
             .parses
             .iter_mut()
-            .rev()
-            .find_map(|(n, j)| if n == name { j.as_mut() } else { None });
-        let candidates: Vec<&mut Judged> = pending.into_iter().chain(self.statements.get_mut(name)).collect();
+            .filter_map(|(n, j)| if n == name { j.as_mut() } else { None });
+        let candidates: Vec<&mut Judged> = pending.chain(self.statements.get_mut(name)).collect();
         if candidates.is_empty() {
             return Err(MaskDenial {
                 reason: format!(

@@ -85,8 +85,7 @@ fn a_prepared_statement_is_checked_again_when_the_catalog_changed() {
     on_text(&mut j, &m, "PREPARE p AS SELECT upper(x) FROM v").unwrap();
     parsed(&mut j, &m, "s1", "SELECT upper(x) FROM v");
     on_text(&mut j, &m, "EXECUTE p").unwrap();
-    j.bind(&m, "", "s1", &crate::policy::classify("SELECT upper(x) FROM v"))
-        .unwrap();
+    j.bind(&m, "", "s1").unwrap();
     // Read again unchanged: nothing checked again (even a snapshot that would refuse it).
     m.entry.replace_snapshot(snapshot(true, 1));
     on_text(&mut j, &m, "EXECUTE p").unwrap();
@@ -97,9 +96,7 @@ fn a_prepared_statement_is_checked_again_when_the_catalog_changed() {
         denied.contains("public.v") && denied.contains("public.customers.email"),
         "{denied}"
     );
-    let denied = j
-        .bind(&m, "", "s1", &crate::policy::classify("SELECT upper(x) FROM v"))
-        .unwrap_err();
+    let denied = j.bind(&m, "", "s1").unwrap_err();
     assert!(denied.reason.contains("public.v"), "{}", denied.reason);
     // Changed back to plain data: checked again and allowed (PostgreSQL plans it again too).
     m.entry.replace_snapshot(snapshot(false, 3));
@@ -143,12 +140,31 @@ fn a_cursor_is_fetched_only_under_the_catalog_it_was_declared_with() {
     on_text(&mut j, &m, "CLOSE c").unwrap();
     on_text(&mut j, &m, "DECLARE c CURSOR FOR SELECT x FROM v").unwrap();
     on_text(&mut j, &m, "FETCH ALL FROM c").unwrap();
-    // A cursor declared by a Parse runs at its Bind: declared with the copy current then.
-    let declare = "DECLARE d CURSOR FOR SELECT x FROM v";
-    parsed(&mut j, &m, "s2", declare);
-    m.entry.replace_snapshot(snapshot(false, 3));
-    j.bind(&m, "", "s2", &crate::policy::classify(declare)).unwrap();
-    on_text(&mut j, &m, "FETCH ALL FROM d").unwrap();
+    // A DECLARE, PREPARE, CLOSE or DEALLOCATE sent as Parse is refused (s8 second re-attack: it
+    // runs at an Execute whose answer is not matched to it).
+    for sql in [
+        "DECLARE d CURSOR FOR SELECT x FROM v",
+        "PREPARE q AS SELECT 1",
+        "CLOSE c",
+        "DEALLOCATE ALL",
+    ] {
+        let refused = j
+            .on_text(&m, sql, &crate::policy::classify(sql), true)
+            .unwrap_err();
+        assert!(
+            refused.reason.contains("only as a simple Query"),
+            "{sql}: {}",
+            refused.reason
+        );
+    }
+    assert!(j
+        .on_text(
+            &m,
+            "FETCH 1 FROM c",
+            &crate::policy::classify("FETCH 1 FROM c"),
+            true
+        )
+        .is_ok());
 }
 
 /// Nothing of a refused text is recorded: it does not run.
@@ -193,8 +209,7 @@ fn a_portal_no_bind_created_is_read_as_a_cursor() {
     let m = context(snapshot(false, 1));
     let mut j = MaskJudgements::default();
     parsed(&mut j, &m, "s", "SELECT 1");
-    j.bind(&m, "p", "s", &crate::policy::classify("SELECT 1"))
-        .unwrap();
+    j.bind(&m, "p", "s").unwrap();
     j.use_portal(&m, "p").unwrap();
     let unseen = j.use_portal(&m, "c").unwrap_err();
     assert!(
@@ -248,7 +263,7 @@ fn judgements_are_kept_only_for_what_postgresql_did() {
     j.parse_sent(&m, "", Some("SELECT 1"));
     j.on_backend(BackendOutcome::ParseFailed("".into()));
     m.entry.replace_snapshot(snapshot(true, 2));
-    let bound = j.bind(&m, "", "", &crate::policy::classify("SELECT 1"));
+    let bound = j.bind(&m, "", "");
     assert!(bound.is_err(), "the old unnamed statement is judged again");
     assert!(j.parse_allowed(&m, "s9").is_ok());
     parsed(&mut j, &m, "s9", "SELECT 1");
@@ -295,14 +310,14 @@ fn a_bind_after_a_parse_not_answered_yet_judges_both_texts() {
     let m = context(snapshot(false, 1));
     let mut j = MaskJudgements::default();
     j.parse_sent(&m, "", Some("SELECT 1"));
-    j.bind(&m, "", "", &crate::policy::classify("SELECT 1")).unwrap();
+    j.bind(&m, "", "").unwrap();
     j.on_backend(BackendOutcome::Parsed("".into()));
     j.parse_sent(&m, "", Some("SELECT upper(x) FROM v"));
     j.on_backend(BackendOutcome::Parsed("".into()));
     m.entry.replace_snapshot(snapshot(true, 2));
     // The held statement reads the replaced view: a Parse of a harmless text does not hide it.
     j.parse_sent(&m, "", Some("SELECT 1"));
-    assert!(j.bind(&m, "", "", &crate::policy::classify("SELECT 1")).is_err());
+    assert!(j.bind(&m, "", "").is_err());
     j.on_backend(BackendOutcome::Parsed("".into()));
-    j.bind(&m, "", "", &crate::policy::classify("SELECT 1")).unwrap();
+    j.bind(&m, "", "").unwrap();
 }

@@ -31,6 +31,11 @@ pub(super) fn column_verdict(snapshot: Option<&MaskSnapshot>, table: u32, attnum
     }
 }
 
+/// Whether a layout refused for `why` was refused by a second check (it stays refused).
+pub(super) fn refused_for_a_change(why: &str) -> bool {
+    why == CHANGED || why == UNCONFIRMED
+}
+
 /// The second catalog check's verdict on the result whose first frame is next (s7, F4).
 #[derive(Debug)]
 pub(super) enum Rechecked {
@@ -48,13 +53,13 @@ impl ResultMask {
     pub(crate) fn confirms_at(&self, tag: u8) -> bool {
         let front = self.pending.front();
         tag == b'2'
-            || (tag == b'T' && matches!(front, Some(Expect::Query(_))))
+            || (tag == b'T' && matches!(front, Some(Expect::Query(..))))
             // An error or notice raised while the statement was planned — after it waited for
             // its locks — or ran (s8 re-attack: a replaced view's function raised the values).
             || (matches!(tag, b'E' | b'N')
                 && matches!(
                     front,
-                    Some(Expect::Query(_) | Expect::Bind { .. } | Expect::Execute(_))
+                    Some(Expect::Query(..) | Expect::Bind { .. } | Expect::Execute(_))
                 ))
     }
 
@@ -64,7 +69,16 @@ impl ResultMask {
     /// replaced after the first check, and committed while the statement waited for its lock.
     pub(crate) fn after_confirm(&mut self, confirmed: bool) {
         let now = self.entry.current();
-        let checked = self.judged_with.clone();
+        // The snapshot the statement whose result this is was checked against (s8 second
+        // re-attack: not the session's latest, which later Queries and checks move).
+        let checked = match self.pending.front() {
+            Some(Expect::Query(_, c) | Expect::Bind { checked: c, .. }) => c.0.clone(),
+            Some(Expect::Execute(portal)) => match self.portal_checked.get(portal) {
+                Some(c) => c.0.clone(),
+                None => self.judged_with.clone(),
+            },
+            _ => self.judged_with.clone(),
+        };
         let changed = !super::same_catalog(checked.as_deref(), now.as_deref());
         self.follow_snapshot(now);
         self.rechecked = if !confirmed {
