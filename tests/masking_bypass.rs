@@ -767,10 +767,7 @@ impl SecretViews {
 
     /// The statement replacing view `v` by one reading the secret.
     fn replace(&self, v: &str) -> String {
-        format!(
-            "CREATE OR REPLACE VIEW public.{v} AS SELECT id, secret AS x FROM public.{}",
-            self.table
-        )
+        common::masking::to_secret(v, &self.table)
     }
 
     /// Drops what [`SecretViews::start`] created (and `extra`, after the views), stops the

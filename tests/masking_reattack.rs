@@ -11,7 +11,8 @@ use bytes::BytesMut;
 use common::cluster::{unique_name, READ_PASSWORD, READ_USER, WRITE_PASSWORD, WRITE_USER};
 use common::frames::{bind, describe, exchange, execute, parse, query, sync};
 use common::masking::{
-    accomplice, across_a_lock, admin_psql, outcome, session, start_over, until_lock_waiting,
+    accomplice, across_a_lock, admin_psql, outcome, raw_exchange, session, start_over, to_secret,
+    until_lock_waiting,
 };
 use common::TestInstance;
 use tokio::net::TcpStream;
@@ -62,11 +63,6 @@ fn table_and_views(t: &str, views: &[&str]) -> String {
     sql
 }
 
-/// The accomplice's replacement of view `v`: its `x` now reads the masked column of `t`.
-fn to_secret(v: &str, t: &str) -> String {
-    format!("CREATE OR REPLACE VIEW public.{v} AS SELECT id, secret AS x FROM public.{t}")
-}
-
 /// An instance with role `s8ra` (read) masking `tables`, after `setup` ran on the target.
 async fn start(tables: &[&str], setup: String) -> TestInstance {
     admin_psql(setup).await;
@@ -77,16 +73,6 @@ async fn start(tables: &[&str], setup: String) -> TestInstance {
 async fn raw(inst: &TestInstance, r: &str) -> (TcpStream, BytesMut) {
     let (_, token) = inst.grant("alice", r, "10m").await;
     common::raw::login(inst.proxy_addr, "alice", &token).await
-}
-
-/// `frames` sent on a raw session moved into a task (for [`across_a_lock`]); the session back.
-async fn raw_exchange(
-    mut s: TcpStream,
-    mut buf: BytesMut,
-    frames: Vec<BytesMut>,
-) -> (String, TcpStream, BytesMut) {
-    let out = exchange(&mut s, &mut buf, &frames).await;
-    (out, s, buf)
 }
 
 // ---- 1. Bookkeeping of PREPARE / DECLARE at check time, not when PostgreSQL did it ----

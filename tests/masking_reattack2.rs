@@ -12,7 +12,8 @@ use bytes::BytesMut;
 use common::cluster::{unique_name, READ_PASSWORD, READ_USER};
 use common::frames::{answer, bind, describe, exchange, execute, parse, query, send, sync};
 use common::masking::{
-    accomplice, across_a_lock, admin_psql, outcome, session, start_over, until_lock_waiting,
+    accomplice, across_a_lock, admin_psql, outcome, raw_exchange, session, start_over, to_secret,
+    until_lock_waiting,
 };
 use common::TestInstance;
 use tokio::net::TcpStream;
@@ -57,11 +58,6 @@ fn setup(t: &str, views: &[&str]) -> String {
     sql
 }
 
-/// The accomplice's replacement of view `v`: its `x` now reads the masked column of `t`.
-fn to_secret(v: &str, t: &str) -> String {
-    format!("CREATE OR REPLACE VIEW public.{v} AS SELECT id, secret AS x FROM public.{t}")
-}
-
 /// The accomplice's replacement of `v` whose `x` calls a function `f` (plpgsql, `volatility`)
 /// with `body`, which may read `public.<t>` (as the caller: the masked role's upstream user).
 fn to_function(v: &str, t: &str, volatility: &str, body: &str) -> String {
@@ -86,16 +82,6 @@ async fn start(tables: &[&str], sql: String) -> TestInstance {
 async fn raw(inst: &TestInstance) -> (TcpStream, BytesMut) {
     let (_, token) = inst.grant("alice", "s8rb", "10m").await;
     common::raw::login(inst.proxy_addr, "alice", &token).await
-}
-
-/// `frames` sent on a raw session moved into a task (for [`across_a_lock`]); the session back.
-async fn raw_exchange(
-    mut s: TcpStream,
-    mut buf: BytesMut,
-    frames: Vec<BytesMut>,
-) -> (String, TcpStream, BytesMut) {
-    let out = exchange(&mut s, &mut buf, &frames).await;
-    (out, s, buf)
 }
 
 // ---- 1. The second check compares with a snapshot later messages move ----

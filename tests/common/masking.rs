@@ -204,3 +204,18 @@ where
     assert!(waited, "the statement waited for the accomplice's lock");
     out
 }
+
+/// The accomplice's replacement of view `v`: its `x` now reads the masked column of `t`.
+pub fn to_secret(v: &str, t: &str) -> String {
+    format!("CREATE OR REPLACE VIEW public.{v} AS SELECT id, secret AS x FROM public.{t}")
+}
+
+/// `frames` sent on a raw session moved into a task (for [`across_a_lock`]); the session back.
+pub async fn raw_exchange(
+    mut s: tokio::net::TcpStream,
+    mut buf: bytes::BytesMut,
+    frames: Vec<bytes::BytesMut>,
+) -> (String, tokio::net::TcpStream, bytes::BytesMut) {
+    let out = super::frames::exchange(&mut s, &mut buf, &frames).await;
+    (out, s, buf)
+}

@@ -57,25 +57,6 @@ enum Expect {
     Sync,
 }
 
-/// The snapshot a Query or Bind was checked against when it was forwarded (s8 second re-attack:
-/// one "checked with" for the session let a later Query or Bind, or a second check of an earlier
-/// result of the same Query, move it, and a result was compared with a copy read after its text
-/// was checked). Equal when the same read.
-#[derive(Debug, Clone)]
-pub(super) struct CheckedWith(pub(super) Option<Arc<MaskSnapshot>>);
-
-impl PartialEq for CheckedWith {
-    fn eq(&self, other: &Self) -> bool {
-        match (&self.0, &other.0) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        }
-    }
-}
-
-impl Eq for CheckedWith {}
-
 /// How the rows of one result are masked.
 #[derive(Debug, Clone, PartialEq)]
 enum Layout {
@@ -136,37 +117,6 @@ const RECATALOGED: &str =
     "a description from before timebox read the target's catalog again (describe it again)";
 const STALE: &str =
     "a description from before a CLOSE, DECLARE, PREPARE, DEALLOCATE or DISCARD (describe it again)";
-
-/// Whether a Parse text's result shape is decided when it runs, not when it is described: a
-/// `FETCH` (its cursor may be declared, closed and declared again over other columns after the
-/// Describe) or an SQL-level `EXECUTE` (likewise its prepared statement). Unparseable text counts
-/// Whether `sql` may close, declare or prepare a cursor or statement (whose names protocol portals
-/// and statements share): a plain substring test on the lowercased text, so comments and
-/// identifiers may over-match (they only make described layouts stale: fail closed).
-pub(crate) fn reshapes_names(sql: &str) -> bool {
-    let lower = sql.to_ascii_lowercase();
-    ["declare", "close", "prepare", "deallocate", "discard"]
-        .iter()
-        .any(|k| lower.contains(k))
-}
-
-/// (fail closed; the interceptor refuses it anyway).
-pub(crate) fn shaped_at_run_time(sql: &str) -> bool {
-    let lower = sql.to_ascii_lowercase();
-    if !lower.contains("fetch") && !lower.contains("execute") {
-        // Keywords cannot be quoted or escaped: without these words it is neither statement.
-        return false;
-    }
-    let Ok(parsed) = pg_query::parse(sql, 0) else {
-        return true;
-    };
-    parsed.protobuf.stmts.iter().any(|raw| {
-        matches!(
-            raw.stmt.as_ref().and_then(|s| s.node.as_ref()),
-            Some(pg_query::NodeEnum::FetchStmt(_) | pg_query::NodeEnum::ExecuteStmt(_)) | None
-        )
-    })
-}
 
 /// One session's masking state.
 pub(crate) struct ResultMask {
@@ -800,12 +750,12 @@ impl Session {
 #[path = "mask_frames.rs"]
 mod frames;
 pub(super) use frames::without_detail;
-use frames::{cstr, result_formats};
+use frames::{cstr, reshapes_names, result_formats, shaped_at_run_time};
 
 #[path = "mask_recheck.rs"]
 mod recheck;
 pub(crate) use recheck::confirming_result;
-use recheck::{column_verdict, Rechecked};
+use recheck::{column_verdict, CheckedWith, Rechecked};
 
 #[path = "mask_context.rs"]
 mod context;

@@ -1,6 +1,6 @@
 //! Reading the few frontend and backend message bodies result masking needs ([`super`]): names,
-//! a Bind's result formats, and an ErrorResponse without its DETAIL. Pure; malformed input reads
-//! as `None`.
+//! a Bind's result formats, an ErrorResponse without its DETAIL, and what a statement text may do
+//! to described layouts. Pure; malformed input reads as `None`.
 
 use bytes::BytesMut;
 
@@ -63,4 +63,35 @@ pub(in crate::proxy::relay) fn without_detail(frame: &[u8]) -> Option<BytesMut> 
     f.extend_from_slice(&(out.len() as u32 + 4).to_be_bytes());
     f.extend_from_slice(&out);
     Some(f)
+}
+
+/// Whether `sql` may close, declare or prepare a cursor or statement (whose names protocol portals
+/// and statements share): a plain substring test on the lowercased text, so comments and
+/// identifiers may over-match (they only make described layouts stale: fail closed).
+pub(crate) fn reshapes_names(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    ["declare", "close", "prepare", "deallocate", "discard"]
+        .iter()
+        .any(|k| lower.contains(k))
+}
+
+/// Whether a Parse text's result shape is decided when it runs, not when it is described: a
+/// `FETCH` (its cursor may be declared, closed and declared again over other columns after the
+/// Describe) or an SQL-level `EXECUTE` (likewise its prepared statement). Unparseable text counts
+/// (fail closed; the interceptor refuses it anyway).
+pub(crate) fn shaped_at_run_time(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    if !lower.contains("fetch") && !lower.contains("execute") {
+        // Keywords cannot be quoted or escaped: without these words it is neither statement.
+        return false;
+    }
+    let Ok(parsed) = pg_query::parse(sql, 0) else {
+        return true;
+    };
+    parsed.protobuf.stmts.iter().any(|raw| {
+        matches!(
+            raw.stmt.as_ref().and_then(|s| s.node.as_ref()),
+            Some(pg_query::NodeEnum::FetchStmt(_) | pg_query::NodeEnum::ExecuteStmt(_)) | None
+        )
+    })
 }

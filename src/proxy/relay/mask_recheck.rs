@@ -22,6 +22,25 @@ const CHANGED: &str =
     "a description judged with a copy of the target's catalog that changed while the statement ran (run it again)";
 const UNCONFIRMED: &str =
     "a description timebox could not confirm against the target's catalog once the statement ran (run it again)";
+/// The snapshot a Query or Bind was checked against when it was forwarded (s8 second re-attack:
+/// one "checked with" for the session let a later Query or Bind, or a second check of an earlier
+/// result of the same Query, move it, and a result was compared with a copy read after its text
+/// was checked). Equal when the same read.
+#[derive(Debug, Clone)]
+pub(super) struct CheckedWith(pub(super) Option<Arc<MaskSnapshot>>);
+
+impl PartialEq for CheckedWith {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for CheckedWith {}
+
 /// How `snapshot` (`None`: no copy of the catalog) shows column `attnum` of relation `table`.
 pub(super) fn column_verdict(snapshot: Option<&MaskSnapshot>, table: u32, attnum: i16) -> ColumnVerdict {
     match snapshot {
