@@ -213,8 +213,12 @@ impl MaskJudgements {
         match outcome {
             BackendOutcome::Query { failed } => {
                 let changes = self.queries.pop_front().unwrap_or_default();
-                if !failed {
-                    for change in changes {
+                for change in changes {
+                    // A Query that failed took nothing, but what it frees is forgotten anyway:
+                    // forgetting a name only refuses more (an EXECUTE or FETCH of a name timebox
+                    // does not hold is refused), and a CLOSE of a cursor gone upstream (a WITH HOLD
+                    // cursor whose block rolled back) then frees its name.
+                    if !failed || matches!(change, Change::Closed(_) | Change::Deallocated(_)) {
                         self.apply(change);
                     }
                 }

@@ -321,3 +321,26 @@ fn a_bind_after_a_parse_not_answered_yet_judges_both_texts() {
     j.on_backend(BackendOutcome::Parsed("".into()));
     j.bind(&m, "", "").unwrap();
 }
+
+/// A Query that failed frees what it closes or deallocates (a CLOSE of a cursor gone upstream,
+/// 34000): forgetting a name only refuses more.
+#[test]
+fn a_failed_query_still_frees_what_it_closes() {
+    let m = context(snapshot(false, 1));
+    let mut j = MaskJudgements::default();
+    on_text(
+        &mut j,
+        &m,
+        "DECLARE h CURSOR WITH HOLD FOR SELECT 1; PREPARE p AS SELECT 1",
+    )
+    .unwrap();
+    sent(&mut j, &m, "CLOSE h; DEALLOCATE p").unwrap();
+    j.on_backend(BackendOutcome::Query { failed: true });
+    assert!(
+        on_text(&mut j, &m, "FETCH 1 FROM h").is_err(),
+        "forgotten: refused"
+    );
+    assert!(on_text(&mut j, &m, "EXECUTE p").is_err());
+    on_text(&mut j, &m, "DECLARE h CURSOR WITH HOLD FOR SELECT 1").unwrap();
+    on_text(&mut j, &m, "PREPARE p AS SELECT 1").unwrap();
+}
