@@ -10,7 +10,7 @@ mod common;
 
 use bytes::BytesMut;
 use common::cluster::{unique_name, READ_PASSWORD, READ_USER};
-use common::frames::{answer, bind, describe, exchange, execute, parse, query, send, sync};
+use common::frames::{answer, bind, describe, exchange, exchange_to_close, execute, parse, query, send, sync};
 use common::masking::{
     accomplice, across_a_lock, admin_psql, outcome, raw_exchange, session, start_over, to_secret,
     until_lock_waiting,
@@ -299,14 +299,16 @@ async fn a_bound_unexecuted_close_and_declare_change_nothing() {
 
 // ---- 3. The Query and Parse FIFOs misaligned with the backend's answers ----
 
-/// Regression (s8 second re-attack; it leaked before the fix). A Query sent inside an extended-protocol batch that already failed upstream is skipped by
-/// PostgreSQL (no answer at all). Here the batch fails at its Bind (`SELECT 1/0` is folded when
-/// planned), so the batch hold (which waits after an Execute) lets the Query through at once;
-/// `ResultMask` drops its expectation with the rest of the batch at the ErrorResponse without a
-/// `BackendOutcome::Query`, but `MaskJudgements::queries` keeps its changes at the front. The next
-/// Query's answer (`SELECT 1`, no error) pops and applies them: `DEALLOCATE p; PREPARE p AS
-/// SELECT 'x'` is recorded though it never ran, and `EXECUTE p` runs the old `p`, planned again on
-/// the replaced view, without a re-check.
+/// Regression (s8 second re-attack; it leaked before the fix). A Query sent inside an
+/// extended-protocol batch that already failed upstream is skipped by PostgreSQL (no answer at
+/// all). Here the batch fails at its Bind (`SELECT 1/0` is folded when planned), so the batch hold
+/// (which waits after an Execute) let the Query through at once; its judgements were then applied
+/// to the next Query's answer: `DEALLOCATE p; PREPARE p AS SELECT 'x'` was recorded though it never
+/// ran, and `EXECUTE p` ran the old `p`, planned again on the replaced view, without a re-check.
+/// Since s9 a masked role's Query must not follow extended-protocol messages without a Sync
+/// (timebox could not tell whether a transaction block is open upstream, `relay::wrap`): the
+/// session ends with 08P01 naming the rule (before the batch's own answers), and the Query never
+/// runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_skipped_in_a_failed_batch_records_nothing() {
     let _catalog = common::masking::catalog_lock().write().await;
@@ -318,7 +320,7 @@ async fn a_query_skipped_in_a_failed_batch_records_nothing() {
     let prepared = exchange(&mut s, &mut buf, &[query(&prepare)]).await;
     assert!(prepared.contains("C:PREPARE"), "{prepared}");
     admin_psql(to_secret(&v, &t)).await;
-    let batch = exchange(
+    let batch = exchange_to_close(
         &mut s,
         &mut buf,
         &[
@@ -330,12 +332,13 @@ async fn a_query_skipped_in_a_failed_batch_records_nothing() {
         ],
     )
     .await;
-    let next = exchange(&mut s, &mut buf, &[query("SELECT 1")]).await;
-    let executed = exchange(&mut s, &mut buf, &[query("EXECUTE p")]).await;
     let _ = inst.shutdown().await;
-    eprintln!("{batch} / {next} / {executed}");
-    assert!(batch.contains("22012"), "the batch failed upstream: {batch}");
-    assert!(!leaked(&executed), "EXECUTE p: {executed}");
+    eprintln!("{batch}");
+    assert!(
+        batch.contains("08P01") && batch.contains("without a Sync"),
+        "the Query is refused and the session ends: {batch}"
+    );
+    assert!(!leaked(&batch), "{batch}");
 }
 
 /// Regression (s8 second re-attack; it leaked before the fix). A named Parse that timebox refuses sends an *unnamed* marker Parse and queues `("",
@@ -413,9 +416,9 @@ async fn explain_execute_is_checked_again() {
 // ---- 5. What the code of a refused statement did stays done ----
 
 /// A `SELECT upper(x) FROM v` of the masked role that waits for the accomplice's replacement of
-/// `v` (a VOLATILE function running `body` per row), then `after` on the same raw session: both
-/// answers.
-async fn refused_then(tag: &str, body: &str, before: &str, after: &str) -> (String, String) {
+/// `v` (a VOLATILE function running `body` per row) — followed in the same Query string by `then`
+/// when it is not empty — then `after` on the same raw session: both answers.
+async fn refused_then(tag: &str, body: &str, before: &str, then: &str, after: &str) -> (String, String) {
     let t = unique_name(&format!("s8rb_{tag}_t"));
     let v = unique_name(&format!("s8rb_{tag}_v"));
     let inst = start(&[&t], setup(&t, &[&v])).await;
@@ -425,7 +428,7 @@ async fn refused_then(tag: &str, body: &str, before: &str, after: &str) -> (Stri
         assert!(!out.contains("E:"), "{before}: {out}");
     }
     let a = accomplice().await;
-    let sql = format!("SELECT upper(x) AS x FROM {v}");
+    let sql = format!("SELECT upper(x) AS x FROM {v}{then}");
     let body = body.replace("VALUES", &values(&t));
     let (refused, mut s, mut buf) = across_a_lock(
         &a,
@@ -440,25 +443,101 @@ async fn refused_then(tag: &str, body: &str, before: &str, after: &str) -> (Stri
     (refused, later)
 }
 
-/// OPEN (s8, a design gap; ignored so the suite stays green — run with `--ignored`). The second
-/// check refuses the result's rows and drops its notices, but the statement ran to its end and its
-/// implicit transaction committed: a setting the replaced view's function set (`set_config(…,
-/// false)`) keeps the values, and `SHOW` reads them back. Closing it needs the check before the
-/// statement runs, atomic with it (or the refused statement's transaction rolled back).
+/// Regression (s8 second re-attack, open until s9: it leaked before the fix). The second check
+/// refuses the result's rows, but the statement ran to its end: had its implicit transaction
+/// committed, a setting the replaced view's function set (`set_config(…, false)`) would keep the
+/// values and `SHOW` read them back. A masked role's Query outside a transaction block runs in one
+/// timebox opens, and a refused result's transaction is rolled back (`relay::wrap`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open leak (s8 second re-attack): effects of code a concurrently replaced view runs are not undone"]
-async fn open_a_setting_made_by_a_refused_statement() {
+async fn a_setting_made_by_a_refused_statement_is_rolled_back() {
     let _catalog = common::masking::catalog_lock().write().await;
     let (refused, shown) = refused_then(
         "gs",
         "PERFORM set_config('s8rb.leak', VALUES, false); RETURN 'y';",
         "",
+        "",
         "SHOW s8rb.leak",
     )
     .await;
     assert!(refused.contains("42501"), "the rows are refused: {refused}");
+    assert!(refused.ends_with("Z:I "), "the client is told no transaction is open: {refused}");
     assert!(!leaked(&refused), "{refused}");
     assert!(!leaked(&shown), "SHOW after the refused statement: {shown}");
+}
+
+/// Regression (s9; it leaked before the fix). As above inside the client's own transaction
+/// block: the block is failed upstream after the refused result (as any error fails a block), so
+/// nothing later in it reads the setting, and its ROLLBACK undoes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_made_by_a_refused_statement_in_a_block_is_never_read() {
+    let _catalog = common::masking::catalog_lock().write().await;
+    let t = unique_name("s8rb_gb_t");
+    let v = unique_name("s8rb_gb_v");
+    let inst = start(&[&t], setup(&t, &[&v])).await;
+    let (mut s, mut buf) = raw(&inst).await;
+    let begun = exchange(&mut s, &mut buf, &[query("BEGIN")]).await;
+    assert!(begun.ends_with("Z:T "), "{begun}");
+    let a = accomplice().await;
+    let sql = format!("SELECT upper(x) AS x FROM {v}");
+    let body = format!("PERFORM set_config('s8rb.leak', {}, false); RETURN 'y';", values(&t));
+    let (refused, mut s, mut buf) = across_a_lock(
+        &a,
+        &to_function(&v, &t, "VOLATILE", &body),
+        &sql,
+        raw_exchange(s, buf, vec![query(&sql)]),
+    )
+    .await;
+    let in_block = exchange(&mut s, &mut buf, &[query("SHOW s8rb.leak")]).await;
+    let rolled_back = exchange(&mut s, &mut buf, &[query("ROLLBACK")]).await;
+    let after = exchange(&mut s, &mut buf, &[query("SHOW s8rb.leak")]).await;
+    let _ = inst.shutdown().await;
+    eprintln!("{refused} / {in_block} / {rolled_back} / {after}");
+    assert!(refused.contains("42501"), "the rows are refused: {refused}");
+    assert!(refused.ends_with("Z:E "), "the block is failed: {refused}");
+    assert!(in_block.contains("25P02"), "nothing more runs in the block: {in_block}");
+    assert!(rolled_back.ends_with("Z:I "), "{rolled_back}");
+    for out in [&refused, &in_block, &after] {
+        assert!(!leaked(out), "{out}");
+    }
+}
+
+/// Regression (s9; it leaked before the fix). A statement after the refused one in the same
+/// Query string ran on the server (PostgreSQL saw no error) and its rows were forwarded: the
+/// client, told the string failed, reads nothing more of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_after_a_refused_one_in_the_same_string_returns_nothing() {
+    let _catalog = common::masking::catalog_lock().write().await;
+    let (refused, shown) = refused_then(
+        "gn",
+        "PERFORM set_config('s8rb.leak', VALUES, false); RETURN 'y';",
+        "",
+        "; SHOW s8rb.leak; SELECT 'after-' || 1",
+        "SHOW s8rb.leak",
+    )
+    .await;
+    assert!(refused.contains("42501"), "the rows are refused: {refused}");
+    assert!(!refused.contains("after-1"), "nothing after the refused statement: {refused}");
+    assert!(!leaked(&refused) && !leaked(&shown), "{refused} / {shown}");
+}
+
+/// Regression (s9; it leaked before the fix). Session-level advisory locks are not transactional:
+/// code a replaced view ran can take locks whose keys encode the values (`pg_locks` shows them
+/// to any session). After a result refused for a catalog change, timebox releases the
+/// session's advisory locks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advisory_locks_taken_by_a_refused_statement_are_released() {
+    let _catalog = common::masking::catalog_lock().write().await;
+    let (refused, locks) = refused_then(
+        "al",
+        "PERFORM pg_advisory_lock(ascii(VALUES)); RETURN 'y';",
+        "",
+        "",
+        "SELECT 'locks=' || count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' \
+         AND pid = pg_catalog.pg_backend_pid()",
+    )
+    .await;
+    assert!(refused.contains("42501"), "the rows are refused: {refused}");
+    assert!(locks.contains("locks=0"), "no advisory lock left: {locks}");
 }
 
 /// Regression (s8 second re-attack; it leaked before the fix). As above through a reported setting: `set_config('application_name', …)` in the
@@ -471,6 +550,7 @@ async fn a_parameter_status_of_a_refused_statement_is_dropped() {
     let (refused, later) = refused_then(
         "ps",
         "PERFORM set_config('application_name', VALUES, false); RETURN 'y';",
+        "",
         "",
         "SELECT 1",
     )
@@ -489,6 +569,7 @@ async fn a_notification_of_a_refused_statement_is_dropped() {
         "nf",
         "PERFORM pg_notify('s8rb_channel', VALUES); RETURN 'y';",
         "LISTEN s8rb_channel",
+        "",
         "SELECT 1",
     )
     .await;
@@ -522,7 +603,9 @@ async fn over_refusal_discard_all_keeps_the_names() {
 }
 
 /// Over-refusal, then freed. A `WITH HOLD` cursor declared in a transaction block that then rolls
-/// back is gone upstream, but its `DECLARE` was answered without an error, so timebox keeps it: a
+/// back (each a Query of its own: masked roles may not mix transaction control with other
+/// statements in one string since s9) is gone upstream, but its `DECLARE` was answered without
+/// an error, so timebox keeps it: a
 /// new `DECLARE c` is refused ("exists in this session"). `CLOSE c` fails upstream (34000), and
 /// frees the name all the same (s8: forgetting a name only refuses more), so the next `DECLARE c`
 /// goes.
@@ -533,7 +616,10 @@ async fn a_hold_cursor_rolled_back_is_freed_by_close() {
     let inst = start(&[&t], setup(&t, &[])).await;
     let (mut s, mut buf) = raw(&inst).await;
     let declare = format!("DECLARE c CURSOR WITH HOLD FOR SELECT id, secret FROM {t}");
-    let rolled = exchange(&mut s, &mut buf, &[query(&format!("BEGIN; {declare}; ROLLBACK"))]).await;
+    let mut rolled = String::new();
+    for sql in ["BEGIN", &declare, "ROLLBACK"] {
+        rolled.push_str(&exchange(&mut s, &mut buf, &[query(sql)]).await);
+    }
     let again = exchange(&mut s, &mut buf, &[query(&declare)]).await;
     let closed = exchange(&mut s, &mut buf, &[query("CLOSE c")]).await;
     let last = exchange(&mut s, &mut buf, &[query(&declare)]).await;

@@ -491,6 +491,15 @@ impl Interceptor {
     ) -> FrontendAction {
         let mut pre = precheck.unwrap_or_else(|| self.prechecker().precheck(tag, frame));
         let (classification, class, mut denial) = self.judge(&mut pre);
+        if denial.is_none()
+            && self.masking.is_some()
+            && super::relay::wrap::mixes_transaction_control(&classification.statements)
+        {
+            denial = Some(self.denial(
+                "for roles with masks, transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, …) must be a Query of its own",
+                "Send BEGIN, COMMIT and ROLLBACK as statements of their own.",
+            ));
+        }
         let rewritten = self.tag_application_name(&classification, &mut denial);
         *checked = Some(Checked {
             sql: pre.sql,

@@ -119,3 +119,14 @@ pub async fn exchange(s: &mut TcpStream, buf: &mut BytesMut, frames: &[BytesMut]
     send(s, frames).await;
     answer(s, buf).await
 }
+
+/// Sends frames, reads until the server closes the connection; a printable summary of all of it.
+pub async fn exchange_to_close(s: &mut TcpStream, buf: &mut BytesMut, frames: &[BytesMut]) -> String {
+    send(s, frames).await;
+    loop {
+        let read = tokio::time::timeout(ANSWER_TIMEOUT, s.read_buf(buf)).await;
+        if read.expect("the server closes the connection").unwrap_or(0) == 0 {
+            return summary(buf);
+        }
+    }
+}

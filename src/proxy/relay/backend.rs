@@ -143,6 +143,11 @@ impl Session {
         (tag, start, end): (u8, u64, u64),
         stopped: &mut Option<Limit>,
     ) -> Result<Held, OutboxError> {
+        // Masked roles' Queries (`super::wrap`): timebox's own transaction control is answered
+        // here, and a Query's end releases the client's frames.
+        if r.wrap.is_some() && !self.wrap_frame(r, (tag, start, end))? {
+            return Ok(Held::Handled);
+        }
         // Masked roles' batches (`super::pipeline`): an Execute's end releases the client's frames.
         if r.batch.is_some() && !self.batch_frame(r, (tag, start, end))? {
             return Ok(Held::Handled);
@@ -180,11 +185,16 @@ impl Session {
                 if std::mem::take(&mut r.ddl_forwarded) {
                     self.ddl_ran();
                 }
-                let status = outbox.tracker.last_ready_status.unwrap_or(b'I');
+                // This frame's status (not the last one of the read: a read may hold several).
+                let status = outbox.frame_bytes(start, end)?.get(5).copied().unwrap_or(b'I');
                 if let Some(done) = r.sync.ready(status, Instant::now()) {
                     r.statement_duration.observe(done.elapsed.as_secs_f64());
                     let events = self.outcome_events(done);
                     r.gate.outcomes(events, Instant::now());
+                }
+                // Masked roles: a Query waiting for the answers before it may go now.
+                if r.sync.answered_all() && r.wrap.as_mut().is_some_and(|w| w.idle()) {
+                    r.resume_client = true;
                 }
             }
             b'C' => {

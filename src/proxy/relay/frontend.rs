@@ -13,20 +13,21 @@ use super::gate::AuditGate;
 use super::precheck::offload_precheck;
 use super::state::EndReason;
 use super::sync::SyncTracker;
+use super::wrap::{self, Mode};
 use super::{audit_refusal, Relay};
 use crate::audit::event::{self as audit_event, AuditEvent};
 use crate::proxy::intercept::{Checked, FrontendAction, Precheck};
 use crate::proxy::session::Session;
-use crate::proxy::wire;
+use crate::proxy::wire::{self, PgError};
 
 impl Session {
     /// Processes the complete frames the client sent (the prechecked big one first).
     pub(super) async fn on_client_frames(&mut self, r: &mut Relay, busy: bool) -> ControlFlow<EndReason> {
         r.resume_client = false;
         loop {
-            if r.batch.as_ref().is_some_and(|b| b.holding()) {
-                // Masked roles: the frames after an Execute wait for its result (see `pipeline`);
-                // those before it go now.
+            if r.batch.as_ref().is_some_and(|b| b.holding()) || r.wrap.as_ref().is_some_and(|w| w.holding()) {
+                // Masked roles: the frames after an Execute wait for its result (see `pipeline`),
+                // those after a Query for its transaction's end (see `wrap`); those before go now.
                 self.end_of_read(r, busy).await;
                 return ControlFlow::Continue(());
             }
@@ -37,6 +38,11 @@ impl Session {
             } else {
                 match wire::next_frontend_frame(&r.bufs.from_client, r.max_message) {
                     Ok(Some((tag, len))) => {
+                        if tag == b'Q' && r.wrap.is_some() {
+                            if let ControlFlow::Break(()) = self.query_waits(r, busy).await {
+                                return ControlFlow::Continue(());
+                            }
+                        }
                         // Masked roles only: the catalog snapshot the statement is checked (and
                         // its result judged) against is confirmed current first (s6), in a future
                         // the relay races with its cut arms (s7); the frame waits for it.
@@ -92,8 +98,14 @@ impl Session {
                 let _ = self.upstream.write_all(to_upstream).await;
                 return ControlFlow::Break(EndReason::ClientExit);
             }
-            let (ddl, sent) = self.on_frame(&mut r.gate, &mut r.sync, r.skip_audit, tag, frame, precheck);
+            // Masked roles: a Query outside a transaction block goes in one timebox opens, if it may.
+            let begin = tag == b'Q' && r.wrap.is_some() && r.sync.transaction() == b'I';
+            let (ddl, sent, wrapped) =
+                self.on_frame(&mut r.gate, &mut r.sync, r.skip_audit, tag, frame, precheck, begin);
             r.ddl_forwarded |= ddl;
+            if let (Some(w), Some(b'Q')) = (r.wrap.as_mut(), sent) {
+                w.forwarded(if wrapped { Mode::Own } else { Mode::Guarded });
+            }
             if let (Some(batch), Some(sent)) = (r.batch.as_mut(), sent) {
                 if let Some(flush) = batch.forwarded(sent) {
                     r.gate.hold(flush);
@@ -106,9 +118,35 @@ impl Session {
         }
     }
 
+    /// Masked roles (see `wrap`): a Query waits until everything sent before it is answered
+    /// (`Break`: it waits); a Query after extended-protocol messages with no Sync between them
+    /// ends the session (whether a block is open upstream is then unknown).
+    async fn query_waits(&mut self, r: &mut Relay, busy: bool) -> ControlFlow<()> {
+        if r.sync.unsynced() {
+            let error = PgError::protocol_violation(
+                "timebox: for roles with masks, a simple Query must not follow extended-protocol messages without a Sync",
+            );
+            tracing::info!("masked role: a Query inside an unsynced extended-protocol batch");
+            r.bufs.outbox.queue_instead(&error);
+            r.cancel_after_relay(busy);
+            r.state.close(EndReason::ClientError, Instant::now());
+            return ControlFlow::Break(());
+        }
+        if r.sync.answered_all() {
+            return ControlFlow::Continue(());
+        }
+        if let Some(w) = r.wrap.as_mut() {
+            w.wait_for_idle();
+        }
+        self.end_of_read(r, busy).await;
+        ControlFlow::Break(())
+    }
+
     /// One frontend frame: checked, recorded, held for the audit gate, tracked for its outcome.
     /// `true` when it is an allowed DDL statement (masked columns' identities may change); the type
-    /// of the frame sent upstream in its place, if any.
+    /// of the frame sent upstream in its place, if any; `true` when timebox's `BEGIN` went before
+    /// it (`begin`: a masked role's Query outside a block, sent in one if it may be; see `wrap`).
+    #[allow(clippy::too_many_arguments)]
     fn on_frame(
         &mut self,
         gate: &mut AuditGate,
@@ -117,13 +155,22 @@ impl Session {
         tag: u8,
         frame: &[u8],
         precheck: Option<Precheck>,
-    ) -> (bool, Option<u8>) {
+        begin: bool,
+    ) -> (bool, Option<u8>, bool) {
         let mut checked = None;
         let action = self
             .interceptor
             .on_frontend_prechecked(tag, frame, precheck, &mut checked);
         if checked.is_some() {
             self.handle.add_statement();
+        }
+        let wrapped = begin
+            && !matches!(action, FrontendAction::Drop)
+            && checked
+                .as_ref()
+                .is_some_and(|c| c.denied.is_none() && wrap::wrappable(&c.classification.statements));
+        if wrapped {
+            gate.hold(&wrap::begin());
         }
         // What actually goes upstream decides what it will answer.
         let sent_tag = match &action {
@@ -152,7 +199,7 @@ impl Session {
         }
         let ddl =
             checked.is_some_and(|c| c.denied.is_none() && c.class == crate::policy::StatementClass::Ddl);
-        (ddl, sent_tag)
+        (ddl, sent_tag, wrapped)
     }
 
     /// Metrics and the log line of a checked statement.

@@ -154,6 +154,9 @@ pub(crate) struct ResultMask {
     /// A result was refused since the last ReadyForQuery: settings reported and notifications
     /// until the next one are not passed on (the refused statement's code may have made them).
     refused_before_ready: bool,
+    /// Such a result was refused by its second catalog check (code timebox did not judge may have
+    /// run), since the last ReadyForQuery.
+    changed_before_ready: bool,
     /// A snapshot re-read is wanted (a column timebox could not establish).
     pub(crate) wants_refresh: bool,
     /// Masked values sent since last asked (for the metric).
@@ -187,6 +190,7 @@ impl ResultMask {
             outcomes: Vec::new(),
             query_failed: false,
             refused_before_ready: false,
+            changed_before_ready: false,
             wants_refresh: false,
             masked_values: 0,
             sent_rows: 0,
@@ -430,19 +434,33 @@ impl ResultMask {
 
     /// One whole backend frame the relay is about to forward.
     pub(crate) fn on_backend(&mut self, tag: u8, frame: &[u8]) -> MaskStep {
-        let step = self.judge_backend(tag, frame);
+        // Only the frame right after the second check carries its verdict.
+        let changed = self.changed_while_running();
+        self.changed_before_ready |= changed.is_some();
+        let step = self.judge_backend(tag, frame, changed);
         if matches!(step, MaskStep::Fail(_)) || self.refuse_error.is_some() || self.failing {
             self.refused_before_ready = true;
         }
         if tag == b'Z' {
             self.refused_before_ready = false;
+            self.changed_before_ready = false;
         }
         step
     }
 
-    fn judge_backend(&mut self, tag: u8, frame: &[u8]) -> MaskStep {
-        // Only the frame right after the second check carries its verdict.
-        let changed = self.changed_while_running();
+    /// Whether a result was refused since the last ReadyForQuery, and why (for `super::wrap`).
+    pub(crate) fn refused_since_ready(&self) -> super::wrap::Refused {
+        use super::wrap::Refused;
+        if self.changed_before_ready {
+            Refused::Changed
+        } else if self.refused_before_ready || self.failing || self.refuse_error.is_some() {
+            Refused::Judged
+        } else {
+            Refused::No
+        }
+    }
+
+    fn judge_backend(&mut self, tag: u8, frame: &[u8], changed: Option<&'static str>) -> MaskStep {
         match tag {
             b'T' => {
                 let (rewritten, layout) = self.describe(frame);

@@ -17,6 +17,8 @@
 //!   freshness checks raced with the cut arms);
 //! - [`pipeline`]: masked roles' Executes waited for, so nothing after a refused result in a batch
 //!   takes effect;
+//! - [`wrap`]: masked roles' Queries in a transaction timebox ends, rolled back (or the client's
+//!   block failed) when a result was refused;
 //! - [`mask`]: masked roles' results rewritten; each result's first frame waits (the outbox paused
 //!   there) for a second catalog check raced with the cut arms, like the client-side one.
 //!
@@ -41,6 +43,7 @@ mod precheck;
 pub(crate) mod quota;
 mod state;
 mod sync;
+pub(crate) mod wrap;
 
 use std::future::poll_fn;
 use std::ops::ControlFlow;
@@ -117,6 +120,9 @@ pub(crate) struct Relay {
     /// Roles with masks: the hold on client frames after an Execute (`None`: frames are never held
     /// for a result).
     batch: Option<BatchHold>,
+    /// Roles with masks: Queries in a transaction whose end timebox decides (`None`: Queries go
+    /// as they are).
+    wrap: Option<wrap::TxWrap>,
     /// Roles with masks: the catalog freshness check of the frame at the head of `from_client`,
     /// which waits for it; expiry, kills and shutdown do not.
     confirming: Option<Confirming>,
@@ -144,6 +150,7 @@ impl Relay {
                 && self.confirming.is_none()
                 && !self.resume_client
                 && !self.batch.as_ref().is_some_and(BatchHold::holding)
+                && !self.wrap.as_ref().is_some_and(wrap::TxWrap::holding)
                 && b.to_upstream.len() < HIGH_WATER,
             // A held frame arriving is read on until whole (bounded), others wait for the client.
             read_upstream: b.outbox.read_decision() == UpstreamRead::Read
@@ -218,6 +225,7 @@ impl Session {
             bytes_from_client: metrics.relayed_bytes_total.with_label_values(&["from_client"]),
             bytes_to_client: metrics.relayed_bytes_total.with_label_values(&["to_client"]),
             batch: mask.as_ref().map(|_| BatchHold::default()),
+            wrap: mask.as_ref().map(|_| wrap::TxWrap::default()),
             quota,
             mask,
             ddl_forwarded: false,

@@ -192,6 +192,21 @@ impl SyncTracker {
             .collect()
     }
 
+    /// Transaction status of the last ReadyForQuery ('I' before the first).
+    pub(crate) fn transaction(&self) -> u8 {
+        self.transaction
+    }
+
+    /// Extended-protocol messages were forwarded since the last Sync.
+    pub(crate) fn unsynced(&self) -> bool {
+        self.unsynced
+    }
+
+    /// Every sync point forwarded has its ReadyForQuery.
+    pub(crate) fn answered_all(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+
     /// True while the backend may be running something (a cancel would reach it).
     pub(crate) fn busy(&self) -> bool {
         !self.in_flight.is_empty() || self.unsynced

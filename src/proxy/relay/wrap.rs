@@ -1,0 +1,479 @@
+//! Masked roles' simple Queries run in a transaction whose end timebox decides (issue 15, s9).
+//!
+//! Why: timebox refuses a masked role's result ([`super::mask`]) once PostgreSQL has begun it —
+//! the second catalog check runs at the result's first frame, after the statement took its locks
+//! — but the statement runs on to its end. Code the statement runs that timebox did not judge (a
+//! view replaced while the statement waited for its lock, calling a function) can leave what it
+//! read behind: a setting (`set_config(…, false)`), a notification, a row written. Outside a
+//! transaction block, PostgreSQL commits a Query's implicit transaction before its ReadyForQuery,
+//! so nothing the relay does after the refusal could undo it (the s8 open leak).
+//!
+//! How, for roles with masks only (other sessions have no [`TxWrap`]; their frames go upstream
+//! as before, byte for byte):
+//! - **Outside a transaction block** a Query of statements that may run in one
+//!   ([`wrappable`]) is sent after timebox's own `BEGIN`. At its ReadyForQuery timebox sends
+//!   `COMMIT` when the result was not refused and no error ended it, `ROLLBACK` otherwise; the
+//!   client sees its Query's answers and one ReadyForQuery `I`, as without the wrap (a `COMMIT`
+//!   that fails sends its error, as an implicit commit would).
+//! - **Inside the client's block** (or a block the Query string itself opens) a refused result
+//!   fails the block upstream (as any error fails a block: `25P02` for what follows, undone by
+//!   the client's `ROLLBACK`), and the client's ReadyForQuery says `E`.
+//! - After a result refused because the catalog changed while it ran (code timebox did not judge
+//!   may have run), the session's advisory locks are released first: they are not
+//!   transactional, and `pg_locks` shows their keys to any session.
+//!
+//! What it does not undo: effects outside any transaction — statistics counters, sequence values,
+//! the time taken — a covert channel open only to code a concurrent catalog change runs.
+//!
+//! The client's next frames wait (like [`super::pipeline`]'s) until the wrapped Query is over,
+//! and a Query waits for the answers to what was sent before it, so timebox knows whether a block
+//! is open when it decides. Pure: fed frame tags and statuses; the relay does the I/O.
+
+use bytes::BytesMut;
+
+use super::outbox::OutboxError;
+use super::Relay;
+use crate::policy::classify::StatementInfo;
+use crate::proxy::session::Session;
+
+/// timebox's `BEGIN` before a wrapped Query.
+pub(crate) fn begin() -> BytesMut {
+    query("BEGIN")
+}
+
+/// Releases the session's advisory locks (after code timebox did not judge ran).
+const UNLOCK: &str = "SELECT pg_catalog.pg_advisory_unlock_all()";
+
+/// Not SQL: the Query fails with a syntax error before anything runs, which fails an open block.
+const FAIL_BLOCK: &str = "timebox_refused_a_result_in_this_transaction_block";
+
+fn query(sql: &str) -> BytesMut {
+    let mut out = BytesMut::new();
+    postgres_protocol::message::frontend::query(sql, &mut out).expect("no NUL in timebox's own SQL");
+    out
+}
+
+/// Whether every statement of a Query string may run inside a transaction block timebox opens,
+/// with the same effect as alone: queries, DML, settings, cursors of a held kind, prepared
+/// statements. Transaction control, statements PostgreSQL refuses in a block (`VACUUM`,
+/// `CREATE DATABASE`, `DISCARD ALL`, …), statements that need the client's own block (`LOCK`,
+/// a `DECLARE` without `HOLD`) and the rest are not wrapped. An empty string runs nothing.
+pub(crate) fn wrappable(statements: &[StatementInfo]) -> bool {
+    !statements.is_empty()
+        && statements.iter().all(|s| match s.kind.as_str() {
+            "DECLARE CURSOR" => s.declare_hold,
+            kind => WRAPPABLE_KINDS.contains(&kind),
+        })
+}
+
+/// Whether a Query string has transaction control among other statements (`BEGIN; SELECT …;
+/// COMMIT`): refused to masked roles, since a result refused in it would be committed (or its
+/// block ended) by the same string, before timebox could end its transaction.
+pub(crate) fn mixes_transaction_control(statements: &[StatementInfo]) -> bool {
+    statements.len() > 1 && statements.iter().any(|s| TRANSACTION_KINDS.contains(&s.kind.as_str()))
+}
+
+const TRANSACTION_KINDS: &[&str] = &[
+    "BEGIN",
+    "START TRANSACTION",
+    "COMMIT",
+    "ROLLBACK",
+    "SAVEPOINT",
+    "RELEASE",
+    "ROLLBACK TO SAVEPOINT",
+    "PREPARE TRANSACTION",
+    "COMMIT PREPARED",
+    "ROLLBACK PREPARED",
+    "TRANSACTION",
+];
+
+/// Statement kinds ([`StatementInfo::kind`]) that run alike alone and in a block.
+const WRAPPABLE_KINDS: &[&str] = &[
+    "SELECT",
+    "SELECT INTO",
+    "VALUES",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "MERGE",
+    "SET",
+    "RESET",
+    "SHOW",
+    "EXPLAIN",
+    "EXPLAIN ANALYZE",
+    "COPY",
+    "PREPARE",
+    "EXECUTE",
+    "DEALLOCATE",
+    "FETCH",
+    "MOVE",
+    "CLOSE",
+    "LISTEN",
+    "UNLISTEN",
+    "NOTIFY",
+    "CREATE TABLE AS",
+    "CREATE MATERIALIZED VIEW",
+    "REFRESH MATERIALIZED VIEW",
+];
+
+/// How a masked role's Query is sent, decided when it is forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// In a block timebox opens: `BEGIN` goes first ([`begin`]).
+    Own,
+    /// As it is; a refused result fails the block open at its end, if any.
+    Guarded,
+}
+
+/// What a refused result means for the transaction it ran in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    No,
+    /// Refused for what timebox knew before the statement ran.
+    Judged,
+    /// Refused because the catalog changed while it ran: code timebox did not judge may have run.
+    Changed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum State {
+    /// No Query of the session is wrapped.
+    #[default]
+    Off,
+    /// timebox's `BEGIN` answers first (CommandComplete, ReadyForQuery).
+    Opening,
+    /// The client's Query runs (`own`: in timebox's block).
+    Running { own: bool },
+    /// timebox's closing Queries were sent: `left` ReadyForQuery frames of theirs are still to
+    /// come, the last of which the client gets; `forward_errors`: a `COMMIT`'s error is the
+    /// client's.
+    Closing { left: u8, forward_errors: bool },
+}
+
+/// What the relay does with one backend frame, as far as the wrap goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WrapStep {
+    /// Handled as usual.
+    Pass,
+    /// An answer to timebox's own Queries: not for the client, nor seen by the rest of the relay.
+    Drop,
+    /// The client's Query's ReadyForQuery: dropped, and these Queries go upstream (their last
+    /// ReadyForQuery takes its place).
+    Close(BytesMut),
+    /// The ReadyForQuery the client gets: handled as usual, and the client's frames go on.
+    Done,
+}
+
+/// One masked session's wrap of its Queries.
+#[derive(Debug, Default)]
+pub(crate) struct TxWrap {
+    state: State,
+    /// A Query waits for the answers to what was sent before it.
+    waiting_idle: bool,
+}
+
+impl TxWrap {
+    /// True while the client's frames wait (a wrapped Query is not over, or a Query waits for
+    /// the answers before it).
+    pub(crate) fn holding(&self) -> bool {
+        self.waiting_idle || self.state != State::Off
+    }
+
+    /// A Query is next and frames sent before it are not answered yet: it waits.
+    pub(crate) fn wait_for_idle(&mut self) {
+        self.waiting_idle = true;
+    }
+
+    /// Everything sent was answered: a waiting Query may go (`true` if one waited).
+    pub(crate) fn idle(&mut self) -> bool {
+        std::mem::take(&mut self.waiting_idle)
+    }
+
+    /// A client Query was forwarded in `mode` (after timebox's `BEGIN` for [`Mode::Own`]).
+    pub(crate) fn forwarded(&mut self, mode: Mode) {
+        self.state = match mode {
+            Mode::Own => State::Opening,
+            Mode::Guarded => State::Running { own: false },
+        };
+    }
+
+    /// One whole backend frame of type `tag` (`status`: a ReadyForQuery's transaction status),
+    /// before the batch hold, quotas and masks see it; `refused`: whether a result of the
+    /// running Query was refused.
+    pub(crate) fn on_backend(&mut self, tag: u8, status: u8, refused: Refused) -> WrapStep {
+        match self.state {
+            State::Off => WrapStep::Pass,
+            State::Opening => {
+                if tag == b'Z' {
+                    self.state = State::Running { own: true };
+                }
+                // BEGIN's CommandComplete (and a warning or error, which cannot come outside a
+                // block) are timebox's.
+                WrapStep::Drop
+            }
+            State::Running { own } if tag == b'Z' => self.close(own, status, refused),
+            State::Running { .. } => WrapStep::Pass,
+            State::Closing { left, forward_errors } => match tag {
+                b'Z' if left <= 1 => {
+                    self.state = State::Off;
+                    WrapStep::Done
+                }
+                b'Z' => {
+                    self.state = State::Closing {
+                        left: left - 1,
+                        forward_errors,
+                    };
+                    WrapStep::Drop
+                }
+                // A COMMIT's error, and notifications delivered at it, are the client's.
+                b'E' | b'A' | b'N' if forward_errors => WrapStep::Pass,
+                _ => WrapStep::Drop,
+            },
+        }
+    }
+
+    /// The client's Query ended with ReadyForQuery `status`: how its transaction ends.
+    fn close(&mut self, own: bool, status: u8, refused: Refused) -> WrapStep {
+        let unlock = refused == Refused::Changed;
+        let (sent, forward_errors): (Vec<&str>, bool) = match (own, status, refused) {
+            (true, b'T', Refused::No) => (vec!["COMMIT"], true),
+            // Released once the block is gone (a failed block runs nothing).
+            (true, b'T' | b'E', _) if unlock => (vec!["ROLLBACK", UNLOCK], false),
+            (true, b'T' | b'E', _) => (vec!["ROLLBACK"], false),
+            (false, b'T', Refused::Changed) => (vec![UNLOCK, FAIL_BLOCK], false),
+            (false, b'T', Refused::Judged) => (vec![FAIL_BLOCK], false),
+            // Nothing to end: no block is open, the block already failed, or nothing was refused.
+            _ => {
+                self.state = State::Off;
+                return WrapStep::Done;
+            }
+        };
+        let mut out = BytesMut::new();
+        for sql in &sent {
+            out.extend_from_slice(&query(sql));
+        }
+        self.state = State::Closing {
+            left: sent.len() as u8,
+            forward_errors,
+        };
+        WrapStep::Close(out)
+    }
+}
+
+impl Session {
+    /// The wrap's view of one completed backend frame (roles with masks); `false` when the frame
+    /// was dropped and the relay must not handle it further.
+    pub(super) fn wrap_frame(&mut self, r: &mut Relay, (tag, start, end): (u8, u64, u64)) -> Result<bool, OutboxError> {
+        let Some(wrap) = r.wrap.as_mut() else {
+            return Ok(true);
+        };
+        let status = if tag == b'Z' {
+            r.bufs.outbox.frame_bytes(start, end)?.get(5).copied().unwrap_or(b'I')
+        } else {
+            0
+        };
+        let refused = r.mask.as_ref().map_or(Refused::No, |m| m.refused_since_ready());
+        Ok(match wrap.on_backend(tag, status, refused) {
+            WrapStep::Pass => true,
+            WrapStep::Drop => {
+                r.bufs.outbox.replace_frame(start, end, &[])?;
+                false
+            }
+            WrapStep::Close(sent) => {
+                if refused != Refused::No {
+                    tracing::debug!(?refused, "a refused result: its transaction is ended upstream");
+                }
+                r.bufs.outbox.replace_frame(start, end, &[])?;
+                r.bufs.to_upstream.extend_from_slice(&sent);
+                false
+            }
+            WrapStep::Done => {
+                r.resume_client = true;
+                true
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::classify::classify;
+
+    fn wrap_of(sql: &str) -> bool {
+        wrappable(&classify(sql).statements)
+    }
+
+    fn steps(w: &mut TxWrap, frames: &[(u8, u8)], refused: Refused) -> Vec<WrapStep> {
+        frames.iter().map(|&(tag, status)| w.on_backend(tag, status, refused)).collect()
+    }
+
+    fn texts(bytes: &[u8]) -> Vec<String> {
+        let mut rest = bytes;
+        let mut out = Vec::new();
+        while rest.len() > 5 {
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            out.push(String::from_utf8_lossy(&rest[5..len]).into_owned());
+            rest = &rest[1 + len..];
+        }
+        out
+    }
+
+    #[test]
+    fn queries_and_dml_are_wrapped_transaction_control_and_blockless_statements_are_not() {
+        for sql in [
+            "SELECT 1",
+            "SELECT * FROM t; SHOW search_path",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            "UPDATE t SET a = 1 WHERE id = 2",
+            "EXPLAIN ANALYZE SELECT 1",
+            "SET search_path = public",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "EXECUTE p",
+            "FETCH 10 FROM c",
+        ] {
+            assert!(wrap_of(sql), "{sql}");
+        }
+        for sql in [
+            "",
+            ";",
+            "BEGIN",
+            "BEGIN; SELECT 1",
+            "SELECT 1; COMMIT",
+            "ROLLBACK",
+            "SAVEPOINT a",
+            "VACUUM t",
+            "DISCARD ALL",
+            "LOCK TABLE t",
+            "DECLARE c CURSOR FOR SELECT 1",
+            "CREATE DATABASE d",
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "CREATE INDEX CONCURRENTLY i ON t (a)",
+        ] {
+            assert!(!wrap_of(sql), "{sql:?}");
+        }
+    }
+
+    #[test]
+    fn transaction_control_among_other_statements_is_found() {
+        for sql in ["BEGIN; SELECT 1", "SELECT 1; COMMIT", "SELECT 1; ROLLBACK TO SAVEPOINT a", "end; select 1"] {
+            assert!(mixes_transaction_control(&classify(sql).statements), "{sql}");
+        }
+        for sql in ["BEGIN", "COMMIT", "SELECT 1; SELECT 2", "SELECT 1"] {
+            assert!(!mixes_transaction_control(&classify(sql).statements), "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_wrapped_query_that_passes_commits_and_the_client_gets_one_ready_for_query() {
+        let mut w = TxWrap::default();
+        w.forwarded(Mode::Own);
+        assert!(w.holding());
+        assert_eq!(
+            steps(&mut w, &[(b'C', 0), (b'Z', b'T')], Refused::No),
+            vec![WrapStep::Drop, WrapStep::Drop],
+            "BEGIN's answers are timebox's"
+        );
+        assert_eq!(
+            steps(&mut w, &[(b'T', 0), (b'D', 0), (b'C', 0)], Refused::No),
+            vec![WrapStep::Pass; 3]
+        );
+        let WrapStep::Close(sent) = w.on_backend(b'Z', b'T', Refused::No) else {
+            panic!("the Query's ReadyForQuery closes the block");
+        };
+        assert_eq!(texts(&sent), vec!["COMMIT"]);
+        assert_eq!(w.on_backend(b'C', 0, Refused::No), WrapStep::Drop);
+        assert_eq!(w.on_backend(b'Z', b'I', Refused::No), WrapStep::Done);
+        assert!(!w.holding());
+        assert_eq!(w.on_backend(b'Z', b'I', Refused::No), WrapStep::Pass, "off again");
+    }
+
+    #[test]
+    fn a_commit_that_fails_sends_its_error_to_the_client() {
+        let mut w = TxWrap::default();
+        w.forwarded(Mode::Own);
+        steps(&mut w, &[(b'C', 0), (b'Z', b'T'), (b'C', 0)], Refused::No);
+        assert!(matches!(w.on_backend(b'Z', b'T', Refused::No), WrapStep::Close(_)));
+        assert_eq!(w.on_backend(b'E', 0, Refused::No), WrapStep::Pass);
+        assert_eq!(w.on_backend(b'Z', b'I', Refused::No), WrapStep::Done);
+    }
+
+    #[test]
+    fn a_refused_or_failed_wrapped_query_is_rolled_back() {
+        for (status, refused) in [(b'T', Refused::Judged), (b'E', Refused::No), (b'E', Refused::Judged)] {
+            let mut w = TxWrap::default();
+            w.forwarded(Mode::Own);
+            steps(&mut w, &[(b'C', 0), (b'Z', b'T'), (b'E', 0)], refused);
+            let WrapStep::Close(sent) = w.on_backend(b'Z', status, refused) else {
+                panic!("closes");
+            };
+            assert_eq!(texts(&sent), vec!["ROLLBACK"], "{status} {refused:?}");
+            assert_eq!(
+                steps(&mut w, &[(b'S', 0), (b'C', 0)], refused),
+                vec![WrapStep::Drop, WrapStep::Drop],
+                "nothing of the rollback is the client's"
+            );
+            assert_eq!(w.on_backend(b'Z', b'I', refused), WrapStep::Done);
+        }
+    }
+
+    #[test]
+    fn after_a_change_the_advisory_locks_go_before_the_rollback() {
+        let mut w = TxWrap::default();
+        w.forwarded(Mode::Own);
+        steps(&mut w, &[(b'C', 0), (b'Z', b'T')], Refused::No);
+        let WrapStep::Close(sent) = w.on_backend(b'Z', b'T', Refused::Changed) else {
+            panic!("closes");
+        };
+        assert_eq!(texts(&sent), vec!["ROLLBACK", UNLOCK], "released once the block is gone");
+        let answers = [(b'C', 0), (b'Z', b'I'), (b'T', 0), (b'D', 0), (b'C', 0)];
+        assert_eq!(steps(&mut w, &answers, Refused::Changed), vec![WrapStep::Drop; 5]);
+        assert_eq!(w.on_backend(b'Z', b'I', Refused::Changed), WrapStep::Done);
+    }
+
+    #[test]
+    fn in_the_clients_block_a_refused_result_fails_the_block() {
+        let mut w = TxWrap::default();
+        w.forwarded(Mode::Guarded);
+        assert_eq!(w.on_backend(b'T', 0, Refused::Judged), WrapStep::Pass);
+        let WrapStep::Close(sent) = w.on_backend(b'Z', b'T', Refused::Judged) else {
+            panic!("fails the block");
+        };
+        assert_eq!(texts(&sent), vec![FAIL_BLOCK]);
+        assert_eq!(w.on_backend(b'E', 0, Refused::Judged), WrapStep::Drop, "the marker's error");
+        assert_eq!(w.on_backend(b'Z', b'E', Refused::Judged), WrapStep::Done);
+    }
+
+    #[test]
+    fn in_the_clients_block_after_a_change_the_advisory_locks_go_first() {
+        let mut w = TxWrap::default();
+        w.forwarded(Mode::Guarded);
+        let WrapStep::Close(sent) = w.on_backend(b'Z', b'T', Refused::Changed) else {
+            panic!("fails the block");
+        };
+        assert_eq!(texts(&sent), vec![UNLOCK, FAIL_BLOCK]);
+        let answers = [(b'T', 0), (b'D', 0), (b'C', 0), (b'Z', b'T'), (b'E', 0)];
+        assert_eq!(steps(&mut w, &answers, Refused::Changed), vec![WrapStep::Drop; 5]);
+        assert_eq!(w.on_backend(b'Z', b'E', Refused::Changed), WrapStep::Done);
+    }
+
+    #[test]
+    fn in_the_clients_block_nothing_is_sent_when_nothing_was_refused_or_no_block_is_open() {
+        for (status, refused) in [(b'T', Refused::No), (b'I', Refused::Changed), (b'E', Refused::Changed)] {
+            let mut w = TxWrap::default();
+            w.forwarded(Mode::Guarded);
+            assert_eq!(w.on_backend(b'Z', status, refused), WrapStep::Done);
+            assert!(!w.holding());
+        }
+    }
+
+    #[test]
+    fn a_query_waits_for_what_was_sent_before_it() {
+        let mut w = TxWrap::default();
+        w.wait_for_idle();
+        assert!(w.holding());
+        assert!(w.idle());
+        assert!(!w.holding());
+        assert!(!w.idle(), "only once");
+    }
+}
