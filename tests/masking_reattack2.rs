@@ -10,7 +10,9 @@ mod common;
 
 use bytes::BytesMut;
 use common::cluster::{unique_name, READ_PASSWORD, READ_USER};
-use common::frames::{answer, bind, describe, exchange, exchange_to_close, execute, parse, query, send, sync};
+use common::frames::{
+    answer, bind, describe, exchange, exchange_to_close, execute, parse, query, send, sync,
+};
 use common::masking::{
     accomplice, across_a_lock, admin_psql, outcome, raw_exchange, session, start_over, to_secret,
     until_lock_waiting,
@@ -460,7 +462,10 @@ async fn a_setting_made_by_a_refused_statement_is_rolled_back() {
     )
     .await;
     assert!(refused.contains("42501"), "the rows are refused: {refused}");
-    assert!(refused.ends_with("Z:I "), "the client is told no transaction is open: {refused}");
+    assert!(
+        refused.ends_with("Z:I "),
+        "the client is told no transaction is open: {refused}"
+    );
     assert!(!leaked(&refused), "{refused}");
     assert!(!leaked(&shown), "SHOW after the refused statement: {shown}");
 }
@@ -479,7 +484,10 @@ async fn a_setting_made_by_a_refused_statement_in_a_block_is_never_read() {
     assert!(begun.ends_with("Z:T "), "{begun}");
     let a = accomplice().await;
     let sql = format!("SELECT upper(x) AS x FROM {v}");
-    let body = format!("PERFORM set_config('s8rb.leak', {}, false); RETURN 'y';", values(&t));
+    let body = format!(
+        "PERFORM set_config('s8rb.leak', {}, false); RETURN 'y';",
+        values(&t)
+    );
     let (refused, mut s, mut buf) = across_a_lock(
         &a,
         &to_function(&v, &t, "VOLATILE", &body),
@@ -494,7 +502,10 @@ async fn a_setting_made_by_a_refused_statement_in_a_block_is_never_read() {
     eprintln!("{refused} / {in_block} / {rolled_back} / {after}");
     assert!(refused.contains("42501"), "the rows are refused: {refused}");
     assert!(refused.ends_with("Z:E "), "the block is failed: {refused}");
-    assert!(in_block.contains("25P02"), "nothing more runs in the block: {in_block}");
+    assert!(
+        in_block.contains("25P02"),
+        "nothing more runs in the block: {in_block}"
+    );
     assert!(rolled_back.ends_with("Z:I "), "{rolled_back}");
     for out in [&refused, &in_block, &after] {
         assert!(!leaked(out), "{out}");
@@ -516,8 +527,86 @@ async fn a_statement_after_a_refused_one_in_the_same_string_returns_nothing() {
     )
     .await;
     assert!(refused.contains("42501"), "the rows are refused: {refused}");
-    assert!(!refused.contains("after-1"), "nothing after the refused statement: {refused}");
+    assert!(
+        !refused.contains("after-1"),
+        "nothing after the refused statement: {refused}"
+    );
     assert!(!leaked(&refused) && !leaked(&shown), "{refused} / {shown}");
+}
+
+/// Regression (s9). A Query string that commits after the statement whose result timebox refuses
+/// would make what that statement did durable before timebox could end its transaction (and
+/// deliver its notifications to the engineer's other sessions): refused before it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_string_that_commits_after_a_masked_read_is_refused() {
+    let _catalog = common::masking::catalog_lock().read().await;
+    let t = unique_name("s8rb_sc_t");
+    let inst = start(&[&t], setup(&t, &[])).await;
+    let (mut s, mut buf) = raw(&inst).await;
+    let out = exchange(
+        &mut s,
+        &mut buf,
+        &[query(&format!("BEGIN; SELECT id, secret FROM {t}; COMMIT"))],
+    )
+    .await;
+    let rolled_back = exchange(
+        &mut s,
+        &mut buf,
+        &[query(&format!("BEGIN; SELECT id, secret FROM {t}; ROLLBACK"))],
+    )
+    .await;
+    let _ = inst.shutdown().await;
+    assert!(
+        out.contains("42501") && out.contains("COMMIT must be a Query of its own"),
+        "{out}"
+    );
+    assert!(!out.contains("***"), "nothing ran: {out}");
+    assert!(
+        rolled_back.contains("***") && rolled_back.ends_with("Z:I "),
+        "{rolled_back}"
+    );
+    assert!(!leaked(&out) && !leaked(&rolled_back), "{out} / {rolled_back}");
+}
+
+/// Regression (s9). A string that ends its own transaction (here by `ROLLBACK`, which undoes the
+/// setting but not a session's advisory locks) after a result refused for a catalog change: timebox
+/// cannot end that transaction itself, so the session ends (FATAL 42501) and its upstream goes
+/// with whatever the statement left in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_refused_in_a_string_that_ends_its_transaction_ends_the_session() {
+    let _catalog = common::masking::catalog_lock().write().await;
+    let t = unique_name("s8rb_se_t");
+    let v = unique_name("s8rb_se_v");
+    let inst = start(&[&t], setup(&t, &[&v])).await;
+    let (s, buf) = raw(&inst).await;
+    let a = accomplice().await;
+    let sql = format!("SELECT upper(x) AS x FROM {v}; ROLLBACK");
+    let body = format!("PERFORM pg_advisory_lock(ascii({})); RETURN 'y';", values(&t));
+    let frames = vec![query(&sql)];
+    let ended = across_a_lock(&a, &to_function(&v, &t, "VOLATILE", &body), &sql, async move {
+        let (mut s, mut buf) = (s, buf);
+        exchange_to_close(&mut s, &mut buf, &frames).await
+    })
+    .await;
+    eprintln!("{ended}");
+    assert!(ended.contains("42501"), "the rows are refused: {ended}");
+    assert!(
+        ended.contains("SFATAL") && ended.contains("the session is closed"),
+        "the session ends: {ended}"
+    );
+    assert!(!leaked(&ended), "{ended}");
+    // Before timebox shuts down (which would end the session anyway).
+    let gone = common::eventually(std::time::Duration::from_secs(10), || async {
+        common::pg::scalar(
+            &a,
+            "SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory'",
+        )
+        .await
+            == "0"
+    })
+    .await;
+    let _ = inst.shutdown().await;
+    assert!(gone, "the upstream session and its advisory locks are gone");
 }
 
 /// Regression (s9; it leaked before the fix). Session-level advisory locks are not transactional:

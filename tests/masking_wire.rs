@@ -49,7 +49,7 @@ async fn direct_columns_are_masked_by_every_method_in_text_and_binary() {
     assert_eq!(star[0][2].as_deref(), Some("***@shop.test"));
     let fetched = text_rows(
         &client,
-        "BEGIN; DECLARE cur CURSOR FOR SELECT email FROM customers ORDER BY id; FETCH 2 FROM cur; COMMIT",
+        "BEGIN; DECLARE cur CURSOR FOR SELECT email FROM customers ORDER BY id; FETCH 2 FROM cur; ROLLBACK",
     )
     .await;
     assert_eq!(

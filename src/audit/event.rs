@@ -248,7 +248,7 @@ pub struct SessionEnd {
     pub ended_by: Option<String>,
     pub grant_id: String,
     /// `client_exit`, `expired`, `revoked`, `killed`, `upstream_error`, `client_error`, `shutdown`,
-    /// `audit_unavailable`, `frame_too_large`, `internal_error`.
+    /// `audit_unavailable`, `frame_too_large`, `internal_error`, `masked_effects`.
     pub reason: String,
     pub session_id: String,
     /// Statements the session ran (or tried to).

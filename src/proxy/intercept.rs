@@ -493,11 +493,11 @@ impl Interceptor {
         let (classification, class, mut denial) = self.judge(&mut pre);
         if denial.is_none()
             && self.masking.is_some()
-            && super::relay::wrap::mixes_transaction_control(&classification.statements)
+            && super::relay::wrap::commits_among_other_statements(&classification.statements)
         {
             denial = Some(self.denial(
-                "for roles with masks, transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, …) must be a Query of its own",
-                "Send BEGIN, COMMIT and ROLLBACK as statements of their own.",
+                "for roles with masks, COMMIT must be a Query of its own (a string's own COMMIT would make durable what a statement whose result timebox refuses did)",
+                "Send COMMIT as a statement of its own, or end the string with ROLLBACK.",
             ));
         }
         let rewritten = self.tag_application_name(&classification, &mut denial);

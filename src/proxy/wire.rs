@@ -365,6 +365,15 @@ impl PgError {
 
     /// ERROR 54000 (the session goes on): a statement's result went past `limit` (a role option,
     /// e.g. `max_rows_per_statement`) whose configured value is `value`.
+    /// FATAL 42501: a masked role's result was refused for a catalog change after the transaction
+    /// it ran in had ended (see `relay::wrap`); the session's upstream goes with what it did.
+    pub fn masked_effects_kept() -> Self {
+        Self::insufficient_privilege(
+            "timebox: a result was refused because the target's catalog changed while it ran, and its transaction had already ended; the session is closed so that nothing that statement did stays in it",
+        )
+        .with_hint("Connect again, and run statements that read masked tables in a Query string that does not end or fail its own transaction.")
+    }
+
     pub fn result_quota_exceeded(limit: &str, value: &str, role: &str) -> Self {
         Self::program_limit_exceeded(format!(
             "timebox: result exceeds {limit} = {value} of role \"{role}\""

@@ -100,8 +100,15 @@ impl Session {
             }
             // Masked roles: a Query outside a transaction block goes in one timebox opens, if it may.
             let begin = tag == b'Q' && r.wrap.is_some() && r.sync.transaction() == b'I';
-            let (ddl, sent, wrapped) =
-                self.on_frame(&mut r.gate, &mut r.sync, r.skip_audit, tag, frame, precheck, begin);
+            let (ddl, sent, wrapped) = self.on_frame(
+                &mut r.gate,
+                &mut r.sync,
+                r.skip_audit,
+                tag,
+                frame,
+                precheck,
+                begin,
+            );
             r.ddl_forwarded |= ddl;
             if let (Some(w), Some(b'Q')) = (r.wrap.as_mut(), sent) {
                 w.forwarded(if wrapped { Mode::Own } else { Mode::Guarded });

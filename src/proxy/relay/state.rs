@@ -27,6 +27,9 @@ pub enum EndReason {
     FrameTooLarge,
     /// The relay lost track of the backend stream (an internal error; fail closed).
     InternalError,
+    /// A masked role's result was refused for a catalog change after its transaction had ended:
+    /// the session's upstream goes, with whatever that statement left in it (see `wrap`).
+    MaskedEffects,
 }
 
 impl EndReason {
@@ -42,6 +45,7 @@ impl EndReason {
             EndReason::AuditUnavailable => "audit_unavailable",
             EndReason::FrameTooLarge => "frame_too_large",
             EndReason::InternalError => "internal_error",
+            EndReason::MaskedEffects => "masked_effects",
         }
     }
 }

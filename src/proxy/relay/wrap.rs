@@ -35,6 +35,7 @@ use super::outbox::OutboxError;
 use super::Relay;
 use crate::policy::classify::StatementInfo;
 use crate::proxy::session::Session;
+use crate::proxy::wire::PgError;
 
 /// timebox's `BEGIN` before a wrapped Query.
 pub(crate) fn begin() -> BytesMut {
@@ -59,33 +60,28 @@ fn query(sql: &str) -> BytesMut {
 /// `CREATE DATABASE`, `DISCARD ALL`, …), statements that need the client's own block (`LOCK`,
 /// a `DECLARE` without `HOLD`) and the rest are not wrapped. An empty string runs nothing.
 pub(crate) fn wrappable(statements: &[StatementInfo]) -> bool {
+    // Alone outside a block PostgreSQL refuses these; in a string they run in its implicit block,
+    // as in timebox's.
+    let several = statements.len() > 1;
     !statements.is_empty()
         && statements.iter().all(|s| match s.kind.as_str() {
-            "DECLARE CURSOR" => s.declare_hold,
+            "DECLARE CURSOR" => s.declare_hold || several,
+            "LOCK" => several,
             kind => WRAPPABLE_KINDS.contains(&kind),
         })
 }
 
-/// Whether a Query string has transaction control among other statements (`BEGIN; SELECT …;
-/// COMMIT`): refused to masked roles, since a result refused in it would be committed (or its
-/// block ended) by the same string, before timebox could end its transaction.
-pub(crate) fn mixes_transaction_control(statements: &[StatementInfo]) -> bool {
-    statements.len() > 1 && statements.iter().any(|s| TRANSACTION_KINDS.contains(&s.kind.as_str()))
+/// Whether a Query string commits among other statements (`BEGIN; SELECT …; COMMIT`): refused
+/// to masked roles, since what a refused result's statement did would be committed by the same
+/// string before timebox could end its transaction (a block the string leaves open, or rolls
+/// back, timebox can still fail or leaves rolled back).
+pub(crate) fn commits_among_other_statements(statements: &[StatementInfo]) -> bool {
+    statements.len() > 1 && statements.iter().any(|s| COMMIT_KINDS.contains(&s.kind.as_str()))
 }
 
-const TRANSACTION_KINDS: &[&str] = &[
-    "BEGIN",
-    "START TRANSACTION",
-    "COMMIT",
-    "ROLLBACK",
-    "SAVEPOINT",
-    "RELEASE",
-    "ROLLBACK TO SAVEPOINT",
-    "PREPARE TRANSACTION",
-    "COMMIT PREPARED",
-    "ROLLBACK PREPARED",
-    "TRANSACTION",
-];
+/// Transaction control that makes what ran before it durable (`END` is `COMMIT`; an unknown
+/// transaction statement counts).
+const COMMIT_KINDS: &[&str] = &["COMMIT", "PREPARE TRANSACTION", "COMMIT PREPARED", "TRANSACTION"];
 
 /// Statement kinds ([`StatementInfo::kind`]) that run alike alone and in a block.
 const WRAPPABLE_KINDS: &[&str] = &[
@@ -162,6 +158,10 @@ pub(crate) enum WrapStep {
     Close(BytesMut),
     /// The ReadyForQuery the client gets: handled as usual, and the client's frames go on.
     Done,
+    /// A result was refused for a catalog change, and the transaction it ran in has ended (the
+    /// string rolled it back or committed it) or failed (advisory locks cannot be released in
+    /// it): the session ends, and what the statement left in it goes with its upstream.
+    End,
 }
 
 /// One masked session's wrap of its Queries.
@@ -242,6 +242,10 @@ impl TxWrap {
             (true, b'T' | b'E', _) => (vec!["ROLLBACK"], false),
             (false, b'T', Refused::Changed) => (vec![UNLOCK, FAIL_BLOCK], false),
             (false, b'T', Refused::Judged) => (vec![FAIL_BLOCK], false),
+            (false, _, Refused::Changed) => {
+                self.state = State::Off;
+                return WrapStep::End;
+            }
             // Nothing to end: no block is open, the block already failed, or nothing was refused.
             _ => {
                 self.state = State::Off;
@@ -263,12 +267,21 @@ impl TxWrap {
 impl Session {
     /// The wrap's view of one completed backend frame (roles with masks); `false` when the frame
     /// was dropped and the relay must not handle it further.
-    pub(super) fn wrap_frame(&mut self, r: &mut Relay, (tag, start, end): (u8, u64, u64)) -> Result<bool, OutboxError> {
+    pub(super) fn wrap_frame(
+        &mut self,
+        r: &mut Relay,
+        (tag, start, end): (u8, u64, u64),
+    ) -> Result<bool, OutboxError> {
         let Some(wrap) = r.wrap.as_mut() else {
             return Ok(true);
         };
         let status = if tag == b'Z' {
-            r.bufs.outbox.frame_bytes(start, end)?.get(5).copied().unwrap_or(b'I')
+            r.bufs
+                .outbox
+                .frame_bytes(start, end)?
+                .get(5)
+                .copied()
+                .unwrap_or(b'I')
         } else {
             0
         };
@@ -291,6 +304,17 @@ impl Session {
                 r.resume_client = true;
                 true
             }
+            WrapStep::End => {
+                tracing::info!("a masked result refused for a catalog change outside timebox's transaction: ending the session");
+                r.bufs.outbox.replace_frame(start, end, &[])?;
+                self.sever(
+                    r,
+                    false,
+                    super::EndReason::MaskedEffects,
+                    PgError::masked_effects_kept(),
+                );
+                false
+            }
         })
     }
 }
@@ -305,7 +329,10 @@ mod tests {
     }
 
     fn steps(w: &mut TxWrap, frames: &[(u8, u8)], refused: Refused) -> Vec<WrapStep> {
-        frames.iter().map(|&(tag, status)| w.on_backend(tag, status, refused)).collect()
+        frames
+            .iter()
+            .map(|&(tag, status)| w.on_backend(tag, status, refused))
+            .collect()
     }
 
     fn texts(bytes: &[u8]) -> Vec<String> {
@@ -329,6 +356,8 @@ mod tests {
             "EXPLAIN ANALYZE SELECT 1",
             "SET search_path = public",
             "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "DECLARE c CURSOR FOR SELECT 1; FETCH 2 FROM c",
+            "LOCK TABLE t; SELECT * FROM t",
             "EXECUTE p",
             "FETCH 10 FROM c",
         ] {
@@ -355,12 +384,26 @@ mod tests {
     }
 
     #[test]
-    fn transaction_control_among_other_statements_is_found() {
-        for sql in ["BEGIN; SELECT 1", "SELECT 1; COMMIT", "SELECT 1; ROLLBACK TO SAVEPOINT a", "end; select 1"] {
-            assert!(mixes_transaction_control(&classify(sql).statements), "{sql}");
+    fn a_commit_among_other_statements_is_found() {
+        for sql in [
+            "BEGIN; SELECT 1; COMMIT",
+            "SELECT 1; COMMIT",
+            "select 1; end",
+            "SELECT 1; PREPARE TRANSACTION 'x'",
+        ] {
+            assert!(commits_among_other_statements(&classify(sql).statements), "{sql}");
         }
-        for sql in ["BEGIN", "COMMIT", "SELECT 1; SELECT 2", "SELECT 1"] {
-            assert!(!mixes_transaction_control(&classify(sql).statements), "{sql}");
+        for sql in [
+            "COMMIT",
+            "BEGIN; SELECT 1",
+            "BEGIN; SELECT 1; ROLLBACK",
+            "SELECT 1; SELECT 2",
+            "SELECT 1",
+        ] {
+            assert!(
+                !commits_among_other_statements(&classify(sql).statements),
+                "{sql}"
+            );
         }
     }
 
@@ -393,14 +436,21 @@ mod tests {
         let mut w = TxWrap::default();
         w.forwarded(Mode::Own);
         steps(&mut w, &[(b'C', 0), (b'Z', b'T'), (b'C', 0)], Refused::No);
-        assert!(matches!(w.on_backend(b'Z', b'T', Refused::No), WrapStep::Close(_)));
+        assert!(matches!(
+            w.on_backend(b'Z', b'T', Refused::No),
+            WrapStep::Close(_)
+        ));
         assert_eq!(w.on_backend(b'E', 0, Refused::No), WrapStep::Pass);
         assert_eq!(w.on_backend(b'Z', b'I', Refused::No), WrapStep::Done);
     }
 
     #[test]
     fn a_refused_or_failed_wrapped_query_is_rolled_back() {
-        for (status, refused) in [(b'T', Refused::Judged), (b'E', Refused::No), (b'E', Refused::Judged)] {
+        for (status, refused) in [
+            (b'T', Refused::Judged),
+            (b'E', Refused::No),
+            (b'E', Refused::Judged),
+        ] {
             let mut w = TxWrap::default();
             w.forwarded(Mode::Own);
             steps(&mut w, &[(b'C', 0), (b'Z', b'T'), (b'E', 0)], refused);
@@ -425,7 +475,11 @@ mod tests {
         let WrapStep::Close(sent) = w.on_backend(b'Z', b'T', Refused::Changed) else {
             panic!("closes");
         };
-        assert_eq!(texts(&sent), vec!["ROLLBACK", UNLOCK], "released once the block is gone");
+        assert_eq!(
+            texts(&sent),
+            vec!["ROLLBACK", UNLOCK],
+            "released once the block is gone"
+        );
         let answers = [(b'C', 0), (b'Z', b'I'), (b'T', 0), (b'D', 0), (b'C', 0)];
         assert_eq!(steps(&mut w, &answers, Refused::Changed), vec![WrapStep::Drop; 5]);
         assert_eq!(w.on_backend(b'Z', b'I', Refused::Changed), WrapStep::Done);
@@ -440,7 +494,11 @@ mod tests {
             panic!("fails the block");
         };
         assert_eq!(texts(&sent), vec![FAIL_BLOCK]);
-        assert_eq!(w.on_backend(b'E', 0, Refused::Judged), WrapStep::Drop, "the marker's error");
+        assert_eq!(
+            w.on_backend(b'E', 0, Refused::Judged),
+            WrapStep::Drop,
+            "the marker's error"
+        );
         assert_eq!(w.on_backend(b'Z', b'E', Refused::Judged), WrapStep::Done);
     }
 
@@ -458,8 +516,22 @@ mod tests {
     }
 
     #[test]
+    fn a_change_refused_where_timebox_cannot_end_the_transaction_ends_the_session() {
+        for status in [b'I', b'E'] {
+            let mut w = TxWrap::default();
+            w.forwarded(Mode::Guarded);
+            assert_eq!(w.on_backend(b'Z', status, Refused::Changed), WrapStep::End);
+            assert!(!w.holding());
+        }
+    }
+
+    #[test]
     fn in_the_clients_block_nothing_is_sent_when_nothing_was_refused_or_no_block_is_open() {
-        for (status, refused) in [(b'T', Refused::No), (b'I', Refused::Changed), (b'E', Refused::Changed)] {
+        for (status, refused) in [
+            (b'T', Refused::No),
+            (b'I', Refused::Judged),
+            (b'E', Refused::Judged),
+        ] {
             let mut w = TxWrap::default();
             w.forwarded(Mode::Guarded);
             assert_eq!(w.on_backend(b'Z', status, refused), WrapStep::Done);

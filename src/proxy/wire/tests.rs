@@ -165,6 +165,7 @@ fn condition_constructors_carry_postgresqls_sqlstates() {
         case!(store_unreachable(), "08006", Fatal),
         case!(no_user_name(), "28000", Fatal),
         case!(too_many_clients(1), "53300", Fatal),
+        case!(masked_effects_kept(), "42501", Fatal),
     ];
     for (name, error, code, severity) in cases {
         assert_eq!(error.code, *code, "{name}");
