@@ -157,6 +157,9 @@ pub(crate) struct ResultMask {
     /// Such a result was refused by its second catalog check (code timebox did not judge may have
     /// run), since the last ReadyForQuery.
     changed_before_ready: bool,
+    /// The client got timebox's error in place of a result since the last ReadyForQuery: the rest
+    /// of a Query string is not passed on.
+    error_before_ready: bool,
     /// A snapshot re-read is wanted (a column timebox could not establish).
     pub(crate) wants_refresh: bool,
     /// Masked values sent since last asked (for the metric).
@@ -191,6 +194,7 @@ impl ResultMask {
             query_failed: false,
             refused_before_ready: false,
             changed_before_ready: false,
+            error_before_ready: false,
             wants_refresh: false,
             masked_values: 0,
             sent_rows: 0,
@@ -357,30 +361,6 @@ impl ResultMask {
         self.failing
     }
 
-    fn error(&self, why: &str) -> PgError {
-        PgError::insufficient_privilege(format!(
-            "timebox: the rows of this result were not sent: it has {why}, so timebox cannot establish which of its columns role \"{}\" sees masked",
-            self.role
-        ))
-        .non_fatal()
-        .with_hint("Try again in a moment (timebox re-reads the target's catalog); select masked columns by name from their table, with a RowDescription (Describe) before the rows.")
-    }
-
-    /// The rows of an extended-protocol FETCH or EXECUTE.
-    fn runtime_error(&self) -> PgError {
-        let column = self
-            .entry
-            .current()
-            .and_then(|s| s.rules.first().map(|r| r.qualified()))
-            .unwrap_or_else(|| "a masked column".to_owned());
-        PgError::insufficient_privilege(format!(
-            "timebox: role \"{}\" masks columns (such as {column}), and the rows of a FETCH or EXECUTE sent in the extended protocol were not sent: which columns they have is decided when it runs, after any Describe",
-            self.role
-        ))
-        .non_fatal()
-        .with_hint("Send FETCH and EXECUTE as a simple Query (its RowDescription comes with the rows), or select the columns directly.")
-    }
-
     /// Layouts stored before the snapshot `current` was read are stale (s6: a view replaced
     /// outside timebox is seen by the new snapshot only).
     fn follow_snapshot(&mut self, current: Option<Arc<MaskSnapshot>>) {
@@ -437,13 +417,21 @@ impl ResultMask {
         // Only the frame right after the second check carries its verdict.
         let changed = self.changed_while_running();
         self.changed_before_ready |= changed.is_some();
+        if self.error_before_ready && tag != b'Z' && matches!(self.pending.front(), Some(Expect::Query(..))) {
+            // The client has the error that ended its Query string (as after any error in one);
+            // PostgreSQL ran on, and nothing more of the string is the client's (s9).
+            self.on_skipped(tag);
+            return MaskStep::Drop;
+        }
         let step = self.judge_backend(tag, frame, changed);
         if matches!(step, MaskStep::Fail(_)) || self.refuse_error.is_some() || self.failing {
             self.refused_before_ready = true;
         }
+        self.error_before_ready |= matches!(step, MaskStep::Fail(_));
         if tag == b'Z' {
             self.refused_before_ready = false;
             self.changed_before_ready = false;
+            self.error_before_ready = false;
         }
         step
     }
@@ -485,6 +473,11 @@ impl ResultMask {
                 self.track(tag, frame.get(5).copied(), changed);
                 match refused {
                     Some(why) if tag == b'E' && !failing => MaskStep::Fail(self.error(why)),
+                    // A statement without rows ran on a changed catalog (s9): the client is told
+                    // it failed (its transaction is ended upstream, see `wrap`).
+                    Some(_) if tag == b'C' && changed.is_some() && !failing => {
+                        MaskStep::Fail(self.changed_error())
+                    }
                     // The client has timebox's error for this result already.
                     Some(_) if tag == b'E' => MaskStep::Drop,
                     // A notice of a refused result (code a replaced object runs may quote
@@ -772,6 +765,9 @@ use frames::{cstr, reshapes_names, result_formats, shaped_at_run_time};
 
 #[path = "mask_recheck.rs"]
 mod recheck;
+
+#[path = "mask_errors.rs"]
+mod errors;
 pub(crate) use recheck::confirming_result;
 use recheck::{column_verdict, CheckedWith, Rechecked};
 

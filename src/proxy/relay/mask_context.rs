@@ -172,6 +172,9 @@ const READS: [&str; 4] = ["SELECT", "VALUES", "SHOW", "EXPLAIN"];
 /// (`BEGIN; DECLARE …; FETCH …; COMMIT`) is refused before it runs. Returns the kinds of the two
 /// statements. Not seen: such a string's BEGIN inside a transaction block opened by an earlier
 /// query (PostgreSQL warns and ignores it), whose COMMIT then keeps that block's earlier work.
+/// (Since s9 the interceptor refuses every string that commits among other statements,
+/// `relay::wrap::commits_among_other_statements`: the COMMIT would make a refused statement's
+/// effects durable.)
 pub(crate) fn runs_on_after_rows<'c>(
     sql: &str,
     classification: &'c Classification,

@@ -67,12 +67,17 @@ pub(super) enum Rechecked {
 impl ResultMask {
     /// Whether the backend frame `tag` begins a result whose statement holds its locks now: a
     /// simple Query's RowDescription, or an extended-protocol BindComplete (s7, F4); or is an
-    /// ErrorResponse or NoticeResponse of a statement (s8). Its catalog snapshot is confirmed
+    /// ErrorResponse or NoticeResponse of a statement (s8), or the CommandComplete of a Query's
+    /// statement that had no RowDescription (s9). Its catalog snapshot is confirmed
     /// again before it is judged ([`ResultMask::after_confirm`]).
     pub(crate) fn confirms_at(&self, tag: u8) -> bool {
         let front = self.pending.front();
         tag == b'2'
             || (tag == b'T' && matches!(front, Some(Expect::Query(..))))
+            // A statement of a Query that returned no rows (DML, DECLARE, CREATE TABLE AS, …)
+            // ran on what it locked too; a cursor WITH HOLD is filled at COMMIT by the plan it
+            // made then (s9: its code's effects would be committed with it).
+            || (tag == b'C' && matches!(front, Some(Expect::Query(..))) && self.current.is_none() && !self.failing)
             // An error or notice raised while the statement was planned — after it waited for
             // its locks — or ran (s8 re-attack: a replaced view's function raised the values).
             || (matches!(tag, b'E' | b'N')
