@@ -10,7 +10,7 @@
 mod common;
 
 use bytes::BytesMut;
-use common::cluster::{unique_name, READ_PASSWORD, READ_USER};
+use common::cluster::{unique_name, READ_PASSWORD, READ_USER, WRITE_PASSWORD, WRITE_USER};
 use common::frames::{
     answer, bind, describe, exchange, exchange_to_close, execute, parse, query, send, sync,
 };
@@ -832,4 +832,49 @@ async fn a_pipelined_parse_and_bind_across_a_lock_is_refused() {
     let _ = inst.shutdown().await;
     eprintln!("{out}");
     assert!(!leaked(&out) && out.contains("42501"), "{out}");
+}
+
+/// s9: a masked role's `COPY … FROM STDIN` outside a block runs in timebox's transaction: the
+/// client's data (sent at once, with the Query) goes on while timebox holds the rest of the
+/// session's frames, and the rows are committed at its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_from_stdin_of_a_masked_role_runs_and_commits() {
+    let _catalog = common::masking::catalog_lock().read().await;
+    let t = unique_name("s9w_copy_t");
+    admin_psql(format!(
+        "CREATE TABLE public.{t} (id int, secret text); GRANT SELECT, INSERT ON public.{t} TO {WRITE_USER};"
+    ))
+    .await;
+    let role = format!(
+        "\n[roles.s9w]\nallow = [\"read\", \"write\"]\nmax_ttl = \"1h\"\nmask = {{ \"public.{t}.secret\" = \"redact\" }}\n\
+         [targets.shop.credentials.s9w]\nuser = \"{WRITE_USER}\"\npassword = \"{WRITE_PASSWORD}\"\n"
+    );
+    let inst = start_over(&[], role).await;
+    let (_, token) = inst.grant("alice", "s9w", "10m").await;
+    let (mut s, mut buf) = common::raw::login(inst.proxy_addr, "alice", &token).await;
+    let copied = exchange(
+        &mut s,
+        &mut buf,
+        &[
+            query(&format!("COPY public.{t} (id, secret) FROM STDIN")),
+            common::frames::msg(b'd', b"1\tcopied-secret\n"),
+            common::frames::msg(b'c', b""),
+        ],
+    )
+    .await;
+    let read = exchange(
+        &mut s,
+        &mut buf,
+        &[query(&format!("SELECT id, secret FROM public.{t}"))],
+    )
+    .await;
+    let _ = inst.shutdown().await;
+    assert!(
+        copied.contains("G:") && copied.contains("C:COPY 1") && copied.ends_with("Z:I "),
+        "{copied}"
+    );
+    assert!(
+        read.contains("***") && !read.contains("copied-secret"),
+        "committed and masked: {read}"
+    );
 }

@@ -20,6 +20,7 @@
 
 pub mod catalog;
 pub mod freshness;
+pub mod pins;
 
 use std::fmt;
 use std::str::FromStr;

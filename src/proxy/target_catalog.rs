@@ -43,6 +43,8 @@ pub enum CatalogError {
     Protocol(&'static str),
     #[error("reading the catalog took longer than {0:?}")]
     Timeout(Duration),
+    #[error("reading the masked columns' identities from the store: {0}")]
+    Store(#[source] crate::store::StoreError),
 }
 
 /// Catalog reads by (target name, server version), each done once.
@@ -258,6 +260,40 @@ pub struct MaskSource {
     pub credential: Credential,
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub rules: Vec<MaskRule>,
+    /// Where the masked columns' identities outlive a restart (`masking::pins`): the store and
+    /// this (target, role)'s key.
+    pub pin_store: Option<(crate::store::Store, String)>,
+}
+
+impl MaskSource {
+    /// The pins the last read stored (the first read of a run starts from them, s9). A store that
+    /// keeps none, or bytes that are not pins (logged), give none; a store that cannot be read is
+    /// an error (the read is refused, and tried again by the next statement).
+    async fn stored_pins(&self) -> Result<Vec<(usize, u32, i16)>, CatalogError> {
+        let Some((store, key)) = &self.pin_store else {
+            return Ok(Vec::new());
+        };
+        let bytes = match store.meta_value(key.clone()).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) | Err(crate::store::StoreError::Unsupported(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(CatalogError::Store(e)),
+        };
+        Ok(crate::masking::pins::decode(&self.rules, &bytes).unwrap_or_else(|e| {
+            tracing::error!(%key, error = %e, "stored masking pins are unreadable; masked columns are matched by name until the next read stores them again");
+            Vec::new()
+        }))
+    }
+
+    /// Stores `pins` for the next run; a failure is logged (this run follows them in memory).
+    async fn store_pins(&self, pins: &[(usize, u32, i16)]) {
+        let Some((store, key)) = &self.pin_store else {
+            return;
+        };
+        let bytes = crate::masking::pins::encode(&self.rules, pins);
+        if let Err(e) = store.set_meta_value(key.clone(), bytes).await {
+            tracing::warn!(%key, error = %e, "could not store the masked columns' identities; a table renamed while timebox is down may be matched by name only after a restart");
+        }
+    }
 }
 
 impl MaskCatalogs {
@@ -395,10 +431,17 @@ impl MaskEntry {
                 }
             }
         }
-        // The masked columns of the previous read are followed by identity (renames, SET SCHEMA).
-        let pins = self.current().map(|s| s.pins.clone()).unwrap_or_default();
+        // The masked columns of the previous read are followed by identity (renames, SET SCHEMA);
+        // the first read of a run starts from those the last run stored (s9).
+        let pins = match self.current() {
+            Some(s) => s.pins.clone(),
+            None => source.stored_pins().await?,
+        };
         let sets = conn.query(&mask_read_query(&source.rules, &pins)).await?;
         let (snapshot, names) = snapshot_from_sets(&source.rules, sets)?;
+        if snapshot.pins != pins {
+            source.store_pins(&snapshot.pins).await;
+        }
         tracing::info!(target = %source.target.name, columns = snapshot.rules.len(), views = snapshot.views.len(), "read the target's masked columns");
         let unmatched: Vec<String> = snapshot.unmatched_rules().map(|r| r.qualified()).collect();
         if !unmatched.is_empty() {

@@ -341,6 +341,14 @@ pub trait GrantStore: Send + Sync + std::fmt::Debug + 'static {
         }
         self.insert_grant(grant, verifier)
     }
+    /// A value timebox keeps for itself under `key` (the `meta` table), if any.
+    fn meta_value(&self, _key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Err(StoreError::Unsupported("meta values"))
+    }
+    /// Sets (or replaces) the value under `key`.
+    fn set_meta_value(&self, _key: &str, _value: &[u8]) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported("meta values"))
+    }
     /// Which of `ids` are break-glass grants.
     fn break_glass_ids(&self, _ids: &[String]) -> Result<std::collections::HashSet<String>, StoreError> {
         Err(StoreError::Unsupported("break-glass grants"))
@@ -610,6 +618,17 @@ impl Store {
             |s| s.insert_grant_flagged(&grant, &verifier, break_glass),
             |pg| pg.insert_grant(&grant, &verifier, break_glass)
         )
+    }
+
+    /// A value timebox keeps for itself under `key` (for example the masked columns' identities,
+    /// `masking::pins`), shared by every instance of a fleet.
+    pub async fn meta_value(&self, key: String) -> Result<Option<Vec<u8>>, StoreError> {
+        dispatch!(self, |s| s.meta_value(&key), |pg| pg.meta_value(&key))
+    }
+
+    pub async fn set_meta_value(&self, key: String, value: Vec<u8>) -> Result<(), StoreError> {
+        dispatch!(self, |s| s.set_meta_value(&key, &value), |pg| pg
+            .set_meta_value(&key, &value))
     }
 
     pub async fn break_glass_ids(

@@ -641,6 +641,22 @@ impl GrantStore for SqliteStore {
         Ok(grant)
     }
 
+    fn meta_value(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn set_meta_value(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            rusqlite::params![key, value],
+        )?;
+        Ok(())
+    }
+
     fn installation_secret(&self) -> Result<[u8; 32], StoreError> {
         let conn = self.conn();
         let existing: Option<Vec<u8>> = conn

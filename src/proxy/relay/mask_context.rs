@@ -228,6 +228,10 @@ pub async fn prefetch_masks(ctx: Arc<ProxyContext>) {
                 credential: credential.clone(),
                 tls: ctx.proxy.upstream_tls.get(&target.name).cloned().flatten(),
                 rules: masking.columns.clone(),
+                pin_store: Some((
+                    ctx.grants.store().clone(),
+                    crate::masking::pins::key(&target.name, role),
+                )),
             };
             ctx.proxy
                 .mask_catalogs
@@ -253,6 +257,10 @@ pub async fn session_masking(
         credential: credential.clone(),
         tls: ctx.proxy.upstream_tls.get(&target.name).cloned().flatten(),
         rules: masking.columns.clone(),
+        pin_store: Some((
+            ctx.grants.store().clone(),
+            crate::masking::pins::key(&target.name, role),
+        )),
     };
     let entry = ctx
         .proxy

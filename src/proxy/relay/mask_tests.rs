@@ -138,6 +138,7 @@ fn rows_whose_columns_cannot_be_established_are_never_forwarded() {
     assert_eq!(m.on_backend(b'D', &data_row(&[b"y"])), MaskStep::Drop);
     assert_eq!(m.on_backend(b'C', &frame(b'C', b"SELECT 2\0")), MaskStep::Drop);
     assert!(m.wants_refresh);
+    m.on_backend(b'Z', &frame(b'Z', b"I"));
     // A computed column of a masked table (attnum 0).
     sent(&mut m, b'Q', b"SELECT ...\0");
     m.on_backend(b'T', &row_description(&[("c", CUSTOMERS, 0, 25)]));

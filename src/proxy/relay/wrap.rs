@@ -170,13 +170,16 @@ pub(crate) struct TxWrap {
     state: State,
     /// A Query waits for the answers to what was sent before it.
     waiting_idle: bool,
+    /// The wrapped Query is a `COPY … FROM STDIN`: the server waits for the client's data, so the
+    /// client's frames go on (a Query after them waits for the answers before it).
+    copy_in: bool,
 }
 
 impl TxWrap {
     /// True while the client's frames wait (a wrapped Query is not over, or a Query waits for
     /// the answers before it).
     pub(crate) fn holding(&self) -> bool {
-        self.waiting_idle || self.state != State::Off
+        self.waiting_idle || (self.state != State::Off && !self.copy_in)
     }
 
     /// A Query is next and frames sent before it are not answered yet: it waits.
@@ -211,8 +214,17 @@ impl TxWrap {
                 // block) are timebox's.
                 WrapStep::Drop
             }
-            State::Running { own } if tag == b'Z' => self.close(own, status, refused),
-            State::Running { .. } => WrapStep::Pass,
+            State::Running { own } if tag == b'Z' => {
+                self.copy_in = false;
+                self.close(own, status, refused)
+            }
+            State::Running { .. } => {
+                // CopyInResponse, CopyBothResponse: the server waits for the client's data.
+                if matches!(tag, b'G' | b'W') {
+                    self.copy_in = true;
+                }
+                WrapStep::Pass
+            }
             State::Closing { left, forward_errors } => match tag {
                 b'Z' if left <= 1 => {
                     self.state = State::Off;
@@ -287,7 +299,13 @@ impl Session {
         };
         let refused = r.mask.as_ref().map_or(Refused::No, |m| m.refused_since_ready());
         Ok(match wrap.on_backend(tag, status, refused) {
-            WrapStep::Pass => true,
+            WrapStep::Pass => {
+                if !wrap.holding() {
+                    // A COPY FROM STDIN began: the client's data, already read, goes on.
+                    r.resume_client = true;
+                }
+                true
+            }
             WrapStep::Drop => {
                 r.bufs.outbox.replace_frame(start, end, &[])?;
                 false
@@ -537,6 +555,25 @@ mod tests {
             assert_eq!(w.on_backend(b'Z', status, refused), WrapStep::Done);
             assert!(!w.holding());
         }
+    }
+
+    #[test]
+    fn the_clients_copy_data_goes_on_while_a_wrapped_copy_from_stdin_runs() {
+        let mut w = TxWrap::default();
+        w.forwarded(Mode::Own);
+        steps(&mut w, &[(b'C', 0), (b'Z', b'T')], Refused::No);
+        assert!(w.holding());
+        assert_eq!(w.on_backend(b'G', 0, Refused::No), WrapStep::Pass);
+        assert!(!w.holding(), "CopyData, CopyDone go upstream");
+        assert_eq!(w.on_backend(b'C', 0, Refused::No), WrapStep::Pass);
+        let WrapStep::Close(sent) = w.on_backend(b'Z', b'T', Refused::No) else {
+            panic!("commits");
+        };
+        assert_eq!(texts(&sent), vec!["COMMIT"]);
+        assert!(w.holding(), "the next frames wait for the COMMIT");
+        assert_eq!(w.on_backend(b'C', 0, Refused::No), WrapStep::Drop);
+        assert_eq!(w.on_backend(b'Z', b'I', Refused::No), WrapStep::Done);
+        assert!(!w.holding());
     }
 
     #[test]

@@ -391,6 +391,25 @@ impl PgStore {
             .map_err(|_| StoreError::Corrupt("installation_secret is not 32 bytes".into()))
     }
 
+    pub async fn meta_value(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt("SELECT value FROM timebox.meta WHERE key = $1", &[&key])
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    pub async fn set_meta_value(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO timebox.meta (key, value) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&key, &value],
+        )
+        .await?;
+        Ok(())
+    }
+
     pub async fn break_glass_ids(&self, ids: &[String]) -> Result<HashSet<String>, StoreError> {
         let c = self.client().await?;
         let rows = c
