@@ -491,14 +491,10 @@ impl Interceptor {
     ) -> FrontendAction {
         let mut pre = precheck.unwrap_or_else(|| self.prechecker().precheck(tag, frame));
         let (classification, class, mut denial) = self.judge(&mut pre);
-        if denial.is_none()
-            && self.masking.is_some()
-            && super::relay::wrap::commits_among_other_statements(&classification.statements)
-        {
-            denial = Some(self.denial(
-                "for roles with masks, COMMIT must be a Query of its own (a string's own COMMIT would make durable what a statement whose result timebox refuses did)",
-                "Send COMMIT as a statement of its own, or end the string with ROLLBACK.",
-            ));
+        if denial.is_none() && self.masking.is_some() {
+            if let Some((message, hint)) = super::relay::wrap::string_refusal(&classification.statements) {
+                denial = Some(self.denial(&message, hint));
+            }
         }
         let rewritten = self.tag_application_name(&classification, &mut denial);
         *checked = Some(Checked {
@@ -700,7 +696,15 @@ impl Interceptor {
             // Answered like a Query (its ReadyForQuery ends it).
             self.mask_judged.query_sent(Vec::new());
         }
-        if self.skip_policy.is_some() || self.policy.allows(StatementClass::Admin) {
+        if self.masking.is_some() {
+            // s9 attack: the fast path calls any function by OID (`query_to_xml` runs any query),
+            // and its answer is not a row timebox masks: hidden code, refused like DO and CALL.
+            let e = self.denial(
+                "FunctionCall messages (the fast-path function interface) are not allowed for roles with masks",
+                "Call functions with SELECT instead.",
+            );
+            self.deny_with_query_marker(e)
+        } else if self.skip_policy.is_some() || self.policy.allows(StatementClass::Admin) {
             FrontendAction::Forward
         } else {
             let e = self.denial(

@@ -130,3 +130,27 @@ pub async fn exchange_to_close(s: &mut TcpStream, buf: &mut BytesMut, frames: &[
         }
     }
 }
+
+/// Sends frames, reads up to the next ReadyForQuery or until the server closes the connection
+/// (a session timebox ends); a printable summary of the answer.
+pub async fn exchange_or_close(s: &mut TcpStream, buf: &mut BytesMut, frames: &[BytesMut]) -> String {
+    send(s, frames).await;
+    let mut answer = Vec::new();
+    loop {
+        while buf.len() >= 5 {
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if buf.len() < 1 + len {
+                break;
+            }
+            let frame = buf.split_to(1 + len);
+            answer.extend_from_slice(&frame);
+            if frame[0] == b'Z' {
+                return summary(&answer);
+            }
+        }
+        let read = tokio::time::timeout(ANSWER_TIMEOUT, s.read_buf(buf)).await;
+        if read.expect("an answer").unwrap_or(0) == 0 {
+            return summary(&answer);
+        }
+    }
+}

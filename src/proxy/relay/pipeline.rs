@@ -27,8 +27,10 @@
 use bytes::BytesMut;
 
 use super::outbox::OutboxError;
+use super::wrap::Refused;
 use super::Relay;
 use crate::proxy::session::Session;
+use crate::proxy::wire::PgError;
 
 /// Flush: the backend sends what it has without waiting for a Sync; it has no reply.
 pub(crate) const FLUSH: [u8; 5] = [b'H', 0, 0, 0, 4];
@@ -165,8 +167,10 @@ impl Session {
         let Some(hold) = r.batch.as_mut() else {
             return Ok(true);
         };
-        let refused =
-            r.mask.as_ref().is_some_and(|m| m.failing()) || r.quota.as_ref().is_some_and(|q| q.running());
+        // Any refusal since the batch began (s9 attack: a portal refused at its BindComplete that
+        // returns no rows never fails a row, and its Sync committed what its code did).
+        let refusal = r.mask.as_ref().map_or(Refused::No, |m| m.refused_since_ready());
+        let refused = refusal != Refused::No || r.quota.as_ref().is_some_and(|q| q.running());
         Ok(match hold.on_backend(tag, refused) {
             HoldStep::Pass => true,
             HoldStep::DropMarkerError => {
@@ -181,6 +185,18 @@ impl Session {
                 if abort {
                     tracing::debug!("a refused result: the rest of its batch is failed upstream");
                     r.bufs.to_upstream.extend_from_slice(&abort_marker());
+                }
+                if abort && refusal == Refused::Changed {
+                    // Code timebox did not judge may have run: the batch rolls back, but what
+                    // lives outside transactions (advisory locks, prepared statements) would stay
+                    // in the session (s9 attack): it ends, and its upstream with it.
+                    self.sever(
+                        r,
+                        false,
+                        super::EndReason::MaskedEffects,
+                        PgError::masked_effects_kept(),
+                    );
+                    return Ok(true);
                 }
                 r.resume_client = true;
                 true

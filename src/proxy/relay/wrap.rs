@@ -19,8 +19,10 @@
 //!   fails the block upstream (as any error fails a block: `25P02` for what follows, undone by
 //!   the client's `ROLLBACK`), and the client's ReadyForQuery says `E`.
 //! - After a result refused because the catalog changed while it ran (code timebox did not judge
-//!   may have run), the session's advisory locks are released first: they are not
-//!   transactional, and `pg_locks` shows their keys to any session.
+//!   may have run), the session's advisory locks are released and its prepared statements
+//!   deallocated (cursors closed): they are not transactional, and `pg_locks` and
+//!   `pg_prepared_statements` show them; such code may also have replaced a prepared statement
+//!   timebox judged. If one of these fails, the session ends.
 //!
 //! What it does not undo: effects outside any transaction — statistics counters, sequence values,
 //! the time taken — a covert channel open only to code a concurrent catalog change runs.
@@ -45,6 +47,12 @@ pub(crate) fn begin() -> BytesMut {
 /// Releases the session's advisory locks (after code timebox did not judge ran).
 const UNLOCK: &str = "SELECT pg_catalog.pg_advisory_unlock_all()";
 
+/// Drops every prepared statement of the session, and closes its cursors (`WITH HOLD` ones are
+/// all that is left after a rollback): code timebox did not judge may have prepared or replaced
+/// one (`EXECUTE format('PREPARE …')`, s9 attack), which timebox's records would not show.
+const DEALLOCATE: &str = "DEALLOCATE ALL";
+const CLOSE: &str = "CLOSE ALL";
+
 /// Not SQL: the Query fails with a syntax error before anything runs, which fails an open block.
 const FAIL_BLOCK: &str = "timebox_refused_a_result_in_this_transaction_block";
 
@@ -60,28 +68,77 @@ fn query(sql: &str) -> BytesMut {
 /// `CREATE DATABASE`, `DISCARD ALL`, …), statements that need the client's own block (`LOCK`,
 /// a `DECLARE` without `HOLD`) and the rest are not wrapped. An empty string runs nothing.
 pub(crate) fn wrappable(statements: &[StatementInfo]) -> bool {
-    // Alone outside a block PostgreSQL refuses these; in a string they run in its implicit block,
-    // as in timebox's.
     let several = statements.len() > 1;
-    !statements.is_empty()
-        && statements.iter().all(|s| match s.kind.as_str() {
-            "DECLARE CURSOR" => s.declare_hold || several,
-            "LOCK" => several,
-            kind => WRAPPABLE_KINDS.contains(&kind),
-        })
+    !statements.is_empty() && statements.iter().all(|s| wrappable_kind(s, several))
 }
 
-/// Whether a Query string commits among other statements (`BEGIN; SELECT …; COMMIT`): refused
-/// to masked roles, since what a refused result's statement did would be committed by the same
-/// string before timebox could end its transaction (a block the string leaves open, or rolls
-/// back, timebox can still fail or leaves rolled back).
-pub(crate) fn commits_among_other_statements(statements: &[StatementInfo]) -> bool {
-    statements.len() > 1 && statements.iter().any(|s| COMMIT_KINDS.contains(&s.kind.as_str()))
+/// Whether a statement runs alike alone and in timebox's block (`several`: among others in a
+/// string, where PostgreSQL runs it in the string's implicit block).
+fn wrappable_kind(s: &StatementInfo, several: bool) -> bool {
+    match s.kind.as_str() {
+        // Alone outside a block PostgreSQL refuses these; in a string they run in its implicit
+        // block, as in timebox's.
+        "DECLARE CURSOR" => s.declare_hold || several,
+        "LOCK" => several,
+        kind => WRAPPABLE_KINDS.contains(&kind),
+    }
+}
+
+/// Why a masked role's Query string of several statements is refused, if it is (s9). Everything a
+/// string runs must end up in a transaction timebox can still end after a refused result:
+/// - a `COMMIT` (or `END`, `PREPARE TRANSACTION`) in it would make a refused statement's effects
+///   durable before timebox could act;
+/// - other transaction control may only open the string (`BEGIN`) or close it (`ROLLBACK`): a
+///   `ROLLBACK`, `SAVEPOINT` or `RELEASE` in its middle leaves the statements after it outside
+///   the block (each commits on its own, s9 attack);
+/// - a statement timebox does not run in its own block (`DISCARD`, `SET TRANSACTION`, DDL
+///   PostgreSQL refuses in a block, …) must come alone, so the string is never left unwrapped.
+pub(crate) fn string_refusal(statements: &[StatementInfo]) -> Option<(String, &'static str)> {
+    if statements.len() < 2 {
+        return None;
+    }
+    let last = statements.len() - 1;
+    for (i, s) in statements.iter().enumerate() {
+        let kind = s.kind.as_str();
+        if COMMIT_KINDS.contains(&kind) {
+            return Some((
+                format!("for roles with masks, {kind} must be a Query of its own (in a string it would make durable what a statement whose result timebox refuses did)"),
+                "Send COMMIT as a statement of its own, or end the string with ROLLBACK.",
+            ));
+        }
+        if TRANSACTION_KINDS.contains(&kind) {
+            let opens = i == 0 && matches!(kind, "BEGIN" | "START TRANSACTION");
+            let closes = i == last && kind == "ROLLBACK";
+            if !(opens || closes) {
+                return Some((
+                    format!("for roles with masks, a Query string may open with BEGIN and end with ROLLBACK, but {kind} must be a Query of its own"),
+                    "Send the transaction control as statements of their own.",
+                ));
+            }
+        } else if !wrappable_kind(s, true) {
+            return Some((
+                format!("for roles with masks, {kind} must be a Query of its own (timebox cannot run it in the transaction it ends when a result is refused)"),
+                "Send it alone, without other statements in the string.",
+            ));
+        }
+    }
+    None
 }
 
 /// Transaction control that makes what ran before it durable (`END` is `COMMIT`; an unknown
 /// transaction statement counts).
 const COMMIT_KINDS: &[&str] = &["COMMIT", "PREPARE TRANSACTION", "COMMIT PREPARED", "TRANSACTION"];
+
+/// The other transaction control.
+const TRANSACTION_KINDS: &[&str] = &[
+    "BEGIN",
+    "START TRANSACTION",
+    "ROLLBACK",
+    "SAVEPOINT",
+    "RELEASE",
+    "ROLLBACK TO SAVEPOINT",
+    "ROLLBACK PREPARED",
+];
 
 /// Statement kinds ([`StatementInfo::kind`]) that run alike alone and in a block.
 const WRAPPABLE_KINDS: &[&str] = &[
@@ -141,9 +198,16 @@ enum State {
     /// The client's Query runs (`own`: in timebox's block).
     Running { own: bool },
     /// timebox's closing Queries were sent: `left` ReadyForQuery frames of theirs are still to
-    /// come, the last of which the client gets; `forward_errors`: a `COMMIT`'s error is the
-    /// client's.
-    Closing { left: u8, forward_errors: bool },
+    /// come, the last of which the client gets; `commit`: it is a `COMMIT`, whose error (and
+    /// settings and notifications) are the client's; `fails_last`: the last one fails the
+    /// client's block (its error is expected); `failed`: one of the others failed (the session
+    /// then ends: what it was to undo may still be there).
+    Closing {
+        left: u8,
+        commit: bool,
+        fails_last: bool,
+        failed: bool,
+    },
 }
 
 /// What the relay does with one backend frame, as far as the wrap goes.
@@ -225,20 +289,42 @@ impl TxWrap {
                 }
                 WrapStep::Pass
             }
-            State::Closing { left, forward_errors } => match tag {
+            State::Closing {
+                left,
+                commit,
+                fails_last,
+                failed,
+            } => match tag {
                 b'Z' if left <= 1 => {
                     self.state = State::Off;
-                    WrapStep::Done
+                    if failed {
+                        WrapStep::End
+                    } else {
+                        WrapStep::Done
+                    }
                 }
                 b'Z' => {
                     self.state = State::Closing {
                         left: left - 1,
-                        forward_errors,
+                        commit,
+                        fails_last,
+                        failed,
                     };
                     WrapStep::Drop
                 }
-                // A COMMIT's error, and notifications delivered at it, are the client's.
-                b'E' | b'A' | b'N' if forward_errors => WrapStep::Pass,
+                // A COMMIT's error, settings it reports (seen by the relay's lexing watch) and
+                // notifications delivered at it are the client's.
+                b'E' | b'A' | b'N' | b'S' if commit => WrapStep::Pass,
+                b'E' if !(left == 1 && fails_last) => {
+                    // A release timebox sent failed (s9 attack: EXECUTE on it revoked).
+                    self.state = State::Closing {
+                        left,
+                        commit,
+                        fails_last,
+                        failed: true,
+                    };
+                    WrapStep::Drop
+                }
                 _ => WrapStep::Drop,
             },
         }
@@ -246,14 +332,14 @@ impl TxWrap {
 
     /// The client's Query ended with ReadyForQuery `status`: how its transaction ends.
     fn close(&mut self, own: bool, status: u8, refused: Refused) -> WrapStep {
-        let unlock = refused == Refused::Changed;
-        let (sent, forward_errors): (Vec<&str>, bool) = match (own, status, refused) {
-            (true, b'T', Refused::No) => (vec!["COMMIT"], true),
+        let changed = refused == Refused::Changed;
+        let sent: Vec<&str> = match (own, status, refused) {
+            (true, b'T', Refused::No) => vec!["COMMIT"],
             // Released once the block is gone (a failed block runs nothing).
-            (true, b'T' | b'E', _) if unlock => (vec!["ROLLBACK", UNLOCK], false),
-            (true, b'T' | b'E', _) => (vec!["ROLLBACK"], false),
-            (false, b'T', Refused::Changed) => (vec![UNLOCK, FAIL_BLOCK], false),
-            (false, b'T', Refused::Judged) => (vec![FAIL_BLOCK], false),
+            (true, b'T' | b'E', _) if changed => vec!["ROLLBACK", UNLOCK, DEALLOCATE, CLOSE],
+            (true, b'T' | b'E', _) => vec!["ROLLBACK"],
+            (false, b'T', Refused::Changed) => vec![UNLOCK, DEALLOCATE, FAIL_BLOCK],
+            (false, b'T', Refused::Judged) => vec![FAIL_BLOCK],
             (false, _, Refused::Changed) => {
                 self.state = State::Off;
                 return WrapStep::End;
@@ -270,7 +356,9 @@ impl TxWrap {
         }
         self.state = State::Closing {
             left: sent.len() as u8,
-            forward_errors,
+            commit: sent == ["COMMIT"],
+            fails_last: sent.last() == Some(&FAIL_BLOCK),
+            failed: false,
         };
         WrapStep::Close(out)
     }
@@ -402,26 +490,38 @@ mod tests {
     }
 
     #[test]
-    fn a_commit_among_other_statements_is_found() {
-        for sql in [
-            "BEGIN; SELECT 1; COMMIT",
-            "SELECT 1; COMMIT",
-            "select 1; end",
-            "SELECT 1; PREPARE TRANSACTION 'x'",
+    fn strings_that_would_run_outside_timebox_s_transaction_are_refused() {
+        let refused = |sql: &str| string_refusal(&classify(sql).statements).map(|(m, _)| m);
+        for (sql, says) in [
+            ("BEGIN; SELECT 1; COMMIT", "COMMIT must be a Query of its own"),
+            ("SELECT 1; COMMIT", "COMMIT must be"),
+            ("select 1; end", "COMMIT must be"),
+            ("SELECT 1; PREPARE TRANSACTION 'x'", "PREPARE TRANSACTION must be"),
+            ("ROLLBACK; SELECT 1", "ROLLBACK must be a Query of its own"),
+            ("BEGIN; SELECT 1; ROLLBACK; SELECT 2", "ROLLBACK must be"),
+            ("SELECT 1; BEGIN", "BEGIN must be"),
+            ("BEGIN; SAVEPOINT a; SELECT 1", "SAVEPOINT must be"),
+            ("DISCARD PLANS; SELECT 1", "DISCARD must be a Query of its own"),
+            (
+                "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; SELECT 1",
+                "SET TRANSACTION must be",
+            ),
+            ("VACUUM t; SELECT 1", "VACUUM must be"),
         ] {
-            assert!(commits_among_other_statements(&classify(sql).statements), "{sql}");
+            let got = refused(sql);
+            assert!(got.as_deref().is_some_and(|m| m.contains(says)), "{sql}: {got:?}");
         }
         for sql in [
             "COMMIT",
+            "DISCARD PLANS",
+            "SELECT 1",
             "BEGIN; SELECT 1",
             "BEGIN; SELECT 1; ROLLBACK",
+            "START TRANSACTION; DECLARE c CURSOR FOR SELECT 1; FETCH 2 FROM c",
             "SELECT 1; SELECT 2",
-            "SELECT 1",
+            "LOCK TABLE t; SELECT * FROM t",
         ] {
-            assert!(
-                !commits_among_other_statements(&classify(sql).statements),
-                "{sql}"
-            );
+            assert_eq!(refused(sql), None, "{sql}");
         }
     }
 
@@ -486,20 +586,26 @@ mod tests {
     }
 
     #[test]
-    fn after_a_change_the_advisory_locks_go_before_the_rollback() {
+    fn after_a_change_locks_and_prepared_statements_go_once_the_block_is_rolled_back() {
         let mut w = TxWrap::default();
         w.forwarded(Mode::Own);
         steps(&mut w, &[(b'C', 0), (b'Z', b'T')], Refused::No);
         let WrapStep::Close(sent) = w.on_backend(b'Z', b'T', Refused::Changed) else {
             panic!("closes");
         };
-        assert_eq!(
-            texts(&sent),
-            vec!["ROLLBACK", UNLOCK],
-            "released once the block is gone"
-        );
-        let answers = [(b'C', 0), (b'Z', b'I'), (b'T', 0), (b'D', 0), (b'C', 0)];
-        assert_eq!(steps(&mut w, &answers, Refused::Changed), vec![WrapStep::Drop; 5]);
+        assert_eq!(texts(&sent), vec!["ROLLBACK", UNLOCK, DEALLOCATE, CLOSE]);
+        let answers = [
+            (b'C', 0),
+            (b'Z', b'I'),
+            (b'T', 0),
+            (b'D', 0),
+            (b'C', 0),
+            (b'Z', b'I'),
+            (b'C', 0),
+            (b'Z', b'I'),
+            (b'C', 0),
+        ];
+        assert_eq!(steps(&mut w, &answers, Refused::Changed), vec![WrapStep::Drop; 9]);
         assert_eq!(w.on_backend(b'Z', b'I', Refused::Changed), WrapStep::Done);
     }
 
@@ -527,10 +633,57 @@ mod tests {
         let WrapStep::Close(sent) = w.on_backend(b'Z', b'T', Refused::Changed) else {
             panic!("fails the block");
         };
-        assert_eq!(texts(&sent), vec![UNLOCK, FAIL_BLOCK]);
-        let answers = [(b'T', 0), (b'D', 0), (b'C', 0), (b'Z', b'T'), (b'E', 0)];
-        assert_eq!(steps(&mut w, &answers, Refused::Changed), vec![WrapStep::Drop; 5]);
+        assert_eq!(texts(&sent), vec![UNLOCK, DEALLOCATE, FAIL_BLOCK]);
+        let answers = [
+            (b'T', 0),
+            (b'D', 0),
+            (b'C', 0),
+            (b'Z', b'T'),
+            (b'C', 0),
+            (b'Z', b'T'),
+            (b'E', 0),
+        ];
+        assert_eq!(steps(&mut w, &answers, Refused::Changed), vec![WrapStep::Drop; 7]);
         assert_eq!(w.on_backend(b'Z', b'E', Refused::Changed), WrapStep::Done);
+    }
+
+    #[test]
+    fn a_release_that_fails_ends_the_session() {
+        let mut w = TxWrap::default();
+        w.forwarded(Mode::Own);
+        steps(&mut w, &[(b'C', 0), (b'Z', b'T')], Refused::No);
+        assert!(matches!(
+            w.on_backend(b'Z', b'T', Refused::Changed),
+            WrapStep::Close(_)
+        ));
+        // ROLLBACK's answer, then the unlock fails (EXECUTE revoked).
+        let answers = [
+            (b'C', 0),
+            (b'Z', b'I'),
+            (b'E', 0),
+            (b'Z', b'I'),
+            (b'C', 0),
+            (b'Z', b'I'),
+            (b'C', 0),
+        ];
+        assert_eq!(steps(&mut w, &answers, Refused::Changed), vec![WrapStep::Drop; 7]);
+        assert_eq!(w.on_backend(b'Z', b'I', Refused::Changed), WrapStep::End);
+    }
+
+    #[test]
+    fn settings_reported_at_a_commit_are_the_clients() {
+        let mut w = TxWrap::default();
+        w.forwarded(Mode::Own);
+        steps(&mut w, &[(b'C', 0), (b'Z', b'T'), (b'C', 0)], Refused::No);
+        assert!(matches!(
+            w.on_backend(b'Z', b'T', Refused::No),
+            WrapStep::Close(_)
+        ));
+        assert_eq!(
+            w.on_backend(b'S', 0, Refused::No),
+            WrapStep::Pass,
+            "the lexing watch sees it"
+        );
     }
 
     #[test]
