@@ -825,7 +825,20 @@ async fn ddl_committed_while_the_statement_waits_for_a_lock_fails_its_rows() {
         query(format!("SELECT 1; SELECT * FROM {sw}")),
     )
     .await;
-    // 3. Prepared (and described) before, bound while the lock is held.
+    // 3. The view replaced by one whose code raises the masked values in its error.
+    let raised = across_a_lock(
+        &a,
+        &format!(
+            "CREATE FUNCTION public.{ew}_raise() RETURNS text LANGUAGE plpgsql STABLE AS $f$ BEGIN
+                 RAISE EXCEPTION 'got %', (SELECT string_agg(secret, ',') FROM public.{t}); END $f$;
+             CREATE OR REPLACE VIEW public.{ew} AS SELECT id, public.{ew}_raise() AS x FROM public.{t}"
+        ),
+        &format!("SELECT * FROM {ew}"),
+        query(format!("SELECT * FROM {ew}")),
+    )
+    .await;
+    // 4. Prepared (and described) before, bound while the lock is held; last, since an
+    // extended-protocol batch refused for a catalog change ends the session (s9).
     let prepared = c.prepare(&format!("SELECT id, x FROM {pw}")).await.unwrap();
     let bound = {
         let c = c.clone();
@@ -845,18 +858,6 @@ async fn ddl_committed_while_the_statement_waits_for_a_lock_fails_its_rows() {
         }
     };
     let extended = across_a_lock(&a, &replace(&pw), &format!("SELECT id, x FROM {pw}"), bound).await;
-    // 4. The view replaced by one whose code raises the masked values in its error.
-    let raised = across_a_lock(
-        &a,
-        &format!(
-            "CREATE FUNCTION public.{ew}_raise() RETURNS text LANGUAGE plpgsql STABLE AS $f$ BEGIN
-                 RAISE EXCEPTION 'got %', (SELECT string_agg(secret, ',') FROM public.{t}); END $f$;
-             CREATE OR REPLACE VIEW public.{ew} AS SELECT id, public.{ew}_raise() AS x FROM public.{t}"
-        ),
-        &format!("SELECT * FROM {ew}"),
-        query(format!("SELECT * FROM {ew}")),
-    )
-    .await;
     sv.finish(&format!("DROP FUNCTION public.{ew}_raise();")).await;
     // The second check finds the view replaced; or, when the first statement's own check already
     // saw the accomplice's commit, the second statement is judged by that fresh copy: refused too.
