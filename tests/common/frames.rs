@@ -74,6 +74,15 @@ pub async fn send(s: &mut TcpStream, frames: &[BytesMut]) {
 
 /// Reads up to the next ReadyForQuery: the frames' bytes.
 pub async fn read_to_ready(s: &mut TcpStream, buf: &mut BytesMut) -> Vec<u8> {
+    match read_until_ready(s, buf).await {
+        Ok(answer) => answer,
+        Err(so_far) => panic!("connection closed: {}", summary(&so_far)),
+    }
+}
+
+/// Whole frames up to and including the next ReadyForQuery; `Err` with what came if the server
+/// closed the connection first.
+async fn read_until_ready(s: &mut TcpStream, buf: &mut BytesMut) -> Result<Vec<u8>, Vec<u8>> {
     let mut answer = Vec::new();
     loop {
         while buf.len() >= 5 {
@@ -84,15 +93,13 @@ pub async fn read_to_ready(s: &mut TcpStream, buf: &mut BytesMut) -> Vec<u8> {
             let frame = buf.split_to(1 + len);
             answer.extend_from_slice(&frame);
             if frame[0] == b'Z' {
-                return answer;
+                return Ok(answer);
             }
         }
         let read = tokio::time::timeout(ANSWER_TIMEOUT, s.read_buf(buf)).await;
-        let so_far = summary(&answer);
-        assert!(
-            read.expect("an answer").unwrap() > 0,
-            "connection closed: {so_far}"
-        );
+        if read.expect("an answer").unwrap_or(0) == 0 {
+            return Err(answer);
+        }
     }
 }
 
@@ -135,22 +142,7 @@ pub async fn exchange_to_close(s: &mut TcpStream, buf: &mut BytesMut, frames: &[
 /// (a session timebox ends); a printable summary of the answer.
 pub async fn exchange_or_close(s: &mut TcpStream, buf: &mut BytesMut, frames: &[BytesMut]) -> String {
     send(s, frames).await;
-    let mut answer = Vec::new();
-    loop {
-        while buf.len() >= 5 {
-            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if buf.len() < 1 + len {
-                break;
-            }
-            let frame = buf.split_to(1 + len);
-            answer.extend_from_slice(&frame);
-            if frame[0] == b'Z' {
-                return summary(&answer);
-            }
-        }
-        let read = tokio::time::timeout(ANSWER_TIMEOUT, s.read_buf(buf)).await;
-        if read.expect("an answer").unwrap_or(0) == 0 {
-            return summary(&answer);
-        }
+    match read_until_ready(s, buf).await {
+        Ok(answer) | Err(answer) => summary(&answer),
     }
 }
