@@ -118,11 +118,8 @@ pub(super) fn base_class(stmt: &NodeEnum, top: &str, info: &mut StatementInfo) -
     use StatementClass::*;
     match stmt {
         NodeEnum::SelectStmt(_) => {}
-        NodeEnum::FetchStmt(f) => {
-            if !f.ismove {
-                info.fetch_cursor = Some(f.portalname.clone());
-            }
-        }
+        // MOVE too (s9 attack): it returns no rows, but runs the cursor's query as FETCH does.
+        NodeEnum::FetchStmt(f) => info.fetch_cursor = Some(f.portalname.clone()),
         NodeEnum::ClosePortalStmt(c) => {
             info.close_cursor = Some(if c.portalname.is_empty() {
                 Deallocate::All

@@ -210,8 +210,9 @@ pub struct StatementInfo {
     pub deallocate: Option<Deallocate>,
     /// `DECLARE name CURSOR FOR …`: the class covers the cursor's query.
     pub declare_cursor: Option<String>,
-    /// `FETCH … FROM name` (not `MOVE`, which returns no rows): masked roles' sessions check
-    /// that the cursor was declared against the catalog it is fetched under.
+    /// `FETCH … FROM name` or `MOVE … IN name` (which returns no rows but runs the cursor's query):
+    /// masked roles' sessions check that the cursor was declared against the catalog it is
+    /// fetched under.
     pub fetch_cursor: Option<String>,
     /// `CLOSE name` or `CLOSE ALL` (masked roles' sessions forget the cursor).
     pub close_cursor: Option<Deallocate>,

@@ -136,6 +136,12 @@ fn a_cursor_is_fetched_only_under_the_catalog_it_was_declared_with() {
         changed.contains("changed since cursor \"c\" was declared"),
         "{changed}"
     );
+    // MOVE runs the cursor's query too (s9 attack: it was judged by the cross-check alone).
+    let moved = on_text(&mut j, &m, "MOVE ALL IN c").unwrap_err();
+    assert!(
+        moved.contains("changed since cursor \"c\" was declared"),
+        "{moved}"
+    );
     // Closed and declared again: fetched.
     on_text(&mut j, &m, "CLOSE c").unwrap();
     on_text(&mut j, &m, "DECLARE c CURSOR FOR SELECT x FROM v").unwrap();
