@@ -25,7 +25,13 @@ impl Session {
     pub(super) async fn on_client_frames(&mut self, r: &mut Relay, busy: bool) -> ControlFlow<EndReason> {
         r.resume_client = false;
         loop {
-            if r.batch.as_ref().is_some_and(|b| b.holding()) || r.wrap.as_ref().is_some_and(|w| w.holding()) {
+            let next = match &r.resumed {
+                Some((tag, ..)) => Some(*tag),
+                None => r.bufs.from_client.first().copied(),
+            };
+            if r.batch.as_ref().is_some_and(|b| b.holding())
+                || r.wrap.as_ref().is_some_and(|w| !w.admits(next))
+            {
                 // Masked roles: the frames after an Execute wait for its result (see `pipeline`),
                 // those after a Query for its transaction's end (see `wrap`); those before go now.
                 self.end_of_read(r, busy).await;
@@ -110,8 +116,11 @@ impl Session {
                 begin,
             );
             r.ddl_forwarded |= ddl;
-            if let (Some(w), Some(b'Q')) = (r.wrap.as_mut(), sent) {
-                w.forwarded(if wrapped { Mode::Own } else { Mode::Guarded });
+            if let (Some(w), Some(sent)) = (r.wrap.as_mut(), sent) {
+                if sent == b'Q' {
+                    w.forwarded(if wrapped { Mode::Own } else { Mode::Guarded });
+                }
+                w.client_forwarded(sent);
             }
             if let (Some(batch), Some(sent)) = (r.batch.as_mut(), sent) {
                 if let Some(flush) = batch.forwarded(sent) {

@@ -246,6 +246,25 @@ impl TxWrap {
         self.waiting_idle || (self.state != State::Off && !self.copy_in)
     }
 
+    /// Whether the client frame of type `tag` (`None`: none read yet) may be processed now: while
+    /// the server waits for a wrapped COPY's data, only that data (CopyData, CopyDone, CopyFail)
+    /// goes; anything else (a Flush or Sync too, which PostgreSQL would ignore) waits for the Query's
+    /// end (s9 fourth attack: an extended batch sent during the COPY ran inside timebox's
+    /// transaction and was committed with it, its answers dropped as timebox's own).
+    pub(crate) fn admits(&self, tag: Option<u8>) -> bool {
+        if self.holding() {
+            return false;
+        }
+        !self.copy_in || matches!(tag, Some(b'd' | b'c' | b'f'))
+    }
+
+    /// A client frame of type `tag` was forwarded: the COPY's data ends at CopyDone or CopyFail.
+    pub(crate) fn client_forwarded(&mut self, tag: u8) {
+        if self.copy_in && matches!(tag, b'c' | b'f') {
+            self.copy_in = false;
+        }
+    }
+
     /// A Query is next and frames sent before it are not answered yet: it waits.
     pub(crate) fn wait_for_idle(&mut self) {
         self.waiting_idle = true;
@@ -315,6 +334,17 @@ impl TxWrap {
                 // A COMMIT's error, settings it reports (seen by the relay's lexing watch) and
                 // notifications delivered at it are the client's.
                 b'E' | b'A' | b'N' | b'S' if commit => WrapStep::Pass,
+                // Not an answer to timebox's Queries (extended-protocol or COPY frames): the
+                // relay lost track of what the server runs (s9 fourth attack); the session ends.
+                b'1' | b'2' | b'3' | b'n' | b't' | b's' | b'I' | b'G' | b'H' | b'W' | b'c' | b'd' => {
+                    self.state = State::Closing {
+                        left,
+                        commit,
+                        fails_last,
+                        failed: true,
+                    };
+                    WrapStep::Drop
+                }
                 b'E' if !(left == 1 && fails_last) => {
                     // A release timebox sent failed (s9 attack: EXECUTE on it revoked).
                     self.state = State::Closing {
@@ -727,6 +757,41 @@ mod tests {
         assert_eq!(w.on_backend(b'C', 0, Refused::No), WrapStep::Drop);
         assert_eq!(w.on_backend(b'Z', b'I', Refused::No), WrapStep::Done);
         assert!(!w.holding());
+    }
+
+    #[test]
+    fn during_a_wrapped_copy_only_its_data_goes() {
+        let mut w = TxWrap::default();
+        w.forwarded(Mode::Own);
+        steps(&mut w, &[(b'C', 0), (b'Z', b'T'), (b'G', 0)], Refused::No);
+        for tag in *b"dcf" {
+            assert!(w.admits(Some(tag)), "{}", tag as char);
+        }
+        for tag in *b"PBEDQFCHS" {
+            assert!(!w.admits(Some(tag)), "{} waits for the Query's end", tag as char);
+        }
+        w.client_forwarded(b'd');
+        assert!(w.admits(Some(b'd')));
+        w.client_forwarded(b'c');
+        assert!(
+            !w.admits(Some(b'd')),
+            "after CopyDone nothing goes until the Query's end"
+        );
+        assert!(w.holding());
+    }
+
+    #[test]
+    fn frames_that_answer_no_query_of_timebox_end_the_session() {
+        let mut w = TxWrap::default();
+        w.forwarded(Mode::Own);
+        steps(&mut w, &[(b'C', 0), (b'Z', b'T')], Refused::No);
+        assert!(matches!(
+            w.on_backend(b'Z', b'T', Refused::No),
+            WrapStep::Close(_)
+        ));
+        assert_eq!(w.on_backend(b'1', 0, Refused::No), WrapStep::Drop);
+        assert_eq!(w.on_backend(b'C', 0, Refused::No), WrapStep::Drop);
+        assert_eq!(w.on_backend(b'Z', b'I', Refused::No), WrapStep::End);
     }
 
     #[test]
