@@ -24,12 +24,18 @@
 //!   `pg_prepared_statements` show them; such code may also have replaced a prepared statement
 //!   timebox judged. If one of these fails, the session ends.
 //!
-//! What it does not undo: effects outside any transaction — statistics counters, sequence values,
-//! the time taken — a covert channel open only to code a concurrent catalog change runs.
+//! - A string timebox could not end the transaction of is refused before it runs
+//!   ([`string_refusal`]); a change-refusal where the string ended or failed its own transaction,
+//!   or one in an extended-protocol batch (`super::pipeline`), ends the session instead.
 //!
-//! The client's next frames wait (like [`super::pipeline`]'s) until the wrapped Query is over,
-//! and a Query waits for the answers to what was sent before it, so timebox knows whether a block
-//! is open when it decides. Pure: fed frame tags and statuses; the relay does the I/O.
+//! What it does not undo: effects outside any transaction — statistics counters, sequence values,
+//! the time taken — and what such code shows other sessions while it runs (`pg_stat_activity`):
+//! closing that needs the check atomic with the statement (the relations it names locked first).
+//!
+//! The client's next frames wait (like [`super::pipeline`]'s) until the wrapped Query is over
+//! (during a wrapped `COPY … FROM STDIN`, only its data goes), and a Query waits for the answers
+//! to what was sent before it, so timebox knows whether a block is open when it decides. Pure:
+//! fed frame tags and statuses; the relay does the I/O.
 
 use bytes::BytesMut;
 
