@@ -295,6 +295,9 @@ impl TxWrap {
     pub(crate) fn on_backend(&mut self, tag: u8, status: u8, refused: Refused) -> WrapStep {
         match self.state {
             State::Off => WrapStep::Pass,
+            // Notifications of other sessions' commits, delivered while the session is idle, are
+            // the client's whatever timebox's own Query is.
+            State::Opening | State::Closing { .. } if tag == b'A' => WrapStep::Pass,
             State::Opening => {
                 if tag == b'Z' {
                     self.state = State::Running { own: true };
@@ -339,7 +342,7 @@ impl TxWrap {
                 }
                 // A COMMIT's error, settings it reports (seen by the relay's lexing watch) and
                 // notifications delivered at it are the client's.
-                b'E' | b'A' | b'N' | b'S' if commit => WrapStep::Pass,
+                b'E' | b'N' | b'S' if commit => WrapStep::Pass,
                 // Not an answer to timebox's Queries (extended-protocol or COPY frames): the
                 // relay lost track of what the server runs (s9 fourth attack); the session ends.
                 b'1' | b'2' | b'3' | b'n' | b't' | b's' | b'I' | b'G' | b'H' | b'W' | b'c' | b'd' => {

@@ -346,3 +346,26 @@ fn a_query_waits_for_what_was_sent_before_it() {
     assert!(!w.holding());
     assert!(!w.idle(), "only once");
 }
+
+#[test]
+fn other_sessions_notifications_are_never_taken_for_timebox_s_answers() {
+    let mut w = TxWrap::default();
+    w.forwarded(Mode::Own);
+    assert_eq!(
+        w.on_backend(b'A', 0, Refused::No),
+        WrapStep::Pass,
+        "before BEGIN's answer"
+    );
+    steps(&mut w, &[(b'C', 0), (b'Z', b'T')], Refused::No);
+    assert!(matches!(
+        w.on_backend(b'Z', b'T', Refused::Judged),
+        WrapStep::Close(_)
+    ));
+    assert_eq!(w.on_backend(b'C', 0, Refused::Judged), WrapStep::Drop);
+    assert_eq!(
+        w.on_backend(b'A', 0, Refused::Judged),
+        WrapStep::Pass,
+        "after the rollback"
+    );
+    assert_eq!(w.on_backend(b'Z', b'I', Refused::Judged), WrapStep::Done);
+}
