@@ -154,9 +154,12 @@ impl ClientOutbox {
     pub(crate) fn hold_point(&self) -> Option<u64> {
         let t = &self.tracker;
         let tag = t.current_tag();
+        // Masked roles: every frame until whole (s9: the wrap and the masks drop ReadyForQuery,
+        // notices and notifications by type; a header written ahead of its body could not be
+        // taken back, and the outbox's count of written bytes went wrong — a panic).
         let held = held_tag(tag)
             || (self.hold_all && tag != 0 && tag != b'D' && tag != b'd')
-            || (self.hold_rows && (tag == b'T' || tag == b'D'));
+            || (self.hold_rows && tag != 0);
         (t.in_header() || held).then(|| self.last_boundary())
     }
 
