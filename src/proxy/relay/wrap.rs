@@ -427,7 +427,7 @@ impl Session {
         let refused = r.mask.as_ref().map_or(Refused::No, |m| m.refused_since_ready());
         Ok(match wrap.on_backend(tag, status, refused) {
             WrapStep::Pass => {
-                if !wrap.holding() {
+                if matches!(tag, b'G' | b'W') && !wrap.holding() {
                     // A COPY FROM STDIN began: the client's data, already read, goes on.
                     r.resume_client = true;
                 }
