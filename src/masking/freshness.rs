@@ -24,7 +24,7 @@ use super::catalog::Row;
 /// scan on each, so the cost grows with the target's user objects, not with PostgreSQL's own).
 /// `pg_depend` is left out: its rows are written with their depending object's, which is here.
 ///
-/// Rows of other sessions' temporary *tables* are left out (s9): every temporary table an
+/// Rows of other sessions' (and, s10, the reading session's own) temporary *tables* are left out (s9): every temporary table an
 /// application creates changed the fingerprint and refused every masked result running meanwhile,
 /// and no statement can read another session's temporary table (PostgreSQL refuses it; an object
 /// outside a temporary schema cannot depend on one). Their columns, defaults, constraints,
@@ -49,7 +49,7 @@ const CATALOGS: [(&str, &str); 13] = [
     ("pg_rewrite", "oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND NOT ev_class OPERATOR(pg_catalog.=) ANY (SELECT oid FROM tmprel)"),
     ("pg_policy", "NOT polrelid OPERATOR(pg_catalog.=) ANY (SELECT oid FROM tmprel)"),
     ("pg_constraint", "oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND NOT conrelid OPERATOR(pg_catalog.=) ANY (SELECT oid FROM tmprel)"),
-    ("pg_namespace", "NOT pg_catalog.pg_is_other_temp_schema(oid)"),
+    ("pg_namespace", "NOT (pg_catalog.starts_with(nspname::pg_catalog.text, 'pg_temp_') OR pg_catalog.starts_with(nspname::pg_catalog.text, 'pg_toast_temp_'))"),
     ("pg_inherits", "NOT inhrelid OPERATOR(pg_catalog.=) ANY (SELECT oid FROM tmprel)"),
     (
         "pg_range",
@@ -57,10 +57,16 @@ const CATALOGS: [(&str, &str); 13] = [
     ),
 ];
 
-/// Other sessions' temporary relations that are not views (`tmprel`: tables, their indexes,
-/// sequences, toast tables, composite types), for [`CATALOGS`].
+/// Temporary relations that are not views (`tmprel`: tables, their indexes, sequences, toast
+/// tables, composite types), for [`CATALOGS`]: other sessions' and (s10) the reading session's
+/// own, so that the fingerprint a masked session reads in its own transaction before a statement
+/// ([`crate::proxy::relay`]'s lock prelude) is the one timebox's catalog connection reads, which
+/// has no temporary schema. Temporary schemas are told by name (`pg_temp_N`, `pg_toast_temp_N`:
+/// the `pg_` prefix is reserved, no user schema has it).
 const TEMPORARY: &str = "WITH tmprel AS MATERIALIZED (SELECT oid, reltype FROM pg_catalog.pg_class \
-     WHERE pg_catalog.pg_is_other_temp_schema(relnamespace) \
+     WHERE relnamespace OPERATOR(pg_catalog.=) ANY (SELECT oid FROM pg_catalog.pg_namespace \
+       WHERE pg_catalog.starts_with(nspname::pg_catalog.text, 'pg_temp_') \
+         OR pg_catalog.starts_with(nspname::pg_catalog.text, 'pg_toast_temp_')) \
      AND NOT relkind OPERATOR(pg_catalog.=) ANY ('{v,m}'::pg_catalog.\"char\"[])) ";
 
 /// A user object's row: `pg_catalog`'s `>=(oid, oid)`, named (see the module's note).
@@ -144,6 +150,32 @@ impl CatalogFingerprint {
         }
         Ok(CatalogFingerprint(out))
     }
+}
+
+impl CatalogFingerprint {
+    /// The fingerprint as one text, as [`canonical_query`] computes it on the target: per catalog,
+    /// by name in byte order, `name=count/digest` (an empty digest without rows), comma-separated.
+    pub fn canonical(&self) -> String {
+        let mut parts: Vec<(&str, String)> = CATALOGS
+            .iter()
+            .zip(&self.0)
+            .map(|((catalog, _), (count, digest))| (*catalog, format!("{catalog}={count}/{digest}")))
+            .collect();
+        parts.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        parts.into_iter().map(|(_, p)| p).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// One row, one text: the fingerprint read now in [`CatalogFingerprint::canonical`]'s form (s10:
+/// a masked session compares it with its snapshot's in its own transaction, once the relations
+/// its statement reads are locked). Every operator and collation named.
+pub fn canonical_query() -> String {
+    format!(
+        "SELECT pg_catalog.string_agg(f.c OPERATOR(pg_catalog.||) '=' OPERATOR(pg_catalog.||) \
+         f.n::pg_catalog.text OPERATOR(pg_catalog.||) '/' OPERATOR(pg_catalog.||) COALESCE(f.d, ''), ',' \
+         ORDER BY f.c COLLATE pg_catalog.\"C\") FROM ({}) f(c, n, d)",
+        fingerprint_query()
+    )
 }
 
 /// What a fingerprint read before a statement says about the snapshot.
@@ -280,7 +312,7 @@ mod tests {
         let q = fingerprint_query();
         assert!(q.starts_with("WITH tmprel AS MATERIALIZED"), "{q}");
         assert!(
-            q.contains("pg_catalog.pg_is_other_temp_schema(relnamespace)"),
+            q.contains("pg_catalog.starts_with(nspname::pg_catalog.text, 'pg_temp_')"),
             "{q}"
         );
         assert!(
@@ -291,11 +323,31 @@ mod tests {
             let left_out = filter.contains("tmprel");
             let kept = matches!(catalog, "pg_proc" | "pg_operator" | "pg_cast" | "pg_range");
             if catalog == "pg_namespace" {
-                assert!(filter.contains("pg_is_other_temp_schema(oid)"), "{filter}");
+                assert!(filter.contains("'pg_toast_temp_'"), "{filter}");
             } else {
                 assert!(left_out != kept, "{catalog}: {filter}");
             }
         }
+    }
+
+    /// s10: the text a masked session's lock prelude compares, catalogs by name.
+    #[test]
+    fn the_canonical_form_lists_catalogs_by_name() {
+        let mut values = base();
+        values[8] = (0, None);
+        let f = CatalogFingerprint::from_rows(&rows(&values)).unwrap();
+        let text = f.canonical();
+        let names: Vec<&str> = text.split(',').map(|p| p.split('=').next().unwrap()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+        assert_eq!(names.len(), CATALOGS.len());
+        assert!(text.starts_with("pg_attrdef=2/"), "{text}");
+        assert!(text.contains(",pg_policy=0/,"), "{text}");
+        assert!(text.contains(&format!("pg_rewrite=7/{:032x}", 700)), "{text}");
+        let q = canonical_query();
+        assert!(q.contains("COLLATE pg_catalog.\"C\""), "{q}");
+        assert_eq!(q.matches("OPERATOR(").count(), q.matches("OPERATOR(pg_catalog.").count());
     }
 
     #[test]

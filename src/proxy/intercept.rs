@@ -190,6 +190,27 @@ impl Interceptor {
         self.masking.as_ref()
     }
 
+    /// The relations a checked text reads, as named (s10, for the masked roles' lock block): those
+    /// its statements name, and those of the prepared statements it executes (as prepared, every
+    /// statement of their text), each once.
+    pub fn relations_read(&self, classification: &Classification) -> Vec<policy::classify::Relation> {
+        let mut out: Vec<policy::classify::Relation> = Vec::new();
+        let mut add = |c: &Classification| {
+            for r in c.statements.iter().flat_map(|s| &s.relations) {
+                if !out.contains(r) {
+                    out.push(r.clone());
+                }
+            }
+        };
+        add(classification);
+        for name in classification.statements.iter().filter_map(|s| s.execute_name.as_ref()) {
+            if let Some(p) = self.prepared.get(name) {
+                add(&p.classification);
+            }
+        }
+        out
+    }
+
     /// Statement texts longer than `limit` bytes (`proxy.max_statement_bytes`) are refused with
     /// ERROR 54000 without being classified.
     pub fn max_statement_bytes(mut self, limit: usize) -> Self {

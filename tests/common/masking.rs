@@ -171,10 +171,12 @@ pub async fn accomplice() -> tokio_postgres::Client {
     super::pg::connect(&conn).await
 }
 
-/// Waits until a backend of the target runs a query beginning with `text` and waits for a lock.
+/// Waits until a backend of the target runs a query beginning with `text` — or timebox's lock
+/// block ahead of a masked role's Query (s10) — and waits for a lock.
 pub async fn until_lock_waiting(b: &tokio_postgres::Client, text: &str) -> bool {
     let sql = format!(
-        "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE query LIKE '{}%' \
+        "SELECT count(*) FROM pg_catalog.pg_stat_activity \
+         WHERE (query LIKE '{}%' OR query LIKE '%DO $timebox_lock$%') \
          AND wait_event_type = 'Lock' AND pid <> pg_catalog.pg_backend_pid()",
         text.replace('\'', "''")
     );

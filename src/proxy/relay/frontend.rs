@@ -5,7 +5,7 @@
 
 use std::ops::ControlFlow;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
@@ -13,6 +13,7 @@ use super::gate::AuditGate;
 use super::precheck::offload_precheck;
 use super::state::EndReason;
 use super::sync::SyncTracker;
+use super::lock_prelude;
 use super::wrap::{self, Mode};
 use super::{audit_refusal, Relay};
 use crate::audit::event::{self as audit_event, AuditEvent};
@@ -104,21 +105,22 @@ impl Session {
                 let _ = self.upstream.write_all(to_upstream).await;
                 return ControlFlow::Break(EndReason::ClientExit);
             }
-            // Masked roles: a Query outside a transaction block goes in one timebox opens, if it may.
-            let begin = tag == b'Q' && r.wrap.is_some() && r.sync.transaction() == b'I';
-            let (ddl, sent, wrapped) = self.on_frame(
+            // Masked roles: a Query outside a transaction block goes in one timebox opens, if it
+            // may; one reading relations, after they are locked (in the client's block too).
+            let transaction = (tag == b'Q' && r.wrap.is_some()).then(|| r.sync.transaction());
+            let (ddl, sent, mode) = self.on_frame(
                 &mut r.gate,
                 &mut r.sync,
                 r.skip_audit,
                 tag,
                 frame,
                 precheck,
-                begin,
+                transaction,
             );
             r.ddl_forwarded |= ddl;
             if let (Some(w), Some(sent)) = (r.wrap.as_mut(), sent) {
                 if sent == b'Q' {
-                    w.forwarded(if wrapped { Mode::Own } else { Mode::Guarded });
+                    w.forwarded(mode);
                 }
                 w.client_forwarded(sent);
             }
@@ -160,8 +162,9 @@ impl Session {
 
     /// One frontend frame: checked, recorded, held for the audit gate, tracked for its outcome.
     /// `true` when it is an allowed DDL statement (masked columns' identities may change); the type
-    /// of the frame sent upstream in its place, if any; `true` when timebox's `BEGIN` went before
-    /// it (`begin`: a masked role's Query outside a block, sent in one if it may be; see `wrap`).
+    /// of the frame sent upstream in its place, if any; how a masked role's Query went
+    /// (`transaction`: the session's transaction status before it, for masked roles' Queries;
+    /// see `wrap` and `lock_prelude`).
     #[allow(clippy::too_many_arguments)]
     fn on_frame(
         &mut self,
@@ -171,8 +174,8 @@ impl Session {
         tag: u8,
         frame: &[u8],
         precheck: Option<Precheck>,
-        begin: bool,
-    ) -> (bool, Option<u8>, bool) {
+        transaction: Option<u8>,
+    ) -> (bool, Option<u8>, Mode) {
         let mut checked = None;
         let action = self
             .interceptor
@@ -180,14 +183,11 @@ impl Session {
         if checked.is_some() {
             self.handle.add_statement();
         }
-        let wrapped = begin
-            && !matches!(action, FrontendAction::Drop)
-            && checked
-                .as_ref()
-                .is_some_and(|c| c.denied.is_none() && wrap::wrappable(&c.classification.statements));
-        if wrapped {
-            gate.hold(&wrap::begin());
+        let mode = self.masked_query_mode(&action, frame, checked.as_ref(), transaction);
+        if let Some(prelude) = mode.1 {
+            gate.hold(&prelude);
         }
+        let mode = mode.0;
         // What actually goes upstream decides what it will answer.
         let sent_tag = match &action {
             FrontendAction::Forward => {
@@ -215,7 +215,59 @@ impl Session {
         }
         let ddl =
             checked.is_some_and(|c| c.denied.is_none() && c.class == crate::policy::StatementClass::Ddl);
-        (ddl, sent_tag, wrapped)
+        (ddl, sent_tag, mode)
+    }
+
+    /// How a masked role's Query goes (`transaction`: the session's status before it; `None`: not
+    /// a masked role's Query), and what timebox sends ahead of it: its `BEGIN` outside a block
+    /// when the Query may run in one (`wrap`), the lock block when it reads relations, outside a
+    /// block or in the client's (`lock_prelude`); outside a block, a string opening with its own
+    /// `BEGIN` has it sent ahead of the lock block. Nothing for a failed block (nothing runs
+    /// there).
+    fn masked_query_mode(
+        &self,
+        action: &FrontendAction,
+        frame: &[u8],
+        checked: Option<&Checked>,
+        transaction: Option<u8>,
+    ) -> (Mode, Option<BytesMut>) {
+        let allowed = checked.filter(|c| c.denied.is_none() && !matches!(action, FrontendAction::Drop));
+        let (Some(status), Some(c)) = (transaction, allowed) else {
+            return (Mode::Guarded, None);
+        };
+        let statements = &c.classification.statements;
+        let own = status == b'I' && wrap::wrappable(statements);
+        // `wrap::string_refusal` leaves transaction control in a string only as its first
+        // (`BEGIN`) or last (`ROLLBACK`) statement.
+        let opens = status == b'I'
+            && statements.len() > 1
+            && matches!(
+                statements.first().map(|s| s.kind.as_str()),
+                Some("BEGIN" | "START TRANSACTION")
+            );
+        let begin = if own {
+            Some("BEGIN".to_owned())
+        } else if opens {
+            match lock_prelude::leading_begin(frame) {
+                Some(begin) => Some(begin),
+                None => return (Mode::Guarded, None),
+            }
+        } else {
+            None
+        };
+        let lock = (own || opens || status == b'T')
+            .then(|| self.interceptor.relations_read(&c.classification))
+            .filter(|relations| !relations.is_empty())
+            .map(|relations| {
+                let snapshot = self.interceptor.masking().and_then(|m| m.entry.current());
+                lock_prelude::lock_block(&relations, snapshot.as_ref().and_then(|s| s.fingerprint.as_ref()))
+            });
+        let mode = match (own, lock.is_some()) {
+            (true, _) => Mode::Own,
+            (false, true) => Mode::Locked { begin_warning: opens },
+            (false, false) => return (Mode::Guarded, None),
+        };
+        (mode, lock_prelude::prelude(begin.as_deref(), lock))
     }
 
     /// Metrics and the log line of a checked statement.

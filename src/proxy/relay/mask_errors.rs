@@ -26,6 +26,17 @@ impl ResultMask {
         .with_hint("Run it again: timebox has read the target's catalog again.")
     }
 
+    /// A statement that did not run: the catalog changed between its check and the moment timebox
+    /// held the locks on what it reads (s10, [`super::super::lock_prelude`]).
+    pub(crate) fn locked_changed_error(&self) -> PgError {
+        PgError::insufficient_privilege(format!(
+            "timebox: the target's catalog changed after a statement of role \"{}\" (which masks columns) was checked, while timebox waited for the locks on what it reads; it did not run",
+            self.role
+        ))
+        .non_fatal()
+        .with_hint("Run it again: timebox has read the target's catalog again.")
+    }
+
     /// The rows of an extended-protocol FETCH or EXECUTE.
     pub(super) fn runtime_error(&self) -> PgError {
         let column = self

@@ -45,11 +45,6 @@ use crate::policy::classify::StatementInfo;
 use crate::proxy::session::Session;
 use crate::proxy::wire::PgError;
 
-/// timebox's `BEGIN` before a wrapped Query.
-pub(crate) fn begin() -> BytesMut {
-    query("BEGIN")
-}
-
 /// Releases the session's advisory locks (after code timebox did not judge ran).
 const UNLOCK: &str = "SELECT pg_catalog.pg_advisory_unlock_all()";
 
@@ -178,10 +173,26 @@ const WRAPPABLE_KINDS: &[&str] = &[
 /// How a masked role's Query is sent, decided when it is forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
-    /// In a block timebox opens: `BEGIN` goes first ([`begin`]).
+    /// In a block timebox opens: `BEGIN` goes first (`super::lock_prelude::prelude`), with the lock block
+    /// ([`super::lock_prelude`]) when the Query reads relations.
     Own,
+    /// In the client's block, after the lock block; `begin_warning`: the block is the one the
+    /// Query's own leading `BEGIN` opens, sent ahead of the lock block (its copy in the Query then
+    /// warns `25001`, which is timebox's).
+    Locked { begin_warning: bool },
     /// As it is; a refused result fails the block open at its end, if any.
     Guarded,
+}
+
+/// What the client's Query is answered with when timebox's prelude failed (the Query, pipelined
+/// behind it in a failed transaction, ran nothing: its `25P02` is replaced).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Substitute {
+    /// The catalog changed while the locks were awaited (s10): timebox's refusal.
+    Changed,
+    /// The prelude's own error (a relation the session may not lock, a lock or statement
+    /// timeout, a cancel): it is the statement's.
+    Error(BytesMut),
 }
 
 /// What a refused result means for the transaction it ran in.
@@ -199,8 +210,9 @@ enum State {
     /// No Query of the session is wrapped.
     #[default]
     Off,
-    /// timebox's `BEGIN` answers first (CommandComplete, ReadyForQuery).
-    Opening,
+    /// timebox's prelude (`BEGIN`, the lock block) answers first (CommandComplete,
+    /// ReadyForQuery); `own`: in timebox's block.
+    Opening { own: bool },
     /// The client's Query runs (`own`: in timebox's block).
     Running { own: bool },
     /// timebox's closing Queries were sent: `left` ReadyForQuery frames of theirs are still to
@@ -228,6 +240,8 @@ pub(crate) enum WrapStep {
     Close(BytesMut),
     /// The ReadyForQuery the client gets: handled as usual, and the client's frames go on.
     Done,
+    /// The client's Query's error, after timebox's prelude failed: replaced by this.
+    Substitute(Substitute),
     /// A result was refused for a catalog change, and the transaction it ran in has ended (the
     /// string rolled it back or committed it) or failed (advisory locks cannot be released in
     /// it): the session ends, and what the statement left in it goes with its upstream.
@@ -243,6 +257,10 @@ pub(crate) struct TxWrap {
     /// The wrapped Query is a `COPY … FROM STDIN`: the server waits for the client's data, so the
     /// client's frames go on (a Query after them waits for the answers before it).
     copy_in: bool,
+    /// timebox's prelude failed: the client's Query's error is replaced by this.
+    substitute: Option<Substitute>,
+    /// The client's Query opens with a `BEGIN` timebox sent ahead: its warning is timebox's.
+    begin_warning: bool,
 }
 
 impl TxWrap {
@@ -283,10 +301,37 @@ impl TxWrap {
 
     /// A client Query was forwarded in `mode` (after timebox's `BEGIN` for [`Mode::Own`]).
     pub(crate) fn forwarded(&mut self, mode: Mode) {
+        self.substitute = None;
+        self.begin_warning = matches!(mode, Mode::Locked { begin_warning: true });
         self.state = match mode {
-            Mode::Own => State::Opening,
+            Mode::Own => State::Opening { own: true },
+            Mode::Locked { .. } => State::Opening { own: false },
             Mode::Guarded => State::Running { own: false },
         };
+    }
+
+    /// Whether timebox's prelude is answering (its ErrorResponse, if any, is for
+    /// [`TxWrap::prelude_failed`]).
+    pub(crate) fn opening(&self) -> bool {
+        matches!(self.state, State::Opening { .. })
+    }
+
+    /// Whether a NoticeResponse of the running Query may be the warning of its leading `BEGIN`,
+    /// which timebox sent ahead ([`Mode::Locked`]); the first such warning is dropped.
+    pub(crate) fn expects_begin_warning(&self) -> bool {
+        self.begin_warning && matches!(self.state, State::Running { .. })
+    }
+
+    /// The warning of the Query's leading `BEGIN` came (and is dropped).
+    pub(crate) fn begin_warned(&mut self) {
+        self.begin_warning = false;
+    }
+
+    /// timebox's prelude failed (the first error counts): the client's Query runs nothing.
+    pub(crate) fn prelude_failed(&mut self, substitute: Substitute) {
+        if self.opening() && self.substitute.is_none() {
+            self.substitute = Some(substitute);
+        }
     }
 
     /// One whole backend frame of type `tag` (`status`: a ReadyForQuery's transaction status),
@@ -297,18 +342,23 @@ impl TxWrap {
             State::Off => WrapStep::Pass,
             // Notifications of other sessions' commits, delivered while the session is idle, are
             // the client's whatever timebox's own Query is.
-            State::Opening | State::Closing { .. } if tag == b'A' => WrapStep::Pass,
-            State::Opening => {
+            State::Opening { .. } | State::Closing { .. } if tag == b'A' => WrapStep::Pass,
+            State::Opening { own } => {
                 if tag == b'Z' {
-                    self.state = State::Running { own: true };
+                    self.state = State::Running { own };
                 }
-                // BEGIN's CommandComplete (and a warning or error, which cannot come outside a
-                // block) are timebox's.
+                // BEGIN's and the lock block's CommandComplete, a warning, their error (kept by
+                // `prelude_failed`) are timebox's.
                 WrapStep::Drop
             }
             State::Running { own } if tag == b'Z' => {
                 self.copy_in = false;
+                self.substitute = None;
+                self.begin_warning = false;
                 self.close(own, status, refused)
+            }
+            State::Running { .. } if tag == b'E' && self.substitute.is_some() => {
+                WrapStep::Substitute(self.substitute.take().expect("checked"))
             }
             State::Running { .. } => {
                 // CopyInResponse, CopyBothResponse: the server waits for the client's data.
@@ -424,6 +474,27 @@ impl Session {
         } else {
             0
         };
+        if tag == b'N'
+            && wrap.expects_begin_warning()
+            && super::lock_prelude::begin_warning(r.bufs.outbox.frame_bytes(start, end)?)
+        {
+            wrap.begin_warned();
+            r.bufs.outbox.replace_frame(start, end, &[])?;
+            if let Some(m) = r.mask.as_mut() {
+                m.on_skipped(b'N');
+                self.interceptor.on_backend_outcomes(m.outcomes.drain(..));
+            }
+            return Ok(false);
+        }
+        if tag == b'E' && wrap.opening() {
+            let frame = r.bufs.outbox.frame_bytes(start, end)?;
+            wrap.prelude_failed(if super::lock_prelude::changed_marker(frame) {
+                Substitute::Changed
+            } else {
+                // Masked roles' errors go without DETAIL (see `backend`).
+                Substitute::Error(super::mask::without_detail(frame).unwrap_or_else(|| BytesMut::from(frame)))
+            });
+        }
         let refused = r.mask.as_ref().map_or(Refused::No, |m| m.refused_since_ready());
         Ok(match wrap.on_backend(tag, status, refused) {
             WrapStep::Pass => {
@@ -448,6 +519,29 @@ impl Session {
             WrapStep::Done => {
                 r.resume_client = true;
                 true
+            }
+            WrapStep::Substitute(substitute) => {
+                // The client's Query ran nothing (its transaction had failed): its `25P02` gives
+                // way to what failed ahead of it. Seen by the outcome tracker and the masks as
+                // the Query's error.
+                let bytes = match substitute {
+                    Substitute::Changed => {
+                        tracing::info!("the catalog changed while a masked statement's relations were locked; it did not run");
+                        self.ctx.proxy.masking_metrics.masking_refusals_total.inc();
+                        match r.mask.as_ref() {
+                            Some(m) => m.locked_changed_error().to_bytes(),
+                            None => PgError::masked_effects_kept().to_bytes(),
+                        }
+                    }
+                    Substitute::Error(bytes) => bytes,
+                };
+                r.sync.error(r.held.error_sqlstate(&bytes));
+                r.bufs.outbox.replace_frame(start, end, &bytes)?;
+                if let Some(m) = r.mask.as_mut() {
+                    m.on_skipped(b'E');
+                    self.interceptor.on_backend_outcomes(m.outcomes.drain(..));
+                }
+                false
             }
             WrapStep::End => {
                 tracing::info!("a masked result refused for a catalog change outside timebox's transaction: ending the session");

@@ -369,3 +369,69 @@ fn other_sessions_notifications_are_never_taken_for_timebox_s_answers() {
     );
     assert_eq!(w.on_backend(b'Z', b'I', Refused::Judged), WrapStep::Done);
 }
+
+/// s10: the lock block ahead of a Query in timebox's block failed (the catalog changed while the
+/// locks were awaited): its answers are timebox's, the Query's `25P02` is replaced, and the
+/// failed transaction is rolled back.
+#[test]
+fn a_failed_prelude_answers_the_query_and_rolls_back() {
+    let mut w = TxWrap::default();
+    w.forwarded(Mode::Own);
+    assert!(w.opening());
+    w.prelude_failed(Substitute::Changed);
+    w.prelude_failed(Substitute::Error(BytesMut::from(&b"second"[..])));
+    // BEGIN's CommandComplete, the block's error, the prelude's ReadyForQuery.
+    assert_eq!(
+        steps(&mut w, &[(b'C', 0), (b'E', 0), (b'Z', b'E')], Refused::No),
+        vec![WrapStep::Drop; 3]
+    );
+    assert!(!w.opening());
+    assert_eq!(
+        w.on_backend(b'E', 0, Refused::No),
+        WrapStep::Substitute(Substitute::Changed),
+        "the first error counts"
+    );
+    let WrapStep::Close(sent) = w.on_backend(b'Z', b'E', Refused::No) else {
+        panic!("rolled back");
+    };
+    assert_eq!(texts(&sent), vec!["ROLLBACK"]);
+    assert_eq!(w.on_backend(b'C', 0, Refused::No), WrapStep::Drop);
+    assert_eq!(w.on_backend(b'Z', b'I', Refused::No), WrapStep::Done);
+}
+
+/// s10: in the client's block the lock block goes alone; the client's block, failed by it, stays
+/// the client's to end; a prelude that succeeded leaves the Query's frames as they are.
+#[test]
+fn in_the_clients_block_the_lock_block_goes_alone() {
+    let mut w = TxWrap::default();
+    w.forwarded(Mode::Locked { begin_warning: false });
+    assert!(w.holding() && w.opening());
+    assert_eq!(steps(&mut w, &[(b'C', 0), (b'Z', b'T')], Refused::No), vec![WrapStep::Drop; 2]);
+    assert!(!w.expects_begin_warning());
+    assert_eq!(w.on_backend(b'E', 0, Refused::No), WrapStep::Pass, "no prelude error: the Query's own");
+    assert_eq!(w.on_backend(b'Z', b'E', Refused::No), WrapStep::Done);
+    // Failed: the Query's error replaced by the prelude's; the block is left failed.
+    w.forwarded(Mode::Locked { begin_warning: false });
+    let error = BytesMut::from(&b"E lock timeout"[..]);
+    w.prelude_failed(Substitute::Error(error.clone()));
+    assert_eq!(steps(&mut w, &[(b'E', 0), (b'Z', b'E')], Refused::No), vec![WrapStep::Drop; 2]);
+    assert_eq!(w.on_backend(b'E', 0, Refused::No), WrapStep::Substitute(Substitute::Error(error)));
+    assert_eq!(w.on_backend(b'Z', b'E', Refused::No), WrapStep::Done);
+    assert!(!w.holding());
+}
+
+/// s10: a string opening with its own `BEGIN` has it sent ahead of the lock block; its copy's
+/// warning is expected once, while the Query runs.
+#[test]
+fn a_strings_own_begin_warns_once() {
+    let mut w = TxWrap::default();
+    w.forwarded(Mode::Locked { begin_warning: true });
+    assert!(!w.expects_begin_warning(), "not while the prelude answers");
+    assert_eq!(steps(&mut w, &[(b'C', 0), (b'C', 0), (b'Z', b'T')], Refused::No), vec![WrapStep::Drop; 3]);
+    assert!(w.expects_begin_warning());
+    w.begin_warned();
+    assert!(!w.expects_begin_warning());
+    assert_eq!(w.on_backend(b'Z', b'T', Refused::No), WrapStep::Done, "the block is the client's");
+    w.forwarded(Mode::Guarded);
+    assert!(!w.expects_begin_warning());
+}

@@ -1,0 +1,196 @@
+//! The check atomic with the statement (issue 15, s10): before a masked role's Query that reads
+//! relations, timebox locks them and confirms, in the session's own transaction, that the target's
+//! catalog is still the copy the statement was checked against.
+//!
+//! Why: the text is checked against a copy of the catalog confirmed current just before it goes
+//! ([`super::mask`]), but a statement that waits for a lock — a view being replaced in another
+//! transaction — runs on what that transaction committed. The result's second check refuses its
+//! rows and the wrap ([`super::wrap`]) rolls its effects back, but code the replaced view ran had
+//! run: what it showed other sessions while it ran (a setting in `pg_stat_activity`) could not
+//! be taken back (the s9 third attack's open leak).
+//!
+//! How: one `DO` block, pipelined ahead of the client's Query in the same transaction (after
+//! timebox's `BEGIN`, or in the client's block):
+//! 1. each relation the statement names — and those of the prepared statements it executes — is
+//!    resolved with the session's `search_path` (the statement's) and locked `ACCESS SHARE`:
+//!    tables, partitioned tables and views with `LOCK TABLE` (which locks a view's relations too,
+//!    recursively), other kinds (materialized views, sequences) by OID. Replacing or dropping
+//!    any of them needs `ACCESS EXCLUSIVE` and now waits for the end of the transaction; a name
+//!    that resolves to nothing is left to the statement (which fails as without timebox);
+//! 2. the catalog's fingerprint ([`crate::masking::freshness::canonical_query`]) is read and
+//!    compared with the one of the copy the statement was checked against: when it differs —
+//!    something committed while the locks were awaited — the block raises, the transaction fails,
+//!    and the client's Query, pipelined behind it, runs nothing (`25P02`); the relay answers it
+//!    with timebox's refusal instead ([`changed_marker`]).
+//!
+//! Left: DDL that takes no lock on the relations named (a cast, operator or function overload
+//! created) committed in the instant between the fingerprint read and the statement's own parse.
+//! Every name, operator and collation in the block is schema-qualified (the session's
+//! `search_path` is the client's). Pure: text in, text out.
+
+use bytes::BytesMut;
+
+use crate::masking::freshness::{canonical_query, CatalogFingerprint};
+use crate::policy::classify::Relation;
+
+/// The message of the error the block raises when the catalog changed.
+const CHANGED: &str = "timebox_catalog_changed_while_locking";
+
+/// Never the canonical form of a fingerprint: with no fingerprint to compare, the block raises.
+const NO_FINGERPRINT: &str = "none";
+
+/// Whether an ErrorResponse (from its type byte) is the block's "catalog changed" error.
+pub(crate) fn changed_marker(frame: &[u8]) -> bool {
+    has_field(frame, b'M', CHANGED)
+}
+
+/// Whether a NoticeResponse is the warning of a `BEGIN` inside a block (`25001`).
+pub(crate) fn begin_warning(frame: &[u8]) -> bool {
+    has_field(frame, b'C', "25001")
+}
+
+/// Whether an ErrorResponse or NoticeResponse has field `code` equal to `value`.
+fn has_field(frame: &[u8], code: u8, value: &str) -> bool {
+    frame
+        .get(5..)
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .any(|field| field.first() == Some(&code) && &field[1..] == value.as_bytes())
+}
+
+/// The `DO` block locking `relations` and comparing the fingerprint with `expected` (SQL text).
+pub(crate) fn lock_block(relations: &[Relation], expected: Option<&CatalogFingerprint>) -> String {
+    let names: Vec<String> = relations.iter().map(|r| literal(&r.to_string())).collect();
+    let expected = expected.map_or_else(|| NO_FINGERPRINT.to_owned(), |f| f.canonical());
+    format!(
+        "DO $timebox_lock$ DECLARE n pg_catalog.text; r pg_catalog.regclass; k pg_catalog.\"char\"; fp pg_catalog.text; \
+         BEGIN \
+         FOREACH n IN ARRAY ARRAY[{names}]::pg_catalog.text[] LOOP \
+           r := pg_catalog.to_regclass(n); \
+           CONTINUE WHEN r IS NULL; \
+           SELECT c.relkind INTO k FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) r; \
+           IF k OPERATOR(pg_catalog.=) ANY ('{{r,p,v}}'::pg_catalog.\"char\"[]) \
+              AND pg_catalog.has_table_privilege(r, 'SELECT') THEN \
+             EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS SHARE MODE', r); \
+           ELSE \
+             PERFORM pg_catalog.pg_relation_size(r); \
+           END IF; \
+         END LOOP; \
+         {fingerprint} INTO fp; \
+         IF NOT COALESCE(fp OPERATOR(pg_catalog.=) {expected}, false) THEN \
+           RAISE EXCEPTION USING MESSAGE = '{CHANGED}', ERRCODE = '55000'; \
+         END IF; \
+         END $timebox_lock$",
+        names = names.join(", "),
+        fingerprint = canonical_query(),
+        expected = literal(&expected),
+    )
+}
+
+/// The first statement of a Query frame's text (a client's `BEGIN …` opening its string, s10):
+/// sent ahead of the lock block, so that the block it opens — with the isolation level and
+/// access mode it asks for — is the one the relations are locked in; the client's own copy then
+/// only warns (`25001`, dropped by the wrap). `None` when the text does not split.
+pub(crate) fn leading_begin(query_frame: &[u8]) -> Option<String> {
+    let body = query_frame.get(5..)?;
+    let text = std::str::from_utf8(&body[..body.iter().position(|b| *b == 0)?]).ok()?;
+    let first = pg_query::split_with_parser(text).ok()?.into_iter().next()?.trim();
+    (!first.is_empty()).then(|| first.to_owned())
+}
+
+/// A SQL string literal (standard conforming: quotes doubled; timebox's sessions keep
+/// `standard_conforming_strings` on).
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// What goes upstream ahead of a masked role's Query: a `BEGIN` (`begin`: timebox's, or the
+/// client's own leading one, see [`leading_begin`]) and, when the Query reads relations, the lock
+/// block; one Query message (`None`: nothing).
+pub(crate) fn prelude(begin: Option<&str>, lock: Option<String>) -> Option<BytesMut> {
+    let sql = match (begin, lock) {
+        (None, None) => return None,
+        (Some(begin), None) => begin.to_owned(),
+        (None, Some(block)) => block,
+        (Some(begin), Some(block)) => format!("{begin}; {block}"),
+    };
+    let mut out = BytesMut::new();
+    postgres_protocol::message::frontend::query(&sql, &mut out).expect("no NUL in timebox's own SQL");
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(schema: Option<&str>, name: &str) -> Relation {
+        Relation {
+            schema: schema.map(str::to_owned),
+            name: name.to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_block_locks_each_name_and_compares_the_fingerprint() {
+        let f = CatalogFingerprint::counting(3);
+        let block = lock_block(&[rel(Some("public"), "v"), rel(None, "It's")], Some(&f));
+        assert!(block.starts_with("DO $timebox_lock$"), "{block}");
+        assert!(block.contains("ARRAY['public.v', '\"It''s\"']::pg_catalog.text[]"), "{block}");
+        assert!(block.contains("LOCK TABLE %s IN ACCESS SHARE MODE"), "{block}");
+        assert!(block.contains(&literal(&f.canonical())), "{block}");
+        assert!(block.contains(&canonical_query()), "{block}");
+        // Nothing is left to the session's search_path: operators, functions and types named.
+        assert_eq!(
+            block.matches("OPERATOR(").count(),
+            block.matches("OPERATOR(pg_catalog.").count()
+        );
+        let operators = block.replace("MESSAGE = ", "").replace("ERRCODE = ", "");
+        for bare in [" = ", " IN (", " to_regclass(", " format(", " has_table_privilege("] {
+            assert!(!operators.contains(bare), "{bare:?} in {block}");
+        }
+    }
+
+    #[test]
+    fn without_a_fingerprint_the_block_always_raises() {
+        let block = lock_block(&[rel(None, "t")], None);
+        assert!(block.contains("OPERATOR(pg_catalog.=) 'none'"), "{block}");
+        assert!(!CatalogFingerprint::counting(0).canonical().contains("none"));
+    }
+
+    #[test]
+    fn the_prelude_is_one_query() {
+        assert!(prelude(None, None).is_none());
+        let begin = prelude(Some("BEGIN"), None).unwrap();
+        assert_eq!(&begin[..], &b"Q\0\0\0\x0aBEGIN\0"[..]);
+        let both = prelude(Some("BEGIN"), Some("DO $$ $$".into())).unwrap();
+        assert_eq!(&both[5..], &b"BEGIN; DO $$ $$\0"[..]);
+    }
+
+    #[test]
+    fn a_leading_begin_is_taken_whole() {
+        let mut frame = BytesMut::new();
+        let sql = "START TRANSACTION /* ; */ ISOLATION LEVEL SERIALIZABLE, READ ONLY; SELECT 1 FROM t; ROLLBACK";
+        postgres_protocol::message::frontend::query(sql, &mut frame).unwrap();
+        assert_eq!(
+            leading_begin(&frame).as_deref(),
+            Some("START TRANSACTION /* ; */ ISOLATION LEVEL SERIALIZABLE, READ ONLY")
+        );
+        assert_eq!(leading_begin(b"Q\0\0\0\x04"), None);
+    }
+
+    #[test]
+    fn only_the_blocks_own_error_is_the_marker() {
+        let mut frame = vec![b'E', 0, 0, 0, 0];
+        frame.extend_from_slice(b"SERROR\0C55000\0M");
+        frame.extend_from_slice(CHANGED.as_bytes());
+        frame.extend_from_slice(b"\0\0");
+        assert!(changed_marker(&frame));
+        let other = [&b"E\0\0\0\0SERROR\0C42P01\0Mrelation \"v\" does not exist\0\0"[..]].concat();
+        assert!(!changed_marker(&other));
+        let quoted = [&b"E\0\0\0\0SERROR\0Mx "[..], CHANGED.as_bytes(), b"\0\0"].concat();
+        assert!(!changed_marker(&quoted), "only the whole message");
+        let warning = &b"N\0\0\0\0SWARNING\0C25001\0Mthere is already a transaction in progress\0\0"[..];
+        assert!(begin_warning(warning));
+        assert!(!begin_warning(&other));
+    }
+}
