@@ -93,7 +93,7 @@ async fn a_string_opening_its_block_keeps_its_modes() {
     assert!(opened.starts_with("C:BEGIN"), "the string's own BEGIN answers first: {opened}");
     assert!(!opened.contains("N:") && !opened.contains("25001"), "no warning: {opened}");
     assert!(opened.contains("D:") && !opened.contains(SECRET), "{opened}");
-    assert!(opened.contains("D:||||serializable ") && opened.contains("D:||||on "), "{opened}");
+    assert!(opened.contains("serializable C:SHOW") && opened.contains("on C:SHOW"), "{opened}");
     assert!(opened.ends_with("Z:T "), "the block is open: {opened}");
     assert!(inside.contains("C:SELECT 1") && inside.ends_with("Z:T "), "{inside}");
     assert!(ended.contains("C:ROLLBACK") && ended.ends_with("Z:I "), "{ended}");
