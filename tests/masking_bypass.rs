@@ -962,7 +962,8 @@ async fn text_checked_against_one_catalog_never_runs_on_another() {
         (
             &selected,
             selected.starts_with("ERR 42501 ")
-                && (selected.contains("changed while the statement ran") || selected.contains("it did not run")),
+                && (selected.contains("changed while the statement ran")
+                    || selected.contains("it did not run")),
         ),
     ];
     let failures: Vec<&String> = expected

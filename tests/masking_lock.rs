@@ -56,20 +56,37 @@ async fn every_relation_kind_reads_as_without_the_lock_block() {
     let inst = start(&t, setup(&t)).await;
     let (mut s, mut buf) = raw(&inst).await;
     let matview = exchange(&mut s, &mut buf, &[query(&format!("SELECT n FROM {t}_m"))]).await;
-    let sequence = exchange(&mut s, &mut buf, &[query(&format!("SELECT last_value FROM {t}_s"))]).await;
+    let sequence = exchange(
+        &mut s,
+        &mut buf,
+        &[query(&format!("SELECT last_value FROM {t}_s"))],
+    )
+    .await;
     let column = exchange(&mut s, &mut buf, &[query(&format!("SELECT a FROM {t}_c"))]).await;
     let missing = exchange(&mut s, &mut buf, &[query(&format!("SELECT * FROM {t}_none"))]).await;
     let masked = exchange(&mut s, &mut buf, &[query(&format!("SELECT id, secret FROM {t}"))]).await;
     let _ = inst.shutdown().await;
     eprintln!("{matview}\n{sequence}\n{column}\n{missing}\n{masked}");
-    assert!(matview.contains("D:") && matview.contains("C:SELECT 1") && matview.ends_with("Z:I "), "{matview}");
-    assert!(sequence.contains("C:SELECT 1") && sequence.ends_with("Z:I "), "{sequence}");
-    assert!(column.contains("C:SELECT 1") && column.ends_with("Z:I "), "{column}");
+    assert!(
+        matview.contains("D:") && matview.contains("C:SELECT 1") && matview.ends_with("Z:I "),
+        "{matview}"
+    );
+    assert!(
+        sequence.contains("C:SELECT 1") && sequence.ends_with("Z:I "),
+        "{sequence}"
+    );
+    assert!(
+        column.contains("C:SELECT 1") && column.ends_with("Z:I "),
+        "{column}"
+    );
     assert!(
         missing.contains("C42P01") && missing.contains("does not exist") && missing.ends_with("Z:I "),
         "PostgreSQL's own error: {missing}"
     );
-    assert!(masked.contains("C:SELECT 1") && !masked.contains(SECRET), "{masked}");
+    assert!(
+        masked.contains("C:SELECT 1") && !masked.contains(SECRET),
+        "{masked}"
+    );
 }
 
 /// A string opening its own block (`BEGIN ISOLATION LEVEL …` among its statements) gets that block
@@ -90,12 +107,24 @@ async fn a_string_opening_its_block_keeps_its_modes() {
     let ended = exchange(&mut s, &mut buf, &[query("ROLLBACK")]).await;
     let _ = inst.shutdown().await;
     eprintln!("{opened}\n{inside}\n{ended}");
-    assert!(opened.starts_with("C:BEGIN"), "the string's own BEGIN answers first: {opened}");
-    assert!(!opened.contains("N:") && !opened.contains("25001"), "no warning: {opened}");
+    assert!(
+        opened.starts_with("C:BEGIN"),
+        "the string's own BEGIN answers first: {opened}"
+    );
+    assert!(
+        !opened.contains("N:") && !opened.contains("25001"),
+        "no warning: {opened}"
+    );
     assert!(opened.contains("D:") && !opened.contains(SECRET), "{opened}");
-    assert!(opened.contains("serializable C:SHOW") && opened.contains("on C:SHOW"), "{opened}");
+    assert!(
+        opened.contains("serializable C:SHOW") && opened.contains("on C:SHOW"),
+        "{opened}"
+    );
     assert!(opened.ends_with("Z:T "), "the block is open: {opened}");
-    assert!(inside.contains("C:SELECT 1") && inside.ends_with("Z:T "), "{inside}");
+    assert!(
+        inside.contains("C:SELECT 1") && inside.ends_with("Z:T "),
+        "{inside}"
+    );
     assert!(ended.contains("C:ROLLBACK") && ended.ends_with("Z:I "), "{ended}");
 }
 
@@ -108,9 +137,11 @@ async fn in_the_clients_block_a_lock_timeout_is_the_statements_error() {
     let inst = start(&t, setup(&t)).await;
     let (mut s, mut buf) = raw(&inst).await;
     let a = common::masking::accomplice().await;
-    a.batch_execute(&format!("BEGIN; LOCK TABLE public.{t}_p IN ACCESS EXCLUSIVE MODE"))
-        .await
-        .unwrap();
+    a.batch_execute(&format!(
+        "BEGIN; LOCK TABLE public.{t}_p IN ACCESS EXCLUSIVE MODE"
+    ))
+    .await
+    .unwrap();
     let begun = exchange(&mut s, &mut buf, &[query("BEGIN")]).await;
     let set = exchange(&mut s, &mut buf, &[query("SET LOCAL lock_timeout = '200ms'")]).await;
     let timed_out = exchange(&mut s, &mut buf, &[query(&format!("SELECT n FROM {t}_p"))]).await;
@@ -120,7 +151,10 @@ async fn in_the_clients_block_a_lock_timeout_is_the_statements_error() {
     let again = exchange(&mut s, &mut buf, &[query(&format!("SELECT n FROM {t}_p"))]).await;
     let _ = inst.shutdown().await;
     eprintln!("{begun}\n{set}\n{timed_out}\n{after}\n{ended}\n{again}");
-    assert!(begun.ends_with("Z:T ") && set.ends_with("Z:T "), "{begun} / {set}");
+    assert!(
+        begun.ends_with("Z:T ") && set.ends_with("Z:T "),
+        "{begun} / {set}"
+    );
     assert!(
         timed_out.contains("C55P03") && timed_out.contains("lock timeout") && timed_out.ends_with("Z:E "),
         "the lock block's error is the statement's: {timed_out}"

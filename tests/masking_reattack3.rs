@@ -403,7 +403,10 @@ async fn closed_a_second_session_does_not_see_code_of_a_view_replaced_while_wait
     eprintln!("{refused} / {seen}");
     assert!(!leaked(&refused), "{refused}");
     assert!(!leaked(&seen), "the second session: {seen}");
-    assert!(refused.contains("42501") && refused.contains("it did not run"), "{refused}");
+    assert!(
+        refused.contains("42501") && refused.contains("it did not run"),
+        "{refused}"
+    );
 }
 
 /// Held. `DEALLOCATE` and `PREPARE` are not transactional: in `DEALLOCATE p; PREPARE p AS SELECT

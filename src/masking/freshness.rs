@@ -347,7 +347,10 @@ mod tests {
         assert!(text.contains(&format!("pg_rewrite=7/{:032x}", 700)), "{text}");
         let q = canonical_query();
         assert!(q.contains("COLLATE pg_catalog.\"C\""), "{q}");
-        assert_eq!(q.matches("OPERATOR(").count(), q.matches("OPERATOR(pg_catalog.").count());
+        assert_eq!(
+            q.matches("OPERATOR(").count(),
+            q.matches("OPERATOR(pg_catalog.").count()
+        );
     }
 
     #[test]

@@ -203,7 +203,11 @@ impl Interceptor {
             }
         };
         add(classification);
-        for name in classification.statements.iter().filter_map(|s| s.execute_name.as_ref()) {
+        for name in classification
+            .statements
+            .iter()
+            .filter_map(|s| s.execute_name.as_ref())
+        {
             if let Some(p) = self.prepared.get(name) {
                 add(&p.classification);
             }

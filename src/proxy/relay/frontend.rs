@@ -10,10 +10,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::gate::AuditGate;
+use super::lock_prelude;
 use super::precheck::offload_precheck;
 use super::state::EndReason;
 use super::sync::SyncTracker;
-use super::lock_prelude;
 use super::wrap::{self, Mode};
 use super::{audit_refusal, Relay};
 use crate::audit::event::{self as audit_event, AuditEvent};

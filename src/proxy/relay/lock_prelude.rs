@@ -135,7 +135,10 @@ mod tests {
         let f = CatalogFingerprint::counting(3);
         let block = lock_block(&[rel(Some("public"), "v"), rel(None, "It's")], Some(&f));
         assert!(block.starts_with("DO $timebox_lock$"), "{block}");
-        assert!(block.contains("ARRAY['public.v', '\"It''s\"']::pg_catalog.text[]"), "{block}");
+        assert!(
+            block.contains("ARRAY['public.v', '\"It''s\"']::pg_catalog.text[]"),
+            "{block}"
+        );
         assert!(block.contains("LOCK TABLE %s IN ACCESS SHARE MODE"), "{block}");
         assert!(block.contains(&literal(&f.canonical())), "{block}");
         assert!(block.contains(&canonical_query()), "{block}");
@@ -145,7 +148,13 @@ mod tests {
             block.matches("OPERATOR(pg_catalog.").count()
         );
         let operators = block.replace("MESSAGE = ", "").replace("ERRCODE = ", "");
-        for bare in [" = ", " IN (", " to_regclass(", " format(", " has_table_privilege("] {
+        for bare in [
+            " = ",
+            " IN (",
+            " to_regclass(",
+            " format(",
+            " has_table_privilege(",
+        ] {
             assert!(!operators.contains(bare), "{bare:?} in {block}");
         }
     }
@@ -169,7 +178,8 @@ mod tests {
     #[test]
     fn a_leading_begin_is_taken_whole() {
         let mut frame = BytesMut::new();
-        let sql = "START TRANSACTION /* ; */ ISOLATION LEVEL SERIALIZABLE, READ ONLY; SELECT 1 FROM t; ROLLBACK";
+        let sql =
+            "START TRANSACTION /* ; */ ISOLATION LEVEL SERIALIZABLE, READ ONLY; SELECT 1 FROM t; ROLLBACK";
         postgres_protocol::message::frontend::query(sql, &mut frame).unwrap();
         assert_eq!(
             leading_begin(&frame).as_deref(),

@@ -406,16 +406,29 @@ fn in_the_clients_block_the_lock_block_goes_alone() {
     let mut w = TxWrap::default();
     w.forwarded(Mode::Locked { begin_warning: false });
     assert!(w.holding() && w.opening());
-    assert_eq!(steps(&mut w, &[(b'C', 0), (b'Z', b'T')], Refused::No), vec![WrapStep::Drop; 2]);
+    assert_eq!(
+        steps(&mut w, &[(b'C', 0), (b'Z', b'T')], Refused::No),
+        vec![WrapStep::Drop; 2]
+    );
     assert!(!w.expects_begin_warning());
-    assert_eq!(w.on_backend(b'E', 0, Refused::No), WrapStep::Pass, "no prelude error: the Query's own");
+    assert_eq!(
+        w.on_backend(b'E', 0, Refused::No),
+        WrapStep::Pass,
+        "no prelude error: the Query's own"
+    );
     assert_eq!(w.on_backend(b'Z', b'E', Refused::No), WrapStep::Done);
     // Failed: the Query's error replaced by the prelude's; the block is left failed.
     w.forwarded(Mode::Locked { begin_warning: false });
     let error = BytesMut::from(&b"E lock timeout"[..]);
     w.prelude_failed(Substitute::Error(error.clone()));
-    assert_eq!(steps(&mut w, &[(b'E', 0), (b'Z', b'E')], Refused::No), vec![WrapStep::Drop; 2]);
-    assert_eq!(w.on_backend(b'E', 0, Refused::No), WrapStep::Substitute(Substitute::Error(error)));
+    assert_eq!(
+        steps(&mut w, &[(b'E', 0), (b'Z', b'E')], Refused::No),
+        vec![WrapStep::Drop; 2]
+    );
+    assert_eq!(
+        w.on_backend(b'E', 0, Refused::No),
+        WrapStep::Substitute(Substitute::Error(error))
+    );
     assert_eq!(w.on_backend(b'Z', b'E', Refused::No), WrapStep::Done);
     assert!(!w.holding());
 }
@@ -427,11 +440,18 @@ fn a_strings_own_begin_warns_once() {
     let mut w = TxWrap::default();
     w.forwarded(Mode::Locked { begin_warning: true });
     assert!(!w.expects_begin_warning(), "not while the prelude answers");
-    assert_eq!(steps(&mut w, &[(b'C', 0), (b'C', 0), (b'Z', b'T')], Refused::No), vec![WrapStep::Drop; 3]);
+    assert_eq!(
+        steps(&mut w, &[(b'C', 0), (b'C', 0), (b'Z', b'T')], Refused::No),
+        vec![WrapStep::Drop; 3]
+    );
     assert!(w.expects_begin_warning());
     w.begin_warned();
     assert!(!w.expects_begin_warning());
-    assert_eq!(w.on_backend(b'Z', b'T', Refused::No), WrapStep::Done, "the block is the client's");
+    assert_eq!(
+        w.on_backend(b'Z', b'T', Refused::No),
+        WrapStep::Done,
+        "the block is the client's"
+    );
     w.forwarded(Mode::Guarded);
     assert!(!w.expects_begin_warning());
 }
