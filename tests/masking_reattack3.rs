@@ -16,9 +16,7 @@ mod common;
 
 use bytes::{BufMut, BytesMut};
 use common::cluster::{unique_name, READ_PASSWORD, READ_USER, WRITE_PASSWORD, WRITE_USER};
-use common::frames::{
-    answer, bind, exchange, exchange_or_close, exchange_to_close, execute, msg, parse, query, send, sync,
-};
+use common::frames::{answer, bind, exchange, exchange_or_close, execute, msg, parse, query, send, sync};
 use common::masking::{accomplice, across_a_lock, admin_psql, raw_exchange, start_over};
 use common::TestInstance;
 use tokio::net::TcpStream;
