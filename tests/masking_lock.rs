@@ -51,7 +51,7 @@ async fn raw(inst: &TestInstance) -> (TcpStream, BytesMut) {
 /// table granted by column, and a name that resolves to nothing: each answered as without timebox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_relation_kind_reads_as_without_the_lock_block() {
-    let _catalog = common::masking::catalog_lock().read().await;
+    let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s10lk_k");
     let inst = start(&t, setup(&t)).await;
     let (mut s, mut buf) = raw(&inst).await;
@@ -94,7 +94,7 @@ async fn every_relation_kind_reads_as_without_the_lock_block() {
 /// block), and the warning of its copy is not the client's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_string_opening_its_block_keeps_its_modes() {
-    let _catalog = common::masking::catalog_lock().read().await;
+    let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s10lk_b");
     let inst = start(&t, setup(&t)).await;
     let (mut s, mut buf) = raw(&inst).await;
@@ -132,7 +132,7 @@ async fn a_string_opening_its_block_keeps_its_modes() {
 /// session) is the statement's error, and the block is failed as by any error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_the_clients_block_a_lock_timeout_is_the_statements_error() {
-    let _catalog = common::masking::catalog_lock().read().await;
+    let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s10lk_t");
     let inst = start(&t, setup(&t)).await;
     let (mut s, mut buf) = raw(&inst).await;

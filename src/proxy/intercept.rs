@@ -190,6 +190,20 @@ impl Interceptor {
         self.masking.as_ref()
     }
 
+    /// The name of the session's lock block in the extended protocol (s10): unique to the session
+    /// like its denial marker, so it never names a client's statement or portal.
+    pub fn lock_name(&self) -> String {
+        self.marker.replacen("timebox_denied_", "timebox_lock_", 1)
+    }
+
+    /// The relations prepared statement `name` reads (s10; empty when it is unknown).
+    pub fn prepared_relations(&self, name: &str) -> Vec<policy::classify::Relation> {
+        self.prepared
+            .get(name)
+            .map(|p| self.relations_read(&p.classification))
+            .unwrap_or_default()
+    }
+
     /// The relations a checked text reads, as named (s10, for the masked roles' lock block): those
     /// its statements name, and those of the prepared statements it executes (as prepared, every
     /// statement of their text), each once.

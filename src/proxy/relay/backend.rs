@@ -143,6 +143,15 @@ impl Session {
         (tag, start, end): (u8, u64, u64),
         stopped: &mut Option<Limit>,
     ) -> Result<Held, OutboxError> {
+        // Masked roles' Binds (`super::lock_prelude`): the answers to timebox's lock block ahead
+        // of one (not an abort marker's error, which comes first, see `super::pipeline`).
+        if matches!(tag, b'1' | b'2' | b'C' | b'3' | b'E')
+            && r.mask.as_ref().is_some_and(|m| m.answering_lock())
+            && !(tag == b'E' && r.batch.as_ref().is_some_and(|b| b.marker_pending()))
+        {
+            self.lock_frame(r, (tag, start, end))?;
+            return Ok(Held::Handled);
+        }
         // Masked roles' Queries (`super::wrap`): timebox's own transaction control is answered
         // here, and a Query's end releases the client's frames.
         if r.wrap.is_some() && !self.wrap_frame(r, (tag, start, end))? {

@@ -108,7 +108,7 @@ impl Session {
             // Masked roles: a Query outside a transaction block goes in one timebox opens, if it
             // may; one reading relations, after they are locked (in the client's block too).
             let transaction = (tag == b'Q' && r.wrap.is_some()).then(|| r.sync.transaction());
-            let (ddl, sent, mode) = self.on_frame(
+            let (ddl, sent, mode, bind_locked) = self.on_frame(
                 &mut r.gate,
                 &mut r.sync,
                 r.skip_audit,
@@ -130,6 +130,9 @@ impl Session {
                 }
             }
             if let Some(m) = r.mask.as_mut() {
+                if bind_locked {
+                    m.lock_sent();
+                }
                 m.on_frontend(tag, frame);
             }
             r.bufs.from_client.advance(consumed);
@@ -164,7 +167,8 @@ impl Session {
     /// `true` when it is an allowed DDL statement (masked columns' identities may change); the type
     /// of the frame sent upstream in its place, if any; how a masked role's Query went
     /// (`transaction`: the session's transaction status before it, for masked roles' Queries;
-    /// see `wrap` and `lock_prelude`).
+    /// see `wrap` and `lock_prelude`); `true` when timebox's lock block went ahead of a masked
+    /// role's Bind.
     #[allow(clippy::too_many_arguments)]
     fn on_frame(
         &mut self,
@@ -175,7 +179,7 @@ impl Session {
         frame: &[u8],
         precheck: Option<Precheck>,
         transaction: Option<u8>,
-    ) -> (bool, Option<u8>, Mode) {
+    ) -> (bool, Option<u8>, Mode, bool) {
         let mut checked = None;
         let action = self
             .interceptor
@@ -188,6 +192,8 @@ impl Session {
             gate.hold(&prelude);
         }
         let mode = mode.0;
+        let bind_locked = tag == b'B' && matches!(action, FrontendAction::Forward);
+        let bind_locked = bind_locked && self.masked_bind_lock(gate, frame);
         // What actually goes upstream decides what it will answer.
         let sent_tag = match &action {
             FrontendAction::Forward => {
@@ -215,7 +221,33 @@ impl Session {
         }
         let ddl =
             checked.is_some_and(|c| c.denied.is_none() && c.class == crate::policy::StatementClass::Ddl);
-        (ddl, sent_tag, mode)
+        (ddl, sent_tag, mode, bind_locked)
+    }
+
+    /// A masked role's Bind of a statement that reads relations: timebox's lock block goes
+    /// upstream ahead of it (`lock_prelude::bind_lock`); `true` when it did.
+    fn masked_bind_lock(&self, gate: &mut AuditGate, frame: &[u8]) -> bool {
+        let Some(m) = self.interceptor.masking() else {
+            return false;
+        };
+        let body = frame.get(5..).unwrap_or_default();
+        let statement = body
+            .iter()
+            .position(|b| *b == 0)
+            .and_then(|end| body.get(end + 1..))
+            .and_then(|rest| rest.iter().position(|b| *b == 0).map(|n| &rest[..n]));
+        let Some(statement) = statement.and_then(|s| std::str::from_utf8(s).ok()) else {
+            return false;
+        };
+        let relations = self.interceptor.prepared_relations(statement);
+        if relations.is_empty() {
+            return false;
+        }
+        let snapshot = m.entry.current();
+        let block =
+            lock_prelude::lock_block(&relations, snapshot.as_ref().and_then(|s| s.fingerprint.as_ref()));
+        gate.hold(&lock_prelude::bind_lock(&self.interceptor.lock_name(), &block));
+        true
     }
 
     /// How a masked role's Query goes (`transaction`: the session's status before it; `None`: not

@@ -26,12 +26,21 @@
 //! Left: DDL that takes no lock on the relations named (a cast, operator or function overload
 //! created) committed in the instant between the fingerprint read and the statement's own parse.
 //! Every name, operator and collation in the block is schema-qualified (the session's
-//! `search_path` is the client's). Pure: text in, text out.
+//! `search_path` is the client's).
+//!
+//! In the extended protocol the block goes ahead of each masked Bind that reads relations, as
+//! Parse/Bind/Execute/Close messages of its own ([`bind_lock`]): its answers are matched like the
+//! client's messages' (`super::mask`'s `Expect::Lock`) and dropped ([`Session::lock_frame`]); its
+//! error answers the client's batch instead (PostgreSQL skips the client's Bind and the rest up to
+//! Sync: nothing of it ran). The texts are pure; the relay's glue is at the end.
 
 use bytes::BytesMut;
 
+use super::outbox::OutboxError;
+use super::Relay;
 use crate::masking::freshness::{canonical_query, CatalogFingerprint};
 use crate::policy::classify::Relation;
+use crate::proxy::session::Session;
 
 /// The message of the error the block raises when the catalog changed.
 const CHANGED: &str = "timebox_catalog_changed_while_locking";
@@ -98,6 +107,37 @@ pub(crate) fn leading_begin(query_frame: &[u8]) -> Option<String> {
     (!first.is_empty()).then(|| first.to_owned())
 }
 
+/// The answers PostgreSQL sends to [`bind_lock`]'s messages when the block succeeds
+/// (ParseComplete, BindComplete, CommandComplete, CloseComplete twice); on an error, its
+/// ErrorResponse alone (the server then skips everything up to the client's Sync).
+pub(crate) const BIND_LOCK_ANSWERS: u8 = 5;
+
+/// The lock block as extended-protocol messages, sent ahead of a masked role's Bind (s10): in the
+/// extended protocol a Bind plans the statement (again, when an object it reads changed: a view
+/// replaced while it waited for its lock), and its Execute runs it. Parse, Bind and Execute of the
+/// block under the session's own name `name` (never the client's unnamed statement or portal),
+/// then Close of both. In the batch's transaction — implicit or the client's block — so the locks
+/// hold until its end; when the block raises, PostgreSQL skips the client's Bind and everything
+/// after it up to Sync, as after any error in a batch.
+pub(crate) fn bind_lock(name: &str, block: &str) -> BytesMut {
+    use postgres_protocol::message::frontend;
+    let mut out = BytesMut::new();
+    frontend::parse(name, block, std::iter::empty(), &mut out).expect("no NUL in timebox's own SQL");
+    // Bind: portal, statement, no parameter formats, no parameters, no result formats.
+    let body_len = 4 + 2 * (name.len() + 1) + 6;
+    out.extend_from_slice(b"B");
+    out.extend_from_slice(&(body_len as u32).to_be_bytes());
+    for _ in 0..2 {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&[0]);
+    }
+    out.extend_from_slice(&[0; 6]);
+    frontend::execute(name, 0, &mut out).expect("no NUL in timebox's own name");
+    frontend::close(b'P', name, &mut out).expect("no NUL in timebox's own name");
+    frontend::close(b'S', name, &mut out).expect("no NUL in timebox's own name");
+    out
+}
+
 /// A SQL string literal (standard conforming: quotes doubled; timebox's sessions keep
 /// `standard_conforming_strings` on).
 fn literal(s: &str) -> String {
@@ -117,6 +157,46 @@ pub(crate) fn prelude(begin: Option<&str>, lock: Option<String>) -> Option<Bytes
     let mut out = BytesMut::new();
     postgres_protocol::message::frontend::query(&sql, &mut out).expect("no NUL in timebox's own SQL");
     Some(out)
+}
+
+impl Session {
+    /// A backend frame answering timebox's lock block ahead of a Bind: dropped, or (an error)
+    /// replaced by the refusal the client's batch gets instead — timebox's when the catalog
+    /// changed, else the block's own error (a lock timeout, a cancel) without DETAIL.
+    pub(super) fn lock_frame(
+        &mut self,
+        r: &mut Relay,
+        (tag, start, end): (u8, u64, u64),
+    ) -> Result<(), OutboxError> {
+        if tag != b'E' {
+            if let Some(m) = r.mask.as_mut() {
+                m.lock_answered();
+            }
+            return r.bufs.outbox.replace_frame(start, end, &[]);
+        }
+        let frame = r.bufs.outbox.frame_bytes(start, end)?;
+        let bytes = if changed_marker(frame) {
+            tracing::info!(
+                "the catalog changed while a masked Bind's relations were locked; its batch did not run"
+            );
+            self.ctx.proxy.masking_metrics.masking_refusals_total.inc();
+            match r.mask.as_ref() {
+                Some(m) => m.locked_changed_error().to_bytes(),
+                None => crate::proxy::wire::PgError::masked_effects_kept().to_bytes(),
+            }
+        } else {
+            super::mask::without_detail(frame).unwrap_or_else(|| BytesMut::from(frame))
+        };
+        // The batch failed upstream: the hold on the client's frames learns it (and lets them go).
+        self.batch_frame(r, (tag, start, end))?;
+        r.sync.error(r.held.error_sqlstate(&bytes));
+        r.bufs.outbox.replace_frame(start, end, &bytes)?;
+        if let Some(m) = r.mask.as_mut() {
+            m.lock_failed();
+            self.interceptor.on_backend_outcomes(m.outcomes.drain(..));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -173,6 +253,26 @@ mod tests {
         assert_eq!(&begin[..], &b"Q\0\0\0\x0aBEGIN\0"[..]);
         let both = prelude(Some("BEGIN"), Some("DO $$ $$".into())).unwrap();
         assert_eq!(&both[5..], &b"BEGIN; DO $$ $$\0"[..]);
+    }
+
+    #[test]
+    fn the_bind_lock_is_five_messages_under_the_sessions_name() {
+        let out = bind_lock("timebox_lock_ab", "DO $$ $$");
+        let mut tags = Vec::new();
+        let mut rest = &out[..];
+        while !rest.is_empty() {
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            tags.push(rest[0]);
+            if rest[0] == b'B' {
+                assert_eq!(
+                    &rest[5..1 + len],
+                    &b"timebox_lock_ab\0timebox_lock_ab\0\0\0\0\0\0\0"[..]
+                );
+            }
+            rest = &rest[1 + len..];
+        }
+        assert_eq!(tags, b"PBECC");
+        assert_eq!(tags.len(), BIND_LOCK_ANSWERS as usize);
     }
 
     #[test]

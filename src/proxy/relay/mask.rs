@@ -54,6 +54,8 @@ enum Expect {
         portal: bool,
         name: String,
     },
+    /// timebox's lock block ahead of a Bind (s10): the answers still to come.
+    Lock(u8),
     Sync,
 }
 
@@ -768,6 +770,9 @@ mod recheck;
 
 #[path = "mask_errors.rs"]
 mod errors;
+
+#[path = "mask_lock.rs"]
+mod lock;
 pub(crate) use recheck::confirming_result;
 use recheck::{column_verdict, CheckedWith, Rechecked};
 

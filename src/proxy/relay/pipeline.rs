@@ -88,6 +88,12 @@ impl BatchHold {
         self.waiting
     }
 
+    /// Whether the ErrorResponse of an abort marker is still to come (it comes before the answers
+    /// to anything the client sent after the refused result, timebox's lock block included).
+    pub(crate) fn marker_pending(&self) -> bool {
+        self.marker.is_some()
+    }
+
     /// A client frame of type `tag` was forwarded (after any replacement); returns the bytes to
     /// forward right after it: a Flush after an Execute whose result the next frame waits for.
     pub(crate) fn forwarded(&mut self, tag: u8) -> Option<&'static [u8]> {
