@@ -93,7 +93,10 @@ fn wrappable_kind(s: &StatementInfo, several: bool) -> bool {
 ///   `ROLLBACK`, `SAVEPOINT` or `RELEASE` in its middle leaves the statements after it outside
 ///   the block (each commits on its own, s9 attack);
 /// - a statement timebox does not run in its own block (`DISCARD`, `SET TRANSACTION`, DDL
-///   PostgreSQL refuses in a block, …) must come alone, so the string is never left unwrapped.
+///   PostgreSQL refuses in a block, …) must come alone, so the string is never left unwrapped;
+/// - `search_path` may change only in the string's last statement (s10): timebox's lock block
+///   ([`super::lock_prelude`]) resolves the names the string reads before it runs, with the path
+///   as it is then.
 pub(crate) fn string_refusal(statements: &[StatementInfo]) -> Option<(String, &'static str)> {
     if statements.len() < 2 {
         return None;
@@ -101,6 +104,16 @@ pub(crate) fn string_refusal(statements: &[StatementInfo]) -> Option<(String, &'
     let last = statements.len() - 1;
     for (i, s) in statements.iter().enumerate() {
         let kind = s.kind.as_str();
+        let path = s
+            .sets
+            .iter()
+            .any(|c| matches!(c.name.as_str(), "search_path" | "all"));
+        if path && i != last {
+            return Some((
+                "for roles with masks, a change of search_path must be the last statement of a Query string (timebox locks what the string reads, by name, before it runs)".to_owned(),
+                "Send SET search_path as a Query of its own, before the statements.",
+            ));
+        }
         if COMMIT_KINDS.contains(&kind) {
             return Some((
                 format!("for roles with masks, {kind} must be a Query of its own (in a string it would make durable what a statement whose result timebox refuses did)"),

@@ -80,6 +80,19 @@ fn strings_that_would_run_outside_timebox_s_transaction_are_refused() {
             "SET TRANSACTION must be",
         ),
         ("VACUUM t; SELECT 1", "VACUUM must be"),
+        (
+            "SET search_path = s, public; SELECT * FROM t",
+            "search_path must be the last",
+        ),
+        (
+            "SELECT pg_catalog.set_config('search_path', 's', false); SELECT * FROM t",
+            "search_path must be the last",
+        ),
+        ("RESET ALL; SELECT * FROM t", "search_path must be the last"),
+        (
+            "BEGIN; SET LOCAL search_path = s; SELECT * FROM t",
+            "search_path must be the last",
+        ),
     ] {
         let got = refused(sql);
         assert!(got.as_deref().is_some_and(|m| m.contains(says)), "{sql}: {got:?}");
@@ -93,6 +106,9 @@ fn strings_that_would_run_outside_timebox_s_transaction_are_refused() {
         "START TRANSACTION; DECLARE c CURSOR FOR SELECT 1; FETCH 2 FROM c",
         "SELECT 1; SELECT 2",
         "LOCK TABLE t; SELECT * FROM t",
+        "SELECT * FROM t; SET search_path = s",
+        "SET search_path = s",
+        "SET statement_timeout = 5; SELECT * FROM t",
     ] {
         assert_eq!(refused(sql), None, "{sql}");
     }
