@@ -164,3 +164,29 @@ async fn in_the_clients_block_a_lock_timeout_is_the_statements_error() {
     assert!(ended.ends_with("Z:I "), "{ended}");
     assert!(again.contains("C:SELECT 1") && again.ends_with("Z:I "), "{again}");
 }
+
+/// The block reads the fingerprint through a statement it prepares in the session (s10, cost): a
+/// client's `DEALLOCATE ALL` drops it, and the next block prepares it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_deallocate_all_only_makes_the_block_prepare_again() {
+    let _catalog = common::masking::catalog_lock().write().await;
+    let t = unique_name("s10lk_d");
+    let inst = start(&t, setup(&t)).await;
+    let (mut s, mut buf) = raw(&inst).await;
+    let sql = format!("SELECT id, secret FROM {t}");
+    let first = exchange(&mut s, &mut buf, &[query(&sql)]).await;
+    let listed = exchange(
+        &mut s,
+        &mut buf,
+        &[query("SELECT name FROM pg_catalog.pg_prepared_statements")],
+    )
+    .await;
+    let dropped = exchange(&mut s, &mut buf, &[query("DEALLOCATE ALL")]).await;
+    let again = exchange(&mut s, &mut buf, &[query(&sql)]).await;
+    let _ = inst.shutdown().await;
+    eprintln!("{first}\n{listed}\n{dropped}\n{again}");
+    assert!(first.contains("C:SELECT 1") && !first.contains(SECRET), "{first}");
+    assert!(listed.contains("timebox_check_"), "{listed}");
+    assert!(dropped.contains("C:DEALLOCATE ALL"), "{dropped}");
+    assert!(again.contains("C:SELECT 1") && !again.contains(SECRET), "{again}");
+}

@@ -196,6 +196,11 @@ impl Interceptor {
         self.marker.replacen("timebox_denied_", "timebox_lock_", 1)
     }
 
+    /// The name of the session's prepared fingerprint read, used by its lock block (s10).
+    pub fn check_name(&self) -> String {
+        self.marker.replacen("timebox_denied_", "timebox_check_", 1)
+    }
+
     /// The relations prepared statement `name` reads (s10; empty when it is unknown).
     pub fn prepared_relations(&self, name: &str) -> Vec<policy::classify::Relation> {
         self.prepared

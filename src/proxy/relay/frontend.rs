@@ -244,8 +244,11 @@ impl Session {
             return false;
         }
         let snapshot = m.entry.current();
-        let block =
-            lock_prelude::lock_block(&relations, snapshot.as_ref().and_then(|s| s.fingerprint.as_ref()));
+        let block = lock_prelude::lock_block(
+            &relations,
+            snapshot.as_ref().and_then(|s| s.fingerprint.as_ref()),
+            &self.interceptor.check_name(),
+        );
         gate.hold(&lock_prelude::bind_lock(&self.interceptor.lock_name(), &block));
         true
     }
@@ -292,7 +295,11 @@ impl Session {
             .filter(|relations| !relations.is_empty())
             .map(|relations| {
                 let snapshot = self.interceptor.masking().and_then(|m| m.entry.current());
-                lock_prelude::lock_block(&relations, snapshot.as_ref().and_then(|s| s.fingerprint.as_ref()))
+                lock_prelude::lock_block(
+                    &relations,
+                    snapshot.as_ref().and_then(|s| s.fingerprint.as_ref()),
+                    &self.interceptor.check_name(),
+                )
             });
         let mode = match (own, lock.is_some()) {
             (true, _) => Mode::Own,

@@ -68,9 +68,17 @@ fn has_field(frame: &[u8], code: u8, value: &str) -> bool {
 }
 
 /// The `DO` block locking `relations` and comparing the fingerprint with `expected` (SQL text).
-pub(crate) fn lock_block(relations: &[Relation], expected: Option<&CatalogFingerprint>) -> String {
+/// The fingerprint is read by the session's prepared statement `check` (prepared by the block
+/// when the session has none of that name: planning the query costs more than running it; a
+/// client's `DEALLOCATE ALL` only makes the next block prepare it again).
+pub(crate) fn lock_block(
+    relations: &[Relation],
+    expected: Option<&CatalogFingerprint>,
+    check: &str,
+) -> String {
     let names: Vec<String> = relations.iter().map(|r| literal(&r.to_string())).collect();
     let expected = expected.map_or_else(|| NO_FINGERPRINT.to_owned(), |f| f.canonical());
+    let prepare = format!("PREPARE {check} AS {}", canonical_query());
     format!(
         "DO $timebox_lock$ DECLARE n pg_catalog.text; r pg_catalog.regclass; k pg_catalog.\"char\"; fp pg_catalog.text; \
          BEGIN \
@@ -85,13 +93,19 @@ pub(crate) fn lock_block(relations: &[Relation], expected: Option<&CatalogFinger
              PERFORM pg_catalog.pg_relation_size(r); \
            END IF; \
          END LOOP; \
-         {fingerprint} INTO fp; \
+         IF NOT EXISTS (SELECT FROM pg_catalog.pg_prepared_statements s \
+             WHERE s.name OPERATOR(pg_catalog.=) {check_literal}) THEN \
+           EXECUTE {prepare}; \
+         END IF; \
+         EXECUTE {execute} INTO fp; \
          IF NOT COALESCE(fp OPERATOR(pg_catalog.=) {expected}, false) THEN \
            RAISE EXCEPTION USING MESSAGE = '{CHANGED}', ERRCODE = '55000'; \
          END IF; \
          END $timebox_lock$",
         names = names.join(", "),
-        fingerprint = canonical_query(),
+        check_literal = literal(check),
+        prepare = literal(&prepare),
+        execute = literal(&format!("EXECUTE {check}")),
         expected = literal(&expected),
     )
 }
@@ -213,7 +227,11 @@ mod tests {
     #[test]
     fn the_block_locks_each_name_and_compares_the_fingerprint() {
         let f = CatalogFingerprint::counting(3);
-        let block = lock_block(&[rel(Some("public"), "v"), rel(None, "It's")], Some(&f));
+        let block = lock_block(
+            &[rel(Some("public"), "v"), rel(None, "It's")],
+            Some(&f),
+            "timebox_check_ab",
+        );
         assert!(block.starts_with("DO $timebox_lock$"), "{block}");
         assert!(
             block.contains("ARRAY['public.v', '\"It''s\"']::pg_catalog.text[]"),
@@ -221,7 +239,17 @@ mod tests {
         );
         assert!(block.contains("LOCK TABLE %s IN ACCESS SHARE MODE"), "{block}");
         assert!(block.contains(&literal(&f.canonical())), "{block}");
-        assert!(block.contains(&canonical_query()), "{block}");
+        assert!(
+            block.contains(&literal(&format!(
+                "PREPARE timebox_check_ab AS {}",
+                canonical_query()
+            ))),
+            "{block}"
+        );
+        assert!(
+            block.contains("EXECUTE 'EXECUTE timebox_check_ab' INTO fp"),
+            "{block}"
+        );
         // Nothing is left to the session's search_path: operators, functions and types named.
         assert_eq!(
             block.matches("OPERATOR(").count(),
@@ -241,7 +269,7 @@ mod tests {
 
     #[test]
     fn without_a_fingerprint_the_block_always_raises() {
-        let block = lock_block(&[rel(None, "t")], None);
+        let block = lock_block(&[rel(None, "t")], None, "timebox_check_ab");
         assert!(block.contains("OPERATOR(pg_catalog.=) 'none'"), "{block}");
         assert!(!CatalogFingerprint::counting(0).canonical().contains("none"));
     }
