@@ -320,8 +320,9 @@ impl Interceptor {
                     (&denial, &pre.mask_denial, &self.masking, &pre.masked_text)
                 {
                     let parse = pre.name.as_deref();
-                    let judged = parse
-                        .map_or(Ok(()), |name| self.mask_judged.parse_allowed(m, name))
+                    let judged = crate::proxy::relay::lock_prelude::temporary_schema_refusal(text, &m.role)
+                        .map_or(Ok(()), Err)
+                        .and_then(|()| parse.map_or(Ok(()), |name| self.mask_judged.parse_allowed(m, name)))
                         .and_then(|()| self.mask_judged.on_text(m, text, &c, parse.is_some()));
                     match judged {
                         Ok(changes) => self.mask_changes = changes,

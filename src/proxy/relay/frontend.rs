@@ -272,6 +272,8 @@ impl Session {
         };
         let statements = &c.classification.statements;
         let own = status == b'I' && wrap::wrappable(statements);
+        let relations = self.interceptor.relations_read(&c.classification);
+        let reads = !relations.is_empty();
         // `wrap::string_refusal` leaves transaction control in a string only as its first
         // (`BEGIN`) or last (`ROLLBACK`) statement.
         let opens = status == b'I'
@@ -281,7 +283,16 @@ impl Session {
                 Some("BEGIN" | "START TRANSACTION")
             );
         let begin = if own {
-            Some("BEGIN".to_owned())
+            // READ COMMITTED whatever the session's default when the lock block follows: it
+            // refuses any other isolation level (see `lock_prelude::ISOLATION`).
+            Some(
+                if reads {
+                    "BEGIN ISOLATION LEVEL READ COMMITTED"
+                } else {
+                    "BEGIN"
+                }
+                .to_owned(),
+            )
         } else if opens {
             match lock_prelude::leading_begin(frame) {
                 Some(begin) => Some(begin),
@@ -291,7 +302,7 @@ impl Session {
             None
         };
         let lock = (own || opens || status == b'T')
-            .then(|| self.interceptor.relations_read(&c.classification))
+            .then_some(relations)
             .filter(|relations| !relations.is_empty())
             .map(|relations| {
                 let snapshot = self.interceptor.masking().and_then(|m| m.entry.current());

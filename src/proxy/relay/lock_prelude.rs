@@ -12,11 +12,15 @@
 //! How: one `DO` block, pipelined ahead of the client's Query in the same transaction (after
 //! timebox's `BEGIN`, or in the client's block):
 //! 1. each relation the statement names — and those of the prepared statements it executes — is
-//!    resolved with the session's `search_path` (the statement's) and locked `ACCESS SHARE`:
-//!    tables, partitioned tables and views with `LOCK TABLE` (which locks a view's relations too,
-//!    recursively), other kinds (materialized views, sequences) by OID. Replacing or dropping
-//!    any of them needs `ACCESS EXCLUSIVE` and now waits for the end of the transaction; a name
-//!    that resolves to nothing is left to the statement (which fails as without timebox);
+//!    resolved with the session's `search_path` (the statement's) and locked to the transaction's
+//!    end: tables, partitioned tables and views with `LOCK TABLE … IN ACCESS SHARE MODE` (which
+//!    locks a view's relations too, recursively); materialized views and tables granted by column
+//!    by an empty `TABLESAMPLE` read (refused at parse analysis for anything else, so a name that
+//!    became a view while it waited is never planned); sequences through
+//!    `pg_sequence_last_value` (its lock lasts to the transaction's end: `pg_relation_size`'s does
+//!    not, s10 fifth attack); anything else fails the block. Replacing or dropping any of them now
+//!    waits for the end of the transaction; a name that resolves to nothing is left to the
+//!    statement (which fails as without timebox). Only in READ COMMITTED (see [`ISOLATION`]);
 //! 2. the catalog's fingerprint ([`crate::masking::freshness::canonical_query`]) is read and
 //!    compared with the one of the copy the statement was checked against: when it differs —
 //!    something committed while the locks were awaited — the block raises, the transaction fails,
@@ -40,10 +44,20 @@ use super::outbox::OutboxError;
 use super::Relay;
 use crate::masking::freshness::{canonical_query, CatalogFingerprint};
 use crate::policy::classify::Relation;
+use crate::policy::mask_shape::MaskDenial;
 use crate::proxy::session::Session;
 
 /// The message of the error the block raises when the catalog changed.
 const CHANGED: &str = "timebox_catalog_changed_while_locking";
+
+/// The block's error in a transaction that is not READ COMMITTED (s10 fifth attack): there every
+/// query reads the transaction's snapshot, taken before the locks were awaited, so the fingerprint
+/// would not see what committed meanwhile — which the statement's own catalog lookups do see.
+/// The block's error for a relation it cannot hold locked (a view granted by column only, a
+/// foreign table): fail closed (`%s`: the relation).
+const UNLOCKABLE: &str = "timebox: for roles with masks, %s cannot be locked before the statement runs (a view needs SELECT on the whole view)";
+
+pub(crate) const ISOLATION: &str = "timebox: for roles with masks, statements that read relations run only in READ COMMITTED transactions (timebox confirms the catalog right before they run, which a REPEATABLE READ or SERIALIZABLE snapshot cannot)";
 
 /// Never the canonical form of a fingerprint: with no fingerprint to compare, the block raises.
 const NO_FINGERPRINT: &str = "none";
@@ -82,6 +96,9 @@ pub(crate) fn lock_block(
     format!(
         "DO $timebox_lock$ DECLARE n pg_catalog.text; r pg_catalog.regclass; k pg_catalog.\"char\"; fp pg_catalog.text; \
          BEGIN \
+         IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed' THEN \
+           RAISE EXCEPTION USING MESSAGE = '{ISOLATION}', ERRCODE = '0A000'; \
+         END IF; \
          FOREACH n IN ARRAY ARRAY[{names}]::pg_catalog.text[] LOOP \
            r := pg_catalog.to_regclass(n); \
            CONTINUE WHEN r IS NULL; \
@@ -89,8 +106,12 @@ pub(crate) fn lock_block(
            IF k OPERATOR(pg_catalog.=) ANY ('{{r,p,v}}'::pg_catalog.\"char\"[]) \
               AND pg_catalog.has_table_privilege(r, 'SELECT') THEN \
              EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS SHARE MODE', r); \
+           ELSIF k OPERATOR(pg_catalog.=) ANY ('{{r,p,m}}'::pg_catalog.\"char\"[]) THEN \
+             EXECUTE pg_catalog.format('SELECT FROM %s TABLESAMPLE pg_catalog.system (0) LIMIT 0', r); \
+           ELSIF k OPERATOR(pg_catalog.=) 'S' THEN \
+             PERFORM pg_catalog.pg_sequence_last_value(r); \
            ELSE \
-             PERFORM pg_catalog.pg_relation_size(r); \
+             RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = pg_catalog.format('{UNLOCKABLE}', r); \
            END IF; \
          END LOOP; \
          IF NOT EXISTS (SELECT FROM pg_catalog.pg_prepared_statements s \
@@ -152,6 +173,26 @@ pub(crate) fn bind_lock(name: &str, block: &str) -> BytesMut {
     out
 }
 
+/// Why a masked role's text is refused when it names a session's temporary schema (`pg_temp_N`,
+/// `pg_toast_temp_N`, any spelling case; s10 fifth attack): another session's temporary objects
+/// are left out of the catalog fingerprint, yet a statement can use them — the row type of its
+/// table or a composite type altered to carry a domain whose CHECK runs code, a policy on an empty
+/// temporary table run at planning. The session's own are reached as `pg_temp` (still allowed).
+pub(crate) fn temporary_schema_refusal(text: &str, role: &str) -> Option<MaskDenial> {
+    let lower = text.to_ascii_lowercase();
+    let named = |prefix: &str| {
+        lower
+            .match_indices(prefix)
+            .any(|(at, _)| lower[at + prefix.len()..].starts_with(|c: char| c.is_ascii_digit()))
+    };
+    (named("pg_temp_") || named("pg_toast_temp_")).then(|| MaskDenial {
+        reason: format!(
+            "role \"{role}\" masks columns, and the statement names a session's temporary schema (pg_temp_N): timebox does not follow other sessions' temporary objects"
+        ),
+        hint: "Use your own temporary objects through pg_temp.",
+    })
+}
+
 /// A SQL string literal (standard conforming: quotes doubled; timebox's sessions keep
 /// `standard_conforming_strings` on).
 fn literal(s: &str) -> String {
@@ -166,7 +207,9 @@ pub(crate) fn prelude(begin: Option<&str>, lock: Option<String>) -> Option<Bytes
         (None, None) => return None,
         (Some(begin), None) => begin.to_owned(),
         (None, Some(block)) => block,
-        (Some(begin), Some(block)) => format!("{begin}; {block}"),
+        // A line break first: the client's `BEGIN` may end in a `--` comment (s10 fifth attack:
+        // it commented the block out).
+        (Some(begin), Some(block)) => format!("{begin}\n; {block}"),
     };
     let mut out = BytesMut::new();
     postgres_protocol::message::frontend::query(&sql, &mut out).expect("no NUL in timebox's own SQL");
@@ -255,6 +298,16 @@ mod tests {
             block.matches("OPERATOR(").count(),
             block.matches("OPERATOR(pg_catalog.").count()
         );
+        assert!(
+            block.contains("TABLESAMPLE pg_catalog.system (0) LIMIT 0"),
+            "{block}"
+        );
+        assert!(block.contains("pg_catalog.pg_sequence_last_value(r)"), "{block}");
+        assert!(
+            !block.contains("pg_relation_size"),
+            "its lock does not last: {block}"
+        );
+        assert!(block.contains("'read committed'"), "{block}");
         let operators = block.replace("MESSAGE = ", "").replace("ERRCODE = ", "");
         for bare in [
             " = ",
@@ -279,8 +332,8 @@ mod tests {
         assert!(prelude(None, None).is_none());
         let begin = prelude(Some("BEGIN"), None).unwrap();
         assert_eq!(&begin[..], &b"Q\0\0\0\x0aBEGIN\0"[..]);
-        let both = prelude(Some("BEGIN"), Some("DO $$ $$".into())).unwrap();
-        assert_eq!(&both[5..], &b"BEGIN; DO $$ $$\0"[..]);
+        let both = prelude(Some("BEGIN --c"), Some("DO $$ $$".into())).unwrap();
+        assert_eq!(&both[5..], &b"BEGIN --c\n; DO $$ $$\0"[..]);
     }
 
     #[test]
@@ -301,6 +354,26 @@ mod tests {
         }
         assert_eq!(tags, b"PBECC");
         assert_eq!(tags.len(), BIND_LOCK_ANSWERS as usize);
+    }
+
+    #[test]
+    fn temporary_schemas_are_refused_by_name_but_pg_temp_is_not() {
+        for text in [
+            "SELECT '(1)'::pg_temp_3.ct",
+            "SELECT * FROM PG_TEMP_12.t",
+            "SET search_path = pg_toast_temp_1, public",
+            "SELECT 1 FROM \"pg_temp_4\".x",
+        ] {
+            let d = temporary_schema_refusal(text, "r").expect(text);
+            assert!(d.reason.contains("temporary schema"), "{}", d.reason);
+        }
+        for text in [
+            "SELECT * FROM pg_temp.t",
+            "SELECT 'pg_temp_' AS x",
+            "SELECT * FROM my_pg_temp_table",
+        ] {
+            assert!(temporary_schema_refusal(text, "r").is_none(), "{text}");
+        }
     }
 
     #[test]

@@ -36,7 +36,7 @@ mod frontend;
 mod gate;
 mod held;
 mod io;
-mod lock_prelude;
+pub(crate) mod lock_prelude;
 pub(crate) mod mask;
 mod outbox;
 mod pipeline;

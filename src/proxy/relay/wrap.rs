@@ -102,6 +102,7 @@ pub(crate) fn string_refusal(statements: &[StatementInfo]) -> Option<(String, &'
         return None;
     }
     let last = statements.len() - 1;
+    let mut main = false;
     for (i, s) in statements.iter().enumerate() {
         let kind = s.kind.as_str();
         let path = s
@@ -135,8 +136,31 @@ pub(crate) fn string_refusal(statements: &[StatementInfo]) -> Option<(String, &'
                 "Send it alone, without other statements in the string.",
             ));
         }
+        if let Some(refusal) = second_statement_refusal(kind, i, &mut main) {
+            return Some(refusal);
+        }
     }
     None
+}
+
+/// The one statement of a masked string that reads or runs (s10 fifth attack): timebox's lock
+/// block confirms the catalog once, before the string; a statement parsed after another ran — a
+/// `pg_sleep`, a lock wait — could use a function, operator or type committed meanwhile. Before it
+/// may come `BEGIN` and settings, after it only what names no catalog object (`FETCH`, `MOVE`,
+/// `CLOSE`, `SHOW`, a trailing `ROLLBACK`). `main`: the statement was seen.
+fn second_statement_refusal(kind: &str, i: usize, main: &mut bool) -> Option<(String, &'static str)> {
+    let before = (i == 0 && matches!(kind, "BEGIN" | "START TRANSACTION")) || matches!(kind, "SET" | "RESET");
+    if !*main {
+        *main = !before;
+        return None;
+    }
+    if matches!(kind, "FETCH" | "MOVE" | "CLOSE" | "SHOW" | "ROLLBACK") {
+        return None;
+    }
+    Some((
+        format!("for roles with masks, a Query string holds one statement that reads or runs (with BEGIN or SET before it, FETCH, MOVE, CLOSE, SHOW or ROLLBACK after it), and {kind} would be a second: timebox confirms the target's catalog right before that statement runs"),
+        "Send each statement as a Query of its own (psql does).",
+    ))
 }
 
 /// Transaction control that makes what ran before it durable (`END` is `COMMIT`; an unknown

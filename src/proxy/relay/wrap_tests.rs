@@ -93,6 +93,18 @@ fn strings_that_would_run_outside_timebox_s_transaction_are_refused() {
             "BEGIN; SET LOCAL search_path = s; SELECT * FROM t",
             "search_path must be the last",
         ),
+        (
+            "SELECT pg_sleep(2); SELECT round(id) FROM t",
+            "SELECT would be a second",
+        ),
+        ("SELECT 1; SELECT 2", "SELECT would be a second"),
+        ("LOCK TABLE t; SELECT * FROM t", "SELECT would be a second"),
+        ("SELECT * FROM t; SET search_path = s", "SET would be a second"),
+        ("PREPARE p AS SELECT 1; EXECUTE p", "EXECUTE would be a second"),
+        (
+            "DECLARE c CURSOR FOR SELECT 1; FETCH 1 FROM c; SELECT 1",
+            "SELECT would be a second",
+        ),
     ] {
         let got = refused(sql);
         assert!(got.as_deref().is_some_and(|m| m.contains(says)), "{sql}: {got:?}");
@@ -104,10 +116,8 @@ fn strings_that_would_run_outside_timebox_s_transaction_are_refused() {
         "BEGIN; SELECT 1",
         "BEGIN; SELECT 1; ROLLBACK",
         "START TRANSACTION; DECLARE c CURSOR FOR SELECT 1; FETCH 2 FROM c",
-        "SELECT 1; SELECT 2",
-        "LOCK TABLE t; SELECT * FROM t",
-        "SELECT * FROM t; SET search_path = s",
         "SET search_path = s",
+        "BEGIN; DECLARE c CURSOR FOR SELECT * FROM t; FETCH 2 FROM c; MOVE 1 IN c; CLOSE c; SHOW x; ROLLBACK",
         "SET statement_timeout = 5; SELECT * FROM t",
     ] {
         assert_eq!(refused(sql), None, "{sql}");
