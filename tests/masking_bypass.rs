@@ -817,14 +817,10 @@ async fn ddl_committed_while_the_statement_waits_for_a_lock_fails_its_rows() {
         query(format!("SELECT * FROM {lw}")),
     )
     .await;
-    // 2. A later statement of the same Query waits for it (the first one's result went).
-    let multi = across_a_lock(
-        &a,
-        &replace(&sw),
-        &format!("SELECT 1; SELECT * FROM {sw}"),
-        query(format!("SELECT 1; SELECT * FROM {sw}")),
-    )
-    .await;
+    // 2. A later statement of the same Query waits for it (the first one's result went). s10: a
+    // masked string holds one statement that reads or runs, so this string is refused before
+    // anything runs (nothing to replace meanwhile).
+    let multi = query(format!("SELECT 1; SELECT * FROM {sw}")).await;
     // 3. The view replaced by one whose code raises the masked values in its error.
     let raised = across_a_lock(
         &a,
@@ -868,7 +864,8 @@ async fn ddl_committed_while_the_statement_waits_for_a_lock_fails_its_rows() {
             && out.starts_with("ERR 42501 ")
             && (out.contains("changed while the statement ran")
                 || out.contains("a view over a masked table")
-                || out.contains("it did not run"))
+                || out.contains("it did not run")
+                || out.contains("would be a second"))
     };
     let failures: Vec<&String> = [&lock, &multi, &extended, &raised]
         .into_iter()

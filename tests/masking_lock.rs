@@ -90,8 +90,10 @@ async fn every_relation_kind_reads_as_without_the_lock_block() {
 }
 
 /// A string opening its own block (`BEGIN ISOLATION LEVEL …` among its statements) gets that block
-/// with its isolation level and access mode (timebox sends the string's `BEGIN` ahead of the lock
-/// block), and the warning of its copy is not the client's.
+/// with its access mode (timebox sends the string's `BEGIN` ahead of the lock block), and the
+/// warning of its copy is not the client's. Other isolation levels than READ COMMITTED are refused
+/// for statements that read relations (s10 fifth attack: the fingerprint would read the
+/// transaction's older snapshot).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_string_opening_its_block_keeps_its_modes() {
     let _catalog = common::masking::catalog_lock().write().await;
@@ -99,14 +101,22 @@ async fn a_string_opening_its_block_keeps_its_modes() {
     let inst = start(&t, setup(&t)).await;
     let (mut s, mut buf) = raw(&inst).await;
     let sql = format!(
-        "BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY; SELECT id, secret FROM {t}; \
+        "BEGIN ISOLATION LEVEL READ COMMITTED, READ ONLY; SELECT id, secret FROM {t}; \
          SHOW transaction_isolation; SHOW transaction_read_only"
     );
     let opened = exchange(&mut s, &mut buf, &[query(&sql)]).await;
     let inside = exchange(&mut s, &mut buf, &[query(&format!("SELECT n FROM {t}_p"))]).await;
     let ended = exchange(&mut s, &mut buf, &[query("ROLLBACK")]).await;
+    let serializable = format!("BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT id, secret FROM {t}");
+    let refused = exchange(&mut s, &mut buf, &[query(&serializable)]).await;
+    let rolled_back = exchange(&mut s, &mut buf, &[query("ROLLBACK")]).await;
     let _ = inst.shutdown().await;
-    eprintln!("{opened}\n{inside}\n{ended}");
+    eprintln!("{opened}\n{inside}\n{ended}\n{refused}\n{rolled_back}");
+    assert!(
+        refused.contains("C0A000") && refused.contains("only in READ COMMITTED") && refused.ends_with("Z:E "),
+        "{refused}"
+    );
+    assert!(rolled_back.ends_with("Z:I "), "{rolled_back}");
     assert!(
         opened.starts_with("C:BEGIN"),
         "the string's own BEGIN answers first: {opened}"
@@ -117,7 +127,7 @@ async fn a_string_opening_its_block_keeps_its_modes() {
     );
     assert!(opened.contains("D:") && !opened.contains(SECRET), "{opened}");
     assert!(
-        opened.contains("serializable C:SHOW") && opened.contains("on C:SHOW"),
+        opened.contains("read committed C:SHOW") && opened.contains("on C:SHOW"),
         "{opened}"
     );
     assert!(opened.ends_with("Z:T "), "the block is open: {opened}");

@@ -137,15 +137,15 @@ async fn closed_other_sessions_temp_view_replaced_across_a_lock() {
     let (s, buf) = raw(&inst).await;
     let sql = format!("SELECT x FROM {qualified}");
     let hold = format!("CREATE OR REPLACE TEMP VIEW {v} AS SELECT id, secret AS x FROM public.{t}");
-    let frames = vec![query(&sql)];
-    let out = across_a_lock(&a, &hold, &sql, async move {
-        let (mut s, mut buf) = (s, buf);
-        exchange_or_close(&mut s, &mut buf, &frames).await
-    })
-    .await;
+    // s10 (fifth attack): a statement naming another session's temporary schema is refused
+    // before it runs, so the accomplice's hold is never awaited.
+    let _ = hold;
+    let (mut s, mut buf) = (s, buf);
+    let out = exchange_or_close(&mut s, &mut buf, &[query(&sql)]).await;
     let _ = inst.shutdown().await;
     eprintln!("{out}");
     assert!(!leaked(&out), "the temporary view replaced across a lock: {out}");
+    assert!(out.contains("42501") && out.contains("temporary schema"), "{out}");
 }
 
 /// Held. A temporary view over the masked column that the snapshot does not know (created after
