@@ -187,13 +187,12 @@ impl Session {
         if checked.is_some() {
             self.handle.add_statement();
         }
-        let mode = self.masked_query_mode(&action, frame, checked.as_ref(), transaction);
-        if let Some(prelude) = mode.1 {
+        let (mode, prelude) = self.masked_query_mode(&action, frame, checked.as_ref(), transaction);
+        if let Some(prelude) = prelude {
             gate.hold(&prelude);
         }
-        let mode = mode.0;
-        let bind_locked = tag == b'B' && matches!(action, FrontendAction::Forward);
-        let bind_locked = bind_locked && self.masked_bind_lock(gate, frame);
+        let bind_locked =
+            tag == b'B' && matches!(action, FrontendAction::Forward) && self.masked_bind_lock(gate, frame);
         // What actually goes upstream decides what it will answer.
         let sent_tag = match &action {
             FrontendAction::Forward => {
