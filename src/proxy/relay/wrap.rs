@@ -431,29 +431,26 @@ impl TxWrap {
                 // notifications delivered at it are the client's.
                 b'E' | b'N' | b'S' if commit => WrapStep::Pass,
                 // Not an answer to timebox's Queries (extended-protocol or COPY frames): the
-                // relay lost track of what the server runs (s9 fourth attack); the session ends.
+                // relay lost track of what the server runs (s9 fourth attack); or a release
+                // timebox sent failed (s9 attack: EXECUTE on it revoked). The session ends.
                 b'1' | b'2' | b'3' | b'n' | b't' | b's' | b'I' | b'G' | b'H' | b'W' | b'c' | b'd' => {
-                    self.state = State::Closing {
-                        left,
-                        commit,
-                        fails_last,
-                        failed: true,
-                    };
-                    WrapStep::Drop
+                    self.closing_failed(left, commit, fails_last)
                 }
-                b'E' if !(left == 1 && fails_last) => {
-                    // A release timebox sent failed (s9 attack: EXECUTE on it revoked).
-                    self.state = State::Closing {
-                        left,
-                        commit,
-                        fails_last,
-                        failed: true,
-                    };
-                    WrapStep::Drop
-                }
+                b'E' if !(left == 1 && fails_last) => self.closing_failed(left, commit, fails_last),
                 _ => WrapStep::Drop,
             },
         }
+    }
+
+    /// A frame while closing that means what timebox meant to undo may still be there.
+    fn closing_failed(&mut self, left: u8, commit: bool, fails_last: bool) -> WrapStep {
+        self.state = State::Closing {
+            left,
+            commit,
+            fails_last,
+            failed: true,
+        };
+        WrapStep::Drop
     }
 
     /// The client's Query ended with ReadyForQuery `status`: how its transaction ends.
