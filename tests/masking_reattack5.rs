@@ -14,7 +14,8 @@
 //! `search_path` only as a string's last statement (§4); one statement that reads or runs per
 //! masked string (§7); the block refuses any isolation level but READ COMMITTED, and timebox's own
 //! `BEGIN` is READ COMMITTED (§8); statements naming a session's temporary schema (`pg_temp_N`)
-//! are refused (§6). Open: §10 (a lock taken while the statement runs, then a type lookup).
+//! are refused (§6). Closed in s11: §10 (naming a domain or composite type is refused: its
+//! definition can change while the statement runs, without a lock timebox can hold).
 //!
 //! Found against 395b743 (11 repros, all deterministic, each run twice):
 //! - the block does not run: a leading `BEGIN --c\n` comments it out (§1);
@@ -930,19 +931,12 @@ async fn held_the_clients_own_block_shapes() {
 
 // ---- 10. A row type looked up while the statement runs ----
 
-/// Held (tried as a leak). A statement that names a
-/// table's row type (`NULL::tt`), not the table: nothing locks `tt` (the block locks relations
-/// named in FROM; the statement itself takes no lock on a type). `json_populate_record` looks the
-/// row type's columns up when it first runs, after the statement began and was checked.
-/// `SELECT pg_sleep(2) IS NULL AS s, (json_populate_record(NULL::tt, '{"x":"1"}')).x AS x`:
-/// while it sleeps the accomplice commits `ALTER TABLE tt ALTER COLUMN x TYPE dom` (a domain over
-/// text, known before, whose CHECK calls a leaking function); the populate then checks the
-/// domain: the function would run as the engineer. It did not: the backend takes no invalidation
-/// while the statement runs (no lock acquired), so the populate used the row type as parsed; the
-/// client got 42501 "the rows of this result were not sent" (its RowDescription's check saw the
-/// change).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn held_a_row_type_altered_while_the_statement_runs() {
+/// The §10 shape: `public.<tt>` (x text) and a domain over text whose CHECK calls a leaking
+/// function exist; the engineer sends `sql` (which names `tt`'s row type and sleeps first); once
+/// it sleeps (or after 5 s if it never does) the accomplice commits
+/// `ALTER TABLE tt ALTER COLUMN x TYPE <the domain>`; 2.5 s later the watcher reads
+/// `pg_stat_activity`. (answer, watched, whether the statement slept)
+async fn row_type_altered_while_running(sql: impl Fn(&str) -> String) -> (String, String, bool) {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s10ra_rt_t");
     let tt = unique_name("s10ra_rt_tt");
@@ -959,11 +953,8 @@ async fn held_a_row_type_altered_while_the_statement_runs() {
     let (mut watcher, mut wbuf) = raw(&inst).await;
     let (s, buf) = raw(&inst).await;
     let a = accomplice().await;
-    let sql = format!(
-        "SELECT pg_catalog.pg_sleep(2) IS NULL AS s, (pg_catalog.json_populate_record(NULL::{tt}, '{{\"x\":\"1\"}}')).x AS x"
-    );
-    let running = tokio::spawn(raw_exchange(s, buf, vec![query(&sql)]));
-    let sleeping = common::eventually(std::time::Duration::from_secs(20), || {
+    let running = tokio::spawn(raw_exchange(s, buf, vec![query(&sql(&tt))]));
+    let sleeping = common::eventually(std::time::Duration::from_secs(5), || {
         let a = &a;
         async move {
             common::pg::scalar(
@@ -985,71 +976,118 @@ async fn held_a_row_type_altered_while_the_statement_runs() {
     let (answer, _s, _buf) = running.await.unwrap();
     let _ = inst.shutdown().await;
     eprintln!("answer: {answer}\nwatched: {seen}");
-    assert!(sleeping, "the statement ran: {answer}");
+    (answer, seen, sleeping)
+}
+
+/// Held (tried as a leak; refused outright since s11). A statement that names a table's row type
+/// (`NULL::tt`), not the table: nothing locks `tt` (the block locks relations read; the statement
+/// takes no lock on a type). `json_populate_record` looks the row type's columns up when it first
+/// runs. `SELECT pg_sleep(2) IS NULL AS s, (json_populate_record(NULL::tt, '{"x":"1"}')).x AS x`:
+/// while it sleeps the accomplice commits `ALTER TABLE tt ALTER COLUMN x TYPE dom` (a domain over
+/// text whose CHECK calls a leaking function). Against 395b743 it did not leak (the backend took
+/// no invalidation while the statement ran; the client got 42501 "the rows of this result were
+/// not sent"); since s11 naming a composite type is refused before anything runs (next probe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_a_row_type_altered_while_the_statement_runs() {
+    let (answer, seen, sleeping) = row_type_altered_while_running(|tt| {
+        format!(
+            "SELECT pg_catalog.pg_sleep(2) IS NULL AS s, (pg_catalog.json_populate_record(NULL::{tt}, '{{\"x\":\"1\"}}')).x AS x"
+        )
+    })
+    .await;
     assert!(!leaked(&answer), "{answer}");
     assert!(
         !leaked(&seen),
         "the second session saw the domain's code run: {seen}"
     );
+    assert!(!sleeping, "refused before it ran: {answer}");
+    assert!(answer.contains("is a domain or composite type"), "{answer}");
 }
 
-/// LEAK (accomplice, a second session; one statement, one accomplice session; deterministic). As
-/// above, but the statement takes a lock after its sleep and before the populate runs:
-/// `pg_relation_size('tt')` (a built-in locking its argument) makes the backend take the
-/// invalidations, so `json_populate_record(NULL::tt, …)` reads the altered row type and checks
-/// the domain, running its code as the engineer. One statement; the lock block cannot cover
-/// catalog lookups made while the statement runs. (The client gets 42501 "the rows of this result
-/// were not sent" — after the code ran.)
+/// Regression, closed in s11 (LEAK against 395b743, deterministic). As above, but the statement
+/// takes a lock after its sleep and before the populate runs: `pg_relation_size('tt')` (a
+/// built-in locking its argument) makes the backend take the invalidations, so
+/// `json_populate_record(NULL::tt, …)` read the altered row type and checked the domain, running
+/// its code as the engineer (the lock block cannot cover catalog lookups made while a statement
+/// runs). Closed: a masked statement may not name a domain or composite type (or one built from
+/// them) — their definitions change without a lock timebox can hold (`ALTER DOMAIN … ADD CHECK`
+/// takes none a reader conflicts with); refused before it runs, 42501 naming the type.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open (s10 fifth attack): a statement that takes a relation lock while it runs sees catalog changes committed meanwhile in its later type lookups"]
-async fn open_a_row_type_altered_while_the_statement_runs_then_a_lock() {
+async fn closed_a_row_type_altered_while_the_statement_runs_then_a_lock() {
+    let (answer, seen, sleeping) = row_type_altered_while_running(|tt| {
+        format!(
+            "SELECT pg_catalog.pg_sleep(2) IS NULL AS s, pg_catalog.pg_relation_size('public.{tt}') IS NULL AS r, \
+             (pg_catalog.json_populate_record(NULL::{tt}, '{{\"x\":\"1\"}}')).x AS x"
+        )
+    })
+    .await;
+    assert!(!leaked(&answer), "{answer}");
+    assert!(
+        !leaked(&seen),
+        "the second session saw the domain's code run: {seen}"
+    );
+    assert!(!sleeping, "refused before it ran: {answer}");
+    assert!(
+        answer.contains("42501") && answer.contains("is a domain or composite type"),
+        "{answer}"
+    );
+}
+
+// ---- 11. Found by the lead while closing §10 (s11) ----
+
+/// Regression, closed in s11 (a LEAK against 29ff91f on PostgreSQL 16 and later, found reading the
+/// source; the clusters these tests start may be older, where the function does not exist and the
+/// server answers 42883 — the probe asserts timebox refuses before the server sees it).
+/// `pg_input_is_valid(text, type name)` runs the input function of a type named in a string
+/// (`domain_in` for a domain, which runs its CHECK): a CHECK calling a leaking function would run
+/// as the engineer (no type name in the parse tree for the type check to see). Closed: it and
+/// `pg_input_error_info` are refused to masked roles; so is the populate family unless its first
+/// argument is a typed NULL (the row type of another expression is not named, and its domains'
+/// CHECKs can change while the statement runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_a_type_named_in_a_string_runs_its_domain_check() {
     let _catalog = common::masking::catalog_lock().write().await;
-    let t = unique_name("s10ra_rl_t");
-    let tt = unique_name("s10ra_rl_tt");
+    let t = unique_name("s10ra_in_t");
     let inst = start(
         &[&t],
         setup(&t)
-            + &leaking_function(&format!("public.{tt}_f"), &t, "text", "bool", "true")
+            + &leaking_function(&format!("public.{t}_f"), &t, "text", "bool", "true")
             + &format!(
-                "CREATE DOMAIN public.{tt}_d AS text CHECK (public.{tt}_f(VALUE));
-                 CREATE TABLE public.{tt} (x text);"
+                "CREATE DOMAIN public.{t}_d AS text CHECK (public.{t}_f(VALUE));
+                 CREATE DOMAIN public.{t}_plain AS text;
+                 CREATE TABLE public.{t}_h (x public.{t}_plain);
+                 GRANT SELECT ON public.{t}_h TO {READ_USER};"
             ),
     )
     .await;
     let (mut watcher, mut wbuf) = raw(&inst).await;
     let (s, buf) = raw(&inst).await;
-    let a = accomplice().await;
-    let sql = format!(
-        "SELECT pg_catalog.pg_sleep(2) IS NULL AS s, pg_catalog.pg_relation_size('public.{tt}') IS NULL AS r, \
-         (pg_catalog.json_populate_record(NULL::{tt}, '{{\"x\":\"1\"}}')).x AS x"
-    );
+    let sql = format!("SELECT pg_catalog.pg_input_is_valid('1', 'public.{t}_d') AS v");
     let running = tokio::spawn(raw_exchange(s, buf, vec![query(&sql)]));
-    let sleeping = common::eventually(std::time::Duration::from_secs(20), || {
-        let a = &a;
-        async move {
-            common::pg::scalar(
-                a,
-                "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE query LIKE 'SELECT pg_catalog.pg_sleep(2)%' AND wait_event = 'PgSleep'",
-            )
-            .await
-                != "0"
-        }
-    })
-    .await;
-    a.batch_execute(&format!(
-        "ALTER TABLE public.{tt} ALTER COLUMN x TYPE public.{tt}_d"
-    ))
-    .await
-    .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let seen = watch(&mut watcher, &mut wbuf).await;
-    let (answer, _s, _buf) = running.await.unwrap();
+    let (answer, mut s, mut buf) = running.await.unwrap();
+    let populate = exchange(
+        &mut s,
+        &mut buf,
+        &[query(&format!(
+            "SELECT (pg_catalog.jsonb_populate_record(h, '{{\"x\":\"1\"}}')).x FROM public.{t}_h h"
+        ))],
+    )
+    .await;
     let _ = inst.shutdown().await;
-    eprintln!("answer: {answer}\nwatched: {seen}");
-    assert!(sleeping, "the statement ran: {answer}");
-    assert!(!leaked(&answer), "{answer}");
+    eprintln!("answer: {answer}\nwatched: {seen}\npopulate: {populate}");
+    assert!(!leaked(&answer) && !leaked(&populate), "{answer}\n{populate}");
     assert!(
         !leaked(&seen),
         "the second session saw the domain's code run: {seen}"
+    );
+    assert!(
+        answer.contains("42501") && answer.contains("runs the input function of a type given by name"),
+        "{answer}"
+    );
+    assert!(
+        populate.contains("42501") && populate.contains("written as a typed NULL"),
+        "{populate}"
     );
 }

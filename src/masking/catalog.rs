@@ -156,8 +156,19 @@ const CODE_TYPES: &str = "builtin AS (SELECT oid FROM pg_catalog.pg_namespace \
      code_type(oid) AS (SELECT oid FROM code_root WHERE oid IN (SELECT oid FROM user_type) \
        UNION SELECT e.child FROM code_type r JOIN type_edge e ON e.parent = r.oid)";
 
+/// User types whose definition can change while a statement runs without a lock timebox's
+/// lock block could hold (`mutable_type`, for the fourth statement of [`snapshot_query`]; s11):
+/// domains (`ALTER DOMAIN … ADD CHECK` locks no table a reader holds against it) and composite
+/// types (a table's row type is altered with the table, a standalone one with `ALTER TYPE`), and
+/// every type built from them. A value converted to one at run time (`json_populate_record`,
+/// `record_in`, a column definition list) is checked against the definition of that moment.
+const MUTABLE_TYPES: &str = "mutable_type(oid) AS (SELECT oid FROM pg_catalog.pg_type \
+       WHERE typtype IN ('d', 'c') AND oid IN (SELECT oid FROM user_type) \
+       UNION SELECT e.child FROM mutable_type r JOIN type_edge e ON e.parent = r.oid)";
+
 /// The fourth statement's rows (kind, schema, name, detail): every type (`type`), the types of
-/// [`CODE_TYPES`] (`code`), the relations that run such code when read (`relation`, detail: why —
+/// [`CODE_TYPES`] (`code`), those of [`MUTABLE_TYPES`] (`mutable`), the relations that run such
+/// code when read (`relation`, detail: why —
 /// a row type that is one, or a row security policy calling such code), the built-in target types
 /// of casts from a built-in type through a user function (`target`, or `anywhere` when implicit
 /// or in assignment: PostgreSQL may apply it in any statement; detail: the cast), and the names
@@ -165,6 +176,8 @@ const CODE_TYPES: &str = "builtin AS (SELECT oid FROM pg_catalog.pg_namespace \
 const TYPE_FACTS: &str = "SELECT 'type', n.nspname, t.typname, NULL FROM pg_catalog.pg_type t \
        JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
      UNION ALL SELECT 'code', n.nspname, t.typname, NULL FROM code_type r \
+       JOIN pg_catalog.pg_type t ON t.oid = r.oid JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
+     UNION ALL SELECT 'mutable', n.nspname, t.typname, NULL FROM mutable_type r \
        JOIN pg_catalog.pg_type t ON t.oid = r.oid JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
      UNION ALL SELECT 'relation', n.nspname, c.relname, \
          'its row type ' OPERATOR(pg_catalog.||) pg_catalog.format_type(c.reltype, NULL) \
@@ -298,7 +311,7 @@ pub fn snapshot_query(rules: &[MaskRule], pins: &[(usize, u32, i16)]) -> String 
            JOIN pg_catalog.pg_rewrite r ON r.oid = p.objid WHERE t.i = v.i AND r.ev_class = v.relid), v.i; \
          SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_class c \
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S'); \
-         WITH RECURSIVE {code_types} {TYPE_FACTS}",
+         WITH RECURSIVE {code_types}, {MUTABLE_TYPES} {TYPE_FACTS}",
         code_types = code_types(),
         hidden_code = hidden_code()
     )
@@ -443,6 +456,7 @@ mod tests {
         let facts = vec![
             row(&["type", "pg_catalog", "text", ""]),
             row(&["code", "public", "s5_dom", ""]),
+            row(&["mutable", "public", "s5_holder", ""]),
             row(&["relation", "public", "s5_holder", "its row type s5_holder …"]),
             row(&["operator", "public", "<=", "<=(text,integer)"]),
         ];
@@ -474,6 +488,7 @@ mod tests {
         let types = s.types.as_ref().expect("the fourth set");
         assert!(types.known.contains(&("pg_catalog".into(), "text".into())));
         assert!(types.code.contains(&("public".into(), "s5_dom".into())));
+        assert!(types.mutable.contains(&("public".into(), "s5_holder".into())));
         assert_eq!(types.relations.len(), 1);
         assert_eq!(types.operators[0].2, "<=(text,integer)");
         let without = MaskSnapshot::from_rows(&[rule()], &sets[..3]).unwrap();

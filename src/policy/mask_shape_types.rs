@@ -52,6 +52,20 @@ pub const QUERY_RUNNING_BUILTINS: [&str; 22] = [
     "pg_logical_slot_peek_binary_changes",
 ];
 
+/// Built-ins (`pg_catalog`) that run the input function of a type they are given by name as a
+/// string: a domain's CHECK (user code) runs, and no type name shows in the parse tree (s11).
+pub const TYPE_BY_NAME_BUILTINS: [&str; 2] = ["pg_input_is_valid", "pg_input_error_info"];
+
+/// Built-ins (`pg_catalog`) that convert values to the row type of their first argument at run
+/// time: allowed only with a typed NULL there, so that the type is named (and checked) (s11).
+pub const RECORD_BY_VALUE_BUILTINS: [&str; 5] = [
+    "json_populate_record",
+    "json_populate_recordset",
+    "jsonb_populate_record",
+    "jsonb_populate_recordset",
+    "jsonb_populate_record_valid",
+];
+
 const HINT: &str = "Ask the target's administrator to keep casts, domains and views that run user code (or query-running built-ins) out of this role's reach, or use a grant whose role masks nothing.";
 
 /// What the target's catalog says about types, for one snapshot.
@@ -61,6 +75,11 @@ pub struct TypeCode {
     pub known: HashSet<(String, String)>,
     /// Types whose values reach user code (see the module doc) as (schema, name).
     pub code: HashSet<(String, String)>,
+    /// User domains and composite types, and types built from them, as (schema, name): their
+    /// definition can change while a statement runs (`ALTER DOMAIN … ADD CHECK`, `ALTER TABLE`
+    /// of a relation the statement does not read), and a value converted to one at run time is
+    /// checked against the new one — code added meanwhile would run (s10 open probe).
+    pub mutable: HashSet<(String, String)>,
     /// Relations that run such code when read: (schema, name, why) — a row type that is such a
     /// type, or a row security policy calling such code.
     pub relations: Vec<(String, String, String)>,
@@ -94,6 +113,9 @@ impl TypeCode {
             "code" => {
                 self.code.insert((schema, name));
             }
+            "mutable" => {
+                self.mutable.insert((schema, name));
+            }
             "relation" => self.relations.push((schema, name, detail)),
             "target" => self.cast_targets.push((schema, name, detail)),
             "operator" => self.operators.push((schema, name, detail)),
@@ -125,6 +147,17 @@ fn qualified(names: Option<&Value>) -> (String, String) {
         [] => (String::new(), String::new()),
         [.., schema, name] => (schema.to_string(), name.to_string()),
         [name] => (String::new(), name.to_string()),
+    }
+}
+
+/// Whether a FuncCall's first argument is `NULL::type` or `CAST(NULL AS type)`.
+fn typed_null_first(call: &Value) -> bool {
+    let first = call.get("args").and_then(Value::as_array).and_then(|a| a.first());
+    match first.and_then(node) {
+        Some(("TypeCast", c)) => c.get("arg").and_then(node).is_some_and(|(kind, v)| {
+            kind == "AConst" && v.get("isnull").and_then(Value::as_bool) == Some(true)
+        }),
+        _ => false,
     }
 }
 
@@ -204,6 +237,11 @@ impl TypeWalker<'_> {
                 "type {s}.{n} runs user code (a domain CHECK or DEFAULT, a cast or an operator through a user function), which could return or raise a masked value"
             )));
         }
+        if let Some((s, n)) = types.mutable.iter().find(|(s, n)| may_be(&schema, &name, s, n)) {
+            return Err(self.deny(format!(
+                "type {s}.{n} is a domain or composite type (or built from one) whose definition can change while the statement runs, without a lock timebox can hold: a CHECK added meanwhile would run on values converted to it"
+            )));
+        }
         if !types.known.iter().any(|(s, n)| may_be(&schema, &name, s, n)) {
             return Err(self.deny(format!(
                 "type {name} is not in timebox's copy of the target's catalog (created since it was read?), so timebox cannot tell whether it runs user code"
@@ -281,6 +319,16 @@ impl TypeWalker<'_> {
                 if builtin && QUERY_RUNNING_BUILTINS.contains(&name.as_str()) {
                     return Err(self.deny(format!(
                         "{name} runs a query text or reads a relation, schema or database by name, which timebox cannot check for masked columns"
+                    )));
+                }
+                if builtin && TYPE_BY_NAME_BUILTINS.contains(&name.as_str()) {
+                    return Err(self.deny(format!(
+                        "{name} runs the input function of a type given by name as a string, which timebox cannot check (a domain's CHECK runs user code)"
+                    )));
+                }
+                if builtin && RECORD_BY_VALUE_BUILTINS.contains(&name.as_str()) && !typed_null_first(n) {
+                    return Err(self.deny(format!(
+                        "{name}(…) converts values to the type of its first argument, which timebox can check only when it is written as a typed NULL (NULL::type)"
                     )));
                 }
                 // `date(x)`: without a function for x's type, a function-style cast.

@@ -229,3 +229,64 @@ fn user_operators_between_builtin_types_are_refused_in_every_spelling() {
         assert!(run_with(sql, Some(&t)).is_ok(), "{sql}");
     }
 }
+
+/// Regression (s10 open probe, s11): a domain or composite type whose definition changes while the
+/// statement runs (`ALTER DOMAIN … ADD CHECK`, `ALTER TABLE` of a relation the statement only
+/// names as a type) is checked against the new definition when a value is converted to it at run
+/// time: naming one is refused; so are the built-ins that convert to a type given by name in a
+/// string, and the populate family unless its first argument is a typed NULL (then named).
+#[test]
+fn types_whose_definition_can_change_mid_statement_are_refused() {
+    let mut t = facts();
+    for n in ["plain_dom", "_plain_dom", "customers", "_customers"] {
+        t.add("mutable", "public".into(), n.into(), None).unwrap();
+    }
+    for (sql, expect) in [
+        (
+            "SELECT 'x'::plain_dom",
+            "type public.plain_dom is a domain or composite type",
+        ),
+        ("SELECT '{x}'::_plain_dom", "type public._plain_dom is a domain"),
+        ("SELECT '{x}'::plain_dom[]", "type public.plain_dom"),
+        (
+            "SELECT (json_populate_record(NULL::customers, '{\"x\":\"1\"}')).id",
+            "type public.customers",
+        ),
+        (
+            "SELECT * FROM jsonb_to_record('{\"a\":\"x\"}') AS r(a public.plain_dom)",
+            "type public.plain_dom",
+        ),
+        ("SELECT CAST(NULL AS customers)", "type public.customers"),
+        (
+            "SELECT pg_input_is_valid('x', 'plain_dom')",
+            "pg_input_is_valid runs the input function of a type given by name",
+        ),
+        (
+            "SELECT pg_catalog.pg_input_error_info('x', 'int4')",
+            "pg_input_error_info runs the input function",
+        ),
+        (
+            "SELECT jsonb_populate_record(c, '{}') FROM customers c",
+            "jsonb_populate_record(…) converts values to the type of its first argument",
+        ),
+        (
+            "SELECT json_populate_recordset(ROW(1), '[]')",
+            "json_populate_recordset(…) converts",
+        ),
+    ] {
+        let d = run_with(sql, Some(&t)).expect_err(sql);
+        assert!(d.reason.contains(expect), "{sql}: {}", d.reason);
+    }
+    for sql in [
+        "SELECT 'x'::text, '{1}'::int4[], NULL::date",
+        "SELECT jsonb_populate_record(NULL::pg_catalog.text, '{}')",
+        "SELECT email FROM customers WHERE id = 1",
+        "SELECT id FROM customers WHERE email LIKE '%x'",
+    ] {
+        assert!(
+            run_with(sql, Some(&t)).is_ok(),
+            "{sql}: {:?}",
+            run_with(sql, Some(&t))
+        );
+    }
+}
