@@ -98,11 +98,11 @@ async fn raw(inst: &TestInstance) -> (TcpStream, BytesMut) {
     common::raw::login(inst.proxy_addr, "alice", &token).await
 }
 
-/// Waits until a backend whose query is `LIKE like` waits for a lock.
+/// Waits until a backend whose query is `ILIKE like` waits for a lock.
 async fn lock_waiting(b: &tokio_postgres::Client, like: &str) -> bool {
     let sql = format!(
         "SELECT count(*) FROM pg_catalog.pg_stat_activity \
-         WHERE query LIKE '{}' AND wait_event_type = 'Lock' AND pid <> pg_catalog.pg_backend_pid()",
+         WHERE query ILIKE '{}' AND wait_event_type = 'Lock' AND pid <> pg_catalog.pg_backend_pid()",
         like.replace('\'', "''")
     );
     common::eventually(std::time::Duration::from_secs(5), || {
@@ -110,6 +110,21 @@ async fn lock_waiting(b: &tokio_postgres::Client, like: &str) -> bool {
         async move { common::pg::scalar(b, &sql).await != "0" }
     })
     .await
+}
+
+/// Waits (up to 20 s) until the engineer's statement `SELECT pg_catalog.pg_sleep(2)…` sleeps, or
+/// has been answered already (refused before it ran); whether it slept.
+async fn until_sleeping<T>(a: &tokio_postgres::Client, running: &tokio::task::JoinHandle<T>) -> bool {
+    let sql = "SELECT count(*) FROM pg_catalog.pg_stat_activity \
+               WHERE query LIKE 'SELECT pg_catalog.pg_sleep(2)%' AND wait_event = 'PgSleep'";
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline && !running.is_finished() {
+        if common::pg::scalar(a, sql).await != "0" {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
 }
 
 /// What the engineer's watching session sees in `pg_stat_activity` (through timebox).
@@ -501,12 +516,15 @@ async fn held_spellings_of_the_name_are_locked() {
     ];
     let mut outs = Vec::new();
     let mut leaks = Vec::new();
+    // One shape after another: shapes run at once change the catalog under each other's
+    // statements, which are then refused for that instead of for their own view.
     for (i, (label, shape)) in shapes.iter().enumerate() {
         let v = unique_name(&format!("s10ra_sn{i}"));
         let (target, sql) = shape(&v);
         admin_psql(view(&target)).await;
-        let (answer, seen, waited) =
-            replaced_while_waiting(&inst, &t, &target, &format!("public.{v}_f"), &sql, "%").await;
+        let like = format!("%{}%", &v["s10ra".len()..]);
+        let f = format!("public.{v}_f");
+        let (answer, seen, waited) = replaced_while_waiting(&inst, &t, &target, &f, &sql, &like).await;
         if leaked(&answer) || leaked(&seen) {
             leaks.push(*label);
         }
@@ -609,22 +627,13 @@ async fn closed_a_later_statement_of_the_string_is_parsed_after_ddl_committed_me
     let a = accomplice().await;
     let sql = format!("SELECT pg_catalog.pg_sleep(2); SELECT round(id) AS r FROM {t}");
     let running = tokio::spawn(raw_exchange(s, buf, vec![query(&sql)]));
-    let sleeping = common::eventually(std::time::Duration::from_secs(20), || {
-        let a = &a;
-        async move {
-            common::pg::scalar(
-                a,
-                "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE query LIKE 'SELECT pg_catalog.pg_sleep(2)%' AND wait_event = 'PgSleep'",
-            )
-            .await
-                != "0"
-        }
-    })
-    .await;
+    let sleeping = until_sleeping(&a, &running).await;
     a.batch_execute(&leaking_function("public.round", &t, "integer", "numeric", "$1"))
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    if sleeping {
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    }
     let seen = watch(&mut watcher, &mut wbuf).await;
     let (answer, _s, _buf) = running.await.unwrap();
     admin_psql("DROP FUNCTION IF EXISTS public.round(integer)".to_owned()).await;
@@ -954,24 +963,15 @@ async fn row_type_altered_while_running(sql: impl Fn(&str) -> String) -> (String
     let (s, buf) = raw(&inst).await;
     let a = accomplice().await;
     let running = tokio::spawn(raw_exchange(s, buf, vec![query(&sql(&tt))]));
-    let sleeping = common::eventually(std::time::Duration::from_secs(5), || {
-        let a = &a;
-        async move {
-            common::pg::scalar(
-                a,
-                "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE query LIKE 'SELECT pg_catalog.pg_sleep(2)%' AND wait_event = 'PgSleep'",
-            )
-            .await
-                != "0"
-        }
-    })
-    .await;
+    let sleeping = until_sleeping(&a, &running).await;
     a.batch_execute(&format!(
         "ALTER TABLE public.{tt} ALTER COLUMN x TYPE public.{tt}_d"
     ))
     .await
     .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    if sleeping {
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    }
     let seen = watch(&mut watcher, &mut wbuf).await;
     let (answer, _s, _buf) = running.await.unwrap();
     let _ = inst.shutdown().await;
