@@ -28,7 +28,7 @@ use crate::config::{MaskFilters, MaskRule};
 
 #[path = "mask_shape_types.rs"]
 mod types;
-pub use types::{TypeCode, UnknownFact, QUERY_RUNNING_BUILTINS};
+pub use types::{parameter_type_refusal, TypeCode, UnknownFact, QUERY_RUNNING_BUILTINS};
 
 /// Views and materialized views that read a masked table (from the target's catalog), each with
 /// one masked column of that table to name in the denial.

@@ -201,39 +201,6 @@ impl Interceptor {
         self.marker.replacen("timebox_denied_", "timebox_check_", 1)
     }
 
-    /// The relations prepared statement `name` reads (s10; empty when it is unknown).
-    pub fn prepared_relations(&self, name: &str) -> Vec<policy::classify::Relation> {
-        self.prepared
-            .get(name)
-            .map(|p| self.relations_read(&p.classification))
-            .unwrap_or_default()
-    }
-
-    /// The relations a checked text reads, as named (s10, for the masked roles' lock block): those
-    /// its statements name, and those of the prepared statements it executes (as prepared, every
-    /// statement of their text), each once.
-    pub fn relations_read(&self, classification: &Classification) -> Vec<policy::classify::Relation> {
-        let mut out: Vec<policy::classify::Relation> = Vec::new();
-        let mut add = |c: &Classification| {
-            for r in c.statements.iter().flat_map(|s| &s.relations) {
-                if !out.contains(r) {
-                    out.push(r.clone());
-                }
-            }
-        };
-        add(classification);
-        for name in classification
-            .statements
-            .iter()
-            .filter_map(|s| s.execute_name.as_ref())
-        {
-            if let Some(p) = self.prepared.get(name) {
-                add(&p.classification);
-            }
-        }
-        out
-    }
-
     /// Statement texts longer than `limit` bytes (`proxy.max_statement_bytes`) are refused with
     /// ERROR 54000 without being classified.
     pub fn max_statement_bytes(mut self, limit: usize) -> Self {
@@ -579,6 +546,17 @@ impl Interceptor {
     ) -> FrontendAction {
         let mut pre = precheck.unwrap_or_else(|| self.prechecker().precheck(tag, frame));
         let (classification, class, mut denial) = self.judge(&mut pre);
+        let mut mask_denied = pre.mask_denial.is_some();
+        if let (None, Some(m)) = (&denial, &self.masking) {
+            if let Some(why) = policy::mask_shape::parameter_type_refusal(&parse_param_types(body)) {
+                let reason = format!("role \"{}\" masks columns, and {why}", m.role);
+                denial = Some(self.denial(
+                    &reason,
+                    "Leave the parameter's type unspecified (0) or use a built-in type, and cast in the text if needed.",
+                ));
+                mask_denied = true;
+            }
+        }
         if denial.is_none() && classification.statements.len() > 1 {
             // PostgreSQL refuses these too; refusing here keeps the prepared namespace exact.
             denial = Some(self.denial(
@@ -594,7 +572,7 @@ impl Interceptor {
             denied: denial.as_ref().map(|e| e.message.clone()),
             params: None,
             masked: pre.masked.clone(),
-            mask_denied: pre.mask_denial.is_some() && denial.is_some(),
+            mask_denied: mask_denied && denial.is_some(),
         });
         let name = pre.name;
         match (denial, name) {
@@ -625,7 +603,12 @@ impl Interceptor {
                     out
                 });
                 if let (Some(m), Some(text)) = (&self.masking, &pre.masked_text) {
-                    self.mask_judged.parse_sent(m, &name, Some(text));
+                    let relations: Vec<policy::classify::Relation> = classification
+                        .statements
+                        .iter()
+                        .flat_map(|s| s.relations.iter().cloned())
+                        .collect();
+                    self.mask_judged.parse_sent(m, &name, Some((text, &relations)));
                 }
                 self.prepared.insert(
                     name,
@@ -768,7 +751,8 @@ fn cstr(b: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 mod params;
-use params::bind_params;
+mod relations;
+use params::{bind_params, parse_param_types};
 
 mod precheck;
 use precheck::{message_text, TextCheck};

@@ -83,8 +83,11 @@ fn has_field(frame: &[u8], code: u8, value: &str) -> bool {
 
 /// The `DO` block locking `relations` and comparing the fingerprint with `expected` (SQL text).
 /// The fingerprint is read by the session's prepared statement `check` (prepared by the block
-/// when the session has none of that name: planning the query costs more than running it; a
-/// client's `DEALLOCATE ALL` only makes the next block prepare it again).
+/// when the session has none of that name with the block's own text: planning the query costs
+/// more than running it; a client's `DEALLOCATE ALL` only makes the next block prepare it again,
+/// and a statement of that name the client prepared itself is deallocated first — s11 sixth
+/// attack: a client's `PREPARE timebox_check_… AS SELECT '<fingerprint>'` answered every block
+/// with the fingerprint it expected).
 pub(crate) fn lock_block(
     relations: &[Relation],
     expected: Option<&CatalogFingerprint>,
@@ -115,7 +118,12 @@ pub(crate) fn lock_block(
            END IF; \
          END LOOP; \
          IF NOT EXISTS (SELECT FROM pg_catalog.pg_prepared_statements s \
-             WHERE s.name OPERATOR(pg_catalog.=) {check_literal}) THEN \
+             WHERE s.name OPERATOR(pg_catalog.=) {check_literal} \
+               AND s.statement OPERATOR(pg_catalog.=) {prepare}) THEN \
+           IF EXISTS (SELECT FROM pg_catalog.pg_prepared_statements s \
+               WHERE s.name OPERATOR(pg_catalog.=) {check_literal}) THEN \
+             EXECUTE {deallocate}; \
+           END IF; \
            EXECUTE {prepare}; \
          END IF; \
          EXECUTE {execute} INTO fp; \
@@ -127,6 +135,7 @@ pub(crate) fn lock_block(
         check_literal = literal(check),
         prepare = literal(&prepare),
         execute = literal(&format!("EXECUTE {check}")),
+        deallocate = literal(&format!("DEALLOCATE {check}")),
         expected = literal(&expected),
     )
 }
@@ -289,6 +298,16 @@ mod tests {
             ))),
             "{block}"
         );
+        // s11: a statement of that name is used only with the block's own text; another is
+        // deallocated first.
+        assert!(
+            block.contains(&format!(
+                "AND s.statement OPERATOR(pg_catalog.=) {}",
+                literal(&format!("PREPARE timebox_check_ab AS {}", canonical_query()))
+            )),
+            "{block}"
+        );
+        assert!(block.contains("EXECUTE 'DEALLOCATE timebox_check_ab'"), "{block}");
         assert!(
             block.contains("EXECUTE 'EXECUTE timebox_check_ab' INTO fp"),
             "{block}"

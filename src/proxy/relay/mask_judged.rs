@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use super::context::MaskContext;
 use crate::masking::catalog::MaskSnapshot;
+use crate::policy::classify::Relation;
 use crate::policy::mask_shape::MaskDenial;
 use crate::policy::{Classification, Deallocate};
 
@@ -42,10 +43,12 @@ const CURSOR_HINT: &str = "CLOSE the cursor and DECLARE it again through timebox
 const UNSEEN_HINT: &str =
     "Declare the cursor (or prepare the statement) in this session through timebox first.";
 
-/// A prepared statement's text and the snapshot it was last judged with.
+/// A prepared statement's text, the relations it reads (for the lock block), and the snapshot it
+/// was last judged with.
 #[derive(Debug, Clone)]
 pub struct Judged {
     text: Arc<str>,
+    relations: Arc<[Relation]>,
     with: Option<Arc<MaskSnapshot>>,
 }
 
@@ -151,6 +154,7 @@ impl MaskJudgements {
                 prepared.push(name);
                 let judged = Judged {
                     text: sql.get(stmt.span.clone()).unwrap_or(sql).into(),
+                    relations: stmt.relations.clone().into(),
                     with: now.clone(),
                 };
                 changes.push(Change::Prepared(name.clone(), judged));
@@ -186,12 +190,14 @@ impl MaskJudgements {
         self.queries.push_back(changes);
     }
 
-    /// A protocol Parse of `name` with `text` was forwarded, allowed against the current snapshot
-    /// (`None`: refused, its denial marker went instead; a marker Parse is unnamed). A named
-    /// statement this session holds is refused first ([`MaskJudgements::parse_allowed`]).
-    pub fn parse_sent(&mut self, m: &MaskContext, name: &str, text: Option<&str>) {
-        let judged = text.map(|text| Judged {
+    /// A protocol Parse of `name` with `text` reading `relations` was forwarded, allowed against
+    /// the current snapshot (`None`: refused, its denial marker went instead; a marker Parse is
+    /// unnamed). A named statement this session holds is refused first
+    /// ([`MaskJudgements::parse_allowed`]).
+    pub fn parse_sent(&mut self, m: &MaskContext, name: &str, text: Option<(&str, &[Relation])>) {
+        let judged = text.map(|(text, relations)| Judged {
             text: text.into(),
+            relations: relations.into(),
             with: m.entry.current(),
         });
         let name = if judged.is_some() { name } else { "" };
@@ -289,6 +295,27 @@ impl MaskJudgements {
             return Ok(());
         }
         self.fetch(m, name)
+    }
+
+    /// The relations prepared statement `name` reads as PostgreSQL will run it, for the lock
+    /// block (s11, sixth attack): those of a Parse of that name not answered yet and those of the
+    /// statement held, as [`MaskJudgements::run`] checks both — never what a refused `PREPARE` or
+    /// a Parse the server skipped said (the interceptor's map of names records those).
+    pub fn relations(&self, name: &str) -> Vec<Relation> {
+        let pending = self
+            .parses
+            .iter()
+            .filter_map(|(n, j)| if n == name { j.as_ref() } else { None });
+        let mut out: Vec<Relation> = Vec::new();
+        for r in pending
+            .chain(self.statements.get(name))
+            .flat_map(|j| j.relations.iter())
+        {
+            if !out.contains(r) {
+                out.push(r.clone());
+            }
+        }
+        out
     }
 
     /// Prepared statement `name` runs now: when the current snapshot is another copy than the

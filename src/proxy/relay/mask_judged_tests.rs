@@ -57,7 +57,7 @@ fn sent(j: &mut MaskJudgements, m: &MaskContext, sql: &str) -> Result<(), String
 
 /// A Parse of `name` with `text` sent and completed.
 fn parsed(j: &mut MaskJudgements, m: &MaskContext, name: &str, text: &str) {
-    j.parse_sent(m, name, Some(text));
+    j.parse_sent(m, name, Some((text, &[])));
     j.on_backend(BackendOutcome::Parsed(name.into()));
 }
 
@@ -266,7 +266,7 @@ fn judgements_are_kept_only_for_what_postgresql_did() {
     j.fetch(&m, "e").unwrap();
     // Parses: kept at ParseComplete; a failed or skipped one leaves the old judgement.
     parsed(&mut j, &m, "", "SELECT upper(x) FROM v");
-    j.parse_sent(&m, "", Some("SELECT 1"));
+    j.parse_sent(&m, "", Some(("SELECT 1", &[])));
     j.on_backend(BackendOutcome::ParseFailed("".into()));
     m.entry.replace_snapshot(snapshot(true, 2));
     let bound = j.bind(&m, "", "");
@@ -279,7 +279,7 @@ fn judgements_are_kept_only_for_what_postgresql_did() {
     );
     // A refused Parse's marker (unnamed) answers its place in the queue.
     j.parse_sent(&m, "s10", None);
-    j.parse_sent(&m, "s11", Some("SELECT 1"));
+    j.parse_sent(&m, "s11", Some(("SELECT 1", &[])));
     j.on_backend(BackendOutcome::ParseFailed("".into()));
     j.on_backend(BackendOutcome::Parsed("s11".into()));
     assert!(j.parse_allowed(&m, "s11").is_err());
@@ -315,14 +315,14 @@ fn cursors_end_with_their_transaction_unless_held() {
 fn a_bind_after_a_parse_not_answered_yet_judges_both_texts() {
     let m = context(snapshot(false, 1));
     let mut j = MaskJudgements::default();
-    j.parse_sent(&m, "", Some("SELECT 1"));
+    j.parse_sent(&m, "", Some(("SELECT 1", &[])));
     j.bind(&m, "", "").unwrap();
     j.on_backend(BackendOutcome::Parsed("".into()));
-    j.parse_sent(&m, "", Some("SELECT upper(x) FROM v"));
+    j.parse_sent(&m, "", Some(("SELECT upper(x) FROM v", &[])));
     j.on_backend(BackendOutcome::Parsed("".into()));
     m.entry.replace_snapshot(snapshot(true, 2));
     // The held statement reads the replaced view: a Parse of a harmless text does not hide it.
-    j.parse_sent(&m, "", Some("SELECT 1"));
+    j.parse_sent(&m, "", Some(("SELECT 1", &[])));
     assert!(j.bind(&m, "", "").is_err());
     j.on_backend(BackendOutcome::Parsed("".into()));
     j.bind(&m, "", "").unwrap();
@@ -349,4 +349,39 @@ fn a_failed_query_still_frees_what_it_closes() {
     assert!(on_text(&mut j, &m, "EXECUTE p").is_err());
     on_text(&mut j, &m, "DECLARE h CURSOR WITH HOLD FOR SELECT 1").unwrap();
     on_text(&mut j, &m, "PREPARE p AS SELECT 1").unwrap();
+}
+
+/// Regression (s11 sixth attack): the relations the lock block holds for a Bind are those of the
+/// statement PostgreSQL will run — the one held and any Parse of that name not answered yet —
+/// never those of a Parse the server skipped or refused.
+#[test]
+fn lock_relations_are_those_of_the_statement_the_server_holds() {
+    let m = context(snapshot(false, 1));
+    let mut j = MaskJudgements::default();
+    let v = crate::policy::classify::Relation {
+        schema: Some("public".into()),
+        name: "v".into(),
+    };
+    let w = crate::policy::classify::Relation {
+        schema: None,
+        name: "w".into(),
+    };
+    j.parse_sent(&m, "", Some(("SELECT x FROM public.v", std::slice::from_ref(&v))));
+    j.on_backend(BackendOutcome::Parsed("".into()));
+    assert_eq!(j.relations(""), vec![v.clone()]);
+    // Pending: either may run.
+    j.parse_sent(&m, "", Some(("SELECT x FROM w", std::slice::from_ref(&w))));
+    assert_eq!(j.relations(""), vec![w.clone(), v.clone()]);
+    // Skipped after an error: the old one stays.
+    j.on_backend(BackendOutcome::ParseFailed("".into()));
+    assert_eq!(j.relations(""), vec![v.clone()]);
+    j.parse_sent(&m, "", Some(("SELECT 1", &[])));
+    j.on_backend(BackendOutcome::Parsed("".into()));
+    assert!(j.relations("").is_empty());
+    // A PREPARE of a name held is refused before it is sent, and changes nothing.
+    sent(&mut j, &m, "PREPARE p AS SELECT x FROM public.v").unwrap();
+    j.on_backend(BackendOutcome::Query { failed: false });
+    assert!(sent(&mut j, &m, "PREPARE p AS SELECT 1").is_err());
+    assert_eq!(j.relations("p"), vec![v]);
+    assert!(j.relations("nothing").is_empty());
 }
