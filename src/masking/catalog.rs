@@ -166,28 +166,38 @@ const MUTABLE_TYPES: &str = "mutable_type(oid) AS (SELECT oid FROM pg_catalog.pg
        WHERE typtype IN ('d', 'c') AND oid IN (SELECT oid FROM user_type) \
        UNION SELECT e.child FROM mutable_type r JOIN type_edge e ON e.parent = r.oid)";
 
-/// The fourth statement's rows (kind, schema, name, detail): every type (`type`), the types of
-/// [`CODE_TYPES`] (`code`), those of [`MUTABLE_TYPES`] (`mutable`), the relations that run such
-/// code when read (`relation`, detail: why —
-/// a row type that is one, or a row security policy calling such code), the built-in target types
-/// of casts from a built-in type through a user function (`target`, or `anywhere` when implicit
-/// or in assignment: PostgreSQL may apply it in any statement; detail: the cast), and the names
-/// of such operators between built-in types (`operator`, detail: the operator).
-const TYPE_FACTS: &str = "SELECT 'type', n.nspname, t.typname, NULL FROM pg_catalog.pg_type t \
-       JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
-     UNION ALL SELECT 'code', n.nspname, t.typname, NULL FROM code_type r \
-       JOIN pg_catalog.pg_type t ON t.oid = r.oid JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
-     UNION ALL SELECT 'mutable', n.nspname, t.typname, NULL FROM mutable_type r \
-       JOIN pg_catalog.pg_type t ON t.oid = r.oid JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
-     UNION ALL SELECT 'relation', n.nspname, c.relname, \
+/// Operator classes run by code timebox did not ship (`user_opclass`, s11 sixth attack): created
+/// after initdb, or of a family a superuser added operators or support functions to. An index or
+/// a partition key using one runs that code on the values it compares — a masked column's, in
+/// clear — whenever the planner or executor searches it, without the statement naming it.
+const USER_OPCLASSES: &str = "user_opclass(oid) AS (SELECT oid FROM pg_catalog.pg_opclass \
+       WHERE oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
+         OR opcfamily IN (SELECT amprocfamily FROM pg_catalog.pg_amproc WHERE oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid) \
+         OR opcfamily IN (SELECT amopfamily FROM pg_catalog.pg_amop WHERE oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid))";
+
+/// Relations that run user code when read (`code_rel_up`, for the fourth statement of
+/// [`snapshot_query`]; detail: why): a row type that is a [`CODE_TYPES`] type, a row security
+/// policy calling such code, (s11 sixth attack) an index or a partition key comparing with an
+/// operator class of [`USER_OPCLASSES`] — the planner and executor call its support functions on
+/// the values they compare, a masked column's in clear, without the statement naming them — and
+/// every view and inheritance or partition parent reading one (its code runs when they are read).
+const CODE_RELATIONS: &str = "code_rel(relid, why) AS (SELECT c.oid, \
          'its row type ' OPERATOR(pg_catalog.||) pg_catalog.format_type(c.reltype, NULL) \
          OPERATOR(pg_catalog.||) ' reaches user code through a domain, cast or operator' \
-       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+       FROM pg_catalog.pg_class c \
        WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND c.reltype IN (SELECT oid FROM code_type) \
-     UNION ALL SELECT 'relation', n.nspname, c.relname, \
+     UNION ALL SELECT x.indrelid, 'its index ' OPERATOR(pg_catalog.||) xi.relname::pg_catalog.text \
+         OPERATOR(pg_catalog.||) ' compares with an operator class of user code' \
+       FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class xi ON xi.oid OPERATOR(pg_catalog.=) x.indexrelid \
+       WHERE EXISTS (SELECT 1 FROM pg_catalog.unnest(x.indclass::pg_catalog.oid[]) u(o) \
+         WHERE u.o IN (SELECT oid FROM user_opclass)) \
+     UNION ALL SELECT p.partrelid, 'its partition key compares with an operator class of user code' \
+       FROM pg_catalog.pg_partitioned_table p \
+       WHERE EXISTS (SELECT 1 FROM pg_catalog.unnest(p.partclass::pg_catalog.oid[]) u(o) \
+         WHERE u.o IN (SELECT oid FROM user_opclass)) \
+     UNION ALL SELECT p.polrelid, \
          'its row security policy ' OPERATOR(pg_catalog.||) p.polname OPERATOR(pg_catalog.||) ' runs user code' \
-       FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class c ON c.oid = p.polrelid \
-       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+       FROM pg_catalog.pg_policy p \
        WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
            WHERE d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass::pg_catalog.oid AND d.objid = p.oid \
              AND ((d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass::pg_catalog.oid \
@@ -198,7 +208,34 @@ const TYPE_FACTS: &str = "SELECT 'type', n.nspname, t.typname, NULL FROM pg_cata
                  AND d.refobjid IN (SELECT oid FROM code_type)))) \
          OR pg_catalog.concat(p.polqual, p.polwithcheck) OPERATOR(pg_catalog.~) (SELECT ':funcid (' \
            OPERATOR(pg_catalog.||) pg_catalog.string_agg(oid::pg_catalog.text, '|') \
-           OPERATOR(pg_catalog.||) ') ' FROM query_running) \
+           OPERATOR(pg_catalog.||) ') ' FROM query_running)), \
+     rel_edge(reader, child) AS (SELECT r.ev_class, d.refobjid FROM pg_catalog.pg_depend d \
+         JOIN pg_catalog.pg_rewrite r ON r.oid OPERATOR(pg_catalog.=) d.objid \
+       WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass::pg_catalog.oid \
+         AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass::pg_catalog.oid \
+         AND d.refobjid <> r.ev_class \
+       UNION ALL SELECT inhparent, inhrelid FROM pg_catalog.pg_inherits), \
+     code_rel_up(relid, why) AS (SELECT relid, why FROM code_rel \
+       UNION SELECT e.reader, 'it reads ' OPERATOR(pg_catalog.||) c.relname::pg_catalog.text \
+           OPERATOR(pg_catalog.||) ', which runs user code when read' \
+         FROM code_rel_up r JOIN rel_edge e ON e.child OPERATOR(pg_catalog.=) r.relid \
+         JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.relid)";
+
+/// The fourth statement's rows (kind, schema, name, detail): every type (`type`), the types of
+/// [`CODE_TYPES`] (`code`), those of [`MUTABLE_TYPES`] (`mutable`), the relations that run such
+/// code when read (`relation`, detail: why; [`CODE_RELATIONS`]), the built-in target types
+/// of casts from a built-in type through a user function (`target`, or `anywhere` when implicit
+/// or in assignment: PostgreSQL may apply it in any statement; detail: the cast), and the names
+/// of such operators between built-in types (`operator`, detail: the operator).
+const TYPE_FACTS: &str = "SELECT 'type', n.nspname, t.typname, NULL FROM pg_catalog.pg_type t \
+       JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
+     UNION ALL SELECT 'code', n.nspname, t.typname, NULL FROM code_type r \
+       JOIN pg_catalog.pg_type t ON t.oid = r.oid JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
+     UNION ALL SELECT 'mutable', n.nspname, t.typname, NULL FROM mutable_type r \
+       JOIN pg_catalog.pg_type t ON t.oid = r.oid JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
+     UNION ALL SELECT DISTINCT 'relation', n.nspname, c.relname, r.why FROM code_rel_up r \
+       JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.relid \
+       JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
      UNION ALL SELECT 'operator', n.nspname, o.oprname, o.oid::pg_catalog.regoperator::pg_catalog.text \
        FROM unsafe_op u JOIN pg_catalog.pg_operator o ON o.oid = u.oid \
        JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace \
@@ -311,7 +348,7 @@ pub fn snapshot_query(rules: &[MaskRule], pins: &[(usize, u32, i16)]) -> String 
            JOIN pg_catalog.pg_rewrite r ON r.oid = p.objid WHERE t.i = v.i AND r.ev_class = v.relid), v.i; \
          SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_class c \
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S'); \
-         WITH RECURSIVE {code_types}, {MUTABLE_TYPES} {TYPE_FACTS}",
+         WITH RECURSIVE {code_types}, {MUTABLE_TYPES}, {USER_OPCLASSES}, {CODE_RELATIONS} {TYPE_FACTS}",
         code_types = code_types(),
         hidden_code = hidden_code()
     )

@@ -35,7 +35,7 @@ use super::catalog::Row;
 /// returned the masked column in clear), and so do temporary functions, operators and types. The
 /// temporary schemas' own rows are left out too (a session's first temporary table creates its
 /// slot's schema; what is in a schema is counted by the catalogs above).
-const CATALOGS: [(&str, &str); 13] = [
+const CATALOGS: [(&str, &str); 17] = [
     ("pg_class", "oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid AND NOT oid OPERATOR(pg_catalog.=) ANY (SELECT oid FROM tmprel)"),
     (
         "pg_attribute",
@@ -55,6 +55,12 @@ const CATALOGS: [(&str, &str); 13] = [
         "pg_range",
         "rngtypid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid",
     ),
+    // s11 sixth attack: an index's operator class runs its support functions on the values it
+    // compares (the masked column's, in clear), and a superuser may add some to a family.
+    ("pg_opclass", USER_OID),
+    ("pg_opfamily", USER_OID),
+    ("pg_amop", USER_OID),
+    ("pg_amproc", USER_OID),
 ];
 
 /// Temporary relations that are not views (`tmprel`: tables, their indexes, sequences, toast
@@ -300,7 +306,7 @@ mod tests {
         }
         assert_eq!(
             CatalogFingerprint::from_rows(&[]).unwrap_err(),
-            FingerprintError::Rows { expected: 13, got: 0 }
+            FingerprintError::Rows { expected: 17, got: 0 }
         );
     }
 
@@ -321,7 +327,17 @@ mod tests {
         );
         for (catalog, filter) in CATALOGS {
             let left_out = filter.contains("tmprel");
-            let kept = matches!(catalog, "pg_proc" | "pg_operator" | "pg_cast" | "pg_range");
+            let kept = matches!(
+                catalog,
+                "pg_proc"
+                    | "pg_operator"
+                    | "pg_cast"
+                    | "pg_range"
+                    | "pg_opclass"
+                    | "pg_opfamily"
+                    | "pg_amop"
+                    | "pg_amproc"
+            );
             if catalog == "pg_namespace" {
                 assert!(filter.contains("'pg_toast_temp_'"), "{filter}");
             } else {
@@ -342,7 +358,7 @@ mod tests {
         sorted.sort();
         assert_eq!(names, sorted);
         assert_eq!(names.len(), CATALOGS.len());
-        assert!(text.starts_with("pg_attrdef=2/"), "{text}");
+        assert!(text.starts_with("pg_amop=15/"), "{text}");
         assert!(text.contains(",pg_policy=0/,"), "{text}");
         assert!(text.contains(&format!("pg_rewrite=7/{:032x}", 700)), "{text}");
         let q = canonical_query();

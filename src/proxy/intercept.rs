@@ -282,7 +282,7 @@ impl Interceptor {
         let unclassified = || Arc::new(Classification::default());
         match &pre.text {
             TextCheck::Classified(c) => {
-                let (c, mut denial) = self.check_sql(&pre.sql, c.clone());
+                let (c, mut denial) = self.check_sql(c.clone());
                 if let (None, None, Some(m), Some(text)) =
                     (&denial, &pre.mask_denial, &self.masking, &pre.masked_text)
                 {
@@ -298,6 +298,9 @@ impl Interceptor {
                 }
                 if let (None, Some(d)) = (&denial, &pre.mask_denial) {
                     denial = Some(self.denial(&d.reason, d.hint));
+                }
+                if denial.is_none() && self.skip_policy.is_none() {
+                    self.record_prepared(&pre.sql, &c);
                 }
                 let class = c.class();
                 (c, class, denial)
@@ -327,13 +330,9 @@ impl Interceptor {
     }
 
     /// Checks classified SQL text against the role, including EXECUTE of prepared statements.
-    /// Returns the classification and the denial, if any. Updates the prepared-statement
-    /// namespace when allowed.
-    fn check_sql(
-        &mut self,
-        sql: &Arc<AuditSql>,
-        classification: Arc<Classification>,
-    ) -> (Arc<Classification>, Option<PgError>) {
+    /// Returns the classification and the denial, if any ([`Interceptor::record_prepared`]
+    /// updates the prepared-statement namespace once every check passed).
+    fn check_sql(&mut self, classification: Arc<Classification>) -> (Arc<Classification>, Option<PgError>) {
         if self.skip_policy.is_some() {
             return (classification, None);
         }
@@ -368,17 +367,31 @@ impl Interceptor {
                 }
             }
         }
+        let new_names = classification
+            .statements
+            .iter()
+            .filter_map(|s| s.prepare_name.as_ref())
+            .filter(|n| !self.prepared.contains_key(*n))
+            .count();
+        if new_names > 0 && self.prepared.len() + new_names > MAX_PREPARED {
+            return (
+                classification.clone(),
+                Some(self.denial(
+                    &format!("too many prepared statements in this session ({MAX_PREPARED})"),
+                    "DEALLOCATE statements you no longer need.",
+                )),
+            );
+        }
+        (classification, None)
+    }
+
+    /// Records what an allowed text's `PREPARE` and `DEALLOCATE` statements do to the prepared
+    /// namespace — only once every check passed (s11 sixth attack: a `PREPARE` of an existing
+    /// name, refused for a role with masks, had already replaced the text a later Bind of that
+    /// name was audited with, and locked).
+    fn record_prepared(&mut self, sql: &Arc<AuditSql>, classification: &Arc<Classification>) {
         for stmt in &classification.statements {
             if let Some(name) = &stmt.prepare_name {
-                if self.prepared.len() >= MAX_PREPARED && !self.prepared.contains_key(name) {
-                    return (
-                        classification.clone(),
-                        Some(self.denial(
-                            &format!("too many prepared statements in this session ({MAX_PREPARED})"),
-                            "DEALLOCATE statements you no longer need.",
-                        )),
-                    );
-                }
                 self.prepared.insert(
                     name.clone(),
                     Prepared {
@@ -396,7 +409,6 @@ impl Interceptor {
                 None => {}
             }
         }
-        (classification, None)
     }
 
     fn deny_with_query_marker(&mut self, error: PgError) -> FrontendAction {
