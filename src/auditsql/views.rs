@@ -401,9 +401,12 @@ mod tests {
         }
         conn.execute_batch(&create_sql()).unwrap();
         let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
-        // the stored text compared as text is wrong to the day: all three look newer
+        // the stored text compared as text is wrong to the day: each row looks later than the
+        // last second of its own day (`T` sorts after the space of SQLite's datetime text);
+        // s11: compared with a time of its own day, so that the check holds at any hour (against
+        // `datetime('now', '-1 hour')` it failed in the two hours after midnight UTC)
         assert_eq!(
-            count("SELECT count(*) FROM audit_events WHERE ts > datetime('now', '-1 hour')"),
+            count("SELECT count(*) FROM audit_events WHERE ts > datetime(substr(ts, 1, 10) || ' 23:59:59')"),
             3
         );
         assert_eq!(

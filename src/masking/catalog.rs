@@ -179,14 +179,11 @@ const USER_OPCLASSES: &str = "user_opclass(oid) AS (SELECT oid FROM pg_catalog.p
 /// [`snapshot_query`]; detail: why): a row type that is a [`CODE_TYPES`] type, a row security
 /// policy calling such code, (s11 sixth attack) an index or a partition key comparing with an
 /// operator class of [`USER_OPCLASSES`] — the planner and executor call its support functions on
-/// the values they compare, a masked column's in clear, without the statement naming them — and
-/// every view and inheritance or partition parent reading one (its code runs when they are read).
-const CODE_RELATIONS: &str = "code_rel(relid, why) AS (SELECT c.oid, \
-         'its row type ' OPERATOR(pg_catalog.||) pg_catalog.format_type(c.reltype, NULL) \
-         OPERATOR(pg_catalog.||) ' reaches user code through a domain, cast or operator' \
-       FROM pg_catalog.pg_class c \
-       WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND c.reltype IN (SELECT oid FROM code_type) \
-     UNION ALL SELECT x.indrelid, 'its index ' OPERATOR(pg_catalog.||) xi.relname::pg_catalog.text \
+/// the values they compare, a masked column's in clear, without the statement naming them — and,
+/// but for a row type (only a whole-row value of the relation itself converts it; a view over it
+/// selecting plain columns is plain), every view and inheritance or partition parent reading one
+/// (its code runs when they are read).
+const CODE_RELATIONS: &str = "code_rel(relid, why) AS (SELECT x.indrelid, 'its index ' OPERATOR(pg_catalog.||) xi.relname::pg_catalog.text \
          OPERATOR(pg_catalog.||) ' compares with an operator class of user code' \
        FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class xi ON xi.oid OPERATOR(pg_catalog.=) x.indexrelid \
        WHERE EXISTS (SELECT 1 FROM pg_catalog.unnest(x.indclass::pg_catalog.oid[]) u(o) \
@@ -215,11 +212,17 @@ const CODE_RELATIONS: &str = "code_rel(relid, why) AS (SELECT c.oid, \
          AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass::pg_catalog.oid \
          AND d.refobjid <> r.ev_class \
        UNION ALL SELECT inhparent, inhrelid FROM pg_catalog.pg_inherits), \
-     code_rel_up(relid, why) AS (SELECT relid, why FROM code_rel \
+     code_rel_up(relid, why) AS (SELECT c.oid, \
+         'its row type ' OPERATOR(pg_catalog.||) pg_catalog.format_type(c.reltype, NULL) \
+         OPERATOR(pg_catalog.||) ' reaches user code through a domain, cast or operator' \
+       FROM pg_catalog.pg_class c \
+       WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND c.reltype IN (SELECT oid FROM code_type) \
+       UNION SELECT relid, why FROM code_rel \
        UNION SELECT e.reader, 'it reads ' OPERATOR(pg_catalog.||) c.relname::pg_catalog.text \
            OPERATOR(pg_catalog.||) ', which runs user code when read' \
          FROM code_rel_up r JOIN rel_edge e ON e.child OPERATOR(pg_catalog.=) r.relid \
-         JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.relid)";
+         JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.relid \
+         WHERE NOT pg_catalog.starts_with(r.why, 'its row type '))";
 
 /// The fourth statement's rows (kind, schema, name, detail): every type (`type`), the types of
 /// [`CODE_TYPES`] (`code`), those of [`MUTABLE_TYPES`] (`mutable`), the relations that run such
