@@ -1318,3 +1318,40 @@ async fn closed_an_operator_class_reached_through_a_view_or_a_partition() {
         "the operator class's support function ran: {seen}"
     );
 }
+
+/// Held, and no false denial (s11): an extension's operator class implemented in C (`pg_trgm`'s
+/// `gin_trgm_ops`, installed by a superuser like any C code) is not user code: a masked role reads
+/// a table with such an index, filtering through it, masked as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_an_extension_operator_class_in_c_is_plain() {
+    let _catalog = common::masking::catalog_lock().write().await;
+    let t = unique_name("s11ra_tg_t");
+    let inst = start(
+        &[&t],
+        setup(&t)
+            + &format!(
+                "CREATE EXTENSION IF NOT EXISTS pg_trgm;
+                 CREATE INDEX ON public.{t} USING gin (secret public.gin_trgm_ops);"
+            ),
+    )
+    .await;
+    let (mut s, mut buf) = raw(&inst).await;
+    let answer = exchange(
+        &mut s,
+        &mut buf,
+        &[query(&format!(
+            "SET enable_seqscan = off; SELECT id, secret FROM public.{t} WHERE secret LIKE '%secret%'"
+        ))],
+    )
+    .await;
+    let _ = inst.shutdown().await;
+    // Its operators between built-in types (`%`) would refuse those spellings in later tests.
+    admin_psql("DROP EXTENSION pg_trgm CASCADE".to_owned()).await;
+    eprintln!("{answer}");
+    assert!(!leaked(&answer), "{answer}");
+    assert!(
+        answer.contains("C:SELECT 1") && answer.contains("***"),
+        "one masked row: {answer}"
+    );
+    assert!(!answer.contains("E:"), "no refusal: {answer}");
+}

@@ -166,14 +166,20 @@ const MUTABLE_TYPES: &str = "mutable_type(oid) AS (SELECT oid FROM pg_catalog.pg
        WHERE typtype IN ('d', 'c') AND oid IN (SELECT oid FROM user_type) \
        UNION SELECT e.child FROM mutable_type r JOIN type_edge e ON e.parent = r.oid)";
 
-/// Operator classes run by code timebox did not ship (`user_opclass`, s11 sixth attack): created
-/// after initdb, or of a family a superuser added operators or support functions to. An index or
-/// a partition key using one runs that code on the values it compares — a masked column's, in
+/// Operator classes that run code written in a procedural language (`user_opclass`, s11 sixth
+/// attack): a family with a support function, or an operator implemented by one, not in C or
+/// `internal` — PL/pgSQL, SQL, … code that reads tables as the session's user. An index or a
+/// partition key using one runs that code on the values it compares — a masked column's, in
 /// clear — whenever the planner or executor searches it, without the statement naming it.
-const USER_OPCLASSES: &str = "user_opclass(oid) AS (SELECT oid FROM pg_catalog.pg_opclass \
-       WHERE oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid \
-         OR opcfamily IN (SELECT amprocfamily FROM pg_catalog.pg_amproc WHERE oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid) \
-         OR opcfamily IN (SELECT amopfamily FROM pg_catalog.pg_amop WHERE oid OPERATOR(pg_catalog.>=) '16384'::pg_catalog.oid))";
+/// (Creating an operator class or adding to a family takes a superuser; C code — the opclasses of
+/// extensions such as `pg_trgm` — is as trusted as the superuser who installed it.)
+const USER_OPCLASSES: &str = "pl_proc AS (SELECT oid FROM pg_catalog.pg_proc \
+       WHERE prolang NOT IN (SELECT oid FROM pg_catalog.pg_language WHERE lanname IN ('c', 'internal'))), \
+     user_opclass(oid) AS (SELECT oid FROM pg_catalog.pg_opclass \
+       WHERE opcfamily IN (SELECT amprocfamily FROM pg_catalog.pg_amproc WHERE amproc::pg_catalog.oid IN (SELECT oid FROM pl_proc)) \
+         OR opcfamily IN (SELECT a.amopfamily FROM pg_catalog.pg_amop a \
+           JOIN pg_catalog.pg_operator o ON o.oid OPERATOR(pg_catalog.=) a.amopopr \
+           WHERE o.oprcode::pg_catalog.oid IN (SELECT oid FROM pl_proc)))";
 
 /// Relations that run user code when read (`code_rel_up`, for the fourth statement of
 /// [`snapshot_query`]; detail: why): a row type that is a [`CODE_TYPES`] type, a row security
