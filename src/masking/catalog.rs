@@ -185,11 +185,24 @@ const USER_OPCLASSES: &str = "pl_proc AS (SELECT oid FROM pg_catalog.pg_proc \
 /// [`snapshot_query`]; detail: why): a row type that is a [`CODE_TYPES`] type, a row security
 /// policy calling such code, (s11 sixth attack) an index or a partition key comparing with an
 /// operator class of [`USER_OPCLASSES`] — the planner and executor call its support functions on
-/// the values they compare, a masked column's in clear, without the statement naming them — and,
+/// the values they compare, a masked column's in clear, without the statement naming them —, (s11
+/// eighth attack) an index expression or predicate, a statistics object, a CHECK constraint or a
+/// partition key calling a procedural-language function (`pl_dep`: the planner folds IMMUTABLE
+/// calls with constant arguments when it reads them, for any statement reading the relation), a
+/// view whose rule converts values to a user domain (a CHECK added to it while a statement waits
+/// runs at that statement's start: `ALTER DOMAIN` takes no lock a reader holds), and,
 /// but for a row type (only a whole-row value of the relation itself converts it; a view over it
 /// selecting plain columns is plain), every view and inheritance or partition parent reading one
 /// (its code runs when they are read).
-const CODE_RELATIONS: &str = "code_rel(relid, why) AS (SELECT x.indrelid, 'its index ' OPERATOR(pg_catalog.||) xi.relname::pg_catalog.text \
+const CODE_RELATIONS: &str = "pl_dep(classid, objid, objsubid) AS (SELECT classid, objid, objsubid FROM pg_catalog.pg_depend \
+       WHERE (refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass::pg_catalog.oid \
+           AND refobjid IN (SELECT oid FROM pl_proc)) \
+         OR (refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass::pg_catalog.oid \
+           AND refobjid IN (SELECT o.oid FROM pg_catalog.pg_operator o \
+             WHERE o.oprcode::pg_catalog.oid IN (SELECT oid FROM pl_proc))) \
+         OR (refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass::pg_catalog.oid \
+           AND refobjid IN (SELECT oid FROM code_type))), \
+     code_rel(relid, why) AS (SELECT x.indrelid, 'its index ' OPERATOR(pg_catalog.||) xi.relname::pg_catalog.text \
          OPERATOR(pg_catalog.||) ' compares with an operator class of user code' \
        FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class xi ON xi.oid OPERATOR(pg_catalog.=) x.indexrelid \
        WHERE EXISTS (SELECT 1 FROM pg_catalog.unnest(x.indclass::pg_catalog.oid[]) u(o) \
@@ -198,6 +211,32 @@ const CODE_RELATIONS: &str = "code_rel(relid, why) AS (SELECT x.indrelid, 'its i
        FROM pg_catalog.pg_partitioned_table p \
        WHERE EXISTS (SELECT 1 FROM pg_catalog.unnest(p.partclass::pg_catalog.oid[]) u(o) \
          WHERE u.o IN (SELECT oid FROM user_opclass)) \
+     UNION ALL SELECT x.indrelid, 'its index ' OPERATOR(pg_catalog.||) xi.relname::pg_catalog.text \
+         OPERATOR(pg_catalog.||) ' computes with user code' \
+       FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class xi ON xi.oid OPERATOR(pg_catalog.=) x.indexrelid \
+       WHERE x.indexrelid IN (SELECT objid FROM pl_dep \
+         WHERE classid = 'pg_catalog.pg_class'::pg_catalog.regclass::pg_catalog.oid) \
+     UNION ALL SELECT x.stxrelid, 'its statistics object ' OPERATOR(pg_catalog.||) x.stxname::pg_catalog.text \
+         OPERATOR(pg_catalog.||) ' computes with user code' \
+       FROM pg_catalog.pg_statistic_ext x \
+       WHERE x.oid IN (SELECT objid FROM pl_dep \
+         WHERE classid = 'pg_catalog.pg_statistic_ext'::pg_catalog.regclass::pg_catalog.oid) \
+     UNION ALL SELECT x.conrelid, 'its constraint ' OPERATOR(pg_catalog.||) x.conname::pg_catalog.text \
+         OPERATOR(pg_catalog.||) ' computes with user code' \
+       FROM pg_catalog.pg_constraint x \
+       WHERE x.conrelid <> '0'::pg_catalog.oid AND x.oid IN (SELECT objid FROM pl_dep \
+         WHERE classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass::pg_catalog.oid) \
+     UNION ALL SELECT x.partrelid, 'its partition key computes with user code' \
+       FROM pg_catalog.pg_partitioned_table x \
+       WHERE x.partrelid IN (SELECT objid FROM pl_dep \
+         WHERE classid = 'pg_catalog.pg_class'::pg_catalog.regclass::pg_catalog.oid AND objsubid = 0) \
+     UNION ALL SELECT r.ev_class, 'its rule converts values to domain ' OPERATOR(pg_catalog.||) \
+         t.typname::pg_catalog.text OPERATOR(pg_catalog.||) ', whose CHECK can change while a statement runs' \
+       FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_rewrite r ON r.oid OPERATOR(pg_catalog.=) d.objid \
+       JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) d.refobjid \
+       WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass::pg_catalog.oid \
+         AND d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass::pg_catalog.oid \
+         AND t.typtype = 'd' AND t.oid IN (SELECT oid FROM user_type) \
      UNION ALL SELECT p.polrelid, \
          'its row security policy ' OPERATOR(pg_catalog.||) p.polname OPERATOR(pg_catalog.||) ' runs user code' \
        FROM pg_catalog.pg_policy p \

@@ -21,7 +21,14 @@
 //!    not, s10 fifth attack); anything else fails the block. Replacing or dropping any of them now
 //!    waits for the end of the transaction; a name that resolves to nothing is left to the
 //!    statement (which fails as without timebox). Only in READ COMMITTED (see [`ISOLATION`]);
-//! 2. the catalog's fingerprint ([`crate::masking::freshness::canonical_query`]) is read and
+//! 2. each table, view and materialized view is planned (`EXPLAIN SELECT FROM …`, with
+//!    `lock_timeout` at 1 ms for those statements only): the planner opens every index of what it
+//!    reads and keeps those locks to the transaction's end, so the statement's own planning waits
+//!    for none (s11 eighth attack: a statement waiting for an index a `REINDEX` held planned, once
+//!    the accomplice committed, a new index whose expression called user code, and a view's domain
+//!    with a new CHECK); an index held by another session fails the block (`INDEX_LOCKED`) rather
+//!    than wait — a wait after the fingerprint would be planned on what committed meanwhile;
+//! 3. the catalog's fingerprint ([`crate::masking::freshness::canonical_query`]) is read and
 //!    compared with the one of the copy the statement was checked against: when it differs —
 //!    something committed while the locks were awaited — the block raises, the transaction fails,
 //!    and the client's Query, pipelined behind it, runs nothing (`25P02`); the relay answers it
@@ -56,6 +63,11 @@ const CHANGED: &str = "timebox_catalog_changed_while_locking";
 /// The block's error for a relation it cannot hold locked (a view granted by column only, a
 /// foreign table): fail closed (`%s`: the relation).
 const UNLOCKABLE: &str = "timebox: for roles with masks, %s cannot be locked before the statement runs (a view needs SELECT on the whole view)";
+
+/// The block's error when an index of a relation is locked by another session (s11 eighth
+/// attack): the planner would wait for it after the fingerprint was compared, and plan with what
+/// that session committed meanwhile (a new index whose expression calls user code).
+const INDEX_LOCKED: &str = "timebox: an index of %s is locked by another session (REINDEX, DROP INDEX?), and for roles with masks a statement may not wait for one after timebox confirmed the catalog; it did not run: try again";
 
 pub(crate) const ISOLATION: &str = "timebox: for roles with masks, statements that read relations run only in READ COMMITTED transactions (timebox confirms the catalog right before they run, which a REPEATABLE READ or SERIALIZABLE snapshot cannot)";
 
@@ -97,7 +109,7 @@ pub(crate) fn lock_block(
     let expected = expected.map_or_else(|| NO_FINGERPRINT.to_owned(), |f| f.canonical());
     let prepare = format!("PREPARE {check} AS {}", canonical_query());
     format!(
-        "DO $timebox_lock$ DECLARE n pg_catalog.text; r pg_catalog.regclass; k pg_catalog.\"char\"; fp pg_catalog.text; \
+        "DO $timebox_lock$ DECLARE n pg_catalog.text; r pg_catalog.regclass; k pg_catalog.\"char\"; fp pg_catalog.text; saved pg_catalog.text; \
          BEGIN \
          IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed' THEN \
            RAISE EXCEPTION USING MESSAGE = '{ISOLATION}', ERRCODE = '0A000'; \
@@ -117,6 +129,20 @@ pub(crate) fn lock_block(
              RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = pg_catalog.format('{UNLOCKABLE}', r); \
            END IF; \
          END LOOP; \
+         saved := pg_catalog.current_setting('lock_timeout'); \
+         PERFORM pg_catalog.set_config('lock_timeout', '1', true); \
+         FOREACH n IN ARRAY ARRAY[{names}]::pg_catalog.text[] LOOP \
+           r := pg_catalog.to_regclass(n); \
+           CONTINUE WHEN r IS NULL; \
+           SELECT c.relkind INTO k FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) r; \
+           CONTINUE WHEN NOT k OPERATOR(pg_catalog.=) ANY ('{{r,p,v,m}}'::pg_catalog.\"char\"[]); \
+           BEGIN \
+             EXECUTE pg_catalog.format('EXPLAIN SELECT FROM %s', r); \
+           EXCEPTION WHEN lock_not_available THEN \
+             RAISE EXCEPTION USING ERRCODE = '55P03', MESSAGE = pg_catalog.format('{INDEX_LOCKED}', r); \
+           END; \
+         END LOOP; \
+         PERFORM pg_catalog.set_config('lock_timeout', saved, true); \
          IF NOT EXISTS (SELECT FROM pg_catalog.pg_prepared_statements s \
              WHERE s.name OPERATOR(pg_catalog.=) {check_literal} \
                AND s.statement OPERATOR(pg_catalog.=) {prepare}) THEN \
