@@ -30,87 +30,20 @@
 
 mod common;
 
-use bytes::BytesMut;
-use common::cluster::{unique_name, READ_PASSWORD, READ_USER};
+use common::attack::{leaking_function, lock_waiting, view, watch, Attack};
+use common::cluster::{unique_name, READ_USER};
 use common::frames::{exchange, query};
 use common::masking::{accomplice, admin_psql, raw_exchange, start_over};
 use common::TestInstance;
-use tokio::net::TcpStream;
 
 /// The value every table of these probes holds in its masked column `secret`.
 const SECRET: &str = "s10ra-secret-value";
 
-/// Whether an answer carries the secret in clear (any case).
-fn leaked(out: &str) -> bool {
-    out.to_lowercase().contains(SECRET)
-}
-
-/// Role `s10ra` (read) masking `secret` of each `public.<table>`, on the read user.
-fn role_with(tables: &[&str]) -> String {
-    let mask: Vec<String> = tables
-        .iter()
-        .map(|t| format!("\"public.{t}.secret\" = \"redact\""))
-        .collect();
-    format!(
-        "\n[roles.s10ra]\nallow = [\"read\"]\nmax_ttl = \"1h\"\nmask = {{ {} }}\n\
-         [targets.shop.credentials.s10ra]\nuser = \"{READ_USER}\"\npassword = \"{READ_PASSWORD}\"\n",
-        mask.join(", ")
-    )
-}
-
-/// Table `public.<t>` (id, secret) holding [`SECRET`], readable by the read user.
-fn setup(t: &str) -> String {
-    format!(
-        "CREATE TABLE public.{t} (id int PRIMARY KEY, secret text);
-         INSERT INTO public.{t} VALUES (1, '{SECRET}');
-         GRANT SELECT ON public.{t} TO {READ_USER};"
-    )
-}
-
-/// A view `<v>` (id, x) over nothing, readable by the read user (`v` may be qualified/quoted).
-fn view(v: &str) -> String {
-    format!(
-        "CREATE VIEW {v} AS SELECT 1::int AS id, 'x'::text AS x;
-         GRANT SELECT ON {v} TO {READ_USER};"
-    )
-}
-
-/// A plpgsql function `<f>` (SECURITY INVOKER: runs as the engineer's read user, who may read
-/// `t` upstream) that puts the masked values in `application_name` (in `pg_stat_activity` at
-/// once, for every session) and sleeps 3 s; returns `ret`.
-fn leaking_function(f: &str, t: &str, args: &str, returns: &str, ret: &str) -> String {
-    format!(
-        "CREATE FUNCTION {f}({args}) RETURNS {returns} LANGUAGE plpgsql VOLATILE AS $f$ BEGIN \
-           PERFORM pg_catalog.set_config('application_name', (SELECT pg_catalog.string_agg(secret, ',') FROM public.{t}), false); \
-           PERFORM pg_catalog.pg_sleep(3); RETURN {ret}; END $f$;"
-    )
-}
-
-/// An instance with role `s10ra` masking `tables`, after `sql` ran on the target.
-async fn start(tables: &[&str], sql: String) -> TestInstance {
-    admin_psql(sql).await;
-    start_over(&[], role_with(tables)).await
-}
-
-/// A raw protocol session of role `s10ra`.
-async fn raw(inst: &TestInstance) -> (TcpStream, BytesMut) {
-    let (_, token) = inst.grant("alice", "s10ra", "10m").await;
-    common::raw::login(inst.proxy_addr, "alice", &token).await
-}
-
-/// Waits until a backend whose query is `ILIKE like` waits for a lock.
-async fn lock_waiting(b: &tokio_postgres::Client, like: &str) -> bool {
-    let sql = format!(
-        "SELECT count(*) FROM pg_catalog.pg_stat_activity \
-         WHERE query ILIKE '{}' AND wait_event_type = 'Lock' AND pid <> pg_catalog.pg_backend_pid()",
-        like.replace('\'', "''")
-    );
-    common::eventually(std::time::Duration::from_secs(5), || {
-        let sql = sql.clone();
-        async move { common::pg::scalar(b, &sql).await != "0" }
-    })
-    .await
-}
+/// The attack's masked role and secret (the shared harness: `common::attack`).
+const ATTACK: Attack = Attack {
+    role: "s10ra",
+    secret: SECRET,
+};
 
 /// Waits (up to 20 s) until the engineer's statement `SELECT pg_catalog.pg_sleep(2)…` sleeps, or
 /// has been answered already (refused before it ran); whether it slept.
@@ -127,18 +60,6 @@ async fn until_sleeping<T>(a: &tokio_postgres::Client, running: &tokio::task::Jo
     false
 }
 
-/// What the engineer's watching session sees in `pg_stat_activity` (through timebox).
-async fn watch(s: &mut TcpStream, buf: &mut BytesMut) -> String {
-    exchange(
-        s,
-        buf,
-        &[query(
-            "SELECT application_name FROM pg_catalog.pg_stat_activity WHERE application_name <> ''",
-        )],
-    )
-    .await
-}
-
 /// The s9 open leak's shape, for one spelling: view `target` (as created, e.g. `public.v`) is
 /// replaced by the accomplice in an open transaction by one whose `x` calls a leaking function;
 /// the engineer sends `sql` (which reads it); once a backend waits for a lock (`like`), the
@@ -151,8 +72,8 @@ async fn replaced_while_waiting(
     sql: &str,
     like: &str,
 ) -> (String, String, bool) {
-    let (mut watcher, mut wbuf) = raw(inst).await;
-    let (s, buf) = raw(inst).await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(inst).await;
+    let (s, buf) = ATTACK.raw(inst).await;
     let a = accomplice().await;
     a.batch_execute(&format!(
         "BEGIN; {} CREATE OR REPLACE VIEW {target} AS SELECT id, {f}() AS x FROM public.{t}",
@@ -187,7 +108,9 @@ async fn closed_a_line_comment_after_the_leading_begin_comments_out_the_lock_blo
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s10ra_lc_t");
     let v = unique_name("s10ra_lc_v");
-    let inst = start(&[&t], setup(&t) + &view(&format!("public.{v}"))).await;
+    let inst = ATTACK
+        .start(&[&t], ATTACK.setup(&t) + &view(&format!("public.{v}")))
+        .await;
     let sql = format!("BEGIN --c\n; SELECT x FROM {v}");
     let (answer, seen, waited) = replaced_while_waiting(
         &inst,
@@ -201,9 +124,9 @@ async fn closed_a_line_comment_after_the_leading_begin_comments_out_the_lock_blo
     let _ = inst.shutdown().await;
     eprintln!("answer: {answer}\nwatched: {seen}");
     assert!(waited, "the client's statement waited for the lock");
-    assert!(!leaked(&answer), "{answer}");
+    assert!(!ATTACK.leaked(&answer), "{answer}");
     assert!(
-        !leaked(&seen),
+        !ATTACK.leaked(&seen),
         "the engineer's second session saw the replaced view's code run: {seen}"
     );
 }
@@ -225,18 +148,19 @@ async fn closed_a_materialized_view_is_not_held_locked_and_is_replaced_after_the
     let t = unique_name("s10ra_mv_t");
     let m = unique_name("s10ra_mv_m");
     let p = unique_name("s10ra_mv_p");
-    let inst = start(
-        &[&t],
-        setup(&t)
-            + &format!(
-                "CREATE MATERIALIZED VIEW public.{m} AS SELECT 1::int AS id, 'x'::text AS x;
+    let inst = ATTACK
+        .start(
+            &[&t],
+            ATTACK.setup(&t)
+                + &format!(
+                    "CREATE MATERIALIZED VIEW public.{m} AS SELECT 1::int AS id, 'x'::text AS x;
                  CREATE TABLE public.{p} (n int); INSERT INTO public.{p} VALUES (1);
                  GRANT SELECT ON public.{m}, public.{p} TO {READ_USER};"
-            ),
-    )
-    .await;
-    let (mut watcher, mut wbuf) = raw(&inst).await;
-    let (mut s, mut buf) = raw(&inst).await;
+                ),
+        )
+        .await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(&inst).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let sql = format!("SELECT x FROM {m}, {p}");
     let before = exchange(&mut s, &mut buf, &[query(&sql)]).await;
     let a1 = accomplice().await;
@@ -274,13 +198,13 @@ async fn closed_a_materialized_view_is_not_held_locked_and_is_replaced_after_the
         answer.contains("C:SELECT 1"),
         "the statement read the materialized view: {answer}"
     );
-    assert!(!leaked(&answer), "{answer}");
+    assert!(!ATTACK.leaked(&answer), "{answer}");
     assert!(
         replaced.is_ok(),
         "the replacement went through after the statement: {replaced:?}"
     );
     assert!(
-        !leaked(&seen),
+        !ATTACK.leaked(&seen),
         "the engineer's second session saw the replacement's code run: {seen}"
     );
 }
@@ -303,20 +227,21 @@ async fn closed_a_column_granted_table_is_not_held_and_a_function_overload_lands
     let t = unique_name("s10ra_ov_t");
     let c = unique_name("s10ra_ov_c");
     let p = unique_name("s10ra_ov_p");
-    let inst = start(
-        &[&t],
-        setup(&t)
-            + &format!(
-                "CREATE TABLE public.{c} (a int, b int); INSERT INTO public.{c} VALUES (3, 4);
+    let inst = ATTACK
+        .start(
+            &[&t],
+            ATTACK.setup(&t)
+                + &format!(
+                    "CREATE TABLE public.{c} (a int, b int); INSERT INTO public.{c} VALUES (3, 4);
                  REVOKE ALL ON public.{c} FROM {READ_USER};
                  GRANT SELECT (a) ON public.{c} TO {READ_USER};
                  CREATE TABLE public.{p} (n int); INSERT INTO public.{p} VALUES (1);
                  GRANT SELECT ON public.{p} TO {READ_USER};"
-            ),
-    )
-    .await;
-    let (mut watcher, mut wbuf) = raw(&inst).await;
-    let (mut s, mut buf) = raw(&inst).await;
+                ),
+        )
+        .await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(&inst).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let sql = format!("SELECT round(a) AS r FROM {c}, {p}");
     let before = exchange(&mut s, &mut buf, &[query(&sql)]).await;
     let a1 = accomplice().await;
@@ -354,10 +279,10 @@ async fn closed_a_column_granted_table_is_not_held_and_a_function_overload_lands
         answer.contains("C:SELECT 1"),
         "the statement ran with the built-in round: {answer}"
     );
-    assert!(!leaked(&answer), "{answer}");
+    assert!(!ATTACK.leaked(&answer), "{answer}");
     assert!(overloaded.is_ok(), "{overloaded:?}");
     assert!(
-        !leaked(&seen),
+        !ATTACK.leaked(&seen),
         "the engineer's second session saw the overload's code run: {seen}"
     );
 }
@@ -378,14 +303,15 @@ async fn closed_search_path_set_earlier_in_the_string_reads_an_unlocked_view() {
     let t = unique_name("s10ra_sp_t");
     let v = unique_name("s10ra_sp_v");
     let ev = unique_name("s10ra_sp_ev");
-    let inst = start(
-        &[&t],
-        setup(&t)
-            + &format!("CREATE SCHEMA {ev}; GRANT USAGE ON SCHEMA {ev} TO {READ_USER};")
-            + &view(&format!("public.{v}"))
-            + &view(&format!("{ev}.{v}")),
-    )
-    .await;
+    let inst = ATTACK
+        .start(
+            &[&t],
+            ATTACK.setup(&t)
+                + &format!("CREATE SCHEMA {ev}; GRANT USAGE ON SCHEMA {ev} TO {READ_USER};")
+                + &view(&format!("public.{v}"))
+                + &view(&format!("{ev}.{v}")),
+        )
+        .await;
     let sql = format!("SET search_path = {ev}, public; SELECT x FROM {v}");
     let (answer, seen, waited) = replaced_while_waiting(
         &inst,
@@ -401,8 +327,11 @@ async fn closed_search_path_set_earlier_in_the_string_reads_an_unlocked_view() {
     // s10: refused before it runs (a change of search_path only as a string's last statement).
     assert!(!waited, "nothing waited");
     assert!(answer.contains("search_path must be the last"), "{answer}");
-    assert!(!leaked(&answer), "{answer}");
-    assert!(!leaked(&seen), "the second session saw the code run: {seen}");
+    assert!(!ATTACK.leaked(&answer), "{answer}");
+    assert!(
+        !ATTACK.leaked(&seen),
+        "the second session saw the code run: {seen}"
+    );
 }
 
 // ---- 5. Spellings and shapes of a name the block must lock ----
@@ -421,7 +350,7 @@ async fn closed_search_path_set_earlier_in_the_string_reads_an_unlocked_view() {
 async fn held_spellings_of_the_name_are_locked() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s10ra_sn_t");
-    let inst = start(&[&t], setup(&t)).await;
+    let inst = ATTACK.start(&[&t], ATTACK.setup(&t)).await;
     // (created view, as SQL; the statement, from the view's bare name)
     type Shape = (&'static str, fn(&str) -> (String, String));
     let shapes: Vec<Shape> = vec![
@@ -525,7 +454,7 @@ async fn held_spellings_of_the_name_are_locked() {
         let like = format!("%{}%", &v["s10ra".len()..]);
         let f = format!("public.{v}_f");
         let (answer, seen, waited) = replaced_while_waiting(&inst, &t, &target, &f, &sql, &like).await;
-        if leaked(&answer) || leaked(&seen) {
+        if ATTACK.leaked(&answer) || ATTACK.leaked(&seen) {
             leaks.push(*label);
         }
         outs.push(format!(
@@ -560,7 +489,7 @@ async fn closed_a_temporary_composite_type_altered_is_invisible_to_the_fingerpri
     let ct = unique_name("s10ra_ct_ct");
     let a = accomplice().await;
     admin_psql(
-        setup(&t)
+        ATTACK.setup(&t)
             + &format!(
                 "CREATE FUNCTION public.{d}_f(int) RETURNS bool LANGUAGE plpgsql AS $f$ BEGIN \
            RAISE EXCEPTION 'leak %', (SELECT pg_catalog.string_agg(secret, ',') FROM public.{t}); END $f$;
@@ -575,8 +504,8 @@ async fn closed_a_temporary_composite_type_altered_is_invisible_to_the_fingerpri
     a.batch_execute(&format!("GRANT USAGE ON SCHEMA {nsp} TO {READ_USER}"))
         .await
         .unwrap();
-    let inst = start_over(&[], role_with(&[&t])).await;
-    let (mut s, mut buf) = raw(&inst).await;
+    let inst = start_over(&[], ATTACK.role_with(&[&t])).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let warm = exchange(
         &mut s,
         &mut buf,
@@ -600,12 +529,12 @@ async fn closed_a_temporary_composite_type_altered_is_invisible_to_the_fingerpri
     .await;
     let _ = inst.shutdown().await;
     eprintln!("warm: {warm}\nafter: {after}\nrow: {row}");
-    assert!(!leaked(&warm), "{warm}");
+    assert!(!ATTACK.leaked(&warm), "{warm}");
     assert!(
-        !leaked(&after),
+        !ATTACK.leaked(&after),
         "the domain's CHECK ran on a type the copy judged clean: {after}"
     );
-    assert!(!leaked(&row), "{row}");
+    assert!(!ATTACK.leaked(&row), "{row}");
 }
 
 // ---- 7. A string's later statements run after the block's one fingerprint ----
@@ -621,9 +550,9 @@ async fn closed_a_temporary_composite_type_altered_is_invisible_to_the_fingerpri
 async fn closed_a_later_statement_of_the_string_is_parsed_after_ddl_committed_meanwhile() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s10ra_ls_t");
-    let inst = start(&[&t], setup(&t)).await;
-    let (mut watcher, mut wbuf) = raw(&inst).await;
-    let (s, buf) = raw(&inst).await;
+    let inst = ATTACK.start(&[&t], ATTACK.setup(&t)).await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(&inst).await;
+    let (s, buf) = ATTACK.raw(&inst).await;
     let a = accomplice().await;
     let sql = format!("SELECT pg_catalog.pg_sleep(2); SELECT round(id) AS r FROM {t}");
     let running = tokio::spawn(raw_exchange(s, buf, vec![query(&sql)]));
@@ -642,8 +571,11 @@ async fn closed_a_later_statement_of_the_string_is_parsed_after_ddl_committed_me
     // s10: refused before it runs (one statement that reads or runs per masked string).
     assert!(!sleeping, "nothing ran: {answer}");
     assert!(answer.contains("SELECT would be a second"), "{answer}");
-    assert!(!leaked(&answer), "{answer}");
-    assert!(!leaked(&seen), "the second session saw the overload run: {seen}");
+    assert!(!ATTACK.leaked(&answer), "{answer}");
+    assert!(
+        !ATTACK.leaked(&seen),
+        "the second session saw the overload run: {seen}"
+    );
 }
 
 /// LEAK (accomplice, no timing, no second session; deterministic). The fingerprint's premise "no statement can
@@ -662,7 +594,7 @@ async fn closed_an_empty_temporary_table_of_another_session_gets_a_policy_unseen
     let tt = unique_name("s10ra_tp_tt");
     let a = accomplice().await;
     admin_psql(
-        setup(&t)
+        ATTACK.setup(&t)
             + &format!(
                 "CREATE FUNCTION public.{tt}_f(int) RETURNS bool LANGUAGE plpgsql IMMUTABLE AS $f$ BEGIN \
            RAISE EXCEPTION 'leak %', (SELECT pg_catalog.string_agg(secret, ',') FROM public.{t}); END $f$;"
@@ -678,8 +610,8 @@ async fn closed_an_empty_temporary_table_of_another_session_gets_a_policy_unseen
     a.batch_execute(&format!("GRANT USAGE ON SCHEMA {nsp} TO {READ_USER}"))
         .await
         .unwrap();
-    let inst = start_over(&[], role_with(&[&t])).await;
-    let (mut s, mut buf) = raw(&inst).await;
+    let inst = start_over(&[], ATTACK.role_with(&[&t])).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let sql = format!("SELECT a FROM {nsp}.{tt}");
     let warm = exchange(&mut s, &mut buf, &[query(&sql)]).await;
     a.batch_execute(&format!(
@@ -690,8 +622,8 @@ async fn closed_an_empty_temporary_table_of_another_session_gets_a_policy_unseen
     let after = exchange(&mut s, &mut buf, &[query(&sql)]).await;
     let _ = inst.shutdown().await;
     eprintln!("warm: {warm}\nafter: {after}");
-    assert!(!leaked(&warm), "{warm}");
-    assert!(!leaked(&after), "the policy ran unseen: {after}");
+    assert!(!ATTACK.leaked(&warm), "{warm}");
+    assert!(!ATTACK.leaked(&after), "the policy ran unseen: {after}");
 }
 
 // ---- 8. The block's fingerprint read under the transaction's snapshot ----
@@ -711,7 +643,9 @@ async fn closed_repeatable_read_fingerprint_reads_the_catalog_before_the_lock_wa
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s10ra_rr_t");
     let v = unique_name("s10ra_rr_v");
-    let inst = start(&[&t], setup(&t) + &view(&format!("public.{v}"))).await;
+    let inst = ATTACK
+        .start(&[&t], ATTACK.setup(&t) + &view(&format!("public.{v}")))
+        .await;
     let sql = format!("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT x FROM {v}");
     let (answer, seen, waited) = replaced_while_waiting(
         &inst,
@@ -727,9 +661,9 @@ async fn closed_repeatable_read_fingerprint_reads_the_catalog_before_the_lock_wa
     // s10: the block refuses any isolation level but READ COMMITTED before it locks anything.
     assert!(!waited, "nothing waited");
     assert!(answer.contains("only in READ COMMITTED"), "{answer}");
-    assert!(!leaked(&answer), "{answer}");
+    assert!(!ATTACK.leaked(&answer), "{answer}");
     assert!(
-        !leaked(&seen),
+        !ATTACK.leaked(&seen),
         "the second session saw the replaced view's code run: {seen}"
     );
 }
@@ -743,9 +677,11 @@ async fn closed_repeatable_read_block_fingerprint_reads_an_old_catalog() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s10ra_rb_t");
     let v = unique_name("s10ra_rb_v");
-    let inst = start(&[&t], setup(&t) + &view(&format!("public.{v}"))).await;
-    let (mut watcher, mut wbuf) = raw(&inst).await;
-    let (mut s, mut buf) = raw(&inst).await;
+    let inst = ATTACK
+        .start(&[&t], ATTACK.setup(&t) + &view(&format!("public.{v}")))
+        .await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(&inst).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let begun = exchange(
         &mut s,
         &mut buf,
@@ -774,9 +710,9 @@ async fn closed_repeatable_read_block_fingerprint_reads_an_old_catalog() {
     // s10: refused before anything is locked (READ COMMITTED only).
     assert!(!waited, "nothing waited");
     assert!(answer.contains("only in READ COMMITTED"), "{answer}");
-    assert!(!leaked(&answer), "{answer}");
+    assert!(!ATTACK.leaked(&answer), "{answer}");
     assert!(
-        !leaked(&seen),
+        !ATTACK.leaked(&seen),
         "the second session saw the replaced view's code run: {seen}"
     );
 }
@@ -789,9 +725,11 @@ async fn closed_default_repeatable_read_exposes_every_plain_query() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s10ra_dr_t");
     let v = unique_name("s10ra_dr_v");
-    let inst = start(&[&t], setup(&t) + &view(&format!("public.{v}"))).await;
-    let (mut watcher, mut wbuf) = raw(&inst).await;
-    let (mut s, mut buf) = raw(&inst).await;
+    let inst = ATTACK
+        .start(&[&t], ATTACK.setup(&t) + &view(&format!("public.{v}")))
+        .await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(&inst).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let set = exchange(
         &mut s,
         &mut buf,
@@ -817,9 +755,9 @@ async fn closed_default_repeatable_read_exposes_every_plain_query() {
     let _ = inst.shutdown().await;
     eprintln!("{set}\nanswer: {answer}\nwatched: {seen}");
     assert!(waited, "a lock was awaited: {set}");
-    assert!(!leaked(&answer), "{answer}");
+    assert!(!ATTACK.leaked(&answer), "{answer}");
     assert!(
-        !leaked(&seen),
+        !ATTACK.leaked(&seen),
         "the second session saw the replaced view's code run: {seen}"
     );
 }
@@ -837,8 +775,8 @@ async fn in_a_session(
     sql: &str,
     post: &[String],
 ) -> (String, String, bool) {
-    let (mut watcher, mut wbuf) = raw(inst).await;
-    let (mut s, mut buf) = raw(inst).await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(inst).await;
+    let (mut s, mut buf) = ATTACK.raw(inst).await;
     let mut outs = Vec::new();
     for q in pre {
         outs.push(format!(
@@ -882,11 +820,12 @@ async fn held_the_clients_own_block_shapes() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s10ra_cb_t");
     let ev = unique_name("s10ra_cb_ev");
-    let inst = start(
-        &[&t],
-        setup(&t) + &format!("CREATE SCHEMA {ev}; GRANT USAGE ON SCHEMA {ev} TO {READ_USER};"),
-    )
-    .await;
+    let inst = ATTACK
+        .start(
+            &[&t],
+            ATTACK.setup(&t) + &format!("CREATE SCHEMA {ev}; GRANT USAGE ON SCHEMA {ev} TO {READ_USER};"),
+        )
+        .await;
     let mut outs = Vec::new();
     let mut leaks = Vec::new();
     for (i, (pre, sql, post)) in [
@@ -927,7 +866,7 @@ async fn held_the_clients_own_block_shapes() {
         let pre: Vec<String> = pre.iter().map(fill).collect();
         let post: Vec<String> = post.iter().map(fill).collect();
         let (all, seen, waited) = in_a_session(&inst, &t, &v, &pre, &fill(&sql), &post).await;
-        if leaked(&all) || leaked(&seen) {
+        if ATTACK.leaked(&all) || ATTACK.leaked(&seen) {
             leaks.push(i);
         }
         outs.push(format!("{i} (waited {waited}):\n  {all}\n  watched: {seen}"));
@@ -949,18 +888,19 @@ async fn row_type_altered_while_running(sql: impl Fn(&str) -> String) -> (String
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s10ra_rt_t");
     let tt = unique_name("s10ra_rt_tt");
-    let inst = start(
-        &[&t],
-        setup(&t)
-            + &leaking_function(&format!("public.{tt}_f"), &t, "text", "bool", "true")
-            + &format!(
-                "CREATE DOMAIN public.{tt}_d AS text CHECK (public.{tt}_f(VALUE));
+    let inst = ATTACK
+        .start(
+            &[&t],
+            ATTACK.setup(&t)
+                + &leaking_function(&format!("public.{tt}_f"), &t, "text", "bool", "true")
+                + &format!(
+                    "CREATE DOMAIN public.{tt}_d AS text CHECK (public.{tt}_f(VALUE));
                  CREATE TABLE public.{tt} (x text);"
-            ),
-    )
-    .await;
-    let (mut watcher, mut wbuf) = raw(&inst).await;
-    let (s, buf) = raw(&inst).await;
+                ),
+        )
+        .await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(&inst).await;
+    let (s, buf) = ATTACK.raw(&inst).await;
     let a = accomplice().await;
     let running = tokio::spawn(raw_exchange(s, buf, vec![query(&sql(&tt))]));
     let sleeping = until_sleeping(&a, &running).await;
@@ -995,9 +935,9 @@ async fn held_a_row_type_altered_while_the_statement_runs() {
         )
     })
     .await;
-    assert!(!leaked(&answer), "{answer}");
+    assert!(!ATTACK.leaked(&answer), "{answer}");
     assert!(
-        !leaked(&seen),
+        !ATTACK.leaked(&seen),
         "the second session saw the domain's code run: {seen}"
     );
     assert!(!sleeping, "refused before it ran: {answer}");
@@ -1021,9 +961,9 @@ async fn closed_a_row_type_altered_while_the_statement_runs_then_a_lock() {
         )
     })
     .await;
-    assert!(!leaked(&answer), "{answer}");
+    assert!(!ATTACK.leaked(&answer), "{answer}");
     assert!(
-        !leaked(&seen),
+        !ATTACK.leaked(&seen),
         "the second session saw the domain's code run: {seen}"
     );
     assert!(!sleeping, "refused before it ran: {answer}");
@@ -1048,20 +988,21 @@ async fn closed_a_row_type_altered_while_the_statement_runs_then_a_lock() {
 async fn closed_a_type_named_in_a_string_runs_its_domain_check() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s10ra_in_t");
-    let inst = start(
-        &[&t],
-        setup(&t)
-            + &leaking_function(&format!("public.{t}_f"), &t, "text", "bool", "true")
-            + &format!(
-                "CREATE DOMAIN public.{t}_d AS text CHECK (public.{t}_f(VALUE));
+    let inst = ATTACK
+        .start(
+            &[&t],
+            ATTACK.setup(&t)
+                + &leaking_function(&format!("public.{t}_f"), &t, "text", "bool", "true")
+                + &format!(
+                    "CREATE DOMAIN public.{t}_d AS text CHECK (public.{t}_f(VALUE));
                  CREATE DOMAIN public.{t}_plain AS text;
                  CREATE TABLE public.{t}_h (x public.{t}_plain);
                  GRANT SELECT ON public.{t}_h TO {READ_USER};"
-            ),
-    )
-    .await;
-    let (mut watcher, mut wbuf) = raw(&inst).await;
-    let (s, buf) = raw(&inst).await;
+                ),
+        )
+        .await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(&inst).await;
+    let (s, buf) = ATTACK.raw(&inst).await;
     let sql = format!("SELECT pg_catalog.pg_input_is_valid('1', 'public.{t}_d') AS v");
     let running = tokio::spawn(raw_exchange(s, buf, vec![query(&sql)]));
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
@@ -1077,9 +1018,12 @@ async fn closed_a_type_named_in_a_string_runs_its_domain_check() {
     .await;
     let _ = inst.shutdown().await;
     eprintln!("answer: {answer}\nwatched: {seen}\npopulate: {populate}");
-    assert!(!leaked(&answer) && !leaked(&populate), "{answer}\n{populate}");
     assert!(
-        !leaked(&seen),
+        !ATTACK.leaked(&answer) && !ATTACK.leaked(&populate),
+        "{answer}\n{populate}"
+    );
+    assert!(
+        !ATTACK.leaked(&seen),
         "the second session saw the domain's code run: {seen}"
     );
     assert!(

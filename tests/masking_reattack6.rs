@@ -42,108 +42,20 @@
 mod common;
 
 use bytes::BytesMut;
-use common::cluster::{unique_name, READ_PASSWORD, READ_USER};
+use common::attack::{leaking_function, lock_waiting, raw_exchange_or_close, view, watch, Attack};
+use common::cluster::{unique_name, READ_USER};
 use common::frames::{bind, describe, exchange, execute, parse, query, sync};
-use common::masking::{accomplice, admin_psql, start_over};
+use common::masking::{accomplice, admin_psql};
 use common::TestInstance;
-use tokio::net::TcpStream;
 
 /// The value every table of these probes holds in its masked column `secret`.
 const SECRET: &str = "s11ra-secret-value";
 
-/// Whether an answer carries the secret in clear (any case).
-fn leaked(out: &str) -> bool {
-    out.to_lowercase().contains(SECRET)
-}
-
-/// Role `s11ra` (read) masking `secret` of each `public.<table>`, on the read user.
-fn role_with(tables: &[&str]) -> String {
-    let mask: Vec<String> = tables
-        .iter()
-        .map(|t| format!("\"public.{t}.secret\" = \"redact\""))
-        .collect();
-    format!(
-        "\n[roles.s11ra]\nallow = [\"read\"]\nmax_ttl = \"1h\"\nmask = {{ {} }}\n\
-         [targets.shop.credentials.s11ra]\nuser = \"{READ_USER}\"\npassword = \"{READ_PASSWORD}\"\n",
-        mask.join(", ")
-    )
-}
-
-/// Table `public.<t>` (id, secret) holding [`SECRET`], readable by the read user.
-fn setup(t: &str) -> String {
-    format!(
-        "CREATE TABLE public.{t} (id int PRIMARY KEY, secret text);
-         INSERT INTO public.{t} VALUES (1, '{SECRET}');
-         GRANT SELECT ON public.{t} TO {READ_USER};"
-    )
-}
-
-/// A view `<v>` (id, x) over nothing, readable by the read user.
-fn view(v: &str) -> String {
-    format!(
-        "CREATE VIEW {v} AS SELECT 1::int AS id, 'x'::text AS x;
-         GRANT SELECT ON {v} TO {READ_USER};"
-    )
-}
-
-/// A plpgsql function `<f>` (SECURITY INVOKER: runs as the engineer's read user, who may read
-/// `t` upstream) that puts the masked values in `application_name` and sleeps 3 s; returns `ret`.
-fn leaking_function(f: &str, t: &str, args: &str, returns: &str, ret: &str) -> String {
-    format!(
-        "CREATE FUNCTION {f}({args}) RETURNS {returns} LANGUAGE plpgsql VOLATILE AS $f$ BEGIN \
-           PERFORM pg_catalog.set_config('application_name', (SELECT pg_catalog.string_agg(secret, ',') FROM public.{t}), false); \
-           PERFORM pg_catalog.pg_sleep(3); RETURN {ret}; END $f$;"
-    )
-}
-
-/// An instance with role `s11ra` masking `tables`, after `sql` ran on the target.
-async fn start(tables: &[&str], sql: String) -> TestInstance {
-    admin_psql(sql).await;
-    start_over(&[], role_with(tables)).await
-}
-
-/// A raw protocol session of role `s11ra`.
-async fn raw(inst: &TestInstance) -> (TcpStream, BytesMut) {
-    let (_, token) = inst.grant("alice", "s11ra", "10m").await;
-    common::raw::login(inst.proxy_addr, "alice", &token).await
-}
-
-/// Waits until a backend whose query is `LIKE like` waits for a lock.
-async fn lock_waiting(b: &tokio_postgres::Client, like: &str) -> bool {
-    let sql = format!(
-        "SELECT count(*) FROM pg_catalog.pg_stat_activity \
-         WHERE query LIKE '{}' AND wait_event_type = 'Lock' AND pid <> pg_catalog.pg_backend_pid()",
-        like.replace('\'', "''")
-    );
-    common::eventually(std::time::Duration::from_secs(5), || {
-        let sql = sql.clone();
-        async move { common::pg::scalar(b, &sql).await != "0" }
-    })
-    .await
-}
-
-/// `frames` sent on a raw session moved into a task; the answer up to ReadyForQuery or the
-/// session's end (timebox closes a session whose refused result's transaction had ended).
-async fn raw_exchange(
-    mut s: TcpStream,
-    mut buf: BytesMut,
-    frames: Vec<BytesMut>,
-) -> (String, TcpStream, BytesMut) {
-    let out = common::frames::exchange_or_close(&mut s, &mut buf, &frames).await;
-    (out, s, buf)
-}
-
-/// What the engineer's watching session sees in `pg_stat_activity` (through timebox).
-async fn watch(s: &mut TcpStream, buf: &mut BytesMut) -> String {
-    exchange(
-        s,
-        buf,
-        &[query(
-            "SELECT application_name FROM pg_catalog.pg_stat_activity WHERE application_name <> ''",
-        )],
-    )
-    .await
-}
+/// The attack's masked role and secret (the shared harness: `common::attack`).
+const ATTACK: Attack = Attack {
+    role: "s11ra",
+    secret: SECRET,
+};
 
 /// The s9 leak's shape over a session prepared by `prepare` (frames exchanged one batch at a
 /// time, answers printed): the accomplice replaces view `public.<v>` in an open transaction by
@@ -158,8 +70,8 @@ async fn replaced_while_waiting(
     run: Vec<BytesMut>,
     like: &str,
 ) -> (String, String, String, bool) {
-    let (mut watcher, mut wbuf) = raw(inst).await;
-    let (mut s, mut buf) = raw(inst).await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(inst).await;
+    let (mut s, mut buf) = ATTACK.raw(inst).await;
     let mut before = String::new();
     for batch in prepare {
         before.push_str(&exchange(&mut s, &mut buf, &batch).await);
@@ -172,7 +84,7 @@ async fn replaced_while_waiting(
     ))
     .await
     .unwrap();
-    let running = tokio::spawn(raw_exchange(s, buf, run));
+    let running = tokio::spawn(raw_exchange_or_close(s, buf, run));
     let b = accomplice().await;
     let waited = lock_waiting(&b, like).await;
     a.batch_execute("COMMIT").await.unwrap();
@@ -201,7 +113,9 @@ async fn closed_a_refused_prepare_overwrites_the_bind_lock_relations() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s11ra_ow_t");
     let v = unique_name("s11ra_ow_v");
-    let inst = start(&[&t], setup(&t) + &view(&format!("public.{v}"))).await;
+    let inst = ATTACK
+        .start(&[&t], ATTACK.setup(&t) + &view(&format!("public.{v}")))
+        .await;
     let (before, answer, seen, waited) = replaced_while_waiting(
         &inst,
         &t,
@@ -217,9 +131,9 @@ async fn closed_a_refused_prepare_overwrites_the_bind_lock_relations() {
     let _ = inst.shutdown().await;
     eprintln!("before: {before}\nanswer: {answer}\nwatched: {seen}\nwaited: {waited}");
     assert!(waited, "the statement waited for the accomplice's lock");
-    assert!(!leaked(&answer), "{answer}");
+    assert!(!ATTACK.leaked(&answer), "{answer}");
     assert!(
-        !leaked(&seen),
+        !ATTACK.leaked(&seen),
         "the engineer's second session saw the replaced view's code run: {seen}"
     );
 }
@@ -233,7 +147,9 @@ async fn closed_a_refused_prepare_overwrites_the_execute_lock_relations() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s11ra_oe_t");
     let v = unique_name("s11ra_oe_v");
-    let inst = start(&[&t], setup(&t) + &view(&format!("public.{v}"))).await;
+    let inst = ATTACK
+        .start(&[&t], ATTACK.setup(&t) + &view(&format!("public.{v}")))
+        .await;
     let (before, answer, seen, waited) = replaced_while_waiting(
         &inst,
         &t,
@@ -250,9 +166,9 @@ async fn closed_a_refused_prepare_overwrites_the_execute_lock_relations() {
     let _ = inst.shutdown().await;
     eprintln!("before: {before}\nanswer: {answer}\nwatched: {seen}\nwaited: {waited}");
     assert!(waited, "the statement waited for the accomplice's lock");
-    assert!(!leaked(&answer), "{answer}");
+    assert!(!ATTACK.leaked(&answer), "{answer}");
     assert!(
-        !leaked(&seen),
+        !ATTACK.leaked(&seen),
         "the engineer's second session saw the replaced view's code run: {seen}"
     );
 }
@@ -265,7 +181,9 @@ async fn held_a_bind_of_a_statement_prepared_before_the_replacement() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s11ra_bp_t");
     let v = unique_name("s11ra_bp_v");
-    let inst = start(&[&t], setup(&t) + &view(&format!("public.{v}"))).await;
+    let inst = ATTACK
+        .start(&[&t], ATTACK.setup(&t) + &view(&format!("public.{v}")))
+        .await;
     let (before, answer, seen, waited) = replaced_while_waiting(
         &inst,
         &t,
@@ -278,8 +196,8 @@ async fn held_a_bind_of_a_statement_prepared_before_the_replacement() {
     let _ = inst.shutdown().await;
     eprintln!("before: {before}\nanswer: {answer}\nwatched: {seen}\nwaited: {waited}");
     assert!(waited, "the block waited for the accomplice's lock");
-    assert!(!leaked(&answer), "{answer}");
-    assert!(!leaked(&seen), "{seen}");
+    assert!(!ATTACK.leaked(&answer), "{answer}");
+    assert!(!ATTACK.leaked(&seen), "{seen}");
 }
 
 /// Closed in s11; LEAK against dbc88af (same family, extended protocol only; deterministic). The
@@ -295,7 +213,9 @@ async fn closed_a_skipped_unnamed_parse_overwrites_the_bind_lock_relations() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s11ra_un_t");
     let v = unique_name("s11ra_un_v");
-    let inst = start(&[&t], setup(&t) + &view(&format!("public.{v}"))).await;
+    let inst = ATTACK
+        .start(&[&t], ATTACK.setup(&t) + &view(&format!("public.{v}")))
+        .await;
     let (before, answer, seen, waited) = replaced_while_waiting(
         &inst,
         &t,
@@ -316,9 +236,9 @@ async fn closed_a_skipped_unnamed_parse_overwrites_the_bind_lock_relations() {
     let _ = inst.shutdown().await;
     eprintln!("before: {before}\nanswer: {answer}\nwatched: {seen}\nwaited: {waited}");
     assert!(waited, "the statement waited for the accomplice's lock");
-    assert!(!leaked(&answer), "{answer}");
+    assert!(!ATTACK.leaked(&answer), "{answer}");
     assert!(
-        !leaked(&seen),
+        !ATTACK.leaked(&seen),
         "the engineer's second session saw the replaced view's code run: {seen}"
     );
 }
@@ -357,7 +277,9 @@ async fn closed_the_client_prepares_the_blocks_fingerprint_read() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s11ra_fp_t");
     let v = unique_name("s11ra_fp_v");
-    let inst = start(&[&t], setup(&t) + &view(&format!("public.{v}"))).await;
+    let inst = ATTACK
+        .start(&[&t], ATTACK.setup(&t) + &view(&format!("public.{v}")))
+        .await;
     let c = common::masking::session(&inst, "s11ra").await;
     let mut log = String::new();
     log.push_str(&format!(
@@ -402,7 +324,7 @@ async fn closed_the_client_prepares_the_blocks_fingerprint_read() {
         )
         .await
     ));
-    let (mut watcher, mut wbuf) = raw(&inst).await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(&inst).await;
     a.batch_execute(&format!(
         "BEGIN; {} CREATE OR REPLACE VIEW public.{v} AS SELECT id, public.{v}_f() AS x FROM public.{t}",
         leaking_function(&format!("public.{v}_f"), &t, "", "text", "'y'")
@@ -423,9 +345,9 @@ async fn closed_the_client_prepares_the_blocks_fingerprint_read() {
     let _ = inst.shutdown().await;
     eprintln!("{log}answer: {answer:?}\nwatched: {seen}\nwaited: {waited}");
     assert!(waited, "the block waited for the accomplice's lock");
-    assert!(!leaked(&format!("{answer:?}")), "{answer:?}");
+    assert!(!ATTACK.leaked(&format!("{answer:?}")), "{answer:?}");
     assert!(
-        !leaked(&seen),
+        !ATTACK.leaked(&seen),
         "the engineer's second session saw the replaced view's code run: {seen}"
     );
 }
@@ -441,7 +363,7 @@ async fn who_waits(
     before: Vec<BytesMut>,
     frames: Vec<BytesMut>,
 ) -> (String, String) {
-    let (mut s, mut buf) = raw(inst).await;
+    let (mut s, mut buf) = ATTACK.raw(inst).await;
     if !before.is_empty() {
         let parsed = exchange(&mut s, &mut buf, &before).await;
         eprintln!("    parsed: {}", parsed.chars().take(160).collect::<String>());
@@ -450,7 +372,7 @@ async fn who_waits(
     a.batch_execute(&format!("BEGIN; LOCK TABLE public.{v} IN ACCESS EXCLUSIVE MODE"))
         .await
         .unwrap();
-    let running = tokio::spawn(raw_exchange(s, buf, frames));
+    let running = tokio::spawn(raw_exchange_or_close(s, buf, frames));
     let b = accomplice().await;
     let sql = "SELECT COALESCE(pg_catalog.string_agg(pg_catalog.left(query, 40), ' | '), '') \
                FROM pg_catalog.pg_stat_activity WHERE wait_event_type = 'Lock' \
@@ -481,7 +403,9 @@ async fn held_spellings_are_locked_by_the_block() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s11ra_sp_t");
     let v = unique_name("s11ra_sp_v");
-    let inst = start(&[&t], setup(&t) + &view(&format!("public.{v}"))).await;
+    let inst = ATTACK
+        .start(&[&t], ATTACK.setup(&t) + &view(&format!("public.{v}")))
+        .await;
     let spellings = [
         format!("EXPLAIN ANALYZE SELECT x FROM public.{v}"),
         format!("EXPLAIN (ANALYZE, COSTS OFF) SELECT x FROM public.{v}"),
@@ -559,9 +483,9 @@ fn bind_values(portal: &str, stmt: &str, values: &[&str]) -> BytesMut {
 /// Runs `frames` on an engineer's session while the watcher looks at `pg_stat_activity` 1 s in.
 /// (answer, watched)
 async fn run_and_watch(inst: &TestInstance, frames: Vec<BytesMut>) -> (String, String) {
-    let (mut watcher, mut wbuf) = raw(inst).await;
-    let (s, buf) = raw(inst).await;
-    let running = tokio::spawn(raw_exchange(s, buf, frames));
+    let (mut watcher, mut wbuf) = ATTACK.raw(inst).await;
+    let (s, buf) = ATTACK.raw(inst).await;
+    let running = tokio::spawn(raw_exchange_or_close(s, buf, frames));
     // The statement is done, refused, or inside the function's 3 s sleep.
     let b = accomplice().await;
     common::eventually(std::time::Duration::from_millis(1500), || {
@@ -596,16 +520,17 @@ async fn closed_a_parse_parameter_typed_by_oid_runs_a_domain_check() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s11ra_po_t");
     let d = unique_name("s11ra_po_d");
-    let inst = start(
-        &[&t],
-        setup(&t)
-            + &leaking_function(&format!("public.{d}_f"), &t, "text", "boolean", "true")
-            + &format!(
-                "CREATE DOMAIN public.{d} AS text CHECK (public.{d}_f(VALUE));
+    let inst = ATTACK
+        .start(
+            &[&t],
+            ATTACK.setup(&t)
+                + &leaking_function(&format!("public.{d}_f"), &t, "text", "boolean", "true")
+                + &format!(
+                    "CREATE DOMAIN public.{d} AS text CHECK (public.{d}_f(VALUE));
                  GRANT USAGE ON DOMAIN public.{d} TO {READ_USER};"
-            ),
-    )
-    .await;
+                ),
+        )
+        .await;
     let a = accomplice().await;
     let oid: u32 = common::pg::scalar(&a, &format!("SELECT 'public.{d}'::regtype::oid"))
         .await
@@ -623,9 +548,9 @@ async fn closed_a_parse_parameter_typed_by_oid_runs_a_domain_check() {
     .await;
     let _ = inst.shutdown().await;
     eprintln!("answer: {answer}\nwatched: {seen}");
-    assert!(!leaked(&answer), "{answer}");
+    assert!(!ATTACK.leaked(&answer), "{answer}");
     assert!(
-        !leaked(&seen),
+        !ATTACK.leaked(&seen),
         "the domain's CHECK ran the accomplice's function: {seen}"
     );
 }
@@ -641,19 +566,20 @@ async fn closed_a_parse_parameter_typed_by_oid_picks_a_user_operator_on_the_mask
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s11ra_op_t");
     let d = unique_name("s11ra_op_d");
-    let inst = start(
-        &[&t],
-        setup(&t)
-            + &format!(
-                "CREATE DOMAIN public.{d} AS text;
+    let inst = ATTACK
+        .start(
+            &[&t],
+            ATTACK.setup(&t)
+                + &format!(
+                    "CREATE DOMAIN public.{d} AS text;
                  GRANT USAGE ON DOMAIN public.{d} TO {READ_USER};
                  CREATE FUNCTION public.{d}_eq(text, public.{d}) RETURNS boolean LANGUAGE plpgsql AS $f$ BEGIN
                    PERFORM pg_catalog.set_config('application_name', $1, false);
                    PERFORM pg_catalog.pg_sleep(3); RETURN false; END $f$;
                  CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = public.{d}, FUNCTION = public.{d}_eq);"
-            ),
-    )
-    .await;
+                ),
+        )
+        .await;
     let a = accomplice().await;
     let oid: u32 = common::pg::scalar(&a, &format!("SELECT 'public.{d}'::regtype::oid"))
         .await
@@ -676,9 +602,9 @@ async fn closed_a_parse_parameter_typed_by_oid_picks_a_user_operator_on_the_mask
     .await;
     let _ = inst.shutdown().await;
     eprintln!("answer: {answer}\nwatched: {seen}");
-    assert!(!leaked(&answer), "{answer}");
+    assert!(!ATTACK.leaked(&answer), "{answer}");
     assert!(
-        !leaked(&seen),
+        !ATTACK.leaked(&seen),
         "the accomplice's operator got the clear value: {seen}"
     );
 }
@@ -693,15 +619,16 @@ async fn held_result_shapes_without_ddl() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s11ra_rs_t");
     let v = unique_name("s11ra_rs_v");
-    let inst = start(
-        &[&t],
-        setup(&t)
-            + &format!(
-                "CREATE VIEW public.{v} AS SELECT id, secret AS x FROM public.{t};
+    let inst = ATTACK
+        .start(
+            &[&t],
+            ATTACK.setup(&t)
+                + &format!(
+                    "CREATE VIEW public.{v} AS SELECT id, secret AS x FROM public.{t};
                  GRANT SELECT ON public.{v} TO {READ_USER};"
-            ),
-    )
-    .await;
+                ),
+        )
+        .await;
     let shapes = [
         format!("SELECT 'a' AS x UNION ALL SELECT secret FROM public.{t}"),
         format!("SELECT x FROM (SELECT 'a' AS x UNION ALL SELECT secret FROM public.{t}) s"),
@@ -732,7 +659,7 @@ async fn held_result_shapes_without_ddl() {
         format!("SELECT * FROM public.{t} NATURAL JOIN (SELECT 1 AS id) z"),
         format!("SELECT j.* FROM (public.{t} JOIN public.{v} USING (id)) AS j"),
     ];
-    let (mut s, mut buf) = raw(&inst).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let mut leaks = Vec::new();
     for sql in &shapes {
         let ways = [
@@ -761,12 +688,12 @@ async fn held_result_shapes_without_ddl() {
         ];
         for (how, frames) in ways {
             let out = common::frames::exchange_or_close(&mut s, &mut buf, &frames).await;
-            if leaked(&out) {
+            if ATTACK.leaked(&out) {
                 leaks.push(format!("{how}: {sql}"));
             }
             if !out.contains("Z:") {
                 eprintln!("session ended at {how}: {sql}: {out}");
-                (s, buf) = raw(&inst).await;
+                (s, buf) = ATTACK.raw(&inst).await;
             }
             eprintln!("{how}: {sql}\n    {}", out.chars().take(200).collect::<String>());
         }
@@ -789,18 +716,19 @@ async fn held_type_input_functions_called_with_a_type_oid() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s11ra_ti_t");
     let d = unique_name("s11ra_ti_d");
-    let inst = start(
-        &[&t],
-        setup(&t)
-            + &leaking_function(&format!("public.{d}_f"), &t, "text", "boolean", "true")
-            + &format!(
-                "CREATE DOMAIN public.{d} AS text CHECK (public.{d}_f(VALUE));
+    let inst = ATTACK
+        .start(
+            &[&t],
+            ATTACK.setup(&t)
+                + &leaking_function(&format!("public.{d}_f"), &t, "text", "boolean", "true")
+                + &format!(
+                    "CREATE DOMAIN public.{d} AS text CHECK (public.{d}_f(VALUE));
                  GRANT USAGE ON DOMAIN public.{d} TO {READ_USER};
                  CREATE TYPE public.{d}_c AS (a public.{d});
                  GRANT USAGE ON TYPE public.{d}_c TO {READ_USER};"
-            ),
-    )
-    .await;
+                ),
+        )
+        .await;
     let a = accomplice().await;
     let oid = common::pg::scalar(&a, &format!("SELECT 'public.{d}'::regtype::oid")).await;
     let coid = common::pg::scalar(&a, &format!("SELECT 'public.{d}_c'::regtype::oid")).await;
@@ -817,7 +745,7 @@ async fn held_type_input_functions_called_with_a_type_oid() {
             "{sql}\n  answer: {}\n  watched: {seen}",
             answer.chars().take(300).collect::<String>()
         );
-        if leaked(&answer) || leaked(&seen) {
+        if ATTACK.leaked(&answer) || ATTACK.leaked(&seen) {
             leaks.push(sql.clone());
         }
     }
@@ -836,14 +764,15 @@ async fn held_type_input_functions_called_with_a_type_oid() {
 async fn held_pipelines_with_skipped_lock_blocks_and_resumed_portals() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s11ra_pl_t");
-    let inst = start(
-        &[&t],
-        setup(&t)
-            + &format!(
+    let inst = ATTACK
+        .start(
+            &[&t],
+            ATTACK.setup(&t)
+                + &format!(
                 "INSERT INTO public.{t} SELECT g, '{SECRET}' || g FROM pg_catalog.generate_series(2, 5) g;"
             ),
-    )
-    .await;
+        )
+        .await;
     let masked = format!("SELECT secret FROM public.{t}");
     let plain = format!("SELECT id::text AS secret FROM public.{t}");
     let lim = |portal: &str, n: i32| {
@@ -944,7 +873,7 @@ async fn held_pipelines_with_skipped_lock_blocks_and_resumed_portals() {
     ];
     let mut leaks = Vec::new();
     for (what, steps) in batches {
-        let (mut s, mut buf) = raw(&inst).await;
+        let (mut s, mut buf) = ATTACK.raw(&inst).await;
         let mut out = String::new();
         for frames in steps {
             if frames.last().is_some_and(|f| f[0] == b'H') {
@@ -962,7 +891,7 @@ async fn held_pipelines_with_skipped_lock_blocks_and_resumed_portals() {
             }
         }
         if out.contains("(session ended)") {
-            (s, buf) = raw(&inst).await;
+            (s, buf) = ATTACK.raw(&inst).await;
         }
         let after = common::frames::exchange_or_close(
             &mut s,
@@ -977,7 +906,7 @@ async fn held_pipelines_with_skipped_lock_blocks_and_resumed_portals() {
         )
         .await;
         eprintln!("{what}:\n    {out}after: {after}");
-        if leaked(&out) || leaked(&after) {
+        if ATTACK.leaked(&out) || ATTACK.leaked(&after) {
             leaks.push(what);
         }
     }
@@ -998,10 +927,12 @@ async fn held_statements_and_cursors_used_after_a_committed_replacement() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s11ra_rb_t");
     let v = unique_name("s11ra_rb_v");
-    let inst = start(&[&t], setup(&t) + &view(&format!("public.{v}"))).await;
-    let (mut watcher, mut wbuf) = raw(&inst).await;
-    let (mut s, mut buf) = raw(&inst).await;
-    let (mut c, mut cbuf) = raw(&inst).await;
+    let inst = ATTACK
+        .start(&[&t], ATTACK.setup(&t) + &view(&format!("public.{v}")))
+        .await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(&inst).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
+    let (mut c, mut cbuf) = ATTACK.raw(&inst).await;
     let sql = format!("SELECT x FROM public.{v}");
     let mut out = exchange(&mut s, &mut buf, &[parse("p", &sql), sync()]).await;
     out += &exchange(&mut s, &mut buf, &[query(&format!("PREPARE q AS {sql}"))]).await;
@@ -1039,8 +970,8 @@ async fn held_statements_and_cursors_used_after_a_committed_replacement() {
         eprintln!("after: {}", a.chars().take(300).collect::<String>());
     }
     eprintln!("watched: {seen}");
-    assert!(after.iter().all(|a| !leaked(a)), "{after:?}");
-    assert!(!leaked(&seen), "{seen}");
+    assert!(after.iter().all(|a| !ATTACK.leaked(a)), "{after:?}");
+    assert!(!ATTACK.leaked(&seen), "{seen}");
 }
 
 // ---- 9. Code the planner picks without the text naming it: an index's operator class ----
@@ -1058,9 +989,9 @@ async fn held_statements_and_cursors_used_after_a_committed_replacement() {
 async fn closed_an_index_operator_class_on_the_masked_column_runs_user_code() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s11ra_ix_t");
-    let inst = start(
+    let inst = ATTACK.start(
         &[&t],
-        setup(&t)
+        ATTACK.setup(&t)
             + &format!(
                 "INSERT INTO public.{t} SELECT g, 'filler' || g FROM pg_catalog.generate_series(2, 2000) g;
                  CREATE FUNCTION public.{t}_cmp(text, text) RETURNS integer LANGUAGE plpgsql IMMUTABLE AS $f$ BEGIN
@@ -1075,8 +1006,8 @@ async fn closed_an_index_operator_class_on_the_masked_column_runs_user_code() {
             ),
     )
     .await;
-    let (mut watcher, mut wbuf) = raw(&inst).await;
-    let (mut s, mut buf) = raw(&inst).await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(&inst).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let plan = exchange(
         &mut s,
         &mut buf,
@@ -1107,11 +1038,11 @@ async fn closed_an_index_operator_class_on_the_masked_column_runs_user_code() {
     let _ = inst.shutdown().await;
     eprintln!("plan: {plan}\nanswer: {answer}\nextended: {extended}\nwatched: {seen}");
     assert!(
-        !leaked(&answer) && !leaked(&extended),
+        !ATTACK.leaked(&answer) && !ATTACK.leaked(&extended),
         "the engineer's own session: {answer}\n{extended}"
     );
     assert!(
-        !leaked(&seen),
+        !ATTACK.leaked(&seen),
         "the operator class's support function got the clear value: {seen}"
     );
 }
@@ -1127,17 +1058,20 @@ async fn held_bare_builtin_names_shadowed_through_search_path() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s11ra_sh_t");
     let nsp = unique_name("s11ra_sh_n");
-    let inst = start(
-        &[&t],
-        setup(&t)
-            + &format!("CREATE SCHEMA {nsp}; GRANT USAGE ON SCHEMA {nsp} TO {READ_USER};")
-            + &leaking_function(&format!("{nsp}.initcap"), &t, "text", "text", "$1")
-            + &leaking_function(&format!("{nsp}.upper"), &t, "text", "text", "$1")
-            + &leaking_function(&format!("{nsp}.cat"), &t, "text, text", "text", "$1")
-            + &format!("CREATE OPERATOR {nsp}.|| (LEFTARG = text, RIGHTARG = text, FUNCTION = {nsp}.cat);"),
-    )
-    .await;
-    let (mut s, mut buf) = raw(&inst).await;
+    let inst = ATTACK
+        .start(
+            &[&t],
+            ATTACK.setup(&t)
+                + &format!("CREATE SCHEMA {nsp}; GRANT USAGE ON SCHEMA {nsp} TO {READ_USER};")
+                + &leaking_function(&format!("{nsp}.initcap"), &t, "text", "text", "$1")
+                + &leaking_function(&format!("{nsp}.upper"), &t, "text", "text", "$1")
+                + &leaking_function(&format!("{nsp}.cat"), &t, "text, text", "text", "$1")
+                + &format!(
+                    "CREATE OPERATOR {nsp}.|| (LEFTARG = text, RIGHTARG = text, FUNCTION = {nsp}.cat);"
+                ),
+        )
+        .await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let set = exchange(
         &mut s,
         &mut buf,
@@ -1152,7 +1086,7 @@ async fn held_bare_builtin_names_shadowed_through_search_path() {
         "SELECT 'a' || 'b' AS x".to_owned(),
         "SELECT 'a'::text || 'b'::text AS x".to_owned(),
     ] {
-        let (mut watcher, mut wbuf) = raw(&inst).await;
+        let (mut watcher, mut wbuf) = ATTACK.raw(&inst).await;
         common::frames::send(&mut s, &[query(&sql)]).await;
         tokio::time::sleep(std::time::Duration::from_millis(600)).await;
         let seen = watch(&mut watcher, &mut wbuf).await;
@@ -1161,7 +1095,7 @@ async fn held_bare_builtin_names_shadowed_through_search_path() {
             "{sql}\n  answer: {}\n  watched: {seen}",
             answer.chars().take(250).collect::<String>()
         );
-        if leaked(&answer) || leaked(&seen) {
+        if ATTACK.leaked(&answer) || ATTACK.leaked(&seen) {
             leaks.push(sql);
         }
     }
@@ -1183,20 +1117,21 @@ async fn held_a_prepared_statement_rebound_under_another_search_path() {
     let t = unique_name("s11ra_rp_t");
     let v = unique_name("s11ra_rp_v");
     let nsp = unique_name("s11ra_rp_n");
-    let inst = start(
-        &[&t],
-        setup(&t)
-            + &view(&format!("public.{v}"))
-            + &format!("CREATE SCHEMA {nsp}; GRANT USAGE ON SCHEMA {nsp} TO {READ_USER};")
-            + &leaking_function(&format!("{nsp}.f"), &t, "", "text", "'y'")
-            + &format!(
-                "CREATE VIEW {nsp}.{v} AS SELECT 1 AS id, {nsp}.f() AS x;
+    let inst = ATTACK
+        .start(
+            &[&t],
+            ATTACK.setup(&t)
+                + &view(&format!("public.{v}"))
+                + &format!("CREATE SCHEMA {nsp}; GRANT USAGE ON SCHEMA {nsp} TO {READ_USER};")
+                + &leaking_function(&format!("{nsp}.f"), &t, "", "text", "'y'")
+                + &format!(
+                    "CREATE VIEW {nsp}.{v} AS SELECT 1 AS id, {nsp}.f() AS x;
                  GRANT SELECT ON {nsp}.{v} TO {READ_USER};"
-            ),
-    )
-    .await;
-    let (mut watcher, mut wbuf) = raw(&inst).await;
-    let (mut s, mut buf) = raw(&inst).await;
+                ),
+        )
+        .await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(&inst).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let sql = format!("SELECT x FROM {v}");
     let mut out = exchange(&mut s, &mut buf, &[parse("p", &sql), sync()]).await;
     out += &exchange(&mut s, &mut buf, &[query(&format!("PREPARE q AS {sql}"))]).await;
@@ -1214,8 +1149,11 @@ async fn held_a_prepared_statement_rebound_under_another_search_path() {
     let seen2 = watch(&mut watcher, &mut wbuf).await;
     let _ = inst.shutdown().await;
     eprintln!("before: {out}\nbound: {bound}\nexecuted: {executed}\nwatched: {seen}\nwatched after: {seen2}");
-    assert!(!leaked(&bound) && !leaked(&executed), "{bound}\n{executed}");
-    assert!(!leaked(&seen) && !leaked(&seen2), "{seen}\n{seen2}");
+    assert!(
+        !ATTACK.leaked(&bound) && !ATTACK.leaked(&executed),
+        "{bound}\n{executed}"
+    );
+    assert!(!ATTACK.leaked(&seen) && !ATTACK.leaked(&seen2), "{seen}\n{seen2}");
 }
 
 /// NOT A MASKING LEAK — audit integrity, same cause as §1 (deterministic). After Parse `p` =
@@ -1227,8 +1165,10 @@ async fn closed_the_bind_after_a_refused_prepare_is_audited_with_the_wrong_text(
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s11ra_au_t");
     let v = unique_name("s11ra_au_v");
-    let inst = start(&[&t], setup(&t) + &view(&format!("public.{v}"))).await;
-    let (mut s, mut buf) = raw(&inst).await;
+    let inst = ATTACK
+        .start(&[&t], ATTACK.setup(&t) + &view(&format!("public.{v}")))
+        .await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let mut out = exchange(
         &mut s,
         &mut buf,
@@ -1272,9 +1212,9 @@ async fn closed_the_bind_after_a_refused_prepare_is_audited_with_the_wrong_text(
 async fn closed_an_operator_class_reached_through_a_view_or_a_partition() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s11ra_ov_t");
-    let inst = start(
+    let inst = ATTACK.start(
         &[&t],
-        setup(&t)
+        ATTACK.setup(&t)
             + &format!(
                 "CREATE FUNCTION public.{t}_cmp(text, text) RETURNS integer LANGUAGE plpgsql IMMUTABLE AS $f$ BEGIN
                    PERFORM pg_catalog.set_config('application_name', (SELECT pg_catalog.string_agg(secret, ',') FROM public.{t}), false);
@@ -1296,8 +1236,8 @@ async fn closed_an_operator_class_reached_through_a_view_or_a_partition() {
             ),
     )
     .await;
-    let (mut watcher, mut wbuf) = raw(&inst).await;
-    let (mut s, mut buf) = raw(&inst).await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(&inst).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let mut answers = Vec::new();
     for rel in ["u", "w", "pp"] {
         let sql = format!("SELECT k FROM public.{t}_{rel} WHERE k = 'nope'");
@@ -1307,14 +1247,14 @@ async fn closed_an_operator_class_reached_through_a_view_or_a_partition() {
     let _ = inst.shutdown().await;
     eprintln!("{answers:#?}\nwatched: {seen}");
     for (rel, answer) in &answers {
-        assert!(!leaked(answer), "{rel}: {answer}");
+        assert!(!ATTACK.leaked(answer), "{rel}: {answer}");
         assert!(
             answer.contains("42501") && answer.contains("runs user code when read"),
             "{rel}: {answer}"
         );
     }
     assert!(
-        !leaked(&seen),
+        !ATTACK.leaked(&seen),
         "the operator class's support function ran: {seen}"
     );
 }
@@ -1326,16 +1266,17 @@ async fn closed_an_operator_class_reached_through_a_view_or_a_partition() {
 async fn held_an_extension_operator_class_in_c_is_plain() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s11ra_tg_t");
-    let inst = start(
-        &[&t],
-        setup(&t)
-            + &format!(
-                "CREATE EXTENSION IF NOT EXISTS pg_trgm;
+    let inst = ATTACK
+        .start(
+            &[&t],
+            ATTACK.setup(&t)
+                + &format!(
+                    "CREATE EXTENSION IF NOT EXISTS pg_trgm;
                  CREATE INDEX ON public.{t} USING gin (secret public.gin_trgm_ops);"
-            ),
-    )
-    .await;
-    let (mut s, mut buf) = raw(&inst).await;
+                ),
+        )
+        .await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let answer = exchange(
         &mut s,
         &mut buf,
@@ -1348,7 +1289,7 @@ async fn held_an_extension_operator_class_in_c_is_plain() {
     // Its operators between built-in types (`%`) would refuse those spellings in later tests.
     admin_psql("DROP EXTENSION pg_trgm CASCADE".to_owned()).await;
     eprintln!("{answer}");
-    assert!(!leaked(&answer), "{answer}");
+    assert!(!ATTACK.leaked(&answer), "{answer}");
     assert!(
         answer.contains("C:SELECT 1") && answer.contains("***"),
         "one masked row: {answer}"

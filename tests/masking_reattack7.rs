@@ -48,50 +48,21 @@
 mod common;
 
 use bytes::BytesMut;
-use common::cluster::{unique_name, READ_PASSWORD, READ_USER};
+use common::attack::{lock_waiting, raw_exchange_or_close, view, watch, Attack};
+use common::cluster::{unique_name, READ_USER};
 use common::frames::{bind, describe, exchange, execute, parse, query, sync};
-use common::masking::{accomplice, admin_psql, start_over};
+use common::masking::{accomplice, admin_psql};
 use common::TestInstance;
-use tokio::net::TcpStream;
 
 /// The value every table of these probes holds in its masked column `secret` (for ranges: the
 /// lower bound).
 const SECRET: &str = "s11rb-secret-value";
 
-/// Whether an answer carries the secret in clear (any case).
-fn leaked(out: &str) -> bool {
-    out.to_lowercase().contains(SECRET)
-}
-
-/// Role `s11rb` (read) masking `secret` of each `public.<table>`, on the read user.
-fn role_with(tables: &[&str]) -> String {
-    let mask: Vec<String> = tables
-        .iter()
-        .map(|t| format!("\"public.{t}.secret\" = \"redact\""))
-        .collect();
-    format!(
-        "\n[roles.s11rb]\nallow = [\"read\"]\nmax_ttl = \"1h\"\nmask = {{ {} }}\n\
-         [targets.shop.credentials.s11rb]\nuser = \"{READ_USER}\"\npassword = \"{READ_PASSWORD}\"\n",
-        mask.join(", ")
-    )
-}
-
-/// Table `public.<t>` (id, secret text) holding [`SECRET`], readable by the read user.
-fn setup(t: &str) -> String {
-    format!(
-        "CREATE TABLE public.{t} (id int PRIMARY KEY, secret text);
-         INSERT INTO public.{t} VALUES (1, '{SECRET}');
-         GRANT SELECT ON public.{t} TO {READ_USER};"
-    )
-}
-
-/// A view `<v>` (id, x) over nothing, readable by the read user.
-fn view(v: &str) -> String {
-    format!(
-        "CREATE VIEW {v} AS SELECT 1::int AS id, 'x'::text AS x;
-         GRANT SELECT ON {v} TO {READ_USER};"
-    )
-}
+/// The attack's masked role and secret (the shared harness: `common::attack`).
+const ATTACK: Attack = Attack {
+    role: "s11rb",
+    secret: SECRET,
+};
 
 /// A plpgsql function `<f>` (SECURITY INVOKER) that puts the masked values of `t` in
 /// `application_name` and sleeps 3 s; returns `ret`.
@@ -101,55 +72,6 @@ fn leaking_function(f: &str, t: &str, args: &str, returns: &str, ret: &str) -> S
            PERFORM pg_catalog.set_config('application_name', (SELECT pg_catalog.string_agg(secret::text, ',') FROM public.{t}), false); \
            PERFORM pg_catalog.pg_sleep(3); RETURN {ret}; END $f$;"
     )
-}
-
-/// An instance with role `s11rb` masking `tables`, after `sql` ran on the target.
-async fn start(tables: &[&str], sql: String) -> TestInstance {
-    admin_psql(sql).await;
-    start_over(&[], role_with(tables)).await
-}
-
-/// A raw protocol session of role `s11rb`.
-async fn raw(inst: &TestInstance) -> (TcpStream, BytesMut) {
-    let (_, token) = inst.grant("alice", "s11rb", "10m").await;
-    common::raw::login(inst.proxy_addr, "alice", &token).await
-}
-
-/// Waits until a backend whose query is `LIKE like` waits for a lock.
-async fn lock_waiting(b: &tokio_postgres::Client, like: &str) -> bool {
-    let sql = format!(
-        "SELECT count(*) FROM pg_catalog.pg_stat_activity \
-         WHERE query LIKE '{}' AND wait_event_type = 'Lock' AND pid <> pg_catalog.pg_backend_pid()",
-        like.replace('\'', "''")
-    );
-    common::eventually(std::time::Duration::from_secs(5), || {
-        let sql = sql.clone();
-        async move { common::pg::scalar(b, &sql).await != "0" }
-    })
-    .await
-}
-
-/// `frames` sent on a raw session moved into a task; the answer up to ReadyForQuery or the
-/// session's end.
-async fn raw_exchange(
-    mut s: TcpStream,
-    mut buf: BytesMut,
-    frames: Vec<BytesMut>,
-) -> (String, TcpStream, BytesMut) {
-    let out = common::frames::exchange_or_close(&mut s, &mut buf, &frames).await;
-    (out, s, buf)
-}
-
-/// What the engineer's watching session sees in `pg_stat_activity` (through timebox).
-async fn watch(s: &mut TcpStream, buf: &mut BytesMut) -> String {
-    exchange(
-        s,
-        buf,
-        &[query(
-            "SELECT application_name FROM pg_catalog.pg_stat_activity WHERE application_name <> ''",
-        )],
-    )
-    .await
 }
 
 // ---- 1. A range type whose subtype operator class is user code ----
@@ -182,9 +104,9 @@ fn range_setup(t: &str) -> String {
 /// Runs `frames` (one batch) on a fresh engineer's session over the range table, then
 /// `SHOW application_name` on that session and the watcher's view. (answer, shown, watched)
 async fn range_probe(t: &str, frames: Vec<BytesMut>) -> (String, String, String) {
-    let inst = start(&[t], range_setup(t)).await;
-    let (mut watcher, mut wbuf) = raw(&inst).await;
-    let (mut s, mut buf) = raw(&inst).await;
+    let inst = ATTACK.start(&[t], range_setup(t)).await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(&inst).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let answer = exchange(&mut s, &mut buf, &frames).await;
     let shown = exchange(&mut s, &mut buf, &[query("SHOW application_name")]).await;
     let seen = watch(&mut watcher, &mut wbuf).await;
@@ -207,9 +129,9 @@ async fn held_a_range_filter_compares_with_a_user_subtype_opclass() {
     )
     .await;
     eprintln!("answer: {answer}\nshown: {shown}\nwatched: {seen}");
-    assert!(!leaked(&answer), "ParameterStatus/answer: {answer}");
-    assert!(!leaked(&shown), "SHOW application_name: {shown}");
-    assert!(!leaked(&seen), "pg_stat_activity: {seen}");
+    assert!(!ATTACK.leaked(&answer), "ParameterStatus/answer: {answer}");
+    assert!(!ATTACK.leaked(&shown), "SHOW application_name: {shown}");
+    assert!(!ATTACK.leaked(&seen), "pg_stat_activity: {seen}");
 }
 
 /// HELD (refused before it runs). `SELECT id FROM public.t ORDER BY secret` (ORDER BY a masked column, allowed):
@@ -224,9 +146,9 @@ async fn held_a_range_sort_compares_with_a_user_subtype_opclass() {
     )
     .await;
     eprintln!("answer: {answer}\nshown: {shown}\nwatched: {seen}");
-    assert!(!leaked(&answer), "ParameterStatus/answer: {answer}");
-    assert!(!leaked(&shown), "SHOW application_name: {shown}");
-    assert!(!leaked(&seen), "pg_stat_activity: {seen}");
+    assert!(!ATTACK.leaked(&answer), "ParameterStatus/answer: {answer}");
+    assert!(!ATTACK.leaked(&shown), "SHOW application_name: {shown}");
+    assert!(!ATTACK.leaked(&seen), "pg_stat_activity: {seen}");
 }
 
 /// HELD (refused at Parse), extended protocol: Parse/Bind/Execute/Sync of the filter of
@@ -246,9 +168,9 @@ async fn held_a_range_filter_bound_compares_with_a_user_subtype_opclass() {
     )
     .await;
     eprintln!("answer: {answer}\nshown: {shown}\nwatched: {seen}");
-    assert!(!leaked(&answer), "ParameterStatus/answer: {answer}");
-    assert!(!leaked(&shown), "SHOW application_name: {shown}");
-    assert!(!leaked(&seen), "pg_stat_activity: {seen}");
+    assert!(!ATTACK.leaked(&answer), "ParameterStatus/answer: {answer}");
+    assert!(!ATTACK.leaked(&shown), "SHOW application_name: {shown}");
+    assert!(!ATTACK.leaked(&seen), "pg_stat_activity: {seen}");
 }
 
 /// HELD, but a false denial: plain `SELECT id, secret FROM public.t` over the same table is
@@ -265,9 +187,9 @@ async fn held_a_range_column_read_plainly() {
     let (answer, shown, seen) =
         range_probe(&t, vec![query(&format!("SELECT id, secret FROM public.{t}"))]).await;
     eprintln!("answer: {answer}\nshown: {shown}\nwatched: {seen}");
-    assert!(!leaked(&answer), "ParameterStatus/answer: {answer}");
-    assert!(!leaked(&shown), "SHOW application_name: {shown}");
-    assert!(!leaked(&seen), "pg_stat_activity: {seen}");
+    assert!(!ATTACK.leaked(&answer), "ParameterStatus/answer: {answer}");
+    assert!(!ATTACK.leaked(&shown), "SHOW application_name: {shown}");
+    assert!(!ATTACK.leaked(&seen), "pg_stat_activity: {seen}");
 }
 
 // ---- 2. The s9 race through statements that wrap a read ----
@@ -284,8 +206,8 @@ async fn replaced_while_waiting(
     run: Vec<BytesMut>,
     like: &str,
 ) -> (String, String, String, bool) {
-    let (mut watcher, mut wbuf) = raw(inst).await;
-    let (mut s, mut buf) = raw(inst).await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(inst).await;
+    let (mut s, mut buf) = ATTACK.raw(inst).await;
     let mut before = String::new();
     for batch in prepare {
         before.push_str(&exchange(&mut s, &mut buf, &batch).await);
@@ -298,7 +220,7 @@ async fn replaced_while_waiting(
     ))
     .await
     .unwrap();
-    let running = tokio::spawn(raw_exchange(s, buf, run));
+    let running = tokio::spawn(raw_exchange_or_close(s, buf, run));
     let b = accomplice().await;
     let waited = lock_waiting(&b, like).await;
     a.batch_execute("COMMIT").await.unwrap();
@@ -315,14 +237,16 @@ async fn replaced_while_waiting(
 async fn race(name: &str, prepare: impl Fn(&str) -> Vec<Vec<BytesMut>>, run: impl Fn(&str) -> Vec<BytesMut>) {
     let t = unique_name(&format!("{name}_t"));
     let v = unique_name(&format!("{name}_v"));
-    let inst = start(&[&t], setup(&t) + &view(&format!("public.{v}"))).await;
+    let inst = ATTACK
+        .start(&[&t], ATTACK.setup(&t) + &view(&format!("public.{v}")))
+        .await;
     let (before, answer, seen, waited) =
         replaced_while_waiting(&inst, &t, &v, prepare(&v), run(&v), &format!("%{v}%")).await;
     let _ = inst.shutdown().await;
     eprintln!("before: {before}\nanswer: {answer}\nwatched: {seen}\nwaited: {waited}");
-    assert!(!leaked(&answer), "{answer}");
+    assert!(!ATTACK.leaked(&answer), "{answer}");
     assert!(
-        !leaked(&seen),
+        !ATTACK.leaked(&seen),
         "the engineer's second session saw the replaced view's code run: {seen}"
     );
 }
@@ -364,9 +288,9 @@ async fn held_explain_across_a_view_replacement() {
 /// the constraint is dropped again before returning (the cluster is shared). (answer, shown,
 /// watched)
 async fn builtin_domain_probe(t: &str, sql: String) -> (String, String, String) {
-    let inst = start(
+    let inst = ATTACK.start(
         &[t],
-        setup(t)
+        ATTACK.setup(t)
             + &format!(
                 "CREATE FUNCTION public.{t}_leak(v bigint) RETURNS bool LANGUAGE plpgsql AS $f$ BEGIN \
                    PERFORM pg_catalog.set_config('application_name', (SELECT pg_catalog.string_agg(secret, ',') FROM public.{t}), false); \
@@ -376,8 +300,8 @@ async fn builtin_domain_probe(t: &str, sql: String) -> (String, String, String) 
             ),
     )
     .await;
-    let (mut watcher, mut wbuf) = raw(&inst).await;
-    let (mut s, mut buf) = raw(&inst).await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(&inst).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let answer = exchange(&mut s, &mut buf, &[query(&sql)]).await;
     let shown = exchange(&mut s, &mut buf, &[query("SHOW application_name")]).await;
     let seen = watch(&mut watcher, &mut wbuf).await;
@@ -407,11 +331,11 @@ async fn superuser_an_extended_information_schema_domain_runs_on_a_catalog_read(
     .await;
     eprintln!("answer: {answer}\nshown: {shown}\nwatched: {seen}");
     assert!(
-        !leaked(&answer),
+        !ATTACK.leaked(&answer),
         "NOTICE/ParameterStatus in the engineer's answer: {answer}"
     );
-    assert!(!leaked(&shown), "SHOW application_name: {shown}");
-    assert!(!leaked(&seen), "pg_stat_activity: {seen}");
+    assert!(!ATTACK.leaked(&shown), "SHOW application_name: {shown}");
+    assert!(!ATTACK.leaked(&seen), "pg_stat_activity: {seen}");
 }
 
 /// LEAK probe. `SELECT 1::information_schema.cardinal_number` (the s11 rule refuses naming
@@ -425,11 +349,11 @@ async fn superuser_an_extended_information_schema_domain_runs_on_a_cast() {
         builtin_domain_probe(&t, "SELECT 1::information_schema.cardinal_number".to_owned()).await;
     eprintln!("answer: {answer}\nshown: {shown}\nwatched: {seen}");
     assert!(
-        !leaked(&answer),
+        !ATTACK.leaked(&answer),
         "NOTICE/ParameterStatus in the engineer's answer: {answer}"
     );
-    assert!(!leaked(&shown), "SHOW application_name: {shown}");
-    assert!(!leaked(&seen), "pg_stat_activity: {seen}");
+    assert!(!ATTACK.leaked(&shown), "SHOW application_name: {shown}");
+    assert!(!ATTACK.leaked(&seen), "pg_stat_activity: {seen}");
 }
 
 // ---- 4. A built-in information_schema function replaced by user code (same OID) ----
@@ -452,9 +376,9 @@ async fn superuser_a_replaced_information_schema_function_runs_on_a_catalog_read
         "SELECT pg_catalog.pg_get_functiondef('information_schema._pg_char_max_length(oid, int4)'::pg_catalog.regprocedure)",
     )
     .await;
-    let inst = start(
+    let inst = ATTACK.start(
         &[&t],
-        setup(&t)
+        ATTACK.setup(&t)
             + &format!(
                 "CREATE OR REPLACE FUNCTION information_schema._pg_char_max_length(typid oid, typmod int4) \
                    RETURNS integer LANGUAGE plpgsql IMMUTABLE AS $f$ BEGIN \
@@ -464,8 +388,8 @@ async fn superuser_a_replaced_information_schema_function_runs_on_a_catalog_read
             ),
     )
     .await;
-    let (mut watcher, mut wbuf) = raw(&inst).await;
-    let (mut s, mut buf) = raw(&inst).await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(&inst).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let answer = exchange(
         &mut s,
         &mut buf,
@@ -480,11 +404,11 @@ async fn superuser_a_replaced_information_schema_function_runs_on_a_catalog_read
     let _ = inst.shutdown().await;
     eprintln!("answer: {answer}\nshown: {shown}\nwatched: {seen}");
     assert!(
-        !leaked(&answer),
+        !ATTACK.leaked(&answer),
         "NOTICE/ParameterStatus in the engineer's answer: {answer}"
     );
-    assert!(!leaked(&shown), "SHOW application_name: {shown}");
-    assert!(!leaked(&seen), "pg_stat_activity: {seen}");
+    assert!(!ATTACK.leaked(&shown), "SHOW application_name: {shown}");
+    assert!(!ATTACK.leaked(&seen), "pg_stat_activity: {seen}");
 }
 
 // ---- 5. A built-in operator family extended with an in_range support function ----
@@ -502,9 +426,9 @@ async fn superuser_a_replaced_information_schema_function_runs_on_a_catalog_read
 async fn superuser_an_extended_builtin_family_runs_in_range_for_a_window_frame() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s11rb_ir");
-    let inst = start(
+    let inst = ATTACK.start(
         &[&t],
-        setup(&t)
+        ATTACK.setup(&t)
             + &format!(
                 "CREATE FUNCTION public.{t}_inr(val int4, base int4, off numeric, sub bool, less bool) \
                    RETURNS bool LANGUAGE plpgsql IMMUTABLE AS $f$ BEGIN \
@@ -516,8 +440,8 @@ async fn superuser_an_extended_builtin_family_runs_in_range_for_a_window_frame()
             ),
     )
     .await;
-    let (mut watcher, mut wbuf) = raw(&inst).await;
-    let (mut s, mut buf) = raw(&inst).await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(&inst).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let answer = exchange(
         &mut s,
         &mut buf,
@@ -535,11 +459,11 @@ async fn superuser_an_extended_builtin_family_runs_in_range_for_a_window_frame()
     let _ = inst.shutdown().await;
     eprintln!("answer: {answer}\nshown: {shown}\nwatched: {seen}");
     assert!(
-        !leaked(&answer),
+        !ATTACK.leaked(&answer),
         "NOTICE/ParameterStatus in the engineer's answer: {answer}"
     );
-    assert!(!leaked(&shown), "SHOW application_name: {shown}");
-    assert!(!leaked(&seen), "pg_stat_activity: {seen}");
+    assert!(!ATTACK.leaked(&shown), "SHOW application_name: {shown}");
+    assert!(!ATTACK.leaked(&seen), "pg_stat_activity: {seen}");
 }
 
 // ---- 6. False denials: what a masked session's tools send ----
@@ -554,17 +478,18 @@ async fn held_common_tool_queries_of_a_masked_session() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s11rb_fd");
     let d = format!("{t}_d");
-    let inst = start(
-        &[&t, &d],
-        setup(&t)
-            + &format!(
-                "CREATE DOMAIN public.{t}_dom AS text CHECK (VALUE ~ '-');
+    let inst = ATTACK
+        .start(
+            &[&t, &d],
+            ATTACK.setup(&t)
+                + &format!(
+                    "CREATE DOMAIN public.{t}_dom AS text CHECK (VALUE ~ '-');
                  CREATE TABLE public.{d} (id int PRIMARY KEY, secret public.{t}_dom);
                  INSERT INTO public.{d} VALUES (1, '{SECRET}');
                  GRANT SELECT ON public.{d} TO {READ_USER};"
-            ),
-    )
-    .await;
+                ),
+        )
+        .await;
     let queries = [
         format!("SELECT id, secret FROM public.{d}"),
         format!("SELECT id FROM public.{d} WHERE secret = 'a-b'"),
@@ -594,7 +519,7 @@ async fn held_common_tool_queries_of_a_masked_session() {
         ),
         format!("SELECT t.typname FROM pg_catalog.pg_type t WHERE t.typname = '{t}_dom'"),
     ];
-    let (mut s, mut buf) = raw(&inst).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let mut log = String::new();
     for q in &queries {
         let out = exchange(&mut s, &mut buf, &[query(q)]).await;
@@ -611,7 +536,7 @@ async fn held_common_tool_queries_of_a_masked_session() {
             "ok".to_owned()
         };
         log.push_str(&format!("{q}\n  -> {verdict}\n"));
-        assert!(!leaked(&out), "{q}: {out}");
+        assert!(!ATTACK.leaked(&out), "{q}: {out}");
     }
     let _ = inst.shutdown().await;
     eprintln!("{log}");
@@ -645,7 +570,7 @@ fn bind_binary(stmt: &str) -> BytesMut {
 async fn superuser_a_user_base_type_send_function_runs_on_a_binary_result() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s11rb_bs");
-    let inst = start(
+    let inst = ATTACK.start(
         &[&t],
         format!(
             "CREATE TYPE public.{t}_mt;
@@ -663,8 +588,8 @@ async fn superuser_a_user_base_type_send_function_runs_on_a_binary_result() {
         ),
     )
     .await;
-    let (mut watcher, mut wbuf) = raw(&inst).await;
-    let (mut s, mut buf) = raw(&inst).await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(&inst).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let answer = exchange(
         &mut s,
         &mut buf,
@@ -682,11 +607,11 @@ async fn superuser_a_user_base_type_send_function_runs_on_a_binary_result() {
     let _ = inst.shutdown().await;
     eprintln!("answer: {answer}\nshown: {shown}\nwatched: {seen}");
     assert!(
-        !leaked(&answer),
+        !ATTACK.leaked(&answer),
         "NOTICE/ParameterStatus in the engineer's answer: {answer}"
     );
-    assert!(!leaked(&shown), "SHOW application_name: {shown}");
-    assert!(!leaked(&seen), "pg_stat_activity: {seen}");
+    assert!(!ATTACK.leaked(&shown), "SHOW application_name: {shown}");
+    assert!(!ATTACK.leaked(&seen), "pg_stat_activity: {seen}");
 }
 
 // ---- 8. A user base type whose TYPMOD_IN function is plpgsql ----
@@ -696,9 +621,9 @@ async fn superuser_a_user_base_type_send_function_runs_on_a_binary_result() {
 /// masked table `<t>`, sets `application_name` and raises a NOTICE. Runs `sql` (with `MT` replaced
 /// by the type's name) on an engineer's session. (answer, shown, watched)
 async fn typmod_probe(t: &str, sql: &str) -> (String, String, String) {
-    let inst = start(
+    let inst = ATTACK.start(
         &[t],
-        setup(t)
+        ATTACK.setup(t)
             + &format!(
                 "CREATE TYPE public.{t}_mt;
              CREATE FUNCTION public.{t}_in(cstring) RETURNS public.{t}_mt LANGUAGE internal IMMUTABLE STRICT AS 'textin';
@@ -712,8 +637,8 @@ async fn typmod_probe(t: &str, sql: &str) -> (String, String, String) {
             ),
     )
     .await;
-    let (mut watcher, mut wbuf) = raw(&inst).await;
-    let (mut s, mut buf) = raw(&inst).await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(&inst).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let sql = sql.replace("MT", &format!("public.{t}_mt"));
     let answer = exchange(&mut s, &mut buf, &[query(&sql)]).await;
     let shown = exchange(&mut s, &mut buf, &[query("SHOW application_name")]).await;
@@ -733,11 +658,11 @@ async fn superuser_a_user_base_type_typmod_in_runs_on_a_typed_null() {
     let (answer, shown, seen) = typmod_probe(&t, "SELECT NULL::MT(5)").await;
     eprintln!("answer: {answer}\nshown: {shown}\nwatched: {seen}");
     assert!(
-        !leaked(&answer),
+        !ATTACK.leaked(&answer),
         "NOTICE/ParameterStatus in the engineer's answer: {answer}"
     );
-    assert!(!leaked(&shown), "SHOW application_name: {shown}");
-    assert!(!leaked(&seen), "pg_stat_activity: {seen}");
+    assert!(!ATTACK.leaked(&shown), "SHOW application_name: {shown}");
+    assert!(!ATTACK.leaked(&seen), "pg_stat_activity: {seen}");
 }
 
 /// LEAK probe. `SELECT pg_catalog.to_regtype('public.<t>_mt(5)')`: the type is named only
@@ -751,11 +676,11 @@ async fn superuser_a_user_base_type_typmod_in_runs_in_to_regtype() {
     let (answer, shown, seen) = typmod_probe(&t, "SELECT pg_catalog.to_regtype('MT(5)')").await;
     eprintln!("answer: {answer}\nshown: {shown}\nwatched: {seen}");
     assert!(
-        !leaked(&answer),
+        !ATTACK.leaked(&answer),
         "NOTICE/ParameterStatus in the engineer's answer: {answer}"
     );
-    assert!(!leaked(&shown), "SHOW application_name: {shown}");
-    assert!(!leaked(&seen), "pg_stat_activity: {seen}");
+    assert!(!ATTACK.leaked(&shown), "SHOW application_name: {shown}");
+    assert!(!ATTACK.leaked(&seen), "pg_stat_activity: {seen}");
 }
 
 // ---- 9. ParameterStatus without user code; a policy on a built-in table ----
@@ -769,8 +694,8 @@ async fn superuser_a_user_base_type_typmod_in_runs_in_to_regtype() {
 async fn held_parameter_status_from_the_masked_session_itself() {
     let _catalog = common::masking::catalog_lock().read().await;
     let t = unique_name("s11rb_ps");
-    let inst = start(&[&t], setup(&t)).await;
-    let (mut s, mut buf) = raw(&inst).await;
+    let inst = ATTACK.start(&[&t], ATTACK.setup(&t)).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let mut log = String::new();
     for q in [
         format!("SELECT pg_catalog.set_config('application_name', secret, false) FROM public.{t}"),
@@ -784,7 +709,7 @@ async fn held_parameter_status_from_the_masked_session_itself() {
     }
     let _ = inst.shutdown().await;
     eprintln!("{log}");
-    assert!(!leaked(&log), "{log}");
+    assert!(!ATTACK.leaked(&log), "{log}");
 }
 
 /// HELD. The accomplice enables row security on the built-in table
@@ -795,9 +720,9 @@ async fn held_parameter_status_from_the_masked_session_itself() {
 async fn held_a_policy_on_a_builtin_table() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s11rb_pl");
-    let inst = start(
+    let inst = ATTACK.start(
         &[&t],
-        setup(&t)
+        ATTACK.setup(&t)
             + &format!(
                 "CREATE FUNCTION public.{t}_leak() RETURNS bool LANGUAGE plpgsql AS $f$ BEGIN \
                    PERFORM pg_catalog.set_config('application_name', (SELECT pg_catalog.string_agg(secret, ',') FROM public.{t}), false); \
@@ -808,7 +733,7 @@ async fn held_a_policy_on_a_builtin_table() {
             ),
     )
     .await;
-    let (mut s, mut buf) = raw(&inst).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let answer = exchange(
         &mut s,
         &mut buf,
@@ -823,8 +748,8 @@ async fn held_a_policy_on_a_builtin_table() {
     .await;
     let _ = inst.shutdown().await;
     eprintln!("answer: {answer}\nshown: {shown}");
-    assert!(!leaked(&answer), "{answer}");
-    assert!(!leaked(&shown), "{shown}");
+    assert!(!ATTACK.leaked(&answer), "{answer}");
+    assert!(!ATTACK.leaked(&shown), "{shown}");
 }
 
 // ---- 10. The setups above need a superuser (s11, the lead) ----

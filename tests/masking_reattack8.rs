@@ -54,83 +54,20 @@
 mod common;
 
 use bytes::BytesMut;
-use common::cluster::{unique_name, READ_PASSWORD, READ_USER};
+use common::attack::{lock_waiting, raw_exchange_or_close, watch, Attack};
+use common::cluster::{unique_name, READ_USER};
 use common::frames::{bind, describe, exchange, execute, parse, query, sync};
 use common::masking::{accomplice, admin_psql, start_over};
 use common::TestInstance;
-use tokio::net::TcpStream;
 
 /// The value every table of these probes holds in its masked column `secret`.
 const SECRET: &str = "s11rc-secret-value";
 
-/// Whether an answer carries the secret in clear (any case).
-fn leaked(out: &str) -> bool {
-    out.to_lowercase().contains(SECRET)
-}
-
-/// Role `s11rc` (read) masking `secret` of each `public.<table>`, on the read user.
-fn role_with(tables: &[&str]) -> String {
-    let mask: Vec<String> = tables
-        .iter()
-        .map(|t| format!("\"public.{t}.secret\" = \"redact\""))
-        .collect();
-    format!(
-        "\n[roles.s11rc]\nallow = [\"read\"]\nmax_ttl = \"1h\"\nmask = {{ {} }}\n\
-         [targets.shop.credentials.s11rc]\nuser = \"{READ_USER}\"\npassword = \"{READ_PASSWORD}\"\n",
-        mask.join(", ")
-    )
-}
-
-/// Table `public.<t>` (id, secret text) holding [`SECRET`], readable by the read user.
-fn setup(t: &str) -> String {
-    format!(
-        "CREATE TABLE public.{t} (id int PRIMARY KEY, secret text);
-         INSERT INTO public.{t} VALUES (1, '{SECRET}');
-         GRANT SELECT ON public.{t} TO {READ_USER};"
-    )
-}
-
-/// A raw protocol session of role `s11rc`.
-async fn raw(inst: &TestInstance) -> (TcpStream, BytesMut) {
-    let (_, token) = inst.grant("alice", "s11rc", "10m").await;
-    common::raw::login(inst.proxy_addr, "alice", &token).await
-}
-
-/// Waits until a backend whose query is `LIKE like` waits for a lock.
-async fn lock_waiting(b: &tokio_postgres::Client, like: &str) -> bool {
-    let sql = format!(
-        "SELECT count(*) FROM pg_catalog.pg_stat_activity \
-         WHERE query LIKE '{}' AND wait_event_type = 'Lock' AND pid <> pg_catalog.pg_backend_pid()",
-        like.replace('\'', "''")
-    );
-    common::eventually(std::time::Duration::from_secs(5), || {
-        let sql = sql.clone();
-        async move { common::pg::scalar(b, &sql).await != "0" }
-    })
-    .await
-}
-
-/// `frames` sent on a raw session moved into a task; the answer up to ReadyForQuery or the end.
-async fn raw_exchange(
-    mut s: TcpStream,
-    mut buf: BytesMut,
-    frames: Vec<BytesMut>,
-) -> (String, TcpStream, BytesMut) {
-    let out = common::frames::exchange_or_close(&mut s, &mut buf, &frames).await;
-    (out, s, buf)
-}
-
-/// What the engineer's watching session sees in `pg_stat_activity` (through timebox).
-async fn watch(s: &mut TcpStream, buf: &mut BytesMut) -> String {
-    exchange(
-        s,
-        buf,
-        &[query(
-            "SELECT application_name FROM pg_catalog.pg_stat_activity WHERE application_name <> ''",
-        )],
-    )
-    .await
-}
+/// The attack's masked role and secret (the shared harness: `common::attack`).
+const ATTACK: Attack = Attack {
+    role: "s11rc",
+    secret: SECRET,
+};
 
 /// The in-scope accomplice: a superuser connection that created role `<acc>` (NOSUPERUSER,
 /// NOLOGIN) owning schema `<acc>` (usage granted to the read user), then `SET ROLE <acc>`: every
@@ -190,9 +127,15 @@ impl Seen {
     fn assert_no_leak(&self) {
         let log = self.log();
         eprintln!("{log}");
-        assert!(!leaked(&self.answer), "the engineer's answer: {log}");
-        assert!(!leaked(&self.shown), "the engineer's application_name: {log}");
-        assert!(!leaked(&self.watched), "the engineer's second session: {log}");
+        assert!(!ATTACK.leaked(&self.answer), "the engineer's answer: {log}");
+        assert!(
+            !ATTACK.leaked(&self.shown),
+            "the engineer's application_name: {log}"
+        );
+        assert!(
+            !ATTACK.leaked(&self.watched),
+            "the engineer's second session: {log}"
+        );
     }
 }
 
@@ -207,8 +150,8 @@ async fn across_hold(
     run: Vec<BytesMut>,
     like: &str,
 ) -> Seen {
-    let (mut watcher, mut wbuf) = raw(inst).await;
-    let (mut s, mut buf) = raw(inst).await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(inst).await;
+    let (mut s, mut buf) = ATTACK.raw(inst).await;
     let mut before = String::new();
     for batch in prepare {
         before.push_str(&common::frames::exchange_or_close(&mut s, &mut buf, &batch).await);
@@ -216,7 +159,7 @@ async fn across_hold(
     }
     let a = as_owner(acc).await;
     a.batch_execute(&format!("BEGIN; {hold}")).await.unwrap();
-    let running = tokio::spawn(raw_exchange(s, buf, run));
+    let running = tokio::spawn(raw_exchange_or_close(s, buf, run));
     let b = accomplice().await;
     let waited = lock_waiting(&b, like).await;
     a.batch_execute("COMMIT").await.unwrap();
@@ -242,7 +185,7 @@ async fn across_hold(
 /// `CoerceToDomain`), table `<acc>.a` (id PRIMARY KEY, one row), view `<acc>.v` = `SELECT a.id,
 /// 'x'::text::<acc>.d AS c FROM <acc>.a`, function `<acc>.leak(text) RETURNS bool` (leaking).
 async fn domain_setup(acc: &str, t: &str) -> TestInstance {
-    admin_psql(setup(t)).await;
+    admin_psql(ATTACK.setup(t)).await;
     let a = owner(acc).await;
     a.batch_execute(&format!(
         "CREATE DOMAIN {acc}.d AS text CHECK (VALUE IS NOT NULL);
@@ -255,7 +198,7 @@ async fn domain_setup(acc: &str, t: &str) -> TestInstance {
     ))
     .await
     .unwrap();
-    start_over(&[], role_with(&[t])).await
+    start_over(&[], ATTACK.role_with(&[t])).await
 }
 
 /// LEAK probe (simple Query). The engineer reads `SELECT id, c FROM <acc>.v` (allowed: the view's
@@ -325,7 +268,7 @@ async fn held_a_view_coercing_to_a_domain_with_a_user_check() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s11rc_db_t");
     let acc = unique_name("s11rc_db");
-    admin_psql(setup(&t)).await;
+    admin_psql(ATTACK.setup(&t)).await;
     let a = owner(&acc).await;
     a.batch_execute(&format!(
         "CREATE FUNCTION {acc}.leak(v text) RETURNS bool LANGUAGE plpgsql VOLATILE AS {};
@@ -338,9 +281,9 @@ async fn held_a_view_coercing_to_a_domain_with_a_user_check() {
     ))
     .await
     .unwrap();
-    let inst = start_over(&[], role_with(&[&t])).await;
-    let (mut watcher, mut wbuf) = raw(&inst).await;
-    let (mut s, mut buf) = raw(&inst).await;
+    let inst = start_over(&[], ATTACK.role_with(&[&t])).await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(&inst).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let answer = exchange(&mut s, &mut buf, &[query(&format!("SELECT id, c FROM {acc}.v"))]).await;
     let shown = exchange(&mut s, &mut buf, &[query("SHOW application_name")]).await;
     let watched = watch(&mut watcher, &mut wbuf).await;
@@ -361,7 +304,7 @@ async fn held_a_view_coercing_to_a_domain_with_a_user_check() {
 /// both readable by the read user; `<acc>.f(int) RETURNS int` IMMUTABLE plpgsql (leaking).
 /// `extra` runs after them (as the accomplice).
 async fn index_setup(acc: &str, t: &str, extra: &str) -> TestInstance {
-    admin_psql(setup(t)).await;
+    admin_psql(ATTACK.setup(t)).await;
     let a = owner(acc).await;
     a.batch_execute(&format!(
         "CREATE TABLE {acc}.a (id int PRIMARY KEY);
@@ -374,14 +317,14 @@ async fn index_setup(acc: &str, t: &str, extra: &str) -> TestInstance {
     ))
     .await
     .unwrap();
-    start_over(&[], role_with(&[t])).await
+    start_over(&[], ATTACK.role_with(&[t])).await
 }
 
 /// One engineer's statement `sql` (simple Query) on a fresh session, no race; (answer, shown,
 /// watched) as a [`Seen`].
 async fn direct(inst: &TestInstance, sql: &str) -> Seen {
-    let (mut watcher, mut wbuf) = raw(inst).await;
-    let (mut s, mut buf) = raw(inst).await;
+    let (mut watcher, mut wbuf) = ATTACK.raw(inst).await;
+    let (mut s, mut buf) = ATTACK.raw(inst).await;
     let answer = common::frames::exchange_or_close(&mut s, &mut buf, &[query(sql)]).await;
     let shown = common::frames::exchange_or_close(&mut s, &mut buf, &[query("SHOW application_name")]).await;
     let watched = watch(&mut watcher, &mut wbuf).await;
@@ -570,7 +513,7 @@ async fn held_security_invoker_views_of_the_owner_over_the_masked_table() {
     let _catalog = common::masking::catalog_lock().write().await;
     let t = unique_name("s11rc_sv_t");
     let acc = unique_name("s11rc_sv");
-    admin_psql(setup(&t)).await;
+    admin_psql(ATTACK.setup(&t)).await;
     let a = owner(&acc).await;
     a.batch_execute(&format!(
         "CREATE TABLE {acc}.a (id int PRIMARY KEY, s text);
@@ -584,8 +527,8 @@ async fn held_security_invoker_views_of_the_owner_over_the_masked_table() {
     ))
     .await
     .unwrap();
-    let inst = start_over(&[], role_with(&[&t])).await;
-    let (mut s, mut buf) = raw(&inst).await;
+    let inst = start_over(&[], ATTACK.role_with(&[&t])).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let mut log = String::new();
     for v in ["sv1", "sv2", "sv3", "sv4", "sv5"] {
         for q in [
@@ -612,7 +555,10 @@ async fn held_security_invoker_views_of_the_owner_over_the_masked_table() {
     }
     let _ = inst.shutdown().await;
     eprintln!("{log}");
-    assert!(!leaked(&log.replace(&format!("x = '{SECRET}'"), "")), "{log}");
+    assert!(
+        !ATTACK.leaked(&log.replace(&format!("x = '{SECRET}'"), "")),
+        "{log}"
+    );
 }
 
 /// LEAK probe? A CHECK `(id + <acc>.f(1)) IS NOT NULL` on a plain table of the accomplice, read with
@@ -629,13 +575,13 @@ async fn closed_a_check_constraint_folded_with_constraint_exclusion_on() {
         &format!("ALTER TABLE {acc}.p ADD CHECK ((id + {acc}.f(1)) IS NOT NULL);"),
     )
     .await;
-    let (mut s, mut buf) = raw(&inst).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let set =
         common::frames::exchange_or_close(&mut s, &mut buf, &[query("SET constraint_exclusion = on")]).await;
     drop((s, buf));
     let mut seen = direct(&inst, &format!("SELECT id FROM {acc}.p WHERE id = 1")).await;
     // `direct` opens a fresh session: repeat on one session with the setting.
-    let (mut s, mut buf) = raw(&inst).await;
+    let (mut s, mut buf) = ATTACK.raw(&inst).await;
     let out =
         common::frames::exchange_or_close(&mut s, &mut buf, &[query("SET constraint_exclusion = on")]).await;
     let out2 = common::frames::exchange_or_close(

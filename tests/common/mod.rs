@@ -2,6 +2,7 @@
 //! instance per test, on port 0, stopped when the test's [`TestInstance`] is dropped.
 #![allow(dead_code)]
 
+pub mod attack;
 pub mod balancer;
 pub mod cli;
 pub mod cluster;
