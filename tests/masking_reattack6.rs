@@ -57,46 +57,6 @@ const ATTACK: Attack = Attack {
     secret: SECRET,
 };
 
-/// The s9 leak's shape over a session prepared by `prepare` (frames exchanged one batch at a
-/// time, answers printed): the accomplice replaces view `public.<v>` in an open transaction by
-/// one whose `x` calls a leaking function; the engineer sends `run`; once a backend whose query
-/// is `LIKE like` waits for a lock, the accomplice commits; 700 ms later the watcher reads
-/// `pg_stat_activity`. (prepared answers, answer, watched, waited)
-async fn replaced_while_waiting(
-    inst: &TestInstance,
-    t: &str,
-    v: &str,
-    prepare: Vec<Vec<BytesMut>>,
-    run: Vec<BytesMut>,
-    like: &str,
-) -> (String, String, String, bool) {
-    let (mut watcher, mut wbuf) = ATTACK.raw(inst).await;
-    let (mut s, mut buf) = ATTACK.raw(inst).await;
-    let mut before = String::new();
-    for batch in prepare {
-        before.push_str(&exchange(&mut s, &mut buf, &batch).await);
-        before.push_str("\n  ");
-    }
-    let a = accomplice().await;
-    a.batch_execute(&format!(
-        "BEGIN; {} CREATE OR REPLACE VIEW public.{v} AS SELECT id, public.{v}_f() AS x FROM public.{t}",
-        leaking_function(&format!("public.{v}_f"), t, "", "text", "'y'")
-    ))
-    .await
-    .unwrap();
-    let running = tokio::spawn(raw_exchange_or_close(s, buf, run));
-    let b = accomplice().await;
-    let waited = lock_waiting(&b, like).await;
-    a.batch_execute("COMMIT").await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
-    let seen = watch(&mut watcher, &mut wbuf).await;
-    let (answer, _s, _buf) = tokio::time::timeout(std::time::Duration::from_secs(30), running)
-        .await
-        .expect("the statement ends")
-        .unwrap();
-    (before, answer, seen, waited)
-}
-
 // ---- 1. The interceptor's prepared map overwritten by a PREPARE timebox refuses ----
 
 /// Closed in s11; LEAK against dbc88af (accomplice, a second session; deterministic).
@@ -116,18 +76,19 @@ async fn closed_a_refused_prepare_overwrites_the_bind_lock_relations() {
     let inst = ATTACK
         .start(&[&t], ATTACK.setup(&t) + &view(&format!("public.{v}")))
         .await;
-    let (before, answer, seen, waited) = replaced_while_waiting(
-        &inst,
-        &t,
-        &v,
-        vec![
-            vec![parse("p", &format!("SELECT x FROM public.{v}")), sync()],
-            vec![query("PREPARE p AS SELECT 1")],
-        ],
-        vec![bind("", "p"), execute(""), sync()],
-        &format!("%{v}%"),
-    )
-    .await;
+    let (before, answer, seen, waited) = ATTACK
+        .replaced_while_waiting(
+            &inst,
+            &t,
+            &v,
+            vec![
+                vec![parse("p", &format!("SELECT x FROM public.{v}")), sync()],
+                vec![query("PREPARE p AS SELECT 1")],
+            ],
+            vec![bind("", "p"), execute(""), sync()],
+            &format!("%{v}%"),
+        )
+        .await;
     let _ = inst.shutdown().await;
     eprintln!("before: {before}\nanswer: {answer}\nwatched: {seen}\nwaited: {waited}");
     assert!(waited, "the statement waited for the accomplice's lock");
@@ -150,19 +111,20 @@ async fn closed_a_refused_prepare_overwrites_the_execute_lock_relations() {
     let inst = ATTACK
         .start(&[&t], ATTACK.setup(&t) + &view(&format!("public.{v}")))
         .await;
-    let (before, answer, seen, waited) = replaced_while_waiting(
-        &inst,
-        &t,
-        &v,
-        vec![
-            vec![query(&format!("PREPARE p AS SELECT x FROM public.{v}"))],
-            vec![query("PREPARE p AS SELECT 1")],
-        ],
-        vec![query("EXECUTE p")],
-        // Since s11 the lock block (not the EXECUTE) waits: the block locks `v`.
-        "%DO $timebox_lock$%",
-    )
-    .await;
+    let (before, answer, seen, waited) = ATTACK
+        .replaced_while_waiting(
+            &inst,
+            &t,
+            &v,
+            vec![
+                vec![query(&format!("PREPARE p AS SELECT x FROM public.{v}"))],
+                vec![query("PREPARE p AS SELECT 1")],
+            ],
+            vec![query("EXECUTE p")],
+            // Since s11 the lock block (not the EXECUTE) waits: the block locks `v`.
+            "%DO $timebox_lock$%",
+        )
+        .await;
     let _ = inst.shutdown().await;
     eprintln!("before: {before}\nanswer: {answer}\nwatched: {seen}\nwaited: {waited}");
     assert!(waited, "the statement waited for the accomplice's lock");
@@ -184,15 +146,16 @@ async fn held_a_bind_of_a_statement_prepared_before_the_replacement() {
     let inst = ATTACK
         .start(&[&t], ATTACK.setup(&t) + &view(&format!("public.{v}")))
         .await;
-    let (before, answer, seen, waited) = replaced_while_waiting(
-        &inst,
-        &t,
-        &v,
-        vec![vec![parse("p", &format!("SELECT x FROM public.{v}")), sync()]],
-        vec![bind("", "p"), describe(b'P', ""), execute(""), sync()],
-        &format!("%{v}%"),
-    )
-    .await;
+    let (before, answer, seen, waited) = ATTACK
+        .replaced_while_waiting(
+            &inst,
+            &t,
+            &v,
+            vec![vec![parse("p", &format!("SELECT x FROM public.{v}")), sync()]],
+            vec![bind("", "p"), describe(b'P', ""), execute(""), sync()],
+            &format!("%{v}%"),
+        )
+        .await;
     let _ = inst.shutdown().await;
     eprintln!("before: {before}\nanswer: {answer}\nwatched: {seen}\nwaited: {waited}");
     assert!(waited, "the block waited for the accomplice's lock");
@@ -216,23 +179,24 @@ async fn closed_a_skipped_unnamed_parse_overwrites_the_bind_lock_relations() {
     let inst = ATTACK
         .start(&[&t], ATTACK.setup(&t) + &view(&format!("public.{v}")))
         .await;
-    let (before, answer, seen, waited) = replaced_while_waiting(
-        &inst,
-        &t,
-        &v,
-        vec![
-            vec![parse("", &format!("SELECT x FROM public.{v}")), sync()],
+    let (before, answer, seen, waited) = ATTACK
+        .replaced_while_waiting(
+            &inst,
+            &t,
+            &v,
             vec![
-                parse("e", "SELECT 1/0"),
-                bind("", "e"),
-                parse("", "SELECT 1"),
-                sync(),
+                vec![parse("", &format!("SELECT x FROM public.{v}")), sync()],
+                vec![
+                    parse("e", "SELECT 1/0"),
+                    bind("", "e"),
+                    parse("", "SELECT 1"),
+                    sync(),
+                ],
             ],
-        ],
-        vec![bind("", ""), execute(""), sync()],
-        &format!("%{v}%"),
-    )
-    .await;
+            vec![bind("", ""), execute(""), sync()],
+            &format!("%{v}%"),
+        )
+        .await;
     let _ = inst.shutdown().await;
     eprintln!("before: {before}\nanswer: {answer}\nwatched: {seen}\nwaited: {waited}");
     assert!(waited, "the statement waited for the accomplice's lock");

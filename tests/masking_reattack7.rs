@@ -48,11 +48,10 @@
 mod common;
 
 use bytes::BytesMut;
-use common::attack::{lock_waiting, raw_exchange_or_close, view, watch, Attack};
+use common::attack::{view, watch, Attack};
 use common::cluster::{unique_name, READ_USER};
 use common::frames::{bind, describe, exchange, execute, parse, query, sync};
 use common::masking::{accomplice, admin_psql};
-use common::TestInstance;
 
 /// The value every table of these probes holds in its masked column `secret` (for ranges: the
 /// lower bound).
@@ -63,16 +62,6 @@ const ATTACK: Attack = Attack {
     role: "s11rb",
     secret: SECRET,
 };
-
-/// A plpgsql function `<f>` (SECURITY INVOKER) that puts the masked values of `t` in
-/// `application_name` and sleeps 3 s; returns `ret`.
-fn leaking_function(f: &str, t: &str, args: &str, returns: &str, ret: &str) -> String {
-    format!(
-        "CREATE FUNCTION {f}({args}) RETURNS {returns} LANGUAGE plpgsql VOLATILE AS $f$ BEGIN \
-           PERFORM pg_catalog.set_config('application_name', (SELECT pg_catalog.string_agg(secret::text, ',') FROM public.{t}), false); \
-           PERFORM pg_catalog.pg_sleep(3); RETURN {ret}; END $f$;"
-    )
-}
 
 // ---- 1. A range type whose subtype operator class is user code ----
 //
@@ -194,45 +183,6 @@ async fn held_a_range_column_read_plainly() {
 
 // ---- 2. The s9 race through statements that wrap a read ----
 
-/// The s9 leak's shape: the accomplice replaces view `public.<v>` in an open transaction by one
-/// whose `x` calls a leaking function; the engineer sends `run` (after `prepare`, batch by batch);
-/// once a backend whose query is `LIKE like` waits for a lock, the accomplice commits; 700 ms later
-/// the watcher reads `pg_stat_activity`. (prepared answers, answer, watched, waited)
-async fn replaced_while_waiting(
-    inst: &TestInstance,
-    t: &str,
-    v: &str,
-    prepare: Vec<Vec<BytesMut>>,
-    run: Vec<BytesMut>,
-    like: &str,
-) -> (String, String, String, bool) {
-    let (mut watcher, mut wbuf) = ATTACK.raw(inst).await;
-    let (mut s, mut buf) = ATTACK.raw(inst).await;
-    let mut before = String::new();
-    for batch in prepare {
-        before.push_str(&exchange(&mut s, &mut buf, &batch).await);
-        before.push_str("\n  ");
-    }
-    let a = accomplice().await;
-    a.batch_execute(&format!(
-        "BEGIN; {} CREATE OR REPLACE VIEW public.{v} AS SELECT id, public.{v}_f() AS x FROM public.{t}",
-        leaking_function(&format!("public.{v}_f"), t, "", "text", "'y'")
-    ))
-    .await
-    .unwrap();
-    let running = tokio::spawn(raw_exchange_or_close(s, buf, run));
-    let b = accomplice().await;
-    let waited = lock_waiting(&b, like).await;
-    a.batch_execute("COMMIT").await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
-    let seen = watch(&mut watcher, &mut wbuf).await;
-    let (answer, _s, _buf) = tokio::time::timeout(std::time::Duration::from_secs(30), running)
-        .await
-        .expect("the statement ends")
-        .unwrap();
-    (before, answer, seen, waited)
-}
-
 /// Runs `run` (after `prepare`) across the view's replacement and asserts nothing leaked.
 async fn race(name: &str, prepare: impl Fn(&str) -> Vec<Vec<BytesMut>>, run: impl Fn(&str) -> Vec<BytesMut>) {
     let t = unique_name(&format!("{name}_t"));
@@ -240,8 +190,9 @@ async fn race(name: &str, prepare: impl Fn(&str) -> Vec<Vec<BytesMut>>, run: imp
     let inst = ATTACK
         .start(&[&t], ATTACK.setup(&t) + &view(&format!("public.{v}")))
         .await;
-    let (before, answer, seen, waited) =
-        replaced_while_waiting(&inst, &t, &v, prepare(&v), run(&v), &format!("%{v}%")).await;
+    let (before, answer, seen, waited) = ATTACK
+        .replaced_while_waiting(&inst, &t, &v, prepare(&v), run(&v), &format!("%{v}%"))
+        .await;
     let _ = inst.shutdown().await;
     eprintln!("before: {before}\nanswer: {answer}\nwatched: {seen}\nwaited: {waited}");
     assert!(!ATTACK.leaked(&answer), "{answer}");

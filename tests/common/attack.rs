@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 
 use super::cluster::{READ_PASSWORD, READ_USER};
 use super::frames::{exchange, query};
-use super::masking::{admin_psql, start_over};
+use super::masking::{accomplice, admin_psql, start_over};
 use super::TestInstance;
 
 /// One attack's masked role and the value its tables hold in their masked column.
@@ -60,6 +60,47 @@ impl Attack {
         let (_, token) = inst.grant("alice", self.role, "10m").await;
         super::raw::login(inst.proxy_addr, "alice", &token).await
     }
+
+    /// The s9 leak's shape over a session prepared by `prepare` (frames exchanged one batch at a
+    /// time): the accomplice replaces view `public.<v>` in an open transaction by one whose `x`
+    /// calls a leaking function; the engineer sends `run`; once a backend whose query is
+    /// `ILIKE like` waits for a lock, the accomplice commits; 700 ms later the watcher reads
+    /// `pg_stat_activity`. (prepared answers, answer, watched, waited)
+    pub async fn replaced_while_waiting(
+        &self,
+        inst: &TestInstance,
+        t: &str,
+        v: &str,
+        prepare: Vec<Vec<BytesMut>>,
+        run: Vec<BytesMut>,
+        like: &str,
+    ) -> (String, String, String, bool) {
+        let (mut watcher, mut wbuf) = self.raw(inst).await;
+        let (mut s, mut buf) = self.raw(inst).await;
+        let mut before = String::new();
+        for batch in prepare {
+            before.push_str(&exchange(&mut s, &mut buf, &batch).await);
+            before.push_str("\n  ");
+        }
+        let a = accomplice().await;
+        a.batch_execute(&format!(
+            "BEGIN; {} CREATE OR REPLACE VIEW public.{v} AS SELECT id, public.{v}_f() AS x FROM public.{t}",
+            leaking_function(&format!("public.{v}_f"), t, "", "text", "'y'")
+        ))
+        .await
+        .unwrap();
+        let running = tokio::spawn(raw_exchange_or_close(s, buf, run));
+        let b = accomplice().await;
+        let waited = lock_waiting(&b, like).await;
+        a.batch_execute("COMMIT").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        let seen = watch(&mut watcher, &mut wbuf).await;
+        let (answer, _s, _buf) = tokio::time::timeout(std::time::Duration::from_secs(30), running)
+            .await
+            .expect("the statement ends")
+            .unwrap();
+        (before, answer, seen, waited)
+    }
 }
 
 /// A view `<v>` (id, x) over nothing, readable by the read user (`v` may be qualified/quoted).
@@ -76,7 +117,7 @@ pub fn view(v: &str) -> String {
 pub fn leaking_function(f: &str, t: &str, args: &str, returns: &str, ret: &str) -> String {
     format!(
         "CREATE FUNCTION {f}({args}) RETURNS {returns} LANGUAGE plpgsql VOLATILE AS $f$ BEGIN \
-           PERFORM pg_catalog.set_config('application_name', (SELECT pg_catalog.string_agg(secret, ',') FROM public.{t}), false); \
+           PERFORM pg_catalog.set_config('application_name', (SELECT pg_catalog.string_agg(secret::text, ',') FROM public.{t}), false); \
            PERFORM pg_catalog.pg_sleep(3); RETURN {ret}; END $f$;"
     )
 }
